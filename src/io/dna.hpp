@@ -1,0 +1,78 @@
+// sparsa: DNA input. FASTA/FASTQ (plain, gzip, bgzip) through htslib's BGZF; regions through faidx.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/record.hpp"
+
+namespace sparsa {
+
+// DNA token ids (spec section 1).
+enum DnaToken : int32_t { kTokPad = 0, kTokMask = 1, kTokN = 2, kTokA = 3, kTokC = 4, kTokG = 5, kTokT = 6 };
+
+// Token of one sequence character, or -1 when the character is not valid sequence.
+// A a -> 3, C c -> 4, G g -> 5, T t U u -> 6, N and IUPAC R Y S W K M B D H V (any case) -> 2.
+int32_t dna_token(unsigned char c);
+// Reverse complement of a token sequence in place: A<->T, C<->G, N->N (PAD/MASK unchanged).
+void reverse_complement(std::vector<int32_t>& tokens);
+
+struct DnaReadOptions {
+  bool invalid_as_n = false;  // map invalid characters to N instead of failing
+};
+
+// Streams the records of one FASTA or FASTQ file (format detected from the first byte: '>' or
+// '@'), plain, gzip or bgzip. Throws InputError naming the file, the record and the 1-based
+// position (or the line) for: invalid characters, empty records, duplicate names, truncated or
+// corrupt compressed data, garbage before the first header, malformed FASTQ. '\r' is ignored.
+class FastxReader {
+ public:
+  FastxReader(const std::string& path, DnaReadOptions opts);
+  ~FastxReader();
+  FastxReader(const FastxReader&) = delete;
+  FastxReader& operator=(const FastxReader&) = delete;
+  // Reads the next record into `rec` (kind DNA, n_channels 1, offset 0, region ""). False at EOF.
+  bool next(Record& rec);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A requested region. `end` may be -1 for "to the end of the record".
+struct RegionSpec {
+  std::string text;    // as the user wrote it (or "BED line N"), for messages
+  std::string name;    // record name
+  int64_t begin = 0;   // 0-based inclusive
+  int64_t end = -1;    // 0-based exclusive, or -1 for the end of the record
+};
+
+// Parses samtools syntax "chr", "chr:start", "chr:start-end" (1-based inclusive, commas allowed
+// in numbers). Names containing ':' are resolved against `known_names` when given (as htslib
+// does: the whole text is a name if such a record exists). Throws ConfigError on bad syntax.
+RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names = {});
+
+// Reads a BED file (0-based half-open; columns chrom, start, end, ...; "track", "browser" and
+// '#' lines skipped). Throws InputError naming the file and line.
+std::vector<RegionSpec> read_bed(const std::string& path);
+
+// Fetches regions of one FASTA/FASTQ file through its faidx index, building the index when it is
+// missing (a plain-gzip input cannot be indexed: the error says to bgzip it). Each region becomes
+// a Record with name = record name, region = "chr:start-end" (1-based inclusive, clipped to the
+// record), offset = begin. Unknown names and empty/out-of-range regions are InputErrors.
+class FaidxFetcher {
+ public:
+  FaidxFetcher(const std::string& path, DnaReadOptions opts);
+  ~FaidxFetcher();
+  FaidxFetcher(const FaidxFetcher&) = delete;
+  FaidxFetcher& operator=(const FaidxFetcher&) = delete;
+  std::vector<std::string> names() const;
+  Record fetch(const RegionSpec& region);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sparsa

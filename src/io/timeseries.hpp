@@ -1,0 +1,46 @@
+// sparsa: time-series CSV input and its tokenisation (spec section 1).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/record.hpp"
+
+namespace sparsa {
+
+struct CsvOptions {
+  std::string time_column;           // "" = the first of timestamp, date, time (case-sensitive)
+  std::vector<std::string> columns;  // "" = all other columns (minus id column) in file order
+  std::string id_column;             // "" = the whole file is one record
+};
+
+// One raw record before tokenisation: values[c][t], NaN marks a missing value.
+struct RawSeries {
+  std::string name;
+  std::vector<std::string> timestamps;
+  std::vector<std::vector<double>> values;  // [channels][rows]
+  std::vector<int64_t> source_rows;         // 1-based line number in the file of each row
+};
+
+// Reads a CSV with a header row. Records: one per file (named after the file's base name
+// without extension) or, with id_column, one per distinct id value in order of first appearance.
+// Missing values: empty cell, NA, NaN. Throws InputError naming the file, line and column for: no
+// header, unknown/duplicate columns, non-numeric cells, ragged rows, empty records, a channel
+// count that does not match `expected_channels` (when > 0).
+std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
+                                           int64_t expected_channels);
+
+// Per-channel transform (level / log_return / diff) of one channel; missing stays NaN; a
+// log_return of a non-positive value is an InputError raised by tokenize_series.
+std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t);
+// s_c = mean |r| over non-missing values (1 where that is 0 or there are none).
+double ts_scale(const std::vector<double>& r);
+// bin = clamp(floor((z + C) / (2C) * B), 0, B-1); token = 3 + bin; NaN -> 2 (MISSING).
+int32_t ts_token(double z, int64_t bins, double clip);
+
+// Tokenises a raw series with the model config into a Record (n_channels = config.channels,
+// token-major), source = path. Statistics cover the whole record.
+Record tokenize_series(const RawSeries& raw, const ModelConfig& config, const std::string& path);
+
+}  // namespace sparsa
