@@ -1,0 +1,59 @@
+// sparsa: the batch embedding pipeline (read -> forward -> pool -> write), streamed one record
+// at a time. Collective over `comm`: every rank runs it with the same options.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dist/comm.hpp"
+
+namespace sparsa {
+
+struct PoolSpec {
+  enum Kind { kNone, kBin, kMean } kind = kNone;
+  int64_t bin = 1;
+  std::string text() const;  // "none", "bin:N", "mean"
+};
+// Parses none | bin:N | mean; throws ConfigError.
+PoolSpec parse_pool(const std::string& s);
+
+struct EmbedOptions {
+  std::string model;
+  std::vector<std::string> inputs;
+  std::string output;
+  std::vector<std::string> regions;  // samtools syntax
+  std::string regions_bed;
+  PoolSpec pool;
+  bool f16 = true;  // --dtype f16 (default) or f32
+  bool rc_average = false;
+  bool invalid_as_n = false;
+  std::vector<std::string> columns;
+  std::string time_column, id_column;
+  std::string device = "cpu";
+  bool resume = false, force = false, quiet = false;
+  std::string command_line;  // echoed into the output file
+};
+
+struct EmbedSummary {
+  int64_t records = 0, tokens = 0;
+  double seconds = 0;
+};
+
+// Throws InputError / ConfigError / SystemError / NumericError. On any error the temporary
+// output is removed and nothing is left at opts.output.
+EmbedSummary run_embed(const EmbedOptions& opts, Comm& comm);
+
+// Pools rows [first_pos, first_pos + n) of a record (the shard must start on a bin boundary):
+// returns per-bin means (bin:N), the rows themselves (none), or for mean the per-64-row block sums
+// (double) that combine_mean adds in block order, so the result never depends on the split.
+struct Pooled {
+  std::vector<float> rows;      // [n_out, d]
+  std::vector<int64_t> starts;  // record positions, 0-based half-open [start, end)
+  std::vector<int64_t> ends;
+  std::vector<double> block_sums;  // mean only: [n_blocks, d]
+};
+Pooled pool_shard(const float* y, int64_t n, int64_t d, int64_t first_pos, int64_t n_record,
+                  const PoolSpec& pool);
+std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d, int64_t n_record);
+
+}  // namespace sparsa

@@ -1,0 +1,107 @@
+#include "pipelines/embed/records.hpp"
+
+#include <filesystem>
+#include <map>
+
+#include "core/error.hpp"
+#include "io/dna.hpp"
+#include "io/timeseries.hpp"
+#include "pipelines/embed/embed.hpp"
+
+namespace sparsa {
+
+struct RecordSource::Impl {
+  const EmbedOptions& opts;
+  const ModelConfig& config;
+  size_t input = 0;  // next input file (streaming) or region (regions mode)
+  std::unique_ptr<FastxReader> reader;
+  // regions mode
+  std::vector<std::unique_ptr<FaidxFetcher>> fetchers;  // one per input
+  std::vector<std::pair<size_t, RegionSpec>> regions;  // (input index, region)
+  // time series: the records of the current file, tokenised lazily
+  std::vector<RawSeries> series;
+  size_t series_next = 0;
+
+  Impl(const EmbedOptions& o, const ModelConfig& c) : opts(o), config(c) {
+    for (const auto& in : opts.inputs) {
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(in, ec))
+        throw InputError(in + ": no such file (or not a regular file)");
+    }
+    const bool dna = config.kind == ModelKind::kDna;
+    const bool any_region = !opts.regions.empty() || !opts.regions_bed.empty();
+    if (!dna && any_region)
+      throw ConfigError("--region/--regions apply to DNA models; this model is a time-series model");
+    if (dna && (!opts.columns.empty() || !opts.time_column.empty() || !opts.id_column.empty()))
+      throw ConfigError("--columns/--time-column/--id-column apply to time-series models; this model is DNA");
+    if (!dna && opts.rc_average)
+      throw ConfigError("--rc-average applies to DNA models; this model is a time-series model");
+    if (dna && any_region) resolve_regions();
+  }
+
+  void resolve_regions() {
+    DnaReadOptions ro{opts.invalid_as_n};
+    std::vector<std::string> all_names;
+    std::vector<std::map<std::string, bool>> names_of(opts.inputs.size());
+    for (const auto& in : opts.inputs) {
+      fetchers.push_back(std::make_unique<FaidxFetcher>(in, ro));
+      for (auto& nm : fetchers.back()->names()) {
+        names_of[fetchers.size() - 1][nm] = true;
+        all_names.push_back(nm);
+      }
+    }
+    std::vector<RegionSpec> specs;
+    for (const auto& r : opts.regions) specs.push_back(parse_region(r, all_names));
+    if (!opts.regions_bed.empty())
+      for (auto& r : read_bed(opts.regions_bed)) specs.push_back(std::move(r));
+    for (auto& spec : specs) {
+      std::vector<size_t> found;
+      for (size_t i = 0; i < opts.inputs.size(); ++i)
+        if (names_of[i].count(spec.name)) found.push_back(i);
+      if (found.empty())
+        throw InputError("region '" + spec.text + "': no record named '" + spec.name +
+                         "' in the input" + (opts.inputs.size() > 1 ? "s" : ""));
+      if (found.size() > 1)
+        throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +
+                         opts.inputs[found[0]] + " and " + opts.inputs[found[1]] +
+                         "; embed them in separate runs");
+      regions.push_back({found[0], spec});
+    }
+  }
+
+  bool next(Record& rec) {
+    if (!fetchers.empty()) {
+      if (input >= regions.size()) return false;
+      auto& [idx, spec] = regions[input++];
+      rec = fetchers[idx]->fetch(spec);
+      return true;
+    }
+    if (config.kind == ModelKind::kTimeseries) {
+      while (series_next >= series.size()) {
+        if (input >= opts.inputs.size()) return false;
+        CsvOptions co{opts.time_column, opts.columns, opts.id_column};
+        series = read_timeseries_csv(opts.inputs[input], co, config.channels);
+        series_next = 0;
+        ++input;
+      }
+      rec = tokenize_series(series[series_next], config, opts.inputs[input - 1]);
+      series[series_next++] = RawSeries{};  // free what was read
+      return true;
+    }
+    while (true) {
+      if (!reader) {
+        if (input >= opts.inputs.size()) return false;
+        reader = std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
+      }
+      if (reader->next(rec)) return true;
+      reader.reset();
+    }
+  }
+};
+
+RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
+    : impl_(std::make_unique<Impl>(opts, config)) {}
+RecordSource::~RecordSource() = default;
+bool RecordSource::next(Record& rec) { return impl_->next(rec); }
+
+}  // namespace sparsa

@@ -1,0 +1,302 @@
+#include "backends/cpu/ops.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <queue>
+
+#include "core/error.hpp"
+
+namespace sparsa::cpu {
+
+void init_threads() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
+float gelu(float x) {
+  const double xd = x;
+  return (float)(0.5 * xd * (1.0 + std::erf(xd * 0.70710678118654752440)));
+}
+
+int64_t find_nonfinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+
+static void rmsnorm_row(const float* x, const float* g, float* out, int64_t dim, double eps) {
+  double ss = 0.0;
+  for (int64_t j = 0; j < dim; ++j) ss += (double)x[j] * (double)x[j];
+  const double inv = 1.0 / std::sqrt(ss / (double)dim + eps);
+  for (int64_t j = 0; j < dim; ++j) out[j] = (float)((double)x[j] * inv * (double)g[j]);
+}
+
+void rmsnorm(const RmsNormParams& p) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n_tokens; ++i)
+    rmsnorm_row(p.x + i * p.dim, p.gain, p.out + i * p.dim, p.dim, p.eps);
+}
+
+// Tiles of a shard: tile t covers record positions [t*kRowTile, (t+1)*kRowTile).
+struct TileRange {
+  int64_t first, count;
+};
+static TileRange tiles_of(int64_t first_pos, int64_t n_tokens) {
+  if (n_tokens <= 0) return {0, 0};
+  const int64_t t0 = first_pos / kRowTile, t1 = (first_pos + n_tokens - 1) / kRowTile + 1;
+  return {t0, t1 - t0};
+}
+
+// The shard rows [r0, r1) that fall in tile `tile`, and the tile slot of row r0.
+struct TileRows {
+  int64_t r0, r1, slot0;
+};
+static TileRows tile_rows(int64_t first_pos, int64_t n_tokens, int64_t tile) {
+  const int64_t tile_pos = tile * kRowTile;
+  const int64_t r0 = std::max<int64_t>(0, tile_pos - first_pos);
+  const int64_t r1 = std::min<int64_t>(n_tokens, tile_pos + kRowTile - first_pos);
+  return {r0, r1, first_pos + r0 - tile_pos};
+}
+
+// One GEMM of exactly kRowTile rows: the `rows` rows of x (at tile slots slot0..) times W into y
+// (= or +=). The other slots are zero so that M, N, K never depend on the shard.
+static void gemm_tile(const float* x, const float* w, float* y, int64_t rows, int64_t slot0,
+                      int64_t d_in, int64_t d_out, bool accumulate, std::vector<float>& xs,
+                      std::vector<float>& ys) {
+  xs.assign(kRowTile * d_in, 0.0f);
+  std::memcpy(xs.data() + slot0 * d_in, x, rows * d_in * sizeof(float));
+  ys.resize(kRowTile * d_out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)kRowTile, (int)d_out, (int)d_in, 1.0f,
+              xs.data(), (int)d_in, w, (int)d_out, 0.0f, ys.data(), (int)d_out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = ys.data() + (slot0 + r) * d_out;
+    float* dst = y + r * d_out;
+    if (accumulate)
+      for (int64_t j = 0; j < d_out; ++j) dst[j] += src[j];
+    else
+      std::memcpy(dst, src, d_out * sizeof(float));
+  }
+}
+
+void linear(const LinearParams& p) {
+  init_threads();
+  const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
+#pragma omp parallel
+  {
+    std::vector<float> xs, ys;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tr.count; ++t) {
+      const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
+      gemm_tile(p.x + tw.r0 * p.d_in, p.w, p.y + tw.r0 * p.d_out, tw.r1 - tw.r0, tw.slot0, p.d_in,
+                p.d_out, p.accumulate, xs, ys);
+    }
+  }
+}
+
+static float router_row(const float* hid, const float* b1, const float* w2, float b2,
+                        int64_t hidden) {
+  double s = 0.0;
+  for (int64_t j = 0; j < hidden; ++j) s += (double)gelu(hid[j] + b1[j]) * (double)w2[j];
+  return (float)(s + (double)b2);
+}
+
+void attn_inputs(const AttnInputParams& p) {
+  init_threads();
+  const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
+#pragma omp parallel
+  {
+    std::vector<float> h, hid, xs, ys;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tr.count; ++t) {
+      const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
+      const int64_t m = tw.r1 - tw.r0;
+      h.resize(m * p.d);
+      hid.resize(m * p.hidden);
+      for (int64_t r = 0; r < m; ++r)
+        rmsnorm_row(p.x + (tw.r0 + r) * p.d, p.norm, h.data() + r * p.d, p.d, p.eps);
+      gemm_tile(h.data(), p.wq, p.q + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
+      gemm_tile(h.data(), p.wk, p.k + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
+      gemm_tile(h.data(), p.wv, p.v + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
+      gemm_tile(h.data(), p.router_w1, hid.data(), m, tw.slot0, p.d, p.hidden, false, xs, ys);
+      for (int64_t r = 0; r < m; ++r)
+        p.scores[tw.r0 + r] =
+            router_row(hid.data() + r * p.hidden, p.router_b1, p.router_w2, p.router_b2, p.hidden);
+    }
+  }
+}
+
+void rope(const RopeParams& p) {
+  const int64_t half = p.head_dim / 2, d = p.n_heads * p.head_dim;
+  std::vector<double> theta(half);
+  for (int64_t k = 0; k < half; ++k)
+    theta[k] = std::pow(p.base, -2.0 * (double)k / (double)p.head_dim);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n_tokens; ++i) {
+    const double pos = (double)(p.first_pos + i);
+    float* row = p.x + i * d;
+    for (int64_t k = 0; k < half; ++k) {
+      // NOTE: the angle is formed in double: at positions near 1e9 a float angle is off by
+      // whole radians (spec section 2).
+      const double a = pos * theta[k];
+      const double c = std::cos(a), s = std::sin(a);
+      for (int64_t h = 0; h < p.n_heads; ++h) {
+        float* x = row + h * p.head_dim;
+        const double x0 = x[k], x1 = x[k + half];
+        x[k] = (float)(x0 * c - x1 * s);
+        x[k + half] = (float)(x0 * s + x1 * c);
+      }
+    }
+  }
+}
+
+void router(const RouterParams& p) {
+  init_threads();
+  const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
+#pragma omp parallel
+  {
+    std::vector<float> xs, ys, hid;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tr.count; ++t) {
+      const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
+      hid.resize((tw.r1 - tw.r0) * p.hidden);
+      gemm_tile(p.h + tw.r0 * p.d, p.w1, hid.data(), tw.r1 - tw.r0, tw.slot0, p.d, p.hidden, false,
+                xs, ys);
+      for (int64_t r = tw.r0; r < tw.r1; ++r)
+        p.scores[r] = router_row(hid.data() + (r - tw.r0) * p.hidden, p.b1, p.w2, p.b2, p.hidden);
+    }
+  }
+}
+
+std::vector<GlobalCandidate> top_g(const float* scores, int64_t n, int64_t first_pos, int64_t g) {
+  std::vector<GlobalCandidate> heap;  // a min-heap on `better`: the worst kept candidate on top
+  if (g <= 0) return heap;
+  heap.reserve(std::min(g, n));
+  auto worse_first = [](const GlobalCandidate& a, const GlobalCandidate& b) { return better(a, b); };
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(scores[i]))
+      throw NumericError("router score at position " + std::to_string(first_pos + i) +
+                         " is not finite");
+    GlobalCandidate c{scores[i], first_pos + i};
+    if ((int64_t)heap.size() < g) {
+      heap.push_back(c);
+      std::push_heap(heap.begin(), heap.end(), worse_first);
+    } else if (better(c, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), worse_first);
+      heap.back() = c;
+      std::push_heap(heap.begin(), heap.end(), worse_first);
+    }
+  }
+  std::sort(heap.begin(), heap.end(), better);
+  return heap;
+}
+
+std::vector<GlobalCandidate> select_global(std::vector<GlobalCandidate> all, int64_t g) {
+  g = std::min<int64_t>(g, (int64_t)all.size());
+  std::partial_sort(all.begin(), all.begin() + g, all.end(), better);
+  all.resize(g);
+  std::sort(all.begin(), all.end(),
+            [](const GlobalCandidate& a, const GlobalCandidate& b) { return a.pos < b.pos; });
+  return all;
+}
+
+// Softmax-weighted sum of `count` value rows for one head: out += weight * sum_j softmax(s)_j
+// * extra_j * v_j. Scores are computed, max-subtracted, exponentiated and summed in index order.
+static void attend_head(const float* qh, const float* kbase, const float* vbase, int64_t count,
+                        int64_t row_stride, const float* extra, float weight, int64_t head_dim,
+                        float scale, float* scratch, float* acc, float* outh) {
+  if (count <= 0) return;
+  float m = -INFINITY;
+  for (int64_t j = 0; j < count; ++j) {
+    const float* kj = kbase + j * row_stride;
+    float s = 0.0f;
+    for (int64_t e = 0; e < head_dim; ++e) s += qh[e] * kj[e];
+    s *= scale;
+    scratch[j] = s;
+    m = std::max(m, s);
+  }
+  float denom = 0.0f;
+  for (int64_t j = 0; j < count; ++j) {
+    scratch[j] = std::exp(scratch[j] - m);
+    denom += scratch[j];
+  }
+  std::fill(acc, acc + head_dim, 0.0f);
+  for (int64_t j = 0; j < count; ++j) {
+    const float pj = scratch[j] * (extra ? extra[j] : 1.0f);
+    const float* vj = vbase + j * row_stride;
+    for (int64_t e = 0; e < head_dim; ++e) acc[e] += pj * vj[e];
+  }
+  const float f = weight / denom;
+  for (int64_t e = 0; e < head_dim; ++e) outh[e] += f * acc[e];
+}
+
+void dsa_attention(const AttentionParams& p) {
+  const int64_t d = p.n_heads * p.head_dim;
+  const float scale = 1.0f / std::sqrt((float)p.head_dim);
+#pragma omp parallel
+  {
+    std::vector<float> scratch(std::max<int64_t>(2 * p.window + 1, p.n_global) + 1);
+    std::vector<float> acc(p.head_dim), out(d), q(d);
+#pragma omp for schedule(static)
+    for (int64_t r = p.row_begin; r < p.row_end; ++r) {
+      const int64_t i = p.first_pos + r;
+      const int64_t lo = std::max<int64_t>(0, i - p.window);
+      const int64_t hi = p.causal ? i : std::min<int64_t>(p.n_record - 1, i + p.window);
+      // Global set visible to i: all of S, or its prefix j <= i when causal.
+      const int64_t ng =
+          p.causal ? std::upper_bound(p.pos_global, p.pos_global + p.n_global, i) - p.pos_global
+                   : p.n_global;
+      std::memcpy(q.data(), p.q + r * d, d * sizeof(float));  // out may alias q
+      std::fill(out.begin(), out.end(), 0.0f);
+      for (int64_t h = 0; h < p.n_heads; ++h) {
+        const int64_t off = h * p.head_dim;
+        attend_head(q.data() + off, p.k + (lo - p.kv_begin) * d + off,
+                    p.v + (lo - p.kv_begin) * d + off, hi - lo + 1, d, nullptr, p.alpha[h],
+                    p.head_dim, scale, scratch.data(), acc.data(), out.data() + off);
+        attend_head(q.data() + off, p.k_global + off, p.v_global + off, ng, d, p.gamma, p.beta[h],
+                    p.head_dim, scale, scratch.data(), acc.data(), out.data() + off);
+      }
+      std::memcpy(p.out + r * d, out.data(), d * sizeof(float));
+    }
+  }
+}
+
+void mlp_block(const MlpParams& p) {
+  init_threads();
+  const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
+#pragma omp parallel
+  {
+    std::vector<float> h, u, xs, ys;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tr.count; ++t) {
+      const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
+      const int64_t m = tw.r1 - tw.r0;
+      h.resize(m * p.d);
+      u.resize(m * p.d_ff);
+      for (int64_t r = 0; r < m; ++r)
+        rmsnorm_row(p.x + (tw.r0 + r) * p.d, p.norm, h.data() + r * p.d, p.d, p.eps);
+      gemm_tile(h.data(), p.w_up, u.data(), m, tw.slot0, p.d, p.d_ff, false, xs, ys);
+      for (auto& e : u) e = gelu(e);
+      gemm_tile(u.data(), p.w_down, p.x + tw.r0 * p.d, m, tw.slot0, p.d_ff, p.d, true, xs, ys);
+    }
+  }
+}
+
+void embed(const EmbedParams& p) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n_tokens; ++i) {
+    float* xi = p.x + i * p.d;
+    std::fill(xi, xi + p.d, 0.0f);
+    for (int64_t c = 0; c < p.n_tables; ++c) {
+      const int32_t t = p.tokens[i * p.n_tables + c];
+      const float* e = p.tables[c] + (int64_t)t * p.d;
+      for (int64_t j = 0; j < p.d; ++j) xi[j] += e[j];
+    }
+  }
+}
+
+}  // namespace sparsa::cpu

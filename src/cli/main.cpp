@@ -1,0 +1,165 @@
+// sparsa command line: a thin layer that parses options, calls the library and maps errors to
+// exit codes. See docs/cli.md.
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/inspect.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/progress.hpp"
+#include "dist/comm.hpp"
+#include "model/weights.hpp"
+#include "pipelines/embed/embed.hpp"
+
+using namespace sparsa;
+
+namespace {
+
+const char* kDescription =
+    "sparsa: embeddings of very long sequences (DNA, time series) with DeepSeek-style sparse\n"
+    "attention: a local window around every token plus a few routed global tokens.\n"
+    "\n"
+    "Typical use:\n"
+    "  sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1\n"
+    "  sparsa embed --model model.h5 --input genome.fa.gz --output emb.h5 --pool bin:128\n"
+    "  sparsa inspect emb.h5\n"
+    "  mpirun -np 4 sparsa embed ...     (one record split over 4 ranks)\n"
+    "\n"
+    "Weights from `init` are random until training lands: embeddings are deterministic\n"
+    "functions of the input, not yet biologically meaningful.";
+
+std::string join_argv(int argc, char** argv) {
+  std::string s;
+  for (int i = 0; i < argc; ++i) {
+    if (i) s += ' ';
+    std::string a = argv[i];
+    if (a.find_first_of(" \t'\"") != std::string::npos) s += "'" + a + "'";
+    else s += a;
+  }
+  return s;
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t e = s.find(',', start);
+    if (e == std::string::npos) e = s.size();
+    if (e > start) out.push_back(s.substr(start, e - start));
+    start = e + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{kDescription, "sparsa"};
+  app.set_version_flag("--version", std::string("sparsa ") + SPARSA_VERSION);
+  app.require_subcommand(1);
+  app.get_formatter()->column_width(34);
+  int threads = 0;
+  app.add_option("-t,--threads", threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+
+  // init
+  auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");
+  std::string init_config, init_output;
+  uint64_t seed = 1;
+  bool init_force = false;
+  init->add_option("-c,--config", init_config, "Model config (TOML, a [model] table; see configs/)")
+      ->required()->check(CLI::ExistingFile);
+  init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")->required();
+  init->add_option("--seed", seed, "Random seed; the same seed gives the same file contents")
+      ->capture_default_str();
+  init->add_flag("--force", init_force, "Replace an existing output file");
+
+  // embed
+  auto* embed = app.add_subcommand("embed", "Embed records of FASTA/FASTQ or time-series CSV files");
+  EmbedOptions eo;
+  std::string pool = "none", dtype = "f16", columns;
+  embed->add_option("-m,--model", eo.model, "Checkpoint written by `sparsa init`")
+      ->required()->check(CLI::ExistingFile);
+  embed->add_option("-i,--input", eo.inputs,
+                    "Input file(s): FASTA/FASTQ (plain, gzip, bgzip) or CSV; repeat for more")
+      ->required();
+  embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")->required();
+  embed->add_option("-r,--region", eo.regions,
+                    "Region chr:start-end (1-based, inclusive, as samtools); repeatable");
+  embed->add_option("--regions", eo.regions_bed, "BED file of regions (0-based, half-open)");
+  embed->add_option("-p,--pool", pool, "none (a row per token), bin:N (mean of N tokens), mean")
+      ->capture_default_str();
+  embed->add_option("--dtype", dtype, "Embedding type in the file: f16 or f32")
+      ->check(CLI::IsMember({"f16", "f32"}))->capture_default_str();
+  embed->add_flag("--rc-average", eo.rc_average,
+                  "DNA: average with the reverse-complement strand (2x the work)");
+  embed->add_flag("--invalid-as-n", eo.invalid_as_n,
+                  "DNA: read invalid sequence characters as N instead of failing");
+  embed->add_option("--columns", columns, "Time series: channel columns a,b,c (default: all)");
+  embed->add_option("--time-column", eo.time_column,
+                    "Time series: time column (default: timestamp, date or time)");
+  embed->add_option("--id-column", eo.id_column,
+                    "Time series: long format, one record per distinct value of this column");
+  embed->add_option("--device", eo.device, "cpu, cuda or auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  embed->add_flag("--force", eo.force, "Replace an existing output file");
+  embed->add_flag("-q,--quiet", eo.quiet, "No progress output");
+
+  // inspect
+  auto* insp = app.add_subcommand("inspect", "Summarise a checkpoint or an embeddings file");
+  std::string insp_path;
+  bool insp_all = false;
+  insp->add_option("file", insp_path, "HDF5 file written by sparsa")->required();
+  insp->add_flag("--all", insp_all, "List every record");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
+  if (threads > 0) omp_set_num_threads(threads);
+
+  std::unique_ptr<Comm> comm;
+  int code = kExitOk;
+  try {
+    comm = make_world_comm();
+    if (*init) {
+      if (std::filesystem::exists(init_output) && !init_force)
+        throw ConfigError(init_output + " already exists; pass --force to replace it");
+      ModelConfig c = load_model_config(init_config);
+      if (comm->rank() == 0) {
+        save_checkpoint(init_model(c, seed), init_output);
+        std::fprintf(stderr, "[sparsa] wrote %s (%s model, seed %llu)\n", init_output.c_str(),
+                     to_string(c.kind), (unsigned long long)seed);
+      }
+    } else if (*embed) {
+      eo.pool = parse_pool(pool);
+      eo.f16 = dtype == "f16";
+      eo.columns = split_commas(columns);
+      eo.command_line = join_argv(argc, argv);
+      EmbedSummary s = run_embed(eo, *comm);
+      if (comm->rank() == 0 && !eo.quiet)
+        std::fprintf(stderr, "[sparsa] done: %lld records, %stokens in %s (%stok/s) -> %s\n",
+                     (long long)s.records, human_count((double)s.tokens).c_str(),
+                     human_seconds(s.seconds).c_str(),
+                     human_count(s.seconds > 0 ? s.tokens / s.seconds : 0).c_str(),
+                     eo.output.c_str());
+    } else if (*insp) {
+      inspect_file(insp_path, insp_all);
+    }
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "sparsa: error: %s\n", e.what());
+    code = kExitUsage;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sparsa: error: %s\n", e.what());
+    code = kExitError;
+  }
+  if (code != kExitOk && comm && comm->size() > 1) {
+    // One rank failed: the others may wait in a collective forever. Abort them all.
+    std::fflush(stderr);
+    comm->abort(code);
+  }
+  return code;
+}

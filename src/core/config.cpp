@@ -1,0 +1,204 @@
+#include "core/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "core/error.hpp"
+
+namespace sparsa {
+
+const char* to_string(ModelKind k) { return k == ModelKind::kDna ? "dna" : "timeseries"; }
+
+const char* to_string(TsTransform t) {
+  switch (t) {
+    case TsTransform::kLevel: return "level";
+    case TsTransform::kLogReturn: return "log_return";
+    case TsTransform::kDiff: return "diff";
+  }
+  return "?";
+}
+
+int64_t ModelConfig::n_global(int64_t n) const {
+  // G = min(global_max, n, max(global_min, ceil(n / global_every)))
+  int64_t g = (n + global_every - 1) / global_every;
+  g = std::max(global_min, g);
+  return std::min({global_max, n, g});
+}
+
+void ModelConfig::validate() const {
+  auto bad = [](const std::string& key, const std::string& why) {
+    throw ConfigError("config key '" + key + "': " + why);
+  };
+  if (d_model < 1) bad("d_model", "must be >= 1");
+  if (n_heads < 1) bad("n_heads", "must be >= 1");
+  if (d_model % n_heads != 0)
+    bad("d_model", "d_model (" + std::to_string(d_model) + ") must be divisible by n_heads (" +
+                       std::to_string(n_heads) + ")");
+  if (head_dim() % 2 != 0)
+    bad("n_heads", "head_dim = d_model / n_heads = " + std::to_string(head_dim()) +
+                       " must be even for RoPE");
+  if (n_layers < 1) bad("n_layers", "must be >= 1");
+  if (d_ff < 1) bad("d_ff", "must be >= 1");
+  if (window < 1) bad("window", "must be >= 1");
+  if (global_every < 1) bad("global_every", "must be >= 1");
+  if (global_min < 0) bad("global_min", "must be >= 0");
+  if (global_max < 0) bad("global_max", "must be >= 0");
+  if (global_min > global_max) bad("global_min", "must be <= global_max");
+  if (router_hidden < 1) bad("router_hidden", "must be >= 1");
+  if (!(rope_base > 1.0) || !std::isfinite(rope_base)) bad("rope_base", "must be a finite number > 1");
+  if (!(norm_eps > 0.0) || !std::isfinite(norm_eps)) bad("norm_eps", "must be a finite number > 0");
+  if (kind == ModelKind::kTimeseries) {
+    if (channels < 1) bad("channels", "must be >= 1");
+    if (ts_bins < 2) bad("ts_bins", "must be >= 2");
+    if (ts_bins > (1 << 20)) bad("ts_bins", "must be <= 1048576");
+    if (!(ts_clip > 0.0) || !std::isfinite(ts_clip)) bad("ts_clip", "must be a finite number > 0");
+  }
+  // Sizes that would overflow the int64 arithmetic of [n, d] buffers are refused early.
+  if (d_model > (1 << 16) || d_ff > (1 << 20) || n_layers > 4096 || router_hidden > (1 << 16))
+    bad("d_model", "sizes beyond d_model 65536, d_ff 2^20, n_layers 4096 are not supported");
+}
+
+std::string ModelConfig::to_toml() const {
+  std::ostringstream o;
+  o.precision(17);
+  o << "[model]\n"
+    << "kind = \"" << to_string(kind) << "\"\n"
+    << "d_model = " << d_model << "\n"
+    << "n_layers = " << n_layers << "\n"
+    << "n_heads = " << n_heads << "\n"
+    << "d_ff = " << d_ff << "\n"
+    << "window = " << window << "\n"
+    << "causal = " << (causal ? "true" : "false") << "\n"
+    << "global_every = " << global_every << "\n"
+    << "global_min = " << global_min << "\n"
+    << "global_max = " << global_max << "\n"
+    << "router_hidden = " << router_hidden << "\n"
+    << "rope_base = " << std::showpoint << rope_base << std::noshowpoint << "\n"
+    << "norm_eps = " << norm_eps << "\n";
+  if (kind == ModelKind::kTimeseries) {
+    o << "channels = " << channels << "\n"
+      << "ts_bins = " << ts_bins << "\n"
+      << "ts_clip = " << std::showpoint << ts_clip << std::noshowpoint << "\n"
+      << "ts_transform = \"" << to_string(ts_transform) << "\"\n";
+  }
+  return o.str();
+}
+
+namespace {
+
+struct Reader {
+  const toml::table& t;
+  std::string origin;
+  std::set<std::string> seen;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
+    throw ConfigError(origin + ": [model] " + key + ": " + why);
+  }
+  void get_int(const char* key, int64_t& out) {
+    seen.insert(key);
+    auto node = t.get(key);
+    if (!node) return;
+    if (auto v = node->value_exact<int64_t>()) out = *v;
+    else fail(key, "must be an integer");
+  }
+  void get_float(const char* key, double& out) {
+    seen.insert(key);
+    auto node = t.get(key);
+    if (!node) return;
+    if (auto v = node->value<double>()) out = *v;  // integers are accepted for floats
+    else fail(key, "must be a number");
+  }
+  void get_bool(const char* key, bool& out) {
+    seen.insert(key);
+    auto node = t.get(key);
+    if (!node) return;
+    if (auto v = node->value_exact<bool>()) out = *v;
+    else fail(key, "must be true or false");
+  }
+  bool get_string(const char* key, std::string& out) {
+    seen.insert(key);
+    auto node = t.get(key);
+    if (!node) return false;
+    if (auto v = node->value_exact<std::string>()) out = *v;
+    else fail(key, "must be a string");
+    return true;
+  }
+};
+
+}  // namespace
+
+ModelConfig parse_model_config(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream o;
+    o << origin << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+      << e.description();
+    throw ConfigError(o.str());
+  }
+  for (auto&& [k, v] : root) {
+    if (k.str() != "model")
+      throw ConfigError(origin + ": unknown table or key '" + std::string(k.str()) +
+                        "' (a config holds one [model] table)");
+  }
+  const toml::table* mt = root["model"].as_table();
+  if (!mt) throw ConfigError(origin + ": no [model] table");
+  ModelConfig c;
+  Reader r{*mt, origin, {}};
+  std::string kind;
+  if (!r.get_string("kind", kind)) r.fail("kind", "is required (\"dna\" or \"timeseries\")");
+  if (kind == "dna") c.kind = ModelKind::kDna;
+  else if (kind == "timeseries") c.kind = ModelKind::kTimeseries;
+  else r.fail("kind", "must be \"dna\" or \"timeseries\", not \"" + kind + "\"");
+  r.get_int("d_model", c.d_model);
+  r.get_int("n_layers", c.n_layers);
+  r.get_int("n_heads", c.n_heads);
+  r.get_int("d_ff", c.d_ff);
+  r.get_int("window", c.window);
+  r.get_bool("causal", c.causal);
+  r.get_int("global_every", c.global_every);
+  r.get_int("global_min", c.global_min);
+  r.get_int("global_max", c.global_max);
+  r.get_int("router_hidden", c.router_hidden);
+  r.get_float("rope_base", c.rope_base);
+  r.get_float("norm_eps", c.norm_eps);
+  r.get_int("channels", c.channels);
+  r.get_int("ts_bins", c.ts_bins);
+  r.get_float("ts_clip", c.ts_clip);
+  std::string tr;
+  if (r.get_string("ts_transform", tr)) {
+    if (tr == "level") c.ts_transform = TsTransform::kLevel;
+    else if (tr == "log_return") c.ts_transform = TsTransform::kLogReturn;
+    else if (tr == "diff") c.ts_transform = TsTransform::kDiff;
+    else r.fail("ts_transform", "must be \"level\", \"log_return\" or \"diff\", not \"" + tr + "\"");
+  }
+  for (auto&& [k, v] : *mt) {
+    if (!r.seen.count(std::string(k.str())))
+      throw ConfigError(origin + ": [model] unknown key '" + std::string(k.str()) + "'");
+  }
+  if (c.kind == ModelKind::kDna) {
+    for (const char* k : {"channels", "ts_bins", "ts_clip", "ts_transform"})
+      if (mt->contains(k)) r.fail(k, "is for time-series models only (kind = \"timeseries\")");
+  }
+  try {
+    c.validate();
+  } catch (const ConfigError& e) {
+    throw ConfigError(origin + ": " + e.what());
+  }
+  return c;
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw ConfigError(path + ": cannot open config file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_model_config(ss.str(), path);
+}
+
+}  // namespace sparsa

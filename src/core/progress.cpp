@@ -1,0 +1,95 @@
+#include "core/progress.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace sparsa {
+
+using Clock = std::chrono::steady_clock;
+
+std::string human_count(double v) {
+  char b[32];
+  if (v >= 1e9) std::snprintf(b, sizeof b, "%.2f G", v / 1e9);
+  else if (v >= 1e6) std::snprintf(b, sizeof b, "%.2f M", v / 1e6);
+  else if (v >= 1e3) std::snprintf(b, sizeof b, "%.1f k", v / 1e3);
+  else std::snprintf(b, sizeof b, "%.0f ", v);
+  return b;
+}
+
+std::string human_seconds(double s) {
+  char b[32];
+  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  else if (s >= 60) std::snprintf(b, sizeof b, "%dm%02ds", (int)(s / 60), (int)s % 60);
+  else std::snprintf(b, sizeof b, "%.1fs", s);
+  return b;
+}
+
+std::string human_bytes(double v) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (v >= 1024 && u < 4) { v /= 1024; ++u; }
+  char b[32];
+  std::snprintf(b, sizeof b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return b;
+}
+
+Progress::Progress(bool enabled, bool live)
+    : enabled_(enabled), live_(live), t0_(Clock::now()), last_(t0_), rec_t0_(t0_) {}
+
+Progress Progress::for_stderr(bool quiet) { return Progress(!quiet, isatty(2) == 1); }
+
+double Progress::seconds() const {
+  return std::chrono::duration<double>(Clock::now() - t0_).count();
+}
+
+void Progress::start_record(int64_t index, const std::string& name, int64_t n_tokens) {
+  index_ = index;
+  name_ = name;
+  rec_tokens_ = n_tokens;
+  fraction_ = 0;
+  rec_t0_ = Clock::now();
+  print(true);
+}
+
+void Progress::update(double fraction) {
+  fraction_ = fraction;
+  print(false);
+}
+
+void Progress::finish_record() {
+  fraction_ = 1.0;
+  tokens_done_ += rec_tokens_;
+  print(true);
+  if (enabled_ && live_) std::fputc('\n', stderr);
+}
+
+void Progress::log(const std::string& msg) {
+  if (!enabled_) return;
+  std::fprintf(stderr, "%s[sparsa] %s\n", live_ ? "\r\033[K" : "", msg.c_str());
+}
+
+void Progress::print(bool force) {
+  if (!enabled_) return;
+  const auto now = Clock::now();
+  const double since = std::chrono::duration<double>(now - last_).count();
+  if (!force && since < (live_ ? 0.2 : 10.0)) return;
+  last_ = now;
+  const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
+  const double done = fraction_ * (double)rec_tokens_;
+  const double rate = rec_s > 0 ? done / rec_s : 0;
+  const double eta = rate > 0 ? ((double)rec_tokens_ - done) / rate : 0;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
+                (long long)index_, name_.c_str(), human_count(done).c_str(),
+                human_count((double)rec_tokens_).c_str(), 100.0 * fraction_,
+                human_count(rate).c_str(), human_seconds(eta).c_str(),
+                human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
+                human_seconds(seconds()).c_str());
+  if (live_) std::fprintf(stderr, "\r\033[K[sparsa] %s", line);
+  else std::fprintf(stderr, "[sparsa] %s\n", line);
+  std::fflush(stderr);
+}
+
+}  // namespace sparsa

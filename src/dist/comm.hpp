@@ -1,0 +1,57 @@
+// sparsa: the communicator. One flat interface, one level of implementations: a single process
+// (no MPI needed at run time) and MPI; NCCL backs the same calls on GPUs.
+// Every rank must make the same collective calls in the same order.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sparsa {
+
+// A point-to-point transfer of one exchange: `bytes` bytes to or from `peer`.
+struct Transfer {
+  int peer;
+  void* data;
+  int64_t bytes;
+};
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* name() const = 0;
+  virtual void barrier() = 0;
+  // Ends every rank at once (MPI_Abort); for a rank that failed while others may wait on it.
+  [[noreturn]] virtual void abort(int code) = 0;
+  // Every rank contributes `bytes` (may differ per rank); `out` receives the concatenation in rank
+  // order; `counts` (optional) the size of each rank's part.
+  virtual void allgatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
+                          std::vector<int64_t>* counts = nullptr) = 0;
+  // Like allgatherv, but only `root` receives (out and counts untouched elsewhere).
+  virtual void gatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
+                       std::vector<int64_t>* counts, int root) = 0;
+  virtual void allreduce_sum(double* data, int64_t n) = 0;
+  virtual void allreduce_max(int64_t* data, int64_t n) = 0;
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  // Starts a neighbour exchange (halo): every send and receive posted at once. Returns a token
+  // for wait_exchange; compute may run in between (overlap).
+  virtual int start_exchange(const std::vector<Transfer>& sends,
+                             const std::vector<Transfer>& recvs) = 0;
+  virtual void wait_exchange(int token) = 0;
+  // Bytes this rank has sent through start_exchange / allgatherv since creation (measurement).
+  int64_t bytes_sent_p2p = 0;
+  int64_t bytes_sent_collective = 0;
+};
+
+// The single-process communicator (rank 0 of 1).
+std::unique_ptr<Comm> make_single_comm();
+// MPI communicator over MPI_COMM_WORLD, initialising MPI when the process was started by
+// mpirun/srun (detected from the environment) and MPI is not initialised yet. Returns the single
+// communicator when the process was not launched by an MPI launcher.
+std::unique_ptr<Comm> make_world_comm();
+// True when the environment says this process was started by mpirun/srun with more than 1 rank.
+bool launched_by_mpi();
+
+}  // namespace sparsa

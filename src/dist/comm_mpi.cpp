@@ -1,0 +1,161 @@
+// MPI communicator. MPI is initialised once, here, only when a launcher started the process.
+#include <mpi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "core/error.hpp"
+#include "dist/comm.hpp"
+
+namespace sparsa {
+
+namespace {
+
+#define SPARSA_MPI_CHECK(call)                                                          \
+  do {                                                                                  \
+    int rc_ = (call);                                                                   \
+    if (rc_ != MPI_SUCCESS) {                                                           \
+      char msg_[MPI_MAX_ERROR_STRING];                                                  \
+      int len_ = 0;                                                                     \
+      MPI_Error_string(rc_, msg_, &len_);                                               \
+      throw SystemError(std::string("MPI error in ") + #call + " at " + __FILE__ + ":" + \
+                        std::to_string(__LINE__) + " on rank " + std::to_string(rank_) + \
+                        ": " + std::string(msg_, len_));                                \
+    }                                                                                   \
+  } while (0)
+
+int to_int(int64_t v, const char* what) {
+  if (v < 0 || v > std::numeric_limits<int>::max())
+    throw SystemError(std::string("MPI message too large for one call: ") + what);
+  return (int)v;
+}
+
+class MpiComm final : public Comm {
+ public:
+  explicit MpiComm(bool owns_init) : owns_init_(owns_init) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // Errors come back as codes (then exceptions); the CLI aborts every rank on an error.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  }
+  ~MpiComm() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_init_ && !finalized) MPI_Finalize();
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* name() const override { return "mpi"; }
+  void barrier() override { SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  [[noreturn]] void abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::exit(code);
+  }
+
+  void allgatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
+                  std::vector<int64_t>* counts) override {
+    int64_t mine = bytes;
+    std::vector<int64_t> all(size_);
+    SPARSA_MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, MPI_COMM_WORLD));
+    std::vector<int> cnt(size_), disp(size_);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      cnt[r] = to_int(all[r], "allgatherv part");
+      disp[r] = to_int(total, "allgatherv total");
+      total += all[r];
+    }
+    out.resize(total);
+    SPARSA_MPI_CHECK(MPI_Allgatherv(data, cnt[rank_], MPI_BYTE, out.data(), cnt.data(), disp.data(),
+                                    MPI_BYTE, MPI_COMM_WORLD));
+    bytes_sent_collective += bytes * (size_ - 1);
+    if (counts) *counts = all;
+  }
+  void gatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
+               std::vector<int64_t>* counts, int root) override {
+    int64_t mine = bytes;
+    std::vector<int64_t> all(size_);
+    SPARSA_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
+    std::vector<int> cnt(size_), disp(size_);
+    int64_t total = 0;
+    if (rank_ == root) {
+      for (int r = 0; r < size_; ++r) {
+        cnt[r] = to_int(all[r], "gatherv part");
+        disp[r] = to_int(total, "gatherv total");
+        total += all[r];
+      }
+      out.resize(total);
+      if (counts) *counts = all;
+    }
+    SPARSA_MPI_CHECK(MPI_Gatherv(data, to_int(bytes, "gatherv"), MPI_BYTE, out.data(), cnt.data(),
+                                 disp.data(), MPI_BYTE, root, MPI_COMM_WORLD));
+    if (rank_ != root) bytes_sent_collective += bytes;
+  }
+  void allreduce_sum(double* data, int64_t n) override {
+    SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_DOUBLE, MPI_SUM,
+                                   MPI_COMM_WORLD));
+  }
+  void allreduce_max(int64_t* data, int64_t n) override {
+    SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_INT64_T,
+                                   MPI_MAX, MPI_COMM_WORLD));
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    SPARSA_MPI_CHECK(MPI_Bcast(data, to_int(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD));
+  }
+  int start_exchange(const std::vector<Transfer>& sends,
+                     const std::vector<Transfer>& recvs) override {
+    auto& reqs = pending_[next_token_ % 2];
+    reqs.clear();
+    for (const auto& r : recvs) {
+      reqs.emplace_back();
+      SPARSA_MPI_CHECK(MPI_Irecv(r.data, to_int(r.bytes, "halo"), MPI_BYTE, r.peer, kHaloTag,
+                                 MPI_COMM_WORLD, &reqs.back()));
+    }
+    for (const auto& s : sends) {
+      reqs.emplace_back();
+      SPARSA_MPI_CHECK(MPI_Isend(s.data, to_int(s.bytes, "halo"), MPI_BYTE, s.peer, kHaloTag,
+                                 MPI_COMM_WORLD, &reqs.back()));
+      bytes_sent_p2p += s.bytes;
+    }
+    return next_token_++;
+  }
+  void wait_exchange(int token) override {
+    auto& reqs = pending_[token % 2];
+    SPARSA_MPI_CHECK(MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE));
+    reqs.clear();
+  }
+
+ private:
+  static constexpr int kHaloTag = 17;
+  bool owns_init_;
+  int rank_ = 0, size_ = 1;
+  int next_token_ = 0;
+  std::vector<MPI_Request> pending_[2];
+};
+
+}  // namespace
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+std::unique_ptr<Comm> make_world_comm() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized && !launched_by_mpi()) return make_single_comm();
+  bool owns = false;
+  if (!initialized) {
+    int provided = 0;
+    if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      throw SystemError("MPI_Init_thread failed");
+    owns = true;
+  }
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  auto c = std::make_unique<MpiComm>(owns);
+  return c;
+}
+
+}  // namespace sparsa

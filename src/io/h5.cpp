@@ -1,0 +1,307 @@
+#include "io/h5.hpp"
+
+#include <algorithm>
+#include <mutex>
+
+#include "core/error.hpp"
+
+namespace sparsa::h5 {
+
+void Handle::reset() {
+  if (id_ >= 0 && closer_) closer_(id_);
+  id_ = -1;
+}
+
+void quiet_errors() {
+  static std::once_flag once;
+  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+namespace {
+
+[[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {
+  throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + what);
+}
+
+hid_t check(hid_t id, const std::string& file, const std::string& obj, const char* what) {
+  if (id < 0) fail(file, obj, std::string("HDF5 ") + what + " failed");
+  return id;
+}
+
+Handle file_type(Dtype t) {
+  if (t == Dtype::kF16) return Handle(make_f16_type(), H5Tclose);
+  return Handle(H5Tcopy(t == Dtype::kI64 ? H5T_STD_I64LE : H5T_IEEE_F32LE), H5Tclose);
+}
+
+Handle str_type() {
+  Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(t.id(), H5T_VARIABLE);
+  H5Tset_cset(t.id(), H5T_CSET_UTF8);
+  return t;
+}
+
+}  // namespace
+
+hid_t make_f16_type() {
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  // binary16: sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9.
+  H5Tset_fields(t, 15, 10, 5, 0, 10);
+  H5Tset_size(t, 2);
+  H5Tset_precision(t, 16);
+  H5Tset_ebias(t, 15);
+  return t;
+}
+
+File File::create(const std::string& path) {
+  quiet_errors();
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (id < 0) fail(path, "", "cannot create HDF5 file (is the folder writable?)");
+  return File(Handle(id, H5Fclose), path);
+}
+
+File File::open_read(const std::string& path) {
+  quiet_errors();
+  if (H5Fis_hdf5(path.c_str()) <= 0)
+    throw InputError(path + ": not an HDF5 file, or it cannot be read");
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) throw InputError(path + ": cannot open HDF5 file");
+  return File(Handle(id, H5Fclose), path);
+}
+
+void File::close() {
+  if (h_.valid() && H5Fclose(h_.id()) < 0) fail(path_, "", "closing the file failed (disk full?)");
+  h_ = Handle();
+}
+
+bool File::exists(const std::string& obj) const {
+  if (obj == "/") return true;
+  std::string prefix;
+  size_t start = 1;
+  while (start <= obj.size()) {
+    size_t next = obj.find('/', start);
+    if (next == std::string::npos) next = obj.size();
+    prefix = obj.substr(0, next);
+    if (H5Lexists(h_.id(), prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    start = next + 1;
+  }
+  return true;
+}
+
+void File::create_group(const std::string& obj) {
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT), path_,
+                 obj, "group create"),
+           H5Gclose);
+}
+
+static void write_any(const File& f, const std::string& obj, const std::vector<int64_t>& shape,
+                      const void* data, Dtype ft, hid_t mt) {
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  Handle space(H5Screate_simple((int)dims.size(), dims.data(), nullptr), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  Handle ftype = file_type(ft);
+  Handle ds(check(H5Dcreate2(f.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), H5P_DEFAULT,
+                             H5P_DEFAULT),
+                  f.path(), obj, "dataset create"),
+            H5Dclose);
+  if (H5Dwrite(ds.id(), mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+    fail(f.path(), obj, "HDF5 write failed (disk full?)");
+}
+
+void File::write_f32(const std::string& obj, const std::vector<int64_t>& shape, const float* data,
+                     Dtype ft) {
+  write_any(*this, obj, shape, data, ft, H5T_NATIVE_FLOAT);
+}
+
+void File::write_i64(const std::string& obj, const std::vector<int64_t>& shape,
+                     const int64_t* data) {
+  write_any(*this, obj, shape, data, Dtype::kI64, H5T_NATIVE_INT64);
+}
+
+void File::write_strings(const std::string& obj, const std::vector<std::string>& values) {
+  std::vector<const char*> ptrs(values.size());
+  for (size_t i = 0; i < values.size(); ++i) ptrs[i] = values[i].c_str();
+  hsize_t n = values.size();
+  Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Handle t = str_type();
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), t.id(), space.id(), lcpl.id(), H5P_DEFAULT,
+                             H5P_DEFAULT),
+                  path_, obj, "dataset create"),
+            H5Dclose);
+  if (n > 0 && H5Dwrite(ds.id(), t.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0)
+    fail(path_, obj, "HDF5 write failed (disk full?)");
+}
+
+void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype ft) {
+  hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
+  Handle space(H5Screate_simple(2, dims, nullptr), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  if (rows > 0) {
+    hsize_t chunk[2] = {(hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / cols)),
+                        (hsize_t)cols};
+    H5Pset_chunk(dcpl.id(), 2, chunk);
+  }
+  Handle ftype = file_type(ft);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
+                             H5P_DEFAULT),
+                  path_, obj, "dataset create"),
+            H5Dclose);
+}
+
+void File::write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                      const float* data) {
+  if (nrows == 0) return;
+  Handle ds(check(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), path_, obj, "dataset open"),
+            H5Dclose);
+  Handle fspace(H5Dget_space(ds.id()), H5Sclose);
+  hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)nrows, (hsize_t)cols};
+  H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+  Handle mspace(H5Screate_simple(2, count, nullptr), H5Sclose);
+  Handle ftype(H5Dget_type(ds.id()), H5Tclose);
+  herr_t rc;
+  if (H5Tget_size(ftype.id()) == 2) {
+    // NOTE: float -> binary16 is converted here (round to nearest even, as C's cast does)
+    // rather than by HDF5's soft converter, so the rounding is the one the docs promise.
+    std::vector<_Float16> half(nrows * cols);
+    for (size_t i = 0; i < half.size(); ++i) half[i] = (_Float16)data[i];
+    rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), H5P_DEFAULT, half.data());
+  } else {
+    rc = H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), H5P_DEFAULT, data);
+  }
+  if (rc < 0) fail(path_, obj, "HDF5 write failed (disk full?)");
+}
+
+std::vector<int64_t> File::shape(const std::string& obj) const {
+  if (!exists(obj)) throw InputError(path_ + ": dataset " + obj + " is missing");
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) throw InputError(path_ + ": " + obj + " is not a dataset");
+  Handle sp(H5Dget_space(ds.id()), H5Sclose);
+  int rank = H5Sget_simple_extent_ndims(sp.id());
+  std::vector<hsize_t> dims(std::max(rank, 0));
+  H5Sget_simple_extent_dims(sp.id(), dims.data(), nullptr);
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+bool File::is_float32(const std::string& obj) const {
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) return false;
+  Handle t(H5Dget_type(ds.id()), H5Tclose);
+  return H5Tget_class(t.id()) == H5T_FLOAT && H5Tget_size(t.id()) == 4;
+}
+
+static void read_any(const File& f, const std::string& obj, hid_t mt, void* out) {
+  Handle ds(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) throw InputError(f.path() + ": dataset " + obj + " is missing");
+  if (H5Dread(ds.id(), mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+    throw InputError(f.path() + ": " + obj + ": HDF5 read failed (corrupt file?)");
+}
+
+static int64_t n_elems(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (auto v : s) n *= v;
+  return n;
+}
+
+std::vector<float> File::read_f32(const std::string& obj) const {
+  std::vector<float> v(n_elems(shape(obj)));
+  if (!v.empty()) read_any(*this, obj, H5T_NATIVE_FLOAT, v.data());
+  return v;
+}
+
+std::vector<int64_t> File::read_i64(const std::string& obj) const {
+  std::vector<int64_t> v(n_elems(shape(obj)));
+  if (!v.empty()) read_any(*this, obj, H5T_NATIVE_INT64, v.data());
+  return v;
+}
+
+std::vector<std::string> File::list(const std::string& group) const {
+  std::vector<std::string> out;
+  if (!exists(group)) return out;
+#if H5_VERSION_GE(1, 12, 0)
+  using LinkInfo = H5L_info2_t;
+#else
+  using LinkInfo = H5L_info_t;
+#endif
+  auto cb = [](hid_t, const char* name, const LinkInfo*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->push_back(name);
+    return 0;
+  };
+  H5Literate_by_name(h_.id(), group.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &out,
+                     H5P_DEFAULT);
+  return out;
+}
+
+void File::set_attr(const std::string& obj, const std::string& name, const std::string& value) {
+  Handle t = str_type();
+  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), t.id(), sp.id(),
+                                   H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                 path_, obj, "attribute create"),
+           H5Aclose);
+  const char* p = value.c_str();
+  if (H5Awrite(a.id(), t.id(), &p) < 0) fail(path_, obj, "attribute write failed");
+}
+
+void File::set_attr(const std::string& obj, const std::string& name, int64_t value) {
+  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), H5T_STD_I64LE, sp.id(),
+                                   H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                 path_, obj, "attribute create"),
+           H5Aclose);
+  if (H5Awrite(a.id(), H5T_NATIVE_INT64, &value) < 0) fail(path_, obj, "attribute write failed");
+}
+
+bool File::has_attr(const std::string& obj, const std::string& name) const {
+  return exists(obj) && H5Aexists_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0;
+}
+
+std::string File::attr_string(const std::string& obj, const std::string& name) const {
+  if (!has_attr(obj, name)) throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
+  Handle a(H5Aopen_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  Handle t(H5Aget_type(a.id()), H5Tclose);
+  if (H5Tget_class(t.id()) != H5T_STRING)
+    throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is not a string");
+  if (H5Tis_variable_str(t.id()) > 0) {
+    Handle mt = str_type();
+    char* p = nullptr;
+    if (H5Aread(a.id(), mt.id(), &p) < 0) fail(path_, obj, "attribute read failed");
+    std::string s = p ? p : "";
+    H5free_memory(p);
+    return s;
+  }
+  size_t n = H5Tget_size(t.id());
+  std::string s(n, '\0');
+  Handle mt(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(mt.id(), n);
+  if (H5Aread(a.id(), mt.id(), s.data()) < 0) fail(path_, obj, "attribute read failed");
+  s.resize(s.find('\0') == std::string::npos ? n : s.find('\0'));
+  return s;
+}
+
+int64_t File::attr_int(const std::string& obj, const std::string& name) const {
+  if (!has_attr(obj, name)) throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
+  Handle a(H5Aopen_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  int64_t v = 0;
+  if (H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0)
+    throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is not an integer");
+  return v;
+}
+
+std::vector<std::string> File::attr_names(const std::string& obj) const {
+  std::vector<std::string> out;
+  auto cb = [](hid_t, const char* name, const H5A_info_t*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->push_back(name);
+    return 0;
+  };
+  H5Aiterate_by_name(h_.id(), obj.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &out,
+                     H5P_DEFAULT);
+  return out;
+}
+
+}  // namespace sparsa::h5

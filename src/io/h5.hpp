@@ -1,0 +1,85 @@
+// sparsa: a small RAII layer over the HDF5 C API. Every call is checked; failures throw
+// SystemError (or InputError where the file's content is at fault) naming the file and object.
+#pragma once
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sparsa::h5 {
+
+// Owns one hid_t and closes it with the right H5*close.
+class Handle {
+ public:
+  Handle() = default;
+  Handle(hid_t id, herr_t (*closer)(hid_t)) : id_(id), closer_(closer) {}
+  ~Handle() { reset(); }
+  Handle(Handle&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = -1; }
+  Handle& operator=(Handle&& o) noexcept {
+    if (this != &o) { reset(); id_ = o.id_; closer_ = o.closer_; o.id_ = -1; }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t id() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset();
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*closer_)(hid_t) = nullptr;
+};
+
+enum class Dtype { kF32, kF16, kI64 };
+
+// One HDF5 file. Object paths are absolute ("/layers/0/wq").
+class File {
+ public:
+  static File create(const std::string& path);  // truncates
+  static File open_read(const std::string& path);
+  const std::string& path() const { return path_; }
+  hid_t id() const { return h_.id(); }
+  void close();
+
+  bool exists(const std::string& obj) const;  // every link along the path
+  void create_group(const std::string& obj);
+
+  // Datasets: row-major, shape as given. Data is converted from the memory type to `file_type`.
+  void write_f32(const std::string& obj, const std::vector<int64_t>& shape, const float* data,
+                 Dtype file_type = Dtype::kF32);
+  void write_i64(const std::string& obj, const std::vector<int64_t>& shape, const int64_t* data);
+  void write_strings(const std::string& obj, const std::vector<std::string>& values);
+
+  // Chunked 2-D dataset written in row blocks (for embeddings larger than memory wants).
+  void create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype file_type);
+  void write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                  const float* data);
+
+  // Reading. shape() throws InputError when `obj` is missing.
+  std::vector<int64_t> shape(const std::string& obj) const;
+  bool is_float32(const std::string& obj) const;  // class FLOAT and 4 bytes
+  std::vector<float> read_f32(const std::string& obj) const;
+  std::vector<int64_t> read_i64(const std::string& obj) const;
+  std::vector<std::string> list(const std::string& group) const;  // child names, in name order
+
+  // Attributes on an object ("/" for the root).
+  void set_attr(const std::string& obj, const std::string& name, const std::string& value);
+  void set_attr(const std::string& obj, const std::string& name, int64_t value);
+  bool has_attr(const std::string& obj, const std::string& name) const;
+  std::string attr_string(const std::string& obj, const std::string& name) const;
+  int64_t attr_int(const std::string& obj, const std::string& name) const;
+  std::vector<std::string> attr_names(const std::string& obj) const;
+
+ private:
+  File(Handle h, std::string path) : h_(std::move(h)), path_(std::move(path)) {}
+  Handle h_;
+  std::string path_;
+};
+
+// IEEE 754 binary16 type for datasets (h5py reads it as numpy float16). Caller closes.
+hid_t make_f16_type();
+// Silences HDF5's own error stack printing once per process (errors are reported by us).
+void quiet_errors();
+
+}  // namespace sparsa::h5

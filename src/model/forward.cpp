@@ -1,0 +1,185 @@
+#include "model/forward.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/cpu/ops.hpp"
+#include "core/error.hpp"
+
+namespace sparsa {
+
+Shard shard_of(int64_t n, int rank, int size, int64_t align, bool mirrored) {
+  auto boundary = [&](int r) -> int64_t {
+    if (r >= size) return n;
+    // n / size * r + (n % size) * r / size == floor(n r / size), without overflowing n * r.
+    const int64_t b = n / size * r + n % size * r / size;
+    return b / align * align;
+  };
+  Shard s;
+  s.n_record = n;
+  s.align = align;
+  s.mirrored = mirrored;
+  s.begin = boundary(rank);
+  s.end = boundary(rank + 1);
+  if (mirrored) {
+    const int64_t b = n - s.end, e = n - s.begin;
+    s.begin = b;
+    s.end = e;
+  }
+  return s;
+}
+
+namespace {
+
+// Record positions [kv_begin, kv_end) whose K and V this shard's band attention reads.
+struct KvRange {
+  int64_t begin, end;
+};
+KvRange kv_range(const Shard& s, int64_t window, bool causal) {
+  if (s.size() == 0) return {s.begin, s.begin};
+  return {std::max<int64_t>(0, s.begin - window),
+          causal ? s.end : std::min<int64_t>(s.n_record, s.end + window)};
+}
+
+// The halo plan: for every other rank, which of my rows it needs and which of its rows I need.
+struct HaloPlan {
+  std::vector<std::pair<int, KvRange>> sends, recvs;  // (peer, record positions)
+};
+HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal) {
+  HaloPlan plan;
+  const int64_t n = me.n_record;
+  const KvRange need = kv_range(me, window, causal);
+  for (int peer = 0; peer < size; ++peer) {
+    if (peer == rank) continue;
+    const Shard other = shard_of(n, peer, size, me.align, me.mirrored);
+    const KvRange other_need = kv_range(other, window, causal);
+    const int64_t rb = std::max(need.begin, other.begin), re = std::min(need.end, other.end);
+    if (rb < re) plan.recvs.push_back({peer, {rb, re}});
+    const int64_t sb = std::max(other_need.begin, me.begin), se = std::min(other_need.end, me.end);
+    if (sb < se) plan.sends.push_back({peer, {sb, se}});
+  }
+  return plan;
+}
+
+}  // namespace
+
+int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size) {
+  const HaloPlan plan = plan_halo(shard, rank, size, c.window, c.causal);
+  int64_t rows = 0;
+  for (auto& [peer, r] : plan.sends) rows += r.end - r.begin;
+  return rows * 2 * c.d_model * (int64_t)sizeof(float);
+}
+
+ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard& shard, Comm& comm,
+                      const ForwardHooks& hooks) {
+  const ModelConfig& c = w.config;
+  const int64_t n = shard.n_record, m = shard.size(), d = c.d_model, b = shard.begin;
+  const int64_t G = c.n_global(n);
+  const KvRange kv = kv_range(shard, c.window, c.causal);
+  const int64_t kv_count = kv.end - kv.begin, own = b - kv.begin;  // own rows start at `own`
+  const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
+
+  ForwardOutput out;
+  out.n_global = G;
+  out.global_positions.resize(c.n_layers * G);
+  out.global_scores.resize(c.n_layers * G);
+
+  // Activations: [m, d] residual stream; q is reused for the attention output.
+  std::vector<float> x(m * d), q(m * d), k(kv_count * d), v(kv_count * d), scores(m);
+  std::vector<float> kg(G * d), vg(G * d), gamma(G);
+  std::vector<int64_t> gpos(G);
+
+  std::vector<const float*> tables;
+  for (auto& t : w.embed) tables.push_back(t.data());
+  cpu::embed({tokens, tables.data(), x.data(), m, c.n_tables(), c.vocab(), d});
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w.layers[l];
+    cpu::attn_inputs({x.data(), L.attn_norm.data(), L.wq.data(), L.wk.data(), L.wv.data(),
+                      L.router_w1.data(), L.router_b1.data(), L.router_w2.data(), L.router_b2[0],
+                      q.data(), k.data() + own * d, v.data() + own * d, scores.data(), m, d,
+                      c.router_hidden, b, c.norm_eps});
+    cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base});
+    cpu::rope({k.data() + own * d, m, c.n_heads, c.head_dim(), b, c.rope_base});
+
+    // Halo: K and V rows (after RoPE) beyond the shard edges, in flight during routing and the
+    // attention of interior rows. MPI keeps the order of messages between two ranks.
+    std::vector<Transfer> sends, recvs;
+    for (auto& [peer, r] : plan.sends) {
+      const int64_t off = (r.begin - kv.begin) * d, bytes = (r.end - r.begin) * d * 4;
+      sends.push_back({peer, k.data() + off, bytes});
+      sends.push_back({peer, v.data() + off, bytes});
+    }
+    for (auto& [peer, r] : plan.recvs) {
+      const int64_t off = (r.begin - kv.begin) * d, bytes = (r.end - r.begin) * d * 4;
+      recvs.push_back({peer, k.data() + off, bytes});
+      recvs.push_back({peer, v.data() + off, bytes});
+    }
+    const int token = comm.start_exchange(sends, recvs);
+
+    // Routing over the whole record: local top-G proposals, gathered, one deterministic choice.
+    std::vector<cpu::GlobalCandidate> mine = cpu::top_g(scores.data(), m, b, G);
+    std::vector<uint8_t> gathered;
+    comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
+    std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
+    if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
+    const std::vector<cpu::GlobalCandidate> S = cpu::select_global(std::move(all), G);
+    for (int64_t j = 0; j < G; ++j) {
+      out.global_positions[l * G + j] = S[j].pos;
+      out.global_scores[l * G + j] = S[j].score;
+      gpos[j] = S[j].pos;
+    }
+    // K, V and gate of the chosen tokens: each owner packs its rows; rank order = position order.
+    std::vector<float> pack;
+    for (int64_t j = 0; j < G; ++j) {
+      if (gpos[j] < b || gpos[j] >= shard.end) continue;
+      const int64_t r = gpos[j] - b;
+      pack.insert(pack.end(), k.begin() + (own + r) * d, k.begin() + (own + r + 1) * d);
+      pack.insert(pack.end(), v.begin() + (own + r) * d, v.begin() + (own + r + 1) * d);
+      pack.push_back((float)(1.0 / (1.0 + std::exp(-(double)S[j].score))));
+    }
+    comm.allgatherv(pack.data(), (int64_t)(pack.size() * sizeof(float)), gathered);
+    if ((int64_t)gathered.size() != G * (2 * d + 1) * 4)
+      throw SystemError("global gather returned " + std::to_string(gathered.size()) + " bytes");
+    const float* gp = reinterpret_cast<const float*>(gathered.data());
+    for (int64_t j = 0; j < G; ++j, gp += 2 * d + 1) {
+      std::memcpy(kg.data() + j * d, gp, d * 4);
+      std::memcpy(vg.data() + j * d, gp + d, d * 4);
+      gamma[j] = gp[2 * d];
+    }
+
+    cpu::AttentionParams ap{q.data(), k.data(), v.data(), kv.begin, kv_count, kg.data(), vg.data(),
+                            gamma.data(), gpos.data(), G, L.alpha.data(), L.beta.data(),
+                            q.data(), m, b, n, c.n_heads, c.head_dim(), c.window, c.causal, 0, m};
+    // Interior rows read only this shard's K/V; edge rows wait for the halo.
+    const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
+    ap.row_begin = lo;
+    ap.row_end = hi;
+    cpu::dsa_attention(ap);
+    comm.wait_exchange(token);
+    ap.row_begin = 0;
+    ap.row_end = lo;
+    cpu::dsa_attention(ap);
+    ap.row_begin = hi;
+    ap.row_end = m;
+    cpu::dsa_attention(ap);
+
+    cpu::linear({q.data(), L.wo.data(), x.data(), m, d, d, b, true});
+    cpu::mlp_block({x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b,
+                    c.norm_eps});
+    if (hooks.after_layer) hooks.after_layer(l);
+  }
+  q = {};
+  k = {};
+  v = {};
+  cpu::rmsnorm({x.data(), w.final_norm.data(), x.data(), m, d, c.norm_eps});
+  const int64_t bad = cpu::find_nonfinite(x.data(), m * d);
+  if (bad >= 0)
+    throw NumericError("the model produced a non-finite value at record position " +
+                       std::to_string(b + bad / d) + ", dimension " + std::to_string(bad % d));
+  out.y = std::move(x);
+  return out;
+}
+
+}  // namespace sparsa

@@ -1,0 +1,47 @@
+// sparsa: the forward pass of one record, or of one rank's shard of it (spec section 2).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "dist/comm.hpp"
+#include "model/weights.hpp"
+
+namespace sparsa {
+
+// Rank `rank` of `size` owns record positions [begin, end) of a record of n_record tokens.
+struct Shard {
+  int64_t n_record = 0;
+  int64_t begin = 0, end = 0;
+  int64_t align = 1;      // the layout's boundaries are multiples of align (pooling bins)
+  bool mirrored = false;  // reverse-complement pass: rank r owns the mirror of its forward shard
+  int64_t size() const { return end - begin; }
+};
+// Contiguous, balanced split with boundaries rounded down to multiples of `align`: rank r gets
+// [B(r), B(r+1)) with B(r) = floor(floor(r n / P) / align) * align, B(P) = n. Mirrored: rank r
+// gets [n - B(r+1), n - B(r)), so the reverse-complement output of a rank's forward rows is local.
+Shard shard_of(int64_t n_record, int rank, int size, int64_t align = 1, bool mirrored = false);
+
+struct ForwardOutput {
+  std::vector<float> y;                   // [shard size, d] = RMSNorm(x, final_norm)
+  int64_t n_global = 0;                   // G
+  std::vector<int64_t> global_positions;  // [L, G] ascending per layer
+  std::vector<float> global_scores;       // [L, G]
+};
+
+struct ForwardHooks {
+  std::function<void(int64_t layer)> after_layer;  // progress; called on every rank
+};
+
+// Runs the model on one shard. `tokens` holds the shard's tokens ([shard size, n_tables]).
+// With comm.size() == 1 the shard must be the whole record. Collective: every rank of `comm`
+// calls it with the same record and its own shard (shard_of(n, rank, size)).
+// Throws NumericError when any output is NaN or Inf.
+ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard& shard, Comm& comm,
+                      const ForwardHooks& hooks = {});
+
+// Bytes this rank would send per layer in the halo exchange and global gather (the model's count,
+// for the communication benchmark): halo rows * 2 (K, V) * d * 4.
+int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size);
+
+}  // namespace sparsa
