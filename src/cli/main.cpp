@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   CLI::App app{kDescription, "sparsa"};
   app.set_version_flag("--version", std::string("sparsa ") + SPARSA_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--threads) may follow the subcommand
   app.get_formatter()->column_width(34);
   int threads = 0;
   app.add_option("-t,--threads", threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
