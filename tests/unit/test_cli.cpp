@@ -1,0 +1,351 @@
+// End-to-end tests of the sparsa command line: real processes, real files.
+#include <gtest/gtest.h>
+
+#include "io/h5.hpp"
+#include "model/weights.hpp"
+#include "test_util.hpp"
+
+using namespace sparsa::testing;
+namespace h5 = sparsa::h5;
+
+namespace {
+
+std::string tiny_config() { return source_dir() + "/configs/dna-tiny.toml"; }
+std::string lambda() { return source_dir() + "/examples/lambda_virus.fa.gz"; }
+
+// A model shared by the tests of this file (init is deterministic, so one is enough).
+const std::string& tiny_model() {
+  static TempDir dir;
+  static std::string path = dir / "tiny.h5";
+  if (!exists(path)) {
+    auto r = run(binary() + " init --config " + tiny_config() + " --output " + path + " --seed 3");
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  return path;
+}
+
+std::string embed_cmd(const std::string& input, const std::string& out, const std::string& extra = "") {
+  return binary() + " embed -q --model " + tiny_model() + " --input " + input + " --output " + out +
+         " " + extra;
+}
+
+std::string first_key(const h5::File& f) { return "/records/" + f.list("/records").at(0); }
+
+// Every dataset of every record, as floats / ints, for exact comparison.
+std::vector<float> embedding(const std::string& path, int rec = 0) {
+  auto f = h5::File::open_read(path);
+  return f.read_f32("/records/" + f.list("/records").at(rec) + "/embedding");
+}
+
+// Runs a command that must fail: non-zero exit, nothing at `out`, message mentions `needle`.
+void expect_failure(const std::string& cmd, const std::string& out, const std::string& needle) {
+  auto r = run(cmd);
+  EXPECT_NE(r.code, 0) << cmd << "\n" << r.output;
+  EXPECT_FALSE(exists(out)) << "a file was left at " << out;
+  EXPECT_FALSE(exists(out + ".tmp")) << "a temporary file was left at " << out << ".tmp";
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "message lacks '" << needle << "':\n"
+                                                      << r.output;
+}
+
+}  // namespace
+
+TEST(Cli, HelpTeachesAndVersionWorks) {
+  auto r = run(binary() + " --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("Typical use"), std::string::npos);
+  r = run(binary() + " embed --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("--pool"), std::string::npos);
+  EXPECT_NE(r.output.find("--rc-average"), std::string::npos);
+  r = run(binary() + " --version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("sparsa "), std::string::npos);
+  r = run(binary() + " embed --model nope.h5");
+  EXPECT_EQ(r.code, 2);
+}
+
+TEST(Cli, InitIsDeterministicAndSeedMatters) {
+  TempDir t;
+  for (auto [name, seed] : {std::pair{"a.h5", 5}, {"b.h5", 5}, {"c.h5", 6}}) {
+    auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / name +
+                 " --seed " + std::to_string(seed));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  auto a = sparsa::load_checkpoint(t / "a.h5"), b = sparsa::load_checkpoint(t / "b.h5"),
+       c = sparsa::load_checkpoint(t / "c.h5");
+  EXPECT_EQ(a.layers[1].wq, b.layers[1].wq);
+  EXPECT_EQ(a.embed[0], b.embed[0]);
+  EXPECT_NE(a.layers[1].wq, c.layers[1].wq);
+  // An existing file is not replaced without --force.
+  auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "a.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--force"), std::string::npos);
+}
+
+TEST(Cli, InitRefusesBadConfigs) {
+  TempDir t;
+  const std::string base = "[model]\nkind = \"dna\"\nd_model = 32\nn_heads = 4\n";
+  struct Case {
+    std::string text, needle;
+  } cases[] = {
+      {base + "colour = 3\n", "unknown key 'colour'"},
+      {"[model]\nkind = \"dna\"\nd_model = 30\nn_heads = 4\n", "divisible"},
+      {base + "window = 0\n", "window"},
+      {base + "global_min = 9\nglobal_max = 2\n", "global_min"},
+      {base + "d_ff = \"big\"\n", "d_ff"},
+      {"[model]\nkind = \"protein\"\n", "kind"},
+      {"[model\nkind = 1", "cfg.toml"},
+      {base + "[extra]\n", "unknown table"},
+      {base + "ts_bins = 12\n", "time-series"},
+  };
+  for (const auto& c : cases) {
+    write_file(t / "cfg.toml", c.text);
+    auto r = run(binary() + " init --config " + t / "cfg.toml" + " --output " + t / "m.h5");
+    EXPECT_EQ(r.code, 2) << c.text << r.output;
+    EXPECT_FALSE(exists(t / "m.h5"));
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.text << "\n" << r.output;
+  }
+}
+
+TEST(Cli, EmbedLambdaEndToEnd) {
+  TempDir t;
+  auto r = run(embed_cmd(lambda(), t / "e.h5", "--dtype f32"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto f = h5::File::open_read(t / "e.h5");
+  EXPECT_EQ(f.attr_string("/", "format"), "sparsa-embeddings");
+  EXPECT_EQ(f.attr_int("/", "format_version"), 1);
+  EXPECT_EQ(f.attr_int("/", "complete"), 1);
+  EXPECT_EQ(f.attr_string("/", "pool"), "none");
+  EXPECT_EQ(f.attr_string("/", "dtype"), "float32");
+  EXPECT_EQ(f.attr_string("/", "model_sha256").size(), 64u);
+  EXPECT_NE(f.attr_string("/", "model_config").find("d_model = 64"), std::string::npos);
+  EXPECT_NE(f.attr_string("/", "command_line").find("embed"), std::string::npos);
+  const std::string g = first_key(f);
+  EXPECT_EQ(f.attr_string(g, "name"), "gi|9626243|ref|NC_001416.1|");
+  EXPECT_EQ(f.attr_string(g, "kind"), "dna");
+  EXPECT_EQ(f.attr_int(g, "length"), 48502);
+  EXPECT_EQ(f.attr_string(g, "region"), "");
+  EXPECT_EQ(f.attr_string(g, "strand"), "+");
+  EXPECT_EQ(f.shape(g + "/embedding"), (std::vector<int64_t>{48502, 64}));
+  // G = min(128, n, max(1, ceil(48502 / 1024))) = 48 per layer, ascending, in range.
+  EXPECT_EQ(f.shape(g + "/global_positions"), (std::vector<int64_t>{2, 48}));
+  auto gp = f.read_i64(g + "/global_positions");
+  for (int l = 0; l < 2; ++l)
+    for (int j = 1; j < 48; ++j) EXPECT_LT(gp[l * 48 + j - 1], gp[l * 48 + j]);
+  auto bs = f.read_i64(g + "/bin_start"), be = f.read_i64(g + "/bin_end");
+  EXPECT_EQ(bs[0], 0);
+  EXPECT_EQ(be[48501], 48502);
+  // Final RMSNorm with unit gain: every row has mean square 1.
+  auto e = f.read_f32(g + "/embedding");
+  double ss = 0;
+  for (int j = 0; j < 64; ++j) ss += e[1000 * 64 + j] * e[1000 * 64 + j];
+  EXPECT_NEAR(ss / 64, 1.0, 1e-3);
+  r = run(binary() + " inspect " + t / "e.h5");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("length=48502"), std::string::npos) << r.output;
+}
+
+TEST(Cli, PoolingAndDtype) {
+  TempDir t;
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "none.h5", "--dtype f32")).code, 0);
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "bin.h5", "--dtype f32 --pool bin:1000")).code, 0);
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "mean.h5", "--dtype f32 --pool mean")).code, 0);
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "f16.h5")).code, 0);
+  auto none = embedding(t / "none.h5"), bin = embedding(t / "bin.h5"),
+       mean = embedding(t / "mean.h5"), half = embedding(t / "f16.h5");
+  ASSERT_EQ(bin.size(), 49u * 64);  // 48 full bins + a short one of 502 tokens
+  ASSERT_EQ(mean.size(), 64u);
+  for (int j = 0; j < 64; j += 7) {
+    double b0 = 0, last = 0, all = 0;
+    for (int i = 0; i < 1000; ++i) b0 += none[i * 64 + j];
+    for (int i = 48000; i < 48502; ++i) last += none[i * 64 + j];
+    for (int i = 0; i < 48502; ++i) all += none[i * 64 + j];
+    EXPECT_NEAR(bin[j], b0 / 1000, 1e-5);
+    EXPECT_NEAR(bin[48 * 64 + j], last / 502, 1e-5);
+    EXPECT_NEAR(mean[j], all / 48502, 1e-5);
+  }
+  auto f = h5::File::open_read(t / "bin.h5");
+  auto be = f.read_i64(first_key(f) + "/bin_end");
+  EXPECT_EQ(be[0], 1000);
+  EXPECT_EQ(be[48], 48502);
+  // float16 rows are the float32 rows rounded to half precision.
+  for (size_t i = 0; i < 64 * 50; ++i) EXPECT_NEAR(half[i], none[i], 2e-3 * std::max(1.f, std::abs(none[i])));
+  EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
+  expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
+}
+
+TEST(Cli, TwoRunsAreIdentical) {
+  TempDir t;
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "a.h5", "--dtype f32")).code, 0);
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "b.h5", "--dtype f32 --threads 1")).code, 0);
+  EXPECT_EQ(embedding(t / "a.h5"), embedding(t / "b.h5"));
+}
+
+TEST(Cli, RcAverageIsStrandSymmetric) {
+  // out(S)[i] = (f(S)[i] + f(rc S)[n-1-i]) / 2, so embedding rc(S) gives the same rows reversed.
+  TempDir t;
+  const std::string seq = "ACGTTGCANNACGGGTTTAAACCCGTGTACGATCGATCGGGCTAGCTAGGACTTT";
+  std::string rc;
+  for (auto it = seq.rbegin(); it != seq.rend(); ++it)
+    rc += *it == 'A' ? 'T' : *it == 'T' ? 'A' : *it == 'C' ? 'G' : *it == 'G' ? 'C' : 'N';
+  write_file(t / "s.fa", ">s\n" + seq + "\n");
+  write_file(t / "r.fa", ">r\n" + rc + "\n");
+  ASSERT_EQ(run(embed_cmd(t / "s.fa", t / "s.h5", "--dtype f32 --rc-average")).code, 0);
+  ASSERT_EQ(run(embed_cmd(t / "r.fa", t / "r.h5", "--dtype f32 --rc-average")).code, 0);
+  ASSERT_EQ(run(embed_cmd(t / "s.fa", t / "p.h5", "--dtype f32")).code, 0);
+  auto s = embedding(t / "s.h5"), r = embedding(t / "r.h5"), plain = embedding(t / "p.h5");
+  const size_t n = seq.size();
+  for (size_t i = 0; i < n; ++i)
+    for (int j = 0; j < 64; ++j) ASSERT_EQ(s[i * 64 + j], r[(n - 1 - i) * 64 + j]) << i;
+  EXPECT_NE(s, plain);
+  auto f = h5::File::open_read(t / "s.h5");
+  EXPECT_EQ(f.attr_string(first_key(f), "strand"), "rc-average");
+}
+
+TEST(Cli, CrlfEqualsLf) {
+  TempDir t;
+  write_file(t / "lf.fa", ">a desc here\nACGTACGTNN\nGGCCTTAA\n>b\nTTTT\n");
+  write_file(t / "crlf.fa", ">a desc here\r\nACGTACGTNN\r\nGGCCTTAA\r\n>b\r\nTTTT\r\n");
+  ASSERT_EQ(run(embed_cmd(t / "lf.fa", t / "lf.h5", "--dtype f32")).code, 0);
+  ASSERT_EQ(run(embed_cmd(t / "crlf.fa", t / "crlf.h5", "--dtype f32")).code, 0);
+  for (int rec = 0; rec < 2; ++rec) EXPECT_EQ(embedding(t / "lf.h5", rec), embedding(t / "crlf.h5", rec));
+  auto f = h5::File::open_read(t / "crlf.h5");
+  EXPECT_EQ(f.attr_string(first_key(f), "description"), "desc here");
+}
+
+TEST(Cli, BadDnaInputsFailCleanly) {
+  TempDir t;
+  const std::string out = t / "out.h5";
+  write_file(t / "inv.fa", ">chr1 x\nACGT\nACXT\n");
+  expect_failure(embed_cmd(t / "inv.fa", out), out, "position 7");
+  expect_failure(embed_cmd(t / "inv.fa", out), out, "chr1");
+  expect_failure(embed_cmd(t / "inv.fa", out), out, t / "inv.fa");
+  // --invalid-as-n accepts it.
+  EXPECT_EQ(run(embed_cmd(t / "inv.fa", out, "--invalid-as-n")).code, 0);
+  std::filesystem::remove(out);
+  write_file(t / "empty.fa", ">a\nACGT\n>b\n>c\nAC\n");
+  expect_failure(embed_cmd(t / "empty.fa", out), out, "'b'");
+  write_file(t / "dup.fa", ">a\nACGT\n>a\nAC\n");
+  expect_failure(embed_cmd(t / "dup.fa", out), out, "duplicate");
+  write_file(t / "garbage.fa", std::string("\x00\x01\xff\xfe garbage", 12));
+  expect_failure(embed_cmd(t / "garbage.fa", out), out, "garbage.fa");
+  // Truncated gzip: the first half of the lambda genome's gzip stream.
+  {
+    std::ifstream in(lambda(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    write_file(t / "trunc.fa.gz", bytes.substr(0, bytes.size() / 2));
+  }
+  expect_failure(embed_cmd(t / "trunc.fa.gz", out), out, "trunc.fa.gz");
+  expect_failure(embed_cmd(t / "missing.fa", out), out, "missing.fa");
+  // A failure in a later record leaves nothing either (the first record was embedded already).
+  write_file(t / "late.fa", ">ok\nACGTACGT\n>bad\nACGT!\n");
+  expect_failure(embed_cmd(t / "late.fa", out), out, "'bad'");
+}
+
+TEST(Cli, ExistingOutputIsKept) {
+  TempDir t;
+  write_file(t / "keep.h5", "precious");
+  auto r = run(embed_cmd(lambda(), t / "keep.h5"));
+  EXPECT_EQ(r.code, 2);
+  std::ifstream in(t / "keep.h5");
+  std::string s((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(s, "precious");
+  // Never the input itself, even with --force.
+  write_file(t / "in.fa", ">a\nACGT\n");
+  r = run(embed_cmd(t / "in.fa", t / "in.fa", "--force"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(exists(t / "in.fa"));
+  EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
+}
+
+TEST(Cli, RegionsOfEcoli) {
+  TempDir t;
+  // The shared E. coli file is plain gzip: faidx needs bgzip; the error says so.
+  const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
+  ASSERT_TRUE(exists(ecoli)) << ecoli;
+  ASSERT_EQ(run("cp " + ecoli + " " + t / "ecoli.fa.gz").code, 0);
+  expect_failure(embed_cmd(t / "ecoli.fa.gz", t / "x.h5", "--region K-12-MG1655:1-100"), t / "x.h5", "bgzip");
+  ASSERT_EQ(run("zcat " + ecoli + " | bgzip > " + t / "ecoli.fa.bgz").code, 0);
+  ASSERT_EQ(run("zcat " + ecoli + " > " + t / "ecoli.fa").code, 0);
+  const std::string region = "K-12-MG1655:1,000,001-1,010,000";
+  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa.bgz", t / "bgz.h5", "--dtype f32 --region " + region)).code, 0);
+  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "plain.h5", "--dtype f32 --region " + region)).code, 0);
+  write_file(t / "r.bed", "# comment\ntrack name=x\nK-12-MG1655\t1000000\t1010000\tmy\n");
+  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "bed.h5", "--dtype f32 --regions " + t / "r.bed")).code, 0);
+  EXPECT_EQ(embedding(t / "bgz.h5"), embedding(t / "plain.h5"));
+  EXPECT_EQ(embedding(t / "bgz.h5"), embedding(t / "bed.h5"));
+  auto f = h5::File::open_read(t / "bgz.h5");
+  const std::string g = first_key(f);
+  EXPECT_EQ(f.attr_string(g, "name"), "K-12-MG1655");
+  EXPECT_EQ(f.attr_string(g, "region"), "K-12-MG1655:1000001-1010000");
+  EXPECT_EQ(f.attr_int(g, "length"), 10000);
+  EXPECT_EQ(f.read_i64(g + "/bin_start")[0], 1000000);
+  EXPECT_EQ(f.read_i64(g + "/bin_end")[9999], 1010000);
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5", "chrZ");
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5", "20-10");
+}
+
+TEST(Cli, TimeSeriesEndToEnd) {
+  TempDir t;
+  const std::string msft = shared_data() + "/timeseries/msft_daily_ohlcv.csv";
+  ASSERT_TRUE(exists(msft));
+  std::string cfg = "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+                    "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
+                    "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
+                    "ts_transform = \"log_return\"\n";
+  write_file(t / "ts.toml", cfg);
+  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return binary() + " embed -q --model " + t / "ts.h5" + " --input " + msft + " --output " + out +
+           " " + extra;
+  };
+  auto r = run(cmd(t / "e.h5", "--columns close,volume --pool bin:10 --dtype f32"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto f = h5::File::open_read(t / "e.h5");
+  const std::string g = first_key(f);
+  EXPECT_EQ(f.attr_string(g, "name"), "msft_daily_ohlcv");
+  EXPECT_EQ(f.attr_string(g, "kind"), "timeseries");
+  EXPECT_EQ(f.attr_int(g, "length"), 249);
+  EXPECT_EQ(f.shape(g + "/embedding"), (std::vector<int64_t>{25, 32}));
+  EXPECT_EQ(f.shape(g + "/timestamps"), (std::vector<int64_t>{25}));
+  // The wrong number of columns for the model is refused, naming the fix.
+  expect_failure(cmd(t / "x.h5", ""), t / "x.h5", "--columns");
+  expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
+  write_file(t / "bad.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,1,zz\n");
+  auto bad = binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "bad.csv" +
+             " --output " + t / "x.h5";
+  expect_failure(bad, t / "x.h5", "line 3");
+  write_file(t / "nohdr.csv", "1,2,3\n4,5,6\n");
+  expect_failure(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "nohdr.csv" +
+                     " --output " + t / "x.h5",
+                 t / "x.h5", "header");
+}
+
+TEST(Cli, InspectRefusesForeignFiles) {
+  TempDir t;
+  write_file(t / "x.txt", "hello");
+  auto r = run(binary() + " inspect " + t / "x.txt");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("x.txt"), std::string::npos);
+  r = run(binary() + " inspect " + tiny_model());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("d_model 64"), std::string::npos);
+}
+
+TEST(Cli, DocsSnippetReadsWithH5py) {
+  TempDir t;
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "e.h5", "--pool bin:128")).code, 0);
+  // The snippet of docs/formats.md, run as written with the file name substituted.
+  std::ifstream doc(source_dir() + "/docs/formats.md");
+  std::string text((std::istreambuf_iterator<char>(doc)), {});
+  const auto a = text.find("```python\n"), b = text.find("```", a + 10);
+  ASSERT_NE(a, std::string::npos) << "docs/formats.md has no python snippet";
+  std::string code = text.substr(a + 10, b - a - 10);
+  for (size_t p; (p = code.find("embeddings.h5")) != std::string::npos;)
+    code.replace(p, 13, t / "e.h5");
+  write_file(t / "snippet.py", code);
+  // Debian's python3 (the one python3-h5py installs into), not a python first on PATH.
+  auto r = run("/usr/bin/python3 " + t / "snippet.py");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(379, 64) float16"), std::string::npos) << r.output;
+}
