@@ -24,7 +24,8 @@ const char* to_string(TsTransform t) {
 
 int64_t ModelConfig::n_global(int64_t n) const {
   // G = min(global_max, n, max(global_min, ceil(n / global_every)))
-  int64_t g = (n + global_every - 1) / global_every;
+  // ceil without n + global_every - 1, which overflows for a huge global_every.
+  int64_t g = n / global_every + (n % global_every != 0 ? 1 : 0);
   g = std::max(global_min, g);
   return std::min({global_max, n, g});
 }

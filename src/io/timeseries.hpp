@@ -10,7 +10,7 @@
 namespace sparsa {
 
 struct CsvOptions {
-  std::string time_column;           // "" = the first of timestamp, date, time (case-sensitive)
+  std::string time_column;           // "" = first of timestamp, date, time (exact, then any case)
   std::vector<std::string> columns;  // "" = all other columns (minus id column) in file order
   std::string id_column;             // "" = the whole file is one record
 };
@@ -21,6 +21,7 @@ struct RawSeries {
   std::vector<std::string> timestamps;
   std::vector<std::vector<double>> values;  // [channels][rows]
   std::vector<int64_t> source_rows;         // 1-based line number in the file of each row
+  std::vector<std::string> channel_names;   // header names, for messages; may be empty
 };
 
 // Reads a CSV with a header row. Records: one per file (named after the file's base name

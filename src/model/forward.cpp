@@ -100,8 +100,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                       L.router_w1.data(), L.router_b1.data(), L.router_w2.data(), L.router_b2[0],
                       q.data(), k.data() + own * d, v.data() + own * d, scores.data(), m, d,
                       c.router_hidden, b, c.norm_eps});
-    cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base});
-    cpu::rope({k.data() + own * d, m, c.n_heads, c.head_dim(), b, c.rope_base});
+    cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base, k.data() + own * d});
 
     // Halo: K and V rows (after RoPE) beyond the shard edges, in flight during routing and the
     // attention of interior rows. MPI keeps the order of messages between two ranks.

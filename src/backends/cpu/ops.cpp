@@ -98,10 +98,17 @@ void linear(const LinearParams& p) {
   }
 }
 
-static float router_row(const float* hid, const float* b1, const float* w2, float b2,
-                        int64_t hidden) {
+// One row's router score from that row alone, in a fixed order. Not a GEMM: BLAS rounds a row
+// differently in different slots of a tile, so equal tokens got unequal scores and rounding, not
+// the spec's tie rule (smaller position wins), chose between them (e.g. every token of layer 0).
+static float router_row(const float* h, const float* w1, const float* b1, const float* w2,
+                        float b2, int64_t d, int64_t hidden, std::vector<double>& hid) {
+  hid.assign(hidden, 0.0);
+  for (int64_t e = 0; e < d; ++e)
+    for (int64_t j = 0; j < hidden; ++j) hid[j] += (double)h[e] * (double)w1[e * hidden + j];
   double s = 0.0;
-  for (int64_t j = 0; j < hidden; ++j) s += (double)gelu(hid[j] + b1[j]) * (double)w2[j];
+  for (int64_t j = 0; j < hidden; ++j)
+    s += (double)gelu((float)(hid[j] + (double)b1[j])) * (double)w2[j];
   return (float)(s + (double)b2);
 }
 
@@ -110,22 +117,21 @@ void attn_inputs(const AttnInputParams& p) {
   const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
 #pragma omp parallel
   {
-    std::vector<float> h, hid, xs, ys;
+    std::vector<float> h, xs, ys;
+    std::vector<double> hid;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tr.count; ++t) {
       const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
       const int64_t m = tw.r1 - tw.r0;
       h.resize(m * p.d);
-      hid.resize(m * p.hidden);
       for (int64_t r = 0; r < m; ++r)
         rmsnorm_row(p.x + (tw.r0 + r) * p.d, p.norm, h.data() + r * p.d, p.d, p.eps);
       gemm_tile(h.data(), p.wq, p.q + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
       gemm_tile(h.data(), p.wk, p.k + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
       gemm_tile(h.data(), p.wv, p.v + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
-      gemm_tile(h.data(), p.router_w1, hid.data(), m, tw.slot0, p.d, p.hidden, false, xs, ys);
       for (int64_t r = 0; r < m; ++r)
-        p.scores[tw.r0 + r] =
-            router_row(hid.data() + r * p.hidden, p.router_b1, p.router_w2, p.router_b2, p.hidden);
+        p.scores[tw.r0 + r] = router_row(h.data() + r * p.d, p.router_w1, p.router_b1,
+                                         p.router_w2, p.router_b2, p.d, p.hidden, hid);
     }
   }
 }
@@ -138,37 +144,32 @@ void rope(const RopeParams& p) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < p.n_tokens; ++i) {
     const double pos = (double)(p.first_pos + i);
-    float* row = p.x + i * d;
     for (int64_t k = 0; k < half; ++k) {
       // NOTE: the angle is formed in double: at positions near 1e9 a float angle is off by
       // whole radians (spec section 2).
       const double a = pos * theta[k];
       const double c = std::cos(a), s = std::sin(a);
-      for (int64_t h = 0; h < p.n_heads; ++h) {
-        float* x = row + h * p.head_dim;
-        const double x0 = x[k], x1 = x[k + half];
-        x[k] = (float)(x0 * c - x1 * s);
-        x[k + half] = (float)(x0 * s + x1 * c);
+      for (float* base : {p.x, p.x2}) {
+        if (!base) continue;
+        float* row = base + i * d;
+        for (int64_t h = 0; h < p.n_heads; ++h) {
+          float* x = row + h * p.head_dim;
+          const double x0 = x[k], x1 = x[k + half];
+          x[k] = (float)(x0 * c - x1 * s);
+          x[k + half] = (float)(x0 * s + x1 * c);
+        }
       }
     }
   }
 }
 
 void router(const RouterParams& p) {
-  init_threads();
-  const TileRange tr = tiles_of(p.first_pos, p.n_tokens);
 #pragma omp parallel
   {
-    std::vector<float> xs, ys, hid;
+    std::vector<double> hid;
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < tr.count; ++t) {
-      const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
-      hid.resize((tw.r1 - tw.r0) * p.hidden);
-      gemm_tile(p.h + tw.r0 * p.d, p.w1, hid.data(), tw.r1 - tw.r0, tw.slot0, p.d, p.hidden, false,
-                xs, ys);
-      for (int64_t r = tw.r0; r < tw.r1; ++r)
-        p.scores[r] = router_row(hid.data() + (r - tw.r0) * p.hidden, p.b1, p.w2, p.b2, p.hidden);
-    }
+    for (int64_t r = 0; r < p.n_tokens; ++r)
+      p.scores[r] = router_row(p.h + r * p.d, p.w1, p.b1, p.w2, p.b2, p.d, p.hidden, hid);
   }
 }
 
@@ -214,6 +215,8 @@ static void attend_head(const float* qh, const float* kbase, const float* vbase,
   for (int64_t j = 0; j < count; ++j) {
     const float* kj = kbase + j * row_stride;
     float s = 0.0f;
+    // NOTE: the reduction order is fixed by the compiled vector width, the same on every rank.
+#pragma omp simd reduction(+ : s)
     for (int64_t e = 0; e < head_dim; ++e) s += qh[e] * kj[e];
     s *= scale;
     scratch[j] = s;
@@ -228,6 +231,7 @@ static void attend_head(const float* qh, const float* kbase, const float* vbase,
   for (int64_t j = 0; j < count; ++j) {
     const float pj = scratch[j] * (extra ? extra[j] : 1.0f);
     const float* vj = vbase + j * row_stride;
+#pragma omp simd
     for (int64_t e = 0; e < head_dim; ++e) acc[e] += pj * vj[e];
   }
   const float f = weight / denom;
@@ -239,7 +243,9 @@ void dsa_attention(const AttentionParams& p) {
   const float scale = 1.0f / std::sqrt((float)p.head_dim);
 #pragma omp parallel
   {
-    std::vector<float> scratch(std::max<int64_t>(2 * p.window + 1, p.n_global) + 1);
+    // A window may exceed the record ("full attention"): size by the keys a row can see.
+    const int64_t reach = std::min(p.window, p.n_record);
+    std::vector<float> scratch(std::max<int64_t>(2 * reach + 1, p.n_global) + 1);
     std::vector<float> acc(p.head_dim), out(d), q(d);
 #pragma omp for schedule(static)
     for (int64_t r = p.row_begin; r < p.row_end; ++r) {

@@ -60,6 +60,7 @@ struct RopeParams {
   int64_t n_tokens, n_heads, head_dim;
   int64_t first_pos;
   double base;
+  float* x2 = nullptr;  // optional second tensor of the same shape (k beside q): shares cos/sin
 };
 void rope(const RopeParams& p);
 

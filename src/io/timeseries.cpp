@@ -1,0 +1,401 @@
+// sparsa: time-series CSV input and its tokenisation (spec section 1).
+#include "io/timeseries.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string_view>
+#include <unordered_map>
+
+#include "core/error.hpp"
+
+namespace sparsa {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
+}
+
+// A cell shown in a message: long cells are cut so one bad row cannot flood the terminal.
+std::string shown(std::string_view s) {
+  return s.size() <= 40 ? std::string(s) : std::string(s.substr(0, 40)) + "...";
+}
+
+enum class CellKind { kNumber, kMissing, kInvalid, kNonFinite };
+
+// Parses one numeric cell. std::from_chars, not strtod, so a user's locale cannot change the
+// decimal separator and the whole cell must be consumed.
+CellKind parse_number(std::string_view s, double& out) {
+  s = trim(s);
+  out = kNaN;
+  if (s.empty() || s == "NA" || iequals(s, "nan")) return CellKind::kMissing;
+  if (s.front() == '+') {  // from_chars refuses an explicit plus sign; spreadsheets write one
+    s.remove_prefix(1);
+    if (s.empty() || s.front() == '-' || s.front() == '+') return CellKind::kInvalid;
+  }
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  if (ec == std::errc::result_out_of_range && end == s.data() + s.size())
+    return CellKind::kNonFinite;
+  if (ec != std::errc() || end != s.data() + s.size()) return CellKind::kInvalid;
+  if (std::isnan(out)) return CellKind::kMissing;  // "-nan", "nan(123)" as printf writes them
+  if (std::isinf(out)) return CellKind::kNonFinite;
+  return CellKind::kNumber;
+}
+
+struct CsvRow {
+  int64_t line = 0;  // 1-based line on which the row starts
+  std::vector<std::string> cells;
+};
+
+// RFC 4180-style splitter over the whole file text: "," separates cells, quoted cells may hold
+// commas, "" and line breaks; LF and CRLF both end a row; blank lines are skipped (a data row
+// always has a time column and a channel, so a blank line is never data).
+class CsvScanner {
+ public:
+  CsvScanner(std::string text, const std::string& path) : text_(std::move(text)), path_(path) {
+    if (text_.rfind("\xEF\xBB\xBF", 0) == 0) pos_ = 3;  // UTF-8 BOM written by spreadsheets
+  }
+
+  bool next(CsvRow& row) {
+    row.cells.clear();
+    while (pos_ < text_.size() && (text_[pos_] == '\n' || at_crlf())) {
+      pos_ += text_[pos_] == '\n' ? 1 : 2;
+      ++line_;
+    }
+    if (pos_ >= text_.size()) return false;
+    row.line = line_;
+    for (;;) {
+      row.cells.push_back(read_cell(row.line));
+      if (pos_ >= text_.size()) return true;
+      if (text_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (text_[pos_] == '\n' || at_crlf()) {
+        pos_ += text_[pos_] == '\n' ? 1 : 2;
+        ++line_;
+        return true;
+      }
+      throw InputError(where(path_, "", 0,
+                             "line " + std::to_string(row.line) +
+                                 ": unexpected text after a closing quote in cell " +
+                                 std::to_string(row.cells.size())));
+    }
+  }
+
+ private:
+  bool at_crlf() const {
+    return text_[pos_] == '\r' && (pos_ + 1 == text_.size() || text_[pos_ + 1] == '\n');
+  }
+
+  std::string read_cell(int64_t row_line) {
+    size_t p = pos_;
+    while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
+    if (p < text_.size() && text_[p] == '"') {
+      std::string cell;
+      pos_ = p + 1;
+      for (;;) {
+        if (pos_ >= text_.size())
+          throw InputError(where(
+              path_, "", 0, "line " + std::to_string(row_line) + ": unterminated quoted cell"));
+        char c = text_[pos_++];
+        if (c == '"') {
+          if (pos_ < text_.size() && text_[pos_] == '"') {
+            cell += '"';
+            ++pos_;
+          } else {
+            break;
+          }
+        } else {
+          if (c == '\n') ++line_;
+          cell += c;
+        }
+      }
+      while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t')) ++pos_;
+      return cell;
+    }
+    size_t end = text_.find_first_of(",\n", pos_);
+    if (end == std::string::npos) end = text_.size();
+    std::string_view cell = trim(std::string_view(text_).substr(pos_, end - pos_));
+    pos_ = end;
+    return std::string(cell);
+  }
+
+  std::string text_;
+  std::string path_;
+  size_t pos_ = 0;
+  int64_t line_ = 1;
+};
+
+std::string join_header(const std::vector<std::string>& header) {
+  std::string s;
+  for (size_t i = 0; i < header.size(); ++i) s += (i ? ", '" : "'") + header[i] + "'";
+  return "header: " + s;
+}
+
+// The header's columns resolved to indices: which is time, which is id, which are channels.
+struct Columns {
+  int64_t time = -1;
+  int64_t id = -1;
+  std::vector<int64_t> channels;
+};
+
+Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions& opts,
+                        const std::string& path) {
+  auto fail = [&](const std::string& what) {
+    throw InputError(where(path, "", 0, what + " (" + join_header(header) + ")"));
+  };
+  auto find = [&](const std::string& name) -> int64_t {
+    auto it = std::find(header.begin(), header.end(), name);
+    return it == header.end() ? -1 : int64_t(it - header.begin());
+  };
+  Columns cols;
+  if (!opts.time_column.empty()) {
+    cols.time = find(opts.time_column);
+    if (cols.time < 0) fail("time column '" + opts.time_column + "' not found");
+  } else {
+    // An exact name wins over a case-insensitive one, so "Date,date" picks "date".
+    for (int pass = 0; pass < 2 && cols.time < 0; ++pass) {
+      for (size_t i = 0; i < header.size() && cols.time < 0; ++i) {
+        for (const char* want : {"timestamp", "date", "time"}) {
+          if (pass == 0 ? header[i] == want : iequals(header[i], want)) cols.time = int64_t(i);
+        }
+      }
+    }
+    if (cols.time < 0)
+      fail("no time column named 'timestamp', 'date' or 'time'; use --time-column");
+  }
+  if (!opts.id_column.empty()) {
+    cols.id = find(opts.id_column);
+    if (cols.id < 0) fail("id column '" + opts.id_column + "' not found");
+    if (cols.id == cols.time)
+      fail("column '" + opts.id_column + "' is both the time and id column");
+  }
+  if (!opts.columns.empty()) {
+    for (const std::string& name : opts.columns) {
+      int64_t c = find(name);
+      if (c < 0) fail("column '" + name + "' not found");
+      if (c == cols.time) fail("column '" + name + "' is the time column, not a channel");
+      if (c == cols.id) fail("column '" + name + "' is the id column, not a channel");
+      if (std::count(cols.channels.begin(), cols.channels.end(), c))
+        fail("column '" + name + "' is chosen twice");
+      cols.channels.push_back(c);
+    }
+  } else {
+    for (int64_t i = 0; i < int64_t(header.size()); ++i)
+      if (i != cols.time && i != cols.id) cols.channels.push_back(i);
+  }
+  if (cols.channels.empty()) fail("no channel columns besides the time and id columns");
+  // A used name that appears twice in the header would make the choice silently arbitrary.
+  std::vector<int64_t> used = cols.channels;
+  used.push_back(cols.time);
+  if (cols.id >= 0) used.push_back(cols.id);
+  for (int64_t c : used) {
+    if (std::count(header.begin(), header.end(), header[c]) > 1)
+      fail("column '" + header[c] + "' appears more than once in the header");
+  }
+  return cols;
+}
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(where(path, "", 0, "cannot open file"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw InputError(where(path, "", 0, "read error"));
+  return std::move(ss).str();
+}
+
+}  // namespace
+
+std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
+                                           int64_t expected_channels) {
+  CsvScanner scanner(read_file_text(path), path);
+  CsvRow row;
+  if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
+  const std::vector<std::string> header = row.cells;
+  {
+    double unused = 0;
+    bool all_numbers = std::all_of(header.begin(), header.end(), [&](const std::string& s) {
+      return parse_number(s, unused) == CellKind::kNumber;
+    });
+    if (all_numbers)
+      throw InputError(where(path, "", 0,
+                             "no header row: line 1 is all numbers; the first line must name the "
+                             "columns"));
+  }
+  const Columns cols = resolve_columns(header, opts, path);
+  const int64_t n_channels = int64_t(cols.channels.size());
+  if (expected_channels > 0 && n_channels != expected_channels) {
+    std::string chosen;
+    for (int64_t c : cols.channels) chosen += (chosen.empty() ? "'" : ", '") + header[c] + "'";
+    throw InputError(where(path, "", 0,
+                           "the model has " + std::to_string(expected_channels) +
+                               " channels, but the file has " + std::to_string(n_channels) +
+                               " columns chosen (" + chosen + "); choose " +
+                               std::to_string(expected_channels) + " with --columns"));
+  }
+
+  std::vector<RawSeries> records;
+  std::unordered_map<std::string, size_t> record_of_id;  // id value -> index into records
+  const std::string file_record = std::filesystem::path(path).stem().string();
+  while (scanner.next(row)) {
+    const std::string line = "line " + std::to_string(row.line);
+    if (row.cells.size() != header.size()) {
+      throw InputError(where(path, "", 0,
+                             line + ": " + std::to_string(row.cells.size()) + " cells, but the " +
+                                 "header has " + std::to_string(header.size())));
+    }
+    size_t r = 0;
+    if (cols.id >= 0) {
+      const std::string& id = row.cells[cols.id];
+      if (id.empty())
+        throw InputError(
+            where(path, "", 0, line + ": empty id in column '" + header[cols.id] + "'"));
+      auto [it, inserted] = record_of_id.try_emplace(id, records.size());
+      if (inserted) records.emplace_back().name = id;
+      r = it->second;
+    } else if (records.empty()) {
+      records.emplace_back().name = file_record;
+    }
+    RawSeries& rec = records[r];
+    if (rec.values.empty()) {
+      rec.values.resize(n_channels);
+      for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
+    }
+    rec.timestamps.push_back(row.cells[cols.time]);
+    rec.source_rows.push_back(row.line);
+    for (int64_t k = 0; k < n_channels; ++k) {
+      const std::string& cell = row.cells[cols.channels[k]];
+      double v = 0;
+      CellKind kind = parse_number(cell, v);
+      if (kind == CellKind::kInvalid || kind == CellKind::kNonFinite) {
+        std::string what = kind == CellKind::kInvalid ? "not a number" : "not a finite number";
+        throw InputError(where(path, rec.name, 0,
+                               line + ", column '" + header[cols.channels[k]] + "': " + what +
+                                   ": '" + shown(cell) + "'"));
+      }
+      rec.values[k].push_back(v);
+    }
+  }
+  if (records.empty()) throw InputError(where(path, "", 0, "no data rows (only a header)"));
+  return records;
+}
+
+std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t) {
+  if (t == TsTransform::kLevel) return x;
+  std::vector<double> r(x.size(), kNaN);
+  for (size_t i = 1; i < x.size(); ++i) {
+    if (std::isnan(x[i]) || std::isnan(x[i - 1])) continue;
+    if (t == TsTransform::kDiff) {
+      r[i] = x[i] - x[i - 1];
+    } else if (x[i] > 0 && x[i - 1] > 0) {
+      // NOTE: ln(x_t / x_{t-1}) exactly as the spec writes it, not ln x_t - ln x_{t-1}: the two
+      // differ in the last bits and tokens must be reproducible. Non-positive pairs stay NaN
+      // here; tokenize_series refuses them with a message before calling this.
+      r[i] = std::log(x[i] / x[i - 1]);
+    }
+  }
+  return r;
+}
+
+double ts_scale(const std::vector<double>& r) {
+  // Sequential double sum in index order: the result must not depend on threads or sharding.
+  double sum = 0;
+  int64_t n = 0;
+  for (double v : r) {
+    if (std::isnan(v)) continue;
+    sum += std::fabs(v);
+    ++n;
+  }
+  if (n == 0) return 1.0;
+  double mean = sum / double(n);
+  return mean == 0 ? 1.0 : mean;
+}
+
+int32_t ts_token(double z, int64_t bins, double clip) {
+  if (std::isnan(z)) return 2;
+  double b = std::floor((z + clip) / (2.0 * clip) * double(bins));
+  // Clamp while still a double: a huge z (or +-inf) would overflow the integer conversion.
+  b = std::min(std::max(b, 0.0), double(bins - 1));
+  return int32_t(3 + int64_t(b));
+}
+
+Record tokenize_series(const RawSeries& raw, const ModelConfig& config, const std::string& path) {
+  const int64_t n_channels = config.channels;
+  const int64_t n_rows = int64_t(raw.timestamps.size());
+  if (int64_t(raw.values.size()) != n_channels) {
+    throw InputError(where(path, raw.name, 0,
+                           "the model has " + std::to_string(n_channels) +
+                               " channels, the record has " + std::to_string(raw.values.size())));
+  }
+  if (config.ts_bins < 1 || !(config.ts_clip > 0))
+    throw ConfigError("ts_bins must be >= 1 and ts_clip > 0");
+  auto line_of = [&](int64_t t) {
+    return t < int64_t(raw.source_rows.size()) ? "line " + std::to_string(raw.source_rows[t])
+                                               : "row " + std::to_string(t + 1);
+  };
+  auto column_of = [&](int64_t c) {
+    return c < int64_t(raw.channel_names.size()) ? "column '" + raw.channel_names[c] + "'"
+                                                 : "channel " + std::to_string(c);
+  };
+
+  Record rec;
+  rec.name = raw.name;
+  rec.source = path;
+  rec.n_channels = n_channels;
+  rec.timestamps = raw.timestamps;
+  rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
+  for (int64_t c = 0; c < n_channels; ++c) {
+    const std::vector<double>& x = raw.values[c];
+    if (int64_t(x.size()) != n_rows) {
+      throw InputError(where(path, raw.name, 0,
+                             column_of(c) + " has " + std::to_string(x.size()) + " values for " +
+                                 std::to_string(n_rows) + " timestamps"));
+    }
+    if (config.ts_transform == TsTransform::kLogReturn) {
+      // Only values that enter a ratio matter: a lone value between missing cells is unused.
+      for (int64_t t = 1; t < n_rows; ++t) {
+        if (std::isnan(x[t]) || std::isnan(x[t - 1])) continue;
+        for (int64_t u : {t - 1, t}) {
+          if (x[u] > 0) continue;
+          std::ostringstream v;
+          v << x[u];
+          throw InputError(where(path, raw.name, 0,
+                                 line_of(u) + ", " + column_of(c) +
+                                     ": log_return needs positive values, found " + v.str() +
+                                     " (use ts_transform = \"diff\" or \"level\")"));
+        }
+      }
+    }
+    const std::vector<double> r = ts_transform(x, config.ts_transform);
+    const double s = ts_scale(r);
+    if (!std::isfinite(s)) {
+      throw InputError(where(path, raw.name, 0,
+                             column_of(c) + ": values too large to scale (mean |r| overflows)"));
+    }
+    for (int64_t t = 0; t < n_rows; ++t)
+      rec.tokens[size_t(t * n_channels + c)] = ts_token(r[t] / s, config.ts_bins, config.ts_clip);
+  }
+  return rec;
+}
+
+}  // namespace sparsa

@@ -1,0 +1,402 @@
+// Tests of time-series CSV input and tokenisation (spec section 1).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "io/timeseries.hpp"
+
+namespace sparsa {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Writes CSV text to a uniquely named temp file and removes it (and its folder) afterwards.
+class TsCsv : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("sparsa_ts_" + std::to_string(getpid()) + "_" +
+                                        info->name() + "_" + std::to_string(std::rand()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    std::ofstream(p, std::ios::binary) << text;
+    return p.string();
+  }
+  // The message of the InputError that `fn` throws, or a failure when it throws none.
+  template <class Fn>
+  std::string input_error(Fn fn) {
+    try {
+      fn();
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "no InputError thrown";
+    return "";
+  }
+  fs::path dir_;
+};
+
+ModelConfig ts_config(int64_t channels, int64_t bins, double clip, TsTransform t) {
+  ModelConfig c;
+  c.kind = ModelKind::kTimeseries;
+  c.channels = channels;
+  c.ts_bins = bins;
+  c.ts_clip = clip;
+  c.ts_transform = t;
+  return c;
+}
+
+void expect_same(const std::vector<double>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) {
+      EXPECT_TRUE(std::isnan(got[i])) << "index " << i << " got " << got[i];
+    } else {
+      EXPECT_DOUBLE_EQ(got[i], want[i]) << "index " << i;
+    }
+  }
+}
+
+// ---- transforms, scale, tokens ----
+
+TEST(TsTransformTest, Level) {
+  expect_same(ts_transform({1, kNaN, 3}, TsTransform::kLevel), {1, kNaN, 3});
+}
+
+TEST(TsTransformTest, Diff) {
+  expect_same(ts_transform({1, 4, 2, kNaN, 5, 6}, TsTransform::kDiff),
+              {kNaN, 3, -2, kNaN, kNaN, 1});
+}
+
+TEST(TsTransformTest, LogReturn) {
+  expect_same(ts_transform({2, 4, 1, kNaN, 3, 3}, TsTransform::kLogReturn),
+              {kNaN, std::log(2.0), std::log(0.25), kNaN, kNaN, 0.0});
+  expect_same(ts_transform({}, TsTransform::kLogReturn), {});
+  expect_same(ts_transform({5}, TsTransform::kDiff), {kNaN});
+}
+
+TEST(TsScaleTest, MeanAbs) {
+  EXPECT_DOUBLE_EQ(ts_scale({kNaN, 1, -3, kNaN, 2}), 2.0);
+  EXPECT_DOUBLE_EQ(ts_scale({-0.5}), 0.5);
+}
+
+TEST(TsScaleTest, ZeroOrEmptyIsOne) {
+  EXPECT_EQ(ts_scale({}), 1.0);
+  EXPECT_EQ(ts_scale({kNaN, kNaN}), 1.0);
+  EXPECT_EQ(ts_scale({0, 0, kNaN}), 1.0);
+}
+
+TEST(TsTokenTest, BinEdges) {
+  // B = 8, C = 4: bins are 1 wide in z, bin k covers [-4 + k, -3 + k).
+  EXPECT_EQ(ts_token(-4.0, 8, 4.0), 3 + 0);
+  EXPECT_EQ(ts_token(-3.0001, 8, 4.0), 3 + 0);
+  EXPECT_EQ(ts_token(-3.0, 8, 4.0), 3 + 1);  // exact boundary goes up
+  EXPECT_EQ(ts_token(-0.0001, 8, 4.0), 3 + 3);
+  EXPECT_EQ(ts_token(0.0, 8, 4.0), 3 + 4);
+  EXPECT_EQ(ts_token(2.0, 8, 4.0), 3 + 6);
+  EXPECT_EQ(ts_token(3.9, 8, 4.0), 3 + 7);
+  EXPECT_EQ(ts_token(std::nextafter(4.0, 0.0), 8, 4.0), 3 + 7);
+  EXPECT_EQ(ts_token(4.0, 8, 4.0), 3 + 7);  // z = C clamps to B-1
+}
+
+TEST(TsTokenTest, ClampsFarValues) {
+  EXPECT_EQ(ts_token(-4.5, 8, 4.0), 3);
+  EXPECT_EQ(ts_token(100.0, 8, 4.0), 10);
+  EXPECT_EQ(ts_token(1e300, 256, 4.0), 3 + 255);
+  EXPECT_EQ(ts_token(-1e300, 256, 4.0), 3);
+  EXPECT_EQ(ts_token(std::numeric_limits<double>::infinity(), 256, 4.0), 3 + 255);
+  EXPECT_EQ(ts_token(-std::numeric_limits<double>::infinity(), 256, 4.0), 3);
+}
+
+TEST(TsTokenTest, OtherBinsAndClip) {
+  // B = 256, C = 4: z = 1 -> (5/8)*256 = 160 exactly.
+  EXPECT_EQ(ts_token(1.0, 256, 4.0), 3 + 160);
+  // B = 10, C = 2: z = 0.5 -> (2.5/4)*10 = 6.25 -> 6.
+  EXPECT_EQ(ts_token(0.5, 10, 2.0), 3 + 6);
+}
+
+TEST(TsTokenTest, NaNIsMissing) { EXPECT_EQ(ts_token(kNaN, 256, 4.0), 2); }
+
+// ---- CSV reading ----
+
+TEST_F(TsCsv, EndToEndTokens) {
+  // diff of close: NaN, 2, -1, 3; s = 2; z: NaN, 1, -0.5, 1.5. B = 8, C = 2 (bins 0.5 wide):
+  // bin = floor((z + 2) * 2) -> -, 6, 3, 7. Volume diff: NaN, 10, NaN(missing), NaN; s = 10;
+  // z = 1 -> bin 6.
+  std::string p = write("prices.csv",
+                        "date,close,volume\n"
+                        "d1,10,100\n"
+                        "d2,12,110\n"
+                        "d3,11,\n"
+                        "d4,14,130\n");
+  auto recs = read_timeseries_csv(p, {}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].name, "prices");
+  EXPECT_EQ(recs[0].source_rows, (std::vector<int64_t>{2, 3, 4, 5}));
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"close", "volume"}));
+  Record r = tokenize_series(recs[0], ts_config(2, 8, 2.0, TsTransform::kDiff), p);
+  EXPECT_EQ(r.name, "prices");
+  EXPECT_EQ(r.source, p);
+  EXPECT_EQ(r.description, "");
+  EXPECT_EQ(r.region, "");
+  EXPECT_EQ(r.offset, 0);
+  EXPECT_EQ(r.n_channels, 2);
+  EXPECT_EQ(r.timestamps, (std::vector<std::string>{"d1", "d2", "d3", "d4"}));
+  // token-major: [t0c0, t0c1, t1c0, t1c1, ...]
+  EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 2, 3 + 6, 3 + 6, 3 + 3, 2, 3 + 7, 2}));
+}
+
+TEST_F(TsCsv, EndToEndLogReturn) {
+  // log returns: NaN, ln 2, ln 0.5; s = ln 2; z: NaN, 1, -1. B = 4, C = 2: floor((z+2)/4*4).
+  std::string p = write("x.csv", "timestamp,v\n1,1\n2,2\n3,1\n");
+  auto recs = read_timeseries_csv(p, {}, 1);
+  Record r = tokenize_series(recs[0], ts_config(1, 4, 2.0, TsTransform::kLogReturn), p);
+  EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 3 + 3, 3 + 1}));
+}
+
+TEST_F(TsCsv, CrlfSameAsLf) {
+  std::string lf = "date,a,b\n1,1.5,2\n2,3,4\n";
+  std::string crlf = "date,a,b\r\n1,1.5,2\r\n2,3,4\r\n";
+  auto a = read_timeseries_csv(write("lf.csv", lf), {}, 0);
+  auto b = read_timeseries_csv(write("crlf.csv", crlf), {}, 0);
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(a[0].values, b[0].values);
+  EXPECT_EQ(a[0].timestamps, b[0].timestamps);
+  EXPECT_EQ(b[0].timestamps, (std::vector<std::string>{"1", "2"}));
+  EXPECT_EQ(b[0].values[1], (std::vector<double>{2, 4}));
+}
+
+TEST_F(TsCsv, NoTrailingNewlineAndBlankTrailingLine) {
+  auto a = read_timeseries_csv(write("a.csv", "date,a\n1,1\n2,2"), {}, 1);
+  auto b = read_timeseries_csv(write("b.csv", "date,a\n1,1\n2,2\n\n"), {}, 1);
+  EXPECT_EQ(a[0].values[0], (std::vector<double>{1, 2}));
+  EXPECT_EQ(b[0].values[0], (std::vector<double>{1, 2}));
+}
+
+TEST_F(TsCsv, QuotedCells) {
+  std::string p = write("q.csv",
+                        "\"date\",\"price, usd\",\"say \"\"hi\"\"\"\n"
+                        "\"2020-01-01, Mon\",\"1.5\",2\n"
+                        "\"2020-01-02\",3,\"4\"\n");
+  auto recs = read_timeseries_csv(p, {}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"price, usd", "say \"hi\""}));
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"2020-01-01, Mon", "2020-01-02"}));
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{1.5, 3}));
+  EXPECT_EQ(recs[0].values[1], (std::vector<double>{2, 4}));
+  CsvOptions o;
+  o.columns = {"say \"hi\""};
+  EXPECT_EQ(read_timeseries_csv(p, o, 1)[0].values[0], (std::vector<double>{2, 4}));
+}
+
+TEST_F(TsCsv, MissingValues) {
+  std::string p = write("m.csv", "date,a\n1,\n2,NA\n3,NaN\n4,nan\n5,NAN\n6,-2.5e1\n7,\"\"\n");
+  auto recs = read_timeseries_csv(p, {}, 1);
+  expect_same(recs[0].values[0], {kNaN, kNaN, kNaN, kNaN, kNaN, -25, kNaN});
+  Record r = tokenize_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLevel), p);
+  // level: only -25 is present, s = 25, z = -1 -> bin floor(3/8*8) = 3.
+  EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 2, 2, 2, 2, 3 + 3, 2}));
+}
+
+TEST_F(TsCsv, ColumnsOrderAndUnknown) {
+  std::string p = write("c.csv", "date,a,b,c\n1,1,2,3\n2,4,5,6\n");
+  CsvOptions o;
+  o.columns = {"c", "a"};
+  auto recs = read_timeseries_csv(p, o, 2);
+  ASSERT_EQ(recs[0].values.size(), 2u);
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{3, 6}));
+  EXPECT_EQ(recs[0].values[1], (std::vector<double>{1, 4}));
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"c", "a"}));
+
+  o.columns = {"a", "zz"};
+  std::string msg = input_error([&] { read_timeseries_csv(p, o, 0); });
+  EXPECT_NE(msg.find("'zz'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'date', 'a', 'b', 'c'"), std::string::npos) << msg;  // lists the header
+  EXPECT_NE(msg.find("c.csv"), std::string::npos) << msg;
+}
+
+TEST_F(TsCsv, TimeColumnOption) {
+  std::string p = write("t.csv", "when,x,y\nt1,1,2\nt2,3,4\n");
+  // No default time column: an error that lists the header.
+  std::string msg = input_error([&] { read_timeseries_csv(p, {}, 0); });
+  EXPECT_NE(msg.find("'when', 'x', 'y'"), std::string::npos) << msg;
+  CsvOptions o;
+  o.time_column = "when";
+  auto recs = read_timeseries_csv(p, o, 2);
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"t1", "t2"}));
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{1, 3}));
+  // --time-column may pick a column that would otherwise be a channel.
+  o.time_column = "x";
+  o.columns = {"y"};
+  recs = read_timeseries_csv(p, o, 1);
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "3"}));
+  EXPECT_EQ(recs[0].values.size(), 1u);
+  o.time_column = "nope";
+  EXPECT_THROW(read_timeseries_csv(p, o, 0), InputError);
+}
+
+TEST_F(TsCsv, DefaultTimeColumnIsFirstMatchAnyCase) {
+  auto recs = read_timeseries_csv(write("a.csv", "v,Date,w\n1,d1,2\n"), {}, 0);
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"d1"}));
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"v", "w"}));
+  recs = read_timeseries_csv(write("b.csv", "v,time,timestamp\n1,a,2\n"), {}, 0);
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"a"}));
+}
+
+TEST_F(TsCsv, IdColumnLongFormat) {
+  std::string p = write("long.csv",
+                        "id,timestamp,v\n"
+                        "B,1,10\n"
+                        "A,1,20\n"
+                        "B,2,11\n"
+                        "A,2,21\n"
+                        "B,3,12\n");
+  CsvOptions o;
+  o.id_column = "id";
+  auto recs = read_timeseries_csv(p, o, 1);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].name, "B");
+  EXPECT_EQ(recs[1].name, "A");
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{10, 11, 12}));
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "2", "3"}));
+  EXPECT_EQ(recs[0].source_rows, (std::vector<int64_t>{2, 4, 6}));
+  EXPECT_EQ(recs[1].values[0], (std::vector<double>{20, 21}));
+  EXPECT_EQ(recs[1].source_rows, (std::vector<int64_t>{3, 5}));
+  Record r = tokenize_series(recs[1], ts_config(1, 8, 4.0, TsTransform::kLevel), p);
+  EXPECT_EQ(r.name, "A");
+  EXPECT_EQ(r.n_tokens(), 2);
+}
+
+TEST_F(TsCsv, RecordNameStripsOnlyLastExtension) {
+  auto recs = read_timeseries_csv(write("x.csv.txt", "date,a\n1,1\n"), {}, 1);
+  EXPECT_EQ(recs[0].name, "x.csv");
+}
+
+// ---- CSV errors ----
+
+TEST_F(TsCsv, NoHeaderRow) {
+  std::string msg = input_error([&] { read_timeseries_csv(write("n.csv", "1,2\n3,4\n"), {}, 0); });
+  EXPECT_NE(msg.find("no header row"), std::string::npos) << msg;
+}
+
+TEST_F(TsCsv, NonNumericCell) {
+  std::string p = write("bad.csv", "date,open,close\n1,1,2\n2,3,abc\n");
+  std::string msg = input_error([&] { read_timeseries_csv(p, {}, 0); });
+  EXPECT_NE(msg.find("bad.csv"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("line 3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'close'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'abc'"), std::string::npos) << msg;
+  // Partly numeric and non-finite cells are refused too.
+  for (const char* cell : {"1.5x", "inf", "-Infinity", "1e999", "0x10", "1,5"}) {
+    std::string q = write("b2.csv", std::string("date,a\n1,\"") + cell + "\"\n");
+    EXPECT_THROW(read_timeseries_csv(q, {}, 0), InputError) << cell;
+  }
+}
+
+TEST_F(TsCsv, RaggedRow) {
+  std::string msg =
+      input_error([&] { read_timeseries_csv(write("r.csv", "date,a,b\n1,2,3\n2,3\n"), {}, 0); });
+  EXPECT_NE(msg.find("line 3"), std::string::npos) << msg;
+}
+
+TEST_F(TsCsv, HeaderOnlyAndEmpty) {
+  std::string msg = input_error([&] { read_timeseries_csv(write("h.csv", "date,a\n"), {}, 0); });
+  EXPECT_NE(msg.find("no data rows"), std::string::npos) << msg;
+  msg = input_error([&] { read_timeseries_csv(write("e.csv", ""), {}, 0); });
+  EXPECT_NE(msg.find("no data rows"), std::string::npos) << msg;
+}
+
+TEST_F(TsCsv, ChannelCountMismatch) {
+  std::string p = write("cc.csv", "date,a,b,c\n1,1,2,3\n");
+  std::string msg = input_error([&] { read_timeseries_csv(p, {}, 2); });
+  EXPECT_NE(msg.find("2 channels"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("3 columns"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--columns"), std::string::npos) << msg;
+  // tokenize_series refuses a record whose channel count differs from the model's.
+  auto recs = read_timeseries_csv(p, {}, 3);
+  EXPECT_THROW(tokenize_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLevel), p), InputError);
+}
+
+TEST_F(TsCsv, LogReturnOfNonPositive) {
+  std::string p = write("lr.csv", "date,a,b\n1,1,1\n2,2,2\n3,3,0\n4,4,1\n");
+  auto recs = read_timeseries_csv(p, {}, 2);
+  std::string msg = input_error(
+      [&] { tokenize_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLogReturn), p); });
+  EXPECT_NE(msg.find("lr.csv"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("record 'lr'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("line 4"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'b'"), std::string::npos) << msg;
+  // diff accepts the same data.
+  EXPECT_NO_THROW(tokenize_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kDiff), p));
+  // A negative value next to a missing one is never in a ratio, so it is accepted.
+  auto ok = read_timeseries_csv(write("ok.csv", "date,a\n1,-1\n2,\n3,2\n4,4\n"), {}, 1);
+  Record r = tokenize_series(ok[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), p);
+  EXPECT_EQ(r.tokens[0], 2);
+  EXPECT_EQ(r.tokens[3], 3 + 5);  // ln 2 / ln 2 = 1 -> floor(5/8*8) = 5
+}
+
+// ---- real data ----
+
+std::string data_file(const std::string& name) {
+  std::vector<fs::path> roots;
+  if (const char* env = std::getenv("SPARSA_DATA_DIR")) roots.emplace_back(env);
+#ifdef SPARSA_SOURCE_DIR
+  roots.emplace_back(fs::path(SPARSA_SOURCE_DIR) / "shared" / "data");
+  roots.emplace_back(fs::path(SPARSA_SOURCE_DIR) / ".." / "shared" / "data");
+#endif
+  roots.emplace_back("/work/shared/data");
+  for (const fs::path& r : roots) {
+    fs::path p = r / "timeseries" / name;
+    if (fs::exists(p)) return p.string();
+  }
+  return "";
+}
+
+TEST(TsRealData, MsftDailyOhlcv) {
+  std::string p = data_file("msft_daily_ohlcv.csv");
+  if (p.empty()) GTEST_SKIP() << "msft_daily_ohlcv.csv not found";
+  auto recs = read_timeseries_csv(p, {}, 5);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].name, "msft_daily_ohlcv");
+  EXPECT_EQ(recs[0].channel_names,
+            (std::vector<std::string>{"open", "high", "low", "close", "volume"}));
+  EXPECT_EQ(recs[0].timestamps.size(), 249u);
+  EXPECT_EQ(recs[0].timestamps[0], "2000-09-27");
+  EXPECT_DOUBLE_EQ(recs[0].values[3][0], 60.625);
+  Record r = tokenize_series(recs[0], ts_config(5, 256, 4.0, TsTransform::kLogReturn), p);
+  EXPECT_EQ(r.n_tokens(), 249);
+  for (int64_t c = 0; c < 5; ++c) EXPECT_EQ(r.tokens[c], 2);  // t = 0 has no return
+  for (int32_t t : r.tokens) EXPECT_TRUE(t >= 2 && t < 3 + 256);
+}
+
+TEST(TsRealData, UsdChf30min) {
+  std::string p = data_file("usdchf_30min.csv");
+  if (p.empty()) GTEST_SKIP() << "usdchf_30min.csv not found";
+  auto recs = read_timeseries_csv(p, {}, 1);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].values.size(), 1u);
+  EXPECT_EQ(recs[0].values[0].size(), 62496u);
+  EXPECT_EQ(recs[0].timestamps[0], "1996-04-01T00:00:00");
+  EXPECT_DOUBLE_EQ(recs[0].values[0][0], 1.193);
+  Record r = tokenize_series(recs[0], ts_config(1, 256, 4.0, TsTransform::kLogReturn), p);
+  EXPECT_EQ(r.n_tokens(), 62496);
+}
+
+}  // namespace
+}  // namespace sparsa
