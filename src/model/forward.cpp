@@ -129,23 +129,32 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
       out.global_scores[l * G + j] = S[j].score;
       gpos[j] = S[j].pos;
     }
-    // K, V and gate of the chosen tokens: each owner packs its rows; rank order = position order.
+    // K, V and gate of the chosen tokens: each owner packs (index in S, K row, V row, gate); the
+    // receivers place rows by index, so rank order need not be position order (mirrored layout).
+    const int64_t row_floats = 2 * d + 2;  // index (as float bits of an int32 pair), K, V, gate
     std::vector<float> pack;
     for (int64_t j = 0; j < G; ++j) {
       if (gpos[j] < b || gpos[j] >= shard.end) continue;
-      const int64_t r = gpos[j] - b;
-      pack.insert(pack.end(), k.begin() + (own + r) * d, k.begin() + (own + r + 1) * d);
-      pack.insert(pack.end(), v.begin() + (own + r) * d, v.begin() + (own + r + 1) * d);
+      const int64_t r = own + gpos[j] - b;
+      const int32_t idx = (int32_t)j;
+      float idx_bits;
+      std::memcpy(&idx_bits, &idx, 4);
+      pack.push_back(idx_bits);
+      pack.insert(pack.end(), k.begin() + r * d, k.begin() + (r + 1) * d);
+      pack.insert(pack.end(), v.begin() + r * d, v.begin() + (r + 1) * d);
       pack.push_back((float)(1.0 / (1.0 + std::exp(-(double)S[j].score))));
     }
     comm.allgatherv(pack.data(), (int64_t)(pack.size() * sizeof(float)), gathered);
-    if ((int64_t)gathered.size() != G * (2 * d + 1) * 4)
-      throw SystemError("global gather returned " + std::to_string(gathered.size()) + " bytes");
+    if ((int64_t)gathered.size() != G * row_floats * 4)
+      throw SystemError("global gather returned " + std::to_string(gathered.size()) +
+                        " bytes, expected " + std::to_string(G * row_floats * 4));
     const float* gp = reinterpret_cast<const float*>(gathered.data());
-    for (int64_t j = 0; j < G; ++j, gp += 2 * d + 1) {
-      std::memcpy(kg.data() + j * d, gp, d * 4);
-      std::memcpy(vg.data() + j * d, gp + d, d * 4);
-      gamma[j] = gp[2 * d];
+    for (int64_t row = 0; row < G; ++row, gp += row_floats) {
+      int32_t j;
+      std::memcpy(&j, gp, 4);
+      std::memcpy(kg.data() + j * d, gp + 1, d * 4);
+      std::memcpy(vg.data() + j * d, gp + 1 + d, d * 4);
+      gamma[j] = gp[1 + 2 * d];
     }
 
     cpu::AttentionParams ap{q.data(), k.data(), v.data(), kv.begin, kv_count, kg.data(), vg.data(),

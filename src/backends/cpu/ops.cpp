@@ -101,8 +101,8 @@ void linear(const LinearParams& p) {
 // One row's router score from that row alone, in a fixed order. Not a GEMM: BLAS rounds a row
 // differently in different slots of a tile, so equal tokens got unequal scores and rounding, not
 // the spec's tie rule (smaller position wins), chose between them (e.g. every token of layer 0).
-static float router_row(const float* h, const float* w1, const float* b1, const float* w2,
-                        float b2, int64_t d, int64_t hidden, std::vector<double>& hid) {
+static float router_row(const float* h, const float* w1, const float* b1, const float* w2, float b2,
+                        int64_t d, int64_t hidden, std::vector<double>& hid) {
   hid.assign(hidden, 0.0);
   for (int64_t e = 0; e < d; ++e)
     for (int64_t j = 0; j < hidden; ++j) hid[j] += (double)h[e] * (double)w1[e * hidden + j];
@@ -130,8 +130,8 @@ void attn_inputs(const AttnInputParams& p) {
       gemm_tile(h.data(), p.wk, p.k + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
       gemm_tile(h.data(), p.wv, p.v + tw.r0 * p.d, m, tw.slot0, p.d, p.d, false, xs, ys);
       for (int64_t r = 0; r < m; ++r)
-        p.scores[tw.r0 + r] = router_row(h.data() + r * p.d, p.router_w1, p.router_b1,
-                                         p.router_w2, p.router_b2, p.d, p.hidden, hid);
+        p.scores[tw.r0 + r] = router_row(h.data() + r * p.d, p.router_w1, p.router_b1, p.router_w2,
+                                         p.router_b2, p.d, p.hidden, hid);
     }
   }
 }

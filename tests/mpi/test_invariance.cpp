@@ -1,0 +1,142 @@
+// Sequence parallelism: `mpirun -np P sparsa embed` must give bit-for-bit the same file contents
+// (every dataset of every record) as one process, for P = 2, 3, 4 and uneven shards.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "io/h5.hpp"
+#include "../unit/test_util.hpp"
+
+using namespace sparsa::testing;
+namespace h5 = sparsa::h5;
+
+namespace {
+
+std::string mpirun(int np) {
+  return std::string(SPARSA_MPIEXEC) + " -np " + std::to_string(np) + " ";
+}
+
+// Every dataset of every record, compared byte for byte (as float / int64 values).
+void expect_same_contents(const std::string& a, const std::string& b) {
+  auto fa = h5::File::open_read(a), fb = h5::File::open_read(b);
+  ASSERT_EQ(fa.attr_int("/", "complete"), 1);
+  ASSERT_EQ(fb.attr_int("/", "complete"), 1);
+  const auto keys = fa.list("/records");
+  ASSERT_EQ(keys, fb.list("/records"));
+  for (const auto& k : keys) {
+    const std::string g = "/records/" + k;
+    EXPECT_EQ(fa.attr_int(g, "length"), fb.attr_int(g, "length"));
+    EXPECT_EQ(fa.attr_string(g, "name"), fb.attr_string(g, "name"));
+    for (const char* ds : {"embedding", "global_scores"}) {
+      auto x = fa.read_f32(g + "/" + ds), y = fb.read_f32(g + "/" + ds);
+      ASSERT_EQ(x.size(), y.size()) << k << "/" << ds;
+      EXPECT_EQ(0, std::memcmp(x.data(), y.data(), x.size() * 4)) << k << "/" << ds << " differs";
+    }
+    for (const char* ds : {"global_positions", "bin_start", "bin_end"})
+      EXPECT_EQ(fa.read_i64(g + "/" + ds), fb.read_i64(g + "/" + ds)) << k << "/" << ds;
+  }
+}
+
+struct Scenario {
+  std::string model, inputs, extra;
+};
+
+void check_invariance(const TempDir& t, const Scenario& s, std::vector<int> ranks) {
+  const std::string base = binary() + " embed -q --force --threads 1 --dtype f32 --model " + s.model +
+                           " " + s.inputs + " " + s.extra + " --output ";
+  auto r = run(base + t / "p1.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int np : ranks) {
+    const std::string out = t / ("p" + std::to_string(np) + ".h5");
+    r = run(mpirun(np) + base + out);
+    ASSERT_EQ(r.code, 0) << "np " << np << ": " << r.output;
+    SCOPED_TRACE("np " + std::to_string(np));
+    expect_same_contents(t / "p1.h5", out);
+  }
+}
+
+std::string make_model(const TempDir& t, const std::string& name, const std::string& toml) {
+  write_file(t / (name + ".toml"), toml);
+  auto r = run(binary() + " init --seed 11 --config " + t / (name + ".toml") + " --output " +
+               t / (name + ".h5"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  return t / (name + ".h5");
+}
+
+std::string tiny(int window = 16, bool causal = false) {
+  return "[model]\nkind = \"dna\"\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\n"
+         "global_every = 512\nglobal_max = 64\nrouter_hidden = 8\nwindow = " +
+         std::to_string(window) + "\ncausal = " + (causal ? "true" : "false") + "\n";
+}
+
+}  // namespace
+
+TEST(MpiInvariance, LambdaAllPoolsAndRc) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  const std::string lambda = "--input " + source_dir() + "/examples/lambda_virus.fa.gz";
+  check_invariance(t, {model, lambda, ""}, {2, 3, 4});
+  check_invariance(t, {model, lambda, "--rc-average --pool bin:1000"}, {3});
+  check_invariance(t, {model, lambda, "--pool mean"}, {4});
+}
+
+TEST(MpiInvariance, CausalWindowWiderThanShard) {
+  TempDir t;
+  // window 64 > shard of 100 / 4 = 25 tokens: halos come from several ranks.
+  const std::string model = make_model(t, "w", tiny(64));
+  std::string seq;
+  for (int i = 0; i < 100; ++i) seq += "ACGTTGCAAG"[(i * 7) % 10];
+  write_file(t / "s.fa", ">short\n" + seq + "\n");
+  check_invariance(t, {model, "--input " + t / "s.fa", ""}, {2, 3, 4});
+  const std::string causal = make_model(t, "c", tiny(40, true));
+  check_invariance(t, {causal, "--input " + t / "s.fa", ""}, {3, 4});
+}
+
+TEST(MpiInvariance, ManyShortRecordsAndOneLong) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  std::string fa;
+  for (int r = 0; r < 12; ++r) {
+    fa += ">rec" + std::to_string(r) + " short record\n";
+    for (int i = 0; i < 1 + r * 13; ++i) fa += "ACGTN"[(i + r) % 5];  // 1, 14, 27, ... tokens
+    fa += "\n";
+  }
+  write_file(t / "short.fa", fa);
+  const std::string inputs = "--input " + t / "short.fa" + " --input " + source_dir() +
+                             "/examples/lambda_virus.fa.gz";
+  check_invariance(t, {model, inputs, ""}, {2, 4});
+}
+
+TEST(MpiInvariance, TimeSeries) {
+  TempDir t;
+  const std::string model = make_model(
+      t, "ts",
+      "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\n"
+      "window = 8\ncausal = true\nglobal_every = 1000\nglobal_max = 32\nrouter_hidden = 8\n"
+      "channels = 1\nts_bins = 64\nts_transform = \"log_return\"\n");
+  const std::string usdchf = shared_data() + "/timeseries/usdchf_30min.csv";
+  ASSERT_TRUE(exists(usdchf));
+  check_invariance(t, {model, "--input " + usdchf, "--pool bin:48"}, {2, 3});
+}
+
+TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
+  ASSERT_TRUE(exists(ecoli));
+  ASSERT_EQ(run("zcat " + ecoli + " > " + t / "ecoli.fa").code, 0);
+  check_invariance(t, {model, "--input " + t / "ecoli.fa", "--region K-12-MG1655:1000001-2000000 --pool bin:100"},
+                   {2, 3, 4});
+}
+
+TEST(MpiFailure, OneBadRankStopsAllWithNoOutput) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  write_file(t / "bad.fa", ">ok\nACGTACGT\n>bad\nACGTXX\n");
+  auto r = run(mpirun(3) + binary() + " embed -q --model " + model + " --input " + t / "bad.fa" +
+               " --output " + t / "o.h5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("position 5"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "o.h5"));
+  EXPECT_FALSE(exists(t / "o.h5.tmp"));
+}
