@@ -1,0 +1,510 @@
+// sparsa: DNA input (see dna.hpp). Reading goes through htslib so that plain, gzip and bgzip
+// files behave the same, and regions use faidx so that names and coordinates match samtools.
+#include "io/dna.hpp"
+
+#include <htslib/bgzf.h>
+#include <htslib/faidx.h>
+#include <htslib/hts.h>
+#include <htslib/kstring.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string_view>
+#include <unordered_set>
+
+#include "core/error.hpp"
+
+namespace sparsa {
+namespace {
+
+// 256-entry lookup so that tokenising is one load per base (genomes are long).
+constexpr std::array<int8_t, 256> make_token_table() {
+  std::array<int8_t, 256> t{};
+  for (auto& v : t) v = -1;
+  for (char c : std::string_view("NRYSWKMBDHV")) {
+    t[(unsigned char)c] = kTokN;
+    t[(unsigned char)(c - 'A' + 'a')] = kTokN;
+  }
+  const std::pair<char, int8_t> bases[] = {
+      {'A', kTokA}, {'C', kTokC}, {'G', kTokG}, {'T', kTokT}, {'U', kTokT}};
+  for (auto [c, tok] : bases) {
+    t[(unsigned char)c] = tok;
+    t[(unsigned char)(c - 'A' + 'a')] = tok;
+  }
+  return t;
+}
+constexpr std::array<int8_t, 256> kTokenTable = make_token_table();
+
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' || c == '\n';
+}
+
+std::string hex_byte(unsigned char c) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02X", c);
+  return buf;
+}
+
+// "'X' (0x58)"; non-printable bytes only as hex so that the message stays one readable line.
+std::string show_char(unsigned char c) {
+  if (c >= 0x20 && c < 0x7f) return "'" + std::string(1, (char)c) + "' (" + hex_byte(c) + ")";
+  return hex_byte(c);
+}
+
+std::string invalid_char_message(unsigned char c) {
+  return "invalid character " + show_char(c) + "; use --invalid-as-n to read it as N";
+}
+
+// Appends the tokens of `seq`; `first_pos` is the 1-based position of seq[0] in its record, so
+// that errors point at the base the user can find with samtools faidx or an editor.
+void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
+                   const std::string& file, const std::string& record, std::vector<int32_t>& out) {
+  // Grow geometrically: an exact reserve per line would copy the whole record on every line.
+  if (out.capacity() < out.size() + seq.size())
+    out.reserve(std::max(out.size() + seq.size(), 2 * out.capacity()));
+  for (size_t i = 0; i < seq.size(); ++i) {
+    int32_t tok = kTokenTable[(unsigned char)seq[i]];
+    if (tok < 0) {
+      if (!invalid_as_n)
+        throw InputError(where(file, record, first_pos + (int64_t)i,
+                               invalid_char_message((unsigned char)seq[i])));
+      tok = kTokN;
+    }
+    out.push_back(tok);
+  }
+}
+
+std::string at_line(const std::string& file, long long line, const std::string& what) {
+  return file + ": line " + std::to_string(line) + ": " + what;
+}
+
+// Splits a header line (without its '>' or '@') samtools-style: the name ends at the first
+// whitespace; the description is the rest after that whitespace run, without trailing spaces.
+void split_header(std::string_view text, std::string& name, std::string& description) {
+  size_t i = 0;
+  while (i < text.size() && !is_space(text[i])) ++i;
+  name.assign(text.substr(0, i));
+  while (i < text.size() && is_space(text[i])) ++i;
+  size_t end = text.size();
+  while (end > i && is_space(text[end - 1])) --end;
+  description.assign(text.substr(i, end - i));
+}
+
+// Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping trailing
+// '\r' so that CRLF files read exactly like LF files (bgzf_getline drops only one '\r').
+class LineReader {
+ public:
+  explicit LineReader(const std::string& path) : path_(path) {
+    fp_ = bgzf_open(path.c_str(), "r");
+    if (!fp_) throw InputError(path + ": cannot open: " + std::strerror(errno));
+  }
+  ~LineReader() {
+    if (fp_) bgzf_close(fp_);
+    std::free(ks_.s);
+  }
+  LineReader(const LineReader&) = delete;
+  LineReader& operator=(const LineReader&) = delete;
+
+  // Next line into `line` (valid until the next call); false at the end of the file.
+  bool next(std::string_view& line) {
+    int r = bgzf_getline(fp_, '\n', &ks_);
+    if (r < -1)
+      throw InputError(at_line(path_, line_no_ + 1, "truncated or corrupt compressed data"));
+    if (r == -1) {
+      // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
+      // end-of-file marker tells that records were lost.
+      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0)
+        throw InputError(
+            at_line(path_, line_no_ + 1,
+                    "truncated or corrupt compressed data (bgzip end marker missing)"));
+      return false;
+    }
+    ++line_no_;
+    size_t n = ks_.l;
+    while (n > 0 && ks_.s[n - 1] == '\r') --n;
+    line = std::string_view(ks_.s, n);
+    return true;
+  }
+  long long line_no() const { return line_no_; }
+  BGZF* handle() { return fp_; }
+
+ private:
+  std::string path_;
+  BGZF* fp_ = nullptr;
+  kstring_t ks_ = {0, 0, nullptr};
+  long long line_no_ = 0;
+};
+
+}  // namespace
+
+int32_t dna_token(unsigned char c) { return kTokenTable[c]; }
+
+void reverse_complement(std::vector<int32_t>& tokens) {
+  std::reverse(tokens.begin(), tokens.end());
+  for (auto& t : tokens) {
+    // A(3)<->T(6), C(4)<->G(5): the pairs sum to 9. N, PAD and MASK stay.
+    if (t >= kTokA && t <= kTokT) t = 9 - t;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FastxReader
+
+struct FastxReader::Impl {
+  enum class Format { kUnknown, kFasta, kFastq };
+  std::string path;
+  DnaReadOptions opts;
+  LineReader lines;
+  Format format = Format::kUnknown;
+  // FASTA records end at the next header, which is kept here for the following record.
+  bool have_header = false;
+  std::string header;  // without the leading '>' / '@'
+  long long header_line = 0;
+  std::unordered_set<std::string> seen;
+
+  Impl(const std::string& p, DnaReadOptions o) : path(p), opts(o), lines(p) {}
+
+  // Skips empty lines; false at the end of the file.
+  bool next_nonempty(std::string_view& line) {
+    while (lines.next(line))
+      if (!line.empty()) return true;
+    return false;
+  }
+
+  void detect_format() {
+    std::string_view line;
+    if (!next_nonempty(line)) throw InputError(path + ": empty file: no FASTA/FASTQ records");
+    if (line[0] == '>') {
+      format = Format::kFasta;
+    } else if (line[0] == '@') {
+      format = Format::kFastq;
+    } else {
+      throw InputError(at_line(path, lines.line_no(),
+                               "not FASTA/FASTQ: expected '>' or '@' before any sequence, found " +
+                                   show_char((unsigned char)line[0])));
+    }
+    keep_header(line);
+  }
+
+  void keep_header(std::string_view line) {
+    header.assign(line.substr(1));
+    header_line = lines.line_no();
+    have_header = true;
+  }
+
+  // Fills name/description from the kept header and checks the name.
+  void start_record(Record& rec) {
+    rec = Record{};
+    split_header(header, rec.name, rec.description);
+    rec.source = path;
+    if (rec.name.empty())
+      throw InputError(at_line(path, header_line, "header with an empty record name"));
+    if (!seen.insert(rec.name).second)
+      throw InputError(where(path, rec.name, 0,
+                             "duplicate record name, as samtools faidx refuses (line " +
+                                 std::to_string(header_line) + ")"));
+  }
+
+  bool next_fasta(Record& rec) {
+    if (!have_header) return false;
+    start_record(rec);
+    have_header = false;
+    std::string_view line;
+    while (lines.next(line)) {
+      if (!line.empty() && line[0] == '>') {
+        keep_header(line);
+        break;
+      }
+      append_tokens(line, (int64_t)rec.tokens.size() + 1, opts.invalid_as_n, path, rec.name,
+                    rec.tokens);
+    }
+    if (rec.tokens.empty())
+      throw InputError(
+          where(path, rec.name, 0,
+                "empty record: no sequence (line " + std::to_string(header_line) + ")"));
+    return true;
+  }
+
+  // Standard 4-line FASTQ: '@name desc', sequence, '+' [name], quality of the same length.
+  bool next_fastq(Record& rec) {
+    if (!have_header) {
+      std::string_view line;
+      if (!next_nonempty(line)) return false;
+      if (line[0] != '@')
+        throw InputError(at_line(path, lines.line_no(), "malformed FASTQ: expected an '@' header"));
+      keep_header(line);
+    }
+    have_header = false;
+    start_record(rec);
+    auto need_line = [&](std::string_view& line, const char* what) {
+      if (!lines.next(line))
+        throw InputError(
+            where(path, rec.name, 0, std::string("truncated FASTQ record: missing ") + what));
+    };
+    std::string_view line;
+    need_line(line, "sequence line");
+    append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens);
+    if (rec.tokens.empty())
+      throw InputError(
+          where(path, rec.name, 0,
+                "empty record: no sequence (line " + std::to_string(lines.line_no()) + ")"));
+    need_line(line, "'+' line");
+    if (line.empty() || line[0] != '+')
+      throw InputError(at_line(path, lines.line_no(),
+                               "malformed FASTQ record '" + rec.name + "': expected a '+' line"));
+    std::string_view plus = line.substr(1);
+    if (!plus.empty() && plus != rec.name && plus != std::string_view(header))
+      throw InputError(
+          at_line(path, lines.line_no(),
+                  "malformed FASTQ record '" + rec.name + "': the '+' line names another record"));
+    need_line(line, "quality line");
+    if ((int64_t)line.size() != (int64_t)rec.tokens.size())
+      throw InputError(where(path, rec.name, 0,
+                             "quality length " + std::to_string(line.size()) +
+                                 " differs from sequence length " +
+                                 std::to_string(rec.tokens.size()) + " (line " +
+                                 std::to_string(lines.line_no()) + ")"));
+    return true;
+  }
+};
+
+FastxReader::FastxReader(const std::string& path, DnaReadOptions opts)
+    : impl_(std::make_unique<Impl>(path, opts)) {
+  impl_->detect_format();
+}
+
+FastxReader::~FastxReader() = default;
+
+bool FastxReader::next(Record& rec) {
+  return impl_->format == Impl::Format::kFasta ? impl_->next_fasta(rec) : impl_->next_fastq(rec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regions
+
+namespace {
+
+// Parses a non-negative integer with optional thousands commas; false on anything else.
+bool parse_count(std::string_view s, int64_t& out) {
+  std::string digits;
+  for (char c : s) {
+    if (c == ',') continue;
+    if (c < '0' || c > '9') return false;
+    digits += c;
+  }
+  if (digits.empty() || digits.size() > 18) return false;  // 18 digits cannot overflow int64
+  out = std::stoll(digits);
+  return true;
+}
+
+// Strict integer (optional leading '-') for BED columns.
+bool parse_int(std::string_view s, int64_t& out) {
+  bool neg = !s.empty() && s[0] == '-';
+  std::string_view d = neg ? s.substr(1) : s;
+  if (d.empty() || d.find(',') != std::string_view::npos || !parse_count(d, out)) return false;
+  if (neg) out = -out;
+  return true;
+}
+
+}  // namespace
+
+RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names) {
+  RegionSpec r;
+  r.text = text;
+  auto bad = [&](const std::string& why) {
+    return ConfigError("region '" + text + "': " + why +
+                       " (expected NAME, NAME:START or NAME:START-END, 1-based)");
+  };
+  if (text.empty()) throw bad("empty region");
+  // As htslib does: a record whose whole name is the text wins over reading ':' as a range.
+  for (const auto& n : known_names) {
+    if (n == text) {
+      r.name = text;
+      return r;
+    }
+  }
+  size_t colon = text.rfind(':');
+  if (colon == std::string::npos) {
+    r.name = text;
+    return r;
+  }
+  r.name = text.substr(0, colon);
+  if (r.name.empty()) throw bad("empty record name");
+  std::string_view range = std::string_view(text).substr(colon + 1);
+  size_t dash = range.find('-');
+  int64_t start = 0, end = -1;
+  if (!parse_count(range.substr(0, dash), start)) throw bad("bad start");
+  if (dash != std::string_view::npos && dash + 1 < range.size()) {
+    if (!parse_count(range.substr(dash + 1), end)) throw bad("bad end");
+  }  // "NAME:START-" (as samtools accepts) runs to the end of the record
+  if (start < 1) throw bad("start must be >= 1");
+  if (end != -1 && end < start) throw bad("end is before start");
+  r.begin = start - 1;
+  r.end = end;
+  return r;
+}
+
+std::vector<RegionSpec> read_bed(const std::string& path) {
+  std::vector<RegionSpec> out;
+  LineReader lines(path);  // BGZF also lets bed.gz work
+  std::string_view line;
+  while (lines.next(line)) {
+    const long long ln = lines.line_no();
+    std::vector<std::string_view> cols;
+    size_t i = 0;
+    while (i < line.size()) {
+      while (i < line.size() && is_space(line[i])) ++i;
+      size_t j = i;
+      while (j < line.size() && !is_space(line[j])) ++j;
+      if (j > i) cols.push_back(line.substr(i, j - i));
+      i = j;
+    }
+    if (cols.empty() || cols[0][0] == '#' || cols[0] == "track" || cols[0] == "browser") continue;
+    if (cols.size() < 3)
+      throw InputError(at_line(path, ln, "BED needs at least 3 columns (chrom start end)"));
+    RegionSpec r;
+    r.text = path + ":" + std::to_string(ln);
+    r.name.assign(cols[0]);
+    if (!parse_int(cols[1], r.begin))
+      throw InputError(at_line(path, ln, "start is not an integer"));
+    if (!parse_int(cols[2], r.end)) throw InputError(at_line(path, ln, "end is not an integer"));
+    if (r.begin < 0) throw InputError(at_line(path, ln, "start is negative"));
+    if (r.end <= r.begin) throw InputError(at_line(path, ln, "end must be greater than start"));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// FaidxFetcher
+
+struct FaidxFetcher::Impl {
+  std::string path;
+  DnaReadOptions opts;
+  faidx_t* fai = nullptr;
+  ~Impl() {
+    if (fai) fai_destroy(fai);
+  }
+};
+
+namespace {
+
+// Why faidx could not be loaded, in words a user can act on.
+std::string faidx_failure(const std::string& path, int compression) {
+  if (compression == 1)
+    return path + " is gzip-compressed but not bgzip-compressed: faidx needs `bgzip` (zcat " +
+           path + " | bgzip > " + path + ".bgz) or an uncompressed file";
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (!fs::exists(path + ".fai", ec) && access(dir.c_str(), W_OK) != 0)
+    return path + ": cannot build the faidx index " + path + ".fai: directory " + dir.string() +
+           " is not writable (index it with `samtools faidx` where you can, or copy the file)";
+  return path + ": cannot load or build its faidx index (" + path +
+         ".fai); faidx needs every line of a record to have the same length";
+}
+
+}  // namespace
+
+FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->opts = opts;
+  int compression = 0;
+  enum fai_format_options format = FAI_FASTA;
+  {
+    // Peek at the first line: faidx must be told FASTQ, and garbage gets a clear message here
+    // rather than faidx's own.
+    LineReader lines(path);
+    compression = bgzf_compression(lines.handle());
+    std::string_view line;
+    bool any = false;
+    try {
+      while ((any = lines.next(line)) && line.empty()) {
+      }
+    } catch (const InputError&) {
+      if (compression != 1) throw;  // a broken plain gzip still gets the bgzip hint below
+    }
+    if (any && !line.empty()) {
+      if (line[0] == '@') {
+        format = FAI_FASTQ;
+      } else if (line[0] != '>') {
+        throw InputError(at_line(path, lines.line_no(), "not FASTA/FASTQ: expected '>' or '@'"));
+      }
+    }
+  }
+  impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, FAI_CREATE, format);
+  if (!impl_->fai) throw InputError(faidx_failure(path, compression));
+}
+
+FaidxFetcher::~FaidxFetcher() = default;
+
+std::vector<std::string> FaidxFetcher::names() const {
+  std::vector<std::string> out;
+  int n = faidx_nseq(impl_->fai);
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) out.emplace_back(faidx_iseq(impl_->fai, i));
+  return out;
+}
+
+Record FaidxFetcher::fetch(const RegionSpec& region) {
+  const std::string& path = impl_->path;
+  const faidx_t* fai = impl_->fai;
+  if (!faidx_has_seq(fai, region.name.c_str())) {
+    std::string known;
+    int n = faidx_nseq(fai);
+    for (int i = 0; i < n && i < 5; ++i) known += std::string(i ? ", " : "") + faidx_iseq(fai, i);
+    if (n > 5) known += ", ... (" + std::to_string(n) + " records)";
+    throw InputError(path + ": region '" + region.text + "': no record named '" + region.name +
+                     "'; known: " + known);
+  }
+#if HTS_VERSION >= 101800
+  const int64_t len = faidx_seq_len64(fai, region.name.c_str());
+#else
+  const int64_t len = faidx_seq_len(fai, region.name.c_str());  // older htslib: int lengths
+#endif
+  int64_t begin = region.begin;
+  int64_t end = region.end == -1 ? len : std::min<int64_t>(region.end, len);  // clip like samtools
+  if (begin < 0)
+    throw InputError(
+        where(path, region.name, 0, "region '" + region.text + "' starts before the record"));
+  if (begin >= len)
+    throw InputError(where(path, region.name, 0,
+                           "region '" + region.text + "' starts after the end of the record (" +
+                               std::to_string(len) + " bases)"));
+  if (end <= begin)
+    throw InputError(where(path, region.name, 0, "region '" + region.text + "' is empty"));
+
+  hts_pos_t got = 0;
+  // faidx takes a 0-based inclusive end.
+  char* seq = faidx_fetch_seq64(fai, region.name.c_str(), begin, end - 1, &got);
+  if (!seq || got != end - begin) {
+    std::free(seq);
+    throw InputError(where(path, region.name, 0,
+                           "cannot read region '" + region.text +
+                               "' through faidx (file changed since its .fai was built?)"));
+  }
+  Record rec;
+  rec.name = region.name;
+  rec.source = path;
+  rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
+  rec.offset = begin;
+  try {
+    append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
+                  region.name, rec.tokens);
+  } catch (...) {
+    std::free(seq);
+    throw;
+  }
+  std::free(seq);
+  return rec;
+}
+
+}  // namespace sparsa

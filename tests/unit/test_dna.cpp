@@ -1,0 +1,575 @@
+// Unit tests of src/io/dna: tokens, FASTA/FASTQ reading, regions, BED and faidx fetching.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "io/dna.hpp"
+
+namespace sparsa {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Every test gets its own directory, so that tests (and faidx's .fai/.gzi files) never collide.
+class DnaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static std::atomic<int> counter{0};
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("sparsa_test_dna_" + std::to_string(getpid()) + "_" +
+                                        std::to_string(counter++) + "_" + info->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string write(const std::string& name, const std::string& bytes) {
+    std::string p = (dir_ / name).string();
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p;
+  }
+  void sh(const std::string& cmd) { ASSERT_EQ(0, std::system(cmd.c_str())) << cmd; }
+
+  fs::path dir_;
+};
+
+std::vector<Record> read_all(const std::string& path, DnaReadOptions opts = {}) {
+  FastxReader reader(path, opts);
+  std::vector<Record> out;
+  Record r;
+  while (reader.next(r)) out.push_back(r);
+  return out;
+}
+
+std::vector<int32_t> toks(const std::string& seq) {
+  std::vector<int32_t> out;
+  for (unsigned char c : seq) out.push_back(dna_token(c));
+  return out;
+}
+
+// Runs `fn`, expects exception type E, and checks that each of `parts` is in the message.
+template <class E>
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception; expected one containing '" << parts.front() << "'";
+  } catch (const E& e) {
+    std::string msg = e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << msg << "\nlacks: " << p;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
+// A deterministic pseudo-random sequence (fixed LCG) so that compressed files are not trivial.
+std::string random_seq(size_t n, uint32_t seed) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    s += "ACGT"[(seed >> 16) & 3];
+  }
+  return s;
+}
+
+std::string wrap(const std::string& seq, size_t width) {
+  std::string out;
+  for (size_t i = 0; i < seq.size(); i += width) out += seq.substr(i, width) + "\n";
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+TEST(DnaToken, EveryByte) {
+  std::set<char> iupac;
+  for (char c : std::string("NRYSWKMBDHVnryswkmbdhv")) iupac.insert(c);
+  for (int c = 0; c < 256; ++c) {
+    int32_t want = -1;
+    switch (c) {
+      case 'A':
+      case 'a':
+        want = kTokA;
+        break;
+      case 'C':
+      case 'c':
+        want = kTokC;
+        break;
+      case 'G':
+      case 'g':
+        want = kTokG;
+        break;
+      case 'T':
+      case 't':
+      case 'U':
+      case 'u':
+        want = kTokT;
+        break;
+      default:
+        if (iupac.count((char)c)) want = kTokN;
+    }
+    EXPECT_EQ(dna_token((unsigned char)c), want) << "byte " << c;
+  }
+  EXPECT_EQ(kTokA, 3);
+  EXPECT_EQ(kTokC, 4);
+  EXPECT_EQ(kTokG, 5);
+  EXPECT_EQ(kTokT, 6);
+  EXPECT_EQ(kTokN, 2);
+  for (char c : std::string("XxEeFfIiJjLlOoPpQqZz*-.1 \t\r\n>@"))
+    EXPECT_EQ(dna_token((unsigned char)c), -1) << c;
+}
+
+TEST(DnaToken, ReverseComplement) {
+  std::vector<int32_t> t = {kTokA, kTokC, kTokG, kTokT, kTokN, kTokPad, kTokMask, kTokA};
+  reverse_complement(t);
+  EXPECT_EQ(t, (std::vector<int32_t>{kTokT, kTokMask, kTokPad, kTokN, kTokA, kTokC, kTokG, kTokT}));
+  std::vector<int32_t> s = toks("AACGTTTGCN");
+  reverse_complement(s);
+  EXPECT_EQ(s, toks("NGCAAACGTT"));
+  reverse_complement(s);
+  EXPECT_EQ(s, toks("AACGTTTGCN"));
+  std::vector<int32_t> empty;
+  reverse_complement(empty);
+  EXPECT_TRUE(empty.empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// FASTA / FASTQ reading
+
+TEST_F(DnaTest, MultiRecordFastaWithDescriptions) {
+  std::string p = write("multi.fa",
+                        ">chr1/part|x:1 first  record\tdesc  \n"
+                        "ACGT\nacgu\nNRYS\n"
+                        ">gi|123|ref|NC_1.1|\n"
+                        "wkmbdhv\n"
+                        ">a:b:c\t  tabbed description\n"
+                        "T\n");
+  auto recs = read_all(p);
+  ASSERT_EQ(recs.size(), 3u);
+  EXPECT_EQ(recs[0].name, "chr1/part|x:1");
+  EXPECT_EQ(recs[0].description, "first  record\tdesc");
+  EXPECT_EQ(recs[0].tokens, toks("ACGTACGTNNNN"));
+  EXPECT_EQ(recs[1].name, "gi|123|ref|NC_1.1|");
+  EXPECT_EQ(recs[1].description, "");
+  EXPECT_EQ(recs[1].tokens, std::vector<int32_t>(7, kTokN));
+  EXPECT_EQ(recs[2].name, "a:b:c");
+  EXPECT_EQ(recs[2].description, "tabbed description");
+  EXPECT_EQ(recs[2].tokens, std::vector<int32_t>{kTokT});
+  for (const auto& r : recs) {
+    EXPECT_EQ(r.source, p);
+    EXPECT_EQ(r.region, "");
+    EXPECT_EQ(r.offset, 0);
+    EXPECT_EQ(r.n_channels, 1);
+    EXPECT_TRUE(r.timestamps.empty());
+    EXPECT_EQ(r.n_tokens(), (int64_t)r.tokens.size());
+  }
+}
+
+TEST_F(DnaTest, LeadingAndTrailingEmptyLinesAndNoFinalNewline) {
+  auto a = read_all(write("a.fa", "\n\n>r1\nACGT\n\n\n"));
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0].tokens, toks("ACGT"));
+  auto b = read_all(write("b.fa", ">r1\nAC\nGT"));
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b[0].tokens, toks("ACGT"));
+}
+
+TEST_F(DnaTest, CrlfReadsLikeLf) {
+  std::string lf = ">r1 some desc\nACGTN\nacg\n>r2|x\nTTTT\n";
+  std::string crlf;
+  for (char c : lf) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  std::string crcrlf;  // CRLF converted twice, as careless transfers do
+  for (char c : lf) crcrlf += c == '\n' ? std::string("\r\r\n") : std::string(1, c);
+  auto a = read_all(write("lf.fa", lf));
+  auto b = read_all(write("crlf.fa", crlf));
+  auto c = read_all(write("crcrlf.fa", crcrlf));
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  ASSERT_EQ(c.size(), 2u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].name, b[i].name);
+    EXPECT_EQ(a[i].description, b[i].description);
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_EQ(a[i].name, c[i].name);
+    EXPECT_EQ(a[i].description, c[i].description);
+    EXPECT_EQ(a[i].tokens, c[i].tokens);
+  }
+  EXPECT_EQ(b[0].description, "some desc");
+  EXPECT_EQ(b[0].tokens, toks("ACGTNACG"));
+
+  std::string fq = "@q1 d\r\nACGT\r\n+\r\nIIII\r\n";
+  auto q = read_all(write("crlf.fq", fq));
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_EQ(q[0].description, "d");
+  EXPECT_EQ(q[0].tokens, toks("ACGT"));
+}
+
+// Invalid characters: the message names the file, the record and the 1-based position within the
+// record (counted across line breaks).
+TEST_F(DnaTest, InvalidCharactersNamePositionRecordAndFile) {
+  struct Case {
+    char c;
+    std::string shown;
+  };
+  for (const Case& k : std::vector<Case>{{'X', "'X' (0x58)"},
+                                         {'*', "'*' (0x2A)"},
+                                         {'-', "'-' (0x2D)"},
+                                         {'1', "'1' (0x31)"},
+                                         {' ', "' ' (0x20)"},
+                                         {'\t', "0x09"}}) {
+    std::string p = write("bad.fa", std::string(">ok\nACGT\n>bad|1 d\nACGT\nAC") + k.c + "G\n");
+    expect_error<InputError>(
+        [&] { read_all(p); },
+        {p, "record 'bad|1'", "position 7", "invalid character " + k.shown, "--invalid-as-n"});
+  }
+}
+
+TEST_F(DnaTest, InvalidAsN) {
+  std::string p = write("bad.fa", ">r\nAC*G\nx-1T\n");
+  auto recs = read_all(p, DnaReadOptions{true});
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].tokens,
+            (std::vector<int32_t>{kTokA, kTokC, kTokN, kTokG, kTokN, kTokN, kTokN, kTokT}));
+  expect_error<InputError>([&] { read_all(p); }, {"position 3", "'*'"});
+}
+
+TEST_F(DnaTest, Fastq) {
+  std::string p = write("r.fq",
+                        "@read/1 lane:1\nACGTU\n+\nIIIII\n"
+                        "\n"
+                        "@read/2\nnnac\n+read/2\n@@@@\n");
+  auto recs = read_all(p);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].name, "read/1");
+  EXPECT_EQ(recs[0].description, "lane:1");
+  EXPECT_EQ(recs[0].tokens, toks("ACGTT"));
+  EXPECT_EQ(recs[1].name, "read/2");
+  EXPECT_EQ(recs[1].tokens, toks("NNAC"));
+  EXPECT_EQ(recs[1].source, p);
+}
+
+TEST_F(DnaTest, FastqErrors) {
+  std::string q1 = write("q1.fq", "@a\nACGT\n+\nIIII\n@b\nACGT\n+\nIII\n");
+  expect_error<InputError>([&] { read_all(q1); }, {q1, "record 'b'", "quality length 3"});
+  std::string q2 = write("q2.fq", "@a\nACGT\n+\n");
+  expect_error<InputError>([&] { read_all(q2); }, {q2, "record 'a'", "truncated FASTQ"});
+  std::string q3 = write("q3.fq", "@a\nACGT\nIIII\nIIII\n");
+  expect_error<InputError>([&] { read_all(q3); }, {q3, "line 3", "'+'"});
+  std::string q4 = write("q4.fq", "@a\nACXT\n+\nIIII\n");
+  expect_error<InputError>([&] { read_all(q4); }, {q4, "record 'a'", "position 3", "'X'"});
+  std::string q5 = write("q5.fq", "@a\nACGT\n+\nIIII\nACGT\n");
+  expect_error<InputError>([&] { read_all(q5); }, {q5, "line 5", "'@'"});
+  std::string q6 = write("q6.fq", "@a\n\n+\n\n");
+  expect_error<InputError>([&] { read_all(q6); }, {q6, "record 'a'", "empty record"});
+}
+
+TEST_F(DnaTest, GzipAndBgzipReadLikePlain) {
+  std::string plain =
+      ">r1 desc\n" + wrap(random_seq(5000, 1), 60) + ">r2\n" + wrap(random_seq(777, 2), 70);
+  std::string p = write("x.fa", plain);
+  sh("gzip -c '" + p + "' > '" + p + ".gz'");
+  sh("bgzip -c '" + p + "' > '" + p + ".bgz'");
+  auto a = read_all(p);
+  auto b = read_all(p + ".gz");
+  auto c = read_all(p + ".bgz");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(a[0].tokens.size(), 5000u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(a[i].name, b[i].name);
+    EXPECT_EQ(a[i].description, c[i].description);
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_EQ(a[i].tokens, c[i].tokens);
+  }
+  EXPECT_EQ(b[0].source, p + ".gz");
+}
+
+TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
+  std::string p = write("big.fa", ">r1\n" + wrap(random_seq(300000, 3), 60) + ">r2\nACGT\n");
+  sh("gzip -c '" + p + "' > '" + p + ".gz'");
+  sh("bgzip -c '" + p + "' > '" + p + ".bgz'");
+  for (std::string z : {p + ".gz", p + ".bgz"}) {
+    auto size = fs::file_size(z);
+    std::string cut = z + ".half";
+    fs::copy_file(z, cut);
+    fs::resize_file(cut, size / 2);
+    expect_error<InputError>([&] { read_all(cut); }, {cut, "truncated or corrupt"});
+  }
+  // A bgzip file cut at a block boundary: only the missing 28-byte EOF block tells.
+  std::string noeof = p + ".noeof.bgz";
+  fs::copy_file(p + ".bgz", noeof);
+  fs::resize_file(noeof, fs::file_size(noeof) - 28);
+  expect_error<InputError>([&] { read_all(noeof); }, {noeof, "truncated"});
+}
+
+TEST_F(DnaTest, GarbageIsNotFasta) {
+  std::string bin = write("g.bin", std::string("\x00\xff\x01\x02garbage\n>r\nACGT\n", 19));
+  expect_error<InputError>([&] { FastxReader r(bin, {}); }, {bin, "line 1", "not FASTA/FASTQ"});
+  std::string txt = write("g.txt", "\nhello\n>r\nACGT\n");
+  expect_error<InputError>([&] { read_all(txt); }, {txt, "line 2", "not FASTA/FASTQ", "'h'"});
+  std::string empty = write("e.fa", "");
+  expect_error<InputError>([&] { read_all(empty); }, {empty, "no FASTA/FASTQ records"});
+  std::string missing = (dir_ / "missing.fa").string();
+  expect_error<InputError>([&] { read_all(missing); }, {missing, "cannot open"});
+}
+
+TEST_F(DnaTest, EmptyRecordsDuplicatesAndEmptyNames) {
+  std::string e1 = write("e1.fa", ">a\n>b\nACGT\n");
+  expect_error<InputError>([&] { read_all(e1); }, {e1, "record 'a'", "empty record"});
+  std::string e2 = write("e2.fa", ">a\nACGT\n>b desc\n\n");
+  expect_error<InputError>([&] { read_all(e2); }, {e2, "record 'b'", "empty record"});
+  std::string d = write("d.fa", ">a x\nACGT\n>b\nAC\n>a y\nGG\n");
+  expect_error<InputError>([&] { read_all(d); }, {d, "record 'a'", "duplicate record name"});
+  std::string n1 = write("n1.fa", ">\nACGT\n");
+  expect_error<InputError>([&] { read_all(n1); }, {n1, "line 1", "empty record name"});
+  std::string n2 = write("n2.fa", ">a\nAC\n> desc\nACGT\n");
+  expect_error<InputError>([&] { read_all(n2); }, {n2, "line 3", "empty record name"});
+}
+
+// A long record in short lines must read in linear time (a per-line exact reserve once made this
+// quadratic: minutes for a few megabases).
+TEST_F(DnaTest, LongRecordReadsInLinearTime) {
+  std::string seq = random_seq(3000000, 7);
+  std::string p = write("long.fa", ">long\n" + wrap(seq, 60));
+  auto t0 = std::chrono::steady_clock::now();
+  auto recs = read_all(p);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].tokens.size(), seq.size());
+  EXPECT_EQ(recs[0].tokens[2999999], dna_token((unsigned char)seq.back()));
+  EXPECT_LT(secs, 10.0);
+}
+
+TEST_F(DnaTest, LambdaGenome) {
+  std::string p = std::string(SPARSA_SOURCE_DIR) + "/examples/lambda_virus.fa.gz";
+  auto recs = read_all(p);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].name, "gi|9626243|ref|NC_001416.1|");
+  EXPECT_EQ(recs[0].description, "Enterobacteria phage lambda, complete genome");
+  ASSERT_EQ(recs[0].tokens.size(), 48502u);
+  for (int32_t t : recs[0].tokens) ASSERT_TRUE(t >= kTokA && t <= kTokT);
+  EXPECT_EQ(std::vector<int32_t>(recs[0].tokens.begin(), recs[0].tokens.begin() + 10),
+            toks("GGGCGGCGAC"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regions
+
+TEST(ParseRegion, Forms) {
+  RegionSpec r = parse_region("chr1");
+  EXPECT_EQ(r.text, "chr1");
+  EXPECT_EQ(r.name, "chr1");
+  EXPECT_EQ(r.begin, 0);
+  EXPECT_EQ(r.end, -1);
+  r = parse_region("chr1:1,000-2,000");
+  EXPECT_EQ(r.name, "chr1");
+  EXPECT_EQ(r.begin, 999);
+  EXPECT_EQ(r.end, 2000);
+  r = parse_region("chr1:5");
+  EXPECT_EQ(r.begin, 4);
+  EXPECT_EQ(r.end, -1);
+  r = parse_region("chr1:5-");
+  EXPECT_EQ(r.begin, 4);
+  EXPECT_EQ(r.end, -1);
+  r = parse_region("chr1:7-7");
+  EXPECT_EQ(r.begin, 6);
+  EXPECT_EQ(r.end, 7);
+  r = parse_region("gi|1|ref|X.1|:1-10");
+  EXPECT_EQ(r.name, "gi|1|ref|X.1|");
+  EXPECT_EQ(r.end, 10);
+}
+
+TEST(ParseRegion, NamesWithColons) {
+  std::vector<std::string> known = {"HLA-A*01:01:01", "chr1"};
+  RegionSpec r = parse_region("HLA-A*01:01:01", known);
+  EXPECT_EQ(r.name, "HLA-A*01:01:01");
+  EXPECT_EQ(r.begin, 0);
+  EXPECT_EQ(r.end, -1);
+  r = parse_region("HLA-A*01:01:01:10-20", known);
+  EXPECT_EQ(r.name, "HLA-A*01:01:01");
+  EXPECT_EQ(r.begin, 9);
+  EXPECT_EQ(r.end, 20);
+  // Unknown names are returned as they are: fetch reports them with the file's names.
+  r = parse_region("chrZ:3-4", known);
+  EXPECT_EQ(r.name, "chrZ");
+  EXPECT_EQ(r.begin, 2);
+  EXPECT_EQ(r.end, 4);
+  // Without the known name, the trailing ':01' reads as a range.
+  r = parse_region("HLA-A*01:01:01");
+  EXPECT_EQ(r.name, "HLA-A*01:01");
+  EXPECT_EQ(r.begin, 0);
+  EXPECT_EQ(r.end, -1);
+}
+
+TEST(ParseRegion, BadSyntax) {
+  for (std::string bad : {"", ":1-2", "chr:0-5", "chr:10-5", "chr:x", "chr:1-y", "chr:", "chr:-5",
+                          "chr:1-2-3", "chr:1.5", "chr:+3"}) {
+    expect_error<ConfigError>([&] { parse_region(bad); }, {"region '" + bad + "'"});
+  }
+}
+
+TEST_F(DnaTest, ReadBed) {
+  std::string p = write("r.bed",
+                        "# comment\n"
+                        "track name=x\n"
+                        "browser position chr1\n"
+                        "\n"
+                        "chr1\t0\t100\tfeat\t0\t+\n"
+                        "gi|1|x:y  5   6\r\n"
+                        "chr2\t10\t20\n");
+  auto r = read_bed(p);
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].name, "chr1");
+  EXPECT_EQ(r[0].begin, 0);
+  EXPECT_EQ(r[0].end, 100);
+  EXPECT_EQ(r[0].text, p + ":5");
+  EXPECT_EQ(r[1].name, "gi|1|x:y");
+  EXPECT_EQ(r[1].begin, 5);
+  EXPECT_EQ(r[1].end, 6);
+  EXPECT_EQ(r[1].text, p + ":6");
+  EXPECT_EQ(r[2].name, "chr2");
+  EXPECT_EQ(r[2].text, p + ":7");
+  EXPECT_TRUE(read_bed(write("empty.bed", "# nothing\n")).empty());
+}
+
+TEST_F(DnaTest, ReadBedErrors) {
+  struct Case {
+    std::string line, what;
+  };
+  for (const Case& k : std::vector<Case>{{"chr1\t10", "3 columns"},
+                                         {"chr1\tx\t20", "not an integer"},
+                                         {"chr1\t10\t2o", "not an integer"},
+                                         {"chr1\t1,0\t20", "not an integer"},
+                                         {"chr1\t-1\t20", "negative"},
+                                         {"chr1\t20\t20", "greater than start"},
+                                         {"chr1\t20\t10", "greater than start"}}) {
+    std::string p = write("bad.bed", "# c\nchr1\t0\t5\n" + k.line + "\n");
+    expect_error<InputError>([&] { read_bed(p); }, {p, "line 3", k.what});
+  }
+  std::string missing = (dir_ / "missing.bed").string();
+  expect_error<InputError>([&] { read_bed(missing); }, {missing});
+}
+
+// ---------------------------------------------------------------------------------------------
+// faidx
+
+class FaidxTest : public DnaTest {
+ protected:
+  // Two records wrapped at 60 and one at 50 columns; names with ':' and '|'.
+  std::string fasta() {
+    return ">chr1 first\n" + wrap(random_seq(1000, 10), 60) + ">gi|9|x:1-2\n" +
+           wrap(random_seq(333, 11), 50) + ">short\nACGTN\n";
+  }
+  void check_slices(const std::string& path) {
+    auto recs = read_all(path);
+    ASSERT_EQ(recs.size(), 3u);
+    FaidxFetcher f(path, {});
+    EXPECT_EQ(f.names(), (std::vector<std::string>{"chr1", "gi|9|x:1-2", "short"}));
+    struct Case {
+      std::string text;
+      size_t rec;
+      int64_t begin, end;
+      std::string region;
+    };
+    for (const Case& k : std::vector<Case>{
+             {"chr1:1-10", 0, 0, 10, "chr1:1-10"},
+             {"chr1:55-130", 0, 54, 130, "chr1:55-130"},
+             {"chr1:1,000", 0, 999, 1000, "chr1:1000-1000"},
+             {"chr1", 0, 0, 1000, "chr1:1-1000"},
+             {"chr1:990-5000", 0, 989, 1000, "chr1:990-1000"},  // clipped to the record
+             {"gi|9|x:1-2", 1, 0, 333, "gi|9|x:1-2:1-333"},
+             {"gi|9|x:1-2:300-320", 1, 299, 320, "gi|9|x:1-2:300-320"},
+             {"short:2-5", 2, 1, 5, "short:2-5"}}) {
+      Record r = f.fetch(parse_region(k.text, f.names()));
+      const Record& whole = recs[k.rec];
+      EXPECT_EQ(r.name, whole.name) << k.text;
+      EXPECT_EQ(r.description, "") << k.text;
+      EXPECT_EQ(r.source, path) << k.text;
+      EXPECT_EQ(r.region, k.region) << k.text;
+      EXPECT_EQ(r.offset, k.begin) << k.text;
+      EXPECT_EQ(r.n_channels, 1) << k.text;
+      EXPECT_EQ(r.tokens,
+                std::vector<int32_t>(whole.tokens.begin() + k.begin, whole.tokens.begin() + k.end))
+          << k.text;
+    }
+    expect_error<InputError>([&] { f.fetch(parse_region("chrX:1-5", f.names())); },
+                             {path, "chrX", "chr1", "short"});
+    expect_error<InputError>([&] { f.fetch(parse_region("short:6-9", f.names())); },
+                             {path, "record 'short'", "after the end", "5 bases"});
+    RegionSpec empty{"bed", "chr1", 10, 10};
+    expect_error<InputError>([&] { f.fetch(empty); }, {path, "empty"});
+  }
+};
+
+TEST_F(FaidxTest, PlainFasta) {
+  std::string p = write("ref.fa", fasta());
+  check_slices(p);
+  EXPECT_TRUE(fs::exists(p + ".fai"));
+  check_slices(p);  // again, now from the existing index
+}
+
+TEST_F(FaidxTest, BgzippedFasta) {
+  std::string p = write("ref.fa", fasta());
+  sh("bgzip -c '" + p + "' > '" + p + ".gz'");
+  check_slices(p + ".gz");
+  EXPECT_TRUE(fs::exists(p + ".gz.gzi"));
+}
+
+TEST_F(FaidxTest, Fastq) {
+  std::string p = write("r.fq", "@r1 d\nACGTACGT\n+\nIIIIIIII\n@r2\nGGCC\n+\nIIII\n");
+  FaidxFetcher f(p, {});
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"r1", "r2"}));
+  Record r = f.fetch(parse_region("r1:3-6"));
+  EXPECT_EQ(r.tokens, toks("GTAC"));
+  EXPECT_EQ(r.region, "r1:3-6");
+  EXPECT_EQ(r.offset, 2);
+}
+
+TEST_F(FaidxTest, InvalidCharacterPositionInSourceRecord) {
+  std::string seq = random_seq(200, 5);
+  seq[124] = 'X';  // 1-based position 125
+  std::string p = write("bad.fa", ">r\n" + wrap(seq, 60));
+  FaidxFetcher f(p, {});
+  EXPECT_EQ(f.fetch(parse_region("r:1-100")).tokens.size(), 100u);
+  expect_error<InputError>([&] { f.fetch(parse_region("r:101-150")); },
+                           {p, "record 'r'", "position 125", "'X'"});
+  FaidxFetcher lenient(p, DnaReadOptions{true});
+  Record r = lenient.fetch(parse_region("r:121-130"));
+  EXPECT_EQ(r.tokens[4], kTokN);
+}
+
+TEST_F(FaidxTest, PlainGzipGetsBgzipHint) {
+  std::string p = write("ref.fa", fasta());
+  sh("gzip -c '" + p + "' > '" + p + ".gz'");
+  std::string gz = p + ".gz";
+  expect_error<InputError>([&] { FaidxFetcher f(gz, {}); },
+                           {gz + " is gzip-compressed but not bgzip-compressed", "bgzip"});
+  // The shipped lambda genome is plain gzip too (copied: no index files next to the sources).
+  std::string lam = (dir_ / "lambda.fa.gz").string();
+  fs::copy_file(std::string(SPARSA_SOURCE_DIR) + "/examples/lambda_virus.fa.gz", lam);
+  expect_error<InputError>([&] { FaidxFetcher f(lam, {}); }, {lam, "bgzip"});
+}
+
+TEST_F(FaidxTest, GarbageAndMissing) {
+  std::string g = write("g.bin", std::string("\x00\xff\x01\x02", 4));
+  expect_error<InputError>([&] { FaidxFetcher f(g, {}); }, {g, "not FASTA/FASTQ"});
+  std::string missing = (dir_ / "missing.fa").string();
+  expect_error<InputError>([&] { FaidxFetcher f(missing, {}); }, {missing, "cannot open"});
+}
+
+}  // namespace
+}  // namespace sparsa
