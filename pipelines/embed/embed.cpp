@@ -3,20 +3,26 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <sstream>
 
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
+#include "core/signals.hpp"
 #include "io/dna.hpp"
+#include "io/h5.hpp"
 #include "model/forward.hpp"
 #include "model/weights.hpp"
 #include "pipelines/embed/records.hpp"
 #include "pipelines/embed/writer.hpp"
 
 namespace sparsa {
+
+namespace fs = std::filesystem;
 
 std::string PoolSpec::text() const {
   if (kind == kNone) return "none";
@@ -78,7 +84,8 @@ Pooled pool_shard(const float* y, int64_t n, int64_t d, int64_t first_pos, int64
   return out;
 }
 
-std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d, int64_t n_record) {
+std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d,
+                                int64_t n_record) {
   std::vector<double> acc(d, 0.0);
   for (size_t b = 0; b * d < block_sums.size(); ++b)
     for (int64_t j = 0; j < d; ++j) acc[j] += block_sums[b * d + j];
@@ -98,8 +105,8 @@ std::string utc_now() {
   return b;
 }
 
-void check_paths(const EmbedOptions& o) {
-  namespace fs = std::filesystem;
+// Returns true when --resume finds OUT already complete (nothing to do).
+bool check_paths(const EmbedOptions& o) {
   std::error_code ec;
   if (o.output.empty()) throw ConfigError("--output is required");
   for (const auto& in : o.inputs)
@@ -107,55 +114,115 @@ void check_paths(const EmbedOptions& o) {
       throw ConfigError("--output " + o.output + " is one of the inputs; refusing to overwrite it");
   if (fs::equivalent(o.model, o.output, ec))
     throw ConfigError("--output " + o.output + " is the model; refusing to overwrite it");
-  if (fs::exists(o.output, ec) && !o.force)
-    throw ConfigError(o.output + " already exists; pass --force to replace it");
   const fs::path dir = fs::absolute(o.output).parent_path();
-  if (!fs::is_directory(dir, ec)) throw ConfigError("output folder " + dir.string() + " does not exist");
-  if (access(dir.c_str(), W_OK) != 0) throw ConfigError("output folder " + dir.string() + " is not writable");
+  if (!fs::is_directory(dir, ec))
+    throw ConfigError("output folder " + dir.string() + " does not exist");
+  if (access(dir.c_str(), W_OK) != 0)
+    throw ConfigError("output folder " + dir.string() + " is not writable");
+  if (fs::exists(o.output, ec)) {
+    if (o.resume && !fs::exists(o.output + ".parts", ec)) {
+      auto f = h5::File::open_read(o.output);
+      if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
+    }
+    if (!o.force) throw ConfigError(o.output + " already exists; pass --force to replace it");
+  }
+  return false;
 }
+
+// What makes two runs the same run: a resumed run must match the journal's manifest.
+std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
+  std::ostringstream m;
+  m << "sparsa-journal 1\nmodel_sha256 " << model_sha << "\n";
+  for (const auto& in : o.inputs) {
+    std::error_code ec;
+    m << "input " << fs::absolute(in).string() << " size " << fs::file_size(in, ec) << "\n";
+  }
+  for (const auto& r : o.regions) m << "region " << r << "\n";
+  if (!o.regions_bed.empty()) m << "regions_bed " << fs::absolute(o.regions_bed).string() << "\n";
+  m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
+    << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\ncolumns";
+  for (const auto& c : o.columns) m << " " << c;
+  m << "\ntime_column " << o.time_column << "\nid_column " << o.id_column << "\n";
+  return m.str();
+}
+
+// A rough upper bound of the bytes the run writes (parts and final file), from input sizes.
+int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c) {
+  double tokens = 0;
+  for (const auto& in : o.inputs) {
+    std::error_code ec;
+    const double sz = (double)fs::file_size(in, ec);
+    const bool gz = in.size() > 3 && (in.ends_with(".gz") || in.ends_with(".bgz"));
+    tokens += c.kind == ModelKind::kDna ? sz * (gz ? 4.5 : 1.0) : sz / 8.0;
+  }
+  const double rows = o.pool.kind == PoolSpec::kMean  ? (double)o.inputs.size()
+                      : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin
+                                                      : tokens;
+  const double row_bytes = (double)c.d_model * (o.f16 ? 2 : 4) + 16;
+  return (int64_t)(2.0 * rows * row_bytes);  // parts + final copy
+}
+
+// Longest-first onto the least loaded rank: a balanced split of whole records by length.
+std::vector<int> assign_by_length(const std::vector<int64_t>& lengths, int ranks) {
+  std::vector<size_t> order(lengths.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  std::vector<int64_t> load(ranks, 0);
+  std::vector<int> owner(lengths.size(), 0);
+  for (size_t i : order) {
+    const int r = (int)(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[r] += lengths[i];
+  }
+  return owner;
+}
+
+struct Item {
+  int64_t index;  // 1-based, input order
+  Record rec;
+};
 
 }  // namespace
 
-EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
-  const bool root = comm.rank() == 0;
-  if (o.inputs.empty()) throw ConfigError("no --input given");
-  if (o.device != "cpu" && o.device != "auto")
-    throw ConfigError("--device " + o.device + ": this build runs on the CPU only (use cpu or auto)");
-  check_paths(o);
-  const ModelWeights w = load_checkpoint(o.model);
-  const ModelConfig& c = w.config;
-  RecordSource source(o, c);
-  Progress progress = Progress::for_stderr(o.quiet || !root);
+// Everything one run needs, shared by the per-record steps below.
+struct EmbedRun {
+  const EmbedOptions& o;
+  Comm& comm;
+  const ModelWeights& w;
+  Journal& journal;
+  Progress& progress;
+  int64_t align;
+  bool parallel_h5;
 
-  std::unique_ptr<EmbeddingsWriter> writer;
-  if (root) {
-    FileAttrs a{SPARSA_VERSION, sha256_file(o.model), w.config_toml, o.command_line, utc_now(),
-                o.pool.text(), o.f16 ? "float16" : "float32"};
-    writer = std::make_unique<EmbeddingsWriter>(o.output, a, o.f16);
+  // Stops at a safe point: every rank learns of a stop that any rank received.
+  void check_stop(Comm& c) {
+    int64_t flag = stop_requested() ? 1 : 0;
+    c.allreduce_max(&flag, 1);
+    if (flag) throw Interrupted("stopped by a signal");
   }
-  const int64_t align = o.pool.kind == PoolSpec::kBin ? o.pool.bin
-                        : o.pool.kind == PoolSpec::kMean ? kMeanBlock
-                                                         : 1;
-  EmbedSummary sum;
-  Record rec;
-  for (int64_t index = 1; source.next(rec); ++index) {
-    const int64_t n = rec.n_tokens(), d = c.d_model;
-    if (n == 0) throw InputError(rec.source + ": record '" + rec.name + "' is empty");
-    progress.start_record(index, rec.name, n);
-    const Shard sh = shard_of(n, comm.rank(), comm.size(), align);
+
+  // Forward (+ reverse complement) of one record over `c`, pooled; returns this rank's rows.
+  void embed_record(const Item& it, Comm& c, bool show_progress) {
+    const Record& rec = it.rec;
+    const ModelConfig& cfg = w.config;
+    const int64_t n = rec.n_tokens(), d = cfg.d_model;
+    if (show_progress) progress.start_record(it.index, rec.name, n);
+    const Shard sh = shard_of(n, c.rank(), c.size(), align);
     const int passes = o.rc_average ? 2 : 1;
-    ForwardHooks hooks;
     int pass = 0;
+    ForwardHooks hooks;
     hooks.after_layer = [&](int64_t l) {
-      progress.update((pass + (double)(l + 1) / c.n_layers) / passes);
+      if (show_progress) progress.update((pass + (double)(l + 1) / cfg.n_layers) / passes);
+      check_stop(c);
     };
-    ForwardOutput fwd = forward(w, rec.tokens.data() + sh.begin * rec.n_channels, sh, comm, hooks);
+    ForwardOutput fwd = forward(w, rec.tokens.data() + sh.begin * rec.n_channels, sh, c, hooks);
     if (o.rc_average) {
       pass = 1;
       std::vector<int32_t> rc = rec.tokens;
       reverse_complement(rc);
-      const Shard mir = shard_of(n, comm.rank(), comm.size(), align, true);
-      ForwardOutput rev = forward(w, rc.data() + mir.begin, mir, comm, hooks);
+      const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
+      ForwardOutput rev = forward(w, rc.data() + mir.begin, mir, c, hooks);
       // Forward row t of this shard is reverse row (m - 1 - t) of the mirrored shard.
       const int64_t m = sh.size();
       for (int64_t t = 0; t < m; ++t)
@@ -164,46 +231,188 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     }
     Pooled pooled = pool_shard(fwd.y.data(), sh.size(), d, sh.begin, n, o.pool);
     fwd.y = {};
-    // Gather every rank's pooled rows (rank order = position order) on rank 0, which writes.
-    std::vector<uint8_t> rows_b, starts_b, ends_b;
+    RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
+    ro.d = d;
+    ro.global_positions = fwd.global_positions.data();
+    ro.global_scores = fwd.global_scores.data();
+    ro.n_layers = cfg.n_layers;
+    ro.n_global = fwd.n_global;
+    std::vector<float> rows;
+    std::vector<int64_t> starts, ends;
+    const bool parallel = parallel_h5 && c.size() > 1 && rec.timestamps.empty();
     if (o.pool.kind == PoolSpec::kMean) {
-      comm.gatherv(pooled.block_sums.data(), (int64_t)pooled.block_sums.size() * 8, rows_b, nullptr, 0);
-    } else {
-      comm.gatherv(pooled.rows.data(), (int64_t)pooled.rows.size() * 4, rows_b, nullptr, 0);
-      comm.gatherv(pooled.starts.data(), (int64_t)pooled.starts.size() * 8, starts_b, nullptr, 0);
-      comm.gatherv(pooled.ends.data(), (int64_t)pooled.ends.size() * 8, ends_b, nullptr, 0);
-    }
-    if (root) {
-      std::vector<float> rows;
-      std::vector<int64_t> starts, ends;
-      if (o.pool.kind == PoolSpec::kMean) {
-        std::vector<double> sums(rows_b.size() / 8);
-        std::memcpy(sums.data(), rows_b.data(), rows_b.size());
-        rows = combine_mean(sums, d, n);
-        starts = {0};
-        ends = {n};
-      } else {
-        rows.resize(rows_b.size() / 4);
-        std::memcpy(rows.data(), rows_b.data(), rows_b.size());
-        starts.resize(starts_b.size() / 8);
-        std::memcpy(starts.data(), starts_b.data(), starts_b.size());
-        ends.resize(ends_b.size() / 8);
-        std::memcpy(ends.data(), ends_b.data(), ends_b.size());
+      // Block sums are added in block order on rank 0: the same sum for any split.
+      std::vector<uint8_t> b;
+      c.gatherv(pooled.block_sums.data(), (int64_t)pooled.block_sums.size() * 8, b, nullptr, 0);
+      std::vector<double> sums(b.size() / 8);
+      if (!b.empty()) std::memcpy(sums.data(), b.data(), b.size());
+      if (c.rank() == 0) rows = combine_mean(sums, d, n), starts = {0}, ends = {n};
+      ro.n_out_total = 1;
+    } else if (parallel) {
+      rows = std::move(pooled.rows);
+      starts = std::move(pooled.starts);
+      ends = std::move(pooled.ends);
+      int64_t counts[1] = {(int64_t)starts.size()};
+      std::vector<uint8_t> all;
+      c.allgatherv(counts, 8, all);
+      const int64_t* per = reinterpret_cast<const int64_t*>(all.data());
+      for (int r = 0; r < c.size(); ++r) {
+        if (r < c.rank()) ro.row0 += per[r];
+        ro.n_out_total += per[r];
       }
-      RecordOutput ro{&rec, to_string(c.kind), o.rc_average ? "rc-average" : "+", n, rows.data(),
-                      (int64_t)starts.size(), d, starts.data(), ends.data(),
-                      fwd.global_positions.data(), fwd.global_scores.data(), c.n_layers,
-                      fwd.n_global};
-      writer->write(ro);
+    } else {
+      auto gather = [&](const void* p, int64_t bytes, auto& out) {
+        std::vector<uint8_t> b;
+        c.gatherv(p, bytes, b, nullptr, 0);
+        out.resize(b.size() / sizeof(out[0]));
+        if (!b.empty()) std::memcpy(out.data(), b.data(), b.size());
+      };
+      gather(pooled.rows.data(), (int64_t)pooled.rows.size() * 4, rows);
+      gather(pooled.starts.data(), (int64_t)pooled.starts.size() * 8, starts);
+      gather(pooled.ends.data(), (int64_t)pooled.ends.size() * 8, ends);
+      ro.n_out_total = (int64_t)starts.size();
     }
-    progress.finish_record();
-    sum.records++;
-    sum.tokens += n;
+    if (parallel) {
+      ro.n_rows = (int64_t)starts.size();
+    } else {
+      ro.n_rows = c.rank() == 0 ? ro.n_out_total : 0;
+      ro.row0 = 0;
+    }
+    ro.rows = rows.data();
+    ro.starts = starts.data();
+    ro.ends = ends.data();
+    journal.write_part(it.index, ro, o.f16, parallel, c);
+    if (show_progress) progress.finish_record();
   }
-  if (sum.records == 0) throw InputError("the inputs hold no records");
-  // Every rank has finished its part before rank 0 marks the file complete.
-  comm.barrier();
-  if (root) writer->finish();
+};
+
+EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
+  const bool root = comm.rank() == 0;
+  EmbedSummary sum;
+  if (o.inputs.empty()) throw ConfigError("no --input given");
+  if (o.device != "cpu" && o.device != "auto")
+    throw ConfigError("--device " + o.device +
+                      ": this build runs on the CPU only (use cpu or auto)");
+  if (check_paths(o)) {
+    sum.already_complete = true;
+    return sum;
+  }
+  const ModelWeights w = load_checkpoint(o.model);
+  const ModelConfig& c = w.config;
+  const std::string model_sha = sha256_file(o.model);
+  RecordSource source(o, c);
+  Progress progress = Progress::for_stderr(o.quiet || !root);
+  {
+    const int64_t need = estimate_output_bytes(o, c);
+    std::error_code ec;
+    const auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
+    if (!ec && (int64_t)space.available < need)
+      throw SystemError("not enough free space for " + o.output + ": the run needs about " +
+                        human_bytes((double)need) + " (journal and final file), " +
+                        human_bytes((double)space.available) + " are free");
+    if (!ec)
+      progress.log("output about " + human_bytes((double)need) + " (journal + final), " +
+                   human_bytes((double)space.available) + " free");
+  }
+  Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
+  if (journal.n_done() > 0)
+    progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
+                 journal.dir());
+  const int64_t align = o.pool.kind == PoolSpec::kBin    ? o.pool.bin
+                        : o.pool.kind == PoolSpec::kMean ? kMeanBlock
+                                                         : 1;
+  EmbedRun run{
+      o, comm, w, journal, progress, align, h5::File::parallel_available() && comm.size() > 1};
+  std::unique_ptr<Comm> self = make_single_comm();
+
+  // Short records are gathered into a batch and spread whole over the ranks; a long record is
+  // split over all ranks. Every rank reads the same records in the same order.
+  std::vector<Item> batch;
+  int64_t batch_tokens = 0;
+  const int64_t batch_budget = std::max<int64_t>(o.split_min, 1) * comm.size();
+  auto flush_batch = [&]() {
+    if (batch.empty()) return;
+    std::vector<int64_t> lengths;
+    for (auto& it : batch) lengths.push_back(it.rec.n_tokens());
+    const std::vector<int> owner = assign_by_length(lengths, comm.size());
+    std::exception_ptr error;
+    int64_t failed = 0;
+    try {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (owner[i] != comm.rank()) continue;
+        if (stop_requested()) throw Interrupted("stopped by a signal");
+        run.embed_record(batch[i], *self, root);
+      }
+    } catch (const Interrupted&) {
+      failed = 2;
+    } catch (...) {
+      error = std::current_exception();
+      failed = 1;
+    }
+    // A rank that failed or stopped tells the others (which finish their share first).
+    int64_t f = failed;
+    comm.allreduce_max(&f, 1);
+    if (error) std::rethrow_exception(error);
+    if (f == 1) throw Error("another rank failed (see its message above)");
+    if (f == 2 || stop_requested()) throw Interrupted("stopped by a signal");
+    for (auto& it : batch) sum.tokens += it.rec.n_tokens();
+    sum.records += (int64_t)batch.size();
+    batch.clear();
+    batch_tokens = 0;
+  };
+  int64_t index = 0;
+  try {
+    Record rec;
+    while (source.next(rec)) {
+      ++index;
+      const int64_t n = rec.n_tokens();
+      if (n == 0) throw InputError(rec.source + ": record '" + rec.name + "' is empty");
+      if (journal.done(index)) {
+        ++sum.resumed;
+        continue;
+      }
+      if (comm.size() == 1 || n >= o.split_min) {
+        run.embed_record(Item{index, std::move(rec)}, comm, root);
+        run.check_stop(comm);
+        ++sum.records;
+        sum.tokens += n;
+        continue;
+      }
+      batch.push_back(Item{index, std::move(rec)});
+      batch_tokens += n;
+      if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
+    }
+    flush_batch();
+    if (index == 0) throw InputError("the inputs hold no records");
+  } catch (const Interrupted&) {
+    throw;  // the journal is the point of stopping: keep it
+  } catch (...) {
+    // A journal with no finished record holds nothing worth keeping; one with finished records
+    // is kept so that a rerun with --resume (after fixing the input) does not redo them.
+    if (root) {
+      const int64_t kept = journal.count_parts();
+      if (kept == 0)
+        journal.remove();
+      else
+        std::fprintf(stderr,
+                     "[sparsa] %lld finished records are kept in %s; fix the problem and "
+                     "rerun with --resume, or use --force to start over\n",
+                     (long long)kept, journal.dir().c_str());
+    }
+    throw;
+  }
+  comm.barrier();  // every part is on disk before rank 0 assembles
+  if (root) {
+    progress.log("writing " + o.output + " (" + std::to_string(index) + " records)");
+    FileAttrs a{SPARSA_VERSION,
+                model_sha,
+                w.config_toml,
+                o.command_line,
+                utc_now(),
+                o.pool.text(),
+                o.f16 ? "float16" : "float32"};
+    journal.assemble(a, index, o.output);
+  }
   comm.barrier();
   sum.seconds = progress.seconds();
   return sum;

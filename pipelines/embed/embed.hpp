@@ -31,12 +31,17 @@ struct EmbedOptions {
   std::string time_column, id_column;
   std::string device = "cpu";
   bool resume = false, force = false, quiet = false;
+  // Records of at least this many tokens are split over all ranks; shorter ones go whole to one
+  // rank each, balanced by length. Results are identical either way.
+  int64_t split_min = 1 << 20;
   std::string command_line;  // echoed into the output file
 };
 
 struct EmbedSummary {
-  int64_t records = 0, tokens = 0;
+  int64_t records = 0, tokens = 0;  // computed in this run (resumed records not counted)
+  int64_t resumed = 0;              // records found finished in the journal
   double seconds = 0;
+  bool already_complete = false;  // --resume found a finished output
 };
 
 // Throws InputError / ConfigError / SystemError / NumericError. On any error the temporary

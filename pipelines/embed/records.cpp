@@ -17,7 +17,7 @@ struct RecordSource::Impl {
   std::unique_ptr<FastxReader> reader;
   // regions mode
   std::vector<std::unique_ptr<FaidxFetcher>> fetchers;  // one per input
-  std::vector<std::pair<size_t, RegionSpec>> regions;  // (input index, region)
+  std::vector<std::pair<size_t, RegionSpec>> regions;   // (input index, region)
   // time series: the records of the current file, tokenised lazily
   std::vector<RawSeries> series;
   size_t series_next = 0;
@@ -31,9 +31,11 @@ struct RecordSource::Impl {
     const bool dna = config.kind == ModelKind::kDna;
     const bool any_region = !opts.regions.empty() || !opts.regions_bed.empty();
     if (!dna && any_region)
-      throw ConfigError("--region/--regions apply to DNA models; this model is a time-series model");
+      throw ConfigError(
+          "--region/--regions apply to DNA models; this model is a time-series model");
     if (dna && (!opts.columns.empty() || !opts.time_column.empty() || !opts.id_column.empty()))
-      throw ConfigError("--columns/--time-column/--id-column apply to time-series models; this model is DNA");
+      throw ConfigError(
+          "--columns/--time-column/--id-column apply to time-series models; this model is DNA");
     if (!dna && opts.rc_average)
       throw ConfigError("--rc-average applies to DNA models; this model is a time-series model");
     if (dna && any_region) resolve_regions();
@@ -91,7 +93,8 @@ struct RecordSource::Impl {
     while (true) {
       if (!reader) {
         if (input >= opts.inputs.size()) return false;
-        reader = std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
+        reader =
+            std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
       }
       if (reader->next(rec)) return true;
       reader.reset();

@@ -2,36 +2,17 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.hpp"
+#include "io/h5.hpp"
 
 namespace sparsa {
 
-EmbeddingsWriter::EmbeddingsWriter(const std::string& final_path, const FileAttrs& a, bool f16)
-    : final_(final_path), tmp_(final_path + ".tmp"), f16_(f16) {
-  file_ = std::make_unique<h5::File>(h5::File::create(tmp_));
-  file_->set_attr("/", "format", std::string("sparsa-embeddings"));
-  file_->set_attr("/", "format_version", (int64_t)1);
-  file_->set_attr("/", "sparsa_version", a.sparsa_version);
-  file_->set_attr("/", "model_sha256", a.model_sha256);
-  file_->set_attr("/", "model_config", a.model_config);
-  file_->set_attr("/", "command_line", a.command_line);
-  file_->set_attr("/", "created_utc", a.created_utc);
-  file_->set_attr("/", "pool", a.pool);
-  file_->set_attr("/", "dtype", a.dtype);
-  file_->create_group("/records");
-}
+namespace fs = std::filesystem;
 
-EmbeddingsWriter::~EmbeddingsWriter() {
-  if (done_) return;
-  try {
-    file_.reset();
-  } catch (...) {
-  }
-  std::remove(tmp_.c_str());
-}
-
-std::string EmbeddingsWriter::key_for(int64_t index, const std::string& name) {
+std::string Journal::key_for(int64_t index, const std::string& name) {
   char num[32];
   std::snprintf(num, sizeof num, "%06lld", (long long)index);
   std::string key = std::string(num) + "_";
@@ -44,46 +25,185 @@ std::string EmbeddingsWriter::key_for(int64_t index, const std::string& name) {
   return key;
 }
 
-void EmbeddingsWriter::write(const RecordOutput& r) {
-  const Record& rec = *r.record;
-  const std::string g = "/records/" + key_for(count_++, rec.name);
-  file_->create_group(g);
-  file_->set_attr(g, "name", rec.name);
-  file_->set_attr(g, "description", rec.description);
-  file_->set_attr(g, "source", rec.source);
-  file_->set_attr(g, "kind", r.kind);
-  file_->set_attr(g, "length", r.length);
-  file_->set_attr(g, "region", rec.region);
-  file_->set_attr(g, "strand", r.strand);
-  file_->create_rows(g + "/embedding", r.n_out, r.d, f16_ ? h5::Dtype::kF16 : h5::Dtype::kF32);
-  // Write in blocks so the f16 conversion buffer stays small.
-  const int64_t block = std::max<int64_t>(1, (1 << 22) / std::max<int64_t>(1, r.d));
-  for (int64_t i = 0; i < r.n_out; i += block)
-    file_->write_rows(g + "/embedding", i, std::min(block, r.n_out - i), r.d, r.rows + i * r.d);
-  std::vector<int64_t> s(r.n_out), e(r.n_out);
-  for (int64_t i = 0; i < r.n_out; ++i) {
-    s[i] = r.starts[i] + rec.offset;
-    e[i] = r.ends[i] + rec.offset;
-  }
-  file_->write_i64(g + "/bin_start", {r.n_out}, s.data());
-  file_->write_i64(g + "/bin_end", {r.n_out}, e.data());
-  file_->write_i64(g + "/global_positions", {r.n_layers, r.n_global}, r.global_positions);
-  file_->write_f32(g + "/global_scores", {r.n_layers, r.n_global}, r.global_scores);
-  if (!rec.timestamps.empty()) {
-    std::vector<std::string> ts(r.n_out);
-    for (int64_t i = 0; i < r.n_out; ++i) ts[i] = rec.timestamps[r.starts[i]];
-    file_->write_strings(g + "/timestamps", ts);
+std::string Journal::part_path(int64_t index) const {
+  char num[32];
+  std::snprintf(num, sizeof num, "%06lld.h5", (long long)index);
+  return dir_ + "/" + num;
+}
+
+static std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The first line where two manifests differ, for the message.
+static std::string first_difference(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  std::string la, lb;
+  while (true) {
+    const bool ga = (bool)std::getline(sa, la), gb = (bool)std::getline(sb, lb);
+    if (!ga && !gb) return "";
+    if (la != lb || ga != gb) return "'" + (ga ? la : "") + "' now vs '" + (gb ? lb : "") + "'";
   }
 }
 
-void EmbeddingsWriter::finish() {
-  file_->set_attr("/", "complete", (int64_t)1);
-  file_->close();
-  file_.reset();
+Journal::Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
+                 Comm& comm)
+    : dir_(output + ".parts") {
+  // Rank 0 decides; everyone learns the outcome (an error text, or the finished indices).
+  std::string error;
+  std::vector<int64_t> done;
+  if (comm.rank() == 0) {
+    try {
+      std::error_code ec;
+      if (fs::exists(dir_, ec)) {
+        if (resume) {
+          const std::string old = read_text(dir_ + "/MANIFEST");
+          if (old != manifest)
+            throw ConfigError("--resume: " + dir_ + " was made by a different run (" +
+                              first_difference(manifest, old) +
+                              "); use the same model, inputs and options, or --force");
+        } else if (!force) {
+          throw ConfigError(dir_ +
+                            " holds the finished records of an earlier run: pass --resume "
+                            "to continue it, or --force to start over");
+        } else {
+          fs::remove_all(dir_, ec);
+        }
+      }
+      fs::create_directories(dir_, ec);
+      if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
+      if (!fs::exists(dir_ + "/MANIFEST")) {
+        const std::string tmp = dir_ + "/MANIFEST.tmp";
+        std::ofstream(tmp, std::ios::binary) << manifest;
+        fs::rename(tmp, dir_ + "/MANIFEST", ec);
+        if (ec) throw SystemError(dir_ + "/MANIFEST: cannot write: " + ec.message());
+      }
+      for (auto& e : fs::directory_iterator(dir_)) {
+        const std::string name = e.path().filename().string();
+        if (name.size() == 9 && name.substr(6) == ".h5")
+          done.push_back(std::stoll(name.substr(0, 6)));
+        else if (name.find(".tmp") != std::string::npos)
+          fs::remove(e.path(), ec);  // a part that was being written when the run stopped
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+      if (error.empty()) error = "journal error";
+    }
+  }
+  int64_t sizes[2] = {(int64_t)error.size(), (int64_t)done.size()};
+  comm.broadcast(sizes, sizeof sizes, 0);
+  error.resize(sizes[0]);
+  done.resize(sizes[1]);
+  if (sizes[0]) comm.broadcast(error.data(), sizes[0], 0);
+  if (sizes[1]) comm.broadcast(done.data(), sizes[1] * 8, 0);
+  if (!error.empty()) {
+    if (error.rfind("--resume", 0) == 0 || error.find("--force") != std::string::npos)
+      throw ConfigError(error);
+    throw SystemError(error);
+  }
+  done_.insert(done.begin(), done.end());
+}
+
+int64_t Journal::count_parts() const {
+  int64_t n = 0;
   std::error_code ec;
-  std::filesystem::rename(tmp_, final_, ec);
-  if (ec) throw SystemError(final_ + ": cannot move the finished output into place: " + ec.message());
-  done_ = true;
+  for (auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() == 9 && name.substr(6) == ".h5") ++n;
+  }
+  return n;
+}
+
+void Journal::remove() {
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel,
+                         Comm& comm) {
+  const Record& rec = *r.record;
+  const std::string final_part = part_path(index), tmp = final_part + ".tmp";
+  const bool writer = parallel || comm.rank() == 0;
+  if (writer) {
+    h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
+    const std::string g = "/records/" + key_for(index - 1, rec.name);
+    f.create_group(g);
+    f.set_attr(g, "name", rec.name);
+    f.set_attr(g, "description", rec.description);
+    f.set_attr(g, "source", rec.source);
+    f.set_attr(g, "kind", r.kind);
+    f.set_attr(g, "length", r.length);
+    f.set_attr(g, "region", rec.region);
+    f.set_attr(g, "strand", r.strand);
+    f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
+    f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
+    std::vector<int64_t> s(r.n_rows), e(r.n_rows);
+    for (int64_t i = 0; i < r.n_rows; ++i) {
+      s[i] = r.starts[i] + rec.offset;
+      e[i] = r.ends[i] + rec.offset;
+    }
+    f.create_vector_i64(g + "/bin_start", r.n_out_total);
+    f.create_vector_i64(g + "/bin_end", r.n_out_total);
+    f.write_i64_rows_collective(g + "/bin_start", r.row0, r.n_rows, s.data());
+    f.write_i64_rows_collective(g + "/bin_end", r.row0, r.n_rows, e.data());
+    f.write_i64(g + "/global_positions", {r.n_layers, r.n_global}, r.global_positions);
+    f.write_f32(g + "/global_scores", {r.n_layers, r.n_global}, r.global_scores);
+    if (!rec.timestamps.empty()) {
+      // Time series are short enough that every rank holds the starts of all bins.
+      std::vector<std::string> ts(r.n_rows);
+      for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = rec.timestamps[r.starts[i]];
+      if (parallel && comm.size() > 1)
+        throw SystemError("internal: time-series records are written by one rank");
+      f.write_strings(g + "/timestamps", ts);
+    }
+    f.close();
+  }
+  if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
+  if (comm.rank() == 0) {
+    std::error_code ec;
+    fs::rename(tmp, final_part, ec);
+    if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
+  }
+  done_.insert(index);
+}
+
+void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {
+  const std::string tmp = output + ".tmp";
+  {
+    h5::File out = h5::File::create(tmp);
+    try {
+      out.set_attr("/", "format", std::string("sparsa-embeddings"));
+      out.set_attr("/", "format_version", (int64_t)1);
+      out.set_attr("/", "sparsa_version", a.sparsa_version);
+      out.set_attr("/", "model_sha256", a.model_sha256);
+      out.set_attr("/", "model_config", a.model_config);
+      out.set_attr("/", "command_line", a.command_line);
+      out.set_attr("/", "created_utc", a.created_utc);
+      out.set_attr("/", "pool", a.pool);
+      out.set_attr("/", "dtype", a.dtype);
+      out.create_group("/records");
+      for (int64_t i = 1; i <= n_records; ++i) {
+        h5::File part = h5::File::open_read(part_path(i));
+        for (const auto& key : part.list("/records"))
+          out.copy_from(part, "/records/" + key, "/records/" + key);
+      }
+      out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
+      out.close();
+    } catch (...) {
+      std::remove(tmp.c_str());
+      throw;
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, output, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
+  }
+  fs::remove_all(dir_, ec);
 }
 
 }  // namespace sparsa

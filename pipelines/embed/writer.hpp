@@ -1,13 +1,19 @@
-// sparsa: the embeddings file (spec section 4), written at PATH.tmp and renamed into place only
-// after `complete = 1` is written and the file is closed.
+// sparsa: the embeddings file (spec section 4) and the progress journal that makes runs
+// resumable.
+//
+// Every finished record is written as its own small HDF5 file, OUT.parts/NNNNNN.h5 (written as
+// .tmp, then renamed, so a part is either whole or absent), beside a MANIFEST that names the run
+// (model, inputs, options). When every record is done, rank 0 copies the parts into OUT.tmp,
+// writes `complete = 1` last, closes it, renames it to OUT and removes OUT.parts. A crash, a kill
+// or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
 #include <cstdint>
-#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/record.hpp"
-#include "io/h5.hpp"
+#include "dist/comm.hpp"
 
 namespace sparsa {
 
@@ -15,37 +21,45 @@ struct FileAttrs {
   std::string sparsa_version, model_sha256, model_config, command_line, created_utc, pool, dtype;
 };
 
+// One record's output as one rank holds it: rows [row0, row0 + n_rows) of n_out_total rows.
 struct RecordOutput {
-  const Record* record;  // metadata: name, description, source, region, offset, timestamps
-  std::string kind;      // "dna" | "timeseries"
-  std::string strand;    // "+" | "rc-average"
-  int64_t length = 0;    // tokens
-  const float* rows;     // [n_out, d]
-  int64_t n_out = 0, d = 0;
-  const int64_t* starts;  // [n_out] record positions (the writer adds the record's offset)
-  const int64_t* ends;
-  const int64_t* global_positions;  // [L, G]
-  const float* global_scores;       // [L, G]
+  const Record* record =
+      nullptr;         // metadata: name, description, source, region, offset, timestamps
+  std::string kind;    // "dna" | "timeseries"
+  std::string strand;  // "+" | "rc-average"
+  int64_t length = 0;  // tokens
+  int64_t n_out_total = 0, row0 = 0, n_rows = 0, d = 0;
+  const float* rows = nullptr;      // [n_rows, d]
+  const int64_t* starts = nullptr;  // [n_rows] record positions, 0-based; writer adds offset
+  const int64_t* ends = nullptr;
+  const int64_t* global_positions = nullptr;  // [L, G]
+  const float* global_scores = nullptr;       // [L, G]
   int64_t n_layers = 0, n_global = 0;
 };
 
-class EmbeddingsWriter {
+class Journal {
  public:
-  // Creates `final_path`.tmp (replacing a stale one) and writes the root attributes.
-  EmbeddingsWriter(const std::string& final_path, const FileAttrs& attrs, bool f16);
-  // Removes the temporary file unless finish() succeeded.
-  ~EmbeddingsWriter();
-  void write(const RecordOutput& r);
-  // Writes complete = 1, closes and renames to the final path.
-  void finish();
-  const std::string& temp_path() const { return tmp_; }
+  // Collective. Creates OUT.parts/ with `manifest`, or with resume reopens it after checking that
+  // its manifest matches. Without resume an existing OUT.parts is refused unless force.
+  Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
+          Comm& comm);
+  bool done(int64_t index) const { return done_.count(index) != 0; }
+  int64_t n_done() const { return (int64_t)done_.size(); }
+  const std::string& dir() const { return dir_; }
+  int64_t count_parts() const;  // finished parts on disk
+  void remove();                // deletes the journal folder
+  // Collective. Writes record `index` (1-based, input order). With `parallel` every rank writes
+  // its own rows through parallel HDF5; otherwise rank 0 holds all rows and writes alone.
+  void write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel, Comm& comm);
+  // Rank 0 only: builds OUT from the parts 1..n_records, then removes the parts.
+  void assemble(const FileAttrs& attrs, int64_t n_records, const std::string& output);
+
   static std::string key_for(int64_t index, const std::string& name);
 
  private:
-  std::string final_, tmp_;
-  bool f16_, done_ = false;
-  int64_t count_ = 0;
-  std::unique_ptr<h5::File> file_;
+  std::string part_path(int64_t index) const;
+  std::string dir_;
+  std::set<int64_t> done_;
 };
 
 }  // namespace sparsa

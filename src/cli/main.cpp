@@ -10,6 +10,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
+#include "core/signals.hpp"
 #include "dist/comm.hpp"
 #include "model/weights.hpp"
 #include "pipelines/embed/embed.hpp"
@@ -105,7 +106,14 @@ int main(int argc, char** argv) {
                     "Time series: long format, one record per distinct value of this column");
   embed->add_option("--device", eo.device, "cpu, cuda or auto")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
-  embed->add_flag("--force", eo.force, "Replace an existing output file");
+  embed->add_flag("--force", eo.force,
+                  "Replace an existing output file (and discard an earlier run's journal)");
+  embed->add_flag("--resume", eo.resume,
+                  "Continue an interrupted run from its journal OUT.parts/ (same options)");
+  embed->add_option("--split-min", eo.split_min,
+                    "Under MPI: records of at least this many tokens are split over all ranks; "
+                    "shorter ones go whole to one rank")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   embed->add_flag("-q,--quiet", eo.quiet, "No progress output");
 
   // inspect
@@ -140,8 +148,11 @@ int main(int argc, char** argv) {
       eo.f16 = dtype == "f16";
       eo.columns = split_commas(columns);
       eo.command_line = join_argv(argc, argv);
+      install_stop_handlers();
       EmbedSummary s = run_embed(eo, *comm);
-      if (comm->rank() == 0 && !eo.quiet)
+      if (s.already_complete && comm->rank() == 0)
+        std::fprintf(stderr, "[sparsa] %s is already complete; nothing to do\n", eo.output.c_str());
+      else if (comm->rank() == 0 && !eo.quiet)
         std::fprintf(stderr, "[sparsa] done: %lld records, %stokens in %s (%stok/s) -> %s\n",
                      (long long)s.records, human_count((double)s.tokens).c_str(),
                      human_seconds(s.seconds).c_str(),
@@ -150,6 +161,12 @@ int main(int argc, char** argv) {
     } else if (*insp) {
       inspect_file(insp_path, insp_all);
     }
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr,
+                 "sparsa: interrupted (signal %d): finished records are kept in %s.parts; "
+                 "run the same command with --resume to continue\n",
+                 stop_signal(), eo.output.c_str());
+    code = kExitInterrupted;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "sparsa: error: %s\n", e.what());
     code = kExitUsage;
@@ -157,7 +174,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sparsa: error: %s\n", e.what());
     code = kExitError;
   }
-  if (code != kExitOk && comm && comm->size() > 1) {
+  if (code != kExitOk && code != kExitInterrupted && comm && comm->size() > 1) {
     // One rank failed: the others may wait in a collective forever. Abort them all.
     std::fflush(stderr);
     comm->abort(code);

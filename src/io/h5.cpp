@@ -5,6 +5,10 @@
 
 #include "core/error.hpp"
 
+#ifdef SPARSA_HDF5_PARALLEL
+#include <mpi.h>
+#endif
+
 namespace sparsa::h5 {
 
 void Handle::reset() {
@@ -59,6 +63,71 @@ File File::create(const std::string& path) {
   return File(Handle(id, H5Fclose), path);
 }
 
+bool File::parallel_available() {
+#ifdef SPARSA_HDF5_PARALLEL
+  int init = 0;
+  MPI_Initialized(&init);
+  return init != 0;
+#else
+  return false;
+#endif
+}
+
+File File::create_parallel(const std::string& path) {
+#ifdef SPARSA_HDF5_PARALLEL
+  quiet_errors();
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fapl_mpio(fapl.id(), MPI_COMM_WORLD, MPI_INFO_NULL);
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id());
+  if (id < 0) fail(path, "", "cannot create HDF5 file in parallel (is the folder writable?)");
+  return File(Handle(id, H5Fclose), path, true);
+#else
+  throw SystemError(path + ": this build's HDF5 is serial; no parallel create");
+#endif
+}
+
+bool File::writes_data() const {
+#ifdef SPARSA_HDF5_PARALLEL
+  if (!parallel_) return true;
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank == 0;
+#else
+  return true;
+#endif
+}
+
+File File::open_rw(const std::string& path) {
+  quiet_errors();
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  if (id < 0) throw InputError(path + ": cannot open HDF5 file for writing");
+  return File(Handle(id, H5Fclose), path);
+}
+
+void File::flush() {
+  if (H5Fflush(h_.id(), H5F_SCOPE_GLOBAL) < 0) fail(path_, "", "flush failed (disk full?)");
+}
+
+void File::copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj) {
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  if (H5Ocopy(src.id(), src_obj.c_str(), h_.id(), dst_obj.c_str(), H5P_DEFAULT, lcpl.id()) < 0)
+    fail(path_, dst_obj, "copy from " + src.path() + " failed (disk full?)");
+}
+
+// A transfer property list: collective for parallel files, default otherwise.
+static Handle transfer_plist(bool parallel) {
+#ifdef SPARSA_HDF5_PARALLEL
+  if (parallel) {
+    Handle dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+    H5Pset_dxpl_mpio(dxpl.id(), H5FD_MPIO_COLLECTIVE);
+    return dxpl;
+  }
+#endif
+  (void)parallel;
+  return Handle();
+}
+
 File File::open_read(const std::string& path) {
   quiet_errors();
   if (H5Fis_hdf5(path.c_str()) <= 0)
@@ -95,6 +164,16 @@ void File::create_group(const std::string& obj) {
            H5Gclose);
 }
 
+static herr_t write_whole(const File& f, hid_t ds, hid_t mem_type, const void* data) {
+  if (!f.parallel()) return H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+  // Collective: rank 0 writes everything, the others select nothing.
+  Handle fspace(H5Dget_space(ds), H5Sclose);
+  if (!f.writes_data()) H5Sselect_none(fspace.id());
+  Handle mspace(H5Scopy(fspace.id()), H5Sclose);
+  Handle dxpl = transfer_plist(true);
+  return H5Dwrite(ds, mem_type, mspace.id(), fspace.id(), dxpl.id(), data);
+}
+
 static void write_any(const File& f, const std::string& obj, const std::vector<int64_t>& shape,
                       const void* data, Dtype ft, hid_t mt) {
   std::vector<hsize_t> dims(shape.begin(), shape.end());
@@ -106,8 +185,7 @@ static void write_any(const File& f, const std::string& obj, const std::vector<i
                              H5P_DEFAULT),
                   f.path(), obj, "dataset create"),
             H5Dclose);
-  if (H5Dwrite(ds.id(), mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-    fail(f.path(), obj, "HDF5 write failed (disk full?)");
+  if (write_whole(f, ds.id(), mt, data) < 0) fail(f.path(), obj, "HDF5 write failed (disk full?)");
 }
 
 void File::write_f32(const std::string& obj, const std::vector<int64_t>& shape, const float* data,
@@ -132,8 +210,20 @@ void File::write_strings(const std::string& obj, const std::vector<std::string>&
                              H5P_DEFAULT),
                   path_, obj, "dataset create"),
             H5Dclose);
-  if (n > 0 && H5Dwrite(ds.id(), t.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0)
+  if (n > 0 && write_whole(*this, ds.id(), t.id(), ptrs.data()) < 0)
     fail(path_, obj, "HDF5 write failed (disk full?)");
+}
+
+void File::create_vector_i64(const std::string& obj, int64_t n) {
+  hsize_t dims[1] = {(hsize_t)n};
+  Handle space(H5Screate_simple(1, dims, nullptr), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  Handle ftype = file_type(Dtype::kI64);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), H5P_DEFAULT,
+                             H5P_DEFAULT),
+                  path_, obj, "dataset create"),
+            H5Dclose);
 }
 
 void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype ft) {
@@ -154,27 +244,54 @@ void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype
             H5Dclose);
 }
 
-void File::write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
-                      const float* data) {
-  if (nrows == 0) return;
-  Handle ds(check(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), path_, obj, "dataset open"),
+// Writes rows [row0, row0 + nrows) of a 1-D or 2-D dataset; collective when `collective`.
+static void write_slab(const File& f, const std::string& obj, int64_t row0, int64_t nrows,
+                       int64_t cols, const void* data, bool is_float, bool collective) {
+  Handle ds(check(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), f.path(), obj, "dataset open"),
             H5Dclose);
   Handle fspace(H5Dget_space(ds.id()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(fspace.id());
   hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)nrows, (hsize_t)cols};
-  H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start, nullptr, count, nullptr);
-  Handle mspace(H5Screate_simple(2, count, nullptr), H5Sclose);
+  hsize_t mcount[2] = {(hsize_t)std::max<int64_t>(nrows, 1), (hsize_t)cols};
+  Handle mspace(H5Screate_simple(rank, mcount, nullptr), H5Sclose);
+  if (nrows > 0) {
+    H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+  } else {
+    H5Sselect_none(fspace.id());
+    H5Sselect_none(mspace.id());
+  }
+  Handle dxpl = transfer_plist(collective);
+  const hid_t xfer = dxpl.valid() ? dxpl.id() : H5P_DEFAULT;
   Handle ftype(H5Dget_type(ds.id()), H5Tclose);
   herr_t rc;
-  if (H5Tget_size(ftype.id()) == 2) {
+  if (!is_float) {
+    rc = H5Dwrite(ds.id(), H5T_NATIVE_INT64, mspace.id(), fspace.id(), xfer, data);
+  } else if (H5Tget_size(ftype.id()) == 2) {
+    const float* src = static_cast<const float*>(data);
     // NOTE: float -> binary16 is converted here (round to nearest even, as C's cast does)
     // rather than by HDF5's soft converter, so the rounding is the one the docs promise.
-    std::vector<_Float16> half(nrows * cols);
-    for (size_t i = 0; i < half.size(); ++i) half[i] = (_Float16)data[i];
-    rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), H5P_DEFAULT, half.data());
+    std::vector<_Float16> half(std::max<int64_t>(nrows, 1) * cols);
+    for (int64_t i = 0; i < nrows * cols; ++i) half[i] = (_Float16)src[i];
+    rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), xfer, half.data());
   } else {
-    rc = H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), H5P_DEFAULT, data);
+    rc = H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), xfer, data);
   }
-  if (rc < 0) fail(path_, obj, "HDF5 write failed (disk full?)");
+  if (rc < 0) fail(f.path(), obj, "HDF5 write failed (disk full?)");
+}
+
+void File::write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                      const float* data) {
+  if (nrows > 0) write_slab(*this, obj, row0, nrows, cols, data, true, false);
+}
+
+void File::write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
+                                 int64_t cols, const float* data) {
+  if (nrows > 0 || parallel_) write_slab(*this, obj, row0, nrows, cols, data, true, parallel_);
+}
+
+void File::write_i64_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
+                                     const int64_t* data) {
+  if (nrows > 0 || parallel_) write_slab(*this, obj, row0, nrows, 1, data, false, parallel_);
 }
 
 std::vector<int64_t> File::shape(const std::string& obj) const {

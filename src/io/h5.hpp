@@ -37,7 +37,13 @@ enum class Dtype { kF32, kF16, kI64 };
 class File {
  public:
   static File create(const std::string& path);  // truncates
+  // Collective create over MPI_COMM_WORLD (parallel HDF5 builds only; see parallel_available).
+  // Every metadata call is then collective: all ranks, same order, same values. Small datasets
+  // (write_f32/write_i64/write_strings) take their data from rank 0.
+  static File create_parallel(const std::string& path);
+  static bool parallel_available();
   static File open_read(const std::string& path);
+  static File open_rw(const std::string& path);
   const std::string& path() const { return path_; }
   hid_t id() const { return h_.id(); }
   void close();
@@ -53,8 +59,18 @@ class File {
 
   // Chunked 2-D dataset written in row blocks (for embeddings larger than memory wants).
   void create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype file_type);
+  void create_vector_i64(const std::string& obj, int64_t n);
   void write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
                   const float* data);
+  // Parallel files: every rank writes its own rows [row0, row0 + nrows) in one collective call
+  // (nrows may be 0). Serial files: same as write_rows.
+  void write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                             const float* data);
+  void write_i64_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
+                                 const int64_t* data);
+  // Copies object `src_obj` of `src` (a group with everything under it) to `dst_obj` here.
+  void copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj);
+  void flush();
 
   // Reading. shape() throws InputError when `obj` is missing.
   std::vector<int64_t> shape(const std::string& obj) const;
@@ -72,9 +88,15 @@ class File {
   std::vector<std::string> attr_names(const std::string& obj) const;
 
  private:
-  File(Handle h, std::string path) : h_(std::move(h)), path_(std::move(path)) {}
+  File(Handle h, std::string path, bool parallel = false)
+      : h_(std::move(h)), path_(std::move(path)), parallel_(parallel) {}
   Handle h_;
   std::string path_;
+  bool parallel_ = false;
+
+ public:
+  bool parallel() const { return parallel_; }
+  bool writes_data() const;  // false on ranks other than 0 of a parallel file
 };
 
 // IEEE 754 binary16 type for datasets (h5py reads it as numpy float16). Caller closes.

@@ -75,9 +75,21 @@ TEST(MpiInvariance, LambdaAllPoolsAndRc) {
   TempDir t;
   const std::string model = make_model(t, "m", tiny());
   const std::string lambda = "--input " + source_dir() + "/examples/lambda_virus.fa.gz";
-  check_invariance(t, {model, lambda, ""}, {2, 3, 4});
-  check_invariance(t, {model, lambda, "--rc-average --pool bin:1000"}, {3});
-  check_invariance(t, {model, lambda, "--pool mean"}, {4});
+  // --split-min 1000: lambda (48,502 tokens) is split over all ranks.
+  check_invariance(t, {model, lambda, "--split-min 1000"}, {2, 3, 4});
+  check_invariance(t, {model, lambda, "--split-min 1000 --rc-average --pool bin:1000"}, {3});
+  check_invariance(t, {model, lambda, "--split-min 1000 --pool mean"}, {4});
+}
+
+TEST(MpiInvariance, SerialHdf5Fallback) {
+  // Rank 0 gathers the rows and writes alone (what a serial-HDF5 build does).
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  setenv("SPARSA_HDF5_SERIAL", "1", 1);
+  check_invariance(t, {model, "--input " + source_dir() + "/examples/lambda_virus.fa.gz",
+                       "--split-min 1000 --pool bin:7"},
+                   {3});
+  unsetenv("SPARSA_HDF5_SERIAL");
 }
 
 TEST(MpiInvariance, CausalWindowWiderThanShard) {
@@ -87,9 +99,9 @@ TEST(MpiInvariance, CausalWindowWiderThanShard) {
   std::string seq;
   for (int i = 0; i < 100; ++i) seq += "ACGTTGCAAG"[(i * 7) % 10];
   write_file(t / "s.fa", ">short\n" + seq + "\n");
-  check_invariance(t, {model, "--input " + t / "s.fa", ""}, {2, 3, 4});
+  check_invariance(t, {model, "--input " + t / "s.fa", "--split-min 1"}, {2, 3, 4});
   const std::string causal = make_model(t, "c", tiny(40, true));
-  check_invariance(t, {causal, "--input " + t / "s.fa", ""}, {3, 4});
+  check_invariance(t, {causal, "--input " + t / "s.fa", "--split-min 1"}, {3, 4});
 }
 
 TEST(MpiInvariance, ManyShortRecordsAndOneLong) {
@@ -104,7 +116,10 @@ TEST(MpiInvariance, ManyShortRecordsAndOneLong) {
   write_file(t / "short.fa", fa);
   const std::string inputs = "--input " + t / "short.fa" + " --input " + source_dir() +
                              "/examples/lambda_virus.fa.gz";
+  // Default: every record is short, so each goes whole to one rank (balanced by length) ...
   check_invariance(t, {model, inputs, ""}, {2, 4});
+  // ... and with --split-min 20 the long ones are split while the shortest stay whole.
+  check_invariance(t, {model, inputs, "--split-min 20"}, {3});
 }
 
 TEST(MpiInvariance, TimeSeries) {
@@ -116,7 +131,7 @@ TEST(MpiInvariance, TimeSeries) {
       "channels = 1\nts_bins = 64\nts_transform = \"log_return\"\n");
   const std::string usdchf = shared_data() + "/timeseries/usdchf_30min.csv";
   ASSERT_TRUE(exists(usdchf));
-  check_invariance(t, {model, "--input " + usdchf, "--pool bin:48"}, {2, 3});
+  check_invariance(t, {model, "--input " + usdchf, "--pool bin:48 --split-min 1000"}, {2, 3});
 }
 
 TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {
@@ -125,7 +140,7 @@ TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {
   const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
   ASSERT_TRUE(exists(ecoli));
   ASSERT_EQ(run("zcat " + ecoli + " > " + t / "ecoli.fa").code, 0);
-  check_invariance(t, {model, "--input " + t / "ecoli.fa", "--region K-12-MG1655:1000001-2000000 --pool bin:100"},
+  check_invariance(t, {model, "--input " + t / "ecoli.fa", "--region K-12-MG1655:1000001-2000000 --pool bin:100 --split-min 1000"},
                    {2, 3, 4});
 }
 

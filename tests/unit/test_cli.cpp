@@ -215,19 +215,21 @@ TEST(Cli, CrlfEqualsLf) {
 
 TEST(Cli, BadDnaInputsFailCleanly) {
   TempDir t;
-  const std::string out = t / "out.h5";
+  int case_no = 0;
+  auto fresh = [&] { return t / ("out" + std::to_string(++case_no) + ".h5"); };
+  std::string out = fresh();
   write_file(t / "inv.fa", ">chr1 x\nACGT\nACXT\n");
   expect_failure(embed_cmd(t / "inv.fa", out), out, "position 7");
   expect_failure(embed_cmd(t / "inv.fa", out), out, "chr1");
   expect_failure(embed_cmd(t / "inv.fa", out), out, t / "inv.fa");
+  EXPECT_FALSE(exists(out + ".parts")) << "an empty journal was left behind";
   // --invalid-as-n accepts it.
   EXPECT_EQ(run(embed_cmd(t / "inv.fa", out, "--invalid-as-n")).code, 0);
-  std::filesystem::remove(out);
-  write_file(t / "empty.fa", ">a\nACGT\n>b\n>c\nAC\n");
-  expect_failure(embed_cmd(t / "empty.fa", out), out, "'b'");
   write_file(t / "dup.fa", ">a\nACGT\n>a\nAC\n");
+  out = fresh();
   expect_failure(embed_cmd(t / "dup.fa", out), out, "duplicate");
   write_file(t / "garbage.fa", std::string("\x00\x01\xff\xfe garbage", 12));
+  out = fresh();
   expect_failure(embed_cmd(t / "garbage.fa", out), out, "garbage.fa");
   // Truncated gzip: the first half of the lambda genome's gzip stream.
   {
@@ -235,11 +237,20 @@ TEST(Cli, BadDnaInputsFailCleanly) {
     std::string bytes((std::istreambuf_iterator<char>(in)), {});
     write_file(t / "trunc.fa.gz", bytes.substr(0, bytes.size() / 2));
   }
+  out = fresh();
   expect_failure(embed_cmd(t / "trunc.fa.gz", out), out, "trunc.fa.gz");
+  out = fresh();
   expect_failure(embed_cmd(t / "missing.fa", out), out, "missing.fa");
-  // A failure in a later record leaves nothing either (the first record was embedded already).
+  // A failure in a later record leaves nothing at the output either; the record that was
+  // finished is kept in the journal, and the message says how to continue.
+  write_file(t / "empty.fa", ">a\nACGT\n>b\n>c\nAC\n");
+  out = fresh();
+  expect_failure(embed_cmd(t / "empty.fa", out), out, "'b'");
+  EXPECT_TRUE(exists(out + ".parts/000001.h5"));
   write_file(t / "late.fa", ">ok\nACGTACGT\n>bad\nACGT!\n");
+  out = fresh();
   expect_failure(embed_cmd(t / "late.fa", out), out, "'bad'");
+  expect_failure(embed_cmd(t / "late.fa", out, "--force"), out, "--resume");
 }
 
 TEST(Cli, ExistingOutputIsKept) {

@@ -1,0 +1,422 @@
+#include "backends/cuda/cuda_backend.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/cpu/ops.hpp"
+#include "backends/cuda/check.hpp"
+#include "backends/cuda/gemm.hpp"
+#include "core/error.hpp"
+#include "kernels/attention/attention.hpp"
+#include "kernels/elementwise/elementwise.hpp"
+#include "kernels/embed/embed.hpp"
+#include "kernels/norm/norm.hpp"
+#include "kernels/rope/rope.hpp"
+#include "kernels/router/router.hpp"
+#include "kernels/topg/topg.hpp"
+
+namespace sparsa {
+
+using cuda::DeviceBuffer;
+using kern::DType;
+
+namespace {
+
+constexpr int64_t kQueryTile = 64;  // the tensor-core kernel's query tile (interior split aligns)
+
+// NOTE: kv_range and plan_halo repeat src/model/forward.cpp (private there); the two backends
+// must agree on them, and the MPI tests compare the backends end to end.
+struct KvRange {
+  int64_t begin, end;
+};
+KvRange kv_range(const Shard& s, int64_t window, bool causal) {
+  if (s.size() == 0) return {s.begin, s.begin};
+  return {std::max<int64_t>(0, s.begin - window),
+          causal ? s.end : std::min<int64_t>(s.n_record, s.end + window)};
+}
+struct HaloPlan {
+  std::vector<std::pair<int, KvRange>> sends, recvs;
+};
+HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal) {
+  HaloPlan plan;
+  const KvRange need = kv_range(me, window, causal);
+  for (int peer = 0; peer < size; ++peer) {
+    if (peer == rank) continue;
+    const Shard other = shard_of(me.n_record, peer, size, me.align, me.mirrored);
+    const KvRange other_need = kv_range(other, window, causal);
+    const int64_t rb = std::max(need.begin, other.begin), re = std::min(need.end, other.end);
+    if (rb < re) plan.recvs.push_back({peer, {rb, re}});
+    const int64_t sb = std::max(other_need.begin, me.begin), se = std::min(other_need.end, me.end);
+    if (sb < se) plan.sends.push_back({peer, {sb, se}});
+  }
+  return plan;
+}
+
+struct DeviceLayer {
+  DeviceBuffer attn_norm, wqkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
+      w_down;
+  float router_b2 = 0;
+};
+
+}  // namespace
+
+struct CudaModel::Impl {
+  ModelConfig c;
+  CudaOptions opt;
+  DType act;
+  int64_t eb;  // bytes of one activation element
+  int device = 0;
+  cudaStream_t s = nullptr;
+  cuda::Gemm gemm;
+  DeviceBuffer embed, final_norm;
+  std::vector<DeviceLayer> layers;
+  int64_t weight_bytes = 0;
+  // Activations, grown as needed.
+  DeviceBuffer tokens, x, q, k, v, scores, keys, sorted, topg_temp, bad;
+  DeviceBuffer h32, hact, qkv32, hid, up32, upact;
+  DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack;
+
+  DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
+    if (as_act && act == DType::kBF16) {
+      std::vector<uint16_t> b(w.size());
+      cuda::to_bf16(w.data(), b.data(), (int64_t)w.size());
+      DeviceBuffer d(b.size() * 2);
+      cuda::copy_to_device(d.get(), b.data(), b.size() * 2);
+      weight_bytes += (int64_t)d.bytes();
+      return d;
+    }
+    DeviceBuffer d(w.size() * 4);
+    cuda::copy_to_device(d.get(), w.data(), w.size() * 4);
+    weight_bytes += (int64_t)d.bytes();
+    return d;
+  }
+
+  int64_t activation_bytes() const {
+    int64_t t = 0;
+    for (const DeviceBuffer* b : {&tokens, &x, &q, &k, &v, &scores, &keys, &sorted, &topg_temp,
+                                  &bad, &h32, &hact, &qkv32, &hid, &up32, &upact, &kg, &vg,
+                                  &gamma, &gpos, &gidx, &kpack, &vpack})
+      t += (int64_t)b->bytes();
+    return t;
+  }
+
+  void layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own);
+  void mlp(const DeviceLayer& L, int64_t m);
+};
+
+CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
+  impl_ = std::make_unique<Impl>();
+  Impl& I = *impl_;
+  I.c = w.config;
+  I.opt = o;
+  I.act = o.bf16 ? DType::kBF16 : DType::kF32;
+  I.eb = kern::dtype_bytes(I.act);
+  if (o.chunk_rows <= 0) throw ConfigError("CUDA chunk_rows must be positive");
+  I.device = cuda::select_device(o.device);
+  I.s = cuda::create_stream();
+  const ModelConfig& c = I.c;
+  const int64_t d = c.d_model;
+  std::vector<float> tables;
+  for (auto& t : w.embed) tables.insert(tables.end(), t.begin(), t.end());
+  I.embed = I.upload(tables, false);
+  I.final_norm = I.upload(w.final_norm, false);
+  for (const LayerWeights& L : w.layers) {
+    DeviceLayer D;
+    D.attn_norm = I.upload(L.attn_norm, false);
+    std::vector<float> qkv(d * 3 * d);  // [d, 3d]: row e = wq[e,:] | wk[e,:] | wv[e,:]
+    for (int64_t e = 0; e < d; ++e) {
+      std::copy_n(L.wq.begin() + e * d, d, qkv.begin() + e * 3 * d);
+      std::copy_n(L.wk.begin() + e * d, d, qkv.begin() + e * 3 * d + d);
+      std::copy_n(L.wv.begin() + e * d, d, qkv.begin() + e * 3 * d + 2 * d);
+    }
+    D.wqkv = I.upload(qkv, true);
+    D.wo = I.upload(L.wo, true);
+    D.router_w1 = I.upload(L.router_w1, false);  // router in fp32 in both modes
+    D.router_b1 = I.upload(L.router_b1, false);
+    D.router_w2 = I.upload(L.router_w2, false);
+    D.router_b2 = L.router_b2.at(0);
+    D.alpha = I.upload(L.alpha, false);
+    D.beta = I.upload(L.beta, false);
+    D.mlp_norm = I.upload(L.mlp_norm, false);
+    D.w_up = I.upload(L.w_up, true);
+    D.w_down = I.upload(L.w_down, true);
+    I.layers.push_back(std::move(D));
+  }
+}
+
+CudaModel::~CudaModel() {
+  if (impl_) {
+    cudaStreamSynchronize(impl_->s);
+    cuda::destroy_stream(impl_->s);
+  }
+}
+
+int CudaModel::device() const { return impl_->device; }
+int64_t CudaModel::device_bytes() const {
+  return impl_->weight_bytes + impl_->activation_bytes();
+}
+
+// h = RMSNorm(x); q, k, v = h Wq, h Wk, h Wv with RoPE; scores = router(h), chunk by chunk.
+// q goes to rows [0, m) of q, k and v to rows [own, own + m) of the K/V buffers.
+void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own) {
+  const int64_t d = c.d_model, r = c.router_hidden;
+  for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
+    const int64_t rows = std::min(opt.chunk_rows, m - c0);
+    const bool bf = act == DType::kBF16;
+    kern::launch_rmsnorm({x.as<float>() + c0 * d, L.attn_norm.as<float>(), h32.as<float>(),
+                          bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
+                         s);
+    const void* h_in = bf ? hact.get() : h32.get();
+    gemm.run(h_in, L.wqkv.get(), qkv32.as<float>(), rows, 3 * d, d, act, false, s);
+    float* qkv = qkv32.as<float>();
+    kern::launch_rope({qkv, qkv + d, qkv + 2 * d, 3 * d, q.as<char>() + c0 * d * eb,
+                       k.as<char>() + (own + c0) * d * eb, v.as<char>() + (own + c0) * d * eb, act,
+                       rows, c.n_heads, c.head_dim(), b + c0, c.rope_base},
+                      s);
+    gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
+    kern::launch_router({hid.as<float>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
+                         L.router_b2, scores.as<float>() + c0, rows, r},
+                        s);
+  }
+}
+
+// x += GELU(RMSNorm(x) W_up) W_down, chunk by chunk.
+void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
+  const int64_t d = c.d_model, f = c.d_ff;
+  const bool bf = act == DType::kBF16;
+  for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
+    const int64_t rows = std::min(opt.chunk_rows, m - c0);
+    float* xc = x.as<float>() + c0 * d;
+    kern::launch_rmsnorm({xc, L.mlp_norm.as<float>(), bf ? nullptr : h32.as<float>(),
+                          bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
+                         s);
+    gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), up32.as<float>(), rows, f, d, act, false,
+             s);
+    void* u = bf ? upact.get() : up32.get();  // fp32: GELU in place
+    kern::launch_gelu({up32.as<float>(), u, act, rows * f}, s);
+    gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
+  }
+}
+
+ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard, Comm& comm,
+                                 const ForwardHooks& hooks) {
+  Impl& I = *impl_;
+  const ModelConfig& c = I.c;
+  const int64_t n = shard.n_record, m = shard.size(), d = c.d_model, b = shard.begin;
+  const int64_t G = c.n_global(n), eb = I.eb, H = c.n_heads;
+  const KvRange kv = kv_range(shard, c.window, c.causal);
+  const int64_t kv_count = kv.end - kv.begin, own = b - kv.begin;
+  const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
+  const int64_t chunk = std::max<int64_t>(1, std::min(I.opt.chunk_rows, m));
+  cudaStream_t s = I.s;
+  CUDA_OK(cudaSetDevice(I.device));
+
+  ForwardOutput out;
+  out.n_global = G;
+  out.global_positions.resize(c.n_layers * G);
+  out.global_scores.resize(c.n_layers * G);
+
+  // Activations (grown, kept between calls).
+  I.tokens.reserve(m * c.n_tables() * 4);
+  I.x.reserve(m * d * 4);
+  I.q.reserve(m * d * eb);
+  I.k.reserve(kv_count * d * eb);
+  I.v.reserve(kv_count * d * eb);
+  I.scores.reserve(m * 4);
+  I.keys.reserve(m * 8);
+  I.sorted.reserve(m * 8);
+  const size_t temp = kern::topg_temp_bytes(m);
+  I.topg_temp.reserve(temp);
+  I.bad.reserve(8);
+  I.h32.reserve(chunk * d * 4);
+  if (I.act == DType::kBF16) {
+    I.hact.reserve(chunk * d * eb);
+    I.upact.reserve(chunk * c.d_ff * eb);
+  }
+  I.qkv32.reserve(chunk * 3 * d * 4);
+  I.hid.reserve(chunk * c.router_hidden * 4);
+  I.up32.reserve(chunk * c.d_ff * 4);
+  I.kg.reserve(G * d * eb);
+  I.vg.reserve(G * d * eb);
+  I.gamma.reserve(G * 4);
+  I.gpos.reserve(G * 8);
+  I.gidx.reserve(G * 8);
+  I.kpack.reserve(G * d * eb);
+  I.vpack.reserve(G * d * eb);
+
+  cuda::copy_to_device(I.tokens.get(), tokens_host, m * c.n_tables() * 4, s);
+  kern::launch_embed({I.tokens.as<int32_t>(), I.embed.as<float>(), I.x.as<float>(), m,
+                      c.n_tables(), c.vocab(), d},
+                     s);
+
+  std::vector<uint64_t> best;
+  std::vector<int64_t> gpos(G), local_idx;
+  std::vector<float> gamma(G);
+  std::vector<char> kg_host(G * d * eb), vg_host(G * d * eb), kp_host, vp_host;
+  const int64_t row_bytes = d * eb;
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const DeviceLayer& L = I.layers[l];
+    I.layer_inputs(L, m, b, own);
+
+    // Halo: K and V rows (after RoPE) beyond the shard edges, staged through the host, in flight
+    // during routing and the interior attention.
+    std::vector<std::vector<char>> send_buf, recv_buf;
+    std::vector<Transfer> sends, recvs;
+    send_buf.reserve(2 * plan.sends.size());
+    recv_buf.reserve(2 * plan.recvs.size());
+    for (auto& [peer, r] : plan.sends) {
+      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
+      for (const DeviceBuffer* src : {&I.k, &I.v}) {
+        send_buf.emplace_back(bytes);
+        cuda::copy_to_host(send_buf.back().data(), src->as<char>() + off, bytes, s);
+        sends.push_back({peer, send_buf.back().data(), bytes});
+      }
+    }
+    for (auto& [peer, r] : plan.recvs) {
+      const int64_t bytes = (r.end - r.begin) * row_bytes;
+      for (int t = 0; t < 2; ++t) {
+        recv_buf.emplace_back(bytes);
+        recvs.push_back({peer, recv_buf.back().data(), bytes});
+      }
+    }
+
+    // Top-G proposals of this shard (keys sorted on the device, the best G copied back).
+    kern::launch_topg({I.scores.as<float>(), m, b, I.keys.as<uint64_t>(), I.sorted.as<uint64_t>(),
+                       I.topg_temp.get(), temp, I.bad.as<unsigned long long>()},
+                      s);
+    const int64_t n_best = std::min(G, m);
+    best.resize(n_best);
+    unsigned long long bad = 0;
+    cuda::copy_to_host(best.data(), I.sorted.get(), n_best * 8, s);
+    cuda::copy_to_host(&bad, I.bad.get(), 8, s);
+    cuda::synchronize(s);  // also completes the halo staging copies
+    const int token = comm.start_exchange(sends, recvs);
+    if (bad != ~0ull)
+      throw NumericError("router score at position " + std::to_string(bad) + " is not finite");
+    std::vector<cpu::GlobalCandidate> mine(n_best);
+    for (int64_t j = 0; j < n_best; ++j)
+      mine[j] = {kern::topg_key_score(best[j]), kern::topg_key_pos(best[j])};
+    std::vector<uint8_t> gathered;
+    comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
+    std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
+    if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
+    const std::vector<cpu::GlobalCandidate> S = cpu::select_global(std::move(all), G);
+    for (int64_t j = 0; j < G; ++j) {
+      out.global_positions[l * G + j] = S[j].pos;
+      out.global_scores[l * G + j] = S[j].score;
+      gpos[j] = S[j].pos;
+    }
+
+    // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V].
+    local_idx.clear();
+    std::vector<int32_t> local_j;
+    for (int64_t j = 0; j < G; ++j)
+      if (gpos[j] >= b && gpos[j] < shard.end) {
+        local_idx.push_back(own + gpos[j] - b);
+        local_j.push_back((int32_t)j);
+      }
+    const int64_t cnt = (int64_t)local_idx.size();
+    cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
+    kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
+    kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
+    kp_host.resize(cnt * row_bytes);
+    vp_host.resize(cnt * row_bytes);
+    cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
+    cuda::copy_to_host(vp_host.data(), I.vpack.get(), cnt * row_bytes, s);
+    cuda::synchronize(s);
+    const int64_t pack_row = 8 + 2 * row_bytes;
+    std::vector<char> pack(cnt * pack_row);
+    for (int64_t t = 0; t < cnt; ++t) {
+      char* p = pack.data() + t * pack_row;
+      const float g = (float)(1.0 / (1.0 + std::exp(-(double)S[local_j[t]].score)));
+      std::memcpy(p, &local_j[t], 4);
+      std::memcpy(p + 4, &g, 4);
+      std::memcpy(p + 8, kp_host.data() + t * row_bytes, row_bytes);
+      std::memcpy(p + 8 + row_bytes, vp_host.data() + t * row_bytes, row_bytes);
+    }
+    comm.allgatherv(pack.data(), (int64_t)pack.size(), gathered);
+    if ((int64_t)gathered.size() != G * pack_row)
+      throw SystemError("global gather returned " + std::to_string(gathered.size()) +
+                        " bytes, expected " + std::to_string(G * pack_row));
+    for (int64_t row = 0; row < G; ++row) {
+      const char* p = reinterpret_cast<const char*>(gathered.data()) + row * pack_row;
+      int32_t j;
+      std::memcpy(&j, p, 4);
+      if (j < 0 || j >= G) throw SystemError("global gather: bad index");
+      std::memcpy(&gamma[j], p + 4, 4);
+      std::memcpy(kg_host.data() + j * row_bytes, p + 8, row_bytes);
+      std::memcpy(vg_host.data() + j * row_bytes, p + 8 + row_bytes, row_bytes);
+    }
+    cuda::copy_to_device(I.kg.get(), kg_host.data(), G * row_bytes, s);
+    cuda::copy_to_device(I.vg.get(), vg_host.data(), G * row_bytes, s);
+    cuda::copy_to_device(I.gamma.get(), gamma.data(), G * 4, s);
+    cuda::copy_to_device(I.gpos.get(), gpos.data(), G * 8, s);
+
+    kern::AttentionParams ap{};
+    ap.type = I.act;
+    ap.q = I.q.get();
+    ap.k = I.k.get();
+    ap.v = I.v.get();
+    ap.kv_begin = kv.begin;
+    ap.kv_count = kv_count;
+    ap.k_global = I.kg.get();
+    ap.v_global = I.vg.get();
+    ap.gamma = I.gamma.as<float>();
+    ap.pos_global = I.gpos.as<int64_t>();
+    ap.n_global = G;
+    ap.alpha = L.alpha.as<float>();
+    ap.beta = L.beta.as<float>();
+    ap.out = I.q.get();  // in place: each block reads its queries before writing
+    ap.n_tokens = m;
+    ap.first_pos = b;
+    ap.n_record = n;
+    ap.n_heads = H;
+    ap.head_dim = c.head_dim();
+    ap.window = c.window;
+    ap.causal = c.causal;
+    // Interior rows read only this shard's K/V; their range is aligned to query tiles in record
+    // positions so that no tile straddles interior and edge rows.
+    const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
+    int64_t lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
+    int64_t hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
+    if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
+    ap.row_begin = lo_a;
+    ap.row_end = hi_a;
+    kern::launch_attention(ap, s);
+    comm.wait_exchange(token);
+    size_t rb_i = 0;
+    for (auto& [peer, r] : plan.recvs) {
+      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
+      cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+      cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+    }
+    ap.row_begin = 0;
+    ap.row_end = lo_a;
+    kern::launch_attention(ap, s);
+    ap.row_begin = hi_a;
+    ap.row_end = m;
+    kern::launch_attention(ap, s);
+
+    I.gemm.run(I.q.get(), L.wo.get(), I.x.as<float>(), m, d, d, I.act, true, s);
+    I.mlp(L, m);
+    if (hooks.after_layer) {
+      cuda::synchronize(s);
+      hooks.after_layer(l);
+    }
+  }
+  kern::launch_rmsnorm({I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr,
+                        DType::kF32, m, d, c.norm_eps},
+                       s);
+  out.y.resize(m * d);
+  cuda::copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
+  cuda::synchronize(s);
+  const int64_t bad = cpu::find_nonfinite(out.y.data(), m * d);
+  if (bad >= 0)
+    throw NumericError("the model produced a non-finite value at record position " +
+                       std::to_string(b + bad / d) + ", dimension " + std::to_string(bad % d));
+  return out;
+}
+
+}  // namespace sparsa

@@ -1,0 +1,197 @@
+#include "backends/cuda/device.hpp"
+
+#include <mpi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "backends/cuda/check.hpp"
+
+namespace sparsa::cuda {
+
+namespace {
+std::string rank_tag() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* r = std::getenv(v)) return std::string(" [rank ") + r + "]";
+  return "";
+}
+}  // namespace
+
+void fail_cuda(cudaError_t e, const char* expr, const char* file, int line) {
+  throw SystemError(std::string("CUDA error ") + cudaGetErrorName(e) + " (" +
+                    cudaGetErrorString(e) + ") in " + expr + " at " + file + ":" +
+                    std::to_string(line) + rank_tag());
+}
+void fail_cublas(cublasStatus_t s, const char* expr, const char* file, int line) {
+  throw SystemError(std::string("cuBLASLt error ") + cublasLtGetStatusName(s) + " (" +
+                    cublasLtGetStatusString(s) + ") in " + expr + " at " + file + ":" +
+                    std::to_string(line) + rank_tag());
+}
+
+bool cuda_available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    cudaGetLastError();  // clear the sticky-free error state
+    return false;
+  }
+  if (n == 0) {
+    if (why) *why = "no CUDA device";
+    return false;
+  }
+  return true;
+}
+
+int node_local_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
+                        "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"})
+    if (const char* r = std::getenv(v)) return std::atoi(r);
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  if (init && !fin) {
+    int size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) {
+      MPI_Comm node;
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+      int r = 0;
+      MPI_Comm_rank(node, &r);
+      MPI_Comm_free(&node);
+      return r;
+    }
+  }
+  return 0;
+}
+
+int select_device(int device) {
+  int n = 0;
+  CUDA_OK(cudaGetDeviceCount(&n));
+  if (n <= 0) throw SystemError("no CUDA device");
+  if (device < 0) device = node_local_rank() % n;
+  if (device >= n)
+    throw ConfigError("CUDA device " + std::to_string(device) + " requested, " +
+                      std::to_string(n) + " present");
+  CUDA_OK(cudaSetDevice(device));
+  return device;
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) { reserve(bytes); }
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);
+}
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+void DeviceBuffer::reserve(size_t bytes) {
+  if (bytes <= bytes_ && ptr_) return;
+  if (ptr_) CUDA_OK(cudaFree(ptr_));
+  ptr_ = nullptr;
+  bytes_ = 0;
+  // NOTE: at least 256 bytes so that an empty tensor still has a valid, aligned address.
+  const size_t want = bytes < 256 ? 256 : bytes;
+  const cudaError_t e = cudaMalloc(&ptr_, want);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    throw SystemError("CUDA out of memory: " + std::to_string(want) + " bytes requested, " +
+                      std::to_string(fr) + " free of " + std::to_string(tot) + rank_tag());
+  }
+  bytes_ = want;
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (!bytes) return;
+  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (!bytes) return;
+  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (!bytes) return;
+  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+void memset_device(void* dst, int value, size_t bytes, cudaStream_t s) {
+  if (!bytes) return;
+  if (s) CUDA_OK(cudaMemsetAsync(dst, value, bytes, s));
+  else CUDA_OK(cudaMemset(dst, value, bytes));
+}
+void synchronize(cudaStream_t s) {
+  if (s) CUDA_OK(cudaStreamSynchronize(s));
+  else CUDA_OK(cudaDeviceSynchronize());
+}
+
+void to_bf16(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &in[i], 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) {  // NaN stays NaN
+      out[i] = (uint16_t)((u >> 16) | 0x40);
+      continue;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    out[i] = (uint16_t)(u >> 16);
+  }
+}
+float from_bf16(uint16_t v) {
+  const uint32_t u = (uint32_t)v << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+cudaStream_t create_stream() {
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+void destroy_stream(cudaStream_t s) {
+  if (s) cudaStreamDestroy(s);
+}
+
+GpuTimer::GpuTimer() {
+  cudaEvent_t a, b;
+  CUDA_OK(cudaEventCreate(&a));
+  CUDA_OK(cudaEventCreate(&b));
+  begin_ = a;
+  end_ = b;
+}
+GpuTimer::~GpuTimer() {
+  cudaEventDestroy((cudaEvent_t)begin_);
+  cudaEventDestroy((cudaEvent_t)end_);
+}
+void GpuTimer::start(cudaStream_t s) { CUDA_OK(cudaEventRecord((cudaEvent_t)begin_, s)); }
+void GpuTimer::stop(cudaStream_t s) { CUDA_OK(cudaEventRecord((cudaEvent_t)end_, s)); }
+float GpuTimer::ms() {
+  CUDA_OK(cudaEventSynchronize((cudaEvent_t)end_));
+  float t = 0;
+  CUDA_OK(cudaEventElapsedTime(&t, (cudaEvent_t)begin_, (cudaEvent_t)end_));
+  return t;
+}
+
+void memory_info(size_t* free_bytes, size_t* total_bytes) {
+  CUDA_OK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+std::string device_name() {
+  int dev = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, dev));
+  return prop.name;
+}
+
+}  // namespace sparsa::cuda

@@ -1,0 +1,77 @@
+// sparsa CUDA backend: device selection, memory and timing helpers behind a plain C++ header
+// (no CUDA headers), for the backend, its tests and `sparsa bench`.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/common/types.hpp"
+
+namespace sparsa::cuda {
+
+// True when a CUDA driver and at least one device are usable; otherwise false and *why says why.
+bool cuda_available(std::string* why);
+
+// The node-local rank of this process: OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+// MPI_LOCALRANKID (MPICH), MV2_COMM_WORLD_LOCAL_RANK; else, when MPI is initialised with more
+// than one rank, MPI_Comm_split_type(SHARED) (collective!); else 0.
+int node_local_rank();
+// Makes `device` (or, for -1, node_local_rank() % device count) current; returns its id.
+int select_device(int device);
+
+// A device allocation (cudaMalloc), freed on destruction. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  // Grows (never shrinks) to at least `bytes`; contents are lost when it grows.
+  void reserve(size_t bytes);
+  void* get() const { return ptr_; }
+  template <class T> T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Plain copies (synchronous unless a stream is given; then asynchronous on it).
+void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
+void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
+void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
+void memset_device(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr);
+void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
+// float32 <-> bfloat16 (round to nearest even) on the host, for uploads and tests.
+void to_bf16(const float* in, uint16_t* out, int64_t n);
+float from_bf16(uint16_t v);
+
+// Streams and events owned by the caller.
+cudaStream_t create_stream();
+void destroy_stream(cudaStream_t s);
+
+// Times work on a stream with CUDA events: start(); ...; stop(); ms() synchronizes on the end.
+class GpuTimer {
+ public:
+  GpuTimer();
+  ~GpuTimer();
+  GpuTimer(const GpuTimer&) = delete;
+  GpuTimer& operator=(const GpuTimer&) = delete;
+  void start(cudaStream_t s);
+  void stop(cudaStream_t s);
+  float ms();
+
+ private:
+  void* begin_ = nullptr;
+  void* end_ = nullptr;
+};
+
+// Free and total device memory (cudaMemGetInfo).
+void memory_info(size_t* free_bytes, size_t* total_bytes);
+std::string device_name();
+
+}  // namespace sparsa::cuda

@@ -1,0 +1,98 @@
+#include "backends/cuda/gemm.hpp"
+
+#include <cstring>
+
+#include "backends/cuda/check.hpp"
+#include "backends/cuda/device.hpp"
+
+namespace sparsa::cuda {
+
+namespace {
+constexpr int64_t kReferenceM = 65536;
+constexpr size_t kWorkspace = 32u << 20;
+
+struct Layouts {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  ~Layouts() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+// Row-major y[M,N] = x[M,K] W[K,N] is column-major y^T[N,M] = W^T[N,K] x^T[K,M]: cuBLASLt's
+// A = W (N x K, ld N), B = x (K x M, ld K), C = D = y (N x M, ld N), no transposes.
+void make_layouts(Layouts& l, int64_t m, int64_t n, int64_t k, kern::DType t) {
+  const cudaDataType_t in = t == kern::DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
+  CUBLAS_OK(cublasLtMatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.a, in, (uint64_t)n, (uint64_t)k, n));
+  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.b, in, (uint64_t)k, (uint64_t)m, k));
+  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.c, CUDA_R_32F, (uint64_t)n, (uint64_t)m, n));
+}
+}  // namespace
+
+struct Gemm::Impl {
+  cublasLtHandle_t handle = nullptr;
+  DeviceBuffer workspace{kWorkspace};
+  std::map<std::tuple<int64_t, int64_t, int, bool>, cublasLtMatmulAlgo_t> algos;
+
+  cublasLtMatmulAlgo_t heuristic(int64_t m, int64_t n, int64_t k, kern::DType t) {
+    Layouts l;
+    make_layouts(l, m, n, k, t);
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_OK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = kWorkspace;
+    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &ws, sizeof ws));
+    cublasLtMatmulHeuristicResult_t res[8];
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle, l.op, l.a, l.b, l.c, l.c, pref, 8, res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    CUBLAS_OK(st);
+    if (found == 0) throw SystemError("cuBLASLt found no algorithm for a GEMM");
+    // Prefer the first result that runs without split-K (a row's sums in one fixed order).
+    for (int i = 0; i < found; ++i) {
+      cublasLtMatmulAlgo_t algo = res[i].algo;
+      int32_t one = 1;
+      if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one,
+                                               sizeof one) != CUBLAS_STATUS_SUCCESS)
+        continue;
+      cublasLtMatmulHeuristicResult_t chk;
+      if (cublasLtMatmulAlgoCheck(handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) ==
+              CUBLAS_STATUS_SUCCESS &&
+          chk.workspaceSize <= kWorkspace)
+        return algo;
+    }
+    return res[0].algo;
+  }
+};
+
+Gemm::Gemm() : impl_(std::make_unique<Impl>()) { CUBLAS_OK(cublasLtCreate(&impl_->handle)); }
+Gemm::~Gemm() {
+  if (impl_ && impl_->handle) cublasLtDestroy(impl_->handle);
+}
+
+void Gemm::run(const void* x, const void* w, float* y, int64_t m, int64_t n, int64_t k,
+               kern::DType t, bool accumulate, cudaStream_t stream) {
+  if (m <= 0 || n <= 0) return;
+  const auto key = std::make_tuple(n, k, (int)t, accumulate);
+  auto it = impl_->algos.find(key);
+  if (it == impl_->algos.end())
+    it = impl_->algos.emplace(key, impl_->heuristic(kReferenceM, n, k, t)).first;
+  Layouts l;
+  make_layouts(l, m, n, k, t);
+  cublasLtMatmulAlgo_t algo = it->second;
+  cublasLtMatmulHeuristicResult_t chk;
+  if (cublasLtMatmulAlgoCheck(impl_->handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) !=
+          CUBLAS_STATUS_SUCCESS ||
+      chk.workspaceSize > kWorkspace)
+    algo = impl_->heuristic(m, n, k, t);  // NOTE: the reference algorithm cannot run this M
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  CUBLAS_OK(cublasLtMatmul(impl_->handle, l.op, &alpha, w, l.a, x, l.b, &beta, y, l.c, y, l.c,
+                           &algo, impl_->workspace.get(), kWorkspace, stream));
+}
+
+}  // namespace sparsa::cuda
