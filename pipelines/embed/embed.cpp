@@ -415,6 +415,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   }
   comm.barrier();
   sum.seconds = progress.seconds();
+  if (std::getenv("SPARSA_COMM_STATS")) {
+    // Measurement for docs/parallel.md: what this rank sent, against the model's count.
+    std::fprintf(stderr, "[sparsa] rank %d: sent %lld bytes point-to-point (halos), %lld bytes in "
+                 "collectives\n", comm.rank(), (long long)comm.bytes_sent_p2p,
+                 (long long)comm.bytes_sent_collective);
+  }
   return sum;
 }
 

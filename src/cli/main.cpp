@@ -128,12 +128,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
-  if (threads > 0) omp_set_num_threads(threads);
 
   std::unique_ptr<Comm> comm;
   int code = kExitOk;
   try {
     comm = make_world_comm();
+    // Threads: --threads, else OMP_NUM_THREADS, else the cores shared among this node's ranks
+    // (P ranks on one node must not each start one thread per core).
+    if (threads > 0) {
+      omp_set_num_threads(threads);
+    } else if (!std::getenv("OMP_NUM_THREADS")) {
+      const int local = local_rank_count();
+      if (local > 1) omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
+    }
     if (*init) {
       if (std::filesystem::exists(init_output) && !init_force)
         throw ConfigError(init_output + " already exists; pass --force to replace it");

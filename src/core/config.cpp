@@ -130,9 +130,68 @@ struct Reader {
   }
 };
 
+// toml++ 3.3.0 (Debian 12) reaches __builtin_unreachable() for some non-ASCII code points where
+// it looks for whitespace, e.g. after a bare key or a line-ending backslash (undefined behaviour;
+// marzer/tomlplusplus#190 and #295, found by fuzz/fuzz_config). Every key and value of a [model]
+// table is ASCII, so non-ASCII text is refused before toml++ sees it, except in comments, which
+// toml++ skips without that lookup. Strings are tracked only so that a '#' in one is not taken
+// for a comment.
+void check_ascii_outside_comments(const std::string& text, const std::string& origin) {
+  enum class In { kCode, kComment, kBasic, kLiteral, kMlBasic, kMlLiteral };
+  In in = In::kCode;
+  // Length of the run of quote characters (at most 5) at i: a multi-line string may end with up
+  // to two quotes of its own before its closing three.
+  auto run = [&](size_t i, char q) {
+    size_t n = 0;
+    while (n < 5 && i + n < text.size() && text[i + n] == q) ++n;
+    return n;
+  };
+  long long line = 1;
+  size_t line_start = 0;
+  // A UTF-8 byte order mark (Windows editors write one) is fine: toml++ skips it.
+  const size_t bom = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  for (size_t i = bom; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+      line_start = i + 1;
+      // A newline ends a comment and (unterminated, which toml++ reports) a one-line string.
+      if (in == In::kComment || in == In::kBasic || in == In::kLiteral) in = In::kCode;
+      continue;
+    }
+    if (in == In::kComment) continue;
+    if ((unsigned char)c >= 0x80) {
+      throw ConfigError(origin + ":" + std::to_string(line) + ":" +
+                        std::to_string(i - line_start + 1) +
+                        ": non-ASCII character outside a comment (config keys and values are "
+                        "ASCII)");
+    }
+    const bool basic = in == In::kBasic || in == In::kMlBasic;
+    if (basic && c == '\\' && i + 1 < text.size() && (unsigned char)text[i + 1] < 0x80 &&
+        text[i + 1] != '\n') {
+      ++i;  // an escaped character never ends the string (a non-ASCII one is still checked)
+    } else if (in == In::kCode && c == '#') {
+      in = In::kComment;
+    } else if (in == In::kCode && (c == '"' || c == '\'')) {
+      const bool multi = run(i, c) >= 3;
+      if (multi) i += 2;
+      in = c == '"' ? (multi ? In::kMlBasic : In::kBasic) : (multi ? In::kMlLiteral : In::kLiteral);
+    } else if ((in == In::kBasic && c == '"') || (in == In::kLiteral && c == '\'')) {
+      in = In::kCode;
+    } else if ((in == In::kMlBasic && c == '"') || (in == In::kMlLiteral && c == '\'')) {
+      const size_t n = run(i, c);
+      if (n >= 3) {
+        in = In::kCode;
+        i += n - 1;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& text, const std::string& origin) {
+  check_ascii_outside_comments(text, origin);
   toml::table root;
   try {
     root = toml::parse(text, origin);

@@ -51,6 +51,12 @@ std::unique_ptr<Comm> make_single_comm();
 // mpirun/srun (detected from the environment) and MPI is not initialised yet. Returns the single
 // communicator when the process was not launched by an MPI launcher.
 std::unique_ptr<Comm> make_world_comm();
+// Ranks on this node according to the launcher (OMPI_COMM_WORLD_LOCAL_SIZE, SLURM_NTASKS_PER_NODE
+// or MPI_LOCALNRANKS); 1 when unknown.
+int local_rank_count();
+// This rank's index on its node (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID); 0
+// when unknown. The GPU of a rank is chosen from it.
+int local_rank();
 // True when the environment says this process was started by mpirun/srun with more than 1 rank.
 bool launched_by_mpi();
 

@@ -1,7 +1,9 @@
 // MPI communicator. MPI is initialised once, here, only when a launcher started the process.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <cstring>
 #include <limits>
 
@@ -134,6 +136,25 @@ class MpiComm final : public Comm {
 };
 
 }  // namespace
+
+static int env_int(std::initializer_list<const char*> names, int fallback) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n)) {
+      char* end = nullptr;
+      const long x = std::strtol(v, &end, 10);
+      if (end != v && x >= 0) return (int)x;
+    }
+  return fallback;
+}
+
+int local_rank_count() {
+  return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                              "SLURM_NTASKS_PER_NODE"}, 1));
+}
+
+int local_rank() {
+  return env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}, 0);
+}
 
 bool launched_by_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})

@@ -1,0 +1,220 @@
+#include "cli/bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "core/config.hpp"
+#include "core/error.hpp"
+
+#ifdef SPARSA_HAVE_CUDA
+#include "backends/cuda/cuda_backend.hpp"
+#include "kernels/attention/attention.hpp"
+#include "model/weights.hpp"
+#endif
+
+namespace sparsa {
+
+#ifndef SPARSA_HAVE_CUDA
+
+int run_bench(const BenchOptions&) {
+  std::fprintf(stderr, "sparsa bench: this build has no CUDA backend (configure with "
+                       "-DSPARSA_CUDA=ON where nvcc exists)\n");
+  return 2;
+}
+
+#else
+
+namespace {
+
+using cuda::DeviceBuffer;
+using kern::DType;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Fills `count` elements with uniform values in [-1, 1]: a random block, then doubling copies.
+void fill_random(DeviceBuffer& b, int64_t count, DType t, uint64_t seed) {
+  const int64_t eb = kern::dtype_bytes(t), block = std::min<int64_t>(count, 1 << 20);
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> f(block);
+  for (auto& x : f) x = u(g);
+  if (t == DType::kBF16) {
+    std::vector<uint16_t> h(block);
+    cuda::to_bf16(f.data(), h.data(), block);
+    cuda::copy_to_device(b.get(), h.data(), block * 2);
+  } else {
+    cuda::copy_to_device(b.get(), f.data(), block * 4);
+  }
+  for (int64_t done = block; done < count;) {
+    const int64_t c = std::min(done, count - done);
+    cuda::copy_device(b.as<char>() + done * eb, b.get(), c * eb);
+    done += c;
+  }
+}
+
+// Sum over rows of the band size (keys a row attends to locally).
+double band_keys(int64_t n, int64_t w, bool causal) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t lo = std::max<int64_t>(0, i - w);
+    const int64_t hi = causal ? i : std::min(n - 1, i + w);
+    s += (double)(hi - lo + 1);
+  }
+  return s;
+}
+
+void header(const char* what) {
+  std::printf("# sparsa bench %s on %s\n", what, cuda::device_name().c_str());
+  std::printf("%12s %10s %12s %14s %12s\n", "n", "ms", "TFLOP/s", "tokens/s", "peak_GB");
+}
+void row(int64_t n, double ms, double flops, double peak_bytes) {
+  std::printf("%12lld %10.3f %12.1f %14.4g %12.2f\n", (long long)n, ms, flops / (ms * 1e-3) / 1e12,
+              (double)n / (ms * 1e-3), peak_bytes / 1e9);
+  std::fflush(stdout);
+}
+
+int bench_attention(const BenchOptions& o) {
+  const bool local = o.what != "attention-global", global = o.what != "attention-local";
+  const DType t = o.bf16 ? DType::kBF16 : DType::kF32;
+  const int64_t d = o.heads * o.head_dim, eb = kern::dtype_bytes(t);
+  const int64_t G = global ? o.global : 0;
+  header(o.what.c_str());
+  cudaStream_t s = cuda::create_stream();
+  for (int64_t n : o.n) {
+    size_t free0 = 0, total = 0;
+    cuda::synchronize();
+    cuda::memory_info(&free0, &total);
+    const int64_t g = std::min(G, n);
+    {
+      DeviceBuffer q(n * d * eb), k(n * d * eb), v(n * d * eb), out(n * d * eb);
+      DeviceBuffer kg(std::max<int64_t>(1, g) * d * eb), vg(std::max<int64_t>(1, g) * d * eb);
+      DeviceBuffer gamma(std::max<int64_t>(1, g) * 4), pos(std::max<int64_t>(1, g) * 8);
+      DeviceBuffer alpha(o.heads * 4), beta(o.heads * 4);
+      fill_random(q, n * d, t, 1);
+      fill_random(k, n * d, t, 2);
+      fill_random(v, n * d, t, 3);
+      if (g > 0) {
+        fill_random(kg, g * d, t, 4);
+        fill_random(vg, g * d, t, 5);
+      }
+      std::vector<int64_t> p(g);
+      std::mt19937_64 rg(6);
+      for (int64_t j = 0; j < g; ++j) p[j] = j * (n / g) + (int64_t)(rg() % (uint64_t)(n / g));
+      std::vector<float> gam(g, 0.5f), ab(o.heads, 1.0f);
+      cuda::copy_to_device(pos.get(), p.data(), g * 8);
+      cuda::copy_to_device(gamma.get(), gam.data(), g * 4);
+      cuda::copy_to_device(alpha.get(), ab.data(), o.heads * 4);
+      cuda::copy_to_device(beta.get(), ab.data(), o.heads * 4);
+      size_t free1 = 0;
+      cuda::memory_info(&free1, &total);
+
+      kern::AttentionParams ap{};
+      ap.type = t;
+      ap.q = q.get();
+      ap.k = k.get();
+      ap.v = v.get();
+      ap.kv_begin = 0;
+      ap.kv_count = n;
+      ap.k_global = kg.get();
+      ap.v_global = vg.get();
+      ap.gamma = gamma.as<float>();
+      ap.pos_global = pos.as<int64_t>();
+      ap.n_global = g;
+      ap.alpha = alpha.as<float>();
+      ap.beta = beta.as<float>();
+      ap.out = out.get();
+      ap.n_tokens = n;
+      ap.first_pos = 0;
+      ap.n_record = n;
+      ap.n_heads = o.heads;
+      ap.head_dim = o.head_dim;
+      ap.window = o.window;
+      ap.causal = o.causal;
+      ap.row_begin = 0;
+      ap.row_end = n;
+      ap.skip_local = !local;
+      double keys = local ? band_keys(n, o.window, o.causal) : 0.0;
+      if (g > 0) {
+        if (!o.causal) keys += (double)n * (double)g;
+        else
+          for (int64_t j = 0; j < g; ++j) keys += (double)(n - p[j]);
+      }
+      const double flops = 4.0 * (double)o.heads * (double)o.head_dim * keys;
+      cuda::GpuTimer timer;
+      kern::launch_attention(ap, s);  // warm-up
+      std::vector<double> ms;
+      for (int it = 0; it < std::max(1, o.iters); ++it) {
+        timer.start(s);
+        kern::launch_attention(ap, s);
+        timer.stop(s);
+        ms.push_back(timer.ms());
+      }
+      row(n, median(ms), flops, (double)(free0 - free1));
+    }
+  }
+  cuda::destroy_stream(s);
+  return 0;
+}
+
+int bench_model(const BenchOptions& o) {
+  ModelConfig c = load_model_config(o.config);
+  if (o.what == "layer") c.n_layers = 1;
+  ModelWeights w = init_model(c, 1);
+  header((o.what + " " + o.config + (o.bf16 ? " bf16" : " fp32")).c_str());
+  auto comm = make_single_comm();
+  for (int64_t n : o.n) {
+    size_t free0 = 0, total = 0, free1 = 0;
+    cuda::synchronize();
+    cuda::memory_info(&free0, &total);
+    std::vector<int32_t> tok(n * c.n_tables());
+    std::mt19937_64 g(7);
+    for (auto& x : tok) x = 2 + (int32_t)(g() % 5);
+    double ms_med;
+    {
+      CudaModel model(w, {o.bf16, -1, 65536});
+      const Shard sh = shard_of(n, 0, 1);
+      model.forward(tok.data(), sh, *comm);  // warm-up (allocations, GEMM algorithm choice)
+      cuda::memory_info(&free1, &total);
+      std::vector<double> ms;
+      for (int it = 0; it < std::max(1, o.iters); ++it) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model.forward(tok.data(), sh, *comm);
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+      }
+      ms_med = median(ms);
+    }
+    const int64_t d = c.d_model, G = c.n_global(n);
+    const double gemm = 2.0 * (double)n * (double)(4 * d * d + 2 * d * c.d_ff + d * c.router_hidden);
+    const double attn = 4.0 * (double)d * (band_keys(n, c.window, c.causal) +
+                                           (double)n * (double)G * (c.causal ? 0.5 : 1.0));
+    row(n, ms_med, (double)c.n_layers * (gemm + attn), (double)(free0 - free1));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o) {
+  std::string why;
+  if (!cuda_available(&why)) {
+    std::fprintf(stderr, "sparsa bench: no usable CUDA device (%s)\n", why.c_str());
+    return 2;
+  }
+  cuda::select_device(-1);
+  if (o.what == "attention-local" || o.what == "attention-global" || o.what == "attention")
+    return bench_attention(o);
+  if (o.what == "layer" || o.what == "model") return bench_model(o);
+  throw ConfigError("bench: unknown --what '" + o.what +
+                    "' (attention-local, attention-global, attention, layer, model)");
+}
+
+#endif
+
+}  // namespace sparsa
