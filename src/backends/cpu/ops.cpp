@@ -177,7 +177,9 @@ std::vector<GlobalCandidate> top_g(const float* scores, int64_t n, int64_t first
   std::vector<GlobalCandidate> heap;  // a min-heap on `better`: the worst kept candidate on top
   if (g <= 0) return heap;
   heap.reserve(std::min(g, n));
-  auto worse_first = [](const GlobalCandidate& a, const GlobalCandidate& b) { return better(a, b); };
+  auto worse_first = [](const GlobalCandidate& a, const GlobalCandidate& b) {
+    return better(a, b);
+  };
   for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(scores[i]))
       throw NumericError("router score at position " + std::to_string(first_pos + i) +
@@ -205,68 +207,123 @@ std::vector<GlobalCandidate> select_global(std::vector<GlobalCandidate> all, int
   return all;
 }
 
-// Softmax-weighted sum of `count` value rows for one head: out += weight * sum_j softmax(s)_j
-// * extra_j * v_j. Scores are computed, max-subtracted, exponentiated and summed in index order.
-static void attend_head(const float* qh, const float* kbase, const float* vbase, int64_t count,
-                        int64_t row_stride, const float* extra, float weight, int64_t head_dim,
-                        float scale, float* scratch, float* acc, float* outh) {
-  if (count <= 0) return;
+// Attention runs on the same 64-row tiles as the GEMMs. For a query tile at record positions
+// [t0, t0 + 64) the band keys form one contiguous span [t0 - w, t0 + 64 + w) (clipped to the
+// record), so scores and weighted sums are two small GEMMs per head whose shapes depend only on
+// the tile's position, never on the shard. Keys outside a row's window get weight exactly 0.
+// Only the keys that the written rows can see are copied (the rest stay 0): during the interior
+// phase the halo rows may still be in flight.
+namespace {
+
+struct AttnScratch {
+  std::vector<float> qs, ks, vs, sc, o, out, denom;
+};
+
+// Softmax numerators of one score row over columns [lo, hi], 0 elsewhere; returns the sum.
+// `gate` (optional) multiplies each numerator after the sum is taken (the global gate).
+float softmax_row(float* row, int64_t ncols, int64_t lo, int64_t hi, float scale,
+                  const float* gate) {
+  if (hi < lo) {
+    std::fill(row, row + ncols, 0.0f);
+    return 0.0f;
+  }
   float m = -INFINITY;
-  for (int64_t j = 0; j < count; ++j) {
-    const float* kj = kbase + j * row_stride;
-    float s = 0.0f;
-    // NOTE: the reduction order is fixed by the compiled vector width, the same on every rank.
-#pragma omp simd reduction(+ : s)
-    for (int64_t e = 0; e < head_dim; ++e) s += qh[e] * kj[e];
-    s *= scale;
-    scratch[j] = s;
-    m = std::max(m, s);
-  }
+  for (int64_t j = lo; j <= hi; ++j) m = std::max(m, row[j] * scale);
   float denom = 0.0f;
-  for (int64_t j = 0; j < count; ++j) {
-    scratch[j] = std::exp(scratch[j] - m);
-    denom += scratch[j];
+  for (int64_t j = 0; j < lo; ++j) row[j] = 0.0f;
+  for (int64_t j = lo; j <= hi; ++j) {
+    const float e = std::exp(row[j] * scale - m);
+    denom += e;
+    row[j] = gate ? e * gate[j] : e;
   }
-  std::fill(acc, acc + head_dim, 0.0f);
-  for (int64_t j = 0; j < count; ++j) {
-    const float pj = scratch[j] * (extra ? extra[j] : 1.0f);
-    const float* vj = vbase + j * row_stride;
-#pragma omp simd
-    for (int64_t e = 0; e < head_dim; ++e) acc[e] += pj * vj[e];
-  }
-  const float f = weight / denom;
-  for (int64_t e = 0; e < head_dim; ++e) outh[e] += f * acc[e];
+  for (int64_t j = hi + 1; j < ncols; ++j) row[j] = 0.0f;
+  return denom;
 }
 
+}  // namespace
+
 void dsa_attention(const AttentionParams& p) {
-  const int64_t d = p.n_heads * p.head_dim;
-  const float scale = 1.0f / std::sqrt((float)p.head_dim);
+  init_threads();
+  if (p.row_end <= p.row_begin) return;
+  const int64_t d = p.n_heads * p.head_dim, dh = p.head_dim, T = kRowTile, w = p.window;
+  const int64_t n = p.n_record, G = p.n_global;
+  const float scale = 1.0f / std::sqrt((float)dh);
+  const TileRange tr = tiles_of(p.first_pos + p.row_begin, p.row_end - p.row_begin);
+  // Widest key span of a tile: T + 2w keys (T + w causal), never more than the record.
+  const int64_t span_max = std::min<int64_t>(n, T + (p.causal ? 1 : 2) * std::min(w, n));
 #pragma omp parallel
   {
-    // A window may exceed the record ("full attention"): size by the keys a row can see.
-    const int64_t reach = std::min(p.window, p.n_record);
-    std::vector<float> scratch(std::max<int64_t>(2 * reach + 1, p.n_global) + 1);
-    std::vector<float> acc(p.head_dim), out(d), q(d);
+    AttnScratch sb;
+    sb.qs.resize(T * dh);
+    sb.ks.resize(span_max * dh);
+    sb.vs.resize(span_max * dh);
+    sb.sc.resize(T * std::max(span_max, G));
+    sb.o.resize(T * dh);
+    sb.out.resize(T * d);
+    sb.denom.resize(T);
 #pragma omp for schedule(static)
-    for (int64_t r = p.row_begin; r < p.row_end; ++r) {
-      const int64_t i = p.first_pos + r;
-      const int64_t lo = std::max<int64_t>(0, i - p.window);
-      const int64_t hi = p.causal ? i : std::min<int64_t>(p.n_record - 1, i + p.window);
-      // Global set visible to i: all of S, or its prefix j <= i when causal.
-      const int64_t ng =
-          p.causal ? std::upper_bound(p.pos_global, p.pos_global + p.n_global, i) - p.pos_global
-                   : p.n_global;
-      std::memcpy(q.data(), p.q + r * d, d * sizeof(float));  // out may alias q
-      std::fill(out.begin(), out.end(), 0.0f);
+    for (int64_t t = 0; t < tr.count; ++t) {
+      const int64_t tile_pos = (tr.first + t) * T;
+      // Shard rows of this tile that this call writes, and their slots in the tile.
+      const int64_t r0 = std::max(p.row_begin, tile_pos - p.first_pos);
+      const int64_t r1 = std::min(p.row_end, tile_pos + T - p.first_pos);
+      const int64_t s0 = p.first_pos + r0 - tile_pos, s1 = p.first_pos + r1 - tile_pos;
+      const int64_t key0 = std::max<int64_t>(0, tile_pos - w);
+      const int64_t key1 = std::min<int64_t>(n, tile_pos + T + (p.causal ? 0 : w));
+      const int64_t nk = key1 - key0;
+      // Keys visible to the written rows.
+      const int64_t need0 = std::max<int64_t>(0, tile_pos + s0 - w);
+      const int64_t need1 = std::min<int64_t>(n, tile_pos + s1 + (p.causal ? 0 : w));
+      std::fill(sb.out.begin(), sb.out.end(), 0.0f);
       for (int64_t h = 0; h < p.n_heads; ++h) {
-        const int64_t off = h * p.head_dim;
-        attend_head(q.data() + off, p.k + (lo - p.kv_begin) * d + off,
-                    p.v + (lo - p.kv_begin) * d + off, hi - lo + 1, d, nullptr, p.alpha[h],
-                    p.head_dim, scale, scratch.data(), acc.data(), out.data() + off);
-        attend_head(q.data() + off, p.k_global + off, p.v_global + off, ng, d, p.gamma, p.beta[h],
-                    p.head_dim, scale, scratch.data(), acc.data(), out.data() + off);
+        const int64_t off = h * dh;
+        std::fill(sb.qs.begin(), sb.qs.end(), 0.0f);
+        for (int64_t s = s0; s < s1; ++s)
+          std::memcpy(&sb.qs[s * dh], p.q + (tile_pos + s - p.first_pos) * d + off, dh * 4);
+        std::fill(sb.ks.begin(), sb.ks.begin() + nk * dh, 0.0f);
+        std::fill(sb.vs.begin(), sb.vs.begin() + nk * dh, 0.0f);
+        for (int64_t j = need0; j < need1; ++j) {
+          std::memcpy(&sb.ks[(j - key0) * dh], p.k + (j - p.kv_begin) * d + off, dh * 4);
+          std::memcpy(&sb.vs[(j - key0) * dh], p.v + (j - p.kv_begin) * d + off, dh * 4);
+        }
+        // Local: scores [T, nk] = Q K^T; masked softmax numerators; O = P V.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)nk, (int)dh, 1.0f,
+                    sb.qs.data(), (int)dh, sb.ks.data(), (int)dh, 0.0f, sb.sc.data(), (int)nk);
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t i = tile_pos + s;
+          const bool written = s >= s0 && s < s1;
+          const int64_t lo = std::max<int64_t>(0, i - w) - key0;
+          const int64_t hi = (p.causal ? i : std::min<int64_t>(n - 1, i + w)) - key0;
+          sb.denom[s] =
+              softmax_row(&sb.sc[s * nk], nk, written ? lo : 1, written ? hi : 0, scale, nullptr);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)dh, (int)nk, 1.0f,
+                    sb.sc.data(), (int)nk, sb.vs.data(), (int)dh, 0.0f, sb.o.data(), (int)dh);
+        for (int64_t s = s0; s < s1; ++s) {
+          const float f = p.alpha[h] / sb.denom[s];
+          for (int64_t e = 0; e < dh; ++e) sb.out[s * d + off + e] = f * sb.o[s * dh + e];
+        }
+        if (G == 0) continue;
+        // Global: scores [T, G] against the gathered set; the gate scales numerators only.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)G, (int)dh, 1.0f,
+                    sb.qs.data(), (int)dh, p.k_global + off, (int)d, 0.0f, sb.sc.data(), (int)G);
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t i = tile_pos + s;
+          const bool written = s >= s0 && s < s1;
+          const int64_t ng =
+              p.causal ? std::upper_bound(p.pos_global, p.pos_global + G, i) - p.pos_global : G;
+          sb.denom[s] = softmax_row(&sb.sc[s * G], G, 0, written ? ng - 1 : -1, scale, p.gamma);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)dh, (int)G, 1.0f,
+                    sb.sc.data(), (int)G, p.v_global + off, (int)d, 0.0f, sb.o.data(), (int)dh);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (sb.denom[s] == 0.0f) continue;  // S'(i) is empty: Global_i = 0
+          const float f = p.beta[h] / sb.denom[s];
+          for (int64_t e = 0; e < dh; ++e) sb.out[s * d + off + e] += f * sb.o[s * dh + e];
+        }
       }
-      std::memcpy(p.out + r * d, out.data(), d * sizeof(float));
+      for (int64_t s = s0; s < s1; ++s)
+        std::memcpy(p.out + (tile_pos + s - p.first_pos) * d, &sb.out[s * d], d * 4);
     }
   }
 }
