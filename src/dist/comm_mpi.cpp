@@ -2,7 +2,11 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <thread>
 #include <initializer_list>
 #include <cstring>
 #include <limits>
@@ -33,6 +37,70 @@ int to_int(int64_t v, const char* what) {
   return (int)v;
 }
 
+// The watchdog: MPI has no timeouts, so a rank that died without its launcher noticing, or
+// hangs, would leave the others waiting forever. Every blocking call arms a deadline; a thread
+// aborts the job when one passes (SPARSA_COMM_TIMEOUT seconds, default 1800; docs/reliability.md).
+class Watchdog {
+ public:
+  explicit Watchdog(int rank) : rank_(rank) {
+    const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
+    timeout_s_ = t ? std::max(1.0, std::atof(t)) : 1800.0;
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Watchdog() {
+    stop_ = true;
+    thread_.join();
+  }
+  // Arms the watchdog for the lifetime of one blocking call (no-op without a watchdog).
+  class Armed {
+   public:
+    Armed(Watchdog* w, const char* what) : w_(w) {
+      if (w_) w_->arm(what);
+    }
+    ~Armed() {
+      if (w_) w_->deadline_ns_ = 0;
+    }
+    Armed(const Armed&) = delete;
+    Armed& operator=(const Armed&) = delete;
+
+   private:
+    Watchdog* w_;
+  };
+
+ private:
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  void arm(const char* what) {
+    what_ = what;
+    deadline_ns_ = now_ns() + (int64_t)(timeout_s_ * 1e9);
+  }
+  void loop() {
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const int64_t d = deadline_ns_;
+      if (d != 0 && now_ns() > d) {
+        std::fprintf(stderr,
+                     "sparsa: error: rank %d: %s did not complete within %.0f s: another rank "
+                     "died or hangs; aborting every rank (finished records stay in the journal; "
+                     "rerun with --resume)\n",
+                     rank_, what_.load(), timeout_s_);
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+        std::_Exit(1);
+      }
+    }
+  }
+  int rank_;
+  double timeout_s_;
+  std::atomic<int64_t> deadline_ns_{0};
+  std::atomic<const char*> what_{""};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 class MpiComm final : public Comm {
  public:
   explicit MpiComm(bool owns_init) : owns_init_(owns_init) {
@@ -40,8 +108,10 @@ class MpiComm final : public Comm {
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     // Errors come back as codes (then exceptions); the CLI aborts every rank on an error.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    if (size_ > 1) watchdog_ = std::make_unique<Watchdog>(rank_);
   }
   ~MpiComm() override {
+    watchdog_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (owns_init_ && !finalized) MPI_Finalize();
@@ -49,7 +119,10 @@ class MpiComm final : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* name() const override { return "mpi"; }
-  void barrier() override { SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  void barrier() override {
+    Watchdog::Armed armed(watchdog_.get(), "a barrier");
+    SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+  }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::exit(code);
@@ -57,6 +130,7 @@ class MpiComm final : public Comm {
 
   void allgatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
                   std::vector<int64_t>* counts) override {
+    Watchdog::Armed armed(watchdog_.get(), "an all-gather");
     int64_t mine = bytes;
     std::vector<int64_t> all(size_);
     SPARSA_MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, MPI_COMM_WORLD));
@@ -75,6 +149,7 @@ class MpiComm final : public Comm {
   }
   void gatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
                std::vector<int64_t>* counts, int root) override {
+    Watchdog::Armed armed(watchdog_.get(), "a gather");
     int64_t mine = bytes;
     std::vector<int64_t> all(size_);
     SPARSA_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
@@ -94,14 +169,17 @@ class MpiComm final : public Comm {
     if (rank_ != root) bytes_sent_collective += bytes;
   }
   void allreduce_sum(double* data, int64_t n) override {
+    Watchdog::Armed armed(watchdog_.get(), "an all-reduce");
     SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_DOUBLE, MPI_SUM,
                                    MPI_COMM_WORLD));
   }
   void allreduce_max(int64_t* data, int64_t n) override {
+    Watchdog::Armed armed(watchdog_.get(), "an all-reduce");
     SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_INT64_T,
                                    MPI_MAX, MPI_COMM_WORLD));
   }
   void broadcast(void* data, int64_t bytes, int root) override {
+    Watchdog::Armed armed(watchdog_.get(), "a broadcast");
     SPARSA_MPI_CHECK(MPI_Bcast(data, to_int(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD));
   }
   int start_exchange(const std::vector<Transfer>& sends,
@@ -122,6 +200,7 @@ class MpiComm final : public Comm {
     return next_token_++;
   }
   void wait_exchange(int token) override {
+    Watchdog::Armed armed(watchdog_.get(), "a halo exchange");
     auto& reqs = pending_[token % 2];
     SPARSA_MPI_CHECK(MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE));
     reqs.clear();
@@ -129,6 +208,7 @@ class MpiComm final : public Comm {
 
  private:
   static constexpr int kHaloTag = 17;
+  std::unique_ptr<Watchdog> watchdog_;
   bool owns_init_;
   int rank_ = 0, size_ = 1;
   int next_token_ = 0;

@@ -1,13 +1,6 @@
 // Reliability with real processes: a stopped or killed run keeps its finished records, leaves
 // nothing at the output path, and --resume finishes with the same contents as a clean run.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <thread>
-
 #include "io/h5.hpp"
 #include "test_util.hpp"
 
@@ -16,46 +9,6 @@ namespace h5 = sparsa::h5;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Starts `argv` as a child process (stdout/stderr to `log`); returns its pid.
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = freopen(log.c_str(), "w", stderr);
-    (void)f;
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-int count_parts(const std::string& dir) {
-  int n = 0;
-  std::error_code ec;
-  for (auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().extension() == ".h5") ++n;
-  return n;
-}
-
-// Waits until at least `n` parts exist (or the process ended); false on timeout.
-bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
-  for (int i = 0; i < 600; ++i) {
-    if (count_parts(dir) >= n) return true;
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
-}
 
 void expect_same_records(const std::string& a, const std::string& b) {
   auto fa = h5::File::open_read(a), fb = h5::File::open_read(b);
@@ -79,19 +32,7 @@ struct Fixture {
     auto r = run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
                  model);
     EXPECT_EQ(r.code, 0) << r.output;
-    // Eight records of 40 kb, each a different slice of a pseudo-random sequence.
-    std::string fa;
-    uint64_t s = 42;
-    for (int rec = 0; rec < 8; ++rec) {
-      fa += ">rec" + std::to_string(rec) + "\n";
-      for (int i = 0; i < 40000; ++i) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        fa += "ACGT"[(s >> 33) & 3];
-        if (i % 60 == 59) fa += '\n';
-      }
-      fa += "\n";
-    }
-    write_file(input, fa);
+    write_file(input, random_fasta(8, 40000));  // eight records of 40 kb
   }
   std::vector<std::string> args(const std::string& out, bool resume) {
     std::vector<std::string> a{binary(), "embed", "-q", "--threads", "1", "--dtype", "f32",

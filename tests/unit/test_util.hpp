@@ -2,7 +2,14 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
+#include <chrono>
+#include <thread>
+#include <vector>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -62,5 +69,67 @@ inline void write_file(const std::string& path, const std::string& text) {
 }
 
 inline bool exists(const std::string& p) { return std::filesystem::exists(p); }
+
+// Starts `args` as a child process (stdout and stderr to `log`); returns its pid.
+inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);  // its own process group: a test can signal it and everything it started
+    if (!freopen(log.c_str(), "w", stderr) || !freopen(log.c_str(), "a", stdout)) _exit(126);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execvp(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+inline int wait_exit(pid_t pid) {
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// Finished parts in a journal folder.
+inline int count_parts(const std::string& dir) {
+  int n = 0;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.path().extension() == ".h5") ++n;
+  return n;
+}
+
+// Waits until at least `n` parts exist; false when the process ended first or after 30 s.
+inline bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
+  for (int i = 0; i < 600; ++i) {
+    if (count_parts(dir) >= n) return true;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A FASTA of `records` pseudo-random records of `len` bases (fixed seed).
+inline std::string random_fasta(int records, int len, uint64_t seed = 42) {
+  std::string fa;
+  for (int rec = 0; rec < records; ++rec) {
+    fa += ">rec" + std::to_string(rec) + "\n";
+    for (int i = 0; i < len; ++i) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      fa += "ACGT"[(seed >> 33) & 3];
+      if (i % 60 == 59) fa += '\n';
+    }
+    fa += "\n";
+  }
+  return fa;
+}
+
+// Reads the whole file.
+inline std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
 
 }  // namespace sparsa::testing
