@@ -7,6 +7,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -14,6 +16,9 @@
 #include "core/sha256.hpp"
 #include "core/signals.hpp"
 #include "io/dna.hpp"
+#ifdef SPARSA_HAVE_CUDA
+#include "backends/cuda/cuda_backend.hpp"
+#endif
 #include "io/h5.hpp"
 #include "model/forward.hpp"
 #include "model/weights.hpp"
@@ -186,6 +191,38 @@ struct Item {
 }  // namespace
 
 // Everything one run needs, shared by the per-record steps below.
+using ForwardFn = std::function<ForwardOutput(const int32_t*, const Shard&, Comm&,
+                                              const ForwardHooks&)>;
+
+// The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto).
+ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
+                         std::shared_ptr<void>& keep_alive) {
+  ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
+    return forward(w, t, s, c, h);
+  };
+  if (o.device == "cpu") return cpu;
+#ifdef SPARSA_HAVE_CUDA
+  std::string why;
+  if (cuda_available(&why)) {
+    CudaOptions co;
+    co.bf16 = !o.cuda_fp32;
+    auto model = std::make_shared<CudaModel>(w, co);
+    keep_alive = model;
+    progress.log("device: CUDA GPU " + std::to_string(model->device()) +
+                 (co.bf16 ? " (bf16)" : " (fp32)"));
+    return [model](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
+      return model->forward(t, s, c, h);
+    };
+  }
+  if (o.device == "cuda") throw ConfigError("--device cuda: no usable GPU: " + why);
+#else
+  if (o.device == "cuda")
+    throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
+#endif
+  progress.log("device: CPU (no GPU found)");
+  return cpu;
+}
+
 struct EmbedRun {
   const EmbedOptions& o;
   Comm& comm;
@@ -194,6 +231,7 @@ struct EmbedRun {
   Progress& progress;
   int64_t align;
   bool parallel_h5;
+  ForwardFn forward_fn;
 
   // Stops at a safe point: every rank learns of a stop that any rank received.
   void check_stop(Comm& c) {
@@ -216,13 +254,13 @@ struct EmbedRun {
       if (show_progress) progress.update((pass + (double)(l + 1) / cfg.n_layers) / passes);
       check_stop(c);
     };
-    ForwardOutput fwd = forward(w, rec.tokens.data() + sh.begin * rec.n_channels, sh, c, hooks);
+    ForwardOutput fwd = forward_fn(rec.tokens.data() + sh.begin * rec.n_channels, sh, c, hooks);
     if (o.rc_average) {
       pass = 1;
       std::vector<int32_t> rc = rec.tokens;
       reverse_complement(rc);
       const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
-      ForwardOutput rev = forward(w, rc.data() + mir.begin, mir, c, hooks);
+      ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
       // Forward row t of this shard is reverse row (m - 1 - t) of the mirrored shard.
       const int64_t m = sh.size();
       for (int64_t t = 0; t < m; ++t)
@@ -290,9 +328,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const bool root = comm.rank() == 0;
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
-  if (o.device != "cpu" && o.device != "auto")
-    throw ConfigError("--device " + o.device +
-                      ": this build runs on the CPU only (use cpu or auto)");
   if (check_paths(o)) {
     sum.already_complete = true;
     return sum;
@@ -321,8 +356,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const int64_t align = o.pool.kind == PoolSpec::kBin    ? o.pool.bin
                         : o.pool.kind == PoolSpec::kMean ? kMeanBlock
                                                          : 1;
-  EmbedRun run{
-      o, comm, w, journal, progress, align, h5::File::parallel_available() && comm.size() > 1};
+  // Parallel HDF5 where the build has it; SPARSA_HDF5_SERIAL=1 forces the serial fallback (rank 0
+  // gathers and writes), which is what builds with serial HDF5 always do. Tests run both.
+  const bool parallel_h5 = h5::File::parallel_available() && comm.size() > 1 &&
+                           std::getenv("SPARSA_HDF5_SERIAL") == nullptr;
+  if (comm.size() > 1)
+    progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
+                             : "output: serial HDF5, rank 0 gathers and writes");
+  std::shared_ptr<void> backend_state;
+  ForwardFn fn = choose_backend(o, w, progress, backend_state);
+  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn};
   std::unique_ptr<Comm> self = make_single_comm();
 
   // Short records are gathered into a batch and spread whole over the ranks; a long record is

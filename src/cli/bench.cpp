@@ -19,8 +19,9 @@ namespace sparsa {
 #ifndef SPARSA_HAVE_CUDA
 
 int run_bench(const BenchOptions&) {
-  std::fprintf(stderr, "sparsa bench: this build has no CUDA backend (configure with "
-                       "-DSPARSA_CUDA=ON where nvcc exists)\n");
+  std::fprintf(stderr,
+               "sparsa bench: this build has no CUDA backend (configure with "
+               "-DSPARSA_CUDA=ON where nvcc exists)\n");
   return 2;
 }
 
@@ -140,7 +141,8 @@ int bench_attention(const BenchOptions& o) {
       ap.skip_local = !local;
       double keys = local ? band_keys(n, o.window, o.causal) : 0.0;
       if (g > 0) {
-        if (!o.causal) keys += (double)n * (double)g;
+        if (!o.causal)
+          keys += (double)n * (double)g;
         else
           for (int64_t j = 0; j < g; ++j) keys += (double)(n - p[j]);
       }
@@ -191,9 +193,11 @@ int bench_model(const BenchOptions& o) {
       ms_med = median(ms);
     }
     const int64_t d = c.d_model, G = c.n_global(n);
-    const double gemm = 2.0 * (double)n * (double)(4 * d * d + 2 * d * c.d_ff + d * c.router_hidden);
-    const double attn = 4.0 * (double)d * (band_keys(n, c.window, c.causal) +
-                                           (double)n * (double)G * (c.causal ? 0.5 : 1.0));
+    const double gemm =
+        2.0 * (double)n * (double)(4 * d * d + 2 * d * c.d_ff + d * c.router_hidden);
+    const double attn =
+        4.0 * (double)d *
+        (band_keys(n, c.window, c.causal) + (double)n * (double)G * (c.causal ? 0.5 : 1.0));
     row(n, ms_med, (double)c.n_layers * (gemm + attn), (double)(free0 - free1));
   }
   return 0;

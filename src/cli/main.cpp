@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "cli/bench.hpp"
 #include "cli/inspect.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
@@ -106,6 +107,10 @@ int main(int argc, char** argv) {
                     "Time series: long format, one record per distinct value of this column");
   embed->add_option("--device", eo.device, "cpu, cuda or auto")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  std::string precision = "bf16";
+  embed->add_option("--precision", precision,
+                    "CUDA: bf16 (tensor cores, default) or fp32 (validation against the CPU)")
+      ->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
   embed->add_flag("--force", eo.force,
                   "Replace an existing output file (and discard an earlier run's journal)");
   embed->add_flag("--resume", eo.resume,
@@ -122,6 +127,25 @@ int main(int argc, char** argv) {
   bool insp_all = false;
   insp->add_option("file", insp_path, "HDF5 file written by sparsa")->required();
   insp->add_flag("--all", insp_all, "List every record");
+
+  // bench
+  auto* bench = app.add_subcommand("bench", "Time the CUDA backend: attention, one layer, the model");
+  BenchOptions bo;
+  std::string bench_n;
+  bool bench_fp32 = false;
+  bench->add_option("--what", bo.what, "attention-local, attention-global, attention, layer, model")
+      ->check(CLI::IsMember({"attention-local", "attention-global", "attention", "layer", "model"}))
+      ->capture_default_str();
+  bench->add_option("-n,--n", bench_n, "Token counts, comma separated (default 2^16 .. 2^20)");
+  bench->add_option("--heads", bo.heads, "Attention: heads")->capture_default_str();
+  bench->add_option("--head-dim", bo.head_dim, "Attention: head dimension")->capture_default_str();
+  bench->add_option("--window", bo.window, "Attention: window w")->capture_default_str();
+  bench->add_option("--global", bo.global, "Attention: global tokens G")->capture_default_str();
+  bench->add_flag("--causal", bo.causal, "Attention: causal");
+  bench->add_flag("--fp32", bench_fp32, "fp32 mode (default bf16)");
+  bench->add_option("--iters", bo.iters, "Timed runs; the median is printed")->capture_default_str();
+  bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -153,6 +177,7 @@ int main(int argc, char** argv) {
     } else if (*embed) {
       eo.pool = parse_pool(pool);
       eo.f16 = dtype == "f16";
+      eo.cuda_fp32 = precision == "fp32";
       eo.columns = split_commas(columns);
       eo.command_line = join_argv(argc, argv);
       install_stop_handlers();
@@ -165,6 +190,13 @@ int main(int argc, char** argv) {
                      human_seconds(s.seconds).c_str(),
                      human_count(s.seconds > 0 ? s.tokens / s.seconds : 0).c_str(),
                      eo.output.c_str());
+    } else if (*bench) {
+      if (!bench_n.empty()) {
+        bo.n.clear();
+        for (const std::string& v : split_commas(bench_n)) bo.n.push_back(std::stoll(v));
+      }
+      bo.bf16 = !bench_fp32;
+      code = run_bench(bo);
     } else if (*insp) {
       inspect_file(insp_path, insp_all);
     }

@@ -59,7 +59,7 @@ hid_t make_f16_type() {
 File File::create(const std::string& path) {
   quiet_errors();
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (id < 0) fail(path, "", "cannot create HDF5 file (is the folder writable?)");
+  if (id < 0) fail(path, "", "cannot create HDF5 file (is the folder writable, or the disk full?)");
   return File(Handle(id, H5Fclose), path);
 }
 

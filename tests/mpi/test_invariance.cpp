@@ -85,11 +85,17 @@ TEST(MpiInvariance, SerialHdf5Fallback) {
   // Rank 0 gathers the rows and writes alone (what a serial-HDF5 build does).
   TempDir t;
   const std::string model = make_model(t, "m", tiny());
+  const std::string lambda = "--input " + source_dir() + "/examples/lambda_virus.fa.gz";
   setenv("SPARSA_HDF5_SERIAL", "1", 1);
-  check_invariance(t, {model, "--input " + source_dir() + "/examples/lambda_virus.fa.gz",
-                       "--split-min 1000 --pool bin:7"},
-                   {3});
+  check_invariance(t, {model, lambda, "--split-min 1000 --pool bin:7"}, {3});
+  // The fallback really ran: the run says which writer it used.
+  auto r = run(mpirun(2) + binary() + " embed --force --model " + model + " " + lambda +
+               " --split-min 1000 --output " + t / "serial.h5");
   unsetenv("SPARSA_HDF5_SERIAL");
+  EXPECT_NE(r.output.find("serial HDF5, rank 0 gathers"), std::string::npos) << r.output;
+  r = run(mpirun(2) + binary() + " embed --force --model " + model + " " + lambda +
+          " --split-min 1000 --output " + t / "parallel.h5");
+  EXPECT_NE(r.output.find("parallel HDF5"), std::string::npos) << r.output;
 }
 
 TEST(MpiInvariance, CausalWindowWiderThanShard) {

@@ -15,13 +15,13 @@ namespace sparsa::cuda {
 
 }  // namespace sparsa::cuda
 
-#define CUDA_OK(expr)                                                              \
-  do {                                                                             \
-    cudaError_t e_ = (expr);                                                       \
+#define CUDA_OK(expr)                                                                \
+  do {                                                                               \
+    cudaError_t e_ = (expr);                                                         \
     if (e_ != cudaSuccess) ::sparsa::cuda::fail_cuda(e_, #expr, __FILE__, __LINE__); \
   } while (0)
-#define CUBLAS_OK(expr)                                                                      \
-  do {                                                                                       \
-    cublasStatus_t s_ = (expr);                                                              \
+#define CUBLAS_OK(expr)                                                                          \
+  do {                                                                                           \
+    cublasStatus_t s_ = (expr);                                                                  \
     if (s_ != CUBLAS_STATUS_SUCCESS) ::sparsa::cuda::fail_cublas(s_, #expr, __FILE__, __LINE__); \
   } while (0)

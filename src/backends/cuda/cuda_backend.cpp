@@ -94,9 +94,9 @@ struct CudaModel::Impl {
 
   int64_t activation_bytes() const {
     int64_t t = 0;
-    for (const DeviceBuffer* b : {&tokens, &x, &q, &k, &v, &scores, &keys, &sorted, &topg_temp,
-                                  &bad, &h32, &hact, &qkv32, &hid, &up32, &upact, &kg, &vg,
-                                  &gamma, &gpos, &gidx, &kpack, &vpack})
+    for (const DeviceBuffer* b : {&tokens,    &x,   &q,     &k,    &v,     &scores, &keys, &sorted,
+                                  &topg_temp, &bad, &h32,   &hact, &qkv32, &hid,    &up32, &upact,
+                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack})
       t += (int64_t)b->bytes();
     return t;
   }
@@ -153,9 +153,7 @@ CudaModel::~CudaModel() {
 }
 
 int CudaModel::device() const { return impl_->device; }
-int64_t CudaModel::device_bytes() const {
-  return impl_->weight_bytes + impl_->activation_bytes();
-}
+int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
 
 // h = RMSNorm(x); q, k, v = h Wq, h Wk, h Wv with RoPE; scores = router(h), chunk by chunk.
 // q goes to rows [0, m) of q, k and v to rows [own, own + m) of the K/V buffers.
@@ -246,9 +244,9 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.vpack.reserve(G * d * eb);
 
   cuda::copy_to_device(I.tokens.get(), tokens_host, m * c.n_tables() * 4, s);
-  kern::launch_embed({I.tokens.as<int32_t>(), I.embed.as<float>(), I.x.as<float>(), m,
-                      c.n_tables(), c.vocab(), d},
-                     s);
+  kern::launch_embed(
+      {I.tokens.as<int32_t>(), I.embed.as<float>(), I.x.as<float>(), m, c.n_tables(), c.vocab(), d},
+      s);
 
   std::vector<uint64_t> best;
   std::vector<int64_t> gpos(G), local_idx;
@@ -384,6 +382,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
     ap.row_begin = lo_a;
     ap.row_end = hi_a;
+    // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned key
+    // tiles, and a masked key's p = 0 times a NaN pattern in stale memory would still be NaN.
+    for (auto& [peer, r] : plan.recvs) {
+      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
+      cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
+      cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
+    }
     kern::launch_attention(ap, s);
     comm.wait_exchange(token);
     size_t rb_i = 0;

@@ -21,8 +21,8 @@ using cuda::cuda_available;  // bool cuda_available(std::string* why)
 
 struct CudaOptions {
   bool bf16 = true;
-  int device = -1;              // -1: node-local rank modulo the device count
-  int64_t chunk_rows = 65536;   // rows per chunk of the projection / MLP scratch
+  int device = -1;             // -1: node-local rank modulo the device count
+  int64_t chunk_rows = 65536;  // rows per chunk of the projection / MLP scratch
 };
 
 class CudaModel {

@@ -72,8 +72,8 @@ int select_device(int device) {
   if (n <= 0) throw SystemError("no CUDA device");
   if (device < 0) device = node_local_rank() % n;
   if (device >= n)
-    throw ConfigError("CUDA device " + std::to_string(device) + " requested, " +
-                      std::to_string(n) + " present");
+    throw ConfigError("CUDA device " + std::to_string(device) + " requested, " + std::to_string(n) +
+                      " present");
   CUDA_OK(cudaSetDevice(device));
   return device;
 }
@@ -112,27 +112,37 @@ void DeviceBuffer::reserve(size_t bytes) {
 
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   if (!bytes) return;
-  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
-  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  if (s)
+    CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+  else
+    CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   if (!bytes) return;
-  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
-  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  if (s)
+    CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  else
+    CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   if (!bytes) return;
-  if (s) CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
-  else CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+  if (s)
+    CUDA_OK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+  else
+    CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 void memset_device(void* dst, int value, size_t bytes, cudaStream_t s) {
   if (!bytes) return;
-  if (s) CUDA_OK(cudaMemsetAsync(dst, value, bytes, s));
-  else CUDA_OK(cudaMemset(dst, value, bytes));
+  if (s)
+    CUDA_OK(cudaMemsetAsync(dst, value, bytes, s));
+  else
+    CUDA_OK(cudaMemset(dst, value, bytes));
 }
 void synchronize(cudaStream_t s) {
-  if (s) CUDA_OK(cudaStreamSynchronize(s));
-  else CUDA_OK(cudaDeviceSynchronize());
+  if (s)
+    CUDA_OK(cudaStreamSynchronize(s));
+  else
+    CUDA_OK(cudaDeviceSynchronize());
 }
 
 void to_bf16(const float* in, uint16_t* out, int64_t n) {

@@ -32,7 +32,10 @@ class DeviceBuffer {
   // Grows (never shrinks) to at least `bytes`; contents are lost when it grows.
   void reserve(size_t bytes);
   void* get() const { return ptr_; }
-  template <class T> T* as() const { return static_cast<T*>(ptr_); }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t bytes() const { return bytes_; }
 
  private:

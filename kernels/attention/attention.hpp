@@ -1,0 +1,44 @@
+// sparsa kernels: DSA attention of one layer, fused: local window + gated global set + per-head mix
+//   out_i = alpha_h * Local_i + beta_h * Global_i                          (spec 2)
+//   Local_i  = sum_{j in W(i)} softmax_j(q_i.k_j / sqrt(dh)) v_j
+//   Global_i = sum_{j in S'(i)} softmax_j(q_i.k_j / sqrt(dh)) gamma_j v_j   (0 where S'(i) is
+//   empty)
+// Bidirectional W(i) = {|i-j| <= w}; causal W(i) = {i-w <= j <= i}, S'(i) = {j in S : j <= i}.
+// Two implementations behind one launcher:
+//   - bf16, head_dim 64 or 128: flash-style tiles of 64 queries on tensor cores (mma.sync
+//     m16n8k16, fp32 accumulate, online softmax in fp32). Query and key tiles are aligned to
+//     record positions, so a row's arithmetic does not depend on how the record is sharded.
+//   - otherwise (fp32 validation mode, other head dims): one warp per (row, head) on CUDA cores,
+//     fp32, exact softmax in two passes. Slow, simple.
+// No n x n buffer in either: memory is the inputs and the output.
+#pragma once
+#include "kernels/common/types.hpp"
+
+namespace sparsa::kern {
+
+struct AttentionParams {
+  DType type;     // of q, k, v, k_global, v_global and out
+  const void* q;  // [n_tokens, d] after RoPE, d = n_heads * head_dim
+  const void* k;  // [kv_count, d] record positions kv_begin .. kv_begin + kv_count - 1
+  const void* v;  // [kv_count, d]
+  int64_t kv_begin, kv_count;
+  const void* k_global;       // [n_global, d] after RoPE
+  const void* v_global;       // [n_global, d]
+  const float* gamma;         // [n_global] sigmoid(score)
+  const int64_t* pos_global;  // [n_global] ascending record positions
+  int64_t n_global;
+  const float* alpha;  // [n_heads]
+  const float* beta;   // [n_heads]
+  void* out;           // [n_tokens, d]; may alias q (each block reads its queries first)
+  int64_t n_tokens, first_pos, n_record, n_heads, head_dim, window;
+  bool causal;
+  int64_t row_begin, row_end;  // shard rows to write (interior/edge split)
+  bool skip_local = false;     // benchmarks: the global part alone (alpha treated as 0)
+  bool force_simple = false;   // tests: the CUDA-core kernel even where tensor cores apply
+};
+void launch_attention(const AttentionParams& p, cudaStream_t stream);
+
+// Whether the tensor-core path serves these parameters.
+bool attention_uses_tensor_cores(const AttentionParams& p);
+
+}  // namespace sparsa::kern

@@ -1,0 +1,376 @@
+// Tensor-core DSA attention (bf16 in, fp32 accumulate): one block = 4 warps = 64 queries of one
+// head; each warp owns 16 query rows. The block walks the key tiles of its band (64 keys each,
+// aligned to record positions, fully masked tiles skipped) and then the global set, with one
+// online softmax per part, and writes alpha * Local + beta * Global.
+//
+// Fragments follow the PTX layouts of mma.m16n8k16 (row.col): thread `lane` holds rows lane/4 and
+// lane/4 + 8, columns 2 * (lane % 4) + {0, 1} of each 8-column accumulator tile. Shared-memory
+// rows are head_dim bf16 (head_dim / 8 chunks of 16 bytes), chunk c stored at c ^ (row % 8) so
+// that ldmatrix reads 8 rows without bank conflicts.
+#include <cmath>
+
+#include "kernels/attention/attention.hpp"
+#include "kernels/common/common.cuh"
+
+namespace sparsa::kern {
+
+namespace {
+
+constexpr int kBq = 64, kBk = 64, kWarps = 4, kThreads = 32 * kWarps;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Byte offset of (row, 16-byte chunk) in a swizzled tile of DH-wide rows.
+template <int DH>
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  return (uint32_t)(row * DH * 2 + ((chunk ^ (row & 7)) << 4));
+}
+
+// Copies 64 rows (row t from src_row(t), or zeros where it returns null) of one head into a tile.
+// NOTE: a zero-filled row still names a valid address (`any`): nothing is read from it.
+template <int DH, class RowPtr>
+__device__ __forceinline__ void load_tile(uint32_t tile, RowPtr src_row, const void* any) {
+  constexpr int kChunks = DH / 8;
+  for (int idx = threadIdx.x; idx < 64 * kChunks; idx += kThreads) {
+    const int row = idx / kChunks, ch = idx % kChunks;
+    const __nv_bfloat16* src = src_row(row);
+    cp_async16(tile + swz<DH>(row, ch), src ? src + ch * 8 : any, src != nullptr);
+  }
+}
+
+struct TcArgs {
+  AttentionParams p;
+  int64_t tile_pos0;  // record position of the first query tile (a multiple of kBq)
+  float scale_log2;   // log2(e) / sqrt(head_dim)
+};
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads) attention_tc_kernel(const __grid_constant__ TcArgs a) {
+  const AttentionParams& p = a.p;
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kTile = 64 * DH * 2;  // bytes of one 64-row tile
+  const uint32_t q_tile = smem_u32(smem);
+  // K tiles at 1, 2 and V tiles at 3, 4 (x kTile): computed, not indexed (no local memory).
+  auto k_tile = [&](int buf) { return q_tile + (uint32_t)(1 + buf) * kTile; };
+  auto v_tile = [&](int buf) { return q_tile + (uint32_t)(3 + buf) * kTile; };
+  float* gam_s = reinterpret_cast<float*>(smem + 5 * kTile);  // [2][64]
+  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + 128);   // [2][64]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t d = p.n_heads * DH, h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * kBq, i1 = i0 + kBq - 1;
+  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* k = static_cast<const __nv_bfloat16*>(p.k);
+  const auto* v = static_cast<const __nv_bfloat16*>(p.v);
+  const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
+  const auto* vg = static_cast<const __nv_bfloat16*>(p.v_global);
+
+  // The key tiles: local ones [t_lo, t_lo + n_local) of aligned 64-key tiles, then global ones.
+  int64_t n_local = 0, t_lo = 0;
+  if (!p.skip_local) {
+    const int64_t klo = max(i0 - w, p.kv_begin);
+    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
+    if (khi >= klo) {
+      t_lo = klo / kBk;
+      n_local = khi / kBk - t_lo + 1;
+    }
+  }
+  int64_t n_glob = (p.n_global + kBk - 1) / kBk;
+  if (p.causal) {  // tiles whose first position is beyond the query tile see nothing
+    int64_t lo = 0, hi = n_glob;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (p.pos_global[mid * kBk] <= i1)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    n_glob = lo;
+  }
+  const int64_t n_tiles = n_local + n_glob;
+
+  auto issue = [&](int64_t t, int buf) {
+    if (t < n_local) {
+      const int64_t j0 = (t_lo + t) * kBk;
+      auto row_k = [&](int r) -> const __nv_bfloat16* {
+        const int64_t j = j0 + r;
+        return (j >= p.kv_begin && j < kv_end) ? k + (j - p.kv_begin) * d + h * DH : nullptr;
+      };
+      auto row_v = [&](int r) -> const __nv_bfloat16* {
+        const int64_t j = j0 + r;
+        return (j >= p.kv_begin && j < kv_end) ? v + (j - p.kv_begin) * d + h * DH : nullptr;
+      };
+      load_tile<DH>(k_tile(buf), row_k, k);
+      load_tile<DH>(v_tile(buf), row_v, v);
+    } else {
+      const int64_t g0 = (t - n_local) * kBk;
+      auto row_k = [&](int r) -> const __nv_bfloat16* {
+        return g0 + r < p.n_global ? kg + (g0 + r) * d + h * DH : nullptr;
+      };
+      auto row_v = [&](int r) -> const __nv_bfloat16* {
+        return g0 + r < p.n_global ? vg + (g0 + r) * d + h * DH : nullptr;
+      };
+      load_tile<DH>(k_tile(buf), row_k, q);
+      load_tile<DH>(v_tile(buf), row_v, q);
+      if (threadIdx.x < kBk) {
+        const int64_t g = g0 + threadIdx.x;
+        gam_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.gamma[g] : 0.0f;
+        pos_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.pos_global[g] : INT64_MAX;
+      }
+    }
+    cp_async_commit();
+  };
+
+  // Queries: rows of positions i0 .. i1 that exist in this shard's q (zeros elsewhere).
+  auto row_q = [&](int r) -> const __nv_bfloat16* {
+    const int64_t rr = i0 + r - p.first_pos;
+    return (rr >= 0 && rr < p.n_tokens) ? q + rr * d + h * DH : nullptr;
+  };
+  load_tile<DH>(q_tile, row_q, q);
+  cp_async_commit();
+  if (n_tiles > 0) issue(0, 0);
+
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[DH / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; ++kk) {
+    const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+    ldsm_x4(q_tile + swz<DH>(row, kk * 2 + lane / 16), qf[kk]);
+  }
+
+  const int64_t ra = i0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two query rows
+  float o[DH / 8][4], acc[DH / 8][4];
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = acc[n][e] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+
+  // Adds weight * acc / l to o and restarts the online softmax.
+  auto fold = [&](float weight) {
+    float la = l_a + __shfl_xor_sync(0xffffffffu, l_a, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    float lb = l_b + __shfl_xor_sync(0xffffffffu, l_b, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    const float fa = la > 0.0f ? weight / la : 0.0f, fb = lb > 0.0f ? weight / lb : 0.0f;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) {
+      o[n][0] += fa * acc[n][0];
+      o[n][1] += fa * acc[n][1];
+      o[n][2] += fb * acc[n][2];
+      o[n][3] += fb * acc[n][3];
+      acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    }
+    m_a = m_b = -INFINITY;
+    l_a = l_b = 0.0f;
+  };
+
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int buf = (int)(t & 1);
+    if (t + 1 < n_tiles) {
+      issue(t + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bool global = t >= n_local;
+    if (t == n_local && n_local > 0) fold(p.alpha[h]);
+
+    // S = Q K^T for this warp's 16 rows and the 64 keys of the tile.
+    float s[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        const int key = np * 16 + (lane % 8) + (lane / 16) * 8;
+        ldsm_x4(k_tile(buf) + swz<DH>(key, kk * 2 + (lane / 8) % 2), b);
+        mma_bf16(s[2 * np], qf[kk], b[0], b[1]);
+        mma_bf16(s[2 * np + 1], qf[kk], b[2], b[3]);
+      }
+    }
+
+    // Scale, mask, online softmax (log2 domain).
+    const int c0 = 2 * (lane % 4);
+    bool full;
+    int64_t j0 = 0;
+    if (!global) {
+      j0 = (t_lo + t) * kBk;
+      full = j0 >= p.kv_begin && j0 + kBk <= kv_end && j0 >= i1 - w &&
+             (p.causal ? j0 + kBk - 1 <= i0 : j0 + kBk - 1 <= i0 + w);
+    } else {
+      full = pos_s[buf * kBk + kBk - 1] != INT64_MAX &&
+             (!p.causal || pos_s[buf * kBk + kBk - 1] <= i0);
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[n][e] * a.scale_log2;
+        if (!full) {
+          const int col = n * 8 + c0 + (e & 1);
+          const int64_t i = e < 2 ? ra : rb;
+          bool ok;
+          if (!global) {
+            const int64_t j = j0 + col;
+            ok = j >= p.kv_begin && j < kv_end && j >= i - w && (p.causal ? j <= i : j <= i + w);
+          } else {
+            const int64_t pj = pos_s[buf * kBk + col];
+            ok = pj != INT64_MAX && (!p.causal || pj <= i);
+          }
+          if (!ok) x = -INFINITY;
+        }
+        s[n][e] = x;
+        if (e < 2)
+          mx_a = fmaxf(mx_a, x);
+        else
+          mx_b = fmaxf(mx_b, x);
+      }
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+    const float corr_a = exp2f(m_a - use_a), corr_b = exp2f(m_b - use_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      s[n][0] = exp2f(s[n][0] - use_a);
+      s[n][1] = exp2f(s[n][1] - use_a);
+      s[n][2] = exp2f(s[n][2] - use_b);
+      s[n][3] = exp2f(s[n][3] - use_b);
+      sum_a += s[n][0] + s[n][1];
+      sum_b += s[n][2] + s[n][3];
+    }
+    l_a = l_a * corr_a + sum_a;
+    l_b = l_b * corr_b + sum_b;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) {
+      acc[n][0] *= corr_a;
+      acc[n][1] *= corr_a;
+      acc[n][2] *= corr_b;
+      acc[n][3] *= corr_b;
+    }
+    if (global) {  // the gate multiplies v_j outside the softmax: scale p after the sums
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float g0 = gam_s[buf * kBk + n * 8 + c0], g1 = gam_s[buf * kBk + n * 8 + c0 + 1];
+        s[n][0] *= g0;
+        s[n][1] *= g1;
+        s[n][2] *= g0;
+        s[n][3] *= g1;
+      }
+    }
+
+    // acc += P V.
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kt][0], s[2 * kt][1]),
+                              pack_bf16(s[2 * kt][2], s[2 * kt][3]),
+                              pack_bf16(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                              pack_bf16(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < DH / 16; ++dp) {
+        uint32_t b[4];
+        const int key = kt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldsm_x4_t(v_tile(buf) + swz<DH>(key, dp * 2 + lane / 16), b);
+        mma_bf16(acc[2 * dp], pa, b[0], b[1]);
+        mma_bf16(acc[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites the other buffer
+  }
+  if (n_glob == 0 && n_local > 0)
+    fold(p.alpha[h]);
+  else if (n_glob > 0)
+    fold(p.beta[h]);
+
+  // Store the rows of this shard in [row_begin, row_end).
+  auto* out = static_cast<__nv_bfloat16*>(p.out);
+  const int c0 = 2 * (lane % 4);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t rr = (half ? rb : ra) - p.first_pos;
+    if (rr < p.row_begin || rr >= p.row_end) continue;
+    __nv_bfloat16* orow = out + rr * d + h * DH;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n)
+      *reinterpret_cast<__nv_bfloat162*>(orow + n * 8 + c0) =
+          __floats2bfloat162_rn(o[n][2 * half], o[n][2 * half + 1]);
+  }
+}
+
+template <int DH>
+void launch_dh(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
+  const int smem = 5 * 64 * DH * 2 + 2 * kBk * (4 + 8);
+  static bool configured = false;  // NOTE: per process; the attribute is per device function
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<DH>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
+  dim3 grid((unsigned)n_qtiles, (unsigned)a.p.n_heads);
+  attention_tc_kernel<DH><<<grid, kThreads, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void launch_attention_tc(const AttentionParams& p, cudaStream_t stream) {
+  TcArgs a{};
+  a.p = p;
+  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+  a.tile_pos0 = pos_begin / kBq * kBq;
+  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
+  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBq - 1) / kBq;
+  if (p.head_dim == 64)
+    launch_dh<64>(a, n_qtiles, stream);
+  else
+    launch_dh<128>(a, n_qtiles, stream);
+}
+
+}  // namespace sparsa::kern

@@ -1,0 +1,63 @@
+// sparsa kernels: shared device helpers (CUDA-only; never included by host-only code).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "core/error.hpp"
+
+namespace sparsa::kern {
+
+// Throws SystemError naming the expression and file:line. Used after every CUDA call and launch.
+[[noreturn]] inline void cuda_fail(cudaError_t e, const char* expr, const char* file, int line) {
+  throw SystemError(std::string("CUDA error ") + cudaGetErrorName(e) + " (" +
+                    cudaGetErrorString(e) + ") in " + expr + " at " + file + ":" +
+                    std::to_string(line));
+}
+#define SPARSA_CUDA_CHECK(expr)                                                      \
+  do {                                                                               \
+    cudaError_t e_ = (expr);                                                         \
+    if (e_ != cudaSuccess) ::sparsa::kern::cuda_fail(e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+#define SPARSA_LAUNCH_CHECK() SPARSA_CUDA_CHECK(cudaGetLastError())
+
+// Grid size for `count` items of `per_block`, capped by the 2^31-1 grid.x limit.
+inline unsigned grid_for(int64_t count, int64_t per_block) {
+  int64_t g = (count + per_block - 1) / per_block;
+  if (g < 1) g = 1;
+  if (g > 0x7fffffff) throw SystemError("grid too large");
+  return (unsigned)g;
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(T v);
+template <>
+__device__ __forceinline__ float to_f<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <class T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// 0.5 x (1 + erf(x / sqrt 2)) in double, as cpu::gelu.
+__device__ __forceinline__ float gelu_exact(float x) {
+  const double xd = x;
+  return (float)(0.5 * xd * (1.0 + erf(xd * 0.70710678118654752440)));
+}
+
+}  // namespace sparsa::kern

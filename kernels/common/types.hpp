@@ -1,0 +1,14 @@
+// sparsa kernels: plain C++ types shared by every launcher header (no CUDA headers here).
+#pragma once
+#include <cstdint>
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+namespace sparsa::kern {
+
+// Element type of an activation tensor: float32 (validation mode) or bfloat16 (fast mode).
+enum class DType { kF32, kBF16 };
+inline int64_t dtype_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+}  // namespace sparsa::kern

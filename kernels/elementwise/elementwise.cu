@@ -1,0 +1,98 @@
+#include "kernels/common/common.cuh"
+#include "kernels/elementwise/elementwise.hpp"
+
+namespace sparsa::kern {
+
+__global__ void gelu_f32_kernel(const float* in, float* out, int64_t count) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = gelu_exact(in[i]);
+}
+
+// 4 elements a thread: float4 in, 4 bf16 out (count % 4 == 0 checked by the launcher).
+__global__ void gelu_bf16_kernel(const float4* in, __nv_bfloat162* out, int64_t count4) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count4;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float4 v = in[i];
+    auto g = [](float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); };
+    out[2 * i] = __floats2bfloat162_rn(g(v.x), g(v.y));
+    out[2 * i + 1] = __floats2bfloat162_rn(g(v.z), g(v.w));
+  }
+}
+
+void launch_gelu(const GeluParams& p, cudaStream_t stream) {
+  if (p.count <= 0) return;
+  const unsigned grid = std::min<unsigned>(grid_for(p.count, 1024), 65536u);
+  if (p.out_type == DType::kBF16 && p.count % 4 == 0) {
+    gelu_bf16_kernel<<<grid, 256, 0, stream>>>((const float4*)p.in, (__nv_bfloat162*)p.out,
+                                               p.count / 4);
+  } else if (p.out_type == DType::kF32) {
+    gelu_f32_kernel<<<grid, 256, 0, stream>>>(p.in, (float*)p.out, p.count);
+  } else {
+    throw SystemError("gelu: bf16 output needs a multiple of 4 elements");
+  }
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void gather_rows_kernel(GatherRowsParams p) {
+  const int64_t w = p.row_bytes / 2;
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.n_rows * w) return;
+  const int64_t r = idx / w, e = idx % w;
+  static_cast<uint16_t*>(p.dst)[idx] = static_cast<const uint16_t*>(p.src)[p.rows[r] * w + e];
+}
+
+void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream) {
+  if (p.n_rows <= 0) return;
+  if (p.row_bytes % 2) throw SystemError("gather_rows: odd row size");
+  gather_rows_kernel<<<grid_for(p.n_rows * (p.row_bytes / 2), 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void pool_kernel(PoolParams p) {
+  const int64_t n_bins = (p.n_tokens + p.bin - 1) / p.bin;
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= n_bins * p.d) return;
+  const int64_t b = idx / p.d, j = idx % p.d;
+  const int64_t r0 = b * p.bin, r1 = min(p.n_tokens, r0 + p.bin);
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += (double)p.y[r * p.d + j];
+  p.out[idx] = (float)(acc / (double)(r1 - r0));
+}
+
+void launch_pool(const PoolParams& p, cudaStream_t stream) {
+  if (p.n_tokens <= 0) return;
+  if (p.bin <= 0) throw SystemError("pool: bin must be positive");
+  pool_kernel<<<grid_for((p.n_tokens + p.bin - 1) / p.bin * p.d, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void rc_tokens_kernel(RcTokensParams p) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.n_tokens) return;
+  const int32_t t = p.in[p.n_tokens - 1 - i];
+  // ids: 3 A, 4 C, 5 G, 6 T (spec 1); N and specials map to themselves.
+  p.out[i] = (t >= 3 && t <= 6) ? 9 - t : t;
+}
+
+void launch_rc_tokens(const RcTokensParams& p, cudaStream_t stream) {
+  if (p.n_tokens <= 0) return;
+  rc_tokens_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+// In place is safe: thread (i, j) reads fwd[i][j] and rc[n-1-i][j] only, and rc never aliases out.
+__global__ void rc_average_kernel(RcAverageParams p) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.n_tokens * p.d) return;
+  const int64_t i = idx / p.d, j = idx % p.d;
+  p.out[idx] = (p.fwd[idx] + p.rc[(p.n_tokens - 1 - i) * p.d + j]) / 2.0f;
+}
+
+void launch_rc_average(const RcAverageParams& p, cudaStream_t stream) {
+  if (p.n_tokens <= 0) return;
+  rc_average_kernel<<<grid_for(p.n_tokens * p.d, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+}  // namespace sparsa::kern

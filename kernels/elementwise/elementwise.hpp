@@ -1,0 +1,53 @@
+// sparsa kernels: small elementwise and reshaping ops: GELU, row gather, bin pooling, the
+// reverse-complement flip of tokens and the reverse-complement average of outputs.
+#pragma once
+#include "kernels/common/types.hpp"
+
+namespace sparsa::kern {
+
+// out = GELU(in) (exact erf form). float32 output: erf in double, as cpu::gelu; bf16 output:
+// erff in float (within 2 ulp of float, far below bf16 rounding).
+struct GeluParams {
+  const float* in;  // [count]
+  void* out;        // [count] of out_type
+  DType out_type;
+  int64_t count;
+};
+void launch_gelu(const GeluParams& p, cudaStream_t stream);
+
+// dst[r] = src[rows[r]] for rows of row_bytes bytes (row_bytes a multiple of 2).
+struct GatherRowsParams {
+  const void* src;      // [*, row_bytes]
+  const int64_t* rows;  // [n_rows] (device)
+  void* dst;            // [n_rows, row_bytes]
+  int64_t n_rows, row_bytes;
+};
+void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream);
+
+// Mean over bins of `bin` rows: out[b] = mean(y[b*bin .. min(n, (b+1)*bin))), summed in double
+// in row order (as pool_shard in pipelines/embed).
+struct PoolParams {
+  const float* y;  // [n_tokens, d]
+  float* out;      // [ceil(n_tokens / bin), d]
+  int64_t n_tokens, d, bin;
+};
+void launch_pool(const PoolParams& p, cudaStream_t stream);
+
+// Reverse complement of DNA tokens: out[i] = comp(in[n-1-i]); A<->T, C<->G, others unchanged.
+struct RcTokensParams {
+  const int32_t* in;  // [n_tokens]
+  int32_t* out;       // [n_tokens], must not alias in
+  int64_t n_tokens;
+};
+void launch_rc_tokens(const RcTokensParams& p, cudaStream_t stream);
+
+// out[i] = (fwd[i] + rc[n-1-i]) / 2 (spec 2, --rc-average).
+struct RcAverageParams {
+  const float* fwd;  // [n_tokens, d]
+  const float* rc;   // [n_tokens, d], row n-1-i is token i's reverse-strand output
+  float* out;        // [n_tokens, d], may alias fwd
+  int64_t n_tokens, d;
+};
+void launch_rc_average(const RcAverageParams& p, cudaStream_t stream);
+
+}  // namespace sparsa::kern

@@ -1,0 +1,25 @@
+// sparsa kernels: RoPE "rotate half" of q and k (spec 2), fused with the conversion of q, k, v
+// from the float32 projection output to the attention type.
+//   theta_k = base^(-2k/dh) (computed on the host with std::pow, as the CPU), angle = p * theta_k
+//   in double, cos/sin in double: positions reach 1e9, where a float angle is off by radians.
+#pragma once
+#include "kernels/common/types.hpp"
+
+namespace sparsa::kern {
+
+struct RopeParams {
+  const float* q_in;  // [n_tokens, in_stride], head h at columns h*head_dim ..
+  const float* k_in;  // [n_tokens, in_stride]
+  const float* v_in;  // [n_tokens, in_stride] or null (then v_out is untouched)
+  int64_t in_stride;
+  void* q_out;  // [n_tokens, n_heads * head_dim] of out_type (may be null: q not needed)
+  void* k_out;  // [n_tokens, n_heads * head_dim]
+  void* v_out;  // [n_tokens, n_heads * head_dim]
+  DType out_type;
+  int64_t n_tokens, n_heads, head_dim;  // head_dim even, <= 256
+  int64_t first_pos;                    // record position of row 0
+  double base;
+};
+void launch_rope(const RopeParams& p, cudaStream_t stream);
+
+}  // namespace sparsa::kern

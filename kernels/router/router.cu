@@ -1,0 +1,27 @@
+#include "kernels/common/common.cuh"
+#include "kernels/router/router.hpp"
+
+namespace sparsa::kern {
+
+// One warp per row; lanes take hidden units j = lane, lane + 32, ...; the double partial sums are
+// combined by a fixed butterfly, so a row's score depends only on the row.
+__global__ void router_kernel(RouterParams p) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= p.n_tokens) return;
+  const float* hid = p.hid + row * p.hidden;
+  double s = 0.0;
+  for (int64_t j = lane; j < p.hidden; j += 32)
+    s += (double)gelu_exact((float)((double)hid[j] + (double)p.b1[j])) * (double)p.w2[j];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) p.scores[row] = (float)(s + (double)p.b2);
+}
+
+void launch_router(const RouterParams& p, cudaStream_t stream) {
+  if (p.n_tokens <= 0) return;
+  router_kernel<<<grid_for(p.n_tokens, 8), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+}  // namespace sparsa::kern

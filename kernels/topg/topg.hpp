@@ -1,0 +1,35 @@
+// sparsa kernels: top-G selection of router scores (spec 2: the G largest; on equal scores the
+// smaller position wins). Each score becomes a unique 64-bit key, larger = better:
+//   key = orderable_bits(score) << 32 | (0xffffffff - record position)
+// and the keys are sorted descending (CUB radix sort, O(n) passes over 64 bits); the first G are
+// the best G in the CPU's order (cpu::better), exactly, ties included. Positions must be < 2^32.
+#pragma once
+#include <cstddef>
+
+#include "kernels/common/types.hpp"
+
+namespace sparsa::kern {
+
+struct TopgParams {
+  const float* scores;  // [n_tokens]
+  int64_t n_tokens, first_pos;
+  uint64_t* keys;    // [n_tokens] scratch
+  uint64_t* sorted;  // [n_tokens] out: keys, best first
+  void* temp;        // CUB scratch of topg_temp_bytes(n_tokens)
+  size_t temp_bytes;
+  unsigned long long* bad;  // [1] out: smallest record position of a NaN/Inf score, or ~0ull
+};
+size_t topg_temp_bytes(int64_t n_tokens);
+void launch_topg(const TopgParams& p, cudaStream_t stream);
+
+// Host-side decoding of one key.
+inline float topg_key_score(uint64_t key) {
+  uint32_t u = (uint32_t)(key >> 32);
+  u = (u & 0x80000000u) ? (u ^ 0x80000000u) : ~u;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline int64_t topg_key_pos(uint64_t key) { return (int64_t)(0xffffffffu - (uint32_t)key); }
+
+}  // namespace sparsa::kern

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root with the bundled binaries in .dev/bundle
+# (sparsa, sparsa_gpu_tests; shared libraries in .dev/bundle/lib): the GPU tests, then the
+# benchmarks of issue 4, and a short table last. About 5 minutes on one H200.
+#   SPARSA_BUNDLE=DIR   another bundle folder      OUT=DIR   where the logs go
+set -uo pipefail
+cd "$(dirname "$0")/.."
+B=${SPARSA_BUNDLE:-.dev/bundle}
+OUT=${OUT:-/tmp/sparsa-device-check}
+mkdir -p "$OUT"
+# The bundle's libraries first; cuBLASLt (540 MB) is taken from the machine's CUDA when the bundle
+# leaves it out.
+libs="$B/lib"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null) \
+         $(python3 -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))' 2>/dev/null); do
+  [ -d "$d" ] && libs="$libs:$d"
+done
+export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+
+echo "== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | head -3
+ldd "$B/sparsa" | grep -E "not found|cublas|cudart" || true
+
+echo "== GPU tests"
+timeout 300 "$B/sparsa_gpu_tests" --gtest_color=no 2>&1 | tee "$OUT/tests.txt" |
+  grep -E "^\[ +(RUN|OK|FAILED|SKIPPED|PASSED) +\]|^\[ model \]|Failure|error|Expected|Which is|actual" |
+  head -200
+tests_rc=${PIPESTATUS[0]}
+
+bench() {  # name, then sparsa bench arguments
+  local name=$1
+  shift
+  echo "== bench $name: $*"
+  timeout 150 "$B/sparsa" bench "$@" 2>&1 | tee "$OUT/bench-$name.txt"
+}
+N="65536,131072,262144,524288,1048576"
+bench local --what attention-local --n $N --heads 8 --head-dim 64 --window 256 --iters 10
+bench global1k --what attention --n 1048576 --heads 8 --head-dim 64 --window 256 --global 1024 --iters 10
+bench global4k --what attention --n 1048576 --heads 8 --head-dim 64 --window 256 --global 4096 --iters 10
+bench g4k-only --what attention-global --n 1048576 --heads 8 --head-dim 64 --global 4096 --iters 5
+bench layer --what layer --config configs/dna-base.toml --n 1048576 --iters 3
+bench model --what model --config configs/dna-base.toml --n 1048576 --iters 3
+
+echo
+echo "== summary (n = 1048576; targets: local >= 234 TFLOP/s, local+global G=4096 < 25.8 ms,"
+echo "   dna-base model >= 3.36 Mtok/s = 2x PyTorch)"
+printf "%-10s %10s %10s %14s %9s\n" bench ms TFLOP/s tokens/s peak_GB
+for name in local global1k global4k g4k-only layer model; do
+  line=$(grep -E "^ +1048576 " "$OUT/bench-$name.txt" 2>/dev/null | tail -1)
+  if [ -n "$line" ]; then
+    printf "%-10s %10s %10s %14s %9s\n" "$name" $(echo "$line" | awk '{print $2, $3, $4, $5}')
+  else
+    printf "%-10s %s\n" "$name" "(no result: see $OUT/bench-$name.txt)"
+  fi
+done
+echo "gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$OUT/tests.txt" | tr '\n' ' ') (exit $tests_rc)"
