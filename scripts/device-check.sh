@@ -24,10 +24,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2
 ldd "$B/sparsa" | grep -E "not found|cublas|cudart" || true
 
 echo "== GPU tests"
+t0=$(date +%s)
 timeout 300 "$B/sparsa_gpu_tests" --gtest_color=no 2>&1 | tee "$OUT/tests.txt" |
   grep -E "^\[ +(RUN|OK|FAILED|SKIPPED|PASSED) +\]|^\[ model \]|Failure|error|Expected|Which is|actual" |
   head -200
 tests_rc=${PIPESTATUS[0]}
+echo "(tests took $(( $(date +%s) - t0 )) s)"
 
 bench() {  # name, then sparsa bench arguments
   local name=$1
@@ -35,24 +37,45 @@ bench() {  # name, then sparsa bench arguments
   echo "== bench $name: $*"
   timeout 150 "$B/sparsa" bench "$@" 2>&1 | tee "$OUT/bench-$name.txt"
 }
+"$B/sparsa" bench --what attention --n 1048576 --global 4096 --iters 20 >/dev/null 2>&1  # warm-up (clocks)
 N="65536,131072,262144,524288,1048576"
+A="--n 1048576 --heads 8 --head-dim 64 --window 256"
 bench local --what attention-local --n $N --heads 8 --head-dim 64 --window 256 --iters 10
-bench global1k --what attention --n 1048576 --heads 8 --head-dim 64 --window 256 --global 1024 --iters 10
-bench global4k --what attention --n 1048576 --heads 8 --head-dim 64 --window 256 --global 4096 --iters 10
-bench g4k-only --what attention-global --n 1048576 --heads 8 --head-dim 64 --global 4096 --iters 5
+bench global1k --what attention $A --global 1024 --iters 10
+bench global4k --what attention $A --global 4096 --iters 10
+bench g4k-only --what attention-global $A --global 4096 --iters 5
 bench layer --what layer --config configs/dna-base.toml --n 1048576 --iters 3
 bench model --what model --config configs/dna-base.toml --n 1048576 --iters 3
-
+bench model-host --what model --config configs/dna-base.toml --n 1048576 --iters 2 --output host
+# Variants selected by the environment (SPARSA_ATTN_MINB: blocks per SM the band kernel is
+# compiled for, default 4; SPARSA_ATTN_SPLIT=0: global part fused into the band kernel again), each checked
+# by the attention and model tests first.
+VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_MINB=1 SPARSA_ATTN_SPLIT=0}
+for var in $VARIANTS; do
+  tag=$(echo "$var" | sed 's/SPARSA_ATTN_//; s/=//; s/MINB/mb/; s/SPLIT/split/')
+  echo "== variant $var: tests"
+  env "$var" timeout 200 "$B/sparsa_gpu_tests" --gtest_color=no \
+    --gtest_filter='CudaOps.Attention*:CudaModel.Bf16*:CudaModel.Fp32*' 2>&1 |
+    grep -E "^\[ +(OK|FAILED|PASSED) +\]|^\[ model \]|Failure" | head -30
+  export "$var"
+  bench local-$tag --what attention-local $A --iters 10
+  bench global4k-$tag --what attention $A --global 4096 --iters 10
+  bench g4k-only-$tag --what attention-global $A --global 4096 --iters 5
+  bench model-$tag --what model --config configs/dna-base.toml --n 1048576 --iters 3
+  unset "${var%%=*}"
+done
 echo
 echo "== summary (n = 1048576; targets: local >= 234 TFLOP/s, local+global G=4096 < 25.8 ms,"
 echo "   dna-base model >= 3.36 Mtok/s = 2x PyTorch)"
-printf "%-10s %10s %10s %14s %9s\n" bench ms TFLOP/s tokens/s peak_GB
-for name in local global1k global4k g4k-only layer model; do
+printf "%-14s %10s %10s %14s %9s\n" bench ms TFLOP/s tokens/s peak_GB
+for name in local global1k global4k g4k-only layer model model-host $(for var in $VARIANTS; do tag=$(echo "$var" | sed 's/SPARSA_ATTN_//; s/=//; s/MINB/mb/; s/SPLIT/split/'); echo local-$tag global4k-$tag g4k-only-$tag model-$tag; done); do
   line=$(grep -E "^ +1048576 " "$OUT/bench-$name.txt" 2>/dev/null | tail -1)
   if [ -n "$line" ]; then
-    printf "%-10s %10s %10s %14s %9s\n" "$name" $(echo "$line" | awk '{print $2, $3, $4, $5}')
+    printf "%-14s %10s %10s %14s %9s\n" "$name" $(echo "$line" | awk '{print $2, $3, $4, $5}')
   else
-    printf "%-10s %s\n" "$name" "(no result: see $OUT/bench-$name.txt)"
+    printf "%-14s %s\n" "$name" "(no result: see $OUT/bench-$name.txt)"
   fi
 done
 echo "gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$OUT/tests.txt" | tr '\n' ' ') (exit $tests_rc)"
+echo "== per-stage profile, dna-base model at n = 1048576 (output pooled)"
+sed -n '/^# profile/,$p' "$OUT/bench-model.txt" 2>/dev/null

@@ -34,6 +34,13 @@ struct AttentionParams {
   bool causal;
   int64_t row_begin, row_end;  // shard rows to write (interior/edge split)
   bool skip_local = false;     // benchmarks: the global part alone (alpha treated as 0)
+  // Scratch [n_tokens, d] float32. When given (bf16, head_dim 64, n_global > 0), the global part
+  // runs as its own kernel first (128 queries a block, 32 rows a warp: each K/V fragment read
+  // from shared memory feeds two MMAs) and writes beta * Global here in fp32; the band kernel
+  // then adds it to alpha * Local. Per row the same operations as the fused kernel but for one
+  // more fp32 rounding (the fused fold is one FMA), so still independent of the shard size.
+  float* global_scratch = nullptr;
+  const float* global_in = nullptr;  // internal: the band kernel adds this instead of a global part
   bool force_simple = false;   // tests: the CUDA-core kernel even where tensor cores apply
 };
 void launch_attention(const AttentionParams& p, cudaStream_t stream);

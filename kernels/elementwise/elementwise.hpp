@@ -50,4 +50,13 @@ struct RcAverageParams {
 };
 void launch_rc_average(const RcAverageParams& p, cudaStream_t stream);
 
+// *bad = min(*bad, smallest index i with x[i] NaN or Inf); *bad is left alone when all are finite
+// (set it to ~0ull first). On the device, so the output need not cross to the host to be checked.
+struct FindNonfiniteParams {
+  const float* x;  // [count]
+  int64_t count;
+  unsigned long long* bad;  // [1]
+};
+void launch_find_nonfinite(const FindNonfiniteParams& p, cudaStream_t stream);
+
 }  // namespace sparsa::kern

@@ -96,6 +96,7 @@ int bench_attention(const BenchOptions& o) {
       DeviceBuffer kg(std::max<int64_t>(1, g) * d * eb), vg(std::max<int64_t>(1, g) * d * eb);
       DeviceBuffer gamma(std::max<int64_t>(1, g) * 4), pos(std::max<int64_t>(1, g) * 8);
       DeviceBuffer alpha(o.heads * 4), beta(o.heads * 4);
+      DeviceBuffer scratch(g > 0 && t == DType::kBF16 ? n * d * 4 : 256);
       fill_random(q, n * d, t, 1);
       fill_random(k, n * d, t, 2);
       fill_random(v, n * d, t, 3);
@@ -139,6 +140,7 @@ int bench_attention(const BenchOptions& o) {
       ap.row_begin = 0;
       ap.row_end = n;
       ap.skip_local = !local;
+      if (g > 0 && t == DType::kBF16) ap.global_scratch = scratch.as<float>();
       double keys = local ? band_keys(n, o.window, o.causal) : 0.0;
       if (g > 0) {
         if (!o.causal)
@@ -167,7 +169,12 @@ int bench_model(const BenchOptions& o) {
   ModelConfig c = load_model_config(o.config);
   if (o.what == "layer") c.n_layers = 1;
   ModelWeights w = init_model(c, 1);
-  header((o.what + " " + o.config + (o.bf16 ? " bf16" : " fp32")).c_str());
+  header((o.what + " " + o.config + (o.bf16 ? " bf16" : " fp32") + " output=" + o.output).c_str());
+  CudaOptions co;
+  co.bf16 = o.bf16;
+  co.output = o.output == "host"     ? CudaOutput::kHost
+              : o.output == "device" ? CudaOutput::kDevice
+                                     : CudaOutput::kPooled;
   auto comm = make_single_comm();
   for (int64_t n : o.n) {
     size_t free0 = 0, total = 0, free1 = 0;
@@ -177,8 +184,9 @@ int bench_model(const BenchOptions& o) {
     std::mt19937_64 g(7);
     for (auto& x : tok) x = 2 + (int32_t)(g() % 5);
     double ms_med;
+    std::string prof;
     {
-      CudaModel model(w, {o.bf16, -1, 65536});
+      CudaModel model(w, co);
       const Shard sh = shard_of(n, 0, 1);
       model.forward(tok.data(), sh, *comm);  // warm-up (allocations, GEMM algorithm choice)
       cuda::memory_info(&free1, &total);
@@ -191,6 +199,12 @@ int bench_model(const BenchOptions& o) {
                 .count());
       }
       ms_med = median(ms);
+      if (o.profile) {
+        model.set_profile(true);
+        model.forward(tok.data(), sh, *comm);
+        prof = CudaModel::format_profile(model.profile(), c.n_layers);
+        model.set_profile(false);
+      }
     }
     const int64_t d = c.d_model, G = c.n_global(n);
     const double gemm =
@@ -199,6 +213,7 @@ int bench_model(const BenchOptions& o) {
         4.0 * (double)d *
         (band_keys(n, c.window, c.causal) + (double)n * (double)G * (c.causal ? 0.5 : 1.0));
     row(n, ms_med, (double)c.n_layers * (gemm + attn), (double)(free0 - free1));
+    if (!prof.empty()) std::printf("%s", prof.c_str());
   }
   return 0;
 }

@@ -146,6 +146,9 @@ int main(int argc, char** argv) {
   bench->add_option("--iters", bo.iters, "Timed runs; the median is printed")->capture_default_str();
   bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
       ->capture_default_str();
+  bench->add_option("--output", bo.output, "Layer/model: output y to host, pooled or device")
+      ->check(CLI::IsMember({"host", "pooled", "device"}))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

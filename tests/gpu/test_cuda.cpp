@@ -218,6 +218,7 @@ struct AttnCase {
   DType type;
   bool simple = false;
   std::vector<std::pair<int64_t, int64_t>> check_rows;  // empty: all rows
+  bool split = false;  // global part as its own kernel through an fp32 scratch (global_scratch)
 };
 
 // Runs the GPU attention and the CPU oracle (on the same, bf16-rounded where bf16, inputs) and
@@ -283,7 +284,20 @@ double attention_error(const AttnCase& a, uint64_t seed) {
   p.row_begin = 0;
   p.row_end = m;
   p.force_simple = a.simple;
-  kern::launch_attention(p, nullptr);
+  DeviceBuffer scratch;
+  if (a.split) {
+    scratch.reserve(m * d * 4);
+    p.global_scratch = scratch.as<float>();
+  }
+  if (a.check_rows.empty()) {
+    kern::launch_attention(p, nullptr);
+  } else {  // the checked ranges as separate launches, as the model's interior/edge split
+    for (auto [r0, r1] : a.check_rows) {
+      p.row_begin = r0;
+      p.row_end = r1;
+      kern::launch_attention(p, nullptr);
+    }
+  }
   auto got = down_act(dout, m * d, a.type);
   std::vector<float> g2, r2;
   for (auto [r0, r1] : ranges) {
@@ -319,6 +333,23 @@ TEST(CudaOps, AttentionBf16TensorCores) {
       // The CUDA-core kernel in bf16 too.
       AttnCase s{1000, 0, 1000, 2, dh, 37, 50, causal, DType::kBF16, true};
       EXPECT_LE(attention_error(s, 10), 1e-2);
+    }
+  }
+}
+
+TEST(CudaOps, AttentionBf16SplitGlobal) {
+  SKIP_WITHOUT_GPU();
+  // The global part as its own 128-query kernel (head_dim 64), added by the band kernel.
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    for (auto a : {AttnCase{1000, 0, 1000, 2, 64, 37, 50, causal, DType::kBF16},
+                   AttnCase{3000, 1100, 900, 2, 64, 100, 64, causal, DType::kBF16},
+                   AttnCase{500, 0, 500, 1, 64, 600, 10, causal, DType::kBF16},
+                   AttnCase{257, 3, 250, 1, 64, 1, 1, causal, DType::kBF16},
+                   AttnCase{5000, 0, 5000, 2, 64, 256, 700, causal, DType::kBF16, false,
+                            {{0, 300}, {300, 4700}, {4700, 5000}}}}) {
+      a.split = true;
+      EXPECT_LE(attention_error(a, 13), 1e-2);
     }
   }
 }

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 
 #include "backends/cpu/ops.hpp"
 #include "backends/cuda/check.hpp"
@@ -53,6 +56,68 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
   return plan;
 }
 
+// Stages of the per-stage profile (SPARSA_PROFILE=1): the GPU time from one mark to the next is
+// charged to the stage of the first.
+enum Stage {
+  kEmbed,
+  kNorm,
+  kQkv,
+  kRope,
+  kRouter,
+  kTopG,
+  kSelect,
+  kGather,
+  kHalo,
+  kAttention,
+  kWo,
+  kMlpUp,
+  kGelu,
+  kMlpDown,
+  kOutput,
+  kStages
+};
+const char* const kStageName[kStages] = {"embed",       "attn RMSNorm",   "QKV GEMM",
+                                         "RoPE",        "router",         "top-G sort+D2H",
+                                         "select(host)", "global gather", "halo",
+                                         "attention",   "Wo GEMM",        "MLP norm+up",
+                                         "GELU",        "MLP down",       "output"};
+
+struct Profiler {
+  bool on = false;
+  std::vector<cudaEvent_t> ev;
+  std::vector<int> tag;
+  size_t used = 0;
+  std::vector<StageTime> last;
+  ~Profiler() {
+    for (cudaEvent_t e : ev) cudaEventDestroy(e);
+  }
+  void mark(int stage, cudaStream_t s) {
+    if (!on) return;
+    if (used == ev.size()) {
+      cudaEvent_t e;
+      CUDA_OK(cudaEventCreate(&e));
+      ev.push_back(e);
+    }
+    if (tag.size() <= used) tag.resize(used + 1);
+    tag[used] = stage;
+    CUDA_OK(cudaEventRecord(ev[used++], s));
+  }
+  // After the stream's last mark completed: sum the intervals per stage.
+  void finish() {
+    if (!on) return;
+    last.assign(kStages, StageTime{});
+    for (int i = 0; i < kStages; ++i) last[i].name = kStageName[i];
+    if (used > 0) CUDA_OK(cudaEventSynchronize(ev[used - 1]));
+    for (size_t i = 0; i + 1 < used; ++i) {
+      float t = 0;
+      CUDA_OK(cudaEventElapsedTime(&t, ev[i], ev[i + 1]));
+      last[tag[i]].ms += t;
+      last[tag[i]].count += 1;
+    }
+    used = 0;
+  }
+};
+
 struct DeviceLayer {
   DeviceBuffer attn_norm, wqkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
@@ -75,7 +140,9 @@ struct CudaModel::Impl {
   // Activations, grown as needed.
   DeviceBuffer tokens, x, q, k, v, scores, keys, sorted, topg_temp, bad;
   DeviceBuffer h32, hact, qkv32, hid, up32, upact;
-  DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack;
+  DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack, pooled, gscratch;
+  Profiler prof;
+  bool profile_env = false;
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -96,7 +163,7 @@ struct CudaModel::Impl {
     int64_t t = 0;
     for (const DeviceBuffer* b : {&tokens,    &x,   &q,     &k,    &v,     &scores, &keys, &sorted,
                                   &topg_temp, &bad, &h32,   &hact, &qkv32, &hid,    &up32, &upact,
-                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack})
+                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled, &gscratch})
       t += (int64_t)b->bytes();
     return t;
   }
@@ -114,6 +181,8 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   I.eb = kern::dtype_bytes(I.act);
   if (o.chunk_rows <= 0) throw ConfigError("CUDA chunk_rows must be positive");
   I.device = cuda::select_device(o.device);
+  if (const char* e = std::getenv("SPARSA_PROFILE")) I.profile_env = e[0] && e[0] != '0';
+  I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
   const ModelConfig& c = I.c;
   const int64_t d = c.d_model;
@@ -153,6 +222,26 @@ CudaModel::~CudaModel() {
 }
 
 int CudaModel::device() const { return impl_->device; }
+const float* CudaModel::device_output() const { return impl_->x.as<float>(); }
+void CudaModel::set_profile(bool on) { impl_->prof.on = on || impl_->profile_env; }
+const std::vector<StageTime>& CudaModel::profile() const { return impl_->prof.last; }
+
+std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t n_layers) {
+  double total = 0;
+  for (const StageTime& t : st) total += t.ms;
+  std::ostringstream o;
+  char line[160];
+  std::snprintf(line, sizeof line, "# profile (CUDA events; total %.2f ms)\n%-16s %10s %10s %7s\n",
+                total, "stage", "ms", "ms/layer", "%");
+  o << line;
+  for (const StageTime& t : st) {
+    if (t.count == 0) continue;
+    std::snprintf(line, sizeof line, "%-16s %10.3f %10.3f %6.1f%%\n", t.name.c_str(), t.ms,
+                  t.ms / (double)std::max<int64_t>(1, n_layers), total > 0 ? 100 * t.ms / total : 0);
+    o << line;
+  }
+  return o.str();
+}
 int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
 
 // h = RMSNorm(x); q, k, v = h Wq, h Wk, h Wv with RoPE; scores = router(h), chunk by chunk.
@@ -162,16 +251,20 @@ void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, i
   for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
     const int64_t rows = std::min(opt.chunk_rows, m - c0);
     const bool bf = act == DType::kBF16;
+    prof.mark(kNorm, s);
     kern::launch_rmsnorm({x.as<float>() + c0 * d, L.attn_norm.as<float>(), h32.as<float>(),
                           bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
                          s);
     const void* h_in = bf ? hact.get() : h32.get();
+    prof.mark(kQkv, s);
     gemm.run(h_in, L.wqkv.get(), qkv32.as<float>(), rows, 3 * d, d, act, false, s);
     float* qkv = qkv32.as<float>();
+    prof.mark(kRope, s);
     kern::launch_rope({qkv, qkv + d, qkv + 2 * d, 3 * d, q.as<char>() + c0 * d * eb,
                        k.as<char>() + (own + c0) * d * eb, v.as<char>() + (own + c0) * d * eb, act,
                        rows, c.n_heads, c.head_dim(), b + c0, c.rope_base},
                       s);
+    prof.mark(kRouter, s);
     gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
     kern::launch_router({hid.as<float>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
                          L.router_b2, scores.as<float>() + c0, rows, r},
@@ -186,13 +279,16 @@ void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
   for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
     const int64_t rows = std::min(opt.chunk_rows, m - c0);
     float* xc = x.as<float>() + c0 * d;
+    prof.mark(kMlpUp, s);
     kern::launch_rmsnorm({xc, L.mlp_norm.as<float>(), bf ? nullptr : h32.as<float>(),
                           bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
                          s);
     gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), up32.as<float>(), rows, f, d, act, false,
              s);
     void* u = bf ? upact.get() : up32.get();  // fp32: GELU in place
+    prof.mark(kGelu, s);
     kern::launch_gelu({up32.as<float>(), u, act, rows * f}, s);
+    prof.mark(kMlpDown, s);
     gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
   }
 }
@@ -207,8 +303,12 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const int64_t kv_count = kv.end - kv.begin, own = b - kv.begin;
   const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
   const int64_t chunk = std::max<int64_t>(1, std::min(I.opt.chunk_rows, m));
+  // One rank holding the whole record: every chosen row is local, no host staging at all.
+  const bool single = comm.size() == 1 && b == 0 && m == n;
   cudaStream_t s = I.s;
   CUDA_OK(cudaSetDevice(I.device));
+  Profiler& P = I.prof;
+  P.used = 0;
 
   ForwardOutput out;
   out.n_global = G;
@@ -240,9 +340,14 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.gamma.reserve(G * 4);
   I.gpos.reserve(G * 8);
   I.gidx.reserve(G * 8);
-  I.kpack.reserve(G * d * eb);
-  I.vpack.reserve(G * d * eb);
+  const bool split_global = I.act == DType::kBF16 && c.head_dim() == 64 && G > 0;
+  if (split_global) I.gscratch.reserve(m * d * 4);  // beta * Global in fp32 (see attention.hpp)
+  if (!single) {
+    I.kpack.reserve(G * d * eb);
+    I.vpack.reserve(G * d * eb);
+  }
 
+  P.mark(kEmbed, s);
   cuda::copy_to_device(I.tokens.get(), tokens_host, m * c.n_tables() * 4, s);
   kern::launch_embed(
       {I.tokens.as<int32_t>(), I.embed.as<float>(), I.x.as<float>(), m, c.n_tables(), c.vocab(), d},
@@ -251,15 +356,20 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   std::vector<uint64_t> best;
   std::vector<int64_t> gpos(G), local_idx;
   std::vector<float> gamma(G);
-  std::vector<char> kg_host(G * d * eb), vg_host(G * d * eb), kp_host, vp_host;
+  std::vector<char> kg_host, vg_host, kp_host, vp_host;
+  if (!single) {
+    kg_host.resize(G * d * eb);
+    vg_host.resize(G * d * eb);
+  }
   const int64_t row_bytes = d * eb;
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const DeviceLayer& L = I.layers[l];
     I.layer_inputs(L, m, b, own);
 
-    // Halo: K and V rows (after RoPE) beyond the shard edges, staged through the host, in flight
-    // during routing and the interior attention.
+    // Halo: K and V rows (after RoPE) beyond the shard edges, staged through the host (only the
+    // halo rows), in flight during routing and the interior attention.
+    P.mark(kHalo, s);
     std::vector<std::vector<char>> send_buf, recv_buf;
     std::vector<Transfer> sends, recvs;
     send_buf.reserve(2 * plan.sends.size());
@@ -281,6 +391,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     }
 
     // Top-G proposals of this shard (keys sorted on the device, the best G copied back).
+    P.mark(kTopG, s);
     kern::launch_topg({I.scores.as<float>(), m, b, I.keys.as<uint64_t>(), I.sorted.as<uint64_t>(),
                        I.topg_temp.get(), temp, I.bad.as<unsigned long long>()},
                       s);
@@ -290,68 +401,89 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(best.data(), I.sorted.get(), n_best * 8, s);
     cuda::copy_to_host(&bad, I.bad.get(), 8, s);
     cuda::synchronize(s);  // also completes the halo staging copies
-    const int token = comm.start_exchange(sends, recvs);
+    P.mark(kSelect, s);
+    const int token = single ? -1 : comm.start_exchange(sends, recvs);
     if (bad != ~0ull)
       throw NumericError("router score at position " + std::to_string(bad) + " is not finite");
     std::vector<cpu::GlobalCandidate> mine(n_best);
     for (int64_t j = 0; j < n_best; ++j)
       mine[j] = {kern::topg_key_score(best[j]), kern::topg_key_pos(best[j])};
+    std::vector<cpu::GlobalCandidate> S;
     std::vector<uint8_t> gathered;
-    comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
-    std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
-    if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
-    const std::vector<cpu::GlobalCandidate> S = cpu::select_global(std::move(all), G);
+    if (single) {
+      S = cpu::select_global(std::move(mine), G);
+    } else {
+      comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)),
+                      gathered);
+      std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
+      if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
+      S = cpu::select_global(std::move(all), G);
+    }
     for (int64_t j = 0; j < G; ++j) {
       out.global_positions[l * G + j] = S[j].pos;
       out.global_scores[l * G + j] = S[j].score;
       gpos[j] = S[j].pos;
+      gamma[j] = (float)(1.0 / (1.0 + std::exp(-(double)S[j].score)));
     }
 
-    // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V].
-    local_idx.clear();
-    std::vector<int32_t> local_j;
-    for (int64_t j = 0; j < G; ++j)
-      if (gpos[j] >= b && gpos[j] < shard.end) {
-        local_idx.push_back(own + gpos[j] - b);
-        local_j.push_back((int32_t)j);
+    P.mark(kGather, s);
+    if (single) {
+      // Every chosen row is in this shard's K/V: gather on the device, in the order of S.
+      local_idx.resize(G);
+      for (int64_t j = 0; j < G; ++j) local_idx[j] = own + gpos[j] - b;
+      cuda::copy_to_device(I.gidx.get(), local_idx.data(), G * 8, s);
+      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kg.get(), G, row_bytes}, s);
+      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vg.get(), G, row_bytes}, s);
+    } else {
+      // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
+      // only these G rows cross ranks (through the host, so that any Comm works).
+      local_idx.clear();
+      std::vector<int32_t> local_j;
+      for (int64_t j = 0; j < G; ++j)
+        if (gpos[j] >= b && gpos[j] < shard.end) {
+          local_idx.push_back(own + gpos[j] - b);
+          local_j.push_back((int32_t)j);
+        }
+      const int64_t cnt = (int64_t)local_idx.size();
+      cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
+      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes},
+                               s);
+      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes},
+                               s);
+      kp_host.resize(cnt * row_bytes);
+      vp_host.resize(cnt * row_bytes);
+      cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
+      cuda::copy_to_host(vp_host.data(), I.vpack.get(), cnt * row_bytes, s);
+      cuda::synchronize(s);
+      const int64_t pack_row = 8 + 2 * row_bytes;
+      std::vector<char> pack(cnt * pack_row);
+      for (int64_t t = 0; t < cnt; ++t) {
+        char* p = pack.data() + t * pack_row;
+        std::memcpy(p, &local_j[t], 4);
+        std::memcpy(p + 4, &gamma[local_j[t]], 4);
+        std::memcpy(p + 8, kp_host.data() + t * row_bytes, row_bytes);
+        std::memcpy(p + 8 + row_bytes, vp_host.data() + t * row_bytes, row_bytes);
       }
-    const int64_t cnt = (int64_t)local_idx.size();
-    cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
-    kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
-    kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
-    kp_host.resize(cnt * row_bytes);
-    vp_host.resize(cnt * row_bytes);
-    cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
-    cuda::copy_to_host(vp_host.data(), I.vpack.get(), cnt * row_bytes, s);
-    cuda::synchronize(s);
-    const int64_t pack_row = 8 + 2 * row_bytes;
-    std::vector<char> pack(cnt * pack_row);
-    for (int64_t t = 0; t < cnt; ++t) {
-      char* p = pack.data() + t * pack_row;
-      const float g = (float)(1.0 / (1.0 + std::exp(-(double)S[local_j[t]].score)));
-      std::memcpy(p, &local_j[t], 4);
-      std::memcpy(p + 4, &g, 4);
-      std::memcpy(p + 8, kp_host.data() + t * row_bytes, row_bytes);
-      std::memcpy(p + 8 + row_bytes, vp_host.data() + t * row_bytes, row_bytes);
+      comm.allgatherv(pack.data(), (int64_t)pack.size(), gathered);
+      if ((int64_t)gathered.size() != G * pack_row)
+        throw SystemError("global gather returned " + std::to_string(gathered.size()) +
+                          " bytes, expected " + std::to_string(G * pack_row));
+      for (int64_t row = 0; row < G; ++row) {
+        const char* p = reinterpret_cast<const char*>(gathered.data()) + row * pack_row;
+        int32_t j;
+        std::memcpy(&j, p, 4);
+        if (j < 0 || j >= G) throw SystemError("global gather: bad index");
+        std::memcpy(&gamma[j], p + 4, 4);
+        std::memcpy(kg_host.data() + j * row_bytes, p + 8, row_bytes);
+        std::memcpy(vg_host.data() + j * row_bytes, p + 8 + row_bytes, row_bytes);
+      }
+      cuda::copy_to_device(I.kg.get(), kg_host.data(), G * row_bytes, s);
+      cuda::copy_to_device(I.vg.get(), vg_host.data(), G * row_bytes, s);
     }
-    comm.allgatherv(pack.data(), (int64_t)pack.size(), gathered);
-    if ((int64_t)gathered.size() != G * pack_row)
-      throw SystemError("global gather returned " + std::to_string(gathered.size()) +
-                        " bytes, expected " + std::to_string(G * pack_row));
-    for (int64_t row = 0; row < G; ++row) {
-      const char* p = reinterpret_cast<const char*>(gathered.data()) + row * pack_row;
-      int32_t j;
-      std::memcpy(&j, p, 4);
-      if (j < 0 || j >= G) throw SystemError("global gather: bad index");
-      std::memcpy(&gamma[j], p + 4, 4);
-      std::memcpy(kg_host.data() + j * row_bytes, p + 8, row_bytes);
-      std::memcpy(vg_host.data() + j * row_bytes, p + 8 + row_bytes, row_bytes);
-    }
-    cuda::copy_to_device(I.kg.get(), kg_host.data(), G * row_bytes, s);
-    cuda::copy_to_device(I.vg.get(), vg_host.data(), G * row_bytes, s);
     cuda::copy_to_device(I.gamma.get(), gamma.data(), G * 4, s);
     cuda::copy_to_device(I.gpos.get(), gpos.data(), G * 8, s);
 
+    P.mark(kAttention, s);
     kern::AttentionParams ap{};
     ap.type = I.act;
     ap.q = I.q.get();
@@ -374,36 +506,48 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     ap.head_dim = c.head_dim();
     ap.window = c.window;
     ap.causal = c.causal;
-    // Interior rows read only this shard's K/V; their range is aligned to query tiles in record
-    // positions so that no tile straddles interior and edge rows.
-    const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
-    int64_t lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
-    int64_t hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
-    if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
-    ap.row_begin = lo_a;
-    ap.row_end = hi_a;
-    // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned key
-    // tiles, and a masked key's p = 0 times a NaN pattern in stale memory would still be NaN.
-    for (auto& [peer, r] : plan.recvs) {
-      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
-      cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
-      cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
+    ap.global_scratch = split_global ? I.gscratch.as<float>() : nullptr;
+    if (single) {
+      ap.row_begin = 0;
+      ap.row_end = m;
+      kern::launch_attention(ap, s);
+    } else {
+      // Interior rows read only this shard's K/V; their range is aligned to query tiles in record
+      // positions so that no tile straddles interior and edge rows.
+      const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
+      int64_t lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
+      int64_t hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
+      if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
+      ap.row_begin = lo_a;
+      ap.row_end = hi_a;
+      // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned
+      // key tiles, and a masked key's p = 0 times a NaN pattern in stale memory would be NaN.
+      for (auto& [peer, r] : plan.recvs) {
+        const int64_t off = (r.begin - kv.begin) * row_bytes,
+                      bytes = (r.end - r.begin) * row_bytes;
+        cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
+        cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
+      }
+      kern::launch_attention(ap, s);
+      P.mark(kHalo, s);
+      comm.wait_exchange(token);
+      size_t rb_i = 0;
+      for (auto& [peer, r] : plan.recvs) {
+        const int64_t off = (r.begin - kv.begin) * row_bytes,
+                      bytes = (r.end - r.begin) * row_bytes;
+        cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+        cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+      }
+      P.mark(kAttention, s);
+      ap.row_begin = 0;
+      ap.row_end = lo_a;
+      kern::launch_attention(ap, s);
+      ap.row_begin = hi_a;
+      ap.row_end = m;
+      kern::launch_attention(ap, s);
     }
-    kern::launch_attention(ap, s);
-    comm.wait_exchange(token);
-    size_t rb_i = 0;
-    for (auto& [peer, r] : plan.recvs) {
-      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
-      cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
-      cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
-    }
-    ap.row_begin = 0;
-    ap.row_end = lo_a;
-    kern::launch_attention(ap, s);
-    ap.row_begin = hi_a;
-    ap.row_end = m;
-    kern::launch_attention(ap, s);
 
+    P.mark(kWo, s);
     I.gemm.run(I.q.get(), L.wo.get(), I.x.as<float>(), m, d, d, I.act, true, s);
     I.mlp(L, m);
     if (hooks.after_layer) {
@@ -411,16 +555,34 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       hooks.after_layer(l);
     }
   }
+  P.mark(kOutput, s);
   kern::launch_rmsnorm({I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr,
                         DType::kF32, m, d, c.norm_eps},
                        s);
-  out.y.resize(m * d);
-  cuda::copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
+  // The non-finite check runs on the device: y need not cross to the host to be checked.
+  cuda::memset_device(I.bad.get(), 0xff, 8, s);
+  kern::launch_find_nonfinite({I.x.as<float>(), m * d, I.bad.as<unsigned long long>()}, s);
+  unsigned long long bad = ~0ull;
+  cuda::copy_to_host(&bad, I.bad.get(), 8, s);
+  if (I.opt.output == CudaOutput::kHost) {
+    out.y.resize(m * d);
+    cuda::copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
+  } else if (I.opt.output == CudaOutput::kPooled) {
+    const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
+    I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
+    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin}, s);
+    out.y.resize(bins * d);
+    cuda::copy_to_host(out.y.data(), I.pooled.get(), bins * d * 4, s);
+  }
+  P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
-  const int64_t bad = cpu::find_nonfinite(out.y.data(), m * d);
-  if (bad >= 0)
+  P.finish();
+  if (I.profile_env && P.on)
+    std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
+  if (bad != ~0ull)
     throw NumericError("the model produced a non-finite value at record position " +
-                       std::to_string(b + bad / d) + ", dimension " + std::to_string(bad % d));
+                       std::to_string(b + (int64_t)(bad / (unsigned long long)d)) +
+                       ", dimension " + std::to_string((int64_t)(bad % (unsigned long long)d)));
   return out;
 }
 

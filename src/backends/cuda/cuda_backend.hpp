@@ -1,7 +1,8 @@
 // sparsa CUDA backend: the DSA model of spec section 2 on one GPU per rank (plain C++ header).
 // CudaModel::forward returns exactly what sparsa::forward (the CPU oracle) returns and follows the
 // same shard protocol: K/V halos after RoPE through comm.start_exchange / wait_exchange and the
-// global set through comm.allgatherv, staged through host memory so that any Comm works.
+// global set through comm.allgatherv; only the halo rows and the G chosen rows are staged through
+// host memory (so that any Comm works), and on one rank holding the whole record nothing is.
 //   fp32 mode (bf16 = false): every tensor float32, for validation against the CPU (tight).
 //   bf16 mode: projections, MLP and attention in bf16 with fp32 accumulation; the residual stream,
 //   norms, RoPE angles and router scores stay float32 (the router reads the fp32 stream, so the
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backends/cuda/device.hpp"
 #include "model/forward.hpp"
@@ -19,10 +21,30 @@ namespace sparsa {
 
 using cuda::cuda_available;  // bool cuda_available(std::string* why)
 
+// What forward() does with the final [shard size, d] float32 output y.
+enum class CudaOutput {
+  kHost,    // ForwardOutput::y holds it (the CPU backend's contract; 4 d bytes a token cross PCIe)
+  kPooled,  // ForwardOutput::y holds the bin means [ceil(size / pool_bin), d] (kern::launch_pool)
+  kDevice,  // ForwardOutput::y is empty; CudaModel::device_output() points at y on the device
+};
+
 struct CudaOptions {
   bool bf16 = true;
   int device = -1;             // -1: node-local rank modulo the device count
   int64_t chunk_rows = 65536;  // rows per chunk of the projection / MLP scratch
+  CudaOutput output = CudaOutput::kHost;
+  int64_t pool_bin = 128;  // rows per bin for CudaOutput::kPooled
+  // Per-stage timing with CUDA events (also switched on by the environment: SPARSA_PROFILE=1,
+  // which prints the table to stderr after every forward).
+  bool profile = false;
+};
+
+// One stage's share of the last profiled forward: GPU time between the events that bound it,
+// summed over layers and chunks (host work while the stream idles counts in the stage it stalls).
+struct StageTime {
+  std::string name;
+  double ms = 0;
+  int64_t count = 0;  // intervals summed
 };
 
 class CudaModel {
@@ -39,6 +61,12 @@ class CudaModel {
                         const ForwardHooks& hooks = {});
 
   int device() const;
+  // y of the last forward on the device ([shard size, d] float32), for CudaOutput::kDevice.
+  const float* device_output() const;
+  // Per-stage times of the last forward when profiling was on (empty otherwise), and a table.
+  void set_profile(bool on);
+  const std::vector<StageTime>& profile() const;
+  static std::string format_profile(const std::vector<StageTime>& stages, int64_t n_layers);
   // Device bytes held by this model (weights + the largest activations so far).
   int64_t device_bytes() const;
 

@@ -37,6 +37,13 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace{kWorkspace};
   std::map<std::tuple<int64_t, int64_t, int, bool>, cublasLtMatmulAlgo_t> algos;
+  // Per full shape (m included): the layouts and the checked algorithm, built once, so that a
+  // call is one cublasLtMatmul (no descriptor creation, no AlgoCheck, no heuristic per chunk).
+  struct Plan {
+    Layouts l;
+    cublasLtMatmulAlgo_t algo;
+  };
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool>, std::unique_ptr<Plan>> plans;
 
   cublasLtMatmulAlgo_t heuristic(int64_t m, int64_t n, int64_t k, kern::DType t) {
     Layouts l;
@@ -78,18 +85,25 @@ Gemm::~Gemm() {
 void Gemm::run(const void* x, const void* w, float* y, int64_t m, int64_t n, int64_t k,
                kern::DType t, bool accumulate, cudaStream_t stream) {
   if (m <= 0 || n <= 0) return;
-  const auto key = std::make_tuple(n, k, (int)t, accumulate);
-  auto it = impl_->algos.find(key);
-  if (it == impl_->algos.end())
-    it = impl_->algos.emplace(key, impl_->heuristic(kReferenceM, n, k, t)).first;
-  Layouts l;
-  make_layouts(l, m, n, k, t);
-  cublasLtMatmulAlgo_t algo = it->second;
-  cublasLtMatmulHeuristicResult_t chk;
-  if (cublasLtMatmulAlgoCheck(impl_->handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) !=
-          CUBLAS_STATUS_SUCCESS ||
-      chk.workspaceSize > kWorkspace)
-    algo = impl_->heuristic(m, n, k, t);  // NOTE: the reference algorithm cannot run this M
+  const auto pkey = std::make_tuple(m, n, k, (int)t, accumulate);
+  auto pit = impl_->plans.find(pkey);
+  if (pit == impl_->plans.end()) {
+    const auto key = std::make_tuple(n, k, (int)t, accumulate);
+    auto it = impl_->algos.find(key);
+    if (it == impl_->algos.end())
+      it = impl_->algos.emplace(key, impl_->heuristic(kReferenceM, n, k, t)).first;
+    auto plan = std::make_unique<Impl::Plan>();
+    make_layouts(plan->l, m, n, k, t);
+    plan->algo = it->second;
+    cublasLtMatmulHeuristicResult_t chk;
+    if (cublasLtMatmulAlgoCheck(impl_->handle, plan->l.op, plan->l.a, plan->l.b, plan->l.c,
+                                plan->l.c, &plan->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
+        chk.workspaceSize > kWorkspace)
+      plan->algo = impl_->heuristic(m, n, k, t);  // NOTE: the reference algorithm cannot run this M
+    pit = impl_->plans.emplace(pkey, std::move(plan)).first;
+  }
+  const Layouts& l = pit->second->l;
+  const cublasLtMatmulAlgo_t& algo = pit->second->algo;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   CUBLAS_OK(cublasLtMatmul(impl_->handle, l.op, &alpha, w, l.a, x, l.b, &beta, y, l.c, y, l.c,
                            &algo, impl_->workspace.get(), kWorkspace, stream));
