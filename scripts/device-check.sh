@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root with the bundled binaries in .dev/bundle
 # (sparsa, sparsa_gpu_tests; shared libraries in .dev/bundle/lib): the GPU tests, then the
-# benchmarks of issue 4, and a short table last. About 5 minutes on one H200.
+# benchmarks of issue 4, and a short table last. About 2 minutes on one H200 (SPARSA_LONG=n,n,...:
+# also the dna-base model at those n, pooled output, until the first out-of-memory).
 #   SPARSA_BUNDLE=DIR   another bundle folder      OUT=DIR   where the logs go
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,35 +48,45 @@ bench g4k-only --what attention-global $A --global 4096 --iters 5
 bench layer --what layer --config configs/dna-base.toml --n 1048576 --iters 3
 bench model --what model --config configs/dna-base.toml --n 1048576 --iters 3
 bench model-host --what model --config configs/dna-base.toml --n 1048576 --iters 2 --output host
-# Variants selected by the environment (SPARSA_ATTN_MINB: blocks per SM the band kernel is
-# compiled for, default 4; SPARSA_ATTN_SPLIT=0: global part fused into the band kernel again), each checked
-# by the attention and model tests first.
-VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_MINB=1 SPARSA_ATTN_SPLIT=0}
+# Variants selected by the environment, each checked by the attention tests first. One variant is
+# a comma-separated list of assignments. SPARSA_ATTN_BAND: 8 (default), 8s2, 4, old (v1 kernel);
+# SPARSA_ATTN_GLOBAL: 2x4 (default), 2x4s2, 1x8, old (v3 kernel); SPARSA_ATTN_MINB: blocks per SM
+# of the v1 kernel; SPARSA_ATTN_SPLIT=0: global part fused into the v1 kernel.
+VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_BAND=old,SPARSA_ATTN_GLOBAL=old SPARSA_ATTN_BAND=4 SPARSA_ATTN_BAND=8s2 SPARSA_ATTN_GLOBAL=1x8 SPARSA_ATTN_GLOBAL=2x4s2}
+vtag() { echo "$1" | sed 's/SPARSA_ATTN_//g; s/=//g; s/,/-/g'; }
 for var in $VARIANTS; do
-  tag=$(echo "$var" | sed 's/SPARSA_ATTN_//; s/=//; s/MINB/mb/; s/SPLIT/split/')
+  tag=$(vtag "$var")
+  assigns=$(echo "$var" | tr ',' ' ')
   echo "== variant $var: tests"
-  env "$var" timeout 200 "$B/sparsa_gpu_tests" --gtest_color=no \
-    --gtest_filter='CudaOps.Attention*:CudaModel.Bf16*:CudaModel.Fp32*' 2>&1 |
+  env $assigns timeout 200 "$B/sparsa_gpu_tests" --gtest_color=no \
+    --gtest_filter='CudaOps.Attention*' 2>&1 |
     grep -E "^\[ +(OK|FAILED|PASSED) +\]|^\[ model \]|Failure" | head -30
-  export "$var"
-  bench local-$tag --what attention-local $A --iters 10
-  bench global4k-$tag --what attention $A --global 4096 --iters 10
-  bench g4k-only-$tag --what attention-global $A --global 4096 --iters 5
-  bench model-$tag --what model --config configs/dna-base.toml --n 1048576 --iters 3
-  unset "${var%%=*}"
+  (
+    export $assigns
+    bench local-$tag --what attention-local $A --iters 10
+    bench global4k-$tag --what attention $A --global 4096 --iters 10
+    bench g4k-only-$tag --what attention-global $A --global 4096 --iters 5
+    [ -n "${SPARSA_VARIANT_MODEL:-}" ] && bench model-$tag --what model --config configs/dna-base.toml --n 1048576 --iters 3
+  )
 done
+if [ -n "${SPARSA_LONG:-}" ]; then  # the longest record one GPU embeds (dna-base, pooled output)
+  echo "== long records: dna-base, pooled output, iters 1 (stops at the first out-of-memory)"
+  timeout 240 "$B/sparsa" bench --what model --config configs/dna-base.toml --n $SPARSA_LONG \
+    --iters 1 --output pooled 2>&1 | tee "$OUT/bench-long.txt" | grep -v "^#" | tail -12
+fi
 echo
 echo "== summary (n = 1048576; targets: local >= 234 TFLOP/s, local+global G=4096 < 25.8 ms,"
 echo "   dna-base model >= 3.36 Mtok/s = 2x PyTorch)"
-printf "%-14s %10s %10s %14s %9s\n" bench ms TFLOP/s tokens/s peak_GB
-for name in local global1k global4k g4k-only layer model model-host $(for var in $VARIANTS; do tag=$(echo "$var" | sed 's/SPARSA_ATTN_//; s/=//; s/MINB/mb/; s/SPLIT/split/'); echo local-$tag global4k-$tag g4k-only-$tag model-$tag; done); do
+printf "%-22s %10s %10s %14s %9s\n" bench ms TFLOP/s tokens/s peak_GB
+for name in local global1k global4k g4k-only layer model model-host $(for var in $VARIANTS; do tag=$(vtag "$var"); echo local-$tag global4k-$tag g4k-only-$tag; [ -n "${SPARSA_VARIANT_MODEL:-}" ] && echo model-$tag; done); do
   line=$(grep -E "^ +1048576 " "$OUT/bench-$name.txt" 2>/dev/null | tail -1)
   if [ -n "$line" ]; then
-    printf "%-14s %10s %10s %14s %9s\n" "$name" $(echo "$line" | awk '{print $2, $3, $4, $5}')
+    printf "%-22s %10s %10s %14s %9s\n" "$name" $(echo "$line" | awk '{print $2, $3, $4, $5}')
   else
-    printf "%-14s %s\n" "$name" "(no result: see $OUT/bench-$name.txt)"
+    printf "%-22s %s\n" "$name" "(no result: see $OUT/bench-$name.txt)"
   fi
 done
+[ -f "$OUT/bench-long.txt" ] && grep -E "^ +[0-9]+ " "$OUT/bench-long.txt" | awk '{printf "%-22s %10s %10s %14s %9s\n", "model n=" $1, $2, $3, $4, $5}'
 echo "gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$OUT/tests.txt" | tr '\n' ' ') (exit $tests_rc)"
 echo "== per-stage profile, dna-base model at n = 1048576 (output pooled)"
 sed -n '/^# profile/,$p' "$OUT/bench-model.txt" 2>/dev/null

@@ -8,6 +8,9 @@
 //   - bf16, head_dim 64 or 128: flash-style tiles of 64 queries on tensor cores (mma.sync
 //     m16n8k16, fp32 accumulate, online softmax in fp32). Query and key tiles are aligned to
 //     record positions, so a row's arithmetic does not depend on how the record is sharded.
+//     head_dim 64 with global_scratch (or no global set): the v4 band-only kernel (128 queries,
+//     16-key sub-blocks outside every row's window skipped) after the v4 global kernel
+//     (SPARSA_ATTN_BAND / SPARSA_ATTN_GLOBAL pick variants; see bench/NOTES.md).
 //   - otherwise (fp32 validation mode, other head dims): one warp per (row, head) on CUDA cores,
 //     fp32, exact softmax in two passes. Slow, simple.
 // No n x n buffer in either: memory is the inputs and the output.

@@ -9,6 +9,7 @@
 // that ldmatrix reads 8 rows without bank conflicts.
 #include <cmath>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/attention/attention.hpp"
 #include "kernels/common/common.cuh"
@@ -587,6 +588,480 @@ __global__ void __launch_bounds__(kThreads, 2) global_tc_kernel(const __grid_con
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// v4 kernels (head_dim 64): band-only and global-only, S-stage cp.async pipelines with one
+// barrier per key tile, exp2 as one FFMA + ex2.approx (the log2(e)/sqrt(dh) scale folded in),
+// and in the band kernel: 16 rows a warp, NW warps a block (BQ = 16 NW queries), int32 masks on
+// the tile's column range, and 16-key sub-blocks that no row of a warp sees skipped (no QK^T,
+// no exp2, no PV). Per row: tiles aligned to record positions in ascending order, so the
+// arithmetic does not depend on the shard; a skipped or fully masked sub-block changes nothing.
+
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Copies ROWS rows (row t from src_row(t), zeros where it returns null) of one head with NT threads.
+template <int DH, int ROWS, int NT, class RowPtr>
+__device__ __forceinline__ void load_rows(uint32_t tile, RowPtr src_row, const void* any) {
+  constexpr int kChunks = DH / 8;
+#pragma unroll
+  for (int it = 0; it < (ROWS * kChunks + NT - 1) / NT; ++it) {
+    const int idx = threadIdx.x + it * NT;
+    if ((ROWS * kChunks) % NT != 0 && idx >= ROWS * kChunks) break;
+    const int row = idx / kChunks, ch = idx % kChunks;
+    const __nv_bfloat16* src = src_row(row);
+    cp_async16(tile + swz<DH>(row, ch), src ? src + ch * 8 : any, src != nullptr);
+  }
+}
+
+constexpr int band_minb(int nw) { return nw == 8 ? 2 : 4; }
+
+// Band (local window) attention alone: out = alpha * Local (+ global_in when given).
+template <int NW, int S>
+__global__ void __launch_bounds__(32 * NW, band_minb(NW))
+    band_tc_kernel(const __grid_constant__ TcArgs a) {
+  constexpr int DH = 64, BQ = 16 * NW, NT = 32 * NW;
+  constexpr int kTile = 64 * DH * 2;
+  const AttentionParams& p = a.p;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t q_tile = smem_u32(smem);
+  const uint32_t kv0 = q_tile + BQ * DH * 2;
+  auto k_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf) * kTile; };
+  auto v_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf + 1) * kTile; };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t d = p.n_heads * DH, h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
+  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* k = static_cast<const __nv_bfloat16*>(p.k);
+  const auto* v = static_cast<const __nv_bfloat16*>(p.v);
+
+  int64_t n_tiles = 0, t_lo = 0;
+  if (!p.skip_local) {
+    const int64_t klo = max(i0 - w, p.kv_begin);
+    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
+    if (khi >= klo) {
+      t_lo = klo / kBk;
+      n_tiles = khi / kBk - t_lo + 1;
+    }
+  }
+  auto issue = [&](int64_t t, int buf) {
+    if (t < n_tiles) {
+      const int64_t j0 = (t_lo + t) * kBk;
+      auto row_k = [&](int r) -> const __nv_bfloat16* {
+        const int64_t j = j0 + r;
+        return (j >= p.kv_begin && j < kv_end) ? k + (j - p.kv_begin) * d + h * DH : nullptr;
+      };
+      auto row_v = [&](int r) -> const __nv_bfloat16* {
+        const int64_t j = j0 + r;
+        return (j >= p.kv_begin && j < kv_end) ? v + (j - p.kv_begin) * d + h * DH : nullptr;
+      };
+      load_rows<DH, 64, NT>(k_tile(buf), row_k, k);
+      load_rows<DH, 64, NT>(v_tile(buf), row_v, v);
+    }
+    cp_async_commit();  // always: the group count stays uniform
+  };
+
+  auto row_q = [&](int r) -> const __nv_bfloat16* {
+    const int64_t rr = i0 + r - p.first_pos;
+    return (rr >= 0 && rr < p.n_tokens) ? q + rr * d + h * DH : nullptr;
+  };
+  load_rows<DH, BQ, NT>(q_tile, row_q, q);
+  cp_async_commit();
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(s, s);
+  cp_async_wait<S - 1>();  // the Q group
+  __syncthreads();
+  uint32_t qf[DH / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; ++kk) {
+    const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+    ldsm_x4(q_tile + swz<DH>(row, kk * 2 + lane / 16), qf[kk]);
+  }
+
+  const int64_t wr0 = i0 + warp * 16;                          // this warp's first row
+  const int64_t ra = wr0 + lane / 4, rb = ra + 8;               // this thread's two rows
+  const int c0 = 2 * (lane % 4);
+  float acc[DH / 8][4];
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const float sc = a.scale_log2;
+  // Valid key columns of row i in a tile starting at j0: [lo(i), hi(i)], clamped to [-1, 64].
+  auto col_lo = [&](int64_t i, int64_t j0) -> int {
+    const int64_t x = max(p.kv_begin, i - w) - j0;
+    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
+  };
+  auto col_hi = [&](int64_t i, int64_t j0) -> int {
+    const int64_t x = min(kv_end - 1, p.causal ? i : i + w) - j0;
+    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
+  };
+
+  int buf = 0;
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    cp_async_wait<S - 2>();
+    __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
+    {
+      int nb = buf + S - 1;
+      if (nb >= S) nb -= S;
+      issue(t + S - 1, nb);
+    }
+    const int cur = buf;
+    if (++buf == S) buf = 0;
+
+    const int64_t j0 = (t_lo + t) * kBk;
+    const int lo_f = col_lo(wr0, j0), lo_l = col_lo(wr0 + 15, j0);
+    const int hi_f = col_hi(wr0, j0), hi_l = col_hi(wr0 + 15, j0);
+    if (lo_f > hi_l) continue;  // no row of this warp sees a key of this tile
+    const int lo_a = col_lo(ra, j0), hi_a = col_hi(ra, j0);
+    const int lo_b = col_lo(rb, j0), hi_b = col_hi(rb, j0);
+
+    float s[8][4];
+    bool act[4];
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      act[np] = 16 * np + 15 >= lo_f && 16 * np <= hi_l;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[2 * np][e] = s[2 * np + 1][e] = act[np] ? 0.0f : -INFINITY;
+      if (act[np]) {
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; ++kk) {
+          uint32_t b[4];
+          const int key = np * 16 + (lane % 8) + (lane / 16) * 8;
+          ldsm_x4(k_tile(cur) + swz<DH>(key, kk * 2 + (lane / 8) % 2), b);
+          mma_bf16(s[2 * np], qf[kk], b[0], b[1]);
+          mma_bf16(s[2 * np + 1], qf[kk], b[2], b[3]);
+        }
+        if (!(16 * np >= lo_l && 16 * np + 15 <= hi_f)) {  // some element of the block masked
+#pragma unroll
+          for (int hn = 0; hn < 2; ++hn)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int col = (2 * np + hn) * 8 + c0 + (e & 1);
+              const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
+              if (!ok) s[2 * np + hn][e] = -INFINITY;
+            }
+        }
+      }
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(m_a, mx_a * sc), mn_b = fmaxf(m_b, mx_b * sc);
+    const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+    const float corr_a = ex2_approx(m_a - use_a), corr_b = ex2_approx(m_b - use_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      if (act[n / 2]) {
+        s[n][0] = ex2_approx(fmaf(s[n][0], sc, -use_a));
+        s[n][1] = ex2_approx(fmaf(s[n][1], sc, -use_a));
+        s[n][2] = ex2_approx(fmaf(s[n][2], sc, -use_b));
+        s[n][3] = ex2_approx(fmaf(s[n][3], sc, -use_b));
+        sum_a += s[n][0] + s[n][1];
+        sum_b += s[n][2] + s[n][3];
+      }
+    }
+    l_a = l_a * corr_a + sum_a;
+    l_b = l_b * corr_b + sum_b;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) {
+      acc[n][0] *= corr_a;
+      acc[n][1] *= corr_a;
+      acc[n][2] *= corr_b;
+      acc[n][3] *= corr_b;
+    }
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt) {
+      if (!act[kt]) continue;
+      const uint32_t pa[4] = {pack_bf16(s[2 * kt][0], s[2 * kt][1]),
+                              pack_bf16(s[2 * kt][2], s[2 * kt][3]),
+                              pack_bf16(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                              pack_bf16(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < DH / 16; ++dp) {
+        uint32_t b[4];
+        const int key = kt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldsm_x4_t(v_tile(cur) + swz<DH>(key, dp * 2 + lane / 16), b);
+        mma_bf16(acc[2 * dp], pa, b[0], b[1]);
+        mma_bf16(acc[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // no copy in flight at exit
+
+  float la = l_a + __shfl_xor_sync(0xffffffffu, l_a, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  float lb = l_b + __shfl_xor_sync(0xffffffffu, l_b, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  const float alpha = p.alpha[h];
+  const float fa = la > 0.0f ? alpha / la : 0.0f, fb = lb > 0.0f ? alpha / lb : 0.0f;
+  auto* out = static_cast<__nv_bfloat16*>(p.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t rr = (half ? rb : ra) - p.first_pos;
+    if (rr < p.row_begin || rr >= p.row_end) continue;
+    const float f = half ? fb : fa;
+    __nv_bfloat16* orow = out + rr * d + h * DH;
+    if (p.global_in) {
+      const float* grow = p.global_in + rr * d + h * DH;
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n) {
+        const float2 g = *reinterpret_cast<const float2*>(grow + n * 8 + c0);
+        *reinterpret_cast<__nv_bfloat162*>(orow + n * 8 + c0) = __floats2bfloat162_rn(
+            f * acc[n][2 * half] + g.x, f * acc[n][2 * half + 1] + g.y);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n)
+        *reinterpret_cast<__nv_bfloat162*>(orow + n * 8 + c0) =
+            __floats2bfloat162_rn(f * acc[n][2 * half], f * acc[n][2 * half + 1]);
+    }
+  }
+}
+
+// Global part alone, v4: MT m-tiles of 16 rows a warp, NW warps (BQ = 16 NW MT queries), S stages.
+// Writes beta_h * Global (fp32) to p.global_scratch for rows [row_begin, row_end).
+template <int MT, int NW, int S, int MINB>
+__global__ void __launch_bounds__(32 * NW, MINB) global4_tc_kernel(const __grid_constant__ TcArgs a) {
+  constexpr int DH = 64, NT = 32 * NW, BQ = 16 * NW * MT;
+  constexpr int kTile = 64 * DH * 2;
+  const AttentionParams& p = a.p;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t q_tile = smem_u32(smem);
+  const uint32_t kv0 = q_tile + BQ * DH * 2;
+  auto k_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf) * kTile; };
+  auto v_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf + 1) * kTile; };
+  float* gam_s = reinterpret_cast<float*>(smem + BQ * DH * 2 + 2 * S * kTile);  // [S][64]
+  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + S * kBk);                // [S][64]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t d = p.n_heads * DH, h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
+  const auto* vg = static_cast<const __nv_bfloat16*>(p.v_global);
+
+  int64_t n_tiles = (p.n_global + kBk - 1) / kBk;
+  if (p.causal) {
+    int64_t lo = 0, hi = n_tiles;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (p.pos_global[mid * kBk] <= i1)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    n_tiles = lo;
+  }
+  auto issue = [&](int64_t t, int buf) {
+    if (t < n_tiles) {
+      const int64_t g0 = t * kBk;
+      auto row_k = [&](int r) -> const __nv_bfloat16* {
+        return g0 + r < p.n_global ? kg + (g0 + r) * d + h * DH : nullptr;
+      };
+      auto row_v = [&](int r) -> const __nv_bfloat16* {
+        return g0 + r < p.n_global ? vg + (g0 + r) * d + h * DH : nullptr;
+      };
+      load_rows<DH, 64, NT>(k_tile(buf), row_k, q);
+      load_rows<DH, 64, NT>(v_tile(buf), row_v, q);
+      if (threadIdx.x < kBk) {
+        const int64_t g = g0 + threadIdx.x;
+        gam_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.gamma[g] : 0.0f;
+        pos_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.pos_global[g] : INT64_MAX;
+      }
+    }
+    cp_async_commit();
+  };
+
+  auto row_q = [&](int r) -> const __nv_bfloat16* {
+    const int64_t rr = i0 + r - p.first_pos;
+    return (rr >= 0 && rr < p.n_tokens) ? q + rr * d + h * DH : nullptr;
+  };
+  load_rows<DH, BQ, NT>(q_tile, row_q, q);
+  cp_async_commit();
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(s, s);
+  cp_async_wait<S - 1>();
+  __syncthreads();
+  uint32_t qf[MT][DH / 16][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+      const int row = mt * 16 * NW + warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+      ldsm_x4(q_tile + swz<DH>(row, kk * 2 + lane / 16), qf[mt][kk]);
+    }
+
+  float acc[MT][DH / 8][4];
+  float m_r[MT][2], l_r[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][n][e] = 0.0f;
+    m_r[mt][0] = m_r[mt][1] = -INFINITY;
+    l_r[mt][0] = l_r[mt][1] = 0.0f;
+  }
+  const int c0 = 2 * (lane % 4);
+  const float sc = a.scale_log2;
+
+  int buf = 0;
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    cp_async_wait<S - 2>();
+    __syncthreads();
+    {
+      int nb = buf + S - 1;
+      if (nb >= S) nb -= S;
+      issue(t + S - 1, nb);
+    }
+    const int cur = buf;
+    if (++buf == S) buf = 0;
+
+    float s[MT][8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        const int key = np * 16 + (lane % 8) + (lane / 16) * 8;
+        ldsm_x4(k_tile(cur) + swz<DH>(key, kk * 2 + (lane / 8) % 2), b);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][2 * np], qf[mt][kk], b[0], b[1]);
+          mma_bf16(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+        }
+      }
+    }
+
+    const int64_t last = pos_s[cur * kBk + kBk - 1];
+    const bool full = last != INT64_MAX && (!p.causal || last <= i0);
+    uint32_t pa[MT][4][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int64_t ra = i0 + mt * 16 * NW + warp * 16 + lane / 4, rb = ra + 8;
+      if (!full) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t pj = pos_s[cur * kBk + n * 8 + c0 + (e & 1)];
+            if (!(pj != INT64_MAX && (!p.causal || pj <= (e < 2 ? ra : rb))))
+              s[mt][n][e] = -INFINITY;
+          }
+      }
+      float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        mx_a = fmaxf(mx_a, fmaxf(s[mt][n][0], s[mt][n][1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[mt][n][2], s[mt][n][3]));
+      }
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+      const float mn_a = fmaxf(m_r[mt][0], mx_a * sc), mn_b = fmaxf(m_r[mt][1], mx_b * sc);
+      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a,
+                  use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+      const float corr_a = ex2_approx(m_r[mt][0] - use_a),
+                  corr_b = ex2_approx(m_r[mt][1] - use_b);
+      m_r[mt][0] = mn_a;
+      m_r[mt][1] = mn_b;
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        s[mt][n][0] = ex2_approx(fmaf(s[mt][n][0], sc, -use_a));
+        s[mt][n][1] = ex2_approx(fmaf(s[mt][n][1], sc, -use_a));
+        s[mt][n][2] = ex2_approx(fmaf(s[mt][n][2], sc, -use_b));
+        s[mt][n][3] = ex2_approx(fmaf(s[mt][n][3], sc, -use_b));
+        sum_a += s[mt][n][0] + s[mt][n][1];
+        sum_b += s[mt][n][2] + s[mt][n][3];
+      }
+      l_r[mt][0] = l_r[mt][0] * corr_a + sum_a;
+      l_r[mt][1] = l_r[mt][1] * corr_b + sum_b;
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n) {
+        acc[mt][n][0] *= corr_a;
+        acc[mt][n][1] *= corr_a;
+        acc[mt][n][2] *= corr_b;
+        acc[mt][n][3] *= corr_b;
+      }
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float2 g = *reinterpret_cast<const float2*>(gam_s + cur * kBk + n * 8 + c0);
+        s[mt][n][0] *= g.x;
+        s[mt][n][1] *= g.y;
+        s[mt][n][2] *= g.x;
+        s[mt][n][3] *= g.y;
+      }
+#pragma unroll
+      for (int kt = 0; kt < 4; ++kt) {
+        pa[mt][kt][0] = pack_bf16(s[mt][2 * kt][0], s[mt][2 * kt][1]);
+        pa[mt][kt][1] = pack_bf16(s[mt][2 * kt][2], s[mt][2 * kt][3]);
+        pa[mt][kt][2] = pack_bf16(s[mt][2 * kt + 1][0], s[mt][2 * kt + 1][1]);
+        pa[mt][kt][3] = pack_bf16(s[mt][2 * kt + 1][2], s[mt][2 * kt + 1][3]);
+      }
+    }
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt) {
+#pragma unroll
+      for (int dp = 0; dp < DH / 16; ++dp) {
+        uint32_t b[4];
+        const int key = kt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldsm_x4_t(v_tile(cur) + swz<DH>(key, dp * 2 + lane / 16), b);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(acc[mt][2 * dp], pa[mt][kt], b[0], b[1]);
+          mma_bf16(acc[mt][2 * dp + 1], pa[mt][kt], b[2], b[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  const float beta = p.beta[h];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float la = l_r[mt][0] + __shfl_xor_sync(0xffffffffu, l_r[mt][0], 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    float lb = l_r[mt][1] + __shfl_xor_sync(0xffffffffu, l_r[mt][1], 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    const float fa = la > 0.0f ? beta / la : 0.0f, fb = lb > 0.0f ? beta / lb : 0.0f;
+    const int64_t ra = i0 + mt * 16 * NW + warp * 16 + lane / 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t rr = ra + half * 8 - p.first_pos;
+      if (rr < p.row_begin || rr >= p.row_end) continue;
+      const float f = half ? fb : fa;
+      float* grow = p.global_scratch + rr * d + h * DH;
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n) {
+        float2 o;
+        o.x = f * acc[mt][n][2 * half];
+        o.y = f * acc[mt][n][2 * half + 1];
+        *reinterpret_cast<float2*>(grow + n * 8 + c0) = o;
+      }
+    }
+  }
+}
+
 template <int DH, int MINB>
 void launch_dh(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
   const int smem = 5 * 64 * DH * 2 + 2 * kBk * (4 + 8);
@@ -637,19 +1112,100 @@ bool split_enabled() {
   return v;
 }
 
+// v4 launches. SPARSA_ATTN_BAND: 8 (default: 128 queries, 8 warps, 3 stages), 8s2 (2 stages),
+// 4 (64 queries, 4 warps, 2 stages), old (the v1 kernel). SPARSA_ATTN_GLOBAL: 2x4 (default: 2
+// m-tiles x 4 warps = 128 queries, 3 stages), 1x8 (8 warps of one m-tile, 3 stages), 2x4s2,
+// old (the v3 kernel). See bench/NOTES.md.
+const char* env_or(const char* name, const char* dflt) {
+  const char* e = std::getenv(name);
+  return e && e[0] ? e : dflt;
+}
+const std::string& band_variant() {
+  static const std::string v = env_or("SPARSA_ATTN_BAND", "8");
+  return v;
+}
+const std::string& global_variant() {
+  static const std::string v = env_or("SPARSA_ATTN_GLOBAL", "2x4");
+  return v;
+}
+
+template <int NW, int S>
+void launch_band(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int kBQ = 16 * NW;
+  const int smem = (kBQ + 2 * S * 64) * 64 * 2;
+  static bool configured = false;
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_tc_kernel<NW, S>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  TcArgs a{};
+  a.p = p;
+  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+  a.tile_pos0 = pos_begin / kBQ * kBQ;
+  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
+  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBQ - 1) / kBQ;
+  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
+  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  band_tc_kernel<NW, S><<<grid, 32 * NW, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+
+template <int MT, int NW, int S, int MINB>
+void launch_global4(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int kBQ = 16 * NW * MT;
+  const int smem = (kBQ + 2 * S * 64) * 64 * 2 + S * kBk * (4 + 8);
+  static bool configured = false;
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global4_tc_kernel<MT, NW, S, MINB>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  TcArgs a{};
+  a.p = p;
+  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+  a.tile_pos0 = pos_begin / kBQ * kBQ;
+  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
+  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBQ - 1) / kBQ;
+  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
+  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  global4_tc_kernel<MT, NW, S, MINB><<<grid, 32 * NW, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
   if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
-    constexpr int kMt = 2, kBqG = 64 * kMt;
-    TcArgs g{};
-    g.p = p;
-    const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-    g.tile_pos0 = pos_begin / kBqG * kBqG;
-    g.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
-    launch_global<64, kMt>(g, (pos_end - g.tile_pos0 + kBqG - 1) / kBqG, stream);
+    const std::string& gv = global_variant();
+    if (gv == "old") {
+      constexpr int kMt = 2, kBqG = 64 * kMt;
+      TcArgs g{};
+      g.p = p;
+      const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+      g.tile_pos0 = pos_begin / kBqG * kBqG;
+      g.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
+      launch_global<64, kMt>(g, (pos_end - g.tile_pos0 + kBqG - 1) / kBqG, stream);
+    } else if (gv == "1x8") {
+      launch_global4<1, 8, 3, 2>(p, stream);
+    } else if (gv == "2x4s2") {
+      launch_global4<2, 4, 2, 2>(p, stream);
+    } else {
+      launch_global4<2, 4, 3, 2>(p, stream);
+    }
     p.global_in = p.global_scratch;
+  }
+  // The band kernel alone serves every case without a global part of its own.
+  if (p.head_dim == 64 && (p.global_in || p.n_global == 0) && band_variant() != "old") {
+    const std::string& bv = band_variant();
+    if (bv == "4")
+      launch_band<4, 2>(p, stream);
+    else if (bv == "8s2")
+      launch_band<8, 2>(p, stream);
+    else
+      launch_band<8, 3>(p, stream);
+    return;
   }
   TcArgs a{};
   a.p = p;
