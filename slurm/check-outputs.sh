@@ -1,0 +1,77 @@
+#!/bin/bash
+# Checks that every input of a job array has a complete output; lists those that do not.
+#
+#   slurm/check-outputs.sh LIST OUTDIR          (by hand, or as the array's summary job:)
+#   sbatch --dependency=afterok:ARRAY_JOB slurm/check-outputs.sh LIST OUTDIR
+#
+# LIST and OUTDIR are those given to slurm/submit-array.sh: input dir/genome.fa.gz is expected
+# as OUTDIR/genome.h5. An output is complete when the file exists and its root attribute
+# `complete` is 1 (sparsa writes it last, then renames the file into place; see docs/formats.md).
+# Read with `sparsa inspect` ($SPARSA or PATH), else h5dump, else python3 with h5py.
+#
+# Exit codes: 0 every output complete; 1 some are not (each is listed, with what is left of it:
+# a journal OUT.parts/ means --resume, i.e. resubmitting, continues it); 2 usage.
+#
+#SBATCH --job-name=sparsa-check
+#SBATCH --output=sparsa-check-%j.log
+#SBATCH --open-mode=append
+#SBATCH --ntasks=1
+#SBATCH --time=00:15:00
+
+set -uo pipefail
+
+if [ $# -ne 2 ]; then
+  echo "usage: check-outputs.sh LIST OUTDIR" >&2
+  exit 2
+fi
+LIST=$1 OUTDIR=$2
+[ -r "$LIST" ] || { echo "check-outputs: cannot read $LIST" >&2; exit 2; }
+
+SPARSA=${SPARSA:-$(command -v sparsa || true)}
+
+# Prints 1 when $1 is a complete sparsa embeddings file.
+is_complete() {
+  local out=$1
+  if [ -n "$SPARSA" ] && [ -x "$SPARSA" ]; then
+    # inspect reads every record's metadata too, so a damaged file fails here.
+    local text
+    text=$("$SPARSA" inspect "$out" 2>&1) || return 1
+    grep -q "sparsa embeddings" <<<"$text" && ! grep -q "INCOMPLETE" <<<"$text"
+  elif command -v h5dump >/dev/null; then
+    h5dump -a /complete "$out" 2>/dev/null | grep -q '(0): 1$'
+  else
+    python3 -c 'import sys, h5py; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") == 1 else 1)' \
+      "$out" 2>/dev/null
+  fi
+}
+
+n=0 bad=0
+# Same rule as embed-array.sbatch: skip blank and # lines; output = OUTDIR/<name less extensions>.h5
+while IFS= read -r line || [ -n "$line" ]; do
+  input=$(sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' <<<"$line")
+  case $input in '' | '#'*) continue ;; esac
+  name=$(basename "$input")
+  name=${name%.gz}
+  name=${name%.bgz}
+  name=${name%.*}
+  out=$OUTDIR/$name.h5
+  n=$((n + 1))
+  if [ -f "$out" ] && is_complete "$out"; then
+    echo "complete    $out"
+    [ -d "$out.parts" ] && echo "            (note: a journal $out.parts/ is left beside it)"
+    continue
+  fi
+  bad=$((bad + 1))
+  if [ -f "$out" ]; then
+    echo "INCOMPLETE  $out (input $input): not a complete sparsa embeddings file"
+  elif [ -d "$out.parts" ]; then
+    parts=$(find "$out.parts" -maxdepth 1 -name '[0-9]*.h5' | wc -l)
+    echo "UNFINISHED  $out (input $input): $parts records in $out.parts/; resubmit to resume"
+  else
+    echo "MISSING     $out (input $input)"
+  fi
+done <"$LIST"
+
+echo "check-outputs: $((n - bad)) of $n outputs complete in $OUTDIR"
+[ "$n" -gt 0 ] || { echo "check-outputs: $LIST lists no inputs" >&2; exit 2; }
+[ "$bad" -eq 0 ] || exit 1

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Submits a job array that embeds every input listed in a file, and a summary job after it.
+#
+#   slurm/submit-array.sh [--throttle K] [--parsable] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]
+#
+#   LIST          one input file per line (blank lines and # comments skipped)
+#   OUTDIR        one output per input: dir/genome.fa.gz -> OUTDIR/genome.h5
+#   --throttle K  at most K array tasks run at once (--array=0-N%K; default 8)
+#   --sbatch OPT  one extra sbatch option for the array tasks, repeatable:
+#                 --sbatch=-n4 --sbatch=--cpus-per-task=8 --sbatch=--time=2:00:00
+#   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
+#
+# The summary job (slurm/check-outputs.sh) waits for the array with --dependency=afterok: it runs
+# when every task has succeeded and confirms each output is complete. If a task fails, Slurm
+# cancels the summary job (--kill-on-invalid-dep=yes) instead of leaving it pending forever; run
+# `slurm/check-outputs.sh LIST OUTDIR` by hand then to list what is missing, and submit this
+# script again: finished outputs are kept ("already complete") and unfinished ones resume.
+# Logs: sparsa-ARRAYID_TASK.log per task and sparsa-check-JOBID.log, in the current directory.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+throttle=8
+parsable=0
+extra=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --throttle) throttle=$2; shift 2 ;;
+    --throttle=*) throttle=${1#*=}; shift ;;
+    --sbatch) extra+=("$2"); shift 2 ;;
+    --sbatch=*) extra+=("${1#*=}"); shift ;;
+    --parsable) parsable=1; shift ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) break ;;
+  esac
+done
+if [ $# -lt 3 ]; then
+  echo "usage: submit-array.sh [--throttle K] [--parsable] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
+  exit 2
+fi
+LIST=$1 MODEL=$2 OUTDIR=$3
+shift 3
+[ -r "$LIST" ] || { echo "submit-array: cannot read $LIST" >&2; exit 2; }
+
+# Count the inputs by the rule the array tasks use, and refuse two inputs that would write the
+# same output (same name in different folders).
+mapfile -t inputs < <(grep -v -E '^[[:space:]]*(#|$)' "$LIST" |
+  sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')
+n=${#inputs[@]}
+[ "$n" -gt 0 ] || { echo "submit-array: $LIST lists no inputs" >&2; exit 2; }
+declare -A seen=()
+for input in "${inputs[@]}"; do
+  [ -e "$input" ] || { echo "submit-array: input $input (in $LIST) does not exist" >&2; exit 2; }
+  name=$(basename "$input")
+  name=${name%.gz}
+  name=${name%.bgz}
+  name=${name%.*}
+  if [ -n "${seen[$name]:-}" ]; then
+    echo "submit-array: $input and ${seen[$name]} would both write $OUTDIR/$name.h5" >&2
+    exit 2
+  fi
+  seen[$name]=$input
+done
+mkdir -p "$OUTDIR"
+[ "$throttle" -ge 1 ] || throttle=1
+
+# The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
+export SPARSA_SLURM_SCRIPTS=$here
+array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" "${extra[@]}" \
+  "$here/embed-array.sbatch" "$LIST" "$MODEL" "$OUTDIR" "$@")
+array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
+check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
+  "$here/check-outputs.sh" "$LIST" "$OUTDIR")
+check_id=${check_id%%;*}
+
+if [ "$parsable" = 1 ]; then
+  echo "$array_id $check_id"
+else
+  echo "Submitted array job $array_id: $n inputs, at most $throttle at once (logs sparsa-${array_id}_N.log)"
+  echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"
+fi

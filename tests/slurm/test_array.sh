@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# slurm/submit-array.sh over 3 inputs: a job array (one output per input, at most 2 at once) and
+# a summary job (slurm/check-outputs.sh, --dependency=afterok) that finds every output complete.
+# Each output equals a plain run on its input. check-outputs.sh also lists (and fails on) outputs
+# that are missing or unfinished.
+source "$(dirname "$0")/common.sh"
+make_model
+mkdir -p in
+for i in 1 2 3; do
+  "$PY" "$SRC/tests/slurm/make-fasta.py" "in/sample$i.fa" 2 3000 "$i" "s${i}_"
+done
+gzip in/sample3.fa  # sample3.fa.gz -> out/sample3.h5
+# The list: absolute and relative paths, with a comment and a blank line that are skipped.
+{
+  echo "# inputs for the array test"
+  echo "$WORK/in/sample1.fa"
+  echo ""
+  echo "in/sample2.fa"
+  echo "  in/sample3.fa.gz  "
+} >inputs.txt
+
+read -r array_id check_id < <(bash "$SRC/slurm/submit-array.sh" --parsable --throttle 2 \
+  inputs.txt model.h5 out)
+JOBS+=("$array_id" "$check_id")
+say "array job $array_id, summary job $check_id"
+[ "$(job_field "$array_id" ArrayTaskThrottle)" = 2 ] || fail "the array is not throttled to 2"
+
+wait_until 400 "summary job $check_id to finish" job_finished "$check_id"
+state=$(job_field "$check_id" JobState)
+exitcode=$(job_field "$check_id" ExitCode)
+for f in sparsa-"${array_id}"_*.log sparsa-check-"$check_id".log; do
+  echo "---- $f"
+  cat "$f"
+done
+[ "$state" = COMPLETED ] && [ "$exitcode" = 0:0 ] || fail "summary job $check_id: $state ($exitcode)"
+for t in 0 1 2; do
+  [ -f "sparsa-${array_id}_$t.log" ] || fail "no log for array task $t"
+done
+grep -q "3 of 3 outputs complete" "sparsa-check-$check_id.log" || fail "summary does not say 3 of 3"
+# The same path strings as in the list: a record's `source` attribute is the path as given.
+for i in 1 2 3; do
+  in=in/sample$i.fa
+  [ $i -eq 1 ] && in=$WORK/in/sample1.fa
+  [ $i -eq 3 ] && in=in/sample3.fa.gz
+  "$REAL_SPARSA" embed --model model.h5 --input "$in" --output "ref$i.h5" -q
+  same "ref$i.h5" "out/sample$i.h5"
+done
+
+say "check-outputs.sh lists what is not complete"
+mkdir -p out/sample4.h5.parts
+printf '%s\n' in/sample1.fa in/sample4.fa in/sample5.fa >more.txt
+rc=0
+bash "$SRC/slurm/check-outputs.sh" more.txt out >check.txt || rc=$?
+cat check.txt
+[ "$rc" -eq 1 ] || fail "check-outputs.sh exited $rc, expected 1"
+grep -q "^complete .*out/sample1.h5" check.txt &&
+  grep -q "^UNFINISHED .*out/sample4.h5" check.txt &&
+  grep -q "^MISSING .*out/sample5.h5" check.txt || fail "check-outputs.sh listed the wrong outputs"
+say "a failing task: the summary job is cancelled, not left pending"
+printf 'not a FASTA file\n' >in/broken.fa
+printf '%s\n' in/sample1.fa in/broken.fa >broken.txt
+read -r array_id check_id < <(bash "$SRC/slurm/submit-array.sh" --parsable broken.txt model.h5 out)
+JOBS+=("$array_id" "$check_id")
+wait_until 120 "summary job $check_id to be cancelled" job_finished "$check_id"
+[ "$(job_field "$check_id" JobState)" = CANCELLED ] ||
+  fail "summary job $check_id: $(job_field "$check_id" JobState), expected CANCELLED"
+grep -q "sparsa: error" sparsa-"${array_id}"_1.log || fail "task 1 did not report the bad input"
+
+say "PASS: array over 3 inputs, summary step complete, incomplete outputs listed"

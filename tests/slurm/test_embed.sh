@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# slurm/embed.sbatch with 2 tasks, submitted with `sbatch --wait` to the test cluster, writes the
+# same embeddings as `mpirun -np 2`: the lambda genome split over both ranks (--split-min 1000),
+# each rank started by srun through PMIx (checked by a wrapper that records what every rank saw).
+source "$(dirname "$0")/common.sh"
+make_model
+LAMBDA=$SRC/examples/lambda_virus.fa.gz
+
+say "reference: mpirun -np 2"
+mpirun -np 2 "$REAL_SPARSA" embed --model model.h5 --input "$LAMBDA" --output ref.h5 \
+  --split-min 1000 -q || fail "mpirun reference run failed"
+
+# The job runs this wrapper as its sparsa: it notes each rank's launch environment, then execs.
+cat >sparsa-wrapper.sh <<W
+#!/bin/bash
+echo "rank=\${PMIX_RANK:-none} ntasks=\${SLURM_NTASKS:-none} localid=\${SLURM_LOCALID:-none}" >>"$WORK/ranks.txt"
+exec "$REAL_SPARSA" "\$@"
+W
+chmod +x sparsa-wrapper.sh
+
+say "sbatch --wait -n 2 slurm/embed.sbatch"
+rc=0
+SPARSA=$WORK/sparsa-wrapper.sh timeout 600 sbatch --wait -n 2 --output="$WORK/embed-%j.log" \
+  "$SRC/slurm/embed.sbatch" model.h5 "$LAMBDA" slurm.h5 --split-min 1000 >submit.txt || rc=$?
+cat submit.txt
+JOBS+=("$(grep -o '[0-9]*' submit.txt | head -1)")
+[ "$rc" -eq 0 ] || fail "the job exited with $rc"
+
+log=$(ls embed-*.log)
+cat "$log"
+grep -q -- "--mpi=pmix" "$log" || fail "the step was not launched with srun --mpi=pmix"
+grep -q "SLURM_RESTART_COUNT=0" "$log" || fail "the log does not show SLURM_RESTART_COUNT=0"
+sort ranks.txt
+[ "$(sort -u ranks.txt | wc -l)" -eq 2 ] &&
+  grep -q "rank=0 ntasks=2 localid=0" ranks.txt && grep -q "rank=1 ntasks=2 localid=1" ranks.txt ||
+  fail "expected two PMIx ranks (0 and 1 of 2, node-local ids 0 and 1)"
+[ ! -e slurm.h5.parts ] || fail "the journal slurm.h5.parts was left behind"
+same ref.h5 slurm.h5
+say "PASS: sbatch 2 tasks == mpirun -np 2"

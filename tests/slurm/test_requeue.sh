@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A running slurm/embed.sbatch job stopped part way, twice, ends with the same output as a clean
+# run:
+#  1. USR1 to the batch shell (what --signal=B:USR1@120 sends before the time limit):
+#     sparsa stops at a safe point (exit 75) and the script requeues the job itself;
+#  2. `scontrol requeue` by hand while the restarted job runs: Slurm sends TERM and requeues it.
+# Every start runs with --resume; the log shows SLURM_RESTART_COUNT=0, 1 and 2.
+source "$(dirname "$0")/common.sh"
+make_model
+# 16 records of 40 kb (fixed seed): enough finished records to keep, and enough left to stop.
+"$PY" "$SRC/tests/slurm/make-fasta.py" big.fa 16 40000 7
+NREC=16
+
+say "reference: mpirun -np 2 (a clean run)"
+mpirun -np 2 "$REAL_SPARSA" embed --model model.h5 --input big.fa --output ref.h5 -q ||
+  fail "reference run failed"
+
+jid=$(sbatch --parsable -n 2 --output="$WORK/requeue-%j.log" \
+  "$SRC/slurm/embed.sbatch" model.h5 big.fa out.h5)
+jid=${jid%%;*}
+JOBS+=("$jid")
+say "submitted job $jid"
+
+n_parts() { find out.h5.parts -maxdepth 1 -name '[0-9]*.h5' 2>/dev/null | wc -l; }
+# Waits (polling every 0.1 s) until run number RESTARTS of the job is running and has itself
+# written a record: sparsa is then past its start (its signal handlers are in place) and has
+# work left. Prints the number of finished records.
+wait_for_progress() {
+  local restarts=$1 t0=$SECONDS base=""
+  while :; do
+    job_finished "$jid" && fail "job $jid ended before it could be stopped part way (too fast?)"
+    [ $((SECONDS - t0)) -lt 300 ] || fail "timed out waiting for run $restarts of job $jid"
+    if [ -z "$base" ]; then
+      # The records kept by the runs before this one, counted once this run has started.
+      [ "$(job_field "$jid" JobState)" = RUNNING ] &&
+        [ "$(job_field "$jid" Restarts)" = "$restarts" ] && base=$(n_parts)
+    elif [ "$(n_parts)" -gt "$base" ]; then
+      n_parts
+      return 0
+    fi
+    sleep 0.1
+  done
+}
+
+n1=$(wait_for_progress 0)
+say "run 1 has $n1 of $NREC records: USR1 to the batch shell (the time-limit warning)"
+scancel --batch --signal=USR1 "$jid"
+wait_until 120 "job $jid requeued by its script" \
+  bash -c "[ \"\$(scontrol show job -o $jid | grep -o 'Restarts=[0-9]*')\" = Restarts=1 ]"
+
+n2=$(wait_for_progress 1)
+[ "$n2" -lt "$NREC" ] || fail "run 2 finished every record before it could be requeued"
+say "run 2 has $n2 of $NREC records: scontrol requeue $jid (by hand)"
+scontrol requeue "$jid"
+
+wait_until 400 "job $jid to finish" job_finished "$jid"
+state=$(job_field "$jid" JobState)
+exitcode=$(job_field "$jid" ExitCode)
+restarts=$(job_field "$jid" Restarts)
+log=requeue-$jid.log
+cat "$log"
+say "job $jid: $state, exit $exitcode, restarts $restarts"
+[ "$state" = COMPLETED ] && [ "$exitcode" = 0:0 ] || fail "job $jid ended $state ($exitcode)"
+[ "$restarts" = 2 ] || fail "expected 2 restarts, Slurm counts $restarts"
+for c in 0 1 2; do
+  grep -q "SLURM_RESTART_COUNT=$c" "$log" || fail "the log does not show SLURM_RESTART_COUNT=$c"
+done
+grep -q "received SIGUSR1" "$log" || fail "the batch shell did not log the USR1"
+grep -q "requeued job $jid" "$log" || fail "the script did not requeue itself after USR1"
+grep -q "stopped on SIGTERM: not requeueing" "$log" || fail "no TERM stop logged for the hand requeue"
+[ "$(grep -c 'sparsa exited with 75' "$log")" -eq 2 ] || fail "expected two stops with exit 75"
+[ "$(grep -c 'resuming: ' "$log")" -eq 2 ] || fail "expected two resumed runs"
+[ ! -e out.h5.parts ] || fail "the journal out.h5.parts was left behind"
+same ref.h5 out.h5
+say "PASS: stopped by USR1 and by scontrol requeue, resumed, identical to a clean run"
