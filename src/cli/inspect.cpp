@@ -36,7 +36,7 @@ void inspect_model(const std::string& path) {
   std::printf("config:\n%s", w.config_toml.c_str());
 }
 
-void inspect_embeddings(const h5::File& f, bool verbose) {
+bool inspect_embeddings(const h5::File& f, bool verbose) {
   const std::string& path = f.path();
   const bool complete = f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1;
   std::printf("%s: sparsa embeddings (format_version %lld)%s\n", path.c_str(),
@@ -64,11 +64,12 @@ void inspect_embeddings(const h5::File& f, bool verbose) {
                 region.c_str());
     ++shown;
   }
+  return complete;
 }
 
 }  // namespace
 
-void inspect_file(const std::string& path, bool verbose) {
+bool inspect_file(const std::string& path, bool verbose) {
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format"))
     throw InputError(path + ": an HDF5 file, but not one of sparsa's (no 'format' attribute)");
@@ -76,8 +77,9 @@ void inspect_file(const std::string& path, bool verbose) {
   if (fmt == "sparsa-model") {
     f.close();
     inspect_model(path);
+    return true;
   } else if (fmt == "sparsa-embeddings") {
-    inspect_embeddings(f, verbose);
+    return inspect_embeddings(f, verbose);
   } else {
     throw InputError(path + ": unknown format '" + fmt + "'");
   }

@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);
     } else if (*insp) {
-      inspect_file(insp_path, insp_all);
+      if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
     }
   } catch (const Interrupted& e) {
     std::fprintf(stderr,

@@ -341,6 +341,16 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + tiny_model());
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("d_model 64"), std::string::npos);
+  // An embeddings file without complete = 1 is reported and fails the check.
+  {
+    auto f = h5::File::create(t / "partial.h5");
+    f.set_attr("/", "format", std::string("sparsa-embeddings"));
+    f.set_attr("/", "format_version", (int64_t)1);
+    f.create_group("/records");
+  }
+  r = run(binary() + " inspect " + t / "partial.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("INCOMPLETE"), std::string::npos) << r.output;
 }
 
 TEST(Cli, DocsSnippetReadsWithH5py) {
