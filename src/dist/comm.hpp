@@ -1,5 +1,6 @@
 // sparsa: the communicator. One flat interface, one level of implementations: a single process
-// (no MPI needed at run time) and MPI; NCCL backs the same calls on GPUs.
+// (no MPI needed at run time) and MPI; the CUDA backend exchanges device buffers over NCCL
+// (dist/comm_nccl.hpp), bootstrapped over this one.
 // Every rank must make the same collective calls in the same order.
 #pragma once
 #include <cstdint>

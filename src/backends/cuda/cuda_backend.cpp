@@ -11,6 +11,7 @@
 #include "backends/cuda/check.hpp"
 #include "backends/cuda/gemm.hpp"
 #include "core/error.hpp"
+#include "dist/comm_nccl.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
@@ -141,6 +142,12 @@ struct CudaModel::Impl {
   DeviceBuffer tokens, x, q, k, v, scores, keys, sorted, topg_temp, bad;
   DeviceBuffer h32, hact, qkv32, hid, up32, upact;
   DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack, pooled, gscratch;
+  // NCCL path of a split record: gathered candidates, K/V parts in rank order, the permutation
+  // to the order of the global set, received halo rows.
+  DeviceBuffer cand, kcat, vcat, gperm, halo_rx;
+  // The NCCL communicator (created by the first forward over a Comm of more than one rank).
+  std::unique_ptr<NcclComm> nccl;
+  const Comm* nccl_host = nullptr;
   Profiler prof;
   bool profile_env = false;
 
@@ -163,7 +170,8 @@ struct CudaModel::Impl {
     int64_t t = 0;
     for (const DeviceBuffer* b : {&tokens,    &x,   &q,     &k,    &v,     &scores, &keys, &sorted,
                                   &topg_temp, &bad, &h32,   &hact, &qkv32, &hid,    &up32, &upact,
-                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled, &gscratch})
+                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled, &gscratch,
+                                  &cand,      &kcat, &vcat, &gperm, &halo_rx})
       t += (int64_t)b->bytes();
     return t;
   }
@@ -173,14 +181,17 @@ struct CudaModel::Impl {
 };
 
 CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
+  if (o.chunk_rows <= 0) throw ConfigError("CUDA chunk_rows must be positive");
+  // The device first: Impl's members (the cuBLASLt handle and its workspace) are made on the
+  // current device (a workspace on GPU 0 made every GEMM of rank 1 fail to launch).
+  const int device = cuda::select_device(o.device);
   impl_ = std::make_unique<Impl>();
   Impl& I = *impl_;
   I.c = w.config;
   I.opt = o;
   I.act = o.bf16 ? DType::kBF16 : DType::kF32;
   I.eb = kern::dtype_bytes(I.act);
-  if (o.chunk_rows <= 0) throw ConfigError("CUDA chunk_rows must be positive");
-  I.device = cuda::select_device(o.device);
+  I.device = device;
   if (const char* e = std::getenv("SPARSA_PROFILE")) I.profile_env = e[0] && e[0] != '0';
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
@@ -217,6 +228,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
 CudaModel::~CudaModel() {
   if (impl_) {
     cudaStreamSynchronize(impl_->s);
+    impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
     cuda::destroy_stream(impl_->s);
   }
 }
@@ -307,6 +319,22 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const bool single = comm.size() == 1 && b == 0 && m == n;
   cudaStream_t s = I.s;
   CUDA_OK(cudaSetDevice(I.device));
+  // A split record over several ranks: exchanges device to device through NCCL unless asked for
+  // host staging (SPARSA_NCCL=0). The communicator is made once, collectively over `comm`.
+  const bool use_nccl =
+      !single && comm.size() > 1 &&
+      (I.opt.nccl > 0 || (I.opt.nccl < 0 && nccl_enabled_by_env()));
+  if (use_nccl && (!I.nccl || I.nccl_host != &comm || I.nccl->size() != comm.size())) {
+    I.nccl.reset();
+    I.nccl = std::make_unique<NcclComm>(comm, I.device);
+    I.nccl_host = &comm;
+  }
+  NcclComm* nc = use_nccl ? I.nccl.get() : nullptr;
+  // Every rank's shard (the owner of a chosen row, the size of each rank's candidate list).
+  std::vector<Shard> shards;
+  if (nc)
+    for (int r = 0; r < comm.size(); ++r)
+      shards.push_back(shard_of(n, r, comm.size(), shard.align, shard.mirrored));
   Profiler& P = I.prof;
   P.used = 0;
 
@@ -346,6 +374,21 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.kpack.reserve(G * d * eb);
     I.vpack.reserve(G * d * eb);
   }
+  std::vector<int64_t> cand_bytes;  // NCCL path: each rank's candidate list, in bytes
+  int64_t halo_rx_bytes = 0;
+  if (nc) {
+    int64_t total = 0;
+    for (const Shard& sr : shards) {
+      cand_bytes.push_back(std::min(G, sr.size()) * 8);
+      total += cand_bytes.back();
+    }
+    I.cand.reserve(std::max<int64_t>(8, total));
+    I.kcat.reserve(G * d * eb);
+    I.vcat.reserve(G * d * eb);
+    I.gperm.reserve(G * 8);
+    for (auto& [peer, r] : plan.recvs) halo_rx_bytes += 2 * (r.end - r.begin) * d * eb;
+    I.halo_rx.reserve(std::max<int64_t>(8, halo_rx_bytes));
+  }
 
   P.mark(kEmbed, s);
   cuda::copy_to_device(I.tokens.get(), tokens_host, m * c.n_tables() * 4, s);
@@ -374,19 +417,21 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     std::vector<Transfer> sends, recvs;
     send_buf.reserve(2 * plan.sends.size());
     recv_buf.reserve(2 * plan.recvs.size());
-    for (auto& [peer, r] : plan.sends) {
-      const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
-      for (const DeviceBuffer* src : {&I.k, &I.v}) {
-        send_buf.emplace_back(bytes);
-        cuda::copy_to_host(send_buf.back().data(), src->as<char>() + off, bytes, s);
-        sends.push_back({peer, send_buf.back().data(), bytes});
+    if (!nc) {  // host staging (the NCCL path sends from the device buffers, below)
+      for (auto& [peer, r] : plan.sends) {
+        const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
+        for (const DeviceBuffer* src : {&I.k, &I.v}) {
+          send_buf.emplace_back(bytes);
+          cuda::copy_to_host(send_buf.back().data(), src->as<char>() + off, bytes, s);
+          sends.push_back({peer, send_buf.back().data(), bytes});
+        }
       }
-    }
-    for (auto& [peer, r] : plan.recvs) {
-      const int64_t bytes = (r.end - r.begin) * row_bytes;
-      for (int t = 0; t < 2; ++t) {
-        recv_buf.emplace_back(bytes);
-        recvs.push_back({peer, recv_buf.back().data(), bytes});
+      for (auto& [peer, r] : plan.recvs) {
+        const int64_t bytes = (r.end - r.begin) * row_bytes;
+        for (int t = 0; t < 2; ++t) {
+          recv_buf.emplace_back(bytes);
+          recvs.push_back({peer, recv_buf.back().data(), bytes});
+        }
       }
     }
 
@@ -396,21 +441,36 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
                        I.topg_temp.get(), temp, I.bad.as<unsigned long long>()},
                       s);
     const int64_t n_best = std::min(G, m);
-    best.resize(n_best);
     unsigned long long bad = 0;
-    cuda::copy_to_host(best.data(), I.sorted.get(), n_best * 8, s);
-    cuda::copy_to_host(&bad, I.bad.get(), 8, s);
-    cuda::synchronize(s);  // also completes the halo staging copies
+    if (nc) {
+      // Every rank's best keys gathered on the device (the sizes are known: min(G, shard size)),
+      // then copied back once: the same list, in rank order, that the host path gathers.
+      if (n_best * 8 != cand_bytes[comm.rank()])
+        throw SystemError("NCCL candidate gather: shard sizes disagree");
+      P.mark(kGather, s);
+      nc->allgatherv(I.sorted.get(), I.cand.get(), cand_bytes, s);
+      int64_t total = 0;
+      for (int64_t v : cand_bytes) total += v;
+      best.resize(total / 8);
+      cuda::copy_to_host(best.data(), I.cand.get(), total, s);
+      cuda::copy_to_host(&bad, I.bad.get(), 8, s);
+      nc->synchronize(s);
+    } else {
+      best.resize(n_best);
+      cuda::copy_to_host(best.data(), I.sorted.get(), n_best * 8, s);
+      cuda::copy_to_host(&bad, I.bad.get(), 8, s);
+      cuda::synchronize(s);  // also completes the halo staging copies
+    }
     P.mark(kSelect, s);
-    const int token = single ? -1 : comm.start_exchange(sends, recvs);
+    const int token = single || nc ? -1 : comm.start_exchange(sends, recvs);
     if (bad != ~0ull)
       throw NumericError("router score at position " + std::to_string(bad) + " is not finite");
-    std::vector<cpu::GlobalCandidate> mine(n_best);
-    for (int64_t j = 0; j < n_best; ++j)
+    std::vector<cpu::GlobalCandidate> mine(best.size());
+    for (size_t j = 0; j < best.size(); ++j)
       mine[j] = {kern::topg_key_score(best[j]), kern::topg_key_pos(best[j])};
     std::vector<cpu::GlobalCandidate> S;
     std::vector<uint8_t> gathered;
-    if (single) {
+    if (single || nc) {
       S = cpu::select_global(std::move(mine), G);
     } else {
       comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)),
@@ -434,6 +494,39 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       cuda::copy_to_device(I.gidx.get(), local_idx.data(), G * 8, s);
       kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kg.get(), G, row_bytes}, s);
       kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vg.get(), G, row_bytes}, s);
+    } else if (nc) {
+      // The chosen rows this shard owns, packed in the order of S; all-gathered device to device
+      // into rank order; then permuted into the order of S. Every rank knows every owner.
+      local_idx.clear();
+      std::vector<int64_t> part(comm.size(), 0), perm(G);
+      std::vector<int> owner(G);
+      for (int64_t j = 0; j < G; ++j) {
+        int r = 0;
+        while (r < comm.size() && !(gpos[j] >= shards[r].begin && gpos[j] < shards[r].end)) ++r;
+        if (r == comm.size())
+          throw SystemError("global gather: position " + std::to_string(gpos[j]) +
+                            " is in no shard");
+        owner[j] = r;
+        ++part[r];
+        if (r == comm.rank()) local_idx.push_back(own + gpos[j] - b);
+      }
+      std::vector<int64_t> first(comm.size() + 1, 0);
+      for (int r = 0; r < comm.size(); ++r) first[r + 1] = first[r] + part[r];
+      for (int64_t j = 0; j < G; ++j) perm[j] = first[owner[j]]++;
+      for (int64_t& v : part) v *= row_bytes;
+      const int64_t cnt = (int64_t)local_idx.size();
+      cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
+      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes},
+                               s);
+      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes},
+                               s);
+      nc->allgatherv(I.kpack.get(), I.kcat.get(), part, s);
+      nc->allgatherv(I.vpack.get(), I.vcat.get(), part, s);
+      cuda::copy_to_device(I.gperm.get(), perm.data(), G * 8, s);
+      kern::launch_gather_rows({I.kcat.get(), I.gperm.as<int64_t>(), I.kg.get(), G, row_bytes},
+                               s);
+      kern::launch_gather_rows({I.vcat.get(), I.gperm.as<int64_t>(), I.vg.get(), G, row_bytes},
+                               s);
     } else {
       // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
       // only these G rows cross ranks (through the host, so that any Comm works).
@@ -520,6 +613,27 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
       ap.row_begin = lo_a;
       ap.row_end = hi_a;
+      // NCCL: the halo (K and V rows after RoPE) goes device to device on the communicator's own
+      // stream, received into halo_rx, overlapped with the interior attention below.
+      int nccl_token = -1;
+      if (nc) {
+        P.mark(kHalo, s);
+        std::vector<Transfer> dsends, drecvs;
+        for (auto& [peer, r] : plan.sends) {
+          const int64_t off = (r.begin - kv.begin) * row_bytes,
+                        bytes = (r.end - r.begin) * row_bytes;
+          dsends.push_back({peer, I.k.as<char>() + off, bytes});
+          dsends.push_back({peer, I.v.as<char>() + off, bytes});
+        }
+        int64_t rx = 0;
+        for (auto& [peer, r] : plan.recvs) {
+          const int64_t bytes = (r.end - r.begin) * row_bytes;
+          for (int t = 0; t < 2; ++t, rx += bytes)
+            drecvs.push_back({peer, I.halo_rx.as<char>() + rx, bytes});
+        }
+        nccl_token = nc->start_exchange(dsends, drecvs, s);
+        P.mark(kAttention, s);
+      }
       // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned
       // key tiles, and a masked key's p = 0 times a NaN pattern in stale memory would be NaN.
       for (auto& [peer, r] : plan.recvs) {
@@ -530,13 +644,25 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       }
       kern::launch_attention(ap, s);
       P.mark(kHalo, s);
-      comm.wait_exchange(token);
-      size_t rb_i = 0;
-      for (auto& [peer, r] : plan.recvs) {
-        const int64_t off = (r.begin - kv.begin) * row_bytes,
-                      bytes = (r.end - r.begin) * row_bytes;
-        cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
-        cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+      if (nc) {
+        nc->wait_exchange(nccl_token, s);  // s waits for the exchange stream (no host wait)
+        int64_t rx = 0;
+        for (auto& [peer, r] : plan.recvs) {
+          const int64_t off = (r.begin - kv.begin) * row_bytes,
+                        bytes = (r.end - r.begin) * row_bytes;
+          cuda::copy_device(I.k.as<char>() + off, I.halo_rx.as<char>() + rx, bytes, s);
+          cuda::copy_device(I.v.as<char>() + off, I.halo_rx.as<char>() + rx + bytes, bytes, s);
+          rx += 2 * bytes;
+        }
+      } else {
+        comm.wait_exchange(token);
+        size_t rb_i = 0;
+        for (auto& [peer, r] : plan.recvs) {
+          const int64_t off = (r.begin - kv.begin) * row_bytes,
+                        bytes = (r.end - r.begin) * row_bytes;
+          cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+          cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+        }
       }
       P.mark(kAttention, s);
       ap.row_begin = 0;

@@ -1,8 +1,13 @@
 // sparsa CUDA backend: the DSA model of spec section 2 on one GPU per rank (plain C++ header).
 // CudaModel::forward returns exactly what sparsa::forward (the CPU oracle) returns and follows the
-// same shard protocol: K/V halos after RoPE through comm.start_exchange / wait_exchange and the
-// global set through comm.allgatherv; only the halo rows and the G chosen rows are staged through
-// host memory (so that any Comm works), and on one rank holding the whole record nothing is.
+// same shard protocol: K/V halos after RoPE and the global set (candidates, then the chosen K/V
+// rows) exchanged between the ranks of `comm`. With more than one rank, the exchanges go device to
+// device through an NCCL communicator (dist/comm_nccl.hpp) that the model creates on the first
+// such forward (bootstrapped over `comm`); with SPARSA_NCCL=0 (or CudaOptions::nccl = 0) they go
+// through comm.start_exchange / wait_exchange / allgatherv instead, only the halo rows and the G
+// chosen rows staged through host memory (so that any Comm works). Both paths give identical
+// results, equal to one rank's (a row's arithmetic does not depend on the shard); on one rank
+// holding the whole record nothing is exchanged.
 //   fp32 mode (bf16 = false): every tensor float32, for validation against the CPU (tight).
 //   bf16 mode: projections, MLP and attention in bf16 with fp32 accumulation; the residual stream,
 //   norms, RoPE angles and router scores stay float32 (the router reads the fp32 stream, so the
@@ -34,6 +39,9 @@ struct CudaOptions {
   int64_t chunk_rows = 65536;  // rows per chunk of the projection / MLP scratch
   CudaOutput output = CudaOutput::kHost;
   int64_t pool_bin = 128;  // rows per bin for CudaOutput::kPooled
+  // Exchanges of a split record: 1 NCCL (device to device), 0 host-staged through the Comm,
+  // -1 from the environment (SPARSA_NCCL=0 selects host staging; default NCCL).
+  int nccl = -1;
   // Per-stage timing with CUDA events (also switched on by the environment: SPARSA_PROFILE=1,
   // which prints the table to stderr after every forward).
   bool profile = false;

@@ -1,0 +1,391 @@
+// NCCL communicator for device buffers (see comm_nccl.hpp). Compiled only with SPARSA_HAVE_CUDA:
+// the CPU-only build globs this file too and gets an empty translation unit.
+#ifdef SPARSA_HAVE_CUDA
+#include "dist/comm_nccl.hpp"
+
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/error.hpp"
+
+namespace sparsa {
+
+namespace {
+
+[[noreturn]] void fail_nccl(ncclResult_t r, ncclComm_t comm, const char* expr, const char* file,
+                            int line, int rank) {
+  const char* last = ncclGetLastError(comm);
+  throw SystemError(std::string("NCCL error ") + ncclGetErrorString(r) + " in " + expr + " at " +
+                    file + ":" + std::to_string(line) + " on rank " + std::to_string(rank) +
+                    (last && last[0] ? std::string(": ") + last : std::string()));
+}
+[[noreturn]] void fail_cuda_rank(cudaError_t e, const char* expr, const char* file, int line,
+                                 int rank) {
+  throw SystemError(std::string("CUDA error ") + cudaGetErrorName(e) + " (" +
+                    cudaGetErrorString(e) + ") in " + expr + " at " + file + ":" +
+                    std::to_string(line) + " on rank " + std::to_string(rank));
+}
+
+}  // namespace
+
+// Checked calls: the expression, file:line and this rank in the message (`rank_` in scope).
+#define SPARSA_NCCL_CHECK(comm, expr)                                        \
+  do {                                                                       \
+    ncclResult_t r_ = (expr);                                                \
+    if (r_ != ncclSuccess && r_ != ncclInProgress)                           \
+      fail_nccl(r_, (comm), #expr, __FILE__, __LINE__, rank_);               \
+  } while (0)
+#define SPARSA_NCCL_CUDA(expr)                                                   \
+  do {                                                                           \
+    cudaError_t e_ = (expr);                                                     \
+    if (e_ != cudaSuccess) fail_cuda_rank(e_, #expr, __FILE__, __LINE__, rank_); \
+  } while (0)
+
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// NCCL has no timeouts: a peer that died or hangs leaves a kernel spinning forever. The watchdog
+// holds two kinds of deadline: a blocking host call (Armed, as in comm_mpi.cpp), and every
+// enqueued operation, tracked by an event recorded after it on its stream (the deadline runs from
+// the oldest operation not yet seen complete). It also polls ncclCommGetAsyncError. On an error or
+// a passed deadline: a message, ncclCommAbort (never ncclCommDestroy), MPI_Abort.
+class NcclWatchdog {
+ public:
+  NcclWatchdog(int rank, int device) : rank_(rank), device_(device) {
+    const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
+    timeout_s_ = t ? std::max(1.0, std::atof(t)) : 1800.0;
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~NcclWatchdog() {
+    stop_ = true;
+    thread_.join();
+    for (Op& o : ops_) cudaEventDestroy(o.ev);
+  }
+  void attach(ncclComm_t c) {
+    std::lock_guard<std::mutex> g(mu_);
+    comm_ = c;
+  }
+  // Returns the communicator and stops polling it (before it is destroyed or aborted).
+  ncclComm_t detach() {
+    std::lock_guard<std::mutex> g(mu_);
+    ncclComm_t c = comm_;
+    comm_ = nullptr;
+    return c;
+  }
+  double timeout_s() const { return timeout_s_; }
+
+  class Armed {
+   public:
+    Armed(NcclWatchdog& w, const char* what) : w_(w) {
+      w_.what_ = what;
+      w_.deadline_ns_ = now_ns() + (int64_t)(w_.timeout_s_ * 1e9);
+    }
+    ~Armed() { w_.deadline_ns_ = 0; }
+    Armed(const Armed&) = delete;
+    Armed& operator=(const Armed&) = delete;
+
+   private:
+    NcclWatchdog& w_;
+  };
+
+  // Records "operation `what` enqueued on `stream`" (call right after enqueuing it).
+  void track(cudaStream_t stream, const char* what) {
+    std::lock_guard<std::mutex> g(mu_);
+    Op* op = nullptr;
+    for (Op& o : ops_)
+      if (o.stream == stream) op = &o;
+    if (!op) {
+      ops_.push_back(Op{stream, nullptr, 0, what, false});
+      op = &ops_.back();
+      const cudaError_t e = cudaEventCreateWithFlags(&op->ev, cudaEventDisableTiming);
+      if (e != cudaSuccess) {
+        ops_.pop_back();
+        fail_cuda_rank(e, "cudaEventCreateWithFlags", __FILE__, __LINE__, rank_);
+      }
+    }
+    // The deadline runs from the oldest operation not seen complete: an event that completed
+    // since the last poll restarts it.
+    if (op->pending && cudaEventQuery(op->ev) == cudaSuccess) op->pending = false;
+    if (!op->pending) op->since_ns = now_ns(), op->what = what;
+    op->pending = true;
+    const cudaError_t e = cudaEventRecord(op->ev, stream);
+    if (e != cudaSuccess) fail_cuda_rank(e, "cudaEventRecord", __FILE__, __LINE__, rank_);
+  }
+  // True when every tracked operation completed and NCCL reports no asynchronous error.
+  bool idle() {
+    std::lock_guard<std::mutex> g(mu_);
+    for (Op& o : ops_)
+      if (o.pending) {
+        if (cudaEventQuery(o.ev) != cudaSuccess) return false;
+        o.pending = false;
+      }
+    ncclResult_t st = ncclSuccess;
+    if (comm_ && ncclCommGetAsyncError(comm_, &st) == ncclSuccess && st != ncclSuccess)
+      return false;
+    return true;
+  }
+
+ private:
+  struct Op {
+    cudaStream_t stream;
+    cudaEvent_t ev;
+    int64_t since_ns;
+    const char* what;
+    bool pending;
+  };
+  void loop() {
+    cudaSetDevice(device_);  // events are queried on this rank's device
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::string why;
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        if (comm_) {
+          ncclResult_t st = ncclSuccess;
+          const ncclResult_t r = ncclCommGetAsyncError(comm_, &st);
+          if (r != ncclSuccess)
+            why = std::string("ncclCommGetAsyncError failed: ") + ncclGetErrorString(r);
+          else if (st != ncclSuccess && st != ncclInProgress) {
+            const char* last = ncclGetLastError(comm_);
+            why = std::string("NCCL reported an asynchronous error: ") + ncclGetErrorString(st) +
+                  (last && last[0] ? std::string(" (") + last + ")" : std::string());
+          }
+        }
+        const int64_t now = now_ns(), limit = (int64_t)(timeout_s_ * 1e9);
+        for (Op& o : ops_) {
+          if (!why.empty() || !o.pending) continue;
+          const cudaError_t q = cudaEventQuery(o.ev);
+          if (q == cudaSuccess) {
+            o.pending = false;
+          } else if (q != cudaErrorNotReady) {
+            why = std::string("CUDA error while waiting for ") + o.what + ": " +
+                  cudaGetErrorString(q);
+          } else if (now - o.since_ns > limit) {
+            char b[200];
+            std::snprintf(b, sizeof b, "%s did not complete within %.0f s", o.what, timeout_s_);
+            why = b;
+          }
+        }
+        const int64_t d = deadline_ns_;
+        if (why.empty() && d != 0 && now > d) {
+          char b[200];
+          std::snprintf(b, sizeof b, "%s did not complete within %.0f s", what_.load(),
+                        timeout_s_);
+          why = b;
+        }
+        if (!why.empty()) fail(why);  // holds the lock: nothing else touches the comm
+      }
+    }
+  }
+  [[noreturn]] void fail(const std::string& why) {
+    std::fprintf(stderr,
+                 "sparsa: error: rank %d (NCCL, GPU %d): %s: another rank died or hangs, or the "
+                 "transport failed; aborting every rank (finished records stay in the journal; "
+                 "rerun with --resume)\n",
+                 rank_, device_, why.c_str());
+    std::fflush(stderr);
+    if (comm_) ncclCommAbort(comm_);  // never ncclCommDestroy a stuck communicator
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin) MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
+  }
+
+  int rank_, device_;
+  double timeout_s_;
+  std::mutex mu_;
+  ncclComm_t comm_ = nullptr;
+  std::vector<Op> ops_;
+  std::atomic<int64_t> deadline_ns_{0};
+  std::atomic<const char*> what_{""};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+struct NcclComm::Impl {
+  int rank_ = 0, size_ = 1, device_ = 0;
+  ncclComm_t comm = nullptr;
+  cudaStream_t halo = nullptr;  // the exchange stream (highest priority, non-blocking)
+  cudaEvent_t ready = nullptr;  // orders an exchange after the producer's work
+  cudaEvent_t done[2] = {nullptr, nullptr};
+  int next_token = 0;
+  std::unique_ptr<NcclWatchdog> wd;
+};
+
+bool nccl_enabled_by_env() {
+  const char* e = std::getenv("SPARSA_NCCL");
+  return !(e && e[0] == '0');
+}
+
+NcclComm::NcclComm(Comm& host, int device) : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  const int rank_ = host.rank();
+  I.rank_ = rank_;
+  I.size_ = host.size();
+  I.device_ = device;
+  // NVLink multicast (NVLS) stays off unless asked for: it can take a shared host's GPUs out of
+  // service, and only point-to-point transfers are issued here.
+  setenv("NCCL_NVLS_ENABLE", "0", 0);
+  SPARSA_NCCL_CUDA(cudaSetDevice(device));
+  I.wd = std::make_unique<NcclWatchdog>(rank_, device);
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (rank_ == 0) SPARSA_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
+  host.broadcast(&id, sizeof id, 0);  // MPI_Bcast of the id's bytes
+  {
+    NcclWatchdog::Armed armed(*I.wd, "NCCL initialisation (ncclCommInitRank)");
+    SPARSA_NCCL_CHECK(nullptr, ncclCommInitRank(&I.comm, I.size_, id, rank_));
+  }
+  I.wd->attach(I.comm);
+  int lo = 0, hi = 0;
+  SPARSA_NCCL_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+  SPARSA_NCCL_CUDA(cudaStreamCreateWithPriority(&I.halo, cudaStreamNonBlocking, hi));
+  SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&I.ready, cudaEventDisableTiming));
+  for (cudaEvent_t& e : I.done) SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+}
+
+NcclComm::~NcclComm() {
+  Impl& I = *impl_;
+  if (I.wd) {
+    // A healthy communicator with every operation done is destroyed; one with unfinished work,
+    // an asynchronous error, or torn down by an exception (peers may be stuck in a collective)
+    // is aborted.
+    const bool clean = std::uncaught_exceptions() == 0 && I.wd->idle();
+    ncclComm_t c = I.wd->detach();
+    if (c) {
+      NcclWatchdog::Armed armed(*I.wd, "destroying the NCCL communicator");
+      if (clean)
+        ncclCommDestroy(c);
+      else
+        ncclCommAbort(c);
+    }
+    I.wd.reset();
+  }
+  if (I.halo) cudaStreamDestroy(I.halo);
+  if (I.ready) cudaEventDestroy(I.ready);
+  for (cudaEvent_t e : I.done)
+    if (e) cudaEventDestroy(e);
+}
+
+int NcclComm::rank() const { return impl_->rank_; }
+int NcclComm::size() const { return impl_->size_; }
+int NcclComm::device() const { return impl_->device_; }
+
+int NcclComm::start_exchange(const std::vector<Transfer>& sends,
+                             const std::vector<Transfer>& recvs, cudaStream_t after) {
+  Impl& I = *impl_;
+  const int rank_ = I.rank_;
+  const int token = I.next_token++;
+  SPARSA_NCCL_CUDA(cudaEventRecord(I.ready, after));
+  SPARSA_NCCL_CUDA(cudaStreamWaitEvent(I.halo, I.ready, 0));
+  {
+    NcclWatchdog::Armed armed(*I.wd, "a halo exchange (ncclGroupEnd)");
+    SPARSA_NCCL_CHECK(I.comm, ncclGroupStart());
+    for (const Transfer& r : recvs)
+      if (r.bytes > 0)
+        SPARSA_NCCL_CHECK(I.comm, ncclRecv(r.data, (size_t)r.bytes, ncclUint8, r.peer, I.comm, I.halo));
+    for (const Transfer& s : sends)
+      if (s.bytes > 0) {
+        SPARSA_NCCL_CHECK(I.comm, ncclSend(s.data, (size_t)s.bytes, ncclUint8, s.peer, I.comm, I.halo));
+        bytes_sent_p2p += s.bytes;
+      }
+    SPARSA_NCCL_CHECK(I.comm, ncclGroupEnd());
+  }
+  SPARSA_NCCL_CUDA(cudaEventRecord(I.done[token % 2], I.halo));
+  I.wd->track(I.halo, "a halo exchange");
+  return token;
+}
+
+void NcclComm::wait_exchange(int token, cudaStream_t consumer) {
+  Impl& I = *impl_;
+  const int rank_ = I.rank_;
+  if (token < 0 || token >= I.next_token || token + 2 < I.next_token)
+    throw SystemError("NcclComm::wait_exchange: unknown token " + std::to_string(token));
+  if (consumer) {
+    SPARSA_NCCL_CUDA(cudaStreamWaitEvent(consumer, I.done[token % 2], 0));
+    I.wd->track(consumer, "work after a halo exchange");
+    return;
+  }
+  NcclWatchdog::Armed armed(*I.wd, "a halo exchange");
+  for (;;) {
+    const cudaError_t q = cudaEventQuery(I.done[token % 2]);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) SPARSA_NCCL_CUDA(q);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void NcclComm::allgatherv(const void* send, void* recv, const std::vector<int64_t>& counts,
+                          cudaStream_t stream) {
+  Impl& I = *impl_;
+  const int rank_ = I.rank_;
+  if ((int)counts.size() != I.size_)
+    throw SystemError("NcclComm::allgatherv: " + std::to_string(counts.size()) +
+                      " part sizes for " + std::to_string(I.size_) + " ranks");
+  std::vector<int64_t> disp(I.size_ + 1, 0);
+  for (int r = 0; r < I.size_; ++r) disp[r + 1] = disp[r] + counts[r];
+  char* out = static_cast<char*>(recv);
+  const int64_t mine = counts[rank_];
+  {
+    NcclWatchdog::Armed armed(*I.wd, "an all-gather (ncclGroupEnd)");
+    SPARSA_NCCL_CHECK(I.comm, ncclGroupStart());
+    for (int peer = 0; peer < I.size_; ++peer) {
+      if (peer == rank_) continue;
+      if (counts[peer] > 0)
+        SPARSA_NCCL_CHECK(I.comm, ncclRecv(out + disp[peer], (size_t)counts[peer], ncclUint8, peer,
+                                           I.comm, stream));
+      if (mine > 0) {
+        SPARSA_NCCL_CHECK(I.comm, ncclSend(send, (size_t)mine, ncclUint8, peer, I.comm, stream));
+        bytes_sent_collective += mine;
+      }
+    }
+    SPARSA_NCCL_CHECK(I.comm, ncclGroupEnd());
+  }
+  if (mine > 0 && send != out + disp[rank_])
+    SPARSA_NCCL_CUDA(
+        cudaMemcpyAsync(out + disp[rank_], send, (size_t)mine, cudaMemcpyDeviceToDevice, stream));
+  I.wd->track(stream, "an all-gather");
+}
+
+std::vector<int64_t> NcclComm::part_sizes(Comm& host, int64_t mine) {
+  std::vector<uint8_t> all;
+  host.allgatherv(&mine, 8, all);
+  std::vector<int64_t> counts(all.size() / 8);
+  if (!all.empty()) std::memcpy(counts.data(), all.data(), all.size());
+  return counts;
+}
+
+void NcclComm::synchronize(cudaStream_t stream) {
+  Impl& I = *impl_;
+  const int rank_ = I.rank_;
+  NcclWatchdog::Armed armed(*I.wd, "waiting for NCCL work on a stream");
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) SPARSA_NCCL_CUDA(q);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+}  // namespace sparsa
+#endif  // SPARSA_HAVE_CUDA
