@@ -45,7 +45,11 @@ static std::string first_difference(const std::string& a, const std::string& b) 
   while (true) {
     const bool ga = (bool)std::getline(sa, la), gb = (bool)std::getline(sb, lb);
     if (!ga && !gb) return "";
-    if (la != lb || ga != gb) return "'" + (ga ? la : "") + "' now vs '" + (gb ? lb : "") + "'";
+    if (la == lb && ga == gb) continue;
+    // Built with append (GCC 12 warns falsely about `"'" + std::string` chains, PR 105651).
+    std::string msg = "'";
+    msg.append(ga ? la : "").append("' now vs '").append(gb ? lb : "").append("'");
+    return msg;
   }
 }
 
