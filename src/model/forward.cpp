@@ -30,22 +30,12 @@ Shard shard_of(int64_t n, int rank, int size, int64_t align, bool mirrored) {
   return s;
 }
 
-namespace {
-
-// Record positions [kv_begin, kv_end) whose K and V this shard's band attention reads.
-struct KvRange {
-  int64_t begin, end;
-};
 KvRange kv_range(const Shard& s, int64_t window, bool causal) {
   if (s.size() == 0) return {s.begin, s.begin};
   return {std::max<int64_t>(0, s.begin - window),
           causal ? s.end : std::min<int64_t>(s.n_record, s.end + window)};
 }
 
-// The halo plan: for every other rank, which of my rows it needs and which of its rows I need.
-struct HaloPlan {
-  std::vector<std::pair<int, KvRange>> sends, recvs;  // (peer, record positions)
-};
 HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal) {
   HaloPlan plan;
   const int64_t n = me.n_record;
@@ -62,7 +52,6 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
   return plan;
 }
 
-}  // namespace
 
 int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size) {
   const HaloPlan plan = plan_halo(shard, rank, size, c.window, c.causal);

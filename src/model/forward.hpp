@@ -22,6 +22,21 @@ struct Shard {
 // gets [n - B(r+1), n - B(r)), so the reverse-complement output of a rank's forward rows is local.
 Shard shard_of(int64_t n_record, int rank, int size, int64_t align = 1, bool mirrored = false);
 
+// Record positions [begin, end) whose K and V a shard's band attention reads (its rows plus the
+// window beyond each edge, clipped to the record; the left side only when causal).
+struct KvRange {
+  int64_t begin, end;
+};
+KvRange kv_range(const Shard& s, int64_t window, bool causal);
+
+// The halo plan of one rank: for every other rank, which of its own rows that rank needs (sends)
+// and which of that rank's rows it needs (recvs), in record positions. Both backends use it, so
+// they exchange the same rows.
+struct HaloPlan {
+  std::vector<std::pair<int, KvRange>> sends, recvs;  // (peer, record positions)
+};
+HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal);
+
 struct ForwardOutput {
   std::vector<float> y;                   // [shard size, d] = RMSNorm(x, final_norm)
   int64_t n_global = 0;                   // G

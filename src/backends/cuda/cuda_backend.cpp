@@ -29,34 +29,6 @@ namespace {
 
 constexpr int64_t kQueryTile = 64;  // the tensor-core kernel's query tile (interior split aligns)
 
-// NOTE: kv_range and plan_halo repeat src/model/forward.cpp (private there); the two backends
-// must agree on them, and the MPI tests compare the backends end to end.
-struct KvRange {
-  int64_t begin, end;
-};
-KvRange kv_range(const Shard& s, int64_t window, bool causal) {
-  if (s.size() == 0) return {s.begin, s.begin};
-  return {std::max<int64_t>(0, s.begin - window),
-          causal ? s.end : std::min<int64_t>(s.n_record, s.end + window)};
-}
-struct HaloPlan {
-  std::vector<std::pair<int, KvRange>> sends, recvs;
-};
-HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal) {
-  HaloPlan plan;
-  const KvRange need = kv_range(me, window, causal);
-  for (int peer = 0; peer < size; ++peer) {
-    if (peer == rank) continue;
-    const Shard other = shard_of(me.n_record, peer, size, me.align, me.mirrored);
-    const KvRange other_need = kv_range(other, window, causal);
-    const int64_t rb = std::max(need.begin, other.begin), re = std::min(need.end, other.end);
-    if (rb < re) plan.recvs.push_back({peer, {rb, re}});
-    const int64_t sb = std::max(other_need.begin, me.begin), se = std::min(other_need.end, me.end);
-    if (sb < se) plan.sends.push_back({peer, {sb, se}});
-  }
-  return plan;
-}
-
 // Stages of the per-stage profile (SPARSA_PROFILE=1): the GPU time from one mark to the next is
 // charged to the stage of the first.
 enum Stage {
