@@ -11,6 +11,7 @@ PKGS=(
   libtomlplusplus-dev libcli11-dev libssl-dev
   libgtest-dev libbenchmark-dev
   python3-h5py python3-numpy                # the docs' reading snippet is tested with h5py
+  clang libclang-rt-14-dev                  # libFuzzer + ASan/UBSan runtimes (scripts/fuzz.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do
