@@ -206,6 +206,12 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (cuda_available(&why)) {
     CudaOptions co;
     co.bf16 = !o.cuda_fp32;
+    // bin:N without --rc-average: pool on the GPU and copy only the bin means back (shards start
+    // on bin boundaries, so device bins are the record's bins).
+    if (o.pool.kind == PoolSpec::kBin && !o.rc_average) {
+      co.output = CudaOutput::kPooled;
+      co.pool_bin = o.pool.bin;
+    }
     auto model = std::make_shared<CudaModel>(w, co);
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
@@ -267,7 +273,18 @@ struct EmbedRun {
         for (int64_t j = 0; j < d; ++j)
           fwd.y[t * d + j] = (fwd.y[t * d + j] + rev.y[(m - 1 - t) * d + j]) * 0.5f;
     }
-    Pooled pooled = pool_shard(fwd.y.data(), sh.size(), d, sh.begin, n, o.pool);
+    Pooled pooled;
+    if (fwd.pooled_bin > 0) {
+      if (o.pool.kind != PoolSpec::kBin || fwd.pooled_bin != o.pool.bin)
+        throw SystemError("internal: the backend pooled with another bin size");
+      pooled.rows = std::move(fwd.y);
+      for (int64_t b0 = 0; b0 < sh.size(); b0 += o.pool.bin) {
+        pooled.starts.push_back(sh.begin + b0);
+        pooled.ends.push_back(std::min(n, sh.begin + b0 + o.pool.bin));
+      }
+    } else {
+      pooled = pool_shard(fwd.y.data(), sh.size(), d, sh.begin, n, o.pool);
+    }
     fwd.y = {};
     RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
     ro.d = d;

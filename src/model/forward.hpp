@@ -39,6 +39,9 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
 
 struct ForwardOutput {
   std::vector<float> y;                   // [shard size, d] = RMSNorm(x, final_norm)
+  // 0: y holds a row per token. N > 0: a backend pooled on the device and y holds the means of
+  // N-row bins of the shard ([ceil(size / N), d], double sums as pool_shard does).
+  int64_t pooled_bin = 0;
   int64_t n_global = 0;                   // G
   std::vector<int64_t> global_positions;  // [L, G] ascending per layer
   std::vector<float> global_scores;       // [L, G]

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# End to end on a GPU machine (run from the repository root; bundle in .dev/bundle, see
+# scripts/device-check.sh): `sparsa embed --device cuda` on E. coli K-12 (carried in .dev/data),
+# then strong scaling of one 16M-token record (bench/gen_fasta.py, seed 2) over 1, 2 and 4 GPUs
+# with NCCL, outputs compared bit for bit with h5py. A short table last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+B=$(cd "${SPARSA_BUNDLE:-.dev/bundle}" && pwd)
+WORK=${WORK:-/tmp/sparsa-e2e}
+TOKENS=${TOKENS:-16777216}
+mkdir -p "$WORK"
+export LD_LIBRARY_PATH="$B/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+SP=$B/sparsa
+NGPU=$(nvidia-smi -L | grep -c '^GPU')
+echo "== $NGPU GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+( python3 bench/gen_fasta.py --tokens "$TOKENS" --records 1 --seed 2 > "$WORK/big.fa" ) &
+GEN=$!
+"$SP" init -c configs/dna-base.toml -o "$WORK/base.h5" --seed 1 --force 2>&1 | tail -1
+"$SP" init -c configs/dna-tiny.toml -o "$WORK/tiny.h5" --seed 1 --force 2>&1 | tail -1
+zcat .dev/data/ecoli_k12_mg1655.fasta.gz > "$WORK/ecoli.fa"
+ROWS=()
+timed() {  # label, np, model, input, args...
+  local label=$1 np=$2 model=$3 in=$4; shift 4
+  local out="$WORK/$label.h5" t1 t2
+  rm -rf "$out" "$out.parts"
+  t1=$(date +%s.%N)
+  if [ "$np" = 1 ]; then
+    "$SP" embed -m "$model" -i "$in" -o "$out" --device cuda "$@" > "$WORK/$label.log" 2>&1
+  else
+    mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE \
+      "$SP" embed -m "$model" -i "$in" -o "$out" --device cuda --split-min 1000 "$@" > "$WORK/$label.log" 2>&1
+  fi
+  local rc=$?
+  t2=$(date +%s.%N)
+  local wall; wall=$(python3 -c "print('%.2f' % ($t2 - $t1))")
+  ROWS+=("$(printf '%-30s %3s %8s s  rc=%s  %s' "$label" "$np" "$wall" "$rc" "$(grep -o 'done: .*' "$WORK/$label.log" | cut -c1-70)")")
+  [ $rc = 0 ] || tail -5 "$WORK/$label.log"
+}
+timed ecoli-tiny-bin128 1 "$WORK/tiny.h5" "$WORK/ecoli.fa" --pool bin:128
+timed ecoli-base-bin128 1 "$WORK/base.h5" "$WORK/ecoli.fa" --pool bin:128
+timed ecoli-base-none-f16 1 "$WORK/base.h5" "$WORK/ecoli.fa" --pool none
+wait $GEN
+for np in 1 2 4; do
+  [ "$np" -le "$NGPU" ] && timed "big-np$np" "$np" "$WORK/base.h5" "$WORK/big.fa" --pool bin:128
+done
+cmp() {
+  python3 - "$1" "$2" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+ok = True
+for k in a["records"]:
+    for ds in a["records"][k]:
+        if a["records"][k][ds][()].tobytes() != b["records"][k][ds][()].tobytes():
+            ok = False; print("differs:", k, ds)
+print("IDENTICAL" if ok else "DIFFERENT")
+PY
+}
+echo "== 1 vs 2 GPUs: $(cmp "$WORK/big-np1.h5" "$WORK/big-np2.h5" 2>&1 | tail -1)"
+[ "$NGPU" -ge 4 ] && echo "== 1 vs 4 GPUs: $(cmp "$WORK/big-np1.h5" "$WORK/big-np4.h5" 2>&1 | tail -1)"
+echo "== summary (wall time of the whole command: read, embed, write)"
+printf '%s\n' "${ROWS[@]}"
