@@ -36,8 +36,8 @@ void BM_Linear(benchmark::State& st) {
   std::vector<float> y(n * d);
   for (auto _ : st) cpu::linear({x.data(), w.data(), y.data(), n, d, d, 0, false});
   st.SetItemsProcessed(st.iterations() * n);
-  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * d * d * st.iterations() / 1e9,
-                                              benchmark::Counter::kIsRate);
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * n * d * d * st.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_Linear)->Args({65536, 64})->Args({65536, 512})->Unit(benchmark::kMillisecond);
 
@@ -49,9 +49,28 @@ void BM_Attention(benchmark::State& st) {
   for (int64_t j = 0; j < G; ++j) pos[j] = j * (n / std::max<int64_t>(G, 1));
   std::vector<float> alpha(H, 1.0f), beta(H, 1.0f), out(n * d);
   for (auto _ : st) {
-    cpu::dsa_attention({q.data(), k.data(), v.data(), 0, n, kg.data(), vg.data(), gamma.data(),
-                        pos.data(), G, alpha.data(), beta.data(), out.data(), n, 0, n, H, dh, w,
-                        false, 0, n});
+    cpu::dsa_attention({q.data(),
+                        k.data(),
+                        v.data(),
+                        0,
+                        n,
+                        kg.data(),
+                        vg.data(),
+                        gamma.data(),
+                        pos.data(),
+                        G,
+                        alpha.data(),
+                        beta.data(),
+                        out.data(),
+                        n,
+                        0,
+                        n,
+                        H,
+                        dh,
+                        w,
+                        false,
+                        0,
+                        n});
   }
   st.SetItemsProcessed(st.iterations() * n);
   st.counters["useful GFLOP/s"] = benchmark::Counter(

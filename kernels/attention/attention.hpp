@@ -44,7 +44,7 @@ struct AttentionParams {
   // more fp32 rounding (the fused fold is one FMA), so still independent of the shard size.
   float* global_scratch = nullptr;
   const float* global_in = nullptr;  // internal: the band kernel adds this instead of a global part
-  bool force_simple = false;   // tests: the CUDA-core kernel even where tensor cores apply
+  bool force_simple = false;         // tests: the CUDA-core kernel even where tensor cores apply
 };
 void launch_attention(const AttentionParams& p, cudaStream_t stream);
 

@@ -80,7 +80,8 @@ struct TcArgs {
 };
 
 template <int DH, int MINB>
-__global__ void __launch_bounds__(kThreads, MINB) attention_tc_kernel(const __grid_constant__ TcArgs a) {
+__global__ void __launch_bounds__(kThreads, MINB)
+    attention_tc_kernel(const __grid_constant__ TcArgs a) {
   const AttentionParams& p = a.p;
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kTile = 64 * DH * 2;  // bytes of one 64-row tile
@@ -369,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 2) global_tc_kernel(const __grid_con
   auto k_tile = [&](int buf) { return q_tile + (uint32_t)(MT + buf) * kTile; };
   auto v_tile = [&](int buf) { return q_tile + (uint32_t)(MT + 2 + buf) * kTile; };
   float* gam_s = reinterpret_cast<float*>(smem + (MT + 4) * kTile);  // [2][64]
-  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + 128);         // [2][64]
+  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + 128);          // [2][64]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
@@ -503,8 +504,7 @@ __global__ void __launch_bounds__(kThreads, 2) global_tc_kernel(const __grid_con
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
       const float mn_a = fmaxf(m_r[mt][0], mx_a), mn_b = fmaxf(m_r[mt][1], mx_b);
-      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a,
-                  use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
       const float corr_a = exp2f(m_r[mt][0] - use_a), corr_b = exp2f(m_r[mt][1] - use_b);
       m_r[mt][0] = mn_a;
       m_r[mt][1] = mn_b;
@@ -602,7 +602,8 @@ __device__ __forceinline__ float ex2_approx(float x) {
   return y;
 }
 
-// Copies ROWS rows (row t from src_row(t), zeros where it returns null) of one head with NT threads.
+// Copies ROWS rows (row t from src_row(t), zeros where it returns null) of one head with NT
+// threads.
 template <int DH, int ROWS, int NT, class RowPtr>
 __device__ __forceinline__ void load_rows(uint32_t tile, RowPtr src_row, const void* any) {
   constexpr int kChunks = DH / 8;
@@ -682,8 +683,8 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
     ldsm_x4(q_tile + swz<DH>(row, kk * 2 + lane / 16), qf[kk]);
   }
 
-  const int64_t wr0 = i0 + warp * 16;                          // this warp's first row
-  const int64_t ra = wr0 + lane / 4, rb = ra + 8;               // this thread's two rows
+  const int64_t wr0 = i0 + warp * 16;              // this warp's first row
+  const int64_t ra = wr0 + lane / 4, rb = ra + 8;  // this thread's two rows
   const int c0 = 2 * (lane % 4);
   float acc[DH / 8][4];
 #pragma unroll
@@ -820,8 +821,8 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
 #pragma unroll
       for (int n = 0; n < DH / 8; ++n) {
         const float2 g = *reinterpret_cast<const float2*>(grow + n * 8 + c0);
-        *reinterpret_cast<__nv_bfloat162*>(orow + n * 8 + c0) = __floats2bfloat162_rn(
-            f * acc[n][2 * half] + g.x, f * acc[n][2 * half + 1] + g.y);
+        *reinterpret_cast<__nv_bfloat162*>(orow + n * 8 + c0) =
+            __floats2bfloat162_rn(f * acc[n][2 * half] + g.x, f * acc[n][2 * half + 1] + g.y);
       }
     } else {
 #pragma unroll
@@ -835,7 +836,8 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
 // Global part alone, v4: MT m-tiles of 16 rows a warp, NW warps (BQ = 16 NW MT queries), S stages.
 // Writes beta_h * Global (fp32) to p.global_scratch for rows [row_begin, row_end).
 template <int MT, int NW, int S, int MINB>
-__global__ void __launch_bounds__(32 * NW, MINB) global4_tc_kernel(const __grid_constant__ TcArgs a) {
+__global__ void __launch_bounds__(32 * NW, MINB)
+    global4_tc_kernel(const __grid_constant__ TcArgs a) {
   constexpr int DH = 64, NT = 32 * NW, BQ = 16 * NW * MT;
   constexpr int kTile = 64 * DH * 2;
   const AttentionParams& p = a.p;
@@ -845,7 +847,7 @@ __global__ void __launch_bounds__(32 * NW, MINB) global4_tc_kernel(const __grid_
   auto k_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf) * kTile; };
   auto v_tile = [&](int buf) { return kv0 + (uint32_t)(2 * buf + 1) * kTile; };
   float* gam_s = reinterpret_cast<float*>(smem + BQ * DH * 2 + 2 * S * kTile);  // [S][64]
-  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + S * kBk);                // [S][64]
+  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + S * kBk);                 // [S][64]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
@@ -978,10 +980,8 @@ __global__ void __launch_bounds__(32 * NW, MINB) global4_tc_kernel(const __grid_
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
       const float mn_a = fmaxf(m_r[mt][0], mx_a * sc), mn_b = fmaxf(m_r[mt][1], mx_b * sc);
-      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a,
-                  use_b = mn_b == -INFINITY ? 0.0f : mn_b;
-      const float corr_a = ex2_approx(m_r[mt][0] - use_a),
-                  corr_b = ex2_approx(m_r[mt][1] - use_b);
+      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+      const float corr_a = ex2_approx(m_r[mt][0] - use_a), corr_b = ex2_approx(m_r[mt][1] - use_b);
       m_r[mt][0] = mn_a;
       m_r[mt][1] = mn_b;
       float sum_a = 0.0f, sum_b = 0.0f;
@@ -1215,9 +1215,15 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBq - 1) / kBq;
   if (p.head_dim == 64) {
     switch (attention_minb()) {
-      case 1: launch_dh<64, 1>(a, n_qtiles, stream); break;
-      case 3: launch_dh<64, 3>(a, n_qtiles, stream); break;
-      default: launch_dh<64, 4>(a, n_qtiles, stream); break;
+      case 1:
+        launch_dh<64, 1>(a, n_qtiles, stream);
+        break;
+      case 3:
+        launch_dh<64, 3>(a, n_qtiles, stream);
+        break;
+      default:
+        launch_dh<64, 4>(a, n_qtiles, stream);
+        break;
     }
   } else {
     launch_dh<128, 1>(a, n_qtiles, stream);

@@ -191,8 +191,8 @@ struct Item {
 }  // namespace
 
 // Everything one run needs, shared by the per-record steps below.
-using ForwardFn = std::function<ForwardOutput(const int32_t*, const Shard&, Comm&,
-                                              const ForwardHooks&)>;
+using ForwardFn =
+    std::function<ForwardOutput(const int32_t*, const Shard&, Comm&, const ForwardHooks&)>;
 
 // The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto).
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
@@ -477,8 +477,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   sum.seconds = progress.seconds();
   if (std::getenv("SPARSA_COMM_STATS")) {
     // Measurement for docs/parallel.md: what this rank sent, against the model's count.
-    std::fprintf(stderr, "[sparsa] rank %d: sent %lld bytes point-to-point (halos), %lld bytes in "
-                 "collectives\n", comm.rank(), (long long)comm.bytes_sent_p2p,
+    std::fprintf(stderr,
+                 "[sparsa] rank %d: sent %lld bytes point-to-point (halos), %lld bytes in "
+                 "collectives\n",
+                 comm.rank(), (long long)comm.bytes_sent_p2p,
                  (long long)comm.bytes_sent_collective);
   }
   return sum;

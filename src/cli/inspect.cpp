@@ -23,12 +23,11 @@ void inspect_model(const std::string& path) {
   for (auto& t : tensor_list(w)) params += (int64_t)t.data->size();
   std::printf("%s: sparsa checkpoint (format_version 1), valid\n", path.c_str());
   std::printf("  kind %s, d_model %lld, n_layers %lld, n_heads %lld (head_dim %lld), d_ff %lld\n",
-              to_string(c.kind), (long long)c.d_model, (long long)c.n_layers,
-              (long long)c.n_heads, (long long)c.head_dim(), (long long)c.d_ff);
+              to_string(c.kind), (long long)c.d_model, (long long)c.n_layers, (long long)c.n_heads,
+              (long long)c.head_dim(), (long long)c.d_ff);
   std::printf("  window %lld (%s), globals: every %lld, min %lld, max %lld; router_hidden %lld\n",
-              (long long)c.window, c.causal ? "causal" : "bidirectional",
-              (long long)c.global_every, (long long)c.global_min, (long long)c.global_max,
-              (long long)c.router_hidden);
+              (long long)c.window, c.causal ? "causal" : "bidirectional", (long long)c.global_every,
+              (long long)c.global_min, (long long)c.global_max, (long long)c.router_hidden);
   if (c.kind == ModelKind::kTimeseries)
     std::printf("  channels %lld, ts_bins %lld, ts_clip %g, ts_transform %s\n",
                 (long long)c.channels, (long long)c.ts_bins, c.ts_clip, to_string(c.ts_transform));
@@ -42,8 +41,8 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   std::printf("%s: sparsa embeddings (format_version %lld)%s\n", path.c_str(),
               (long long)f.attr_int("/", "format_version"),
               complete ? "" : "  ** INCOMPLETE: not a result **");
-  for (const char* a : {"sparsa_version", "created_utc", "pool", "dtype", "model_sha256",
-                        "command_line"})
+  for (const char* a :
+       {"sparsa_version", "created_utc", "pool", "dtype", "model_sha256", "command_line"})
     if (f.has_attr("/", a)) std::printf("  %-14s %s\n", a, f.attr_string("/", a).c_str());
   const auto keys = f.list("/records");
   std::printf("  records        %zu\n", keys.size());
@@ -59,9 +58,8 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
     std::string region = f.attr_string(g, "region");
     std::printf("  %-24s name=%s length=%lld embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
                 f.attr_string(g, "name").c_str(), (long long)f.attr_int(g, "length"),
-                shape_text(emb).c_str(), shape_text(gp).c_str(),
-                f.attr_string(g, "strand").c_str(), region.empty() ? "" : " region=",
-                region.c_str());
+                shape_text(emb).c_str(), shape_text(gp).c_str(), f.attr_string(g, "strand").c_str(),
+                region.empty() ? "" : " region=", region.c_str());
     ++shown;
   }
   return complete;

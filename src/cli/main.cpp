@@ -38,8 +38,10 @@ std::string join_argv(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     if (i) s += ' ';
     std::string a = argv[i];
-    if (a.find_first_of(" \t'\"") != std::string::npos) s += "'" + a + "'";
-    else s += a;
+    if (a.find_first_of(" \t'\"") != std::string::npos)
+      s += "'" + a + "'";
+    else
+      s += a;
   }
   return s;
 }
@@ -73,20 +75,24 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   bool init_force = false;
   init->add_option("-c,--config", init_config, "Model config (TOML, a [model] table; see configs/)")
-      ->required()->check(CLI::ExistingFile);
+      ->required()
+      ->check(CLI::ExistingFile);
   init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")->required();
   init->add_option("--seed", seed, "Random seed; the same seed gives the same file contents")
       ->capture_default_str();
   init->add_flag("--force", init_force, "Replace an existing output file");
 
   // embed
-  auto* embed = app.add_subcommand("embed", "Embed records of FASTA/FASTQ or time-series CSV files");
+  auto* embed =
+      app.add_subcommand("embed", "Embed records of FASTA/FASTQ or time-series CSV files");
   EmbedOptions eo;
   std::string pool = "none", dtype = "f16", columns;
   embed->add_option("-m,--model", eo.model, "Checkpoint written by `sparsa init`")
-      ->required()->check(CLI::ExistingFile);
-  embed->add_option("-i,--input", eo.inputs,
-                    "Input file(s): FASTA/FASTQ (plain, gzip, bgzip) or CSV; repeat for more")
+      ->required()
+      ->check(CLI::ExistingFile);
+  embed
+      ->add_option("-i,--input", eo.inputs,
+                   "Input file(s): FASTA/FASTQ (plain, gzip, bgzip) or CSV; repeat for more")
       ->required();
   embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")->required();
   embed->add_option("-r,--region", eo.regions,
@@ -95,7 +101,8 @@ int main(int argc, char** argv) {
   embed->add_option("-p,--pool", pool, "none (a row per token), bin:N (mean of N tokens), mean")
       ->capture_default_str();
   embed->add_option("--dtype", dtype, "Embedding type in the file: f16 or f32")
-      ->check(CLI::IsMember({"f16", "f32"}))->capture_default_str();
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->capture_default_str();
   embed->add_flag("--rc-average", eo.rc_average,
                   "DNA: average with the reverse-complement strand (2x the work)");
   embed->add_flag("--invalid-as-n", eo.invalid_as_n,
@@ -106,19 +113,24 @@ int main(int argc, char** argv) {
   embed->add_option("--id-column", eo.id_column,
                     "Time series: long format, one record per distinct value of this column");
   embed->add_option("--device", eo.device, "cpu, cuda or auto")
-      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   std::string precision = "bf16";
-  embed->add_option("--precision", precision,
-                    "CUDA: bf16 (tensor cores, default) or fp32 (validation against the CPU)")
-      ->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
+  embed
+      ->add_option("--precision", precision,
+                   "CUDA: bf16 (tensor cores, default) or fp32 (validation against the CPU)")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
   embed->add_flag("--force", eo.force,
                   "Replace an existing output file (and discard an earlier run's journal)");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUT.parts/ (same options)");
-  embed->add_option("--split-min", eo.split_min,
-                    "Under MPI: records of at least this many tokens are split over all ranks; "
-                    "shorter ones go whole to one rank")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+  embed
+      ->add_option("--split-min", eo.split_min,
+                   "Under MPI: records of at least this many tokens are split over all ranks; "
+                   "shorter ones go whole to one rank")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   embed->add_flag("-q,--quiet", eo.quiet, "No progress output");
 
   // inspect
@@ -129,7 +141,8 @@ int main(int argc, char** argv) {
   insp->add_flag("--all", insp_all, "List every record");
 
   // bench
-  auto* bench = app.add_subcommand("bench", "Time the CUDA backend: attention, one layer, the model");
+  auto* bench =
+      app.add_subcommand("bench", "Time the CUDA backend: attention, one layer, the model");
   BenchOptions bo;
   std::string bench_n;
   bool bench_fp32 = false;
@@ -143,7 +156,8 @@ int main(int argc, char** argv) {
   bench->add_option("--global", bo.global, "Attention: global tokens G")->capture_default_str();
   bench->add_flag("--causal", bo.causal, "Attention: causal");
   bench->add_flag("--fp32", bench_fp32, "fp32 mode (default bf16)");
-  bench->add_option("--iters", bo.iters, "Timed runs; the median is printed")->capture_default_str();
+  bench->add_option("--iters", bo.iters, "Timed runs; the median is printed")
+      ->capture_default_str();
   bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
       ->capture_default_str();
   bench->add_option("--output", bo.output, "Layer/model: output y to host, pooled or device")

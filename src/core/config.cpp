@@ -1,11 +1,12 @@
 #include "core/config.hpp"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "core/error.hpp"
 
@@ -15,9 +16,12 @@ const char* to_string(ModelKind k) { return k == ModelKind::kDna ? "dna" : "time
 
 const char* to_string(TsTransform t) {
   switch (t) {
-    case TsTransform::kLevel: return "level";
-    case TsTransform::kLogReturn: return "log_return";
-    case TsTransform::kDiff: return "diff";
+    case TsTransform::kLevel:
+      return "level";
+    case TsTransform::kLogReturn:
+      return "log_return";
+    case TsTransform::kDiff:
+      return "diff";
   }
   return "?";
 }
@@ -40,8 +44,8 @@ void ModelConfig::validate() const {
     bad("d_model", "d_model (" + std::to_string(d_model) + ") must be divisible by n_heads (" +
                        std::to_string(n_heads) + ")");
   if (head_dim() % 2 != 0)
-    bad("n_heads", "head_dim = d_model / n_heads = " + std::to_string(head_dim()) +
-                       " must be even for RoPE");
+    bad("n_heads",
+        "head_dim = d_model / n_heads = " + std::to_string(head_dim()) + " must be even for RoPE");
   if (n_layers < 1) bad("n_layers", "must be >= 1");
   if (d_ff < 1) bad("d_ff", "must be >= 1");
   if (window < 1) bad("window", "must be >= 1");
@@ -50,7 +54,8 @@ void ModelConfig::validate() const {
   if (global_max < 0) bad("global_max", "must be >= 0");
   if (global_min > global_max) bad("global_min", "must be <= global_max");
   if (router_hidden < 1) bad("router_hidden", "must be >= 1");
-  if (!(rope_base > 1.0) || !std::isfinite(rope_base)) bad("rope_base", "must be a finite number > 1");
+  if (!(rope_base > 1.0) || !std::isfinite(rope_base))
+    bad("rope_base", "must be a finite number > 1");
   if (!(norm_eps > 0.0) || !std::isfinite(norm_eps)) bad("norm_eps", "must be a finite number > 0");
   if (kind == ModelKind::kTimeseries) {
     if (channels < 1) bad("channels", "must be >= 1");
@@ -103,29 +108,37 @@ struct Reader {
     seen.insert(key);
     auto node = t.get(key);
     if (!node) return;
-    if (auto v = node->value_exact<int64_t>()) out = *v;
-    else fail(key, "must be an integer");
+    if (auto v = node->value_exact<int64_t>())
+      out = *v;
+    else
+      fail(key, "must be an integer");
   }
   void get_float(const char* key, double& out) {
     seen.insert(key);
     auto node = t.get(key);
     if (!node) return;
-    if (auto v = node->value<double>()) out = *v;  // integers are accepted for floats
-    else fail(key, "must be a number");
+    if (auto v = node->value<double>())
+      out = *v;  // integers are accepted for floats
+    else
+      fail(key, "must be a number");
   }
   void get_bool(const char* key, bool& out) {
     seen.insert(key);
     auto node = t.get(key);
     if (!node) return;
-    if (auto v = node->value_exact<bool>()) out = *v;
-    else fail(key, "must be true or false");
+    if (auto v = node->value_exact<bool>())
+      out = *v;
+    else
+      fail(key, "must be true or false");
   }
   bool get_string(const char* key, std::string& out) {
     seen.insert(key);
     auto node = t.get(key);
     if (!node) return false;
-    if (auto v = node->value_exact<std::string>()) out = *v;
-    else fail(key, "must be a string");
+    if (auto v = node->value_exact<std::string>())
+      out = *v;
+    else
+      fail(key, "must be a string");
     return true;
   }
 };
@@ -212,9 +225,12 @@ ModelConfig parse_model_config(const std::string& text, const std::string& origi
   Reader r{*mt, origin, {}};
   std::string kind;
   if (!r.get_string("kind", kind)) r.fail("kind", "is required (\"dna\" or \"timeseries\")");
-  if (kind == "dna") c.kind = ModelKind::kDna;
-  else if (kind == "timeseries") c.kind = ModelKind::kTimeseries;
-  else r.fail("kind", "must be \"dna\" or \"timeseries\", not \"" + kind + "\"");
+  if (kind == "dna")
+    c.kind = ModelKind::kDna;
+  else if (kind == "timeseries")
+    c.kind = ModelKind::kTimeseries;
+  else
+    r.fail("kind", "must be \"dna\" or \"timeseries\", not \"" + kind + "\"");
   r.get_int("d_model", c.d_model);
   r.get_int("n_layers", c.n_layers);
   r.get_int("n_heads", c.n_heads);
@@ -232,10 +248,14 @@ ModelConfig parse_model_config(const std::string& text, const std::string& origi
   r.get_float("ts_clip", c.ts_clip);
   std::string tr;
   if (r.get_string("ts_transform", tr)) {
-    if (tr == "level") c.ts_transform = TsTransform::kLevel;
-    else if (tr == "log_return") c.ts_transform = TsTransform::kLogReturn;
-    else if (tr == "diff") c.ts_transform = TsTransform::kDiff;
-    else r.fail("ts_transform", "must be \"level\", \"log_return\" or \"diff\", not \"" + tr + "\"");
+    if (tr == "level")
+      c.ts_transform = TsTransform::kLevel;
+    else if (tr == "log_return")
+      c.ts_transform = TsTransform::kLogReturn;
+    else if (tr == "diff")
+      c.ts_transform = TsTransform::kDiff;
+    else
+      r.fail("ts_transform", "must be \"level\", \"log_return\" or \"diff\", not \"" + tr + "\"");
   }
   for (auto&& [k, v] : *mt) {
     if (!r.seen.count(std::string(k.str())))

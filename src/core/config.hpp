@@ -11,13 +11,13 @@ enum class TsTransform { kLevel, kLogReturn, kDiff };
 // One flat struct: defaults here, presets in configs/*.toml, validate() refuses the impossible.
 struct ModelConfig {
   ModelKind kind = ModelKind::kDna;
-  int64_t d_model = 64;        // d
-  int64_t n_layers = 2;        // L
-  int64_t n_heads = 4;         // H, head_dim = d / H
-  int64_t d_ff = 128;          // f
-  int64_t window = 32;         // w: bidirectional |i-j| <= w; causal i-w <= j <= i
+  int64_t d_model = 64;  // d
+  int64_t n_layers = 2;  // L
+  int64_t n_heads = 4;   // H, head_dim = d / H
+  int64_t d_ff = 128;    // f
+  int64_t window = 32;   // w: bidirectional |i-j| <= w; causal i-w <= j <= i
   bool causal = false;
-  int64_t global_every = 1024; // G = min(global_max, n, max(global_min, ceil(n / global_every)))
+  int64_t global_every = 1024;  // G = min(global_max, n, max(global_min, ceil(n / global_every)))
   int64_t global_min = 1;
   int64_t global_max = 128;
   int64_t router_hidden = 16;  // r

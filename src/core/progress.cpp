@@ -10,25 +10,35 @@ using Clock = std::chrono::steady_clock;
 
 std::string human_count(double v) {
   char b[32];
-  if (v >= 1e9) std::snprintf(b, sizeof b, "%.2f G", v / 1e9);
-  else if (v >= 1e6) std::snprintf(b, sizeof b, "%.2f M", v / 1e6);
-  else if (v >= 1e3) std::snprintf(b, sizeof b, "%.1f k", v / 1e3);
-  else std::snprintf(b, sizeof b, "%.0f ", v);
+  if (v >= 1e9)
+    std::snprintf(b, sizeof b, "%.2f G", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(b, sizeof b, "%.2f M", v / 1e6);
+  else if (v >= 1e3)
+    std::snprintf(b, sizeof b, "%.1f k", v / 1e3);
+  else
+    std::snprintf(b, sizeof b, "%.0f ", v);
   return b;
 }
 
 std::string human_seconds(double s) {
   char b[32];
-  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-  else if (s >= 60) std::snprintf(b, sizeof b, "%dm%02ds", (int)(s / 60), (int)s % 60);
-  else std::snprintf(b, sizeof b, "%.1fs", s);
+  if (s >= 3600)
+    std::snprintf(b, sizeof b, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  else if (s >= 60)
+    std::snprintf(b, sizeof b, "%dm%02ds", (int)(s / 60), (int)s % 60);
+  else
+    std::snprintf(b, sizeof b, "%.1fs", s);
   return b;
 }
 
 std::string human_bytes(double v) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
-  while (v >= 1024 && u < 4) { v /= 1024; ++u; }
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
   char b[32];
   std::snprintf(b, sizeof b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
   return b;
@@ -87,8 +97,10 @@ void Progress::print(bool force) {
                 human_count(rate).c_str(), human_seconds(eta).c_str(),
                 human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
                 human_seconds(seconds()).c_str());
-  if (live_) std::fprintf(stderr, "\r\033[K[sparsa] %s", line);
-  else std::fprintf(stderr, "[sparsa] %s\n", line);
+  if (live_)
+    std::fprintf(stderr, "\r\033[K[sparsa] %s", line);
+  else
+    std::fprintf(stderr, "[sparsa] %s\n", line);
   std::fflush(stderr);
 }
 

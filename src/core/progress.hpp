@@ -31,8 +31,8 @@ class Progress {
   std::chrono::steady_clock::time_point rec_t0_;
 };
 
-std::string human_count(double v);     // 1.23 M
-std::string human_seconds(double s);   // 1h02m, 3m05s, 12.3s
-std::string human_bytes(double b);     // 1.5 GiB
+std::string human_count(double v);    // 1.23 M
+std::string human_seconds(double s);  // 1h02m, 3m05s, 12.3s
+std::string human_bytes(double b);    // 1.5 GiB
 
 }  // namespace sparsa

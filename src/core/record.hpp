@@ -7,7 +7,7 @@
 namespace sparsa {
 
 struct Record {
-  std::string name;         // FASTA/FASTQ header up to the first whitespace; CSV: base name or id value
+  std::string name;  // FASTA/FASTQ header up to the first whitespace; CSV: base name or id value
   std::string description;  // rest of the header line (after the first whitespace run), or ""
   std::string source;       // input path as the user gave it
   std::string region;       // "chr:start-end" (1-based inclusive) when taken from a region, else ""

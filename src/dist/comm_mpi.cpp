@@ -6,10 +6,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
-#include <initializer_list>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <thread>
 
 #include "core/error.hpp"
 #include "dist/comm.hpp"
@@ -18,17 +18,17 @@ namespace sparsa {
 
 namespace {
 
-#define SPARSA_MPI_CHECK(call)                                                          \
-  do {                                                                                  \
-    int rc_ = (call);                                                                   \
-    if (rc_ != MPI_SUCCESS) {                                                           \
-      char msg_[MPI_MAX_ERROR_STRING];                                                  \
-      int len_ = 0;                                                                     \
-      MPI_Error_string(rc_, msg_, &len_);                                               \
-      throw SystemError(std::string("MPI error in ") + #call + " at " + __FILE__ + ":" + \
-                        std::to_string(__LINE__) + " on rank " + std::to_string(rank_) + \
-                        ": " + std::string(msg_, len_));                                \
-    }                                                                                   \
+#define SPARSA_MPI_CHECK(call)                                                                  \
+  do {                                                                                          \
+    int rc_ = (call);                                                                           \
+    if (rc_ != MPI_SUCCESS) {                                                                   \
+      char msg_[MPI_MAX_ERROR_STRING];                                                          \
+      int len_ = 0;                                                                             \
+      MPI_Error_string(rc_, msg_, &len_);                                                       \
+      throw SystemError(std::string("MPI error in ") + #call + " at " + __FILE__ + ":" +        \
+                        std::to_string(__LINE__) + " on rank " + std::to_string(rank_) + ": " + \
+                        std::string(msg_, len_));                                               \
+    }                                                                                           \
   } while (0)
 
 int to_int(int64_t v, const char* what) {
@@ -133,7 +133,8 @@ class MpiComm final : public Comm {
     Watchdog::Armed armed(watchdog_.get(), "an all-gather");
     int64_t mine = bytes;
     std::vector<int64_t> all(size_);
-    SPARSA_MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, MPI_COMM_WORLD));
+    SPARSA_MPI_CHECK(
+        MPI_Allgather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, MPI_COMM_WORLD));
     std::vector<int> cnt(size_), disp(size_);
     int64_t total = 0;
     for (int r = 0; r < size_; ++r) {
@@ -152,7 +153,8 @@ class MpiComm final : public Comm {
     Watchdog::Armed armed(watchdog_.get(), "a gather");
     int64_t mine = bytes;
     std::vector<int64_t> all(size_);
-    SPARSA_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
+    SPARSA_MPI_CHECK(
+        MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
     std::vector<int> cnt(size_), disp(size_);
     int64_t total = 0;
     if (rank_ == root) {
@@ -175,8 +177,8 @@ class MpiComm final : public Comm {
   }
   void allreduce_max(int64_t* data, int64_t n) override {
     Watchdog::Armed armed(watchdog_.get(), "an all-reduce");
-    SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_INT64_T,
-                                   MPI_MAX, MPI_COMM_WORLD));
+    SPARSA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_INT64_T, MPI_MAX,
+                                   MPI_COMM_WORLD));
   }
   void broadcast(void* data, int64_t bytes, int root) override {
     Watchdog::Armed armed(watchdog_.get(), "a broadcast");
@@ -228,8 +230,8 @@ static int env_int(std::initializer_list<const char*> names, int fallback) {
 }
 
 int local_rank_count() {
-  return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                              "SLURM_NTASKS_PER_NODE"}, 1));
+  return std::max(
+      1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}, 1));
 }
 
 int local_rank() {

@@ -41,11 +41,11 @@ namespace {
 }  // namespace
 
 // Checked calls: the expression, file:line and this rank in the message (`rank_` in scope).
-#define SPARSA_NCCL_CHECK(comm, expr)                                        \
-  do {                                                                       \
-    ncclResult_t r_ = (expr);                                                \
-    if (r_ != ncclSuccess && r_ != ncclInProgress)                           \
-      fail_nccl(r_, (comm), #expr, __FILE__, __LINE__, rank_);               \
+#define SPARSA_NCCL_CHECK(comm, expr)                          \
+  do {                                                         \
+    ncclResult_t r_ = (expr);                                  \
+    if (r_ != ncclSuccess && r_ != ncclInProgress)             \
+      fail_nccl(r_, (comm), #expr, __FILE__, __LINE__, rank_); \
   } while (0)
 #define SPARSA_NCCL_CUDA(expr)                                                   \
   do {                                                                           \
@@ -186,8 +186,7 @@ class NcclWatchdog {
         const int64_t d = deadline_ns_;
         if (why.empty() && d != 0 && now > d) {
           char b[200];
-          std::snprintf(b, sizeof b, "%s did not complete within %.0f s", what_.load(),
-                        timeout_s_);
+          std::snprintf(b, sizeof b, "%s did not complete within %.0f s", what_.load(), timeout_s_);
           why = b;
         }
         if (!why.empty()) fail(why);  // holds the lock: nothing else touches the comm
@@ -261,7 +260,8 @@ NcclComm::NcclComm(Comm& host, int device) : impl_(std::make_unique<Impl>()) {
   SPARSA_NCCL_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
   SPARSA_NCCL_CUDA(cudaStreamCreateWithPriority(&I.halo, cudaStreamNonBlocking, hi));
   SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&I.ready, cudaEventDisableTiming));
-  for (cudaEvent_t& e : I.done) SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  for (cudaEvent_t& e : I.done)
+    SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
 }
 
 NcclComm::~NcclComm() {
@@ -291,8 +291,8 @@ int NcclComm::rank() const { return impl_->rank_; }
 int NcclComm::size() const { return impl_->size_; }
 int NcclComm::device() const { return impl_->device_; }
 
-int NcclComm::start_exchange(const std::vector<Transfer>& sends,
-                             const std::vector<Transfer>& recvs, cudaStream_t after) {
+int NcclComm::start_exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs,
+                             cudaStream_t after) {
   Impl& I = *impl_;
   const int rank_ = I.rank_;
   const int token = I.next_token++;
@@ -303,10 +303,12 @@ int NcclComm::start_exchange(const std::vector<Transfer>& sends,
     SPARSA_NCCL_CHECK(I.comm, ncclGroupStart());
     for (const Transfer& r : recvs)
       if (r.bytes > 0)
-        SPARSA_NCCL_CHECK(I.comm, ncclRecv(r.data, (size_t)r.bytes, ncclUint8, r.peer, I.comm, I.halo));
+        SPARSA_NCCL_CHECK(I.comm,
+                          ncclRecv(r.data, (size_t)r.bytes, ncclUint8, r.peer, I.comm, I.halo));
     for (const Transfer& s : sends)
       if (s.bytes > 0) {
-        SPARSA_NCCL_CHECK(I.comm, ncclSend(s.data, (size_t)s.bytes, ncclUint8, s.peer, I.comm, I.halo));
+        SPARSA_NCCL_CHECK(I.comm,
+                          ncclSend(s.data, (size_t)s.bytes, ncclUint8, s.peer, I.comm, I.halo));
         bytes_sent_p2p += s.bytes;
       }
     SPARSA_NCCL_CHECK(I.comm, ncclGroupEnd());

@@ -13,7 +13,8 @@
 //     every enqueued operation (SPARSA_COMM_TIMEOUT seconds, default 1800); on an error or a
 //     passed deadline it prints why, calls ncclCommAbort, then MPI_Abort. A communicator with
 //     unfinished work is aborted, never ncclCommDestroy'ed.
-// Every rank must issue the same calls in the same order (as with Comm). Only with SPARSA_HAVE_CUDA.
+// Every rank must issue the same calls in the same order (as with Comm). Only with
+// SPARSA_HAVE_CUDA.
 #pragma once
 #include <cstdint>
 #include <memory>

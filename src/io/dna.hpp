@@ -10,7 +10,15 @@
 namespace sparsa {
 
 // DNA token ids (spec section 1).
-enum DnaToken : int32_t { kTokPad = 0, kTokMask = 1, kTokN = 2, kTokA = 3, kTokC = 4, kTokG = 5, kTokT = 6 };
+enum DnaToken : int32_t {
+  kTokPad = 0,
+  kTokMask = 1,
+  kTokN = 2,
+  kTokA = 3,
+  kTokC = 4,
+  kTokG = 5,
+  kTokT = 6
+};
 
 // Token of one sequence character, or -1 when the character is not valid sequence.
 // A a -> 3, C c -> 4, G g -> 5, T t U u -> 6, N and IUPAC R Y S W K M B D H V (any case) -> 2.
@@ -42,10 +50,10 @@ class FastxReader {
 
 // A requested region. `end` may be -1 for "to the end of the record".
 struct RegionSpec {
-  std::string text;    // as the user wrote it (or "BED line N"), for messages
-  std::string name;    // record name
-  int64_t begin = 0;   // 0-based inclusive
-  int64_t end = -1;    // 0-based exclusive, or -1 for the end of the record
+  std::string text;   // as the user wrote it (or "BED line N"), for messages
+  std::string name;   // record name
+  int64_t begin = 0;  // 0-based inclusive
+  int64_t end = -1;   // 0-based exclusive, or -1 for the end of the record
 };
 
 // Parses samtools syntax "chr", "chr:start", "chr:start-end" (1-based inclusive, commas allowed

@@ -159,8 +159,8 @@ bool File::exists(const std::string& obj) const {
 void File::create_group(const std::string& obj) {
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
-  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT), path_,
-                 obj, "group create"),
+  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT), path_, obj,
+                 "group create"),
            H5Gclose);
 }
 
@@ -284,8 +284,8 @@ void File::write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64
   if (nrows > 0) write_slab(*this, obj, row0, nrows, cols, data, true, false);
 }
 
-void File::write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
-                                 int64_t cols, const float* data) {
+void File::write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                                 const float* data) {
   if (nrows > 0 || parallel_) write_slab(*this, obj, row0, nrows, cols, data, true, parallel_);
 }
 
@@ -357,8 +357,8 @@ std::vector<std::string> File::list(const std::string& group) const {
 void File::set_attr(const std::string& obj, const std::string& name, const std::string& value) {
   Handle t = str_type();
   Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
-  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), t.id(), sp.id(),
-                                   H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), t.id(), sp.id(), H5P_DEFAULT,
+                                   H5P_DEFAULT, H5P_DEFAULT),
                  path_, obj, "attribute create"),
            H5Aclose);
   const char* p = value.c_str();
@@ -379,7 +379,8 @@ bool File::has_attr(const std::string& obj, const std::string& name) const {
 }
 
 std::string File::attr_string(const std::string& obj, const std::string& name) const {
-  if (!has_attr(obj, name)) throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
+  if (!has_attr(obj, name))
+    throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
   Handle a(H5Aopen_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   Handle t(H5Aget_type(a.id()), H5Tclose);
   if (H5Tget_class(t.id()) != H5T_STRING)
@@ -402,7 +403,8 @@ std::string File::attr_string(const std::string& obj, const std::string& name) c
 }
 
 int64_t File::attr_int(const std::string& obj, const std::string& name) const {
-  if (!has_attr(obj, name)) throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
+  if (!has_attr(obj, name))
+    throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
   Handle a(H5Aopen_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   int64_t v = 0;
   if (H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0)

@@ -52,7 +52,6 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
   return plan;
 }
 
-
 int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size) {
   const HaloPlan plan = plan_halo(shard, rank, size, c.window, c.causal);
   int64_t rows = 0;
@@ -146,9 +145,28 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
       gamma[j] = gp[1 + 2 * d];
     }
 
-    cpu::AttentionParams ap{q.data(), k.data(), v.data(), kv.begin, kv_count, kg.data(), vg.data(),
-                            gamma.data(), gpos.data(), G, L.alpha.data(), L.beta.data(),
-                            q.data(), m, b, n, c.n_heads, c.head_dim(), c.window, c.causal, 0, m};
+    cpu::AttentionParams ap{q.data(),
+                            k.data(),
+                            v.data(),
+                            kv.begin,
+                            kv_count,
+                            kg.data(),
+                            vg.data(),
+                            gamma.data(),
+                            gpos.data(),
+                            G,
+                            L.alpha.data(),
+                            L.beta.data(),
+                            q.data(),
+                            m,
+                            b,
+                            n,
+                            c.n_heads,
+                            c.head_dim(),
+                            c.window,
+                            c.causal,
+                            0,
+                            m};
     // Interior rows read only this shard's K/V; edge rows wait for the halo.
     const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
     ap.row_begin = lo;
@@ -163,8 +181,8 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     cpu::dsa_attention(ap);
 
     cpu::linear({q.data(), L.wo.data(), x.data(), m, d, d, b, true});
-    cpu::mlp_block({x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b,
-                    c.norm_eps});
+    cpu::mlp_block(
+        {x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b, c.norm_eps});
     if (hooks.after_layer) hooks.after_layer(l);
   }
   q = {};

@@ -38,7 +38,7 @@ struct HaloPlan {
 HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool causal);
 
 struct ForwardOutput {
-  std::vector<float> y;                   // [shard size, d] = RMSNorm(x, final_norm)
+  std::vector<float> y;  // [shard size, d] = RMSNorm(x, final_norm)
   // 0: y holds a row per token. N > 0: a backend pooled on the device and y holds the means of
   // N-row bins of the shard ([ceil(size / N), d], double sums as pool_shard does).
   int64_t pooled_bin = 0;

@@ -9,24 +9,24 @@
 namespace sparsa {
 
 struct LayerWeights {
-  std::vector<float> attn_norm;                 // [d]
-  std::vector<float> wq, wk, wv, wo;            // [d, d]
-  std::vector<float> router_w1;                 // [d, r]
-  std::vector<float> router_b1;                 // [r]
-  std::vector<float> router_w2;                 // [r]
-  std::vector<float> router_b2;                 // [1]
-  std::vector<float> alpha, beta;               // [H]
-  std::vector<float> mlp_norm;                  // [d]
-  std::vector<float> w_up;                      // [d, f]
-  std::vector<float> w_down;                    // [f, d]
+  std::vector<float> attn_norm;       // [d]
+  std::vector<float> wq, wk, wv, wo;  // [d, d]
+  std::vector<float> router_w1;       // [d, r]
+  std::vector<float> router_b1;       // [r]
+  std::vector<float> router_w2;       // [r]
+  std::vector<float> router_b2;       // [1]
+  std::vector<float> alpha, beta;     // [H]
+  std::vector<float> mlp_norm;        // [d]
+  std::vector<float> w_up;            // [d, f]
+  std::vector<float> w_down;          // [f, d]
 };
 
 struct ModelWeights {
   ModelConfig config;
-  std::string config_toml;                  // the config text as stored in the checkpoint
-  std::vector<std::vector<float>> embed;    // n_tables x [vocab, d]
-  std::vector<LayerWeights> layers;         // [L]
-  std::vector<float> final_norm;            // [d]
+  std::string config_toml;                // the config text as stored in the checkpoint
+  std::vector<std::vector<float>> embed;  // n_tables x [vocab, d]
+  std::vector<LayerWeights> layers;       // [L]
+  std::vector<float> final_norm;          // [d]
 };
 
 // Deterministic initialisation from a seed (portable: splitmix64 + uniform, no std distributions).

@@ -346,7 +346,16 @@ TEST(CudaOps, AttentionBf16SplitGlobal) {
                    AttnCase{3000, 1100, 900, 2, 64, 100, 64, causal, DType::kBF16},
                    AttnCase{500, 0, 500, 1, 64, 600, 10, causal, DType::kBF16},
                    AttnCase{257, 3, 250, 1, 64, 1, 1, causal, DType::kBF16},
-                   AttnCase{5000, 0, 5000, 2, 64, 256, 700, causal, DType::kBF16, false,
+                   AttnCase{5000,
+                            0,
+                            5000,
+                            2,
+                            64,
+                            256,
+                            700,
+                            causal,
+                            DType::kBF16,
+                            false,
                             {{0, 300}, {300, 4700}, {4700, 5000}}}}) {
       a.split = true;
       EXPECT_LE(attention_error(a, 13), 1e-2);

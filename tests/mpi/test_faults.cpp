@@ -4,9 +4,9 @@
 
 #include <chrono>
 
-#include "io/h5.hpp"
 #include "../unit/compare_h5.hpp"
 #include "../unit/test_util.hpp"
+#include "io/h5.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
@@ -29,13 +29,16 @@ struct MpiFixture {
   std::string model = t / "m.h5", input = t / "in.fa";
   MpiFixture() {
     EXPECT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                  model).code, 0);
+                  model)
+                  .code,
+              0);
     write_file(input, random_fasta(10, 60000));
   }
   std::vector<std::string> args(int np, const std::string& out, bool resume) {
-    std::vector<std::string> a{SPARSA_MPIEXEC, "-np", std::to_string(np), binary(), "embed",
-                               "-q", "--dtype", "f32", "--pool", "bin:50", "--split-min", "1000",
-                               "--model", model, "--input", input, "--output", out};
+    std::vector<std::string> a{
+        SPARSA_MPIEXEC, "-np", std::to_string(np), binary(), "embed",       "-q",
+        "--dtype",      "f32", "--pool",           "bin:50", "--split-min", "1000",
+        "--model",      model, "--input",          input,    "--output",    out};
     if (resume) a.push_back("--resume");
     return a;
   }

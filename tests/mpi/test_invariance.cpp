@@ -4,9 +4,9 @@
 
 #include <cstring>
 
-#include "io/h5.hpp"
 #include "../unit/compare_h5.hpp"
 #include "../unit/test_util.hpp"
+#include "io/h5.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
@@ -22,8 +22,8 @@ struct Scenario {
 };
 
 void check_invariance(const TempDir& t, const Scenario& s, std::vector<int> ranks) {
-  const std::string base = binary() + " embed -q --force --threads 1 --dtype f32 --model " + s.model +
-                           " " + s.inputs + " " + s.extra + " --output ";
+  const std::string base = binary() + " embed -q --force --threads 1 --dtype f32 --model " +
+                           s.model + " " + s.inputs + " " + s.extra + " --output ";
   auto r = run(base + t / "p1.h5");
   ASSERT_EQ(r.code, 0) << r.output;
   for (int np : ranks) {
@@ -100,8 +100,8 @@ TEST(MpiInvariance, ManyShortRecordsAndOneLong) {
     fa += "\n";
   }
   write_file(t / "short.fa", fa);
-  const std::string inputs = "--input " + t / "short.fa" + " --input " + source_dir() +
-                             "/examples/lambda_virus.fa.gz";
+  const std::string inputs =
+      "--input " + t / "short.fa" + " --input " + source_dir() + "/examples/lambda_virus.fa.gz";
   // Default: every record is short, so each goes whole to one rank (balanced by length) ...
   check_invariance(t, {model, inputs, ""}, {2, 4});
   // ... and with --split-min 20 the long ones are split while the shortest stay whole.
@@ -126,7 +126,9 @@ TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {
   const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
   ASSERT_TRUE(exists(ecoli));
   ASSERT_EQ(run("zcat " + ecoli + " > " + t / "ecoli.fa").code, 0);
-  check_invariance(t, {model, "--input " + t / "ecoli.fa", "--region K-12-MG1655:1000001-2000000 --pool bin:100 --split-min 1000"},
+  check_invariance(t,
+                   {model, "--input " + t / "ecoli.fa",
+                    "--region K-12-MG1655:1000001-2000000 --pool bin:100 --split-min 1000"},
                    {2, 3, 4});
 }
 

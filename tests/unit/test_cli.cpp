@@ -24,7 +24,8 @@ const std::string& tiny_model() {
   return path;
 }
 
-std::string embed_cmd(const std::string& input, const std::string& out, const std::string& extra = "") {
+std::string embed_cmd(const std::string& input, const std::string& out,
+                      const std::string& extra = "") {
   return binary() + " embed -q --model " + tiny_model() + " --input " + input + " --output " + out +
          " " + extra;
 }
@@ -169,7 +170,8 @@ TEST(Cli, PoolingAndDtype) {
   EXPECT_EQ(be[0], 1000);
   EXPECT_EQ(be[48], 48502);
   // float16 rows are the float32 rows rounded to half precision.
-  for (size_t i = 0; i < 64 * 50; ++i) EXPECT_NEAR(half[i], none[i], 2e-3 * std::max(1.f, std::abs(none[i])));
+  for (size_t i = 0; i < 64 * 50; ++i)
+    EXPECT_NEAR(half[i], none[i], 2e-3 * std::max(1.f, std::abs(none[i])));
   EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
 }
@@ -208,7 +210,8 @@ TEST(Cli, CrlfEqualsLf) {
   write_file(t / "crlf.fa", ">a desc here\r\nACGTACGTNN\r\nGGCCTTAA\r\n>b\r\nTTTT\r\n");
   ASSERT_EQ(run(embed_cmd(t / "lf.fa", t / "lf.h5", "--dtype f32")).code, 0);
   ASSERT_EQ(run(embed_cmd(t / "crlf.fa", t / "crlf.h5", "--dtype f32")).code, 0);
-  for (int rec = 0; rec < 2; ++rec) EXPECT_EQ(embedding(t / "lf.h5", rec), embedding(t / "crlf.h5", rec));
+  for (int rec = 0; rec < 2; ++rec)
+    EXPECT_EQ(embedding(t / "lf.h5", rec), embedding(t / "crlf.h5", rec));
   auto f = h5::File::open_read(t / "crlf.h5");
   EXPECT_EQ(f.attr_string(first_key(f), "description"), "desc here");
 }
@@ -275,14 +278,18 @@ TEST(Cli, RegionsOfEcoli) {
   const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
   ASSERT_TRUE(exists(ecoli)) << ecoli;
   ASSERT_EQ(run("cp " + ecoli + " " + t / "ecoli.fa.gz").code, 0);
-  expect_failure(embed_cmd(t / "ecoli.fa.gz", t / "x.h5", "--region K-12-MG1655:1-100"), t / "x.h5", "bgzip");
+  expect_failure(embed_cmd(t / "ecoli.fa.gz", t / "x.h5", "--region K-12-MG1655:1-100"), t / "x.h5",
+                 "bgzip");
   ASSERT_EQ(run("zcat " + ecoli + " | bgzip > " + t / "ecoli.fa.bgz").code, 0);
   ASSERT_EQ(run("zcat " + ecoli + " > " + t / "ecoli.fa").code, 0);
   const std::string region = "K-12-MG1655:1,000,001-1,010,000";
-  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa.bgz", t / "bgz.h5", "--dtype f32 --region " + region)).code, 0);
-  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "plain.h5", "--dtype f32 --region " + region)).code, 0);
+  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa.bgz", t / "bgz.h5", "--dtype f32 --region " + region)).code,
+            0);
+  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "plain.h5", "--dtype f32 --region " + region)).code,
+            0);
   write_file(t / "r.bed", "# comment\ntrack name=x\nK-12-MG1655\t1000000\t1010000\tmy\n");
-  ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "bed.h5", "--dtype f32 --regions " + t / "r.bed")).code, 0);
+  ASSERT_EQ(
+      run(embed_cmd(t / "ecoli.fa", t / "bed.h5", "--dtype f32 --regions " + t / "r.bed")).code, 0);
   EXPECT_EQ(embedding(t / "bgz.h5"), embedding(t / "plain.h5"));
   EXPECT_EQ(embedding(t / "bgz.h5"), embedding(t / "bed.h5"));
   auto f = h5::File::open_read(t / "bgz.h5");
@@ -293,17 +300,19 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_EQ(f.read_i64(g + "/bin_start")[0], 1000000);
   EXPECT_EQ(f.read_i64(g + "/bin_end")[9999], 1010000);
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5", "chrZ");
-  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5", "20-10");
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5",
+                 "20-10");
 }
 
 TEST(Cli, TimeSeriesEndToEnd) {
   TempDir t;
   const std::string msft = shared_data() + "/timeseries/msft_daily_ohlcv.csv";
   ASSERT_TRUE(exists(msft));
-  std::string cfg = "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-                    "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
-                    "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
-                    "ts_transform = \"log_return\"\n";
+  std::string cfg =
+      "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+      "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
+      "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
+      "ts_transform = \"log_return\"\n";
   write_file(t / "ts.toml", cfg);
   ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
   auto cmd = [&](const std::string& out, const std::string& extra) {

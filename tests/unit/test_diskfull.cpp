@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 
-#include "io/h5.hpp"
 #include "compare_h5.hpp"
+#include "io/h5.hpp"
 #include "test_util.hpp"
 
 using namespace sparsa::testing;
@@ -36,7 +36,9 @@ TEST(DiskFull, TooLittleSpaceIsRefusedBeforeWork) {
   SmallDisk disk(t / "disk", "256k");
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                t / "m.h5").code, 0);
+                t / "m.h5")
+                .code,
+            0);
   const std::string out = t / "disk/out.h5";
   auto r = run(binary() + " embed -q --model " + t / "m.h5" + " --input " + source_dir() +
                "/examples/lambda_virus.fa.gz --output " + out);
@@ -52,12 +54,15 @@ TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
   SmallDisk disk(t / "disk", "8m");
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                t / "m.h5").code, 0);
+                t / "m.h5")
+                .code,
+            0);
   write_file(t / "in.fa", random_fasta(8, 20000));  // 8 records of 20 kb
   const std::string out = t / "disk/out.h5";
   // bin:20 keeps the estimate (about 4 MB: parts and final file) under the 8 MB disk.
-  std::vector<std::string> args{binary(), "embed", "-q", "--threads", "1", "--dtype", "f32",
-                                "--pool", "bin:20", "--model", t / "m.h5", "--input", t / "in.fa", "--output", out};
+  std::vector<std::string> args{binary(),   "embed",   "-q",        "--threads", "1",
+                                "--dtype",  "f32",     "--pool",    "bin:20",    "--model",
+                                t / "m.h5", "--input", t / "in.fa", "--output",  out};
   pid_t pid = spawn(args, t / "log1");
   ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(t / "log1");
   // Another program fills the disk while sparsa runs.

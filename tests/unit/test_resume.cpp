@@ -1,8 +1,9 @@
 // Reliability with real processes: a stopped or killed run keeps its finished records, leaves
 // nothing at the output path, and --resume finishes with the same contents as a clean run.
 #include <gtest/gtest.h>
-#include "io/h5.hpp"
+
 #include "compare_h5.hpp"
+#include "io/h5.hpp"
 #include "test_util.hpp"
 
 using namespace sparsa::testing;
@@ -21,9 +22,9 @@ struct Fixture {
     write_file(input, random_fasta(8, 40000));  // eight records of 40 kb
   }
   std::vector<std::string> args(const std::string& out, bool resume) {
-    std::vector<std::string> a{binary(), "embed", "-q", "--threads", "1", "--dtype", "f32",
-                               "--pool", "bin:10", "--model", model, "--input", input,
-                               "--output", out};
+    std::vector<std::string> a{binary(),  "embed",   "-q",     "--threads", "1",
+                               "--dtype", "f32",     "--pool", "bin:10",    "--model",
+                               model,     "--input", input,    "--output",  out};
     if (resume) a.push_back("--resume");
     return a;
   }
@@ -44,8 +45,8 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   EXPECT_GE(kept, 2);
   EXPECT_LT(kept, 8);
   // Without --resume (or --force) the journal is not thrown away.
-  auto r = run(binary() + " embed -q --model " + fx.model + " --input " + fx.input + " --output " +
-               out);
+  auto r =
+      run(binary() + " embed -q --model " + fx.model + " --input " + fx.input + " --output " + out);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
   pid = spawn(fx.args(out, true), fx.t / "log2");
@@ -55,7 +56,8 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   ASSERT_EQ(wait_exit(pid), 0);
   expect_same_contents(out, fx.t / "clean.h5");
   // A finished output with --resume is left alone and reported complete.
-  r = run(binary() + " embed --resume --model " + fx.model + " --input " + fx.input + " --output " + out);
+  r = run(binary() + " embed --resume --model " + fx.model + " --input " + fx.input + " --output " +
+          out);
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
 }

@@ -1,20 +1,19 @@
 // Helpers for tests that run the sparsa binary and look at files.
 #pragma once
 #include <gtest/gtest.h>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <chrono>
-#include <thread>
-#include <vector>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace sparsa::testing {
 

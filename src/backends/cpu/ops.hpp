@@ -40,8 +40,8 @@ void linear(const LinearParams& p);
 // The attention inputs of one layer, tile by tile (no [n, d] buffer for the normed input):
 //   h = RMSNorm(x, norm); q, k, v = h Wq, h Wk, h Wv; s = router(h).
 struct AttnInputParams {
-  const float* x;     // [n_tokens, d]
-  const float* norm;  // [d]
+  const float* x;             // [n_tokens, d]
+  const float* norm;          // [d]
   const float *wq, *wk, *wv;  // [d, d]
   const float* router_w1;     // [d, hidden]
   const float* router_b1;     // [hidden]
@@ -97,10 +97,10 @@ struct AttentionParams {
   const float* k;  // [kv_count, d], positions kv_begin .. kv_begin + kv_count - 1, after RoPE
   const float* v;  // [kv_count, d]
   int64_t kv_begin, kv_count;
-  const float* k_global;       // [n_global, d], after RoPE
-  const float* v_global;       // [n_global, d]
-  const float* gamma;          // [n_global] sigmoid(score)
-  const int64_t* pos_global;   // [n_global], ascending
+  const float* k_global;      // [n_global, d], after RoPE
+  const float* v_global;      // [n_global, d]
+  const float* gamma;         // [n_global] sigmoid(score)
+  const int64_t* pos_global;  // [n_global], ascending
   int64_t n_global;
   const float* alpha;  // [n_heads]
   const float* beta;   // [n_heads]
@@ -113,10 +113,10 @@ void dsa_attention(const AttentionParams& p);
 
 // x += GELU(RMSNorm(x, norm) W_up) W_down, tile by tile (no [n, d_ff] buffer).
 struct MlpParams {
-  float* x;            // [n_tokens, d]
-  const float* norm;   // [d]
-  const float* w_up;   // [d, d_ff]
-  const float* w_down; // [d_ff, d]
+  float* x;             // [n_tokens, d]
+  const float* norm;    // [d]
+  const float* w_up;    // [d, d_ff]
+  const float* w_down;  // [d_ff, d]
   int64_t n_tokens, d, d_ff, first_pos;
   double eps;
 };
@@ -124,9 +124,9 @@ void mlp_block(const MlpParams& p);
 
 // x[i] = sum_c table_c[tok[i * n_tables + c]]
 struct EmbedParams {
-  const int32_t* tokens;             // [n_tokens, n_tables]
-  const float* const* tables;        // n_tables pointers to [vocab, d]
-  float* x;                          // [n_tokens, d]
+  const int32_t* tokens;       // [n_tokens, n_tables]
+  const float* const* tables;  // n_tables pointers to [vocab, d]
+  float* x;                    // [n_tokens, d]
   int64_t n_tokens, n_tables, vocab, d;
 };
 void embed(const EmbedParams& p);

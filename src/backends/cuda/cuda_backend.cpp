@@ -49,11 +49,10 @@ enum Stage {
   kOutput,
   kStages
 };
-const char* const kStageName[kStages] = {"embed",       "attn RMSNorm",   "QKV GEMM",
-                                         "RoPE",        "router",         "top-G sort+D2H",
-                                         "select(host)", "global gather", "halo",
-                                         "attention",   "Wo GEMM",        "MLP norm+up",
-                                         "GELU",        "MLP down",       "output"};
+const char* const kStageName[kStages] = {
+    "embed",          "attn RMSNorm", "QKV GEMM",      "RoPE",     "router",
+    "top-G sort+D2H", "select(host)", "global gather", "halo",     "attention",
+    "Wo GEMM",        "MLP norm+up",  "GELU",          "MLP down", "output"};
 
 struct Profiler {
   bool on = false;
@@ -140,10 +139,11 @@ struct CudaModel::Impl {
 
   int64_t activation_bytes() const {
     int64_t t = 0;
-    for (const DeviceBuffer* b : {&tokens,    &x,   &q,     &k,    &v,     &scores, &keys, &sorted,
-                                  &topg_temp, &bad, &h32,   &hact, &qkv32, &hid,    &up32, &upact,
-                                  &kg,        &vg,  &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled, &gscratch,
-                                  &cand,      &kcat, &vcat, &gperm, &halo_rx})
+    for (const DeviceBuffer* b :
+         {&tokens,    &x,    &q,     &k,    &v,     &scores, &keys,  &sorted,
+          &topg_temp, &bad,  &h32,   &hact, &qkv32, &hid,    &up32,  &upact,
+          &kg,        &vg,   &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled,
+          &gscratch,  &cand, &kcat,  &vcat, &gperm, &halo_rx})
       t += (int64_t)b->bytes();
     return t;
   }
@@ -221,7 +221,8 @@ std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t 
   for (const StageTime& t : st) {
     if (t.count == 0) continue;
     std::snprintf(line, sizeof line, "%-16s %10.3f %10.3f %6.1f%%\n", t.name.c_str(), t.ms,
-                  t.ms / (double)std::max<int64_t>(1, n_layers), total > 0 ? 100 * t.ms / total : 0);
+                  t.ms / (double)std::max<int64_t>(1, n_layers),
+                  total > 0 ? 100 * t.ms / total : 0);
     o << line;
   }
   return o.str();
@@ -294,8 +295,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   // A split record over several ranks: exchanges device to device through NCCL unless asked for
   // host staging (SPARSA_NCCL=0). The communicator is made once, collectively over `comm`.
   const bool use_nccl =
-      !single && comm.size() > 1 &&
-      (I.opt.nccl > 0 || (I.opt.nccl < 0 && nccl_enabled_by_env()));
+      !single && comm.size() > 1 && (I.opt.nccl > 0 || (I.opt.nccl < 0 && nccl_enabled_by_env()));
   if (use_nccl && (!I.nccl || I.nccl_host != &comm || I.nccl->size() != comm.size())) {
     I.nccl.reset();
     I.nccl = std::make_unique<NcclComm>(comm, I.device);
@@ -445,8 +445,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     if (single || nc) {
       S = cpu::select_global(std::move(mine), G);
     } else {
-      comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)),
-                      gathered);
+      comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
       std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
       if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
       S = cpu::select_global(std::move(all), G);
@@ -488,17 +487,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       for (int64_t& v : part) v *= row_bytes;
       const int64_t cnt = (int64_t)local_idx.size();
       cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
-      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes},
-                               s);
-      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes},
-                               s);
+      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
+      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
       nc->allgatherv(I.kpack.get(), I.kcat.get(), part, s);
       nc->allgatherv(I.vpack.get(), I.vcat.get(), part, s);
       cuda::copy_to_device(I.gperm.get(), perm.data(), G * 8, s);
-      kern::launch_gather_rows({I.kcat.get(), I.gperm.as<int64_t>(), I.kg.get(), G, row_bytes},
-                               s);
-      kern::launch_gather_rows({I.vcat.get(), I.gperm.as<int64_t>(), I.vg.get(), G, row_bytes},
-                               s);
+      kern::launch_gather_rows({I.kcat.get(), I.gperm.as<int64_t>(), I.kg.get(), G, row_bytes}, s);
+      kern::launch_gather_rows({I.vcat.get(), I.gperm.as<int64_t>(), I.vg.get(), G, row_bytes}, s);
     } else {
       // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
       // only these G rows cross ranks (through the host, so that any Comm works).
@@ -511,10 +506,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
         }
       const int64_t cnt = (int64_t)local_idx.size();
       cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
-      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes},
-                               s);
-      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes},
-                               s);
+      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
+      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
       kp_host.resize(cnt * row_bytes);
       vp_host.resize(cnt * row_bytes);
       cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
@@ -609,8 +602,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned
       // key tiles, and a masked key's p = 0 times a NaN pattern in stale memory would be NaN.
       for (auto& [peer, r] : plan.recvs) {
-        const int64_t off = (r.begin - kv.begin) * row_bytes,
-                      bytes = (r.end - r.begin) * row_bytes;
+        const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
         cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
         cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
       }
@@ -676,12 +668,11 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
   P.finish();
-  if (I.profile_env && P.on)
-    std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
+  if (I.profile_env && P.on) std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
   if (bad != ~0ull)
     throw NumericError("the model produced a non-finite value at record position " +
-                       std::to_string(b + (int64_t)(bad / (unsigned long long)d)) +
-                       ", dimension " + std::to_string((int64_t)(bad % (unsigned long long)d)));
+                       std::to_string(b + (int64_t)(bad / (unsigned long long)d)) + ", dimension " +
+                       std::to_string((int64_t)(bad % (unsigned long long)d)));
   return out;
 }
 
