@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1
 export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
-# Open MPI as root, oversubscribed, in a container (as in scripts/test.sh; see docs/mpi.md).
+# Open MPI as root, oversubscribed, in a container (as in scripts/test.sh; see docs/parallel.md).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=yes OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_io=romio321

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
 bash scripts/build.sh
-# Open MPI as root, oversubscribed, in a container (see docs/mpi.md).
+# Open MPI as root, oversubscribed, in a container (see docs/parallel.md).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=yes OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_io=romio321
