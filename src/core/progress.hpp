@@ -18,7 +18,6 @@ class Progress {
   void finish_record();
   // A plain message line (clears the live line first).
   void log(const std::string& msg);
-  int64_t tokens_done() const { return tokens_done_; }
   double seconds() const;
 
  private:

@@ -97,17 +97,6 @@ bool File::writes_data() const {
 #endif
 }
 
-File File::open_rw(const std::string& path) {
-  quiet_errors();
-  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  if (id < 0) throw InputError(path + ": cannot open HDF5 file for writing");
-  return File(Handle(id, H5Fclose), path);
-}
-
-void File::flush() {
-  if (H5Fflush(h_.id(), H5F_SCOPE_GLOBAL) < 0) fail(path_, "", "flush failed (disk full?)");
-}
-
 void File::copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj) {
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
@@ -279,11 +268,6 @@ static void write_slab(const File& f, const std::string& obj, int64_t row0, int6
   if (rc < 0) fail(f.path(), obj, "HDF5 write failed (disk full?)");
 }
 
-void File::write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
-                      const float* data) {
-  if (nrows > 0) write_slab(*this, obj, row0, nrows, cols, data, true, false);
-}
-
 void File::write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
                                  const float* data) {
   if (nrows > 0 || parallel_) write_slab(*this, obj, row0, nrows, cols, data, true, parallel_);
@@ -410,17 +394,6 @@ int64_t File::attr_int(const std::string& obj, const std::string& name) const {
   if (H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0)
     throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is not an integer");
   return v;
-}
-
-std::vector<std::string> File::attr_names(const std::string& obj) const {
-  std::vector<std::string> out;
-  auto cb = [](hid_t, const char* name, const H5A_info_t*, void* data) -> herr_t {
-    static_cast<std::vector<std::string>*>(data)->push_back(name);
-    return 0;
-  };
-  H5Aiterate_by_name(h_.id(), obj.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &out,
-                     H5P_DEFAULT);
-  return out;
 }
 
 }  // namespace sparsa::h5

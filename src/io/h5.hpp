@@ -48,7 +48,6 @@ class File {
   static File create_parallel(const std::string& path);
   static bool parallel_available();
   static File open_read(const std::string& path);
-  static File open_rw(const std::string& path);
   const std::string& path() const { return path_; }
   hid_t id() const { return h_.id(); }
   void close();
@@ -65,17 +64,14 @@ class File {
   // Chunked 2-D dataset written in row blocks (for embeddings larger than memory wants).
   void create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype file_type);
   void create_vector_i64(const std::string& obj, int64_t n);
-  void write_rows(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
-                  const float* data);
-  // Parallel files: every rank writes its own rows [row0, row0 + nrows) in one collective call
-  // (nrows may be 0). Serial files: same as write_rows.
+  // Writes rows [row0, row0 + nrows). Parallel files: every rank writes its own rows in one
+  // collective call (nrows may be 0); serial files: a plain write (nothing when nrows is 0).
   void write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
                              const float* data);
   void write_i64_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
                                  const int64_t* data);
   // Copies object `src_obj` of `src` (a group with everything under it) to `dst_obj` here.
   void copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj);
-  void flush();
 
   // Reading. shape() throws InputError when `obj` is missing.
   std::vector<int64_t> shape(const std::string& obj) const;
@@ -90,7 +86,6 @@ class File {
   bool has_attr(const std::string& obj, const std::string& name) const;
   std::string attr_string(const std::string& obj, const std::string& name) const;
   int64_t attr_int(const std::string& obj, const std::string& name) const;
-  std::vector<std::string> attr_names(const std::string& obj) const;
 
  private:
   File(Handle h, std::string path, bool parallel = false)

@@ -52,13 +52,6 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
   return plan;
 }
 
-int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size) {
-  const HaloPlan plan = plan_halo(shard, rank, size, c.window, c.causal);
-  int64_t rows = 0;
-  for (auto& [peer, r] : plan.sends) rows += r.end - r.begin;
-  return rows * 2 * c.d_model * (int64_t)sizeof(float);
-}
-
 ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard& shard, Comm& comm,
                       const ForwardHooks& hooks) {
   const ModelConfig& c = w.config;

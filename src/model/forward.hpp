@@ -58,8 +58,4 @@ struct ForwardHooks {
 ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard& shard, Comm& comm,
                       const ForwardHooks& hooks = {});
 
-// Bytes this rank would send per layer in the halo exchange and global gather (the model's count,
-// for the communication benchmark): halo rows * 2 (K, V) * d * 4.
-int64_t expected_halo_bytes(const ModelConfig& c, const Shard& shard, int rank, int size);
-
 }  // namespace sparsa
