@@ -58,6 +58,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     : dir_(output + ".parts") {
   // Rank 0 decides; everyone learns the outcome (an error text, or the finished indices).
   std::string error;
+  int64_t error_is_config = 0;  // the error's type travels with its text
   std::vector<int64_t> done;
   if (comm.rank() == 0) {
     try {
@@ -92,20 +93,22 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
         else if (name.find(".tmp") != std::string::npos)
           fs::remove(e.path(), ec);  // a part that was being written when the run stopped
       }
+    } catch (const ConfigError& e) {
+      error = e.what();
+      error_is_config = 1;
     } catch (const std::exception& e) {
       error = e.what();
       if (error.empty()) error = "journal error";
     }
   }
-  int64_t sizes[2] = {(int64_t)error.size(), (int64_t)done.size()};
+  int64_t sizes[3] = {(int64_t)error.size(), (int64_t)done.size(), error_is_config};
   comm.broadcast(sizes, sizeof sizes, 0);
   error.resize(sizes[0]);
   done.resize(sizes[1]);
   if (sizes[0]) comm.broadcast(error.data(), sizes[0], 0);
   if (sizes[1]) comm.broadcast(done.data(), sizes[1] * 8, 0);
   if (!error.empty()) {
-    if (error.rfind("--resume", 0) == 0 || error.find("--force") != std::string::npos)
-      throw ConfigError(error);
+    if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
   done_.insert(done.begin(), done.end());
