@@ -12,6 +12,7 @@
 #include <string>
 
 #include "kernels/attention/attention.hpp"
+#include "kernels/attention/attention_wgmma.hpp"
 #include "kernels/common/common.cuh"
 
 namespace sparsa::kern {
@@ -1115,17 +1116,18 @@ bool split_enabled() {
 // v4 launches. SPARSA_ATTN_BAND: 8 (default: 128 queries, 8 warps, 3 stages), 8s2 (2 stages),
 // 4 (64 queries, 4 warps, 2 stages), old (the v1 kernel). SPARSA_ATTN_GLOBAL: 2x4 (default: 2
 // m-tiles x 4 warps = 128 queries, 3 stages), 1x8 (8 warps of one m-tile, 3 stages), 2x4s2,
-// old (the v3 kernel). See bench/NOTES.md.
+// old (the v3 kernel), wg* (the wgmma kernels of attention_wgmma.cu; "auto", the default, takes
+// "wg" on an sm_90a device and 2x4 elsewhere). See bench/NOTES.md.
 const char* env_or(const char* name, const char* dflt) {
   const char* e = std::getenv(name);
   return e && e[0] ? e : dflt;
 }
 const std::string& band_variant() {
-  static const std::string v = env_or("SPARSA_ATTN_BAND", "8");
+  static const std::string v = env_or("SPARSA_ATTN_BAND", "auto");
   return v;
 }
 const std::string& global_variant() {
-  static const std::string v = env_or("SPARSA_ATTN_GLOBAL", "2x4");
+  static const std::string v = env_or("SPARSA_ATTN_GLOBAL", "auto");
   return v;
 }
 
@@ -1178,8 +1180,11 @@ void launch_global4(const AttentionParams& p, cudaStream_t stream) {
 void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
   if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
-    const std::string& gv = global_variant();
-    if (gv == "old") {
+    std::string gv = global_variant();
+    if (gv == "auto") gv = wgmma_available() ? "wg" : "2x4";
+    if (gv.rfind("wg", 0) == 0) {
+      launch_global_wgmma(p, gv, stream);
+    } else if (gv == "old") {
       constexpr int kMt = 2, kBqG = 64 * kMt;
       TcArgs g{};
       g.p = p;
@@ -1198,7 +1203,12 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   }
   // The band kernel alone serves every case without a global part of its own.
   if (p.head_dim == 64 && (p.global_in || p.n_global == 0) && band_variant() != "old") {
-    const std::string& bv = band_variant();
+    std::string bv = band_variant();
+    if (bv == "auto") bv = wgmma_available() ? "wg" : "8";
+    if (bv.rfind("wg", 0) == 0) {
+      launch_band_wgmma(p, bv, stream);
+      return;
+    }
     if (bv == "4")
       launch_band<4, 2>(p, stream);
     else if (bv == "8s2")

@@ -360,6 +360,20 @@ TEST(CudaOps, AttentionBf16SplitGlobal) {
       a.split = true;
       EXPECT_LE(attention_error(a, 13), 1e-2);
     }
+    // Many key tiles of the global kernel (G = 2500: 20 tiles of 128 with a partial last one).
+    AttnCase big{20000,
+                 0,
+                 20000,
+                 2,
+                 64,
+                 256,
+                 2500,
+                 causal,
+                 DType::kBF16,
+                 false,
+                 {{0, 500}, {9000, 9500}, {19500, 20000}}};
+    big.split = true;
+    EXPECT_LE(attention_error(big, 14), 1e-2);
   }
 }
 

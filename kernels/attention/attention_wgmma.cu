@@ -1,0 +1,719 @@
+// Global part of DSA attention on Hopper warpgroup MMAs (wgmma, sm_90a), head_dim 64, bf16 in,
+// fp32 accumulate. Same contract as the v4 global kernel (attention_tc.cu): writes
+// beta_h * Global_i in fp32 to p.global_scratch for rows [row_begin, row_end); the band kernel
+// adds it to alpha_h * Local_i.
+//
+// Shape: NWG warpgroups a block, each owning 64 query rows (BQ = 64 NWG), key tiles of BK gathered
+// keys in an S-stage cp.async ring. Per key tile and warpgroup:
+//   S[64 x BK] = Q K^T     wgmma m64nBKk16, Q and K from shared memory (4 k-steps over dh 64)
+//   online softmax of S in registers (fp32, exp2 as one FFMA + ex2.approx), P = bf16(S)
+//   O[64 x 64] += P V      wgmma m64n64k16, P from registers, V^T from shared memory
+// The gate is folded into V once per call: vt[h][c][j] = bf16(gamma_j * v_global[j][h, c]), the
+// transposed layout making both wgmma B operands K-major. Shared-memory tiles use the 128-byte
+// swizzle of the wgmma descriptors (16-byte chunk c of row r stored at chunk c ^ (r % 8), rows of
+// 128 bytes, 8-row groups 1024 bytes apart, tiles 1024-byte aligned).
+// Per row the arithmetic does not depend on the shard: every row sees the same key tiles in the
+// same order.
+#include <cmath>
+#include <string>
+
+#include "kernels/attention/attention_wgmma.hpp"
+#include "kernels/common/common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SPARSA_WGMMA 1
+#endif
+
+namespace sparsa::kern {
+
+namespace {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// Byte offset of 16-byte chunk `c` of row `r` in a 128-byte-swizzled tile of 128-byte rows.
+__device__ __forceinline__ uint32_t sw128(int r, int c) {
+  return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+}
+// wgmma matrix descriptor: K-major operand, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t desc128(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+
+#ifdef SPARSA_WGMMA
+__device__ __forceinline__ void wg_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads or writes of an accumulator across wgmma fences/waits.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+__device__ __forceinline__ void proxy_fence() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// D[64 x 64] (+)= A[64 x 16] (shared, descriptor) * B[64 x 16]^T (shared, descriptor)
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64_t db,
+                                             int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
+      "25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// D[64 x 128] (+)= A[64 x 16] (shared, descriptor) * B[128 x 16]^T (shared, descriptor)
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
+      "25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%"
+      "48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, "
+      "0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// D[64 x 64] += A[64 x 16] (registers) * B[64 x 16]^T (shared, descriptor)
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
+      "25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+// D[64 x 64] += A[64 x 16] (registers) * B[16 x 64] (shared, descriptor, N-major: transposed)
+__device__ __forceinline__ void wgmma_rs_n64t(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
+      "25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+// Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
+// exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
+// place, m and l (this thread's partial row sums) are updated, corr rescales the old output.
+template <int NJ>
+__device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float& m_a, float& m_b,
+                                             float& l_a, float& l_b, float& corr_a, float& corr_b) {
+  float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    mx_a = fmaxf(mx_a, fmaxf(s[4 * j], s[4 * j + 1]));
+    mx_b = fmaxf(mx_b, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+  }
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  const float mn_a = fmaxf(m_a, mx_a * sc), mn_b = fmaxf(m_b, mx_b * sc);
+  const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
+  corr_a = ex2(m_a - use_a);
+  corr_b = ex2(m_b - use_b);
+  m_a = mn_a;
+  m_b = mn_b;
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    s[4 * j] = ex2(fmaf(s[4 * j], sc, -use_a));
+    s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -use_a));
+    s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -use_b));
+    s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -use_b));
+    sum_a += s[4 * j] + s[4 * j + 1];
+    sum_b += s[4 * j + 2] + s[4 * j + 3];
+  }
+  l_a = l_a * corr_a + sum_a;
+  l_b = l_b * corr_b + sum_b;
+}
+// P (fp32 accumulator layout) as bf16 A fragments of 16 keys each.
+template <int NK>
+__device__ __forceinline__ void pack_p(const float (&s)[8 * NK], uint32_t (&pa)[NK][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NK; ++kk) {
+    pa[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+__device__ __forceinline__ void scale_o(float (&o)[32], float corr_a, float corr_b) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    o[4 * j] *= corr_a;
+    o[4 * j + 1] *= corr_a;
+    o[4 * j + 2] *= corr_b;
+    o[4 * j + 3] *= corr_b;
+  }
+}
+// Sum of this thread's partial row sum over the 4 threads of its row.
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+#endif  // SPARSA_WGMMA
+
+struct WgArgs {
+  AttentionParams p;
+  const __nv_bfloat16* vt;  // [d][g_pad]: gamma_j * v_global[j][c], zero for j >= n_global
+  int64_t g_pad;            // n_global rounded up to 128
+  int64_t tile_pos0;        // record position of the first query tile (a multiple of BQ)
+  float scale_log2;         // log2(e) / sqrt(64)
+};
+
+template <int NWG, int BK, int S, int MINB, bool PIPE>
+__global__ void __launch_bounds__(128 * NWG, MINB)
+    global_wg_kernel(const __grid_constant__ WgArgs a) {
+#ifdef SPARSA_WGMMA
+  static_assert(BK == 64 || BK == 128, "key tile of 64 or 128");
+  static_assert(S >= (PIPE ? 3 : 2), "stages: 2 at least, 3 when pipelined");
+  constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG;
+  constexpr int kKTile = BK * 128;    // bytes: BK rows of 64 bf16
+  constexpr int kStage = 2 * kKTile;  // K tile, then V^T as BK / 64 sub-tiles of 64 x 64
+  const AttentionParams& p = a.p;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_tile = base;
+  auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)s * kStage; };
+  auto v_tile = [&](int s) { return k_tile(s) + kKTile; };
+
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int64_t d = p.n_heads * DH, h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
+  const __nv_bfloat16* vt = a.vt + h * DH * a.g_pad;
+
+  int64_t n_keys = p.n_global;  // causal: only keys at positions <= the block's last row
+  if (p.causal) {
+    int64_t lo = 0, hi = n_keys;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (p.pos_global[mid] <= i1)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    n_keys = lo;
+  }
+  const int64_t n_tiles = (n_keys + BK - 1) / BK;
+
+  auto issue = [&](int64_t t, int s) {
+    if (t < n_tiles) {
+      const int64_t g0 = t * BK;
+#pragma unroll
+      for (int it = 0; it < BK * 8 / NT + (BK * 8 % NT != 0); ++it) {
+        const int idx = tid + it * NT;
+        if (BK * 8 % NT != 0 && idx >= BK * 8) break;
+        const int r = idx / 8, c = idx % 8;
+        const bool ok = g0 + r < p.n_global;
+        cp16(k_tile(s) + sw128(r, c), ok ? kg + (g0 + r) * d + h * DH + c * 8 : kg, ok);
+      }
+#pragma unroll
+      for (int it = 0; it < 64 * (BK / 8) / NT + (64 * (BK / 8) % NT != 0); ++it) {
+        const int idx = tid + it * NT;
+        if (64 * (BK / 8) % NT != 0 && idx >= 64 * (BK / 8)) break;
+        const int r = idx / (BK / 8), c = idx % (BK / 8);
+        cp16(v_tile(s) + (c / 8) * 8192 + sw128(r, c % 8), vt + r * a.g_pad + g0 + c * 8, true);
+      }
+    }
+    cp_commit();
+  };
+
+  for (int idx = tid; idx < BQ * 8; idx += NT) {
+    const int r = idx / 8, c = idx % 8;
+    const int64_t rr = i0 + r - p.first_pos;
+    const bool ok = rr >= 0 && rr < p.n_tokens;
+    cp16(q_tile + sw128(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
+  }
+  cp_commit();
+#pragma unroll
+  for (int s = 0; s < S - (PIPE ? 2 : 1); ++s) issue(s, s);
+
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const float sc = a.scale_log2;
+  const uint64_t dq = desc128(q_tile + wg * 64 * 128);
+  const int t4 = lane % 4;
+  const int64_t ra = i0 + wg * 64 + warp * 16 + lane / 4, rb = ra + 8;
+
+  auto qk = [&](float(&s)[BK / 2], int buf) {
+    const uint64_t dk = desc128(k_tile(buf));
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+      if constexpr (BK == 128)
+        wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+      else
+        wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+    }
+  };
+  auto pv = [&](const uint32_t(&pa)[BK / 16][4], int buf) {
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk)
+      wgmma_rs_n64(o, pa[kk], desc128(v_tile(buf) + (kk / 4) * 8192) + 2 * (kk % 4));
+  };
+  auto mask = [&](float(&s)[BK / 2], int64_t t) {
+    const int64_t g0 = t * BK;
+    const bool full = g0 + BK <= p.n_global && (!p.causal || p.pos_global[g0 + BK - 1] <= i0);
+    if (full) return;
+#pragma unroll
+    for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t gj = g0 + 8 * j + 2 * t4 + (e & 1);
+        const bool ok = gj < p.n_global && (!p.causal || p.pos_global[gj] <= (e < 2 ? ra : rb));
+        if (!ok) s[4 * j + e] = -INFINITY;
+      }
+  };
+
+  int cur = 0;
+  if constexpr (!PIPE) {
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      cp_wait<S - 2>();
+      proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
+      __syncthreads();
+      {
+        int nb = cur + S - 1;
+        if (nb >= S) nb -= S;
+        issue(t + S - 1, nb);  // into the buffer of tile t - 1, whose wgmmas have completed
+      }
+      float s[BK / 2];
+      wg_fence();
+      qk(s, cur);
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(s);
+      mask(s, t);
+      float corr_a, corr_b;
+      softmax_tile<BK / 8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+      uint32_t pa[BK / 16][4];
+      pack_p<BK / 16>(s, pa);
+      scale_o(o, corr_a, corr_b);
+      reg_fence(o);
+      wg_fence();
+      pv(pa, cur);
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(o);
+      if (++cur == S) cur = 0;
+    }
+  } else {
+    // FA3 order: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued together; the softmax of S_t runs
+    // while the tensor cores do P_{t-1} V_{t-1}. Tiles are prefetched S - 2 ahead so the buffer of
+    // tile t - 1 stays untouched while its PV is in flight.
+    uint32_t pa[BK / 16][4];
+    int prev = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      cp_wait<S - 3>();
+      proxy_fence();
+      __syncthreads();  // everyone's PV of tile t - 2 completed in iteration t - 1
+      {
+        int nb = cur + S - 2;
+        if (nb >= S) nb -= S;
+        issue(t + S - 2, nb);
+      }
+      float s[BK / 2];
+      wg_fence();
+      qk(s, cur);
+      wg_commit();
+      if (t > 0) {
+        pv(pa, prev);
+        wg_commit();
+        wg_wait<1>();
+      } else {
+        wg_wait<0>();
+      }
+      reg_fence(s);
+      mask(s, t);
+      float corr_a, corr_b;
+      softmax_tile<BK / 8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+      wg_wait<0>();
+      reg_fence(o);
+      scale_o(o, corr_a, corr_b);
+      pack_p<BK / 16>(s, pa);
+      prev = cur;
+      if (++cur == S) cur = 0;
+    }
+    if (n_tiles > 0) {
+      reg_fence(o);
+      wg_fence();
+      pv(pa, prev);
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(o);
+    }
+  }
+  cp_wait<0>();
+
+  const float beta = p.beta[h];
+  l_a = quad_sum(l_a);
+  l_b = quad_sum(l_b);
+  const float fa = l_a > 0.0f ? beta / l_a : 0.0f, fb = l_b > 0.0f ? beta / l_b : 0.0f;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t rr = (half ? rb : ra) - p.first_pos;
+    if (rr < p.row_begin || rr >= p.row_end) continue;
+    const float f = half ? fb : fa;
+    float* grow = p.global_scratch + rr * d + h * DH;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2 v;
+      v.x = f * o[4 * j + 2 * half];
+      v.y = f * o[4 * j + 2 * half + 1];
+      *reinterpret_cast<float2*>(grow + j * 8 + 2 * t4) = v;
+    }
+  }
+#else
+  __trap();  // compiled only for sm_90a; the launcher checks wgmma_available() first
+#endif
+}
+
+// Band (local window) attention alone on wgmma: out = alpha_h * Local_i (+ global_in when given),
+// bf16. NWG warpgroups of 64 query rows a block, key tiles of 64 at multiples of 64 record
+// positions (S-stage cp.async ring), V used as stored ([key][channel], the transposed-B form of
+// wgmma). A warpgroup skips the tiles none of its rows sees; elements outside a row's window are
+// masked only in tiles not fully inside every row's window. A skipped or fully masked tile leaves
+// m, l and O bit-for-bit unchanged, and every row walks its tiles in ascending record order, so a
+// row's arithmetic does not depend on the shard.
+template <int NWG, int S, int MINB>
+__global__ void __launch_bounds__(128 * NWG, MINB)
+    band_wg_kernel(const __grid_constant__ WgArgs a) {
+#ifdef SPARSA_WGMMA
+  static_assert(S >= 2, "at least two stages");
+  constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG, BK = 64;
+  constexpr int kTile = BK * 128;
+  const AttentionParams& p = a.p;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_tile = base;
+  auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s) * kTile; };
+  auto v_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s + 1) * kTile; };
+
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int64_t d = p.n_heads * DH, h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
+  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* k = static_cast<const __nv_bfloat16*>(p.k);
+  const auto* v = static_cast<const __nv_bfloat16*>(p.v);
+
+  int64_t n_tiles = 0, t_lo = 0;
+  if (!p.skip_local) {
+    const int64_t klo = max(i0 - w, p.kv_begin);
+    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
+    if (khi >= klo) {
+      t_lo = klo / BK;
+      n_tiles = khi / BK - t_lo + 1;
+    }
+  }
+  auto issue = [&](int64_t t, int s) {
+    if (t < n_tiles) {
+      const int64_t j0 = (t_lo + t) * BK;
+#pragma unroll
+      for (int it = 0; it < (BK * 8 + NT - 1) / NT; ++it) {
+        const int idx = tid + it * NT;
+        if (BK * 8 % NT != 0 && idx >= BK * 8) break;
+        const int r = idx / 8, c = idx % 8;
+        const int64_t j = j0 + r;
+        const bool ok = j >= p.kv_begin && j < kv_end;
+        const int64_t off = ok ? (j - p.kv_begin) * d + h * DH + c * 8 : 0;
+        cp16(k_tile(s) + sw128(r, c), k + off, ok);
+        cp16(v_tile(s) + sw128(r, c), v + off, ok);
+      }
+    }
+    cp_commit();  // always: the group count stays uniform
+  };
+
+  for (int idx = tid; idx < BQ * 8; idx += NT) {
+    const int r = idx / 8, c = idx % 8;
+    const int64_t rr = i0 + r - p.first_pos;
+    const bool ok = rr >= 0 && rr < p.n_tokens;
+    cp16(q_tile + sw128(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
+  }
+  cp_commit();
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(s, s);
+
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const float sc = a.scale_log2;
+  const uint64_t dq = desc128(q_tile + wg * 64 * 128);
+  const int t4 = lane % 4;
+  const int64_t wr0 = i0 + wg * 64;                            // this warpgroup's first row
+  const int64_t ra = wr0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two rows
+  // Valid key columns of row i in a tile starting at j0: [lo(i), hi(i)], clamped to [-1, 64].
+  auto col_lo = [&](int64_t i, int64_t j0) -> int {
+    const int64_t x = max(p.kv_begin, i - w) - j0;
+    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
+  };
+  auto col_hi = [&](int64_t i, int64_t j0) -> int {
+    const int64_t x = min(kv_end - 1, p.causal ? i : i + w) - j0;
+    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
+  };
+
+  int cur = 0;
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    cp_wait<S - 2>();
+    proxy_fence();
+    __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
+    {
+      int nb = cur + S - 1;
+      if (nb >= S) nb -= S;
+      issue(t + S - 1, nb);
+    }
+    const int buf = cur;
+    if (++cur == S) cur = 0;
+    const int64_t j0 = (t_lo + t) * BK;
+    // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
+    // highest hi.
+    if (col_lo(wr0, j0) > col_hi(wr0 + 63, j0)) continue;  // no row of this warpgroup sees it
+    float s[32];
+    wg_fence();
+    {
+      const uint64_t dk = desc128(k_tile(buf));
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+    }
+    wg_commit();
+    wg_wait<0>();
+    reg_fence(s);
+    if (!(col_lo(wr0 + 63, j0) <= 0 && col_hi(wr0, j0) >= 63)) {  // some element masked
+      const int lo_a = col_lo(ra, j0), hi_a = col_hi(ra, j0);
+      const int lo_b = col_lo(rb, j0), hi_b = col_hi(rb, j0);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * j + 2 * t4 + (e & 1);
+          const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
+          if (!ok) s[4 * j + e] = -INFINITY;
+        }
+    }
+    float corr_a, corr_b;
+    softmax_tile<8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+    uint32_t pa[4][4];
+    pack_p<4>(s, pa);
+    scale_o(o, corr_a, corr_b);
+    reg_fence(o);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64t(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
+    wg_commit();
+    wg_wait<0>();
+    reg_fence(o);
+  }
+  cp_wait<0>();  // no copy in flight at exit
+
+  l_a = quad_sum(l_a);
+  l_b = quad_sum(l_b);
+  const float alpha = p.alpha[h];
+  const float fa = l_a > 0.0f ? alpha / l_a : 0.0f, fb = l_b > 0.0f ? alpha / l_b : 0.0f;
+  auto* out = static_cast<__nv_bfloat16*>(p.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t rr = (half ? rb : ra) - p.first_pos;
+    if (rr < p.row_begin || rr >= p.row_end) continue;
+    const float f = half ? fb : fa;
+    __nv_bfloat16* orow = out + rr * d + h * DH;
+    const float* grow = p.global_in ? p.global_in + rr * d + h * DH : nullptr;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float x = f * o[4 * j + 2 * half], y = f * o[4 * j + 2 * half + 1];
+      if (grow) {
+        const float2 g = *reinterpret_cast<const float2*>(grow + j * 8 + 2 * t4);
+        x += g.x;
+        y += g.y;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + 2 * t4) = __floats2bfloat162_rn(x, y);
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
+// vt[c][j] = bf16(gamma_j * v_global[j][c]) for j < n_global, 0 up to g_pad.
+__global__ void fold_gate_kernel(const __nv_bfloat16* vg, const float* gamma, int64_t n_global,
+                                 int64_t d, int64_t g_pad, __nv_bfloat16* vt) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= d * g_pad) return;
+  const int64_t c = idx / g_pad, j = idx % g_pad;
+  vt[idx] = j < n_global ? __float2bfloat16_rn(__bfloat162float(vg[j * d + c]) * gamma[j])
+                         : __float2bfloat16_rn(0.0f);
+}
+
+__global__ void probe_kernel(int* out) {
+#ifdef SPARSA_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+template <int NWG, int BK, int S, int MINB, bool PIPE>
+void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
+  constexpr int BQ = 64 * NWG;
+  const int smem = 1024 + BQ * 128 + S * 2 * BK * 128;
+  static bool configured = false;  // NOTE: per process; the attribute is per device function
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, PIPE>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  WgArgs a = a_in;
+  const AttentionParams& p = a.p;
+  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+  a.tile_pos0 = pos_begin / BQ * BQ;
+  const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
+  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
+  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  global_wg_kernel<NWG, BK, S, MINB, PIPE><<<grid, 128 * NWG, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+
+template <int NWG, int S, int MINB>
+void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int BQ = 64 * NWG;
+  const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
+  static bool configured = false;
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  WgArgs a{};
+  a.p = p;
+  a.scale_log2 = (float)(1.4426950408889634 / 8.0);
+  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
+  a.tile_pos0 = pos_begin / BQ * BQ;
+  const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
+  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
+  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  band_wg_kernel<NWG, S, MINB><<<grid, 128 * NWG, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+}  // namespace
+
+bool wgmma_available() {
+  static const bool v = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (major != 9 || minor != 0) return false;
+    int* flag = nullptr;
+    int host = 0;
+    SPARSA_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    probe_kernel<<<1, 1>>>(flag);
+    SPARSA_LAUNCH_CHECK();
+    SPARSA_CUDA_CHECK(cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost));
+    SPARSA_CUDA_CHECK(cudaFree(flag));
+    return host == 1;
+  }();
+  return v;
+}
+
+void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
+                         cudaStream_t stream) {
+  if (p.type != DType::kBF16 || p.head_dim != 64 || !p.global_scratch || p.n_global <= 0)
+    throw SystemError("attention: the wgmma global kernel needs bf16, head_dim 64 and a scratch");
+  const int64_t d = p.n_heads * 64, g_pad = (p.n_global + 127) / 128 * 128;
+  __nv_bfloat16* vt = nullptr;
+  SPARSA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&vt),
+                                    (size_t)(d * g_pad) * sizeof(__nv_bfloat16), stream));
+  fold_gate_kernel<<<grid_for(d * g_pad, 256), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, d, g_pad, vt);
+  SPARSA_LAUNCH_CHECK();
+  WgArgs a{};
+  a.p = p;
+  a.vt = vt;
+  a.g_pad = g_pad;
+  a.scale_log2 = (float)(1.4426950408889634 / 8.0);
+  if (variant == "wg2m1")
+    launch_wg<2, 128, 2, 1, false>(a, stream);
+  else if (variant == "wg64")
+    launch_wg<2, 64, 3, 2, false>(a, stream);
+  else if (variant == "wgp64")
+    launch_wg<2, 64, 4, 2, true>(a, stream);
+  else if (variant == "wgp")
+    launch_wg<2, 128, 3, 1, true>(a, stream);
+  else if (variant == "wgp3")
+    launch_wg<3, 128, 3, 1, true>(a, stream);
+  else
+    launch_wg<2, 128, 2, 2, false>(a, stream);
+  SPARSA_CUDA_CHECK(cudaFreeAsync(vt, stream));
+}
+
+void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream) {
+  if (p.type != DType::kBF16 || p.head_dim != 64 || (p.n_global > 0 && !p.global_in))
+    throw SystemError("attention: the wgmma band kernel needs bf16, head_dim 64, no fused global");
+  if (variant == "wg4")
+    launch_band_wg<4, 3, 1>(p, stream);
+  else if (variant == "wgs4")
+    launch_band_wg<2, 4, 2>(p, stream);
+  else if (variant == "wg1")
+    launch_band_wg<1, 3, 4>(p, stream);
+  else
+    launch_band_wg<2, 3, 2>(p, stream);
+}
+
+}  // namespace sparsa::kern
