@@ -28,6 +28,7 @@ namespace sparsa::kern {
 
 namespace {
 
+#ifdef SPARSA_WGMMA  // device helpers, compiled for sm_90a only
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return (uint32_t)__cvta_generic_to_shared(p);
 }
@@ -59,7 +60,6 @@ __device__ __forceinline__ uint64_t desc128(uint32_t addr) {
          ((uint64_t)1 << 62);
 }
 
-#ifdef SPARSA_WGMMA
 __device__ __forceinline__ void wg_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -131,6 +131,21 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
+// D[64 x 72] += A[64 x 16] (registers) * B[72 x 16]^T (shared, descriptor)
+__device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
+      "25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35}, {%36,%37,%38,%39}, %40, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
 // D[64 x 64] += A[64 x 16] (registers) * B[16 x 64] (shared, descriptor, N-major: transposed)
 __device__ __forceinline__ void wgmma_rs_n64t(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
   asm volatile(
@@ -149,7 +164,14 @@ __device__ __forceinline__ void wgmma_rs_n64t(float (&d)[32], const uint32_t (&a
 // Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
 // exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
 // place, m and l (this thread's partial row sums) are updated, corr rescales the old output.
-template <int NJ>
+// Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
+// exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
+// place and m is updated; corr rescales the old output (and l). SUMS: also this thread's partial
+// row sums l (without SUMS the caller gets them from a ones column of V). LAZY: the running max
+// moves only when a tile's max exceeds it by more than 8 (so P <= 2^8, no overflow); otherwise
+// corr is exactly 1 and the caller may skip the rescale (the FA4 trick). Either way softmax is
+// exact up to rounding, and a row's arithmetic depends only on the row's own scores.
+template <int NJ, bool SUMS, bool LAZY>
 __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float& m_a, float& m_b,
                                              float& l_a, float& l_b, float& corr_a, float& corr_b) {
   float mx_a = -INFINITY, mx_b = -INFINITY;
@@ -162,7 +184,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
   mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
   mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
   mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-  const float mn_a = fmaxf(m_a, mx_a * sc), mn_b = fmaxf(m_b, mx_b * sc);
+  float mn_a, mn_b;
+  if constexpr (LAZY) {
+    mn_a = mx_a * sc > m_a + 8.0f ? mx_a * sc : m_a;
+    mn_b = mx_b * sc > m_b + 8.0f ? mx_b * sc : m_b;
+  } else {
+    mn_a = fmaxf(m_a, mx_a * sc);
+    mn_b = fmaxf(m_b, mx_b * sc);
+  }
   const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
   corr_a = ex2(m_a - use_a);
   corr_b = ex2(m_b - use_b);
@@ -175,11 +204,15 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
     s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -use_a));
     s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -use_b));
     s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -use_b));
-    sum_a += s[4 * j] + s[4 * j + 1];
-    sum_b += s[4 * j + 2] + s[4 * j + 3];
+    if constexpr (SUMS) {
+      sum_a += s[4 * j] + s[4 * j + 1];
+      sum_b += s[4 * j + 2] + s[4 * j + 3];
+    }
   }
-  l_a = l_a * corr_a + sum_a;
-  l_b = l_b * corr_b + sum_b;
+  if constexpr (SUMS) {
+    l_a = l_a * corr_a + sum_a;
+    l_b = l_b * corr_b + sum_b;
+  }
 }
 // P (fp32 accumulator layout) as bf16 A fragments of 16 keys each.
 template <int NK>
@@ -192,9 +225,10 @@ __device__ __forceinline__ void pack_p(const float (&s)[8 * NK], uint32_t (&pa)[
     pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
   }
 }
-__device__ __forceinline__ void scale_o(float (&o)[32], float corr_a, float corr_b) {
+template <int N>
+__device__ __forceinline__ void scale_o(float (&o)[N], float corr_a, float corr_b) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
+  for (int j = 0; j < N / 4; ++j) {
     o[4 * j] *= corr_a;
     o[4 * j + 1] *= corr_a;
     o[4 * j + 2] *= corr_b;
@@ -216,15 +250,18 @@ struct WgArgs {
   float scale_log2;         // log2(e) / sqrt(64)
 };
 
-template <int NWG, int BK, int S, int MINB, bool PIPE>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     global_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
   static_assert(BK == 64 || BK == 128, "key tile of 64 or 128");
-  static_assert(S >= (PIPE ? 3 : 2), "stages: 2 at least, 3 when pipelined");
+  static_assert(S >= 2, "at least two stages");
   constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG;
-  constexpr int kKTile = BK * 128;    // bytes: BK rows of 64 bf16
-  constexpr int kStage = 2 * kKTile;  // K tile, then V^T as BK / 64 sub-tiles of 64 x 64
+  constexpr int kKTile = BK * 128;                  // bytes: BK rows of 64 bf16
+  constexpr int kVRows = ONES ? 72 : 64;            // V^T rows: channels (+ ones, 7 zero rows)
+  constexpr int kVSub = kVRows * 128;               // one V^T sub-tile: 64 keys
+  constexpr int kStage = kKTile + BK / 64 * kVSub;  // K tile, then V^T as BK / 64 sub-tiles
+  constexpr int NO = ONES ? 36 : 32;                // output accumulators (+ the row sums)
   const AttentionParams& p = a.p;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -237,7 +274,6 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
-  const __nv_bfloat16* vt = a.vt + h * DH * a.g_pad;
 
   int64_t n_keys = p.n_global;  // causal: only keys at positions <= the block's last row
   if (p.causal) {
@@ -253,24 +289,39 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   }
   const int64_t n_tiles = (n_keys + BK - 1) / BK;
 
+  if constexpr (ONES) {  // V^T rows 64..71 of every sub-tile: ones, then zeros (never reloaded)
+    for (int idx = tid; idx < S * (BK / 64) * 8 * 8; idx += NT) {
+      const int chunk = idx % 64, sub = idx / 64;  // 8 rows x 8 chunks of 16 bytes a sub-tile
+      const uint32_t addr =
+          k_tile(sub / (BK / 64)) + kKTile + (sub % (BK / 64)) * kVSub + 64 * 128 + chunk * 16;
+      const uint32_t v = chunk < 8 ? 0x3F803F80u : 0u;  // bf16 1.0 pairs in row 64
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(v));
+    }
+  }
+
+  // Per-thread source pointers, advanced by whole tiles: K rows tid / 8 + it * NT / 8, V^T rows
+  // (channels) tid / (BK / 8) + it * NT / (BK / 8).
+  constexpr int kKIt = BK * 8 / NT, kVIt = 64 * (BK / 8) / NT;
+  static_assert(BK * 8 % NT == 0 && 64 * (BK / 8) % NT == 0, "whole loads per thread");
+  const __nv_bfloat16* kp = kg + (int64_t)(tid / 8) * d + h * DH + (tid % 8) * 8;
+  const __nv_bfloat16* vp = a.vt + (h * DH + tid / (BK / 8)) * a.g_pad + (tid % (BK / 8)) * 8;
+  const int vc = tid % (BK / 8);
+  const uint32_t k_dst = sw128(tid / 8, tid % 8);
+  const uint32_t v_dst = (vc / 8) * kVSub + sw128(tid / (BK / 8), vc % 8);
   auto issue = [&](int64_t t, int s) {
     if (t < n_tiles) {
       const int64_t g0 = t * BK;
+      const bool last = g0 + BK > p.n_global;
 #pragma unroll
-      for (int it = 0; it < BK * 8 / NT + (BK * 8 % NT != 0); ++it) {
-        const int idx = tid + it * NT;
-        if (BK * 8 % NT != 0 && idx >= BK * 8) break;
-        const int r = idx / 8, c = idx % 8;
-        const bool ok = g0 + r < p.n_global;
-        cp16(k_tile(s) + sw128(r, c), ok ? kg + (g0 + r) * d + h * DH + c * 8 : kg, ok);
+      for (int it = 0; it < kKIt; ++it) {
+        const int64_t r = g0 + tid / 8 + it * (NT / 8);
+        const bool ok = !last || r < p.n_global;
+        cp16(k_tile(s) + k_dst + it * (NT / 8) * 128, ok ? kp + (g0 + it * (NT / 8)) * d : kg, ok);
       }
 #pragma unroll
-      for (int it = 0; it < 64 * (BK / 8) / NT + (64 * (BK / 8) % NT != 0); ++it) {
-        const int idx = tid + it * NT;
-        if (64 * (BK / 8) % NT != 0 && idx >= 64 * (BK / 8)) break;
-        const int r = idx / (BK / 8), c = idx % (BK / 8);
-        cp16(v_tile(s) + (c / 8) * 8192 + sw128(r, c % 8), vt + r * a.g_pad + g0 + c * 8, true);
-      }
+      for (int it = 0; it < kVIt; ++it)
+        cp16(v_tile(s) + v_dst + it * (NT / (BK / 8)) * 128,
+             vp + (int64_t)it * (NT / (BK / 8)) * a.g_pad + g0, true);
     }
     cp_commit();
   };
@@ -283,128 +334,85 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   }
   cp_commit();
 #pragma unroll
-  for (int s = 0; s < S - (PIPE ? 2 : 1); ++s) issue(s, s);
+  for (int s = 0; s < S - 1; ++s) issue(s, s);
 
-  float o[32];
+  float o[NO];
 #pragma unroll
-  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  for (int i = 0; i < NO; ++i) o[i] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   const float sc = a.scale_log2;
   const uint64_t dq = desc128(q_tile + wg * 64 * 128);
   const int t4 = lane % 4;
   const int64_t ra = i0 + wg * 64 + warp * 16 + lane / 4, rb = ra + 8;
 
-  auto qk = [&](float(&s)[BK / 2], int buf) {
-    const uint64_t dk = desc128(k_tile(buf));
-#pragma unroll
-    for (int kk = 0; kk < DH / 16; ++kk) {
-      if constexpr (BK == 128)
-        wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
-      else
-        wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
-    }
-  };
-  auto pv = [&](const uint32_t(&pa)[BK / 16][4], int buf) {
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk)
-      wgmma_rs_n64(o, pa[kk], desc128(v_tile(buf) + (kk / 4) * 8192) + 2 * (kk % 4));
-  };
-  auto mask = [&](float(&s)[BK / 2], int64_t t) {
-    const int64_t g0 = t * BK;
-    const bool full = g0 + BK <= p.n_global && (!p.causal || p.pos_global[g0 + BK - 1] <= i0);
-    if (full) return;
-#pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t gj = g0 + 8 * j + 2 * t4 + (e & 1);
-        const bool ok = gj < p.n_global && (!p.causal || p.pos_global[gj] <= (e < 2 ? ra : rb));
-        if (!ok) s[4 * j + e] = -INFINITY;
-      }
-  };
-
   int cur = 0;
-  if constexpr (!PIPE) {
-    for (int64_t t = 0; t < n_tiles; ++t) {
-      cp_wait<S - 2>();
-      proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
-      __syncthreads();
-      {
-        int nb = cur + S - 1;
-        if (nb >= S) nb -= S;
-        issue(t + S - 1, nb);  // into the buffer of tile t - 1, whose wgmmas have completed
-      }
-      float s[BK / 2];
-      wg_fence();
-      qk(s, cur);
-      wg_commit();
-      wg_wait<0>();
-      reg_fence(s);
-      mask(s, t);
-      float corr_a, corr_b;
-      softmax_tile<BK / 8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
-      uint32_t pa[BK / 16][4];
-      pack_p<BK / 16>(s, pa);
-      scale_o(o, corr_a, corr_b);
-      reg_fence(o);
-      wg_fence();
-      pv(pa, cur);
-      wg_commit();
-      wg_wait<0>();
-      reg_fence(o);
-      if (++cur == S) cur = 0;
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    cp_wait<S - 2>();
+    proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
+    __syncthreads();
+    {
+      int nb = cur + S - 1;
+      if (nb >= S) nb -= S;
+      issue(t + S - 1, nb);  // into the buffer of tile t - 1, whose wgmmas have completed
     }
-  } else {
-    // FA3 order: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued together; the softmax of S_t runs
-    // while the tensor cores do P_{t-1} V_{t-1}. Tiles are prefetched S - 2 ahead so the buffer of
-    // tile t - 1 stays untouched while its PV is in flight.
+    float s[BK / 2];
+    wg_fence();
+    {
+      const uint64_t dk = desc128(k_tile(cur));
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; ++kk) {
+        if constexpr (BK == 128)
+          wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+        else
+          wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+      }
+    }
+    wg_commit();
+    wg_wait<0>();
+    reg_fence(s);
+
+    const int64_t g0 = t * BK;
+    if (!(g0 + BK <= p.n_global && (!p.causal || p.pos_global[g0 + BK - 1] <= i0))) {
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t gj = g0 + 8 * j + 2 * t4 + (e & 1);
+          const bool ok = gj < p.n_global && (!p.causal || p.pos_global[gj] <= (e < 2 ? ra : rb));
+          if (!ok) s[4 * j + e] = -INFINITY;
+        }
+    }
+    float corr_a, corr_b;
+    softmax_tile<BK / 8, !ONES, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
     uint32_t pa[BK / 16][4];
-    int prev = 0;
-    for (int64_t t = 0; t < n_tiles; ++t) {
-      cp_wait<S - 3>();
-      proxy_fence();
-      __syncthreads();  // everyone's PV of tile t - 2 completed in iteration t - 1
-      {
-        int nb = cur + S - 2;
-        if (nb >= S) nb -= S;
-        issue(t + S - 2, nb);
-      }
-      float s[BK / 2];
-      wg_fence();
-      qk(s, cur);
-      wg_commit();
-      if (t > 0) {
-        pv(pa, prev);
-        wg_commit();
-        wg_wait<1>();
-      } else {
-        wg_wait<0>();
-      }
-      reg_fence(s);
-      mask(s, t);
-      float corr_a, corr_b;
-      softmax_tile<BK / 8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
-      wg_wait<0>();
-      reg_fence(o);
-      scale_o(o, corr_a, corr_b);
-      pack_p<BK / 16>(s, pa);
-      prev = cur;
-      if (++cur == S) cur = 0;
+    pack_p<BK / 16>(s, pa);
+    if (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f))
+      scale_o<NO>(o, corr_a, corr_b);
+    reg_fence(o);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      const uint64_t dv = desc128(v_tile(cur) + (kk / 4) * kVSub) + 2 * (kk % 4);
+      if constexpr (ONES)
+        wgmma_rs_n72(o, pa[kk], dv);
+      else
+        wgmma_rs_n64(reinterpret_cast<float(&)[32]>(o), pa[kk], dv);
     }
-    if (n_tiles > 0) {
-      reg_fence(o);
-      wg_fence();
-      pv(pa, prev);
-      wg_commit();
-      wg_wait<0>();
-      reg_fence(o);
-    }
+    wg_commit();
+    wg_wait<0>();
+    reg_fence(o);
+    if (++cur == S) cur = 0;
   }
   cp_wait<0>();
 
+  if constexpr (ONES) {  // column 64: the sum of this row's P (as rounded to bf16)
+    l_a = __shfl_sync(0xffffffffu, o[32], lane & ~3);
+    l_b = __shfl_sync(0xffffffffu, o[34], lane & ~3);
+  } else {
+    l_a = quad_sum(l_a);
+    l_b = quad_sum(l_b);
+  }
   const float beta = p.beta[h];
-  l_a = quad_sum(l_a);
-  l_b = quad_sum(l_b);
   const float fa = l_a > 0.0f ? beta / l_a : 0.0f, fb = l_b > 0.0f ? beta / l_b : 0.0f;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -432,7 +440,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 // masked only in tiles not fully inside every row's window. A skipped or fully masked tile leaves
 // m, l and O bit-for-bit unchanged, and every row walks its tiles in ascending record order, so a
 // row's arithmetic does not depend on the shard.
-template <int NWG, int S, int MINB>
+template <int NWG, int S, int MINB, bool LAZY>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     band_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -549,10 +557,11 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
         }
     }
     float corr_a, corr_b;
-    softmax_tile<8>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+    softmax_tile<8, true, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
     uint32_t pa[4][4];
     pack_p<4>(s, pa);
-    scale_o(o, corr_a, corr_b);
+    if (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f))
+      scale_o<32>(o, corr_a, corr_b);
     reg_fence(o);
     wg_fence();
 #pragma unroll
@@ -609,13 +618,13 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
-template <int NWG, int BK, int S, int MINB, bool PIPE>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES>
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
-  const int smem = 1024 + BQ * 128 + S * 2 * BK * 128;
+  const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128);
   static bool configured = false;  // NOTE: per process; the attribute is per device function
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, PIPE>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
@@ -626,17 +635,17 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
   if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
   dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
-  global_wg_kernel<NWG, BK, S, MINB, PIPE><<<grid, 128 * NWG, smem, stream>>>(a);
+  global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 
-template <int NWG, int S, int MINB>
+template <int NWG, int S, int MINB, bool LAZY = false>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
   static bool configured = false;
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB, LAZY>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
@@ -648,7 +657,7 @@ void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
   if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
   dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
-  band_wg_kernel<NWG, S, MINB><<<grid, 128 * NWG, smem, stream>>>(a);
+  band_wg_kernel<NWG, S, MINB, LAZY><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -688,32 +697,32 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
   a.vt = vt;
   a.g_pad = g_pad;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
-  if (variant == "wg2m1")
-    launch_wg<2, 128, 2, 1, false>(a, stream);
-  else if (variant == "wg64")
-    launch_wg<2, 64, 3, 2, false>(a, stream);
-  else if (variant == "wgp64")
-    launch_wg<2, 64, 4, 2, true>(a, stream);
-  else if (variant == "wgp")
-    launch_wg<2, 128, 3, 1, true>(a, stream);
-  else if (variant == "wgp3")
-    launch_wg<3, 128, 3, 1, true>(a, stream);
+  if (variant == "wg0")
+    launch_wg<2, 128, 2, 2, false, false>(a, stream);
+  else if (variant == "wgl")
+    launch_wg<2, 128, 2, 2, true, false>(a, stream);
+  else if (variant == "wg64lo")
+    launch_wg<2, 64, 3, 2, true, true>(a, stream);
+  else if (variant == "wg2m1lo")
+    launch_wg<2, 128, 2, 1, true, true>(a, stream);
+  else if (variant == "wg64l")
+    launch_wg<2, 64, 3, 2, true, false>(a, stream);
   else
-    launch_wg<2, 128, 2, 2, false>(a, stream);
+    launch_wg<2, 128, 2, 2, true, true>(a, stream);
   SPARSA_CUDA_CHECK(cudaFreeAsync(vt, stream));
 }
 
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream) {
   if (p.type != DType::kBF16 || p.head_dim != 64 || (p.n_global > 0 && !p.global_in))
     throw SystemError("attention: the wgmma band kernel needs bf16, head_dim 64, no fused global");
-  if (variant == "wg4")
-    launch_band_wg<4, 3, 1>(p, stream);
-  else if (variant == "wgs4")
-    launch_band_wg<2, 4, 2>(p, stream);
-  else if (variant == "wg1")
-    launch_band_wg<1, 3, 4>(p, stream);
-  else
+  if (variant == "wg2")
     launch_band_wg<2, 3, 2>(p, stream);
+  else if (variant == "wgs3")
+    launch_band_wg<1, 3, 4>(p, stream);
+  else if (variant == "wgl")
+    launch_band_wg<1, 2, 4, true>(p, stream);
+  else
+    launch_band_wg<1, 2, 4>(p, stream);
 }
 
 }  // namespace sparsa::kern

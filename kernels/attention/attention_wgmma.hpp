@@ -13,14 +13,16 @@ namespace sparsa::kern {
 bool wgmma_available();
 
 // beta * Global in fp32 into p.global_scratch (bf16, head_dim 64, n_global > 0). `variant` picks
-// the block shape: "wg" (2 warpgroups, 128 keys a tile, 2 stages, 2 blocks an SM; the default),
-// "wg2m1" (1 block an SM), "wg64" (64 keys a tile, 3 stages), "wgp*" (FA3 order: the softmax of
-// tile t overlaps P V of tile t - 1; wgp64, wgp, wgp3).
+// the shape: "wg" (2 warpgroups = 128 queries, 128 keys a tile, 2 stages, 2 blocks an SM, lazy
+// rescale, row sums from a ones column of V; the default), "wg0" (neither), "wgl" (lazy only),
+// "wg64lo" (64 keys a tile, 3 stages), "wg64l" (64 keys, lazy rescale only), "wg2m1lo" (1 block an
+// SM).
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *
-// Local (+ global_in) into p.out. `variant`: "wg" (2 warpgroups = 128 queries, 3 stages, 2 blocks
-// an SM; the default), "wgs4" (4 stages), "wg4" (4 warpgroups), "wg1" (1 warpgroup, 4 blocks).
+// Local (+ global_in) into p.out. `variant`: "wg" (1 warpgroup = 64 queries, 2 stages, 4 blocks an
+// SM; the default), "wgs3" (3 stages), "wg2" (2 warpgroups, 3 stages, 2 blocks an SM), "wgl"
+// (lazy rescale).
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 }  // namespace sparsa::kern
