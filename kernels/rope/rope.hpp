@@ -9,11 +9,11 @@ namespace sparsa::kern {
 
 struct RopeParams {
   const float* q_in;  // [n_tokens, in_stride], head h at columns h*head_dim ..
-  const float* k_in;  // [n_tokens, in_stride]
+  const float* k_in;  // [n_tokens, in_stride] (read only when k_out is given)
   const float* v_in;  // [n_tokens, in_stride] or null (then v_out is untouched)
   int64_t in_stride;
   void* q_out;  // [n_tokens, n_heads * head_dim] of out_type (may be null: q not needed)
-  void* k_out;  // [n_tokens, n_heads * head_dim]
+  void* k_out;  // [n_tokens, n_heads * head_dim] (may be null: k not needed)
   void* v_out;  // [n_tokens, n_heads * head_dim]
   DType out_type;
   int64_t n_tokens, n_heads, head_dim;  // head_dim even, <= 256

@@ -143,6 +143,17 @@ TEST(CudaOps, RopeNearOneBillion) {
     EXPECT_LE(rel_err(down_act(dq, n * d, t), q), tol);
     EXPECT_LE(rel_err(down_act(dk, n * d, t), k), tol);
     EXPECT_LE(rel_err(down_act(dv, n * d, t), v), tol);
+    // q alone (the model's per-chunk queries) and k, v alone: the same values.
+    DeviceBuffer dq1(n * d * eb), dk1(n * d * eb), dv1(n * d * eb);
+    kern::launch_rope(
+        {p, nullptr, nullptr, 3 * d, dq1.get(), nullptr, nullptr, t, n, H, dh, first, 10000.0},
+        nullptr);
+    kern::launch_rope({nullptr, p + d, p + 2 * d, 3 * d, nullptr, dk1.get(), dv1.get(), t, n, H, dh,
+                       first, 10000.0},
+                      nullptr);
+    EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
+    EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
+    EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
   }
 }
 
@@ -523,6 +534,30 @@ TEST(CudaModel, WindowBeyondRecordAndNoGlobal) {
     EXPECT_LE(r.err, 1e-4);
     r = compare_model(small_config(128, 2, 5000, causal, 64), 1500, true);
     EXPECT_LE(r.err, 5e-2);
+  }
+}
+
+TEST(CudaModel, AttentionChunksBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  // Queries, attention and W_o run over attention chunks; any chunking (aligned to 128 record
+  // positions, or below one tile) gives the same bits as one chunk, in both precisions.
+  ModelConfig c = small_config(128, 2, 256, false, 512);  // head_dim 64: the split global part
+  const int64_t n = 20000;
+  ModelWeights w = init_model(c, 42);
+  auto tok = dna(n, 9);
+  auto comm = make_single_comm();
+  const Shard sh = shard_of(n, 0, 1);
+  for (bool bf16 : {true, false}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
+    CudaOptions one{bf16, -1, 4096};
+    ForwardOutput ref = CudaModel(w, one).forward(tok.data(), sh, *comm);
+    for (int64_t ac : {3000, 100}) {
+      CudaOptions o = one;
+      o.attn_chunk_rows = ac;
+      ForwardOutput got = CudaModel(w, o).forward(tok.data(), sh, *comm);
+      EXPECT_TRUE(got.y == ref.y) << "attention chunk " << ac;
+      EXPECT_TRUE(got.global_positions == ref.global_positions) << "attention chunk " << ac;
+    }
   }
 }
 

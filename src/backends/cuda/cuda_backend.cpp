@@ -27,7 +27,8 @@ using kern::DType;
 
 namespace {
 
-constexpr int64_t kQueryTile = 64;  // the tensor-core kernel's query tile (interior split aligns)
+constexpr int64_t kQueryTile = 128;  // the largest query tile of the attention kernels: chunk
+                                     // and interior bounds are aligned to it (record positions)
 
 // Stages of the per-stage profile (SPARSA_PROFILE=1): the GPU time from one mark to the next is
 // charged to the stage of the first.
@@ -91,7 +92,7 @@ struct Profiler {
 };
 
 struct DeviceLayer {
-  DeviceBuffer attn_norm, wqkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
+  DeviceBuffer attn_norm, wq, wkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
   float router_b2 = 0;
 };
@@ -149,11 +150,13 @@ struct CudaModel::Impl {
   }
 
   void layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own);
+  void queries(const DeviceLayer& L, int64_t r0, int64_t rows, int64_t b);
   void mlp(const DeviceLayer& L, int64_t m);
 };
 
 CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
-  if (o.chunk_rows <= 0) throw ConfigError("CUDA chunk_rows must be positive");
+  if (o.chunk_rows <= 0 || o.attn_chunk_rows <= 0)
+    throw ConfigError("CUDA chunk_rows and attn_chunk_rows must be positive");
   // The device first: Impl's members (the cuBLASLt handle and its workspace) are made on the
   // current device (a workspace on GPU 0 made every GEMM of rank 1 fail to launch).
   const int device = cuda::select_device(o.device);
@@ -176,13 +179,13 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   for (const LayerWeights& L : w.layers) {
     DeviceLayer D;
     D.attn_norm = I.upload(L.attn_norm, false);
-    std::vector<float> qkv(d * 3 * d);  // [d, 3d]: row e = wq[e,:] | wk[e,:] | wv[e,:]
+    std::vector<float> kv(d * 2 * d);  // [d, 2d]: row e = wk[e,:] | wv[e,:]
     for (int64_t e = 0; e < d; ++e) {
-      std::copy_n(L.wq.begin() + e * d, d, qkv.begin() + e * 3 * d);
-      std::copy_n(L.wk.begin() + e * d, d, qkv.begin() + e * 3 * d + d);
-      std::copy_n(L.wv.begin() + e * d, d, qkv.begin() + e * 3 * d + 2 * d);
+      std::copy_n(L.wk.begin() + e * d, d, kv.begin() + e * 2 * d);
+      std::copy_n(L.wv.begin() + e * d, d, kv.begin() + e * 2 * d + d);
     }
-    D.wqkv = I.upload(qkv, true);
+    D.wq = I.upload(L.wq, true);
+    D.wkv = I.upload(kv, true);
     D.wo = I.upload(L.wo, true);
     D.router_w1 = I.upload(L.router_w1, false);  // router in fp32 in both modes
     D.router_b1 = I.upload(L.router_b1, false);
@@ -229,8 +232,8 @@ std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t 
 }
 int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
 
-// h = RMSNorm(x); q, k, v = h Wq, h Wk, h Wv with RoPE; scores = router(h), chunk by chunk.
-// q goes to rows [0, m) of q, k and v to rows [own, own + m) of the K/V buffers.
+// h = RMSNorm(x); k, v = h Wk, h Wv with RoPE on k; scores = router(h), chunk by chunk. k and v
+// go to rows [own, own + m) of the K/V buffers (queries: see queries()).
 void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own) {
   const int64_t d = c.d_model, r = c.router_hidden;
   for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
@@ -242,18 +245,40 @@ void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, i
                          s);
     const void* h_in = bf ? hact.get() : h32.get();
     prof.mark(kQkv, s);
-    gemm.run(h_in, L.wqkv.get(), qkv32.as<float>(), rows, 3 * d, d, act, false, s);
-    float* qkv = qkv32.as<float>();
+    gemm.run(h_in, L.wkv.get(), qkv32.as<float>(), rows, 2 * d, d, act, false, s);
+    float* kv32 = qkv32.as<float>();
     prof.mark(kRope, s);
-    kern::launch_rope({qkv, qkv + d, qkv + 2 * d, 3 * d, q.as<char>() + c0 * d * eb,
-                       k.as<char>() + (own + c0) * d * eb, v.as<char>() + (own + c0) * d * eb, act,
-                       rows, c.n_heads, c.head_dim(), b + c0, c.rope_base},
+    kern::launch_rope({nullptr, kv32, kv32 + d, 2 * d, nullptr, k.as<char>() + (own + c0) * d * eb,
+                       v.as<char>() + (own + c0) * d * eb, act, rows, c.n_heads, c.head_dim(),
+                       b + c0, c.rope_base},
                       s);
     prof.mark(kRouter, s);
     gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
     kern::launch_router({hid.as<float>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
                          L.router_b2, scores.as<float>() + c0, rows, r},
                         s);
+  }
+}
+
+// q[0 .. rows) = RoPE(RMSNorm(x[r0 .. r0 + rows)) W_q) for shard rows r0.. (record positions
+// b + r0..), in projection chunks. Queries are made per attention chunk, just before they are
+// used: only K and V exist for the whole shard (see forward).
+void CudaModel::Impl::queries(const DeviceLayer& L, int64_t r0, int64_t rows, int64_t b) {
+  const int64_t d = c.d_model;
+  const bool bf = act == DType::kBF16;
+  for (int64_t c0 = 0; c0 < rows; c0 += opt.chunk_rows) {
+    const int64_t n = std::min(opt.chunk_rows, rows - c0);
+    prof.mark(kNorm, s);
+    kern::launch_rmsnorm(
+        {x.as<float>() + (r0 + c0) * d, L.attn_norm.as<float>(), bf ? nullptr : h32.as<float>(),
+         bf ? hact.get() : nullptr, act, n, d, c.norm_eps},
+        s);
+    prof.mark(kQkv, s);
+    gemm.run(bf ? hact.get() : h32.get(), L.wq.get(), qkv32.as<float>(), n, d, d, act, false, s);
+    prof.mark(kRope, s);
+    kern::launch_rope({qkv32.as<float>(), nullptr, nullptr, d, q.as<char>() + c0 * d * eb, nullptr,
+                       nullptr, act, n, c.n_heads, c.head_dim(), b + r0 + c0, c.rope_base},
+                      s);
   }
 }
 
@@ -318,7 +343,10 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   // Activations (grown, kept between calls).
   I.tokens.reserve(m * c.n_tables() * 4);
   I.x.reserve(m * d * 4);
-  I.q.reserve(m * d * eb);
+  // Attention runs over chunks of `achunk` rows: their queries, the global part's fp32 scratch and
+  // the attention output exist for one chunk at a time (the longest record is set by x, K and V).
+  const int64_t achunk = std::max<int64_t>(1, std::min(m, I.opt.attn_chunk_rows));
+  I.q.reserve(achunk * d * eb);
   I.k.reserve(kv_count * d * eb);
   I.v.reserve(kv_count * d * eb);
   I.scores.reserve(m * 4);
@@ -332,7 +360,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.hact.reserve(chunk * d * eb);
     I.upact.reserve(chunk * c.d_ff * eb);
   }
-  I.qkv32.reserve(chunk * 3 * d * 4);
+  I.qkv32.reserve(chunk * 2 * d * 4);
   I.hid.reserve(chunk * c.router_hidden * 4);
   I.up32.reserve(chunk * c.d_ff * 4);
   I.kg.reserve(G * d * eb);
@@ -341,7 +369,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.gpos.reserve(G * 8);
   I.gidx.reserve(G * 8);
   const bool split_global = I.act == DType::kBF16 && c.head_dim() == 64 && G > 0;
-  if (split_global) I.gscratch.reserve(m * d * 4);  // beta * Global in fp32 (see attention.hpp)
+  if (split_global) I.gscratch.reserve(achunk * d * 4);  // beta * Global, fp32 (attention.hpp)
   if (!single) {
     I.kpack.reserve(G * d * eb);
     I.vpack.reserve(G * d * eb);
@@ -557,18 +585,36 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     ap.alpha = L.alpha.as<float>();
     ap.beta = L.beta.as<float>();
     ap.out = I.q.get();  // in place: each block reads its queries before writing
-    ap.n_tokens = m;
-    ap.first_pos = b;
     ap.n_record = n;
     ap.n_heads = H;
     ap.head_dim = c.head_dim();
     ap.window = c.window;
     ap.causal = c.causal;
     ap.global_scratch = split_global ? I.gscratch.as<float>() : nullptr;
+    // Attention over shard rows [r0, r1), chunk by chunk: the chunk's queries, its attention (into
+    // q, in place; the chunk is a shard of its own to the kernels: first_pos, n_tokens), then
+    // x += out W_o for its rows. x rows of later chunks are untouched until their turn, and K/V
+    // were made from this layer's input before. Chunk bounds are aligned to query tiles in record
+    // positions, so no tile is computed twice; a row's arithmetic is the same in any chunk.
+    auto attend = [&](int64_t r0, int64_t r1) {
+      for (int64_t c0 = r0; c0 < r1;) {
+        int64_t c1 = std::min(r1, (b + c0 + achunk) / kQueryTile * kQueryTile - b);
+        if (c1 <= c0) c1 = std::min(r1, c0 + achunk);
+        const int64_t rows = c1 - c0;
+        I.queries(L, c0, rows, b);
+        P.mark(kAttention, s);
+        ap.n_tokens = rows;
+        ap.first_pos = b + c0;
+        ap.row_begin = 0;
+        ap.row_end = rows;
+        kern::launch_attention(ap, s);
+        P.mark(kWo, s);
+        I.gemm.run(I.q.get(), L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d, I.act, true, s);
+        c0 = c1;
+      }
+    };
     if (single) {
-      ap.row_begin = 0;
-      ap.row_end = m;
-      kern::launch_attention(ap, s);
+      attend(0, m);
     } else {
       // Interior rows read only this shard's K/V; their range is aligned to query tiles in record
       // positions so that no tile straddles interior and edge rows.
@@ -576,8 +622,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       int64_t lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
       int64_t hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
       if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
-      ap.row_begin = lo_a;
-      ap.row_end = hi_a;
       // NCCL: the halo (K and V rows after RoPE) goes device to device on the communicator's own
       // stream, received into halo_rx, overlapped with the interior attention below.
       int nccl_token = -1;
@@ -606,7 +650,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
         cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
         cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
       }
-      kern::launch_attention(ap, s);
+      attend(lo_a, hi_a);
       P.mark(kHalo, s);
       if (nc) {
         nc->wait_exchange(nccl_token, s);  // s waits for the exchange stream (no host wait)
@@ -628,17 +672,9 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
           cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
         }
       }
-      P.mark(kAttention, s);
-      ap.row_begin = 0;
-      ap.row_end = lo_a;
-      kern::launch_attention(ap, s);
-      ap.row_begin = hi_a;
-      ap.row_end = m;
-      kern::launch_attention(ap, s);
+      attend(0, lo_a);
+      attend(hi_a, m);
     }
-
-    P.mark(kWo, s);
-    I.gemm.run(I.q.get(), L.wo.get(), I.x.as<float>(), m, d, d, I.act, true, s);
     I.mlp(L, m);
     if (hooks.after_layer) {
       cuda::synchronize(s);

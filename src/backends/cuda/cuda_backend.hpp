@@ -45,6 +45,10 @@ struct CudaOptions {
   // Per-stage timing with CUDA events (also switched on by the environment: SPARSA_PROFILE=1,
   // which prints the table to stderr after every forward).
   bool profile = false;
+  // Rows per attention chunk: the queries, the global part's fp32 scratch and the attention
+  // output exist for one chunk at a time (4 d + 2 d bytes a row in bf16), so the longest record
+  // is bounded by x (4 d bytes a token) and K/V (4 d), not by the attention's buffers.
+  int64_t attn_chunk_rows = int64_t{1} << 20;
 };
 
 // One stage's share of the last profiled forward: GPU time between the events that bound it,
