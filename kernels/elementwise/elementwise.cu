@@ -20,10 +20,26 @@ __global__ void gelu_bf16_kernel(const float4* in, __nv_bfloat162* out, int64_t 
   }
 }
 
+// bf16 in, bf16 out (in place allowed), 2 elements a thread.
+__global__ void gelu_bf16_bf16_kernel(const __nv_bfloat162* in, __nv_bfloat162* out,
+                                      int64_t count2) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count2;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float2 v = __bfloat1622float2(in[i]);
+    auto g = [](float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); };
+    out[i] = __floats2bfloat162_rn(g(v.x), g(v.y));
+  }
+}
+
 void launch_gelu(const GeluParams& p, cudaStream_t stream) {
   if (p.count <= 0) return;
   const unsigned grid = std::min<unsigned>(grid_for(p.count, 1024), 65536u);
-  if (p.out_type == DType::kBF16 && p.count % 4 == 0) {
+  if (p.in_bf16) {
+    if (p.out_type != DType::kBF16 || p.count % 2 != 0)
+      throw SystemError("gelu: bf16 input needs bf16 output and an even count");
+    gelu_bf16_bf16_kernel<<<grid, 256, 0, stream>>>((const __nv_bfloat162*)p.in_bf16,
+                                                    (__nv_bfloat162*)p.out, p.count / 2);
+  } else if (p.out_type == DType::kBF16 && p.count % 4 == 0) {
     gelu_bf16_kernel<<<grid, 256, 0, stream>>>((const float4*)p.in, (__nv_bfloat162*)p.out,
                                                p.count / 4);
   } else if (p.out_type == DType::kF32) {

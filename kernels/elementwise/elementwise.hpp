@@ -12,6 +12,8 @@ struct GeluParams {
   void* out;        // [count] of out_type
   DType out_type;
   int64_t count;
+  // When set: the input is bf16 (`in` unused), the output bf16 (count even); may alias out.
+  const void* in_bf16 = nullptr;
 };
 void launch_gelu(const GeluParams& p, cudaStream_t stream);
 

@@ -44,6 +44,56 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
   }
 }
 
+// head_dim % 8 == 0: one thread per (row, 4 consecutive k): 4 angles, then every head's pairs of
+// q and k rotated with 16-byte loads (and v's copied). Same arithmetic per element as above.
+template <class Out>
+__device__ __forceinline__ void store4(void* base, int64_t off, float a, float b, float c,
+                                       float d) {
+  if constexpr (sizeof(Out) == 2) {
+    auto* o = reinterpret_cast<__nv_bfloat162*>(static_cast<Out*>(base) + off);
+    o[0] = __floats2bfloat162_rn(a, b);
+    o[1] = __floats2bfloat162_rn(c, d);
+  } else {
+    *reinterpret_cast<float4*>(static_cast<Out*>(base) + off) = make_float4(a, b, c, d);
+  }
+}
+template <class Out>
+__global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
+  const RopeParams& p = a.p;
+  const int64_t half = p.head_dim / 2, quads = half / 4;
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.n_tokens * quads) return;
+  const int64_t k = 4 * (idx % quads), r = idx / quads;
+  double s[4], c[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) sincos((double)(p.first_pos + r) * a.theta[k + e], &s[e], &c[e]);
+  auto rot = [&](const float* in, void* out, int64_t in0, int64_t out0) {
+    const float4 x0 = *reinterpret_cast<const float4*>(in + in0);
+    const float4 x1 = *reinterpret_cast<const float4*>(in + in0 + half);
+    const double a0[4] = {x0.x, x0.y, x0.z, x0.w}, a1[4] = {x1.x, x1.y, x1.z, x1.w};
+    float lo[4], hi[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      lo[e] = (float)(a0[e] * c[e] - a1[e] * s[e]);
+      hi[e] = (float)(a0[e] * s[e] + a1[e] * c[e]);
+    }
+    store4<Out>(out, out0, lo[0], lo[1], lo[2], lo[3]);
+    store4<Out>(out, out0 + half, hi[0], hi[1], hi[2], hi[3]);
+  };
+  for (int64_t h = 0; h < p.n_heads; ++h) {
+    const int64_t in0 = r * p.in_stride + h * p.head_dim + k;
+    const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
+    if (p.q_out) rot(p.q_in, p.q_out, in0, out0);
+    if (p.k_out) rot(p.k_in, p.k_out, in0, out0);
+    if (p.v_in) {
+      const float4 v0 = *reinterpret_cast<const float4*>(p.v_in + in0);
+      const float4 v1 = *reinterpret_cast<const float4*>(p.v_in + in0 + half);
+      store4<Out>(p.v_out, out0, v0.x, v0.y, v0.z, v0.w);
+      store4<Out>(p.v_out, out0 + half, v1.x, v1.y, v1.z, v1.w);
+    }
+  }
+}
+
 void launch_rope(const RopeParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
   if (p.head_dim % 2 != 0 || p.head_dim > 256)
@@ -52,11 +102,20 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   a.p = p;
   for (int64_t k = 0; k < p.head_dim / 2; ++k)
     a.theta[k] = std::pow(p.base, -2.0 * (double)k / (double)p.head_dim);
-  const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 2), 256);
-  if (p.out_type == DType::kBF16)
-    rope_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(a);
-  else
-    rope_kernel<float><<<grid, 256, 0, stream>>>(a);
+  // 16-byte loads need head_dim % 8 == 0 and 16-byte aligned rows (in_stride % 4 == 0).
+  if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0) {
+    const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 8), 256);
+    if (p.out_type == DType::kBF16)
+      rope4_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    else
+      rope4_kernel<float><<<grid, 256, 0, stream>>>(a);
+  } else {
+    const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 2), 256);
+    if (p.out_type == DType::kBF16)
+      rope_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    else
+      rope_kernel<float><<<grid, 256, 0, stream>>>(a);
+  }
   SPARSA_LAUNCH_CHECK();
 }
 

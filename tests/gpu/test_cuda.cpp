@@ -123,37 +123,41 @@ TEST(CudaOps, RmsNorm) {
 
 TEST(CudaOps, RopeNearOneBillion) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 300, H = 4, dh = 64, d = H * dh, first = 1000000000 - 150;
-  auto qkv = rnd(n * 3 * d, 5);
-  std::vector<float> q(n * d), k(n * d), v(n * d);
-  for (int64_t i = 0; i < n; ++i) {
-    std::copy_n(qkv.begin() + i * 3 * d, d, q.begin() + i * d);
-    std::copy_n(qkv.begin() + i * 3 * d + d, d, k.begin() + i * d);
-    std::copy_n(qkv.begin() + i * 3 * d + 2 * d, d, v.begin() + i * d);
-  }
-  cpu::rope({q.data(), n, H, dh, first, 10000.0, k.data()});
-  for (DType t : {DType::kF32, DType::kBF16}) {
-    const int64_t eb = kern::dtype_bytes(t);
-    DeviceBuffer din = up(qkv), dq(n * d * eb), dk(n * d * eb), dv(n * d * eb);
-    const float* p = din.as<float>();
-    kern::launch_rope(
-        {p, p + d, p + 2 * d, 3 * d, dq.get(), dk.get(), dv.get(), t, n, H, dh, first, 10000.0},
-        nullptr);
-    const double tol = t == DType::kF32 ? 1e-6 : 1e-2;
-    EXPECT_LE(rel_err(down_act(dq, n * d, t), q), tol);
-    EXPECT_LE(rel_err(down_act(dk, n * d, t), k), tol);
-    EXPECT_LE(rel_err(down_act(dv, n * d, t), v), tol);
-    // q alone (the model's per-chunk queries) and k, v alone: the same values.
-    DeviceBuffer dq1(n * d * eb), dk1(n * d * eb), dv1(n * d * eb);
-    kern::launch_rope(
-        {p, nullptr, nullptr, 3 * d, dq1.get(), nullptr, nullptr, t, n, H, dh, first, 10000.0},
-        nullptr);
-    kern::launch_rope({nullptr, p + d, p + 2 * d, 3 * d, nullptr, dk1.get(), dv1.get(), t, n, H, dh,
-                       first, 10000.0},
-                      nullptr);
-    EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
-    EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
-    EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
+  // head_dim 64: the 4-pairs-a-thread kernel; 6: the one-pair kernel.
+  for (int64_t dh : {64, 6}) {
+    SCOPED_TRACE("head_dim " + std::to_string(dh));
+    const int64_t n = 300, H = 4, d = H * dh, first = 1000000000 - 150;
+    auto qkv = rnd(n * 3 * d, 5);
+    std::vector<float> q(n * d), k(n * d), v(n * d);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(qkv.begin() + i * 3 * d, d, q.begin() + i * d);
+      std::copy_n(qkv.begin() + i * 3 * d + d, d, k.begin() + i * d);
+      std::copy_n(qkv.begin() + i * 3 * d + 2 * d, d, v.begin() + i * d);
+    }
+    cpu::rope({q.data(), n, H, dh, first, 10000.0, k.data()});
+    for (DType t : {DType::kF32, DType::kBF16}) {
+      const int64_t eb = kern::dtype_bytes(t);
+      DeviceBuffer din = up(qkv), dq(n * d * eb), dk(n * d * eb), dv(n * d * eb);
+      const float* p = din.as<float>();
+      kern::launch_rope(
+          {p, p + d, p + 2 * d, 3 * d, dq.get(), dk.get(), dv.get(), t, n, H, dh, first, 10000.0},
+          nullptr);
+      const double tol = t == DType::kF32 ? 1e-6 : 1e-2;
+      EXPECT_LE(rel_err(down_act(dq, n * d, t), q), tol);
+      EXPECT_LE(rel_err(down_act(dk, n * d, t), k), tol);
+      EXPECT_LE(rel_err(down_act(dv, n * d, t), v), tol);
+      // q alone (the model's per-chunk queries) and k, v alone: the same values.
+      DeviceBuffer dq1(n * d * eb), dk1(n * d * eb), dv1(n * d * eb);
+      kern::launch_rope(
+          {p, nullptr, nullptr, 3 * d, dq1.get(), nullptr, nullptr, t, n, H, dh, first, 10000.0},
+          nullptr);
+      kern::launch_rope({nullptr, p + d, p + 2 * d, 3 * d, nullptr, dk1.get(), dv1.get(), t, n, H,
+                         dh, first, 10000.0},
+                        nullptr);
+      EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
+      EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
+      EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
+    }
   }
 }
 
@@ -170,6 +174,16 @@ TEST(CudaOps, GemmMatchesLinear) {
     gemm.run(dx.get(), dw.get(), dy.as<float>(), m, dout, din, t, true, nullptr);
     EXPECT_LE(rel_err(down<float>(dy, m * dout), ref), 1e-5) << (t == DType::kF32 ? "f32" : "bf16");
   }
+  // bf16 output (the model's MLP up projection): the fp32 result rounded once to bf16.
+  auto xr = round_bf16(x), wr = round_bf16(w);
+  std::vector<float> ref(m * dout, 0.0f);
+  cpu::linear({xr.data(), wr.data(), ref.data(), m, din, dout, 0, false});
+  DeviceBuffer dx = up_act(x, DType::kBF16), dw = up_act(w, DType::kBF16), dy(m * dout * 2);
+  gemm.run(dx.get(), dw.get(), dy.get(), m, dout, din, DType::kBF16, false, nullptr, DType::kBF16);
+  EXPECT_LE(rel_err(down_act(dy, m * dout, DType::kBF16), ref), 4e-3);
+  EXPECT_THROW(gemm.run(dx.get(), dw.get(), dy.get(), m, dout, din, DType::kBF16, true, nullptr,
+                        DType::kBF16),
+               SystemError);
 }
 
 TEST(CudaOps, Router) {
@@ -412,6 +426,13 @@ TEST(CudaOps, ElementwiseGeluPoolRc) {
     kern::launch_gelu({din.as<float>(), d16.get(), DType::kBF16, n * d}, nullptr);
     EXPECT_LE(rel_err(down<float>(d32, n * d), ref), 1e-6);  // device erf vs glibc: ulps
     EXPECT_LE(rel_err(down_act(d16, n * d, DType::kBF16), ref), 1e-2);
+    // bf16 in, bf16 out, in place (the model's MLP in bf16 mode).
+    std::vector<float> ref16(x.size());
+    const auto xb = round_bf16(x);
+    for (size_t i = 0; i < x.size(); ++i) ref16[i] = cpu::gelu(xb[i]);
+    DeviceBuffer db = up_act(x, DType::kBF16);
+    kern::launch_gelu({nullptr, db.get(), DType::kBF16, n * d, db.get()}, nullptr);
+    EXPECT_LE(rel_err(down_act(db, n * d, DType::kBF16), ref16), 1e-2);
   }
   {  // pooling: bins of 10 (last short), as pool_shard
     const int64_t bin = 10, nb = (n + bin - 1) / bin;

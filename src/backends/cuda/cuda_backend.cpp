@@ -293,11 +293,11 @@ void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
     kern::launch_rmsnorm({xc, L.mlp_norm.as<float>(), bf ? nullptr : h32.as<float>(),
                           bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
                          s);
-    gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), up32.as<float>(), rows, f, d, act, false,
-             s);
-    void* u = bf ? upact.get() : up32.get();  // fp32: GELU in place
+    // bf16: the up projection straight to bf16, GELU in place on it; fp32: GELU in place.
+    void* u = bf ? upact.get() : up32.get();
+    gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), u, rows, f, d, act, false, s, act);
     prof.mark(kGelu, s);
-    kern::launch_gelu({up32.as<float>(), u, act, rows * f}, s);
+    kern::launch_gelu({up32.as<float>(), u, act, rows * f, bf ? u : nullptr}, s);
     prof.mark(kMlpDown, s);
     gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
   }
@@ -362,7 +362,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   }
   I.qkv32.reserve(chunk * 2 * d * 4);
   I.hid.reserve(chunk * c.router_hidden * 4);
-  I.up32.reserve(chunk * c.d_ff * 4);
+  if (I.act == DType::kF32) I.up32.reserve(chunk * c.d_ff * 4);
   I.kg.reserve(G * d * eb);
   I.vg.reserve(G * d * eb);
   I.gamma.reserve(G * 4);

@@ -24,30 +24,31 @@ struct Layouts {
 
 // Row-major y[M,N] = x[M,K] W[K,N] is column-major y^T[N,M] = W^T[N,K] x^T[K,M]: cuBLASLt's
 // A = W (N x K, ld N), B = x (K x M, ld K), C = D = y (N x M, ld N), no transposes.
-void make_layouts(Layouts& l, int64_t m, int64_t n, int64_t k, kern::DType t) {
+void make_layouts(Layouts& l, int64_t m, int64_t n, int64_t k, kern::DType t, kern::DType o) {
   const cudaDataType_t in = t == kern::DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t out = o == kern::DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
   CUBLAS_OK(cublasLtMatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.a, in, (uint64_t)n, (uint64_t)k, n));
   CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.b, in, (uint64_t)k, (uint64_t)m, k));
-  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.c, CUDA_R_32F, (uint64_t)n, (uint64_t)m, n));
+  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.c, out, (uint64_t)n, (uint64_t)m, n));
 }
 }  // namespace
 
 struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace{kWorkspace};
-  std::map<std::tuple<int64_t, int64_t, int, bool>, cublasLtMatmulAlgo_t> algos;
+  std::map<std::tuple<int64_t, int64_t, int, bool, int>, cublasLtMatmulAlgo_t> algos;
   // Per full shape (m included): the layouts and the checked algorithm, built once, so that a
   // call is one cublasLtMatmul (no descriptor creation, no AlgoCheck, no heuristic per chunk).
   struct Plan {
     Layouts l;
     cublasLtMatmulAlgo_t algo;
   };
-  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool>, std::unique_ptr<Plan>> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool, int>, std::unique_ptr<Plan>> plans;
 
-  cublasLtMatmulAlgo_t heuristic(int64_t m, int64_t n, int64_t k, kern::DType t) {
+  cublasLtMatmulAlgo_t heuristic(int64_t m, int64_t n, int64_t k, kern::DType t, kern::DType o) {
     Layouts l;
-    make_layouts(l, m, n, k, t);
+    make_layouts(l, m, n, k, t, o);
     cublasLtMatmulPreference_t pref;
     CUBLAS_OK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = kWorkspace;
@@ -82,24 +83,26 @@ Gemm::~Gemm() {
   if (impl_ && impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
-void Gemm::run(const void* x, const void* w, float* y, int64_t m, int64_t n, int64_t k,
-               kern::DType t, bool accumulate, cudaStream_t stream) {
+void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
+               kern::DType t, bool accumulate, cudaStream_t stream, kern::DType o) {
   if (m <= 0 || n <= 0) return;
-  const auto pkey = std::make_tuple(m, n, k, (int)t, accumulate);
+  if (accumulate && o != kern::DType::kF32)
+    throw SystemError("GEMM: accumulating into a bf16 output is not supported");
+  const auto pkey = std::make_tuple(m, n, k, (int)t, accumulate, (int)o);
   auto pit = impl_->plans.find(pkey);
   if (pit == impl_->plans.end()) {
-    const auto key = std::make_tuple(n, k, (int)t, accumulate);
+    const auto key = std::make_tuple(n, k, (int)t, accumulate, (int)o);
     auto it = impl_->algos.find(key);
     if (it == impl_->algos.end())
-      it = impl_->algos.emplace(key, impl_->heuristic(kReferenceM, n, k, t)).first;
+      it = impl_->algos.emplace(key, impl_->heuristic(kReferenceM, n, k, t, o)).first;
     auto plan = std::make_unique<Impl::Plan>();
-    make_layouts(plan->l, m, n, k, t);
+    make_layouts(plan->l, m, n, k, t, o);
     plan->algo = it->second;
     cublasLtMatmulHeuristicResult_t chk;
     if (cublasLtMatmulAlgoCheck(impl_->handle, plan->l.op, plan->l.a, plan->l.b, plan->l.c,
                                 plan->l.c, &plan->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
         chk.workspaceSize > kWorkspace)
-      plan->algo = impl_->heuristic(m, n, k, t);  // NOTE: the reference algorithm cannot run this M
+      plan->algo = impl_->heuristic(m, n, k, t, o);  // NOTE: the reference algorithm cannot run this M
     pit = impl_->plans.emplace(pkey, std::move(plan)).first;
   }
   const Layouts& l = pit->second->l;
