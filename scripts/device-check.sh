@@ -49,10 +49,10 @@ bench layer --what layer --config configs/dna-base.toml --n 1048576 --iters 3
 bench model --what model --config configs/dna-base.toml --n 1048576 --iters 3
 bench model-host --what model --config configs/dna-base.toml --n 1048576 --iters 2 --output host
 # Variants selected by the environment, each checked by the attention tests first. One variant is
-# a comma-separated list of assignments. SPARSA_ATTN_BAND: 8 (default), 8s2, 4, old (v1 kernel);
-# SPARSA_ATTN_GLOBAL: 2x4 (default), 2x4s2, 1x8, old (v3 kernel); SPARSA_ATTN_MINB: blocks per SM
-# of the v1 kernel; SPARSA_ATTN_SPLIT=0: global part fused into the v1 kernel.
-VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_BAND=old,SPARSA_ATTN_GLOBAL=old SPARSA_ATTN_BAND=4 SPARSA_ATTN_BAND=8s2 SPARSA_ATTN_GLOBAL=1x8 SPARSA_ATTN_GLOBAL=2x4s2}
+# a comma-separated list of assignments (SPARSA_VARIANTS=" " runs none). SPARSA_ATTN_BAND: auto
+# (default: wg on sm_90a), wgs3, 8 (mma.sync v4), old (v1 fused kernel); SPARSA_ATTN_GLOBAL: auto
+# (default: wg on sm_90a), wg0, 2x4 (mma.sync v4); SPARSA_ATTN_SPLIT=0: global part fused into v1.
+VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_BAND=8,SPARSA_ATTN_GLOBAL=2x4 SPARSA_ATTN_BAND=old,SPARSA_ATTN_SPLIT=0 SPARSA_ATTN_BAND=wgs3 SPARSA_ATTN_GLOBAL=wg0}
 vtag() { echo "$1" | sed 's/SPARSA_ATTN_//g; s/=//g; s/,/-/g'; }
 for var in $VARIANTS; do
   tag=$(vtag "$var")

@@ -4,13 +4,15 @@
 //   Global_i = sum_{j in S'(i)} softmax_j(q_i.k_j / sqrt(dh)) gamma_j v_j   (0 where S'(i) is
 //   empty)
 // Bidirectional W(i) = {|i-j| <= w}; causal W(i) = {i-w <= j <= i}, S'(i) = {j in S : j <= i}.
-// Two implementations behind one launcher:
-//   - bf16, head_dim 64 or 128: flash-style tiles of 64 queries on tensor cores (mma.sync
-//     m16n8k16, fp32 accumulate, online softmax in fp32). Query and key tiles are aligned to
-//     record positions, so a row's arithmetic does not depend on how the record is sharded.
-//     head_dim 64 with global_scratch (or no global set): the v4 band-only kernel (128 queries,
-//     16-key sub-blocks outside every row's window skipped) after the v4 global kernel
-//     (SPARSA_ATTN_BAND / SPARSA_ATTN_GLOBAL pick variants; see bench/NOTES.md).
+// Implementations behind one launcher:
+//   - bf16, head_dim 64 with global_scratch (or no global set), on an sm_90a device: the global
+//     part, then the band, as two flash-style kernels on Hopper warpgroup MMAs (wgmma, fp32
+//     accumulate, online softmax in fp32; attention_wgmma.cu). On other GPUs the same split on
+//     mma.sync (the v4 kernels of attention_tc.cu).
+//   - bf16, head_dim 64 or 128 otherwise: the v1 fused kernel on mma.sync (tiles of 64 queries).
+//     In all of these, query and key tiles are aligned to record positions, so a row's arithmetic
+//     does not depend on how the record is sharded. SPARSA_ATTN_BAND / SPARSA_ATTN_GLOBAL pick
+//     variants for A/B runs (attention_tc.cu; bench/NOTES.md).
 //   - otherwise (fp32 validation mode, other head dims): one warp per (row, head) on CUDA cores,
 //     fp32, exact softmax in two passes. Slow, simple.
 // No n x n buffer in either: memory is the inputs and the output.

@@ -357,238 +357,6 @@ __global__ void __launch_bounds__(kThreads, MINB)
   }
 }
 
-// The global part alone: one block = 4 warps = 64 * MT queries of one head; warp w owns rows
-// mt * 64 + w * 16 + [0, 16) of each m-tile mt, so each K/V fragment loaded with ldmatrix feeds
-// MT MMAs and each K/V tile loaded from L2 serves 64 * MT queries. Writes beta_h * Global (fp32)
-// to p.global_scratch for rows [row_begin, row_end). Per row, the same operations in the same
-// order as the fused kernel's global part.
-template <int DH, int MT>
-__global__ void __launch_bounds__(kThreads, 2) global_tc_kernel(const __grid_constant__ TcArgs a) {
-  const AttentionParams& p = a.p;
-  extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int kTile = 64 * DH * 2;
-  const uint32_t q_tile = smem_u32(smem);  // MT tiles of 64 rows
-  auto k_tile = [&](int buf) { return q_tile + (uint32_t)(MT + buf) * kTile; };
-  auto v_tile = [&](int buf) { return q_tile + (uint32_t)(MT + 2 + buf) * kTile; };
-  float* gam_s = reinterpret_cast<float*>(smem + (MT + 4) * kTile);  // [2][64]
-  int64_t* pos_s = reinterpret_cast<int64_t*>(gam_s + 128);          // [2][64]
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t d = p.n_heads * DH, h = blockIdx.y;
-  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * (64 * MT), i1 = i0 + 64 * MT - 1;
-  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
-  const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
-  const auto* vg = static_cast<const __nv_bfloat16*>(p.v_global);
-
-  int64_t n_tiles = (p.n_global + kBk - 1) / kBk;
-  if (p.causal) {
-    int64_t lo = 0, hi = n_tiles;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (p.pos_global[mid * kBk] <= i1)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    n_tiles = lo;
-  }
-
-  auto issue = [&](int64_t t, int buf) {
-    const int64_t g0 = t * kBk;
-    auto row_k = [&](int r) -> const __nv_bfloat16* {
-      return g0 + r < p.n_global ? kg + (g0 + r) * d + h * DH : nullptr;
-    };
-    auto row_v = [&](int r) -> const __nv_bfloat16* {
-      return g0 + r < p.n_global ? vg + (g0 + r) * d + h * DH : nullptr;
-    };
-    load_tile<DH>(k_tile(buf), row_k, q);
-    load_tile<DH>(v_tile(buf), row_v, q);
-    if (threadIdx.x < kBk) {
-      const int64_t g = g0 + threadIdx.x;
-      gam_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.gamma[g] : 0.0f;
-      pos_s[buf * kBk + threadIdx.x] = g < p.n_global ? p.pos_global[g] : INT64_MAX;
-    }
-    cp_async_commit();
-  };
-
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    auto row_q = [&](int r) -> const __nv_bfloat16* {
-      const int64_t rr = i0 + mt * 64 + r - p.first_pos;
-      return (rr >= 0 && rr < p.n_tokens) ? q + rr * d + h * DH : nullptr;
-    };
-    load_tile<DH>(q_tile + mt * kTile, row_q, q);
-  }
-  cp_async_commit();
-  if (n_tiles > 0) issue(0, 0);
-  cp_async_wait<0>();
-  __syncthreads();
-  uint32_t qf[MT][DH / 16][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int kk = 0; kk < DH / 16; ++kk) {
-      const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-      ldsm_x4(q_tile + mt * kTile + swz<DH>(row, kk * 2 + lane / 16), qf[mt][kk]);
-    }
-
-  float acc[MT][DH / 8][4];
-  float m_r[MT][2], l_r[MT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int n = 0; n < DH / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][n][e] = 0.0f;
-    m_r[mt][0] = m_r[mt][1] = -INFINITY;
-    l_r[mt][0] = l_r[mt][1] = 0.0f;
-  }
-  const int c0 = 2 * (lane % 4);
-
-  for (int64_t t = 0; t < n_tiles; ++t) {
-    const int buf = (int)(t & 1);
-    if (t + 1 < n_tiles) {
-      issue(t + 1, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    float s[MT][8][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int n = 0; n < 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < DH / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        const int key = np * 16 + (lane % 8) + (lane / 16) * 8;
-        ldsm_x4(k_tile(buf) + swz<DH>(key, kk * 2 + (lane / 8) % 2), b);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16(s[mt][2 * np], qf[mt][kk], b[0], b[1]);
-          mma_bf16(s[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
-        }
-      }
-    }
-
-    const int64_t last = pos_s[buf * kBk + kBk - 1];
-    const bool full = last != INT64_MAX && (!p.causal || last <= i0);
-    uint32_t pa[MT][4][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int64_t ra = i0 + mt * 64 + warp * 16 + lane / 4, rb = ra + 8;
-      float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][n][e] * a.scale_log2;
-          if (!full) {
-            const int col = n * 8 + c0 + (e & 1);
-            const int64_t i = e < 2 ? ra : rb;
-            const int64_t pj = pos_s[buf * kBk + col];
-            if (!(pj != INT64_MAX && (!p.causal || pj <= i))) x = -INFINITY;
-          }
-          s[mt][n][e] = x;
-          if (e < 2)
-            mx_a = fmaxf(mx_a, x);
-          else
-            mx_b = fmaxf(mx_b, x);
-        }
-      }
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-      const float mn_a = fmaxf(m_r[mt][0], mx_a), mn_b = fmaxf(m_r[mt][1], mx_b);
-      const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
-      const float corr_a = exp2f(m_r[mt][0] - use_a), corr_b = exp2f(m_r[mt][1] - use_b);
-      m_r[mt][0] = mn_a;
-      m_r[mt][1] = mn_b;
-      float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        s[mt][n][0] = exp2f(s[mt][n][0] - use_a);
-        s[mt][n][1] = exp2f(s[mt][n][1] - use_a);
-        s[mt][n][2] = exp2f(s[mt][n][2] - use_b);
-        s[mt][n][3] = exp2f(s[mt][n][3] - use_b);
-        sum_a += s[mt][n][0] + s[mt][n][1];
-        sum_b += s[mt][n][2] + s[mt][n][3];
-      }
-      l_r[mt][0] = l_r[mt][0] * corr_a + sum_a;
-      l_r[mt][1] = l_r[mt][1] * corr_b + sum_b;
-#pragma unroll
-      for (int n = 0; n < DH / 8; ++n) {
-        acc[mt][n][0] *= corr_a;
-        acc[mt][n][1] *= corr_a;
-        acc[mt][n][2] *= corr_b;
-        acc[mt][n][3] *= corr_b;
-      }
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float g0 = gam_s[buf * kBk + n * 8 + c0], g1 = gam_s[buf * kBk + n * 8 + c0 + 1];
-        s[mt][n][0] *= g0;
-        s[mt][n][1] *= g1;
-        s[mt][n][2] *= g0;
-        s[mt][n][3] *= g1;
-      }
-#pragma unroll
-      for (int kt = 0; kt < 4; ++kt) {
-        pa[mt][kt][0] = pack_bf16(s[mt][2 * kt][0], s[mt][2 * kt][1]);
-        pa[mt][kt][1] = pack_bf16(s[mt][2 * kt][2], s[mt][2 * kt][3]);
-        pa[mt][kt][2] = pack_bf16(s[mt][2 * kt + 1][0], s[mt][2 * kt + 1][1]);
-        pa[mt][kt][3] = pack_bf16(s[mt][2 * kt + 1][2], s[mt][2 * kt + 1][3]);
-      }
-    }
-
-#pragma unroll
-    for (int kt = 0; kt < 4; ++kt) {
-#pragma unroll
-      for (int dp = 0; dp < DH / 16; ++dp) {
-        uint32_t b[4];
-        const int key = kt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-        ldsm_x4_t(v_tile(buf) + swz<DH>(key, dp * 2 + lane / 16), b);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16(acc[mt][2 * dp], pa[mt][kt], b[0], b[1]);
-          mma_bf16(acc[mt][2 * dp + 1], pa[mt][kt], b[2], b[3]);
-        }
-      }
-    }
-    __syncthreads();
-  }
-
-  const float beta = p.beta[h];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    float la = l_r[mt][0] + __shfl_xor_sync(0xffffffffu, l_r[mt][0], 1);
-    la += __shfl_xor_sync(0xffffffffu, la, 2);
-    float lb = l_r[mt][1] + __shfl_xor_sync(0xffffffffu, l_r[mt][1], 1);
-    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-    const float fa = la > 0.0f ? beta / la : 0.0f, fb = lb > 0.0f ? beta / lb : 0.0f;
-    const int64_t ra = i0 + mt * 64 + warp * 16 + lane / 4;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t rr = ra + half * 8 - p.first_pos;
-      if (rr < p.row_begin || rr >= p.row_end) continue;
-      const float f = half ? fb : fa;
-      float* grow = p.global_scratch + rr * d + h * DH;
-#pragma unroll
-      for (int n = 0; n < DH / 8; ++n) {
-        // 0 + f * acc: the fused kernel's fold into a zeroed o, same rounding.
-        float2 v;
-        v.x = 0.0f + f * acc[mt][n][2 * half];
-        v.y = 0.0f + f * acc[mt][n][2 * half + 1];
-        *reinterpret_cast<float2*>(grow + n * 8 + c0) = v;
-      }
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // v4 kernels (head_dim 64): band-only and global-only, S-stage cp.async pipelines with one
 // barrier per key tile, exp2 as one FFMA + ex2.approx (the log2(e)/sqrt(dh) scale folded in),
@@ -1078,33 +846,6 @@ void launch_dh(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
-// Blocks per SM the head_dim-64 kernel is compiled for (register cap 65536 / (128 * minb)):
-// SPARSA_ATTN_MINB=1 (no cap: 193 registers, 2 blocks), 3 (168) or 4 (128 registers, 200 bytes
-// of spill, 4 blocks: the default, measured fastest on an H200: local 10.2 ms at n = 1M against
-// 14.3 uncapped and 10.9 at 3; see bench/NOTES.md).
-int attention_minb() {
-  static const int v = [] {
-    const char* e = std::getenv("SPARSA_ATTN_MINB");
-    return e ? std::atoi(e) : 4;
-  }();
-  return v;
-}
-
-template <int DH, int MT>
-void launch_global(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
-  const int smem = (MT + 4) * 64 * DH * 2 + 2 * kBk * (4 + 8);
-  static bool configured = false;
-  if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_tc_kernel<DH, MT>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)a.p.n_heads);
-  global_tc_kernel<DH, MT><<<grid, kThreads, smem, stream>>>(a);
-  SPARSA_LAUNCH_CHECK();
-}
-
 bool split_enabled() {
   static const bool v = [] {
     const char* e = std::getenv("SPARSA_ATTN_SPLIT");
@@ -1113,11 +854,11 @@ bool split_enabled() {
   return v;
 }
 
-// v4 launches. SPARSA_ATTN_BAND: 8 (default: 128 queries, 8 warps, 3 stages), 8s2 (2 stages),
-// 4 (64 queries, 4 warps, 2 stages), old (the v1 kernel). SPARSA_ATTN_GLOBAL: 2x4 (default: 2
-// m-tiles x 4 warps = 128 queries, 3 stages), 1x8 (8 warps of one m-tile, 3 stages), 2x4s2,
-// old (the v3 kernel), wg* (the wgmma kernels of attention_wgmma.cu; "auto", the default, takes
-// "wg" on an sm_90a device and 2x4 elsewhere). See bench/NOTES.md.
+// Kernel choice (head_dim 64, bf16), for A/B runs (scripts/device-check.sh, bench/NOTES.md).
+// SPARSA_ATTN_BAND: auto (default: wg on an sm_90a device, else 8), wg and wgs3 (wgmma kernels,
+// attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
+// SPARSA_ATTN_GLOBAL: auto (default: wg on sm_90a, else 2x4), wg and wg0 (wgmma), 2x4 (v4 global
+// kernel on mma.sync). SPARSA_ATTN_SPLIT=0: the global part fused into the v1 kernel.
 const char* env_or(const char* name, const char* dflt) {
   const char* e = std::getenv(name);
   return e && e[0] ? e : dflt;
@@ -1182,23 +923,10 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
     std::string gv = global_variant();
     if (gv == "auto") gv = wgmma_available() ? "wg" : "2x4";
-    if (gv.rfind("wg", 0) == 0) {
+    if (gv.rfind("wg", 0) == 0)
       launch_global_wgmma(p, gv, stream);
-    } else if (gv == "old") {
-      constexpr int kMt = 2, kBqG = 64 * kMt;
-      TcArgs g{};
-      g.p = p;
-      const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-      g.tile_pos0 = pos_begin / kBqG * kBqG;
-      g.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
-      launch_global<64, kMt>(g, (pos_end - g.tile_pos0 + kBqG - 1) / kBqG, stream);
-    } else if (gv == "1x8") {
-      launch_global4<1, 8, 3, 2>(p, stream);
-    } else if (gv == "2x4s2") {
-      launch_global4<2, 4, 2, 2>(p, stream);
-    } else {
+    else
       launch_global4<2, 4, 3, 2>(p, stream);
-    }
     p.global_in = p.global_scratch;
   }
   // The band kernel alone serves every case without a global part of its own.
@@ -1209,12 +937,7 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
       launch_band_wgmma(p, bv, stream);
       return;
     }
-    if (bv == "4")
-      launch_band<4, 2>(p, stream);
-    else if (bv == "8s2")
-      launch_band<8, 2>(p, stream);
-    else
-      launch_band<8, 3>(p, stream);
+    launch_band<8, 3>(p, stream);
     return;
   }
   TcArgs a{};
@@ -1224,17 +947,8 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
   const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBq - 1) / kBq;
   if (p.head_dim == 64) {
-    switch (attention_minb()) {
-      case 1:
-        launch_dh<64, 1>(a, n_qtiles, stream);
-        break;
-      case 3:
-        launch_dh<64, 3>(a, n_qtiles, stream);
-        break;
-      default:
-        launch_dh<64, 4>(a, n_qtiles, stream);
-        break;
-    }
+    // 4 blocks an SM (128 registers): measured fastest for this kernel (bench/NOTES.md, v2).
+    launch_dh<64, 4>(a, n_qtiles, stream);
   } else {
     launch_dh<128, 1>(a, n_qtiles, stream);
   }

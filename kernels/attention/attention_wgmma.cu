@@ -440,7 +440,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 // masked only in tiles not fully inside every row's window. A skipped or fully masked tile leaves
 // m, l and O bit-for-bit unchanged, and every row walks its tiles in ascending record order, so a
 // row's arithmetic does not depend on the shard.
-template <int NWG, int S, int MINB, bool LAZY>
+template <int NWG, int S, int MINB>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     band_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -557,11 +557,10 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
         }
     }
     float corr_a, corr_b;
-    softmax_tile<8, true, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+    softmax_tile<8, true, false>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
     uint32_t pa[4][4];
     pack_p<4>(s, pa);
-    if (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f))
-      scale_o<32>(o, corr_a, corr_b);
+    scale_o<32>(o, corr_a, corr_b);  // the lazy rescale measured slower here (bench/NOTES.md)
     reg_fence(o);
     wg_fence();
 #pragma unroll
@@ -639,13 +638,13 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
-template <int NWG, int S, int MINB, bool LAZY = false>
+template <int NWG, int S, int MINB>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
   static bool configured = false;
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB, LAZY>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
@@ -657,7 +656,7 @@ void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
   if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
   dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
-  band_wg_kernel<NWG, S, MINB, LAZY><<<grid, 128 * NWG, smem, stream>>>(a);
+  band_wg_kernel<NWG, S, MINB><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -699,14 +698,6 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
   if (variant == "wg0")
     launch_wg<2, 128, 2, 2, false, false>(a, stream);
-  else if (variant == "wgl")
-    launch_wg<2, 128, 2, 2, true, false>(a, stream);
-  else if (variant == "wg64lo")
-    launch_wg<2, 64, 3, 2, true, true>(a, stream);
-  else if (variant == "wg2m1lo")
-    launch_wg<2, 128, 2, 1, true, true>(a, stream);
-  else if (variant == "wg64l")
-    launch_wg<2, 64, 3, 2, true, false>(a, stream);
   else
     launch_wg<2, 128, 2, 2, true, true>(a, stream);
   SPARSA_CUDA_CHECK(cudaFreeAsync(vt, stream));
@@ -715,12 +706,8 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream) {
   if (p.type != DType::kBF16 || p.head_dim != 64 || (p.n_global > 0 && !p.global_in))
     throw SystemError("attention: the wgmma band kernel needs bf16, head_dim 64, no fused global");
-  if (variant == "wg2")
-    launch_band_wg<2, 3, 2>(p, stream);
-  else if (variant == "wgs3")
+  if (variant == "wgs3")
     launch_band_wg<1, 3, 4>(p, stream);
-  else if (variant == "wgl")
-    launch_band_wg<1, 2, 4, true>(p, stream);
   else
     launch_band_wg<1, 2, 4>(p, stream);
 }

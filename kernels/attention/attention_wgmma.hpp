@@ -12,17 +12,14 @@ namespace sparsa::kern {
 // True on a compute capability 9.0 device when the sm_90a kernels were compiled in.
 bool wgmma_available();
 
-// beta * Global in fp32 into p.global_scratch (bf16, head_dim 64, n_global > 0). `variant` picks
-// the shape: "wg" (2 warpgroups = 128 queries, 128 keys a tile, 2 stages, 2 blocks an SM, lazy
-// rescale, row sums from a ones column of V; the default), "wg0" (neither), "wgl" (lazy only),
-// "wg64lo" (64 keys a tile, 3 stages), "wg64l" (64 keys, lazy rescale only), "wg2m1lo" (1 block an
-// SM).
+// beta * Global in fp32 into p.global_scratch (bf16, head_dim 64, n_global > 0): 2 warpgroups =
+// 128 queries a block, 128 keys a tile, 2 stages, 2 blocks an SM, lazy rescale, row sums from a
+// ones column of V. `variant` "wg0": without the lazy rescale and the ones column (A/B runs).
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *
-// Local (+ global_in) into p.out. `variant`: "wg" (1 warpgroup = 64 queries, 2 stages, 4 blocks an
-// SM; the default), "wgs3" (3 stages), "wg2" (2 warpgroups, 3 stages, 2 blocks an SM), "wgl"
-// (lazy rescale).
+// Local (+ global_in) into p.out; 1 warpgroup = 64 queries a block, 2 stages, 4 blocks an SM.
+// `variant` "wgs3": 3 stages (A/B runs).
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 }  // namespace sparsa::kern
