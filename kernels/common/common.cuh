@@ -54,6 +54,15 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// Sum over the 32 lanes of a warp by a fixed butterfly: every lane gets the same value, and a
+// row's result depends only on the row (no atomics, no order that varies between runs).
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // 0.5 x (1 + erf(x / sqrt 2)) in double, as cpu::gelu.
 __device__ __forceinline__ float gelu_exact(float x) {
   const double xd = x;

@@ -13,8 +13,7 @@ __global__ void rmsnorm_kernel(RmsNormParams p) {
   const float* x = p.x + row * p.dim;
   double ss = 0.0;
   for (int64_t j = lane; j < p.dim; j += 32) ss += (double)x[j] * (double)x[j];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  ss = warp_sum(ss);
   const double inv = 1.0 / sqrt(ss / (double)p.dim + p.eps);
   Act* oa = p.out_act ? static_cast<Act*>(p.out_act) + row * p.dim : nullptr;
   float* of = p.out_f32 ? p.out_f32 + row * p.dim : nullptr;

@@ -13,8 +13,7 @@ __global__ void router_kernel(RouterParams p) {
   double s = 0.0;
   for (int64_t j = lane; j < p.hidden; j += 32)
     s += (double)gelu_exact((float)((double)hid[j] + (double)p.b1[j])) * (double)p.w2[j];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  s = warp_sum(s);
   if (lane == 0) p.scores[row] = (float)(s + (double)p.b2);
 }
 
