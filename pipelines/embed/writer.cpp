@@ -177,20 +177,59 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
   done_.insert(index);
 }
 
+static void set_file_attrs(h5::File& f, const FileAttrs& a) {
+  f.set_attr("/", "format", std::string("sparsa-embeddings"));
+  f.set_attr("/", "format_version", (int64_t)1);
+  f.set_attr("/", "sparsa_version", a.sparsa_version);
+  f.set_attr("/", "model_sha256", a.model_sha256);
+  f.set_attr("/", "model_config", a.model_config);
+  f.set_attr("/", "command_line", a.command_line);
+  f.set_attr("/", "created_utc", a.created_utc);
+  f.set_attr("/", "pool", a.pool);
+  f.set_attr("/", "dtype", a.dtype);
+}
+
+// Moves `from` to `output` (one rename: the output appears whole or not at all), then drops the
+// journal.
+void Journal::finish_as(const std::string& from, const std::string& output) {
+  std::error_code ec;
+  fs::rename(from, output, ec);
+  if (ec) {
+    if (from != part_path(1)) std::remove(from.c_str());
+    throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
+  }
+  fs::remove_all(dir_, ec);
+}
+
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {
+  if (n_records == 1) {
+    // One record: its part becomes the output. The file attributes and `complete` are added in
+    // place and the part is renamed, instead of every row being copied into a new file (a genome
+    // with --pool none is written once, not twice). A run stopped in between finds the part,
+    // attributes and all, on --resume and does the same again (setting an attribute twice is
+    // allowed); until the rename nothing is at the output path.
+    {
+      h5::File f = [&] {
+        try {
+          return h5::File::open_rw(part_path(1));
+        } catch (const Error& e) {
+          throw SystemError(std::string(e.what()) +
+                            " (a journal part damaged by a crash?); rerun with --force to start "
+                            "over");
+        }
+      }();
+      set_file_attrs(f, a);
+      f.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
+      f.close();
+    }
+    finish_as(part_path(1), output);
+    return;
+  }
   const std::string tmp = output + ".tmp";
   {
     h5::File out = h5::File::create(tmp);
     try {
-      out.set_attr("/", "format", std::string("sparsa-embeddings"));
-      out.set_attr("/", "format_version", (int64_t)1);
-      out.set_attr("/", "sparsa_version", a.sparsa_version);
-      out.set_attr("/", "model_sha256", a.model_sha256);
-      out.set_attr("/", "model_config", a.model_config);
-      out.set_attr("/", "command_line", a.command_line);
-      out.set_attr("/", "created_utc", a.created_utc);
-      out.set_attr("/", "pool", a.pool);
-      out.set_attr("/", "dtype", a.dtype);
+      set_file_attrs(out, a);
       out.create_group("/records");
       for (int64_t i = 1; i <= n_records; ++i) {
         h5::File part = h5::File::open_read(part_path(i));
@@ -204,13 +243,7 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
       throw;
     }
   }
-  std::error_code ec;
-  fs::rename(tmp, output, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
-  }
-  fs::remove_all(dir_, ec);
+  finish_as(tmp, output);
 }
 
 }  // namespace sparsa

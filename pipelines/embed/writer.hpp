@@ -51,13 +51,15 @@ class Journal {
   // Collective. Writes record `index` (1-based, input order). With `parallel` every rank writes
   // its own rows through parallel HDF5; otherwise rank 0 holds all rows and writes alone.
   void write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel, Comm& comm);
-  // Rank 0 only: builds OUT from the parts 1..n_records, then removes the parts.
+  // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in
+  // place and renamed; several: copied into a new file), then removes the journal.
   void assemble(const FileAttrs& attrs, int64_t n_records, const std::string& output);
 
   static std::string key_for(int64_t index, const std::string& name);
 
  private:
   std::string part_path(int64_t index) const;
+  void finish_as(const std::string& from, const std::string& output);
   std::string dir_;
   std::set<int64_t> done_;
 };

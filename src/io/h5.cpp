@@ -126,6 +126,15 @@ File File::open_read(const std::string& path) {
   return File(Handle(id, H5Fclose), path);
 }
 
+File File::open_rw(const std::string& path) {
+  quiet_errors();
+  if (H5Fis_hdf5(path.c_str()) <= 0)
+    throw InputError(path + ": not an HDF5 file, or it cannot be read");
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  if (id < 0) throw InputError(path + ": cannot open HDF5 file for writing");
+  return File(Handle(id, H5Fclose), path);
+}
+
 void File::close() {
   if (h_.valid() && H5Fclose(h_.id()) < 0) fail(path_, "", "closing the file failed (disk full?)");
   h_ = Handle();
@@ -338,7 +347,14 @@ std::vector<std::string> File::list(const std::string& group) const {
   return out;
 }
 
+// An attribute that exists already is replaced (setting one twice is not an error).
+static void drop_attr(hid_t file, const std::string& obj, const std::string& name) {
+  if (H5Aexists_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0)
+    H5Adelete_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT);
+}
+
 void File::set_attr(const std::string& obj, const std::string& name, const std::string& value) {
+  drop_attr(h_.id(), obj, name);
   Handle t = str_type();
   Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
   Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), t.id(), sp.id(), H5P_DEFAULT,
@@ -350,6 +366,7 @@ void File::set_attr(const std::string& obj, const std::string& name, const std::
 }
 
 void File::set_attr(const std::string& obj, const std::string& name, int64_t value) {
+  drop_attr(h_.id(), obj, name);
   Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
   Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), H5T_STD_I64LE, sp.id(),
                                    H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),

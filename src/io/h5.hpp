@@ -48,6 +48,7 @@ class File {
   static File create_parallel(const std::string& path);
   static bool parallel_available();
   static File open_read(const std::string& path);
+  static File open_rw(const std::string& path);  // an existing file, for adding attributes
   const std::string& path() const { return path_; }
   hid_t id() const { return h_.id(); }
   void close();
