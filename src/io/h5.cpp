@@ -117,23 +117,18 @@ static Handle transfer_plist(bool parallel) {
   return Handle();
 }
 
-File File::open_read(const std::string& path) {
+File File::open_existing(const std::string& path, bool write) {
   quiet_errors();
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw InputError(path + ": not an HDF5 file, or it cannot be read");
-  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (id < 0) throw InputError(path + ": cannot open HDF5 file");
+  hid_t id = H5Fopen(path.c_str(), write ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0)
+    throw InputError(path +
+                     (write ? ": cannot open HDF5 file for writing" : ": cannot open HDF5 file"));
   return File(Handle(id, H5Fclose), path);
 }
-
-File File::open_rw(const std::string& path) {
-  quiet_errors();
-  if (H5Fis_hdf5(path.c_str()) <= 0)
-    throw InputError(path + ": not an HDF5 file, or it cannot be read");
-  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  if (id < 0) throw InputError(path + ": cannot open HDF5 file for writing");
-  return File(Handle(id, H5Fclose), path);
-}
+File File::open_read(const std::string& path) { return open_existing(path, false); }
+File File::open_rw(const std::string& path) { return open_existing(path, true); }
 
 void File::close() {
   if (h_.valid() && H5Fclose(h_.id()) < 0) fail(path_, "", "closing the file failed (disk full?)");

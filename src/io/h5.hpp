@@ -89,6 +89,7 @@ class File {
   int64_t attr_int(const std::string& obj, const std::string& name) const;
 
  private:
+  static File open_existing(const std::string& path, bool write);
   File(Handle h, std::string path, bool parallel = false)
       : h_(std::move(h)), path_(std::move(path)), parallel_(parallel) {}
   Handle h_;
