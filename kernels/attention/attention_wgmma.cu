@@ -1,15 +1,17 @@
-// Global part of DSA attention on Hopper warpgroup MMAs (wgmma, sm_90a), head_dim 64, bf16 in,
-// fp32 accumulate. Same contract as the v4 global kernel (attention_tc.cu): writes
-// beta_h * Global_i in fp32 to p.global_scratch for rows [row_begin, row_end); the band kernel
-// adds it to alpha_h * Local_i.
+// DSA attention on Hopper warpgroup MMAs (wgmma, sm_90a), head_dim 64, bf16 in, fp32 accumulate:
+// the global part and the band, with the contracts of the v4 kernels (attention_tc.cu). The
+// global kernel writes beta_h * Global_i in fp32 to p.global_scratch for rows [row_begin,
+// row_end); the band kernel (below) writes alpha_h * Local_i + that, in bf16.
 //
-// Shape: NWG warpgroups a block, each owning 64 query rows (BQ = 64 NWG), key tiles of BK gathered
-// keys in an S-stage cp.async ring. Per key tile and warpgroup:
+// Global: NWG warpgroups a block, each owning 64 query rows (BQ = 64 NWG), key tiles of BK
+// gathered keys in an S-stage cp.async ring. Per key tile and warpgroup:
 //   S[64 x BK] = Q K^T     wgmma m64nBKk16, Q and K from shared memory (4 k-steps over dh 64)
 //   online softmax of S in registers (fp32, exp2 as one FFMA + ex2.approx), P = bf16(S)
-//   O[64 x 64] += P V      wgmma m64n64k16, P from registers, V^T from shared memory
+//   O[64 x 72] += P V1     wgmma m64n72k16, P from registers, V^T and a ones row from shared
+//                          memory: columns 0..63 the output, column 64 the row sum of P (ONES)
 // The gate is folded into V once per call: vt[h][c][j] = bf16(gamma_j * v_global[j][h, c]), the
-// transposed layout making both wgmma B operands K-major. Shared-memory tiles use the 128-byte
+// transposed layout making both wgmma B operands K-major. LAZY: the running max moves only when a
+// tile's max exceeds it by more than 8, so most tiles skip the rescale of O. Shared-memory tiles use the 128-byte
 // swizzle of the wgmma descriptors (16-byte chunk c of row r stored at chunk c ^ (r % 8), rows of
 // 128 bytes, 8-row groups 1024 bytes apart, tiles 1024-byte aligned).
 // Per row the arithmetic does not depend on the shard: every row sees the same key tiles in the
