@@ -101,8 +101,8 @@ void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int6
     cublasLtMatmulHeuristicResult_t chk;
     if (cublasLtMatmulAlgoCheck(impl_->handle, plan->l.op, plan->l.a, plan->l.b, plan->l.c,
                                 plan->l.c, &plan->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
-        chk.workspaceSize > kWorkspace)
-      plan->algo = impl_->heuristic(m, n, k, t, o);  // NOTE: the reference algorithm cannot run this M
+        chk.workspaceSize > kWorkspace)  // NOTE: the reference algorithm cannot run this M
+      plan->algo = impl_->heuristic(m, n, k, t, o);
     pit = impl_->plans.emplace(pkey, std::move(plan)).first;
   }
   const Layouts& l = pit->second->l;
