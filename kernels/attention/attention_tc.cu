@@ -13,6 +13,7 @@
 
 #include "kernels/attention/attention.hpp"
 #include "kernels/attention/attention_wgmma.hpp"
+#include "kernels/attention/tiles.cuh"
 #include "kernels/common/common.cuh"
 
 namespace sparsa::kern {
@@ -21,18 +22,6 @@ namespace {
 
 constexpr int kBq = 64, kBk = 64, kWarps = 4, kThreads = 32 * kWarps;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -50,16 +39,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// Byte offset of (row, 16-byte chunk) in a swizzled tile of DH-wide rows.
-template <int DH>
-__device__ __forceinline__ uint32_t swz(int row, int chunk) {
-  return (uint32_t)(row * DH * 2 + ((chunk ^ (row & 7)) << 4));
 }
 
 // Copies 64 rows (row t from src_row(t), or zeros where it returns null) of one head into a tile.
@@ -96,7 +75,8 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
   const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * kBq, i1 = i0 + kBq - 1;
-  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const BandWindow band(p);
+  const int64_t kv_end = band.kv_end, w = band.w;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const auto* k = static_cast<const __nv_bfloat16*>(p.k);
   const auto* v = static_cast<const __nv_bfloat16*>(p.v);
@@ -104,15 +84,9 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const auto* vg = static_cast<const __nv_bfloat16*>(p.v_global);
 
   // The key tiles: local ones [t_lo, t_lo + n_local) of aligned 64-key tiles, then global ones.
+  static_assert(kBk == 64, "band key tiles of 64 (BandWindow)");
   int64_t n_local = 0, t_lo = 0;
-  if (!p.skip_local) {
-    const int64_t klo = max(i0 - w, p.kv_begin);
-    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
-    if (khi >= klo) {
-      t_lo = klo / kBk;
-      n_local = khi / kBk - t_lo + 1;
-    }
-  }
+  if (!p.skip_local) band.tiles(i0, i1, t_lo, n_local);
   int64_t n_glob = p.global_in ? 0 : (p.n_global + kBk - 1) / kBk;
   if (p.causal && n_glob > 0) {  // tiles whose first position is beyond the query tile see nothing
     int64_t lo = 0, hi = n_glob;
@@ -365,12 +339,6 @@ __global__ void __launch_bounds__(kThreads, MINB)
 // no exp2, no PV). Per row: tiles aligned to record positions in ascending order, so the
 // arithmetic does not depend on the shard; a skipped or fully masked sub-block changes nothing.
 
-__device__ __forceinline__ float ex2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // Copies ROWS rows (row t from src_row(t), zeros where it returns null) of one head with NT
 // threads.
 template <int DH, int ROWS, int NT, class RowPtr>
@@ -404,20 +372,14 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
   const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
-  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const BandWindow band(p);
+  const int64_t kv_end = band.kv_end;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const auto* k = static_cast<const __nv_bfloat16*>(p.k);
   const auto* v = static_cast<const __nv_bfloat16*>(p.v);
 
   int64_t n_tiles = 0, t_lo = 0;
-  if (!p.skip_local) {
-    const int64_t klo = max(i0 - w, p.kv_begin);
-    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
-    if (khi >= klo) {
-      t_lo = klo / kBk;
-      n_tiles = khi / kBk - t_lo + 1;
-    }
-  }
+  if (!p.skip_local) band.tiles(i0, i1, t_lo, n_tiles);
   auto issue = [&](int64_t t, int buf) {
     if (t < n_tiles) {
       const int64_t j0 = (t_lo + t) * kBk;
@@ -460,15 +422,6 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
   for (int n = 0; n < DH / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   const float sc = a.scale_log2;
-  // Valid key columns of row i in a tile starting at j0: [lo(i), hi(i)], clamped to [-1, 64].
-  auto col_lo = [&](int64_t i, int64_t j0) -> int {
-    const int64_t x = max(p.kv_begin, i - w) - j0;
-    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
-  };
-  auto col_hi = [&](int64_t i, int64_t j0) -> int {
-    const int64_t x = min(kv_end - 1, p.causal ? i : i + w) - j0;
-    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
-  };
 
   int buf = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
@@ -483,11 +436,11 @@ __global__ void __launch_bounds__(32 * NW, band_minb(NW))
     if (++buf == S) buf = 0;
 
     const int64_t j0 = (t_lo + t) * kBk;
-    const int lo_f = col_lo(wr0, j0), lo_l = col_lo(wr0 + 15, j0);
-    const int hi_f = col_hi(wr0, j0), hi_l = col_hi(wr0 + 15, j0);
+    const int lo_f = band.col_lo(wr0, j0), lo_l = band.col_lo(wr0 + 15, j0);
+    const int hi_f = band.col_hi(wr0, j0), hi_l = band.col_hi(wr0 + 15, j0);
     if (lo_f > hi_l) continue;  // no row of this warp sees a key of this tile
-    const int lo_a = col_lo(ra, j0), hi_a = col_hi(ra, j0);
-    const int lo_b = col_lo(rb, j0), hi_b = col_hi(rb, j0);
+    const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
+    const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
 
     float s[8][4];
     bool act[4];
@@ -831,8 +784,19 @@ __global__ void __launch_bounds__(32 * NW, MINB)
   }
 }
 
+// The kernel arguments and grid of a launch over query tiles of `bq` rows.
+TcArgs tc_args(const AttentionParams& p, int64_t bq, dim3& grid) {
+  const QueryTiles qt = query_tiles(p, bq);
+  grid = qt.grid;
+  TcArgs a{};
+  a.p = p;
+  a.tile_pos0 = qt.pos0;
+  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
+  return a;
+}
+
 template <int DH, int MINB>
-void launch_dh(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
+void launch_dh(const AttentionParams& p, cudaStream_t stream) {
   const int smem = 5 * 64 * DH * 2 + 2 * kBk * (4 + 8);
   static bool configured = false;  // NOTE: per process; the attribute is per device function
   if (!configured) {
@@ -840,8 +804,8 @@ void launch_dh(const TcArgs& a, int64_t n_qtiles, cudaStream_t stream) {
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)a.p.n_heads);
+  dim3 grid;
+  const TcArgs a = tc_args(p, kBq, grid);
   attention_tc_kernel<DH, MINB><<<grid, kThreads, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
@@ -882,14 +846,8 @@ void launch_band(const AttentionParams& p, cudaStream_t stream) {
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  TcArgs a{};
-  a.p = p;
-  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-  a.tile_pos0 = pos_begin / kBQ * kBQ;
-  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
-  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBQ - 1) / kBQ;
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  dim3 grid;
+  const TcArgs a = tc_args(p, kBQ, grid);
   band_tc_kernel<NW, S><<<grid, 32 * NW, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
@@ -904,14 +862,8 @@ void launch_global4(const AttentionParams& p, cudaStream_t stream) {
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  TcArgs a{};
-  a.p = p;
-  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-  a.tile_pos0 = pos_begin / kBQ * kBQ;
-  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
-  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBQ - 1) / kBQ;
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  dim3 grid;
+  const TcArgs a = tc_args(p, kBQ, grid);
   global4_tc_kernel<MT, NW, S, MINB><<<grid, 32 * NW, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
@@ -940,17 +892,11 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
     launch_band<8, 3>(p, stream);
     return;
   }
-  TcArgs a{};
-  a.p = p;
-  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-  a.tile_pos0 = pos_begin / kBq * kBq;
-  a.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)p.head_dim));
-  const int64_t n_qtiles = (pos_end - a.tile_pos0 + kBq - 1) / kBq;
   if (p.head_dim == 64) {
     // 4 blocks an SM (128 registers): measured fastest for this kernel (bench/NOTES.md, v2).
-    launch_dh<64, 4>(a, n_qtiles, stream);
+    launch_dh<64, 4>(p, stream);
   } else {
-    launch_dh<128, 1>(a, n_qtiles, stream);
+    launch_dh<128, 1>(p, stream);
   }
 }
 

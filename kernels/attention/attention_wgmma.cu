@@ -19,6 +19,7 @@
 #include <string>
 
 #include "kernels/attention/attention_wgmma.hpp"
+#include "kernels/attention/tiles.cuh"
 #include "kernels/common/common.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -30,31 +31,6 @@ namespace sparsa::kern {
 namespace {
 
 #ifdef SPARSA_WGMMA  // device helpers, compiled for sm_90a only
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-// Byte offset of 16-byte chunk `c` of row `r` in a 128-byte-swizzled tile of 128-byte rows.
-__device__ __forceinline__ uint32_t sw128(int r, int c) {
-  return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
-}
 // wgmma matrix descriptor: K-major operand, 128-byte swizzle, 8-row groups 1024 bytes apart.
 __device__ __forceinline__ uint64_t desc128(uint32_t addr) {
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
@@ -118,19 +94,21 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint6
         "+f"(d[63])
       : "l"(da), "l"(db), "r"(accumulate));
 }
-// D[64 x 64] += A[64 x 16] (registers) * B[64 x 16]^T (shared, descriptor)
+// D[64 x 64] += A[64 x 16] (registers) * B (shared, descriptor): B[64 x 16]^T stored K-major, or
+// with TRANS_B B[16 x 64] stored N-major (V as stored, [key][channel])
+template <int TRANS_B = 0>
 __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
-      "25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      "25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %37;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
         "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B));
 }
 // D[64 x 72] += A[64 x 16] (registers) * B[72 x 16]^T (shared, descriptor)
 __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)[4], uint64_t db) {
@@ -145,20 +123,6 @@ __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
         "+f"(d[35])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-// D[64 x 64] += A[64 x 16] (registers) * B[16 x 64] (shared, descriptor, N-major: transposed)
-__device__ __forceinline__ void wgmma_rs_n64t(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
-      "25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
@@ -194,17 +158,17 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
     mn_b = fmaxf(m_b, mx_b * sc);
   }
   const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
-  corr_a = ex2(m_a - use_a);
-  corr_b = ex2(m_b - use_b);
+  corr_a = ex2_approx(m_a - use_a);
+  corr_b = ex2_approx(m_b - use_b);
   m_a = mn_a;
   m_b = mn_b;
   float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
-    s[4 * j] = ex2(fmaf(s[4 * j], sc, -use_a));
-    s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -use_a));
-    s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -use_b));
-    s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -use_b));
+    s[4 * j] = ex2_approx(fmaf(s[4 * j], sc, -use_a));
+    s[4 * j + 1] = ex2_approx(fmaf(s[4 * j + 1], sc, -use_a));
+    s[4 * j + 2] = ex2_approx(fmaf(s[4 * j + 2], sc, -use_b));
+    s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -use_b));
     if constexpr (SUMS) {
       sum_a += s[4 * j] + s[4 * j + 1];
       sum_b += s[4 * j + 2] + s[4 * j + 3];
@@ -220,10 +184,10 @@ template <int NK>
 __device__ __forceinline__ void pack_p(const float (&s)[8 * NK], uint32_t (&pa)[NK][4]) {
 #pragma unroll
   for (int kk = 0; kk < NK; ++kk) {
-    pa[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]);
-    pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
-    pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
-    pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+    pa[kk][0] = pack_bf16(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
   }
 }
 template <int N>
@@ -265,7 +229,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   constexpr int NO = ONES ? 36 : 32;                // output accumulators (+ the row sums)
   const AttentionParams& p = a.p;
   extern __shared__ unsigned char smem_raw[];
-  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t q_tile = base;
   auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)s * kStage; };
   auto v_tile = [&](int s) { return k_tile(s) + kKTile; };
@@ -307,8 +271,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const __nv_bfloat16* kp = kg + (int64_t)(tid / 8) * d + h * DH + (tid % 8) * 8;
   const __nv_bfloat16* vp = a.vt + (h * DH + tid / (BK / 8)) * a.g_pad + (tid % (BK / 8)) * 8;
   const int vc = tid % (BK / 8);
-  const uint32_t k_dst = sw128(tid / 8, tid % 8);
-  const uint32_t v_dst = (vc / 8) * kVSub + sw128(tid / (BK / 8), vc % 8);
+  const uint32_t k_dst = swz<64>(tid / 8, tid % 8);
+  const uint32_t v_dst = (vc / 8) * kVSub + swz<64>(tid / (BK / 8), vc % 8);
   auto issue = [&](int64_t t, int s) {
     if (t < n_tiles) {
       const int64_t g0 = t * BK;
@@ -317,23 +281,24 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
       for (int it = 0; it < kKIt; ++it) {
         const int64_t r = g0 + tid / 8 + it * (NT / 8);
         const bool ok = !last || r < p.n_global;
-        cp16(k_tile(s) + k_dst + it * (NT / 8) * 128, ok ? kp + (g0 + it * (NT / 8)) * d : kg, ok);
+        cp_async16(k_tile(s) + k_dst + it * (NT / 8) * 128, ok ? kp + (g0 + it * (NT / 8)) * d : kg,
+                   ok);
       }
 #pragma unroll
       for (int it = 0; it < kVIt; ++it)
-        cp16(v_tile(s) + v_dst + it * (NT / (BK / 8)) * 128,
-             vp + (int64_t)it * (NT / (BK / 8)) * a.g_pad + g0, true);
+        cp_async16(v_tile(s) + v_dst + it * (NT / (BK / 8)) * 128,
+                   vp + (int64_t)it * (NT / (BK / 8)) * a.g_pad + g0, true);
     }
-    cp_commit();
+    cp_async_commit();
   };
 
   for (int idx = tid; idx < BQ * 8; idx += NT) {
     const int r = idx / 8, c = idx % 8;
     const int64_t rr = i0 + r - p.first_pos;
     const bool ok = rr >= 0 && rr < p.n_tokens;
-    cp16(q_tile + sw128(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
+    cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
   }
-  cp_commit();
+  cp_async_commit();
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s, s);
 
@@ -348,7 +313,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 
   int cur = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
-    cp_wait<S - 2>();
+    cp_async_wait<S - 2>();
     proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
     __syncthreads();
     {
@@ -404,7 +369,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     reg_fence(o);
     if (++cur == S) cur = 0;
   }
-  cp_wait<0>();
+  cp_async_wait<0>();
 
   if constexpr (ONES) {  // column 64: the sum of this row's P (as rounded to bf16)
     l_a = __shfl_sync(0xffffffffu, o[32], lane & ~3);
@@ -450,7 +415,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   constexpr int kTile = BK * 128;
   const AttentionParams& p = a.p;
   extern __shared__ unsigned char smem_raw[];
-  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t q_tile = base;
   auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s) * kTile; };
   auto v_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s + 1) * kTile; };
@@ -458,20 +423,15 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
   const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
-  const int64_t kv_end = p.kv_begin + p.kv_count, w = p.window;
+  const BandWindow band(p);
+  const int64_t kv_end = band.kv_end;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const auto* k = static_cast<const __nv_bfloat16*>(p.k);
   const auto* v = static_cast<const __nv_bfloat16*>(p.v);
 
+  static_assert(BK == 64, "band key tiles of 64 (BandWindow)");
   int64_t n_tiles = 0, t_lo = 0;
-  if (!p.skip_local) {
-    const int64_t klo = max(i0 - w, p.kv_begin);
-    const int64_t khi = min(p.causal ? i1 : i1 + w, kv_end - 1);
-    if (khi >= klo) {
-      t_lo = klo / BK;
-      n_tiles = khi / BK - t_lo + 1;
-    }
-  }
+  if (!p.skip_local) band.tiles(i0, i1, t_lo, n_tiles);
   auto issue = [&](int64_t t, int s) {
     if (t < n_tiles) {
       const int64_t j0 = (t_lo + t) * BK;
@@ -483,20 +443,20 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
         const int64_t j = j0 + r;
         const bool ok = j >= p.kv_begin && j < kv_end;
         const int64_t off = ok ? (j - p.kv_begin) * d + h * DH + c * 8 : 0;
-        cp16(k_tile(s) + sw128(r, c), k + off, ok);
-        cp16(v_tile(s) + sw128(r, c), v + off, ok);
+        cp_async16(k_tile(s) + swz<64>(r, c), k + off, ok);
+        cp_async16(v_tile(s) + swz<64>(r, c), v + off, ok);
       }
     }
-    cp_commit();  // always: the group count stays uniform
+    cp_async_commit();  // always: the group count stays uniform
   };
 
   for (int idx = tid; idx < BQ * 8; idx += NT) {
     const int r = idx / 8, c = idx % 8;
     const int64_t rr = i0 + r - p.first_pos;
     const bool ok = rr >= 0 && rr < p.n_tokens;
-    cp16(q_tile + sw128(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
+    cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
   }
-  cp_commit();
+  cp_async_commit();
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s, s);
 
@@ -509,19 +469,10 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int t4 = lane % 4;
   const int64_t wr0 = i0 + wg * 64;                            // this warpgroup's first row
   const int64_t ra = wr0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two rows
-  // Valid key columns of row i in a tile starting at j0: [lo(i), hi(i)], clamped to [-1, 64].
-  auto col_lo = [&](int64_t i, int64_t j0) -> int {
-    const int64_t x = max(p.kv_begin, i - w) - j0;
-    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
-  };
-  auto col_hi = [&](int64_t i, int64_t j0) -> int {
-    const int64_t x = min(kv_end - 1, p.causal ? i : i + w) - j0;
-    return (int)(x < -1 ? -1 : (x > 64 ? 64 : x));
-  };
 
   int cur = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
-    cp_wait<S - 2>();
+    cp_async_wait<S - 2>();
     proxy_fence();
     __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
     {
@@ -534,7 +485,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     const int64_t j0 = (t_lo + t) * BK;
     // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
     // highest hi.
-    if (col_lo(wr0, j0) > col_hi(wr0 + 63, j0)) continue;  // no row of this warpgroup sees it
+    if (band.col_lo(wr0, j0) > band.col_hi(wr0 + 63, j0))
+      continue;  // no row of this warpgroup sees it
     float s[32];
     wg_fence();
     {
@@ -545,9 +497,9 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     wg_commit();
     wg_wait<0>();
     reg_fence(s);
-    if (!(col_lo(wr0 + 63, j0) <= 0 && col_hi(wr0, j0) >= 63)) {  // some element masked
-      const int lo_a = col_lo(ra, j0), hi_a = col_hi(ra, j0);
-      const int lo_b = col_lo(rb, j0), hi_b = col_hi(rb, j0);
+    if (!(band.col_lo(wr0 + 63, j0) <= 0 && band.col_hi(wr0, j0) >= 63)) {  // some element masked
+      const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
+      const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -565,12 +517,12 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     reg_fence(o);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64t(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64<1>(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
     wg_commit();
     wg_wait<0>();
     reg_fence(o);
   }
-  cp_wait<0>();  // no copy in flight at exit
+  cp_async_wait<0>();  // no copy in flight at exit
 
   l_a = quad_sum(l_a);
   l_b = quad_sum(l_b);
@@ -629,12 +581,9 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
     configured = true;
   }
   WgArgs a = a_in;
-  const AttentionParams& p = a.p;
-  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-  a.tile_pos0 = pos_begin / BQ * BQ;
-  const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  const QueryTiles qt = query_tiles(a.p, BQ);
+  a.tile_pos0 = qt.pos0;
+  const dim3 grid = qt.grid;
   global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
@@ -652,11 +601,9 @@ void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   WgArgs a{};
   a.p = p;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
-  const int64_t pos_begin = p.first_pos + p.row_begin, pos_end = p.first_pos + p.row_end;
-  a.tile_pos0 = pos_begin / BQ * BQ;
-  const int64_t n_qtiles = (pos_end - a.tile_pos0 + BQ - 1) / BQ;
-  if (n_qtiles > 0x7fffffff) throw SystemError("attention: too many query tiles");
-  dim3 grid((unsigned)n_qtiles, (unsigned)p.n_heads);
+  const QueryTiles qt = query_tiles(p, BQ);
+  a.tile_pos0 = qt.pos0;
+  const dim3 grid = qt.grid;
   band_wg_kernel<NWG, S, MINB><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
