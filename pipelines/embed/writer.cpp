@@ -190,12 +190,12 @@ static void set_file_attrs(h5::File& f, const FileAttrs& a) {
 }
 
 // Moves `from` to `output` (one rename: the output appears whole or not at all), then drops the
-// journal.
+// journal. If the rename fails, an assembled OUT.tmp is removed; a journal part is kept.
 void Journal::finish_as(const std::string& from, const std::string& output) {
   std::error_code ec;
   fs::rename(from, output, ec);
   if (ec) {
-    if (from != part_path(1)) std::remove(from.c_str());
+    if (from.compare(0, dir_.size(), dir_) != 0) std::remove(from.c_str());
     throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
   }
   fs::remove_all(dir_, ec);

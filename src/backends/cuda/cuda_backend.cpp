@@ -297,7 +297,7 @@ void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
     void* u = bf ? upact.get() : up32.get();
     gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), u, rows, f, d, act, false, s, act);
     prof.mark(kGelu, s);
-    kern::launch_gelu({up32.as<float>(), u, act, rows * f, bf ? u : nullptr}, s);
+    kern::launch_gelu({bf ? nullptr : up32.as<float>(), u, act, rows * f, bf ? u : nullptr}, s);
     prof.mark(kMlpDown, s);
     gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
   }
