@@ -52,11 +52,14 @@ max_len() {
 # where the memory involved was allocated) starts inside libhdf5 once the sanitizer/libFuzzer
 # runtime (frames of the fuzzer binary $1 without a source line), libc and libstdc++ are
 # skipped; else prints "sparsa". No stack at all (a report that did not reproduce) is sparsa's.
+# A libc frame shows either its library (libc.so.6+0x...) or, with glibc's debug info installed,
+# its source in glibc's tree (a relative path such as string/../sysdeps/x86_64/...memset...S).
 stacks_owner() {
   awk -v bin="$1" '
     /^ *#0 / { decided = 0 }
     /^ *#[0-9]+ / && !decided {
       if (index($0, "(" bin "+0x") || $0 ~ /libc\.so|libstdc\+\+\.so|libgcc_s\.so|ld-linux/) next
+      if ($0 ~ / in [^ ]+ (string|csu|nptl|malloc|stdlib|libio|elf|posix|sysdeps)\/[^ ]*:[0-9]+/) next
       decided = 1
       stacks++
       if ($0 ~ /libhdf5/) hdf5++
