@@ -10,6 +10,9 @@ struct RopeArgs {
   RopeParams p;
   double theta[128];  // base^(-2k/dh), k < head_dim / 2
 };
+__device__ __forceinline__ int64_t row_pos(const RopeParams& p, int64_t r) {
+  return p.positions ? p.positions[r] : p.first_pos + r;
+}
 }  // namespace
 
 // One thread per (row, k < half): the angle and its cos/sin once (double), then the pair (k,
@@ -21,7 +24,7 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.n_tokens * half) return;
   const int64_t k = idx % half, r = idx / half;
-  const double ang = (double)(p.first_pos + r) * a.theta[k];
+  const double ang = (double)row_pos(p, r) * a.theta[k];
   double s, c;
   sincos(ang, &s, &c);
   for (int64_t h = 0; h < p.n_heads; ++h) {
@@ -63,10 +66,10 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
   const int64_t half = p.head_dim / 2, quads = half / 4;
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.n_tokens * quads) return;
-  const int64_t k = 4 * (idx % quads), r = idx / quads;
+  const int64_t k = 4 * (idx % quads), r = idx / quads, pos = row_pos(p, r);
   double s[4], c[4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e) sincos((double)(p.first_pos + r) * a.theta[k + e], &s[e], &c[e]);
+  for (int e = 0; e < 4; ++e) sincos((double)pos * a.theta[k + e], &s[e], &c[e]);
   auto rot = [&](const float* in, void* out, int64_t in0, int64_t out0) {
     const float4 x0 = *reinterpret_cast<const float4*>(in + in0);
     const float4 x1 = *reinterpret_cast<const float4*>(in + in0 + half);

@@ -19,6 +19,9 @@ struct RopeParams {
   int64_t n_tokens, n_heads, head_dim;  // head_dim even, <= 256
   int64_t first_pos;                    // record position of row 0
   double base;
+  // When set: row r's record position is positions[r] (device, [n_tokens]; rows gathered from
+  // anywhere in the record) and first_pos is unused.
+  const int64_t* positions = nullptr;
 };
 void launch_rope(const RopeParams& p, cudaStream_t stream);
 

@@ -157,6 +157,32 @@ TEST(CudaOps, RopeNearOneBillion) {
       EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
       EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
       EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
+      // Rows gathered from anywhere (the global rows' K/V): positions[] instead of first_pos. Row
+      // i of the input is row perm[i] of the record, so its output is row perm[i] of the above.
+      std::vector<int64_t> perm(n), pos(n);
+      for (int64_t i = 0; i < n; ++i) perm[i] = (i * 7 + 3) % n;  // 7 is prime to 300
+      std::vector<float> qkv_p(n * 3 * d);
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(qkv.begin() + perm[i] * 3 * d, 3 * d, qkv_p.begin() + i * 3 * d);
+        pos[i] = first + perm[i];
+      }
+      DeviceBuffer din_p = up(qkv_p), dpos(n * 8), dk2(n * d * eb), dv2(n * d * eb);
+      cuda::copy_to_device(dpos.get(), pos.data(), n * 8);
+      const float* pp = din_p.as<float>();
+      kern::RopeParams rp{nullptr, pp + d, pp + 2 * d, 3 * d, nullptr, dk2.get(), dv2.get(),
+                          t,       n,      H,          dh,    0,       10000.0};
+      rp.positions = dpos.as<int64_t>();
+      kern::launch_rope(rp, nullptr);
+      const auto k_all = down_act(dk, n * d, t), k_got = down_act(dk2, n * d, t);
+      const auto v_all = down_act(dv, n * d, t), v_got = down_act(dv2, n * d, t);
+      for (int64_t i = 0; i < n; ++i) {
+        EXPECT_TRUE(std::equal(k_got.begin() + i * d, k_got.begin() + (i + 1) * d,
+                               k_all.begin() + perm[i] * d))
+            << "row " << i;
+        EXPECT_TRUE(std::equal(v_got.begin() + i * d, v_got.begin() + (i + 1) * d,
+                               v_all.begin() + perm[i] * d))
+            << "row " << i;
+      }
     }
   }
 }

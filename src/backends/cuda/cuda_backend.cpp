@@ -92,9 +92,25 @@ struct Profiler {
 };
 
 struct DeviceLayer {
-  DeviceBuffer attn_norm, wq, wkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
+  DeviceBuffer attn_norm, wqkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
   float router_b2 = 0;
+};
+
+// Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
+// are halo rows of the neighbours. The attention reads its queries and band keys from one window.
+struct RowWindow {
+  int64_t lo = 0, hi = 0, cap = 0;  // rows held, capacity in rows
+  DeviceBuffer q, k, v;
+  void reserve(int64_t rows, int64_t row_bytes) {
+    cap = rows;
+    for (DeviceBuffer* b : {&q, &k, &v}) b->reserve(std::max<int64_t>(1, rows) * row_bytes);
+    lo = hi = 0;
+  }
+  char* at(const DeviceBuffer& b, int64_t row, int64_t row_bytes) const {
+    return b.as<char>() + (row - lo) * row_bytes;
+  }
+  bool holds(int64_t r0, int64_t r1) const { return r0 >= lo && r1 <= hi && r1 > r0; }
 };
 
 }  // namespace
@@ -111,9 +127,12 @@ struct CudaModel::Impl {
   std::vector<DeviceLayer> layers;
   int64_t weight_bytes = 0;
   // Activations, grown as needed.
-  DeviceBuffer tokens, x, q, k, v, scores, keys, sorted, topg_temp, bad;
+  DeviceBuffer tokens, x, scores, keys, sorted, topg_temp, bad;
   DeviceBuffer h32, hact, qkv32, hid, up32, upact;
-  DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack, pooled, gscratch;
+  DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack, pooled, gscratch, xg, rowpos;
+  // Q/K/V windows: the interior's, carried from attention chunk to chunk, and the two edges' of a
+  // split record (made before the interior changes x; the halo rows land in them).
+  RowWindow ring, edge_lo, edge_hi;
   // NCCL path of a split record: gathered candidates, K/V parts in rank order, the permutation
   // to the order of the global set, received halo rows.
   DeviceBuffer cand, kcat, vcat, gperm, halo_rx;
@@ -141,16 +160,21 @@ struct CudaModel::Impl {
   int64_t activation_bytes() const {
     int64_t t = 0;
     for (const DeviceBuffer* b :
-         {&tokens,    &x,    &q,     &k,    &v,     &scores, &keys,  &sorted,
-          &topg_temp, &bad,  &h32,   &hact, &qkv32, &hid,    &up32,  &upact,
-          &kg,        &vg,   &gamma, &gpos, &gidx,  &kpack,  &vpack, &pooled,
-          &gscratch,  &cand, &kcat,  &vcat, &gperm, &halo_rx})
+         {&tokens, &x,        &scores, &keys,   &sorted, &topg_temp, &bad,  &h32,   &hact,   &qkv32,
+          &hid,    &up32,     &upact,  &kg,     &vg,     &gamma,     &gpos, &gidx,  &kpack,  &vpack,
+          &pooled, &gscratch, &xg,     &rowpos, &cand,   &kcat,      &vcat, &gperm, &halo_rx})
       t += (int64_t)b->bytes();
+    for (const RowWindow* w : {&ring, &edge_lo, &edge_hi})
+      t += (int64_t)(w->q.bytes() + w->k.bytes() + w->v.bytes());
     return t;
   }
 
-  void layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own);
-  void queries(const DeviceLayer& L, int64_t r0, int64_t rows, int64_t b);
+  void route(const DeviceLayer& L, int64_t m);
+  void project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
+               const int64_t* positions, void* q, void* k, void* v);
+  void fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m, int64_t b);
+  void global_kv(const DeviceLayer& L, const std::vector<int64_t>& rows,
+                 const std::vector<int64_t>& positions, void* k, void* v);
   void mlp(const DeviceLayer& L, int64_t m);
 };
 
@@ -179,13 +203,13 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   for (const LayerWeights& L : w.layers) {
     DeviceLayer D;
     D.attn_norm = I.upload(L.attn_norm, false);
-    std::vector<float> kv(d * 2 * d);  // [d, 2d]: row e = wk[e,:] | wv[e,:]
+    std::vector<float> qkv(d * 3 * d);  // [d, 3d]: row e = wq[e,:] | wk[e,:] | wv[e,:]
     for (int64_t e = 0; e < d; ++e) {
-      std::copy_n(L.wk.begin() + e * d, d, kv.begin() + e * 2 * d);
-      std::copy_n(L.wv.begin() + e * d, d, kv.begin() + e * 2 * d + d);
+      std::copy_n(L.wq.begin() + e * d, d, qkv.begin() + e * 3 * d);
+      std::copy_n(L.wk.begin() + e * d, d, qkv.begin() + e * 3 * d + d);
+      std::copy_n(L.wv.begin() + e * d, d, qkv.begin() + e * 3 * d + 2 * d);
     }
-    D.wq = I.upload(L.wq, true);
-    D.wkv = I.upload(kv, true);
+    D.wqkv = I.upload(qkv, true);
     D.wo = I.upload(L.wo, true);
     D.router_w1 = I.upload(L.router_w1, false);  // router in fp32 in both modes
     D.router_b1 = I.upload(L.router_b1, false);
@@ -232,27 +256,15 @@ std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t 
 }
 int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
 
-// h = RMSNorm(x); k, v = h Wk, h Wv with RoPE on k; scores = router(h), chunk by chunk. k and v
-// go to rows [own, own + m) of the K/V buffers (queries: see queries()).
-void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, int64_t own) {
+// scores = router(RMSNorm(x)) of the shard's m rows (float32 in both modes), chunk by chunk.
+void CudaModel::Impl::route(const DeviceLayer& L, int64_t m) {
   const int64_t d = c.d_model, r = c.router_hidden;
   for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
     const int64_t rows = std::min(opt.chunk_rows, m - c0);
-    const bool bf = act == DType::kBF16;
-    prof.mark(kNorm, s);
-    kern::launch_rmsnorm({x.as<float>() + c0 * d, L.attn_norm.as<float>(), h32.as<float>(),
-                          bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
-                         s);
-    const void* h_in = bf ? hact.get() : h32.get();
-    prof.mark(kQkv, s);
-    gemm.run(h_in, L.wkv.get(), qkv32.as<float>(), rows, 2 * d, d, act, false, s);
-    float* kv32 = qkv32.as<float>();
-    prof.mark(kRope, s);
-    kern::launch_rope({nullptr, kv32, kv32 + d, 2 * d, nullptr, k.as<char>() + (own + c0) * d * eb,
-                       v.as<char>() + (own + c0) * d * eb, act, rows, c.n_heads, c.head_dim(),
-                       b + c0, c.rope_base},
-                      s);
     prof.mark(kRouter, s);
+    kern::launch_rmsnorm({x.as<float>() + c0 * d, L.attn_norm.as<float>(), h32.as<float>(), nullptr,
+                          act, rows, d, c.norm_eps},
+                         s);
     gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
     kern::launch_router({hid.as<float>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
                          L.router_b2, scores.as<float>() + c0, rows, r},
@@ -260,26 +272,77 @@ void CudaModel::Impl::layer_inputs(const DeviceLayer& L, int64_t m, int64_t b, i
   }
 }
 
-// q[0 .. rows) = RoPE(RMSNorm(x[r0 .. r0 + rows)) W_q) for shard rows r0.. (record positions
-// b + r0..), in projection chunks. Queries are made per attention chunk, just before they are
-// used: only K and V exist for the whole shard (see forward).
-void CudaModel::Impl::queries(const DeviceLayer& L, int64_t r0, int64_t rows, int64_t b) {
-  const int64_t d = c.d_model;
+// q, k, v = RoPE(RMSNorm(xr) W_q), RoPE(RMSNorm(xr) W_k), RMSNorm(xr) W_v for n float32 rows xr
+// at record positions first_pos.. (or positions[], device), in projection chunks; q may be null.
+// One GEMM against [W_q | W_k | W_v] whatever the rows: a row's bits do not depend on where or
+// with which other rows it is projected (the band, a global row, any shard).
+void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
+                              const int64_t* positions, void* q, void* k, void* v) {
+  const int64_t d = c.d_model, rb = d * eb;
   const bool bf = act == DType::kBF16;
-  for (int64_t c0 = 0; c0 < rows; c0 += opt.chunk_rows) {
-    const int64_t n = std::min(opt.chunk_rows, rows - c0);
+  for (int64_t c0 = 0; c0 < n; c0 += opt.chunk_rows) {
+    const int64_t rows = std::min(opt.chunk_rows, n - c0);
     prof.mark(kNorm, s);
-    kern::launch_rmsnorm(
-        {x.as<float>() + (r0 + c0) * d, L.attn_norm.as<float>(), bf ? nullptr : h32.as<float>(),
-         bf ? hact.get() : nullptr, act, n, d, c.norm_eps},
-        s);
+    kern::launch_rmsnorm({xr + c0 * d, L.attn_norm.as<float>(), bf ? nullptr : h32.as<float>(),
+                          bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
+                         s);
     prof.mark(kQkv, s);
-    gemm.run(bf ? hact.get() : h32.get(), L.wq.get(), qkv32.as<float>(), n, d, d, act, false, s);
+    gemm.run(bf ? hact.get() : h32.get(), L.wqkv.get(), qkv32.as<float>(), rows, 3 * d, d, act,
+             false, s);
     prof.mark(kRope, s);
-    kern::launch_rope({qkv32.as<float>(), nullptr, nullptr, d, q.as<char>() + c0 * d * eb, nullptr,
-                       nullptr, act, n, c.n_heads, c.head_dim(), b + r0 + c0, c.rope_base},
-                      s);
+    const float* p = qkv32.as<float>();
+    kern::RopeParams rp{p,
+                        p + d,
+                        p + 2 * d,
+                        3 * d,
+                        q ? static_cast<char*>(q) + c0 * rb : nullptr,
+                        static_cast<char*>(k) + c0 * rb,
+                        static_cast<char*>(v) + c0 * rb,
+                        act,
+                        rows,
+                        c.n_heads,
+                        c.head_dim(),
+                        first_pos + c0,
+                        c.rope_base};
+    rp.positions = positions ? positions + c0 : nullptr;
+    kern::launch_rope(rp, s);
   }
+}
+
+// W holds rows [lo, hi) afterwards: the rows it held in that range are kept (moved to the front),
+// the others in [0, m) projected from x (which must still be this layer's input there); rows
+// outside [0, m) are the caller's to fill (halo).
+void CudaModel::Impl::fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m,
+                           int64_t b) {
+  const int64_t d = c.d_model, rb = d * eb;
+  if (hi - lo > W.cap) throw SystemError("CUDA row window: capacity exceeded");
+  int64_t kept = lo;  // rows [lo, kept) carried over
+  if (W.hi > W.lo && lo >= W.lo && lo < W.hi) {
+    kept = std::min(W.hi, hi);
+    const int64_t off = lo - W.lo, count = kept - lo;
+    // Down by `off` rows in steps of at most `off` rows, so that no copy overlaps itself.
+    for (DeviceBuffer* buf : {&W.q, &W.k, &W.v})
+      for (int64_t i = 0; off > 0 && i < count; i += off)
+        cuda::copy_device(buf->as<char>() + i * rb, buf->as<char>() + (off + i) * rb,
+                          std::min(off, count - i) * rb, s);
+  }
+  W.lo = lo;
+  W.hi = hi;
+  const int64_t r0 = std::max({kept, lo, int64_t{0}}), r1 = std::min(hi, m);
+  if (r1 > r0)
+    project(L, x.as<float>() + r0 * d, r1 - r0, b + r0, nullptr, W.at(W.q, r0, rb),
+            W.at(W.k, r0, rb), W.at(W.v, r0, rb));
+}
+
+// K and V (after RoPE) of the shard rows `rows` (record positions `positions`), in that order.
+void CudaModel::Impl::global_kv(const DeviceLayer& L, const std::vector<int64_t>& rows,
+                                const std::vector<int64_t>& positions, void* k, void* v) {
+  const int64_t n = (int64_t)rows.size(), d = c.d_model;
+  if (n == 0) return;
+  cuda::copy_to_device(gidx.get(), rows.data(), n * 8, s);
+  cuda::copy_to_device(rowpos.get(), positions.data(), n * 8, s);
+  kern::launch_gather_rows({x.get(), gidx.as<int64_t>(), xg.get(), n, d * 4}, s);
+  project(L, xg.as<float>(), n, 0, rowpos.as<int64_t>(), nullptr, k, v);
 }
 
 // x += GELU(RMSNorm(x) W_up) W_down, chunk by chunk.
@@ -310,7 +373,9 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const int64_t n = shard.n_record, m = shard.size(), d = c.d_model, b = shard.begin;
   const int64_t G = c.n_global(n), eb = I.eb, H = c.n_heads;
   const KvRange kv = kv_range(shard, c.window, c.causal);
-  const int64_t kv_count = kv.end - kv.begin, own = b - kv.begin;
+  const int64_t kvlo = kv.begin - b, kvhi = kv.end - b;  // shard rows with the halo
+  // Rows of K/V a query row i needs besides its own: [i - back, i + lead].
+  const int64_t back = c.window, lead = c.causal ? 0 : c.window;
   const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
   const int64_t chunk = std::max<int64_t>(1, std::min(I.opt.chunk_rows, m));
   // One rank holding the whole record: every chosen row is local, no host staging at all.
@@ -343,12 +408,27 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   // Activations (grown, kept between calls).
   I.tokens.reserve(m * c.n_tables() * 4);
   I.x.reserve(m * d * 4);
-  // Attention runs over chunks of `achunk` rows: their queries, the global part's fp32 scratch and
-  // the attention output exist for one chunk at a time (the longest record is set by x, K and V).
+  // Attention runs over chunks of `achunk` rows: Q, K and V exist for one chunk and its band at a
+  // time (the ring window), as do the global part's fp32 scratch and the attention output; only x
+  // spans the shard, so the longest record is set by x (4 d bytes a token).
   const int64_t achunk = std::max<int64_t>(1, std::min(m, I.opt.attn_chunk_rows));
-  I.q.reserve(achunk * d * eb);
-  I.k.reserve(kv_count * d * eb);
-  I.v.reserve(kv_count * d * eb);
+  const int64_t row_bytes = d * eb;
+  // Interior rows read only this shard's rows; their range is aligned to query tiles in record
+  // positions so that no tile straddles interior and edge rows. One rank holding the whole record:
+  // everything is interior.
+  int64_t lo_a = 0, hi_a = m;
+  if (!single) {
+    const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
+    lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
+    hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
+    if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything is the low edge
+  }
+  // The edges' windows: [kvlo, lo_a + lead) and [hi_a - back, kvhi), or all of [kvlo, kvhi).
+  const int64_t elo_hi = lo_a == m ? kvhi : std::min(kvhi, lo_a + lead);
+  const int64_t ehi_lo = lo_a == m ? kvhi : std::max(kvlo, hi_a - back);
+  I.ring.reserve(hi_a > lo_a ? std::min(hi_a - lo_a, achunk) + back + lead : 0, row_bytes);
+  I.edge_lo.reserve(single ? 0 : elo_hi - kvlo, row_bytes);
+  I.edge_hi.reserve(single ? 0 : kvhi - ehi_lo, row_bytes);
   I.scores.reserve(m * 4);
   I.keys.reserve(m * 8);
   I.sorted.reserve(m * 8);
@@ -360,7 +440,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.hact.reserve(chunk * d * eb);
     I.upact.reserve(chunk * c.d_ff * eb);
   }
-  I.qkv32.reserve(chunk * 2 * d * 4);
+  I.qkv32.reserve(chunk * 3 * d * 4);
   I.hid.reserve(chunk * c.router_hidden * 4);
   if (I.act == DType::kF32) I.up32.reserve(chunk * c.d_ff * 4);
   I.kg.reserve(G * d * eb);
@@ -368,6 +448,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.gamma.reserve(G * 4);
   I.gpos.reserve(G * 8);
   I.gidx.reserve(G * 8);
+  I.rowpos.reserve(G * 8);
+  I.xg.reserve(G * d * 4);
   const bool split_global = I.act == DType::kBF16 && c.head_dim() == 64 && G > 0;
   if (split_global) I.gscratch.reserve(achunk * d * 4);  // beta * Global, fp32 (attention.hpp)
   if (!single) {
@@ -386,7 +468,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.kcat.reserve(G * d * eb);
     I.vcat.reserve(G * d * eb);
     I.gperm.reserve(G * 8);
-    for (auto& [peer, r] : plan.recvs) halo_rx_bytes += 2 * (r.end - r.begin) * d * eb;
+    for (auto& [peer, r] : plan.recvs) halo_rx_bytes += 2 * (r.end - r.begin) * row_bytes;
     I.halo_rx.reserve(std::max<int64_t>(8, halo_rx_bytes));
   }
 
@@ -397,21 +479,32 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       s);
 
   std::vector<uint64_t> best;
-  std::vector<int64_t> gpos(G), local_idx;
+  std::vector<int64_t> gpos(G), local_idx, local_pos;
   std::vector<float> gamma(G);
   std::vector<char> kg_host, vg_host, kp_host, vp_host;
   if (!single) {
-    kg_host.resize(G * d * eb);
-    vg_host.resize(G * d * eb);
+    kg_host.resize(G * row_bytes);
+    vg_host.resize(G * row_bytes);
   }
-  const int64_t row_bytes = d * eb;
+  // The edge window holding shard rows [r0, r1) (halo sends and receipts).
+  auto edge_of = [&](int64_t r0, int64_t r1) -> RowWindow& {
+    if (I.edge_lo.holds(r0, r1)) return I.edge_lo;
+    if (I.edge_hi.holds(r0, r1)) return I.edge_hi;
+    throw SystemError("CUDA halo: rows " + std::to_string(b + r0) + ".." + std::to_string(b + r1) +
+                      " are in no edge window");
+  };
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const DeviceLayer& L = I.layers[l];
-    I.layer_inputs(L, m, b, own);
+    I.route(L, m);
+    for (RowWindow* w : {&I.ring, &I.edge_lo, &I.edge_hi}) w->lo = w->hi = 0;
+    if (!single) {  // the edges' Q/K/V, from this layer's input (the interior changes x first)
+      I.fill(L, I.edge_lo, kvlo, elo_hi, m, b);
+      if (kvhi > ehi_lo) I.fill(L, I.edge_hi, ehi_lo, kvhi, m, b);
+    }
 
     // Halo: K and V rows (after RoPE) beyond the shard edges, staged through the host (only the
-    // halo rows), in flight during routing and the interior attention.
+    // halo rows), in flight during the selection of the global set and the interior attention.
     P.mark(kHalo, s);
     std::vector<std::vector<char>> send_buf, recv_buf;
     std::vector<Transfer> sends, recvs;
@@ -419,10 +512,11 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     recv_buf.reserve(2 * plan.recvs.size());
     if (!nc) {  // host staging (the NCCL path sends from the device buffers, below)
       for (auto& [peer, r] : plan.sends) {
-        const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
-        for (const DeviceBuffer* src : {&I.k, &I.v}) {
+        const RowWindow& E = edge_of(r.begin - b, r.end - b);
+        const int64_t bytes = (r.end - r.begin) * row_bytes;
+        for (const DeviceBuffer* src : {&E.k, &E.v}) {
           send_buf.emplace_back(bytes);
-          cuda::copy_to_host(send_buf.back().data(), src->as<char>() + off, bytes, s);
+          cuda::copy_to_host(send_buf.back().data(), E.at(*src, r.begin - b, row_bytes), bytes, s);
           sends.push_back({peer, send_buf.back().data(), bytes});
         }
       }
@@ -487,16 +581,15 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
 
     P.mark(kGather, s);
     if (single) {
-      // Every chosen row is in this shard's K/V: gather on the device, in the order of S.
+      // Every chosen row is in this shard: K/V projected from x, in the order of S.
       local_idx.resize(G);
-      for (int64_t j = 0; j < G; ++j) local_idx[j] = own + gpos[j] - b;
-      cuda::copy_to_device(I.gidx.get(), local_idx.data(), G * 8, s);
-      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kg.get(), G, row_bytes}, s);
-      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vg.get(), G, row_bytes}, s);
+      for (int64_t j = 0; j < G; ++j) local_idx[j] = gpos[j] - b;
+      I.global_kv(L, local_idx, gpos, I.kg.get(), I.vg.get());
     } else if (nc) {
       // The chosen rows this shard owns, packed in the order of S; all-gathered device to device
       // into rank order; then permuted into the order of S. Every rank knows every owner.
       local_idx.clear();
+      local_pos.clear();
       std::vector<int64_t> part(comm.size(), 0), perm(G);
       std::vector<int> owner(G);
       for (int64_t j = 0; j < G; ++j) {
@@ -507,16 +600,16 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
                             " is in no shard");
         owner[j] = r;
         ++part[r];
-        if (r == comm.rank()) local_idx.push_back(own + gpos[j] - b);
+        if (r == comm.rank()) {
+          local_idx.push_back(gpos[j] - b);
+          local_pos.push_back(gpos[j]);
+        }
       }
       std::vector<int64_t> first(comm.size() + 1, 0);
       for (int r = 0; r < comm.size(); ++r) first[r + 1] = first[r] + part[r];
       for (int64_t j = 0; j < G; ++j) perm[j] = first[owner[j]]++;
       for (int64_t& v : part) v *= row_bytes;
-      const int64_t cnt = (int64_t)local_idx.size();
-      cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
-      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
-      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
+      I.global_kv(L, local_idx, local_pos, I.kpack.get(), I.vpack.get());
       nc->allgatherv(I.kpack.get(), I.kcat.get(), part, s);
       nc->allgatherv(I.vpack.get(), I.vcat.get(), part, s);
       cuda::copy_to_device(I.gperm.get(), perm.data(), G * 8, s);
@@ -526,16 +619,16 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
       // only these G rows cross ranks (through the host, so that any Comm works).
       local_idx.clear();
+      local_pos.clear();
       std::vector<int32_t> local_j;
       for (int64_t j = 0; j < G; ++j)
         if (gpos[j] >= b && gpos[j] < shard.end) {
-          local_idx.push_back(own + gpos[j] - b);
+          local_idx.push_back(gpos[j] - b);
+          local_pos.push_back(gpos[j]);
           local_j.push_back((int32_t)j);
         }
       const int64_t cnt = (int64_t)local_idx.size();
-      cuda::copy_to_device(I.gidx.get(), local_idx.data(), cnt * 8, s);
-      kern::launch_gather_rows({I.k.get(), I.gidx.as<int64_t>(), I.kpack.get(), cnt, row_bytes}, s);
-      kern::launch_gather_rows({I.v.get(), I.gidx.as<int64_t>(), I.vpack.get(), cnt, row_bytes}, s);
+      I.global_kv(L, local_idx, local_pos, I.kpack.get(), I.vpack.get());
       kp_host.resize(cnt * row_bytes);
       vp_host.resize(cnt * row_bytes);
       cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
@@ -572,11 +665,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     P.mark(kAttention, s);
     kern::AttentionParams ap{};
     ap.type = I.act;
-    ap.q = I.q.get();
-    ap.k = I.k.get();
-    ap.v = I.v.get();
-    ap.kv_begin = kv.begin;
-    ap.kv_count = kv_count;
     ap.k_global = I.kg.get();
     ap.v_global = I.vg.get();
     ap.gamma = I.gamma.as<float>();
@@ -584,96 +672,101 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     ap.n_global = G;
     ap.alpha = L.alpha.as<float>();
     ap.beta = L.beta.as<float>();
-    ap.out = I.q.get();  // in place: each block reads its queries before writing
     ap.n_record = n;
     ap.n_heads = H;
     ap.head_dim = c.head_dim();
     ap.window = c.window;
     ap.causal = c.causal;
     ap.global_scratch = split_global ? I.gscratch.as<float>() : nullptr;
-    // Attention over shard rows [r0, r1), chunk by chunk: the chunk's queries, its attention (into
-    // q, in place; the chunk is a shard of its own to the kernels: first_pos, n_tokens), then
-    // x += out W_o for its rows. x rows of later chunks are untouched until their turn, and K/V
-    // were made from this layer's input before. Chunk bounds are aligned to query tiles in record
-    // positions, so no tile is computed twice; a row's arithmetic is the same in any chunk.
-    auto attend = [&](int64_t r0, int64_t r1) {
+    // Attention of shard rows [c0, c1) from window W (their queries, their band's keys): into W's
+    // q rows, in place (the chunk is a shard of its own to the kernels: first_pos, n_tokens), then
+    // x += out W_o for those rows.
+    auto attend = [&](const RowWindow& W, int64_t c0, int64_t c1) {
+      const int64_t rows = c1 - c0;
+      P.mark(kAttention, s);
+      ap.q = W.at(W.q, c0, row_bytes);
+      ap.out = W.at(W.q, c0, row_bytes);  // each block reads its queries before writing
+      ap.k = W.k.get();
+      ap.v = W.v.get();
+      ap.kv_begin = b + W.lo;
+      ap.kv_count = W.hi - W.lo;
+      ap.n_tokens = rows;
+      ap.first_pos = b + c0;
+      ap.row_begin = 0;
+      ap.row_end = rows;
+      kern::launch_attention(ap, s);
+      P.mark(kWo, s);
+      I.gemm.run(ap.out, L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d, I.act, true, s);
+    };
+    // Shard rows [r0, r1) in chunks of at most achunk rows, aligned to query tiles in record
+    // positions, so no tile is computed twice and a row's arithmetic is the same in any chunk.
+    auto chunks = [&](int64_t r0, int64_t r1, auto&& f) {
       for (int64_t c0 = r0; c0 < r1;) {
         int64_t c1 = std::min(r1, (b + c0 + achunk) / kQueryTile * kQueryTile - b);
         if (c1 <= c0) c1 = std::min(r1, c0 + achunk);
-        const int64_t rows = c1 - c0;
-        I.queries(L, c0, rows, b);
-        P.mark(kAttention, s);
-        ap.n_tokens = rows;
-        ap.first_pos = b + c0;
-        ap.row_begin = 0;
-        ap.row_end = rows;
-        kern::launch_attention(ap, s);
-        P.mark(kWo, s);
-        I.gemm.run(I.q.get(), L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d, I.act, true, s);
+        f(c0, c1);
         c0 = c1;
       }
     };
-    if (single) {
-      attend(0, m);
-    } else {
-      // Interior rows read only this shard's K/V; their range is aligned to query tiles in record
-      // positions so that no tile straddles interior and edge rows.
-      const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
-      int64_t lo_a = ((b + lo + kQueryTile - 1) / kQueryTile) * kQueryTile - b;
-      int64_t hi_a = ((b + hi) / kQueryTile) * kQueryTile - b;
-      if (lo_a >= hi_a) lo_a = hi_a = m;  // no interior: everything after the halo
-      // NCCL: the halo (K and V rows after RoPE) goes device to device on the communicator's own
-      // stream, received into halo_rx, overlapped with the interior attention below.
-      int nccl_token = -1;
-      if (nc) {
-        P.mark(kHalo, s);
-        std::vector<Transfer> dsends, drecvs;
-        for (auto& [peer, r] : plan.sends) {
-          const int64_t off = (r.begin - kv.begin) * row_bytes,
-                        bytes = (r.end - r.begin) * row_bytes;
-          dsends.push_back({peer, I.k.as<char>() + off, bytes});
-          dsends.push_back({peer, I.v.as<char>() + off, bytes});
-        }
-        int64_t rx = 0;
-        for (auto& [peer, r] : plan.recvs) {
-          const int64_t bytes = (r.end - r.begin) * row_bytes;
-          for (int t = 0; t < 2; ++t, rx += bytes)
-            drecvs.push_back({peer, I.halo_rx.as<char>() + rx, bytes});
-        }
-        nccl_token = nc->start_exchange(dsends, drecvs, s);
-        P.mark(kAttention, s);
-      }
-      // NOTE: halo rows are zeroed until they arrive: the tensor-core kernel loads whole aligned
-      // key tiles, and a masked key's p = 0 times a NaN pattern in stale memory would be NaN.
-      for (auto& [peer, r] : plan.recvs) {
-        const int64_t off = (r.begin - kv.begin) * row_bytes, bytes = (r.end - r.begin) * row_bytes;
-        cuda::memset_device(I.k.as<char>() + off, 0, bytes, s);
-        cuda::memset_device(I.v.as<char>() + off, 0, bytes, s);
-      }
-      attend(lo_a, hi_a);
+    // NCCL: the halo (K and V rows after RoPE) goes device to device on the communicator's own
+    // stream, received into halo_rx, overlapped with the interior attention below.
+    int nccl_token = -1;
+    if (nc) {
       P.mark(kHalo, s);
+      std::vector<Transfer> dsends, drecvs;
+      for (auto& [peer, r] : plan.sends) {
+        const RowWindow& E = edge_of(r.begin - b, r.end - b);
+        const int64_t bytes = (r.end - r.begin) * row_bytes;
+        dsends.push_back({peer, E.at(E.k, r.begin - b, row_bytes), bytes});
+        dsends.push_back({peer, E.at(E.v, r.begin - b, row_bytes), bytes});
+      }
+      int64_t rx = 0;
+      for (auto& [peer, r] : plan.recvs) {
+        const int64_t bytes = (r.end - r.begin) * row_bytes;
+        for (int t = 0; t < 2; ++t, rx += bytes)
+          drecvs.push_back({peer, I.halo_rx.as<char>() + rx, bytes});
+      }
+      nccl_token = nc->start_exchange(dsends, drecvs, s);
+    }
+    // The interior, chunk by chunk: the ring window moves along, keeping the rows the next chunk
+    // shares with this one (made from this layer's input, before W_o changed x there) and
+    // projecting the new ones, which x still holds unchanged.
+    chunks(lo_a, hi_a, [&](int64_t c0, int64_t c1) {
+      I.fill(L, I.ring, std::max<int64_t>(0, c0 - back), std::min(m, c1 + lead), m, b);
+      attend(I.ring, c0, c1);
+    });
+    if (!single) {
+      P.mark(kHalo, s);
+      auto land = [&](int64_t r0, int64_t r1, const char* k_src, const char* v_src, bool host) {
+        RowWindow& E = edge_of(r0, r1);
+        const int64_t bytes = (r1 - r0) * row_bytes;
+        if (host) {
+          cuda::copy_to_device(E.at(E.k, r0, row_bytes), k_src, bytes, s);
+          cuda::copy_to_device(E.at(E.v, r0, row_bytes), v_src, bytes, s);
+        } else {
+          cuda::copy_device(E.at(E.k, r0, row_bytes), k_src, bytes, s);
+          cuda::copy_device(E.at(E.v, r0, row_bytes), v_src, bytes, s);
+        }
+      };
       if (nc) {
         nc->wait_exchange(nccl_token, s);  // s waits for the exchange stream (no host wait)
         int64_t rx = 0;
         for (auto& [peer, r] : plan.recvs) {
-          const int64_t off = (r.begin - kv.begin) * row_bytes,
-                        bytes = (r.end - r.begin) * row_bytes;
-          cuda::copy_device(I.k.as<char>() + off, I.halo_rx.as<char>() + rx, bytes, s);
-          cuda::copy_device(I.v.as<char>() + off, I.halo_rx.as<char>() + rx + bytes, bytes, s);
+          const int64_t bytes = (r.end - r.begin) * row_bytes;
+          land(r.begin - b, r.end - b, I.halo_rx.as<char>() + rx, I.halo_rx.as<char>() + rx + bytes,
+               false);
           rx += 2 * bytes;
         }
       } else {
         comm.wait_exchange(token);
         size_t rb_i = 0;
         for (auto& [peer, r] : plan.recvs) {
-          const int64_t off = (r.begin - kv.begin) * row_bytes,
-                        bytes = (r.end - r.begin) * row_bytes;
-          cuda::copy_to_device(I.k.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
-          cuda::copy_to_device(I.v.as<char>() + off, recv_buf[rb_i++].data(), bytes, s);
+          land(r.begin - b, r.end - b, recv_buf[rb_i].data(), recv_buf[rb_i + 1].data(), true);
+          rb_i += 2;
         }
       }
-      attend(0, lo_a);
-      attend(hi_a, m);
+      chunks(0, lo_a, [&](int64_t c0, int64_t c1) { attend(I.edge_lo, c0, c1); });
+      if (hi_a < m) chunks(hi_a, m, [&](int64_t c0, int64_t c1) { attend(I.edge_hi, c0, c1); });
     }
     I.mlp(L, m);
     if (hooks.after_layer) {

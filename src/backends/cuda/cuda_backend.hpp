@@ -45,9 +45,9 @@ struct CudaOptions {
   // Per-stage timing with CUDA events (also switched on by the environment: SPARSA_PROFILE=1,
   // which prints the table to stderr after every forward).
   bool profile = false;
-  // Rows per attention chunk: the queries, the global part's fp32 scratch and the attention
-  // output exist for one chunk at a time (4 d + 2 d bytes a row in bf16), so the longest record
-  // is bounded by x (4 d bytes a token) and K/V (4 d), not by the attention's buffers.
+  // Rows per attention chunk: Q, K and V (of the chunk and its band), the global part's fp32
+  // scratch and the attention output exist for one chunk at a time (about 10 d bytes a row in
+  // bf16), so the longest record is bounded by x alone (4 d bytes a token).
   int64_t attn_chunk_rows = int64_t{1} << 20;
 };
 
