@@ -29,6 +29,7 @@ timed() {  # label, np, model, input, args...
     "$SP" embed -m "$model" -i "$in" -o "$out" --device cuda "$@" > "$WORK/$label.log" 2>&1
   else
     mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE \
+      -x SPARSA_PROFILE="${SPARSA_PROFILE:-0}" -x SPARSA_NCCL_WARMUP="${SPARSA_NCCL_WARMUP:-1}" \
       "$SP" embed -m "$model" -i "$in" -o "$out" --device cuda --split-min 1000 "$@" > "$WORK/$label.log" 2>&1
   fi
   local rc=$?
@@ -44,6 +45,8 @@ wait $GEN
 for np in 1 2 4; do
   [ "$np" -le "$NGPU" ] && timed "big-np$np" "$np" "$WORK/base.h5" "$WORK/big.fa" --pool bin:128
 done
+# A/B: 4 GPUs without the NCCL warm-up exchange (connections made inside the first gather).
+[ "$NGPU" -ge 4 ] && SPARSA_NCCL_WARMUP=0 timed "big-np4-nowarmup" 4 "$WORK/base.h5" "$WORK/big.fa" --pool bin:128
 cmp() {
   python3 - "$1" "$2" <<'PY'
 import sys, h5py, numpy as np

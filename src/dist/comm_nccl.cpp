@@ -245,8 +245,15 @@ NcclComm::NcclComm(Comm& host, int device) : impl_(std::make_unique<Impl>()) {
   // NVLink multicast (NVLS) stays off unless asked for: it can take a shared host's GPUs out of
   // service, and only point-to-point transfers are issued here.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
+  // Send/recv connections are made lazily, per peer and per p2p channel (up to 32 by default),
+  // each with buffers mapped through cuMem: 1.2 s for 3 peers on an H200 node. Our transfers are
+  // a few MB (halo rows, the global set), which 2 channels carry; with legacy CUDA IPC buffers the
+  // set-up takes 0.03 s (bench/NOTES.md). The user's own settings win.
+  setenv("NCCL_MAX_P2P_NCHANNELS", "2", 0);
+  setenv("NCCL_CUMEM_ENABLE", "0", 0);
   SPARSA_NCCL_CUDA(cudaSetDevice(device));
   I.wd = std::make_unique<NcclWatchdog>(rank_, device);
+  const auto t_init = std::chrono::steady_clock::now();
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
   if (rank_ == 0) SPARSA_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
@@ -262,6 +269,40 @@ NcclComm::NcclComm(Comm& host, int device) : impl_(std::make_unique<Impl>()) {
   SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&I.ready, cudaEventDisableTiming));
   for (cudaEvent_t& e : I.done)
     SPARSA_NCCL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  // NCCL connects send/recv peers lazily, on the first transfer to each (about 0.2-0.3 s a peer
+  // on an H200 node), and the all-gathers of the global set talk to every peer: a grouped
+  // exchange with every peer here pays that once, at creation, instead of inside the first
+  // layer's gather (SPARSA_NCCL_WARMUP=0 skips it).
+  const char* w = std::getenv("SPARSA_NCCL_WARMUP");
+  const auto t0 = std::chrono::steady_clock::now();
+  if (I.size_ > 1 && !(w && w[0] == '0')) {
+    constexpr size_t kPart = 64 << 10;
+    void* buf = nullptr;
+    SPARSA_NCCL_CUDA(cudaMalloc(&buf, 2 * (size_t)I.size_ * kPart));
+    SPARSA_NCCL_CUDA(cudaMemsetAsync(buf, 0, 2 * (size_t)I.size_ * kPart, I.halo));
+    char* b = static_cast<char*>(buf);
+    {
+      NcclWatchdog::Armed armed(*I.wd, "the NCCL warm-up exchange (ncclGroupEnd)");
+      SPARSA_NCCL_CHECK(I.comm, ncclGroupStart());
+      for (int peer = 0; peer < I.size_; ++peer) {
+        if (peer == rank_) continue;
+        SPARSA_NCCL_CHECK(I.comm,
+                          ncclRecv(b + peer * kPart, kPart, ncclUint8, peer, I.comm, I.halo));
+        SPARSA_NCCL_CHECK(
+            I.comm, ncclSend(b + (I.size_ + peer) * kPart, kPart, ncclUint8, peer, I.comm, I.halo));
+      }
+      SPARSA_NCCL_CHECK(I.comm, ncclGroupEnd());
+    }
+    I.wd->track(I.halo, "the NCCL warm-up exchange");
+    synchronize(I.halo);
+    SPARSA_NCCL_CUDA(cudaFree(buf));
+  }
+  if (const char* pr = std::getenv("SPARSA_PROFILE"); pr && pr[0] && pr[0] != '0') {
+    using sec = std::chrono::duration<double>;
+    std::fprintf(stderr, "# rank %d: NCCL communicator of %d ranks: init %.3f s, warm-up %.3f s\n",
+                 rank_, I.size_, sec(t0 - t_init).count(),
+                 sec(std::chrono::steady_clock::now() - t0).count());
+  }
 }
 
 NcclComm::~NcclComm() {
