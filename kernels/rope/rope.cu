@@ -17,7 +17,7 @@ __device__ __forceinline__ int64_t row_pos(const RopeParams& p, int64_t r) {
 
 // One thread per (row, k < half): the angle and its cos/sin once (double), then the pair (k,
 // k + half) of every head of q and k rotated, v's pairs copied.
-template <class Out>
+template <class In, class Out>
 __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
   const RopeParams& p = a.p;
   const int64_t half = p.head_dim / 2;
@@ -30,19 +30,22 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
   for (int64_t h = 0; h < p.n_heads; ++h) {
     const int64_t in0 = r * p.in_stride + h * p.head_dim + k;
     const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
+    const In* qi = static_cast<const In*>(p.q_in);
+    const In* ki = static_cast<const In*>(p.k_in);
+    const In* vi = static_cast<const In*>(p.v_in);
     if (p.q_out) {
-      const double x0 = p.q_in[in0], x1 = p.q_in[in0 + half];
+      const double x0 = to_f(qi[in0]), x1 = to_f(qi[in0 + half]);
       static_cast<Out*>(p.q_out)[out0] = from_f<Out>((float)(x0 * c - x1 * s));
       static_cast<Out*>(p.q_out)[out0 + half] = from_f<Out>((float)(x0 * s + x1 * c));
     }
     if (p.k_out) {
-      const double x0 = p.k_in[in0], x1 = p.k_in[in0 + half];
+      const double x0 = to_f(ki[in0]), x1 = to_f(ki[in0 + half]);
       static_cast<Out*>(p.k_out)[out0] = from_f<Out>((float)(x0 * c - x1 * s));
       static_cast<Out*>(p.k_out)[out0 + half] = from_f<Out>((float)(x0 * s + x1 * c));
     }
     if (p.v_in) {
-      static_cast<Out*>(p.v_out)[out0] = from_f<Out>(p.v_in[in0]);
-      static_cast<Out*>(p.v_out)[out0 + half] = from_f<Out>(p.v_in[in0 + half]);
+      static_cast<Out*>(p.v_out)[out0] = from_f<Out>(to_f(vi[in0]));
+      static_cast<Out*>(p.v_out)[out0 + half] = from_f<Out>(to_f(vi[in0 + half]));
     }
   }
 }
@@ -60,7 +63,19 @@ __device__ __forceinline__ void store4(void* base, int64_t off, float a, float b
     *reinterpret_cast<float4*>(static_cast<Out*>(base) + off) = make_float4(a, b, c, d);
   }
 }
-template <class Out>
+// 4 consecutive elements at element offset off: 16 bytes of float32 or 8 of bf16.
+template <class In>
+__device__ __forceinline__ float4 load4(const void* base, int64_t off) {
+  if constexpr (sizeof(In) == 2) {
+    const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const In*>(base) + off);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  } else {
+    return *reinterpret_cast<const float4*>(static_cast<const In*>(base) + off);
+  }
+}
+template <class In, class Out>
 __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
   const RopeParams& p = a.p;
   const int64_t half = p.head_dim / 2, quads = half / 4;
@@ -70,9 +85,8 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
   double s[4], c[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) sincos((double)pos * a.theta[k + e], &s[e], &c[e]);
-  auto rot = [&](const float* in, void* out, int64_t in0, int64_t out0) {
-    const float4 x0 = *reinterpret_cast<const float4*>(in + in0);
-    const float4 x1 = *reinterpret_cast<const float4*>(in + in0 + half);
+  auto rot = [&](const void* in, void* out, int64_t in0, int64_t out0) {
+    const float4 x0 = load4<In>(in, in0), x1 = load4<In>(in, in0 + half);
     const double a0[4] = {x0.x, x0.y, x0.z, x0.w}, a1[4] = {x1.x, x1.y, x1.z, x1.w};
     float lo[4], hi[4];
 #pragma unroll
@@ -89,8 +103,7 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
     if (p.q_out) rot(p.q_in, p.q_out, in0, out0);
     if (p.k_out) rot(p.k_in, p.k_out, in0, out0);
     if (p.v_in) {
-      const float4 v0 = *reinterpret_cast<const float4*>(p.v_in + in0);
-      const float4 v1 = *reinterpret_cast<const float4*>(p.v_in + in0 + half);
+      const float4 v0 = load4<In>(p.v_in, in0), v1 = load4<In>(p.v_in, in0 + half);
       store4<Out>(p.v_out, out0, v0.x, v0.y, v0.z, v0.w);
       store4<Out>(p.v_out, out0 + half, v1.x, v1.y, v1.z, v1.w);
     }
@@ -105,19 +118,25 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   a.p = p;
   for (int64_t k = 0; k < p.head_dim / 2; ++k)
     a.theta[k] = std::pow(p.base, -2.0 * (double)k / (double)p.head_dim);
-  // 16-byte loads need head_dim % 8 == 0 and 16-byte aligned rows (in_stride % 4 == 0).
+  const bool in_bf = p.in_type == DType::kBF16, out_bf = p.out_type == DType::kBF16;
+  if (in_bf && !out_bf) throw SystemError("rope: a bf16 input needs a bf16 output");
+  // Vector loads need head_dim % 8 == 0 and rows aligned to 4 elements (in_stride % 4 == 0).
   if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0) {
     const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 8), 256);
-    if (p.out_type == DType::kBF16)
-      rope4_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    if (in_bf)
+      rope4_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    else if (out_bf)
+      rope4_kernel<float, __nv_bfloat16><<<grid, 256, 0, stream>>>(a);
     else
-      rope4_kernel<float><<<grid, 256, 0, stream>>>(a);
+      rope4_kernel<float, float><<<grid, 256, 0, stream>>>(a);
   } else {
     const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 2), 256);
-    if (p.out_type == DType::kBF16)
-      rope_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    if (in_bf)
+      rope_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, 256, 0, stream>>>(a);
+    else if (out_bf)
+      rope_kernel<float, __nv_bfloat16><<<grid, 256, 0, stream>>>(a);
     else
-      rope_kernel<float><<<grid, 256, 0, stream>>>(a);
+      rope_kernel<float, float><<<grid, 256, 0, stream>>>(a);
   }
   SPARSA_LAUNCH_CHECK();
 }

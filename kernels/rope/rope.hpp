@@ -1,5 +1,5 @@
 // sparsa kernels: RoPE "rotate half" of q and k (spec 2), fused with the conversion of q, k, v
-// from the float32 projection output to the attention type.
+// from the projection output (float32, or bf16 as the GEMM wrote it) to the attention type.
 //   theta_k = base^(-2k/dh) (computed on the host with std::pow, as the CPU), angle = p * theta_k
 //   in double, cos/sin in double: positions reach 1e9, where a float angle is off by radians.
 #pragma once
@@ -8,9 +8,9 @@
 namespace sparsa::kern {
 
 struct RopeParams {
-  const float* q_in;  // [n_tokens, in_stride], head h at columns h*head_dim ..
-  const float* k_in;  // [n_tokens, in_stride] (read only when k_out is given)
-  const float* v_in;  // [n_tokens, in_stride] or null (then v_out is untouched)
+  const void* q_in;  // [n_tokens, in_stride] of in_type, head h at columns h*head_dim ..
+  const void* k_in;  // [n_tokens, in_stride] (read only when k_out is given)
+  const void* v_in;  // [n_tokens, in_stride] or null (then v_out is untouched)
   int64_t in_stride;
   void* q_out;  // [n_tokens, n_heads * head_dim] of out_type (may be null: q not needed)
   void* k_out;  // [n_tokens, n_heads * head_dim] (may be null: k not needed)
@@ -22,6 +22,8 @@ struct RopeParams {
   // When set: row r's record position is positions[r] (device, [n_tokens]; rows gathered from
   // anywhere in the record) and first_pos is unused.
   const int64_t* positions = nullptr;
+  // The projection output's type: float32, or bf16 (then out_type must be bf16 too).
+  DType in_type = DType::kF32;
 };
 void launch_rope(const RopeParams& p, cudaStream_t stream);
 

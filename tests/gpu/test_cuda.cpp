@@ -157,6 +157,29 @@ TEST(CudaOps, RopeNearOneBillion) {
       EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
       EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
       EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
+      if (t == DType::kBF16) {
+        // A bf16 projection output (the model's bf16 mode): the same bits as float32 input that
+        // holds the same bf16 values, and within the bf16 bound of the CPU.
+        DeviceBuffer in_b = up_act(qkv, DType::kBF16);
+        DeviceBuffer in_f = up(down_act(in_b, n * 3 * d, DType::kBF16));
+        DeviceBuffer qb(n * d * eb), kb(n * d * eb), vb(n * d * eb), qf(n * d * eb), kf(n * d * eb),
+            vf(n * d * eb);
+        const char* pb = in_b.as<char>();
+        kern::RopeParams rb{pb, pb + 2 * d, pb + 4 * d, 3 * d, qb.get(), kb.get(), vb.get(),
+                            t,  n,          H,          dh,    first,    10000.0};
+        rb.in_type = DType::kBF16;
+        kern::launch_rope(rb, nullptr);
+        const float* pf = in_f.as<float>();
+        kern::launch_rope({pf, pf + d, pf + 2 * d, 3 * d, qf.get(), kf.get(), vf.get(), t, n, H, dh,
+                           first, 10000.0},
+                          nullptr);
+        EXPECT_TRUE(down_act(qb, n * d, t) == down_act(qf, n * d, t));
+        EXPECT_TRUE(down_act(kb, n * d, t) == down_act(kf, n * d, t));
+        EXPECT_TRUE(down_act(vb, n * d, t) == down_act(vf, n * d, t));
+        EXPECT_LE(rel_err(down_act(qb, n * d, t), q), 1e-2);
+        EXPECT_LE(rel_err(down_act(kb, n * d, t), k), 1e-2);
+        EXPECT_LE(rel_err(down_act(vb, n * d, t), v), 1e-2);
+      }
       // Rows gathered from anywhere (the global rows' K/V): positions[] instead of first_pos. Row
       // i of the input is row perm[i] of the record, so its output is row perm[i] of the above.
       std::vector<int64_t> perm(n), pos(n);
@@ -459,6 +482,13 @@ TEST(CudaOps, ElementwiseGeluPoolRc) {
     DeviceBuffer db = up_act(x, DType::kBF16);
     kern::launch_gelu({nullptr, db.get(), DType::kBF16, n * d, db.get()}, nullptr);
     EXPECT_LE(rel_err(down_act(db, n * d, DType::kBF16), ref16), 1e-2);
+    // n * d % 8 == 0 took the 8-a-thread kernel; a count that is not (the 2-a-thread kernel)
+    // gives the same bits.
+    DeviceBuffer dc = up_act(x, DType::kBF16);
+    kern::launch_gelu({nullptr, dc.get(), DType::kBF16, n * d - 2, dc.get()}, nullptr);
+    const auto g8 = down_act(db, n * d, DType::kBF16), g2 = down_act(dc, n * d, DType::kBF16);
+    EXPECT_TRUE(std::equal(g2.begin(), g2.end() - 2, g8.begin()));
+    EXPECT_EQ(g2.back(), xb.back());  // past the count: untouched
   }
   {  // pooling: bins of 10 (last short), as pool_shard
     const int64_t bin = 10, nb = (n + bin - 1) / bin;

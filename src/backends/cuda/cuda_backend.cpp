@@ -286,14 +286,16 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
     kern::launch_rmsnorm({xr + c0 * d, L.attn_norm.as<float>(), bf ? nullptr : h32.as<float>(),
                           bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
                          s);
+    // bf16: the projection is written as bf16 by cuBLASLt (into qkv32's memory), so RoPE reads
+    // half the bytes; a row's q and k are rounded to bf16 before the rotation and after it.
     prof.mark(kQkv, s);
-    gemm.run(bf ? hact.get() : h32.get(), L.wqkv.get(), qkv32.as<float>(), rows, 3 * d, d, act,
-             false, s);
+    gemm.run(bf ? hact.get() : h32.get(), L.wqkv.get(), qkv32.get(), rows, 3 * d, d, act, false, s,
+             act);
     prof.mark(kRope, s);
-    const float* p = qkv32.as<float>();
+    const char* p = qkv32.as<char>();
     kern::RopeParams rp{p,
-                        p + d,
-                        p + 2 * d,
+                        p + d * eb,
+                        p + 2 * d * eb,
                         3 * d,
                         q ? static_cast<char*>(q) + c0 * rb : nullptr,
                         static_cast<char*>(k) + c0 * rb,
@@ -305,6 +307,7 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
                         first_pos + c0,
                         c.rope_base};
     rp.positions = positions ? positions + c0 : nullptr;
+    rp.in_type = act;
     kern::launch_rope(rp, s);
   }
 }
