@@ -504,6 +504,14 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     if (!single) {  // the edges' Q/K/V, from this layer's input (the interior changes x first)
       I.fill(L, I.edge_lo, kvlo, elo_hi, m, b);
       if (kvhi > ehi_lo) I.fill(L, I.edge_hi, ehi_lo, kvhi, m, b);
+      // Halo rows are zero until they land: the kernels load whole key tiles, and a masked key's
+      // p = 0 times a NaN pattern in stale memory would be NaN.
+      for (auto [r0, r1] : {std::pair{kvlo, int64_t{0}}, std::pair{m, kvhi}})
+        if (r1 > r0) {
+          RowWindow& E = edge_of(r0, r1);
+          cuda::memset_device(E.at(E.k, r0, row_bytes), 0, (r1 - r0) * row_bytes, s);
+          cuda::memset_device(E.at(E.v, r0, row_bytes), 0, (r1 - r0) * row_bytes, s);
+        }
     }
 
     // Halo: K and V rows (after RoPE) beyond the shard edges, staged through the host (only the
