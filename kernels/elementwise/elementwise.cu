@@ -92,7 +92,8 @@ __global__ void pool_kernel(PoolParams p) {
   const int64_t b = idx / p.d, j = idx % p.d;
   const int64_t r0 = b * p.bin, r1 = min(p.n_tokens, r0 + p.bin);
   double acc = 0.0;
-  for (int64_t r = r0; r < r1; ++r) acc += (double)p.y[r * p.d + j];
+  for (int64_t r = r0; r < r1; ++r)
+    acc += (double)p.y[(p.reversed ? p.n_tokens - 1 - r : r) * p.d + j];
   p.out[idx] = (float)(acc / (double)(r1 - r0));
 }
 

@@ -27,11 +27,13 @@ struct GatherRowsParams {
 void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream);
 
 // Mean over bins of `bin` rows: out[b] = mean(y[b*bin .. min(n, (b+1)*bin))), summed in double
-// in row order (as pool_shard in pipelines/embed).
+// in row order (as pool_shard in pipelines/embed). reversed: row t of the bins is y[n - 1 - t]
+// (the reverse-complement pass, whose row n - 1 - t is forward row t), summed in t order.
 struct PoolParams {
   const float* y;  // [n_tokens, d]
   float* out;      // [ceil(n_tokens / bin), d]
   int64_t n_tokens, d, bin;
+  bool reversed = false;
 };
 void launch_pool(const PoolParams& p, cudaStream_t stream);
 

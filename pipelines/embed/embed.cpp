@@ -206,9 +206,10 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (cuda_available(&why)) {
     CudaOptions co;
     co.bf16 = !o.cuda_fp32;
-    // bin:N without --rc-average: pool on the GPU and copy only the bin means back (shards start
-    // on bin boundaries, so device bins are the record's bins).
-    if (o.pool.kind == PoolSpec::kBin && !o.rc_average) {
+    // bin:N: pool on the GPU and copy only the bin means back (shards start on bin boundaries,
+    // so device bins are the record's bins; the reverse-complement pass pools the rows that
+    // mirror each forward bin, and the two passes' bin means are averaged here).
+    if (o.pool.kind == PoolSpec::kBin) {
       co.output = CudaOutput::kPooled;
       co.pool_bin = o.pool.bin;
     }
@@ -267,11 +268,20 @@ struct EmbedRun {
       reverse_complement(rc);
       const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
       ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
-      // Forward row t of this shard is reverse row (m - 1 - t) of the mirrored shard.
-      const int64_t m = sh.size();
-      for (int64_t t = 0; t < m; ++t)
-        for (int64_t j = 0; j < d; ++j)
-          fwd.y[t * d + j] = (fwd.y[t * d + j] + rev.y[(m - 1 - t) * d + j]) * 0.5f;
+      if (fwd.pooled_bin > 0) {
+        // Bin means of both passes, bin k of the reverse pass mirroring forward bin k: the mean
+        // of (f + r) / 2 over a bin is the mean of the two means (equal up to rounding).
+        if (rev.pooled_bin != fwd.pooled_bin || rev.y.size() != fwd.y.size())
+          throw SystemError("internal: the two passes pooled differently");
+        for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = (fwd.y[i] + rev.y[i]) * 0.5f;
+      } else {
+        // Forward row t of this shard is reverse row (m - 1 - t) of the mirrored shard.
+        const int64_t m = sh.size();
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < m; ++t)
+          for (int64_t j = 0; j < d; ++j)
+            fwd.y[t * d + j] = (fwd.y[t * d + j] + rev.y[(m - 1 - t) * d + j]) * 0.5f;
+      }
     }
     Pooled pooled;
     if (fwd.pooled_bin > 0) {

@@ -504,6 +504,20 @@ TEST(CudaOps, ElementwiseGeluPoolRc) {
     DeviceBuffer dy = up(x), dp(nb * d * 4);
     kern::launch_pool({dy.as<float>(), dp.as<float>(), n, d, bin}, nullptr);
     EXPECT_EQ(down<float>(dp, nb * d), ref);
+    // reversed (the reverse-complement pass): bin k over rows n - 1 - t, t in bin k, in t order.
+    std::vector<float> ref_r;
+    for (int64_t b0 = 0; b0 < n; b0 += bin) {
+      const int64_t b1 = std::min(n, b0 + bin);
+      for (int64_t j = 0; j < d; ++j) {
+        double acc = 0;
+        for (int64_t t = b0; t < b1; ++t) acc += x[(n - 1 - t) * d + j];
+        ref_r.push_back((float)(acc / (double)(b1 - b0)));
+      }
+    }
+    kern::PoolParams pr{dy.as<float>(), dp.as<float>(), n, d, bin};
+    pr.reversed = true;
+    kern::launch_pool(pr, nullptr);
+    EXPECT_EQ(down<float>(dp, nb * d), ref_r);
   }
   {  // reverse complement of tokens and the average of the two strands
     std::vector<int32_t> tok = {2, 3, 4, 5, 6, 3, 3, 0, 1};
@@ -634,6 +648,37 @@ TEST(CudaModel, AttentionChunksBitIdentical) {
       ForwardOutput got = CudaModel(w, o).forward(tok.data(), sh, *comm);
       EXPECT_TRUE(got.y == ref.y) << "attention chunk " << ac;
       EXPECT_TRUE(got.global_positions == ref.global_positions) << "attention chunk " << ac;
+    }
+  }
+}
+
+TEST(CudaModel, PooledOutputIsThePoolOfTheRowsOnBothStrands) {
+  SKIP_WITHOUT_GPU();
+  // kPooled gives the bin means of the rows kHost returns; for a mirrored shard (the reverse
+  // pass of --rc-average) bin k pools the rows that mirror forward bin k, bit for bit.
+  ModelConfig c = small_config(128, 2, 64, false, 64);
+  const int64_t n = 1000, bin = 64, nb = (n + bin - 1) / bin, d = c.d_model;
+  ModelWeights w = init_model(c, 7);
+  auto tok = dna(n, 11);
+  auto comm = make_single_comm();
+  for (bool mirrored : {false, true}) {
+    SCOPED_TRACE(mirrored ? "mirrored" : "forward");
+    const Shard sh = shard_of(n, 0, 1, 1, mirrored);
+    CudaOptions host{true, -1, 4096};
+    CudaOptions pooled = host;
+    pooled.output = CudaOutput::kPooled;
+    pooled.pool_bin = bin;
+    const ForwardOutput rows = CudaModel(w, host).forward(tok.data(), sh, *comm);
+    const ForwardOutput got = CudaModel(w, pooled).forward(tok.data(), sh, *comm);
+    ASSERT_EQ(got.pooled_bin, bin);
+    ASSERT_EQ((int64_t)got.y.size(), nb * d);
+    for (int64_t k = 0; k < nb; ++k) {
+      const int64_t t0 = k * bin, t1 = std::min(n, t0 + bin);
+      for (int64_t j = 0; j < d; ++j) {
+        double acc = 0;
+        for (int64_t t = t0; t < t1; ++t) acc += rows.y[(mirrored ? n - 1 - t : t) * d + j];
+        ASSERT_EQ(got.y[k * d + j], (float)(acc / (double)(t1 - t0))) << "bin " << k << " " << j;
+      }
     }
   }
 }

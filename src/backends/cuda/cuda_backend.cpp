@@ -800,7 +800,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
     I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
-    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin}, s);
+    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin, shard.mirrored}, s);
     out.y.resize(bins * d);
     out.pooled_bin = bin;
     cuda::copy_to_host(out.y.data(), I.pooled.get(), bins * d * 4, s);
