@@ -4,7 +4,11 @@
 // row_end); the band kernel (below) writes alpha_h * Local_i + that, in bf16.
 //
 // Global: NWG warpgroups a block, each owning 64 query rows (BQ = 64 NWG), key tiles of BK
-// gathered keys in an S-stage cp.async ring. Per key tile and warpgroup:
+// gathered keys in an S-stage ring. BULK (the default): the launcher packs, per head and key tile,
+// the exact shared-memory image of a stage (pack_stage_kernel: K swizzled, V^T with the gate
+// folded in and the ones row), and one thread moves each tile with one bulk copy (TMA unit)
+// completing on an mbarrier; otherwise every thread loads its part with cp.async. Per key tile
+// and warpgroup:
 //   S[64 x BK] = Q K^T     wgmma m64nBKk16, Q and K from shared memory (4 k-steps over dh 64)
 //   online softmax of S in registers (fp32, exp2 as one FFMA + ex2.approx), P = bf16(S)
 //   O[64 x 72] += P V1     wgmma m64n72k16, P from registers, V^T and a ones row from shared
@@ -55,6 +59,34 @@ __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 }
 __device__ __forceinline__ void proxy_fence() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// mbarrier of one arrival (the issuing thread) plus the bytes of a bulk copy (BULK kernels).
+__device__ __forceinline__ void mbar_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Arms `bar` for `bytes` and copies them global -> shared (16-byte aligned, multiple of 16) by
+// the TMA unit; the barrier's phase completes when they have landed.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
+                                          uint32_t bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// Waits until the phase of parity `phase` of `bar` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
+  asm volatile(
+      "{\n.reg .pred P;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n"
+      "@!P bra WAIT;\n}\n" ::"r"(bar),
+      "r"(phase)
+      : "memory");
 }
 
 // D[64 x 64] (+)= A[64 x 16] (shared, descriptor) * B[64 x 16]^T (shared, descriptor)
@@ -210,17 +242,21 @@ __device__ __forceinline__ float quad_sum(float x) {
 struct WgArgs {
   AttentionParams p;
   const __nv_bfloat16* vt;  // [d][g_pad]: gamma_j * v_global[j][c], zero for j >= n_global
-  int64_t g_pad;            // n_global rounded up to 128
-  int64_t tile_pos0;        // record position of the first query tile (a multiple of BQ)
-  float scale_log2;         // log2(e) / sqrt(64)
+  // BULK: per head and key tile of 128, the shared-memory image of one stage (K tile, then the
+  // two V^T sub-tiles with their ones and zero rows), copied by one bulk copy (pack_stage_kernel).
+  const unsigned char* img;
+  int64_t g_pad;      // n_global rounded up to 128
+  int64_t tile_pos0;  // record position of the first query tile (a multiple of BQ)
+  float scale_log2;   // log2(e) / sqrt(64)
 };
 
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, bool BULK>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     global_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
   static_assert(BK == 64 || BK == 128, "key tile of 64 or 128");
   static_assert(S >= 2, "at least two stages");
+  static_assert(!BULK || (ONES && BK == 128), "BULK images hold 128-key tiles with the ones row");
   constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG;
   constexpr int kKTile = BK * 128;                  // bytes: BK rows of 64 bf16
   constexpr int kVRows = ONES ? 72 : 64;            // V^T rows: channels (+ ones, 7 zero rows)
@@ -233,6 +269,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const uint32_t q_tile = base;
   auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)s * kStage; };
   auto v_tile = [&](int s) { return k_tile(s) + kKTile; };
+  auto bar = [&](int s) { return k_tile(S) + 8u * (uint32_t)s; };  // BULK: after the stages
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
@@ -254,7 +291,12 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   }
   const int64_t n_tiles = (n_keys + BK - 1) / BK;
 
-  if constexpr (ONES) {  // V^T rows 64..71 of every sub-tile: ones, then zeros (never reloaded)
+  if constexpr (BULK) {  // the images hold the ones and zero rows
+    if (threadIdx.x == 0) {
+      for (int st = 0; st < S; ++st) mbar_init(bar(st));
+      mbar_init_fence();
+    }
+  } else if constexpr (ONES) {  // V^T rows 64..71 of every sub-tile: ones, zeros (not reloaded)
     for (int idx = tid; idx < S * (BK / 64) * 8 * 8; idx += NT) {
       const int chunk = idx % 64, sub = idx / 64;  // 8 rows x 8 chunks of 16 bytes a sub-tile
       const uint32_t addr =
@@ -273,7 +315,13 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int vc = tid % (BK / 8);
   const uint32_t k_dst = swz<64>(tid / 8, tid % 8);
   const uint32_t v_dst = (vc / 8) * kVSub + swz<64>(tid / (BK / 8), vc % 8);
+  const int64_t img_tiles = a.g_pad / BK;
   auto issue = [&](int64_t t, int s) {
+    if constexpr (BULK) {
+      if (tid == 0 && t < n_tiles)
+        bulk_load(k_tile(s), a.img + ((int64_t)h * img_tiles + t) * kStage, kStage, bar(s));
+      return;
+    }
     if (t < n_tiles) {
       const int64_t g0 = t * BK;
       const bool last = g0 + BK > p.n_global;
@@ -299,6 +347,11 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
   }
   cp_async_commit();
+  if constexpr (BULK) {  // Q landed and the barriers initialised before any thread goes on
+    cp_async_wait<0>();
+    proxy_fence();
+    __syncthreads();
+  }
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s, s);
 
@@ -313,9 +366,13 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 
   int cur = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
-    cp_async_wait<S - 2>();
-    proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
-    __syncthreads();
+    if constexpr (BULK) {
+      mbar_wait(bar(cur), (uint32_t)((t / S) & 1));  // tile t landed (the TMA unit's writes)
+    } else {
+      cp_async_wait<S - 2>();
+      proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
+    }
+    __syncthreads();  // every warpgroup is done with the buffer of tile t - 1
     {
       int nb = cur + S - 1;
       if (nb >= S) nb -= S;
@@ -562,6 +619,43 @@ __global__ void fold_gate_kernel(const __nv_bfloat16* vg, const float* gamma, in
                          : __float2bfloat16_rn(0.0f);
 }
 
+// The BULK stage images: for head h and key tile t (128 keys), 34816 bytes laid out as the
+// kernel's shared-memory stage: K rows (16 KB, 128-byte swizzle), then two V^T sub-tiles of 64
+// keys, each 64 channel rows (gate folded in) + a row of ones + 7 zero rows (9 KB each). One
+// thread per 16-byte chunk; keys >= n_global are zero.
+__global__ void pack_stage_kernel(const __nv_bfloat16* kg, const __nv_bfloat16* vg,
+                                  const float* gamma, int64_t n_global, int64_t n_heads,
+                                  int64_t n_tiles, unsigned char* img) {
+  constexpr int kK = 128 * 128, kSub = 72 * 128, kStage = kK + 2 * kSub, kChunks = kStage / 16;
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= n_heads * n_tiles * kChunks) return;
+  const int64_t tile = idx / kChunks, h = tile / n_tiles, t = tile % n_tiles;
+  const int q = (int)(idx % kChunks);
+  const int64_t d = n_heads * 64;
+  __align__(16) __nv_bfloat16 v8[8];
+  uint32_t off;
+  if (q < kK / 16) {  // K: row r = key t*128 + r, chunk c = channels 8c..8c+7
+    const int r = q / 8, c = q % 8;
+    const int64_t j = t * 128 + r;
+    for (int e = 0; e < 8; ++e)
+      v8[e] = j < n_global ? kg[j * d + h * 64 + c * 8 + e] : __float2bfloat16_rn(0.0f);
+    off = swz<64>(r, c);
+  } else {  // V^T sub-tile u: row = channel (64: ones, 65..71: zeros), chunk c = keys 8c..8c+7
+    const int w = q - kK / 16, u = w / (kSub / 16), row = (w % (kSub / 16)) / 8, c = w % 8;
+    for (int e = 0; e < 8; ++e) {
+      const int64_t j = t * 128 + u * 64 + c * 8 + e;
+      float x = 0.0f;
+      if (row < 64 && j < n_global)
+        x = __bfloat162float(vg[j * d + h * 64 + row]) * gamma[j];
+      else if (row == 64)
+        x = 1.0f;
+      v8[e] = __float2bfloat16_rn(x);
+    }
+    off = kK + u * kSub + swz<64>(row, c);
+  }
+  *reinterpret_cast<uint4*>(img + tile * kStage + off) = *reinterpret_cast<const uint4*>(v8);
+}
+
 __global__ void probe_kernel(int* out) {
 #ifdef SPARSA_WGMMA
   *out = 1;
@@ -570,13 +664,13 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, bool BULK>
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
-  const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128);
+  const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 8;
   static bool configured = false;  // NOTE: per process; the attribute is per device function
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
@@ -584,7 +678,7 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
   const dim3 grid = qt.grid;
-  global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES><<<grid, 128 * NWG, smem, stream>>>(a);
+  global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 
@@ -633,22 +727,34 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
   if (p.type != DType::kBF16 || p.head_dim != 64 || !p.global_scratch || p.n_global <= 0)
     throw SystemError("attention: the wgmma global kernel needs bf16, head_dim 64 and a scratch");
   const int64_t d = p.n_heads * 64, g_pad = (p.n_global + 127) / 128 * 128;
-  __nv_bfloat16* vt = nullptr;
-  SPARSA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&vt),
-                                    (size_t)(d * g_pad) * sizeof(__nv_bfloat16), stream));
-  fold_gate_kernel<<<grid_for(d * g_pad, 256), 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, d, g_pad, vt);
-  SPARSA_LAUNCH_CHECK();
   WgArgs a{};
   a.p = p;
-  a.vt = vt;
   a.g_pad = g_pad;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
-  if (variant == "wg0")
-    launch_wg<2, 128, 2, 2, false, false>(a, stream);
-  else
-    launch_wg<2, 128, 2, 2, true, true>(a, stream);
-  SPARSA_CUDA_CHECK(cudaFreeAsync(vt, stream));
+  void* buf = nullptr;  // the gate-folded V^T, or the BULK stage images
+  if (variant == "wg0" || variant == "wgcp") {
+    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(d * g_pad) * sizeof(__nv_bfloat16), stream));
+    a.vt = static_cast<__nv_bfloat16*>(buf);
+    fold_gate_kernel<<<grid_for(d * g_pad, 256), 256, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, d, g_pad,
+        static_cast<__nv_bfloat16*>(buf));
+    SPARSA_LAUNCH_CHECK();
+    if (variant == "wg0")
+      launch_wg<2, 128, 2, 2, false, false, false>(a, stream);
+    else
+      launch_wg<2, 128, 2, 2, true, true, false>(a, stream);
+  } else {
+    const int64_t tiles = g_pad / 128, chunks = p.n_heads * tiles * (34816 / 16);
+    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(p.n_heads * tiles * 34816), stream));
+    a.img = static_cast<const unsigned char*>(buf);
+    pack_stage_kernel<<<grid_for(chunks, 256), 256, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(p.k_global),
+        static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, p.n_heads, tiles,
+        static_cast<unsigned char*>(buf));
+    SPARSA_LAUNCH_CHECK();
+    launch_wg<2, 128, 2, 2, true, true, true>(a, stream);
+  }
+  SPARSA_CUDA_CHECK(cudaFreeAsync(buf, stream));
 }
 
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream) {
