@@ -821,8 +821,9 @@ bool split_enabled() {
 // Kernel choice (head_dim 64, bf16), for A/B runs (scripts/device-check.sh, bench/NOTES.md).
 // SPARSA_ATTN_BAND: auto (default: wg on an sm_90a device, else 8), wg and wgs3 (wgmma kernels,
 // attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
-// SPARSA_ATTN_GLOBAL: auto (default: wg on sm_90a, else 2x4), wg, wgcp and wg0 (wgmma), 2x4 (v4
-// global kernel on mma.sync). SPARSA_ATTN_SPLIT=0: the global part fused into the v1 kernel.
+// SPARSA_ATTN_GLOBAL: auto (default: wg on sm_90a, else 2x4), wg, wgbar, wgcp and wg0 (wgmma),
+// 2x4 (v4 global kernel on mma.sync). SPARSA_ATTN_SPLIT=0: the global part fused into the v1
+// kernel.
 const char* env_or(const char* name, const char* dflt) {
   const char* e = std::getenv(name);
   return e && e[0] ? e : dflt;

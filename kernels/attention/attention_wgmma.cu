@@ -7,7 +7,9 @@
 // gathered keys in an S-stage ring. BULK (the default): the launcher packs, per head and key tile,
 // the exact shared-memory image of a stage (pack_stage_kernel: K swizzled, V^T with the gate
 // folded in and the ones row), and one thread moves each tile with one bulk copy (TMA unit)
-// completing on an mbarrier; otherwise every thread loads its part with cp.async. Per key tile
+// completing on a "full" mbarrier; each warpgroup releases a buffer on an "empty" mbarrier, on
+// which only the issuing thread waits (no block barrier in the loop, so the two warpgroups drift
+// up to a tile apart); otherwise every thread loads its part with cp.async. Per key tile
 // and warpgroup:
 //   S[64 x BK] = Q K^T     wgmma m64nBKk16, Q and K from shared memory (4 k-steps over dh 64)
 //   online softmax of S in registers (fp32, exp2 as one FFMA + ex2.approx), P = bf16(S)
@@ -60,9 +62,10 @@ __device__ __forceinline__ void reg_fence(float (&r)[N]) {
 __device__ __forceinline__ void proxy_fence() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// mbarrier of one arrival (the issuing thread) plus the bytes of a bulk copy (BULK kernels).
-__device__ __forceinline__ void mbar_init(uint32_t bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+// mbarriers (BULK kernels): "full", one arrival (the issuing thread) plus the bytes of a bulk
+// copy; "empty", one arrival per consumer warpgroup.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_init_fence() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -78,6 +81,9 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
           "r"(dst),
       "l"(src), "r"(bytes), "r"(bar)
       : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 // Waits until the phase of parity `phase` of `bar` has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
@@ -250,7 +256,10 @@ struct WgArgs {
   float scale_log2;   // log2(e) / sqrt(64)
 };
 
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, bool BULK>
+// BULK: 0 every thread loads with cp.async; 1 one bulk copy a tile, a block barrier per tile
+// before a buffer is refilled; 2 the same, but each warpgroup releases the buffer on an "empty"
+// mbarrier and only the issuing thread waits for both releases (no block barrier in the loop).
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     global_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -269,7 +278,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const uint32_t q_tile = base;
   auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)s * kStage; };
   auto v_tile = [&](int s) { return k_tile(s) + kKTile; };
-  auto bar = [&](int s) { return k_tile(S) + 8u * (uint32_t)s; };  // BULK: after the stages
+  auto bar = [&](int s) { return k_tile(S) + 8u * (uint32_t)s; };          // BULK: after the stages
+  auto empty = [&](int s) { return k_tile(S) + 8u * (uint32_t)(S + s); };  // BULK == 2
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int64_t d = p.n_heads * DH, h = blockIdx.y;
@@ -293,7 +303,10 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 
   if constexpr (BULK) {  // the images hold the ones and zero rows
     if (threadIdx.x == 0) {
-      for (int st = 0; st < S; ++st) mbar_init(bar(st));
+      for (int st = 0; st < S; ++st) {
+        mbar_init(bar(st), 1);
+        if constexpr (BULK == 2) mbar_init(empty(st), NWG);
+      }
       mbar_init_fence();
     }
   } else if constexpr (ONES) {  // V^T rows 64..71 of every sub-tile: ones, zeros (not reloaded)
@@ -318,8 +331,10 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int64_t img_tiles = a.g_pad / BK;
   auto issue = [&](int64_t t, int s) {
     if constexpr (BULK) {
-      if (tid == 0 && t < n_tiles)
+      if (tid == 0 && t < n_tiles) {
+        if (BULK == 2 && t >= S) mbar_wait(empty(s), (uint32_t)(((t - S) / S) & 1));
         bulk_load(k_tile(s), a.img + ((int64_t)h * img_tiles + t) * kStage, kStage, bar(s));
+      }
       return;
     }
     if (t < n_tiles) {
@@ -372,7 +387,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
       cp_async_wait<S - 2>();
       proxy_fence();  // this thread's cp.async data, visible to the wgmma (async proxy)
     }
-    __syncthreads();  // every warpgroup is done with the buffer of tile t - 1
+    if constexpr (BULK != 2) __syncthreads();  // every warpgroup is done with tile t - 1's buffer
     {
       int nb = cur + S - 1;
       if (nb >= S) nb -= S;
@@ -424,6 +439,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     wg_commit();
     wg_wait<0>();
     reg_fence(o);
+    if constexpr (BULK == 2)
+      if (tid % 128 == 0) mbar_arrive(empty(cur));  // this warpgroup is done with the buffer
     if (++cur == S) cur = 0;
   }
   cp_async_wait<0>();
@@ -664,10 +681,10 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, bool BULK>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK>
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
-  const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 8;
+  const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 16;
   static bool configured = false;  // NOTE: per process; the attribute is per device function
   if (!configured) {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK>,
@@ -740,9 +757,9 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
         static_cast<__nv_bfloat16*>(buf));
     SPARSA_LAUNCH_CHECK();
     if (variant == "wg0")
-      launch_wg<2, 128, 2, 2, false, false, false>(a, stream);
+      launch_wg<2, 128, 2, 2, false, false, 0>(a, stream);
     else
-      launch_wg<2, 128, 2, 2, true, true, false>(a, stream);
+      launch_wg<2, 128, 2, 2, true, true, 0>(a, stream);
   } else {
     const int64_t tiles = g_pad / 128, chunks = p.n_heads * tiles * (34816 / 16);
     SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(p.n_heads * tiles * 34816), stream));
@@ -752,7 +769,10 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
         static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, p.n_heads, tiles,
         static_cast<unsigned char*>(buf));
     SPARSA_LAUNCH_CHECK();
-    launch_wg<2, 128, 2, 2, true, true, true>(a, stream);
+    if (variant == "wgbar")
+      launch_wg<2, 128, 2, 2, true, true, 1>(a, stream);
+    else
+      launch_wg<2, 128, 2, 2, true, true, 2>(a, stream);
   }
   SPARSA_CUDA_CHECK(cudaFreeAsync(buf, stream));
 }

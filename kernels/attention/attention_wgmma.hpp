@@ -15,8 +15,10 @@ bool wgmma_available();
 // beta * Global in fp32 into p.global_scratch (bf16, head_dim 64, n_global > 0): 2 warpgroups =
 // 128 queries a block, 128 keys a tile, 2 stages, 2 blocks an SM, lazy rescale, row sums from a
 // ones column of V; each stage one bulk copy (TMA) of a pre-packed image of the tile, waited on
-// an mbarrier. `variant` (A/B runs) "wgcp": every thread loads the tiles with cp.async; "wg0":
-// that, without the lazy rescale and the ones column.
+// a "full" mbarrier, the warpgroups releasing buffers on "empty" mbarriers (no block barrier in
+// the loop). `variant` (A/B runs) "wgbar": a block barrier per tile instead of the "empty"
+// barriers; "wgcp": every thread loads the tiles with cp.async; "wg0": that, without the lazy
+// rescale and the ones column.
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *
