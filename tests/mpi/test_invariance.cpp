@@ -7,6 +7,7 @@
 #include "../unit/compare_h5.hpp"
 #include "../unit/test_util.hpp"
 #include "io/h5.hpp"
+#include "same_on_ranks.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
@@ -22,17 +23,10 @@ struct Scenario {
 };
 
 void check_invariance(const TempDir& t, const Scenario& s, std::vector<int> ranks) {
-  const std::string base = binary() + " embed -q --force --threads 1 --dtype f32 --model " +
-                           s.model + " " + s.inputs + " " + s.extra + " --output ";
-  auto r = run(base + t / "p1.h5");
-  ASSERT_EQ(r.code, 0) << r.output;
-  for (int np : ranks) {
-    const std::string out = t / ("p" + std::to_string(np) + ".h5");
-    r = run(mpirun(np) + base + out);
-    ASSERT_EQ(r.code, 0) << "np " << np << ": " << r.output;
-    SCOPED_TRACE("np " + std::to_string(np));
-    expect_same_contents(t / "p1.h5", out);
-  }
+  expect_same_on_ranks(t, "p",
+                       binary() + " embed -q --force --threads 1 --dtype f32 --model " + s.model +
+                           " " + s.inputs + " " + s.extra + " --output ",
+                       ranks, mpirun);
 }
 
 std::string make_model(const TempDir& t, const std::string& name, const std::string& toml) {

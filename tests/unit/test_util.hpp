@@ -8,6 +8,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -17,8 +18,16 @@
 
 namespace sparsa::testing {
 
-inline std::string source_dir() { return SPARSA_SOURCE_DIR; }
-inline std::string binary() { return SPARSA_BINARY; }
+// The checkout and the sparsa binary: the build's, or SPARSA_TEST_SOURCE_DIR / SPARSA_TEST_BINARY
+// (a test binary carried to another machine, e.g. a GPU host).
+inline std::string source_dir() {
+  const char* e = std::getenv("SPARSA_TEST_SOURCE_DIR");
+  return e && e[0] ? e : SPARSA_SOURCE_DIR;
+}
+inline std::string binary() {
+  const char* e = std::getenv("SPARSA_TEST_BINARY");
+  return e && e[0] ? e : SPARSA_BINARY;
+}
 // The shared data folder beside the checkout (CI lays a copy of shared/ there).
 inline std::string shared_data() {
   if (const char* d = std::getenv("SPARSA_DATA_DIR")) return d;

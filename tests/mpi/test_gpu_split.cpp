@@ -1,0 +1,89 @@
+// Split records on GPUs: `mpirun -np P sparsa embed --device cuda` must give bit for bit the file
+// of one rank (bf16 mode), through the paths a split record takes in the CUDA backend: the edge
+// windows, halos from one or two neighbours, shards without interior rows, the global rows' K/V
+// projected from x, causal and bidirectional, --rc-average pooled on the device. The exchanges go
+// through the host (SPARSA_NCCL=0), so every rank may share one GPU; NCCL needs a GPU per rank
+// (scripts/device-e2e.sh checks that on a 4-GPU machine). Skipped without a usable GPU.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+
+#include "../unit/test_util.hpp"
+#include "same_on_ranks.hpp"
+#ifdef SPARSA_HAVE_CUDA
+#include "backends/cuda/cuda_backend.hpp"
+#endif
+
+using namespace sparsa::testing;
+
+namespace {
+
+bool gpu_usable(std::string* why) {
+#ifdef SPARSA_HAVE_CUDA
+  return sparsa::cuda_available(why);
+#else
+  *why = "built without CUDA";
+  return false;
+#endif
+}
+
+#define SKIP_WITHOUT_GPU()                                           \
+  do {                                                               \
+    std::string why;                                                 \
+    if (!gpu_usable(&why)) GTEST_SKIP() << "no usable GPU: " << why; \
+  } while (0)
+
+std::string mpirun(int np) {
+  const char* e = std::getenv("SPARSA_TEST_MPIEXEC");
+  std::string cmd = std::string(e && e[0] ? e : SPARSA_MPIEXEC) + " -np " + std::to_string(np) +
+                    " -x SPARSA_NCCL=0 ";
+  if (std::getenv("LD_LIBRARY_PATH")) cmd += "-x LD_LIBRARY_PATH ";
+  return cmd;
+}
+
+// head_dim 64 (the tensor-core kernels), window 256: lambda's shards have interior rows; the
+// 700-token records split 3 ways (~233 rows a shard) have none and take halo rows from 2 peers.
+std::string model(const TempDir& t, const std::string& name, bool causal) {
+  write_file(t / (name + ".toml"),
+             std::string("[model]\nkind = \"dna\"\nd_model = 128\nn_layers = 2\nn_heads = 2\n"
+                         "d_ff = 256\nwindow = 256\nglobal_every = 128\nglobal_max = 256\n"
+                         "router_hidden = 16\ncausal = ") +
+                 (causal ? "true" : "false") + "\n");
+  auto r = run(binary() + " init --seed 5 --config " + t / (name + ".toml") + " --output " +
+               t / (name + ".h5"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  return t / (name + ".h5");
+}
+
+std::string short_records(const TempDir& t) {
+  std::mt19937 g(3);
+  std::string fa;
+  for (int rec = 0; rec < 2; ++rec) {
+    fa += ">short" + std::to_string(rec) + "\n";
+    for (int i = 0; i < 700; ++i) fa += "ACGT"[g() % 4];
+    fa += "\n";
+  }
+  write_file(t / "short.fa", fa);
+  return t / "short.fa";
+}
+
+void same_on_ranks(const TempDir& t, const std::string& args, std::vector<int> ranks) {
+  expect_same_on_ranks(t, "g",
+                       binary() + " embed -q --force --device cuda --dtype f32 " + args +
+                           " --split-min 100 --output ",
+                       ranks, mpirun);
+}
+
+}  // namespace
+
+TEST(MpiGpu, SplitRecordsBitIdenticalToOneRank) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false), ca = model(t, "ca", true);
+  const std::string inputs =
+      "--input " + source_dir() + "/examples/lambda_virus.fa.gz --input " + short_records(t);
+  same_on_ranks(t, "--model " + bi + " " + inputs + " --pool none", {2, 3});
+  same_on_ranks(t, "--model " + ca + " " + inputs + " --pool none", {3});
+  same_on_ranks(t, "--model " + bi + " " + inputs + " --rc-average --pool bin:100", {2});
+}
