@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root with the bundled binaries in .dev/bundle
-# (sparsa, sparsa_gpu_tests; shared libraries in .dev/bundle/lib): the GPU tests, then the
+# (sparsa, sparsa_gpu_tests, optionally sparsa_mpi_tests; shared libraries in .dev/bundle/lib): the
+# GPU tests (and the MPI GPU tests: split records over ranks sharing the GPU), then the
 # benchmarks of issue 4, and a short table last. About 2 minutes on one H200 (SPARSA_LONG=n,n,...:
 # also the dna-base model at those n, pooled output, until the first out-of-memory).
 #   SPARSA_BUNDLE=DIR   another bundle folder      OUT=DIR   where the logs go
@@ -31,6 +32,13 @@ timeout 300 "$B/sparsa_gpu_tests" --gtest_color=no 2>&1 | tee "$OUT/tests.txt" |
   head -200
 tests_rc=${PIPESTATUS[0]}
 echo "(tests took $(( $(date +%s) - t0 )) s)"
+if [ -x "$B/sparsa_mpi_tests" ]; then  # split records over 2 and 3 ranks sharing this GPU
+  echo "== MPI GPU tests"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 SPARSA_TEST_BINARY="$(cd "$B" && pwd)/sparsa" \
+    SPARSA_TEST_SOURCE_DIR="$PWD" SPARSA_TEST_MPIEXEC="mpirun --bind-to none" \
+    timeout 300 "$B/sparsa_mpi_tests" --gtest_filter='MpiGpu.*' --gtest_color=no 2>&1 |
+    tee "$OUT/mpi-tests.txt" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) +\]|Failure"
+fi
 
 bench() {  # name, then sparsa bench arguments
   local name=$1
