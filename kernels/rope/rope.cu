@@ -120,8 +120,14 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
     a.theta[k] = std::pow(p.base, -2.0 * (double)k / (double)p.head_dim);
   const bool in_bf = p.in_type == DType::kBF16, out_bf = p.out_type == DType::kBF16;
   if (in_bf && !out_bf) throw SystemError("rope: a bf16 input needs a bf16 output");
-  // Vector loads need head_dim % 8 == 0 and rows aligned to 4 elements (in_stride % 4 == 0).
-  if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0) {
+  // Vector loads need head_dim % 8 == 0, rows aligned to 4 elements (in_stride % 4 == 0) and base
+  // pointers aligned to 4 elements (16 bytes for float32 in, 8 for bf16 in; outputs 8 or 16).
+  const uintptr_t in_al = in_bf ? 8 : 16, out_al = out_bf ? 8 : 16;
+  bool aligned = true;
+  for (const void* q : {p.q_in, p.k_in, p.v_in}) aligned = aligned && (uintptr_t)q % in_al == 0;
+  for (const void* q : {(const void*)p.q_out, (const void*)p.k_out, (const void*)p.v_out})
+    aligned = aligned && (uintptr_t)q % out_al == 0;
+  if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0 && aligned) {
     const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 8), 256);
     if (in_bf)
       rope4_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, 256, 0, stream>>>(a);
