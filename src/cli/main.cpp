@@ -29,9 +29,11 @@ const char* kDescription =
     "  sparsa embed --model model.h5 --input genome.fa.gz --output emb.h5 --pool bin:128\n"
     "  sparsa inspect emb.h5\n"
     "  mpirun -np 4 sparsa embed ...     (one record split over 4 ranks)\n"
+    "  sparsa embed ... --device cuda    (a GPU per rank; bf16, --precision for fp32)\n"
     "\n"
     "Weights from `init` are random until training lands: embeddings are deterministic\n"
-    "functions of the input, not yet biologically meaningful.";
+    "functions of the input, not yet biologically meaningful.\n"
+    "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.";
 
 std::string join_argv(int argc, char** argv) {
   std::string s;
