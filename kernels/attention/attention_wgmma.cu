@@ -245,6 +245,11 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 #endif  // SPARSA_WGMMA
 
+// A BULK stage image, byte for byte the global kernel's shared-memory stage for 128-key tiles
+// with the ones row: the K tile (128 rows of 128 bytes), then two V^T sub-tiles of 64 keys (64
+// channel rows, the ones row and 7 zero rows, 128 bytes each).
+constexpr int kImgK = 128 * 128, kImgVSub = 72 * 128, kImgStage = kImgK + 2 * kImgVSub;
+
 struct WgArgs {
   AttentionParams p;
   const __nv_bfloat16* vt;  // [d][g_pad]: gamma_j * v_global[j][c], zero for j >= n_global
@@ -272,6 +277,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   constexpr int kVSub = kVRows * 128;               // one V^T sub-tile: 64 keys
   constexpr int kStage = kKTile + BK / 64 * kVSub;  // K tile, then V^T as BK / 64 sub-tiles
   constexpr int NO = ONES ? 36 : 32;                // output accumulators (+ the row sums)
+  static_assert(!BULK || kStage == kImgStage, "a BULK stage is one packed image");
   const AttentionParams& p = a.p;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -636,14 +642,13 @@ __global__ void fold_gate_kernel(const __nv_bfloat16* vg, const float* gamma, in
                          : __float2bfloat16_rn(0.0f);
 }
 
-// The BULK stage images: for head h and key tile t (128 keys), 34816 bytes laid out as the
-// kernel's shared-memory stage: K rows (16 KB, 128-byte swizzle), then two V^T sub-tiles of 64
-// keys, each 64 channel rows (gate folded in) + a row of ones + 7 zero rows (9 KB each). One
-// thread per 16-byte chunk; keys >= n_global are zero.
+// The BULK stage images (kImgStage bytes) for head h and key tile t (128 keys): K rows in the
+// 128-byte swizzle, then the two V^T sub-tiles with the gate folded in. One thread per 16-byte
+// chunk; keys >= n_global are zero.
 __global__ void pack_stage_kernel(const __nv_bfloat16* kg, const __nv_bfloat16* vg,
                                   const float* gamma, int64_t n_global, int64_t n_heads,
                                   int64_t n_tiles, unsigned char* img) {
-  constexpr int kK = 128 * 128, kSub = 72 * 128, kStage = kK + 2 * kSub, kChunks = kStage / 16;
+  constexpr int kK = kImgK, kSub = kImgVSub, kStage = kImgStage, kChunks = kStage / 16;
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= n_heads * n_tiles * kChunks) return;
   const int64_t tile = idx / kChunks, h = tile / n_tiles, t = tile % n_tiles;
@@ -761,8 +766,8 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
     else
       launch_wg<2, 128, 2, 2, true, true, 0>(a, stream);
   } else {
-    const int64_t tiles = g_pad / 128, chunks = p.n_heads * tiles * (34816 / 16);
-    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(p.n_heads * tiles * 34816), stream));
+    const int64_t tiles = g_pad / 128, chunks = p.n_heads * tiles * (kImgStage / 16);
+    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(p.n_heads * tiles * kImgStage), stream));
     a.img = static_cast<const unsigned char*>(buf);
     pack_stage_kernel<<<grid_for(chunks, 256), 256, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(p.k_global),
