@@ -173,8 +173,8 @@ struct CudaModel::Impl {
   void project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
                const int64_t* positions, void* q, void* k, void* v);
   void fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m, int64_t b);
-  void global_kv(const DeviceLayer& L, const std::vector<int64_t>& rows,
-                 const std::vector<int64_t>& positions, void* k, void* v);
+  void global_kv(const DeviceLayer& L, const std::vector<int64_t>& positions, int64_t b, void* k,
+                 void* v);
   void mlp(const DeviceLayer& L, int64_t m);
 };
 
@@ -337,11 +337,14 @@ void CudaModel::Impl::fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64
             W.at(W.k, r0, rb), W.at(W.v, r0, rb));
 }
 
-// K and V (after RoPE) of the shard rows `rows` (record positions `positions`), in that order.
-void CudaModel::Impl::global_kv(const DeviceLayer& L, const std::vector<int64_t>& rows,
-                                const std::vector<int64_t>& positions, void* k, void* v) {
-  const int64_t n = (int64_t)rows.size(), d = c.d_model;
+// K and V (after RoPE) of the rows at record positions `positions` of the shard starting at b,
+// in that order.
+void CudaModel::Impl::global_kv(const DeviceLayer& L, const std::vector<int64_t>& positions,
+                                int64_t b, void* k, void* v) {
+  const int64_t n = (int64_t)positions.size(), d = c.d_model;
   if (n == 0) return;
+  std::vector<int64_t> rows(n);
+  for (int64_t i = 0; i < n; ++i) rows[i] = positions[i] - b;
   cuda::copy_to_device(gidx.get(), rows.data(), n * 8, s);
   cuda::copy_to_device(rowpos.get(), positions.data(), n * 8, s);
   kern::launch_gather_rows({x.get(), gidx.as<int64_t>(), xg.get(), n, d * 4}, s);
@@ -482,7 +485,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       s);
 
   std::vector<uint64_t> best;
-  std::vector<int64_t> gpos(G), local_idx, local_pos;
+  std::vector<int64_t> gpos(G), local_pos;
   std::vector<float> gamma(G);
   std::vector<char> kg_host, vg_host, kp_host, vp_host;
   if (!single) {
@@ -593,13 +596,10 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     P.mark(kGather, s);
     if (single) {
       // Every chosen row is in this shard: K/V projected from x, in the order of S.
-      local_idx.resize(G);
-      for (int64_t j = 0; j < G; ++j) local_idx[j] = gpos[j] - b;
-      I.global_kv(L, local_idx, gpos, I.kg.get(), I.vg.get());
+      I.global_kv(L, gpos, b, I.kg.get(), I.vg.get());
     } else if (nc) {
       // The chosen rows this shard owns, packed in the order of S; all-gathered device to device
       // into rank order; then permuted into the order of S. Every rank knows every owner.
-      local_idx.clear();
       local_pos.clear();
       std::vector<int64_t> part(comm.size(), 0), perm(G);
       std::vector<int> owner(G);
@@ -611,16 +611,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
                             " is in no shard");
         owner[j] = r;
         ++part[r];
-        if (r == comm.rank()) {
-          local_idx.push_back(gpos[j] - b);
-          local_pos.push_back(gpos[j]);
-        }
+        if (r == comm.rank()) local_pos.push_back(gpos[j]);
       }
       std::vector<int64_t> first(comm.size() + 1, 0);
       for (int r = 0; r < comm.size(); ++r) first[r + 1] = first[r] + part[r];
       for (int64_t j = 0; j < G; ++j) perm[j] = first[owner[j]]++;
       for (int64_t& v : part) v *= row_bytes;
-      I.global_kv(L, local_idx, local_pos, I.kpack.get(), I.vpack.get());
+      I.global_kv(L, local_pos, b, I.kpack.get(), I.vpack.get());
       nc->allgatherv(I.kpack.get(), I.kcat.get(), part, s);
       nc->allgatherv(I.vpack.get(), I.vcat.get(), part, s);
       cuda::copy_to_device(I.gperm.get(), perm.data(), G * 8, s);
@@ -629,17 +626,15 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     } else {
       // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
       // only these G rows cross ranks (through the host, so that any Comm works).
-      local_idx.clear();
       local_pos.clear();
       std::vector<int32_t> local_j;
       for (int64_t j = 0; j < G; ++j)
         if (gpos[j] >= b && gpos[j] < shard.end) {
-          local_idx.push_back(gpos[j] - b);
           local_pos.push_back(gpos[j]);
           local_j.push_back((int32_t)j);
         }
-      const int64_t cnt = (int64_t)local_idx.size();
-      I.global_kv(L, local_idx, local_pos, I.kpack.get(), I.vpack.get());
+      const int64_t cnt = (int64_t)local_pos.size();
+      I.global_kv(L, local_pos, b, I.kpack.get(), I.vpack.get());
       kp_host.resize(cnt * row_bytes);
       vp_host.resize(cnt * row_bytes);
       cuda::copy_to_host(kp_host.data(), I.kpack.get(), cnt * row_bytes, s);
