@@ -10,7 +10,7 @@
 #include <random>
 
 #include "../unit/test_util.hpp"
-#include "same_on_ranks.hpp"
+#include "mpi_test_util.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/cuda_backend.hpp"
 #endif
@@ -34,10 +34,9 @@ bool gpu_usable(std::string* why) {
     if (!gpu_usable(&why)) GTEST_SKIP() << "no usable GPU: " << why; \
   } while (0)
 
-std::string mpirun(int np) {
-  const char* e = std::getenv("SPARSA_TEST_MPIEXEC");
-  std::string cmd = std::string(e && e[0] ? e : SPARSA_MPIEXEC) + " -np " + std::to_string(np) +
-                    " -x SPARSA_NCCL=0 ";
+// Host staging, and the library path of a carried build, on every rank.
+std::string mpirun_host_staged(int np) {
+  std::string cmd = mpirun(np) + "-x SPARSA_NCCL=0 ";
   if (std::getenv("LD_LIBRARY_PATH")) cmd += "-x LD_LIBRARY_PATH ";
   return cmd;
 }
@@ -45,15 +44,11 @@ std::string mpirun(int np) {
 // head_dim 64 (the tensor-core kernels), window 256: lambda's shards have interior rows; the
 // 700-token records split 3 ways (~233 rows a shard) have none and take halo rows from 2 peers.
 std::string model(const TempDir& t, const std::string& name, bool causal) {
-  write_file(t / (name + ".toml"),
-             std::string("[model]\nkind = \"dna\"\nd_model = 128\nn_layers = 2\nn_heads = 2\n"
-                         "d_ff = 256\nwindow = 256\nglobal_every = 128\nglobal_max = 256\n"
-                         "router_hidden = 16\ncausal = ") +
-                 (causal ? "true" : "false") + "\n");
-  auto r = run(binary() + " init --seed 5 --config " + t / (name + ".toml") + " --output " +
-               t / (name + ".h5"));
-  EXPECT_EQ(r.code, 0) << r.output;
-  return t / (name + ".h5");
+  return make_model(t, name,
+                    std::string("[model]\nkind = \"dna\"\nd_model = 128\nn_layers = 2\n"
+                                "n_heads = 2\nd_ff = 256\nwindow = 256\nglobal_every = 128\n"
+                                "global_max = 256\nrouter_hidden = 16\ncausal = ") +
+                        (causal ? "true" : "false") + "\n");
 }
 
 std::string short_records(const TempDir& t) {
@@ -72,7 +67,7 @@ void same_on_ranks(const TempDir& t, const std::string& args, std::vector<int> r
   expect_same_on_ranks(t, "g",
                        binary() + " embed -q --force --device cuda --dtype f32 " + args +
                            " --split-min 100 --output ",
-                       ranks, mpirun);
+                       ranks, mpirun_host_staged);
 }
 
 }  // namespace

@@ -7,16 +7,12 @@
 #include "../unit/compare_h5.hpp"
 #include "../unit/test_util.hpp"
 #include "io/h5.hpp"
-#include "same_on_ranks.hpp"
+#include "mpi_test_util.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
 
 namespace {
-
-std::string mpirun(int np) {
-  return std::string(SPARSA_MPIEXEC) + " -np " + std::to_string(np) + " ";
-}
 
 struct Scenario {
   std::string model, inputs, extra;
@@ -27,14 +23,6 @@ void check_invariance(const TempDir& t, const Scenario& s, std::vector<int> rank
                        binary() + " embed -q --force --threads 1 --dtype f32 --model " + s.model +
                            " " + s.inputs + " " + s.extra + " --output ",
                        ranks, mpirun);
-}
-
-std::string make_model(const TempDir& t, const std::string& name, const std::string& toml) {
-  write_file(t / (name + ".toml"), toml);
-  auto r = run(binary() + " init --seed 11 --config " + t / (name + ".toml") + " --output " +
-               t / (name + ".h5"));
-  EXPECT_EQ(r.code, 0) << r.output;
-  return t / (name + ".h5");
 }
 
 std::string tiny(int window = 16, bool causal = false) {
