@@ -12,6 +12,9 @@ struct RmsNormParams {
   DType act_type;
   int64_t n_tokens, dim;
   double eps;
+  // Or null: bf16 [n_tokens, 2 dim], row i = hi | lo of the float result v (hi = bf16(v),
+  // lo = bf16(v - hi)): the split operand of the router's approximate GEMM (router.hpp).
+  void* out_split = nullptr;
 };
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 

@@ -14,6 +14,9 @@ struct RouterParams {
   float b2;
   float* scores;  // [n_tokens]
   int64_t n_tokens, hidden;
+  // hid holds [a | b] a row ([n_tokens, 2 hidden], the split GEMM of router_split.hpp) and
+  // h W1 = a + b (one float add): the approximate pass.
+  bool split = false;
 };
 void launch_router(const RouterParams& p, cudaStream_t stream);
 

@@ -11,12 +11,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <set>
 
 #include "backends/cpu/ops.hpp"
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/gemm.hpp"
+#include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
@@ -119,6 +121,33 @@ TEST(CudaOps, RmsNorm) {
       nullptr);
   EXPECT_LE(rel_err(down<float>(df, n * d), ref), 1e-6);
   EXPECT_LE(rel_err(down_act(db, n * d, DType::kBF16), ref), 1e-2);
+}
+
+TEST(CudaOps, RmsNormVectorAndSplit) {
+  SKIP_WITHOUT_GPU();
+  // d % 128 == 0 takes the float4 kernel: the same floats as the one-element kernel (d = 96 path
+  // above agrees with the CPU), and the split output hi + lo within 2^-16 of each float.
+  const int64_t n = 1000, d = 512;
+  auto x = rnd(n * d, 5, -4, 4), gain = rnd(d, 6, -2, 2);
+  std::vector<float> ref(n * d);
+  cpu::rmsnorm({x.data(), gain.data(), ref.data(), n, d, 1e-6});
+  DeviceBuffer dx = up(x), dg = up(gain), df(n * d * 4), db(n * d * 2), dsplit(n * d * 4);
+  kern::RmsNormParams p{
+      dx.as<float>(), dg.as<float>(), df.as<float>(), db.get(), DType::kBF16, n, d, 1e-6};
+  p.out_split = dsplit.get();
+  kern::launch_rmsnorm(p, nullptr);
+  const auto got = down<float>(df, n * d);
+  EXPECT_LE(rel_err(got, ref), 1e-6);
+  EXPECT_EQ(down_act(db, n * d, DType::kBF16), round_bf16(got));
+  const auto split = down<uint16_t>(dsplit, 2 * n * d);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j) {
+      const float v = got[i * d + j], hi = cuda::from_bf16(split[i * 2 * d + j]),
+                  lo = cuda::from_bf16(split[i * 2 * d + d + j]);
+      ASSERT_EQ(hi, round_bf16({v})[0]) << i << " " << j;
+      ASSERT_LE(std::fabs((double)hi + (double)lo - (double)v), std::ldexp(std::fabs(v), -16))
+          << i << " " << j;
+    }
 }
 
 TEST(CudaOps, RopeNearOneBillion) {
@@ -251,6 +280,62 @@ TEST(CudaOps, Router) {
   auto got = down<float>(ds, n);
   EXPECT_LE(rel_err(got, ref), 1e-5);
   for (int64_t i = 0; i < 100; ++i) EXPECT_EQ(got[(i * 13 + 5)], got[0]);
+}
+
+TEST(CudaOps, RouterSplitWithinItsBound) {
+  SKIP_WITHOUT_GPU();
+  // The split router's scores (norm split, one bf16 GEMM, router kernel) differ from the float32
+  // router's by at most the bound of router_split.hpp, for every row, and in fact by under 2e-5
+  // of the score spread (bf16 operands without the lo parts would be off by about 1e-3 of it).
+  struct Case {
+    int64_t d, r;
+    float wscale, gscale;
+  };
+  for (Case k : {Case{512, 128, 1, 1}, Case{128, 32, 4, 3}, Case{256, 64, 0.25f, 0.5f}}) {
+    const int64_t n = 6000, d = k.d, r = k.r;
+    SCOPED_TRACE("d " + std::to_string(d) + " r " + std::to_string(r));
+    const float sd = 1.0f / std::sqrt((float)d);
+    auto x = rnd(n * d, 21, -3, 3), gain = rnd(d, 22, 0.2f * k.gscale, k.gscale);
+    auto w1 = rnd(d * r, 23, -k.wscale * sd, k.wscale * sd), b1 = rnd(r, 24, -0.1f, 0.1f);
+    auto w2 = rnd(r, 25, -1 / std::sqrt((float)r), 1 / std::sqrt((float)r));
+    for (int64_t i = 0; i < 50; ++i) {  // rows near the extremes: one spike, or a constant row
+      std::fill_n(x.begin() + i * d, d, 0.001f);
+      x[i * d + i % d] = 50.0f;
+    }
+    for (int64_t i = 50; i < 100; ++i) std::fill_n(x.begin() + i * d, d, (float)(i - 75) * 0.1f);
+    const float b2 = 0.3f;
+    const cuda::RouterSplit rs =
+        cuda::make_router_split(w1.data(), b1.data(), w2.data(), b2, gain.data(), d, r);
+    DeviceBuffer dx = up(x), dg = up(gain), dw1 = up(w1), db1 = up(b1), dw2 = up(w2),
+                 dws = up(rs.w), h32(n * d * 4), hid(n * 2 * r * 4), exact(n * 4), approx(n * 4);
+    cuda::Gemm gemm;
+    kern::launch_rmsnorm(
+        {dx.as<float>(), dg.as<float>(), h32.as<float>(), nullptr, DType::kF32, n, d, 1e-6},
+        nullptr);
+    gemm.run(h32.get(), dw1.get(), hid.as<float>(), n, r, d, DType::kF32, false, nullptr);
+    kern::launch_router(
+        {hid.as<float>(), db1.as<float>(), dw2.as<float>(), b2, exact.as<float>(), n, r}, nullptr);
+    kern::RmsNormParams np{
+        dx.as<float>(), dg.as<float>(), nullptr, nullptr, DType::kF32, n, d, 1e-6};
+    np.out_split = h32.get();
+    kern::launch_rmsnorm(np, nullptr);
+    gemm.run(h32.get(), dws.get(), hid.as<float>(), n, 2 * r, 2 * d, DType::kBF16, false, nullptr);
+    kern::RouterParams rp{
+        hid.as<float>(), db1.as<float>(), dw2.as<float>(), b2, approx.as<float>(), n, r};
+    rp.split = true;
+    kern::launch_router(rp, nullptr);
+    const auto e = down<float>(exact, n), a = down<float>(approx, n);
+    double worst = 0, lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) {
+      worst = std::max(worst, std::fabs((double)a[i] - (double)e[i]));
+      lo = std::min(lo, (double)e[i]);
+      hi = std::max(hi, (double)e[i]);
+    }
+    std::printf("[ router ] d=%lld r=%lld: max |approx - float32| %.3g, bound %.3g, spread %.3g\n",
+                (long long)d, (long long)r, worst, rs.bound, hi - lo);
+    EXPECT_LE(worst, rs.bound);
+    EXPECT_LE(worst, 2e-5 * (hi - lo));
+  }
 }
 
 TEST(CudaOps, TopGMatchesCpuWithTies) {
@@ -681,6 +766,60 @@ TEST(CudaModel, PooledOutputIsThePoolOfTheRowsOnBothStrands) {
       }
     }
   }
+}
+
+TEST(CudaModel, SplitRouterCloseToFloat32Router) {
+  SKIP_WITHOUT_GPU();
+  // bf16 mode scores the router with the split GEMM (router_split.hpp); SPARSA_ROUTER=exact with
+  // the float32 GEMM. On layer 0 (same input) the global sets agree and the scores are within the
+  // bound; later layers see inputs that differ at bf16 rounding level, so only the overlap is
+  // checked there. fp32 mode always uses the float32 GEMM.
+  ModelConfig c = small_config(128, 2, 64, false, 512);
+  c.n_layers = 3;
+  const int64_t n = 30000, G = c.n_global(n);
+  auto tok = dna(n, 13);
+  auto comm = make_single_comm();
+  const Shard sh = shard_of(n, 0, 1);
+  ModelWeights w = init_model(c, 5);
+  setenv("SPARSA_ROUTER", "exact", 1);
+  CudaModel exact(w, {true, -1, 4096});
+  unsetenv("SPARSA_ROUTER");
+  const ForwardOutput ref = exact.forward(tok.data(), sh, *comm);
+  EXPECT_FALSE(exact.split_router());
+  CudaModel model(w, {true, -1, 4096});
+  const ForwardOutput got = model.forward(tok.data(), sh, *comm);
+  EXPECT_TRUE(model.split_router());
+  CudaModel fp32(w, {false, -1, 4096});
+  fp32.forward(tok.data(), sh, *comm);
+  EXPECT_FALSE(fp32.split_router());
+  int64_t same = 0, same0 = 0;
+  double worst = 0;
+  const LayerWeights& L0 = w.layers[0];
+  const double bound =
+      cuda::make_router_split(L0.router_w1.data(), L0.router_b1.data(), L0.router_w2.data(),
+                              L0.router_b2[0], L0.attn_norm.data(), c.d_model, c.router_hidden)
+          .bound;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    std::map<int64_t, float> a;
+    for (int64_t j = 0; j < G; ++j)
+      a[ref.global_positions[l * G + j]] = ref.global_scores[l * G + j];
+    for (int64_t j = 0; j < G; ++j)
+      if (auto it = a.find(got.global_positions[l * G + j]); it != a.end()) {
+        ++same;
+        if (l > 0) continue;
+        ++same0;
+        worst = std::max(worst, std::fabs((double)it->second - got.global_scores[l * G + j]));
+      }
+  }
+  const double overlap = (double)same / (double)(c.n_layers * G);
+  std::printf(
+      "[ router ] n=%lld G=%lld: split vs float32 router: layer 0 overlap %.4f, max score "
+      "difference %.3g (bound %.3g); all layers overlap %.4f\n",
+      (long long)n, (long long)G, (double)same0 / (double)G, worst, bound, overlap);
+  EXPECT_GE(same0, G - 1);
+  EXPECT_LE(worst, bound);
+  EXPECT_GE(overlap, 0.9);
+  EXPECT_LE(rel_err(got.y, ref.y), 5e-2);
 }
 
 TEST(CudaModel, HundredThousandTokensInChunks) {

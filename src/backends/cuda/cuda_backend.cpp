@@ -10,6 +10,7 @@
 #include "backends/cpu/ops.hpp"
 #include "backends/cuda/check.hpp"
 #include "backends/cuda/gemm.hpp"
+#include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
 #include "dist/comm_nccl.hpp"
 #include "kernels/attention/attention.hpp"
@@ -92,9 +93,11 @@ struct Profiler {
 };
 
 struct DeviceLayer {
-  DeviceBuffer attn_norm, wqkv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
+  DeviceBuffer attn_norm, wqk, wv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
   float router_b2 = 0;
+  DeviceBuffer router_split;  // bf16 mode: [2d, 2r], and the bound of its scores (router_split.hpp)
+  double router_bound = 0;
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -141,6 +144,9 @@ struct CudaModel::Impl {
   const Comm* nccl_host = nullptr;
   Profiler prof;
   bool profile_env = false;
+  // bf16 mode's split router (router_split.hpp); SPARSA_ROUTER=exact: the float32 GEMM. Whether
+  // the last forward used it.
+  bool router_split = true, router_split_used = false;
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -169,7 +175,7 @@ struct CudaModel::Impl {
     return t;
   }
 
-  void route(const DeviceLayer& L, int64_t m);
+  void route(const DeviceLayer& L, int64_t m, int64_t b);
   void project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
                const int64_t* positions, void* q, void* k, void* v);
   void fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m, int64_t b);
@@ -192,6 +198,12 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   I.eb = kern::dtype_bytes(I.act);
   I.device = device;
   if (const char* e = std::getenv("SPARSA_PROFILE")) I.profile_env = e[0] && e[0] != '0';
+  if (const char* e = std::getenv("SPARSA_ROUTER")) {
+    const std::string v = e;
+    if (v != "exact" && v != "split" && v != "auto" && !v.empty())
+      throw ConfigError("SPARSA_ROUTER must be exact, split or auto, not '" + v + "'");
+    I.router_split = v != "exact";
+  }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
   const ModelConfig& c = I.c;
@@ -203,18 +215,27 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   for (const LayerWeights& L : w.layers) {
     DeviceLayer D;
     D.attn_norm = I.upload(L.attn_norm, false);
-    std::vector<float> qkv(d * 3 * d);  // [d, 3d]: row e = wq[e,:] | wk[e,:] | wv[e,:]
+    std::vector<float> qk(d * 2 * d);  // [d, 2d]: row e = wq[e,:] | wk[e,:]
     for (int64_t e = 0; e < d; ++e) {
-      std::copy_n(L.wq.begin() + e * d, d, qkv.begin() + e * 3 * d);
-      std::copy_n(L.wk.begin() + e * d, d, qkv.begin() + e * 3 * d + d);
-      std::copy_n(L.wv.begin() + e * d, d, qkv.begin() + e * 3 * d + 2 * d);
+      std::copy_n(L.wq.begin() + e * d, d, qk.begin() + e * 2 * d);
+      std::copy_n(L.wk.begin() + e * d, d, qk.begin() + e * 2 * d + d);
     }
-    D.wqkv = I.upload(qkv, true);
+    D.wqk = I.upload(qk, true);
+    D.wv = I.upload(L.wv, true);
     D.wo = I.upload(L.wo, true);
     D.router_w1 = I.upload(L.router_w1, false);  // router in fp32 in both modes
     D.router_b1 = I.upload(L.router_b1, false);
     D.router_w2 = I.upload(L.router_w2, false);
     D.router_b2 = L.router_b2.at(0);
+    if (I.act == DType::kBF16) {
+      cuda::RouterSplit rs =
+          cuda::make_router_split(L.router_w1.data(), L.router_b1.data(), L.router_w2.data(),
+                                  L.router_b2.at(0), L.attn_norm.data(), d, c.router_hidden);
+      D.router_split = DeviceBuffer(rs.w.size() * 2);
+      cuda::copy_to_device(D.router_split.get(), rs.w.data(), rs.w.size() * 2);
+      I.weight_bytes += (int64_t)D.router_split.bytes();
+      D.router_bound = rs.bound;
+    }
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
     D.mlp_norm = I.upload(L.mlp_norm, false);
@@ -255,27 +276,58 @@ std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t 
   return o.str();
 }
 int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
+bool CudaModel::split_router() const { return impl_->router_split_used; }
 
-// scores = router(RMSNorm(x)) of the shard's m rows (float32 in both modes), chunk by chunk.
-void CudaModel::Impl::route(const DeviceLayer& L, int64_t m) {
+// The shard's router keys, best first, in `sorted` (its first min(G, m) are the shard's top G)
+// and bad[0] the smallest position of a non-finite score (~0: none). Chunk by chunk. fp32 mode:
+// h W1 by a float32 GEMM; bf16 mode: by the split bf16 GEMM of router_split.hpp (16-bit operands,
+// float32 accumulation), unless SPARSA_ROUTER=exact.
+void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
   const int64_t d = c.d_model, r = c.router_hidden;
+  const bool split = router_split && act == DType::kBF16;
   for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
     const int64_t rows = std::min(opt.chunk_rows, m - c0);
     prof.mark(kRouter, s);
-    kern::launch_rmsnorm({x.as<float>() + c0 * d, L.attn_norm.as<float>(), h32.as<float>(), nullptr,
-                          act, rows, d, c.norm_eps},
-                         s);
-    gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
-    kern::launch_router({hid.as<float>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
-                         L.router_b2, scores.as<float>() + c0, rows, r},
-                        s);
+    kern::RmsNormParams np{x.as<float>() + c0 * d,
+                           L.attn_norm.as<float>(),
+                           h32.as<float>(),
+                           nullptr,
+                           act,
+                           rows,
+                           d,
+                           c.norm_eps};
+    if (split) {  // bf16 [rows, 2d] = hi | lo: the bytes of float32 [rows, d]
+      np.out_f32 = nullptr;
+      np.out_split = h32.get();
+    }
+    kern::launch_rmsnorm(np, s);
+    if (split)
+      gemm.run(h32.get(), L.router_split.get(), hid.as<float>(), rows, 2 * r, 2 * d, DType::kBF16,
+               false, s);
+    else
+      gemm.run(h32.get(), L.router_w1.get(), hid.as<float>(), rows, r, d, DType::kF32, false, s);
+    kern::RouterParams rp{hid.as<float>(),
+                          L.router_b1.as<float>(),
+                          L.router_w2.as<float>(),
+                          L.router_b2,
+                          scores.as<float>() + c0,
+                          rows,
+                          r};
+    rp.split = split;
+    kern::launch_router(rp, s);
   }
+  prof.mark(kTopG, s);
+  kern::launch_topg({scores.as<float>(), m, b, keys.as<uint64_t>(), sorted.as<uint64_t>(),
+                     topg_temp.get(), topg_temp.bytes(), bad.as<unsigned long long>()},
+                    s);
+  router_split_used = split;
 }
 
 // q, k, v = RoPE(RMSNorm(xr) W_q), RoPE(RMSNorm(xr) W_k), RMSNorm(xr) W_v for n float32 rows xr
 // at record positions first_pos.. (or positions[], device), in projection chunks; q may be null.
-// One GEMM against [W_q | W_k | W_v] whatever the rows: a row's bits do not depend on where or
-// with which other rows it is projected (the band, a global row, any shard).
+// One GEMM against [W_q | W_k] and one against W_v, whatever the rows: a row's bits do not depend
+// on where or with which other rows it is projected (the band, a global row, any shard). v is
+// written by its GEMM in place; q and k through RoPE.
 void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
                               const int64_t* positions, void* q, void* k, void* v) {
   const int64_t d = c.d_model, rb = d * eb;
@@ -289,17 +341,18 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
     // bf16: the projection is written as bf16 by cuBLASLt (into qkv32's memory), so RoPE reads
     // half the bytes; a row's q and k are rounded to bf16 before the rotation and after it.
     prof.mark(kQkv, s);
-    gemm.run(bf ? hact.get() : h32.get(), L.wqkv.get(), qkv32.get(), rows, 3 * d, d, act, false, s,
-             act);
+    const void* h = bf ? hact.get() : h32.get();
+    gemm.run(h, L.wqk.get(), qkv32.get(), rows, 2 * d, d, act, false, s, act);
+    gemm.run(h, L.wv.get(), static_cast<char*>(v) + c0 * rb, rows, d, d, act, false, s, act);
     prof.mark(kRope, s);
     const char* p = qkv32.as<char>();
     kern::RopeParams rp{p,
                         p + d * eb,
-                        p + 2 * d * eb,
-                        3 * d,
+                        nullptr,
+                        2 * d,
                         q ? static_cast<char*>(q) + c0 * rb : nullptr,
                         static_cast<char*>(k) + c0 * rb,
-                        static_cast<char*>(v) + c0 * rb,
+                        nullptr,
                         act,
                         rows,
                         c.n_heads,
@@ -446,8 +499,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.hact.reserve(chunk * d * eb);
     I.upact.reserve(chunk * c.d_ff * eb);
   }
-  I.qkv32.reserve(chunk * 3 * d * 4);
-  I.hid.reserve(chunk * c.router_hidden * 4);
+  I.qkv32.reserve(chunk * 2 * d * 4);
+  I.hid.reserve(chunk * 2 * c.router_hidden * 4);  // 2: the split router's [a | b]
   if (I.act == DType::kF32) I.up32.reserve(chunk * c.d_ff * 4);
   I.kg.reserve(G * d * eb);
   I.vg.reserve(G * d * eb);
@@ -502,7 +555,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const DeviceLayer& L = I.layers[l];
-    I.route(L, m);
+    I.route(L, m, b);  // ranked on the device; the best keys are copied back below
     for (RowWindow* w : {&I.ring, &I.edge_lo, &I.edge_hi}) w->lo = w->hi = 0;
     if (!single) {  // the edges' Q/K/V, from this layer's input (the interior changes x first)
       I.fill(L, I.edge_lo, kvlo, elo_hi, m, b);
@@ -543,11 +596,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       }
     }
 
-    // Top-G proposals of this shard (keys sorted on the device, the best G copied back).
+    // Top-G proposals of this shard (ranked by route(), the best G copied back).
     P.mark(kTopG, s);
-    kern::launch_topg({I.scores.as<float>(), m, b, I.keys.as<uint64_t>(), I.sorted.as<uint64_t>(),
-                       I.topg_temp.get(), temp, I.bad.as<unsigned long long>()},
-                      s);
     const int64_t n_best = std::min(G, m);
     unsigned long long bad = 0;
     if (nc) {

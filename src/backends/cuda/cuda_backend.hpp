@@ -84,6 +84,8 @@ class CudaModel {
   static std::string format_profile(const std::vector<StageTime>& stages, int64_t n_layers);
   // Device bytes held by this model (weights + the largest activations so far).
   int64_t device_bytes() const;
+  // Whether the last forward scored the router with the split bf16 GEMM (router_split.hpp).
+  bool split_router() const;
 
  private:
   struct Impl;
