@@ -3,6 +3,12 @@
 
 namespace sparsa::kern {
 
+// GELU for a bf16 output: erff in float (within 2 ulp of float, far below
+// bf16 rounding).
+__device__ __forceinline__ float gelu_f(float x) {
+  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
+}
+
 __global__ void gelu_f32_kernel(const float* in, float* out, int64_t count) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (int64_t)gridDim.x * blockDim.x)
@@ -14,9 +20,8 @@ __global__ void gelu_bf16_kernel(const float4* in, __nv_bfloat162* out, int64_t 
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count4;
        i += (int64_t)gridDim.x * blockDim.x) {
     const float4 v = in[i];
-    auto g = [](float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); };
-    out[2 * i] = __floats2bfloat162_rn(g(v.x), g(v.y));
-    out[2 * i + 1] = __floats2bfloat162_rn(g(v.z), g(v.w));
+    out[2 * i] = __floats2bfloat162_rn(gelu_f(v.x), gelu_f(v.y));
+    out[2 * i + 1] = __floats2bfloat162_rn(gelu_f(v.z), gelu_f(v.w));
   }
 }
 
@@ -26,8 +31,7 @@ __global__ void gelu_bf16_bf16_kernel(const __nv_bfloat162* in, __nv_bfloat162* 
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count2;
        i += (int64_t)gridDim.x * blockDim.x) {
     const float2 v = __bfloat1622float2(in[i]);
-    auto g = [](float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); };
-    out[i] = __floats2bfloat162_rn(g(v.x), g(v.y));
+    out[i] = __floats2bfloat162_rn(gelu_f(v.x), gelu_f(v.y));
   }
 }
 
@@ -37,12 +41,46 @@ __global__ void gelu_bf16x8_kernel(const uint4* in, uint4* out, int64_t count8) 
        i += (int64_t)gridDim.x * blockDim.x) {
     uint4 u = in[i];
     __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-    auto g = [](float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); };
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const float2 v = __bfloat1622float2(h[e]);
-      h[e] = __floats2bfloat162_rn(g(v.x), g(v.y));
+      h[e] = __floats2bfloat162_rn(gelu_f(v.x), gelu_f(v.y));
     }
+    out[i] = u;
+  }
+}
+
+__global__ void gelu_table_kernel(uint16_t* table) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= 65536) return;
+  const float x = __uint_as_float((uint32_t)b << 16);
+  const __nv_bfloat16 y = __float2bfloat16_rn(gelu_f(x));
+  table[b] = *reinterpret_cast<const uint16_t*>(&y);
+}
+
+void launch_gelu_table(void* table, cudaStream_t stream) {
+  gelu_table_kernel<<<256, 256, 0, stream>>>(static_cast<uint16_t*>(table));
+  SPARSA_LAUNCH_CHECK();
+}
+
+// bf16 in, bf16 out by the table, held in shared memory (128 KB): one block of 1024 threads an
+// SM, 8 lookups a 16-byte load. GELU's erff costs about as much as the memory traffic; a lookup
+// costs a shared-memory load.
+constexpr int kGeluTableThreads = 1024;
+constexpr size_t kGeluTableBytes = 65536 * 2;
+__global__ void __launch_bounds__(kGeluTableThreads)
+    gelu_lookup_kernel(const uint4* in, uint4* out, int64_t count8, const uint4* table) {
+  extern __shared__ uint4 tab4[];
+  for (int i = threadIdx.x; i < (int)(kGeluTableBytes / 16); i += blockDim.x) tab4[i] = table[i];
+  __syncthreads();
+  const uint16_t* tab = reinterpret_cast<const uint16_t*>(tab4);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count8;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    uint4 u = in[i];
+    uint32_t* w = reinterpret_cast<uint32_t*>(&u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      w[e] = (uint32_t)tab[w[e] & 0xffffu] | ((uint32_t)tab[w[e] >> 16] << 16);
     out[i] = u;
   }
 }
@@ -53,12 +91,24 @@ void launch_gelu(const GeluParams& p, cudaStream_t stream) {
   if (p.in_bf16) {
     if (p.out_type != DType::kBF16 || p.count % 2 != 0)
       throw SystemError("gelu: bf16 input needs bf16 output and an even count");
-    if (p.count % 8 == 0 && (uintptr_t)p.in_bf16 % 16 == 0 && (uintptr_t)p.out % 16 == 0)
+    const bool vec8 =
+        p.count % 8 == 0 && (uintptr_t)p.in_bf16 % 16 == 0 && (uintptr_t)p.out % 16 == 0;
+    if (vec8 && p.table && (uintptr_t)p.table % 16 == 0) {
+      int dev = 0, sms = 0;  // one block an SM (the table fills most of its shared memory)
+      SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
+      SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      SPARSA_CUDA_CHECK(cudaFuncSetAttribute(
+          gelu_lookup_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGeluTableBytes));
+      gelu_lookup_kernel<<<std::min<unsigned>(grid_for(p.count / 8, kGeluTableThreads), sms),
+                           kGeluTableThreads, kGeluTableBytes, stream>>>(
+          (const uint4*)p.in_bf16, (uint4*)p.out, p.count / 8, (const uint4*)p.table);
+    } else if (vec8) {
       gelu_bf16x8_kernel<<<std::min<unsigned>(grid_for(p.count / 8, 256), 65536u), 256, 0,
                            stream>>>((const uint4*)p.in_bf16, (uint4*)p.out, p.count / 8);
-    else
+    } else {
       gelu_bf16_bf16_kernel<<<grid, 256, 0, stream>>>((const __nv_bfloat162*)p.in_bf16,
                                                       (__nv_bfloat162*)p.out, p.count / 2);
+    }
   } else if (p.out_type == DType::kBF16 && p.count % 4 == 0) {
     gelu_bf16_kernel<<<grid, 256, 0, stream>>>((const float4*)p.in, (__nv_bfloat162*)p.out,
                                                p.count / 4);

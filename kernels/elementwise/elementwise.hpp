@@ -14,8 +14,13 @@ struct GeluParams {
   int64_t count;
   // When set: the input is bf16 (`in` unused), the output bf16 (count even); may alias out.
   const void* in_bf16 = nullptr;
+  // bf16 in and out: when set, the output of every bf16 input (a table of 65536, from
+  // launch_gelu_table; the same bits as computing it), looked up in shared memory.
+  const void* table = nullptr;
 };
 void launch_gelu(const GeluParams& p, cudaStream_t stream);
+// table[b] = the bf16 GELU of the bf16 whose bits are b, for all 65536 b (128 KB, device).
+void launch_gelu_table(void* table, cudaStream_t stream);
 
 // dst[r] = src[rows[r]] for rows of row_bytes bytes (row_bytes a multiple of 2).
 struct GatherRowsParams {

@@ -13,6 +13,22 @@ struct RopeArgs {
 __device__ __forceinline__ int64_t row_pos(const RopeParams& p, int64_t r) {
   return p.positions ? p.positions[r] : p.first_pos + r;
 }
+// The rotated pair (x0, x1) by the angle of cos c, sin s: in double for a float32 output (as the
+// CPU); for a bf16 output in float, cos and sin rounded to float (a float error of a few ulp is
+// far below bf16 rounding, and the double math cost as much as the memory traffic). Every kernel
+// uses this, so a row's bits do not depend on the kernel that rotated it.
+template <class Out>
+__device__ __forceinline__ void rotate(float x0, float x1, double c, double s, float* lo,
+                                       float* hi) {
+  if constexpr (sizeof(Out) == 2) {
+    const float cf = (float)c, sf = (float)s;
+    *lo = __fmaf_rn(x0, cf, __fmul_rn(-x1, sf));
+    *hi = __fmaf_rn(x0, sf, __fmul_rn(x1, cf));
+  } else {
+    *lo = (float)((double)x0 * c - (double)x1 * s);
+    *hi = (float)((double)x0 * s + (double)x1 * c);
+  }
+}
 }  // namespace
 
 // One thread per (row, k < half): the angle and its cos/sin once (double), then the pair (k,
@@ -33,15 +49,16 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
     const In* qi = static_cast<const In*>(p.q_in);
     const In* ki = static_cast<const In*>(p.k_in);
     const In* vi = static_cast<const In*>(p.v_in);
+    float lo, hi;
     if (p.q_out) {
-      const double x0 = to_f(qi[in0]), x1 = to_f(qi[in0 + half]);
-      static_cast<Out*>(p.q_out)[out0] = from_f<Out>((float)(x0 * c - x1 * s));
-      static_cast<Out*>(p.q_out)[out0 + half] = from_f<Out>((float)(x0 * s + x1 * c));
+      rotate<Out>(to_f(qi[in0]), to_f(qi[in0 + half]), c, s, &lo, &hi);
+      static_cast<Out*>(p.q_out)[out0] = from_f<Out>(lo);
+      static_cast<Out*>(p.q_out)[out0 + half] = from_f<Out>(hi);
     }
     if (p.k_out) {
-      const double x0 = to_f(ki[in0]), x1 = to_f(ki[in0 + half]);
-      static_cast<Out*>(p.k_out)[out0] = from_f<Out>((float)(x0 * c - x1 * s));
-      static_cast<Out*>(p.k_out)[out0 + half] = from_f<Out>((float)(x0 * s + x1 * c));
+      rotate<Out>(to_f(ki[in0]), to_f(ki[in0 + half]), c, s, &lo, &hi);
+      static_cast<Out*>(p.k_out)[out0] = from_f<Out>(lo);
+      static_cast<Out*>(p.k_out)[out0 + half] = from_f<Out>(hi);
     }
     if (p.v_in) {
       static_cast<Out*>(p.v_out)[out0] = from_f<Out>(to_f(vi[in0]));
@@ -85,29 +102,42 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
   double s[4], c[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) sincos((double)pos * a.theta[k + e], &s[e], &c[e]);
-  auto rot = [&](const void* in, void* out, int64_t in0, int64_t out0) {
-    const float4 x0 = load4<In>(in, in0), x1 = load4<In>(in, in0 + half);
-    const double a0[4] = {x0.x, x0.y, x0.z, x0.w}, a1[4] = {x1.x, x1.y, x1.z, x1.w};
+  auto rot = [&](float4 x0, float4 x1, void* out, int64_t out0) {
+    const float a0[4] = {x0.x, x0.y, x0.z, x0.w}, a1[4] = {x1.x, x1.y, x1.z, x1.w};
     float lo[4], hi[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      lo[e] = (float)(a0[e] * c[e] - a1[e] * s[e]);
-      hi[e] = (float)(a0[e] * s[e] + a1[e] * c[e]);
-    }
+    for (int e = 0; e < 4; ++e) rotate<Out>(a0[e], a1[e], c[e], s[e], &lo[e], &hi[e]);
     store4<Out>(out, out0, lo[0], lo[1], lo[2], lo[3]);
     store4<Out>(out, out0 + half, hi[0], hi[1], hi[2], hi[3]);
   };
-  for (int64_t h = 0; h < p.n_heads; ++h) {
-    const int64_t in0 = r * p.in_stride + h * p.head_dim + k;
-    const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
-    if (p.q_out) rot(p.q_in, p.q_out, in0, out0);
-    if (p.k_out) rot(p.k_in, p.k_out, in0, out0);
-    if (p.v_in) {
+  // kHeads heads at a time, their loads issued before any store (in and out may alias as far as
+  // the compiler knows): enough bytes in flight to keep HBM busy.
+  constexpr int kHeads = 4;
+  for (int64_t h0 = 0; h0 < p.n_heads; h0 += kHeads) {
+    float4 q0[kHeads], q1[kHeads], k0[kHeads], k1[kHeads];
+#pragma unroll
+    for (int j = 0; j < kHeads; ++j) {
+      const int64_t in0 = r * p.in_stride + (h0 + j) * p.head_dim + k;
+      if (h0 + j >= p.n_heads) break;
+      if (p.q_out) q0[j] = load4<In>(p.q_in, in0), q1[j] = load4<In>(p.q_in, in0 + half);
+      if (p.k_out) k0[j] = load4<In>(p.k_in, in0), k1[j] = load4<In>(p.k_in, in0 + half);
+    }
+#pragma unroll
+    for (int j = 0; j < kHeads; ++j) {
+      const int64_t out0 = r * p.n_heads * p.head_dim + (h0 + j) * p.head_dim + k;
+      if (h0 + j >= p.n_heads) break;
+      if (p.q_out) rot(q0[j], q1[j], p.q_out, out0);
+      if (p.k_out) rot(k0[j], k1[j], p.k_out, out0);
+    }
+  }
+  if (p.v_in)
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      const int64_t in0 = r * p.in_stride + h * p.head_dim + k;
+      const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
       const float4 v0 = load4<In>(p.v_in, in0), v1 = load4<In>(p.v_in, in0 + half);
       store4<Out>(p.v_out, out0, v0.x, v0.y, v0.z, v0.w);
       store4<Out>(p.v_out, out0 + half, v1.x, v1.y, v1.z, v1.w);
     }
-  }
 }
 
 void launch_rope(const RopeParams& p, cudaStream_t stream) {

@@ -2,6 +2,7 @@
 // from the projection output (float32, or bf16 as the GEMM wrote it) to the attention type.
 //   theta_k = base^(-2k/dh) (computed on the host with std::pow, as the CPU), angle = p * theta_k
 //   in double, cos/sin in double: positions reach 1e9, where a float angle is off by radians.
+//   The rotation itself is in double for a float32 output, in float for a bf16 output.
 #pragma once
 #include "kernels/common/types.hpp"
 

@@ -574,6 +574,17 @@ TEST(CudaOps, ElementwiseGeluPoolRc) {
     const auto g8 = down_act(db, n * d, DType::kBF16), g2 = down_act(dc, n * d, DType::kBF16);
     EXPECT_TRUE(std::equal(g2.begin(), g2.end() - 2, g8.begin()));
     EXPECT_EQ(g2.back(), xb.back());  // past the count: untouched
+    // The table (the model's path in bf16 mode): the same bits as computing, for every one of
+    // the 65536 bf16 inputs (NaN included) and for the data above.
+    DeviceBuffer table(65536 * 2), all(65536 * 2), dt = up_act(x, DType::kBF16);
+    kern::launch_gelu_table(table.get(), nullptr);
+    std::vector<uint16_t> bits(65536);
+    for (int b = 0; b < 65536; ++b) bits[b] = (uint16_t)b;
+    DeviceBuffer dall = up(bits);
+    kern::launch_gelu({nullptr, all.get(), DType::kBF16, 65536, dall.get()}, nullptr);
+    EXPECT_EQ(down<uint16_t>(table, 65536), down<uint16_t>(all, 65536));
+    kern::launch_gelu({nullptr, dt.get(), DType::kBF16, n * d, dt.get(), table.get()}, nullptr);
+    EXPECT_EQ(down<uint16_t>(dt, n * d), down<uint16_t>(db, n * d));
   }
   {  // pooling: bins of 10 (last short), as pool_shard
     const int64_t bin = 10, nb = (n + bin - 1) / bin;

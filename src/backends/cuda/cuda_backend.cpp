@@ -127,6 +127,7 @@ struct CudaModel::Impl {
   cudaStream_t s = nullptr;
   cuda::Gemm gemm;
   DeviceBuffer embed, final_norm;
+  DeviceBuffer gelu_table;  // bf16 mode: GELU of every bf16 (elementwise.hpp)
   std::vector<DeviceLayer> layers;
   int64_t weight_bytes = 0;
   // Activations, grown as needed.
@@ -212,6 +213,11 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   for (auto& t : w.embed) tables.insert(tables.end(), t.begin(), t.end());
   I.embed = I.upload(tables, false);
   I.final_norm = I.upload(w.final_norm, false);
+  if (I.act == DType::kBF16) {
+    I.gelu_table = DeviceBuffer(65536 * 2);
+    kern::launch_gelu_table(I.gelu_table.get(), nullptr);
+    cuda::synchronize();
+  }
   for (const LayerWeights& L : w.layers) {
     DeviceLayer D;
     D.attn_norm = I.upload(L.attn_norm, false);
@@ -419,7 +425,8 @@ void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
     void* u = bf ? upact.get() : up32.get();
     gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), u, rows, f, d, act, false, s, act);
     prof.mark(kGelu, s);
-    kern::launch_gelu({bf ? nullptr : up32.as<float>(), u, act, rows * f, bf ? u : nullptr}, s);
+    kern::launch_gelu(
+        {bf ? nullptr : up32.as<float>(), u, act, rows * f, bf ? u : nullptr, gelu_table.get()}, s);
     prof.mark(kMlpDown, s);
     gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
   }
