@@ -239,6 +239,7 @@ struct EmbedRun {
   int64_t align;
   bool parallel_h5;
   ForwardFn forward_fn;
+  double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // Stops at a safe point: every rank learns of a stop that any rank received.
   void check_stop(Comm& c) {
@@ -261,6 +262,7 @@ struct EmbedRun {
       if (show_progress) progress.update((pass + (double)(l + 1) / cfg.n_layers) / passes);
       check_stop(c);
     };
+    const auto t0 = std::chrono::steady_clock::now();
     ForwardOutput fwd = forward_fn(rec.tokens.data() + sh.begin * rec.n_channels, sh, c, hooks);
     if (o.rc_average) {
       pass = 1;
@@ -283,6 +285,8 @@ struct EmbedRun {
             fwd.y[t * d + j] = (fwd.y[t * d + j] + rev.y[(m - 1 - t) * d + j]) * 0.5f;
       }
     }
+    const auto t1 = std::chrono::steady_clock::now();
+    forward_s += std::chrono::duration<double>(t1 - t0).count();
     Pooled pooled;
     if (fwd.pooled_bin > 0) {
       if (o.pool.kind != PoolSpec::kBin || fwd.pooled_bin != o.pool.bin)
@@ -291,6 +295,12 @@ struct EmbedRun {
       for (int64_t b0 = 0; b0 < sh.size(); b0 += o.pool.bin) {
         pooled.starts.push_back(sh.begin + b0);
         pooled.ends.push_back(std::min(n, sh.begin + b0 + o.pool.bin));
+      }
+    } else if (o.pool.kind == PoolSpec::kNone) {  // the rows themselves: moved, not copied
+      pooled.rows = std::move(fwd.y);
+      for (int64_t i = 0; i < sh.size(); ++i) {
+        pooled.starts.push_back(sh.begin + i);
+        pooled.ends.push_back(sh.begin + i + 1);
       }
     } else {
       pooled = pool_shard(fwd.y.data(), sh.size(), d, sh.begin, n, o.pool);
@@ -313,7 +323,7 @@ struct EmbedRun {
       if (!b.empty()) std::memcpy(sums.data(), b.data(), b.size());
       if (c.rank() == 0) rows = combine_mean(sums, d, n), starts = {0}, ends = {n};
       ro.n_out_total = 1;
-    } else if (parallel) {
+    } else if (parallel || c.size() == 1) {  // every rank writes its rows, or one rank holds all
       rows = std::move(pooled.rows);
       starts = std::move(pooled.starts);
       ends = std::move(pooled.ends);
@@ -347,11 +357,16 @@ struct EmbedRun {
     ro.starts = starts.data();
     ro.ends = ends.data();
     journal.write_part(it.index, ro, o.f16, parallel, c);
+    write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     if (show_progress) progress.finish_record();
   }
 };
 
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
+  const auto start = std::chrono::steady_clock::now();
+  auto since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   const bool root = comm.rank() == 0;
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
@@ -393,6 +408,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::shared_ptr<void> backend_state;
   ForwardFn fn = choose_backend(o, w, progress, backend_state);
   EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn};
+  const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
   // Short records are gathered into a batch and spread whole over the ranks; a long record is
@@ -485,6 +501,11 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   }
   comm.barrier();
   sum.seconds = progress.seconds();
+  if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')
+    std::fprintf(stderr,
+                 "# rank %d: set-up %.2f s (model, input, device), forward %.2f s, pooling and "
+                 "writing %.2f s, total %.2f s\n",
+                 comm.rank(), setup_s, run.forward_s, run.write_s, since_start());
   if (std::getenv("SPARSA_COMM_STATS")) {
     // Measurement for docs/parallel.md: what this rank sent, against the model's count.
     std::fprintf(stderr,

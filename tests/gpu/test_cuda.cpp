@@ -123,6 +123,23 @@ TEST(CudaOps, RmsNorm) {
   EXPECT_LE(rel_err(down_act(db, n * d, DType::kBF16), ref), 1e-2);
 }
 
+TEST(CudaOps, StagedCopyToHost) {
+  SKIP_WITHOUT_GPU();
+  // Through the two pinned buffers: 3 full pieces of 64 MB and a partial one, into a vector made
+  // by resize_host; and a small copy (one plain copy).
+  for (size_t n : {size_t{(3u << 24) + 12345}, size_t{1000}}) {
+    std::vector<float> src(n);
+    for (size_t i = 0; i < n; ++i) src[i] = (float)(i % 1000003) - 0.5f;
+    DeviceBuffer d = up(src);
+    std::vector<float> got;
+    cuda::resize_host(got, n);
+    cudaStream_t s = cuda::create_stream();
+    cuda::copy_to_host_staged(got.data(), d.get(), n * 4, s);
+    cuda::destroy_stream(s);
+    EXPECT_TRUE(got == src) << n;
+  }
+}
+
 TEST(CudaOps, RmsNormVectorAndSplit) {
   SKIP_WITHOUT_GPU();
   // d % 128 == 0 takes the float4 kernel: the same floats as the one-element kernel (d = 96 path

@@ -169,9 +169,13 @@ TEST(Cli, PoolingAndDtype) {
   auto be = f.read_i64(first_key(f) + "/bin_end");
   EXPECT_EQ(be[0], 1000);
   EXPECT_EQ(be[48], 48502);
-  // float16 rows are the float32 rows rounded to half precision.
-  for (size_t i = 0; i < 64 * 50; ++i)
-    EXPECT_NEAR(half[i], none[i], 2e-3 * std::max(1.f, std::abs(none[i])));
+  // float16 rows are the float32 rows rounded to half precision (to nearest even, as C's cast),
+  // all 3.1 M values: several blocks of the parallel conversion, and its vector path where the
+  // CPU has F16C.
+  ASSERT_EQ(half.size(), none.size());
+  size_t wrong = 0;
+  for (size_t i = 0; i < none.size(); ++i) wrong += half[i] != (float)(_Float16)none[i];
+  EXPECT_EQ(wrong, 0u);
   EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
 }

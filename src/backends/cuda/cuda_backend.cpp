@@ -847,8 +847,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   unsigned long long bad = ~0ull;
   cuda::copy_to_host(&bad, I.bad.get(), 8, s);
   if (I.opt.output == CudaOutput::kHost) {
-    out.y.resize(m * d);
-    cuda::copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
+    cuda::resize_host(out.y, m * d);
+    cuda::copy_to_host_staged(out.y.data(), I.x.get(), m * d * 4, s);
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
     I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);

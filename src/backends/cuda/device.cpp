@@ -1,7 +1,9 @@
 #include "backends/cuda/device.hpp"
 
 #include <mpi.h>
+#include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -124,6 +126,62 @@ void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   else
     CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
+void copy_to_host_staged(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  constexpr size_t kPiece = size_t{64} << 20;
+  if (bytes <= kPiece) {
+    copy_to_host(dst, src, bytes, s);
+    synchronize(s);
+    return;
+  }
+  void* pinned[2] = {nullptr, nullptr};
+  cudaEvent_t done[2] = {nullptr, nullptr};
+  auto release = [&] {
+    for (int i = 0; i < 2; ++i) {
+      if (pinned[i]) cudaFreeHost(pinned[i]);
+      if (done[i]) cudaEventDestroy(done[i]);
+    }
+  };
+  try {
+    for (int i = 0; i < 2; ++i) {
+      CUDA_OK(cudaMallocHost(&pinned[i], kPiece));
+      CUDA_OK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
+    }
+    const size_t pieces = (bytes + kPiece - 1) / kPiece;
+    auto land = [&](size_t i) {  // piece i: wait for its DMA, copy it out of the pinned buffer
+      const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
+      CUDA_OK(cudaEventSynchronize(done[i % 2]));
+      char* d = static_cast<char*>(dst) + off;
+      const char* p = static_cast<const char*>(pinned[i % 2]);
+      constexpr size_t kPart = size_t{4} << 20;
+#pragma omp parallel for schedule(static)
+      for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
+    };
+    for (size_t i = 0; i < pieces; ++i) {
+      const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
+      if (i >= 2) land(i - 2);  // frees buffer i % 2 (its piece is copied out)
+      CUDA_OK(cudaMemcpyAsync(pinned[i % 2], static_cast<const char*>(src) + off, len,
+                              cudaMemcpyDeviceToHost, s));
+      CUDA_OK(cudaEventRecord(done[i % 2], s));
+    }
+    for (size_t i = pieces >= 2 ? pieces - 2 : 0; i < pieces; ++i) land(i);
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+}
+
+void resize_host(std::vector<float>& v, size_t n) {
+  v.clear();
+  v.shrink_to_fit();
+  v.reserve(n);
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t a = ((uintptr_t)v.data() + kHuge - 1) & ~(kHuge - 1),
+                  e = (uintptr_t)(v.data() + n) & ~(kHuge - 1);
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // advice: may be ignored
+  v.resize(n);
+}
+
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   if (!bytes) return;
   if (s)

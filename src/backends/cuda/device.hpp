@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/common/types.hpp"
 
@@ -48,6 +49,13 @@ void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t strea
 void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
 void memset_device(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr);
+// A large device-to-host copy into pageable memory (a genome's rows: GBs), synchronous: through
+// two pinned buffers in turn, so the DMA of one piece overlaps the host copy of the last (a
+// single pageable cudaMemcpy of GBs ran at about 1 GB/s).
+void copy_to_host_staged(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+// v.resize(n) for a fresh vector, its pages first advised to be huge (fewer page faults: a genome's
+// rows are GBs).
+void resize_host(std::vector<float>& v, size_t n);
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
 // float32 <-> bfloat16 (round to nearest even) on the host, for uploads and tests.
 void to_bf16(const float* in, uint16_t* out, int64_t n);
