@@ -40,4 +40,55 @@ void launch_topg(const TopgParams& p, cudaStream_t stream) {
       p.temp, bytes, (const uint64_t*)p.keys, p.sorted, (int)p.n_tokens, 0, 64, stream));
 }
 
+// Select keys: position << 32 | index in the ranked list (positions < 2^32, distinct).
+__global__ void topg_select_keys_kernel(TopgSelectParams p) {
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= p.g) return;
+  const uint64_t pos = 0xffffffffu - (uint32_t)p.sorted[j];
+  p.scratch[j] = (pos << 32) | (uint64_t)j;
+}
+
+__global__ void topg_select_out_kernel(TopgSelectParams p) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.g) return;
+  const uint64_t k = p.scratch[p.g + i];
+  const int64_t pos = (int64_t)(k >> 32), j = (int64_t)(k & 0xffffffffu);
+  uint32_t u = (uint32_t)(p.sorted[j] >> 32);
+  u = (u & 0x80000000u) ? (u ^ 0x80000000u) : ~u;
+  p.positions[i] = pos;
+  p.scores[i] = __uint_as_float(u);
+  p.rows[i] = pos - p.first_pos;
+}
+
+size_t topg_select_temp_bytes(int64_t g) {
+  size_t bytes = 0;
+  SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, bytes, (const uint64_t*)nullptr,
+                                                   (uint64_t*)nullptr, (int)std::max<int64_t>(g, 1),
+                                                   0, 64));
+  return bytes;
+}
+
+void launch_topg_select(const TopgSelectParams& p, cudaStream_t stream) {
+  if (p.g <= 0) return;
+  topg_select_keys_kernel<<<grid_for(p.g, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+  size_t bytes = p.temp_bytes;
+  SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(p.temp, bytes, (const uint64_t*)p.scratch,
+                                                   p.scratch + p.g, (int)p.g, 0, 64, stream));
+  topg_select_out_kernel<<<grid_for(p.g, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void topg_gate_kernel(const float* scores, int64_t g, float* gamma) {
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= g) return;
+  gamma[j] = (float)(1.0 / (1.0 + exp(-(double)scores[j])));
+}
+
+void launch_topg_gate(const float* scores, int64_t g, float* gamma, cudaStream_t stream) {
+  if (g <= 0) return;
+  topg_gate_kernel<<<grid_for(g, 256), 256, 0, stream>>>(scores, g, gamma);
+  SPARSA_LAUNCH_CHECK();
+}
+
 }  // namespace sparsa::kern

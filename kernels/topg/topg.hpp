@@ -22,6 +22,27 @@ struct TopgParams {
 size_t topg_temp_bytes(int64_t n_tokens);
 void launch_topg(const TopgParams& p, cudaStream_t stream);
 
+// The global set on the device, for a shard that holds the whole record: S = the first g of the
+// shard's ranked keys, ordered by position (as cpu::select_global); its positions, scores and
+// shard rows (position - first_pos) in that order. scratch: 2 g keys; temp: CUB scratch of
+// topg_select_temp_bytes(g).
+struct TopgSelectParams {
+  const uint64_t* sorted;  // [>= g], best first
+  int64_t g, first_pos;
+  uint64_t* scratch;
+  void* temp;
+  size_t temp_bytes;
+  int64_t* positions;  // [g] out
+  float* scores;       // [g] out
+  int64_t* rows;       // [g] out
+};
+size_t topg_select_temp_bytes(int64_t g);
+void launch_topg_select(const TopgSelectParams& p, cudaStream_t stream);
+
+// The gate gamma_j = sigmoid(s_j) of the global set, float(1 / (1 + exp(-s))) in double: every
+// path (one rank, NCCL, host staging) computes it here, so every rank has the same bits.
+void launch_topg_gate(const float* scores, int64_t g, float* gamma, cudaStream_t stream);
+
 // Host-side decoding of one key.
 inline float topg_key_score(uint64_t key) {
   uint32_t u = (uint32_t)(key >> 32);

@@ -376,6 +376,24 @@ TEST(CudaOps, TopGMatchesCpuWithTies) {
       ASSERT_EQ(kern::topg_key_pos(got[j]), ref[j].pos) << "G=" << G << " j=" << j;
       ASSERT_EQ(kern::topg_key_score(got[j]), ref[j].score);
     }
+    // The device selection (one rank holding the record): S in position order with its scores
+    // and shard rows, as cpu::select_global; and the gate of every chosen score.
+    if (G == 0) continue;
+    const auto S = cpu::select_global(ref, G);
+    const size_t st = kern::topg_select_temp_bytes(G);
+    DeviceBuffer sk(2 * G * 8), stemp(st), pos(G * 8), sc(G * 4), rows(G * 8), gam(G * 4);
+    kern::launch_topg_select({sorted.as<uint64_t>(), G, first, sk.as<uint64_t>(), stemp.get(), st,
+                              pos.as<int64_t>(), sc.as<float>(), rows.as<int64_t>()},
+                             nullptr);
+    kern::launch_topg_gate(sc.as<float>(), G, gam.as<float>(), nullptr);
+    const auto gp = down<int64_t>(pos, G), gr = down<int64_t>(rows, G);
+    const auto gs = down<float>(sc, G), gg = down<float>(gam, G);
+    for (int64_t j = 0; j < G; ++j) {
+      ASSERT_EQ(gp[j], S[j].pos) << "G=" << G << " j=" << j;
+      ASSERT_EQ(gs[j], S[j].score);
+      ASSERT_EQ(gr[j], S[j].pos - first);
+      ASSERT_NEAR(gg[j], 1.0 / (1.0 + std::exp(-(double)S[j].score)), 1e-7);
+    }
   }
   s[777] = NAN;
   s[900] = INFINITY;

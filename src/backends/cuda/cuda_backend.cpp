@@ -134,6 +134,9 @@ struct CudaModel::Impl {
   DeviceBuffer tokens, x, scores, keys, sorted, topg_temp, bad;
   DeviceBuffer h32, hact, qkv32, hid, up32, upact;
   DeviceBuffer kg, vg, gamma, gpos, gidx, kpack, vpack, pooled, gscratch, xg, rowpos;
+  // The global set's scores; one rank holding the record: the selection's scratch, and every
+  // layer's set and router flag, copied back once after the last layer.
+  DeviceBuffer gscore, sel_keys, sel_temp, gpos_all, gscore_all, bad_all;
   // Q/K/V windows: the interior's, carried from attention chunk to chunk, and the two edges' of a
   // split record (made before the interior changes x; the halo rows land in them).
   RowWindow ring, edge_lo, edge_hi;
@@ -167,9 +170,11 @@ struct CudaModel::Impl {
   int64_t activation_bytes() const {
     int64_t t = 0;
     for (const DeviceBuffer* b :
-         {&tokens, &x,        &scores, &keys,   &sorted, &topg_temp, &bad,  &h32,   &hact,   &qkv32,
-          &hid,    &up32,     &upact,  &kg,     &vg,     &gamma,     &gpos, &gidx,  &kpack,  &vpack,
-          &pooled, &gscratch, &xg,     &rowpos, &cand,   &kcat,      &vcat, &gperm, &halo_rx})
+         {&tokens,   &x,        &scores,   &keys,       &sorted,  &topg_temp, &bad,
+          &h32,      &hact,     &qkv32,    &hid,        &up32,    &upact,     &kg,
+          &vg,       &gamma,    &gpos,     &gidx,       &kpack,   &vpack,     &gscore,
+          &sel_keys, &sel_temp, &gpos_all, &gscore_all, &bad_all, &pooled,    &gscratch,
+          &xg,       &rowpos,   &cand,     &kcat,       &vcat,    &gperm,     &halo_rx})
       t += (int64_t)b->bytes();
     for (const RowWindow* w : {&ring, &edge_lo, &edge_hi})
       t += (int64_t)(w->q.bytes() + w->k.bytes() + w->v.bytes());
@@ -182,6 +187,8 @@ struct CudaModel::Impl {
   void fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m, int64_t b);
   void global_kv(const DeviceLayer& L, const std::vector<int64_t>& positions, int64_t b, void* k,
                  void* v);
+  void global_kv_device(const DeviceLayer& L, const int64_t* rows, const int64_t* positions,
+                        int64_t n, void* k, void* v);
   void mlp(const DeviceLayer& L, int64_t m);
 };
 
@@ -400,14 +407,21 @@ void CudaModel::Impl::fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64
 // in that order.
 void CudaModel::Impl::global_kv(const DeviceLayer& L, const std::vector<int64_t>& positions,
                                 int64_t b, void* k, void* v) {
-  const int64_t n = (int64_t)positions.size(), d = c.d_model;
+  const int64_t n = (int64_t)positions.size();
   if (n == 0) return;
   std::vector<int64_t> rows(n);
   for (int64_t i = 0; i < n; ++i) rows[i] = positions[i] - b;
   cuda::copy_to_device(gidx.get(), rows.data(), n * 8, s);
   cuda::copy_to_device(rowpos.get(), positions.data(), n * 8, s);
-  kern::launch_gather_rows({x.get(), gidx.as<int64_t>(), xg.get(), n, d * 4}, s);
-  project(L, xg.as<float>(), n, 0, rowpos.as<int64_t>(), nullptr, k, v);
+  global_kv_device(L, gidx.as<int64_t>(), rowpos.as<int64_t>(), n, k, v);
+}
+
+// The same from device lists of the n shard rows and their record positions.
+void CudaModel::Impl::global_kv_device(const DeviceLayer& L, const int64_t* rows,
+                                       const int64_t* positions, int64_t n, void* k, void* v) {
+  if (n == 0) return;
+  kern::launch_gather_rows({x.get(), rows, xg.get(), n, c.d_model * 4}, s);
+  project(L, xg.as<float>(), n, 0, positions, nullptr, k, v);
 }
 
 // x += GELU(RMSNorm(x) W_up) W_down, chunk by chunk.
@@ -513,6 +527,15 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.vg.reserve(G * d * eb);
   I.gamma.reserve(G * 4);
   I.gpos.reserve(G * 8);
+  I.gscore.reserve(G * 4);
+  if (single) {
+    I.sel_keys.reserve(2 * G * 8);
+    const size_t sel_temp = kern::topg_select_temp_bytes(G);
+    I.sel_temp.reserve(sel_temp);
+    I.gpos_all.reserve(c.n_layers * G * 8);
+    I.gscore_all.reserve(c.n_layers * G * 4);
+    I.bad_all.reserve(c.n_layers * 8);
+  }
   I.gidx.reserve(G * 8);
   I.rowpos.reserve(G * 8);
   I.xg.reserve(G * d * 4);
@@ -546,7 +569,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
 
   std::vector<uint64_t> best;
   std::vector<int64_t> gpos(G), local_pos;
-  std::vector<float> gamma(G);
+  std::vector<float> gscore(G);
   std::vector<char> kg_host, vg_host, kp_host, vp_host;
   if (!single) {
     kg_host.resize(G * row_bytes);
@@ -606,8 +629,19 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     // Top-G proposals of this shard (ranked by route(), the best G copied back).
     P.mark(kTopG, s);
     const int64_t n_best = std::min(G, m);
-    unsigned long long bad = 0;
-    if (nc) {
+    unsigned long long bad = ~0ull;
+    if (single) {
+      // The selection stays on the device (no round trip to the host within the layer): S in
+      // position order, its scores and shard rows; the set and the router flag are kept per layer
+      // and copied back after the last one.
+      kern::launch_topg_select(
+          {I.sorted.as<uint64_t>(), G, b, I.sel_keys.as<uint64_t>(), I.sel_temp.get(),
+           I.sel_temp.bytes(), I.gpos.as<int64_t>(), I.gscore.as<float>(), I.gidx.as<int64_t>()},
+          s);
+      cuda::copy_device(I.gpos_all.as<int64_t>() + l * G, I.gpos.get(), G * 8, s);
+      cuda::copy_device(I.gscore_all.as<float>() + l * G, I.gscore.get(), G * 4, s);
+      cuda::copy_device(I.bad_all.as<unsigned long long>() + l, I.bad.get(), 8, s);
+    } else if (nc) {
       // Every rank's best keys gathered on the device (the sizes are known: min(G, shard size)),
       // then copied back once: the same list, in rank order, that the host path gathers.
       if (n_best * 8 != cand_bytes[comm.rank()])
@@ -630,30 +664,36 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     const int token = single || nc ? -1 : comm.start_exchange(sends, recvs);
     if (bad != ~0ull)
       throw NumericError("router score at position " + std::to_string(bad) + " is not finite");
-    std::vector<cpu::GlobalCandidate> mine(best.size());
-    for (size_t j = 0; j < best.size(); ++j)
-      mine[j] = {kern::topg_key_score(best[j]), kern::topg_key_pos(best[j])};
-    std::vector<cpu::GlobalCandidate> S;
     std::vector<uint8_t> gathered;
-    if (single || nc) {
-      S = cpu::select_global(std::move(mine), G);
-    } else {
-      comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
-      std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
-      if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
-      S = cpu::select_global(std::move(all), G);
+    if (!single) {
+      std::vector<cpu::GlobalCandidate> mine(best.size());
+      for (size_t j = 0; j < best.size(); ++j)
+        mine[j] = {kern::topg_key_score(best[j]), kern::topg_key_pos(best[j])};
+      std::vector<cpu::GlobalCandidate> S;
+      if (nc) {
+        S = cpu::select_global(std::move(mine), G);
+      } else {
+        comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)),
+                        gathered);
+        std::vector<cpu::GlobalCandidate> all(gathered.size() / sizeof(cpu::GlobalCandidate));
+        if (!all.empty()) std::memcpy(all.data(), gathered.data(), gathered.size());
+        S = cpu::select_global(std::move(all), G);
+      }
+      for (int64_t j = 0; j < G; ++j) {
+        out.global_positions[l * G + j] = S[j].pos;
+        out.global_scores[l * G + j] = S[j].score;
+        gpos[j] = S[j].pos;
+        gscore[j] = S[j].score;
+      }
+      cuda::copy_to_device(I.gpos.get(), gpos.data(), G * 8, s);
+      cuda::copy_to_device(I.gscore.get(), gscore.data(), G * 4, s);
     }
-    for (int64_t j = 0; j < G; ++j) {
-      out.global_positions[l * G + j] = S[j].pos;
-      out.global_scores[l * G + j] = S[j].score;
-      gpos[j] = S[j].pos;
-      gamma[j] = (float)(1.0 / (1.0 + std::exp(-(double)S[j].score)));
-    }
+    kern::launch_topg_gate(I.gscore.as<float>(), G, I.gamma.as<float>(), s);
 
     P.mark(kGather, s);
     if (single) {
       // Every chosen row is in this shard: K/V projected from x, in the order of S.
-      I.global_kv(L, gpos, b, I.kg.get(), I.vg.get());
+      I.global_kv_device(L, I.gidx.as<int64_t>(), I.gpos.as<int64_t>(), G, I.kg.get(), I.vg.get());
     } else if (nc) {
       // The chosen rows this shard owns, packed in the order of S; all-gathered device to device
       // into rank order; then permuted into the order of S. Every rank knows every owner.
@@ -681,8 +721,9 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       kern::launch_gather_rows({I.kcat.get(), I.gperm.as<int64_t>(), I.kg.get(), G, row_bytes}, s);
       kern::launch_gather_rows({I.vcat.get(), I.gperm.as<int64_t>(), I.vg.get(), G, row_bytes}, s);
     } else {
-      // K, V and gate of the chosen tokens this shard owns: [int32 index in S][float gate][K][V];
-      // only these G rows cross ranks (through the host, so that any Comm works).
+      // K and V of the chosen tokens this shard owns: [int32 index in S][4 bytes 0][K][V]; only
+      // these G rows cross ranks (through the host, so that any Comm works). The gate is
+      // computed from S on every rank.
       local_pos.clear();
       std::vector<int32_t> local_j;
       for (int64_t j = 0; j < G; ++j)
@@ -702,7 +743,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       for (int64_t t = 0; t < cnt; ++t) {
         char* p = pack.data() + t * pack_row;
         std::memcpy(p, &local_j[t], 4);
-        std::memcpy(p + 4, &gamma[local_j[t]], 4);
+        std::memset(p + 4, 0, 4);
         std::memcpy(p + 8, kp_host.data() + t * row_bytes, row_bytes);
         std::memcpy(p + 8 + row_bytes, vp_host.data() + t * row_bytes, row_bytes);
       }
@@ -715,15 +756,12 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
         int32_t j;
         std::memcpy(&j, p, 4);
         if (j < 0 || j >= G) throw SystemError("global gather: bad index");
-        std::memcpy(&gamma[j], p + 4, 4);
         std::memcpy(kg_host.data() + j * row_bytes, p + 8, row_bytes);
         std::memcpy(vg_host.data() + j * row_bytes, p + 8 + row_bytes, row_bytes);
       }
       cuda::copy_to_device(I.kg.get(), kg_host.data(), G * row_bytes, s);
       cuda::copy_to_device(I.vg.get(), vg_host.data(), G * row_bytes, s);
     }
-    cuda::copy_to_device(I.gamma.get(), gamma.data(), G * 4, s);
-    cuda::copy_to_device(I.gpos.get(), gpos.data(), G * 8, s);
 
     P.mark(kAttention, s);
     kern::AttentionParams ap{};
@@ -846,6 +884,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   kern::launch_find_nonfinite({I.x.as<float>(), m * d, I.bad.as<unsigned long long>()}, s);
   unsigned long long bad = ~0ull;
   cuda::copy_to_host(&bad, I.bad.get(), 8, s);
+  std::vector<unsigned long long> router_bad;
+  if (single) {  // the layers' global sets and router flags, kept on the device
+    router_bad.resize(c.n_layers);
+    cuda::copy_to_host(router_bad.data(), I.bad_all.get(), c.n_layers * 8, s);
+    cuda::copy_to_host(out.global_positions.data(), I.gpos_all.get(), c.n_layers * G * 8, s);
+    cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
+  }
   if (I.opt.output == CudaOutput::kHost) {
     cuda::resize_host(out.y, m * d);
     cuda::copy_to_host_staged(out.y.data(), I.x.get(), m * d * 4, s);
@@ -860,6 +905,9 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
   P.finish();
+  for (unsigned long long rb : router_bad)  // the first layer with one
+    if (rb != ~0ull)
+      throw NumericError("router score at position " + std::to_string(rb) + " is not finite");
   if (I.profile_env && P.on) std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
   if (bad != ~0ull)
     throw NumericError("the model produced a non-finite value at record position " +
