@@ -151,6 +151,7 @@ struct CudaModel::Impl {
   // bf16 mode's split router (router_split.hpp); SPARSA_ROUTER=exact: the float32 GEMM. Whether
   // the last forward used it.
   bool router_split = true, router_split_used = false;
+  std::vector<cudaEvent_t> layer_done;  // the forward's layer ends (for the hooks), two in turn
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -262,6 +263,8 @@ CudaModel::~CudaModel() {
   if (impl_) {
     cudaStreamSynchronize(impl_->s);
     impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
+    for (cudaEvent_t e : impl_->layer_done)
+      if (e) cudaEventDestroy(e);
     cuda::destroy_stream(impl_->s);
   }
 }
@@ -870,10 +873,22 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       if (hi_a < m) chunks(hi_a, m, [&](int64_t c0, int64_t c1) { attend(I.edge_hi, c0, c1); });
     }
     I.mlp(L, m);
+    // The hook of layer l - 1 once the GPU has finished it, while layer l is queued: the GPU never
+    // waits for the host to queue a layer (a sync per layer idled it for the queuing, ~1 ms).
     if (hooks.after_layer) {
-      cuda::synchronize(s);
-      hooks.after_layer(l);
+      if (I.layer_done.size() < 2) I.layer_done.resize(2);
+      for (cudaEvent_t& e : I.layer_done)
+        if (!e) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      CUDA_OK(cudaEventRecord(I.layer_done[l % 2], s));
+      if (l > 0) {
+        CUDA_OK(cudaEventSynchronize(I.layer_done[(l - 1) % 2]));
+        hooks.after_layer(l - 1);
+      }
     }
+  }
+  if (hooks.after_layer && c.n_layers > 0) {
+    cuda::synchronize(s);
+    hooks.after_layer(c.n_layers - 1);
   }
   P.mark(kOutput, s);
   kern::launch_rmsnorm({I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr,
