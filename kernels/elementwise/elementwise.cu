@@ -85,6 +85,29 @@ __global__ void __launch_bounds__(kGeluTableThreads)
   }
 }
 
+// Whether this device gives a block the table's 128 KB of shared memory (H100/H200/A100: yes;
+// sm_86/sm_89, ~99 KB: no, the computing kernel runs instead); the SM count. Once per process,
+// as the attention kernels' attributes (one device a process).
+struct LookupSetup {
+  bool ok = false;
+  int sms = 0;
+};
+const LookupSetup& gelu_lookup_setup() {
+  static const LookupSetup v = [] {
+    LookupSetup r;
+    int dev = 0, optin = 0;
+    SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
+    SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev));
+    SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if ((size_t)optin >= kGeluTableBytes)
+      r.ok = cudaFuncSetAttribute(gelu_lookup_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kGeluTableBytes) == cudaSuccess;
+    cudaGetLastError();  // a refused attribute is not an error here
+    return r;
+  }();
+  return v;
+}
+
 void launch_gelu(const GeluParams& p, cudaStream_t stream) {
   if (p.count <= 0) return;
   const unsigned grid = std::min<unsigned>(grid_for(p.count, 1024), 65536u);
@@ -93,12 +116,9 @@ void launch_gelu(const GeluParams& p, cudaStream_t stream) {
       throw SystemError("gelu: bf16 input needs bf16 output and an even count");
     const bool vec8 =
         p.count % 8 == 0 && (uintptr_t)p.in_bf16 % 16 == 0 && (uintptr_t)p.out % 16 == 0;
-    if (vec8 && p.table && (uintptr_t)p.table % 16 == 0) {
-      int dev = 0, sms = 0;  // one block an SM (the table fills most of its shared memory)
-      SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
-      SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-      SPARSA_CUDA_CHECK(cudaFuncSetAttribute(
-          gelu_lookup_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGeluTableBytes));
+    if (vec8 && p.table && (uintptr_t)p.table % 16 == 0 && gelu_lookup_setup().ok) {
+      // One block an SM: the table fills most of its shared memory.
+      const int sms = gelu_lookup_setup().sms;
       gelu_lookup_kernel<<<std::min<unsigned>(grid_for(p.count / 8, kGeluTableThreads), sms),
                            kGeluTableThreads, kGeluTableBytes, stream>>>(
           (const uint4*)p.in_bf16, (uint4*)p.out, p.count / 8, (const uint4*)p.table);

@@ -15,7 +15,8 @@ struct GeluParams {
   // When set: the input is bf16 (`in` unused), the output bf16 (count even); may alias out.
   const void* in_bf16 = nullptr;
   // bf16 in and out: when set, the output of every bf16 input (a table of 65536, from
-  // launch_gelu_table; the same bits as computing it), looked up in shared memory.
+  // launch_gelu_table; the same bits as computing it), looked up in shared memory where a block
+  // can have 128 KB of it (else computed).
   const void* table = nullptr;
 };
 void launch_gelu(const GeluParams& p, cudaStream_t stream);

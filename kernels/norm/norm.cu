@@ -34,9 +34,10 @@ __global__ void rmsnorm_kernel(RmsNormParams p) {
     put<Act>(p, row, j, (float)((double)x[j] * inv * (double)p.gain[j]));
 }
 
-// dim = 128 Q (Q = 1, 2, 4 or 8) and 16-byte aligned rows: the same arithmetic per element, with
-// the row held in registers (one read) and float4 loads (lane takes elements 4 (lane + 32 t) ..
-// + 3, t < Q).
+// dim = 128 Q (Q = 1, 2, 4 or 8) and 16-byte aligned rows: the same arithmetic per element (the
+// double sum of squares in another order, which can move the last bit), with the row held in
+// registers (one read) and float4 loads (lane takes elements 4 (lane + 32 t) .. + 3, t < Q). The
+// kernel depends only on d and the alignment, so every row of a model takes the same one.
 template <class Act, int Q>
 __global__ void rmsnorm4_kernel(RmsNormParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;

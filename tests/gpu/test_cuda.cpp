@@ -20,6 +20,7 @@
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
+#include "core/signals.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
@@ -126,15 +127,17 @@ TEST(CudaOps, RmsNorm) {
 TEST(CudaOps, StagedCopyToHost) {
   SKIP_WITHOUT_GPU();
   // Through the two pinned buffers: 3 full pieces of 64 MB and a partial one, into a vector made
-  // by resize_host; and a small copy (one plain copy).
-  for (size_t n : {size_t{(3u << 24) + 12345}, size_t{1000}}) {
+  // by resize_host; exactly two pieces; and a small copy (one plain copy). One staging object
+  // for all (its buffers are reused).
+  cuda::HostStaging staging;
+  for (size_t n : {size_t{(3u << 24) + 12345}, size_t{2u << 24}, size_t{1000}}) {
     std::vector<float> src(n);
     for (size_t i = 0; i < n; ++i) src[i] = (float)(i % 1000003) - 0.5f;
     DeviceBuffer d = up(src);
     std::vector<float> got;
     cuda::resize_host(got, n);
     cudaStream_t s = cuda::create_stream();
-    cuda::copy_to_host_staged(got.data(), d.get(), n * 4, s);
+    staging.copy_to_host(got.data(), d.get(), n * 4, s);
     cuda::destroy_stream(s);
     EXPECT_TRUE(got == src) << n;
   }
@@ -144,7 +147,7 @@ TEST(CudaOps, RmsNormVectorAndSplit) {
   SKIP_WITHOUT_GPU();
   // d % 128 == 0 takes the float4 kernel: the same floats as the one-element kernel (d = 96 path
   // above agrees with the CPU), and the split output hi + lo within 2^-16 of each float.
-  const int64_t n = 1000, d = 512;
+  const int64_t n = 1003, d = 512;  // 8 rows a block: the last block partly filled
   auto x = rnd(n * d, 5, -4, 4), gain = rnd(d, 6, -2, 2);
   std::vector<float> ref(n * d);
   cpu::rmsnorm({x.data(), gain.data(), ref.data(), n, d, 1e-6});
@@ -876,6 +879,32 @@ TEST(CudaModel, HundredThousandTokensInChunks) {
   EXPECT_TRUE(r.identical);
   r = compare_model(c, 100000, true, 16384);
   EXPECT_LE(r.err, 5e-2);
+}
+
+TEST(CudaModel, ProgressHookOncePerLayerInOrder) {
+  SKIP_WITHOUT_GPU();
+  // The hook of layer l runs after the GPU finished layer l, while layer l + 1 is queued: once per
+  // layer, in order, the last one too. A hook that throws ends the forward with its exception,
+  // and the next forward of the same model gives the bits of a fresh model.
+  ModelConfig c = small_config(64, 2, 16, false, 16);
+  c.n_layers = 4;
+  ModelWeights w = init_model(c, 3);
+  auto tok = dna(3000, 5);
+  auto comm = make_single_comm();
+  const Shard sh = shard_of(3000, 0, 1);
+  CudaModel gpu(w, {true, -1, 65536});
+  std::vector<int64_t> seen;
+  ForwardHooks hooks;
+  hooks.after_layer = [&](int64_t l) { seen.push_back(l); };
+  const ForwardOutput first = gpu.forward(tok.data(), sh, *comm, hooks);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2, 3}));
+  hooks.after_layer = [&](int64_t l) {
+    if (l == 1) throw Interrupted("stop");
+  };
+  EXPECT_THROW(gpu.forward(tok.data(), sh, *comm, hooks), Interrupted);
+  const ForwardOutput again = gpu.forward(tok.data(), sh, *comm);
+  EXPECT_TRUE(again.y == first.y);
+  EXPECT_TRUE(again.global_positions == first.global_positions);
 }
 
 TEST(CudaModel, RouterNaNIsAnError) {

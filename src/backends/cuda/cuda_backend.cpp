@@ -152,6 +152,7 @@ struct CudaModel::Impl {
   // the last forward used it.
   bool router_split = true, router_split_used = false;
   std::vector<cudaEvent_t> layer_done;  // the forward's layer ends (for the hooks), two in turn
+  cuda::HostStaging staging;            // the rows' way back to the host (CudaOutput::kHost)
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -908,7 +909,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   }
   if (I.opt.output == CudaOutput::kHost) {
     cuda::resize_host(out.y, m * d);
-    cuda::copy_to_host_staged(out.y.data(), I.x.get(), m * d * 4, s);
+    I.staging.copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
     I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);

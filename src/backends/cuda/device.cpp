@@ -126,49 +126,47 @@ void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   else
     CUDA_OK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
-void copy_to_host_staged(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+HostStaging::~HostStaging() {
+  for (int i = 0; i < 2; ++i) {
+    if (done_[i]) cudaEventSynchronize(static_cast<cudaEvent_t>(done_[i]));
+    if (buf_[i]) cudaFreeHost(buf_[i]);
+    if (done_[i]) cudaEventDestroy(static_cast<cudaEvent_t>(done_[i]));
+  }
+}
+
+void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   constexpr size_t kPiece = size_t{64} << 20;
   if (bytes <= kPiece) {
-    copy_to_host(dst, src, bytes, s);
+    sparsa::cuda::copy_to_host(dst, src, bytes, s);
     synchronize(s);
     return;
   }
-  void* pinned[2] = {nullptr, nullptr};
-  cudaEvent_t done[2] = {nullptr, nullptr};
-  auto release = [&] {
-    for (int i = 0; i < 2; ++i) {
-      if (pinned[i]) cudaFreeHost(pinned[i]);
-      if (done[i]) cudaEventDestroy(done[i]);
+  for (int i = 0; i < 2; ++i) {
+    if (!buf_[i]) CUDA_OK(cudaMallocHost(&buf_[i], kPiece));
+    if (!done_[i]) {
+      cudaEvent_t e;
+      CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      done_[i] = e;
     }
-  };
-  try {
-    for (int i = 0; i < 2; ++i) {
-      CUDA_OK(cudaMallocHost(&pinned[i], kPiece));
-      CUDA_OK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
-    }
-    const size_t pieces = (bytes + kPiece - 1) / kPiece;
-    auto land = [&](size_t i) {  // piece i: wait for its DMA, copy it out of the pinned buffer
-      const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
-      CUDA_OK(cudaEventSynchronize(done[i % 2]));
-      char* d = static_cast<char*>(dst) + off;
-      const char* p = static_cast<const char*>(pinned[i % 2]);
-      constexpr size_t kPart = size_t{4} << 20;
-#pragma omp parallel for schedule(static)
-      for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
-    };
-    for (size_t i = 0; i < pieces; ++i) {
-      const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
-      if (i >= 2) land(i - 2);  // frees buffer i % 2 (its piece is copied out)
-      CUDA_OK(cudaMemcpyAsync(pinned[i % 2], static_cast<const char*>(src) + off, len,
-                              cudaMemcpyDeviceToHost, s));
-      CUDA_OK(cudaEventRecord(done[i % 2], s));
-    }
-    for (size_t i = pieces >= 2 ? pieces - 2 : 0; i < pieces; ++i) land(i);
-  } catch (...) {
-    release();
-    throw;
   }
-  release();
+  const size_t pieces = (bytes + kPiece - 1) / kPiece;
+  auto land = [&](size_t i) {  // piece i: wait for its DMA, copy it out of its pinned buffer
+    const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
+    CUDA_OK(cudaEventSynchronize(static_cast<cudaEvent_t>(done_[i % 2])));
+    char* d = static_cast<char*>(dst) + off;
+    const char* p = static_cast<const char*>(buf_[i % 2]);
+    constexpr size_t kPart = size_t{4} << 20;
+#pragma omp parallel for schedule(static)
+    for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
+  };
+  for (size_t i = 0; i < pieces; ++i) {
+    const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
+    if (i >= 2) land(i - 2);  // frees buffer i % 2 (its piece is copied out)
+    CUDA_OK(cudaMemcpyAsync(buf_[i % 2], static_cast<const char*>(src) + off, len,
+                            cudaMemcpyDeviceToHost, s));
+    CUDA_OK(cudaEventRecord(static_cast<cudaEvent_t>(done_[i % 2]), s));
+  }
+  for (size_t i = pieces - 2; i < pieces; ++i) land(i);  // pieces >= 2 here
 }
 
 void resize_host(std::vector<float>& v, size_t n) {

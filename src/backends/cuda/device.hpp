@@ -49,10 +49,22 @@ void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t strea
 void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t stream = nullptr);
 void memset_device(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr);
-// A large device-to-host copy into pageable memory (a genome's rows: GBs), synchronous: through
+// Large device-to-host copies into pageable memory (a genome's rows: GBs), synchronous: through
 // two pinned buffers in turn, so the DMA of one piece overlaps the host copy of the last (a
-// single pageable cudaMemcpy of GBs ran at about 1 GB/s).
-void copy_to_host_staged(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+// single pageable cudaMemcpy of GBs ran at about 1 GB/s). The buffers (2 x 64 MB) are made on
+// the first large copy and kept until destruction (after the stream is idle).
+class HostStaging {
+ public:
+  HostStaging() = default;
+  ~HostStaging();
+  HostStaging(const HostStaging&) = delete;
+  HostStaging& operator=(const HostStaging&) = delete;
+  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
+ private:
+  void* buf_[2] = {nullptr, nullptr};
+  void* done_[2] = {nullptr, nullptr};  // cudaEvent_t
+};
 // v.resize(n) for a fresh vector, its pages first advised to be huge (fewer page faults: a genome's
 // rows are GBs).
 void resize_host(std::vector<float>& v, size_t n);
