@@ -6,6 +6,7 @@
 #include <mutex>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -47,7 +48,11 @@ __attribute__((target("avx,f16c"))) void to_f16_f16c(const float* src, _Float16*
 void to_f16(const float* src, _Float16* dst, int64_t n) {
   constexpr int64_t kBlock = int64_t{1} << 20;
 #if defined(__x86_64__)
-  static const bool f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  // F16C from CPUID (clang 14 has no "f16c" for __builtin_cpu_supports); AVX also checks the OS.
+  static const bool f16c = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && __builtin_cpu_supports("avx");
+  }();
 #else
   constexpr bool f16c = false;
 #endif
