@@ -6,6 +6,7 @@
 
 #include "backends/cpu/ops.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 
 namespace sparsa {
 
@@ -67,7 +68,11 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   out.global_scores.resize(c.n_layers * G);
 
   // Activations: [m, d] residual stream; q is reused for the attention output.
-  std::vector<float> x(m * d), q(m * d), k(kv_count * d), v(kv_count * d), scores(m);
+  std::vector<float> x, q, k, v, scores(m);
+  resize_huge(x, m * d);  // GBs for a long record: fresh pages advised huge (core/memory.hpp)
+  resize_huge(q, m * d);
+  resize_huge(k, kv_count * d);
+  resize_huge(v, kv_count * d);
   std::vector<float> kg(G * d), vg(G * d), gamma(G);
   std::vector<int64_t> gpos(G);
 

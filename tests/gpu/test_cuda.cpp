@@ -20,6 +20,7 @@
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/signals.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
@@ -127,7 +128,7 @@ TEST(CudaOps, RmsNorm) {
 TEST(CudaOps, StagedCopyToHost) {
   SKIP_WITHOUT_GPU();
   // Through the two pinned buffers: 3 full pieces of 64 MB and a partial one, into a vector made
-  // by resize_host; exactly two pieces; and a small copy (one plain copy). One staging object
+  // by resize_huge; exactly two pieces; and a small copy (one plain copy). One staging object
   // for all (its buffers are reused).
   cuda::HostStaging staging;
   for (size_t n : {size_t{(3u << 24) + 12345}, size_t{2u << 24}, size_t{1000}}) {
@@ -135,7 +136,7 @@ TEST(CudaOps, StagedCopyToHost) {
     for (size_t i = 0; i < n; ++i) src[i] = (float)(i % 1000003) - 0.5f;
     DeviceBuffer d = up(src);
     std::vector<float> got;
-    cuda::resize_host(got, n);
+    resize_huge(got, n);
     cudaStream_t s = cuda::create_stream();
     staging.copy_to_host(got.data(), d.get(), n * 4, s);
     cuda::destroy_stream(s);

@@ -12,6 +12,7 @@
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "dist/comm_nccl.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
@@ -908,7 +909,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
   }
   if (I.opt.output == CudaOutput::kHost) {
-    cuda::resize_host(out.y, m * d);
+    resize_huge(out.y, m * d);
     I.staging.copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;

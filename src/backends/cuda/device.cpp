@@ -1,7 +1,6 @@
 #include "backends/cuda/device.hpp"
 
 #include <mpi.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -167,17 +166,6 @@ void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStr
     CUDA_OK(cudaEventRecord(static_cast<cudaEvent_t>(done_[i % 2]), s));
   }
   for (size_t i = pieces - 2; i < pieces; ++i) land(i);  // pieces >= 2 here
-}
-
-void resize_host(std::vector<float>& v, size_t n) {
-  v.clear();
-  v.shrink_to_fit();
-  v.reserve(n);
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t a = ((uintptr_t)v.data() + kHuge - 1) & ~(kHuge - 1),
-                  e = (uintptr_t)(v.data() + n) & ~(kHuge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // advice: may be ignored
-  v.resize(n);
 }
 
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {

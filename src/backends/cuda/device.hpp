@@ -65,9 +65,7 @@ class HostStaging {
   void* buf_[2] = {nullptr, nullptr};
   void* done_[2] = {nullptr, nullptr};  // cudaEvent_t
 };
-// v.resize(n) for a fresh vector, its pages first advised to be huge (fewer page faults: a genome's
-// rows are GBs).
-void resize_host(std::vector<float>& v, size_t n);
+
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
 // float32 <-> bfloat16 (round to nearest even) on the host, for uploads and tests.
 void to_bf16(const float* in, uint16_t* out, int64_t n);
