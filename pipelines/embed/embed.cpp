@@ -60,11 +60,11 @@ PoolSpec parse_pool(const std::string& s) {
 // Rows a block of the mean pool covers: matches the shard alignment so blocks never straddle.
 static constexpr int64_t kMeanBlock = 64;
 
-Pooled pool_shard(const float* y, int64_t n, int64_t d, int64_t first_pos, int64_t n_record,
+Pooled pool_shard(std::vector<float>&& y, int64_t n, int64_t d, int64_t first_pos, int64_t n_record,
                   const PoolSpec& pool) {
   Pooled out;
   if (pool.kind == PoolSpec::kNone) {
-    out.rows.assign(y, y + n * d);
+    out.rows = std::move(y);
     for (int64_t i = 0; i < n; ++i) {
       out.starts.push_back(first_pos + i);
       out.ends.push_back(first_pos + i + 1);
@@ -297,14 +297,8 @@ struct EmbedRun {
         pooled.starts.push_back(sh.begin + b0);
         pooled.ends.push_back(std::min(n, sh.begin + b0 + o.pool.bin));
       }
-    } else if (o.pool.kind == PoolSpec::kNone) {  // the rows themselves: moved, not copied
-      pooled.rows = std::move(fwd.y);
-      for (int64_t i = 0; i < sh.size(); ++i) {
-        pooled.starts.push_back(sh.begin + i);
-        pooled.ends.push_back(sh.begin + i + 1);
-      }
     } else {
-      pooled = pool_shard(fwd.y.data(), sh.size(), d, sh.begin, n, o.pool);
+      pooled = pool_shard(std::move(fwd.y), sh.size(), d, sh.begin, n, o.pool);
     }
     fwd.y = {};
     RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};

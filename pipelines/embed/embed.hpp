@@ -58,7 +58,8 @@ struct Pooled {
   std::vector<int64_t> ends;
   std::vector<double> block_sums;  // mean only: [n_blocks, d]
 };
-Pooled pool_shard(const float* y, int64_t n, int64_t d, int64_t first_pos, int64_t n_record,
+// y: the shard's n rows [n, d]; `none` moves them into the result (a genome's rows are GBs).
+Pooled pool_shard(std::vector<float>&& y, int64_t n, int64_t d, int64_t first_pos, int64_t n_record,
                   const PoolSpec& pool);
 std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d, int64_t n_record);
 
