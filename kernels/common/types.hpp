@@ -5,6 +5,13 @@
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
+// Small helpers that host code and kernels share (plain C++ outside nvcc).
+#if defined(__CUDACC__)
+#define SPARSA_HOST_DEVICE __host__ __device__
+#else
+#define SPARSA_HOST_DEVICE
+#endif
+
 namespace sparsa::kern {
 
 // Element type of an activation tensor: float32 (validation mode) or bfloat16 (fast mode).

@@ -44,8 +44,7 @@ void launch_topg(const TopgParams& p, cudaStream_t stream) {
 __global__ void topg_select_keys_kernel(TopgSelectParams p) {
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= p.g) return;
-  const uint64_t pos = 0xffffffffu - (uint32_t)p.sorted[j];
-  p.scratch[j] = (pos << 32) | (uint64_t)j;
+  p.scratch[j] = ((uint64_t)topg_key_pos(p.sorted[j]) << 32) | (uint64_t)j;
 }
 
 __global__ void topg_select_out_kernel(TopgSelectParams p) {
@@ -53,10 +52,8 @@ __global__ void topg_select_out_kernel(TopgSelectParams p) {
   if (i >= p.g) return;
   const uint64_t k = p.scratch[p.g + i];
   const int64_t pos = (int64_t)(k >> 32), j = (int64_t)(k & 0xffffffffu);
-  uint32_t u = (uint32_t)(p.sorted[j] >> 32);
-  u = (u & 0x80000000u) ? (u ^ 0x80000000u) : ~u;
   p.positions[i] = pos;
-  p.scores[i] = __uint_as_float(u);
+  p.scores[i] = topg_key_score(p.sorted[j]);
   p.rows[i] = pos - p.first_pos;
 }
 

@@ -43,14 +43,16 @@ void launch_topg_select(const TopgSelectParams& p, cudaStream_t stream);
 // path (one rank, NCCL, host staging) computes it here, so every rank has the same bits.
 void launch_topg_gate(const float* scores, int64_t g, float* gamma, cudaStream_t stream);
 
-// Host-side decoding of one key.
-inline float topg_key_score(uint64_t key) {
+// Decoding of one key (host and device).
+SPARSA_HOST_DEVICE inline float topg_key_score(uint64_t key) {
   uint32_t u = (uint32_t)(key >> 32);
   u = (u & 0x80000000u) ? (u ^ 0x80000000u) : ~u;
   float f;
   __builtin_memcpy(&f, &u, 4);
   return f;
 }
-inline int64_t topg_key_pos(uint64_t key) { return (int64_t)(0xffffffffu - (uint32_t)key); }
+SPARSA_HOST_DEVICE inline int64_t topg_key_pos(uint64_t key) {
+  return (int64_t)(0xffffffffu - (uint32_t)key);
+}
 
 }  // namespace sparsa::kern
