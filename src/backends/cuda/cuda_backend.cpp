@@ -97,8 +97,7 @@ struct DeviceLayer {
   DeviceBuffer attn_norm, wqk, wv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
   float router_b2 = 0;
-  DeviceBuffer router_split;  // bf16 mode: [2d, 2r], and the bound of its scores (router_split.hpp)
-  double router_bound = 0;
+  DeviceBuffer router_split;  // bf16 mode: [2d, 2r] (router_split.hpp)
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -116,6 +115,10 @@ struct RowWindow {
   }
   bool holds(int64_t r0, int64_t r1) const { return r0 >= lo && r1 <= hi && r1 > r0; }
 };
+
+NumericError router_not_finite(unsigned long long position) {
+  return NumericError("router score at position " + std::to_string(position) + " is not finite");
+}
 
 }  // namespace
 
@@ -152,8 +155,8 @@ struct CudaModel::Impl {
   // bf16 mode's split router (router_split.hpp); SPARSA_ROUTER=exact: the float32 GEMM. Whether
   // the last forward used it.
   bool router_split = true, router_split_used = false;
-  std::vector<cudaEvent_t> layer_done;  // the forward's layer ends (for the hooks), two in turn
-  cuda::HostStaging staging;            // the rows' way back to the host (CudaOutput::kHost)
+  cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
+  cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -217,6 +220,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
+  for (cudaEvent_t& e : I.layer_done) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   const ModelConfig& c = I.c;
   const int64_t d = c.d_model;
   std::vector<float> tables;
@@ -250,7 +254,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       D.router_split = DeviceBuffer(rs.w.size() * 2);
       cuda::copy_to_device(D.router_split.get(), rs.w.data(), rs.w.size() * 2);
       I.weight_bytes += (int64_t)D.router_split.bytes();
-      D.router_bound = rs.bound;
     }
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
@@ -308,16 +311,13 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
     prof.mark(kRouter, s);
     kern::RmsNormParams np{x.as<float>() + c0 * d,
                            L.attn_norm.as<float>(),
-                           h32.as<float>(),
+                           split ? nullptr : h32.as<float>(),
                            nullptr,
                            act,
                            rows,
                            d,
                            c.norm_eps};
-    if (split) {  // bf16 [rows, 2d] = hi | lo: the bytes of float32 [rows, d]
-      np.out_f32 = nullptr;
-      np.out_split = h32.get();
-    }
+    if (split) np.out_split = h32.get();  // bf16 [rows, 2d] = hi | lo: the bytes of fp32 [rows, d]
     kern::launch_rmsnorm(np, s);
     if (split)
       gemm.run(h32.get(), L.router_split.get(), hid.as<float>(), rows, 2 * r, 2 * d, DType::kBF16,
@@ -667,8 +667,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     }
     P.mark(kSelect, s);
     const int token = single || nc ? -1 : comm.start_exchange(sends, recvs);
-    if (bad != ~0ull)
-      throw NumericError("router score at position " + std::to_string(bad) + " is not finite");
+    if (bad != ~0ull) throw router_not_finite(bad);
     std::vector<uint8_t> gathered;
     if (!single) {
       std::vector<cpu::GlobalCandidate> mine(best.size());
@@ -878,9 +877,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     // The hook of layer l - 1 once the GPU has finished it, while layer l is queued: the GPU never
     // waits for the host to queue a layer (a sync per layer idled it for the queuing, ~1 ms).
     if (hooks.after_layer) {
-      if (I.layer_done.size() < 2) I.layer_done.resize(2);
-      for (cudaEvent_t& e : I.layer_done)
-        if (!e) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       CUDA_OK(cudaEventRecord(I.layer_done[l % 2], s));
       if (l > 0) {
         CUDA_OK(cudaEventSynchronize(I.layer_done[(l - 1) % 2]));
@@ -923,8 +919,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   cuda::synchronize(s);
   P.finish();
   for (unsigned long long rb : router_bad)  // the first layer with one
-    if (rb != ~0ull)
-      throw NumericError("router score at position " + std::to_string(rb) + " is not finite");
+    if (rb != ~0ull) throw router_not_finite(rb);
   if (I.profile_env && P.on) std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
   if (bad != ~0ull)
     throw NumericError("the model produced a non-finite value at record position " +
