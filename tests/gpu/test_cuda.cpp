@@ -23,6 +23,7 @@
 #include "core/memory.hpp"
 #include "core/signals.hpp"
 #include "kernels/attention/attention.hpp"
+#include "kernels/attention/attention_wgmma.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
 #include "kernels/norm/norm.hpp"
@@ -572,6 +573,61 @@ TEST(CudaOps, AttentionBf16SplitGlobal) {
                  {{0, 500}, {9000, 9500}, {19500, 20000}}};
     big.split = true;
     EXPECT_LE(attention_error(big, 14), 1e-2);
+  }
+}
+
+TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // The wgmma variants of the global kernel do a row's arithmetic in the same order (they differ
+  // in how tiles are loaded and buffers released), so their fp32 outputs agree bit for bit.
+  // G = 2500: 20 key tiles of 128 with a partial last one; 3000 rows: partial query tiles.
+  const int64_t m = 3000, H = 2, dh = 64, d = H * dh, G = 2500, n_record = 9000, first = 1700;
+  auto q = rnd(m * d, 31, -2, 2), kg = rnd(G * d, 32, -2, 2), vg = rnd(G * d, 33);
+  auto gamma = rnd(G, 34, 0, 1), beta = rnd(H, 35, 0.5, 1.5);
+  std::vector<int64_t> pos;
+  {
+    std::mt19937_64 g(36);
+    std::set<int64_t> ps;
+    while ((int64_t)ps.size() < G) ps.insert((int64_t)(g() % n_record));
+    pos.assign(ps.begin(), ps.end());
+  }
+  DeviceBuffer dq = up_act(q, DType::kBF16), dkg = up_act(kg, DType::kBF16),
+               dvg = up_act(vg, DType::kBF16), dgam = up(gamma), dbeta = up(beta), dpos = up(pos),
+               scratch(m * d * 4);
+  kern::AttentionParams p{};
+  p.type = DType::kBF16;
+  p.q = dq.get();
+  p.k_global = dkg.get();
+  p.v_global = dvg.get();
+  p.gamma = dgam.as<float>();
+  p.pos_global = dpos.as<int64_t>();
+  p.n_global = G;
+  p.beta = dbeta.as<float>();
+  p.global_scratch = scratch.as<float>();
+  p.n_tokens = m;
+  p.first_pos = first;
+  p.n_record = n_record;
+  p.n_heads = H;
+  p.head_dim = dh;
+  p.row_begin = 0;
+  p.row_end = m;
+  for (bool causal : {false, true}) {
+    p.causal = causal;
+    std::vector<uint32_t> ref;
+    for (const char* v : {"wg", "wgbar", "wgcp"}) {
+      SCOPED_TRACE(std::string(v) + (causal ? " causal" : " bidirectional"));
+      cuda::memset_device(scratch.get(), 0xff, m * d * 4);
+      kern::launch_global_wgmma(p, v, nullptr);
+      auto got = down<uint32_t>(scratch, m * d);
+      if (ref.empty()) {
+        ref = got;
+        EXPECT_TRUE(
+            std::all_of(got.begin(), got.end(), [](uint32_t b) { return b != 0xffffffffu; }));
+      } else {
+        EXPECT_EQ(got, ref);
+      }
+    }
   }
 }
 
