@@ -1,5 +1,6 @@
 #include "backends/cuda/gemm.hpp"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/cuda/check.hpp"
@@ -62,6 +63,9 @@ struct Gemm::Impl {
     CUBLAS_OK(st);
     if (found == 0) throw SystemError("cuBLASLt found no algorithm for a GEMM");
     // Prefer the first result that runs without split-K (a row's sums in one fixed order).
+    // SPARSA_GEMM_ALGO=i (experiment): the i-th such result instead.
+    const char* pick = std::getenv("SPARSA_GEMM_ALGO");
+    int skip = pick ? std::atoi(pick) : 0;
     for (int i = 0; i < found; ++i) {
       cublasLtMatmulAlgo_t algo = res[i].algo;
       int32_t one = 1;
@@ -71,7 +75,7 @@ struct Gemm::Impl {
       cublasLtMatmulHeuristicResult_t chk;
       if (cublasLtMatmulAlgoCheck(handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) ==
               CUBLAS_STATUS_SUCCESS &&
-          chk.workspaceSize <= kWorkspace)
+          chk.workspaceSize <= kWorkspace && skip-- == 0)
         return algo;
     }
     return res[0].algo;
