@@ -371,9 +371,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
+  // The GPU's context is made meanwhile too (cuda::warm_up_device; SPARSA_EARLY_DEVICE=0: not).
   std::future<std::string> sha = std::async(std::launch::async, sha256_file, o.model);
+  std::future<void> device_ready;
+#ifdef SPARSA_HAVE_CUDA
+  const char* early = std::getenv("SPARSA_EARLY_DEVICE");
+  if (o.device != "cpu" && !(early && early[0] == '0'))
+    device_ready = std::async(std::launch::async, cuda::warm_up_device, comm.size() == 1);
+#endif
   const ModelWeights w = load_checkpoint(o.model);
   const ModelConfig& c = w.config;
+  const double checkpoint_s = since_start();
   RecordSource source(o, c);
   Progress progress = Progress::for_stderr(o.quiet || !root);
   {
@@ -389,7 +397,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    human_bytes((double)space.available) + " free");
   }
   std::shared_ptr<void> backend_state;
+  const double input_s = since_start();
+  if (device_ready.valid()) device_ready.wait();
   ForwardFn fn = choose_backend(o, w, progress, backend_state);
+  const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
   if (journal.n_done() > 0)
@@ -501,9 +512,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   sum.seconds = progress.seconds();
   if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')
     std::fprintf(stderr,
-                 "# rank %d: set-up %.2f s (model, input, device), forward %.2f s, pooling and "
-                 "writing %.2f s, total %.2f s\n",
-                 comm.rank(), setup_s, run.forward_s, run.write_s, since_start());
+                 "# rank %d: set-up %.2f s (checkpoint %.2f, input %.2f, device %.2f, journal "
+                 "%.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",
+                 comm.rank(), setup_s, checkpoint_s, input_s - checkpoint_s, backend_s - input_s,
+                 setup_s - backend_s, run.forward_s, run.write_s, since_start());
   if (std::getenv("SPARSA_COMM_STATS")) {
     // Measurement for docs/parallel.md: what this rank sent, against the model's count.
     std::fprintf(stderr,

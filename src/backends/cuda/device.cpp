@@ -45,10 +45,18 @@ bool cuda_available(std::string* why) {
   return true;
 }
 
-int node_local_rank() {
+namespace {
+// The node-local rank from the launcher's environment, or -1.
+int local_rank_from_env() {
   for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
                         "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"})
     if (const char* r = std::getenv(v)) return std::atoi(r);
+  return -1;
+}
+}  // namespace
+
+int node_local_rank() {
+  if (const int r = local_rank_from_env(); r >= 0) return r;
   int init = 0, fin = 0;
   MPI_Initialized(&init);
   MPI_Finalized(&fin);
@@ -77,6 +85,20 @@ int select_device(int device) {
                       " present");
   CUDA_OK(cudaSetDevice(device));
   return device;
+}
+
+void warm_up_device(bool alone) noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    return;
+  }
+  int r = local_rank_from_env();
+  if (r < 0) {  // no launcher variable: only a lone process knows its device without MPI calls
+    if (!alone) return;
+    r = 0;
+  }
+  if (cudaSetDevice(r % n) != cudaSuccess || cudaFree(nullptr) != cudaSuccess) cudaGetLastError();
 }
 
 DeviceBuffer::DeviceBuffer(size_t bytes) { reserve(bytes); }

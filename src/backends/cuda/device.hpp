@@ -19,6 +19,12 @@ bool cuda_available(std::string* why);
 int node_local_rank();
 // Makes `device` (or, for -1, node_local_rank() % device count) current; returns its id.
 int select_device(int device);
+// Creates the CUDA context of the device select_device(-1) will pick (cudaSetDevice, then
+// cudaFree(0)), for a helper thread at start-up, so that the context's creation (the larger part
+// of a GPU job's fixed set-up) overlaps reading the checkpoint and the input. `alone`: the job
+// has one rank. Never throws and makes no MPI call; does nothing where CUDA is unusable or the
+// device is not known without MPI calls (no launcher variable in a multi-rank job).
+void warm_up_device(bool alone) noexcept;
 
 // A device allocation (cudaMalloc), freed on destruction. Move-only.
 class DeviceBuffer {
