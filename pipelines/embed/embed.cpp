@@ -194,10 +194,15 @@ struct Item {
 // Everything one run needs, shared by the per-record steps below.
 using ForwardFn =
     std::function<ForwardOutput(const int32_t*, const Shard&, Comm&, const ForwardHooks&)>;
+// Both passes of --rc-average and their average (rc_average_rows), where the backend does it in
+// one call: (forward tokens, shard, reverse-complement tokens, mirrored shard, comm, hooks).
+using RcPairFn = std::function<ForwardOutput(const int32_t*, const Shard&, const int32_t*,
+                                             const Shard&, Comm&, const ForwardHooks&)>;
 
-// The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto).
+// The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto); rc_pair is
+// set where the backend averages the two passes itself (CUDA, rows back to the host).
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
-                         std::shared_ptr<void>& keep_alive) {
+                         std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair) {
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
@@ -218,6 +223,11 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
                  (co.bf16 ? " (bf16)" : " (fp32)"));
+    if (co.output == CudaOutput::kHost)
+      rc_pair = [model](const int32_t* t, const Shard& s, const int32_t* rt, const Shard& rs,
+                        Comm& c, const ForwardHooks& h) {
+        return model->forward_rc_average(t, s, rt, rs, c, h);
+      };
     return [model](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
       return model->forward(t, s, c, h);
     };
@@ -240,6 +250,7 @@ struct EmbedRun {
   int64_t align;
   bool parallel_h5;
   ForwardFn forward_fn;
+  RcPairFn rc_pair_fn;
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // Stops at a safe point: every rank learns of a stop that any rank received.
@@ -258,15 +269,24 @@ struct EmbedRun {
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
     const int passes = o.rc_average ? 2 : 1;
     int pass = 0;
+    int64_t last_layer = -1;
     ForwardHooks hooks;
     hooks.after_layer = [&](int64_t l) {
+      if (l <= last_layer) pass = 1;  // the layers start again: the reverse-complement pass
+      last_layer = l;
       if (show_progress) progress.update((pass + (double)(l + 1) / cfg.n_layers) / passes);
       check_stop(c);
     };
     const auto t0 = std::chrono::steady_clock::now();
-    ForwardOutput fwd = forward_fn(rec.tokens.data() + sh.begin * rec.n_channels, sh, c, hooks);
-    if (o.rc_average) {
-      pass = 1;
+    const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
+    ForwardOutput fwd;
+    if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
+      std::vector<int32_t> rc = rec.tokens;
+      reverse_complement(rc);
+      const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
+      fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, hooks);
+    } else if (o.rc_average) {
+      fwd = forward_fn(tokens, sh, c, hooks);
       std::vector<int32_t> rc = rec.tokens;
       reverse_complement(rc);
       const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
@@ -278,13 +298,10 @@ struct EmbedRun {
           throw SystemError("internal: the two passes pooled differently");
         for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = (fwd.y[i] + rev.y[i]) * 0.5f;
       } else {
-        // Forward row t of this shard is reverse row (m - 1 - t) of the mirrored shard.
-        const int64_t m = sh.size();
-#pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < m; ++t)
-          for (int64_t j = 0; j < d; ++j)
-            fwd.y[t * d + j] = (fwd.y[t * d + j] + rev.y[(m - 1 - t) * d + j]) * 0.5f;
+        rc_average_rows(fwd.y, rev.y, sh.size(), d);
       }
+    } else {
+      fwd = forward_fn(tokens, sh, c, hooks);
     }
     const auto t1 = std::chrono::steady_clock::now();
     forward_s += std::chrono::duration<double>(t1 - t0).count();
@@ -399,7 +416,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::shared_ptr<void> backend_state;
   const double input_s = since_start();
   if (device_ready.valid()) device_ready.wait();
-  ForwardFn fn = choose_backend(o, w, progress, backend_state);
+  RcPairFn rc_pair;
+  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
@@ -416,7 +434,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (comm.size() > 1)
     progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
                              : "output: serial HDF5, rank 0 gathers and writes");
-  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn};
+  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair};
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 

@@ -195,4 +195,13 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   return out;
 }
 
+void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int64_t m, int64_t d) {
+  if ((int64_t)fwd.size() < m * d || (int64_t)rev.size() < m * d)
+    throw SystemError("rc_average_rows: fewer rows than the shard");
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t j = 0; j < d; ++j)
+      fwd[t * d + j] = (fwd[t * d + j] + rev[(m - 1 - t) * d + j]) * 0.5f;
+}
+
 }  // namespace sparsa

@@ -58,4 +58,8 @@ struct ForwardHooks {
 ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard& shard, Comm& comm,
                       const ForwardHooks& hooks = {});
 
+// Spec 2's --rc-average of a shard's rows: fwd[t] = (fwd[t] + rev[m - 1 - t]) / 2, where rev holds
+// the rows of the mirrored shard of the reverse complement (its row m - 1 - t is forward row t).
+void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int64_t m, int64_t d);
+
 }  // namespace sparsa

@@ -366,11 +366,9 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
     const char* p = qkv32.as<char>();
     kern::RopeParams rp{p,
                         p + d * eb,
-                        nullptr,
                         2 * d,
                         q ? static_cast<char*>(q) + c0 * rb : nullptr,
                         static_cast<char*>(k) + c0 * rb,
-                        nullptr,
                         act,
                         rows,
                         c.n_heads,
@@ -925,6 +923,53 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     throw NumericError("the model produced a non-finite value at record position " +
                        std::to_string(b + (int64_t)(bad / (unsigned long long)d)) + ", dimension " +
                        std::to_string((int64_t)(bad % (unsigned long long)d)));
+  return out;
+}
+
+ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& shard,
+                                            const int32_t* rc_tokens, const Shard& mirror,
+                                            Comm& comm, const ForwardHooks& hooks) {
+  Impl& I = *impl_;
+  if (I.opt.output != CudaOutput::kHost)
+    throw SystemError("forward_rc_average: the rows must come back to the host");
+  if (mirror.size() != shard.size())
+    throw SystemError("forward_rc_average: the mirrored shard has another size");
+  const int64_t m = shard.size(), d = I.c.d_model;
+  const size_t bytes = (size_t)(m * d) * 4;
+  struct HostOutputAgain {  // the passes run with CudaOutput::kDevice: y stays in I.x
+    CudaOptions& o;
+    ~HostOutputAgain() { o.output = CudaOutput::kHost; }
+  } restore{I.opt};
+  I.opt.output = CudaOutput::kDevice;
+  ForwardOutput out = forward(tokens, shard, comm, hooks);
+  // The forward rows wait on the device when there is room for them and 1 GB besides.
+  void* keep = nullptr;
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b > bytes + (size_t{1} << 30) &&
+      cudaMalloc(&keep, bytes) != cudaSuccess)
+    keep = nullptr;
+  cudaGetLastError();  // a failed attempt leaves no error behind
+  std::unique_ptr<void, void (*)(void*)> keep_owner(keep, [](void* p) {
+    if (p) cudaFree(p);
+  });
+  if (keep) {
+    cuda::copy_device(keep, I.x.get(), bytes, I.s);
+  } else {
+    resize_huge(out.y, (size_t)(m * d));
+    I.staging.copy_to_host(out.y.data(), I.x.get(), bytes, I.s);
+  }
+  forward(rc_tokens, mirror, comm, hooks);
+  if (keep) {
+    kern::launch_rc_average(
+        {static_cast<const float*>(keep), I.x.as<float>(), static_cast<float*>(keep), m, d}, I.s);
+    resize_huge(out.y, (size_t)(m * d));
+    I.staging.copy_to_host(out.y.data(), keep, bytes, I.s);
+  } else {
+    std::vector<float> rev;
+    resize_huge(rev, (size_t)(m * d));
+    I.staging.copy_to_host(rev.data(), I.x.get(), bytes, I.s);
+    rc_average_rows(out.y, rev, m, d);
+  }
   return out;
 }
 

@@ -74,6 +74,14 @@ class CudaModel {
   // output), SystemError on CUDA failures.
   ForwardOutput forward(const int32_t* tokens, const Shard& shard, Comm& comm,
                         const ForwardHooks& hooks = {});
+  // Spec 2's --rc-average in one call (CudaOutput::kHost only): forward(tokens, shard), then
+  // forward(rc_tokens, mirror) for the reverse complement's mirrored shard, the rows averaged on
+  // the device as rc_average_rows does (the same bits) and copied back once. Returns the forward
+  // pass's output (its global sets) with y the average. Where the device lacks room for a copy of
+  // the forward rows (4 d bytes a token), they come back to the host and are averaged there.
+  ForwardOutput forward_rc_average(const int32_t* tokens, const Shard& shard,
+                                   const int32_t* rc_tokens, const Shard& mirror, Comm& comm,
+                                   const ForwardHooks& hooks = {});
 
   int device() const;
   // y of the last forward on the device ([shard size, d] float32), for CudaOutput::kDevice.
