@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -10,6 +12,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <new>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -219,6 +222,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
       co.output = CudaOutput::kPooled;
       co.pool_bin = o.pool.bin;
     }
+    const char* rc_dev = std::getenv("SPARSA_RC_ON_DEVICE");  // 0: average on the host (A/B)
+    co.rc_on_device = !(rc_dev && rc_dev[0] == '0');
     auto model = std::make_shared<CudaModel>(w, co);
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
@@ -239,6 +244,34 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
 #endif
   progress.log("device: CPU (no GPU found)");
   return cpu;
+}
+
+// The error for a record whose embedding ran out of memory: which record, how long, this rank's
+// part, and what to do. The GPU backend holds about 4 d + 48 bytes a token of a rank's part (the
+// float32 residual stream, the router's scores and sort keys) besides buffers of fixed size.
+static OutOfMemory record_out_of_memory(const Record& rec, int64_t part, int ranks,
+                                        const ModelConfig& cfg, const std::string& what,
+                                        long long device_total) {
+  const int64_t n = rec.n_tokens();
+  std::string msg =
+      where(rec.source, rec.name, 0,
+            std::to_string(n) + " tokens (" + std::to_string(part) + " on this rank, of " +
+                std::to_string(ranks) + "): out of memory: " + what);
+  if (device_total > 0) {
+    const double per_token = 4.0 * (double)cfg.d_model + 48.0, need = per_token * (double)n;
+    const long long gpus = (long long)std::ceil(need / (0.8 * (double)device_total));
+    msg += ". On a GPU this model holds about " + human_bytes(per_token * 1e6) +
+           " per million tokens of a rank's part, so this record needs about " + human_bytes(need) +
+           " of GPU memory in all: split it over " + std::to_string(gpus) +
+           " or more GPUs (mpirun -np " + std::to_string(std::max(2LL, gpus)) +
+           "; records of --split-min tokens or more are split over all ranks), or use --device "
+           "cpu";
+  } else {
+    msg +=
+        ". Split the record over more ranks or nodes (mpirun), or use a machine with more "
+        "memory";
+  }
+  return OutOfMemory(msg, device_total);
 }
 
 struct EmbedRun {
@@ -280,28 +313,34 @@ struct EmbedRun {
     const auto t0 = std::chrono::steady_clock::now();
     const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
     ForwardOutput fwd;
-    if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
-      std::vector<int32_t> rc = rec.tokens;
-      reverse_complement(rc);
-      const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
-      fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, hooks);
-    } else if (o.rc_average) {
-      fwd = forward_fn(tokens, sh, c, hooks);
-      std::vector<int32_t> rc = rec.tokens;
-      reverse_complement(rc);
-      const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
-      ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
-      if (fwd.pooled_bin > 0) {
-        // Bin means of both passes, bin k of the reverse pass mirroring forward bin k: the mean
-        // of (f + r) / 2 over a bin is the mean of the two means (equal up to rounding).
-        if (rev.pooled_bin != fwd.pooled_bin || rev.y.size() != fwd.y.size())
-          throw SystemError("internal: the two passes pooled differently");
-        for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = (fwd.y[i] + rev.y[i]) * 0.5f;
+    try {
+      if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
+        std::vector<int32_t> rc = rec.tokens;
+        reverse_complement(rc);
+        const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
+        fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, hooks);
+      } else if (o.rc_average) {
+        fwd = forward_fn(tokens, sh, c, hooks);
+        std::vector<int32_t> rc = rec.tokens;
+        reverse_complement(rc);
+        const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
+        ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
+        if (fwd.pooled_bin > 0) {
+          // Bin means of both passes, bin k of the reverse pass mirroring forward bin k: the mean
+          // of (f + r) / 2 over a bin is the mean of the two means (equal up to rounding).
+          if (rev.pooled_bin != fwd.pooled_bin || rev.y.size() != fwd.y.size())
+            throw SystemError("internal: the two passes pooled differently");
+          for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = (fwd.y[i] + rev.y[i]) * 0.5f;
+        } else {
+          rc_average_rows(fwd.y, rev.y, sh.size(), d);
+        }
       } else {
-        rc_average_rows(fwd.y, rev.y, sh.size(), d);
+        fwd = forward_fn(tokens, sh, c, hooks);
       }
-    } else {
-      fwd = forward_fn(tokens, sh, c, hooks);
+    } catch (const OutOfMemory& e) {
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, e.what(), e.device_total);
+    } catch (const std::bad_alloc&) {
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "host memory exhausted", 0);
     }
     const auto t1 = std::chrono::steady_clock::now();
     forward_s += std::chrono::duration<double>(t1 - t0).count();
@@ -530,8 +569,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   sum.seconds = progress.seconds();
   if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')
     std::fprintf(stderr,
-                 "# rank %d: set-up %.2f s (checkpoint %.2f, input %.2f, device %.2f, journal "
-                 "%.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",
+                 "# rank %d: set-up %.2f s (checkpoint %.2f, input %.2f, device %.2f, checksum "
+                 "and journal %.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",
                  comm.rank(), setup_s, checkpoint_s, input_s - checkpoint_s, backend_s - input_s,
                  setup_s - backend_s, run.forward_s, run.write_s, since_start());
   if (std::getenv("SPARSA_COMM_STATS")) {

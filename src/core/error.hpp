@@ -38,6 +38,15 @@ class SystemError : public Error {
   using Error::Error;
 };
 
+// Memory a record needs could not be had: a device's (device_total: its memory in bytes) or, with
+// device_total 0, the host's.
+class OutOfMemory : public SystemError {
+ public:
+  explicit OutOfMemory(const std::string& msg, long long total = 0)
+      : SystemError(msg), device_total(total) {}
+  long long device_total;
+};
+
 // NaN/Inf in the math, or any other numeric contract violation.
 class NumericError : public Error {
  public:

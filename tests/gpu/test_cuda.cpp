@@ -876,18 +876,24 @@ TEST(CudaModel, RcAverageOnTheDeviceIsTheHostAverage) {
   ForwardOutput a = model.forward(tok.data(), sh, *comm);
   const ForwardOutput r = model.forward(rc.data() + mir.begin, mir, *comm);
   rc_average_rows(a.y, r.y, n, d);
-  int calls = 0;
-  ForwardHooks hooks;
-  hooks.after_layer = [&](int64_t) { ++calls; };
-  const ForwardOutput b =
-      model.forward_rc_average(tok.data(), sh, rc.data() + mir.begin, mir, *comm, hooks);
-  EXPECT_EQ(calls, 2 * c.n_layers);
-  ASSERT_EQ(a.y.size(), b.y.size());
-  EXPECT_TRUE(a.y == b.y);
-  EXPECT_EQ(a.global_positions, b.global_positions);
-  EXPECT_EQ(a.global_scores, b.global_scores);
-  // The model is left as it was: plain forwards still copy their rows back.
-  EXPECT_EQ(model.forward(tok.data(), sh, *comm).y.size(), (size_t)(n * d));
+  for (bool on_device : {true, false}) {  // false: the host fallback (no room on the device)
+    SCOPED_TRACE(on_device ? "averaged on the device" : "averaged on the host");
+    CudaOptions o = host;
+    o.rc_on_device = on_device;
+    CudaModel m2(w, o);
+    int calls = 0;
+    ForwardHooks hooks;
+    hooks.after_layer = [&](int64_t) { ++calls; };
+    const ForwardOutput b =
+        m2.forward_rc_average(tok.data(), sh, rc.data() + mir.begin, mir, *comm, hooks);
+    EXPECT_EQ(calls, 2 * c.n_layers);
+    ASSERT_EQ(a.y.size(), b.y.size());
+    EXPECT_TRUE(a.y == b.y);
+    EXPECT_EQ(a.global_positions, b.global_positions);
+    EXPECT_EQ(a.global_scores, b.global_scores);
+    // The model is left as it was: plain forwards still copy their rows back.
+    EXPECT_EQ(m2.forward(tok.data(), sh, *comm).y.size(), (size_t)(n * d));
+  }
   CudaOptions pooled = host;
   pooled.output = CudaOutput::kPooled;
   EXPECT_THROW(CudaModel(w, pooled).forward_rc_average(tok.data(), sh, rc.data(), mir, *comm),

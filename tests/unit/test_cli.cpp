@@ -260,6 +260,38 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   expect_failure(embed_cmd(t / "late.fa", out, "--force"), out, "--resume");
 }
 
+TEST(Cli, OutOfMemoryNamesTheRecord) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan reserves terabytes of address space: a process under ulimit -v cannot "
+                  "start";
+#else
+  // A record whose embedding cannot get its memory (dna-base's float32 residual stream alone is
+  // 6.1 GB for 3M tokens, the address space is capped at 6 GB): exit 1, nothing at the output,
+  // and a message naming the file, the record, its length and what to do.
+  TempDir t;
+  const std::string base = t / "base.h5";
+  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-base.toml --output " +
+                base + " --seed 1")
+                .code,
+            0);
+  std::string fa = ">big long one\n";
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 3000000; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    fa += "ACGT"[x & 3];
+    if (i % 80 == 79) fa += '\n';
+  }
+  write_file(t / "big.fa", fa + "\n");
+  const std::string out = t / "out.h5";
+  const std::string cmd = "bash -c 'ulimit -v 6000000; " + binary() + " embed -q --device cpu " +
+                          "--model " + base + " --input " + t / "big.fa" + " --output " + out + "'";
+  expect_failure(cmd, out, "out of memory");
+  expect_failure(cmd, out, "record 'big'");
+  expect_failure(cmd, out, "3000000 tokens");
+  expect_failure(cmd, out, "big.fa");
+#endif
+}
+
 TEST(Cli, ExistingOutputIsKept) {
   TempDir t;
   write_file(t / "keep.h5", "precious");

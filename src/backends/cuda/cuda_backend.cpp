@@ -945,10 +945,11 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   // The forward rows wait on the device when there is room for them and 1 GB besides.
   void* keep = nullptr;
   size_t free_b = 0, total_b = 0;
-  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b > bytes + (size_t{1} << 30) &&
-      cudaMalloc(&keep, bytes) != cudaSuccess)
+  if (I.opt.rc_on_device && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess &&
+      free_b > bytes + (size_t{1} << 30) && cudaMalloc(&keep, bytes) != cudaSuccess) {
     keep = nullptr;
-  cudaGetLastError();  // a failed attempt leaves no error behind
+    cudaGetLastError();  // the failed attempt leaves no error behind
+  }
   std::unique_ptr<void, void (*)(void*)> keep_owner(keep, [](void* p) {
     if (p) cudaFree(p);
   });

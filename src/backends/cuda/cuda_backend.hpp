@@ -52,6 +52,9 @@ struct CudaOptions {
   // scratch and the attention output exist for one chunk at a time (about 10 d bytes a row in
   // bf16), so the longest record is bounded by x alone (4 d bytes a token).
   int64_t attn_chunk_rows = int64_t{1} << 20;
+  // forward_rc_average: keep the forward pass's rows on the device and average there (when there
+  // is room); false: bring both passes' rows back and average on the host (A/B runs, tests).
+  bool rc_on_device = true;
 };
 
 // One stage's share of the last profiled forward: GPU time between the events that bound it,
@@ -78,7 +81,8 @@ class CudaModel {
   // forward(rc_tokens, mirror) for the reverse complement's mirrored shard, the rows averaged on
   // the device as rc_average_rows does (the same bits) and copied back once. Returns the forward
   // pass's output (its global sets) with y the average. Where the device lacks room for a copy of
-  // the forward rows (4 d bytes a token), they come back to the host and are averaged there.
+  // the forward rows (4 d bytes a token and 1 GB), or CudaOptions::rc_on_device is false, both
+  // passes' rows come back to the host and are averaged there.
   ForwardOutput forward_rc_average(const int32_t* tokens, const Shard& shard,
                                    const int32_t* rc_tokens, const Shard& mirror, Comm& comm,
                                    const ForwardHooks& hooks = {});

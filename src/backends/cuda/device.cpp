@@ -127,8 +127,9 @@ void DeviceBuffer::reserve(size_t bytes) {
     cudaGetLastError();
     size_t fr = 0, tot = 0;
     cudaMemGetInfo(&fr, &tot);
-    throw SystemError("CUDA out of memory: " + std::to_string(want) + " bytes requested, " +
-                      std::to_string(fr) + " free of " + std::to_string(tot) + rank_tag());
+    throw OutOfMemory("CUDA out of memory: " + std::to_string(want) + " bytes requested, " +
+                          std::to_string(fr) + " free of " + std::to_string(tot) + rank_tag(),
+                      (long long)tot);
   }
   bytes_ = want;
 }

@@ -1,5 +1,6 @@
 #include "backends/cuda/gemm.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -63,9 +64,11 @@ struct Gemm::Impl {
     CUBLAS_OK(st);
     if (found == 0) throw SystemError("cuBLASLt found no algorithm for a GEMM");
     // Prefer the first result that runs without split-K (a row's sums in one fixed order).
-    // SPARSA_GEMM_ALGO=i (experiment): the i-th such result instead.
+    // SPARSA_GEMM_ALGO=i (experiment): the i-th such result instead, or the last one there is.
     const char* pick = std::getenv("SPARSA_GEMM_ALGO");
-    int skip = pick ? std::atoi(pick) : 0;
+    int skip = pick ? std::max(0, std::atoi(pick)) : 0;
+    bool any = false;
+    cublasLtMatmulAlgo_t last{};
     for (int i = 0; i < found; ++i) {
       cublasLtMatmulAlgo_t algo = res[i].algo;
       int32_t one = 1;
@@ -75,10 +78,13 @@ struct Gemm::Impl {
       cublasLtMatmulHeuristicResult_t chk;
       if (cublasLtMatmulAlgoCheck(handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) ==
               CUBLAS_STATUS_SUCCESS &&
-          chk.workspaceSize <= kWorkspace && skip-- == 0)
-        return algo;
+          chk.workspaceSize <= kWorkspace) {
+        if (skip-- == 0) return algo;
+        any = true;
+        last = algo;
+      }
     }
-    return res[0].algo;
+    return any ? last : res[0].algo;
   }
 };
 
