@@ -202,6 +202,17 @@ void launch_rc_average(const RcAverageParams& p, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
+__global__ void to_f16_kernel(ToF16Params p) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < p.count) static_cast<__half*>(p.out)[i] = __float2half_rn(p.in[i]);
+}
+
+void launch_to_f16(const ToF16Params& p, cudaStream_t stream) {
+  if (p.count <= 0) return;
+  to_f16_kernel<<<grid_for(p.count, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
 __global__ void find_nonfinite_kernel(FindNonfiniteParams p) {
   unsigned long long mine = ~0ull;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.count;

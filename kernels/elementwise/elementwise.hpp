@@ -60,6 +60,14 @@ struct RcAverageParams {
 };
 void launch_rc_average(const RcAverageParams& p, cudaStream_t stream);
 
+// out[i] = float16(in[i]), round to nearest even (as the host's conversion for the HDF5 file).
+struct ToF16Params {
+  const float* in;  // [count]
+  void* out;        // [count] of float16
+  int64_t count;
+};
+void launch_to_f16(const ToF16Params& p, cudaStream_t stream);
+
 // *bad = min(*bad, smallest index i with x[i] NaN or Inf); *bad is left alone when all are finite
 // (set it to ~0ull first). On the device, so the output need not cross to the host to be checked.
 struct FindNonfiniteParams {

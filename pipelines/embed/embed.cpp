@@ -224,6 +224,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     }
     const char* rc_dev = std::getenv("SPARSA_RC_ON_DEVICE");  // 0: average on the host (A/B)
     co.rc_on_device = !(rc_dev && rc_dev[0] == '0');
+    // Per-token rows into a float16 file: converted on the GPU, half the bytes come back.
+    co.rows_f16 = o.f16 && o.pool.kind == PoolSpec::kNone;
     auto model = std::make_shared<CudaModel>(w, co);
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
@@ -353,6 +355,11 @@ struct EmbedRun {
         pooled.starts.push_back(sh.begin + b0);
         pooled.ends.push_back(std::min(n, sh.begin + b0 + o.pool.bin));
       }
+    } else if (!fwd.y16.empty()) {  // float16 rows, one per token (--pool none)
+      if (o.pool.kind != PoolSpec::kNone)
+        throw SystemError("internal: float16 rows from the backend for a pooled output");
+      pooled = pool_shard({}, sh.size(), d, sh.begin, n, o.pool);
+      pooled.rows16 = std::move(fwd.y16);
     } else {
       pooled = pool_shard(std::move(fwd.y), sh.size(), d, sh.begin, n, o.pool);
     }
@@ -364,6 +371,7 @@ struct EmbedRun {
     ro.n_layers = cfg.n_layers;
     ro.n_global = fwd.n_global;
     std::vector<float> rows;
+    std::vector<uint16_t> rows16;
     std::vector<int64_t> starts, ends;
     const bool parallel = parallel_h5 && c.size() > 1 && rec.timestamps.empty();
     if (o.pool.kind == PoolSpec::kMean) {
@@ -376,6 +384,7 @@ struct EmbedRun {
       ro.n_out_total = 1;
     } else if (parallel || c.size() == 1) {  // every rank writes its rows, or one rank holds all
       rows = std::move(pooled.rows);
+      rows16 = std::move(pooled.rows16);
       starts = std::move(pooled.starts);
       ends = std::move(pooled.ends);
       int64_t counts[1] = {(int64_t)starts.size()};
@@ -394,6 +403,7 @@ struct EmbedRun {
         if (!b.empty()) std::memcpy(out.data(), b.data(), b.size());
       };
       gather(pooled.rows.data(), (int64_t)pooled.rows.size() * 4, rows);
+      gather(pooled.rows16.data(), (int64_t)pooled.rows16.size() * 2, rows16);
       gather(pooled.starts.data(), (int64_t)pooled.starts.size() * 8, starts);
       gather(pooled.ends.data(), (int64_t)pooled.ends.size() * 8, ends);
       ro.n_out_total = (int64_t)starts.size();
@@ -405,6 +415,7 @@ struct EmbedRun {
       ro.row0 = 0;
     }
     ro.rows = rows.data();
+    ro.rows16 = rows16.empty() ? nullptr : rows16.data();
     ro.starts = starts.data();
     ro.ends = ends.data();
     journal.write_part(it.index, ro, o.f16, parallel, c);

@@ -53,8 +53,9 @@ EmbedSummary run_embed(const EmbedOptions& opts, Comm& comm);
 // returns per-bin means (bin:N), the rows themselves (none), or for mean the per-64-row block sums
 // (double) that combine_mean adds in block order, so the result never depends on the split.
 struct Pooled {
-  std::vector<float> rows;      // [n_out, d]
-  std::vector<int64_t> starts;  // record positions, 0-based half-open [start, end)
+  std::vector<float> rows;       // [n_out, d]
+  std::vector<uint16_t> rows16;  // or, rows a backend returned in float16 (ForwardOutput::y16)
+  std::vector<int64_t> starts;   // record positions, 0-based half-open [start, end)
   std::vector<int64_t> ends;
   std::vector<double> block_sums;  // mean only: [n_blocks, d]
 };

@@ -146,7 +146,12 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
     f.set_attr(g, "region", rec.region);
     f.set_attr(g, "strand", r.strand);
     f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
-    f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
+    if (r.rows16) {
+      if (!f16) throw SystemError("internal: float16 rows for a float32 output");
+      f.write_f16_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows16);
+    } else {
+      f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
+    }
     std::vector<int64_t> s(r.n_rows), e(r.n_rows);
     for (int64_t i = 0; i < r.n_rows; ++i) {
       s[i] = r.starts[i] + rec.offset;

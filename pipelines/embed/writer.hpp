@@ -29,8 +29,9 @@ struct RecordOutput {
   std::string strand;  // "+" | "rc-average"
   int64_t length = 0;  // tokens
   int64_t n_out_total = 0, row0 = 0, n_rows = 0, d = 0;
-  const float* rows = nullptr;      // [n_rows, d]
-  const int64_t* starts = nullptr;  // [n_rows] record positions, 0-based; writer adds offset
+  const float* rows = nullptr;       // [n_rows, d]
+  const uint16_t* rows16 = nullptr;  // or the rows in float16 (a float16 output; rows unused)
+  const int64_t* starts = nullptr;   // [n_rows] record positions, 0-based; writer adds offset
   const int64_t* ends = nullptr;
   const int64_t* global_positions = nullptr;  // [L, G]
   const float* global_scores = nullptr;       // [L, G]

@@ -92,6 +92,10 @@ Handle str_type() {
 
 }  // namespace
 
+void float_to_f16(const float* src, uint16_t* dst, int64_t n) {
+  to_f16(src, reinterpret_cast<_Float16*>(dst), n);
+}
+
 hid_t make_f16_type() {
   hid_t t = H5Tcopy(H5T_IEEE_F32LE);
   // binary16: sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9.
@@ -284,8 +288,11 @@ void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype
 }
 
 // Writes rows [row0, row0 + nrows) of a 1-D or 2-D dataset; collective when `collective`.
+// data: int64 (!is_float), float32 (converted to the dataset's type), or with `f16` the float16
+// bits of a float16 dataset, written as they are.
 static void write_slab(const File& f, const std::string& obj, int64_t row0, int64_t nrows,
-                       int64_t cols, const void* data, bool is_float, bool collective) {
+                       int64_t cols, const void* data, bool is_float, bool collective,
+                       bool f16 = false) {
   Handle ds(check(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), f.path(), obj, "dataset open"),
             H5Dclose);
   Handle fspace(H5Dget_space(ds.id()), H5Sclose);
@@ -305,6 +312,9 @@ static void write_slab(const File& f, const std::string& obj, int64_t row0, int6
   herr_t rc;
   if (!is_float) {
     rc = H5Dwrite(ds.id(), H5T_NATIVE_INT64, mspace.id(), fspace.id(), xfer, data);
+  } else if (f16) {
+    if (H5Tget_size(ftype.id()) != 2) fail(f.path(), obj, "float16 rows for a wider dataset");
+    rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), xfer, data);
   } else if (H5Tget_size(ftype.id()) == 2) {
     const float* src = static_cast<const float*>(data);
     // NOTE: float -> binary16 is converted here (round to nearest even, as C's cast does)
@@ -322,6 +332,12 @@ static void write_slab(const File& f, const std::string& obj, int64_t row0, int6
 void File::write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
                                  const float* data) {
   if (nrows > 0 || parallel_) write_slab(*this, obj, row0, nrows, cols, data, true, parallel_);
+}
+
+void File::write_f16_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
+                                     int64_t cols, const uint16_t* data) {
+  if (nrows > 0 || parallel_)
+    write_slab(*this, obj, row0, nrows, cols, data, true, parallel_, true);
 }
 
 void File::write_i64_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,

@@ -69,6 +69,9 @@ class File {
   // collective call (nrows may be 0); serial files: a plain write (nothing when nrows is 0).
   void write_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
                              const float* data);
+  // The same from rows already in float16 (a float16 dataset; a GPU converted them).
+  void write_f16_rows_collective(const std::string& obj, int64_t row0, int64_t nrows, int64_t cols,
+                                 const uint16_t* data);
   void write_i64_rows_collective(const std::string& obj, int64_t row0, int64_t nrows,
                                  const int64_t* data);
   // Copies object `src_obj` of `src` (a group with everything under it) to `dst_obj` here.
@@ -105,5 +108,8 @@ class File {
 hid_t make_f16_type();
 // Silences HDF5's own error stack printing once per process (errors are reported by us).
 void quiet_errors();
+// float -> binary16, round to nearest even (as C's cast), n values, F16C where the CPU has it:
+// the conversion of float32 rows for a float16 dataset.
+void float_to_f16(const float* src, uint16_t* dst, int64_t n);
 
 }  // namespace sparsa::h5

@@ -39,6 +39,9 @@ HaloPlan plan_halo(const Shard& me, int rank, int size, int64_t window, bool cau
 
 struct ForwardOutput {
   std::vector<float> y;  // [shard size, d] = RMSNorm(x, final_norm)
+  // Instead of y, where a backend was asked for float16 rows (CudaOptions::rows_f16): their
+  // float16 bits, rounded to nearest even from the float32 rows.
+  std::vector<uint16_t> y16;
   // 0: y holds a row per token. N > 0: a backend pooled on the device and y holds the means of
   // N-row bins of the shard ([ceil(size / N), d], double sums as pool_shard does).
   int64_t pooled_bin = 0;

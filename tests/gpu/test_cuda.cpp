@@ -23,6 +23,7 @@
 #include "core/memory.hpp"
 #include "core/signals.hpp"
 #include "io/dna.hpp"
+#include "io/h5.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/attention/attention_wgmma.hpp"
 #include "kernels/elementwise/elementwise.hpp"
@@ -561,6 +562,33 @@ TEST(CudaOps, AttentionBf16SplitGlobal) {
   }
 }
 
+TEST(CudaOps, Float16RowsAreTheHostConversion) {
+  SKIP_WITHOUT_GPU();
+  // HostStaging::copy_to_host_f16 (device conversion, pieces of 32M values through two buffers)
+  // gives the bits of the host's conversion for a float16 file (h5::float_to_f16), edge values
+  // included: ties, subnormals, the largest float16, overflow to infinity, -0.
+  const int64_t n = 40'000'000;
+  std::vector<float> v = rnd(n, 51, -3, 3);
+  const float edges[] = {0.0f,        -0.0f,    1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048,
+                         65504.0f,    65519.0f, 65520.0f,           -70000.0f,
+                         6.0e-8f,     3.0e-8f,  2.9802322e-8f,      1.0e-5f,
+                         -6.1035e-5f, 1.0e-30f, 0.33333334f,        1234.5678f};
+  for (size_t i = 0; i < sizeof edges / sizeof edges[0]; ++i) {
+    v[i] = edges[i];
+    v[n - 1 - i] = edges[i];
+    v[n / 2 + i] = edges[i] * 1e-3f;
+  }
+  std::vector<uint16_t> want(n);
+  h5::float_to_f16(v.data(), want.data(), n);
+  DeviceBuffer dv = up(v);
+  cuda::HostStaging staging;
+  for (int64_t count : {n, int64_t{1000}}) {  // many pieces, and one small copy
+    std::vector<uint16_t> got(count, 0x7e00);
+    staging.copy_to_host_f16(got.data(), dv.as<float>(), count, nullptr);
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << count << " values";
+  }
+}
+
 TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
@@ -876,10 +904,19 @@ TEST(CudaModel, RcAverageOnTheDeviceIsTheHostAverage) {
   ForwardOutput a = model.forward(tok.data(), sh, *comm);
   const ForwardOutput r = model.forward(rc.data() + mir.begin, mir, *comm);
   rc_average_rows(a.y, r.y, n, d);
+  std::vector<uint16_t> a16(a.y.size());
+  h5::float_to_f16(a.y.data(), a16.data(), (int64_t)a.y.size());
   for (bool on_device : {true, false}) {  // false: the host fallback (no room on the device)
     SCOPED_TRACE(on_device ? "averaged on the device" : "averaged on the host");
     CudaOptions o = host;
     o.rc_on_device = on_device;
+    // Float16 rows (sparsa embed --dtype float16 --pool none): the host conversion's bits.
+    o.rows_f16 = true;
+    const ForwardOutput h =
+        CudaModel(w, o).forward_rc_average(tok.data(), sh, rc.data() + mir.begin, mir, *comm);
+    EXPECT_TRUE(h.y.empty());
+    EXPECT_TRUE(h.y16 == a16);
+    o.rows_f16 = false;
     CudaModel m2(w, o);
     int calls = 0;
     ForwardHooks hooks;

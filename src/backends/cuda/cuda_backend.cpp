@@ -14,6 +14,7 @@
 #include "core/error.hpp"
 #include "core/memory.hpp"
 #include "dist/comm_nccl.hpp"
+#include "io/h5.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
@@ -157,6 +158,16 @@ struct CudaModel::Impl {
   bool router_split = true, router_split_used = false;
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
+  // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16).
+  void rows_to_host(ForwardOutput& out, const float* rows, int64_t count) {
+    if (opt.rows_f16) {
+      resize_huge(out.y16, (size_t)count);
+      staging.copy_to_host_f16(out.y16.data(), rows, count, s);
+    } else {
+      resize_huge(out.y, (size_t)count);
+      staging.copy_to_host(out.y.data(), rows, (size_t)count * 4, s);
+    }
+  }
 
   DeviceBuffer upload(const std::vector<float>& w, bool as_act) {
     if (as_act && act == DType::kBF16) {
@@ -903,8 +914,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
   }
   if (I.opt.output == CudaOutput::kHost) {
-    resize_huge(out.y, m * d);
-    I.staging.copy_to_host(out.y.data(), I.x.get(), m * d * 4, s);
+    I.rows_to_host(out, I.x.as<float>(), m * d);
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
     I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
@@ -963,13 +973,17 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   if (keep) {
     kern::launch_rc_average(
         {static_cast<const float*>(keep), I.x.as<float>(), static_cast<float*>(keep), m, d}, I.s);
-    resize_huge(out.y, (size_t)(m * d));
-    I.staging.copy_to_host(out.y.data(), keep, bytes, I.s);
+    I.rows_to_host(out, static_cast<const float*>(keep), m * d);
   } else {
     std::vector<float> rev;
     resize_huge(rev, (size_t)(m * d));
     I.staging.copy_to_host(rev.data(), I.x.get(), bytes, I.s);
     rc_average_rows(out.y, rev, m, d);
+    if (I.opt.rows_f16) {  // as the device would have converted them
+      resize_huge(out.y16, (size_t)(m * d));
+      h5::float_to_f16(out.y.data(), out.y16.data(), m * d);
+      out.y = {};
+    }
   }
   return out;
 }

@@ -55,6 +55,10 @@ struct CudaOptions {
   // forward_rc_average: keep the forward pass's rows on the device and average there (when there
   // is room); false: bring both passes' rows back and average on the host (A/B runs, tests).
   bool rc_on_device = true;
+  // CudaOutput::kHost: the rows come back as float16 (ForwardOutput::y16, y empty), converted on
+  // the device with the host's rounding (to nearest even): half the bytes over PCIe, no host
+  // conversion (sparsa embed --dtype float16 with per-token rows).
+  bool rows_f16 = false;
 };
 
 // One stage's share of the last profiled forward: GPU time between the events that bound it,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "backends/cuda/check.hpp"
+#include "kernels/elementwise/elementwise.hpp"
 
 namespace sparsa::cuda {
 
@@ -153,16 +154,48 @@ HostStaging::~HostStaging() {
     if (done_[i]) cudaEventSynchronize(static_cast<cudaEvent_t>(done_[i]));
     if (buf_[i]) cudaFreeHost(buf_[i]);
     if (done_[i]) cudaEventDestroy(static_cast<cudaEvent_t>(done_[i]));
+    if (dev_[i]) cudaFree(dev_[i]);
   }
 }
 
+namespace {
+constexpr size_t kPiece = size_t{64} << 20;
+}
+
 void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
-  constexpr size_t kPiece = size_t{64} << 20;
   if (bytes <= kPiece) {
     sparsa::cuda::copy_to_host(dst, src, bytes, s);
     synchronize(s);
     return;
   }
+  pipeline(dst, bytes, s, [&](size_t, size_t off, size_t len, void* pinned) {
+    CUDA_OK(cudaMemcpyAsync(pinned, static_cast<const char*>(src) + off, len,
+                            cudaMemcpyDeviceToHost, s));
+  });
+}
+
+void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s) {
+  if (count <= 0) return;
+  for (int i = 0; i < 2; ++i)
+    if (!dev_[i]) CUDA_OK(cudaMalloc(&dev_[i], kPiece));
+  auto convert = [&](size_t i, size_t off, size_t len) {  // bytes of the float16 output
+    kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
+  };
+  const size_t bytes = (size_t)count * 2;
+  if (bytes <= kPiece) {
+    convert(0, 0, bytes);
+    sparsa::cuda::copy_to_host(dst, dev_[0], bytes, s);
+    synchronize(s);
+    return;
+  }
+  pipeline(dst, bytes, s, [&](size_t i, size_t off, size_t len, void* pinned) {
+    convert(i, off, len);  // after the DMA of piece i - 2 out of the same buffer (stream order)
+    CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
+  });
+}
+
+template <class Enqueue>
+void HostStaging::pipeline(void* dst, size_t bytes, cudaStream_t s, const Enqueue& enqueue) {
   for (int i = 0; i < 2; ++i) {
     if (!buf_[i]) CUDA_OK(cudaMallocHost(&buf_[i], kPiece));
     if (!done_[i]) {
@@ -184,8 +217,7 @@ void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStr
   for (size_t i = 0; i < pieces; ++i) {
     const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
     if (i >= 2) land(i - 2);  // frees buffer i % 2 (its piece is copied out)
-    CUDA_OK(cudaMemcpyAsync(buf_[i % 2], static_cast<const char*>(src) + off, len,
-                            cudaMemcpyDeviceToHost, s));
+    enqueue(i, off, len, buf_[i % 2]);
     CUDA_OK(cudaEventRecord(static_cast<cudaEvent_t>(done_[i % 2]), s));
   }
   for (size_t i = pieces - 2; i < pieces; ++i) land(i);  // pieces >= 2 here

@@ -66,10 +66,19 @@ class HostStaging {
   HostStaging(const HostStaging&) = delete;
   HostStaging& operator=(const HostStaging&) = delete;
   void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+  // count float32 values at src (device) into float16 at dst (host), converted on the device
+  // piece by piece (kern::launch_to_f16: round to nearest even) into two kept 64 MB device
+  // buffers: half the bytes cross PCIe.
+  void copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t stream);
 
  private:
+  // The pieces' DMAs into the pinned buffers in turn; enqueue(i, off, len, pinned) issues piece i
+  // (bytes [off, off + len) of the destination) on the stream.
+  template <class Enqueue>
+  void pipeline(void* dst, size_t bytes, cudaStream_t s, const Enqueue& enqueue);
   void* buf_[2] = {nullptr, nullptr};
   void* done_[2] = {nullptr, nullptr};  // cudaEvent_t
+  void* dev_[2] = {nullptr, nullptr};   // copy_to_host_f16: the converted pieces
 };
 
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
