@@ -32,7 +32,7 @@ __device__ __forceinline__ void rotate(float x0, float x1, double c, double s, f
 }  // namespace
 
 // One thread per (row, k < half): the angle and its cos/sin once (double), then the pair (k,
-// k + half) of every head of q and k rotated.
+// k + half) of every head of q and k rotated, v's pairs copied.
 template <class In, class Out>
 __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
   const RopeParams& p = a.p;
@@ -48,6 +48,7 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
     const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
     const In* qi = static_cast<const In*>(p.q_in);
     const In* ki = static_cast<const In*>(p.k_in);
+    const In* vi = static_cast<const In*>(p.v_in);
     float lo, hi;
     if (p.q_out) {
       rotate<Out>(to_f(qi[in0]), to_f(qi[in0 + half]), c, s, &lo, &hi);
@@ -59,11 +60,15 @@ __global__ void rope_kernel(const __grid_constant__ RopeArgs a) {
       static_cast<Out*>(p.k_out)[out0] = from_f<Out>(lo);
       static_cast<Out*>(p.k_out)[out0 + half] = from_f<Out>(hi);
     }
+    if (p.v_in) {
+      static_cast<Out*>(p.v_out)[out0] = from_f<Out>(to_f(vi[in0]));
+      static_cast<Out*>(p.v_out)[out0 + half] = from_f<Out>(to_f(vi[in0 + half]));
+    }
   }
 }
 
 // head_dim % 8 == 0: one thread per (row, 4 consecutive k): 4 angles, then every head's pairs of
-// q and k rotated with 16-byte loads. Same arithmetic per element as above.
+// q and k rotated with 16-byte loads (and v's copied). Same arithmetic per element as above.
 template <class Out>
 __device__ __forceinline__ void store4(void* base, int64_t off, float a, float b, float c,
                                        float d) {
@@ -125,6 +130,14 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
       if (p.k_out) rot(k0[j], k1[j], p.k_out, out0);
     }
   }
+  if (p.v_in)
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      const int64_t in0 = r * p.in_stride + h * p.head_dim + k;
+      const int64_t out0 = r * p.n_heads * p.head_dim + h * p.head_dim + k;
+      const float4 v0 = load4<In>(p.v_in, in0), v1 = load4<In>(p.v_in, in0 + half);
+      store4<Out>(p.v_out, out0, v0.x, v0.y, v0.z, v0.w);
+      store4<Out>(p.v_out, out0 + half, v1.x, v1.y, v1.z, v1.w);
+    }
 }
 
 void launch_rope(const RopeParams& p, cudaStream_t stream) {
@@ -141,8 +154,8 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   // pointers aligned to 4 elements (16 bytes for float32 in, 8 for bf16 in; outputs 8 or 16).
   const uintptr_t in_al = in_bf ? 8 : 16, out_al = out_bf ? 8 : 16;
   bool aligned = true;
-  for (const void* q : {p.q_in, p.k_in}) aligned = aligned && (uintptr_t)q % in_al == 0;
-  for (const void* q : {(const void*)p.q_out, (const void*)p.k_out})
+  for (const void* q : {p.q_in, p.k_in, p.v_in}) aligned = aligned && (uintptr_t)q % in_al == 0;
+  for (const void* q : {(const void*)p.q_out, (const void*)p.k_out, (const void*)p.v_out})
     aligned = aligned && (uintptr_t)q % out_al == 0;
   if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0 && aligned) {
     const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 8), 256);

@@ -176,55 +176,65 @@ TEST(CudaOps, RmsNormVectorAndSplit) {
 
 TEST(CudaOps, RopeNearOneBillion) {
   SKIP_WITHOUT_GPU();
-  // head_dim 64: the 4-pairs-a-thread kernel; 6: the one-pair kernel. Input rows hold q | k | v
-  // (stride 3d, as a projection output with more columns than RoPE reads).
+  // head_dim 64: the 4-pairs-a-thread kernel; 6: the one-pair kernel.
   for (int64_t dh : {64, 6}) {
     SCOPED_TRACE("head_dim " + std::to_string(dh));
     const int64_t n = 300, H = 4, d = H * dh, first = 1000000000 - 150;
     auto qkv = rnd(n * 3 * d, 5);
-    std::vector<float> q(n * d), k(n * d);
+    std::vector<float> q(n * d), k(n * d), v(n * d);
     for (int64_t i = 0; i < n; ++i) {
       std::copy_n(qkv.begin() + i * 3 * d, d, q.begin() + i * d);
       std::copy_n(qkv.begin() + i * 3 * d + d, d, k.begin() + i * d);
+      std::copy_n(qkv.begin() + i * 3 * d + 2 * d, d, v.begin() + i * d);
     }
     cpu::rope({q.data(), n, H, dh, first, 10000.0, k.data()});
     for (DType t : {DType::kF32, DType::kBF16}) {
       const int64_t eb = kern::dtype_bytes(t);
-      DeviceBuffer din = up(qkv), dq(n * d * eb), dk(n * d * eb);
+      DeviceBuffer din = up(qkv), dq(n * d * eb), dk(n * d * eb), dv(n * d * eb);
       const float* p = din.as<float>();
-      kern::launch_rope({p, p + d, 3 * d, dq.get(), dk.get(), t, n, H, dh, first, 10000.0},
-                        nullptr);
+      kern::launch_rope(
+          {p, p + d, p + 2 * d, 3 * d, dq.get(), dk.get(), dv.get(), t, n, H, dh, first, 10000.0},
+          nullptr);
       const double tol = t == DType::kF32 ? 1e-6 : 1e-2;
       EXPECT_LE(rel_err(down_act(dq, n * d, t), q), tol);
       EXPECT_LE(rel_err(down_act(dk, n * d, t), k), tol);
-      // q alone (the model's per-chunk queries) and k alone: the same values.
-      DeviceBuffer dq1(n * d * eb), dk1(n * d * eb);
-      kern::launch_rope({p, nullptr, 3 * d, dq1.get(), nullptr, t, n, H, dh, first, 10000.0},
-                        nullptr);
-      kern::launch_rope({nullptr, p + d, 3 * d, nullptr, dk1.get(), t, n, H, dh, first, 10000.0},
+      EXPECT_LE(rel_err(down_act(dv, n * d, t), v), tol);
+      // q alone (the model's per-chunk queries) and k, v alone: the same values.
+      DeviceBuffer dq1(n * d * eb), dk1(n * d * eb), dv1(n * d * eb);
+      kern::launch_rope(
+          {p, nullptr, nullptr, 3 * d, dq1.get(), nullptr, nullptr, t, n, H, dh, first, 10000.0},
+          nullptr);
+      kern::launch_rope({nullptr, p + d, p + 2 * d, 3 * d, nullptr, dk1.get(), dv1.get(), t, n, H,
+                         dh, first, 10000.0},
                         nullptr);
       EXPECT_TRUE(down_act(dq1, n * d, t) == down_act(dq, n * d, t));
       EXPECT_TRUE(down_act(dk1, n * d, t) == down_act(dk, n * d, t));
+      EXPECT_TRUE(down_act(dv1, n * d, t) == down_act(dv, n * d, t));
       if (t == DType::kBF16) {
         // A bf16 projection output (the model's bf16 mode): the same bits as float32 input that
         // holds the same bf16 values, and within the bf16 bound of the CPU.
         DeviceBuffer in_b = up_act(qkv, DType::kBF16);
         DeviceBuffer in_f = up(down_act(in_b, n * 3 * d, DType::kBF16));
-        DeviceBuffer qb(n * d * eb), kb(n * d * eb), qf(n * d * eb), kf(n * d * eb);
+        DeviceBuffer qb(n * d * eb), kb(n * d * eb), vb(n * d * eb), qf(n * d * eb), kf(n * d * eb),
+            vf(n * d * eb);
         const char* pb = in_b.as<char>();
-        kern::RopeParams rb{pb, pb + 2 * d, 3 * d, qb.get(), kb.get(), t, n, H, dh, first, 10000.0};
+        kern::RopeParams rb{pb, pb + 2 * d, pb + 4 * d, 3 * d, qb.get(), kb.get(), vb.get(),
+                            t,  n,          H,          dh,    first,    10000.0};
         rb.in_type = DType::kBF16;
         kern::launch_rope(rb, nullptr);
         const float* pf = in_f.as<float>();
-        kern::launch_rope({pf, pf + d, 3 * d, qf.get(), kf.get(), t, n, H, dh, first, 10000.0},
+        kern::launch_rope({pf, pf + d, pf + 2 * d, 3 * d, qf.get(), kf.get(), vf.get(), t, n, H, dh,
+                           first, 10000.0},
                           nullptr);
         EXPECT_TRUE(down_act(qb, n * d, t) == down_act(qf, n * d, t));
         EXPECT_TRUE(down_act(kb, n * d, t) == down_act(kf, n * d, t));
+        EXPECT_TRUE(down_act(vb, n * d, t) == down_act(vf, n * d, t));
         EXPECT_LE(rel_err(down_act(qb, n * d, t), q), 1e-2);
         EXPECT_LE(rel_err(down_act(kb, n * d, t), k), 1e-2);
+        EXPECT_LE(rel_err(down_act(vb, n * d, t), v), 1e-2);
       }
-      // Rows gathered from anywhere (the global rows' K): positions[] instead of first_pos. Row i
-      // of the input is row perm[i] of the record, so its output is row perm[i] of the above.
+      // Rows gathered from anywhere (the global rows' K/V): positions[] instead of first_pos. Row
+      // i of the input is row perm[i] of the record, so its output is row perm[i] of the above.
       std::vector<int64_t> perm(n), pos(n);
       for (int64_t i = 0; i < n; ++i) perm[i] = (i * 7 + 3) % n;  // 7 is prime to 300
       std::vector<float> qkv_p(n * 3 * d);
@@ -232,17 +242,23 @@ TEST(CudaOps, RopeNearOneBillion) {
         std::copy_n(qkv.begin() + perm[i] * 3 * d, 3 * d, qkv_p.begin() + i * 3 * d);
         pos[i] = first + perm[i];
       }
-      DeviceBuffer din_p = up(qkv_p), dpos(n * 8), dk2(n * d * eb);
+      DeviceBuffer din_p = up(qkv_p), dpos(n * 8), dk2(n * d * eb), dv2(n * d * eb);
       cuda::copy_to_device(dpos.get(), pos.data(), n * 8);
       const float* pp = din_p.as<float>();
-      kern::RopeParams rp{nullptr, pp + d, 3 * d, nullptr, dk2.get(), t, n, H, dh, 0, 10000.0};
+      kern::RopeParams rp{nullptr, pp + d, pp + 2 * d, 3 * d, nullptr, dk2.get(), dv2.get(),
+                          t,       n,      H,          dh,    0,       10000.0};
       rp.positions = dpos.as<int64_t>();
       kern::launch_rope(rp, nullptr);
       const auto k_all = down_act(dk, n * d, t), k_got = down_act(dk2, n * d, t);
-      for (int64_t i = 0; i < n; ++i)
+      const auto v_all = down_act(dv, n * d, t), v_got = down_act(dv2, n * d, t);
+      for (int64_t i = 0; i < n; ++i) {
         EXPECT_TRUE(std::equal(k_got.begin() + i * d, k_got.begin() + (i + 1) * d,
                                k_all.begin() + perm[i] * d))
             << "row " << i;
+        EXPECT_TRUE(std::equal(v_got.begin() + i * d, v_got.begin() + (i + 1) * d,
+                               v_all.begin() + perm[i] * d))
+            << "row " << i;
+      }
     }
   }
 }

@@ -1,7 +1,9 @@
 // Split records on GPUs: `mpirun -np P sparsa embed --device cuda` must give bit for bit the file
 // of one rank (bf16 mode), through the paths a split record takes in the CUDA backend: the edge
 // windows, halos from one or two neighbours, shards without interior rows, the global rows' K/V
-// projected from x, causal and bidirectional, --rc-average pooled on the device. The exchanges go
+// projected from x, causal and bidirectional, --rc-average pooled on the device, and per-token
+// float16 rows averaged over both strands and converted on the device, gathered by rank 0 when
+// HDF5 is serial (each rank's rows are its shard's, so no rank sees the others'). The exchanges go
 // through the host (SPARSA_NCCL=0), so every rank may share one GPU; NCCL needs a GPU per rank
 // (scripts/device-e2e.sh checks that on a 4-GPU machine). Skipped without a usable GPU.
 #include <gtest/gtest.h>
@@ -64,10 +66,9 @@ std::string short_records(const TempDir& t) {
 }
 
 void same_on_ranks(const TempDir& t, const std::string& args, std::vector<int> ranks) {
-  expect_same_on_ranks(t, "g",
-                       binary() + " embed -q --force --device cuda --dtype f32 " + args +
-                           " --split-min 100 --output ",
-                       ranks, mpirun_host_staged);
+  expect_same_on_ranks(
+      t, "g", binary() + " embed -q --force --device cuda " + args + " --split-min 100 --output ",
+      ranks, mpirun_host_staged);
 }
 
 }  // namespace
@@ -78,7 +79,9 @@ TEST(MpiGpu, SplitRecordsBitIdenticalToOneRank) {
   const std::string bi = model(t, "bi", false), ca = model(t, "ca", true);
   const std::string inputs =
       "--input " + source_dir() + "/examples/lambda_virus.fa.gz --input " + short_records(t);
-  same_on_ranks(t, "--model " + bi + " " + inputs + " --pool none", {2, 3});
-  same_on_ranks(t, "--model " + ca + " " + inputs + " --pool none", {3});
-  same_on_ranks(t, "--model " + bi + " " + inputs + " --rc-average --pool bin:100", {2});
+  same_on_ranks(t, "--model " + bi + " " + inputs + " --dtype f32 --pool none", {2, 3});
+  same_on_ranks(t, "--model " + ca + " " + inputs + " --dtype f32 --pool none", {3});
+  same_on_ranks(t, "--model " + bi + " " + inputs + " --dtype f32 --rc-average --pool bin:100",
+                {2});
+  same_on_ranks(t, "--model " + bi + " " + inputs + " --dtype f16 --rc-average --pool none", {2});
 }
