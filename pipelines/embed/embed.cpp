@@ -252,20 +252,22 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
 // part, and what to do. The GPU backend holds about 4 d + 48 bytes a token of a rank's part (the
 // float32 residual stream, the router's scores and sort keys) besides buffers of fixed size.
 static OutOfMemory record_out_of_memory(const Record& rec, int64_t part, int ranks,
-                                        const ModelConfig& cfg, const std::string& what,
-                                        long long device_total) {
+                                        const ModelConfig& cfg, const char* stage,
+                                        const std::string& what, long long device_total) {
   const int64_t n = rec.n_tokens();
   std::string msg =
       where(rec.source, rec.name, 0,
             std::to_string(n) + " tokens (" + std::to_string(part) + " on this rank, of " +
-                std::to_string(ranks) + "): out of memory: " + what);
+                std::to_string(ranks) + "): out of memory " + stage + ": " + what);
   if (device_total > 0) {
     const double per_token = 4.0 * (double)cfg.d_model + 48.0, need = per_token * (double)n;
-    const long long gpus = (long long)std::ceil(need / (0.8 * (double)device_total));
+    // More GPUs than now, and at least as many as the estimate asks for.
+    const long long gpus =
+        std::max<long long>((long long)std::ceil(need / (0.8 * (double)device_total)), ranks + 1);
     msg += ". On a GPU this model holds about " + human_bytes(per_token * 1e6) +
            " per million tokens of a rank's part, so this record needs about " + human_bytes(need) +
            " of GPU memory in all: split it over " + std::to_string(gpus) +
-           " or more GPUs (mpirun -np " + std::to_string(std::max(2LL, gpus)) +
+           " or more GPUs (mpirun -np " + std::to_string(gpus) +
            "; records of --split-min tokens or more are split over all ranks), or use --device "
            "cpu";
   } else {
@@ -340,12 +342,29 @@ struct EmbedRun {
         fwd = forward_fn(tokens, sh, c, hooks);
       }
     } catch (const OutOfMemory& e) {
-      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, e.what(), e.device_total);
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "in the model", e.what(),
+                                 e.device_total);
     } catch (const std::bad_alloc&) {
-      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "host memory exhausted", 0);
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "in the model",
+                                 "host memory exhausted", 0);
     }
     const auto t1 = std::chrono::steady_clock::now();
     forward_s += std::chrono::duration<double>(t1 - t0).count();
+    try {
+      write_record(it, c, sh, std::move(fwd));
+    } catch (const std::bad_alloc&) {
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "pooling and writing its rows",
+                                 "host memory exhausted", 0);
+    }
+    write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    if (show_progress) progress.finish_record();
+  }
+
+  // Pools this rank's rows of the record, brings them to the ranks that write, writes the part.
+  void write_record(const Item& it, Comm& c, const Shard& sh, ForwardOutput&& fwd) {
+    const Record& rec = it.rec;
+    const ModelConfig& cfg = w.config;
+    const int64_t n = rec.n_tokens(), d = cfg.d_model;
     Pooled pooled;
     if (fwd.pooled_bin > 0) {
       if (o.pool.kind != PoolSpec::kBin || fwd.pooled_bin != o.pool.bin)
@@ -364,6 +383,13 @@ struct EmbedRun {
       pooled = pool_shard(std::move(fwd.y), sh.size(), d, sh.begin, n, o.pool);
     }
     fwd.y = {};
+    // A float16 file with a row per token: every rank's rows in float16 before they meet (a rank
+    // without a GPU, under --device auto, converts its own: the same bits as the GPU's).
+    if (o.f16 && o.pool.kind == PoolSpec::kNone && pooled.rows16.empty() && !pooled.rows.empty()) {
+      pooled.rows16.resize(pooled.rows.size());
+      h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(), (int64_t)pooled.rows.size());
+      pooled.rows = {};
+    }
     RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
     ro.d = d;
     ro.global_positions = fwd.global_positions.data();
@@ -418,9 +444,10 @@ struct EmbedRun {
     ro.rows16 = rows16.empty() ? nullptr : rows16.data();
     ro.starts = starts.data();
     ro.ends = ends.data();
+    if ((int64_t)(rows16.empty() ? rows.size() : rows16.size()) != (int64_t)starts.size() * d ||
+        (!rows16.empty() && !rows.empty()))
+      throw SystemError("internal: " + rec.name + ": the rows to write do not match their bins");
     journal.write_part(it.index, ro, o.f16, parallel, c);
-    write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    if (show_progress) progress.finish_record();
   }
 };
 

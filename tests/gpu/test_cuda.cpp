@@ -580,10 +580,11 @@ TEST(CudaOps, AttentionBf16SplitGlobal) {
 
 TEST(CudaOps, Float16RowsAreTheHostConversion) {
   SKIP_WITHOUT_GPU();
-  // HostStaging::copy_to_host_f16 (device conversion, pieces of 32M values through two buffers)
-  // gives the bits of the host's conversion for a float16 file (h5::float_to_f16), edge values
-  // included: ties, subnormals, the largest float16, overflow to infinity, -0.
-  const int64_t n = 40'000'000;
+  // HostStaging::copy_to_host_f16 (device conversion, pieces of 32M values through two buffers,
+  // each reused: 4 pieces) gives the bits of the host's conversion for a float16 file
+  // (h5::float_to_f16), edge values included: ties, subnormals, the largest float16, overflow to
+  // infinity, -0. On a stream of its own, as the model's.
+  const int64_t n = 110'000'000;
   std::vector<float> v = rnd(n, 51, -3, 3);
   const float edges[] = {0.0f,        -0.0f,    1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048,
                          65504.0f,    65519.0f, 65520.0f,           -70000.0f,
@@ -598,11 +599,13 @@ TEST(CudaOps, Float16RowsAreTheHostConversion) {
   h5::float_to_f16(v.data(), want.data(), n);
   DeviceBuffer dv = up(v);
   cuda::HostStaging staging;
+  cudaStream_t s = cuda::create_stream();
   for (int64_t count : {n, int64_t{1000}}) {  // many pieces, and one small copy
     std::vector<uint16_t> got(count, 0x7e00);
-    staging.copy_to_host_f16(got.data(), dv.as<float>(), count, nullptr);
+    staging.copy_to_host_f16(got.data(), dv.as<float>(), count, s);
     EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << count << " values";
   }
+  cuda::destroy_stream(s);
 }
 
 TEST(CudaOps, GlobalKernelVariantsBitIdentical) {

@@ -231,6 +231,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
+  if (o.rows_f16 && o.output == CudaOutput::kHost) I.staging.reserve_f16();
   for (cudaEvent_t& e : I.layer_done) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   const ModelConfig& c = I.c;
   const int64_t d = c.d_model;
@@ -957,10 +958,12 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   // The forward rows wait on the device when there is room for them and 1 GB besides.
   void* keep = nullptr;
   size_t free_b = 0, total_b = 0;
-  if (I.opt.rc_on_device && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess &&
-      free_b > bytes + (size_t{1} << 30) && cudaMalloc(&keep, bytes) != cudaSuccess) {
-    keep = nullptr;
-    cudaGetLastError();  // the failed attempt leaves no error behind
+  if (I.opt.rc_on_device) {
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
+      free_b = 0;
+    else if (free_b > bytes + (size_t{1} << 30) && cudaMalloc(&keep, bytes) != cudaSuccess)
+      keep = nullptr;
+    cudaGetLastError();  // a failed query or allocation leaves no error behind
   }
   std::unique_ptr<void, void (*)(void*)> keep_owner(keep, [](void* p) {
     if (p) cudaFree(p);

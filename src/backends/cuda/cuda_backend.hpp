@@ -84,9 +84,10 @@ class CudaModel {
   // Spec 2's --rc-average in one call (CudaOutput::kHost only): forward(tokens, shard), then
   // forward(rc_tokens, mirror) for the reverse complement's mirrored shard, the rows averaged on
   // the device as rc_average_rows does (the same bits) and copied back once. Returns the forward
-  // pass's output (its global sets) with y the average. Where the device lacks room for a copy of
-  // the forward rows (4 d bytes a token and 1 GB), or CudaOptions::rc_on_device is false, both
-  // passes' rows come back to the host and are averaged there.
+  // pass's output (its global sets) with y (or y16, CudaOptions::rows_f16) the average. Where the
+  // device lacks room for a copy of the forward rows (4 d bytes a token and 1 GB), or
+  // CudaOptions::rc_on_device is false, both passes' rows come back to the host and are averaged
+  // there.
   ForwardOutput forward_rc_average(const int32_t* tokens, const Shard& shard,
                                    const int32_t* rc_tokens, const Shard& mirror, Comm& comm,
                                    const ForwardHooks& hooks = {});

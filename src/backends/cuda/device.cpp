@@ -176,8 +176,7 @@ void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStr
 
 void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s) {
   if (count <= 0) return;
-  for (int i = 0; i < 2; ++i)
-    if (!dev_[i]) CUDA_OK(cudaMalloc(&dev_[i], kPiece));
+  reserve_f16();
   auto convert = [&](size_t i, size_t off, size_t len) {  // bytes of the float16 output
     kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
   };
@@ -192,6 +191,11 @@ void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t coun
     convert(i, off, len);  // after the DMA of piece i - 2 out of the same buffer (stream order)
     CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
   });
+}
+
+void HostStaging::reserve_f16() {
+  for (int i = 0; i < 2; ++i)
+    if (!dev_[i]) CUDA_OK(cudaMalloc(&dev_[i], kPiece));
 }
 
 template <class Enqueue>

@@ -70,6 +70,9 @@ class HostStaging {
   // piece by piece (kern::launch_to_f16: round to nearest even) into two kept 64 MB device
   // buffers: half the bytes cross PCIe.
   void copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t stream);
+  // Makes copy_to_host_f16's device buffers now (at set-up, before the activations claim the
+  // memory) instead of on the first copy.
+  void reserve_f16();
 
  private:
   // The pieces' DMAs into the pinned buffers in turn; enqueue(i, off, len, pinned) issues piece i
