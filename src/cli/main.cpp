@@ -35,6 +35,21 @@ const char* kDescription =
     "functions of the input, not yet biologically meaningful.\n"
     "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.";
 
+const char* kEmbedFooter =
+    "Examples:\n"
+    "  sparsa embed -m model.h5 -i genome.fa.gz -o emb.h5 --pool bin:128\n"
+    "  sparsa embed -m model.h5 -i hg38.fa.gz -r chr1:1-5000000 -o chr1.h5   (faidx region)\n"
+    "  sparsa embed -m ts.h5 -i prices.csv --columns close -o prices.h5 --pool mean\n"
+    "  mpirun -np 4 sparsa embed -m model.h5 -i chr1.fa.gz -o chr1.h5 --device cuda\n"
+    "\n"
+    "Memory: a rank holds about 4 x d_model + 48 bytes a token of its part of a record\n"
+    "(dna-base: about 2 GB per million tokens), on the GPU with --device cuda, besides buffers of\n"
+    "fixed size (dna-base on a GPU: ~6 GB). A record longer than one GPU holds is split over the\n"
+    "ranks (--split-min). --pool none also keeps a rank's rows in host memory (2 x d_model bytes\n"
+    "a token with --dtype f16, 4 x d_model with f32). A record that does not fit stops the run\n"
+    "with a message that says how many GPUs it needs.\n"
+    "Output layout and provenance: docs/formats.md; every option and variable: docs/cli.md.";
+
 std::string join_argv(int argc, char** argv) {
   std::string s;
   for (int i = 0; i < argc; ++i) {
@@ -87,6 +102,7 @@ int main(int argc, char** argv) {
   // embed
   auto* embed =
       app.add_subcommand("embed", "Embed records of FASTA/FASTQ or time-series CSV files");
+  embed->footer(kEmbedFooter);
   EmbedOptions eo;
   std::string pool = "none", dtype = "f16", columns;
   embed->add_option("-m,--model", eo.model, "Checkpoint written by `sparsa init`")

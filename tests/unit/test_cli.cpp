@@ -58,6 +58,8 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("--pool"), std::string::npos);
   EXPECT_NE(r.output.find("--rc-average"), std::string::npos);
+  EXPECT_NE(r.output.find("Examples:"), std::string::npos);
+  EXPECT_NE(r.output.find("GB per million tokens"), std::string::npos);
   r = run(binary() + " --version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
