@@ -318,16 +318,17 @@ struct EmbedRun {
     const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
     ForwardOutput fwd;
     try {
-      if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
-        std::vector<int32_t> rc = rec.tokens;
+      std::vector<int32_t> rc;  // --rc-average: the reverse complement, and this rank's mirror
+      Shard mir;
+      if (o.rc_average) {
+        rc = rec.tokens;
         reverse_complement(rc);
-        const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
+        mir = shard_of(n, c.rank(), c.size(), align, true);
+      }
+      if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
         fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, hooks);
       } else if (o.rc_average) {
         fwd = forward_fn(tokens, sh, c, hooks);
-        std::vector<int32_t> rc = rec.tokens;
-        reverse_complement(rc);
-        const Shard mir = shard_of(n, c.rank(), c.size(), align, true);
         ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
         if (fwd.pooled_bin > 0) {
           // Bin means of both passes, bin k of the reverse pass mirroring forward bin k: the mean

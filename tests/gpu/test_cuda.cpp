@@ -84,6 +84,13 @@ std::vector<float> down_act(const DeviceBuffer& d, int64_t n, DType t) {
   for (int64_t i = 0; i < n; ++i) r[i] = cuda::from_bf16(b[i]);
   return r;
 }
+// g distinct record positions below n_record, ascending (a global set).
+std::vector<int64_t> random_positions(int64_t g, int64_t n_record, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::set<int64_t> ps;
+  while ((int64_t)ps.size() < g) ps.insert((int64_t)(gen() % n_record));
+  return {ps.begin(), ps.end()};
+}
 // max |a - ref| / max |ref| (0 for an all-zero reference that a matches).
 double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
   EXPECT_EQ(a.size(), ref.size());
@@ -435,13 +442,7 @@ double attention_error(const AttnCase& a, uint64_t seed) {
   auto v = prep(rnd(kvc * d, seed + 2)), kg = prep(rnd(a.G * d, seed + 3, -2, 2));
   auto vg = prep(rnd(a.G * d, seed + 4)), gamma = rnd(a.G, seed + 5, 0, 1);
   auto alpha = rnd(a.heads, seed + 6, 0.5, 1.5), beta = rnd(a.heads, seed + 7, 0.5, 1.5);
-  std::vector<int64_t> pos;
-  {
-    std::mt19937_64 g(seed + 8);
-    std::set<int64_t> ps;
-    while ((int64_t)ps.size() < a.G) ps.insert((int64_t)(g() % a.n_record));
-    pos.assign(ps.begin(), ps.end());
-  }
+  const std::vector<int64_t> pos = random_positions(a.G, a.n_record, seed + 8);
   std::vector<float> ref(m * d, 0.0f);
   cpu::AttentionParams cp{q.data(),   k.data(),   v.data(),     kv_begin,
                           kvc,        kg.data(),  vg.data(),    gamma.data(),
@@ -617,13 +618,7 @@ TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
   const int64_t m = 3000, H = 2, dh = 64, d = H * dh, G = 2500, n_record = 9000, first = 1700;
   auto q = rnd(m * d, 31, -2, 2), kg = rnd(G * d, 32, -2, 2), vg = rnd(G * d, 33);
   auto gamma = rnd(G, 34, 0, 1), beta = rnd(H, 35, 0.5, 1.5);
-  std::vector<int64_t> pos;
-  {
-    std::mt19937_64 g(36);
-    std::set<int64_t> ps;
-    while ((int64_t)ps.size() < G) ps.insert((int64_t)(g() % n_record));
-    pos.assign(ps.begin(), ps.end());
-  }
+  const std::vector<int64_t> pos = random_positions(G, n_record, 36);
   DeviceBuffer dq = up_act(q, DType::kBF16), dkg = up_act(kg, DType::kBF16),
                dvg = up_act(vg, DType::kBF16), dgam = up(gamma), dbeta = up(beta), dpos = up(pos),
                scratch(m * d * 4);
