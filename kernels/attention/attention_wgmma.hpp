@@ -9,9 +9,6 @@
 
 namespace sparsa::kern {
 
-// True on a compute capability 9.0 device when the sm_90a kernels were compiled in.
-bool wgmma_available();
-
 // beta * Global in fp32 into p.global_scratch (bf16, head_dim 64, n_global > 0): 2 warpgroups =
 // 128 queries a block, 128 keys a tile, 2 stages, 2 blocks an SM, lazy rescale, row sums from a
 // ones column of V; each stage one bulk copy (TMA) of a pre-packed image of the tile, waited on

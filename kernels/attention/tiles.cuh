@@ -7,10 +7,6 @@
 
 namespace sparsa::kern {
 
-// Shared-memory address of a generic pointer.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
 // 16 bytes global -> shared, asynchronous; !valid: zero-fill, nothing read (src must still be a
 // valid address).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {

@@ -63,6 +63,17 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Shared-memory address of a generic pointer.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// GELU for a bf16 output: erff in float (within 2 ulp of float, far below bf16 rounding). The
+// bf16 GELU table, the GELU kernels and the up projection's fused epilogue all use this one.
+__device__ __forceinline__ float gelu_f(float x) {
+  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
+}
+
 // 0.5 x (1 + erf(x / sqrt 2)) in double, as cpu::gelu.
 __device__ __forceinline__ float gelu_exact(float x) {
   const double xd = x;

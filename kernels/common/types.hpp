@@ -18,4 +18,8 @@ namespace sparsa::kern {
 enum class DType { kF32, kBF16 };
 inline int64_t dtype_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
 
+// True on a compute capability 9.0 device when the sm_90a (wgmma) kernels were compiled in
+// (defined in kernels/attention/attention_wgmma.cu).
+bool wgmma_available();
+
 }  // namespace sparsa::kern

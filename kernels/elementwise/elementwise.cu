@@ -3,12 +3,6 @@
 
 namespace sparsa::kern {
 
-// GELU for a bf16 output: erff in float (within 2 ulp of float, far below
-// bf16 rounding).
-__device__ __forceinline__ float gelu_f(float x) {
-  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
-}
-
 __global__ void gelu_f32_kernel(const float* in, float* out, int64_t count) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (int64_t)gridDim.x * blockDim.x)

@@ -1,4 +1,5 @@
 #include "kernels/common/common.cuh"
+#include "kernels/gemm/gemm.hpp"
 #include "kernels/norm/norm.hpp"
 
 namespace sparsa::kern {
@@ -7,7 +8,13 @@ namespace {
 // The outputs of element j of a row from its float value v.
 template <class Act>
 __device__ __forceinline__ void put(const RmsNormParams& p, int64_t row, int64_t j, float v) {
-  if (p.out_act) static_cast<Act*>(p.out_act)[row * p.dim + j] = from_f<Act>(v);
+  if (p.out_act) {
+    if (p.act_tiled)  // bf16 only (launch_rmsnorm checks)
+      *reinterpret_cast<Act*>(static_cast<char*>(p.out_act) + gemm_a_offset(row, j, p.dim)) =
+          from_f<Act>(v);
+    else
+      static_cast<Act*>(p.out_act)[row * p.dim + j] = from_f<Act>(v);
+  }
   if (p.out_f32) p.out_f32[row * p.dim + j] = v;
   if (p.out_split) {
     __nv_bfloat16* o = static_cast<__nv_bfloat16*>(p.out_split) + row * 2 * p.dim;
@@ -66,8 +73,11 @@ __global__ void rmsnorm4_kernel(RmsNormParams p) {
       if constexpr (sizeof(Act) == 2) {
         const __nv_bfloat162 b0 = __floats2bfloat162_rn(o.x, o.y),
                              b1 = __floats2bfloat162_rn(o.z, o.w);
-        *reinterpret_cast<uint2*>(static_cast<Act*>(p.out_act) + row * p.dim + j) = make_uint2(
-            *reinterpret_cast<const uint32_t*>(&b0), *reinterpret_cast<const uint32_t*>(&b1));
+        // 4 elements in one half of a 16-byte chunk, in the row layout or the tiled one
+        char* o = static_cast<char*>(p.out_act) +
+                  (p.act_tiled ? gemm_a_offset(row, j, p.dim) : (row * p.dim + j) * 2);
+        *reinterpret_cast<uint2*>(o) = make_uint2(*reinterpret_cast<const uint32_t*>(&b0),
+                                                  *reinterpret_cast<const uint32_t*>(&b1));
       } else {
         *reinterpret_cast<float4*>(static_cast<Act*>(p.out_act) + row * p.dim + j) = o;
       }
@@ -109,6 +119,8 @@ bool launch_rmsnorm4(const RmsNormParams& p, unsigned grid, cudaStream_t stream)
 
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
+  if (p.act_tiled && (p.act_type != DType::kBF16 || p.dim % 64 != 0))
+    throw SystemError("rmsnorm: the tiled output needs bf16 and dim % 64 == 0");
   const unsigned grid = grid_for(p.n_tokens, 8);
   bool vec = true;
   for (const void* q : {(const void*)p.x, (const void*)p.gain, (const void*)p.out_f32})

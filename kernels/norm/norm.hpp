@@ -15,6 +15,9 @@ struct RmsNormParams {
   // Or null: bf16 [n_tokens, 2 dim], row i = hi | lo of the float result v (hi = bf16(v),
   // lo = bf16(v - hi)): the split operand of the router's approximate GEMM (router.hpp).
   void* out_split = nullptr;
+  // bf16 out_act written as the A images of kernels/gemm (gemm_a_offset; dim % 64 == 0): the
+  // operand of launch_gemm_images, gemm_a_bytes(n_tokens, dim) bytes.
+  bool act_tiled = false;
 };
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 

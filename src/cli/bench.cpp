@@ -10,7 +10,10 @@
 
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/gemm.hpp"
 #include "kernels/attention/attention.hpp"
+#include "kernels/elementwise/elementwise.hpp"
+#include "kernels/gemm/gemm.hpp"
 #include "model/weights.hpp"
 #endif
 
@@ -165,6 +168,68 @@ int bench_attention(const BenchOptions& o) {
   return 0;
 }
 
+// The MLP's up projection of n rows (K = d_model, N = d_ff of --config) in bf16: cuBLASLt to
+// bf16, the GELU table pass after it, and our image GEMM (kernels/gemm) with and without the
+// fused GELU. Useful FLOPs: 2 n d f.
+int bench_gemm(const BenchOptions& o) {
+  const ModelConfig c = load_model_config(o.config);
+  const int64_t k = c.d_model, f = c.d_ff;
+  std::printf("# sparsa bench gemm (MLP up projection, K %lld, N %lld, bf16) on %s\n", (long long)k,
+              (long long)f, cuda::device_name().c_str());
+  std::printf("%-22s %12s %10s %12s\n", "variant", "n", "ms", "TFLOP/s");
+  const bool images = kern::gemm_images_supported(f, k);
+  cudaStream_t s = cuda::create_stream();
+  cuda::Gemm gemm;
+  DeviceBuffer table(65536 * 2);
+  kern::launch_gelu_table(table.get(), s);
+  DeviceBuffer w(k * f * 2), wimg(k * f * 2);
+  fill_random(w, k * f, DType::kBF16, 7);
+  if (images) {
+    std::vector<uint16_t> wh(k * f);
+    cuda::copy_to_host(wh.data(), w.get(), k * f * 2);
+    const auto img = kern::pack_gemm_b(wh.data(), k, f);
+    cuda::copy_to_device(wimg.get(), img.data(), img.size() * 2);
+  }
+  for (int64_t n : o.n) {
+    DeviceBuffer x(kern::gemm_a_bytes(n, k)), y(n * f * 2);
+    fill_random(x, kern::gemm_a_bytes(n, k) / 2, DType::kBF16, 1);  // either layout: random bits
+    const double flops = 2.0 * (double)n * (double)k * (double)f;
+    auto time = [&](const char* name, auto&& fn) {
+      cuda::GpuTimer timer;
+      fn();  // warm-up
+      std::vector<double> ms;
+      for (int it = 0; it < std::max(1, o.iters); ++it) {
+        timer.start(s);
+        fn();
+        timer.stop(s);
+        ms.push_back(timer.ms());
+      }
+      const double t = median(ms);
+      std::printf("%-22s %12lld %10.3f %12.1f\n", name, (long long)n, t, flops / (t * 1e-3) / 1e12);
+      std::fflush(stdout);
+    };
+    time("cublaslt", [&] {
+      gemm.run(x.get(), w.get(), y.get(), n, f, k, DType::kBF16, false, s, DType::kBF16);
+    });
+    time("gelu-table", [&] {
+      kern::launch_gelu({nullptr, y.get(), DType::kBF16, n * f, y.get(), table.get()}, s);
+    });
+    if (!images) continue;
+    time("images", [&] {
+      kern::launch_gemm_images({x.get(), wimg.get(), y.get(), n, f, k, false}, s);
+    });
+    time("images+gelu", [&] {
+      kern::launch_gemm_images({x.get(), wimg.get(), y.get(), n, f, k, true}, s);
+    });
+    time("images+gelu-table", [&] {
+      kern::launch_gemm_images({x.get(), wimg.get(), y.get(), n, f, k, true, table.as<uint16_t>()},
+                               s);
+    });
+  }
+  cuda::destroy_stream(s);
+  return 0;
+}
+
 int bench_model(const BenchOptions& o) {
   ModelConfig c = load_model_config(o.config);
   if (o.what == "layer") c.n_layers = 1;
@@ -232,8 +297,9 @@ int run_bench(const BenchOptions& o) {
   if (o.what == "attention-local" || o.what == "attention-global" || o.what == "attention")
     return bench_attention(o);
   if (o.what == "layer" || o.what == "model") return bench_model(o);
+  if (o.what == "gemm") return bench_gemm(o);
   throw ConfigError("bench: unknown --what '" + o.what +
-                    "' (attention-local, attention-global, attention, layer, model)");
+                    "' (attention-local, attention-global, attention, layer, model, gemm)");
 }
 
 #endif

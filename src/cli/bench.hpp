@@ -7,7 +7,7 @@
 namespace sparsa {
 
 struct BenchOptions {
-  // attention-local | attention-global | attention | layer | model
+  // attention-local | attention-global | attention | layer | model | gemm (the MLP up projection)
   std::string what = "attention-local";
   std::vector<int64_t> n = {65536, 131072, 262144, 524288, 1048576};
   int64_t heads = 8, head_dim = 64, window = 256, global = 1024;  // attention shapes

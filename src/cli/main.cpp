@@ -164,8 +164,12 @@ int main(int argc, char** argv) {
   BenchOptions bo;
   std::string bench_n;
   bool bench_fp32 = false;
-  bench->add_option("--what", bo.what, "attention-local, attention-global, attention, layer, model")
-      ->check(CLI::IsMember({"attention-local", "attention-global", "attention", "layer", "model"}))
+  bench
+      ->add_option("--what", bo.what,
+                   "attention-local, attention-global, attention, layer, model, or gemm (the MLP "
+                   "up projection of --config: cuBLASLt, GELU pass, our fused GEMM)")
+      ->check(CLI::IsMember(
+          {"attention-local", "attention-global", "attention", "layer", "model", "gemm"}))
       ->capture_default_str();
   bench->add_option("-n,--n", bench_n, "Token counts, comma separated (default 2^16 .. 2^20)");
   bench->add_option("--heads", bo.heads, "Attention: heads")->capture_default_str();

@@ -14,6 +14,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "backends/cpu/ops.hpp"
 #include "backends/cuda/cuda_backend.hpp"
@@ -28,6 +29,7 @@
 #include "kernels/attention/attention_wgmma.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
+#include "kernels/gemm/gemm.hpp"
 #include "kernels/norm/norm.hpp"
 #include "kernels/rope/rope.hpp"
 #include "kernels/router/router.hpp"
@@ -293,6 +295,77 @@ TEST(CudaOps, GemmMatchesLinear) {
   EXPECT_THROW(gemm.run(dx.get(), dw.get(), dy.get(), m, dout, din, DType::kBF16, true, nullptr,
                         DType::kBF16),
                SystemError);
+}
+
+// The image GEMM (kernels/gemm, the model's MLP up projection + GELU in bf16 mode) against
+// cuBLASLt's bf16 output followed by the GELU table (the path it replaces), against the CPU, and
+// for row invariance: a row's bits do not depend on M or on where the row block starts.
+TEST(CudaOps, GemmImagesMatchCublasAndTable) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  cuda::Gemm gemm;
+  DeviceBuffer table(65536 * 2);
+  kern::launch_gelu_table(table.get(), nullptr);
+  for (auto [m, k, n] :
+       {std::tuple<int64_t, int64_t, int64_t>{5003, 512, 2048}, {300, 128, 256}, {64, 64, 128}}) {
+    SCOPED_TRACE("m " + std::to_string(m) + " k " + std::to_string(k) + " n " + std::to_string(n));
+    ASSERT_TRUE(kern::gemm_images_supported(n, k));
+    const auto x = rnd(m * k, 31 + m, -3, 3), w = rnd(k * n, 32 + n, -0.15f, 0.15f);
+    std::vector<float> gain(k, 1.0f);
+    const auto wr = round_bf16(w);
+    std::vector<uint16_t> wb(w.size());
+    cuda::to_bf16(w.data(), wb.data(), (int64_t)w.size());
+    DeviceBuffer dx = up(x), dg = up(gain), dw = up(wb),
+                 dimg = up(kern::pack_gemm_b(wb.data(), k, n));
+    // h = RMSNorm(x) in bf16, row-major (cuBLASLt's operand) and as A images (ours).
+    DeviceBuffer hrow(m * k * 2), himg(kern::gemm_a_bytes(m, k));
+    kern::launch_rmsnorm(
+        {dx.as<float>(), dg.as<float>(), nullptr, hrow.get(), DType::kBF16, m, k, 1e-6}, nullptr);
+    kern::RmsNormParams np{
+        dx.as<float>(), dg.as<float>(), nullptr, himg.get(), DType::kBF16, m, k, 1e-6};
+    np.act_tiled = true;
+    kern::launch_rmsnorm(np, nullptr);
+    for (int mode : {0, 1, 2}) {  // no GELU, GELU computed, GELU by the table
+      const bool gelu = mode > 0;
+      const uint16_t* tab = mode == 2 ? table.as<uint16_t>() : nullptr;
+      SCOPED_TRACE(mode == 0 ? "plain" : mode == 1 ? "gelu" : "gelu table");
+      DeviceBuffer yc(m * n * 2), yi(m * n * 2);
+      gemm.run(hrow.get(), dw.get(), yc.get(), m, n, k, DType::kBF16, false, nullptr, DType::kBF16);
+      if (gelu)
+        kern::launch_gelu({nullptr, yc.get(), DType::kBF16, m * n, yc.get(), table.get()}, nullptr);
+      kern::launch_gemm_images({himg.get(), dimg.get(), yi.get(), m, n, k, gelu, tab}, nullptr);
+      const auto bc = down<uint16_t>(yc, m * n), bi = down<uint16_t>(yi, m * n);
+      int64_t differ = 0, far = 0;
+      for (int64_t i = 0; i < m * n; ++i) {
+        differ += bc[i] != bi[i];
+        far += std::abs((int)bc[i] - (int)bi[i]) > 1;  // more than one bf16 ulp apart
+      }
+      std::printf("  image GEMM (mode %d) vs cuBLASLt%s (m %lld): %lld of %lld values differ\n",
+                  mode, gelu ? " + GELU table" : "", (long long)m, (long long)differ,
+                  (long long)(m * n));
+      EXPECT_EQ(far, 0);
+      EXPECT_LE(differ, m * n / 1000);
+      // Against the CPU: bf16 h (row-major bits) times bf16 W in double, rounded as the kernel.
+      const auto h = down_act(hrow, m * k, DType::kBF16);
+      std::vector<float> ref(m * n, 0.0f);
+      cpu::linear({h.data(), wr.data(), ref.data(), m, k, n, 0, false});
+      ref = round_bf16(ref);
+      if (gelu)
+        for (float& v : ref) v = cpu::gelu(v);
+      EXPECT_LE(rel_err(down_act(yi, m * n, DType::kBF16), ref), 8e-3);
+      // Row invariance: rows 64.. (a block that starts mid-tile) alone give the same bits. The
+      // A images of a block of rows at row 64 are those of the whole at an offset of 64 rows.
+      if (m > 128) {
+        const int64_t m2 = m - 64;
+        DeviceBuffer y2(m2 * n * 2);
+        kern::launch_gemm_images(
+            {himg.as<char>() + 64 * k * 2, dimg.get(), y2.get(), m2, n, k, gelu, tab}, nullptr);
+        const auto b2 = down<uint16_t>(y2, m2 * n);
+        EXPECT_TRUE(std::equal(b2.begin(), b2.end(), bi.begin() + 64 * n));
+      }
+    }
+  }
+  EXPECT_THROW(kern::pack_gemm_b(nullptr, 100, 128), SystemError);
 }
 
 TEST(CudaOps, Router) {
@@ -949,6 +1022,31 @@ TEST(CudaModel, RcAverageOnTheDeviceIsTheHostAverage) {
   pooled.output = CudaOutput::kPooled;
   EXPECT_THROW(CudaModel(w, pooled).forward_rc_average(tok.data(), sh, rc.data(), mir, *comm),
                SystemError);
+}
+
+TEST(CudaModel, ImageGemmMlpBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // SPARSA_MLP_GEMM=images (the fused up projection + GELU of kernels/gemm) gives the bits of
+  // cuBLASLt + the GELU table over a whole model, chunks of 4096 rows with a ragged last one.
+  ModelConfig c = small_config(128, 2, 64, false, 512);
+  const int64_t n = 20000;
+  ModelWeights w = init_model(c, 3);
+  auto tok = dna(n, 21);
+  auto comm = make_single_comm();
+  const Shard sh = shard_of(n, 0, 1);
+  const ForwardOutput ref = CudaModel(w, {true, -1, 4096}).forward(tok.data(), sh, *comm);
+  setenv("SPARSA_MLP_GEMM", "images", 1);
+  CudaModel model(w, {true, -1, 4096});
+  unsetenv("SPARSA_MLP_GEMM");
+  const ForwardOutput got = model.forward(tok.data(), sh, *comm);
+  EXPECT_TRUE(got.y == ref.y);
+  EXPECT_TRUE(got.global_positions == ref.global_positions);
+  setenv("SPARSA_MLP_GEMM", "images", 1);
+  EXPECT_THROW(CudaModel(w, {false, -1, 4096}), ConfigError);  // fp32 mode has no image GEMM
+  setenv("SPARSA_MLP_GEMM", "fast", 1);
+  EXPECT_THROW(CudaModel(w, {true, -1, 4096}), ConfigError);
+  unsetenv("SPARSA_MLP_GEMM");
 }
 
 TEST(CudaModel, SplitRouterCloseToFloat32Router) {

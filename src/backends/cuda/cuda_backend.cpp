@@ -18,6 +18,7 @@
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/embed/embed.hpp"
+#include "kernels/gemm/gemm.hpp"
 #include "kernels/norm/norm.hpp"
 #include "kernels/rope/rope.hpp"
 #include "kernels/router/router.hpp"
@@ -99,6 +100,7 @@ struct DeviceLayer {
       w_down;
   float router_b2 = 0;
   DeviceBuffer router_split;  // bf16 mode: [2d, 2r] (router_split.hpp)
+  DeviceBuffer w_up_img;      // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -156,6 +158,9 @@ struct CudaModel::Impl {
   // bf16 mode's split router (router_split.hpp); SPARSA_ROUTER=exact: the float32 GEMM. Whether
   // the last forward used it.
   bool router_split = true, router_split_used = false;
+  // bf16 mode, SPARSA_MLP_GEMM=images: the MLP's up projection and GELU by our fused GEMM
+  // (kernels/gemm; the same bits, slower than cuBLASLt + the GELU table so far: bench/NOTES.md).
+  bool mlp_images = false;
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16).
@@ -220,9 +225,21 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   I.c = w.config;
   I.opt = o;
   I.act = o.bf16 ? DType::kBF16 : DType::kF32;
+  const ModelConfig& c0 = w.config;
   I.eb = kern::dtype_bytes(I.act);
   I.device = device;
   if (const char* e = std::getenv("SPARSA_PROFILE")) I.profile_env = e[0] && e[0] != '0';
+  if (const char* e = std::getenv("SPARSA_MLP_GEMM")) {
+    const std::string v = e;
+    if (v != "cublas" && v != "images" && !v.empty())
+      throw ConfigError("SPARSA_MLP_GEMM must be cublas or images, not '" + v + "'");
+    I.mlp_images = v == "images";
+    if (I.mlp_images &&
+        (I.act != DType::kBF16 || !kern::gemm_images_supported(c0.d_ff, c0.d_model)))
+      throw ConfigError(
+          "SPARSA_MLP_GEMM=images needs bf16, an sm_90a GPU, d_model a multiple of 64 up to 512 "
+          "and d_ff a multiple of 128");
+  }
   if (const char* e = std::getenv("SPARSA_ROUTER")) {
     const std::string v = e;
     if (v != "exact" && v != "split" && v != "auto" && !v.empty())
@@ -271,6 +288,14 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     D.beta = I.upload(L.beta, false);
     D.mlp_norm = I.upload(L.mlp_norm, false);
     D.w_up = I.upload(L.w_up, true);
+    if (I.mlp_images) {
+      std::vector<uint16_t> b(L.w_up.size());
+      cuda::to_bf16(L.w_up.data(), b.data(), (int64_t)b.size());
+      const std::vector<uint16_t> img = kern::pack_gemm_b(b.data(), d, c.d_ff);
+      D.w_up_img = DeviceBuffer(img.size() * 2);
+      cuda::copy_to_device(D.w_up_img.get(), img.data(), img.size() * 2);
+      I.weight_bytes += (int64_t)D.w_up_img.bytes();
+    }
     D.w_down = I.upload(L.w_down, true);
     I.layers.push_back(std::move(D));
   }
@@ -449,9 +474,24 @@ void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
     const int64_t rows = std::min(opt.chunk_rows, m - c0);
     float* xc = x.as<float>() + c0 * d;
     prof.mark(kMlpUp, s);
-    kern::launch_rmsnorm({xc, L.mlp_norm.as<float>(), bf ? nullptr : h32.as<float>(),
-                          bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
-                         s);
+    kern::RmsNormParams np{xc,
+                           L.mlp_norm.as<float>(),
+                           bf ? nullptr : h32.as<float>(),
+                           bf ? hact.get() : nullptr,
+                           act,
+                           rows,
+                           d,
+                           c.norm_eps};
+    np.act_tiled = mlp_images;
+    kern::launch_rmsnorm(np, s);
+    if (mlp_images) {  // the GELU fused: bf16(GELU(bf16(h W_up))), the table's bits
+      kern::launch_gemm_images(
+          {hact.get(), L.w_up_img.get(), upact.get(), rows, f, d, true, gelu_table.as<uint16_t>()},
+          s);
+      prof.mark(kMlpDown, s);
+      gemm.run(upact.get(), L.w_down.get(), xc, rows, d, f, act, true, s);
+      continue;
+    }
     // bf16: the up projection straight to bf16, GELU in place on it; fp32: GELU in place.
     void* u = bf ? upact.get() : up32.get();
     gemm.run(bf ? hact.get() : h32.get(), L.w_up.get(), u, rows, f, d, act, false, s, act);
@@ -534,7 +574,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.bad.reserve(8);
   I.h32.reserve(chunk * d * 4);
   if (I.act == DType::kBF16) {
-    I.hact.reserve(chunk * d * eb);
+    I.hact.reserve(kern::gemm_a_bytes(chunk, d));  // the A images' rows padded to 128
     I.upact.reserve(chunk * c.d_ff * eb);
   }
   I.qkv32.reserve(chunk * 2 * d * 4);
