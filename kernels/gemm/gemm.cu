@@ -190,6 +190,10 @@ void launch_gemm_images(const GemmImagesParams& p, cudaStream_t stream) {
   if (!gemm_images_supported(p.n, p.k))
     throw SystemError(
         "gemm_images: needs an sm_90a device, K % 64 == 0, K <= 512 and N % 128 == 0");
+  if ((uintptr_t)p.a % 16 || (uintptr_t)p.b % 16 || (uintptr_t)p.y % 4)
+    throw SystemError("gemm_images: the images must be 16-byte aligned and y 4-byte aligned");
+  // NOTE: the SM count and the shared-memory attribute are taken once, for the device of the
+  // first call: one device a process (one rank a GPU), as the attention launchers assume.
   static const int sms = [] {
     int dev = 0, v = 0;
     SPARSA_CUDA_CHECK(cudaGetDevice(&dev));

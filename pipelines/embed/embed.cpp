@@ -114,7 +114,8 @@ std::string utc_now() {
   return b;
 }
 
-// Returns true when --resume finds OUT already complete (nothing to do).
+// Returns true when --resume finds OUT already complete (nothing to do if it was made by this
+// same run: run_embed compares the manifests).
 bool check_paths(const EmbedOptions& o) {
   std::error_code ec;
   if (o.output.empty()) throw ConfigError("--output is required");
@@ -316,6 +317,28 @@ struct EmbedRun {
     };
     const auto t0 = std::chrono::steady_clock::now();
     const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
+    // One rank holding the record and a row per token: the part is written while the rows come
+    // (PartStream), from a GPU piece by piece as they cross (ForwardHooks::rows_out: float16
+    // rows for a float16 file, else float32), so the host never holds them all; from the CPU
+    // backend, which ignores the hook, after the forward pass.
+    std::unique_ptr<PartStream> part;
+    ForwardHooks out_hooks = hooks;
+    static const bool stream_env = [] {  // SPARSA_STREAM_ROWS=0: A/B runs
+      const char* e = std::getenv("SPARSA_STREAM_ROWS");
+      return !(e && e[0] == '0');
+    }();
+    if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env) {
+      RecordOutput head{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
+      head.d = d;
+      head.n_out_total = n;
+      part = std::make_unique<PartStream>(journal, it.index, head, o.f16);
+      out_hooks.rows_out = [&](int64_t row0, int64_t n_rows, const void* rows) {
+        if (o.f16)
+          part->rows(row0, n_rows, static_cast<const uint16_t*>(rows));
+        else
+          part->rows(row0, n_rows, static_cast<const float*>(rows));
+      };
+    }
     ForwardOutput fwd;
     try {
       std::vector<int32_t> rc;  // --rc-average: the reverse complement, and this rank's mirror
@@ -326,7 +349,7 @@ struct EmbedRun {
         mir = shard_of(n, c.rank(), c.size(), align, true);
       }
       if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
-        fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, hooks);
+        fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, out_hooks);
       } else if (o.rc_average) {
         fwd = forward_fn(tokens, sh, c, hooks);
         ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
@@ -340,7 +363,7 @@ struct EmbedRun {
           rc_average_rows(fwd.y, rev.y, sh.size(), d);
         }
       } else {
-        fwd = forward_fn(tokens, sh, c, hooks);
+        fwd = forward_fn(tokens, sh, c, out_hooks);
       }
     } catch (const OutOfMemory& e) {
       throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "in the model", e.what(),
@@ -352,13 +375,48 @@ struct EmbedRun {
     const auto t1 = std::chrono::steady_clock::now();
     forward_s += std::chrono::duration<double>(t1 - t0).count();
     try {
-      write_record(it, c, sh, std::move(fwd));
+      if (part)
+        finish_part(*part, it, c, std::move(fwd));
+      else
+        write_record(it, c, sh, std::move(fwd));
     } catch (const std::bad_alloc&) {
       throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "pooling and writing its rows",
                                  "host memory exhausted", 0);
     }
     write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     if (show_progress) progress.finish_record();
+  }
+
+  // The streamed part of a record one rank holds: its rows (unless the backend streamed them),
+  // then its bins and global sets.
+  void finish_part(PartStream& part, const Item& it, Comm& c, ForwardOutput&& fwd) {
+    const Record& rec = it.rec;
+    const ModelConfig& cfg = w.config;
+    const int64_t n = rec.n_tokens(), d = cfg.d_model;
+    if (!fwd.rows_streamed) {
+      if (!fwd.y16.empty()) {
+        if ((int64_t)fwd.y16.size() != n * d) throw SystemError("internal: rows of another size");
+        part.rows(0, n, fwd.y16.data());
+      } else {
+        if ((int64_t)fwd.y.size() != n * d || fwd.pooled_bin != 0)
+          throw SystemError("internal: rows of another size");
+        part.rows(0, n, fwd.y.data());
+      }
+    }
+    fwd.y = {};
+    fwd.y16 = {};
+    std::vector<int64_t> starts(n), ends(n);
+    for (int64_t i = 0; i < n; ++i) starts[i] = i, ends[i] = i + 1;
+    RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
+    ro.d = d;
+    ro.n_out_total = ro.n_rows = n;
+    ro.starts = starts.data();
+    ro.ends = ends.data();
+    ro.global_positions = fwd.global_positions.data();
+    ro.global_scores = fwd.global_scores.data();
+    ro.n_layers = cfg.n_layers;
+    ro.n_global = fwd.n_global;
+    part.finish(ro, c);
   }
 
   // Pools this rank's rows of the record, brings them to the ranks that write, writes the part.
@@ -461,8 +519,26 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
   if (check_paths(o)) {
-    sum.already_complete = true;
-    return sum;
+    std::string made_by;
+    {
+      h5::File f = h5::File::open_read(o.output);
+      if (f.has_attr("/", "run_manifest")) made_by = f.attr_string("/", "run_manifest");
+    }
+    const std::string now = manifest_for(o, sha256_file(o.model));
+    if (made_by == now) {
+      sum.already_complete = true;
+      return sum;
+    }
+    if (!o.force)
+      throw ConfigError("--resume: " + o.output + " is complete but was made by a different run (" +
+                        (made_by.empty() ? std::string("it names no run_manifest")
+                                         : first_difference(now, made_by)) +
+                        "); use the same model, inputs and options, or --force to replace it");
+  }
+  // --force: the old output goes now, so that a run that fails leaves nothing at the path.
+  if (o.force && root) {
+    std::error_code ec;
+    fs::remove(o.output, ec);
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
@@ -601,7 +677,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 o.command_line,
                 utc_now(),
                 o.pool.text(),
-                o.f16 ? "float16" : "float32"};
+                o.f16 ? "float16" : "float32",
+                manifest_for(o, model_sha)};
     journal.assemble(a, index, o.output);
   }
   comm.barrier();

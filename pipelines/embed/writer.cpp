@@ -38,8 +38,7 @@ static std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// The first line where two manifests differ, for the message.
-static std::string first_difference(const std::string& a, const std::string& b) {
+std::string first_difference(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   std::string la, lb;
   while (true) {
@@ -129,48 +128,63 @@ void Journal::remove() {
   fs::remove_all(dir_, ec);
 }
 
+namespace {
+// The record's group, its attributes and its (empty) embedding dataset.
+std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f16) {
+  const Record& rec = *r.record;
+  const std::string g = "/records/" + Journal::key_for(index - 1, rec.name);
+  f.create_group(g);
+  f.set_attr(g, "name", rec.name);
+  f.set_attr(g, "description", rec.description);
+  f.set_attr(g, "source", rec.source);
+  f.set_attr(g, "kind", r.kind);
+  f.set_attr(g, "length", r.length);
+  f.set_attr(g, "region", rec.region);
+  f.set_attr(g, "strand", r.strand);
+  f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
+  return g;
+}
+
+// The bins of rows [r.row0, r.row0 + r.n_rows), the global sets and the timestamps.
+void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool parallel,
+                Comm& comm) {
+  const Record& rec = *r.record;
+  std::vector<int64_t> s(r.n_rows), e(r.n_rows);
+  for (int64_t i = 0; i < r.n_rows; ++i) {
+    s[i] = r.starts[i] + rec.offset;
+    e[i] = r.ends[i] + rec.offset;
+  }
+  f.create_vector_i64(g + "/bin_start", r.n_out_total);
+  f.create_vector_i64(g + "/bin_end", r.n_out_total);
+  f.write_i64_rows_collective(g + "/bin_start", r.row0, r.n_rows, s.data());
+  f.write_i64_rows_collective(g + "/bin_end", r.row0, r.n_rows, e.data());
+  f.write_i64(g + "/global_positions", {r.n_layers, r.n_global}, r.global_positions);
+  f.write_f32(g + "/global_scores", {r.n_layers, r.n_global}, r.global_scores);
+  if (!rec.timestamps.empty()) {
+    // Time series are short enough that every rank holds the starts of all bins.
+    std::vector<std::string> ts(r.n_rows);
+    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = rec.timestamps[r.starts[i]];
+    if (parallel && comm.size() > 1)
+      throw SystemError("internal: time-series records are written by one rank");
+    f.write_strings(g + "/timestamps", ts);
+  }
+}
+}  // namespace
+
 void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel,
                          Comm& comm) {
-  const Record& rec = *r.record;
   const std::string final_part = part_path(index), tmp = final_part + ".tmp";
   const bool writer = parallel || comm.rank() == 0;
   if (writer) {
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
-    const std::string g = "/records/" + key_for(index - 1, rec.name);
-    f.create_group(g);
-    f.set_attr(g, "name", rec.name);
-    f.set_attr(g, "description", rec.description);
-    f.set_attr(g, "source", rec.source);
-    f.set_attr(g, "kind", r.kind);
-    f.set_attr(g, "length", r.length);
-    f.set_attr(g, "region", rec.region);
-    f.set_attr(g, "strand", r.strand);
-    f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
+    const std::string g = write_head(f, index, r, f16);
     if (r.rows16) {
       if (!f16) throw SystemError("internal: float16 rows for a float32 output");
       f.write_f16_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows16);
     } else {
       f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
     }
-    std::vector<int64_t> s(r.n_rows), e(r.n_rows);
-    for (int64_t i = 0; i < r.n_rows; ++i) {
-      s[i] = r.starts[i] + rec.offset;
-      e[i] = r.ends[i] + rec.offset;
-    }
-    f.create_vector_i64(g + "/bin_start", r.n_out_total);
-    f.create_vector_i64(g + "/bin_end", r.n_out_total);
-    f.write_i64_rows_collective(g + "/bin_start", r.row0, r.n_rows, s.data());
-    f.write_i64_rows_collective(g + "/bin_end", r.row0, r.n_rows, e.data());
-    f.write_i64(g + "/global_positions", {r.n_layers, r.n_global}, r.global_positions);
-    f.write_f32(g + "/global_scores", {r.n_layers, r.n_global}, r.global_scores);
-    if (!rec.timestamps.empty()) {
-      // Time series are short enough that every rank holds the starts of all bins.
-      std::vector<std::string> ts(r.n_rows);
-      for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = rec.timestamps[r.starts[i]];
-      if (parallel && comm.size() > 1)
-        throw SystemError("internal: time-series records are written by one rank");
-      f.write_strings(g + "/timestamps", ts);
-    }
+    write_tail(f, g, r, parallel, comm);
     f.close();
   }
   if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
@@ -180,6 +194,66 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
     if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
   }
   done_.insert(index);
+}
+
+PartStream::PartStream(Journal& j, int64_t index, const RecordOutput& r, bool f16)
+    : journal_(j), index_(index), f16_(f16), d_(r.d), n_rows_(r.n_out_total),
+      tmp_(j.part_path(index) + ".tmp") {
+  file_ = std::make_unique<h5::File>(h5::File::create(tmp_));
+  group_ = write_head(*file_, index, r, f16);
+}
+
+PartStream::~PartStream() {
+  if (finished_) return;
+  try {
+    if (file_) file_->close();
+  } catch (...) {  // the error that got us here is the one to report
+  }
+  file_.reset();
+  std::remove(tmp_.c_str());
+}
+
+void PartStream::check_rows(int64_t row0, int64_t n_rows) const {
+  if (row0 < 0 || n_rows < 0 || row0 + n_rows > n_rows_ || finished_)
+    throw SystemError("internal: rows " + std::to_string(row0) + ".." +
+                      std::to_string(row0 + n_rows) + " do not fit the part of " +
+                      std::to_string(n_rows_) + " rows");
+}
+
+void PartStream::rows(int64_t row0, int64_t n_rows, const uint16_t* rows16) {
+  check_rows(row0, n_rows);
+  if (!f16_) throw SystemError("internal: float16 rows for a float32 output");
+  file_->write_f16_rows_collective(group_ + "/embedding", row0, n_rows, d_, rows16);
+}
+
+void PartStream::rows(int64_t row0, int64_t n_rows, const float* rows) {
+  check_rows(row0, n_rows);
+  if (!f16_) {
+    file_->write_rows_collective(group_ + "/embedding", row0, n_rows, d_, rows);
+    return;
+  }
+  // Converted to float16 a block at a time (the same rounding as everywhere else).
+  const int64_t block = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, d_));
+  std::vector<uint16_t> h(std::min(block, n_rows) * d_);
+  for (int64_t r0 = 0; r0 < n_rows; r0 += block) {
+    const int64_t n = std::min(block, n_rows - r0);
+    h5::float_to_f16(rows + r0 * d_, h.data(), n * d_);
+    file_->write_f16_rows_collective(group_ + "/embedding", row0 + r0, n, d_, h.data());
+  }
+}
+
+void PartStream::finish(const RecordOutput& r, Comm& comm) {
+  if (r.n_out_total != n_rows_ || r.row0 != 0 || r.n_rows != n_rows_)
+    throw SystemError("internal: the streamed part's bins do not match its rows");
+  write_tail(*file_, group_, r, false, comm);
+  file_->close();
+  file_.reset();
+  const std::string final_part = journal_.part_path(index_);
+  std::error_code ec;
+  fs::rename(tmp_, final_part, ec);
+  if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
+  finished_ = true;
+  journal_.done_.insert(index_);
 }
 
 static void set_file_attrs(h5::File& f, const FileAttrs& a) {
@@ -192,6 +266,7 @@ static void set_file_attrs(h5::File& f, const FileAttrs& a) {
   f.set_attr("/", "created_utc", a.created_utc);
   f.set_attr("/", "pool", a.pool);
   f.set_attr("/", "dtype", a.dtype);
+  f.set_attr("/", "run_manifest", a.manifest);
 }
 
 // Moves `from` to `output` (one rename: the output appears whole or not at all), then drops the

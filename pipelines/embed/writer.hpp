@@ -8,18 +8,24 @@
 // or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "core/record.hpp"
 #include "dist/comm.hpp"
+#include "io/h5.hpp"
 
 namespace sparsa {
 
 struct FileAttrs {
   std::string sparsa_version, model_sha256, model_config, command_line, created_utc, pool, dtype;
+  std::string manifest;  // the run's manifest (the journal's MANIFEST text): `run_manifest`
 };
+
+// The first line where two manifests differ, quoted for a message ("" when they are equal).
+std::string first_difference(const std::string& now, const std::string& before);
 
 // One record's output as one rank holds it: rows [row0, row0 + n_rows) of n_out_total rows.
 struct RecordOutput {
@@ -59,10 +65,38 @@ class Journal {
   static std::string key_for(int64_t index, const std::string& name);
 
  private:
+  friend class PartStream;
   std::string part_path(int64_t index) const;
   void finish_as(const std::string& from, const std::string& output);
   std::string dir_;
   std::set<int64_t> done_;
+};
+
+// One record's part written while its rows arrive, by the one rank that holds the whole record
+// (a row per token, --pool none): the host never needs all rows at once. The constructor makes
+// the part's .tmp with the record's group, attributes and an embedding dataset of r.n_out_total
+// rows; rows() writes rows as they come; finish() writes the bins, global sets (and timestamps)
+// of r and moves the part into the journal. Destroyed unfinished (an error on the way), it
+// removes the .tmp: as with write_part, a part is whole or absent.
+class PartStream {
+ public:
+  PartStream(Journal& journal, int64_t index, const RecordOutput& r, bool f16);
+  ~PartStream();
+  PartStream(const PartStream&) = delete;
+  PartStream& operator=(const PartStream&) = delete;
+  void rows(int64_t row0, int64_t n_rows, const uint16_t* rows16);  // float16 output only
+  void rows(int64_t row0, int64_t n_rows, const float* rows);  // converted for a float16 output
+  void finish(const RecordOutput& r, Comm& comm);  // r: every row's bins, row0 = 0
+
+ private:
+  void check_rows(int64_t row0, int64_t n_rows) const;
+  Journal& journal_;
+  int64_t index_;
+  bool f16_;
+  int64_t d_, n_rows_;
+  std::string tmp_, group_;
+  std::unique_ptr<h5::File> file_;
+  bool finished_ = false;
 };
 
 }  // namespace sparsa

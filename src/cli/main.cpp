@@ -45,9 +45,10 @@ const char* kEmbedFooter =
     "Memory: a rank holds about 4 x d_model + 48 bytes a token of its part of a record\n"
     "(dna-base: about 2 GB per million tokens), on the GPU with --device cuda, besides buffers of\n"
     "fixed size (dna-base on a GPU: ~6 GB). A record longer than one GPU holds is split over the\n"
-    "ranks (--split-min). --pool none also keeps a rank's rows in host memory (2 x d_model bytes\n"
-    "a token with --dtype f16, 4 x d_model with f32). A record that does not fit stops the run\n"
-    "with a message that says how many GPUs it needs.\n"
+    "ranks (--split-min). With --pool none the rows of a record that one GPU holds go into the\n"
+    "output piece by piece; a split record's rank holds its rows in host memory (2 x d_model\n"
+    "bytes a token with --dtype f16, 4 x d_model with f32). A record that does not fit stops the\n"
+    "run with a message that says how many GPUs it needs.\n"
     "Output layout and provenance: docs/formats.md; every option and variable: docs/cli.md.";
 
 std::string join_argv(int argc, char** argv) {
@@ -84,7 +85,7 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options (--threads) may follow the subcommand
   app.get_formatter()->column_width(34);
   int threads = 0;
-  app.add_option("-t,--threads", threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  app.add_option("-t,--threads", threads, "CPU threads (default: OMP_NUM_THREADS, else the node's cores shared among its ranks)");
 
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");

@@ -96,8 +96,9 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
   description.assign(text.substr(i, end - i));
 }
 
-// Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping trailing
-// '\r' so that CRLF files read exactly like LF files (bgzf_getline drops only one '\r').
+// Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping every '\r'
+// (spec 1: line breaks and '\r' are not sequence), so CRLF files read exactly like LF files
+// (bgzf_getline drops only one '\r').
 class LineReader {
  public:
   explicit LineReader(const std::string& path) : path_(path) {
@@ -128,6 +129,12 @@ class LineReader {
     ++line_no_;
     size_t n = ks_.l;
     while (n > 0 && ks_.s[n - 1] == '\r') --n;
+    if (std::memchr(ks_.s, '\r', n)) {  // a '\r' inside the line is not sequence either
+      size_t k = 0;
+      for (size_t i = 0; i < n; ++i)
+        if (ks_.s[i] != '\r') ks_.s[k++] = ks_.s[i];
+      n = k;
+    }
     line = std::string_view(ks_.s, n);
     return true;
   }

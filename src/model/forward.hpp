@@ -48,10 +48,18 @@ struct ForwardOutput {
   int64_t n_global = 0;                   // G
   std::vector<int64_t> global_positions;  // [L, G] ascending per layer
   std::vector<float> global_scores;       // [L, G]
+  // The rows went to ForwardHooks::rows_out instead of into y / y16 (both empty).
+  bool rows_streamed = false;
 };
 
 struct ForwardHooks {
   std::function<void(int64_t layer)> after_layer;  // progress; called on every rank
+  // Optional, a row per token only: a backend that brings rows back from a device may hand
+  // them over here in pieces, in order (shard rows [row0, row0 + n_rows), float16 bits where it
+  // was asked for float16 rows, else float32; the memory is valid during the call), and set
+  // ForwardOutput::rows_streamed. The host never holds all rows at once then. Not called when
+  // the output is not finite (forward throws instead). Backends may ignore it (the CPU does).
+  std::function<void(int64_t row0, int64_t n_rows, const void* rows)> rows_out;
 };
 
 // Runs the model on one shard. `tokens` holds the shard's tokens ([shard size, n_tables]).

@@ -313,6 +313,12 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(exists(t / "in.fa"));
   EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
+  // --force replaces: a run that then fails leaves nothing at the path, not the old result.
+  write_file(t / "bad.fa", ">a\nAC!GT\n");
+  r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_FALSE(exists(t / "keep.h5"));
+  EXPECT_FALSE(exists(t / "keep.h5.parts"));
 }
 
 TEST(Cli, RegionsOfEcoli) {

@@ -209,6 +209,17 @@ TEST_F(DnaTest, CrlfReadsLikeLf) {
   }
   EXPECT_EQ(b[0].description, "some desc");
   EXPECT_EQ(b[0].tokens, toks("ACGTNACG"));
+  // A lone '\r' inside a sequence line is not sequence either (spec 1): skipped, and the
+  // positions of an error after it count only the bases.
+  auto m = read_all(write("cr-mid.fa", ">r1\nAC\rGT\r\rN\n"));
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].tokens, toks("ACGTN"));
+  try {
+    read_all(write("cr-bad.fa", ">r1\nA\rC!G\n"));
+    ADD_FAILURE() << "no error for '!'";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("position 3"), std::string::npos) << e.what();
+  }
 
   std::string fq = "@q1 d\r\nACGT\r\n+\r\nIIII\r\n";
   auto q = read_all(write("crlf.fq", fq));

@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 
 #include "compare_h5.hpp"
+#include "core/error.hpp"
+#include "dist/comm.hpp"
 #include "io/h5.hpp"
+#include "pipelines/embed/writer.hpp"
 #include "test_util.hpp"
 
 using namespace sparsa::testing;
@@ -56,11 +59,21 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   pid = spawn(fx.args(fx.t / "clean.h5", false), fx.t / "log3");
   ASSERT_EQ(wait_exit(pid), 0);
   expect_same_contents(out, fx.t / "clean.h5");
-  // A finished output with --resume is left alone and reported complete.
+  // A finished output with --resume, by the same run, is left alone and reported complete.
+  r = run(binary() + " embed --resume --dtype f32 --pool bin:10 --model " + fx.model + " --input " +
+          fx.input + " --output " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
+  // By another run (other options): refused, the file untouched; with --force, made anew.
   r = run(binary() + " embed --resume --model " + fx.model + " --input " + fx.input + " --output " +
           out);
-  EXPECT_EQ(r.code, 0);
-  EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("different run"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pool"), std::string::npos) << r.output;  // the first difference
+  expect_same_contents(out, fx.t / "clean.h5");
+  r = run(binary() + " embed -q --resume --force --threads 1 --pool bin:20 --model " + fx.model +
+          " --input " + fx.input + " --output " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 TEST(Resume, SigkillLosesOnlyTheRecordInFlight) {
@@ -160,4 +173,65 @@ TEST(Resume, SingleRecordPartBecomesTheOutput) {
   EXPECT_NE(r.output.find("000001.h5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--force"), std::string::npos) << r.output;
   EXPECT_FALSE(exists(out2));
+}
+
+// A part written piece by piece (PartStream: --pool none, one rank holding the record) is whole
+// or absent: finished, it is the part write_part makes from the same rows; dropped on the way
+// (an error), its .tmp is gone and the journal does not count it.
+TEST(Resume, StreamedPartIsWholeOrAbsent) {
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  const std::string out = t / "o.h5";
+  sparsa::Record rec;
+  rec.name = "r1";
+  rec.source = "in.fa";
+  rec.offset = 10;
+  rec.tokens.assign(7, 3);
+  const int64_t n = 7, d = 3;
+  std::vector<float> rows(n * d);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = 0.25f * (float)i - 1.0f;
+  std::vector<int64_t> starts(n), ends(n), gpos = {2, 5};
+  std::vector<float> gscore = {0.5f, -1.5f};
+  for (int64_t i = 0; i < n; ++i) starts[i] = i, ends[i] = i + 1;
+  sparsa::RecordOutput ro{&rec, "dna", "+", n};
+  ro.d = d;
+  ro.n_out_total = ro.n_rows = n;
+  ro.rows = rows.data();
+  ro.starts = starts.data();
+  ro.ends = ends.data();
+  ro.global_positions = gpos.data();
+  ro.global_scores = gscore.data();
+  ro.n_layers = 1;
+  ro.n_global = 2;
+  for (bool f16 : {false, true}) {
+    SCOPED_TRACE(f16 ? "f16" : "f32");
+    fs::remove_all(out + ".parts");
+    sparsa::Journal j(out, "m\n", false, true, *comm);
+    {
+      sparsa::PartStream p(j, 1, ro, f16);
+      p.rows(0, 3, rows.data());
+      EXPECT_TRUE(fs::exists(out + ".parts/000001.h5.tmp"));
+    }  // dropped unfinished
+    EXPECT_FALSE(fs::exists(out + ".parts/000001.h5.tmp"));
+    EXPECT_FALSE(fs::exists(out + ".parts/000001.h5"));
+    EXPECT_EQ(j.count_parts(), 0);
+    {
+      sparsa::PartStream p(j, 1, ro, f16);
+      p.rows(4, 3, rows.data() + 4 * d);  // any order
+      p.rows(0, 4, rows.data());
+      EXPECT_THROW(p.rows(6, 2, rows.data()), sparsa::SystemError);  // past the end
+      p.finish(ro, *comm);
+    }
+    EXPECT_TRUE(j.done(1));
+    fs::rename(out + ".parts/000001.h5", t / "streamed.h5");
+    j.write_part(1, ro, f16, false, *comm);
+    for (const std::string& f : {t / "streamed.h5", out + ".parts/000001.h5"}) {
+      h5::File h = h5::File::open_rw(f);  // parts are not results until assembled
+      h.set_attr("/", "complete", (int64_t)1);
+      h.close();
+    }
+    expect_same_contents(t / "streamed.h5", out + ".parts/000001.h5");
+    EXPECT_EQ(h5::File::open_read(t / "streamed.h5").attr_string("/records/000000_r1", "strand"),
+              "+");
+  }
 }

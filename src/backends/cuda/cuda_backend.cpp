@@ -163,8 +163,22 @@ struct CudaModel::Impl {
   bool mlp_images = false;
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
-  // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16).
-  void rows_to_host(ForwardOutput& out, const float* rows, int64_t count) {
+  // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
+  // to hooks.rows_out in pieces of whole rows when it is set.
+  void rows_to_host(ForwardOutput& out, const float* rows, int64_t count,
+                    const ForwardHooks& hooks) {
+    if (hooks.rows_out) {
+      const int64_t d = c.d_model, rb = d * (opt.rows_f16 ? 2 : 4);
+      auto sink = [&](size_t off, size_t bytes, const void* host) {
+        hooks.rows_out((int64_t)off / rb, (int64_t)bytes / rb, host);
+      };
+      if (opt.rows_f16)
+        staging.copy_to_sink_f16(rows, count, (size_t)rb, s, sink);
+      else
+        staging.copy_to_sink(rows, (size_t)count * 4, (size_t)rb, s, sink);
+      out.rows_streamed = true;
+      return;
+    }
     if (opt.rows_f16) {
       resize_huge(out.y16, (size_t)count);
       staging.copy_to_host_f16(out.y16.data(), rows, count, s);
@@ -287,8 +301,8 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
     D.mlp_norm = I.upload(L.mlp_norm, false);
-    D.w_up = I.upload(L.w_up, true);
-    if (I.mlp_images) {
+    if (!I.mlp_images) D.w_up = I.upload(L.w_up, true);
+    if (I.mlp_images) {  // W_up only as the image GEMM's B images
       std::vector<uint16_t> b(L.w_up.size());
       cuda::to_bf16(L.w_up.data(), b.data(), (int64_t)b.size());
       const std::vector<uint16_t> img = kern::pack_gemm_b(b.data(), d, c.d_ff);
@@ -956,8 +970,11 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(out.global_positions.data(), I.gpos_all.get(), c.n_layers * G * 8, s);
     cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
   }
+  bool finite = bad == ~0ull;
+  for (unsigned long long rb : router_bad) finite = finite && rb == ~0ull;
   if (I.opt.output == CudaOutput::kHost) {
-    I.rows_to_host(out, I.x.as<float>(), m * d);
+    // Rows that are not finite are not streamed (the error below is thrown instead).
+    if (finite || !hooks.rows_out) I.rows_to_host(out, I.x.as<float>(), m * d, hooks);
   } else if (I.opt.output == CudaOutput::kPooled) {
     const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
     I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
@@ -1018,7 +1035,7 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   if (keep) {
     kern::launch_rc_average(
         {static_cast<const float*>(keep), I.x.as<float>(), static_cast<float*>(keep), m, d}, I.s);
-    I.rows_to_host(out, static_cast<const float*>(keep), m * d);
+    I.rows_to_host(out, static_cast<const float*>(keep), m * d, hooks);
   } else {
     std::vector<float> rev;
     resize_huge(rev, (size_t)(m * d));

@@ -162,16 +162,30 @@ namespace {
 constexpr size_t kPiece = size_t{64} << 20;
 }
 
+namespace {
+// Copies a landed piece out of its pinned buffer in 4 MB parts, in parallel.
+void copy_out(char* d, const char* p, size_t len) {
+  constexpr size_t kPart = size_t{4} << 20;
+#pragma omp parallel for schedule(static)
+  for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
+}
+}  // namespace
+
 void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   if (bytes <= kPiece) {
     sparsa::cuda::copy_to_host(dst, src, bytes, s);
     synchronize(s);
     return;
   }
-  pipeline(dst, bytes, s, [&](size_t, size_t off, size_t len, void* pinned) {
-    CUDA_OK(cudaMemcpyAsync(pinned, static_cast<const char*>(src) + off, len,
-                            cudaMemcpyDeviceToHost, s));
-  });
+  pipeline(
+      bytes, kPiece, s,
+      [&](size_t, size_t off, size_t len, void* pinned) {
+        CUDA_OK(cudaMemcpyAsync(pinned, static_cast<const char*>(src) + off, len,
+                                cudaMemcpyDeviceToHost, s));
+      },
+      [&](size_t off, size_t len, const void* pinned) {
+        copy_out(static_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
+      });
 }
 
 void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s) {
@@ -187,10 +201,46 @@ void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t coun
     synchronize(s);
     return;
   }
-  pipeline(dst, bytes, s, [&](size_t i, size_t off, size_t len, void* pinned) {
-    convert(i, off, len);  // after the DMA of piece i - 2 out of the same buffer (stream order)
-    CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
-  });
+  pipeline(
+      bytes, kPiece, s,
+      [&](size_t i, size_t off, size_t len, void* pinned) {
+        convert(i, off, len);  // after the DMA of piece i - 2 out of the same buffer (stream order)
+        CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
+      },
+      [&](size_t off, size_t len, const void* pinned) {
+        copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
+      });
+}
+
+// Whole units in a piece (at least one unit; a unit larger than a piece is not supported).
+static size_t sink_piece(size_t unit) {
+  if (unit == 0 || unit > kPiece) throw SystemError("HostStaging: a row larger than 64 MB");
+  return kPiece / unit * unit;
+}
+
+void HostStaging::copy_to_sink(const void* src, size_t bytes, size_t unit, cudaStream_t s,
+                               const Sink& sink) {
+  if (bytes == 0) return;
+  pipeline(
+      bytes, sink_piece(unit), s,
+      [&](size_t, size_t off, size_t len, void* pinned) {
+        CUDA_OK(cudaMemcpyAsync(pinned, static_cast<const char*>(src) + off, len,
+                                cudaMemcpyDeviceToHost, s));
+      },
+      sink);
+}
+
+void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t s,
+                                   const Sink& sink) {
+  if (count <= 0) return;
+  reserve_f16();
+  pipeline(
+      (size_t)count * 2, sink_piece(unit), s,
+      [&](size_t i, size_t off, size_t len, void* pinned) {
+        kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
+        CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
+      },
+      sink);
 }
 
 void HostStaging::reserve_f16() {
@@ -198,8 +248,9 @@ void HostStaging::reserve_f16() {
     if (!dev_[i]) CUDA_OK(cudaMalloc(&dev_[i], kPiece));
 }
 
-template <class Enqueue>
-void HostStaging::pipeline(void* dst, size_t bytes, cudaStream_t s, const Enqueue& enqueue) {
+template <class Enqueue, class Land>
+void HostStaging::pipeline(size_t bytes, size_t piece, cudaStream_t s, const Enqueue& enqueue,
+                           const Land& land) {
   for (int i = 0; i < 2; ++i) {
     if (!buf_[i]) CUDA_OK(cudaMallocHost(&buf_[i], kPiece));
     if (!done_[i]) {
@@ -208,23 +259,19 @@ void HostStaging::pipeline(void* dst, size_t bytes, cudaStream_t s, const Enqueu
       done_[i] = e;
     }
   }
-  const size_t pieces = (bytes + kPiece - 1) / kPiece;
-  auto land = [&](size_t i) {  // piece i: wait for its DMA, copy it out of its pinned buffer
-    const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
+  const size_t pieces = (bytes + piece - 1) / piece;
+  auto take = [&](size_t i) {  // piece i: wait for its DMA, hand it over (frees buffer i % 2)
+    const size_t off = i * piece, len = std::min(piece, bytes - off);
     CUDA_OK(cudaEventSynchronize(static_cast<cudaEvent_t>(done_[i % 2])));
-    char* d = static_cast<char*>(dst) + off;
-    const char* p = static_cast<const char*>(buf_[i % 2]);
-    constexpr size_t kPart = size_t{4} << 20;
-#pragma omp parallel for schedule(static)
-    for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
+    land(off, len, static_cast<const void*>(buf_[i % 2]));
   };
   for (size_t i = 0; i < pieces; ++i) {
-    const size_t off = i * kPiece, len = std::min(kPiece, bytes - off);
-    if (i >= 2) land(i - 2);  // frees buffer i % 2 (its piece is copied out)
+    const size_t off = i * piece, len = std::min(piece, bytes - off);
+    if (i >= 2) take(i - 2);
     enqueue(i, off, len, buf_[i % 2]);
     CUDA_OK(cudaEventRecord(static_cast<cudaEvent_t>(done_[i % 2]), s));
   }
-  for (size_t i = pieces - 2; i < pieces; ++i) land(i);  // pieces >= 2 here
+  for (size_t i = pieces >= 2 ? pieces - 2 : 0; i < pieces; ++i) take(i);
 }
 
 void copy_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {

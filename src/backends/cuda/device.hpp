@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,12 +74,23 @@ class HostStaging {
   // Makes copy_to_host_f16's device buffers now (at set-up, before the activations claim the
   // memory) instead of on the first copy.
   void reserve_f16();
+  // As copy_to_host / copy_to_host_f16, but each piece goes to `sink` (its byte offset in the
+  // output, its bytes, the host memory holding them, valid during the call), in order, instead
+  // of into one host array; pieces hold whole units of `unit` bytes (rows). The next piece's
+  // copy runs while the sink works on this one.
+  using Sink = std::function<void(size_t off, size_t bytes, const void* host)>;
+  void copy_to_sink(const void* src, size_t bytes, size_t unit, cudaStream_t stream,
+                    const Sink& sink);
+  void copy_to_sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t stream,
+                        const Sink& sink);
 
  private:
-  // The pieces' DMAs into the pinned buffers in turn; enqueue(i, off, len, pinned) issues piece i
-  // (bytes [off, off + len) of the destination) on the stream.
-  template <class Enqueue>
-  void pipeline(void* dst, size_t bytes, cudaStream_t s, const Enqueue& enqueue);
+  // The pieces' DMAs into the pinned buffers in turn: enqueue(i, off, len, pinned) issues piece i
+  // (bytes [off, off + len) of the output, len <= piece) on the stream; land(off, len, pinned)
+  // takes it once it is there.
+  template <class Enqueue, class Land>
+  void pipeline(size_t bytes, size_t piece, cudaStream_t s, const Enqueue& enqueue,
+                const Land& land);
   void* buf_[2] = {nullptr, nullptr};
   void* done_[2] = {nullptr, nullptr};  // cudaEvent_t
   void* dev_[2] = {nullptr, nullptr};   // copy_to_host_f16: the converted pieces
