@@ -129,6 +129,8 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("output folder " + dir.string() + " does not exist");
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
+  if (fs::is_directory(o.output, ec))
+    throw ConfigError("--output " + o.output + " is a folder; give a file name");
   if (fs::exists(o.output, ec)) {
     if (o.resume && !fs::exists(o.output + ".parts", ec)) {
       auto f = h5::File::open_read(o.output);
@@ -150,7 +152,8 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   for (const auto& r : o.regions) m << "region " << r << "\n";
   if (!o.regions_bed.empty()) m << "regions_bed " << fs::absolute(o.regions_bed).string() << "\n";
   m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
-    << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\ncolumns";
+    << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\ndevice " << o.device
+    << "\nprecision " << (o.cuda_fp32 ? "fp32" : "bf16") << "\ncolumns";
   for (const auto& c : o.columns) m << " " << c;
   m << "\ntime_column " << o.time_column << "\nid_column " << o.id_column << "\n";
   return m.str();
@@ -519,26 +522,32 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
   if (check_paths(o)) {
-    std::string made_by;
+    // --resume on a complete output: done if this same run made it (its run_manifest; a file
+    // from before run_manifest existed: the same model, pooling and dtype).
+    const std::string sha = sha256_file(o.model);
+    const std::string now = manifest_for(o, sha);
+    std::string why;
     {
       h5::File f = h5::File::open_read(o.output);
-      if (f.has_attr("/", "run_manifest")) made_by = f.attr_string("/", "run_manifest");
+      if (f.has_attr("/", "run_manifest")) {
+        why = first_difference(now, f.attr_string("/", "run_manifest"));
+      } else {
+        const std::string dtype = o.f16 ? "float16" : "float32";
+        for (auto [name, want] : {std::pair<const char*, std::string>{"model_sha256", sha},
+                                  {"pool", o.pool.text()},
+                                  {"dtype", dtype}})
+          if (why.empty() && (!f.has_attr("/", name) || f.attr_string("/", name) != want))
+            why = std::string("its ") + name + " is not this run's";
+      }
     }
-    const std::string now = manifest_for(o, sha256_file(o.model));
-    if (made_by == now) {
+    if (why.empty()) {
       sum.already_complete = true;
       return sum;
     }
     if (!o.force)
       throw ConfigError("--resume: " + o.output + " is complete but was made by a different run (" +
-                        (made_by.empty() ? std::string("it names no run_manifest")
-                                         : first_difference(now, made_by)) +
+                        why +
                         "); use the same model, inputs and options, or --force to replace it");
-  }
-  // --force: the old output goes now, so that a run that fails leaves nothing at the path.
-  if (o.force && root) {
-    std::error_code ec;
-    fs::remove(o.output, ec);
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
@@ -575,6 +584,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
+  // --force: the old output goes once the model, the inputs and the journal are checked and
+  // before any record, so that a run that fails from here leaves nothing at the path.
+  comm.barrier();  // every rank is past check_paths, which looked at it
+  if (o.force && root) {
+    std::error_code ec;
+    fs::remove(o.output, ec);
+  }
   if (journal.n_done() > 0)
     progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
                  journal.dir());

@@ -197,7 +197,11 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
 }
 
 PartStream::PartStream(Journal& j, int64_t index, const RecordOutput& r, bool f16)
-    : journal_(j), index_(index), f16_(f16), d_(r.d), n_rows_(r.n_out_total),
+    : journal_(j),
+      index_(index),
+      f16_(f16),
+      d_(r.d),
+      n_rows_(r.n_out_total),
       tmp_(j.part_path(index) + ".tmp") {
   file_ = std::make_unique<h5::File>(h5::File::create(tmp_));
   group_ = write_head(*file_, index, r, f16);
@@ -222,12 +226,14 @@ void PartStream::check_rows(int64_t row0, int64_t n_rows) const {
 
 void PartStream::rows(int64_t row0, int64_t n_rows, const uint16_t* rows16) {
   check_rows(row0, n_rows);
+  written_ += n_rows;
   if (!f16_) throw SystemError("internal: float16 rows for a float32 output");
   file_->write_f16_rows_collective(group_ + "/embedding", row0, n_rows, d_, rows16);
 }
 
 void PartStream::rows(int64_t row0, int64_t n_rows, const float* rows) {
   check_rows(row0, n_rows);
+  written_ += n_rows;
   if (!f16_) {
     file_->write_rows_collective(group_ + "/embedding", row0, n_rows, d_, rows);
     return;
@@ -245,6 +251,9 @@ void PartStream::rows(int64_t row0, int64_t n_rows, const float* rows) {
 void PartStream::finish(const RecordOutput& r, Comm& comm) {
   if (r.n_out_total != n_rows_ || r.row0 != 0 || r.n_rows != n_rows_)
     throw SystemError("internal: the streamed part's bins do not match its rows");
+  if (written_ != n_rows_)  // rows never written would read back as zeros
+    throw SystemError("internal: " + std::to_string(written_) + " rows written of " +
+                      std::to_string(n_rows_));
   write_tail(*file_, group_, r, false, comm);
   file_->close();
   file_.reset();

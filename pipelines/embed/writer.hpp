@@ -86,14 +86,14 @@ class PartStream {
   PartStream& operator=(const PartStream&) = delete;
   void rows(int64_t row0, int64_t n_rows, const uint16_t* rows16);  // float16 output only
   void rows(int64_t row0, int64_t n_rows, const float* rows);  // converted for a float16 output
-  void finish(const RecordOutput& r, Comm& comm);  // r: every row's bins, row0 = 0
+  void finish(const RecordOutput& r, Comm& comm);              // r: every row's bins, row0 = 0
 
  private:
   void check_rows(int64_t row0, int64_t n_rows) const;
   Journal& journal_;
   int64_t index_;
   bool f16_;
-  int64_t d_, n_rows_;
+  int64_t d_, n_rows_, written_ = 0;
   std::string tmp_, group_;
   std::unique_ptr<h5::File> file_;
   bool finished_ = false;

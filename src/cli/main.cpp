@@ -46,9 +46,10 @@ const char* kEmbedFooter =
     "(dna-base: about 2 GB per million tokens), on the GPU with --device cuda, besides buffers of\n"
     "fixed size (dna-base on a GPU: ~6 GB). A record longer than one GPU holds is split over the\n"
     "ranks (--split-min). With --pool none the rows of a record that one GPU holds go into the\n"
-    "output piece by piece; a split record's rank holds its rows in host memory (2 x d_model\n"
-    "bytes a token with --dtype f16, 4 x d_model with f32). A record that does not fit stops the\n"
-    "run with a message that says how many GPUs it needs.\n"
+    "output piece by piece; a split record's rank, a CPU rank and --rc-average without GPU room\n"
+    "for both strands hold their rows in host memory (2 x d_model bytes a token with --dtype\n"
+    "f16, 4 x d_model with f32). A record that does not fit stops the run with a message that\n"
+    "says how many GPUs it needs.\n"
     "Output layout and provenance: docs/formats.md; every option and variable: docs/cli.md.";
 
 std::string join_argv(int argc, char** argv) {
@@ -85,7 +86,9 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options (--threads) may follow the subcommand
   app.get_formatter()->column_width(34);
   int threads = 0;
-  app.add_option("-t,--threads", threads, "CPU threads (default: OMP_NUM_THREADS, else the node's cores shared among its ranks)");
+  app.add_option(
+      "-t,--threads", threads,
+      "CPU threads (default: OMP_NUM_THREADS, else the node's cores shared among its ranks)");
 
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");

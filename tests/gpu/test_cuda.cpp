@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -154,6 +155,62 @@ TEST(CudaOps, StagedCopyToHost) {
     cuda::destroy_stream(s);
     EXPECT_TRUE(got == src) << n;
   }
+}
+
+// The rows' way into a streamed part (HostStaging::copy_to_sink[_f16]): pieces of whole rows of
+// 384 values (a size that does not divide 64 MB), in order, covering everything once, the same
+// bytes as copy_to_host / copy_to_host_f16; a sink that throws leaves the staging usable.
+TEST(CudaOps, StagedCopyToSink) {
+  SKIP_WITHOUT_GPU();
+  cuda::HostStaging staging;
+  const int64_t d = 384, rows = 110000;  // 169 MB of float32 rows: 3 pieces; f16: 2 pieces
+  std::vector<float> src(rows * d);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = (float)(i % 1000003) * 0.37f - 1000.5f;
+  DeviceBuffer dev = up(src);
+  cudaStream_t s = cuda::create_stream();
+  for (bool f16 : {false, true}) {
+    SCOPED_TRACE(f16 ? "f16" : "f32");
+    const size_t rb = d * (f16 ? 2 : 4), bytes = rows * rb;
+    std::vector<unsigned char> want(bytes), got(bytes, 0xAB);
+    if (f16)
+      staging.copy_to_host_f16(reinterpret_cast<uint16_t*>(want.data()), dev.as<float>(), rows * d,
+                               s);
+    else
+      staging.copy_to_host(want.data(), dev.get(), bytes, s);
+    size_t next = 0, pieces = 0;
+    auto sink = [&](size_t off, size_t len, const void* host) {
+      EXPECT_EQ(off, next);
+      EXPECT_EQ(len % rb, 0u);
+      std::memcpy(got.data() + off, host, len);
+      next = off + len;
+      ++pieces;
+    };
+    if (f16)
+      staging.copy_to_sink_f16(dev.as<float>(), rows * d, rb, s, sink);
+    else
+      staging.copy_to_sink(dev.get(), bytes, rb, s, sink);
+    EXPECT_EQ(next, bytes);
+    EXPECT_GE(pieces, 2u);
+    EXPECT_TRUE(got == want);
+    // A sink that fails on its second piece: the error comes out; the next copy is whole.
+    int calls = 0;
+    auto failing = [&](size_t, size_t, const void*) {
+      if (++calls == 2) throw SystemError("disk full");
+    };
+    if (f16)
+      EXPECT_THROW(staging.copy_to_sink_f16(dev.as<float>(), rows * d, rb, s, failing),
+                   SystemError);
+    else
+      EXPECT_THROW(staging.copy_to_sink(dev.get(), bytes, rb, s, failing), SystemError);
+    next = 0;
+    std::fill(got.begin(), got.end(), 0xAB);
+    if (f16)
+      staging.copy_to_sink_f16(dev.as<float>(), rows * d, rb, s, sink);
+    else
+      staging.copy_to_sink(dev.get(), bytes, rb, s, sink);
+    EXPECT_TRUE(got == want);
+  }
+  cuda::destroy_stream(s);
 }
 
 TEST(CudaOps, RmsNormVectorAndSplit) {

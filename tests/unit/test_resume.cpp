@@ -74,6 +74,7 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   r = run(binary() + " embed -q --resume --force --threads 1 --pool bin:20 --model " + fx.model +
           " --input " + fx.input + " --output " + out);
   EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(h5::File::open_read(out).attr_string("/", "pool"), "bin:20");  // made anew
 }
 
 TEST(Resume, SigkillLosesOnlyTheRecordInFlight) {

@@ -970,6 +970,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(out.global_positions.data(), I.gpos_all.get(), c.n_layers * G * 8, s);
     cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
   }
+  cuda::synchronize(s);  // bad and router_bad have landed
   bool finite = bad == ~0ull;
   for (unsigned long long rb : router_bad) finite = finite && rb == ~0ull;
   if (I.opt.output == CudaOutput::kHost) {
