@@ -549,6 +549,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                         why +
                         "); use the same model, inputs and options, or --force to replace it");
   }
+  // --force: the old output goes as the run starts, so that a run that fails (a bad checkpoint,
+  // input or record) leaves nothing at the path that could be taken for its result (spec 5).
+  comm.barrier();  // every rank is past check_paths, which looked at it
+  if (o.force && root) {
+    std::error_code ec;
+    fs::remove(o.output, ec);
+  }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
   // The GPU's context is made meanwhile too (cuda::warm_up_device; SPARSA_EARLY_DEVICE=0: not).
@@ -584,13 +591,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
-  // --force: the old output goes once the model, the inputs and the journal are checked and
-  // before any record, so that a run that fails from here leaves nothing at the path.
-  comm.barrier();  // every rank is past check_paths, which looked at it
-  if (o.force && root) {
-    std::error_code ec;
-    fs::remove(o.output, ec);
-  }
   if (journal.n_done() > 0)
     progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
                  journal.dir());

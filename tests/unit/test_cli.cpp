@@ -319,6 +319,13 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
   EXPECT_FALSE(exists(t / "keep.h5.parts"));
+  // The same when it is the checkpoint that is bad.
+  EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
+  write_file(t / "bad-model.h5", "not hdf5");
+  r = run(binary() + " embed -q --force --model " + (t / "bad-model.h5") + " --input " + lambda() +
+          " --output " + (t / "keep.h5"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "keep.h5"));
 }
 
 TEST(Cli, RegionsOfEcoli) {
