@@ -15,6 +15,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <string_view>
 #include <unordered_set>
 
@@ -395,12 +398,44 @@ struct FaidxFetcher::Impl {
   std::string path;
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
+  // From the .fai, on the first fetch: each record's offset of its first base.
+  std::map<std::string, int64_t, std::less<>> offsets;
+  bool offsets_read = false;
   ~Impl() {
     if (fai) fai_destroy(fai);
   }
 };
 
 namespace {
+
+// The description of a record read through faidx (spec 4: the rest of its header line), which
+// the index does not keep: the header is the line just before the record's first base (the
+// offset in the .fai), read by seeking there (bgzip: through the .gzi index faidx made). "" when
+// it cannot be found: metadata only, never an error.
+std::string header_description(const std::string& path, int64_t first_base) {
+  constexpr int64_t kWindow = 64 * 1024;  // headers longer than this: no description
+  BGZF* fp = bgzf_open(path.c_str(), "r");
+  if (!fp) return "";
+  std::string buf;
+  const int64_t start = std::max<int64_t>(0, first_base - kWindow);
+  bool ok = bgzf_compression(fp) != 2 || bgzf_index_load(fp, path.c_str(), ".gzi") == 0;
+  ok = ok && bgzf_compression(fp) != 1 && bgzf_useek(fp, (off_t)start, SEEK_SET) == 0;
+  if (ok) {
+    buf.resize((size_t)(first_base - start));
+    ok = bgzf_read(fp, buf.data(), buf.size()) == (ssize_t)buf.size();
+  }
+  bgzf_close(fp);
+  if (!ok) return "";
+  size_t end = buf.size();
+  while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == '\r')) --end;
+  const size_t nl = buf.rfind('\n', end == 0 ? 0 : end - 1);
+  const size_t begin = nl == std::string::npos ? 0 : nl + 1;
+  if (begin >= end || (nl == std::string::npos && start > 0)) return "";  // not the whole line
+  if (buf[begin] != '>' && buf[begin] != '@') return "";
+  std::string name, description;
+  split_header(std::string_view(buf).substr(begin + 1, end - begin - 1), name, description);
+  return description;
+}
 
 // Why faidx could not be loaded, in words a user can act on.
 std::string faidx_failure(const std::string& path, int compression) {
@@ -500,6 +535,20 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   }
   Record rec;
   rec.name = region.name;
+  if (!impl_->offsets_read) {  // name, length, offset, ... a line (samtools' .fai format)
+    impl_->offsets_read = true;
+    std::ifstream fai_text(path + ".fai");
+    std::string line;
+    while (std::getline(fai_text, line)) {
+      std::istringstream cols(line);
+      std::string name;
+      int64_t length = 0, offset = -1;
+      if (std::getline(cols, name, '\t') && cols >> length >> offset)
+        impl_->offsets.emplace(name, offset);
+    }
+  }
+  if (auto at = impl_->offsets.find(region.name); at != impl_->offsets.end())
+    rec.description = header_description(path, at->second);
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
   rec.offset = begin;

@@ -483,7 +483,7 @@ class FaidxTest : public DnaTest {
   // Two records wrapped at 60 and one at 50 columns; names with ':' and '|'.
   std::string fasta() {
     return ">chr1 first\n" + wrap(random_seq(1000, 10), 60) + ">gi|9|x:1-2\n" +
-           wrap(random_seq(333, 11), 50) + ">short\nACGTN\n";
+           wrap(random_seq(333, 11), 50) + ">short  a longer\tdescription\nACGTN\n";
   }
   void check_slices(const std::string& path) {
     auto recs = read_all(path);
@@ -508,7 +508,7 @@ class FaidxTest : public DnaTest {
       Record r = f.fetch(parse_region(k.text, f.names()));
       const Record& whole = recs[k.rec];
       EXPECT_EQ(r.name, whole.name) << k.text;
-      EXPECT_EQ(r.description, "") << k.text;
+      EXPECT_EQ(r.description, whole.description) << k.text;  // from the header line
       EXPECT_EQ(r.source, path) << k.text;
       EXPECT_EQ(r.region, k.region) << k.text;
       EXPECT_EQ(r.offset, k.begin) << k.text;
@@ -546,6 +546,8 @@ TEST_F(FaidxTest, Fastq) {
   EXPECT_EQ(f.names(), (std::vector<std::string>{"r1", "r2"}));
   Record r = f.fetch(parse_region("r1:3-6"));
   EXPECT_EQ(r.tokens, toks("GTAC"));
+  EXPECT_EQ(r.description, "d");
+  EXPECT_EQ(f.fetch(parse_region("r2:1-2")).description, "");
   EXPECT_EQ(r.region, "r1:3-6");
   EXPECT_EQ(r.offset, 2);
 }
