@@ -119,9 +119,16 @@ std::string utc_now() {
 bool check_paths(const EmbedOptions& o) {
   std::error_code ec;
   if (o.output.empty()) throw ConfigError("--output is required");
-  for (const auto& in : o.inputs)
+  for (const auto& in : o.inputs) {
     if (fs::equivalent(in, o.output, ec))
       throw ConfigError("--output " + o.output + " is one of the inputs; refusing to overwrite it");
+    for (const char* index : {".fai", ".gzi"})
+      if (fs::equivalent(in + index, o.output, ec))
+        throw ConfigError("--output " + o.output + " is the index of input " + in +
+                          "; refusing to overwrite it");
+  }
+  if (!o.regions_bed.empty() && fs::equivalent(o.regions_bed, o.output, ec))
+    throw ConfigError("--output " + o.output + " is the --regions file; refusing to overwrite it");
   if (fs::equivalent(o.model, o.output, ec))
     throw ConfigError("--output " + o.output + " is the model; refusing to overwrite it");
   const fs::path dir = fs::absolute(o.output).parent_path();
@@ -133,8 +140,12 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("--output " + o.output + " is a folder; give a file name");
   if (fs::exists(o.output, ec)) {
     if (o.resume && !fs::exists(o.output + ".parts", ec)) {
-      auto f = h5::File::open_read(o.output);
-      if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
+      try {
+        auto f = h5::File::open_read(o.output);
+        if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
+      } catch (const InputError&) {  // not an HDF5 file: not a result; --force replaces it
+        if (!o.force) throw;
+      }
     }
     if (!o.force) throw ConfigError(o.output + " already exists; pass --force to replace it");
   }

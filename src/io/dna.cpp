@@ -398,8 +398,10 @@ struct FaidxFetcher::Impl {
   std::string path;
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
-  // From the .fai, on the first fetch: each record's offset of its first base.
+  // From the .fai, on the first fetch: each record's offset of its first base (only for an index
+  // of up to 16 MB: a genome's, not a read set's); the descriptions found, by name.
   std::map<std::string, int64_t, std::less<>> offsets;
+  std::map<std::string, std::string, std::less<>> descriptions;
   bool offsets_read = false;
   ~Impl() {
     if (fai) fai_destroy(fai);
@@ -413,27 +415,31 @@ namespace {
 // offset in the .fai), read by seeking there (bgzip: through the .gzi index faidx made). "" when
 // it cannot be found: metadata only, never an error.
 std::string header_description(const std::string& path, int64_t first_base) {
-  constexpr int64_t kWindow = 64 * 1024;  // headers longer than this: no description
   BGZF* fp = bgzf_open(path.c_str(), "r");
   if (!fp) return "";
-  std::string buf;
-  const int64_t start = std::max<int64_t>(0, first_base - kWindow);
-  bool ok = bgzf_compression(fp) != 2 || bgzf_index_load(fp, path.c_str(), ".gzi") == 0;
-  ok = ok && bgzf_compression(fp) != 1 && bgzf_useek(fp, (off_t)start, SEEK_SET) == 0;
-  if (ok) {
-    buf.resize((size_t)(first_base - start));
-    ok = bgzf_read(fp, buf.data(), buf.size()) == (ssize_t)buf.size();
+  std::string description;
+  const bool seekable =
+      bgzf_compression(fp) == 0 ||
+      (bgzf_compression(fp) == 2 && bgzf_index_load(fp, path.c_str(), ".gzi") == 0);
+  // A 4 KB window, then 64 KB for a longer header; longer ones get no description.
+  for (int64_t window : {int64_t{4096}, int64_t{65536}}) {
+    const int64_t start = std::max<int64_t>(0, first_base - window);
+    std::string buf((size_t)(first_base - start), '\0');
+    if (!seekable || bgzf_useek(fp, (off_t)start, SEEK_SET) != 0 ||
+        bgzf_read(fp, buf.data(), buf.size()) != (ssize_t)buf.size())
+      break;
+    size_t end = buf.size();
+    while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == '\r')) --end;
+    const size_t nl = end == 0 ? std::string::npos : buf.rfind('\n', end - 1);
+    if (nl == std::string::npos && start > 0) continue;  // the line starts before the window
+    const size_t begin = nl == std::string::npos ? 0 : nl + 1;
+    if (begin < end && (buf[begin] == '>' || buf[begin] == '@')) {
+      std::string name;
+      split_header(std::string_view(buf).substr(begin + 1, end - begin - 1), name, description);
+    }
+    break;
   }
   bgzf_close(fp);
-  if (!ok) return "";
-  size_t end = buf.size();
-  while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == '\r')) --end;
-  const size_t nl = buf.rfind('\n', end == 0 ? 0 : end - 1);
-  const size_t begin = nl == std::string::npos ? 0 : nl + 1;
-  if (begin >= end || (nl == std::string::npos && start > 0)) return "";  // not the whole line
-  if (buf[begin] != '>' && buf[begin] != '@') return "";
-  std::string name, description;
-  split_header(std::string_view(buf).substr(begin + 1, end - begin - 1), name, description);
   return description;
 }
 
@@ -537,7 +543,10 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   rec.name = region.name;
   if (!impl_->offsets_read) {  // name, length, offset, ... a line (samtools' .fai format)
     impl_->offsets_read = true;
-    std::ifstream fai_text(path + ".fai");
+    std::error_code ec;
+    const auto fai_bytes = std::filesystem::file_size(path + ".fai", ec);
+    std::ifstream fai_text;
+    if (!ec && fai_bytes <= (uintmax_t{16} << 20)) fai_text.open(path + ".fai");
     std::string line;
     while (std::getline(fai_text, line)) {
       std::istringstream cols(line);
@@ -547,8 +556,12 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
         impl_->offsets.emplace(name, offset);
     }
   }
-  if (auto at = impl_->offsets.find(region.name); at != impl_->offsets.end())
+  if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
+    rec.description = d->second;
+  } else if (auto at = impl_->offsets.find(region.name); at != impl_->offsets.end()) {
     rec.description = header_description(path, at->second);
+    impl_->descriptions.emplace(region.name, rec.description);
+  }
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
   rec.offset = begin;

@@ -319,6 +319,12 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
   EXPECT_FALSE(exists(t / "keep.h5.parts"));
+  // Never the --regions file either (--force would have removed it before reading it).
+  write_file(t / "r.bed", "NC_001416.1\t0\t100\n");
+  r = run(binary() + " embed -q --force --model " + tiny_model() + " --input " + lambda() +
+          " --regions " + (t / "r.bed") + " --output " + (t / "r.bed"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(exists(t / "r.bed"));
   // The same when it is the checkpoint that is bad.
   EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
   write_file(t / "bad-model.h5", "not hdf5");

@@ -540,6 +540,27 @@ TEST_F(FaidxTest, BgzippedFasta) {
   EXPECT_TRUE(fs::exists(p + ".gz.gzi"));
 }
 
+TEST_F(FaidxTest, DescriptionsOfLongAndCrlfHeaders) {
+  // Headers longer than the first 4 KB window, CRLF header line ends, a header over 64 KB (no
+  // description rather than a wrong one), plain and bgzip: as the sequential reader has them.
+  const std::string mid(5000, 'm'), huge(70000, 'h');
+  std::string fa = ">a " + mid + "\r\n" + wrap(random_seq(300, 3), 60) + ">b  x y\r\n" +
+                   wrap(random_seq(200, 4), 60) + ">c " + huge + "\n" + wrap(random_seq(90, 5), 60);
+  std::string p = write("long.fa", fa);
+  sh("bgzip -c '" + p + "' > '" + p + ".gz'");
+  for (const std::string& path : {p, p + ".gz"}) {
+    SCOPED_TRACE(path);
+    auto recs = read_all(path);
+    ASSERT_EQ(recs.size(), 3u);
+    FaidxFetcher f(path, {});
+    EXPECT_EQ(f.fetch(parse_region("a:2-5")).description, recs[0].description);
+    EXPECT_EQ(recs[0].description, mid);
+    EXPECT_EQ(f.fetch(parse_region("b")).description, "x y");
+    EXPECT_EQ(f.fetch(parse_region("c:1-10")).description, "");  // over 64 KB: not looked for
+    EXPECT_EQ(f.fetch(parse_region("a:7-9")).description, mid);  // again, from the cache
+  }
+}
+
 TEST_F(FaidxTest, Fastq) {
   std::string p = write("r.fq", "@r1 d\nACGTACGT\n+\nIIIIIIII\n@r2\nGGCC\n+\nIIII\n");
   FaidxFetcher f(p, {});
