@@ -234,13 +234,12 @@ void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit,
                                    const Sink& sink) {
   if (count <= 0) return;
   reserve_f16();
-  pipeline(
-      (size_t)count * 2, sink_piece(unit), s,
-      [&](size_t i, size_t off, size_t len, void* pinned) {
-        kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
-        CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
-      },
-      sink);
+  pipeline((size_t)count * 2, sink_piece(unit), s,
+           [&](size_t i, size_t off, size_t len, void* pinned) {
+             kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
+             CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
+           },
+           sink);
 }
 
 void HostStaging::reserve_f16() {
