@@ -305,6 +305,18 @@ struct EmbedRun {
   RcPairFn rc_pair_fn;
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
+  // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
+  RecordOutput record_output(const Record& rec, const ForwardOutput& fwd) const {
+    RecordOutput ro{&rec, to_string(w.config.kind), o.rc_average ? "rc-average" : "+",
+                    rec.n_tokens()};
+    ro.d = w.config.d_model;
+    ro.global_positions = fwd.global_positions.data();
+    ro.global_scores = fwd.global_scores.data();
+    ro.n_layers = w.config.n_layers;
+    ro.n_global = fwd.n_global;
+    return ro;
+  }
+
   // Stops at a safe point: every rank learns of a stop that any rank received.
   void check_stop(Comm& c) {
     int64_t flag = stop_requested() ? 1 : 0;
@@ -342,8 +354,8 @@ struct EmbedRun {
       return !(e && e[0] == '0');
     }();
     if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env) {
-      RecordOutput head{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
-      head.d = d;
+      const ForwardOutput none;  // the head names no global sets: they come with finish()
+      RecordOutput head = record_output(rec, none);
       head.n_out_total = n;
       part = std::make_unique<PartStream>(journal, it.index, head, o.f16);
       out_hooks.rows_out = [&](int64_t row0, int64_t n_rows, const void* rows) {
@@ -421,15 +433,10 @@ struct EmbedRun {
     fwd.y16 = {};
     std::vector<int64_t> starts(n), ends(n);
     for (int64_t i = 0; i < n; ++i) starts[i] = i, ends[i] = i + 1;
-    RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
-    ro.d = d;
+    RecordOutput ro = record_output(rec, fwd);
     ro.n_out_total = ro.n_rows = n;
     ro.starts = starts.data();
     ro.ends = ends.data();
-    ro.global_positions = fwd.global_positions.data();
-    ro.global_scores = fwd.global_scores.data();
-    ro.n_layers = cfg.n_layers;
-    ro.n_global = fwd.n_global;
     part.finish(ro, c);
   }
 
@@ -463,12 +470,7 @@ struct EmbedRun {
       h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(), (int64_t)pooled.rows.size());
       pooled.rows = {};
     }
-    RecordOutput ro{&rec, to_string(cfg.kind), o.rc_average ? "rc-average" : "+", n};
-    ro.d = d;
-    ro.global_positions = fwd.global_positions.data();
-    ro.global_scores = fwd.global_scores.data();
-    ro.n_layers = cfg.n_layers;
-    ro.n_global = fwd.n_global;
+    RecordOutput ro = record_output(rec, fwd);
     std::vector<float> rows;
     std::vector<uint16_t> rows16;
     std::vector<int64_t> starts, ends;

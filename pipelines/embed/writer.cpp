@@ -173,7 +173,7 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool p
 
 void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel,
                          Comm& comm) {
-  const std::string final_part = part_path(index), tmp = final_part + ".tmp";
+  const std::string tmp = part_path(index) + ".tmp";
   const bool writer = parallel || comm.rank() == 0;
   if (writer) {
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
@@ -188,11 +188,17 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
     f.close();
   }
   if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
-  if (comm.rank() == 0) {
-    std::error_code ec;
-    fs::rename(tmp, final_part, ec);
-    if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
-  }
+  if (comm.rank() == 0)
+    commit_part(index, tmp);
+  else
+    done_.insert(index);
+}
+
+void Journal::commit_part(int64_t index, const std::string& tmp) {
+  const std::string final_part = part_path(index);
+  std::error_code ec;
+  fs::rename(tmp, final_part, ec);
+  if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
   done_.insert(index);
 }
 
@@ -234,18 +240,11 @@ void PartStream::rows(int64_t row0, int64_t n_rows, const uint16_t* rows16) {
 void PartStream::rows(int64_t row0, int64_t n_rows, const float* rows) {
   check_rows(row0, n_rows);
   written_ += n_rows;
-  if (!f16_) {
-    file_->write_rows_collective(group_ + "/embedding", row0, n_rows, d_, rows);
-    return;
-  }
-  // Converted to float16 a block at a time (the same rounding as everywhere else).
+  // A block of rows a write: a float16 file's conversion buffer (in the writer) stays small.
   const int64_t block = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, d_));
-  std::vector<uint16_t> h(std::min(block, n_rows) * d_);
-  for (int64_t r0 = 0; r0 < n_rows; r0 += block) {
-    const int64_t n = std::min(block, n_rows - r0);
-    h5::float_to_f16(rows + r0 * d_, h.data(), n * d_);
-    file_->write_f16_rows_collective(group_ + "/embedding", row0 + r0, n, d_, h.data());
-  }
+  for (int64_t r0 = 0; r0 < n_rows; r0 += block)
+    file_->write_rows_collective(group_ + "/embedding", row0 + r0, std::min(block, n_rows - r0), d_,
+                                 rows + r0 * d_);
 }
 
 void PartStream::finish(const RecordOutput& r, Comm& comm) {
@@ -257,12 +256,8 @@ void PartStream::finish(const RecordOutput& r, Comm& comm) {
   write_tail(*file_, group_, r, false, comm);
   file_->close();
   file_.reset();
-  const std::string final_part = journal_.part_path(index_);
-  std::error_code ec;
-  fs::rename(tmp_, final_part, ec);
-  if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
+  journal_.commit_part(index_, tmp_);
   finished_ = true;
-  journal_.done_.insert(index_);
 }
 
 static void set_file_attrs(h5::File& f, const FileAttrs& a) {

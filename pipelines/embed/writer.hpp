@@ -67,6 +67,8 @@ class Journal {
  private:
   friend class PartStream;
   std::string part_path(int64_t index) const;
+  // Renames a written part's .tmp into place and counts the record done.
+  void commit_part(int64_t index, const std::string& tmp);
   void finish_as(const std::string& from, const std::string& output);
   std::string dir_;
   std::set<int64_t> done_;

@@ -177,39 +177,24 @@ void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStr
     synchronize(s);
     return;
   }
-  pipeline(
-      bytes, kPiece, s,
-      [&](size_t, size_t off, size_t len, void* pinned) {
-        CUDA_OK(cudaMemcpyAsync(pinned, static_cast<const char*>(src) + off, len,
-                                cudaMemcpyDeviceToHost, s));
-      },
-      [&](size_t off, size_t len, const void* pinned) {
-        copy_out(static_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
-      });
+  copy_to_sink(src, bytes, 1, s, [&](size_t off, size_t len, const void* pinned) {
+    copy_out(static_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
+  });
 }
 
 void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s) {
   if (count <= 0) return;
-  reserve_f16();
-  auto convert = [&](size_t i, size_t off, size_t len) {  // bytes of the float16 output
-    kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
-  };
   const size_t bytes = (size_t)count * 2;
   if (bytes <= kPiece) {
-    convert(0, 0, bytes);
+    reserve_f16();
+    kern::launch_to_f16({src, dev_[0], count}, s);
     sparsa::cuda::copy_to_host(dst, dev_[0], bytes, s);
     synchronize(s);
     return;
   }
-  pipeline(
-      bytes, kPiece, s,
-      [&](size_t i, size_t off, size_t len, void* pinned) {
-        convert(i, off, len);  // after the DMA of piece i - 2 out of the same buffer (stream order)
-        CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
-      },
-      [&](size_t off, size_t len, const void* pinned) {
-        copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
-      });
+  copy_to_sink_f16(src, count, 2, s, [&](size_t off, size_t len, const void* pinned) {
+    copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
+  });
 }
 
 // Whole units in a piece (at least one unit; a unit larger than a piece is not supported).
@@ -236,6 +221,7 @@ void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit,
   reserve_f16();
   pipeline((size_t)count * 2, sink_piece(unit), s,
            [&](size_t i, size_t off, size_t len, void* pinned) {
+             // after the DMA of piece i - 2 out of the same buffer (stream order)
              kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
              CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
            },
