@@ -7,27 +7,12 @@
 
 namespace sparsa::kern {
 
-// 16 bytes global -> shared, asynchronous; !valid: zero-fill, nothing read (src must still be a
-// valid address).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 // Byte offset of (row, 16-byte chunk) in a tile of DH-wide bf16 rows, chunk c of row r stored at
 // c ^ (r % 8): ldmatrix reads 8 rows without bank conflicts, and for DH = 64 (128-byte rows) it is
 // the 128-byte swizzle of the wgmma descriptors.
 template <int DH>
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return (uint32_t)(row * DH * 2 + ((chunk ^ (row & 7)) << 4));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 // 2^x by the MUFU (flushes denormals; 2^-inf = 0).
 __device__ __forceinline__ float ex2_approx(float x) {

@@ -1,8 +1,11 @@
-// sparsa kernels: the router's second half. Given hid = h W1 (float32, from the GEMM),
+// sparsa kernels: the router. launch_router is its second half: given hid = h W1 (float32,
+// from a GEMM),
 //   s_i = sum_j GELU(hid_ij + b1_j) * w2_j + b2     (exact erf GELU, sum in double as the CPU)
 // Each row is computed from that row alone in a fixed order, so equal rows get equal scores
 // (the spec's tie rule then decides, not rounding).
 #pragma once
+#include <vector>
+
 #include "kernels/common/types.hpp"
 
 namespace sparsa::kern {
@@ -19,5 +22,40 @@ struct RouterParams {
   bool split = false;
 };
 void launch_router(const RouterParams& p, cudaStream_t stream);
+
+// bf16 mode's router in one pass: the split arithmetic of backends/cuda/router_split.hpp fused
+// with the RMSNorm before it and the score after it. Per row: y = x * g in float, y = hi + lo
+// and W1 = Whi + Wlo in bf16, hi Whi + hi Wlo + lo Whi on tensor cores (float32 accumulation),
+// times RMSNorm's inv (a factor of the row, applied after the sum; inv from a float sum of
+// squares: the product is within (d / 64 + 10) float ulps of h W1 for the RMSNorm kernel's h),
+// then s = sum_k GELU(z_k + b1_k) w2_k + b2 with the terms in float (erff), added in float in
+// groups of at most 8 and the groups in double. Reads x once (no h, no [a | b] in memory). W1's
+// parts live in registers, as mma.sync B fragments packed by pack_router_frags; a block takes
+// one chunk of router_fused_width(r) hidden units for every tile of 32 rows, and with several
+// chunks their partial sums meet in `partial`. A row's score depends on the row alone (fixed
+// order everywhere), not on n_tokens or where the row sits.
+struct RouterFusedParams {
+  const float* x;         // [n_tokens, d] the layer input
+  const float* gain;      // [d] attn_norm
+  float eps_scaled;       // RMSNorm's eps times 2^-64 (router_fused_eps)
+  const uint32_t* frags;  // pack_router_frags(W1's hi, W1's lo, d, r), on the device
+  const float* b1;        // [r]
+  const float* w2;        // [r]
+  float b2;
+  double* partial;  // [r / router_fused_width(r), n_tokens] scratch (unused with one chunk)
+  float* scores;    // [n_tokens]
+  int64_t n_tokens, d, r;
+};
+float router_fused_eps(double eps);
+// d = 128, 256 or 512 and r a multiple of 32.
+bool router_fused_supported(int64_t d, int64_t r);
+int64_t router_fused_width(int64_t r);  // hidden units a chunk: 64 if r % 64 == 0, else 32
+// W1 = hi + lo (bf16 bits, [d, r] row-major each) as the kernel's B fragments, in the order it
+// loads them: [chunk][warp 8][k step d / 128][n tile][hi, lo][lane 32][2] 32-bit words, word j of
+// lane = 4 g + t holding W[k][n], W[k + 1][n] (low half first) for n = 8 tile + g and k = 2 t +
+// 8 j of the warp's k step (mma.m16n8k16's "col" B layout).
+std::vector<uint32_t> pack_router_frags(const uint16_t* hi, const uint16_t* lo, int64_t d,
+                                        int64_t r);
+void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream);
 
 }  // namespace sparsa::kern

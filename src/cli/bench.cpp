@@ -268,8 +268,9 @@ int bench_model(const BenchOptions& o) {
         model.set_profile(true);
         model.forward(tok.data(), sh, *comm);
         prof = CudaModel::format_profile(model.profile(), c.n_layers);
-        prof += model.split_router() ? "router GEMM: split bf16 (router_split.hpp)\n"
-                                     : "router GEMM: float32\n";
+        prof += model.fused_router()   ? "router: fused kernel, split bf16 (router_split.hpp)\n"
+                : model.split_router() ? "router GEMM: split bf16 (router_split.hpp)\n"
+                                       : "router GEMM: float32\n";
         model.set_profile(false);
       }
     }

@@ -453,11 +453,15 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
   // The split router's scores (norm split, one bf16 GEMM, router kernel) differ from the float32
   // router's by at most the bound of router_split.hpp, for every row, and in fact by under 2e-5
   // of the score spread (bf16 operands without the lo parts would be off by about 1e-3 of it).
+  // So do the fused kernel's (one chunk of hidden units, or 2 or 3 chunks added up), which also
+  // gives a row the same bits wherever it sits (a later start, another n) and equal rows equal
+  // scores.
   struct Case {
     int64_t d, r;
     float wscale, gscale;
   };
-  for (Case k : {Case{512, 128, 1, 1}, Case{128, 32, 4, 3}, Case{256, 64, 0.25f, 0.5f}}) {
+  for (Case k : {Case{512, 128, 1, 1}, Case{128, 32, 4, 3}, Case{256, 64, 0.25f, 0.5f},
+                 Case{256, 96, 1, 1}}) {
     const int64_t n = 6000, d = k.d, r = k.r;
     SCOPED_TRACE("d " + std::to_string(d) + " r " + std::to_string(r));
     const float sd = 1.0f / std::sqrt((float)d);
@@ -469,6 +473,8 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
       x[i * d + i % d] = 50.0f;
     }
     for (int64_t i = 50; i < 100; ++i) std::fill_n(x.begin() + i * d, d, (float)(i - 75) * 0.1f);
+    for (int64_t i = 0; i < 40; ++i)  // equal rows, in every position of a tile of 32
+      std::copy_n(x.begin() + 200 * d, d, x.begin() + (1000 + 33 * i) * d);
     const float b2 = 0.3f;
     const cuda::RouterSplit rs =
         cuda::make_router_split(w1.data(), b1.data(), w2.data(), b2, gain.data(), d, r);
@@ -501,7 +507,44 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
                 (long long)d, (long long)r, worst, rs.bound, hi - lo);
     EXPECT_LE(worst, rs.bound);
     EXPECT_LE(worst, 2e-5 * (hi - lo));
+
+    {  // the fused kernel
+      ASSERT_TRUE(kern::router_fused_supported(d, r));
+      ASSERT_FALSE(rs.frags.empty());
+      DeviceBuffer dfr = up(rs.frags), fused(n * 4), part(n * r / 32 * 8);
+      kern::RouterFusedParams fp{dx.as<float>(),
+                                 dg.as<float>(),
+                                 kern::router_fused_eps(1e-6),
+                                 dfr.as<uint32_t>(),
+                                 db1.as<float>(),
+                                 dw2.as<float>(),
+                                 b2,
+                                 part.as<double>(),
+                                 fused.as<float>(),
+                                 n,
+                                 d,
+                                 r};
+      kern::launch_router_fused(fp, nullptr);
+      const auto f = down<float>(fused, n);
+      double fworst = 0;
+      for (int64_t i = 0; i < n; ++i)
+        fworst = std::max(fworst, std::fabs((double)f[i] - (double)e[i]));
+      std::printf("[ router ] fused: max |fused - float32| %.3g\n", fworst);
+      EXPECT_LE(fworst, rs.bound);
+      EXPECT_LE(fworst, 2e-5 * (hi - lo));
+      for (int64_t i = 0; i < 40; ++i) EXPECT_EQ(f[1000 + 33 * i], f[200]);
+      // rows 77.. of a shorter call: the same bits
+      const int64_t off = 77, n2 = 3001;
+      fp.x = dx.as<float>() + off * d;
+      fp.n_tokens = n2;
+      kern::launch_router_fused(fp, nullptr);
+      const auto f2 = down<float>(fused, n2);
+      for (int64_t i = 0; i < n2; ++i) ASSERT_EQ(f2[i], f[off + i]) << "row " << off + i;
+    }
   }
+  std::vector<uint16_t> b(128 * 40);
+  EXPECT_THROW(kern::pack_router_frags(b.data(), b.data(), 128, 40), SystemError);
+  EXPECT_FALSE(kern::router_fused_supported(384, 64));
 }
 
 TEST(CudaOps, TopGMatchesCpuWithTies) {
@@ -1132,9 +1175,23 @@ TEST(CudaModel, SplitRouterCloseToFloat32Router) {
   CudaModel model(w, {true, -1, 4096});
   const ForwardOutput got = model.forward(tok.data(), sh, *comm);
   EXPECT_TRUE(model.split_router());
+  EXPECT_TRUE(model.fused_router());
+  setenv("SPARSA_ROUTER", "split", 1);  // the unfused passes: same arithmetic, other order
+  CudaModel unfused(w, {true, -1, 4096});
+  unsetenv("SPARSA_ROUTER");
+  const ForwardOutput got2 = unfused.forward(tok.data(), sh, *comm);
+  EXPECT_TRUE(unfused.split_router());
+  EXPECT_FALSE(unfused.fused_router());
   CudaModel fp32(w, {false, -1, 4096});
   fp32.forward(tok.data(), sh, *comm);
   EXPECT_FALSE(fp32.split_router());
+  EXPECT_FALSE(fp32.fused_router());
+  {
+    std::set<int64_t> a(got.global_positions.begin(), got.global_positions.begin() + G);
+    int64_t common = 0;
+    for (int64_t j = 0; j < G; ++j) common += a.count(got2.global_positions[j]);
+    EXPECT_GE(common, G - 1);
+  }
   int64_t same = 0, same0 = 0;
   double worst = 0;
   const LayerWeights& L0 = w.layers[0];
@@ -1163,6 +1220,18 @@ TEST(CudaModel, SplitRouterCloseToFloat32Router) {
   EXPECT_LE(worst, bound);
   EXPECT_GE(overlap, 0.9);
   EXPECT_LE(rel_err(got.y, ref.y), 5e-2);
+
+  c.router_hidden = 48;  // not a multiple of 32: auto falls back to the unfused passes
+  const ModelWeights w48 = init_model(c, 6);
+  CudaModel m48(w48, {true, -1, 4096});
+  m48.forward(tok.data(), shard_of(3000, 0, 1), *comm);
+  EXPECT_TRUE(m48.split_router());
+  EXPECT_FALSE(m48.fused_router());
+  setenv("SPARSA_ROUTER", "fused", 1);
+  EXPECT_THROW(CudaModel(w48, {true, -1, 4096}), ConfigError);
+  setenv("SPARSA_ROUTER", "fast", 1);
+  EXPECT_THROW(CudaModel(w, {true, -1, 4096}), ConfigError);
+  unsetenv("SPARSA_ROUTER");
 }
 
 TEST(CudaModel, HundredThousandTokensInChunks) {

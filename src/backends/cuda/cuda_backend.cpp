@@ -100,6 +100,7 @@ struct DeviceLayer {
       w_down;
   float router_b2 = 0;
   DeviceBuffer router_split;  // bf16 mode: [2d, 2r] (router_split.hpp)
+  DeviceBuffer router_frags;  // bf16 mode, fused router: RouterSplit::frags
   DeviceBuffer w_up_img;      // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
 };
 
@@ -155,9 +156,11 @@ struct CudaModel::Impl {
   const Comm* nccl_host = nullptr;
   Profiler prof;
   bool profile_env = false;
-  // bf16 mode's split router (router_split.hpp); SPARSA_ROUTER=exact: the float32 GEMM. Whether
-  // the last forward used it.
-  bool router_split = true, router_split_used = false;
+  // bf16 mode's split router (router_split.hpp), by the fused kernel where it applies (or with
+  // SPARSA_ROUTER=split: norm, GEMM and score passes); SPARSA_ROUTER=exact: the float32 GEMM.
+  // Whether the last forward used the split arithmetic, and the fused kernel.
+  bool router_split = true, router_fused = true, router_split_used = false,
+       router_fused_used = false;
   // bf16 mode, SPARSA_MLP_GEMM=images: the MLP's up projection and GELU by our fused GEMM
   // (kernels/gemm; the same bits, slower than cuBLASLt + the GELU table so far: bench/NOTES.md).
   bool mlp_images = false;
@@ -256,9 +259,13 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
   if (const char* e = std::getenv("SPARSA_ROUTER")) {
     const std::string v = e;
-    if (v != "exact" && v != "split" && v != "auto" && !v.empty())
-      throw ConfigError("SPARSA_ROUTER must be exact, split or auto, not '" + v + "'");
+    if (v != "exact" && v != "split" && v != "fused" && v != "auto" && !v.empty())
+      throw ConfigError("SPARSA_ROUTER must be exact, split, fused or auto, not '" + v + "'");
     I.router_split = v != "exact";
+    I.router_fused = v != "exact" && v != "split";
+    if (v == "fused" && !kern::router_fused_supported(c0.d_model, c0.router_hidden))
+      throw ConfigError(
+          "SPARSA_ROUTER=fused needs d_model 128, 256 or 512 and router_hidden a multiple of 32");
   }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
@@ -297,6 +304,11 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       D.router_split = DeviceBuffer(rs.w.size() * 2);
       cuda::copy_to_device(D.router_split.get(), rs.w.data(), rs.w.size() * 2);
       I.weight_bytes += (int64_t)D.router_split.bytes();
+      if (!rs.frags.empty()) {
+        D.router_frags = DeviceBuffer(rs.frags.size() * 4);
+        cuda::copy_to_device(D.router_frags.get(), rs.frags.data(), rs.frags.size() * 4);
+        I.weight_bytes += (int64_t)D.router_frags.bytes();
+      }
     }
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
@@ -349,6 +361,7 @@ std::string CudaModel::format_profile(const std::vector<StageTime>& st, int64_t 
 }
 int64_t CudaModel::device_bytes() const { return impl_->weight_bytes + impl_->activation_bytes(); }
 bool CudaModel::split_router() const { return impl_->router_split_used; }
+bool CudaModel::fused_router() const { return impl_->router_fused_used; }
 
 // The shard's router keys, best first, in `sorted` (its first min(G, m) are the shard's top G)
 // and bad[0] the smallest position of a non-finite score (~0: none). Chunk by chunk. fp32 mode:
@@ -357,9 +370,22 @@ bool CudaModel::split_router() const { return impl_->router_split_used; }
 void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
   const int64_t d = c.d_model, r = c.router_hidden;
   const bool split = router_split && act == DType::kBF16;
-  for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
-    const int64_t rows = std::min(opt.chunk_rows, m - c0);
+  const bool fused = split && router_fused && L.router_frags.get() != nullptr;
+  // fused: hid holds the hidden chunks' partial sums, r / router_fused_width(r) doubles a row, so
+  // one launch covers hid's 8 r chunk_rows bytes / that (at least 4 chunk_rows rows)
+  const int64_t step =
+      fused ? (int64_t)hid.bytes() / (8 * (r / kern::router_fused_width(r))) : opt.chunk_rows;
+  for (int64_t c0 = 0; c0 < m; c0 += step) {
+    const int64_t rows = std::min(step, m - c0);
     prof.mark(kRouter, s);
+    if (fused) {
+      kern::launch_router_fused(
+          {x.as<float>() + c0 * d, L.attn_norm.as<float>(), kern::router_fused_eps(c.norm_eps),
+           L.router_frags.as<uint32_t>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
+           L.router_b2, hid.as<double>(), scores.as<float>() + c0, rows, d, r},
+          s);
+      continue;
+    }
     kern::RmsNormParams np{x.as<float>() + c0 * d,
                            L.attn_norm.as<float>(),
                            split ? nullptr : h32.as<float>(),
@@ -390,6 +416,7 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
                      topg_temp.get(), topg_temp.bytes(), bad.as<unsigned long long>()},
                     s);
   router_split_used = split;
+  router_fused_used = fused;
 }
 
 // q, k, v = RoPE(RMSNorm(xr) W_q), RoPE(RMSNorm(xr) W_k), RMSNorm(xr) W_v for n float32 rows xr

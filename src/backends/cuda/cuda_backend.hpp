@@ -103,6 +103,8 @@ class CudaModel {
   int64_t device_bytes() const;
   // Whether the last forward scored the router with the split bf16 GEMM (router_split.hpp).
   bool split_router() const;
+  // ... and whether by the fused kernel (kern::launch_router_fused).
+  bool fused_router() const;
 
  private:
   struct Impl;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backends/cuda/device.hpp"
+#include "kernels/router/router.hpp"
 
 namespace sparsa::cuda {
 
@@ -12,8 +13,10 @@ namespace sparsa::cuda {
 //   |h_j| <= |x_j| inv |g_j| (1 + v), sum_j (x_j inv)^2 <= d, so for every row and unit k
 //   A_k = sum_j |h_j W1_jk| <= ||h||_2 ||W1_:k||_2 <= sqrt(d) max|g| (1 + v) ||W1_:k||_2 = B_k.
 //   Pre-activation z_k, approximate vs float32: the split drops hi*ew + lo*Wlo + lo*ew + eh*W
-//   (<= 3.1 u^2 A_k); the tensor cores add 2d exact products in float32 (<= 2d 2^-23 A_k, even
-//   truncating); a + b is one more rounding (v); the float32 GEMM's own error is <= d v A_k.
+//   (<= 3.1 u^2 A_k); the tensor cores add at most 3d exact products in float32 (<= 3d 2^-23
+//   A_k, even truncating); a + b is one more rounding (v); the float32 GEMM's own error is
+//   <= d v A_k; the fused kernel's inv (y W1) with y = x g is within (d / 64 + 10) v A_k of
+//   h W1 (its float sum of squares, inv, y and the product by inv).
 //   With a factor 2 for safety: |z~ - z| <= c B_k.
 //   The router kernel rounds z + b1 and GELU to float (v each, on both sides; |GELU(a)| <= |a|),
 //   GELU is 1.13-Lipschitz, the double sum adds nothing visible, the score is rounded once (v).
@@ -37,7 +40,8 @@ RouterSplit make_router_split(const float* w1, const float* b1, const float* w2,
   double gmax = 0;
   for (int64_t j = 0; j < d; ++j) gmax = std::max(gmax, std::fabs((double)gain[j]));
   const double hnorm = std::sqrt((double)d) * gmax * (1 + v);
-  const double c = 2 * (3.1 * u * u + 2.0 * (double)d * 2 * v + v + (double)d * v);
+  const double c =
+      2 * (3.1 * u * u + 3.0 * (double)d * 2 * v + v + (double)d * v + ((double)d / 64 + 10) * v);
   double e = 0, smax = std::fabs((double)b2);
   for (int64_t k = 0; k < r; ++k) {
     double wn = 0;
@@ -45,10 +49,13 @@ RouterSplit make_router_split(const float* w1, const float* b1, const float* w2,
     const double B = hnorm * std::sqrt(wn) * (1 + 1e-9) + 1e-30;  // + underflow of tiny terms
     const double M = B * (1 + c) + std::fabs((double)b1[k]);      // |z + b1| on either side
     const double aw = std::fabs((double)w2[k]);
-    e += aw * (L * c * B + (L + 1) * 2 * v * M);
+    // 14 v M: the fused kernel's float GELU (erff) times w2, added in float 8 at a time
+    e += aw * (L * c * B + (L + 1) * 2 * v * M + 14 * v * M);
     smax += aw * M;
   }
   out.bound = 1.25 * (e + 2 * v * smax * 1.01) + 1e-30;
+  if (kern::router_fused_supported(d, r))
+    out.frags = kern::pack_router_frags(hi.data(), lo.data(), d, r);
   return out;
 }
 
