@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/common/common.cuh"
+#include "kernels/common/wgmma.cuh"
 #include "kernels/router/router.hpp"
 
 namespace sparsa::kern {
@@ -233,6 +234,178 @@ __global__ void router_combine_kernel(RouterFusedParams p, int nch) {
   p.scores[i] = (float)(s + (double)p.b2);
 }
 
+// ---- The fused router on wgmma (sm_90a) ----
+// The same arithmetic per row (y = x g split, hi Whi + hi Wlo + lo Whi, inv after the sum), with
+// W1's chunk as K-major B images in shared memory (pack_router_images) and asynchronous warpgroup
+// MMAs: a block is 3 warpgroups sharing the chunk; each takes its own tiles of 64 rows, loads its
+// A fragments of x from global memory one k block (64 columns) ahead, and builds a k step's
+// hi | lo fragments while the previous step's three MMAs run. The score is summed per row
+// within the quad that holds it; no block barrier after the start.
+constexpr int kRwWgs = 3, kRwThreads = 128 * kRwWgs;
+
+template <int KB, int HC>
+struct RwShape {
+  static constexpr int D = 64 * KB;
+  static constexpr int kImage = HC * 64 * 2;  // bytes of one (hi or lo, k block) image
+  static constexpr int kBytes = 2 * KB * kImage + (D + 2 * HC) * 4;
+};
+
+#ifdef SPARSA_WGMMA
+template <int N>
+__device__ __forceinline__ void reg_use(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+template <int HC>
+__device__ __forceinline__ void wgmma_rs_hc(float (&d)[HC / 2], const uint32_t (&a)[4],
+                                            uint64_t db) {
+  if constexpr (HC == 64)
+    wgmma_rs_n64(d, a, db);
+  else
+    wgmma_rs_n32(d, a, db);
+}
+#endif
+
+template <int KB, int HC>
+__global__ void __launch_bounds__(kRwThreads, 1) router_wgmma_kernel(RouterFusedParams p) {
+#ifdef SPARSA_WGMMA
+  using S = RwShape<KB, HC>;
+  constexpr int D = S::D;
+  extern __shared__ __align__(1024) unsigned char rw_smem[];
+  float* gs = reinterpret_cast<float*>(rw_smem + 2 * KB * S::kImage);
+  float* b1s = gs + D;
+  float* w2s = b1s + HC;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int nch = (int)(p.r / HC), chunk = (int)(blockIdx.x % nch);
+  const int64_t n = p.n_tokens, ntiles = (n + 63) / 64;
+  const int64_t first = (int64_t)(blockIdx.x / nch) * kRwWgs + wg;
+  const int64_t stride = (int64_t)(gridDim.x / nch) * kRwWgs;
+  {
+    const uint4* src =
+        reinterpret_cast<const uint4*>(p.images) + (int64_t)chunk * 2 * KB * S::kImage / 16;
+    uint4* dst = reinterpret_cast<uint4*>(rw_smem);
+    for (int i = threadIdx.x; i < 2 * KB * S::kImage / 16; i += kRwThreads) dst[i] = src[i];
+    for (int i = threadIdx.x; i < D; i += kRwThreads) gs[i] = p.gain[i];
+    for (int i = threadIdx.x; i < HC; i += kRwThreads) {
+      b1s[i] = p.b1[chunk * HC + i];
+      w2s[i] = p.w2[chunk * HC + i];
+    }
+    proxy_fence();  // the images, written by this thread, are read by the wgmmas (async proxy)
+    __syncthreads();
+  }
+  const uint32_t img = smem_u32(rw_smem);
+
+  // This thread's x of a k block: [k step][row a k 2t, row b k 2t, row a k 2t + 8, row b ...]
+  auto load_block = [&](int64_t tile, int kb, float2(&xv)[4][4]) {
+    const int64_t ra = tile * 64 + warp * 16 + g, rb = ra + 8;
+    const bool va = ra < n, vb = rb < n;
+    const float2* pa = reinterpret_cast<const float2*>(p.x + (va ? ra : 0) * D + kb * 64 + 2 * t);
+    const float2* pb = reinterpret_cast<const float2*>(p.x + (vb ? rb : 0) * D + kb * 64 + 2 * t);
+    const float2 z = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      xv[s][0] = va ? __ldg(pa + 8 * s) : z;
+      xv[s][1] = vb ? __ldg(pb + 8 * s) : z;
+      xv[s][2] = va ? __ldg(pa + 8 * s + 4) : z;
+      xv[s][3] = vb ? __ldg(pb + 8 * s + 4) : z;
+    }
+  };
+
+  float2 xc[4][4], xn[4][4];
+  if (first < ntiles) load_block(first, 0, xc);
+  for (int64_t tile = first; tile < ntiles; tile += stride) {
+    float acc[HC / 2];
+#pragma unroll
+    for (int i = 0; i < HC / 2; ++i) acc[i] = 0.0f;
+    float sqa = 0.0f, sqb = 0.0f;
+    uint32_t A[2][2][4];  // [buffer][hi, lo][fragment register]
+#pragma unroll 1
+    for (int kb = 0; kb < KB; ++kb) {
+      if (kb + 1 < KB)
+        load_block(tile, kb + 1, xn);
+      else if (tile + stride < ntiles)
+        load_block(tile + stride, 0, xn);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const int buf = s & 1;  // 4 steps a block: the buffer alternates across blocks too
+        const int col = kb * 64 + 16 * s + 2 * t;
+        const float2 ga = *reinterpret_cast<const float2*>(gs + col);
+        const float2 gb = *reinterpret_cast<const float2*>(gs + col + 8);
+        const float2 a0 = xc[s][0], b0 = xc[s][1], a1 = xc[s][2], b1 = xc[s][3];
+        sqa = fmaf(a0.x * kRfScale, a0.x * kRfScale, sqa);
+        sqa = fmaf(a0.y * kRfScale, a0.y * kRfScale, sqa);
+        sqa = fmaf(a1.x * kRfScale, a1.x * kRfScale, sqa);
+        sqa = fmaf(a1.y * kRfScale, a1.y * kRfScale, sqa);
+        sqb = fmaf(b0.x * kRfScale, b0.x * kRfScale, sqb);
+        sqb = fmaf(b0.y * kRfScale, b0.y * kRfScale, sqb);
+        sqb = fmaf(b1.x * kRfScale, b1.x * kRfScale, sqb);
+        sqb = fmaf(b1.y * kRfScale, b1.y * kRfScale, sqb);
+        wg_wait<1>();  // the MMAs of two steps ago, which read this buffer, are done
+        reg_use(A[buf][0]);
+        reg_use(A[buf][1]);
+        split_pair(a0.x * ga.x, a0.y * ga.y, A[buf][0][0], A[buf][1][0]);
+        split_pair(b0.x * ga.x, b0.y * ga.y, A[buf][0][1], A[buf][1][1]);
+        split_pair(a1.x * gb.x, a1.y * gb.y, A[buf][0][2], A[buf][1][2]);
+        split_pair(b1.x * gb.x, b1.y * gb.y, A[buf][0][3], A[buf][1][3]);
+        wg_fence();
+        const uint64_t dh = desc128(img + kb * S::kImage) + 2 * s;
+        const uint64_t dl = desc128(img + (KB + kb) * S::kImage) + 2 * s;
+        wgmma_rs_hc<HC>(acc, A[buf][0], dh);
+        wgmma_rs_hc<HC>(acc, A[buf][0], dl);
+        wgmma_rs_hc<HC>(acc, A[buf][1], dh);
+        wg_commit();
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xc[s][e] = xn[s][e];
+    }
+    wg_wait<0>();
+    reg_fence(acc);
+    reg_use(A[0][0]);
+    reg_use(A[0][1]);
+    reg_use(A[1][0]);
+    reg_use(A[1][1]);
+
+    // rows a (g) and b (g + 8) of this warp's 16: the quad's four parts of the sums of squares
+    // and of the score, added by a fixed butterfly
+    sqa += __shfl_xor_sync(0xffffffffu, sqa, 1);
+    sqa += __shfl_xor_sync(0xffffffffu, sqa, 2);
+    sqb += __shfl_xor_sync(0xffffffffu, sqb, 1);
+    sqb += __shfl_xor_sync(0xffffffffu, sqb, 2);
+    const float inv_a = kRfScale / sqrtf(sqa / (float)D + p.eps_scaled);
+    const float inv_b = kRfScale / sqrtf(sqb / (float)D + p.eps_scaled);
+    float fa = 0.0f, fb = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HC / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = 8 * j + 2 * t + e;
+        fa += gelu_f(acc[4 * j + e] * inv_a + b1s[c]) * w2s[c];
+        fb += gelu_f(acc[4 * j + 2 + e] * inv_b + b1s[c]) * w2s[c];
+      }
+    double sa = fa, sb = fb;
+    sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+    sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+    sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+    sb += __shfl_xor_sync(0xffffffffu, sb, 2);
+    const int64_t ra = tile * 64 + warp * 16 + g, rb = ra + 8;
+    if (t == 0) {
+      if (nch == 1) {
+        if (ra < n) p.scores[ra] = (float)(sa + (double)p.b2);
+        if (rb < n) p.scores[rb] = (float)(sb + (double)p.b2);
+      } else {
+        if (ra < n) p.partial[chunk * n + ra] = sa;
+        if (rb < n) p.partial[chunk * n + rb] = sb;
+      }
+    }
+  }
+#else
+  __trap();  // compiled only for sm_90a; the launcher checks wgmma_available() first
+#endif
+}
+
 struct RfLaunch {
   int blocks_per_sm = 0, sms = 0;
 };
@@ -270,6 +443,29 @@ void run_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
     SPARSA_LAUNCH_CHECK();
   }
 }
+
+template <int KB, int HC>
+void run_router_wgmma(const RouterFusedParams& p, cudaStream_t stream) {
+  using S = RwShape<KB, HC>;
+  // NOTE: taken once per shape, for the device of the first call (one device a process).
+  static const int sms = [] {
+    int dev = 0, v = 0;
+    SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
+    SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(router_wgmma_kernel<KB, HC>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes));
+    return v;
+  }();
+  const int64_t nch = p.r / HC, ntiles = (p.n_tokens + 63) / 64;
+  const int64_t per_chunk =
+      std::max<int64_t>(1, std::min<int64_t>((ntiles + kRwWgs - 1) / kRwWgs, (int64_t)sms / nch));
+  router_wgmma_kernel<KB, HC><<<(unsigned)(per_chunk * nch), kRwThreads, S::kBytes, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+  if (nch > 1) {
+    router_combine_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p, (int)nch);
+    SPARSA_LAUNCH_CHECK();
+  }
+}
 }  // namespace
 
 bool router_fused_supported(int64_t d, int64_t r) {
@@ -300,13 +496,43 @@ std::vector<uint32_t> pack_router_frags(const uint16_t* hi, const uint16_t* lo, 
   return out;
 }
 
+std::vector<uint16_t> pack_router_images(const uint16_t* hi, const uint16_t* lo, int64_t d,
+                                         int64_t r) {
+  if (!router_fused_supported(d, r))
+    throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
+  const int64_t kb_n = d / 64, hc = router_fused_width(r);
+  std::vector<uint16_t> out(2 * d * r);
+  for (int64_t c = 0; c < r / hc; ++c)
+    for (int hl = 0; hl < 2; ++hl)
+      for (int64_t kb = 0; kb < kb_n; ++kb)
+        for (int64_t nn = 0; nn < hc; ++nn)
+          for (int64_t kc = 0; kc < 8; ++kc)  // 16-byte chunk kc of the row at kc ^ (nn % 8)
+            for (int64_t e = 0; e < 8; ++e) {
+              const int64_t k = kb * 64 + kc * 8 + e;
+              out[(((c * 2 + hl) * kb_n + kb) * hc + nn) * 64 + ((kc ^ (nn & 7)) * 8) + e] =
+                  (hl ? lo : hi)[k * r + c * hc + nn];
+            }
+  return out;
+}
+
 void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
   if (!router_fused_supported(p.d, p.r))
     throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
-  if ((uintptr_t)p.x % 16 || (uintptr_t)p.frags % 8)
+  if ((uintptr_t)p.x % 16 || (uintptr_t)p.frags % 8 || (uintptr_t)p.images % 16)
     throw SystemError("router_fused: x must be 16-byte aligned");
   const bool wide = router_fused_width(p.r) == 64;
+  if (p.images && !p.mma_only && wgmma_available()) {
+    switch (p.d) {
+      case 128:
+        return wide ? run_router_wgmma<2, 64>(p, stream) : run_router_wgmma<2, 32>(p, stream);
+      case 256:
+        return wide ? run_router_wgmma<4, 64>(p, stream) : run_router_wgmma<4, 32>(p, stream);
+      default:
+        return wide ? run_router_wgmma<8, 64>(p, stream) : run_router_wgmma<8, 32>(p, stream);
+    }
+  }
+  if (!p.frags) throw SystemError("router_fused: no mma.sync fragments");
   switch (p.d) {
     case 128:
       return wide ? run_router_fused<1, 8>(p, stream) : run_router_fused<1, 4>(p, stream);

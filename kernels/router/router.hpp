@@ -45,6 +45,11 @@ struct RouterFusedParams {
   double* partial;  // [r / router_fused_width(r), n_tokens] scratch (unused with one chunk)
   float* scores;    // [n_tokens]
   int64_t n_tokens, d, r;
+  // pack_router_images(...) on the device: the sm_90a (wgmma) kernel, used where the GPU has it
+  // (wgmma_available) unless mma_only; else the mma.sync kernel and `frags`. The same arithmetic
+  // per row, summed in another order: scores agree within the split bound, not bit for bit.
+  const uint16_t* images = nullptr;
+  bool mma_only = false;
 };
 float router_fused_eps(double eps);
 // d = 128, 256 or 512 and r a multiple of 32.
@@ -56,6 +61,11 @@ int64_t router_fused_width(int64_t r);  // hidden units a chunk: 64 if r % 64 ==
 // 8 j of the warp's k step (mma.m16n8k16's "col" B layout).
 std::vector<uint32_t> pack_router_frags(const uint16_t* hi, const uint16_t* lo, int64_t d,
                                         int64_t r);
+// W1 = hi + lo as the wgmma kernel's K-major B images with the 128-byte swizzle:
+// [chunk][hi, lo][k block of 64][unit n of the chunk][64 k], 16-byte chunk c of a row stored at
+// c ^ (n % 8) (the layout of desc128 in kernels/common/wgmma.cuh).
+std::vector<uint16_t> pack_router_images(const uint16_t* hi, const uint16_t* lo, int64_t d,
+                                         int64_t r);
 void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream);
 
 }  // namespace sparsa::kern

@@ -511,35 +511,43 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
     {  // the fused kernel
       ASSERT_TRUE(kern::router_fused_supported(d, r));
       ASSERT_FALSE(rs.frags.empty());
-      DeviceBuffer dfr = up(rs.frags), fused(n * 4), part(n * r / 32 * 8);
-      kern::RouterFusedParams fp{dx.as<float>(),
-                                 dg.as<float>(),
-                                 kern::router_fused_eps(1e-6),
-                                 dfr.as<uint32_t>(),
-                                 db1.as<float>(),
-                                 dw2.as<float>(),
-                                 b2,
-                                 part.as<double>(),
-                                 fused.as<float>(),
-                                 n,
-                                 d,
-                                 r};
-      kern::launch_router_fused(fp, nullptr);
-      const auto f = down<float>(fused, n);
-      double fworst = 0;
-      for (int64_t i = 0; i < n; ++i)
-        fworst = std::max(fworst, std::fabs((double)f[i] - (double)e[i]));
-      std::printf("[ router ] fused: max |fused - float32| %.3g\n", fworst);
-      EXPECT_LE(fworst, rs.bound);
-      EXPECT_LE(fworst, 2e-5 * (hi - lo));
-      for (int64_t i = 0; i < 40; ++i) EXPECT_EQ(f[1000 + 33 * i], f[200]);
-      // rows 77.. of a shorter call: the same bits
-      const int64_t off = 77, n2 = 3001;
-      fp.x = dx.as<float>() + off * d;
-      fp.n_tokens = n2;
-      kern::launch_router_fused(fp, nullptr);
-      const auto f2 = down<float>(fused, n2);
-      for (int64_t i = 0; i < n2; ++i) ASSERT_EQ(f2[i], f[off + i]) << "row " << off + i;
+      DeviceBuffer dfr = up(rs.frags), dim = up(rs.images), fused(n * 4), part(n * r / 32 * 8);
+      // the mma.sync kernel, then (on an sm_90a GPU) the wgmma one
+      for (bool mma_only : {true, false}) {
+        if (!mma_only && !kern::wgmma_available()) continue;
+        SCOPED_TRACE(mma_only ? "mma.sync kernel" : "wgmma kernel");
+        kern::RouterFusedParams fp{dx.as<float>(),
+                                   dg.as<float>(),
+                                   kern::router_fused_eps(1e-6),
+                                   dfr.as<uint32_t>(),
+                                   db1.as<float>(),
+                                   dw2.as<float>(),
+                                   b2,
+                                   part.as<double>(),
+                                   fused.as<float>(),
+                                   n,
+                                   d,
+                                   r};
+        fp.images = dim.as<uint16_t>();
+        fp.mma_only = mma_only;
+        kern::launch_router_fused(fp, nullptr);
+        const auto f = down<float>(fused, n);
+        double fworst = 0;
+        for (int64_t i = 0; i < n; ++i)
+          fworst = std::max(fworst, std::fabs((double)f[i] - (double)e[i]));
+        std::printf("[ router ] fused (%s): max |fused - float32| %.3g\n",
+                    mma_only ? "mma.sync" : "wgmma", fworst);
+        EXPECT_LE(fworst, rs.bound);
+        EXPECT_LE(fworst, 2e-5 * (hi - lo));
+        for (int64_t i = 0; i < 40; ++i) EXPECT_EQ(f[1000 + 33 * i], f[200]);
+        // rows 77.. of a shorter call: the same bits
+        const int64_t off = 77, n2 = 3001;
+        fp.x = dx.as<float>() + off * d;
+        fp.n_tokens = n2;
+        kern::launch_router_fused(fp, nullptr);
+        const auto f2 = down<float>(fused, n2);
+        for (int64_t i = 0; i < n2; ++i) ASSERT_EQ(f2[i], f[off + i]) << "row " << off + i;
+      }
     }
   }
   std::vector<uint16_t> b(128 * 40);
@@ -1176,22 +1184,25 @@ TEST(CudaModel, SplitRouterCloseToFloat32Router) {
   const ForwardOutput got = model.forward(tok.data(), sh, *comm);
   EXPECT_TRUE(model.split_router());
   EXPECT_TRUE(model.fused_router());
-  setenv("SPARSA_ROUTER", "split", 1);  // the unfused passes: same arithmetic, other order
-  CudaModel unfused(w, {true, -1, 4096});
-  unsetenv("SPARSA_ROUTER");
-  const ForwardOutput got2 = unfused.forward(tok.data(), sh, *comm);
-  EXPECT_TRUE(unfused.split_router());
-  EXPECT_FALSE(unfused.fused_router());
-  CudaModel fp32(w, {false, -1, 4096});
-  fp32.forward(tok.data(), sh, *comm);
-  EXPECT_FALSE(fp32.split_router());
-  EXPECT_FALSE(fp32.fused_router());
-  {
+  // the unfused passes, and the mma.sync kernel (the default is the wgmma one on an sm_90a GPU):
+  // the same arithmetic in other orders
+  for (const char* mode : {"split", "fused-mma"}) {
+    SCOPED_TRACE(mode);
+    setenv("SPARSA_ROUTER", mode, 1);
+    CudaModel other(w, {true, -1, 4096});
+    unsetenv("SPARSA_ROUTER");
+    const ForwardOutput got2 = other.forward(tok.data(), sh, *comm);
+    EXPECT_TRUE(other.split_router());
+    EXPECT_EQ(other.fused_router(), std::string(mode) != "split");
     std::set<int64_t> a(got.global_positions.begin(), got.global_positions.begin() + G);
     int64_t common = 0;
     for (int64_t j = 0; j < G; ++j) common += a.count(got2.global_positions[j]);
     EXPECT_GE(common, G - 1);
   }
+  CudaModel fp32(w, {false, -1, 4096});
+  fp32.forward(tok.data(), sh, *comm);
+  EXPECT_FALSE(fp32.split_router());
+  EXPECT_FALSE(fp32.fused_router());
   int64_t same = 0, same0 = 0;
   double worst = 0;
   const LayerWeights& L0 = w.layers[0];

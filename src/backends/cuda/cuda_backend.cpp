@@ -99,9 +99,9 @@ struct DeviceLayer {
   DeviceBuffer attn_norm, wqk, wv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
       w_down;
   float router_b2 = 0;
-  DeviceBuffer router_split;  // bf16 mode: [2d, 2r] (router_split.hpp)
-  DeviceBuffer router_frags;  // bf16 mode, fused router: RouterSplit::frags
-  DeviceBuffer w_up_img;      // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
+  DeviceBuffer router_split;                 // bf16 mode: [2d, 2r] (router_split.hpp)
+  DeviceBuffer router_frags, router_images;  // bf16 mode, fused router: RouterSplit's
+  DeviceBuffer w_up_img;  // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -161,6 +161,7 @@ struct CudaModel::Impl {
   // Whether the last forward used the split arithmetic, and the fused kernel.
   bool router_split = true, router_fused = true, router_split_used = false,
        router_fused_used = false;
+  bool router_mma_only = false;  // SPARSA_ROUTER=fused-mma: the mma.sync kernel on any GPU
   // bf16 mode, SPARSA_MLP_GEMM=images: the MLP's up projection and GELU by our fused GEMM
   // (kernels/gemm; the same bits, slower than cuBLASLt + the GELU table so far: bench/NOTES.md).
   bool mlp_images = false;
@@ -259,11 +260,15 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
   if (const char* e = std::getenv("SPARSA_ROUTER")) {
     const std::string v = e;
-    if (v != "exact" && v != "split" && v != "fused" && v != "auto" && !v.empty())
-      throw ConfigError("SPARSA_ROUTER must be exact, split, fused or auto, not '" + v + "'");
+    if (v != "exact" && v != "split" && v != "fused" && v != "fused-mma" && v != "auto" &&
+        !v.empty())
+      throw ConfigError("SPARSA_ROUTER must be exact, split, fused, fused-mma or auto, not '" + v +
+                        "'");
     I.router_split = v != "exact";
     I.router_fused = v != "exact" && v != "split";
-    if (v == "fused" && !kern::router_fused_supported(c0.d_model, c0.router_hidden))
+    I.router_mma_only = v == "fused-mma";
+    if ((v == "fused" || v == "fused-mma") &&
+        !kern::router_fused_supported(c0.d_model, c0.router_hidden))
       throw ConfigError(
           "SPARSA_ROUTER=fused needs d_model 128, 256 or 512 and router_hidden a multiple of 32");
   }
@@ -307,7 +312,9 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       if (!rs.frags.empty()) {
         D.router_frags = DeviceBuffer(rs.frags.size() * 4);
         cuda::copy_to_device(D.router_frags.get(), rs.frags.data(), rs.frags.size() * 4);
-        I.weight_bytes += (int64_t)D.router_frags.bytes();
+        D.router_images = DeviceBuffer(rs.images.size() * 2);
+        cuda::copy_to_device(D.router_images.get(), rs.images.data(), rs.images.size() * 2);
+        I.weight_bytes += (int64_t)(D.router_frags.bytes() + D.router_images.bytes());
       }
     }
     D.alpha = I.upload(L.alpha, false);
@@ -379,11 +386,21 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
     const int64_t rows = std::min(step, m - c0);
     prof.mark(kRouter, s);
     if (fused) {
-      kern::launch_router_fused(
-          {x.as<float>() + c0 * d, L.attn_norm.as<float>(), kern::router_fused_eps(c.norm_eps),
-           L.router_frags.as<uint32_t>(), L.router_b1.as<float>(), L.router_w2.as<float>(),
-           L.router_b2, hid.as<double>(), scores.as<float>() + c0, rows, d, r},
-          s);
+      kern::RouterFusedParams fp{x.as<float>() + c0 * d,
+                                 L.attn_norm.as<float>(),
+                                 kern::router_fused_eps(c.norm_eps),
+                                 L.router_frags.as<uint32_t>(),
+                                 L.router_b1.as<float>(),
+                                 L.router_w2.as<float>(),
+                                 L.router_b2,
+                                 hid.as<double>(),
+                                 scores.as<float>() + c0,
+                                 rows,
+                                 d,
+                                 r};
+      fp.images = L.router_images.as<uint16_t>();
+      fp.mma_only = router_mma_only;
+      kern::launch_router_fused(fp, s);
       continue;
     }
     kern::RmsNormParams np{x.as<float>() + c0 * d,

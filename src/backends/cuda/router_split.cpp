@@ -49,13 +49,15 @@ RouterSplit make_router_split(const float* w1, const float* b1, const float* w2,
     const double B = hnorm * std::sqrt(wn) * (1 + 1e-9) + 1e-30;  // + underflow of tiny terms
     const double M = B * (1 + c) + std::fabs((double)b1[k]);      // |z + b1| on either side
     const double aw = std::fabs((double)w2[k]);
-    // 14 v M: the fused kernel's float GELU (erff) times w2, added in float 8 at a time
-    e += aw * (L * c * B + (L + 1) * 2 * v * M + 14 * v * M);
+    // 24 v M: the fused kernels' float GELU (erff) times w2, added in float 16 at a time
+    e += aw * (L * c * B + (L + 1) * 2 * v * M + 24 * v * M);
     smax += aw * M;
   }
   out.bound = 1.25 * (e + 2 * v * smax * 1.01) + 1e-30;
-  if (kern::router_fused_supported(d, r))
+  if (kern::router_fused_supported(d, r)) {
     out.frags = kern::pack_router_frags(hi.data(), lo.data(), d, r);
+    out.images = kern::pack_router_images(hi.data(), lo.data(), d, r);
+  }
   return out;
 }
 

@@ -23,7 +23,8 @@ struct RouterSplit {
   // The same Whi and Wlo as kernels/router's fused kernel takes them (pack_router_frags), where
   // it supports d and r (router_fused_supported); else empty.
   std::vector<uint32_t> frags;
-  double bound = 0;  // |split - float32 score| <= bound for every row, either way
+  std::vector<uint16_t> images;  // the same for its sm_90a kernel (pack_router_images)
+  double bound = 0;              // |split - float32 score| <= bound for every row, either way
 };
 
 // From the layer's float32 router weights and its attn_norm gain (||h||_2 <= sqrt(d) max|g|).
