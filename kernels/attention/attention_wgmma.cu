@@ -17,10 +17,13 @@
 //                          memory: columns 0..63 the output, column 64 the row sum of P (ONES)
 // The gate is folded into V once per call: vt[h][c][j] = bf16(gamma_j * v_global[j][h, c]), the
 // transposed layout making both wgmma B operands K-major. LAZY: the running max moves only when a
-// tile's max exceeds it by more than 8, so most tiles skip the rescale of O. Shared-memory tiles
-// use the 128-byte swizzle of the wgmma descriptors (16-byte chunk c of row r stored at chunk c ^
-// (r % 8), rows of 128 bytes, 8-row groups 1024 bytes apart, tiles 1024-byte aligned). Per row the
-// arithmetic does not depend on the shard: every row sees the same key tiles in the same order.
+// tile's max exceeds it by more than 8, so most tiles skip the rescale of O. STAT (the default,
+// "wgstat"): after the first key tile each row's softmax offset is fixed from a Cauchy-Schwarz
+// bound (|q| times the head's largest |k|, key_norm_max_kernel), so later tiles take no max.
+// Shared-memory tiles use the 128-byte swizzle of the wgmma descriptors (16-byte chunk c of row r
+// stored at chunk c ^ (r % 8), rows of 128 bytes, 8-row groups 1024 bytes apart, tiles 1024-byte
+// aligned). Per row the arithmetic does not depend on the shard: every row sees the same key tiles
+// in the same order.
 #include <cmath>
 #include <string>
 
@@ -103,6 +106,18 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
     l_b = l_b * corr_b + sum_b;
   }
 }
+// STAT: softmax of one S tile against a fixed per-row offset u (log2 units, finite): P =
+// 2^(s sc - u), no max, no rescale (see global_wg_kernel).
+template <int NJ>
+__device__ __forceinline__ void softmax_fixed(float (&s)[4 * NJ], float sc, float u_a, float u_b) {
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    s[4 * j] = ex2_approx(fmaf(s[4 * j], sc, -u_a));
+    s[4 * j + 1] = ex2_approx(fmaf(s[4 * j + 1], sc, -u_a));
+    s[4 * j + 2] = ex2_approx(fmaf(s[4 * j + 2], sc, -u_b));
+    s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -u_b));
+  }
+}
 // P (fp32 accumulator layout) as bf16 A fragments of 16 keys each.
 template <int NK>
 __device__ __forceinline__ void pack_p(const float (&s)[8 * NK], uint32_t (&pa)[NK][4]) {
@@ -145,12 +160,20 @@ struct WgArgs {
   int64_t g_pad;      // n_global rounded up to 128
   int64_t tile_pos0;  // record position of the first query tile (a multiple of BQ)
   float scale_log2;   // log2(e) / sqrt(64)
+  const float* kmax;  // STAT: [n_heads] the largest |k| of the head's global keys
 };
 
 // BULK: 0 every thread loads with cp.async; 1 one bulk copy a tile, a block barrier per tile
 // before a buffer is refilled; 2 the same, but each warpgroup releases the buffer on an "empty"
 // mbarrier and only the issuing thread waits for both releases (no block barrier in the loop).
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK>
+// STAT (with LAZY, ONES): after the first key tile a warp fixes each of its rows' softmax offset
+// u = min(B, m0 + 96) instead of tracking the running max: B = |q| max_j |k_j| sc (Cauchy-
+// Schwarz: no score of the row exceeds it, up to rounding) and m0 the first tile's max, so P <=
+// ~1, the largest P of the row is >= 2^-96 (P values below 2^-126 lost: < 2^-17 of the sum at
+// G <= 8192), and every later tile skips the max, its shuffles and the rescale. A warp with a row
+// where B - m0 > 140 (P up to 2^44: O stays finite) or m0 = -inf keeps the running max. Exact up
+// to rounding either way; u depends only on the row and the global set.
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK, bool STAT = false>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     global_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -271,6 +294,32 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int t4 = lane % 4;
   const int64_t ra = i0 + wg * 64 + warp * 16 + lane / 4, rb = ra + 8;
 
+  // STAT: this thread's rows' Cauchy-Schwarz bounds (log2 units); the quad's 4 threads each take
+  // 2 of the 8 chunks of a Q row
+  float bnd_a = 0.0f, bnd_b = 0.0f;
+  bool fixed = false;
+  if constexpr (STAT) {
+    const int r = warp * 16 + lane / 4;
+    const unsigned char* qs = smem_raw + (q_tile - smem_u32(smem_raw)) + wg * 64 * 128;
+    float qa = 0.0f, qb = 0.0f;
+#pragma unroll
+    for (int c = 2 * t4; c < 2 * t4 + 2; ++c) {
+      const uint4 va = *reinterpret_cast<const uint4*>(qs + swz<64>(r, c));
+      const uint4 vb = *reinterpret_cast<const uint4*>(qs + swz<64>(r + 8, c));
+      const __nv_bfloat16* ea = reinterpret_cast<const __nv_bfloat16*>(&va);
+      const __nv_bfloat16* eb = reinterpret_cast<const __nv_bfloat16*>(&vb);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float x = __bfloat162float(ea[e]), y = __bfloat162float(eb[e]);
+        qa = fmaf(x, x, qa);
+        qb = fmaf(y, y, qb);
+      }
+    }
+    const float km = a.kmax[h] * sc * 1.001f;
+    bnd_a = sqrtf(quad_sum(qa)) * km;
+    bnd_b = sqrtf(quad_sum(qb)) * km;
+  }
+
   int cur = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
     if constexpr (BULK) {
@@ -312,11 +361,14 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
           if (!ok) s[4 * j + e] = -INFINITY;
         }
     }
-    float corr_a, corr_b;
-    softmax_tile<BK / 8, !ONES, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+    float corr_a = 1.0f, corr_b = 1.0f;
+    if (STAT && fixed)
+      softmax_fixed<BK / 8>(s, sc, m_a, m_b);
+    else
+      softmax_tile<BK / 8, !ONES, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
     uint32_t pa[BK / 16][4];
     pack_p<BK / 16>(s, pa);
-    if (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f))
+    if (!(STAT && fixed) && (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f)))
       scale_o<NO>(o, corr_a, corr_b);
     reg_fence(o);
     wg_fence();
@@ -331,6 +383,21 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     wg_commit();
     wg_wait<0>();
     reg_fence(o);
+    if constexpr (STAT) {
+      if (t == 0) {  // fix the offsets, and bring the first tile's O (and row sums) to them
+        const float ua = fminf(bnd_a, m_a + 96.0f), ub = fminf(bnd_b, m_b + 96.0f);
+        const bool ok =
+            m_a > -INFINITY && m_b > -INFINITY && bnd_a - m_a <= 140.0f && bnd_b - m_b <= 140.0f;
+        fixed = __all_sync(0xffffffffu, ok);
+        if (fixed) {
+          // u >= m0 (up to the bound's rounding: clamp), so the factors are <= 1
+          const float na = fmaxf(ua, m_a), nb = fmaxf(ub, m_b);
+          scale_o<NO>(o, ex2_approx(m_a - na), ex2_approx(m_b - nb));
+          m_a = na;
+          m_b = nb;
+        }
+      }
+    }
     if constexpr (BULK == 2)
       if (tid % 128 == 0) mbar_arrive(empty(cur));  // this warpgroup is done with the buffer
     if (++cur == S) cur = 0;
@@ -564,6 +631,31 @@ __global__ void pack_stage_kernel(const __nv_bfloat16* kg, const __nv_bfloat16* 
   *reinterpret_cast<uint4*>(img + tile * kStage + off) = *reinterpret_cast<const uint4*>(v8);
 }
 
+// kmax[h] = max over the global keys j of |k_j| in head h (one block a head; max is exact in
+// any order).
+__global__ void key_norm_max_kernel(const __nv_bfloat16* kg, int64_t n_global, int64_t n_heads,
+                                    float* kmax) {
+  __shared__ float part[32];
+  const int64_t h = blockIdx.x, d = n_heads * 64;
+  float mx = 0.0f;
+  for (int64_t j = threadIdx.x; j < n_global; j += blockDim.x) {
+    const __nv_bfloat16* k = kg + j * d + h * 64;
+    float ss = 0.0f;
+    for (int c = 0; c < 64; ++c) {
+      const float x = __bfloat162float(k[c]);
+      ss = fmaf(x, x, ss);
+    }
+    mx = fmaxf(mx, ss);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = mx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)blockDim.x / 32; ++w) mx = fmaxf(mx, part[w]);
+    kmax[h] = sqrtf(mx);
+  }
+}
+
 __global__ void probe_kernel(int* out) {
 #ifdef SPARSA_WGMMA
   *out = 1;
@@ -572,21 +664,22 @@ __global__ void probe_kernel(int* out) {
 #endif
 }
 
-template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK>
+template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK, bool STAT = false>
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 16;
   static bool configured = false;  // NOTE: per process; the attribute is per device function
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    SPARSA_CUDA_CHECK(
+        cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK, STAT>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
   const dim3 grid = qt.grid;
-  global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK><<<grid, 128 * NWG, smem, stream>>>(a);
+  global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK, STAT><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 
@@ -653,8 +746,16 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
       launch_wg<2, 128, 2, 2, true, true, 0>(a, stream);
   } else {
     const int64_t tiles = g_pad / 128, chunks = p.n_heads * tiles * (kImgStage / 16);
-    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, (size_t)(p.n_heads * tiles * kImgStage), stream));
+    const size_t img_bytes = (size_t)(p.n_heads * tiles * kImgStage);
+    SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, img_bytes + (size_t)p.n_heads * 4, stream));
     a.img = static_cast<const unsigned char*>(buf);
+    if (variant == "wgstat") {
+      float* kmax = reinterpret_cast<float*>(static_cast<unsigned char*>(buf) + img_bytes);
+      key_norm_max_kernel<<<(unsigned)p.n_heads, 256, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(p.k_global), p.n_global, p.n_heads, kmax);
+      SPARSA_LAUNCH_CHECK();
+      a.kmax = kmax;
+    }
     pack_stage_kernel<<<grid_for(chunks, 256), 256, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(p.k_global),
         static_cast<const __nv_bfloat16*>(p.v_global), p.gamma, p.n_global, p.n_heads, tiles,
@@ -662,6 +763,8 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
     SPARSA_LAUNCH_CHECK();
     if (variant == "wgbar")
       launch_wg<2, 128, 2, 2, true, true, 1>(a, stream);
+    else if (variant == "wgstat")
+      launch_wg<2, 128, 2, 2, true, true, 2, true>(a, stream);
     else
       launch_wg<2, 128, 2, 2, true, true, 2>(a, stream);
   }

@@ -795,36 +795,52 @@ TEST(CudaOps, Float16RowsAreTheHostConversion) {
   cuda::destroy_stream(s);
 }
 
+namespace {
+// The global kernel's inputs on the device (bf16 q, K, V; the 3000 x 2 heads x 64 case of the
+// global-kernel tests: G = 2500 keys in 20 tiles of 128, the last partial, partial query tiles).
+struct GlobalCase {
+  static constexpr int64_t m = 3000, H = 2, dh = 64, d = H * dh, G = 2500, n_record = 9000,
+                           first = 1700;
+  DeviceBuffer dq, dkg, dvg, dgam, dbeta, dpos, scratch{(size_t)(m * d * 4)};
+  kern::AttentionParams p{};
+  GlobalCase(const std::vector<float>& q, const std::vector<float>& kg,
+             const std::vector<float>& vg, uint64_t seed)
+      : dq(up_act(q, DType::kBF16)),
+        dkg(up_act(kg, DType::kBF16)),
+        dvg(up_act(vg, DType::kBF16)),
+        dgam(up(rnd(G, seed, 0, 1))),
+        dbeta(up(rnd(H, seed + 1, 0.5, 1.5))),
+        dpos(up(random_positions(G, n_record, seed + 2))) {
+    p.type = DType::kBF16;
+    p.q = dq.get();
+    p.k_global = dkg.get();
+    p.v_global = dvg.get();
+    p.gamma = dgam.as<float>();
+    p.pos_global = dpos.as<int64_t>();
+    p.n_global = G;
+    p.beta = dbeta.as<float>();
+    p.global_scratch = scratch.as<float>();
+    p.n_tokens = m;
+    p.first_pos = first;
+    p.n_record = n_record;
+    p.n_heads = H;
+    p.head_dim = dh;
+    p.row_begin = 0;
+    p.row_end = m;
+  }
+};
+}  // namespace
+
 TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
   // The wgmma variants of the global kernel do a row's arithmetic in the same order (they differ
   // in how tiles are loaded and buffers released), so their fp32 outputs agree bit for bit.
-  // G = 2500: 20 key tiles of 128 with a partial last one; 3000 rows: partial query tiles.
-  const int64_t m = 3000, H = 2, dh = 64, d = H * dh, G = 2500, n_record = 9000, first = 1700;
-  auto q = rnd(m * d, 31, -2, 2), kg = rnd(G * d, 32, -2, 2), vg = rnd(G * d, 33);
-  auto gamma = rnd(G, 34, 0, 1), beta = rnd(H, 35, 0.5, 1.5);
-  const std::vector<int64_t> pos = random_positions(G, n_record, 36);
-  DeviceBuffer dq = up_act(q, DType::kBF16), dkg = up_act(kg, DType::kBF16),
-               dvg = up_act(vg, DType::kBF16), dgam = up(gamma), dbeta = up(beta), dpos = up(pos),
-               scratch(m * d * 4);
-  kern::AttentionParams p{};
-  p.type = DType::kBF16;
-  p.q = dq.get();
-  p.k_global = dkg.get();
-  p.v_global = dvg.get();
-  p.gamma = dgam.as<float>();
-  p.pos_global = dpos.as<int64_t>();
-  p.n_global = G;
-  p.beta = dbeta.as<float>();
-  p.global_scratch = scratch.as<float>();
-  p.n_tokens = m;
-  p.first_pos = first;
-  p.n_record = n_record;
-  p.n_heads = H;
-  p.head_dim = dh;
-  p.row_begin = 0;
-  p.row_end = m;
+  using C = GlobalCase;
+  const int64_t m = C::m, d = C::d;
+  GlobalCase gc(rnd(m * d, 31, -2, 2), rnd(C::G * d, 32, -2, 2), rnd(C::G * d, 33), 34);
+  kern::AttentionParams& p = gc.p;
+  DeviceBuffer& scratch = gc.scratch;
   for (bool causal : {false, true}) {
     p.causal = causal;
     std::vector<uint32_t> ref;
@@ -840,6 +856,44 @@ TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
       } else {
         EXPECT_EQ(got, ref);
       }
+    }
+  }
+}
+
+TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // wgstat (fixed softmax offsets after the first key tile, global_wg_kernel's STAT) against wg
+  // (running max): the same softmax up to rounding, for scores of ordinary size (every warp
+  // fixes its offsets), larger (the offsets are the Cauchy-Schwarz bound, 2^-40 and below for
+  // the largest P), far larger (bound - first max > 140: warps keep the running max), and a
+  // first key tile much weaker than the rest; bidirectional and causal.
+  using C = GlobalCase;
+  const int64_t m = C::m, d = C::d;
+  struct Case {
+    float qscale, tile0_scale;
+  };
+  for (Case c : {Case{1, 1}, Case{6, 1}, Case{25, 1}, Case{5, 0.01f}}) {
+    auto q = rnd(m * d, 41, -2, 2), kg = rnd(C::G * d, 42, -2, 2);
+    for (auto& x : q) x *= c.qscale;
+    for (int64_t i = 0; i < 128 * d; ++i) kg[i] *= c.tile0_scale;
+    GlobalCase gc(q, kg, rnd(C::G * d, 43), 44);
+    kern::AttentionParams& p = gc.p;
+    DeviceBuffer& scratch = gc.scratch;
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE("q x " + std::to_string(c.qscale) + ", first tile x " +
+                   std::to_string(c.tile0_scale) + (causal ? ", causal" : ""));
+      p.causal = causal;
+      kern::launch_global_wgmma(p, "wg", nullptr);
+      const auto ref = down<float>(scratch, m * d);
+      cuda::memset_device(scratch.get(), 0xff, m * d * 4);
+      kern::launch_global_wgmma(p, "wgstat", nullptr);
+      const auto got = down<float>(scratch, m * d);
+      ASSERT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
+      const double e = rel_err(got, ref);
+      std::printf("[ attention ] fixed offsets vs running max: q x %g, first tile x %g%s: %.3g\n",
+                  c.qscale, c.tile0_scale, causal ? ", causal" : "", e);
+      EXPECT_LE(e, 1e-2);
     }
   }
 }
