@@ -63,9 +63,12 @@ __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)
 // moves only when a tile's max exceeds it by more than 8 (so P <= 2^8, no overflow); otherwise
 // corr is exactly 1 and the caller may skip the rescale (the FA4 trick). Either way softmax is
 // exact up to rounding, and a row's arithmetic depends only on the row's own scores.
+// fix_a, fix_b (STAT): the row's offset m is fixed; it stays (corr exactly 1), so the row's P are
+// 2^(s sc - m), the bits softmax_fixed gives.
 template <int NJ, bool SUMS, bool LAZY>
 __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float& m_a, float& m_b,
-                                             float& l_a, float& l_b, float& corr_a, float& corr_b) {
+                                             float& l_a, float& l_b, float& corr_a, float& corr_b,
+                                             bool fix_a = false, bool fix_b = false) {
   float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
@@ -78,15 +81,15 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
   mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
   float mn_a, mn_b;
   if constexpr (LAZY) {
-    mn_a = mx_a * sc > m_a + 8.0f ? mx_a * sc : m_a;
-    mn_b = mx_b * sc > m_b + 8.0f ? mx_b * sc : m_b;
+    mn_a = !fix_a && mx_a * sc > m_a + 8.0f ? mx_a * sc : m_a;
+    mn_b = !fix_b && mx_b * sc > m_b + 8.0f ? mx_b * sc : m_b;
   } else {
     mn_a = fmaxf(m_a, mx_a * sc);
     mn_b = fmaxf(m_b, mx_b * sc);
   }
   const float use_a = mn_a == -INFINITY ? 0.0f : mn_a, use_b = mn_b == -INFINITY ? 0.0f : mn_b;
-  corr_a = ex2_approx(m_a - use_a);
-  corr_b = ex2_approx(m_b - use_b);
+  corr_a = fix_a ? 1.0f : ex2_approx(m_a - use_a);
+  corr_b = fix_b ? 1.0f : ex2_approx(m_b - use_b);
   m_a = mn_a;
   m_b = mn_b;
   float sum_a = 0.0f, sum_b = 0.0f;
@@ -166,13 +169,15 @@ struct WgArgs {
 // BULK: 0 every thread loads with cp.async; 1 one bulk copy a tile, a block barrier per tile
 // before a buffer is refilled; 2 the same, but each warpgroup releases the buffer on an "empty"
 // mbarrier and only the issuing thread waits for both releases (no block barrier in the loop).
-// STAT (with LAZY, ONES): after the first key tile a warp fixes each of its rows' softmax offset
+// STAT (with LAZY, ONES, BULK): after the first key tile each row fixes its softmax offset
 // u = min(B, m0 + 96) instead of tracking the running max: B = |q| max_j |k_j| sc (Cauchy-
 // Schwarz: no score of the row exceeds it, up to rounding) and m0 the first tile's max, so P <=
-// ~1, the largest P of the row is >= 2^-96 (P values below 2^-126 lost: < 2^-17 of the sum at
-// G <= 8192), and every later tile skips the max, its shuffles and the rescale. A warp with a row
-// where B - m0 > 140 (P up to 2^44: O stays finite) or m0 = -inf keeps the running max. Exact up
-// to rounding either way; u depends only on the row and the global set.
+// ~1, the largest P of the row is >= 2^-96 (P values below 2^-126 lost: < G 2^-30 of the sum),
+// and a warp whose rows are all fixed skips the max, its shuffles and the rescale in every later
+// tile. A row where B - m0 > 140 (P up to 2^44: O stays finite) or m0 = -inf keeps the running
+// max (its warp then takes the max path, where fixed rows keep u: the same bits as the fast
+// path). Exact up to rounding either way; a row's arithmetic depends only on the row and the
+// global set, not on its neighbours in the warp (which another sharding changes).
 template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK, bool STAT = false>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     global_wg_kernel(const __grid_constant__ WgArgs a) {
@@ -296,8 +301,11 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 
   // STAT: this thread's rows' Cauchy-Schwarz bounds (log2 units); the quad's 4 threads each take
   // 2 of the 8 chunks of a Q row
+  static_assert(!STAT || (LAZY && ONES && BULK),
+                "STAT: the row sums from the ones column, Q read "
+                "after BULK's barrier");
   float bnd_a = 0.0f, bnd_b = 0.0f;
-  bool fixed = false;
+  bool fix_a = false, fix_b = false, fixed = false;  // fixed: both rows of every lane
   if constexpr (STAT) {
     const int r = warp * 16 + lane / 4;
     const unsigned char* qs = smem_raw + (q_tile - smem_u32(smem_raw)) + wg * 64 * 128;
@@ -365,7 +373,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     if (STAT && fixed)
       softmax_fixed<BK / 8>(s, sc, m_a, m_b);
     else
-      softmax_tile<BK / 8, !ONES, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+      softmax_tile<BK / 8, !ONES, LAZY>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
     uint32_t pa[BK / 16][4];
     pack_p<BK / 16>(s, pa);
     if (!(STAT && fixed) && (!LAZY || __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f)))
@@ -385,17 +393,16 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     reg_fence(o);
     if constexpr (STAT) {
       if (t == 0) {  // fix the offsets, and bring the first tile's O (and row sums) to them
-        const float ua = fminf(bnd_a, m_a + 96.0f), ub = fminf(bnd_b, m_b + 96.0f);
-        const bool ok =
-            m_a > -INFINITY && m_b > -INFINITY && bnd_a - m_a <= 140.0f && bnd_b - m_b <= 140.0f;
-        fixed = __all_sync(0xffffffffu, ok);
-        if (fixed) {
-          // u >= m0 (up to the bound's rounding: clamp), so the factors are <= 1
-          const float na = fmaxf(ua, m_a), nb = fmaxf(ub, m_b);
-          scale_o<NO>(o, ex2_approx(m_a - na), ex2_approx(m_b - nb));
-          m_a = na;
-          m_b = nb;
-        }
+        fix_a = m_a > -INFINITY && bnd_a - m_a <= 140.0f;
+        fix_b = m_b > -INFINITY && bnd_b - m_b <= 140.0f;
+        // u >= m0 (up to the bound's rounding: clamp), so the factors are <= 1; 1 (exact) for a
+        // row that keeps the running max
+        const float na = fix_a ? fmaxf(fminf(bnd_a, m_a + 96.0f), m_a) : m_a;
+        const float nb = fix_b ? fmaxf(fminf(bnd_b, m_b + 96.0f), m_b) : m_b;
+        scale_o<NO>(o, fix_a ? ex2_approx(m_a - na) : 1.0f, fix_b ? ex2_approx(m_b - nb) : 1.0f);
+        m_a = na;
+        m_b = nb;
+        fixed = __all_sync(0xffffffffu, fix_a && fix_b);
       }
     }
     if constexpr (BULK == 2)

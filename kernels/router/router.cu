@@ -41,10 +41,14 @@ void launch_router(const RouterParams& p, cudaStream_t stream) {
 // waits. Two block barriers a tile.
 namespace {
 constexpr int kRfRows = 32, kRfThreads = 256;
-// Squares are taken of x 2^-32 (exact), so float holds them for |x| up to 2^96 (a larger x
-// makes the sum infinite and the score NaN: reported as a non-finite router score); then
-// inv = 2^-32 / sqrt(sum / d + eps 2^-64).
+// Squares are taken of x 2^-32 (exact), so float holds them for |x| up to 2^96; then
+// inv = 2^-32 / sqrt(sum / d + eps 2^-64). A larger x makes the sum infinite: inv is then NaN, so
+// the score is, and the job stops on a non-finite router score (RMSNorm in double would not
+// overflow there, but such a residual stream is broken anyway).
 constexpr float kRfScale = 0x1p-32f;
+__device__ __forceinline__ float rf_inv(float ss, float eps_scaled, int d) {
+  return isinf(ss) ? __int_as_float(0x7fc00000) : kRfScale / sqrtf(ss / (float)d + eps_scaled);
+}
 
 template <int KS, int NT>
 struct RfShape {
@@ -193,7 +197,7 @@ __global__ void __launch_bounds__(kRfThreads, 1) router_fused_kernel(RouterFused
     float ss = ssr[row];
 #pragma unroll
     for (int w = 1; w < 8; ++w) ss += ssr[w * kRfRows + row];
-    const float inv = kRfScale / sqrtf(ss / (float)D + p.eps_scaled);
+    const float inv = rf_inv(ss, p.eps_scaled, D);
     float sf = 0.0f;
 #pragma unroll
     for (int j = 0; j < NT / 4; ++j) {
@@ -247,7 +251,7 @@ template <int KB, int HC>
 struct RwShape {
   static constexpr int D = 64 * KB;
   static constexpr int kImage = HC * 64 * 2;  // bytes of one (hi or lo, k block) image
-  static constexpr int kBytes = 2 * KB * kImage + (D + 2 * HC) * 4;
+  static constexpr int kBytes = 1024 + 2 * KB * kImage + (D + 2 * HC) * 4;
 };
 
 #ifdef SPARSA_WGMMA
@@ -271,7 +275,9 @@ __global__ void __launch_bounds__(kRwThreads, 1) router_wgmma_kernel(RouterFused
 #ifdef SPARSA_WGMMA
   using S = RwShape<KB, HC>;
   constexpr int D = S::D;
-  extern __shared__ __align__(1024) unsigned char rw_smem[];
+  extern __shared__ unsigned char rw_raw[];
+  // the images 1024-byte aligned (the 128-byte swizzle's 8-row groups): kBytes has the slack
+  unsigned char* rw_smem = rw_raw + ((1024u - (smem_u32(rw_raw) & 1023u)) & 1023u);
   float* gs = reinterpret_cast<float*>(rw_smem + 2 * KB * S::kImage);
   float* b1s = gs + D;
   float* w2s = b1s + HC;
@@ -374,8 +380,7 @@ __global__ void __launch_bounds__(kRwThreads, 1) router_wgmma_kernel(RouterFused
     sqa += __shfl_xor_sync(0xffffffffu, sqa, 2);
     sqb += __shfl_xor_sync(0xffffffffu, sqb, 1);
     sqb += __shfl_xor_sync(0xffffffffu, sqb, 2);
-    const float inv_a = kRfScale / sqrtf(sqa / (float)D + p.eps_scaled);
-    const float inv_b = kRfScale / sqrtf(sqb / (float)D + p.eps_scaled);
+    const float inv_a = rf_inv(sqa, p.eps_scaled, D), inv_b = rf_inv(sqb, p.eps_scaled, D);
     float fa = 0.0f, fb = 0.0f;
 #pragma unroll
     for (int j = 0; j < HC / 8; ++j)
@@ -471,6 +476,25 @@ void run_router_wgmma(const RouterFusedParams& p, cudaStream_t stream) {
 bool router_fused_supported(int64_t d, int64_t r) {
   return (d == 128 || d == 256 || d == 512) && r > 0 && r % 32 == 0;
 }
+
+bool router_fused_fits(int64_t d, int64_t r, bool mma_only) {
+  if (!router_fused_supported(d, r)) return false;
+  int dev = 0, optin = 0;
+  SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
+  SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const bool wide = router_fused_width(r) == 64;
+  int bytes = 0;
+  if (!mma_only && wgmma_available()) {
+    bytes = d == 128   ? (wide ? RwShape<2, 64>::kBytes : RwShape<2, 32>::kBytes)
+            : d == 256 ? (wide ? RwShape<4, 64>::kBytes : RwShape<4, 32>::kBytes)
+                       : (wide ? RwShape<8, 64>::kBytes : RwShape<8, 32>::kBytes);
+  } else {
+    bytes = d == 128   ? (wide ? RfShape<1, 8>::kBytes : RfShape<1, 4>::kBytes)
+            : d == 256 ? (wide ? RfShape<2, 8>::kBytes : RfShape<2, 4>::kBytes)
+                       : (wide ? RfShape<4, 8>::kBytes : RfShape<4, 4>::kBytes);
+  }
+  return bytes <= optin;
+}
 int64_t router_fused_width(int64_t r) { return r % 64 == 0 ? 64 : 32; }
 float router_fused_eps(double eps) { return (float)std::ldexp(eps, -64); }
 
@@ -520,7 +544,7 @@ void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
   if (!router_fused_supported(p.d, p.r))
     throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
   if ((uintptr_t)p.x % 16 || (uintptr_t)p.frags % 8 || (uintptr_t)p.images % 16)
-    throw SystemError("router_fused: x must be 16-byte aligned");
+    throw SystemError("router_fused: x, frags and images must be 16-byte aligned");
   const bool wide = router_fused_width(p.r) == 64;
   if (p.images && !p.mma_only && wgmma_available()) {
     switch (p.d) {

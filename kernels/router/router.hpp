@@ -27,9 +27,9 @@ void launch_router(const RouterParams& p, cudaStream_t stream);
 // with the RMSNorm before it and the score after it. Per row: y = x * g in float, y = hi + lo
 // and W1 = Whi + Wlo in bf16, hi Whi + hi Wlo + lo Whi on tensor cores (float32 accumulation),
 // times RMSNorm's inv (a factor of the row, applied after the sum; inv from a float sum of
-// squares: the product is within (d / 64 + 10) float ulps of h W1 for the RMSNorm kernel's h),
+// squares: the product is within (d / 8 + 10) float ulps of h W1 for the RMSNorm kernel's h),
 // then s = sum_k GELU(z_k + b1_k) w2_k + b2 with the terms in float (erff), added in float in
-// groups of at most 8 and the groups in double. Reads x once (no h, no [a | b] in memory). W1's
+// groups of at most 16 and the groups in double. Reads x once (no h, no [a | b] in memory). W1's
 // parts live in registers, as mma.sync B fragments packed by pack_router_frags; a block takes
 // one chunk of router_fused_width(r) hidden units for every tile of 32 rows, and with several
 // chunks their partial sums meet in `partial`. A row's score depends on the row alone (fixed
@@ -54,6 +54,10 @@ struct RouterFusedParams {
 float router_fused_eps(double eps);
 // d = 128, 256 or 512 and r a multiple of 32.
 bool router_fused_supported(int64_t d, int64_t r);
+// ... and the kernel launch_router_fused would take on this device (wgmma on an sm_90a GPU unless
+// mma_only) fits its shared memory: the mma.sync kernel needs up to 206 KB (d = 512), more than
+// an A100's 163 KB or the 99 KB of sm_86/89, where the caller keeps the unfused passes.
+bool router_fused_fits(int64_t d, int64_t r, bool mma_only);
 int64_t router_fused_width(int64_t r);  // hidden units a chunk: 64 if r % 64 == 0, else 32
 // W1 = hi + lo (bf16 bits, [d, r] row-major each) as the kernel's B fragments, in the order it
 // loads them: [chunk][warp 8][k step d / 128][n tile][hi, lo][lane 32][2] 32-bit words, word j of

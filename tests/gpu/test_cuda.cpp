@@ -461,7 +461,7 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
     float wscale, gscale;
   };
   for (Case k : {Case{512, 128, 1, 1}, Case{128, 32, 4, 3}, Case{256, 64, 0.25f, 0.5f},
-                 Case{256, 96, 1, 1}}) {
+                 Case{256, 96, 1, 1}, Case{128, 64, 1, 1}, Case{512, 96, 0.5f, 1}}) {
     const int64_t n = 6000, d = k.d, r = k.r;
     SCOPED_TRACE("d " + std::to_string(d) + " r " + std::to_string(r));
     const float sd = 1.0f / std::sqrt((float)d);
@@ -547,6 +547,16 @@ TEST(CudaOps, RouterSplitWithinItsBound) {
         kern::launch_router_fused(fp, nullptr);
         const auto f2 = down<float>(fused, n2);
         for (int64_t i = 0; i < n2; ++i) ASSERT_EQ(f2[i], f[off + i]) << "row " << off + i;
+        // a row too large for the float sum of squares (|x| > 2^96) scores NaN, not a number
+        fp.x = dx.as<float>();
+        fp.n_tokens = n;
+        const std::vector<float> huge(d, 1e30f);
+        cuda::copy_to_device(dx.as<float>() + 5 * d, huge.data(), d * 4);
+        kern::launch_router_fused(fp, nullptr);
+        const auto f3 = down<float>(fused, n);
+        EXPECT_TRUE(std::isnan(f3[5]));
+        EXPECT_EQ(f3[6], f[6]);
+        cuda::copy_to_device(dx.as<float>() + 5 * d, x.data() + 5 * d, d * 4);
       }
     }
   }
@@ -872,17 +882,20 @@ TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
   const int64_t m = C::m, d = C::d;
   struct Case {
     float qscale, tile0_scale;
+    int64_t first = C::first;  // 0: causal rows before or among the first key tile's positions
   };
-  for (Case c : {Case{1, 1}, Case{6, 1}, Case{25, 1}, Case{5, 0.01f}}) {
+  for (Case c : {Case{1, 1}, Case{6, 1}, Case{25, 1}, Case{5, 0.01f}, Case{1, 1, 0}}) {
     auto q = rnd(m * d, 41, -2, 2), kg = rnd(C::G * d, 42, -2, 2);
     for (auto& x : q) x *= c.qscale;
     for (int64_t i = 0; i < 128 * d; ++i) kg[i] *= c.tile0_scale;
     GlobalCase gc(q, kg, rnd(C::G * d, 43), 44);
     kern::AttentionParams& p = gc.p;
     DeviceBuffer& scratch = gc.scratch;
+    p.first_pos = c.first;
     for (bool causal : {false, true}) {
       SCOPED_TRACE("q x " + std::to_string(c.qscale) + ", first tile x " +
-                   std::to_string(c.tile0_scale) + (causal ? ", causal" : ""));
+                   std::to_string(c.tile0_scale) + ", first row " + std::to_string(c.first) +
+                   (causal ? ", causal" : ""));
       p.causal = causal;
       kern::launch_global_wgmma(p, "wg", nullptr);
       const auto ref = down<float>(scratch, m * d);
@@ -891,10 +904,42 @@ TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
       const auto got = down<float>(scratch, m * d);
       ASSERT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
       const double e = rel_err(got, ref);
-      std::printf("[ attention ] fixed offsets vs running max: q x %g, first tile x %g%s: %.3g\n",
-                  c.qscale, c.tile0_scale, causal ? ", causal" : "", e);
+      std::printf(
+          "[ attention ] fixed offsets vs running max: q x %g, first tile x %g, first row %lld%s: "
+          "%.3g\n",
+          c.qscale, c.tile0_scale, (long long)c.first, causal ? ", causal" : "", e);
       EXPECT_LE(e, 1e-2);
     }
+  }
+}
+
+TEST(CudaOps, GlobalKernelFixedOffsetsRowInvariant) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // Whether a row fixes its softmax offset depends on that row alone: rows 5.. of the record
+  // give the same bits when the shard starts at row 5, though row 2 (scores too large to fix,
+  // in the same warp of 16 rows) is then not in it.
+  using C = GlobalCase;
+  const int64_t m = C::m, d = C::d, off = 5;
+  auto q = rnd(m * d, 51, -2, 2);
+  for (int64_t i = 2 * d; i < 3 * d; ++i) q[i] *= 60.0f;
+  GlobalCase gc(q, rnd(C::G * d, 52, -2, 2), rnd(C::G * d, 53), 54);
+  kern::AttentionParams& p = gc.p;
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    p.causal = causal;
+    p.q = gc.dq.get();
+    p.first_pos = C::first;
+    p.n_tokens = p.row_end = m;
+    kern::launch_global_wgmma(p, "wgstat", nullptr);
+    const auto ref = down<uint32_t>(gc.scratch, m * d);
+    p.q = static_cast<const char*>(gc.dq.get()) + off * d * 2;
+    p.first_pos = C::first + off;
+    p.n_tokens = p.row_end = m - off;
+    cuda::memset_device(gc.scratch.get(), 0xff, m * d * 4);
+    kern::launch_global_wgmma(p, "wgstat", nullptr);
+    const auto got = down<uint32_t>(gc.scratch, (m - off) * d);
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), ref.begin() + off * d));
   }
 }
 

@@ -268,10 +268,15 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     I.router_fused = v != "exact" && v != "split";
     I.router_mma_only = v == "fused-mma";
     if ((v == "fused" || v == "fused-mma") &&
-        !kern::router_fused_supported(c0.d_model, c0.router_hidden))
+        !kern::router_fused_fits(c0.d_model, c0.router_hidden, I.router_mma_only))
       throw ConfigError(
-          "SPARSA_ROUTER=fused needs d_model 128, 256 or 512 and router_hidden a multiple of 32");
+          "SPARSA_ROUTER=" + v +
+          " needs d_model 128, 256 or 512, router_hidden a multiple of 32 and, for the mma.sync "
+          "kernel (GPUs other than sm_90a, or fused-mma), up to 206 KB of shared memory a block");
   }
+  // auto: the unfused passes where the fused kernel does not apply or fit
+  if (I.router_fused && !kern::router_fused_fits(c0.d_model, c0.router_hidden, I.router_mma_only))
+    I.router_fused = false;
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
   if (o.rows_f16 && o.output == CudaOutput::kHost) I.staging.reserve_f16();
@@ -379,7 +384,7 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
   const bool split = router_split && act == DType::kBF16;
   const bool fused = split && router_fused && L.router_frags.get() != nullptr;
   // fused: hid holds the hidden chunks' partial sums, r / router_fused_width(r) doubles a row, so
-  // one launch covers hid's 8 r chunk_rows bytes / that (at least 4 chunk_rows rows)
+  // one launch covers hid's 8 r chunk_rows bytes / that (32 or 64 times chunk_rows rows)
   const int64_t step =
       fused ? (int64_t)hid.bytes() / (8 * (r / kern::router_fused_width(r))) : opt.chunk_rows;
   for (int64_t c0 = 0; c0 < m; c0 += step) {

@@ -15,8 +15,9 @@ namespace sparsa::cuda {
 //   Pre-activation z_k, approximate vs float32: the split drops hi*ew + lo*Wlo + lo*ew + eh*W
 //   (<= 3.1 u^2 A_k); the tensor cores add at most 3d exact products in float32 (<= 3d 2^-23
 //   A_k, even truncating); a + b is one more rounding (v); the float32 GEMM's own error is
-//   <= d v A_k; the fused kernel's inv (y W1) with y = x g is within (d / 64 + 10) v A_k of
-//   h W1 (its float sum of squares, inv, y and the product by inv).
+//   <= d v A_k; the fused kernels' inv (y W1) with y = x g is within (d / 8 + 10) v A_k of
+//   h W1 (the float sum of squares, d / 4 terms a thread in the wgmma kernel, d / 32 in the
+//   mma.sync one, then inv, y and the product by inv).
 //   With a factor 2 for safety: |z~ - z| <= c B_k.
 //   The router kernel rounds z + b1 and GELU to float (v each, on both sides; |GELU(a)| <= |a|),
 //   GELU is 1.13-Lipschitz, the double sum adds nothing visible, the score is rounded once (v).
@@ -41,7 +42,7 @@ RouterSplit make_router_split(const float* w1, const float* b1, const float* w2,
   for (int64_t j = 0; j < d; ++j) gmax = std::max(gmax, std::fabs((double)gain[j]));
   const double hnorm = std::sqrt((double)d) * gmax * (1 + v);
   const double c =
-      2 * (3.1 * u * u + 3.0 * (double)d * 2 * v + v + (double)d * v + ((double)d / 64 + 10) * v);
+      2 * (3.1 * u * u + 3.0 * (double)d * 2 * v + v + (double)d * v + ((double)d / 8 + 10) * v);
   double e = 0, smax = std::fabs((double)b2);
   for (int64_t k = 0; k < r; ++k) {
     double wn = 0;
