@@ -207,27 +207,4 @@ void launch_to_f16(const ToF16Params& p, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
-__global__ void find_nonfinite_kernel(FindNonfiniteParams p) {
-  unsigned long long mine = ~0ull;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.count;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    if (!isfinite(p.x[i])) {
-      mine = (unsigned long long)i;
-      break;  // later indices of this thread are larger
-    }
-  }
-  for (int o = 16; o > 0; o /= 2) {
-    const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
-    mine = other < mine ? other : mine;
-  }
-  if ((threadIdx.x & 31) == 0 && mine != ~0ull) atomicMin(p.bad, mine);
-}
-
-void launch_find_nonfinite(const FindNonfiniteParams& p, cudaStream_t stream) {
-  if (p.count <= 0) return;
-  const unsigned grid = std::min<unsigned>(grid_for(p.count, 256), 132u * 16u);
-  find_nonfinite_kernel<<<grid, 256, 0, stream>>>(p);
-  SPARSA_LAUNCH_CHECK();
-}
-
 }  // namespace sparsa::kern

@@ -68,13 +68,4 @@ struct ToF16Params {
 };
 void launch_to_f16(const ToF16Params& p, cudaStream_t stream);
 
-// *bad = min(*bad, smallest index i with x[i] NaN or Inf); *bad is left alone when all are finite
-// (set it to ~0ull first). On the device, so the output need not cross to the host to be checked.
-struct FindNonfiniteParams {
-  const float* x;  // [count]
-  int64_t count;
-  unsigned long long* bad;  // [1]
-};
-void launch_find_nonfinite(const FindNonfiniteParams& p, cudaStream_t stream);
-
 }  // namespace sparsa::kern

@@ -27,6 +27,16 @@ __device__ __forceinline__ void put(const RmsNormParams& p, int64_t row, int64_t
 
 // One warp per row. The sum of squares is in double (as cpu::rmsnorm_row) so the float result
 // matches the CPU except for the order of a double sum.
+// p.bad: the warp's smallest flat index of a non-finite value (~0: none), one atomic a warp.
+__device__ __forceinline__ void report_nonfinite(const RmsNormParams& p, unsigned long long mine) {
+  if (!p.bad) return;
+  for (int o = 16; o > 0; o /= 2) {
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
+    mine = other < mine ? other : mine;
+  }
+  if (threadIdx.x % 32 == 0 && mine != ~0ull) atomicMin(p.bad, mine);
+}
+
 template <class Act>
 __global__ void rmsnorm_kernel(RmsNormParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -37,8 +47,13 @@ __global__ void rmsnorm_kernel(RmsNormParams p) {
   for (int64_t j = lane; j < p.dim; j += 32) ss += (double)x[j] * (double)x[j];
   ss = warp_sum(ss);
   const double inv = 1.0 / sqrt(ss / (double)p.dim + p.eps);
-  for (int64_t j = lane; j < p.dim; j += 32)
-    put<Act>(p, row, j, (float)((double)x[j] * inv * (double)p.gain[j]));
+  unsigned long long mine = ~0ull;
+  for (int64_t j = lane; j < p.dim; j += 32) {
+    const float v = (float)((double)x[j] * inv * (double)p.gain[j]);
+    if (!isfinite(v) && mine == ~0ull) mine = (unsigned long long)(row * p.dim + j);
+    put<Act>(p, row, j, v);
+  }
+  report_nonfinite(p, mine);
 }
 
 // dim = 128 Q (Q = 1, 2, 4 or 8) and 16-byte aligned rows: the same arithmetic per element (the
@@ -61,6 +76,7 @@ __global__ void rmsnorm4_kernel(RmsNormParams p) {
   }
   ss = warp_sum(ss);
   const double inv = 1.0 / sqrt(ss / (double)p.dim + p.eps);
+  unsigned long long mine = ~0ull;
 #pragma unroll
   for (int t = 0; t < Q; ++t) {
     const int64_t j = 4 * (lane + 32 * t);
@@ -68,6 +84,14 @@ __global__ void rmsnorm4_kernel(RmsNormParams p) {
     const float4 o = make_float4(
         (float)((double)v[t].x * inv * (double)g.x), (float)((double)v[t].y * inv * (double)g.y),
         (float)((double)v[t].z * inv * (double)g.z), (float)((double)v[t].w * inv * (double)g.w));
+    if (p.bad && mine == ~0ull) {
+      const float e[4] = {o.x, o.y, o.z, o.w};
+      for (int k = 0; k < 4; ++k)
+        if (!isfinite(e[k])) {
+          mine = (unsigned long long)(row * p.dim + j + k);
+          break;
+        }
+    }
     if (p.out_f32) *reinterpret_cast<float4*>(p.out_f32 + row * p.dim + j) = o;
     if (p.out_act) {
       if constexpr (sizeof(Act) == 2) {
@@ -95,6 +119,7 @@ __global__ void rmsnorm4_kernel(RmsNormParams p) {
           *reinterpret_cast<const uint32_t*>(&l0), *reinterpret_cast<const uint32_t*>(&l1));
     }
   }
+  report_nonfinite(p, mine);
 }
 
 template <class Act>

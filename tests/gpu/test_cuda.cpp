@@ -110,18 +110,45 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
 
 TEST(CudaOps, Embed) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 1000, nt = 3, vocab = 11, d = 40;
-  std::vector<float> tables = rnd(nt * vocab * d, 1);
-  std::vector<int32_t> tok(n * nt);
-  std::mt19937 g(2);
-  for (auto& t : tok) t = (int32_t)(g() % vocab);
-  std::vector<const float*> tp;
-  for (int64_t c = 0; c < nt; ++c) tp.push_back(tables.data() + c * vocab * d);
-  std::vector<float> ref(n * d);
-  cpu::embed({tok.data(), tp.data(), ref.data(), n, nt, vocab, d});
-  DeviceBuffer dt = up(tables), dk = up(tok), dx(n * d * 4);
-  kern::launch_embed({dk.as<int32_t>(), dt.as<float>(), dx.as<float>(), n, nt, vocab, d}, nullptr);
-  EXPECT_EQ(down<float>(dx, n * d), ref);  // same order of float adds: exact
+  for (int64_t d : {40, 42, 512}) {  // 16-byte rows (a warp a token) or not (a thread a value)
+    const int64_t n = 1000, nt = 3, vocab = 11;
+    std::vector<float> tables = rnd(nt * vocab * d, 1);
+    std::vector<int32_t> tok(n * nt);
+    std::mt19937 g(2);
+    for (auto& t : tok) t = (int32_t)(g() % vocab);
+    std::vector<const float*> tp;
+    for (int64_t c = 0; c < nt; ++c) tp.push_back(tables.data() + c * vocab * d);
+    std::vector<float> ref(n * d);
+    cpu::embed({tok.data(), tp.data(), ref.data(), n, nt, vocab, d});
+    DeviceBuffer dt = up(tables), dk = up(tok), dx(n * d * 4);
+    kern::launch_embed({dk.as<int32_t>(), dt.as<float>(), dx.as<float>(), n, nt, vocab, d},
+                       nullptr);
+    EXPECT_EQ(down<float>(dx, n * d), ref) << "d " << d;  // same order of float adds: exact
+  }
+}
+
+TEST(CudaOps, RmsNormReportsFirstNonFinite) {
+  SKIP_WITHOUT_GPU();
+  // The final RMSNorm's fused check: the smallest flat index of a non-finite output, on the
+  // vector kernel (d = 512) and the plain one (d = 96); ~0 when every value is finite.
+  for (int64_t d : {512, 96}) {
+    const int64_t n = 1000;
+    auto x = rnd(n * d, 61, -2, 2), gain = rnd(d, 62, 0.5f, 1.5f);
+    DeviceBuffer dx = up(x), dg = up(gain), dy(n * d * 4), bad(8);
+    kern::RmsNormParams p{
+        dx.as<float>(), dg.as<float>(), dy.as<float>(), nullptr, DType::kF32, n, d, 1e-6};
+    p.bad = bad.as<unsigned long long>();
+    cuda::memset_device(bad.get(), 0xff, 8);
+    kern::launch_rmsnorm(p, nullptr);
+    EXPECT_EQ(down<unsigned long long>(bad, 1)[0], ~0ull) << "d " << d;
+    x[700 * d + 5] = NAN;        // the whole row becomes NaN
+    x[300 * d + 77] = INFINITY;  // inv = 0: inf * 0 = NaN there, 0 elsewhere in the row
+    DeviceBuffer dx2 = up(x);
+    p.x = dx2.as<float>();
+    cuda::memset_device(bad.get(), 0xff, 8);
+    kern::launch_rmsnorm(p, nullptr);
+    EXPECT_EQ(down<unsigned long long>(bad, 1)[0], (unsigned long long)(300 * d + 77)) << "d " << d;
+  }
 }
 
 TEST(CudaOps, RmsNorm) {
@@ -1389,4 +1416,25 @@ TEST(CudaModel, RouterNaNIsAnError) {
   auto comm = make_single_comm();
   CudaModel gpu(w, {false, -1, 65536});
   EXPECT_THROW(gpu.forward(tok.data(), shard_of(500, 0, 1), *comm), NumericError);
+}
+
+TEST(CudaModel, NonFiniteOutputNamesThePosition) {
+  SKIP_WITHOUT_GPU();
+  // An infinite final_norm gain makes dimension 3 of every row infinite; the error names the
+  // first row (record position 0) and the dimension, in both modes.
+  ModelConfig c = small_config(64, 2, 16, false, 8);
+  ModelWeights w = init_model(c, 1);
+  w.final_norm[3] = INFINITY;
+  auto tok = dna(500, 3);
+  auto comm = make_single_comm();
+  for (bool bf16 : {false, true}) {
+    CudaModel gpu(w, {bf16, -1, 65536});
+    try {
+      gpu.forward(tok.data(), shard_of(500, 0, 1), *comm);
+      ADD_FAILURE() << "no error";
+    } catch (const NumericError& e) {
+      EXPECT_NE(std::string(e.what()).find("position 0, dimension 3"), std::string::npos)
+          << e.what();
+    }
+  }
 }

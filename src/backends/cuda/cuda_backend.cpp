@@ -1004,12 +1004,14 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     hooks.after_layer(c.n_layers - 1);
   }
   P.mark(kOutput, s);
-  kern::launch_rmsnorm({I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr,
-                        DType::kF32, m, d, c.norm_eps},
-                       s);
-  // The non-finite check runs on the device: y need not cross to the host to be checked.
+  // The non-finite check runs on the device, in the final RMSNorm: y need not cross to the host
+  // (or be read again) to be checked.
   cuda::memset_device(I.bad.get(), 0xff, 8, s);
-  kern::launch_find_nonfinite({I.x.as<float>(), m * d, I.bad.as<unsigned long long>()}, s);
+  kern::RmsNormParams fn{
+      I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr, DType::kF32, m, d,
+      c.norm_eps};
+  fn.bad = I.bad.as<unsigned long long>();
+  kern::launch_rmsnorm(fn, s);
   unsigned long long bad = ~0ull;
   cuda::copy_to_host(&bad, I.bad.get(), 8, s);
   std::vector<unsigned long long> router_bad;
