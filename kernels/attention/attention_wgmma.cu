@@ -63,8 +63,8 @@ __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)
 // moves only when a tile's max exceeds it by more than 8 (so P <= 2^8, no overflow); otherwise
 // corr is exactly 1 and the caller may skip the rescale (the FA4 trick). Either way softmax is
 // exact up to rounding, and a row's arithmetic depends only on the row's own scores.
-// fix_a, fix_b (STAT): the row's offset m is fixed; it stays (corr exactly 1), so the row's P are
-// 2^(s sc - m), the bits softmax_fixed gives.
+// fix_a, fix_b (STAT, which needs LAZY: the non-lazy branch ignores them): the row's offset m is
+// fixed; it stays (corr exactly 1), so the row's P are 2^(s sc - m), the bits softmax_fixed gives.
 template <int NJ, bool SUMS, bool LAZY>
 __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float& m_a, float& m_b,
                                              float& l_a, float& l_b, float& corr_a, float& corr_b,

@@ -16,8 +16,8 @@ __global__ void embed_kernel(EmbedParams p) {
   p.x[idx] = acc;
 }
 
-// d % 4 == 0 and 16-byte aligned tables and x: one warp per token, its tokens read once, 16-byte
-// loads and stores; the same sum per element (tables in order from 0) as embed_kernel.
+// d % 4 == 0 and 16-byte aligned tables and x: one warp per token, 16-byte loads and stores; the
+// same sum per element (tables in order from 0) as embed_kernel.
 __global__ void embed4_kernel(EmbedParams p) {
   const int64_t i = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;

@@ -19,7 +19,7 @@ struct RmsNormParams {
   // operand of launch_gemm_images, gemm_a_bytes(n_tokens, dim) bytes.
   bool act_tiled = false;
   // Or null: the smallest flat index row * dim + j of a non-finite output value is atomicMin'ed
-  // into *bad (the caller sets it to ~0 first): the check of launch_find_nonfinite, fused.
+  // into *bad (the caller sets it to ~0 first): the output check of the final RMSNorm, fused.
   unsigned long long* bad = nullptr;
 };
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream);
