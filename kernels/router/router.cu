@@ -50,13 +50,13 @@ __device__ __forceinline__ float rf_inv(float ss, float eps_scaled, int d) {
   return isinf(ss) ? __int_as_float(0x7fc00000) : kRfScale / sqrtf(ss / (float)d + eps_scaled);
 }
 
-template <int KS, int NT>
+template <int KS, int NT, int NB = 2>  // NB x buffers: 2, or 1 where 2 do not fit (an A100)
 struct RfShape {
   static constexpr int D = 128 * KS, XS = D + 8, HC = 8 * NT, RS = HC + 8;
   // floats: x tiles [2][32][XS] (8 floats of padding a row: the fragment reads are conflict
   // free), partial z [8][32][RS], partial sums of squares [8][32], gain [D], b1 and w2 of the
   // chunk [HC] each
-  static constexpr int kFloats = 2 * kRfRows * XS + 8 * kRfRows * RS + 8 * kRfRows + D + 2 * HC;
+  static constexpr int kFloats = NB * kRfRows * XS + 8 * kRfRows * RS + 8 * kRfRows + D + 2 * HC;
   static constexpr int kBytes = kFloats * 4;
 };
 
@@ -67,13 +67,13 @@ __device__ __forceinline__ void split_pair(float a, float b, uint32_t& hi, uint3
   lo = pack_bf16(a - f.x, b - f.y);  // a - hi is exact in float
 }
 
-template <int KS, int NT>
+template <int KS, int NT, int NB>
 __global__ void __launch_bounds__(kRfThreads, 1) router_fused_kernel(RouterFusedParams p) {
-  using S = RfShape<KS, NT>;
+  using S = RfShape<KS, NT, NB>;
   constexpr int D = S::D, XS = S::XS, HC = S::HC, RS = S::RS;
   extern __shared__ __align__(16) float rf_smem[];
   float* xs = rf_smem;
-  float* red = xs + 2 * kRfRows * XS;
+  float* red = xs + NB * kRfRows * XS;
   float* ssr = red + 8 * kRfRows * RS;
   float* gs = ssr + 8 * kRfRows;
   float* b1s = gs + D;
@@ -117,14 +117,14 @@ __global__ void __launch_bounds__(kRfThreads, 1) router_fused_kernel(RouterFused
     }
     cp_async_commit();  // empty groups too: the wait below counts groups
   };
-  load(first, 0);
-  load(first + stride, 1);
+#pragma unroll
+  for (int b = 0; b < NB; ++b) load(first + b * stride, b);
 
   int it = 0;
   for (int64_t tile = first; tile < ntiles; tile += stride, ++it) {
-    const int buf = it & 1;
+    const int buf = it % NB;
     const float* xb = xs + buf * kRfRows * XS;
-    cp_async_wait<1>();
+    cp_async_wait<NB - 1>();
     __syncthreads();  // the tile is in; the previous tile's partials are read
 
     float acc[2][NT][4], sq[2][2];
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kRfThreads, 1) router_fused_kernel(RouterFused
       }
     }
     __syncthreads();  // partials complete; this buffer's rows are no longer read
-    load(tile + 2 * stride, buf);
+    load(tile + NB * stride, buf);
 
     // 8 threads a row, each NT units in groups of 4: h = 4 l8 + 32 j + e. All in float (the
     // scaled sum of squares, inv, the terms and the thread's sum of its terms); the 8 threads'
@@ -416,32 +416,33 @@ struct RfLaunch {
 };
 
 // NOTE: taken once per shape, for the device of the first call (one device a process).
-template <int KS, int NT>
+template <int KS, int NT, int NB>
 const RfLaunch& rf_setup() {
   static const RfLaunch v = [] {
     RfLaunch r;
     int dev = 0;
     SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
     SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev));
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(router_fused_kernel<KS, NT>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(router_fused_kernel<KS, NT, NB>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           RfShape<KS, NT>::kBytes));
+                                           RfShape<KS, NT, NB>::kBytes));
     SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &r.blocks_per_sm, router_fused_kernel<KS, NT>, kRfThreads, RfShape<KS, NT>::kBytes));
+        &r.blocks_per_sm, router_fused_kernel<KS, NT, NB>, kRfThreads,
+        RfShape<KS, NT, NB>::kBytes));
     if (r.blocks_per_sm < 1) throw SystemError("router_fused: the kernel does not fit an SM");
     return r;
   }();
   return v;
 }
 
-template <int KS, int NT>
+template <int KS, int NT, int NB>
 void run_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
-  const RfLaunch& l = rf_setup<KS, NT>();
+  const RfLaunch& l = rf_setup<KS, NT, NB>();
   const int64_t nch = p.r / (8 * NT), ntiles = (p.n_tokens + kRfRows - 1) / kRfRows;
   const int64_t per_chunk =
       std::max<int64_t>(1, std::min<int64_t>(ntiles, (int64_t)l.sms * l.blocks_per_sm / nch));
-  router_fused_kernel<KS, NT>
-      <<<(unsigned)(per_chunk * nch), kRfThreads, RfShape<KS, NT>::kBytes, stream>>>(p);
+  router_fused_kernel<KS, NT, NB>
+      <<<(unsigned)(per_chunk * nch), kRfThreads, RfShape<KS, NT, NB>::kBytes, stream>>>(p);
   SPARSA_LAUNCH_CHECK();
   if (nch > 1) {
     router_combine_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p, (int)nch);
@@ -477,23 +478,42 @@ bool router_fused_supported(int64_t d, int64_t r) {
   return (d == 128 || d == 256 || d == 512) && r > 0 && r % 32 == 0;
 }
 
-bool router_fused_fits(int64_t d, int64_t r, bool mma_only) {
-  if (!router_fused_supported(d, r)) return false;
+namespace {
+template <int NB>
+int mma_bytes(int64_t d, bool wide) {
+  return d == 128   ? (wide ? RfShape<1, 8, NB>::kBytes : RfShape<1, 4, NB>::kBytes)
+         : d == 256 ? (wide ? RfShape<2, 8, NB>::kBytes : RfShape<2, 4, NB>::kBytes)
+                    : (wide ? RfShape<4, 8, NB>::kBytes : RfShape<4, 4, NB>::kBytes);
+}
+int smem_optin() {
   int dev = 0, optin = 0;
   SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
   SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const bool wide = router_fused_width(r) == 64;
-  int bytes = 0;
-  if (!mma_only && wgmma_available()) {
-    bytes = d == 128   ? (wide ? RwShape<2, 64>::kBytes : RwShape<2, 32>::kBytes)
-            : d == 256 ? (wide ? RwShape<4, 64>::kBytes : RwShape<4, 32>::kBytes)
-                       : (wide ? RwShape<8, 64>::kBytes : RwShape<8, 32>::kBytes);
-  } else {
-    bytes = d == 128   ? (wide ? RfShape<1, 8>::kBytes : RfShape<1, 4>::kBytes)
-            : d == 256 ? (wide ? RfShape<2, 8>::kBytes : RfShape<2, 4>::kBytes)
-                       : (wide ? RfShape<4, 8>::kBytes : RfShape<4, 4>::kBytes);
+  return optin;
+}
+template <int NB>
+void dispatch_mma(const RouterFusedParams& p, bool wide, cudaStream_t stream) {
+  switch (p.d) {
+    case 128:
+      return wide ? run_router_fused<1, 8, NB>(p, stream) : run_router_fused<1, 4, NB>(p, stream);
+    case 256:
+      return wide ? run_router_fused<2, 8, NB>(p, stream) : run_router_fused<2, 4, NB>(p, stream);
+    default:
+      return wide ? run_router_fused<4, 8, NB>(p, stream) : run_router_fused<4, 4, NB>(p, stream);
   }
-  return bytes <= optin;
+}
+}  // namespace
+
+bool router_fused_fits(int64_t d, int64_t r, bool mma_only) {
+  if (!router_fused_supported(d, r)) return false;
+  const bool wide = router_fused_width(r) == 64;
+  if (!mma_only && wgmma_available()) {
+    const int bytes = d == 128   ? (wide ? RwShape<2, 64>::kBytes : RwShape<2, 32>::kBytes)
+                      : d == 256 ? (wide ? RwShape<4, 64>::kBytes : RwShape<4, 32>::kBytes)
+                                 : (wide ? RwShape<8, 64>::kBytes : RwShape<8, 32>::kBytes);
+    return bytes <= smem_optin();
+  }
+  return mma_bytes<1>(d, wide) <= smem_optin();  // one x buffer where two do not fit
 }
 int64_t router_fused_width(int64_t r) { return r % 64 == 0 ? 64 : 32; }
 float router_fused_eps(double eps) { return (float)std::ldexp(eps, -64); }
@@ -557,14 +577,11 @@ void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
     }
   }
   if (!p.frags) throw SystemError("router_fused: no mma.sync fragments");
-  switch (p.d) {
-    case 128:
-      return wide ? run_router_fused<1, 8>(p, stream) : run_router_fused<1, 4>(p, stream);
-    case 256:
-      return wide ? run_router_fused<2, 8>(p, stream) : run_router_fused<2, 4>(p, stream);
-    default:
-      return wide ? run_router_fused<4, 8>(p, stream) : run_router_fused<4, 4>(p, stream);
-  }
+  const int nb = p.mma_buffers ? p.mma_buffers : mma_bytes<2>(p.d, wide) <= smem_optin() ? 2 : 1;
+  if (nb == 2)
+    dispatch_mma<2>(p, wide, stream);
+  else
+    dispatch_mma<1>(p, wide, stream);
 }
 
 }  // namespace sparsa::kern

@@ -50,13 +50,18 @@ struct RouterFusedParams {
   // per row, summed in another order: scores agree within the split bound, not bit for bit.
   const uint16_t* images = nullptr;
   bool mma_only = false;
+  // The mma.sync kernel's x buffers: 0 (two where they fit the GPU's shared memory, else one),
+  // or 1 or 2 (tests; the same bits). One buffer (up to 144 KB at d = 512) fits an A100; the next
+  // tile is then loaded only while this one's scores are summed.
+  int mma_buffers = 0;
 };
 float router_fused_eps(double eps);
 // d = 128, 256 or 512 and r a multiple of 32.
 bool router_fused_supported(int64_t d, int64_t r);
 // ... and the kernel launch_router_fused would take on this device (wgmma on an sm_90a GPU unless
-// mma_only) fits its shared memory: the mma.sync kernel needs up to 206 KB (d = 512), more than
-// an A100's 163 KB or the 99 KB of sm_86/89, where the caller keeps the unfused passes.
+// mma_only) fits its shared memory: the mma.sync kernel needs up to 206 KB (d = 512) with two x
+// buffers, 144 KB with one (an A100 has 163 KB); on sm_86/89 (99 KB) it fits at d = 128, and at
+// d = 256 with r an odd multiple of 32. Elsewhere the caller keeps the unfused passes.
 bool router_fused_fits(int64_t d, int64_t r, bool mma_only);
 int64_t router_fused_width(int64_t r);  // hidden units a chunk: 64 if r % 64 == 0, else 32
 // W1 = hi + lo (bf16 bits, [d, r] row-major each) as the kernel's B fragments, in the order it
