@@ -53,9 +53,18 @@ __device__ __forceinline__ void wgmma_rs_n72(float (&d)[36], const uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-// Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
-// exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
-// place, m and l (this thread's partial row sums) are updated, corr rescales the old output.
+// P = 2^(s sc - u) of one S tile for the offsets u of this thread's rows a and b (log2 units,
+// finite): the exponentials of softmax_tile, and with a fixed u (STAT) the whole softmax.
+template <int NJ>
+__device__ __forceinline__ void softmax_fixed(float (&s)[4 * NJ], float sc, float u_a, float u_b) {
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    s[4 * j] = ex2_approx(fmaf(s[4 * j], sc, -u_a));
+    s[4 * j + 1] = ex2_approx(fmaf(s[4 * j + 1], sc, -u_a));
+    s[4 * j + 2] = ex2_approx(fmaf(s[4 * j + 2], sc, -u_b));
+    s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -u_b));
+  }
+}
 // Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
 // exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
 // place and m is updated; corr rescales the old output (and l). SUMS: also this thread's partial
@@ -92,33 +101,16 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
   corr_b = fix_b ? 1.0f : ex2_approx(m_b - use_b);
   m_a = mn_a;
   m_b = mn_b;
-  float sum_a = 0.0f, sum_b = 0.0f;
+  softmax_fixed<NJ>(s, sc, use_a, use_b);
+  if constexpr (SUMS) {
+    float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
-  for (int j = 0; j < NJ; ++j) {
-    s[4 * j] = ex2_approx(fmaf(s[4 * j], sc, -use_a));
-    s[4 * j + 1] = ex2_approx(fmaf(s[4 * j + 1], sc, -use_a));
-    s[4 * j + 2] = ex2_approx(fmaf(s[4 * j + 2], sc, -use_b));
-    s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -use_b));
-    if constexpr (SUMS) {
+    for (int j = 0; j < NJ; ++j) {
       sum_a += s[4 * j] + s[4 * j + 1];
       sum_b += s[4 * j + 2] + s[4 * j + 3];
     }
-  }
-  if constexpr (SUMS) {
     l_a = l_a * corr_a + sum_a;
     l_b = l_b * corr_b + sum_b;
-  }
-}
-// STAT: softmax of one S tile against a fixed per-row offset u (log2 units, finite): P =
-// 2^(s sc - u), no max, no rescale (see global_wg_kernel).
-template <int NJ>
-__device__ __forceinline__ void softmax_fixed(float (&s)[4 * NJ], float sc, float u_a, float u_b) {
-#pragma unroll
-  for (int j = 0; j < NJ; ++j) {
-    s[4 * j] = ex2_approx(fmaf(s[4 * j], sc, -u_a));
-    s[4 * j + 1] = ex2_approx(fmaf(s[4 * j + 1], sc, -u_a));
-    s[4 * j + 2] = ex2_approx(fmaf(s[4 * j + 2], sc, -u_b));
-    s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -u_b));
   }
 }
 // P (fp32 accumulator layout) as bf16 A fragments of 16 keys each.
