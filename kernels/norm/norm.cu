@@ -25,8 +25,6 @@ __device__ __forceinline__ void put(const RmsNormParams& p, int64_t row, int64_t
 }
 }  // namespace
 
-// One warp per row. The sum of squares is in double (as cpu::rmsnorm_row) so the float result
-// matches the CPU except for the order of a double sum.
 // p.bad: the warp's smallest flat index of a non-finite value (~0: none), one atomic a warp.
 __device__ __forceinline__ void report_nonfinite(const RmsNormParams& p, unsigned long long mine) {
   if (!p.bad) return;
@@ -36,6 +34,9 @@ __device__ __forceinline__ void report_nonfinite(const RmsNormParams& p, unsigne
   }
   if (threadIdx.x % 32 == 0 && mine != ~0ull) atomicMin(p.bad, mine);
 }
+
+// One warp per row. The sum of squares is in double (as cpu::rmsnorm_row) so the float result
+// matches the CPU except for the order of a double sum.
 
 template <class Act>
 __global__ void rmsnorm_kernel(RmsNormParams p) {

@@ -237,6 +237,12 @@ __global__ void router_combine_kernel(RouterFusedParams p, int nch) {
   for (int c = 1; c < nch; ++c) s += p.partial[c * p.n_tokens + i];
   p.scores[i] = (float)(s + (double)p.b2);
 }
+// Both kernels: with several chunks of hidden units, their partial sums into the scores.
+void combine_chunks(const RouterFusedParams& p, int64_t nch, cudaStream_t stream) {
+  if (nch <= 1) return;  // the kernel wrote the scores itself
+  router_combine_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p, (int)nch);
+  SPARSA_LAUNCH_CHECK();
+}
 
 // ---- The fused router on wgmma (sm_90a) ----
 // The same arithmetic per row (y = x g split, hi Whi + hi Wlo + lo Whi, inv after the sum), with
@@ -444,10 +450,7 @@ void run_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
   router_fused_kernel<KS, NT, NB>
       <<<(unsigned)(per_chunk * nch), kRfThreads, RfShape<KS, NT, NB>::kBytes, stream>>>(p);
   SPARSA_LAUNCH_CHECK();
-  if (nch > 1) {
-    router_combine_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p, (int)nch);
-    SPARSA_LAUNCH_CHECK();
-  }
+  combine_chunks(p, nch, stream);
 }
 
 template <int KB, int HC>
@@ -467,10 +470,7 @@ void run_router_wgmma(const RouterFusedParams& p, cudaStream_t stream) {
       std::max<int64_t>(1, std::min<int64_t>((ntiles + kRwWgs - 1) / kRwWgs, (int64_t)sms / nch));
   router_wgmma_kernel<KB, HC><<<(unsigned)(per_chunk * nch), kRwThreads, S::kBytes, stream>>>(p);
   SPARSA_LAUNCH_CHECK();
-  if (nch > 1) {
-    router_combine_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p, (int)nch);
-    SPARSA_LAUNCH_CHECK();
-  }
+  combine_chunks(p, nch, stream);
 }
 }  // namespace
 
@@ -485,11 +485,19 @@ int mma_bytes(int64_t d, bool wide) {
          : d == 256 ? (wide ? RfShape<2, 8, NB>::kBytes : RfShape<2, 4, NB>::kBytes)
                     : (wide ? RfShape<4, 8, NB>::kBytes : RfShape<4, 4, NB>::kBytes);
 }
+// NOTE: taken once, for the device of the first call (one device a process).
 int smem_optin() {
-  int dev = 0, optin = 0;
-  SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
-  SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return optin;
+  static const int v = [] {
+    int dev = 0, optin = 0;
+    SPARSA_CUDA_CHECK(cudaGetDevice(&dev));
+    SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return optin;
+  }();
+  return v;
+}
+void require_supported(int64_t d, int64_t r) {
+  if (!router_fused_supported(d, r))
+    throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
 }
 template <int NB>
 void dispatch_mma(const RouterFusedParams& p, bool wide, cudaStream_t stream) {
@@ -520,8 +528,7 @@ float router_fused_eps(double eps) { return (float)std::ldexp(eps, -64); }
 
 std::vector<uint32_t> pack_router_frags(const uint16_t* hi, const uint16_t* lo, int64_t d,
                                         int64_t r) {
-  if (!router_fused_supported(d, r))
-    throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
+  require_supported(d, r);
   const int64_t ks_n = d / 128, hc = router_fused_width(r), nt_n = hc / 8;
   std::vector<uint32_t> out(d * r * 2 / 2);  // d r values, hi and lo, 2 a word
   size_t o = 0;
@@ -542,8 +549,7 @@ std::vector<uint32_t> pack_router_frags(const uint16_t* hi, const uint16_t* lo, 
 
 std::vector<uint16_t> pack_router_images(const uint16_t* hi, const uint16_t* lo, int64_t d,
                                          int64_t r) {
-  if (!router_fused_supported(d, r))
-    throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
+  require_supported(d, r);
   const int64_t kb_n = d / 64, hc = router_fused_width(r);
   std::vector<uint16_t> out(2 * d * r);
   for (int64_t c = 0; c < r / hc; ++c)
@@ -561,8 +567,7 @@ std::vector<uint16_t> pack_router_images(const uint16_t* hi, const uint16_t* lo,
 
 void launch_router_fused(const RouterFusedParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
-  if (!router_fused_supported(p.d, p.r))
-    throw SystemError("router_fused: needs d_model 128, 256 or 512 and router_hidden % 32 == 0");
+  require_supported(p.d, p.r);
   if ((uintptr_t)p.x % 16 || (uintptr_t)p.frags % 8 || (uintptr_t)p.images % 16)
     throw SystemError("router_fused: x, frags and images must be 16-byte aligned");
   const bool wide = router_fused_width(p.r) == 64;

@@ -258,6 +258,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
           "SPARSA_MLP_GEMM=images needs bf16, an sm_90a GPU, d_model a multiple of 64 up to 512 "
           "and d_ff a multiple of 128");
   }
+  bool router_asked = false;  // SPARSA_ROUTER=fused or fused-mma
   if (const char* e = std::getenv("SPARSA_ROUTER")) {
     const std::string v = e;
     if (v != "exact" && v != "split" && v != "fused" && v != "fused-mma" && v != "auto" &&
@@ -267,16 +268,17 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     I.router_split = v != "exact";
     I.router_fused = v != "exact" && v != "split";
     I.router_mma_only = v == "fused-mma";
-    if ((v == "fused" || v == "fused-mma") &&
-        !kern::router_fused_fits(c0.d_model, c0.router_hidden, I.router_mma_only))
+    router_asked = v == "fused" || v == "fused-mma";
+  }
+  // auto: the unfused passes where the fused kernel does not apply or fit; asked for: an error
+  if (I.router_fused && !kern::router_fused_fits(c0.d_model, c0.router_hidden, I.router_mma_only)) {
+    if (router_asked)
       throw ConfigError(
-          "SPARSA_ROUTER=" + v +
+          std::string("SPARSA_ROUTER=") + (I.router_mma_only ? "fused-mma" : "fused") +
           " needs d_model 128, 256 or 512, router_hidden a multiple of 32 and, for the mma.sync "
           "kernel (GPUs other than sm_90a, or fused-mma), up to 206 KB of shared memory a block");
-  }
-  // auto: the unfused passes where the fused kernel does not apply or fit
-  if (I.router_fused && !kern::router_fused_fits(c0.d_model, c0.router_hidden, I.router_mma_only))
     I.router_fused = false;
+  }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
   if (o.rows_f16 && o.output == CudaOutput::kHost) I.staging.reserve_f16();
