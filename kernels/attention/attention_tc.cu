@@ -812,10 +812,9 @@ bool split_enabled() {
 // Kernel choice (head_dim 64, bf16), for A/B runs (scripts/device-check.sh, bench/NOTES.md).
 // SPARSA_ATTN_BAND: auto (default: wg on an sm_90a device, else 8), wg and wgs3 (wgmma kernels,
 // attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
-// SPARSA_ATTN_GLOBAL: auto (default: wgstat on sm_90a, else 2x4), wgstat, wg, wgbar, wgcp and wg0
-// (wgmma),
-// 2x4 (v4 global kernel on mma.sync). SPARSA_ATTN_SPLIT=0: the global part fused into the v1
-// kernel.
+// SPARSA_ATTN_GLOBAL: auto (default: wgpipe on sm_90a, else 2x4), wgpipe, wgpipe3, wgstat,
+// wgpipe2, wg, wgbar, wgcp and wg0 (wgmma), 2x4 (v4 global kernel on mma.sync).
+// SPARSA_ATTN_SPLIT=0: the global part fused into the v1 kernel.
 const char* env_or(const char* name, const char* dflt) {
   const char* e = std::getenv(name);
   return e && e[0] ? e : dflt;
@@ -867,7 +866,7 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
   if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
     std::string gv = global_variant();
-    if (gv == "auto") gv = wgmma_available() ? "wgstat" : "2x4";
+    if (gv == "auto") gv = wgmma_available() ? "wgpipe" : "2x4";
     if (gv.rfind("wg", 0) == 0)
       launch_global_wgmma(p, gv, stream);
     else

@@ -139,6 +139,97 @@ __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
+// The number of global keys the block whose last row is i1 sees: all of them, or (causal) those
+// at positions <= i1.
+__device__ __forceinline__ int64_t global_key_count(const AttentionParams& p, int64_t i1) {
+  int64_t lo = 0, hi = p.n_global;
+  if (!p.causal) return hi;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (p.pos_global[mid] <= i1)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+// The block's BQ query rows from record position i0, head h, into the swizzled tile at q_tile by
+// cp.async (rows outside the shard as zeros); NT threads. The caller commits and waits.
+template <int BQ, int NT>
+__device__ __forceinline__ void load_q_tile(uint32_t q_tile, const __nv_bfloat16* q,
+                                            const AttentionParams& p, int64_t i0, int64_t h,
+                                            int tid) {
+  const int64_t d = p.n_heads * 64;
+  for (int idx = tid; idx < BQ * 8; idx += NT) {
+    const int r = idx / 8, c = idx % 8;
+    const int64_t rr = i0 + r - p.first_pos;
+    const bool ok = rr >= 0 && rr < p.n_tokens;
+    cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * 64 + c * 8 : q, ok);
+  }
+}
+// The scores of global keys g0 .. g0 + BK - 1 that rows ra, rb (this thread's, in a block from
+// row i0) do not see set to -inf: keys past n_global, and (causal) keys after the row.
+template <int BK>
+__device__ __forceinline__ void mask_global(float (&s)[BK / 2], const AttentionParams& p,
+                                            int64_t g0, int64_t i0, int64_t ra, int64_t rb,
+                                            int t4) {
+  if (g0 + BK <= p.n_global && (!p.causal || p.pos_global[g0 + BK - 1] <= i0)) return;
+#pragma unroll
+  for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t gj = g0 + 8 * j + 2 * t4 + (e & 1);
+      const bool ok = gj < p.n_global && (!p.causal || p.pos_global[gj] <= (e < 2 ? ra : rb));
+      if (!ok) s[4 * j + e] = -INFINITY;
+    }
+}
+// STAT: the Cauchy-Schwarz bounds |q| km of this thread's rows r and r + 8 of the warpgroup's Q
+// tile qs (swizzled, in shared memory); km = the head's largest |k| times the scale (log2 units).
+// The quad's 4 threads each take 2 of the 8 chunks of a row.
+__device__ __forceinline__ void row_bounds(const unsigned char* qs, int r, int t4, float km,
+                                           float& bnd_a, float& bnd_b) {
+  float qa = 0.0f, qb = 0.0f;
+#pragma unroll
+  for (int c = 2 * t4; c < 2 * t4 + 2; ++c) {
+    const uint4 va = *reinterpret_cast<const uint4*>(qs + swz<64>(r, c));
+    const uint4 vb = *reinterpret_cast<const uint4*>(qs + swz<64>(r + 8, c));
+    const __nv_bfloat16* ea = reinterpret_cast<const __nv_bfloat16*>(&va);
+    const __nv_bfloat16* eb = reinterpret_cast<const __nv_bfloat16*>(&vb);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float x = __bfloat162float(ea[e]), y = __bfloat162float(eb[e]);
+      qa = fmaf(x, x, qa);
+      qb = fmaf(y, y, qb);
+    }
+  }
+  bnd_a = sqrtf(quad_sum(qa)) * km;
+  bnd_b = sqrtf(quad_sum(qb)) * km;
+}
+// The global kernels' output for this thread's rows ra, rb of head h: beta_h * O / l into
+// p.global_scratch (fp32), rows outside [row_begin, row_end) not written.
+template <int N>
+__device__ __forceinline__ void global_epilogue(const AttentionParams& p, const float (&o)[N],
+                                                float l_a, float l_b, int64_t ra, int64_t rb,
+                                                int64_t h, int t4) {
+  constexpr int DH = 64;
+  const int64_t d = p.n_heads * DH;
+  const float beta = p.beta[h];
+  const float fa = l_a > 0.0f ? beta / l_a : 0.0f, fb = l_b > 0.0f ? beta / l_b : 0.0f;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t rr = (half ? rb : ra) - p.first_pos;
+    if (rr < p.row_begin || rr >= p.row_end) continue;
+    const float f = half ? fb : fa;
+    float* grow = p.global_scratch + rr * d + h * DH;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2 v;
+      v.x = f * o[4 * j + 2 * half];
+      v.y = f * o[4 * j + 2 * half + 1];
+      *reinterpret_cast<float2*>(grow + j * 8 + 2 * t4) = v;
+    }
+  }
+}
 #endif  // SPARSA_WGMMA
 
 // A BULK stage image, byte for byte the global kernel's shared-memory stage for 128-key tiles
@@ -199,18 +290,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const auto* kg = static_cast<const __nv_bfloat16*>(p.k_global);
 
-  int64_t n_keys = p.n_global;  // causal: only keys at positions <= the block's last row
-  if (p.causal) {
-    int64_t lo = 0, hi = n_keys;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (p.pos_global[mid] <= i1)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    n_keys = lo;
-  }
+  const int64_t n_keys = global_key_count(p, i1);
   const int64_t n_tiles = (n_keys + BK - 1) / BK;
 
   if constexpr (BULK) {  // the images hold the ones and zero rows
@@ -267,12 +347,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     cp_async_commit();
   };
 
-  for (int idx = tid; idx < BQ * 8; idx += NT) {
-    const int r = idx / 8, c = idx % 8;
-    const int64_t rr = i0 + r - p.first_pos;
-    const bool ok = rr >= 0 && rr < p.n_tokens;
-    cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
-  }
+  load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
   cp_async_commit();
   if constexpr (BULK) {  // Q landed and the barriers initialised before any thread goes on
     cp_async_wait<0>();
@@ -291,34 +366,15 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
   const int t4 = lane % 4;
   const int64_t ra = i0 + wg * 64 + warp * 16 + lane / 4, rb = ra + 8;
 
-  // STAT: this thread's rows' Cauchy-Schwarz bounds (log2 units); the quad's 4 threads each take
-  // 2 of the 8 chunks of a Q row
+  // STAT: this thread's rows' Cauchy-Schwarz bounds (log2 units)
   static_assert(!STAT || (LAZY && ONES && BULK),
                 "STAT: the row sums from the ones column, Q read "
                 "after BULK's barrier");
   float bnd_a = 0.0f, bnd_b = 0.0f;
   bool fix_a = false, fix_b = false, fixed = false;  // fixed: both rows of every lane
-  if constexpr (STAT) {
-    const int r = warp * 16 + lane / 4;
-    const unsigned char* qs = smem_raw + (q_tile - smem_u32(smem_raw)) + wg * 64 * 128;
-    float qa = 0.0f, qb = 0.0f;
-#pragma unroll
-    for (int c = 2 * t4; c < 2 * t4 + 2; ++c) {
-      const uint4 va = *reinterpret_cast<const uint4*>(qs + swz<64>(r, c));
-      const uint4 vb = *reinterpret_cast<const uint4*>(qs + swz<64>(r + 8, c));
-      const __nv_bfloat16* ea = reinterpret_cast<const __nv_bfloat16*>(&va);
-      const __nv_bfloat16* eb = reinterpret_cast<const __nv_bfloat16*>(&vb);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float x = __bfloat162float(ea[e]), y = __bfloat162float(eb[e]);
-        qa = fmaf(x, x, qa);
-        qb = fmaf(y, y, qb);
-      }
-    }
-    const float km = a.kmax[h] * sc * 1.001f;
-    bnd_a = sqrtf(quad_sum(qa)) * km;
-    bnd_b = sqrtf(quad_sum(qb)) * km;
-  }
+  if constexpr (STAT)
+    row_bounds(smem_raw + (q_tile - smem_u32(smem_raw)) + wg * 64 * 128, warp * 16 + lane / 4, t4,
+               a.kmax[h] * sc * 1.001f, bnd_a, bnd_b);
 
   int cur = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
@@ -350,17 +406,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     wg_wait<0>();
     reg_fence(s);
 
-    const int64_t g0 = t * BK;
-    if (!(g0 + BK <= p.n_global && (!p.causal || p.pos_global[g0 + BK - 1] <= i0))) {
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t gj = g0 + 8 * j + 2 * t4 + (e & 1);
-          const bool ok = gj < p.n_global && (!p.causal || p.pos_global[gj] <= (e < 2 ? ra : rb));
-          if (!ok) s[4 * j + e] = -INFINITY;
-        }
-    }
+    mask_global<BK>(s, p, t * BK, i0, ra, rb, t4);
     float corr_a = 1.0f, corr_b = 1.0f;
     if (STAT && fixed)
       softmax_fixed<BK / 8>(s, sc, m_a, m_b);
@@ -410,24 +456,170 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
   }
-  const float beta = p.beta[h];
-  const float fa = l_a > 0.0f ? beta / l_a : 0.0f, fb = l_b > 0.0f ? beta / l_b : 0.0f;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int64_t rr = (half ? rb : ra) - p.first_pos;
-    if (rr < p.row_begin || rr >= p.row_end) continue;
-    const float f = half ? fb : fa;
-    float* grow = p.global_scratch + rr * d + h * DH;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float2 v;
-      v.x = f * o[4 * j + 2 * half];
-      v.y = f * o[4 * j + 2 * half + 1];
-      *reinterpret_cast<float2*>(grow + j * 8 + 2 * t4) = v;
-    }
-  }
+  global_epilogue(p, o, l_a, l_b, ra, rb, h, t4);
 #else
   __trap();  // compiled only for sm_90a; the launcher checks wgmma_available() first
+#endif
+}
+
+// The global part pipelined within each warpgroup (FA3's intra-warpgroup overlap): at key tile
+// t, S_{t+1} = Q K_{t+1}^T and O += P_t V_t are issued together, and the softmax of S_{t+1} runs
+// while P_t V_t is on the tensor cores. Tiles, order, the fixed offsets and the lazy rescale as
+// global_wg_kernel's "wgstat" (BULK images); a rescale of O (corr of tile t + 1, or tile 0's
+// move to the fixed offset) waits for P_t V_t, as it followed it there. The row sums are FADDs
+// of P in float32 (SUMS), not the images' ones column: with it in flight (one n72 wgmma or n64 +
+// n8, with 128- or 64-key tiles) ptxas serializes the wgmmas (C7511, "insufficient register
+// resources"), without it not. NWG warpgroups a block, one block an SM (~155 registers); an S-stage
+// ring, S >= 3 (tiles t and t + 1 are in use while t + 2 .. load).
+template <int NWG, int S>
+__global__ void __launch_bounds__(128 * NWG, 1)
+    global_pipe_kernel(const __grid_constant__ WgArgs a) {
+#ifdef SPARSA_WGMMA
+  static_assert(S >= 3, "tiles t and t + 1 in use, t + 2 loading");
+  constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG, BK = 128;
+  constexpr int kKTile = BK * 128, kVSub = 72 * 128, kStage = kKTile + 2 * kVSub, NO = 32;
+  static_assert(kStage == kImgStage, "a stage is one packed image");
+  const AttentionParams& p = a.p;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_tile = base;
+  auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)s * kStage; };
+  auto v_tile = [&](int s) { return k_tile(s) + kKTile; };
+  auto full = [&](int s) { return k_tile(S) + 8u * (uint32_t)s; };
+  auto empty = [&](int s) { return k_tile(S) + 8u * (uint32_t)(S + s); };
+
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int64_t h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const int64_t n_keys = global_key_count(p, i1);
+  const int64_t n_tiles = (n_keys + BK - 1) / BK, img_tiles = a.g_pad / BK;
+  if (tid == 0) {
+    for (int st = 0; st < S; ++st) {
+      mbar_init(full(st), 1);
+      mbar_init(empty(st), NWG);
+    }
+    mbar_init_fence();
+  }
+  auto issue = [&](int64_t t) {  // tile t into its stage, once the stage's tile t - S is released
+    if (tid == 0 && t < n_tiles) {
+      const int st = (int)(t % S);
+      if (t >= S) mbar_wait(empty(st), (uint32_t)(((t - S) / S) & 1));
+      bulk_load(k_tile(st), a.img + ((int64_t)h * img_tiles + t) * kStage, kStage, full(st));
+    }
+  };
+  load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
+  cp_async_commit();
+  cp_async_wait<0>();
+  proxy_fence();
+  __syncthreads();  // Q landed and the barriers initialised
+  for (int64_t t = 0; t < S - 1; ++t) issue(t);
+
+  float o[NO];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const float sc = a.scale_log2;
+  const uint64_t dq = desc128(q_tile + wg * 64 * 128);
+  const int t4 = lane % 4;
+  const int64_t ra = i0 + wg * 64 + warp * 16 + lane / 4, rb = ra + 8;
+  float bnd_a, bnd_b;  // the rows' Cauchy-Schwarz bounds (log2 units)
+  row_bounds(smem_raw + (q_tile - smem_u32(smem_raw)) + wg * 64 * 128, warp * 16 + lane / 4, t4,
+             a.kmax[h] * sc * 1.001f, bnd_a, bnd_b);
+
+  float s[BK / 2];
+  uint32_t pa[BK / 16][4];
+  bool fix_a = false, fix_b = false, fixed = false;
+  auto s_issue = [&](int64_t t) {  // S = Q K_t^T, committed as one group
+    const uint64_t dk = desc128(k_tile((int)(t % S)));
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+    wg_commit();
+  };
+  auto mask = [&](int64_t t) { mask_global<BK>(s, p, t * BK, i0, ra, rb, t4); };
+  // The softmax of S (tile t): P in s, the rescale of O it asks for in corr (1: none).
+  auto softmax = [&](float& corr_a, float& corr_b) {
+    corr_a = corr_b = 1.0f;
+    if (fixed) {
+      softmax_fixed<BK / 8>(s, sc, m_a, m_b);
+      float sum_a = 0.0f, sum_b = 0.0f;  // softmax_tile's sums (corr = 1)
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j) {
+        sum_a += s[4 * j] + s[4 * j + 1];
+        sum_b += s[4 * j + 2] + s[4 * j + 3];
+      }
+      l_a = l_a * 1.0f + sum_a;
+      l_b = l_b * 1.0f + sum_b;
+    } else {
+      softmax_tile<BK / 8, true, true>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
+    }
+  };
+  float corr_a = 1.0f, corr_b = 1.0f, fix_sa = 1.0f, fix_sb = 1.0f;
+  if (n_tiles > 0) {  // tile 0's P, and the offsets fixed from its max (applied to O after P_0 V_0)
+    mbar_wait(full(0), 0);
+    wg_fence();
+    s_issue(0);
+    wg_wait<0>();
+    reg_fence(s);
+    mask(0);
+    softmax(corr_a, corr_b);  // O is zero: its rescale changes nothing
+    pack_p<BK / 16>(s, pa);
+    fix_a = m_a > -INFINITY && bnd_a - m_a <= 140.0f;
+    fix_b = m_b > -INFINITY && bnd_b - m_b <= 140.0f;
+    const float na = fix_a ? fmaxf(fminf(bnd_a, m_a + 96.0f), m_a) : m_a;
+    const float nb = fix_b ? fmaxf(fminf(bnd_b, m_b + 96.0f), m_b) : m_b;
+    fix_sa = fix_a ? ex2_approx(m_a - na) : 1.0f;
+    fix_sb = fix_b ? ex2_approx(m_b - nb) : 1.0f;
+    l_a *= fix_sa;  // O follows once P_0 V_0 has landed
+    l_b *= fix_sb;
+    m_a = na;
+    m_b = nb;
+    fixed = __all_sync(0xffffffffu, fix_a && fix_b);
+  }
+  auto pv_issue = [&](int64_t t) {  // O += P_t V_t, committed as one group
+    const int st = (int)(t % S);
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk)  // V^T rows 0..63 of the image (not the ones row)
+      wgmma_rs_n64(o, pa[kk], desc128(v_tile(st) + (kk / 4) * kVSub) + 2 * (kk % 4));
+    wg_commit();
+  };
+  auto pv_done = [&](int64_t t) {  // P_t V_t has landed in O
+    reg_fence(o);
+    if (t == 0) scale_o<NO>(o, fix_sa, fix_sb);            // tile 0's O to the fixed offsets
+    if (tid % 128 == 0) mbar_arrive(empty((int)(t % S)));  // this warpgroup is done with tile t
+  };
+  // Every tile but the last: S_{t+1} and P_t V_t issued, the softmax of S_{t+1} once S_{t+1} has
+  // landed (wait for all but the last group) while P_t V_t runs. (Unconditional: ptxas
+  // serializes the wgmmas where the issues and waits are under a branch.)
+  for (int64_t t = 0; t + 1 < n_tiles; ++t) {
+    issue(t + S - 1);  // into the stage of tile t - 1, released at the end of the last iteration
+    mbar_wait(full((int)((t + 1) % S)), (uint32_t)(((t + 1) / S) & 1));
+    reg_fence(o);
+    wg_fence();
+    s_issue(t + 1);
+    pv_issue(t);
+    wg_wait<1>();
+    reg_fence(s);
+    mask(t + 1);
+    softmax(corr_a, corr_b);
+    wg_wait<0>();
+    pv_done(t);
+    pack_p<BK / 16>(s, pa);
+    if (!fixed && __any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f))
+      scale_o<NO>(o, corr_a, corr_b);
+  }
+  if (n_tiles > 0) {  // the last tile's P V
+    reg_fence(o);
+    wg_fence();
+    pv_issue(n_tiles - 1);
+    wg_wait<0>();
+    pv_done(n_tiles - 1);
+  }
+  l_a = quad_sum(l_a);
+  l_b = quad_sum(l_b);
+  global_epilogue(p, o, l_a, l_b, ra, rb, h, t4);
+#else
+  __trap();
 #endif
 }
 
@@ -482,12 +674,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     cp_async_commit();  // always: the group count stays uniform
   };
 
-  for (int idx = tid; idx < BQ * 8; idx += NT) {
-    const int r = idx / 8, c = idx % 8;
-    const int64_t rr = i0 + r - p.first_pos;
-    const bool ok = rr >= 0 && rr < p.n_tokens;
-    cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * DH + c * 8 : q, ok);
-  }
+  load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
   cp_async_commit();
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s, s);
@@ -682,6 +869,23 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
+template <int NWG, int S>
+void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
+  constexpr int BQ = 64 * NWG;
+  const int smem = 1024 + BQ * 128 + S * kImgStage + 2 * S * 8;
+  static bool configured = false;
+  if (!configured) {
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_pipe_kernel<NWG, S>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  WgArgs a = a_in;
+  const QueryTiles qt = query_tiles(a.p, BQ);
+  a.tile_pos0 = qt.pos0;
+  global_pipe_kernel<NWG, S><<<qt.grid, 128 * NWG, smem, stream>>>(a);
+  SPARSA_LAUNCH_CHECK();
+}
+
 template <int NWG, int S, int MINB>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
@@ -748,7 +952,8 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
     const size_t img_bytes = (size_t)(p.n_heads * tiles * kImgStage);
     SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, img_bytes + (size_t)p.n_heads * 4, stream));
     a.img = static_cast<const unsigned char*>(buf);
-    if (variant == "wgstat") {
+    const bool stat = variant == "wgstat" || variant.rfind("wgpipe", 0) == 0;
+    if (stat) {
       float* kmax = reinterpret_cast<float*>(static_cast<unsigned char*>(buf) + img_bytes);
       key_norm_max_kernel<<<(unsigned)p.n_heads, 256, 0, stream>>>(
           static_cast<const __nv_bfloat16*>(p.k_global), p.n_global, p.n_heads, kmax);
@@ -764,6 +969,12 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
       launch_wg<2, 128, 2, 2, true, true, 1>(a, stream);
     else if (variant == "wgstat")
       launch_wg<2, 128, 2, 2, true, true, 2, true>(a, stream);
+    else if (variant == "wgpipe")
+      launch_pipe<3, 4>(a, stream);
+    else if (variant == "wgpipe3")
+      launch_pipe<3, 3>(a, stream);
+    else if (variant == "wgpipe2")
+      launch_pipe<2, 4>(a, stream);
     else
       launch_wg<2, 128, 2, 2, true, true, 2>(a, stream);
   }

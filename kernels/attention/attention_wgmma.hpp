@@ -15,7 +15,10 @@ namespace sparsa::kern {
 // a "full" mbarrier, the warpgroups releasing buffers on "empty" mbarriers (no block barrier in
 // the loop). `variant` (A/B runs) "wgbar": a block barrier per tile instead of the "empty"
 // barriers; "wgcp": every thread loads the tiles with cp.async; "wg0": that, without the lazy
-// rescale and the ones column.
+// rescale and the ones column. "wgstat": softmax offsets fixed after the first key tile.
+// "wgpipe" (the default on sm_90a): that, pipelined within each warpgroup (S of tile t + 1 and P V
+// of tile t in flight together, the softmax of t + 1 while P V runs; row sums by FADD), 3
+// warpgroups, 4 stages, 1 block an SM; "wgpipe3": 3 stages; "wgpipe2": 2 warpgroups.
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *

@@ -68,14 +68,25 @@ __global__ void __launch_bounds__(kGeluTableThreads)
   for (int i = threadIdx.x; i < (int)(kGeluTableBytes / 16); i += blockDim.x) tab4[i] = table[i];
   __syncthreads();
   const uint16_t* tab = reinterpret_cast<const uint16_t*>(tab4);
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count8;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    uint4 u = in[i];
-    uint32_t* w = reinterpret_cast<uint32_t*>(&u);
+  // kInFlight 16-byte loads a thread before the lookups: with one block an SM, one load a thread
+  // left HBM short of requests (2.42 -> 2.34 ms a layer at 1M tokens, bench/NOTES.md).
+  constexpr int kInFlight = 4;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < count8;
+       i0 += kInFlight * stride) {
+    uint4 u[kInFlight];
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      w[e] = (uint32_t)tab[w[e] & 0xffffu] | ((uint32_t)tab[w[e] >> 16] << 16);
-    out[i] = u;
+    for (int k = 0; k < kInFlight; ++k)
+      if (i0 + k * stride < count8) u[k] = in[i0 + k * stride];
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      if (i0 + k * stride >= count8) break;
+      uint32_t* w = reinterpret_cast<uint32_t*>(&u[k]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        w[e] = (uint32_t)tab[w[e] & 0xffffu] | ((uint32_t)tab[w[e] >> 16] << 16);
+      out[i0 + k * stride] = u[k];
+    }
   }
 }
 

@@ -907,6 +907,73 @@ TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
   }
 }
 
+TEST(CudaOps, BandKernelVariantsBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // The band kernels walk the same 64-key tiles in the same order with the same arithmetic per
+  // row (2 or 3 cp.async stages), so their bf16 outputs agree bit for bit: unaligned shards, key
+  // ranges cut short on both sides (the missing keys load as zeros and are masked), windows from
+  // 1 to beyond a tile span, rows written in two launches, with and without a global part.
+  struct Case {
+    int64_t n_record, first, m, window, kv_cut_lo, kv_cut_hi;
+  };
+  const int64_t H = 2, dh = 64, d = H * dh;
+  for (Case c : {Case{5000, 1100, 900, 100, 0, 0}, Case{5000, 1100, 900, 256, 0, 0},
+                 Case{3000, 0, 3000, 600, 0, 0}, Case{257, 3, 250, 1, 0, 0},
+                 Case{6000, 2000, 1500, 256, 310, 77}}) {
+    for (bool causal : {false, true}) {
+      for (bool with_global : {false, true}) {
+        SCOPED_TRACE("first " + std::to_string(c.first) + " m " + std::to_string(c.m) + " w " +
+                     std::to_string(c.window) + (causal ? " causal" : "") +
+                     (with_global ? " +global" : ""));
+        const int64_t kv_begin = std::max<int64_t>(0, c.first - c.window) + c.kv_cut_lo;
+        const int64_t kv_end =
+            (causal ? c.first + c.m : std::min(c.n_record, c.first + c.m + c.window)) - c.kv_cut_hi;
+        const int64_t kvc = kv_end - kv_begin;
+        DeviceBuffer dq = up_act(round_bf16(rnd(c.m * d, 61, -2, 2)), DType::kBF16);
+        DeviceBuffer dk = up_act(round_bf16(rnd(kvc * d, 62, -2, 2)), DType::kBF16);
+        DeviceBuffer dv = up_act(round_bf16(rnd(kvc * d, 63)), DType::kBF16);
+        DeviceBuffer dal = up(rnd(H, 64, 0.5, 1.5)), dg = up(rnd(c.m * d, 65)), dout(c.m * d * 2);
+        kern::AttentionParams p{};
+        p.type = DType::kBF16;
+        p.q = dq.get();
+        p.k = dk.get();
+        p.v = dv.get();
+        p.kv_begin = kv_begin;
+        p.kv_count = kvc;
+        p.alpha = dal.as<float>();
+        p.out = dout.get();
+        p.n_tokens = c.m;
+        p.first_pos = c.first;
+        p.n_record = c.n_record;
+        p.n_heads = H;
+        p.head_dim = dh;
+        p.window = c.window;
+        p.causal = causal;
+        p.global_in = with_global ? dg.as<float>() : nullptr;
+        std::vector<uint16_t> ref;
+        for (const char* v : {"wg", "wgs3"}) {
+          SCOPED_TRACE(v);
+          cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
+          for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, c.m / 3}, {c.m / 3, c.m}}) {
+            p.row_begin = r0;
+            p.row_end = r1;
+            kern::launch_band_wgmma(p, v, nullptr);
+          }
+          auto got = down<uint16_t>(dout, c.m * d);
+          if (ref.empty()) {
+            ref = got;
+            EXPECT_TRUE(
+                std::none_of(got.begin(), got.end(), [](uint16_t b) { return b == 0xffff; }));
+          } else {
+            ASSERT_EQ(got, ref);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
@@ -936,16 +1003,29 @@ TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
       p.causal = causal;
       kern::launch_global_wgmma(p, "wg", nullptr);
       const auto ref = down<float>(scratch, m * d);
-      cuda::memset_device(scratch.get(), 0xff, m * d * 4);
-      kern::launch_global_wgmma(p, "wgstat", nullptr);
-      const auto got = down<float>(scratch, m * d);
-      ASSERT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
-      const double e = rel_err(got, ref);
-      std::printf(
-          "[ attention ] fixed offsets vs running max: q x %g, first tile x %g, first row %lld%s: "
-          "%.3g\n",
-          c.qscale, c.tile0_scale, (long long)c.first, causal ? ", causal" : "", e);
-      EXPECT_LE(e, 1e-2);
+      // wgpipe*: the same kernel pipelined (row sums by FADD, not the ones column); its three
+      // shapes (warpgroups a block, stages) give the same bits.
+      std::vector<uint32_t> pipe_bits;
+      for (const char* v : {"wgstat", "wgpipe", "wgpipe3", "wgpipe2"}) {
+        cuda::memset_device(scratch.get(), 0xff, m * d * 4);
+        kern::launch_global_wgmma(p, v, nullptr);
+        const auto got = down<float>(scratch, m * d);
+        ASSERT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }))
+            << v;
+        const double e = rel_err(got, ref);
+        std::printf(
+            "[ attention ] %s (fixed offsets) vs running max: q x %g, first tile x %g, first row "
+            "%lld%s: %.3g\n",
+            v, c.qscale, c.tile0_scale, (long long)c.first, causal ? ", causal" : "", e);
+        EXPECT_LE(e, 1e-2) << v;
+        if (std::string(v).rfind("wgpipe", 0) == 0) {
+          const auto bits = down<uint32_t>(scratch, m * d);
+          if (pipe_bits.empty())
+            pipe_bits = bits;
+          else
+            EXPECT_EQ(bits, pipe_bits) << v;
+        }
+      }
     }
   }
 }
@@ -962,21 +1042,23 @@ TEST(CudaOps, GlobalKernelFixedOffsetsRowInvariant) {
   for (int64_t i = 2 * d; i < 3 * d; ++i) q[i] *= 60.0f;
   GlobalCase gc(q, rnd(C::G * d, 52, -2, 2), rnd(C::G * d, 53), 54);
   kern::AttentionParams& p = gc.p;
-  for (bool causal : {false, true}) {
-    SCOPED_TRACE(causal ? "causal" : "bidirectional");
-    p.causal = causal;
-    p.q = gc.dq.get();
-    p.first_pos = C::first;
-    p.n_tokens = p.row_end = m;
-    kern::launch_global_wgmma(p, "wgstat", nullptr);
-    const auto ref = down<uint32_t>(gc.scratch, m * d);
-    p.q = static_cast<const char*>(gc.dq.get()) + off * d * 2;
-    p.first_pos = C::first + off;
-    p.n_tokens = p.row_end = m - off;
-    cuda::memset_device(gc.scratch.get(), 0xff, m * d * 4);
-    kern::launch_global_wgmma(p, "wgstat", nullptr);
-    const auto got = down<uint32_t>(gc.scratch, (m - off) * d);
-    EXPECT_TRUE(std::equal(got.begin(), got.end(), ref.begin() + off * d));
+  for (const char* v : {"wgstat", "wgpipe"}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(std::string(v) + (causal ? " causal" : " bidirectional"));
+      p.causal = causal;
+      p.q = gc.dq.get();
+      p.first_pos = C::first;
+      p.n_tokens = p.row_end = m;
+      kern::launch_global_wgmma(p, v, nullptr);
+      const auto ref = down<uint32_t>(gc.scratch, m * d);
+      p.q = static_cast<const char*>(gc.dq.get()) + off * d * 2;
+      p.first_pos = C::first + off;
+      p.n_tokens = p.row_end = m - off;
+      cuda::memset_device(gc.scratch.get(), 0xff, m * d * 4);
+      kern::launch_global_wgmma(p, v, nullptr);
+      const auto got = down<uint32_t>(gc.scratch, (m - off) * d);
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), ref.begin() + off * d));
+    }
   }
 }
 
