@@ -583,8 +583,9 @@ __global__ void __launch_bounds__(128 * NWG, 1)
       wgmma_rs_n64(o, pa[kk], desc128(v_tile(st) + (kk / 4) * kVSub) + 2 * (kk % 4));
     wg_commit();
   };
-  auto pv_done = [&](int64_t t) {  // P_t V_t has landed in O
+  auto pv_done = [&](int64_t t) {  // P_t V_t has landed in O (and is done reading pa)
     reg_fence(o);
+    reg_fence(pa);
     if (t == 0) scale_o<NO>(o, fix_sa, fix_sb);            // tile 0's O to the fixed offsets
     if (tid % 128 == 0) mbar_arrive(empty((int)(t % S)));  // this warpgroup is done with tile t
   };

@@ -1042,7 +1042,7 @@ TEST(CudaOps, GlobalKernelFixedOffsetsRowInvariant) {
   for (int64_t i = 2 * d; i < 3 * d; ++i) q[i] *= 60.0f;
   GlobalCase gc(q, rnd(C::G * d, 52, -2, 2), rnd(C::G * d, 53), 54);
   kern::AttentionParams& p = gc.p;
-  for (const char* v : {"wgstat", "wgpipe"}) {
+  for (const char* v : {"wgstat", "wgpipe", "wgpipe2", "wgpipe3"}) {
     for (bool causal : {false, true}) {
       SCOPED_TRACE(std::string(v) + (causal ? " causal" : " bidirectional"));
       p.causal = causal;
@@ -1058,6 +1058,64 @@ TEST(CudaOps, GlobalKernelFixedOffsetsRowInvariant) {
       kern::launch_global_wgmma(p, v, nullptr);
       const auto got = down<uint32_t>(gc.scratch, (m - off) * d);
       EXPECT_TRUE(std::equal(got.begin(), got.end(), ref.begin() + off * d));
+    }
+  }
+}
+
+TEST(CudaOps, GlobalKernelPipelinedEdgeShapes) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // The pipelined global kernel's edge shapes against the running-max kernel, row by row: fewer
+  // global keys than one tile (one partial tile), a whole number of tiles (no partial one), and
+  // causal rows before every global key (blocks without a tile: exact zeros).
+  const int64_t m = 1500, H = 2, d = 128, n_record = 4000;
+  for (int64_t G : {100, 256}) {
+    std::vector<int64_t> pos = random_positions(G, n_record - 1000, 90 + G);
+    for (auto& x : pos) x += 1000;  // every global key at position >= 1000
+    DeviceBuffer dq = up_act(rnd(m * d, 91, -2, 2), DType::kBF16);
+    DeviceBuffer dkg = up_act(rnd(G * d, 92, -2, 2), DType::kBF16);
+    DeviceBuffer dvg = up_act(rnd(G * d, 93), DType::kBF16);
+    DeviceBuffer dgam = up(rnd(G, 94, 0, 1)), dbeta = up(rnd(H, 95, 0.5, 1.5)), dpos = up(pos);
+    DeviceBuffer scratch(m * d * 4);
+    kern::AttentionParams p{};
+    p.type = DType::kBF16;
+    p.q = dq.get();
+    p.k_global = dkg.get();
+    p.v_global = dvg.get();
+    p.gamma = dgam.as<float>();
+    p.pos_global = dpos.as<int64_t>();
+    p.n_global = G;
+    p.beta = dbeta.as<float>();
+    p.global_scratch = scratch.as<float>();
+    p.n_tokens = p.row_end = m;
+    p.first_pos = 0;
+    p.n_record = n_record;
+    p.n_heads = H;
+    p.head_dim = 64;
+    for (bool causal : {false, true}) {
+      p.causal = causal;
+      kern::launch_global_wgmma(p, "wg", nullptr);
+      const auto ref = down<float>(scratch, m * d);
+      for (const char* v : {"wgpipe", "wgpipe2", "wgpipe3"}) {
+        SCOPED_TRACE(std::string(v) + " G " + std::to_string(G) + (causal ? " causal" : ""));
+        cuda::memset_device(scratch.get(), 0xff, m * d * 4);
+        kern::launch_global_wgmma(p, v, nullptr);
+        const auto got = down<float>(scratch, m * d);
+        for (int64_t i = 0; i < m; ++i) {
+          float big = 0.0f, err = 0.0f;
+          for (int64_t j = 0; j < d; ++j) {
+            big = std::max(big, std::fabs(ref[i * d + j]));
+            err = std::max(err, std::fabs(got[i * d + j] - ref[i * d + j]));
+          }
+          if (causal && i < pos[0]) {  // no global key at or before the row
+            ASSERT_EQ(big, 0.0f) << "row " << i;
+            ASSERT_EQ(err, 0.0f) << "row " << i;
+          } else {
+            ASSERT_GT(big, 0.0f) << "row " << i;
+            ASSERT_LE(err, 1e-2f * big) << "row " << i;
+          }
+        }
+      }
     }
   }
 }
