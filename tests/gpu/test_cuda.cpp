@@ -846,34 +846,42 @@ namespace {
 // The global kernel's inputs on the device (bf16 q, K, V; the 3000 x 2 heads x 64 case of the
 // global-kernel tests: G = 2500 keys in 20 tiles of 128, the last partial, partial query tiles).
 struct GlobalCase {
+  // The defaults: q rows [m, d], global keys [G, d] at random positions of a record of n_record.
   static constexpr int64_t m = 3000, H = 2, dh = 64, d = H * dh, G = 2500, n_record = 9000,
                            first = 1700;
-  DeviceBuffer dq, dkg, dvg, dgam, dbeta, dpos, scratch{(size_t)(m * d * 4)};
+  DeviceBuffer dq, dkg, dvg, dgam, dbeta, dpos, scratch;
   kern::AttentionParams p{};
   GlobalCase(const std::vector<float>& q, const std::vector<float>& kg,
              const std::vector<float>& vg, uint64_t seed)
+      : GlobalCase(q, kg, vg, seed, random_positions(G, n_record, seed + 2), n_record, first) {}
+  // Any number of rows (q.size() / d) and global keys (positions.size()).
+  GlobalCase(const std::vector<float>& q, const std::vector<float>& kg,
+             const std::vector<float>& vg, uint64_t seed, const std::vector<int64_t>& positions,
+             int64_t record, int64_t first_pos)
       : dq(up_act(q, DType::kBF16)),
         dkg(up_act(kg, DType::kBF16)),
         dvg(up_act(vg, DType::kBF16)),
-        dgam(up(rnd(G, seed, 0, 1))),
+        dgam(up(rnd((int64_t)positions.size(), seed, 0, 1))),
         dbeta(up(rnd(H, seed + 1, 0.5, 1.5))),
-        dpos(up(random_positions(G, n_record, seed + 2))) {
+        dpos(up(positions)),
+        scratch(q.size() * 4) {
+    const int64_t rows = (int64_t)q.size() / d;
     p.type = DType::kBF16;
     p.q = dq.get();
     p.k_global = dkg.get();
     p.v_global = dvg.get();
     p.gamma = dgam.as<float>();
     p.pos_global = dpos.as<int64_t>();
-    p.n_global = G;
+    p.n_global = (int64_t)positions.size();
     p.beta = dbeta.as<float>();
     p.global_scratch = scratch.as<float>();
-    p.n_tokens = m;
-    p.first_pos = first;
-    p.n_record = n_record;
+    p.n_tokens = rows;
+    p.first_pos = first_pos;
+    p.n_record = record;
     p.n_heads = H;
     p.head_dim = dh;
     p.row_begin = 0;
-    p.row_end = m;
+    p.row_end = rows;
   }
 };
 }  // namespace
@@ -1068,30 +1076,14 @@ TEST(CudaOps, GlobalKernelPipelinedEdgeShapes) {
   // The pipelined global kernel's edge shapes against the running-max kernel, row by row: fewer
   // global keys than one tile (one partial tile), a whole number of tiles (no partial one), and
   // causal rows before every global key (blocks without a tile: exact zeros).
-  const int64_t m = 1500, H = 2, d = 128, n_record = 4000;
+  const int64_t m = 1500, d = GlobalCase::d, n_record = 4000;
   for (int64_t G : {100, 256}) {
     std::vector<int64_t> pos = random_positions(G, n_record - 1000, 90 + G);
     for (auto& x : pos) x += 1000;  // every global key at position >= 1000
-    DeviceBuffer dq = up_act(rnd(m * d, 91, -2, 2), DType::kBF16);
-    DeviceBuffer dkg = up_act(rnd(G * d, 92, -2, 2), DType::kBF16);
-    DeviceBuffer dvg = up_act(rnd(G * d, 93), DType::kBF16);
-    DeviceBuffer dgam = up(rnd(G, 94, 0, 1)), dbeta = up(rnd(H, 95, 0.5, 1.5)), dpos = up(pos);
-    DeviceBuffer scratch(m * d * 4);
-    kern::AttentionParams p{};
-    p.type = DType::kBF16;
-    p.q = dq.get();
-    p.k_global = dkg.get();
-    p.v_global = dvg.get();
-    p.gamma = dgam.as<float>();
-    p.pos_global = dpos.as<int64_t>();
-    p.n_global = G;
-    p.beta = dbeta.as<float>();
-    p.global_scratch = scratch.as<float>();
-    p.n_tokens = p.row_end = m;
-    p.first_pos = 0;
-    p.n_record = n_record;
-    p.n_heads = H;
-    p.head_dim = 64;
+    GlobalCase gc(rnd(m * d, 91, -2, 2), rnd(G * d, 92, -2, 2), rnd(G * d, 93), 94, pos, n_record,
+                  0);
+    kern::AttentionParams& p = gc.p;
+    DeviceBuffer& scratch = gc.scratch;
     for (bool causal : {false, true}) {
       p.causal = causal;
       kern::launch_global_wgmma(p, "wg", nullptr);
