@@ -17,9 +17,11 @@
 //                          memory: columns 0..63 the output, column 64 the row sum of P (ONES)
 // The gate is folded into V once per call: vt[h][c][j] = bf16(gamma_j * v_global[j][h, c]), the
 // transposed layout making both wgmma B operands K-major. LAZY: the running max moves only when a
-// tile's max exceeds it by more than 8, so most tiles skip the rescale of O. STAT (the default,
-// "wgstat"): after the first key tile each row's softmax offset is fixed from a Cauchy-Schwarz
-// bound (|q| times the head's largest |k|, key_norm_max_kernel), so later tiles take no max.
+// tile's max exceeds it by more than 8, so most tiles skip the rescale of O. STAT ("wgstat"):
+// after the first key tile each row's softmax offset is fixed from a Cauchy-Schwarz bound (|q|
+// times the head's largest |k|, key_norm_max_kernel), so later tiles take no max. The default on
+// sm_90a, "wgpipe" (global_pipe_kernel), is that kernel pipelined within each warpgroup: the next
+// tile's Q K^T and this tile's P V in flight together, the softmax under the P V.
 // Shared-memory tiles use the 128-byte swizzle of the wgmma descriptors (16-byte chunk c of row r
 // stored at chunk c ^ (r % 8), rows of 128 bytes, 8-row groups 1024 bytes apart, tiles 1024-byte
 // aligned). Per row the arithmetic does not depend on the shard: every row sees the same key tiles
