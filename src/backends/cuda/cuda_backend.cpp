@@ -1014,6 +1014,17 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       c.norm_eps};
   fn.bad = I.bad.as<unsigned long long>();
   kern::launch_rmsnorm(fn, s);
+  // Pooled: the bins queued behind the norm, and the host makes room for them while the GPU
+  // works (the copies below wait for it). Rows that are not finite are pooled too, then dropped
+  // (the error below is thrown instead).
+  const bool pooled = I.opt.output == CudaOutput::kPooled;
+  const int64_t bin = I.opt.pool_bin, bins = pooled ? (m + bin - 1) / bin : 0;
+  if (pooled) {
+    I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
+    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin, shard.mirrored}, s);
+    out.y.resize(bins * d);
+    out.pooled_bin = bin;
+  }
   unsigned long long bad = ~0ull;
   cuda::copy_to_host(&bad, I.bad.get(), 8, s);
   std::vector<unsigned long long> router_bad;
@@ -1023,19 +1034,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::copy_to_host(out.global_positions.data(), I.gpos_all.get(), c.n_layers * G * 8, s);
     cuda::copy_to_host(out.global_scores.data(), I.gscore_all.get(), c.n_layers * G * 4, s);
   }
-  cuda::synchronize(s);  // bad and router_bad have landed
+  if (pooled) cuda::copy_to_host(out.y.data(), I.pooled.get(), bins * d * 4, s);
+  cuda::synchronize(s);  // bad, router_bad (and the bins) have landed
   bool finite = bad == ~0ull;
   for (unsigned long long rb : router_bad) finite = finite && rb == ~0ull;
   if (I.opt.output == CudaOutput::kHost) {
     // Rows that are not finite are not streamed (the error below is thrown instead).
     if (finite || !hooks.rows_out) I.rows_to_host(out, I.x.as<float>(), m * d, hooks);
-  } else if (I.opt.output == CudaOutput::kPooled) {
-    const int64_t bin = I.opt.pool_bin, bins = (m + bin - 1) / bin;
-    I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
-    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin, shard.mirrored}, s);
-    out.y.resize(bins * d);
-    out.pooled_bin = bin;
-    cuda::copy_to_host(out.y.data(), I.pooled.get(), bins * d * 4, s);
   }
   P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
