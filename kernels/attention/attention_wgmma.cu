@@ -67,6 +67,31 @@ __device__ __forceinline__ void softmax_fixed(float (&s)[4 * NJ], float sc, floa
     s[4 * j + 3] = ex2_approx(fmaf(s[4 * j + 3], sc, -u_b));
   }
 }
+// l = l corr + this thread's partial sums of the P of one tile, for its rows a and b.
+template <int NJ>
+__device__ __forceinline__ void add_row_sums(const float (&s)[4 * NJ], float corr_a, float corr_b,
+                                             float& l_a, float& l_b) {
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    sum_a += s[4 * j] + s[4 * j + 1];
+    sum_b += s[4 * j + 2] + s[4 * j + 3];
+  }
+  l_a = l_a * corr_a + sum_a;
+  l_b = l_b * corr_b + sum_b;
+}
+// STAT, after a row's first key tile (its max m, log2 units, and its Cauchy-Schwarz bound bnd):
+// whether the row fixes its softmax offset (fix), the offset into m, and the factor that brings
+// what was computed against the old m to it. u = min(bnd, m + 96), clamped to >= m against the
+// bound's rounding, so the factor is <= 1; a row that keeps the running max (bnd - m > 140, or
+// m = -inf) keeps m and gets 1 (exact).
+__device__ __forceinline__ float fix_offset(float bnd, float& m, bool& fix) {
+  fix = m > -INFINITY && bnd - m <= 140.0f;
+  const float u = fix ? fmaxf(fminf(bnd, m + 96.0f), m) : m;
+  const float f = fix ? ex2_approx(m - u) : 1.0f;
+  m = u;
+  return f;
+}
 // Online softmax of one S tile (NJ accumulator blocks of 8 columns; this thread's rows a and b),
 // exp2 as one FFMA + ex2.approx with the log2(e)/sqrt(dh) scale `sc` folded in: S becomes P in
 // place and m is updated; corr rescales the old output (and l). SUMS: also this thread's partial
@@ -104,16 +129,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[4 * NJ], float sc, float
   m_a = mn_a;
   m_b = mn_b;
   softmax_fixed<NJ>(s, sc, use_a, use_b);
-  if constexpr (SUMS) {
-    float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      sum_a += s[4 * j] + s[4 * j + 1];
-      sum_b += s[4 * j + 2] + s[4 * j + 3];
-    }
-    l_a = l_a * corr_a + sum_a;
-    l_b = l_b * corr_b + sum_b;
-  }
+  if constexpr (SUMS) add_row_sums<NJ>(s, corr_a, corr_b, l_a, l_b);
 }
 // P (fp32 accumulator layout) as bf16 A fragments of 16 keys each.
 template <int NK>
@@ -433,15 +449,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     reg_fence(o);
     if constexpr (STAT) {
       if (t == 0) {  // fix the offsets, and bring the first tile's O (and row sums) to them
-        fix_a = m_a > -INFINITY && bnd_a - m_a <= 140.0f;
-        fix_b = m_b > -INFINITY && bnd_b - m_b <= 140.0f;
-        // u >= m0 (up to the bound's rounding: clamp), so the factors are <= 1; 1 (exact) for a
-        // row that keeps the running max
-        const float na = fix_a ? fmaxf(fminf(bnd_a, m_a + 96.0f), m_a) : m_a;
-        const float nb = fix_b ? fmaxf(fminf(bnd_b, m_b + 96.0f), m_b) : m_b;
-        scale_o<NO>(o, fix_a ? ex2_approx(m_a - na) : 1.0f, fix_b ? ex2_approx(m_b - nb) : 1.0f);
-        m_a = na;
-        m_b = nb;
+        const float f_a = fix_offset(bnd_a, m_a, fix_a), f_b = fix_offset(bnd_b, m_b, fix_b);
+        scale_o<NO>(o, f_a, f_b);
         fixed = __all_sync(0xffffffffu, fix_a && fix_b);
       }
     }
@@ -544,14 +553,7 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     corr_a = corr_b = 1.0f;
     if (fixed) {
       softmax_fixed<BK / 8>(s, sc, m_a, m_b);
-      float sum_a = 0.0f, sum_b = 0.0f;  // softmax_tile's sums (corr = 1)
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j) {
-        sum_a += s[4 * j] + s[4 * j + 1];
-        sum_b += s[4 * j + 2] + s[4 * j + 3];
-      }
-      l_a = l_a * 1.0f + sum_a;
-      l_b = l_b * 1.0f + sum_b;
+      add_row_sums<BK / 8>(s, 1.0f, 1.0f, l_a, l_b);  // softmax_tile's sums with corr = 1
     } else {
       softmax_tile<BK / 8, true, true>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
     }
@@ -566,16 +568,10 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     mask(0);
     softmax(corr_a, corr_b);  // O is zero: its rescale changes nothing
     pack_p<BK / 16>(s, pa);
-    fix_a = m_a > -INFINITY && bnd_a - m_a <= 140.0f;
-    fix_b = m_b > -INFINITY && bnd_b - m_b <= 140.0f;
-    const float na = fix_a ? fmaxf(fminf(bnd_a, m_a + 96.0f), m_a) : m_a;
-    const float nb = fix_b ? fmaxf(fminf(bnd_b, m_b + 96.0f), m_b) : m_b;
-    fix_sa = fix_a ? ex2_approx(m_a - na) : 1.0f;
-    fix_sb = fix_b ? ex2_approx(m_b - nb) : 1.0f;
+    fix_sa = fix_offset(bnd_a, m_a, fix_a);
+    fix_sb = fix_offset(bnd_b, m_b, fix_b);
     l_a *= fix_sa;  // O follows once P_0 V_0 has landed
     l_b *= fix_sb;
-    m_a = na;
-    m_b = nb;
     fixed = __all_sync(0xffffffffu, fix_a && fix_b);
   }
   auto pv_issue = [&](int64_t t) {  // O += P_t V_t, committed as one group
