@@ -1324,6 +1324,28 @@ TEST(CudaModel, AttentionChunksBitIdentical) {
   }
 }
 
+TEST(CudaModel, ProjectionChunksBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  // The projections, the router and the MLP run over chunks of chunk_rows rows (0: automatic,
+  // 131072 here); a row's bits do not depend on the chunking (the GEMMs' algorithms are fixed per
+  // shape, not per number of rows), in both precisions.
+  ModelConfig c = small_config(128, 2, 256, false, 512);
+  const int64_t n = 20000;
+  ModelWeights w = init_model(c, 43);
+  auto tok = dna(n, 10);
+  auto comm = make_single_comm();
+  const Shard sh = shard_of(n, 0, 1);
+  for (bool bf16 : {true, false}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
+    ForwardOutput ref = CudaModel(w, {bf16, -1, 4096}).forward(tok.data(), sh, *comm);
+    for (int64_t cr : {0, 1000, 7777}) {
+      ForwardOutput got = CudaModel(w, {bf16, -1, cr}).forward(tok.data(), sh, *comm);
+      EXPECT_TRUE(got.y == ref.y) << "chunk rows " << cr;
+      EXPECT_TRUE(got.global_positions == ref.global_positions) << "chunk rows " << cr;
+    }
+  }
+}
+
 TEST(CudaModel, PooledOutputIsThePoolOfTheRowsOnBothStrands) {
   SKIP_WITHOUT_GPU();
   // kPooled gives the bin means of the rows kHost returns; for a mirrored shard (the reverse

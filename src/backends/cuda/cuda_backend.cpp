@@ -165,6 +165,9 @@ struct CudaModel::Impl {
   // bf16 mode, SPARSA_MLP_GEMM=images: the MLP's up projection and GELU by our fused GEMM
   // (kernels/gemm; the same bits, slower than cuBLASLt + the GELU table so far: bench/NOTES.md).
   bool mlp_images = false;
+  // Rows per projection / MLP chunk in this forward (CudaOptions::chunk_rows, resolved), and
+  // SPARSA_CHUNK_ROWS (0: unset).
+  int64_t chunk_rows = 65536, chunk_env = 0;
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
@@ -233,8 +236,8 @@ struct CudaModel::Impl {
 };
 
 CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
-  if (o.chunk_rows <= 0 || o.attn_chunk_rows <= 0)
-    throw ConfigError("CUDA chunk_rows and attn_chunk_rows must be positive");
+  if (o.chunk_rows < 0 || o.attn_chunk_rows <= 0)
+    throw ConfigError("CUDA chunk_rows must be >= 0 (0: automatic), attn_chunk_rows positive");
   // The device first: Impl's members (the cuBLASLt handle and its workspace) are made on the
   // current device (a workspace on GPU 0 made every GEMM of rank 1 fail to launch).
   const int device = cuda::select_device(o.device);
@@ -257,6 +260,14 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       throw ConfigError(
           "SPARSA_MLP_GEMM=images needs bf16, an sm_90a GPU, d_model a multiple of 64 up to 512 "
           "and d_ff a multiple of 128");
+  }
+  if (const char* e = std::getenv("SPARSA_CHUNK_ROWS"); e && *e) {
+    char* end = nullptr;
+    const long long v = std::strtoll(e, &end, 10);
+    if (*end != '\0' || v < 1024 || v > (1 << 22))
+      throw ConfigError("SPARSA_CHUNK_ROWS must be a number of rows from 1024 to 4194304, not '" +
+                        std::string(e) + "'");
+    I.chunk_env = v;
   }
   bool router_asked = false;  // SPARSA_ROUTER=fused or fused-mma
   if (const char* e = std::getenv("SPARSA_ROUTER")) {
@@ -388,7 +399,7 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
   // fused: hid holds the hidden chunks' partial sums, r / router_fused_width(r) doubles a row, so
   // one launch covers hid's 8 r chunk_rows bytes / that (32 or 64 times chunk_rows rows)
   const int64_t step =
-      fused ? (int64_t)hid.bytes() / (8 * (r / kern::router_fused_width(r))) : opt.chunk_rows;
+      fused ? (int64_t)hid.bytes() / (8 * (r / kern::router_fused_width(r))) : chunk_rows;
   for (int64_t c0 = 0; c0 < m; c0 += step) {
     const int64_t rows = std::min(step, m - c0);
     prof.mark(kRouter, s);
@@ -452,8 +463,8 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
                               const int64_t* positions, void* q, void* k, void* v) {
   const int64_t d = c.d_model, rb = d * eb;
   const bool bf = act == DType::kBF16;
-  for (int64_t c0 = 0; c0 < n; c0 += opt.chunk_rows) {
-    const int64_t rows = std::min(opt.chunk_rows, n - c0);
+  for (int64_t c0 = 0; c0 < n; c0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, n - c0);
     prof.mark(kNorm, s);
     kern::launch_rmsnorm({xr + c0 * d, L.attn_norm.as<float>(), bf ? nullptr : h32.as<float>(),
                           bf ? hact.get() : nullptr, act, rows, d, c.norm_eps},
@@ -535,8 +546,8 @@ void CudaModel::Impl::global_kv_device(const DeviceLayer& L, const int64_t* rows
 void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
   const int64_t d = c.d_model, f = c.d_ff;
   const bool bf = act == DType::kBF16;
-  for (int64_t c0 = 0; c0 < m; c0 += opt.chunk_rows) {
-    const int64_t rows = std::min(opt.chunk_rows, m - c0);
+  for (int64_t c0 = 0; c0 < m; c0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, m - c0);
     float* xc = x.as<float>() + c0 * d;
     prof.mark(kMlpUp, s);
     kern::RmsNormParams np{xc,
@@ -579,7 +590,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   // Rows of K/V a query row i needs besides its own: [i - back, i + lead].
   const int64_t back = c.window, lead = c.causal ? 0 : c.window;
   const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
-  const int64_t chunk = std::max<int64_t>(1, std::min(I.opt.chunk_rows, m));
+  // Projection / MLP chunks: larger ones are ~1% faster at 1M tokens (fewer, larger GEMMs;
+  // bench/NOTES.md), smaller ones leave room for the longest records.
+  I.chunk_rows = I.opt.chunk_rows > 0 ? I.opt.chunk_rows
+                 : I.chunk_env > 0    ? I.chunk_env
+                 : m <= (int64_t{1} << 24) ? 131072
+                                           : 65536;
+  const int64_t chunk = std::max<int64_t>(1, std::min(I.chunk_rows, m));
   // One rank holding the whole record: every chosen row is local, no host staging at all.
   const bool single = comm.size() == 1 && b == 0 && m == n;
   cudaStream_t s = I.s;

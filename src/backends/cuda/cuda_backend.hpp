@@ -39,7 +39,10 @@ enum class CudaOutput {
 struct CudaOptions {
   bool bf16 = true;
   int device = -1;             // -1: node-local rank modulo the device count
-  int64_t chunk_rows = 65536;  // rows per chunk of the projection / MLP scratch
+  // Rows per chunk of the projection / MLP scratch (about 6.2 KB a row for dna-base in bf16);
+  // 0: 131072 for a shard of up to 2^24 rows, else 65536 (env SPARSA_CHUNK_ROWS=N: N). A row's
+  // bits do not depend on it (the GEMMs' algorithms are fixed per shape, tests/gpu).
+  int64_t chunk_rows = 0;
   CudaOutput output = CudaOutput::kHost;
   int64_t pool_bin = 128;  // rows per bin for CudaOutput::kPooled
   // Exchanges of a split record: 1 NCCL (device to device), 0 host-staged through the Comm,
