@@ -58,11 +58,12 @@ bench model --what model --config configs/dna-base.toml --n 1048576 --iters 3
 bench model-host --what model --config configs/dna-base.toml --n 1048576 --iters 2 --output host
 # Variants selected by the environment, each checked by the attention tests first. One variant is
 # a comma-separated list of assignments (SPARSA_VARIANTS=" " runs none). SPARSA_ATTN_BAND: auto
-# (default: wg on sm_90a), wgs3, 8 (mma.sync v4), old (v1 fused kernel); SPARSA_ATTN_GLOBAL: auto
+# (default: wgstat on sm_90a: offsets frozen after a row's first key tile), wg (running max),
+# wgs3, 8 (mma.sync v4), old (v1 fused kernel); SPARSA_ATTN_GLOBAL: auto
 # (default: wgpipe on sm_90a: fixed softmax offsets, pipelined within each warpgroup), wgpipe3,
 # wgpipe2, wgstat (not pipelined), wg (running max), wgbar, wgcp, wg0, 2x4 (mma.sync v4);
 # SPARSA_ATTN_SPLIT=0: global part fused into v1.
-VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_BAND=8,SPARSA_ATTN_GLOBAL=2x4 SPARSA_ATTN_BAND=old,SPARSA_ATTN_SPLIT=0 SPARSA_ATTN_BAND=wgs3 SPARSA_ATTN_GLOBAL=wgstat SPARSA_ATTN_GLOBAL=wg SPARSA_ATTN_GLOBAL=wgbar SPARSA_ATTN_GLOBAL=wgcp SPARSA_ATTN_GLOBAL=wg0}
+VARIANTS=${SPARSA_VARIANTS:-SPARSA_ATTN_BAND=8,SPARSA_ATTN_GLOBAL=2x4 SPARSA_ATTN_BAND=old,SPARSA_ATTN_SPLIT=0 SPARSA_ATTN_BAND=wg SPARSA_ATTN_BAND=wgs3 SPARSA_ATTN_GLOBAL=wgstat SPARSA_ATTN_GLOBAL=wg SPARSA_ATTN_GLOBAL=wgbar SPARSA_ATTN_GLOBAL=wgcp SPARSA_ATTN_GLOBAL=wg0}
 vtag() { echo "$1" | sed 's/SPARSA_ATTN_//g; s/=//g; s/,/-/g'; }
 for var in $VARIANTS; do
   tag=$(vtag "$var")

@@ -810,8 +810,8 @@ bool split_enabled() {
 }
 
 // Kernel choice (head_dim 64, bf16), for A/B runs (scripts/device-check.sh, bench/NOTES.md).
-// SPARSA_ATTN_BAND: auto (default: wg on an sm_90a device, else 8), wg and wgs3 (wgmma kernels,
-// attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
+// SPARSA_ATTN_BAND: auto (default: wgstat on an sm_90a device, else 8), wgstat, wg and wgs3
+// (wgmma kernels, attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
 // SPARSA_ATTN_GLOBAL: auto (default: wgpipe on sm_90a, else 2x4), wgpipe, wgpipe3, wgstat,
 // wgpipe2, wg, wgbar, wgcp and wg0 (wgmma), 2x4 (v4 global kernel on mma.sync).
 // SPARSA_ATTN_SPLIT=0: the global part fused into the v1 kernel.
@@ -876,7 +876,7 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   // The band kernel alone serves every case without a global part of its own.
   if (p.head_dim == 64 && (p.global_in || p.n_global == 0) && band_variant() != "old") {
     std::string bv = band_variant();
-    if (bv == "auto") bv = wgmma_available() ? "wg" : "8";
+    if (bv == "auto") bv = wgmma_available() ? "wgstat" : "8";
     if (bv.rfind("wg", 0) == 0) {
       launch_band_wgmma(p, bv, stream);
       return;

@@ -629,7 +629,15 @@ __global__ void __launch_bounds__(128 * NWG, 1)
 // masked only in tiles not fully inside every row's window. A skipped or fully masked tile leaves
 // m, l and O bit-for-bit unchanged, and every row walks its tiles in ascending record order, so a
 // row's arithmetic does not depend on the shard.
-template <int NWG, int S, int MINB>
+// FROZEN ("wgstat"): a row's softmax offset is frozen at the max of the first key tile where it
+// sees a key (its exact running max until then), so later tiles take no max, no shuffles and no
+// rescale of O once every row of the warp has seen a key. P = 2^(s sc - m0) may then exceed 1:
+// exact up to rounding while it stays finite (elements below 2^-126 of m0 are lost, as below 2^-126
+// of the running max they are in the exact pass). A row whose l or O is not finite at the end
+// (scores more than ~128 log2 units above m0, or P V past the float range) takes the result of a
+// second pass over the block's tiles with the running max, the bits of the plain kernel; the
+// other rows keep the first pass's. Either way a row's bits depend only on the row's window.
+template <int NWG, int S, int MINB, bool FROZEN = false>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     band_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -675,96 +683,139 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 
   load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
   cp_async_commit();
-#pragma unroll
-  for (int s = 0; s < S - 1; ++s) issue(s, s);
-
-  float o[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   const float sc = a.scale_log2;
   const uint64_t dq = desc128(q_tile + wg * 64 * 128);
   const int t4 = lane % 4;
   const int64_t wr0 = i0 + wg * 64;                            // this warpgroup's first row
   const int64_t ra = wr0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two rows
-
-  int cur = 0;
-  for (int64_t t = 0; t < n_tiles; ++t) {
-    cp_async_wait<S - 2>();
-    proxy_fence();
-    __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
-    {
-      int nb = cur + S - 1;
-      if (nb >= S) nb -= S;
-      issue(t + S - 1, nb);
-    }
-    const int buf = cur;
-    if (++cur == S) cur = 0;
-    const int64_t j0 = (t_lo + t) * BK;
-    // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
-    // highest hi.
-    if (band.col_lo(wr0, j0) > band.col_hi(wr0 + 63, j0))
-      continue;  // no row of this warpgroup sees it
-    float s[32];
-    wg_fence();
-    {
-      const uint64_t dk = desc128(k_tile(buf));
+  bool bad_a = false, bad_b = false;  // FROZEN: the rows the exact pass redoes
+  // Scores of the key tile from record position j0 outside this thread's rows' windows to -inf.
+  auto mask = [&](float(&s)[32], int64_t j0) {
+    if (band.col_lo(wr0 + 63, j0) <= 0 && band.col_hi(wr0, j0) >= 63) return;  // none masked
+    const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
+    const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
-    }
-    wg_commit();
-    wg_wait<0>();
-    reg_fence(s);
-    if (!(band.col_lo(wr0 + 63, j0) <= 0 && band.col_hi(wr0, j0) >= 63)) {  // some element masked
-      const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
-      const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * j + 2 * t4 + (e & 1);
-          const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
-          if (!ok) s[4 * j + e] = -INFINITY;
-        }
-    }
-    float corr_a, corr_b;
-    softmax_tile<8, true, false>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
-    uint32_t pa[4][4];
-    pack_p<4>(s, pa);
-    scale_o<32>(o, corr_a, corr_b);  // the lazy rescale measured slower here (bench/NOTES.md)
-    reg_fence(o);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64<1>(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
-    wg_commit();
-    wg_wait<0>();
-    reg_fence(o);
-  }
-  cp_async_wait<0>();  // no copy in flight at exit
-
-  l_a = quad_sum(l_a);
-  l_b = quad_sum(l_b);
-  const float alpha = p.alpha[h];
-  const float fa = l_a > 0.0f ? alpha / l_a : 0.0f, fb = l_b > 0.0f ? alpha / l_b : 0.0f;
-  auto* out = static_cast<__nv_bfloat16*>(p.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int64_t rr = (half ? rb : ra) - p.first_pos;
-    if (rr < p.row_begin || rr >= p.row_end) continue;
-    const float f = half ? fb : fa;
-    __nv_bfloat16* orow = out + rr * d + h * DH;
-    const float* grow = p.global_in ? p.global_in + rr * d + h * DH : nullptr;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float x = f * o[4 * j + 2 * half], y = f * o[4 * j + 2 * half + 1];
-      if (grow) {
-        const float2 g = *reinterpret_cast<const float2*>(grow + j * 8 + 2 * t4);
-        x += g.x;
-        y += g.y;
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * t4 + (e & 1);
+        const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
+        if (!ok) s[4 * j + e] = -INFINITY;
       }
-      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + 2 * t4) = __floats2bfloat162_rn(x, y);
+  };
+
+  // FROZEN: pass 0 with frozen offsets, pass 1 (the plain kernel's) only if a row needs it.
+  for (int pass = FROZEN ? 0 : 1; pass < 2; ++pass) {
+    const bool frozen = FROZEN && pass == 0;
+    if (FROZEN && pass == 1 && !__syncthreads_or(bad_a || bad_b)) break;
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) issue(s, s);
+
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+    bool fix_a = false, fix_b = false, fixed = false;  // frozen: rows with m0; all of the warp's
+
+    int cur = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      cp_async_wait<S - 2>();
+      proxy_fence();
+      __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
+      {
+        int nb = cur + S - 1;
+        if (nb >= S) nb -= S;
+        issue(t + S - 1, nb);
+      }
+      const int buf = cur;
+      if (++cur == S) cur = 0;
+      const int64_t j0 = (t_lo + t) * BK;
+      // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
+      // highest hi.
+      if (band.col_lo(wr0, j0) > band.col_hi(wr0 + 63, j0))
+        continue;  // no row of this warpgroup sees it
+      float s[32];
+      wg_fence();
+      {
+        const uint64_t dk = desc128(k_tile(buf));
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+      }
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(s);
+      mask(s, j0);
+      float corr_a = 1.0f, corr_b = 1.0f;
+      if (frozen && fixed) {  // every row of the warp has its offset: P = 2^(s sc - m0)
+        softmax_fixed<8>(s, sc, m_a, m_b);
+        add_row_sums<8>(s, 1.0f, 1.0f, l_a, l_b);
+      } else if (frozen) {  // rows with an offset keep it (corr 1): the same bits as above
+        softmax_tile<8, true, true>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
+      } else {
+        softmax_tile<8, true, false>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+      }
+      uint32_t pa[4][4];
+      pack_p<4>(s, pa);
+      if (!(frozen && fixed))
+        scale_o<32>(o, corr_a, corr_b);  // the lazy rescale measured slower here (bench/NOTES.md)
+      reg_fence(o);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64<1>(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(o);
+      if (frozen && !fixed) {  // a row's offset is frozen once it has seen a key
+        fix_a = m_a > -INFINITY;
+        fix_b = m_b > -INFINITY;
+        fixed = __all_sync(0xffffffffu, fix_a && fix_b);
+      }
     }
-  }
+    cp_async_wait<0>();  // no copy in flight at exit (or before the exact pass)
+
+    l_a = quad_sum(l_a);
+    l_b = quad_sum(l_b);
+    bool write_a = true, write_b = true;
+    if (FROZEN) {
+      if (frozen) {  // a row whose l or O left the float range is redone by the exact pass
+        bool ok_a = isfinite(l_a), ok_b = isfinite(l_b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          ok_a = ok_a && isfinite(o[4 * j]) && isfinite(o[4 * j + 1]);
+          ok_b = ok_b && isfinite(o[4 * j + 2]) && isfinite(o[4 * j + 3]);
+        }
+        const unsigned quad = 0xfu << (lane & ~3);
+        bad_a = __any_sync(0xffffffffu, !ok_a) && (__ballot_sync(0xffffffffu, !ok_a) & quad) != 0;
+        bad_b = __any_sync(0xffffffffu, !ok_b) && (__ballot_sync(0xffffffffu, !ok_b) & quad) != 0;
+        write_a = !bad_a;
+        write_b = !bad_b;
+      } else {
+        write_a = bad_a;
+        write_b = bad_b;
+      }
+    }
+    const float alpha = p.alpha[h];
+    const float fa = l_a > 0.0f ? alpha / l_a : 0.0f, fb = l_b > 0.0f ? alpha / l_b : 0.0f;
+    auto* out = static_cast<__nv_bfloat16*>(p.out);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t rr = (half ? rb : ra) - p.first_pos;
+      if (rr < p.row_begin || rr >= p.row_end || !(half ? write_b : write_a)) continue;
+      const float f = half ? fb : fa;
+      __nv_bfloat16* orow = out + rr * d + h * DH;
+      const float* grow = p.global_in ? p.global_in + rr * d + h * DH : nullptr;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float x = f * o[4 * j + 2 * half], y = f * o[4 * j + 2 * half + 1];
+        if (grow) {
+          const float2 g = *reinterpret_cast<const float2*>(grow + j * 8 + 2 * t4);
+          x += g.x;
+          y += g.y;
+        }
+        *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + 2 * t4) = __floats2bfloat162_rn(x, y);
+      }
+    }
+  }  // pass
 #else
   __trap();
 #endif
@@ -885,13 +936,13 @@ void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
-template <int NWG, int S, int MINB>
+template <int NWG, int S, int MINB, bool FROZEN = false>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
   static bool configured = false;
   if (!configured) {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB>,
+    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB, FROZEN>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
@@ -901,7 +952,7 @@ void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   const QueryTiles qt = query_tiles(p, BQ);
   a.tile_pos0 = qt.pos0;
   const dim3 grid = qt.grid;
-  band_wg_kernel<NWG, S, MINB><<<grid, 128 * NWG, smem, stream>>>(a);
+  band_wg_kernel<NWG, S, MINB, FROZEN><<<grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -985,6 +1036,8 @@ void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cud
     throw SystemError("attention: the wgmma band kernel needs bf16, head_dim 64, no fused global");
   if (variant == "wgs3")
     launch_band_wg<1, 3, 4>(p, stream);
+  else if (variant == "wgstat")
+    launch_band_wg<1, 2, 4, true>(p, stream);
   else
     launch_band_wg<1, 2, 4>(p, stream);
 }

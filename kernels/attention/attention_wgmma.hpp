@@ -23,7 +23,9 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant, c
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *
 // Local (+ global_in) into p.out; 1 warpgroup = 64 queries a block, 2 stages, 4 blocks an SM.
-// `variant` "wgs3": 3 stages (A/B runs).
+// `variant` "wgstat" (the default): a row's softmax offset frozen after the first key tile where
+// it sees a key, the running max kept only for a row whose result would leave the float range
+// (a second pass); "wg": the running max throughout; "wgs3": that with 3 stages (A/B runs).
 void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 }  // namespace sparsa::kern

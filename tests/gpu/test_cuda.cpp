@@ -982,6 +982,133 @@ TEST(CudaOps, BandKernelVariantsBitIdentical) {
   }
 }
 
+// One band launch (bf16, head_dim 64, no global part) for query rows [first, first + m) of a
+// record whose q, k, v rows (all n_record of them) are given; the keys [kv_begin, kv_end) are
+// passed, as a shard's window with its halo. Rows written in two launches (the row range split).
+struct BandRun {
+  int64_t n_record, first, m, window, kv_begin, kv_end;
+  bool causal = false;
+};
+std::vector<uint16_t> run_band(const BandRun& r, const std::vector<float>& q,
+                               const std::vector<float>& k, const std::vector<float>& v,
+                               int64_t heads, const char* variant) {
+  const int64_t d = heads * 64, kvc = r.kv_end - r.kv_begin;
+  auto rows = [&](const std::vector<float>& x, int64_t lo, int64_t n) {
+    return up_act(std::vector<float>(x.begin() + lo * d, x.begin() + (lo + n) * d), DType::kBF16);
+  };
+  DeviceBuffer dq = rows(q, r.first, r.m), dk = rows(k, r.kv_begin, kvc),
+               dv = rows(v, r.kv_begin, kvc);
+  DeviceBuffer dal = up(std::vector<float>(heads, 1.0f)), dout(r.m * d * 2);
+  cuda::memset_device(dout.get(), 0xff, r.m * d * 2);
+  kern::AttentionParams p{};
+  p.type = DType::kBF16;
+  p.q = dq.get();
+  p.k = dk.get();
+  p.v = dv.get();
+  p.kv_begin = r.kv_begin;
+  p.kv_count = kvc;
+  p.alpha = dal.as<float>();
+  p.out = dout.get();
+  p.n_tokens = r.m;
+  p.first_pos = r.first;
+  p.n_record = r.n_record;
+  p.n_heads = heads;
+  p.head_dim = 64;
+  p.window = r.window;
+  p.causal = r.causal;
+  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, r.m / 3}, {r.m / 3, r.m}}) {
+    p.row_begin = r0;
+    p.row_end = r1;
+    kern::launch_band_wgmma(p, variant, nullptr);
+  }
+  return down<uint16_t>(dout, r.m * d);
+}
+
+TEST(CudaOps, BandKernelFrozenOffsetsAgree) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // wgstat (a row's softmax offset frozen after the first tile where it sees a key) against wg
+  // (running max): the same softmax up to rounding, every row written, for unaligned shards,
+  // windows of 1 to beyond a tile span, key ranges cut on both sides, bidirectional and causal;
+  // scores of ordinary size and 4x larger (P up to ~2^40 above the frozen offset, still finite).
+  const int64_t H = 2, d = H * 64;
+  struct Case {
+    int64_t n_record, first, m, window, cut_lo, cut_hi;
+  };
+  for (float qs : {2.0f, 8.0f}) {
+    for (Case c : {Case{5000, 1100, 900, 100, 0, 0}, Case{5000, 1100, 900, 256, 0, 0},
+                   Case{3000, 0, 3000, 600, 0, 0}, Case{257, 3, 250, 1, 0, 0},
+                   Case{6000, 2000, 1500, 256, 310, 77}}) {
+      for (bool causal : {false, true}) {
+        SCOPED_TRACE("q scale " + std::to_string(qs) + " first " + std::to_string(c.first) + " w " +
+                     std::to_string(c.window) + (causal ? " causal" : ""));
+        const auto q = round_bf16(rnd(c.n_record * d, 71, -qs, qs));
+        const auto k = round_bf16(rnd(c.n_record * d, 72, -2, 2));
+        const auto v = round_bf16(rnd(c.n_record * d, 73));
+        BandRun r{c.n_record, c.first, c.m, c.window, 0, 0, causal};
+        r.kv_begin = std::max<int64_t>(0, c.first - c.window) + c.cut_lo;
+        r.kv_end =
+            (causal ? c.first + c.m : std::min(c.n_record, c.first + c.m + c.window)) - c.cut_hi;
+        const auto ref = run_band(r, q, k, v, H, "wg");
+        const auto got = run_band(r, q, k, v, H, "wgstat");
+        double worst = 0, scale = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+          ASSERT_NE(got[i], 0xffff) << "row " << i / d << " not written";
+          const float a = cuda::from_bf16(got[i]), b = cuda::from_bf16(ref[i]);
+          ASSERT_TRUE(std::isfinite(a)) << i;
+          worst = std::max(worst, (double)std::fabs(a - b));
+          scale = std::max(scale, (double)std::fabs(b));
+        }
+        EXPECT_LE(worst, 8e-3 * scale) << "largest |wgstat - wg| " << worst << " of " << scale;
+      }
+    }
+  }
+}
+
+TEST(CudaOps, BandKernelFrozenOffsetsRowInvariantAndRedone) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // Head 0: every q row 3 to 3.5 in every channel and two "spike" keys of +6 (a score ~200 log2
+  // units above the others): a row that sees a spike in a later tile than its first overflows
+  // under the frozen offset, and gets the exact pass, the bits of wg. Head 1: ordinary scores.
+  // A shard's rows (any first row, its window of keys) have the bits of the whole record's.
+  const int64_t H = 2, d = H * 64, n = 4000, w = 256;
+  auto q = rnd(n * d, 81, -2, 2), k = rnd(n * d, 82, -2, 2), v = round_bf16(rnd(n * d, 83));
+  const int64_t spikes[] = {700, 2100};
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < 64; ++c) q[i * d + c] = 3.0f + 0.5f * (q[i * d + c] + 2.0f) / 4.0f;
+  for (int64_t s : spikes)
+    for (int64_t c = 0; c < 64; ++c) k[s * d + c] = 6.0f;
+  q = round_bf16(q);
+  k = round_bf16(k);
+  const BandRun whole{n, 0, n, w, 0, n};
+  const auto ref = run_band(whole, q, k, v, H, "wg");
+  const auto got = run_band(whole, q, k, v, H, "wgstat");
+  int64_t redone = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t first_tile = std::max<int64_t>(0, i - w) / 64;
+    bool later_spike = false;
+    for (int64_t s : spikes) later_spike |= std::llabs(s - i) <= w && s / 64 > first_tile;
+    if (!later_spike) continue;
+    ++redone;
+    for (int64_t c = 0; c < 64; ++c)
+      ASSERT_EQ(got[i * d + c], ref[i * d + c]) << "row " << i << " (a spike in a later tile)";
+  }
+  EXPECT_GT(redone, 500);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float a = cuda::from_bf16(got[i]), b = cuda::from_bf16(ref[i]);
+    ASSERT_NEAR(a, b, 8e-3) << "row " << i / d << " channel " << i % d;
+  }
+  for (auto [first, m] : {std::pair<int64_t, int64_t>{1100, 1500}, {1, 900}, {2999, 1001}}) {
+    SCOPED_TRACE("shard from " + std::to_string(first));
+    const BandRun shard{
+        n, first, m, w, std::max<int64_t>(0, first - w), std::min(n, first + m + w)};
+    const auto part = run_band(shard, q, k, v, H, "wgstat");
+    for (int64_t i = 0; i < m * d; ++i)
+      ASSERT_EQ(part[i], got[first * d + i]) << "row " << first + i / d << " channel " << i % d;
+  }
+}
+
 TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
