@@ -633,10 +633,12 @@ __global__ void __launch_bounds__(128 * NWG, 1)
 // sees a key (its exact running max until then), so later tiles take no max, no shuffles and no
 // rescale of O once every row of the warp has seen a key. P = 2^(s sc - m0) may then exceed 1:
 // exact up to rounding while it stays finite (elements below 2^-126 of m0 are lost, as below 2^-126
-// of the running max they are in the exact pass). A row whose l or O is not finite at the end
-// (scores more than ~128 log2 units above m0, or P V past the float range) takes the result of a
-// second pass over the block's tiles with the running max, the bits of the plain kernel; the
-// other rows keep the first pass's. Either way a row's bits depend only on the row's window.
+// of the running max they are in the exact pass). A row whose l reaches 2^64 (scores ~64 log2
+// units above m0: alpha / l would lose bits) or whose O is not finite takes the result of a second
+// pass over the block's tiles with the running max, the bits of the plain kernel; the other rows
+// keep the first pass's. Either way a row's bits depend only on the row's window (for finite
+// inputs: a non-finite V in a tile the row walks poisons it through 0 * inf, in both passes, as
+// in every variant here).
 template <int NWG, int S, int MINB, bool FROZEN = false>
 __global__ void __launch_bounds__(128 * NWG, MINB)
     band_wg_kernel(const __grid_constant__ WgArgs a) {
@@ -778,7 +780,9 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
     bool write_a = true, write_b = true;
     if (FROZEN) {
       if (frozen) {  // a row whose l or O left the float range is redone by the exact pass
-        bool ok_a = isfinite(l_a), ok_b = isfinite(l_b);
+        // l < 2^64 (NaN fails too): alpha / l stays a normal float for any sane alpha (the exact
+        // pass's l is at most the key count)
+        bool ok_a = l_a < 0x1p64f, ok_b = l_b < 0x1p64f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           ok_a = ok_a && isfinite(o[4 * j]) && isfinite(o[4 * j + 1]);

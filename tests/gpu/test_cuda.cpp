@@ -991,14 +991,14 @@ struct BandRun {
 };
 std::vector<uint16_t> run_band(const BandRun& r, const std::vector<float>& q,
                                const std::vector<float>& k, const std::vector<float>& v,
-                               int64_t heads, const char* variant) {
+                               int64_t heads, const char* variant, float alpha = 1.0f) {
   const int64_t d = heads * 64, kvc = r.kv_end - r.kv_begin;
   auto rows = [&](const std::vector<float>& x, int64_t lo, int64_t n) {
     return up_act(std::vector<float>(x.begin() + lo * d, x.begin() + (lo + n) * d), DType::kBF16);
   };
   DeviceBuffer dq = rows(q, r.first, r.m), dk = rows(k, r.kv_begin, kvc),
                dv = rows(v, r.kv_begin, kvc);
-  DeviceBuffer dal = up(std::vector<float>(heads, 1.0f)), dout(r.m * d * 2);
+  DeviceBuffer dal = up(std::vector<float>(heads, alpha)), dout(r.m * d * 2);
   cuda::memset_device(dout.get(), 0xff, r.m * d * 2);
   kern::AttentionParams p{};
   p.type = DType::kBF16;
@@ -1030,7 +1030,8 @@ TEST(CudaOps, BandKernelFrozenOffsetsAgree) {
   // wgstat (a row's softmax offset frozen after the first tile where it sees a key) against wg
   // (running max): the same softmax up to rounding, every row written, for unaligned shards,
   // windows of 1 to beyond a tile span, key ranges cut on both sides, bidirectional and causal;
-  // scores of ordinary size and 4x larger (P up to ~2^40 above the frozen offset, still finite).
+  // scores of ordinary size and 4x larger (P above 1 where a first tile with few visible keys
+  // has a low max).
   const int64_t H = 2, d = H * 64;
   struct Case {
     int64_t n_record, first, m, window, cut_lo, cut_hi;
@@ -1068,44 +1069,81 @@ TEST(CudaOps, BandKernelFrozenOffsetsAgree) {
 TEST(CudaOps, BandKernelFrozenOffsetsRowInvariantAndRedone) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
-  // Head 0: every q row 3 to 3.5 in every channel and two "spike" keys of +6 (a score ~200 log2
-  // units above the others): a row that sees a spike in a later tile than its first overflows
-  // under the frozen offset, and gets the exact pass, the bits of wg. Head 1: ordinary scores.
-  // A shard's rows (any first row, its window of keys) have the bits of the whole record's.
+  // Head 0: every q row 3 to 3.5 in every channel and two "spike" keys far above the others: a
+  // row that sees a spike in a later tile than its first gets l >= 2^64 (or an overflow) under
+  // the frozen offset, so the exact pass redoes it: the bits of wg. Spikes of +6 overflow (~195
+  // log2 units above the first tile's max); spikes of +3 stay finite (~90-120 units) and are
+  // redone for l, with alpha = 2^-30 (alpha / l would be subnormal without the redo). A NaN in
+  // a V row: every NaN output has wg's bits. Head 1: ordinary scores. Bidirectional and causal;
+  // with finite inputs a shard's rows (any first row; its window of keys, or all keys) have the
+  // whole record's bits.
   const int64_t H = 2, d = H * 64, n = 4000, w = 256;
-  auto q = rnd(n * d, 81, -2, 2), k = rnd(n * d, 82, -2, 2), v = round_bf16(rnd(n * d, 83));
   const int64_t spikes[] = {700, 2100};
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < 64; ++c) q[i * d + c] = 3.0f + 0.5f * (q[i * d + c] + 2.0f) / 4.0f;
-  for (int64_t s : spikes)
-    for (int64_t c = 0; c < 64; ++c) k[s * d + c] = 6.0f;
-  q = round_bf16(q);
-  k = round_bf16(k);
-  const BandRun whole{n, 0, n, w, 0, n};
-  const auto ref = run_band(whole, q, k, v, H, "wg");
-  const auto got = run_band(whole, q, k, v, H, "wgstat");
-  int64_t redone = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t first_tile = std::max<int64_t>(0, i - w) / 64;
-    bool later_spike = false;
-    for (int64_t s : spikes) later_spike |= std::llabs(s - i) <= w && s / 64 > first_tile;
-    if (!later_spike) continue;
-    ++redone;
-    for (int64_t c = 0; c < 64; ++c)
-      ASSERT_EQ(got[i * d + c], ref[i * d + c]) << "row " << i << " (a spike in a later tile)";
-  }
-  EXPECT_GT(redone, 500);
-  for (size_t i = 0; i < got.size(); ++i) {
-    const float a = cuda::from_bf16(got[i]), b = cuda::from_bf16(ref[i]);
-    ASSERT_NEAR(a, b, 8e-3) << "row " << i / d << " channel " << i % d;
-  }
-  for (auto [first, m] : {std::pair<int64_t, int64_t>{1100, 1500}, {1, 900}, {2999, 1001}}) {
-    SCOPED_TRACE("shard from " + std::to_string(first));
-    const BandRun shard{
-        n, first, m, w, std::max<int64_t>(0, first - w), std::min(n, first + m + w)};
-    const auto part = run_band(shard, q, k, v, H, "wgstat");
-    for (int64_t i = 0; i < m * d; ++i)
-      ASSERT_EQ(part[i], got[first * d + i]) << "row " << first + i / d << " channel " << i % d;
+  struct Scenario {
+    float spike, alpha;
+    int64_t nan_v;  // a V row set to NaN (head 1), or -1
+  };
+  for (Scenario sc :
+       {Scenario{6.0f, 1.0f, -1}, Scenario{3.0f, 0x1p-30f, -1}, Scenario{6.0f, 1.0f, 3333}}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE("spike " + std::to_string(sc.spike) + " alpha " + std::to_string(sc.alpha) +
+                   " nan row " + std::to_string(sc.nan_v) + (causal ? " causal" : ""));
+      auto q = rnd(n * d, 81, -2, 2), k = rnd(n * d, 82, -2, 2), v = round_bf16(rnd(n * d, 83));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < 64; ++c) q[i * d + c] = 3.0f + 0.5f * (q[i * d + c] + 2.0f) / 4.0f;
+      for (int64_t s : spikes)
+        for (int64_t c = 0; c < 64; ++c) k[s * d + c] = sc.spike;
+      if (sc.nan_v >= 0) v[sc.nan_v * d + 64 + 5] = std::nanf("");
+      q = round_bf16(q);
+      k = round_bf16(k);
+      const BandRun whole{n, 0, n, w, 0, n, causal};
+      const auto ref = run_band(whole, q, k, v, H, "wg", sc.alpha);
+      const auto got = run_band(whole, q, k, v, H, "wgstat", sc.alpha);
+      int64_t redone = 0, nans = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t first_tile = std::max<int64_t>(0, i - w) / 64;
+        bool later_spike = false;
+        for (int64_t s : spikes)
+          later_spike |=
+              (causal ? s <= i && i - s <= w : std::llabs(s - i) <= w) && s / 64 > first_tile;
+        if (!later_spike) continue;
+        ++redone;
+        for (int64_t c = 0; c < 64; ++c)
+          ASSERT_EQ(got[i * d + c], ref[i * d + c]) << "row " << i << " (a spike in a later tile)";
+      }
+      EXPECT_GT(redone, causal ? 200 : 500);
+      for (size_t i = 0; i < got.size(); ++i) {
+        const float a = cuda::from_bf16(got[i]), b = cuda::from_bf16(ref[i]);
+        if (std::isnan(b)) {
+          ++nans;
+          ASSERT_EQ(got[i], ref[i]) << "row " << i / d << " channel " << i % d << " (NaN)";
+        } else {
+          ASSERT_NEAR(a, b, 8e-3 * std::max(1.0f, sc.alpha))
+              << "row " << i / d << " channel " << i % d;
+        }
+      }
+      if (sc.nan_v >= 0) {
+        EXPECT_GT(nans, 0);
+        continue;  // shard invariance is for finite inputs (docs/model.md)
+      }
+      // Shards: windows of keys as a shard's halo gives them, and one with every key.
+      struct Part {
+        int64_t first, m;
+        bool all_keys;
+      };
+      for (Part pt : {Part{1100, 1500, false}, Part{1100, 700, false}, Part{1, 900, false},
+                      Part{2999, 1001, false}, Part{1100, 700, true}}) {
+        SCOPED_TRACE("shard from " + std::to_string(pt.first) + " of " + std::to_string(pt.m) +
+                     (pt.all_keys ? ", every key" : ""));
+        const int64_t lo = pt.all_keys ? 0 : std::max<int64_t>(0, pt.first - w);
+        const int64_t hi = pt.all_keys ? n : std::min(n, pt.first + pt.m + (causal ? 0 : w));
+        const BandRun shard{n, pt.first, pt.m, w, lo, hi, causal};
+        const auto part = run_band(shard, q, k, v, H, "wgstat", sc.alpha);
+        for (int64_t i = 0; i < pt.m * d; ++i)
+          ASSERT_EQ(part[i], got[pt.first * d + i])
+              << "row " << pt.first + i / d << " channel " << i % d;
+      }
+    }
   }
 }
 
