@@ -155,11 +155,10 @@ bool check_paths(const EmbedOptions& o) {
 // What makes two runs the same run: a resumed run must match the journal's manifest.
 std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   std::ostringstream m;
-  m << "sparsa-journal 1\nmodel_sha256 " << model_sha << "\n";
-  for (const auto& in : o.inputs) {
-    std::error_code ec;
-    m << "input " << fs::absolute(in).string() << " size " << fs::file_size(in, ec) << "\n";
-  }
+  // Inputs by path alone: a record's content is checked by its fingerprint (input_sha256), so a
+  // fixed input resumes, reusing the records that did not change.
+  m << "sparsa-journal 2\nmodel_sha256 " << model_sha << "\n";
+  for (const auto& in : o.inputs) m << "input " << fs::absolute(in).string() << "\n";
   for (const auto& r : o.regions) m << "region " << r << "\n";
   if (!o.regions_bed.empty()) m << "regions_bed " << fs::absolute(o.regions_bed).string() << "\n";
   m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
@@ -314,6 +313,7 @@ struct EmbedRun {
     ro.global_scores = fwd.global_scores.data();
     ro.n_layers = w.config.n_layers;
     ro.n_global = fwd.n_global;
+    ro.fingerprint = record_fingerprint(rec);
     return ro;
   }
 
@@ -526,6 +526,27 @@ struct EmbedRun {
   }
 };
 
+// "" when every record of the inputs has the input_sha256 of the complete output f's record of
+// its index and name, and f holds no other records; else what differs.
+std::string records_differ(const EmbedOptions& o, const h5::File& f) {
+  const ModelWeights w = load_checkpoint(o.model);
+  RecordSource source(o, w.config);
+  Record rec;
+  int64_t index = 0;
+  while (source.next(rec)) {
+    const std::string g = "/records/" + Journal::key_for(index++, rec.name);
+    if (!f.exists(g) || !f.has_attr(g, "input_sha256"))
+      return "it has no record " + std::to_string(index) + " '" + rec.name + "'";
+    if (f.attr_string(g, "input_sha256") != record_fingerprint(rec))
+      return "record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
+             " changed since";
+  }
+  const int64_t held = (int64_t)f.list("/records").size();
+  if (held != index)
+    return "it holds " + std::to_string(held) + " records, the inputs " + std::to_string(index);
+  return "";
+}
+
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] {
@@ -544,6 +565,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       h5::File f = h5::File::open_read(o.output);
       if (f.has_attr("/", "run_manifest")) {
         why = first_difference(now, f.attr_string("/", "run_manifest"));
+        // The same run by its options; by its records too: each one's input_sha256 against the
+        // input as it is now (the manifest names the inputs by path alone).
+        if (why.empty()) why = records_differ(o, f);
       } else {
         const std::string dtype = o.f16 ? "float16" : "float32";
         for (auto [name, want] : {std::pair<const char*, std::string>{"model_sha256", sha},
@@ -664,8 +688,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       const int64_t n = rec.n_tokens();
       if (n == 0) throw InputError(rec.source + ": record '" + rec.name + "' is empty");
       if (journal.done(index)) {
-        ++sum.resumed;
-        continue;
+        if (journal.same_record(index, record_fingerprint(rec))) {
+          ++sum.resumed;
+          continue;
+        }
+        progress.log("record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
+                     " is not the one in " + journal.dir() + " (the input changed): embedding " +
+                     "it again");
+        journal.redo(index);
       }
       if (comm.size() == 1 || n >= o.split_min) {
         run.embed_record(Item{index, std::move(rec)}, comm, root);

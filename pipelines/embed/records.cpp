@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/error.hpp"
+#include "core/sha256.hpp"
 #include "io/dna.hpp"
 #include "io/timeseries.hpp"
 #include "pipelines/embed/embed.hpp"
@@ -106,5 +107,20 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
     : impl_(std::make_unique<Impl>(opts, config)) {}
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
+
+std::string record_fingerprint(const Record& rec) {
+  Sha256 h;
+  h.update_field("sparsa-record 1");
+  h.update_field(rec.name);
+  h.update_field(rec.description);
+  h.update_field(rec.region);
+  const int64_t nums[3] = {rec.offset, rec.n_channels, (int64_t)rec.tokens.size()};
+  h.update(nums, sizeof nums);
+  h.update(rec.tokens.data(), rec.tokens.size() * sizeof(int32_t));
+  const int64_t n_ts = (int64_t)rec.timestamps.size();
+  h.update(&n_ts, sizeof n_ts);
+  for (const auto& t : rec.timestamps) h.update_field(t);
+  return h.hex();
+}
 
 }  // namespace sparsa

@@ -25,4 +25,9 @@ class RecordSource {
   std::unique_ptr<Impl> impl_;
 };
 
+// Hex SHA-256 of what a record's output is made from: its name, description, region, offset,
+// channels, tokens and timestamps (not the input's path). Written with the record as
+// input_sha256; --resume reuses a finished record only while its record hashes the same.
+std::string record_fingerprint(const Record& rec);
+
 }  // namespace sparsa

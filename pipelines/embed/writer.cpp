@@ -59,6 +59,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
   std::vector<int64_t> done;
+  std::string fps;  // resume: the done parts' input_sha256, 64 characters each (blank: none)
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
@@ -92,6 +93,18 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
         else if (name.find(".tmp") != std::string::npos)
           fs::remove(e.path(), ec);  // a part that was being written when the run stopped
       }
+      for (int64_t index : done) {
+        std::string fp;
+        try {
+          const h5::File part = h5::File::open_read(part_path(index));
+          const std::vector<std::string> keys = part.list("/records");
+          if (keys.size() == 1 && part.has_attr("/records/" + keys[0], "input_sha256"))
+            fp = part.attr_string("/records/" + keys[0], "input_sha256");
+        } catch (const std::exception&) {  // unreadable: embedded again
+        }
+        fp.resize(64, ' ');
+        fps += fp;
+      }
     } catch (const ConfigError& e) {
       error = e.what();
       error_is_config = 1;
@@ -104,13 +117,28 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   comm.broadcast(sizes, sizeof sizes, 0);
   error.resize(sizes[0]);
   done.resize(sizes[1]);
+  fps.resize(sizes[1] * 64);
   if (sizes[0]) comm.broadcast(error.data(), sizes[0], 0);
-  if (sizes[1]) comm.broadcast(done.data(), sizes[1] * 8, 0);
+  if (sizes[1]) {
+    comm.broadcast(done.data(), sizes[1] * 8, 0);
+    comm.broadcast(fps.data(), sizes[1] * 64, 0);
+  }
   if (!error.empty()) {
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
   done_.insert(done.begin(), done.end());
+  for (size_t i = 0; i < done.size(); ++i) fingerprints_[done[i]] = fps.substr(i * 64, 64);
+}
+
+bool Journal::same_record(int64_t index, const std::string& fingerprint) const {
+  const auto it = fingerprints_.find(index);
+  return done(index) && it != fingerprints_.end() && it->second == fingerprint;
+}
+
+void Journal::redo(int64_t index) {
+  done_.erase(index);
+  fingerprints_.erase(index);
 }
 
 int64_t Journal::count_parts() const {
@@ -141,6 +169,7 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
   f.set_attr(g, "length", r.length);
   f.set_attr(g, "region", rec.region);
   f.set_attr(g, "strand", r.strand);
+  if (!r.fingerprint.empty()) f.set_attr(g, "input_sha256", r.fingerprint);
   f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
   return g;
 }

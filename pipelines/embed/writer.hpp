@@ -8,6 +8,7 @@
 // or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -42,6 +43,7 @@ struct RecordOutput {
   const int64_t* global_positions = nullptr;  // [L, G]
   const float* global_scores = nullptr;       // [L, G]
   int64_t n_layers = 0, n_global = 0;
+  std::string fingerprint{};  // record_fingerprint (records.hpp): the record's input_sha256
 };
 
 class Journal {
@@ -51,6 +53,10 @@ class Journal {
   Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
           Comm& comm);
   bool done(int64_t index) const { return done_.count(index) != 0; }
+  // With resume: whether finished record `index` was made from a record of this fingerprint (its
+  // part's input_sha256); redo(index) forgets it, so that it is embedded again.
+  bool same_record(int64_t index, const std::string& fingerprint) const;
+  void redo(int64_t index);
   int64_t n_done() const { return (int64_t)done_.size(); }
   const std::string& dir() const { return dir_; }
   int64_t count_parts() const;  // finished parts on disk
@@ -72,6 +78,7 @@ class Journal {
   void finish_as(const std::string& from, const std::string& output);
   std::string dir_;
   std::set<int64_t> done_;
+  std::map<int64_t, std::string> fingerprints_;  // resume: the parts' input_sha256
 };
 
 // One record's part written while its rows arrive, by the one rank that holds the whole record

@@ -112,6 +112,50 @@ TEST(Resume, ManifestMismatchIsRefused) {
   EXPECT_FALSE(exists(out + ".parts"));
 }
 
+TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
+  // A run stops on a bad base in record 3 with records 1 and 2 finished. The input is fixed, and
+  // record 1 edited without changing the file's size: --resume keeps record 2, embeds 1 and 3
+  // (the journal's parts carry each record's input_sha256), and the output is a clean run's.
+  // A complete output is then reported complete by --resume only while every record hashes the
+  // same: another same-size edit is refused (exit 2), the file untouched.
+  Fixture fx;
+  const std::string out = fx.t / "out.h5", input = fx.t / "fix.fa";
+  std::string good = random_fasta(3, 3000, 9), bad = good;
+  const size_t r3 = bad.find(">rec2");
+  bad[r3 + 100] = 'Z';
+  write_file(input, bad);
+  auto cmd = [&](const std::string& o, const std::string& extra) {
+    return binary() + " embed --threads 1 --dtype f32 --pool bin:10 --model " + fx.model +
+           " --input " + input + " --output " + o + " " + extra;
+  };
+  auto r = run(cmd(out, ""));
+  ASSERT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("rec2"), std::string::npos) << r.output;
+  ASSERT_EQ(count_parts(out + ".parts"), 2) << r.output;
+  std::string fixed = good;
+  const size_t r1 = fixed.find(">rec0") + 20;
+  fixed[r1] = fixed[r1] == 'A' ? 'C' : 'A';
+  ASSERT_EQ(fixed.size(), bad.size());
+  write_file(input, fixed);
+  r = run(cmd(out, "--resume"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("record 1 'rec0'"), std::string::npos) << r.output;  // embedded again
+  EXPECT_EQ(r.output.find("record 2 'rec1' of"), std::string::npos) << r.output;  // kept
+  ASSERT_EQ(run(cmd(fx.t / "clean.h5", "-q")).code, 0);
+  expect_same_contents(out, fx.t / "clean.h5");
+  r = run(cmd(out, "--resume"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
+  std::string edited = fixed;
+  const size_t r2 = edited.find(">rec1") + 30;
+  edited[r2] = edited[r2] == 'G' ? 'T' : 'G';
+  write_file(input, edited);
+  r = run(cmd(out, "--resume"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("record 2 'rec1'"), std::string::npos) << r.output;
+  expect_same_contents(out, fx.t / "clean.h5");  // untouched
+}
+
 TEST(Resume, SingleRecordPartBecomesTheOutput) {
   // One record: the part is completed in place and renamed (no second copy of the rows). A run
   // stopped after the part got its attributes but before the rename resumes to the same file.
@@ -159,7 +203,8 @@ TEST(Resume, SingleRecordPartBecomesTheOutput) {
   struct stat after {};
   ASSERT_EQ(stat(out.c_str(), &after), 0);
   EXPECT_EQ(before.st_ino, after.st_ino) << "the part was copied, not renamed";
-  // A part damaged by a crash: a clear error naming it, nothing at the output path.
+  // A damaged part (unreadable: no input_sha256 to match) is not trusted: the record is embedded
+  // again, with a message, and the output is the clean run's.
   const std::string out2 = fx.t / "out2.h5";
   pid = spawn(args(out2, false), fx.t / "log4");
   for (int i = 0; i < 600 && !exists(out2 + ".parts/MANIFEST"); ++i)
@@ -168,12 +213,11 @@ TEST(Resume, SingleRecordPartBecomesTheOutput) {
   wait_exit(pid);
   ASSERT_EQ(count_parts(out2 + ".parts"), 0);
   write_file(out2 + ".parts/000001.h5", "not an HDF5 file");
-  auto r = run(binary() + " embed -q --threads 1 --dtype f32 --pool bin:10 --resume --model " +
+  auto r = run(binary() + " embed --threads 1 --dtype f32 --pool bin:10 --resume --model " +
                fx.model + " --input " + one + " --output " + out2);
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.output.find("000001.h5"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("--force"), std::string::npos) << r.output;
-  EXPECT_FALSE(exists(out2));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("embedding it again"), std::string::npos) << r.output;
+  expect_same_contents(out2, clean);
 }
 
 // A part written piece by piece (PartStream: --pool none, one rank holding the record) is whole
