@@ -585,6 +585,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       throw ConfigError("--resume: " + o.output + " is complete but was made by a different run (" +
                         why +
                         "); use the same model, inputs and options, or --force to replace it");
+    if (root && !o.quiet)
+      std::fprintf(stderr, "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
+                   o.output.c_str(), why.c_str());
   }
   // --force: the old output goes as the run starts, so that a run that fails (a bad checkpoint,
   // input or record) leaves nothing at the path that could be taken for its result (spec 5).
@@ -628,6 +631,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
+  if (!journal.discarded().empty())
+    progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
+                 journal.discarded() + ")");
   if (journal.n_done() > 0)
     progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
                  journal.dir());

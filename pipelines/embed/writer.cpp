@@ -66,10 +66,14 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       if (fs::exists(dir_, ec)) {
         if (resume) {
           const std::string old = read_text(dir_ + "/MANIFEST");
-          if (old != manifest)
+          if (old != manifest && !force)
             throw ConfigError("--resume: " + dir_ + " was made by a different run (" +
                               first_difference(manifest, old) +
                               "); use the same model, inputs and options, or --force");
+          if (old != manifest) {  // --resume --force: this run's journal continues, another goes
+            discarded_ = first_difference(manifest, old);
+            fs::remove_all(dir_, ec);
+          }
         } else if (!force) {
           throw ConfigError(dir_ +
                             " holds the finished records of an earlier run: pass --resume "
@@ -113,6 +117,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       if (error.empty()) error = "journal error";
     }
   }
+  if (comm.rank() != 0) discarded_.clear();  // rank 0 reports it
   int64_t sizes[3] = {(int64_t)error.size(), (int64_t)done.size(), error_is_config};
   comm.broadcast(sizes, sizeof sizes, 0);
   error.resize(sizes[0]);

@@ -49,7 +49,8 @@ struct RecordOutput {
 class Journal {
  public:
   // Collective. Creates OUT.parts/ with `manifest`, or with resume reopens it after checking that
-  // its manifest matches. Without resume an existing OUT.parts is refused unless force.
+  // its manifest matches (another run's is refused, or with force discarded). Without resume an
+  // existing OUT.parts is refused unless force (which discards it).
   Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
           Comm& comm);
   bool done(int64_t index) const { return done_.count(index) != 0; }
@@ -59,6 +60,8 @@ class Journal {
   void redo(int64_t index);
   int64_t n_done() const { return (int64_t)done_.size(); }
   const std::string& dir() const { return dir_; }
+  // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
+  const std::string& discarded() const { return discarded_; }
   int64_t count_parts() const;  // finished parts on disk
   void remove();                // deletes the journal folder
   // Collective. Writes record `index` (1-based, input order). With `parallel` every rank writes
@@ -79,6 +82,7 @@ class Journal {
   std::string dir_;
   std::set<int64_t> done_;
   std::map<int64_t, std::string> fingerprints_;  // resume: the parts' input_sha256
+  std::string discarded_;
 };
 
 // One record's part written while its rows arrive, by the one rank that holds the whole record

@@ -87,8 +87,10 @@ int main(int argc, char** argv) {
   app.get_formatter()->column_width(34);
   int threads = 0;
   app.add_option(
-      "-t,--threads", threads,
-      "CPU threads (default: OMP_NUM_THREADS, else the node's cores shared among its ranks)");
+         "-t,--threads", threads,
+         "CPU threads, 1 to 1024 (default: OMP_NUM_THREADS, else the node's cores shared among its "
+         "ranks)")
+      ->check(CLI::Range(1, 1024));
 
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");
