@@ -586,7 +586,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                         why +
                         "); use the same model, inputs and options, or --force to replace it");
     if (root && !o.quiet)
-      std::fprintf(stderr, "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
+      std::fprintf(stderr,
+                   "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
                    o.output.c_str(), why.c_str());
   }
   // --force: the old output goes as the run starts, so that a run that fails (a bad checkpoint,

@@ -38,7 +38,7 @@ const char* kDescription =
 const char* kEmbedFooter =
     "Examples:\n"
     "  sparsa embed -m model.h5 -i genome.fa.gz -o emb.h5 --pool bin:128\n"
-    "  sparsa embed -m model.h5 -i hg38.fa.gz -r chr1:1-5000000 -o chr1.h5   (faidx region)\n"
+    "  sparsa embed -m model.h5 -i hg38.fa.bgz -r chr1:1-5000000 -o chr1.h5  (faidx region)\n"
     "  sparsa embed -m ts.h5 -i prices.csv --columns close -o prices.h5 --pool mean\n"
     "  mpirun -np 4 sparsa embed -m model.h5 -i chr1.fa.gz -o chr1.h5 --device cuda\n"
     "\n"

@@ -59,7 +59,7 @@ void Progress::start_record(int64_t index, const std::string& name, int64_t n_to
   rec_tokens_ = n_tokens;
   fraction_ = 0;
   rec_t0_ = Clock::now();
-  print(true);
+  print(index == 1);  // the first at once; later ones as the rate limit allows
 }
 
 void Progress::update(double fraction) {
@@ -70,8 +70,12 @@ void Progress::update(double fraction) {
 void Progress::finish_record() {
   fraction_ = 1.0;
   tokens_done_ += rec_tokens_;
-  print(true);
-  if (enabled_ && live_) std::fputc('\n', stderr);
+  // A record that took a while keeps a line of its own; short ones (reads) only feed the
+  // rate-limited line, so a FASTQ of a million reads does not print a million lines.
+  const bool long_record =
+      std::chrono::duration<double>(Clock::now() - rec_t0_).count() >= kLongRecordSeconds;
+  print(long_record);
+  if (enabled_ && live_ && long_record) std::fputc('\n', stderr);
 }
 
 void Progress::log(const std::string& msg) {
@@ -88,13 +92,15 @@ void Progress::print(bool force) {
   const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
   const double done = fraction_ * (double)rec_tokens_;
   const double rate = rec_s > 0 ? done / rec_s : 0;
-  const double eta = rate > 0 ? ((double)rec_tokens_ - done) / rate : 0;
+  const std::string eta = fraction_ >= 1 ? "0.0s"
+                          : rate > 0     ? human_seconds(((double)rec_tokens_ - done) / rate)
+                                         : "--";
   char line[512];
   std::snprintf(line, sizeof line,
                 "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
                 (long long)index_, name_.c_str(), human_count(done).c_str(),
                 human_count((double)rec_tokens_).c_str(), 100.0 * fraction_,
-                human_count(rate).c_str(), human_seconds(eta).c_str(),
+                human_count(rate).c_str(), eta.c_str(),
                 human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
                 human_seconds(seconds()).c_str());
   if (live_)

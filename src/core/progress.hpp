@@ -1,5 +1,7 @@
 // sparsa: progress on long work. A live line on a terminal; plain log lines (at most one every
-// 10 s) otherwise; nothing with --quiet. Written to stderr by rank 0 only.
+// 10 s) otherwise; nothing with --quiet. A record that takes 10 s or more also gets a line when
+// it starts (the first record) and when it ends; short records (reads) only feed the rate-limited
+// line. Written to stderr by rank 0 only.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -22,6 +24,7 @@ class Progress {
 
  private:
   void print(bool force);
+  static constexpr double kLongRecordSeconds = 10.0;
   bool enabled_, live_;
   std::chrono::steady_clock::time_point t0_, last_;
   int64_t index_ = 0, rec_tokens_ = 0, tokens_done_ = 0;

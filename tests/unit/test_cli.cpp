@@ -67,6 +67,32 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_EQ(r.code, 2);
 }
 
+TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
+  TempDir t;
+  // --threads outside 1..1024 is a usage error (0 was taken silently, 100000 crashed OpenMP).
+  for (const char* n : {"0", "-3", "100000"})
+    expect_failure(embed_cmd(lambda(), t / "o.h5", std::string("--threads ") + n), t / "o.h5",
+                   "--threads");
+  EXPECT_FALSE(exists(t / "o.h5.parts"));
+  // 300 short reads: a few progress lines (rate-limited), not two per read; the summary last.
+  std::string fq;
+  uint64_t s = 5;
+  for (int i = 0; i < 300; ++i) {
+    fq += "@read" + std::to_string(i) + "\n";
+    for (int j = 0; j < 150; ++j) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      fq += "ACGT"[(s >> 33) & 3];
+    }
+    fq += "\n+\n" + std::string(150, 'I') + "\n";
+  }
+  write_file(t / "reads.fq", fq);
+  auto r = run(binary() + " embed --threads 1 --pool mean --model " + tiny_model() + " --input " +
+               t / "reads.fq" + " --output " + t / "reads.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_LT(std::count(r.output.begin(), r.output.end(), '\n'), 12) << r.output;
+  EXPECT_NE(r.output.find("done: 300 records"), std::string::npos) << r.output;
+}
+
 TEST(Cli, InitIsDeterministicAndSeedMatters) {
   TempDir t;
   for (auto [name, seed] : {std::pair{"a.h5", 5}, {"b.h5", 5}, {"c.h5", 6}}) {

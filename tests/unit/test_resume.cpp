@@ -139,7 +139,7 @@ TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
   write_file(input, fixed);
   r = run(cmd(out, "--resume"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("record 1 'rec0'"), std::string::npos) << r.output;  // embedded again
+  EXPECT_NE(r.output.find("record 1 'rec0'"), std::string::npos) << r.output;     // embedded again
   EXPECT_EQ(r.output.find("record 2 'rec1' of"), std::string::npos) << r.output;  // kept
   ASSERT_EQ(run(cmd(fx.t / "clean.h5", "-q")).code, 0);
   expect_same_contents(out, fx.t / "clean.h5");

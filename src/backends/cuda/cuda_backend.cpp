@@ -592,8 +592,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const HaloPlan plan = plan_halo(shard, comm.rank(), comm.size(), c.window, c.causal);
   // Projection / MLP chunks: larger ones are ~1% faster at 1M tokens (fewer, larger GEMMs;
   // bench/NOTES.md), smaller ones leave room for the longest records.
-  I.chunk_rows = I.opt.chunk_rows > 0 ? I.opt.chunk_rows
-                 : I.chunk_env > 0    ? I.chunk_env
+  I.chunk_rows = I.opt.chunk_rows > 0      ? I.opt.chunk_rows
+                 : I.chunk_env > 0         ? I.chunk_env
                  : m <= (int64_t{1} << 24) ? 131072
                                            : 65536;
   const int64_t chunk = std::max<int64_t>(1, std::min(I.chunk_rows, m));
