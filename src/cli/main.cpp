@@ -102,7 +102,14 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")->required();
   init->add_option("--seed", seed, "Random seed; the same seed gives the same file contents")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](const std::string& v) {  // uint64 parsing would wrap "-1" around
+            return v.find_first_not_of("0123456789") == std::string::npos && !v.empty()
+                       ? std::string()
+                       : "the seed must be a whole number from 0 to 18446744073709551615";
+          },
+          "UINT", "unsigned"));
   init->add_flag("--force", init_force, "Replace an existing output file");
 
   // embed
@@ -154,7 +161,14 @@ int main(int argc, char** argv) {
                    "Under MPI: records of at least this many tokens are split over all ranks; "
                    "shorter ones go whole to one rank")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](const std::string& v) {
+            return v.find_first_not_of("0123456789") == std::string::npos && !v.empty() &&
+                           v.find_first_not_of('0') != std::string::npos
+                       ? std::string()
+                       : "must be a whole number of tokens, at least 1";
+          },
+          "TOKENS", "tokens"));
   embed->add_flag("-q,--quiet", eo.quiet, "No progress output");
 
   // inspect
@@ -211,8 +225,15 @@ int main(int argc, char** argv) {
       if (local > 1) omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
     }
     if (*init) {
-      if (std::filesystem::exists(init_output) && !init_force)
+      namespace fs = std::filesystem;
+      if (fs::exists(init_output) && !init_force)
         throw ConfigError(init_output + " already exists; pass --force to replace it");
+      if (fs::is_directory(init_output))
+        throw ConfigError(init_output + " is a folder; give the checkpoint's file name");
+      const fs::path folder = fs::absolute(init_output).parent_path();
+      if (!fs::is_directory(folder))
+        throw ConfigError(init_output + ": the output folder " + folder.string() +
+                          " does not exist");
       ModelConfig c = load_model_config(init_config);
       if (comm->rank() == 0) {
         save_checkpoint(init_model(c, seed), init_output);
@@ -243,6 +264,7 @@ int main(int argc, char** argv) {
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);
     } else if (*insp) {
+      if (!std::filesystem::exists(insp_path)) throw InputError(insp_path + ": no such file");
       if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
     }
   } catch (const Interrupted& e) {
