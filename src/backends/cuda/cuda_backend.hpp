@@ -38,7 +38,7 @@ enum class CudaOutput {
 
 struct CudaOptions {
   bool bf16 = true;
-  int device = -1;             // -1: node-local rank modulo the device count
+  int device = -1;  // -1: node-local rank modulo the device count
   // Rows per chunk of the projection / MLP scratch (about 6.2 KB a row for dna-base in bf16);
   // 0: 131072 for a shard of up to 2^24 rows, else 65536 (env SPARSA_CHUNK_ROWS=N: N). A row's
   // bits do not depend on it (the GEMMs' algorithms are fixed per shape, tests/gpu).
