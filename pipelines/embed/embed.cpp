@@ -22,6 +22,8 @@
 #include "io/dna.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/device.hpp"
+#include "dist/comm_nccl.hpp"
 #endif
 #include "io/h5.hpp"
 #include "model/forward.hpp"
@@ -218,8 +220,16 @@ using RcPairFn = std::function<ForwardOutput(const int32_t*, const Shard&, const
 
 // The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto); rc_pair is
 // set where the backend averages the two passes itself (CUDA, rows back to the host).
+#ifdef SPARSA_HAVE_CUDA
+using NcclFuture = std::future<std::unique_ptr<NcclComm>>;
+#else
+using NcclFuture = std::future<void>;  // never valid
+#endif
+
+// adopt_nccl: set for a GPU model; hands it the NCCL communicator being made for split records.
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
-                         std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair) {
+                         std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
+                         std::function<void(NcclFuture&&, Comm&)>& adopt_nccl) {
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
@@ -244,6 +254,7 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
                  (co.bf16 ? " (bf16)" : " (fp32)"));
+    adopt_nccl = [model](NcclFuture&& f, Comm& c) { model->adopt_nccl(std::move(f), c); };
     if (co.output == CudaOutput::kHost)
       rc_pair = [model](const int32_t* t, const Shard& s, const int32_t* rt, const Shard& rs,
                         Comm& c, const ForwardHooks& h) {
@@ -607,6 +618,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (o.device != "cpu" && !(early && early[0] == '0'))
     device_ready = std::async(std::launch::async, cuda::warm_up_device, comm.size() == 1);
 #endif
+  // Several ranks, all with a GPU (NCCL not switched off): the NCCL communicator of split
+  // records is made on a helper thread from now on, its ~0.5 s under the checkpoint's loading
+  // and the set-up (before: inside the first split record's forward).
+  NcclFuture nccl_early;
+#ifdef SPARSA_HAVE_CUDA
+  if (comm.size() > 1 && o.device != "cpu" && nccl_enabled_by_env()) {
+    int64_t no_gpu = cuda_available(nullptr) ? 0 : 1;
+    comm.allreduce_max(&no_gpu, 1);
+    if (no_gpu == 0) nccl_early = NcclComm::start(comm, cuda::select_device(-1));
+  }
+#endif
   const ModelWeights w = load_checkpoint(o.model);
   const ModelConfig& c = w.config;
   const double checkpoint_s = since_start();
@@ -628,7 +650,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double input_s = since_start();
   if (device_ready.valid()) device_ready.wait();
   RcPairFn rc_pair;
-  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair);
+  std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
+  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair, adopt_nccl);
+  if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);

@@ -236,28 +236,51 @@ bool nccl_enabled_by_env() {
   return !(e && e[0] == '0');
 }
 
-NcclComm::NcclComm(Comm& host, int device) : impl_(std::make_unique<Impl>()) {
-  Impl& I = *impl_;
-  const int rank_ = host.rank();
-  I.rank_ = rank_;
-  I.size_ = host.size();
-  I.device_ = device;
+NcclComm::UniqueId NcclComm::bootstrap(Comm& host) {
+  static_assert(sizeof(ncclUniqueId) == sizeof(UniqueId), "ncclUniqueId is 128 bytes");
   // NVLink multicast (NVLS) stays off unless asked for: it can take a shared host's GPUs out of
   // service, and only point-to-point transfers are issued here.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
   // Send/recv connections are made lazily, per peer and per p2p channel (up to 32 by default),
   // each with buffers mapped through cuMem: 1.2 s for 3 peers on an H200 node. Our transfers are
   // a few MB (halo rows, the global set), which 2 channels carry; with legacy CUDA IPC buffers the
-  // set-up takes 0.03 s (bench/NOTES.md). The user's own settings win.
+  // set-up takes 0.03 s (bench/NOTES.md). The user's own settings win. (Set here, before any
+  // thread of NCCL's reads the environment.)
   setenv("NCCL_MAX_P2P_NCHANNELS", "2", 0);
   setenv("NCCL_CUMEM_ENABLE", "0", 0);
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  const int rank_ = host.rank();
+  if (rank_ == 0) SPARSA_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
+  host.broadcast(&id, sizeof id, 0);  // MPI_Bcast of the id's bytes
+  UniqueId out;
+  std::memcpy(out.data(), &id, sizeof id);
+  return out;
+}
+
+NcclComm::NcclComm(Comm& host, int device)
+    : NcclComm(host.rank(), host.size(), device, bootstrap(host)) {}
+
+std::future<std::unique_ptr<NcclComm>> NcclComm::start(Comm& host, int device) {
+  const UniqueId id = bootstrap(host);
+  const int rank = host.rank(), size = host.size();
+  return std::async(std::launch::async, [rank, size, device, id] {
+    return std::unique_ptr<NcclComm>(new NcclComm(rank, size, device, id));
+  });
+}
+
+NcclComm::NcclComm(int rank, int size, int device, const UniqueId& uid)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  const int rank_ = rank;
+  I.rank_ = rank_;
+  I.size_ = size;
+  I.device_ = device;
   SPARSA_NCCL_CUDA(cudaSetDevice(device));
   I.wd = std::make_unique<NcclWatchdog>(rank_, device);
   const auto t_init = std::chrono::steady_clock::now();
   ncclUniqueId id;
-  std::memset(&id, 0, sizeof id);
-  if (rank_ == 0) SPARSA_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
-  host.broadcast(&id, sizeof id, 0);  // MPI_Bcast of the id's bytes
+  std::memcpy(&id, uid.data(), sizeof id);
   {
     NcclWatchdog::Armed armed(*I.wd, "NCCL initialisation (ncclCommInitRank)");
     SPARSA_NCCL_CHECK(nullptr, ncclCommInitRank(&I.comm, I.size_, id, rank_));

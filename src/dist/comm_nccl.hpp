@@ -16,7 +16,9 @@
 // Every rank must issue the same calls in the same order (as with Comm). Only with
 // SPARSA_HAVE_CUDA.
 #pragma once
+#include <array>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <vector>
 
@@ -30,6 +32,11 @@ class NcclComm {
   // Collective over `host` (every rank of it): creates the NCCL communicator of host.size() ranks
   // on `device` (already current in this thread). Throws SystemError on failure.
   NcclComm(Comm& host, int device);
+  // The same, with only the bootstrap (the unique id's broadcast over `host`) on this thread:
+  // ncclCommInitRank and the warm-up exchange run on a helper thread (no MPI there), so that the
+  // ~0.5 s of NCCL's set-up overlaps the caller's. The future yields the communicator or the
+  // error. Collective over `host`, like the constructor.
+  static std::future<std::unique_ptr<NcclComm>> start(Comm& host, int device);
   ~NcclComm();
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -70,6 +77,9 @@ class NcclComm {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  using UniqueId = std::array<char, 128>;  // ncclUniqueId's bytes (NCCL_UNIQUE_ID_BYTES)
+  static UniqueId bootstrap(Comm& host);   // rank 0 makes the id, every rank receives it
+  NcclComm(int rank, int size, int device, const UniqueId& id);
 };
 
 // True unless SPARSA_NCCL=0 (the host-staged path through the host Comm, for comparison).

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <sstream>
 
 #include "backends/cpu/ops.hpp"
@@ -154,6 +155,10 @@ struct CudaModel::Impl {
   // The NCCL communicator (created by the first forward over a Comm of more than one rank).
   std::unique_ptr<NcclComm> nccl;
   const Comm* nccl_host = nullptr;
+  // start_nccl: the communicator being made on a helper thread, for forwards over nccl_pending_host
+  std::future<std::unique_ptr<NcclComm>> nccl_pending;
+  const Comm* nccl_pending_host = nullptr;
+  bool nccl_wanted() const { return opt.nccl > 0 || (opt.nccl < 0 && nccl_enabled_by_env()); }
   Profiler prof;
   bool profile_env = false;
   // bf16 mode's split router (router_split.hpp), by the fused kernel where it applies (or with
@@ -352,8 +357,27 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
 }
 
+void CudaModel::adopt_nccl(std::future<std::unique_ptr<NcclComm>> pending, Comm& comm) {
+  Impl& I = *impl_;
+  if (comm.size() < 2 || !I.nccl_wanted() || !pending.valid()) return;
+  if (I.nccl_pending.valid()) {  // an earlier one, never used
+    try {
+      I.nccl_pending.get().reset();
+    } catch (...) {
+    }
+  }
+  I.nccl_pending = std::move(pending);
+  I.nccl_pending_host = &comm;
+}
+
 CudaModel::~CudaModel() {
   if (impl_) {
+    if (impl_->nccl_pending.valid()) {  // made but never used: finished, then destroyed
+      try {
+        impl_->nccl_pending.get().reset();
+      } catch (...) {  // its error matters no more
+      }
+    }
     cudaStreamSynchronize(impl_->s);
     impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
     for (cudaEvent_t e : impl_->layer_done)
@@ -603,11 +627,13 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   CUDA_OK(cudaSetDevice(I.device));
   // A split record over several ranks: exchanges device to device through NCCL unless asked for
   // host staging (SPARSA_NCCL=0). The communicator is made once, collectively over `comm`.
-  const bool use_nccl =
-      !single && comm.size() > 1 && (I.opt.nccl > 0 || (I.opt.nccl < 0 && nccl_enabled_by_env()));
+  const bool use_nccl = !single && comm.size() > 1 && I.nccl_wanted();
   if (use_nccl && (!I.nccl || I.nccl_host != &comm || I.nccl->size() != comm.size())) {
     I.nccl.reset();
-    I.nccl = std::make_unique<NcclComm>(comm, I.device);
+    if (I.nccl_pending.valid() && I.nccl_pending_host == &comm)
+      I.nccl = I.nccl_pending.get();  // made by start_nccl (its error, if any, rethrown here)
+    else
+      I.nccl = std::make_unique<NcclComm>(comm, I.device);
     I.nccl_host = &comm;
   }
   NcclComm* nc = use_nccl ? I.nccl.get() : nullptr;

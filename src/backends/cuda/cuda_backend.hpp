@@ -14,6 +14,7 @@
 //   global set follows the CPU's wherever scores differ by more than rounding).
 #pragma once
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,8 @@
 #include "model/weights.hpp"
 
 namespace sparsa {
+
+class NcclComm;  // dist/comm_nccl.hpp
 
 using cuda::cuda_available;  // bool cuda_available(std::string* why)
 
@@ -94,6 +97,11 @@ class CudaModel {
   ForwardOutput forward_rc_average(const int32_t* tokens, const Shard& shard,
                                    const int32_t* rc_tokens, const Shard& mirror, Comm& comm,
                                    const ForwardHooks& hooks = {});
+
+  // The NCCL communicator over `comm` that a split record's forward will use, still being made
+  // (NcclComm::start, on this model's device): taken, with its error if any, by the first forward
+  // that needs it, instead of made there (~0.5 s). Ignored where NCCL is off for this model.
+  void adopt_nccl(std::future<std::unique_ptr<NcclComm>> pending, Comm& comm);
 
   int device() const;
   // y of the last forward on the device ([shard size, d] float32), for CudaOutput::kDevice.
