@@ -206,6 +206,12 @@ std::vector<int> assign_by_length(const std::vector<int64_t>& lengths, int ranks
 struct Item {
   int64_t index;  // 1-based, input order
   Record rec;
+  // record_fingerprint(rec), made once on first use (the parts' input_sha256)
+  const std::string& fingerprint() const {
+    if (fp.empty()) fp = record_fingerprint(rec);
+    return fp;
+  }
+  mutable std::string fp;
 };
 
 }  // namespace
@@ -316,7 +322,8 @@ struct EmbedRun {
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
-  RecordOutput record_output(const Record& rec, const ForwardOutput& fwd) const {
+  RecordOutput record_output(const Item& it, const ForwardOutput& fwd) const {
+    const Record& rec = it.rec;
     RecordOutput ro{&rec, to_string(w.config.kind), o.rc_average ? "rc-average" : "+",
                     rec.n_tokens()};
     ro.d = w.config.d_model;
@@ -324,7 +331,7 @@ struct EmbedRun {
     ro.global_scores = fwd.global_scores.data();
     ro.n_layers = w.config.n_layers;
     ro.n_global = fwd.n_global;
-    ro.fingerprint = record_fingerprint(rec);
+    ro.fingerprint = it.fingerprint();
     return ro;
   }
 
@@ -366,7 +373,7 @@ struct EmbedRun {
     }();
     if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env) {
       const ForwardOutput none;  // the head names no global sets: they come with finish()
-      RecordOutput head = record_output(rec, none);
+      RecordOutput head = record_output(it, none);
       head.n_out_total = n;
       part = std::make_unique<PartStream>(journal, it.index, head, o.f16);
       out_hooks.rows_out = [&](int64_t row0, int64_t n_rows, const void* rows) {
@@ -444,7 +451,7 @@ struct EmbedRun {
     fwd.y16 = {};
     std::vector<int64_t> starts(n), ends(n);
     for (int64_t i = 0; i < n; ++i) starts[i] = i, ends[i] = i + 1;
-    RecordOutput ro = record_output(rec, fwd);
+    RecordOutput ro = record_output(it, fwd);
     ro.n_out_total = ro.n_rows = n;
     ro.starts = starts.data();
     ro.ends = ends.data();
@@ -481,7 +488,7 @@ struct EmbedRun {
       h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(), (int64_t)pooled.rows.size());
       pooled.rows = {};
     }
-    RecordOutput ro = record_output(rec, fwd);
+    RecordOutput ro = record_output(it, fwd);
     std::vector<float> rows;
     std::vector<uint16_t> rows16;
     std::vector<int64_t> starts, ends;
@@ -540,8 +547,9 @@ struct EmbedRun {
 // "" when every record of the inputs has the input_sha256 of the complete output f's record of
 // its index and name, and f holds no other records; else what differs.
 std::string records_differ(const EmbedOptions& o, const h5::File& f) {
-  const ModelWeights w = load_checkpoint(o.model);
-  RecordSource source(o, w.config);
+  const ModelConfig cfg = parse_model_config(
+      h5::File::open_read(o.model).attr_string("/", "config"), o.model + " (attribute config)");
+  RecordSource source(o, cfg);
   Record rec;
   int64_t index = 0;
   while (source.next(rec)) {
@@ -577,8 +585,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (f.has_attr("/", "run_manifest")) {
         why = first_difference(now, f.attr_string("/", "run_manifest"));
         // The same run by its options; by its records too: each one's input_sha256 against the
-        // input as it is now (the manifest names the inputs by path alone).
-        if (why.empty()) why = records_differ(o, f);
+        // input as it is now (the manifest names the inputs by path alone), read by rank 0.
+        if (why.empty()) {
+          if (root) why = records_differ(o, f);
+          int64_t len = (int64_t)why.size();
+          comm.broadcast(&len, sizeof len, 0);
+          why.resize(len);
+          if (len) comm.broadcast(why.data(), len, 0);
+        }
       } else {
         const std::string dtype = o.f16 ? "float16" : "float32";
         for (auto [name, want] : {std::pair<const char*, std::string>{"model_sha256", sha},
@@ -718,8 +732,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       ++index;
       const int64_t n = rec.n_tokens();
       if (n == 0) throw InputError(rec.source + ": record '" + rec.name + "' is empty");
+      std::string fp;  // the record's fingerprint, where resume needed it
       if (journal.done(index)) {
-        if (journal.same_record(index, record_fingerprint(rec))) {
+        fp = record_fingerprint(rec);
+        if (journal.same_record(index, fp)) {
           ++sum.resumed;
           continue;
         }
@@ -729,13 +745,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         journal.redo(index);
       }
       if (comm.size() == 1 || n >= o.split_min) {
-        run.embed_record(Item{index, std::move(rec)}, comm, root);
+        run.embed_record(Item{index, std::move(rec), std::move(fp)}, comm, root);
         run.check_stop(comm);
         ++sum.records;
         sum.tokens += n;
         continue;
       }
-      batch.push_back(Item{index, std::move(rec)});
+      batch.push_back(Item{index, std::move(rec), std::move(fp)});
       batch_tokens += n;
       if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }

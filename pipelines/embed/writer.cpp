@@ -41,15 +41,31 @@ static std::string read_text(const std::string& path) {
 std::string first_difference(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   std::string la, lb;
+  bool first = true;
   while (true) {
     const bool ga = (bool)std::getline(sa, la), gb = (bool)std::getline(sb, lb);
     if (!ga && !gb) return "";
-    if (la == lb && ga == gb) continue;
+    if (la == lb && ga == gb) {
+      first = false;
+      continue;
+    }
+    if (first && la.rfind("sparsa-journal", 0) == 0 && lb.rfind("sparsa-journal", 0) == 0)
+      return "written by another version of sparsa: '" + lb + "', this one writes '" + la + "'";
     // Built with append (GCC 12 warns falsely about `"'" + std::string` chains, PR 105651).
     std::string msg = "'";
     msg.append(ga ? la : "").append("' now vs '").append(gb ? lb : "").append("'");
     return msg;
   }
+}
+
+// An earlier run's journal goes whole, or the run stops: parts left behind (a file that could
+// not be removed) would be taken for this run's finished records.
+static void remove_all_or_throw(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec || fs::exists(dir))
+    throw SystemError(dir + ": cannot remove the earlier run's journal" +
+                      (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
 }
 
 Journal::Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
@@ -72,14 +88,14 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                               "); use the same model, inputs and options, or --force");
           if (old != manifest) {  // --resume --force: this run's journal continues, another goes
             discarded_ = first_difference(manifest, old);
-            fs::remove_all(dir_, ec);
+            remove_all_or_throw(dir_);
           }
         } else if (!force) {
           throw ConfigError(dir_ +
                             " holds the finished records of an earlier run: pass --resume "
                             "to continue it, or --force to start over");
         } else {
-          fs::remove_all(dir_, ec);
+          remove_all_or_throw(dir_);
         }
       }
       fs::create_directories(dir_, ec);

@@ -13,6 +13,9 @@
 #include "core/progress.hpp"
 #include "core/signals.hpp"
 #include "dist/comm.hpp"
+#ifdef SPARSA_HAVE_CUDA
+#include "dist/comm_nccl.hpp"
+#endif
 #include "model/weights.hpp"
 #include "pipelines/embed/embed.hpp"
 
@@ -80,6 +83,9 @@ std::vector<std::string> split_commas(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef SPARSA_HAVE_CUDA
+  nccl_env_defaults();  // first: setenv before MPI, OpenMP or any thread of ours starts
+#endif
   CLI::App app{kDescription, "sparsa"};
   app.set_version_flag("--version", std::string("sparsa ") + SPARSA_VERSION);
   app.require_subcommand(1);

@@ -236,18 +236,21 @@ bool nccl_enabled_by_env() {
   return !(e && e[0] == '0');
 }
 
-NcclComm::UniqueId NcclComm::bootstrap(Comm& host) {
-  static_assert(sizeof(ncclUniqueId) == sizeof(UniqueId), "ncclUniqueId is 128 bytes");
+void nccl_env_defaults() {
   // NVLink multicast (NVLS) stays off unless asked for: it can take a shared host's GPUs out of
   // service, and only point-to-point transfers are issued here.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
   // Send/recv connections are made lazily, per peer and per p2p channel (up to 32 by default),
   // each with buffers mapped through cuMem: 1.2 s for 3 peers on an H200 node. Our transfers are
   // a few MB (halo rows, the global set), which 2 channels carry; with legacy CUDA IPC buffers the
-  // set-up takes 0.03 s (bench/NOTES.md). The user's own settings win. (Set here, before any
-  // thread of NCCL's reads the environment.)
+  // set-up takes 0.03 s (bench/NOTES.md). The user's own settings win.
   setenv("NCCL_MAX_P2P_NCHANNELS", "2", 0);
   setenv("NCCL_CUMEM_ENABLE", "0", 0);
+}
+
+NcclComm::UniqueId NcclComm::bootstrap(Comm& host) {
+  static_assert(sizeof(ncclUniqueId) == sizeof(UniqueId), "ncclUniqueId is 128 bytes");
+  nccl_env_defaults();  // a no-op where main() set them already (before any thread started)
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
   const int rank_ = host.rank();

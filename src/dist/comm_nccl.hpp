@@ -82,6 +82,11 @@ class NcclComm {
   NcclComm(int rank, int size, int device, const UniqueId& id);
 };
 
+// Sets NCCL_NVLS_ENABLE=0, NCCL_MAX_P2P_NCHANNELS=2 and NCCL_CUMEM_ENABLE=0 where unset (the
+// user's settings win). setenv is not safe while other threads read the environment: the
+// command line calls this first thing; NcclComm calls it again (then a no-op).
+void nccl_env_defaults();
+
 // True unless SPARSA_NCCL=0 (the host-staged path through the host Comm, for comparison).
 bool nccl_enabled_by_env();
 
