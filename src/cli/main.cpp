@@ -53,6 +53,7 @@ const char* kEmbedFooter =
     "for both strands hold their rows in host memory (2 x d_model bytes a token with --dtype\n"
     "f16, 4 x d_model with f32). A record that does not fit stops the run with a message that\n"
     "says how many GPUs it needs.\n"
+    "Global options may follow the command: sparsa embed ... --threads 8.\n"
     "Output layout and provenance: docs/formats.md; every option and variable: docs/cli.md.";
 
 std::string join_argv(int argc, char** argv) {
