@@ -61,9 +61,16 @@ struct RecordSource::Impl {
       std::vector<size_t> found;
       for (size_t i = 0; i < opts.inputs.size(); ++i)
         if (names_of[i].count(spec.name)) found.push_back(i);
-      if (found.empty())
-        throw InputError("region '" + spec.text + "': no record named '" + spec.name +
-                         "' in the input" + (opts.inputs.size() > 1 ? "s" : ""));
+      if (found.empty()) {
+        std::string files;
+        for (const auto& in : opts.inputs) files += (files.empty() ? "" : ", ") + in;
+        std::string some;  // the first few names there are, as a hint
+        for (size_t k = 0; k < all_names.size() && k < 5; ++k)
+          some += (k ? ", '" : "'") + all_names[k] + "'";
+        if (all_names.size() > 5) some += ", ... (" + std::to_string(all_names.size()) + " in all)";
+        throw InputError("region '" + spec.text + "': no record named '" + spec.name + "' in " +
+                         files + "; its records: " + some);
+      }
       if (found.size() > 1)
         throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +
                          opts.inputs[found[0]] + " and " + opts.inputs[found[1]] +

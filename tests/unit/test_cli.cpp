@@ -388,6 +388,9 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_EQ(f.read_i64(g + "/bin_start")[0], 1000000);
   EXPECT_EQ(f.read_i64(g + "/bin_end")[9999], 1010000);
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5", "chrZ");
+  // ... naming the input it looked in and the names it has
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5",
+                 "ecoli.fa; its records: 'K-12-MG1655'");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5",
                  "20-10");
 }
