@@ -171,20 +171,37 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   return m.str();
 }
 
-// A rough upper bound of the bytes the run writes (parts and final file), from input sizes.
+// A rough upper bound of the bytes the run writes (parts and final file), from input sizes and,
+// for DNA, the records begun in the first 256 KB of each input's text (extrapolated): each record
+// costs its group, datasets and attributes (~6 KB in HDF5) and its global sets (12 L G bytes)
+// besides its rows, which is what a FASTQ of short reads mostly writes.
 int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c) {
-  double tokens = 0;
+  double tokens = 0, records = 0;
   for (const auto& in : o.inputs) {
     std::error_code ec;
     const double sz = (double)fs::file_size(in, ec);
     const bool gz = in.size() > 3 && (in.ends_with(".gz") || in.ends_with(".bgz"));
-    tokens += c.kind == ModelKind::kDna ? sz * (gz ? 4.5 : 1.0) : sz / 8.0;
+    const double text = sz * (gz ? 4.5 : 1.0);  // gzip'd DNA: ~4.5x
+    tokens += c.kind == ModelKind::kDna ? text : sz / 8.0;
+    if (c.kind == ModelKind::kDna && o.regions.empty() && o.regions_bed.empty()) {
+      const InputSample s = sample_records(in, 256 << 10);
+      records += s.whole ? (double)s.records
+                         : std::max(1.0, (double)s.records * text / std::max<double>(1, s.bytes));
+    } else {
+      records += 1;
+    }
   }
-  const double rows = o.pool.kind == PoolSpec::kMean  ? (double)o.inputs.size()
-                      : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin
+  if (!o.regions.empty()) records = (double)o.regions.size();
+  records = std::max(records, 1.0);
+  const double per_record_g = std::min<double>(
+      (double)c.global_max,
+      std::max<double>((double)c.global_min, tokens / records / (double)c.global_every));
+  const double rows = o.pool.kind == PoolSpec::kMean  ? records
+                      : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin + records
                                                       : tokens;
   const double row_bytes = (double)c.d_model * (o.f16 ? 2 : 4) + 16;
-  return (int64_t)(2.0 * rows * row_bytes);  // parts + final copy
+  const double record_bytes = 6144.0 + 12.0 * (double)c.n_layers * per_record_g;
+  return (int64_t)(2.0 * (rows * row_bytes + records * record_bytes));  // parts + final copy
 }
 
 // Longest-first onto the least loaded rank: a balanced split of whole records by length.

@@ -576,4 +576,24 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   return rec;
 }
 
+InputSample sample_records(const std::string& path, int64_t max_bytes) {
+  InputSample out;
+  BGZF* fp = bgzf_open(path.c_str(), "r");
+  if (!fp) return out;
+  kstring_t ks{0, 0, nullptr};
+  int64_t lines = 0;
+  bool fastq = false;
+  int r = 0;
+  while (out.bytes < max_bytes && (r = bgzf_getline(fp, '\n', &ks)) >= 0) {
+    if (lines == 0) fastq = ks.l > 0 && ks.s[0] == '@';
+    if (fastq ? lines % 4 == 0 : (ks.l > 0 && ks.s[0] == '>')) ++out.records;
+    ++lines;
+    out.bytes += (int64_t)ks.l + 1;
+  }
+  out.whole = r == -1;
+  std::free(ks.s);
+  bgzf_close(fp);
+  return out;
+}
+
 }  // namespace sparsa

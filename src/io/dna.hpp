@@ -61,6 +61,16 @@ struct RegionSpec {
 // does: the whole text is a name if such a record exists). Throws ConfigError on bad syntax.
 RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names = {});
 
+// The start of a FASTA/FASTQ file (plain, gzip or bgzip), up to about max_bytes of its text:
+// the bytes read and the records begun in them (FASTA: header lines; FASTQ: every fourth line),
+// and whether that was the whole file. For estimates only: never throws on bad content (a file
+// that cannot be opened or read gives what was read so far).
+struct InputSample {
+  int64_t bytes = 0, records = 0;
+  bool whole = false;
+};
+InputSample sample_records(const std::string& path, int64_t max_bytes);
+
 // Reads a BED file (0-based half-open; columns chrom, start, end, ...; "track", "browser" and
 // '#' lines skipped). Throws InputError naming the file and line.
 std::vector<RegionSpec> read_bed(const std::string& path);

@@ -91,6 +91,16 @@ TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_LT(std::count(r.output.begin(), r.output.end(), '\n'), 12) << r.output;
   EXPECT_NE(r.output.find("done: 300 records"), std::string::npos) << r.output;
+  // The free-space estimate counts the records (it counted one row per input file): at least the
+  // final file (it covers the journal too), at most a few times it.
+  const size_t at = r.output.find("output about ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  double est = std::stod(r.output.substr(at + 13));
+  const std::string unit = r.output.substr(r.output.find(' ', at + 13) + 1, 3);
+  est *= unit == "GiB" ? 1073741824.0 : unit == "MiB" ? 1048576.0 : unit == "KiB" ? 1024.0 : 1.0;
+  const double got = (double)std::filesystem::file_size(t / "reads.h5");
+  EXPECT_GE(est, got) << r.output;
+  EXPECT_LE(est, 8 * got) << r.output;
 }
 
 TEST(Cli, InitIsDeterministicAndSeedMatters) {
