@@ -148,19 +148,15 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
-  done_.insert(done.begin(), done.end());
-  for (size_t i = 0; i < done.size(); ++i) fingerprints_[done[i]] = fps.substr(i * 64, 64);
+  for (size_t i = 0; i < done.size(); ++i) done_[done[i]] = fps.substr(i * 64, 64);
 }
 
 bool Journal::same_record(int64_t index, const std::string& fingerprint) const {
-  const auto it = fingerprints_.find(index);
-  return done(index) && it != fingerprints_.end() && it->second == fingerprint;
+  const auto it = done_.find(index);
+  return it != done_.end() && it->second == fingerprint;
 }
 
-void Journal::redo(int64_t index) {
-  done_.erase(index);
-  fingerprints_.erase(index);
-}
+void Journal::redo(int64_t index) { done_.erase(index); }
 
 int64_t Journal::count_parts() const {
   int64_t n = 0;
@@ -241,7 +237,7 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
   if (comm.rank() == 0)
     commit_part(index, tmp);
   else
-    done_.insert(index);
+    done_.emplace(index, std::string());  // written by this run: no fingerprint kept
 }
 
 void Journal::commit_part(int64_t index, const std::string& tmp) {
@@ -249,7 +245,7 @@ void Journal::commit_part(int64_t index, const std::string& tmp) {
   std::error_code ec;
   fs::rename(tmp, final_part, ec);
   if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
-  done_.insert(index);
+  done_.emplace(index, std::string());
 }
 
 PartStream::PartStream(Journal& j, int64_t index, const RecordOutput& r, bool f16)

@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -80,8 +79,9 @@ class Journal {
   void commit_part(int64_t index, const std::string& tmp);
   void finish_as(const std::string& from, const std::string& output);
   std::string dir_;
-  std::set<int64_t> done_;
-  std::map<int64_t, std::string> fingerprints_;  // resume: the parts' input_sha256
+  // Finished records by index: with resume, the input_sha256 of the parts found (blank where
+  // unreadable); empty for parts this run wrote.
+  std::map<int64_t, std::string> done_;
   std::string discarded_;
 };
 

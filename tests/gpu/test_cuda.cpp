@@ -915,6 +915,60 @@ TEST(CudaOps, GlobalKernelVariantsBitIdentical) {
   }
 }
 
+// A band launch (bf16, head_dim 64) for query rows [first, first + m) of a record of n_record
+// tokens, with the keys [kv_begin, kv_end) given, as a shard's window with its halo.
+struct BandRun {
+  int64_t n_record, first, m, window, kv_begin, kv_end;
+  bool causal = false;
+};
+// Its parameters on device buffers: q of r.m rows, k and v of the r.kv_end - r.kv_begin keys,
+// alpha per head, out [r.m, heads * 64] bf16; no global part.
+kern::AttentionParams band_params(const BandRun& r, int64_t heads, const DeviceBuffer& q,
+                                  const DeviceBuffer& k, const DeviceBuffer& v,
+                                  const DeviceBuffer& alpha, const DeviceBuffer& out) {
+  kern::AttentionParams p{};
+  p.type = DType::kBF16;
+  p.q = q.get();
+  p.k = k.get();
+  p.v = v.get();
+  p.kv_begin = r.kv_begin;
+  p.kv_count = r.kv_end - r.kv_begin;
+  p.alpha = alpha.as<float>();
+  p.out = out.get();
+  p.n_tokens = r.m;
+  p.first_pos = r.first;
+  p.n_record = r.n_record;
+  p.n_heads = heads;
+  p.head_dim = 64;
+  p.window = r.window;
+  p.causal = r.causal;
+  return p;
+}
+// The rows written in two launches (the row range split at a third).
+void launch_band_in_two(kern::AttentionParams p, const char* variant) {
+  const int64_t m = p.n_tokens;
+  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, m / 3}, {m / 3, m}}) {
+    p.row_begin = r0;
+    p.row_end = r1;
+    kern::launch_band_wgmma(p, variant, nullptr);
+  }
+}
+// run's output (bf16 bits) with `variant` from the record's q, k, v rows (all n_record of them).
+std::vector<uint16_t> run_band(const BandRun& r, const std::vector<float>& q,
+                               const std::vector<float>& k, const std::vector<float>& v,
+                               int64_t heads, const char* variant, float alpha = 1.0f) {
+  const int64_t d = heads * 64, kvc = r.kv_end - r.kv_begin;
+  auto rows = [&](const std::vector<float>& x, int64_t lo, int64_t n) {
+    return up_act(std::vector<float>(x.begin() + lo * d, x.begin() + (lo + n) * d), DType::kBF16);
+  };
+  DeviceBuffer dq = rows(q, r.first, r.m), dk = rows(k, r.kv_begin, kvc),
+               dv = rows(v, r.kv_begin, kvc);
+  DeviceBuffer dal = up(std::vector<float>(heads, alpha)), dout(r.m * d * 2);
+  cuda::memset_device(dout.get(), 0xff, r.m * d * 2);
+  launch_band_in_two(band_params(r, heads, dq, dk, dv, dal, dout), variant);
+  return down<uint16_t>(dout, r.m * d);
+}
+
 TEST(CudaOps, BandKernelVariantsBitIdentical) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
@@ -942,32 +996,14 @@ TEST(CudaOps, BandKernelVariantsBitIdentical) {
         DeviceBuffer dk = up_act(round_bf16(rnd(kvc * d, 62, -2, 2)), DType::kBF16);
         DeviceBuffer dv = up_act(round_bf16(rnd(kvc * d, 63)), DType::kBF16);
         DeviceBuffer dal = up(rnd(H, 64, 0.5, 1.5)), dg = up(rnd(c.m * d, 65)), dout(c.m * d * 2);
-        kern::AttentionParams p{};
-        p.type = DType::kBF16;
-        p.q = dq.get();
-        p.k = dk.get();
-        p.v = dv.get();
-        p.kv_begin = kv_begin;
-        p.kv_count = kvc;
-        p.alpha = dal.as<float>();
-        p.out = dout.get();
-        p.n_tokens = c.m;
-        p.first_pos = c.first;
-        p.n_record = c.n_record;
-        p.n_heads = H;
-        p.head_dim = dh;
-        p.window = c.window;
-        p.causal = causal;
+        const BandRun r{c.n_record, c.first, c.m, c.window, kv_begin, kv_end, causal};
+        kern::AttentionParams p = band_params(r, H, dq, dk, dv, dal, dout);
         p.global_in = with_global ? dg.as<float>() : nullptr;
         std::vector<uint16_t> ref;
         for (const char* v : {"wg", "wgs3"}) {
           SCOPED_TRACE(v);
           cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
-          for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, c.m / 3}, {c.m / 3, c.m}}) {
-            p.row_begin = r0;
-            p.row_end = r1;
-            kern::launch_band_wgmma(p, v, nullptr);
-          }
+          launch_band_in_two(p, v);
           auto got = down<uint16_t>(dout, c.m * d);
           if (ref.empty()) {
             ref = got;
@@ -980,48 +1016,6 @@ TEST(CudaOps, BandKernelVariantsBitIdentical) {
       }
     }
   }
-}
-
-// One band launch (bf16, head_dim 64, no global part) for query rows [first, first + m) of a
-// record whose q, k, v rows (all n_record of them) are given; the keys [kv_begin, kv_end) are
-// passed, as a shard's window with its halo. Rows written in two launches (the row range split).
-struct BandRun {
-  int64_t n_record, first, m, window, kv_begin, kv_end;
-  bool causal = false;
-};
-std::vector<uint16_t> run_band(const BandRun& r, const std::vector<float>& q,
-                               const std::vector<float>& k, const std::vector<float>& v,
-                               int64_t heads, const char* variant, float alpha = 1.0f) {
-  const int64_t d = heads * 64, kvc = r.kv_end - r.kv_begin;
-  auto rows = [&](const std::vector<float>& x, int64_t lo, int64_t n) {
-    return up_act(std::vector<float>(x.begin() + lo * d, x.begin() + (lo + n) * d), DType::kBF16);
-  };
-  DeviceBuffer dq = rows(q, r.first, r.m), dk = rows(k, r.kv_begin, kvc),
-               dv = rows(v, r.kv_begin, kvc);
-  DeviceBuffer dal = up(std::vector<float>(heads, alpha)), dout(r.m * d * 2);
-  cuda::memset_device(dout.get(), 0xff, r.m * d * 2);
-  kern::AttentionParams p{};
-  p.type = DType::kBF16;
-  p.q = dq.get();
-  p.k = dk.get();
-  p.v = dv.get();
-  p.kv_begin = r.kv_begin;
-  p.kv_count = kvc;
-  p.alpha = dal.as<float>();
-  p.out = dout.get();
-  p.n_tokens = r.m;
-  p.first_pos = r.first;
-  p.n_record = r.n_record;
-  p.n_heads = heads;
-  p.head_dim = 64;
-  p.window = r.window;
-  p.causal = r.causal;
-  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, r.m / 3}, {r.m / 3, r.m}}) {
-    p.row_begin = r0;
-    p.row_end = r1;
-    kern::launch_band_wgmma(p, variant, nullptr);
-  }
-  return down<uint16_t>(dout, r.m * d);
 }
 
 TEST(CudaOps, BandKernelFrozenOffsetsAgree) {

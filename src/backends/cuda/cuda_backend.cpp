@@ -155,9 +155,17 @@ struct CudaModel::Impl {
   // The NCCL communicator (created by the first forward over a Comm of more than one rank).
   std::unique_ptr<NcclComm> nccl;
   const Comm* nccl_host = nullptr;
-  // start_nccl: the communicator being made on a helper thread, for forwards over nccl_pending_host
+  // adopt_nccl: the communicator being made on a helper thread, for forwards over nccl_pending_host
   std::future<std::unique_ptr<NcclComm>> nccl_pending;
   const Comm* nccl_pending_host = nullptr;
+  // An adopted communicator never used: waited for, then destroyed (its error matters no more).
+  void drop_pending_nccl() {
+    if (!nccl_pending.valid()) return;
+    try {
+      nccl_pending.get().reset();
+    } catch (...) {
+    }
+  }
   bool nccl_wanted() const { return opt.nccl > 0 || (opt.nccl < 0 && nccl_enabled_by_env()); }
   Profiler prof;
   bool profile_env = false;
@@ -360,24 +368,14 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
 void CudaModel::adopt_nccl(std::future<std::unique_ptr<NcclComm>> pending, Comm& comm) {
   Impl& I = *impl_;
   if (comm.size() < 2 || !I.nccl_wanted() || !pending.valid()) return;
-  if (I.nccl_pending.valid()) {  // an earlier one, never used
-    try {
-      I.nccl_pending.get().reset();
-    } catch (...) {
-    }
-  }
+  I.drop_pending_nccl();  // an earlier one, never used
   I.nccl_pending = std::move(pending);
   I.nccl_pending_host = &comm;
 }
 
 CudaModel::~CudaModel() {
   if (impl_) {
-    if (impl_->nccl_pending.valid()) {  // made but never used: finished, then destroyed
-      try {
-        impl_->nccl_pending.get().reset();
-      } catch (...) {  // its error matters no more
-      }
-    }
+    impl_->drop_pending_nccl();
     cudaStreamSynchronize(impl_->s);
     impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
     for (cudaEvent_t e : impl_->layer_done)
@@ -631,7 +629,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   if (use_nccl && (!I.nccl || I.nccl_host != &comm || I.nccl->size() != comm.size())) {
     I.nccl.reset();
     if (I.nccl_pending.valid() && I.nccl_pending_host == &comm)
-      I.nccl = I.nccl_pending.get();  // made by start_nccl (its error, if any, rethrown here)
+      I.nccl = I.nccl_pending.get();  // adopted (its error, if any, rethrown here)
     else
       I.nccl = std::make_unique<NcclComm>(comm, I.device);
     I.nccl_host = &comm;
