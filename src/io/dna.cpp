@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string_view>
 #include <unordered_set>
@@ -87,6 +88,19 @@ std::string at_line(const std::string& file, long long line, const std::string& 
   return file + ": line " + std::to_string(line) + ": " + what;
 }
 
+// htslib prints its own "[E::fai_build3_core] ..." lines before sparsa's error, which names the
+// file, record and line and says what to do: they are off unless SPARSA_HTSLIB_LOG is set.
+void quiet_htslib() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (const char* e = std::getenv("SPARSA_HTSLIB_LOG"); !e || !*e) hts_set_log_level(HTS_LOG_OFF);
+  });
+}
+BGZF* open_bgzf(const std::string& path) {
+  quiet_htslib();
+  return bgzf_open(path.c_str(), "r");
+}
+
 // Splits a header line (without its '>' or '@') samtools-style: the name ends at the first
 // whitespace; the description is the rest after that whitespace run, without trailing spaces.
 void split_header(std::string_view text, std::string& name, std::string& description) {
@@ -105,7 +119,7 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
 class LineReader {
  public:
   explicit LineReader(const std::string& path) : path_(path) {
-    fp_ = bgzf_open(path.c_str(), "r");
+    fp_ = open_bgzf(path);
     if (!fp_) throw InputError(path + ": cannot open: " + std::strerror(errno));
   }
   ~LineReader() {
@@ -415,7 +429,7 @@ namespace {
 // offset in the .fai), read by seeking there (bgzip: through the .gzi index faidx made). "" when
 // it cannot be found: metadata only, never an error.
 std::string header_description(const std::string& path, int64_t first_base) {
-  BGZF* fp = bgzf_open(path.c_str(), "r");
+  BGZF* fp = open_bgzf(path);
   if (!fp) return "";
   std::string description;
   const bool seekable =
@@ -443,8 +457,52 @@ std::string header_description(const std::string& path, int64_t first_base) {
   return description;
 }
 
+// The first place where a FASTA file breaks faidx's layout rule (every sequence line of a record
+// but the last as long as the first; the last no longer), as "file: record 'X', line N: ...";
+// "" if none is found. Only run to explain a failed index build.
+std::string faidx_layout_error(const std::string& path) {
+  try {
+    LineReader lines(path);
+    std::string_view line;
+    std::string name;
+    size_t width = 0;
+    long long first = 0, short_line = 0;  // the record's first sequence line; a shorter one
+    size_t short_len = 0;
+    while (lines.next(line)) {
+      if (!line.empty() && line[0] == '>') {
+        std::string description;
+        split_header(line.substr(1), name, description);
+        first = short_line = 0;
+        continue;
+      }
+      const long long at = lines.line_no();
+      auto fail = [&](long long n, const std::string& what) {
+        return at_line(path, n,
+                       "record '" + name + "': " + what +
+                           "; faidx (--region) needs every sequence line of a record "
+                           "but the last to be as long as the first (rewrap the file, "
+                           "e.g. `seqtk seq -l 60`, or read it without --region)");
+      };
+      if (first == 0) {
+        first = at, width = line.size();
+        continue;
+      }
+      if (short_line != 0)
+        return fail(short_line, "a line of " + std::to_string(short_len) +
+                                    " bases before more sequence (lines of this record are " +
+                                    std::to_string(width) + " long)");
+      if (line.size() > width)
+        return fail(at, "a line of " + std::to_string(line.size()) + " bases after lines of " +
+                            std::to_string(width));
+      if (line.size() < width) short_line = at, short_len = line.size();
+    }
+  } catch (const InputError&) {
+  }
+  return "";
+}
+
 // Why faidx could not be loaded, in words a user can act on.
-std::string faidx_failure(const std::string& path, int compression) {
+std::string faidx_failure(const std::string& path, int compression, bool fastq) {
   if (compression == 1)
     return path + " is gzip-compressed but not bgzip-compressed: faidx needs `bgzip` (zcat " +
            path + " | bgzip > " + path + ".bgz) or an uncompressed file";
@@ -452,11 +510,21 @@ std::string faidx_failure(const std::string& path, int compression) {
   std::error_code ec;
   fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
-  if (!fs::exists(path + ".fai", ec) && access(dir.c_str(), W_OK) != 0)
+  const bool have_fai = fs::exists(path + ".fai", ec);
+  if (!have_fai && access(dir.c_str(), W_OK) != 0)
     return path + ": cannot build the faidx index " + path + ".fai: directory " + dir.string() +
            " is not writable (index it with `samtools faidx` where you can, or copy the file)";
-  return path + ": cannot load or build its faidx index (" + path +
-         ".fai); faidx needs every line of a record to have the same length";
+  if (have_fai)
+    return path + ": cannot load its faidx index " + path + ".fai" +
+           (compression == 2 ? " (or " + path + ".gzi)" : std::string()) +
+           ": not an index of this file? Remove it and sparsa builds it again, or run `samtools "
+           "faidx " +
+           path + "`";
+  if (!fastq)
+    if (std::string why = faidx_layout_error(path); !why.empty()) return why;
+  return path + ": cannot build its faidx index (" + path +
+         ".fai); faidx needs every sequence line of a record but the last to have the same "
+         "length";
 }
 
 }  // namespace
@@ -489,7 +557,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     }
   }
   impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, FAI_CREATE, format);
-  if (!impl_->fai) throw InputError(faidx_failure(path, compression));
+  if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
 }
 
 FaidxFetcher::~FaidxFetcher() = default;
@@ -578,7 +646,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
 
 InputSample sample_records(const std::string& path, int64_t max_bytes) {
   InputSample out;
-  BGZF* fp = bgzf_open(path.c_str(), "r");
+  BGZF* fp = open_bgzf(path);
   if (!fp) return out;
   kstring_t ks{0, 0, nullptr};
   int64_t lines = 0;

@@ -598,6 +598,24 @@ TEST_F(FaidxTest, PlainGzipGetsBgzipHint) {
   expect_error<InputError>([&] { FaidxFetcher f(lam, {}); }, {lam, "bgzip"});
 }
 
+// faidx's layout rule broken, or an index that is not this file's: sparsa's message names the
+// file, the record and the line, and htslib's own "[E::...]" lines are not printed before it.
+TEST_F(FaidxTest, LayoutAndIndexErrorsNameRecordAndLine) {
+  std::string shortmid = write("s.fa", ">x\nACGTAC\nACGTAC\nACGTA\n>y desc\nACGT\nACG\nACGT\n");
+  testing::internal::CaptureStderr();
+  expect_error<InputError>([&] { FaidxFetcher f(shortmid, {}); },
+                           {shortmid + ": line 7: record 'y'", "3 bases before more sequence"});
+  std::string longer = write("l.fa", ">x\nACGTAC\nACGTACGG\n");
+  expect_error<InputError>([&] { FaidxFetcher f(longer, {}); },
+                           {longer + ": line 3: record 'x'", "8 bases after lines of 6", "seqtk"});
+  EXPECT_FALSE(fs::exists(longer + ".fai"));
+  std::string stale = write("t.fa", fasta());
+  write("t.fa.fai", "garbage");
+  expect_error<InputError>([&] { FaidxFetcher f(stale, {}); },
+                           {stale + ".fai", "not an index of this file", "samtools faidx"});
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+}
+
 TEST_F(FaidxTest, GarbageAndMissing) {
   std::string g = write("g.bin", std::string("\x00\xff\x01\x02", 4));
   expect_error<InputError>([&] { FaidxFetcher f(g, {}); }, {g, "not FASTA/FASTQ"});
