@@ -20,6 +20,7 @@
 #include "core/sha256.hpp"
 #include "core/signals.hpp"
 #include "io/dna.hpp"
+#include "io/timeseries.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/device.hpp"
@@ -172,18 +173,28 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 }
 
 // A rough upper bound of the bytes the run writes (parts and final file), from input sizes and,
-// for DNA, the records begun in the first 256 KB of each input's text (extrapolated): each record
-// costs its group, datasets and attributes (~6 KB in HDF5) and its global sets (12 L G bytes)
-// besides its rows, which is what a FASTQ of short reads mostly writes.
+// for DNA, the records begun in the first 256 KB of each input's text (extrapolated); time-series
+// CSVs are read here (small next to genomes: their rows and records are exact, and a bad file
+// stops the run before the backend is set up). Each record costs its part's HDF5 structure, its
+// group in the final file and its global sets (12 L G bytes) besides its rows, which is what a
+// FASTQ of short reads or a panel of many short series mostly writes.
 int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c) {
   double tokens = 0, records = 0;
   for (const auto& in : o.inputs) {
+    if (c.kind == ModelKind::kTimeseries) {
+      for (const RawSeries& s :
+           read_timeseries_csv(in, CsvOptions{o.time_column, o.columns, o.id_column}, c.channels)) {
+        tokens += (double)s.timestamps.size();
+        records += 1;
+      }
+      continue;
+    }
     std::error_code ec;
     const double sz = (double)fs::file_size(in, ec);
     const bool gz = in.size() > 3 && (in.ends_with(".gz") || in.ends_with(".bgz"));
     const double text = sz * (gz ? 4.5 : 1.0);  // gzip'd DNA: ~4.5x
-    tokens += c.kind == ModelKind::kDna ? text : sz / 8.0;
-    if (c.kind == ModelKind::kDna && o.regions.empty() && o.regions_bed.empty()) {
+    tokens += text;
+    if (o.regions.empty() && o.regions_bed.empty()) {
       const InputSample s = sample_records(in, 256 << 10);
       records += s.whole ? (double)s.records
                          : std::max(1.0, (double)s.records * text / std::max<double>(1, s.bytes));
@@ -199,9 +210,15 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c) {
   const double rows = o.pool.kind == PoolSpec::kMean  ? records
                       : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin + records
                                                       : tokens;
-  const double row_bytes = (double)c.d_model * (o.f16 ? 2 : 4) + 16;
-  const double record_bytes = 6144.0 + 12.0 * (double)c.n_layers * per_record_g;
-  return (int64_t)(2.0 * (rows * row_bytes + records * record_bytes));  // parts + final copy
+  // A row: its embedding, bin_start and bin_end, and for a time series its timestamp string.
+  const double row_bytes =
+      (double)c.d_model * (o.f16 ? 2 : 4) + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
+  const double data = rows * row_bytes + records * 12.0 * (double)c.n_layers * per_record_g;
+  // A part file's own structure is ~16 KB (measured: 14.4 KB for a 2-row record), a record in
+  // the final file ~6 KB, the final file's own ~8 KB. One record's part becomes the file itself;
+  // several are copied into it, so the parts and the final file are on disk together.
+  if (records <= 1) return (int64_t)(data + 16384.0 + 8192.0);
+  return (int64_t)(2.0 * data + records * (16384.0 + 6144.0) + 8192.0);
 }
 
 // Longest-first onto the least loaded rank: a balanced split of whole records by length.

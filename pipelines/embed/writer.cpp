@@ -31,6 +31,16 @@ std::string Journal::part_path(int64_t index) const {
   return dir_ + "/" + num;
 }
 
+// A finished part's file name: six or more digits (the index, %06lld), then ".h5".
+static bool is_part_name(const std::string& name, int64_t* index) {
+  const size_t stem = name.size() >= 3 ? name.size() - 3 : 0;
+  if (stem < 6 || stem > 18 || name.compare(stem, 3, ".h5") != 0) return false;
+  for (size_t i = 0; i < stem; ++i)
+    if (name[i] < '0' || name[i] > '9') return false;
+  if (index) *index = std::stoll(name.substr(0, stem));
+  return true;
+}
+
 static std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;
@@ -108,8 +118,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       for (auto& e : fs::directory_iterator(dir_)) {
         const std::string name = e.path().filename().string();
-        if (name.size() == 9 && name.substr(6) == ".h5")
-          done.push_back(std::stoll(name.substr(0, 6)));
+        if (int64_t index = 0; is_part_name(name, &index))
+          done.push_back(index);
         else if (name.find(".tmp") != std::string::npos)
           fs::remove(e.path(), ec);  // a part that was being written when the run stopped
       }
@@ -163,7 +173,7 @@ int64_t Journal::count_parts() const {
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.size() == 9 && name.substr(6) == ".h5") ++n;
+    if (is_part_name(name, nullptr)) ++n;
   }
   return n;
 }

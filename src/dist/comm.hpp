@@ -52,11 +52,14 @@ std::unique_ptr<Comm> make_single_comm();
 // mpirun/srun (detected from the environment) and MPI is not initialised yet. Returns the single
 // communicator when the process was not launched by an MPI launcher.
 std::unique_ptr<Comm> make_world_comm();
-// Ranks on this node according to the launcher (OMPI_COMM_WORLD_LOCAL_SIZE, SLURM_NTASKS_PER_NODE
-// or MPI_LOCALNRANKS); 1 when unknown.
+// Ranks on this node according to the launcher (OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or
+// SLURM_NTASKS_PER_NODE); 1 when unknown.
 int local_rank_count();
-// This rank's index on its node (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID); 0
-// when unknown. The GPU of a rank is chosen from it.
+// This rank's index on its node from the launcher's environment, -1 when unknown. The launchers'
+// own variables (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, MV2_COMM_WORLD_LOCAL_RANK,
+// PMI_LOCAL_RANK) come before SLURM_LOCALID: ranks that mpirun or mpiexec start inside a Slurm
+// job inherit the SLURM_LOCALID of the batch shell or daemon (0 on every rank of a node), which
+// is right only for tasks that srun starts itself. The GPU of a rank is chosen from it.
 int local_rank();
 // True when the environment says this process was started by mpirun/srun with more than 1 rank.
 bool launched_by_mpi();

@@ -25,7 +25,13 @@ void Handle::reset() {
 
 void quiet_errors() {
   static std::once_flag once;
-  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+  std::call_once(once, [] {
+    // No HDF5 clean-up at exit: every file is closed by its owner, and after a close that failed
+    // (disk full) HDF5 1.10's exit handler crashed on the half-closed file (exit 139 instead of
+    // the error and exit 1). Must come before any other HDF5 call.
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  });
 }
 
 namespace {
@@ -180,9 +186,11 @@ File File::open_existing(const std::string& path, bool write) {
 File File::open_read(const std::string& path) { return open_existing(path, false); }
 File File::open_rw(const std::string& path) { return open_existing(path, true); }
 
+// H5Fclose is called once, whatever it returns: after a failed close (a flush that found the disk
+// full) the id is gone or unusable, and a second H5Fclose from the destructor crashed in HDF5.
 void File::close() {
-  if (h_.valid() && H5Fclose(h_.id()) < 0) fail(path_, "", "closing the file failed (disk full?)");
-  h_ = Handle();
+  if (!h_.valid()) return;
+  if (H5Fclose(h_.release()) < 0) fail(path_, "", "closing the file failed (disk full?)");
 }
 
 bool File::exists(const std::string& obj) const {

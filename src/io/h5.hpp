@@ -30,6 +30,12 @@ class Handle {
   hid_t id() const { return id_; }
   bool valid() const { return id_ >= 0; }
   void reset();
+  // Gives the id up without closing it (the caller closes it).
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
 
  private:
   hid_t id_ = -1;
@@ -106,7 +112,8 @@ class File {
 
 // IEEE 754 binary16 type for datasets (h5py reads it as numpy float16). Caller closes.
 hid_t make_f16_type();
-// Silences HDF5's own error stack printing once per process (errors are reported by us).
+// Silences HDF5's own error stack printing once per process (errors are reported by us), and
+// keeps HDF5 from installing its exit handler. Called before the first HDF5 call.
 void quiet_errors();
 // float -> binary16, round to nearest even (as C's cast), n values, F16C where the CPU has it:
 // the conversion of float32 rows for a float16 dataset.

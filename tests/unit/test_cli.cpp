@@ -370,6 +370,25 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_FALSE(exists(t / "keep.h5"));
 }
 
+// srun -n 4 without an MPI plugin: four unconnected copies would each embed everything into the
+// same output; the task refuses before any work, with the cure.
+TEST(Cli, SrunWithoutPmiIsRefused) {
+  TempDir t;
+  auto r =
+      run("env -u PMIX_RANK -u PMI_RANK -u PMI_SIZE -u OMPI_COMM_WORLD_SIZE "
+          "SLURM_STEP_NUM_TASKS=4 " +
+          embed_cmd(lambda(), t / "o.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("srun --mpi=pmix"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "o.h5"));
+  EXPECT_FALSE(exists(t / "o.h5.parts"));
+  r =
+      run("env -u PMIX_RANK -u PMI_RANK -u PMI_SIZE -u OMPI_COMM_WORLD_SIZE "
+          "SLURM_STEP_NUM_TASKS=1 " +
+          embed_cmd(lambda(), t / "o.h5"));
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
 TEST(Cli, RegionsOfEcoli) {
   TempDir t;
   // The shared E. coli file is plain gzip: faidx needs bgzip; the error says so.

@@ -34,6 +34,34 @@ struct Fixture {
   }
 };
 
+// A record of n tokens with a row each (d values, a ramp), and its RecordOutput: one layer's
+// global set of `gpos` with its scores.
+struct PartData {
+  sparsa::Record rec;
+  std::vector<float> rows, gscore;
+  std::vector<int64_t> starts, ends, gpos;
+  sparsa::RecordOutput ro;
+  PartData(int64_t n, int64_t d, std::vector<int64_t> globals)
+      : gpos(std::move(globals)), ro{&rec, "dna", "+", n} {
+    rec.name = "r1";
+    rec.source = "in.fa";
+    rec.tokens.assign(n, 3);
+    rows.resize(n * d);
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = 0.25f * (float)i - 1.0f;
+    for (int64_t i = 0; i < n; ++i) starts.push_back(i), ends.push_back(i + 1);
+    for (size_t i = 0; i < gpos.size(); ++i) gscore.push_back(0.5f - 2.0f * (float)i);
+    ro.d = d;
+    ro.n_out_total = ro.n_rows = n;
+    ro.rows = rows.data();
+    ro.starts = starts.data();
+    ro.ends = ends.data();
+    ro.global_positions = gpos.data();
+    ro.global_scores = gscore.data();
+    ro.n_layers = 1;
+    ro.n_global = (int64_t)gpos.size();
+  }
+};
+
 }  // namespace
 
 TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
@@ -227,27 +255,11 @@ TEST(Resume, StreamedPartIsWholeOrAbsent) {
   TempDir t;
   auto comm = sparsa::make_single_comm();
   const std::string out = t / "o.h5";
-  sparsa::Record rec;
-  rec.name = "r1";
-  rec.source = "in.fa";
-  rec.offset = 10;
-  rec.tokens.assign(7, 3);
-  const int64_t n = 7, d = 3;
-  std::vector<float> rows(n * d);
-  for (size_t i = 0; i < rows.size(); ++i) rows[i] = 0.25f * (float)i - 1.0f;
-  std::vector<int64_t> starts(n), ends(n), gpos = {2, 5};
-  std::vector<float> gscore = {0.5f, -1.5f};
-  for (int64_t i = 0; i < n; ++i) starts[i] = i, ends[i] = i + 1;
-  sparsa::RecordOutput ro{&rec, "dna", "+", n};
-  ro.d = d;
-  ro.n_out_total = ro.n_rows = n;
-  ro.rows = rows.data();
-  ro.starts = starts.data();
-  ro.ends = ends.data();
-  ro.global_positions = gpos.data();
-  ro.global_scores = gscore.data();
-  ro.n_layers = 1;
-  ro.n_global = 2;
+  const int64_t d = 3;
+  PartData pd(7, d, {2, 5});
+  pd.rec.offset = 10;
+  const std::vector<float>& rows = pd.rows;
+  const sparsa::RecordOutput& ro = pd.ro;
   for (bool f16 : {false, true}) {
     SCOPED_TRACE(f16 ? "f16" : "f32");
     fs::remove_all(out + ".parts");
@@ -279,4 +291,24 @@ TEST(Resume, StreamedPartIsWholeOrAbsent) {
     EXPECT_EQ(h5::File::open_read(t / "streamed.h5").attr_string("/records/000000_r1", "strand"),
               "+");
   }
+}
+
+// Part names grow past six digits after record 999,999 (%06lld): resume still finds them.
+TEST(Resume, PartsBeyondAMillionRecordsAreFound) {
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  const std::string out = t / "o.h5";
+  PartData pd(2, 2, {0});
+  sparsa::RecordOutput& ro = pd.ro;
+  ro.fingerprint = std::string(64, 'a');
+  {
+    sparsa::Journal j(out, "m\n", false, false, *comm);
+    for (int64_t index : {7, 1234567}) j.write_part(index, ro, false, false, *comm);
+  }
+  EXPECT_TRUE(fs::exists(out + ".parts/1234567.h5"));
+  sparsa::Journal j(out, "m\n", true, false, *comm);
+  EXPECT_EQ(j.n_done(), 2);
+  EXPECT_EQ(j.count_parts(), 2);
+  EXPECT_TRUE(j.same_record(1234567, ro.fingerprint));
+  EXPECT_TRUE(j.same_record(7, ro.fingerprint));
 }

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "backends/cuda/check.hpp"
+#include "dist/comm.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 
 namespace sparsa::cuda {
@@ -46,18 +47,8 @@ bool cuda_available(std::string* why) {
   return true;
 }
 
-namespace {
-// The node-local rank from the launcher's environment, or -1.
-int local_rank_from_env() {
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
-                        "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"})
-    if (const char* r = std::getenv(v)) return std::atoi(r);
-  return -1;
-}
-}  // namespace
-
 int node_local_rank() {
-  if (const int r = local_rank_from_env(); r >= 0) return r;
+  if (const int r = sparsa::local_rank(); r >= 0) return r;
   int init = 0, fin = 0;
   MPI_Initialized(&init);
   MPI_Finalized(&fin);
@@ -94,7 +85,7 @@ void warm_up_device(bool alone) noexcept {
     cudaGetLastError();
     return;
   }
-  int r = local_rank_from_env();
+  int r = sparsa::local_rank();
   if (r < 0) {  // no launcher variable: only a lone process knows its device without MPI calls
     if (!alone) return;
     r = 0;

@@ -14,9 +14,9 @@ namespace sparsa::cuda {
 // True when a CUDA driver and at least one device are usable; otherwise false and *why says why.
 bool cuda_available(std::string* why);
 
-// The node-local rank of this process: OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
-// MPI_LOCALRANKID (MPICH), MV2_COMM_WORLD_LOCAL_RANK; else, when MPI is initialised with more
-// than one rank, MPI_Comm_split_type(SHARED) (collective!); else 0.
+// The node-local rank of this process: the launcher's variable (sparsa::local_rank(): Open MPI's,
+// MPICH's, MVAPICH's, PMI's, then SLURM_LOCALID); else, when MPI is initialised with more than
+// one rank, MPI_Comm_split_type(SHARED) (collective!); else 0.
 int node_local_rank();
 // Makes `device` (or, for -1, node_local_rank() % device count) current; returns its id.
 int select_device(int device);
