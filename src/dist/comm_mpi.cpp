@@ -148,6 +148,9 @@ class MpiComm final : public Comm {
     bytes_sent_collective += bytes * (size_ - 1);
     if (counts) *counts = all;
   }
+  // Point to point in messages of at most max_message_ bytes (MPI counts and displacements are
+  // int, and a split record's rows pass 2 GiB with --pool none): the root posts every receive
+  // straight into `out`, the others send their pieces in order (MPI keeps that order).
   void gatherv(const void* data, int64_t bytes, std::vector<uint8_t>& out,
                std::vector<int64_t>* counts, int root) override {
     Watchdog::Armed armed(watchdog_.get(), "a gather");
@@ -155,20 +158,36 @@ class MpiComm final : public Comm {
     std::vector<int64_t> all(size_);
     SPARSA_MPI_CHECK(
         MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
-    std::vector<int> cnt(size_), disp(size_);
-    int64_t total = 0;
-    if (rank_ == root) {
-      for (int r = 0; r < size_; ++r) {
-        cnt[r] = to_int(all[r], "gatherv part");
-        disp[r] = to_int(total, "gatherv total");
-        total += all[r];
+    std::vector<MPI_Request> reqs;
+    auto pieces = [&](int64_t n, auto&& post) {
+      for (int64_t off = 0; off < n; off += max_message_) {
+        reqs.emplace_back();
+        post(off, (int)std::min(max_message_, n - off), &reqs.back());
       }
+    };
+    if (rank_ == root) {
+      int64_t total = 0;
+      for (int64_t n : all) total += n;
       out.resize(total);
+      uint8_t* at = out.data();
+      for (int r = 0; r < size_; at += all[r], ++r) {
+        if (r == root) {
+          if (bytes > 0) std::memcpy(at, data, bytes);
+          continue;
+        }
+        pieces(all[r], [&](int64_t off, int n, MPI_Request* req) {
+          SPARSA_MPI_CHECK(MPI_Irecv(at + off, n, MPI_BYTE, r, kGatherTag, MPI_COMM_WORLD, req));
+        });
+      }
       if (counts) *counts = all;
+    } else {
+      const auto* p = static_cast<const uint8_t*>(data);
+      pieces(bytes, [&](int64_t off, int n, MPI_Request* req) {
+        SPARSA_MPI_CHECK(MPI_Isend(p + off, n, MPI_BYTE, root, kGatherTag, MPI_COMM_WORLD, req));
+      });
+      bytes_sent_collective += bytes;
     }
-    SPARSA_MPI_CHECK(MPI_Gatherv(data, to_int(bytes, "gatherv"), MPI_BYTE, out.data(), cnt.data(),
-                                 disp.data(), MPI_BYTE, root, MPI_COMM_WORLD));
-    if (rank_ != root) bytes_sent_collective += bytes;
+    SPARSA_MPI_CHECK(MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE));
   }
   void allreduce_sum(double* data, int64_t n) override {
     Watchdog::Armed armed(watchdog_.get(), "an all-reduce");
@@ -209,7 +228,13 @@ class MpiComm final : public Comm {
   }
 
  private:
-  static constexpr int kHaloTag = 17;
+  static constexpr int kHaloTag = 17, kGatherTag = 18;
+  // Largest point-to-point message of gatherv: 1 GiB (SPARSA_MPI_MAX_MESSAGE=N bytes, for tests).
+  const int64_t max_message_ = [] {
+    const char* e = std::getenv("SPARSA_MPI_MAX_MESSAGE");
+    const long long v = e ? std::atoll(e) : 0;
+    return v > 0 && v <= (int64_t{1} << 30) ? (int64_t)v : int64_t{1} << 30;
+  }();
   std::unique_ptr<Watchdog> watchdog_;
   bool owns_init_;
   int rank_ = 0, size_ = 1;
