@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -134,6 +135,25 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("--output " + o.output + " is the --regions file; refusing to overwrite it");
   if (fs::equivalent(o.model, o.output, ec))
     throw ConfigError("--output " + o.output + " is the model; refusing to overwrite it");
+  if (!fs::is_regular_file(o.model, ec))
+    throw ConfigError("--model " + o.model +
+                      " is not a regular file (a checkpoint from `sparsa init`)");
+  // OUT.tmp (the final file while it is made) and OUT.parts/ (the journal) are sparsa's: none of
+  // the files it reads may be one of them, or it would overwrite or delete them.
+  const std::string tmp = o.output + ".tmp", parts = o.output + ".parts";
+  const fs::path parts_dir = fs::weakly_canonical(fs::absolute(parts), ec);
+  auto ours = [&](const std::string& p, const std::string& what) {
+    const fs::path cp = fs::weakly_canonical(fs::absolute(p), ec);
+    const auto rel = cp.lexically_relative(parts_dir);
+    const bool inside = !rel.empty() && *rel.begin() != "..";
+    if (fs::equivalent(p, tmp, ec) || inside)
+      throw ConfigError(what + " " + p + " is where sparsa writes " +
+                        (inside ? "its journal (" + parts + "/)" : "the output while it is made") +
+                        " for --output " + o.output + "; rename it or choose another --output");
+  };
+  for (const auto& in : o.inputs) ours(in, "input");
+  if (!o.regions_bed.empty()) ours(o.regions_bed, "--regions file");
+  ours(o.model, "--model");
   const fs::path dir = fs::absolute(o.output).parent_path();
   if (!fs::is_directory(dir, ec))
     throw ConfigError("output folder " + dir.string() + " does not exist");
@@ -655,11 +675,22 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (o.force && root) {
     std::error_code ec;
     fs::remove(o.output, ec);
+    if (ec && fs::exists(o.output))
+      throw SystemError(o.output + ": --force cannot remove the old output (" + ec.message() +
+                        "); remove it yourself or choose another --output");
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
   // The GPU's context is made meanwhile too (cuda::warm_up_device; SPARSA_EARLY_DEVICE=0: not).
-  std::future<std::string> sha = std::async(std::launch::async, sha256_file, o.model);
+  std::atomic<bool> sha_cancel{false};
+  std::future<std::string> sha =
+      std::async(std::launch::async, [&] { return sha256_file(o.model, &sha_cancel); });
+  // Declared after the future, so destroyed before it: a run that fails while the hash runs
+  // (a bad checkpoint) stops the hash instead of waiting for it in the future's destructor.
+  struct CancelOnExit {
+    std::atomic<bool>& flag;
+    ~CancelOnExit() { flag = true; }
+  } cancel_sha{sha_cancel};
   std::future<void> device_ready;
 #ifdef SPARSA_HAVE_CUDA
   const char* early = std::getenv("SPARSA_EARLY_DEVICE");

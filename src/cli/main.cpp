@@ -237,6 +237,12 @@ int main(int argc, char** argv) {
         throw ConfigError(init_output + " already exists; pass --force to replace it");
       if (fs::is_directory(init_output))
         throw ConfigError(init_output + " is a folder; give the checkpoint's file name");
+      std::error_code ec;
+      for (const std::string& ours : {init_output, init_output + ".tmp"})
+        if (fs::equivalent(init_config, ours, ec))
+          throw ConfigError("--config " + init_config + " is where sparsa writes " +
+                            (ours == init_output ? "the checkpoint" : "it while it is made") +
+                            "; choose another --output");
       const fs::path folder = fs::absolute(init_output).parent_path();
       if (!fs::is_directory(folder))
         throw ConfigError(init_output + ": the output folder " + folder.string() +

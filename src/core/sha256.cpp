@@ -46,15 +46,17 @@ std::string Sha256::hex() {
   return to_hex(md, len);
 }
 
-std::string sha256_file(const std::string& path) {
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
   if (!f) throw SystemError(path + ": cannot open for hashing");
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
   std::vector<unsigned char> buf(1 << 20);
   size_t got;
-  while ((got = std::fread(buf.data(), 1, buf.size(), f.get())) > 0)
+  while ((got = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) {
+    if (cancel && cancel->load()) return "";
     EVP_DigestUpdate(ctx.get(), buf.data(), got);
+  }
   if (std::ferror(f.get())) throw SystemError(path + ": read error while hashing");
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

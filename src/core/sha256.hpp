@@ -1,11 +1,13 @@
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <string>
 
 namespace sparsa {
-// Hex SHA-256 of a file's bytes (OpenSSL). Throws SystemError when the file cannot be read.
-std::string sha256_file(const std::string& path);
+// Hex SHA-256 of a file's bytes (OpenSSL). Throws SystemError when the file cannot be read; stops
+// early and returns "" once *cancel is true (a run that failed before it needed the hash).
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel = nullptr);
 
 // SHA-256 of bytes given in pieces (OpenSSL): update() any number of times, then hex() once.
 class Sha256 {

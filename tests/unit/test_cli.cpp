@@ -1,5 +1,8 @@
 // End-to-end tests of the sparsa command line: real processes, real files.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
 
 #include "io/h5.hpp"
 #include "model/weights.hpp"
@@ -368,6 +371,41 @@ TEST(Cli, ExistingOutputIsKept) {
           " --output " + (t / "keep.h5"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
+}
+
+// Files the run reads must not be the ones it writes besides OUT: OUT.tmp (the final file while it
+// is made) and OUT.parts (the journal); they were overwritten, renamed or deleted. A --model that
+// is not a regular file is refused, and a bad checkpoint fails without waiting for its SHA-256.
+TEST(Cli, InputsAreNeverTheOutputsSiblings) {
+  TempDir t;
+  const std::string model = t / "x.h5.tmp";
+  std::filesystem::copy_file(tiny_model(), model);
+  auto r = run(binary() + " embed -q --model " + model + " --input " + lambda() + " --output " +
+               t / "x.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("while it is made"), std::string::npos) << r.output;
+  EXPECT_TRUE(exists(model));
+  EXPECT_FALSE(exists(t / "x.h5"));
+  write_file(t / "w.h5.parts", ">a\nACGT\n");
+  r = run(embed_cmd(t / "w.h5.parts", t / "w.h5", "--force"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("journal"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(t / "w.h5.parts"), ">a\nACGT\n");
+  write_file(t / "c.h5.tmp", read_file(source_dir() + "/configs/dna-tiny.toml"));
+  r = run(binary() + " init --config " + t / "c.h5.tmp" + " --output " + t / "c.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(exists(t / "c.h5.tmp"));
+  r = run(binary() + " embed -q --model /dev/zero --input " + lambda() + " --output " + t / "d.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+  // 20 GB of zeros (sparse): not HDF5, refused at once, not after hashing it.
+  write_file(t / "big.h5", "");
+  ASSERT_EQ(truncate((t / "big.h5").c_str(), int64_t{20} << 30), 0);
+  const auto start = std::chrono::steady_clock::now();
+  r = run(binary() + " embed -q --model " + t / "big.h5" + " --input " + lambda() + " --output " +
+          t / "e.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
 }
 
 // srun -n 4 without an MPI plugin: four unconnected copies would each embed everything into the
