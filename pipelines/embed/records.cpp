@@ -39,6 +39,8 @@ struct RecordSource::Impl {
           "--columns/--time-column/--id-column apply to time-series models; this model is DNA");
     if (!dna && opts.rc_average)
       throw ConfigError("--rc-average applies to DNA models; this model is a time-series model");
+    if (!dna && opts.invalid_as_n)
+      throw ConfigError("--invalid-as-n applies to DNA models; this model is a time-series model");
     if (dna && any_region) resolve_regions();
   }
 

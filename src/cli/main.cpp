@@ -69,13 +69,16 @@ std::string join_argv(int argc, char** argv) {
   return s;
 }
 
-std::vector<std::string> split_commas(const std::string& s) {
+// "a,b,c" -> {a, b, c}; an empty item ("a,,b", "a,") is refused: it is a typo, not a choice.
+std::vector<std::string> split_commas(const std::string& s, const char* option) {
   std::vector<std::string> out;
   size_t start = 0;
   while (start <= s.size()) {
     size_t e = s.find(',', start);
     if (e == std::string::npos) e = s.size();
-    if (e > start) out.push_back(s.substr(start, e - start));
+    if (e == start)
+      throw ConfigError(std::string(option) + " '" + s + "': an empty item; give a,b,c");
+    out.push_back(s.substr(start, e - start));
     start = e + 1;
   }
   return out;
@@ -257,7 +260,7 @@ int main(int argc, char** argv) {
       eo.pool = parse_pool(pool);
       eo.f16 = dtype == "f16";
       eo.cuda_fp32 = precision == "fp32";
-      eo.columns = split_commas(columns);
+      if (!columns.empty()) eo.columns = split_commas(columns, "--columns");
       eo.command_line = join_argv(argc, argv);
       install_stop_handlers();
       EmbedSummary s = run_embed(eo, *comm);
@@ -272,7 +275,7 @@ int main(int argc, char** argv) {
     } else if (*bench) {
       if (!bench_n.empty()) {
         bo.n.clear();
-        for (const std::string& v : split_commas(bench_n)) bo.n.push_back(std::stoll(v));
+        for (const std::string& v : split_commas(bench_n, "--n")) bo.n.push_back(std::stoll(v));
       }
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);

@@ -23,6 +23,7 @@
 #include <unordered_set>
 
 #include "core/error.hpp"
+#include "core/utf8.hpp"
 
 namespace sparsa {
 namespace {
@@ -229,6 +230,12 @@ struct FastxReader::Impl {
     rec.source = path;
     if (rec.name.empty())
       throw InputError(at_line(path, header_line, "header with an empty record name"));
+    if (const size_t bad = first_invalid_utf8(header); bad != std::string::npos)
+      throw InputError(at_line(path, header_line,
+                               "header is not UTF-8 text (byte " +
+                                   hex_byte((unsigned char)header[bad]) +
+                                   "); names and descriptions are stored as UTF-8: convert the "
+                                   "headers, e.g. iconv -f latin1 -t utf-8"));
     if (!seen.insert(rec.name).second)
       throw InputError(where(path, rec.name, 0,
                              "duplicate record name, as samtools faidx refuses (line " +

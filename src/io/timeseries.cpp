@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.hpp"
+#include "core/utf8.hpp"
 
 namespace sparsa {
 namespace {
@@ -39,7 +40,7 @@ std::string shown(std::string_view s) {
   return s.size() <= 40 ? std::string(s) : std::string(s.substr(0, 40)) + "...";
 }
 
-enum class CellKind { kNumber, kMissing, kInvalid, kNonFinite };
+enum class CellKind { kNumber, kMissing, kInvalid, kNonFinite, kTiny };
 
 // Parses one numeric cell. std::from_chars, not strtod, so a user's locale cannot change the
 // decimal separator and the whole cell must be consumed.
@@ -52,8 +53,13 @@ CellKind parse_number(std::string_view s, double& out) {
     if (s.empty() || s.front() == '-' || s.front() == '+') return CellKind::kInvalid;
   }
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  if (ec == std::errc::result_out_of_range && end == s.data() + s.size())
-    return CellKind::kNonFinite;
+  if (ec == std::errc::result_out_of_range && end == s.data() + s.size()) {
+    // Out of range both ways: 1e999 does not fit a double, nor does 1e-400 (it underflows).
+    const size_t e = s.find_first_of("eE");
+    return e != std::string_view::npos && e + 1 < s.size() && s[e + 1] == '-'
+               ? CellKind::kTiny
+               : CellKind::kNonFinite;
+  }
   if (ec != std::errc() || end != s.data() + s.size()) return CellKind::kInvalid;
   if (std::isnan(out)) return CellKind::kMissing;  // "-nan", "nan(123)" as printf writes them
   if (std::isinf(out)) return CellKind::kNonFinite;
@@ -76,8 +82,17 @@ class CsvScanner {
 
   bool next(CsvRow& row) {
     row.cells.clear();
-    while (pos_ < text_.size() && (text_[pos_] == '\n' || at_crlf())) {
-      pos_ += text_[pos_] == '\n' ? 1 : 2;
+    for (;;) {  // skip blank lines, also those of spaces and tabs only
+      size_t p = pos_;
+      while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
+      if (p >= text_.size()) {
+        pos_ = p;
+        break;
+      }
+      const bool lf = text_[p] == '\n';
+      const bool crlf = text_[p] == '\r' && (p + 1 == text_.size() || text_[p + 1] == '\n');
+      if (!lf && !crlf) break;  // a row starts at pos_
+      pos_ = std::min(text_.size(), p + (lf ? 1 : 2));
       ++line_;
     }
     if (pos_ >= text_.size()) return false;
@@ -145,10 +160,44 @@ class CsvScanner {
   int64_t line_ = 1;
 };
 
+// The header in a message: at most 20 names, each cut at 40 characters.
 std::string join_header(const std::vector<std::string>& header) {
   std::string s;
-  for (size_t i = 0; i < header.size(); ++i) s += (i ? ", '" : "'") + header[i] + "'";
+  for (size_t i = 0; i < header.size() && i < 20; ++i)
+    s += (i ? ", '" : "'") + shown(header[i]) + "'";
+  if (header.size() > 20) s += ", ... (" + std::to_string(header.size()) + " columns)";
   return "header: " + s;
+}
+
+// What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
+std::string not_csv_text(const std::string& text) {
+  auto starts = [&](std::string_view magic) { return text.rfind(magic, 0) == 0; };
+  if (starts("\x1f\x8b"))
+    return "gzip-compressed: decompress it first (zcat FILE > FILE.csv); CSV is read as plain text";
+  if (starts("BZh") ||
+      starts("\xFD"
+             "7zXZ") ||
+      starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
+    return "compressed (bzip2, xz, zstd or zip): decompress it first; CSV is read as plain text";
+  if (starts("\xFF\xFE") || starts("\xFE\xFF"))
+    return "UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)";
+  const size_t nul = text.find('\0');
+  if (nul != std::string::npos)
+    return "binary data (a NUL byte at line " +
+           std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)nul, '\n')) +
+           "), not a CSV text";
+  if (text.find('\n') == std::string::npos && text.find('\r') != std::string::npos)
+    return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", (unsigned char)text[bad]);
+    return "line " +
+           std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)bad, '\n')) +
+           ": not UTF-8 text (byte " + hex +
+           "); convert the file first, e.g. iconv -f latin1 -t utf-8 (names and timestamps are "
+           "stored as UTF-8)";
+  }
+  return "";
 }
 
 // The header's columns resolved to indices: which is time, which is id, which are channels.
@@ -228,7 +277,10 @@ std::string read_file_text(const std::string& path) {
 
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels) {
-  CsvScanner scanner(read_file_text(path), path);
+  std::string text = read_file_text(path);
+  if (const std::string why = not_csv_text(text); !why.empty())
+    throw InputError(where(path, "", 0, why));
+  CsvScanner scanner(std::move(text), path);
   CsvRow row;
   if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
   const std::vector<std::string> header = row.cells;
@@ -281,14 +333,19 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
       rec.values.resize(n_channels);
       for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
     }
+    if (row.cells[cols.time].empty())
+      throw InputError(
+          where(path, rec.name, 0, line + ": empty time in column '" + header[cols.time] + "'"));
     rec.timestamps.push_back(row.cells[cols.time]);
     rec.source_rows.push_back(row.line);
     for (int64_t k = 0; k < n_channels; ++k) {
       const std::string& cell = row.cells[cols.channels[k]];
       double v = 0;
       CellKind kind = parse_number(cell, v);
-      if (kind == CellKind::kInvalid || kind == CellKind::kNonFinite) {
-        std::string what = kind == CellKind::kInvalid ? "not a number" : "not a finite number";
+      if (kind == CellKind::kInvalid || kind == CellKind::kNonFinite || kind == CellKind::kTiny) {
+        const std::string what = kind == CellKind::kInvalid     ? "not a number"
+                                 : kind == CellKind::kNonFinite ? "not a finite number"
+                                                                : "too small for a double";
         throw InputError(where(path, rec.name, 0,
                                line + ", column '" + header[cols.channels[k]] + "': " + what +
                                    ": '" + shown(cell) + "'"));

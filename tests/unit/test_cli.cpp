@@ -489,6 +489,9 @@ TEST(Cli, TimeSeriesEndToEnd) {
   // The wrong number of columns for the model is refused, naming the fix.
   expect_failure(cmd(t / "x.h5", ""), t / "x.h5", "--columns");
   expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
+  expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
+  expect_failure(cmd(t / "x.h5", "--columns close --invalid-as-n"), t / "x.h5",
+                 "--invalid-as-n applies to DNA models");
   write_file(t / "bad.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,1,zz\n");
   auto bad = binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "bad.csv" +
              " --output " + t / "x.h5";

@@ -336,6 +336,10 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   expect_error<InputError>([&] { read_all(empty); }, {empty, "no FASTA/FASTQ records"});
   std::string missing = (dir_ / "missing.fa").string();
   expect_error<InputError>([&] { read_all(missing); }, {missing, "cannot open"});
+  // Names and descriptions go into UTF-8 strings: Latin-1 headers are refused, UTF-8 read.
+  std::string latin1 = write("l.fa", ">a\nACGT\n>Z\xFCrich d\nACGT\n");
+  expect_error<InputError>([&] { read_all(latin1); }, {latin1, "line 3", "not UTF-8", "0xFC"});
+  EXPECT_EQ(read_all(write("u.fa", ">Z\xC3\xBCrich\nACGT\n"))[0].name, "Z\xC3\xBCrich");
 }
 
 TEST_F(DnaTest, EmptyRecordsDuplicatesAndEmptyNames) {

@@ -309,6 +309,44 @@ TEST_F(TsCsv, NonNumericCell) {
   }
 }
 
+// Files that are not UTF-8 CSV text get a message that says what they are and what to do; one
+// cell the line and column. Lines of spaces and tabs only are blank lines.
+TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
+  auto msg_of = [&](const std::string& name, const std::string& bytes) {
+    return input_error([&] { read_timeseries_csv(write(name, bytes), {}, 0); });
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {std::string("\x1f\x8b\x08\x00rest", 8), "gzip-compressed"},
+      {"\xFF\xFE"
+       "d",
+       "UTF-16"},
+      {std::string("date,a\n1,2\n\0\0", 13), "binary data (a NUL byte at line 3)"},
+      {"date,a\r1,2\r2,3\r", "lone CR"},
+      {"date,id,a\n1,Z\xFCrich,2\n", "line 2: not UTF-8 text (byte 0xFC)"},
+      {"date,a\n1,2\n,3\n", "line 3: empty time in column 'date'"},
+      {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"}};
+  for (const auto& [bytes, want] : cases) {
+    const std::string msg = msg_of("x.csv", bytes);
+    EXPECT_NE(msg.find(want), std::string::npos) << want << " | " << msg;
+    EXPECT_LT(msg.size(), 400u) << msg;
+  }
+  // A header of 5000 names is shown cut (20 names), not whole.
+  std::string wide = "date";
+  for (int i = 0; i < 5000; ++i) wide += ",c" + std::to_string(i);
+  const std::string msg = input_error([&] {
+    read_timeseries_csv(write("w.csv", wide + "\n1\n"), {"", {"zz"}, ""}, 0);
+  });
+  EXPECT_NE(msg.find("(5001 columns)"), std::string::npos) << msg.substr(0, 300);
+  EXPECT_LT(msg.size(), 1000u);
+  // Valid UTF-8 (names, timestamps) is read; blank lines of spaces and tabs are skipped.
+  auto recs = read_timeseries_csv(
+      write("u.csv", "date,id,a\n1,Z\xC3\xBCrich,2\n  \t \n2,Z\xC3\xBCrich,3\n\t\r\n"),
+      {"", {}, "id"}, 0);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].name, "Z\xC3\xBCrich");
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "2"}));
+}
+
 TEST_F(TsCsv, RaggedRow) {
   std::string msg =
       input_error([&] { read_timeseries_csv(write("r.csv", "date,a,b\n1,2,3\n2,3\n"), {}, 0); });

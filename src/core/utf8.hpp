@@ -1,0 +1,44 @@
+// sparsa: UTF-8 validation of text that ends up in HDF5 strings marked UTF-8 (record names,
+// descriptions, timestamps): h5py and other readers fail on invalid bytes.
+#pragma once
+#include <cstddef>
+#include <string_view>
+
+namespace sparsa {
+
+// Index of the first byte of `s` that does not begin a well-formed UTF-8 sequence (overlong forms,
+// surrogates and code points past U+10FFFF are invalid), or npos when all of `s` is UTF-8.
+inline size_t first_invalid_utf8(std::string_view s) {
+  const auto* u = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned c = u[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;  // no surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + len > n || u[i + 1] < lo || u[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (u[i + k] < 0x80 || u[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace sparsa
