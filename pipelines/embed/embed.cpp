@@ -456,13 +456,18 @@ struct EmbedRun {
           // of (f + r) / 2 over a bin is the mean of the two means (equal up to rounding).
           if (rev.pooled_bin != fwd.pooled_bin || rev.y.size() != fwd.y.size())
             throw SystemError("internal: the two passes pooled differently");
-          for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = (fwd.y[i] + rev.y[i]) * 0.5f;
+          // Halves first: (f + r) / 2 of two values near FLT_MAX overflowed to Inf; halving is
+          // exact, so for every other value these are the same bits.
+          for (size_t i = 0; i < fwd.y.size(); ++i)
+            fwd.y[i] = 0.5f * fwd.y[i] + 0.5f * rev.y[i];
         } else {
           rc_average_rows(fwd.y, rev.y, sh.size(), d);
         }
       } else {
         fwd = forward_fn(tokens, sh, c, out_hooks);
       }
+    } catch (const NumericError& e) {  // the model's message has the position, not the record
+      throw NumericError(where(rec.source, rec.name, 0, e.what()));
     } catch (const OutOfMemory& e) {
       throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "in the model", e.what(),
                                  e.device_total);

@@ -59,6 +59,7 @@ void ModelConfig::validate() const {
   if (!(norm_eps > 0.0) || !std::isfinite(norm_eps)) bad("norm_eps", "must be a finite number > 0");
   if (kind == ModelKind::kTimeseries) {
     if (channels < 1) bad("channels", "must be >= 1");
+    if (channels > 4096) bad("channels", "must be <= 4096");
     if (ts_bins < 2) bad("ts_bins", "must be >= 2");
     if (ts_bins > (1 << 20)) bad("ts_bins", "must be <= 1048576");
     if (!(ts_clip > 0.0) || !std::isfinite(ts_clip)) bad("ts_clip", "must be a finite number > 0");

@@ -408,6 +408,36 @@ TEST(Cli, InputsAreNeverTheOutputsSiblings) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
 }
 
+// A checkpoint whose final gains overflow float32 (a trained model gone wrong): the error names
+// the input and the record. Gains near FLT_MAX / 3 keep each strand finite: their --rc-average
+// is the average (it overflowed to Inf when summed before halving), not an error.
+TEST(Cli, NonFiniteOutputNamesTheRecordAndRcAverageDoesNotOverflow) {
+  TempDir t;
+  sparsa::ModelWeights w = sparsa::load_checkpoint(tiny_model());
+  w.final_norm[0] = 3e38f;
+  sparsa::save_checkpoint(w, t / "inf.h5");
+  auto r = run(binary() + " embed -q --model " + t / "inf.h5" + " --input " + lambda() +
+               " --output " + t / "o.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(lambda() + ": record 'gi|9626243|ref|NC_001416.1|'"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "o.h5"));
+  w.final_norm[0] = 1.5e38f;
+  sparsa::save_checkpoint(w, t / "big.h5");
+  r = run(binary() + " embed -q --model " + t / "big.h5" + " --input " + lambda() +
+          " --rc-average --dtype f32 --output " + t / "rc.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const h5::File f = h5::File::open_read(t / "rc.h5");
+  const std::vector<float> y = f.read_f32(first_key(f) + "/embedding");
+  float largest = 0;
+  for (float v : y) {
+    ASSERT_TRUE(std::isfinite(v));
+    largest = std::max(largest, std::fabs(v));
+  }
+  EXPECT_GT(largest, 1.7e38f);  // where both strands are past FLT_MAX / 2
+}
+
 // srun -n 4 without an MPI plugin: four unconnected copies would each embed everything into the
 // same output; the task refuses before any work, with the cure.
 TEST(Cli, SrunWithoutPmiIsRefused) {
