@@ -857,7 +857,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 manifest_for(o, model_sha)};
     journal.assemble(a, index, o.output);
   }
-  comm.barrier();
+  // Copying many records into the output can outlast the watchdog's 30 minutes; rank 0 aborts
+  // every rank itself if assembling fails.
+  comm.barrier_unwatched();
   sum.seconds = progress.seconds();
   if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')
     std::fprintf(stderr,

@@ -24,6 +24,9 @@ class Comm {
   virtual int size() const = 0;
   virtual const char* name() const = 0;
   virtual void barrier() = 0;
+  // A barrier whose wait is rank 0's work of unbounded length (assembling a large output), so the
+  // watchdog (SPARSA_COMM_TIMEOUT) does not end it; a rank that dies still ends the job.
+  virtual void barrier_unwatched() { barrier(); }
   // Ends every rank at once (MPI_Abort); for a rank that failed while others may wait on it.
   [[noreturn]] virtual void abort(int code) = 0;
   // Every rank contributes `bytes` (may differ per rank); `out` receives the concatenation in rank

@@ -123,6 +123,7 @@ class MpiComm final : public Comm {
     Watchdog::Armed armed(watchdog_.get(), "a barrier");
     SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   }
+  void barrier_unwatched() override { SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::exit(code);
