@@ -14,7 +14,9 @@
 # when every task has succeeded and confirms each output is complete. If a task fails, Slurm
 # cancels the summary job (--kill-on-invalid-dep=yes) instead of leaving it pending forever; run
 # `slurm/check-outputs.sh LIST OUTDIR` by hand then to list what is missing, and submit this
-# script again: finished outputs are kept ("already complete") and unfinished ones resume.
+# script again once `squeue -j ARRAY_JOB_ID` lists no task: finished outputs are kept ("already
+# complete") and unfinished ones resume. (A task still running on an output makes a second run on
+# it stop at once: the output's journal is locked while a run uses it.)
 # Logs: sparsa-ARRAYID_TASK.log per task and sparsa-check-JOBID.log, in the current directory.
 set -euo pipefail
 
@@ -68,13 +70,19 @@ export SPARSA_SLURM_SCRIPTS=$here
 array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" "${extra[@]}" \
   "$here/embed-array.sbatch" "$LIST" "$MODEL" "$OUTDIR" "$@")
 array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
-check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
-  "$here/check-outputs.sh" "$LIST" "$OUTDIR")
-check_id=${check_id%%;*}
-
-if [ "$parsable" = 1 ]; then
-  echo "$array_id $check_id"
-else
+[ "$parsable" = 1 ] ||
   echo "Submitted array job $array_id: $n inputs, at most $throttle at once (logs sparsa-${array_id}_N.log)"
-  echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"
+# The array is queued whatever happens next: a summary job that cannot be submitted (a site that
+# needs -A or -p for every job, say) is reported, not an error that hides the array's id.
+if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
+  "$here/check-outputs.sh" "$LIST" "$OUTDIR"); then
+  check_id=${check_id%%;*}
+  [ "$parsable" = 1 ] ||
+    echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"
+else
+  check_id=none
+  echo "warning: the summary job was not submitted; when the array ends, run" \
+    "$here/check-outputs.sh $LIST $OUTDIR" >&2
 fi
+[ "$parsable" = 1 ] && echo "$array_id $check_id"
+exit 0

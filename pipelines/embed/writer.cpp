@@ -1,6 +1,12 @@
 #include "pipelines/embed/writer.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -68,6 +74,46 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
+// Takes the write lock (fcntl, so the kernel or the NFS server drops it when the process dies)
+// on DIR/LOCK and writes who holds it there; returns the open descriptor, or -1 where the file
+// system has no locks (then nothing stops two runs: docs/reliability.md). Another live run's lock
+// stops this one: two runs on one output would delete and overwrite each other's parts.
+static int lock_journal(const std::string& dir) {
+  const std::string path = dir + "/LOCK";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw SystemError(path + ": cannot open the journal's lock: " + std::strerror(errno));
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl(fd, F_SETLK, &fl) != 0) {
+    const int err = errno;
+    if (err == EACCES || err == EAGAIN) {
+      char who[256] = {0};
+      const ssize_t got = pread(fd, who, sizeof who - 1, 0);
+      ::close(fd);
+      std::string holder = got > 0 ? std::string(who, (size_t)got) : std::string("unknown");
+      while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+      throw ConfigError(dir + " is in use by another sparsa run (" + holder +
+                        "): wait for it to end, or stop it, before running on this output again "
+                        "(two runs would overwrite each other's records)");
+    }
+    ::close(fd);  // ENOLCK, ENOSYS, EOPNOTSUPP: a file system without locks
+    return -1;
+  }
+  char host[128] = "?";
+  gethostname(host, sizeof host - 1);
+  const char* job = std::getenv("SLURM_JOB_ID");
+  const std::string who = std::string("host ") + host + ", pid " + std::to_string(getpid()) +
+                          (job ? std::string(", Slurm job ") + job : std::string()) + "\n";
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, who.data(), who.size(), 0) < 0) {
+  }  // who holds it is for messages only
+  return fd;
+}
+
+Journal::~Journal() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
 // An earlier run's journal goes whole, or the run stops: parts left behind (a file that could
 // not be removed) would be taken for this run's finished records.
 static void remove_all_or_throw(const std::string& dir) {
@@ -90,6 +136,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     try {
       std::error_code ec;
       if (fs::exists(dir_, ec)) {
+        // Another run still at work here stops this one, whatever --resume or --force say.
+        if (const int fd = lock_journal(dir_); fd >= 0) ::close(fd);
         if (resume) {
           const std::string old = read_text(dir_ + "/MANIFEST");
           if (old != manifest && !force)
@@ -110,6 +158,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
+      lock_fd_ = lock_journal(dir_);
       if (!fs::exists(dir_ + "/MANIFEST")) {
         const std::string tmp = dir_ + "/MANIFEST.tmp";
         std::ofstream(tmp, std::ios::binary) << manifest;

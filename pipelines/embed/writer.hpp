@@ -52,6 +52,9 @@ class Journal {
   // existing OUT.parts is refused unless force (which discards it).
   Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
           Comm& comm);
+  ~Journal();
+  Journal(const Journal&) = delete;
+  Journal& operator=(const Journal&) = delete;
   bool done(int64_t index) const { return done_.count(index) != 0; }
   // With resume: whether finished record `index` was made from a record of this fingerprint (its
   // part's input_sha256); redo(index) forgets it, so that it is embedded again.
@@ -83,6 +86,7 @@ class Journal {
   // unreadable); empty for parts this run wrote.
   std::map<int64_t, std::string> done_;
   std::string discarded_;
+  int lock_fd_ = -1;  // rank 0: OUT.parts/LOCK, write-locked (fcntl) while this run lives
 };
 
 // One record's part written while its rows arrive, by the one rank that holds the whole record

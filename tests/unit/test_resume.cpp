@@ -1,7 +1,9 @@
 // Reliability with real processes: a stopped or killed run keeps its finished records, leaves
 // nothing at the output path, and --resume finishes with the same contents as a clean run.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "compare_h5.hpp"
 #include "core/error.hpp"
@@ -311,4 +313,36 @@ TEST(Resume, PartsBeyondAMillionRecordsAreFound) {
   EXPECT_EQ(j.count_parts(), 2);
   EXPECT_TRUE(j.same_record(1234567, ro.fingerprint));
   EXPECT_TRUE(j.same_record(7, ro.fingerprint));
+}
+
+// Two runs on one output would delete and overwrite each other's parts: a run that finds the
+// journal locked by a live run stops (exit 2, naming who holds it), even with --resume or
+// --force; once that run is gone (its lock with it) the same command runs.
+TEST(Resume, AnotherLiveRunsJournalIsRefused) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  fs::create_directories(out + ".parts");
+  const int fd = ::open((out + ".parts/LOCK").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
+  const std::string who = "host elsewhere, pid 4242, Slurm job 77\n";
+  ASSERT_EQ(pwrite(fd, who.data(), who.size(), 0), (ssize_t)who.size());
+  for (const char* flag : {"--resume", "--force"}) {
+    auto r = run(binary() + " embed -q --model " + fx.model + " --input " + fx.input +
+                 " --output " + out + " " + flag);
+    EXPECT_EQ(r.code, 2) << flag << ": " << r.output;
+    EXPECT_NE(
+        r.output.find("in use by another sparsa run (host elsewhere, pid 4242, Slurm job 77)"),
+        std::string::npos)
+        << r.output;
+    EXPECT_TRUE(fs::exists(out + ".parts/LOCK"));
+  }
+  ::close(fd);  // that run ended
+  auto r = run(binary() + " embed -q --threads 1 --pool bin:1000 --model " + fx.model +
+               " --input " + fx.input + " --output " + out + " --force");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(out + ".parts"));
 }
