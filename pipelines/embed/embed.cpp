@@ -458,8 +458,7 @@ struct EmbedRun {
             throw SystemError("internal: the two passes pooled differently");
           // Halves first: (f + r) / 2 of two values near FLT_MAX overflowed to Inf; halving is
           // exact, so for every other value these are the same bits.
-          for (size_t i = 0; i < fwd.y.size(); ++i)
-            fwd.y[i] = 0.5f * fwd.y[i] + 0.5f * rev.y[i];
+          for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = 0.5f * fwd.y[i] + 0.5f * rev.y[i];
         } else {
           rc_average_rows(fwd.y, rev.y, sh.size(), d);
         }
@@ -611,15 +610,15 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
   RecordSource source(o, cfg);
   Record rec;
   int64_t index = 0;
+  const int64_t held = (int64_t)f.list("/records").size();
   while (source.next(rec)) {
-    const std::string g = "/records/" + Journal::key_for(index++, rec.name);
+    const std::string g = "/records/" + Journal::key_for(index++, rec.name, held);
     if (!f.exists(g) || !f.has_attr(g, "input_sha256"))
       return "it has no record " + std::to_string(index) + " '" + rec.name + "'";
     if (f.attr_string(g, "input_sha256") != record_fingerprint(rec))
       return "record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
              " changed since";
   }
-  const int64_t held = (int64_t)f.list("/records").size();
   if (held != index)
     return "it holds " + std::to_string(held) + " records, the inputs " + std::to_string(index);
   return "";

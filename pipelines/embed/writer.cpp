@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -18,9 +19,11 @@ namespace sparsa {
 
 namespace fs = std::filesystem;
 
-std::string Journal::key_for(int64_t index, const std::string& name) {
+std::string Journal::key_for(int64_t index, const std::string& name, int64_t n_records) {
+  const int width =
+      std::max<int>(6, (int)std::to_string(std::max<int64_t>(0, n_records - 1)).size());
   char num[32];
-  std::snprintf(num, sizeof num, "%06lld", (long long)index);
+  std::snprintf(num, sizeof num, "%0*lld", width, (long long)index);
   std::string key = std::string(num) + "_";
   // HDF5-safe and readable: letters, digits, '.', '_', '-' kept; the rest becomes '_'.
   for (char c : name.substr(0, 64)) {
@@ -422,8 +425,15 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
       out.create_group("/records");
       for (int64_t i = 1; i <= n_records; ++i) {
         h5::File part = h5::File::open_read(part_path(i));
-        for (const auto& key : part.list("/records"))
-          out.copy_from(part, "/records/" + key, "/records/" + key);
+        // The part's key has 6+ digits; the output's as many as the last index takes.
+        for (const auto& key : part.list("/records")) {
+          const size_t cut = key.find('_');
+          const std::string name = cut == std::string::npos ? key : key.substr(cut + 1);
+          out.copy_from(
+              part, "/records/" + key,
+              "/records/" +
+                  (cut == std::string::npos ? key : key_for(i - 1, "", n_records) + name));
+        }
       }
       out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
       out.close();

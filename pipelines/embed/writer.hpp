@@ -73,7 +73,10 @@ class Journal {
   // place and renamed; several: copied into a new file), then removes the journal.
   void assemble(const FileAttrs& attrs, int64_t n_records, const std::string& output);
 
-  static std::string key_for(int64_t index, const std::string& name);
+  // The record's group name "NNNNNN_name": the index zero-padded to 6 digits, or to as many as
+  // the largest index of n_records takes (the final file of more than a million records), so
+  // that the keys sort in input order.
+  static std::string key_for(int64_t index, const std::string& name, int64_t n_records = 0);
 
  private:
   friend class PartStream;

@@ -346,3 +346,14 @@ TEST(Resume, AnotherLiveRunsJournalIsRefused) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(fs::exists(out + ".parts"));
 }
+
+// Keys sort in input order however many records a file holds: six digits up to a million
+// records, then as many as the last index takes.
+TEST(Resume, RecordKeysSortInInputOrder) {
+  using sparsa::Journal;
+  EXPECT_EQ(Journal::key_for(5, "chr 1/a"), "000005_chr_1_a");
+  EXPECT_EQ(Journal::key_for(5, "a", 1000000), "000005_a");
+  EXPECT_EQ(Journal::key_for(5, "a", 1000001), "0000005_a");
+  EXPECT_LT(Journal::key_for(999999, "a", 1000001), Journal::key_for(1000000, "a", 1000001));
+  EXPECT_LT(Journal::key_for(99999, "a", 1000001), Journal::key_for(100000, "a", 1000001));
+}
