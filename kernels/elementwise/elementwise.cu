@@ -210,7 +210,12 @@ void launch_rc_average(const RcAverageParams& p, cudaStream_t stream) {
 
 __global__ void to_f16_kernel(ToF16Params p) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < p.count) static_cast<__half*>(p.out)[i] = __float2half_rn(p.in[i]);
+  if (i >= p.count) return;
+  const float x = p.in[i];
+  const __half h = __float2half_rn(x);
+  static_cast<__half*>(p.out)[i] = h;
+  if (p.overflow && __hisinf(h) && isfinite(x))
+    atomicMin(p.overflow, (unsigned long long)(p.base + i));
 }
 
 void launch_to_f16(const ToF16Params& p, cudaStream_t stream) {

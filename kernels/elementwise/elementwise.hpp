@@ -65,6 +65,10 @@ struct ToF16Params {
   const float* in;  // [count]
   void* out;        // [count] of float16
   int64_t count;
+  // Optional: the smallest index (plus base) of a finite value that became Inf (|x| >= 65520:
+  // past float16's range) is atomicMin'ed here; the caller sets it to ~0 first.
+  unsigned long long* overflow = nullptr;
+  int64_t base = 0;
 };
 void launch_to_f16(const ToF16Params& p, cudaStream_t stream);
 

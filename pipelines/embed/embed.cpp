@@ -543,7 +543,13 @@ struct EmbedRun {
     // without a GPU, under --device auto, converts its own: the same bits as the GPU's).
     if (o.f16 && o.pool.kind == PoolSpec::kNone && pooled.rows16.empty() && !pooled.rows.empty()) {
       pooled.rows16.resize(pooled.rows.size());
-      h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(), (int64_t)pooled.rows.size());
+      if (const int64_t bad = h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(),
+                                               (int64_t)pooled.rows.size());
+          bad >= 0)
+        throw NumericError(where(rec.source, rec.name, 0,
+                                 "output row " + std::to_string(bad / d) + ", column " +
+                                     std::to_string(bad % d) + ": " +
+                                     std::to_string(pooled.rows[bad]) + h5::f16_range_advice));
       pooled.rows = {};
     }
     RecordOutput ro = record_output(it, fwd);

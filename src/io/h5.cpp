@@ -1,6 +1,7 @@
 #include "io/h5.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,10 @@ void quiet_errors() {
   });
 }
 
+const char* const f16_range_advice =
+    " is past float16's range (largest finite 65504; it would be stored as Inf): write "
+    "--dtype f32";
+
 namespace {
 
 // float -> binary16, round to nearest even (as C's cast), n values; F16C where the CPU has it
@@ -51,8 +56,12 @@ __attribute__((target("avx,f16c"))) void to_f16_f16c(const float* src, _Float16*
   to_f16_scalar(src + i, dst + i, n - i);
 }
 #endif
-void to_f16(const float* src, _Float16* dst, int64_t n) {
+// Converts, and returns the index of the first value that became Inf (a finite |x| >= 65520,
+// past float16's range: an error for the caller, spec 2), or -1. The check reads each block's
+// halves while they are in cache.
+int64_t to_f16(const float* src, _Float16* dst, int64_t n) {
   constexpr int64_t kBlock = int64_t{1} << 20;
+  int64_t first_inf = -1;
 #if defined(__x86_64__)
   // F16C from CPUID (clang 14 has no "f16c" for __builtin_cpu_supports); AVX also checks the OS.
   static const bool f16c = [] {
@@ -66,13 +75,23 @@ void to_f16(const float* src, _Float16* dst, int64_t n) {
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t m = std::min(kBlock, n - b);
 #if defined(__x86_64__)
-    if (f16c) {
+    if (f16c)
       to_f16_f16c(src + b, dst + b, m);
-      continue;
-    }
+    else
 #endif
-    to_f16_scalar(src + b, dst + b, m);
+      to_f16_scalar(src + b, dst + b, m);
+    const auto* bits = reinterpret_cast<const uint16_t*>(dst + b);
+    uint16_t any = 0;  // branch-free scan: an Inf is 0x7C00 under the sign
+    for (int64_t i = 0; i < m; ++i) any |= (uint16_t)((bits[i] & 0x7FFF) == 0x7C00);
+    if (any)
+      for (int64_t i = 0; i < m; ++i)
+        if ((bits[i] & 0x7FFF) == 0x7C00 && std::isfinite(src[b + i])) {
+#pragma omp critical(sparsa_f16_overflow)
+          if (first_inf < 0 || b + i < first_inf) first_inf = b + i;
+          break;
+        }
   }
+  return first_inf;
 }
 
 [[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {
@@ -98,8 +117,8 @@ Handle str_type() {
 
 }  // namespace
 
-void float_to_f16(const float* src, uint16_t* dst, int64_t n) {
-  to_f16(src, reinterpret_cast<_Float16*>(dst), n);
+int64_t float_to_f16(const float* src, uint16_t* dst, int64_t n) {
+  return to_f16(src, reinterpret_cast<_Float16*>(dst), n);
 }
 
 hid_t make_f16_type() {
@@ -329,7 +348,10 @@ static void write_slab(const File& f, const std::string& obj, int64_t row0, int6
     // rather than by HDF5's soft converter, so the rounding is the one the docs promise.
     // Not value-initialized: a genome's rows are GBs, and zeroing them first costs a pass.
     std::unique_ptr<_Float16[]> half(new _Float16[std::max<int64_t>(nrows, 1) * cols]);
-    to_f16(src, half.get(), nrows * cols);
+    if (const int64_t bad = to_f16(src, half.get(), nrows * cols); bad >= 0)
+      throw NumericError(f.path() + ": " + obj + ": row " + std::to_string(row0 + bad / cols) +
+                         ", column " + std::to_string(bad % cols) + ": " +
+                         std::to_string(src[bad]) + f16_range_advice);
     rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), xfer, half.get());
   } else {
     rc = H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), xfer, data);

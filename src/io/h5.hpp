@@ -117,6 +117,9 @@ hid_t make_f16_type();
 void quiet_errors();
 // float -> binary16, round to nearest even (as C's cast), n values, F16C where the CPU has it:
 // the conversion of float32 rows for a float16 dataset.
-void float_to_f16(const float* src, uint16_t* dst, int64_t n);
+// Returns the index of the first value past float16's range (|x| >= 65520, stored as Inf), or -1.
+int64_t float_to_f16(const float* src, uint16_t* dst, int64_t n);
+// " is past float16's range ...: write --dtype f32", the end of the error for such a value.
+extern const char* const f16_range_advice;
 
 }  // namespace sparsa::h5

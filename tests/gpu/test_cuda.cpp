@@ -816,8 +816,9 @@ TEST(CudaOps, Float16RowsAreTheHostConversion) {
   SKIP_WITHOUT_GPU();
   // HostStaging::copy_to_host_f16 (device conversion, pieces of 32M values through two buffers,
   // each reused: 4 pieces) gives the bits of the host's conversion for a float16 file
-  // (h5::float_to_f16), edge values included: ties, subnormals, the largest float16, overflow to
-  // infinity, -0. On a stream of its own, as the model's.
+  // (h5::float_to_f16), edge values included: ties, subnormals, the largest float16, -0. A value
+  // past float16's range (it would become infinity) is an error on both sides, which name the
+  // first such value. On a stream of its own, as the model's.
   const int64_t n = 110'000'000;
   std::vector<float> v = rnd(n, 51, -3, 3);
   const float edges[] = {0.0f,        -0.0f,    1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048,
@@ -830,10 +831,24 @@ TEST(CudaOps, Float16RowsAreTheHostConversion) {
     v[n / 2 + i] = edges[i] * 1e-3f;
   }
   std::vector<uint16_t> want(n);
-  h5::float_to_f16(v.data(), want.data(), n);
-  DeviceBuffer dv = up(v);
+  EXPECT_EQ(h5::float_to_f16(v.data(), want.data(), n), 6);  // 65520 at v[6]
   cuda::HostStaging staging;
   cudaStream_t s = cuda::create_stream();
+  {
+    DeviceBuffer dv = up(v);
+    std::vector<uint16_t> got(n);
+    for (int64_t count : {n, int64_t{1000}}) {
+      try {
+        staging.copy_to_host_f16(got.data(), dv.as<float>(), count, s);
+        ADD_FAILURE() << "no error for a value past float16's range";
+      } catch (const NumericError& e) {
+        EXPECT_NE(std::string(e.what()).find("output value 6 "), std::string::npos) << e.what();
+      }
+    }
+  }
+  for (float* x : {&v[6], &v[7], &v[n - 7], &v[n - 8]}) *x = *x > 0 ? 65503.0f : -65503.0f;
+  EXPECT_EQ(h5::float_to_f16(v.data(), want.data(), n), -1);
+  DeviceBuffer dv = up(v);
   for (int64_t count : {n, int64_t{1000}}) {  // many pieces, and one small copy
     std::vector<uint16_t> got(count, 0x7e00);
     staging.copy_to_host_f16(got.data(), dv.as<float>(), count, s);

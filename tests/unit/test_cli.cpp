@@ -436,6 +436,22 @@ TEST(Cli, NonFiniteOutputNamesTheRecordAndRcAverageDoesNotOverflow) {
     largest = std::max(largest, std::fabs(v));
   }
   EXPECT_GT(largest, 1.7e38f);  // where both strands are past FLT_MAX / 2
+  // Finite in float32 but past float16's range (65504): an error (no Inf in an output), with
+  // --dtype f32 as the way out, for rows per token and for bins alike.
+  w.final_norm[0] = 1e5f;
+  sparsa::save_checkpoint(w, t / "wide.h5");
+  for (const char* pool : {"none", "bin:100"}) {
+    r = run(binary() + " embed -q --model " + t / "wide.h5" + " --input " + lambda() + " --pool " +
+            pool + " --output " + t / "f16.h5");
+    EXPECT_EQ(r.code, 1) << pool << ": " << r.output;
+    EXPECT_NE(r.output.find("past float16's range"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--dtype f32"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("column 0"), std::string::npos) << r.output;
+    EXPECT_FALSE(exists(t / "f16.h5"));
+  }
+  r = run(binary() + " embed -q --model " + t / "wide.h5" + " --input " + lambda() +
+          " --dtype f32 --output " + t / "f32.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 // srun -n 4 without an MPI plugin: four unconnected copies would each embed everything into the

@@ -147,6 +147,7 @@ HostStaging::~HostStaging() {
     if (done_[i]) cudaEventDestroy(static_cast<cudaEvent_t>(done_[i]));
     if (dev_[i]) cudaFree(dev_[i]);
   }
+  if (overflow_) cudaFree(overflow_);
 }
 
 namespace {
@@ -178,14 +179,30 @@ void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t coun
   const size_t bytes = (size_t)count * 2;
   if (bytes <= kPiece) {
     reserve_f16();
-    kern::launch_to_f16({src, dev_[0], count}, s);
+    reset_overflow(s);
+    kern::launch_to_f16({src, dev_[0], count, overflow_, 0}, s);
     sparsa::cuda::copy_to_host(dst, dev_[0], bytes, s);
-    synchronize(s);
+    check_overflow(s);
     return;
   }
   copy_to_sink_f16(src, count, 2, s, [&](size_t off, size_t len, const void* pinned) {
     copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
   });
+}
+
+void HostStaging::reset_overflow(cudaStream_t s) {
+  if (!overflow_) CUDA_OK(cudaMalloc(&overflow_, sizeof *overflow_));
+  CUDA_OK(cudaMemsetAsync(overflow_, 0xFF, sizeof *overflow_, s));
+}
+
+void HostStaging::check_overflow(cudaStream_t s) {
+  unsigned long long first = 0;
+  CUDA_OK(cudaMemcpyAsync(&first, overflow_, sizeof first, cudaMemcpyDeviceToHost, s));
+  synchronize(s);
+  if (first != ~0ull)
+    throw NumericError("output value " + std::to_string(first) +
+                       " (flat index over its rows) is past float16's range (largest finite "
+                       "65504): write --dtype f32");
 }
 
 // Whole units in a piece (at least one unit; a unit larger than a piece is not supported).
@@ -210,13 +227,17 @@ void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit,
                                    const Sink& sink) {
   if (count <= 0) return;
   reserve_f16();
+  reset_overflow(s);
   pipeline((size_t)count * 2, sink_piece(unit), s,
            [&](size_t i, size_t off, size_t len, void* pinned) {
              // after the DMA of piece i - 2 out of the same buffer (stream order)
-             kern::launch_to_f16({src + off / 2, dev_[i % 2], (int64_t)(len / 2)}, s);
+             kern::launch_to_f16(
+                 {src + off / 2, dev_[i % 2], (int64_t)(len / 2), overflow_, (int64_t)(off / 2)},
+                 s);
              CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
            },
            sink);
+  check_overflow(s);
 }
 
 void HostStaging::reserve_f16() {

@@ -94,6 +94,11 @@ class HostStaging {
   void* buf_[2] = {nullptr, nullptr};
   void* done_[2] = {nullptr, nullptr};  // cudaEvent_t
   void* dev_[2] = {nullptr, nullptr};   // copy_to_host_f16: the converted pieces
+  // The conversions' overflow word (device, kern::ToF16Params::overflow): reset before a copy,
+  // read after it; a value past float16's range is an error (spec: no Inf in an output).
+  unsigned long long* overflow_ = nullptr;
+  void reset_overflow(cudaStream_t s);
+  void check_overflow(cudaStream_t s);
 };
 
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
