@@ -630,7 +630,41 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
   return "";
 }
 
+// The variables that choose collectives (NCCL or not, its warm-up, parallel or serial HDF5) or a
+// row's arithmetic (kernels, router, chunks) must be the same on every rank: mpirun over ssh
+// passes a variable set by hand only to the ranks of the local node unless given with -x, and
+// ranks that disagree would wait in different collectives or give rows that depend on the rank.
+// Rank 0's values are made every rank's.
+void agree_on_env(Comm& comm) {
+  if (comm.size() <= 1) return;
+  static const char* const names[] = {
+      "SPARSA_NCCL",        "SPARSA_NCCL_WARMUP", "SPARSA_HDF5_SERIAL", "SPARSA_ROUTER",
+      "SPARSA_ATTN_BAND",   "SPARSA_ATTN_GLOBAL", "SPARSA_ATTN_SPLIT",  "SPARSA_MLP_GEMM",
+      "SPARSA_CHUNK_ROWS",  "SPARSA_GEMM_ALGO",   "SPARSA_STREAM_ROWS", "SPARSA_RC_ON_DEVICE",
+      "SPARSA_EARLY_DEVICE"};
+  std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
+  if (comm.rank() == 0)
+    for (const char* n : names) {
+      const char* v = std::getenv(n);
+      text += v ? std::string("1") + v + "\n" : std::string("0\n");
+    }
+  int64_t len = (int64_t)text.size();
+  comm.broadcast(&len, sizeof len, 0);
+  text.resize(len);
+  comm.broadcast(text.data(), len, 0);
+  std::istringstream in(text);
+  std::string line;
+  for (const char* n : names) {
+    if (!std::getline(in, line) || line.empty()) break;
+    if (line[0] == '1')
+      setenv(n, line.c_str() + 1, 1);
+    else
+      unsetenv(n);
+  }
+}
+
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
+  agree_on_env(comm);
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -159,11 +159,13 @@ class MpiComm final : public Comm {
     std::vector<int64_t> all(size_);
     SPARSA_MPI_CHECK(
         MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, root, MPI_COMM_WORLD));
+    int64_t piece = max_message_;  // the root's, so that sends and receives cut alike
+    SPARSA_MPI_CHECK(MPI_Bcast(&piece, 1, MPI_INT64_T, root, MPI_COMM_WORLD));
     std::vector<MPI_Request> reqs;
     auto pieces = [&](int64_t n, auto&& post) {
-      for (int64_t off = 0; off < n; off += max_message_) {
+      for (int64_t off = 0; off < n; off += piece) {
         reqs.emplace_back();
-        post(off, (int)std::min(max_message_, n - off), &reqs.back());
+        post(off, (int)std::min(piece, n - off), &reqs.back());
       }
     };
     if (rank_ == root) {

@@ -63,6 +63,14 @@ TEST(MpiInvariance, SerialHdf5Fallback) {
   r = run(mpirun(2) + binary() + " embed --force --model " + model + " " + lambda +
           " --split-min 1000 --output " + t / "parallel.h5");
   EXPECT_NE(r.output.find("parallel HDF5"), std::string::npos) << r.output;
+  // Set on rank 1 alone (mpirun over ssh without -x): rank 0's choice is every rank's, not two
+  // writers that wait in different collectives.
+  const std::string args = " embed --force --threads 1 --model " + model + " " + lambda +
+                           " --split-min 1000 --output " + t / "mixed.h5";
+  r = run(mpirun(1) + binary() + args + " : -np 1 env SPARSA_HDF5_SERIAL=1 " + binary() + args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("parallel HDF5"), std::string::npos) << r.output;
+  expect_same_contents(t / "parallel.h5", t / "mixed.h5");
 }
 
 TEST(MpiInvariance, CausalWindowWiderThanShard) {
