@@ -204,7 +204,7 @@ void check_ascii_outside_comments(const std::string& text, const std::string& or
 
 }  // namespace
 
-ModelConfig parse_model_config(const std::string& text, const std::string& origin) {
+ModelConfig parse_model_config(const std::string& text, const std::string& origin, bool every_key) {
   check_ascii_outside_comments(text, origin);
   toml::table root;
   try {
@@ -265,6 +265,16 @@ ModelConfig parse_model_config(const std::string& text, const std::string& origi
   if (c.kind == ModelKind::kDna) {
     for (const char* k : {"channels", "ts_bins", "ts_clip", "ts_transform"})
       if (mt->contains(k)) r.fail(k, "is for time-series models only (kind = \"timeseries\")");
+  }
+  if (every_key) {  // a checkpoint's config is written whole (to_toml): a missing key is damage
+    for (const std::string& k : r.seen) {
+      const bool ts_key =
+          k == "channels" || k == "ts_bins" || k == "ts_clip" || k == "ts_transform";
+      if ((c.kind == ModelKind::kTimeseries || !ts_key) && !mt->contains(k))
+        r.fail(k,
+               "is missing (a checkpoint's config names every key; this one was not written "
+               "by `sparsa init`, or was edited)");
+    }
   }
   try {
     c.validate();

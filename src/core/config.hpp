@@ -44,7 +44,10 @@ struct ModelConfig {
 };
 
 // Parses TOML text; `origin` names the file in messages. Unknown keys and wrong types are errors.
-ModelConfig parse_model_config(const std::string& toml_text, const std::string& origin);
+// every_key: each key must be given (a checkpoint's config, written whole by to_toml), instead of
+// taking the defaults for keys left out (a user's config file).
+ModelConfig parse_model_config(const std::string& toml_text, const std::string& origin,
+                               bool every_key = false);
 ModelConfig load_model_config(const std::string& path);
 
 const char* to_string(ModelKind k);

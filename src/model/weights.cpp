@@ -133,7 +133,7 @@ ModelWeights load_checkpoint(const std::string& path) {
     bad("/", "unsupported format_version (this sparsa reads version 1)");
   ModelWeights w;
   w.config_toml = f.attr_string("/", "config");
-  w.config = parse_model_config(w.config_toml, path + " (attribute config)");
+  w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);
   for (auto& t : tensor_list(w)) {

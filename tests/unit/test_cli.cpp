@@ -454,6 +454,27 @@ TEST(Cli, NonFiniteOutputNamesTheRecordAndRcAverageDoesNotOverflow) {
   EXPECT_EQ(r.code, 0) << r.output;
 }
 
+// A checkpoint's config attribute is written whole by init: a key missing there is damage, not a
+// default (a config of only `kind` loaded with every other key defaulted).
+TEST(Cli, CheckpointConfigWithAMissingKeyIsRefused) {
+  TempDir t;
+  std::filesystem::copy_file(tiny_model(), t / "m.h5");
+  {
+    h5::File f = h5::File::open_rw(t / "m.h5");
+    std::string cfg = f.attr_string("/", "config");
+    const size_t at = cfg.find("window = ");
+    ASSERT_NE(at, std::string::npos);
+    cfg.erase(at, cfg.find('\n', at) + 1 - at);
+    f.set_attr("/", "config", cfg);
+    f.close();
+  }
+  auto r = run(binary() + " embed -q --model " + t / "m.h5" + " --input " + lambda() +
+               " --output " + t / "o.h5");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("window: is missing"), std::string::npos) << r.output;
+  EXPECT_NE(run(binary() + " inspect " + t / "m.h5").code, 0);
+}
+
 // srun -n 4 without an MPI plugin: four unconnected copies would each embed everything into the
 // same output; the task refuses before any work, with the cure.
 TEST(Cli, SrunWithoutPmiIsRefused) {
