@@ -35,6 +35,32 @@ void inspect_model(const std::string& path) {
   std::printf("config:\n%s", w.config_toml.c_str());
 }
 
+// What is wrong with record group g of an embeddings file (spec 4's layout), or "".
+std::string record_problem(const h5::File& f, const std::string& g, int64_t d,
+                           const std::string& dtype) {
+  for (const char* a : {"name", "source", "kind", "strand", "length", "region"})
+    if (!f.has_attr(g, a)) return std::string("attribute '") + a + "' is missing";
+  const std::string et = f.type_name(g + "/embedding");
+  if (et == "missing") return "embedding is missing";
+  const auto emb = f.shape(g + "/embedding");
+  if (emb.size() != 2 || (d > 0 && emb[1] != d))
+    return "embedding has shape " + shape_text(emb) + ", not [rows, " + std::to_string(d) + "]";
+  if (!dtype.empty() && et != dtype) return "embedding is " + et + ", the file says " + dtype;
+  for (const char* b : {"bin_start", "bin_end"}) {
+    const std::string t = f.type_name(g + "/" + b);
+    if (t != "int64") return std::string(b) + (t == "missing" ? " is missing" : " is " + t);
+    if (f.shape(g + "/" + b) != std::vector<int64_t>{emb[0]})
+      return std::string(b) + " does not have one value per embedding row";
+  }
+  if (f.type_name(g + "/global_positions") != "int64" ||
+      f.type_name(g + "/global_scores") != "float32")
+    return "global_positions (int64) or global_scores (float32) is missing or of another type";
+  const auto gp = f.shape(g + "/global_positions");
+  if (gp.size() != 2 || f.shape(g + "/global_scores") != gp)
+    return "global_positions and global_scores are not both [layers, G]";
+  return "";
+}
+
 bool inspect_embeddings(const h5::File& f, bool verbose) {
   const std::string& path = f.path();
   const bool complete = f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1;
@@ -44,8 +70,27 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   for (const char* a :
        {"sparsa_version", "created_utc", "pool", "dtype", "model_sha256", "command_line"})
     if (f.has_attr("/", a)) std::printf("  %-14s %s\n", a, f.attr_string("/", a).c_str());
+  if (!f.exists("/records")) {
+    std::printf("  ** BAD: no /records group **\n");
+    return false;
+  }
   const auto keys = f.list("/records");
   std::printf("  records        %zu\n", keys.size());
+  // Every record's layout is checked (not only those listed): d from the file's model config.
+  int64_t d = 0;
+  if (f.has_attr("/", "model_config")) {
+    try {
+      d = parse_model_config(f.attr_string("/", "model_config"), path + " (model_config)").d_model;
+    } catch (const Error&) {
+    }
+  }
+  const std::string dtype = f.has_attr("/", "dtype") ? f.attr_string("/", "dtype") : "";
+  bool sound = true;
+  for (const auto& k : keys)
+    if (const std::string why = record_problem(f, "/records/" + k, d, dtype); !why.empty()) {
+      std::printf("  ** BAD: record %s: %s **\n", k.c_str(), why.c_str());
+      sound = false;
+    }
   size_t shown = 0;
   for (const auto& k : keys) {
     if (!verbose && shown == 20) {
@@ -62,7 +107,7 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
                 region.empty() ? "" : " region=", region.c_str());
     ++shown;
   }
-  return complete;
+  return complete && sound;
 }
 
 }  // namespace

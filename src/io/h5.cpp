@@ -393,6 +393,23 @@ bool File::is_float32(const std::string& obj) const {
   return H5Tget_class(t.id()) == H5T_FLOAT && H5Tget_size(t.id()) == 4;
 }
 
+std::string File::type_name(const std::string& obj) const {
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) return "missing";
+  Handle t(H5Dget_type(ds.id()), H5Tclose);
+  const size_t size = H5Tget_size(t.id());
+  switch (H5Tget_class(t.id())) {
+    case H5T_FLOAT:
+      return size == 2 ? "float16" : size == 4 ? "float32" : size == 8 ? "float64" : "float";
+    case H5T_INTEGER:
+      return "int" + std::to_string(8 * size);
+    case H5T_STRING:
+      return "string";
+    default:
+      return "other";
+  }
+}
+
 static void read_any(const File& f, const std::string& obj, hid_t mt, void* out) {
   Handle ds(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
   if (!ds.valid()) throw InputError(f.path() + ": dataset " + obj + " is missing");
@@ -495,8 +512,12 @@ int64_t File::attr_int(const std::string& obj, const std::string& name) const {
   if (!has_attr(obj, name))
     throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is missing");
   Handle a(H5Aopen_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  Handle t(H5Aget_type(a.id()), H5Tclose);
+  Handle sp(H5Aget_space(a.id()), H5Sclose);
   int64_t v = 0;
-  if (H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0)
+  // An integer scalar only: HDF5 would convert 1.7 to 1 (format_version, complete) silently.
+  if (H5Tget_class(t.id()) != H5T_INTEGER || H5Sget_simple_extent_npoints(sp.id()) != 1 ||
+      H5Aread(a.id(), H5T_NATIVE_INT64, &v) < 0)
     throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is not an integer");
   return v;
 }

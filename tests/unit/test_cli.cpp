@@ -588,6 +588,45 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "partial.h5");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("INCOMPLETE"), std::string::npos) << r.output;
+  // A complete file whose records do not have the layout: each problem is named, exit 1; the
+  // real output of a run passes.
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "good.h5", "--pool bin:1000")).code, 0);
+  r = run(binary() + " inspect " + t / "good.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("BAD"), std::string::npos) << r.output;
+  auto bad_file = [&](const std::string& name, auto&& fill) {
+    auto f = h5::File::create(t / name);
+    f.set_attr("/", "format", std::string("sparsa-embeddings"));
+    f.set_attr("/", "format_version", (int64_t)1);
+    f.set_attr("/", "dtype", std::string("float16"));
+    const std::string g = "/records/000000_a";
+    f.create_group("/records");
+    f.create_group(g);
+    for (const char* a : {"name", "source", "kind", "strand", "region"})
+      f.set_attr(g, a, std::string("a"));
+    f.set_attr(g, "length", (int64_t)4);
+    const std::vector<float> rows(8, 0.5f);
+    const std::vector<int64_t> bins = {0, 2};
+    fill(f, g, rows, bins);
+    f.set_attr("/", "complete", (int64_t)1);
+  };
+  bad_file("f32rows.h5", [](h5::File& f, const std::string& g, const std::vector<float>& rows,
+                            const std::vector<int64_t>& bins) {
+    f.write_f32(g + "/embedding", {2, 4}, rows.data());  // float32 in a "float16" file
+    f.write_i64(g + "/bin_start", {2}, bins.data());
+    f.write_i64(g + "/bin_end", {2}, bins.data());
+  });
+  r = run(binary() + " inspect " + t / "f32rows.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("embedding is float32, the file says float16"), std::string::npos)
+      << r.output;
+  bad_file("nobins.h5", [](h5::File& f, const std::string& g, const std::vector<float>& rows,
+                           const std::vector<int64_t>&) {
+    f.write_f32(g + "/embedding", {2, 4}, rows.data(), h5::Dtype::kF16);
+  });
+  r = run(binary() + " inspect " + t / "nobins.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("bin_start is missing"), std::string::npos) << r.output;
 }
 
 TEST(Cli, DocsSnippetReadsWithH5py) {
