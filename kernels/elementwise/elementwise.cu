@@ -198,7 +198,8 @@ __global__ void rc_average_kernel(RcAverageParams p) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.n_tokens * p.d) return;
   const int64_t i = idx / p.d, j = idx % p.d;
-  // Halves first (exact): (f + r) / 2 of two values near FLT_MAX would overflow to Inf.
+  // Halves first: (f + r) / 2 of two values near FLT_MAX would overflow to Inf (the same bits
+  // otherwise, but where a half is subnormal).
   p.out[idx] = 0.5f * p.fwd[idx] + 0.5f * p.rc[(p.n_tokens - 1 - i) * p.d + j];
 }
 

@@ -162,7 +162,11 @@ bool check_paths(const EmbedOptions& o) {
   if (fs::is_directory(o.output, ec))
     throw ConfigError("--output " + o.output + " is a folder; give a file name");
   if (fs::exists(o.output, ec)) {
-    if (o.resume && !fs::exists(o.output + ".parts", ec)) {
+    // A journal folder left empty but for its lock file (NFS) is no journal.
+    bool journal = false;
+    for (auto& e : fs::directory_iterator(o.output + ".parts", ec))
+      journal = journal || e.path().filename() != "LOCK";
+    if (o.resume && !journal) {
       try {
         auto f = h5::File::open_read(o.output);
         if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
@@ -457,7 +461,7 @@ struct EmbedRun {
           if (rev.pooled_bin != fwd.pooled_bin || rev.y.size() != fwd.y.size())
             throw SystemError("internal: the two passes pooled differently");
           // Halves first: (f + r) / 2 of two values near FLT_MAX overflowed to Inf; halving is
-          // exact, so for every other value these are the same bits.
+          // exact, so these are the same bits but where a half is subnormal (|f| < 2^-125).
           for (size_t i = 0; i < fwd.y.size(); ++i) fwd.y[i] = 0.5f * fwd.y[i] + 0.5f * rev.y[i];
         } else {
           rc_average_rows(fwd.y, rev.y, sh.size(), d);
@@ -546,10 +550,12 @@ struct EmbedRun {
       if (const int64_t bad = h5::float_to_f16(pooled.rows.data(), pooled.rows16.data(),
                                                (int64_t)pooled.rows.size());
           bad >= 0)
-        throw NumericError(where(rec.source, rec.name, 0,
-                                 "output row " + std::to_string(bad / d) + ", column " +
-                                     std::to_string(bad % d) + ": " +
-                                     std::to_string(pooled.rows[bad]) + h5::f16_range_advice));
+        throw NumericError(
+            where(rec.source, rec.name, 0,
+                  "output row " +
+                      std::to_string(pooled.starts.empty() ? bad / d : pooled.starts[bad / d]) +
+                      ", column " + std::to_string(bad % d) + ": " +
+                      std::to_string(pooled.rows[bad]) + h5::f16_range_advice));
       pooled.rows = {};
     }
     RecordOutput ro = record_output(it, fwd);
@@ -618,7 +624,11 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
   int64_t index = 0;
   const int64_t held = (int64_t)f.list("/records").size();
   while (source.next(rec)) {
-    const std::string g = "/records/" + Journal::key_for(index++, rec.name, held);
+    // The key as this version writes it, or (a file of more than a million records made before
+    // keys took more digits) with six.
+    std::string g = "/records/" + Journal::key_for(index, rec.name, held);
+    if (!f.exists(g)) g = "/records/" + Journal::key_for(index, rec.name);
+    ++index;
     if (!f.exists(g) || !f.has_attr(g, "input_sha256"))
       return "it has no record " + std::to_string(index) + " '" + rec.name + "'";
     if (f.attr_string(g, "input_sha256") != record_fingerprint(rec))
@@ -656,15 +666,26 @@ void agree_on_env(Comm& comm) {
   std::string line;
   for (const char* n : names) {
     if (!std::getline(in, line) || line.empty()) break;
-    if (line[0] == '1')
+    // Only where this rank's value differs: MPI's own threads may read the environment.
+    const char* mine = std::getenv(n);
+    if (line[0] == '1' && (!mine || line.compare(1, std::string::npos, mine) != 0))
       setenv(n, line.c_str() + 1, 1);
-    else
+    else if (line[0] == '0' && mine)
       unsetenv(n);
   }
 }
 
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   agree_on_env(comm);
+  // A task farm (each task its own --output) is fine; N tasks meant as one MPI job are not: each
+  // would embed everything, and all but one stop at the output's journal lock. Said up front.
+  if (const int tasks = unconnected_srun_tasks(); tasks > 0 && comm.size() == 1)
+    std::fprintf(stderr,
+                 "[sparsa] warning: one of %d srun tasks started without an MPI process manager "
+                 "interface (no PMIX_RANK or PMI_RANK): this task runs alone, on its own "
+                 "--output. To split records over the tasks, start them with `srun --mpi=pmix` "
+                 "(`srun --mpi=list` shows what this Slurm offers) or mpirun\n",
+                 tasks);
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -897,7 +918,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     journal.assemble(a, index, o.output);
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes; rank 0 aborts
-  // every rank itself if assembling fails.
+  // every rank itself if assembling fails. (If rank 0 is killed meanwhile, mpirun ends the rest;
+  // srun with --kill-on-bad-exit=0 leaves them waiting until the job's time limit.)
   comm.barrier_unwatched();
   sum.seconds = progress.seconds();
   if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')

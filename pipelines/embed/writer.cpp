@@ -98,7 +98,9 @@ static int lock_journal(const std::string& dir) {
       while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
       throw ConfigError(dir + " is in use by another sparsa run (" + holder +
                         "): wait for it to end, or stop it, before running on this output again "
-                        "(two runs would overwrite each other's records)");
+                        "(two runs would overwrite each other's records); if that host is down "
+                        "and its job gone, remove " +
+                        path);
     }
     ::close(fd);  // ENOLCK, ENOSYS, EOPNOTSUPP: a file system without locks
     return -1;
@@ -113,16 +115,17 @@ static int lock_journal(const std::string& dir) {
   return fd;
 }
 
-Journal::~Journal() {
-  if (lock_fd_ >= 0) ::close(lock_fd_);
-}
+Journal::~Journal() { release_lock(); }
 
-// An earlier run's journal goes whole, or the run stops: parts left behind (a file that could
-// not be removed) would be taken for this run's finished records.
-static void remove_all_or_throw(const std::string& dir) {
+// An earlier run's journal goes whole but for the lock this run holds, or the run stops: parts
+// left behind (a file that could not be removed) would be taken for this run's finished records.
+static void clear_or_throw(const std::string& dir) {
   std::error_code ec;
-  fs::remove_all(dir, ec);
-  if (ec || fs::exists(dir))
+  for (auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename() != "LOCK") fs::remove_all(e.path(), ec);
+  bool left = false;
+  for (auto& e : fs::directory_iterator(dir)) left = left || e.path().filename() != "LOCK";
+  if (ec || left)
     throw SystemError(dir + ": cannot remove the earlier run's journal" +
                       (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
 }
@@ -138,9 +141,17 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
-      if (fs::exists(dir_, ec)) {
-        // Another run still at work here stops this one, whatever --resume or --force say.
-        if (const int fd = lock_journal(dir_); fd >= 0) ::close(fd);
+      // A journal is there when the folder holds anything besides a lock file.
+      bool existed = false;
+      for (auto& e : fs::directory_iterator(dir_, ec))
+        existed = existed || e.path().filename() != "LOCK";
+      fs::create_directories(dir_, ec);
+      if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
+      // The lock before anything in the folder is read or removed, held from here on: another
+      // run still at work here stops this one, whatever --resume or --force say, and two runs
+      // started together cannot both clear and reuse the folder.
+      lock_fd_ = lock_journal(dir_);
+      if (existed) {
         if (resume) {
           const std::string old = read_text(dir_ + "/MANIFEST");
           if (old != manifest && !force)
@@ -149,19 +160,16 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                               "); use the same model, inputs and options, or --force");
           if (old != manifest) {  // --resume --force: this run's journal continues, another goes
             discarded_ = first_difference(manifest, old);
-            remove_all_or_throw(dir_);
+            clear_or_throw(dir_);
           }
         } else if (!force) {
           throw ConfigError(dir_ +
                             " holds the finished records of an earlier run: pass --resume "
                             "to continue it, or --force to start over");
         } else {
-          remove_all_or_throw(dir_);
+          clear_or_throw(dir_);
         }
       }
-      fs::create_directories(dir_, ec);
-      if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
-      lock_fd_ = lock_journal(dir_);
       if (!fs::exists(dir_ + "/MANIFEST")) {
         const std::string tmp = dir_ + "/MANIFEST.tmp";
         std::ofstream(tmp, std::ios::binary) << manifest;
@@ -207,6 +215,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     comm.broadcast(fps.data(), sizes[1] * 64, 0);
   }
   if (!error.empty()) {
+    if (lock_fd_ >= 0) ::close(lock_fd_);  // no destructor runs for a constructor that throws
+    lock_fd_ = -1;
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
@@ -231,8 +241,16 @@ int64_t Journal::count_parts() const {
 }
 
 void Journal::remove() {
+  release_lock();
   std::error_code ec;
   fs::remove_all(dir_, ec);
+}
+
+// Closed before the folder is removed: NFS keeps a file that is still open as .nfsXXXX, and the
+// folder (empty but for it) would stay beside the output.
+void Journal::release_lock() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
 }
 
 namespace {
@@ -390,7 +408,13 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
     if (from.compare(0, dir_.size(), dir_) != 0) std::remove(from.c_str());
     throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
   }
+  release_lock();
   fs::remove_all(dir_, ec);
+  if (ec || fs::exists(dir_))
+    std::fprintf(stderr,
+                 "[sparsa] warning: %s: cannot remove the finished run's journal (%s); "
+                 "remove it by hand (the output is complete)\n",
+                 dir_.c_str(), ec ? ec.message().c_str() : "files remain");
 }
 
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {

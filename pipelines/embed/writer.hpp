@@ -84,6 +84,7 @@ class Journal {
   // Renames a written part's .tmp into place and counts the record done.
   void commit_part(int64_t index, const std::string& tmp);
   void finish_as(const std::string& from, const std::string& output);
+  void release_lock();
   std::string dir_;
   // Finished records by index: with resume, the input_sha256 of the parts found (blank where
   // unreadable); empty for parts this run wrote.

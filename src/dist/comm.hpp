@@ -66,5 +66,9 @@ int local_rank_count();
 int local_rank();
 // True when the environment says this process was started by mpirun/srun with more than 1 rank.
 bool launched_by_mpi();
+// N when this process is one of the N > 1 tasks of an srun step without an MPI process manager
+// interface (no PMIX_RANK / PMI_RANK: --mpi=none, Slurm's default, or a plugin this MPI does not
+// speak), so it runs alone; 0 otherwise.
+int unconnected_srun_tasks();
 
 }  // namespace sparsa

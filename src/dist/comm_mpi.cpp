@@ -257,6 +257,12 @@ static int env_int(std::initializer_list<const char*> names, int fallback) {
   return fallback;
 }
 
+int unconnected_srun_tasks() {
+  if (launched_by_mpi()) return 0;
+  const int tasks = env_int({"SLURM_STEP_NUM_TASKS"}, 1);
+  return tasks > 1 ? tasks : 0;
+}
+
 int local_rank_count() {
   return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
                               "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"},
@@ -278,18 +284,7 @@ bool launched_by_mpi() {
 std::unique_ptr<Comm> make_world_comm() {
   int initialized = 0;
   MPI_Initialized(&initialized);
-  if (!initialized && !launched_by_mpi()) {
-    // srun without an MPI plugin (Slurm's default MpiDefault=none, or a plugin this MPI does not
-    // speak) starts N processes that each think they are the only one: every one would embed
-    // every record into the same output. Refused before any work.
-    if (const int tasks = env_int({"SLURM_STEP_NUM_TASKS"}, 1); tasks > 1)
-      throw ConfigError("srun started " + std::to_string(tasks) +
-                        " tasks without an MPI process manager interface (no PMIX_RANK or "
-                        "PMI_RANK in the environment), so each would embed every record alone "
-                        "into the same output: start them with `srun --mpi=pmix` (`srun "
-                        "--mpi=list` shows what this Slurm offers), or with mpirun");
-    return make_single_comm();
-  }
+  if (!initialized && !launched_by_mpi()) return make_single_comm();
   bool owns = false;
   if (!initialized) {
     int provided = 0;

@@ -637,6 +637,17 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     rec.description = header_description(path, at->second);
     impl_->descriptions.emplace(region.name, rec.description);
   }
+  // Names and descriptions are stored as UTF-8 strings (as for records read whole).
+  for (const std::string* text : {&rec.name, &rec.description})
+    if (const size_t bad = first_invalid_utf8(*text); bad != std::string::npos) {
+      std::free(seq);
+      throw InputError(where(path, region.name, 0,
+                             std::string(text == &rec.name ? "name" : "header") +
+                                 " is not UTF-8 text (byte " +
+                                 hex_byte((unsigned char)(*text)[bad]) +
+                                 "); names and descriptions are stored as UTF-8: convert the "
+                                 "headers, e.g. iconv -f latin1 -t utf-8"));
+    }
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
   rec.offset = begin;

@@ -80,12 +80,16 @@ int64_t to_f16(const float* src, _Float16* dst, int64_t n) {
     else
 #endif
       to_f16_scalar(src + b, dst + b, m);
-    const auto* bits = reinterpret_cast<const uint16_t*>(dst + b);
+    auto bits = [&](int64_t i) {  // the half's bits (memcpy: no aliasing of _Float16)
+      uint16_t h;
+      std::memcpy(&h, dst + b + i, sizeof h);
+      return h;
+    };
     uint16_t any = 0;  // branch-free scan: an Inf is 0x7C00 under the sign
-    for (int64_t i = 0; i < m; ++i) any |= (uint16_t)((bits[i] & 0x7FFF) == 0x7C00);
+    for (int64_t i = 0; i < m; ++i) any |= (uint16_t)((bits(i) & 0x7FFF) == 0x7C00);
     if (any)
       for (int64_t i = 0; i < m; ++i)
-        if ((bits[i] & 0x7FFF) == 0x7C00 && std::isfinite(src[b + i])) {
+        if ((bits(i) & 0x7FFF) == 0x7C00 && std::isfinite(src[b + i])) {
 #pragma omp critical(sparsa_f16_overflow)
           if (first_inf < 0 || b + i < first_inf) first_inf = b + i;
           break;

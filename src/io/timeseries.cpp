@@ -312,9 +312,14 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
   while (scanner.next(row)) {
     const std::string line = "line " + std::to_string(row.line);
     if (row.cells.size() != header.size()) {
-      throw InputError(where(path, "", 0,
+      // The record it belongs to where that can be told: the file's, or the id cell's.
+      const std::string record = cols.id < 0                          ? file_record
+                                 : (size_t)cols.id < row.cells.size() ? shown(row.cells[cols.id])
+                                                                      : std::string();
+      throw InputError(where(path, record, 0,
                              line + ": " + std::to_string(row.cells.size()) + " cells, but the " +
-                                 "header has " + std::to_string(header.size())));
+                                 "header has " + std::to_string(header.size()) +
+                                 " (a comma inside a value must be quoted)"));
     }
     size_t r = 0;
     if (cols.id >= 0) {

@@ -201,7 +201,8 @@ void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < m; ++t)
     for (int64_t j = 0; j < d; ++j)
-      fwd[t * d + j] = 0.5f * fwd[t * d + j] + 0.5f * rev[(m - 1 - t) * d + j];  // no overflow
+      // Halves first: no overflow near FLT_MAX; the same bits as (f + r) / 2 but for subnormals.
+      fwd[t * d + j] = 0.5f * fwd[t * d + j] + 0.5f * rev[(m - 1 - t) * d + j];
 }
 
 }  // namespace sparsa

@@ -345,6 +345,14 @@ TEST(Resume, AnotherLiveRunsJournalIsRefused) {
                " --input " + fx.input + " --output " + out + " --force");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(fs::exists(out + ".parts"));
+  // A journal folder left with only its lock file (NFS keeps an open file as .nfsXXXX) is no
+  // journal: --resume of the finished output still finds it complete.
+  fs::create_directories(out + ".parts");
+  write_file(out + ".parts/LOCK", "");
+  r = run(binary() + " embed --threads 1 --pool bin:1000 --model " + fx.model + " --input " +
+          fx.input + " --output " + out + " --resume");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("complete"), std::string::npos) << r.output;
 }
 
 // Keys sort in input order however many records a file holds: six digits up to a million

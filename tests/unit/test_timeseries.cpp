@@ -350,7 +350,13 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
 TEST_F(TsCsv, RaggedRow) {
   std::string msg =
       input_error([&] { read_timeseries_csv(write("r.csv", "date,a,b\n1,2,3\n2,3\n"), {}, 0); });
+  EXPECT_NE(msg.find("record 'r'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("line 3"), std::string::npos) << msg;
+  msg = input_error([&] {
+    read_timeseries_csv(write("q.csv", "id,date,a\nx,1,2\ny,2,3,4\n"), {"", {}, "id"}, 0);
+  });
+  EXPECT_NE(msg.find("record 'y'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("must be quoted"), std::string::npos) << msg;
 }
 
 TEST_F(TsCsv, HeaderOnlyAndEmpty) {

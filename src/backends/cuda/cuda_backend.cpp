@@ -185,15 +185,16 @@ struct CudaModel::Impl {
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
   // to hooks.rows_out in pieces of whole rows when it is set.
-  void rows_to_host(ForwardOutput& out, const float* rows, int64_t count,
-                    const ForwardHooks& hooks) {
+  // first_row: the record position of the first row (messages).
+  void rows_to_host(ForwardOutput& out, const float* rows, int64_t count, const ForwardHooks& hooks,
+                    int64_t first_row) {
     if (hooks.rows_out) {
       const int64_t d = c.d_model, rb = d * (opt.rows_f16 ? 2 : 4);
       auto sink = [&](size_t off, size_t bytes, const void* host) {
         hooks.rows_out((int64_t)off / rb, (int64_t)bytes / rb, host);
       };
       if (opt.rows_f16)
-        staging.copy_to_sink_f16(rows, count, (size_t)rb, s, sink);
+        staging.copy_to_sink_f16(rows, count, (size_t)rb, s, sink, first_row);
       else
         staging.copy_to_sink(rows, (size_t)count * 4, (size_t)rb, s, sink);
       out.rows_streamed = true;
@@ -201,7 +202,7 @@ struct CudaModel::Impl {
     }
     if (opt.rows_f16) {
       resize_huge(out.y16, (size_t)count);
-      staging.copy_to_host_f16(out.y16.data(), rows, count, s);
+      staging.copy_to_host_f16(out.y16.data(), rows, count, s, c.d_model, first_row);
     } else {
       resize_huge(out.y, (size_t)count);
       staging.copy_to_host(out.y.data(), rows, (size_t)count * 4, s);
@@ -1081,7 +1082,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   for (unsigned long long rb : router_bad) finite = finite && rb == ~0ull;
   if (I.opt.output == CudaOutput::kHost) {
     // Rows that are not finite are not streamed (the error below is thrown instead).
-    if (finite || !hooks.rows_out) I.rows_to_host(out, I.x.as<float>(), m * d, hooks);
+    if (finite || !hooks.rows_out) I.rows_to_host(out, I.x.as<float>(), m * d, hooks, b);
   }
   P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
@@ -1135,7 +1136,7 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   if (keep) {
     kern::launch_rc_average(
         {static_cast<const float*>(keep), I.x.as<float>(), static_cast<float*>(keep), m, d}, I.s);
-    I.rows_to_host(out, static_cast<const float*>(keep), m * d, hooks);
+    I.rows_to_host(out, static_cast<const float*>(keep), m * d, hooks, shard.begin);
   } else {
     std::vector<float> rev;
     resize_huge(rev, (size_t)(m * d));

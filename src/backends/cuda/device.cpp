@@ -174,7 +174,8 @@ void HostStaging::copy_to_host(void* dst, const void* src, size_t bytes, cudaStr
   });
 }
 
-void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s) {
+void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t s,
+                                   int64_t row_len, int64_t first_row) {
   if (count <= 0) return;
   const size_t bytes = (size_t)count * 2;
   if (bytes <= kPiece) {
@@ -182,12 +183,16 @@ void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t coun
     reset_overflow(s);
     kern::launch_to_f16({src, dev_[0], count, overflow_, 0}, s);
     sparsa::cuda::copy_to_host(dst, dev_[0], bytes, s);
-    check_overflow(s);
+    check_overflow(s, row_len, first_row);
     return;
   }
-  copy_to_sink_f16(src, count, 2, s, [&](size_t off, size_t len, const void* pinned) {
-    copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
-  });
+  const size_t unit = row_len > 0 && (size_t)row_len * 2 <= kPiece ? (size_t)row_len * 2 : 2;
+  copy_to_sink_f16(
+      src, count, unit, s,
+      [&](size_t off, size_t len, const void* pinned) {
+        copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
+      },
+      first_row);
 }
 
 void HostStaging::reset_overflow(cudaStream_t s) {
@@ -195,14 +200,18 @@ void HostStaging::reset_overflow(cudaStream_t s) {
   CUDA_OK(cudaMemsetAsync(overflow_, 0xFF, sizeof *overflow_, s));
 }
 
-void HostStaging::check_overflow(cudaStream_t s) {
+void HostStaging::check_overflow(cudaStream_t s, int64_t row_len, int64_t first_row) {
   unsigned long long first = 0;
   CUDA_OK(cudaMemcpyAsync(&first, overflow_, sizeof first, cudaMemcpyDeviceToHost, s));
   synchronize(s);
-  if (first != ~0ull)
-    throw NumericError("output value " + std::to_string(first) +
-                       " (flat index over its rows) is past float16's range (largest finite "
-                       "65504): write --dtype f32");
+  if (first == ~0ull) return;
+  const int64_t i = (int64_t)first;
+  throw NumericError(
+      (row_len > 0 ? "output row " + std::to_string(first_row + i / row_len) + ", column " +
+                         std::to_string(i % row_len)
+                   : "output value " + std::to_string(i)) +
+      ": a value past float16's range (largest finite 65504; it would be stored as Inf): write "
+      "--dtype f32");
 }
 
 // Whole units in a piece (at least one unit; a unit larger than a piece is not supported).
@@ -224,7 +233,7 @@ void HostStaging::copy_to_sink(const void* src, size_t bytes, size_t unit, cudaS
 }
 
 void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t s,
-                                   const Sink& sink) {
+                                   const Sink& sink, int64_t first_row) {
   if (count <= 0) return;
   reserve_f16();
   reset_overflow(s);
@@ -237,7 +246,7 @@ void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit,
              CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
            },
            sink);
-  check_overflow(s);
+  check_overflow(s, (int64_t)(unit / 2), first_row);
 }
 
 void HostStaging::reserve_f16() {

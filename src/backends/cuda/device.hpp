@@ -70,7 +70,10 @@ class HostStaging {
   // count float32 values at src (device) into float16 at dst (host), converted on the device
   // piece by piece (kern::launch_to_f16: round to nearest even) into two kept 64 MB device
   // buffers: half the bytes cross PCIe.
-  void copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t stream);
+  // A value past float16's range is a NumericError naming its row and column (row_len values a
+  // row; 0: its flat index), rows counted from first_row.
+  void copy_to_host_f16(uint16_t* dst, const float* src, int64_t count, cudaStream_t stream,
+                        int64_t row_len = 0, int64_t first_row = 0);
   // Makes copy_to_host_f16's device buffers now (at set-up, before the activations claim the
   // memory) instead of on the first copy.
   void reserve_f16();
@@ -82,7 +85,7 @@ class HostStaging {
   void copy_to_sink(const void* src, size_t bytes, size_t unit, cudaStream_t stream,
                     const Sink& sink);
   void copy_to_sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t stream,
-                        const Sink& sink);
+                        const Sink& sink, int64_t first_row = 0);
 
  private:
   // The pieces' DMAs into the pinned buffers in turn: enqueue(i, off, len, pinned) issues piece i
@@ -98,7 +101,7 @@ class HostStaging {
   // read after it; a value past float16's range is an error (spec: no Inf in an output).
   unsigned long long* overflow_ = nullptr;
   void reset_overflow(cudaStream_t s);
-  void check_overflow(cudaStream_t s);
+  void check_overflow(cudaStream_t s, int64_t row_len, int64_t first_row);
 };
 
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
