@@ -194,7 +194,8 @@ TEST(CudaOps, StagedCopyToSink) {
   cuda::HostStaging staging;
   const int64_t d = 384, rows = 110000;  // 169 MB of float32 rows: 3 pieces; f16: 2 pieces
   std::vector<float> src(rows * d);
-  for (size_t i = 0; i < src.size(); ++i) src[i] = (float)(i % 1000003) * 0.37f - 1000.5f;
+  // Within float16's range (past it is an error: CudaOps.Float16RowsAreTheHostConversion).
+  for (size_t i = 0; i < src.size(); ++i) src[i] = (float)(i % 1000003) * 0.05f - 25000.5f;
   DeviceBuffer dev = up(src);
   cudaStream_t s = cuda::create_stream();
   for (bool f16 : {false, true}) {
@@ -842,7 +843,7 @@ TEST(CudaOps, Float16RowsAreTheHostConversion) {
         staging.copy_to_host_f16(got.data(), dv.as<float>(), count, s);
         ADD_FAILURE() << "no error for a value past float16's range";
       } catch (const NumericError& e) {
-        EXPECT_NE(std::string(e.what()).find("output value 6 "), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("output value 6:"), std::string::npos) << e.what();
       }
     }
   }
@@ -1774,5 +1775,20 @@ TEST(CudaModel, NonFiniteOutputNamesThePosition) {
       EXPECT_NE(std::string(e.what()).find("position 0, dimension 3"), std::string::npos)
           << e.what();
     }
+  }
+  // Finite, but past float16's range (|y| >= 65520) in float16 rows (CudaOptions::rows_f16): an
+  // error naming the row (record position) and column.
+  w.final_norm[3] = 1e5f;
+  CudaOptions o{true, -1, 65536};
+  o.rows_f16 = true;
+  CudaModel gpu(w, o);
+  try {
+    gpu.forward(tok.data(), shard_of(500, 0, 1), *comm);
+    ADD_FAILURE() << "no error";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find(", column 3: a value past float16's range"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("output row "), std::string::npos) << e.what();
   }
 }

@@ -186,13 +186,12 @@ void HostStaging::copy_to_host_f16(uint16_t* dst, const float* src, int64_t coun
     check_overflow(s, row_len, first_row);
     return;
   }
-  const size_t unit = row_len > 0 && (size_t)row_len * 2 <= kPiece ? (size_t)row_len * 2 : 2;
-  copy_to_sink_f16(
-      src, count, unit, s,
+  sink_f16(
+      src, count, 2, s,
       [&](size_t off, size_t len, const void* pinned) {
         copy_out(reinterpret_cast<char*>(dst) + off, static_cast<const char*>(pinned), len);
       },
-      first_row);
+      row_len, first_row);
 }
 
 void HostStaging::reset_overflow(cudaStream_t s) {
@@ -234,6 +233,11 @@ void HostStaging::copy_to_sink(const void* src, size_t bytes, size_t unit, cudaS
 
 void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t s,
                                    const Sink& sink, int64_t first_row) {
+  sink_f16(src, count, unit, s, sink, (int64_t)(unit / 2), first_row);
+}
+
+void HostStaging::sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t s,
+                           const Sink& sink, int64_t row_len, int64_t first_row) {
   if (count <= 0) return;
   reserve_f16();
   reset_overflow(s);
@@ -246,7 +250,7 @@ void HostStaging::copy_to_sink_f16(const float* src, int64_t count, size_t unit,
              CUDA_OK(cudaMemcpyAsync(pinned, dev_[i % 2], len, cudaMemcpyDeviceToHost, s));
            },
            sink);
-  check_overflow(s, (int64_t)(unit / 2), first_row);
+  check_overflow(s, row_len, first_row);
 }
 
 void HostStaging::reserve_f16() {

@@ -102,6 +102,9 @@ class HostStaging {
   unsigned long long* overflow_ = nullptr;
   void reset_overflow(cudaStream_t s);
   void check_overflow(cudaStream_t s, int64_t row_len, int64_t first_row);
+  // copy_to_sink_f16 with the overflow reported by row_len values a row (0: a flat index).
+  void sink_f16(const float* src, int64_t count, size_t unit, cudaStream_t stream, const Sink& sink,
+                int64_t row_len, int64_t first_row);
 };
 
 void synchronize(cudaStream_t stream = nullptr);  // one stream, or the whole device for null
