@@ -179,18 +179,29 @@ bool check_paths(const EmbedOptions& o) {
   return false;
 }
 
+// What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
+// (--device auto resolved: a job that stopped on a GPU node and resumes on a CPU node, or the
+// reverse, would mix records of both in one file).
+std::string resolved_backend(const EmbedOptions& o) {
+  bool gpu = false;
+#ifdef SPARSA_HAVE_CUDA
+  gpu = o.device != "cpu" && cuda_available(nullptr);
+#endif
+  return gpu ? (o.cuda_fp32 ? "cuda fp32" : "cuda bf16") : "cpu fp32";
+}
+
 // What makes two runs the same run: a resumed run must match the journal's manifest.
 std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   std::ostringstream m;
   // Inputs by path alone: a record's content is checked by its fingerprint (input_sha256), so a
   // fixed input resumes, reusing the records that did not change.
-  m << "sparsa-journal 2\nmodel_sha256 " << model_sha << "\n";
+  m << "sparsa-journal 3\nmodel_sha256 " << model_sha << "\n";
   for (const auto& in : o.inputs) m << "input " << fs::absolute(in).string() << "\n";
   for (const auto& r : o.regions) m << "region " << r << "\n";
   if (!o.regions_bed.empty()) m << "regions_bed " << fs::absolute(o.regions_bed).string() << "\n";
   m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
-    << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\ndevice " << o.device
-    << "\nprecision " << (o.cuda_fp32 ? "fp32" : "bf16") << "\ncolumns";
+    << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\nbackend " << resolved_backend(o)
+    << "\ncolumns";
   for (const auto& c : o.columns) m << " " << c;
   m << "\ntime_column " << o.time_column << "\nid_column " << o.id_column << "\n";
   return m.str();
@@ -297,7 +308,10 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
-  if (o.device == "cpu") return cpu;
+  if (o.device == "cpu") {
+    progress.log("device: CPU (--device cpu)");
+    return cpu;
+  }
 #ifdef SPARSA_HAVE_CUDA
   std::string why;
   if (cuda_available(&why)) {
@@ -332,6 +346,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
 #else
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
+  progress.log("device: CPU (this sparsa was built without CUDA)");
+  return cpu;
 #endif
   progress.log("device: CPU (no GPU found)");
   return cpu;
@@ -811,8 +827,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                                                          : 1;
   // Parallel HDF5 where the build has it; SPARSA_HDF5_SERIAL=1 forces the serial fallback (rank 0
   // gathers and writes), which is what builds with serial HDF5 always do. Tests run both.
+  const char* serial = std::getenv("SPARSA_HDF5_SERIAL");  // set and not "0"
   const bool parallel_h5 = h5::File::parallel_available() && comm.size() > 1 &&
-                           std::getenv("SPARSA_HDF5_SERIAL") == nullptr;
+                           !(serial && *serial && std::string(serial) != "0");
   if (comm.size() > 1)
     progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
                              : "output: serial HDF5, rank 0 gathers and writes");
@@ -928,7 +945,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                  "and journal %.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",
                  comm.rank(), setup_s, checkpoint_s, input_s - checkpoint_s, backend_s - input_s,
                  setup_s - backend_s, run.forward_s, run.write_s, since_start());
-  if (std::getenv("SPARSA_COMM_STATS")) {
+  if (const char* e = std::getenv("SPARSA_COMM_STATS"); e && *e && e[0] != '0') {
     // Measurement for docs/parallel.md: what this rank sent, against the model's count.
     std::fprintf(stderr,
                  "[sparsa] rank %d: sent %lld bytes point-to-point (halos), %lld bytes in "

@@ -94,7 +94,8 @@ std::string at_line(const std::string& file, long long line, const std::string& 
 void quiet_htslib() {
   static std::once_flag once;
   std::call_once(once, [] {
-    if (const char* e = std::getenv("SPARSA_HTSLIB_LOG"); !e || !*e) hts_set_log_level(HTS_LOG_OFF);
+    if (const char* e = std::getenv("SPARSA_HTSLIB_LOG"); !e || !*e || e[0] == '0')
+      hts_set_log_level(HTS_LOG_OFF);
   });
 }
 BGZF* open_bgzf(const std::string& path) {

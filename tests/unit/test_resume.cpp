@@ -365,3 +365,18 @@ TEST(Resume, RecordKeysSortInInputOrder) {
   EXPECT_LT(Journal::key_for(999999, "a", 1000001), Journal::key_for(1000000, "a", 1000001));
   EXPECT_LT(Journal::key_for(99999, "a", 1000001), Journal::key_for(100000, "a", 1000001));
 }
+
+// The manifest records the backend a run used, not the flags that chose it: on the CPU
+// --precision changes nothing, so a finished CPU run is complete for either value (a resumed job
+// that lands on another kind of node is compared by what it would compute with).
+TEST(Resume, ManifestRecordsTheBackendUsed) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  const std::string cmd = binary() + " embed -q --threads 1 --pool bin:1000 --device cpu --model " +
+                          fx.model + " --input " + fx.input + " --output " + out;
+  ASSERT_EQ(run(cmd + " --precision fp32").code, 0);
+  auto r = run(cmd + " --precision bf16 --resume");
+  EXPECT_EQ(r.code, 0) << r.output;
+  const h5::File f = h5::File::open_read(out);
+  EXPECT_NE(f.attr_string("/", "run_manifest").find("backend cpu fp32"), std::string::npos);
+}
