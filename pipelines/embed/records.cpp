@@ -1,5 +1,6 @@
 #include "pipelines/embed/records.hpp"
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 
@@ -96,7 +97,16 @@ struct RecordSource::Impl {
         series_next = 0;
         ++input;
       }
-      rec = tokenize_series(series[series_next], config, opts.inputs[input - 1]);
+      const RawSeries& raw = series[series_next];
+      if (const int64_t i = first_backwards_row(raw.timestamps); i > 0)
+        std::fprintf(stderr,
+                     "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
+                     "after '%s'); rows are embedded in file order, so a newest-first file is "
+                     "read backwards: sort it oldest first\n",
+                     opts.inputs[input - 1].c_str(), raw.name.c_str(),
+                     (long long)raw.source_rows[i], raw.timestamps[i].c_str(),
+                     raw.timestamps[i - 1].c_str());
+      rec = tokenize_series(raw, config, opts.inputs[input - 1]);
       series[series_next++] = RawSeries{};  // free what was read
       return true;
     }

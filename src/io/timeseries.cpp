@@ -275,6 +275,21 @@ std::string read_file_text(const std::string& path) {
 
 }  // namespace
 
+int64_t first_backwards_row(const std::vector<std::string>& ts) {
+  if (ts.size() < 2) return -1;
+  const size_t len = ts[0].size();
+  for (const std::string& t : ts) {
+    if (t.size() != len) return -1;
+    for (char c : t)
+      if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
+            c == '+' || c == '/' || c == ' '))
+        return -1;
+  }
+  for (size_t i = 1; i < ts.size(); ++i)
+    if (ts[i] < ts[i - 1]) return (int64_t)i;
+  return -1;
+}
+
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels) {
   std::string text = read_file_text(path);

@@ -24,6 +24,12 @@ struct RawSeries {
   std::vector<std::string> channel_names;   // header names, for messages; may be empty
 };
 
+// Where the time of a record goes backwards: the index of the first row whose timestamp sorts
+// before the previous row's, when every timestamp is ISO-8601-like (digits and - : . T Z + / and
+// spaces, all of one length, so that text order is time order); -1 otherwise. Rows are embedded in
+// file order (spec 1), so a newest-first file is read backwards: worth a warning.
+int64_t first_backwards_row(const std::vector<std::string>& timestamps);
+
 // Reads a CSV with a header row. Records: one per file (named after the file's base name
 // without extension) or, with id_column, one per distinct id value in order of first appearance.
 // Missing values: empty cell, NA, NaN. Throws InputError naming the file, line and column for: no

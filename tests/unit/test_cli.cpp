@@ -555,6 +555,14 @@ TEST(Cli, TimeSeriesEndToEnd) {
   expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
   expect_failure(cmd(t / "x.h5", "--columns close --invalid-as-n"), t / "x.h5",
                  "--invalid-as-n applies to DNA models");
+  // A newest-first file is embedded in file order, with a warning (also under -q).
+  write_file(t / "rev.csv", "date,a,b\n2020-01-03,1,2\n2020-01-02,2,3\n2020-01-01,3,4\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "rev.csv" +
+          " --output " + t / "rev.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("time goes backwards at line 3 ('2020-01-02' after '2020-01-03')"),
+            std::string::npos)
+      << r.output;
   write_file(t / "bad.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,1,zz\n");
   auto bad = binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "bad.csv" +
              " --output " + t / "x.h5";

@@ -347,6 +347,18 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
   EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "2"}));
 }
 
+// A newest-first file (a common download) is embedded backwards: the time order of ISO-like
+// timestamps is checked so that it can be warned about; other formats are not judged.
+TEST(TsOrder, FirstBackwardsRow) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(first_backwards_row(V{"2024-01-02", "2024-01-03", "2024-01-03"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"2024-01-03", "2024-01-02", "2024-01-01"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2024-01-01 09:30", "2024-01-01 10:00", "2024-01-01 09:59"}), 2);
+  EXPECT_EQ(first_backwards_row(V{"Jan 3", "Jan 2"}), -1);  // not ISO-like: not judged
+  EXPECT_EQ(first_backwards_row(V{"10", "9"}), -1);         // lengths differ: not judged
+  EXPECT_EQ(first_backwards_row(V{"2024-01-01"}), -1);
+}
+
 TEST_F(TsCsv, RaggedRow) {
   std::string msg =
       input_error([&] { read_timeseries_csv(write("r.csv", "date,a,b\n1,2,3\n2,3\n"), {}, 0); });
