@@ -162,11 +162,7 @@ bool check_paths(const EmbedOptions& o) {
   if (fs::is_directory(o.output, ec))
     throw ConfigError("--output " + o.output + " is a folder; give a file name");
   if (fs::exists(o.output, ec)) {
-    // A journal folder left empty but for its lock file (NFS) is no journal.
-    bool journal = false;
-    for (auto& e : fs::directory_iterator(o.output + ".parts", ec))
-      journal = journal || e.path().filename() != "LOCK";
-    if (o.resume && !journal) {
+    if (o.resume && !Journal::present(o.output + ".parts")) {
       try {
         auto f = h5::File::open_read(o.output);
         if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
@@ -815,7 +811,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
-  Journal journal(o.output, manifest_for(o, model_sha), o.resume, o.force, comm);
+  const std::string manifest = manifest_for(o, model_sha);  // the journal's and the file's
+  Journal journal(o.output, manifest, o.resume, o.force, comm);
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
                  journal.discarded() + ")");
@@ -931,7 +928,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 utc_now(),
                 o.pool.text(),
                 o.f16 ? "float16" : "float32",
-                manifest_for(o, model_sha)};
+                manifest};
     journal.assemble(a, index, o.output);
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes; rank 0 aborts

@@ -77,6 +77,13 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
+bool Journal::present(const std::string& dir) {
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename() != "LOCK") return true;
+  return false;
+}
+
 // Takes the write lock (fcntl, so the kernel or the NFS server drops it when the process dies)
 // on DIR/LOCK and writes who holds it there; returns the open descriptor, or -1 where the file
 // system has no locks (then nothing stops two runs: docs/reliability.md). Another live run's lock
@@ -123,9 +130,7 @@ static void clear_or_throw(const std::string& dir) {
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir, ec))
     if (e.path().filename() != "LOCK") fs::remove_all(e.path(), ec);
-  bool left = false;
-  for (auto& e : fs::directory_iterator(dir)) left = left || e.path().filename() != "LOCK";
-  if (ec || left)
+  if (ec || Journal::present(dir))
     throw SystemError(dir + ": cannot remove the earlier run's journal" +
                       (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
 }
@@ -141,10 +146,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
-      // A journal is there when the folder holds anything besides a lock file.
-      bool existed = false;
-      for (auto& e : fs::directory_iterator(dir_, ec))
-        existed = existed || e.path().filename() != "LOCK";
+      const bool existed = present(dir_);
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
       // The lock before anything in the folder is read or removed, held from here on: another
@@ -215,8 +217,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     comm.broadcast(fps.data(), sizes[1] * 64, 0);
   }
   if (!error.empty()) {
-    if (lock_fd_ >= 0) ::close(lock_fd_);  // no destructor runs for a constructor that throws
-    lock_fd_ = -1;
+    release_lock();  // no destructor runs for a constructor that throws
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }

@@ -77,6 +77,9 @@ class Journal {
   // the largest index of n_records takes (the final file of more than a million records), so
   // that the keys sort in input order.
   static std::string key_for(int64_t index, const std::string& name, int64_t n_records = 0);
+  // Whether folder `dir` holds a journal: anything besides a lock file (a folder left with only
+  // its LOCK, as NFS can leave it, is none).
+  static bool present(const std::string& dir);
 
  private:
   friend class PartStream;

@@ -25,7 +25,8 @@ class Comm {
   virtual const char* name() const = 0;
   virtual void barrier() = 0;
   // A barrier whose wait is rank 0's work of unbounded length (assembling a large output), so the
-  // watchdog (SPARSA_COMM_TIMEOUT) does not end it; a rank that dies still ends the job.
+  // watchdog (SPARSA_COMM_TIMEOUT) does not end it. A rank that dies ends the job under mpirun;
+  // under srun with --kill-on-bad-exit=0 the others wait until the job's time limit.
   virtual void barrier_unwatched() { barrier(); }
   // Ends every rank at once (MPI_Abort); for a rank that failed while others may wait on it.
   [[noreturn]] virtual void abort(int code) = 0;
