@@ -2,9 +2,18 @@
 // descriptions, timestamps): h5py and other readers fail on invalid bytes.
 #pragma once
 #include <cstddef>
+#include <cstdio>
+#include <string>
 #include <string_view>
 
 namespace sparsa {
+
+// "0xFC": a byte as messages show it.
+inline std::string hex_byte(unsigned char c) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02X", c);
+  return buf;
+}
 
 // Index of the first byte of `s` that does not begin a well-formed UTF-8 sequence (overlong forms,
 // surrogates and code points past U+10FFFF are invalid), or npos when all of `s` is UTF-8.

@@ -50,12 +50,6 @@ bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' || c == '\n';
 }
 
-std::string hex_byte(unsigned char c) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "0x%02X", c);
-  return buf;
-}
-
 // "'X' (0x58)"; non-printable bytes only as hex so that the message stays one readable line.
 std::string show_char(unsigned char c) {
   if (c >= 0x20 && c < 0x7f) return "'" + std::string(1, (char)c) + "' (" + hex_byte(c) + ")";
@@ -101,6 +95,16 @@ void quiet_htslib() {
 BGZF* open_bgzf(const std::string& path) {
   quiet_htslib();
   return bgzf_open(path.c_str(), "r");
+}
+
+// Why a record's name or header cannot be kept: it is not UTF-8 (names and descriptions are stored
+// as UTF-8 strings); "" when it is.
+std::string not_utf8(std::string_view text, const char* what) {
+  const size_t bad = first_invalid_utf8(text);
+  if (bad == std::string_view::npos) return "";
+  return std::string(what) + " is not UTF-8 text (byte " + hex_byte((unsigned char)text[bad]) +
+         "); names and descriptions are stored as UTF-8: convert the headers, e.g. iconv -f "
+         "latin1 -t utf-8";
 }
 
 // Splits a header line (without its '>' or '@') samtools-style: the name ends at the first
@@ -231,12 +235,8 @@ struct FastxReader::Impl {
     rec.source = path;
     if (rec.name.empty())
       throw InputError(at_line(path, header_line, "header with an empty record name"));
-    if (const size_t bad = first_invalid_utf8(header); bad != std::string::npos)
-      throw InputError(at_line(path, header_line,
-                               "header is not UTF-8 text (byte " +
-                                   hex_byte((unsigned char)header[bad]) +
-                                   "); names and descriptions are stored as UTF-8: convert the "
-                                   "headers, e.g. iconv -f latin1 -t utf-8"));
+    if (const std::string why = not_utf8(header, "header"); !why.empty())
+      throw InputError(at_line(path, header_line, why));
     if (!seen.insert(rec.name).second)
       throw InputError(where(path, rec.name, 0,
                              "duplicate record name, as samtools faidx refuses (line " +
@@ -474,13 +474,15 @@ std::string faidx_layout_error(const std::string& path) {
     std::string_view line;
     std::string name;
     size_t width = 0;
-    long long first = 0, short_line = 0;  // the record's first sequence line; a shorter one
+    bool started = false;      // the record's first sequence line was seen (its length: width)
+    long long short_line = 0;  // a line shorter than width, which must be the record's last
     size_t short_len = 0;
     while (lines.next(line)) {
       if (!line.empty() && line[0] == '>') {
         std::string description;
         split_header(line.substr(1), name, description);
-        first = short_line = 0;
+        started = false;
+        short_line = 0;
         continue;
       }
       const long long at = lines.line_no();
@@ -491,8 +493,8 @@ std::string faidx_layout_error(const std::string& path) {
                            "but the last to be as long as the first (rewrap the file, "
                            "e.g. `seqtk seq -l 60`, or read it without --region)");
       };
-      if (first == 0) {
-        first = at, width = line.size();
+      if (!started) {
+        started = true, width = line.size();
         continue;
       }
       if (short_line != 0)
@@ -639,15 +641,10 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     impl_->descriptions.emplace(region.name, rec.description);
   }
   // Names and descriptions are stored as UTF-8 strings (as for records read whole).
-  for (const std::string* text : {&rec.name, &rec.description})
-    if (const size_t bad = first_invalid_utf8(*text); bad != std::string::npos) {
+  for (const auto& [text, what] : {std::pair{&rec.name, "name"}, {&rec.description, "header"}})
+    if (const std::string why = not_utf8(*text, what); !why.empty()) {
       std::free(seq);
-      throw InputError(where(path, region.name, 0,
-                             std::string(text == &rec.name ? "name" : "header") +
-                                 " is not UTF-8 text (byte " +
-                                 hex_byte((unsigned char)(*text)[bad]) +
-                                 "); names and descriptions are stored as UTF-8: convert the "
-                                 "headers, e.g. iconv -f latin1 -t utf-8"));
+      throw InputError(where(path, region.name, 0, why));
     }
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);

@@ -172,6 +172,9 @@ std::string join_header(const std::vector<std::string>& header) {
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
 std::string not_csv_text(const std::string& text) {
   auto starts = [&](std::string_view magic) { return text.rfind(magic, 0) == 0; };
+  auto line_of = [&](size_t at) {  // 1-based line of byte `at`
+    return std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)at, '\n'));
+  };
   if (starts("\x1f\x8b"))
     return "gzip-compressed: decompress it first (zcat FILE > FILE.csv); CSV is read as plain text";
   if (starts("BZh") ||
@@ -183,20 +186,13 @@ std::string not_csv_text(const std::string& text) {
     return "UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)";
   const size_t nul = text.find('\0');
   if (nul != std::string::npos)
-    return "binary data (a NUL byte at line " +
-           std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)nul, '\n')) +
-           "), not a CSV text";
+    return "binary data (a NUL byte at line " + line_of(nul) + "), not a CSV text";
   if (text.find('\n') == std::string::npos && text.find('\r') != std::string::npos)
     return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
-  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos) {
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "0x%02X", (unsigned char)text[bad]);
-    return "line " +
-           std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)bad, '\n')) +
-           ": not UTF-8 text (byte " + hex +
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos)
+    return "line " + line_of(bad) + ": not UTF-8 text (byte " + hex_byte((unsigned char)text[bad]) +
            "); convert the file first, e.g. iconv -f latin1 -t utf-8 (names and timestamps are "
            "stored as UTF-8)";
-  }
   return "";
 }
 
