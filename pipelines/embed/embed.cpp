@@ -16,6 +16,7 @@
 #include <new>
 #include <sstream>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
@@ -936,13 +937,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // srun with --kill-on-bad-exit=0 leaves them waiting until the job's time limit.)
   comm.barrier_unwatched();
   sum.seconds = progress.seconds();
-  if (const char* e = std::getenv("SPARSA_PROFILE"); e && e[0] && e[0] != '0')
+  if (env_on("SPARSA_PROFILE"))
     std::fprintf(stderr,
                  "# rank %d: set-up %.2f s (checkpoint %.2f, input %.2f, device %.2f, checksum "
                  "and journal %.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",
                  comm.rank(), setup_s, checkpoint_s, input_s - checkpoint_s, backend_s - input_s,
                  setup_s - backend_s, run.forward_s, run.write_s, since_start());
-  if (const char* e = std::getenv("SPARSA_COMM_STATS"); e && *e && e[0] != '0') {
+  if (env_on("SPARSA_COMM_STATS")) {
     // Measurement for docs/parallel.md: what this rank sent, against the model's count.
     std::fprintf(stderr,
                  "[sparsa] rank %d: sent %lld bytes point-to-point (halos), %lld bytes in "

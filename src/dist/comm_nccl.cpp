@@ -18,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 
 namespace sparsa {
@@ -323,7 +324,7 @@ NcclComm::NcclComm(int rank, int size, int device, const UniqueId& uid)
     synchronize(I.halo);
     SPARSA_NCCL_CUDA(cudaFree(buf));
   }
-  if (const char* pr = std::getenv("SPARSA_PROFILE"); pr && pr[0] && pr[0] != '0') {
+  if (env_on("SPARSA_PROFILE")) {
     using sec = std::chrono::duration<double>;
     std::fprintf(stderr, "# rank %d: NCCL communicator of %d ranks: init %.3f s, warm-up %.3f s\n",
                  rank_, I.size_, sec(t0 - t_init).count(),

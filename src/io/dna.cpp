@@ -22,6 +22,7 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/utf8.hpp"
 
@@ -88,8 +89,7 @@ std::string at_line(const std::string& file, long long line, const std::string& 
 void quiet_htslib() {
   static std::once_flag once;
   std::call_once(once, [] {
-    if (const char* e = std::getenv("SPARSA_HTSLIB_LOG"); !e || !*e || e[0] == '0')
-      hts_set_log_level(HTS_LOG_OFF);
+    if (!env_on("SPARSA_HTSLIB_LOG")) hts_set_log_level(HTS_LOG_OFF);
   });
 }
 BGZF* open_bgzf(const std::string& path) {

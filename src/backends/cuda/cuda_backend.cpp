@@ -12,6 +12,7 @@
 #include "backends/cuda/check.hpp"
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/router_split.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/memory.hpp"
 #include "dist/comm_nccl.hpp"
@@ -263,7 +264,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   const ModelConfig& c0 = w.config;
   I.eb = kern::dtype_bytes(I.act);
   I.device = device;
-  if (const char* e = std::getenv("SPARSA_PROFILE")) I.profile_env = e[0] && e[0] != '0';
+  I.profile_env = env_on("SPARSA_PROFILE");
   if (const char* e = std::getenv("SPARSA_MLP_GEMM")) {
     const std::string v = e;
     if (v != "cublas" && v != "images" && !v.empty())
