@@ -388,6 +388,9 @@ struct EmbedRun {
   Progress& progress;
   int64_t align;
   bool parallel_h5;
+  // Records one rank holds with at most this many bytes of rows are written into group parts
+  // (Journal::write_grouped); longer ones get a part each (a row per token: streamed into it).
+  static constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
   ForwardFn forward_fn;
   RcPairFn rc_pair_fn;
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
@@ -442,7 +445,9 @@ struct EmbedRun {
       const char* e = std::getenv("SPARSA_STREAM_ROWS");
       return !(e && e[0] == '0');
     }();
-    if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env) {
+    if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env &&
+        n * d * (o.f16 ? 2 : 4) > kGroupedRowBytes) {
+      journal.flush_group();
       const ForwardOutput none;  // the head names no global sets: they come with finish()
       RecordOutput head = record_output(it, none);
       head.n_out_total = n;
@@ -623,7 +628,13 @@ struct EmbedRun {
     if ((int64_t)(rows16.empty() ? rows.size() : rows16.size()) != (int64_t)starts.size() * d ||
         (!rows16.empty() && !rows.empty()))
       throw SystemError("internal: " + rec.name + ": the rows to write do not match their bins");
-    journal.write_part(it.index, ro, o.f16, parallel, c);
+    // A short record one rank holds joins this rank's group part; anything else is a part alone.
+    if (c.size() == 1 && ro.n_rows * d * (o.f16 ? 2 : 4) <= kGroupedRowBytes) {
+      journal.write_grouped(it.index, ro, o.f16);
+    } else {
+      journal.flush_group();
+      journal.write_part(it.index, ro, o.f16, parallel, c);
+    }
   }
 };
 
@@ -870,6 +881,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     batch.clear();
     batch_tokens = 0;
   };
+  // On a stop or an error: the records this rank finished go into the journal too (unless
+  // writing them is what failed, which is then said besides the error that ends the run).
+  auto keep_group = [&]() {
+    try {
+      journal.flush_group();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "[sparsa] %s\n", e.what());
+    }
+  };
   int64_t index = 0;
   try {
     Record rec;
@@ -901,14 +921,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }
     flush_batch();
+    journal.flush_group();
     if (index == 0) throw InputError("the inputs hold no records");
   } catch (const Interrupted&) {
-    throw;  // the journal is the point of stopping: keep it
+    keep_group();  // the journal is the point of stopping: keep it, finished records too
+    throw;
   } catch (...) {
+    keep_group();
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
     if (root) {
-      const int64_t kept = journal.count_parts();
+      const int64_t kept = journal.count_records();
       if (kept == 0)
         journal.remove();
       else

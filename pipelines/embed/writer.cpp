@@ -40,14 +40,37 @@ std::string Journal::part_path(int64_t index) const {
   return dir_ + "/" + num;
 }
 
-// A finished part's file name: six or more digits (the index, %06lld), then ".h5".
+// A finished part's file name: six or more digits (the index of its first record, %06lld),
+// optionally '.' and a number (where an earlier run's part had the name), then ".h5".
 static bool is_part_name(const std::string& name, int64_t* index) {
   const size_t stem = name.size() >= 3 ? name.size() - 3 : 0;
-  if (stem < 6 || stem > 18 || name.compare(stem, 3, ".h5") != 0) return false;
-  for (size_t i = 0; i < stem; ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  if (index) *index = std::stoll(name.substr(0, stem));
+  if (stem < 6 || stem > 30 || name.compare(stem, 3, ".h5") != 0) return false;
+  size_t digits = 0;
+  while (digits < stem && name[digits] >= '0' && name[digits] <= '9') ++digits;
+  if (digits < 6 || digits > 18) return false;
+  if (digits < stem) {  // ".K"
+    if (name[digits] != '.' || digits + 1 == stem) return false;
+    for (size_t i = digits + 1; i < stem; ++i)
+      if (name[i] < '0' || name[i] > '9') return false;
+  }
+  if (index) *index = std::stoll(name.substr(0, digits));
   return true;
+}
+
+// The record index (1-based) of a part's group key "NNNNNN_name" (key_for), or -1.
+static int64_t key_index(const std::string& key) {
+  size_t digits = 0;
+  while (digits < key.size() && key[digits] >= '0' && key[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 18 || digits >= key.size() || key[digits] != '_') return -1;
+  return std::stoll(key.substr(0, digits)) + 1;
+}
+
+// The records of a part file: index -> group key.
+static std::map<int64_t, std::string> part_records(const h5::File& part) {
+  std::map<int64_t, std::string> keys;
+  for (const auto& key : part.list("/records"))
+    if (const int64_t i = key_index(key); i > 0) keys[i] = key;
+  return keys;
 }
 
 static std::string read_text(const std::string& path) {
@@ -122,7 +145,10 @@ static int lock_journal(const std::string& dir) {
   return fd;
 }
 
-Journal::~Journal() { release_lock(); }
+Journal::~Journal() {
+  drop_group();
+  release_lock();
+}
 
 // An earlier run's journal goes whole but for the lock this run holds, or the run stops: parts
 // left behind (a file that could not be removed) would be taken for this run's finished records.
@@ -138,11 +164,20 @@ static void clear_or_throw(const std::string& dir) {
 Journal::Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
                  Comm& comm)
     : dir_(output + ".parts") {
+  if (const char* e = std::getenv("SPARSA_GROUP_SECONDS"); e && *e) {
+    char* end = nullptr;
+    const double v = std::strtod(e, &end);
+    if (*end != 0 || !(v >= 0) || v > 1e6)
+      throw ConfigError(std::string("SPARSA_GROUP_SECONDS=") + e +
+                        ": not a number of seconds (0 or more; 0: a part for every record)");
+    group_seconds_ = v;
+  }
   // Rank 0 decides; everyone learns the outcome (an error text, or the finished indices).
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
   std::vector<int64_t> done;
-  std::string fps;  // resume: the done parts' input_sha256, 64 characters each (blank: none)
+  std::string fps;  // resume: the done records' input_sha256, 64 characters each (blank: none)
+  std::vector<std::string> files;  // rank 0: the part file of each
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
@@ -178,24 +213,33 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
         fs::rename(tmp, dir_ + "/MANIFEST", ec);
         if (ec) throw SystemError(dir_ + "/MANIFEST: cannot write: " + ec.message());
       }
+      std::vector<std::pair<int64_t, std::string>> parts;
       for (auto& e : fs::directory_iterator(dir_)) {
         const std::string name = e.path().filename().string();
         if (int64_t index = 0; is_part_name(name, &index))
-          done.push_back(index);
+          parts.emplace_back(index, e.path().string());
         else if (name.find(".tmp") != std::string::npos)
           fs::remove(e.path(), ec);  // a part that was being written when the run stopped
       }
-      for (int64_t index : done) {
-        std::string fp;
+      std::sort(parts.begin(), parts.end());
+      for (const auto& [first, path] : parts) {
+        old_parts_.insert(path);
+        std::vector<std::pair<int64_t, std::string>> recs;  // index, input_sha256
         try {
-          const h5::File part = h5::File::open_read(part_path(index));
-          const std::vector<std::string> keys = part.list("/records");
-          if (keys.size() == 1 && part.has_attr("/records/" + keys[0], "input_sha256"))
-            fp = part.attr_string("/records/" + keys[0], "input_sha256");
-        } catch (const std::exception&) {  // unreadable: embedded again
+          const h5::File part = h5::File::open_read(path);
+          for (const auto& [index, key] : part_records(part))
+            recs.emplace_back(index, part.has_attr("/records/" + key, "input_sha256")
+                                         ? part.attr_string("/records/" + key, "input_sha256")
+                                         : std::string());
+        } catch (const std::exception&) {  // unreadable: its first record is embedded again
+          recs.assign(1, {first, std::string()});
         }
-        fp.resize(64, ' ');
-        fps += fp;
+        for (auto& [index, fp] : recs) {
+          fp.resize(64, ' ');
+          done.push_back(index);
+          fps += fp;
+          files.push_back(path);
+        }
       }
     } catch (const ConfigError& e) {
       error = e.what();
@@ -221,15 +265,29 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
-  for (size_t i = 0; i < done.size(); ++i) done_[done[i]] = fps.substr(i * 64, 64);
+  for (size_t i = 0; i < done.size(); ++i) {
+    done_[done[i]].push_back(fps.substr(i * 64, 64));
+    if (comm.rank() == 0) found_in_[done[i]].push_back(files[i]);
+  }
 }
 
-bool Journal::same_record(int64_t index, const std::string& fingerprint) const {
+bool Journal::same_record(int64_t index, const std::string& fingerprint) {
   const auto it = done_.find(index);
-  return it != done_.end() && it->second == fingerprint;
+  if (it == done_.end()) return false;
+  for (size_t k = 0; k < it->second.size(); ++k) {
+    if (it->second[k] != fingerprint) continue;
+    if (const auto f = found_in_.find(index); f != found_in_.end() && k < f->second.size())
+      source_[index] = f->second[k];  // rank 0: the part assembled
+    return true;
+  }
+  return false;
 }
 
-void Journal::redo(int64_t index) { done_.erase(index); }
+void Journal::redo(int64_t index) {
+  done_.erase(index);
+  found_in_.erase(index);
+  source_.erase(index);
+}
 
 int64_t Journal::count_parts() const {
   int64_t n = 0;
@@ -241,7 +299,21 @@ int64_t Journal::count_parts() const {
   return n;
 }
 
+int64_t Journal::count_records() const {
+  int64_t n = 0;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir_, ec)) {
+    if (!is_part_name(e.path().filename().string(), nullptr)) continue;
+    try {
+      n += (int64_t)part_records(h5::File::open_read(e.path().string())).size();
+    } catch (const std::exception&) {  // unreadable: none
+    }
+  }
+  return n;
+}
+
 void Journal::remove() {
+  drop_group();
   release_lock();
   std::error_code ec;
   fs::remove_all(dir_, ec);
@@ -272,9 +344,9 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
   return g;
 }
 
-// The bins of rows [r.row0, r.row0 + r.n_rows), the global sets and the timestamps.
-void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool parallel,
-                Comm& comm) {
+// The bins of rows [r.row0, r.row0 + r.n_rows), the global sets and the timestamps; `shared`:
+// several ranks write this file (parallel HDF5).
+void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool shared) {
   const Record& rec = *r.record;
   std::vector<int64_t> s(r.n_rows), e(r.n_rows);
   for (int64_t i = 0; i < r.n_rows; ++i) {
@@ -291,8 +363,7 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool p
     // Time series are short enough that every rank holds the starts of all bins.
     std::vector<std::string> ts(r.n_rows);
     for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = rec.timestamps[r.starts[i]];
-    if (parallel && comm.size() > 1)
-      throw SystemError("internal: time-series records are written by one rank");
+    if (shared) throw SystemError("internal: time-series records are written by one rank");
     f.write_strings(g + "/timestamps", ts);
   }
 }
@@ -311,22 +382,87 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
     } else {
       f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
     }
-    write_tail(f, g, r, parallel, comm);
+    write_tail(f, g, r, parallel && comm.size() > 1);
     f.close();
   }
   if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
   if (comm.rank() == 0)
-    commit_part(index, tmp);
+    commit_part(tmp, {index});
   else
-    done_.emplace(index, std::string());  // written by this run: no fingerprint kept
+    done_[index].clear();  // written by this run: no fingerprint kept
 }
 
-void Journal::commit_part(int64_t index, const std::string& tmp) {
-  const std::string final_part = part_path(index);
+void Journal::commit_part(const std::string& tmp, const std::vector<int64_t>& indices) {
+  // A part of an earlier run may have this name and still hold records this run resumed from
+  // (a group whose first record was embedded again): never replaced, this part takes NNNNNN.K.
+  const std::string base = part_path(indices.front());
+  std::string final_part = base;
   std::error_code ec;
+  for (int k = 1; fs::exists(final_part, ec); ++k)
+    final_part = base.substr(0, base.size() - 3) + "." + std::to_string(k) + ".h5";
   fs::rename(tmp, final_part, ec);
   if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
-  done_.emplace(index, std::string());
+  for (int64_t index : indices) {
+    done_[index].clear();
+    source_[index] = final_part;
+  }
+  last_part_ = std::chrono::steady_clock::now();
+}
+
+void Journal::write_grouped(int64_t index, const RecordOutput& r, bool f16) {
+  if (!group_) {
+    auto g = std::make_unique<Group>();
+    g->tmp = part_path(index) + ".tmp";
+    g->file = std::make_unique<h5::File>(h5::File::create(g->tmp));
+    group_ = std::move(g);
+  }
+  Group& G = *group_;
+  try {
+    const std::string g = write_head(*G.file, index, r, f16);
+    if (r.rows16) {
+      if (!f16) throw SystemError("internal: float16 rows for a float32 output");
+      G.file->write_f16_rows_collective(g + "/embedding", 0, r.n_rows, r.d, r.rows16);
+    } else {
+      G.file->write_rows_collective(g + "/embedding", 0, r.n_rows, r.d, r.rows);
+    }
+    write_tail(*G.file, g, r, false);
+  } catch (...) {
+    drop_group();  // the file may be damaged: the group's records are embedded again
+    throw;
+  }
+  G.indices.push_back(index);
+  G.bytes += r.n_rows * r.d * (f16 ? 2 : 4);
+  const double since_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - last_part_).count();
+  if ((int64_t)G.indices.size() >= kGroupRecords || G.bytes >= kGroupBytes ||
+      since_s >= group_seconds_)
+    flush_group();
+}
+
+void Journal::flush_group() {
+  if (!group_) return;
+  std::unique_ptr<Group> g = std::move(group_);
+  try {
+    g->file->close();
+    g->file.reset();
+    if (!g->indices.empty()) commit_part(g->tmp, g->indices);
+  } catch (...) {
+    g->file.reset();
+    std::remove(g->tmp.c_str());
+    throw;
+  }
+  if (g->indices.empty()) std::remove(g->tmp.c_str());
+}
+
+void Journal::drop_group() {
+  if (!group_) return;
+  try {
+    if (group_->file) group_->file->close();
+  } catch (...) {  // the error that got us here is the one to report
+  }
+  group_->file.reset();
+  std::remove(group_->tmp.c_str());
+  group_.reset();
 }
 
 PartStream::PartStream(Journal& j, int64_t index, const RecordOutput& r, bool f16)
@@ -380,10 +516,11 @@ void PartStream::finish(const RecordOutput& r, Comm& comm) {
   if (written_ != n_rows_)  // rows never written would read back as zeros
     throw SystemError("internal: " + std::to_string(written_) + " rows written of " +
                       std::to_string(n_rows_));
-  write_tail(*file_, group_, r, false, comm);
+  (void)comm;
+  write_tail(*file_, group_, r, false);
   file_->close();
   file_.reset();
-  journal_.commit_part(index_, tmp_);
+  journal_.commit_part(tmp_, {index_});
   finished_ = true;
 }
 
@@ -418,29 +555,65 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
                  dir_.c_str(), ec ? ec.message().c_str() : "files remain");
 }
 
+std::string Journal::source_of(int64_t index, std::map<int64_t, std::vector<std::string>>& scanned,
+                               bool& scanned_once) const {
+  if (const auto it = source_.find(index); it != source_.end()) return it->second;
+  // Written by another rank in this run: the part that did not exist when the run began.
+  if (!scanned_once) {
+    scanned_once = true;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(dir_, ec)) {
+      const std::string path = e.path().string();
+      if (!is_part_name(e.path().filename().string(), nullptr) || old_parts_.count(path)) continue;
+      try {
+        for (const auto& [i, key] : part_records(h5::File::open_read(path)))
+          scanned[i].push_back(path);
+      } catch (const std::exception&) {  // unreadable: no record is taken from it
+      }
+    }
+  }
+  const auto it = scanned.find(index);
+  if (it == scanned.end() || it->second.size() != 1)
+    throw SystemError(dir_ + ": record " + std::to_string(index) +
+                      (it == scanned.end() ? " is in no part" : " is in several parts") +
+                      " (a journal damaged by a crash or changed by hand?); rerun with --force "
+                      "to start over");
+  return it->second.front();
+}
+
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {
+  std::map<int64_t, std::vector<std::string>> scanned;
+  bool scanned_once = false;
+  auto open_part = [&](const std::string& path, bool rw) {
+    try {
+      return rw ? h5::File::open_rw(path) : h5::File::open_read(path);
+    } catch (const Error& e) {
+      throw SystemError(std::string(e.what()) +
+                        " (a journal part damaged by a crash?); rerun with --force to start over");
+    }
+  };
+  const std::string first = source_of(1, scanned, scanned_once);
   if (n_records == 1) {
     // One record: its part becomes the output. The file attributes and `complete` are added in
     // place and the part is renamed, instead of every row being copied into a new file (a genome
     // with --pool none is written once, not twice). A run stopped in between finds the part,
     // attributes and all, on --resume and does the same again (setting an attribute twice is
-    // allowed); until the rename nothing is at the output path.
+    // allowed); until the rename nothing is at the output path. (A part that also holds records
+    // of an earlier run's longer input is copied from instead.)
+    bool alone = false;
     {
-      h5::File f = [&] {
-        try {
-          return h5::File::open_rw(part_path(1));
-        } catch (const Error& e) {
-          throw SystemError(std::string(e.what()) +
-                            " (a journal part damaged by a crash?); rerun with --force to start "
-                            "over");
-        }
-      }();
-      set_file_attrs(f, a);
-      f.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
+      h5::File f = open_part(first, true);
+      alone = part_records(f).size() == 1 && f.list("/records").size() == 1;
+      if (alone) {
+        set_file_attrs(f, a);
+        f.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
+      }
       f.close();
     }
-    finish_as(part_path(1), output);
-    return;
+    if (alone) {
+      finish_as(first, output);
+      return;
+    }
   }
   const std::string tmp = output + ".tmp";
   {
@@ -448,18 +621,29 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
     try {
       set_file_attrs(out, a);
       out.create_group("/records");
+      // Parts hold runs of consecutive records: each is opened once per run of its records.
+      std::string open_path;
+      std::unique_ptr<h5::File> part;
+      std::map<int64_t, std::string> keys;
       for (int64_t i = 1; i <= n_records; ++i) {
-        h5::File part = h5::File::open_read(part_path(i));
-        // The part's key has 6+ digits; the output's as many as the last index takes.
-        for (const auto& key : part.list("/records")) {
-          const size_t cut = key.find('_');
-          const std::string name = cut == std::string::npos ? key : key.substr(cut + 1);
-          out.copy_from(
-              part, "/records/" + key,
-              "/records/" +
-                  (cut == std::string::npos ? key : key_for(i - 1, "", n_records) + name));
+        const std::string path = i == 1 ? first : source_of(i, scanned, scanned_once);
+        if (path != open_path) {
+          part.reset();
+          part = std::make_unique<h5::File>(open_part(path, false));
+          keys = part_records(*part);
+          open_path = path;
         }
+        const auto k = keys.find(i);
+        if (k == keys.end())
+          throw SystemError(path + ": holds no record " + std::to_string(i) +
+                            " (a journal part damaged by a crash?); rerun with --force to start "
+                            "over");
+        // The part's key has 6+ digits; the output's as many as the last index takes.
+        const std::string& key = k->second;
+        out.copy_from(*part, "/records/" + key,
+                      "/records/" + key_for(i - 1, "", n_records) + key.substr(key.find('_') + 1));
       }
+      part.reset();
       out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
       out.close();
     } catch (...) {

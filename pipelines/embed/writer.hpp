@@ -1,15 +1,19 @@
 // sparsa: the embeddings file (spec section 4) and the progress journal that makes runs
 // resumable.
 //
-// Every finished record is written as its own small HDF5 file, OUT.parts/NNNNNN.h5 (written as
-// .tmp, then renamed, so a part is either whole or absent), beside a MANIFEST that names the run
-// (model, inputs, options). When every record is done, rank 0 copies the parts into OUT.tmp,
+// Finished records are written as small HDF5 files, OUT.parts/NNNNNN.h5 (written as .tmp, then
+// renamed, so a part is either whole or absent), beside a MANIFEST that names the run (model,
+// inputs, options). A part holds one record, or a group of short records one rank embedded one
+// after another (named after the first; `write_grouped`): a FASTQ of a million reads makes a few
+// thousand files, not a million. When every record is done, rank 0 copies the parts into OUT.tmp,
 // writes `complete = 1` last, closes it, renames it to OUT and removes OUT.parts. A crash, a kill
 // or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,18 +61,32 @@ class Journal {
   Journal& operator=(const Journal&) = delete;
   bool done(int64_t index) const { return done_.count(index) != 0; }
   // With resume: whether finished record `index` was made from a record of this fingerprint (its
-  // part's input_sha256); redo(index) forgets it, so that it is embedded again.
-  bool same_record(int64_t index, const std::string& fingerprint) const;
+  // part's input_sha256; where parts of several runs hold it, the one that matches is the one
+  // assembled); redo(index) forgets it, so that it is embedded again.
+  bool same_record(int64_t index, const std::string& fingerprint);
   void redo(int64_t index);
   int64_t n_done() const { return (int64_t)done_.size(); }
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
-  int64_t count_parts() const;  // finished parts on disk
-  void remove();                // deletes the journal folder
+  int64_t count_parts() const;    // finished part files on disk
+  int64_t count_records() const;  // the records in them (an unreadable part counts none)
+  void remove();                  // deletes the journal folder (an open group is dropped)
   // Collective. Writes record `index` (1-based, input order). With `parallel` every rank writes
   // its own rows through parallel HDF5; otherwise rank 0 holds all rows and writes alone.
   void write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel, Comm& comm);
+  // This rank alone: adds record `index` (all its rows in r) to this rank's open group part,
+  // made when none is open. The group is moved into the journal (flush_group) once it holds
+  // kGroupRecords records or kGroupBytes of rows, or when a second (SPARSA_GROUP_SECONDS) has
+  // passed since this rank's last part: a finished record is in the journal about a second
+  // later at most (a slow record at once), and a part's own cost (~1 ms of file system and HDF5
+  // work) is shared by the records of a group.
+  void write_grouped(int64_t index, const RecordOutput& r, bool f16);
+  // Moves the open group part, if any, into the journal. Called before a part of another kind is
+  // written, at the end of the input, and when a run stops or fails (its records are finished).
+  void flush_group();
+  static constexpr int64_t kGroupRecords = 4096, kGroupBytes = int64_t{256} << 20;
+  static constexpr double kGroupSeconds = 1.0;  // default of SPARSA_GROUP_SECONDS
   // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in
   // place and renamed; several: copied into a new file), then removes the journal.
   void assemble(const FileAttrs& attrs, int64_t n_records, const std::string& output);
@@ -84,14 +102,33 @@ class Journal {
  private:
   friend class PartStream;
   std::string part_path(int64_t index) const;
-  // Renames a written part's .tmp into place and counts the record done.
-  void commit_part(int64_t index, const std::string& tmp);
+  // Renames a written part's .tmp into place, under a name no other part has (a part of an
+  // earlier run may hold the same first record), and counts its records done.
+  void commit_part(const std::string& tmp, const std::vector<int64_t>& indices);
+  // Rank 0, assembling: the part file that holds this run's version of record `index`.
+  std::string source_of(int64_t index, std::map<int64_t, std::vector<std::string>>& scanned,
+                        bool& scanned_once) const;
   void finish_as(const std::string& from, const std::string& output);
   void release_lock();
   std::string dir_;
-  // Finished records by index: with resume, the input_sha256 of the parts found (blank where
-  // unreadable); empty for parts this run wrote.
-  std::map<int64_t, std::string> done_;
+  // Finished records by index: with resume, the input_sha256 of each part found that holds it
+  // (blank where unreadable); empty for parts this run wrote.
+  std::map<int64_t, std::vector<std::string>> done_;
+  // Rank 0: the part file of each input_sha256 in done_ (same order); the part chosen for each
+  // record resumed or written by this rank; the part files there were before this run.
+  std::map<int64_t, std::vector<std::string>> found_in_;
+  std::map<int64_t, std::string> source_;
+  std::set<std::string> old_parts_;
+  struct Group {
+    std::unique_ptr<h5::File> file;
+    std::string tmp;
+    std::vector<int64_t> indices;
+    int64_t bytes = 0;
+  };
+  std::unique_ptr<Group> group_;  // this rank's open group part
+  double group_seconds_ = kGroupSeconds;
+  std::chrono::steady_clock::time_point last_part_ = std::chrono::steady_clock::now();
+  void drop_group();
   std::string discarded_;
   int lock_fd_ = -1;  // rank 0: OUT.parts/LOCK, write-locked (fcntl) while this run lives
 };

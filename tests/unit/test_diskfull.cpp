@@ -68,6 +68,7 @@ TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
   SmallDisk disk(t / "disk", "8m");
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // the disk fills after the first part
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
                 t / "m.h5")
@@ -103,6 +104,7 @@ TEST(DiskFull, ClosingAPartOnAFullDiskIsAnErrorNotACrash) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
   SmallDisk disk(t / "disk", "16m");
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record: many closes
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   write_file(t / "ts.toml",
              "[model]\nkind = \"timeseries\"\nd_model = 16\nn_layers = 1\nn_heads = 2\n"

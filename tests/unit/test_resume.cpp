@@ -67,6 +67,7 @@ struct PartData {
 }  // namespace
 
 TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record
   Fixture fx;
   const std::string out = fx.t / "out.h5";
   pid_t pid = spawn(fx.args(out, false), fx.t / "log1");
@@ -108,6 +109,7 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
 }
 
 TEST(Resume, SigkillLosesOnlyTheRecordInFlight) {
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record
   Fixture fx;
   const std::string out = fx.t / "out.h5";
   pid_t pid = spawn(fx.args(out, false), fx.t / "log1");
@@ -161,7 +163,10 @@ TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
   auto r = run(cmd(out, ""));
   ASSERT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("rec2"), std::string::npos) << r.output;
-  ASSERT_EQ(count_parts(out + ".parts"), 2) << r.output;
+  // Records 1 and 2 finished within a second: one group part holds both. Record 1 embedded
+  // again below goes into a new part beside it (000001.1.h5), record 2 stays where it is.
+  ASSERT_EQ(count_parts(out + ".parts"), 1) << r.output;
+  EXPECT_EQ(h5::File::open_read(out + ".parts/000001.h5").list("/records").size(), 2u);
   std::string fixed = good;
   const size_t r1 = fixed.find(">rec0") + 20;
   fixed[r1] = fixed[r1] == 'A' ? 'C' : 'A';
@@ -313,6 +318,108 @@ TEST(Resume, PartsBeyondAMillionRecordsAreFound) {
   EXPECT_EQ(j.count_parts(), 2);
   EXPECT_TRUE(j.same_record(1234567, ro.fingerprint));
   EXPECT_TRUE(j.same_record(7, ro.fingerprint));
+}
+
+// Short records go into group parts. A record of a group that changed is embedded again into a
+// new part beside the group (which keeps the records that did not change): a journal then holds
+// two versions of it, and resume and assembly take the one whose input_sha256 matches.
+TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  const std::string out = t / "o.h5";
+  const int64_t d = 2;
+  std::vector<PartData> recs;
+  recs.reserve(3);  // a PartData points into itself: never moved
+  for (int i = 0; i < 3; ++i) recs.emplace_back(3, d, std::vector<int64_t>{i});
+  for (int i = 0; i < 3; ++i) {
+    recs[i].rec.name = "r" + std::to_string(i + 1);
+    recs[i].ro.fingerprint = std::string(64, (char)('a' + i));
+  }
+  {
+    sparsa::Journal j(out, "m\n", false, false, *comm);
+    j.write_grouped(1, recs[0].ro, false);
+    j.write_grouped(2, recs[1].ro, false);
+    EXPECT_EQ(j.count_parts(), 0);  // still open: within its second
+    EXPECT_TRUE(fs::exists(out + ".parts/000001.h5.tmp"));
+    j.flush_group();
+    EXPECT_EQ(j.count_parts(), 1);
+    EXPECT_EQ(j.count_records(), 2);
+    EXPECT_TRUE(j.done(1) && j.done(2) && !j.done(3));
+  }  // the run stops here: record 3 never done
+  // Record 1's input changed: it is embedded again (new rows), with record 3.
+  const std::string changed(64, 'z');
+  for (float& v : recs[0].rows) v += 100.0f;
+  recs[0].ro.fingerprint = changed;
+  {
+    sparsa::Journal j(out, "m\n", true, false, *comm);
+    EXPECT_EQ(j.n_done(), 2);
+    EXPECT_FALSE(j.same_record(1, changed));
+    j.redo(1);
+    EXPECT_TRUE(j.same_record(2, recs[1].ro.fingerprint));
+    j.write_grouped(1, recs[0].ro, false);
+    j.write_grouped(3, recs[2].ro, false);
+  }  // dropped unflushed (a crash): nothing of it stays
+  EXPECT_FALSE(fs::exists(out + ".parts/000001.h5.tmp"));
+  EXPECT_EQ(count_parts(out + ".parts"), 1);
+  {
+    sparsa::Journal j(out, "m\n", true, false, *comm);
+    EXPECT_FALSE(j.same_record(1, changed));
+    j.redo(1);
+    EXPECT_TRUE(j.same_record(2, recs[1].ro.fingerprint));
+    j.write_grouped(1, recs[0].ro, false);
+    j.write_grouped(3, recs[2].ro, false);
+    j.flush_group();
+  }
+  // The group's first record had its name taken: the new part is 000001.1.h5.
+  EXPECT_TRUE(fs::exists(out + ".parts/000001.1.h5"));
+  EXPECT_EQ(count_parts(out + ".parts"), 2);
+  // A third run finds record 1 twice (the old version and the new) and assembles the new one.
+  sparsa::Journal j(out, "m\n", true, false, *comm);
+  EXPECT_EQ(j.n_done(), 3);
+  EXPECT_TRUE(j.same_record(1, changed));
+  EXPECT_TRUE(j.same_record(2, recs[1].ro.fingerprint));
+  EXPECT_TRUE(j.same_record(3, recs[2].ro.fingerprint));
+  sparsa::FileAttrs a{"v", "sha", "cfg", "cmd", "now", "bin:1", "float32", "m\n"};
+  j.assemble(a, 3, out);
+  EXPECT_FALSE(fs::exists(out + ".parts"));
+  h5::File f = h5::File::open_read(out);
+  EXPECT_EQ(f.list("/records"), (std::vector<std::string>{"000000_r1", "000001_r2", "000002_r3"}));
+  for (int i = 0; i < 3; ++i) {
+    const std::string g = "/records/" + f.list("/records")[i];
+    EXPECT_EQ(f.read_f32(g + "/embedding"), recs[i].rows) << g;
+    EXPECT_EQ(f.attr_string(g, "input_sha256"), recs[i].ro.fingerprint) << g;
+    EXPECT_EQ(f.read_i64(g + "/global_positions"), std::vector<int64_t>{i}) << g;
+  }
+}
+
+// A group is moved into the journal once a second has passed since this rank's last part
+// (SPARSA_GROUP_SECONDS; 0: a part for every record); a bad value is refused.
+TEST(Resume, GroupPartsAreFlushedByTime) {
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  PartData pd(2, 2, {0});
+  {
+    ScopedEnv e("SPARSA_GROUP_SECONDS", "0");
+    sparsa::Journal j(t / "a.h5", "m\n", false, false, *comm);
+    for (int64_t i = 1; i <= 3; ++i) j.write_grouped(i, pd.ro, false);
+    EXPECT_EQ(j.count_parts(), 3);
+  }
+  {
+    ScopedEnv e("SPARSA_GROUP_SECONDS", "0.2");
+    sparsa::Journal j(t / "b.h5", "m\n", false, false, *comm);
+    j.write_grouped(1, pd.ro, false);
+    j.write_grouped(2, pd.ro, false);
+    EXPECT_EQ(j.count_parts(), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    j.write_grouped(3, pd.ro, false);  // the second has passed: 1..3 go together
+    EXPECT_EQ(j.count_parts(), 1);
+    EXPECT_EQ(j.count_records(), 3);
+  }
+  for (const char* bad : {"x", "-1", "1s", "nan"}) {
+    ScopedEnv e("SPARSA_GROUP_SECONDS", bad);
+    EXPECT_THROW(sparsa::Journal(t / "c.h5", "m\n", false, true, *comm), sparsa::ConfigError)
+        << bad;
+  }
 }
 
 // Two runs on one output would delete and overwrite each other's parts: a run that finds the
