@@ -198,7 +198,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
 void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int64_t m, int64_t d) {
   if ((int64_t)fwd.size() < m * d || (int64_t)rev.size() < m * d)
     throw SystemError("rc_average_rows: fewer rows than the shard");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * d > (int64_t{1} << 18))
   for (int64_t t = 0; t < m; ++t)
     for (int64_t j = 0; j < d; ++j)
       // Halves first: no overflow near FLT_MAX; the same bits as (f + r) / 2 but for subnormals.

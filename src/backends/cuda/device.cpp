@@ -158,7 +158,7 @@ namespace {
 // Copies a landed piece out of its pinned buffer in 4 MB parts, in parallel.
 void copy_out(char* d, const char* p, size_t len) {
   constexpr size_t kPart = size_t{4} << 20;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (len > kPart)
   for (size_t q = 0; q < len; q += kPart) std::memcpy(d + q, p + q, std::min(kPart, len - q));
 }
 }  // namespace
