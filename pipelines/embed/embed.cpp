@@ -1,5 +1,6 @@
 #include "pipelines/embed/embed.hpp"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -417,10 +418,25 @@ struct EmbedRun {
   }
 
   // Forward (+ reverse complement) of one record over `c`, pooled; returns this rank's rows.
+  // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
+  // holds it and its rows take at most kGroupedRowBytes.
+  bool grouped(const Record& rec, const Comm& c) const {
+    const int64_t n = rec.n_tokens();
+    const int64_t rows = o.pool.kind == PoolSpec::kNone   ? n
+                         : o.pool.kind == PoolSpec::kMean ? 1
+                                                          : (n + o.pool.bin - 1) / o.pool.bin;
+    return c.size() == 1 && rows * w.config.d_model * (o.f16 ? 2 : 4) <= kGroupedRowBytes;
+  }
+
   void embed_record(const Item& it, Comm& c, bool show_progress) {
     const Record& rec = it.rec;
     const ModelConfig& cfg = w.config;
-    const int64_t n = rec.n_tokens(), d = cfg.d_model;
+    const int64_t n = rec.n_tokens();
+    // An open group waits no longer than its time, nor behind a record of another kind.
+    if (grouped(rec, c))
+      journal.flush_group_if_due();
+    else
+      journal.flush_group();
     if (show_progress) progress.start_record(it.index, rec.name, n);
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
     const int passes = o.rc_average ? 2 : 1;
@@ -434,7 +450,6 @@ struct EmbedRun {
       check_stop(c);
     };
     const auto t0 = std::chrono::steady_clock::now();
-    const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
     // One rank holding the record and a row per token: the part is written while the rows come
     // (PartStream), from a GPU piece by piece as they cross (ForwardHooks::rows_out: float16
     // rows for a float16 file, else float32), so the host never holds them all; from the CPU
@@ -445,9 +460,7 @@ struct EmbedRun {
       const char* e = std::getenv("SPARSA_STREAM_ROWS");
       return !(e && e[0] == '0');
     }();
-    if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env &&
-        n * d * (o.f16 ? 2 : 4) > kGroupedRowBytes) {
-      journal.flush_group();
+    if (o.pool.kind == PoolSpec::kNone && c.size() == 1 && stream_env && !grouped(rec, c)) {
       const ForwardOutput none;  // the head names no global sets: they come with finish()
       RecordOutput head = record_output(it, none);
       head.n_out_total = n;
@@ -459,6 +472,30 @@ struct EmbedRun {
           part->rows(row0, n_rows, static_cast<const float*>(rows));
       };
     }
+    ForwardOutput fwd = run_forward(it, c, sh, hooks, out_hooks);
+    const auto t1 = std::chrono::steady_clock::now();
+    forward_s += std::chrono::duration<double>(t1 - t0).count();
+    try {
+      if (part)
+        finish_part(*part, it, c, std::move(fwd));
+      else
+        write_record(it, c, sh, std::move(fwd));
+    } catch (const std::bad_alloc&) {
+      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "pooling and writing its rows",
+                                 "host memory exhausted", 0);
+    }
+    write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    if (show_progress) progress.finish_record();
+  }
+
+  // The forward pass of the record (both strands with --rc-average) over c: this rank's rows,
+  // pooled where the backend pools. Errors name the record.
+  ForwardOutput run_forward(const Item& it, Comm& c, const Shard& sh, const ForwardHooks& hooks,
+                            const ForwardHooks& out_hooks) const {
+    const Record& rec = it.rec;
+    const ModelConfig& cfg = w.config;
+    const int64_t n = rec.n_tokens(), d = cfg.d_model;
+    const int32_t* tokens = rec.tokens.data() + sh.begin * rec.n_channels;
     ForwardOutput fwd;
     try {
       std::vector<int32_t> rc;  // --rc-average: the reverse complement, and this rank's mirror
@@ -496,19 +533,51 @@ struct EmbedRun {
       throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "in the model",
                                  "host memory exhausted", 0);
     }
-    const auto t1 = std::chrono::steady_clock::now();
-    forward_s += std::chrono::duration<double>(t1 - t0).count();
-    try {
-      if (part)
-        finish_part(*part, it, c, std::move(fwd));
-      else
-        write_record(it, c, sh, std::move(fwd));
-    } catch (const std::bad_alloc&) {
-      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "pooling and writing its rows",
-                                 "host memory exhausted", 0);
+    return fwd;
+  }
+
+  // Short records this rank holds whole, on the CPU backend with several threads: their forward
+  // passes side by side, a record a thread (each pass then runs on its thread alone: OpenMP's
+  // inner regions get one thread), then each written in input order. A short record's pass
+  // spread over the threads spends much of its time in OpenMP's fork and join. The rows are the
+  // same bits (the CPU backend's results do not depend on the thread count). A record that fails
+  // (or a stop) ends the batch there: the records before it are written, its error is thrown.
+  void embed_side_by_side(std::vector<Item>& items, Comm& self, bool show_progress) {
+    const int64_t k = (int64_t)items.size();
+    std::vector<ForwardOutput> outs(k);
+    std::vector<std::exception_ptr> errors(k);
+    const auto t0 = std::chrono::steady_clock::now();
+    const ForwardHooks none;
+    const int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(1);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < k; ++i) {
+      try {
+        // A stop leaves the records not yet begun: those before are written, then it is raised.
+        if (stop_requested()) throw Interrupted("stopped by a signal");
+        const Shard sh = shard_of(items[i].rec.n_tokens(), 0, 1, align);
+        outs[i] = run_forward(items[i], self, sh, none, none);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
     }
-    write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    if (show_progress) progress.finish_record();
+    omp_set_max_active_levels(levels);
+    forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (int64_t i = 0; i < k; ++i) {
+      if (errors[i]) std::rethrow_exception(errors[i]);
+      const Item& it = items[i];
+      const auto t1 = std::chrono::steady_clock::now();
+      if (show_progress) progress.start_record(it.index, it.rec.name, it.rec.n_tokens());
+      const Shard sh = shard_of(it.rec.n_tokens(), 0, 1, align);
+      try {
+        write_record(it, self, sh, std::move(outs[i]));
+      } catch (const std::bad_alloc&) {
+        throw record_out_of_memory(it.rec, sh.size(), 1, w.config, "pooling and writing its rows",
+                                   "host memory exhausted", 0);
+      }
+      if (show_progress) progress.finish_record();
+      write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    }
   }
 
   // The streamed part of a record one rank holds: its rows (unless the backend streamed them),
@@ -629,7 +698,7 @@ struct EmbedRun {
         (!rows16.empty() && !rows.empty()))
       throw SystemError("internal: " + rec.name + ": the rows to write do not match their bins");
     // A short record one rank holds joins this rank's group part; anything else is a part alone.
-    if (c.size() == 1 && ro.n_rows * d * (o.f16 ? 2 : 4) <= kGroupedRowBytes) {
+    if (grouped(rec, c) && ro.n_rows == ro.n_out_total) {
       journal.write_grouped(it.index, ro, o.f16);
     } else {
       journal.flush_group();
@@ -672,10 +741,10 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
 void agree_on_env(Comm& comm) {
   if (comm.size() <= 1) return;
   static const char* const names[] = {
-      "SPARSA_NCCL",        "SPARSA_NCCL_WARMUP", "SPARSA_HDF5_SERIAL", "SPARSA_ROUTER",
-      "SPARSA_ATTN_BAND",   "SPARSA_ATTN_GLOBAL", "SPARSA_ATTN_SPLIT",  "SPARSA_MLP_GEMM",
-      "SPARSA_CHUNK_ROWS",  "SPARSA_GEMM_ALGO",   "SPARSA_STREAM_ROWS", "SPARSA_RC_ON_DEVICE",
-      "SPARSA_EARLY_DEVICE"};
+      "SPARSA_NCCL",         "SPARSA_NCCL_WARMUP",  "SPARSA_HDF5_SERIAL", "SPARSA_ROUTER",
+      "SPARSA_ATTN_BAND",    "SPARSA_ATTN_GLOBAL",  "SPARSA_ATTN_SPLIT",  "SPARSA_MLP_GEMM",
+      "SPARSA_CHUNK_ROWS",   "SPARSA_GEMM_ALGO",    "SPARSA_STREAM_ROWS", "SPARSA_RC_ON_DEVICE",
+      "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS"};
   std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
   if (comm.rank() == 0)
     for (const char* n : names) {
@@ -870,6 +939,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       error = std::current_exception();
       failed = 1;
     }
+    // This rank's group part goes into the journal before the ranks compare notes: after an
+    // error rank 0 decides at once whether to keep the journal, and a rank may abort the job.
+    try {
+      journal.flush_group();
+    } catch (...) {
+      if (!error) error = std::current_exception();
+      failed = 1;
+    }
     // A rank that failed or stopped tells the others (which finish their share first).
     int64_t f = failed;
     comm.allreduce_max(&f, 1);
@@ -886,6 +963,39 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   auto keep_group = [&]() {
     try {
       journal.flush_group();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "[sparsa] %s\n", e.what());
+    }
+  };
+  // One rank, the CPU backend, several threads: short records go side by side, a record a thread
+  // (EmbedRun::embed_side_by_side), in batches of up to 8 a thread or 256K tokens.
+  // SPARSA_SIDE_BY_SIDE=0: one after another, each over all threads (A/B runs; the same bits).
+  const int threads = omp_get_max_threads();
+  const bool side_by_side = comm.size() == 1 && threads > 1 && !backend_state &&
+                            !(std::getenv("SPARSA_SIDE_BY_SIDE") &&
+                              std::string(std::getenv("SPARSA_SIDE_BY_SIDE")) == "0");
+  constexpr int64_t kSideBySideTokens = 16384;
+  std::vector<Item> side;
+  int64_t side_tokens = 0;
+  bool side_failed = false;  // the error came from a batch's own records
+  auto flush_side = [&]() {
+    if (side.empty()) return;
+    side_failed = true;
+    run.embed_side_by_side(side, comm, root);
+    side_failed = false;
+    sum.records += (int64_t)side.size();
+    sum.tokens += side_tokens;
+    side.clear();
+    side_tokens = 0;
+    run.check_stop(comm);
+  };
+  // On a stop or an error elsewhere (a bad record further on in the input): the records waiting
+  // for their batch are embedded and kept, as they would have been one after another.
+  auto finish_side = [&]() {
+    if (side_failed) return;
+    try {
+      flush_side();
+    } catch (const Interrupted&) {  // their rows are written; the stop is handled already
     } catch (const std::exception& e) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
@@ -909,6 +1019,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                      "it again");
         journal.redo(index);
       }
+      if (side_by_side && n <= kSideBySideTokens) {
+        side.push_back(Item{index, std::move(rec), std::move(fp)});
+        side_tokens += n;
+        if ((int64_t)side.size() >= 8 * threads || side_tokens >= (int64_t{1} << 18)) flush_side();
+        continue;
+      }
+      flush_side();
       if (comm.size() == 1 || n >= o.split_min) {
         run.embed_record(Item{index, std::move(rec), std::move(fp)}, comm, root);
         run.check_stop(comm);
@@ -921,18 +1038,21 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }
     flush_batch();
+    flush_side();
     journal.flush_group();
     if (index == 0) throw InputError("the inputs hold no records");
   } catch (const Interrupted&) {
+    finish_side();
     keep_group();  // the journal is the point of stopping: keep it, finished records too
     throw;
   } catch (...) {
+    finish_side();
     keep_group();
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
     if (root) {
       const int64_t kept = journal.count_records();
-      if (kept == 0)
+      if (journal.count_parts() == 0)
         journal.remove();
       else
         std::fprintf(stderr,
@@ -942,7 +1062,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     }
     throw;
   }
-  comm.barrier();  // every part is on disk before rank 0 assembles
+  // Every part is on disk before rank 0 assembles, and rank 0 knows where the other ranks put
+  // their records (from them: a listing of the folder can lag on NFS).
+  journal.gather_sources(comm);
+  comm.barrier();
   if (root) {
     progress.log("writing " + o.output + " (" + std::to_string(index) + " records)");
     FileAttrs a{SPARSA_VERSION,

@@ -432,11 +432,30 @@ void Journal::write_grouped(int64_t index, const RecordOutput& r, bool f16) {
   }
   G.indices.push_back(index);
   G.bytes += r.n_rows * r.d * (f16 ? 2 : 4);
-  const double since_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - last_part_).count();
-  if ((int64_t)G.indices.size() >= kGroupRecords || G.bytes >= kGroupBytes ||
-      since_s >= group_seconds_)
+  if ((int64_t)G.indices.size() >= kGroupRecords || G.bytes >= kGroupBytes) flush_group();
+  flush_group_if_due();
+}
+
+void Journal::flush_group_if_due() {
+  if (group_ &&
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - last_part_).count() >=
+          group_seconds_)
     flush_group();
+}
+
+void Journal::gather_sources(Comm& comm) {
+  std::string mine;
+  if (comm.rank() != 0)
+    for (const auto& [index, path] : source_) mine += std::to_string(index) + '\t' + path + '\n';
+  std::vector<uint8_t> all;
+  comm.gatherv(mine.data(), (int64_t)mine.size(), all, nullptr, 0);
+  if (comm.rank() != 0) return;
+  std::istringstream in(std::string(all.begin(), all.end()));
+  for (std::string line; std::getline(in, line);) {
+    const size_t tab = line.find('\t');
+    if (tab == std::string::npos) continue;
+    source_.emplace(std::stoll(line.substr(0, tab)), line.substr(tab + 1));  // rank 0's own win
+  }
 }
 
 void Journal::flush_group() {
@@ -621,29 +640,32 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
     try {
       set_file_attrs(out, a);
       out.create_group("/records");
-      // Parts hold runs of consecutive records: each is opened once per run of its records.
-      std::string open_path;
-      std::unique_ptr<h5::File> part;
-      std::map<int64_t, std::string> keys;
+      // Each part is opened once and its records copied (the output lists records by name, so
+      // the order of copying does not show): other ranks' groups interleave with this rank's.
+      std::vector<std::string> order;
+      std::map<std::string, std::vector<int64_t>> by_part;
       for (int64_t i = 1; i <= n_records; ++i) {
         const std::string path = i == 1 ? first : source_of(i, scanned, scanned_once);
-        if (path != open_path) {
-          part.reset();
-          part = std::make_unique<h5::File>(open_part(path, false));
-          keys = part_records(*part);
-          open_path = path;
-        }
-        const auto k = keys.find(i);
-        if (k == keys.end())
-          throw SystemError(path + ": holds no record " + std::to_string(i) +
-                            " (a journal part damaged by a crash?); rerun with --force to start "
-                            "over");
-        // The part's key has 6+ digits; the output's as many as the last index takes.
-        const std::string& key = k->second;
-        out.copy_from(*part, "/records/" + key,
-                      "/records/" + key_for(i - 1, "", n_records) + key.substr(key.find('_') + 1));
+        auto [it, added] = by_part.try_emplace(path);
+        if (added) order.push_back(path);
+        it->second.push_back(i);
       }
-      part.reset();
+      for (const std::string& path : order) {
+        const h5::File part = open_part(path, false);
+        const std::map<int64_t, std::string> keys = part_records(part);
+        for (int64_t i : by_part[path]) {
+          const auto k = keys.find(i);
+          if (k == keys.end())
+            throw SystemError(path + ": holds no record " + std::to_string(i) +
+                              " (a journal part damaged by a crash?); rerun with --force to "
+                              "start over");
+          // The part's key has 6+ digits; the output's as many as the last index takes.
+          const std::string& key = k->second;
+          out.copy_from(
+              part, "/records/" + key,
+              "/records/" + key_for(i - 1, "", n_records) + key.substr(key.find('_') + 1));
+        }
+      }
       out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
       out.close();
     } catch (...) {

@@ -85,6 +85,10 @@ class Journal {
   // Moves the open group part, if any, into the journal. Called before a part of another kind is
   // written, at the end of the input, and when a run stops or fails (its records are finished).
   void flush_group();
+  // flush_group once the group's time has come (a record about to start would hold it longer).
+  void flush_group_if_due();
+  // Collective, before assemble: rank 0 learns which part holds each record another rank wrote.
+  void gather_sources(Comm& comm);
   static constexpr int64_t kGroupRecords = 4096, kGroupBytes = int64_t{256} << 20;
   static constexpr double kGroupSeconds = 1.0;  // default of SPARSA_GROUP_SECONDS
   // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in

@@ -106,3 +106,37 @@ TEST(MpiFaults, SigtermStopsEveryRankAtASafePoint) {
   EXPECT_NE(read_file(fx.t / "run.log").find("--resume"), std::string::npos);
   fx.finish_and_compare(out);
 }
+
+// Short records go whole to one rank each and into that rank's group parts. A stop with groups
+// open keeps them (every rank flushes its group before the ranks agree to stop); a resumed run
+// on another number of ranks, with parts of both runs in the journal, equals a clean run.
+TEST(MpiFaults, GroupPartsOfSeveralRanksResume) {
+  TempDir t;
+  const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  write_file(input, random_fasta(4000, 150, 11));
+  auto args = [&](int np, const std::string& o, bool resume) {
+    std::vector<std::string> a{
+        SPARSA_MPIEXEC, "-np", std::to_string(np), binary(), "embed",    "--pool", "mean",
+        "--model",      model, "--input",          input,    "--output", o};
+    if (resume) a.push_back("--resume");
+    return a;
+  };
+  {
+    ScopedEnv groups("SPARSA_GROUP_SECONDS", "0.3");
+    pid_t pid = spawn(args(2, out, false), t / "run.log");
+    ASSERT_TRUE(wait_for_parts(out + ".parts", 2, pid)) << read_file(t / "run.log");
+    auto ranks = ranks_of(out);
+    ASSERT_EQ(ranks.size(), 2u);
+    kill(ranks[1], SIGTERM);
+    EXPECT_EQ(wait_exit(pid), 75) << read_file(t / "run.log");
+  }
+  EXPECT_FALSE(exists(out));
+  EXPECT_GE(count_parts(out + ".parts"), 2);
+  pid_t pid = spawn(args(3, out, true), t / "resume.log");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "resume.log");
+  EXPECT_NE(read_file(t / "resume.log").find("resuming: "), std::string::npos);
+  pid = spawn(args(1, t / "clean.h5", false), t / "clean.log");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "clean.log");
+  expect_same_contents(out, t / "clean.h5");
+}

@@ -150,6 +150,7 @@ TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
   // (the journal's parts carry each record's input_sha256), and the output is a clean run's.
   // A complete output is then reported complete by --resume only while every record hashes the
   // same: another same-size edit is refused (exit 2), the file untouched.
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");  // however slow the machine
   Fixture fx;
   const std::string out = fx.t / "out.h5", input = fx.t / "fix.fa";
   std::string good = random_fasta(3, 3000, 9), bad = good;
@@ -163,8 +164,7 @@ TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
   auto r = run(cmd(out, ""));
   ASSERT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("rec2"), std::string::npos) << r.output;
-  // Records 1 and 2 finished within a second: one group part holds both. Record 1 embedded
-  // again below goes into a new part beside it (000001.1.h5), record 2 stays where it is.
+  // Records 1 and 2 share a group part (Resume.GroupParts* test the versions inside).
   ASSERT_EQ(count_parts(out + ".parts"), 1) << r.output;
   EXPECT_EQ(h5::File::open_read(out + ".parts/000001.h5").list("/records").size(), 2u);
   std::string fixed = good;
@@ -324,6 +324,7 @@ TEST(Resume, PartsBeyondAMillionRecordsAreFound) {
 // new part beside the group (which keeps the records that did not change): a journal then holds
 // two versions of it, and resume and assembly take the one whose input_sha256 matches.
 TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");  // groups close when the test says
   TempDir t;
   auto comm = sparsa::make_single_comm();
   const std::string out = t / "o.h5";
@@ -358,7 +359,7 @@ TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
     EXPECT_TRUE(j.same_record(2, recs[1].ro.fingerprint));
     j.write_grouped(1, recs[0].ro, false);
     j.write_grouped(3, recs[2].ro, false);
-  }  // dropped unflushed (a crash): nothing of it stays
+  }  // dropped unflushed (the destructor; a crash leaves a .tmp the next run removes)
   EXPECT_FALSE(fs::exists(out + ".parts/000001.h5.tmp"));
   EXPECT_EQ(count_parts(out + ".parts"), 1);
   {
@@ -390,6 +391,79 @@ TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
     EXPECT_EQ(f.attr_string(g, "input_sha256"), recs[i].ro.fingerprint) << g;
     EXPECT_EQ(f.read_i64(g + "/global_positions"), std::vector<int64_t>{i}) << g;
   }
+}
+
+// The stale version listed first: record 2 of group 000001.h5 changes and goes into 000002.h5
+// (a free name), which a resumed run finds after the group. The matching version is taken, not
+// the first one found.
+TEST(Resume, GroupPartsTakeTheMatchingVersionNotTheFirst) {
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  const std::string out = t / "o.h5";
+  std::vector<PartData> recs;
+  recs.reserve(3);  // a PartData points into itself: never moved
+  for (int i = 0; i < 3; ++i) {
+    recs.emplace_back(2, 2, std::vector<int64_t>{i});
+    recs[i].rec.name = "r" + std::to_string(i + 1);
+    recs[i].ro.fingerprint = std::string(64, (char)('a' + i));
+  }
+  {
+    sparsa::Journal j(out, "m\n", false, false, *comm);
+    for (int i = 0; i < 3; ++i) j.write_grouped(i + 1, recs[i].ro, false);
+    j.flush_group();
+  }
+  for (float& v : recs[1].rows) v = -v;
+  recs[1].ro.fingerprint = std::string(64, 'y');
+  {
+    sparsa::Journal j(out, "m\n", true, false, *comm);
+    EXPECT_TRUE(j.same_record(1, recs[0].ro.fingerprint));
+    EXPECT_FALSE(j.same_record(2, recs[1].ro.fingerprint));
+    j.redo(2);
+    EXPECT_TRUE(j.same_record(3, recs[2].ro.fingerprint));
+    j.write_grouped(2, recs[1].ro, false);
+    j.flush_group();
+  }  // stopped before assembling
+  EXPECT_TRUE(fs::exists(out + ".parts/000002.h5"));
+  sparsa::Journal j(out, "m\n", true, false, *comm);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(j.same_record(i + 1, recs[i].ro.fingerprint)) << i;
+  j.assemble({"v", "sha", "cfg", "cmd", "now", "bin:1", "float32", "m\n"}, 3, out);
+  h5::File f = h5::File::open_read(out);
+  EXPECT_EQ(f.read_f32("/records/000001_r2/embedding"), recs[1].rows);
+  EXPECT_EQ(f.attr_string("/records/000001_r2", "input_sha256"), recs[1].ro.fingerprint);
+  EXPECT_EQ(f.read_f32("/records/000002_r3/embedding"), recs[2].rows);
+}
+
+// A stop while short records wait in an open group part: the group goes into the journal, the
+// run exits 75, and --resume finishes with a clean run's contents.
+TEST(Resume, SigtermKeepsTheOpenGroup) {
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");  // everything in one group until the stop
+  TempDir t;
+  const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  write_file(input, random_fasta(6000, 150, 5));
+  auto args = [&](const std::string& o, bool resume) {
+    std::vector<std::string> a{binary(), "embed",   "-q",  "--pool",   "mean", "--model",
+                               model,    "--input", input, "--output", o};
+    if (resume) a.push_back("--resume");
+    return a;
+  };
+  pid_t pid = spawn(args(out, false), t / "log1");
+  for (int i = 0; i < 600 && !exists(out + ".parts/000001.h5.tmp"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(exists(out + ".parts/000001.h5.tmp")) << read_file(t / "log1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  ASSERT_EQ(wait_exit(pid), 75) << read_file(t / "log1");
+  EXPECT_EQ(count_parts(out + ".parts"), 1);
+  const size_t kept = h5::File::open_read(out + ".parts/000001.h5").list("/records").size();
+  EXPECT_GT(kept, 0u);
+  EXPECT_LT(kept, 6000u) << "the run finished before the stop";
+  pid = spawn(args(out, true), t / "log2");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log2");
+  pid = spawn(args(t / "clean.h5", false), t / "log3");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log3");
+  expect_same_contents(out, t / "clean.h5");
 }
 
 // A group is moved into the journal once a second has passed since this rank's last part

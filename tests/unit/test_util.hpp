@@ -72,6 +72,14 @@ inline RunResult run(const std::string& cmd) {
   return r;
 }
 
+// `sparsa init` of configs/dna-tiny.toml at `path` (seed 1); false (with the output) on failure.
+inline ::testing::AssertionResult init_tiny_model(const std::string& path) {
+  const RunResult r =
+      run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " + path);
+  if (r.code == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << r.output;
+}
+
 // A fresh temporary folder per test, removed at the end.
 class TempDir {
  public:
