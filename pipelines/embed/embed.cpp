@@ -300,9 +300,11 @@ using NcclFuture = std::future<void>;  // never valid
 #endif
 
 // adopt_nccl: set for a GPU model; hands it the NCCL communicator being made for split records.
+// make_worker: set for a GPU model; makes another one on the same GPU (short records side by side).
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
                          std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
-                         std::function<void(NcclFuture&&, Comm&)>& adopt_nccl) {
+                         std::function<void(NcclFuture&&, Comm&)>& adopt_nccl,
+                         std::function<std::pair<ForwardFn, RcPairFn>()>& make_worker) {
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
@@ -326,19 +328,28 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     co.rc_on_device = !(rc_dev && rc_dev[0] == '0');
     // Per-token rows into a float16 file: converted on the GPU, half the bytes come back.
     co.rows_f16 = o.f16 && o.pool.kind == PoolSpec::kNone;
+    // The model's forward pass, and both strands' where the device averages them.
+    auto entry = [co](const std::shared_ptr<CudaModel>& model) {
+      RcPairFn rc;
+      if (co.output == CudaOutput::kHost)
+        rc = [model](const int32_t* t, const Shard& s, const int32_t* rt, const Shard& rs, Comm& c,
+                     const ForwardHooks& h) {
+          return model->forward_rc_average(t, s, rt, rs, c, h);
+        };
+      ForwardFn f = [model](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
+        return model->forward(t, s, c, h);
+      };
+      return std::make_pair(std::move(f), std::move(rc));
+    };
     auto model = std::make_shared<CudaModel>(w, co);
     keep_alive = model;
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
                  (co.bf16 ? " (bf16)" : " (fp32)"));
     adopt_nccl = [model](NcclFuture&& f, Comm& c) { model->adopt_nccl(std::move(f), c); };
-    if (co.output == CudaOutput::kHost)
-      rc_pair = [model](const int32_t* t, const Shard& s, const int32_t* rt, const Shard& rs,
-                        Comm& c, const ForwardHooks& h) {
-        return model->forward_rc_average(t, s, rt, rs, c, h);
-      };
-    return [model](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
-      return model->forward(t, s, c, h);
-    };
+    make_worker = [&w, co, entry]() { return entry(std::make_shared<CudaModel>(w, co)); };
+    auto [f, rc] = entry(model);
+    rc_pair = std::move(rc);
+    return f;
   }
   if (o.device == "cuda") throw ConfigError("--device cuda: no usable GPU: " + why);
 #else
@@ -394,6 +405,11 @@ struct EmbedRun {
   static constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
   ForwardFn forward_fn;
   RcPairFn rc_pair_fn;
+  // GPU: makes another model on the same GPU for short records side by side (embed_side_by_side);
+  // empty on the CPU backend.
+  std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
+  int64_t gpu_workers = 8;
+  std::vector<std::pair<ForwardFn, RcPairFn>> workers;
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
@@ -492,6 +508,11 @@ struct EmbedRun {
   // pooled where the backend pools. Errors name the record.
   ForwardOutput run_forward(const Item& it, Comm& c, const Shard& sh, const ForwardHooks& hooks,
                             const ForwardHooks& out_hooks) const {
+    return run_forward_on(forward_fn, rc_pair_fn, it, c, sh, hooks, out_hooks);
+  }
+  ForwardOutput run_forward_on(const ForwardFn& fwd_fn, const RcPairFn& rc_fn, const Item& it,
+                               Comm& c, const Shard& sh, const ForwardHooks& hooks,
+                               const ForwardHooks& out_hooks) const {
     const Record& rec = it.rec;
     const ModelConfig& cfg = w.config;
     const int64_t n = rec.n_tokens(), d = cfg.d_model;
@@ -505,11 +526,11 @@ struct EmbedRun {
         reverse_complement(rc);
         mir = shard_of(n, c.rank(), c.size(), align, true);
       }
-      if (o.rc_average && rc_pair_fn) {  // both passes and their average on the device
-        fwd = rc_pair_fn(tokens, sh, rc.data() + mir.begin, mir, c, out_hooks);
+      if (o.rc_average && rc_fn) {  // both passes and their average on the device
+        fwd = rc_fn(tokens, sh, rc.data() + mir.begin, mir, c, out_hooks);
       } else if (o.rc_average) {
-        fwd = forward_fn(tokens, sh, c, hooks);
-        ForwardOutput rev = forward_fn(rc.data() + mir.begin, mir, c, hooks);
+        fwd = fwd_fn(tokens, sh, c, hooks);
+        ForwardOutput rev = fwd_fn(rc.data() + mir.begin, mir, c, hooks);
         if (fwd.pooled_bin > 0) {
           // Bin means of both passes, bin k of the reverse pass mirroring forward bin k: the mean
           // of (f + r) / 2 over a bin is the mean of the two means (equal up to rounding).
@@ -522,7 +543,7 @@ struct EmbedRun {
           rc_average_rows(fwd.y, rev.y, sh.size(), d);
         }
       } else {
-        fwd = forward_fn(tokens, sh, c, out_hooks);
+        fwd = fwd_fn(tokens, sh, c, out_hooks);
       }
     } catch (const NumericError& e) {  // the model's message has the position, not the record
       throw NumericError(where(rec.source, rec.name, 0, e.what()));
@@ -536,27 +557,51 @@ struct EmbedRun {
     return fwd;
   }
 
-  // Short records this rank holds whole, on the CPU backend with several threads: their forward
-  // passes side by side, a record a thread (each pass then runs on its thread alone: OpenMP's
-  // inner regions get one thread), then each written in input order. A short record's pass
-  // spread over the threads spends much of its time in OpenMP's fork and join. The rows are the
-  // same bits (the CPU backend's results do not depend on the thread count). A record that fails
-  // (or a stop) ends the batch there: the records before it are written, its error is thrown.
+  // Short records this rank holds whole, side by side, then each written in input order:
+  // - CPU backend, several threads: a record a thread (each pass then runs on its thread alone:
+  //   OpenMP's inner regions get one thread). A short record's pass spread over the threads
+  //   spends much of its time in OpenMP's fork and join.
+  // - GPU: `gpu_workers` models on the same GPU (make_worker: each its own stream, buffers and
+  //   weights), a host thread each. A short record's pass is ~180 small kernels that each fill a
+  //   few of the GPU's SMs; several records' kernels run at once.
+  // The rows are the same bits as one after another (the CPU backend's results do not depend on
+  // the thread count; the GPU models are the same model). A record that fails (or a stop) ends
+  // the batch there: the records before it are written, its error is thrown.
   void embed_side_by_side(std::vector<Item>& items, Comm& self, bool show_progress) {
     const int64_t k = (int64_t)items.size();
     std::vector<ForwardOutput> outs(k);
     std::vector<std::exception_ptr> errors(k);
     const auto t0 = std::chrono::steady_clock::now();
     const ForwardHooks none;
+    int team = omp_get_max_threads();
+    if (make_worker) {  // the GPU's models, made when first needed
+      team = (int)std::min<int64_t>(gpu_workers, k);
+      while ((int)workers.size() < team - 1) {
+        try {
+          workers.push_back(make_worker());
+        } catch (const std::exception& e) {  // no room on the GPU: fewer models side by side
+          gpu_workers = (int64_t)workers.size() + 1;
+          progress.log("short records: " + std::to_string(gpu_workers) +
+                       " model(s) side by side on the GPU, not more (" + e.what() + ")");
+          break;
+        }
+      }
+      team = (int)std::min<int64_t>(gpu_workers, k);
+    }
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
     for (int64_t i = 0; i < k; ++i) {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
         if (stop_requested()) throw Interrupted("stopped by a signal");
         const Shard sh = shard_of(items[i].rec.n_tokens(), 0, 1, align);
-        outs[i] = run_forward(items[i], self, sh, none, none);
+        const int t = omp_get_thread_num();
+        if (make_worker && t > 0)
+          outs[i] = run_forward_on(workers[t - 1].first, workers[t - 1].second, items[i], self, sh,
+                                   none, none);
+        else
+          outs[i] = run_forward(items[i], self, sh, none, none);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -888,7 +933,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (device_ready.valid()) device_ready.wait();
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
-  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair, adopt_nccl);
+  std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
+  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair, adopt_nccl, make_worker);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
@@ -911,7 +957,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (comm.size() > 1)
     progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
                              : "output: serial HDF5, rank 0 gathers and writes");
-  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair};
+  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair, {}, 8, {}};
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
@@ -967,13 +1013,25 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
   };
-  // One rank, the CPU backend, several threads: short records go side by side, a record a thread
-  // (EmbedRun::embed_side_by_side), in batches of up to 8 a thread or 256K tokens.
-  // SPARSA_SIDE_BY_SIDE=0: one after another, each over all threads (A/B runs; the same bits).
+  // One rank: short records go side by side (EmbedRun::embed_side_by_side), on the CPU backend
+  // with several threads a record a thread, in batches of up to 8 a thread; on a GPU over 8
+  // models of it, in batches of 128; either way up to 256K tokens a batch.
+  // SPARSA_SIDE_BY_SIDE=0: one after another (A/B runs; the same bits); =N: N models on a GPU.
   const int threads = omp_get_max_threads();
-  const bool side_by_side = comm.size() == 1 && threads > 1 && !backend_state &&
-                            !(std::getenv("SPARSA_SIDE_BY_SIDE") &&
-                              std::string(std::getenv("SPARSA_SIDE_BY_SIDE")) == "0");
+  const char* sbs = std::getenv("SPARSA_SIDE_BY_SIDE");
+  if (sbs && *sbs) {
+    char* end = nullptr;
+    const long v = std::strtol(sbs, &end, 10);
+    if (*end != 0 || v < 0 || v > 64)
+      throw ConfigError(std::string("SPARSA_SIDE_BY_SIDE=") + sbs +
+                        ": not 0 (off) or a number of GPU models from 1 to 64");
+    run.gpu_workers = v;
+  }
+  const bool off = sbs && std::string(sbs) == "0";
+  if (comm.size() == 1 && !off) run.make_worker = make_worker;
+  const bool side_by_side =
+      comm.size() == 1 && !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
+  const int64_t side_records = run.make_worker ? 16 * run.gpu_workers : 8 * threads;
   constexpr int64_t kSideBySideTokens = 16384;
   std::vector<Item> side;
   int64_t side_tokens = 0;
@@ -1022,7 +1080,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (side_by_side && n <= kSideBySideTokens) {
         side.push_back(Item{index, std::move(rec), std::move(fp)});
         side_tokens += n;
-        if ((int64_t)side.size() >= 8 * threads || side_tokens >= (int64_t{1} << 18)) flush_side();
+        if ((int64_t)side.size() >= side_records || side_tokens >= (int64_t{1} << 18)) flush_side();
         continue;
       }
       flush_side();

@@ -9,12 +9,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
+#include <thread>
 #include <tuple>
 
 #include "backends/cpu/ops.hpp"
@@ -1790,5 +1793,39 @@ TEST(CudaModel, NonFiniteOutputNamesThePosition) {
               std::string::npos)
         << e.what();
     EXPECT_NE(std::string(e.what()).find("output row "), std::string::npos) << e.what();
+  }
+}
+
+// Short records side by side on one GPU (sparsa embed's embed_side_by_side): several models of
+// the same weights, each driven by its own host thread, give every record the bits one model
+// gives it alone, records one after another.
+TEST(CudaModel, ModelsSideBySideGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 42);
+  std::vector<std::vector<int32_t>> recs;
+  for (int i = 0; i < 24; ++i) recs.push_back(dna(100 + 37 * i, 100 + i));
+  auto comm = make_single_comm();
+  std::vector<ForwardOutput> ref(recs.size()), got(recs.size());
+  {
+    CudaModel one(w, {true, -1, 0});
+    for (size_t i = 0; i < recs.size(); ++i)
+      ref[i] = one.forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *comm);
+  }
+  const int kModels = 4;
+  std::vector<std::unique_ptr<CudaModel>> models;
+  for (int m = 0; m < kModels; ++m) models.push_back(std::make_unique<CudaModel>(w, CudaOptions{}));
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> threads;
+  for (int m = 0; m < kModels; ++m)
+    threads.emplace_back([&, m] {
+      auto self = make_single_comm();
+      for (size_t i; (i = next++) < recs.size();)
+        got[i] = models[m]->forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *self);
+    });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < recs.size(); ++i) {
+    EXPECT_EQ(got[i].y, ref[i].y) << "record " << i;
+    EXPECT_EQ(got[i].global_positions, ref[i].global_positions) << "record " << i;
   }
 }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "compare_h5.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
 #include "test_util.hpp"
@@ -226,6 +227,32 @@ TEST(Cli, TwoRunsAreIdentical) {
   ASSERT_EQ(run(embed_cmd(lambda(), t / "a.h5", "--dtype f32")).code, 0);
   ASSERT_EQ(run(embed_cmd(lambda(), t / "b.h5", "--dtype f32 --threads 1")).code, 0);
   EXPECT_EQ(embedding(t / "a.h5"), embedding(t / "b.h5"));
+}
+
+// Short records go side by side (a record a thread) on the CPU backend; longer ones over all
+// threads. Either way every record gets the bits it gets one record after another.
+TEST(Cli, ShortRecordsSideBySideGiveTheSameBits) {
+  TempDir t;
+  auto named = [](std::string fa, const std::string& prefix) {
+    for (size_t at = 0; (at = fa.find(">rec", at)) != std::string::npos; at += 4)
+      fa.replace(at + 1, 3, prefix);
+    return fa;
+  };
+  // Longer than a short record in the middle: all threads, its own part.
+  write_file(t / "mix.fa", named(random_fasta(150, 90, 21), "a") +
+                               named(random_fasta(1, 20000, 22), "b") +
+                               named(random_fasta(40, 700, 23), "c"));
+  for (const std::string opts : {"--pool mean", "--pool none --rc-average --dtype f32"}) {
+    SCOPED_TRACE(opts);
+    ASSERT_EQ(run(embed_cmd(t / "mix.fa", t / "side.h5", "--threads 2 --force " + opts)).code, 0);
+    {
+      ScopedEnv one_by_one("SPARSA_SIDE_BY_SIDE", "0");
+      ASSERT_EQ(run(embed_cmd(t / "mix.fa", t / "one.h5", "--threads 2 --force " + opts)).code, 0);
+    }
+    expect_same_contents(t / "side.h5", t / "one.h5");
+  }
+  ScopedEnv bad("SPARSA_SIDE_BY_SIDE", "many");
+  expect_failure(embed_cmd(t / "mix.fa", t / "bad.h5"), t / "bad.h5", "SPARSA_SIDE_BY_SIDE=many");
 }
 
 TEST(Cli, RcAverageIsStrandSymmetric) {
