@@ -789,12 +789,14 @@ TcArgs tc_args(const AttentionParams& p, int64_t bq, dim3& grid) {
 template <int DH, int MINB>
 void launch_dh(const AttentionParams& p, cudaStream_t stream) {
   const int smem = 5 * 64 * DH * 2 + 2 * kBk * (4 + 8);
-  static bool configured = false;  // NOTE: per process; the attribute is per device function
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<DH, MINB>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   dim3 grid;
   const TcArgs a = tc_args(p, kBq, grid);
   attention_tc_kernel<DH, MINB><<<grid, kThreads, smem, stream>>>(a);
@@ -832,12 +834,14 @@ template <int NW, int S>
 void launch_band(const AttentionParams& p, cudaStream_t stream) {
   constexpr int kBQ = 16 * NW;
   const int smem = (kBQ + 2 * S * 64) * 64 * 2;
-  static bool configured = false;
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_tc_kernel<NW, S>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   dim3 grid;
   const TcArgs a = tc_args(p, kBQ, grid);
   band_tc_kernel<NW, S><<<grid, 32 * NW, smem, stream>>>(a);
@@ -848,12 +852,14 @@ template <int MT, int NW, int S, int MINB>
 void launch_global4(const AttentionParams& p, cudaStream_t stream) {
   constexpr int kBQ = 16 * NW * MT;
   const int smem = (kBQ + 2 * S * 64) * 64 * 2 + S * kBk * (4 + 8);
-  static bool configured = false;
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global4_tc_kernel<MT, NW, S, MINB>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   dim3 grid;
   const TcArgs a = tc_args(p, kBQ, grid);
   global4_tc_kernel<MT, NW, S, MINB><<<grid, 32 * NW, smem, stream>>>(a);

@@ -908,13 +908,15 @@ template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK, bool
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 16;
-  static bool configured = false;  // NOTE: per process; the attribute is per device function
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(
         cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK, STAT>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
@@ -927,12 +929,14 @@ template <int NWG, int S>
 void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * kImgStage + 2 * S * 8;
-  static bool configured = false;
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_pipe_kernel<NWG, S>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
@@ -944,12 +948,14 @@ template <int NWG, int S, int MINB, bool FROZEN = false>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
-  static bool configured = false;
-  if (!configured) {
+  // Once per process (a magic static: side-by-side models launch from several threads);
+  // the attribute is per device function.
+  static const bool configured = [&] {
     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB, FROZEN>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return true;
+  }();
+  (void)configured;
   WgArgs a{};
   a.p = p;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);

@@ -410,6 +410,8 @@ struct EmbedRun {
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
   int64_t gpu_workers = 8;
   std::vector<std::pair<ForwardFn, RcPairFn>> workers;
+  // Frees the side-by-side models' GPU memory (before a long record, or when the GPU is full).
+  void drop_workers() { workers.clear(); }
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
@@ -574,8 +576,8 @@ struct EmbedRun {
     const auto t0 = std::chrono::steady_clock::now();
     const ForwardHooks none;
     int team = omp_get_max_threads();
-    if (make_worker) {  // the GPU's models, made when first needed
-      team = (int)std::min<int64_t>(gpu_workers, k);
+    if (make_worker) {  // the GPU's models, made when first needed; a host thread each
+      team = (int)std::min<int64_t>({gpu_workers, k, (int64_t)omp_get_max_threads()});
       while ((int)workers.size() < team - 1) {
         try {
           workers.push_back(make_worker());
@@ -586,7 +588,7 @@ struct EmbedRun {
           break;
         }
       }
-      team = (int)std::min<int64_t>(gpu_workers, k);
+      team = (int)std::min<int64_t>({gpu_workers, k, (int64_t)omp_get_max_threads()});
     }
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
@@ -607,6 +609,36 @@ struct EmbedRun {
       }
     }
     omp_set_max_active_levels(levels);
+    // The GPU out of memory with several models on it: one from here on (the others' memory
+    // freed), and the records that ran out are embedded again on it.
+    if (!workers.empty()) {
+      std::vector<int64_t> again;
+      for (int64_t i = 0; i < k; ++i) {
+        if (!errors[i]) continue;
+        try {
+          std::rethrow_exception(errors[i]);
+        } catch (const OutOfMemory&) {
+          again.push_back(i);
+        } catch (...) {
+        }
+      }
+      if (!again.empty()) {
+        progress.log("short records: the GPU ran out of memory with " +
+                     std::to_string(workers.size() + 1) +
+                     " models side by side; one model from here on");
+        drop_workers();
+        gpu_workers = 1;
+        for (int64_t i : again) {
+          errors[i] = nullptr;
+          try {
+            outs[i] = run_forward(items[i], self, shard_of(items[i].rec.n_tokens(), 0, 1, align),
+                                  none, none);
+          } catch (...) {
+            errors[i] = std::current_exception();
+          }
+        }
+      }
+    }
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int64_t i = 0; i < k; ++i) {
       if (errors[i]) std::rethrow_exception(errors[i]);
@@ -813,8 +845,21 @@ void agree_on_env(Comm& comm) {
   }
 }
 
+// SPARSA_SIDE_BY_SIDE: -1 unset, 0 off, N models on a GPU (checked before any work).
+static int64_t side_by_side_env() {
+  const char* e = std::getenv("SPARSA_SIDE_BY_SIDE");
+  if (!e || !*e) return -1;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end != 0 || v < 0 || v > 64)
+    throw ConfigError(std::string("SPARSA_SIDE_BY_SIDE=") + e +
+                      ": not 0 (off) or a number of GPU models from 1 to 64");
+  return v;
+}
+
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   agree_on_env(comm);
+  const int64_t side_env = side_by_side_env();
   // A task farm (each task its own --output) is fine; N tasks meant as one MPI job are not: each
   // would embed everything, and all but one stop at the output's journal lock. Said up front.
   if (const int tasks = unconnected_srun_tasks(); tasks > 0 && comm.size() == 1)
@@ -1018,16 +1063,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // models of it, in batches of 128; either way up to 256K tokens a batch.
   // SPARSA_SIDE_BY_SIDE=0: one after another (A/B runs; the same bits); =N: N models on a GPU.
   const int threads = omp_get_max_threads();
-  const char* sbs = std::getenv("SPARSA_SIDE_BY_SIDE");
-  if (sbs && *sbs) {
-    char* end = nullptr;
-    const long v = std::strtol(sbs, &end, 10);
-    if (*end != 0 || v < 0 || v > 64)
-      throw ConfigError(std::string("SPARSA_SIDE_BY_SIDE=") + sbs +
-                        ": not 0 (off) or a number of GPU models from 1 to 64");
-    run.gpu_workers = v;
-  }
-  const bool off = sbs && std::string(sbs) == "0";
+  if (side_env >= 0) run.gpu_workers = side_env;
+  const bool off = side_env == 0;
   if (comm.size() == 1 && !off) run.make_worker = make_worker;
   const bool side_by_side =
       comm.size() == 1 && !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
@@ -1039,7 +1076,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   auto flush_side = [&]() {
     if (side.empty()) return;
     side_failed = true;
-    run.embed_side_by_side(side, comm, root);
+    run.embed_side_by_side(side, *self, root);  // not the world's: several threads use it
     side_failed = false;
     sum.records += (int64_t)side.size();
     sum.tokens += side_tokens;
@@ -1084,6 +1121,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         continue;
       }
       flush_side();
+      run.drop_workers();  // their GPU memory is the long record's
       if (comm.size() == 1 || n >= o.split_min) {
         run.embed_record(Item{index, std::move(rec), std::move(fp)}, comm, root);
         run.check_stop(comm);

@@ -1806,26 +1806,37 @@ TEST(CudaModel, ModelsSideBySideGiveTheSameBits) {
   std::vector<std::vector<int32_t>> recs;
   for (int i = 0; i < 24; ++i) recs.push_back(dna(100 + 37 * i, 100 + i));
   auto comm = make_single_comm();
-  std::vector<ForwardOutput> ref(recs.size()), got(recs.size());
-  {
-    CudaModel one(w, {true, -1, 0});
-    for (size_t i = 0; i < recs.size(); ++i)
-      ref[i] = one.forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *comm);
-  }
-  const int kModels = 4;
-  std::vector<std::unique_ptr<CudaModel>> models;
-  for (int m = 0; m < kModels; ++m) models.push_back(std::make_unique<CudaModel>(w, CudaOptions{}));
-  std::atomic<size_t> next{0};
-  std::vector<std::thread> threads;
-  for (int m = 0; m < kModels; ++m)
-    threads.emplace_back([&, m] {
-      auto self = make_single_comm();
-      for (size_t i; (i = next++) < recs.size();)
-        got[i] = models[m]->forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *self);
-    });
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < recs.size(); ++i) {
-    EXPECT_EQ(got[i].y, ref[i].y) << "record " << i;
-    EXPECT_EQ(got[i].global_positions, ref[i].global_positions) << "record " << i;
+  CudaOptions pooled;
+  pooled.output = CudaOutput::kPooled;
+  pooled.pool_bin = 50;
+  CudaOptions f16_rows;
+  f16_rows.rows_f16 = true;
+  for (const CudaOptions& opt : {CudaOptions{}, pooled, f16_rows}) {
+    std::vector<ForwardOutput> ref(recs.size()), got(recs.size());
+    {
+      CudaModel one(w, opt);
+      for (size_t i = 0; i < recs.size(); ++i)
+        ref[i] = one.forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *comm);
+    }
+    const int kModels = 4;
+    std::vector<std::unique_ptr<CudaModel>> models;
+    for (int m = 0; m < kModels; ++m) models.push_back(std::make_unique<CudaModel>(w, opt));
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> threads;
+    for (int m = 0; m < kModels; ++m)
+      threads.emplace_back([&, m] {
+        auto self = make_single_comm();
+        for (size_t i; (i = next++) < recs.size();)
+          got[i] =
+              models[m]->forward(recs[i].data(), shard_of((int64_t)recs[i].size(), 0, 1), *self);
+      });
+    for (auto& t : threads) t.join();
+    for (size_t i = 0; i < recs.size(); ++i) {
+      EXPECT_FALSE(got[i].y.empty() && got[i].y16.empty()) << "record " << i;
+      EXPECT_EQ(got[i].y, ref[i].y) << "record " << i;
+      EXPECT_EQ(got[i].y16, ref[i].y16) << "record " << i;
+      EXPECT_EQ(got[i].global_positions, ref[i].global_positions) << "record " << i;
+      EXPECT_EQ(got[i].global_scores, ref[i].global_scores) << "record " << i;
+    }
   }
 }

@@ -253,6 +253,7 @@ TEST(Cli, ShortRecordsSideBySideGiveTheSameBits) {
   }
   ScopedEnv bad("SPARSA_SIDE_BY_SIDE", "many");
   expect_failure(embed_cmd(t / "mix.fa", t / "bad.h5"), t / "bad.h5", "SPARSA_SIDE_BY_SIDE=many");
+  EXPECT_FALSE(exists(t / "bad.h5.parts")) << "checked after the journal was made";
 }
 
 TEST(Cli, RcAverageIsStrandSymmetric) {

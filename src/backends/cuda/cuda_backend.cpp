@@ -1143,9 +1143,12 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
     resize_huge(rev, (size_t)(m * d));
     I.staging.copy_to_host(rev.data(), I.x.get(), bytes, I.s);
     rc_average_rows(out.y, rev, m, d);
-    if (I.opt.rows_f16) {  // as the device would have converted them
+    if (I.opt.rows_f16) {  // as the device would have converted them, and checked
       resize_huge(out.y16, (size_t)(m * d));
-      h5::float_to_f16(out.y.data(), out.y16.data(), m * d);
+      if (const int64_t bad = h5::float_to_f16(out.y.data(), out.y16.data(), m * d); bad >= 0)
+        throw NumericError("output row " + std::to_string(shard.begin + bad / d) + ", column " +
+                           std::to_string(bad % d) + ": " + std::to_string(out.y[bad]) +
+                           h5::f16_range_advice);
       out.y = {};
     }
   }
