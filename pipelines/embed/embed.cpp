@@ -569,7 +569,7 @@ struct EmbedRun {
   // The rows are the same bits as one after another (the CPU backend's results do not depend on
   // the thread count; the GPU models are the same model). A record that fails (or a stop) ends
   // the batch there: the records before it are written, its error is thrown.
-  void embed_side_by_side(std::vector<Item>& items, Comm& self, bool show_progress) {
+  void embed_side_by_side(const std::vector<const Item*>& items, Comm& self, bool show_progress) {
     const int64_t k = (int64_t)items.size();
     std::vector<ForwardOutput> outs(k);
     std::vector<std::exception_ptr> errors(k);
@@ -597,13 +597,13 @@ struct EmbedRun {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
         if (stop_requested()) throw Interrupted("stopped by a signal");
-        const Shard sh = shard_of(items[i].rec.n_tokens(), 0, 1, align);
+        const Shard sh = shard_of(items[i]->rec.n_tokens(), 0, 1, align);
         const int t = omp_get_thread_num();
         if (make_worker && t > 0)
-          outs[i] = run_forward_on(workers[t - 1].first, workers[t - 1].second, items[i], self, sh,
+          outs[i] = run_forward_on(workers[t - 1].first, workers[t - 1].second, *items[i], self, sh,
                                    none, none);
         else
-          outs[i] = run_forward(items[i], self, sh, none, none);
+          outs[i] = run_forward(*items[i], self, sh, none, none);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -631,7 +631,7 @@ struct EmbedRun {
         for (int64_t i : again) {
           errors[i] = nullptr;
           try {
-            outs[i] = run_forward(items[i], self, shard_of(items[i].rec.n_tokens(), 0, 1, align),
+            outs[i] = run_forward(*items[i], self, shard_of(items[i]->rec.n_tokens(), 0, 1, align),
                                   none, none);
           } catch (...) {
             errors[i] = std::current_exception();
@@ -642,7 +642,7 @@ struct EmbedRun {
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int64_t i = 0; i < k; ++i) {
       if (errors[i]) std::rethrow_exception(errors[i]);
-      const Item& it = items[i];
+      const Item& it = *items[i];
       const auto t1 = std::chrono::steady_clock::now();
       if (show_progress) progress.start_record(it.index, it.rec.name, it.rec.n_tokens());
       const Shard sh = shard_of(it.rec.n_tokens(), 0, 1, align);
@@ -1006,6 +1006,22 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
+  // Short records a rank holds go side by side (EmbedRun::embed_side_by_side), on the CPU backend
+  // with several threads a record a thread, in batches of up to 8 a thread; on a GPU over 8
+  // models of it, in batches of 128; either way up to 256K tokens a batch. One rank gathers them
+  // here; several ranks, from each batch spread over them (flush_batch).
+  // SPARSA_SIDE_BY_SIDE=0: one after another (A/B runs; the same bits); =N: N models on a GPU.
+  const int threads = omp_get_max_threads();
+  if (side_env >= 0) run.gpu_workers = side_env;
+  const bool off = side_env == 0;
+  if (!off) run.make_worker = make_worker;
+  const bool side_by_side = !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
+  const int64_t side_records = run.make_worker ? 16 * run.gpu_workers : 8 * threads;
+  constexpr int64_t kSideBySideTokens = 16384;
+  // The side-by-side GPU models (~0.3 GB each at most) are dropped before a record longer than
+  // this, whose memory they might take; shorter ones run beside them (no remaking them for
+  // every contig of a draft assembly).
+  constexpr int64_t kDropWorkersTokens = 262144;
   // Short records are gathered into a batch and spread whole over the ranks; a long record is
   // split over all ranks. Every rank reads the same records in the same order.
   std::vector<Item> batch;
@@ -1019,10 +1035,23 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     std::exception_ptr error;
     int64_t failed = 0;
     try {
+      std::vector<const Item*> short_ones;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (owner[i] != comm.rank()) continue;
+        if (side_by_side && batch[i].rec.n_tokens() <= kSideBySideTokens) {
+          short_ones.push_back(&batch[i]);
+          continue;
+        }
         if (stop_requested()) throw Interrupted("stopped by a signal");
+        if (batch[i].rec.n_tokens() > kDropWorkersTokens) run.drop_workers();
         run.embed_record(batch[i], *self, root);
+      }
+      for (size_t b0 = 0; b0 < short_ones.size(); b0 += (size_t)side_records) {
+        if (stop_requested()) throw Interrupted("stopped by a signal");
+        run.embed_side_by_side(
+            {short_ones.begin() + b0,
+             short_ones.begin() + std::min(short_ones.size(), b0 + (size_t)side_records)},
+            *self, root);
       }
     } catch (const Interrupted&) {
       failed = 2;
@@ -1058,25 +1087,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
   };
-  // One rank: short records go side by side (EmbedRun::embed_side_by_side), on the CPU backend
-  // with several threads a record a thread, in batches of up to 8 a thread; on a GPU over 8
-  // models of it, in batches of 128; either way up to 256K tokens a batch.
-  // SPARSA_SIDE_BY_SIDE=0: one after another (A/B runs; the same bits); =N: N models on a GPU.
-  const int threads = omp_get_max_threads();
-  if (side_env >= 0) run.gpu_workers = side_env;
-  const bool off = side_env == 0;
-  if (comm.size() == 1 && !off) run.make_worker = make_worker;
-  const bool side_by_side =
-      comm.size() == 1 && !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
-  const int64_t side_records = run.make_worker ? 16 * run.gpu_workers : 8 * threads;
-  constexpr int64_t kSideBySideTokens = 16384;
   std::vector<Item> side;
   int64_t side_tokens = 0;
   bool side_failed = false;  // the error came from a batch's own records
   auto flush_side = [&]() {
     if (side.empty()) return;
     side_failed = true;
-    run.embed_side_by_side(side, *self, root);  // not the world's: several threads use it
+    std::vector<const Item*> items;
+    for (const Item& it : side) items.push_back(&it);
+    run.embed_side_by_side(items, *self, root);  // not the world's: several threads use it
     side_failed = false;
     sum.records += (int64_t)side.size();
     sum.tokens += side_tokens;
@@ -1114,15 +1133,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                      "it again");
         journal.redo(index);
       }
-      if (side_by_side && n <= kSideBySideTokens) {
+      if (side_by_side && comm.size() == 1 && n <= kSideBySideTokens) {
         side.push_back(Item{index, std::move(rec), std::move(fp)});
         side_tokens += n;
         if ((int64_t)side.size() >= side_records || side_tokens >= (int64_t{1} << 18)) flush_side();
         continue;
       }
       flush_side();
-      run.drop_workers();  // their GPU memory is the long record's
       if (comm.size() == 1 || n >= o.split_min) {
+        if (n > kDropWorkersTokens) run.drop_workers();  // their GPU memory is the record's
         run.embed_record(Item{index, std::move(rec), std::move(fp)}, comm, root);
         run.check_stop(comm);
         ++sum.records;

@@ -107,18 +107,31 @@ TEST(MpiFaults, SigtermStopsEveryRankAtASafePoint) {
   fx.finish_and_compare(out);
 }
 
-// Short records go whole to one rank each and into that rank's group parts. A stop with groups
-// open keeps them (every rank flushes its group before the ranks agree to stop); a resumed run
-// on another number of ranks, with parts of both runs in the journal, equals a clean run.
+// Short records go whole to one rank each, side by side over its 2 threads, and into that rank's
+// group parts. A stop with groups open keeps them (every rank flushes its group before the ranks
+// agree to stop); a resumed run on another number of ranks, with parts of both runs in the journal,
+// equals a clean run.
 TEST(MpiFaults, GroupPartsOfSeveralRanksResume) {
   TempDir t;
   const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
   ASSERT_TRUE(init_tiny_model(model));
   write_file(input, random_fasta(4000, 150, 11));
   auto args = [&](int np, const std::string& o, bool resume) {
-    std::vector<std::string> a{
-        SPARSA_MPIEXEC, "-np", std::to_string(np), binary(), "embed",    "--pool", "mean",
-        "--model",      model, "--input",          input,    "--output", o};
+    std::vector<std::string> a{SPARSA_MPIEXEC,
+                               "-np",
+                               std::to_string(np),
+                               binary(),
+                               "embed",
+                               "--threads",
+                               "2",
+                               "--pool",
+                               "mean",
+                               "--model",
+                               model,
+                               "--input",
+                               input,
+                               "--output",
+                               o};
     if (resume) a.push_back("--resume");
     return a;
   };
