@@ -410,6 +410,7 @@ struct EmbedRun {
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
   int64_t gpu_workers = 8;
   std::vector<std::pair<ForwardFn, RcPairFn>> workers;
+  bool told_threads = false;  // that too few threads cap the models side by side
   // Frees the side-by-side models' GPU memory (before a long record, or when the GPU is full).
   void drop_workers() { workers.clear(); }
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
@@ -589,6 +590,13 @@ struct EmbedRun {
         }
       }
       team = (int)std::min<int64_t>({gpu_workers, k, (int64_t)omp_get_max_threads()});
+      if (team < std::min<int64_t>(gpu_workers, k) && !told_threads) {
+        told_threads = true;
+        progress.log("short records: " + std::to_string(team) + " model(s) side by side on the " +
+                     "GPU, one a CPU thread this rank may use (" +
+                     std::to_string(omp_get_max_threads()) +
+                     "; mpirun binds each rank to a core unless started with --bind-to none)");
+      }
     }
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
@@ -1002,7 +1010,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (comm.size() > 1)
     progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
                              : "output: serial HDF5, rank 0 gathers and writes");
-  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair, {}, 8, {}};
+  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair, {}, 8, {}, false};
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
