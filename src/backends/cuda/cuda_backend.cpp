@@ -138,6 +138,7 @@ struct CudaModel::Impl {
   cuda::Gemm gemm;
   DeviceBuffer embed, final_norm;
   DeviceBuffer gelu_table;  // bf16 mode: GELU of every bf16 (elementwise.hpp)
+  DeviceBuffer rc_keep;     // forward_rc_average: a short record's forward rows, kept between calls
   std::vector<DeviceLayer> layers;
   int64_t weight_bytes = 0;
   // Activations, grown as needed.
@@ -1114,17 +1115,27 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   } restore{I.opt};
   I.opt.output = CudaOutput::kDevice;
   ForwardOutput out = forward(tokens, shard, comm, hooks);
-  // The forward rows wait on the device when there is room for them and 1 GB besides.
+  // The forward rows wait on the device when there is room for them and 1 GB besides. Up to
+  // 64 MB (short records) in a buffer the model keeps: a cudaFree per record would wait for the
+  // whole GPU, other models' streams included (short records side by side).
   void* keep = nullptr;
+  void* owned = nullptr;
   size_t free_b = 0, total_b = 0;
-  if (I.opt.rc_on_device) {
+  if (I.opt.rc_on_device && bytes <= (size_t{64} << 20)) {
+    try {
+      I.rc_keep.reserve(bytes);
+      keep = I.rc_keep.get();
+    } catch (const OutOfMemory&) {  // the host way
+    }
+  } else if (I.opt.rc_on_device) {
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
       free_b = 0;
-    else if (free_b > bytes + (size_t{1} << 30) && cudaMalloc(&keep, bytes) != cudaSuccess)
-      keep = nullptr;
+    else if (free_b > bytes + (size_t{1} << 30) && cudaMalloc(&owned, bytes) != cudaSuccess)
+      owned = nullptr;
     cudaGetLastError();  // a failed query or allocation leaves no error behind
+    keep = owned;
   }
-  std::unique_ptr<void, void (*)(void*)> keep_owner(keep, [](void* p) {
+  std::unique_ptr<void, void (*)(void*)> keep_owner(owned, [](void* p) {
     if (p) cudaFree(p);
   });
   if (keep) {
