@@ -346,7 +346,11 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     progress.log("device: CUDA GPU " + std::to_string(model->device()) +
                  (co.bf16 ? " (bf16)" : " (fp32)"));
     adopt_nccl = [model](NcclFuture&& f, Comm& c) { model->adopt_nccl(std::move(f), c); };
-    make_worker = [&w, co, entry]() { return entry(std::make_shared<CudaModel>(w, co)); };
+    // On the main model's device: choosing one again could be an MPI collective (the node-local
+    // rank), and workers are made by one rank alone.
+    CudaOptions wco = co;
+    wco.device = model->device();
+    make_worker = [&w, wco, entry]() { return entry(std::make_shared<CudaModel>(w, wco)); };
     auto [f, rc] = entry(model);
     rc_pair = std::move(rc);
     return f;
@@ -411,8 +415,26 @@ struct EmbedRun {
   int64_t gpu_workers = 8;
   std::vector<std::pair<ForwardFn, RcPairFn>> workers;
   bool told_threads = false;  // that too few threads cap the models side by side
-  // Frees the side-by-side models' GPU memory (before a long record, or when the GPU is full).
+  // Frees the side-by-side models' GPU memory (before a split record, or when the GPU is full).
   void drop_workers() { workers.clear(); }
+
+  // embed_record; a record one rank holds that runs out of memory while side-by-side models
+  // hold theirs is embedded again without them (they are kept between records, not remade for
+  // every short one after a long one). A split record is not retried (its ranks would have to
+  // agree): the side-by-side models are dropped before one.
+  void embed_record_or_retry(const Item& it, Comm& c, bool show_progress) {
+    try {
+      embed_record(it, c, show_progress);
+    } catch (const OutOfMemory&) {
+      if (workers.empty() || c.size() > 1) throw;
+      progress.log("record " + std::to_string(it.index) + " '" + it.rec.name +
+                   "': out of memory with " + std::to_string(workers.size() + 1) +
+                   " models side by side on the GPU; one model from here on, and again");
+      drop_workers();
+      gpu_workers = 1;
+      embed_record(it, c, show_progress);
+    }
+  }
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
 
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
@@ -1025,11 +1047,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (!off) run.make_worker = make_worker;
   const bool side_by_side = !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
   const int64_t side_records = run.make_worker ? 16 * run.gpu_workers : 8 * threads;
-  constexpr int64_t kSideBySideTokens = 16384;
-  // The side-by-side GPU models (~0.3 GB each at most) are dropped before a record longer than
-  // this, whose memory they might take; shorter ones run beside them (no remaking them for
-  // every contig of a draft assembly).
-  constexpr int64_t kDropWorkersTokens = 262144;
+  constexpr int64_t kSideBySideTokens = 16384, kSideTokens = int64_t{1} << 18;
   // Short records are gathered into a batch and spread whole over the ranks; a long record is
   // split over all ranks. Every rank reads the same records in the same order.
   std::vector<Item> batch;
@@ -1043,23 +1061,32 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     std::exception_ptr error;
     int64_t failed = 0;
     try {
-      std::vector<const Item*> short_ones;
+      // This rank's short records side by side (in chunks as flush_side makes them), then its
+      // others one at a time.
+      std::vector<const Item*> chunk, others;
+      int64_t chunk_tokens = 0;
+      auto run_chunk = [&]() {
+        if (chunk.empty()) return;
+        if (stop_requested()) throw Interrupted("stopped by a signal");
+        run.embed_side_by_side(chunk, *self, root);
+        chunk.clear();
+        chunk_tokens = 0;
+      };
       for (size_t i = 0; i < batch.size(); ++i) {
         if (owner[i] != comm.rank()) continue;
-        if (side_by_side && batch[i].rec.n_tokens() <= kSideBySideTokens) {
-          short_ones.push_back(&batch[i]);
+        const int64_t n = batch[i].rec.n_tokens();
+        if (!side_by_side || n > kSideBySideTokens) {
+          others.push_back(&batch[i]);
           continue;
         }
-        if (stop_requested()) throw Interrupted("stopped by a signal");
-        if (batch[i].rec.n_tokens() > kDropWorkersTokens) run.drop_workers();
-        run.embed_record(batch[i], *self, root);
+        chunk.push_back(&batch[i]);
+        chunk_tokens += n;
+        if ((int64_t)chunk.size() >= side_records || chunk_tokens >= kSideTokens) run_chunk();
       }
-      for (size_t b0 = 0; b0 < short_ones.size(); b0 += (size_t)side_records) {
+      run_chunk();
+      for (const Item* it : others) {
         if (stop_requested()) throw Interrupted("stopped by a signal");
-        run.embed_side_by_side(
-            {short_ones.begin() + b0,
-             short_ones.begin() + std::min(short_ones.size(), b0 + (size_t)side_records)},
-            *self, root);
+        run.embed_record_or_retry(*it, *self, root);
       }
     } catch (const Interrupted&) {
       failed = 2;
@@ -1144,13 +1171,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (side_by_side && comm.size() == 1 && n <= kSideBySideTokens) {
         side.push_back(Item{index, std::move(rec), std::move(fp)});
         side_tokens += n;
-        if ((int64_t)side.size() >= side_records || side_tokens >= (int64_t{1} << 18)) flush_side();
+        if ((int64_t)side.size() >= side_records || side_tokens >= kSideTokens) flush_side();
         continue;
       }
       flush_side();
       if (comm.size() == 1 || n >= o.split_min) {
-        if (n > kDropWorkersTokens) run.drop_workers();  // their GPU memory is the record's
-        run.embed_record(Item{index, std::move(rec), std::move(fp)}, comm, root);
+        if (comm.size() > 1) run.drop_workers();  // a split record: its GPU memory, on every rank
+        run.embed_record_or_retry(Item{index, std::move(rec), std::move(fp)}, comm, root);
         run.check_stop(comm);
         ++sum.records;
         sum.tokens += n;
