@@ -417,6 +417,13 @@ struct EmbedRun {
   bool told_threads = false;  // that too few threads cap the models side by side
   // Frees the side-by-side models' GPU memory (before a split record, or when the GPU is full).
   void drop_workers() { workers.clear(); }
+  // The GPU is full: the side-by-side models go, and one model runs from here on.
+  void one_model(const std::string& what) {
+    progress.log(what + " with " + std::to_string(workers.size() + 1) +
+                 " models side by side on the GPU; one model from here on");
+    drop_workers();
+    gpu_workers = 1;
+  }
 
   // embed_record; a record one rank holds that runs out of memory while side-by-side models
   // hold theirs is embedded again without them (they are kept between records, not remade for
@@ -427,11 +434,8 @@ struct EmbedRun {
       embed_record(it, c, show_progress);
     } catch (const OutOfMemory&) {
       if (workers.empty() || c.size() > 1) throw;
-      progress.log("record " + std::to_string(it.index) + " '" + it.rec.name +
-                   "': out of memory with " + std::to_string(workers.size() + 1) +
-                   " models side by side on the GPU; one model from here on, and again");
-      drop_workers();
-      gpu_workers = 1;
+      one_model("record " + std::to_string(it.index) + " '" + it.rec.name +
+                "': out of memory; embedding it again");
       embed_record(it, c, show_progress);
     }
   }
@@ -458,7 +462,6 @@ struct EmbedRun {
     if (flag) throw Interrupted("stopped by a signal");
   }
 
-  // Forward (+ reverse complement) of one record over `c`, pooled; returns this rank's rows.
   // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
   // holds it and its rows take at most kGroupedRowBytes.
   bool grouped(const Record& rec, const Comm& c) const {
@@ -469,6 +472,7 @@ struct EmbedRun {
     return c.size() == 1 && rows * w.config.d_model * (o.f16 ? 2 : 4) <= kGroupedRowBytes;
   }
 
+  // Forward (+ reverse complement) of one record over `c`, pooled, and its part written.
   void embed_record(const Item& it, Comm& c, bool show_progress) {
     const Record& rec = it.rec;
     const ModelConfig& cfg = w.config;
@@ -514,19 +518,25 @@ struct EmbedRun {
       };
     }
     ForwardOutput fwd = run_forward(it, c, sh, hooks, out_hooks);
+    forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_out(it, c, sh, std::move(fwd), part.get());
+    if (show_progress) progress.finish_record();
+  }
+
+  // The record's rows into its part (the streamed one, else write_record), timed; running out
+  // of host memory names the record.
+  void write_out(const Item& it, Comm& c, const Shard& sh, ForwardOutput&& fwd, PartStream* part) {
     const auto t1 = std::chrono::steady_clock::now();
-    forward_s += std::chrono::duration<double>(t1 - t0).count();
     try {
       if (part)
-        finish_part(*part, it, c, std::move(fwd));
+        finish_part(*part, it, std::move(fwd));
       else
         write_record(it, c, sh, std::move(fwd));
     } catch (const std::bad_alloc&) {
-      throw record_out_of_memory(rec, sh.size(), c.size(), cfg, "pooling and writing its rows",
-                                 "host memory exhausted", 0);
+      throw record_out_of_memory(it.rec, sh.size(), c.size(), w.config,
+                                 "pooling and writing its rows", "host memory exhausted", 0);
     }
     write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    if (show_progress) progress.finish_record();
   }
 
   // The forward pass of the record (both strands with --rc-average) over c: this rank's rows,
@@ -598,10 +608,12 @@ struct EmbedRun {
     std::vector<std::exception_ptr> errors(k);
     const auto t0 = std::chrono::steady_clock::now();
     const ForwardHooks none;
-    int team = omp_get_max_threads();
+    const int64_t threads = omp_get_max_threads();
+    auto alone = [&](const Item& it) { return shard_of(it.rec.n_tokens(), 0, 1, align); };
+    int team = (int)threads;
     if (make_worker) {  // the GPU's models, made when first needed; a host thread each
-      team = (int)std::min<int64_t>({gpu_workers, k, (int64_t)omp_get_max_threads()});
-      while ((int)workers.size() < team - 1) {
+      auto wanted = [&] { return std::min<int64_t>({gpu_workers, k, threads}); };
+      while ((int64_t)workers.size() + 1 < wanted()) {
         try {
           workers.push_back(make_worker());
         } catch (const std::exception& e) {  // no room on the GPU: fewer models side by side
@@ -611,12 +623,11 @@ struct EmbedRun {
           break;
         }
       }
-      team = (int)std::min<int64_t>({gpu_workers, k, (int64_t)omp_get_max_threads()});
+      team = (int)wanted();
       if (team < std::min<int64_t>(gpu_workers, k) && !told_threads) {
         told_threads = true;
         progress.log("short records: " + std::to_string(team) + " model(s) side by side on the " +
-                     "GPU, one a CPU thread this rank may use (" +
-                     std::to_string(omp_get_max_threads()) +
+                     "GPU, one a CPU thread this rank may use (" + std::to_string(threads) +
                      "; mpirun binds each rank to a core unless started with --bind-to none)");
       }
     }
@@ -627,7 +638,7 @@ struct EmbedRun {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
         if (stop_requested()) throw Interrupted("stopped by a signal");
-        const Shard sh = shard_of(items[i]->rec.n_tokens(), 0, 1, align);
+        const Shard sh = alone(*items[i]);
         const int t = omp_get_thread_num();
         if (make_worker && t > 0)
           outs[i] = run_forward_on(workers[t - 1].first, workers[t - 1].second, *items[i], self, sh,
@@ -653,16 +664,11 @@ struct EmbedRun {
         }
       }
       if (!again.empty()) {
-        progress.log("short records: the GPU ran out of memory with " +
-                     std::to_string(workers.size() + 1) +
-                     " models side by side; one model from here on");
-        drop_workers();
-        gpu_workers = 1;
+        one_model("short records: the GPU ran out of memory");
         for (int64_t i : again) {
           errors[i] = nullptr;
           try {
-            outs[i] = run_forward(*items[i], self, shard_of(items[i]->rec.n_tokens(), 0, 1, align),
-                                  none, none);
+            outs[i] = run_forward(*items[i], self, alone(*items[i]), none, none);
           } catch (...) {
             errors[i] = std::current_exception();
           }
@@ -673,23 +679,15 @@ struct EmbedRun {
     for (int64_t i = 0; i < k; ++i) {
       if (errors[i]) std::rethrow_exception(errors[i]);
       const Item& it = *items[i];
-      const auto t1 = std::chrono::steady_clock::now();
       if (show_progress) progress.start_record(it.index, it.rec.name, it.rec.n_tokens());
-      const Shard sh = shard_of(it.rec.n_tokens(), 0, 1, align);
-      try {
-        write_record(it, self, sh, std::move(outs[i]));
-      } catch (const std::bad_alloc&) {
-        throw record_out_of_memory(it.rec, sh.size(), 1, w.config, "pooling and writing its rows",
-                                   "host memory exhausted", 0);
-      }
+      write_out(it, self, alone(it), std::move(outs[i]), nullptr);
       if (show_progress) progress.finish_record();
-      write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     }
   }
 
   // The streamed part of a record one rank holds: its rows (unless the backend streamed them),
   // then its bins and global sets.
-  void finish_part(PartStream& part, const Item& it, Comm& c, ForwardOutput&& fwd) {
+  void finish_part(PartStream& part, const Item& it, ForwardOutput&& fwd) {
     const Record& rec = it.rec;
     const ModelConfig& cfg = w.config;
     const int64_t n = rec.n_tokens(), d = cfg.d_model;
@@ -711,7 +709,7 @@ struct EmbedRun {
     ro.n_out_total = ro.n_rows = n;
     ro.starts = starts.data();
     ro.ends = ends.data();
-    part.finish(ro, c);
+    part.finish(ro);
   }
 
   // Pools this rank's rows of the record, brings them to the ranks that write, writes the part.

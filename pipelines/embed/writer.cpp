@@ -223,7 +223,6 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       std::sort(parts.begin(), parts.end());
       for (const auto& [first, path] : parts) {
-        old_parts_.insert(path);
         std::vector<std::pair<int64_t, std::string>> recs;  // index, input_sha256
         try {
           const h5::File part = h5::File::open_read(path);
@@ -344,6 +343,21 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
   return g;
 }
 
+void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool shared);
+
+// The whole record: its group, its rows [r.row0, r.row0 + r.n_rows), bins, global sets and
+// timestamps; `shared`: several ranks write this file (parallel HDF5).
+void write_whole(h5::File& f, int64_t index, const RecordOutput& r, bool f16, bool shared) {
+  const std::string g = write_head(f, index, r, f16);
+  if (r.rows16) {
+    if (!f16) throw SystemError("internal: float16 rows for a float32 output");
+    f.write_f16_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows16);
+  } else {
+    f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
+  }
+  write_tail(f, g, r, shared);
+}
+
 // The bins of rows [r.row0, r.row0 + r.n_rows), the global sets and the timestamps; `shared`:
 // several ranks write this file (parallel HDF5).
 void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool shared) {
@@ -375,14 +389,7 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
   const bool writer = parallel || comm.rank() == 0;
   if (writer) {
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
-    const std::string g = write_head(f, index, r, f16);
-    if (r.rows16) {
-      if (!f16) throw SystemError("internal: float16 rows for a float32 output");
-      f.write_f16_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows16);
-    } else {
-      f.write_rows_collective(g + "/embedding", r.row0, r.n_rows, r.d, r.rows);
-    }
-    write_tail(f, g, r, parallel && comm.size() > 1);
+    write_whole(f, index, r, f16, parallel && comm.size() > 1);
     f.close();
   }
   if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
@@ -418,14 +425,7 @@ void Journal::write_grouped(int64_t index, const RecordOutput& r, bool f16) {
   }
   Group& G = *group_;
   try {
-    const std::string g = write_head(*G.file, index, r, f16);
-    if (r.rows16) {
-      if (!f16) throw SystemError("internal: float16 rows for a float32 output");
-      G.file->write_f16_rows_collective(g + "/embedding", 0, r.n_rows, r.d, r.rows16);
-    } else {
-      G.file->write_rows_collective(g + "/embedding", 0, r.n_rows, r.d, r.rows);
-    }
-    write_tail(*G.file, g, r, false);
+    write_whole(*G.file, index, r, f16, false);
   } catch (...) {
     drop_group();  // the file may be damaged: the group's records are embedded again
     throw;
@@ -529,13 +529,12 @@ void PartStream::rows(int64_t row0, int64_t n_rows, const float* rows) {
                                  rows + r0 * d_);
 }
 
-void PartStream::finish(const RecordOutput& r, Comm& comm) {
+void PartStream::finish(const RecordOutput& r) {
   if (r.n_out_total != n_rows_ || r.row0 != 0 || r.n_rows != n_rows_)
     throw SystemError("internal: the streamed part's bins do not match its rows");
   if (written_ != n_rows_)  // rows never written would read back as zeros
     throw SystemError("internal: " + std::to_string(written_) + " rows written of " +
                       std::to_string(n_rows_));
-  (void)comm;
   write_tail(*file_, group_, r, false);
   file_->close();
   file_.reset();
@@ -574,35 +573,18 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
                  dir_.c_str(), ec ? ec.message().c_str() : "files remain");
 }
 
-std::string Journal::source_of(int64_t index, std::map<int64_t, std::vector<std::string>>& scanned,
-                               bool& scanned_once) const {
-  if (const auto it = source_.find(index); it != source_.end()) return it->second;
-  // Written by another rank in this run: the part that did not exist when the run began.
-  if (!scanned_once) {
-    scanned_once = true;
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator(dir_, ec)) {
-      const std::string path = e.path().string();
-      if (!is_part_name(e.path().filename().string(), nullptr) || old_parts_.count(path)) continue;
-      try {
-        for (const auto& [i, key] : part_records(h5::File::open_read(path)))
-          scanned[i].push_back(path);
-      } catch (const std::exception&) {  // unreadable: no record is taken from it
-      }
-    }
-  }
-  const auto it = scanned.find(index);
-  if (it == scanned.end() || it->second.size() != 1)
+std::string Journal::source_of(int64_t index) const {
+  // Every record of this run is in source_: resumed (same_record), written here, or written by
+  // another rank (gather_sources).
+  const auto it = source_.find(index);
+  if (it == source_.end())
     throw SystemError(dir_ + ": record " + std::to_string(index) +
-                      (it == scanned.end() ? " is in no part" : " is in several parts") +
-                      " (a journal damaged by a crash or changed by hand?); rerun with --force "
-                      "to start over");
-  return it->second.front();
+                      " is in no part (a journal damaged by a crash or changed by hand?); rerun "
+                      "with --force to start over");
+  return it->second;
 }
 
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {
-  std::map<int64_t, std::vector<std::string>> scanned;
-  bool scanned_once = false;
   auto open_part = [&](const std::string& path, bool rw) {
     try {
       return rw ? h5::File::open_rw(path) : h5::File::open_read(path);
@@ -611,7 +593,7 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
                         " (a journal part damaged by a crash?); rerun with --force to start over");
     }
   };
-  const std::string first = source_of(1, scanned, scanned_once);
+  const std::string first = source_of(1);
   if (n_records == 1) {
     // One record: its part becomes the output. The file attributes and `complete` are added in
     // place and the part is renamed, instead of every row being copied into a new file (a genome
@@ -645,7 +627,7 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
       std::vector<std::string> order;
       std::map<std::string, std::vector<int64_t>> by_part;
       for (int64_t i = 1; i <= n_records; ++i) {
-        const std::string path = i == 1 ? first : source_of(i, scanned, scanned_once);
+        const std::string path = i == 1 ? first : source_of(i);
         auto [it, added] = by_part.try_emplace(path);
         if (added) order.push_back(path);
         it->second.push_back(i);

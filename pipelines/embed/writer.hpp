@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -110,8 +109,7 @@ class Journal {
   // earlier run may hold the same first record), and counts its records done.
   void commit_part(const std::string& tmp, const std::vector<int64_t>& indices);
   // Rank 0, assembling: the part file that holds this run's version of record `index`.
-  std::string source_of(int64_t index, std::map<int64_t, std::vector<std::string>>& scanned,
-                        bool& scanned_once) const;
+  std::string source_of(int64_t index) const;
   void finish_as(const std::string& from, const std::string& output);
   void release_lock();
   std::string dir_;
@@ -119,10 +117,9 @@ class Journal {
   // (blank where unreadable); empty for parts this run wrote.
   std::map<int64_t, std::vector<std::string>> done_;
   // Rank 0: the part file of each input_sha256 in done_ (same order); the part chosen for each
-  // record resumed or written by this rank; the part files there were before this run.
+  // record resumed or written by this run (other ranks' from gather_sources).
   std::map<int64_t, std::vector<std::string>> found_in_;
   std::map<int64_t, std::string> source_;
-  std::set<std::string> old_parts_;
   struct Group {
     std::unique_ptr<h5::File> file;
     std::string tmp;
@@ -151,7 +148,7 @@ class PartStream {
   PartStream& operator=(const PartStream&) = delete;
   void rows(int64_t row0, int64_t n_rows, const uint16_t* rows16);  // float16 output only
   void rows(int64_t row0, int64_t n_rows, const float* rows);  // converted for a float16 output
-  void finish(const RecordOutput& r, Comm& comm);              // r: every row's bins, row0 = 0
+  void finish(const RecordOutput& r);                          // r: every row's bins, row0 = 0
 
  private:
   void check_rows(int64_t row0, int64_t n_rows) const;

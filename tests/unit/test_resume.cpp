@@ -284,7 +284,7 @@ TEST(Resume, StreamedPartIsWholeOrAbsent) {
       p.rows(4, 3, rows.data() + 4 * d);  // any order
       p.rows(0, 4, rows.data());
       EXPECT_THROW(p.rows(6, 2, rows.data()), sparsa::SystemError);  // past the end
-      p.finish(ro, *comm);
+      p.finish(ro);
     }
     EXPECT_TRUE(j.done(1));
     fs::rename(out + ".parts/000001.h5", t / "streamed.h5");
