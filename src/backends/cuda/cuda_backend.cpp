@@ -1,6 +1,7 @@
 #include "backends/cuda/cuda_backend.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -626,6 +627,12 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const bool single = comm.size() == 1 && b == 0 && m == n;
   cudaStream_t s = I.s;
   CUDA_OK(cudaSetDevice(I.device));
+  // SPARSA_PROFILE=1: host-side time stamps (s since the call) of the forward's phases
+  const auto t_call = std::chrono::steady_clock::now();
+  auto since_call = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_call).count();
+  };
+  double t_nccl = 0, t_first = 0, t_layers = 0;
   // A split record over several ranks: exchanges device to device through NCCL unless asked for
   // host staging (SPARSA_NCCL=0). The communicator is made once, collectively over `comm`.
   const bool use_nccl = !single && comm.size() > 1 && I.nccl_wanted();
@@ -638,6 +645,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.nccl_host = &comm;
   }
   NcclComm* nc = use_nccl ? I.nccl.get() : nullptr;
+  t_nccl = since_call();
   // Every rank's shard (the owner of a chosen row, the size of each rank's candidate list).
   std::vector<Shard> shards;
   if (nc)
@@ -727,6 +735,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     I.halo_rx.reserve(std::max<int64_t>(8, halo_rx_bytes));
   }
 
+  t_first = since_call();
   P.mark(kEmbed, s);
   cuda::copy_to_device(I.tokens.get(), tokens_host, m * c.n_tables() * 4, s);
   kern::launch_embed(
@@ -1049,6 +1058,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     cuda::synchronize(s);
     hooks.after_layer(c.n_layers - 1);
   }
+  t_layers = since_call();
   P.mark(kOutput, s);
   // The non-finite check runs on the device, in the final RMSNorm: y need not cross to the host
   // (or be read again) to be checked.
@@ -1091,7 +1101,14 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   P.finish();
   for (unsigned long long rb : router_bad)  // the first layer with one
     if (rb != ~0ull) throw router_not_finite(rb);
-  if (I.profile_env && P.on) std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
+  if (I.profile_env && P.on) {
+    std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
+    std::fprintf(stderr,
+                 "# rank %d: forward host time: communicator %.3f s, buffers %.3f s, layers "
+                 "%.3f s, output %.3f s\n",
+                 comm.rank(), t_nccl, t_first - t_nccl, t_layers - t_first,
+                 since_call() - t_layers);
+  }
   if (bad != ~0ull)
     throw NumericError("the model produced a non-finite value at record position " +
                        std::to_string(b + (int64_t)(bad / (unsigned long long)d)) + ", dimension " +
