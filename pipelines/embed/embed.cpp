@@ -602,14 +602,23 @@ struct EmbedRun {
   // The rows are the same bits as one after another (the CPU backend's results do not depend on
   // the thread count; the GPU models are the same model). A record that fails (or a stop) ends
   // the batch there: the records before it are written, its error is thrown.
+  // In three steps, so that a batch's writing can overlap the next batch's forward passes:
+  // side_team (the GPU's models, on the thread that writes), side_forwards (any thread: no
+  // journal), side_write (the journal's thread).
+  struct SideBatch {
+    std::vector<const Item*> items;
+    std::vector<ForwardOutput> outs;
+    std::vector<std::exception_ptr> errors;
+    int team = 1;
+  };
   void embed_side_by_side(const std::vector<const Item*>& items, Comm& self, bool show_progress) {
-    const int64_t k = (int64_t)items.size();
-    std::vector<ForwardOutput> outs(k);
-    std::vector<std::exception_ptr> errors(k);
-    const auto t0 = std::chrono::steady_clock::now();
-    const ForwardHooks none;
+    SideBatch b{items, {}, {}, side_team((int64_t)items.size())};
+    side_forwards(b, self);
+    side_write(b, self, show_progress);
+  }
+  Shard alone(const Item& it) const { return shard_of(it.rec.n_tokens(), 0, 1, align); }
+  int side_team(int64_t k) {
     const int64_t threads = omp_get_max_threads();
-    auto alone = [&](const Item& it) { return shard_of(it.rec.n_tokens(), 0, 1, align); };
     int team = (int)threads;
     if (make_worker) {  // the GPU's models, made when first needed; a host thread each
       auto wanted = [&] { return std::min<int64_t>({gpu_workers, k, threads}); };
@@ -631,6 +640,18 @@ struct EmbedRun {
                      "; mpirun binds each rank to a core unless started with --bind-to none)");
       }
     }
+    return team;
+  }
+  void side_forwards(SideBatch& b, Comm& self) {
+    const std::vector<const Item*>& items = b.items;
+    const int64_t k = (int64_t)items.size();
+    std::vector<ForwardOutput>& outs = b.outs;
+    std::vector<std::exception_ptr>& errors = b.errors;
+    outs.assign(k, ForwardOutput{});
+    errors.assign(k, nullptr);
+    const int team = b.team;
+    const auto t0 = std::chrono::steady_clock::now();
+    const ForwardHooks none;
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team)
@@ -676,11 +697,13 @@ struct EmbedRun {
       }
     }
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    for (int64_t i = 0; i < k; ++i) {
-      if (errors[i]) std::rethrow_exception(errors[i]);
-      const Item& it = *items[i];
+  }
+  void side_write(SideBatch& b, Comm& self, bool show_progress) {
+    for (size_t i = 0; i < b.items.size(); ++i) {
+      if (b.errors[i]) std::rethrow_exception(b.errors[i]);
+      const Item& it = *b.items[i];
       if (show_progress) progress.start_record(it.index, it.rec.name, it.rec.n_tokens());
-      write_out(it, self, alone(it), std::move(outs[i]), nullptr);
+      write_out(it, self, alone(it), std::move(b.outs[i]), nullptr);
       if (show_progress) progress.finish_record();
     }
   }
@@ -1120,20 +1143,50 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
   };
+  // One rank's short records: gathered in `side`; a full batch's forward passes run on a helper
+  // thread while this thread writes the batch before (`made`) into the journal, so the GPU or the
+  // CPU threads do not wait for HDF5. Only this thread touches the journal and the progress line.
+  struct SideSet {
+    std::vector<Item> items;  // owns the records (the batch points into it)
+    int64_t tokens = 0;
+    EmbedRun::SideBatch batch;
+  };
   std::vector<Item> side;
   int64_t side_tokens = 0;
-  bool side_failed = false;  // the error came from a batch's own records
-  auto flush_side = [&]() {
-    if (side.empty()) return;
+  std::unique_ptr<SideSet> made;  // made, not yet written
+  bool side_failed = false;       // the error came from a batch's own records
+  auto write_made = [&]() {
+    if (!made) return;
+    std::unique_ptr<SideSet> done = std::move(made);
     side_failed = true;
-    std::vector<const Item*> items;
-    for (const Item& it : side) items.push_back(&it);
-    run.embed_side_by_side(items, *self, root);  // not the world's: several threads use it
+    run.side_write(done->batch, *self, root);  // not the world's comm: several threads use it
     side_failed = false;
-    sum.records += (int64_t)side.size();
-    sum.tokens += side_tokens;
-    side.clear();
-    side_tokens = 0;
+    sum.records += (int64_t)done->items.size();
+    sum.tokens += done->tokens;
+  };
+  // drain: also write the batch just made (before a record of another kind, at the end).
+  auto flush_side = [&](bool drain) {
+    if (!side.empty()) {
+      auto next = std::make_unique<SideSet>();
+      next->items = std::move(side);
+      next->tokens = side_tokens;
+      side.clear();
+      side_tokens = 0;
+      for (const Item& it : next->items) next->batch.items.push_back(&it);
+      next->batch.team = run.side_team((int64_t)next->items.size());
+      SideSet* n = next.get();
+      std::future<void> forwards =
+          std::async(std::launch::async, [&run, n, &self] { run.side_forwards(n->batch, *self); });
+      try {
+        write_made();
+      } catch (...) {
+        forwards.wait();  // it uses `next`; its records are not written after an error here
+        throw;
+      }
+      forwards.get();
+      made = std::move(next);
+    }
+    if (drain) write_made();
     run.check_stop(comm);
   };
   // On a stop or an error elsewhere (a bad record further on in the input): the records waiting
@@ -1141,7 +1194,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   auto finish_side = [&]() {
     if (side_failed) return;
     try {
-      flush_side();
+      flush_side(true);
     } catch (const Interrupted&) {  // their rows are written; the stop is handled already
     } catch (const std::exception& e) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
@@ -1169,10 +1222,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (side_by_side && comm.size() == 1 && n <= kSideBySideTokens) {
         side.push_back(Item{index, std::move(rec), std::move(fp)});
         side_tokens += n;
-        if ((int64_t)side.size() >= side_records || side_tokens >= kSideTokens) flush_side();
+        if ((int64_t)side.size() >= side_records || side_tokens >= kSideTokens) flush_side(false);
         continue;
       }
-      flush_side();
+      flush_side(true);
       if (comm.size() == 1 || n >= o.split_min) {
         if (comm.size() > 1) run.drop_workers();  // a split record: its GPU memory, on every rank
         run.embed_record_or_retry(Item{index, std::move(rec), std::move(fp)}, comm, root);
@@ -1186,7 +1239,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }
     flush_batch();
-    flush_side();
+    flush_side(true);
     journal.flush_group();
     if (index == 0) throw InputError("the inputs hold no records");
   } catch (const Interrupted&) {
@@ -1231,7 +1284,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // srun with --kill-on-bad-exit=0 leaves them waiting until the job's time limit.)
   comm.barrier_unwatched();
   sum.seconds = progress.seconds();
-  if (env_on("SPARSA_PROFILE"))
+  if (env_on("SPARSA_PROFILE") || env_on("SPARSA_TIMES"))  // TIMES: this line alone (cli.md)
     std::fprintf(stderr,
                  "# rank %d: set-up %.2f s (checkpoint %.2f, input %.2f, device %.2f, checksum "
                  "and journal %.2f), forward %.2f s, pooling and writing %.2f s, total %.2f s\n",

@@ -561,3 +561,35 @@ TEST(Resume, ManifestRecordsTheBackendUsed) {
   const h5::File f = h5::File::open_read(out);
   EXPECT_NE(f.attr_string("/", "run_manifest").find("backend cpu fp32"), std::string::npos);
 }
+
+// Short records run side by side in batches, a batch's forwards overlapping the writing of the
+// batch before: a bad record further on ends the run with its error, and every record before it
+// (written, made but not yet written, or still gathering) is kept in the journal; --resume with
+// the input fixed embeds only the rest and gives the clean run's file.
+TEST(Resume, BadRecordAfterBatchesKeepsEveryRecordBeforeIt) {
+  TempDir t;
+  const std::string model = t / "m.h5", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  const std::string good = random_fasta(200, 150, 8);
+  std::string tail = random_fasta(10, 120, 9);
+  for (size_t p = 0; (p = tail.find(">rec", p)) != std::string::npos; p += 4) tail[p + 1] = 'R';
+  write_file(t / "reads.fa", good + ">broken\nACGT!ACGT\n" + tail);
+  auto cmd = [&](const std::string& in, const std::string& o, const std::string& extra) {
+    return binary() + " embed -q --pool mean --threads 2 --model " + model + " --input " + in +
+           " --output " + o + " " + extra;
+  };
+  const RunResult bad = run(cmd(t / "reads.fa", out, ""));
+  EXPECT_EQ(bad.code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("'broken'"), std::string::npos) << bad.output;
+  EXPECT_FALSE(exists(out));
+  size_t kept = 0;
+  for (const auto& e : std::filesystem::directory_iterator(out + ".parts"))
+    if (e.path().extension() == ".h5")
+      kept += h5::File::open_read(e.path().string()).list("/records").size();
+  EXPECT_EQ(kept, 200u) << "the records before the bad one are all in the journal";
+  write_file(t / "reads.fa", good + ">broken\nACGTNACGT\n" + tail);  // fixed in place
+  const RunResult resumed = run(cmd(t / "reads.fa", out, "--resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  ASSERT_EQ(run(cmd(t / "reads.fa", t / "clean.h5", "")).code, 0);
+  expect_same_contents(out, t / "clean.h5");
+}
