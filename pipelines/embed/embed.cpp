@@ -16,6 +16,7 @@
 #include <memory>
 #include <new>
 #include <sstream>
+#include <system_error>
 
 #include "core/env.hpp"
 #include "core/error.hpp"
@@ -418,9 +419,14 @@ struct EmbedRun {
   // Frees the side-by-side models' GPU memory (before a split record, or when the GPU is full).
   void drop_workers() { workers.clear(); }
   // The GPU is full: the side-by-side models go, and one model runs from here on.
-  void one_model(const std::string& what) {
-    progress.log(what + " with " + std::to_string(workers.size() + 1) +
-                 " models side by side on the GPU; one model from here on");
+  // `note`: the message is kept for the thread that writes (side_write) instead of printed here.
+  void one_model(const std::string& what, std::string* note = nullptr) {
+    const std::string msg = what + " with " + std::to_string(workers.size() + 1) +
+                            " models side by side on the GPU; one model from here on";
+    if (note)
+      *note = msg;
+    else
+      progress.log(msg);
     drop_workers();
     gpu_workers = 1;
   }
@@ -610,9 +616,15 @@ struct EmbedRun {
     std::vector<ForwardOutput> outs;
     std::vector<std::exception_ptr> errors;
     int team = 1;
+    std::string note;  // side_forwards' message for the progress output (side_write prints it)
+    bool failed() const {
+      for (const auto& e : errors)
+        if (e) return true;
+      return false;
+    }
   };
   void embed_side_by_side(const std::vector<const Item*>& items, Comm& self, bool show_progress) {
-    SideBatch b{items, {}, {}, side_team((int64_t)items.size())};
+    SideBatch b{items, {}, {}, side_team((int64_t)items.size()), {}};
     side_forwards(b, self);
     side_write(b, self, show_progress);
   }
@@ -685,7 +697,7 @@ struct EmbedRun {
         }
       }
       if (!again.empty()) {
-        one_model("short records: the GPU ran out of memory");
+        one_model("short records: the GPU ran out of memory", &b.note);
         for (int64_t i : again) {
           errors[i] = nullptr;
           try {
@@ -699,6 +711,7 @@ struct EmbedRun {
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   void side_write(SideBatch& b, Comm& self, bool show_progress) {
+    if (!b.note.empty()) progress.log(b.note);
     for (size_t i = 0; i < b.items.size(); ++i) {
       if (b.errors[i]) std::rethrow_exception(b.errors[i]);
       const Item& it = *b.items[i];
@@ -1165,26 +1178,40 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     sum.tokens += done->tokens;
   };
   // drain: also write the batch just made (before a record of another kind, at the end).
+  // (Several ranks never gather here: `side` stays empty and this returns at once, so no
+  // collective runs on the way.)
   auto flush_side = [&](bool drain) {
+    if (side.empty() && !(drain && made)) return;
     if (!side.empty()) {
       auto next = std::make_unique<SideSet>();
+      next->batch.team = run.side_team((int64_t)side.size());
       next->items = std::move(side);
       next->tokens = side_tokens;
       side.clear();
       side_tokens = 0;
       for (const Item& it : next->items) next->batch.items.push_back(&it);
-      next->batch.team = run.side_team((int64_t)next->items.size());
       SideSet* n = next.get();
-      std::future<void> forwards =
-          std::async(std::launch::async, [&run, n, &self] { run.side_forwards(n->batch, *self); });
+      std::future<void> forwards;
       try {
+        forwards = std::async(std::launch::async,
+                              [&run, n, &self] { run.side_forwards(n->batch, *self); });
+      } catch (const std::system_error&) {  // no thread to be had: one after the other
         write_made();
-      } catch (...) {
-        forwards.wait();  // it uses `next`; its records are not written after an error here
-        throw;
+        run.side_forwards(n->batch, *self);
       }
-      forwards.get();
+      if (forwards.valid()) {
+        try {
+          write_made();
+        } catch (...) {
+          forwards.wait();  // it uses `next`; its records are not written after an error here
+          throw;
+        }
+        forwards.get();
+      }
       made = std::move(next);
+      // A record that failed: the ones before it are written and its error thrown now, not
+      // after another batch is read.
+      if (made->batch.failed()) drain = true;
     }
     if (drain) write_made();
     run.check_stop(comm);

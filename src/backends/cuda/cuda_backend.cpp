@@ -379,6 +379,7 @@ void CudaModel::adopt_nccl(std::future<std::unique_ptr<NcclComm>> pending, Comm&
 
 CudaModel::~CudaModel() {
   if (impl_) {
+    cudaSetDevice(impl_->device);  // a model may be dropped by a thread that never used it
     impl_->drop_pending_nccl();
     cudaStreamSynchronize(impl_->s);
     impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
