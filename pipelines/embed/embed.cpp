@@ -208,19 +208,24 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 
 // A rough upper bound of the bytes the run writes (parts and final file), from input sizes and,
 // for DNA, the records begun in the first 256 KB of each input's text (extrapolated); time-series
-// CSVs are read here (small next to genomes: their rows and records are exact, and a bad file
-// stops the run before the backend is set up). Each record costs its part's HDF5 structure, its
-// group in the final file and its global sets (12 L G bytes) besides its rows, which is what a
-// FASTQ of short reads or a panel of many short series mostly writes.
-int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c) {
+// CSVs are read here (their rows and records are exact, and a bad file stops the run before the
+// backend is set up); the first CSV's records go to `source`, which would read it next (the
+// others are read again when their turn comes: holding them all would multiply the memory). Each
+// record costs its part's HDF5 structure, its group in the final file and its global sets (12 L G
+// bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
+// mostly writes.
+int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, RecordSource& source) {
   double tokens = 0, records = 0;
-  for (const auto& in : o.inputs) {
+  for (size_t f = 0; f < o.inputs.size(); ++f) {
+    const std::string& in = o.inputs[f];
     if (c.kind == ModelKind::kTimeseries) {
-      for (const RawSeries& s :
-           read_timeseries_csv(in, CsvOptions{o.time_column, o.columns, o.id_column}, c.channels)) {
+      std::vector<RawSeries> series =
+          read_timeseries_csv(in, CsvOptions{o.time_column, o.columns, o.id_column}, c.channels);
+      for (const RawSeries& s : series) {
         tokens += (double)s.timestamps.size();
         records += 1;
       }
+      if (f == 0) source.prime_first_input(std::move(series));
       continue;
     }
     std::error_code ec;
@@ -1026,7 +1031,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RecordSource source(o, c);
   Progress progress = Progress::for_stderr(o.quiet || !root);
   {
-    const int64_t need = estimate_output_bytes(o, c);
+    const int64_t need = estimate_output_bytes(o, c, source);
     std::error_code ec;
     const auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
     if (!ec && (int64_t)space.available < need)

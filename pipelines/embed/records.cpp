@@ -126,6 +126,14 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
     : impl_(std::make_unique<Impl>(opts, config)) {}
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
+void RecordSource::prime_first_input(std::vector<RawSeries>&& series) {
+  if (impl_->input != 0 || impl_->config.kind != ModelKind::kTimeseries ||
+      impl_->opts.inputs.empty())
+    throw SystemError("internal: prime_first_input on a source already begun or not a time series");
+  impl_->series = std::move(series);
+  impl_->series_next = 0;
+  impl_->input = 1;
+}
 
 std::string record_fingerprint(const Record& rec) {
   Sha256 h;
