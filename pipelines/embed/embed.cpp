@@ -415,7 +415,7 @@ struct EmbedRun {
   static constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
   ForwardFn forward_fn;
   RcPairFn rc_pair_fn;
-  // GPU: makes another model on the same GPU for short records side by side (embed_side_by_side);
+  // GPU: makes another model on the same GPU for short records side by side (SideBatch);
   // empty on the CPU backend.
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
   int64_t gpu_workers = 8;
@@ -613,9 +613,9 @@ struct EmbedRun {
   // The rows are the same bits as one after another (the CPU backend's results do not depend on
   // the thread count; the GPU models are the same model). A record that fails (or a stop) ends
   // the batch there: the records before it are written, its error is thrown.
-  // In three steps, so that a batch's writing can overlap the next batch's forward passes:
-  // side_team (the GPU's models, on the thread that writes), side_forwards (any thread: no
-  // journal), side_write (the journal's thread).
+  // In three steps, so that a batch's writing can overlap the next batch's forward passes
+  // (SidePipe): side_team (the GPU's models, on the thread that writes), side_forwards (any
+  // thread: no journal), side_write (the journal's thread).
   struct SideBatch {
     std::vector<const Item*> items;
     std::vector<ForwardOutput> outs;
@@ -628,11 +628,59 @@ struct EmbedRun {
       return false;
     }
   };
-  void embed_side_by_side(const std::vector<const Item*>& items, Comm& self, bool show_progress) {
-    SideBatch b{items, {}, {}, side_team((int64_t)items.size()), {}};
-    side_forwards(b, self);
-    side_write(b, self, show_progress);
-  }
+  // A batch and, on one rank's path, the records it points to.
+  struct SideSet {
+    std::vector<Item> items;  // owned records (one rank's path), or none (they live elsewhere)
+    int64_t tokens = 0;
+    SideBatch batch;
+  };
+  // Batches of short records in a pipeline: a batch's forward passes run on a helper thread while
+  // the calling thread writes the batch before into the journal, so the GPU (or the CPU threads)
+  // do not wait for HDF5. Only the calling thread touches the journal and the progress line.
+  class SidePipe {
+   public:
+    SidePipe(EmbedRun& run, Comm& self, bool show) : run_(run), self_(self), show_(show) {}
+    bool pending() const { return made_ != nullptr; }
+    // next's forwards, overlapping the writing of the batch made before (whose records are
+    // counted in `written`). A record of next that failed: the ones before it are written and its
+    // error thrown at once. After an error in the writing, next is not written.
+    void push(std::unique_ptr<SideSet> next, std::pair<int64_t, int64_t>& written) {
+      SideSet* n = next.get();
+      std::future<void> forwards;
+      try {
+        forwards =
+            std::async(std::launch::async, [this, n] { run_.side_forwards(n->batch, self_); });
+      } catch (const std::system_error&) {  // no thread to be had: one after the other
+        drain(written);
+        run_.side_forwards(n->batch, self_);
+      }
+      if (forwards.valid()) {
+        try {
+          drain(written);
+        } catch (...) {
+          forwards.wait();  // it uses `next`
+          throw;
+        }
+        forwards.get();
+      }
+      made_ = std::move(next);
+      if (made_->batch.failed()) drain(written);
+    }
+    // Writes the batch made last (records, tokens added to `written`).
+    void drain(std::pair<int64_t, int64_t>& written) {
+      if (!made_) return;
+      std::unique_ptr<SideSet> done = std::move(made_);
+      run_.side_write(done->batch, self_, show_);
+      written.first += (int64_t)done->batch.items.size();
+      written.second += done->tokens;
+    }
+
+   private:
+    EmbedRun& run_;
+    Comm& self_;
+    bool show_;
+    std::unique_ptr<SideSet> made_;  // made, not yet written
+  };
   Shard alone(const Item& it) const { return shard_of(it.rec.n_tokens(), 0, 1, align); }
   int side_team(int64_t k) {
     const int64_t threads = omp_get_max_threads();
@@ -1075,7 +1123,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
-  // Short records a rank holds go side by side (EmbedRun::embed_side_by_side), on the CPU backend
+  // Short records a rank holds go side by side (EmbedRun::SidePipe), on the CPU backend
   // with several threads a record a thread, in batches of up to 8 a thread; on a GPU over 8
   // models of it, in batches of 128; either way up to 256K tokens a batch. One rank gathers them
   // here; several ranks, from each batch spread over them (flush_batch).
@@ -1099,17 +1147,24 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     const std::vector<int> owner = assign_by_length(lengths, comm.size());
     std::exception_ptr error;
     int64_t failed = 0;
+    // This rank's short records side by side, in chunks as flush_side makes them, through a
+    // SidePipe (a chunk's forwards while the chunk before is written); then its others one at a
+    // time.
+    EmbedRun::SidePipe share(run, *self, root);
+    std::pair<int64_t, int64_t> written{0, 0};  // (counted for the whole batch below)
     try {
-      // This rank's short records side by side (in chunks as flush_side makes them), then its
-      // others one at a time.
       std::vector<const Item*> chunk, others;
       int64_t chunk_tokens = 0;
       auto run_chunk = [&]() {
         if (chunk.empty()) return;
         if (stop_requested()) throw Interrupted("stopped by a signal");
-        run.embed_side_by_side(chunk, *self, root);
+        auto next = std::make_unique<EmbedRun::SideSet>();
+        next->batch.team = run.side_team((int64_t)chunk.size());
+        next->batch.items = std::move(chunk);
+        next->tokens = chunk_tokens;
         chunk.clear();
         chunk_tokens = 0;
+        share.push(std::move(next), written);
       };
       for (size_t i = 0; i < batch.size(); ++i) {
         if (owner[i] != comm.rank()) continue;
@@ -1123,11 +1178,18 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         if ((int64_t)chunk.size() >= side_records || chunk_tokens >= kSideTokens) run_chunk();
       }
       run_chunk();
+      share.drain(written);
       for (const Item* it : others) {
         if (stop_requested()) throw Interrupted("stopped by a signal");
         run.embed_record_or_retry(*it, *self, root);
       }
     } catch (const Interrupted&) {
+      // The chunk made before the stop is written too (a chunk with a failed record never waits
+      // in the pipe: push writes it at once).
+      try {
+        share.drain(written);
+      } catch (...) {
+      }
       failed = 2;
     } catch (...) {
       error = std::current_exception();
@@ -1161,64 +1223,33 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
   };
-  // One rank's short records: gathered in `side`; a full batch's forward passes run on a helper
-  // thread while this thread writes the batch before (`made`) into the journal, so the GPU or the
-  // CPU threads do not wait for HDF5. Only this thread touches the journal and the progress line.
-  struct SideSet {
-    std::vector<Item> items;  // owns the records (the batch points into it)
-    int64_t tokens = 0;
-    EmbedRun::SideBatch batch;
-  };
+  // One rank's short records: gathered in `side`, then through a SidePipe (a batch's forwards
+  // while the batch before is written). The pipe's comm is not the world's: several threads use it.
   std::vector<Item> side;
   int64_t side_tokens = 0;
-  std::unique_ptr<SideSet> made;  // made, not yet written
-  bool side_failed = false;       // the error came from a batch's own records
-  auto write_made = [&]() {
-    if (!made) return;
-    std::unique_ptr<SideSet> done = std::move(made);
-    side_failed = true;
-    run.side_write(done->batch, *self, root);  // not the world's comm: several threads use it
-    side_failed = false;
-    sum.records += (int64_t)done->items.size();
-    sum.tokens += done->tokens;
-  };
+  EmbedRun::SidePipe pipe(run, *self, root);
+  bool side_failed = false;  // the error came from a batch's own records
   // drain: also write the batch just made (before a record of another kind, at the end).
   // (Several ranks never gather here: `side` stays empty and this returns at once, so no
   // collective runs on the way.)
   auto flush_side = [&](bool drain) {
-    if (side.empty() && !(drain && made)) return;
+    if (side.empty() && !(drain && pipe.pending())) return;
+    std::pair<int64_t, int64_t> written{0, 0};
+    side_failed = true;
     if (!side.empty()) {
-      auto next = std::make_unique<SideSet>();
+      auto next = std::make_unique<EmbedRun::SideSet>();
       next->batch.team = run.side_team((int64_t)side.size());
       next->items = std::move(side);
       next->tokens = side_tokens;
       side.clear();
       side_tokens = 0;
       for (const Item& it : next->items) next->batch.items.push_back(&it);
-      SideSet* n = next.get();
-      std::future<void> forwards;
-      try {
-        forwards = std::async(std::launch::async,
-                              [&run, n, &self] { run.side_forwards(n->batch, *self); });
-      } catch (const std::system_error&) {  // no thread to be had: one after the other
-        write_made();
-        run.side_forwards(n->batch, *self);
-      }
-      if (forwards.valid()) {
-        try {
-          write_made();
-        } catch (...) {
-          forwards.wait();  // it uses `next`; its records are not written after an error here
-          throw;
-        }
-        forwards.get();
-      }
-      made = std::move(next);
-      // A record that failed: the ones before it are written and its error thrown now, not
-      // after another batch is read.
-      if (made->batch.failed()) drain = true;
+      pipe.push(std::move(next), written);
     }
-    if (drain) write_made();
+    if (drain) pipe.drain(written);
+    side_failed = false;
+    sum.records += written.first;
+    sum.tokens += written.second;
     run.check_stop(comm);
   };
   // On a stop or an error elsewhere (a bad record further on in the input): the records waiting
