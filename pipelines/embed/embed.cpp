@@ -1185,15 +1185,24 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       }
     } catch (const Interrupted&) {
       // The chunk made before the stop is written too (a chunk with a failed record never waits
-      // in the pipe: push writes it at once).
+      // in the pipe: push writes it at once, and after any failure in push none waits).
+      failed = 2;
       try {
         share.drain(written);
+      } catch (const Interrupted&) {
       } catch (...) {
+        error = std::current_exception();
+        failed = 1;
       }
-      failed = 2;
     } catch (...) {
       error = std::current_exception();
       failed = 1;
+      // An error from elsewhere (a record of `others`, memory): a chunk waiting is kept too.
+      try {
+        share.drain(written);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "[sparsa] %s\n", e.what());
+      }
     }
     // This rank's group part goes into the journal before the ranks compare notes: after an
     // error rank 0 decides at once whether to keep the journal, and a rank may abort the job.
@@ -1235,7 +1244,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   auto flush_side = [&](bool drain) {
     if (side.empty() && !(drain && pipe.pending())) return;
     std::pair<int64_t, int64_t> written{0, 0};
-    side_failed = true;
     if (!side.empty()) {
       auto next = std::make_unique<EmbedRun::SideSet>();
       next->batch.team = run.side_team((int64_t)side.size());
@@ -1244,8 +1252,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       side.clear();
       side_tokens = 0;
       for (const Item& it : next->items) next->batch.items.push_back(&it);
+      side_failed = true;
       pipe.push(std::move(next), written);
     }
+    side_failed = true;
     if (drain) pipe.drain(written);
     side_failed = false;
     sum.records += written.first;
