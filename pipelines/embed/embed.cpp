@@ -209,13 +209,16 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 // A rough upper bound of the bytes the run writes (parts and final file), from input sizes and,
 // for DNA, the records begun in the first 256 KB of each input's text (extrapolated); time-series
 // CSVs are read here (their rows and records are exact, and a bad file stops the run before the
-// backend is set up); the first CSV's records go to `source`, which would read it next (the
-// others are read again when their turn comes: holding them all would multiply the memory). Each
+// backend is set up); their records go to `source`, which would read them again: the first
+// CSV's, and the next ones' while those files add up to 128 MB (past that each is read again when
+// its turn comes: holding them all would multiply the memory). Each
 // record costs its part's HDF5 structure, its group in the final file and its global sets (12 L G
 // bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
 // mostly writes.
 int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, RecordSource& source) {
   double tokens = 0, records = 0;
+  constexpr int64_t kPrimeBytes = int64_t{128} << 20;
+  int64_t primed_bytes = 0;
   for (size_t f = 0; f < o.inputs.size(); ++f) {
     const std::string& in = o.inputs[f];
     if (c.kind == ModelKind::kTimeseries) {
@@ -225,7 +228,11 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
         tokens += (double)s.timestamps.size();
         records += 1;
       }
-      if (f == 0) source.prime_first_input(std::move(series));
+      // Kept for the record source: the first input (read first, so no more memory than reading
+      // it again), and the next ones while their files add up to kPrimeBytes.
+      std::error_code ec;
+      primed_bytes += (int64_t)fs::file_size(in, ec);
+      if (f == 0 || primed_bytes <= kPrimeBytes) source.prime_input(f, std::move(series));
       continue;
     }
     std::error_code ec;

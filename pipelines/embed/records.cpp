@@ -23,6 +23,7 @@ struct RecordSource::Impl {
   // time series: the records of the current file, tokenised lazily
   std::vector<RawSeries> series;
   size_t series_next = 0;
+  std::map<size_t, std::vector<RawSeries>> primed;  // inputs already read (prime_input)
 
   Impl(const EmbedOptions& o, const ModelConfig& c) : opts(o), config(c) {
     for (const auto& in : opts.inputs) {
@@ -92,8 +93,13 @@ struct RecordSource::Impl {
     if (config.kind == ModelKind::kTimeseries) {
       while (series_next >= series.size()) {
         if (input >= opts.inputs.size()) return false;
-        CsvOptions co{opts.time_column, opts.columns, opts.id_column};
-        series = read_timeseries_csv(opts.inputs[input], co, config.channels);
+        if (auto p = primed.find(input); p != primed.end()) {
+          series = std::move(p->second);
+          primed.erase(p);
+        } else {
+          CsvOptions co{opts.time_column, opts.columns, opts.id_column};
+          series = read_timeseries_csv(opts.inputs[input], co, config.channels);
+        }
         series_next = 0;
         ++input;
       }
@@ -126,13 +132,11 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
     : impl_(std::make_unique<Impl>(opts, config)) {}
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
-void RecordSource::prime_first_input(std::vector<RawSeries>&& series) {
+void RecordSource::prime_input(size_t i, std::vector<RawSeries>&& series) {
   if (impl_->input != 0 || impl_->config.kind != ModelKind::kTimeseries ||
-      impl_->opts.inputs.empty())
-    throw SystemError("internal: prime_first_input on a source already begun or not a time series");
-  impl_->series = std::move(series);
-  impl_->series_next = 0;
-  impl_->input = 1;
+      i >= impl_->opts.inputs.size())
+    throw SystemError("internal: prime_input on a source already begun or not a time series");
+  impl_->primed[i] = std::move(series);
 }
 
 std::string record_fingerprint(const Record& rec) {

@@ -20,9 +20,9 @@ class RecordSource {
   ~RecordSource();
   // The next record, tokenised; false when all inputs are done.
   bool next(Record& rec);
-  // Time series, before the first next(): the first input's records, already read (by the
-  // output-size estimate), so that the file is not parsed a second time.
-  void prime_first_input(std::vector<RawSeries>&& series);
+  // Time series, before the first next(): input i's records, already read (by the output-size
+  // estimate), so that the file is not parsed a second time.
+  void prime_input(size_t i, std::vector<RawSeries>&& series);
 
  private:
   struct Impl;

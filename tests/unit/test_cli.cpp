@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <random>
 
 #include "compare_h5.hpp"
 #include "io/h5.hpp"
@@ -551,6 +552,54 @@ TEST(Cli, RegionsOfEcoli) {
                  "ecoli.fa; its records: 'K-12-MG1655'");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5",
                  "20-10");
+}
+
+// Several CSV inputs in one run (the output-size estimate reads them and hands their records on,
+// instead of each being parsed again): records in input order, each as embedded alone.
+TEST(Cli, SeveralCsvInputsMatchEachAlone) {
+  TempDir t;
+  write_file(t / "ts.toml",
+             "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+             "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
+             "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
+             "ts_transform = \"log_return\"\n");
+  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  std::mt19937 g(7);
+  std::uniform_real_distribution<double> step(-0.01, 0.01);
+  const std::vector<std::string> names = {"alpha", "beta", "gamma"};
+  const std::vector<int> rows = {57, 120, 33};
+  std::string all_inputs;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::string csv = "date,a,b\n";
+    double a = 10, b = 100;
+    for (int r = 0; r < rows[i]; ++r) {
+      a *= 1 + step(g);
+      b *= 1 + step(g);
+      char line[96];
+      std::snprintf(line, sizeof line, "2020-01-01T00:%02d:%02d,%.6f,%.6f\n", r / 60, r % 60, a, b);
+      csv += line;
+    }
+    write_file(t / (names[i] + ".csv"), csv);
+    all_inputs += " --input " + t / (names[i] + ".csv");
+  }
+  auto embed = [&](const std::string& inputs, const std::string& out) {
+    return run(binary() + " embed -q --model " + t / "ts.h5" + inputs + " --output " + out +
+               " --pool bin:10 --dtype f32");
+  };
+  auto r = embed(all_inputs, t / "all.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto f = h5::File::open_read(t / "all.h5");
+  const std::vector<std::string> keys = f.list("/records");
+  ASSERT_EQ(keys.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    SCOPED_TRACE(names[i]);
+    EXPECT_EQ(f.attr_string("/records/" + keys[i], "name"), names[i]);
+    EXPECT_EQ(f.attr_int("/records/" + keys[i], "length"), rows[i]);
+    const std::string alone = t / (names[i] + ".h5");
+    r = embed(" --input " + t / (names[i] + ".csv"), alone);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(f.read_f32("/records/" + keys[i] + "/embedding"), embedding(alone, 0));
+  }
 }
 
 TEST(Cli, TimeSeriesEndToEnd) {
