@@ -638,7 +638,6 @@ struct EmbedRun {
   // A batch and, on one rank's path, the records it points to.
   struct SideSet {
     std::vector<Item> items;  // owned records (one rank's path), or none (they live elsewhere)
-    int64_t tokens = 0;
     SideBatch batch;
   };
   // Batches of short records in a pipeline: a batch's forward passes run on a helper thread while
@@ -648,10 +647,23 @@ struct EmbedRun {
    public:
     SidePipe(EmbedRun& run, Comm& self, bool show) : run_(run), self_(self), show_(show) {}
     bool pending() const { return made_ != nullptr; }
-    // next's forwards, overlapping the writing of the batch made before (whose records are
-    // counted in `written`). A record of next that failed: the ones before it are written and its
-    // error thrown at once. After an error in the writing, next is not written.
-    void push(std::unique_ptr<SideSet> next, std::pair<int64_t, int64_t>& written) {
+    // Whether writing a batch threw (a record's own error or the journal's): nothing more is
+    // written through this pipe after that.
+    bool failed() const { return failed_; }
+    // The next batch, `items` and the records of `owned` (one rank's path: the batch owns them;
+    // both are left as they were if making the batch fails): its forwards, overlapping the writing
+    // of the batch made before. A record of it that failed: the ones before it are written and its
+    // error thrown at once. After an error in the writing, it is not written. Returns the records
+    // and tokens written.
+    std::pair<int64_t, int64_t> push(std::vector<const Item*>&& items, std::vector<Item>&& owned) {
+      auto next = std::make_unique<SideSet>();
+      next->batch.team = run_.side_team((int64_t)(items.size() + owned.size()));
+      next->items = std::move(owned);
+      owned.clear();
+      next->batch.items = std::move(items);
+      items.clear();
+      for (const Item& it : next->items) next->batch.items.push_back(&it);
+      std::pair<int64_t, int64_t> written{0, 0};
       SideSet* n = next.get();
       std::future<void> forwards;
       try {
@@ -672,21 +684,33 @@ struct EmbedRun {
       }
       made_ = std::move(next);
       if (made_->batch.failed()) drain(written);
+      return written;
     }
-    // Writes the batch made last (records, tokens added to `written`).
-    void drain(std::pair<int64_t, int64_t>& written) {
-      if (!made_) return;
-      std::unique_ptr<SideSet> done = std::move(made_);
-      run_.side_write(done->batch, self_, show_);
-      written.first += (int64_t)done->batch.items.size();
-      written.second += done->tokens;
+    // Writes the batch made last; returns its records and tokens.
+    std::pair<int64_t, int64_t> drain() {
+      std::pair<int64_t, int64_t> written{0, 0};
+      drain(written);
+      return written;
     }
 
    private:
+    void drain(std::pair<int64_t, int64_t>& written) {
+      if (!made_) return;
+      std::unique_ptr<SideSet> done = std::move(made_);
+      try {
+        run_.side_write(done->batch, self_, show_);
+      } catch (...) {
+        failed_ = true;
+        throw;
+      }
+      written.first += (int64_t)done->batch.items.size();
+      for (const Item* it : done->batch.items) written.second += it->rec.n_tokens();
+    }
     EmbedRun& run_;
     Comm& self_;
     bool show_;
     std::unique_ptr<SideSet> made_;  // made, not yet written
+    bool failed_ = false;
   };
   Shard alone(const Item& it) const { return shard_of(it.rec.n_tokens(), 0, 1, align); }
   int side_team(int64_t k) {
@@ -1157,21 +1181,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     // This rank's short records side by side, in chunks as flush_side makes them, through a
     // SidePipe (a chunk's forwards while the chunk before is written); then its others one at a
     // time.
+    // (Its records and tokens are counted for the whole batch below.)
     EmbedRun::SidePipe share(run, *self, root);
-    std::pair<int64_t, int64_t> written{0, 0};  // (counted for the whole batch below)
     try {
       std::vector<const Item*> chunk, others;
       int64_t chunk_tokens = 0;
       auto run_chunk = [&]() {
         if (chunk.empty()) return;
         if (stop_requested()) throw Interrupted("stopped by a signal");
-        auto next = std::make_unique<EmbedRun::SideSet>();
-        next->batch.team = run.side_team((int64_t)chunk.size());
-        next->batch.items = std::move(chunk);
-        next->tokens = chunk_tokens;
-        chunk.clear();
+        share.push(std::move(chunk), {});
         chunk_tokens = 0;
-        share.push(std::move(next), written);
       };
       for (size_t i = 0; i < batch.size(); ++i) {
         if (owner[i] != comm.rank()) continue;
@@ -1185,7 +1204,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         if ((int64_t)chunk.size() >= side_records || chunk_tokens >= kSideTokens) run_chunk();
       }
       run_chunk();
-      share.drain(written);
+      share.drain();
       for (const Item* it : others) {
         if (stop_requested()) throw Interrupted("stopped by a signal");
         run.embed_record_or_retry(*it, *self, root);
@@ -1195,7 +1214,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       // in the pipe: push writes it at once, and after any failure in push none waits).
       failed = 2;
       try {
-        share.drain(written);
+        share.drain();
       } catch (const Interrupted&) {
       } catch (...) {
         error = std::current_exception();
@@ -1206,7 +1225,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       failed = 1;
       // An error from elsewhere (a record of `others`, memory): a chunk waiting is kept too.
       try {
-        share.drain(written);
+        share.drain();
       } catch (const std::exception& e) {
         std::fprintf(stderr, "[sparsa] %s\n", e.what());
       }
@@ -1244,35 +1263,27 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::vector<Item> side;
   int64_t side_tokens = 0;
   EmbedRun::SidePipe pipe(run, *self, root);
-  bool side_failed = false;  // the error came from a batch's own records
   // drain: also write the batch just made (before a record of another kind, at the end).
   // (Several ranks never gather here: `side` stays empty and this returns at once, so no
   // collective runs on the way.)
   auto flush_side = [&](bool drain) {
     if (side.empty() && !(drain && pipe.pending())) return;
-    std::pair<int64_t, int64_t> written{0, 0};
+    auto count = [&](std::pair<int64_t, int64_t> written) {
+      sum.records += written.first;
+      sum.tokens += written.second;
+    };
     if (!side.empty()) {
-      auto next = std::make_unique<EmbedRun::SideSet>();
-      next->batch.team = run.side_team((int64_t)side.size());
-      next->items = std::move(side);
-      next->tokens = side_tokens;
-      side.clear();
+      count(pipe.push({}, std::move(side)));
       side_tokens = 0;
-      for (const Item& it : next->items) next->batch.items.push_back(&it);
-      side_failed = true;
-      pipe.push(std::move(next), written);
     }
-    side_failed = true;
-    if (drain) pipe.drain(written);
-    side_failed = false;
-    sum.records += written.first;
-    sum.tokens += written.second;
+    if (drain) count(pipe.drain());
     run.check_stop(comm);
   };
   // On a stop or an error elsewhere (a bad record further on in the input): the records waiting
   // for their batch are embedded and kept, as they would have been one after another.
+  // (Not after an error in writing a batch, its own records' included: pipe.failed().)
   auto finish_side = [&]() {
-    if (side_failed) return;
+    if (pipe.failed()) return;
     try {
       flush_side(true);
     } catch (const Interrupted&) {  // their rows are written; the stop is handled already
