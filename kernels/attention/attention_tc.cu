@@ -789,14 +789,7 @@ TcArgs tc_args(const AttentionParams& p, int64_t bq, dim3& grid) {
 template <int DH, int MINB>
 void launch_dh(const AttentionParams& p, cudaStream_t stream) {
   const int smem = 5 * 64 * DH * 2 + 2 * kBk * (4 + 8);
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<DH, MINB>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<attention_tc_kernel<DH, MINB>>(smem);
   dim3 grid;
   const TcArgs a = tc_args(p, kBq, grid);
   attention_tc_kernel<DH, MINB><<<grid, kThreads, smem, stream>>>(a);
@@ -834,14 +827,7 @@ template <int NW, int S>
 void launch_band(const AttentionParams& p, cudaStream_t stream) {
   constexpr int kBQ = 16 * NW;
   const int smem = (kBQ + 2 * S * 64) * 64 * 2;
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_tc_kernel<NW, S>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<band_tc_kernel<NW, S>>(smem);
   dim3 grid;
   const TcArgs a = tc_args(p, kBQ, grid);
   band_tc_kernel<NW, S><<<grid, 32 * NW, smem, stream>>>(a);
@@ -852,14 +838,7 @@ template <int MT, int NW, int S, int MINB>
 void launch_global4(const AttentionParams& p, cudaStream_t stream) {
   constexpr int kBQ = 16 * NW * MT;
   const int smem = (kBQ + 2 * S * 64) * 64 * 2 + S * kBk * (4 + 8);
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global4_tc_kernel<MT, NW, S, MINB>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<global4_tc_kernel<MT, NW, S, MINB>>(smem);
   dim3 grid;
   const TcArgs a = tc_args(p, kBQ, grid);
   global4_tc_kernel<MT, NW, S, MINB><<<grid, 32 * NW, smem, stream>>>(a);

@@ -908,15 +908,7 @@ template <int NWG, int BK, int S, int MINB, bool LAZY, bool ONES, int BULK, bool
 void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * (BK * 128 + BK / 64 * (ONES ? 72 : 64) * 128) + S * 16;
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(
-        cudaFuncSetAttribute(global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK, STAT>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<global_wg_kernel<NWG, BK, S, MINB, LAZY, ONES, BULK, STAT>>(smem);
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
@@ -929,14 +921,7 @@ template <int NWG, int S>
 void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * kImgStage + 2 * S * 8;
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(global_pipe_kernel<NWG, S>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<global_pipe_kernel<NWG, S>>(smem);
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
@@ -948,14 +933,7 @@ template <int NWG, int S, int MINB, bool FROZEN = false>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
-  // Once per process (a magic static: side-by-side models launch from several threads);
-  // the attribute is per device function.
-  static const bool configured = [&] {
-    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(band_wg_kernel<NWG, S, MINB, FROZEN>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  max_dynamic_smem_once<band_wg_kernel<NWG, S, MINB, FROZEN>>(smem);
   WgArgs a{};
   a.p = p;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);

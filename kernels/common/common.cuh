@@ -25,6 +25,18 @@ namespace sparsa::kern {
   } while (0)
 #define SPARSA_LAUNCH_CHECK() SPARSA_CUDA_CHECK(cudaGetLastError())
 
+// Raises Kernel's dynamic shared-memory limit to `bytes`, once per process: a magic static per
+// kernel (side-by-side models launch from several threads); the attribute is per device function.
+template <auto Kernel>
+void max_dynamic_smem_once(int bytes) {
+  static const bool done = [bytes] {
+    SPARSA_CUDA_CHECK(
+        cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return true;
+  }();
+  (void)done;
+}
+
 // Grid size for `count` items of `per_block`, capped by the 2^31-1 grid.x limit.
 inline unsigned grid_for(int64_t count, int64_t per_block) {
   int64_t g = (count + per_block - 1) / per_block;
