@@ -1796,7 +1796,7 @@ TEST(CudaModel, NonFiniteOutputNamesThePosition) {
   }
 }
 
-// Short records side by side on one GPU (sparsa embed's embed_side_by_side): several models of
+// Short records side by side on one GPU (sparsa embed's SidePipe): several models of
 // the same weights, each driven by its own host thread, give every record the bits one model
 // gives it alone, records one after another.
 TEST(CudaModel, ModelsSideBySideGiveTheSameBits) {

@@ -234,15 +234,9 @@ TEST(Cli, TwoRunsAreIdentical) {
 // threads. Either way every record gets the bits it gets one record after another.
 TEST(Cli, ShortRecordsSideBySideGiveTheSameBits) {
   TempDir t;
-  auto named = [](std::string fa, const std::string& prefix) {
-    for (size_t at = 0; (at = fa.find(">rec", at)) != std::string::npos; at += 4)
-      fa.replace(at + 1, 3, prefix);
-    return fa;
-  };
   // Longer than a short record in the middle: all threads, its own part.
-  write_file(t / "mix.fa", named(random_fasta(150, 90, 21), "a") +
-                               named(random_fasta(1, 20000, 22), "b") +
-                               named(random_fasta(40, 700, 23), "c"));
+  write_file(t / "mix.fa", random_fasta(150, 90, 21, "a") + random_fasta(1, 20000, 22, "b") +
+                               random_fasta(40, 700, 23, "c"));
   for (const std::string opts : {"--pool mean", "--pool none --rc-average --dtype f32"}) {
     SCOPED_TRACE(opts);
     ASSERT_EQ(run(embed_cmd(t / "mix.fa", t / "side.h5", "--threads 2 --force " + opts)).code, 0);

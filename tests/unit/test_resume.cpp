@@ -571,8 +571,7 @@ TEST(Resume, BadRecordAfterBatchesKeepsEveryRecordBeforeIt) {
   const std::string model = t / "m.h5", out = t / "out.h5";
   ASSERT_TRUE(init_tiny_model(model));
   const std::string good = random_fasta(200, 150, 8);
-  std::string tail = random_fasta(10, 120, 9);
-  for (size_t p = 0; (p = tail.find(">rec", p)) != std::string::npos; p += 4) tail[p + 1] = 'R';
+  const std::string tail = random_fasta(10, 120, 9, "Rec");
   write_file(t / "reads.fa", good + ">broken\nACGT!ACGT\n" + tail);
   auto cmd = [&](const std::string& in, const std::string& o, const std::string& extra) {
     return binary() + " embed -q --pool mean --threads 2 --model " + model + " --input " + in +

@@ -148,11 +148,12 @@ inline bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
   return false;
 }
 
-// A FASTA of `records` pseudo-random records of `len` bases (fixed seed).
-inline std::string random_fasta(int records, int len, uint64_t seed = 42) {
+// A FASTA of `records` pseudo-random records of `len` bases (fixed seed), named `name`0, `name`1...
+inline std::string random_fasta(int records, int len, uint64_t seed = 42,
+                                const std::string& name = "rec") {
   std::string fa;
   for (int rec = 0; rec < records; ++rec) {
-    fa += ">rec" + std::to_string(rec) + "\n";
+    fa += ">" + name + std::to_string(rec) + "\n";
     for (int i = 0; i < len; ++i) {
       seed = seed * 6364136223846793005ull + 1442695040888963407ull;
       fa += "ACGT"[(seed >> 33) & 3];
