@@ -807,8 +807,10 @@ bool split_enabled() {
 // Kernel choice (head_dim 64, bf16), for A/B runs (scripts/device-check.sh, bench/NOTES.md).
 // SPARSA_ATTN_BAND: auto (default: wgstat on an sm_90a device, else 8), wgstat, wg and wgs3
 // (wgmma kernels, attention_wgmma.cu), 8 (v4 band kernel on mma.sync), old (the v1 fused kernel).
-// SPARSA_ATTN_GLOBAL: auto (default: wgpipe on sm_90a, else 2x4), wgpipe, wgpipe3, wgstat,
-// wgpipe2, wg, wgbar, wgcp and wg0 (wgmma), 2x4 (v4 global kernel on mma.sync).
+// SPARSA_ATTN_GLOBAL: auto (default on sm_90a: wgfused, or wgfused-wg with SPARSA_ATTN_BAND=wg,
+// or wgpipe then the band kernel with any other band variant; else 2x4), wgfused, wgfused-wg,
+// wgpipe, wgpipe3, wgstat, wgpipe2, wg, wgbar, wgcp and wg0 (wgmma), 2x4 (v4 global kernel on
+// mma.sync).
 // SPARSA_ATTN_SPLIT=0: the global part fused into the v1 kernel.
 const char* env_or(const char* name, const char* dflt) {
   const char* e = std::getenv(name);
@@ -851,7 +853,17 @@ void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
   if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
     std::string gv = global_variant();
-    if (gv == "auto") gv = wgmma_available() ? "wgpipe" : "2x4";
+    if (gv == "auto") {
+      const std::string& bv = band_variant();
+      gv = !wgmma_available()               ? "2x4"
+           : bv == "auto" || bv == "wgstat" ? "wgfused"
+           : bv == "wg"                     ? "wgfused-wg"
+                                            : "wgpipe";
+    }
+    if (gv.rfind("wgfused", 0) == 0) {  // the band too: out written
+      launch_global_wgmma(p, gv, stream);
+      return;
+    }
     if (gv.rfind("wg", 0) == 0)
       launch_global_wgmma(p, gv, stream);
     else

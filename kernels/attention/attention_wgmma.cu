@@ -473,6 +473,208 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 #endif
 }
 
+#ifdef SPARSA_WGMMA
+// Barrier of one warpgroup's 128 threads (named barrier `bar`; 0 when the block is one warpgroup).
+__device__ __forceinline__ void wg_sync(int bar) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(bar) : "memory");
+}
+// wg_sync that also returns whether x holds for any of the 128 threads.
+__device__ __forceinline__ bool wg_sync_or(int bar, bool x) {
+  uint32_t r;
+  asm volatile(
+      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, %2, 128, p;\n"
+      "selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(r)
+      : "r"((uint32_t)x), "r"(bar)
+      : "memory");
+  return r != 0;
+}
+
+// The band part of one warpgroup's 64 query rows from record position wr0, head h: out = bf16(
+// alpha_h * Local_i + the global part), the global part from p.global_in (float, when given) or,
+// GS > 0, from shared memory: gs[GS * i] is this thread's accumulator i (beta_h * Global of rows
+// ra, rb). q_wg: the rows' swizzled Q tile; stages: 2 S tiles of 8 KB (1024-aligned) this
+// warpgroup alone uses; wtid: the thread's index in the warpgroup; bar: its named barrier.
+template <int S, bool FROZEN, int GS>
+__device__ __forceinline__ void band_rows(const WgArgs& a, int64_t h, int64_t wr0, uint32_t q_wg,
+                                          uint32_t stages, int wtid, int bar, const float* gs) {
+  static_assert(S >= 2, "at least two stages");
+  constexpr int DH = 64, NT = 128, BK = 64;
+  constexpr int kTile = BK * 128;
+  const AttentionParams& p = a.p;
+  auto k_tile = [&](int s) { return stages + (uint32_t)(2 * s) * kTile; };
+  auto v_tile = [&](int s) { return stages + (uint32_t)(2 * s + 1) * kTile; };
+
+  const int warp = wtid / 32, lane = wtid % 32;
+  const int64_t d = p.n_heads * DH;
+  const BandWindow band(p);
+  const int64_t kv_end = band.kv_end;
+  const auto* k = static_cast<const __nv_bfloat16*>(p.k);
+  const auto* v = static_cast<const __nv_bfloat16*>(p.v);
+
+  static_assert(BK == 64, "band key tiles of 64 (BandWindow)");
+  int64_t n_tiles = 0, t_lo = 0;
+  if (!p.skip_local) band.tiles(wr0, wr0 + 63, t_lo, n_tiles);
+  auto issue = [&](int64_t t, int s) {
+    if (t < n_tiles) {
+      const int64_t j0 = (t_lo + t) * BK;
+#pragma unroll
+      for (int it = 0; it < BK * 8 / NT; ++it) {
+        const int idx = wtid + it * NT;
+        const int r = idx / 8, c = idx % 8;
+        const int64_t j = j0 + r;
+        const bool ok = j >= p.kv_begin && j < kv_end;
+        const int64_t off = ok ? (j - p.kv_begin) * d + h * DH + c * 8 : 0;
+        cp_async16(k_tile(s) + swz<64>(r, c), k + off, ok);
+        cp_async16(v_tile(s) + swz<64>(r, c), v + off, ok);
+      }
+    }
+    cp_async_commit();  // always: the group count stays uniform
+  };
+
+  const float sc = a.scale_log2;
+  const uint64_t dq = desc128(q_wg);
+  const int t4 = lane % 4;
+  const int64_t ra = wr0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two rows
+  bool bad_a = false, bad_b = false;  // FROZEN: the rows the exact pass redoes
+  // Scores of the key tile from record position j0 outside this thread's rows' windows to -inf.
+  auto mask = [&](float(&s)[32], int64_t j0) {
+    if (band.col_lo(wr0 + 63, j0) <= 0 && band.col_hi(wr0, j0) >= 63) return;  // none masked
+    const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
+    const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * t4 + (e & 1);
+        const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
+        if (!ok) s[4 * j + e] = -INFINITY;
+      }
+  };
+
+  // FROZEN: pass 0 with frozen offsets, pass 1 (the plain kernel's) only if a row needs it.
+#pragma unroll 1
+  for (int pass = FROZEN ? 0 : 1; pass < 2; ++pass) {
+    const bool frozen = FROZEN && pass == 0;
+    if (FROZEN && pass == 1 && !wg_sync_or(bar, bad_a || bad_b)) break;
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) issue(s, s);
+
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+    bool fix_a = false, fix_b = false, fixed = false;  // frozen: rows with m0; all of the warp's
+
+    int cur = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      cp_async_wait<S - 2>();
+      proxy_fence();
+      wg_sync(bar);  // tile t landed for everyone; everyone is done with tile t - 1's buffer
+      {
+        int nb = cur + S - 1;
+        if (nb >= S) nb -= S;
+        issue(t + S - 1, nb);
+      }
+      const int buf = cur;
+      if (++cur == S) cur = 0;
+      const int64_t j0 = (t_lo + t) * BK;
+      // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
+      // highest hi.
+      if (band.col_lo(wr0, j0) > band.col_hi(wr0 + 63, j0))
+        continue;  // no row of this warpgroup sees it
+      float s[32];
+      wg_fence();
+      {
+        const uint64_t dk = desc128(k_tile(buf));
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+      }
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(s);
+      mask(s, j0);
+      float corr_a = 1.0f, corr_b = 1.0f;
+      if (frozen && fixed) {  // every row of the warp has its offset: P = 2^(s sc - m0)
+        softmax_fixed<8>(s, sc, m_a, m_b);
+        add_row_sums<8>(s, 1.0f, 1.0f, l_a, l_b);
+      } else if (frozen) {  // rows with an offset keep it (corr 1): the same bits as above
+        softmax_tile<8, true, true>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
+      } else {
+        softmax_tile<8, true, false>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
+      }
+      uint32_t pa[4][4];
+      pack_p<4>(s, pa);
+      if (!(frozen && fixed))
+        scale_o<32>(o, corr_a, corr_b);  // the lazy rescale measured slower here (bench/NOTES.md)
+      reg_fence(o);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64<1>(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
+      wg_commit();
+      wg_wait<0>();
+      reg_fence(o);
+      if (frozen && !fixed) {  // a row's offset is frozen once it has seen a key
+        fix_a = m_a > -INFINITY;
+        fix_b = m_b > -INFINITY;
+        fixed = __all_sync(0xffffffffu, fix_a && fix_b);
+      }
+    }
+    cp_async_wait<0>();  // no copy in flight at exit (or before the exact pass)
+
+    l_a = quad_sum(l_a);
+    l_b = quad_sum(l_b);
+    bool write_a = true, write_b = true;
+    if (FROZEN) {
+      if (frozen) {  // a row whose l or O left the float range is redone by the exact pass
+        // l < 2^64 (NaN fails too): alpha / l stays a normal float for any sane alpha (the exact
+        // pass's l is at most the key count)
+        bool ok_a = l_a < 0x1p64f, ok_b = l_b < 0x1p64f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          ok_a = ok_a && isfinite(o[4 * j]) && isfinite(o[4 * j + 1]);
+          ok_b = ok_b && isfinite(o[4 * j + 2]) && isfinite(o[4 * j + 3]);
+        }
+        const unsigned quad = 0xfu << (lane & ~3);
+        bad_a = __any_sync(0xffffffffu, !ok_a) && (__ballot_sync(0xffffffffu, !ok_a) & quad) != 0;
+        bad_b = __any_sync(0xffffffffu, !ok_b) && (__ballot_sync(0xffffffffu, !ok_b) & quad) != 0;
+        write_a = !bad_a;
+        write_b = !bad_b;
+      } else {
+        write_a = bad_a;
+        write_b = bad_b;
+      }
+    }
+    const float alpha = p.alpha[h];
+    const float fa = l_a > 0.0f ? alpha / l_a : 0.0f, fb = l_b > 0.0f ? alpha / l_b : 0.0f;
+    auto* out = static_cast<__nv_bfloat16*>(p.out);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t rr = (half ? rb : ra) - p.first_pos;
+      if (rr < p.row_begin || rr >= p.row_end || !(half ? write_b : write_a)) continue;
+      const float f = half ? fb : fa;
+      __nv_bfloat16* orow = out + rr * d + h * DH;
+      const float* grow = GS == 0 && p.global_in ? p.global_in + rr * d + h * DH : nullptr;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        // rounded products, then rounded sums (never contracted to an FMA), whichever way
+        // the global part comes: the fused kernel's bits are the two kernels'
+        float x = __fmul_rn(f, o[4 * j + 2 * half]), y = __fmul_rn(f, o[4 * j + 2 * half + 1]);
+        if constexpr (GS > 0) {
+          x = __fadd_rn(x, gs[GS * (4 * j + 2 * half)]);
+          y = __fadd_rn(y, gs[GS * (4 * j + 2 * half + 1)]);
+        } else if (grow) {
+          const float2 gg = *reinterpret_cast<const float2*>(grow + j * 8 + 2 * t4);
+          x = __fadd_rn(x, gg.x);
+          y = __fadd_rn(y, gg.y);
+        }
+        *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + 2 * t4) = __floats2bfloat162_rn(x, y);
+      }
+    }
+  }  // pass
+}
+#endif  // SPARSA_WGMMA
+
 // The global part pipelined within each warpgroup (FA3's intra-warpgroup overlap): at key tile
 // t, S_{t+1} = Q K_{t+1}^T and O += P_t V_t are issued together, and the softmax of S_{t+1} runs
 // while P_t V_t is on the tensor cores. Tiles, order, the fixed offsets and the lazy rescale as
@@ -482,7 +684,14 @@ __global__ void __launch_bounds__(128 * NWG, MINB)
 // n8, with 128- or 64-key tiles) ptxas serializes the wgmmas (C7511, "insufficient register
 // resources"), without it not. NWG warpgroups a block, one block an SM (~155 registers); an S-stage
 // ring, S >= 3 (tiles t and t + 1 are in use while t + 2 .. load).
-template <int NWG, int S>
+// BAND (0: none) fuses the band part: once every warpgroup is done with the ring, each warpgroup
+// runs band_rows for its 64 rows in a third of the ring (BAND 2: frozen offsets, "wgstat"; 1: the
+// running max, "wg"), adding this kernel's beta_h * Global (kept in shared memory past the ring,
+// 48 KB at NWG 3), and writes p.out: the bits of this kernel then the band kernel, without the
+// float round trip through p.global_scratch (4 bytes a value written and read back) or loading
+// Q twice. band_rows is inlined: called as a function, ptxas serializes every wgmma of the kernel
+// (C7510) and the global loop loses its overlap (25.1 ms against 20.9, bench/NOTES.md).
+template <int NWG, int S, int BAND = 0>
 __global__ void __launch_bounds__(128 * NWG, 1)
     global_pipe_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
@@ -616,7 +825,22 @@ __global__ void __launch_bounds__(128 * NWG, 1)
   }
   l_a = quad_sum(l_a);
   l_b = quad_sum(l_b);
-  global_epilogue(p, o, l_a, l_b, ra, rb, h, t4);
+  if constexpr (BAND == 0) {
+    global_epilogue(p, o, l_a, l_b, ra, rb, h, t4);
+  } else {
+    static_assert(2 * 2 * 64 * 128 * NWG <= S * kStage, "the band's stages fit in the ring");
+    // global_epilogue's values, kept in shared memory after the ring (conflict-free: value i of
+    // thread tid at i * NT + tid) to leave the band its registers
+    float* gs = reinterpret_cast<float*>(smem_raw + (k_tile(S) + 16u * S - smem_u32(smem_raw)));
+    const float beta = p.beta[h];
+    const float fa = l_a > 0.0f ? beta / l_a : 0.0f, fb = l_b > 0.0f ? beta / l_b : 0.0f;
+#pragma unroll
+    for (int i = 0; i < NO; ++i) gs[i * NT + tid] = o[i] * (i % 4 < 2 ? fa : fb);
+    __syncthreads();  // every warpgroup has consumed every tile: the ring is free
+    band_rows<2, BAND == 2, NT>(a, h, i0 + wg * 64, q_tile + wg * 64 * 128,
+                                k_tile(0) + (uint32_t)wg * 2 * 2 * 64 * 128, tid % 128, 1 + wg,
+                                gs + tid);
+  }
 #else
   __trap();
 #endif
@@ -639,187 +863,18 @@ __global__ void __launch_bounds__(128 * NWG, 1)
 // keep the first pass's. Either way a row's bits depend only on the row's window (for finite
 // inputs: a non-finite V in a tile the row walks poisons it through 0 * inf, in both passes, as
 // in every variant here).
-template <int NWG, int S, int MINB, bool FROZEN = false>
-__global__ void __launch_bounds__(128 * NWG, MINB)
-    band_wg_kernel(const __grid_constant__ WgArgs a) {
+
+template <int S, int MINB, bool FROZEN = false>
+__global__ void __launch_bounds__(128, MINB) band_wg_kernel(const __grid_constant__ WgArgs a) {
 #ifdef SPARSA_WGMMA
-  static_assert(S >= 2, "at least two stages");
-  constexpr int DH = 64, NT = 128 * NWG, BQ = 64 * NWG, BK = 64;
-  constexpr int kTile = BK * 128;
-  const AttentionParams& p = a.p;
+  constexpr int BQ = 64;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t q_tile = base;
-  auto k_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s) * kTile; };
-  auto v_tile = [&](int s) { return base + BQ * 128 + (uint32_t)(2 * s + 1) * kTile; };
-
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int64_t d = p.n_heads * DH, h = blockIdx.y;
-  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
-  const BandWindow band(p);
-  const int64_t kv_end = band.kv_end;
-  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
-  const auto* k = static_cast<const __nv_bfloat16*>(p.k);
-  const auto* v = static_cast<const __nv_bfloat16*>(p.v);
-
-  static_assert(BK == 64, "band key tiles of 64 (BandWindow)");
-  int64_t n_tiles = 0, t_lo = 0;
-  if (!p.skip_local) band.tiles(i0, i1, t_lo, n_tiles);
-  auto issue = [&](int64_t t, int s) {
-    if (t < n_tiles) {
-      const int64_t j0 = (t_lo + t) * BK;
-#pragma unroll
-      for (int it = 0; it < (BK * 8 + NT - 1) / NT; ++it) {
-        const int idx = tid + it * NT;
-        if (BK * 8 % NT != 0 && idx >= BK * 8) break;
-        const int r = idx / 8, c = idx % 8;
-        const int64_t j = j0 + r;
-        const bool ok = j >= p.kv_begin && j < kv_end;
-        const int64_t off = ok ? (j - p.kv_begin) * d + h * DH + c * 8 : 0;
-        cp_async16(k_tile(s) + swz<64>(r, c), k + off, ok);
-        cp_async16(v_tile(s) + swz<64>(r, c), v + off, ok);
-      }
-    }
-    cp_async_commit();  // always: the group count stays uniform
-  };
-
-  load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
-  cp_async_commit();
-  const float sc = a.scale_log2;
-  const uint64_t dq = desc128(q_tile + wg * 64 * 128);
-  const int t4 = lane % 4;
-  const int64_t wr0 = i0 + wg * 64;                            // this warpgroup's first row
-  const int64_t ra = wr0 + warp * 16 + lane / 4, rb = ra + 8;  // this thread's two rows
-  bool bad_a = false, bad_b = false;  // FROZEN: the rows the exact pass redoes
-  // Scores of the key tile from record position j0 outside this thread's rows' windows to -inf.
-  auto mask = [&](float(&s)[32], int64_t j0) {
-    if (band.col_lo(wr0 + 63, j0) <= 0 && band.col_hi(wr0, j0) >= 63) return;  // none masked
-    const int lo_a = band.col_lo(ra, j0), hi_a = band.col_hi(ra, j0);
-    const int lo_b = band.col_lo(rb, j0), hi_b = band.col_hi(rb, j0);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = 8 * j + 2 * t4 + (e & 1);
-        const bool ok = e < 2 ? (col >= lo_a && col <= hi_a) : (col >= lo_b && col <= hi_b);
-        if (!ok) s[4 * j + e] = -INFINITY;
-      }
-  };
-
-  // FROZEN: pass 0 with frozen offsets, pass 1 (the plain kernel's) only if a row needs it.
-  for (int pass = FROZEN ? 0 : 1; pass < 2; ++pass) {
-    const bool frozen = FROZEN && pass == 0;
-    if (FROZEN && pass == 1 && !__syncthreads_or(bad_a || bad_b)) break;
-#pragma unroll
-    for (int s = 0; s < S - 1; ++s) issue(s, s);
-
-    float o[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) o[i] = 0.0f;
-    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-    bool fix_a = false, fix_b = false, fixed = false;  // frozen: rows with m0; all of the warp's
-
-    int cur = 0;
-    for (int64_t t = 0; t < n_tiles; ++t) {
-      cp_async_wait<S - 2>();
-      proxy_fence();
-      __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1's buffer
-      {
-        int nb = cur + S - 1;
-        if (nb >= S) nb -= S;
-        issue(t + S - 1, nb);
-      }
-      const int buf = cur;
-      if (++cur == S) cur = 0;
-      const int64_t j0 = (t_lo + t) * BK;
-      // Rows' windows are monotone in the row: the first row has the lowest lo, the last the
-      // highest hi.
-      if (band.col_lo(wr0, j0) > band.col_hi(wr0 + 63, j0))
-        continue;  // no row of this warpgroup sees it
-      float s[32];
-      wg_fence();
-      {
-        const uint64_t dk = desc128(k_tile(buf));
-#pragma unroll
-        for (int kk = 0; kk < DH / 16; ++kk) wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
-      }
-      wg_commit();
-      wg_wait<0>();
-      reg_fence(s);
-      mask(s, j0);
-      float corr_a = 1.0f, corr_b = 1.0f;
-      if (frozen && fixed) {  // every row of the warp has its offset: P = 2^(s sc - m0)
-        softmax_fixed<8>(s, sc, m_a, m_b);
-        add_row_sums<8>(s, 1.0f, 1.0f, l_a, l_b);
-      } else if (frozen) {  // rows with an offset keep it (corr 1): the same bits as above
-        softmax_tile<8, true, true>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b, fix_a, fix_b);
-      } else {
-        softmax_tile<8, true, false>(s, sc, m_a, m_b, l_a, l_b, corr_a, corr_b);
-      }
-      uint32_t pa[4][4];
-      pack_p<4>(s, pa);
-      if (!(frozen && fixed))
-        scale_o<32>(o, corr_a, corr_b);  // the lazy rescale measured slower here (bench/NOTES.md)
-      reg_fence(o);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64<1>(o, pa[kk], desc128(v_tile(buf) + kk * 2048));
-      wg_commit();
-      wg_wait<0>();
-      reg_fence(o);
-      if (frozen && !fixed) {  // a row's offset is frozen once it has seen a key
-        fix_a = m_a > -INFINITY;
-        fix_b = m_b > -INFINITY;
-        fixed = __all_sync(0xffffffffu, fix_a && fix_b);
-      }
-    }
-    cp_async_wait<0>();  // no copy in flight at exit (or before the exact pass)
-
-    l_a = quad_sum(l_a);
-    l_b = quad_sum(l_b);
-    bool write_a = true, write_b = true;
-    if (FROZEN) {
-      if (frozen) {  // a row whose l or O left the float range is redone by the exact pass
-        // l < 2^64 (NaN fails too): alpha / l stays a normal float for any sane alpha (the exact
-        // pass's l is at most the key count)
-        bool ok_a = l_a < 0x1p64f, ok_b = l_b < 0x1p64f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          ok_a = ok_a && isfinite(o[4 * j]) && isfinite(o[4 * j + 1]);
-          ok_b = ok_b && isfinite(o[4 * j + 2]) && isfinite(o[4 * j + 3]);
-        }
-        const unsigned quad = 0xfu << (lane & ~3);
-        bad_a = __any_sync(0xffffffffu, !ok_a) && (__ballot_sync(0xffffffffu, !ok_a) & quad) != 0;
-        bad_b = __any_sync(0xffffffffu, !ok_b) && (__ballot_sync(0xffffffffu, !ok_b) & quad) != 0;
-        write_a = !bad_a;
-        write_b = !bad_b;
-      } else {
-        write_a = bad_a;
-        write_b = bad_b;
-      }
-    }
-    const float alpha = p.alpha[h];
-    const float fa = l_a > 0.0f ? alpha / l_a : 0.0f, fb = l_b > 0.0f ? alpha / l_b : 0.0f;
-    auto* out = static_cast<__nv_bfloat16*>(p.out);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t rr = (half ? rb : ra) - p.first_pos;
-      if (rr < p.row_begin || rr >= p.row_end || !(half ? write_b : write_a)) continue;
-      const float f = half ? fb : fa;
-      __nv_bfloat16* orow = out + rr * d + h * DH;
-      const float* grow = p.global_in ? p.global_in + rr * d + h * DH : nullptr;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        float x = f * o[4 * j + 2 * half], y = f * o[4 * j + 2 * half + 1];
-        if (grow) {
-          const float2 g = *reinterpret_cast<const float2*>(grow + j * 8 + 2 * t4);
-          x += g.x;
-          y += g.y;
-        }
-        *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + 2 * t4) = __floats2bfloat162_rn(x, y);
-      }
-    }
-  }  // pass
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ;
+  load_q_tile<BQ, 128>(base, static_cast<const __nv_bfloat16*>(a.p.q), a.p, i0, blockIdx.y,
+                       threadIdx.x);
+  cp_async_commit();  // waited for with the first key tile
+  band_rows<S, FROZEN, 0>(a, blockIdx.y, i0, base, base + BQ * 128, threadIdx.x, 0, nullptr);
 #else
   __trap();
 #endif
@@ -917,30 +972,31 @@ void launch_wg(const WgArgs& a_in, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
-template <int NWG, int S>
+template <int NWG, int S, int BAND = 0>
 void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
   constexpr int BQ = 64 * NWG;
-  const int smem = 1024 + BQ * 128 + S * kImgStage + 2 * S * 8;
-  max_dynamic_smem_once<global_pipe_kernel<NWG, S>>(smem);
+  // BAND: the global part's values (NO = 32 floats a thread) after the ring's mbarriers
+  const int smem = 1024 + BQ * 128 + S * kImgStage + 2 * S * 8 + (BAND ? 128 * NWG * 32 * 4 : 0);
+  max_dynamic_smem_once<global_pipe_kernel<NWG, S, BAND>>(smem);
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
-  global_pipe_kernel<NWG, S><<<qt.grid, 128 * NWG, smem, stream>>>(a);
+  global_pipe_kernel<NWG, S, BAND><<<qt.grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 
-template <int NWG, int S, int MINB, bool FROZEN = false>
+template <int S, int MINB, bool FROZEN = false>
 void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
-  constexpr int BQ = 64 * NWG;
+  constexpr int BQ = 64;
   const int smem = 1024 + BQ * 128 + S * 2 * 64 * 128;
-  max_dynamic_smem_once<band_wg_kernel<NWG, S, MINB, FROZEN>>(smem);
+  max_dynamic_smem_once<band_wg_kernel<S, MINB, FROZEN>>(smem);
   WgArgs a{};
   a.p = p;
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
   const QueryTiles qt = query_tiles(p, BQ);
   a.tile_pos0 = qt.pos0;
   const dim3 grid = qt.grid;
-  band_wg_kernel<NWG, S, MINB, FROZEN><<<grid, 128 * NWG, smem, stream>>>(a);
+  band_wg_kernel<S, MINB, FROZEN><<<grid, 128, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -990,7 +1046,8 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
     const size_t img_bytes = (size_t)(p.n_heads * tiles * kImgStage);
     SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, img_bytes + (size_t)p.n_heads * 4, stream));
     a.img = static_cast<const unsigned char*>(buf);
-    const bool stat = variant == "wgstat" || variant.rfind("wgpipe", 0) == 0;
+    const bool stat =
+        variant == "wgstat" || variant.rfind("wgpipe", 0) == 0 || variant.rfind("wgfused", 0) == 0;
     if (stat) {
       float* kmax = reinterpret_cast<float*>(static_cast<unsigned char*>(buf) + img_bytes);
       key_norm_max_kernel<<<(unsigned)p.n_heads, 256, 0, stream>>>(
@@ -1009,6 +1066,10 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
       launch_wg<2, 128, 2, 2, true, true, 2, true>(a, stream);
     else if (variant == "wgpipe")
       launch_pipe<3, 4>(a, stream);
+    else if (variant == "wgfused")
+      launch_pipe<3, 4, 2>(a, stream);
+    else if (variant == "wgfused-wg")
+      launch_pipe<3, 4, 1>(a, stream);
     else if (variant == "wgpipe3")
       launch_pipe<3, 3>(a, stream);
     else if (variant == "wgpipe2")
@@ -1023,11 +1084,11 @@ void launch_band_wgmma(const AttentionParams& p, const std::string& variant, cud
   if (p.type != DType::kBF16 || p.head_dim != 64 || (p.n_global > 0 && !p.global_in))
     throw SystemError("attention: the wgmma band kernel needs bf16, head_dim 64, no fused global");
   if (variant == "wgs3")
-    launch_band_wg<1, 3, 4>(p, stream);
+    launch_band_wg<3, 4>(p, stream);
   else if (variant == "wgstat")
-    launch_band_wg<1, 2, 4, true>(p, stream);
+    launch_band_wg<2, 4, true>(p, stream);
   else
-    launch_band_wg<1, 2, 4>(p, stream);
+    launch_band_wg<2, 4>(p, stream);
 }
 
 }  // namespace sparsa::kern

@@ -19,6 +19,9 @@ namespace sparsa::kern {
 // "wgpipe" (the default on sm_90a): that, pipelined within each warpgroup (S of tile t + 1 and P V
 // of tile t in flight together, the softmax of t + 1 while P V runs; row sums by FADD), 3
 // warpgroups, 4 stages, 1 block an SM; "wgpipe3": 3 stages; "wgpipe2": 2 warpgroups.
+// "wgfused" / "wgfused-wg": wgpipe with the band fused after it, each warpgroup running the band
+// kernel's "wgstat" / "wg" loop for its rows: alpha * Local + beta * Global straight into p.out
+// (the bits of wgpipe then launch_band_wgmma with that variant); p.global_scratch is not used.
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *

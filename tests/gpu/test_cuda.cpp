@@ -1160,6 +1160,80 @@ TEST(CudaOps, BandKernelFrozenOffsetsRowInvariantAndRedone) {
   }
 }
 
+TEST(CudaOps, FusedGlobalBandBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // The fused kernel (the global part, then each warpgroup's band rows, adding the global part
+  // from shared memory) against its two halves (wgpipe into the float scratch, then the band
+  // kernel reading it back), bit for bit: unaligned shards, windows of 1 to beyond a tile span,
+  // key ranges cut on both sides, rows written in two launches, bidirectional and causal, with
+  // the frozen band (wgfused against wgstat) and the running max (wgfused-wg against wg). With
+  // spikes, head 0's rows that see a spike key after their first tile leave the frozen pass
+  // (l >= 2^64 or an overflow) and take the exact pass: the warpgroup-wide vote and the redo.
+  const int64_t H = 2, d = H * 64;
+  struct Case {
+    int64_t n_record, first, m, window, cut_lo, cut_hi;
+    bool spikes;
+  };
+  for (Case c : {Case{5000, 1100, 900, 100, 0, 0, false}, Case{5000, 1100, 900, 256, 0, 0, true},
+                 Case{3000, 0, 3000, 600, 0, 0, false}, Case{257, 3, 250, 1, 0, 0, false},
+                 Case{6000, 2000, 1500, 256, 310, 77, true}}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE("first " + std::to_string(c.first) + " m " + std::to_string(c.m) + " w " +
+                   std::to_string(c.window) + (causal ? " causal" : "") +
+                   (c.spikes ? " spikes" : ""));
+      const int64_t kv_begin = std::max<int64_t>(0, c.first - c.window) + c.cut_lo;
+      const int64_t kv_end =
+          (causal ? c.first + c.m : std::min(c.n_record, c.first + c.m + c.window)) - c.cut_hi;
+      const int64_t kvc = kv_end - kv_begin, G = std::min<int64_t>(700, c.n_record / 2);
+      auto q = rnd(c.m * d, 101, -2, 2), k = rnd(kvc * d, 102, -2, 2);
+      if (c.spikes) {
+        for (int64_t i = 0; i < c.m; ++i)
+          for (int64_t ch = 0; ch < 64; ++ch)
+            q[i * d + ch] = 3.0f + 0.5f * (q[i * d + ch] + 2.0f) / 4.0f;
+        for (int64_t s : {c.first + c.m / 3, c.first + 2 * c.m / 3})
+          for (int64_t ch = 0; ch < 64; ++ch) k[(s - kv_begin) * d + ch] = 6.0f;
+      }
+      GlobalCase gc(q, rnd(G * d, 103, -2, 2), rnd(G * d, 104), 105,
+                    random_positions(G, c.n_record, 106), c.n_record, c.first);
+      DeviceBuffer dk = up_act(k, DType::kBF16), dv = up_act(rnd(kvc * d, 107), DType::kBF16);
+      DeviceBuffer dal = up(rnd(H, 108, 0.5, 1.5)), dout(c.m * d * 2);
+      const BandRun r{c.n_record, c.first, c.m, c.window, kv_begin, kv_end, causal};
+      kern::AttentionParams p = band_params(r, H, gc.dq, dk, dv, dal, dout);
+      p.k_global = gc.p.k_global;
+      p.v_global = gc.p.v_global;
+      p.gamma = gc.p.gamma;
+      p.pos_global = gc.p.pos_global;
+      p.n_global = gc.p.n_global;
+      p.beta = gc.p.beta;
+      p.global_scratch = gc.p.global_scratch;
+      const int64_t third = c.m / 3;
+      for (auto [band, fused] : {std::pair{"wgstat", "wgfused"}, std::pair{"wg", "wgfused-wg"}}) {
+        SCOPED_TRACE(fused);
+        std::vector<uint16_t> out[2];
+        for (int fuse = 0; fuse < 2; ++fuse) {
+          cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
+          for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, third}, {third, c.m}}) {
+            p.row_begin = r0;
+            p.row_end = r1;
+            p.global_in = nullptr;
+            kern::launch_global_wgmma(p, fuse ? fused : "wgpipe", nullptr);
+            if (!fuse) {
+              p.global_in = gc.p.global_scratch;
+              kern::launch_band_wgmma(p, band, nullptr);
+            }
+          }
+          out[fuse] = down<uint16_t>(dout, c.m * d);
+        }
+        EXPECT_TRUE(
+            std::none_of(out[1].begin(), out[1].end(), [](uint16_t b) { return b == 0xffff; }));
+        for (int64_t i = 0; i < c.m * d; ++i)
+          ASSERT_EQ(out[1][i], out[0][i]) << "row " << i / d << " channel " << i % d;
+      }
+    }
+  }
+}
+
 TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
