@@ -5,10 +5,15 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "backends/cpu/ops.hpp"
 #include "dist/comm.hpp"
+#include "io/timeseries.hpp"
 #include "model/forward.hpp"
 #include "model/weights.hpp"
 
@@ -100,6 +105,37 @@ void BM_ForwardTiny(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * n);
 }
 BENCHMARK(BM_ForwardTiny)->Arg(1 << 16)->Arg(1 << 18)->Unit(benchmark::kMillisecond);
+
+// A time-series CSV of n rows (minute timestamps and OHLCV columns, ~60 bytes a row) read and
+// parsed whole, as `sparsa embed` reads each CSV input (bytes/s: of the file).
+void BM_ReadTimeseriesCsv(benchmark::State& st) {
+  const int64_t n = st.range(0);
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("sparsa_bench_" + std::to_string(n) + ".csv");
+  {
+    std::ofstream f(path);
+    f << "timestamp,open,high,low,close,volume\n";
+    uint64_t seed = 7;
+    char line[128];
+    for (int64_t i = 0; i < n; ++i) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      const int64_t t = 60 * i, day = t / 86400, sec = t % 86400;
+      const double px = 100.0 + (double)(seed >> 44) / 1e4;
+      std::snprintf(line, sizeof line, "2020-%02d-%02dT%02d:%02d:%02d,%.4f,%.4f,%.4f,%.4f,%llu\n",
+                    (int)(1 + day / 28 % 12), (int)(1 + day % 28), (int)(sec / 3600),
+                    (int)(sec / 60 % 60), (int)(sec % 60), px, px + 0.5, px - 0.5, px + 0.1,
+                    (unsigned long long)(seed >> 40));
+      f << line;
+    }
+  }
+  const auto bytes = (int64_t)std::filesystem::file_size(path);
+  for (auto _ : st)
+    benchmark::DoNotOptimize(read_timeseries_csv(path.string(), CsvOptions{"", {"close"}, ""}, 1));
+  std::filesystem::remove(path);
+  st.SetItemsProcessed(st.iterations() * n);
+  st.SetBytesProcessed(st.iterations() * bytes);
+}
+BENCHMARK(BM_ReadTimeseriesCsv)->Arg(1 << 20)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

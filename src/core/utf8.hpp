@@ -2,7 +2,9 @@
 // descriptions, timestamps): h5py and other readers fail on invalid bytes.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -22,6 +24,14 @@ inline size_t first_invalid_utf8(std::string_view s) {
   const size_t n = s.size();
   size_t i = 0;
   while (i < n) {
+    // ASCII runs 8 bytes at a time (no byte with its high bit set): most text is all ASCII
+    while (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, u + i, 8);
+      if (w & 0x8080808080808080ull) break;
+      i += 8;
+    }
+    if (i >= n) break;
     const unsigned c = u[i];
     if (c < 0x80) {
       ++i;

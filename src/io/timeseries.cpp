@@ -68,6 +68,7 @@ CellKind parse_number(std::string_view s, double& out) {
 
 struct CsvRow {
   int64_t line = 0;  // 1-based line on which the row starts
+  size_t n = 0;      // cells in this row: cells[0 .. n); the strings past n are kept for reuse
   std::vector<std::string> cells;
 };
 
@@ -81,7 +82,7 @@ class CsvScanner {
   }
 
   bool next(CsvRow& row) {
-    row.cells.clear();
+    row.n = 0;
     for (;;) {  // skip blank lines, also those of spaces and tabs only
       size_t p = pos_;
       while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
@@ -98,7 +99,8 @@ class CsvScanner {
     if (pos_ >= text_.size()) return false;
     row.line = line_;
     for (;;) {
-      row.cells.push_back(read_cell(row.line));
+      if (row.n == row.cells.size()) row.cells.emplace_back();
+      read_cell(row.line, row.cells[row.n++]);  // into a kept string: no allocation per cell
       if (pos_ >= text_.size()) return true;
       if (text_[pos_] == ',') {
         ++pos_;
@@ -112,7 +114,7 @@ class CsvScanner {
       throw InputError(where(path_, "", 0,
                              "line " + std::to_string(row.line) +
                                  ": unexpected text after a closing quote in cell " +
-                                 std::to_string(row.cells.size())));
+                                 std::to_string(row.n)));
     }
   }
 
@@ -121,11 +123,11 @@ class CsvScanner {
     return text_[pos_] == '\r' && (pos_ + 1 == text_.size() || text_[pos_ + 1] == '\n');
   }
 
-  std::string read_cell(int64_t row_line) {
+  void read_cell(int64_t row_line, std::string& cell) {
     size_t p = pos_;
     while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
     if (p < text_.size() && text_[p] == '"') {
-      std::string cell;
+      cell.clear();
       pos_ = p + 1;
       for (;;) {
         if (pos_ >= text_.size())
@@ -145,13 +147,13 @@ class CsvScanner {
         }
       }
       while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t')) ++pos_;
-      return cell;
+      return;
     }
-    size_t end = text_.find_first_of(",\n", pos_);
-    if (end == std::string::npos) end = text_.size();
-    std::string_view cell = trim(std::string_view(text_).substr(pos_, end - pos_));
+    size_t end = pos_;
+    while (end < text_.size() && text_[end] != ',' && text_[end] != '\n') ++end;
+    const std::string_view v = trim(std::string_view(text_).substr(pos_, end - pos_));
     pos_ = end;
-    return std::string(cell);
+    cell.assign(v.data(), v.size());
   }
 
   std::string text_;
@@ -263,10 +265,21 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
 std::string read_file_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(where(path, "", 0, "cannot open file"));
+  std::string text;
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (!ec && size > 0) {  // a regular file: read it in one piece (no stream copy)
+    text.resize((size_t)size);
+    in.read(text.data(), (std::streamsize)size);
+    text.resize((size_t)in.gcount());
+    if (in.bad()) throw InputError(where(path, "", 0, "read error"));
+    if (in.peek() == std::char_traits<char>::eof()) return text;
+    in.clear();  // it grew while being read: the rest as a stream
+  }
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw InputError(where(path, "", 0, "read error"));
-  return std::move(ss).str();
+  return text + std::move(ss).str();
 }
 
 }  // namespace
@@ -294,7 +307,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
   CsvScanner scanner(std::move(text), path);
   CsvRow row;
   if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
-  const std::vector<std::string> header = row.cells;
+  const std::vector<std::string> header(row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n);
   {
     double unused = 0;
     bool all_numbers = std::all_of(header.begin(), header.end(), [&](const std::string& s) {
@@ -321,14 +334,14 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
   std::unordered_map<std::string, size_t> record_of_id;  // id value -> index into records
   const std::string file_record = std::filesystem::path(path).stem().string();
   while (scanner.next(row)) {
-    const std::string line = "line " + std::to_string(row.line);
-    if (row.cells.size() != header.size()) {
+    auto line = [&] { return "line " + std::to_string(row.line); };  // for messages only
+    if (row.n != header.size()) {
       // The record it belongs to where that can be told: the file's, or the id cell's.
-      const std::string record = cols.id < 0                          ? file_record
-                                 : (size_t)cols.id < row.cells.size() ? shown(row.cells[cols.id])
-                                                                      : std::string();
+      const std::string record = cols.id < 0               ? file_record
+                                 : (size_t)cols.id < row.n ? shown(row.cells[cols.id])
+                                                           : std::string();
       throw InputError(where(path, record, 0,
-                             line + ": " + std::to_string(row.cells.size()) + " cells, but the " +
+                             line() + ": " + std::to_string(row.n) + " cells, but the " +
                                  "header has " + std::to_string(header.size()) +
                                  " (a comma inside a value must be quoted)"));
     }
@@ -337,7 +350,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
       const std::string& id = row.cells[cols.id];
       if (id.empty())
         throw InputError(
-            where(path, "", 0, line + ": empty id in column '" + header[cols.id] + "'"));
+            where(path, "", 0, line() + ": empty id in column '" + header[cols.id] + "'"));
       auto [it, inserted] = record_of_id.try_emplace(id, records.size());
       if (inserted) records.emplace_back().name = id;
       r = it->second;
@@ -351,7 +364,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
     }
     if (row.cells[cols.time].empty())
       throw InputError(
-          where(path, rec.name, 0, line + ": empty time in column '" + header[cols.time] + "'"));
+          where(path, rec.name, 0, line() + ": empty time in column '" + header[cols.time] + "'"));
     rec.timestamps.push_back(row.cells[cols.time]);
     rec.source_rows.push_back(row.line);
     for (int64_t k = 0; k < n_channels; ++k) {
@@ -363,7 +376,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                                  : kind == CellKind::kNonFinite ? "not a finite number"
                                                                 : "too small for a double";
         throw InputError(where(path, rec.name, 0,
-                               line + ", column '" + header[cols.channels[k]] + "': " + what +
+                               line() + ", column '" + header[cols.channels[k]] + "': " + what +
                                    ": '" + shown(cell) + "'"));
       }
       rec.values[k].push_back(v);
