@@ -8,6 +8,7 @@
 namespace sparsa::kern {
 
 void launch_attention_tc(const AttentionParams& p, cudaStream_t stream);  // attention_tc.cu
+bool global_scratch_needed_tc(const AttentionParams& p);                  // attention_tc.cu
 
 namespace {
 
@@ -115,6 +116,10 @@ __global__ void attention_simple_kernel(AttentionParams p, float scale) {
 
 bool attention_uses_tensor_cores(const AttentionParams& p) {
   return !p.force_simple && p.type == DType::kBF16 && (p.head_dim == 64 || p.head_dim == 128);
+}
+
+bool attention_needs_global_scratch(const AttentionParams& p) {
+  return attention_uses_tensor_cores(p) && global_scratch_needed_tc(p);
 }
 
 void launch_attention(const AttentionParams& p_in, cudaStream_t stream) {

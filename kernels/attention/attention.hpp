@@ -40,12 +40,14 @@ struct AttentionParams {
   bool causal;
   int64_t row_begin, row_end;  // shard rows to write (interior/edge split)
   bool skip_local = false;     // benchmarks: the global part alone (alpha treated as 0)
-  // Scratch [n_tokens, d] float32. When given (bf16, head_dim 64, n_global > 0), the global part
-  // runs as its own kernel first (128 queries a block, 32 rows a warp: each K/V fragment read
-  // from shared memory feeds two MMAs) and writes beta * Global here in fp32; the band kernel
-  // then adds it to alpha * Local. Per row the same operations as the fused kernel but for one
-  // more fp32 rounding (the fused fold is one FMA), so still independent of the shard size.
-  float* global_scratch = nullptr;
+  // bf16, head_dim 64, n_global > 0: the global part split from the band. On an sm_90a device
+  // (the default variant) one kernel runs both, each block's band rows after its global part;
+  // otherwise the global part runs as its own kernel first and writes beta * Global in fp32 to
+  // global_scratch (needed then: attention_needs_global_scratch), which the band kernel adds to
+  // alpha * Local. Without a split (split_global false, or no scratch where one is needed) the v1
+  // kernel computes both in one pass. Each way a row's arithmetic is independent of the shard.
+  bool split_global = true;
+  float* global_scratch = nullptr;   // [n_tokens, d] float32
   const float* global_in = nullptr;  // internal: the band kernel adds this instead of a global part
   bool force_simple = false;         // tests: the CUDA-core kernel even where tensor cores apply
 };
@@ -53,5 +55,9 @@ void launch_attention(const AttentionParams& p, cudaStream_t stream);
 
 // Whether the tensor-core path serves these parameters.
 bool attention_uses_tensor_cores(const AttentionParams& p);
+// Whether launch_attention with these parameters (type, head_dim, n_global, split_global, the
+// variant environment) writes through global_scratch: a split global part without the sm_90a
+// kernel that runs both parts. The model reserves the scratch (n_tokens x d floats) only then.
+bool attention_needs_global_scratch(const AttentionParams& p);
 
 }  // namespace sparsa::kern

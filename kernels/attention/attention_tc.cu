@@ -847,23 +847,37 @@ void launch_global4(const AttentionParams& p, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
+// The global kernel variant for these parameters, "" when the global part is not split off (no
+// global set, head_dim not 64, split_global false, SPARSA_ATTN_SPLIT=0).
+std::string global_choice(const AttentionParams& p) {
+  if (!p.split_global || p.head_dim != 64 || p.n_global <= 0 || !split_enabled()) return "";
+  std::string gv = global_variant();
+  if (gv == "auto") {
+    const std::string& bv = band_variant();
+    gv = !wgmma_available()               ? "2x4"
+         : bv == "auto" || bv == "wgstat" ? "wgfused"
+         : bv == "wg"                     ? "wgfused-wg"
+                                          : "wgpipe";
+  }
+  return gv;
+}
+bool fused_variant(const std::string& gv) { return gv.rfind("wgfused", 0) == 0; }
+
 }  // namespace
+
+bool global_scratch_needed_tc(const AttentionParams& p) {
+  const std::string gv = global_choice(p);
+  return !gv.empty() && !fused_variant(gv);
+}
 
 void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
-  if (p.global_scratch && p.head_dim == 64 && p.n_global > 0 && split_enabled()) {
-    std::string gv = global_variant();
-    if (gv == "auto") {
-      const std::string& bv = band_variant();
-      gv = !wgmma_available()               ? "2x4"
-           : bv == "auto" || bv == "wgstat" ? "wgfused"
-           : bv == "wg"                     ? "wgfused-wg"
-                                            : "wgpipe";
-    }
-    if (gv.rfind("wgfused", 0) == 0) {  // the band too: out written
-      launch_global_wgmma(p, gv, stream);
-      return;
-    }
+  const std::string gv = global_choice(p);
+  if (fused_variant(gv)) {  // the band too: out written, no scratch
+    launch_global_wgmma(p, gv, stream);
+    return;
+  }
+  if (!gv.empty() && p.global_scratch) {
     if (gv.rfind("wg", 0) == 0)
       launch_global_wgmma(p, gv, stream);
     else

@@ -837,9 +837,13 @@ __global__ void __launch_bounds__(128 * NWG, 1)
 #pragma unroll
     for (int i = 0; i < NO; ++i) gs[i * NT + tid] = o[i] * (i % 4 < 2 ? fa : fb);
     __syncthreads();  // every warpgroup has consumed every tile: the ring is free
-    band_rows<2, BAND == 2, NT>(a, h, i0 + wg * 64, q_tile + wg * 64 * 128,
-                                k_tile(0) + (uint32_t)wg * 2 * 2 * 64 * 128, tid % 128, 1 + wg,
-                                gs + tid);
+    // A warpgroup with no row to write (blocks straddle the launch's row range) skips the band:
+    // the same choice for its 128 threads, and its barrier is its own.
+    const int64_t w0 = i0 + wg * 64 - p.first_pos;  // its first row in the shard
+    if (w0 + 64 > p.row_begin && w0 < p.row_end)
+      band_rows<2, BAND == 2, NT>(a, h, i0 + wg * 64, q_tile + wg * 64 * 128,
+                                  k_tile(0) + (uint32_t)wg * 2 * 2 * 64 * 128, tid % 128, 1 + wg,
+                                  gs + tid);
   }
 #else
   __trap();
@@ -1022,7 +1026,8 @@ bool wgmma_available() {
 
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
                          cudaStream_t stream) {
-  if (p.type != DType::kBF16 || p.head_dim != 64 || !p.global_scratch || p.n_global <= 0)
+  if (p.type != DType::kBF16 || p.head_dim != 64 || p.n_global <= 0 ||
+      (!p.global_scratch && variant.rfind("wgfused", 0) != 0))
     throw SystemError("attention: the wgmma global kernel needs bf16, head_dim 64 and a scratch");
   const int64_t d = p.n_heads * 64, g_pad = (p.n_global + 127) / 128 * 128;
   WgArgs a{};

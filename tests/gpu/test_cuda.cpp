@@ -663,7 +663,9 @@ struct AttnCase {
   DType type;
   bool simple = false;
   std::vector<std::pair<int64_t, int64_t>> check_rows;  // empty: all rows
-  bool split = false;  // global part as its own kernel through an fp32 scratch (global_scratch)
+  // the global part split off: on sm_90a the kernel that runs both parts, else its own kernel
+  // through an fp32 scratch (global_scratch); false: the v1 kernel
+  bool split = false;
 };
 
 // Runs the GPU attention and the CPU oracle (on the same, bf16-rounded where bf16, inputs) and
@@ -723,6 +725,7 @@ double attention_error(const AttnCase& a, uint64_t seed) {
   p.row_begin = 0;
   p.row_end = m;
   p.force_simple = a.simple;
+  p.split_global = a.split;  // else the v1 kernel, the global part inside
   DeviceBuffer scratch;
   if (a.split) {
     scratch.reserve(m * d * 4);
@@ -1170,14 +1173,18 @@ TEST(CudaOps, FusedGlobalBandBitIdentical) {
   // the frozen band (wgfused against wgstat) and the running max (wgfused-wg against wg). With
   // spikes, head 0's rows that see a spike key after their first tile leave the frozen pass
   // (l >= 2^64 or an overflow) and take the exact pass: the warpgroup-wide vote and the redo.
+  // With late globals every global key sits after the shard: causal rows see none (blocks with
+  // no global tile). Then as the model calls it: out aliasing q, one launch; and a launch of a
+  // middle row range alone writes those rows and no other.
   const int64_t H = 2, d = H * 64;
   struct Case {
     int64_t n_record, first, m, window, cut_lo, cut_hi;
-    bool spikes;
+    bool spikes, late_globals = false;
   };
   for (Case c : {Case{5000, 1100, 900, 100, 0, 0, false}, Case{5000, 1100, 900, 256, 0, 0, true},
                  Case{3000, 0, 3000, 600, 0, 0, false}, Case{257, 3, 250, 1, 0, 0, false},
-                 Case{6000, 2000, 1500, 256, 310, 77, true}}) {
+                 Case{6000, 2000, 1500, 256, 310, 77, true},
+                 Case{5000, 1100, 900, 256, 0, 0, false, true}}) {
     for (bool causal : {false, true}) {
       SCOPED_TRACE("first " + std::to_string(c.first) + " m " + std::to_string(c.m) + " w " +
                    std::to_string(c.window) + (causal ? " causal" : "") +
@@ -1194,8 +1201,12 @@ TEST(CudaOps, FusedGlobalBandBitIdentical) {
         for (int64_t s : {c.first + c.m / 3, c.first + 2 * c.m / 3})
           for (int64_t ch = 0; ch < 64; ++ch) k[(s - kv_begin) * d + ch] = 6.0f;
       }
-      GlobalCase gc(q, rnd(G * d, 103, -2, 2), rnd(G * d, 104), 105,
-                    random_positions(G, c.n_record, 106), c.n_record, c.first);
+      std::vector<int64_t> gpos = random_positions(G, c.n_record, 106);
+      if (c.late_globals) {  // in [first + m, n_record)
+        gpos = random_positions(G, c.n_record - c.first - c.m, 106);
+        for (auto& x : gpos) x += c.first + c.m;
+      }
+      GlobalCase gc(q, rnd(G * d, 103, -2, 2), rnd(G * d, 104), 105, gpos, c.n_record, c.first);
       DeviceBuffer dk = up_act(k, DType::kBF16), dv = up_act(rnd(kvc * d, 107), DType::kBF16);
       DeviceBuffer dal = up(rnd(H, 108, 0.5, 1.5)), dout(c.m * d * 2);
       const BandRun r{c.n_record, c.first, c.m, c.window, kv_begin, kv_end, causal};
@@ -1229,6 +1240,29 @@ TEST(CudaOps, FusedGlobalBandBitIdentical) {
             std::none_of(out[1].begin(), out[1].end(), [](uint16_t b) { return b == 0xffff; }));
         for (int64_t i = 0; i < c.m * d; ++i)
           ASSERT_EQ(out[1][i], out[0][i]) << "row " << i / d << " channel " << i % d;
+        p.global_in = nullptr;
+        {  // in place, one launch: out is q
+          DeviceBuffer dqa = up_act(q, DType::kBF16);
+          kern::AttentionParams pa = p;
+          pa.q = pa.out = dqa.get();
+          pa.row_begin = 0;
+          pa.row_end = c.m;
+          kern::launch_global_wgmma(pa, fused, nullptr);
+          const auto got = down<uint16_t>(dqa, c.m * d);
+          for (int64_t i = 0; i < c.m * d; ++i)
+            ASSERT_EQ(got[i], out[0][i]) << "in place: row " << i / d << " channel " << i % d;
+        }
+        // the middle third alone: its rows, and nothing outside them
+        cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
+        p.row_begin = third;
+        p.row_end = 2 * third;
+        kern::launch_global_wgmma(p, fused, nullptr);
+        const auto mid = down<uint16_t>(dout, c.m * d);
+        for (int64_t i = 0; i < c.m * d; ++i) {
+          const bool inside = i / d >= third && i / d < 2 * third;
+          ASSERT_EQ(mid[i], inside ? out[0][i] : uint16_t{0xffff})
+              << "middle range: row " << i / d << " channel " << i % d;
+        }
       }
     }
   }

@@ -714,8 +714,14 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   I.gidx.reserve(G * 8);
   I.rowpos.reserve(G * 8);
   I.xg.reserve(G * d * 4);
-  const bool split_global = I.act == DType::kBF16 && c.head_dim() == 64 && G > 0;
-  if (split_global) I.gscratch.reserve(achunk * d * 4);  // beta * Global, fp32 (attention.hpp)
+  // beta * Global in fp32 between the global and band kernels, where they are two (attention.hpp:
+  // not with the sm_90a kernel that runs both, which saves achunk x d floats, 2 GB at 1M rows)
+  kern::AttentionParams probe{};
+  probe.type = I.act;
+  probe.head_dim = c.head_dim();
+  probe.n_global = G;
+  const bool split_scratch = kern::attention_needs_global_scratch(probe);
+  if (split_scratch) I.gscratch.reserve(achunk * d * 4);
   if (!single) {
     I.kpack.reserve(G * d * eb);
     I.vpack.reserve(G * d * eb);
@@ -953,7 +959,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     ap.head_dim = c.head_dim();
     ap.window = c.window;
     ap.causal = c.causal;
-    ap.global_scratch = split_global ? I.gscratch.as<float>() : nullptr;
+    ap.global_scratch = split_scratch ? I.gscratch.as<float>() : nullptr;
     // Attention of shard rows [c0, c1) from window W (their queries, their band's keys): into W's
     // q rows, in place (the chunk is a shard of its own to the kernels: first_pos, n_tokens), then
     // x += out W_o for those rows.
