@@ -114,6 +114,20 @@ Handle file_type(Dtype t) {
   return Handle(H5Tcopy(t == Dtype::kI64 ? H5T_STD_I64LE : H5T_IEEE_F32LE), H5Tclose);
 }
 
+// Creation properties of a dataset of `bytes` bytes: small ones in a serial file are compact
+// (their data in the object header: no separate allocation or chunk index, which is most of the
+// cost of a short record's datasets); `chunk` (null: none) otherwise. Parallel files keep the
+// default layouts (collective writes).
+Handle dataset_plist(bool parallel, int64_t bytes, int rank, const hsize_t* chunk) {
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  if (!parallel && bytes > 0 && bytes <= 16384)
+    H5Pset_layout(dcpl.id(), H5D_COMPACT);
+  else if (chunk)
+    H5Pset_chunk(dcpl.id(), rank, chunk);
+  return dcpl;
+}
+int64_t dtype_size(Dtype t) { return t == Dtype::kF16 ? 2 : t == Dtype::kI64 ? 8 : 4; }
+
 Handle str_type() {
   Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(t.id(), H5T_VARIABLE);
@@ -257,7 +271,10 @@ static void write_any(const File& f, const std::string& obj, const std::vector<i
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
   Handle ftype = file_type(ft);
-  Handle ds(check(H5Dcreate2(f.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), H5P_DEFAULT,
+  int64_t bytes = dtype_size(ft);
+  for (int64_t n : shape) bytes *= n;
+  Handle dcpl = dataset_plist(f.parallel(), bytes, (int)dims.size(), nullptr);
+  Handle ds(check(H5Dcreate2(f.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
                              H5P_DEFAULT),
                   f.path(), obj, "dataset create"),
             H5Dclose);
@@ -296,7 +313,8 @@ void File::create_vector_i64(const std::string& obj, int64_t n) {
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
   Handle ftype = file_type(Dtype::kI64);
-  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), H5P_DEFAULT,
+  Handle dcpl = dataset_plist(parallel_, n * 8, 1, nullptr);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
                              H5P_DEFAULT),
                   path_, obj, "dataset create"),
             H5Dclose);
@@ -307,12 +325,10 @@ void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype
   Handle space(H5Screate_simple(2, dims, nullptr), H5Sclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
-  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  if (rows > 0) {
-    hsize_t chunk[2] = {(hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / cols)),
-                        (hsize_t)cols};
-    H5Pset_chunk(dcpl.id(), 2, chunk);
-  }
+  hsize_t chunk[2] = {(hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / cols)),
+                      (hsize_t)cols};
+  Handle dcpl =
+      dataset_plist(parallel_, rows * cols * dtype_size(ft), 2, rows > 0 ? chunk : nullptr);
   Handle ftype = file_type(ft);
   Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
                              H5P_DEFAULT),
@@ -479,6 +495,23 @@ void File::set_attr(const std::string& obj, const std::string& name, int64_t val
                  path_, obj, "attribute create"),
            H5Aclose);
   if (H5Awrite(a.id(), H5T_NATIVE_INT64, &value) < 0) fail(path_, obj, "attribute write failed");
+}
+
+void File::set_attrs(const std::string& obj, const std::vector<Attr>& attrs) {
+  Handle o(check(H5Oopen(h_.id(), obj.c_str(), H5P_DEFAULT), path_, obj, "open"), H5Oclose);
+  Handle t = str_type();
+  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
+  for (const Attr& at : attrs) {
+    if (H5Aexists(o.id(), at.name.c_str()) > 0) H5Adelete(o.id(), at.name.c_str());
+    Handle a(check(H5Acreate2(o.id(), at.name.c_str(), at.is_int ? H5T_STD_I64LE : t.id(), sp.id(),
+                              H5P_DEFAULT, H5P_DEFAULT),
+                   path_, obj, "attribute create"),
+             H5Aclose);
+    const char* p = at.text.c_str();
+    const herr_t w =
+        at.is_int ? H5Awrite(a.id(), H5T_NATIVE_INT64, &at.number) : H5Awrite(a.id(), t.id(), &p);
+    if (w < 0) fail(path_, obj, "attribute write failed");
+  }
 }
 
 bool File::has_attr(const std::string& obj, const std::string& name) const {
