@@ -221,6 +221,22 @@ TEST(Cli, PoolingAndDtype) {
   EXPECT_EQ(wrong, 0u);
   EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
+  // Datasets of up to 16 KB are compact (their data in the object header: half a short read's
+  // bytes), larger ones chunked.
+  auto layout = [](const std::filesystem::path& p, const std::string& name) {
+    auto f = h5::File::open_read(p);
+    const std::string obj = first_key(f) + "/" + name;
+    const hid_t d = H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT);
+    const hid_t pl = H5Dget_create_plist(d);
+    const H5D_layout_t l = H5Pget_layout(pl);
+    H5Pclose(pl);
+    H5Dclose(d);
+    return l;
+  };
+  for (const char* name : {"embedding", "bin_start", "bin_end", "global_positions"})
+    EXPECT_EQ(layout(t / "mean.h5", name), H5D_COMPACT) << name;
+  EXPECT_EQ(layout(t / "bin.h5", "embedding"), H5D_COMPACT);  // 49 rows of 64 floats: 12.5 KB
+  EXPECT_EQ(layout(t / "none.h5", "embedding"), H5D_CHUNKED);
 }
 
 TEST(Cli, TwoRunsAreIdentical) {
