@@ -261,12 +261,14 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
       (double)c.d_model * (o.f16 ? 2 : 4) + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
   const double data = rows * row_bytes + records * 12.0 * (double)c.n_layers * per_record_g;
   // A part file's own structure is ~16 KB (measured: 14.4 KB for a 2-row record; ~3.3 KB a
-  // record in a group part), a record in the final file ~3 KB (measured: 2.8 KB with its data,
-  // dna-tiny, --pool mean: small datasets are compact), the final file's own ~8 KB. One record's
-  // part becomes the file itself; several are copied into it, so the parts and the final file
-  // are on disk together.
+  // record in a group part), a record in the final file ~3 KB when its datasets are all compact
+  // (16 KB or less; measured: 2.8 KB with its data, dna-tiny, --pool mean), ~6 KB when its
+  // embedding is chunked; the final file's own ~8 KB. One record's part becomes the file itself;
+  // several are copied into it, so the parts and the final file are on disk together.
   if (records <= 1) return (int64_t)(data + 16384.0 + 8192.0);
-  return (int64_t)(2.0 * data + records * (16384.0 + 3072.0) + 8192.0);
+  const double final_record =
+      rows / records * (double)c.d_model * (o.f16 ? 2 : 4) <= 16384.0 ? 3072.0 : 6144.0;
+  return (int64_t)(2.0 * data + records * (16384.0 + final_record) + 8192.0);
 }
 
 // Longest-first onto the least loaded rank: a balanced split of whole records by length.

@@ -1,6 +1,7 @@
 // sparsa: UTF-8 validation of text that ends up in HDF5 strings marked UTF-8 (record names,
 // descriptions, timestamps): h5py and other readers fail on invalid bytes.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -28,7 +29,11 @@ inline size_t first_invalid_utf8(std::string_view s) {
     while (i + 8 <= n) {
       uint64_t w;
       std::memcpy(&w, u + i, 8);
-      if (w & 0x8080808080808080ull) break;
+      if (const uint64_t high = w & 0x8080808080808080ull) {
+        // to the first byte with its high bit set (the lowest address is the low byte)
+        if constexpr (std::endian::native == std::endian::little) i += std::countr_zero(high) / 8;
+        break;
+      }
       i += 8;
     }
     if (i >= n) break;

@@ -325,8 +325,9 @@ void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype
   Handle space(H5Screate_simple(2, dims, nullptr), H5Sclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
-  hsize_t chunk[2] = {(hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / cols)),
-                      (hsize_t)cols};
+  hsize_t chunk[2] = {
+      (hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols))),
+      (hsize_t)cols};
   Handle dcpl =
       dataset_plist(parallel_, rows * cols * dtype_size(ft), 2, rows > 0 ? chunk : nullptr);
   Handle ftype = file_type(ft);
