@@ -112,7 +112,7 @@ struct RecordSource::Impl {
                      opts.inputs[input - 1].c_str(), raw.name.c_str(),
                      (long long)raw.source_rows[i], raw.timestamps[i].c_str(),
                      raw.timestamps[i - 1].c_str());
-      rec = tokenize_series(raw, config, opts.inputs[input - 1]);
+      rec = tokenize_series(std::move(series[series_next]), config, opts.inputs[input - 1]);
       series[series_next++] = RawSeries{};  // free what was read
       return true;
     }

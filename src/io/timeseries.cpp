@@ -425,7 +425,7 @@ int32_t ts_token(double z, int64_t bins, double clip) {
   return int32_t(3 + int64_t(b));
 }
 
-Record tokenize_series(const RawSeries& raw, const ModelConfig& config, const std::string& path) {
+Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::string& path) {
   const int64_t n_channels = config.channels;
   const int64_t n_rows = int64_t(raw.timestamps.size());
   if (int64_t(raw.values.size()) != n_channels) {
@@ -448,7 +448,7 @@ Record tokenize_series(const RawSeries& raw, const ModelConfig& config, const st
   rec.name = raw.name;
   rec.source = path;
   rec.n_channels = n_channels;
-  rec.timestamps = raw.timestamps;
+  rec.timestamps = std::move(raw.timestamps);         // n_rows was taken above; not read again
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
   for (int64_t c = 0; c < n_channels; ++c) {
     const std::vector<double>& x = raw.values[c];

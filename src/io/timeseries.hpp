@@ -48,6 +48,7 @@ int32_t ts_token(double z, int64_t bins, double clip);
 
 // Tokenises a raw series with the model config into a Record (n_channels = config.channels,
 // token-major), source = path. Statistics cover the whole record.
-Record tokenize_series(const RawSeries& raw, const ModelConfig& config, const std::string& path);
+// `raw` by value: a caller done with it moves it in, and its timestamps move into the record.
+Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::string& path);
 
 }  // namespace sparsa
