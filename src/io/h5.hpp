@@ -95,14 +95,6 @@ class File {
   // Attributes on an object ("/" for the root).
   void set_attr(const std::string& obj, const std::string& name, const std::string& value);
   void set_attr(const std::string& obj, const std::string& name, int64_t value);
-  // Several at once: the object opened once (a record's group: no path lookup per attribute).
-  struct Attr {
-    std::string name;
-    std::string text;  // a string attribute, unless is_int
-    int64_t number = 0;
-    bool is_int = false;
-  };
-  void set_attrs(const std::string& obj, const std::vector<Attr>& attrs);
   bool has_attr(const std::string& obj, const std::string& name) const;
   std::string attr_string(const std::string& obj, const std::string& name) const;
   int64_t attr_int(const std::string& obj, const std::string& name) const;
