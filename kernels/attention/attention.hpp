@@ -5,11 +5,12 @@
 //   empty)
 // Bidirectional W(i) = {|i-j| <= w}; causal W(i) = {i-w <= j <= i}, S'(i) = {j in S : j <= i}.
 // Implementations behind one launcher:
-//   - bf16, head_dim 64 with global_scratch (or no global set), on an sm_90a device: the global
-//     part, then the band, flash-style on Hopper warpgroup MMAs (wgmma, fp32 accumulate, online
-//     softmax in fp32; attention_wgmma.cu), in one kernel by default (each block's band rows after
-//     its global part), or as two (the band alone when there is no global set). On other GPUs the
-//     same split into two kernels on mma.sync (the v4 kernels of attention_tc.cu).
+//   - bf16, head_dim 64 with split_global (the default) or no global set, on an sm_90a device:
+//     the global part, then the band, flash-style on Hopper warpgroup MMAs (wgmma, fp32
+//     accumulate, online softmax in fp32; attention_wgmma.cu), in one kernel by default (each
+//     block's band rows after its global part), or as two (the band alone when there is no global
+//     set). On other GPUs the same split into two kernels on mma.sync (the v4 kernels of
+//     attention_tc.cu).
 //   - bf16, head_dim 64 or 128 otherwise: the v1 fused kernel on mma.sync (tiles of 64 queries).
 //     In all of these, query and key tiles are aligned to record positions, so a row's arithmetic
 //     does not depend on how the record is sharded. SPARSA_ATTN_BAND / SPARSA_ATTN_GLOBAL pick

@@ -861,7 +861,6 @@ std::string global_choice(const AttentionParams& p) {
   }
   return gv;
 }
-bool fused_variant(const std::string& gv) { return gv.rfind("wgfused", 0) == 0; }
 
 }  // namespace
 

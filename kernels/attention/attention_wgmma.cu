@@ -1027,7 +1027,7 @@ bool wgmma_available() {
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
                          cudaStream_t stream) {
   if (p.type != DType::kBF16 || p.head_dim != 64 || p.n_global <= 0 ||
-      (!p.global_scratch && variant.rfind("wgfused", 0) != 0))
+      (!p.global_scratch && !fused_variant(variant)))
     throw SystemError("attention: the wgmma global kernel needs bf16, head_dim 64 and a scratch");
   const int64_t d = p.n_heads * 64, g_pad = (p.n_global + 127) / 128 * 128;
   WgArgs a{};
@@ -1052,7 +1052,7 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
     SPARSA_CUDA_CHECK(cudaMallocAsync(&buf, img_bytes + (size_t)p.n_heads * 4, stream));
     a.img = static_cast<const unsigned char*>(buf);
     const bool stat =
-        variant == "wgstat" || variant.rfind("wgpipe", 0) == 0 || variant.rfind("wgfused", 0) == 0;
+        variant == "wgstat" || variant.rfind("wgpipe", 0) == 0 || fused_variant(variant);
     if (stat) {
       float* kmax = reinterpret_cast<float*>(static_cast<unsigned char*>(buf) + img_bytes);
       key_norm_max_kernel<<<(unsigned)p.n_heads, 256, 0, stream>>>(

@@ -23,6 +23,9 @@ namespace sparsa::kern {
 // kernel's "wgstat" / "wg" loop for its rows: alpha * Local + beta * Global straight into p.out
 // (the bits of wgpipe then launch_band_wgmma with that variant); p.global_scratch is not used.
 void launch_global_wgmma(const AttentionParams& p, const std::string& variant, cudaStream_t stream);
+// Whether `variant` is one of the kernels that run the band too ("wgfused", "wgfused-wg"): they
+// write p.out and need no p.global_scratch.
+inline bool fused_variant(const std::string& variant) { return variant.rfind("wgfused", 0) == 0; }
 
 // The band alone (bf16, head_dim 64; the global part, if any, already in p.global_in): alpha *
 // Local (+ global_in) into p.out; 1 warpgroup = 64 queries a block, 2 stages, 4 blocks an SM.

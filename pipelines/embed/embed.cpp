@@ -257,8 +257,8 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
                       : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin + records
                                                       : tokens;
   // A row: its embedding, bin_start and bin_end, and for a time series its timestamp string.
-  const double row_bytes =
-      (double)c.d_model * (o.f16 ? 2 : 4) + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
+  const double embedding_bytes = (double)c.d_model * (o.f16 ? 2 : 4);  // a row's
+  const double row_bytes = embedding_bytes + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
   const double data = rows * row_bytes + records * 12.0 * (double)c.n_layers * per_record_g;
   // A part file's own structure is ~16 KB (measured: 14.4 KB for a 2-row record; ~3.3 KB a
   // record in a group part), a record in the final file ~3 KB when its datasets are all compact
@@ -266,8 +266,7 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
   // embedding is chunked; the final file's own ~8 KB. One record's part becomes the file itself;
   // several are copied into it, so the parts and the final file are on disk together.
   if (records <= 1) return (int64_t)(data + 16384.0 + 8192.0);
-  const double final_record =
-      rows / records * (double)c.d_model * (o.f16 ? 2 : 4) <= 16384.0 ? 3072.0 : 6144.0;
+  const double final_record = rows / records * embedding_bytes <= 16384.0 ? 3072.0 : 6144.0;
   return (int64_t)(2.0 * data + records * (16384.0 + final_record) + 8192.0);
 }
 
