@@ -1371,12 +1371,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 o.pool.text(),
                 o.f16 ? "float16" : "float32",
                 manifest};
-    journal.assemble(a, index, o.output);
+    journal.assemble(a, index, o.output, [&] { comm.heartbeat(); });
   }
-  // Copying many records into the output can outlast the watchdog's 30 minutes; rank 0 aborts
-  // every rank itself if assembling fails. (If rank 0 is killed meanwhile, mpirun ends the rest;
-  // srun with --kill-on-bad-exit=0 leaves them waiting until the job's time limit.)
-  comm.barrier_unwatched();
+  // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
+  // wait from one heartbeat of rank 0 to the next: if it dies or hangs meanwhile, the watchdog
+  // ends them (under srun --kill-on-bad-exit=0 nothing else would). Rank 0 aborts every rank
+  // itself if assembling fails.
+  comm.wait_for_root();
   sum.seconds = progress.seconds();
   if (env_on("SPARSA_PROFILE") || env_on("SPARSA_TIMES"))  // TIMES: this line alone (cli.md)
     std::fprintf(stderr,

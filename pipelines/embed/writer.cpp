@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -388,6 +389,10 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
   const std::string tmp = part_path(index) + ".tmp";
   const bool writer = parallel || comm.rank() == 0;
   if (writer) {
+    // Parallel HDF5's create, writes and close are MPI-IO collectives: watched like any other, so
+    // a rank that dies inside them does not leave the others waiting.
+    std::optional<Watched> watched;
+    if (parallel) watched.emplace(comm, "a parallel HDF5 write of a record's part");
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
     write_whole(f, index, r, f16, parallel && comm.size() > 1);
     f.close();
@@ -584,7 +589,8 @@ std::string Journal::source_of(int64_t index) const {
   return it->second;
 }
 
-void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output) {
+void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output,
+                       const std::function<void()>& tick) {
   auto open_part = [&](const std::string& path, bool rw) {
     try {
       return rw ? h5::File::open_rw(path) : h5::File::open_read(path);
@@ -646,6 +652,7 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
           out.copy_from(
               part, "/records/" + key,
               "/records/" + key_for(i - 1, "", n_records) + key.substr(key.find('_') + 1));
+          if (tick) tick();
         }
       }
       out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result

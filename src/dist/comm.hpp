@@ -24,10 +24,20 @@ class Comm {
   virtual int size() const = 0;
   virtual const char* name() const = 0;
   virtual void barrier() = 0;
-  // A barrier whose wait is rank 0's work of unbounded length (assembling a large output), so the
-  // watchdog (SPARSA_COMM_TIMEOUT) does not end it. A rank that dies ends the job under mpirun;
-  // under srun with --kill-on-bad-exit=0 the others wait until the job's time limit.
-  virtual void barrier_unwatched() { barrier(); }
+  // Rank 0, during work of unbounded length that the others wait for (assembling the output): a
+  // sign of life for wait_for_root. Cheap to call often (one message a second at most); no-op on
+  // other ranks.
+  virtual void heartbeat() {}
+  // Every rank, after such work: returns once rank 0 has called it too. The others' wait is
+  // watched from one heartbeat to the next instead of as a whole, so the watchdog
+  // (SPARSA_COMM_TIMEOUT) ends the job if rank 0 dies or hangs while the work itself may take
+  // hours; under srun --kill-on-bad-exit=0 nothing else would end the waiting ranks.
+  virtual void wait_for_root() { barrier(); }
+  // Arms the watchdog around collective work done outside this interface (a parallel-HDF5 write:
+  // MPI-IO's collectives would wait forever for a rank that died inside them). Pair with unwatch;
+  // `Watched` does both.
+  virtual void watch(const char* what) { (void)what; }
+  virtual void unwatch() {}
   // Ends every rank at once (MPI_Abort); for a rank that failed while others may wait on it.
   [[noreturn]] virtual void abort(int code) = 0;
   // Every rank contributes `bytes` (may differ per rank); `out` receives the concatenation in rank
@@ -48,6 +58,18 @@ class Comm {
   // Bytes this rank has sent through start_exchange / allgatherv since creation (measurement).
   int64_t bytes_sent_p2p = 0;
   int64_t bytes_sent_collective = 0;
+};
+
+// Comm::watch for one scope.
+class Watched {
+ public:
+  Watched(Comm& c, const char* what) : c_(c) { c_.watch(what); }
+  ~Watched() { c_.unwatch(); }
+  Watched(const Watched&) = delete;
+  Watched& operator=(const Watched&) = delete;
+
+ private:
+  Comm& c_;
 };
 
 // The single-process communicator (rank 0 of 1).

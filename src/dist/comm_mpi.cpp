@@ -55,16 +55,27 @@ class Watchdog {
   class Armed {
    public:
     Armed(Watchdog* w, const char* what) : w_(w) {
-      if (w_) w_->arm(what);
+      if (w_) {
+        prev_deadline_ = w_->deadline_ns_;
+        prev_what_ = w_->what_;
+        w_->arm(what);
+      }
     }
+    // Back to the enclosing scope's deadline (Comm::watch around a call that arms its own), or
+    // disarmed.
     ~Armed() {
-      if (w_) w_->deadline_ns_ = 0;
+      if (w_) {
+        w_->what_ = prev_what_;
+        w_->deadline_ns_ = prev_deadline_;
+      }
     }
     Armed(const Armed&) = delete;
     Armed& operator=(const Armed&) = delete;
 
    private:
     Watchdog* w_;
+    int64_t prev_deadline_ = 0;
+    const char* prev_what_ = "";
   };
 
  private:
@@ -123,7 +134,38 @@ class MpiComm final : public Comm {
     Watchdog::Armed armed(watchdog_.get(), "a barrier");
     SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   }
-  void barrier_unwatched() override { SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  void heartbeat() override {
+    if (rank_ != 0 || size_ == 1) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_beat_ < std::chrono::seconds(1)) return;
+    last_beat_ = now;
+    send_beat(&kBeat);
+  }
+  void wait_for_root() override {
+    if (size_ == 1) return;
+    if (rank_ == 0) {
+      send_beat(&kDone);
+      Watchdog::Armed armed(watchdog_.get(),
+                            "the end of the output's assembly, sent to every rank");
+      SPARSA_MPI_CHECK(MPI_Waitall((int)beats_.size(), beats_.data(), MPI_STATUSES_IGNORE));
+      beats_.clear();
+      return;
+    }
+    // Rank 0's messages arrive in the order it sent them (same sender, tag and communicator), so
+    // every heartbeat is received before the end.
+    for (char v = kBeat; v != kDone;) {
+      Watchdog::Armed armed(
+          watchdog_.get(),
+          "a wait for rank 0, which assembles the output (no sign of life from it)");
+      SPARSA_MPI_CHECK(MPI_Recv(&v, 1, MPI_CHAR, 0, kBeatTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+    }
+  }
+  void watch(const char* what) override {
+    if (watchdog_) watched_.push_back(std::make_unique<Watchdog::Armed>(watchdog_.get(), what));
+  }
+  void unwatch() override {
+    if (!watched_.empty()) watched_.pop_back();
+  }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::exit(code);
@@ -231,7 +273,21 @@ class MpiComm final : public Comm {
   }
 
  private:
-  static constexpr int kHaloTag = 17, kGatherTag = 18;
+  static constexpr int kHaloTag = 17, kGatherTag = 18, kBeatTag = 19;
+  static constexpr char kBeat = 0, kDone = 1;
+  // Rank 0: one 1-byte message to every other rank (they wait in wait_for_root meanwhile). The
+  // sends of earlier beats are let go here once all of them completed.
+  void send_beat(const char* v) {
+    int done = 0;
+    if (!beats_.empty()) {
+      SPARSA_MPI_CHECK(MPI_Testall((int)beats_.size(), beats_.data(), &done, MPI_STATUSES_IGNORE));
+      if (done) beats_.clear();
+    }
+    for (int r = 1; r < size_; ++r) {
+      beats_.emplace_back();
+      SPARSA_MPI_CHECK(MPI_Isend(v, 1, MPI_CHAR, r, kBeatTag, MPI_COMM_WORLD, &beats_.back()));
+    }
+  }
   // Largest point-to-point message of gatherv: 1 GiB (SPARSA_MPI_MAX_MESSAGE=N bytes, for tests).
   const int64_t max_message_ = [] {
     const char* e = std::getenv("SPARSA_MPI_MAX_MESSAGE");
@@ -243,6 +299,9 @@ class MpiComm final : public Comm {
   int rank_ = 0, size_ = 1;
   int next_token_ = 0;
   std::vector<MPI_Request> pending_[2];
+  std::vector<MPI_Request> beats_;  // rank 0's heartbeat sends, completed at wait_for_root
+  std::chrono::steady_clock::time_point last_beat_{};
+  std::vector<std::unique_ptr<Watchdog::Armed>> watched_;  // watch / unwatch, innermost last
 };
 
 }  // namespace

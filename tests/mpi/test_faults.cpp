@@ -24,6 +24,75 @@ std::vector<pid_t> ranks_of(const std::string& out) {
   return pids;
 }
 
+// The MPI rank of a process that mpirun started (OMPI_COMM_WORLD_RANK in its environment), -1 if
+// that cannot be read.
+int rank_of(pid_t pid) {
+  const std::string env = read_file("/proc/" + std::to_string(pid) + "/environ");
+  const std::string key = "OMPI_COMM_WORLD_RANK=";
+  for (size_t i = 0; i < env.size();) {
+    const size_t end = std::min(env.find('\0', i), env.size());
+    if (env.compare(i, key.size(), key) == 0) return std::atoi(env.c_str() + i + key.size());
+    i = end + 1;
+  }
+  return -1;
+}
+
+// Polls `cond` every `ms` milliseconds for at most 60 s; false when `pid` ended first or time ran
+// out.
+template <class F>
+bool wait_until(pid_t pid, F&& cond, int ms) {
+  const auto t0 = Clock::now();
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < 60) {
+    if (cond()) return true;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  }
+  return false;
+}
+
+// How a run ended after one of its ranks was stopped.
+struct AfterStop {
+  int code = -1;       // the launcher's exit status; -1: still running 60 s later (then killed)
+  double secs = 0;     // from the stop to the end
+  bool found = false;  // a process of that rank was there to stop
+};
+
+// SIGSTOPs MPI rank `rank` of the 2-rank run writing `out` (launcher `pid`), waits at most 60 s
+// for the run to end, then kills whatever is left (a test of something that must not hang fails
+// instead of hanging).
+AfterStop stop_rank(const std::string& out, pid_t pid, int rank) {
+  AfterStop r;
+  const std::vector<pid_t> ranks = ranks_of(out);
+  for (pid_t p : ranks)
+    if (rank_of(p) == rank) {
+      r.found = true;
+      kill(p, SIGSTOP);
+    }
+  if (!r.found) {
+    kill(-pid, SIGKILL);
+    wait_exit(pid);
+    return r;
+  }
+  const auto t0 = Clock::now();
+  for (;;) {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      break;
+    }
+    if (std::chrono::duration<double>(Clock::now() - t0).count() > 60) {
+      kill(-pid, SIGKILL);
+      wait_exit(pid);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  r.secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (pid_t p : ranks) kill(p, SIGKILL);  // in case the launcher left the stopped one
+  return r;
+}
+
 struct MpiFixture {
   TempDir t;
   std::string model = t / "m.h5", input = t / "in.fa";
@@ -152,4 +221,85 @@ TEST(MpiFaults, GroupPartsOfSeveralRanksResume) {
   pid = spawn(args(1, t / "clean.h5", false), t / "clean.log");
   ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "clean.log");
   expect_same_contents(out, t / "clean.h5");
+}
+
+// Rank 0 alone assembles the output while the others wait. If it hangs (or dies, under an srun
+// that does not end the other tasks: --kill-on-bad-exit=0, as slurm/embed.sbatch runs), the
+// others must not wait for ever: they wait from one heartbeat of rank 0 to the next, under the
+// watchdog. The journal keeps every record, and --resume finishes the output.
+TEST(MpiFaults, RootHungWhileAssemblingIsAbortedByTheWatchdog) {
+  TempDir t;
+  const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  write_file(input, random_fasta(10000, 30, 7));  // ~1.5 s of assembly on a 2-core VM
+  auto args = [&](int np, const std::string& o, bool resume) {
+    std::vector<std::string> a{
+        SPARSA_MPIEXEC, "-np", std::to_string(np), binary(), "embed",    "--pool", "mean",
+        "--model",      model, "--input",          input,    "--output", o};
+    if (resume) a.push_back("--resume");
+    return a;
+  };
+  pid_t pid;
+  {
+    ScopedEnv timeout("SPARSA_COMM_TIMEOUT", "5");
+    pid = spawn(args(2, out, false), t / "run.log");
+  }
+  // Rank 0 logs "writing OUT" before it assembles.
+  ASSERT_TRUE(wait_until(
+      pid, [&] { return read_file(t / "run.log").find("writing " + out) != std::string::npos; },
+      10))
+      << read_file(t / "run.log");
+  const AfterStop r = stop_rank(out, pid, 0);
+  ASSERT_TRUE(r.found) << "no process with OMPI_COMM_WORLD_RANK=0";
+  ASSERT_NE(r.code, -1) << "still waiting 60 s after rank 0 stopped:\n" << read_file(t / "run.log");
+  EXPECT_NE(r.code, 0);
+  EXPECT_LT(r.secs, 30.0);
+  EXPECT_NE(read_file(t / "run.log").find("no sign of life"), std::string::npos)
+      << read_file(t / "run.log");
+  EXPECT_FALSE(exists(out));
+  // (rank 0, killed, left its unfinished OUT.tmp: the resume makes it anew)
+  pid = spawn(args(1, out, true), t / "resume.log");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "resume.log");
+  EXPECT_NE(read_file(t / "resume.log").find("resuming: 10000 records"), std::string::npos)
+      << read_file(t / "resume.log");
+  pid = spawn(args(1, t / "clean.h5", false), t / "clean.log");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "clean.log");
+  expect_same_contents(out, t / "clean.h5");
+}
+
+// A split record's part is written by every rank through parallel HDF5, whose MPI-IO collectives
+// would wait for ever for a rank that stopped inside them: the write is watched like any other
+// collective. Rank 1 is stopped as soon as the part's file appears, so inside the write (about
+// 0.15 s for these 256 MB of rows on a 2-core VM; should it land after, the barrier that follows
+// is watched too, and the test still asks for the watchdog's abort).
+TEST(MpiFaults, RankHungInParallelWriteIsAbortedByTheWatchdog) {
+#ifndef SPARSA_HDF5_PARALLEL
+  GTEST_SKIP() << "this build's HDF5 is serial: no parallel writes";
+#endif
+  TempDir t;
+  const std::string model = t / "m.h5", input = t / "long.fa", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  write_file(input, random_fasta(1, 1000000, 5));
+  pid_t pid;
+  {
+    ScopedEnv timeout("SPARSA_COMM_TIMEOUT", "5");
+    pid = spawn({SPARSA_MPIEXEC, "-np", "2", binary(), "embed", "-q", "--pool", "none", "--dtype",
+                 "f32", "--split-min", "1000", "--model", model, "--input", input, "--output", out},
+                t / "run.log");
+  }
+  auto part_open = [&] {
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator(out + ".parts", ec))
+      if (e.path().extension() == ".tmp") return true;
+    return false;
+  };
+  ASSERT_TRUE(wait_until(pid, part_open, 1)) << read_file(t / "run.log");
+  const AfterStop r = stop_rank(out, pid, 1);
+  ASSERT_TRUE(r.found) << "no process with OMPI_COMM_WORLD_RANK=1";
+  ASSERT_NE(r.code, -1) << "still waiting 60 s after rank 1 stopped:\n" << read_file(t / "run.log");
+  EXPECT_NE(r.code, 0);
+  EXPECT_LT(r.secs, 30.0);
+  EXPECT_NE(read_file(t / "run.log").find("did not complete within 5 s"), std::string::npos)
+      << read_file(t / "run.log");
+  EXPECT_FALSE(exists(out));
 }
