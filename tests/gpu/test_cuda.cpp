@@ -387,6 +387,44 @@ TEST(CudaOps, GemmMatchesLinear) {
                SystemError);
 }
 
+// A row's bits do not depend on M, for the model's GEMM shapes (dna-base, bf16 and fp32 modes):
+// the rows of short products (a read's M) equal the same rows of a product at the reference M
+// (65,536), whichever algorithm each M gets.
+TEST(CudaOps, GemmRowsDoNotDependOnM) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t n, k;
+    DType in, out;
+    bool acc;
+  };
+  const Shape shapes[] = {{1024, 512, DType::kBF16, DType::kBF16, false},
+                          {512, 512, DType::kBF16, DType::kBF16, false},
+                          {512, 512, DType::kBF16, DType::kF32, true},
+                          {2048, 512, DType::kBF16, DType::kBF16, false},
+                          {512, 2048, DType::kBF16, DType::kF32, true},
+                          {256, 1024, DType::kBF16, DType::kF32, false},
+                          {1536, 512, DType::kF32, DType::kF32, false},
+                          {512, 512, DType::kF32, DType::kF32, true}};
+  const int64_t big = 65536;
+  cuda::Gemm gemm;
+  for (const Shape& sh : shapes) {
+    const auto x = rnd(big * sh.k, 21), w = rnd(sh.k * sh.n, 22), y0 = rnd(big * sh.n, 23);
+    DeviceBuffer dx = up_act(x, sh.in), dw = up_act(w, sh.in);
+    const int64_t ob = sh.out == DType::kF32 ? 4 : 2;
+    DeviceBuffer ybig = up(y0);  // float; a bf16 output uses its first half
+    gemm.run(dx.get(), dw.get(), ybig.get(), big, sh.n, sh.k, sh.in, sh.acc, nullptr, sh.out);
+    const auto ref = down<uint8_t>(ybig, big * sh.n * ob);
+    for (int64_t m : {1, 37, 150, 1000, 4099, 20000}) {
+      DeviceBuffer y = up(std::vector<float>(y0.begin(), y0.begin() + m * sh.n));
+      gemm.run(dx.get(), dw.get(), y.get(), m, sh.n, sh.k, sh.in, sh.acc, nullptr, sh.out);
+      const auto got = down<uint8_t>(y, m * sh.n * ob);
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), ref.begin()))
+          << "N " << sh.n << " K " << sh.k << " M " << m << (sh.acc ? " accumulate" : "")
+          << (sh.in == DType::kF32 ? " fp32" : " bf16");
+    }
+  }
+}
+
 // The image GEMM (kernels/gemm, the model's MLP up projection + GELU in bf16 mode) against
 // cuBLASLt's bf16 output followed by the GELU table (the path it replaces), against the CPU, and
 // for row invariance: a row's bits do not depend on M or on where the row block starts.
