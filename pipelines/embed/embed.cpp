@@ -1371,7 +1371,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 o.pool.text(),
                 o.f16 ? "float16" : "float32",
                 manifest};
-    journal.assemble(a, index, o.output, [&] { comm.heartbeat(); });
+    journal.assemble(a, index, o.output, [&](int64_t bytes) { comm.heartbeat(bytes); });
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
   // wait from one heartbeat of rank 0 to the next: if it dies or hangs meanwhile, the watchdog

@@ -392,7 +392,9 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
     // Parallel HDF5's create, writes and close are MPI-IO collectives: watched like any other, so
     // a rank that dies inside them does not leave the others waiting.
     std::optional<Watched> watched;
-    if (parallel) watched.emplace(comm, "a parallel HDF5 write of a record's part");
+    if (parallel)
+      watched.emplace(comm, "a parallel HDF5 write of a record's part",
+                      r.n_out_total * r.d * (f16 ? 2 : 4));
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
     write_whole(f, index, r, f16, parallel && comm.size() > 1);
     f.close();
@@ -590,7 +592,7 @@ std::string Journal::source_of(int64_t index) const {
 }
 
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output,
-                       const std::function<void()>& tick) {
+                       const std::function<void(int64_t)>& tick) {
   auto open_part = [&](const std::string& path, bool rw) {
     try {
       return rw ? h5::File::open_rw(path) : h5::File::open_read(path);
@@ -649,13 +651,14 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
                               "start over");
           // The part's key has 6+ digits; the output's as many as the last index takes.
           const std::string& key = k->second;
+          if (tick) tick(part.storage_bytes("/records/" + key + "/embedding"));
           out.copy_from(
               part, "/records/" + key,
               "/records/" + key_for(i - 1, "", n_records) + key.substr(key.find('_') + 1));
-          if (tick) tick();
         }
       }
       out.set_attr("/", "complete", (int64_t)1);  // last: a file without it is not a result
+      if (tick) tick(0);
       out.close();
     } catch (...) {
       std::remove(tmp.c_str());

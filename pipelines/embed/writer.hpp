@@ -92,10 +92,11 @@ class Journal {
   static constexpr int64_t kGroupRecords = 4096, kGroupBytes = int64_t{256} << 20;
   static constexpr double kGroupSeconds = 1.0;  // default of SPARSA_GROUP_SECONDS
   // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in
-  // place and renamed; several: copied into a new file), then removes the journal. `tick` is
-  // called after each record copied (a sign of life for the ranks that wait: Comm::heartbeat).
+  // place and renamed; several: copied into a new file), then removes the journal. `tick(bytes)`
+  // is called before each record is copied, with the bytes of its embedding, and before the file
+  // is closed (signs of life for the ranks that wait: Comm::heartbeat).
   void assemble(const FileAttrs& attrs, int64_t n_records, const std::string& output,
-                const std::function<void()>& tick = {});
+                const std::function<void(int64_t)>& tick = {});
 
   // The record's group name "NNNNNN_name": the index zero-padded to 6 digits, or to as many as
   // the largest index of n_records takes (the final file of more than a million records), so

@@ -24,20 +24,27 @@ class Comm {
   virtual int size() const = 0;
   virtual const char* name() const = 0;
   virtual void barrier() = 0;
-  // Rank 0, during work of unbounded length that the others wait for (assembling the output): a
-  // sign of life for wait_for_root. Cheap to call often (one message a second at most); no-op on
+  // Rank 0, during work of unbounded length that the others wait for (assembling the output),
+  // before each piece of it: a sign of life for wait_for_root, announcing that the next piece
+  // moves about `bytes` bytes. The waiting ranks then allow SPARSA_COMM_TIMEOUT plus the time
+  // those bytes take at kSlowestBytesPerSecond until the next sign. A message goes at most every
+  // second (a quarter of the timeout where that is shorter), and at once for a piece of 64 MiB or
+  // more. Never throws (a sign that cannot be sent only shortens the others' wait); no-op on
   // other ranks.
-  virtual void heartbeat() {}
+  virtual void heartbeat(int64_t bytes = 0) { (void)bytes; }
   // Every rank, after such work: returns once rank 0 has called it too. The others' wait is
-  // watched from one heartbeat to the next instead of as a whole, so the watchdog
-  // (SPARSA_COMM_TIMEOUT) ends the job if rank 0 dies or hangs while the work itself may take
-  // hours; under srun --kill-on-bad-exit=0 nothing else would end the waiting ranks.
+  // watched from one heartbeat to the next instead of as a whole, so the watchdog ends the job if
+  // rank 0 dies or hangs while the work itself may take hours; srun does not end the step for a
+  // rank that hangs.
   virtual void wait_for_root() { barrier(); }
-  // Arms the watchdog around collective work done outside this interface (a parallel-HDF5 write:
-  // MPI-IO's collectives would wait forever for a rank that died inside them). Pair with unwatch;
-  // `Watched` does both.
-  virtual void watch(const char* what) { (void)what; }
+  // Arms the watchdog around collective work done outside this interface that moves about
+  // `bytes` bytes (a parallel-HDF5 write: MPI-IO's collectives would wait forever for a rank that
+  // hung inside them): SPARSA_COMM_TIMEOUT plus their time at kSlowestBytesPerSecond. Pair with
+  // unwatch; `Watched` does both.
+  virtual void watch(const char* what, int64_t bytes = 0) { (void)what, (void)bytes; }
   virtual void unwatch() {}
+  // The slowest storage the deadlines above allow for: 32 MiB/s.
+  static constexpr double kSlowestBytesPerSecond = 32.0 * 1024 * 1024;
   // Ends every rank at once (MPI_Abort); for a rank that failed while others may wait on it.
   [[noreturn]] virtual void abort(int code) = 0;
   // Every rank contributes `bytes` (may differ per rank); `out` receives the concatenation in rank
@@ -63,7 +70,7 @@ class Comm {
 // Comm::watch for one scope.
 class Watched {
  public:
-  Watched(Comm& c, const char* what) : c_(c) { c_.watch(what); }
+  Watched(Comm& c, const char* what, int64_t bytes = 0) : c_(c) { c_.watch(what, bytes); }
   ~Watched() { c_.unwatch(); }
   Watched(const Watched&) = delete;
   Watched& operator=(const Watched&) = delete;

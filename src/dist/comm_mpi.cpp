@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <initializer_list>
 #include <limits>
 #include <thread>
@@ -54,11 +55,13 @@ class Watchdog {
   // Arms the watchdog for the lifetime of one blocking call (no-op without a watchdog).
   class Armed {
    public:
-    Armed(Watchdog* w, const char* what) : w_(w) {
+    // `extra_s`: seconds allowed beyond the timeout (work that moves many bytes).
+    Armed(Watchdog* w, const char* what, double extra_s = 0) : w_(w) {
       if (w_) {
         prev_deadline_ = w_->deadline_ns_;
         prev_what_ = w_->what_;
-        w_->arm(what);
+        prev_allowed_s_ = w_->allowed_s_;
+        w_->arm(what, extra_s);
       }
     }
     // Back to the enclosing scope's deadline (Comm::watch around a call that arms its own), or
@@ -66,6 +69,7 @@ class Watchdog {
     ~Armed() {
       if (w_) {
         w_->what_ = prev_what_;
+        w_->allowed_s_ = prev_allowed_s_;
         w_->deadline_ns_ = prev_deadline_;
       }
     }
@@ -76,6 +80,7 @@ class Watchdog {
     Watchdog* w_;
     int64_t prev_deadline_ = 0;
     const char* prev_what_ = "";
+    double prev_allowed_s_ = 0;
   };
 
  private:
@@ -84,9 +89,10 @@ class Watchdog {
                std::chrono::steady_clock::now().time_since_epoch())
         .count();
   }
-  void arm(const char* what) {
+  void arm(const char* what, double extra_s) {
     what_ = what;
-    deadline_ns_ = now_ns() + (int64_t)(timeout_s_ * 1e9);
+    allowed_s_ = timeout_s_ + extra_s;
+    deadline_ns_ = now_ns() + (int64_t)(allowed_s_ * 1e9);
   }
   void loop() {
     while (!stop_) {
@@ -97,7 +103,7 @@ class Watchdog {
                      "sparsa: error: rank %d: %s did not complete within %.0f s: another rank "
                      "died or hangs; aborting every rank (finished records stay in the journal; "
                      "rerun with --resume)\n",
-                     rank_, what_.load(), timeout_s_);
+                     rank_, what_.load(), allowed_s_.load());
         std::fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, 1);
         std::_Exit(1);
@@ -106,8 +112,14 @@ class Watchdog {
   }
   int rank_;
   double timeout_s_;
+
+ public:
+  double timeout_s() const { return timeout_s_; }
+
+ private:
   std::atomic<int64_t> deadline_ns_{0};
   std::atomic<const char*> what_{""};
+  std::atomic<double> allowed_s_{0};  // the armed call's time: the timeout, plus its bytes' time
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -134,38 +146,52 @@ class MpiComm final : public Comm {
     Watchdog::Armed armed(watchdog_.get(), "a barrier");
     SPARSA_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   }
-  void heartbeat() override {
+  void heartbeat(int64_t bytes) override {
     if (rank_ != 0 || size_ == 1) return;
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_beat_ < std::chrono::seconds(1)) return;
+    const double period = watchdog_ ? std::min(1.0, watchdog_->timeout_s() / 4) : 1.0;
+    if (bytes < kAnnounceBytes && std::chrono::duration<double>(now - last_beat_).count() < period)
+      return;
     last_beat_ = now;
-    send_beat(&kBeat);
+    try {
+      send_beat(std::max<int64_t>(0, bytes));
+    } catch (const std::exception&) {
+      // The others' deadline then comes sooner; the output need not be lost for it.
+    }
   }
   void wait_for_root() override {
     if (size_ == 1) return;
     if (rank_ == 0) {
-      send_beat(&kDone);
+      send_beat(kDone);
       Watchdog::Armed armed(watchdog_.get(),
                             "the end of the output's assembly, sent to every rank");
       SPARSA_MPI_CHECK(MPI_Waitall((int)beats_.size(), beats_.data(), MPI_STATUSES_IGNORE));
       beats_.clear();
+      beat_values_.clear();
       return;
     }
     // Rank 0's messages arrive in the order it sent them (same sender, tag and communicator), so
-    // every heartbeat is received before the end.
-    for (char v = kBeat; v != kDone;) {
+    // every heartbeat is received before the end. A heartbeat announces the bytes of rank 0's
+    // next piece of work: the wait for the next message allows for them.
+    double extra_s = 0;
+    for (int64_t v = 0; v != kDone;) {
       Watchdog::Armed armed(
           watchdog_.get(),
-          "a wait for rank 0, which assembles the output (no sign of life from it)");
-      SPARSA_MPI_CHECK(MPI_Recv(&v, 1, MPI_CHAR, 0, kBeatTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+          "a wait for rank 0, which assembles the output (no sign of life from it)", extra_s);
+      SPARSA_MPI_CHECK(
+          MPI_Recv(&v, 1, MPI_INT64_T, 0, kBeatTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+      extra_s = v > 0 ? (double)v / kSlowestBytesPerSecond : 0;
     }
   }
-  void watch(const char* what) override {
-    if (watchdog_) watched_.push_back(std::make_unique<Watchdog::Armed>(watchdog_.get(), what));
+  void watch(const char* what, int64_t bytes) override {
+    if (watchdog_)
+      watched_.push_back(std::make_unique<Watchdog::Armed>(
+          watchdog_.get(), what, (double)std::max<int64_t>(0, bytes) / kSlowestBytesPerSecond));
   }
   void unwatch() override {
     if (!watched_.empty()) watched_.pop_back();
   }
+
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::exit(code);
@@ -274,18 +300,20 @@ class MpiComm final : public Comm {
 
  private:
   static constexpr int kHaloTag = 17, kGatherTag = 18, kBeatTag = 19;
-  static constexpr char kBeat = 0, kDone = 1;
-  // Rank 0: one 1-byte message to every other rank (they wait in wait_for_root meanwhile). The
-  // sends of earlier beats are let go here once all of them completed.
-  void send_beat(const char* v) {
+  static constexpr int64_t kDone = -1, kAnnounceBytes = int64_t{64} << 20;
+  // Rank 0: one 8-byte message to every other rank (they wait in wait_for_root meanwhile): the
+  // bytes of its next piece of work, or kDone. The sends of earlier beats (and their values,
+  // which must stay in place until then) are let go here once all of them completed.
+  void send_beat(int64_t v) {
     int done = 0;
     if (!beats_.empty()) {
       SPARSA_MPI_CHECK(MPI_Testall((int)beats_.size(), beats_.data(), &done, MPI_STATUSES_IGNORE));
-      if (done) beats_.clear();
+      if (done) beats_.clear(), beat_values_.clear();
     }
+    const int64_t* at = &beat_values_.emplace_back(v);
     for (int r = 1; r < size_; ++r) {
       beats_.emplace_back();
-      SPARSA_MPI_CHECK(MPI_Isend(v, 1, MPI_CHAR, r, kBeatTag, MPI_COMM_WORLD, &beats_.back()));
+      SPARSA_MPI_CHECK(MPI_Isend(at, 1, MPI_INT64_T, r, kBeatTag, MPI_COMM_WORLD, &beats_.back()));
     }
   }
   // Largest point-to-point message of gatherv: 1 GiB (SPARSA_MPI_MAX_MESSAGE=N bytes, for tests).
@@ -299,7 +327,8 @@ class MpiComm final : public Comm {
   int rank_ = 0, size_ = 1;
   int next_token_ = 0;
   std::vector<MPI_Request> pending_[2];
-  std::vector<MPI_Request> beats_;  // rank 0's heartbeat sends, completed at wait_for_root
+  std::vector<MPI_Request> beats_;   // rank 0's heartbeat sends, completed at wait_for_root
+  std::deque<int64_t> beat_values_;  // what they send (a deque: elements stay in place)
   std::chrono::steady_clock::time_point last_beat_{};
   std::vector<std::unique_ptr<Watchdog::Armed>> watched_;  // watch / unwatch, innermost last
 };

@@ -411,6 +411,12 @@ std::vector<int64_t> File::shape(const std::string& obj) const {
 
 bool File::is_float32(const std::string& obj) const { return type_name(obj) == "float32"; }
 
+int64_t File::storage_bytes(const std::string& obj) const {
+  if (!exists(obj)) return 0;
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  return ds.valid() ? (int64_t)H5Dget_storage_size(ds.id()) : 0;
+}
+
 std::string File::type_name(const std::string& obj) const {
   Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
   if (!ds.valid()) return "missing";

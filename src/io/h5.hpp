@@ -85,7 +85,8 @@ class File {
 
   // Reading. shape() throws InputError when `obj` is missing.
   std::vector<int64_t> shape(const std::string& obj) const;
-  bool is_float32(const std::string& obj) const;  // class FLOAT and 4 bytes
+  bool is_float32(const std::string& obj) const;        // class FLOAT and 4 bytes
+  int64_t storage_bytes(const std::string& obj) const;  // a dataset's bytes in the file; 0: none
   // "float16", "float32", "float64", "int64", "int32", ..., "string", "other"; "missing".
   std::string type_name(const std::string& obj) const;
   std::vector<float> read_f32(const std::string& obj) const;

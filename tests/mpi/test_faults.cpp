@@ -51,6 +51,35 @@ bool wait_until(pid_t pid, F&& cond, int ms) {
   return false;
 }
 
+// wait_exit for at most `seconds`; then the process group is killed and -1 returned.
+int wait_exit_within(pid_t pid, double seconds) {
+  const auto t0 = Clock::now();
+  for (;;) {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid)
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (std::chrono::duration<double>(Clock::now() - t0).count() > seconds) {
+      kill(-pid, SIGKILL);
+      wait_exit(pid);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Kills the process group of a launcher still running when a test ends early (a failed ASSERT):
+// nothing is left running into a removed temporary folder.
+struct KillOnExit {
+  pid_t pid;
+  ~KillOnExit() {
+    int st;
+    if (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, &st, 0);
+    }
+  }
+};
+
 // How a run ended after one of its ranks was stopped.
 struct AfterStop {
   int code = -1;       // the launcher's exit status; -1: still running 60 s later (then killed)
@@ -75,19 +104,7 @@ AfterStop stop_rank(const std::string& out, pid_t pid, int rank) {
     return r;
   }
   const auto t0 = Clock::now();
-  for (;;) {
-    int st = 0;
-    if (waitpid(pid, &st, WNOHANG) == pid) {
-      r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      break;
-    }
-    if (std::chrono::duration<double>(Clock::now() - t0).count() > 60) {
-      kill(-pid, SIGKILL);
-      wait_exit(pid);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  r.code = wait_exit_within(pid, 60);
   r.secs = std::chrono::duration<double>(Clock::now() - t0).count();
   for (pid_t p : ranks) kill(p, SIGKILL);  // in case the launcher left the stopped one
   return r;
@@ -244,6 +261,7 @@ TEST(MpiFaults, RootHungWhileAssemblingIsAbortedByTheWatchdog) {
     ScopedEnv timeout("SPARSA_COMM_TIMEOUT", "5");
     pid = spawn(args(2, out, false), t / "run.log");
   }
+  KillOnExit guard{pid};
   // Rank 0 logs "writing OUT" before it assembles.
   ASSERT_TRUE(wait_until(
       pid, [&] { return read_file(t / "run.log").find("writing " + out) != std::string::npos; },
@@ -287,10 +305,11 @@ TEST(MpiFaults, RankHungInParallelWriteIsAbortedByTheWatchdog) {
                  "f32", "--split-min", "1000", "--model", model, "--input", input, "--output", out},
                 t / "run.log");
   }
-  auto part_open = [&] {
+  KillOnExit guard{pid};
+  auto part_open = [&] {  // the record's part (NNNNNN.h5.tmp), not the journal's MANIFEST.tmp
     std::error_code ec;
     for (auto& e : std::filesystem::directory_iterator(out + ".parts", ec))
-      if (e.path().extension() == ".tmp") return true;
+      if (e.path().filename().string().ends_with(".h5.tmp")) return true;
     return false;
   };
   ASSERT_TRUE(wait_until(pid, part_open, 1)) << read_file(t / "run.log");
@@ -299,7 +318,49 @@ TEST(MpiFaults, RankHungInParallelWriteIsAbortedByTheWatchdog) {
   ASSERT_NE(r.code, -1) << "still waiting 60 s after rank 1 stopped:\n" << read_file(t / "run.log");
   EXPECT_NE(r.code, 0);
   EXPECT_LT(r.secs, 30.0);
-  EXPECT_NE(read_file(t / "run.log").find("did not complete within 5 s"), std::string::npos)
+  EXPECT_NE(
+      read_file(t / "run.log").find("a parallel HDF5 write of a record's part did not complete"),
+      std::string::npos)
       << read_file(t / "run.log");
   EXPECT_FALSE(exists(out));
+}
+
+// The heartbeat itself (tests/mpi/probe/comm_probe.cpp), with a 2 s timeout: rank 0 works 5 s
+// while rank 1 waits in wait_for_root. Signs of life keep it waiting; silence ends the job; an
+// announced piece of 128 MiB allows 4 s more (at 32 MiB/s).
+namespace {
+struct Probe {
+  int code;
+  std::string log;
+};
+Probe run_probe(const std::vector<std::string>& args) {
+  TempDir t;
+  std::vector<std::string> a{SPARSA_MPIEXEC, "-np", "2", SPARSA_COMM_PROBE};
+  a.insert(a.end(), args.begin(), args.end());
+  pid_t pid;
+  {
+    ScopedEnv timeout("SPARSA_COMM_TIMEOUT", "2");
+    pid = spawn(a, t / "probe.log");
+  }
+  const int code = wait_exit_within(pid, 60);
+  return {code, read_file(t / "probe.log")};
+}
+}  // namespace
+
+TEST(MpiHeartbeat, SignsOfLifeKeepTheOthersWaiting) {
+  const Probe p = run_probe({"beat", "5"});
+  EXPECT_EQ(p.code, 0) << p.log;
+  EXPECT_NE(p.log.find("rank 1 of 2: through wait_for_root"), std::string::npos) << p.log;
+}
+
+TEST(MpiHeartbeat, SilenceEndsTheWait) {
+  const Probe p = run_probe({"quiet", "5"});
+  EXPECT_NE(p.code, 0) << p.log;
+  EXPECT_NE(p.log.find("no sign of life from it) did not complete within 2 s"), std::string::npos)
+      << p.log;
+}
+
+TEST(MpiHeartbeat, AnnouncedBytesExtendTheWait) {
+  const Probe p = run_probe({"announce", "4", std::to_string(128 << 20)});
+  EXPECT_EQ(p.code, 0) << p.log;
 }

@@ -35,7 +35,7 @@ for p in $(pgrep -f "^$REAL_SPARSA embed"); do
 done
 [ -n "$root" ] || fail "no sparsa process with PMIX_RANK=0"
 say "rank 0 (pid $root) is assembling: SIGSTOP"
-kill -STOP "$root"
+kill -STOP "$root" || fail "rank 0 (pid $root) was gone before it could be stopped"
 stopped_at=$SECONDS
 
 wait_until 90 "job $jid to end after rank 0 hung" job_finished "$jid"
@@ -44,13 +44,14 @@ kill -KILL "$root" 2>/dev/null || true  # (the step's end should have killed it)
 state=$(job_field "$jid" JobState)
 cat "death-$jid.log"
 say "job $jid: $state, $took s after rank 0 hung"
-[ "$took" -le 45 ] || fail "the job took $took s to end after rank 0 hung"
+[ "$took" -le 60 ] || fail "the job took $took s to end after rank 0 hung"
 [ "$state" != COMPLETED ] || fail "the job completed although rank 0 hung"
 grep -q "no sign of life" "death-$jid.log" || fail "rank 1's watchdog did not report rank 0"
 [ ! -e out.h5 ] || fail "out.h5 exists after rank 0 hung mid-assembly"
 parts_at_least out.h5 1 || fail "the journal out.h5.parts lost its records"
 
 say "the same job again: it resumes and finishes"
+unset SPARSA_COMM_TIMEOUT  # the default again: this job must not be held to 5 s on a busy VM
 rc=0
 timeout 300 sbatch --wait -n 2 --output="$WORK/again-%j.log" \
   "$SRC/slurm/embed.sbatch" model.h5 reads.fa out.h5 --pool mean >submit.txt || rc=$?
