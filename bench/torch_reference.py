@@ -24,6 +24,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 D, H, DH, L, FF, W, R = 512, 8, 64, 8, 2048, 256, 128
 GLOBAL_EVERY, GLOBAL_MAX, EPS, ROPE_BASE, VOCAB = 256, 4096, 1e-6, 10000.0, 7
 ROUTER_FP32 = False  # --router
+COMPILE_MODE = None  # --mode
 
 
 def n_global(n):
@@ -208,7 +209,7 @@ def bench_model(n, iters, device):
     cos, sin = rope_tables(n, device)
     bm = band_mask(n, device)
     G = n_global(n)
-    step = torch.compile(layer)
+    step = torch.compile(layer, mode=COMPILE_MODE)
 
     def forward():
         x = emb[tok]
@@ -260,9 +261,13 @@ def main():
     ap.add_argument("--router", choices=["bf16", "fp32"], default="bf16",
                     help="precision of the router's GEMM h W1 (sparsa's bf16 mode: split bf16, "
                     "between the two)")
+    ap.add_argument("--mode", default=None,
+                    help="torch.compile mode for the model's layer (default: torch's default; "
+                    "e.g. max-autotune)")
     a = ap.parse_args()
-    global ROUTER_FP32
+    global ROUTER_FP32, COMPILE_MODE
     ROUTER_FP32 = a.router == "fp32"
+    COMPILE_MODE = a.mode
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device("cuda")
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}, router {a.router}")
