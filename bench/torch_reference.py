@@ -86,7 +86,7 @@ def make_weights(device, seed=1):
                 attn_norm=torch.ones(D, device=device),
                 wqkv=rnd(D, 3 * D, scale=s).bfloat16(),
                 wo=rnd(D, D, scale=s).bfloat16(),
-                w1=rnd(D, R, scale=s).bfloat16(),
+                w1f=rnd(D, R, scale=s),
                 b1=torch.zeros(R, device=device),
                 w2=rnd(R, scale=1 / math.sqrt(R)),
                 b2=torch.zeros(1, device=device),
@@ -97,6 +97,8 @@ def make_weights(device, seed=1):
                 w_down=rnd(FF, D, scale=1 / math.sqrt(FF)).bfloat16(),
             )
         )
+    for p in layers:
+        p["w1"] = p["w1f"].bfloat16()
     return rnd(VOCAB, D, scale=1.0), layers, torch.ones(D, device=device)
 
 
@@ -114,6 +116,7 @@ def load_checkpoint(path, device):
                     attn_norm=t(g + "attn_norm"),
                     wqkv=torch.cat([t(g + "wq"), t(g + "wk"), t(g + "wv")], 1).bfloat16(),
                     wo=t(g + "wo").bfloat16(),
+                    w1f=t(g + "router_w1"),
                     w1=t(g + "router_w1").bfloat16(),
                     b1=t(g + "router_b1"),
                     w2=t(g + "router_w2"),
@@ -169,7 +172,7 @@ def check(model, sparsa, n, device, work):
 def route(x, p, G):
     """The global set S of layer input x (ascending positions) and its gate gamma."""
     if ROUTER_FP32:  # the spec's h (float32) through a float32 GEMM, TF32 off
-        hw = rmsnorm(x, p["attn_norm"]) @ p["w1"].float()
+        hw = rmsnorm(x, p["attn_norm"]) @ p["w1f"]
     else:  # h and W1 in bf16 (fp32 accumulate): cheaper, less exact scores than sparsa's router
         hw = (rmsnorm(x, p["attn_norm"]).bfloat16() @ p["w1"]).float()
     s = F.gelu(hw + p["b1"], approximate="none") @ p["w2"] + p["b2"]
@@ -238,8 +241,10 @@ def bench_attention(n, iters, device, with_global):
     def local_only():
         return flex(q, k, v, block_mask=bm)
 
-    def both():
-        return 0.5 * local_only() + 0.5 * F.scaled_dot_product_attention(q, kg, vg)
+    # Compiled, so that the mix is fused as in the model's layer (gamma is folded into vg).
+    both = torch.compile(
+        lambda: 0.5 * flex_attention(q, k, v, block_mask=bm)
+        + 0.5 * F.scaled_dot_product_attention(q, kg, vg))
 
     torch.cuda.reset_peak_memory_stats()
     ms = timed(both if with_global else local_only, iters)

@@ -388,18 +388,25 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
                          Comm& comm) {
   const std::string tmp = part_path(index) + ".tmp";
   const bool writer = parallel || comm.rank() == 0;
+  const int64_t bytes = r.n_out_total * (r.d * (f16 ? 2 : 4) + 16);  // rows, bin_start, bin_end
   if (writer) {
     // Parallel HDF5's create, writes and close are MPI-IO collectives: watched like any other, so
     // a rank that dies inside them does not leave the others waiting.
     std::optional<Watched> watched;
-    if (parallel)
-      watched.emplace(comm, "a parallel HDF5 write of a record's part",
-                      r.n_out_total * r.d * (f16 ? 2 : 4));
+    if (parallel) watched.emplace(comm, "a parallel HDF5 write of a record's part", bytes);
     h5::File f = parallel ? h5::File::create_parallel(tmp) : h5::File::create(tmp);
     write_whole(f, index, r, f16, parallel && comm.size() > 1);
     f.close();
   }
-  if (parallel) comm.barrier();  // every rank's rows are in the file before it is renamed
+  if (parallel) {
+    comm.barrier();  // every rank's rows are in the file before it is renamed
+  } else if (comm.size() > 1) {
+    // Rank 0 wrote a split record's part alone (serial HDF5, or a time series): the others wait
+    // for it here, allowed the bytes' time, rather than in their next collective, which allows
+    // the timeout alone.
+    Watched watched(comm, "rank 0's write of a record's part", bytes);
+    comm.barrier();
+  }
   if (comm.rank() == 0)
     commit_part(tmp, {index});
   else

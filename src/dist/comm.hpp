@@ -28,9 +28,9 @@ class Comm {
   // before each piece of it: a sign of life for wait_for_root, announcing that the next piece
   // moves about `bytes` bytes. The waiting ranks then allow SPARSA_COMM_TIMEOUT plus the time
   // those bytes take at kSlowestBytesPerSecond until the next sign. A message goes at most every
-  // second (a quarter of the timeout where that is shorter), and at once for a piece of 64 MiB or
-  // more. Never throws (a sign that cannot be sent only shortens the others' wait); no-op on
-  // other ranks.
+  // second (a quarter of the timeout where that is shorter), and at once for a piece that may take
+  // longer than that. Never throws (a sign that cannot be sent is warned about once and only
+  // shortens the others' wait); no-op on other ranks.
   virtual void heartbeat(int64_t bytes = 0) { (void)bytes; }
   // Every rank, after such work: returns once rank 0 has called it too. The others' wait is
   // watched from one heartbeat to the next instead of as a whole, so the watchdog ends the job if
@@ -39,7 +39,8 @@ class Comm {
   virtual void wait_for_root() { barrier(); }
   // Arms the watchdog around collective work done outside this interface that moves about
   // `bytes` bytes (a parallel-HDF5 write: MPI-IO's collectives would wait forever for a rank that
-  // hung inside them): SPARSA_COMM_TIMEOUT plus their time at kSlowestBytesPerSecond. Pair with
+  // hung inside them): SPARSA_COMM_TIMEOUT plus their time at kSlowestBytesPerSecond. Calls of
+  // this interface inside the scope are covered by that deadline instead of their own. Pair with
   // unwatch; `Watched` does both.
   virtual void watch(const char* what, int64_t bytes = 0) { (void)what, (void)bytes; }
   virtual void unwatch() {}

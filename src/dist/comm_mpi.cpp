@@ -52,22 +52,26 @@ class Watchdog {
     stop_ = true;
     thread_.join();
   }
-  // Arms the watchdog for the lifetime of one blocking call (no-op without a watchdog).
+  // Arms the watchdog for the lifetime of one blocking call (no-op without a watchdog). Inside a
+  // scope (Comm::watch: `scope` true) the calls arm nothing: the scope's deadline, which allows
+  // for its bytes, covers them.
   class Armed {
    public:
     // `extra_s`: seconds allowed beyond the timeout (work that moves many bytes).
-    Armed(Watchdog* w, const char* what, double extra_s = 0) : w_(w) {
+    Armed(Watchdog* w, const char* what, double extra_s = 0, bool scope = false)
+        : w_(w && (scope || w->scopes_ == 0) ? w : nullptr), scope_(scope) {
       if (w_) {
         prev_deadline_ = w_->deadline_ns_;
         prev_what_ = w_->what_;
         prev_allowed_s_ = w_->allowed_s_;
         w_->arm(what, extra_s);
+        if (scope_) ++w_->scopes_;
       }
     }
-    // Back to the enclosing scope's deadline (Comm::watch around a call that arms its own), or
-    // disarmed.
+    // Back to the enclosing deadline, or disarmed.
     ~Armed() {
       if (w_) {
+        if (scope_) --w_->scopes_;
         w_->what_ = prev_what_;
         w_->allowed_s_ = prev_allowed_s_;
         w_->deadline_ns_ = prev_deadline_;
@@ -78,6 +82,7 @@ class Watchdog {
 
    private:
     Watchdog* w_;
+    bool scope_;
     int64_t prev_deadline_ = 0;
     const char* prev_what_ = "";
     double prev_allowed_s_ = 0;
@@ -119,7 +124,9 @@ class Watchdog {
  private:
   std::atomic<int64_t> deadline_ns_{0};
   std::atomic<const char*> what_{""};
-  std::atomic<double> allowed_s_{0};  // the armed call's time: the timeout, plus its bytes' time
+  std::atomic<double> allowed_s_{0};
+  int scopes_ = 0;  // open Comm::watch scopes (the main thread's alone)  // the armed call's time:
+                    // the timeout, plus its bytes' time
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -150,13 +157,21 @@ class MpiComm final : public Comm {
     if (rank_ != 0 || size_ == 1) return;
     const auto now = std::chrono::steady_clock::now();
     const double period = watchdog_ ? std::min(1.0, watchdog_->timeout_s() / 4) : 1.0;
-    if (bytes < kAnnounceBytes && std::chrono::duration<double>(now - last_beat_).count() < period)
+    // At once for a piece that may take longer than the period at the slowest rate allowed for.
+    if ((double)bytes < period * kSlowestBytesPerSecond &&
+        std::chrono::duration<double>(now - last_beat_).count() < period)
       return;
     last_beat_ = now;
     try {
       send_beat(std::max<int64_t>(0, bytes));
-    } catch (const std::exception&) {
+    } catch (const std::exception& e) {
       // The others' deadline then comes sooner; the output need not be lost for it.
+      if (!beat_failed_)
+        std::fprintf(stderr,
+                     "[sparsa] warning: rank 0: a sign of life to the waiting ranks failed (%s); "
+                     "they end the job if assembling takes longer than their timeout\n",
+                     e.what());
+      beat_failed_ = true;
     }
   }
   void wait_for_root() override {
@@ -186,7 +201,8 @@ class MpiComm final : public Comm {
   void watch(const char* what, int64_t bytes) override {
     if (watchdog_)
       watched_.push_back(std::make_unique<Watchdog::Armed>(
-          watchdog_.get(), what, (double)std::max<int64_t>(0, bytes) / kSlowestBytesPerSecond));
+          watchdog_.get(), what, (double)std::max<int64_t>(0, bytes) / kSlowestBytesPerSecond,
+          true));
   }
   void unwatch() override {
     if (!watched_.empty()) watched_.pop_back();
@@ -300,7 +316,7 @@ class MpiComm final : public Comm {
 
  private:
   static constexpr int kHaloTag = 17, kGatherTag = 18, kBeatTag = 19;
-  static constexpr int64_t kDone = -1, kAnnounceBytes = int64_t{64} << 20;
+  static constexpr int64_t kDone = -1;
   // Rank 0: one 8-byte message to every other rank (they wait in wait_for_root meanwhile): the
   // bytes of its next piece of work, or kDone. The sends of earlier beats (and their values,
   // which must stay in place until then) are let go here once all of them completed.
@@ -312,8 +328,12 @@ class MpiComm final : public Comm {
     }
     const int64_t* at = &beat_values_.emplace_back(v);
     for (int r = 1; r < size_; ++r) {
-      beats_.emplace_back();
-      SPARSA_MPI_CHECK(MPI_Isend(at, 1, MPI_INT64_T, r, kBeatTag, MPI_COMM_WORLD, &beats_.back()));
+      beats_.push_back(MPI_REQUEST_NULL);
+      if (MPI_Isend(at, 1, MPI_INT64_T, r, kBeatTag, MPI_COMM_WORLD, &beats_.back()) !=
+          MPI_SUCCESS) {
+        beats_.pop_back();  // no request to wait for
+        throw SystemError("MPI_Isend of a heartbeat to rank " + std::to_string(r) + " failed");
+      }
     }
   }
   // Largest point-to-point message of gatherv: 1 GiB (SPARSA_MPI_MAX_MESSAGE=N bytes, for tests).
@@ -330,6 +350,7 @@ class MpiComm final : public Comm {
   std::vector<MPI_Request> beats_;   // rank 0's heartbeat sends, completed at wait_for_root
   std::deque<int64_t> beat_values_;  // what they send (a deque: elements stay in place)
   std::chrono::steady_clock::time_point last_beat_{};
+  bool beat_failed_ = false;                               // warned once
   std::vector<std::unique_ptr<Watchdog::Armed>> watched_;  // watch / unwatch, innermost last
 };
 
