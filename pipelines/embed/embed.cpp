@@ -1374,9 +1374,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     journal.assemble(a, index, o.output, [&](int64_t bytes) { comm.heartbeat(bytes); });
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
-  // wait from one heartbeat of rank 0 to the next: if it dies or hangs meanwhile, the watchdog
-  // ends them (under srun --kill-on-bad-exit=0 nothing else would). Rank 0 aborts every rank
-  // itself if assembling fails.
+  // wait from one heartbeat of rank 0 to the next: if it hangs meanwhile (or dies where the
+  // launcher does not end the others), the watchdog ends them. Rank 0 aborts every rank itself if
+  // assembling fails.
   comm.wait_for_root();
   sum.seconds = progress.seconds();
   if (env_on("SPARSA_PROFILE") || env_on("SPARSA_TIMES"))  // TIMES: this line alone (cli.md)

@@ -52,6 +52,7 @@ class Watchdog {
     stop_ = true;
     thread_.join();
   }
+  double timeout_s() const { return timeout_s_; }
   // Arms the watchdog for the lifetime of one blocking call (no-op without a watchdog). Inside a
   // scope (Comm::watch: `scope` true) the calls arm nothing: the scope's deadline, which allows
   // for its bytes, covers them.
@@ -117,16 +118,10 @@ class Watchdog {
   }
   int rank_;
   double timeout_s_;
-
- public:
-  double timeout_s() const { return timeout_s_; }
-
- private:
   std::atomic<int64_t> deadline_ns_{0};
   std::atomic<const char*> what_{""};
-  std::atomic<double> allowed_s_{0};
-  int scopes_ = 0;  // open Comm::watch scopes (the main thread's alone)  // the armed call's time:
-                    // the timeout, plus its bytes' time
+  std::atomic<double> allowed_s_{0};  // the armed call's time: the timeout, plus its bytes' time
+  int scopes_ = 0;                    // open Comm::watch scopes (the main thread's alone)
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
