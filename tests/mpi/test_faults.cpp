@@ -370,3 +370,16 @@ TEST(MpiHeartbeat, AnnouncedBytesExtendTheWait) {
   const Probe p = run_probe({"announce", "4", std::to_string(128 << 20)});
   EXPECT_EQ(p.code, 0) << p.log;
 }
+
+// A barrier inside a Comm::watch scope (the others' wait for rank 0's serial write of a record's
+// part) gets the scope's deadline: 2 s + 128 MiB at 32 MiB/s = 6 s, against rank 0's 4 s; with
+// its own 2 s it would abort. A scope allowing nothing extra does abort.
+TEST(MpiHeartbeat, CallsInsideAWatchScopeGetItsDeadline) {
+  const Probe p = run_probe({"scoped", "4", std::to_string(128 << 20)});
+  EXPECT_EQ(p.code, 0) << p.log;
+  EXPECT_NE(p.log.find("rank 1 of 2: through the scoped barrier"), std::string::npos) << p.log;
+  const Probe q = run_probe({"scoped", "4", "0"});
+  EXPECT_NE(q.code, 0) << q.log;
+  EXPECT_NE(q.log.find("the probe's scope did not complete within 2 s"), std::string::npos)
+      << q.log;
+}

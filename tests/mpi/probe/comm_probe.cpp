@@ -5,8 +5,12 @@
 //   quiet SECONDS      rank 0 gives no sign of life while it works
 //   announce SECONDS B rank 0 calls heartbeat(B) once (its next piece moves B bytes), then works
 //                      quietly
-// Exit 0 when every rank got through wait_for_root; the watchdog aborts otherwise.
+//   scoped SECONDS B   every rank opens a Comm::watch scope allowing B bytes, rank 0 works, then
+//                      all meet in a barrier inside the scope (as after rank 0's serial write of
+//                      a record's part): the barrier is covered by the scope's deadline
+// Exit 0 when every rank got through; the watchdog aborts otherwise.
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -16,13 +20,21 @@
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: sparsa_comm_probe beat|quiet|announce SECONDS [BYTES]\n");
+    std::fprintf(stderr, "usage: sparsa_comm_probe beat|quiet|announce|scoped SECONDS [BYTES]\n");
     return 2;
   }
   const std::string mode = argv[1];
   const double seconds = std::atof(argv[2]);
   const long long bytes = argc > 3 ? std::atoll(argv[3]) : 0;
   auto comm = sparsa::make_world_comm();
+  if (mode == "scoped") {
+    sparsa::Watched scope(*comm, "the probe's scope", bytes);
+    if (comm->rank() == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds((int64_t)(seconds * 1000)));
+    comm->barrier();
+    std::printf("rank %d of %d: through the scoped barrier\n", comm->rank(), comm->size());
+    return 0;
+  }
   if (comm->rank() == 0) {
     const auto t0 = std::chrono::steady_clock::now();
     if (mode == "announce") comm->heartbeat(bytes);
