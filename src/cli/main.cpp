@@ -215,6 +215,14 @@ int main(int argc, char** argv) {
   bench->add_option("--output", bo.output, "Layer/model: output y to host, pooled or device")
       ->check(CLI::IsMember({"host", "pooled", "device"}))
       ->capture_default_str();
+  bench->footer(
+      "Prints the median time, useful TFLOP/s (the band's 2w+1 keys and the global set only),\n"
+      "tokens/s and the GPU memory the run holds; layer and model add a per-stage profile.\n"
+      "Examples:\n"
+      "  sparsa bench --what model --config configs/dna-base.toml --n 1048576 --iters 3\n"
+      "  sparsa bench --what attention --n 1048576 --global 4096 --iters 20\n"
+      "The same model in PyTorch, to run beside it: python3 bench/torch_reference.py\n"
+      "(docs/benchmarks.md has the numbers and the machines).");
 
   try {
     app.parse(argc, argv);

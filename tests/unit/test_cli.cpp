@@ -65,6 +65,10 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("--rc-average"), std::string::npos);
   EXPECT_NE(r.output.find("Examples:"), std::string::npos);
   EXPECT_NE(r.output.find("GB per million tokens"), std::string::npos);
+  r = run(binary() + " bench --help");  // no GPU needed for the help
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("Examples:"), std::string::npos);
+  EXPECT_NE(r.output.find("bench/torch_reference.py"), std::string::npos);
   r = run(binary() + " --version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
