@@ -137,15 +137,24 @@ inline int count_parts(const std::string& dir) {
   return n;
 }
 
-// Waits until at least `n` parts exist; false when the process ended first or after 30 s.
-inline bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
-  for (int i = 0; i < 600; ++i) {
-    if (count_parts(dir) >= n) return true;
+// Polls `cond` every `ms` milliseconds for at most `seconds`; false when process `pid` ended
+// first (it is reaped) or time ran out.
+template <class F>
+bool wait_until(pid_t pid, F&& cond, int ms, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
+    if (cond()) return true;
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   }
   return false;
+}
+
+// Waits until at least `n` parts exist; false when the process ended first or after 30 s.
+inline bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
+  return wait_until(
+      pid, [&] { return count_parts(dir) >= n; }, 50, 30);
 }
 
 // A FASTA of `records` pseudo-random records of `len` bases (fixed seed), named `name`0, `name`1...
