@@ -215,8 +215,14 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 // record costs its part's HDF5 structure, its group in the final file and its global sets (12 L G
 // bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
 // mostly writes.
-int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, RecordSource& source) {
+struct OutputEstimate {
+  int64_t bytes = 0;  // the journal and the final file together
+  int64_t records = 0;
+  bool exact_records = false;  // counted (regions, time series, small files), not estimated
+};
+OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, RecordSource& source) {
   double tokens = 0, records = 0;
+  bool exact = true;
   constexpr int64_t kPrimeBytes = int64_t{128} << 20;
   int64_t primed_bytes = 0;
   for (size_t f = 0; f < o.inputs.size(); ++f) {
@@ -244,12 +250,14 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
       const InputSample s = sample_records(in, 256 << 10);
       records += s.whole ? (double)s.records
                          : std::max(1.0, (double)s.records * text / std::max<double>(1, s.bytes));
-    } else {
-      records += 1;
+      exact = exact && s.whole;
     }
   }
-  if (!o.regions.empty()) records = (double)o.regions.size();
+  if (!o.regions.empty() || !o.regions_bed.empty()) records = (double)source.n_regions();
   records = std::max(records, 1.0);
+  OutputEstimate est;
+  est.records = (int64_t)std::llround(records);
+  est.exact_records = exact;
   const double per_record_g = std::min<double>(
       (double)c.global_max,
       std::max<double>((double)c.global_min, tokens / records / (double)c.global_every));
@@ -265,9 +273,13 @@ int64_t estimate_output_bytes(const EmbedOptions& o, const ModelConfig& c, Recor
   // (16 KB or less; measured: 2.8 KB with its data, dna-tiny, --pool mean), ~6 KB when its
   // embedding is chunked; the final file's own ~8 KB. One record's part becomes the file itself;
   // several are copied into it, so the parts and the final file are on disk together.
-  if (records <= 1) return (int64_t)(data + 16384.0 + 8192.0);
+  if (records <= 1) {
+    est.bytes = (int64_t)(data + 16384.0 + 8192.0);
+    return est;
+  }
   const double final_record = rows / records * embedding_bytes <= 16384.0 ? 3072.0 : 6144.0;
-  return (int64_t)(2.0 * data + records * (16384.0 + final_record) + 8192.0);
+  est.bytes = (int64_t)(2.0 * data + records * (16384.0 + final_record) + 8192.0);
+  return est;
 }
 
 // Longest-first onto the least loaded rank: a balanced split of whole records by length.
@@ -1112,8 +1124,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double checkpoint_s = since_start();
   RecordSource source(o, c);
   Progress progress = Progress::for_stderr(o.quiet || !root);
+  int64_t expected_records = 0;
+  bool expected_exact = false;
   {
-    const int64_t need = estimate_output_bytes(o, c, source);
+    const OutputEstimate est = estimate_output(o, c, source);
+    expected_records = est.records;
+    expected_exact = est.exact_records;
+    const int64_t need = est.bytes;
     std::error_code ec;
     const auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
     if (!ec && (int64_t)space.available < need)
@@ -1139,6 +1156,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
                  journal.discarded() + ")");
+  progress.expect_records(expected_records - journal.n_done(), expected_exact);
   if (journal.n_done() > 0)
     progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
                  journal.dir());
@@ -1249,6 +1267,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (f == 2 || stop_requested()) throw Interrupted("stopped by a signal");
     for (auto& it : batch) sum.tokens += it.rec.n_tokens();
     sum.records += (int64_t)batch.size();
+    if (root) progress.set_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
     batch.clear();
     batch_tokens = 0;
   };
@@ -1371,7 +1390,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 o.pool.text(),
                 o.f16 ? "float16" : "float32",
                 manifest};
-    journal.assemble(a, index, o.output, [&](int64_t bytes) { comm.heartbeat(bytes); });
+    int64_t copied = 0;
+    const std::string what = "writing " + o.output + ", records";
+    journal.assemble(a, index, o.output, [&](int64_t bytes) {
+      comm.heartbeat(bytes);
+      progress.steps(what, std::min(copied++, index), index);  // (a last tick before closing)
+    });
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
   // wait from one heartbeat of rank 0 to the next: if it hangs meanwhile (or dies where the

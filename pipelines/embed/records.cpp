@@ -132,6 +132,8 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
     : impl_(std::make_unique<Impl>(opts, config)) {}
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
+int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
+
 void RecordSource::prime_input(size_t i, std::vector<RawSeries>&& series) {
   if (impl_->input != 0 || impl_->config.kind != ModelKind::kTimeseries ||
       i >= impl_->opts.inputs.size())

@@ -23,6 +23,8 @@ class RecordSource {
   // Time series, before the first next(): input i's records, already read (by the output-size
   // estimate), so that the file is not parsed a second time.
   void prime_input(size_t i, std::vector<RawSeries>&& series);
+  // With --region/--regions: how many regions (records) the run has; 0 without.
+  int64_t n_regions() const;
 
  private:
   struct Impl;

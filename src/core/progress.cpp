@@ -44,8 +44,14 @@ std::string human_bytes(double v) {
   return b;
 }
 
-Progress::Progress(bool enabled, bool live)
-    : enabled_(enabled), live_(live), t0_(Clock::now()), last_(t0_), rec_t0_(t0_) {}
+Progress::Progress(bool enabled, bool live, std::FILE* out)
+    : enabled_(enabled),
+      live_(live),
+      out_(out),
+      t0_(Clock::now()),
+      last_(t0_),
+      first_start_(t0_),
+      rec_t0_(t0_) {}
 
 Progress Progress::for_stderr(bool quiet) { return Progress(!quiet, isatty(2) == 1); }
 
@@ -59,55 +65,113 @@ void Progress::start_record(int64_t index, const std::string& name, int64_t n_to
   rec_tokens_ = n_tokens;
   fraction_ = 0;
   rec_t0_ = Clock::now();
-  print(index == 1);  // the first at once; later ones as the rate limit allows
+  const bool first = !started_;
+  if (first) first_start_ = rec_t0_;  // (a resumed run's first may not be record 1)
+  started_ = true;
+  // The first at once, with its name; later ones as the rate limit allows.
+  print(first, records_done_ == 0);
 }
 
 void Progress::update(double fraction) {
   fraction_ = fraction;
-  print(false);
+  print(false, std::chrono::duration<double>(Clock::now() - rec_t0_).count() >= kOwnLineSeconds);
 }
 
 void Progress::finish_record() {
   fraction_ = 1.0;
   tokens_done_ += rec_tokens_;
+  ++records_done_;
   // A record that took a while keeps a line of its own; short ones (reads) only feed the
   // rate-limited line, so a FASTQ of a million reads does not print a million lines.
   const bool long_record =
       std::chrono::duration<double>(Clock::now() - rec_t0_).count() >= kLongRecordSeconds;
-  print(long_record);
-  if (enabled_ && live_ && long_record) std::fputc('\n', stderr);
+  print(long_record, long_record);
+  if (enabled_ && live_ && long_record) std::fputc('\n', out_);
+}
+
+void Progress::expect_records(int64_t n, bool exact) {
+  expected_ = n > 0 ? n : 0;
+  expected_exact_ = exact;
+}
+
+void Progress::set_done(int64_t records, int64_t tokens) {
+  records_done_ = records;
+  tokens_done_ = tokens;
+}
+
+void Progress::steps(const std::string& what, int64_t done, int64_t total) {
+  if (!enabled_) return;
+  const auto now = Clock::now();
+  if (what != steps_what_) {  // a new phase: its rate from here
+    steps_what_ = what;
+    steps_t0_ = now;
+    steps_shown_ = false;
+  }
+  // The end of a phase that showed a line shows 100% (and ends a live line); a quick phase
+  // shows nothing.
+  const bool last = done >= total;
+  if (last ? !steps_shown_
+           : std::chrono::duration<double>(now - last_).count() < (live_ ? 0.2 : 10.0))
+    return;
+  last_ = now;
+  steps_shown_ = true;
+  const double s = std::chrono::duration<double>(now - steps_t0_).count();
+  const std::string eta = done > 0 && total > done && s > 0
+                              ? ", ETA " + human_seconds(s * (double)(total - done) / (double)done)
+                              : "";
+  std::fprintf(out_, "%s[sparsa] %s: %lld of %lld (%.0f%%)%s%s", live_ ? "\r\033[K" : "",
+               what.c_str(), (long long)done, (long long)total,
+               total > 0 ? 100.0 * (double)done / (double)total : 100.0, eta.c_str(),
+               live_ && !last ? "" : "\n");
+  std::fflush(out_);
 }
 
 void Progress::log(const std::string& msg) {
   if (!enabled_) return;
-  std::fprintf(stderr, "%s[sparsa] %s\n", live_ ? "\r\033[K" : "", msg.c_str());
+  std::fprintf(out_, "%s[sparsa] %s\n", live_ ? "\r\033[K" : "", msg.c_str());
 }
 
-void Progress::print(bool force) {
+void Progress::print(bool force, bool per_record) {
   if (!enabled_) return;
   const auto now = Clock::now();
   const double since = std::chrono::duration<double>(now - last_).count();
   if (!force && since < (live_ ? 0.2 : 10.0)) return;
   last_ = now;
-  const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
-  const double done = fraction_ * (double)rec_tokens_;
-  const double rate = rec_s > 0 ? done / rec_s : 0;
-  const std::string eta = fraction_ >= 1 ? "0.0s"
-                          : rate > 0     ? human_seconds(((double)rec_tokens_ - done) / rate)
-                                         : "--";
   char line[512];
-  std::snprintf(line, sizeof line,
-                "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
-                (long long)index_, name_.c_str(), human_count(done).c_str(),
-                human_count((double)rec_tokens_).c_str(), 100.0 * fraction_,
-                human_count(rate).c_str(), eta.c_str(),
-                human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
-                human_seconds(seconds()).c_str());
+  if (!per_record && records_done_ > 0) {
+    const double s = std::chrono::duration<double>(now - first_start_).count();
+    const double tok_rate = s > 0 ? (double)tokens_done_ / s : 0;
+    const char* approx = expected_exact_ ? "" : "~";
+    std::string of, eta;
+    if (expected_ > records_done_) {
+      of = std::string(" of ") + approx + std::to_string(expected_);
+      if (s > 0)
+        eta = std::string(", ETA ") + approx +
+              human_seconds(s * (double)(expected_ - records_done_) / (double)records_done_);
+    }
+    std::snprintf(line, sizeof line, "%lld%s records, %stok in %s (%stok/s)%s",
+                  (long long)records_done_, of.c_str(), human_count((double)tokens_done_).c_str(),
+                  human_seconds(seconds()).c_str(), human_count(tok_rate).c_str(), eta.c_str());
+  } else {
+    const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
+    const double done = fraction_ * (double)rec_tokens_;
+    const double rate = rec_s > 0 ? done / rec_s : 0;
+    const std::string eta = fraction_ >= 1 ? "0.0s"
+                            : rate > 0     ? human_seconds(((double)rec_tokens_ - done) / rate)
+                                           : "--";
+    std::snprintf(
+        line, sizeof line,
+        "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
+        (long long)index_, name_.c_str(), human_count(done).c_str(),
+        human_count((double)rec_tokens_).c_str(), 100.0 * fraction_, human_count(rate).c_str(),
+        eta.c_str(), human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
+        human_seconds(seconds()).c_str());
+  }
   if (live_)
-    std::fprintf(stderr, "\r\033[K[sparsa] %s", line);
+    std::fprintf(out_, "\r\033[K[sparsa] %s", line);
   else
-    std::fprintf(stderr, "[sparsa] %s\n", line);
-  std::fflush(stderr);
+    std::fprintf(out_, "[sparsa] %s\n", line);
+  std::fflush(out_);
 }
 
 }  // namespace sparsa

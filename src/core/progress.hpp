@@ -1,36 +1,56 @@
 // sparsa: progress on long work. A live line on a terminal; plain log lines (at most one every
-// 10 s) otherwise; nothing with --quiet. A record that takes 10 s or more also gets a line when
-// it starts (the first record) and when it ends; short records (reads) only feed the rate-limited
-// line. Written to stderr by rank 0 only.
+// 10 s) otherwise; nothing with --quiet. Written to stderr by rank 0 only. Two kinds of line:
+//   record 3 'chr1': 1.20 Mtok of 4.64 Mtok ( 26%)  320 ktok/s  ETA 10.7s  total 2.31 Mtok in 12.0s
+//     while a record has run for a second or more (and when the first starts); a record that takes
+//     10 s or more also keeps this line when it ends;
+//   11473 of ~20000 records, 3.53 Mtok in 20.0s (176.5 ktok/s), ETA ~15.1s
+//     for many short records (reads): how many are done, the rate and, where the number of
+//     records is known or estimated (expect_records), the time left; "~" marks an estimate.
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 namespace sparsa {
 
 class Progress {
  public:
-  Progress(bool enabled, bool live);  // live: rewrite one line (a terminal)
+  // live: rewrite one line (a terminal); out: where the lines go (stderr but in tests)
+  Progress(bool enabled, bool live, std::FILE* out = stderr);
   static Progress for_stderr(bool quiet);
   // A new record starts: its index (1-based), the name and its token count.
   void start_record(int64_t index, const std::string& name, int64_t n_tokens);
   // Fraction of the current record done (0..1).
   void update(double fraction);
   void finish_record();
+  // The number of records this run will embed, for "of N" and the time left: exact (counted) or
+  // an estimate from the input's size. 0: not known.
+  void expect_records(int64_t n, bool exact);
+  // Records and tokens finished by every rank so far (a run over several ranks, after each
+  // batch: finish_record counts only this rank's own).
+  void set_done(int64_t records, int64_t tokens);
+  // A step of a long phase after the records (copying them into the output): "WHAT: done of
+  // total (P%), ETA T", rate-limited like the other lines; the time left from this phase's rate.
+  void steps(const std::string& what, int64_t done, int64_t total);
   // A plain message line (clears the live line first).
   void log(const std::string& msg);
   double seconds() const;
 
  private:
-  void print(bool force);
+  void print(bool force, bool per_record);
   static constexpr double kLongRecordSeconds = 10.0;
+  static constexpr double kOwnLineSeconds = 1.0;  // a record running this long gets its own line
   bool enabled_, live_;
-  std::chrono::steady_clock::time_point t0_, last_;
-  int64_t index_ = 0, rec_tokens_ = 0, tokens_done_ = 0;
+  std::FILE* out_;
+  std::chrono::steady_clock::time_point t0_, last_, first_start_;
+  int64_t index_ = 0, rec_tokens_ = 0, tokens_done_ = 0, records_done_ = 0;
+  int64_t expected_ = 0;
+  bool expected_exact_ = false, started_ = false, steps_shown_ = false;
   double fraction_ = 0;
   std::string name_;
-  std::chrono::steady_clock::time_point rec_t0_;
+  std::chrono::steady_clock::time_point rec_t0_, steps_t0_;
+  std::string steps_what_;
 };
 
 std::string human_count(double v);    // 1.23 M

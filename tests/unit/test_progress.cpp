@@ -1,0 +1,111 @@
+// The progress line: a record's own line while it runs, an aggregate line for many short records.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "core/progress.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// What a Progress wrote into a temporary file.
+struct Capture {
+  std::FILE* f = std::tmpfile();
+  ~Capture() { std::fclose(f); }
+  std::string text() const {
+    std::fflush(f);
+    std::string s;
+    std::rewind(f);
+    char buf[4096];
+    for (size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, got);
+    return s;
+  }
+  // The text after the last live-line rewrite ("\r\033[K"), i.e. what the terminal shows.
+  std::string shown() const {
+    const std::string s = text();
+    const size_t at = s.rfind("\r\033[K");
+    return at == std::string::npos ? s : s.substr(at + 4);
+  }
+};
+
+TEST(Progress, ManyShortRecordsGetAnAggregateLineWithTheTimeLeft) {
+  Capture c;
+  ASSERT_NE(c.f, nullptr);
+  sparsa::Progress p(true, true, c.f);  // live: one line, at most every 0.2 s
+  p.expect_records(4, true);
+  p.start_record(1, "read1", 150);  // the first: at once, with its name
+  EXPECT_NE(c.shown().find("record 1 'read1': 0 tok of 150 tok"), std::string::npos) << c.text();
+  p.finish_record();
+  std::this_thread::sleep_for(250ms);
+  p.start_record(2, "read2", 150);
+  std::string s = c.shown();
+  EXPECT_EQ(s.find("record 2"), std::string::npos) << s;  // not the 0% of a read just started
+  EXPECT_EQ(s.rfind("[sparsa] 1 of 4 records, 150 tok in ", 0), 0u) << s;
+  EXPECT_NE(s.find(", ETA "), std::string::npos) << s;
+  EXPECT_EQ(s.find("~"), std::string::npos) << s;  // a counted total: no "~"
+  p.finish_record();
+  p.expect_records(10, false);  // an estimate: marked
+  std::this_thread::sleep_for(250ms);
+  p.start_record(3, "read3", 150);
+  s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] 2 of ~10 records, 300 tok in ", 0), 0u) << s;
+  EXPECT_NE(s.find(", ETA ~"), std::string::npos) << s;
+  // The rate-limited line does not print again within 0.2 s.
+  const size_t before = c.text().size();
+  p.finish_record();
+  EXPECT_EQ(c.text().size(), before);
+  // Past the estimate: the count alone, no "of" and no time left.
+  p.expect_records(2, false);
+  std::this_thread::sleep_for(250ms);
+  p.start_record(4, "read4", 1000);
+  s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] 3 records, 450 tok in ", 0), 0u) << s;
+  EXPECT_EQ(s.find("ETA"), std::string::npos) << s;
+  // A record that has run for a second gets its own line again.
+  std::this_thread::sleep_for(1100ms);
+  p.update(0.5);
+  s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] record 4 'read4': 500 tok of 1.0 ktok ( 50%)", 0), 0u) << s;
+  // Other ranks' records, counted after a batch, replace this rank's own count.
+  p.set_done(40, 6000);
+  std::this_thread::sleep_for(250ms);
+  p.finish_record();  // short of 10 s: the aggregate line
+  s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] 41 records, 7.0 ktok in ", 0), 0u) << s;
+}
+
+TEST(Progress, StepsOfALongPhaseShowTheShareAndEndTheLine) {
+  Capture c;
+  sparsa::Progress p(true, true, c.f);
+  p.steps("writing o.h5, records", 0, 1000);  // within 0.2 s of the start: not yet
+  EXPECT_EQ(c.text(), "");
+  std::this_thread::sleep_for(250ms);
+  p.steps("writing o.h5, records", 250, 1000);
+  std::string s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] writing o.h5, records: 250 of 1000 (25%), ETA ", 0), 0u) << s;
+  p.steps("writing o.h5, records", 1000, 1000);  // the end: at once, and the line ends
+  s = c.shown();
+  EXPECT_EQ(s, "[sparsa] writing o.h5, records: 1000 of 1000 (100%)\n") << c.text();
+  // A phase over before the first line was due shows nothing at all.
+  Capture q;
+  sparsa::Progress quick(true, true, q.f);
+  quick.steps("writing", 0, 2);
+  quick.steps("writing", 2, 2);
+  EXPECT_EQ(q.text(), "");
+}
+
+TEST(Progress, QuietPrintsNothing) {
+  Capture c;
+  sparsa::Progress p(false, false, c.f);
+  p.expect_records(2, true);
+  p.start_record(1, "a", 10);
+  p.finish_record();
+  p.log("hello");
+  EXPECT_EQ(c.text(), "");
+}
+
+}  // namespace
