@@ -160,8 +160,8 @@ def check(model, sparsa, n, device, work):
     step = torch.compile(layer)  # eager flex_attention would hold every n x n score
     x = emb[tok]
     for p in layers:
-        sets.append(route(x, p, G)[0].cpu().numpy())
-        x = step(x, p, cos, sin, bm, G)
+        x, chosen = step(x, p, cos, sin, bm, G, True)  # the set the compiled layer used
+        sets.append(chosen.cpu().numpy())
     y = rmsnorm(x, final)
     diff = (y - want).abs().max().item()
     overlap = min(len(set(a.tolist()) & set(b.tolist())) / G for a, b in zip(sets, want_sets))
@@ -169,23 +169,25 @@ def check(model, sparsa, n, device, work):
           f"overlap over layers = {overlap:.3f}")
 
 
-def route(x, p, G):
-    """The global set S of layer input x (ascending positions) and its gate gamma."""
+def route(h, p, G):
+    """The global set S (ascending positions) and its gate gamma, from h = RMSNorm(x) in float32."""
     if ROUTER_FP32:  # the spec's h (float32) through a float32 GEMM, TF32 off
-        hw = rmsnorm(x, p["attn_norm"]) @ p["w1f"]
+        hw = h @ p["w1f"]
     else:  # h and W1 in bf16 (fp32 accumulate): cheaper, less exact scores than sparsa's router
-        hw = (rmsnorm(x, p["attn_norm"]).bfloat16() @ p["w1"]).float()
+        hw = (h.bfloat16() @ p["w1"]).float()
     s = F.gelu(hw + p["b1"], approximate="none") @ p["w2"] + p["b2"]
     idx = torch.topk(s, G).indices.sort().values
     return idx, torch.sigmoid(s[idx])
 
 
-def layer(x, p, cos, sin, block_mask, G):
+def layer(x, p, cos, sin, block_mask, G, with_set=False):
+    """One layer; with_set: also the global set it chose (for --check)."""
     n = x.shape[0]
-    h = rmsnorm(x, p["attn_norm"]).bfloat16()
+    h32 = rmsnorm(x, p["attn_norm"])
+    h = h32.bfloat16()
     q, k, v = (h @ p["wqkv"]).view(n, 3, H, DH).unbind(1)
     q, k = rope(q, cos, sin), rope(k, cos, sin)
-    idx, gamma = route(x, p, G)
+    idx, gamma = route(h32, p, G)
     q, k, v = (t.transpose(0, 1).unsqueeze(0).contiguous() for t in (q, k, v))  # [1, H, n, DH]
     kg = k[:, :, idx]
     vg = (v[:, :, idx].float() * gamma[None, None, :, None]).bfloat16()
@@ -195,7 +197,8 @@ def layer(x, p, cos, sin, block_mask, G):
     a = a.transpose(1, 2).reshape(n, D).bfloat16()
     x = x + (a @ p["wo"]).float()
     u = F.gelu((rmsnorm(x, p["mlp_norm"]).bfloat16() @ p["w_up"]).float(), approximate="none")
-    return x + (u.bfloat16() @ p["w_down"]).float()
+    x = x + (u.bfloat16() @ p["w_down"]).float()
+    return (x, idx) if with_set else x
 
 
 def band_mask(n, device):
