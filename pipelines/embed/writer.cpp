@@ -332,14 +332,12 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
   const Record& rec = *r.record;
   const std::string g = "/records/" + Journal::key_for(index - 1, rec.name);
   f.create_group(g);
-  f.set_attr(g, "name", rec.name);
-  f.set_attr(g, "description", rec.description);
-  f.set_attr(g, "source", rec.source);
-  f.set_attr(g, "kind", r.kind);
-  f.set_attr(g, "length", r.length);
-  f.set_attr(g, "region", rec.region);
-  f.set_attr(g, "strand", r.strand);
-  if (!r.fingerprint.empty()) f.set_attr(g, "input_sha256", r.fingerprint);
+  std::vector<h5::File::NewAttr> attrs = {
+      {"name", rec.name},  {"description", rec.description}, {"source", rec.source},
+      {"kind", r.kind},    {"length", "", r.length, true},   {"region", rec.region},
+      {"strand", r.strand}};
+  if (!r.fingerprint.empty()) attrs.push_back({"input_sha256", r.fingerprint});
+  f.add_new_attrs(g, attrs);
   f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
   return g;
 }

@@ -504,6 +504,22 @@ void File::set_attr(const std::string& obj, const std::string& name, int64_t val
   if (H5Awrite(a.id(), H5T_NATIVE_INT64, &value) < 0) fail(path_, obj, "attribute write failed");
 }
 
+void File::add_new_attrs(const std::string& obj, const std::vector<NewAttr>& attrs) {
+  Handle o(check(H5Oopen(h_.id(), obj.c_str(), H5P_DEFAULT), path_, obj, "object open"), H5Oclose);
+  Handle t = str_type();
+  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
+  for (const NewAttr& at : attrs) {
+    Handle a(check(H5Acreate2(o.id(), at.name, at.is_int ? H5T_STD_I64LE : t.id(), sp.id(),
+                              H5P_DEFAULT, H5P_DEFAULT),
+                   path_, obj, "attribute create"),
+             H5Aclose);
+    const char* p = at.text.c_str();
+    if ((at.is_int ? H5Awrite(a.id(), H5T_NATIVE_INT64, &at.number)
+                   : H5Awrite(a.id(), t.id(), &p)) < 0)
+      fail(path_, obj, "attribute write failed");
+  }
+}
+
 bool File::has_attr(const std::string& obj, const std::string& name) const {
   return exists(obj) && H5Aexists_by_name(h_.id(), obj.c_str(), name.c_str(), H5P_DEFAULT) > 0;
 }

@@ -96,6 +96,16 @@ class File {
   // Attributes on an object ("/" for the root).
   void set_attr(const std::string& obj, const std::string& name, const std::string& value);
   void set_attr(const std::string& obj, const std::string& name, int64_t value);
+  // Attributes of an object that has none of these names yet (a group just made), in order:
+  // the object is opened once and nothing is looked up first. A value is a string or, where
+  // `is_int`, the integer.
+  struct NewAttr {
+    const char* name;
+    std::string text;
+    int64_t number = 0;
+    bool is_int = false;
+  };
+  void add_new_attrs(const std::string& obj, const std::vector<NewAttr>& attrs);
   bool has_attr(const std::string& obj, const std::string& name) const;
   std::string attr_string(const std::string& obj, const std::string& name) const;
   int64_t attr_int(const std::string& obj, const std::string& name) const;
