@@ -7,7 +7,7 @@ bash scripts/build.sh
 mkdir -p out
 ./build/sparsa init --config configs/dna-tiny.toml --output out/dna-tiny.h5 --seed 1 --force
 ./build/sparsa embed --model out/dna-tiny.h5 --input examples/lambda_virus.fa.gz \
-  --output out/lambda.h5 --pool bin:128 --force
+  --output out/lambda.h5 --pool bin:128 --device cpu --force
 ./build/sparsa inspect out/lambda.h5
 cat <<'MSG'
 

@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
   embed->add_flag("--force", eo.force,
                   "Replace an existing output file (and discard an earlier run's journal)");
   embed->add_flag("--resume", eo.resume,
-                  "Continue an interrupted run from its journal OUT.parts/ (same options)");
+                  "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
   embed
       ->add_option("--split-min", eo.split_min,
                    "Under MPI: records of at least this many tokens are split over all ranks; "
