@@ -143,7 +143,7 @@ bool check_paths(const EmbedOptions& o) {
                       " is not a regular file (a checkpoint from `sparsa init`)");
   // OUT.tmp (the final file while it is made) and OUT.parts/ (the journal) are sparsa's: none of
   // the files it reads may be one of them, or it would overwrite or delete them.
-  const std::string tmp = o.output + ".tmp", parts = o.output + ".parts";
+  const std::string tmp = o.output + ".tmp", parts = o.output + ".parts", old = o.output + ".old";
   const fs::path parts_dir = fs::weakly_canonical(fs::absolute(parts), ec);
   auto ours = [&](const std::string& p, const std::string& what) {
     const fs::path cp = fs::weakly_canonical(fs::absolute(p), ec);
@@ -153,6 +153,9 @@ bool check_paths(const EmbedOptions& o) {
       throw ConfigError(what + " " + p + " is where sparsa writes " +
                         (inside ? "its journal (" + parts + "/)" : "the output while it is made") +
                         " for --output " + o.output + "; rename it or choose another --output");
+    if (o.force && fs::equivalent(p, old, ec))
+      throw ConfigError(what + " " + p + " is where --force sets the old " + o.output +
+                        " aside; rename it or choose another --output");
   };
   for (const auto& in : o.inputs) ours(in, "input");
   if (!o.regions_bed.empty()) ours(o.regions_bed, "--regions file");
@@ -1080,15 +1083,36 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
                    o.output.c_str(), why.c_str());
   }
-  // --force: the old output goes as the run starts, so that a run that fails (a bad checkpoint,
-  // input or record) leaves nothing at the path that could be taken for its result (spec 5).
+  // --force: the old output is set aside as OUT.old as the run starts, so that a run that fails
+  // (a bad checkpoint, input or record) leaves nothing at the path that could be taken for its
+  // result (spec 5), yet loses nothing the user had there: it is deleted once the new output is
+  // in place, and a run that fails says where it is.
+  struct SetAside {
+    std::string from, to;
+    bool kept = false;
+    ~SetAside() {
+      if (kept)
+        std::fprintf(stderr,
+                     "[sparsa] the previous %s is kept as %s (this run did not finish); rename "
+                     "it back to keep it\n",
+                     from.c_str(), to.c_str());
+    }
+  } aside;
   comm.barrier();  // every rank is past check_paths, which looked at it
   if (o.force && root) {
     std::error_code ec;
-    fs::remove(o.output, ec);
-    if (ec && fs::exists(o.output))
-      throw SystemError(o.output + ": --force cannot remove the old output (" + ec.message() +
-                        "); remove it yourself or choose another --output");
+    if (fs::exists(fs::symlink_status(o.output, ec))) {
+      aside.from = o.output;
+      aside.to = o.output + ".old";
+      fs::rename(o.output, aside.to, ec);
+      if (ec)
+        throw SystemError(o.output + ": --force cannot set the old output aside as " + aside.to +
+                          " (" + ec.message() + "); remove it yourself or choose another --output");
+      aside.kept = true;
+      if (!o.quiet)
+        std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
+                     o.output.c_str(), aside.to.c_str());
+    }
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
@@ -1396,6 +1420,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       comm.heartbeat(bytes);
       progress.steps(what, std::min(copied++, index), index);  // (a last tick before closing)
     });
+    if (aside.kept) {  // the new output is in place: the old one goes, as --force asked
+      std::error_code ec;
+      fs::remove(aside.to, ec);
+      aside.kept = false;
+      if (ec)
+        std::fprintf(stderr, "[sparsa] warning: cannot remove %s, the old output (%s)\n",
+                     aside.to.c_str(), ec.message().c_str());
+    }
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
   // wait from one heartbeat of rank 0 to the next: if it hangs meanwhile (or dies where the

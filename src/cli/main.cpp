@@ -163,7 +163,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
-                  "Replace an existing output file (and discard an earlier run's journal)");
+                  "Replace an existing output file (kept as OUTPUT.old until the run finishes) "
+                  "and discard an earlier run's journal");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
   embed

@@ -394,13 +394,31 @@ TEST(Cli, ExistingOutputIsKept) {
   r = run(embed_cmd(t / "in.fa", t / "in.fa", "--force"));
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(exists(t / "in.fa"));
-  EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
-  // --force replaces: a run that then fails leaves nothing at the path, not the old result.
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "keep.h5.old")) << r.output;  // set aside, then deleted on success
+  // --force replaces: a run that then fails leaves nothing at the path, not the old result, but
+  // the old file is kept aside as OUT.old, and the message says so.
+  const std::string result = read_file(t / "keep.h5");
   write_file(t / "bad.fa", ">a\nAC!GT\n");
   r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
   EXPECT_FALSE(exists(t / "keep.h5.parts"));
+  EXPECT_EQ(read_file(t / "keep.h5.old"), result);
+  EXPECT_NE(r.output.find("kept as " + (t / "keep.h5.old")), std::string::npos) << r.output;
+  // A typo in an input path with --force costs nothing either (a file that is no sparsa output).
+  write_file(t / "victim.fa", ">v\nACGT\n");
+  r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "victim.fa"));
+  EXPECT_EQ(read_file(t / "victim.fa.old"), ">v\nACGT\n");
+  // An input that is OUT.old would be overwritten by setting OUT aside: refused.
+  write_file(t / "in2.fa.old", ">a\nACGT\n");
+  r = run(embed_cmd(t / "in2.fa.old", t / "in2.fa", "--force"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("aside"), std::string::npos) << r.output;
+  std::filesystem::remove(t / "keep.h5.old");
   // Never the --regions file either (--force would have removed it before reading it).
   write_file(t / "r.bed", "NC_001416.1\t0\t100\n");
   r = run(binary() + " embed -q --force --model " + tiny_model() + " --input " + lambda() +
@@ -414,6 +432,7 @@ TEST(Cli, ExistingOutputIsKept) {
           " --output " + (t / "keep.h5"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
+  EXPECT_TRUE(exists(t / "keep.h5.old"));
 }
 
 // Files the run reads must not be the ones it writes besides OUT: OUT.tmp (the final file while it
