@@ -416,15 +416,22 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // FaidxFetcher
 
+// One line of a .fai (samtools' format): the record's length, the offset of its first base, the
+// bases and bytes of a full line.
+struct FaiEntry {
+  int64_t length = 0, offset = -1, line_bases = 0, line_bytes = 0;
+};
+
 struct FaidxFetcher::Impl {
   std::string path;
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
-  // From the .fai, on the first fetch: each record's offset of its first base (only for an index
-  // of up to 16 MB: a genome's, not a read set's); the descriptions found, by name.
-  std::map<std::string, int64_t, std::less<>> offsets;
+  bool fastq = false, bgzip = false;
+  // From the .fai, on the first fetch: each record's entry (only for an index of up to 16 MB: a
+  // genome's, not a read set's); the records checked against the file, with their descriptions.
+  std::map<std::string, FaiEntry, std::less<>> entries;
   std::map<std::string, std::string, std::less<>> descriptions;
-  bool offsets_read = false;
+  bool entries_read = false;
   ~Impl() {
     if (fai) fai_destroy(fai);
   }
@@ -436,33 +443,64 @@ namespace {
 // the index does not keep: the header is the line just before the record's first base (the
 // offset in the .fai), read by seeking there (bgzip: through the .gzi index faidx made). "" when
 // it cannot be found: metadata only, never an error.
-std::string header_description(const std::string& path, int64_t first_base) {
+// What the file holds around a record that its .fai places at e.offset: the header line just
+// before it (its name and description; not looked for past 64 KB) and, after the record's last
+// base, a line end and then the next record's header (or, FASTQ, its '+' line) or the end of the
+// file. `ok` is false where the file disagrees (it changed after the index was made), also where
+// the index points past the file's end.
+struct FaiCheck {
+  bool ok = true, header_found = false;
+  std::string name, description;
+};
+FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq) {
+  FaiCheck out;
   BGZF* fp = open_bgzf(path);
-  if (!fp) return "";
-  std::string description;
-  const bool seekable =
-      bgzf_compression(fp) == 0 ||
-      (bgzf_compression(fp) == 2 && bgzf_index_load(fp, path.c_str(), ".gzi") == 0);
-  // A 4 KB window, then 64 KB for a longer header; longer ones get no description.
+  if (!fp) return out;  // (fetching fails on its own then)
+  if (bgzf_compression(fp) == 2 && bgzf_index_load(fp, path.c_str(), ".gzi") != 0) {
+    bgzf_close(fp);
+    return out;  // no .gzi to seek with: faidx's own read reports it
+  }
   for (int64_t window : {int64_t{4096}, int64_t{65536}}) {
-    const int64_t start = std::max<int64_t>(0, first_base - window);
-    std::string buf((size_t)(first_base - start), '\0');
-    if (!seekable || bgzf_useek(fp, (off_t)start, SEEK_SET) != 0 ||
-        bgzf_read(fp, buf.data(), buf.size()) != (ssize_t)buf.size())
+    const int64_t start = std::max<int64_t>(0, e.offset - window);
+    std::string buf((size_t)(e.offset - start), '\0');
+    if (bgzf_useek(fp, (off_t)start, SEEK_SET) != 0 ||
+        bgzf_read(fp, buf.data(), buf.size()) != (ssize_t)buf.size()) {
+      out.ok = false;  // the index points past the end of the file
       break;
+    }
     size_t end = buf.size();
+    const bool line_ended = end > 0 && buf[end - 1] == '\n';
     while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == '\r')) --end;
     const size_t nl = end == 0 ? std::string::npos : buf.rfind('\n', end - 1);
-    if (nl == std::string::npos && start > 0) continue;  // the line starts before the window
+    if (line_ended && nl == std::string::npos && start > 0) continue;  // a longer header
     const size_t begin = nl == std::string::npos ? 0 : nl + 1;
-    if (begin < end && (buf[begin] == '>' || buf[begin] == '@')) {
-      std::string name;
-      split_header(std::string_view(buf).substr(begin + 1, end - begin - 1), name, description);
+    if (!line_ended || begin >= end || buf[begin] != (fastq ? '@' : '>')) {
+      out.ok = false;  // the first base does not follow a header line
+      break;
     }
+    out.header_found = true;
+    split_header(std::string_view(buf).substr(begin + 1, end - begin - 1), out.name,
+                 out.description);
     break;
   }
+  // The end: the byte after the last base ends a line, and what follows the line end (blank
+  // lines skipped) is the next record's header, FASTQ's '+', or the end of the file.
+  if (out.ok && e.line_bases > 0 && e.length > 0) {
+    const int64_t full = (e.length - 1) / e.line_bases;  // full lines before the last line
+    const int64_t after = e.offset + full * e.line_bytes + (e.length - full * e.line_bases);
+    char buf[256];
+    ssize_t got = -1;
+    if (bgzf_useek(fp, (off_t)after, SEEK_SET) != 0 || (got = bgzf_read(fp, buf, sizeof buf)) < 0) {
+      out.ok = false;
+    } else {
+      if (got > 0 && buf[0] != '\n' && buf[0] != '\r') out.ok = false;  // more bases: longer
+      ssize_t i = 0;
+      while (i < got && (buf[i] == '\n' || buf[i] == '\r')) ++i;
+      if (i < got && buf[i] != (fastq ? '+' : '>')) out.ok = false;  // more lines: longer
+    }
+  }
   bgzf_close(fp);
-  return description;
+  return out;
 }
 
 // The first place where a FASTA file breaks faidx's layout rule (every sequence line of a record
@@ -566,6 +604,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       }
     }
   }
+  impl_->fastq = format == FAI_FASTQ;
+  impl_->bgzip = compression == 2;
   impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, FAI_CREATE, format);
   if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
 }
@@ -619,8 +659,8 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   }
   Record rec;
   rec.name = region.name;
-  if (!impl_->offsets_read) {  // name, length, offset, ... a line (samtools' .fai format)
-    impl_->offsets_read = true;
+  if (!impl_->entries_read) {  // name, length, offset, line bases, line bytes (samtools' .fai)
+    impl_->entries_read = true;
     std::error_code ec;
     const auto fai_bytes = std::filesystem::file_size(path + ".fai", ec);
     std::ifstream fai_text;
@@ -629,15 +669,33 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     while (std::getline(fai_text, line)) {
       std::istringstream cols(line);
       std::string name;
-      int64_t length = 0, offset = -1;
-      if (std::getline(cols, name, '\t') && cols >> length >> offset)
-        impl_->offsets.emplace(name, offset);
+      FaiEntry e;
+      if (std::getline(cols, name, '\t') &&
+          cols >> e.length >> e.offset >> e.line_bases >> e.line_bytes)
+        impl_->entries.emplace(name, e);
     }
   }
+  // A record is checked against the file the first time it is fetched: an index made before the
+  // file changed would read another record's bases, or too few, without an error.
   if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
     rec.description = d->second;
-  } else if (auto at = impl_->offsets.find(region.name); at != impl_->offsets.end()) {
-    rec.description = header_description(path, at->second);
+  } else if (auto at = impl_->entries.find(region.name); at != impl_->entries.end()) {
+    const FaiCheck c = check_fai_entry(path, at->second, impl_->fastq);
+    if (!c.ok || (c.header_found && c.name != region.name)) {
+      std::free(seq);
+      std::error_code ec;
+      const bool older = std::filesystem::last_write_time(path + ".fai", ec) <
+                         std::filesystem::last_write_time(path, ec);
+      throw InputError(path + ": its faidx index " + path + ".fai does not match it: record '" +
+                       region.name + "' is not where the index puts it" +
+                       (older ? " (the index is older than the file: the file changed after it "
+                                "was indexed)"
+                              : "") +
+                       "; remove " + path + ".fai" +
+                       (impl_->bgzip ? " and " + path + ".gzi" : std::string()) +
+                       " and sparsa builds it again, or run `samtools faidx " + path + "`");
+    }
+    rec.description = c.description;
     impl_->descriptions.emplace(region.name, rec.description);
   }
   // Names and descriptions are stored as UTF-8 strings (as for records read whole).

@@ -620,6 +620,61 @@ TEST_F(FaidxTest, LayoutAndIndexErrorsNameRecordAndLine) {
   EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
 }
 
+// An index made before the file changed would read other bases (or too few) without an error:
+// each record is checked against the file when first fetched, plain and bgzip.
+TEST_F(FaidxTest, IndexOfAnEarlierFileIsRefused) {
+  const std::string base = fasta();
+  struct Change {
+    const char* what;
+    std::string text;
+    const char* region;  // fetched from the changed file with the old index
+  };
+  const std::string chr1 = random_seq(1000, 10), gi = random_seq(333, 11);
+  const std::vector<Change> changes = {
+      // chr1 two lines longer: the index puts 'short' inside gi's sequence
+      {"records moved",
+       ">chr1 first\n" + wrap(chr1 + random_seq(120, 12), 60) + ">gi|9|x:1-2\n" + wrap(gi, 50) +
+           ">short  a longer\tdescription\nACGTN\n",
+       "short:1-3"},
+      // the last record longer by a line, at the same place
+      {"a record longer", base + "ACGTA\n", "short:1-3"},
+      // the last record's last line longer
+      {"a line longer",
+       ">chr1 first\n" + wrap(chr1, 60) + ">gi|9|x:1-2\n" + wrap(gi, 50) +
+           ">short  a longer\tdescription\nACGTNA\n",
+       "short:1-3"},
+  };
+  for (const bool bgzip : {false, true}) {
+    for (const Change& c : changes) {
+      SCOPED_TRACE(std::string(c.what) + (bgzip ? ", bgzip" : ""));
+      for (const char* old : {"old.fa.fai", "old.fa.gz.fai", "old.fa.gz.gzi"})
+        fs::remove(dir_ / old);
+      std::string p = write("old.fa", base);
+      if (bgzip) {
+        sh("bgzip -f '" + p + "'");
+        p += ".gz";
+      }
+      {
+        FaidxFetcher f(p, {});  // builds the index of the file as it is
+        EXPECT_EQ(f.fetch(parse_region(c.region, f.names())).tokens, toks("ACG"));
+      }
+      ASSERT_TRUE(fs::exists(p + ".fai"));
+      const auto stamp = fs::last_write_time(p + ".fai");
+      std::string changed = write("old.fa", c.text);
+      if (bgzip) sh("bgzip -c '" + changed + "' > '" + p + "'");  // the old .gzi kept too
+      fs::last_write_time(p, stamp + std::chrono::seconds(5));    // edited after indexing
+      FaidxFetcher f(p, {});
+      expect_error<InputError>([&] { f.fetch(parse_region(c.region, f.names())); },
+                               {p + ".fai does not match", "record 'short'",
+                                "the index is older than the file", "samtools faidx"});
+      fs::remove(p + ".fai");
+      fs::remove(p + ".gzi");
+      FaidxFetcher again(p, {});  // rebuilt: the changed file reads right
+      EXPECT_EQ(again.fetch(parse_region(c.region, again.names())).tokens, toks("ACG"));
+    }
+  }
+}
+
 TEST_F(FaidxTest, GarbageAndMissing) {
   std::string g = write("g.bin", std::string("\x00\xff\x01\x02", 4));
   expect_error<InputError>([&] { FaidxFetcher f(g, {}); }, {g, "not FASTA/FASTQ"});
