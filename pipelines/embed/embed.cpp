@@ -1382,6 +1382,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   } catch (const Interrupted&) {
     finish_side();
     keep_group();  // the journal is the point of stopping: keep it, finished records too
+    if (root) {    // say what is kept (a record is kept whole or not at all)
+      if (journal.count_parts() == 0) {
+        journal.remove();  // nothing to resume: a rerun need not pass --resume
+        std::fprintf(stderr,
+                     "[sparsa] no record had finished, so nothing is kept (a record is kept once "
+                     "it is whole)\n");
+      } else {
+        std::fprintf(stderr, "[sparsa] %lld finished records are kept in %s\n",
+                     (long long)journal.count_records(), journal.dir().c_str());
+      }
+    }
     throw;
   } catch (...) {
     finish_side();

@@ -271,7 +271,7 @@ int main(int argc, char** argv) {
       eo.cuda_fp32 = precision == "fp32";
       if (!columns.empty()) eo.columns = split_commas(columns, "--columns");
       eo.command_line = join_argv(argc, argv);
-      install_stop_handlers();
+      install_stop_handlers(comm->rank() == 0 && !eo.quiet);
       EmbedSummary s = run_embed(eo, *comm);
       if (s.already_complete && comm->rank() == 0)
         std::fprintf(stderr, "[sparsa] %s is already complete; nothing to do\n", eo.output.c_str());
@@ -294,9 +294,9 @@ int main(int argc, char** argv) {
     }
   } catch (const Interrupted& e) {
     std::fprintf(stderr,
-                 "sparsa: interrupted (signal %d): finished records are kept in %s.parts; "
-                 "run the same command with --resume to continue\n",
-                 stop_signal(), eo.output.c_str());
+                 "sparsa: interrupted (signal %d): run the same command with --resume to "
+                 "continue\n",
+                 stop_signal());
     code = kExitInterrupted;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "sparsa: error: %s\n", e.what());

@@ -12,7 +12,9 @@ class Interrupted : public Error {
   using Error::Error;
 };
 
-void install_stop_handlers();
+// announce: say at once on stderr that the signal was seen and what happens next (rank 0 alone,
+// not with --quiet); a second SIGINT then also says that it stopped at once.
+void install_stop_handlers(bool announce = false);
 bool stop_requested();
 // Which signal asked for the stop (0 when none).
 int stop_signal();

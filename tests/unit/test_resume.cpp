@@ -66,6 +66,44 @@ struct PartData {
 
 }  // namespace
 
+// An interrupt is answered at once (what happens next), and the end says what was kept: the
+// finished records, or that none had finished (then no journal is left to resume).
+TEST(Resume, InterruptSaysWhatItKeeps) {
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  std::vector<std::string> a = fx.args(out, false);
+  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the messages are the point
+  pid_t pid = spawn(a, fx.t / "log1");
+  ASSERT_TRUE(wait_for_parts(out + ".parts", 2, pid)) << "run ended before 2 parts";
+  kill(pid, SIGINT);
+  EXPECT_EQ(wait_exit(pid), 75);
+  std::string log = read_file(fx.t / "log1");
+  EXPECT_NE(log.find("[sparsa] interrupt: stopping at the next safe point"), std::string::npos)
+      << log;
+  const int kept = count_parts(out + ".parts");
+  EXPECT_NE(log.find("[sparsa] " + std::to_string(kept) + " finished records are kept in " + out +
+                     ".parts"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("with --resume to continue"), std::string::npos) << log;
+  // Stopped inside its first record (one record of 600 kb: several seconds on one thread).
+  write_file(fx.t / "long.fa", random_fasta(1, 600000));
+  const std::string out2 = fx.t / "long.h5";
+  a = {binary(), "embed",   "--threads",      "1",        "--model",
+       fx.model, "--input", fx.t / "long.fa", "--output", out2};
+  pid = spawn(a, fx.t / "log2");
+  ASSERT_TRUE(wait_until(
+      pid, [&] { return read_file(fx.t / "log2").find("record 1 'rec0'") != std::string::npos; },
+      20, 30));
+  kill(pid, SIGINT);
+  EXPECT_EQ(wait_exit(pid), 75);
+  log = read_file(fx.t / "log2");
+  EXPECT_NE(log.find("no record had finished, so nothing is kept"), std::string::npos) << log;
+  EXPECT_FALSE(exists(out2 + ".parts"));  // nothing to resume: a plain rerun is not refused
+  EXPECT_FALSE(exists(out2));
+}
+
 TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record
   Fixture fx;
