@@ -520,15 +520,17 @@ struct EmbedRun {
       journal.flush_group();
     if (show_progress) progress.start_record(it.index, rec.name, n);
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
-    const int passes = o.rc_average ? 2 : 1;
-    int pass = 0;
-    int64_t last_layer = -1;
+    // Layers over both passes (the reverse complement's too): the share done.
+    const double total_layers = (double)cfg.n_layers * (o.rc_average ? 2 : 1);
+    int64_t layers_done = 0;
     ForwardHooks hooks;
-    hooks.after_layer = [&](int64_t l) {
-      if (l <= last_layer) pass = 1;  // the layers start again: the reverse-complement pass
-      last_layer = l;
-      if (show_progress) progress.update((pass + (double)(l + 1) / cfg.n_layers) / passes);
+    hooks.after_layer = [&](int64_t) {
+      ++layers_done;
+      if (show_progress) progress.update((double)layers_done / total_layers);
       check_stop(c);
+    };
+    hooks.in_layer = [&](int64_t, double f) {
+      if (show_progress) progress.update(((double)layers_done + f) / total_layers);
     };
     const auto t0 = std::chrono::steady_clock::now();
     // One rank holding the record and a row per token: the part is written while the rows come
@@ -972,7 +974,7 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
              " changed since";
   }
   if (held != index)
-    return "it holds " + std::to_string(held) + " records, the inputs " + std::to_string(index);
+    return "it holds " + count_of(held, "record") + ", the inputs " + std::to_string(index);
   return "";
 }
 
@@ -1182,7 +1184,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                  journal.discarded() + ")");
   progress.expect_records(expected_records - journal.n_done(), expected_exact);
   if (journal.n_done() > 0)
-    progress.log("resuming: " + std::to_string(journal.n_done()) + " records already in " +
+    progress.log("resuming: " + count_of(journal.n_done(), "record") + " already in " +
                  journal.dir());
   const int64_t align = o.pool.kind == PoolSpec::kBin    ? o.pool.bin
                         : o.pool.kind == PoolSpec::kMean ? kMeanBlock
@@ -1389,8 +1391,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                      "[sparsa] no record had finished, so nothing is kept (a record is kept once "
                      "it is whole)\n");
       } else {
-        std::fprintf(stderr, "[sparsa] %lld finished records are kept in %s\n",
-                     (long long)journal.count_records(), journal.dir().c_str());
+        const int64_t kept = journal.count_records();
+        std::fprintf(stderr, "[sparsa] %s %s kept in %s\n",
+                     count_of(kept, "finished record").c_str(), kept == 1 ? "is" : "are",
+                     journal.dir().c_str());
       }
     }
     throw;
@@ -1405,9 +1409,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         journal.remove();
       else
         std::fprintf(stderr,
-                     "[sparsa] %lld finished records are kept in %s; fix the problem and "
-                     "rerun with --resume, or use --force to start over\n",
-                     (long long)kept, journal.dir().c_str());
+                     "[sparsa] %s %s kept in %s; fix the problem and rerun with --resume, or use "
+                     "--force to start over\n",
+                     count_of(kept, "finished record").c_str(), kept == 1 ? "is" : "are",
+                     journal.dir().c_str());
     }
     throw;
   }
@@ -1416,7 +1421,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   journal.gather_sources(comm);
   comm.barrier();
   if (root) {
-    progress.log("writing " + o.output + " (" + std::to_string(index) + " records)");
+    progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
     FileAttrs a{SPARSA_VERSION,
                 model_sha,
                 w.config_toml,

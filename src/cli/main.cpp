@@ -114,8 +114,12 @@ int main(int argc, char** argv) {
   init->add_option("--seed", seed, "Random seed; the same seed gives the same file contents")
       ->capture_default_str()
       ->check(CLI::Validator(
-          [](const std::string& v) {  // uint64 parsing would wrap "-1" around
-            return v.find_first_not_of("0123456789") == std::string::npos && !v.empty()
+          [](const std::string& v) {  // uint64 parsing wraps "-1" around, clamps 1e30
+            const bool digits =
+                v.find_first_not_of("0123456789") == std::string::npos && !v.empty();
+            const std::string d = v.substr(std::min(v.find_first_not_of('0'), v.size()));
+            const bool fits = d.size() < 20 || (d.size() == 20 && d <= "18446744073709551615");
+            return digits && fits
                        ? std::string()
                        : "the seed must be a whole number from 0 to 18446744073709551615";
           },
@@ -276,8 +280,8 @@ int main(int argc, char** argv) {
       if (s.already_complete && comm->rank() == 0)
         std::fprintf(stderr, "[sparsa] %s is already complete; nothing to do\n", eo.output.c_str());
       else if (comm->rank() == 0 && !eo.quiet)
-        std::fprintf(stderr, "[sparsa] done: %lld records, %stokens in %s (%stok/s) -> %s\n",
-                     (long long)s.records, human_count((double)s.tokens).c_str(),
+        std::fprintf(stderr, "[sparsa] done: %s, %stokens in %s (%stok/s) -> %s\n",
+                     count_of(s.records, "record").c_str(), human_count((double)s.tokens).c_str(),
                      human_seconds(s.seconds).c_str(),
                      human_count(s.seconds > 0 ? s.tokens / s.seconds : 0).c_str(),
                      eo.output.c_str());

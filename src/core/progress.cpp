@@ -44,6 +44,10 @@ std::string human_bytes(double v) {
   return b;
 }
 
+std::string count_of(int64_t n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 Progress::Progress(bool enabled, bool live, std::FILE* out)
     : enabled_(enabled),
       live_(live),

@@ -56,5 +56,7 @@ class Progress {
 std::string human_count(double v);    // 1.23 M
 std::string human_seconds(double s);  // 1h02m, 3m05s, 12.3s
 std::string human_bytes(double b);    // 1.5 GiB
+// "1 record", "2 records" (English plural by an s).
+std::string count_of(int64_t n, const std::string& noun);
 
 }  // namespace sparsa

@@ -80,6 +80,14 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   for (auto& t : w.embed) tables.push_back(t.data());
   cpu::embed({tokens, tables.data(), x.data(), m, c.n_tables(), c.vocab(), d});
 
+  // A layer's stages by their share of its FLOPs a token (progress inside long layers).
+  const double f_in = 2.0 * d * (3.0 * d + c.router_hidden),
+               f_attn =
+                   4.0 * d * (double)(c.causal ? c.window + 1 : 2 * c.window + 1) + 4.0 * d * G,
+               f_wo = 2.0 * d * d, f_mlp = 4.0 * d * c.d_ff, f_all = f_in + f_attn + f_wo + f_mlp;
+  auto stage_done = [&](int64_t l, double flops) {
+    if (hooks.in_layer) hooks.in_layer(l, flops / f_all);
+  };
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     cpu::attn_inputs({x.data(), L.attn_norm.data(), L.wq.data(), L.wk.data(), L.wv.data(),
@@ -87,6 +95,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                       q.data(), k.data() + own * d, v.data() + own * d, scores.data(), m, d,
                       c.router_hidden, b, c.norm_eps});
     cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base, k.data() + own * d});
+    stage_done(l, f_in);
 
     // Halo: K and V rows (after RoPE) beyond the shard edges, in flight during routing and the
     // attention of interior rows. MPI keeps the order of messages between two ranks.
@@ -177,8 +186,10 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     ap.row_begin = hi;
     ap.row_end = m;
     cpu::dsa_attention(ap);
+    stage_done(l, f_in + f_attn);
 
     cpu::linear({q.data(), L.wo.data(), x.data(), m, d, d, b, true});
+    stage_done(l, f_in + f_attn + f_wo);
     cpu::mlp_block(
         {x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b, c.norm_eps});
     if (hooks.after_layer) hooks.after_layer(l);

@@ -54,6 +54,9 @@ struct ForwardOutput {
 
 struct ForwardHooks {
   std::function<void(int64_t layer)> after_layer;  // progress; called on every rank
+  // Progress inside a layer (a backend whose layers take long: the CPU's): the share of the
+  // layer's work done, by its FLOPs, after each of its stages. Optional, rank-local.
+  std::function<void(int64_t layer, double fraction)> in_layer;
   // Optional, a row per token only: a backend that brings rows back from a device may hand
   // them over here in pieces, in order (shard rows [row0, row0 + n_rows), float16 bits where it
   // was asked for float16 rows, else float32; the memory is valid during the call), and set

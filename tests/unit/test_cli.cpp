@@ -124,6 +124,22 @@ TEST(Cli, InitIsDeterministicAndSeedMatters) {
   EXPECT_EQ(a.layers[1].wq, b.layers[1].wq);
   EXPECT_EQ(a.embed[0], b.embed[0]);
   EXPECT_NE(a.layers[1].wq, c.layers[1].wq);
+  // Seeds are whole numbers of 64 bits: no wrap-around of -1, no silent clamping of larger ones
+  // (two different seeds would give the same model); leading zeros are the same number.
+  for (const char* bad : {"-1", "18446744073709551616", "99999999999999999999999", "1.5", "x"}) {
+    auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "bad.h5" +
+                 " --seed " + bad);
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find("whole number from 0 to 18446744073709551615"), std::string::npos)
+        << r.output;
+    EXPECT_FALSE(exists(t / "bad.h5"));
+  }
+  for (const char* ok : {"18446744073709551615", "005"}) {
+    auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "ok.h5" +
+                 " --force --seed " + ok);
+    EXPECT_EQ(r.code, 0) << ok << ": " << r.output;
+  }
+  EXPECT_EQ(sparsa::load_checkpoint(t / "ok.h5").layers[1].wq, a.layers[1].wq);  // 005 is 5
   // An existing file is not replaced without --force.
   auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "a.h5");
   EXPECT_EQ(r.code, 2);
