@@ -119,6 +119,22 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
   description.assign(text.substr(i, end - i));
 }
 
+// What a first line that is not FASTA/FASTQ looks like instead, as advice ("" when unknown):
+// compressed by a program htslib does not read, or a CSV table (a time series for a DNA model).
+std::string not_fasta_advice(std::string_view line) {
+  auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
+  if ((starts("BZh") && line.size() > 3 && line[3] >= '1' && line[3] <= '9') ||
+      starts("\xFD"
+             "7zXZ") ||
+      starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
+    return " (the file is compressed with bzip2, xz, zstd or zip, which sparsa does not read: "
+           "decompress it, e.g. `bzcat FILE | bgzip > FILE.gz`; plain, gzip and bgzip are read)";
+  if (line.find(',') != std::string_view::npos || line.find('\t') != std::string_view::npos)
+    return " (it looks like a table: a time-series CSV needs a time-series model, and this one "
+           "is a DNA model)";
+  return "";
+}
+
 // Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping every '\r'
 // (spec 1: line breaks and '\r' are not sequence), so CRLF files read exactly like LF files
 // (bgzf_getline drops only one '\r').
@@ -217,7 +233,7 @@ struct FastxReader::Impl {
     } else {
       throw InputError(at_line(path, lines.line_no(),
                                "not FASTA/FASTQ: expected '>' or '@' before any sequence, found " +
-                                   show_char((unsigned char)line[0])));
+                                   show_char((unsigned char)line[0]) + not_fasta_advice(line)));
     }
     keep_header(line);
   }
@@ -600,7 +616,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       if (line[0] == '@') {
         format = FAI_FASTQ;
       } else if (line[0] != '>') {
-        throw InputError(at_line(path, lines.line_no(), "not FASTA/FASTQ: expected '>' or '@'"));
+        throw InputError(at_line(path, lines.line_no(),
+                                 "not FASTA/FASTQ: expected '>' or '@'" + not_fasta_advice(line)));
       }
     }
   }

@@ -184,6 +184,9 @@ std::string not_csv_text(const std::string& text) {
              "7zXZ") ||
       starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
     return "compressed (bzip2, xz, zstd or zip): decompress it first; CSV is read as plain text";
+  if (starts(">") || starts("@"))
+    return "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model, and this one is a "
+           "time-series model";
   if (starts("\xFF\xFE") || starts("\xFE\xFF"))
     return "UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)";
   const size_t nul = text.find('\0');

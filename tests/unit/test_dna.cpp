@@ -332,6 +332,16 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   expect_error<InputError>([&] { FastxReader r(bin, {}); }, {bin, "line 1", "not FASTA/FASTQ"});
   std::string txt = write("g.txt", "\nhello\n>r\nACGT\n");
   expect_error<InputError>([&] { read_all(txt); }, {txt, "line 2", "not FASTA/FASTQ", "'h'"});
+  // Compressed by a program htslib does not read, or a CSV table: said so, with what to do.
+  std::string bz = write("b.fa.gz", "BZh91AY&SY\x01\x02");
+  expect_error<InputError>([&] { read_all(bz); }, {bz, "line 1", "bzip2, xz", "bgzip"});
+  std::string xz = write("x.fa", std::string("\xFD"
+                                             "7zXZ\0\0",
+                                             8));
+  expect_error<InputError>([&] { read_all(xz); }, {xz, "line 1", "bzip2, xz", "decompress"});
+  std::string csv = write("t.csv", "date,close\n2020-01-01,1\n");
+  expect_error<InputError>([&] { read_all(csv); },
+                           {csv, "line 1", "a time-series CSV needs a time-series model"});
   std::string empty = write("e.fa", "");
   expect_error<InputError>([&] { read_all(empty); }, {empty, "no FASTA/FASTQ records"});
   std::string missing = (dir_ / "missing.fa").string();

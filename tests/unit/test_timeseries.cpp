@@ -324,7 +324,8 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
       {"date,a\r1,2\r2,3\r", "lone CR"},
       {"date,id,a\n1,Z\xFCrich,2\n", "line 2: not UTF-8 text (byte 0xFC)"},
       {"date,a\n1,2\n,3\n", "line 3: empty time in column 'date'"},
-      {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"}};
+      {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"},
+      {">chr1\nACGT\n", "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model"}};
   for (const auto& [bytes, want] : cases) {
     const std::string msg = msg_of("x.csv", bytes);
     EXPECT_NE(msg.find(want), std::string::npos) << want << " | " << msg;
