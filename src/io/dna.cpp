@@ -154,15 +154,20 @@ class LineReader {
   // Next line into `line` (valid until the next call); false at the end of the file.
   bool next(std::string_view& line) {
     int r = bgzf_getline(fp_, '\n', &ks_);
-    if (r < -1)
-      throw InputError(at_line(path_, line_no_ + 1, "truncated or corrupt compressed data"));
+    // Said as what could be read: compressed data comes in blocks, so the damage is somewhere
+    // after the last line read, not necessarily on the next one.
+    auto damaged = [&](const char* what) {
+      return InputError(path_ + ": " + what + ": " +
+                        (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
+                                            " were read, the rest cannot be"
+                                      : std::string("nothing could be read")));
+    };
+    if (r < -1) throw damaged("truncated or corrupt compressed data");
     if (r == -1) {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.
       if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0)
-        throw InputError(
-            at_line(path_, line_no_ + 1,
-                    "truncated or corrupt compressed data (bgzip end marker missing)"));
+        throw damaged("truncated or corrupt compressed data (bgzip end marker missing)");
       return false;
     }
     ++line_no_;
@@ -292,8 +297,9 @@ struct FastxReader::Impl {
     start_record(rec);
     auto need_line = [&](std::string_view& line, const char* what) {
       if (!lines.next(line))
-        throw InputError(
-            where(path, rec.name, 0, std::string("truncated FASTQ record: missing ") + what));
+        throw InputError(at_line(path, lines.line_no() + 1,
+                                 "record '" + rec.name + "': truncated FASTQ record (the file " +
+                                     "ends): missing " + what));
     };
     std::string_view line;
     need_line(line, "sequence line");
