@@ -114,8 +114,13 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
 
 bool inspect_file(const std::string& path, bool verbose) {
   auto f = h5::File::open_read(path);
-  if (!f.has_attr("/", "format"))
+  if (!f.has_attr("/", "format")) {
+    if (f.exists("/records"))  // a part of a run's journal: records, no file attributes
+      throw InputError(path +
+                       ": a journal part of an unfinished sparsa run (OUT.h5.parts/), not a "
+                       "result: run the same command with --resume to finish the output");
     throw InputError(path + ": an HDF5 file, but not one of sparsa's (no 'format' attribute)");
+  }
   const std::string fmt = f.attr_string("/", "format");
   if (fmt == "sparsa-model") {
     f.close();

@@ -125,6 +125,11 @@ int main(int argc, char** argv) {
           },
           "UINT", "unsigned"));
   init->add_flag("--force", init_force, "Replace an existing output file");
+  init->footer(
+      "A config is a TOML file with a [model] table (docs/model.md lists its keys); the source\n"
+      "tree has three: configs/dna-tiny.toml (68K parameters, CPU-sized), configs/dna-base.toml\n"
+      "(25M, for GPUs) and configs/ts-base.toml (time series).\n"
+      "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1");
 
   // embed
   auto* embed =
@@ -192,6 +197,11 @@ int main(int argc, char** argv) {
   bool insp_all = false;
   insp->add_option("file", insp_path, "HDF5 file written by sparsa")->required();
   insp->add_flag("--all", insp_all, "List every record");
+  insp->footer(
+      "Exit status: 0 for a checkpoint or a complete embeddings file; 1 for a file that is not\n"
+      "a result (an embeddings file without complete = 1, a journal part) or not sparsa's, so\n"
+      "scripts can test a file with `sparsa inspect FILE > /dev/null`.\n"
+      "Example: sparsa inspect emb.h5 --all");
 
   // bench
   auto* bench =
@@ -229,9 +239,27 @@ int main(int argc, char** argv) {
       "The same model in PyTorch, to run beside it: python3 bench/torch_reference.py\n"
       "(docs/benchmarks.md has the numbers and the machines).");
 
+  // No command: the usage, as samtools and minimap2 print it; an unknown command is named.
+  if (argc == 1) {
+    std::fprintf(stderr, "%s", app.help().c_str());
+    return kExitUsage;
+  }
+  if (argv[1][0] != '-') {
+    const std::string cmd = argv[1];
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->get_name() == cmd;
+    if (!known) {
+      std::fprintf(stderr,
+                   "sparsa: error: unknown command '%s'; the commands are init, embed, inspect "
+                   "and bench (sparsa --help)\n",
+                   cmd.c_str());
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0) std::fprintf(stderr, "sparsa: error: ");  // as other errors
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 

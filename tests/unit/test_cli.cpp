@@ -74,6 +74,24 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
   r = run(binary() + " embed --model nope.h5");
   EXPECT_EQ(r.code, 2);
+  // No command: the usage; an unknown one is named with the list; parse errors as other errors.
+  r = run(binary());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("Typical use"), std::string::npos) << r.output;
+  r = run(binary() + " embedd -m x.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("sparsa: error: unknown command 'embedd'; the commands are init, embed"),
+            std::string::npos)
+      << r.output;
+  r = run(binary() + " embed --threads abc --model x.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.output.rfind("sparsa: error: --threads", 0), 0u) << r.output;
+  r = run(binary() + " init --help");
+  EXPECT_NE(r.output.find("Example: sparsa init --config configs/dna-tiny.toml"),
+            std::string::npos);
+  r = run(binary() + " inspect --help");
+  EXPECT_NE(r.output.find("Exit status: 0 for a checkpoint or a complete embeddings file"),
+            std::string::npos);
 }
 
 TEST(Cli, ThreadsRangeAndProgressOfManyReads) {

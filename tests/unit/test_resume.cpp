@@ -117,6 +117,11 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
   const int kept = count_parts(out + ".parts");
   EXPECT_GE(kept, 2);
   EXPECT_LT(kept, 8);
+  // A journal part is not a result, and inspect says what it is.
+  auto part = run(binary() + " inspect " + out + ".parts/000001.h5");
+  EXPECT_EQ(part.code, 1);
+  EXPECT_NE(part.output.find("a journal part of an unfinished sparsa run"), std::string::npos)
+      << part.output;
   // Without --resume (or --force) the journal is not thrown away.
   auto r =
       run(binary() + " embed -q --model " + fx.model + " --input " + fx.input + " --output " + out);
