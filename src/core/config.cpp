@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -69,9 +70,19 @@ void ModelConfig::validate() const {
     bad("d_model", "sizes beyond d_model 65536, d_ff 2^20, n_layers 4096 are not supported");
 }
 
+namespace {
+// The shortest text that reads back as the same double (10000.0, 1e-06, 0.1), as a TOML float.
+std::string toml_float(double v) {
+  char b[64];
+  const auto r = std::to_chars(b, b + sizeof b, v);
+  std::string s(b, r.ptr);
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // (n: inf, nan)
+  return s;
+}
+}  // namespace
+
 std::string ModelConfig::to_toml() const {
   std::ostringstream o;
-  o.precision(17);
   o << "[model]\n"
     << "kind = \"" << to_string(kind) << "\"\n"
     << "d_model = " << d_model << "\n"
@@ -84,12 +95,12 @@ std::string ModelConfig::to_toml() const {
     << "global_min = " << global_min << "\n"
     << "global_max = " << global_max << "\n"
     << "router_hidden = " << router_hidden << "\n"
-    << "rope_base = " << std::showpoint << rope_base << std::noshowpoint << "\n"
-    << "norm_eps = " << norm_eps << "\n";
+    << "rope_base = " << toml_float(rope_base) << "\n"
+    << "norm_eps = " << toml_float(norm_eps) << "\n";
   if (kind == ModelKind::kTimeseries) {
     o << "channels = " << channels << "\n"
       << "ts_bins = " << ts_bins << "\n"
-      << "ts_clip = " << std::showpoint << ts_clip << std::noshowpoint << "\n"
+      << "ts_clip = " << toml_float(ts_clip) << "\n"
       << "ts_transform = \"" << to_string(ts_transform) << "\"\n";
   }
   return o.str();
