@@ -454,6 +454,7 @@ struct FaidxFetcher::Impl {
   std::map<std::string, FaiEntry, std::less<>> entries;
   std::map<std::string, std::string, std::less<>> descriptions;
   bool entries_read = false;
+  std::vector<int64_t> blocks;  // bgzip: the blocks' uncompressed starts (from the .gzi)
   ~Impl() {
     if (fai) fai_destroy(fai);
   }
@@ -461,32 +462,75 @@ struct FaidxFetcher::Impl {
 
 namespace {
 
-// The description of a record read through faidx (spec 4: the rest of its header line), which
-// the index does not keep: the header is the line just before the record's first base (the
-// offset in the .fai), read by seeking there (bgzip: through the .gzi index faidx made). "" when
-// it cannot be found: metadata only, never an error.
+// Reads up to n bytes of the (uncompressed) file from offset pos. bgzip: seeks only to the
+// start of a block (`blocks`: their uncompressed offsets, from the .gzi) and reads forward from
+// there, because htslib asserts on a seek into a block past its end (a stale .gzi, or an offset
+// past the end of the file). Returns the bytes read (fewer, or 0, at the end of the file), or -1
+// when pos is past the end (`size`: the plain file's size; bgzip finds it by reading) or the data
+// cannot be read.
+ssize_t read_at(BGZF* fp, const std::vector<int64_t>* blocks, int64_t size, int64_t pos, char* buf,
+                size_t n) {
+  int64_t from = pos;
+  if (blocks) {
+    const auto it = std::upper_bound(blocks->begin(), blocks->end(), pos);
+    from = it == blocks->begin() ? 0 : *(it - 1);
+  } else if (pos > size) {
+    return -1;
+  }
+  if (bgzf_useek(fp, (off_t)from, SEEK_SET) != 0) return -1;
+  char skip[4096];
+  for (int64_t left = pos - from; left > 0;) {
+    const ssize_t got = bgzf_read(fp, skip, (size_t)std::min<int64_t>(left, sizeof skip));
+    if (got <= 0) return -1;  // the file ends before pos
+    left -= got;
+  }
+  return bgzf_read(fp, buf, n);
+}
+
+// The uncompressed offsets of a bgzip file's blocks, from its .gzi (a count, then pairs of
+// compressed and uncompressed offsets, little-endian), with the first block's 0; empty when the
+// .gzi cannot be read.
+std::vector<int64_t> gzi_block_starts(const std::string& path) {
+  std::ifstream in(path + ".gzi", std::ios::binary);
+  uint64_t n = 0;
+  std::vector<int64_t> out;
+  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > (uint64_t{1} << 32)) return out;
+  out.reserve(n + 1);
+  out.push_back(0);
+  for (uint64_t k = 0; k < n; ++k) {
+    uint64_t pair[2];
+    if (!in.read(reinterpret_cast<char*>(pair), 16)) return {};
+    if ((int64_t)pair[1] > out.back()) out.push_back((int64_t)pair[1]);
+  }
+  return out;
+}
+
 // What the file holds around a record that its .fai places at e.offset: the header line just
-// before it (its name and description; not looked for past 64 KB) and, after the record's last
-// base, a line end and then the next record's header (or, FASTQ, its '+' line) or the end of the
-// file. `ok` is false where the file disagrees (it changed after the index was made), also where
-// the index points past the file's end.
+// before it (its name and description, spec 4's description of a region's record; not looked
+// for past 64 KB) and, after the record's last base, a line end and then the next record's
+// header (or, FASTQ, its '+' line) or the end of the file. `ok` is false where the file
+// disagrees (it changed after the index was made), also where the index points past its end.
+// `blocks`: a bgzip file's block starts (gzi_block_starts); null for a plain file.
 struct FaiCheck {
   bool ok = true, header_found = false;
   std::string name, description;
 };
-FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq) {
+FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
+                         const std::vector<int64_t>* blocks) {
   FaiCheck out;
   BGZF* fp = open_bgzf(path);
   if (!fp) return out;  // (fetching fails on its own then)
-  if (bgzf_compression(fp) == 2 && bgzf_index_load(fp, path.c_str(), ".gzi") != 0) {
+  if (blocks && (blocks->empty() || bgzf_index_load(fp, path.c_str(), ".gzi") != 0)) {
     bgzf_close(fp);
     return out;  // no .gzi to seek with: faidx's own read reports it
   }
+  std::error_code ec;
+  const int64_t size = blocks ? 0 : (int64_t)std::filesystem::file_size(path, ec);
   for (int64_t window : {int64_t{4096}, int64_t{65536}}) {
     const int64_t start = std::max<int64_t>(0, e.offset - window);
     std::string buf((size_t)(e.offset - start), '\0');
-    if (bgzf_useek(fp, (off_t)start, SEEK_SET) != 0 ||
-        bgzf_read(fp, buf.data(), buf.size()) != (ssize_t)buf.size()) {
+    if (read_at(fp, blocks, size, start, buf.data(), buf.size()) != (ssize_t)buf.size() ||
+        (!blocks && e.offset > size)) {
       out.ok = false;  // the index points past the end of the file
       break;
     }
@@ -511,9 +555,9 @@ FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq)
     const int64_t full = (e.length - 1) / e.line_bases;  // full lines before the last line
     const int64_t after = e.offset + full * e.line_bytes + (e.length - full * e.line_bases);
     char buf[256];
-    ssize_t got = -1;
-    if (bgzf_useek(fp, (off_t)after, SEEK_SET) != 0 || (got = bgzf_read(fp, buf, sizeof buf)) < 0) {
-      out.ok = false;
+    const ssize_t got = read_at(fp, blocks, size, after, buf, sizeof buf);
+    if (got < 0) {
+      out.ok = false;  // the record would end past the end of the file: it is shorter now
     } else {
       if (got > 0 && buf[0] != '\n' && buf[0] != '\r') out.ok = false;  // more bases: longer
       ssize_t i = 0;
@@ -671,17 +715,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   if (end <= begin)
     throw InputError(where(path, region.name, 0, "region '" + region.text + "' is empty"));
 
-  hts_pos_t got = 0;
-  // faidx takes a 0-based inclusive end.
-  char* seq = faidx_fetch_seq64(fai, region.name.c_str(), begin, end - 1, &got);
-  if (!seq || got != end - begin) {
-    std::free(seq);
-    throw InputError(where(path, region.name, 0,
-                           "cannot read region '" + region.text +
-                               "' through faidx (file changed since its .fai was built?)"));
-  }
-  Record rec;
-  rec.name = region.name;
+  std::string description;
   if (!impl_->entries_read) {  // name, length, offset, line bases, line bytes (samtools' .fai)
     impl_->entries_read = true;
     std::error_code ec;
@@ -700,12 +734,14 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   }
   // A record is checked against the file the first time it is fetched: an index made before the
   // file changed would read another record's bases, or too few, without an error.
+  // (Before faidx reads: its own read of a stale index can hit an assertion in htslib.)
   if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
-    rec.description = d->second;
+    description = d->second;
   } else if (auto at = impl_->entries.find(region.name); at != impl_->entries.end()) {
-    const FaiCheck c = check_fai_entry(path, at->second, impl_->fastq);
+    if (impl_->bgzip && impl_->blocks.empty()) impl_->blocks = gzi_block_starts(path);
+    const FaiCheck c =
+        check_fai_entry(path, at->second, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr);
     if (!c.ok || (c.header_found && c.name != region.name)) {
-      std::free(seq);
       std::error_code ec;
       const bool older = std::filesystem::last_write_time(path + ".fai", ec) <
                          std::filesystem::last_write_time(path, ec);
@@ -718,9 +754,22 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
                        (impl_->bgzip ? " and " + path + ".gzi" : std::string()) +
                        " and sparsa builds it again, or run `samtools faidx " + path + "`");
     }
-    rec.description = c.description;
-    impl_->descriptions.emplace(region.name, rec.description);
+    description = c.description;
+    impl_->descriptions.emplace(region.name, description);
   }
+
+  hts_pos_t got = 0;
+  // faidx takes a 0-based inclusive end.
+  char* seq = faidx_fetch_seq64(fai, region.name.c_str(), begin, end - 1, &got);
+  if (!seq || got != end - begin) {
+    std::free(seq);
+    throw InputError(where(path, region.name, 0,
+                           "cannot read region '" + region.text +
+                               "' through faidx (file changed since its .fai was built?)"));
+  }
+  Record rec;
+  rec.name = region.name;
+  rec.description = description;
   // Names and descriptions are stored as UTF-8 strings (as for records read whole).
   for (const auto& [text, what] : {std::pair{&rec.name, "name"}, {&rec.description, "header"}})
     if (const std::string why = not_utf8(*text, what); !why.empty()) {
