@@ -143,7 +143,7 @@ bool check_paths(const EmbedOptions& o) {
                       " is not a regular file (a checkpoint from `sparsa init`)");
   // OUT.tmp (the final file while it is made) and OUT.parts/ (the journal) are sparsa's: none of
   // the files it reads may be one of them, or it would overwrite or delete them.
-  const std::string tmp = o.output + ".tmp", parts = o.output + ".parts", old = o.output + ".old";
+  const std::string tmp = o.output + ".tmp", parts = o.output + ".parts";
   const fs::path parts_dir = fs::weakly_canonical(fs::absolute(parts), ec);
   auto ours = [&](const std::string& p, const std::string& what) {
     const fs::path cp = fs::weakly_canonical(fs::absolute(p), ec);
@@ -153,9 +153,6 @@ bool check_paths(const EmbedOptions& o) {
       throw ConfigError(what + " " + p + " is where sparsa writes " +
                         (inside ? "its journal (" + parts + "/)" : "the output while it is made") +
                         " for --output " + o.output + "; rename it or choose another --output");
-    if (o.force && fs::equivalent(p, old, ec))
-      throw ConfigError(what + " " + p + " is where --force sets the old " + o.output +
-                        " aside; rename it or choose another --output");
   };
   for (const auto& in : o.inputs) ours(in, "input");
   if (!o.regions_bed.empty()) ours(o.regions_bed, "--regions file");
@@ -1085,35 +1082,42 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
                    o.output.c_str(), why.c_str());
   }
-  // --force: the old output is set aside as OUT.old as the run starts, so that a run that fails
-  // (a bad checkpoint, input or record) leaves nothing at the path that could be taken for its
-  // result (spec 5), yet loses nothing the user had there: it is deleted once the new output is
-  // in place, and a run that fails says where it is.
+  // --force: the old output is set aside in the journal folder (OUT.parts/PREVIOUS_OUTPUT) as the
+  // run starts, so that a run that fails (a bad checkpoint, input or record) leaves nothing at
+  // the path that could be taken for its result (spec 5), yet loses nothing the user had there.
+  // It lives and dies with the journal: the run that finishes the output (this one, or a later
+  // one of the journal: --resume) removes it with the folder; the journal's clearing spares it.
+  const std::string previous = o.output + ".parts/" + Journal::kPreviousOutput;
   struct SetAside {
     std::string from, to;
-    bool kept = false;
+    bool kept = false;  // this run set it aside and has not finished
     ~SetAside() {
       if (kept)
         std::fprintf(stderr,
-                     "[sparsa] the previous %s is kept as %s (this run did not finish); rename "
-                     "it back to keep it\n",
-                     from.c_str(), to.c_str());
+                     "[sparsa] the previous %s is kept as %s until a run of this command finishes "
+                     "the output (which removes it); to keep it instead: mv %s %s\n",
+                     from.c_str(), to.c_str(), to.c_str(), from.c_str());
     }
   } aside;
   comm.barrier();  // every rank is past check_paths, which looked at it
   if (o.force && root) {
     std::error_code ec;
     if (fs::exists(fs::symlink_status(o.output, ec))) {
-      aside.from = o.output;
-      aside.to = o.output + ".old";
-      fs::rename(o.output, aside.to, ec);
+      if (fs::exists(fs::symlink_status(previous, ec)))
+        throw ConfigError(o.output + " exists and so does " + previous +
+                          ", an earlier --force run's previous output; remove one of them (or mv " +
+                          previous + " somewhere to keep it)");
+      fs::create_directories(o.output + ".parts", ec);
+      fs::rename(o.output, previous, ec);
       if (ec)
-        throw SystemError(o.output + ": --force cannot set the old output aside as " + aside.to +
+        throw SystemError(o.output + ": --force cannot set the old output aside as " + previous +
                           " (" + ec.message() + "); remove it yourself or choose another --output");
+      aside.from = o.output;
+      aside.to = previous;
       aside.kept = true;
       if (!o.quiet)
         std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
-                     o.output.c_str(), aside.to.c_str());
+                     o.output.c_str(), previous.c_str());
     }
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
@@ -1158,7 +1162,20 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     expected_exact = est.exact_records;
     const int64_t need = est.bytes;
     std::error_code ec;
-    const auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
+    auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
+    // Too little room to keep the previous output aside as well: it goes now (--force asked for
+    // that; the inputs have been read and the checkpoint loaded by here).
+    std::error_code ec_prev;
+    if (!ec && aside.kept && (int64_t)space.available < need) {
+      const auto old_bytes = fs::file_size(previous, ec_prev);
+      if (!ec_prev && (int64_t)(space.available + old_bytes) >= need &&
+          fs::remove(previous, ec_prev)) {
+        space.available += old_bytes;
+        aside.kept = false;
+        progress.log("not enough free space to keep the previous " + o.output +
+                     " aside as well: removed it, as --force asks");
+      }
+    }
     if (!ec && (int64_t)space.available < need)
       throw SystemError("not enough free space for " + o.output + ": the run needs about " +
                         human_bytes((double)need) + " (journal and final file), " +
@@ -1386,9 +1403,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     keep_group();  // the journal is the point of stopping: keep it, finished records too
     if (root) {    // say what is kept (a record is kept whole or not at all)
       if (journal.count_parts() == 0) {
-        journal.remove();  // nothing to resume: a rerun need not pass --resume
+        // Nothing to resume: a rerun need not pass --resume (an old output set aside by --force
+        // stays). Several ranks: the folder's listing can lag on NFS and miss another rank's
+        // part, so only a single process removes the journal.
+        if (comm.size() == 1) journal.remove_but_previous_output();
         std::fprintf(stderr,
-                     "[sparsa] no record had finished, so nothing is kept (a record is kept once "
+                     "[sparsa] no record had finished, so none is kept (a record is kept once "
                      "it is whole)\n");
       } else {
         const int64_t kept = journal.count_records();
@@ -1406,7 +1426,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (root) {
       const int64_t kept = journal.count_records();
       if (journal.count_parts() == 0)
-        journal.remove();
+        journal.remove_but_previous_output();
       else
         std::fprintf(stderr,
                      "[sparsa] %s %s kept in %s; fix the problem and rerun with --resume, or use "
@@ -1436,14 +1456,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       comm.heartbeat(bytes);
       progress.steps(what, std::min(copied++, index), index);  // (a last tick before closing)
     });
-    if (aside.kept) {  // the new output is in place: the old one goes, as --force asked
-      std::error_code ec;
-      fs::remove(aside.to, ec);
-      aside.kept = false;
-      if (ec)
-        std::fprintf(stderr, "[sparsa] warning: cannot remove %s, the old output (%s)\n",
-                     aside.to.c_str(), ec.message().c_str());
-    }
+    aside.kept = false;  // the new output is in place; the old one went with the journal
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others
   // wait from one heartbeat of rank 0 to the next: if it hangs meanwhile (or dies where the

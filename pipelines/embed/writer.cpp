@@ -104,8 +104,13 @@ std::string first_difference(const std::string& a, const std::string& b) {
 bool Journal::present(const std::string& dir) {
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().filename() != "LOCK") return true;
+    if (e.path().filename() != "LOCK" && e.path().filename() != kPreviousOutput) return true;
   return false;
+}
+
+bool Journal::holds_previous_output() const {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec));
 }
 
 // Takes the write lock (fcntl, so the kernel or the NFS server drops it when the process dies)
@@ -156,7 +161,8 @@ Journal::~Journal() {
 static void clear_or_throw(const std::string& dir) {
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().filename() != "LOCK") fs::remove_all(e.path(), ec);
+    if (e.path().filename() != "LOCK" && e.path().filename() != Journal::kPreviousOutput)
+      fs::remove_all(e.path(), ec);
   if (ec || Journal::present(dir))
     throw SystemError(dir + ": cannot remove the earlier run's journal" +
                       (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
@@ -317,6 +323,15 @@ void Journal::remove() {
   release_lock();
   std::error_code ec;
   fs::remove_all(dir_, ec);
+}
+
+void Journal::remove_but_previous_output() {
+  if (!holds_previous_output()) return remove();
+  drop_group();
+  release_lock();
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir_, ec))
+    if (e.path().filename() != kPreviousOutput) fs::remove_all(e.path(), ec);
 }
 
 // Closed before the folder is removed: NFS keeps a file that is still open as .nfsXXXX, and the

@@ -72,6 +72,9 @@ class Journal {
   int64_t count_parts() const;    // finished part files on disk
   int64_t count_records() const;  // the records in them (an unreadable part counts none)
   void remove();                  // deletes the journal folder (an open group is dropped)
+  // The same for a journal with no finished record, but an old output set aside by --force
+  // (kPreviousOutput) stays in the folder, alone: a later run starts a fresh journal beside it.
+  void remove_but_previous_output();
   // Collective. Writes record `index` (1-based, input order). With `parallel` every rank writes
   // its own rows through parallel HDF5; otherwise rank 0 holds all rows and writes alone.
   void write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel, Comm& comm);
@@ -102,9 +105,13 @@ class Journal {
   // the largest index of n_records takes (the final file of more than a million records), so
   // that the keys sort in input order.
   static std::string key_for(int64_t index, const std::string& name, int64_t n_records = 0);
-  // Whether folder `dir` holds a journal: anything besides a lock file (a folder left with only
-  // its LOCK, as NFS can leave it, is none).
+  // Whether folder `dir` holds a journal: anything besides a lock file and a previous output (a
+  // folder left with only its LOCK, as NFS can leave it, is none).
   static bool present(const std::string& dir);
+  // The old output that `embed --force` set aside in the folder: cleared with the journal only
+  // when the folder goes (the output finished), never when a journal is started over.
+  static constexpr const char* kPreviousOutput = "PREVIOUS_OUTPUT";
+  bool holds_previous_output() const;
 
  private:
   friend class PartStream;

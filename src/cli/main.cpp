@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 
@@ -105,13 +106,13 @@ int main(int argc, char** argv) {
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");
   std::string init_config, init_output;
-  uint64_t seed = 1;
+  std::string seed_text = "1";  // decimal, read here (CLI11 would take a leading 0 as octal)
   bool init_force = false;
   init->add_option("-c,--config", init_config, "Model config (TOML, a [model] table; see configs/)")
       ->required()
       ->check(CLI::ExistingFile);
   init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")->required();
-  init->add_option("--seed", seed, "Random seed; the same seed gives the same file contents")
+  init->add_option("--seed", seed_text, "Random seed; the same seed gives the same file contents")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](const std::string& v) {  // uint64 parsing wraps "-1" around, clamps 1e30
@@ -172,7 +173,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
-                  "Replace an existing output file (kept as OUTPUT.old until the run finishes) "
+                  "Replace an existing output file (kept in OUTPUT.parts/ until the run finishes) "
                   "and discard an earlier run's journal");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
@@ -292,6 +293,8 @@ int main(int argc, char** argv) {
         throw ConfigError(init_output + ": the output folder " + folder.string() +
                           " does not exist");
       ModelConfig c = load_model_config(init_config);
+      uint64_t seed = 0;  // the validator let only decimal digits that fit through
+      std::from_chars(seed_text.data(), seed_text.data() + seed_text.size(), seed, 10);
       if (comm->rank() == 0) {
         save_checkpoint(init_model(c, seed), init_output);
         std::fprintf(stderr, "[sparsa] wrote %s (%s model, seed %llu)\n", init_output.c_str(),

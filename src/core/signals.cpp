@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
 
@@ -21,6 +22,7 @@ void say(const char* msg) {
 }
 
 extern "C" void on_stop_signal(int sig) {
+  const int saved_errno = errno;  // write(2) may set it under the interrupted code
   if (g_stop && sig == SIGINT) {  // a second Ctrl-C: the user means it
     say("\n[sparsa] stopped at once (second interrupt); finished records stay in the journal, "
         "--resume continues\n");
@@ -35,6 +37,7 @@ extern "C" void on_stop_signal(int sig) {
               "what is finished\n"
             : "\n[sparsa] SIGTERM: stopping at the next safe point, keeping what is finished\n");
   g_stop = sig;
+  errno = saved_errno;
 }
 }  // namespace
 

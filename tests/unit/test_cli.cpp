@@ -152,12 +152,15 @@ TEST(Cli, InitIsDeterministicAndSeedMatters) {
         << r.output;
     EXPECT_FALSE(exists(t / "bad.h5"));
   }
-  for (const char* ok : {"18446744073709551615", "005"}) {
+  for (const char* ok : {"18446744073709551615", "010", "005"}) {  // decimal: 010 is ten
     auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "ok.h5" +
                  " --force --seed " + ok);
     EXPECT_EQ(r.code, 0) << ok << ": " << r.output;
   }
   EXPECT_EQ(sparsa::load_checkpoint(t / "ok.h5").layers[1].wq, a.layers[1].wq);  // 005 is 5
+  auto r10 = run(binary() + " init --config " + tiny_config() + " --output " + t / "ten.h5" +
+                 " --seed 010");
+  EXPECT_NE(r10.output.find("seed 10)"), std::string::npos) << r10.output;  // not octal 8
   // An existing file is not replaced without --force.
   auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "a.h5");
   EXPECT_EQ(r.code, 2);
@@ -428,31 +431,42 @@ TEST(Cli, ExistingOutputIsKept) {
   r = run(embed_cmd(t / "in.fa", t / "in.fa", "--force"));
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(exists(t / "in.fa"));
+  // A user's own OUT.old is not sparsa's business (it sets the old output aside in its journal).
+  write_file(t / "keep.h5.old", "mine");
   r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_FALSE(exists(t / "keep.h5.old")) << r.output;  // set aside, then deleted on success
+  EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;  // set aside, gone with the journal
+  EXPECT_EQ(read_file(t / "keep.h5.old"), "mine");
   // --force replaces: a run that then fails leaves nothing at the path, not the old result, but
-  // the old file is kept aside as OUT.old, and the message says so.
+  // the old file is kept in the journal folder, and the message says where and how to get it.
   const std::string result = read_file(t / "keep.h5");
+  const std::string prev = t / "keep.h5.parts/PREVIOUS_OUTPUT";
   write_file(t / "bad.fa", ">a\nAC!GT\n");
   r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
-  EXPECT_FALSE(exists(t / "keep.h5.parts"));
-  EXPECT_EQ(read_file(t / "keep.h5.old"), result);
-  EXPECT_NE(r.output.find("kept as " + (t / "keep.h5.old")), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(prev), result);
+  EXPECT_NE(r.output.find("kept as " + prev + " until a run of this command finishes"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("mv " + prev + " " + (t / "keep.h5")), std::string::npos) << r.output;
+  // Both at once would lose one: refused.
+  write_file(t / "keep.h5", "newer");
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(read_file(prev), result);
+  EXPECT_EQ(read_file(t / "keep.h5"), "newer");
+  std::filesystem::remove(t / "keep.h5");
+  // The run that finishes the output (no --force needed now: nothing is at OUT) removes it.
+  r = run(embed_cmd(lambda(), t / "keep.h5"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
   // A typo in an input path with --force costs nothing either (a file that is no sparsa output).
   write_file(t / "victim.fa", ">v\nACGT\n");
   r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "victim.fa"));
-  EXPECT_EQ(read_file(t / "victim.fa.old"), ">v\nACGT\n");
-  // An input that is OUT.old would be overwritten by setting OUT aside: refused.
-  write_file(t / "in2.fa.old", ">a\nACGT\n");
-  r = run(embed_cmd(t / "in2.fa.old", t / "in2.fa", "--force"));
-  EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("aside"), std::string::npos) << r.output;
-  std::filesystem::remove(t / "keep.h5.old");
+  EXPECT_EQ(read_file(t / "victim.fa.parts/PREVIOUS_OUTPUT"), ">v\nACGT\n");
   // Never the --regions file either (--force would have removed it before reading it).
   write_file(t / "r.bed", "NC_001416.1\t0\t100\n");
   r = run(binary() + " embed -q --force --model " + tiny_model() + " --input " + lambda() +
@@ -466,7 +480,7 @@ TEST(Cli, ExistingOutputIsKept) {
           " --output " + (t / "keep.h5"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
-  EXPECT_TRUE(exists(t / "keep.h5.old"));
+  EXPECT_TRUE(exists(prev));
 }
 
 // Files the run reads must not be the ones it writes besides OUT: OUT.tmp (the final file while it

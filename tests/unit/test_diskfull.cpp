@@ -64,6 +64,30 @@ TEST(DiskFull, TooLittleSpaceIsRefusedBeforeWork) {
   EXPECT_FALSE(exists(out + ".parts"));
 }
 
+// --force sets the old output aside until the run finishes; where the disk has no room for both,
+// the old one goes once the inputs are read (as it did before it was set aside), not the run.
+TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir t;
+  SmallDisk disk(t / "disk", "10m");
+  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
+                t / "m.h5")
+                .code,
+            0);
+  const std::string out = t / "disk/out.h5";
+  const std::string cmd = binary() + " embed --pool none --model " + t / "m.h5" + " --input " +
+                          source_dir() + "/examples/lambda_virus.fa.gz --output " + out;
+  auto r = run(cmd);  // about 6.6 MB: one fits in 10 MB, two do not
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run(cmd + " --force");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("not enough free space to keep the previous"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(exists(out));
+  EXPECT_FALSE(exists(out + ".parts"));
+}
+
 TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;

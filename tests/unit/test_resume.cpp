@@ -99,7 +99,7 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   kill(pid, SIGINT);
   EXPECT_EQ(wait_exit(pid), 75);
   log = read_file(fx.t / "log2");
-  EXPECT_NE(log.find("no record had finished, so nothing is kept"), std::string::npos) << log;
+  EXPECT_NE(log.find("no record had finished, so none is kept"), std::string::npos) << log;
   EXPECT_FALSE(exists(out2 + ".parts"));  // nothing to resume: a plain rerun is not refused
   EXPECT_FALSE(exists(out2));
 }
@@ -149,6 +149,20 @@ TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
           " --input " + fx.input + " --output " + out);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(h5::File::open_read(out).attr_string("/", "pool"), "bin:20");  // made anew
+  // --force stopped part way: the old output waits in the journal folder, and the run that
+  // finishes the journal (--resume) removes it with the folder.
+  std::vector<std::string> a = fx.args(out, false);
+  a.push_back("--force");
+  pid = spawn(a, fx.t / "log4");
+  ASSERT_TRUE(wait_for_parts(out + ".parts", 2, pid)) << read_file(fx.t / "log4");
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 75);
+  EXPECT_FALSE(exists(out));
+  EXPECT_EQ(h5::File::open_read(out + ".parts/PREVIOUS_OUTPUT").attr_string("/", "pool"), "bin:20");
+  pid = spawn(fx.args(out, true), fx.t / "log5");
+  EXPECT_EQ(wait_exit(pid), 0) << read_file(fx.t / "log5");
+  EXPECT_FALSE(exists(out + ".parts"));
+  expect_same_contents(out, fx.t / "clean.h5");
 }
 
 TEST(Resume, SigkillLosesOnlyTheRecordInFlight) {
