@@ -1041,6 +1041,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const bool root = comm.rank() == 0;
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
+  for (size_t i = 0; root && i < o.inputs.size(); ++i)  // (a warning: also with --quiet)
+    for (size_t j = 0; j < i; ++j) {
+      std::error_code ec;
+      if (fs::equivalent(o.inputs[i], o.inputs[j], ec)) {
+        std::fprintf(stderr,
+                     "[sparsa] warning: input %s is given twice (as --input %zu and %zu): its "
+                     "records are embedded twice\n",
+                     o.inputs[i].c_str(), j + 1, i + 1);
+        break;
+      }
+    }
   if (check_paths(o)) {
     // --resume on a complete output: done if this same run made it (its run_manifest; a file
     // from before run_manifest existed: the same model, pooling and dtype).

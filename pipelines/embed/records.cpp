@@ -59,8 +59,12 @@ struct RecordSource::Impl {
     }
     std::vector<RegionSpec> specs;
     for (const auto& r : opts.regions) specs.push_back(parse_region(r, all_names));
-    if (!opts.regions_bed.empty())
-      for (auto& r : read_bed(opts.regions_bed)) specs.push_back(std::move(r));
+    if (!opts.regions_bed.empty()) {
+      std::vector<RegionSpec> bed = read_bed(opts.regions_bed);
+      if (bed.empty())
+        throw InputError(opts.regions_bed + ": the --regions BED file holds no regions");
+      for (auto& r : bed) specs.push_back(std::move(r));
+    }
     for (auto& spec : specs) {
       std::vector<size_t> found;
       for (size_t i = 0; i < opts.inputs.size(); ++i)

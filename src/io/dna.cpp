@@ -423,7 +423,7 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
     if (cols.size() < 3)
       throw InputError(at_line(path, ln, "BED needs at least 3 columns (chrom start end)"));
     RegionSpec r;
-    r.text = path + ":" + std::to_string(ln);
+    r.text = path + " line " + std::to_string(ln);  // names the BED line in messages
     r.name.assign(cols[0]);
     if (!parse_int(cols[1], r.begin))
       throw InputError(at_line(path, ln, "start is not an integer"));

@@ -230,8 +230,19 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
         }
       }
     }
-    if (cols.time < 0)
-      fail("no time column named 'timestamp', 'date' or 'time'; use --time-column");
+    if (cols.time < 0) {
+      // One column whose name holds another separator: the file is not comma-separated.
+      std::string sep;
+      if (header.size() == 1)
+        for (const char* c : {";", "\t", "|"})
+          if (header[0].find(c) != std::string::npos) sep = c;
+      fail(sep.empty()
+               ? "no time column named 'timestamp', 'date' or 'time'; use --time-column"
+               : std::string("the header is one column holding '") + (sep == "\t" ? "\\t" : sep) +
+                     "': the file looks separated by it, but sparsa reads comma-separated values "
+                     "(convert it, e.g. `tr '" +
+                     (sep == "\t" ? "\\t" : sep) + "' ','`)");
+    }
   }
   if (!opts.id_column.empty()) {
     cols.id = find(opts.id_column);

@@ -633,6 +633,19 @@ TEST(Cli, RegionsOfEcoli) {
                  "ecoli.fa; its records: 'K-12-MG1655'");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5",
                  "20-10");
+  // A BED line naming an unknown record is named as the file's line; a BED with no region says so.
+  write_file(t / "bad.bed", "# c\nchrQ\t0\t10\n");
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "bad.bed"), t / "x.h5",
+                 "region '" + t / "bad.bed" + " line 2': no record named 'chrQ'");
+  // The same input twice: said (also with -q: a warning, not progress), and embedded twice.
+  auto twice = run(embed_cmd(lambda(), t / "twice.h5", "--pool mean --input " + lambda()));
+  EXPECT_EQ(twice.code, 0) << twice.output;
+  EXPECT_NE(twice.output.find("is given twice (as --input 1 and 2)"), std::string::npos)
+      << twice.output;
+  EXPECT_EQ(h5::File::open_read(t / "twice.h5").list("/records").size(), 2u);
+  write_file(t / "none.bed", "# nothing here\ntrack name=x\n");
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "none.bed"), t / "x.h5",
+                 t / "none.bed" + ": the --regions BED file holds no regions");
 }
 
 // Several CSV inputs in one run (the output-size estimate reads them and hands their records on,

@@ -464,13 +464,13 @@ TEST_F(DnaTest, ReadBed) {
   EXPECT_EQ(r[0].name, "chr1");
   EXPECT_EQ(r[0].begin, 0);
   EXPECT_EQ(r[0].end, 100);
-  EXPECT_EQ(r[0].text, p + ":5");
+  EXPECT_EQ(r[0].text, p + " line 5");
   EXPECT_EQ(r[1].name, "gi|1|x:y");
   EXPECT_EQ(r[1].begin, 5);
   EXPECT_EQ(r[1].end, 6);
-  EXPECT_EQ(r[1].text, p + ":6");
+  EXPECT_EQ(r[1].text, p + " line 6");
   EXPECT_EQ(r[2].name, "chr2");
-  EXPECT_EQ(r[2].text, p + ":7");
+  EXPECT_EQ(r[2].text, p + " line 7");
   EXPECT_TRUE(read_bed(write("empty.bed", "# nothing\n")).empty());
 }
 

@@ -325,7 +325,9 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
       {"date,id,a\n1,Z\xFCrich,2\n", "line 2: not UTF-8 text (byte 0xFC)"},
       {"date,a\n1,2\n,3\n", "line 3: empty time in column 'date'"},
       {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"},
-      {">chr1\nACGT\n", "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model"}};
+      {">chr1\nACGT\n", "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model"},
+      {"date;close\n2020-01-01;1\n", "looks separated by it, but sparsa reads comma-separated"},
+      {"date\tclose\n2020-01-01\t1\n", "holding '\\t'"}};
   for (const auto& [bytes, want] : cases) {
     const std::string msg = msg_of("x.csv", bytes);
     EXPECT_NE(msg.find(want), std::string::npos) << want << " | " << msg;
