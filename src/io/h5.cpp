@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 
@@ -214,12 +215,16 @@ static Handle transfer_plist(bool parallel) {
 
 File File::open_existing(const std::string& path, bool write) {
   quiet_errors();
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw InputError(path + ": a folder, not an HDF5 file");
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw InputError(path + ": not an HDF5 file, or it cannot be read");
   hid_t id = H5Fopen(path.c_str(), write ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
   if (id < 0)
-    throw InputError(path +
-                     (write ? ": cannot open HDF5 file for writing" : ": cannot open HDF5 file"));
+    throw InputError(path + (write ? ": cannot open HDF5 file for writing"
+                                   : ": cannot open HDF5 file (truncated or damaged? its "
+                                     "signature is HDF5's, but its structure cannot be read)"));
   return File(Handle(id, H5Fclose), path);
 }
 File File::open_read(const std::string& path) { return open_existing(path, false); }

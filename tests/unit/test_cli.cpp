@@ -753,6 +753,17 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + tiny_model());
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("d_model 64"), std::string::npos);
+  // A folder, and a checkpoint cut short: said what they are.
+  r = run(binary() + " inspect " + t.str());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("a folder, not an HDF5 file"), std::string::npos) << r.output;
+  {
+    std::string bytes = read_file(tiny_model());
+    write_file(t / "cut.h5", bytes.substr(0, bytes.size() / 2));
+  }
+  r = run(binary() + " inspect " + t / "cut.h5");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("truncated or damaged?"), std::string::npos) << r.output;
   // An embeddings file without complete = 1 is reported and fails the check.
   {
     auto f = h5::File::create(t / "partial.h5");
