@@ -245,8 +245,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s", app.help().c_str());
     return kExitUsage;
   }
-  if (argv[1][0] != '-') {
-    const std::string cmd = argv[1];
+  // The command: the first argument that is neither an option nor the value of -t/--threads.
+  int at = 1;
+  while (at < argc && argv[at][0] == '-') {
+    const std::string a = argv[at];
+    at += (a == "-t" || a == "--threads") ? 2 : 1;
+  }
+  if (at < argc) {
+    const std::string cmd = argv[at];
     bool known = false;
     for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->get_name() == cmd;
     if (!known) {

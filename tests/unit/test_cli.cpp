@@ -83,6 +83,11 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("sparsa: error: unknown command 'embedd'; the commands are init, embed"),
             std::string::npos)
       << r.output;
+  r = run(binary() + " -t 4 bogus");  // after a global option too
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("unknown command 'bogus'"), std::string::npos) << r.output;
+  r = run(binary() + " --threads 2 embed --help");  // a known one after a global option
+  EXPECT_EQ(r.code, 0) << r.output;
   r = run(binary() + " embed --threads abc --model x.h5");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.output.rfind("sparsa: error: --threads", 0), 0u) << r.output;
