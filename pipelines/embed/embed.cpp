@@ -1418,9 +1418,11 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         // stays). Several ranks: the folder's listing can lag on NFS and miss another rank's
         // part, so only a single process removes the journal.
         if (comm.size() == 1) journal.remove_but_previous_output();
-        std::fprintf(stderr,
-                     "[sparsa] no record had finished, so none is kept (a record is kept once "
-                     "it is whole)\n");
+        std::fprintf(
+            stderr,
+            "[sparsa] no record had finished here, so none is kept (a record is kept once "
+            "it is whole)%s\n",
+            comm.size() > 1 ? "; the journal stays (several ranks): rerun with --resume" : "");
       } else {
         const int64_t kept = journal.count_records();
         std::fprintf(stderr, "[sparsa] %s %s kept in %s\n",

@@ -99,7 +99,7 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   kill(pid, SIGINT);
   EXPECT_EQ(wait_exit(pid), 75);
   log = read_file(fx.t / "log2");
-  EXPECT_NE(log.find("no record had finished, so none is kept"), std::string::npos) << log;
+  EXPECT_NE(log.find("no record had finished here, so none is kept"), std::string::npos) << log;
   EXPECT_FALSE(exists(out2 + ".parts"));  // nothing to resume: a plain rerun is not refused
   EXPECT_FALSE(exists(out2));
 }
