@@ -111,6 +111,12 @@ class Watchdog {
                      "rerun with --resume)\n",
                      rank_, what_.load(), allowed_s_.load());
         std::fflush(stderr);
+        // MPI_Abort itself may not return (inside a finalize that waits for a hung rank): the
+        // process ends anyway a few seconds later.
+        std::thread([] {
+          std::this_thread::sleep_for(std::chrono::seconds(5));
+          std::_Exit(1);
+        }).detach();
         MPI_Abort(MPI_COMM_WORLD, 1);
         std::_Exit(1);
       }
@@ -136,10 +142,16 @@ class MpiComm final : public Comm {
     if (size_ > 1) watchdog_ = std::make_unique<Watchdog>(rank_);
   }
   ~MpiComm() override {
-    watchdog_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (owns_init_ && !finalized) MPI_Finalize();
+    if (owns_init_ && !finalized) {
+      // Open MPI's finalize waits for every rank: one that hangs in its own teardown (a driver
+      // call, a stuck NCCL destroy) would hold the job until its time limit.
+      Watchdog::Armed armed(watchdog_.get(),
+                            "MPI_Finalize at the end of the job (the output is complete)");
+      MPI_Finalize();
+    }
+    watchdog_.reset();
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }

@@ -341,6 +341,23 @@ TEST(MpiHeartbeat, SignsOfLifeKeepTheOthersWaiting) {
   EXPECT_NE(p.log.find("rank 1 of 2: through wait_for_root"), std::string::npos) << p.log;
 }
 
+// Open MPI's MPI_Finalize waits for every rank: a rank hung in its teardown held the job until
+// its time limit. Finalizing is watched: rank 1 30 s late ends the job after the 2 s timeout; a
+// teardown within the timeout is fine.
+TEST(MpiHeartbeat, RankHungAtFinalizeIsAbortedByTheWatchdog) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Probe p = run_probe({"finalize", "30"});
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(p.code, 0) << p.log;
+  EXPECT_LT(s, 20.0) << p.log;
+  EXPECT_NE(p.log.find("MPI_Finalize at the end of the job (the output is complete) did not "
+                       "complete within 2 s"),
+            std::string::npos)
+      << p.log;
+  const Probe q = run_probe({"finalize", "0.5"});
+  EXPECT_EQ(q.code, 0) << q.log;
+}
+
 TEST(MpiHeartbeat, SilenceEndsTheWait) {
   const Probe p = run_probe({"quiet", "5"});
   EXPECT_NE(p.code, 0) << p.log;
