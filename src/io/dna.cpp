@@ -455,6 +455,7 @@ struct FaidxFetcher::Impl {
   std::map<std::string, std::string, std::less<>> descriptions;
   bool entries_read = false;
   std::vector<int64_t> blocks;  // bgzip: the blocks' uncompressed starts (from the .gzi)
+  bool blocks_read = false;     // (empty after reading: the .gzi is broken)
   ~Impl() {
     if (fai) fai_destroy(fai);
   }
@@ -488,19 +489,31 @@ ssize_t read_at(BGZF* fp, const std::vector<int64_t>* blocks, int64_t size, int6
 }
 
 // The uncompressed offsets of a bgzip file's blocks, from its .gzi (a count, then pairs of
-// compressed and uncompressed offsets, little-endian), with the first block's 0; empty when the
-// .gzi cannot be read.
+// compressed and uncompressed offsets, little-endian), with the first block's 0. Empty when the
+// .gzi cannot be read or is not a sound index of `path` (its size, offsets that grow, blocks of
+// at most 64 KB within the file): htslib asserts on a seek through a broken one.
 std::vector<int64_t> gzi_block_starts(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto gzi_bytes = fs::file_size(path + ".gzi", ec);
+  const auto file_bytes = ec ? 0 : fs::file_size(path, ec);
   std::ifstream in(path + ".gzi", std::ios::binary);
   uint64_t n = 0;
+  if (ec || !in.read(reinterpret_cast<char*>(&n), 8) || gzi_bytes < 8 ||
+      n != (gzi_bytes - 8) / 16 || (gzi_bytes - 8) % 16 != 0)
+    return {};
   std::vector<int64_t> out;
-  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > (uint64_t{1} << 32)) return out;
   out.reserve(n + 1);
   out.push_back(0);
+  uint64_t last_c = 0;
   for (uint64_t k = 0; k < n; ++k) {
     uint64_t pair[2];
     if (!in.read(reinterpret_cast<char*>(pair), 16)) return {};
-    if ((int64_t)pair[1] > out.back()) out.push_back((int64_t)pair[1]);
+    if (pair[0] <= last_c || pair[0] >= file_bytes || pair[1] <= (uint64_t)out.back() ||
+        pair[1] - (uint64_t)out.back() > 65536)
+      return {};
+    last_c = pair[0];
+    out.push_back((int64_t)pair[1]);
   }
   return out;
 }
@@ -518,11 +531,21 @@ struct FaiCheck {
 FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
                          const std::vector<int64_t>* blocks) {
   FaiCheck out;
+  // An entry htslib cannot use (it divides by line_bases), or a bgzip record that reaches past
+  // the blocks the .gzi lists (htslib asserts on a seek there), or a broken .gzi: no match.
+  const int64_t full = e.line_bases > 0 ? (e.length - 1) / e.line_bases : 0;
+  const int64_t after = e.offset + full * e.line_bytes + (e.length - full * e.line_bases);
+  if (e.offset < 0 || e.length <= 0 || e.line_bases <= 0 || e.line_bytes < e.line_bases ||
+      (blocks && (blocks->empty() || after > blocks->back() + 65536))) {
+    out.ok = false;
+    return out;
+  }
   BGZF* fp = open_bgzf(path);
   if (!fp) return out;  // (fetching fails on its own then)
-  if (blocks && (blocks->empty() || bgzf_index_load(fp, path.c_str(), ".gzi") != 0)) {
+  if (blocks && bgzf_index_load(fp, path.c_str(), ".gzi") != 0) {
     bgzf_close(fp);
-    return out;  // no .gzi to seek with: faidx's own read reports it
+    out.ok = false;
+    return out;
   }
   std::error_code ec;
   const int64_t size = blocks ? 0 : (int64_t)std::filesystem::file_size(path, ec);
@@ -551,9 +574,7 @@ FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
   }
   // The end: the byte after the last base ends a line, and what follows the line end (blank
   // lines skipped) is the next record's header, FASTQ's '+', or the end of the file.
-  if (out.ok && e.line_bases > 0 && e.length > 0) {
-    const int64_t full = (e.length - 1) / e.line_bases;  // full lines before the last line
-    const int64_t after = e.offset + full * e.line_bytes + (e.length - full * e.line_bases);
+  if (out.ok) {  // (`after`: past the last base, from the full lines before the last line)
     char buf[256];
     const ssize_t got = read_at(fp, blocks, size, after, buf, sizeof buf);
     if (got < 0) {
@@ -738,7 +759,10 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
     description = d->second;
   } else if (auto at = impl_->entries.find(region.name); at != impl_->entries.end()) {
-    if (impl_->bgzip && impl_->blocks.empty()) impl_->blocks = gzi_block_starts(path);
+    if (impl_->bgzip && !impl_->blocks_read) {
+      impl_->blocks = gzi_block_starts(path);
+      impl_->blocks_read = true;
+    }
     const FaiCheck c =
         check_fai_entry(path, at->second, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr);
     if (!c.ok || (c.header_found && c.name != region.name)) {
@@ -752,7 +776,8 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
                               : "") +
                        "; remove " + path + ".fai" +
                        (impl_->bgzip ? " and " + path + ".gzi" : std::string()) +
-                       " and sparsa builds it again, or run `samtools faidx " + path + "`");
+                       " and sparsa builds it again, or run `samtools faidx " + path + "`" +
+                       (impl_->bgzip && impl_->blocks.empty() ? " (its .gzi is damaged)" : ""));
     }
     description = c.description;
     impl_->descriptions.emplace(region.name, description);

@@ -6,10 +6,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -703,6 +706,74 @@ TEST_F(FaidxTest, IndexOfAnEarlierFileIsRefused) {
     }
     FaidxFetcher f(p, {});
     EXPECT_EQ(f.fetch(parse_region("short:1-5", f.names())).tokens, toks("ACGTN"));
+  }
+}
+
+// Broken indexes are refused with the index named, never handed to htslib, which asserts or
+// divides by zero on them (a review crashed the first version of the check with each of these).
+TEST_F(FaidxTest, BrokenIndexesAreRefusedNotCrashed) {
+  // Three records over several 64 KB blocks.
+  const std::string fa = ">c1\n" + wrap(random_seq(90000, 21), 60) + ">c2\n" +
+                         wrap(random_seq(90000, 22), 60) + ">c3\n" +
+                         wrap(random_seq(90000, 23), 60);
+  std::string p = write("b.fa", fa);
+  sh("bgzip -f '" + p + "'");
+  p += ".gz";
+  { FaidxFetcher f(p, {}); }  // builds .fai and .gzi
+  auto read_file = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  auto write_file = [](const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+  };
+  const std::string fai = read_file(p + ".fai"), gzi = read_file(p + ".gzi");
+  uint64_t n = 0;
+  std::memcpy(&n, gzi.data(), 8);
+  ASSERT_GE(n, 3u);
+  auto with_gzi = [&](const std::string& bytes) { write_file(p + ".gzi", bytes); };
+  // Refused by name, at loading (htslib checks some itself) or at the first fetch (sparsa).
+  auto refused = [&](const char* what) {
+    SCOPED_TRACE(what);
+    std::unique_ptr<FaidxFetcher> f;
+    try {
+      f = std::make_unique<FaidxFetcher>(p, DnaReadOptions{});
+    } catch (const InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(p + ".fai"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("samtools faidx"), std::string::npos) << msg;
+      return;
+    }
+    expect_error<InputError>([&] { f->fetch(parse_region("c3:1-100", f->names())); },
+                             {p + ".fai does not match", "samtools faidx"});
+  };
+  std::string back = gzi;  // the third block's uncompressed offset going backwards
+  const uint64_t one = 1;
+  std::memcpy(back.data() + 8 + 2 * 16 + 8, &one, 8);
+  with_gzi(back);
+  refused("offsets going backwards");
+  std::string none(8, '\0');  // no block listed: seeks past the first block
+  with_gzi(none);
+  refused("no block listed");
+  with_gzi(gzi.substr(0, 8 + 16) + std::string(""));  // the count says more than there is
+  refused("a count larger than the file");
+  std::string huge = gzi;
+  const uint64_t big = uint64_t{1} << 32;
+  std::memcpy(huge.data(), &big, 8);
+  with_gzi(huge);
+  refused("a count of 2^32");
+  with_gzi(gzi);
+  // .fai entries htslib cannot use: no bases a line (it divides by them), a negative offset.
+  const size_t c3 = fai.find("c3\t");
+  ASSERT_NE(c3, std::string::npos);
+  std::istringstream cols(fai.substr(c3 + 3));
+  int64_t len, off, lb, lw;
+  cols >> len >> off >> lb >> lw;
+  for (const std::string& line :
+       {"c3\t" + std::to_string(len) + "\t" + std::to_string(off) + "\t0\t" + std::to_string(lw),
+        "c3\t" + std::to_string(len) + "\t-5\t" + std::to_string(lb) + "\t" + std::to_string(lw)}) {
+    write_file(p + ".fai", fai.substr(0, c3) + line + "\n");
+    refused(line.c_str());
   }
 }
 
