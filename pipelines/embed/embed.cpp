@@ -1114,6 +1114,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (o.force && root) {
     std::error_code ec;
     if (fs::exists(fs::symlink_status(o.output, ec))) {
+      // (Another live run's folder is not touched: its lock stops this run later anyway, and
+      // its finish would take the old output with its folder.)
+      if (Journal::in_use_by_another_run(o.output + ".parts"))
+        throw ConfigError(o.output +
+                          ".parts is in use by another sparsa run: wait for it to "
+                          "end, or stop it, before running on this output again");
       if (fs::exists(fs::symlink_status(previous, ec)))
         throw ConfigError(o.output + " exists and so does " + previous +
                           ", an earlier --force run's previous output; remove one of them (or mv " +
@@ -1126,9 +1132,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       aside.from = o.output;
       aside.to = previous;
       aside.kept = true;
-      if (!o.quiet)
-        std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
-                     o.output.c_str(), previous.c_str());
+      // (Also with --quiet: a killed run says nothing more, so this is where the file is told.)
+      std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
+                   o.output.c_str(), previous.c_str());
     }
   }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
@@ -1183,8 +1189,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
           fs::remove(previous, ec_prev)) {
         space.available += old_bytes;
         aside.kept = false;
-        progress.log("not enough free space to keep the previous " + o.output +
-                     " aside as well: removed it, as --force asks");
+        std::fprintf(stderr,  // (also with --quiet: the old output is gone)
+                     "[sparsa] not enough free space to keep the previous %s aside as well: "
+                     "removed it, as --force asks\n",
+                     o.output.c_str());
       }
     }
     if (!ec && (int64_t)space.available < need)
@@ -1434,6 +1442,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   } catch (...) {
     finish_side();
     keep_group();
+    if (root && !aside.kept && journal.holds_previous_output())  // set aside by an earlier run
+      std::fprintf(stderr, "[sparsa] the old %s an earlier --force run set aside is still in %s\n",
+                   o.output.c_str(), previous.c_str());
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
     if (root) {

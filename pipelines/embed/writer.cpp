@@ -151,6 +151,17 @@ static int lock_journal(const std::string& dir) {
   return fd;
 }
 
+bool Journal::in_use_by_another_run(const std::string& dir) {
+  const int fd = ::open((dir + "/LOCK").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  const bool held = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;  // (tests, takes none)
+  ::close(fd);
+  return held;
+}
+
 Journal::~Journal() {
   drop_group();
   release_lock();
@@ -195,6 +206,15 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       // run still at work here stops this one, whatever --resume or --force say, and two runs
       // started together cannot both clear and reuse the folder.
       lock_fd_ = lock_journal(dir_);
+      // The old output an earlier --force run set aside goes when this run's output is in place:
+      // only a run that asks for that (--force) or continues that run's journal may take it on.
+      if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
+          !(existed && resume && read_text(dir_ + "/MANIFEST") == manifest))
+        throw ConfigError(dir_ + "/" + kPreviousOutput + " is the old " + output +
+                          " that an earlier --force run set aside; this run would remove it when "
+                          "it finishes: pass --force to replace it, or move it back first to "
+                          "keep it (mv " +
+                          dir_ + "/" + kPreviousOutput + " " + output + ")");
       if (existed) {
         if (resume) {
           const std::string old = read_text(dir_ + "/MANIFEST");

@@ -112,6 +112,8 @@ class Journal {
   // when the folder goes (the output finished), never when a journal is started over.
   static constexpr const char* kPreviousOutput = "PREVIOUS_OUTPUT";
   bool holds_previous_output() const;
+  // Whether another live process holds folder `dir`'s lock (a test, no lock taken).
+  static bool in_use_by_another_run(const std::string& dir);
 
  private:
   friend class PartStream;

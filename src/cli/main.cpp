@@ -246,12 +246,21 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   // The command: the first argument that is neither an option nor the value of -t/--threads.
+  // (Only the global options are skipped; any other option before the command stops the scan
+  // and is left to the parser, which names it.)
   int at = 1;
-  while (at < argc && argv[at][0] == '-') {
+  bool scan = true;
+  while (scan && at < argc && argv[at][0] == '-') {
     const std::string a = argv[at];
-    at += (a == "-t" || a == "--threads") ? 2 : 1;
+    if (a == "-t" || a == "--threads")
+      at += 2;
+    else if (a.rfind("--threads=", 0) == 0 || (a.rfind("-t", 0) == 0 && a.size() > 2) ||
+             a == "-h" || a == "--help" || a == "--version")
+      at += 1;
+    else
+      scan = false;
   }
-  if (at < argc) {
+  if (scan && at < argc) {
     const std::string cmd = argv[at];
     bool known = false;
     for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->get_name() == cmd;

@@ -103,8 +103,10 @@ class Watchdog {
   void loop() {
     while (!stop_) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      const int64_t d = deadline_ns_;
-      if (d != 0 && now_ns() > d) {
+      int64_t d = deadline_ns_;
+      // Fired only if still armed with this deadline: a call that ends just as it passes (its
+      // Armed resets the deadline) is not aborted after it returned.
+      if (d > 0 && now_ns() > d && deadline_ns_.compare_exchange_strong(d, kFired)) {
         std::fprintf(stderr,
                      "sparsa: error: rank %d: %s did not complete within %.0f s: another rank "
                      "died or hangs; aborting every rank (finished records stay in the journal; "
@@ -122,9 +124,10 @@ class Watchdog {
       }
     }
   }
+  static constexpr int64_t kFired = -1;
   int rank_;
   double timeout_s_;
-  std::atomic<int64_t> deadline_ns_{0};
+  std::atomic<int64_t> deadline_ns_{0};  // 0: disarmed; kFired: aborting
   std::atomic<const char*> what_{""};
   std::atomic<double> allowed_s_{0};  // the armed call's time: the timeout, plus its bytes' time
   int scopes_ = 0;                    // open Comm::watch scopes (the main thread's alone)
@@ -147,8 +150,7 @@ class MpiComm final : public Comm {
     if (owns_init_ && !finalized) {
       // Open MPI's finalize waits for every rank: one that hangs in its own teardown (a driver
       // call, a stuck NCCL destroy) would hold the job until its time limit.
-      Watchdog::Armed armed(watchdog_.get(),
-                            "MPI_Finalize at the end of the job (the output is complete)");
+      Watchdog::Armed armed(watchdog_.get(), "MPI_Finalize at the end of the job");
       MPI_Finalize();
     }
     watchdog_.reset();

@@ -1,4 +1,5 @@
 // End-to-end tests of the sparsa command line: real processes, real files.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -88,6 +89,9 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("unknown command 'bogus'"), std::string::npos) << r.output;
   r = run(binary() + " --threads 2 embed --help");  // a known one after a global option
   EXPECT_EQ(r.code, 0) << r.output;
+  r = run(binary() + " -m x.h5 embed");  // a subcommand's option first: the parser names it
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.output.find("unknown command"), std::string::npos) << r.output;
   r = run(binary() + " embed --threads abc --model x.h5");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.output.rfind("sparsa: error: --threads", 0), 0u) << r.output;
@@ -462,10 +466,36 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_EQ(read_file(prev), result);
   EXPECT_EQ(read_file(t / "keep.h5"), "newer");
   std::filesystem::remove(t / "keep.h5");
-  // The run that finishes the output (no --force needed now: nothing is at OUT) removes it.
+  // A run that did not ask for the replacement does not take it on (it would remove it).
   r = run(embed_cmd(lambda(), t / "keep.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(prev + " is the old " + (t / "keep.h5") + " that an earlier --force"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(read_file(prev), result);
+  // The run that finishes the replacement removes it.
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
+  // Another live run holding the output's journal: --force moves nothing (that run's finish would
+  // take the old output with its folder).
+  {
+    const std::string before = read_file(t / "keep.h5");
+    std::filesystem::create_directories(t / "keep.h5.parts");
+    const int fd = open((t / "keep.h5.parts/LOCK").c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
+    r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
+    close(fd);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("in use by another sparsa run"), std::string::npos) << r.output;
+    EXPECT_EQ(read_file(t / "keep.h5"), before);
+    EXPECT_FALSE(exists(prev));
+    std::filesystem::remove_all(t / "keep.h5.parts");
+  }
   // A typo in an input path with --force costs nothing either (a file that is no sparsa output).
   write_file(t / "victim.fa", ">v\nACGT\n");
   r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));
