@@ -11,6 +11,7 @@
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/gemm.hpp"
+#include "backends/cuda/power.hpp"
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/gemm/gemm.hpp"
@@ -155,13 +156,16 @@ int bench_attention(const BenchOptions& o) {
       cuda::GpuTimer timer;
       kern::launch_attention(ap, s);  // warm-up
       std::vector<double> ms;
+      cuda::PowerSampler power;
       for (int it = 0; it < std::max(1, o.iters); ++it) {
         timer.start(s);
         kern::launch_attention(ap, s);
         timer.stop(s);
         ms.push_back(timer.ms());
       }
+      const cuda::PowerSummary pw = power.stop();
       row(n, median(ms), flops, (double)(free0 - free1));
+      std::printf("# %s\n", cuda::format_power(pw).c_str());
     }
   }
   cuda::destroy_stream(s);
@@ -249,13 +253,14 @@ int bench_model(const BenchOptions& o) {
     std::mt19937_64 g(7);
     for (auto& x : tok) x = 2 + (int32_t)(g() % 5);
     double ms_med;
-    std::string prof;
+    std::string prof, power_line;
     {
       CudaModel model(w, co);
       const Shard sh = shard_of(n, 0, 1);
       model.forward(tok.data(), sh, *comm);  // warm-up (allocations, GEMM algorithm choice)
       cuda::memory_info(&free1, &total);
       std::vector<double> ms;
+      cuda::PowerSampler power;
       for (int it = 0; it < std::max(1, o.iters); ++it) {
         const auto t0 = std::chrono::steady_clock::now();
         model.forward(tok.data(), sh, *comm);
@@ -263,6 +268,7 @@ int bench_model(const BenchOptions& o) {
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                 .count());
       }
+      power_line = cuda::format_power(power.stop());
       ms_med = median(ms);
       if (o.profile) {
         model.set_profile(true);
@@ -281,6 +287,7 @@ int bench_model(const BenchOptions& o) {
         4.0 * (double)d *
         (band_keys(n, c.window, c.causal) + (double)n * (double)G * (c.causal ? 0.5 : 1.0));
     row(n, ms_med, (double)c.n_layers * (gemm + attn), (double)(free0 - free1));
+    std::printf("# %s\n", power_line.c_str());
     if (!prof.empty()) std::printf("%s", prof.c_str());
   }
   return 0;

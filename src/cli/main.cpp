@@ -233,7 +233,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->footer(
       "Prints the median time, useful TFLOP/s (the band's 2w+1 keys and the global set only),\n"
-      "tokens/s and the GPU memory the run holds; layer and model add a per-stage profile.\n"
+      "tokens/s and the GPU memory the run holds, then the GPU's power draw and SM clock over\n"
+      "the timed runs (NVML); layer and model add a per-stage profile.\n"
       "Examples:\n"
       "  sparsa bench --what model --config configs/dna-base.toml --n 1048576 --iters 3\n"
       "  sparsa bench --what attention --n 1048576 --global 4096 --iters 20\n"

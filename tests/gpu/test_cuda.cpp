@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include "backends/cpu/ops.hpp"
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/gemm.hpp"
+#include "backends/cuda/power.hpp"
 #include "backends/cuda/router_split.hpp"
 #include "core/error.hpp"
 #include "core/memory.hpp"
@@ -110,6 +112,32 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
 }
 
 }  // namespace
+
+// `sparsa bench`'s power line: NVML's view of the device the process uses, over ~0.4 s of GEMMs.
+TEST(CudaPower, SamplerSeesTheDevice) {
+  SKIP_WITHOUT_GPU();
+  cuda::PowerSampler sampler;
+  const int64_t n = 4096;
+  DeviceBuffer a(n * n * 4), b(n * n * 4), c(n * n * 4);
+  cuda::Gemm gemm;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(400)) {
+    gemm.run(a.get(), b.get(), c.get(), n, n, n, DType::kF32, false, nullptr);
+    cuda::synchronize();
+  }
+  const cuda::PowerSummary p = sampler.stop();
+  if (!p.available && p.why == "no libnvidia-ml.so.1") GTEST_SKIP() << "no NVML on this machine";
+  ASSERT_TRUE(p.available) << p.why;
+  EXPECT_GE(p.samples, 4);
+  EXPECT_GT(p.limit_w, 50.0);
+  EXPECT_GT(p.mean_w, 10.0);
+  EXPECT_LE(p.max_w, 2.0 * p.limit_w);
+  EXPECT_GT(p.sm_mhz_min, 0.0);
+  EXPECT_LE(p.sm_mhz_median, p.sm_mhz_top);
+  EXPECT_GE(p.capped, 0.0);
+  EXPECT_LE(p.capped, 1.0);
+  EXPECT_NE(cuda::format_power(p).find("W limit; SM clock median"), std::string::npos);
+}
 
 TEST(CudaOps, Embed) {
   SKIP_WITHOUT_GPU();
