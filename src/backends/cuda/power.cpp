@@ -31,6 +31,7 @@ struct Nvml {
   UIntFn power = nullptr, limit = nullptr;
   ClockFn clock = nullptr, max_clock = nullptr;
   ReasonsFn reasons = nullptr;
+  bool inited = false;
   std::string why;
 
   Nvml() {
@@ -53,7 +54,7 @@ struct Nvml {
     char bus[32] = {0};
     if (!init || !by_pci || !power || !limit || !clock || !max_clock) {
       why = "NVML lacks a function";
-    } else if (init() != 0) {
+    } else if (!(inited = init() == 0)) {
       why = "nvmlInit failed";
     } else if (cudaGetDevice(&device) != cudaSuccess ||
                cudaDeviceGetPCIBusId(bus, sizeof bus, device) != cudaSuccess ||
@@ -64,7 +65,7 @@ struct Nvml {
   }
   ~Nvml() {
     if (lib) {
-      if (auto shutdown = reinterpret_cast<InitFn>(dlsym(lib, "nvmlShutdown")); shutdown && dev)
+      if (auto shutdown = reinterpret_cast<InitFn>(dlsym(lib, "nvmlShutdown")); shutdown && inited)
         shutdown();
       dlclose(lib);
     }
