@@ -44,6 +44,15 @@ std::string human_bytes(double v) {
   return b;
 }
 
+namespace {
+// The time left of work of which `done` of `total` took `seconds`: ", ETA 1m05s" ("~" marks an
+// estimated total); "" when it cannot be told.
+std::string eta_of(double seconds, double done, double total, const char* approx = "") {
+  if (!(done > 0 && total > done && seconds > 0)) return "";
+  return std::string(", ETA ") + approx + human_seconds(seconds * (total - done) / done);
+}
+}  // namespace
+
 std::string count_of(int64_t n, const std::string& noun) {
   return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
@@ -114,48 +123,48 @@ void Progress::steps(const std::string& what, int64_t done, int64_t total) {
   // The end of a phase that showed a line shows 100% (and ends a live line); a quick phase
   // shows nothing.
   const bool last = done >= total;
-  if (last ? !steps_shown_
-           : std::chrono::duration<double>(now - last_).count() < (live_ ? 0.2 : 10.0))
-    return;
+  if (last ? !steps_shown_ : !due(now)) return;
   last_ = now;
   steps_shown_ = true;
   const double s = std::chrono::duration<double>(now - steps_t0_).count();
-  const std::string eta = done > 0 && total > done && s > 0
-                              ? ", ETA " + human_seconds(s * (double)(total - done) / (double)done)
-                              : "";
-  std::fprintf(out_, "%s[sparsa] %s: %lld of %lld (%.0f%%)%s%s", live_ ? "\r\033[K" : "",
-               what.c_str(), (long long)done, (long long)total,
-               total > 0 ? 100.0 * (double)done / (double)total : 100.0, eta.c_str(),
-               live_ && !last ? "" : "\n");
-  std::fflush(out_);
+  char line[512];
+  std::snprintf(line, sizeof line, "%s: %lld of %lld (%.0f%%)%s", what.c_str(), (long long)done,
+                (long long)total, total > 0 ? 100.0 * (double)done / (double)total : 100.0,
+                eta_of(s, (double)done, (double)total).c_str());
+  emit(line, last);
 }
 
 void Progress::log(const std::string& msg) {
   if (!enabled_) return;
-  std::fprintf(out_, "%s[sparsa] %s\n", live_ ? "\r\033[K" : "", msg.c_str());
+  emit(msg.c_str(), true);
+}
+
+bool Progress::due(Clock::time_point now) const {
+  return std::chrono::duration<double>(now - last_).count() >= (live_ ? 0.2 : 10.0);
+}
+
+void Progress::emit(const char* line, bool end_line) {
+  std::fprintf(out_, "%s[sparsa] %s%s", live_ ? "\r\033[K" : "", line,
+               live_ && !end_line ? "" : "\n");
+  std::fflush(out_);
 }
 
 void Progress::print(bool force, bool per_record) {
   if (!enabled_) return;
   const auto now = Clock::now();
-  const double since = std::chrono::duration<double>(now - last_).count();
-  if (!force && since < (live_ ? 0.2 : 10.0)) return;
+  if (!force && !due(now)) return;
   last_ = now;
   char line[512];
   if (!per_record && records_done_ > 0) {
     const double s = std::chrono::duration<double>(now - first_start_).count();
     const double tok_rate = s > 0 ? (double)tokens_done_ / s : 0;
     const char* approx = expected_exact_ ? "" : "~";
-    std::string of, eta;
-    if (expected_ > records_done_) {
-      of = std::string(" of ") + approx + std::to_string(expected_);
-      if (s > 0)
-        eta = std::string(", ETA ") + approx +
-              human_seconds(s * (double)(expected_ - records_done_) / (double)records_done_);
-    }
+    const std::string of =
+        expected_ > records_done_ ? std::string(" of ") + approx + std::to_string(expected_) : "";
     std::snprintf(line, sizeof line, "%lld%s records, %stok in %s (%stok/s)%s",
                   (long long)records_done_, of.c_str(), human_count((double)tokens_done_).c_str(),
-                  human_seconds(seconds()).c_str(), human_count(tok_rate).c_str(), eta.c_str());
+                  human_seconds(seconds()).c_str(), human_count(tok_rate).c_str(),
+                  eta_of(s, (double)records_done_, (double)expected_, approx).c_str());
   } else {
     const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
     const double done = fraction_ * (double)rec_tokens_;
@@ -171,11 +180,7 @@ void Progress::print(bool force, bool per_record) {
         eta.c_str(), human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
         human_seconds(seconds()).c_str());
   }
-  if (live_)
-    std::fprintf(out_, "\r\033[K[sparsa] %s", line);
-  else
-    std::fprintf(out_, "[sparsa] %s\n", line);
-  std::fflush(out_);
+  emit(line, false);
 }
 
 }  // namespace sparsa

@@ -39,6 +39,11 @@ class Progress {
 
  private:
   void print(bool force, bool per_record);
+  // Whether a rate-limited line may be printed now (0.2 s on a terminal, 10 s otherwise).
+  bool due(std::chrono::steady_clock::time_point now) const;
+  // Writes one line: over the live line on a terminal (left open unless `end_line`), else on a
+  // line of its own.
+  void emit(const char* line, bool end_line);
   static constexpr double kLongRecordSeconds = 10.0;
   static constexpr double kOwnLineSeconds = 1.0;  // a record running this long gets its own line
   bool enabled_, live_;
