@@ -1116,10 +1116,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (fs::exists(fs::symlink_status(o.output, ec))) {
       // (Another live run's folder is not touched: its lock stops this run later anyway, and
       // its finish would take the old output with its folder.)
-      if (Journal::in_use_by_another_run(o.output + ".parts"))
-        throw ConfigError(o.output +
-                          ".parts is in use by another sparsa run: wait for it to "
-                          "end, or stop it, before running on this output again");
+      if (const std::string why = Journal::in_use_by_another_run(o.output + ".parts"); !why.empty())
+        throw ConfigError(why);
       if (fs::exists(fs::symlink_status(previous, ec)))
         throw ConfigError(o.output + " exists and so does " + previous +
                           ", an earlier --force run's previous output; remove one of them (or mv " +

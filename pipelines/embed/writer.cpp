@@ -117,6 +117,19 @@ bool Journal::holds_previous_output() const {
 // on DIR/LOCK and writes who holds it there; returns the open descriptor, or -1 where the file
 // system has no locks (then nothing stops two runs: docs/reliability.md). Another live run's lock
 // stops this one: two runs on one output would delete and overwrite each other's parts.
+// The refusal for folder `dir` whose lock another live run holds, naming that run from what its
+// LOCK file (open as `fd`) says.
+static std::string in_use_message(const std::string& dir, int fd) {
+  char who[256] = {0};
+  const ssize_t got = pread(fd, who, sizeof who - 1, 0);
+  std::string holder = got > 0 ? std::string(who, (size_t)got) : std::string("unknown");
+  while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+  return dir + " is in use by another sparsa run (" + holder +
+         "): wait for it to end, or stop it, before running on this output again (two runs "
+         "would overwrite each other's records); if that host is down and its job gone, remove " +
+         dir + "/LOCK";
+}
+
 static int lock_journal(const std::string& dir) {
   const std::string path = dir + "/LOCK";
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -127,16 +140,9 @@ static int lock_journal(const std::string& dir) {
   if (fcntl(fd, F_SETLK, &fl) != 0) {
     const int err = errno;
     if (err == EACCES || err == EAGAIN) {
-      char who[256] = {0};
-      const ssize_t got = pread(fd, who, sizeof who - 1, 0);
+      const std::string why = in_use_message(dir, fd);
       ::close(fd);
-      std::string holder = got > 0 ? std::string(who, (size_t)got) : std::string("unknown");
-      while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-      throw ConfigError(dir + " is in use by another sparsa run (" + holder +
-                        "): wait for it to end, or stop it, before running on this output again "
-                        "(two runs would overwrite each other's records); if that host is down "
-                        "and its job gone, remove " +
-                        path);
+      throw ConfigError(why);
     }
     ::close(fd);  // ENOLCK, ENOSYS, EOPNOTSUPP: a file system without locks
     return -1;
@@ -151,15 +157,16 @@ static int lock_journal(const std::string& dir) {
   return fd;
 }
 
-bool Journal::in_use_by_another_run(const std::string& dir) {
+std::string Journal::in_use_by_another_run(const std::string& dir) {
   const int fd = ::open((dir + "/LOCK").c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return "";
   struct flock fl {};
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
   const bool held = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;  // (tests, takes none)
+  const std::string why = held ? in_use_message(dir, fd) : "";
   ::close(fd);
-  return held;
+  return why;
 }
 
 Journal::~Journal() {

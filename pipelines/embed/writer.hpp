@@ -112,8 +112,9 @@ class Journal {
   // when the folder goes (the output finished), never when a journal is started over.
   static constexpr const char* kPreviousOutput = "PREVIOUS_OUTPUT";
   bool holds_previous_output() const;
-  // Whether another live process holds folder `dir`'s lock (a test, no lock taken).
-  static bool in_use_by_another_run(const std::string& dir);
+  // Whether another live process holds folder `dir`'s lock (a test, no lock taken): the refusal
+  // that taking the lock would give, naming that run, or "" when none holds it.
+  static std::string in_use_by_another_run(const std::string& dir);
 
  private:
   friend class PartStream;

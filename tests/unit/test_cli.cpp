@@ -477,25 +477,6 @@ TEST(Cli, ExistingOutputIsKept) {
   r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
-  // Another live run holding the output's journal: --force moves nothing (that run's finish would
-  // take the old output with its folder).
-  {
-    const std::string before = read_file(t / "keep.h5");
-    std::filesystem::create_directories(t / "keep.h5.parts");
-    const int fd = open((t / "keep.h5.parts/LOCK").c_str(), O_RDWR | O_CREAT, 0644);
-    ASSERT_GE(fd, 0);
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
-    r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
-    close(fd);
-    EXPECT_EQ(r.code, 2) << r.output;
-    EXPECT_NE(r.output.find("in use by another sparsa run"), std::string::npos) << r.output;
-    EXPECT_EQ(read_file(t / "keep.h5"), before);
-    EXPECT_FALSE(exists(prev));
-    std::filesystem::remove_all(t / "keep.h5.parts");
-  }
   // A typo in an input path with --force costs nothing either (a file that is no sparsa output).
   write_file(t / "victim.fa", ">v\nACGT\n");
   r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));

@@ -568,7 +568,10 @@ TEST(Resume, AnotherLiveRunsJournalIsRefused) {
   ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
   const std::string who = "host elsewhere, pid 4242, Slurm job 77\n";
   ASSERT_EQ(pwrite(fd, who.data(), who.size(), 0), (ssize_t)who.size());
-  for (const char* flag : {"--resume", "--force"}) {
+  for (const std::string flag : {"--resume", "--force"}) {
+    // --force with an old output: it is not set aside into the live run's folder either (that
+    // run's finish would take it with the folder).
+    if (flag == "--force") write_file(out, "old output");
     auto r = run(binary() + " embed -q --model " + fx.model + " --input " + fx.input +
                  " --output " + out + " " + flag);
     EXPECT_EQ(r.code, 2) << flag << ": " << r.output;
@@ -577,6 +580,10 @@ TEST(Resume, AnotherLiveRunsJournalIsRefused) {
         std::string::npos)
         << r.output;
     EXPECT_TRUE(fs::exists(out + ".parts/LOCK"));
+    if (flag == "--force") {
+      EXPECT_EQ(read_file(out), "old output");
+      EXPECT_FALSE(fs::exists(out + ".parts/PREVIOUS_OUTPUT"));
+    }
   }
   ::close(fd);  // that run ended
   auto r = run(binary() + " embed -q --threads 1 --pool bin:1000 --model " + fx.model +
