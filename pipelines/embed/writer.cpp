@@ -176,11 +176,18 @@ Journal::~Journal() {
 
 // An earlier run's journal goes whole but for the lock this run holds, or the run stops: parts
 // left behind (a file that could not be removed) would be taken for this run's finished records.
+// Empties a journal folder but for the old output --force set aside and, with `keep_lock`, the
+// lock this run holds.
+static void clear_folder(const std::string& dir, bool keep_lock, std::error_code& ec) {
+  for (auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename() != Journal::kPreviousOutput &&
+        !(keep_lock && e.path().filename() == "LOCK"))
+      fs::remove_all(e.path(), ec);
+}
+
 static void clear_or_throw(const std::string& dir) {
   std::error_code ec;
-  for (auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().filename() != "LOCK" && e.path().filename() != Journal::kPreviousOutput)
-      fs::remove_all(e.path(), ec);
+  clear_folder(dir, true, ec);
   if (ec || Journal::present(dir))
     throw SystemError(dir + ": cannot remove the earlier run's journal" +
                       (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
@@ -357,8 +364,7 @@ void Journal::remove_but_previous_output() {
   drop_group();
   release_lock();
   std::error_code ec;
-  for (auto& e : fs::directory_iterator(dir_, ec))
-    if (e.path().filename() != kPreviousOutput) fs::remove_all(e.path(), ec);
+  clear_folder(dir_, false, ec);
 }
 
 // Closed before the folder is removed: NFS keeps a file that is still open as .nfsXXXX, and the
