@@ -51,10 +51,7 @@ TEST(DiskFull, TooLittleSpaceIsRefusedBeforeWork) {
   TempDir t;
   SmallDisk disk(t / "disk", "256k");
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
-  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                t / "m.h5")
-                .code,
-            0);
+  ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string out = t / "disk/out.h5";
   auto r = run(binary() + " embed -q --model " + t / "m.h5" + " --input " + source_dir() +
                "/examples/lambda_virus.fa.gz --output " + out);
@@ -71,10 +68,7 @@ TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
   TempDir t;
   SmallDisk disk(t / "disk", "10m");
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
-  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                t / "m.h5")
-                .code,
-            0);
+  ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string out = t / "disk/out.h5";
   const std::string cmd = binary() + " embed --pool none --model " + t / "m.h5" + " --input " +
                           source_dir() + "/examples/lambda_virus.fa.gz --output " + out;
@@ -94,10 +88,7 @@ TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
   SmallDisk disk(t / "disk", "8m");
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // the disk fills after the first part
   ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
-  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
-                t / "m.h5")
-                .code,
-            0);
+  ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   write_file(t / "in.fa", random_fasta(8, 20000));  // 8 records of 20 kb
   const std::string out = t / "disk/out.h5";
   // bin:20 keeps the estimate (about 4 MB: parts and final file) under the 8 MB disk.
