@@ -1373,6 +1373,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr, "[sparsa] %s\n", e.what());
     }
   };
+  // On a stop or an error (rank 0): "N finished records are kept in DIR" and what to do.
+  auto say_kept = [&](const char* then) {
+    const int64_t kept = journal.count_records();
+    std::fprintf(stderr, "[sparsa] %s %s kept in %s%s\n", count_of(kept, "finished record").c_str(),
+                 kept == 1 ? "is" : "are", journal.dir().c_str(), then);
+  };
   int64_t index = 0;
   try {
     Record rec;
@@ -1430,10 +1436,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
             "it is whole)%s\n",
             comm.size() > 1 ? "; the journal stays (several ranks): rerun with --resume" : "");
       } else {
-        const int64_t kept = journal.count_records();
-        std::fprintf(stderr, "[sparsa] %s %s kept in %s\n",
-                     count_of(kept, "finished record").c_str(), kept == 1 ? "is" : "are",
-                     journal.dir().c_str());
+        say_kept("");
       }
     }
     throw;
@@ -1446,15 +1449,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
     if (root) {
-      const int64_t kept = journal.count_records();
       if (journal.count_parts() == 0)
         journal.remove_but_previous_output();
       else
-        std::fprintf(stderr,
-                     "[sparsa] %s %s kept in %s; fix the problem and rerun with --resume, or use "
-                     "--force to start over\n",
-                     count_of(kept, "finished record").c_str(), kept == 1 ? "is" : "are",
-                     journal.dir().c_str());
+        say_kept("; fix the problem and rerun with --resume, or use --force to start over");
     }
     throw;
   }
