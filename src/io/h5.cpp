@@ -489,24 +489,12 @@ static void drop_attr(hid_t file, const std::string& obj, const std::string& nam
 
 void File::set_attr(const std::string& obj, const std::string& name, const std::string& value) {
   drop_attr(h_.id(), obj, name);
-  Handle t = str_type();
-  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
-  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), t.id(), sp.id(), H5P_DEFAULT,
-                                   H5P_DEFAULT, H5P_DEFAULT),
-                 path_, obj, "attribute create"),
-           H5Aclose);
-  const char* p = value.c_str();
-  if (H5Awrite(a.id(), t.id(), &p) < 0) fail(path_, obj, "attribute write failed");
+  add_new_attrs(obj, {{name.c_str(), value}});
 }
 
 void File::set_attr(const std::string& obj, const std::string& name, int64_t value) {
   drop_attr(h_.id(), obj, name);
-  Handle sp(H5Screate(H5S_SCALAR), H5Sclose);
-  Handle a(check(H5Acreate_by_name(h_.id(), obj.c_str(), name.c_str(), H5T_STD_I64LE, sp.id(),
-                                   H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                 path_, obj, "attribute create"),
-           H5Aclose);
-  if (H5Awrite(a.id(), H5T_NATIVE_INT64, &value) < 0) fail(path_, obj, "attribute write failed");
+  add_new_attrs(obj, {{name.c_str(), "", value, true}});
 }
 
 void File::add_new_attrs(const std::string& obj, const std::vector<NewAttr>& attrs) {
