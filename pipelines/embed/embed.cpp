@@ -1,6 +1,7 @@
 #include "pipelines/embed/embed.hpp"
 
 #include <omp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <new>
 #include <sstream>
@@ -1041,17 +1043,19 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const bool root = comm.rank() == 0;
   EmbedSummary sum;
   if (o.inputs.empty()) throw ConfigError("no --input given");
-  for (size_t i = 0; root && i < o.inputs.size(); ++i)  // (a warning: also with --quiet)
-    for (size_t j = 0; j < i; ++j) {
-      std::error_code ec;
-      if (fs::equivalent(o.inputs[i], o.inputs[j], ec)) {
-        std::fprintf(stderr,
-                     "[sparsa] warning: input %s is given twice (as --input %zu and %zu): its "
-                     "records are embedded twice\n",
-                     o.inputs[i].c_str(), j + 1, i + 1);
-        break;
-      }
-    }
+  // The same file given twice (by any path): a warning, also with --quiet. One stat an input,
+  // not one a pair (runs over thousands of CSVs).
+  std::map<std::pair<dev_t, ino_t>, size_t> seen;
+  for (size_t i = 0; root && i < o.inputs.size(); ++i) {
+    struct stat st {};
+    if (::stat(o.inputs[i].c_str(), &st) != 0) continue;  // (missing: said by the source)
+    const auto [at, fresh] = seen.try_emplace({st.st_dev, st.st_ino}, i);
+    if (!fresh)
+      std::fprintf(stderr,
+                   "[sparsa] warning: input %s is given twice (as --input %zu and %zu): its "
+                   "records are embedded twice\n",
+                   o.inputs[i].c_str(), at->second + 1, i + 1);
+  }
   if (check_paths(o)) {
     // --resume on a complete output: done if this same run made it (its run_manifest; a file
     // from before run_manifest existed: the same model, pooling and dtype).
