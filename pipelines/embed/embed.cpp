@@ -390,9 +390,17 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
   progress.log("device: CPU (this sparsa was built without CUDA)");
+  if (o.precision_given && !o.cuda_fp32)
+    std::fprintf(stderr,
+                 "[sparsa] warning: --precision bf16 applies to a GPU; this sparsa was built "
+                 "without CUDA, so the CPU computes in float32\n");
   return cpu;
 #endif
   progress.log("device: CPU (no GPU found)");
+  if (o.precision_given && !o.cuda_fp32)
+    std::fprintf(stderr,
+                 "[sparsa] warning: --precision bf16 applies to a GPU; with none found the CPU "
+                 "computes in float32\n");
   return cpu;
 }
 

@@ -29,8 +29,9 @@ struct EmbedOptions {
   bool invalid_as_n = false;
   std::vector<std::string> columns;
   std::string time_column, id_column;
-  std::string device = "auto";  // cpu | cuda | auto (CUDA when a GPU is usable)
-  bool cuda_fp32 = false;       // --precision fp32: the CUDA backend in float32 (validation)
+  std::string device = "auto";   // cpu | cuda | auto (CUDA when a GPU is usable)
+  bool cuda_fp32 = false;        // --precision fp32: the CUDA backend in float32 (validation)
+  bool precision_given = false;  // --precision on the command line (it applies to CUDA only)
   bool resume = false, force = false, quiet = false;
   // Records of at least this many tokens are split over all ranks; shorter ones go whole to one
   // rank each, balanced by length. Results are identical either way.

@@ -320,6 +320,12 @@ int main(int argc, char** argv) {
       eo.pool = parse_pool(pool);
       eo.f16 = dtype == "f16";
       eo.cuda_fp32 = precision == "fp32";
+      eo.precision_given = embed->get_option("--precision")->count() > 0;
+      // The CPU backend computes in float32 only: asking it for bf16 is a contradiction.
+      if (eo.precision_given && !eo.cuda_fp32 && eo.device == "cpu")
+        throw ConfigError(
+            "--precision bf16 needs a GPU (--device cuda or auto): the CPU backend computes in "
+            "float32 only; drop --precision, or pass --precision fp32");
       if (!columns.empty()) eo.columns = split_commas(columns, "--columns");
       eo.command_line = join_argv(argc, argv);
       install_stop_handlers(comm->rank() == 0 && !eo.quiet);

@@ -620,10 +620,23 @@ TEST(Resume, ManifestRecordsTheBackendUsed) {
   const std::string cmd = binary() + " embed -q --threads 1 --pool bin:1000 --device cpu --model " +
                           fx.model + " --input " + fx.input + " --output " + out;
   ASSERT_EQ(run(cmd + " --precision fp32").code, 0);
-  auto r = run(cmd + " --precision bf16 --resume");
+  auto r = run(cmd + " --resume");  // --precision's default, bf16: the CPU computes in float32
   EXPECT_EQ(r.code, 0) << r.output;
   const h5::File f = h5::File::open_read(out);
   EXPECT_NE(f.attr_string("/", "run_manifest").find("backend cpu fp32"), std::string::npos);
+}
+
+// Asking the CPU for bf16 in so many words is refused before anything is read or written: it
+// computes in float32 only.
+TEST(Resume, CpuRefusesAnExplicitBf16) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  auto r = run(binary() + " embed -q --device cpu --precision bf16 --model " + fx.model +
+               " --input " + fx.input + " --output " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--precision bf16 needs a GPU"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out + ".parts"));
 }
 
 // Short records run side by side in batches, a batch's forwards overlapping the writing of the
