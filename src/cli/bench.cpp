@@ -62,17 +62,6 @@ void fill_random(DeviceBuffer& b, int64_t count, DType t, uint64_t seed) {
   }
 }
 
-// Sum over rows of the band size (keys a row attends to locally).
-double band_keys(int64_t n, int64_t w, bool causal) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t lo = std::max<int64_t>(0, i - w);
-    const int64_t hi = causal ? i : std::min(n - 1, i + w);
-    s += (double)(hi - lo + 1);
-  }
-  return s;
-}
-
 void header(const char* what) {
   std::printf("# sparsa bench %s on %s\n", what, cuda::device_name().c_str());
   std::printf("%12s %10s %12s %14s %12s\n", "n", "ms", "TFLOP/s", "tokens/s", "peak_GB");
@@ -280,13 +269,7 @@ int bench_model(const BenchOptions& o) {
         model.set_profile(false);
       }
     }
-    const int64_t d = c.d_model, G = c.n_global(n);
-    const double gemm =
-        2.0 * (double)n * (double)(4 * d * d + 2 * d * c.d_ff + d * c.router_hidden);
-    const double attn =
-        4.0 * (double)d *
-        (band_keys(n, c.window, c.causal) + (double)n * (double)G * (c.causal ? 0.5 : 1.0));
-    row(n, ms_med, (double)c.n_layers * (gemm + attn), (double)(free0 - free1));
+    row(n, ms_med, (double)c.n_layers * c.layer_flops(n).all(), (double)(free0 - free1));
     std::printf("# %s\n", power_line.c_str());
     if (!prof.empty()) std::printf("%s", prof.c_str());
   }

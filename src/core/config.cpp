@@ -35,6 +35,29 @@ int64_t ModelConfig::n_global(int64_t n) const {
   return std::min({global_max, n, g});
 }
 
+// Sum over rows i of a record of n tokens of the keys its band holds: [max(0, i - w), min(n - 1,
+// i + w)], or [max(0, i - w), i] when causal. In closed form (a million-token record's count is
+// taken per forward pass).
+double band_keys(int64_t n, int64_t w, bool causal) {
+  const double N = (double)n;
+  // sum_i (i - max(0, i - w)): rows past w see w keys before them, the others i.
+  const int64_t a = std::min(n, w + 1);  // rows 0..a-1 see all before them
+  const double before = (double)a * (double)(a - 1) / 2 + (double)(n - a) * (double)w;
+  if (causal) return before + N;
+  return 2 * before + N;  // the keys after a row mirror those before the row at n - 1 - i
+}
+
+ModelConfig::LayerFlops ModelConfig::layer_flops(int64_t n) const {
+  const double N = (double)n, d = (double)d_model, G = (double)n_global(n);
+  LayerFlops f;
+  f.in = 2 * N * d * (3 * d + (double)router_hidden);
+  // Causal: a row sees about half of the global set (the keys before it).
+  f.attn = 4 * d * (band_keys(n, window, causal) + N * G * (causal ? 0.5 : 1.0));
+  f.wo = 2 * N * d * d;
+  f.mlp = 4 * N * d * (double)d_ff;
+  return f;
+}
+
 void ModelConfig::validate() const {
   auto bad = [](const std::string& key, const std::string& why) {
     throw ConfigError("config key '" + key + "': " + why);

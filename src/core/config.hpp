@@ -36,12 +36,25 @@ struct ModelConfig {
   int64_t n_tables() const { return kind == ModelKind::kDna ? 1 : channels; }
   // G for a record of n tokens (spec section 2).
   int64_t n_global(int64_t n_tokens) const;
+  // Useful FLOPs of one layer over n tokens, by stage (what `sparsa bench` reports and the CPU's
+  // progress inside a layer weighs): only the band's keys and the G global keys count.
+  struct LayerFlops {
+    double in = 0;    // RMSNorm'd x times [W_q | W_k | W_v] and the router's first layer
+    double attn = 0;  // local band + global set: Q K^T and P V
+    double wo = 0, mlp = 0;
+    double all() const { return in + attn + wo + mlp; }
+  };
+  LayerFlops layer_flops(int64_t n_tokens) const;
 
   // Throws ConfigError naming the key for any impossible value.
   void validate() const;
   // The canonical TOML text of this config ([model] table), echoed into every output file.
   std::string to_toml() const;
 };
+
+// Keys of the local band summed over a record's rows: w before and w after a row (w before when
+// causal), cut at the record's ends.
+double band_keys(int64_t n, int64_t w, bool causal);
 
 // Parses TOML text; `origin` names the file in messages. Unknown keys and wrong types are errors.
 // every_key: each key must be given (a checkpoint's config, written whole by to_toml), instead of

@@ -80,13 +80,10 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   for (auto& t : w.embed) tables.push_back(t.data());
   cpu::embed({tokens, tables.data(), x.data(), m, c.n_tables(), c.vocab(), d});
 
-  // A layer's stages by their share of its FLOPs a token (progress inside long layers).
-  const double f_in = 2.0 * d * (3.0 * d + c.router_hidden),
-               f_attn =
-                   4.0 * d * (double)(c.causal ? c.window + 1 : 2 * c.window + 1) + 4.0 * d * G,
-               f_wo = 2.0 * d * d, f_mlp = 4.0 * d * c.d_ff, f_all = f_in + f_attn + f_wo + f_mlp;
+  // A layer's stages by their share of its FLOPs (progress inside long layers).
+  const ModelConfig::LayerFlops lf = c.layer_flops(n);
   auto stage_done = [&](int64_t l, double flops) {
-    if (hooks.in_layer) hooks.in_layer(l, flops / f_all);
+    if (hooks.in_layer) hooks.in_layer(l, flops / lf.all());
   };
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
@@ -95,7 +92,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                       q.data(), k.data() + own * d, v.data() + own * d, scores.data(), m, d,
                       c.router_hidden, b, c.norm_eps});
     cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base, k.data() + own * d});
-    stage_done(l, f_in);
+    stage_done(l, lf.in);
 
     // Halo: K and V rows (after RoPE) beyond the shard edges, in flight during routing and the
     // attention of interior rows. MPI keeps the order of messages between two ranks.
@@ -186,10 +183,10 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     ap.row_begin = hi;
     ap.row_end = m;
     cpu::dsa_attention(ap);
-    stage_done(l, f_in + f_attn);
+    stage_done(l, lf.in + lf.attn);
 
     cpu::linear({q.data(), L.wo.data(), x.data(), m, d, d, b, true});
-    stage_done(l, f_in + f_attn + f_wo);
+    stage_done(l, lf.in + lf.attn + lf.wo);
     cpu::mlp_block(
         {x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b, c.norm_eps});
     if (hooks.after_layer) hooks.after_layer(l);

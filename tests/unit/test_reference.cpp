@@ -609,3 +609,16 @@ TEST(Ops, LinearShardInvariant) {
 
 }  // namespace
 }  // namespace sparsa
+
+// The band's key count in closed form against the count row by row, both kinds of band, records
+// shorter and longer than the window.
+TEST(Config, BandKeysClosedForm) {
+  for (bool causal : {false, true})
+    for (int64_t w : {0, 1, 3, 256})
+      for (int64_t n : {1, 2, 3, 4, 7, 255, 256, 257, 600}) {
+        double want = 0;
+        for (int64_t i = 0; i < n; ++i)
+          want += (double)((causal ? i : std::min(n - 1, i + w)) - std::max<int64_t>(0, i - w) + 1);
+        EXPECT_EQ(sparsa::band_keys(n, w, causal), want) << n << " " << w << " " << causal;
+      }
+}
