@@ -233,6 +233,7 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
       std::vector<RawSeries> series =
           read_timeseries_csv(in, CsvOptions{o.time_column, o.columns, o.id_column}, c.channels);
       for (const RawSeries& s : series) {
+        check_series(s, c, in);  // a bad value stops the run here, before any record is embedded
         tokens += (double)s.timestamps.size();
         records += 1;
       }
@@ -965,6 +966,7 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
   const ModelConfig cfg = parse_model_config(
       h5::File::open_read(o.model).attr_string("/", "config"), o.model + " (attribute config)");
   RecordSource source(o, cfg);
+  source.set_warnings(false);  // the run that made f said them
   Record rec;
   int64_t index = 0;
   const int64_t held = (int64_t)f.list("/records").size();
@@ -1180,6 +1182,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const ModelConfig& c = w.config;
   const double checkpoint_s = since_start();
   RecordSource source(o, c);
+  source.set_warnings(root);
   Progress progress = Progress::for_stderr(o.quiet || !root);
   int64_t expected_records = 0;
   bool expected_exact = false;

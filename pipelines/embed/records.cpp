@@ -1,10 +1,13 @@
 #include "pipelines/embed/records.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 
 #include "core/error.hpp"
+#include "core/progress.hpp"
 #include "core/sha256.hpp"
 #include "io/dna.hpp"
 #include "io/timeseries.hpp"
@@ -87,6 +90,52 @@ struct RecordSource::Impl {
     }
   }
 
+  // A panel of thousands of series warns about its first few records of each kind, then once
+  // that it stops.
+  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0;
+  static bool warn_more(int& count, const char* what) {
+    constexpr int kMax = 3;
+    if (++count <= kMax) return true;
+    if (count == kMax + 1)
+      std::fprintf(stderr, "[sparsa] warning: more records %s; not said again\n", what);
+    return false;
+  }
+  // Warnings about a series that embeds, but perhaps not as its user thinks.
+  bool warnings = true;
+  void warn_about(const RawSeries& raw, const std::string& path) {
+    if (!warnings) return;
+    const char* file = path.c_str();
+    if (const int64_t i = first_backwards_row(raw.timestamps);
+        i > 0 && warn_more(warned_backwards, "go backwards in time"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
+                   "after '%s'); rows are embedded in file order, so a newest-first file is "
+                   "read backwards: sort it oldest first\n",
+                   file, raw.name.c_str(), (long long)raw.source_rows[i], raw.timestamps[i].c_str(),
+                   raw.timestamps[i - 1].c_str());
+    if (const RepeatedTimes r = repeated_times(raw.timestamps);
+        r.first > 0 && warn_more(warned_repeats, "repeat timestamps"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': timestamp '%s' at line %lld repeats the "
+                   "line before (%s in all); is the time split over two columns (date, "
+                   "time)? Rows are embedded in file order either way\n",
+                   file, raw.name.c_str(), raw.timestamps[r.first].c_str(),
+                   (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str());
+    for (size_t c = 0; c < raw.values.size(); ++c) {
+      const auto& v = raw.values[c];
+      if (v.empty() || !std::all_of(v.begin(), v.end(), [](double x) { return std::isnan(x); }))
+        continue;
+      const std::string column = c < raw.channel_names.size()
+                                     ? "column '" + raw.channel_names[c] + "'"
+                                     : "channel " + std::to_string(c);
+      if (warn_more(warned_empty, "have a channel with no values"))
+        std::fprintf(stderr,
+                     "[sparsa] warning: %s: record '%s': %s has no values (every cell missing): "
+                     "its tokens are all MISSING\n",
+                     file, raw.name.c_str(), column.c_str());
+    }
+  }
+
   bool next(Record& rec) {
     if (!fetchers.empty()) {
       if (input >= regions.size()) return false;
@@ -108,14 +157,7 @@ struct RecordSource::Impl {
         ++input;
       }
       const RawSeries& raw = series[series_next];
-      if (const int64_t i = first_backwards_row(raw.timestamps); i > 0)
-        std::fprintf(stderr,
-                     "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
-                     "after '%s'); rows are embedded in file order, so a newest-first file is "
-                     "read backwards: sort it oldest first\n",
-                     opts.inputs[input - 1].c_str(), raw.name.c_str(),
-                     (long long)raw.source_rows[i], raw.timestamps[i].c_str(),
-                     raw.timestamps[i - 1].c_str());
+      warn_about(raw, opts.inputs[input - 1]);
       rec = tokenize_series(std::move(series[series_next]), config, opts.inputs[input - 1]);
       series[series_next++] = RawSeries{};  // free what was read
       return true;
@@ -137,6 +179,7 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
 int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
+void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
 
 void RecordSource::prime_input(size_t i, std::vector<RawSeries>&& series) {
   if (impl_->input != 0 || impl_->config.kind != ModelKind::kTimeseries ||

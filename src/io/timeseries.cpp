@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.hpp"
+#include "core/progress.hpp"
 #include "core/utf8.hpp"
 
 namespace sparsa {
@@ -298,19 +299,47 @@ std::string read_file_text(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// A UTC offset at the end of an ISO-8601 time ("Z", "+02:00", "-0500"), or "".
+std::string_view utc_offset(std::string_view t) {
+  if (!t.empty() && t.back() == 'Z') return t.substr(t.size() - 1);
+  for (size_t len : {size_t{6}, size_t{5}})
+    if (t.size() > len + 8 && (t[t.size() - len] == '+' || t[t.size() - len] == '-') &&
+        t.find('T') != std::string_view::npos)
+      return t.substr(t.size() - len);
+  return {};
+}
+
+}  // namespace
+
 int64_t first_backwards_row(const std::vector<std::string>& ts) {
   if (ts.size() < 2) return -1;
+  // Judged only where text order is time order: ISO-8601-like texts of one length (digits,
+  // - : . T Z + and spaces; not mm/dd/yyyy or dd/mm/yyyy) with one UTC offset (a file that
+  // crosses a daylight-saving change in local offsets sorts otherwise).
   const size_t len = ts[0].size();
+  const std::string_view offset = utc_offset(ts[0]);
   for (const std::string& t : ts) {
-    if (t.size() != len) return -1;
+    if (t.size() != len || utc_offset(t) != offset) return -1;
     for (char c : t)
       if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
-            c == '+' || c == '/' || c == ' '))
+            c == '+' || c == ' '))
         return -1;
   }
   for (size_t i = 1; i < ts.size(); ++i)
     if (ts[i] < ts[i - 1]) return (int64_t)i;
   return -1;
+}
+
+RepeatedTimes repeated_times(const std::vector<std::string>& ts) {
+  RepeatedTimes r;
+  for (size_t i = 1; i < ts.size(); ++i)
+    if (ts[i] == ts[i - 1] && !ts[i].empty()) {
+      if (r.first < 0) r.first = (int64_t)i;
+      ++r.count;
+    }
+  return r;
 }
 
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
@@ -439,24 +468,89 @@ int32_t ts_token(double z, int64_t bins, double clip) {
   return int32_t(3 + int64_t(b));
 }
 
+namespace {
+
+std::string series_line_of(const RawSeries& raw, int64_t t) {
+  return t < int64_t(raw.source_rows.size()) ? "line " + std::to_string(raw.source_rows[t])
+                                             : "row " + std::to_string(t + 1);
+}
+
+std::string series_column_of(const RawSeries& raw, int64_t c) {
+  return c < int64_t(raw.channel_names.size()) ? "column '" + raw.channel_names[c] + "'"
+                                               : "channel " + std::to_string(c);
+}
+
+std::string number_text(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
+// Channel c's transform r, after the checks that make its tokens well defined: log_return's values
+// positive, every r finite, their mean finite. Each error names the line that causes it.
+std::vector<double> checked_transform(const RawSeries& raw, int64_t c, const ModelConfig& config,
+                                      const std::string& path) {
+  const std::vector<double>& x = raw.values[c];
+  const int64_t n_rows = int64_t(raw.timestamps.size());
+  if (int64_t(x.size()) != n_rows)
+    throw InputError(where(path, raw.name, 0,
+                           series_column_of(raw, c) + " has " + std::to_string(x.size()) +
+                               " values for " + std::to_string(n_rows) + " timestamps"));
+  if (config.ts_transform == TsTransform::kLogReturn) {
+    // Only values that enter a ratio matter: a lone value between missing cells is unused.
+    for (int64_t t = 1; t < n_rows; ++t) {
+      if (std::isnan(x[t]) || std::isnan(x[t - 1])) continue;
+      for (int64_t u : {t - 1, t}) {
+        if (x[u] > 0) continue;
+        throw InputError(where(path, raw.name, 0,
+                               series_line_of(raw, u) + ", " + series_column_of(raw, c) +
+                                   ": log_return needs positive values, found " +
+                                   number_text(x[u]) +
+                                   " (use ts_transform = \"diff\" or \"level\")"));
+      }
+    }
+  }
+  std::vector<double> r = ts_transform(x, config.ts_transform);
+  for (int64_t t = 0; t < n_rows; ++t) {
+    if (std::isnan(r[t]) || std::isfinite(r[t])) continue;
+    // diff or log_return of two finite values: the step overflows (1e308 after -1e308, or a
+    // price of 1e-310 beside 1.2)
+    throw InputError(where(
+        path, raw.name, 0,
+        series_line_of(raw, t) + ", " + series_column_of(raw, c) + ": " +
+            (config.ts_transform == TsTransform::kDiff ? "the difference " : "the log return ") +
+            "from " + number_text(x[t - 1]) + " to " + number_text(x[t]) +
+            " is not a finite number; check these values"));
+  }
+  if (!std::isfinite(ts_scale(r)))
+    throw InputError(where(path, raw.name, 0,
+                           series_column_of(raw, c) +
+                               ": values too large to scale (the sum of |r| over the record "
+                               "overflows a double)"));
+  return r;
+}
+
+}  // namespace
+
+void check_series(const RawSeries& raw, const ModelConfig& config, const std::string& path) {
+  if (int64_t(raw.values.size()) != config.channels)
+    throw InputError(where(path, raw.name, 0,
+                           "the model has " + count_of(config.channels, "channel") +
+                               ", the record has " + std::to_string(raw.values.size())));
+  for (int64_t c = 0; c < config.channels; ++c) checked_transform(raw, c, config, path);
+}
+
 Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::string& path) {
   const int64_t n_channels = config.channels;
   const int64_t n_rows = int64_t(raw.timestamps.size());
-  if (int64_t(raw.values.size()) != n_channels) {
+  if (int64_t(raw.values.size()) != n_channels)
     throw InputError(where(path, raw.name, 0,
-                           "the model has " + std::to_string(n_channels) +
-                               " channels, the record has " + std::to_string(raw.values.size())));
-  }
+                           "the model has " + count_of(n_channels, "channel") +
+                               ", the record has " + std::to_string(raw.values.size())));
   if (config.ts_bins < 1 || !(config.ts_clip > 0))
     throw ConfigError("ts_bins must be >= 1 and ts_clip > 0");
-  auto line_of = [&](int64_t t) {
-    return t < int64_t(raw.source_rows.size()) ? "line " + std::to_string(raw.source_rows[t])
-                                               : "row " + std::to_string(t + 1);
-  };
-  auto column_of = [&](int64_t c) {
-    return c < int64_t(raw.channel_names.size()) ? "column '" + raw.channel_names[c] + "'"
-                                                 : "channel " + std::to_string(c);
-  };
+  std::vector<std::vector<double>> r((size_t)n_channels);
+  for (int64_t c = 0; c < n_channels; ++c) r[c] = checked_transform(raw, c, config, path);
 
   Record rec;
   rec.name = raw.name;
@@ -465,35 +559,10 @@ Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::stri
   rec.timestamps = std::move(raw.timestamps);         // n_rows was taken above; not read again
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
   for (int64_t c = 0; c < n_channels; ++c) {
-    const std::vector<double>& x = raw.values[c];
-    if (int64_t(x.size()) != n_rows) {
-      throw InputError(where(path, raw.name, 0,
-                             column_of(c) + " has " + std::to_string(x.size()) + " values for " +
-                                 std::to_string(n_rows) + " timestamps"));
-    }
-    if (config.ts_transform == TsTransform::kLogReturn) {
-      // Only values that enter a ratio matter: a lone value between missing cells is unused.
-      for (int64_t t = 1; t < n_rows; ++t) {
-        if (std::isnan(x[t]) || std::isnan(x[t - 1])) continue;
-        for (int64_t u : {t - 1, t}) {
-          if (x[u] > 0) continue;
-          std::ostringstream v;
-          v << x[u];
-          throw InputError(where(path, raw.name, 0,
-                                 line_of(u) + ", " + column_of(c) +
-                                     ": log_return needs positive values, found " + v.str() +
-                                     " (use ts_transform = \"diff\" or \"level\")"));
-        }
-      }
-    }
-    const std::vector<double> r = ts_transform(x, config.ts_transform);
-    const double s = ts_scale(r);
-    if (!std::isfinite(s)) {
-      throw InputError(where(path, raw.name, 0,
-                             column_of(c) + ": values too large to scale (mean |r| overflows)"));
-    }
+    const double s = ts_scale(r[c]);
     for (int64_t t = 0; t < n_rows; ++t)
-      rec.tokens[size_t(t * n_channels + c)] = ts_token(r[t] / s, config.ts_bins, config.ts_clip);
+      rec.tokens[size_t(t * n_channels + c)] =
+          ts_token(r[c][t] / s, config.ts_bins, config.ts_clip);
   }
   return rec;
 }

@@ -25,10 +25,18 @@ struct RawSeries {
 };
 
 // Where the time of a record goes backwards: the index of the first row whose timestamp sorts
-// before the previous row's, when every timestamp is ISO-8601-like (digits and - : . T Z + / and
-// spaces, all of one length, so that text order is time order); -1 otherwise. Rows are embedded in
-// file order (spec 1), so a newest-first file is read backwards: worth a warning.
+// before the previous row's, when every timestamp is ISO-8601-like (digits and - : . T Z + and
+// spaces, all of one length and one UTC offset, so that text order is time order); -1 otherwise.
+// Rows are embedded in file order (spec 1), so a newest-first file is read backwards: worth a
+// warning.
 int64_t first_backwards_row(const std::vector<std::string>& timestamps);
+
+// Rows whose timestamp is the same text as the row before (a date-only time column of intraday
+// data, say): the first such row's index (-1: none) and how many there are.
+struct RepeatedTimes {
+  int64_t first = -1, count = 0;
+};
+RepeatedTimes repeated_times(const std::vector<std::string>& timestamps);
 
 // Reads a CSV with a header row. Records: one per file (named after the file's base name
 // without extension) or, with id_column, one per distinct id value in order of first appearance.
@@ -45,6 +53,12 @@ std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t);
 double ts_scale(const std::vector<double>& r);
 // bin = clamp(floor((z + C) / (2C) * B), 0, B-1); token = 3 + bin; NaN -> 2 (MISSING).
 int32_t ts_token(double z, int64_t bins, double clip);
+
+// The checks tokenize_series makes, without tokenising (a run reads its CSVs before it starts,
+// so that a bad value stops it before any record is embedded): the channel count, log_return's
+// positive values, finite transforms and scales. Throws InputError naming the file, the record,
+// the line and the column.
+void check_series(const RawSeries& raw, const ModelConfig& config, const std::string& path);
 
 // Tokenises a raw series with the model config into a Record (n_channels = config.channels,
 // token-major), source = path. Statistics cover the whole record.

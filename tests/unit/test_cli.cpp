@@ -750,6 +750,36 @@ TEST(Cli, TimeSeriesEndToEnd) {
   EXPECT_NE(r.output.find("time goes backwards at line 3 ('2020-01-02' after '2020-01-03')"),
             std::string::npos)
       << r.output;
+  // Not ISO dates, or two offsets across a daylight-saving change: not warned about. Repeated
+  // times (a date-only column of intraday rows) and a channel with no values are.
+  write_file(t / "us.csv", "date,a,b\n12/30/2019,1,2\n12/31/2019,2,3\n01/02/2020,3,4\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "us.csv" +
+          " --output " + t / "us.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  write_file(t / "rep.csv", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "rep.csv" +
+          " --output " + t / "rep.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(
+      r.output.find("timestamp '2020-01-01' at line 3 repeats the line before (1 such row in all)"),
+      std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("column 'b' has no values"), std::string::npos) << r.output;
+  // A bad value in the last record of a panel stops the run before any record is embedded: no
+  // journal is left to refuse a plain rerun.
+  write_file(t / "panel.csv",
+             "sym,date,a,b\nA,2020-01-01,1,2\nA,2020-01-02,2,3\nB,2020-01-01,1,2\n"
+             "B,2020-01-02,0,3\n");
+  r = run(binary() + " embed --model " + t / "ts.h5" + " --input " + t / "panel.csv" +
+          " --id-column sym --output " + t / "panel.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("record 'B': line 5, column 'a': log_return needs positive values"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("record 1 "), std::string::npos) << r.output;  // none was embedded
+  EXPECT_FALSE(exists(t / "panel.h5"));
+  EXPECT_FALSE(exists(t / "panel.h5.parts"));
   write_file(t / "bad.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,1,zz\n");
   auto bad = binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "bad.csv" +
              " --output " + t / "x.h5";

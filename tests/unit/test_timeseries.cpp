@@ -360,6 +360,65 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"Jan 3", "Jan 2"}), -1);  // not ISO-like: not judged
   EXPECT_EQ(first_backwards_row(V{"10", "9"}), -1);         // lengths differ: not judged
   EXPECT_EQ(first_backwards_row(V{"2024-01-01"}), -1);
+  // Text order is not time order for US or European dates, nor across a change of UTC offset
+  // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z): not judged.
+  EXPECT_EQ(first_backwards_row(V{"12/30/2019", "12/31/2019", "01/02/2020"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}), -1);
+  // One offset throughout: judged.
+  EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+01:00", "2020-10-25T02:00:00+01:00"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00Z", "2020-10-25T02:00:00Z"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00-0500", "2020-10-25T02:00:00-0500"}), 1);
+}
+
+// Intraday rows under a date-only time column repeat its text: counted so that it can be warned
+// about.
+TEST(TsOrder, RepeatedTimes) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(repeated_times(V{"1", "2", "3"}).first, -1);
+  const RepeatedTimes r = repeated_times(V{"d1", "d1", "d1", "d2", "d2", "d3"});
+  EXPECT_EQ(r.first, 1);
+  EXPECT_EQ(r.count, 3);
+}
+
+// A step that overflows (diff of +-1e308, a log return beside a subnormal price) and a sum of
+// |r| that overflows are refused naming what they can: the line and its values, or the column.
+// check_series makes the same checks as tokenize_series without tokenising.
+TEST_F(TsCsv, TransformOverflowNamesTheLine) {
+  std::string p = write("ovf.csv", "timestamp,x\n2020-01-01,1e308\n2020-01-02,-1e308\n3,1\n");
+  auto recs = read_timeseries_csv(p, {}, 1);
+  for (bool check : {false, true}) {
+    const ModelConfig c = ts_config(1, 8, 4.0, TsTransform::kDiff);
+    std::string msg = input_error([&] {
+      if (check)
+        check_series(recs[0], c, p);
+      else
+        tokenize_series(recs[0], c, p);
+    });
+    EXPECT_NE(msg.find("record 'ovf': line 3, column 'x': the difference from 1e+308 to -1e+308"),
+              std::string::npos)
+        << msg;
+  }
+  p = write("sub.csv", "timestamp,price\n1,1.0\n2,1e-310\n3,1.2\n");
+  recs = read_timeseries_csv(p, {}, 1);
+  std::string msg =
+      input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), p); });
+  EXPECT_NE(msg.find("line 4, column 'price': the log return from 1e-310 to 1.2"),
+            std::string::npos)
+      << msg;
+  // Every step finite, their sum not: the column is named.
+  p = write("big.csv", "timestamp,x\n1,1.5e308\n2,1.6e308\n3,1.7e308\n");
+  recs = read_timeseries_csv(p, {}, 1);
+  msg = input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLevel), p); });
+  EXPECT_NE(msg.find("column 'x': values too large to scale"), std::string::npos) << msg;
+  // log_return's positive values, and the channel count.
+  p = write("z.csv", "timestamp,x\n1,2\n2,0\n");
+  recs = read_timeseries_csv(p, {}, 1);
+  msg =
+      input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), p); });
+  EXPECT_NE(msg.find("line 3, column 'x': log_return needs positive values"), std::string::npos)
+      << msg;
+  msg = input_error([&] { check_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLevel), p); });
+  EXPECT_NE(msg.find("the model has 2 channels, the record has 1"), std::string::npos) << msg;
 }
 
 TEST_F(TsCsv, RaggedRow) {
