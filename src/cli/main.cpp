@@ -36,7 +36,7 @@ const char* kDescription =
     "  sparsa embed ... --device cuda    (a GPU per rank; bf16, --precision for fp32)\n"
     "\n"
     "Weights from `init` are random until training lands: embeddings are deterministic\n"
-    "functions of the input, not yet biologically meaningful.\n"
+    "functions of the input, not yet biologically or financially meaningful.\n"
     "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.";
 
 const char* kEmbedFooter =
@@ -158,9 +158,12 @@ int main(int argc, char** argv) {
                   "DNA: average with the reverse-complement strand (2x the work)");
   embed->add_flag("--invalid-as-n", eo.invalid_as_n,
                   "DNA: read invalid sequence characters as N instead of failing");
-  embed->add_option("--columns", columns, "Time series: channel columns a,b,c (default: all)");
+  embed->add_option("--columns", columns,
+                    "Time series: channel columns a,b,c, by header name or number (1 = "
+                    "first; default: all but the time and id columns)");
   embed->add_option("--time-column", eo.time_column,
-                    "Time series: time column (default: timestamp, date or time)");
+                    "Time series: time column, by name or number (default: the first named "
+                    "timestamp, date or time)");
   embed->add_option("--id-column", eo.id_column,
                     "Time series: long format, one record per distinct value of this column");
   embed->add_option("--device", eo.device, "cpu, cuda or auto")

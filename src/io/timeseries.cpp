@@ -214,14 +214,27 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   auto fail = [&](const std::string& what) {
     throw InputError(where(path, "", 0, what + " (" + join_header(header) + ")"));
   };
+  // A column by its header text; else, where no header cell is that text, by its 1-based number
+  // (an unnamed index column written by pandas: --time-column 1), or by the text without spaces
+  // around it ("close, open").
   auto find = [&](const std::string& name) -> int64_t {
     auto it = std::find(header.begin(), header.end(), name);
+    if (it != header.end()) return int64_t(it - header.begin());
+    if (!name.empty() && name.size() < 10 &&
+        std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      const int64_t k = std::stoll(name);
+      return k >= 1 && k <= int64_t(header.size()) ? k - 1 : -1;
+    }
+    const size_t b = name.find_first_not_of(" \t"), e = name.find_last_not_of(" \t");
+    if (b == std::string::npos || (b == 0 && e + 1 == name.size())) return -1;
+    it = std::find(header.begin(), header.end(), name.substr(b, e + 1 - b));
     return it == header.end() ? -1 : int64_t(it - header.begin());
   };
   Columns cols;
   if (!opts.time_column.empty()) {
     cols.time = find(opts.time_column);
-    if (cols.time < 0) fail("time column '" + opts.time_column + "' not found");
+    if (cols.time < 0)
+      fail("time column '" + opts.time_column + "' not found (a name, or a number: 1 = first)");
   } else {
     // An exact name wins over a case-insensitive one, so "Date,date" picks "date".
     for (int pass = 0; pass < 2 && cols.time < 0; ++pass) {
@@ -238,7 +251,12 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
         for (const char* c : {";", "\t", "|"})
           if (header[0].find(c) != std::string::npos) sep = c;
       fail(sep.empty()
-               ? "no time column named 'timestamp', 'date' or 'time'; use --time-column"
+               ? std::string("no time column named 'timestamp', 'date' or 'time'; use "
+                             "--time-column NAME or NUMBER (1 = first)") +
+                     (!header.empty() && header[0].empty()
+                          ? " (the first column has no name, as pandas writes its index: "
+                            "--time-column 1)"
+                          : "")
                : std::string("the header is one column holding '") + (sep == "\t" ? "\\t" : sep) +
                      "': the file looks separated by it, but sparsa reads comma-separated values "
                      "(convert it, e.g. `tr '" +
@@ -254,7 +272,7 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   if (!opts.columns.empty()) {
     for (const std::string& name : opts.columns) {
       int64_t c = find(name);
-      if (c < 0) fail("column '" + name + "' not found");
+      if (c < 0) fail("column '" + name + "' not found (a name, or a number: 1 = first)");
       if (c == cols.time) fail("column '" + name + "' is the time column, not a channel");
       if (c == cols.id) fail("column '" + name + "' is the id column, not a channel");
       if (std::count(cols.channels.begin(), cols.channels.end(), c))

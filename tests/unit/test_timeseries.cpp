@@ -370,6 +370,26 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00-0500", "2020-10-25T02:00:00-0500"}), 1);
 }
 
+// Columns by header text first, then by 1-based number (pandas' unnamed index column as the time
+// column), then by the text without surrounding spaces.
+TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
+  const std::string p = write("pd.csv", ",close,open,2\n10,1,2,7\n11,2,3,8\n");
+  auto recs = read_timeseries_csv(p, {"1", {" open", "close"}, ""}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"10", "11"}));
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{2, 3}));  // open
+  EXPECT_EQ(recs[0].values[1], (std::vector<double>{1, 2}));  // close
+  // A header cell "2" wins over the second column; "3" is the third column.
+  recs = read_timeseries_csv(p, {"1", {"2", "3"}, ""}, 2);
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{7, 8}));
+  EXPECT_EQ(recs[0].values[1], (std::vector<double>{2, 3}));
+  std::string msg = input_error([&] { read_timeseries_csv(p, {"1", {"5"}, ""}, 1); });
+  EXPECT_NE(msg.find("column '5' not found (a name, or a number: 1 = first)"), std::string::npos)
+      << msg;
+  msg = input_error([&] { read_timeseries_csv(p, {}, 0); });
+  EXPECT_NE(msg.find("--time-column 1)"), std::string::npos) << msg;
+}
+
 // Intraday rows under a date-only time column repeat its text: counted so that it can be warned
 // about.
 TEST(TsOrder, RepeatedTimes) {
