@@ -124,7 +124,8 @@ int main(int argc, char** argv) {
                        ? std::string()
                        : "the seed must be a whole number from 0 to 18446744073709551615";
           },
-          "UINT", "unsigned"));
+          "", "unsigned"))
+      ->type_name("UINT");
   init->add_flag("--force", init_force, "Replace an existing output file");
   init->footer(
       "A config is a TOML file with a [model] table (docs/model.md lists its keys); the source\n"

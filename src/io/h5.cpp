@@ -121,6 +121,9 @@ Handle file_type(Dtype t) {
 // default layouts (collective writes).
 Handle dataset_plist(bool parallel, int64_t bytes, int rank, const hsize_t* chunk) {
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  // No creation and modification times in the object header: the same contents make the same
+  // bytes (a checkpoint's model_sha256 depends on its seed and config alone).
+  H5Pset_obj_track_times(dcpl.id(), 0);
   if (!parallel && bytes > 0 && bytes <= 16384)
     H5Pset_layout(dcpl.id(), H5D_COMPACT);
   else if (chunk)
@@ -254,7 +257,9 @@ bool File::exists(const std::string& obj) const {
 void File::create_group(const std::string& obj) {
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
-  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), H5P_DEFAULT, H5P_DEFAULT), path_, obj,
+  Handle gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+  H5Pset_obj_track_times(gcpl.id(), 0);  // as dataset_plist
+  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), gcpl.id(), H5P_DEFAULT), path_, obj,
                  "group create"),
            H5Gclose);
 }
@@ -304,10 +309,11 @@ void File::write_strings(const std::string& obj, const std::vector<std::string>&
   Handle t = str_type();
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.id(), 1);
-  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), t.id(), space.id(), lcpl.id(), H5P_DEFAULT,
-                             H5P_DEFAULT),
-                  path_, obj, "dataset create"),
-            H5Dclose);
+  Handle dcpl = dataset_plist(parallel_, 0, 1, nullptr);
+  Handle ds(
+      check(H5Dcreate2(h_.id(), obj.c_str(), t.id(), space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT),
+            path_, obj, "dataset create"),
+      H5Dclose);
   if (n > 0 && write_whole(*this, ds.id(), t.id(), ptrs.data()) < 0)
     fail(path_, obj, "HDF5 write failed (disk full?)");
 }
