@@ -197,9 +197,12 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   // Inputs by path alone: a record's content is checked by its fingerprint (input_sha256), so a
   // fixed input resumes, reusing the records that did not change.
   m << "sparsa-journal 3\nmodel_sha256 " << model_sha << "\n";
-  for (const auto& in : o.inputs) m << "input " << fs::absolute(in).string() << "\n";
+  // Absolute and without . or .. (./reads.fq is reads.fq); a symbolic link is taken as named.
+  for (const auto& in : o.inputs)
+    m << "input " << fs::absolute(in).lexically_normal().string() << "\n";
   for (const auto& r : o.regions) m << "region " << r << "\n";
-  if (!o.regions_bed.empty()) m << "regions_bed " << fs::absolute(o.regions_bed).string() << "\n";
+  if (!o.regions_bed.empty())
+    m << "regions_bed " << fs::absolute(o.regions_bed).lexically_normal().string() << "\n";
   m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
     << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\nbackend " << resolved_backend(o)
     << "\ncolumns";

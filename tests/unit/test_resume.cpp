@@ -624,6 +624,14 @@ TEST(Resume, ManifestRecordsTheBackendUsed) {
   EXPECT_EQ(r.code, 0) << r.output;
   const h5::File f = h5::File::open_read(out);
   EXPECT_NE(f.attr_string("/", "run_manifest").find("backend cpu fp32"), std::string::npos);
+  // An input named another way (./ or a ..) is the same input.
+  const fs::path in(fx.input);
+  const std::string dotted =
+      (in.parent_path() / "." / ".." / in.parent_path().filename() / in.filename()).string();
+  r = run(binary() + " embed -q --threads 1 --pool bin:1000 --device cpu --model " + fx.model +
+          " --input " + dotted + " --output " + out + " --resume");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
 }
 
 // Asking the CPU for bf16 in so many words is refused before anything is read or written: it
