@@ -90,9 +90,9 @@ struct RecordSource::Impl {
     }
   }
 
-  // A panel of thousands of series warns about its first few records of each kind, then once
-  // that it stops.
-  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0;
+  // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
+  // records of each kind, then once that it stops.
+  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_cut = 0;
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
     if (++count <= kMax) return true;
@@ -141,6 +141,8 @@ struct RecordSource::Impl {
       if (input >= regions.size()) return false;
       auto& [idx, spec] = regions[input++];
       rec = fetchers[idx]->fetch(spec);
+      if (!rec.warning.empty() && warnings && warn_more(warned_cut, "are cut at a record's end"))
+        std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
       return true;
     }
     if (config.kind == ModelKind::kTimeseries) {

@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
       ->required();
   embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")->required();
   embed->add_option("-r,--region", eo.regions,
-                    "Region chr:start-end (1-based, inclusive, as samtools); repeatable");
+                    "Region chr:start-end (1-based, inclusive, as samtools; {name}:start-end for "
+                    "a name holding ':'); repeatable");
   embed->add_option("--regions", eo.regions_bed, "BED file of regions (0-based, half-open)");
   embed->add_option("-p,--pool", pool, "none (a row per token), bin:N (mean of N tokens), mean")
       ->capture_default_str();

@@ -373,34 +373,76 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
   r.text = text;
   auto bad = [&](const std::string& why) {
     return ConfigError("region '" + text + "': " + why +
-                       " (expected NAME, NAME:START or NAME:START-END, 1-based)");
+                       " (expected NAME, NAME:START, NAME:START-END or NAME:-END, 1-based; "
+                       "{NAME} or {NAME}:START-END for a name holding ':')");
   };
   if (text.empty()) throw bad("empty region");
-  // As htslib does: a record whose whole name is the text wins over reading ':' as a range.
-  for (const auto& n : known_names) {
-    if (n == text) {
-      r.name = text;
-      return r;
+  auto known = [&](std::string_view n) {
+    return std::find(known_names.begin(), known_names.end(), n) != known_names.end();
+  };
+  // The range after the name's ':' (begin, end as in RegionSpec); false where it is not one.
+  auto parse_range = [&](std::string_view range, bool strict) {
+    const size_t dash = range.find('-');
+    int64_t start = 1, end = -1;
+    // "NAME:-END" starts at 1 and "NAME:START-" runs to the record's end, as samtools reads them.
+    if (dash != 0 && !parse_count(range.substr(0, dash), start)) {
+      if (strict) throw bad("bad start");
+      return false;
     }
+    if (dash != std::string_view::npos && dash + 1 < range.size() &&
+        !parse_count(range.substr(dash + 1), end)) {
+      if (strict) throw bad("bad end");
+      return false;
+    }
+    if (dash == 0 && end == -1) {
+      if (strict) throw bad("bad end");
+      return false;
+    }
+    if (start < 1) {
+      if (strict) throw bad("start must be >= 1");
+      return false;
+    }
+    if (end != -1 && end < start) {
+      if (strict) throw bad("end is before start");
+      return false;
+    }
+    r.begin = start - 1;
+    r.end = end;
+    return true;
+  };
+  // {NAME} or {NAME}:RANGE (htslib's syntax): the name as written, ':' and all.
+  if (text.front() == '{') {
+    const size_t close = text.find('}');
+    if (close == std::string::npos || close == 1) throw bad("'{' without a name and '}'");
+    r.name = text.substr(1, close - 1);
+    if (close + 1 == text.size()) return r;
+    if (text[close + 1] != ':') throw bad("'}' must end the region or be followed by ':'");
+    parse_range(std::string_view(text).substr(close + 2), true);
+    return r;
   }
-  size_t colon = text.rfind(':');
+  const size_t colon = text.rfind(':');
+  // As htslib does: a record whose whole name is the text is that record, unless the text also
+  // reads as a range of another record: then it is ambiguous and refused (samtools faidx too).
+  if (known(text)) {
+    RegionSpec other = r;
+    if (colon != std::string::npos && colon > 0 && known(std::string_view(text).substr(0, colon)) &&
+        parse_range(std::string_view(text).substr(colon + 1), false)) {
+      const std::string prefix = text.substr(0, colon);
+      throw bad("ambiguous: a record is named '" + text + "', and record '" + prefix +
+                "' has that range; write {" + text + "} for the first or {" + prefix +
+                "}:" + text.substr(colon + 1) + " for the second");
+    }
+    r = other;
+    r.name = text;
+    return r;
+  }
   if (colon == std::string::npos) {
     r.name = text;
     return r;
   }
   r.name = text.substr(0, colon);
   if (r.name.empty()) throw bad("empty record name");
-  std::string_view range = std::string_view(text).substr(colon + 1);
-  size_t dash = range.find('-');
-  int64_t start = 0, end = -1;
-  if (!parse_count(range.substr(0, dash), start)) throw bad("bad start");
-  if (dash != std::string_view::npos && dash + 1 < range.size()) {
-    if (!parse_count(range.substr(dash + 1), end)) throw bad("bad end");
-  }  // "NAME:START-" (as samtools accepts) runs to the end of the record
-  if (start < 1) throw bad("start must be >= 1");
-  if (end != -1 && end < start) throw bad("end is before start");
-  r.begin = start - 1;
-  r.end = end;
+  parse_range(std::string_view(text).substr(colon + 1), true);
   return r;
 }
 
@@ -735,6 +777,11 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
                                std::to_string(len) + " bases)"));
   if (end <= begin)
     throw InputError(where(path, region.name, 0, "region '" + region.text + "' is empty"));
+  std::string cut;  // a region past the record's end is cut there, as samtools does, with a word
+  if (region.end > len)
+    cut = path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +
+          std::to_string(len) + " bases): embedded to its end, bases " + std::to_string(begin + 1) +
+          "-" + std::to_string(len) + " (a BED or region from another assembly?)";
 
   std::string description;
   if (!impl_->entries_read) {  // name, length, offset, line bases, line bytes (samtools' .fai)
@@ -804,6 +851,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
   rec.offset = begin;
+  rec.warning = std::move(cut);
   try {
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
                   region.name, rec.tokens);

@@ -422,6 +422,33 @@ TEST(ParseRegion, Forms) {
   r = parse_region("gi|1|ref|X.1|:1-10");
   EXPECT_EQ(r.name, "gi|1|ref|X.1|");
   EXPECT_EQ(r.end, 10);
+  r = parse_region("chr1:-5");  // as samtools: from the first base
+  EXPECT_EQ(r.name, "chr1");
+  EXPECT_EQ(r.begin, 0);
+  EXPECT_EQ(r.end, 5);
+}
+
+// A text that names a record and also a range of another record is refused, as samtools faidx
+// refuses it; htslib's braces say which is meant.
+TEST(ParseRegion, AmbiguousNamesAndBraces) {
+  const std::vector<std::string> known = {"chr1", "chr1:10-20"};
+  expect_error<ConfigError>([&] { parse_region("chr1:10-20", known); },
+                            {"ambiguous", "{chr1:10-20}", "{chr1}:10-20"});
+  RegionSpec r = parse_region("{chr1:10-20}", known);
+  EXPECT_EQ(r.name, "chr1:10-20");
+  EXPECT_EQ(r.begin, 0);
+  EXPECT_EQ(r.end, -1);
+  r = parse_region("{chr1}:10-20", known);
+  EXPECT_EQ(r.name, "chr1");
+  EXPECT_EQ(r.begin, 9);
+  EXPECT_EQ(r.end, 20);
+  r = parse_region("{chr1:10-20}:2-3", known);
+  EXPECT_EQ(r.name, "chr1:10-20");
+  EXPECT_EQ(r.begin, 1);
+  EXPECT_EQ(r.end, 3);
+  // Not a range of the prefix ("x" is no position): the whole name, no ambiguity.
+  r = parse_region("chr1:x", {"chr1", "chr1:x"});
+  EXPECT_EQ(r.name, "chr1:x");
 }
 
 TEST(ParseRegion, NamesWithColons) {
@@ -447,8 +474,9 @@ TEST(ParseRegion, NamesWithColons) {
 }
 
 TEST(ParseRegion, BadSyntax) {
-  for (std::string bad : {"", ":1-2", "chr:0-5", "chr:10-5", "chr:x", "chr:1-y", "chr:", "chr:-5",
-                          "chr:1-2-3", "chr:1.5", "chr:+3"}) {
+  for (std::string bad :
+       {"", ":1-2", "chr:0-5", "chr:10-5", "chr:x", "chr:1-y", "chr:", "chr:-", "chr:1-2-3",
+        "chr:1.5", "chr:+3", "{chr", "{}:1-2", "{chr}x", "{chr}:x"}) {
     expect_error<ConfigError>([&] { parse_region(bad); }, {"region '" + bad + "'"});
   }
 }
@@ -533,6 +561,14 @@ class FaidxTest : public DnaTest {
       EXPECT_EQ(r.region, k.region) << k.text;
       EXPECT_EQ(r.offset, k.begin) << k.text;
       EXPECT_EQ(r.n_channels, 1) << k.text;
+      // Only the region past the record's end is said to be cut.
+      if (k.text == "chr1:990-5000")
+        EXPECT_NE(r.warning.find("ends past record 'chr1' (1000 bases): embedded to its end, "
+                                 "bases 990-1000"),
+                  std::string::npos)
+            << r.warning;
+      else
+        EXPECT_EQ(r.warning, "") << k.text;
       EXPECT_EQ(r.tokens,
                 std::vector<int32_t>(whole.tokens.begin() + k.begin, whole.tokens.begin() + k.end))
           << k.text;
