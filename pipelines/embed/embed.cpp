@@ -506,7 +506,7 @@ struct EmbedRun {
   void check_stop(Comm& c) {
     int64_t flag = stop_requested() ? 1 : 0;
     c.allreduce_max(&flag, 1);
-    if (flag) throw Interrupted("stopped by a signal");
+    if (flag) throw Interrupted("run the same command with --resume to continue");
   }
 
   // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
@@ -785,7 +785,7 @@ struct EmbedRun {
     for (int64_t i = 0; i < k; ++i) {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
-        if (stop_requested()) throw Interrupted("stopped by a signal");
+        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
         const Shard sh = alone(*items[i]);
         const int t = omp_get_thread_num();
         if (make_worker && t > 0)
@@ -1287,7 +1287,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       int64_t chunk_tokens = 0;
       auto run_chunk = [&]() {
         if (chunk.empty()) return;
-        if (stop_requested()) throw Interrupted("stopped by a signal");
+        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
         share.push(std::move(chunk), {});
         chunk_tokens = 0;
       };
@@ -1305,7 +1305,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       run_chunk();
       share.drain();
       for (const Item* it : others) {
-        if (stop_requested()) throw Interrupted("stopped by a signal");
+        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
         run.embed_record_or_retry(*it, *self, root);
       }
     } catch (const Interrupted&) {
@@ -1342,7 +1342,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     comm.allreduce_max(&f, 1);
     if (error) std::rethrow_exception(error);
     if (f == 1) throw Error("another rank failed (see its message above)");
-    if (f == 2 || stop_requested()) throw Interrupted("stopped by a signal");
+    if (f == 2 || stop_requested())
+      throw Interrupted("run the same command with --resume to continue");
     for (auto& it : batch) sum.tokens += it.rec.n_tokens();
     sum.records += (int64_t)batch.size();
     if (root) progress.set_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
@@ -1444,15 +1445,19 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     keep_group();  // the journal is the point of stopping: keep it, finished records too
     if (root) {    // say what is kept (a record is kept whole or not at all)
       if (journal.count_parts() == 0) {
+        if (comm.size() == 1) {
+          journal.remove_but_previous_output();
+          std::fprintf(stderr,
+                       "[sparsa] no record had finished here, so none is kept (a record is kept "
+                       "once it is whole)\n");
+          throw Interrupted("nothing was kept; run the same command again to start over");
+        }
         // Nothing to resume: a rerun need not pass --resume (an old output set aside by --force
-        // stays). Several ranks: the folder's listing can lag on NFS and miss another rank's
-        // part, so only a single process removes the journal.
-        if (comm.size() == 1) journal.remove_but_previous_output();
-        std::fprintf(
-            stderr,
-            "[sparsa] no record had finished here, so none is kept (a record is kept once "
-            "it is whole)%s\n",
-            comm.size() > 1 ? "; the journal stays (several ranks): rerun with --resume" : "");
+        // stays; above). Several ranks: the folder's listing can lag on NFS and miss another
+        // rank's part, so only a single process removes the journal.
+        std::fprintf(stderr,
+                     "[sparsa] no record had finished here, so none is kept (a record is kept "
+                     "once it is whole); the journal stays (several ranks): rerun with --resume\n");
       } else {
         say_kept("");
       }

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/signals.hpp"
 #include "io/h5.hpp"
 
 namespace sparsa {
@@ -240,11 +241,11 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
             discarded_ = first_difference(manifest, old);
             clear_or_throw(dir_);
           }
-        } else if (!force) {
+        } else if (!force && count_parts() > 0) {
           throw ConfigError(dir_ +
                             " holds the finished records of an earlier run: pass --resume "
                             "to continue it, or --force to start over");
-        } else {
+        } else {  // --force, or nothing finished to keep (a killed run's MANIFEST and .tmp)
           clear_or_throw(dir_);
         }
       }
@@ -678,6 +679,10 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
     }
   }
   const std::string tmp = output + ".tmp";
+  set_finishing(output.c_str(), tmp.c_str());  // a second Ctrl-C from here removes tmp
+  struct EndFinishing {
+    ~EndFinishing() { set_finishing(nullptr, nullptr); }
+  } end_finishing;
   {
     h5::File out = h5::File::create(tmp);
     try {

@@ -355,10 +355,7 @@ int main(int argc, char** argv) {
       if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
     }
   } catch (const Interrupted& e) {
-    std::fprintf(stderr,
-                 "sparsa: interrupted (signal %d): run the same command with --resume to "
-                 "continue\n",
-                 stop_signal());
+    std::fprintf(stderr, "sparsa: interrupted (signal %d): %s\n", stop_signal(), e.what());
     code = kExitInterrupted;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "sparsa: error: %s\n", e.what());

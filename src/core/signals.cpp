@@ -4,13 +4,19 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace sparsa {
 
 namespace {
 volatile std::sig_atomic_t g_stop = 0;
 volatile std::sig_atomic_t g_announce = 0;
+volatile std::sig_atomic_t g_finishing = 0;
+// The finishing phase's messages and file, made before g_finishing is set (the handler only
+// reads them).
+char g_finish_first[1024], g_finish_second[1024], g_finish_tmp[4096];
 
 // write(2) only: the handler may run inside any call of the main program.
 void say(const char* msg) {
@@ -23,6 +29,17 @@ void say(const char* msg) {
 
 extern "C" void on_stop_signal(int sig) {
   const int saved_errno = errno;  // write(2) may set it under the interrupted code
+  if (g_finishing) {
+    if (g_stop && sig == SIGINT) {
+      if (g_finish_tmp[0]) unlink(g_finish_tmp);
+      say(g_finish_second);
+      std::_Exit(130);
+    }
+    if (!g_stop) say(g_finish_first);
+    g_stop = sig;
+    errno = saved_errno;
+    return;
+  }
   if (g_stop && sig == SIGINT) {  // a second Ctrl-C: the user means it
     say("\n[sparsa] stopped at once (second interrupt); finished records stay in the journal, "
         "--resume continues\n");
@@ -48,6 +65,24 @@ void install_stop_handlers(bool announce) {
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
+}
+
+void set_finishing(const char* output, const char* tmp) {
+  if (!output) {
+    g_finishing = 0;
+    return;
+  }
+  std::snprintf(g_finish_first, sizeof g_finish_first,
+                "\n[sparsa] every record is finished: writing %s goes on to its end; interrupt "
+                "again to stop at once (the journal keeps every record; --resume writes it)\n",
+                output);
+  std::snprintf(g_finish_second, sizeof g_finish_second,
+                "\n[sparsa] stopped at once (second interrupt) while writing %s%s; the journal "
+                "keeps every record: run the same command with --resume to write it\n",
+                output, tmp && tmp[0] ? ", which is removed" : "");
+  std::snprintf(g_finish_tmp, sizeof g_finish_tmp, "%s", tmp ? tmp : "");
+  if (std::strlen(tmp ? tmp : "") >= sizeof g_finish_tmp) g_finish_tmp[0] = 0;  // too long
+  g_finishing = 1;
 }
 
 bool stop_requested() { return g_stop != 0; }

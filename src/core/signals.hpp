@@ -19,4 +19,11 @@ bool stop_requested();
 // Which signal asked for the stop (0 when none).
 int stop_signal();
 
+// The last phase, writing the output from a journal whose records are all finished: a stop is
+// not taken there (the output is seconds from whole), so a first signal says that the writing
+// goes on, and a second SIGINT removes `tmp` (the unfinished output; "" for none) before it
+// ends the process. `output` names the file in those messages. set_finishing(nullptr, nullptr)
+// ends the phase.
+void set_finishing(const char* output, const char* tmp);
+
 }  // namespace sparsa

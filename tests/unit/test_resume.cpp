@@ -7,6 +7,7 @@
 
 #include "compare_h5.hpp"
 #include "core/error.hpp"
+#include "core/signals.hpp"
 #include "dist/comm.hpp"
 #include "io/h5.hpp"
 #include "pipelines/embed/writer.hpp"
@@ -100,8 +101,38 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   EXPECT_EQ(wait_exit(pid), 75);
   log = read_file(fx.t / "log2");
   EXPECT_NE(log.find("no record had finished here, so none is kept"), std::string::npos) << log;
+  // ... and the last word does not send the user to --resume.
+  EXPECT_NE(log.find("nothing was kept; run the same command again"), std::string::npos) << log;
+  EXPECT_EQ(log.find("--resume"), std::string::npos) << log;
   EXPECT_FALSE(exists(out2 + ".parts"));  // nothing to resume: a plain rerun is not refused
   EXPECT_FALSE(exists(out2));
+}
+
+// A run killed (SIGKILL, no chance to clean up) inside its first record leaves a journal of a
+// MANIFEST and an unfinished part: nothing finished, so a plain rerun starts over instead of
+// being refused as if it held finished records.
+TEST(Resume, KilledRunWithNothingFinishedDoesNotBlockARerun) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  fs::create_directories(out + ".parts");
+  write_file(out + ".parts/MANIFEST", "sparsa-journal 3\nsomething else\n");
+  write_file(out + ".parts/000001.h5.tmp", "");
+  const std::vector<std::string> a = fx.args(out, false);
+  std::string cmd;
+  for (const auto& x : a) cmd += x + " ";
+  auto r = run(cmd);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(exists(out));
+  EXPECT_FALSE(exists(out + ".parts"));
+  // A finished part is not thrown away that way.
+  fs::create_directories(out + ".parts");
+  write_file(out + ".parts/MANIFEST", "sparsa-journal 3\nsomething else\n");
+  write_file(out + ".parts/000001.h5", "");
+  fs::remove(out);
+  r = run(cmd);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("holds the finished records of an earlier run"), std::string::npos)
+      << r.output;
 }
 
 TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
@@ -676,4 +707,24 @@ TEST(Resume, BadRecordAfterBatchesKeepsEveryRecordBeforeIt) {
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   ASSERT_EQ(run(cmd(t / "reads.fa", t / "clean.h5", "")).code, 0);
   expect_same_contents(out, t / "clean.h5");
+}
+
+// While the output is written from a finished journal, a first interrupt says that the writing
+// goes on; a second one removes the unfinished output (OUT.tmp) before it ends the process, so
+// nothing half-written is left beside the journal.
+TEST(Resume, SecondInterruptWhileFinishingRemovesTheTmpFile) {
+  TempDir t;
+  const std::string tmp = t / "out.h5.tmp";
+  write_file(tmp, "half");
+  EXPECT_EXIT(
+      {
+        sparsa::install_stop_handlers(true);
+        sparsa::set_finishing((t / "out.h5").c_str(), tmp.c_str());
+        raise(SIGINT);
+        if (!sparsa::stop_requested()) std::_Exit(3);
+        raise(SIGINT);
+        std::_Exit(4);  // not reached
+      },
+      ::testing::ExitedWithCode(130), "writing .*out.h5 goes on to its end(.|\n)*stopped at once");
+  EXPECT_FALSE(exists(tmp));
 }
