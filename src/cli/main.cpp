@@ -61,11 +61,7 @@ std::string join_argv(int argc, char** argv) {
   std::string s;
   for (int i = 0; i < argc; ++i) {
     if (i) s += ' ';
-    std::string a = argv[i];
-    if (a.find_first_of(" \t'\"") != std::string::npos)
-      s += "'" + a + "'";
-    else
-      s += a;
+    s += shell_quote(argv[i]);  // the command can be pasted back into a shell
   }
   return s;
 }

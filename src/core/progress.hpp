@@ -63,5 +63,8 @@ std::string human_seconds(double s);  // 1h02m, 3m05s, 12.3s
 std::string human_bytes(double b);    // 1.5 GiB
 // "1 record", "2 records" (English plural by an s).
 std::string count_of(int64_t n, const std::string& noun);
+// An argument as a POSIX shell reads it back: as it is when it holds only characters no shell
+// treats specially, else in single quotes (a quote inside as '\''); '' for an empty one.
+std::string shell_quote(const std::string& arg);
 
 }  // namespace sparsa

@@ -109,3 +109,28 @@ TEST(Progress, QuietPrintsNothing) {
 }
 
 }  // namespace
+
+// The output's command_line attribute can be pasted back into a shell: every argument reads back
+// as given, however odd (regions with '|' and '*', spaces, quotes, an empty argument).
+TEST(Progress, ShellQuoteReadsBackThroughTheShell) {
+  const std::vector<std::string> args = {"gi|9626243|ref|NC_001416.1|:1-1000",
+                                         "HLA-A*01:01:01:01:1-10",
+                                         "sp ace.fq",
+                                         "it's",
+                                         "",
+                                         "$HOME",
+                                         "a\"b`c`\\d",
+                                         "plain-arg_1.5,x=y/z:2"};
+  std::string cmd = "printf '%s\\n'";
+  for (const auto& a : args) cmd += " " + sparsa::shell_quote(a);
+  EXPECT_EQ(sparsa::shell_quote("plain-arg_1.5,x=y/z:2"), "plain-arg_1.5,x=y/z:2");
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[256];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  ASSERT_EQ(pclose(p), 0);
+  std::string want;
+  for (const auto& a : args) want += a + "\n";
+  EXPECT_EQ(out, want);
+}
