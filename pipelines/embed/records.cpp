@@ -31,8 +31,16 @@ struct RecordSource::Impl {
   Impl(const EmbedOptions& o, const ModelConfig& c) : opts(o), config(c) {
     for (const auto& in : opts.inputs) {
       std::error_code ec;
-      if (!std::filesystem::is_regular_file(in, ec))
-        throw InputError(in + ": no such file (or not a regular file)");
+      const auto st = std::filesystem::status(in, ec);
+      if (in == "-" ||
+          (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st) &&
+           !std::filesystem::is_directory(st)))
+        throw InputError(in + ": standard input, a pipe or a device, not a file: sparsa reads " +
+                         "each input twice (the output-size estimate, then the records; --resume " +
+                         "reads it again) and indexes it for --region, so it needs a file; save " +
+                         "the stream first (e.g. `... > reads.fq`)");
+      if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
+      if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
     }
     const bool dna = config.kind == ModelKind::kDna;
     const bool any_region = !opts.regions.empty() || !opts.regions_bed.empty();

@@ -529,6 +529,18 @@ TEST(Cli, InputsAreNeverTheOutputsSiblings) {
   r = run(binary() + " embed -q --model /dev/zero --input " + lambda() + " --output " + t / "d.h5");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+  // Standard input or a pipe as an input: said so, with what to do instead.
+  for (const char* in : {"-", "/dev/stdin"}) {
+    r = run("echo '>a' | " + binary() + " embed -q --model " + tiny_model() + " --input " + in +
+            " --output " + t / "p.h5");
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(std::string(in) + ": standard input, a pipe or a device, not a file"),
+              std::string::npos)
+        << r.output;
+    EXPECT_FALSE(exists(t / "p.h5"));
+  }
+  r = run(embed_cmd(t.str(), t / "p.h5", ""));
+  EXPECT_NE(r.output.find(": a folder, not a file"), std::string::npos) << r.output;
   // 20 GB of zeros (sparse): not HDF5, refused at once, not after hashing it.
   write_file(t / "big.h5", "");
   ASSERT_EQ(truncate((t / "big.h5").c_str(), int64_t{20} << 30), 0);
