@@ -1398,7 +1398,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     std::fprintf(stderr, "[sparsa] %s %s kept in %s%s\n", count_of(kept, "finished record").c_str(),
                  kept == 1 ? "is" : "are", journal.dir().c_str(), then);
   };
-  int64_t index = 0;
+  int64_t index = 0, redone = 0;
   try {
     Record rec;
     while (source.next(rec)) {
@@ -1412,9 +1412,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
           ++sum.resumed;
           continue;
         }
-        progress.log("record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
-                     " is not the one in " + journal.dir() + " (the input changed): embedding " +
-                     "it again");
+        // The first few by name; a record inserted or removed before many others changes each
+        // of theirs (records are matched by their place in the input), so the rest are counted.
+        if (++redone <= 3)
+          progress.log("record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
+                       " is not the one in " + journal.dir() +
+                       " (the input changed): " + "embedding it again" +
+                       (redone == 3 ? " (more are counted, not named; records are matched by "
+                                      "their place in the input)"
+                                    : ""));
         journal.redo(index);
       }
       if (side_by_side && comm.size() == 1 && n <= kSideBySideTokens) {
@@ -1484,6 +1490,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   journal.gather_sources(comm);
   comm.barrier();
   if (root) {
+    if (redone > 3)
+      progress.log(count_of(redone, "record") + " of the journal did not match the input and " +
+                   (redone == 1 ? "was" : "were") + " embedded again");
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
     FileAttrs a{SPARSA_VERSION,
                 model_sha,

@@ -728,3 +728,28 @@ TEST(Resume, SecondInterruptWhileFinishingRemovesTheTmpFile) {
       ::testing::ExitedWithCode(130), "writing .*out.h5 goes on to its end(.|\n)*stopped at once");
   EXPECT_FALSE(exists(tmp));
 }
+
+// A record inserted before others shifts them all (records are matched by their place): the
+// first three that no longer match are named, the rest counted in one line, not one each.
+TEST(Resume, ShiftedRecordsAreCountedNotListed) {
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");
+  Fixture fx;
+  const std::string out = fx.t / "out.h5", input = fx.t / "in.fa";
+  const std::string good = random_fasta(8, 200, 5);
+  write_file(input, good + ">broken\nACGT!\n");
+  auto cmd = [&](const std::string& extra) {
+    return binary() + " embed --threads 1 --pool mean --model " + fx.model + " --input " + input +
+           " --output " + out + " " + extra;
+  };
+  auto r = run(cmd(""));
+  ASSERT_EQ(r.code, 1) << r.output;
+  write_file(input, random_fasta(1, 200, 6, "New") + good);
+  r = run(cmd("--resume"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("record 3 'rec1' of"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("record 4 'rec2' of"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("8 records of the journal did not match the input and were embedded "
+                          "again"),
+            std::string::npos)
+      << r.output;
+}
