@@ -954,11 +954,19 @@ struct EmbedRun {
         (!rows16.empty() && !rows.empty()))
       throw SystemError("internal: " + rec.name + ": the rows to write do not match their bins");
     // A short record one rank holds joins this rank's group part; anything else is a part alone.
-    if (grouped(rec, c) && ro.n_rows == ro.n_out_total) {
-      journal.write_grouped(it.index, ro, o.f16);
-    } else {
-      journal.flush_group();
-      journal.write_part(it.index, ro, o.f16, parallel, c);
+    try {
+      if (grouped(rec, c) && ro.n_rows == ro.n_out_total) {
+        journal.write_grouped(it.index, ro, o.f16);
+      } else {
+        journal.flush_group();
+        journal.write_part(it.index, ro, o.f16, parallel, c);
+      }
+    } catch (const h5::F16RangeError& e) {  // named by its record, not the journal's part
+      throw NumericError(where(
+          rec.source, rec.name, 0,
+          "output row " + std::to_string(e.row) + " (" +
+              (o.pool.kind == PoolSpec::kMean ? "the record's mean" : "a bin") + "), column " +
+              std::to_string(e.column) + ": " + std::to_string(e.value) + h5::f16_range_advice));
     }
   }
 };

@@ -383,9 +383,10 @@ static void write_slab(const File& f, const std::string& obj, int64_t row0, int6
     // Not value-initialized: a genome's rows are GBs, and zeroing them first costs a pass.
     std::unique_ptr<_Float16[]> half(new _Float16[std::max<int64_t>(nrows, 1) * cols]);
     if (const int64_t bad = to_f16(src, half.get(), nrows * cols); bad >= 0)
-      throw NumericError(f.path() + ": " + obj + ": row " + std::to_string(row0 + bad / cols) +
-                         ", column " + std::to_string(bad % cols) + ": " +
-                         std::to_string(src[bad]) + f16_range_advice);
+      throw F16RangeError(f.path() + ": " + obj + ": row " + std::to_string(row0 + bad / cols) +
+                              ", column " + std::to_string(bad % cols) + ": " +
+                              std::to_string(src[bad]) + f16_range_advice,
+                          row0 + bad / cols, bad % cols, src[bad]);
     rc = H5Dwrite(ds.id(), ftype.id(), mspace.id(), fspace.id(), xfer, half.get());
   } else {
     rc = H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, mspace.id(), fspace.id(), xfer, data);

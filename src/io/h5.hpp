@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
+
 namespace sparsa::h5 {
 
 // Owns one hid_t and closes it with the right H5*close.
@@ -134,5 +136,14 @@ void quiet_errors();
 int64_t float_to_f16(const float* src, uint16_t* dst, int64_t n);
 // " is past float16's range ...: write --dtype f32", the end of the error for such a value.
 extern const char* const f16_range_advice;
+// A value past float16's range met while a float16 dataset is written: the message names the
+// file and dataset; row, column and value let a caller name the record instead.
+class F16RangeError : public NumericError {
+ public:
+  F16RangeError(const std::string& msg, int64_t row, int64_t column, float value)
+      : NumericError(msg), row(row), column(column), value(value) {}
+  int64_t row, column;
+  float value;
+};
 
 }  // namespace sparsa::h5

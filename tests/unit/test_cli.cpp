@@ -583,11 +583,16 @@ TEST(Cli, NonFiniteOutputNamesTheRecordAndRcAverageDoesNotOverflow) {
   // --dtype f32 as the way out, for rows per token and for bins alike.
   w.final_norm[0] = 1e5f;
   sparsa::save_checkpoint(w, t / "wide.h5");
-  for (const char* pool : {"none", "bin:100"}) {
+  for (const char* pool : {"none", "bin:100", "mean"}) {
     r = run(binary() + " embed -q --model " + t / "wide.h5" + " --input " + lambda() + " --pool " +
             pool + " --output " + t / "f16.h5");
     EXPECT_EQ(r.code, 1) << pool << ": " << r.output;
     EXPECT_NE(r.output.find("past float16's range"), std::string::npos) << r.output;
+    // Named by the input and record, whatever the pooling (not by a journal part).
+    EXPECT_NE(r.output.find(lambda() + ": record 'gi|9626243|ref|NC_001416.1|': output row"),
+              std::string::npos)
+        << pool << ": " << r.output;
+    EXPECT_EQ(r.output.find(".parts"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("--dtype f32"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("column 0"), std::string::npos) << r.output;
     EXPECT_FALSE(exists(t / "f16.h5"));
