@@ -119,8 +119,30 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
   description.assign(text.substr(i, end - i));
 }
 
+// Why a file whose first line is `line` is not FASTA/FASTQ though it may start like it (a SAM
+// header starts with '@'; a byte-order mark hides the '>'), or "".
+std::string not_fastx_reason(std::string_view line) {
+  auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
+  const char* convert =
+      "convert it to FASTA/FASTQ first, e.g. `samtools fasta FILE > FILE.fa` (or `samtools "
+      "fastq`)";
+  if (starts("\xEF\xBB\xBF"))
+    return std::string(
+        "the file starts with a UTF-8 byte-order mark (EF BB BF), which FASTA and "
+        "its faidx index do not allow: remove it, e.g. `sed -i '1s/^\\xEF\\xBB"
+        "\\xBF//' FILE`");
+  for (const char* tag : {"@HD\t", "@SQ\t", "@RG\t", "@PG\t", "@CO\t"})
+    if (starts(tag))
+      return std::string("a SAM file (its header line ") + std::string(tag, 3) +
+             " ...), not FASTQ: " + convert;
+  if (starts("BAM\x01")) return std::string("a BAM file, not FASTA/FASTQ: ") + convert;
+  if (starts("CRAM")) return std::string("a CRAM file, not FASTA/FASTQ: ") + convert;
+  return "";
+}
+
 // What a first line that is not FASTA/FASTQ looks like instead, as advice ("" when unknown):
-// compressed by a program htslib does not read, or a CSV table (a time series for a DNA model).
+// compressed by a program htslib does not read, SAM records without a header, or a CSV table (a
+// time series for a DNA model).
 std::string not_fasta_advice(std::string_view line) {
   auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
   if ((starts("BZh") && line.size() > 3 && line[3] >= '1' && line[3] <= '9') ||
@@ -129,6 +151,14 @@ std::string not_fasta_advice(std::string_view line) {
       starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
     return " (the file is compressed with bzip2, xz, zstd or zip, which sparsa does not read: "
            "decompress it, e.g. `bzcat FILE | bgzip > FILE.gz`; plain, gzip and bgzip are read)";
+  // SAM without a header: 11 or more tab-separated fields, the second a number (the flag).
+  if (std::count(line.begin(), line.end(), '\t') >= 10) {
+    const size_t a = line.find('\t'), b = line.find('\t', a + 1);
+    const std::string_view flag = line.substr(a + 1, b - a - 1);
+    if (!flag.empty() && flag.find_first_not_of("0123456789") == std::string_view::npos)
+      return " (SAM alignment records: convert them to FASTA/FASTQ first, e.g. `samtools fasta "
+             "FILE > FILE.fa`)";
+  }
   if (line.find(',') != std::string_view::npos || line.find('\t') != std::string_view::npos)
     return " (it looks like a table: a time-series CSV needs a time-series model, and this one "
            "is a DNA model)";
@@ -231,6 +261,8 @@ struct FastxReader::Impl {
   void detect_format() {
     std::string_view line;
     if (!next_nonempty(line)) throw InputError(path + ": empty file: no FASTA/FASTQ records");
+    if (const std::string why = not_fastx_reason(line); !why.empty())
+      throw InputError(at_line(path, lines.line_no(), why));
     if (line[0] == '>') {
       format = Format::kFasta;
     } else if (line[0] == '@') {
@@ -726,6 +758,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       if (compression != 1) throw;  // a broken plain gzip still gets the bgzip hint below
     }
     if (any && !line.empty()) {
+      if (const std::string why = not_fastx_reason(line); !why.empty())
+        throw InputError(at_line(path, lines.line_no(), why));
       if (line[0] == '@') {
         format = FAI_FASTQ;
       } else if (line[0] != '>') {

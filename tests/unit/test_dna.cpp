@@ -348,6 +348,17 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   std::string csv = write("t.csv", "date,close\n2020-01-01,1\n");
   expect_error<InputError>([&] { read_all(csv); },
                            {csv, "line 1", "a time-series CSV needs a time-series model"});
+  // SAM (header or not), BAM, a byte-order mark: named, with the conversion; through faidx too.
+  std::string sam =
+      write("x.sam", "@HD\tVN:1.6\n@SQ\tSN:c\tLN:4\nr\t0\tc\t1\t60\t4M\t*\t0\t0\tACGT\tIIII\n");
+  expect_error<InputError>([&] { read_all(sam); }, {sam, "a SAM file", "samtools fasta"});
+  expect_error<InputError>([&] { FaidxFetcher f(sam, {}); }, {sam, "a SAM file", "samtools fasta"});
+  std::string bare = write("y.sam", "r\t0\tc\t1\t60\t4M\t*\t0\t0\tACGT\tIIII\n");
+  expect_error<InputError>([&] { read_all(bare); }, {bare, "SAM alignment records"});
+  std::string bam = write("x.bam", std::string("BAM\x01\0\0\0\0", 8));
+  expect_error<InputError>([&] { read_all(bam); }, {bam, "a BAM file"});
+  std::string bom = write("bom.fa", "\xEF\xBB\xBF>a\nACGT\n");
+  expect_error<InputError>([&] { read_all(bom); }, {bom, "byte-order mark"});
   std::string empty = write("e.fa", "");
   expect_error<InputError>([&] { read_all(empty); }, {empty, "no FASTA/FASTQ records"});
   std::string missing = (dir_ / "missing.fa").string();
