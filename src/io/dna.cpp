@@ -290,10 +290,19 @@ struct FastxReader::Impl {
       throw InputError(at_line(path, header_line, "header with an empty record name"));
     if (const std::string why = not_utf8(header, "header"); !why.empty())
       throw InputError(at_line(path, header_line, why));
-    if (!seen.insert(rec.name).second)
-      throw InputError(where(path, rec.name, 0,
-                             "duplicate record name, as samtools faidx refuses (line " +
-                                 std::to_string(header_line) + ")"));
+    if (!seen.insert(rec.name).second) {
+      // A read set may repeat a name (an interleaved paired-end FASTQ gives both mates one
+      // name): embedded, each under its own key, with a warning. A FASTA reference may not.
+      if (format == Format::kFastq)
+        rec.warning = where(path, rec.name, 0,
+                            "line " + std::to_string(header_line) +
+                                ": the name repeats an earlier read's (interleaved pairs?); both "
+                                "are embedded, told apart by their keys and descriptions");
+      else
+        throw InputError(where(path, rec.name, 0,
+                               "duplicate record name, as samtools faidx refuses (line " +
+                                   std::to_string(header_line) + ")"));
+    }
   }
 
   bool next_fasta(Record& rec) {

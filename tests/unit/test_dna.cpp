@@ -376,6 +376,18 @@ TEST_F(DnaTest, EmptyRecordsDuplicatesAndEmptyNames) {
   expect_error<InputError>([&] { read_all(e2); }, {e2, "record 'b'", "empty record"});
   std::string d = write("d.fa", ">a x\nACGT\n>b\nAC\n>a y\nGG\n");
   expect_error<InputError>([&] { read_all(d); }, {d, "record 'a'", "duplicate record name"});
+  // A FASTQ may repeat a name (interleaved mates): both are read, the second with a warning.
+  std::string pe =
+      write("pe.fq", "@m/1 1:N:0\nACGT\n+\nIIII\n@m 2:N:0\nGG\n+\nII\n@m 1:N:0\nAC\n+\nII\n");
+  std::string pe2 = write("pe2.fq", "@m 1:N:0\nACGT\n+\nIIII\n@m 2:N:0\nGG\n+\nII\n");
+  auto reads = read_all(pe2);
+  ASSERT_EQ(reads.size(), 2u);
+  EXPECT_EQ(reads[0].warning, "");
+  EXPECT_EQ(reads[1].name, "m");
+  EXPECT_EQ(reads[1].description, "2:N:0");
+  EXPECT_NE(reads[1].warning.find("line 5: the name repeats an earlier read's"), std::string::npos)
+      << reads[1].warning;
+  EXPECT_EQ(read_all(pe).size(), 3u);
   std::string n1 = write("n1.fa", ">\nACGT\n");
   expect_error<InputError>([&] { read_all(n1); }, {n1, "line 1", "empty record name"});
   std::string n2 = write("n2.fa", ">a\nAC\n> desc\nACGT\n");
