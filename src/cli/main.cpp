@@ -54,6 +54,11 @@ const char* kEmbedFooter =
     "CPU rank and --rc-average without GPU room for both strands hold their rows in host memory\n"
     "(2 x d_model bytes a token with --dtype f16, 4 x d_model with f32). A record that does not\n"
     "fit stops the run with a message that says how many GPUs it needs.\n"
+    "Files written besides OUT.h5: OUT.h5.parts/ (the journal --resume continues; removed when\n"
+    "the run finishes) and, for --region, the faidx index FILE.fai (and FILE.gzi for bgzip) beside\n"
+    "an input that has none.\n"
+    "Exit status: 0 done; 1 an error (input, I/O, numerics, memory); 2 bad usage or config;\n"
+    "75 stopped by a signal at a safe point (--resume continues); 130 a second Ctrl-C.\n"
     "Global options may follow the command: sparsa embed ... --threads 8.\n"
     "Output layout and provenance: docs/formats.md; every option and variable: docs/cli.md.";
 
