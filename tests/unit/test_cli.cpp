@@ -688,6 +688,45 @@ TEST(Cli, RegionsOfEcoli) {
 
 // Several CSV inputs in one run (the output-size estimate reads them and hands their records on,
 // instead of each being parsed again): records in input order, each as embedded alone.
+// A causal model: rows appended after a record (missing values here, so the scale, G and the
+// global set stay as they were) leave its earlier rows' bits as they were, the CPU's last tile
+// included (its attention GEMMs once took the record's length as a dimension).
+TEST(Cli, CausalRowsKeepTheirBitsWhenRowsAreAppended) {
+  TempDir t;
+  write_file(t / "ts.toml",
+             "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+             "d_ff = 64\nwindow = 64\ncausal = true\nglobal_every = 512\nglobal_max = 16\n"
+             "router_hidden = 8\nchannels = 1\nts_bins = 64\nts_clip = 4.0\n"
+             "ts_transform = \"log_return\"\n");
+  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  std::mt19937 g(3);
+  std::uniform_real_distribution<double> step(-0.02, 0.02);
+  std::string head = "date,x\n", tail;
+  double x = 50;
+  for (int r = 0; r < 200; ++r) {
+    x *= 1 + step(g);
+    head += "2020-01-01T" + std::to_string(10 + r / 60) + ":" + (r % 60 < 10 ? "0" : "") +
+            std::to_string(r % 60) + ":00," + std::to_string(x) + "\n";
+  }
+  for (int r = 0; r < 49; ++r) tail += "2020-01-02T10:" + std::to_string(10 + r) + ":00,NA\n";
+  write_file(t / "short.csv", head);
+  write_file(t / "long.csv", head + tail);
+  for (const char* name : {"short", "long"}) {
+    auto r =
+        run(binary() + " embed -q --device cpu --dtype f32 --model " + t / "ts.h5" + " --input " +
+            t / (std::string(name) + ".csv") + " --output " + t / (std::string(name) + ".h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  auto a = h5::File::open_read(t / "short.h5"), b = h5::File::open_read(t / "long.h5");
+  const std::string ga = first_key(a), gb = first_key(b);
+  ASSERT_EQ(a.read_i64(ga + "/global_positions"), b.read_i64(gb + "/global_positions"));
+  const std::vector<float> ya = a.read_f32(ga + "/embedding"), yb = b.read_f32(gb + "/embedding");
+  ASSERT_EQ(ya.size(), 200u * 32);
+  ASSERT_EQ(yb.size(), 249u * 32);
+  for (size_t i = 0; i < ya.size(); ++i)
+    ASSERT_EQ(ya[i], yb[i]) << "row " << i / 32 << ", column " << i % 32;
+}
+
 TEST(Cli, SeveralCsvInputsMatchEachAlone) {
   TempDir t;
   write_file(t / "ts.toml",

@@ -249,8 +249,13 @@ void dsa_attention(const AttentionParams& p) {
   const int64_t n = p.n_record, G = p.n_global;
   const float scale = 1.0f / std::sqrt((float)dh);
   const TileRange tr = tiles_of(p.first_pos + p.row_begin, p.row_end - p.row_begin);
-  // Widest key span of a tile: T + 2w keys (T + w causal), never more than the record.
-  const int64_t span_max = std::min<int64_t>(n, T + (p.causal ? 1 : 2) * std::min(w, n));
+  // Widest key span of a tile: T + 2w keys (T + w causal), never more than the record (causal:
+  // its T-row tiles). A causal tile's span does not stop at the record's end (keys past it are
+  // zeros, outside every row's window): its GEMMs' shapes, and so their rounding, depend on the
+  // tile's place alone, so a causal record's earlier rows keep their bits when rows are
+  // appended. (Bidirectional rows near the end see the appended rows anyway.)
+  const int64_t span_max =
+      p.causal ? T + std::min(w, n) : std::min<int64_t>(n, T + 2 * std::min(w, n));
 #pragma omp parallel
   {
     AttnScratch sb;
@@ -269,7 +274,8 @@ void dsa_attention(const AttentionParams& p) {
       const int64_t r1 = std::min(p.row_end, tile_pos + T - p.first_pos);
       const int64_t s0 = p.first_pos + r0 - tile_pos, s1 = p.first_pos + r1 - tile_pos;
       const int64_t key0 = std::max<int64_t>(0, tile_pos - w);
-      const int64_t key1 = std::min<int64_t>(n, tile_pos + T + (p.causal ? 0 : w));
+      // causal: may pass n (zeros there)
+      const int64_t key1 = p.causal ? tile_pos + T : std::min<int64_t>(n, tile_pos + T + w);
       const int64_t nk = key1 - key0;
       // Keys visible to the written rows.
       const int64_t need0 = std::max<int64_t>(0, tile_pos + s0 - w);
