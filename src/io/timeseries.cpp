@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -37,8 +38,26 @@ std::string_view trim(std::string_view s) {
 }
 
 // A cell shown in a message: long cells are cut so one bad row cannot flood the terminal.
+// A cell as a message shows it: control characters (a CR or a line break inside a quoted cell,
+// a tab) escaped, so that the message stays on its line; 40 characters at most.
 std::string shown(std::string_view s) {
-  return s.size() <= 40 ? std::string(s) : std::string(s.substr(0, 40)) + "...";
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < 40; ++i) {
+    const unsigned char c = (unsigned char)s[i];
+    if (c == '\r')
+      out += "\\r";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c < 0x20 || c == 0x7F) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02X", c);
+      out += b;
+    } else
+      out += (char)c;
+  }
+  return s.size() <= 40 ? out : out + "...";
 }
 
 enum class CellKind { kNumber, kMissing, kInvalid, kNonFinite, kTiny };

@@ -307,6 +307,11 @@ TEST_F(TsCsv, NonNumericCell) {
     std::string q = write("b2.csv", std::string("date,a\n1,\"") + cell + "\"\n");
     EXPECT_THROW(read_timeseries_csv(q, {}, 0), InputError) << cell;
   }
+  // A line break, CR or tab inside a quoted cell is shown escaped: the message keeps its line.
+  msg = input_error(
+      [&] { read_timeseries_csv(write("b3.csv", "date,a\n1,\"1\r\n2\t\x01\"\n"), {}, 0); });
+  EXPECT_NE(msg.find("'1\\r\\n2\\t\\x01'"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
 }
 
 // Files that are not UTF-8 CSV text get a message that says what they are and what to do; one
