@@ -172,13 +172,17 @@ void Progress::print(bool force, bool per_record) {
     const std::string eta = fraction_ >= 1 ? "0.0s"
                             : rate > 0     ? human_seconds(((double)rec_tokens_ - done) / rate)
                                            : "--";
-    std::snprintf(
-        line, sizeof line,
-        "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
-        (long long)index_, name_.c_str(), human_count(done).c_str(),
-        human_count((double)rec_tokens_).c_str(), 100.0 * fraction_, human_count(rate).c_str(),
-        eta.c_str(), human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
-        human_seconds(seconds()).c_str());
+    if (fraction_ == 0)  // just begun: no rate or time left to show yet
+      std::snprintf(line, sizeof line, "record %lld '%.60s': %stok, started", (long long)index_,
+                    name_.c_str(), human_count((double)rec_tokens_).c_str());
+    else
+      std::snprintf(
+          line, sizeof line,
+          "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
+          (long long)index_, name_.c_str(), human_count(done).c_str(),
+          human_count((double)rec_tokens_).c_str(), 100.0 * fraction_, human_count(rate).c_str(),
+          eta.c_str(), human_count((double)(tokens_done_ + (fraction_ < 1 ? done : 0))).c_str(),
+          human_seconds(seconds()).c_str());
   }
   emit(line, false);
 }
