@@ -100,7 +100,7 @@ struct RecordSource::Impl {
 
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
-  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_cut = 0, warned_names = 0;
+  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_reader = 0;
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
     if (++count <= kMax) return true;
@@ -149,7 +149,7 @@ struct RecordSource::Impl {
       if (input >= regions.size()) return false;
       auto& [idx, spec] = regions[input++];
       rec = fetchers[idx]->fetch(spec);
-      if (!rec.warning.empty() && warnings && warn_more(warned_cut, "are cut at a record's end"))
+      if (!rec.warning.empty() && warnings && warn_more(warned_reader, "have warnings like these"))
         std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
       return true;
     }
@@ -179,7 +179,8 @@ struct RecordSource::Impl {
             std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
       }
       if (reader->next(rec)) {
-        if (!rec.warning.empty() && warnings && warn_more(warned_names, "repeat a name"))
+        if (!rec.warning.empty() && warnings &&
+            warn_more(warned_reader, "have warnings like these"))
           std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
         return true;
       }

@@ -24,6 +24,7 @@
 
 #include "core/env.hpp"
 #include "core/error.hpp"
+#include "core/progress.hpp"
 #include "core/utf8.hpp"
 
 namespace sparsa {
@@ -61,10 +62,26 @@ std::string invalid_char_message(unsigned char c) {
   return "invalid character " + show_char(c) + "; use --invalid-as-n to read it as N";
 }
 
+// Characters --invalid-as-n read as N in a record: how many, and the first (1-based position).
+struct InvalidTally {
+  int64_t count = 0, first_pos = 0;
+  unsigned char first = 0;
+  // The record's warning for them ("" for none), after `earlier` (another warning, or "").
+  std::string warning(const std::string& file, const std::string& record,
+                      const std::string& earlier) const {
+    if (count == 0) return earlier;
+    return (earlier.empty() ? "" : earlier + "; ") +
+           where(file, record, first_pos,
+                 count_of(count, "invalid character") + " read as N (--invalid-as-n), the first " +
+                     show_char(first));
+  }
+};
+
 // Appends the tokens of `seq`; `first_pos` is the 1-based position of seq[0] in its record, so
 // that errors point at the base the user can find with samtools faidx or an editor.
 void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
-                   const std::string& file, const std::string& record, std::vector<int32_t>& out) {
+                   const std::string& file, const std::string& record, std::vector<int32_t>& out,
+                   InvalidTally& tally) {
   // Grow geometrically: an exact reserve per line would copy the whole record on every line.
   if (out.capacity() < out.size() + seq.size())
     out.reserve(std::max(out.size() + seq.size(), 2 * out.capacity()));
@@ -75,6 +92,10 @@ void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
         throw InputError(where(file, record, first_pos + (int64_t)i,
                                invalid_char_message((unsigned char)seq[i])));
       tok = kTokN;
+      if (tally.count++ == 0) {
+        tally.first_pos = first_pos + (int64_t)i;
+        tally.first = (unsigned char)seq[i];
+      }
     }
     out.push_back(tok);
   }
@@ -310,14 +331,16 @@ struct FastxReader::Impl {
     start_record(rec);
     have_header = false;
     std::string_view line;
+    InvalidTally tally;
     while (lines.next(line)) {
       if (!line.empty() && line[0] == '>') {
         keep_header(line);
         break;
       }
       append_tokens(line, (int64_t)rec.tokens.size() + 1, opts.invalid_as_n, path, rec.name,
-                    rec.tokens);
+                    rec.tokens, tally);
     }
+    rec.warning = tally.warning(path, rec.name, rec.warning);
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
@@ -344,7 +367,9 @@ struct FastxReader::Impl {
     };
     std::string_view line;
     need_line(line, "sequence line");
-    append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens);
+    InvalidTally tally;
+    append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally);
+    rec.warning = tally.warning(path, rec.name, rec.warning);
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
@@ -896,8 +921,10 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   rec.offset = begin;
   rec.warning = std::move(cut);
   try {
+    InvalidTally tally;
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
-                  region.name, rec.tokens);
+                  region.name, rec.tokens, tally);
+    rec.warning = tally.warning(path, region.name, rec.warning);
   } catch (...) {
     std::free(seq);
     throw;

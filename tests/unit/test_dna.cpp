@@ -258,6 +258,12 @@ TEST_F(DnaTest, InvalidAsN) {
   EXPECT_EQ(recs[0].tokens,
             (std::vector<int32_t>{kTokA, kTokC, kTokN, kTokG, kTokN, kTokN, kTokN, kTokT}));
   expect_error<InputError>([&] { read_all(p); }, {"position 3", "'*'"});
+  // Said, not silent: how many, and the first.
+  EXPECT_NE(recs[0].warning.find("record 'r': position 3: 4 invalid characters read as N "
+                                 "(--invalid-as-n), the first '*'"),
+            std::string::npos)
+      << recs[0].warning;
+  EXPECT_EQ(read_all(write("ok.fa", ">r\nACGT\n"), DnaReadOptions{true})[0].warning, "");
 }
 
 TEST_F(DnaTest, Fastq) {
@@ -663,6 +669,8 @@ TEST_F(FaidxTest, InvalidCharacterPositionInSourceRecord) {
   FaidxFetcher lenient(p, DnaReadOptions{true});
   Record r = lenient.fetch(parse_region("r:121-130"));
   EXPECT_EQ(r.tokens[4], kTokN);
+  EXPECT_NE(r.warning.find("position 125: 1 invalid character read as N"), std::string::npos)
+      << r.warning;
 }
 
 TEST_F(FaidxTest, PlainGzipGetsBgzipHint) {
