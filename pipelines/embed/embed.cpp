@@ -566,10 +566,26 @@ struct EmbedRun {
           part->rows(row0, n_rows, static_cast<const float*>(rows));
       };
     }
-    ForwardOutput fwd = run_forward(it, c, sh, hooks, out_hooks);
-    forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    write_out(it, c, sh, std::move(fwd), part.get());
+    try {  // (the streamed part's rows are written during the forward pass)
+      ForwardOutput fwd = run_forward(it, c, sh, hooks, out_hooks);
+      forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      write_out(it, c, sh, std::move(fwd), part.get());
+    } catch (const h5::F16RangeError& e) {
+      throw f16_error(rec, e);
+    }
     if (show_progress) progress.finish_record();
+  }
+
+  // A value past float16's range met while a record's rows were written into its part: named by
+  // the record (input, record, output row, column), not by the journal's part.
+  NumericError f16_error(const Record& rec, const h5::F16RangeError& e) const {
+    const char* row = o.pool.kind == PoolSpec::kMean  ? " (the record's mean)"
+                      : o.pool.kind == PoolSpec::kBin ? " (a bin)"
+                                                      : "";
+    return NumericError(where(rec.source, rec.name, 0,
+                              "output row " + std::to_string(e.row) + row + ", column " +
+                                  std::to_string(e.column) + ": " + std::to_string(e.value) +
+                                  h5::f16_range_advice));
   }
 
   // The record's rows into its part (the streamed one, else write_record), timed; running out
@@ -961,12 +977,8 @@ struct EmbedRun {
         journal.flush_group();
         journal.write_part(it.index, ro, o.f16, parallel, c);
       }
-    } catch (const h5::F16RangeError& e) {  // named by its record, not the journal's part
-      throw NumericError(where(
-          rec.source, rec.name, 0,
-          "output row " + std::to_string(e.row) + " (" +
-              (o.pool.kind == PoolSpec::kMean ? "the record's mean" : "a bin") + "), column " +
-              std::to_string(e.column) + ": " + std::to_string(e.value) + h5::f16_range_advice));
+    } catch (const h5::F16RangeError& e) {
+      throw f16_error(rec, e);
     }
   }
 };
@@ -1086,7 +1098,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     {
       h5::File f = h5::File::open_read(o.output);
       if (f.has_attr("/", "run_manifest")) {
-        why = first_difference(now, f.attr_string("/", "run_manifest"));
+        why = first_difference(now, normalized_manifest(f.attr_string("/", "run_manifest")));
         // The same run by its options; by its records too: each one's input_sha256 against the
         // input as it is now (the manifest names the inputs by path alone), read by rank 0.
         if (why.empty()) {

@@ -82,6 +82,21 @@ static std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+std::string normalized_manifest(const std::string& manifest) {
+  std::istringstream in(manifest);
+  std::string out, line;
+  while (std::getline(in, line)) {
+    for (const char* key : {"input ", "regions_bed "})
+      if (line.rfind(key, 0) == 0) {
+        const size_t k = std::strlen(key);
+        line = key + fs::path(line.substr(k)).lexically_normal().string();
+      }
+    out += line;
+    if (!in.eof()) out += '\n';
+  }
+  return out;
+}
+
 std::string first_difference(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   std::string la, lb;
@@ -224,7 +239,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       // The old output an earlier --force run set aside goes when this run's output is in place:
       // only a run that asks for that (--force) or continues that run's journal may take it on.
       if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
-          !(existed && resume && read_text(dir_ + "/MANIFEST") == manifest))
+          !(existed && resume && normalized_manifest(read_text(dir_ + "/MANIFEST")) == manifest))
         throw ConfigError(dir_ + "/" + kPreviousOutput + " is the old " + output +
                           " that an earlier --force run set aside; this run would remove it when "
                           "it finishes: pass --force to replace it, or move it back first to "
@@ -232,7 +247,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                           dir_ + "/" + kPreviousOutput + " " + output + ")");
       if (existed) {
         if (resume) {
-          const std::string old = read_text(dir_ + "/MANIFEST");
+          const std::string old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
           if (old != manifest && !force)
             throw ConfigError("--resume: " + dir_ + " was made by a different run (" +
                               first_difference(manifest, old) +

@@ -31,6 +31,10 @@ struct FileAttrs {
 // The first line where two manifests differ, quoted for a message ("" when they are equal).
 std::string first_difference(const std::string& now, const std::string& before);
 
+// A manifest of an earlier version as this one writes it: its input and regions_bed paths
+// without . or .. (before, ./in.fa stayed /cwd/./in.fa), so that such a run still resumes.
+std::string normalized_manifest(const std::string& manifest);
+
 // One record's output as one rank holds it: rows [row0, row0 + n_rows) of n_out_total rows.
 struct RecordOutput {
   const Record* record =

@@ -597,6 +597,14 @@ TEST(Cli, NonFiniteOutputNamesTheRecordAndRcAverageDoesNotOverflow) {
     EXPECT_NE(r.output.find("column 0"), std::string::npos) << r.output;
     EXPECT_FALSE(exists(t / "f16.h5"));
   }
+  // A record whose rows are streamed into its part (one rank, --pool none, over 16 MiB of rows).
+  write_file(t / "long.fa", random_fasta(1, 140000, 3, "longrec"));
+  r = run(binary() + " embed -q --model " + t / "wide.h5" + " --input " + t / "long.fa" +
+          " --pool none --output " + t / "f16.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(t / "long.fa" + ": record 'longrec0': output row "), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(t / "f16.h5"));
   r = run(binary() + " embed -q --model " + t / "wide.h5" + " --input " + lambda() +
           " --dtype f32 --output " + t / "f32.h5");
   EXPECT_EQ(r.code, 0) << r.output;

@@ -753,3 +753,32 @@ TEST(Resume, ShiftedRecordsAreCountedNotListed) {
             std::string::npos)
       << r.output;
 }
+
+// A journal of an earlier version named an input given as ./in.fa as /cwd/./in.fa; this version
+// writes /cwd/in.fa. The earlier journal still resumes.
+TEST(Resume, EarlierManifestsWithDotsStillResume) {
+  EXPECT_EQ(sparsa::normalized_manifest("sparsa-journal 3\ninput /a/./b/../c.fa\nregions_bed "
+                                        "/x/./r.bed\npool mean\n"),
+            "sparsa-journal 3\ninput /a/c.fa\nregions_bed /x/r.bed\npool mean\n");
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  Fixture fx;
+  const std::string out = fx.t / "out.h5", input = fx.t / "in.fa";
+  const std::string good = random_fasta(3, 300, 4);
+  write_file(input, good + ">broken\nAC!GT\n");
+  auto cmd = [&](const std::string& extra) {
+    return binary() + " embed -q --threads 1 --pool mean --model " + fx.model + " --input " +
+           input + " --output " + out + " " + extra;
+  };
+  ASSERT_EQ(run(cmd("")).code, 1);
+  ASSERT_GE(count_parts(out + ".parts"), 1);
+  // The MANIFEST as the earlier version wrote it.
+  std::string m = read_file(out + ".parts/MANIFEST");
+  const std::string line = "input " + input;
+  const size_t at = m.find(line + "\n");
+  ASSERT_NE(at, std::string::npos) << m;
+  m.replace(at, line.size(), "input " + (fs::path(fx.t.str()) / "." / "in.fa").string());
+  write_file(out + ".parts/MANIFEST", m);
+  write_file(input, good);
+  auto r = run(cmd("--resume"));
+  EXPECT_EQ(r.code, 0) << r.output;
+}
