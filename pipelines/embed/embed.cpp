@@ -335,8 +335,9 @@ using NcclFuture = std::future<void>;  // never valid
 
 // adopt_nccl: set for a GPU model; hands it the NCCL communicator being made for split records.
 // make_worker: set for a GPU model; makes another one on the same GPU (short records side by side).
+// say_warnings: this rank says warnings (rank 0 alone: every rank chooses its backend).
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
-                         std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
+                         bool say_warnings, std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
                          std::function<void(NcclFuture&&, Comm&)>& adopt_nccl,
                          std::function<std::pair<ForwardFn, RcPairFn>()>& make_worker) {
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
@@ -394,14 +395,14 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
   progress.log("device: CPU (this sparsa was built without CUDA)");
-  if (o.precision_given && !o.cuda_fp32)
+  if (o.precision_given && !o.cuda_fp32 && say_warnings)
     std::fprintf(stderr,
                  "[sparsa] warning: --precision bf16 applies to a GPU; this sparsa was built "
                  "without CUDA, so the CPU computes in float32\n");
   return cpu;
 #endif
   progress.log("device: CPU (no GPU found)");
-  if (o.precision_given && !o.cuda_fp32)
+  if (o.precision_given && !o.cuda_fp32 && say_warnings)
     std::fprintf(stderr,
                  "[sparsa] warning: --precision bf16 applies to a GPU; with none found the CPU "
                  "computes in float32\n");
@@ -1245,7 +1246,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
-  ForwardFn fn = choose_backend(o, w, progress, backend_state, rc_pair, adopt_nccl, make_worker);
+  ForwardFn fn =
+      choose_backend(o, w, progress, root, backend_state, rc_pair, adopt_nccl, make_worker);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
@@ -1510,7 +1512,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   journal.gather_sources(comm);
   comm.barrier();
   if (root) {
-    if (redone > 3)
+    if (redone >= 3)
       progress.log(count_of(redone, "record") + " of the journal did not match the input and " +
                    (redone == 1 ? "was" : "were") + " embedded again");
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");

@@ -40,6 +40,8 @@ struct RecordSource::Impl {
                          "reads it again) and indexes it for --region, so it needs a file; save " +
                          "the stream first (e.g. `... > reads.fq`)");
       if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
+      if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
+        throw InputError(in + ": cannot read: " + ec.message());
       if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
     }
     const bool dna = config.kind == ModelKind::kDna;
@@ -129,19 +131,20 @@ struct RecordSource::Impl {
                    "time)? Rows are embedded in file order either way\n",
                    file, raw.name.c_str(), raw.timestamps[r.first].c_str(),
                    (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str());
+    std::string empty;  // the record's channels with no value, as "column 'a', column 'b'"
     for (size_t c = 0; c < raw.values.size(); ++c) {
       const auto& v = raw.values[c];
       if (v.empty() || !std::all_of(v.begin(), v.end(), [](double x) { return std::isnan(x); }))
         continue;
-      const std::string column = c < raw.channel_names.size()
-                                     ? "column '" + raw.channel_names[c] + "'"
-                                     : "channel " + std::to_string(c);
-      if (warn_more(warned_empty, "have a channel with no values"))
-        std::fprintf(stderr,
-                     "[sparsa] warning: %s: record '%s': %s has no values (every cell missing): "
-                     "its tokens are all MISSING\n",
-                     file, raw.name.c_str(), column.c_str());
+      empty += (empty.empty() ? "" : ", ") + (c < raw.channel_names.size()
+                                                  ? "column '" + raw.channel_names[c] + "'"
+                                                  : "channel " + std::to_string(c));
     }
+    if (!empty.empty() && warn_more(warned_empty, "have a channel with no values"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': %s: no values (every cell missing): its "
+                   "tokens are all MISSING\n",
+                   file, raw.name.c_str(), empty.c_str());
   }
 
   bool next(Record& rec) {

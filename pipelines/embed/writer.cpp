@@ -640,6 +640,7 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
     if (from.compare(0, dir_.size(), dir_) != 0) std::remove(from.c_str());
     throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
   }
+  set_output_in_place();  // a signal now would only stop the journal's removal, exit non-zero
   release_lock();
   fs::remove_all(dir_, ec);
   if (ec || fs::exists(dir_))

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -29,7 +30,11 @@ void say(const char* msg) {
 
 extern "C" void on_stop_signal(int sig) {
   const int saved_errno = errno;  // write(2) may set it under the interrupted code
-  if (g_finishing) {
+  if (g_finishing == 2) {         // the output is in place: nothing left to stop or to remove
+    errno = saved_errno;
+    return;
+  }
+  if (g_finishing == 1) {
     if (g_stop && sig == SIGINT) {
       if (g_finish_tmp[0]) unlink(g_finish_tmp);
       say(g_finish_second);
@@ -69,7 +74,7 @@ void install_stop_handlers(bool announce) {
 
 void set_finishing(const char* output, const char* tmp) {
   if (!output) {
-    g_finishing = 0;
+    if (g_finishing == 1) g_finishing = 0;
     return;
   }
   std::snprintf(g_finish_first, sizeof g_finish_first,
@@ -82,8 +87,11 @@ void set_finishing(const char* output, const char* tmp) {
                 output, tmp && tmp[0] ? ", which is removed" : "");
   std::snprintf(g_finish_tmp, sizeof g_finish_tmp, "%s", tmp ? tmp : "");
   if (std::strlen(tmp ? tmp : "") >= sizeof g_finish_tmp) g_finish_tmp[0] = 0;  // too long
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // the texts before the flag
   g_finishing = 1;
 }
+
+void set_output_in_place() { g_finishing = 2; }
 
 bool stop_requested() { return g_stop != 0; }
 int stop_signal() { return g_stop; }

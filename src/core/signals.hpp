@@ -25,5 +25,8 @@ int stop_signal();
 // ends the process. `output` names the file in those messages. set_finishing(nullptr, nullptr)
 // ends the phase.
 void set_finishing(const char* output, const char* tmp);
+// The output is in place (renamed, complete): signals are ignored from here on (the journal's
+// removal and the exit), so that no exit status but 0 goes with a complete output.
+void set_output_in_place();
 
 }  // namespace sparsa

@@ -343,7 +343,7 @@ std::string_view utc_offset(std::string_view t) {
   if (!t.empty() && t.back() == 'Z') return t.substr(t.size() - 1);
   for (size_t len : {size_t{6}, size_t{5}})
     if (t.size() > len + 8 && (t[t.size() - len] == '+' || t[t.size() - len] == '-') &&
-        t.find('T') != std::string_view::npos)
+        t.find_first_of("T ", 8) != std::string_view::npos)  // a time part: "T" or " " (pandas)
       return t.substr(t.size() - len);
   return {};
 }

@@ -727,6 +727,19 @@ TEST(Resume, SecondInterruptWhileFinishingRemovesTheTmpFile) {
       },
       ::testing::ExitedWithCode(130), "writing .*out.h5 goes on to its end(.|\n)*stopped at once");
   EXPECT_FALSE(exists(tmp));
+  // Once the output is in place, signals change nothing: the run ends as it would have.
+  EXPECT_EXIT(
+      {
+        sparsa::install_stop_handlers(true);
+        sparsa::set_finishing((t / "out.h5").c_str(), tmp.c_str());
+        sparsa::set_output_in_place();
+        sparsa::set_finishing(nullptr, nullptr);  // (assemble's end does not undo it)
+        raise(SIGINT);
+        raise(SIGINT);
+        raise(SIGTERM);
+        std::_Exit(sparsa::stop_requested() ? 3 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 // A record inserted before others shifts them all (records are matched by their place): the

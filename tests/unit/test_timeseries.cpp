@@ -369,6 +369,7 @@ TEST(TsOrder, FirstBackwardsRow) {
   // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z): not judged.
   EXPECT_EQ(first_backwards_row(V{"12/30/2019", "12/31/2019", "01/02/2020"}), -1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"2020-10-25 02:30:00+02:00", "2020-10-25 02:00:00+01:00"}), -1);
   // One offset throughout: judged.
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+01:00", "2020-10-25T02:00:00+01:00"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00Z", "2020-10-25T02:00:00Z"}), 1);
