@@ -8,6 +8,8 @@
 #   --throttle K  at most K array tasks run at once (--array=0-N%K; default 8)
 #   --sbatch OPT  one extra sbatch option for the array tasks, repeatable:
 #                 --sbatch=-n4 --sbatch=--cpus-per-task=8 --sbatch=--time=2:00:00
+#                 (account, partition, QOS, reservation, cluster and wckey ones go to the summary
+#                 job too: --sbatch=--account=X --sbatch=--partition=Y)
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
 #
 # The summary job (slurm/check-outputs.sh) waits for the array with --dependency=afterok: it runs
@@ -65,6 +67,22 @@ done
 mkdir -p "$OUTDIR"
 [ "$throttle" -ge 1 ] || throttle=1
 
+# Slurm refuses an array past MaxArraySize (1001 by default) with a terse message.
+max_array=$(scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" {print $3}' || true)
+if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
+  echo "submit-array: $LIST lists $n inputs, but this cluster's MaxArraySize is $max_array:" \
+    "split the list (e.g. split -l $max_array $LIST part-) and submit each part" >&2
+  exit 2
+fi
+# The summary job needs the array tasks' account, partition and QOS where a site requires them.
+site=()
+for o in "${extra[@]}"; do
+  case $o in
+    -A* | --account=* | -p* | --partition=* | -q* | --qos=* | --reservation=* | -M* | \
+      --clusters=* | --wckey=*) site+=("$o") ;;
+  esac
+done
+
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
 array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" "${extra[@]}" \
@@ -75,7 +93,7 @@ array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
 # The array is queued whatever happens next: a summary job that cannot be submitted (a site that
 # needs -A or -p for every job, say) is reported, not an error that hides the array's id.
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
-  "$here/check-outputs.sh" "$LIST" "$OUTDIR"); then
+  ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$LIST" "$OUTDIR"); then
   check_id=${check_id%%;*}
   [ "$parsable" = 1 ] ||
     echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"

@@ -4,8 +4,10 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "cli/bench.hpp"
 #include "cli/inspect.hpp"
@@ -55,7 +57,8 @@ const char* kEmbedFooter =
     "(2 x d_model bytes a token with --dtype f16, 4 x d_model with f32). A record that does not\n"
     "fit stops the run with a message that says how many GPUs it needs.\n"
     "Files written besides OUT.h5: OUT.h5.parts/ (the journal --resume continues; removed when\n"
-    "the run finishes) and, for --region, the faidx index FILE.fai (and FILE.gzi for bgzip) beside\n"
+    "the run finishes) and, for --region, the faidx index FILE.fai (and FILE.gzi for bgzip) "
+    "beside\n"
     "an input that has none.\n"
     "Exit status: 0 done; 1 an error (input, I/O, numerics, memory); 2 bad usage or config;\n"
     "75 stopped by a signal at a safe point (--resume continues); 130 a second Ctrl-C.\n"
@@ -282,12 +285,17 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // Under mpirun or srun every rank parses the same line: the first rank alone says what is
+    // wrong (before MPI is started, the launcher's variables say which rank this is).
+    for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+      if (const char* r = std::getenv(v); r && std::string(r) != "0") return kExitUsage;
     if (e.get_exit_code() != 0) std::fprintf(stderr, "sparsa: error: ");  // as other errors
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 
   std::unique_ptr<Comm> comm;
   int code = kExitOk;
+  std::string error_text;
   try {
     comm = make_world_comm();
     // Threads: --threads, else OMP_NUM_THREADS, else the cores shared among this node's ranks
@@ -356,14 +364,27 @@ int main(int argc, char** argv) {
       if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
     }
   } catch (const Interrupted& e) {
-    std::fprintf(stderr, "sparsa: interrupted (signal %d): %s\n", stop_signal(), e.what());
+    // Every rank stops at the same safe point: rank 0 says it for all.
+    if (!comm || comm->rank() == 0)
+      std::fprintf(stderr, "sparsa: interrupted (%s): %s\n", signal_name(stop_signal()), e.what());
     code = kExitInterrupted;
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "sparsa: error: %s\n", e.what());
+    error_text = e.what();
     code = kExitUsage;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "sparsa: error: %s\n", e.what());
+    error_text = e.what();
     code = kExitError;
+  }
+  if (code != kExitOk && code != kExitInterrupted) {
+    if (comm && comm->size() > 1 && comm->rank() != 0) {
+      // Most errors (usage, config, inputs: every rank reads every record) come to every rank
+      // alike: rank 0 says it and aborts them all, so that a job of 512 ranks logs it once. A
+      // rank that fails alone says it after that wait, naming itself.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      std::fprintf(stderr, "sparsa: error (rank %d): %s\n", comm->rank(), error_text.c_str());
+    } else {
+      std::fprintf(stderr, "sparsa: error: %s\n", error_text.c_str());
+    }
   }
   if (code != kExitOk && code != kExitInterrupted && comm && comm->size() > 1) {
     // One rank failed: the others may wait in a collective forever. Abort them all.

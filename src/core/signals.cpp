@@ -40,8 +40,10 @@ extern "C" void on_stop_signal(int sig) {
       say(g_finish_second);
       std::_Exit(130);
     }
-    if (!g_stop) say(g_finish_first);
-    g_stop = sig;
+    if (!g_stop) {
+      say(g_finish_first);
+      g_stop = sig;
+    }
     errno = saved_errno;
     return;
   }
@@ -58,7 +60,7 @@ extern "C" void on_stop_signal(int sig) {
             ? "\n[sparsa] SIGUSR1 (time limit near): stopping at the next safe point, keeping "
               "what is finished\n"
             : "\n[sparsa] SIGTERM: stopping at the next safe point, keeping what is finished\n");
-  g_stop = sig;
+  if (!g_stop) g_stop = sig;  // the first names the stop (Slurm's TERM after its USR1, say)
   errno = saved_errno;
 }
 }  // namespace
@@ -94,6 +96,21 @@ void set_finishing(const char* output, const char* tmp) {
 void set_output_in_place() { g_finishing = 2; }
 
 bool stop_requested() { return g_stop != 0; }
+
+const char* signal_name(int sig) {
+  static thread_local char other[32];
+  switch (sig) {
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    case SIGUSR1:
+      return "SIGUSR1";
+    default:
+      std::snprintf(other, sizeof other, "signal %d", sig);
+      return other;
+  }
+}
 int stop_signal() { return g_stop; }
 
 }  // namespace sparsa

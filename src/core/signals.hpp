@@ -16,8 +16,10 @@ class Interrupted : public Error {
 // not with --quiet); a second SIGINT then also says that it stopped at once.
 void install_stop_handlers(bool announce = false);
 bool stop_requested();
-// Which signal asked for the stop (0 when none).
+// Which signal asked for the stop first (0 when none).
 int stop_signal();
+// "SIGTERM", "SIGINT", "SIGUSR1", else "signal N".
+const char* signal_name(int sig);
 
 // The last phase, writing the output from a journal whose records are all finished: a stop is
 // not taken there (the output is seconds from whole), so a first signal says that the writing
