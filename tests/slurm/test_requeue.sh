@@ -72,4 +72,22 @@ grep -q "stopped on SIGTERM: not requeueing" "$log" || fail "no TERM stop logged
 [ "$(grep -c 'resuming: ' "$log")" -eq 2 ] || fail "expected two resumed runs"
 [ ! -e out.h5.parts ] || fail "the journal out.h5.parts was left behind"
 same ref.h5 out.h5
-say "PASS: stopped by USR1 and by scontrol requeue, resumed, identical to a clean run"
+
+# 3. A job stopped before it finished a record (one long record: a record is kept only whole) is
+#    not requeued: a requeued job would start the same record from zero again, forever.
+"$PY" "$SRC/tests/slurm/make-fasta.py" long.fa 1 3000000 9
+jid2=$(sbatch --parsable -n 1 --output="$WORK/norequeue-%j.log" \
+  "$SRC/slurm/embed.sbatch" model.h5 long.fa long.h5 --threads 1)
+jid2=${jid2%%;*}
+JOBS+=("$jid2")
+wait_until 120 "job $jid2 to start sparsa" grep -q "srun " "$WORK/norequeue-$jid2.log"
+sleep 3
+scancel --batch --signal=USR1 "$jid2"
+wait_until 120 "job $jid2 to end" job_finished "$jid2"
+log2=norequeue-$jid2.log
+cat "$log2"
+[ "$(job_field "$jid2" Restarts)" = 0 ] || fail "job $jid2 was requeued without a finished record"
+grep -q "no record was finished in this job" "$log2" || fail "the script did not say why it stops"
+grep -q "requeued job $jid2" "$log2" && fail "the script requeued job $jid2"
+say "PASS: stopped by USR1 and by scontrol requeue, resumed, identical to a clean run; a job" \
+  "that finished no record is not requeued"
