@@ -259,7 +259,10 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
       exact = exact && s.whole;
     }
   }
-  if (!o.regions.empty() || !o.regions_bed.empty()) records = (double)source.n_regions();
+  if (!o.regions.empty() || !o.regions_bed.empty()) {  // the regions alone, exactly
+    records = (double)source.n_regions();
+    tokens = (double)source.region_tokens();
+  }
   records = std::max(records, 1.0);
   OutputEstimate est;
   est.records = (int64_t)std::llround(records);

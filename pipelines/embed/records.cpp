@@ -23,6 +23,7 @@ struct RecordSource::Impl {
   // regions mode
   std::vector<std::unique_ptr<FaidxFetcher>> fetchers;  // one per input
   std::vector<std::pair<size_t, RegionSpec>> regions;   // (input index, region)
+  int64_t region_tokens = 0;                            // their tokens, all together
   // time series: the records of the current file, tokenised lazily
   std::vector<RawSeries> series;
   size_t series_next = 0;
@@ -96,6 +97,9 @@ struct RecordSource::Impl {
         throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +
                          opts.inputs[found[0]] + " and " + opts.inputs[found[1]] +
                          "; embed them in separate runs");
+      // Checked here, before any record is embedded (a BED of another assembly would otherwise
+      // fail part way); their tokens size the output estimate.
+      region_tokens += fetchers[found[0]]->tokens_of(spec);
       regions.push_back({found[0], spec});
     }
   }
@@ -197,6 +201,7 @@ RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
 int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
+int64_t RecordSource::region_tokens() const { return impl_->region_tokens; }
 void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
 
 void RecordSource::prime_input(size_t i, std::vector<RawSeries>&& series) {

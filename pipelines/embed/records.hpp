@@ -25,6 +25,8 @@ class RecordSource {
   void prime_input(size_t i, std::vector<RawSeries>&& series);
   // With --region/--regions: how many regions (records) the run has; 0 without.
   int64_t n_regions() const;
+  // With --region/--regions: the tokens of all of them (each cut at its record's end).
+  int64_t region_tokens() const;
   // Time series: whether next() warns about a series that embeds but perhaps not as meant (time
   // going backwards, repeated timestamps, a channel with no values); on by default. One rank
   // warns for all (every rank reads every record).

@@ -287,8 +287,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // Under mpirun or srun every rank parses the same line: the first rank alone says what is
     // wrong (before MPI is started, the launcher's variables say which rank this is).
-    for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
-      if (const char* r = std::getenv(v); r && std::string(r) != "0") return kExitUsage;
+    // (SLURM_PROCID alone is not MPI: a task farm's tasks each say their own errors.)
+    for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+      if (const char* r = std::getenv(v); r && std::string(r) != "0")
+        return e.get_exit_code() == 0 ? 0 : kExitUsage;
     if (e.get_exit_code() != 0) std::fprintf(stderr, "sparsa: error: ");  // as other errors
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
@@ -375,7 +377,7 @@ int main(int argc, char** argv) {
     error_text = e.what();
     code = kExitError;
   }
-  if (code != kExitOk && code != kExitInterrupted) {
+  if (!error_text.empty()) {  // (inspect and bench say their own failures)
     if (comm && comm->size() > 1 && comm->rank() != 0) {
       // Most errors (usage, config, inputs: every rank reads every record) come to every rank
       // alike: rank 0 says it and aborts them all, so that a job of 512 ranks logs it once. A

@@ -330,6 +330,7 @@ struct FastxReader::Impl {
     if (!have_header) return false;
     start_record(rec);
     have_header = false;
+    const int64_t own_header = header_line;  // (keep_header below takes the next record's)
     std::string_view line;
     InvalidTally tally;
     while (lines.next(line)) {
@@ -344,7 +345,7 @@ struct FastxReader::Impl {
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
-                "empty record: no sequence (line " + std::to_string(header_line) + ")"));
+                "empty record: no sequence (line " + std::to_string(own_header) + ")"));
     return true;
   }
 
@@ -818,9 +819,14 @@ std::vector<std::string> FaidxFetcher::names() const {
   return out;
 }
 
-Record FaidxFetcher::fetch(const RegionSpec& region) {
-  const std::string& path = impl_->path;
-  const faidx_t* fai = impl_->fai;
+namespace {
+
+// Where a region lies in its record, after the checks fetch makes (the record exists; the region
+// starts inside it and is not empty); `end` is cut at the record's end, as samtools does.
+struct RegionSpan {
+  int64_t begin = 0, end = 0, len = 0;
+};
+RegionSpan region_span(const std::string& path, const faidx_t* fai, const RegionSpec& region) {
   if (!faidx_has_seq(fai, region.name.c_str())) {
     std::string known;
     int n = faidx_nseq(fai);
@@ -829,22 +835,38 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     throw InputError(path + ": region '" + region.text + "': no record named '" + region.name +
                      "'; known: " + known);
   }
+  RegionSpan r;
 #if HTS_VERSION >= 101800
-  const int64_t len = faidx_seq_len64(fai, region.name.c_str());
+  r.len = faidx_seq_len64(fai, region.name.c_str());
 #else
-  const int64_t len = faidx_seq_len(fai, region.name.c_str());  // older htslib: int lengths
+  r.len = faidx_seq_len(fai, region.name.c_str());  // older htslib: int lengths
 #endif
-  int64_t begin = region.begin;
-  int64_t end = region.end == -1 ? len : std::min<int64_t>(region.end, len);  // clip like samtools
-  if (begin < 0)
+  r.begin = region.begin;
+  r.end = region.end == -1 ? r.len : std::min<int64_t>(region.end, r.len);
+  if (r.begin < 0)
     throw InputError(
         where(path, region.name, 0, "region '" + region.text + "' starts before the record"));
-  if (begin >= len)
+  if (r.begin >= r.len)
     throw InputError(where(path, region.name, 0,
                            "region '" + region.text + "' starts after the end of the record (" +
-                               std::to_string(len) + " bases)"));
-  if (end <= begin)
+                               std::to_string(r.len) + " bases)"));
+  if (r.end <= r.begin)
     throw InputError(where(path, region.name, 0, "region '" + region.text + "' is empty"));
+  return r;
+}
+
+}  // namespace
+
+int64_t FaidxFetcher::tokens_of(const RegionSpec& region) const {
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region);
+  return r.end - r.begin;
+}
+
+Record FaidxFetcher::fetch(const RegionSpec& region) {
+  const std::string& path = impl_->path;
+  const faidx_t* fai = impl_->fai;
+  const RegionSpan span = region_span(path, fai, region);
+  const int64_t len = span.len, begin = span.begin, end = span.end;
   std::string cut;  // a region past the record's end is cut there, as samtools does, with a word
   if (region.end > len)
     cut = path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +

@@ -86,6 +86,8 @@ class FaidxFetcher {
   FaidxFetcher(const FaidxFetcher&) = delete;
   FaidxFetcher& operator=(const FaidxFetcher&) = delete;
   std::vector<std::string> names() const;
+  // The tokens `region` gives, after fetch's checks (the same errors, without reading bases).
+  int64_t tokens_of(const RegionSpec& region) const;
   Record fetch(const RegionSpec& region);
 
  private:

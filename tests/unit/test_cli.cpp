@@ -689,6 +689,21 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_NE(twice.output.find("is given twice (as --input 1 and 2)"), std::string::npos)
       << twice.output;
   EXPECT_EQ(h5::File::open_read(t / "twice.h5").list("/records").size(), 2u);
+  // A BED line past a record's end (another assembly) stops the run before any region is
+  // embedded: no journal is left.
+  write_file(t / "past.bed", "K-12-MG1655\t0\t100\nK-12-MG1655\t9000000\t9000100\n");
+  expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "past.bed"), t / "x.h5",
+                 "region '" + t / "past.bed" + " line 2' starts after the end of the record");
+  EXPECT_FALSE(exists(t / "x.h5.parts"));
+  // A region run's output estimate counts the regions' bases, not the whole input: a 1 kb
+  // region of a 4.6 Mb genome with a row a token is a few hundred KB, not hundreds of MB.
+  {
+    auto r = run(binary() + " embed --model " + tiny_model() + " --input " + t / "ecoli.fa" +
+                 " --region K-12-MG1655:1-1000 --pool none --output " + t / "small.h5");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("output about "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(" KiB (journal + final)"), std::string::npos) << r.output;
+  }
   write_file(t / "none.bed", "# nothing here\ntrack name=x\n");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "none.bed"), t / "x.h5",
                  t / "none.bed" + ": the --regions BED file holds no regions");
@@ -889,6 +904,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "partial.h5");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("INCOMPLETE"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("sparsa: error: \n"), std::string::npos) << r.output;  // no empty line
   // A complete file whose records do not have the layout: each problem is named, exit 1; the
   // real output of a run passes.
   ASSERT_EQ(run(embed_cmd(lambda(), t / "good.h5", "--pool bin:1000")).code, 0);

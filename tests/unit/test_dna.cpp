@@ -377,7 +377,7 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
 
 TEST_F(DnaTest, EmptyRecordsDuplicatesAndEmptyNames) {
   std::string e1 = write("e1.fa", ">a\n>b\nACGT\n");
-  expect_error<InputError>([&] { read_all(e1); }, {e1, "record 'a'", "empty record"});
+  expect_error<InputError>([&] { read_all(e1); }, {e1, "record 'a'", "empty record", "(line 1)"});
   std::string e2 = write("e2.fa", ">a\nACGT\n>b desc\n\n");
   expect_error<InputError>([&] { read_all(e2); }, {e2, "record 'b'", "empty record"});
   std::string d = write("d.fa", ">a x\nACGT\n>b\nAC\n>a y\nGG\n");
