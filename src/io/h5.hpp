@@ -140,8 +140,8 @@ extern const char* const f16_range_advice;
 // file and dataset; row, column and value let a caller name the record instead.
 class F16RangeError : public NumericError {
  public:
-  F16RangeError(const std::string& msg, int64_t row, int64_t column, float value)
-      : NumericError(msg), row(row), column(column), value(value) {}
+  F16RangeError(const std::string& msg, int64_t at_row, int64_t at_column, float at_value)
+      : NumericError(msg), row(at_row), column(at_column), value(at_value) {}
   int64_t row, column;
   float value;
 };
