@@ -114,6 +114,9 @@ std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d
 
 namespace {
 
+// A stop at a safe point with finished records kept: what the user does next.
+const char* const kResumeAdvice = "run the same command with --resume to continue";
+
 std::string utc_now() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -346,6 +349,14 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
+  // An explicit --precision bf16 that --device auto resolved to the CPU: said (rank 0), not run.
+  auto cpu_bf16_warning = [&](const char* why) {
+    if (o.precision_given && !o.cuda_fp32 && say_warnings)
+      std::fprintf(stderr,
+                   "[sparsa] warning: --precision bf16 applies to a GPU; %s the CPU computes in "
+                   "float32\n",
+                   why);
+  };
   if (o.device == "cpu") {
     progress.log("device: CPU (--device cpu)");
     return cpu;
@@ -398,17 +409,11 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
   progress.log("device: CPU (this sparsa was built without CUDA)");
-  if (o.precision_given && !o.cuda_fp32 && say_warnings)
-    std::fprintf(stderr,
-                 "[sparsa] warning: --precision bf16 applies to a GPU; this sparsa was built "
-                 "without CUDA, so the CPU computes in float32\n");
+  cpu_bf16_warning("this sparsa was built without CUDA, so");
   return cpu;
 #endif
   progress.log("device: CPU (no GPU found)");
-  if (o.precision_given && !o.cuda_fp32 && say_warnings)
-    std::fprintf(stderr,
-                 "[sparsa] warning: --precision bf16 applies to a GPU; with none found the CPU "
-                 "computes in float32\n");
+  cpu_bf16_warning("with none found");
   return cpu;
 }
 
@@ -510,7 +515,7 @@ struct EmbedRun {
   void check_stop(Comm& c) {
     int64_t flag = stop_requested() ? 1 : 0;
     c.allreduce_max(&flag, 1);
-    if (flag) throw Interrupted("run the same command with --resume to continue");
+    if (flag) throw Interrupted(kResumeAdvice);
   }
 
   // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
@@ -805,7 +810,7 @@ struct EmbedRun {
     for (int64_t i = 0; i < k; ++i) {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
-        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
+        if (stop_requested()) throw Interrupted(kResumeAdvice);
         const Shard sh = alone(*items[i]);
         const int t = omp_get_thread_num();
         if (make_worker && t > 0)
@@ -1312,7 +1317,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       int64_t chunk_tokens = 0;
       auto run_chunk = [&]() {
         if (chunk.empty()) return;
-        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
+        if (stop_requested()) throw Interrupted(kResumeAdvice);
         share.push(std::move(chunk), {});
         chunk_tokens = 0;
       };
@@ -1330,7 +1335,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       run_chunk();
       share.drain();
       for (const Item* it : others) {
-        if (stop_requested()) throw Interrupted("run the same command with --resume to continue");
+        if (stop_requested()) throw Interrupted(kResumeAdvice);
         run.embed_record_or_retry(*it, *self, root);
       }
     } catch (const Interrupted&) {
@@ -1367,8 +1372,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     comm.allreduce_max(&f, 1);
     if (error) std::rethrow_exception(error);
     if (f == 1) throw Error("another rank failed (see its message above)");
-    if (f == 2 || stop_requested())
-      throw Interrupted("run the same command with --resume to continue");
+    if (f == 2 || stop_requested()) throw Interrupted(kResumeAdvice);
     for (auto& it : batch) sum.tokens += it.rec.n_tokens();
     sum.records += (int64_t)batch.size();
     if (root) progress.set_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
@@ -1442,7 +1446,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         if (++redone <= 3)
           progress.log("record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
                        " is not the one in " + journal.dir() +
-                       " (the input changed): " + "embedding it again" +
+                       " (the input changed): embedding it again" +
                        (redone == 3 ? " (more are counted, not named; records are matched by "
                                       "their place in the input)"
                                     : ""));
@@ -1515,9 +1519,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   journal.gather_sources(comm);
   comm.barrier();
   if (root) {
-    if (redone >= 3)
-      progress.log(count_of(redone, "record") + " of the journal did not match the input and " +
-                   (redone == 1 ? "was" : "were") + " embedded again");
+    if (redone >= 3)  // (the first three were named)
+      progress.log(std::to_string(redone) +
+                   " records of the journal did not match the input and were embedded again");
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
     FileAttrs a{SPARSA_VERSION,
                 model_sha,

@@ -140,9 +140,7 @@ struct RecordSource::Impl {
       const auto& v = raw.values[c];
       if (v.empty() || !std::all_of(v.begin(), v.end(), [](double x) { return std::isnan(x); }))
         continue;
-      empty += (empty.empty() ? "" : ", ") + (c < raw.channel_names.size()
-                                                  ? "column '" + raw.channel_names[c] + "'"
-                                                  : "channel " + std::to_string(c));
+      empty += (empty.empty() ? "" : ", ") + channel_label(raw, (int64_t)c);
     }
     if (!empty.empty() && warn_more(warned_empty, "have a channel with no values"))
       std::fprintf(stderr,
@@ -151,13 +149,18 @@ struct RecordSource::Impl {
                    file, raw.name.c_str(), empty.c_str());
   }
 
+  // What the DNA readers noted on a record (Record::warning), under the same limit for all.
+  void say_reader_warning(const Record& rec) {
+    if (!rec.warning.empty() && warnings && warn_more(warned_reader, "have warnings like these"))
+      std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
+  }
+
   bool next(Record& rec) {
     if (!fetchers.empty()) {
       if (input >= regions.size()) return false;
       auto& [idx, spec] = regions[input++];
       rec = fetchers[idx]->fetch(spec);
-      if (!rec.warning.empty() && warnings && warn_more(warned_reader, "have warnings like these"))
-        std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
+      say_reader_warning(rec);
       return true;
     }
     if (config.kind == ModelKind::kTimeseries) {
@@ -186,9 +189,7 @@ struct RecordSource::Impl {
             std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
       }
       if (reader->next(rec)) {
-        if (!rec.warning.empty() && warnings &&
-            warn_more(warned_reader, "have warnings like these"))
-          std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
+        say_reader_warning(rec);
         return true;
       }
       reader.reset();

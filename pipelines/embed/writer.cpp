@@ -129,10 +129,6 @@ bool Journal::holds_previous_output() const {
   return fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec));
 }
 
-// Takes the write lock (fcntl, so the kernel or the NFS server drops it when the process dies)
-// on DIR/LOCK and writes who holds it there; returns the open descriptor, or -1 where the file
-// system has no locks (then nothing stops two runs: docs/reliability.md). Another live run's lock
-// stops this one: two runs on one output would delete and overwrite each other's parts.
 // The refusal for folder `dir` whose lock another live run holds, naming that run from what its
 // LOCK file (open as `fd`) says.
 static std::string in_use_message(const std::string& dir, int fd) {
@@ -146,6 +142,10 @@ static std::string in_use_message(const std::string& dir, int fd) {
          dir + "/LOCK";
 }
 
+// Takes the write lock (fcntl, so the kernel or the NFS server drops it when the process dies)
+// on DIR/LOCK and writes who holds it there; returns the open descriptor, or -1 where the file
+// system has no locks (then nothing stops two runs: docs/reliability.md). Another live run's lock
+// stops this one: two runs on one output would delete and overwrite each other's parts.
 static int lock_journal(const std::string& dir) {
   const std::string path = dir + "/LOCK";
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

@@ -17,8 +17,9 @@ struct Record {
   std::vector<int32_t> tokens;
   // Time series only: the time column's text of each row (size n_tokens()).
   std::vector<std::string> timestamps;
-  // What the reader would warn about (a region cut at the record's end), for the caller to say
-  // once; not part of the record's output or fingerprint.
+  // What the reader would warn about (a region cut at the record's end, a repeated FASTQ name,
+  // characters --invalid-as-n read as N), for the caller to say; not part of the record's output
+  // or fingerprint.
   std::string warning;
 
   int64_t n_tokens() const { return n_channels > 0 ? (int64_t)tokens.size() / n_channels : 0; }

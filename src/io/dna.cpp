@@ -449,30 +449,20 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
   };
   // The range after the name's ':' (begin, end as in RegionSpec); false where it is not one.
   auto parse_range = [&](std::string_view range, bool strict) {
+    auto no = [&](const char* why) {  // strict: the region's error; else "not a range"
+      if (strict) throw bad(why);
+      return false;
+    };
     const size_t dash = range.find('-');
     int64_t start = 1, end = -1;
     // "NAME:-END" starts at 1 and "NAME:START-" runs to the record's end, as samtools reads them.
-    if (dash != 0 && !parse_count(range.substr(0, dash), start)) {
-      if (strict) throw bad("bad start");
-      return false;
-    }
+    if (dash != 0 && !parse_count(range.substr(0, dash), start)) return no("bad start");
     if (dash != std::string_view::npos && dash + 1 < range.size() &&
-        !parse_count(range.substr(dash + 1), end)) {
-      if (strict) throw bad("bad end");
-      return false;
-    }
-    if (dash == 0 && end == -1) {
-      if (strict) throw bad("bad end");
-      return false;
-    }
-    if (start < 1) {
-      if (strict) throw bad("start must be >= 1");
-      return false;
-    }
-    if (end != -1 && end < start) {
-      if (strict) throw bad("end is before start");
-      return false;
-    }
+        !parse_count(range.substr(dash + 1), end))
+      return no("bad end");
+    if (dash == 0 && end == -1) return no("bad end");
+    if (start < 1) return no("start must be >= 1");
+    if (end != -1 && end < start) return no("end is before start");
     r.begin = start - 1;
     r.end = end;
     return true;

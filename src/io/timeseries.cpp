@@ -37,9 +37,9 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// A cell shown in a message: long cells are cut so one bad row cannot flood the terminal.
-// A cell as a message shows it: control characters (a CR or a line break inside a quoted cell,
-// a tab) escaped, so that the message stays on its line; 40 characters at most.
+// A cell as a message shows it (long cells are cut, so one bad row cannot flood the terminal):
+// control characters (a CR or a line break inside a quoted cell, a tab) escaped, so that the
+// message stays on its line; 40 characters at most.
 std::string shown(std::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size() && i < 40; ++i) {
@@ -512,26 +512,34 @@ std::string series_line_of(const RawSeries& raw, int64_t t) {
                                              : "row " + std::to_string(t + 1);
 }
 
-std::string series_column_of(const RawSeries& raw, int64_t c) {
-  return c < int64_t(raw.channel_names.size()) ? "column '" + raw.channel_names[c] + "'"
-                                               : "channel " + std::to_string(c);
-}
-
 std::string number_text(double v) {
   std::ostringstream o;
   o << v;
   return o.str();
 }
 
-// Channel c's transform r, after the checks that make its tokens well defined: log_return's values
-// positive, every r finite, their mean finite. Each error names the line that causes it.
-std::vector<double> checked_transform(const RawSeries& raw, int64_t c, const ModelConfig& config,
-                                      const std::string& path) {
+// The record has the model's number of channels.
+void check_channel_count(const RawSeries& raw, const ModelConfig& config, const std::string& path) {
+  if (int64_t(raw.values.size()) != config.channels)
+    throw InputError(where(path, raw.name, 0,
+                           "the model has " + count_of(config.channels, "channel") +
+                               ", the record has " + std::to_string(raw.values.size())));
+}
+
+// Channel c's transform r and its scale s_c, after the checks that make its tokens well defined:
+// log_return's values positive, every r finite, their mean finite. Each error names the line
+// that causes it.
+struct Transformed {
+  std::vector<double> r;
+  double scale = 1;
+};
+Transformed checked_transform(const RawSeries& raw, int64_t c, const ModelConfig& config,
+                              const std::string& path) {
   const std::vector<double>& x = raw.values[c];
   const int64_t n_rows = int64_t(raw.timestamps.size());
   if (int64_t(x.size()) != n_rows)
     throw InputError(where(path, raw.name, 0,
-                           series_column_of(raw, c) + " has " + std::to_string(x.size()) +
+                           channel_label(raw, c) + " has " + std::to_string(x.size()) +
                                " values for " + std::to_string(n_rows) + " timestamps"));
   if (config.ts_transform == TsTransform::kLogReturn) {
     // Only values that enter a ratio matter: a lone value between missing cells is unused.
@@ -540,7 +548,7 @@ std::vector<double> checked_transform(const RawSeries& raw, int64_t c, const Mod
       for (int64_t u : {t - 1, t}) {
         if (x[u] > 0) continue;
         throw InputError(where(path, raw.name, 0,
-                               series_line_of(raw, u) + ", " + series_column_of(raw, c) +
+                               series_line_of(raw, u) + ", " + channel_label(raw, c) +
                                    ": log_return needs positive values, found " +
                                    number_text(x[u]) +
                                    " (use ts_transform = \"diff\" or \"level\")"));
@@ -554,53 +562,51 @@ std::vector<double> checked_transform(const RawSeries& raw, int64_t c, const Mod
     // price of 1e-310 beside 1.2)
     throw InputError(where(
         path, raw.name, 0,
-        series_line_of(raw, t) + ", " + series_column_of(raw, c) + ": " +
+        series_line_of(raw, t) + ", " + channel_label(raw, c) + ": " +
             (config.ts_transform == TsTransform::kDiff ? "the difference " : "the log return ") +
             "from " + number_text(x[t - 1]) + " to " + number_text(x[t]) +
             " is not a finite number; check these values"));
   }
-  if (!std::isfinite(ts_scale(r)))
+  const double scale = ts_scale(r);
+  if (!std::isfinite(scale))
     throw InputError(where(path, raw.name, 0,
-                           series_column_of(raw, c) +
+                           channel_label(raw, c) +
                                ": values too large to scale (the sum of |r| over the record "
                                "overflows a double)"));
-  return r;
+  return {std::move(r), scale};
 }
 
 }  // namespace
 
+std::string channel_label(const RawSeries& raw, int64_t c) {
+  return c < int64_t(raw.channel_names.size()) ? "column '" + raw.channel_names[c] + "'"
+                                               : "channel " + std::to_string(c);
+}
+
 void check_series(const RawSeries& raw, const ModelConfig& config, const std::string& path) {
-  if (int64_t(raw.values.size()) != config.channels)
-    throw InputError(where(path, raw.name, 0,
-                           "the model has " + count_of(config.channels, "channel") +
-                               ", the record has " + std::to_string(raw.values.size())));
+  check_channel_count(raw, config, path);
   for (int64_t c = 0; c < config.channels; ++c) checked_transform(raw, c, config, path);
 }
 
 Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::string& path) {
   const int64_t n_channels = config.channels;
   const int64_t n_rows = int64_t(raw.timestamps.size());
-  if (int64_t(raw.values.size()) != n_channels)
-    throw InputError(where(path, raw.name, 0,
-                           "the model has " + count_of(n_channels, "channel") +
-                               ", the record has " + std::to_string(raw.values.size())));
+  check_channel_count(raw, config, path);
   if (config.ts_bins < 1 || !(config.ts_clip > 0))
     throw ConfigError("ts_bins must be >= 1 and ts_clip > 0");
-  std::vector<std::vector<double>> r((size_t)n_channels);
-  for (int64_t c = 0; c < n_channels; ++c) r[c] = checked_transform(raw, c, config, path);
 
   Record rec;
   rec.name = raw.name;
   rec.source = path;
   rec.n_channels = n_channels;
-  rec.timestamps = std::move(raw.timestamps);         // n_rows was taken above; not read again
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
-  for (int64_t c = 0; c < n_channels; ++c) {
-    const double s = ts_scale(r[c]);
+  for (int64_t c = 0; c < n_channels; ++c) {          // (a channel at a time: one transform held)
+    const Transformed tr = checked_transform(raw, c, config, path);
     for (int64_t t = 0; t < n_rows; ++t)
       rec.tokens[size_t(t * n_channels + c)] =
-          ts_token(r[c][t] / s, config.ts_bins, config.ts_clip);
+          ts_token(tr.r[t] / tr.scale, config.ts_bins, config.ts_clip);
   }
+  rec.timestamps = std::move(raw.timestamps);  // last: the checks above count them
   return rec;
 }
 

@@ -54,6 +54,9 @@ double ts_scale(const std::vector<double>& r);
 // bin = clamp(floor((z + C) / (2C) * B), 0, B-1); token = 3 + bin; NaN -> 2 (MISSING).
 int32_t ts_token(double z, int64_t bins, double clip);
 
+// A channel as messages name it: "column 'close'", or "channel 2" when the header gave no name.
+std::string channel_label(const RawSeries& raw, int64_t c);
+
 // The checks tokenize_series makes, without tokenising (a run reads its CSVs before it starts,
 // so that a bad value stops it before any record is embedded): the channel count, log_return's
 // positive values, finite transforms and scales. Throws InputError naming the file, the record,
