@@ -39,6 +39,21 @@ std::string embed_cmd(const std::string& input, const std::string& out,
 
 std::string first_key(const h5::File& f) { return "/records/" + f.list("/records").at(0); }
 
+// A small causal time-series model (log returns, 64 bins) at t/ts.h5, for the CSV tests; window,
+// G's spacing and the channel count are theirs to choose. Returns its path ("" if init failed).
+std::string init_ts_model(const TempDir& t, int window, int global_every, int channels) {
+  write_file(t / "ts.toml",
+             "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\n"
+             "n_heads = 2\nd_ff = 64\nwindow = " +
+                 std::to_string(window) +
+                 "\ncausal = true\nglobal_every = " + std::to_string(global_every) +
+                 "\nglobal_max = 16\nrouter_hidden = 8\nchannels = " + std::to_string(channels) +
+                 "\nts_bins = 64\nts_clip = 4.0\nts_transform = \"log_return\"\n");
+  return run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code == 0
+             ? t / "ts.h5"
+             : "";
+}
+
 // Every dataset of every record, as floats / ints, for exact comparison.
 std::vector<float> embedding(const std::string& path, int rec = 0) {
   auto f = h5::File::open_read(path);
@@ -709,19 +724,12 @@ TEST(Cli, RegionsOfEcoli) {
                  t / "none.bed" + ": the --regions BED file holds no regions");
 }
 
-// Several CSV inputs in one run (the output-size estimate reads them and hands their records on,
-// instead of each being parsed again): records in input order, each as embedded alone.
 // A causal model: rows appended after a record (missing values here, so the scale, G and the
 // global set stay as they were) leave its earlier rows' bits as they were, the CPU's last tile
 // included (its attention GEMMs once took the record's length as a dimension).
 TEST(Cli, CausalRowsKeepTheirBitsWhenRowsAreAppended) {
   TempDir t;
-  write_file(t / "ts.toml",
-             "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-             "d_ff = 64\nwindow = 64\ncausal = true\nglobal_every = 512\nglobal_max = 16\n"
-             "router_hidden = 8\nchannels = 1\nts_bins = 64\nts_clip = 4.0\n"
-             "ts_transform = \"log_return\"\n");
-  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  ASSERT_NE(init_ts_model(t, 64, 512, 1), "");
   std::mt19937 g(3);
   std::uniform_real_distribution<double> step(-0.02, 0.02);
   std::string head = "date,x\n", tail;
@@ -750,14 +758,11 @@ TEST(Cli, CausalRowsKeepTheirBitsWhenRowsAreAppended) {
     ASSERT_EQ(ya[i], yb[i]) << "row " << i / 32 << ", column " << i % 32;
 }
 
+// Several CSV inputs in one run (the output-size estimate reads them and hands their records on,
+// instead of each being parsed again): records in input order, each as embedded alone.
 TEST(Cli, SeveralCsvInputsMatchEachAlone) {
   TempDir t;
-  write_file(t / "ts.toml",
-             "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-             "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
-             "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
-             "ts_transform = \"log_return\"\n");
-  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  ASSERT_NE(init_ts_model(t, 8, 64, 2), "");
   std::mt19937 g(7);
   std::uniform_real_distribution<double> step(-0.01, 0.01);
   const std::vector<std::string> names = {"alpha", "beta", "gamma"};
@@ -800,13 +805,7 @@ TEST(Cli, TimeSeriesEndToEnd) {
   TempDir t;
   const std::string msft = shared_data() + "/timeseries/msft_daily_ohlcv.csv";
   ASSERT_TRUE(exists(msft));
-  std::string cfg =
-      "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-      "d_ff = 64\nwindow = 8\ncausal = true\nglobal_every = 64\nglobal_max = 16\n"
-      "router_hidden = 8\nchannels = 2\nts_bins = 64\nts_clip = 4.0\n"
-      "ts_transform = \"log_return\"\n";
-  write_file(t / "ts.toml", cfg);
-  ASSERT_EQ(run(binary() + " init --config " + t / "ts.toml" + " --output " + t / "ts.h5").code, 0);
+  ASSERT_NE(init_ts_model(t, 8, 64, 2), "");
   auto cmd = [&](const std::string& out, const std::string& extra) {
     return binary() + " embed -q --model " + t / "ts.h5" + " --input " + msft + " --output " + out +
            " " + extra;

@@ -429,6 +429,13 @@ TEST_F(DnaTest, LambdaGenome) {
 // ---------------------------------------------------------------------------------------------
 // Regions
 
+// A parsed region's record name and 0-based half-open span (end -1: to the record's end).
+void expect_region(const RegionSpec& r, const std::string& name, int64_t begin, int64_t end) {
+  EXPECT_EQ(r.name, name) << r.text;
+  EXPECT_EQ(r.begin, begin) << r.text;
+  EXPECT_EQ(r.end, end) << r.text;
+}
+
 TEST(ParseRegion, Forms) {
   RegionSpec r = parse_region("chr1");
   EXPECT_EQ(r.text, "chr1");
@@ -451,10 +458,7 @@ TEST(ParseRegion, Forms) {
   r = parse_region("gi|1|ref|X.1|:1-10");
   EXPECT_EQ(r.name, "gi|1|ref|X.1|");
   EXPECT_EQ(r.end, 10);
-  r = parse_region("chr1:-5");  // as samtools: from the first base
-  EXPECT_EQ(r.name, "chr1");
-  EXPECT_EQ(r.begin, 0);
-  EXPECT_EQ(r.end, 5);
+  expect_region(parse_region("chr1:-5"), "chr1", 0, 5);  // as samtools: from the first base
 }
 
 // A text that names a record and also a range of another record is refused, as samtools faidx
@@ -463,43 +467,21 @@ TEST(ParseRegion, AmbiguousNamesAndBraces) {
   const std::vector<std::string> known = {"chr1", "chr1:10-20"};
   expect_error<ConfigError>([&] { parse_region("chr1:10-20", known); },
                             {"ambiguous", "{chr1:10-20}", "{chr1}:10-20"});
-  RegionSpec r = parse_region("{chr1:10-20}", known);
-  EXPECT_EQ(r.name, "chr1:10-20");
-  EXPECT_EQ(r.begin, 0);
-  EXPECT_EQ(r.end, -1);
-  r = parse_region("{chr1}:10-20", known);
-  EXPECT_EQ(r.name, "chr1");
-  EXPECT_EQ(r.begin, 9);
-  EXPECT_EQ(r.end, 20);
-  r = parse_region("{chr1:10-20}:2-3", known);
-  EXPECT_EQ(r.name, "chr1:10-20");
-  EXPECT_EQ(r.begin, 1);
-  EXPECT_EQ(r.end, 3);
+  expect_region(parse_region("{chr1:10-20}", known), "chr1:10-20", 0, -1);
+  expect_region(parse_region("{chr1}:10-20", known), "chr1", 9, 20);
+  expect_region(parse_region("{chr1:10-20}:2-3", known), "chr1:10-20", 1, 3);
   // Not a range of the prefix ("x" is no position): the whole name, no ambiguity.
-  r = parse_region("chr1:x", {"chr1", "chr1:x"});
-  EXPECT_EQ(r.name, "chr1:x");
+  EXPECT_EQ(parse_region("chr1:x", {"chr1", "chr1:x"}).name, "chr1:x");
 }
 
 TEST(ParseRegion, NamesWithColons) {
   std::vector<std::string> known = {"HLA-A*01:01:01", "chr1"};
-  RegionSpec r = parse_region("HLA-A*01:01:01", known);
-  EXPECT_EQ(r.name, "HLA-A*01:01:01");
-  EXPECT_EQ(r.begin, 0);
-  EXPECT_EQ(r.end, -1);
-  r = parse_region("HLA-A*01:01:01:10-20", known);
-  EXPECT_EQ(r.name, "HLA-A*01:01:01");
-  EXPECT_EQ(r.begin, 9);
-  EXPECT_EQ(r.end, 20);
+  expect_region(parse_region("HLA-A*01:01:01", known), "HLA-A*01:01:01", 0, -1);
+  expect_region(parse_region("HLA-A*01:01:01:10-20", known), "HLA-A*01:01:01", 9, 20);
   // Unknown names are returned as they are: fetch reports them with the file's names.
-  r = parse_region("chrZ:3-4", known);
-  EXPECT_EQ(r.name, "chrZ");
-  EXPECT_EQ(r.begin, 2);
-  EXPECT_EQ(r.end, 4);
+  expect_region(parse_region("chrZ:3-4", known), "chrZ", 2, 4);
   // Without the known name, the trailing ':01' reads as a range.
-  r = parse_region("HLA-A*01:01:01");
-  EXPECT_EQ(r.name, "HLA-A*01:01");
-  EXPECT_EQ(r.begin, 0);
-  EXPECT_EQ(r.end, -1);
+  expect_region(parse_region("HLA-A*01:01:01"), "HLA-A*01:01", 0, -1);
 }
 
 TEST(ParseRegion, BadSyntax) {
