@@ -223,6 +223,10 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 // record costs its part's HDF5 structure, its group in the final file and its global sets (12 L G
 // bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
 // mostly writes.
+// Records one rank holds with at most this many bytes of rows are written into group parts
+// (Journal::write_grouped); longer ones get a part each (a row per token: streamed into it).
+constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
+
 struct OutputEstimate {
   int64_t bytes = 0;  // the journal and the final file together
   int64_t records = 0;
@@ -280,17 +284,20 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   const double embedding_bytes = (double)c.d_model * (o.f16 ? 2 : 4);  // a row's
   const double row_bytes = embedding_bytes + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
   const double data = rows * row_bytes + records * 12.0 * (double)c.n_layers * per_record_g;
-  // A part file's own structure is ~16 KB (measured: 14.4 KB for a 2-row record; ~3.3 KB a
-  // record in a group part), a record in the final file ~3 KB when its datasets are all compact
-  // (16 KB or less; measured: 2.8 KB with its data, dna-tiny, --pool mean), ~6 KB when its
-  // embedding is chunked; the final file's own ~8 KB. One record's part becomes the file itself;
+  // Measured with HDF5 1.8's object format (h5.cpp), dna-tiny: a part file's own structure is
+  // ~16 KB (14.4 KB for a 2-row record), a short record in a group part ~3 KB (2.6 KB with its
+  // data, --pool mean); a record in the final file ~2 KB when its datasets are all compact (16 KB
+  // or less; 1.5 KB with its data, --pool mean), ~5 KB when its embedding is chunked (4.0 KB
+  // besides its rows); the final file's own ~8 KB. One record's part becomes the file itself;
   // several are copied into it, so the parts and the final file are on disk together.
   if (records <= 1) {
     est.bytes = (int64_t)(data + 16384.0 + 8192.0);
     return est;
   }
-  const double final_record = rows / records * embedding_bytes <= 16384.0 ? 3072.0 : 6144.0;
-  est.bytes = (int64_t)(2.0 * data + records * (16384.0 + final_record) + 8192.0);
+  const double record_bytes = rows / records * embedding_bytes;
+  const double final_record = record_bytes <= 16384.0 ? 2048.0 : 5120.0;
+  const double part_record = record_bytes <= (double)kGroupedRowBytes ? 3072.0 : 16384.0;
+  est.bytes = (int64_t)(2.0 * data + records * (part_record + final_record) + 8192.0);
   return est;
 }
 
@@ -455,9 +462,6 @@ struct EmbedRun {
   Progress& progress;
   int64_t align;
   bool parallel_h5;
-  // Records one rank holds with at most this many bytes of rows are written into group parts
-  // (Journal::write_grouped); longer ones get a part each (a row per token: streamed into it).
-  static constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
   ForwardFn forward_fn;
   RcPairFn rc_pair_fn;
   // GPU: makes another model on the same GPU for short records side by side (SideBatch);

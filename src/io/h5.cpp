@@ -155,9 +155,25 @@ hid_t make_f16_type() {
   return t;
 }
 
+// Every file is written in HDF5 1.8's object format: a group's links and a small object's
+// attributes live in its object header, not in a B-tree and a heap of their own, so a file of
+// many short records is about half the size (bench/NOTES.md, session 17). HDF5 1.8 or later reads
+// it (h5py, R's hdf5r, MATLAB 2011+). The root group keeps no times either (as group_plist).
+static Handle file_create_plist() {
+  Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  H5Pset_obj_track_times(fcpl.id(), 0);
+  return fcpl;
+}
+static Handle file_access_plist() {
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_libver_bounds(fapl.id(), H5F_LIBVER_V18, H5F_LIBVER_V18);
+  return fapl;
+}
+
 File File::create(const std::string& path) {
   quiet_errors();
-  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  Handle fcpl = file_create_plist(), fapl = file_access_plist();
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
   if (id < 0) fail(path, "", "cannot create HDF5 file (is the folder writable, or the disk full?)");
   return File(Handle(id, H5Fclose), path);
 }
@@ -175,9 +191,9 @@ bool File::parallel_available() {
 File File::create_parallel(const std::string& path) {
 #ifdef SPARSA_HDF5_PARALLEL
   quiet_errors();
-  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  Handle fcpl = file_create_plist(), fapl = file_access_plist();
   H5Pset_fapl_mpio(fapl.id(), MPI_COMM_WORLD, MPI_INFO_NULL);
-  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id());
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
   if (id < 0) fail(path, "", "cannot create HDF5 file in parallel (is the folder writable?)");
   return File(Handle(id, H5Fclose), path, true);
 #else
@@ -197,9 +213,8 @@ bool File::writes_data() const {
 }
 
 void File::copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj) {
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
-  if (H5Ocopy(src.id(), src_obj.c_str(), h_.id(), dst_obj.c_str(), H5P_DEFAULT, lcpl.id()) < 0)
+  make_parents(dst_obj);
+  if (H5Ocopy(src.id(), src_obj.c_str(), h_.id(), dst_obj.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0)
     fail(path_, dst_obj, "copy from " + src.path() + " failed (disk full?)");
 }
 
@@ -255,13 +270,27 @@ bool File::exists(const std::string& obj) const {
 }
 
 void File::create_group(const std::string& obj) {
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
+  make_parents(obj);
   Handle gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
   H5Pset_obj_track_times(gcpl.id(), 0);  // as dataset_plist
-  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), lcpl.id(), gcpl.id(), H5P_DEFAULT), path_, obj,
+  Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), H5P_DEFAULT, gcpl.id(), H5P_DEFAULT), path_, obj,
                  "group create"),
            H5Gclose);
+  groups_.insert(obj);
+}
+
+// The groups above obj, made where missing (HDF5's own intermediate groups would keep
+// creation times: a checkpoint's bytes would then depend on the clock).
+void File::make_parents(const std::string& obj) {
+  for (size_t slash = obj.find('/', 1); slash != std::string::npos;
+       slash = obj.find('/', slash + 1)) {
+    const std::string parent = obj.substr(0, slash);
+    if (groups_.count(parent)) continue;
+    if (H5Lexists(h_.id(), parent.c_str(), H5P_DEFAULT) > 0)
+      groups_.insert(parent);
+    else
+      create_group(parent);
+  }
 }
 
 static herr_t write_whole(const File& f, hid_t ds, hid_t mem_type, const void* data) {
@@ -274,17 +303,16 @@ static herr_t write_whole(const File& f, hid_t ds, hid_t mem_type, const void* d
   return H5Dwrite(ds, mem_type, mspace.id(), fspace.id(), dxpl.id(), data);
 }
 
-static void write_any(const File& f, const std::string& obj, const std::vector<int64_t>& shape,
+static void write_any(File& f, const std::string& obj, const std::vector<int64_t>& shape,
                       const void* data, Dtype ft, hid_t mt) {
   std::vector<hsize_t> dims(shape.begin(), shape.end());
   Handle space(H5Screate_simple((int)dims.size(), dims.data(), nullptr), H5Sclose);
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
   Handle ftype = file_type(ft);
   int64_t bytes = dtype_size(ft);
   for (int64_t n : shape) bytes *= n;
   Handle dcpl = dataset_plist(f.parallel(), bytes, (int)dims.size(), nullptr);
-  Handle ds(check(H5Dcreate2(f.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
+  f.make_parents(obj);
+  Handle ds(check(H5Dcreate2(f.id(), obj.c_str(), ftype.id(), space.id(), H5P_DEFAULT, dcpl.id(),
                              H5P_DEFAULT),
                   f.path(), obj, "dataset create"),
             H5Dclose);
@@ -307,13 +335,12 @@ void File::write_strings(const std::string& obj, const std::vector<std::string>&
   hsize_t n = values.size();
   Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
   Handle t = str_type();
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
   Handle dcpl = dataset_plist(parallel_, 0, 1, nullptr);
-  Handle ds(
-      check(H5Dcreate2(h_.id(), obj.c_str(), t.id(), space.id(), lcpl.id(), dcpl.id(), H5P_DEFAULT),
-            path_, obj, "dataset create"),
-      H5Dclose);
+  make_parents(obj);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), t.id(), space.id(), H5P_DEFAULT, dcpl.id(),
+                             H5P_DEFAULT),
+                  path_, obj, "dataset create"),
+            H5Dclose);
   if (n > 0 && write_whole(*this, ds.id(), t.id(), ptrs.data()) < 0)
     fail(path_, obj, "HDF5 write failed (disk full?)");
 }
@@ -321,11 +348,10 @@ void File::write_strings(const std::string& obj, const std::vector<std::string>&
 void File::create_vector_i64(const std::string& obj, int64_t n) {
   hsize_t dims[1] = {(hsize_t)n};
   Handle space(H5Screate_simple(1, dims, nullptr), H5Sclose);
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
   Handle ftype = file_type(Dtype::kI64);
   Handle dcpl = dataset_plist(parallel_, n * 8, 1, nullptr);
-  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
+  make_parents(obj);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), H5P_DEFAULT, dcpl.id(),
                              H5P_DEFAULT),
                   path_, obj, "dataset create"),
             H5Dclose);
@@ -334,15 +360,14 @@ void File::create_vector_i64(const std::string& obj, int64_t n) {
 void File::create_rows(const std::string& obj, int64_t rows, int64_t cols, Dtype ft) {
   hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
   Handle space(H5Screate_simple(2, dims, nullptr), H5Sclose);
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.id(), 1);
   hsize_t chunk[2] = {
       (hsize_t)std::min<int64_t>(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols))),
       (hsize_t)cols};
   Handle dcpl =
       dataset_plist(parallel_, rows * cols * dtype_size(ft), 2, rows > 0 ? chunk : nullptr);
   Handle ftype = file_type(ft);
-  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), lcpl.id(), dcpl.id(),
+  make_parents(obj);
+  Handle ds(check(H5Dcreate2(h_.id(), obj.c_str(), ftype.id(), space.id(), H5P_DEFAULT, dcpl.id(),
                              H5P_DEFAULT),
                   path_, obj, "dataset create"),
             H5Dclose);

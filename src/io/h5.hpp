@@ -4,6 +4,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -119,9 +120,11 @@ class File {
   Handle h_;
   std::string path_;
   bool parallel_ = false;
+  std::set<std::string> groups_;  // groups known to exist (make_parents)
 
  public:
   bool parallel() const { return parallel_; }
+  void make_parents(const std::string& obj);
   bool writes_data() const;  // false on ranks other than 0 of a parallel file
 };
 
