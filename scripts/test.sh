@@ -13,7 +13,8 @@ bash scripts/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=yes OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_io=romio321
-args=(--test-dir build --output-on-failure -j2 --timeout 900)
+# --no-tests=error: a label that matches nothing (a typo) fails instead of passing empty.
+args=(--test-dir build --output-on-failure -j2 --timeout 900 --no-tests=error)
 [ -n "${SPARSA_TEST_LABELS:-}" ] && args+=(-L "$SPARSA_TEST_LABELS")
 # SPARSA_TEST_EXCLUDE_LABELS=slurm leaves out the Slurm tests (they need root: see below).
 [ -n "${SPARSA_TEST_EXCLUDE_LABELS:-}" ] && args+=(-LE "$SPARSA_TEST_EXCLUDE_LABELS")

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -555,8 +556,13 @@ struct FaidxFetcher::Impl {
   bool entries_read = false;
   std::vector<int64_t> blocks;  // bgzip: the blocks' uncompressed starts (from the .gzi)
   bool blocks_read = false;     // (empty after reading: the .gzi is broken)
+  // The file as check_fai_entry reads it, opened once (bgzip: its .gzi loaded once, not once a
+  // record: a BED over many contigs of a bgzipped assembly reread the whole index each time).
+  BGZF* check_fp = nullptr;
+  bool check_opened = false, gzi_loaded = false;
   ~Impl() {
     if (fai) fai_destroy(fai);
+    if (check_fp) bgzf_close(check_fp);
   }
 };
 
@@ -627,8 +633,10 @@ struct FaiCheck {
   bool ok = true, header_found = false;
   std::string name, description;
 };
+// `fp`: the file (null: it could not be opened); bgzip (`blocks`): `gzi_loaded` says whether its
+// .gzi was loaded into fp.
 FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
-                         const std::vector<int64_t>* blocks) {
+                         const std::vector<int64_t>* blocks, BGZF* fp, bool gzi_loaded) {
   FaiCheck out;
   // An entry htslib cannot use (it divides by line_bases), or a bgzip record that reaches past
   // the blocks the .gzi lists (htslib asserts on a seek there), or a broken .gzi: no match.
@@ -639,10 +647,8 @@ FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
     out.ok = false;
     return out;
   }
-  BGZF* fp = open_bgzf(path);
   if (!fp) return out;  // (fetching fails on its own then)
-  if (blocks && bgzf_index_load(fp, path.c_str(), ".gzi") != 0) {
-    bgzf_close(fp);
+  if (blocks && !gzi_loaded) {
     out.ok = false;
     return out;
   }
@@ -685,7 +691,6 @@ FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
       if (i < got && buf[i] != (fastq ? '+' : '>')) out.ok = false;  // more lines: longer
     }
   }
-  bgzf_close(fp);
   return out;
 }
 
@@ -735,6 +740,46 @@ std::string faidx_layout_error(const std::string& path) {
   return "";
 }
 
+// The first byte of record `name` (of any record: "") that is neither a base nor '\r' (a space, a
+// tab, a control byte), as "file: record 'X': position P: ..."; "" if none. faidx counts only
+// printable bytes as bases, so such a byte makes the index entry disagree with the file
+// (check_fai_entry) or the index build fail, and a fetch would skip it, shifting every later
+// position. Only run to explain those failures.
+std::string non_base_in_record(const std::string& path, const std::string& name, bool fastq) {
+  try {
+    LineReader lines(path);
+    std::string_view line;
+    std::string at_name, description;
+    bool inside = false;
+    int64_t pos = 0;  // bases before this line
+    for (int64_t k = 0; lines.next(line); ++k) {
+      // FASTQ: the common 4-line form (a quality line may start with '@' or '>').
+      const bool header = fastq ? k % 4 == 0 : !line.empty() && line[0] == '>';
+      if (header) {
+        if (inside && !name.empty()) return "";  // the record ended clean
+        if (line.empty()) continue;
+        split_header(line.substr(1), at_name, description);
+        inside = name.empty() || at_name == name;
+        pos = 0;
+        continue;
+      }
+      if (!inside || (fastq && k % 4 != 1)) continue;
+      for (unsigned char c : line) {
+        if (c == '\r') continue;
+        if (kTokenTable[c] < 0 && !std::isgraph(c))
+          return where(path, at_name, pos + 1,
+                       "invalid character " + show_char(c) +
+                           "; faidx would skip it and shift every later position, so a record "
+                           "read through --region/--regions must hold bases only: fix the file, "
+                           "or embed it without --region (where --invalid-as-n reads it as N)");
+        ++pos;
+      }
+    }
+  } catch (const InputError&) {
+  }
+  return "";
+}
+
 // Why faidx could not be loaded, in words a user can act on.
 std::string faidx_failure(const std::string& path, int compression, bool fastq) {
   if (compression == 1)
@@ -754,6 +799,7 @@ std::string faidx_failure(const std::string& path, int compression, bool fastq) 
            ": not an index of this file? Remove it and sparsa builds it again, or run `samtools "
            "faidx " +
            path + "`";
+  if (std::string why = non_base_in_record(path, "", fastq); !why.empty()) return why;
   if (!fastq)
     if (std::string why = faidx_layout_error(path); !why.empty()) return why;
   return path + ": cannot build its faidx index (" + path +
@@ -890,9 +936,18 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
       impl_->blocks = gzi_block_starts(path);
       impl_->blocks_read = true;
     }
+    if (!impl_->check_opened) {
+      impl_->check_opened = true;
+      impl_->check_fp = open_bgzf(path);
+      impl_->gzi_loaded = impl_->check_fp && impl_->bgzip &&
+                          bgzf_index_load(impl_->check_fp, path.c_str(), ".gzi") == 0;
+    }
     const FaiCheck c =
-        check_fai_entry(path, at->second, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr);
+        check_fai_entry(path, at->second, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr,
+                        impl_->check_fp, impl_->gzi_loaded);
     if (!c.ok || (c.header_found && c.name != region.name)) {
+      if (const std::string why = non_base_in_record(path, region.name, impl_->fastq); !why.empty())
+        throw InputError(why);
       std::error_code ec;
       const bool older = std::filesystem::last_write_time(path + ".fai", ec) <
                          std::filesystem::last_write_time(path, ec);

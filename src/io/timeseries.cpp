@@ -473,10 +473,11 @@ std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t) {
     if (std::isnan(x[i]) || std::isnan(x[i - 1])) continue;
     if (t == TsTransform::kDiff) {
       r[i] = x[i] - x[i - 1];
-    } else if (x[i] > 0 && x[i - 1] > 0) {
+    } else if ((x[i] > 0 && x[i - 1] > 0) || (x[i] < 0 && x[i - 1] < 0)) {
       // NOTE: ln(x_t / x_{t-1}) exactly as the spec writes it, not ln x_t - ln x_{t-1}: the two
-      // differ in the last bits and tokens must be reproducible. Non-positive pairs stay NaN
-      // here; tokenize_series refuses them with a message before calling this.
+      // differ in the last bits and tokens must be reproducible (and the ratio of two negative
+      // values is defined). A zero or a change of sign stays NaN here; checked_transform refuses
+      // it with a message before calling this.
       r[i] = std::log(x[i] / x[i - 1]);
     }
   }
@@ -527,8 +528,8 @@ void check_channel_count(const RawSeries& raw, const ModelConfig& config, const 
 }
 
 // Channel c's transform r and its scale s_c, after the checks that make its tokens well defined:
-// log_return's values positive, every r finite, their mean finite. Each error names the line
-// that causes it.
+// log_return's pairs nonzero and of one sign, every r finite, their mean finite. Each error names
+// the line that causes it.
 struct Transformed {
   std::vector<double> r;
   double scale = 1;
@@ -543,16 +544,20 @@ Transformed checked_transform(const RawSeries& raw, int64_t c, const ModelConfig
                                " values for " + std::to_string(n_rows) + " timestamps"));
   if (config.ts_transform == TsTransform::kLogReturn) {
     // Only values that enter a ratio matter: a lone value between missing cells is unused.
+    // ln(x_t / x_{t-1}) is defined for two nonzero values of one sign (negative ones too).
+    const auto refuse = [&](int64_t u, const std::string& what) {
+      throw InputError(where(path, raw.name, 0,
+                             series_line_of(raw, u) + ", " + channel_label(raw, c) +
+                                 ": log_return " + what +
+                                 " (ln(x_t / x_{t-1}) needs two nonzero values of one sign; use "
+                                 "ts_transform = \"diff\" or \"level\")"));
+    };
     for (int64_t t = 1; t < n_rows; ++t) {
       if (std::isnan(x[t]) || std::isnan(x[t - 1])) continue;
-      for (int64_t u : {t - 1, t}) {
-        if (x[u] > 0) continue;
-        throw InputError(where(path, raw.name, 0,
-                               series_line_of(raw, u) + ", " + channel_label(raw, c) +
-                                   ": log_return needs positive values, found " +
-                                   number_text(x[u]) +
-                                   " (use ts_transform = \"diff\" or \"level\")"));
-      }
+      for (int64_t u : {t - 1, t})
+        if (x[u] == 0) refuse(u, "cannot take the value 0");
+      if ((x[t] > 0) != (x[t - 1] > 0))
+        refuse(t, "from " + number_text(x[t - 1]) + " to " + number_text(x[t]) + " changes sign");
     }
   }
   std::vector<double> r = ts_transform(x, config.ts_transform);

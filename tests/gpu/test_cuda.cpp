@@ -1,10 +1,12 @@
 // GPU tests: every CUDA op against the CPU oracle, and the whole model against sparsa::forward.
 // Error bounds (documented in docs and bench/NOTES.md):
 //   fp32 mode: ops within ~1e-5 of the largest reference value (summation order only); the whole
-//     model within 1e-4; global sets identical.
+//     model within 1e-5 (CudaModel.Fp32MatchesCpu; 1e-4 where the window is past the record);
+//     global sets identical.
 //   bf16 mode: ops fed with bf16-rounded inputs within 1e-2 of the largest reference value
-//     (P and the output are rounded to bf16); the whole model within 5e-2, global-set overlap
-//     reported (layer 0 identical: equal tokens get equal scores on both backends).
+//     (P and the output are rounded to bf16); the whole model within 2e-2 (CudaModel.
+//     Bf16WithinBound; 5e-2 elsewhere), global sets at least 90% shared, layer 0's identical
+//     (equal tokens get equal scores on both backends).
 // Every test skips with a clear message where no CUDA device is usable.
 #include <gtest/gtest.h>
 
@@ -1590,6 +1592,7 @@ struct Compared {
   double err;
   double overlap;  // of the global sets over all layers
   bool identical;
+  bool layer0_identical;  // layer 0's global set (its scores come from the embeddings alone)
 };
 
 Compared compare_model(const ModelConfig& c, int64_t n, bool bf16, int64_t chunk_rows = 65536) {
@@ -1602,8 +1605,10 @@ Compared compare_model(const ModelConfig& c, int64_t n, bool bf16, int64_t chunk
   ForwardOutput got = gpu.forward(tok.data(), sh, *comm);
   EXPECT_EQ(got.n_global, ref.n_global);
   EXPECT_EQ(got.y.size(), ref.y.size());
-  Compared r{rel_err(got.y, ref.y), 1.0, got.global_positions == ref.global_positions};
   const int64_t G = ref.n_global;
+  Compared r{rel_err(got.y, ref.y), 1.0, got.global_positions == ref.global_positions,
+             G == 0 || std::equal(ref.global_positions.begin(), ref.global_positions.begin() + G,
+                                  got.global_positions.begin())};
   if (G > 0) {
     int64_t same = 0;
     for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -1627,7 +1632,7 @@ TEST(CudaModel, Fp32MatchesCpu) {
   for (bool causal : {false, true}) {
     for (int64_t heads : {2, 4}) {  // head_dim 64 and 32
       Compared r = compare_model(small_config(128, heads, 32, causal, 64), 3000, false);
-      EXPECT_LE(r.err, 1e-4);
+      EXPECT_LE(r.err, 1e-5);  // docs/reliability.md: ~1e-6
       EXPECT_TRUE(r.identical);
     }
   }
@@ -1637,8 +1642,9 @@ TEST(CudaModel, Bf16WithinBound) {
   SKIP_WITHOUT_GPU();
   for (bool causal : {false, true}) {
     Compared r = compare_model(small_config(128, 2, 32, causal, 64), 3000, true);
-    EXPECT_LE(r.err, 5e-2);
-    EXPECT_GE(r.overlap, 0.5);
+    EXPECT_LE(r.err, 2e-2);  // docs/reliability.md: ~8e-3, at least 95.8% of the global set
+    EXPECT_GE(r.overlap, 0.9);
+    EXPECT_TRUE(r.layer0_identical);
   }
 }
 

@@ -41,6 +41,24 @@ TEST(MpiInvariance, LambdaAllPoolsAndRc) {
   check_invariance(t, {model, lambda, "--split-min 1000"}, {2, 3, 4});
   check_invariance(t, {model, lambda, "--split-min 1000 --rc-average --pool bin:1000"}, {3});
   check_invariance(t, {model, lambda, "--split-min 1000 --pool mean"}, {4});
+  // The equalities above would hold as well if nothing were split: every rank really sent halos
+  // (the record was split over all three), and none does when the record stays whole.
+  for (const bool split : {true, false}) {
+    auto r =
+        run("SPARSA_COMM_STATS=1 " + mpirun(3) + binary() + " embed -q --force --model " + model +
+            " " + lambda + (split ? " --split-min 1000" : "") + " --output " + t / "stats.h5");
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (int rank = 0; rank < 3; ++rank) {
+      const std::string key = "rank " + std::to_string(rank) + ": sent ";
+      const size_t at = r.output.find(key);
+      ASSERT_NE(at, std::string::npos) << r.output;
+      const long long halo = std::stoll(r.output.substr(at + key.size()));
+      if (split)
+        EXPECT_GT(halo, 0) << "rank " << rank << ": " << r.output;
+      else
+        EXPECT_EQ(halo, 0) << "rank " << rank << ": " << r.output;
+    }
+  }
 }
 
 TEST(MpiInvariance, SerialHdf5Fallback) {

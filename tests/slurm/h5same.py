@@ -56,6 +56,8 @@ def main():
         else:
             walk(a["records"], b["records"], "/records", diffs)
             n = len(a["records"])
+            if n == 0:
+                diffs.append("no records")
     if diffs:
         print(f"{pa} and {pb} differ:", *diffs[:20], sep="\n  ")
         sys.exit(1)

@@ -20,7 +20,7 @@ chmod +x sparsa-wrapper.sh
 
 say "sbatch --wait -n 2 slurm/embed.sbatch"
 rc=0
-SPARSA=$WORK/sparsa-wrapper.sh timeout 600 sbatch --wait -n 2 --output="$WORK/embed-%j.log" \
+SPARSA=$WORK/sparsa-wrapper.sh timeout 420 sbatch --wait -n 2 --output="$WORK/embed-%j.log" \
   "$SRC/slurm/embed.sbatch" model.h5 "$LAMBDA" slurm.h5 --split-min 1000 >submit.txt || rc=$?
 cat submit.txt
 JOBS+=("$(grep -o '[0-9]*' submit.txt | head -1)")

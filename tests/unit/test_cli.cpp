@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -73,6 +75,7 @@ void expect_failure(const std::string& cmd, const std::string& out, const std::s
 }  // namespace
 
 TEST(Cli, HelpTeachesAndVersionWorks) {
+  TempDir t;
   auto r = run(binary() + " --help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("Typical use"), std::string::npos);
@@ -89,8 +92,12 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   r = run(binary() + " --version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
-  r = run(binary() + " embed --model nope.h5");
-  EXPECT_EQ(r.code, 2);
+  // A missing --model file is a usage error (exit 2) naming it, with the other options given.
+  r = run(binary() + " embed --model " + t / "nope.h5" + " --input " + lambda() + " --output " +
+          t / "nope-out.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("nope.h5"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "nope-out.h5"));
   // No command: the usage; an unknown one is named with the list; parse errors as other errors.
   r = run(binary());
   EXPECT_EQ(r.code, 2);
@@ -646,6 +653,72 @@ TEST(Cli, CheckpointConfigWithAMissingKeyIsRefused) {
   EXPECT_NE(run(binary() + " inspect " + t / "m.h5").code, 0);
 }
 
+// A damaged checkpoint is refused before any work, naming the file, the dataset (or attribute)
+// and what is wrong (formats.md, "Checkpoint"): exit 1 and no output.
+TEST(Cli, DamagedCheckpointsAreRefusedByName) {
+  TempDir t;
+  const int64_t d = h5::File::open_read(tiny_model()).shape("/final_norm").at(0);
+  const auto replace_final_norm = [](h5::File& f, const std::vector<int64_t>& shape, float v) {
+    ASSERT_GE(H5Ldelete(f.id(), "/final_norm", H5P_DEFAULT), 0);
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    const std::vector<float> x(n, v);
+    f.write_f32("/final_norm", shape, x.data());
+  };
+  struct Case {
+    const char* name;
+    std::function<void(h5::File&)> damage;
+    std::vector<std::string> said;
+  };
+  const std::vector<Case> cases = {
+      {"missing",
+       [](h5::File& f) { ASSERT_GE(H5Ldelete(f.id(), "/layers/1/wq", H5P_DEFAULT), 0); },
+       {"/layers/1/wq", "dataset is missing"}},
+      {"shape",
+       [&](h5::File& f) { replace_final_norm(f, {d + 1}, 1.0f); },
+       {"/final_norm",
+        "wrong shape [" + std::to_string(d + 1) + "], expected [" + std::to_string(d) + "]"}},
+      {"nan",
+       [&](h5::File& f) { replace_final_norm(f, {d}, std::nanf("")); },
+       {"/final_norm", "non-finite value at flat index 0"}},
+      {"f64",
+       [&](h5::File& f) {
+         ASSERT_GE(H5Ldelete(f.id(), "/final_norm", H5P_DEFAULT), 0);
+         const hsize_t dims[1] = {(hsize_t)d};
+         h5::Handle space(H5Screate_simple(1, dims, nullptr), H5Sclose);
+         h5::Handle ds(H5Dcreate2(f.id(), "/final_norm", H5T_IEEE_F64LE, space.id(), H5P_DEFAULT,
+                                  H5P_DEFAULT, H5P_DEFAULT),
+                       H5Dclose);
+         const std::vector<double> ones(d, 1.0);
+         H5Dwrite(ds.id(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, ones.data());
+       },
+       {"/final_norm", "must be float32"}},
+      {"format",
+       [](h5::File& f) { f.set_attr("/", "format", std::string("sparsa-embeddings")); },
+       {"not a sparsa checkpoint"}},
+      {"version",
+       [](h5::File& f) { f.set_attr("/", "format_version", (int64_t)2); },
+       {"unsupported format_version"}},
+  };
+  for (const Case& c : cases) {
+    const std::string m = t / (std::string(c.name) + ".h5"),
+                      out = t / (std::string(c.name) + "-o.h5");
+    std::filesystem::copy_file(tiny_model(), m);
+    {
+      h5::File f = h5::File::open_rw(m);
+      c.damage(f);
+      f.close();
+    }
+    auto r = run(binary() + " embed -q --model " + m + " --input " + lambda() + " --output " + out);
+    EXPECT_EQ(r.code, 1) << c.name << ": " << r.output;
+    for (const std::string& s : c.said)
+      EXPECT_NE(r.output.find(s), std::string::npos) << c.name << ": " << r.output;
+    EXPECT_NE(r.output.find(m), std::string::npos) << c.name << ": " << r.output;
+    EXPECT_FALSE(exists(out)) << c.name;
+    EXPECT_FALSE(exists(out + ".parts")) << c.name;
+  }
+}
+
 // srun -n 4 without an MPI plugin: four unconnected copies. Each runs alone (a task farm with an
 // output each is legitimate) and says so, with the cure for a job meant as one MPI run; copies
 // that share an output meet at its journal lock (Resume.AnotherLiveRunsJournalIsRefused).
@@ -857,7 +930,7 @@ TEST(Cli, TimeSeriesEndToEnd) {
   r = run(binary() + " embed --model " + t / "ts.h5" + " --input " + t / "panel.csv" +
           " --id-column sym --output " + t / "panel.h5");
   EXPECT_EQ(r.code, 1) << r.output;
-  EXPECT_NE(r.output.find("record 'B': line 5, column 'a': log_return needs positive values"),
+  EXPECT_NE(r.output.find("record 'B': line 5, column 'a': log_return cannot take the value 0"),
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("record 1 "), std::string::npos) << r.output;  // none was embedded

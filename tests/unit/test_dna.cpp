@@ -655,6 +655,30 @@ TEST_F(FaidxTest, InvalidCharacterPositionInSourceRecord) {
       << r.warning;
 }
 
+// A space, tab or control byte inside a sequence line: faidx counts only printable bytes, so the
+// index disagrees with the file. The error names the byte and its position (it said "remove the
+// .fai", which sparsa had just built), also under --invalid-as-n; another record still reads.
+TEST_F(FaidxTest, NonPrintableByteInSequenceNamedWithItsPosition) {
+  const std::string other = random_seq(50, 6);
+  for (const char* bad : {" ", "\t", "\x01"}) {
+    const std::string p = write("sp.fa", ">a\n" + other + "\n>r desc\nACGTACGTAC" + bad + "GT\n");
+    std::filesystem::remove(p + ".fai");
+    for (bool lenient : {false, true}) {
+      FaidxFetcher f(p, DnaReadOptions{lenient});
+      EXPECT_EQ(f.fetch(parse_region("a:1-10")).tokens.size(), 10u);
+      expect_error<InputError>(
+          [&] { f.fetch(parse_region("r:1-5")); },
+          {p, "record 'r'", "position 11", "invalid character", "without --region"});
+    }
+  }
+  // FASTQ: faidx cannot index the file at all; the byte in a read's sequence line is named (a
+  // quality line starting with '@' is not taken for a header).
+  const std::string q = write("sp.fq", "@x\nACGT\n+\n@@@@\n@y\nAC GT\n+\nIIIII\n");
+  std::filesystem::remove(q + ".fai");
+  expect_error<InputError>([&] { FaidxFetcher f(q, {}); },
+                           {q, "record 'y'", "position 3", "' ' (0x20)"});
+}
+
 TEST_F(FaidxTest, PlainGzipGetsBgzipHint) {
   std::string p = write("ref.fa", fasta());
   sh("gzip -c '" + p + "' > '" + p + ".gz'");

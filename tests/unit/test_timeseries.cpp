@@ -88,6 +88,10 @@ TEST(TsTransformTest, LogReturn) {
               {kNaN, std::log(2.0), std::log(0.25), kNaN, kNaN, 0.0});
   expect_same(ts_transform({}, TsTransform::kLogReturn), {});
   expect_same(ts_transform({5}, TsTransform::kDiff), {kNaN});
+  // Two negative values have a ratio, so a log return (the spec's ln(x_t / x_{t-1})); a zero or
+  // a change of sign has none (check_series refuses those before this is called).
+  expect_same(ts_transform({-2, -4, -1, 3, 0, 2}, TsTransform::kLogReturn),
+              {kNaN, std::log(2.0), std::log(0.25), kNaN, kNaN, kNaN});
 }
 
 TEST(TsScaleTest, MeanAbs) {
@@ -436,13 +440,21 @@ TEST_F(TsCsv, TransformOverflowNamesTheLine) {
   recs = read_timeseries_csv(p, {}, 1);
   msg = input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLevel), p); });
   EXPECT_NE(msg.find("column 'x': values too large to scale"), std::string::npos) << msg;
-  // log_return's positive values, and the channel count.
+  // log_return's nonzero values of one sign, and the channel count.
   p = write("z.csv", "timestamp,x\n1,2\n2,0\n");
   recs = read_timeseries_csv(p, {}, 1);
   msg =
       input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), p); });
-  EXPECT_NE(msg.find("line 3, column 'x': log_return needs positive values"), std::string::npos)
+  EXPECT_NE(msg.find("line 3, column 'x': log_return cannot take the value 0"), std::string::npos)
       << msg;
+  {
+    const std::string q = write("sign.csv", "timestamp,x\n1,2\n2,3\n3,-1\n");
+    const auto sr = read_timeseries_csv(q, {}, 1);
+    const std::string m =
+        input_error([&] { check_series(sr[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), q); });
+    EXPECT_NE(m.find("line 4, column 'x': log_return from 3 to -1 changes sign"), std::string::npos)
+        << m;
+  }
   msg = input_error([&] { check_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLevel), p); });
   EXPECT_NE(msg.find("the model has 2 channels, the record has 1"), std::string::npos) << msg;
 }
@@ -497,8 +509,15 @@ TEST_F(TsCsv, LogReturnOfNonPositive) {
 
 // ---- real data ----
 
+// The MSFT CSV is bundled in examples/ (so its test runs from a plain clone); the larger USD/CHF
+// one comes from ../shared/data or SPARSA_DATA_DIR, and its test skips (reported as skipped)
+// without it.
 std::string data_file(const std::string& name) {
   std::vector<fs::path> roots;
+#ifdef SPARSA_SOURCE_DIR
+  if (fs::exists(fs::path(SPARSA_SOURCE_DIR) / "examples" / name))
+    return (fs::path(SPARSA_SOURCE_DIR) / "examples" / name).string();
+#endif
   if (const char* env = std::getenv("SPARSA_DATA_DIR")) roots.emplace_back(env);
 #ifdef SPARSA_SOURCE_DIR
   roots.emplace_back(fs::path(SPARSA_SOURCE_DIR) / "shared" / "data");
@@ -514,7 +533,7 @@ std::string data_file(const std::string& name) {
 
 TEST(TsRealData, MsftDailyOhlcv) {
   std::string p = data_file("msft_daily_ohlcv.csv");
-  if (p.empty()) GTEST_SKIP() << "msft_daily_ohlcv.csv not found";
+  ASSERT_FALSE(p.empty()) << "examples/msft_daily_ohlcv.csv not found";
   auto recs = read_timeseries_csv(p, {}, 5);
   ASSERT_EQ(recs.size(), 1u);
   EXPECT_EQ(recs[0].name, "msft_daily_ohlcv");

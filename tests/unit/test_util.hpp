@@ -122,9 +122,21 @@ inline pid_t spawn(const std::vector<std::string>& args, const std::string& log)
   return pid;
 }
 
-inline int wait_exit(pid_t pid) {
+// Its exit status (128 + the signal when a signal ended it). A child that has not ended after
+// `seconds` (a stop or watchdog that regressed) fails the test and is killed with everything it
+// started, instead of hanging until CTest's timeout and leaving its processes behind.
+inline int wait_exit(pid_t pid, int seconds = 300) {
   int st = 0;
-  waitpid(pid, &st, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (waitpid(pid, &st, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "process " << pid << " still running after " << seconds << " s: killed";
+      kill(-pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
