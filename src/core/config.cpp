@@ -72,11 +72,12 @@ void ModelConfig::validate() const {
         "head_dim = d_model / n_heads = " + std::to_string(head_dim()) + " must be even for RoPE");
   if (n_layers < 1) bad("n_layers", "must be >= 1");
   if (d_ff < 1) bad("d_ff", "must be >= 1");
-  if (window < 1) bad("window", "must be >= 1");
+  // window 0: W(i) = {i} (the spec's formula; causal too).
+  if (window < 0) bad("window", "must be >= 0");
   if (global_every < 1) bad("global_every", "must be >= 1");
   if (global_min < 0) bad("global_min", "must be >= 0");
   if (global_max < 0) bad("global_max", "must be >= 0");
-  if (global_min > global_max) bad("global_min", "must be <= global_max");
+  // global_min > global_max is the spec's formula too: G = min(global_max, ...) = global_max.
   if (router_hidden < 1) bad("router_hidden", "must be >= 1");
   if (!(rope_base > 1.0) || !std::isfinite(rope_base))
     bad("rope_base", "must be a finite number > 1");

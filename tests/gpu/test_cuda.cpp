@@ -827,6 +827,9 @@ TEST(CudaOps, AttentionFp32) {
     EXPECT_LE(attention_error({3000, 1100, 900, 3, 16, 100, 64, causal, DType::kF32}, 2), 2e-5);
     EXPECT_LE(attention_error({500, 0, 500, 2, 32, 600, 10, causal, DType::kF32}, 3), 2e-5);
     EXPECT_LE(attention_error({800, 0, 800, 1, 64, 20, 0, causal, DType::kF32}, 4), 2e-5);
+    // window 0: W(i) = {i}
+    EXPECT_LE(attention_error({300, 5, 290, 2, 64, 0, 0, causal, DType::kF32}, 11), 2e-5);
+    EXPECT_LE(attention_error({300, 5, 290, 2, 64, 0, 20, causal, DType::kF32}, 12), 2e-5);
   }
 }
 
@@ -840,6 +843,8 @@ TEST(CudaOps, AttentionBf16TensorCores) {
       EXPECT_LE(attention_error({500, 0, 500, 1, dh, 600, 10, causal, DType::kBF16}, 7), 1e-2);
       EXPECT_LE(attention_error({800, 0, 800, 1, dh, 20, 0, causal, DType::kBF16}, 8), 1e-2);
       EXPECT_LE(attention_error({257, 3, 250, 1, dh, 1, 1, causal, DType::kBF16}, 9), 1e-2);
+      EXPECT_LE(attention_error({257, 3, 250, 1, dh, 0, 0, causal, DType::kBF16}, 13), 1e-2);
+      EXPECT_LE(attention_error({257, 3, 250, 1, dh, 0, 16, causal, DType::kBF16}, 14), 1e-2);
       // The CUDA-core kernel in bf16 too.
       AttnCase s{1000, 0, 1000, 2, dh, 37, 50, causal, DType::kBF16, true};
       EXPECT_LE(attention_error(s, 10), 1e-2);
@@ -1072,7 +1077,7 @@ TEST(CudaOps, BandKernelVariantsBitIdentical) {
   const int64_t H = 2, dh = 64, d = H * dh;
   for (Case c : {Case{5000, 1100, 900, 100, 0, 0}, Case{5000, 1100, 900, 256, 0, 0},
                  Case{3000, 0, 3000, 600, 0, 0}, Case{257, 3, 250, 1, 0, 0},
-                 Case{6000, 2000, 1500, 256, 310, 77}}) {
+                 Case{257, 3, 250, 0, 0, 0}, Case{6000, 2000, 1500, 256, 310, 77}}) {
     for (bool causal : {false, true}) {
       for (bool with_global : {false, true}) {
         SCOPED_TRACE("first " + std::to_string(c.first) + " m " + std::to_string(c.m) + " w " +
@@ -1655,6 +1660,17 @@ TEST(CudaModel, WindowBeyondRecordAndNoGlobal) {
     EXPECT_LE(r.err, 1e-4);
     r = compare_model(small_config(128, 2, 5000, causal, 64), 1500, true);
     EXPECT_LE(r.err, 5e-2);
+    // window 0: W(i) = {i} (the band of one key), with no global tokens and with every token
+    // global (G = n). A routed set of G < n hinges on near-ties there: a token's context is its
+    // own id, so many layer-1 scores differ only in their last bits, and the CPU and the GPU
+    // sum in other orders (measured: fp32 sets 62.5% alike at G = 24; Reference.WindowZero).
+    for (bool all_global : {false, true}) {
+      ModelConfig c = small_config(128, 2, 0, causal, all_global ? 5000 : 0);
+      if (all_global) c.global_every = 1;
+      r = compare_model(c, 1500, false);
+      EXPECT_LE(r.err, 1e-5);
+      EXPECT_TRUE(r.identical);
+    }
   }
 }
 

@@ -101,6 +101,9 @@ TEST(MpiInvariance, CausalWindowWiderThanShard) {
   check_invariance(t, {model, "--input " + t / "s.fa", "--split-min 1"}, {2, 3, 4});
   const std::string causal = make_model(t, "c", tiny(40, true));
   check_invariance(t, {causal, "--input " + t / "s.fa", "--split-min 1"}, {3, 4});
+  // window 0 (W(i) = {i}): no halo at all.
+  const std::string zero = make_model(t, "z", tiny(0));
+  check_invariance(t, {zero, "--input " + t / "s.fa", "--split-min 1"}, {3});
 }
 
 TEST(MpiInvariance, ManyShortRecordsAndOneLong) {

@@ -211,8 +211,8 @@ TEST(Cli, InitRefusesBadConfigs) {
   } cases[] = {
       {base + "colour = 3\n", "unknown key 'colour'"},
       {"[model]\nkind = \"dna\"\nd_model = 30\nn_heads = 4\n", "divisible"},
-      {base + "window = 0\n", "window"},
-      {base + "global_min = 9\nglobal_max = 2\n", "global_min"},
+      {base + "window = -1\n", "window"},
+      {base + "global_min = -1\n", "global_min"},
       {base + "d_ff = \"big\"\n", "d_ff"},
       {"[model]\nkind = \"protein\"\n", "kind"},
       {"[model\nkind = 1", "cfg.toml"},

@@ -302,6 +302,21 @@ TEST(Reference, WindowOne) {
   }
 }
 
+// window 0: W(i) = {i}, as the spec's formula gives. With no global tokens, and with every token
+// global (G = n): a routed set of G < n would hinge on near-ties here (a token's context is its
+// own id, so many layer-1 scores differ only in their last bits; float and float64 may order them
+// differently, as with window 1 for other seeds).
+TEST(Reference, WindowZero) {
+  for (bool causal : {false, true})
+    for (int64_t g : {0, 1000}) {
+      ModelConfig c = small_config(causal);
+      c.window = 0;
+      c.global_min = c.global_max = g;
+      c.validate();
+      check_config(c, {1, 2, 37, 130}, 15);
+    }
+}
+
 TEST(Reference, EveryTokenGlobal) {
   for (bool causal : {false, true}) {
     ModelConfig c = small_config(causal);
@@ -324,13 +339,15 @@ struct Case {
 };
 
 TEST(Reference, GlobalMinEdges) {
-  // global_min 0 still gives ceil(n / every) >= 1; global_min = n, n + 1 and > global_max.
+  // global_min 0 still gives ceil(n / every) >= 1; global_min = n, n + 1 and > global_max (a
+  // valid config: G = global_max).
   for (const Case& k : {Case{1000, 0, 16, 37, 1}, Case{8, 37, 64, 37, 37}, Case{8, 38, 64, 37, 37},
-                        Case{8, 3, 3, 130, 3}, Case{1, 1, 16, 37, 16}}) {
+                        Case{8, 3, 3, 130, 3}, Case{1, 1, 16, 37, 16}, Case{8, 50, 16, 130, 16}}) {
     ModelConfig c = small_config(false);
     c.global_every = k.every;
     c.global_min = k.min;
     c.global_max = k.max;
+    c.validate();
     EXPECT_EQ(expect_matches_reference(make_weights(c, 20), make_tokens(c, k.n, 21), k.n), k.G);
   }
 }
