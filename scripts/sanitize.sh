@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds sparsa and its unit tests with AddressSanitizer + UndefinedBehaviorSanitizer
-# (-DSPARSA_SANITIZE=ON, gcc) into build-asan/ and runs the unit tests there (ctest -L unit).
+# (-DSPARSA_SANITIZE=ON, gcc) into build-asan/ and runs the unit tests there (ctest -L 'unit|slow').
 # Any ASan/UBSan report or leak fails the test it happened in.
 #
 # Only the unit tests: the MPI tests multiply the (already 2-3x slower) sanitized run time by
@@ -27,4 +27,4 @@ export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_io=romio321
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARSA_SANITIZE=ON \
   -DSPARSA_CUDA=OFF -DSPARSA_BENCH=OFF >/dev/null
 ninja -C build-asan -j"${SANITIZE_BUILD_JOBS:-$(nproc)}" sparsa sparsa_tests
-ctest --test-dir build-asan -L unit --output-on-failure -j2 --timeout 900
+ctest --test-dir build-asan -L 'unit|slow' --output-on-failure -j2 --timeout 900

@@ -2,7 +2,8 @@
 # Runs the whole test suite: installs what is missing, builds, runs every CTest test, then the
 # unit tests again under ASan+UBSan (scripts/sanitize.sh) and a bounded fuzz run of the input
 # parsers (scripts/fuzz.sh).
-# SPARSA_TEST_LABELS=... restricts to labels (e.g. unit); slow tests carry the label "slow".
+# SPARSA_TEST_LABELS=... restricts to labels (e.g. unit); slow tests (suites named *Slow, 10-30 s
+# each on 2 cores) carry the label "slow" instead of unit or mpi.
 # The sanitizer and fuzz steps run only for the whole suite (no SPARSA_TEST_LABELS), and
 # SPARSA_EXTRA_CHECKS=0 skips them.
 set -euo pipefail

@@ -143,7 +143,7 @@ TEST(MpiFaults, KilledRankEndsAllRanksAndResumeFinishes) {
   fx.finish_and_compare(out);
 }
 
-TEST(MpiFaults, HungRankIsAbortedByTheWatchdog) {
+TEST(MpiFaultsSlow, HungRankIsAbortedByTheWatchdog) {
   MpiFixture fx;
   const std::string out = fx.t / "out.h5";
   setenv("SPARSA_COMM_TIMEOUT", "5", 1);
@@ -183,7 +183,7 @@ TEST(MpiFaults, SigtermStopsEveryRankAtASafePoint) {
 // group parts. A stop with groups open keeps them (every rank flushes its group before the ranks
 // agree to stop); a resumed run on another number of ranks, with parts of both runs in the journal,
 // equals a clean run.
-TEST(MpiFaults, GroupPartsOfSeveralRanksResume) {
+TEST(MpiFaultsSlow, GroupPartsOfSeveralRanksResume) {
   TempDir t;
   const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
   ASSERT_TRUE(init_tiny_model(model));
@@ -230,7 +230,7 @@ TEST(MpiFaults, GroupPartsOfSeveralRanksResume) {
 // that does not end the other tasks: --kill-on-bad-exit=0, as slurm/embed.sbatch runs), the
 // others must not wait for ever: they wait from one heartbeat of rank 0 to the next, under the
 // watchdog. The journal keeps every record, and --resume finishes the output.
-TEST(MpiFaults, RootHungWhileAssemblingIsAbortedByTheWatchdog) {
+TEST(MpiFaultsSlow, RootHungWhileAssemblingIsAbortedByTheWatchdog) {
   TempDir t;
   const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
   ASSERT_TRUE(init_tiny_model(model));
@@ -277,7 +277,7 @@ TEST(MpiFaults, RootHungWhileAssemblingIsAbortedByTheWatchdog) {
 // 0.15 s for these 256 MB of rows on a 2-core VM): every local run named the write. Should the
 // stop land after it, the barrier that follows is watched too; either message is the watchdog's
 // abort, which without the watch (as measured) never comes.
-TEST(MpiFaults, RankHungInParallelWriteIsAbortedByTheWatchdog) {
+TEST(MpiFaultsSlow, RankHungInParallelWriteIsAbortedByTheWatchdog) {
 #ifndef SPARSA_HDF5_PARALLEL
   GTEST_SKIP() << "this build's HDF5 is serial: no parallel writes";
 #endif

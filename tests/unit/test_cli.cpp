@@ -325,7 +325,7 @@ TEST(Cli, TwoRunsAreIdentical) {
 
 // Short records go side by side (a record a thread) on the CPU backend; longer ones over all
 // threads. Either way every record gets the bits it gets one record after another.
-TEST(Cli, ShortRecordsSideBySideGiveTheSameBits) {
+TEST(CliSlow, ShortRecordsSideBySideGiveTheSameBits) {
   TempDir t;
   // Longer than a short record in the middle: all threads, its own part.
   write_file(t / "mix.fa", random_fasta(150, 90, 21, "a") + random_fasta(1, 20000, 22, "b") +
@@ -719,6 +719,61 @@ TEST(Cli, DamagedCheckpointsAreRefusedByName) {
   }
 }
 
+// A read set's warnings (characters read as N, repeated read names) are said for the first three
+// records, then once that more follow; every record is embedded (docs/cli.md, --invalid-as-n).
+TEST(Cli, ReadWarningsStopAfterThree) {
+  TempDir t;
+  std::string fq;
+  for (int i = 1; i <= 5; ++i)
+    fq += "@r" + std::to_string(i) + "\nACXGT\n+\nIIIII\n@r1\nACGT\n+\nIIII\n";
+  write_file(t / "w.fq", fq);
+  auto r = run(embed_cmd(t / "w.fq", t / "w.h5", "--invalid-as-n --pool mean"));  // (-q)
+  ASSERT_EQ(r.code, 0) << r.output;
+  size_t said = 0;
+  for (size_t at = r.output.find("warning: " + t / "w.fq"); at != std::string::npos;
+       at = r.output.find("warning: " + t / "w.fq", at + 1))
+    ++said;
+  EXPECT_EQ(said, 3u) << r.output;
+  EXPECT_NE(r.output.find("record 'r1': position 3: 1 invalid character read as N"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("line 5: the name repeats an earlier read's"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("warning: more records have warnings like these; not said again"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(h5::File::open_read(t / "w.h5").list("/records").size(), 10u);
+}
+
+// Without a GPU (CI, a login node): --device cuda is a usage error (exit 2) naming why, with
+// nothing written; --device auto runs on the CPU and says so, warning about an explicit bf16;
+// `sparsa bench` says it needs a GPU and exits non-zero (docs/cli.md).
+TEST(Cli, DeviceOptionsWithoutAGpu) {
+  TempDir t;
+  auto r = run(embed_cmd(lambda(), t / "auto.h5", "--precision bf16 --force"));  // (-q)
+  if (r.code == 0 && r.output.find("warning: --precision bf16") == std::string::npos)
+    GTEST_SKIP() << "a GPU is usable here: " << r.output;
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(r.output.find("applies to a GPU; with none found the CPU computes in float32") !=
+                  std::string::npos ||
+              r.output.find("applies to a GPU; this sparsa was built without CUDA") !=
+                  std::string::npos)
+      << r.output;
+  r = run(embed_cmd(lambda(), t / "cuda.h5", "--device cuda"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda: "), std::string::npos) << r.output;
+  EXPECT_TRUE(r.output.find("no usable GPU") != std::string::npos ||
+              r.output.find("built without CUDA") != std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(t / "cuda.h5"));
+  EXPECT_FALSE(exists(t / "cuda.h5.parts"));
+  r = run(binary() + " bench --what model --config " + tiny_config() + " --n 1024 --iters 1");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(r.output.find("no usable CUDA device") != std::string::npos ||
+              r.output.find("without CUDA") != std::string::npos)
+      << r.output;
+}
+
 // srun -n 4 without an MPI plugin: four unconnected copies. Each runs alone (a task farm with an
 // output each is legitimate) and says so, with the cure for a job meant as one MPI run; copies
 // that share an output meet at its journal lock (Resume.AnotherLiveRunsJournalIsRefused).
@@ -983,6 +1038,25 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "good.h5");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("BAD"), std::string::npos) << r.output;
+  // Integer attributes must be integers: a float complete = 1.9 (or format_version = 1.0) is not
+  // taken for 1 (docs/cli.md, inspect).
+  for (auto [attr, value] : {std::pair{"complete", 1.9}, {"format_version", 1.0}}) {
+    const std::string p = t / (std::string("float-") + attr + ".h5");
+    std::filesystem::copy_file(t / "good.h5", p);
+    {
+      h5::File f = h5::File::open_rw(p);
+      ASSERT_GE(H5Adelete(f.id(), attr), 0);
+      h5::Handle s(H5Screate(H5S_SCALAR), H5Sclose);
+      h5::Handle a(H5Acreate2(f.id(), attr, H5T_IEEE_F64LE, s.id(), H5P_DEFAULT, H5P_DEFAULT),
+                   H5Aclose);
+      ASSERT_GE(H5Awrite(a.id(), H5T_NATIVE_DOUBLE, &value), 0);
+    }
+    r = run(binary() + " inspect " + p);
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(std::string("attribute '") + attr + "' is not an integer"),
+              std::string::npos)
+        << r.output;
+  }
   auto bad_file = [&](const std::string& name, auto&& fill) {
     auto f = h5::File::create(t / name);
     f.set_attr("/", "format", std::string("sparsa-embeddings"));

@@ -108,6 +108,42 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   EXPECT_FALSE(exists(out2));
 }
 
+// A second Ctrl-C while the run stops (the record in flight not yet done) ends the process at
+// once with exit 130; the records finished before stay in the journal, and --resume completes the
+// run with the clean run's contents (docs/cli.md, exit status 130).
+TEST(ResumeSlow, SecondInterruptWhileStoppingExits130AndKeepsTheJournal) {
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  Fixture fx;
+  write_file(fx.input, random_fasta(3, 300000));  // three records of 300 kb: seconds each
+  const std::string out = fx.t / "out.h5";
+  std::vector<std::string> a = fx.args(out, false);
+  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the stop message is the cue
+  pid_t pid = spawn(a, fx.t / "log1");
+  ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
+  kill(pid, SIGINT);
+  // The second only after the first was taken (two pending SIGINTs would merge into one).
+  ASSERT_TRUE(wait_until(
+      pid,
+      [&] {
+        return read_file(fx.t / "log1").find("stopping at the next safe point") !=
+               std::string::npos;
+      },
+      20, 30))
+      << read_file(fx.t / "log1");
+  kill(pid, SIGINT);
+  EXPECT_EQ(wait_exit(pid), 130) << read_file(fx.t / "log1");
+  EXPECT_FALSE(exists(out));
+  const int kept = count_parts(out + ".parts");
+  EXPECT_GE(kept, 1) << read_file(fx.t / "log1");
+  EXPECT_LT(kept, 3) << read_file(fx.t / "log1");
+  pid = spawn(fx.args(out, true), fx.t / "log2");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(fx.t / "log2");
+  const std::string clean = fx.t / "clean.h5";
+  pid = spawn(fx.args(clean, false), fx.t / "log3");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(fx.t / "log3");
+  expect_same_contents(out, clean);
+}
+
 // A run killed (SIGKILL, no chance to clean up) inside its first record leaves a journal of a
 // MANIFEST and an unfinished part: nothing finished, so a plain rerun starts over instead of
 // being refused as if it held finished records.
@@ -135,7 +171,7 @@ TEST(Resume, KilledRunWithNothingFinishedDoesNotBlockARerun) {
       << r.output;
 }
 
-TEST(Resume, SigtermStopsAtSafePointAndResumeFinishes) {
+TEST(ResumeSlow, SigtermStopsAtSafePointAndResumeFinishes) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record
   Fixture fx;
   const std::string out = fx.t / "out.h5";
@@ -524,7 +560,7 @@ TEST(Resume, GroupPartsTakeTheMatchingVersionNotTheFirst) {
 
 // A stop while short records wait in an open group part: the group goes into the journal, the
 // run exits 75, and --resume finishes with a clean run's contents.
-TEST(Resume, SigtermKeepsTheOpenGroup) {
+TEST(ResumeSlow, SigtermKeepsTheOpenGroup) {
   ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");  // everything in one group until the stop
   TempDir t;
   const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
