@@ -296,7 +296,10 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   }
   const double record_bytes = rows / records * embedding_bytes;
   const double final_record = record_bytes <= 16384.0 ? 2048.0 : 5120.0;
-  const double part_record = record_bytes <= (double)kGroupedRowBytes ? 3072.0 : 16384.0;
+  // A group part holds the records that finish within a second (writer.hpp): short records
+  // (up to 16,384 tokens, embedded side by side) share one; a longer record, which may take
+  // longer than that, is charged a part of its own.
+  const double part_record = tokens / records <= 16384.0 ? 3072.0 : 16384.0;
   est.bytes = (int64_t)(2.0 * data + records * (part_record + final_record) + 8192.0);
   return est;
 }

@@ -677,6 +677,22 @@ FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
                  out.description);
     break;
   }
+  // The first of several lines: only bases, then its line end. htslib takes the record's bases a
+  // line from this line's printable bytes, so a space or control byte here would pass the other
+  // checks (later lines must match it byte for byte, the last may be shorter) and shift every
+  // base fetched after it.
+  if (out.ok && e.length > e.line_bases) {
+    std::string line((size_t)e.line_bytes, '\0');
+    if (read_at(fp, blocks, size, e.offset, line.data(), line.size()) != (ssize_t)line.size() ||
+        line.back() != '\n') {
+      out.ok = false;
+    } else {
+      size_t end = line.size() - 1;
+      if (end > 0 && line[end - 1] == '\r') --end;
+      for (size_t i = 0; i < end && out.ok; ++i)
+        if (!std::isgraph((unsigned char)line[i])) out.ok = false;
+    }
+  }
   // The end: the byte after the last base ends a line, and what follows the line end (blank
   // lines skipped) is the next record's header, FASTQ's '+', or the end of the file.
   if (out.ok) {  // (`after`: past the last base, from the full lines before the last line)
@@ -750,20 +766,37 @@ std::string non_base_in_record(const std::string& path, const std::string& name,
     LineReader lines(path);
     std::string_view line;
     std::string at_name, description;
+    // FASTQ: a header, sequence lines up to the '+' line, then quality lines until they are as
+    // long as the sequence (a quality line may start with '@'); blank lines between records.
+    enum { kHeader, kSequence, kQuality } state = kHeader;
     bool inside = false;
-    int64_t pos = 0;  // bases before this line
-    for (int64_t k = 0; lines.next(line); ++k) {
-      // FASTQ: the common 4-line form (a quality line may start with '@' or '>').
-      const bool header = fastq ? k % 4 == 0 : !line.empty() && line[0] == '>';
+    int64_t pos = 0, quality = 0;  // bases of the record so far; its quality characters
+    while (lines.next(line)) {
+      const auto text_len = (int64_t)line.size() - (!line.empty() && line.back() == '\r');
+      const bool header = fastq ? state == kHeader : !line.empty() && line[0] == '>';
       if (header) {
-        if (inside && !name.empty()) return "";  // the record ended clean
         if (line.empty()) continue;
+        if (inside && !name.empty()) return "";  // the record ended clean
+        if (fastq && line[0] != '@') return "";  // not the layout assumed: nothing to say
         split_header(line.substr(1), at_name, description);
         inside = name.empty() || at_name == name;
-        pos = 0;
+        pos = quality = 0;
+        state = kSequence;
         continue;
       }
-      if (!inside || (fastq && k % 4 != 1)) continue;
+      if (fastq && state == kSequence && !line.empty() && line[0] == '+') {
+        state = pos > 0 ? kQuality : kHeader;
+        continue;
+      }
+      if (fastq && state == kQuality) {
+        quality += text_len;
+        if (quality >= pos) state = kHeader;
+        continue;
+      }
+      if (!inside) {
+        if (fastq) pos += text_len;  // (only to know where its quality ends)
+        continue;
+      }
       for (unsigned char c : line) {
         if (c == '\r') continue;
         if (kTokenTable[c] < 0 && !std::isgraph(c))

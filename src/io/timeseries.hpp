@@ -46,8 +46,9 @@ RepeatedTimes repeated_times(const std::vector<std::string>& timestamps);
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels);
 
-// Per-channel transform (level / log_return / diff) of one channel; missing stays NaN; a
-// log_return of a non-positive value is an InputError raised by tokenize_series.
+// Per-channel transform (level / log_return / diff) of one channel; missing stays NaN, and so does
+// a log_return across a zero or a change of sign (check_series and tokenize_series refuse those
+// with an InputError before calling this).
 std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t);
 // s_c = mean |r| over non-missing values (1 where that is 0 or there are none).
 double ts_scale(const std::vector<double>& r);
@@ -59,7 +60,7 @@ std::string channel_label(const RawSeries& raw, int64_t c);
 
 // The checks tokenize_series makes, without tokenising (a run reads its CSVs before it starts,
 // so that a bad value stops it before any record is embedded): the channel count, log_return's
-// positive values, finite transforms and scales. Throws InputError naming the file, the record,
+// pairs (nonzero, of one sign), finite transforms and scales. Throws InputError naming the file, the record,
 // the line and the column.
 void check_series(const RawSeries& raw, const ModelConfig& config, const std::string& path);
 

@@ -33,6 +33,9 @@ def walk(a, b, where, diffs):
             diffs.append(f"{where}: a dataset in one file only")
         elif a.shape != b.shape or a.dtype != b.dtype:
             diffs.append(f"{where}: {a.shape} {a.dtype} != {b.shape} {b.dtype}")
+        elif a.dtype.kind == "O":  # variable-length strings (timestamps): by value
+            if list(np.ravel(a[()])) != list(np.ravel(b[()])):
+                diffs.append(f"{where}: values differ")
         elif a[()].tobytes() != b[()].tobytes():
             diffs.append(f"{where}: values differ")
         return

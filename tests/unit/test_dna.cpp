@@ -671,6 +671,30 @@ TEST_F(FaidxTest, NonPrintableByteInSequenceNamedWithItsPosition) {
           {p, "record 'r'", "position 11", "invalid character", "without --region"});
     }
   }
+  // The byte in the first of several lines: htslib takes a line's bases from that line, so the
+  // index passes the other checks, and a fetch would skip the byte and shift the bases after it.
+  {
+    const std::string p2 = write("sp2.fa", ">r\nACGT ACGT\nACGTACGT\n>s\nACGT\n");
+    std::filesystem::remove(p2 + ".fai");
+    FaidxFetcher f(p2, {});
+    EXPECT_EQ(f.fetch(parse_region("s:1-4")).tokens.size(), 4u);
+    expect_error<InputError>([&] { f.fetch(parse_region("r:6-8")); },
+                             {p2, "record 'r'", "position 5", "' ' (0x20)"});
+  }
+  // FASTQ with blank lines between reads and a quality line starting with '@': the byte in b's
+  // sequence is named, not one in a header or a quality line.
+  {
+    const std::string q2 = write("sp2.fq", "@a x y\nACGT\n+\n@III\n\n@b desc\nAC\tGT\n+\nIIIII\n");
+    std::filesystem::remove(q2 + ".fai");
+    std::string msg;
+    try {
+      FaidxFetcher f(q2, {});
+      f.fetch(parse_region("b:1-2"));
+    } catch (const InputError& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find("record 'b': position 3: invalid character 0x09"), std::string::npos) << msg;
+  }
   // FASTQ: faidx cannot index the file at all; the byte in a read's sequence line is named (a
   // quality line starting with '@' is not taken for a header).
   const std::string q = write("sp.fq", "@x\nACGT\n+\n@@@@\n@y\nAC GT\n+\nIIIII\n");
