@@ -322,27 +322,49 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     throw SystemError(error);
   }
   for (size_t i = 0; i < done.size(); ++i) {
-    done_[done[i]].push_back(fps.substr(i * 64, 64));
+    set_done(done[i], true);
+    found_fps_[done[i]].push_back(fps.substr(i * 64, 64));
     if (comm.rank() == 0) found_in_[done[i]].push_back(files[i]);
   }
 }
 
+void Journal::set_done(int64_t index, bool done) {
+  if (index < 0) return;
+  if (index >= (int64_t)done_.size()) {
+    if (!done) return;
+    done_.resize(std::max<size_t>(index + 1, 2 * done_.size()), 0);
+  }
+  n_done_ += (int64_t)done - (int64_t)done_[index];
+  done_[index] = done;
+}
+
+void Journal::set_source(int64_t index, const std::string& part) {
+  auto [it, added] = part_ids_.try_emplace(part, (int32_t)parts_.size());
+  if (added) parts_.push_back(part);
+  if (index >= (int64_t)source_.size())
+    source_.resize(std::max<size_t>(index + 1, 2 * source_.size()), -1);
+  source_[index] = it->second;
+}
+
 bool Journal::same_record(int64_t index, const std::string& fingerprint) {
-  const auto it = done_.find(index);
-  if (it == done_.end()) return false;
+  const auto it = found_fps_.find(index);
+  if (it == found_fps_.end()) return false;
   for (size_t k = 0; k < it->second.size(); ++k) {
     if (it->second[k] != fingerprint) continue;
     if (const auto f = found_in_.find(index); f != found_in_.end() && k < f->second.size())
-      source_[index] = f->second[k];  // rank 0: the part assembled
+      set_source(index, f->second[k]);  // rank 0: the part assembled
+    found_fps_.erase(it);               // checked: kept as a record of this run
+    found_in_.erase(index);
     return true;
   }
   return false;
 }
 
 void Journal::redo(int64_t index) {
-  done_.erase(index);
+  set_done(index, false);
+  found_fps_.erase(index);
   found_in_.erase(index);
-  source_.erase(index);
+  if (index < (int64_t)source_.size()) source_[index] = -1;
 }
 
 int64_t Journal::count_parts() const {
@@ -472,7 +494,7 @@ void Journal::write_part(int64_t index, const RecordOutput& r, bool f16, bool pa
   if (comm.rank() == 0)
     commit_part(tmp, {index});
   else
-    done_[index].clear();  // written by this run: no fingerprint kept
+    set_done(index, true);  // written by this run
 }
 
 void Journal::commit_part(const std::string& tmp, const std::vector<int64_t>& indices) {
@@ -486,8 +508,10 @@ void Journal::commit_part(const std::string& tmp, const std::vector<int64_t>& in
   fs::rename(tmp, final_part, ec);
   if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
   for (int64_t index : indices) {
-    done_[index].clear();
-    source_[index] = final_part;
+    set_done(index, true);
+    found_fps_.erase(index);  // written by this run: no earlier fingerprint applies
+    found_in_.erase(index);
+    set_source(index, final_part);
   }
   last_part_ = std::chrono::steady_clock::now();
 }
@@ -520,17 +544,32 @@ void Journal::flush_group_if_due() {
 }
 
 void Journal::gather_sources(Comm& comm) {
+  // Each rank's text: its part paths ("P path"), then "index part" lines numbering them from 0
+  // (a few bytes a record, not its path); a "B" line starts a rank's text.
   std::string mine;
-  if (comm.rank() != 0)
-    for (const auto& [index, path] : source_) mine += std::to_string(index) + '\t' + path + '\n';
+  if (comm.rank() != 0) {
+    mine = "B\n";
+    for (const std::string& p : parts_) mine += "P " + p + '\n';
+    for (size_t index = 0; index < source_.size(); ++index)
+      if (source_[index] >= 0)
+        mine += std::to_string(index) + ' ' + std::to_string(source_[index]) + '\n';
+  }
   std::vector<uint8_t> all;
   comm.gatherv(mine.data(), (int64_t)mine.size(), all, nullptr, 0);
   if (comm.rank() != 0) return;
   std::istringstream in(std::string(all.begin(), all.end()));
+  std::vector<std::string> theirs;  // the paths of the rank being read
   for (std::string line; std::getline(in, line);) {
-    const size_t tab = line.find('\t');
-    if (tab == std::string::npos) continue;
-    source_.emplace(std::stoll(line.substr(0, tab)), line.substr(tab + 1));  // rank 0's own win
+    if (line == "B") {
+      theirs.clear();
+    } else if (line.rfind("P ", 0) == 0) {
+      theirs.push_back(line.substr(2));
+    } else if (const size_t sp = line.find(' '); sp != std::string::npos) {
+      const int64_t index = std::stoll(line.substr(0, sp));
+      const auto part = (size_t)std::stoll(line.substr(sp + 1));
+      if (part < theirs.size() && (index >= (int64_t)source_.size() || source_[index] < 0))
+        set_source(index, theirs[part]);  // rank 0's own win
+    }
   }
 }
 
@@ -653,12 +692,11 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
 std::string Journal::source_of(int64_t index) const {
   // Every record of this run is in source_: resumed (same_record), written here, or written by
   // another rank (gather_sources).
-  const auto it = source_.find(index);
-  if (it == source_.end())
+  if (index < 0 || index >= (int64_t)source_.size() || source_[index] < 0)
     throw SystemError(dir_ + ": record " + std::to_string(index) +
                       " is in no part (a journal damaged by a crash or changed by hand?); rerun "
                       "with --force to start over");
-  return it->second;
+  return parts_[source_[index]];
 }
 
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output,

@@ -63,13 +63,15 @@ class Journal {
   ~Journal();
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
-  bool done(int64_t index) const { return done_.count(index) != 0; }
+  bool done(int64_t index) const {
+    return index >= 0 && index < (int64_t)done_.size() && done_[index];
+  }
   // With resume: whether finished record `index` was made from a record of this fingerprint (its
   // part's input_sha256; where parts of several runs hold it, the one that matches is the one
   // assembled); redo(index) forgets it, so that it is embedded again.
   bool same_record(int64_t index, const std::string& fingerprint);
   void redo(int64_t index);
-  int64_t n_done() const { return (int64_t)done_.size(); }
+  int64_t n_done() const { return n_done_; }
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
@@ -131,13 +133,21 @@ class Journal {
   void finish_as(const std::string& from, const std::string& output);
   void release_lock();
   std::string dir_;
-  // Finished records by index: with resume, the input_sha256 of each part found that holds it
-  // (blank where unreadable); empty for parts this run wrote.
-  std::map<int64_t, std::vector<std::string>> done_;
-  // Rank 0: the part file of each input_sha256 in done_ (same order); the part chosen for each
-  // record resumed or written by this run (other ranks' from gather_sources).
+  // Finished records, by index (a few bytes a record: a read set has millions); with resume, the
+  // input_sha256 of each part found that holds a record (blank where unreadable), until the
+  // record is checked (same_record) or embedded again.
+  std::vector<uint8_t> done_;
+  int64_t n_done_ = 0;
+  void set_done(int64_t index, bool done);
+  std::map<int64_t, std::vector<std::string>> found_fps_;
+  // Rank 0: the part file of each input_sha256 in found_fps_ (same order). The part chosen for
+  // each record resumed or written by this run (other ranks' from gather_sources), as an index
+  // into parts_ (-1: none).
   std::map<int64_t, std::vector<std::string>> found_in_;
-  std::map<int64_t, std::string> source_;
+  std::vector<int32_t> source_;
+  std::vector<std::string> parts_;
+  std::map<std::string, int32_t> part_ids_;
+  void set_source(int64_t index, const std::string& part);
   struct Group {
     std::unique_ptr<h5::File> file;
     std::string tmp;

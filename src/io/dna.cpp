@@ -269,7 +269,11 @@ struct FastxReader::Impl {
   bool have_header = false;
   std::string header;  // without the leading '>' / '@'
   long long header_line = 0;
+  // Record names seen: FASTA's whole (a repeat is an error, so it must be exact); a read set's as
+  // 64-bit hashes (a repeat only warns, and a FASTQ of 100M reads would hold ~10 GB of names: a
+  // false warning needs two names with one hash, about 1 in 4,000 runs at 10^8 reads).
   std::unordered_set<std::string> seen;
+  std::unordered_set<size_t> seen_hashes;
 
   Impl(const std::string& p, DnaReadOptions o) : path(p), opts(o), lines(p) {}
 
@@ -312,7 +316,10 @@ struct FastxReader::Impl {
       throw InputError(at_line(path, header_line, "header with an empty record name"));
     if (const std::string why = not_utf8(header, "header"); !why.empty())
       throw InputError(at_line(path, header_line, why));
-    if (!seen.insert(rec.name).second) {
+    const bool repeated = format == Format::kFastq
+                              ? !seen_hashes.insert(std::hash<std::string>{}(rec.name)).second
+                              : !seen.insert(rec.name).second;
+    if (repeated) {
       // A read set may repeat a name (an interleaved paired-end FASTQ gives both mates one
       // name): embedded, each under its own key, with a warning. A FASTA reference may not.
       if (format == Format::kFastq)
