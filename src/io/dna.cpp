@@ -977,8 +977,13 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
       impl_->blocks_read = true;
     }
     if (!impl_->check_opened) {
-      impl_->check_opened = true;
       impl_->check_fp = open_bgzf(path);
+      // (Without it the check would be skipped: with hundreds of inputs the process may run out
+      // of file descriptors, each input holding faidx's and this one.)
+      if (!impl_->check_fp)
+        throw SystemError(path + ": cannot open it again to check its faidx index: " +
+                          std::strerror(errno) + " (too many inputs open at once? ulimit -n)");
+      impl_->check_opened = true;
       impl_->gzi_loaded = impl_->check_fp && impl_->bgzip &&
                           bgzf_index_load(impl_->check_fp, path.c_str(), ".gzi") == 0;
     }
