@@ -218,6 +218,8 @@ std::string record_fingerprint(const Record& rec) {
   h.update_field(rec.name);
   h.update_field(rec.description);
   h.update_field(rec.region);
+  // (Only when set: the fingerprints of records without it stay those of earlier versions.)
+  if (!rec.region_name.empty()) h.update_field("region_name " + rec.region_name);
   const int64_t nums[3] = {rec.offset, rec.n_channels, (int64_t)rec.tokens.size()};
   h.update(nums, sizeof nums);
   h.update(rec.tokens.data(), rec.tokens.size() * sizeof(int32_t));

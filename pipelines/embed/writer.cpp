@@ -422,6 +422,7 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
       {"name", rec.name},  {"description", rec.description}, {"source", rec.source},
       {"kind", r.kind},    {"length", "", r.length, true},   {"region", rec.region},
       {"strand", r.strand}};
+  if (!rec.region_name.empty()) attrs.push_back({"region_name", rec.region_name});
   if (!r.fingerprint.empty()) attrs.push_back({"input_sha256", r.fingerprint});
   f.add_new_attrs(g, attrs);
   f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);

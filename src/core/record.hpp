@@ -11,6 +11,7 @@ struct Record {
   std::string description;  // rest of the header line (after the first whitespace run), or ""
   std::string source;       // input path as the user gave it
   std::string region;       // "chr:start-end" (1-based inclusive) when taken from a region, else ""
+  std::string region_name;  // a BED region's name column, else ""
   int64_t offset = 0;       // 0-based coordinate of token 0 in the source record
   int64_t n_channels = 1;   // 1 for DNA; model channels for time series
   // Token ids, token-major: tokens[i * n_channels + c]. DNA: 0..6; time series: 0..ts_bins+2.

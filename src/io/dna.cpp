@@ -537,6 +537,11 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
     if (!parse_int(cols[2], r.end)) throw InputError(at_line(path, ln, "end is not an integer"));
     if (r.begin < 0) throw InputError(at_line(path, ln, "start is negative"));
     if (r.end <= r.begin) throw InputError(at_line(path, ln, "end must be greater than start"));
+    if (cols.size() >= 4 && cols[3] != ".") {  // stored as the record's region_name (UTF-8)
+      r.label.assign(cols[3]);
+      if (const std::string why = not_utf8(r.label, "name column"); !why.empty())
+        throw InputError(at_line(path, ln, why));
+    }
     out.push_back(std::move(r));
   }
   return out;
@@ -1030,6 +1035,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     }
   rec.source = path;
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
+  rec.region_name = region.label;
   rec.offset = begin;
   rec.warning = std::move(cut);
   try {

@@ -54,6 +54,7 @@ struct RegionSpec {
   std::string name;   // record name
   int64_t begin = 0;  // 0-based inclusive
   int64_t end = -1;   // 0-based exclusive, or -1 for the end of the record
+  std::string label;  // BED: the name column (4th; "" when absent or ".")
 };
 
 // Parses samtools syntax "chr", "chr:start", "chr:start-end" (1-based inclusive, commas allowed

@@ -273,6 +273,9 @@ void File::create_group(const std::string& obj) {
   make_parents(obj);
   Handle gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
   H5Pset_obj_track_times(gcpl.id(), 0);  // as dataset_plist
+  // Up to 12 attributes in the object header (HDF5's default is 8: a record's 9th, a BED
+  // region's name, would move them all to a heap of their own).
+  H5Pset_attr_phase_change(gcpl.id(), 12, 10);
   Handle g(check(H5Gcreate2(h_.id(), obj.c_str(), H5P_DEFAULT, gcpl.id(), H5P_DEFAULT), path_, obj,
                  "group create"),
            H5Gclose);

@@ -815,6 +815,20 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_EQ(f.attr_int(g, "length"), 10000);
   EXPECT_EQ(f.read_i64(g + "/bin_start")[0], 1000000);
   EXPECT_EQ(f.read_i64(g + "/bin_end")[9999], 1010000);
+  // A BED line's name column is kept as region_name (a gene or feature name); a --region or a
+  // BED3 line has none.
+  EXPECT_FALSE(f.has_attr(g, "region_name"));
+  {
+    auto b = h5::File::open_read(t / "bed.h5");
+    EXPECT_EQ(b.attr_string(first_key(b), "region_name"), "my");
+    write_file(t / "r4.bed", "K-12-MG1655\t10\t20\t.\nK-12-MG1655\t30\t40\tthrL gene\n");
+    ASSERT_EQ(run(embed_cmd(t / "ecoli.fa", t / "bed4.h5", "--regions " + t / "r4.bed")).code, 0);
+    auto b4 = h5::File::open_read(t / "bed4.h5");
+    const auto keys = b4.list("/records");
+    ASSERT_EQ(keys.size(), 2u);
+    EXPECT_FALSE(b4.has_attr("/records/" + keys[0], "region_name"));  // "." is no name
+    EXPECT_EQ(b4.attr_string("/records/" + keys[1], "region_name"), "thrL");
+  }
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5", "chrZ");
   // ... naming the input it looked in and the names it has
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5",
