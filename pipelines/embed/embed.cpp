@@ -223,10 +223,6 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 // record costs its part's HDF5 structure, its group in the final file and its global sets (12 L G
 // bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
 // mostly writes.
-// Records one rank holds with at most this many bytes of rows are written into group parts
-// (Journal::write_grouped); longer ones get a part each (a row per token: streamed into it).
-constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
-
 struct OutputEstimate {
   int64_t bytes = 0;  // the journal and the final file together
   int64_t records = 0;
@@ -465,6 +461,9 @@ struct EmbedRun {
   Progress& progress;
   int64_t align;
   bool parallel_h5;
+  // Records one rank holds with at most this many bytes of rows are written into group parts
+  // (Journal::write_grouped); longer ones get a part each (a row per token: streamed into it).
+  static constexpr int64_t kGroupedRowBytes = int64_t{16} << 20;
   ForwardFn forward_fn;
   RcPairFn rc_pair_fn;
   // GPU: makes another model on the same GPU for short records side by side (SideBatch);

@@ -645,7 +645,7 @@ struct FaiCheck {
   bool ok = true, header_found = false;
   std::string name, description;
 };
-// `fp`: the file (null: it could not be opened); bgzip (`blocks`): `gzi_loaded` says whether its
+// `fp`: the file, opened once by the fetcher; bgzip (`blocks`): `gzi_loaded` says whether its
 // .gzi was loaded into fp.
 FaiCheck check_fai_entry(const std::string& path, const FaiEntry& e, bool fastq,
                          const std::vector<int64_t>* blocks, BGZF* fp, bool gzi_loaded) {

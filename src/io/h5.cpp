@@ -158,7 +158,7 @@ hid_t make_f16_type() {
 // Every file is written in HDF5 1.8's object format: a group's links and a small object's
 // attributes live in its object header, not in a B-tree and a heap of their own, so a file of
 // many short records is about half the size (bench/NOTES.md, session 17). HDF5 1.8 or later reads
-// it (h5py, R's hdf5r, MATLAB 2011+). The root group keeps no times either (as group_plist).
+// it (h5py, R's hdf5r, MATLAB 2011+). The root group keeps no times either (as create_group's).
 static Handle file_create_plist() {
   Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   H5Pset_obj_track_times(fcpl.id(), 0);
