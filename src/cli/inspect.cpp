@@ -101,6 +101,7 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
     const auto emb = f.shape(g + "/embedding");
     const auto gp = f.shape(g + "/global_positions");
     std::string region = f.attr_string(g, "region");
+    if (f.has_attr(g, "region_name")) region += " (" + f.attr_string(g, "region_name") + ")";
     std::printf("  %-24s name=%s length=%lld embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
                 f.attr_string(g, "name").c_str(), (long long)f.attr_int(g, "length"),
                 shape_text(emb).c_str(), shape_text(gp).c_str(), f.attr_string(g, "strand").c_str(),
