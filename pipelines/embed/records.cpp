@@ -125,15 +125,16 @@ struct RecordSource::Impl {
                    "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
                    "after '%s'); rows are embedded in file order, so a newest-first file is "
                    "read backwards: sort it oldest first\n",
-                   file, raw.name.c_str(), (long long)raw.source_rows[i], raw.timestamps[i].c_str(),
-                   raw.timestamps[i - 1].c_str());
+                   file, raw.name.c_str(), (long long)raw.source_rows[i],
+                   std::string(raw.timestamps[i]).c_str(),
+                   std::string(raw.timestamps[i - 1]).c_str());
     if (const RepeatedTimes r = repeated_times(raw.timestamps);
         r.first > 0 && warn_more(warned_repeats, "repeat timestamps"))
       std::fprintf(stderr,
                    "[sparsa] warning: %s: record '%s': timestamp '%s' at line %lld repeats the "
                    "line before (%s in all); is the time split over two columns (date, "
                    "time)? Rows are embedded in file order either way\n",
-                   file, raw.name.c_str(), raw.timestamps[r.first].c_str(),
+                   file, raw.name.c_str(), std::string(raw.timestamps[r.first]).c_str(),
                    (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str());
     std::string empty;  // the record's channels with no value, as "column 'a', column 'b'"
     for (size_t c = 0; c < raw.values.size(); ++c) {
@@ -225,7 +226,7 @@ std::string record_fingerprint(const Record& rec) {
   h.update(rec.tokens.data(), rec.tokens.size() * sizeof(int32_t));
   const int64_t n_ts = (int64_t)rec.timestamps.size();
   h.update(&n_ts, sizeof n_ts);
-  for (const auto& t : rec.timestamps) h.update_field(t);
+  for (size_t i = 0; i < rec.timestamps.size(); ++i) h.update_field(rec.timestamps[i]);
   return h.hex();
 }
 

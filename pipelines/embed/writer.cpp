@@ -462,7 +462,7 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool s
   if (!rec.timestamps.empty()) {
     // Time series are short enough that every rank holds the starts of all bins.
     std::vector<std::string> ts(r.n_rows);
-    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = rec.timestamps[r.starts[i]];
+    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.starts[i]]);
     if (shared) throw SystemError("internal: time-series records are written by one rank");
     f.write_strings(g + "/timestamps", ts);
   }

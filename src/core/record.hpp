@@ -1,10 +1,44 @@
 // sparsa: one input record (a FASTA/FASTQ sequence, a region of one, or a time series).
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sparsa {
+
+// Texts kept end to end in one buffer: a time series of millions of rows holds its time column
+// in about (length + 8) bytes a row, where a std::string each took 32 bytes and, past 15
+// characters (an ISO time), a heap block besides.
+class StringColumn {
+ public:
+  StringColumn() = default;
+  StringColumn(std::initializer_list<std::string_view> texts) {
+    for (std::string_view t : texts) push_back(t);
+  }
+  void push_back(std::string_view t) {
+    text_.append(t);
+    ends_.push_back(text_.size());
+  }
+  size_t size() const { return ends_.size(); }
+  bool empty() const { return ends_.empty(); }
+  std::string_view operator[](size_t i) const {
+    const size_t begin = i == 0 ? 0 : ends_[i - 1];
+    return std::string_view(text_).substr(begin, ends_[i] - begin);
+  }
+  std::vector<std::string> strings() const {
+    std::vector<std::string> out;
+    out.reserve(size());
+    for (size_t i = 0; i < size(); ++i) out.emplace_back((*this)[i]);
+    return out;
+  }
+  bool operator==(const StringColumn&) const = default;
+
+ private:
+  std::string text_;
+  std::vector<size_t> ends_;
+};
 
 struct Record {
   std::string name;  // FASTA/FASTQ header up to the first whitespace; CSV: base name or id value
@@ -17,7 +51,7 @@ struct Record {
   // Token ids, token-major: tokens[i * n_channels + c]. DNA: 0..6; time series: 0..ts_bins+2.
   std::vector<int32_t> tokens;
   // Time series only: the time column's text of each row (size n_tokens()).
-  std::vector<std::string> timestamps;
+  StringColumn timestamps;
   // What the reader would warn about (a region cut at the record's end, a repeated FASTQ name,
   // characters --invalid-as-n read as N), for the caller to say; not part of the record's output
   // or fingerprint.

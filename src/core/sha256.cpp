@@ -34,7 +34,7 @@ Sha256::~Sha256() = default;
 void Sha256::update(const void* data, size_t bytes) {
   if (bytes > 0) EVP_DigestUpdate(impl_->ctx.get(), data, bytes);
 }
-void Sha256::update_field(const std::string& s) {
+void Sha256::update_field(std::string_view s) {
   const uint64_t n = s.size();
   update(&n, sizeof n);
   update(s.data(), s.size());

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace sparsa {
 // Hex SHA-256 of a file's bytes (OpenSSL). Throws SystemError when the file cannot be read; stops
@@ -18,7 +19,7 @@ class Sha256 {
   Sha256& operator=(const Sha256&) = delete;
   void update(const void* data, size_t bytes);
   // A string as its length (8 bytes) and its bytes, so that fields cannot run into each other.
-  void update_field(const std::string& s);
+  void update_field(std::string_view s);
   std::string hex();
 
  private:

@@ -1,6 +1,11 @@
 // sparsa: time-series CSV input and its tokenisation (spec section 1).
 #include "io/timeseries.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -97,7 +102,8 @@ struct CsvRow {
 // always has a time column and a channel, so a blank line is never data).
 class CsvScanner {
  public:
-  CsvScanner(std::string text, const std::string& path) : text_(std::move(text)), path_(path) {
+  // `text` must outlive the scanner.
+  CsvScanner(std::string_view text, const std::string& path) : text_(text), path_(path) {
     if (text_.rfind("\xEF\xBB\xBF", 0) == 0) pos_ = 3;  // UTF-8 BOM written by spreadsheets
   }
 
@@ -176,7 +182,7 @@ class CsvScanner {
     cell.assign(v.data(), v.size());
   }
 
-  std::string text_;
+  std::string_view text_;
   std::string path_;
   size_t pos_ = 0;
   int64_t line_ = 1;
@@ -192,7 +198,7 @@ std::string join_header(const std::vector<std::string>& header) {
 }
 
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
-std::string not_csv_text(const std::string& text) {
+std::string not_csv_text(std::string_view text) {
   auto starts = [&](std::string_view magic) { return text.rfind(magic, 0) == 0; };
   auto line_of = [&](size_t at) {  // 1-based line of byte `at`
     return std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)at, '\n'));
@@ -210,11 +216,11 @@ std::string not_csv_text(const std::string& text) {
   if (starts("\xFF\xFE") || starts("\xFE\xFF"))
     return "UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)";
   const size_t nul = text.find('\0');
-  if (nul != std::string::npos)
+  if (nul != std::string_view::npos)
     return "binary data (a NUL byte at line " + line_of(nul) + "), not a CSV text";
-  if (text.find('\n') == std::string::npos && text.find('\r') != std::string::npos)
+  if (text.find('\n') == std::string_view::npos && text.find('\r') != std::string_view::npos)
     return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
-  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos)
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
     return "line " + line_of(bad) + ": not UTF-8 text (byte " + hex_byte((unsigned char)text[bad]) +
            "); convert the file first, e.g. iconv -f latin1 -t utf-8 (names and timestamps are "
            "stored as UTF-8)";
@@ -314,7 +320,45 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   return cols;
 }
 
-std::string read_file_text(const std::string& path) {
+// A file's text, mapped from the page cache rather than copied into the heap: a CSV of many GB
+// is parsed whole (its records' rows must all be known before the first is embedded), and the
+// mapped pages are the kernel's to drop and read again, not the process's anonymous memory.
+// Falls back to reading it (a file that cannot be mapped, or an empty one). A file truncated by
+// another program while it is parsed would end the process with SIGBUS: a run's inputs must not
+// change under it (its journal's fingerprints assume as much).
+class FileText {
+ public:
+  explicit FileText(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+      void* p = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p != MAP_FAILED) {
+        ::madvise(p, (size_t)st.st_size, MADV_SEQUENTIAL);
+        map_ = p;
+        size_ = (size_t)st.st_size;
+      }
+    }
+    if (fd >= 0) ::close(fd);
+    if (!map_) read_ = read_file_text(path);
+  }
+  ~FileText() {
+    if (map_) ::munmap(map_, size_);
+  }
+  FileText(const FileText&) = delete;
+  FileText& operator=(const FileText&) = delete;
+  std::string_view view() const {
+    return map_ ? std::string_view(static_cast<const char*>(map_), size_) : read_;
+  }
+
+ private:
+  static std::string read_file_text(const std::string& path);
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  std::string read_;
+};
+
+std::string FileText::read_file_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(where(path, "", 0, "cannot open file"));
   std::string text;
@@ -350,14 +394,15 @@ std::string_view utc_offset(std::string_view t) {
 
 }  // namespace
 
-int64_t first_backwards_row(const std::vector<std::string>& ts) {
+int64_t first_backwards_row(const StringColumn& ts) {
   if (ts.size() < 2) return -1;
   // Judged only where text order is time order: ISO-8601-like texts of one length (digits,
   // - : . T Z + and spaces; not mm/dd/yyyy or dd/mm/yyyy) with one UTC offset (a file that
   // crosses a daylight-saving change in local offsets sorts otherwise).
   const size_t len = ts[0].size();
   const std::string_view offset = utc_offset(ts[0]);
-  for (const std::string& t : ts) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const std::string_view t = ts[i];
     if (t.size() != len || utc_offset(t) != offset) return -1;
     for (char c : t)
       if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
@@ -369,7 +414,7 @@ int64_t first_backwards_row(const std::vector<std::string>& ts) {
   return -1;
 }
 
-RepeatedTimes repeated_times(const std::vector<std::string>& ts) {
+RepeatedTimes repeated_times(const StringColumn& ts) {
   RepeatedTimes r;
   for (size_t i = 1; i < ts.size(); ++i)
     if (ts[i] == ts[i - 1] && !ts[i].empty()) {
@@ -381,10 +426,11 @@ RepeatedTimes repeated_times(const std::vector<std::string>& ts) {
 
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels) {
-  std::string text = read_file_text(path);
+  const FileText file(path);
+  const std::string_view text = file.view();
   if (const std::string why = not_csv_text(text); !why.empty())
     throw InputError(where(path, "", 0, why));
-  CsvScanner scanner(std::move(text), path);
+  CsvScanner scanner(text, path);
   CsvRow row;
   if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
   const std::vector<std::string> header(row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n);

@@ -18,7 +18,7 @@ struct CsvOptions {
 // One raw record before tokenisation: values[c][t], NaN marks a missing value.
 struct RawSeries {
   std::string name;
-  std::vector<std::string> timestamps;
+  StringColumn timestamps;
   std::vector<std::vector<double>> values;  // [channels][rows]
   std::vector<int64_t> source_rows;         // 1-based line number in the file of each row
   std::vector<std::string> channel_names;   // header names, for messages; may be empty
@@ -29,14 +29,14 @@ struct RawSeries {
 // spaces, all of one length and one UTC offset, so that text order is time order); -1 otherwise.
 // Rows are embedded in file order (spec 1), so a newest-first file is read backwards: worth a
 // warning.
-int64_t first_backwards_row(const std::vector<std::string>& timestamps);
+int64_t first_backwards_row(const StringColumn& timestamps);
 
 // Rows whose timestamp is the same text as the row before (a date-only time column of intraday
 // data, say): the first such row's index (-1: none) and how many there are.
 struct RepeatedTimes {
   int64_t first = -1, count = 0;
 };
-RepeatedTimes repeated_times(const std::vector<std::string>& timestamps);
+RepeatedTimes repeated_times(const StringColumn& timestamps);
 
 // Reads a CSV with a header row. Records: one per file (named after the file's base name
 // without extension) or, with id_column, one per distinct id value in order of first appearance.
@@ -60,8 +60,8 @@ std::string channel_label(const RawSeries& raw, int64_t c);
 
 // The checks tokenize_series makes, without tokenising (a run reads its CSVs before it starts,
 // so that a bad value stops it before any record is embedded): the channel count, log_return's
-// pairs (nonzero, of one sign), finite transforms and scales. Throws InputError naming the file, the record,
-// the line and the column.
+// pairs (nonzero, of one sign), finite transforms and scales. Throws InputError naming the file,
+// the record, the line and the column.
 void check_series(const RawSeries& raw, const ModelConfig& config, const std::string& path);
 
 // Tokenises a raw series with the model config into a Record (n_channels = config.channels,

@@ -74,6 +74,23 @@ void expect_same(const std::vector<double>& got, const std::vector<double>& want
 
 // ---- transforms, scale, tokens ----
 
+// The time column's texts end to end in one buffer: each comes back whole, empty ones too.
+TEST(StringColumnTest, TextsComeBackWhole) {
+  StringColumn c;
+  EXPECT_TRUE(c.empty());
+  for (const char* t : {"2024-01-01T00:00:00Z", "", "x", "", "2024-01-01 09:30"}) c.push_back(t);
+  ASSERT_EQ(c.size(), 5u);
+  EXPECT_EQ(c[0], "2024-01-01T00:00:00Z");
+  EXPECT_EQ(c[1], "");
+  EXPECT_EQ(c[2], "x");
+  EXPECT_EQ(c[3], "");
+  EXPECT_EQ(c[4], "2024-01-01 09:30");
+  EXPECT_EQ(c.strings(),
+            (std::vector<std::string>{"2024-01-01T00:00:00Z", "", "x", "", "2024-01-01 09:30"}));
+  EXPECT_EQ(c, (StringColumn{"2024-01-01T00:00:00Z", "", "x", "", "2024-01-01 09:30"}));
+  EXPECT_FALSE(c == (StringColumn{"2024-01-01T00:00:00Z", "", "x", "2024-01-01 09:30"}));
+}
+
 TEST(TsTransformTest, Level) {
   expect_same(ts_transform({1, kNaN, 3}, TsTransform::kLevel), {1, kNaN, 3});
 }
@@ -160,7 +177,7 @@ TEST_F(TsCsv, EndToEndTokens) {
   EXPECT_EQ(r.region, "");
   EXPECT_EQ(r.offset, 0);
   EXPECT_EQ(r.n_channels, 2);
-  EXPECT_EQ(r.timestamps, (std::vector<std::string>{"d1", "d2", "d3", "d4"}));
+  EXPECT_EQ(r.timestamps.strings(), (std::vector<std::string>{"d1", "d2", "d3", "d4"}));
   // token-major: [t0c0, t0c1, t1c0, t1c1, ...]
   EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 2, 3 + 6, 3 + 6, 3 + 3, 2, 3 + 7, 2}));
 }
@@ -181,8 +198,8 @@ TEST_F(TsCsv, CrlfSameAsLf) {
   ASSERT_EQ(a.size(), 1u);
   ASSERT_EQ(b.size(), 1u);
   EXPECT_EQ(a[0].values, b[0].values);
-  EXPECT_EQ(a[0].timestamps, b[0].timestamps);
-  EXPECT_EQ(b[0].timestamps, (std::vector<std::string>{"1", "2"}));
+  EXPECT_EQ(a[0].timestamps.strings(), b[0].timestamps.strings());
+  EXPECT_EQ(b[0].timestamps.strings(), (std::vector<std::string>{"1", "2"}));
   EXPECT_EQ(b[0].values[1], (std::vector<double>{2, 4}));
 }
 
@@ -201,7 +218,8 @@ TEST_F(TsCsv, QuotedCells) {
   auto recs = read_timeseries_csv(p, {}, 2);
   ASSERT_EQ(recs.size(), 1u);
   EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"price, usd", "say \"hi\""}));
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"2020-01-01, Mon", "2020-01-02"}));
+  EXPECT_EQ(recs[0].timestamps.strings(),
+            (std::vector<std::string>{"2020-01-01, Mon", "2020-01-02"}));
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{1.5, 3}));
   EXPECT_EQ(recs[0].values[1], (std::vector<double>{2, 4}));
   CsvOptions o;
@@ -243,13 +261,13 @@ TEST_F(TsCsv, TimeColumnOption) {
   CsvOptions o;
   o.time_column = "when";
   auto recs = read_timeseries_csv(p, o, 2);
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"t1", "t2"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"t1", "t2"}));
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{1, 3}));
   // --time-column may pick a column that would otherwise be a channel.
   o.time_column = "x";
   o.columns = {"y"};
   recs = read_timeseries_csv(p, o, 1);
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "3"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"1", "3"}));
   EXPECT_EQ(recs[0].values.size(), 1u);
   o.time_column = "nope";
   EXPECT_THROW(read_timeseries_csv(p, o, 0), InputError);
@@ -257,10 +275,10 @@ TEST_F(TsCsv, TimeColumnOption) {
 
 TEST_F(TsCsv, DefaultTimeColumnIsFirstMatchAnyCase) {
   auto recs = read_timeseries_csv(write("a.csv", "v,Date,w\n1,d1,2\n"), {}, 0);
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"d1"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"d1"}));
   EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"v", "w"}));
   recs = read_timeseries_csv(write("b.csv", "v,time,timestamp\n1,a,2\n"), {}, 0);
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"a"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"a"}));
 }
 
 TEST_F(TsCsv, IdColumnLongFormat) {
@@ -278,7 +296,7 @@ TEST_F(TsCsv, IdColumnLongFormat) {
   EXPECT_EQ(recs[0].name, "B");
   EXPECT_EQ(recs[1].name, "A");
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{10, 11, 12}));
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "2", "3"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"1", "2", "3"}));
   EXPECT_EQ(recs[0].source_rows, (std::vector<int64_t>{2, 4, 6}));
   EXPECT_EQ(recs[1].values[0], (std::vector<double>{20, 21}));
   EXPECT_EQ(recs[1].source_rows, (std::vector<int64_t>{3, 5}));
@@ -356,13 +374,13 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
       {"", {}, "id"}, 0);
   ASSERT_EQ(recs.size(), 1u);
   EXPECT_EQ(recs[0].name, "Z\xC3\xBCrich");
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"1", "2"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"1", "2"}));
 }
 
 // A newest-first file (a common download) is embedded backwards: the time order of ISO-like
 // timestamps is checked so that it can be warned about; other formats are not judged.
 TEST(TsOrder, FirstBackwardsRow) {
-  using V = std::vector<std::string>;
+  using V = StringColumn;
   EXPECT_EQ(first_backwards_row(V{"2024-01-02", "2024-01-03", "2024-01-03"}), -1);
   EXPECT_EQ(first_backwards_row(V{"2024-01-03", "2024-01-02", "2024-01-01"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2024-01-01 09:30", "2024-01-01 10:00", "2024-01-01 09:59"}), 2);
@@ -386,7 +404,7 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
   const std::string p = write("pd.csv", ",close,open,2\n10,1,2,7\n11,2,3,8\n");
   auto recs = read_timeseries_csv(p, {"1", {" open", "close"}, ""}, 2);
   ASSERT_EQ(recs.size(), 1u);
-  EXPECT_EQ(recs[0].timestamps, (std::vector<std::string>{"10", "11"}));
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"10", "11"}));
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{2, 3}));  // open
   EXPECT_EQ(recs[0].values[1], (std::vector<double>{1, 2}));  // close
   // A header cell "2" wins over the second column; "3" is the third column.
@@ -403,7 +421,7 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
 // Intraday rows under a date-only time column repeat its text: counted so that it can be warned
 // about.
 TEST(TsOrder, RepeatedTimes) {
-  using V = std::vector<std::string>;
+  using V = StringColumn;
   EXPECT_EQ(repeated_times(V{"1", "2", "3"}).first, -1);
   const RepeatedTimes r = repeated_times(V{"d1", "d1", "d1", "d2", "d2", "d3"});
   EXPECT_EQ(r.first, 1);
