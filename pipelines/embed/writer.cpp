@@ -322,6 +322,9 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     throw SystemError(error);
   }
   for (size_t i = 0; i < done.size(); ++i) {
+    // An index no input reaches (a stray or damaged part name of up to 18 digits) is not a record
+    // of this run; taken, it would size the tables by it.
+    if (done[i] < 1 || done[i] > (int64_t{1} << 40)) continue;
     set_done(done[i], true);
     found_fps_[done[i]].push_back(fps.substr(i * 64, 64));
     if (comm.rank() == 0) found_in_[done[i]].push_back(files[i]);

@@ -537,10 +537,26 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
     if (!parse_int(cols[2], r.end)) throw InputError(at_line(path, ln, "end is not an integer"));
     if (r.begin < 0) throw InputError(at_line(path, ln, "start is negative"));
     if (r.end <= r.begin) throw InputError(at_line(path, ln, "end must be greater than start"));
-    if (cols.size() >= 4 && cols[3] != ".") {  // stored as the record's region_name (UTF-8)
-      r.label.assign(cols[3]);
-      if (const std::string why = not_utf8(r.label, "name column"); !why.empty())
-        throw InputError(at_line(path, ln, why));
+    // The name column, stored as the record's region_name (UTF-8). BED is tab-separated, and a
+    // name may hold spaces ("gene A"): with tabs on the line, the 4th tab field is the name.
+    std::string_view name = cols.size() >= 4 ? cols[3] : std::string_view();
+    if (line.find('\t') != std::string_view::npos) {
+      std::string_view rest = line;  // skip three tab fields
+      for (int k = 0; k < 3 && !rest.empty(); ++k) {
+        const size_t tab = rest.find('\t');
+        rest = tab == std::string_view::npos ? std::string_view() : rest.substr(tab + 1);
+      }
+      name = rest.substr(0, rest.find('\t'));
+      while (!name.empty() && is_space(name.front())) name.remove_prefix(1);
+      while (!name.empty() && is_space(name.back())) name.remove_suffix(1);
+    }
+    if (!name.empty() && name != ".") {
+      r.label.assign(name);
+      if (first_invalid_utf8(r.label) != std::string_view::npos)
+        throw InputError(at_line(path, ln,
+                                 "the name column is not UTF-8 text (it is stored as the "
+                                 "record's region_name): convert the BED file, e.g. iconv -f "
+                                 "latin1 -t utf-8"));
     }
     out.push_back(std::move(r));
   }
@@ -982,12 +998,14 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
       impl_->blocks_read = true;
     }
     if (!impl_->check_opened) {
+      errno = 0;
       impl_->check_fp = open_bgzf(path);
       // (Without it the check would be skipped: with hundreds of inputs the process may run out
       // of file descriptors, each input holding faidx's and this one.)
       if (!impl_->check_fp)
-        throw SystemError(path + ": cannot open it again to check its faidx index: " +
-                          std::strerror(errno) + " (too many inputs open at once? ulimit -n)");
+        throw SystemError(path + ": cannot open it again to check its faidx index" +
+                          (errno ? std::string(": ") + std::strerror(errno) : std::string()) +
+                          " (too many inputs open at once? ulimit -n)");
       impl_->check_opened = true;
       impl_->gzi_loaded = impl_->check_fp && impl_->bgzip &&
                           bgzf_index_load(impl_->check_fp, path.c_str(), ".gzi") == 0;

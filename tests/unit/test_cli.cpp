@@ -826,11 +826,11 @@ TEST(Cli, RegionsOfEcoli) {
     auto b4 = h5::File::open_read(t / "bed4.h5");
     const auto keys = b4.list("/records");
     ASSERT_EQ(keys.size(), 2u);
-    EXPECT_FALSE(b4.has_attr("/records/" + keys[0], "region_name"));  // "." is no name
-    EXPECT_EQ(b4.attr_string("/records/" + keys[1], "region_name"), "thrL");
+    EXPECT_FALSE(b4.has_attr("/records/" + keys[0], "region_name"));               // "." is no name
+    EXPECT_EQ(b4.attr_string("/records/" + keys[1], "region_name"), "thrL gene");  // (tabs)
     const auto shown = run(binary() + " inspect " + t / "bed4.h5");
     EXPECT_EQ(shown.code, 0) << shown.output;
-    EXPECT_NE(shown.output.find("region=K-12-MG1655:31-40 (thrL)"), std::string::npos)
+    EXPECT_NE(shown.output.find("region=K-12-MG1655:31-40 (thrL gene)"), std::string::npos)
         << shown.output;
   }
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region chrZ:1-10"), t / "x.h5", "chrZ");
