@@ -332,12 +332,9 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
 }
 
 void Journal::set_done(int64_t index, bool done) {
-  if (index < 0) return;
-  if (index >= (int64_t)done_.size()) {
-    if (!done) return;
+  if (index < 0 || (!done && index >= (int64_t)done_.size())) return;
+  if (index >= (int64_t)done_.size())
     done_.resize(std::max<size_t>(index + 1, 2 * done_.size()), 0);
-  }
-  n_done_ += (int64_t)done - (int64_t)done_[index];
   done_[index] = done;
 }
 
@@ -367,7 +364,7 @@ void Journal::redo(int64_t index) {
   set_done(index, false);
   found_fps_.erase(index);
   found_in_.erase(index);
-  if (index < (int64_t)source_.size()) source_[index] = -1;
+  if (part_of(index) >= 0) source_[index] = -1;
 }
 
 int64_t Journal::count_parts() const {
@@ -571,7 +568,7 @@ void Journal::gather_sources(Comm& comm) {
     } else if (const size_t sp = line.find(' '); sp != std::string::npos) {
       const int64_t index = std::stoll(line.substr(0, sp));
       const auto part = (size_t)std::stoll(line.substr(sp + 1));
-      if (part < theirs.size() && (index >= (int64_t)source_.size() || source_[index] < 0))
+      if (part < theirs.size() && part_of(index) < 0)
         set_source(index, theirs[part]);  // rank 0's own win
     }
   }
@@ -696,11 +693,12 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
 std::string Journal::source_of(int64_t index) const {
   // Every record of this run is in source_: resumed (same_record), written here, or written by
   // another rank (gather_sources).
-  if (index < 0 || index >= (int64_t)source_.size() || source_[index] < 0)
+  const int32_t part = part_of(index);
+  if (part < 0)
     throw SystemError(dir_ + ": record " + std::to_string(index) +
                       " is in no part (a journal damaged by a crash or changed by hand?); rerun "
                       "with --force to start over");
-  return parts_[source_[index]];
+  return parts_[part];
 }
 
 void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string& output,

@@ -9,6 +9,7 @@
 // writes `complete = 1` last, closes it, renames it to OUT and removes OUT.parts. A crash, a kill
 // or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -71,7 +72,7 @@ class Journal {
   // assembled); redo(index) forgets it, so that it is embedded again.
   bool same_record(int64_t index, const std::string& fingerprint);
   void redo(int64_t index);
-  int64_t n_done() const { return n_done_; }
+  int64_t n_done() const { return std::count(done_.begin(), done_.end(), uint8_t{1}); }
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
@@ -137,7 +138,6 @@ class Journal {
   // input_sha256 of each part found that holds a record (blank where unreadable), until the
   // record is checked (same_record) or embedded again.
   std::vector<uint8_t> done_;
-  int64_t n_done_ = 0;
   void set_done(int64_t index, bool done);
   std::map<int64_t, std::vector<std::string>> found_fps_;
   // Rank 0: the part file of each input_sha256 in found_fps_ (same order). The part chosen for
@@ -148,6 +148,9 @@ class Journal {
   std::vector<std::string> parts_;
   std::map<std::string, int32_t> part_ids_;
   void set_source(int64_t index, const std::string& part);
+  int32_t part_of(int64_t index) const {  // index into parts_, or -1
+    return index >= 0 && index < (int64_t)source_.size() ? source_[index] : -1;
+  }
   struct Group {
     std::unique_ptr<h5::File> file;
     std::string tmp;

@@ -1,5 +1,6 @@
 // sparsa: UTF-8 validation of text that ends up in HDF5 strings marked UTF-8 (record names,
-// descriptions, timestamps): h5py and other readers fail on invalid bytes.
+// descriptions, timestamps): h5py and other readers fail on invalid bytes; and the small text
+// helpers the input readers share.
 #pragma once
 #include <bit>
 #include <cstddef>
@@ -10,6 +11,14 @@
 #include <string_view>
 
 namespace sparsa {
+
+// A field without the spaces and tabs around it (and a CR left at its end by a CRLF line).
+inline std::string_view trim_blanks(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
+}
 
 // "0xFC": a byte as messages show it.
 inline std::string hex_byte(unsigned char c) {

@@ -546,9 +546,7 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
         const size_t tab = rest.find('\t');
         rest = tab == std::string_view::npos ? std::string_view() : rest.substr(tab + 1);
       }
-      name = rest.substr(0, rest.find('\t'));
-      while (!name.empty() && is_space(name.front())) name.remove_prefix(1);
-      while (!name.empty() && is_space(name.back())) name.remove_suffix(1);
+      name = trim_blanks(rest.substr(0, rest.find('\t')));
     }
     if (!name.empty() && name != ".") {
       r.label.assign(name);

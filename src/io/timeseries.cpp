@@ -35,13 +35,6 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-    s.remove_suffix(1);
-  return s;
-}
-
 // A cell as a message shows it (long cells are cut, so one bad row cannot flood the terminal):
 // control characters (a CR or a line break inside a quoted cell, a tab) escaped, so that the
 // message stays on its line; 40 characters at most.
@@ -70,7 +63,7 @@ enum class CellKind { kNumber, kMissing, kInvalid, kNonFinite, kTiny };
 // Parses one numeric cell. std::from_chars, not strtod, so a user's locale cannot change the
 // decimal separator and the whole cell must be consumed.
 CellKind parse_number(std::string_view s, double& out) {
-  s = trim(s);
+  s = trim_blanks(s);
   out = kNaN;
   if (s.empty() || s == "NA" || iequals(s, "nan")) return CellKind::kMissing;
   if (s.front() == '+') {  // from_chars refuses an explicit plus sign; spreadsheets write one
@@ -177,7 +170,7 @@ class CsvScanner {
     }
     size_t end = pos_;
     while (end < text_.size() && text_[end] != ',' && text_[end] != '\n') ++end;
-    const std::string_view v = trim(std::string_view(text_).substr(pos_, end - pos_));
+    const std::string_view v = trim_blanks(std::string_view(text_).substr(pos_, end - pos_));
     pos_ = end;
     cell.assign(v.data(), v.size());
   }

@@ -158,11 +158,7 @@ TEST(MpiFailure, OneBadRankStopsAllWithNoOutput) {
   // Every rank reads every record, so all three meet the error: rank 0 says it, once. (Another
   // rank says its own only if rank 0 has not ended the job 1.5 s after it failed: on a loaded
   // machine that may happen, after rank 0's line.)
-  size_t said = 0;
-  for (size_t at = r.output.find("sparsa: error: "); at != std::string::npos;
-       at = r.output.find("sparsa: error: ", at + 1))
-    ++said;
-  EXPECT_EQ(said, 1u) << r.output;
+  EXPECT_EQ(count_in(r.output, "sparsa: error: "), 1u) << r.output;
   EXPECT_NE(r.output.find("sparsa: error: " + t / "bad.fa" + ": record 'bad': position 5"),
             std::string::npos)
       << r.output;

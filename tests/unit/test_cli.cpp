@@ -729,11 +729,7 @@ TEST(Cli, ReadWarningsStopAfterThree) {
   write_file(t / "w.fq", fq);
   auto r = run(embed_cmd(t / "w.fq", t / "w.h5", "--invalid-as-n --pool mean"));  // (-q)
   ASSERT_EQ(r.code, 0) << r.output;
-  size_t said = 0;
-  for (size_t at = r.output.find("warning: " + t / "w.fq"); at != std::string::npos;
-       at = r.output.find("warning: " + t / "w.fq", at + 1))
-    ++said;
-  EXPECT_EQ(said, 3u) << r.output;
+  EXPECT_EQ(count_in(r.output, "warning: " + t / "w.fq"), 3u) << r.output;
   EXPECT_NE(r.output.find("record 'r1': position 3: 1 invalid character read as N"),
             std::string::npos)
       << r.output;

@@ -28,6 +28,12 @@ struct Fixture {
     EXPECT_EQ(r.code, 0) << r.output;
     write_file(input, random_fasta(8, 40000));  // eight records of 40 kb
   }
+  // "sparsa embed --threads 1 --pool mean" of `in` into `out` with this model, then `extra`.
+  std::string command(const std::string& in, const std::string& out,
+                      const std::string& extra) const {
+    return binary() + " embed --threads 1 --pool mean --model " + model + " --input " + in +
+           " --output " + out + " " + extra;
+  }
   std::vector<std::string> args(const std::string& out, bool resume) {
     std::vector<std::string> a{binary(),  "embed",   "-q",     "--threads", "1",
                                "--dtype", "f32",     "--pool", "bin:10",    "--model",
@@ -786,10 +792,7 @@ TEST(Resume, ShiftedRecordsAreCountedNotListed) {
   const std::string out = fx.t / "out.h5", input = fx.t / "in.fa";
   const std::string good = random_fasta(8, 200, 5);
   write_file(input, good + ">broken\nACGT!\n");
-  auto cmd = [&](const std::string& extra) {
-    return binary() + " embed --threads 1 --pool mean --model " + fx.model + " --input " + input +
-           " --output " + out + " " + extra;
-  };
+  auto cmd = [&](const std::string& extra) { return fx.command(input, out, extra); };
   auto r = run(cmd(""));
   ASSERT_EQ(r.code, 1) << r.output;
   write_file(input, random_fasta(1, 200, 6, "New") + good);
@@ -814,10 +817,7 @@ TEST(Resume, EarlierManifestsWithDotsStillResume) {
   const std::string out = fx.t / "out.h5", input = fx.t / "in.fa";
   const std::string good = random_fasta(3, 300, 4);
   write_file(input, good + ">broken\nAC!GT\n");
-  auto cmd = [&](const std::string& extra) {
-    return binary() + " embed -q --threads 1 --pool mean --model " + fx.model + " --input " +
-           input + " --output " + out + " " + extra;
-  };
+  auto cmd = [&](const std::string& extra) { return fx.command(input, out, "-q " + extra); };
   ASSERT_EQ(run(cmd("")).code, 1);
   ASSERT_GE(count_parts(out + ".parts"), 1);
   // The MANIFEST as the earlier version wrote it.

@@ -107,6 +107,13 @@ inline void write_file(const std::string& path, const std::string& text) {
 
 inline bool exists(const std::string& p) { return std::filesystem::exists(p); }
 
+// How many times `needle` occurs in `text` (a message said once, three warnings, ...).
+inline size_t count_in(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
 // Starts `args` as a child process (stdout and stderr to `log`); returns its pid.
 inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
   pid_t pid = fork();
