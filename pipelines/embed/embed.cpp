@@ -1221,11 +1221,17 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double checkpoint_s = since_start();
   RecordSource source(o, c);
   source.set_warnings(root);
+  source.share_from_root(comm);  // time series: rank 0 alone reads the CSVs
   Progress progress = Progress::for_stderr(o.quiet || !root);
   int64_t expected_records = 0;
   bool expected_exact = false;
   {
-    const OutputEstimate est = estimate_output(o, c, source);
+    // Made by rank 0 (which reads a time series' CSVs for it) and told to the others.
+    OutputEstimate est;
+    on_root(comm, [&] { est = estimate_output(o, c, source); });
+    int64_t e[3] = {est.bytes, est.records, est.exact_records};
+    if (comm.size() > 1) comm.broadcast(e, sizeof e, 0);
+    est = {e[0], e[1], e[2] != 0};
     expected_records = est.records;
     expected_exact = est.exact_records;
     const int64_t need = est.bytes;

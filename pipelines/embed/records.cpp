@@ -1,14 +1,20 @@
 #include "pipelines/embed/records.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <deque>
+#include <exception>
 #include <filesystem>
 #include <map>
+#include <utility>
 
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
+#include "dist/comm.hpp"
 #include "io/dna.hpp"
 #include "io/timeseries.hpp"
 #include "pipelines/embed/embed.hpp"
@@ -28,6 +34,8 @@ struct RecordSource::Impl {
   std::vector<RawSeries> series;
   size_t series_next = 0;
   std::map<size_t, std::vector<RawSeries>> primed;  // inputs already read (prime_input)
+  Comm* shared = nullptr;   // share_from_root: rank 0 reads, every rank gets each record
+  int64_t input_bytes = 0;  // the inputs' sizes together
 
   Impl(const EmbedOptions& o, const ModelConfig& c) : opts(o), config(c) {
     for (const auto& in : opts.inputs) {
@@ -156,7 +164,138 @@ struct RecordSource::Impl {
       std::fprintf(stderr, "[sparsa] warning: %s\n", rec.warning.c_str());
   }
 
+  // share_from_root: rank 0 reads records (next_here) and sends them to every rank in batches
+  // of up to kBatchRecords records or kBatchBytes, so that the ranks meet once a batch, not at
+  // every record (a rank embedding its record would hold up the others' next one).
+  static constexpr int64_t kBatchRecords = 1024, kBatchBytes = int64_t{16} << 20;
+  std::deque<Record> batch;        // received, not yet taken
+  bool batch_end = false;          // rank 0 has read every record
+  std::exception_ptr batch_error;  // rank 0: met after a batch's first record, thrown next time
+
+  bool next_shared(Record& rec) {
+    if (batch.empty() && !batch_end) fetch_batch();
+    if (batch.empty()) return false;
+    rec = std::move(batch.front());
+    batch.pop_front();
+    return true;
+  }
+
+  void fetch_batch() {
+    Comm& c = *shared;
+    const bool root = c.rank() == 0;
+    // The batch's description: a flag (1: the input ends with it), the record count, then for
+    // each record n_channels, offset, its tokens, its time column's text bytes and rows, and its
+    // strings (name, description, source, region, region_name, warning) with their lengths.
+    std::string meta;
+    auto put = [&](int64_t v) { meta.append(reinterpret_cast<const char*>(&v), sizeof v); };
+    int64_t meta_bytes = 0;
+    {
+      // Rank 0 may parse a whole CSV for this batch: the others' wait allows for the inputs'
+      // bytes (rank 0 alone knows which file is next).
+      Watched w(c, "a wait for rank 0, which reads the time-series CSVs", input_bytes);
+      on_root(c, [&] {
+        if (batch_error) std::rethrow_exception(std::exchange(batch_error, nullptr));
+        int64_t bytes = 0;
+        bool end = false;
+        while ((int64_t)batch.size() < kBatchRecords && bytes < kBatchBytes) {
+          Record r;
+          try {
+            if (!next_here(r)) {
+              end = true;
+              break;
+            }
+          } catch (...) {
+            if (batch.empty()) throw;
+            batch_error = std::current_exception();  // the records before it go first
+            break;
+          }
+          bytes +=
+              (int64_t)(r.tokens.size() * 4 + r.timestamps.text().size() + r.timestamps.size() * 8);
+          batch.push_back(std::move(r));
+        }
+        put(end);
+        put((int64_t)batch.size());
+        for (const Record& r : batch) {
+          for (int64_t v : {r.n_channels, r.offset, (int64_t)r.tokens.size(),
+                            (int64_t)r.timestamps.text().size(), (int64_t)r.timestamps.size()})
+            put(v);
+          for (const std::string* f :
+               {&r.name, &r.description, &r.source, &r.region, &r.region_name, &r.warning}) {
+            put((int64_t)f->size());
+            meta.append(*f);
+          }
+        }
+        meta_bytes = (int64_t)meta.size();
+      });
+      c.broadcast(&meta_bytes, sizeof meta_bytes, 0);
+    }
+    meta.resize(meta_bytes);
+    broadcast_big(c, meta.data(), meta_bytes);
+    size_t at = 0;
+    auto get = [&]() {
+      int64_t v = 0;
+      if (at + sizeof v > meta.size())
+        throw SystemError("internal: time-series records from rank 0 arrived damaged");
+      std::memcpy(&v, meta.data() + at, sizeof v);
+      at += sizeof v;
+      return v;
+    };
+    batch_end = get() != 0;
+    const int64_t n = get();
+    int64_t bulk = 0;  // the bytes of the batch's tokens and time columns
+    std::vector<std::array<int64_t, 5>> sizes(n);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t& v : sizes[i]) v = get();
+      if (!root) {
+        Record& r = batch.emplace_back();
+        r.n_channels = sizes[i][0];
+        r.offset = sizes[i][1];
+        for (std::string* f :
+             {&r.name, &r.description, &r.source, &r.region, &r.region_name, &r.warning}) {
+          const int64_t len = get();
+          if (len < 0 || at + len > meta.size())
+            throw SystemError("internal: time-series records from rank 0 arrived damaged");
+          f->assign(meta, at, len);
+          at += len;
+        }
+      } else {
+        for (int k = 0; k < 6; ++k) at += get();
+      }
+      bulk += sizes[i][2] * 4 + sizes[i][3] + sizes[i][4] * 8;
+    }
+    // Each record's arrays straight into place (a record of 10^8 rows is not copied again).
+    Watched w(c, "time-series records sent by rank 0", bulk);
+    for (int64_t i = 0; i < n; ++i) {
+      Record& r = batch[i];
+      std::string text;
+      std::vector<size_t> ends;
+      if (!root) {
+        r.tokens.resize(sizes[i][2]);
+        text.resize(sizes[i][3]);
+        ends.resize(sizes[i][4]);
+      }
+      broadcast_big(c, r.tokens.data(), sizes[i][2] * (int64_t)sizeof(int32_t));
+      broadcast_big(c, root ? const_cast<char*>(r.timestamps.text().data()) : text.data(),
+                    sizes[i][3]);
+      broadcast_big(c, root ? const_cast<size_t*>(r.timestamps.ends().data()) : ends.data(),
+                    sizes[i][4] * (int64_t)sizeof(size_t));
+      if (!root && !r.timestamps.assign(std::move(text), std::move(ends)))
+        throw SystemError("internal: a time-series record from rank 0 arrived damaged");
+    }
+  }
+  // Broadcasts of up to 1 GiB each (MPI counts are int).
+  static void broadcast_big(Comm& c, void* data, int64_t bytes) {
+    constexpr int64_t kPiece = int64_t{1} << 30;
+    for (int64_t at = 0; at < bytes; at += kPiece)
+      c.broadcast(static_cast<char*>(data) + at, std::min(kPiece, bytes - at), 0);
+  }
+
   bool next(Record& rec) {
+    if (shared) return next_shared(rec);
+    return next_here(rec);
+  }
+
+  bool next_here(Record& rec) {
     if (!fetchers.empty()) {
       if (input >= regions.size()) return false;
       auto& [idx, spec] = regions[input++];
@@ -205,6 +344,53 @@ bool RecordSource::next(Record& rec) { return impl_->next(rec); }
 int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
 int64_t RecordSource::region_tokens() const { return impl_->region_tokens; }
 void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
+
+void RecordSource::share_from_root(Comm& comm) {
+  if (impl_->config.kind != ModelKind::kTimeseries || comm.size() == 1) return;
+  impl_->shared = &comm;
+  impl_->input_bytes = 0;
+  for (const std::string& in : impl_->opts.inputs) {
+    std::error_code ec;
+    const auto n = std::filesystem::file_size(in, ec);
+    if (!ec) impl_->input_bytes += (int64_t)n;
+  }
+}
+
+void on_root(Comm& comm, const std::function<void()>& fn) {
+  if (comm.size() == 1) return fn();
+  int64_t kind = 0;  // 0: none; 1 input, 2 config, 3 system, 4 numeric error
+  std::string text;
+  if (comm.rank() == 0) {
+    try {
+      fn();
+    } catch (const InputError& e) {
+      kind = 1, text = e.what();
+    } catch (const ConfigError& e) {
+      kind = 2, text = e.what();
+    } catch (const NumericError& e) {
+      kind = 4, text = e.what();
+    } catch (const std::exception& e) {
+      kind = 3, text = e.what();
+    }
+  }
+  int64_t head[2] = {kind, (int64_t)text.size()};
+  comm.broadcast(head, sizeof head, 0);
+  kind = head[0];
+  text.resize(head[1]);
+  if (head[1] > 0) comm.broadcast(text.data(), head[1], 0);
+  switch (kind) {
+    case 0:
+      return;
+    case 1:
+      throw InputError(text);
+    case 2:
+      throw ConfigError(text);
+    case 4:
+      throw NumericError(text);
+    default:
+      throw SystemError(text);
+  }
+}
 
 void RecordSource::prime_input(size_t i, std::vector<RawSeries>&& series) {
   if (impl_->input != 0 || impl_->config.kind != ModelKind::kTimeseries ||

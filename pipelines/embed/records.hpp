@@ -2,6 +2,7 @@
 // regions) or time-series CSVs. Every problem that can be found before heavy work (missing
 // files, unknown region names, bad BED lines) is found in the constructor.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 
 namespace sparsa {
 
+class Comm;
 struct EmbedOptions;
 
 class RecordSource {
@@ -27,6 +29,11 @@ class RecordSource {
   int64_t n_regions() const;
   // With --region/--regions: the tokens of all of them (each cut at its record's end).
   int64_t region_tokens() const;
+  // Time series under several ranks: from now on rank 0 alone reads the CSVs, and next() sends
+  // each record it reads to every rank (a collective: every rank calls next() alike). Another
+  // rank then holds one record at a time instead of every CSV parsed whole; an error in reading
+  // is thrown on every rank. No-op for DNA (every rank streams the FASTA/FASTQ) and one rank.
+  void share_from_root(Comm& comm);
   // Time series: whether next() warns about a series that embeds but perhaps not as meant (time
   // going backwards, repeated timestamps, a channel with no values); on by default. One rank
   // warns for all (every rank reads every record).
@@ -36,6 +43,11 @@ class RecordSource {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Runs `fn` on rank 0 alone. What it throws there is thrown on every rank, as an InputError,
+// ConfigError or SystemError of the same text (an OutOfMemory or another error as a
+// SystemError), so that all ranks stop at the same point and rank 0 says why.
+void on_root(Comm& comm, const std::function<void()>& fn);
 
 // Hex SHA-256 of what a record's output is made from: its name, description, region, offset,
 // channels, tokens and timestamps (not the input's path). Written with the record as

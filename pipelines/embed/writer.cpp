@@ -12,6 +12,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 #include "core/error.hpp"
 #include "core/signals.hpp"
@@ -74,6 +75,24 @@ static std::map<int64_t, std::string> part_records(const h5::File& part) {
     if (const int64_t i = key_index(key); i > 0) keys[i] = key;
   return keys;
 }
+
+// An input_sha256 (64 hex digits) as its 32 bytes; false for anything else (a part without one).
+static bool fp_bytes(std::string_view hex, std::array<uint8_t, 32>& out) {
+  if (hex.size() != 64) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < 32; ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = uint8_t(hi << 4 | lo);
+  }
+  return true;
+}
+static constexpr size_t kFpBytes = 33;  // a found record's fingerprint on the wire: flag, bytes
 
 static std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -224,8 +243,10 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
   std::vector<int64_t> done;
-  std::string fps;  // resume: the done records' input_sha256, 64 characters each (blank: none)
-  std::vector<std::string> files;  // rank 0: the part file of each
+  // Resume: the done records' input_sha256, kFpBytes each (a flag, then the 32 bytes; a flag of
+  // 0: none), and on rank 0 the part file of each (into parts_).
+  std::string fps;
+  std::vector<int32_t> files;
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
@@ -281,6 +302,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       std::sort(parts.begin(), parts.end());
       for (const auto& [first, path] : parts) {
         std::vector<std::pair<int64_t, std::string>> recs;  // index, input_sha256
+        const int32_t file = part_id(path);
         try {
           const h5::File part = h5::File::open_read(path);
           for (const auto& [index, key] : part_records(part))
@@ -290,11 +312,13 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
         } catch (const std::exception&) {  // unreadable: its first record is embedded again
           recs.assign(1, {first, std::string()});
         }
-        for (auto& [index, fp] : recs) {
-          fp.resize(64, ' ');
+        for (const auto& [index, fp] : recs) {
+          std::array<uint8_t, 32> bytes{};
+          const bool has = fp_bytes(fp, bytes);
           done.push_back(index);
-          fps += fp;
-          files.push_back(path);
+          fps += char(has);
+          fps.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+          files.push_back(file);
         }
       }
     } catch (const ConfigError& e) {
@@ -310,25 +334,33 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   comm.broadcast(sizes, sizeof sizes, 0);
   error.resize(sizes[0]);
   done.resize(sizes[1]);
-  fps.resize(sizes[1] * 64);
+  fps.resize(sizes[1] * kFpBytes);
   if (sizes[0]) comm.broadcast(error.data(), sizes[0], 0);
   if (sizes[1]) {
     comm.broadcast(done.data(), sizes[1] * 8, 0);
-    comm.broadcast(fps.data(), sizes[1] * 64, 0);
+    comm.broadcast(fps.data(), sizes[1] * kFpBytes, 0);
   }
   if (!error.empty()) {
     release_lock();  // no destructor runs for a constructor that throws
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
+  found_.reserve(done.size());
   for (size_t i = 0; i < done.size(); ++i) {
     // An index no input reaches (a stray or damaged part name of up to 18 digits) is not a record
     // of this run; taken, it would size the tables by it.
     if (done[i] < 1 || done[i] > (int64_t{1} << 40)) continue;
     set_done(done[i], true);
-    found_fps_[done[i]].push_back(fps.substr(i * 64, 64));
-    if (comm.rank() == 0) found_in_[done[i]].push_back(files[i]);
+    Found f;
+    f.index = done[i];
+    if (comm.rank() == 0) f.part = files[i];
+    f.has_fp = fps[i * kFpBytes] != 0;
+    std::memcpy(f.fp.data(), fps.data() + i * kFpBytes + 1, f.fp.size());
+    found_.push_back(f);
   }
+  // By index; a record several parts hold keeps the parts' order (sorted by their names).
+  std::stable_sort(found_.begin(), found_.end(),
+                   [](const Found& a, const Found& b) { return a.index < b.index; });
 }
 
 void Journal::set_done(int64_t index, bool done) {
@@ -338,23 +370,41 @@ void Journal::set_done(int64_t index, bool done) {
   done_[index] = done;
 }
 
-void Journal::set_source(int64_t index, const std::string& part) {
+int32_t Journal::part_id(const std::string& part) {
   auto [it, added] = part_ids_.try_emplace(part, (int32_t)parts_.size());
   if (added) parts_.push_back(part);
+  return it->second;
+}
+
+void Journal::set_source(int64_t index, int32_t part) {
   if (index >= (int64_t)source_.size())
     source_.resize(std::max<size_t>(index + 1, 2 * source_.size()), -1);
-  source_[index] = it->second;
+  source_[index] = part;
+}
+
+// The index's entries of found_ (sorted by index), as [lo, hi).
+template <class V>
+static auto found_range(V& found, int64_t index) {
+  auto lo = std::lower_bound(found.begin(), found.end(), index,
+                             [](const auto& f, int64_t i) { return f.index < i; });
+  auto hi = lo;
+  while (hi != found.end() && hi->index == index) ++hi;
+  return std::pair{lo, hi};
+}
+
+void Journal::forget_found(int64_t index) {
+  auto [lo, hi] = found_range(found_, index);
+  for (; lo != hi; ++lo) lo->live = false;
 }
 
 bool Journal::same_record(int64_t index, const std::string& fingerprint) {
-  const auto it = found_fps_.find(index);
-  if (it == found_fps_.end()) return false;
-  for (size_t k = 0; k < it->second.size(); ++k) {
-    if (it->second[k] != fingerprint) continue;
-    if (const auto f = found_in_.find(index); f != found_in_.end() && k < f->second.size())
-      set_source(index, f->second[k]);  // rank 0: the part assembled
-    found_fps_.erase(it);               // checked: kept as a record of this run
-    found_in_.erase(index);
+  std::array<uint8_t, 32> fp{};
+  if (!fp_bytes(fingerprint, fp)) return false;
+  auto [lo, hi] = found_range(found_, index);
+  for (auto it = lo; it != hi; ++it) {
+    if (!it->live || !it->has_fp || it->fp != fp) continue;
+    if (it->part >= 0) set_source(index, it->part);  // rank 0: the part assembled
+    forget_found(index);                             // checked: kept as a record of this run
     return true;
   }
   return false;
@@ -362,8 +412,7 @@ bool Journal::same_record(int64_t index, const std::string& fingerprint) {
 
 void Journal::redo(int64_t index) {
   set_done(index, false);
-  found_fps_.erase(index);
-  found_in_.erase(index);
+  forget_found(index);
   if (part_of(index) >= 0) source_[index] = -1;
 }
 
@@ -510,9 +559,8 @@ void Journal::commit_part(const std::string& tmp, const std::vector<int64_t>& in
   if (ec) throw SystemError(final_part + ": cannot finish the part: " + ec.message());
   for (int64_t index : indices) {
     set_done(index, true);
-    found_fps_.erase(index);  // written by this run: no earlier fingerprint applies
-    found_in_.erase(index);
-    set_source(index, final_part);
+    forget_found(index);  // written by this run: no earlier fingerprint applies
+    set_source(index, part_id(final_part));
   }
   last_part_ = std::chrono::steady_clock::now();
 }
@@ -569,7 +617,7 @@ void Journal::gather_sources(Comm& comm) {
       const int64_t index = std::stoll(line.substr(0, sp));
       const auto part = (size_t)std::stoll(line.substr(sp + 1));
       if (part < theirs.size() && part_of(index) < 0)
-        set_source(index, theirs[part]);  // rank 0's own win
+        set_source(index, part_id(theirs[part]));  // rank 0's own win
     }
   }
 }

@@ -10,6 +10,7 @@
 // or a full disk therefore never leaves a file at OUT, and `--resume` skips the parts that exist.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -134,20 +135,28 @@ class Journal {
   void finish_as(const std::string& from, const std::string& output);
   void release_lock();
   std::string dir_;
-  // Finished records, by index (a few bytes a record: a read set has millions); with resume, the
-  // input_sha256 of each part found that holds a record (blank where unreadable), until the
-  // record is checked (same_record) or embedded again.
+  // Finished records, by index (a few bytes a record: a read set has millions).
   std::vector<uint8_t> done_;
   void set_done(int64_t index, bool done);
-  std::map<int64_t, std::vector<std::string>> found_fps_;
-  // Rank 0: the part file of each input_sha256 in found_fps_ (same order). The part chosen for
-  // each record resumed or written by this run (other ranks' from gather_sources), as an index
-  // into parts_ (-1: none).
-  std::map<int64_t, std::vector<std::string>> found_in_;
+  // With resume: each record a part found holds, with the part's input_sha256 for it (absent
+  // where unreadable), sorted by index, until the record is checked (same_record), embedded
+  // again or written by this run (then `live` is cleared). 48 bytes a record, where strings in
+  // maps took ~150 (peak RSS of a resumed read set: docs/benchmarks.md).
+  struct Found {
+    int64_t index = 0;
+    int32_t part = -1;  // rank 0: the part file (into parts_); other ranks: -1
+    bool live = true, has_fp = false;
+    std::array<uint8_t, 32> fp{};
+  };
+  std::vector<Found> found_;
+  void forget_found(int64_t index);  // clears `live` of the index's entries
+  // The part chosen for each record resumed or written by this run (other ranks' from
+  // gather_sources), as an index into parts_ (-1: none).
   std::vector<int32_t> source_;
   std::vector<std::string> parts_;
   std::map<std::string, int32_t> part_ids_;
-  void set_source(int64_t index, const std::string& part);
+  int32_t part_id(const std::string& part);  // its index into parts_, added when new
+  void set_source(int64_t index, int32_t part);
   int32_t part_of(int64_t index) const {  // index into parts_, or -1
     return index >= 0 && index < (int64_t)source_.size() ? source_[index] : -1;
   }

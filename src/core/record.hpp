@@ -4,6 +4,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sparsa {
@@ -34,6 +35,23 @@ class StringColumn {
     return out;
   }
   bool operator==(const StringColumn&) const = default;
+  // Its two buffers as they are (to send a column to another process without a copy): the texts
+  // end to end, and where each ends.
+  const std::string& text() const { return text_; }
+  const std::vector<size_t>& ends() const { return ends_; }
+  // The column of these buffers; false (and the column unchanged) unless `ends` is ascending and
+  // ends at text.size().
+  bool assign(std::string text, std::vector<size_t> ends) {
+    size_t prev = 0;
+    for (size_t e : ends) {
+      if (e < prev) return false;
+      prev = e;
+    }
+    if (prev != text.size()) return false;
+    text_ = std::move(text);
+    ends_ = std::move(ends);
+    return true;
+  }
 
  private:
   std::string text_;

@@ -2,6 +2,7 @@
 // (every dataset of every record) as one process, for P = 2, 3, 4 and uneven shards.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "../unit/compare_h5.hpp"
@@ -134,6 +135,48 @@ TEST(MpiInvariance, TimeSeries) {
   const std::string usdchf = shared_data() + "/timeseries/usdchf_30min.csv";
   ASSERT_TRUE(exists(usdchf));
   check_invariance(t, {model, "--input " + usdchf, "--pool bin:48 --split-min 1000"}, {2, 3});
+}
+
+// Time series: rank 0 alone reads the CSVs and sends each record to the others (a panel CSV is
+// not parsed whole by every rank). Here every rank but 0 runs in a folder where the input's
+// relative path names another file, a CSV with a bad value: a rank that read its own would stop
+// the run. The file is still one rank's, for a panel whose long series is split over the ranks
+// and whose short ones are embedded whole, one rank each.
+TEST(MpiInvariance, TimeSeriesReadByRankZeroAlone) {
+  TempDir t;
+  const std::string model = make_model(
+      t, "ts",
+      "[model]\nkind = \"timeseries\"\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\n"
+      "window = 8\ncausal = false\nglobal_every = 64\nglobal_max = 32\nrouter_hidden = 8\n"
+      "channels = 1\nts_bins = 64\nts_transform = \"log_return\"\n");
+  std::string csv = "timestamp,id,close\n";
+  for (const auto& [id, rows] :
+       {std::pair<const char*, int>{"long", 600}, {"mid", 40}, {"short", 9}})
+    for (int i = 0; i < rows; ++i)
+      csv += "2024-01-01T00:" + std::to_string(10000 + i) + "," + id + "," +
+             std::to_string(100.0 + 3.0 * std::sin(0.37 * i + rows)) + "\n";
+  ASSERT_EQ(run("mkdir -p " + t / "r0" + " " + t / "other").code, 0);
+  write_file(t / "r0/panel.csv", csv);
+  write_file(t / "other/panel.csv", "timestamp,id,close\n2024-01-01,a,not-a-number\n");
+  const std::string embed = binary() + " embed -q --force --threads 1 --dtype f32 --model " +
+                            model + " --input panel.csv --id-column id --split-min 100 --output ";
+  auto r = run("cd " + t / "r0" + " && " + embed + t / "one.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  // Each rank's folder by its rank (Open MPI, MPICH / Hydra or Slurm).
+  const std::string script =
+      "r=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${SLURM_PROCID:-0}}}; "
+      "if [ \"$r\" = 0 ]; then cd " +
+      t / "r0" + "; else cd " + t / "other" + "; fi; exec " + embed + t / "three.h5";
+  write_file(t / "rank.sh", script + "\n");
+  r = run(mpirun(3) + "sh " + t / "rank.sh");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_contents(t / "one.h5", t / "three.h5");
+  // And the other way round: rank 0 reading the broken file stops every rank with its message.
+  r = run("cd " + t / "other" + " && " + mpirun(3) + embed + t / "bad.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(count_in(r.output, "sparsa: error: "), 1u) << r.output;
+  EXPECT_NE(r.output.find("panel.csv"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "bad.h5"));
 }
 
 TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {

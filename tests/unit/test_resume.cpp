@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
+
 #include "compare_h5.hpp"
 #include "core/error.hpp"
 #include "core/signals.hpp"
@@ -450,6 +452,38 @@ TEST(Resume, PartsBeyondAMillionRecordsAreFound) {
   EXPECT_TRUE(j.same_record(7, ro.fingerprint));
 }
 
+// A part's input_sha256 that is not 64 hex digits (changed by hand, or by another program)
+// matches nothing: its record is embedded again. A record checked once is not matched twice,
+// and one written by this run no longer matches its earlier part's fingerprint. Upper-case hex
+// is the same fingerprint as lower-case.
+TEST(Resume, FingerprintsMatchOnlyAsSha256AndOnce) {
+  TempDir t;
+  auto comm = sparsa::make_single_comm();
+  const std::string out = t / "o.h5";
+  PartData pd(2, 2, {0});
+  sparsa::RecordOutput& ro = pd.ro;
+  const std::string sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  {
+    sparsa::Journal j(out, "m\n", false, false, *comm);
+    ro.fingerprint = "not-a-sha256";
+    j.write_part(1, ro, false, false, *comm);
+    ro.fingerprint = sha;
+    for (int64_t index : {2, 3, 4}) j.write_part(index, ro, false, false, *comm);
+  }
+  sparsa::Journal j(out, "m\n", true, false, *comm);
+  EXPECT_EQ(j.n_done(), 4);
+  EXPECT_FALSE(j.same_record(1, "not-a-sha256"));
+  EXPECT_TRUE(j.same_record(2, sha));
+  EXPECT_FALSE(j.same_record(2, sha));  // checked already
+  std::string upper = sha;
+  for (char& c : upper) c = (char)std::toupper((unsigned char)c);
+  EXPECT_TRUE(j.same_record(3, upper));
+  EXPECT_FALSE(j.same_record(5, sha));  // no part holds record 5
+  j.redo(4);
+  EXPECT_FALSE(j.done(4));
+  EXPECT_FALSE(j.same_record(4, sha));  // redone: its old part no longer counts
+}
+
 // Short records go into group parts. A record of a group that changed is embedded again into a
 // new part beside the group (which keeps the records that did not change): a journal then holds
 // two versions of it, and resume and assembly take the one whose input_sha256 matches.
@@ -478,7 +512,7 @@ TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
     EXPECT_TRUE(j.done(1) && j.done(2) && !j.done(3));
   }  // the run stops here: record 3 never done
   // Record 1's input changed: it is embedded again (new rows), with record 3.
-  const std::string changed(64, 'z');
+  const std::string changed(64, 'e');
   for (float& v : recs[0].rows) v += 100.0f;
   recs[0].ro.fingerprint = changed;
   {
@@ -544,7 +578,7 @@ TEST(Resume, GroupPartsTakeTheMatchingVersionNotTheFirst) {
     j.flush_group();
   }
   for (float& v : recs[1].rows) v = -v;
-  recs[1].ro.fingerprint = std::string(64, 'y');
+  recs[1].ro.fingerprint = std::string(64, 'f');
   {
     sparsa::Journal j(out, "m\n", true, false, *comm);
     EXPECT_TRUE(j.same_record(1, recs[0].ro.fingerprint));

@@ -91,6 +91,22 @@ TEST(StringColumnTest, TextsComeBackWhole) {
   EXPECT_FALSE(c == (StringColumn{"2024-01-01T00:00:00Z", "", "x", "2024-01-01 09:30"}));
 }
 
+// The buffers as they are (what rank 0 sends), and a column made of them again; buffers that do
+// not describe a column are refused and leave it unchanged.
+TEST(StringColumnTest, BuffersMakeTheSameColumn) {
+  const StringColumn c{"2024-01-01", "", "x", "2024-01-02"};
+  StringColumn d;
+  ASSERT_TRUE(d.assign(c.text(), c.ends()));
+  EXPECT_EQ(d, c);
+  EXPECT_EQ(d[3], "2024-01-02");
+  EXPECT_FALSE(d.assign("abc", {2, 1, 3}));  // not ascending
+  EXPECT_FALSE(d.assign("abc", {1, 2}));     // short of the text
+  EXPECT_FALSE(d.assign("abc", {1, 4}));     // past it
+  EXPECT_EQ(d, c);
+  ASSERT_TRUE(d.assign("", {}));
+  EXPECT_TRUE(d.empty());
+}
+
 TEST(TsTransformTest, Level) {
   expect_same(ts_transform({1, kNaN, 3}, TsTransform::kLevel), {1, kNaN, 3});
 }
