@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
-  libhts-dev tabix samtools                 # FASTA/FASTQ, gzip/bgzip, faidx; bgzip for tests
+  libhts-dev zlib1g-dev tabix samtools      # FASTA/FASTQ, gzip/bgzip, faidx; bgzip for tests
   libhdf5-openmpi-dev hdf5-tools            # parallel HDF5 C API (+ h5dump)
   libopenmpi-dev openmpi-bin                # MPI
   libopenblas-dev                           # BLAS for the CPU backend (OpenMP comes with gcc)

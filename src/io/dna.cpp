@@ -7,6 +7,7 @@
 #include <htslib/hts.h>
 #include <htslib/kstring.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <array>
@@ -187,6 +188,36 @@ std::string not_fasta_advice(std::string_view line) {
   return "";
 }
 
+// Where a gzip or bgzip file stops decompressing, said for a message: htslib's reader drops the
+// partly decompressed block where it fails (up to 64 KB of text), so zlib streams the file
+// again here, as far as it goes. "" when zlib reads it whole (the damage is htslib's to say).
+std::string gzip_damage(const std::string& path) {
+  gzFile z = gzopen(path.c_str(), "rb");
+  if (!z) return "";
+  std::vector<char> buf(4096);  // small: a read that fails returns none of its bytes
+  long long lines = 0, bytes = 0;
+  int n = 0;
+  while ((n = gzread(z, buf.data(), (unsigned)buf.size())) > 0) {
+    bytes += n;
+    lines += std::count(buf.data(), buf.data() + n, '\n');
+  }
+  int code = Z_OK;
+  const char* msg = gzerror(z, &code);
+  const bool cut = code == Z_BUF_ERROR;  // the input ended inside the compressed stream
+  std::string why = msg && *msg ? msg : "unknown error";
+  if (why.starts_with(path + ": ")) why.erase(0, path.size() + 2);
+  gzclose(z);
+  if (n == 0 && code == Z_OK) return "";
+  const std::string read =
+      lines > 0 ? "lines 1 to " + std::to_string(lines) + " (" + std::to_string(bytes) +
+                      " bytes) decompress, "
+                : "no whole line decompresses (" + std::to_string(bytes) + " bytes), ";
+  return read + (cut ? "then the file ends inside the compressed data: it was cut short (an "
+                       "interrupted download or copy?); fetch it again"
+                     : "then the compressed data is corrupt (zlib: " + why +
+                           "); fetch it again or recompress it from the source");
+}
+
 // Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping every '\r'
 // (spec 1: line breaks and '\r' are not sequence), so CRLF files read exactly like LF files
 // (bgzf_getline drops only one '\r').
@@ -209,6 +240,8 @@ class LineReader {
     // Said as what could be read: compressed data comes in blocks, so the damage is somewhere
     // after the last line read, not necessarily on the next one.
     auto damaged = [&](const char* what) {
+      if (const std::string z = gzip_damage(path_); !z.empty())
+        return InputError(path_ + ": " + what + ": " + z);
       return InputError(path_ + ": " + what + ": " +
                         (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
                                             " were read, the rest cannot be"

@@ -328,10 +328,39 @@ TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
     std::string cut = z + ".half";
     fs::copy_file(z, cut);
     fs::resize_file(cut, size / 2);
-    // Said as what could be read, not as a line the damage is on (it is somewhere after it).
+    // Said as what decompresses (zlib streams it again: htslib drops the block it failed in),
+    // and as a file cut short.
     expect_error<InputError>([&] { read_all(cut); },
-                             {cut, "truncated or corrupt", " were read, the rest cannot be"});
+                             {cut, "truncated or corrupt", "lines 1 to ", "cut short"});
+    // As many lines as gzip itself gets out of it, less at most one 4 KB read's worth.
+    try {
+      read_all(cut);
+    } catch (const InputError& e) {
+      const std::string m = e.what();
+      const long long said = std::stoll(m.substr(m.find("lines 1 to ") + 11));
+      FILE* wc = popen(("gzip -dc '" + cut + "' 2>/dev/null | wc -l").c_str(), "r");
+      ASSERT_NE(wc, nullptr);
+      long long gzip_lines = -1;
+      ASSERT_EQ(std::fscanf(wc, "%lld", &gzip_lines), 1);
+      pclose(wc);
+      EXPECT_LE(said, gzip_lines) << m;
+      EXPECT_GE(said, gzip_lines - 4096 / 60 - 1) << m;
+    }
   }
+  // A small gzip cut short (htslib read nothing: its one block failed) says the lines before.
+  std::string small = write("small.fa", ">r1\n" + wrap(random_seq(30000, 4), 60));
+  sh("gzip -c '" + small + "' > '" + small + ".gz'");
+  fs::resize_file(small + ".gz", fs::file_size(small + ".gz") * 2 / 3);
+  expect_error<InputError>([&] { read_all(small + ".gz"); }, {"lines 1 to ", "cut short"});
+  // Corrupt in the middle, not cut: said as corrupt, with zlib's reason.
+  std::string bad = p + ".bad.gz";
+  fs::copy_file(p + ".gz", bad);
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp((std::streamoff)fs::file_size(bad) / 2);
+    f.put('\x55').put('\xAA').put('\x00');
+  }
+  expect_error<InputError>([&] { read_all(bad); }, {bad, "compressed data is corrupt (zlib: "});
   // A bgzip file cut at a block boundary: only the missing 28-byte EOF block tells.
   std::string noeof = p + ".noeof.bgz";
   fs::copy_file(p + ".bgz", noeof);
