@@ -134,8 +134,11 @@ bool check_paths(const EmbedOptions& o) {
   for (const auto& in : o.inputs) {
     if (fs::equivalent(in, o.output, ec))
       throw ConfigError("--output " + o.output + " is one of the inputs; refusing to overwrite it");
+    // (Also where the index does not exist yet: --region makes it.)
     for (const char* index : {".fai", ".gzi"})
-      if (fs::equivalent(in + index, o.output, ec))
+      if (fs::equivalent(in + index, o.output, ec) ||
+          fs::weakly_canonical(fs::absolute(in + index), ec) ==
+              fs::weakly_canonical(fs::absolute(o.output), ec))
         throw ConfigError("--output " + o.output + " is the index of input " + in +
                           "; refusing to overwrite it");
   }
@@ -1228,13 +1231,32 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   {
     // Made by rank 0 (which reads a time series' CSVs for it) and told to the others.
     OutputEstimate est;
-    on_root(comm, [&] { est = estimate_output(o, c, source); });
+    {
+      Watched waiting(comm,
+                      "a wait for rank 0, which reads the time-series CSVs for the output estimate",
+                      source.shared_input_bytes());
+      on_root(comm, [&] { est = estimate_output(o, c, source); });
+    }
     int64_t e[3] = {est.bytes, est.records, est.exact_records};
     if (comm.size() > 1) comm.broadcast(e, sizeof e, 0);
     est = {e[0], e[1], e[2] != 0};
     expected_records = est.records;
     expected_exact = est.exact_records;
-    const int64_t need = est.bytes;
+    // A resumed run's journal is on disk already: only the rest of it and the final file (about
+    // half the estimate: the parts and the final file hold the same rows) are still to come.
+    int64_t need = est.bytes;
+    if (o.resume) {
+      std::error_code ec;
+      int64_t journal_bytes = 0;
+      for (fs::recursive_directory_iterator it(o.output + ".parts", ec), end; !ec && it != end;
+           it.increment(ec))
+        if (std::error_code e2;
+            it->is_regular_file(e2) && it->path().filename() != Journal::kPreviousOutput) {
+          const auto bytes = it->file_size(e2);
+          if (!e2) journal_bytes += (int64_t)bytes;
+        }
+      need = std::max(need - journal_bytes, need / 2);
+    }
     std::error_code ec;
     auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
     // Too little room to keep the previous output aside as well: it goes now (--force asked for
@@ -1528,6 +1550,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   }
   // Every part is on disk before rank 0 assembles, and rank 0 knows where the other ranks put
   // their records (from them: a listing of the folder can lag on NFS).
+  journal.forget_found();
   journal.gather_sources(comm);
   comm.barrier();
   if (root) {

@@ -14,6 +14,7 @@
 #include "core/error.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
+#include "core/signals.hpp"
 #include "dist/comm.hpp"
 #include "io/dna.hpp"
 #include "io/timeseries.hpp"
@@ -114,7 +115,8 @@ struct RecordSource::Impl {
 
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
-  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_reader = 0;
+  int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
+      warned_reader = 0;
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
     if (++count <= kMax) return true;
@@ -156,6 +158,25 @@ struct RecordSource::Impl {
                    "[sparsa] warning: %s: record '%s': %s: no values (every cell missing): its "
                    "tokens are all MISSING\n",
                    file, raw.name.c_str(), empty.c_str());
+    // log_return and diff need two neighbouring values: a channel with values, none of them
+    // next to another (a weekly column in daily rows, a one-row record), is all MISSING too.
+    if (config.ts_transform == TsTransform::kLevel) return;
+    std::string lone;
+    for (size_t c = 0; c < raw.values.size(); ++c) {
+      const auto& v = raw.values[c];
+      bool any = false, pair = false;
+      for (size_t t = 0; t < v.size() && !pair; ++t) {
+        any = any || !std::isnan(v[t]);
+        pair = t > 0 && !std::isnan(v[t]) && !std::isnan(v[t - 1]);
+      }
+      if (any && !pair) lone += (lone.empty() ? "" : ", ") + channel_label(raw, (int64_t)c);
+    }
+    if (!lone.empty() && warn_more(warned_lone, "have a channel with no two neighbouring values"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': %s: no two neighbouring rows both have a "
+                   "value, so its %s are all missing: its tokens are all MISSING\n",
+                   file, raw.name.c_str(), lone.c_str(),
+                   config.ts_transform == TsTransform::kLogReturn ? "log returns" : "differences");
   }
 
   // What the DNA readers noted on a record (Record::warning), under the same limit for all.
@@ -181,6 +202,10 @@ struct RecordSource::Impl {
   }
 
   void fetch_batch() {
+#if defined(__GLIBCXX__) && defined(__x86_64__)
+    // Every field of Record is sent below: a field added there must be added here too.
+    static_assert(sizeof(Record) == 288, "Record changed: send its new fields in fetch_batch");
+#endif
     Comm& c = *shared;
     const bool root = c.rank() == 0;
     // The batch's description: a flag (1: the input ends with it), the record count, then for
@@ -348,21 +373,30 @@ void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
 void RecordSource::share_from_root(Comm& comm) {
   if (impl_->config.kind != ModelKind::kTimeseries || comm.size() == 1) return;
   impl_->shared = &comm;
-  impl_->input_bytes = 0;
+  // Rank 0's sizes (the others' files may differ or be missing: they are not read here).
+  int64_t bytes = 0;
   for (const std::string& in : impl_->opts.inputs) {
     std::error_code ec;
     const auto n = std::filesystem::file_size(in, ec);
-    if (!ec) impl_->input_bytes += (int64_t)n;
+    if (!ec) bytes += (int64_t)n;
   }
+  comm.broadcast(&bytes, sizeof bytes, 0);
+  impl_->input_bytes = bytes;
 }
+
+int64_t RecordSource::shared_input_bytes() const { return impl_->shared ? impl_->input_bytes : 0; }
 
 void on_root(Comm& comm, const std::function<void()>& fn) {
   if (comm.size() == 1) return fn();
-  int64_t kind = 0;  // 0: none; 1 input, 2 config, 3 system, 4 numeric error
+  int64_t kind = 0;  // 0: none; 1 input, 2 config, 3 system, 4 numeric error, 5 a stop, 6 memory
   std::string text;
   if (comm.rank() == 0) {
     try {
       fn();
+    } catch (const Interrupted& e) {
+      kind = 5, text = e.what();
+    } catch (const OutOfMemory& e) {
+      kind = 6, text = e.what();
     } catch (const InputError& e) {
       kind = 1, text = e.what();
     } catch (const ConfigError& e) {
@@ -387,6 +421,10 @@ void on_root(Comm& comm, const std::function<void()>& fn) {
       throw ConfigError(text);
     case 4:
       throw NumericError(text);
+    case 5:
+      throw Interrupted(text);
+    case 6:
+      throw OutOfMemory(text);
     default:
       throw SystemError(text);
   }

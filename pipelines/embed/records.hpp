@@ -33,7 +33,11 @@ class RecordSource {
   // each record it reads to every rank (a collective: every rank calls next() alike). Another
   // rank then holds one record at a time instead of every CSV parsed whole; an error in reading
   // is thrown on every rank. No-op for DNA (every rank streams the FASTA/FASTQ) and one rank.
+  // Collective (rank 0's total input size is broadcast).
   void share_from_root(Comm& comm);
+  // After share_from_root: rank 0's inputs' bytes together (what a rank waiting for rank 0 to
+  // read them allows for); 0 without.
+  int64_t shared_input_bytes() const;
   // Time series: whether next() warns about a series that embeds but perhaps not as meant (time
   // going backwards, repeated timestamps, a channel with no values); on by default. One rank
   // warns for all (every rank reads every record).
@@ -45,8 +49,8 @@ class RecordSource {
 };
 
 // Runs `fn` on rank 0 alone. What it throws there is thrown on every rank, as an InputError,
-// ConfigError or SystemError of the same text (an OutOfMemory or another error as a
-// SystemError), so that all ranks stop at the same point and rank 0 says why.
+// ConfigError, NumericError, Interrupted, OutOfMemory (without its device size) or SystemError
+// (anything else) of the same text, so that all ranks stop at the same point and rank 0 says why.
 void on_root(Comm& comm, const std::function<void()>& fn);
 
 // Hex SHA-256 of what a record's output is made from: its name, description, region, offset,

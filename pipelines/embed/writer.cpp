@@ -358,6 +358,9 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     std::memcpy(f.fp.data(), fps.data() + i * kFpBytes + 1, f.fp.size());
     found_.push_back(f);
   }
+  std::vector<int64_t>().swap(done);  // the sort below needs room of its own
+  std::string().swap(fps);
+  std::vector<int32_t>().swap(files);
   // By index; a record several parts hold keeps the parts' order (sorted by their names).
   std::stable_sort(found_.begin(), found_.end(),
                    [](const Found& a, const Found& b) { return a.index < b.index; });

@@ -70,6 +70,11 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   for (const char* a :
        {"sparsa_version", "created_utc", "pool", "dtype", "model_sha256", "command_line"})
     if (f.has_attr("/", a)) std::printf("  %-14s %s\n", a, f.attr_string("/", a).c_str());
+  if (const int64_t v = f.attr_int("/", "format_version"); v != 1) {
+    // A later layout may mean other things by the same names: not judged as a result.
+    std::printf("  ** BAD: format_version %lld, this sparsa reads version 1 **\n", (long long)v);
+    return false;
+  }
   if (!f.exists("/records")) {
     std::printf("  ** BAD: no /records group **\n");
     return false;

@@ -1,6 +1,7 @@
 // sparsa command line: a thin layer that parses options, calls the library and maps errors to
 // exit codes. See docs/cli.md.
 #include <omp.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
@@ -310,10 +311,10 @@ int main(int argc, char** argv) {
     }
     if (*init) {
       namespace fs = std::filesystem;
-      if (fs::exists(init_output) && !init_force)
-        throw ConfigError(init_output + " already exists; pass --force to replace it");
       if (fs::is_directory(init_output))
         throw ConfigError(init_output + " is a folder; give the checkpoint's file name");
+      if (fs::exists(init_output) && !init_force)
+        throw ConfigError(init_output + " already exists; pass --force to replace it");
       std::error_code ec;
       for (const std::string& ours : {init_output, init_output + ".tmp"})
         if (fs::equivalent(init_config, ours, ec))
@@ -324,6 +325,9 @@ int main(int argc, char** argv) {
       if (!fs::is_directory(folder))
         throw ConfigError(init_output + ": the output folder " + folder.string() +
                           " does not exist");
+      if (access(folder.c_str(), W_OK) != 0)
+        throw ConfigError(init_output + ": the output folder " + folder.string() +
+                          " is not writable");
       ModelConfig c = load_model_config(init_config);
       uint64_t seed = 0;  // the validator let only decimal digits that fit through
       std::from_chars(seed_text.data(), seed_text.data() + seed_text.size(), seed, 10);

@@ -211,8 +211,17 @@ std::string not_csv_text(std::string_view text) {
   const size_t nul = text.find('\0');
   if (nul != std::string_view::npos)
     return "binary data (a NUL byte at line " + line_of(nul) + "), not a CSV text";
-  if (text.find('\n') == std::string_view::npos && text.find('\r') != std::string_view::npos)
-    return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
+  {
+    // Lone CRs (classic Mac OS), also with a final LF as `echo >> FILE` leaves: a CR not before
+    // an LF ahead of the first LF, in the first line of any length.
+    const size_t lf = text.find('\n');
+    const size_t cr = text.substr(0, lf).find('\r');
+    if (cr != std::string_view::npos && cr + 1 < text.size() && text[cr + 1] != '\n' &&
+        text[cr + 1] != '\r')
+      return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
+    if (lf == std::string_view::npos && cr != std::string_view::npos)
+      return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
+  }
   if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
     return "line " + line_of(bad) + ": not UTF-8 text (byte " + hex_byte((unsigned char)text[bad]) +
            "); convert the file first, e.g. iconv -f latin1 -t utf-8 (names and timestamps are "
@@ -235,7 +244,7 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   // A column by its header text; else, where no header cell is that text, by its 1-based number
   // (an unnamed index column written by pandas: --time-column 1), or by the text without spaces
   // around it ("close, open").
-  auto find = [&](const std::string& name) -> int64_t {
+  auto by_text_or_number = [&](const std::string& name) -> int64_t {
     auto it = std::find(header.begin(), header.end(), name);
     if (it != header.end()) return int64_t(it - header.begin());
     if (!name.empty() && name.size() < 10 &&
@@ -243,10 +252,13 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
       const int64_t k = std::stoll(name);
       return k >= 1 && k <= int64_t(header.size()) ? k - 1 : -1;
     }
+    return -1;
+  };
+  auto find = [&](const std::string& name) -> int64_t {
+    if (const int64_t c = by_text_or_number(name); c >= 0) return c;
     const size_t b = name.find_first_not_of(" \t"), e = name.find_last_not_of(" \t");
     if (b == std::string::npos || (b == 0 && e + 1 == name.size())) return -1;
-    it = std::find(header.begin(), header.end(), name.substr(b, e + 1 - b));
-    return it == header.end() ? -1 : int64_t(it - header.begin());
+    return by_text_or_number(name.substr(b, e + 1 - b));
   };
   Columns cols;
   if (!opts.time_column.empty()) {
@@ -394,6 +406,9 @@ int64_t first_backwards_row(const StringColumn& ts) {
   // crosses a daylight-saving change in local offsets sorts otherwise).
   const size_t len = ts[0].size();
   const std::string_view offset = utc_offset(ts[0]);
+  // A time of day alone (HH:MM...: a Date,Time file's time column) goes back every midnight.
+  if (len >= 4 && ts[0][2] == ':' && ts[0][0] >= '0' && ts[0][0] <= '9') return -1;
+  if (len >= 4 && ts[0][1] == ':' && ts[0][0] >= '0' && ts[0][0] <= '9') return -1;
   for (size_t i = 0; i < ts.size(); ++i) {
     const std::string_view t = ts[i];
     if (t.size() != len || utc_offset(t) != offset) return -1;
@@ -438,10 +453,39 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                              "columns"));
   }
   const Columns cols = resolve_columns(header, opts, path);
+  {
+    // Columns chosen by number in a file without a header: line 1 would be taken as the names
+    // and its row lost. A time cell that reads as a time, and channels that read as numbers,
+    // are data (a header of years, "date,2019,2020", still has a time column named "date").
+    auto time_like = [](std::string_view t) {
+      if (t.empty() || t[0] < '0' || t[0] > '9') return false;
+      bool sep = false, digits_only = true;
+      for (char c : t) {
+        if (c == '-' || c == '/' || c == ':') sep = true;
+        if (c < '0' || c > '9') digits_only = false;
+        if (!((c >= '0' && c <= '9') || c == '-' || c == '/' || c == ':' || c == '.' || c == 'T' ||
+              c == 'Z' || c == '+' || c == ' '))
+          return false;
+      }
+      return sep || (digits_only && t.size() >= 8);
+    };
+    double unused = 0;
+    if (time_like(header[cols.time]) &&
+        std::all_of(cols.channels.begin(), cols.channels.end(), [&](int64_t c) {
+          return parse_number(header[c], unused) == CellKind::kNumber;
+        }))
+      throw InputError(where(path, "", 0,
+                             "no header row: line 1 looks like data (its time column holds '" +
+                                 shown(header[cols.time]) +
+                                 "' and its chosen columns numbers); the first line must name "
+                                 "the columns: add one (e.g. `sed -i '1i timestamp,close' " +
+                                 "FILE`)"));
+  }
   const int64_t n_channels = int64_t(cols.channels.size());
   if (expected_channels > 0 && n_channels != expected_channels) {
     std::string chosen;
-    for (int64_t c : cols.channels) chosen += (chosen.empty() ? "'" : ", '") + header[c] + "'";
+    for (int64_t c : cols.channels)
+      chosen += (chosen.empty() ? "'" : ", '") + shown(header[c]) + "'";
     throw InputError(where(path, "", 0,
                            "the model has " + std::to_string(expected_channels) +
                                " channels, but the file has " + std::to_string(n_channels) +

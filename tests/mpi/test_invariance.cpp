@@ -177,6 +177,23 @@ TEST(MpiInvariance, TimeSeriesReadByRankZeroAlone) {
   EXPECT_EQ(count_in(r.output, "sparsa: error: "), 1u) << r.output;
   EXPECT_NE(r.output.find("panel.csv"), std::string::npos) << r.output;
   EXPECT_FALSE(exists(t / "bad.h5"));
+  // Panels of 1,024 series (one full batch, then an empty one that ends the input) and 1,100
+  // (two batches), each series a record of its own on one rank.
+  for (int n_series : {1024, 1100}) {
+    std::string panel = "timestamp,id,close\n";
+    for (int s = 0; s < n_series; ++s)
+      for (int i = 0; i < 4; ++i)
+        panel += "2024-01-0" + std::to_string(i + 1) + ",s" + std::to_string(s) + "," +
+                 std::to_string(50.0 + std::cos(0.1 * s + i)) + "\n";
+    write_file(t / "r0/panel.csv", panel);
+    SCOPED_TRACE(std::to_string(n_series) + " series");
+    r = run("cd " + t / "r0" + " && " + embed + t / "one.h5");
+    ASSERT_EQ(r.code, 0) << r.output;
+    r = run(mpirun(3) + "sh " + t / "rank.sh");
+    ASSERT_EQ(r.code, 0) << r.output;
+    expect_same_contents(t / "one.h5", t / "three.h5");
+    EXPECT_EQ(h5::File::open_read(t / "three.h5").list("/records").size(), (size_t)n_series);
+  }
 }
 
 TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {

@@ -226,6 +226,12 @@ TEST(Cli, InitRefusesBadConfigs) {
     EXPECT_FALSE(exists(t / "m.h5"));
     EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.text << "\n" << r.output;
   }
+  // A folder as the output is said to be one at once, as embed says it (not "pass --force").
+  const std::string config = source_dir() + "/configs/dna-tiny.toml";
+  std::filesystem::create_directory(t / "dd");
+  auto r = run(binary() + " init --config " + config + " --output " + t / "dd");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("is a folder"), std::string::npos) << r.output;
 }
 
 TEST(Cli, EmbedLambdaEndToEnd) {
@@ -548,6 +554,15 @@ TEST(Cli, InputsAreNeverTheOutputsSiblings) {
   r = run(binary() + " init --config " + t / "c.h5.tmp" + " --output " + t / "c.h5");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(exists(t / "c.h5.tmp"));
+  // The index --region would make (FASTA.fai, and .gzi for bgzip) is not the output either, also
+  // before it exists.
+  write_file(t / "g.fa", ">g\nACGTACGTAC\n");
+  for (const char* index : {".fai", ".gzi"}) {
+    r = run(embed_cmd(t / "g.fa", t / (std::string("g.fa") + index), "--region g:1-4"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("is the index of input"), std::string::npos) << r.output;
+    EXPECT_FALSE(exists(t / (std::string("g.fa") + index)));
+  }
   r = run(binary() + " embed -q --model /dev/zero --input " + lambda() + " --output " + t / "d.h5");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
@@ -990,6 +1005,24 @@ TEST(Cli, TimeSeriesEndToEnd) {
       std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("column 'b': no values"), std::string::npos) << r.output;
+  // A weekly column in daily rows: values, but no two neighbours, so no log return.
+  write_file(t / "weekly.csv",
+             "date,a,b\n2020-01-01,1,5\n2020-01-02,2,\n2020-01-03,3,6\n2020-01-04,4,\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "weekly.csv" +
+          " --output " + t / "weekly.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("column 'b': no two neighbouring rows both have a value, so its log "
+                          "returns are all missing"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("column 'a'"), std::string::npos) << r.output;
+  // The time of day as the time column (Date,Time files): no "backwards" at midnight.
+  write_file(t / "tod.csv",
+             "Date,Time,a,b\n2020-01-01,15:58,1,2\n2020-01-01,15:59,2,3\n2020-01-02,09:30,3,4\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "tod.csv" +
+          " --time-column Time --columns a,b --output " + t / "tod.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("backwards"), std::string::npos) << r.output;
   // A bad value in the last record of a panel stops the run before any record is embedded: no
   // journal is left to refuse a plain rerun.
   write_file(t / "panel.csv",
@@ -1051,6 +1084,13 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "good.h5");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("BAD"), std::string::npos) << r.output;
+  // A later format_version is not judged a result (as a checkpoint's is refused).
+  std::filesystem::copy_file(t / "good.h5", t / "v2.h5");
+  h5::File::open_rw(t / "v2.h5").set_attr("/", "format_version", (int64_t)2);
+  r = run(binary() + " inspect " + t / "v2.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("BAD: format_version 2, this sparsa reads version 1"), std::string::npos)
+      << r.output;
   // Integer attributes must be integers: a float complete = 1.9 (or format_version = 1.0) is not
   // taken for 1 (docs/cli.md, inspect).
   for (auto [attr, value] : {std::pair{"complete", 1.9}, {"format_version", 1.0}}) {

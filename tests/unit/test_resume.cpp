@@ -468,11 +468,15 @@ TEST(Resume, FingerprintsMatchOnlyAsSha256AndOnce) {
     ro.fingerprint = "not-a-sha256";
     j.write_part(1, ro, false, false, *comm);
     ro.fingerprint = sha;
-    for (int64_t index : {2, 3, 4}) j.write_part(index, ro, false, false, *comm);
+    for (int64_t index : {2, 3, 4, 6}) j.write_part(index, ro, false, false, *comm);
+    ro.fingerprint = std::string(64, 'z');
+    j.write_part(5, ro, false, false, *comm);
   }
   sparsa::Journal j(out, "m\n", true, false, *comm);
-  EXPECT_EQ(j.n_done(), 4);
+  EXPECT_EQ(j.n_done(), 6);
   EXPECT_FALSE(j.same_record(1, "not-a-sha256"));
+  EXPECT_FALSE(j.same_record(1, std::string(64, '0')));  // (its part has no fingerprint)
+  EXPECT_FALSE(j.same_record(5, std::string(64, 'z')));  // 64 characters, not hex
   EXPECT_TRUE(j.same_record(2, sha));
   EXPECT_FALSE(j.same_record(2, sha));  // checked already
   std::string upper = sha;
@@ -482,6 +486,10 @@ TEST(Resume, FingerprintsMatchOnlyAsSha256AndOnce) {
   j.redo(4);
   EXPECT_FALSE(j.done(4));
   EXPECT_FALSE(j.same_record(4, sha));  // redone: its old part no longer counts
+  ro.fingerprint = sha;
+  j.write_part(6, ro, false, false, *comm);  // written again by this run, unchecked
+  EXPECT_FALSE(j.same_record(6, sha));       // its earlier part no longer counts
+  EXPECT_TRUE(j.done(6));
 }
 
 // Short records go into group parts. A record of a group that changed is embedded again into a

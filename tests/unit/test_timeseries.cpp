@@ -331,6 +331,27 @@ TEST_F(TsCsv, RecordNameStripsOnlyLastExtension) {
 TEST_F(TsCsv, NoHeaderRow) {
   std::string msg = input_error([&] { read_timeseries_csv(write("n.csv", "1,2\n3,4\n"), {}, 0); });
   EXPECT_NE(msg.find("no header row"), std::string::npos) << msg;
+  // Columns chosen by number in a file without a header: line 1 is data, not names (it would
+  // have been taken as the header, its row lost).
+  const std::string dated = write("d.csv", "2020-01-01,100.5\n2020-01-02,101\n2020-01-03,102\n");
+  msg = input_error([&] { read_timeseries_csv(dated, {"1", {"2"}, ""}, 1); });
+  EXPECT_NE(msg.find("no header row: line 1 looks like data (its time column holds '2020-01-01'"),
+            std::string::npos)
+      << msg;
+  msg = input_error([&] {
+    read_timeseries_csv(write("e.csv", "1700000000,1.5\n1700000060,2\n"), {"1", {}, ""}, 1);
+  });
+  EXPECT_NE(msg.find("no header row: line 1 is all numbers"), std::string::npos) << msg;
+  msg = input_error([&] {
+    read_timeseries_csv(write("t.csv", "09:30,1.5,2.5\n09:31,2,3\n"), {"1", {"2", "3"}, ""}, 2);
+  });
+  EXPECT_NE(msg.find("no header row: line 1 looks like data (its time column holds '09:30'"),
+            std::string::npos)
+      << msg;
+  // Years as column names under a named time column are a header.
+  auto recs = read_timeseries_csv(write("y.csv", "date,2019,2020\n2020-01-01,1,2\n"), {}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"2019", "2020"}));
 }
 
 TEST_F(TsCsv, NonNumericCell) {
@@ -365,6 +386,7 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
        "UTF-16"},
       {std::string("date,a\n1,2\n\0\0", 13), "binary data (a NUL byte at line 3)"},
       {"date,a\r1,2\r2,3\r", "lone CR"},
+      {"date,a\r1,2\r2,3\r\n", "lone CR"},  // with the LF `echo >> FILE` leaves
       {"date,id,a\n1,Z\xFCrich,2\n", "line 2: not UTF-8 text (byte 0xFC)"},
       {"date,a\n1,2\n,3\n", "line 3: empty time in column 'date'"},
       {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"},
@@ -403,6 +425,10 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"Jan 3", "Jan 2"}), -1);  // not ISO-like: not judged
   EXPECT_EQ(first_backwards_row(V{"10", "9"}), -1);         // lengths differ: not judged
   EXPECT_EQ(first_backwards_row(V{"2024-01-01"}), -1);
+  // A time of day alone (a Date,Time file's time column) goes back every midnight: not judged.
+  EXPECT_EQ(first_backwards_row(V{"15:58", "15:59", "09:30"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"15:58:00.5", "09:30:00.0"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"9:58", "9:30"}), -1);
   // Text order is not time order for US or European dates, nor across a change of UTC offset
   // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z): not judged.
   EXPECT_EQ(first_backwards_row(V{"12/30/2019", "12/31/2019", "01/02/2020"}), -1);
@@ -427,6 +453,9 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
   recs = read_timeseries_csv(p, {"1", {"2", "3"}, ""}, 2);
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{7, 8}));
   EXPECT_EQ(recs[0].values[1], (std::vector<double>{2, 3}));
+  // A number with spaces around it ("--columns '2, 3'"), where no header cell is " 3".
+  recs = read_timeseries_csv(p, {"1", {" 3"}, ""}, 1);
+  EXPECT_EQ(recs[0].values[0], (std::vector<double>{2, 3}));  // open
   std::string msg = input_error([&] { read_timeseries_csv(p, {"1", {"5"}, ""}, 1); });
   EXPECT_NE(msg.find("column '5' not found (a name, or a number: 1 = first)"), std::string::npos)
       << msg;
