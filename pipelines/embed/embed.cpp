@@ -186,6 +186,28 @@ bool check_paths(const EmbedOptions& o) {
   return false;
 }
 
+#ifdef SPARSA_HAVE_CUDA
+// Collective. "" when no two ranks of one host use the same GPU (by PCI bus id); else which
+// share one ("ranks 0 and 2 share GPU 0000:3B:00.0 of host gpu01").
+std::string shared_gpu(Comm& comm, int device) {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  const std::string mine = std::string(host) + '\t' + cuda::pci_bus_id(device) + '\n';
+  std::vector<uint8_t> all;
+  comm.allgatherv(mine.data(), (int64_t)mine.size(), all);
+  std::map<std::string, int> first;  // host and bus id -> the first rank on it
+  std::istringstream in(std::string(all.begin(), all.end()));
+  int rank = 0;
+  for (std::string line; std::getline(in, line); ++rank)
+    if (auto [it, fresh] = first.try_emplace(line, rank); !fresh) {
+      const size_t tab = line.find('\t');
+      return "ranks " + std::to_string(it->second) + " and " + std::to_string(rank) +
+             " share GPU " + line.substr(tab + 1) + " of host " + line.substr(0, tab);
+    }
+  return "";
+}
+#endif
+
 // What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
 // (--device auto resolved: a job that stopped on a GPU node and resumes on a CPU node, or the
 // reverse, would mix records of both in one file).
@@ -351,10 +373,13 @@ using NcclFuture = std::future<void>;  // never valid
 // adopt_nccl: set for a GPU model; hands it the NCCL communicator being made for split records.
 // make_worker: set for a GPU model; makes another one on the same GPU (short records side by side).
 // say_warnings: this rank says warnings (rank 0 alone: every rank chooses its backend).
+// gpu_shared: ranks share a GPU (shared_gpu): split records exchange through MPI, not NCCL.
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
                          bool say_warnings, std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
                          std::function<void(NcclFuture&&, Comm&)>& adopt_nccl,
-                         std::function<std::pair<ForwardFn, RcPairFn>()>& make_worker) {
+                         std::function<std::pair<ForwardFn, RcPairFn>()>& make_worker,
+                         bool gpu_shared) {
+  (void)gpu_shared;  // (a build without CUDA)
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
   };
@@ -375,6 +400,7 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   if (cuda_available(&why)) {
     CudaOptions co;
     co.bf16 = !o.cuda_fp32;
+    if (gpu_shared) co.nccl = 0;
     // bin:N: pool on the GPU and copy only the bin means back (shards start on bin boundaries,
     // so device bins are the record's bins; the reverse-complement pass pools the rows that
     // mirror each forward bin, and the two passes' bin means are averaged here).
@@ -1212,11 +1238,24 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // records is made on a helper thread from now on, its ~0.5 s under the checkpoint's loading
   // and the set-up (before: inside the first split record's forward).
   NcclFuture nccl_early;
+  bool gpu_shared = false;  // two ranks on one GPU: NCCL refuses them, exchanges go through MPI
 #ifdef SPARSA_HAVE_CUDA
   if (comm.size() > 1 && o.device != "cpu" && nccl_enabled_by_env()) {
     int64_t no_gpu = cuda_available(nullptr) ? 0 : 1;
     comm.allreduce_max(&no_gpu, 1);
-    if (no_gpu == 0) nccl_early = NcclComm::start(comm, cuda::select_device(-1));
+    if (no_gpu == 0) {
+      const int device = cuda::select_device(-1);
+      const std::string shared = shared_gpu(comm, device);
+      gpu_shared = !shared.empty();
+      if (!gpu_shared)
+        nccl_early = NcclComm::start(comm, device);
+      else if (root)
+        std::fprintf(stderr,
+                     "[sparsa] warning: %s: NCCL needs a GPU of its own for each rank, so a "
+                     "record split over ranks exchanges its rows through the host over MPI "
+                     "(slower, the same results); start as many ranks a node as it has GPUs\n",
+                     shared.c_str());
+    }
   }
 #endif
   const ModelWeights w = load_checkpoint(o.model);
@@ -1288,8 +1327,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
-  ForwardFn fn =
-      choose_backend(o, w, progress, root, backend_state, rc_pair, adopt_nccl, make_worker);
+  ForwardFn fn = choose_backend(o, w, progress, root, backend_state, rc_pair, adopt_nccl,
+                                make_worker, gpu_shared);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();

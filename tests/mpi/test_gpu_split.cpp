@@ -85,3 +85,24 @@ TEST(MpiGpu, SplitRecordsBitIdenticalToOneRank) {
                 {2});
   same_on_ranks(t, "--model " + bi + " " + inputs + " --dtype f16 --rc-average --pool none", {2});
 }
+
+// Two ranks on one GPU (here by showing both only GPU 0): NCCL would refuse them ("Duplicate GPU
+// detected") at the first split record; sparsa finds them first, says so once, and exchanges
+// through the host: the same file as one rank.
+TEST(MpiGpu, RanksSharingAGpuExchangeThroughTheHost) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false);
+  const std::string embed = binary() + " embed -q --force --device cuda --split-min 100 --model " +
+                            bi + " --input " + source_dir() +
+                            "/examples/lambda_virus.fa.gz --dtype f32 --pool bin:100 --output ";
+  auto r = run("CUDA_VISIBLE_DEVICES=0 " + embed + t / "one.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::string cmd = mpirun(2) + "-x CUDA_VISIBLE_DEVICES=0 ";
+  if (std::getenv("LD_LIBRARY_PATH")) cmd += "-x LD_LIBRARY_PATH ";
+  r = run(cmd + embed + t / "two.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(count_in(r.output, "ranks 0 and 1 share GPU "), 1u) << r.output;
+  EXPECT_NE(r.output.find("through the host over MPI"), std::string::npos) << r.output;
+  expect_same_contents(t / "one.h5", t / "two.h5");
+}

@@ -79,6 +79,12 @@ int select_device(int device) {
   return device;
 }
 
+std::string pci_bus_id(int device) {
+  char id[32] = {};
+  CUDA_OK(cudaDeviceGetPCIBusId(id, (int)sizeof id, device));
+  return id;
+}
+
 void warm_up_device(bool alone) noexcept {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {

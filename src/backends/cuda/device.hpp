@@ -20,6 +20,8 @@ bool cuda_available(std::string* why);
 int node_local_rank();
 // Makes `device` (or, for -1, node_local_rank() % device count) current; returns its id.
 int select_device(int device);
+// The device's PCI bus id ("0000:3B:00.0"): the same GPU whatever the process's numbering.
+std::string pci_bus_id(int device);
 // Creates the CUDA context of the device select_device(-1) will pick (cudaSetDevice, then
 // cudaFree(0)), for a helper thread at start-up, so that the context's creation (the larger part
 // of a GPU job's fixed set-up) overlaps reading the checkpoint and the input. `alone`: the job
