@@ -1261,6 +1261,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const ModelWeights w = load_checkpoint(o.model);
   const ModelConfig& c = w.config;
   const double checkpoint_s = since_start();
+  // --region/--regions under several ranks: a missing faidx index is built by rank 0 alone
+  // before the others load it (ranks that built it at once read each other's half-written .fai).
+  if (comm.size() > 1 && c.kind == ModelKind::kDna &&
+      (!o.regions.empty() || !o.regions_bed.empty()))
+    on_root(comm, [&] {
+      for (const std::string& in : o.inputs)
+        if (std::error_code ec; fs::is_regular_file(in, ec))
+          FaidxFetcher index(in, DnaReadOptions{o.invalid_as_n});
+    });
   RecordSource source(o, c);
   source.set_warnings(root);
   source.share_from_root(comm);  // time series: rank 0 alone reads the CSVs

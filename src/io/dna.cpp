@@ -22,6 +22,7 @@
 #include <mutex>
 #include <sstream>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "core/env.hpp"
@@ -191,7 +192,8 @@ std::string not_fasta_advice(std::string_view line) {
 // Where a gzip or bgzip file stops decompressing, said for a message: htslib's reader drops the
 // partly decompressed block where it fails (up to 64 KB of text), so zlib streams the file
 // again here, as far as it goes. "" when zlib reads it whole (the damage is htslib's to say).
-std::string gzip_damage(const std::string& path) {
+// `whole_too`: also say so where zlib reads the data whole (htslib then stopped at bytes after it).
+std::string gzip_damage(const std::string& path, bool whole_too) {
   gzFile z = gzopen(path.c_str(), "rb");
   if (!z) return "";
   std::vector<char> buf(4096);  // small: a read that fails returns none of its bytes
@@ -207,7 +209,13 @@ std::string gzip_damage(const std::string& path) {
   std::string why = msg && *msg ? msg : "unknown error";
   if (why.starts_with(path + ": ")) why.erase(0, path.size() + 2);
   gzclose(z);
-  if (n == 0 && code == Z_OK) return "";
+  if (n == 0 && code == Z_OK && !whole_too) return "";
+  if (n == 0 && code == Z_OK)  // zlib reads it whole: htslib stopped at bytes after the data
+    return "the compressed data ends after line " + std::to_string(lines) + " (" +
+           std::to_string(bytes) +
+           " bytes, all of it), but bytes follow that are not gzip data (zero padding, or "
+           "another file appended?), which htslib does not read: recompress it (zcat FILE | "
+           "bgzip > NEW.gz)";
   const std::string read =
       lines > 0 ? "lines 1 to " + std::to_string(lines) + " (" + std::to_string(bytes) +
                       " bytes) decompress, "
@@ -239,8 +247,9 @@ class LineReader {
     int r = bgzf_getline(fp_, '\n', &ks_);
     // Said as what could be read: compressed data comes in blocks, so the damage is somewhere
     // after the last line read, not necessarily on the next one.
-    auto damaged = [&](const char* what) {
-      if (const std::string z = gzip_damage(path_); !z.empty())
+    // (`whole_too`: false where a bgzip file only lacks its end marker: zlib reads it whole.)
+    auto damaged = [&](const char* what, bool whole_too = true) {
+      if (const std::string z = gzip_damage(path_, whole_too); !z.empty())
         return InputError(path_ + ": " + what + ": " + z);
       return InputError(path_ + ": " + what + ": " +
                         (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
@@ -252,13 +261,14 @@ class LineReader {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.
       if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0)
-        throw damaged("truncated or corrupt compressed data (bgzip end marker missing)");
+        throw damaged("truncated or corrupt compressed data (bgzip end marker missing)", false);
       return false;
     }
     ++line_no_;
     size_t n = ks_.l;
     while (n > 0 && ks_.s[n - 1] == '\r') --n;
-    if (std::memchr(ks_.s, '\r', n)) {  // a '\r' inside the line is not sequence either
+    inner_cr_ = std::memchr(ks_.s, '\r', n) != nullptr;
+    if (inner_cr_) {  // a '\r' inside the line is not sequence either
       size_t k = 0;
       for (size_t i = 0; i < n; ++i)
         if (ks_.s[i] != '\r') ks_.s[k++] = ks_.s[i];
@@ -269,13 +279,27 @@ class LineReader {
   }
   long long line_no() const { return line_no_; }
   BGZF* handle() { return fp_; }
+  // Whether the last line had a '\r' inside it (dropped from `line`): in a header, lines that
+  // end in a lone CR (classic Mac OS) made the whole file one line.
+  bool inner_cr() const { return inner_cr_; }
 
  private:
   std::string path_;
   BGZF* fp_ = nullptr;
   kstring_t ks_ = {0, 0, nullptr};
   long long line_no_ = 0;
+  bool inner_cr_ = false;
 };
+
+// A header line with a '\r' inside: refused (the name would silently lose it; a classic Mac file
+// of lone-CR line ends reads as one header holding the whole file).
+void refuse_inner_cr(const std::string& path, long long line_no, bool inner_cr) {
+  if (inner_cr)
+    throw InputError(at_line(path, line_no,
+                             "a header line holds a carriage return (\\r) inside it: lines end in "
+                             "a lone CR (classic Mac OS)? Convert them first (tr '\\r' '\\n' < "
+                             "FILE > NEW)"));
+}
 
 }  // namespace
 
@@ -335,6 +359,7 @@ struct FastxReader::Impl {
   }
 
   void keep_header(std::string_view line) {
+    refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
     header.assign(line.substr(1));
     header_line = lines.line_no();
     have_header = true;
@@ -923,6 +948,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     if (any && !line.empty()) {
       if (const std::string why = not_fastx_reason(line); !why.empty())
         throw InputError(at_line(path, lines.line_no(), why));
+      refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
       if (line[0] == '@') {
         format = FAI_FASTQ;
       } else if (line[0] != '>') {
@@ -933,6 +959,27 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   }
   impl_->fastq = format == FAI_FASTQ;
   impl_->bgzip = compression == 2;
+  // An index sparsa builds: htslib keeps the first of two records of one name and drops the
+  // second without a word (its warning is muted), so --region would silently reach the first.
+  // A FASTA may not repeat a name (read whole, it is refused), so the headers are read once
+  // first. (An index that exists was made by samtools, which warned about it.)
+  std::error_code ec;
+  if (format == FAI_FASTA && !std::filesystem::exists(path + ".fai", ec)) {
+    LineReader lines(path);
+    std::unordered_map<std::string, long long> first_at;
+    std::string_view line;
+    std::string name, description;
+    while (lines.next(line)) {
+      if (line.empty() || line[0] != '>') continue;
+      split_header(line.substr(1), name, description);
+      if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
+        throw InputError(at_line(path, lines.line_no(),
+                                 "record name '" + name + "' repeats the record at line " +
+                                     std::to_string(it->second) +
+                                     ": a faidx index (--region) keeps only the first of them; "
+                                     "FASTA names must be unique: rename one"));
+    }
+  }
   impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, FAI_CREATE, format);
   if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
 }

@@ -196,6 +196,30 @@ TEST(MpiInvariance, TimeSeriesReadByRankZeroAlone) {
   }
 }
 
+// --region on a FASTA without its index, under several ranks: rank 0 builds the .fai (and
+// .gzi) before the others load it. When every rank built it at once, runs failed at random (a
+// rank read another's half-written index: "no record named", "does not match it").
+TEST(MpiInvariance, RegionIndexIsBuiltOnceUnderMpi) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  write_file(t / "gen.fa", random_fasta(200, 20000, 9, "c"));
+  ASSERT_EQ(run("bgzip -c " + t / "gen.fa" + " > " + t / "gen.fa.gz").code, 0);
+  for (const std::string in : {t / "gen.fa", t / "gen.fa.gz"}) {
+    const std::string embed = binary() + " embed -q --force --threads 1 --dtype f32 --model " +
+                              model + " --input " + in +
+                              " --region c150:1-3000 --split-min 100 --output ";
+    auto r = run(embed + t / "one.h5");
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (int rep = 0; rep < 4; ++rep) {
+      std::filesystem::remove(in + ".fai");
+      std::filesystem::remove(in + ".gzi");
+      r = run(mpirun(3) + embed + t / "three.h5");
+      ASSERT_EQ(r.code, 0) << in << ", run " << rep << ": " << r.output;
+      expect_same_contents(t / "one.h5", t / "three.h5");
+    }
+  }
+}
+
 TEST(MpiInvarianceSlow, EcoliMegabaseRegion) {
   TempDir t;
   const std::string model = make_model(t, "m", tiny());

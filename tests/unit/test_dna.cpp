@@ -903,6 +903,47 @@ TEST_F(FaidxTest, BrokenIndexesAreRefusedNotCrashed) {
   }
 }
 
+// htslib's index keeps the first of two records of one name and drops the other without a word:
+// where sparsa builds the index, a repeated name is refused first (no index is left), as it is
+// when the file is read whole. An index that exists (samtools warned when it made it) is used.
+TEST_F(FaidxTest, RepeatedNamesAreRefusedWhenSparsaIndexes) {
+  const std::string p = write("dup.fa", ">a\nACGT\n>b x\nTTTT\n>a y\nGGGG\n");
+  expect_error<InputError>([&] { FaidxFetcher f(p, {}); },
+                           {p, "line 5", "record name 'a' repeats the record at line 1"});
+  EXPECT_FALSE(fs::exists(p + ".fai"));
+  sh("samtools faidx '" + p + "' 2>/dev/null");
+  FaidxFetcher f(p, {});
+  EXPECT_EQ(f.fetch(parse_region("a", f.names())).tokens, (std::vector<int32_t>{3, 4, 5, 6}));
+  const std::string gz = write("dup2.fa", ">a\nACGT\n>a\nGGGG\n");
+  sh("bgzip -c '" + gz + "' > '" + gz + ".gz'");
+  expect_error<InputError>([&] { FaidxFetcher g(gz + ".gz", {}); }, {"repeats the record"});
+}
+
+// Lone-CR line ends (classic Mac OS) made the whole file one header line; a '\r' inside a header
+// line vanished from the name. Both are refused, read whole or through an index.
+TEST_F(DnaTest, LoneCarriageReturnsAreRefused) {
+  const std::string mac = write("mac.fa", ">a\rACGT\rACGT\r>b\rGGGG\r");
+  expect_error<InputError>([&] { read_all(mac); }, {mac, "line 1", "lone CR", "tr '\\r' '\\n'"});
+  expect_error<InputError>([&] { FaidxFetcher f(mac, {}); }, {mac, "lone CR"});
+  const std::string fq = write("mac.fq", "@r1\rACGT\r+\rIIII\r");
+  expect_error<InputError>([&] { read_all(fq); }, {fq, "lone CR"});
+  const std::string inner = write("inner.fa", ">a\rb\nACGT\n");
+  expect_error<InputError>([&] { read_all(inner); }, {inner, "line 1", "carriage return"});
+}
+
+// Bytes after the compressed data (zero padding, an appended file) that htslib stops at: said as
+// such, with every line counted (zlib reads the data whole), not as a cut or corrupt file.
+TEST_F(DnaTest, BytesAfterTheCompressedDataAreNamed) {
+  const std::string p = write("z.fa", ">r1\n" + wrap(random_seq(20000, 5), 60));
+  for (const char* tool : {"gzip", "bgzip"}) {
+    const std::string z = p + "." + tool + ".gz";
+    sh(std::string(tool) + " -c '" + p + "' > '" + z + "'");
+    sh("head -c 1000 /dev/zero >> '" + z + "'");
+    expect_error<InputError>([&] { read_all(z); },
+                             {z, "ends after line 335", "bytes follow that are not gzip data"});
+  }
+}
+
 TEST_F(FaidxTest, GarbageAndMissing) {
   std::string g = write("g.bin", std::string("\x00\xff\x01\x02", 4));
   expect_error<InputError>([&] { FaidxFetcher f(g, {}); }, {g, "not FASTA/FASTQ"});
