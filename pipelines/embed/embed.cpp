@@ -12,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
@@ -190,9 +191,13 @@ bool check_paths(const EmbedOptions& o) {
 // Collective. "" when no two ranks of one host use the same GPU (by PCI bus id); else which
 // share one ("ranks 0 and 2 share GPU 0000:3B:00.0 of host gpu01").
 std::string shared_gpu(Comm& comm, int device) {
+  // A node by its host name and boot id (containers or cloned nodes may share a host name).
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  const std::string mine = std::string(host) + '\t' + cuda::pci_bus_id(device) + '\n';
+  std::string boot;
+  std::ifstream boot_id("/proc/sys/kernel/random/boot_id");
+  std::getline(boot_id, boot);
+  const std::string mine = std::string(host) + ' ' + boot + '\t' + cuda::pci_bus_id(device) + '\n';
   std::vector<uint8_t> all;
   comm.allgatherv(mine.data(), (int64_t)mine.size(), all);
   std::map<std::string, int> first;  // host and bus id -> the first rank on it
@@ -202,7 +207,7 @@ std::string shared_gpu(Comm& comm, int device) {
     if (auto [it, fresh] = first.try_emplace(line, rank); !fresh) {
       const size_t tab = line.find('\t');
       return "ranks " + std::to_string(it->second) + " and " + std::to_string(rank) +
-             " share GPU " + line.substr(tab + 1) + " of host " + line.substr(0, tab);
+             " share GPU " + line.substr(tab + 1) + " of host " + line.substr(0, line.find(' '));
     }
   return "";
 }
@@ -1262,15 +1267,22 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const ModelConfig& c = w.config;
   const double checkpoint_s = since_start();
   // --region/--regions under several ranks: a missing faidx index is built by rank 0 alone
-  // before the others load it (ranks that built it at once read each other's half-written .fai).
-  if (comm.size() > 1 && c.kind == ModelKind::kDna &&
-      (!o.regions.empty() || !o.regions_bed.empty()))
+  // before the others load it (ranks that built it at once read each other's half-written .fai);
+  // the others then only load it. The wait allows for reading the inputs (the build's pass).
+  const bool regions = c.kind == ModelKind::kDna && (!o.regions.empty() || !o.regions_bed.empty());
+  if (comm.size() > 1 && regions) {
+    int64_t bytes = 0;
+    for (const std::string& in : o.inputs)
+      if (std::error_code ec; fs::is_regular_file(in, ec)) bytes += (int64_t)fs::file_size(in, ec);
+    comm.broadcast(&bytes, sizeof bytes, 0);  // rank 0's sizes
+    Watched waiting(comm, "a wait for rank 0, which builds the inputs' faidx indexes", 4 * bytes);
     on_root(comm, [&] {
       for (const std::string& in : o.inputs)
         if (std::error_code ec; fs::is_regular_file(in, ec))
           FaidxFetcher index(in, DnaReadOptions{o.invalid_as_n});
     });
-  RecordSource source(o, c);
+  }
+  RecordSource source(o, c, comm.size() == 1 || root);
   source.set_warnings(root);
   source.share_from_root(comm);  // time series: rank 0 alone reads the CSVs
   Progress progress = Progress::for_stderr(o.quiet || !root);
@@ -1293,16 +1305,19 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     // A resumed run's journal is on disk already: only the rest of it and the final file (about
     // half the estimate: the parts and the final file hold the same rows) are still to come.
     int64_t need = est.bytes;
-    if (o.resume) {
-      std::error_code ec;
+    if (o.resume) {  // (listed by rank 0: an NFS listing may lag on another node)
       int64_t journal_bytes = 0;
-      for (fs::recursive_directory_iterator it(o.output + ".parts", ec), end; !ec && it != end;
-           it.increment(ec))
-        if (std::error_code e2;
-            it->is_regular_file(e2) && it->path().filename() != Journal::kPreviousOutput) {
-          const auto bytes = it->file_size(e2);
-          if (!e2) journal_bytes += (int64_t)bytes;
-        }
+      if (root) {
+        std::error_code ec;
+        for (fs::recursive_directory_iterator it(o.output + ".parts", ec), end; !ec && it != end;
+             it.increment(ec))
+          if (std::error_code e2;
+              it->is_regular_file(e2) && it->path().filename() != Journal::kPreviousOutput) {
+            const auto bytes = it->file_size(e2);
+            if (!e2) journal_bytes += (int64_t)bytes;
+          }
+      }
+      if (comm.size() > 1) comm.broadcast(&journal_bytes, sizeof journal_bytes, 0);
       need = std::max(need - journal_bytes, need / 2);
     }
     std::error_code ec;

@@ -38,7 +38,9 @@ struct RecordSource::Impl {
   Comm* shared = nullptr;   // share_from_root: rank 0 reads, every rank gets each record
   int64_t input_bytes = 0;  // the inputs' sizes together
 
-  Impl(const EmbedOptions& o, const ModelConfig& c) : opts(o), config(c) {
+  bool build_indexes = true;
+  Impl(const EmbedOptions& o, const ModelConfig& c, bool build) : opts(o), config(c) {
+    build_indexes = build;
     for (const auto& in : opts.inputs) {
       std::error_code ec;
       const auto st = std::filesystem::status(in, ec);
@@ -70,7 +72,7 @@ struct RecordSource::Impl {
   }
 
   void resolve_regions() {
-    DnaReadOptions ro{opts.invalid_as_n};
+    DnaReadOptions ro{opts.invalid_as_n, build_indexes};
     std::vector<std::string> all_names;
     std::vector<std::map<std::string, bool>> names_of(opts.inputs.size());
     for (const auto& in : opts.inputs) {
@@ -308,13 +310,6 @@ struct RecordSource::Impl {
         throw SystemError("internal: a time-series record from rank 0 arrived damaged");
     }
   }
-  // Broadcasts of up to 1 GiB each (MPI counts are int).
-  static void broadcast_big(Comm& c, void* data, int64_t bytes) {
-    constexpr int64_t kPiece = int64_t{1} << 30;
-    for (int64_t at = 0; at < bytes; at += kPiece)
-      c.broadcast(static_cast<char*>(data) + at, std::min(kPiece, bytes - at), 0);
-  }
-
   bool next(Record& rec) {
     if (shared) return next_shared(rec);
     return next_here(rec);
@@ -362,8 +357,8 @@ struct RecordSource::Impl {
   }
 };
 
-RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config)
-    : impl_(std::make_unique<Impl>(opts, config)) {}
+RecordSource::RecordSource(const EmbedOptions& opts, const ModelConfig& config, bool build_indexes)
+    : impl_(std::make_unique<Impl>(opts, config, build_indexes)) {}
 RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
 int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
@@ -373,7 +368,7 @@ void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
 void RecordSource::share_from_root(Comm& comm) {
   if (impl_->config.kind != ModelKind::kTimeseries || comm.size() == 1) return;
   impl_->shared = &comm;
-  // Rank 0's sizes (the others' files may differ or be missing: they are not read here).
+  // Rank 0's sizes (what the others wait for; they do not read the CSVs).
   int64_t bytes = 0;
   for (const std::string& in : impl_->opts.inputs) {
     std::error_code ec;

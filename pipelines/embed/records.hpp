@@ -18,7 +18,9 @@ struct EmbedOptions;
 
 class RecordSource {
  public:
-  RecordSource(const EmbedOptions& opts, const ModelConfig& config);
+  // build_indexes: --region builds a missing faidx index (false: rank 0 built it already; see
+  // DnaReadOptions::build_index).
+  RecordSource(const EmbedOptions& opts, const ModelConfig& config, bool build_indexes = true);
   ~RecordSource();
   // The next record, tokenised; false when all inputs are done.
   bool next(Record& rec);

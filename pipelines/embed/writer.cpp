@@ -13,6 +13,7 @@
 #include <optional>
 #include <sstream>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "core/signals.hpp"
@@ -92,7 +93,6 @@ static bool fp_bytes(std::string_view hex, std::array<uint8_t, 32>& out) {
   }
   return true;
 }
-static constexpr size_t kFpBytes = 33;  // a found record's fingerprint on the wire: flag, bytes
 
 static std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -239,14 +239,10 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                         ": not a number of seconds (0 or more; 0: a part for every record)");
     group_seconds_ = v;
   }
-  // Rank 0 decides; everyone learns the outcome (an error text, or the finished indices).
+  // Rank 0 decides; everyone learns the outcome (an error text, or the finished records: found_,
+  // made by rank 0 and sent as it is).
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
-  std::vector<int64_t> done;
-  // Resume: the done records' input_sha256, kFpBytes each (a flag, then the 32 bytes; a flag of
-  // 0: none), and on rank 0 the part file of each (into parts_).
-  std::string fps;
-  std::vector<int32_t> files;
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
@@ -313,12 +309,14 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
           recs.assign(1, {first, std::string()});
         }
         for (const auto& [index, fp] : recs) {
-          std::array<uint8_t, 32> bytes{};
-          const bool has = fp_bytes(fp, bytes);
-          done.push_back(index);
-          fps += char(has);
-          fps.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-          files.push_back(file);
+          // An index no input reaches (a stray or damaged part name of up to 18 digits) is not
+          // a record of this run; taken, it would size the tables by it.
+          if (index < 1 || index > (int64_t{1} << 40)) continue;
+          Found f;
+          f.index = index;
+          f.part = file;
+          f.has_fp = fp_bytes(fp, f.fp);
+          found_.push_back(f);
         }
       }
     } catch (const ConfigError& e) {
@@ -330,40 +328,28 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     }
   }
   if (comm.rank() != 0) discarded_.clear();  // rank 0 reports it
-  int64_t sizes[3] = {(int64_t)error.size(), (int64_t)done.size(), error_is_config};
+  // By index; a record several parts hold keeps the parts' order (sorted by their names, and
+  // numbered in that order by part_id). In place: no second copy of the table.
+  std::sort(found_.begin(), found_.end(), [](const Found& a, const Found& b) {
+    return a.index != b.index ? a.index < b.index : a.part < b.part;
+  });
+  if (!error.empty()) found_.clear();
+  int64_t sizes[3] = {(int64_t)error.size(), (int64_t)found_.size(), error_is_config};
   comm.broadcast(sizes, sizeof sizes, 0);
   error.resize(sizes[0]);
-  done.resize(sizes[1]);
-  fps.resize(sizes[1] * kFpBytes);
   if (sizes[0]) comm.broadcast(error.data(), sizes[0], 0);
-  if (sizes[1]) {
-    comm.broadcast(done.data(), sizes[1] * 8, 0);
-    comm.broadcast(fps.data(), sizes[1] * kFpBytes, 0);
-  }
   if (!error.empty()) {
     release_lock();  // no destructor runs for a constructor that throws
     if (sizes[2]) throw ConfigError(error);
     throw SystemError(error);
   }
-  found_.reserve(done.size());
-  for (size_t i = 0; i < done.size(); ++i) {
-    // An index no input reaches (a stray or damaged part name of up to 18 digits) is not a record
-    // of this run; taken, it would size the tables by it.
-    if (done[i] < 1 || done[i] > (int64_t{1} << 40)) continue;
-    set_done(done[i], true);
-    Found f;
-    f.index = done[i];
-    if (comm.rank() == 0) f.part = files[i];
-    f.has_fp = fps[i * kFpBytes] != 0;
-    std::memcpy(f.fp.data(), fps.data() + i * kFpBytes + 1, f.fp.size());
-    found_.push_back(f);
+  static_assert(std::is_trivially_copyable_v<Found>, "found_ is sent as its bytes");
+  found_.resize(sizes[1]);  // (10^8 records: 4.8 GB, in pieces)
+  broadcast_big(comm, found_.data(), sizes[1] * (int64_t)sizeof(Found));
+  for (Found& f : found_) {
+    if (comm.rank() != 0) f.part = -1;  // (parts_ is rank 0's)
+    set_done(f.index, true);
   }
-  std::vector<int64_t>().swap(done);  // the sort below needs room of its own
-  std::string().swap(fps);
-  std::vector<int32_t>().swap(files);
-  // By index; a record several parts hold keeps the parts' order (sorted by their names).
-  std::stable_sort(found_.begin(), found_.end(),
-                   [](const Found& a, const Found& b) { return a.index < b.index; });
 }
 
 void Journal::set_done(int64_t index, bool done) {

@@ -68,6 +68,13 @@ class Comm {
   int64_t bytes_sent_collective = 0;
 };
 
+// Comm::broadcast of any size, in pieces of up to 1 GiB (MPI counts are int).
+inline void broadcast_big(Comm& c, void* data, int64_t bytes, int root = 0) {
+  constexpr int64_t kPiece = int64_t{1} << 30;
+  for (int64_t at = 0; at < bytes; at += kPiece)
+    c.broadcast(static_cast<char*>(data) + at, bytes - at < kPiece ? bytes - at : kPiece, root);
+}
+
 // Comm::watch for one scope.
 class Watched {
  public:

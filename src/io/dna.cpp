@@ -249,7 +249,8 @@ class LineReader {
     // after the last line read, not necessarily on the next one.
     // (`whole_too`: false where a bgzip file only lacks its end marker: zlib reads it whole.)
     auto damaged = [&](const char* what, bool whole_too = true) {
-      if (const std::string z = gzip_damage(path_, whole_too); !z.empty())
+      const bool compressed = bgzf_compression(fp_) > 0;  // (else a read error: not zlib's)
+      if (const std::string z = compressed ? gzip_damage(path_, whole_too) : ""; !z.empty())
         return InputError(path_ + ": " + what + ": " + z);
       return InputError(path_ + ": " + what + ": " +
                         (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
@@ -959,28 +960,51 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   }
   impl_->fastq = format == FAI_FASTQ;
   impl_->bgzip = compression == 2;
-  // An index sparsa builds: htslib keeps the first of two records of one name and drops the
-  // second without a word (its warning is muted), so --region would silently reach the first.
-  // A FASTA may not repeat a name (read whole, it is refused), so the headers are read once
-  // first. (An index that exists was made by samtools, which warned about it.)
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (format == FAI_FASTA && !std::filesystem::exists(path + ".fai", ec)) {
-    LineReader lines(path);
-    std::unordered_map<std::string, long long> first_at;
-    std::string_view line;
-    std::string name, description;
-    while (lines.next(line)) {
-      if (line.empty() || line[0] != '>') continue;
-      split_header(line.substr(1), name, description);
-      if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
-        throw InputError(at_line(path, lines.line_no(),
-                                 "record name '" + name + "' repeats the record at line " +
-                                     std::to_string(it->second) +
-                                     ": a faidx index (--region) keeps only the first of them; "
-                                     "FASTA names must be unique: rename one"));
+  const bool missing =
+      !fs::exists(path + ".fai", ec) || (impl_->bgzip && !fs::exists(path + ".gzi", ec));
+  if (missing && compression != 1) {  // (plain gzip cannot be indexed: said below)
+    if (!opts.build_index)
+      throw SystemError(path + ": its faidx index " + path + ".fai" +
+                        (impl_->bgzip ? " (or " + path + ".gzi)" : std::string()) +
+                        ", which rank 0 built, is not visible here (a network file system "
+                        "that caches what is absent?): build it first with `samtools faidx " +
+                        path + "`, then run again");
+    // An index sparsa builds: htslib keeps the first of two records of one name and drops the
+    // second without a word (its warning is muted), so --region would silently reach the
+    // first. A FASTA may not repeat a name (read whole, it is refused), so the headers are read
+    // once first (an extra pass over a file indexed for the first time). An index that exists
+    // was made by samtools, which warned about it.
+    if (format == FAI_FASTA) {
+      LineReader lines(path);
+      std::unordered_map<std::string, long long> first_at;
+      std::string_view line;
+      std::string name, description;
+      while (lines.next(line)) {
+        if (line.empty() || line[0] != '>') continue;
+        refuse_inner_cr(path, lines.line_no(), lines.inner_cr());  // htslib's name ends there
+        split_header(line.substr(1), name, description);
+        if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
+          throw InputError(at_line(path, lines.line_no(),
+                                   "record name '" + name + "' repeats the record at line " +
+                                       std::to_string(it->second) +
+                                       ": a faidx index (--region) keeps only the first of "
+                                       "them; FASTA names must be unique: rename one"));
+      }
     }
+    // Built under temporary names and renamed into place (.gzi first): another process never
+    // sees a half-written index.
+    const std::string tmp = "." + std::to_string(getpid()) + ".tmp";
+    if (fai_build3(path.c_str(), (path + ".fai" + tmp).c_str(), (path + ".gzi" + tmp).c_str()) ==
+        0) {
+      if (impl_->bgzip) fs::rename(path + ".gzi" + tmp, path + ".gzi", ec);
+      if (!ec) fs::rename(path + ".fai" + tmp, path + ".fai", ec);
+    }
+    fs::remove(path + ".fai" + tmp, ec);
+    fs::remove(path + ".gzi" + tmp, ec);
   }
-  impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, FAI_CREATE, format);
+  impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, 0, format);
   if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
 }
 

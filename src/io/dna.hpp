@@ -28,6 +28,9 @@ void reverse_complement(std::vector<int32_t>& tokens);
 
 struct DnaReadOptions {
   bool invalid_as_n = false;  // map invalid characters to N instead of failing
+  // FaidxFetcher: build a missing faidx index (false: one rank of several, where rank 0 built it
+  // first; a missing one is then an error, not a second writer of the same files).
+  bool build_index = true;
 };
 
 // Streams the records of one FASTA or FASTQ file (format detected from the first byte: '>' or

@@ -203,8 +203,14 @@ TEST(MpiInvariance, RegionIndexIsBuiltOnceUnderMpi) {
   TempDir t;
   const std::string model = make_model(t, "m", tiny());
   write_file(t / "gen.fa", random_fasta(200, 20000, 9, "c"));
-  ASSERT_EQ(run("bgzip -c " + t / "gen.fa" + " > " + t / "gen.fa.gz").code, 0);
-  for (const std::string in : {t / "gen.fa", t / "gen.fa.gz"}) {
+  std::vector<std::string> inputs{t / "gen.fa"};
+  // (bgzip comes with htslib: Debian's tabix, which scripts/setup-debian.sh installs; a GPU
+  // machine that runs this binary without it tests the plain file alone.)
+  if (run("bgzip -c " + t / "gen.fa" + " > " + t / "gen.fa.gz").code == 0)
+    inputs.push_back(t / "gen.fa.gz");
+  else
+    std::printf("[ note     ] no bgzip here: the plain FASTA alone\n");
+  for (const std::string& in : inputs) {
     const std::string embed = binary() + " embed -q --force --threads 1 --dtype f32 --model " +
                               model + " --input " + in +
                               " --region c150:1-3000 --split-min 100 --output ";

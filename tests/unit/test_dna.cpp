@@ -929,6 +929,12 @@ TEST_F(DnaTest, LoneCarriageReturnsAreRefused) {
   expect_error<InputError>([&] { read_all(fq); }, {fq, "lone CR"});
   const std::string inner = write("inner.fa", ">a\rb\nACGT\n");
   expect_error<InputError>([&] { read_all(inner); }, {inner, "line 1", "carriage return"});
+  // A later header with one, through an index sparsa builds (htslib's name ends at the '\r', so
+  // '>a\rX' and '>a\rY' were one name to it, the second dropped).
+  const std::string later = write("later.fa", ">z\nAC\n>a\rX\nACGTACGT\n>a\rY\nGGGG\n");
+  expect_error<InputError>([&] { FaidxFetcher f(later, {}); },
+                           {later, "line 3", "carriage return"});
+  EXPECT_FALSE(fs::exists(later + ".fai"));
 }
 
 // Bytes after the compressed data (zero padding, an appended file) that htslib stops at: said as
