@@ -443,11 +443,21 @@ struct FastxReader::Impl {
           where(path, rec.name, 0,
                 "empty record: no sequence (line " + std::to_string(lines.line_no()) + ")"));
     need_line(line, "'+' line");
-    if (line.empty() || line[0] != '+')
+    if (line.empty() || line[0] != '+') {
+      // A second line of bases: a multi-line FASTQ, which is read only through --region (faidx).
+      const bool bases = !line.empty() && std::all_of(line.begin(), line.end(), [](char c) {
+        return kTokenTable[(unsigned char)c] >= 0;
+      });
       throw InputError(at_line(path, lines.line_no(),
-                               "malformed FASTQ record '" + rec.name + "': expected a '+' line"));
-    std::string_view plus = line.substr(1);
-    if (!plus.empty() && plus != rec.name && plus != std::string_view(header))
+                               "malformed FASTQ record '" + rec.name + "': expected a '+' line" +
+                                   (bases ? " (a second sequence line: FASTQ is read as four "
+                                            "lines a record; join wrapped lines first, e.g. "
+                                            "`seqtk seq FILE`)"
+                                          : "")));
+    }
+    // (Blanks at the ends of the '+' line or the header do not make it another record's.)
+    std::string_view plus = trim_blanks(line.substr(1));
+    if (!plus.empty() && plus != rec.name && plus != trim_blanks(header))
       throw InputError(
           at_line(path, lines.line_no(),
                   "malformed FASTQ record '" + rec.name + "': the '+' line names another record"));

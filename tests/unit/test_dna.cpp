@@ -295,6 +295,20 @@ TEST_F(DnaTest, FastqErrors) {
   expect_error<InputError>([&] { read_all(q5); }, {q5, "line 5", "'@'"});
   std::string q6 = write("q6.fq", "@a\n\n+\n\n");
   expect_error<InputError>([&] { read_all(q6); }, {q6, "record 'a'", "empty record"});
+  // Wrapped sequence (multi-line FASTQ): said so, with the fix; quality letters are not bases.
+  std::string q7 = write("q7.fq", "@a\nACGT\nACGT\n+\nIIIIIIII\n");
+  expect_error<InputError>([&] { read_all(q7); }, {q7, "line 3", "a second sequence line"});
+  std::string msg;
+  try {
+    read_all(q3);
+  } catch (const InputError& e) {
+    msg = e.what();
+  }
+  EXPECT_EQ(msg.find("second sequence line"), std::string::npos) << msg;
+  // A '+' line that repeats the header up to blanks at its end is the same record's.
+  auto recs = read_all(write("q8.fq", "@r1 desc \nACGT\n+r1 desc\nIIII\n@r2\nAC\n+r2 \nII\n"));
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[1].tokens.size(), 2u);
 }
 
 TEST_F(DnaTest, GzipAndBgzipReadLikePlain) {
