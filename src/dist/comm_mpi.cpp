@@ -405,6 +405,12 @@ std::unique_ptr<Comm> make_world_comm() {
   if (!initialized && !launched_by_mpi()) return make_single_comm();
   bool owns = false;
   if (!initialized) {
+#if defined(SPARSA_HDF5_PARALLEL) && defined(OPEN_MPI) && OPEN_MPI && OMPI_MAJOR_VERSION == 4
+    // Open MPI 4's default MPI-IO component (OMPIO) has known hangs in the collective writes of
+    // parallel HDF5 (HDF5 issues #1227, #3522): ROMIO unless the user chose (read at MPI_Init;
+    // no thread of ours runs yet). slurm/embed.sbatch sets it too.
+    setenv("OMPI_MCA_io", "romio321", 0);
+#endif
     int provided = 0;
     if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
       throw SystemError("MPI_Init_thread failed");
