@@ -201,6 +201,13 @@ class NcclWatchdog {
                  "rerun with --resume)\n",
                  rank_, device_, why.c_str());
     std::fflush(stderr);
+    // ncclCommAbort and MPI_Abort may themselves block (a rank that hangs inside a collective):
+    // the process ends anyway a few seconds later, as the MPI watchdog's does, so that a job
+    // does not hold its GPUs until its time limit.
+    std::thread([] {
+      std::this_thread::sleep_for(std::chrono::seconds(10));
+      std::_Exit(1);
+    }).detach();
     if (comm_) ncclCommAbort(comm_);  // never ncclCommDestroy a stuck communicator
     int init = 0, fin = 0;
     MPI_Initialized(&init);
