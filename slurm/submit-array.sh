@@ -19,6 +19,8 @@
 # script again once `squeue -j ARRAY_JOB_ID` lists no task: finished outputs are kept ("already
 # complete") and unfinished ones resume. (A task still running on an output makes a second run on
 # it stop at once: the output's journal is locked while a run uses it.)
+# The tasks read a read-only copy of LIST made at submission (OUTDIR/.sparsa-inputs.XXXXXX), so
+# editing LIST afterwards does not move a task to another input.
 # Logs: sparsa-ARRAYID_TASK.log per task and sparsa-check-JOBID.log, in the current directory.
 set -euo pipefail
 
@@ -66,6 +68,11 @@ for input in "${inputs[@]}"; do
 done
 mkdir -p "$OUTDIR"
 [ "$throttle" -ge 1 ] || throttle=1
+# The tasks and the summary job read a copy of the list as it is now, made read-only: a task
+# starts (or is requeued) hours later, and a LIST edited meanwhile would send it to another input.
+snapshot=$(mktemp "$OUTDIR/.sparsa-inputs.XXXXXX")
+printf '%s\n' "${inputs[@]}" >"$snapshot"
+chmod a-w "$snapshot"
 
 # Slurm refuses an array past MaxArraySize (1001 by default) with a terse message.
 max_array=$(scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" {print $3}' || true)
@@ -86,21 +93,21 @@ done
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
 array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" "${extra[@]}" \
-  "$here/embed-array.sbatch" "$LIST" "$MODEL" "$OUTDIR" "$@")
+  "$here/embed-array.sbatch" "$snapshot" "$MODEL" "$OUTDIR" "$@")
 array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
 [ "$parsable" = 1 ] ||
   echo "Submitted array job $array_id: $n inputs, at most $throttle at once (logs sparsa-${array_id}_N.log)"
 # The array is queued whatever happens next: a summary job that cannot be submitted (a site that
 # needs -A or -p for every job, say) is reported, not an error that hides the array's id.
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
-  ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$LIST" "$OUTDIR"); then
+  ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then
   check_id=${check_id%%;*}
   [ "$parsable" = 1 ] ||
     echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"
 else
   check_id=none
   echo "warning: the summary job was not submitted; when the array ends, run" \
-    "$here/check-outputs.sh $LIST $OUTDIR" >&2
+    "$here/check-outputs.sh $snapshot $OUTDIR" >&2
 fi
 [ "$parsable" = 1 ] && echo "$array_id $check_id"
 exit 0

@@ -22,6 +22,9 @@ gzip in/sample3.fa  # sample3.fa.gz -> out/sample3.h5
 read -r array_id check_id < <(bash "$SRC/slurm/submit-array.sh" --parsable --throttle 2 \
   inputs.txt model.h5 out)
 JOBS+=("$array_id" "$check_id")
+# The list edited after submission: the tasks (task 2 starts only after one of the first two has
+# ended) read the copy made at submission, not this.
+printf 'in/not-there.fa\nin/nor-this.fa\nin/nor-that.fa\n' >inputs.txt
 say "array job $array_id, summary job $check_id"
 [ "$(job_field "$array_id" ArrayTaskThrottle)" = 2 ] || fail "the array is not throttled to 2"
 
