@@ -1271,10 +1271,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // the others then only load it. The wait allows for reading the inputs (the build's pass).
   const bool regions = c.kind == ModelKind::kDna && (!o.regions.empty() || !o.regions_bed.empty());
   if (comm.size() > 1 && regions) {
-    int64_t bytes = 0;
-    for (const std::string& in : o.inputs)
-      if (std::error_code ec; fs::is_regular_file(in, ec)) bytes += (int64_t)fs::file_size(in, ec);
-    comm.broadcast(&bytes, sizeof bytes, 0);  // rank 0's sizes
+    const int64_t bytes = root_input_bytes(o.inputs, comm);
     Watched waiting(comm, "a wait for rank 0, which builds the inputs' faidx indexes", 4 * bytes);
     on_root(comm, [&] {
       for (const std::string& in : o.inputs)

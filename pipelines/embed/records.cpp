@@ -368,15 +368,18 @@ void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
 void RecordSource::share_from_root(Comm& comm) {
   if (impl_->config.kind != ModelKind::kTimeseries || comm.size() == 1) return;
   impl_->shared = &comm;
-  // Rank 0's sizes (what the others wait for; they do not read the CSVs).
+  impl_->input_bytes = root_input_bytes(impl_->opts.inputs, comm);  // (the others do not read)
+}
+
+int64_t root_input_bytes(const std::vector<std::string>& inputs, Comm& comm) {
   int64_t bytes = 0;
-  for (const std::string& in : impl_->opts.inputs) {
+  for (const std::string& in : inputs) {
     std::error_code ec;
     const auto n = std::filesystem::file_size(in, ec);
     if (!ec) bytes += (int64_t)n;
   }
-  comm.broadcast(&bytes, sizeof bytes, 0);
-  impl_->input_bytes = bytes;
+  if (comm.size() > 1) comm.broadcast(&bytes, sizeof bytes, 0);
+  return bytes;
 }
 
 int64_t RecordSource::shared_input_bytes() const { return impl_->shared ? impl_->input_bytes : 0; }

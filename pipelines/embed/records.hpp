@@ -50,6 +50,10 @@ class RecordSource {
   std::unique_ptr<Impl> impl_;
 };
 
+// Collective: the bytes of rank 0's inputs together (what a rank waiting for rank 0 to read
+// them allows for), the same on every rank.
+int64_t root_input_bytes(const std::vector<std::string>& inputs, Comm& comm);
+
 // Runs `fn` on rank 0 alone. What it throws there is thrown on every rank, as an InputError,
 // ConfigError, NumericError, Interrupted, OutOfMemory (without its device size) or SystemError
 // (anything else) of the same text, so that all ranks stop at the same point and rank 0 says why.

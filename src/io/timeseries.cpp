@@ -214,12 +214,11 @@ std::string not_csv_text(std::string_view text) {
   {
     // Lone CRs (classic Mac OS), also with a final LF as `echo >> FILE` leaves: a CR not before
     // an LF ahead of the first LF, in the first line of any length.
+    // (cr < lf, so text[cr + 1] exists where there is an LF.)
     const size_t lf = text.find('\n');
     const size_t cr = text.substr(0, lf).find('\r');
-    if (cr != std::string_view::npos && cr + 1 < text.size() && text[cr + 1] != '\n' &&
-        text[cr + 1] != '\r')
-      return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
-    if (lf == std::string_view::npos && cr != std::string_view::npos)
+    if (cr != std::string_view::npos &&
+        (lf == std::string_view::npos || (text[cr + 1] != '\n' && text[cr + 1] != '\r')))
       return "lines end in a lone CR (classic Mac OS): convert them first (tr '\\r' '\\n')";
   }
   if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)

@@ -981,24 +981,25 @@ TEST(Cli, TimeSeriesEndToEnd) {
   expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
   expect_failure(cmd(t / "x.h5", "--columns close --invalid-as-n"), t / "x.h5",
                  "--invalid-as-n applies to DNA models");
+  // NAME.csv of `text`, embedded into NAME.h5 (quietly: warnings are said also under -q).
+  auto embed_csv = [&](const std::string& name, const std::string& text,
+                       const std::string& extra = "") {
+    write_file(t / (name + ".csv"), text);
+    return run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / (name + ".csv") +
+               extra + " --output " + t / (name + ".h5"));
+  };
   // A newest-first file is embedded in file order, with a warning (also under -q).
-  write_file(t / "rev.csv", "date,a,b\n2020-01-03,1,2\n2020-01-02,2,3\n2020-01-01,3,4\n");
-  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "rev.csv" +
-          " --output " + t / "rev.h5");
+  r = embed_csv("rev", "date,a,b\n2020-01-03,1,2\n2020-01-02,2,3\n2020-01-01,3,4\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("time goes backwards at line 3 ('2020-01-02' after '2020-01-03')"),
             std::string::npos)
       << r.output;
   // Not ISO dates, or two offsets across a daylight-saving change: not warned about. Repeated
   // times (a date-only column of intraday rows) and a channel with no values are.
-  write_file(t / "us.csv", "date,a,b\n12/30/2019,1,2\n12/31/2019,2,3\n01/02/2020,3,4\n");
-  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "us.csv" +
-          " --output " + t / "us.h5");
+  r = embed_csv("us", "date,a,b\n12/30/2019,1,2\n12/31/2019,2,3\n01/02/2020,3,4\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
-  write_file(t / "rep.csv", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");
-  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "rep.csv" +
-          " --output " + t / "rep.h5");
+  r = embed_csv("rep", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(
       r.output.find("timestamp '2020-01-01' at line 3 repeats the line before (1 such row in all)"),
@@ -1006,10 +1007,8 @@ TEST(Cli, TimeSeriesEndToEnd) {
       << r.output;
   EXPECT_NE(r.output.find("column 'b': no values"), std::string::npos) << r.output;
   // A weekly column in daily rows: values, but no two neighbours, so no log return.
-  write_file(t / "weekly.csv",
-             "date,a,b\n2020-01-01,1,5\n2020-01-02,2,\n2020-01-03,3,6\n2020-01-04,4,\n");
-  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "weekly.csv" +
-          " --output " + t / "weekly.h5");
+  r = embed_csv("weekly",
+                "date,a,b\n2020-01-01,1,5\n2020-01-02,2,\n2020-01-03,3,6\n2020-01-04,4,\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("column 'b': no two neighbouring rows both have a value, so its log "
                           "returns are all missing"),
@@ -1017,10 +1016,9 @@ TEST(Cli, TimeSeriesEndToEnd) {
       << r.output;
   EXPECT_EQ(r.output.find("column 'a'"), std::string::npos) << r.output;
   // The time of day as the time column (Date,Time files): no "backwards" at midnight.
-  write_file(t / "tod.csv",
-             "Date,Time,a,b\n2020-01-01,15:58,1,2\n2020-01-01,15:59,2,3\n2020-01-02,09:30,3,4\n");
-  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "tod.csv" +
-          " --time-column Time --columns a,b --output " + t / "tod.h5");
+  r = embed_csv("tod",
+                "Date,Time,a,b\n2020-01-01,15:58,1,2\n2020-01-01,15:59,2,3\n2020-01-02,09:30,3,4\n",
+                " --time-column Time --columns a,b");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("backwards"), std::string::npos) << r.output;
   // A bad value in the last record of a panel stops the run before any record is embedded: no
