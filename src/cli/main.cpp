@@ -12,6 +12,7 @@
 
 #include "cli/bench.hpp"
 #include "cli/inspect.hpp"
+#include "cli/version.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/progress.hpp"
@@ -97,7 +98,10 @@ int main(int argc, char** argv) {
   nccl_env_defaults();  // first: setenv before MPI, OpenMP or any thread of ours starts
 #endif
   CLI::App app{kDescription, "sparsa"};
-  app.set_version_flag("--version", std::string("sparsa ") + SPARSA_VERSION);
+  app.set_version_flag("--version",
+                       std::function<std::string()>([] { return version_text(SPARSA_VERSION); }),
+                       "The version and the libraries this binary runs with (MPI, HDF5, htslib, "
+                       "zlib, CUDA, NCCL)");
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads) may follow the subcommand
   app.get_formatter()->column_width(34);

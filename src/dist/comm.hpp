@@ -108,5 +108,16 @@ bool launched_by_mpi();
 // interface (no PMIX_RANK / PMI_RANK: --mpi=none, Slurm's default, or a plugin this MPI does not
 // speak), so it runs alone; 0 otherwise.
 int unconnected_srun_tasks();
+// The number of processes the launcher says it started, with the variable that says it, when
+// this process has an MPI launcher's environment (OMPI_COMM_WORLD_SIZE, PMI_SIZE, or srun's
+// SLURM_STEP_NUM_TASKS beside PMIX_RANK / PMI_RANK); {0, ""} otherwise. An MPI world of 1 where
+// this is > 1 means the launcher and the MPI library sparsa was built with do not understand each
+// other (an MPICH mpiexec or an srun plugin this MPI does not speak starting an Open MPI build):
+// every process would be a run of its own.
+struct LauncherSize {
+  int size = 0;
+  const char* variable = "";
+};
+LauncherSize launcher_world_size();
 
 }  // namespace sparsa

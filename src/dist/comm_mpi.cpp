@@ -381,6 +381,13 @@ int unconnected_srun_tasks() {
   return tasks > 1 ? tasks : 0;
 }
 
+LauncherSize launcher_world_size() {
+  if (!launched_by_mpi()) return {};
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
+    if (const int n = env_int({v}, 0); n > 0) return {n, v};
+  return {};
+}
+
 int local_rank_count() {
   return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
                               "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"},

@@ -92,6 +92,8 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   r = run(binary() + " --version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
+  for (const char* lib : {"MPI:", "HDF5:", "htslib:", "zlib:", "CUDA:"})
+    EXPECT_NE(r.output.find(lib), std::string::npos) << lib << "\n" << r.output;
   // A missing --model file is a usage error (exit 2) naming it, with the other options given.
   r = run(binary() + " embed --model " + t / "nope.h5" + " --input " + lambda() + " --output " +
           t / "nope-out.h5");
@@ -797,6 +799,22 @@ TEST(Cli, SrunWithoutPmiWarns) {
   r = run(unset + "SLURM_STEP_NUM_TASKS=1 " + embed_cmd(lambda(), t / "p.h5"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("srun tasks"), std::string::npos) << r.output;
+}
+
+// A launcher whose processes this sparsa's MPI cannot join (MPICH's mpiexec, or an srun plugin
+// the MPI does not speak, starting an Open MPI build): each process would see a world of 1 and
+// embed everything. Refused before any output is touched; a world of 1 that the launcher meant
+// runs.
+TEST(Cli, LauncherThatTheMpiCannotJoinIsRefused) {
+  TempDir t;
+  const std::string mpich = "env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK PMI_RANK=1 ";
+  expect_failure(mpich + "PMI_SIZE=4 " + embed_cmd(lambda(), t / "o.h5"), t / "o.h5",
+                 "(PMI_SIZE=4) but the MPI library this sparsa was built with sees a world of 1");
+  auto r = run(mpich + "PMI_SIZE=4 " + embed_cmd(lambda(), t / "o.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = run("env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK PMI_RANK=0 PMI_SIZE=1 " +
+          embed_cmd(lambda(), t / "p.h5"));
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 TEST(Cli, RegionsOfEcoli) {

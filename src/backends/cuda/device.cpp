@@ -1,6 +1,7 @@
 #include "backends/cuda/device.hpp"
 
 #include <mpi.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -45,6 +46,23 @@ bool cuda_available(std::string* why) {
     return false;
   }
   return true;
+}
+
+std::string version_info() {
+  auto mm = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  int rt = 0, drv = 0, nccl = 0;
+  std::string out = "runtime ";
+  out += cudaRuntimeGetVersion(&rt) == cudaSuccess ? mm(rt) : "?";
+  if (cudaDriverGetVersion(&drv) == cudaSuccess && drv > 0)
+    out += ", driver " + mm(drv);
+  else
+    out += ", no CUDA driver on this machine";
+  cudaGetLastError();
+  out += ", cuBLASLt " + std::to_string(cublasLtGetVersion());
+  if (ncclGetVersion(&nccl) == ncclSuccess)
+    out += ", NCCL " + std::to_string(nccl / 10000) + "." + std::to_string(nccl / 100 % 100) + "." +
+           std::to_string(nccl % 100);
+  return out;
 }
 
 int node_local_rank() {

@@ -14,6 +14,10 @@ namespace sparsa::cuda {
 // True when a CUDA driver and at least one device are usable; otherwise false and *why says why.
 bool cuda_available(std::string* why);
 
+// "runtime 13.0, driver 13.0, cuBLASLt 130000, NCCL 2.28.3" for `sparsa --version`; never
+// throws (a missing driver is said in the text).
+std::string version_info();
+
 // The node-local rank of this process: the launcher's variable (sparsa::local_rank(): Open MPI's,
 // MPICH's, MVAPICH's, PMI's, then SLURM_LOCALID); else, when MPI is initialised with more than
 // one rank, MPI_Comm_split_type(SHARED) (collective!); else 0.
