@@ -644,9 +644,11 @@ struct FaidxFetcher::Impl {
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
   bool fastq = false, bgzip = false;
-  // From the .fai, on the first fetch: each record's entry (only for an index of up to 16 MB: a
-  // genome's, not a read set's); the records checked against the file, with their descriptions.
-  std::map<std::string, FaiEntry, std::less<>> entries;
+  // From the .fai, on the first fetch: (hash of the name, offset of its line in the .fai), sorted,
+  // 16 bytes a record whatever the index's size (a read set's index may hold millions), a line
+  // read again when its record is first fetched; the records checked against the file, with their
+  // descriptions.
+  std::vector<std::pair<uint64_t, uint64_t>> fai_lines;
   std::map<std::string, std::string, std::less<>> descriptions;
   bool entries_read = false;
   std::vector<int64_t> blocks;  // bgzip: the blocks' uncompressed starts (from the .gzi)
@@ -1064,6 +1066,48 @@ RegionSpan region_span(const std::string& path, const faidx_t* fai, const Region
   return r;
 }
 
+// The .fai's lines as (hash of the name, byte offset of the line), sorted; empty when it cannot
+// be read (htslib loaded it already, so that is a race with its removal: the check is skipped).
+std::vector<std::pair<uint64_t, uint64_t>> fai_line_table(const std::string& fai_path) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  std::ifstream in(fai_path, std::ios::binary);
+  std::string line;
+  uint64_t off = 0;
+  while (std::getline(in, line)) {
+    const size_t tab = line.find('\t');
+    if (tab != std::string::npos)
+      out.emplace_back(std::hash<std::string_view>{}(std::string_view(line).substr(0, tab)), off);
+    off += line.size() + 1;
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The entry of record `name` from its line of the .fai, found by the table above; false when the
+// index has no such line (or it does not parse).
+bool find_fai_line(const std::string& fai_path,
+                   const std::vector<std::pair<uint64_t, uint64_t>>& table, std::string_view name,
+                   FaiEntry* e) {
+  const uint64_t h = std::hash<std::string_view>{}(name);
+  auto it = std::lower_bound(table.begin(), table.end(), std::make_pair(h, uint64_t{0}));
+  if (it == table.end() || it->first != h) return false;
+  std::ifstream in(fai_path, std::ios::binary);
+  std::string line;
+  for (; it != table.end() && it->first == h; ++it) {
+    in.clear();
+    if (!in.seekg((std::streamoff)it->second) || !std::getline(in, line)) continue;
+    std::istringstream cols(line);
+    std::string got;
+    FaiEntry x;
+    if (std::getline(cols, got, '\t') && got == name &&
+        cols >> x.length >> x.offset >> x.line_bases >> x.line_bytes) {
+      *e = x;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 int64_t FaidxFetcher::tokens_of(const RegionSpec& region) const {
@@ -1085,26 +1129,15 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   std::string description;
   if (!impl_->entries_read) {  // name, length, offset, line bases, line bytes (samtools' .fai)
     impl_->entries_read = true;
-    std::error_code ec;
-    const auto fai_bytes = std::filesystem::file_size(path + ".fai", ec);
-    std::ifstream fai_text;
-    if (!ec && fai_bytes <= (uintmax_t{16} << 20)) fai_text.open(path + ".fai");
-    std::string line;
-    while (std::getline(fai_text, line)) {
-      std::istringstream cols(line);
-      std::string name;
-      FaiEntry e;
-      if (std::getline(cols, name, '\t') &&
-          cols >> e.length >> e.offset >> e.line_bases >> e.line_bytes)
-        impl_->entries.emplace(name, e);
-    }
+    impl_->fai_lines = fai_line_table(path + ".fai");
   }
   // A record is checked against the file the first time it is fetched: an index made before the
   // file changed would read another record's bases, or too few, without an error.
   // (Before faidx reads: its own read of a stale index can hit an assertion in htslib.)
+  FaiEntry entry;
   if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
     description = d->second;
-  } else if (auto at = impl_->entries.find(region.name); at != impl_->entries.end()) {
+  } else if (find_fai_line(path + ".fai", impl_->fai_lines, region.name, &entry)) {
     if (impl_->bgzip && !impl_->blocks_read) {
       impl_->blocks = gzi_block_starts(path);
       impl_->blocks_read = true;
@@ -1123,7 +1156,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
                           bgzf_index_load(impl_->check_fp, path.c_str(), ".gzi") == 0;
     }
     const FaiCheck c =
-        check_fai_entry(path, at->second, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr,
+        check_fai_entry(path, entry, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr,
                         impl_->check_fp, impl_->gzi_loaded);
     if (!c.ok || (c.header_found && c.name != region.name)) {
       if (const std::string why = non_base_in_record(path, region.name, impl_->fastq); !why.empty())

@@ -849,6 +849,39 @@ TEST_F(FaidxTest, IndexOfAnEarlierFileIsRefused) {
   }
 }
 
+// A read set's index (here 700,000 records, a .fai of ~18.5 MB, past the 16 MB up to which an
+// earlier version read it) is checked and gives descriptions like a genome's.
+TEST_F(FaidxTest, LargeIndexIsCheckedToo) {
+  std::string text;
+  for (int i = 0; i < 700000; ++i) {
+    char rec[64];
+    std::snprintf(rec, sizeof rec, ">read_%06d desc %d\n%s\n", i, i,
+                  i % 2 ? "CCCCCCCC" : "AAAAAAAA");
+    text += rec;
+  }
+  std::string p = write("big.fa", text);
+  {
+    FaidxFetcher f(p, {});
+    const Record r = f.fetch(parse_region("read_000005", f.names()));
+    EXPECT_EQ(r.description, "desc 5");
+    EXPECT_EQ(r.tokens, toks("CCCCCCCC"));
+  }
+  ASSERT_GT(fs::file_size(p + ".fai"), uintmax_t{16} << 20);
+  const auto stamp = fs::last_write_time(p + ".fai");
+  // Records 5 and 6 swap their headers: the old index would read 6's bases for 5.
+  const size_t a = text.find(">read_000005"), b = text.find(">read_000006");
+  std::string swapped = text.substr(0, a) + ">read_000006 desc 6\nCCCCCCCC\n" +
+                        ">read_000005 desc 5\nAAAAAAAA\n" + text.substr(text.find(">read_000007"));
+  ASSERT_EQ(swapped.size(), text.size());
+  ASSERT_LT(a, b);
+  write("big.fa", swapped);
+  fs::last_write_time(p, stamp + std::chrono::seconds(5));
+  FaidxFetcher f(p, {});
+  expect_error<InputError>(
+      [&] { f.fetch(parse_region("read_000005", f.names())); },
+      {p + ".fai does not match", "record 'read_000005'", "the index is older than the file"});
+}
+
 // Broken indexes are refused with the index named, never handed to htslib, which asserts or
 // divides by zero on them (a review crashed the first version of the check with each of these).
 TEST_F(FaidxTest, BrokenIndexesAreRefusedNotCrashed) {
