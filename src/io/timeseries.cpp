@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "core/error.hpp"
+#include "core/file_text.hpp"
 #include "core/progress.hpp"
 #include "core/utf8.hpp"
 
@@ -322,64 +323,6 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
       fail("column '" + header[c] + "' appears more than once in the header");
   }
   return cols;
-}
-
-// A file's text, mapped from the page cache rather than copied into the heap: a CSV of many GB
-// is parsed whole (its records' rows must all be known before the first is embedded), and the
-// mapped pages are the kernel's to drop and read again, not the process's anonymous memory.
-// Falls back to reading it (a file that cannot be mapped, or an empty one). A file truncated by
-// another program while it is parsed would end the process with SIGBUS: a run's inputs must not
-// change under it (its journal's fingerprints assume as much).
-class FileText {
- public:
-  explicit FileText(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    struct stat st {};
-    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
-      void* p = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p != MAP_FAILED) {
-        ::madvise(p, (size_t)st.st_size, MADV_SEQUENTIAL);
-        map_ = p;
-        size_ = (size_t)st.st_size;
-      }
-    }
-    if (fd >= 0) ::close(fd);
-    if (!map_) read_ = read_file_text(path);
-  }
-  ~FileText() {
-    if (map_) ::munmap(map_, size_);
-  }
-  FileText(const FileText&) = delete;
-  FileText& operator=(const FileText&) = delete;
-  std::string_view view() const {
-    return map_ ? std::string_view(static_cast<const char*>(map_), size_) : read_;
-  }
-
- private:
-  static std::string read_file_text(const std::string& path);
-  void* map_ = nullptr;
-  size_t size_ = 0;
-  std::string read_;
-};
-
-std::string FileText::read_file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(where(path, "", 0, "cannot open file"));
-  std::string text;
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(path, ec);
-  if (!ec && size > 0) {  // a regular file: read it in one piece (no stream copy)
-    text.resize((size_t)size);
-    in.read(text.data(), (std::streamsize)size);
-    text.resize((size_t)in.gcount());
-    if (in.bad()) throw InputError(where(path, "", 0, "read error"));
-    if (in.peek() == std::char_traits<char>::eof()) return text;
-    in.clear();  // it grew while being read: the rest as a stream
-  }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw InputError(where(path, "", 0, "read error"));
-  return text + std::move(ss).str();
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/file_text.hpp"
 #include "io/timeseries.hpp"
 
 namespace sparsa {
@@ -75,6 +77,29 @@ void expect_same(const std::vector<double>& got, const std::vector<double>& want
 // ---- transforms, scale, tokens ----
 
 // The time column's texts end to end in one buffer: each comes back whole, empty ones too.
+// A mapped CSV truncated by another program while it is read: the process ends with the file
+// named and exit status 1, not a bare "Bus error". A fault outside a watched file keeps SIGBUS's
+// default action.
+using FileTextDeathTest = TsCsv;
+TEST_F(FileTextDeathTest, ShrunkFileIsNamed) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string p = write("shrinks.csv", std::string(1 << 20, 'x'));
+  EXPECT_EXIT(
+      {
+        FileText t(p);
+        if (!t.mapped()) std::_Exit(3);  // (the test needs a mapping)
+        if (::truncate(p.c_str(), 0) != 0) std::_Exit(4);
+        volatile char c = t.view()[600000];
+        (void)c;
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(1), "shrinks.csv: the file shrank while sparsa was reading it");
+  const std::string q = write("whole.csv", "time,x\n1,2\n");
+  FileText t(q);
+  EXPECT_EQ(t.view(), "time,x\n1,2\n");
+  EXPECT_EXIT(raise(SIGBUS), ::testing::KilledBySignal(SIGBUS), "");
+}
+
 TEST(StringColumnTest, TextsComeBackWhole) {
   StringColumn c;
   EXPECT_TRUE(c.empty());
