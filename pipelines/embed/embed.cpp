@@ -23,6 +23,7 @@
 
 #include "core/env.hpp"
 #include "core/error.hpp"
+#include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
 #include "core/signals.hpp"
@@ -171,10 +172,9 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("output folder " + dir.string() + " does not exist");
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
-  if (fs::is_directory(o.output, ec))
-    throw ConfigError("--output " + o.output + " is a folder; give a file name");
-  if (fs::exists(o.output, ec)) {
-    if (o.resume && !Journal::present(o.output + ".parts")) {
+  std::string taken_by;
+  if (output_path_taken(o.output, "--output", &taken_by)) {
+    if (o.resume && taken_by.empty() && !Journal::present(o.output + ".parts")) {
       try {
         auto f = h5::File::open_read(o.output);
         if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
@@ -182,7 +182,10 @@ bool check_paths(const EmbedOptions& o) {
         if (!o.force) throw;
       }
     }
-    if (!o.force) throw ConfigError(o.output + " already exists; pass --force to replace it");
+    if (!o.force)
+      throw ConfigError(o.output + " already exists" +
+                        (taken_by.empty() ? std::string() : " (" + taken_by + ")") +
+                        "; pass --force to replace it");
   }
   return false;
 }

@@ -15,6 +15,7 @@
 #include "cli/version.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/signals.hpp"
 #include "dist/comm.hpp"
@@ -315,10 +316,11 @@ int main(int argc, char** argv) {
     }
     if (*init) {
       namespace fs = std::filesystem;
-      if (fs::is_directory(init_output))
-        throw ConfigError(init_output + " is a folder; give the checkpoint's file name");
-      if (fs::exists(init_output) && !init_force)
-        throw ConfigError(init_output + " already exists; pass --force to replace it");
+      std::string taken_by;
+      if (output_path_taken(init_output, "--output", &taken_by) && !init_force)
+        throw ConfigError(init_output + " already exists" +
+                          (taken_by.empty() ? std::string() : " (" + taken_by + ")") +
+                          "; pass --force to replace it");
       std::error_code ec;
       for (const std::string& ours : {init_output, init_output + ".tmp"})
         if (fs::equivalent(init_config, ours, ec))

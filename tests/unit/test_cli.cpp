@@ -462,6 +462,39 @@ TEST(Cli, OutOfMemoryNamesTheRecord) {
 #endif
 }
 
+// An output path that is a FIFO or a device is never replaced, --force or not (as root,
+// `-o /dev/null --force` replaced /dev/null with an HDF5 file); a symbolic link to nothing counts
+// as an existing output.
+TEST(Cli, OutputThatIsNotAFileIsRefused) {
+  TempDir t;
+  ASSERT_EQ(run("mkfifo " + t / "fifo").code, 0);
+  for (const std::string& cmd :
+       {embed_cmd(lambda(), t / "fifo", "--force"),
+        binary() + " init --config " + tiny_config() + " --output " + t / "fifo" + " --force"}) {
+    auto r = run(cmd);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("is a FIFO (named pipe): sparsa writes its output as a new file"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(run("test -p " + t / "fifo").code, 0) << "the FIFO was replaced";
+  }
+  // A character device: /dev/null itself is the one every machine has; the check stops before
+  // anything is written (the test never passes --force to it).
+  auto r = run(embed_cmd(lambda(), "/dev/null"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/dev/null is a character device"), std::string::npos) << r.output;
+  ASSERT_EQ(run("ln -s " + t / "missing.h5" + " " + t / "link.h5").code, 0);
+  r = run(embed_cmd(lambda(), t / "link.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("already exists (a symbolic link to the missing"), std::string::npos)
+      << r.output;
+  r = run(binary() + " init --config " + tiny_config() + " --output " + t / "link.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = run(embed_cmd(lambda(), t / "link.h5", "--force"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(run("test -f " + t / "link.h5" + " && ! test -L " + t / "link.h5").code, 0);
+}
+
 TEST(Cli, ExistingOutputIsKept) {
   TempDir t;
   write_file(t / "keep.h5", "precious");

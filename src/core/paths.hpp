@@ -1,0 +1,40 @@
+// sparsa: checks of output paths before anything is written.
+#pragma once
+#include <filesystem>
+#include <string>
+
+#include "core/error.hpp"
+
+namespace sparsa {
+
+// True when something is at `path` that --force would replace: a file, a symbolic link to one, or
+// a link to nothing ("a symbolic link to the missing X" goes into *what). Throws ConfigError
+// (option: "--output") for a folder and for anything else that is not a file: a device, a FIFO or
+// a socket would be replaced by an HDF5 file even with --force (-o /dev/null --force, run as root,
+// would replace /dev/null), so they are refused outright.
+inline bool output_path_taken(const std::string& path, const std::string& option,
+                              std::string* what = nullptr) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status link = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(link)) return false;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) {  // a dangling symbolic link
+    if (what) *what = "a symbolic link to the missing " + fs::read_symlink(path, ec).string();
+    return true;
+  }
+  if (fs::is_regular_file(st)) return true;
+  if (fs::is_directory(st))
+    throw ConfigError(option + " " + path + " is a folder; give a file name");
+  const char* kind = fs::is_character_file(st) ? "a character device"
+                     : fs::is_block_file(st)   ? "a block device"
+                     : fs::is_fifo(st)         ? "a FIFO (named pipe)"
+                     : fs::is_socket(st)       ? "a socket"
+                                               : "not a regular file";
+  throw ConfigError(option + " " + path + " is " + kind +
+                    ": sparsa writes its output as a new file and would replace it, --force or "
+                    "not; give a file path (to discard the output, write it to a temporary file "
+                    "and remove it)");
+}
+
+}  // namespace sparsa
