@@ -302,6 +302,18 @@ void refuse_inner_cr(const std::string& path, long long line_no, bool inner_cr) 
                              "FILE > NEW)"));
 }
 
+// A NUL byte in a header or BED line: HDF5's string attributes and faidx's index end a name
+// there, so two names would be cut to one (a repeat that no check sees) and descriptions short.
+void refuse_nul(const std::string& path, long long line_no, std::string_view text,
+                const char* what) {
+  if (const size_t at = text.find('\0'); at != std::string_view::npos)
+    throw InputError(at_line(path, line_no,
+                             std::string(what) + " holds a NUL byte (0x00) at column " +
+                                 std::to_string(at + 1) +
+                                 ": binary data or a damaged file? Names and descriptions end "
+                                 "there in HDF5 and in a faidx index, so it is refused"));
+}
+
 }  // namespace
 
 int32_t dna_token(unsigned char c) { return kTokenTable[c]; }
@@ -361,6 +373,7 @@ struct FastxReader::Impl {
 
   void keep_header(std::string_view line) {
     refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
+    refuse_nul(path, lines.line_no(), line, "the header line");
     header.assign(line.substr(1));
     header_line = lines.line_no();
     have_header = true;
@@ -586,6 +599,9 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
   std::string_view line;
   while (lines.next(line)) {
     const long long ln = lines.line_no();
+    // A byte-order mark (a BED saved by a Windows editor) would become part of the first name.
+    if (ln == 1 && line.substr(0, 3) == "\xEF\xBB\xBF") line.remove_prefix(3);
+    refuse_nul(path, ln, line, "the BED line");
     std::vector<std::string_view> cols;
     size_t i = 0;
     while (i < line.size()) {
@@ -996,6 +1012,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       while (lines.next(line)) {
         if (line.empty() || line[0] != '>') continue;
         refuse_inner_cr(path, lines.line_no(), lines.inner_cr());  // htslib's name ends there
+        refuse_nul(path, lines.line_no(), line, "the header line");
         split_header(line.substr(1), name, description);
         if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
           throw InputError(at_line(path, lines.line_no(),
@@ -1158,6 +1175,11 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     const FaiCheck c =
         check_fai_entry(path, entry, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr,
                         impl_->check_fp, impl_->gzi_loaded);
+    if (c.header_found && (c.name + c.description).find('\0') != std::string::npos)
+      throw InputError(where(path, region.name, 0,
+                             "its header line holds a NUL byte (0x00): binary data or a damaged "
+                             "file? Names and descriptions end there in HDF5 and in a faidx "
+                             "index, so it is refused"));
     if (!c.ok || (c.header_found && c.name != region.name)) {
       if (const std::string why = non_base_in_record(path, region.name, impl_->fastq); !why.empty())
         throw InputError(why);

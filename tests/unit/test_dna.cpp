@@ -575,6 +575,27 @@ TEST_F(DnaTest, ReadBedErrors) {
   }
   std::string missing = (dir_ / "missing.bed").string();
   expect_error<InputError>([&] { read_bed(missing); }, {missing});
+  // A NUL would cut the name short in HDF5; a byte-order mark is dropped, not made part of a name.
+  std::string nul = write("nul.bed", std::string("chr1\t0\t5\tge\0ne\n", 15));
+  expect_error<InputError>([&] { read_bed(nul); }, {nul, "line 1", "NUL byte (0x00) at column 12"});
+  auto bom = read_bed(write("bom.bed",
+                            "\xEF\xBB\xBF"
+                            "chr1\t0\t5\n"));
+  ASSERT_EQ(bom.size(), 1u);
+  EXPECT_EQ(bom[0].name, "chr1");
+}
+
+// A NUL byte in a header cut the name short when stored (two records became 'a' and 'a'):
+// refused with the line, read whole and through --region (sparsa building the index, or an index
+// samtools made).
+TEST_F(DnaTest, NulInHeaderIsRefused) {
+  const std::string text = std::string(">a\0b\nACGT\n>a\0c\nGGGG\n", 20);
+  std::string p = write("nul.fa", text);
+  expect_error<InputError>([&] { read_all(p); },
+                           {p, "line 1", "the header line holds a NUL byte (0x00) at column 3"});
+  expect_error<InputError>([&] { FaidxFetcher f(p, {}); }, {p, "line 1", "NUL byte"});
+  std::string d = write("nuldesc.fa", std::string(">a desc\0hidden\nACGT\n", 21));
+  expect_error<InputError>([&] { read_all(d); }, {d, "line 1", "column 8"});
 }
 
 // ---------------------------------------------------------------------------------------------
