@@ -101,8 +101,10 @@ struct RecordSource::Impl {
         for (size_t k = 0; k < all_names.size() && k < 5; ++k)
           some += (k ? ", '" : "'") + all_names[k] + "'";
         if (all_names.size() > 5) some += ", ... (" + std::to_string(all_names.size()) + " in all)";
+        std::string stale;  // a name added after the index was made is not in it
+        for (const auto& f : fetchers) stale += f->stale_index_hint();
         throw InputError("region '" + spec.text + "': no record named '" + spec.name + "' in " +
-                         files + "; its records: " + some);
+                         files + "; its records: " + some + stale);
       }
       if (found.size() > 1)
         throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +

@@ -961,6 +961,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   impl_->opts = opts;
   int compression = 0;
   enum fai_format_options format = FAI_FASTA;
+  bool has_text = false;  // a first non-empty line
   {
     // Peek at the first line: faidx must be told FASTQ, and garbage gets a clear message here
     // rather than faidx's own.
@@ -974,7 +975,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     } catch (const InputError&) {
       if (compression != 1) throw;  // a broken plain gzip still gets the bgzip hint below
     }
-    if (any && !line.empty()) {
+    has_text = any && !line.empty();
+    if (has_text) {
       if (const std::string why = not_fastx_reason(line); !why.empty())
         throw InputError(at_line(path, lines.line_no(), why));
       refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
@@ -1035,6 +1037,24 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   }
   impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, 0, format);
   if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
+  if (faidx_nseq(impl_->fai) == 0 && !missing &&
+      has_text)  // (htslib loads an empty .fai without a word)
+    throw InputError(path + ": its faidx index " + path +
+                     ".fai lists no records: not an index of this file? Remove it and sparsa "
+                     "builds it again, or run `samtools faidx " +
+                     path + "`");
+}
+
+std::string FaidxFetcher::stale_index_hint() const {
+  namespace fs = std::filesystem;
+  std::error_code e1, e2;
+  const auto fai = fs::last_write_time(impl_->path + ".fai", e1);
+  const auto file = fs::last_write_time(impl_->path, e2);
+  if (e1 || e2 || !(fai < file)) return "";
+  return " (" + impl_->path + ".fai is older than " + impl_->path +
+         ": made before the file changed? Remove it and sparsa builds it again, or run "
+         "`samtools faidx " +
+         impl_->path + "`)";
 }
 
 FaidxFetcher::~FaidxFetcher() = default;

@@ -90,6 +90,9 @@ class FaidxFetcher {
   FaidxFetcher(const FaidxFetcher&) = delete;
   FaidxFetcher& operator=(const FaidxFetcher&) = delete;
   std::vector<std::string> names() const;
+  // "" or, when the file changed after its .fai was made (the index is older), a hint for a
+  // message that the index may not list a record: " (FILE.fai is older than FILE: ...)".
+  std::string stale_index_hint() const;
   // The tokens `region` gives, after fetch's checks (the same errors, without reading bases).
   int64_t tokens_of(const RegionSpec& region) const;
   Record fetch(const RegionSpec& region);

@@ -870,6 +870,25 @@ TEST_F(FaidxTest, IndexOfAnEarlierFileIsRefused) {
   }
 }
 
+// An index made before records were appended does not list them: the "no record named" error
+// says the index is older than the file; an empty index is refused as not this file's.
+TEST_F(FaidxTest, StaleOrEmptyIndexIsNamed) {
+  std::string p = write("app.fa", ">chr1\nACGT\n");
+  { FaidxFetcher f(p, {}); }
+  const auto stamp = fs::last_write_time(p + ".fai");
+  write("app.fa", ">chr1\nACGT\n>chr2\nGGGG\n");
+  fs::last_write_time(p, stamp + std::chrono::seconds(5));
+  FaidxFetcher f(p, {});
+  EXPECT_NE(f.stale_index_hint().find(p + ".fai is older than " + p), std::string::npos);
+  std::string e = write("e.fa", ">chr1\nACGT\n");
+  write("e.fa.fai", "");
+  expect_error<InputError>([&] { FaidxFetcher g(e, {}); },
+                           {e + ".fai lists no records", "samtools faidx"});
+  std::string fresh = write("fresh.fa", ">chr1\nACGT\n");
+  FaidxFetcher h(fresh, {});
+  EXPECT_EQ(h.stale_index_hint(), "");
+}
+
 // A read set's index (here 700,000 records, a .fai of ~18.5 MB, past the 16 MB up to which an
 // earlier version read it) is checked and gives descriptions like a genome's.
 TEST_F(FaidxTest, LargeIndexIsCheckedToo) {
