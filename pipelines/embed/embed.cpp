@@ -172,6 +172,13 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("output folder " + dir.string() + " does not exist");
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
+  // OUT.tmp is sparsa's to replace when it is a file (left by a run that crashed), but a folder,
+  // device or FIFO there would fail the run only at its end, after every record was embedded.
+  if (const auto st = fs::symlink_status(tmp, ec); fs::exists(st) && !fs::is_regular_file(st))
+    throw ConfigError(tmp +
+                      " exists and is not a file: sparsa writes the output there while it "
+                      "is made (for --output " +
+                      o.output + "); move it away or choose another --output");
   std::string taken_by;
   if (output_path_taken(o.output, "--output", &taken_by)) {
     if (o.resume && taken_by.empty() && !Journal::present(o.output + ".parts")) {

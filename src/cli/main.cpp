@@ -7,6 +7,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -310,7 +311,17 @@ int main(int argc, char** argv) {
     // (P ranks on one node must not each start one thread per core).
     if (threads > 0) {
       omp_set_num_threads(threads);
-    } else if (!std::getenv("OMP_NUM_THREADS")) {
+    } else if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) {
+      // The first of OpenMP's list (nested levels), in --threads' range: 3000 started 3001
+      // threads; 0 or a word was ignored by the OpenMP runtime without a word.
+      const std::string_view first = std::string_view(env).substr(0, std::strcspn(env, ","));
+      int n = 0;
+      const auto [end, err] = std::from_chars(first.data(), first.data() + first.size(), n);
+      if (err != std::errc() || end != first.data() + first.size() || n < 1 || n > 1024)
+        throw ConfigError("OMP_NUM_THREADS=" + std::string(env) +
+                          ": not a number of threads from 1 to 1024 (--threads' range); unset it "
+                          "or give --threads");
+    } else {
       const int local = local_rank_count();
       if (local > 1) omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
     }

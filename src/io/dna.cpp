@@ -150,6 +150,10 @@ std::string not_fastx_reason(std::string_view line) {
   const char* convert =
       "convert it to FASTA/FASTQ first, e.g. `samtools fasta FILE > FILE.fa` (or `samtools "
       "fastq`)";
+  if (starts("\x1F\x8B"))  // read as plain text: its gzip header is incomplete
+    return "gzip's magic bytes (1F 8B), but no gzip data could be read: the file is cut short "
+           "(an interrupted download or copy?) or damaged; fetch it again (gzip -t FILE checks "
+           "one)";
   if (starts("\xEF\xBB\xBF"))
     return std::string(
         "the file starts with a UTF-8 byte-order mark (EF BB BF), which FASTA and "
@@ -261,8 +265,17 @@ class LineReader {
     if (r == -1) {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.
-      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0)
-        throw damaged("truncated or corrupt compressed data (bgzip end marker missing)", false);
+      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) {
+        if (gzip_damage(path_, false) != "")  // cut inside a block: zlib says where
+          throw damaged("truncated or corrupt compressed data (bgzip end marker missing)", false);
+        throw InputError(
+            path_ + ": the bgzip end-of-file marker is missing: lines 1 to " +
+            std::to_string(line_no_) +
+            " decompress cleanly, but a file cut at a block boundary looks just like this, so "
+            "the records may go on past them (samtools says \"EOF marker is absent\" of it). "
+            "Fetch or copy the file again; if it is known to be whole, compress it again "
+            "(zcat FILE | bgzip > NEW)");
+      }
       return false;
     }
     ++line_no_;

@@ -135,6 +135,15 @@ TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
     expect_failure(embed_cmd(lambda(), t / "o.h5", std::string("--threads ") + n), t / "o.h5",
                    "--threads");
   EXPECT_FALSE(exists(t / "o.h5.parts"));
+  // So is OMP_NUM_THREADS outside it (3000 started 3001 threads; 0 was ignored); a list's first
+  // item counts, and --threads wins over it.
+  for (const char* n : {"0", "3000", "two", "4x"})
+    expect_failure(std::string("OMP_NUM_THREADS=") + n + " " + embed_cmd(lambda(), t / "o.h5"),
+                   t / "o.h5", std::string("OMP_NUM_THREADS=") + n + ": not a number of threads");
+  auto ok = run("OMP_NUM_THREADS=2,1 " + embed_cmd(lambda(), t / "a.h5"));
+  EXPECT_EQ(ok.code, 0) << ok.output;
+  ok = run("OMP_NUM_THREADS=3000 " + embed_cmd(lambda(), t / "b.h5", "--threads 2"));
+  EXPECT_EQ(ok.code, 0) << ok.output;
   // 300 short reads: a few progress lines (rate-limited), not two per read; the summary last.
   std::string fq;
   uint64_t s = 5;
@@ -493,6 +502,16 @@ TEST(Cli, OutputThatIsNotAFileIsRefused) {
   r = run(embed_cmd(lambda(), t / "link.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(run("test -f " + t / "link.h5" + " && ! test -L " + t / "link.h5").code, 0);
+  // OUT.tmp as a folder failed the run only after every record was embedded.
+  std::filesystem::create_directory(t / "p.h5.tmp");
+  r = run(embed_cmd(lambda(), t / "p.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("p.h5.tmp exists and is not a file: sparsa writes the output there"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(t / "p.h5"));
+  EXPECT_FALSE(exists(t / "p.h5.parts"));
+  EXPECT_TRUE(std::filesystem::is_directory(t / "p.h5.tmp"));
 }
 
 TEST(Cli, ExistingOutputIsKept) {

@@ -379,7 +379,14 @@ TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
   std::string noeof = p + ".noeof.bgz";
   fs::copy_file(p + ".bgz", noeof);
   fs::resize_file(noeof, fs::file_size(noeof) - 28);
-  expect_error<InputError>([&] { read_all(noeof); }, {noeof, "truncated"});
+  expect_error<InputError>([&] { read_all(noeof); }, {noeof, "end-of-file marker is missing",
+                                                      "lines 1 to ", "cut at a block boundary"});
+  // A gzip file cut within its 10-byte header is read as plain text: said as gzip cut short.
+  std::string head = p + ".head.gz";
+  fs::copy_file(p + ".gz", head);
+  fs::resize_file(head, 9);
+  expect_error<InputError>([&] { read_all(head); },
+                           {head, "line 1", "gzip's magic bytes", "cut short"});
 }
 
 TEST_F(DnaTest, GarbageIsNotFasta) {
