@@ -6,6 +6,7 @@
 #include <htslib/faidx.h>
 #include <htslib/hts.h>
 #include <htslib/kstring.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -1284,6 +1285,26 @@ InputSample sample_records(const std::string& path, int64_t max_bytes) {
     out.bytes += (int64_t)ks.l + 1;
   }
   out.whole = r == -1;
+  // An uncompressed FASTA not read whole: two more windows, from its middle and its end (a
+  // genome followed by many short records looked like one record from its start alone, and the
+  // free-space check passed a run that then filled the disk). Each window starts at the line
+  // after its offset; the sample is the three windows together.
+  if (!out.whole && !fastq && bgzf_compression(fp) == 0) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_size > max_bytes) {
+      for (const int64_t at : {(int64_t)st.st_size / 2, (int64_t)st.st_size - max_bytes}) {
+        // (bgzf_seek takes a virtual offset, block address << 16: for a file that is not
+        // compressed, the block address is the byte offset)
+        if (bgzf_seek(fp, at << 16, SEEK_SET) < 0 || bgzf_getline(fp, '\n', &ks) < 0) break;
+        int64_t got = 0;
+        while (got < max_bytes && bgzf_getline(fp, '\n', &ks) >= 0) {
+          if (ks.l > 0 && ks.s[0] == '>') ++out.records;
+          got += (int64_t)ks.l + 1;
+        }
+        out.bytes += got;
+      }
+    }
+  }
   std::free(ks.s);
   bgzf_close(fp);
   return out;

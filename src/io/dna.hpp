@@ -67,8 +67,9 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
 
 // The start of a FASTA/FASTQ file (plain, gzip or bgzip), up to about max_bytes of its text:
 // the bytes read and the records begun in them (FASTA: header lines; FASTQ: every fourth line),
-// and whether that was the whole file. For estimates only: never throws on bad content (a file
-// that cannot be opened or read gives what was read so far).
+// and whether that was the whole file (an uncompressed FASTA larger than max_bytes: windows
+// of max_bytes from its start, middle and end together). For estimates only: never throws on bad
+// content (a file that cannot be opened or read gives what was read so far).
 struct InputSample {
   int64_t bytes = 0, records = 0;
   bool whole = false;

@@ -1,5 +1,7 @@
 #include "io/h5.hpp"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -101,8 +103,20 @@ int64_t to_f16(const float* src, _Float16* dst, int64_t n) {
   return first_inf;
 }
 
+// " (the disk is full: ...)" when the file system holding `file` has (almost) no room left:
+// HDF5 says only that a create or write failed, whichever object met the full disk first.
+std::string full_disk_note(const std::string& file) {
+  std::string dir = std::filesystem::path(file).parent_path().string();
+  if (dir.empty()) dir = ".";
+  struct statvfs st {};
+  if (statvfs(dir.c_str(), &st) != 0) return "";
+  const unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
+  if (avail >= (1ull << 20)) return "";
+  return " (disk full: " + std::to_string(avail / 1024) + " KB free in " + dir + ")";
+}
+
 [[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {
-  throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + what);
+  throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + what + full_disk_note(file));
 }
 
 hid_t check(hid_t id, const std::string& file, const std::string& obj, const char* what) {
