@@ -1562,8 +1562,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         // of theirs (records are matched by their place in the input), so the rest are counted.
         if (++redone <= 3)
           progress.log("record " + std::to_string(index) + " '" + rec.name + "' of " + rec.source +
-                       " is not the one in " + journal.dir() +
-                       " (the input changed): embedding it again" +
+                       (journal.unreadable(index)
+                            ? ": its part in " + journal.dir() +
+                                  " cannot be read (damaged by a crash?) or holds no "
+                                  "fingerprint: embedding it again"
+                            : " is not the one in " + journal.dir() +
+                                  " (the input changed): embedding it again") +
                        (redone == 3 ? " (more are counted, not named; records are matched by "
                                       "their place in the input)"
                                     : ""));

@@ -399,6 +399,13 @@ bool Journal::same_record(int64_t index, const std::string& fingerprint) {
   return false;
 }
 
+bool Journal::unreadable(int64_t index) const {
+  auto [lo, hi] = found_range(found_, index);
+  for (auto it = lo; it != hi; ++it)
+    if (it->live && it->has_fp) return false;
+  return true;
+}
+
 void Journal::redo(int64_t index) {
   set_done(index, false);
   forget_found(index);

@@ -72,6 +72,9 @@ class Journal {
   // part's input_sha256; where parts of several runs hold it, the one that matches is the one
   // assembled); redo(index) forgets it, so that it is embedded again.
   bool same_record(int64_t index, const std::string& fingerprint);
+  // Whether no part holds a fingerprint for finished record `index` (its part could not be read:
+  // damaged by a crash, or it lacks input_sha256), so same_record cannot have matched it.
+  bool unreadable(int64_t index) const;
   void redo(int64_t index);
   // Every record has been reached: the earlier run's records not checked are not this run's.
   // Frees their table (48 bytes a record) before the output is assembled.
