@@ -116,6 +116,19 @@ std::string normalized_manifest(const std::string& manifest) {
   return out;
 }
 
+// Replaces the whole line `from` of a manifest by `to`; false when no line is `from`.
+static bool replace_line(std::string& manifest, const std::string& from, const std::string& to) {
+  for (size_t at = 0; (at = manifest.find(from, at)) != std::string::npos; ++at) {
+    const size_t end = at + from.size();
+    if ((at == 0 || manifest[at - 1] == '\n') &&
+        (end == manifest.size() || manifest[end] == '\n')) {
+      manifest.replace(at, from.size(), to);
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string first_difference(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   std::string la, lb;
@@ -264,7 +277,19 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                           dir_ + "/" + kPreviousOutput + " " + output + ")");
       if (existed) {
         if (resume) {
-          const std::string old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
+          std::string old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
+          // --invalid-as-n added on --resume (the advice of an invalid character's error): the
+          // records finished without it held no invalid character, so they are what this run
+          // would make. The journal is this run's from here on.
+          if (std::string with = old; old != manifest &&
+                                      replace_line(with, "invalid_as_n 0", "invalid_as_n 1") &&
+                                      with == manifest) {
+            const std::string tmp = dir_ + "/MANIFEST.tmp";
+            std::ofstream(tmp, std::ios::binary) << manifest;
+            fs::rename(tmp, dir_ + "/MANIFEST", ec);
+            if (ec) throw SystemError(dir_ + "/MANIFEST: cannot write: " + ec.message());
+            old = manifest;
+          }
           if (old != manifest && !force)
             throw ConfigError("--resume: " + dir_ + " was made by a different run (" +
                               first_difference(manifest, old) +

@@ -406,6 +406,26 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   EXPECT_FALSE(exists(out + ".parts")) << "an empty journal was left behind";
   // --invalid-as-n accepts it.
   EXPECT_EQ(run(embed_cmd(t / "inv.fa", out, "--invalid-as-n")).code, 0);
+  // Both of the error's hints at once: the record before the bad one is kept by the journal, and
+  // --resume --invalid-as-n continues it (records finished without the flag held no invalid
+  // character); the result is the run with the flag from the start. The other way is refused.
+  write_file(t / "inv2.fa", ">ok\nACGTACGT\n>bad\nACXT\n");
+  const std::string out2 = fresh(), whole = fresh();
+  auto r = run("SPARSA_GROUP_SECONDS=0 " + embed_cmd(t / "inv2.fa", out2));
+  ASSERT_EQ(r.code, 1) << r.output;
+  ASSERT_NE(r.output.find("1 finished record is kept"), std::string::npos) << r.output;
+  r = run(embed_cmd(t / "inv2.fa", out2, "--resume --invalid-as-n"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(run(embed_cmd(t / "inv2.fa", whole, "--invalid-as-n")).code, 0);
+  EXPECT_EQ(embedding(out2, 0), embedding(whole, 0));
+  EXPECT_EQ(embedding(out2, 1), embedding(whole, 1));
+  write_file(t / "inv3.fa", ">ok\nACXT\n>empty\n>next\nACGT\n");
+  const std::string out3 = fresh();
+  r = run("SPARSA_GROUP_SECONDS=0 " + embed_cmd(t / "inv3.fa", out3, "--invalid-as-n"));
+  ASSERT_EQ(r.code, 1) << r.output;
+  r = run(embed_cmd(t / "inv3.fa", out3, "--resume"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("different run"), std::string::npos) << r.output;
   write_file(t / "dup.fa", ">a\nACGT\n>a\nAC\n");
   out = fresh();
   expect_failure(embed_cmd(t / "dup.fa", out), out, "duplicate");
