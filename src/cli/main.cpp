@@ -363,7 +363,8 @@ int main(int argc, char** argv) {
         throw ConfigError(
             "--precision bf16 needs a GPU (--device cuda or auto): the CPU backend computes in "
             "float32 only; drop --precision, or pass --precision fp32");
-      if (!columns.empty()) eo.columns = split_commas(columns, "--columns");
+      // (--columns '' is an empty list, a typo as "a,": the default is to leave it out)
+      if (embed->count("--columns")) eo.columns = split_commas(columns, "--columns");
       eo.command_line = join_argv(argc, argv);
       install_stop_handlers(comm->rank() == 0 && !eo.quiet);
       EmbedSummary s = run_embed(eo, *comm);

@@ -90,8 +90,10 @@ void ModelConfig::validate() const {
     if (!(ts_clip > 0.0) || !std::isfinite(ts_clip)) bad("ts_clip", "must be a finite number > 0");
   }
   // Sizes that would overflow the int64 arithmetic of [n, d] buffers are refused early.
-  if (d_model > (1 << 16) || d_ff > (1 << 20) || n_layers > 4096 || router_hidden > (1 << 16))
-    bad("d_model", "sizes beyond d_model 65536, d_ff 2^20, n_layers 4096 are not supported");
+  if (d_model > (1 << 16)) bad("d_model", "must be <= 65536");
+  if (d_ff > (1 << 20)) bad("d_ff", "must be <= 1048576");
+  if (n_layers > 4096) bad("n_layers", "must be <= 4096");
+  if (router_hidden > (1 << 16)) bad("router_hidden", "must be <= 65536");
 }
 
 namespace {

@@ -449,7 +449,15 @@ struct FastxReader::Impl {
       std::string_view line;
       if (!next_nonempty(line)) return false;
       if (line[0] != '@')
-        throw InputError(at_line(path, lines.line_no(), "malformed FASTQ: expected an '@' header"));
+        throw InputError(at_line(
+            path, lines.line_no(),
+            "malformed FASTQ: expected an '@' header" +
+                (prev_fastq_name.empty()
+                     ? std::string()
+                     : " after record '" + prev_fastq_name +
+                           "' (a sequence or quality string wrapped over several lines? FASTQ "
+                           "is read as four lines a record; join wrapped lines first, e.g. "
+                           "`seqtk seq FILE`)")));
       keep_header(line);
     }
     have_header = false;
@@ -495,8 +503,10 @@ struct FastxReader::Impl {
                                  " differs from sequence length " +
                                  std::to_string(rec.tokens.size()) + " (line " +
                                  std::to_string(lines.line_no()) + ")"));
+    prev_fastq_name = rec.name;
     return true;
   }
+  std::string prev_fastq_name;  // the last FASTQ record read, for the next header's message
 };
 
 FastxReader::FastxReader(const std::string& path, DnaReadOptions opts)

@@ -229,6 +229,8 @@ TEST(Cli, InitRefusesBadConfigs) {
       {"[model\nkind = 1", "cfg.toml"},
       {base + "[extra]\n", "unknown table"},
       {base + "ts_bins = 12\n", "time-series"},
+      {base + "d_ff = 2000000\n", "'d_ff': must be <= 1048576"},
+      {base + "n_layers = 5000\n", "'n_layers': must be <= 4096"},
   };
   for (const auto& c : cases) {
     write_file(t / "cfg.toml", c.text);
@@ -1069,6 +1071,7 @@ TEST(Cli, TimeSeriesEndToEnd) {
   expect_failure(cmd(t / "x.h5", ""), t / "x.h5", "--columns");
   expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
   expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
+  expect_failure(cmd(t / "x.h5", "--columns ''"), t / "x.h5", "an empty item");
   expect_failure(cmd(t / "x.h5", "--columns close --invalid-as-n"), t / "x.h5",
                  "--invalid-as-n applies to DNA models");
   // NAME.csv of `text`, embedded into NAME.h5 (quietly: warnings are said also under -q).

@@ -292,7 +292,8 @@ TEST_F(DnaTest, FastqErrors) {
   std::string q4 = write("q4.fq", "@a\nACXT\n+\nIIII\n");
   expect_error<InputError>([&] { read_all(q4); }, {q4, "record 'a'", "position 3", "'X'"});
   std::string q5 = write("q5.fq", "@a\nACGT\n+\nIIII\nACGT\n");
-  expect_error<InputError>([&] { read_all(q5); }, {q5, "line 5", "'@'"});
+  expect_error<InputError>([&] { read_all(q5); },
+                           {q5, "line 5", "'@' header after record 'a'", "seqtk seq"});
   std::string q6 = write("q6.fq", "@a\n\n+\n\n");
   expect_error<InputError>([&] { read_all(q6); }, {q6, "record 'a'", "empty record"});
   // Wrapped sequence (multi-line FASTQ): said so, with the fix; quality letters are not bases.
