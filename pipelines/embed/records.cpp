@@ -69,6 +69,11 @@ struct RecordSource::Impl {
     if (!dna && opts.invalid_as_n)
       throw ConfigError("--invalid-as-n applies to DNA models; this model is a time-series model");
     if (dna && any_region) resolve_regions();
+    // Each input's format (its first line), before any record is embedded: a CSV or a SAM file
+    // among FASTA inputs stopped the run only when its turn came, and dropping it from the
+    // command then made a different run that --resume refuses.
+    if (dna && !any_region && opts.inputs.size() > 1)
+      for (const auto& in : opts.inputs) FastxReader probe(in, DnaReadOptions{opts.invalid_as_n});
   }
 
   void resolve_regions() {

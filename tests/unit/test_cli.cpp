@@ -428,6 +428,13 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   r = run(embed_cmd(t / "inv3.fa", out3, "--resume"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("different run"), std::string::npos) << r.output;
+  // A CSV after a FASTA is found before anything is embedded, not when its turn comes.
+  write_file(t / "table.csv", "time,x\n1,2\n");
+  out = fresh();
+  expect_failure(binary() + " embed -q --model " + tiny_model() + " -i " + t / "inv.fa" + " -i " +
+                     t / "table.csv" + " --invalid-as-n --output " + out,
+                 out, "table.csv: line 1: not FASTA/FASTQ");
+  EXPECT_FALSE(exists(out + ".parts"));
   write_file(t / "dup.fa", ">a\nACGT\n>a\nAC\n");
   out = fresh();
   expect_failure(embed_cmd(t / "dup.fa", out), out, "duplicate");
