@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
 #include "core/signals.hpp"
@@ -77,6 +78,7 @@ struct RecordSource::Impl {
   }
 
   void resolve_regions() {
+    if (!opts.regions_bed.empty()) refuse_named_fifo(opts.regions_bed, "--regions");
     DnaReadOptions ro{opts.invalid_as_n, build_indexes};
     std::vector<std::string> all_names;
     std::vector<std::map<std::string, bool>> names_of(opts.inputs.size());

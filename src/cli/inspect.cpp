@@ -1,6 +1,7 @@
 #include "cli/inspect.hpp"
 
 #include <cstdio>
+#include <filesystem>
 
 #include "core/error.hpp"
 #include "io/h5.hpp"
@@ -119,6 +120,12 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
 }  // namespace
 
 bool inspect_file(const std::string& path, bool verbose) {
+  // (HDF5 would wait on a FIFO for a writer, where no signal stops it; it needs a file anyway)
+  if (std::error_code ec;
+      std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw InputError(path +
+                     ": not a regular file (a FIFO, a device or a folder): sparsa inspect "
+                     "reads an HDF5 file");
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format")) {
     if (f.exists("/records"))  // a part of a run's journal: records, no file attributes

@@ -37,4 +37,15 @@ inline bool output_path_taken(const std::string& path, const std::string& option
                     "and remove it)");
 }
 
+// A named FIFO given where sparsa reads a small file once (init's --config, --regions): opening
+// it waits for a writer, where no signal stops it, so a FIFO made by mkfifo is refused. Process
+// substitution, <(...), passes /dev/fd/N, a link to a pipe with its writer running: taken.
+inline void refuse_named_fifo(const std::string& path, const std::string& option) {
+  std::error_code ec;
+  if (std::filesystem::is_fifo(std::filesystem::symlink_status(path, ec)))
+    throw ConfigError(option + " " + path +
+                      " is a FIFO (named pipe): opening it would wait for a writer; give the "
+                      "file itself, or a stream as <(command)");
+}
+
 }  // namespace sparsa

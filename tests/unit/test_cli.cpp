@@ -543,6 +543,28 @@ TEST(Cli, OutputThatIsNotAFileIsRefused) {
   EXPECT_TRUE(std::filesystem::is_directory(t / "p.h5.tmp"));
 }
 
+// A named FIFO where sparsa reads a small file waited for a writer forever, and SIGTERM could not
+// stop it: refused (timeout 60 turns a hang into a failure). <(...) still works.
+TEST(Cli, NamedFifosAreRefusedNotWaitedOn) {
+  TempDir t;
+  ASSERT_EQ(run("mkfifo " + t / "fifo").code, 0);
+  auto r =
+      run("timeout 60 " + binary() + " init --config " + t / "fifo" + " --output " + t / "m.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("is a FIFO (named pipe): opening it would wait"), std::string::npos)
+      << r.output;
+  r = run("timeout 60 " + binary() + " inspect " + t / "fifo");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a regular file"), std::string::npos) << r.output;
+  r = run("timeout 60 " + embed_cmd(lambda(), t / "o.h5", "--regions " + t / "fifo"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("is a FIFO (named pipe)"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(t / "o.h5"));
+  r = run("bash -c '" + binary() + " init --config <(cat " + tiny_config() + ") --output " +
+          t / "p.h5" + "'");
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
 TEST(Cli, ExistingOutputIsKept) {
   TempDir t;
   write_file(t / "keep.h5", "precious");
