@@ -48,8 +48,8 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   if (g_stop && sig == SIGINT) {  // a second Ctrl-C: the user means it
-    say("\n[sparsa] stopped at once (second interrupt); finished records stay in the journal, "
-        "--resume continues\n");
+    say("\n[sparsa] stopped at once (second interrupt); the records finished so far, if any, "
+        "stay in the journal (OUTPUT.parts/), which --resume continues\n");
     std::_Exit(130);
   }
   if (!g_stop)
