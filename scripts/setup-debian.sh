@@ -12,6 +12,7 @@ PKGS=(
   libgtest-dev libbenchmark-dev
   python3-h5py python3-numpy                # the docs' reading snippet is tested with h5py
   clang libclang-rt-14-dev                  # libFuzzer + ASan/UBSan runtimes (scripts/fuzz.sh)
+  ragout-examples                           # E. coli K-12 genome for the region tests (18 MB)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -923,8 +923,8 @@ TEST(Cli, LauncherThatTheMpiCannotJoinIsRefused) {
 TEST(Cli, RegionsOfEcoli) {
   TempDir t;
   // The shared E. coli file is plain gzip: faidx needs bgzip; the error says so.
-  const std::string ecoli = shared_data() + "/dna/ecoli_k12_mg1655.fasta.gz";
-  ASSERT_TRUE(exists(ecoli)) << ecoli;
+  const std::string ecoli = data_file("dna/ecoli_k12_mg1655.fasta.gz");
+  ASSERT_FALSE(ecoli.empty()) << "the E. coli genome: ../shared/data or Debian's ragout-examples";
   ASSERT_EQ(run("cp " + ecoli + " " + t / "ecoli.fa.gz").code, 0);
   expect_failure(embed_cmd(t / "ecoli.fa.gz", t / "x.h5", "--region K-12-MG1655:1-100"), t / "x.h5",
                  "bgzip");
@@ -1080,7 +1080,7 @@ TEST(Cli, SeveralCsvInputsMatchEachAlone) {
 
 TEST(Cli, TimeSeriesEndToEnd) {
   TempDir t;
-  const std::string msft = shared_data() + "/timeseries/msft_daily_ohlcv.csv";
+  const std::string msft = data_file("timeseries/msft_daily_ohlcv.csv");
   ASSERT_TRUE(exists(msft));
   ASSERT_NE(init_ts_model(t, 8, 64, 2), "");
   auto cmd = [&](const std::string& out, const std::string& extra) {

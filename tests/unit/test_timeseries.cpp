@@ -611,7 +611,6 @@ std::string data_file(const std::string& name) {
   roots.emplace_back(fs::path(SPARSA_SOURCE_DIR) / "shared" / "data");
   roots.emplace_back(fs::path(SPARSA_SOURCE_DIR) / ".." / "shared" / "data");
 #endif
-  roots.emplace_back("/work/shared/data");
   for (const fs::path& r : roots) {
     fs::path p = r / "timeseries" / name;
     if (fs::exists(p)) return p.string();

@@ -33,6 +33,21 @@ inline std::string shared_data() {
   if (const char* d = std::getenv("SPARSA_DATA_DIR")) return d;
   return source_dir() + "/../shared/data";
 }
+// A file of the shared data set by its path there ("dna/ecoli_k12_mg1655.fasta.gz"), else the
+// same file where a plain clone on Debian has it: the repository's examples/, or the Debian
+// package it came from (scripts/setup-debian.sh installs ragout-examples for the E. coli genome;
+// the files are identical). "" when none holds it.
+inline std::string data_file(const std::string& rel) {
+  namespace fs = std::filesystem;
+  const std::string base = fs::path(rel).filename().string();
+  for (const std::string& p :
+       {shared_data() + "/" + rel, source_dir() + "/examples/" + base,
+        std::string(base == "ecoli_k12_mg1655.fasta.gz"
+                        ? "/usr/share/doc/ragout/examples/E.Coli/references/MG1655-K12.fasta.gz"
+                        : "")})
+    if (!p.empty() && fs::exists(p)) return p;
+  return "";
+}
 
 // Sets an environment variable (inherited by the runs a test starts) until the end of a scope.
 class ScopedEnv {
