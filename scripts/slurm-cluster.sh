@@ -2,6 +2,7 @@
 # A real, one-node Slurm cluster on this machine, for the tests under tests/slurm/ (and for trying
 # the job scripts in slurm/ by hand). Debian 12's Slurm 22.05, its PMIx plugin and munge.
 #
+#   scripts/slurm-cluster.sh install  install the packages (slurm-wlm, munge, libpmix-dev) only
 #   scripts/slurm-cluster.sh start    install what is missing, configure, start; wait until idle
 #   scripts/slurm-cluster.sh stop     stop slurmd, slurmctld and munged (the work dir is kept)
 #   scripts/slurm-cluster.sh status   exit 0 when the cluster answers and the node is usable
@@ -242,13 +243,14 @@ status() {
 }
 
 case "${1:-}" in
+  install) install_packages ;;
   start) start ;;
   stop) stop_daemons ;;
   status) status ;;
   env) echo "export SLURM_CONF=$CONF" ;;
   logs) show_logs ;;
   *)
-    echo "usage: $0 start|stop|status|env|logs" >&2
+    echo "usage: $0 install|start|stop|status|env|logs" >&2
     exit 2
     ;;
 esac

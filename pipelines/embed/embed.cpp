@@ -1081,7 +1081,8 @@ void agree_on_env(Comm& comm) {
       "SPARSA_ROUTER",       "SPARSA_ATTN_BAND",     "SPARSA_ATTN_GLOBAL",
       "SPARSA_ATTN_SPLIT",   "SPARSA_MLP_GEMM",      "SPARSA_CHUNK_ROWS",
       "SPARSA_GEMM_ALGO",    "SPARSA_STREAM_ROWS",   "SPARSA_RC_ON_DEVICE",
-      "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS", "SPARSA_SKIP_SPACE_CHECK"};
+      "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS", "SPARSA_SKIP_SPACE_CHECK",
+      "SPARSA_COMM_TIMEOUT"};
   std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
   if (comm.rank() == 0)
     for (const char* n : names) {
@@ -1119,6 +1120,7 @@ static int64_t side_by_side_env() {
 
 EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   agree_on_env(comm);
+  if (std::string bad; comm_timeout_env(&bad), !bad.empty()) throw ConfigError(bad);
   const int64_t side_env = side_by_side_env();
   // A task farm (each task its own --output) is fine; N tasks meant as one MPI job are not: each
   // would embed everything, and all but one stop at the output's journal lock. Said up front.

@@ -240,7 +240,8 @@ int main(int argc, char** argv) {
   bench->add_option("--global", bo.global, "Attention: global tokens G")->capture_default_str();
   bench->add_flag("--causal", bo.causal, "Attention: causal");
   bench->add_flag("--fp32", bench_fp32, "fp32 mode (default bf16)");
-  bench->add_option("--iters", bo.iters, "Timed runs; the median is printed")
+  bench->add_option("--iters", bo.iters, "Timed runs, 1 to 100000; the median is printed")
+      ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
       ->capture_default_str();
@@ -380,7 +381,13 @@ int main(int argc, char** argv) {
     } else if (*bench) {
       if (!bench_n.empty()) {
         bo.n.clear();
-        for (const std::string& v : split_commas(bench_n, "--n")) bo.n.push_back(std::stoll(v));
+        for (const std::string& v : split_commas(bench_n, "--n")) {
+          long long n = 0;
+          const auto [end, err] = std::from_chars(v.data(), v.data() + v.size(), n);
+          if (err != std::errc() || end != v.data() + v.size() || n < 1 || n > (1ll << 34))
+            throw ConfigError("--n '" + v + "': not a token count from 1 to 2^34 (give n,n,...)");
+          bo.n.push_back(n);
+        }
       }
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);

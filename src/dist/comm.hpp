@@ -87,6 +87,11 @@ class Watched {
   Comm& c_;
 };
 
+// SPARSA_COMM_TIMEOUT in seconds (at least 1; 1800 when unset). A value that is not a number of
+// seconds also gives 1800, and *bad (when given) says what is wrong with it, for the command to
+// refuse it: "abc" or "30m" read by atof made a 1-second watchdog that killed healthy jobs.
+double comm_timeout_env(std::string* bad = nullptr);
+
 // The single-process communicator (rank 0 of 1).
 std::unique_ptr<Comm> make_single_comm();
 // MPI communicator over MPI_COMM_WORLD, initialising MPI when the process was started by

@@ -44,8 +44,7 @@ int to_int(int64_t v, const char* what) {
 class Watchdog {
  public:
   explicit Watchdog(int rank) : rank_(rank) {
-    const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
-    timeout_s_ = t ? std::max(1.0, std::atof(t)) : 1800.0;
+    timeout_s_ = comm_timeout_env();
     thread_ = std::thread([this] { loop(); });
   }
   ~Watchdog() {

@@ -70,8 +70,7 @@ int64_t now_ns() {
 class NcclWatchdog {
  public:
   NcclWatchdog(int rank, int device) : rank_(rank), device_(device) {
-    const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
-    timeout_s_ = t ? std::max(1.0, std::atof(t)) : 1800.0;
+    timeout_s_ = comm_timeout_env();
     thread_ = std::thread([this] { loop(); });
   }
   ~NcclWatchdog() {

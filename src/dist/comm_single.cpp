@@ -1,10 +1,26 @@
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "core/error.hpp"
 #include "dist/comm.hpp"
 
 namespace sparsa {
+
+double comm_timeout_env(std::string* bad) {
+  const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
+  if (!t || !*t) return 1800.0;
+  char* end = nullptr;
+  const double v = std::strtod(t, &end);
+  if (*end != 0 || !(v >= 1) || v > 1e9) {
+    if (bad)
+      *bad = std::string("SPARSA_COMM_TIMEOUT=") + t +
+             ": not a number of seconds from 1 (the watchdog's limit for a stuck collective; "
+             "default 1800)";
+    return 1800.0;
+  }
+  return v;
+}
 
 namespace {
 

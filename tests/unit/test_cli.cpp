@@ -140,6 +140,11 @@ TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
   for (const char* n : {"0", "3000", "two", "4x"})
     expect_failure(std::string("OMP_NUM_THREADS=") + n + " " + embed_cmd(lambda(), t / "o.h5"),
                    t / "o.h5", std::string("OMP_NUM_THREADS=") + n + ": not a number of threads");
+  // SPARSA_COMM_TIMEOUT read by atof made "abc" a 1-second watchdog that killed healthy jobs.
+  for (const char* v : {"abc", "30m", "0.5"})
+    expect_failure(std::string("SPARSA_COMM_TIMEOUT=") + v + " " + embed_cmd(lambda(), t / "o.h5"),
+                   t / "o.h5",
+                   std::string("SPARSA_COMM_TIMEOUT=") + v + ": not a number of seconds");
   auto ok = run("OMP_NUM_THREADS=2,1 " + embed_cmd(lambda(), t / "a.h5"));
   EXPECT_EQ(ok.code, 0) << ok.output;
   ok = run("OMP_NUM_THREADS=3000 " + embed_cmd(lambda(), t / "b.h5", "--threads 2"));
@@ -882,6 +887,12 @@ TEST(Cli, DeviceOptionsWithoutAGpu) {
               r.output.find("applies to a GPU; this sparsa was built without CUDA") !=
                   std::string::npos)
       << r.output;
+  // A bad --n is a usage error naming it (it was "error: stoll", exit 1), GPU or not.
+  for (const char* n : {"abc", "99999999999999999999", "0", "1024,"}) {
+    r = run(binary() + " bench --what model --config " + tiny_config() + " --n " + n);
+    EXPECT_EQ(r.code, 2) << n << "\n" << r.output;
+    EXPECT_NE(r.output.find("--n '"), std::string::npos) << r.output;
+  }
   r = run(binary() + " bench --what model --config " + tiny_config() + " --n 1024 --iters 1");
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_TRUE(r.output.find("no usable CUDA device") != std::string::npos ||
