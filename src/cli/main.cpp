@@ -19,6 +19,7 @@
 #include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/signals.hpp"
+#include "core/utf8.hpp"
 #include "dist/comm.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "dist/comm_nccl.hpp"
@@ -367,6 +368,13 @@ int main(int argc, char** argv) {
             "float32 only; drop --precision, or pass --precision fp32");
       // (--columns '' is an empty list, a typo as "a,": the default is to leave it out)
       if (embed->count("--columns")) eo.columns = split_commas(columns, "--columns");
+      // (an empty name, as "$COL" of an unset variable gives, is not "leave it out": a panel
+      // would be read as one series)
+      for (const char* opt : {"--time-column", "--id-column"})
+        if (embed->count(opt) && trim_blanks(embed->get_option(opt)->as<std::string>()).empty())
+          throw ConfigError(std::string(opt) +
+                            " '': an empty column name; leave the option out "
+                            "for the default");
       eo.command_line = join_argv(argc, argv);
       install_stop_handlers(comm->rank() == 0 && !eo.quiet);
       EmbedSummary s = run_embed(eo, *comm);

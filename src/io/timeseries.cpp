@@ -172,6 +172,15 @@ class CsvScanner {
     size_t end = pos_;
     while (end < text_.size() && text_[end] != ',' && text_[end] != '\n') ++end;
     const std::string_view v = trim_blanks(std::string_view(text_).substr(pos_, end - pos_));
+    // A CR inside a line (not CRLF's, which trim_blanks drops): lines ending in LF CR, or lone
+    // CRs after a first line ending in CRLF; it would stay in a name or a timestamp.
+    if (v.find('\r') != std::string_view::npos)
+      throw InputError(
+          where(path_, "", 0,
+                "line " + std::to_string(row_line) +
+                    ": a carriage return (\\r) inside the line, not before its "
+                    "line feed: mixed or LF CR line ends? Convert them first "
+                    "(tr -d '\\r' < FILE > NEW for LF CR, tr '\\r' '\\n' for lone CRs)"));
     pos_ = end;
     cell.assign(v.data(), v.size());
   }
@@ -358,6 +367,14 @@ int64_t first_backwards_row(const StringColumn& ts) {
       if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
             c == '+' || c == ' '))
         return -1;
+    // Year first (2024-01-31) or a number (epoch seconds): dd.mm.yyyy, dd-mm-yyyy and
+    // mm-dd-yyyy pass the characters above but do not sort as text.
+    auto digit = [&](size_t k) { return t[k] >= '0' && t[k] <= '9'; };
+    const bool year_first =
+        t.size() >= 5 && digit(0) && digit(1) && digit(2) && digit(3) && t[4] == '-';
+    const bool number = t.find_first_not_of("0123456789.") == std::string_view::npos &&
+                        std::count(t.begin(), t.end(), '.') <= 1;
+    if (!year_first && !number) return -1;
   }
   for (size_t i = 1; i < ts.size(); ++i)
     if (ts[i] < ts[i - 1]) return (int64_t)i;
@@ -414,24 +431,28 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
     double unused = 0;
     if (time_like(header[cols.time]) &&
         std::all_of(cols.channels.begin(), cols.channels.end(), [&](int64_t c) {
-          return parse_number(header[c], unused) == CellKind::kNumber;
+          // (a missing value, NA or an empty cell, is data too: no header names a column so)
+          const CellKind k = parse_number(header[c], unused);
+          return k == CellKind::kNumber || k == CellKind::kMissing;
         }))
-      throw InputError(where(path, "", 0,
-                             "no header row: line 1 looks like data (its time column holds '" +
-                                 shown(header[cols.time]) +
-                                 "' and its chosen columns numbers); the first line must name "
-                                 "the columns: add one (e.g. `sed -i '1i timestamp,close' " +
-                                 "FILE`)"));
+      throw InputError(
+          where(path, "", 0,
+                "no header row: line 1 looks like data (its time column holds '" +
+                    shown(header[cols.time]) +
+                    "' and its chosen columns numbers or missing values); the first line must name "
+                    "the columns: add one (e.g. `sed -i '1i timestamp,close' " +
+                    "FILE`)"));
   }
   const int64_t n_channels = int64_t(cols.channels.size());
   if (expected_channels > 0 && n_channels != expected_channels) {
-    std::string chosen;
-    for (int64_t c : cols.channels)
-      chosen += (chosen.empty() ? "'" : ", '") + shown(header[c]) + "'";
+    std::string chosen;  // the first 20 names, as the other header lists
+    for (size_t k = 0; k < cols.channels.size() && k < 20; ++k)
+      chosen += (chosen.empty() ? "'" : ", '") + shown(header[cols.channels[k]]) + "'";
+    if (cols.channels.size() > 20) chosen += ", ...";
     throw InputError(where(path, "", 0,
-                           "the model has " + std::to_string(expected_channels) +
-                               " channels, but the file has " + std::to_string(n_channels) +
-                               " columns chosen (" + chosen + "); choose " +
+                           "the model has " + count_of(expected_channels, "channel") +
+                               ", but the file has " + count_of(n_channels, "column") +
+                               " chosen (" + chosen + "); choose " +
                                std::to_string(expected_channels) + " with --columns"));
   }
 
@@ -467,9 +488,15 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
       rec.values.resize(n_channels);
       for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
     }
-    if (row.cells[cols.time].empty())
-      throw InputError(
-          where(path, rec.name, 0, line() + ": empty time in column '" + header[cols.time] + "'"));
+    // (NA, NaN or blanks: a missing time, as R's write.csv writes one; a row has no place
+    // without its time)
+    if (double unused = 0; parse_number(row.cells[cols.time], unused) == CellKind::kMissing)
+      throw InputError(where(path, rec.name, 0,
+                             line() + ": " +
+                                 (row.cells[cols.time].empty()
+                                      ? std::string("empty time")
+                                      : "missing time ('" + shown(row.cells[cols.time]) + "')") +
+                                 " in column '" + header[cols.time] + "'"));
     rec.timestamps.push_back(row.cells[cols.time]);
     rec.source_rows.push_back(row.line);
     for (int64_t k = 0; k < n_channels; ++k) {

@@ -1112,6 +1112,11 @@ TEST(Cli, TimeSeriesEndToEnd) {
   expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
   expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
   expect_failure(cmd(t / "x.h5", "--columns ''"), t / "x.h5", "an empty item");
+  // An empty --id-column (an unset "$COL") read a panel as one series; --time-column alike.
+  expect_failure(cmd(t / "x.h5", "--columns close --id-column ''"), t / "x.h5",
+                 "--id-column '': an empty column name");
+  expect_failure(cmd(t / "x.h5", "--columns close --time-column ' '"), t / "x.h5",
+                 "--time-column '': an empty column name");
   expect_failure(cmd(t / "x.h5", "--columns close --invalid-as-n"), t / "x.h5",
                  "--invalid-as-n applies to DNA models");
   // NAME.csv of `text`, embedded into NAME.h5 (quietly: warnings are said also under -q).

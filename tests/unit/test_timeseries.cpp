@@ -277,6 +277,28 @@ TEST_F(TsCsv, MissingValues) {
   EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 2, 2, 2, 2, 3 + 3, 2}));
 }
 
+// A missing time (NA, NaN, blanks, as R's write.csv writes one) is refused like an empty one;
+// a CR inside a line (LF CR line ends, lone CRs after a CRLF first line) is refused, not kept in
+// names and timestamps.
+TEST_F(TsCsv, MissingTimesAndInnerCarriageReturns) {
+  for (const char* bad : {"NA", "NaN", "\"  \""}) {
+    const std::string msg = input_error([&] {
+      read_timeseries_csv(write("t.csv", std::string("date,x\n2024-01-01,1\n") + bad + ",2\n"), {},
+                          1);
+    });
+    EXPECT_NE(msg.find("line 3: missing time"), std::string::npos) << msg;
+  }
+  std::string msg = input_error([&] {
+    read_timeseries_csv(write("lfcr.csv", "id,date,x\n\rA,2024-01-01,1\n\rA,2024-01-02,2\n"),
+                        {"", {}, "id"}, 1);
+  });
+  EXPECT_NE(msg.find("line 2: a carriage return"), std::string::npos) << msg;
+  msg = input_error([&] {
+    read_timeseries_csv(write("mix.csv", "date,x\r\n2024-01-01,1\r2024-01-02,2\r"), {}, 1);
+  });
+  EXPECT_NE(msg.find("a carriage return"), std::string::npos) << msg;
+}
+
 TEST_F(TsCsv, ColumnsOrderAndUnknown) {
   std::string p = write("c.csv", "date,a,b,c\n1,1,2,3\n2,4,5,6\n");
   CsvOptions o;
@@ -373,6 +395,15 @@ TEST_F(TsCsv, NoHeaderRow) {
   EXPECT_NE(msg.find("no header row: line 1 looks like data (its time column holds '09:30'"),
             std::string::npos)
       << msg;
+  // A first row whose value is missing (NA, or empty) is data as well: it was taken as the
+  // header and lost without a word.
+  for (const char* first : {"2024-01-01,NA\n", "2024-01-01,\n"}) {
+    msg = input_error([&] {
+      read_timeseries_csv(write("na.csv", std::string(first) + "2024-01-02,2\n2024-01-03,3\n"),
+                          {"1", {"2"}, ""}, 1);
+    });
+    EXPECT_NE(msg.find("no header row: line 1 looks like data"), std::string::npos) << msg;
+  }
   // Years as column names under a named time column are a header.
   auto recs = read_timeseries_csv(write("y.csv", "date,2019,2020\n2020-01-01,1,2\n"), {}, 2);
   ASSERT_EQ(recs.size(), 1u);
@@ -457,6 +488,12 @@ TEST(TsOrder, FirstBackwardsRow) {
   // Text order is not time order for US or European dates, nor across a change of UTC offset
   // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z): not judged.
   EXPECT_EQ(first_backwards_row(V{"12/30/2019", "12/31/2019", "01/02/2020"}), -1);
+  // Day or month first with '.' or '-' (the characters of ISO, another order): not judged.
+  EXPECT_EQ(first_backwards_row(V{"30.01.2024", "31.01.2024", "01.02.2024"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"30-01-2024", "31-01-2024", "01-02-2024"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"12-31-2019", "01-02-2020"}), -1);
+  // Epoch seconds of one length: judged.
+  EXPECT_EQ(first_backwards_row(V{"1700000060", "1700000000"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}), -1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25 02:30:00+02:00", "2020-10-25 02:00:00+01:00"}), -1);
   // One offset throughout: judged.
@@ -572,6 +609,14 @@ TEST_F(TsCsv, ChannelCountMismatch) {
   EXPECT_NE(msg.find("2 channels"), std::string::npos) << msg;
   EXPECT_NE(msg.find("3 columns"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--columns"), std::string::npos) << msg;
+  msg = input_error([&] { read_timeseries_csv(p, {}, 1); });
+  EXPECT_NE(msg.find("the model has 1 channel,"), std::string::npos) << msg;
+  // A wide file's names are listed up to 20 (the message was 189 KB for 20,000 columns).
+  std::string wide = "date", row = "1";
+  for (int c = 0; c < 500; ++c) wide += ",c" + std::to_string(c), row += ",1";
+  msg = input_error([&] { read_timeseries_csv(write("w.csv", wide + "\n" + row + "\n"), {}, 1); });
+  EXPECT_NE(msg.find("'c19', ..."), std::string::npos) << msg;
+  EXPECT_LT(msg.size(), 1000u) << msg;
   // tokenize_series refuses a record whose channel count differs from the model's.
   auto recs = read_timeseries_csv(p, {}, 3);
   EXPECT_THROW(tokenize_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLevel), p), InputError);
