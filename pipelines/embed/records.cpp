@@ -16,6 +16,7 @@
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
 #include "core/signals.hpp"
+#include "core/utf8.hpp"
 #include "dist/comm.hpp"
 #include "io/dna.hpp"
 #include "io/timeseries.hpp"
@@ -127,7 +128,7 @@ struct RecordSource::Impl {
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
-      warned_reader = 0;
+      warned_unnamed = 0, warned_reader = 0;
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
     if (++count <= kMax) return true;
@@ -169,6 +170,18 @@ struct RecordSource::Impl {
                    "[sparsa] warning: %s: record '%s': %s: no values (every cell missing): its "
                    "tokens are all MISSING\n",
                    file, raw.name.c_str(), empty.c_str());
+    // A channel column with no name: pandas' index column (0, 1, 2, ...) as to_csv writes it,
+    // embedded as a channel where no --columns chose the channels.
+    for (size_t c = 0; c < raw.channel_names.size(); ++c)
+      if (trim_blanks(raw.channel_names[c]).empty() &&
+          warn_more(warned_unnamed, "have a channel column with no name")) {
+        std::fprintf(stderr,
+                     "[sparsa] warning: %s: record '%s': channel %zu is a column with no name in "
+                     "the header (pandas' index column?); it is embedded as a channel: choose "
+                     "the channels with --columns\n",
+                     file, raw.name.c_str(), c + 1);
+        break;
+      }
     // log_return and diff need two neighbouring values: a channel with values, none of them
     // next to another (a weekly column in daily rows, a one-row record), is all MISSING too.
     if (config.ts_transform == TsTransform::kLevel) return;

@@ -1089,6 +1089,24 @@ TEST(Cli, SeveralCsvInputsMatchEachAlone) {
   }
 }
 
+// pandas' to_csv writes its index as an unnamed first column: embedded as a channel where
+// --columns does not choose, with a warning; not with --columns.
+TEST(Cli, UnnamedIndexColumnIsWarnedAbout) {
+  TempDir t;
+  const std::string model = init_ts_model(t, 4, 100, 1);
+  ASSERT_FALSE(model.empty());
+  write_file(t / "pd.csv", ",date,close\n5,2024-01-01,1\n6,2024-01-02,2\n7,2024-01-03,4\n");
+  const std::string cmd = binary() + " embed --model " + model + " --input " + t / "pd.csv";
+  auto r = run(cmd + " --output " + t / "a.h5" + " --columns 1");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("channel 1 is a column with no name in the header (pandas' index"),
+            std::string::npos)
+      << r.output;
+  r = run(cmd + " --output " + t / "b.h5" + " --columns close");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("no name in the header"), std::string::npos) << r.output;
+}
+
 TEST(Cli, TimeSeriesEndToEnd) {
   TempDir t;
   const std::string msft = data_file("timeseries/msft_daily_ohlcv.csv");
