@@ -1131,15 +1131,18 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                  "--output. To split records over the tasks, start them with `srun --mpi=pmix` "
                  "(`srun --mpi=list` shows what this Slurm offers) or mpirun\n",
                  tasks);
+  // The same where the launcher's variables say N processes but this MPI sees a world of 1 (an
+  // MPICH mpiexec, or an srun plugin it cannot join, starting an Open MPI build).
   if (const LauncherSize ls = launcher_world_size(); ls.size > 1 && comm.size() == 1)
-    throw ConfigError(
-        "the launcher started " + std::to_string(ls.size) + " processes (" + ls.variable + "=" +
-        std::to_string(ls.size) +
-        ") but the MPI library this sparsa was built with sees a world of 1: the launcher and "
-        "that MPI do not understand each other, so each process would embed every record on its "
-        "own. Start sparsa with the mpirun of the MPI it was built with (`sparsa --version` "
-        "names it), or under srun with a plugin that MPI speaks (`srun --mpi=list`; pmix for "
-        "Open MPI, pmi2 for MPICH / Intel MPI builds)");
+    std::fprintf(stderr,
+                 "[sparsa] warning: the launcher started %d processes (%s=%d) but the MPI "
+                 "library this sparsa was built with sees a world of 1: they do not understand "
+                 "each other, so this process runs alone, on its own --output (right for a task "
+                 "farm). To split the records over the processes, start sparsa with the mpirun "
+                 "of the MPI it was built with (`sparsa --version` names it), or under srun with "
+                 "a plugin that MPI speaks (`srun --mpi=list`; pmix for Open MPI, pmi2 for "
+                 "MPICH / Intel MPI builds)\n",
+                 ls.size, ls.variable, ls.size);
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

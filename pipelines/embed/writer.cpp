@@ -116,6 +116,34 @@ std::string normalized_manifest(const std::string& manifest) {
   return out;
 }
 
+// DIR/MANIFEST made whole or not at all: written to MANIFEST.tmp, checked, flushed to the disk,
+// then renamed over it. An unchecked write on a full disk left an empty MANIFEST, which made the
+// journal's finished records another run's.
+static void write_manifest(const std::string& dir, const std::string& manifest) {
+  const std::string tmp = dir + "/MANIFEST.tmp", path = dir + "/MANIFEST";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool ok = fd >= 0;
+  for (size_t done = 0; ok && done < manifest.size();) {
+    const ssize_t n = ::write(fd, manifest.data() + done, manifest.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += (size_t)n;
+  }
+  const int err = ok ? 0 : errno;
+  ok = ok && ::fsync(fd) == 0;
+  if (fd >= 0 && ::close(fd) != 0) ok = false;
+  std::error_code ec;
+  if (ok) fs::rename(tmp, path, ec);
+  if (!ok || ec) {
+    fs::remove(tmp, ec);
+    throw SystemError(path + ": cannot write it (disk full?): " +
+                      std::strerror(err     ? err
+                                    : errno ? errno
+                                            : EIO) +
+                      "; the journal's finished records are kept as they were");
+  }
+}
+
 // Replaces the whole line `from` of a manifest by `to`; false when no line is `from`.
 static bool replace_line(std::string& manifest, const std::string& from, const std::string& to) {
   for (size_t at = 0; (at = manifest.find(from, at)) != std::string::npos; ++at) {
@@ -266,10 +294,23 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       // run still at work here stops this one, whatever --resume or --force say, and two runs
       // started together cannot both clear and reuse the folder.
       lock_fd_ = lock_journal(dir_);
+      // The journal's run, as this run takes it: --invalid-as-n added on --resume (the advice of
+      // an invalid character's error) continues it, since the records finished without it held
+      // no invalid character, so they are what this run would make.
+      std::string old;
+      if (existed && resume) {
+        old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
+        if (std::string with = old; old != manifest &&
+                                    replace_line(with, "invalid_as_n 0", "invalid_as_n 1") &&
+                                    with == manifest) {
+          write_manifest(dir_, manifest);  // the journal is this run's from here on
+          old = manifest;
+        }
+      }
       // The old output an earlier --force run set aside goes when this run's output is in place:
       // only a run that asks for that (--force) or continues that run's journal may take it on.
       if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
-          !(existed && resume && normalized_manifest(read_text(dir_ + "/MANIFEST")) == manifest))
+          !(existed && resume && old == manifest))
         throw ConfigError(dir_ + "/" + kPreviousOutput + " is the old " + output +
                           " that an earlier --force run set aside; this run would remove it when "
                           "it finishes: pass --force to replace it, or move it back first to "
@@ -277,19 +318,6 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                           dir_ + "/" + kPreviousOutput + " " + output + ")");
       if (existed) {
         if (resume) {
-          std::string old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
-          // --invalid-as-n added on --resume (the advice of an invalid character's error): the
-          // records finished without it held no invalid character, so they are what this run
-          // would make. The journal is this run's from here on.
-          if (std::string with = old; old != manifest &&
-                                      replace_line(with, "invalid_as_n 0", "invalid_as_n 1") &&
-                                      with == manifest) {
-            const std::string tmp = dir_ + "/MANIFEST.tmp";
-            std::ofstream(tmp, std::ios::binary) << manifest;
-            fs::rename(tmp, dir_ + "/MANIFEST", ec);
-            if (ec) throw SystemError(dir_ + "/MANIFEST: cannot write: " + ec.message());
-            old = manifest;
-          }
           if (old != manifest && !force)
             throw ConfigError("--resume: " + dir_ + " was made by a different run (" +
                               first_difference(manifest, old) +
@@ -306,12 +334,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
           clear_or_throw(dir_);
         }
       }
-      if (!fs::exists(dir_ + "/MANIFEST")) {
-        const std::string tmp = dir_ + "/MANIFEST.tmp";
-        std::ofstream(tmp, std::ios::binary) << manifest;
-        fs::rename(tmp, dir_ + "/MANIFEST", ec);
-        if (ec) throw SystemError(dir_ + "/MANIFEST: cannot write: " + ec.message());
-      }
+      if (!fs::exists(dir_ + "/MANIFEST")) write_manifest(dir_, manifest);
       std::vector<std::pair<int64_t, std::string>> parts;
       for (auto& e : fs::directory_iterator(dir_)) {
         const std::string name = e.path().filename().string();

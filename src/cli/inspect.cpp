@@ -121,11 +121,12 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
 
 bool inspect_file(const std::string& path, bool verbose) {
   // (HDF5 would wait on a FIFO for a writer, where no signal stops it; it needs a file anyway)
-  if (std::error_code ec;
-      std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+  if (std::error_code ec; std::filesystem::exists(path, ec) &&
+                          !std::filesystem::is_regular_file(path, ec) &&
+                          !std::filesystem::is_directory(path, ec))  // (a folder: said below)
     throw InputError(path +
-                     ": not a regular file (a FIFO, a device or a folder): sparsa inspect "
-                     "reads an HDF5 file");
+                     ": not a regular file (a FIFO or a device): sparsa inspect reads an "
+                     "HDF5 file");
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format")) {
     if (f.exists("/records"))  // a part of a run's journal: records, no file attributes

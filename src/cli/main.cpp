@@ -316,7 +316,9 @@ int main(int argc, char** argv) {
     } else if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) {
       // The first of OpenMP's list (nested levels), in --threads' range: 3000 started 3001
       // threads; 0 or a word was ignored by the OpenMP runtime without a word.
-      const std::string_view first = std::string_view(env).substr(0, std::strcspn(env, ","));
+      // (blanks and a '+' as libgomp takes them)
+      std::string_view first = trim_blanks(std::string_view(env).substr(0, std::strcspn(env, ",")));
+      if (!first.empty() && first.front() == '+') first.remove_prefix(1);
       int n = 0;
       const auto [end, err] = std::from_chars(first.data(), first.data() + first.size(), n);
       if (err != std::errc() || end != first.data() + first.size() || n < 1 || n > 1024)

@@ -28,7 +28,8 @@ struct Watched {
   char message[1024];
 };
 Watched g_watched[64];
-std::mutex g_watch_mutex;  // taken by the mapping threads, never by the handler
+std::mutex g_watch_mutex;        // taken by the mapping threads, never by the handler
+struct sigaction g_previous {};  // SIGBUS's action before ours
 
 extern "C" void on_sigbus(int sig, siginfo_t* info, void*) {
   // A fault of the hardware or kernel (si_code > 0) has an address; a SIGBUS sent by a process
@@ -43,8 +44,11 @@ extern "C" void on_sigbus(int sig, siginfo_t* info, void*) {
       _exit(kExitError);
     }
   }
-  signal(sig, SIG_DFL);  // not one of ours: the default action (a core dump), as without us
-  raise(sig);
+  // Not one of ours: the action before ours (Open MPI's backtrace, ASan's report, or the
+  // default core dump). A fault of the hardware comes again when this returns, now to it; a
+  // SIGBUS sent by a process is raised again.
+  sigaction(sig, &g_previous, nullptr);
+  if (!info || info->si_code <= 0) raise(sig);
 }
 
 int watch(const void* p, size_t size, const std::string& path) {
@@ -54,7 +58,7 @@ int watch(const void* p, size_t size, const std::string& path) {
     sa.sa_sigaction = on_sigbus;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_SIGINFO;
-    sigaction(SIGBUS, &sa, nullptr);
+    sigaction(SIGBUS, &sa, &g_previous);
   });
   std::lock_guard<std::mutex> lock(g_watch_mutex);
   for (int i = 0; i < (int)std::size(g_watched); ++i) {

@@ -17,12 +17,21 @@ inline bool output_path_taken(const std::string& path, const std::string& option
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status link = fs::symlink_status(path, ec);
-  if (ec || !fs::exists(link)) return false;
-  const fs::file_status st = fs::status(path, ec);
-  if (!fs::exists(st)) {  // a dangling symbolic link
-    if (what) *what = "a symbolic link to the missing " + fs::read_symlink(path, ec).string();
+  if (ec && ec != std::errc::no_such_file_or_directory)  // (a folder on the way not searchable)
+    throw ConfigError(option + " " + path + ": cannot check it: " + ec.message());
+  if (!fs::exists(link)) return false;
+  std::error_code ec_target;
+  const fs::file_status st = fs::status(path, ec_target);
+  if (!fs::exists(st)) {  // a link to nothing, or to what cannot be reached (a loop)
+    if (what)
+      *what =
+          "a symbolic link to " + (ec_target && ec_target != std::errc::no_such_file_or_directory
+                                       ? "what cannot be reached (" + ec_target.message() + ")"
+                                       : "the missing " + fs::read_symlink(path, ec).string());
     return true;
   }
+  // (A link to a device is refused below like the device: -o /dev/stdout --force as root would
+  // replace /dev's link.)
   if (fs::is_regular_file(st)) return true;
   if (fs::is_directory(st))
     throw ConfigError(option + " " + path + " is a folder; give a file name");

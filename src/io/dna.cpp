@@ -1145,26 +1145,36 @@ std::vector<std::pair<uint64_t, uint64_t>> fai_line_table(const std::string& fai
 }
 
 // The entry of record `name` from its line of the .fai, found by the table above; false when the
-// index has no such line (or it does not parse).
+// index has no such line. Throws when the table has a line for the name's hash but the .fai no
+// longer holds it there: the index was removed or rebuilt during the run (htslib keeps the one it
+// loaded), and the check against the file cannot be made.
 bool find_fai_line(const std::string& fai_path,
                    const std::vector<std::pair<uint64_t, uint64_t>>& table, std::string_view name,
                    FaiEntry* e) {
   const uint64_t h = std::hash<std::string_view>{}(name);
   auto it = std::lower_bound(table.begin(), table.end(), std::make_pair(h, uint64_t{0}));
   if (it == table.end() || it->first != h) return false;
+  auto changed = [&] {
+    return InputError(fai_path +
+                      ": the index changed while sparsa was reading it (removed or "
+                      "rebuilt by another program?): record '" +
+                      std::string(name) + "' is not where it was; run again once it is final");
+  };
   std::ifstream in(fai_path, std::ios::binary);
+  if (!in) throw changed();
   std::string line;
   for (; it != table.end() && it->first == h; ++it) {
     in.clear();
-    if (!in.seekg((std::streamoff)it->second) || !std::getline(in, line)) continue;
-    std::istringstream cols(line);
-    std::string got;
+    if (!in.seekg((std::streamoff)it->second) || !std::getline(in, line)) throw changed();
+    const std::string_view got = std::string_view(line).substr(0, line.find('\t'));
+    // A line whose name has another hash is not the line the table saw there.
+    if (std::hash<std::string_view>{}(got) != h) throw changed();
+    if (got != name) continue;  // two names of one hash: the other one's line
+    std::istringstream cols(line.substr(got.size()));
     FaiEntry x;
-    if (std::getline(cols, got, '\t') && got == name &&
-        cols >> x.length >> x.offset >> x.line_bases >> x.line_bytes) {
-      *e = x;
-      return true;
-    }
+    if (!(cols >> x.length >> x.offset >> x.line_bases >> x.line_bytes)) throw changed();
+    *e = x;
+    return true;
   }
   return false;
 }

@@ -116,7 +116,11 @@ std::string full_disk_note(const std::string& file) {
 }
 
 [[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {
-  throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + what + full_disk_note(file));
+  // A failed read is not the disk's fullness; a write's "(disk full?)" becomes the fact.
+  std::string w = what, note = what.find("read") == std::string::npos ? full_disk_note(file) : "";
+  if (const size_t q = w.find(" (disk full?)"); !note.empty() && q != std::string::npos)
+    w.erase(q, 13);
+  throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + w + note);
 }
 
 hid_t check(hid_t id, const std::string& file, const std::string& obj, const char* what) {

@@ -145,7 +145,7 @@ TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
     expect_failure(std::string("SPARSA_COMM_TIMEOUT=") + v + " " + embed_cmd(lambda(), t / "o.h5"),
                    t / "o.h5",
                    std::string("SPARSA_COMM_TIMEOUT=") + v + ": not a number of seconds");
-  auto ok = run("OMP_NUM_THREADS=2,1 " + embed_cmd(lambda(), t / "a.h5"));
+  auto ok = run("OMP_NUM_THREADS=' +2 ,1' " + embed_cmd(lambda(), t / "a.h5"));
   EXPECT_EQ(ok.code, 0) << ok.output;
   ok = run("OMP_NUM_THREADS=3000 " + embed_cmd(lambda(), t / "b.h5", "--threads 2"));
   EXPECT_EQ(ok.code, 0) << ok.output;
@@ -426,6 +426,15 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   ASSERT_EQ(run(embed_cmd(t / "inv2.fa", whole, "--invalid-as-n")).code, 0);
   EXPECT_EQ(embedding(out2, 0), embedding(whole, 0));
   EXPECT_EQ(embedding(out2, 1), embedding(whole, 1));
+  // The same after a --force run that set an old output aside (its check compared the journal's
+  // run with this one before the flag was taken as the same run).
+  const std::string out4 = fresh();
+  write_file(out4, "an old result");
+  r = run("SPARSA_GROUP_SECONDS=0 " + embed_cmd(t / "inv2.fa", out4, "--force"));
+  ASSERT_EQ(r.code, 1) << r.output;
+  r = run(embed_cmd(t / "inv2.fa", out4, "--resume --invalid-as-n"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(embedding(out4, 1), embedding(whole, 1));
   write_file(t / "inv3.fa", ">ok\nACXT\n>empty\n>next\nACGT\n");
   const std::string out3 = fresh();
   r = run("SPARSA_GROUP_SECONDS=0 " + embed_cmd(t / "inv3.fa", out3, "--invalid-as-n"));
@@ -916,19 +925,22 @@ TEST(Cli, SrunWithoutPmiWarns) {
 }
 
 // A launcher whose processes this sparsa's MPI cannot join (MPICH's mpiexec, or an srun plugin
-// the MPI does not speak, starting an Open MPI build): each process would see a world of 1 and
-// embed everything. Refused before any output is touched; a world of 1 that the launcher meant
-// runs.
-TEST(Cli, LauncherThatTheMpiCannotJoinIsRefused) {
+// the MPI does not speak, starting an Open MPI build): each process sees a world of 1 and runs
+// alone. Said up front (right for a task farm with an --output each; not for one job); a world of
+// 1 that the launcher meant says nothing.
+TEST(Cli, LauncherThatTheMpiCannotJoinIsSaid) {
   TempDir t;
   const std::string mpich = "env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK PMI_RANK=1 ";
-  expect_failure(mpich + "PMI_SIZE=4 " + embed_cmd(lambda(), t / "o.h5"), t / "o.h5",
-                 "(PMI_SIZE=4) but the MPI library this sparsa was built with sees a world of 1");
   auto r = run(mpich + "PMI_SIZE=4 " + embed_cmd(lambda(), t / "o.h5"));
-  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(PMI_SIZE=4) but the MPI library this sparsa was built with sees a "
+                          "world of 1"),
+            std::string::npos)
+      << r.output;
   r = run("env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK PMI_RANK=0 PMI_SIZE=1 " +
           embed_cmd(lambda(), t / "p.h5"));
   EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("sees a world of 1"), std::string::npos) << r.output;
 }
 
 TEST(Cli, RegionsOfEcoli) {

@@ -94,6 +94,36 @@ TEST(DiskFull, ShortRecordsAfterAGenomeAreCountedAndAFullDiskIsSaid) {
   EXPECT_TRUE(exists(out + ".parts"));
 }
 
+// --resume --invalid-as-n rewrites the journal's MANIFEST; on a full disk that wrote an empty one,
+// which made the finished records another run's. Now the old MANIFEST stays, the error says so,
+// and with room again the same command finishes.
+TEST(DiskFull, ManifestIsRewrittenWholeOrNotAtAll) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir t;
+  SmallDisk disk(t / "disk", "4m");
+  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
+  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  ASSERT_TRUE(init_tiny_model(t / "m.h5"));
+  write_file(t / "in.fa", random_fasta(3, 500) + ">bad\nACXT\n");
+  const std::string out = t / "disk/out.h5";
+  const std::string cmd = "SPARSA_GROUP_SECONDS=0 SPARSA_SKIP_SPACE_CHECK=1 " + binary() +
+                          " embed -q --pool mean --model " + t / "m.h5" + " --input " +
+                          t / "in.fa" + " --output " + out;
+  auto r = run(cmd);
+  ASSERT_EQ(r.code, 1) << r.output;
+  const std::string manifest = read_file(out + ".parts/MANIFEST");
+  ASSERT_NE(manifest.find("invalid_as_n 0"), std::string::npos);
+  run("dd if=/dev/zero of=" + t / "disk/filler" + " bs=64k 2>/dev/null");
+  r = run(cmd + " --resume --invalid-as-n");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("MANIFEST: cannot write it"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(out + ".parts/MANIFEST"), manifest);
+  std::filesystem::remove(t / "disk/filler");
+  r = run(cmd + " --resume --invalid-as-n");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(exists(out));
+}
+
 // --force sets the old output aside until the run finishes; where the disk has no room for both,
 // the old one goes once the inputs are read (as it did before it was set aside), not the run.
 TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {

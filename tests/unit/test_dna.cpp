@@ -897,6 +897,17 @@ TEST_F(FaidxTest, StaleOrEmptyIndexIsNamed) {
   EXPECT_EQ(h.stale_index_hint(), "");
 }
 
+// An index removed or rebuilt by another program while a run reads it: htslib keeps the one it
+// loaded, and the check against the file could not be made; said, not skipped.
+TEST_F(FaidxTest, IndexChangedDuringTheRunIsSaid) {
+  std::string p = write("ch.fa", ">a\nACGT\n>b\nGGGG\n");
+  FaidxFetcher f(p, {});
+  EXPECT_EQ(f.fetch(parse_region("a", f.names())).tokens, toks("ACGT"));
+  write("ch.fa.fai", "x\t4\t3\t4\t5\ny\t4\t11\t4\t5\n");  // other names at the same places
+  expect_error<InputError>([&] { f.fetch(parse_region("b", f.names())); },
+                           {p + ".fai: the index changed while sparsa was reading it", "'b'"});
+}
+
 // A read set's index (here 700,000 records, a .fai of ~18.5 MB, past the 16 MB up to which an
 // earlier version read it) is checked and gives descriptions like a genome's.
 TEST_F(FaidxTest, LargeIndexIsCheckedToo) {
