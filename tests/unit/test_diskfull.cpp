@@ -50,12 +50,17 @@ std::string fill_disk_during(const TempDir& t, const std::vector<std::string>& a
 
 }  // namespace
 
+// A tmpfs of `size` at `dir` as `var`, or the test skipped (reported as skipped) where it cannot
+// be mounted: not root, or root without CAP_SYS_ADMIN (a container's default).
+#define SMALL_DISK_OR_SKIP(var, dir, size)                                             \
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";             \
+  SmallDisk var(dir, size);                                                            \
+  if (var.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here"; \
+  ASSERT_TRUE(var.ok()) << "mount tmpfs failed"
+
 TEST(DiskFull, TooLittleSpaceIsRefusedBeforeWork) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "256k");
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "256k");
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string out = t / "disk/out.h5";
   auto r = run(binary() + " embed -q --model " + t / "m.h5" + " --input " + source_dir() +
@@ -71,11 +76,8 @@ TEST(DiskFull, TooLittleSpaceIsRefusedBeforeWork) {
 // short ones. SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and the full disk is then said as such by
 // the HDF5 call that met it (it said "dataset create failed" alone).
 TEST(DiskFull, ShortRecordsAfterAGenomeAreCountedAndAFullDiskIsSaid) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "8m");
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "8m");
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   std::string fa = random_fasta(1, 300000);
   for (int i = 0; i < 20000; ++i) fa += ">s" + std::to_string(i) + "\nA\n";
@@ -98,11 +100,8 @@ TEST(DiskFull, ShortRecordsAfterAGenomeAreCountedAndAFullDiskIsSaid) {
 // which made the finished records another run's. Now the old MANIFEST stays, the error says so,
 // and with room again the same command finishes.
 TEST(DiskFull, ManifestIsRewrittenWholeOrNotAtAll) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "4m");
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "4m");
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   write_file(t / "in.fa", random_fasta(3, 500) + ">bad\nACXT\n");
   const std::string out = t / "disk/out.h5";
@@ -127,11 +126,8 @@ TEST(DiskFull, ManifestIsRewrittenWholeOrNotAtAll) {
 // --force sets the old output aside until the run finishes; where the disk has no room for both,
 // the old one goes once the inputs are read (as it did before it was set aside), not the run.
 TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "10m");
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "10m");
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string out = t / "disk/out.h5";
   const std::string cmd = binary() + " embed --pool none --model " + t / "m.h5" + " --input " +
@@ -147,12 +143,9 @@ TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
 }
 
 TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "8m");
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "8m");
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // the disk fills after the first part
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   write_file(t / "in.fa", random_fasta(8, 20000));  // 8 records of 20 kb
   const std::string out = t / "disk/out.h5";
@@ -181,12 +174,9 @@ TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
 // That failed close was closed a second time (the destructor) and HDF5's exit handler crashed
 // on it: exit 139 and no message. Now: the error, exit 1, the journal kept and resumable.
 TEST(DiskFull, ClosingAPartOnAFullDiskIsAnErrorNotACrash) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "16m");
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "16m");
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record: many closes
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   write_file(t / "ts.toml",
              "[model]\nkind = \"timeseries\"\nd_model = 16\nn_layers = 1\nn_heads = 2\n"
              "d_ff = 32\nwindow = 4\ncausal = true\nglobal_every = 8\nglobal_max = 8\n"
@@ -214,12 +204,9 @@ TEST(DiskFull, ClosingAPartOnAFullDiskIsAnErrorNotACrash) {
 // (at least the final file's half), not the whole of it again. Here the disk holds less than
 // the whole estimate but more than what is left: the old check refused to resume.
 TEST(DiskFull, ResumeCountsTheJournalAlreadyOnDisk) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
-  SmallDisk disk(t / "disk", "16m");
+  SMALL_DISK_OR_SKIP(disk, t / "disk", "16m");
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
-  if (disk.denied()) GTEST_SKIP() << "mount(2) refused (EPERM): no CAP_SYS_ADMIN here";
-  ASSERT_TRUE(disk.ok()) << "mount tmpfs failed";
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string good = random_fasta(8, 20000);
   write_file(t / "good.fa", good);
