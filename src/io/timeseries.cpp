@@ -323,13 +323,24 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
       if (i != cols.time && i != cols.id) cols.channels.push_back(i);
   }
   if (cols.channels.empty()) fail("no channel columns besides the time and id columns");
-  // A used name that appears twice in the header would make the choice silently arbitrary.
-  std::vector<int64_t> used = cols.channels;
-  used.push_back(cols.time);
-  if (cols.id >= 0) used.push_back(cols.id);
-  for (int64_t c : used) {
+  // A column chosen by a name that appears twice in the header would be a silently arbitrary
+  // choice; chosen by its number (or as one of "all the others"), it is not.
+  auto by_number = [&](const std::string& text, int64_t c) {
+    const size_t b = text.find_first_not_of(" \t"), e = text.find_last_not_of(" \t");
+    const std::string t = b == std::string::npos ? text : text.substr(b, e + 1 - b);
+    return header[c] != text && header[c] != t;
+  };
+  std::vector<int64_t> named;  // columns chosen by their header text
+  if (opts.time_column.empty() || !by_number(opts.time_column, cols.time))
+    named.push_back(cols.time);
+  if (cols.id >= 0 && !by_number(opts.id_column, cols.id)) named.push_back(cols.id);
+  for (size_t k = 0; k < opts.columns.size(); ++k)
+    if (!by_number(opts.columns[k], cols.channels[k])) named.push_back(cols.channels[k]);
+  for (int64_t c : named) {
     if (std::count(header.begin(), header.end(), header[c]) > 1)
-      fail("column '" + header[c] + "' appears more than once in the header");
+      fail("column '" + header[c] +
+           "' appears more than once in the header: choose it by its "
+           "number (1 = first)");
   }
   return cols;
 }
@@ -497,7 +508,11 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                                       ? std::string("empty time")
                                       : "missing time ('" + shown(row.cells[cols.time]) + "')") +
                                  " in column '" + header[cols.time] + "'"));
-    rec.timestamps.push_back(row.cells[cols.time]);
+    {  // (a quoted time keeps what its quotes hold: blanks and line breaks around it go)
+      std::string_view tv = row.cells[cols.time];
+      const size_t b = tv.find_first_not_of(" \t\r\n"), e = tv.find_last_not_of(" \t\r\n");
+      rec.timestamps.push_back(b == std::string_view::npos ? tv : tv.substr(b, e + 1 - b));
+    }
     rec.source_rows.push_back(row.line);
     for (int64_t k = 0; k < n_channels; ++k) {
       const std::string& cell = row.cells[cols.channels[k]];
