@@ -122,25 +122,25 @@ std::string normalized_manifest(const std::string& manifest) {
 static void write_manifest(const std::string& dir, const std::string& manifest) {
   const std::string tmp = dir + "/MANIFEST.tmp", path = dir + "/MANIFEST";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  bool ok = fd >= 0;
-  for (size_t done = 0; ok && done < manifest.size();) {
+  int err = fd >= 0 ? 0 : errno;
+  for (size_t done = 0; err == 0 && done < manifest.size();) {
     const ssize_t n = ::write(fd, manifest.data() + done, manifest.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    if (ok) done += (size_t)n;
+    if (n <= 0)
+      err = n < 0 ? errno : EIO;
+    else
+      done += (size_t)n;
   }
-  const int err = ok ? 0 : errno;
-  ok = ok && ::fsync(fd) == 0;
-  if (fd >= 0 && ::close(fd) != 0) ok = false;
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (fd >= 0 && ::close(fd) != 0 && err == 0) err = errno;
   std::error_code ec;
-  if (ok) fs::rename(tmp, path, ec);
-  if (!ok || ec) {
+  if (err == 0) fs::rename(tmp, path, ec);
+  if (err != 0 || ec) {
+    const std::string why = err ? std::strerror(err) : ec.message();
     fs::remove(tmp, ec);
-    throw SystemError(path + ": cannot write it (disk full?): " +
-                      std::strerror(err     ? err
-                                    : errno ? errno
-                                            : EIO) +
-                      "; the journal's finished records are kept as they were");
+    throw SystemError(path + ": cannot write it: " + why +
+                      (err == ENOSPC || err == EDQUOT ? " (disk full)" : "") +
+                      "; a MANIFEST that was there is unchanged");
   }
 }
 

@@ -31,7 +31,7 @@ Watched g_watched[64];
 std::mutex g_watch_mutex;        // taken by the mapping threads, never by the handler
 struct sigaction g_previous {};  // SIGBUS's action before ours
 
-extern "C" void on_sigbus(int sig, siginfo_t* info, void*) {
+extern "C" void on_sigbus(int sig, siginfo_t* info, void* ctx) {
   // A fault of the hardware or kernel (si_code > 0) has an address; a SIGBUS sent by a process
   // has none.
   const uintptr_t a = info && info->si_code > 0 ? reinterpret_cast<uintptr_t>(info->si_addr) : 0;
@@ -44,11 +44,16 @@ extern "C" void on_sigbus(int sig, siginfo_t* info, void*) {
       _exit(kExitError);
     }
   }
-  // Not one of ours: the action before ours (Open MPI's backtrace, ASan's report, or the
-  // default core dump). A fault of the hardware comes again when this returns, now to it; a
-  // SIGBUS sent by a process is raised again.
-  sigaction(sig, &g_previous, nullptr);
-  if (!info || info->si_code <= 0) raise(sig);
+  // Not one of ours: the handler before ours (Open MPI's backtrace, ASan's report), called as
+  // it would have been, ours staying in place for the other threads; without one (default or
+  // ignored), the default action, as before ours: the process ends.
+  if (g_previous.sa_flags & SA_SIGINFO) {
+    if (g_previous.sa_sigaction) return g_previous.sa_sigaction(sig, info, ctx);
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
+    return g_previous.sa_handler(sig);
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
 }
 
 int watch(const void* p, size_t size, const std::string& path) {

@@ -12,7 +12,8 @@ namespace sparsa {
 // A file truncated by another program while it is mapped would end the process with a bare
 // SIGBUS: a handler (installed with the first mapping) names the file instead, and ends the
 // process with exit status 1 (the run's journal stays for --resume; nothing is at the output
-// path). Up to 64 files are watched at once; a fault elsewhere goes to the action before ours.
+// path). Up to 64 files are watched at once; a fault elsewhere goes to the handler before ours, or
+// ends the process as SIGBUS's default action does.
 class FileText {
  public:
   explicit FileText(const std::string& path);

@@ -684,13 +684,12 @@ struct FaidxFetcher::Impl {
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
   bool fastq = false, bgzip = false;
-  // From the .fai, on the first fetch: (hash of the name, offset of its line in the .fai), sorted,
+  // From the .fai, as htslib loaded it: (hash of the name, offset of its line in the .fai), sorted,
   // 16 bytes a record whatever the index's size (a read set's index may hold millions), a line
   // read again when its record is first fetched; the records checked against the file, with their
   // descriptions.
   std::vector<std::pair<uint64_t, uint64_t>> fai_lines;
   std::map<std::string, std::string, std::less<>> descriptions;
-  bool entries_read = false;
   std::vector<int64_t> blocks;  // bgzip: the blocks' uncompressed starts (from the .gzi)
   bool blocks_read = false;     // (empty after reading: the .gzi is broken)
   // The file as check_fai_entry reads it, opened once (bgzip: its .gzi loaded once, not once a
@@ -977,6 +976,8 @@ std::string faidx_failure(const std::string& path, int compression, bool fastq) 
          "length";
 }
 
+std::vector<std::pair<uint64_t, uint64_t>> fai_line_table(const std::string& fai_path);
+
 }  // namespace
 
 FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
@@ -1061,6 +1062,9 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   }
   impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, 0, format);
   if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
+  // The index's lines as htslib loaded them (a removal or rebuild after this is said at the
+  // record's first fetch).
+  impl_->fai_lines = fai_line_table(path + ".fai");
   if (faidx_nseq(impl_->fai) == 0 && !missing &&
       has_text)  // (htslib loads an empty .fai without a word)
     throw InputError(path + ": its faidx index " + path +
@@ -1161,7 +1165,9 @@ bool find_fai_line(const std::string& fai_path,
                       std::string(name) + "' is not where it was; run again once it is final");
   };
   std::ifstream in(fai_path, std::ios::binary);
-  if (!in) throw changed();
+  if (!in)  // (removed by another program, or too many files open: errno says which)
+    throw InputError(fai_path + ": cannot open it again to find record '" + std::string(name) +
+                     "': " + std::strerror(errno) + " (removed during the run? ulimit -n?)");
   std::string line;
   for (; it != table.end() && it->first == h; ++it) {
     in.clear();
@@ -1198,10 +1204,6 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
           "-" + std::to_string(len) + " (a BED or region from another assembly?)";
 
   std::string description;
-  if (!impl_->entries_read) {  // name, length, offset, line bases, line bytes (samtools' .fai)
-    impl_->entries_read = true;
-    impl_->fai_lines = fai_line_table(path + ".fai");
-  }
   // A record is checked against the file the first time it is fetched: an index made before the
   // file changed would read another record's bases, or too few, without an error.
   // (Before faidx reads: its own read of a stale index can hit an assertion in htslib.)

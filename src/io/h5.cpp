@@ -117,7 +117,8 @@ std::string full_disk_note(const std::string& file) {
 
 [[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {
   // A failed read is not the disk's fullness; a write's "(disk full?)" becomes the fact.
-  std::string w = what, note = what.find("read") == std::string::npos ? full_disk_note(file) : "";
+  std::string w = what,
+              note = what.find("read failed") == std::string::npos ? full_disk_note(file) : "";
   if (const size_t q = w.find(" (disk full?)"); !note.empty() && q != std::string::npos)
     w.erase(q, 13);
   throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + w + note);

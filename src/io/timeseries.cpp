@@ -339,8 +339,8 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   for (int64_t c : named) {
     if (std::count(header.begin(), header.end(), header[c]) > 1)
       fail("column '" + header[c] +
-           "' appears more than once in the header: choose it by its "
-           "number (1 = first)");
+           "' appears more than once in the header: choose it by its number (1 = first), or "
+           "rename one");
   }
   return cols;
 }
@@ -508,11 +508,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                                       ? std::string("empty time")
                                       : "missing time ('" + shown(row.cells[cols.time]) + "')") +
                                  " in column '" + header[cols.time] + "'"));
-    {  // (a quoted time keeps what its quotes hold: blanks and line breaks around it go)
-      std::string_view tv = row.cells[cols.time];
-      const size_t b = tv.find_first_not_of(" \t\r\n"), e = tv.find_last_not_of(" \t\r\n");
-      rec.timestamps.push_back(b == std::string_view::npos ? tv : tv.substr(b, e + 1 - b));
-    }
+    rec.timestamps.push_back(row.cells[cols.time]);
     rec.source_rows.push_back(row.line);
     for (int64_t k = 0; k < n_channels; ++k) {
       const std::string& cell = row.cells[cols.channels[k]];

@@ -933,7 +933,8 @@ TEST(Cli, LauncherThatTheMpiCannotJoinIsSaid) {
   // (PMI_RANK makes sparsa start MPI, as a singleton here; Open MPI keeps ~120 KB until exit,
   // which the sanitizer run's leak check would call a leak: tests/lsan.supp)
   const std::string mpich =
-      "env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK ASAN_OPTIONS=detect_leaks=0 PMI_RANK=1 ";
+      "env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK "
+      "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 PMI_RANK=1 ";
   auto r = run(mpich + "PMI_SIZE=4 " + embed_cmd(lambda(), t / "o.h5"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("(PMI_SIZE=4) but the MPI library this sparsa was built with sees a "
@@ -941,7 +942,8 @@ TEST(Cli, LauncherThatTheMpiCannotJoinIsSaid) {
             std::string::npos)
       << r.output;
   r =
-      run("env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK ASAN_OPTIONS=detect_leaks=0 PMI_RANK=0 "
+      run("env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK "
+          "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 PMI_RANK=0 "
           "PMI_SIZE=1 " +
           embed_cmd(lambda(), t / "p.h5"));
   EXPECT_EQ(r.code, 0) << r.output;

@@ -906,6 +906,12 @@ TEST_F(FaidxTest, IndexChangedDuringTheRunIsSaid) {
   write("ch.fa.fai", "x\t4\t3\t4\t5\ny\t4\t11\t4\t5\n");  // other names at the same places
   expect_error<InputError>([&] { f.fetch(parse_region("b", f.names())); },
                            {p + ".fai: the index changed while sparsa was reading it", "'b'"});
+  // Removed after it was loaded, before a record's first fetch: said too, not skipped.
+  fs::remove(p + ".fai");
+  FaidxFetcher g(p, {});  // builds it again
+  fs::remove(p + ".fai");
+  expect_error<InputError>([&] { g.fetch(parse_region("a", g.names())); },
+                           {p + ".fai: cannot open it again to find record 'a'"});
 }
 
 // A read set's index (here 700,000 records, a .fai of ~18.5 MB, past the 16 MB up to which an
