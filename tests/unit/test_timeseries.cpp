@@ -307,7 +307,7 @@ TEST_F(TsCsv, MissingTimesAndInnerCarriageReturns) {
 
 // A name twice in the header: chosen by that name, refused (the choice would be arbitrary);
 // chosen by number, or among "all the other columns", taken.
-TEST_F(TsCsv, RepeatedNamesByNumberAndQuotedTimes) {
+TEST_F(TsCsv, RepeatedNamesByNumber) {
   const std::string p = write("rep.csv", "date,x,x\n2024-01-01,1,10\n2024-01-02,2,20\n");
   const std::string msg = input_error([&] { read_timeseries_csv(p, {"", {"x"}, ""}, 1); });
   EXPECT_NE(msg.find("'x' appears more than once in the header: choose it by its number"),
