@@ -189,10 +189,7 @@ bool check_paths(const EmbedOptions& o) {
         if (!o.force) throw;
       }
     }
-    if (!o.force)
-      throw ConfigError(o.output + " already exists" +
-                        (taken_by.empty() ? std::string() : " (" + taken_by + ")") +
-                        "; pass --force to replace it");
+    if (!o.force) throw output_exists_error(o.output, taken_by);
   }
   return false;
 }
@@ -1123,26 +1120,27 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (std::string bad; comm_timeout_env(&bad), !bad.empty()) throw ConfigError(bad);
   const int64_t side_env = side_by_side_env();
   // A task farm (each task its own --output) is fine; N tasks meant as one MPI job are not: each
-  // would embed everything, and all but one stop at the output's journal lock. Said up front.
-  if (const int tasks = unconnected_srun_tasks(); tasks > 0 && comm.size() == 1)
-    std::fprintf(stderr,
-                 "[sparsa] warning: one of %d srun tasks started without an MPI process manager "
-                 "interface (no PMIX_RANK or PMI_RANK): this task runs alone, on its own "
-                 "--output. To split records over the tasks, start them with `srun --mpi=pmix` "
-                 "(`srun --mpi=list` shows what this Slurm offers) or mpirun\n",
-                 tasks);
-  // The same where the launcher's variables say N processes but this MPI sees a world of 1 (an
-  // MPICH mpiexec, or an srun plugin it cannot join, starting an Open MPI build).
-  if (const LauncherSize ls = launcher_world_size(); ls.size > 1 && comm.size() == 1)
-    std::fprintf(stderr,
-                 "[sparsa] warning: the launcher started %d processes (%s=%d) but the MPI "
-                 "library this sparsa was built with sees a world of 1: they do not understand "
-                 "each other, so this process runs alone, on its own --output (right for a task "
-                 "farm). To split the records over the processes, start sparsa with the mpirun "
-                 "of the MPI it was built with (`sparsa --version` names it), or under srun with "
-                 "a plugin that MPI speaks (`srun --mpi=list`; pmix for Open MPI, pmi2 for "
-                 "MPICH / Intel MPI builds)\n",
-                 ls.size, ls.variable, ls.size);
+  // would embed everything, and all but one stop at the output's journal lock. Said up front,
+  // whether srun gave the tasks no MPI interface, or the launcher's is one this MPI cannot join.
+  if (const LauncherSize ls = launcher_world_size(); ls.size > 1 && comm.size() == 1) {
+    if (!ls.mpi_env)
+      std::fprintf(stderr,
+                   "[sparsa] warning: one of %d srun tasks started without an MPI process "
+                   "manager interface (no PMIX_RANK or PMI_RANK): this task runs alone, on its "
+                   "own --output. To split records over the tasks, start them with `srun "
+                   "--mpi=pmix` (`srun --mpi=list` shows what this Slurm offers) or mpirun\n",
+                   ls.size);
+    else
+      std::fprintf(stderr,
+                   "[sparsa] warning: the launcher started %d processes (%s=%d) but the MPI "
+                   "library this sparsa was built with sees a world of 1: they do not "
+                   "understand each other, so this process runs alone, on its own --output "
+                   "(right for a task farm). To split the records over the processes, start "
+                   "sparsa with the mpirun of the MPI it was built with (`sparsa --version` "
+                   "names it), or under srun with a plugin that MPI speaks (`srun --mpi=list`; "
+                   "pmix for Open MPI, pmi2 for MPICH / Intel MPI builds)\n",
+                   ls.size, ls.variable, ls.size);
+  }
   const auto start = std::chrono::steady_clock::now();
   auto since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

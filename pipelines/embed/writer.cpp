@@ -15,6 +15,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/signals.hpp"
 #include "io/h5.hpp"
@@ -273,9 +274,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
                  Comm& comm)
     : dir_(output + ".parts") {
   if (const char* e = std::getenv("SPARSA_GROUP_SECONDS"); e && *e) {
-    char* end = nullptr;
-    const double v = std::strtod(e, &end);
-    if (*end != 0 || !(v >= 0) || v > 1e6)
+    double v = 0;
+    if (!whole_number(e, 0, 1e6, &v))
       throw ConfigError(std::string("SPARSA_GROUP_SECONDS=") + e +
                         ": not a number of seconds (0 or more; 0: a part for every record)");
     group_seconds_ = v;

@@ -79,6 +79,12 @@ std::string join_argv(int argc, char** argv) {
   return s;
 }
 
+// The whole of `s` as an integer in [lo, hi] into *out; false for anything else.
+bool whole_int(std::string_view s, long long lo, long long hi, long long* out) {
+  const auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return err == std::errc() && end == s.data() + s.size() && *out >= lo && *out <= hi;
+}
+
 // "a,b,c" -> {a, b, c}; an empty item ("a,,b", "a,") is refused: it is a typo, not a choice.
 std::vector<std::string> split_commas(const std::string& s, const char* option) {
   std::vector<std::string> out;
@@ -319,9 +325,7 @@ int main(int argc, char** argv) {
       // (blanks and a '+' as libgomp takes them)
       std::string_view first = trim_blanks(std::string_view(env).substr(0, std::strcspn(env, ",")));
       if (!first.empty() && first.front() == '+') first.remove_prefix(1);
-      int n = 0;
-      const auto [end, err] = std::from_chars(first.data(), first.data() + first.size(), n);
-      if (err != std::errc() || end != first.data() + first.size() || n < 1 || n > 1024)
+      if (long long n = 0; !whole_int(first, 1, 1024, &n))
         throw ConfigError("OMP_NUM_THREADS=" + std::string(env) +
                           ": not a number of threads from 1 to 1024 (--threads' range); unset it "
                           "or give --threads");
@@ -333,9 +337,7 @@ int main(int argc, char** argv) {
       namespace fs = std::filesystem;
       std::string taken_by;
       if (output_path_taken(init_output, "--output", &taken_by) && !init_force)
-        throw ConfigError(init_output + " already exists" +
-                          (taken_by.empty() ? std::string() : " (" + taken_by + ")") +
-                          "; pass --force to replace it");
+        throw output_exists_error(init_output, taken_by);
       std::error_code ec;
       for (const std::string& ours : {init_output, init_output + ".tmp"})
         if (fs::equivalent(init_config, ours, ec))
@@ -393,8 +395,7 @@ int main(int argc, char** argv) {
         bo.n.clear();
         for (const std::string& v : split_commas(bench_n, "--n")) {
           long long n = 0;
-          const auto [end, err] = std::from_chars(v.data(), v.data() + v.size(), n);
-          if (err != std::errc() || end != v.data() + v.size() || n < 1 || n > (1ll << 34))
+          if (!whole_int(v, 1, 1ll << 34, &n))
             throw ConfigError("--n '" + v + "': not a token count from 1 to 2^34 (give n,n,...)");
           bo.n.push_back(n);
         }

@@ -46,6 +46,12 @@ inline bool output_path_taken(const std::string& path, const std::string& option
                     "and remove it)");
 }
 
+// "OUT already exists (what); pass --force to replace it", for a path output_path_taken took.
+inline ConfigError output_exists_error(const std::string& path, const std::string& what) {
+  return ConfigError(path + " already exists" + (what.empty() ? std::string() : " (" + what + ")") +
+                     "; pass --force to replace it");
+}
+
 // A named FIFO given where sparsa reads a small file once (init's --config, --regions): opening
 // it waits for a writer, where no signal stops it, so a FIFO made by mkfifo is refused. Process
 // substitution, <(...), passes /dev/fd/N, a link to a pipe with its writer running: taken.

@@ -109,19 +109,18 @@ int local_rank_count();
 int local_rank();
 // True when the environment says this process was started by mpirun/srun with more than 1 rank.
 bool launched_by_mpi();
-// N when this process is one of the N > 1 tasks of an srun step without an MPI process manager
-// interface (no PMIX_RANK / PMI_RANK: --mpi=none, Slurm's default, or a plugin this MPI does not
-// speak), so it runs alone; 0 otherwise.
-int unconnected_srun_tasks();
-// The number of processes the launcher says it started, with the variable that says it, when
-// this process has an MPI launcher's environment (OMPI_COMM_WORLD_SIZE, PMI_SIZE, or srun's
-// SLURM_STEP_NUM_TASKS beside PMIX_RANK / PMI_RANK); {0, ""} otherwise. An MPI world of 1 where
-// this is > 1 means the launcher and the MPI library sparsa was built with do not understand each
-// other (an MPICH mpiexec or an srun plugin this MPI does not speak starting an Open MPI build):
-// every process would be a run of its own.
+// The number of processes the launcher says it started, with the variable that says it, for a
+// process whose MPI may see a world of 1 while that number is > 1 (so it runs alone):
+// - mpi_env: an MPI launcher's environment (OMPI_COMM_WORLD_SIZE, PMI_SIZE, or srun's
+//   SLURM_STEP_NUM_TASKS beside PMIX_RANK / PMI_RANK) that this MPI did not join (an MPICH
+//   mpiexec or an srun plugin this MPI does not speak starting an Open MPI build);
+// - otherwise one of the tasks of an srun step without an MPI process manager interface
+//   (--mpi=none, Slurm's default): SLURM_STEP_NUM_TASKS.
+// {0, ""} when no variable says.
 struct LauncherSize {
   int size = 0;
   const char* variable = "";
+  bool mpi_env = false;
 };
 LauncherSize launcher_world_size();
 

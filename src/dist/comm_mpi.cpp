@@ -10,6 +10,7 @@
 #include <deque>
 #include <initializer_list>
 #include <limits>
+#include <string_view>
 #include <thread>
 
 #include "core/error.hpp"
@@ -374,16 +375,13 @@ static int env_int(std::initializer_list<const char*> names, int fallback) {
   return fallback;
 }
 
-int unconnected_srun_tasks() {
-  if (launched_by_mpi()) return 0;
-  const int tasks = env_int({"SLURM_STEP_NUM_TASKS"}, 1);
-  return tasks > 1 ? tasks : 0;
-}
-
 LauncherSize launcher_world_size() {
-  if (!launched_by_mpi()) return {};
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
-    if (const int n = env_int({v}, 0); n > 0) return {n, v};
+  const bool mpi = launched_by_mpi();
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+    // (without an MPI launcher's variables only srun's count says: a step with no PMI)
+    if (!mpi && std::string_view(v) != "SLURM_STEP_NUM_TASKS") continue;
+    if (const int n = env_int({v}, 0); n > 0) return {n, v, mpi};
+  }
   return {};
 }
 

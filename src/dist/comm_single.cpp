@@ -2,6 +2,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "dist/comm.hpp"
 
@@ -10,9 +11,8 @@ namespace sparsa {
 double comm_timeout_env(std::string* bad) {
   const char* t = std::getenv("SPARSA_COMM_TIMEOUT");
   if (!t || !*t) return 1800.0;
-  char* end = nullptr;
-  const double v = std::strtod(t, &end);
-  if (*end != 0 || !(v >= 1) || v > 1e9) {
+  double v = 0;
+  if (!whole_number(t, 1, 1e9, &v)) {
     if (bad)
       *bad = std::string("SPARSA_COMM_TIMEOUT=") + t +
              ": not a number of seconds from 1 (the watchdog's limit for a stuck collective; "

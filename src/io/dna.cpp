@@ -978,6 +978,14 @@ std::string faidx_failure(const std::string& path, int compression, bool fastq) 
 
 std::vector<std::pair<uint64_t, uint64_t>> fai_line_table(const std::string& fai_path);
 
+// Whether PATH.fai was made before PATH last changed (false when either cannot be looked at).
+bool index_older_than_file(const std::string& path) {
+  std::error_code e1, e2;
+  const auto fai = std::filesystem::last_write_time(path + ".fai", e1);
+  const auto file = std::filesystem::last_write_time(path, e2);
+  return !e1 && !e2 && fai < file;
+}
+
 }  // namespace
 
 FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
@@ -1074,11 +1082,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
 }
 
 std::string FaidxFetcher::stale_index_hint() const {
-  namespace fs = std::filesystem;
-  std::error_code e1, e2;
-  const auto fai = fs::last_write_time(impl_->path + ".fai", e1);
-  const auto file = fs::last_write_time(impl_->path, e2);
-  if (e1 || e2 || !(fai < file)) return "";
+  if (!index_older_than_file(impl_->path)) return "";
   return " (" + impl_->path + ".fai is older than " + impl_->path +
          ": made before the file changed? Remove it and sparsa builds it again, or run "
          "`samtools faidx " +
@@ -1239,9 +1243,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     if (!c.ok || (c.header_found && c.name != region.name)) {
       if (const std::string why = non_base_in_record(path, region.name, impl_->fastq); !why.empty())
         throw InputError(why);
-      std::error_code ec;
-      const bool older = std::filesystem::last_write_time(path + ".fai", ec) <
-                         std::filesystem::last_write_time(path, ec);
+      const bool older = index_older_than_file(path);
       throw InputError(path + ": its faidx index " + path + ".fai does not match it: record '" +
                        region.name + "' is not where the index puts it" +
                        (older ? " (the index is older than the file: the file changed after it "

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <string_view>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -119,8 +120,9 @@ std::string full_disk_note(const std::string& file) {
   // A failed read is not the disk's fullness; a write's "(disk full?)" becomes the fact.
   std::string w = what,
               note = what.find("read failed") == std::string::npos ? full_disk_note(file) : "";
-  if (const size_t q = w.find(" (disk full?)"); !note.empty() && q != std::string::npos)
-    w.erase(q, 13);
+  const std::string_view guess = " (disk full?)";
+  if (const size_t q = w.find(guess); !note.empty() && q != std::string::npos)
+    w.erase(q, guess.size());
   throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + w + note);
 }
 

@@ -191,13 +191,16 @@ class CsvScanner {
   int64_t line_ = 1;
 };
 
-// The header in a message: at most 20 names, each cut at 40 characters.
-std::string join_header(const std::vector<std::string>& header) {
+// Column names in a message: at most 20, each cut at 40 characters.
+std::string join_names(const std::vector<std::string>& names) {
   std::string s;
-  for (size_t i = 0; i < header.size() && i < 20; ++i)
-    s += (i ? ", '" : "'") + shown(header[i]) + "'";
-  if (header.size() > 20) s += ", ... (" + std::to_string(header.size()) + " columns)";
-  return "header: " + s;
+  for (size_t i = 0; i < names.size() && i < 20; ++i)
+    s += (i ? ", '" : "'") + shown(names[i]) + "'";
+  if (names.size() > 20) s += ", ... (" + std::to_string(names.size()) + " columns)";
+  return s;
+}
+std::string join_header(const std::vector<std::string>& header) {
+  return "header: " + join_names(header);
 }
 
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
@@ -263,11 +266,15 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
     }
     return -1;
   };
+  // A name without the spaces and tabs around it.
+  auto trimmed = [](const std::string& name) {
+    const size_t b = name.find_first_not_of(" \t"), e = name.find_last_not_of(" \t");
+    return b == std::string::npos ? name : name.substr(b, e + 1 - b);
+  };
   auto find = [&](const std::string& name) -> int64_t {
     if (const int64_t c = by_text_or_number(name); c >= 0) return c;
-    const size_t b = name.find_first_not_of(" \t"), e = name.find_last_not_of(" \t");
-    if (b == std::string::npos || (b == 0 && e + 1 == name.size())) return -1;
-    return by_text_or_number(name.substr(b, e + 1 - b));
+    const std::string t = trimmed(name);  // (all blanks: unchanged)
+    return t.size() == name.size() ? -1 : by_text_or_number(t);
   };
   Columns cols;
   if (!opts.time_column.empty()) {
@@ -326,9 +333,7 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   // A column chosen by a name that appears twice in the header would be a silently arbitrary
   // choice; chosen by its number (or as one of "all the others"), it is not.
   auto by_number = [&](const std::string& text, int64_t c) {
-    const size_t b = text.find_first_not_of(" \t"), e = text.find_last_not_of(" \t");
-    const std::string t = b == std::string::npos ? text : text.substr(b, e + 1 - b);
-    return header[c] != text && header[c] != t;
+    return header[c] != text && header[c] != trimmed(text);
   };
   std::vector<int64_t> named;  // columns chosen by their header text
   if (opts.time_column.empty() || !by_number(opts.time_column, cols.time))
@@ -456,10 +461,9 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
   }
   const int64_t n_channels = int64_t(cols.channels.size());
   if (expected_channels > 0 && n_channels != expected_channels) {
-    std::string chosen;  // the first 20 names, as the other header lists
-    for (size_t k = 0; k < cols.channels.size() && k < 20; ++k)
-      chosen += (chosen.empty() ? "'" : ", '") + shown(header[cols.channels[k]]) + "'";
-    if (cols.channels.size() > 20) chosen += ", ...";
+    std::vector<std::string> names;
+    for (int64_t c : cols.channels) names.push_back(header[c]);
+    const std::string chosen = join_names(names);
     throw InputError(where(path, "", 0,
                            "the model has " + count_of(expected_channels, "channel") +
                                ", but the file has " + count_of(n_channels, "column") +
