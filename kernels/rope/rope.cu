@@ -1,4 +1,6 @@
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/common/common.cuh"
 #include "kernels/rope/rope.hpp"
@@ -140,6 +142,93 @@ __global__ void rope4_kernel(const __grid_constant__ RopeArgs a) {
     }
 }
 
+// bf16 in and out, head_dim 64, no v, 16-byte aligned rows: one warp a row. The row's q and k
+// are read as 16-byte chunks of 8 elements, lane l taking chunks l, l + 32, ... of each (fully
+// coalesced 512-byte accesses, the loads of the whole row issued before any arithmetic); a chunk
+// pairs with chunk ^ 4 of the same head (elements k and k + 32), which lane ^ 4 holds. Lane l
+// computes angle l (one double sincos a lane a row, rounded to float) and the lanes fetch the 8
+// they need by shuffles. The same arithmetic per element as rotate<bf16>, so the same bits as
+// rope4_kernel; rope4_kernel moved its 4 GB a layer at ~2.8 TB/s (8-byte accesses).
+constexpr int kRopeWarpChunks = 4;  // up to 4 chunks of q and 4 of k a lane: d <= 1024
+__device__ __forceinline__ void bf16x8_to_f(const uint4& u, float (&f)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 t = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[e]));
+    f[2 * e] = t.x;
+    f[2 * e + 1] = t.y;
+  }
+}
+__global__ void rope_warp_kernel(const __grid_constant__ RopeArgs a) {
+  const RopeParams& p = a.p;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= p.n_tokens) return;              // whole warps leave together
+  const int chunks = (int)(p.n_heads * 8);  // 16-byte chunks of a row's q (or k)
+  const uint4* qi =
+      reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.q_in) + r * p.in_stride);
+  const uint4* ki =
+      reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.k_in) + r * p.in_stride);
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  uint4 uq[kRopeWarpChunks], uk[kRopeWarpChunks];
+#pragma unroll
+  for (int u = 0; u < kRopeWarpChunks; ++u) {
+    const int ci = lane + 32 * u;
+    uq[u] = p.q_out && ci < chunks ? qi[ci] : zero;
+    uk[u] = p.k_out && ci < chunks ? ki[ci] : zero;
+  }
+  double sd, cd;
+  sincos((double)row_pos(p, r) * a.theta[lane], &sd, &cd);
+  const float cl = (float)cd, sl = (float)sd;
+  // this lane's 8 angles: k = 8 (lane % 4) + e (the same for every chunk it holds)
+  float cf[8], sf[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    cf[e] = __shfl_sync(0xffffffffu, cl, 8 * (lane % 4) + e);
+    sf[e] = __shfl_sync(0xffffffffu, sl, 8 * (lane % 4) + e);
+  }
+  const bool lo = (lane % 8) < 4;  // the chunk holds elements k (lo) or k + 32 (hi) of its head
+  auto rot = [&](const uint4& mine_u) -> uint4 {
+    uint4 other_u;
+    other_u.x = __shfl_xor_sync(0xffffffffu, mine_u.x, 4);
+    other_u.y = __shfl_xor_sync(0xffffffffu, mine_u.y, 4);
+    other_u.z = __shfl_xor_sync(0xffffffffu, mine_u.z, 4);
+    other_u.w = __shfl_xor_sync(0xffffffffu, mine_u.w, 4);
+    float m[8], o[8];
+    bf16x8_to_f(mine_u, m);
+    bf16x8_to_f(other_u, o);
+    uint32_t w[4];
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+      float v[2];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const float x0 = lo ? m[e + t] : o[e + t], x1 = lo ? o[e + t] : m[e + t];
+        float l, h;
+        rotate<__nv_bfloat16>(x0, x1, cf[e + t], sf[e + t], &l, &h);
+        v[t] = lo ? l : h;
+      }
+      const __nv_bfloat162 b = __floats2bfloat162_rn(v[0], v[1]);
+      w[e / 2] = *reinterpret_cast<const uint32_t*>(&b);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  };
+  const int64_t ob = r * p.n_heads * 64;
+#pragma unroll
+  for (int u = 0; u < kRopeWarpChunks; ++u) {
+    const int ci = lane + 32 * u;
+    if (32 * u >= chunks) break;  // uniform across the warp: the shuffles stay full
+    if (p.q_out) {
+      const uint4 v = rot(uq[u]);
+      if (ci < chunks) reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.q_out) + ob)[ci] = v;
+    }
+    if (p.k_out) {
+      const uint4 v = rot(uk[u]);
+      if (ci < chunks) reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.k_out) + ob)[ci] = v;
+    }
+  }
+}
+
 void launch_rope(const RopeParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
   if (p.head_dim % 2 != 0 || p.head_dim > 256)
@@ -157,6 +246,22 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   for (const void* q : {p.q_in, p.k_in, p.v_in}) aligned = aligned && (uintptr_t)q % in_al == 0;
   for (const void* q : {(const void*)p.q_out, (const void*)p.k_out, (const void*)p.v_out})
     aligned = aligned && (uintptr_t)q % out_al == 0;
+  // SPARSA_ROPE=v1: rope4_kernel everywhere (for A/B timing; the same bits)
+  static const bool warp_ok = [] {
+    const char* e = std::getenv("SPARSA_ROPE");
+    return !(e && std::strcmp(e, "v1") == 0);
+  }();
+  if (warp_ok && p.variant == 0 && in_bf && p.head_dim == 64 &&
+      p.n_heads * 8 <= 32 * kRopeWarpChunks && !p.v_in && p.in_stride % 8 == 0) {
+    bool al16 = (uintptr_t)p.q_in % 16 == 0 && (uintptr_t)p.k_in % 16 == 0;
+    for (const void* q : {(const void*)p.q_out, (const void*)p.k_out})
+      al16 = al16 && (uintptr_t)q % 16 == 0;
+    if (al16) {
+      rope_warp_kernel<<<grid_for(p.n_tokens, 8), 256, 0, stream>>>(a);
+      SPARSA_LAUNCH_CHECK();
+      return;
+    }
+  }
   if (p.head_dim % 8 == 0 && p.in_stride % 4 == 0 && aligned) {
     const unsigned grid = grid_for(p.n_tokens * (p.head_dim / 8), 256);
     if (in_bf)

@@ -28,6 +28,10 @@ struct RopeParams {
   const int64_t* positions = nullptr;
   // The projection output's type: float32, or bf16 (then out_type must be bf16 too).
   DType in_type = DType::kF32;
+  // 0: the fastest kernel that fits (bf16 in and out, head_dim 64, no v: one warp a row); 1: the
+  // 4-pairs-a-thread kernel (tests and A/B timing; SPARSA_ROPE=v1 makes it the default). Both give
+  // the same bits.
+  int variant = 0;
 };
 void launch_rope(const RopeParams& p, cudaStream_t stream);
 

@@ -392,6 +392,55 @@ TEST(CudaOps, RopeNearOneBillion) {
   }
 }
 
+// The model's bf16 path ([q | k] rows of a bf16 projection, no v): the one-warp-a-row kernel
+// gives the 4-pairs-a-thread kernel's bits, for 1 to 16 heads, q and k together or alone, rows at
+// first_pos near 1e9 or at gathered positions, and a row count that leaves a block part empty.
+TEST(CudaOps, RopeWarpKernelGivesTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  const int64_t dh = 64, n = 1001, first = 1000000000 - 500;
+  for (int64_t H : {1, 2, 4, 8, 16}) {
+    SCOPED_TRACE("heads " + std::to_string(H));
+    const int64_t d = H * dh;
+    DeviceBuffer in = up_act(rnd(n * 2 * d, 11 + H), DType::kBF16);
+    std::vector<int64_t> pos(n);
+    for (int64_t i = 0; i < n; ++i) pos[i] = (i * 7919) % 1000003 + 999000000;
+    DeviceBuffer dpos(n * 8);
+    cuda::copy_to_device(dpos.get(), pos.data(), n * 8);
+    for (int what = 0; what < 3; ++what)  // q and k, q alone, k alone
+      for (bool gathered : {false, true}) {
+        SCOPED_TRACE("what " + std::to_string(what) + (gathered ? " gathered" : ""));
+        std::vector<std::vector<float>> got[2];
+        for (int variant : {0, 1}) {
+          DeviceBuffer q(n * d * 2), k(n * d * 2);
+          cuda::memset_device(q.get(), 0, q.bytes());
+          cuda::memset_device(k.get(), 0, k.bytes());
+          const char* pi = in.as<char>();
+          kern::RopeParams rp{pi,
+                              pi + d * 2,
+                              nullptr,
+                              2 * d,
+                              what != 2 ? q.get() : nullptr,
+                              what != 1 ? k.get() : nullptr,
+                              nullptr,
+                              DType::kBF16,
+                              n,
+                              H,
+                              dh,
+                              first,
+                              10000.0};
+          rp.in_type = DType::kBF16;
+          rp.variant = variant;
+          if (gathered) rp.positions = dpos.as<int64_t>();
+          kern::launch_rope(rp, nullptr);
+          got[variant] = {down_act(q, n * d, DType::kBF16), down_act(k, n * d, DType::kBF16)};
+        }
+        EXPECT_TRUE(got[0][0] == got[1][0]) << "q";
+        EXPECT_TRUE(got[0][1] == got[1][1]) << "k";
+        if (what != 2) EXPECT_GT(rel_err(got[0][0], std::vector<float>(n * d, 0.0f)), 0.5);
+      }
+  }
+}
+
 TEST(CudaOps, GemmMatchesLinear) {
   SKIP_WITHOUT_GPU();
   const int64_t m = 1000, din = 128, dout = 192;
