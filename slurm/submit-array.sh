@@ -83,7 +83,7 @@ if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
 fi
 # The summary job needs the array tasks' account, partition and QOS where a site requires them.
 site=()
-for o in "${extra[@]}"; do
+for o in ${extra[@]+"${extra[@]}"}; do
   case $o in
     -A* | --account=* | -p* | --partition=* | -q* | --qos=* | --reservation=* | -M* | \
       --clusters=* | --wckey=*) site+=("$o") ;;
@@ -92,7 +92,7 @@ done
 
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
-array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" "${extra[@]}" \
+array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" ${extra[@]+"${extra[@]}"} \
   "$here/embed-array.sbatch" "$snapshot" "$MODEL" "$OUTDIR" "$@")
 array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
 [ "$parsable" = 1 ] ||

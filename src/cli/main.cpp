@@ -307,6 +307,29 @@ int main(int argc, char** argv) {
       if (const char* r = std::getenv(v); r && std::string(r) != "0")
         return e.get_exit_code() == 0 ? 0 : kExitUsage;
     if (e.get_exit_code() != 0) std::fprintf(stderr, "sparsa: error: ");  // as other errors
+    // "--model is required" where the line has `--modle m.h5` or a value without its flag: the
+    // stray words are the mistake, so they are said first (CLI11 checks requirements first).
+    if (dynamic_cast<const CLI::RequiredError*>(&e)) {
+      const CLI::App* sub = nullptr;
+      for (const CLI::App* a : app.get_subcommands()) sub = a;
+      std::vector<std::string> extra = app.remaining(true);
+      if (sub)
+        for (const std::string& x : sub->remaining()) extra.push_back(x);
+      if (sub && argc == 2) {  // `sparsa embed` alone: its usage, as samtools does
+        std::fprintf(stderr, "%s\n%s", e.what(), sub->help().c_str());
+        return kExitUsage;
+      }
+      if (!extra.empty()) {
+        std::string words;
+        for (size_t i = 0; i < extra.size() && i < 8; ++i) words += (i ? " " : "") + extra[i];
+        std::fprintf(stderr, "unexpected argument(s): %s (%s; %s)\n", words.c_str(),
+                     extra.front().rfind("-", 0) == 0 ? "a misspelled option?"
+                                                      : "a value without its option?",
+                     e.what());
+        std::fprintf(stderr, "Run with --help for the options\n");
+        return kExitUsage;
+      }
+    }
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 
@@ -380,7 +403,8 @@ int main(int argc, char** argv) {
                             " '': an empty column name; leave the option out "
                             "for the default");
       eo.command_line = join_argv(argc, argv);
-      install_stop_handlers(comm->rank() == 0 && !eo.quiet);
+      const std::string journal = eo.output + ".parts/";
+      install_stop_handlers(comm->rank() == 0 && !eo.quiet, journal.c_str());
       EmbedSummary s = run_embed(eo, *comm);
       if (s.already_complete && comm->rank() == 0)
         std::fprintf(stderr, "[sparsa] %s is already complete; nothing to do\n", eo.output.c_str());

@@ -15,6 +15,11 @@ namespace sparsa {
 inline bool output_path_taken(const std::string& path, const std::string& option,
                               std::string* what = nullptr) {
   namespace fs = std::filesystem;
+  // "-" is standard output to samtools users; an HDF5 file needs a seekable file of its own.
+  if (path == "-")
+    throw ConfigError(option +
+                      " -: sparsa writes HDF5, which cannot go to standard output; give "
+                      "a file name (`sparsa inspect FILE` prints a summary)");
   std::error_code ec;
   const fs::file_status link = fs::symlink_status(path, ec);
   if (ec && ec != std::errc::no_such_file_or_directory)  // (a folder on the way not searchable)

@@ -18,6 +18,9 @@ volatile std::sig_atomic_t g_finishing = 0;
 // The finishing phase's messages and file, made before g_finishing is set (the handler only
 // reads them).
 char g_finish_first[1024], g_finish_second[1024], g_finish_tmp[4096];
+char g_second_stop[4352] =
+    "\n[sparsa] stopped at once (second interrupt); the records finished so far, if any, stay in "
+    "the journal, which --resume continues\n";
 
 // write(2) only: the handler may run inside any call of the main program.
 void say(const char* msg) {
@@ -48,8 +51,7 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   if (g_stop && sig == SIGINT) {  // a second Ctrl-C: the user means it
-    say("\n[sparsa] stopped at once (second interrupt); the records finished so far, if any, "
-        "stay in the journal (OUTPUT.parts/), which --resume continues\n");
+    say(g_second_stop);
     std::_Exit(130);
   }
   if (!g_stop)
@@ -65,8 +67,13 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
-void install_stop_handlers(bool announce) {
+void install_stop_handlers(bool announce, const char* journal) {
   g_announce = announce ? 1 : 0;
+  if (journal && std::strlen(journal) < 4096)
+    std::snprintf(g_second_stop, sizeof g_second_stop,
+                  "\n[sparsa] stopped at once (second interrupt); the records finished so far, if "
+                  "any, stay in the journal (%s), which --resume continues\n",
+                  journal);
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);

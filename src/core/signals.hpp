@@ -14,7 +14,8 @@ class Interrupted : public Error {
 
 // announce: say at once on stderr that the signal was seen and what happens next (rank 0 alone,
 // not with --quiet); a second SIGINT then also says that it stopped at once.
-void install_stop_handlers(bool announce = false);
+// journal: the journal folder a second SIGINT's message names.
+void install_stop_handlers(bool announce = false, const char* journal = nullptr);
 bool stop_requested();
 // Which signal asked for the stop first (0 when none).
 int stop_signal();

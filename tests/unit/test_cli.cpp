@@ -120,6 +120,33 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   r = run(binary() + " embed --threads abc --model x.h5");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.output.rfind("sparsa: error: --threads", 0), 0u) << r.output;
+  // A misspelled option or a value without its option is named, not hidden behind "--model is
+  // required"; a command alone prints its usage; `-o -` (standard output) is refused.
+  r = run(binary() + " embed --modle x.h5 -i " + lambda() + " -o " + t / "typo.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("unexpected argument(s): --modle x.h5 (a misspelled option?"),
+            std::string::npos)
+      << r.output;
+  r = run(binary() + " embed -m " + lambda() + " " + lambda() + " -o " + t / "typo.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("unexpected argument(s): " + lambda() + " (a value without its option?"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(exists(t / "typo.h5"));
+  r = run(binary() + " embed");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--model is required"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("-i,--input"), std::string::npos) << r.output;
+  for (const std::string& cmd :
+       {binary() + " embed -m " + lambda() + " -i " + lambda() + " -o -",
+        binary() + " init -c " + source_dir() + "/configs/dna-tiny.toml -o -"}) {
+    r = run("cd " + t.str() + " && " + cmd);
+    EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
+    EXPECT_NE(r.output.find("--output -: sparsa writes HDF5, which cannot go to standard output"),
+              std::string::npos)
+        << r.output;
+    EXPECT_FALSE(exists(t / "-"));
+  }
   r = run(binary() + " init --help");
   EXPECT_NE(r.output.find("Example: sparsa init --config configs/dna-tiny.toml"),
             std::string::npos);

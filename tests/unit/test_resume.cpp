@@ -142,6 +142,10 @@ TEST(ResumeSlow, SecondInterruptWhileStoppingExits130AndKeepsTheJournal) {
       << read_file(fx.t / "log1");
   kill(pid, SIGINT);
   EXPECT_EQ(wait_exit(pid), 130) << read_file(fx.t / "log1");
+  // (the message names the journal folder itself)
+  EXPECT_NE(read_file(fx.t / "log1").find("stay in the journal (" + out + ".parts/)"),
+            std::string::npos)
+      << read_file(fx.t / "log1");
   EXPECT_FALSE(exists(out));
   EXPECT_EQ(count_parts(out + ".parts"), 1) << read_file(fx.t / "log1");
   pid = spawn(fx.args(out, true), fx.t / "log2");
