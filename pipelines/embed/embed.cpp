@@ -62,7 +62,9 @@ PoolSpec parse_pool(const std::string& s) {
     char* end = nullptr;
     errno = 0;
     const long long v = std::strtoll(num.c_str(), &end, 10);
-    if (!num.empty() && *end == '\0' && errno == 0 && v >= 1) {
+    // digits alone: strtoll also takes " 8" and "+8", which the file would then record as 8
+    const bool digits = !num.empty() && num.find_first_not_of("0123456789") == std::string::npos;
+    if (digits && *end == '\0' && errno == 0 && v >= 1) {
       p.kind = PoolSpec::kBin;
       p.bin = v;
       return p;
@@ -1267,11 +1269,31 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // and the set-up (before: inside the first split record's forward).
   NcclFuture nccl_early;
   bool gpu_shared = false;  // two ranks on one GPU: NCCL refuses them, exchanges go through MPI
+  // Several ranks: all use a GPU or none does. With --device auto, ranks that chose by
+  // themselves mixed bf16 GPU rows with float32 CPU rows in one file (and a split record's GPU
+  // ranks waited for the CPU ranks in NCCL's set-up until the watchdog).
+  bool no_gpu_somewhere = false;
 #ifdef SPARSA_HAVE_CUDA
+  double missing = 0;  // ranks without a usable GPU
+  if (comm.size() > 1 && o.device != "cpu") {
+    missing = cuda_available(nullptr) ? 0.0 : 1.0;
+    comm.allreduce_sum(&missing, 1);
+    // (none has one: the usual CPU run, or choose_backend's own error for --device cuda)
+    no_gpu_somewhere = missing > 0 && missing < comm.size();
+    if (no_gpu_somewhere && o.device == "cuda")
+      throw ConfigError("--device cuda: " + std::to_string((int64_t)missing) + " of " +
+                        std::to_string(comm.size()) +
+                        " ranks have no usable GPU (a node without one, or a GPU that failed); "
+                        "give every rank a GPU, or use --device cpu");
+    if (no_gpu_somewhere && root)
+      std::fprintf(stderr,
+                   "[sparsa] warning: %lld of %d ranks have no usable GPU, so every rank uses "
+                   "its CPU (one backend a run: its rows are alike); give every rank a GPU to "
+                   "use them\n",
+                   (long long)missing, comm.size());
+  }
   if (comm.size() > 1 && o.device != "cpu" && nccl_enabled_by_env()) {
-    int64_t no_gpu = cuda_available(nullptr) ? 0 : 1;
-    comm.allreduce_max(&no_gpu, 1);
-    if (no_gpu == 0) {
+    if (missing == 0) {
       const int device = cuda::select_device(-1);
       const std::string shared = shared_gpu(comm, device);
       gpu_shared = !shared.empty();
@@ -1374,12 +1396,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
-  ForwardFn fn = choose_backend(o, w, progress, root, backend_state, rc_pair, adopt_nccl,
+  EmbedOptions chosen = o;
+  if (no_gpu_somewhere) chosen.device = "cpu";
+  ForwardFn fn = choose_backend(chosen, w, progress, root, backend_state, rc_pair, adopt_nccl,
                                 make_worker, gpu_shared);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
-  const std::string manifest = manifest_for(o, model_sha);  // the journal's and the file's
+  const std::string manifest = manifest_for(chosen, model_sha);  // the journal's and the file's
   Journal journal(o.output, manifest, o.resume, o.force, comm);
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +

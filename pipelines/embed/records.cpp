@@ -73,8 +73,9 @@ struct RecordSource::Impl {
     if (dna && any_region) resolve_regions();
     // Each input's format (its first line), before any record is embedded: a CSV or a SAM file
     // among FASTA inputs stopped the run only when its turn came, and dropping it from the
-    // command then made a different run that --resume refuses.
-    if (dna && !any_region && opts.inputs.size() > 1)
+    // command then made a different run that --resume refuses; a single input too, so that an
+    // empty file or a CSV is said before the device is set up.
+    if (dna && !any_region)
       for (const auto& in : opts.inputs) FastxReader probe(in, DnaReadOptions{opts.invalid_as_n});
   }
 

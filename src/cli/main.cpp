@@ -241,10 +241,23 @@ int main(int argc, char** argv) {
           {"attention-local", "attention-global", "attention", "layer", "model", "gemm"}))
       ->capture_default_str();
   bench->add_option("-n,--n", bench_n, "Token counts, comma separated (default 2^16 .. 2^20)");
-  bench->add_option("--heads", bo.heads, "Attention: heads")->capture_default_str();
-  bench->add_option("--head-dim", bo.head_dim, "Attention: head dimension")->capture_default_str();
-  bench->add_option("--window", bo.window, "Attention: window w")->capture_default_str();
-  bench->add_option("--global", bo.global, "Attention: global tokens G")->capture_default_str();
+  bench->add_option("--heads", bo.heads, "Attention: heads, 1 to 256")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  bench->add_option("--head-dim", bo.head_dim, "Attention: head dimension, even, 2 to 256")
+      ->check(CLI::Range(2, 256) & CLI::Validator(
+                                       [](std::string& v) {
+                                         return std::stoll(v) % 2 == 0 ? std::string()
+                                                                       : "must be even";
+                                       },
+                                       "EVEN"))
+      ->capture_default_str();
+  bench->add_option("--window", bo.window, "Attention: window w, 0 to 2^20")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  bench->add_option("--global", bo.global, "Attention: global tokens G, 0 to 2^20")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   bench->add_flag("--causal", bo.causal, "Attention: causal");
   bench->add_flag("--fp32", bench_fp32, "fp32 mode (default bf16)");
   bench->add_option("--iters", bo.iters, "Timed runs, 1 to 100000; the median is printed")

@@ -106,3 +106,33 @@ TEST(MpiGpu, RanksSharingAGpuExchangeThroughTheHost) {
   EXPECT_NE(r.output.find("through the host over MPI"), std::string::npos) << r.output;
   expect_same_contents(t / "one.h5", t / "two.h5");
 }
+
+// Ranks that disagree on having a GPU (here rank 1 is shown none): with --device auto every rank
+// uses its CPU, said once, and the file is the one-rank CPU file (no mix of bf16 GPU rows and
+// float32 CPU rows); with --device cuda the run is refused on every rank (exit 2).
+TEST(MpiGpu, RanksWithoutAGpuMakeEveryRankUseItsCpu) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false);
+  const std::string embed = binary() + " embed -q --force --split-min 100 --model " + bi +
+                            " --input " + source_dir() + "/examples/lambda_virus.fa.gz --input " +
+                            short_records(t) + " --dtype f32 --pool bin:100 --output ";
+  auto r = run(embed + t / "cpu.h5" + " --device cpu");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string ld = std::getenv("LD_LIBRARY_PATH") ? "-x LD_LIBRARY_PATH " : "";
+  auto mixed = [&](const std::string& out, const std::string& device) {
+    const std::string e = embed + out + " --device " + device;
+    return run(mpirun(1) + "-x CUDA_VISIBLE_DEVICES=0 " + ld + e + " : -np 1 " +
+               "-x CUDA_VISIBLE_DEVICES= " + ld + e);
+  };
+  r = mixed(t / "auto.h5", "auto");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(count_in(r.output, "1 of 2 ranks have no usable GPU, so every rank uses its CPU"), 1u)
+      << r.output;
+  expect_same_contents(t / "cpu.h5", t / "auto.h5");
+  r = mixed(t / "cuda.h5", "cuda");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--device cuda: 1 of 2 ranks have no usable GPU"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(t / "cuda.h5"));
+}

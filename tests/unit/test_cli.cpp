@@ -349,6 +349,7 @@ TEST(Cli, PoolingAndDtype) {
   EXPECT_EQ(wrong, 0u);
   EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
+  expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:+8"), t / "x.h5", "bin:N");
   // Datasets of up to 16 KB are compact (their data in the object header: half a short read's
   // bytes), larger ones chunked.
   auto layout = [](const std::filesystem::path& p, const std::string& name) {
@@ -492,6 +493,15 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   expect_failure(embed_cmd(t / "trunc.fa.gz", out), out, "trunc.fa.gz");
   out = fresh();
   expect_failure(embed_cmd(t / "missing.fa", out), out, "missing.fa");
+  // An empty input, even the only one, is refused before the device and the journal are set up.
+  write_file(t / "nothing.fa", "");
+  out = fresh();
+  expect_failure(embed_cmd(t / "nothing.fa", out), out, "nothing.fa: empty file");
+  const auto quick = run(binary() + " embed --model " + tiny_model() + " --input " +
+                         t / "nothing.fa" + " --output " + out);
+  EXPECT_NE(quick.output.find("empty file"), std::string::npos) << quick.output;
+  EXPECT_EQ(quick.output.find("device:"), std::string::npos) << quick.output;
+  EXPECT_FALSE(exists(out + ".parts"));
   // A failure in a later record leaves nothing at the output either; the record that was
   // finished is kept in the journal, and the message says how to continue.
   write_file(t / "empty.fa", ">a\nACGT\n>b\n>c\nAC\n");

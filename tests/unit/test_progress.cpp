@@ -78,6 +78,27 @@ TEST(Progress, ManyShortRecordsGetAnAggregateLineWithTheTimeLeft) {
   EXPECT_EQ(s.rfind("[sparsa] 41 records, 7.0 ktok in ", 0), 0u) << s;
 }
 
+// A record's last layer (fraction 1) is not a line of its own: the record's end says it, with
+// its tokens in the total (a line at 100% said "total 0 tok" before the record was counted).
+TEST(Progress, ARecordsEndIsSaidOnceWithItsTokensCounted) {
+  Capture c;
+  sparsa::Progress p(true, true, c.f);
+  p.start_record(1, "chr", 2000);
+  std::this_thread::sleep_for(1100ms);
+  p.update(0.5);
+  std::string s = c.shown();
+  EXPECT_EQ(s.rfind("[sparsa] record 1 'chr': 1.0 ktok of 2.0 ktok ( 50%)", 0), 0u) << s;
+  EXPECT_NE(s.find("total 1.0 ktok in "), std::string::npos) << s;
+  std::this_thread::sleep_for(250ms);
+  const size_t before = c.text().size();
+  p.update(1.0);
+  EXPECT_EQ(c.text().size(), before) << c.text();
+  p.finish_record();
+  s = c.shown();
+  EXPECT_EQ(s.find("total 0 tok"), std::string::npos) << c.text();
+  EXPECT_NE(s.find("2.0 ktok"), std::string::npos) << s;
+}
+
 TEST(Progress, StepsOfALongPhaseShowTheShareAndEndTheLine) {
   Capture c;
   sparsa::Progress p(true, true, c.f);
