@@ -11,6 +11,8 @@
 #                 (account, partition, QOS, reservation, cluster and wckey ones go to the summary
 #                 job too: --sbatch=--account=X --sbatch=--partition=Y)
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
+#   --check-time M  the summary job's time limit in minutes (default: 15, plus one for every
+#                 6 MB of input: it reads every record's metadata, ~0.5 ms a record)
 #
 # The summary job (slurm/check-outputs.sh) waits for the array with --dependency=afterok: it runs
 # when every task has succeeded and confirms each output is complete. If a task fails, Slurm
@@ -27,6 +29,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 throttle=8
 parsable=0
+check_time=""
 extra=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -35,12 +38,18 @@ while [ $# -gt 0 ]; do
     --sbatch) extra+=("$2"); shift 2 ;;
     --sbatch=*) extra+=("${1#*=}"); shift ;;
     --parsable) parsable=1; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --check-time) check_time=$2; shift 2 ;;
+    --check-time=*) check_time=${1#*=}; shift ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
+if [ -n "$check_time" ] && ! [[ "$check_time" =~ ^[1-9][0-9]*$ ]]; then
+  echo "submit-array: --check-time takes the summary job's minutes, a whole number (not '$check_time')" >&2
+  exit 2
+fi
 if [ $# -lt 3 ]; then
-  echo "usage: submit-array.sh [--throttle K] [--parsable] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
+  echo "usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
   exit 2
 fi
 LIST=$1 MODEL=$2 OUTDIR=$3
@@ -99,9 +108,14 @@ array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
   echo "Submitted array job $array_id: $n inputs, at most $throttle at once (logs sparsa-${array_id}_N.log)"
 # The array is queued whatever happens next: a summary job that cannot be submitted (a site that
 # needs -A or -p for every job, say) is reported, not an error that hides the array's id.
-# Its time: `sparsa inspect` reads every record's metadata (~0.5 ms a record), so 15 minutes
-# and a minute for every 10 inputs (an output of 20,000 reads takes ~10 s).
-check_minutes=$((15 + n / 10))
+# Its time: `sparsa inspect` reads every record's metadata (~0.5 ms a record; a gzipped FASTQ
+# holds a read in ~100 bytes, so ~5 us a byte, doubled): 15 minutes and one for every 6 MB.
+if [ -n "$check_time" ]; then
+  check_minutes=$check_time
+else
+  bytes=$(du -cLb "${inputs[@]}" 2>/dev/null | tail -1 | cut -f1)
+  check_minutes=$((15 + ${bytes:-0} / 6000000))
+fi
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
   --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then
   check_id=${check_id%%;*}

@@ -406,7 +406,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
                    why);
   };
   if (o.device == "cpu") {
-    progress.log("device: CPU (--device cpu)");
+    progress.log("device: CPU (" + (o.device_note.empty() ? "--device cpu" : o.device_note) + ")");
+    if (!o.device_note.empty()) cpu_bf16_warning("some ranks have no GPU, so");
     return cpu;
   }
 #ifdef SPARSA_HAVE_CUDA
@@ -1163,11 +1164,41 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "records are embedded twice\n",
                    o.inputs[i].c_str(), at->second + 1, i + 1);
   }
+  // Several ranks: all use a GPU or none does. With --device auto, ranks that chose by
+  // themselves mixed bf16 GPU rows with float32 CPU rows in one file (and a split record's GPU
+  // ranks waited for the CPU ranks in NCCL's set-up until the watchdog).
+  // (Before the --resume check below: the manifest names the backend the ranks agree on.)
+  bool no_gpu_somewhere = false;
+  double missing = 0;  // ranks without a usable GPU
+#ifdef SPARSA_HAVE_CUDA
+  if (comm.size() > 1 && o.device != "cpu") {
+    missing = cuda_available(nullptr) ? 0.0 : 1.0;
+    comm.allreduce_sum(&missing, 1);
+    // (none has one: the usual CPU run, or choose_backend's own error for --device cuda)
+    no_gpu_somewhere = missing > 0 && missing < comm.size();
+    if (no_gpu_somewhere && o.device == "cuda")
+      throw ConfigError("--device cuda: " + std::to_string((int64_t)missing) + " of " +
+                        std::to_string(comm.size()) +
+                        " ranks have no usable GPU (a node without one, or a GPU that failed); "
+                        "give every rank a GPU, or use --device cpu");
+    if (no_gpu_somewhere && root)
+      std::fprintf(stderr,
+                   "[sparsa] warning: %lld of %d ranks have no usable GPU, so every rank uses "
+                   "its CPU (one backend a run: its rows are alike); give every rank a GPU to "
+                   "use them\n",
+                   (long long)missing, comm.size());
+  }
+#endif
+  EmbedOptions chosen = o;
+  if (no_gpu_somewhere) {
+    chosen.device = "cpu";
+    chosen.device_note = "some ranks have no GPU, so every rank uses its CPU";
+  }
   if (check_paths(o)) {
     // --resume on a complete output: done if this same run made it (its run_manifest; a file
     // from before run_manifest existed: the same model, pooling and dtype).
     const std::string sha = sha256_file(o.model);
-    const std::string now = manifest_for(o, sha);
+    const std::string now = manifest_for(chosen, sha);
     std::string why;
     {
       h5::File f = h5::File::open_read(o.output);
@@ -1269,29 +1300,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // and the set-up (before: inside the first split record's forward).
   NcclFuture nccl_early;
   bool gpu_shared = false;  // two ranks on one GPU: NCCL refuses them, exchanges go through MPI
-  // Several ranks: all use a GPU or none does. With --device auto, ranks that chose by
-  // themselves mixed bf16 GPU rows with float32 CPU rows in one file (and a split record's GPU
-  // ranks waited for the CPU ranks in NCCL's set-up until the watchdog).
-  bool no_gpu_somewhere = false;
 #ifdef SPARSA_HAVE_CUDA
-  double missing = 0;  // ranks without a usable GPU
-  if (comm.size() > 1 && o.device != "cpu") {
-    missing = cuda_available(nullptr) ? 0.0 : 1.0;
-    comm.allreduce_sum(&missing, 1);
-    // (none has one: the usual CPU run, or choose_backend's own error for --device cuda)
-    no_gpu_somewhere = missing > 0 && missing < comm.size();
-    if (no_gpu_somewhere && o.device == "cuda")
-      throw ConfigError("--device cuda: " + std::to_string((int64_t)missing) + " of " +
-                        std::to_string(comm.size()) +
-                        " ranks have no usable GPU (a node without one, or a GPU that failed); "
-                        "give every rank a GPU, or use --device cpu");
-    if (no_gpu_somewhere && root)
-      std::fprintf(stderr,
-                   "[sparsa] warning: %lld of %d ranks have no usable GPU, so every rank uses "
-                   "its CPU (one backend a run: its rows are alike); give every rank a GPU to "
-                   "use them\n",
-                   (long long)missing, comm.size());
-  }
   if (comm.size() > 1 && o.device != "cpu" && nccl_enabled_by_env()) {
     if (missing == 0) {
       const int device = cuda::select_device(-1);
@@ -1396,8 +1405,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
-  EmbedOptions chosen = o;
-  if (no_gpu_somewhere) chosen.device = "cpu";
   ForwardFn fn = choose_backend(chosen, w, progress, root, backend_state, rc_pair, adopt_nccl,
                                 make_worker, gpu_shared);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);

@@ -245,12 +245,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   bench->add_option("--head-dim", bo.head_dim, "Attention: head dimension, even, 2 to 256")
-      ->check(CLI::Range(2, 256) & CLI::Validator(
-                                       [](std::string& v) {
-                                         return std::stoll(v) % 2 == 0 ? std::string()
-                                                                       : "must be even";
-                                       },
-                                       "EVEN"))
+      ->check(CLI::Range(2, 256))
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            long long x = 0;  // (Range above has said what is not a number in range)
+            const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+            return ec == std::errc() && p == v.data() + v.size() && x % 2 != 0 ? "must be even"
+                                                                               : "";
+          },
+          "EVEN"))
       ->capture_default_str();
   bench->add_option("--window", bo.window, "Attention: window w, 0 to 2^20")
       ->check(CLI::Range(0, 1 << 20))
@@ -325,10 +328,8 @@ int main(int argc, char** argv) {
     if (dynamic_cast<const CLI::RequiredError*>(&e)) {
       const CLI::App* sub = nullptr;
       for (const CLI::App* a : app.get_subcommands()) sub = a;
-      std::vector<std::string> extra = app.remaining(true);
-      if (sub)
-        for (const std::string& x : sub->remaining()) extra.push_back(x);
-      if (sub && argc == 2) {  // `sparsa embed` alone: its usage, as samtools does
+      const std::vector<std::string> extra = app.remaining(true);  // (the command's too)
+      if (sub && sub->get_name() == argv[argc - 1]) {  // `sparsa [-t N] embed`: its usage
         std::fprintf(stderr, "%s\n%s", e.what(), sub->help().c_str());
         return kExitUsage;
       }
@@ -440,7 +441,9 @@ int main(int argc, char** argv) {
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);
     } else if (*insp) {
-      if (!std::filesystem::exists(insp_path)) throw InputError(insp_path + ": no such file");
+      if (!std::filesystem::exists(insp_path) &&
+          !std::filesystem::is_directory(insp_path + ".parts"))
+        throw InputError(insp_path + ": no such file");  // (a journal: inspect_file says so)
       if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
     }
   } catch (const Interrupted& e) {

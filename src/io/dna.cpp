@@ -525,15 +525,38 @@ bool FastxReader::next(Record& rec) {
 
 namespace {
 
-// Parses a non-negative integer with optional thousands commas; false on anything else.
-bool parse_count(std::string_view s, int64_t& out) {
-  std::string digits;
-  for (char c : s) {
-    if (c == ',') continue;
-    if (c < '0' || c > '9') return false;
-    digits += c;
+// Parses a non-negative integer with optional thousands commas; false on anything else. With
+// `suffixes` (regions, as htslib's hts_parse_decimal reads them for samtools), a k, M or G suffix
+// (any case) multiplies by 10^3, 10^6 or 10^9, after an optional fraction: 1.5k is 1500; a
+// fraction that does not come out whole (1.2345k) is refused rather than cut.
+bool parse_count(std::string_view s, int64_t& out, bool suffixes = false) {
+  int scale = 0;
+  if (suffixes && !s.empty()) {
+    const char last = s.back();
+    scale = last == 'k' || last == 'K'   ? 3
+            : last == 'm' || last == 'M' ? 6
+            : last == 'g' || last == 'G' ? 9
+                                         : 0;
+    if (scale) s.remove_suffix(1);
   }
-  if (digits.empty() || digits.size() > 18) return false;  // 18 digits cannot overflow int64
+  std::string digits, frac;
+  bool point = false;
+  for (char c : s) {
+    if (c == ',' && !point) continue;
+    if (c == '.' && scale && !point) {
+      point = true;
+      continue;
+    }
+    if (c < '0' || c > '9') return false;
+    (point ? frac : digits) += c;
+  }
+  if (digits.empty() && frac.empty()) return false;
+  while (!frac.empty() && frac.back() == '0') frac.pop_back();
+  if ((int)frac.size() > scale) return false;  // not a whole number of bases
+  digits += frac + std::string(scale - frac.size(), '0');
+  const size_t first = digits.find_first_not_of('0');
+  digits = first == std::string::npos ? "0" : digits.substr(first);
+  if (digits.size() > 18) return false;  // 18 digits cannot overflow int64
   out = std::stoll(digits);
   return true;
 }
@@ -570,9 +593,9 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
     const size_t dash = range.find('-');
     int64_t start = 1, end = -1;
     // "NAME:-END" starts at 1 and "NAME:START-" runs to the record's end, as samtools reads them.
-    if (dash != 0 && !parse_count(range.substr(0, dash), start)) return no("bad start");
+    if (dash != 0 && !parse_count(range.substr(0, dash), start, true)) return no("bad start");
     if (dash != std::string_view::npos && dash + 1 < range.size() &&
-        !parse_count(range.substr(dash + 1), end))
+        !parse_count(range.substr(dash + 1), end, true))
       return no("bad end");
     if (dash == 0 && end == -1) return no("bad end");
     if (start < 1) return no("start must be >= 1");

@@ -127,8 +127,15 @@ ModelWeights load_checkpoint(const std::string& path) {
   auto bad = [&](const std::string& obj, const std::string& why) {
     throw InputError(path + ": " + obj + ": " + why);
   };
-  if (!f.has_attr("/", "format") || f.attr_string("/", "format") != "sparsa-model")
-    bad("/", "not a sparsa checkpoint (attribute format != \"sparsa-model\")");
+  const std::string format = f.has_attr("/", "format") ? f.attr_string("/", "format") : "";
+  if (format == "sparsa-embeddings")  // the likely mix-up: an output given as the model
+    throw InputError(path +
+                     ": a sparsa embeddings file (written by sparsa embed), not a checkpoint: "
+                     "--model takes the file that `sparsa init` wrote");
+  if (format != "sparsa-model")
+    bad("/",
+        "not a sparsa checkpoint (attribute format != \"sparsa-model\"; a checkpoint is "
+        "the file that `sparsa init` writes)");
   if (!f.has_attr("/", "format_version") || f.attr_int("/", "format_version") != 1)
     bad("/", "unsupported format_version (this sparsa reads version 1)");
   ModelWeights w;

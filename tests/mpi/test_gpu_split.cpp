@@ -130,6 +130,10 @@ TEST(MpiGpu, RanksWithoutAGpuMakeEveryRankUseItsCpu) {
   EXPECT_EQ(count_in(r.output, "1 of 2 ranks have no usable GPU, so every rank uses its CPU"), 1u)
       << r.output;
   expect_same_contents(t / "cpu.h5", t / "auto.h5");
+  // Resumed the same way, the output is this run's (every rank's manifest names the CPU)
+  r = mixed(t / "auto.h5", "auto --resume");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("is already complete"), std::string::npos) << r.output;
   r = mixed(t / "cuda.h5", "cuda");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--device cuda: 1 of 2 ranks have no usable GPU"), std::string::npos)

@@ -865,8 +865,11 @@ TEST(Cli, DamagedCheckpointsAreRefusedByName) {
        },
        {"/final_norm", "must be float32"}},
       {"format",
+       [](h5::File& f) { f.set_attr("/", "format", std::string("sparsa-tensors")); },
+       {"not a sparsa checkpoint", "the file that `sparsa init` writes"}},
+      {"embeddings",  // an output given as the model
        [](h5::File& f) { f.set_attr("/", "format", std::string("sparsa-embeddings")); },
-       {"not a sparsa checkpoint"}},
+       {"a sparsa embeddings file (written by sparsa embed), not a checkpoint"}},
       {"version",
        [](h5::File& f) { f.set_attr("/", "format_version", (int64_t)2); },
        {"unsupported format_version"}},

@@ -510,6 +510,13 @@ TEST(ParseRegion, Forms) {
   EXPECT_EQ(r.name, "gi|1|ref|X.1|");
   EXPECT_EQ(r.end, 10);
   expect_region(parse_region("chr1:-5"), "chr1", 0, 5);  // as samtools: from the first base
+  // k, M, G suffixes and fractions that come out whole, as htslib's hts_parse_decimal
+  expect_region(parse_region("chr1:1k-2k"), "chr1", 999, 2000);
+  expect_region(parse_region("chr1:1.5K-2.25m"), "chr1", 1499, 2250000);
+  expect_region(parse_region("chr1:1,000-1.001k"), "chr1", 999, 1001);
+  expect_region(parse_region("chr1:.5k-1G"), "chr1", 499, 1000000000);
+  for (const char* bad : {"chr1:1.2345k-2k", "chr1:1.5-2", "chr1:k-2", "chr1:1kk-2", "chr1:1x"})
+    expect_error<ConfigError>([&] { parse_region(bad); }, {bad});
 }
 
 // A text that names a record and also a range of another record is refused, as samtools faidx

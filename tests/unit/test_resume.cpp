@@ -201,6 +201,12 @@ TEST(ResumeSlow, SigtermStopsAtSafePointAndResumeFinishes) {
   EXPECT_EQ(part.code, 1);
   EXPECT_NE(part.output.find("a journal part of an unfinished sparsa run"), std::string::npos)
       << part.output;
+  // Nor is the output path yet: inspect names the journal and --resume.
+  part = run(binary() + " inspect " + out);
+  EXPECT_EQ(part.code, 1);
+  EXPECT_NE(part.output.find("no such file yet: " + out + ".parts/ holds the journal"),
+            std::string::npos)
+      << part.output;
   // Without --resume (or --force) the journal is not thrown away.
   auto r =
       run(binary() + " embed -q --model " + fx.model + " --input " + fx.input + " --output " + out);
