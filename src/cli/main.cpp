@@ -217,15 +217,17 @@ int main(int argc, char** argv) {
 
   // inspect
   auto* insp = app.add_subcommand("inspect", "Summarise a checkpoint or an embeddings file");
-  std::string insp_path;
+  std::vector<std::string> insp_paths;
   bool insp_all = false;
-  insp->add_option("file", insp_path, "HDF5 file written by sparsa")->required();
+  insp->add_option("file", insp_paths, "HDF5 file(s) written by sparsa")->required();
   insp->add_flag("--all", insp_all, "List every record");
   insp->footer(
       "Exit status: 0 for a checkpoint or a complete embeddings file; 1 for a file that is not\n"
       "a result (an embeddings file without complete = 1, a journal part) or not sparsa's, so\n"
-      "scripts can test a file with `sparsa inspect FILE > /dev/null`.\n"
-      "Example: sparsa inspect emb.h5 --all");
+      "scripts can test a file with `sparsa inspect FILE > /dev/null`. Several files: each\n"
+      "under a '== FILE' line, exit 1 if any is not a result.\n"
+      "Examples: sparsa inspect emb.h5 --all\n"
+      "          sparsa inspect out/*.h5 > /dev/null || echo 'some are not finished'");
 
   // bench
   auto* bench =
@@ -441,10 +443,23 @@ int main(int argc, char** argv) {
       bo.bf16 = !bench_fp32;
       code = run_bench(bo);
     } else if (*insp) {
-      if (!std::filesystem::exists(insp_path) &&
-          !std::filesystem::is_directory(insp_path + ".parts"))
-        throw InputError(insp_path + ": no such file");  // (a journal: inspect_file says so)
-      if (!inspect_file(insp_path, insp_all)) code = kExitError;  // incomplete: not a result
+      // Several files: each under a "== FILE" line; one that fails is said and the rest go on
+      // (exit 1 if any is not a result), as `ls` or `samtools quickcheck` do.
+      const bool many = insp_paths.size() > 1;
+      for (size_t i = 0; i < insp_paths.size(); ++i) {
+        const std::string& path = insp_paths[i];
+        if (many) std::printf("%s== %s\n", i ? "\n" : "", path.c_str());
+        try {
+          if (!std::filesystem::exists(path) && !std::filesystem::is_directory(path + ".parts"))
+            throw InputError(path + ": no such file");  // (a journal: inspect_file says so)
+          if (!inspect_file(path, insp_all)) code = kExitError;  // incomplete: not a result
+        } catch (const std::exception& e) {
+          if (!many) throw;
+          std::fflush(stdout);
+          std::fprintf(stderr, "sparsa: error: %s\n", e.what());
+          code = kExitError;
+        }
+      }
     }
   } catch (const Interrupted& e) {
     // Every rank stops at the same safe point: rank 0 says it for all.

@@ -276,11 +276,18 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
     const std::string t = trimmed(name);  // (all blanks: unchanged)
     return t.size() == name.size() ? -1 : by_text_or_number(t);
   };
+  // "; did you mean 'Close'?" where the name differs from a header's only in case
+  auto hint = [&](const std::string& name) -> std::string {
+    for (const std::string& h : header)
+      if (iequals(h, trimmed(name))) return "; did you mean '" + shown(h) + "'?";
+    return "";
+  };
   Columns cols;
   if (!opts.time_column.empty()) {
     cols.time = find(opts.time_column);
     if (cols.time < 0)
-      fail("time column '" + opts.time_column + "' not found (a name, or a number: 1 = first)");
+      fail("time column '" + opts.time_column + "' not found (a name, or a number: 1 = first)" +
+           hint(opts.time_column));
   } else {
     // An exact name wins over a case-insensitive one, so "Date,date" picks "date".
     for (int pass = 0; pass < 2 && cols.time < 0; ++pass) {
@@ -311,14 +318,15 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   }
   if (!opts.id_column.empty()) {
     cols.id = find(opts.id_column);
-    if (cols.id < 0) fail("id column '" + opts.id_column + "' not found");
+    if (cols.id < 0) fail("id column '" + opts.id_column + "' not found" + hint(opts.id_column));
     if (cols.id == cols.time)
       fail("column '" + opts.id_column + "' is both the time and id column");
   }
   if (!opts.columns.empty()) {
     for (const std::string& name : opts.columns) {
       int64_t c = find(name);
-      if (c < 0) fail("column '" + name + "' not found (a name, or a number: 1 = first)");
+      if (c < 0)
+        fail("column '" + name + "' not found (a name, or a number: 1 = first)" + hint(name));
       if (c == cols.time) fail("column '" + name + "' is the time column, not a channel");
       if (c == cols.id) fail("column '" + name + "' is the id column, not a channel");
       if (std::count(cols.channels.begin(), cols.channels.end(), c))

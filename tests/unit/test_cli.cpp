@@ -1297,6 +1297,17 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "good.h5");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("BAD"), std::string::npos) << r.output;
+  // Several files: each under its name; one not a result (or not there) makes the exit 1, and
+  // the files after it are still summarised.
+  r = run(binary() + " inspect " + t / "good.h5" + " " + t / "partial.h5" + " " + t / "gone.h5" +
+          " " + tiny_model());
+  EXPECT_EQ(r.code, 1) << r.output;
+  for (const std::string& f : {t / "good.h5", t / "partial.h5", t / "gone.h5", tiny_model()})
+    EXPECT_NE(r.output.find("== " + f), std::string::npos) << f << "\n" << r.output;
+  EXPECT_NE(r.output.find("INCOMPLETE"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("sparsa: error: " + t / "gone.h5" + ": no such file"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(run(binary() + " inspect " + t / "good.h5" + " " + tiny_model()).code, 0);
   // A later format_version is not judged a result (as a checkpoint's is refused).
   std::filesystem::copy_file(t / "good.h5", t / "v2.h5");
   h5::File::open_rw(t / "v2.h5").set_attr("/", "format_version", (int64_t)2);

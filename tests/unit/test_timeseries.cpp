@@ -546,6 +546,14 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
       << msg;
   msg = input_error([&] { read_timeseries_csv(p, {}, 0); });
   EXPECT_NE(msg.find("--time-column 1)"), std::string::npos) << msg;
+  // A name that differs in case only: the header's spelling is suggested.
+  msg = input_error([&] { read_timeseries_csv(p, {"1", {"Close"}, ""}, 1); });
+  EXPECT_NE(msg.find("column 'Close' not found (a name, or a number: 1 = first); did you mean "
+                     "'close'?"),
+            std::string::npos)
+      << msg;
+  msg = input_error([&] { read_timeseries_csv(p, {"OPEN", {}, ""}, 1); });
+  EXPECT_NE(msg.find("did you mean 'open'?"), std::string::npos) << msg;
 }
 
 // Intraday rows under a date-only time column repeat its text: counted so that it can be warned
