@@ -24,7 +24,7 @@ size_t topg_temp_bytes(int64_t n) {
   if (n > 0x7fffffff) throw SystemError("topg: shard too large for one sort");
   size_t bytes = 0;
   SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(
-      nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr, (int)n, 0, 64));
+      nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr, (int)n, 32, 64));
   return bytes;
 }
 
@@ -35,9 +35,12 @@ void launch_topg(const TopgParams& p, cudaStream_t stream) {
     throw SystemError("topg: record positions must be < 2^32");
   topg_keys_kernel<<<grid_for(p.n_tokens, 256), 256, 0, stream>>>(p);
   SPARSA_LAUNCH_CHECK();
+  // Sorted by the score's 32 bits alone: CUB's radix sort is stable, and the keys come in
+  // position order, so equal scores stay in ascending position, the order the low 32 bits
+  // (~position) gave a 64-bit sort, in half its digit passes.
   size_t bytes = p.temp_bytes;
   SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(
-      p.temp, bytes, (const uint64_t*)p.keys, p.sorted, (int)p.n_tokens, 0, 64, stream));
+      p.temp, bytes, (const uint64_t*)p.keys, p.sorted, (int)p.n_tokens, 32, 64, stream));
 }
 
 // Select keys: position << 32 | index in the ranked list (positions < 2^32, distinct).

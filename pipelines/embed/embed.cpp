@@ -1169,7 +1169,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // ranks waited for the CPU ranks in NCCL's set-up until the watchdog).
   // (Before the --resume check below: the manifest names the backend the ranks agree on.)
   bool no_gpu_somewhere = false;
-  double missing = 0;  // ranks without a usable GPU
+  [[maybe_unused]] double missing = 0;  // ranks without a usable GPU
 #ifdef SPARSA_HAVE_CUDA
   if (comm.size() > 1 && o.device != "cpu") {
     missing = cuda_available(nullptr) ? 0.0 : 1.0;

@@ -335,6 +335,17 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n%s", e.what(), sub->help().c_str());
         return kExitUsage;
       }
+      // `-i in.fa out.h5` without -o: --input took the output's name as a second input
+      const std::string what = e.what();
+      if (what.find("--output is required") != std::string::npos && eo.inputs.size() > 1 &&
+          eo.inputs.back().size() > 3 &&
+          eo.inputs.back().compare(eo.inputs.back().size() - 3, 3, ".h5") == 0) {
+        std::fprintf(stderr,
+                     "%s: --input took '%s' as an input too (it takes every word up to the next "
+                     "option); give it as --output %s\n",
+                     what.c_str(), eo.inputs.back().c_str(), eo.inputs.back().c_str());
+        return kExitUsage;
+      }
       if (!extra.empty()) {
         std::string words;
         for (size_t i = 0; i < extra.size() && i < 8; ++i) words += (i ? " " : "") + extra[i];

@@ -133,6 +133,11 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
             std::string::npos)
       << r.output;
   EXPECT_FALSE(exists(t / "typo.h5"));
+  r = run(binary() + " embed -m " + lambda() + " -i " + lambda() + " " + t / "typo.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--input took '" + t / "typo.h5" + "' as an input too"),
+            std::string::npos)
+      << r.output;
   r = run(binary() + " embed");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--model is required"), std::string::npos) << r.output;
