@@ -1,7 +1,7 @@
 #!/bin/bash
 # Submits a job array that embeds every input listed in a file, and a summary job after it.
 #
-#   slurm/submit-array.sh [--throttle K] [--parsable] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]
+#   slurm/submit-array.sh [--throttle K] [--parsable] [--check-time M] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]
 #
 #   LIST          one input file per line (blank lines and # comments skipped)
 #   OUTDIR        one output per input: dir/genome.fa.gz -> OUTDIR/genome.h5
@@ -12,7 +12,7 @@
 #                 job too: --sbatch=--account=X --sbatch=--partition=Y)
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
 #   --check-time M  the summary job's time limit in minutes (default: 15, plus one for every
-#                 6 MB of input: it reads every record's metadata, ~0.5 ms a record)
+#                 6 MB of input, at most 24 hours: it reads every record's metadata)
 #
 # The summary job (slurm/check-outputs.sh) waits for the array with --dependency=afterok: it runs
 # when every task has succeeded and confirms each output is complete. If a task fails, Slurm
@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --parsable) parsable=1; shift ;;
     --check-time) check_time=$2; shift 2 ;;
     --check-time=*) check_time=${1#*=}; shift ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -113,8 +113,12 @@ array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
 if [ -n "$check_time" ]; then
   check_minutes=$check_time
 else
-  bytes=$(du -cLb "${inputs[@]}" 2>/dev/null | tail -1 | cut -f1)
-  check_minutes=$((15 + ${bytes:-0} / 6000000))
+  # (the names through stdin: no ARG_MAX limit, no name taken for an option; any failure: 0)
+  bytes=$( (printf '%s\0' "${inputs[@]}" | du -cLb --files0-from=- 2>/dev/null || true) |
+    tail -1 | cut -f1)
+  [[ "$bytes" =~ ^[0-9]+$ ]] || bytes=0
+  check_minutes=$((15 + bytes / 6000000))
+  [ "$check_minutes" -le 1440 ] || check_minutes=1440  # a genome is few records: hours at most
 fi
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
   --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then

@@ -1,8 +1,10 @@
 // sparsa kernels: top-G selection of router scores (spec 2: the G largest; on equal scores the
 // smaller position wins). Each score becomes a unique 64-bit key, larger = better:
 //   key = orderable_bits(score) << 32 | (0xffffffff - record position)
-// and the keys are sorted descending (CUB radix sort, O(n) passes over 64 bits); the first G are
-// the best G in the CPU's order (cpu::better), exactly, ties included. Positions must be < 2^32.
+// and the keys are sorted descending on their score bits (CUB's radix sort, O(n) passes over the
+// top 32 bits; it is stable and the keys come in position order, so ties keep ascending
+// position, as the low 32 bits would sort them); the first G are the best G in the CPU's order
+// (cpu::better), exactly, ties included. Positions must be < 2^32.
 #pragma once
 #include <cstddef>
 

@@ -1292,7 +1292,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::future<void> device_ready;
 #ifdef SPARSA_HAVE_CUDA
   const char* early = std::getenv("SPARSA_EARLY_DEVICE");
-  if (o.device != "cpu" && !(early && early[0] == '0'))
+  if (chosen.device != "cpu" && !(early && early[0] == '0'))
     device_ready = std::async(std::launch::async, cuda::warm_up_device, comm.size() == 1);
 #endif
   // Several ranks, all with a GPU (NCCL not switched off): the NCCL communicator of split

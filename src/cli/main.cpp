@@ -250,10 +250,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 256))
       ->check(CLI::Validator(
           [](std::string& v) {
-            long long x = 0;  // (Range above has said what is not a number in range)
-            const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-            return ec == std::errc() && p == v.data() + v.size() && x % 2 != 0 ? "must be even"
-                                                                               : "";
+            // read as CLI11 reads the number (strtoll, base 0: +3, 0x3, 010); Range above has
+            // said what is not a number in range
+            char* end = nullptr;
+            const long long x = std::strtoll(v.c_str(), &end, 0);
+            return end != v.c_str() && *end == 0 && x % 2 != 0 ? "must be even" : "";
           },
           "EVEN"))
       ->capture_default_str();
@@ -331,7 +332,11 @@ int main(int argc, char** argv) {
       const CLI::App* sub = nullptr;
       for (const CLI::App* a : app.get_subcommands()) sub = a;
       const std::vector<std::string> extra = app.remaining(true);  // (the command's too)
-      if (sub && sub->get_name() == argv[argc - 1]) {  // `sparsa [-t N] embed`: its usage
+      // `sparsa [-t N] embed`: its usage (the command's name first met as the last word, not a
+      // value such as `-o embed`)
+      int first = 1;
+      while (sub && first < argc && sub->get_name() != argv[first]) ++first;
+      if (sub && first == argc - 1) {
         std::fprintf(stderr, "%s\n%s", e.what(), sub->help().c_str());
         return kExitUsage;
       }
@@ -468,7 +473,9 @@ int main(int argc, char** argv) {
           if (!many) throw;
           std::fflush(stdout);
           std::fprintf(stderr, "sparsa: error: %s\n", e.what());
-          code = kExitError;
+          // the worst status of the files: a damaged checkpoint's config is 2, as for one file
+          code =
+              std::max<int>(code, dynamic_cast<const ConfigError*>(&e) ? kExitUsage : kExitError);
         }
       }
     }

@@ -279,7 +279,7 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   // "; did you mean 'Close'?" where the name differs from a header's only in case
   auto hint = [&](const std::string& name) -> std::string {
     for (const std::string& h : header)
-      if (iequals(h, trimmed(name))) return "; did you mean '" + shown(h) + "'?";
+      if (iequals(trimmed(h), trimmed(name))) return "; did you mean '" + shown(h) + "'?";
     return "";
   };
   Columns cols;

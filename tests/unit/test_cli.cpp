@@ -138,6 +138,10 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("--input took '" + t / "typo.h5" + "' as an input too"),
             std::string::npos)
       << r.output;
+  r = run(binary() + " embed -m " + lambda() + " -o embed");  // the command's name as a value
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--input is required"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("-i,--input"), std::string::npos) << r.output;  // no usage
   r = run(binary() + " embed");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--model is required"), std::string::npos) << r.output;

@@ -554,6 +554,9 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
       << msg;
   msg = input_error([&] { read_timeseries_csv(p, {"OPEN", {}, ""}, 1); });
   EXPECT_NE(msg.find("did you mean 'open'?"), std::string::npos) << msg;
+  const std::string sp = write("sp.csv", "Date, Close\n2020-01-01,1\n");  // a space after ','
+  msg = input_error([&] { read_timeseries_csv(sp, {"", {"close"}, ""}, 1); });
+  EXPECT_NE(msg.find("did you mean 'Close'?"), std::string::npos) << msg;
 }
 
 // Intraday rows under a date-only time column repeat its text: counted so that it can be warned
