@@ -1,6 +1,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels/common/common.cuh"
 #include "kernels/rope/rope.hpp"
@@ -242,10 +243,13 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   // Vector loads need head_dim % 8 == 0, rows aligned to 4 elements (in_stride % 4 == 0) and base
   // pointers aligned to 4 elements (16 bytes for float32 in, 8 for bf16 in; outputs 8 or 16).
   const uintptr_t in_al = in_bf ? 8 : 16, out_al = out_bf ? 8 : 16;
-  bool aligned = true;
-  for (const void* q : {p.q_in, p.k_in, p.v_in}) aligned = aligned && (uintptr_t)q % in_al == 0;
-  for (const void* q : {(const void*)p.q_out, (const void*)p.k_out, (const void*)p.v_out})
-    aligned = aligned && (uintptr_t)q % out_al == 0;
+  auto all_aligned = [](std::initializer_list<const void*> ptrs, uintptr_t al) {
+    for (const void* q : ptrs)
+      if ((uintptr_t)q % al != 0) return false;
+    return true;
+  };
+  const bool aligned = all_aligned({p.q_in, p.k_in, p.v_in}, in_al) &&
+                       all_aligned({p.q_out, p.k_out, p.v_out}, out_al);
   // SPARSA_ROPE=v1: rope4_kernel everywhere (for A/B timing; the same bits)
   static const bool warp_ok = [] {
     const char* e = std::getenv("SPARSA_ROPE");
@@ -253,10 +257,7 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   }();
   if (warp_ok && p.variant == 0 && in_bf && p.head_dim == 64 &&
       p.n_heads * 8 <= 32 * kRopeWarpChunks && !p.v_in && p.in_stride % 8 == 0) {
-    bool al16 = (uintptr_t)p.q_in % 16 == 0 && (uintptr_t)p.k_in % 16 == 0;
-    for (const void* q : {(const void*)p.q_out, (const void*)p.k_out})
-      al16 = al16 && (uintptr_t)q % 16 == 0;
-    if (al16) {
+    if (all_aligned({p.q_in, p.k_in, p.q_out, p.k_out}, 16)) {
       rope_warp_kernel<<<grid_for(p.n_tokens, 8), 256, 0, stream>>>(a);
       SPARSA_LAUNCH_CHECK();
       return;

@@ -127,12 +127,16 @@ bool inspect_file(const std::string& path, bool verbose) {
     throw InputError(path +
                      ": not a regular file (a FIFO or a device): sparsa inspect reads an "
                      "HDF5 file");
-  // No file, but the journal of a run that has not finished it
-  if (std::error_code ec; !std::filesystem::exists(std::filesystem::symlink_status(path, ec)) &&
-                          std::filesystem::is_directory(path + ".parts", ec))
-    throw InputError(path + ": no such file yet: " + path +
-                     ".parts/ holds the journal of a run that has not finished it; run the same "
-                     "sparsa embed command with --resume to finish it");
+  if (!std::filesystem::exists(path)) {
+    std::error_code ec;
+    // No file, but the journal of a run that has not finished it
+    if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)) &&
+        std::filesystem::is_directory(path + ".parts", ec))
+      throw InputError(path + ": no such file yet: " + path +
+                       ".parts/ holds the journal of a run that has not finished it; run the "
+                       "same sparsa embed command with --resume to finish it");
+    throw InputError(path + ": no such file");
+  }
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format")) {
     if (f.exists("/records"))  // a part of a run's journal: records, no file attributes

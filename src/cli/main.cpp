@@ -466,8 +466,6 @@ int main(int argc, char** argv) {
         const std::string& path = insp_paths[i];
         if (many) std::printf("%s== %s\n", i ? "\n" : "", path.c_str());
         try {
-          if (!std::filesystem::exists(path) && !std::filesystem::is_directory(path + ".parts"))
-            throw InputError(path + ": no such file");  // (a journal: inspect_file says so)
           if (!inspect_file(path, insp_all)) code = kExitError;  // incomplete: not a result
         } catch (const std::exception& e) {
           if (!many) throw;

@@ -77,7 +77,6 @@ void Progress::start_record(int64_t index, const std::string& name, int64_t n_to
   name_ = name;
   rec_tokens_ = n_tokens;
   fraction_ = 0;
-  rec_counted_ = false;
   rec_t0_ = Clock::now();
   const bool first = !started_;
   if (first) first_start_ = rec_t0_;  // (a resumed run's first may not be record 1)
@@ -88,14 +87,15 @@ void Progress::start_record(int64_t index, const std::string& name, int64_t n_to
 
 void Progress::update(double fraction) {
   fraction_ = fraction;
-  if (fraction >= 1) return;  // said by finish_record, with the record counted in the total
+  // Said by finish_record, with the record counted in the total: so a line at fraction 1 is
+  // always one whose record tokens_done_ holds.
+  if (fraction >= 1) return;
   print(false, std::chrono::duration<double>(Clock::now() - rec_t0_).count() >= kOwnLineSeconds);
 }
 
 void Progress::finish_record() {
   fraction_ = 1.0;
   tokens_done_ += rec_tokens_;
-  rec_counted_ = true;
   ++records_done_;
   // A record that took a while keeps a line of its own; short ones (reads) only feed the
   // rate-limited line, so a FASTQ of a million reads does not print a million lines.
@@ -184,7 +184,7 @@ void Progress::print(bool force, bool per_record) {
           "record %lld '%.60s': %stok of %stok (%3.0f%%)  %stok/s  ETA %s  total %stok in %s",
           (long long)index_, name_.c_str(), human_count(done).c_str(),
           human_count((double)rec_tokens_).c_str(), 100.0 * fraction_, human_count(rate).c_str(),
-          eta.c_str(), human_count((double)tokens_done_ + (rec_counted_ ? 0 : done)).c_str(),
+          eta.c_str(), human_count((double)tokens_done_ + (fraction_ < 1 ? done : 0)).c_str(),
           human_seconds(seconds()).c_str());
   }
   emit(line, false);

@@ -53,7 +53,6 @@ class Progress {
   int64_t expected_ = 0;
   bool expected_exact_ = false, started_ = false, steps_shown_ = false;
   double fraction_ = 0;
-  bool rec_counted_ = false;  // the record at work is in tokens_done_ (finish_record)
   std::string name_;
   std::chrono::steady_clock::time_point rec_t0_, steps_t0_;
   std::string steps_what_;

@@ -18,9 +18,7 @@ volatile std::sig_atomic_t g_finishing = 0;
 // The finishing phase's messages and file, made before g_finishing is set (the handler only
 // reads them).
 char g_finish_first[1024], g_finish_second[1024], g_finish_tmp[4096];
-char g_second_stop[4352] =
-    "\n[sparsa] stopped at once (second interrupt); the records finished so far, if any, stay in "
-    "the journal, which --resume continues\n";
+char g_second_stop[4352];  // made by install_stop_handlers, before the handler is
 
 // write(2) only: the handler may run inside any call of the main program.
 void say(const char* msg) {
@@ -69,11 +67,11 @@ extern "C" void on_stop_signal(int sig) {
 
 void install_stop_handlers(bool announce, const char* journal) {
   g_announce = announce ? 1 : 0;
-  if (journal && std::strlen(journal) < 4096)
-    std::snprintf(g_second_stop, sizeof g_second_stop,
-                  "\n[sparsa] stopped at once (second interrupt); the records finished so far, if "
-                  "any, stay in the journal (%s), which --resume continues\n",
-                  journal);
+  const bool named = journal && std::strlen(journal) < 4096;
+  std::snprintf(g_second_stop, sizeof g_second_stop,
+                "\n[sparsa] stopped at once (second interrupt); the records finished so far, if "
+                "any, stay in the journal%s%s%s, which --resume continues\n",
+                named ? " (" : "", named ? journal : "", named ? ")" : "");
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);

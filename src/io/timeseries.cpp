@@ -276,10 +276,11 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
     const std::string t = trimmed(name);  // (all blanks: unchanged)
     return t.size() == name.size() ? -1 : by_text_or_number(t);
   };
-  // "; did you mean 'Close'?" where the name differs from a header's only in case
+  // "; did you mean 'Close'?" where the name differs from a header's only in case (the header's
+  // cells come trimmed: CsvScanner::cell)
   auto hint = [&](const std::string& name) -> std::string {
     for (const std::string& h : header)
-      if (iequals(trimmed(h), trimmed(name))) return "; did you mean '" + shown(h) + "'?";
+      if (iequals(h, trimmed(name))) return "; did you mean '" + shown(h) + "'?";
     return "";
   };
   Columns cols;
