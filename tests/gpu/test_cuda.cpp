@@ -507,6 +507,83 @@ TEST(CudaOps, GemmRowsDoNotDependOnM) {
 // The image GEMM (kernels/gemm, the model's MLP up projection + GELU in bf16 mode) against
 // cuBLASLt's bf16 output followed by the GELU table (the path it replaces), against the CPU, and
 // for row invariance: a row's bits do not depend on M or on where the row block starts.
+TEST(CudaOps, GemmResidualNormMatchesCublasAndNorm) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::gemm_residual_norm_supported(512, 512))
+    GTEST_SKIP() << "no sm_90a device: the fused output projection does not run";
+  // x += a W and h = RMSNorm(x, g) in one kernel, against a float64 reference of the same
+  // bf16 operands (x to float rounding, h within one bf16 rounding of the double result) and
+  // against the model's unfused path (cuBLASLt with beta = 1, then the RMSNorm kernel). Then: a
+  // row's bits do not depend on m or on where the row sits (a launch on rows 1234 .. 2010 alone),
+  // and h written over a (in place) is the same.
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{512, 512}, {256, 128}, {384, 448}}) {
+    SCOPED_TRACE("n " + std::to_string(n) + " k " + std::to_string(k));
+    const int64_t m = 5003;
+    const auto a = round_bf16(rnd(m * k, 401)), w = round_bf16(rnd(k * n, 402, -0.1f, 0.1f));
+    const auto x0 = rnd(m * n, 403, -2, 2), g = rnd(n, 404, 0.5, 1.5);
+    std::vector<uint16_t> wb(k * n);
+    cuda::to_bf16(w.data(), wb.data(), k * n);
+    DeviceBuffer da = up_act(a, DType::kBF16), dimg = up(kern::pack_gemm_b(wb.data(), k, n));
+    DeviceBuffer dg = up(g), dx = up(x0), dh(m * n * 2);
+    const double eps = 1e-6;
+    kern::launch_gemm_residual_norm(
+        {da.get(), dimg.get(), dx.as<float>(), dg.as<float>(), eps, dh.get(), m, n, k}, nullptr);
+    const auto x1 = down<float>(dx, m * n);
+    const auto h1 = down<uint16_t>(dh, m * n);
+    // float64 reference
+    int64_t h_off = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      std::vector<double> v(n);
+      double ss = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t e = 0; e < k; ++e) acc += (double)a[i * k + e] * (double)w[e * n + j];
+        v[j] = acc + x0[i * n + j];
+        ASSERT_NEAR(x1[i * n + j], v[j], 1e-5 * (std::fabs(v[j]) + 1)) << i << " " << j;
+        ss += (double)x1[i * n + j] * (double)x1[i * n + j];
+      }
+      const double inv = 1.0 / std::sqrt(ss / (double)n + eps);
+      std::vector<float> want(n), got(n);
+      for (int64_t j = 0; j < n; ++j) want[j] = (float)((double)x1[i * n + j] * inv * g[j]);
+      std::vector<uint16_t> wantb(n);
+      cuda::to_bf16(want.data(), wantb.data(), n);
+      for (int64_t j = 0; j < n; ++j) h_off += wantb[j] != h1[i * n + j];
+    }
+    EXPECT_LE(h_off, m * n / 10000) << "h bits off the reference (from the kernel's own x)";
+    // the unfused path
+    cuda::Gemm gemm;
+    DeviceBuffer dx2 = up(x0), dw = up_act(w, DType::kBF16), dh2(m * n * 2);
+    gemm.run(da.get(), dw.get(), dx2.as<float>(), m, n, k, DType::kBF16, true, nullptr);
+    kern::launch_rmsnorm(
+        {dx2.as<float>(), dg.as<float>(), nullptr, dh2.get(), DType::kBF16, m, n, eps}, nullptr);
+    EXPECT_LE(rel_err(x1, down<float>(dx2, m * n)), 1e-5);
+    EXPECT_LE(rel_err(down_act(dh, m * n, DType::kBF16), down_act(dh2, m * n, DType::kBF16)), 8e-3);
+    // rows 1234 .. 2010 alone: the same bits
+    const int64_t r0 = 1234, m2 = 777;
+    DeviceBuffer dx3 = up(x0), dh3(m * n * 2);
+    cuda::memset_device(dh3.get(), 0xff, m * n * 2);
+    kern::launch_gemm_residual_norm(
+        {da.as<char>() + r0 * k * 2, dimg.get(), dx3.as<float>() + r0 * n, dg.as<float>(), eps,
+         dh3.as<char>() + r0 * n * 2, m2, n, k},
+        nullptr);
+    const auto x3 = down<float>(dx3, m * n);
+    const auto h3 = down<uint16_t>(dh3, m * n);
+    for (int64_t i = 0; i < m * n; ++i) {
+      const bool inside = i / n >= r0 && i / n < r0 + m2;
+      ASSERT_EQ(x3[i], inside ? x1[i] : x0[i]) << "rows alone: x row " << i / n;
+      ASSERT_EQ(h3[i], inside ? h1[i] : uint16_t{0xffff}) << "rows alone: h row " << i / n;
+    }
+    if (n == k) {  // in place: h over a
+      DeviceBuffer da4 = up_act(a, DType::kBF16), dx4 = up(x0);
+      kern::launch_gemm_residual_norm(
+          {da4.get(), dimg.get(), dx4.as<float>(), dg.as<float>(), eps, da4.get(), m, n, k},
+          nullptr);
+      EXPECT_TRUE(down<uint16_t>(da4, m * n) == h1) << "in place";
+      EXPECT_TRUE(down<float>(dx4, m * n) == x1) << "in place: x";
+    }
+  }
+}
+
 TEST(CudaOps, GemmImagesMatchCublasAndTable) {
   SKIP_WITHOUT_GPU();
   if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
@@ -1388,6 +1465,98 @@ TEST(CudaOps, FusedGlobalBandBitIdentical) {
       }
     }
   }
+}
+
+TEST(CudaOps, AttentionRotatesQueriesAsRope) {
+  SKIP_WITHOUT_GPU();
+  if (!kern::wgmma_available()) GTEST_SKIP() << "no sm_90a device: the wgmma kernels do not run";
+  // The model's bf16 path on sm_90a: q left unrotated, the attention kernel rotating each query
+  // tile with launch_rope_table's cos / sin (rope_cs). Its output must be, bit for bit, the
+  // output from q rotated by launch_rope: with a global set (the fused kernel) and without (the
+  // band kernel alone), bidirectional and causal, shards at record offsets (rows of the first and
+  // last query tiles outside the shard), a table that starts before the shard, in place too.
+  const int64_t H = 2, d = H * 64;
+  struct Case {
+    int64_t n_record, first, m, window, G;
+  };
+  for (Case c :
+       {Case{5000, 1100, 900, 256, 700}, Case{3000, 0, 3000, 100, 0}, Case{257, 3, 250, 1, 0},
+        Case{6000, 2001, 1499, 256, 300}, Case{200000, 150000, 4000, 256, 500}}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE("first " + std::to_string(c.first) + " m " + std::to_string(c.m) + " G " +
+                   std::to_string(c.G) + (causal ? " causal" : ""));
+      const int64_t kv_begin = std::max<int64_t>(0, c.first - c.window);
+      const int64_t kv_end =
+          causal ? c.first + c.m : std::min(c.n_record, c.first + c.m + c.window);
+      const int64_t kvc = kv_end - kv_begin;
+      const auto q = rnd(c.m * d, 301, -2, 2);
+      DeviceBuffer dk = up_act(rnd(kvc * d, 302, -2, 2), DType::kBF16);
+      DeviceBuffer dv = up_act(rnd(kvc * d, 303), DType::kBF16);
+      DeviceBuffer dal = up(rnd(H, 304, 0.5, 1.5)), dout(c.m * d * 2), drot(c.m * d * 2);
+      GlobalCase gc(q, rnd(std::max<int64_t>(1, c.G) * d, 305, -2, 2),
+                    rnd(std::max<int64_t>(1, c.G) * d, 306), 307,
+                    random_positions(c.G, c.n_record, 308), c.n_record, c.first);
+      // q rotated by the RoPE kernel (as the model did before)
+      kern::RopeParams rp{gc.dq.get(),  gc.dq.get(), nullptr, d,  drot.get(), nullptr, nullptr,
+                          DType::kBF16, c.m,         H,       64, c.first,    10000.0};
+      rp.in_type = DType::kBF16;
+      kern::launch_rope(rp, nullptr);
+      // the table from 37 positions before the shard (or the record's start)
+      const int64_t tbase = std::max<int64_t>(0, c.first - 37), trows = c.first + c.m + 50 - tbase;
+      DeviceBuffer cs(trows * 64 * 4);
+      kern::launch_rope_table({cs.as<float>(), trows, 64, tbase, 10000.0, nullptr}, nullptr);
+      const BandRun r{c.n_record, c.first, c.m, c.window, kv_begin, kv_end, causal};
+      kern::AttentionParams p = band_params(r, H, drot, dk, dv, dal, dout);
+      if (c.G > 0) {
+        p.k_global = gc.p.k_global;
+        p.v_global = gc.p.v_global;
+        p.gamma = gc.p.gamma;
+        p.pos_global = gc.p.pos_global;
+        p.n_global = gc.p.n_global;
+        p.beta = gc.p.beta;
+      }
+      p.row_begin = 0;
+      p.row_end = c.m;
+      ASSERT_TRUE(kern::attention_rotates_queries(p));
+      cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
+      kern::launch_attention(p, nullptr);
+      const auto want = down<uint16_t>(dout, c.m * d);
+      ASSERT_TRUE(std::none_of(want.begin(), want.end(), [](uint16_t b) { return b == 0xffff; }));
+      kern::AttentionParams pr = p;
+      pr.q = gc.dq.get();
+      pr.rope_cs = cs.as<float>();
+      pr.rope_pos0 = tbase;
+      cuda::memset_device(dout.get(), 0xff, c.m * d * 2);
+      kern::launch_attention(pr, nullptr);
+      const auto got = down<uint16_t>(dout, c.m * d);
+      for (int64_t i = 0; i < c.m * d; ++i)
+        ASSERT_EQ(got[i], want[i]) << "row " << i / d << " channel " << i % d;
+      {  // in place, as the model calls it: out is the unrotated q
+        DeviceBuffer dq = up_act(q, DType::kBF16);
+        pr.q = pr.out = dq.get();
+        kern::launch_attention(pr, nullptr);
+        const auto inplace = down<uint16_t>(dq, c.m * d);
+        for (int64_t i = 0; i < c.m * d; ++i)
+          ASSERT_EQ(inplace[i], want[i]) << "in place: row " << i / d << " channel " << i % d;
+      }
+      // Without the rotation the output differs: the test would see a kernel that ignored it.
+      kern::AttentionParams pn = p;
+      pn.q = gc.dq.get();
+      kern::launch_attention(pn, nullptr);
+      EXPECT_NE(down<uint16_t>(dout, c.m * d), want);
+    }
+  }
+  // Kernels that cannot rotate refuse the table rather than ignore it.
+  const BandRun r{3000, 0, 3000, 100, 0, 3100, false};
+  DeviceBuffer dq(3000 * d * 2), dk(3100 * d * 2), dv(3100 * d * 2),
+      dal = up(rnd(H, 1)), dout(3000 * d * 2), cs(3000 * 256);
+  kern::AttentionParams p = band_params(r, H, dq, dk, dv, dal, dout);
+  p.rope_cs = cs.as<float>();
+  p.row_begin = 0;
+  p.row_end = 3000;
+  p.force_simple = true;
+  EXPECT_FALSE(kern::attention_rotates_queries(p));
+  EXPECT_THROW(kern::launch_attention(p, nullptr), SystemError);
 }
 
 TEST(CudaOps, GlobalKernelFixedOffsetsAgree) {
