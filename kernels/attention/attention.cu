@@ -9,7 +9,6 @@ namespace sparsa::kern {
 
 void launch_attention_tc(const AttentionParams& p, cudaStream_t stream);  // attention_tc.cu
 bool global_scratch_needed_tc(const AttentionParams& p);                  // attention_tc.cu
-bool rotates_queries_tc(const AttentionParams& p);                        // attention_tc.cu
 
 namespace {
 
@@ -123,10 +122,6 @@ bool attention_needs_global_scratch(const AttentionParams& p) {
   return attention_uses_tensor_cores(p) && global_scratch_needed_tc(p);
 }
 
-bool attention_rotates_queries(const AttentionParams& p) {
-  return attention_uses_tensor_cores(p) && rotates_queries_tc(p);
-}
-
 void launch_attention(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
   if (p.row_end <= p.row_begin || p.n_tokens <= 0) return;
@@ -134,7 +129,6 @@ void launch_attention(const AttentionParams& p_in, cudaStream_t stream) {
   if (p.window < 0) throw SystemError("attention: negative window");
   p.window = std::min(p.window, p.n_record);  // a window beyond the record is full attention
   if (attention_uses_tensor_cores(p)) return launch_attention_tc(p, stream);
-  if (p.rope_cs) throw SystemError("attention: this kernel cannot rotate the queries (rope_cs)");
   const float scale = 1.0f / std::sqrt((float)p.head_dim);
   const unsigned grid = grid_for((p.row_end - p.row_begin) * p.n_heads, kSimpleWarps);
   if (p.type == DType::kBF16)

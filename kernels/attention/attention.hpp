@@ -51,13 +51,6 @@ struct AttentionParams {
   float* global_scratch = nullptr;   // [n_tokens, d] float32
   const float* global_in = nullptr;  // internal: the band kernel adds this instead of a global part
   bool force_simple = false;         // tests: the CUDA-core kernel even where tensor cores apply
-  // Or null: q holds the queries before RoPE, and the kernel rotates each query tile as it lands
-  // in shared memory, with the cos / sin of launch_rope_table (row of record position P at
-  // rope_cs + 64 (P - rope_pos0), head_dim 64): the bits of launch_rope's bf16 rotation, without
-  // its pass over q. Only where attention_rotates_queries says so; launch_attention throws
-  // elsewhere.
-  const float* rope_cs = nullptr;
-  int64_t rope_pos0 = 0;
 };
 void launch_attention(const AttentionParams& p, cudaStream_t stream);
 
@@ -67,9 +60,5 @@ bool attention_uses_tensor_cores(const AttentionParams& p);
 // variant environment) writes through global_scratch: a split global part without the sm_90a
 // kernel that runs both parts. The model reserves the scratch (n_tokens x d floats) only then.
 bool attention_needs_global_scratch(const AttentionParams& p);
-// Whether the kernel launch_attention picks for these parameters can rotate unrotated queries
-// (rope_cs): bf16, head_dim 64 on an sm_90a device, with the fused global + band kernel or the
-// band kernel alone (no global set).
-bool attention_rotates_queries(const AttentionParams& p);
 
 }  // namespace sparsa::kern

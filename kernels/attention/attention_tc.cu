@@ -869,19 +869,8 @@ bool global_scratch_needed_tc(const AttentionParams& p) {
   return !gv.empty() && !fused_variant(gv);
 }
 
-bool rotates_queries_tc(const AttentionParams& p) {
-  if (p.head_dim != 64 || !wgmma_available()) return false;
-  const std::string gv = global_choice(p);
-  if (fused_variant(gv)) return true;
-  if (!gv.empty() || p.n_global > 0) return false;  // a split global kernel, or the v1 kernel
-  const std::string& bv = band_variant();
-  return bv == "auto" || bv.rfind("wg", 0) == 0;  // the band alone on wgmma
-}
-
 void launch_attention_tc(const AttentionParams& p_in, cudaStream_t stream) {
   AttentionParams p = p_in;
-  if (p.rope_cs && !rotates_queries_tc(p))
-    throw SystemError("attention: this kernel cannot rotate the queries (rope_cs)");
   const std::string gv = global_choice(p);
   if (fused_variant(gv)) {  // the band too: out written, no scratch
     launch_global_wgmma(p, gv, stream);

@@ -185,63 +185,6 @@ __device__ __forceinline__ void load_q_tile(uint32_t q_tile, const __nv_bfloat16
     cp_async16(q_tile + swz<64>(r, c), ok ? q + rr * d + h * 64 + c * 8 : q, ok);
   }
 }
-// p.rope_cs: RoPE of the block's BQ query rows in their swizzled tile, as launch_rope's bf16 path
-// rotates them (kernels/rope/rope.cu, rotate<bf16>) with the cos and sin of launch_rope_table, so
-// the rows get its bits. Work item (row r, chunk c < 4): pair (k, k + 32) of the row from chunks c
-// and c + 4. rope_q_load reads this thread's items' cos / sin (before the tile lands, so the
-// loads overlap it); rope_q_apply rotates the landed tile (tile: its generic shared address).
-// Rows outside the shard (zeros) are skipped. The caller then fences (generic -> async proxy)
-// and synchronises before the MMAs read the tile.
-template <int BQ, int NT>
-struct RopeQ {
-  static constexpr int kItems = BQ * 4 / NT;
-  static_assert(kItems * NT == BQ * 4, "whole items a thread");
-  float4 cs[kItems][4];
-  bool ok[kItems];
-};
-template <int BQ, int NT>
-__device__ __forceinline__ void rope_q_load(RopeQ<BQ, NT>& q, const AttentionParams& p, int64_t i0,
-                                            int tid) {
-#pragma unroll
-  for (int u = 0; u < RopeQ<BQ, NT>::kItems; ++u) {
-    const int idx = tid + u * NT, r = idx / 4, c = idx % 4;
-    const int64_t rr = i0 + r - p.first_pos;
-    q.ok[u] = rr >= 0 && rr < p.n_tokens;
-    const float4* cs =
-        reinterpret_cast<const float4*>(p.rope_cs + (q.ok[u] ? i0 + r - p.rope_pos0 : 0) * 64) +
-        4 * c;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) q.cs[u][e] = q.ok[u] ? __ldg(cs + e) : make_float4(0, 0, 0, 0);
-  }
-}
-template <int BQ, int NT>
-__device__ __forceinline__ void rope_q_apply(const RopeQ<BQ, NT>& q, unsigned char* tile, int tid) {
-#pragma unroll
-  for (int u = 0; u < RopeQ<BQ, NT>::kItems; ++u) {
-    if (!q.ok[u]) continue;
-    const int idx = tid + u * NT, r = idx / 4, c = idx % 4;
-    uint4* plo = reinterpret_cast<uint4*>(tile + swz<64>(r, c));
-    uint4* phi = reinterpret_cast<uint4*>(tile + swz<64>(r, c + 4));
-    const uint4 ulo = *plo, uhi = *phi;
-    const __nv_bfloat162* blo = reinterpret_cast<const __nv_bfloat162*>(&ulo);
-    const __nv_bfloat162* bhi = reinterpret_cast<const __nv_bfloat162*>(&uhi);
-    uint32_t wlo[4], whi[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {   // elements 2e, 2e + 1 of the chunk: angles 8c + 2e, + 1
-      const float4 t = q.cs[u][e];  // (cos, sin) of both angles
-      const float2 x0 = __bfloat1622float2(blo[e]), x1 = __bfloat1622float2(bhi[e]);
-      const float l0 = __fmaf_rn(x0.x, t.x, __fmul_rn(-x1.x, t.y));
-      const float h0 = __fmaf_rn(x0.x, t.y, __fmul_rn(x1.x, t.x));
-      const float l1 = __fmaf_rn(x0.y, t.z, __fmul_rn(-x1.y, t.w));
-      const float h1 = __fmaf_rn(x0.y, t.w, __fmul_rn(x1.y, t.z));
-      const __nv_bfloat162 bl = __floats2bfloat162_rn(l0, l1), bh = __floats2bfloat162_rn(h0, h1);
-      wlo[e] = *reinterpret_cast<const uint32_t*>(&bl);
-      whi[e] = *reinterpret_cast<const uint32_t*>(&bh);
-    }
-    *plo = make_uint4(wlo[0], wlo[1], wlo[2], wlo[3]);
-    *phi = make_uint4(whi[0], whi[1], whi[2], whi[3]);
-  }
-}
 // The scores of global keys g0 .. g0 + BK - 1 that rows ra, rb (this thread's, in a block from
 // row i0) do not see set to -inf: keys past n_global, and (causal) keys after the row.
 template <int BK>
@@ -322,24 +265,7 @@ struct WgArgs {
   int64_t tile_pos0;  // record position of the first query tile (a multiple of BQ)
   float scale_log2;   // log2(e) / sqrt(64)
   const float* kmax;  // STAT: [n_heads] the largest |k| of the head's global keys
-  // The grid as (head, query tile) instead of (query tile, head): the heads of a tile run side by
-  // side (they share its rows' cache lines and, with rope_cs, its cos / sin rows).
-  bool heads_first = false;
 };
-// SPARSA_ATTN_ORDER=heads: the pipe and band kernels' grids head-first (WgArgs::heads_first)
-// where the tiles fit the grid's y dimension; "tiles" (the default) as before. A/B runs.
-inline bool heads_first_env() {
-  static const bool v = [] {
-    const char* e = std::getenv("SPARSA_ATTN_ORDER");
-    return e && std::string(e) == "heads";
-  }();
-  return v;
-}
-// The grid of qt for a, head-first where asked and possible (a.heads_first set to match).
-inline dim3 order_grid(WgArgs& a, const QueryTiles& qt) {
-  a.heads_first = heads_first_env() && qt.grid.x <= 65535;
-  return a.heads_first ? dim3(qt.grid.y, qt.grid.x) : qt.grid;
-}
 
 // BULK: 0 every thread loads with cp.async; 1 one bulk copy a tile, a block barrier per tile
 // before a buffer is refilled; 2 the same, but each warpgroup releases the buffer on an "empty"
@@ -783,9 +709,8 @@ __global__ void __launch_bounds__(128 * NWG, 1)
   auto empty = [&](int s) { return k_tile(S) + 8u * (uint32_t)(S + s); };
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int64_t h = a.heads_first ? blockIdx.x : blockIdx.y;
-  const int64_t i0 = a.tile_pos0 + (int64_t)(a.heads_first ? blockIdx.y : blockIdx.x) * BQ,
-                i1 = i0 + BQ - 1;
+  const int64_t h = blockIdx.y;
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ, i1 = i0 + BQ - 1;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   const int64_t n_keys = global_key_count(p, i1);
   const int64_t n_tiles = (n_keys + BK - 1) / BK, img_tiles = a.g_pad / BK;
@@ -805,22 +730,10 @@ __global__ void __launch_bounds__(128 * NWG, 1)
   };
   load_q_tile<BQ, NT>(q_tile, q, p, i0, h, tid);
   cp_async_commit();
-  if (p.rope_cs) {  // the queries before RoPE: rotated here once every row has landed, the first
-                    // key tiles already on their way
-    RopeQ<BQ, NT> rq;
-    rope_q_load(rq, p, i0, tid);
-    cp_async_wait<0>();
-    __syncthreads();  // Q landed and the barriers initialised
-    for (int64_t t = 0; t < S - 1; ++t) issue(t);
-    rope_q_apply(rq, smem_raw + (q_tile - smem_u32(smem_raw)), tid);
-    proxy_fence();
-    __syncthreads();  // Q rotated
-  } else {
-    cp_async_wait<0>();
-    proxy_fence();
-    __syncthreads();  // Q landed and the barriers initialised
-    for (int64_t t = 0; t < S - 1; ++t) issue(t);
-  }
+  cp_async_wait<0>();
+  proxy_fence();
+  __syncthreads();  // Q landed and the barriers initialised
+  for (int64_t t = 0; t < S - 1; ++t) issue(t);
 
   float o[NO];
 #pragma unroll
@@ -961,20 +874,11 @@ __global__ void __launch_bounds__(128, MINB) band_wg_kernel(const __grid_constan
   constexpr int BQ = 64;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const int64_t h = a.heads_first ? blockIdx.x : blockIdx.y;
-  const int64_t i0 = a.tile_pos0 + (int64_t)(a.heads_first ? blockIdx.y : blockIdx.x) * BQ;
-  load_q_tile<BQ, 128>(base, static_cast<const __nv_bfloat16*>(a.p.q), a.p, i0, h, threadIdx.x);
-  cp_async_commit();  // waited for with the first key tile (or here, to rotate the queries)
-  if (a.p.rope_cs) {
-    RopeQ<BQ, 128> rq;
-    rope_q_load(rq, a.p, i0, (int)threadIdx.x);
-    cp_async_wait<0>();
-    __syncthreads();
-    rope_q_apply(rq, smem_raw + (base - smem_u32(smem_raw)), (int)threadIdx.x);
-    proxy_fence();
-    __syncthreads();
-  }
-  band_rows<S, FROZEN, 0>(a, h, i0, base, base + BQ * 128, threadIdx.x, 0, nullptr);
+  const int64_t i0 = a.tile_pos0 + (int64_t)blockIdx.x * BQ;
+  load_q_tile<BQ, 128>(base, static_cast<const __nv_bfloat16*>(a.p.q), a.p, i0, blockIdx.y,
+                       threadIdx.x);
+  cp_async_commit();  // waited for with the first key tile
+  band_rows<S, FROZEN, 0>(a, blockIdx.y, i0, base, base + BQ * 128, threadIdx.x, 0, nullptr);
 #else
   __trap();
 #endif
@@ -1081,8 +985,7 @@ void launch_pipe(const WgArgs& a_in, cudaStream_t stream) {
   WgArgs a = a_in;
   const QueryTiles qt = query_tiles(a.p, BQ);
   a.tile_pos0 = qt.pos0;
-  const dim3 grid = order_grid(a, qt);
-  global_pipe_kernel<NWG, S, BAND><<<grid, 128 * NWG, smem, stream>>>(a);
+  global_pipe_kernel<NWG, S, BAND><<<qt.grid, 128 * NWG, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
 
@@ -1096,7 +999,7 @@ void launch_band_wg(const AttentionParams& p, cudaStream_t stream) {
   a.scale_log2 = (float)(1.4426950408889634 / 8.0);
   const QueryTiles qt = query_tiles(p, BQ);
   a.tile_pos0 = qt.pos0;
-  const dim3 grid = order_grid(a, qt);
+  const dim3 grid = qt.grid;
   band_wg_kernel<S, MINB, FROZEN><<<grid, 128, smem, stream>>>(a);
   SPARSA_LAUNCH_CHECK();
 }
@@ -1126,8 +1029,6 @@ void launch_global_wgmma(const AttentionParams& p, const std::string& variant,
   if (p.type != DType::kBF16 || p.head_dim != 64 || p.n_global <= 0 ||
       (!p.global_scratch && !fused_variant(variant)))
     throw SystemError("attention: the wgmma global kernel needs bf16, head_dim 64 and a scratch");
-  if (p.rope_cs && !fused_variant(variant))
-    throw SystemError("attention: only the fused global kernel rotates the queries (rope_cs)");
   const int64_t d = p.n_heads * 64, g_pad = (p.n_global + 127) / 128 * 128;
   WgArgs a{};
   a.p = p;

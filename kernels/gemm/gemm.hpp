@@ -61,29 +61,4 @@ struct GemmImagesParams {
 // through a ring of 64-k tiles; two consumer warpgroups take 128 x 128 output tiles in turn.
 void launch_gemm_images(const GemmImagesParams& p, cudaStream_t stream);
 
-// The attention's output projection with the residual and the MLP's RMSNorm fused (the model's
-// x = x + a W_o, then h = RMSNorm(x, g) for the up projection), bf16 mode:
-//   v[i, j] = x[i, j] + sum_k a[i, k] W[k, j]   (bf16 a and W, float32 accumulation, one add)
-//   x[i, j] = v[i, j];  h[i, j] = bf16((float)((double)v[i, j] inv_i (double)g[j]))
-//   inv_i = 1 / sqrt(sum_j v[i, j]^2 / n + eps)   (double, as kernels/norm)
-// so x makes one trip through memory instead of three (cuBLASLt's C in and D out, then the
-// RMSNorm's read). Each row's arithmetic is fixed (its k order, its sum of squares' order), so a
-// row's bits do not depend on m or on where the row sits. h may be a (in place: a block reads its
-// rows of a before it writes their h). Persistent, one block an SM: 128-row blocks of a loaded
-// into shared memory (cp.async into the A-image layout), W streamed as B images (pack_gemm_b)
-// through a ring; two consumer warpgroups each own 64 rows and sweep the n / 128 column tiles,
-// x of the next tile in flight while the MMAs run; the last tile stays in registers for h.
-struct GemmResidualNormParams {
-  const void* a;      // bf16 [m, k] row-major
-  const void* b;      // B images of W [k, n] (pack_gemm_b)
-  float* x;           // float32 [m, n] row-major: read, then written
-  const float* gain;  // [n]
-  double eps;
-  void* h;  // bf16 [m, n] row-major (may be a)
-  int64_t m, n, k;
-};
-// An sm_90a device, k a multiple of 64 up to 512 and n a multiple of 128 up to 512.
-bool gemm_residual_norm_supported(int64_t n, int64_t k);
-void launch_gemm_residual_norm(const GemmResidualNormParams& p, cudaStream_t stream);
-
 }  // namespace sparsa::kern

@@ -230,37 +230,6 @@ __global__ void rope_warp_kernel(const __grid_constant__ RopeArgs a) {
   }
 }
 
-namespace {
-struct RopeTableArgs {
-  RopeTableParams p;
-  double theta[128];
-};
-__global__ void rope_table_kernel(const __grid_constant__ RopeTableArgs a) {
-  const RopeTableParams& p = a.p;
-  const int64_t half = p.head_dim / 2;
-  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= p.n_tokens * half) return;
-  const int64_t k = idx % half, r = idx / half;
-  const int64_t pos = p.positions ? p.positions[r] : p.first_pos + r;
-  double sd, cd;
-  sincos((double)pos * a.theta[k], &sd, &cd);
-  reinterpret_cast<float2*>(p.cs)[idx] = make_float2((float)cd, (float)sd);
-}
-}  // namespace
-
-void launch_rope_table(const RopeTableParams& p, cudaStream_t stream) {
-  if (p.n_tokens <= 0) return;
-  if (p.head_dim % 2 != 0 || p.head_dim > 256)
-    throw SystemError("rope table: head_dim must be even and <= 256");
-  if ((uintptr_t)p.cs % 8 != 0) throw SystemError("rope table: cs must be 8-byte aligned");
-  RopeTableArgs a{};
-  a.p = p;
-  for (int64_t k = 0; k < p.head_dim / 2; ++k)  // as launch_rope
-    a.theta[k] = std::pow(p.base, -2.0 * (double)k / (double)p.head_dim);
-  rope_table_kernel<<<grid_for(p.n_tokens * (p.head_dim / 2), 256), 256, 0, stream>>>(a);
-  SPARSA_LAUNCH_CHECK();
-}
-
 void launch_rope(const RopeParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
   if (p.head_dim % 2 != 0 || p.head_dim > 256)

@@ -35,17 +35,4 @@ struct RopeParams {
 };
 void launch_rope(const RopeParams& p, cudaStream_t stream);
 
-// The cos and sin of every angle of n_tokens rows, as RoPE's bf16 path rounds them: cs[2 (r half +
-// k)] = (float)cos, cs[... + 1] = (float)sin of (double)position(r) * theta_k, half = head_dim / 2
-// (the same double sincos as launch_rope, so a rotation from the table gives its bits). The
-// attention kernels rotate unrotated queries with it (AttentionParams::rope_cs).
-struct RopeTableParams {
-  float* cs;  // [n_tokens, head_dim / 2, 2]
-  int64_t n_tokens, head_dim;
-  int64_t first_pos;  // record position of row 0
-  double base;
-  const int64_t* positions = nullptr;  // or, device [n_tokens]: row r's record position
-};
-void launch_rope_table(const RopeTableParams& p, cudaStream_t stream);
-
 }  // namespace sparsa::kern

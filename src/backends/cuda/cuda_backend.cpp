@@ -99,13 +99,12 @@ struct Profiler {
 };
 
 struct DeviceLayer {
-  DeviceBuffer attn_norm, wqk, wq, wk, wv, wo, router_w1, router_b1, router_w2, alpha, beta,
-      mlp_norm, w_up, w_down;
+  DeviceBuffer attn_norm, wqk, wv, wo, router_w1, router_b1, router_w2, alpha, beta, mlp_norm, w_up,
+      w_down;
   float router_b2 = 0;
   DeviceBuffer router_split;                 // bf16 mode: [2d, 2r] (router_split.hpp)
   DeviceBuffer router_frags, router_images;  // bf16 mode, fused router: RouterSplit's
   DeviceBuffer w_up_img;  // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
-  DeviceBuffer wo_img;    // bf16 mode, Impl::wo_norm: W_o's B images (gemm.hpp)
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -185,19 +184,6 @@ struct CudaModel::Impl {
   // Rows per projection / MLP chunk in this forward (CudaOptions::chunk_rows, resolved), and
   // SPARSA_CHUNK_ROWS (0: unset).
   int64_t chunk_rows = 65536, chunk_env = 0;
-  // bf16 on an sm_90a GPU: the queries stay unrotated (their own GEMM writes them in place) and
-  // the attention kernel rotates each query tile with the cos / sin table rope_cs of the shard's
-  // rows (kernels/rope: launch_rope_table), so RoPE's pass reads and writes k alone: -2 of its 4
-  // bytes a query element. Per forward, where the kernel supports it and the table (256 bytes a
-  // row at head_dim 64) is at most 1 GiB; SPARSA_QROPE=0 turns it off (A/B runs; the same bits).
-  bool qrope_env = true, qrope = false;
-  // bf16 on an sm_90a GPU (d_model a multiple of 128 up to 512, the cuBLASLt MLP): x += a W_o and
-  // the MLP's RMSNorm in one kernel (kernels/gemm: launch_gemm_residual_norm) writing h over the
-  // attention output, then the MLP of those rows at once. Opt-in (SPARSA_WO_NORM=1): slower than
-  // cuBLASLt + the RMSNorm kernel so far (bench/NOTES.md, session 21).
-  bool wo_norm = false;
-  DeviceBuffer rope_cs;
-  int64_t rope_cs_first = -1, rope_cs_rows = 0;    // the record positions the table holds
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
@@ -244,11 +230,11 @@ struct CudaModel::Impl {
   int64_t activation_bytes() const {
     int64_t t = 0;
     for (const DeviceBuffer* b :
-         {&tokens,     &x,       &scores, &keys,     &sorted,  &topg_temp, &bad,      &h32,
-          &hact,       &qkv32,   &hid,    &up32,     &upact,   &kg,        &vg,       &gamma,
-          &gpos,       &gidx,    &kpack,  &vpack,    &gscore,  &sel_keys,  &sel_temp, &gpos_all,
-          &gscore_all, &bad_all, &pooled, &gscratch, &rope_cs, &xg,        &rowpos,   &cand,
-          &kcat,       &vcat,    &gperm,  &halo_rx})
+         {&tokens,   &x,        &scores,   &keys,       &sorted,  &topg_temp, &bad,
+          &h32,      &hact,     &qkv32,    &hid,        &up32,    &upact,     &kg,
+          &vg,       &gamma,    &gpos,     &gidx,       &kpack,   &vpack,     &gscore,
+          &sel_keys, &sel_temp, &gpos_all, &gscore_all, &bad_all, &pooled,    &gscratch,
+          &xg,       &rowpos,   &cand,     &kcat,       &vcat,    &gperm,     &halo_rx})
       t += (int64_t)b->bytes();
     for (const RowWindow* w : {&ring, &edge_lo, &edge_hi})
       t += (int64_t)(w->q.bytes() + w->k.bytes() + w->v.bytes());
@@ -263,9 +249,7 @@ struct CudaModel::Impl {
                  void* v);
   void global_kv_device(const DeviceLayer& L, const int64_t* rows, const int64_t* positions,
                         int64_t n, void* k, void* v);
-  // x += GELU(h W_up) W_down for shard rows [r0, r0 + m), h = RMSNorm(x, mlp_norm) computed
-  // here, or given (hn: bf16 rows, as launch_gemm_residual_norm wrote them).
-  void mlp(const DeviceLayer& L, int64_t r0, int64_t m, const void* hn = nullptr);
+  void mlp(const DeviceLayer& L, int64_t m);
 };
 
 CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
@@ -293,17 +277,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       throw ConfigError(
           "SPARSA_MLP_GEMM=images needs bf16, an sm_90a GPU, d_model a multiple of 64 up to 512 "
           "and d_ff a multiple of 128");
-  }
-  if (const char* e = std::getenv("SPARSA_WO_NORM"); e && *e) {
-    const std::string v = e;
-    if (v != "0" && v != "1") throw ConfigError("SPARSA_WO_NORM must be 0 or 1, not '" + v + "'");
-    I.wo_norm = v == "1" && I.act == DType::kBF16 && !I.mlp_images &&
-                kern::gemm_residual_norm_supported(c0.d_model, c0.d_model);
-  }
-  if (const char* e = std::getenv("SPARSA_QROPE"); e && *e) {
-    const std::string v = e;
-    if (v != "0" && v != "1") throw ConfigError("SPARSA_QROPE must be 0 or 1, not '" + v + "'");
-    I.qrope_env = v == "1";
   }
   if (const char* e = std::getenv("SPARSA_CHUNK_ROWS"); e && *e) {
     char* end = nullptr;
@@ -358,10 +331,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       std::copy_n(L.wk.begin() + e * d, d, qk.begin() + e * 2 * d + d);
     }
     D.wqk = I.upload(qk, true);
-    if (I.act == DType::kBF16) {  // the queries' own GEMM (Impl::qrope) and the keys'
-      D.wq = I.upload(L.wq, true);
-      D.wk = I.upload(L.wk, true);
-    }
     D.wv = I.upload(L.wv, true);
     D.wo = I.upload(L.wo, true);
     D.router_w1 = I.upload(L.router_w1, false);  // router in fp32 in both modes
@@ -386,14 +355,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
     D.mlp_norm = I.upload(L.mlp_norm, false);
-    if (I.wo_norm) {
-      std::vector<uint16_t> b(L.wo.size());
-      cuda::to_bf16(L.wo.data(), b.data(), (int64_t)b.size());
-      const std::vector<uint16_t> img = kern::pack_gemm_b(b.data(), d, d);
-      D.wo_img = DeviceBuffer(img.size() * 2);
-      cuda::copy_to_device(D.wo_img.get(), img.data(), img.size() * 2);
-      I.weight_bytes += (int64_t)D.wo_img.bytes();
-    }
     if (!I.mlp_images) D.w_up = I.upload(L.w_up, true);
     if (I.mlp_images) {  // W_up only as the image GEMM's B images
       std::vector<uint16_t> b(L.w_up.size());
@@ -539,21 +500,6 @@ void CudaModel::Impl::project(const DeviceLayer& L, const float* xr, int64_t n, 
     // half the bytes; a row's q and k are rounded to bf16 before the rotation and after it.
     prof.mark(kQkv, s);
     const void* h = bf ? hact.get() : h32.get();
-    if (q && qrope) {  // q unrotated in place (the attention rotates it), k rotated in place
-      char* qc = static_cast<char*>(q) + c0 * rb;
-      char* kc = static_cast<char*>(k) + c0 * rb;
-      gemm.run(h, L.wq.get(), qc, rows, d, d, act, false, s, act);
-      gemm.run(h, L.wk.get(), kc, rows, d, d, act, false, s, act);
-      gemm.run(h, L.wv.get(), static_cast<char*>(v) + c0 * rb, rows, d, d, act, false, s, act);
-      prof.mark(kRope, s);
-      kern::RopeParams rp{kc,         kc,  nullptr, d,         nullptr,      kc,
-                          nullptr,    act, rows,    c.n_heads, c.head_dim(), first_pos + c0,
-                          c.rope_base};
-      rp.positions = positions ? positions + c0 : nullptr;
-      rp.in_type = act;
-      kern::launch_rope(rp, s);
-      continue;
-    }
     gemm.run(h, L.wqk.get(), qkv32.get(), rows, 2 * d, d, act, false, s, act);
     gemm.run(h, L.wv.get(), static_cast<char*>(v) + c0 * rb, rows, d, d, act, false, s, act);
     prof.mark(kRope, s);
@@ -624,23 +570,13 @@ void CudaModel::Impl::global_kv_device(const DeviceLayer& L, const int64_t* rows
 }
 
 // x += GELU(RMSNorm(x) W_up) W_down, chunk by chunk.
-void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t r0, int64_t m, const void* hn) {
+void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
   const int64_t d = c.d_model, f = c.d_ff;
   const bool bf = act == DType::kBF16;
   for (int64_t c0 = 0; c0 < m; c0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, m - c0);
-    float* xc = x.as<float>() + (r0 + c0) * d;
+    float* xc = x.as<float>() + c0 * d;
     prof.mark(kMlpUp, s);
-    if (hn) {  // h given (bf16): the up projection, GELU and the down projection
-      void* u = upact.get();
-      gemm.run(static_cast<const char*>(hn) + c0 * d * 2, L.w_up.get(), u, rows, f, d, act, false,
-               s, act);
-      prof.mark(kGelu, s);
-      kern::launch_gelu({nullptr, u, act, rows * f, u, gelu_table.get()}, s);
-      prof.mark(kMlpDown, s);
-      gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
-      continue;
-    }
     kern::RmsNormParams np{xc,
                            L.mlp_norm.as<float>(),
                            bf ? nullptr : h32.as<float>(),
@@ -786,15 +722,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   probe.n_global = G;
   const bool split_scratch = kern::attention_needs_global_scratch(probe);
   if (split_scratch) I.gscratch.reserve(achunk * d * 4);
-  const int64_t cs_row = c.head_dim() * 4;  // bytes of a row's (cos, sin) pairs
-  I.qrope = I.qrope_env && I.act == DType::kBF16 && m * cs_row <= (int64_t{1} << 30) &&
-            kern::attention_rotates_queries(probe);
-  if (I.qrope && !(I.rope_cs_first == b && I.rope_cs_rows >= m)) {
-    I.rope_cs.reserve(std::max<int64_t>(1, m) * cs_row);
-    kern::launch_rope_table({I.rope_cs.as<float>(), m, c.head_dim(), b, c.rope_base, nullptr}, s);
-    I.rope_cs_first = b;
-    I.rope_cs_rows = m;
-  }
   if (!single) {
     I.kpack.reserve(G * d * eb);
     I.vpack.reserve(G * d * eb);
@@ -1033,8 +960,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     ap.window = c.window;
     ap.causal = c.causal;
     ap.global_scratch = split_scratch ? I.gscratch.as<float>() : nullptr;
-    ap.rope_cs = I.qrope ? I.rope_cs.as<float>() : nullptr;  // rows from record position b
-    ap.rope_pos0 = b;
     // Attention of shard rows [c0, c1) from window W (their queries, their band's keys): into W's
     // q rows, in place (the chunk is a shard of its own to the kernels: first_pos, n_tokens), then
     // x += out W_o for those rows.
@@ -1053,13 +978,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       ap.row_end = rows;
       kern::launch_attention(ap, s);
       P.mark(kWo, s);
-      if (I.wo_norm) {  // x += out W_o and h = RMSNorm(x) over out, then these rows' MLP
-        kern::launch_gemm_residual_norm({ap.out, L.wo_img.get(), I.x.as<float>() + c0 * d,
-                                         L.mlp_norm.as<float>(), c.norm_eps, ap.out, rows, d, d},
-                                        s);
-        I.mlp(L, c0, rows, ap.out);
-        return;
-      }
       I.gemm.run(ap.out, L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d, I.act, true, s);
     };
     // Shard rows [r0, r1) in chunks of at most achunk rows, aligned to query tiles in record
@@ -1132,7 +1050,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       chunks(0, lo_a, [&](int64_t c0, int64_t c1) { attend(I.edge_lo, c0, c1); });
       if (hi_a < m) chunks(hi_a, m, [&](int64_t c0, int64_t c1) { attend(I.edge_hi, c0, c1); });
     }
-    if (!I.wo_norm) I.mlp(L, 0, m);
+    I.mlp(L, m);
     // The hook of layer l - 1 once the GPU has finished it, while layer l is queued: the GPU never
     // waits for the host to queue a layer (a sync per layer idled it for the queuing, ~1 ms).
     if (hooks.after_layer) {
