@@ -61,31 +61,4 @@ struct GemmImagesParams {
 // through a ring of 64-k tiles; two consumer warpgroups take 128 x 128 output tiles in turn.
 void launch_gemm_images(const GemmImagesParams& p, cudaStream_t stream);
 
-// The attention's output projection with the residual and the MLP's RMSNorm fused (the model's
-// x = x + a W_o, then h = RMSNorm(x, g) for the up projection), bf16 mode:
-//   v[i, j] = x[i, j] + sum_k a[i, k] W[k, j]   (bf16 a and W, float32 accumulation, one add)
-//   x[i, j] = v[i, j];  h[i, j] = bf16(v[i, j] inv_i g[j])     (float products, in that order)
-//   inv_i = 1 / sqrt(sum_j v[i, j]^2 / n + eps)                  (float, one fixed order)
-// so x crosses memory once each way instead of three times (cuBLASLt's C in and D out, then the
-// RMSNorm's read). The float norm is bf16 mode's (h is rounded to bf16 anyway); each row's
-// arithmetic is fixed, so a row's bits do not depend on m or on where the row sits. h may be a:
-// every read of a block's rows of a is done before any of their h is written.
-// A cluster of n / 128 blocks shares each 64-row block: block c of the cluster holds columns
-// 128 c .. 128 c + 127 of W (its B images, 128 KB at k = 512) in shared memory for the whole
-// run, a's tiles come by TMA multicast to every block of the cluster (read from L2 once), the
-// rows' partial sums of squares are exchanged through distributed shared memory, and v stays in
-// registers until h is written.
-struct GemmResidualNormParams {
-  const void* a;      // bf16 [m, k] row-major, 16-byte aligned rows
-  const void* b;      // B images of W [k, n] (pack_gemm_b)
-  float* x;           // float32 [m, n] row-major: read, then written
-  const float* gain;  // [n]
-  float eps;
-  void* h;  // bf16 [m, n] row-major (may be a)
-  int64_t m, n, k;
-};
-// An sm_90a device, k a multiple of 128 up to 512 and n = 128, 256 or 512.
-bool gemm_residual_norm_supported(int64_t n, int64_t k);
-void launch_gemm_residual_norm(const GemmResidualNormParams& p, cudaStream_t stream);
-
 }  // namespace sparsa::kern

@@ -15,7 +15,6 @@
 #include "kernels/attention/attention.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 #include "kernels/gemm/gemm.hpp"
-#include "kernels/norm/norm.hpp"
 #include "model/weights.hpp"
 #endif
 
@@ -208,46 +207,6 @@ int bench_gemm(const BenchOptions& o) {
     time("gelu-table", [&] {
       kern::launch_gelu({nullptr, y.get(), DType::kBF16, n * f, y.get(), table.get()}, s);
     });
-    // The output projection with the residual (x += a W_o, K = N = d_model; FLOPs 2 n d d
-    // reported as 2 n d f's share), the MLP's RMSNorm after it, and the two fused.
-    if (kern::gemm_residual_norm_supported(k, k)) {
-      DeviceBuffer a(n * k * 2), wo(k * k * 2), woimg(k * k * 2), xr(n * k * 4), h(n * k * 2),
-          gain(k * 4);
-      fill_random(a, n * k, DType::kBF16, 2);
-      fill_random(wo, k * k, DType::kBF16, 3);
-      fill_random(xr, n * k, DType::kF32, 4);
-      fill_random(gain, k, DType::kF32, 5);
-      std::vector<uint16_t> wh(k * k);
-      cuda::copy_to_host(wh.data(), wo.get(), k * k * 2);
-      const auto img = kern::pack_gemm_b(wh.data(), k, k);
-      cuda::copy_to_device(woimg.get(), img.data(), img.size() * 2);
-      const double scale = (double)k / (double)f;  // the table's FLOP column counts 2 n k f
-      auto timek = [&](const char* name, auto&& fn) {
-        cuda::GpuTimer timer;
-        fn();
-        std::vector<double> ms;
-        for (int it = 0; it < std::max(1, o.iters); ++it) {
-          timer.start(s);
-          fn();
-          timer.stop(s);
-          ms.push_back(timer.ms());
-        }
-        const double t = median(ms);
-        std::printf("%-22s %12lld %10.3f %12.1f\n", name, (long long)n, t,
-                    flops * scale / (t * 1e-3) / 1e12);
-        std::fflush(stdout);
-      };
-      timek("wo-cublaslt",
-            [&] { gemm.run(a.get(), wo.get(), xr.as<float>(), n, k, k, DType::kBF16, true, s); });
-      timek("rmsnorm", [&] {
-        kern::launch_rmsnorm(
-            {xr.as<float>(), gain.as<float>(), nullptr, h.get(), DType::kBF16, n, k, 1e-6}, s);
-      });
-      timek("wo+rmsnorm-fused", [&] {
-        kern::launch_gemm_residual_norm(
-            {a.get(), woimg.get(), xr.as<float>(), gain.as<float>(), 1e-6f, h.get(), n, k, k}, s);
-      });
-    }
     if (!images) continue;
     time("images", [&] {
       kern::launch_gemm_images({x.get(), wimg.get(), y.get(), n, f, k, false}, s);

@@ -105,7 +105,6 @@ struct DeviceLayer {
   DeviceBuffer router_split;                 // bf16 mode: [2d, 2r] (router_split.hpp)
   DeviceBuffer router_frags, router_images;  // bf16 mode, fused router: RouterSplit's
   DeviceBuffer w_up_img;  // bf16 mode with the image GEMM: W_up's B images (gemm.hpp)
-  DeviceBuffer wo_img;    // bf16 mode, Impl::wo_norm: W_o's B images (gemm.hpp)
 };
 
 // Q, K and V of the shard rows [lo, hi) (after RoPE, activation type): rows below 0 or from m on
@@ -185,10 +184,6 @@ struct CudaModel::Impl {
   // Rows per projection / MLP chunk in this forward (CudaOptions::chunk_rows, resolved), and
   // SPARSA_CHUNK_ROWS (0: unset).
   int64_t chunk_rows = 65536, chunk_env = 0;
-  // bf16 on an sm_90a GPU (d_model 128, 256 or 512, the cuBLASLt MLP): x += a W_o and the MLP's
-  // RMSNorm in one kernel (kernels/gemm: launch_gemm_residual_norm) writing h over the attention
-  // output, then the MLP of those rows at once. SPARSA_WO_NORM=0 turns it off (A/B runs).
-  bool wo_norm = false;
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
@@ -254,9 +249,7 @@ struct CudaModel::Impl {
                  void* v);
   void global_kv_device(const DeviceLayer& L, const int64_t* rows, const int64_t* positions,
                         int64_t n, void* k, void* v);
-  // x += GELU(h W_up) W_down for shard rows [r0, r0 + m), h = RMSNorm(x, mlp_norm) computed
-  // here, or given (hn: bf16 rows, as launch_gemm_residual_norm wrote them).
-  void mlp(const DeviceLayer& L, int64_t r0, int64_t m, const void* hn = nullptr);
+  void mlp(const DeviceLayer& L, int64_t m);
 };
 
 CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullptr) {
@@ -284,13 +277,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
       throw ConfigError(
           "SPARSA_MLP_GEMM=images needs bf16, an sm_90a GPU, d_model a multiple of 64 up to 512 "
           "and d_ff a multiple of 128");
-  }
-  I.wo_norm = I.act == DType::kBF16 && !I.mlp_images &&
-              kern::gemm_residual_norm_supported(c0.d_model, c0.d_model);
-  if (const char* e = std::getenv("SPARSA_WO_NORM"); e && *e) {
-    const std::string v = e;
-    if (v != "0" && v != "1") throw ConfigError("SPARSA_WO_NORM must be 0 or 1, not '" + v + "'");
-    I.wo_norm = I.wo_norm && v == "1";
   }
   if (const char* e = std::getenv("SPARSA_CHUNK_ROWS"); e && *e) {
     char* end = nullptr;
@@ -369,14 +355,6 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
     D.alpha = I.upload(L.alpha, false);
     D.beta = I.upload(L.beta, false);
     D.mlp_norm = I.upload(L.mlp_norm, false);
-    if (I.wo_norm) {
-      std::vector<uint16_t> b(L.wo.size());
-      cuda::to_bf16(L.wo.data(), b.data(), (int64_t)b.size());
-      const std::vector<uint16_t> img = kern::pack_gemm_b(b.data(), d, d);
-      D.wo_img = DeviceBuffer(img.size() * 2);
-      cuda::copy_to_device(D.wo_img.get(), img.data(), img.size() * 2);
-      I.weight_bytes += (int64_t)D.wo_img.bytes();
-    }
     if (!I.mlp_images) D.w_up = I.upload(L.w_up, true);
     if (I.mlp_images) {  // W_up only as the image GEMM's B images
       std::vector<uint16_t> b(L.w_up.size());
@@ -592,23 +570,13 @@ void CudaModel::Impl::global_kv_device(const DeviceLayer& L, const int64_t* rows
 }
 
 // x += GELU(RMSNorm(x) W_up) W_down, chunk by chunk.
-void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t r0, int64_t m, const void* hn) {
+void CudaModel::Impl::mlp(const DeviceLayer& L, int64_t m) {
   const int64_t d = c.d_model, f = c.d_ff;
   const bool bf = act == DType::kBF16;
   for (int64_t c0 = 0; c0 < m; c0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, m - c0);
-    float* xc = x.as<float>() + (r0 + c0) * d;
+    float* xc = x.as<float>() + c0 * d;
     prof.mark(kMlpUp, s);
-    if (hn) {  // h given (bf16): the up projection, GELU and the down projection
-      void* u = upact.get();
-      gemm.run(static_cast<const char*>(hn) + c0 * d * 2, L.w_up.get(), u, rows, f, d, act, false,
-               s, act);
-      prof.mark(kGelu, s);
-      kern::launch_gelu({nullptr, u, act, rows * f, u, gelu_table.get()}, s);
-      prof.mark(kMlpDown, s);
-      gemm.run(u, L.w_down.get(), xc, rows, d, f, act, true, s);
-      continue;
-    }
     kern::RmsNormParams np{xc,
                            L.mlp_norm.as<float>(),
                            bf ? nullptr : h32.as<float>(),
@@ -1010,14 +978,6 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       ap.row_end = rows;
       kern::launch_attention(ap, s);
       P.mark(kWo, s);
-      if (I.wo_norm) {  // x += out W_o and h = RMSNorm(x) over out, then these rows' MLP
-        kern::launch_gemm_residual_norm(
-            {ap.out, L.wo_img.get(), I.x.as<float>() + c0 * d, L.mlp_norm.as<float>(),
-             (float)c.norm_eps, ap.out, rows, d, d},
-            s);
-        I.mlp(L, c0, rows, ap.out);
-        return;
-      }
       I.gemm.run(ap.out, L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d, I.act, true, s);
     };
     // Shard rows [r0, r1) in chunks of at most achunk rows, aligned to query tiles in record
@@ -1090,7 +1050,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
       chunks(0, lo_a, [&](int64_t c0, int64_t c1) { attend(I.edge_lo, c0, c1); });
       if (hi_a < m) chunks(hi_a, m, [&](int64_t c0, int64_t c1) { attend(I.edge_hi, c0, c1); });
     }
-    if (!I.wo_norm) I.mlp(L, 0, m);
+    I.mlp(L, m);
     // The hook of layer l - 1 once the GPU has finished it, while layer l is queued: the GPU never
     // waits for the host to queue a layer (a sync per layer idled it for the queuing, ~1 ms).
     if (hooks.after_layer) {
