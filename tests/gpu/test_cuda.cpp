@@ -441,6 +441,70 @@ TEST(CudaOps, RopeWarpKernelGivesTheSameBits) {
   }
 }
 
+TEST(CudaOps, RmsNormPoolFusedBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  // The final RMSNorm and the pooling in one pass (pooled output) against the two kernels it
+  // replaces (launch_rmsnorm in place, then launch_pool), bit for bit: widths with the float4
+  // rows (128, 512) and without (96), x misaligned (the scalar rows), bins that end short,
+  // mirrored (reversed) bins, and the first non-finite value found at the same flat index.
+  struct Case {
+    int64_t n, d, bin, offset;
+    bool reversed, poison;
+  };
+  for (Case c : {Case{70000, 512, 128, 0, false, false}, Case{70001, 512, 200, 0, true, false},
+                 Case{40000, 128, 100, 0, false, true}, Case{33333, 96, 128, 0, true, true},
+                 Case{50000, 512, 130, 1, false, true}}) {
+    SCOPED_TRACE("n " + std::to_string(c.n) + " d " + std::to_string(c.d) + " bin " +
+                 std::to_string(c.bin) + (c.reversed ? " reversed" : "") +
+                 (c.offset ? " misaligned" : "") + (c.poison ? " non-finite" : ""));
+    auto x = rnd(c.n * c.d + c.offset, 501, -3, 3);
+    if (c.poison) {
+      x[c.offset + 777 * c.d + 5] = INFINITY;
+      x[c.offset + 20001 * c.d + 3] = NAN;
+    }
+    const auto g = rnd(c.d, 502, 0.5, 1.5);
+    DeviceBuffer dx = up(x), dg = up(g), dbad(8), dbad2(8);
+    const int64_t bins = (c.n + c.bin - 1) / c.bin;
+    DeviceBuffer out1(bins * c.d * 4), out2(bins * c.d * 4);
+    kern::RmsNormPoolParams fp{dx.as<float>() + c.offset,
+                               dg.as<float>(),
+                               out1.as<float>(),
+                               c.n,
+                               c.d,
+                               c.bin,
+                               1e-6,
+                               c.reversed,
+                               dbad.as<unsigned long long>()};
+    ASSERT_TRUE(kern::rmsnorm_pool_fused(fp));
+    cuda::memset_device(dbad.get(), 0xff, 8);
+    kern::launch_rmsnorm_pool(fp, nullptr);
+    const auto got = down<uint32_t>(out1, bins * c.d);
+    const auto bad1 = down<unsigned long long>(dbad, 1);
+    // the two kernels (x normed in place)
+    cuda::memset_device(dbad2.get(), 0xff, 8);
+    kern::RmsNormParams np{dx.as<float>() + c.offset,
+                           dg.as<float>(),
+                           dx.as<float>() + c.offset,
+                           nullptr,
+                           DType::kF32,
+                           c.n,
+                           c.d,
+                           1e-6};
+    np.bad = dbad2.as<unsigned long long>();
+    kern::launch_rmsnorm(np, nullptr);
+    kern::launch_pool({dx.as<float>() + c.offset, out2.as<float>(), c.n, c.d, c.bin, c.reversed},
+                      nullptr);
+    const auto want = down<uint32_t>(out2, bins * c.d);
+    const auto bad2 = down<unsigned long long>(dbad2, 1);
+    EXPECT_EQ(bad1[0], bad2[0]);
+    if (c.poison) EXPECT_EQ(bad1[0], (unsigned long long)(777 * c.d + 5));
+    for (int64_t i = 0; i < bins * c.d; ++i)
+      ASSERT_EQ(got[i], want[i]) << "bin " << i / c.d << " channel " << i % c.d;
+  }
+  kern::RmsNormPoolParams few{nullptr, nullptr, nullptr, 1000, 512, 128, 1e-6};
+  EXPECT_FALSE(kern::rmsnorm_pool_fused(few));  // 8 bins: the two kernels
+}
+
 TEST(CudaOps, GemmMatchesLinear) {
   SKIP_WITHOUT_GPU();
   const int64_t m = 1000, din = 128, dout = 192;
