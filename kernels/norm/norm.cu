@@ -38,44 +38,19 @@ __device__ __forceinline__ void report_nonfinite(const RmsNormParams& p, unsigne
 // One warp per row. The sum of squares is in double (as cpu::rmsnorm_row) so the float result
 // matches the CPU except for the order of a double sum.
 
-// A row's 1 / sqrt(mean(x^2) + eps) by one warp, the sum of squares in double: lane's elements
-// j = lane + 32 t in order, then the warp's butterfly.
-__device__ __forceinline__ double row_inv(const float* x, int lane, int64_t dim, double eps) {
-  double ss = 0.0;
-  for (int64_t j = lane; j < dim; j += 32) ss += (double)x[j] * (double)x[j];
-  ss = warp_sum(ss);
-  return 1.0 / sqrt(ss / (double)dim + eps);
-}
-// The same for dim = 128 Q and 16-byte aligned rows: lane's float4 chunks lane + 32 t (kept in v).
-template <int Q>
-__device__ __forceinline__ double row_inv4(const float* xr, int lane, int64_t dim, double eps,
-                                           float4 (&v)[Q]) {
-  const float4* x = reinterpret_cast<const float4*>(xr);
-  double ss = 0.0;
-#pragma unroll
-  for (int t = 0; t < Q; ++t) {
-    v[t] = x[lane + 32 * t];
-    ss += (double)v[t].x * v[t].x + (double)v[t].y * v[t].y + (double)v[t].z * v[t].z +
-          (double)v[t].w * v[t].w;
-  }
-  ss = warp_sum(ss);
-  return 1.0 / sqrt(ss / (double)dim + eps);
-}
-// y of element x with the row's inv and its gain: every RMSNorm kernel's arithmetic.
-__device__ __forceinline__ float norm_elem(float x, double inv, float g) {
-  return (float)((double)x * inv * (double)g);
-}
-
 template <class Act>
 __global__ void rmsnorm_kernel(RmsNormParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= p.n_tokens) return;
   const float* x = p.x + row * p.dim;
-  const double inv = row_inv(x, lane, p.dim, p.eps);
+  double ss = 0.0;
+  for (int64_t j = lane; j < p.dim; j += 32) ss += (double)x[j] * (double)x[j];
+  ss = warp_sum(ss);
+  const double inv = 1.0 / sqrt(ss / (double)p.dim + p.eps);
   unsigned long long mine = ~0ull;
   for (int64_t j = lane; j < p.dim; j += 32) {
-    const float v = norm_elem(x[j], inv, p.gain[j]);
+    const float v = (float)((double)x[j] * inv * (double)p.gain[j]);
     if (!isfinite(v) && mine == ~0ull) mine = (unsigned long long)(row * p.dim + j);
     put<Act>(p, row, j, v);
   }
@@ -91,15 +66,25 @@ __global__ void rmsnorm4_kernel(RmsNormParams p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= p.n_tokens) return;
+  const float4* x = reinterpret_cast<const float4*>(p.x + row * p.dim);
   float4 v[Q];
-  const double inv = row_inv4<Q>(p.x + row * p.dim, lane, p.dim, p.eps, v);
+  double ss = 0.0;
+#pragma unroll
+  for (int t = 0; t < Q; ++t) {
+    v[t] = x[lane + 32 * t];
+    ss += (double)v[t].x * v[t].x + (double)v[t].y * v[t].y + (double)v[t].z * v[t].z +
+          (double)v[t].w * v[t].w;
+  }
+  ss = warp_sum(ss);
+  const double inv = 1.0 / sqrt(ss / (double)p.dim + p.eps);
   unsigned long long mine = ~0ull;
 #pragma unroll
   for (int t = 0; t < Q; ++t) {
     const int64_t j = 4 * (lane + 32 * t);
     const float4 g = *reinterpret_cast<const float4*>(p.gain + j);
-    const float4 o = make_float4(norm_elem(v[t].x, inv, g.x), norm_elem(v[t].y, inv, g.y),
-                                 norm_elem(v[t].z, inv, g.z), norm_elem(v[t].w, inv, g.w));
+    const float4 o = make_float4(
+        (float)((double)v[t].x * inv * (double)g.x), (float)((double)v[t].y * inv * (double)g.y),
+        (float)((double)v[t].z * inv * (double)g.z), (float)((double)v[t].w * inv * (double)g.w));
     if (p.bad && mine == ~0ull) {
       const float e[4] = {o.x, o.y, o.z, o.w};
       for (int k = 0; k < 4; ++k)
@@ -156,93 +141,6 @@ bool launch_rmsnorm4(const RmsNormParams& p, unsigned grid, cudaStream_t stream)
     default:
       return false;
   }
-}
-
-// RMSNorm then pooling, one block a bin: the bin's rows in chunks of kPoolChunk, a warp a row
-// computing its inv (as the kernel launch_rmsnorm picks for these rows: row_inv4 where vec, else
-// row_inv) into shared memory, then each thread the bin sums of its columns over the chunk's
-// rows in order.
-constexpr int kPoolChunk = 256, kPoolThreads = 256;
-template <int Q>  // 0: row_inv
-__global__ void __launch_bounds__(kPoolThreads) rmsnorm_pool_kernel(RmsNormPoolParams p) {
-  __shared__ double inv_s[kPoolChunk];
-  const int64_t b = blockIdx.x, r0 = b * p.bin, r1 = min(p.n_tokens, r0 + p.bin);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int kCols = 8;  // columns a thread (dim <= 2048 = kCols x kPoolThreads)
-  double acc[kCols];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) acc[c] = 0.0;
-  unsigned long long mine = ~0ull;
-  auto phys = [&](int64_t r) { return p.reversed ? p.n_tokens - 1 - r : r; };
-  for (int64_t c0 = r0; c0 < r1; c0 += kPoolChunk) {
-    const int64_t c1 = min(r1, c0 + kPoolChunk);
-    for (int64_t r = c0 + warp; r < c1; r += kPoolThreads / 32) {
-      const float* xr = p.x + phys(r) * p.dim;
-      double inv;
-      if constexpr (Q > 0) {
-        float4 v[Q];
-        inv = row_inv4<Q>(xr, lane, p.dim, p.eps, v);
-      } else {
-        inv = row_inv(xr, lane, p.dim, p.eps);
-      }
-      if (lane == 0) inv_s[r - c0] = inv;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) {
-      const int64_t j = threadIdx.x + (int64_t)c * kPoolThreads;
-      if (j >= p.dim) break;
-      const float g = p.gain[j];
-#pragma unroll 8  // loads in flight together; the sum still adds the rows in order
-      for (int64_t r = c0; r < c1; ++r) {
-        const int64_t pr = phys(r);
-        const float y = norm_elem(p.x[pr * p.dim + j], inv_s[r - c0], g);
-        if (p.bad && !isfinite(y)) {
-          const unsigned long long at = (unsigned long long)(pr * p.dim + j);
-          mine = at < mine ? at : mine;
-        }
-        acc[c] += (double)y;
-      }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) {
-    const int64_t j = threadIdx.x + (int64_t)c * kPoolThreads;
-    if (j >= p.dim) break;
-    p.out[b * p.dim + j] = (float)(acc[c] / (double)(r1 - r0));
-  }
-  if (p.bad && mine != ~0ull) atomicMin(p.bad, mine);
-}
-
-bool rmsnorm_pool_fused(const RmsNormPoolParams& p) {
-  return p.bin > 0 && p.dim <= 8 * kPoolThreads && (p.n_tokens + p.bin - 1) / p.bin >= 256;
-}
-
-void launch_rmsnorm_pool(const RmsNormPoolParams& p, cudaStream_t stream) {
-  if (p.n_tokens <= 0) return;
-  if (!rmsnorm_pool_fused(p))
-    throw SystemError("rmsnorm_pool: needs dim <= 2048 and at least 256 bins");
-  const unsigned grid = (unsigned)((p.n_tokens + p.bin - 1) / p.bin);
-  // the row arithmetic launch_rmsnorm would use (launch_rmsnorm4's cases: aligned x and gain)
-  const bool vec = (uintptr_t)p.x % 16 == 0 && (uintptr_t)p.gain % 16 == 0;
-  switch (vec ? p.dim : 0) {
-    case 128:
-      rmsnorm_pool_kernel<1><<<grid, kPoolThreads, 0, stream>>>(p);
-      break;
-    case 256:
-      rmsnorm_pool_kernel<2><<<grid, kPoolThreads, 0, stream>>>(p);
-      break;
-    case 512:
-      rmsnorm_pool_kernel<4><<<grid, kPoolThreads, 0, stream>>>(p);
-      break;
-    case 1024:
-      rmsnorm_pool_kernel<8><<<grid, kPoolThreads, 0, stream>>>(p);
-      break;
-    default:
-      rmsnorm_pool_kernel<0><<<grid, kPoolThreads, 0, stream>>>(p);
-  }
-  SPARSA_LAUNCH_CHECK();
 }
 
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream) {

@@ -24,24 +24,4 @@ struct RmsNormParams {
 };
 void launch_rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 
-// The final RMSNorm and the pooling of its rows in one pass (pooled output: y itself is not
-// needed): out[b] = mean over the bin's rows of RMSNorm(x, g), each row normed as launch_rmsnorm
-// does it (the same kernel arithmetic, so the same float y) and summed in double in row order as
-// launch_pool: the bits of launch_rmsnorm then launch_pool. x is read once from memory (a bin's
-// rows twice, the second time from cache) and y never written. bad as RmsNormParams::bad (the
-// smallest flat index row * dim + j of a non-finite y, rows as stored).
-struct RmsNormPoolParams {
-  const float* x;     // [n_tokens, dim]
-  const float* gain;  // [dim]
-  float* out;         // [ceil(n_tokens / bin), dim]
-  int64_t n_tokens, dim, bin;
-  double eps;
-  bool reversed = false;  // as PoolParams::reversed
-  unsigned long long* bad = nullptr;
-};
-// Whether the fused kernel serves these parameters: at least 256 bins (one block a bin; fewer,
-// larger bins would leave the GPU idle: then launch_rmsnorm and launch_pool).
-bool rmsnorm_pool_fused(const RmsNormPoolParams& p);
-void launch_rmsnorm_pool(const RmsNormPoolParams& p, cudaStream_t stream);
-
 }  // namespace sparsa::kern

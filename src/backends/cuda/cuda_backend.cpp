@@ -1070,28 +1070,19 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   // The non-finite check runs on the device, in the final RMSNorm: y need not cross to the host
   // (or be read again) to be checked.
   cuda::memset_device(I.bad.get(), 0xff, 8, s);
+  kern::RmsNormParams fn{
+      I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr, DType::kF32, m, d,
+      c.norm_eps};
+  fn.bad = I.bad.as<unsigned long long>();
+  kern::launch_rmsnorm(fn, s);
   // Pooled: the bins queued behind the norm, and the host makes room for them while the GPU
   // works (the copies below wait for it). Rows that are not finite are pooled too, then dropped
-  // (the error below is thrown instead). With enough bins the norm and the pooling are one pass
-  // (the same bits; y, which nothing reads afterwards, is not written).
+  // (the error below is thrown instead).
   const bool pooled = I.opt.output == CudaOutput::kPooled;
   const int64_t bin = I.opt.pool_bin, bins = pooled ? (m + bin - 1) / bin : 0;
-  if (pooled) I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
-  kern::RmsNormPoolParams fp{
-      I.x.as<float>(), I.final_norm.as<float>(), I.pooled.as<float>(),          m, d, bin,
-      c.norm_eps,      shard.mirrored,           I.bad.as<unsigned long long>()};
-  if (pooled && kern::rmsnorm_pool_fused(fp)) {
-    kern::launch_rmsnorm_pool(fp, s);
-  } else {
-    kern::RmsNormParams fn{
-        I.x.as<float>(), I.final_norm.as<float>(), I.x.as<float>(), nullptr, DType::kF32, m, d,
-        c.norm_eps};
-    fn.bad = I.bad.as<unsigned long long>();
-    kern::launch_rmsnorm(fn, s);
-    if (pooled)
-      kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin, shard.mirrored}, s);
-  }
   if (pooled) {
+    I.pooled.reserve(std::max<int64_t>(1, bins) * d * 4);
+    kern::launch_pool({I.x.as<float>(), I.pooled.as<float>(), m, d, bin, shard.mirrored}, s);
     out.y.resize(bins * d);
     out.pooled_bin = bin;
   }

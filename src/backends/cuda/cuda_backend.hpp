@@ -32,9 +32,7 @@ using cuda::cuda_available;  // bool cuda_available(std::string* why)
 // What forward() does with the final [shard size, d] float32 output y.
 enum class CudaOutput {
   kHost,    // ForwardOutput::y holds it (the CPU backend's contract; 4 d bytes a token cross PCIe)
-  kPooled,  // ForwardOutput::y holds the bin means [ceil(size / pool_bin), d] (kern::launch_pool,
-            // or with 256 bins or more the final norm and the pooling in one pass, the same bits:
-            // kern::launch_rmsnorm_pool; then y itself is not kept on the device);
+  kPooled,  // ForwardOutput::y holds the bin means [ceil(size / pool_bin), d] (kern::launch_pool);
             // for a mirrored shard (the reverse-complement pass) bin k holds the rows that
             // mirror the forward shard's bin k (rows size - 1 - t for t in bin k), so that the
             // two passes' bins pair up index by index
