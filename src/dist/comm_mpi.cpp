@@ -415,8 +415,13 @@ std::unique_ptr<Comm> make_world_comm() {
     // no thread of ours runs yet). slurm/embed.sbatch sets it too.
     setenv("OMPI_MCA_io", "romio321", 0);
 #endif
+    // MPI_THREAD_MULTIPLE: the watchdogs (this file's and the NCCL communicator's) call
+    // MPI_Abort from their own threads while the main thread is blocked inside a collective,
+    // which the lower levels do not allow. Every other MPI call stays on the main thread. A
+    // library that provides less still runs (the abort then works as it did, outside the
+    // standard's promise).
     int provided = 0;
-    if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
       throw SystemError("MPI_Init_thread failed");
     owns = true;
   }
