@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "core/error.hpp"
 #include "io/h5.hpp"
@@ -36,10 +37,12 @@ void inspect_model(const std::string& path) {
   std::printf("config:\n%s", w.config_toml.c_str());
 }
 
-// What is wrong with record group g of an embeddings file (spec 4's layout), or "".
-std::string record_problem(const h5::File& f, const std::string& g, int64_t d,
+// What is wrong with record group g of an embeddings file (spec 4's layout), or "". c: the
+// file's model config where it could be read (then d, the layers and G are checked too).
+std::string record_problem(const h5::File& f, const std::string& g, const ModelConfig* c,
                            const std::string& dtype) {
-  for (const char* a : {"name", "source", "kind", "strand", "length", "region"})
+  const int64_t d = c ? c->d_model : 0;
+  for (const char* a : {"name", "description", "source", "kind", "strand", "length", "region"})
     if (!f.has_attr(g, a)) return std::string("attribute '") + a + "' is missing";
   const std::string et = f.type_name(g + "/embedding");
   if (et == "missing") return "embedding is missing";
@@ -59,6 +62,18 @@ std::string record_problem(const h5::File& f, const std::string& g, int64_t d,
   const auto gp = f.shape(g + "/global_positions");
   if (gp.size() != 2 || f.shape(g + "/global_scores") != gp)
     return "global_positions and global_scores are not both [layers, G]";
+  if (c) {  // one row a layer, G of the record's length (spec 2)
+    int64_t length = -1;
+    try {
+      length = f.attr_int(g, "length");
+    } catch (const Error&) {  // said elsewhere ("is not an integer")
+    }
+    const int64_t want_g = length >= 0 ? c->n_global(length) : gp[1];
+    if (gp[0] != c->n_layers || gp[1] != want_g)
+      return "global_positions is " + shape_text(gp) + ", not [" + std::to_string(c->n_layers) +
+             ", " + std::to_string(want_g) + "] (the model's layers, G of length " +
+             std::to_string(length) + ")";
+  }
   return "";
 }
 
@@ -83,17 +98,19 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   const auto keys = f.list("/records");
   std::printf("  records        %zu\n", keys.size());
   // Every record's layout is checked (not only those listed): d from the file's model config.
-  int64_t d = 0;
+  std::optional<ModelConfig> config;
   if (f.has_attr("/", "model_config")) {
     try {
-      d = parse_model_config(f.attr_string("/", "model_config"), path + " (model_config)").d_model;
+      config = parse_model_config(f.attr_string("/", "model_config"), path + " (model_config)");
     } catch (const Error&) {
     }
   }
   const std::string dtype = f.has_attr("/", "dtype") ? f.attr_string("/", "dtype") : "";
   bool sound = true;
   for (const auto& k : keys)
-    if (const std::string why = record_problem(f, "/records/" + k, d, dtype); !why.empty()) {
+    if (const std::string why =
+            record_problem(f, "/records/" + k, config ? &*config : nullptr, dtype);
+        !why.empty()) {
       std::printf("  ** BAD: record %s: %s **\n", k.c_str(), why.c_str());
       sound = false;
     }

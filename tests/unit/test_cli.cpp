@@ -1343,7 +1343,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
               std::string::npos)
         << r.output;
   }
-  auto bad_file = [&](const std::string& name, auto&& fill) {
+  auto bad_file = [&](const std::string& name, auto&& fill, bool described = true) {
     auto f = h5::File::create(t / name);
     f.set_attr("/", "format", std::string("sparsa-embeddings"));
     f.set_attr("/", "format_version", (int64_t)1);
@@ -1353,6 +1353,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
     f.create_group(g);
     for (const char* a : {"name", "source", "kind", "strand", "region"})
       f.set_attr(g, a, std::string("a"));
+    if (described) f.set_attr(g, "description", std::string("a"));
     f.set_attr(g, "length", (int64_t)4);
     const std::vector<float> rows(8, 0.5f);
     const std::vector<int64_t> bins = {0, 2};
@@ -1376,6 +1377,41 @@ TEST(Cli, InspectRefusesForeignFiles) {
   r = run(binary() + " inspect " + t / "nobins.h5");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("bin_start is missing"), std::string::npos) << r.output;
+  // Spec 4's description attribute, and the global sets' [layers, G] against the file's model
+  // (dna-tiny: d_model 64, 2 layers; G of length 4 is 1): one layer row too many is refused.
+  const std::string config = read_file(tiny_config());
+  for (int64_t layers : {2, 3})
+    for (bool described : {true, false}) {
+      const std::string name = "g" + std::to_string(layers) + (described ? "" : "-nodesc") + ".h5";
+      bad_file(
+          name,
+          [&](h5::File& f, const std::string& g, const std::vector<float>&,
+              const std::vector<int64_t>& bins) {
+            f.set_attr("/", "model_config", config);
+            const std::vector<float> rows(2 * 64, 0.5f);
+            f.write_f32(g + "/embedding", {2, 64}, rows.data(), h5::Dtype::kF16);
+            f.write_i64(g + "/bin_start", {2}, bins.data());
+            f.write_i64(g + "/bin_end", {2}, bins.data());
+            const std::vector<int64_t> pos(layers, 1);
+            const std::vector<float> score(layers, 0.5f);
+            f.write_i64(g + "/global_positions", {layers, 1}, pos.data());
+            f.write_f32(g + "/global_scores", {layers, 1}, score.data());
+          },
+          described);
+      r = run(binary() + " inspect " + t / name);
+      SCOPED_TRACE(name);
+      if (!described) {
+        EXPECT_EQ(r.code, 1) << r.output;
+        EXPECT_NE(r.output.find("attribute 'description' is missing"), std::string::npos)
+            << r.output;
+      } else if (layers == 3) {
+        EXPECT_EQ(r.code, 1) << r.output;
+        EXPECT_NE(r.output.find("global_positions is [3, 1], not [2, 1]"), std::string::npos)
+            << r.output;
+      } else {
+        EXPECT_EQ(r.code, 0) << r.output;
+      }
+    }
 }
 
 TEST(Cli, DocsSnippetReadsWithH5py) {
