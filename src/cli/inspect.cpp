@@ -63,16 +63,16 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
   if (gp.size() != 2 || f.shape(g + "/global_scores") != gp)
     return "global_positions and global_scores are not both [layers, G]";
   if (c) {  // one row a layer, G of the record's length (spec 2)
-    int64_t length = -1;
+    std::optional<int64_t> length;
     try {
       length = f.attr_int(g, "length");
-    } catch (const Error&) {  // said elsewhere ("is not an integer")
+    } catch (const Error&) {  // said by the listing ("is not an integer"): G not checked
     }
-    const int64_t want_g = length >= 0 ? c->n_global(length) : gp[1];
+    const int64_t want_g = length ? c->n_global(*length) : gp[1];
     if (gp[0] != c->n_layers || gp[1] != want_g)
       return "global_positions is " + shape_text(gp) + ", not [" + std::to_string(c->n_layers) +
-             ", " + std::to_string(want_g) + "] (the model's layers, G of length " +
-             std::to_string(length) + ")";
+             ", " + std::to_string(want_g) + "] (the model's layers" +
+             (length ? ", G of length " + std::to_string(*length) : std::string()) + ")";
   }
   return "";
 }
