@@ -254,11 +254,13 @@ Journal::~Journal() {
 // An earlier run's journal goes whole but for the lock this run holds, or the run stops: parts
 // left behind (a file that could not be removed) would be taken for this run's finished records.
 // Empties a journal folder but for the old output --force set aside and, with `keep_lock`, the
-// lock this run holds.
-static void clear_folder(const std::string& dir, bool keep_lock, std::error_code& ec) {
+// lock this run holds (with `keep_manifest`, the run's MANIFEST).
+static void clear_folder(const std::string& dir, bool keep_lock, std::error_code& ec,
+                         bool keep_manifest = false) {
   for (auto& e : fs::directory_iterator(dir, ec))
     if (e.path().filename() != Journal::kPreviousOutput &&
-        !(keep_lock && e.path().filename() == "LOCK"))
+        !(keep_lock && e.path().filename() == "LOCK") &&
+        !(keep_manifest && e.path().filename() == "MANIFEST"))
       fs::remove_all(e.path(), ec);
 }
 
@@ -285,9 +287,11 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
   if (comm.rank() == 0) {
+    bool made_dir = false;  // this run made the folder
     try {
       std::error_code ec;
       const bool existed = present(dir_);
+      made_dir = !fs::exists(fs::symlink_status(dir_, ec));
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
       // The lock before anything in the folder is read or removed, held from here on: another
@@ -373,6 +377,14 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     } catch (const std::exception& e) {
       error = e.what();
       if (error.empty()) error = "journal error";
+    }
+    // A refused run leaves the folder as it found it: no LOCK of its own behind (it holds the
+    // lock, so no other run is using the file), and no folder it made.
+    if (!error.empty() && lock_fd_ >= 0) {
+      std::error_code ec;
+      fs::remove(dir_ + "/LOCK", ec);
+      release_lock();
+      if (made_dir) fs::remove(dir_, ec);  // only if empty
     }
   }
   if (comm.rank() != 0) discarded_.clear();  // rank 0 reports it
@@ -490,12 +502,14 @@ void Journal::remove() {
   fs::remove_all(dir_, ec);
 }
 
+// The MANIFEST stays with the old output: it says which run the old output waits for, so that
+// this command with --resume (what `sparsa inspect` and the messages advise) may take it on.
 void Journal::remove_but_previous_output() {
   if (!holds_previous_output()) return remove();
   drop_group();
   release_lock();
   std::error_code ec;
-  clear_folder(dir_, false, ec);
+  clear_folder(dir_, false, ec, true);
 }
 
 // Closed before the folder is removed: NFS keeps a file that is still open as .nfsXXXX, and the

@@ -151,6 +151,12 @@ int main(int argc, char** argv) {
       "(25M, for GPUs) and configs/ts-base.toml (time series).\n"
       "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1");
 
+  // An empty value is refused rather than read as "not given": `--regions "$BED"` with BED unset
+  // must not embed the whole input.
+  const CLI::Validator not_empty(
+      [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; },
+      "TEXT");
+
   // embed
   auto* embed =
       app.add_subcommand("embed", "Embed records of FASTA/FASTQ or time-series CSV files");
@@ -163,12 +169,16 @@ int main(int argc, char** argv) {
   embed
       ->add_option("-i,--input", eo.inputs,
                    "Input file(s): FASTA/FASTQ (plain, gzip, bgzip) or CSV; repeat for more")
-      ->required();
+      ->required()
+      ->check(not_empty);
   embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")->required();
-  embed->add_option("-r,--region", eo.regions,
-                    "Region chr:start-end (1-based, inclusive, as samtools; {name}:start-end for "
-                    "a name holding ':'); repeatable");
-  embed->add_option("--regions", eo.regions_bed, "BED file of regions (0-based, half-open)");
+  embed
+      ->add_option("-r,--region", eo.regions,
+                   "Region chr:start-end (1-based, inclusive, as samtools; {name}:start-end for "
+                   "a name holding ':'); repeatable")
+      ->check(not_empty);
+  embed->add_option("--regions", eo.regions_bed, "BED file of regions (0-based, half-open)")
+      ->check(not_empty);
   embed->add_option("-p,--pool", pool, "none (a row per token), bin:N (mean of N tokens), mean")
       ->capture_default_str();
   embed->add_option("--dtype", dtype, "Embedding type in the file: f16 or f32")
@@ -178,9 +188,11 @@ int main(int argc, char** argv) {
                   "DNA: average with the reverse-complement strand (2x the work)");
   embed->add_flag("--invalid-as-n", eo.invalid_as_n,
                   "DNA: read invalid sequence characters as N instead of failing");
-  embed->add_option("--columns", columns,
-                    "Time series: channel columns a,b,c, by header name or number (1 = "
-                    "first; default: all but the time and id columns)");
+  embed
+      ->add_option("--columns", columns,
+                   "Time series: channel columns a,b,c, by header name or number (1 = "
+                   "first; default: all but the time and id columns)")
+      ->check(not_empty);
   embed->add_option("--time-column", eo.time_column,
                     "Time series: time column, by name or number (default: the first named "
                     "timestamp, date or time)");

@@ -132,12 +132,15 @@ std::string not_utf8(std::string_view text, const char* what) {
          "latin1 -t utf-8";
 }
 
-// Splits a header line (without its '>' or '@') samtools-style: the name ends at the first
-// whitespace; the description is the rest after that whitespace run, without trailing spaces.
+// Splits a header line (without its '>' or '@') samtools-style: blanks before the name are
+// skipped (htslib's faidx does: `> chr1 x` is chr1), the name ends at the next whitespace; the
+// description is the rest after that whitespace run, without trailing spaces.
 void split_header(std::string_view text, std::string& name, std::string& description) {
-  size_t i = 0;
+  size_t s = 0;
+  while (s < text.size() && is_space(text[s])) ++s;
+  size_t i = s;
   while (i < text.size() && !is_space(text[i])) ++i;
-  name.assign(text.substr(0, i));
+  name.assign(text.substr(s, i - s));
   while (i < text.size() && is_space(text[i])) ++i;
   size_t end = text.size();
   while (end > i && is_space(text[end - 1])) --end;

@@ -74,6 +74,19 @@ void expect_failure(const std::string& cmd, const std::string& out, const std::s
 
 }  // namespace
 
+// An empty value (an unset shell variable: --regions "$BED") is a usage error, never read as the
+// option not given: --regions '' embedded the whole genome, -i '' gave a raw exception.
+TEST(Cli, EmptyOptionValuesAreRefused) {
+  TempDir t;
+  for (const std::string& extra : {"--regions ''", "-r ''", "--input ''", "--columns ''"}) {
+    auto r = run(embed_cmd(lambda(), t / "e.h5", extra));
+    EXPECT_EQ(r.code, 2) << extra << "\n" << r.output;
+    EXPECT_NE(r.output.find("must not be empty"), std::string::npos) << extra << "\n" << r.output;
+    EXPECT_FALSE(exists(t / "e.h5")) << extra;
+    EXPECT_FALSE(exists(t / "e.h5.parts")) << extra;
+  }
+}
+
 TEST(Cli, HelpTeachesAndVersionWorks) {
   TempDir t;
   auto r = run(binary() + " --help");
@@ -671,7 +684,23 @@ TEST(Cli, ExistingOutputIsKept) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(read_file(prev), result);
-  // The run that finishes the replacement removes it.
+  // The refused run leaves no lock of its own in the folder.
+  EXPECT_FALSE(exists(t / "keep.h5.parts/LOCK"));
+  // The failed --force run's command with --resume (what inspect advises), the input fixed,
+  // finishes the replacement and removes the old output with the journal.
+  r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--resume"));
+  EXPECT_EQ(r.code, 1) << r.output;  // bad.fa is not fixed yet: refused again, nothing lost
+  EXPECT_EQ(read_file(prev), result);
+  write_file(t / "bad.fa", ">a\nACGT\n");
+  r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--resume"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(exists(t / "keep.h5"));
+  EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
+  // A run that asks for the replacement again finishes it too.
+  write_file(t / "bad.fa", ">a\nAC!GT\n");
+  r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(exists(prev));
   r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
@@ -1197,7 +1226,7 @@ TEST(Cli, TimeSeriesEndToEnd) {
   expect_failure(cmd(t / "x.h5", ""), t / "x.h5", "--columns");
   expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
   expect_failure(cmd(t / "x.h5", "--columns close,"), t / "x.h5", "an empty item");
-  expect_failure(cmd(t / "x.h5", "--columns ''"), t / "x.h5", "an empty item");
+  expect_failure(cmd(t / "x.h5", "--columns ''"), t / "x.h5", "--columns: must not be empty");
   // An empty --id-column (an unset "$COL") read a panel as one series; --time-column alike.
   expect_failure(cmd(t / "x.h5", "--columns close --id-column ''"), t / "x.h5",
                  "--id-column '': an empty column name");

@@ -447,8 +447,16 @@ TEST_F(DnaTest, EmptyRecordsDuplicatesAndEmptyNames) {
   EXPECT_EQ(read_all(pe).size(), 3u);
   std::string n1 = write("n1.fa", ">\nACGT\n");
   expect_error<InputError>([&] { read_all(n1); }, {n1, "line 1", "empty record name"});
-  std::string n2 = write("n2.fa", ">a\nAC\n> desc\nACGT\n");
+  std::string n2 = write("n2.fa", ">a\nAC\n> \t\nACGT\n");
   expect_error<InputError>([&] { read_all(n2); }, {n2, "line 3", "empty record name"});
+  // Blanks between '>' (or '@') and the name are skipped, as htslib's faidx does: `> r2 x` is r2.
+  std::string n3 = write("n3.fa", ">a\nAC\n> r2 x y\nACGT\n");
+  auto named = read_all(n3);
+  ASSERT_EQ(named.size(), 2u);
+  EXPECT_EQ(named[1].name, "r2");
+  EXPECT_EQ(named[1].description, "x y");
+  std::string n4 = write("n4.fq", "@ \tq1 d\nAC\n+\nII\n");
+  EXPECT_EQ(read_all(n4).at(0).name, "q1");
 }
 
 // A long record in short lines must read in linear time (a per-line exact reserve once made this
@@ -618,10 +626,11 @@ TEST_F(DnaTest, NulInHeaderIsRefused) {
 
 class FaidxTest : public DnaTest {
  protected:
-  // Two records wrapped at 60 and one at 50 columns; names with ':' and '|'.
+  // Two records wrapped at 60 and one at 50 columns; names with ':' and '|'; a blank before a
+  // name (faidx skips it, and so must the reader that checks the index against the file).
   std::string fasta() {
     return ">chr1 first\n" + wrap(random_seq(1000, 10), 60) + ">gi|9|x:1-2\n" +
-           wrap(random_seq(333, 11), 50) + ">short  a longer\tdescription\nACGTN\n";
+           wrap(random_seq(333, 11), 50) + "> short  a longer\tdescription\nACGTN\n";
   }
   void check_slices(const std::string& path) {
     auto recs = read_all(path);
