@@ -191,6 +191,19 @@ std::string not_fasta_advice(std::string_view line) {
       return " (SAM alignment records: convert them to FASTA/FASTQ first, e.g. `samtools fasta "
              "FILE > FILE.fa`)";
   }
+  if (starts("\x89HDF"))  // (the line ends inside the 8-byte signature)
+    return " (an HDF5 file, such as a sparsa checkpoint or embeddings file: --input takes "
+           "FASTA/FASTQ, plain or gzip-compressed)";
+  if (starts("\x7F"
+             "ELF"))
+    return " (an executable program, not FASTA/FASTQ)";
+  // Binary data: a NUL byte, or a byte that is neither UTF-8 text nor a tab, CR or LF.
+  if (line.find('\0') != std::string_view::npos ||
+      first_invalid_utf8(line) != std::string_view::npos ||
+      std::any_of(line.begin(), line.end(), [](char c) {
+        return (unsigned char)c < 0x20 && c != '\t' && c != '\r' && c != '\n';
+      }))
+    return " (binary data, not FASTA/FASTQ text)";
   if (line.find(',') != std::string_view::npos || line.find('\t') != std::string_view::npos)
     return " (it looks like a table: a time-series CSV needs a time-series model, and this one "
            "is a DNA model)";

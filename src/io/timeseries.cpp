@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <charconv>
@@ -203,14 +204,37 @@ std::string join_header(const std::vector<std::string>& header) {
   return "header: " + join_names(header);
 }
 
+// Up to `cap` bytes of what gzip data `text` (its start, at least) decompresses to; 0 when none.
+size_t gunzip_head(std::string_view text, char* out, size_t cap) {
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return 0;
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
+  z.avail_in = (uInt)std::min<size_t>(text.size(), 1 << 20);
+  z.next_out = reinterpret_cast<Bytef*>(out);
+  z.avail_out = (uInt)cap;
+  inflate(&z, Z_SYNC_FLUSH);
+  const size_t got = cap - z.avail_out;
+  inflateEnd(&z);
+  return got;
+}
+
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
 std::string not_csv_text(std::string_view text) {
   auto starts = [&](std::string_view magic) { return text.rfind(magic, 0) == 0; };
   auto line_of = [&](size_t at) {  // 1-based line of byte `at`
     return std::to_string(1 + std::count(text.begin(), text.begin() + (ptrdiff_t)at, '\n'));
   };
-  if (starts("\x1f\x8b"))
+  if (starts("\x1f\x8b")) {
+    // What it holds, from its first decompressed bytes: FASTA/FASTQ wants another model.
+    char head[64];
+    const size_t got = gunzip_head(text, head, sizeof head);
+    if (got > 0 && (head[0] == '>' || head[0] == '@'))
+      return "gzip-compressed FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model, "
+             "and this one is a time-series model";
     return "gzip-compressed: decompress it first (zcat FILE > FILE.csv); CSV is read as plain text";
+  }
+  if (starts("\x89HDF\r\n\x1A\n"))
+    return "an HDF5 file (a sparsa checkpoint or embeddings file?), not a CSV text";
   if (starts("BZh") ||
       starts("\xFD"
              "7zXZ") ||

@@ -416,6 +416,16 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   expect_error<InputError>([&] { read_all(bam); }, {bam, "a BAM file"});
   std::string bom = write("bom.fa", "\xEF\xBB\xBF>a\nACGT\n");
   expect_error<InputError>([&] { read_all(bom); }, {bom, "byte-order mark"});
+  // Binary files are named as such, not taken for a table (a byte 0x2C or 0x09 among them).
+  std::string h5 = write("m.h5", std::string("\x89HDF\r\n\x1A\n\0\0\0,", 12));
+  expect_error<InputError>([&] { read_all(h5); }, {h5, "an HDF5 file"});
+  std::string elf = write("a.out", std::string("\x7F"
+                                               "ELF\x02\x01,\t\0",
+                                               9));
+  expect_error<InputError>([&] { read_all(elf); }, {elf, "an executable program"});
+  std::string rnd = write("r.bin", std::string("\xC2\x01,\x05\tz\n", 7));
+  expect_error<InputError>([&] { read_all(rnd); }, {rnd, "binary data, not FASTA/FASTQ text"});
+  expect_error<InputError>([&] { FastxReader r(bin, {}); }, {bin, "binary data"});
   std::string empty = write("e.fa", "");
   expect_error<InputError>([&] { read_all(empty); }, {empty, "no FASTA/FASTQ records"});
   std::string missing = (dir_ / "missing.fa").string();

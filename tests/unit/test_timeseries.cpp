@@ -1,6 +1,7 @@
 // Tests of time-series CSV input and tokenisation (spec section 1).
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cmath>
 #include <csignal>
@@ -452,6 +453,21 @@ TEST_F(TsCsv, NonNumericCell) {
   EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
 }
 
+// `text` gzip-compressed (zlib's gzip format).
+std::string gzip_bytes(const std::string& text) {
+  z_stream z{};
+  deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+  std::string out(256 + text.size() * 2, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
+  z.avail_in = (uInt)text.size();
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = (uInt)out.size();
+  deflate(&z, Z_FINISH);
+  out.resize(out.size() - z.avail_out);
+  deflateEnd(&z);
+  return out;
+}
+
 // Files that are not UTF-8 CSV text get a message that says what they are and what to do; one
 // cell the line and column. Lines of spaces and tabs only are blank lines.
 TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
@@ -470,6 +486,8 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
       {"date,a\n1,2\n,3\n", "line 3: empty time in column 'date'"},
       {"date,a\n1,1e-400\n", "line 2, column 'a': too small for a double"},
       {">chr1\nACGT\n", "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model"},
+      {gzip_bytes(">chr1\nACGT\n"), "gzip-compressed FASTA/FASTQ, not a CSV table"},
+      {std::string("\x89HDF\r\n\x1A\n\0\0", 10), "an HDF5 file"},
       {"date;close\n2020-01-01;1\n", "looks separated by it, but sparsa reads comma-separated"},
       {"date\tclose\n2020-01-01\t1\n", "holding '\\t'"}};
   for (const auto& [bytes, want] : cases) {
