@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <sstream>
 #include <string_view>
 #include <unordered_map>
@@ -460,38 +461,46 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                              "no header row: line 1 is all numbers; the first line must name the "
                              "columns"));
   }
-  const Columns cols = resolve_columns(header, opts, path);
-  {
-    // Columns chosen by number in a file without a header: line 1 would be taken as the names
-    // and its row lost. A time cell that reads as a time, and channels that read as numbers,
-    // are data (a header of years, "date,2019,2020", still has a time column named "date").
-    auto time_like = [](std::string_view t) {
-      if (t.empty() || t[0] < '0' || t[0] > '9') return false;
-      bool sep = false, digits_only = true;
-      for (char c : t) {
-        if (c == '-' || c == '/' || c == ':') sep = true;
-        if (c < '0' || c > '9') digits_only = false;
-        if (!((c >= '0' && c <= '9') || c == '-' || c == '/' || c == ':' || c == '.' || c == 'T' ||
-              c == 'Z' || c == '+' || c == ' '))
-          return false;
-      }
-      return sep || (digits_only && t.size() >= 8);
-    };
+  // Line 1 read as data rather than names: its time cell reads as a time and the columns after
+  // it as numbers (or missing values: no header names a column so). A header of years,
+  // "date,2019,2020", still has a time column named "date".
+  auto time_like = [](std::string_view t) {
+    if (t.empty() || t[0] < '0' || t[0] > '9') return false;
+    bool sep = false, digits_only = true;
+    for (char c : t) {
+      if (c == '-' || c == '/' || c == ':') sep = true;
+      if (c < '0' || c > '9') digits_only = false;
+      if (!((c >= '0' && c <= '9') || c == '-' || c == '/' || c == ':' || c == '.' || c == 'T' ||
+            c == 'Z' || c == '+' || c == ' '))
+        return false;
+    }
+    return sep || (digits_only && t.size() >= 8);
+  };
+  auto data_like = [&](int64_t time, const std::vector<int64_t>& channels) {
     double unused = 0;
-    if (time_like(header[cols.time]) &&
-        std::all_of(cols.channels.begin(), cols.channels.end(), [&](int64_t c) {
-          // (a missing value, NA or an empty cell, is data too: no header names a column so)
-          const CellKind k = parse_number(header[c], unused);
-          return k == CellKind::kNumber || k == CellKind::kMissing;
-        }))
-      throw InputError(
-          where(path, "", 0,
-                "no header row: line 1 looks like data (its time column holds '" +
-                    shown(header[cols.time]) +
-                    "' and its chosen columns numbers or missing values); the first line must name "
-                    "the columns: add one (e.g. `sed -i '1i timestamp,close' " +
-                    "FILE`)"));
+    return time_like(header[time]) && std::all_of(channels.begin(), channels.end(), [&](int64_t c) {
+             const CellKind k = parse_number(header[c], unused);
+             return k == CellKind::kNumber || k == CellKind::kMissing;
+           });
+  };
+  auto no_header = [&](int64_t time, const char* what) {
+    return InputError(where(path, "", 0,
+                            "no header row: line 1 looks like data (its time column holds '" +
+                                shown(header[time]) + "' and " + what +
+                                "); the first line must name the columns: add one (e.g. `sed -i "
+                                "'1i timestamp,close' FILE`)"));
+  };
+  if (opts.time_column.empty() && header.size() >= 2) {
+    // No --time-column: before "no column named timestamp, date or time", a first line of data
+    std::vector<int64_t> rest(header.size() - 1);
+    std::iota(rest.begin(), rest.end(), int64_t{1});
+    if (data_like(0, rest)) throw no_header(0, "the columns after it numbers or missing values");
   }
+  const Columns cols = resolve_columns(header, opts, path);
+  // Columns chosen by number in a file without a header: line 1 would be taken as the names
+  // and its row lost.
+  if (data_like(cols.time, cols.channels))
+    throw no_header(cols.time, "its chosen columns numbers or missing values");
   const int64_t n_channels = int64_t(cols.channels.size());
   if (expected_channels > 0 && n_channels != expected_channels) {
     std::vector<std::string> names;

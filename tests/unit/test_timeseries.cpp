@@ -428,6 +428,11 @@ TEST_F(TsCsv, NoHeaderRow) {
     });
     EXPECT_NE(msg.find("no header row: line 1 looks like data"), std::string::npos) << msg;
   }
+  // Without --time-column as well (it said "no time column named 'timestamp'...").
+  msg = input_error([&] { read_timeseries_csv(dated, {}, 1); });
+  EXPECT_NE(msg.find("no header row: line 1 looks like data (its time column holds '2020-01-01'"),
+            std::string::npos)
+      << msg;
   // Years as column names under a named time column are a header.
   auto recs = read_timeseries_csv(write("y.csv", "date,2019,2020\n2020-01-01,1,2\n"), {}, 2);
   ASSERT_EQ(recs.size(), 1u);
