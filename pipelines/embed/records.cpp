@@ -94,7 +94,12 @@ struct RecordSource::Impl {
     std::vector<RegionSpec> specs;
     for (const auto& r : opts.regions) specs.push_back(parse_region(r, all_names));
     if (!opts.regions_bed.empty()) {
-      std::vector<RegionSpec> bed = read_bed(opts.regions_bed);
+      std::vector<RegionSpec> bed;
+      try {
+        bed = read_bed(opts.regions_bed);
+      } catch (const InputError& e) {  // which option named the file (a folder, a FASTA...)
+        throw InputError("--regions " + std::string(e.what()));
+      }
       if (bed.empty())
         throw InputError(opts.regions_bed + ": the --regions BED file holds no regions");
       for (auto& r : bed) specs.push_back(std::move(r));

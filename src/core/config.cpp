@@ -326,7 +326,12 @@ ModelConfig load_model_config(const std::string& path) {
   if (!f) throw ConfigError(path + ": cannot open config file");
   std::stringstream ss;
   ss << f.rdbuf();
-  return parse_model_config(ss.str(), path);
+  const std::string text = ss.str();
+  if (text.rfind("\x89HDF", 0) == 0)  // the likely mix-up: a checkpoint given as the config
+    throw ConfigError(path +
+                      ": an HDF5 file (a sparsa checkpoint?), not a TOML config: --config takes a "
+                      "text file such as configs/dna-tiny.toml");
+  return parse_model_config(text, path);
 }
 
 }  // namespace sparsa

@@ -675,6 +675,10 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
       i = j;
     }
     if (cols.empty() || cols[0][0] == '#' || cols[0] == "track" || cols[0] == "browser") continue;
+    if (cols[0][0] == '>' || cols[0][0] == '@')
+      throw InputError(at_line(path, ln,
+                               "a FASTA/FASTQ header, not a BED line: --regions takes a BED file "
+                               "(chrom, start, end a line); the sequences are --input"));
     if (cols.size() < 3)
       throw InputError(at_line(path, ln, "BED needs at least 3 columns (chrom start end)"));
     RegionSpec r;

@@ -123,7 +123,14 @@ void save_checkpoint(const ModelWeights& wc, const std::string& path) {
 }
 
 ModelWeights load_checkpoint(const std::string& path) {
-  auto f = h5::File::open_read(path);
+  auto f = [&] {
+    try {
+      return h5::File::open_read(path);
+    } catch (const InputError& e) {  // not HDF5 (a FASTA given as --model, say), or unreadable
+      throw InputError(std::string(e.what()) +
+                       " (--model takes the checkpoint file that `sparsa init` writes)");
+    }
+  }();
   auto bad = [&](const std::string& obj, const std::string& why) {
     throw InputError(path + ": " + obj + ": " + why);
   };

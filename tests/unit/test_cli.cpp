@@ -87,6 +87,22 @@ TEST(Cli, EmptyOptionValuesAreRefused) {
   }
 }
 
+// A file of the wrong kind for its option: the message says which option takes what.
+TEST(Cli, WrongKindOfFileNamesTheOption) {
+  TempDir t;
+  write_file(t / "m.fa", ">r1 a b c\nACGT\n");
+  std::filesystem::create_directory(t / "dir");
+  expect_failure(binary() + " embed -q --model " + (t / "m.fa") + " --input " + lambda() +
+                     " --output " + (t / "e.h5"),
+                 t / "e.h5", "--model takes the checkpoint file that `sparsa init` writes");
+  expect_failure(binary() + " init --config " + tiny_model() + " --output " + (t / "x.h5"),
+                 t / "x.h5", "an HDF5 file (a sparsa checkpoint?), not a TOML config");
+  expect_failure(embed_cmd(t / "m.fa", t / "e.h5", "--regions " + (t / "m.fa")), t / "e.h5",
+                 "--regions " + (t / "m.fa") + ": line 1: a FASTA/FASTQ header, not a BED line");
+  expect_failure(embed_cmd(t / "m.fa", t / "e.h5", "--regions " + (t / "dir")), t / "e.h5",
+                 "--regions " + (t / "dir"));
+}
+
 TEST(Cli, HelpTeachesAndVersionWorks) {
   TempDir t;
   auto r = run(binary() + " --help");
