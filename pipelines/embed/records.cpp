@@ -117,6 +117,12 @@ struct RecordSource::Impl {
         if (all_names.size() > 5) some += ", ... (" + std::to_string(all_names.size()) + " in all)";
         std::string stale;  // a name added after the index was made is not in it
         for (const auto& f : fetchers) stale += f->stale_index_hint();
+        // A record without sequence is left out of the index: said as what it is.
+        for (size_t i = 0; i < fetchers.size(); ++i)
+          if (const long long ln = fetchers[i]->empty_record_line(spec.name); ln > 0)
+            throw InputError(opts.inputs[i] + ": line " + std::to_string(ln) + ": region '" +
+                             spec.text + "': record '" + spec.name +
+                             "' is empty (no sequence; the faidx index leaves such records out)");
         throw InputError("region '" + spec.text + "': no record named '" + spec.name + "' in " +
                          files + "; its records: " + some + stale);
       }

@@ -1132,6 +1132,21 @@ std::string FaidxFetcher::stale_index_hint() const {
          impl_->path + "`)";
 }
 
+long long FaidxFetcher::empty_record_line(const std::string& name) const {
+  try {
+    LineReader lines(impl_->path);
+    std::string_view line;
+    std::string n, d;
+    while (lines.next(line)) {
+      if (line.empty() || line[0] != '>') continue;
+      split_header(line.substr(1), n, d);
+      if (n == name) return lines.line_no();
+    }
+  } catch (const std::exception&) {  // a courtesy for a message: none where it cannot be read
+  }
+  return 0;
+}
+
 FaidxFetcher::~FaidxFetcher() = default;
 
 std::vector<std::string> FaidxFetcher::names() const {

@@ -94,6 +94,9 @@ class FaidxFetcher {
   // "" or, when the file changed after its .fai was made (the index is older), a hint for a
   // message that the index may not list a record: " (FILE.fai is older than FILE: ...)".
   std::string stale_index_hint() const;
+  // The line of a header named `name` in the file (which faidx's index leaves out because its
+  // record is empty), or 0. Reads the file's headers: for a message only.
+  long long empty_record_line(const std::string& name) const;
   // The tokens `region` gives, after fetch's checks (the same errors, without reading bases).
   int64_t tokens_of(const RegionSpec& region) const;
   Record fetch(const RegionSpec& region);

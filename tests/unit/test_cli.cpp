@@ -1095,6 +1095,10 @@ TEST(Cli, RegionsOfEcoli) {
                  "ecoli.fa; its records: 'K-12-MG1655'");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--region K-12-MG1655:20-10"), t / "x.h5",
                  "20-10");
+  // An empty record is not in the faidx index: said as empty, with its line, not as unknown.
+  write_file(t / "e2.fa", ">r1\n>r2\nACGT\n");
+  expect_failure(embed_cmd(t / "e2.fa", t / "x.h5", "--region r1"), t / "x.h5",
+                 "e2.fa: line 1: region 'r1': record 'r1' is empty");
   // A BED line naming an unknown record is named as the file's line; a BED with no region says so.
   write_file(t / "bad.bed", "# c\nchrQ\t0\t10\n");
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "bad.bed"), t / "x.h5",
