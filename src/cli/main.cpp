@@ -100,6 +100,49 @@ std::vector<std::string> split_commas(const std::string& s, const char* option) 
   return out;
 }
 
+// Usage lines name the program: "Usage: sparsa embed [OPTIONS]", not "Usage: embed ...".
+class SparsaFormatter : public CLI::Formatter {
+ public:
+  std::string make_usage(const CLI::App* app, std::string name) const override {
+    if (app->get_parent() != nullptr && name.rfind("sparsa ", 0) != 0) name = "sparsa " + name;
+    return CLI::Formatter::make_usage(app, name);
+  }
+};
+
+// Edit distance (insertions, deletions, substitutions) of two short words.
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean --pool?)" for a word like an option of `app` (an edit or two away, or a prefix
+// of one option alone), else "".
+std::string option_suggestion(const CLI::App& app, const std::string& word) {
+  if (word.rfind("--", 0) != 0 || word.size() < 4) return "";
+  const std::string w =
+      word.substr(2, word.find('=') == std::string::npos ? std::string::npos : word.find('=') - 2);
+  std::string best, prefixed;
+  size_t best_d = 3, prefixes = 0;
+  for (const CLI::Option* o : app.get_options())
+    for (const std::string& name : o->get_lnames()) {
+      const size_t dist = edit_distance(w, name);
+      if (dist < best_d) best_d = dist, best = name;
+      if (name.rfind(w, 0) == 0) ++prefixes, prefixed = name;
+    }
+  if (best.empty() && prefixes == 1) best = prefixed;
+  return best.empty() ? "" : " (did you mean --" + best + "?)";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,6 +156,7 @@ int main(int argc, char** argv) {
                        "zlib, CUDA, NCCL)");
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads) may follow the subcommand
+  app.formatter(std::make_shared<SparsaFormatter>());
   app.get_formatter()->column_width(34);
   int threads = 0;
   app.add_option(
@@ -366,10 +410,35 @@ int main(int argc, char** argv) {
       if (!extra.empty()) {
         std::string words;
         for (size_t i = 0; i < extra.size() && i < 8; ++i) words += (i ? " " : "") + extra[i];
+        std::string hint;
+        for (size_t i = 0; i < extra.size() && hint.empty() && sub; ++i)
+          hint = option_suggestion(*sub, extra[i]);
         std::fprintf(stderr, "unexpected argument(s): %s (%s; %s)\n", words.c_str(),
-                     extra.front().rfind("-", 0) == 0 ? "a misspelled option?"
-                                                      : "a value without its option?",
+                     !hint.empty()                      ? hint.substr(2, hint.size() - 3).c_str()
+                     : extra.front().rfind("-", 0) == 0 ? "a misspelled option?"
+                                                        : "a value without its option?",
                      e.what());
+        std::fprintf(stderr, "Run with --help for the options\n");
+        return kExitUsage;
+      }
+    }
+    // Words no option took, all required options given: say which, and the option a
+    // misspelled one is likely to be.
+    if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
+      const CLI::App* sub = &app;
+      for (const CLI::App* a : app.get_subcommands()) sub = a;
+      const std::vector<std::string> extra = app.remaining(true);
+      if (!extra.empty()) {
+        std::string words, hint;
+        for (size_t i = 0; i < extra.size() && i < 8; ++i) {
+          words += (i ? " " : "") + extra[i];
+          if (hint.empty()) hint = option_suggestion(*sub, extra[i]);
+          if (hint.empty() && sub != &app) hint = option_suggestion(app, extra[i]);
+        }
+        std::fprintf(stderr, "unexpected argument(s): %s%s\n", words.c_str(),
+                     !hint.empty()                      ? hint.c_str()
+                     : extra.front().rfind("-", 0) == 0 ? " (a misspelled option?)"
+                                                        : " (a value without its option?)");
         std::fprintf(stderr, "Run with --help for the options\n");
         return kExitUsage;
       }

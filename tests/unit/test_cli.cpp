@@ -153,9 +153,21 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   // required"; a command alone prints its usage; `-o -` (standard output) is refused.
   r = run(binary() + " embed --modle x.h5 -i " + lambda() + " -o " + t / "typo.h5");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("unexpected argument(s): --modle x.h5 (a misspelled option?"),
+  EXPECT_NE(r.output.find("unexpected argument(s): --modle x.h5 (did you mean --model?"),
             std::string::npos)
       << r.output;
+  // ... also where every required option is there (CLI11 said "arguments were not expected:
+  // mean --pol"), with the likely option; a word like none is called a misspelled option.
+  for (const auto& [typo, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--pol mean", "unexpected argument(s): --pol mean (did you mean --pool?)"},
+           {"--rc-averge", "unexpected argument(s): --rc-averge (did you mean --rc-average?)"},
+           {"--thread 2", "(did you mean --threads?)"},
+           {"--zzzzzz", "unexpected argument(s): --zzzzzz (a misspelled option?)"}}) {
+    r = run(embed_cmd(lambda(), t / "typo.h5", typo));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find(want), std::string::npos) << typo << "\n" << r.output;
+    EXPECT_FALSE(exists(t / "typo.h5"));
+  }
   r = run(binary() + " embed -m " + lambda() + " " + lambda() + " -o " + t / "typo.h5");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("unexpected argument(s): " + lambda() + " (a value without its option?"),
@@ -173,6 +185,7 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_EQ(r.output.find("-i,--input"), std::string::npos) << r.output;  // no usage
   r = run(binary() + " embed");
   EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("Usage: sparsa embed [OPTIONS]"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--model is required"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("-i,--input"), std::string::npos) << r.output;
   for (const std::string& cmd :
