@@ -8,8 +8,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <map>
 #include <numeric>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "backends/cpu/ops.hpp"
@@ -18,6 +22,7 @@
 #include "dist/comm.hpp"
 #include "model/forward.hpp"
 #include "model/weights.hpp"
+#include "test_util.hpp"
 
 namespace sparsa {
 namespace {
@@ -638,4 +643,68 @@ TEST(Config, BandKeysClosedForm) {
           want += (double)((causal ? i : std::min(n - 1, i + w)) - std::max<int64_t>(0, i - w) + 1);
         EXPECT_EQ(sparsa::band_keys(n, w, causal), want) << n << " " << w << " " << causal;
       }
+}
+
+// docs/model.md's configuration table says each key's default: it must be the code's (a config
+// may leave keys out; the table is where a user finds what they then are).
+TEST(Config, DocumentedDefaultsAreTheCodes) {
+  std::ifstream doc(sparsa::testing::source_dir() + "/docs/model.md");
+  ASSERT_TRUE(doc) << "docs/model.md";
+  sparsa::ModelConfig ts;  // every key, the time-series ones too, at its default
+  ts.kind = sparsa::ModelKind::kTimeseries;
+  std::map<std::string, std::string> code;
+  std::istringstream toml(ts.to_toml());
+  for (std::string line; std::getline(toml, line);)
+    if (const size_t eq = line.find(" = "); eq != std::string::npos) {
+      std::string v = line.substr(eq + 3);
+      if (v.size() >= 2 && v.front() == '"') v = v.substr(1, v.size() - 2);
+      code[line.substr(0, eq)] = v;
+    }
+  code["kind"] = sparsa::to_string(sparsa::ModelConfig{}.kind);
+  auto cells = [](const std::string& row) {
+    std::vector<std::string> out;
+    std::string cell;
+    std::istringstream in(row.substr(1));
+    while (std::getline(in, cell, '|')) {
+      while (!cell.empty() && cell.front() == ' ') cell.erase(0, 1);
+      while (!cell.empty() && cell.back() == ' ') cell.pop_back();
+      out.push_back(cell);
+    }
+    return out;
+  };
+  auto split = [](const std::string& s) {
+    std::vector<std::string> out;
+    std::istringstream in(s);
+    for (std::string part; std::getline(in, part, ',');) {
+      while (!part.empty() && part.front() == ' ') part.erase(0, 1);
+      out.push_back(part);
+    }
+    return out;
+  };
+  bool in_table = false;
+  size_t keys_seen = 0;
+  for (std::string line; std::getline(doc, line);) {
+    if (line.rfind("| key | meaning |", 0) == 0) {
+      in_table = true;
+      ASSERT_EQ(cells(line).back(), "default") << line;
+      continue;
+    }
+    if (!in_table || line.rfind("|---", 0) == 0) continue;
+    if (line.empty() || line[0] != '|') break;
+    const std::vector<std::string> c = cells(line);
+    const std::vector<std::string> keys = split(c.front()), values = split(c.back());
+    ASSERT_EQ(keys.size(), values.size()) << line;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      ++keys_seen;
+      ASSERT_TRUE(code.count(keys[i])) << "docs/model.md names an unknown key: " << keys[i];
+      const std::string& want = code[keys[i]];
+      char* end = nullptr;
+      const double a = std::strtod(values[i].c_str(), &end);
+      if (*end == 0 && !values[i].empty())
+        EXPECT_EQ(a, std::strtod(want.c_str(), nullptr)) << keys[i];
+      else
+        EXPECT_EQ(values[i], want) << keys[i];
+    }
+  }
+  EXPECT_EQ(keys_seen, code.size()) << "every key of the code is in the table";
 }
