@@ -197,10 +197,9 @@ std::string not_fasta_advice(std::string_view line) {
   if (starts("\x7F"
              "ELF"))
     return " (an executable program, not FASTA/FASTQ)";
-  // Binary data: a NUL byte, or a byte that is neither UTF-8 text nor a tab, CR or LF.
-  if (line.find('\0') != std::string_view::npos ||
-      first_invalid_utf8(line) != std::string_view::npos ||
-      std::any_of(line.begin(), line.end(), [](char c) {
+  // Binary data: a control byte other than a tab or CR (a NUL among them). Bytes that are not
+  // UTF-8 alone are not binary: a Latin-1 table is still a table.
+  if (std::any_of(line.begin(), line.end(), [](char c) {
         return (unsigned char)c < 0x20 && c != '\t' && c != '\r' && c != '\n';
       }))
     return " (binary data, not FASTA/FASTQ text)";
