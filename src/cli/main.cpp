@@ -466,8 +466,20 @@ int main(int argc, char** argv) {
                           ": not a number of threads from 1 to 1024 (--threads' range); unset it "
                           "or give --threads");
     } else {
-      const int local = local_rank_count();
-      if (local > 1) omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
+      // The CPUs this process may run on (its affinity mask). A launcher that bound the rank to
+      // some of them (mpirun's --map-by, srun -c) has shared the node already: a thread each.
+      // A rank free to run anywhere shares the node's CPUs with the other ranks on it.
+      const int local = local_rank_count(), procs = omp_get_num_procs();
+      const long online = sysconf(_SC_NPROCESSORS_ONLN);
+      if (local > 1 && procs >= online) omp_set_num_threads(std::max(1, procs / local));
+      // Bound to one core where the node has more for each rank: said once, with the cure
+      // (mpirun binds each rank to a core when it starts 2 ranks or fewer).
+      if (*embed && !eo.quiet && comm->rank() == 0 && procs == 1 && online > local)
+        std::fprintf(stderr,
+                     "[sparsa] this rank may use 1 CPU: the launcher bound it to one core (the "
+                     "node has %ld for %d rank(s)); start it with `mpirun --bind-to none`, "
+                     "`--map-by slot:PE=N` or `srun -c N`, or give --threads\n",
+                     online, local);
     }
     if (*init) {
       namespace fs = std::filesystem;

@@ -1,6 +1,7 @@
 // Sequence parallelism: `mpirun -np P sparsa embed` must give bit-for-bit the same file contents
 // (every dataset of every record) as one process, for P = 2, 3, 4 and uneven shards.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -262,4 +263,23 @@ TEST(MpiFailure, OneBadRankStopsAllWithNoOutput) {
     EXPECT_LT(r.output.find("sparsa: error: "), other) << r.output;
   EXPECT_FALSE(exists(t / "o.h5"));
   EXPECT_FALSE(exists(t / "o.h5.tmp"));
+}
+
+// A rank the launcher bound to one core, on a node with more: it says so, with the cure; a rank
+// free to run anywhere says nothing (threads: docs/parallel.md).
+TEST(MpiThreads, ARankBoundToOneCoreSaysSo) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "one CPU: no rank can be given more";
+  if (std::getenv("SPARSA_TEST_MPIEXEC")) GTEST_SKIP() << "the binding flags are Open MPI's own";
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  const std::string embed = binary() + " embed --device cpu --model " + model + " --input " +
+                            source_dir() + "/examples/lambda_virus.fa.gz --pool mean --output ";
+  auto r = run(mpirun(1) + "--bind-to core " + embed + (t / "a.h5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("this rank may use 1 CPU: the launcher bound it to one core"),
+            std::string::npos)
+      << r.output;
+  r = run(mpirun(1) + "--bind-to none " + embed + (t / "b.h5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("this rank may use 1 CPU"), std::string::npos) << r.output;
 }
