@@ -135,6 +135,7 @@ std::string utc_now() {
 bool check_paths(const EmbedOptions& o) {
   std::error_code ec;
   if (o.output.empty()) throw ConfigError("--output is required");
+  check_input_files(o.inputs);
   for (const auto& in : o.inputs) {
     if (fs::equivalent(in, o.output, ec))
       throw ConfigError("--output " + o.output + " is one of the inputs; refusing to overwrite it");

@@ -24,6 +24,23 @@
 
 namespace sparsa {
 
+void check_input_files(const std::vector<std::string>& inputs) {
+  for (const auto& in : inputs) {
+    std::error_code ec;
+    const auto st = std::filesystem::status(in, ec);
+    if (in == "-" || (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st) &&
+                      !std::filesystem::is_directory(st)))
+      throw InputError(in + ": standard input, a pipe or a device, not a file: sparsa reads " +
+                       "each input twice (the output-size estimate, then the records; --resume " +
+                       "reads it again) and indexes it for --region, so it needs a file; save " +
+                       "the stream first (e.g. `... > reads.fq`)");
+    if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
+    if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
+      throw InputError(in + ": cannot read: " + ec.message());
+    if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
+  }
+}
+
 struct RecordSource::Impl {
   const EmbedOptions& opts;
   const ModelConfig& config;
@@ -43,21 +60,7 @@ struct RecordSource::Impl {
   bool build_indexes = true;
   Impl(const EmbedOptions& o, const ModelConfig& c, bool build) : opts(o), config(c) {
     build_indexes = build;
-    for (const auto& in : opts.inputs) {
-      std::error_code ec;
-      const auto st = std::filesystem::status(in, ec);
-      if (in == "-" ||
-          (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st) &&
-           !std::filesystem::is_directory(st)))
-        throw InputError(in + ": standard input, a pipe or a device, not a file: sparsa reads " +
-                         "each input twice (the output-size estimate, then the records; --resume " +
-                         "reads it again) and indexes it for --region, so it needs a file; save " +
-                         "the stream first (e.g. `... > reads.fq`)");
-      if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
-      if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
-        throw InputError(in + ": cannot read: " + ec.message());
-      if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
-    }
+    check_input_files(opts.inputs);
     const bool dna = config.kind == ModelKind::kDna;
     const bool any_region = !opts.regions.empty() || !opts.regions_bed.empty();
     if (!dna && any_region)

@@ -16,6 +16,10 @@ namespace sparsa {
 class Comm;
 struct EmbedOptions;
 
+// Each input must be a file (not "-", a pipe, a device or a folder) that exists: InputError
+// naming it otherwise. Checked with the paths, before --force sets an old output aside.
+void check_input_files(const std::vector<std::string>& inputs);
+
 class RecordSource {
  public:
   // build_indexes: --region builds a missing faidx index (false: rank 0 built it already; see

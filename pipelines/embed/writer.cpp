@@ -313,8 +313,17 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       // The old output an earlier --force run set aside goes when this run's output is in place:
       // only a run that asks for that (--force) or continues that run's journal may take it on.
-      if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
-          !(existed && resume && old == manifest))
+      // A --force run that failed before its journal began left the old output alone in the
+      // folder (no MANIFEST says whose it is): a --resume, what `sparsa inspect` advises there,
+      // takes it on.
+      if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) && resume &&
+          !existed && !fs::exists(dir_ + "/MANIFEST"))
+        std::fprintf(stderr,
+                     "[sparsa] --resume: %s/%s, the old %s an earlier --force run set aside "
+                     "before its journal began, goes when this run finishes\n",
+                     dir_.c_str(), kPreviousOutput, output.c_str());
+      else if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
+               !(existed && resume && old == manifest))
         throw ConfigError(dir_ + "/" + kPreviousOutput + " is the old " + output +
                           " that an earlier --force run set aside; this run would remove it when "
                           "it finishes: pass --force to replace it, or move it back first to "

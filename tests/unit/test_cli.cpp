@@ -733,12 +733,14 @@ TEST(Cli, ExistingOutputIsKept) {
   r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5.parts")) << r.output;
-  // A typo in an input path with --force costs nothing either (a file that is no sparsa output).
+  // A typo in an input path with --force moves nothing: the inputs are checked with the paths,
+  // before the old output is set aside (also a file that is no sparsa output).
   write_file(t / "victim.fa", ">v\nACGT\n");
   r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_FALSE(exists(t / "victim.fa"));
-  EXPECT_EQ(read_file(t / "victim.fa.parts/PREVIOUS_OUTPUT"), ">v\nACGT\n");
+  EXPECT_NE(r.output.find("missing.fa: no such file"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(t / "victim.fa"), ">v\nACGT\n");
+  EXPECT_FALSE(exists(t / "victim.fa.parts"));
   // Never the --regions file either (--force would have removed it before reading it).
   write_file(t / "r.bed", "NC_001416.1\t0\t100\n");
   r = run(binary() + " embed -q --force --model " + tiny_model() + " --input " + lambda() +
@@ -753,6 +755,15 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
   EXPECT_TRUE(exists(prev));
+  // That run failed before its journal began (no MANIFEST): --resume, as inspect advises,
+  // takes the old output on, says so, and removes it with the journal when it finishes.
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--resume"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("set aside before its journal began, goes when this run finishes"),
+            std::string::npos)
+      << r.output;
+  EXPECT_TRUE(exists(t / "keep.h5"));
+  EXPECT_FALSE(exists(t / "keep.h5.parts"));
 }
 
 // Files the run reads must not be the ones it writes besides OUT: OUT.tmp (the final file while it
