@@ -248,7 +248,8 @@ int main(int argc, char** argv) {
   std::string precision = "bf16";
   embed
       ->add_option("--precision", precision,
-                   "CUDA: bf16 (tensor cores, default) or fp32 (validation against the CPU)")
+                   "CUDA only: bf16 (tensor cores, default) or fp32 (validation against the "
+                   "CPU); the CPU computes in float32, so leave it out there")
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
@@ -338,7 +339,10 @@ int main(int argc, char** argv) {
       "  sparsa bench --what model --config configs/dna-base.toml --n 1048576 --iters 3\n"
       "  sparsa bench --what attention --n 1048576 --global 4096 --iters 20\n"
       "The same model in PyTorch, to run beside it: python3 bench/torch_reference.py\n"
-      "(docs/benchmarks.md has the numbers and the machines).");
+      "(docs/benchmarks.md has the numbers and the machines).\n"
+      "Needs a CUDA GPU (exit 2 without one); the CPU's numbers come from whole runs:\n"
+      "bench/cpu-benchmarks.sh. --config is a path from the current folder (run from the\n"
+      "source tree for configs/...).");
 
   // No command: the usage, as samtools and minimap2 print it; an unknown command is named.
   if (argc == 1) {

@@ -339,7 +339,10 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
                : std::string("the header is one column holding '") + (sep == "\t" ? "\\t" : sep) +
                      "': the file looks separated by it, but sparsa reads comma-separated values "
                      "(convert it, e.g. `tr '" +
-                     (sep == "\t" ? "\\t" : sep) + "' ','`)");
+                     (sep == "\t" ? "\\t" : sep) + "' ','`" +
+                     (sep == ";" ? ", after decimal commas to points: `sed 's/,/./g; s/;/,/g'`"
+                                 : "") +
+                     ")");
     }
   }
   if (!opts.id_column.empty()) {

@@ -36,4 +36,14 @@ sort ranks.txt
   fail "expected two PMIx ranks (0 and 1 of 2, node-local ids 0 and 1)"
 [ ! -e slurm.h5.parts ] || fail "the journal slurm.h5.parts was left behind"
 same ref.h5 slurm.h5
+
+# --force would make every requeue start over: refused before any step, in each spelling sparsa
+# takes (--force=true too), and nothing is written.
+for f in --force --force=true; do
+  rc=0
+  bash "$SRC/slurm/embed.sbatch" model.h5 "$LAMBDA" forced.h5 "$f" 2>force.txt || rc=$?
+  [ "$rc" -eq 2 ] && grep -q -- "--force is not for this script" force.txt ||
+    { cat force.txt; fail "embed.sbatch with $f: exit $rc, not the refusal"; }
+  [ ! -e forced.h5 ] || fail "embed.sbatch with $f wrote forced.h5"
+done
 say "PASS: sbatch 2 tasks == mpirun -np 2"

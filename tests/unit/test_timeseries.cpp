@@ -494,6 +494,7 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
       {gzip_bytes(">chr1\nACGT\n"), "gzip-compressed FASTA/FASTQ, not a CSV table"},
       {std::string("\x89HDF\r\n\x1A\n\0\0", 10), "an HDF5 file"},
       {"date;close\n2020-01-01;1\n", "looks separated by it, but sparsa reads comma-separated"},
+      {"date;close\n2020-01-01;1,5\n", "after decimal commas to points: `sed 's/,/./g; s/;/,/g'`"},
       {"date\tclose\n2020-01-01\t1\n", "holding '\\t'"}};
   for (const auto& [bytes, want] : cases) {
     const std::string msg = msg_of("x.csv", bytes);
