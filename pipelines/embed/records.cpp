@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "core/error.hpp"
@@ -144,6 +145,7 @@ struct RecordSource::Impl {
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
       warned_unnamed = 0, warned_reader = 0;
+  std::set<std::string> warned_time_choice;  // files told which time column the rule took
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
     if (++count <= kMax) return true;
@@ -156,6 +158,17 @@ struct RecordSource::Impl {
   void warn_about(const RawSeries& raw, const std::string& path) {
     if (!warnings) return;
     const char* file = path.c_str();
+    if (!raw.time_choice.empty() && warned_time_choice.insert(path).second) {
+      std::string others;
+      for (const std::string& o : raw.time_others)
+        others += (others.empty() ? " '" : ", '") + o + "'";
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: the time column is '%s' (an exact name first: "
+                   "timestamp, date, time), though the header names%s too; is the time split "
+                   "over two columns? --time-column chooses (the other is embedded as a channel "
+                   "unless --columns leaves it out)\n",
+                   file, raw.time_choice.c_str(), others.c_str());
+    }
     if (const int64_t i = first_backwards_row(raw.timestamps);
         i > 0 && warn_more(warned_backwards, "go backwards in time"))
       std::fprintf(stderr,

@@ -271,6 +271,7 @@ struct Columns {
   int64_t time = -1;
   int64_t id = -1;
   std::vector<int64_t> channels;
+  std::vector<int64_t> time_others;  // the default rule's other candidates (RawSeries)
 };
 
 Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions& opts,
@@ -323,6 +324,9 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
         }
       }
     }
+    for (size_t i = 0; cols.time >= 0 && i < header.size(); ++i)
+      for (const char* want : {"timestamp", "date", "time"})
+        if ((int64_t)i != cols.time && iequals(header[i], want)) cols.time_others.push_back(i);
     if (cols.time < 0) {
       // One column whose name holds another separator: the file is not comma-separated.
       std::string sep;
@@ -547,6 +551,10 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
     if (rec.values.empty()) {
       rec.values.resize(n_channels);
       for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
+      if (!cols.time_others.empty()) {
+        rec.time_choice = header[cols.time];
+        for (int64_t c : cols.time_others) rec.time_others.push_back(header[c]);
+      }
     }
     // (NA, NaN or blanks: a missing time, as R's write.csv writes one; a row has no place
     // without its time)

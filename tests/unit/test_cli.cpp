@@ -1318,6 +1318,20 @@ TEST(Cli, TimeSeriesEndToEnd) {
                 " --time-column Time --columns a,b");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("backwards"), std::string::npos) << r.output;
+  // Date,time: the default rule takes 'time' (an exact name first) and says the header names
+  // 'Date' too; an explicit --time-column says nothing of it.
+  r = embed_csv("dt", "Date,time,a,b\n2020-01-01,09:30,1,2\n2020-01-01,16:00,2,3\n",
+                " --columns a,b");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("the time column is 'time' (an exact name first: timestamp, date, "
+                          "time), though the header names 'Date' too"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("the time column is"), r.output.rfind("the time column is"));  // once
+  r = embed_csv("dt2", "Date,time,a,b\n2020-01-01,09:30,1,2\n2020-01-02,16:00,2,3\n",
+                " --columns a,b --time-column Date");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("the time column is"), std::string::npos) << r.output;
   // A bad value in the last record of a panel stops the run before any record is embedded: no
   // journal is left to refuse a plain rerun.
   write_file(t / "panel.csv",
