@@ -551,6 +551,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
     if (rec.values.empty()) {
       rec.values.resize(n_channels);
       for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
+      rec.time_name = header[cols.time];
       if (!cols.time_others.empty()) {
         rec.time_choice = header[cols.time];
         for (int64_t c : cols.time_others) rec.time_others.push_back(header[c]);
@@ -724,6 +725,15 @@ Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::stri
   rec.name = raw.name;
   rec.source = path;
   rec.n_channels = n_channels;
+  // Which columns went in, in the output (the record's description attribute): "columns
+  // close,volume; time date" (names as the header has them; "(unnamed)" for an empty cell).
+  if (!raw.channel_names.empty()) {
+    rec.description = "columns ";
+    for (size_t c = 0; c < raw.channel_names.size(); ++c)
+      rec.description +=
+          (c ? "," : "") + (raw.channel_names[c].empty() ? "(unnamed)" : raw.channel_names[c]);
+    if (!raw.time_name.empty()) rec.description += "; time " + raw.time_name;
+  }
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
   for (int64_t c = 0; c < n_channels; ++c) {          // (a channel at a time: one transform held)
     const Transformed tr = checked_transform(raw, c, config, path);

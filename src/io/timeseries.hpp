@@ -25,6 +25,7 @@ struct RawSeries {
   // The time column the default rule took where other columns are named like one too
   // ("Date,time,close": 'time', an exact name before a case-insensitive one); "" otherwise.
   std::string time_choice;
+  std::string time_name;                 // the time column's header text
   std::vector<std::string> time_others;  // those other columns
 };
 

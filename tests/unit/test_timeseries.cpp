@@ -221,7 +221,7 @@ TEST_F(TsCsv, EndToEndTokens) {
   Record r = tokenize_series(recs[0], ts_config(2, 8, 2.0, TsTransform::kDiff), p);
   EXPECT_EQ(r.name, "prices");
   EXPECT_EQ(r.source, p);
-  EXPECT_EQ(r.description, "");
+  EXPECT_EQ(r.description, "columns close,volume; time date");  // which columns went in
   EXPECT_EQ(r.region, "");
   EXPECT_EQ(r.offset, 0);
   EXPECT_EQ(r.n_channels, 2);
