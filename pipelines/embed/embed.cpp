@@ -184,7 +184,8 @@ bool check_paths(const EmbedOptions& o) {
                       o.output + "); move it away or choose another --output");
   std::string taken_by;
   if (output_path_taken(o.output, "--output", &taken_by)) {
-    if (o.resume && taken_by.empty() && !Journal::present(o.output + ".parts")) {
+    if (o.resume && taken_by.empty() &&
+        (!Journal::present(o.output + ".parts") || Journal::only_manifest(o.output + ".parts"))) {
       try {
         auto f = h5::File::open_read(o.output);
         if (f.has_attr("/", "complete") && f.attr_int("/", "complete") == 1) return true;
@@ -226,6 +227,12 @@ std::string shared_gpu(Comm& comm, int device) {
 // What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
 // (--device auto resolved: a job that stopped on a GPU node and resumes on a CPU node, or the
 // reverse, would mix records of both in one file).
+// ", N threads" for the device line: what this rank's forwards may use (docs/cli.md --threads).
+std::string cpu_threads() {
+  const int n = omp_get_max_threads();
+  return ", " + std::to_string(n) + (n == 1 ? " thread" : " threads");
+}
+
 std::string resolved_backend(const EmbedOptions& o) {
   bool gpu = false;
 #ifdef SPARSA_HAVE_CUDA
@@ -407,7 +414,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
                    why);
   };
   if (o.device == "cpu") {
-    progress.log("device: CPU (" + (o.device_note.empty() ? "--device cpu" : o.device_note) + ")");
+    progress.log("device: CPU (" + (o.device_note.empty() ? "--device cpu" : o.device_note) + ")" +
+                 cpu_threads());
     if (!o.device_note.empty()) cpu_bf16_warning("some ranks have no GPU, so");
     return cpu;
   }
@@ -459,11 +467,11 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
 #else
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
-  progress.log("device: CPU (this sparsa was built without CUDA)");
+  progress.log("device: CPU (this sparsa was built without CUDA)" + cpu_threads());
   cpu_bf16_warning("this sparsa was built without CUDA, so");
   return cpu;
 #endif
-  progress.log("device: CPU (no GPU found)");
+  progress.log("device: CPU (no GPU found)" + cpu_threads());
   cpu_bf16_warning("with none found");
   return cpu;
 }

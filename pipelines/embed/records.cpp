@@ -1,7 +1,10 @@
 #include "pipelines/embed/records.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -39,6 +42,8 @@ void check_input_files(const std::vector<std::string>& inputs) {
     if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
       throw InputError(in + ": cannot read: " + ec.message());
     if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
+    if (::access(in.c_str(), R_OK) != 0)
+      throw InputError(in + ": cannot read: " + std::strerror(errno));
   }
 }
 
@@ -121,8 +126,9 @@ struct RecordSource::Impl {
         if (all_names.size() > 5) some += ", ... (" + std::to_string(all_names.size()) + " in all)";
         std::string stale;  // a name added after the index was made is not in it
         for (const auto& f : fetchers) stale += f->stale_index_hint();
-        // A record without sequence is left out of the index: said as what it is.
-        for (size_t i = 0; i < fetchers.size(); ++i)
+        // A record without sequence is left out of the index: said as what it is (where no
+        // index is older than its file, which would explain a missing name too).
+        for (size_t i = 0; stale.empty() && i < fetchers.size(); ++i)
           if (const long long ln = fetchers[i]->empty_record_line(spec.name); ln > 0)
             throw InputError(opts.inputs[i] + ": line " + std::to_string(ln) + ": region '" +
                              spec.text + "': record '" + spec.name +
@@ -489,7 +495,10 @@ std::string record_fingerprint(const Record& rec) {
   Sha256 h;
   h.update_field("sparsa-record 1");
   h.update_field(rec.name);
-  h.update_field(rec.description);
+  // A time series' description says which columns went in ("columns close; time date", since
+  // session 22): left out, so the fingerprints of earlier versions' records stay theirs (the
+  // columns' values are in the tokens and timestamps anyway).
+  h.update_field(rec.timestamps.size() > 0 ? std::string() : rec.description);
   h.update_field(rec.region);
   // (Only when set: the fingerprints of records without it stay those of earlier versions.)
   if (!rec.region_name.empty()) h.update_field("region_name " + rec.region_name);

@@ -185,6 +185,19 @@ bool Journal::present(const std::string& dir) {
   return false;
 }
 
+bool Journal::only_manifest(const std::string& dir) {
+  std::error_code ec;
+  bool manifest = false;
+  for (auto& e : fs::directory_iterator(dir, ec)) {
+    const auto name = e.path().filename();
+    if (name == "MANIFEST")
+      manifest = true;
+    else if (name != "LOCK")
+      return false;
+  }
+  return manifest;
+}
+
 bool Journal::holds_previous_output() const {
   std::error_code ec;
   return fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec));
@@ -287,11 +300,9 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   std::string error;
   int64_t error_is_config = 0;  // the error's type travels with its text
   if (comm.rank() == 0) {
-    bool made_dir = false;  // this run made the folder
     try {
       std::error_code ec;
       const bool existed = present(dir_);
-      made_dir = !fs::exists(fs::symlink_status(dir_, ec));
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());
       // The lock before anything in the folder is read or removed, held from here on: another
@@ -313,17 +324,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       // The old output an earlier --force run set aside goes when this run's output is in place:
       // only a run that asks for that (--force) or continues that run's journal may take it on.
-      // A --force run that failed before its journal began left the old output alone in the
-      // folder (no MANIFEST says whose it is): a --resume, what `sparsa inspect` advises there,
-      // takes it on.
-      if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) && resume &&
-          !existed && !fs::exists(dir_ + "/MANIFEST"))
-        std::fprintf(stderr,
-                     "[sparsa] --resume: %s/%s, the old %s an earlier --force run set aside "
-                     "before its journal began, goes when this run finishes\n",
-                     dir_.c_str(), kPreviousOutput, output.c_str());
-      else if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
-               !(existed && resume && old == manifest))
+      if (!force && fs::exists(fs::symlink_status(dir_ + "/" + kPreviousOutput, ec)) &&
+          !(existed && resume && old == manifest))
         throw ConfigError(dir_ + "/" + kPreviousOutput + " is the old " + output +
                           " that an earlier --force run set aside; this run would remove it when "
                           "it finishes: pass --force to replace it, or move it back first to "
@@ -386,14 +388,6 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
     } catch (const std::exception& e) {
       error = e.what();
       if (error.empty()) error = "journal error";
-    }
-    // A refused run leaves the folder as it found it: no LOCK of its own behind (it holds the
-    // lock, so no other run is using the file), and no folder it made.
-    if (!error.empty() && lock_fd_ >= 0) {
-      std::error_code ec;
-      fs::remove(dir_ + "/LOCK", ec);
-      release_lock();
-      if (made_dir) fs::remove(dir_, ec);  // only if empty
     }
   }
   if (comm.rank() != 0) discarded_.clear();  // rank 0 reports it

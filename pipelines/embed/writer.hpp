@@ -122,6 +122,9 @@ class Journal {
   // Whether folder `dir` holds a journal: anything besides a lock file and a previous output (a
   // folder left with only its LOCK, as NFS can leave it, is none).
   static bool present(const std::string& dir);
+  // Whether `dir` holds nothing but a MANIFEST (and a lock): no work of any run, as a failed
+  // --force run leaves it once its old output was moved back.
+  static bool only_manifest(const std::string& dir);
   // The old output that `embed --force` set aside in the folder: cleared with the journal only
   // when the folder goes (the output finished), never when a journal is started over.
   static constexpr const char* kPreviousOutput = "PREVIOUS_OUTPUT";

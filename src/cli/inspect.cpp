@@ -148,10 +148,21 @@ bool inspect_file(const std::string& path, bool verbose) {
     std::error_code ec;
     // No file, but the journal of a run that has not finished it
     if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)) &&
-        std::filesystem::is_directory(path + ".parts", ec))
-      throw InputError(path + ": no such file yet: " + path +
-                       ".parts/ holds the journal of a run that has not finished it; run the "
+        std::filesystem::is_directory(path + ".parts", ec)) {
+      const std::string parts = path + ".parts";
+      // A --force run that failed before its journal began left only the old output there:
+      // no run to resume (embed refuses --resume then), so the advice differs.
+      if (std::filesystem::exists(parts + "/PREVIOUS_OUTPUT", ec) &&
+          !std::filesystem::exists(parts + "/MANIFEST", ec))
+        throw InputError(path + ": no such file: " + parts +
+                         "/PREVIOUS_OUTPUT is the old file, set aside by a --force run that "
+                         "failed before it began; rerun that command (with --force), or move "
+                         "the old file back: mv " +
+                         parts + "/PREVIOUS_OUTPUT " + path + " && rmdir " + parts);
+      throw InputError(path + ": no such file yet: " + parts +
+                       "/ holds the journal of a run that has not finished it; run the "
                        "same sparsa embed command with --resume to finish it");
+    }
     throw InputError(path + ": no such file");
   }
   auto f = h5::File::open_read(path);

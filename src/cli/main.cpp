@@ -470,15 +470,18 @@ int main(int argc, char** argv) {
                           ": not a number of threads from 1 to 1024 (--threads' range); unset it "
                           "or give --threads");
     } else {
-      // The CPUs this process may run on (its affinity mask). A launcher that bound the rank to
-      // some of them (mpirun's --map-by, srun -c) has shared the node already: a thread each.
-      // A rank free to run anywhere shares the node's CPUs with the other ranks on it.
+      // The CPUs this process may run on (its affinity mask), shared with the node's other
+      // ranks, unless srun gave this task its own (-c N: SLURM_CPUS_PER_TASK CPUs, its mask).
+      // (Other launchers' masks may be shared by several ranks, a socket's say: divided.)
       const int local = local_rank_count(), procs = omp_get_num_procs();
+      const char* per_task = std::getenv("SLURM_CPUS_PER_TASK");
+      const bool own = per_task && std::atoi(per_task) == procs;
+      if (local > 1 && !own) omp_set_num_threads(std::max(1, procs / local));
+      // A rank an MPI launcher bound to one core where the node has more for each rank: said
+      // once, with the cure (mpirun binds each rank to a core when it starts 2 ranks or fewer).
       const long online = sysconf(_SC_NPROCESSORS_ONLN);
-      if (local > 1 && procs >= online) omp_set_num_threads(std::max(1, procs / local));
-      // Bound to one core where the node has more for each rank: said once, with the cure
-      // (mpirun binds each rank to a core when it starts 2 ranks or fewer).
-      if (*embed && !eo.quiet && comm->rank() == 0 && procs == 1 && online > local)
+      if (*embed && !eo.quiet && comm->rank() == 0 && launched_by_mpi() && procs == 1 &&
+          online > local)
         std::fprintf(stderr,
                      "[sparsa] this rank may use 1 CPU: the launcher bound it to one core (the "
                      "node has %ld for %d rank(s)); start it with `mpirun --bind-to none`, "

@@ -1136,11 +1136,24 @@ long long FaidxFetcher::empty_record_line(const std::string& name) const {
     LineReader lines(impl_->path);
     std::string_view line;
     std::string n, d;
-    while (lines.next(line)) {
-      if (line.empty() || line[0] != '>') continue;
+    // Only the first 256 MB of text is looked at: the hint must not read a whole genome for a
+    // typo in a region's name.
+    constexpr long long kCap = 256ll << 20;
+    long long header = 0, text = 0;  // header: the line of the header named so, while unsettled
+    bool more = true;
+    while ((more = lines.next(line)) && text < kCap) {
+      text += (long long)line.size() + 1;
+      const bool is_header = !line.empty() && line[0] == '>';
+      if (header > 0) {
+        if (is_header) return header;   // the next line is a header: the record is empty
+        if (!line.empty()) header = 0;  // a sequence line: not empty
+        continue;
+      }
+      if (!is_header) continue;
       split_header(line.substr(1), n, d);
-      if (n == name) return lines.line_no();
+      if (n == name) header = lines.line_no();
     }
+    if (header > 0 && !more) return header;  // the file's last record, empty
   } catch (const std::exception&) {  // a courtesy for a message: none where it cannot be read
   }
   return 0;

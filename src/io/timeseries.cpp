@@ -576,9 +576,18 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
         const std::string what = kind == CellKind::kInvalid     ? "not a number"
                                  : kind == CellKind::kNonFinite ? "not a finite number"
                                                                 : "too small for a double";
-        throw InputError(where(path, rec.name, 0,
-                               line() + ", column '" + header[cols.channels[k]] + "': " + what +
-                                   ": '" + shown(cell) + "'"));
+        // A channel named like the time (Date beside time): the time is split over two columns
+        const bool timeish = std::find(cols.time_others.begin(), cols.time_others.end(),
+                                       cols.channels[k]) != cols.time_others.end();
+        throw InputError(
+            where(path, rec.name, 0,
+                  line() + ", column '" + header[cols.channels[k]] + "': " + what + ": '" +
+                      shown(cell) + "'" +
+                      (timeish ? " (the time column is '" + header[cols.time] + "', and '" +
+                                     header[cols.channels[k]] +
+                                     "' is named like one too: is the time split over two columns? "
+                                     "--time-column and --columns choose)"
+                               : std::string())));
       }
       rec.values[k].push_back(v);
     }

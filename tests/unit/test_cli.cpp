@@ -103,6 +103,32 @@ TEST(Cli, WrongKindOfFileNamesTheOption) {
                  "--regions " + (t / "dir"));
 }
 
+// Threads: the CPUs the process may run on, divided by the node's ranks, unless srun gave the
+// task its own (-c N: SLURM_CPUS_PER_TASK equals its CPUs); the device line says how many.
+TEST(Cli, ThreadsFollowTheTasksCpus) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "one CPU: nothing to divide";
+  TempDir t;
+  const std::string cpus = std::to_string(sysconf(_SC_NPROCESSORS_ONLN));
+  auto line = [&](const std::string& env) {
+    const auto r = run("env -u OMP_NUM_THREADS " + env + " " + binary() +
+                       " embed --device cpu --model " + tiny_model() + " --input " + lambda() +
+                       " --pool mean --force --output " + (t / "th.h5"));
+    EXPECT_EQ(r.code, 0) << r.output;
+    const size_t a = r.output.find("device: CPU");
+    return a == std::string::npos ? r.output : r.output.substr(a, r.output.find('\n', a) - a);
+  };
+  EXPECT_NE(line("").find(", " + cpus + " threads"), std::string::npos) << line("");
+  // Two ranks on the node: half each; srun -c giving each task all of them: all.
+  const std::string half = "SLURM_NTASKS_PER_NODE=2";
+  const int h = std::max(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
+  EXPECT_NE(line(half).find(", " + std::to_string(h) + (h == 1 ? " thread" : " threads")),
+            std::string::npos)
+      << line(half);
+  EXPECT_NE(line(half + " SLURM_CPUS_PER_TASK=" + cpus).find(", " + cpus + " threads"),
+            std::string::npos)
+      << line(half + " SLURM_CPUS_PER_TASK=" + cpus);
+}
+
 TEST(Cli, HelpTeachesAndVersionWorks) {
   TempDir t;
   auto r = run(binary() + " --help");
@@ -713,8 +739,6 @@ TEST(Cli, ExistingOutputIsKept) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(read_file(prev), result);
-  // The refused run leaves no lock of its own in the folder.
-  EXPECT_FALSE(exists(t / "keep.h5.parts/LOCK"));
   // The failed --force run's command with --resume (what inspect advises), the input fixed,
   // finishes the replacement and removes the old output with the journal.
   r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--resume"));
@@ -755,15 +779,28 @@ TEST(Cli, ExistingOutputIsKept) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "keep.h5"));
   EXPECT_TRUE(exists(prev));
-  // That run failed before its journal began (no MANIFEST): --resume, as inspect advises,
-  // takes the old output on, says so, and removes it with the journal when it finishes.
-  r = run(embed_cmd(lambda(), t / "keep.h5", "--resume"));
-  EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("set aside before its journal began, goes when this run finishes"),
+  // That run failed before its journal began (no MANIFEST says whose run the old output waits
+  // for): inspect says so and advises --force or moving it back, not --resume, which another
+  // command would also pass (slurm/embed.sbatch always does) and is refused.
+  r = run(binary() + " inspect " + (t / "keep.h5"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("set aside by a --force run that failed before it began"),
             std::string::npos)
       << r.output;
-  EXPECT_TRUE(exists(t / "keep.h5"));
-  EXPECT_FALSE(exists(t / "keep.h5.parts"));
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--resume"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(exists(prev));
+  // Moved back as advised after a run whose journal had begun (its MANIFEST stays): a --resume
+  // of the run that made the old file finds it complete.
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  write_file(t / "bad.fa", ">a\nAC!GT\n");
+  r = run(embed_cmd(t / "bad.fa", t / "keep.h5", "--force"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  ASSERT_TRUE(exists(t / "keep.h5.parts/MANIFEST"));
+  std::filesystem::rename(prev, t / "keep.h5");
+  r = run(embed_cmd(lambda(), t / "keep.h5", "--resume"));
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 // Files the run reads must not be the ones it writes besides OUT: OUT.tmp (the final file while it
@@ -1328,6 +1365,14 @@ TEST(Cli, TimeSeriesEndToEnd) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("the time column is"), r.output.rfind("the time column is"));  // once
+  // The other one taken as a channel: its dates are not numbers, and the error says why.
+  r = embed_csv("dt3", "Date,time,a\n2020-01-01,09:30,1\n2020-01-01,16:00,2\n",
+                " --columns Date,a");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("column 'Date': not a number: '2020-01-01' (the time column is 'time', "
+                          "and 'Date' is named like one too: is the time split over two columns?"),
+            std::string::npos)
+      << r.output;
   r = embed_csv("dt2", "Date,time,a,b\n2020-01-01,09:30,1,2\n2020-01-02,16:00,2,3\n",
                 " --columns a,b --time-column Date");
   EXPECT_EQ(r.code, 0) << r.output;

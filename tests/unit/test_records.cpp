@@ -14,6 +14,8 @@
 
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/record.hpp"
+#include "core/sha256.hpp"
 #include "dist/comm.hpp"
 #include "pipelines/embed/embed.hpp"
 #include "pipelines/embed/records.hpp"
@@ -157,4 +159,38 @@ TEST(SharedRecords, AnErrorAfterTheFirstRecordsComesAfterThem) {
   }
   EXPECT_EQ(seen[0].error, seen[1].error);
   for (size_t i = 0; i < 3; ++i) expect_same(seen[0].records[i], seen[1].records[i]);
+}
+
+// A record's fingerprint (its input_sha256, what --resume compares) must stay what earlier
+// versions computed, or every output and journal they made stops matching: a time series'
+// description (the columns that went in, since session 22) is left out of it; a FASTA
+// description is in it, as it always was.
+TEST(RecordFingerprint, StaysThatOfEarlierVersions) {
+  auto old_fingerprint = [](const sparsa::Record& rec, const std::string& description) {
+    sparsa::Sha256 h;  // the formula of earlier versions, written out
+    h.update_field("sparsa-record 1");
+    h.update_field(rec.name);
+    h.update_field(description);
+    h.update_field(rec.region);
+    if (!rec.region_name.empty()) h.update_field("region_name " + rec.region_name);
+    const int64_t nums[3] = {rec.offset, rec.n_channels, (int64_t)rec.tokens.size()};
+    h.update(nums, sizeof nums);
+    h.update(rec.tokens.data(), rec.tokens.size() * sizeof(int32_t));
+    const int64_t n_ts = (int64_t)rec.timestamps.size();
+    h.update(&n_ts, sizeof n_ts);
+    for (size_t i = 0; i < rec.timestamps.size(); ++i) h.update_field(rec.timestamps[i]);
+    return h.hex();
+  };
+  sparsa::Record ts;
+  ts.name = "prices";
+  ts.description = "columns close; time date";
+  ts.tokens = {3, 7, 9};
+  ts.timestamps = sparsa::StringColumn{"d1", "d2", "d3"};
+  EXPECT_EQ(sparsa::record_fingerprint(ts), old_fingerprint(ts, ""));
+  sparsa::Record dna;
+  dna.name = "chr1";
+  dna.description = "first chromosome";
+  dna.tokens = {3, 4, 5, 6};
+  EXPECT_EQ(sparsa::record_fingerprint(dna), old_fingerprint(dna, "first chromosome"));
+  EXPECT_NE(sparsa::record_fingerprint(dna), old_fingerprint(dna, ""));
 }
