@@ -224,15 +224,15 @@ std::string shared_gpu(Comm& comm, int device) {
 }
 #endif
 
-// What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
-// (--device auto resolved: a job that stopped on a GPU node and resumes on a CPU node, or the
-// reverse, would mix records of both in one file).
 // ", N threads" for the device line: what this rank's forwards may use (docs/cli.md --threads).
 std::string cpu_threads() {
   const int n = omp_get_max_threads();
   return ", " + std::to_string(n) + (n == 1 ? " thread" : " threads");
 }
 
+// What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
+// (--device auto resolved: a job that stopped on a GPU node and resumes on a CPU node, or the
+// reverse, would mix records of both in one file).
 std::string resolved_backend(const EmbedOptions& o) {
   bool gpu = false;
 #ifdef SPARSA_HAVE_CUDA
