@@ -164,7 +164,7 @@ struct RecordSource::Impl {
   void warn_about(const RawSeries& raw, const std::string& path) {
     if (!warnings) return;
     const char* file = path.c_str();
-    if (!raw.time_choice.empty() && warned_time_choice.insert(path).second) {
+    if (!raw.time_others.empty() && warned_time_choice.insert(path).second) {
       std::string others;
       for (const std::string& o : raw.time_others)
         others += (others.empty() ? " '" : ", '") + o + "'";
@@ -173,7 +173,7 @@ struct RecordSource::Impl {
                    "timestamp, date, time), though the header names%s too; is the time split "
                    "over two columns? --time-column chooses (the other is embedded as a channel "
                    "unless --columns leaves it out)\n",
-                   file, raw.time_choice.c_str(), others.c_str());
+                   file, raw.time_name.c_str(), others.c_str());
     }
     if (const int64_t i = first_backwards_row(raw.timestamps);
         i > 0 && warn_more(warned_backwards, "go backwards in time"))

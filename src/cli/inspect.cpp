@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
+#include "pipelines/embed/writer.hpp"
 
 namespace sparsa {
 
@@ -152,13 +153,13 @@ bool inspect_file(const std::string& path, bool verbose) {
       const std::string parts = path + ".parts";
       // A --force run that failed before its journal began left only the old output there:
       // no run to resume (embed refuses --resume then), so the advice differs.
-      if (std::filesystem::exists(parts + "/PREVIOUS_OUTPUT", ec) &&
-          !std::filesystem::exists(parts + "/MANIFEST", ec))
-        throw InputError(path + ": no such file: " + parts +
-                         "/PREVIOUS_OUTPUT is the old file, set aside by a --force run that "
-                         "failed before it began; rerun that command (with --force), or move "
-                         "the old file back: mv " +
-                         parts + "/PREVIOUS_OUTPUT " + path + " && rmdir " + parts);
+      const std::string previous = parts + "/" + Journal::kPreviousOutput;
+      if (!Journal::present(parts) && std::filesystem::exists(previous, ec))
+        throw InputError(path + ": no such file: " + previous +
+                         " is the old file, set aside by a --force run that failed before it "
+                         "began; rerun that command (with --force), or move the old file back: "
+                         "mv " +
+                         previous + " " + path + " && rmdir " + parts);
       throw InputError(path + ": no such file yet: " + parts +
                        "/ holds the journal of a run that has not finished it; run the "
                        "same sparsa embed command with --resume to finish it");

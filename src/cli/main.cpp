@@ -125,7 +125,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-// " (did you mean --pool?)" for a word like an option of `app` (an edit or two away, or a prefix
+// "did you mean --pool?" for a word like an option of `app` (an edit or two away, or a prefix
 // of one option alone), else "".
 std::string option_suggestion(const CLI::App& app, const std::string& word) {
   if (word.rfind("--", 0) != 0 || word.size() < 4) return "";
@@ -140,7 +140,26 @@ std::string option_suggestion(const CLI::App& app, const std::string& word) {
       if (name.rfind(w, 0) == 0) ++prefixes, prefixed = name;
     }
   if (best.empty() && prefixes == 1) best = prefixed;
-  return best.empty() ? "" : " (did you mean --" + best + "?)";
+  return best.empty() ? "" : "did you mean --" + best + "?";
+}
+
+// Words no option took (CLI11's extras), up to 8 of them, and what they likely are: the option
+// of `sub` (the command given, or null) or of `app` a misspelled one is like, else a guess.
+struct Unexpected {
+  std::string words, why;
+};
+Unexpected unexpected_words(const CLI::App& app, const CLI::App* sub,
+                            const std::vector<std::string>& extra) {
+  Unexpected u;
+  for (size_t i = 0; i < extra.size() && i < 8; ++i) u.words += (i ? " " : "") + extra[i];
+  for (size_t i = 0; i < extra.size() && u.why.empty(); ++i) {
+    if (sub) u.why = option_suggestion(*sub, extra[i]);
+    if (u.why.empty() && sub != &app) u.why = option_suggestion(app, extra[i]);
+  }
+  if (u.why.empty())
+    u.why = !extra.empty() && extra.front().rfind("-", 0) == 0 ? "a misspelled option?"
+                                                               : "a value without its option?";
+  return u;
 }
 
 }  // namespace
@@ -412,16 +431,9 @@ int main(int argc, char** argv) {
         return kExitUsage;
       }
       if (!extra.empty()) {
-        std::string words;
-        for (size_t i = 0; i < extra.size() && i < 8; ++i) words += (i ? " " : "") + extra[i];
-        std::string hint;
-        for (size_t i = 0; i < extra.size() && hint.empty() && sub; ++i)
-          hint = option_suggestion(*sub, extra[i]);
-        std::fprintf(stderr, "unexpected argument(s): %s (%s; %s)\n", words.c_str(),
-                     !hint.empty()                      ? hint.substr(2, hint.size() - 3).c_str()
-                     : extra.front().rfind("-", 0) == 0 ? "a misspelled option?"
-                                                        : "a value without its option?",
-                     e.what());
+        const Unexpected u = unexpected_words(app, sub, extra);
+        std::fprintf(stderr, "unexpected argument(s): %s (%s; %s)\n", u.words.c_str(),
+                     u.why.c_str(), e.what());
         std::fprintf(stderr, "Run with --help for the options\n");
         return kExitUsage;
       }
@@ -433,16 +445,8 @@ int main(int argc, char** argv) {
       for (const CLI::App* a : app.get_subcommands()) sub = a;
       const std::vector<std::string> extra = app.remaining(true);
       if (!extra.empty()) {
-        std::string words, hint;
-        for (size_t i = 0; i < extra.size() && i < 8; ++i) {
-          words += (i ? " " : "") + extra[i];
-          if (hint.empty()) hint = option_suggestion(*sub, extra[i]);
-          if (hint.empty() && sub != &app) hint = option_suggestion(app, extra[i]);
-        }
-        std::fprintf(stderr, "unexpected argument(s): %s%s\n", words.c_str(),
-                     !hint.empty()                      ? hint.c_str()
-                     : extra.front().rfind("-", 0) == 0 ? " (a misspelled option?)"
-                                                        : " (a value without its option?)");
+        const Unexpected u = unexpected_words(app, sub, extra);
+        std::fprintf(stderr, "unexpected argument(s): %s (%s)\n", u.words.c_str(), u.why.c_str());
         std::fprintf(stderr, "Run with --help for the options\n");
         return kExitUsage;
       }

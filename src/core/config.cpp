@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/file_text.hpp"
 
 namespace sparsa {
 
@@ -327,7 +328,7 @@ ModelConfig load_model_config(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   const std::string text = ss.str();
-  if (text.rfind("\x89HDF", 0) == 0)  // the likely mix-up: a checkpoint given as the config
+  if (hdf5_signature(text))  // the likely mix-up: a checkpoint given as the config
     throw ConfigError(path +
                       ": an HDF5 file (a sparsa checkpoint?), not a TOML config: --config takes a "
                       "text file such as configs/dna-tiny.toml");

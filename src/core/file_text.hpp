@@ -33,4 +33,8 @@ class FileText {
   std::string read_;
 };
 
+// Whether `bytes` start as an HDF5 file does (its 8-byte signature; a line reader sees only
+// these first 4, the line ending inside it): a checkpoint or embeddings file given as text.
+inline bool hdf5_signature(std::string_view bytes) { return bytes.starts_with("\x89HDF"); }
+
 }  // namespace sparsa

@@ -28,6 +28,7 @@
 
 #include "core/env.hpp"
 #include "core/error.hpp"
+#include "core/file_text.hpp"
 #include "core/progress.hpp"
 #include "core/utf8.hpp"
 
@@ -191,7 +192,7 @@ std::string not_fasta_advice(std::string_view line) {
       return " (SAM alignment records: convert them to FASTA/FASTQ first, e.g. `samtools fasta "
              "FILE > FILE.fa`)";
   }
-  if (starts("\x89HDF"))  // (the line ends inside the 8-byte signature)
+  if (hdf5_signature(line))
     return " (an HDF5 file, such as a sparsa checkpoint or embeddings file: --input takes "
            "FASTA/FASTQ, plain or gzip-compressed)";
   if (starts("\x7F"

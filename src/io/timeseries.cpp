@@ -234,7 +234,7 @@ std::string not_csv_text(std::string_view text) {
              "and this one is a time-series model";
     return "gzip-compressed: decompress it first (zcat FILE > FILE.csv); CSV is read as plain text";
   }
-  if (starts("\x89HDF\r\n\x1A\n"))
+  if (hdf5_signature(text))
     return "an HDF5 file (a sparsa checkpoint or embeddings file?), not a CSV text";
   if (starts("BZh") ||
       starts("\xFD"
@@ -552,10 +552,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
       rec.values.resize(n_channels);
       for (int64_t c : cols.channels) rec.channel_names.push_back(header[c]);
       rec.time_name = header[cols.time];
-      if (!cols.time_others.empty()) {
-        rec.time_choice = header[cols.time];
-        for (int64_t c : cols.time_others) rec.time_others.push_back(header[c]);
-      }
+      for (int64_t c : cols.time_others) rec.time_others.push_back(header[c]);
     }
     // (NA, NaN or blanks: a missing time, as R's write.csv writes one; a row has no place
     // without its time)

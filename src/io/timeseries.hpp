@@ -22,11 +22,10 @@ struct RawSeries {
   std::vector<std::vector<double>> values;  // [channels][rows]
   std::vector<int64_t> source_rows;         // 1-based line number in the file of each row
   std::vector<std::string> channel_names;   // header names, for messages; may be empty
-  // The time column the default rule took where other columns are named like one too
-  // ("Date,time,close": 'time', an exact name before a case-insensitive one); "" otherwise.
-  std::string time_choice;
-  std::string time_name;                 // the time column's header text
-  std::vector<std::string> time_others;  // those other columns
+  std::string time_name;                    // the time column's header text
+  // Where the default rule took the time column among several named like one ("Date,time,close":
+  // 'time', an exact name before a case-insensitive one): the others; else empty.
+  std::vector<std::string> time_others;
 };
 
 // Where the time of a record goes backwards: the index of the first row whose timestamp sorts
