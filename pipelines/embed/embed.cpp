@@ -224,10 +224,15 @@ std::string shared_gpu(Comm& comm, int device) {
 }
 #endif
 
-// ", N threads" for the device line: what this rank's forwards may use (docs/cli.md --threads).
-std::string cpu_threads() {
+// ", N threads" for the device line: what this rank's forwards may use (docs/cli.md --threads),
+// and how many ranks divided its CPUs where that is how the count came.
+std::string cpu_threads(const EmbedOptions& o) {
   const int n = omp_get_max_threads();
-  return ", " + std::to_string(n) + (n == 1 ? " thread" : " threads");
+  std::string s = ", " + std::to_string(n) + (n == 1 ? " thread" : " threads");
+  if (o.cpu_sharers > 1)
+    s += " (" + std::to_string(omp_get_num_procs()) + " CPUs shared by " +
+         std::to_string(o.cpu_sharers) + " ranks)";
+  return s;
 }
 
 // What a run computes with, as the manifest records it: "cpu fp32", "cuda bf16" or "cuda fp32"
@@ -415,7 +420,7 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
   };
   if (o.device == "cpu") {
     progress.log("device: CPU (" + (o.device_note.empty() ? "--device cpu" : o.device_note) + ")" +
-                 cpu_threads());
+                 cpu_threads(o));
     if (!o.device_note.empty()) cpu_bf16_warning("some ranks have no GPU, so");
     return cpu;
   }
@@ -467,11 +472,11 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
 #else
   if (o.device == "cuda")
     throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
-  progress.log("device: CPU (this sparsa was built without CUDA)" + cpu_threads());
+  progress.log("device: CPU (this sparsa was built without CUDA)" + cpu_threads(o));
   cpu_bf16_warning("this sparsa was built without CUDA, so");
   return cpu;
 #endif
-  progress.log("device: CPU (no GPU found)" + cpu_threads());
+  progress.log("device: CPU (no GPU found)" + cpu_threads(o));
   cpu_bf16_warning("with none found");
   return cpu;
 }

@@ -21,6 +21,7 @@
 #include "core/signals.hpp"
 #include "core/utf8.hpp"
 #include "dist/comm.hpp"
+#include "dist/cpu_share.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "dist/comm_nccl.hpp"
 #endif
@@ -180,8 +181,8 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option(
          "-t,--threads", threads,
-         "CPU threads, 1 to 1024 (default: OMP_NUM_THREADS, else the node's cores shared among its "
-         "ranks)")
+         "CPU threads, 1 to 1024 (default: OMP_NUM_THREADS, else the CPUs this rank may run on, "
+         "shared with the node's ranks that may run on them too)")
       ->check(CLI::Range(1, 1024));
 
   // init
@@ -459,8 +460,11 @@ int main(int argc, char** argv) {
   std::string error_text;
   try {
     comm = make_world_comm();
-    // Threads: --threads, else OMP_NUM_THREADS, else the cores shared among this node's ranks
-    // (P ranks on one node must not each start one thread per core).
+    // The ranks that share this rank's CPUs (every rank gathers, whatever its options say: a
+    // collective).
+    const int sharers = ranks_sharing_my_cpus(*comm);
+    // Threads: --threads, else OMP_NUM_THREADS, else the CPUs shared among the ranks that may
+    // run on them (P ranks on one node must not each start one thread per core).
     if (threads > 0) {
       omp_set_num_threads(threads);
     } else if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) {
@@ -474,13 +478,17 @@ int main(int argc, char** argv) {
                           ": not a number of threads from 1 to 1024 (--threads' range); unset it "
                           "or give --threads");
     } else {
-      // The CPUs this process may run on (its affinity mask), shared with the node's other
-      // ranks, unless srun gave this task its own (-c N: SLURM_CPUS_PER_TASK CPUs, its mask).
-      // (Other launchers' masks may be shared by several ranks, a socket's say: divided.)
+      // The CPUs this process may run on (its affinity mask), divided among the ranks whose
+      // masks overlap it: all of them under srun -c N or mpirun --map-by slot:PE=N, a share
+      // under --bind-to none or a socket's mask. Tasks that know no MPI world (srun without
+      // PMI) divide by the node's tasks unless srun gave them their own (SLURM_CPUS_PER_TASK
+      // CPUs, their mask).
       const int local = local_rank_count(), procs = omp_get_num_procs();
       const char* per_task = std::getenv("SLURM_CPUS_PER_TASK");
       const bool own = per_task && std::atoi(per_task) == procs;
-      if (local > 1 && !own) omp_set_num_threads(std::max(1, procs / local));
+      const int share = comm->size() > 1 ? sharers : (own ? 1 : local);
+      eo.cpu_sharers = share;
+      if (share > 1) omp_set_num_threads(std::max(1, procs / share));
       // A rank an MPI launcher bound to one core where the node has more for each rank: said
       // once, with the cure (mpirun binds each rank to a core when it starts 2 ranks or fewer).
       const long online = sysconf(_SC_NPROCESSORS_ONLN);

@@ -283,3 +283,26 @@ TEST(MpiThreads, ARankBoundToOneCoreSaysSo) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("this rank may use 1 CPU"), std::string::npos) << r.output;
 }
+
+// Ranks free to run on every CPU divide them; ranks bound to CPUs of their own do not (they
+// would each start 1 thread on a 2-core machine either way: the line says why).
+TEST(MpiThreads, RanksDivideOnlyTheCpusTheyShare) {
+  if (std::getenv("SPARSA_TEST_MPIEXEC")) GTEST_SKIP() << "the binding flags are Open MPI's own";
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  const std::string embed = binary() + " embed --device cpu --model " + model + " --input " +
+                            source_dir() + "/examples/lambda_virus.fa.gz --pool mean --output ";
+  auto r = run("env -u OMP_NUM_THREADS " + mpirun(2) + "--bind-to none " + embed + (t / "a.h5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const long each = std::max(1L, cpus / 2);
+  EXPECT_NE(r.output.find(", " + std::to_string(each) + (each == 1 ? " thread (" : " threads (") +
+                          std::to_string(cpus) + " CPUs shared by 2 ranks)"),
+            std::string::npos)
+      << r.output;
+  if (cpus < 2) return;
+  r = run("env -u OMP_NUM_THREADS " + mpirun(2) + "--bind-to core " + embed + (t / "b.h5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(", 1 thread\n"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("shared by"), std::string::npos) << r.output;
+}

@@ -1,6 +1,7 @@
 // End-to-end tests of the sparsa command line: real processes, real files.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,12 +11,16 @@
 #include <thread>
 
 #include "compare_h5.hpp"
+#include "dist/cpu_share.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
 #include "test_util.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
+using sparsa::CpuClaim;
+using sparsa::cpu_sharers;
+using sparsa::this_process_cpus;
 
 namespace {
 
@@ -127,6 +132,36 @@ TEST(Cli, ThreadsFollowTheTasksCpus) {
   EXPECT_NE(line(half + " SLURM_CPUS_PER_TASK=" + cpus).find(", " + cpus + " threads"),
             std::string::npos)
       << line(half + " SLURM_CPUS_PER_TASK=" + cpus);
+}
+
+// The ranks dividing a rank's CPUs: those on its host whose masks overlap its own.
+TEST(Cli, CpuSharersAreTheOverlappingMasksOfTheHost) {
+  auto claim = [](const char* host, std::vector<uint64_t> cpus) { return CpuClaim{host, cpus}; };
+  // srun -c 4 / --map-by slot:PE=4: four ranks of 4 CPUs each, disjoint: each alone.
+  std::vector<CpuClaim> own = {claim("a", {0xF}), claim("a", {0xF0}), claim("a", {0xF00}),
+                               claim("a", {0xF000})};
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(cpu_sharers(own, r), 1) << r;
+  // --bind-to none: every rank of the host shares its mask; other hosts do not count.
+  std::vector<CpuClaim> none = {claim("a", {0xFF}), claim("a", {0xFF}), claim("b", {0xFF}),
+                                claim("a", {0xFF})};
+  EXPECT_EQ(cpu_sharers(none, 0), 3);
+  EXPECT_EQ(cpu_sharers(none, 2), 1);
+  // Two sockets bound to two ranks each; a mask past 64 CPUs (word 1).
+  std::vector<CpuClaim> sockets = {claim("a", {0xFF, 0}), claim("a", {0xFF}), claim("a", {0, 0xFF}),
+                                   claim("a", {0, 0x1})};
+  EXPECT_EQ(cpu_sharers(sockets, 0), 2);
+  EXPECT_EQ(cpu_sharers(sockets, 2), 2);
+  // A mask not known overlaps every mask of its host.
+  std::vector<CpuClaim> unknown = {claim("a", {}), claim("a", {0x1}), claim("a", {0x2})};
+  EXPECT_EQ(cpu_sharers(unknown, 0), 3);
+  EXPECT_EQ(cpu_sharers(unknown, 1), 2);
+  // This process's own claim names its host and at least the CPU it runs on.
+  const CpuClaim me = this_process_cpus();
+  EXPECT_FALSE(me.host.empty());
+  const int cpu = sched_getcpu();
+  ASSERT_GE(cpu, 0);
+  ASSERT_GT(me.cpus.size(), (size_t)cpu / 64);
+  EXPECT_NE(me.cpus[cpu / 64] & (uint64_t{1} << (cpu % 64)), 0u);
 }
 
 TEST(Cli, HelpTeachesAndVersionWorks) {
