@@ -163,6 +163,15 @@ Unexpected unexpected_words(const CLI::App& app, const CLI::App* sub,
   return u;
 }
 
+// Under mpirun or srun every rank parses the same line: the first rank alone says what is wrong
+// in it (before MPI is started, the launcher's variables say which rank this is).
+// (SLURM_PROCID alone is not MPI: a task farm's tasks each say their own errors.)
+bool first_rank_to_speak() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+    if (const char* r = std::getenv(v); r && std::string(r) != "0") return false;
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -185,6 +194,12 @@ int main(int argc, char** argv) {
          "shared with the node's ranks that may run on them too)")
       ->check(CLI::Range(1, 1024));
 
+  // An empty value is refused rather than read as "not given": `--regions "$BED"` with BED unset
+  // must not embed the whole input.
+  const CLI::Validator not_empty(
+      [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; },
+      "TEXT");
+
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");
   std::string init_config, init_output;
@@ -192,8 +207,11 @@ int main(int argc, char** argv) {
   bool init_force = false;
   init->add_option("-c,--config", init_config, "Model config (TOML, a [model] table; see configs/)")
       ->required()
+      ->check(not_empty)
       ->check(CLI::ExistingFile);
-  init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")->required();
+  init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")
+      ->required()
+      ->check(not_empty);
   init->add_option("--seed", seed_text, "Random seed; the same seed gives the same file contents")
       ->capture_default_str()
       ->check(CLI::Validator(
@@ -209,17 +227,13 @@ int main(int argc, char** argv) {
           "", "unsigned"))
       ->type_name("UINT");
   init->add_flag("--force", init_force, "Replace an existing output file");
+  bool init_quiet = false;
+  init->add_flag("-q,--quiet", init_quiet, "No line on success (errors are still printed)");
   init->footer(
       "A config is a TOML file with a [model] table (docs/model.md lists its keys); the source\n"
       "tree has three: configs/dna-tiny.toml (68K parameters, CPU-sized), configs/dna-base.toml\n"
       "(25M, for GPUs) and configs/ts-base.toml (time series).\n"
       "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1");
-
-  // An empty value is refused rather than read as "not given": `--regions "$BED"` with BED unset
-  // must not embed the whole input.
-  const CLI::Validator not_empty(
-      [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; },
-      "TEXT");
 
   // embed
   auto* embed =
@@ -229,13 +243,16 @@ int main(int argc, char** argv) {
   std::string pool = "none", dtype = "f16", columns;
   embed->add_option("-m,--model", eo.model, "Checkpoint written by `sparsa init`")
       ->required()
+      ->check(not_empty)
       ->check(CLI::ExistingFile);
   embed
       ->add_option("-i,--input", eo.inputs,
                    "Input file(s): FASTA/FASTQ (plain, gzip, bgzip) or CSV; repeat for more")
       ->required()
       ->check(not_empty);
-  embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")->required();
+  embed->add_option("-o,--output", eo.output, "Embeddings file to write (HDF5)")
+      ->required()
+      ->check(not_empty);
   embed
       ->add_option("-r,--region", eo.regions,
                    "Region chr:start-end (1-based, inclusive, as samtools; {name}:start-end for "
@@ -296,7 +313,9 @@ int main(int argc, char** argv) {
   auto* insp = app.add_subcommand("inspect", "Summarise a checkpoint or an embeddings file");
   std::vector<std::string> insp_paths;
   bool insp_all = false;
-  insp->add_option("file", insp_paths, "HDF5 file(s) written by sparsa")->required();
+  insp->add_option("file", insp_paths, "HDF5 file(s) written by sparsa")
+      ->required()
+      ->check(not_empty);
   insp->add_flag("--all", insp_all, "List every record");
   insp->footer(
       "Exit status: 0 for a checkpoint or a complete embeddings file; 1 for a file that is not\n"
@@ -347,7 +366,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(not_empty);
   bench->add_option("--output", bo.output, "Layer/model: output y to host, pooled or device")
       ->check(CLI::IsMember({"host", "pooled", "device"}))
       ->capture_default_str();
@@ -396,15 +416,23 @@ int main(int argc, char** argv) {
       return kExitUsage;
     }
   }
+  // `--output=$OUT` with OUT unset: CLI11 would take the next word as the value (`--output=
+  // --force` wrote a file named --force).
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a.size() > 3 && a.substr(0, 2) == "--" && a.back() == '=') {
+      if (first_rank_to_speak())
+        std::fprintf(stderr,
+                     "sparsa: error: %s: an empty value (an unset shell variable?); give a "
+                     "value, or leave the option out\n",
+                     argv[i]);
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // Under mpirun or srun every rank parses the same line: the first rank alone says what is
-    // wrong (before MPI is started, the launcher's variables say which rank this is).
-    // (SLURM_PROCID alone is not MPI: a task farm's tasks each say their own errors.)
-    for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
-      if (const char* r = std::getenv(v); r && std::string(r) != "0")
-        return e.get_exit_code() == 0 ? 0 : kExitUsage;
+    if (!first_rank_to_speak()) return e.get_exit_code() == 0 ? 0 : kExitUsage;
     if (e.get_exit_code() != 0) std::fprintf(stderr, "sparsa: error: ");  // as other errors
     // "--model is required" where the line has `--modle m.h5` or a value without its flag: the
     // stray words are the mistake, so they are said first (CLI11 checks requirements first).
@@ -524,8 +552,9 @@ int main(int argc, char** argv) {
       std::from_chars(seed_text.data(), seed_text.data() + seed_text.size(), seed, 10);
       if (comm->rank() == 0) {
         save_checkpoint(init_model(c, seed), init_output);
-        std::fprintf(stderr, "[sparsa] wrote %s (%s model, seed %llu)\n", init_output.c_str(),
-                     to_string(c.kind), (unsigned long long)seed);
+        if (!init_quiet)
+          std::fprintf(stderr, "[sparsa] wrote %s (%s model, seed %llu)\n", init_output.c_str(),
+                       to_string(c.kind), (unsigned long long)seed);
       }
     } else if (*embed) {
       eo.pool = parse_pool(pool);

@@ -738,7 +738,7 @@ Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::stri
     for (size_t c = 0; c < raw.channel_names.size(); ++c)
       rec.description +=
           (c ? "," : "") + (raw.channel_names[c].empty() ? "(unnamed)" : raw.channel_names[c]);
-    if (!raw.time_name.empty()) rec.description += "; time " + raw.time_name;
+    rec.description += "; time " + (raw.time_name.empty() ? "(unnamed)" : raw.time_name);
   }
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
   for (int64_t c = 0; c < n_channels; ++c) {          // (a channel at a time: one transform held)

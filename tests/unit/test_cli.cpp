@@ -18,8 +18,8 @@
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
-using sparsa::CpuClaim;
 using sparsa::cpu_sharers;
+using sparsa::CpuClaim;
 using sparsa::this_process_cpus;
 
 namespace {
@@ -89,6 +89,29 @@ TEST(Cli, EmptyOptionValuesAreRefused) {
     EXPECT_NE(r.output.find("must not be empty"), std::string::npos) << extra << "\n" << r.output;
     EXPECT_FALSE(exists(t / "e.h5")) << extra;
     EXPECT_FALSE(exists(t / "e.h5.parts")) << extra;
+  }
+  // Every option that takes a path, in every command; and `--opt=` with nothing after the '='
+  // (CLI11 would take the next word as the value: `--output= --force` wrote a file "--force").
+  const std::string init = binary() + " init --config " + tiny_config() + " ";
+  const std::string embed =
+      binary() + " embed -q --model " + tiny_model() + " --input " + lambda() + " --device cpu ";
+  for (const std::string& cmd :
+       {init + "--output ''", binary() + " init --config '' --output " + (t / "e.h5"),
+        embed + "--output ''",
+        binary() + " embed --model '' -i " + lambda() + " -o " + (t / "e.h5"),
+        binary() + " inspect ''", binary() + " bench --what model --config ''",
+        "cd " + t.str() + " && " + embed + "--output= --force",
+        "cd " + t.str() + " && " + init + "--output= --seed 3"}) {
+    auto r = run(cmd);
+    EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
+    EXPECT_TRUE(r.output.find("must not be empty") != std::string::npos ||
+                r.output.find("--output=: an empty value (an unset shell variable?)") !=
+                    std::string::npos)
+        << cmd << "\n"
+        << r.output;
+    EXPECT_FALSE(exists(t / "e.h5")) << cmd;
+    EXPECT_FALSE(exists(t / "--force")) << cmd;
+    EXPECT_FALSE(exists(t / "--seed")) << cmd;
   }
 }
 
@@ -352,6 +375,12 @@ TEST(Cli, InitIsDeterministicAndSeedMatters) {
   auto r10 = run(binary() + " init --config " + tiny_config() + " --output " + t / "ten.h5" +
                  " --seed 010");
   EXPECT_NE(r10.output.find("seed 10)"), std::string::npos) << r10.output;  // not octal 8
+  // -q: the same file, no line.
+  auto rq = run(binary() + " init -q --config " + tiny_config() + " --output " + t / "q.h5" +
+                " --seed 5");
+  EXPECT_EQ(rq.code, 0) << rq.output;
+  EXPECT_EQ(rq.output, "");
+  EXPECT_EQ(read_file(t / "q.h5"), read_file(t / "a.h5"));
   // An existing file is not replaced without --force.
   auto r = run(binary() + " init --config " + tiny_config() + " --output " + t / "a.h5");
   EXPECT_EQ(r.code, 2);

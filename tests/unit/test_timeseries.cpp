@@ -228,6 +228,12 @@ TEST_F(TsCsv, EndToEndTokens) {
   EXPECT_EQ(r.timestamps.strings(), (std::vector<std::string>{"d1", "d2", "d3", "d4"}));
   // token-major: [t0c0, t0c1, t1c0, t1c1, ...]
   EXPECT_EQ(r.tokens, (std::vector<int32_t>{2, 2, 3 + 6, 3 + 6, 3 + 3, 2, 3 + 7, 2}));
+  // pandas' unnamed index as the time column (--time-column 1) and an unnamed channel
+  p = write("pd.csv", ",close,\n0,10,1\n1,11,2\n2,12,4\n");
+  recs = read_timeseries_csv(p, {"1", {}, {}}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  r = tokenize_series(recs[0], ts_config(2, 8, 2.0, TsTransform::kDiff), p);
+  EXPECT_EQ(r.description, "columns close,(unnamed); time (unnamed)");
 }
 
 TEST_F(TsCsv, EndToEndLogReturn) {
