@@ -229,9 +229,7 @@ std::string shared_gpu(Comm& comm, int device) {
 std::string cpu_threads(const EmbedOptions& o) {
   const int n = omp_get_max_threads();
   std::string s = ", " + std::to_string(n) + (n == 1 ? " thread" : " threads");
-  if (o.cpu_sharers > 1)
-    s += " (" + std::to_string(omp_get_num_procs()) + " CPUs shared by " +
-         std::to_string(o.cpu_sharers) + " ranks)";
+  if (!o.threads_note.empty()) s += " (" + o.threads_note + ")";
   return s;
 }
 

@@ -31,7 +31,7 @@ struct EmbedOptions {
   std::string time_column, id_column;
   std::string device = "auto";   // cpu | cuda | auto (CUDA when a GPU is usable)
   std::string device_note;       // why the device is the CPU where the user did not say so
-  int cpu_sharers = 1;           // ranks dividing this rank's CPUs for the default thread count
+  std::string threads_note;      // how the default thread count came ("" where given)
   bool cuda_fp32 = false;        // --precision fp32: the CUDA backend in float32 (validation)
   bool precision_given = false;  // --precision on the command line (it applies to CUDA only)
   bool resume = false, force = false, quiet = false;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "cli/bench.hpp"
@@ -193,6 +194,17 @@ int main(int argc, char** argv) {
          "CPU threads, 1 to 1024 (default: OMP_NUM_THREADS, else the CPUs this rank may run on, "
          "shared with the node's ranks that may run on them too)")
       ->check(CLI::Range(1, 1024));
+
+  // Every option's spellings ("--output", "-o"), filled once all are defined. An option's value
+  // that is one of them is refused: `-o $OUT --force` with OUT unset took --force as the output.
+  std::set<std::string> option_words;
+  const CLI::Validator not_an_option(
+      [&option_words](const std::string& v) {
+        return option_words.count(v)
+                   ? "took the option " + v + " as its value (an unset shell variable before it?)"
+                   : std::string();
+      },
+      "");
 
   // An empty value is refused rather than read as "not given": `--regions "$BED"` with BED unset
   // must not embed the whole input.
@@ -384,6 +396,13 @@ int main(int argc, char** argv) {
       "bench/cpu-benchmarks.sh. --config is a path from the current folder (run from the\n"
       "source tree for configs/...).");
 
+  for (CLI::App* a : {&app, init, embed, insp, bench})
+    for (CLI::Option* opt : a->get_options()) {
+      for (const std::string& name : opt->get_lnames()) option_words.insert("--" + name);
+      for (const std::string& name : opt->get_snames()) option_words.insert("-" + name);
+      if (opt->get_type_size() != 0 && !opt->get_lnames().empty()) opt->check(not_an_option);
+    }
+
   // No command: the usage, as samtools and minimap2 print it; an unknown command is named.
   if (argc == 1) {
     std::fprintf(stderr, "%s", app.help().c_str());
@@ -418,13 +437,15 @@ int main(int argc, char** argv) {
   }
   // `--output=$OUT` with OUT unset: CLI11 would take the next word as the value (`--output=
   // --force` wrote a file named --force).
-  for (int i = 1; i < argc; ++i) {
+  // (Only the names of sparsa's options, before a "--".)
+  for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i) {
     const std::string_view a = argv[i];
-    if (a.size() > 3 && a.substr(0, 2) == "--" && a.back() == '=') {
+    if (a.size() > 3 && a.back() == '=' &&
+        option_words.count(std::string(a.substr(0, a.size() - 1)))) {
       if (first_rank_to_speak())
         std::fprintf(stderr,
-                     "sparsa: error: %s: an empty value (an unset shell variable?); give a "
-                     "value, or leave the option out\n",
+                     "sparsa: error: %s: an empty value (an unset shell variable?); give it a "
+                     "value\n",
                      argv[i]);
       return kExitUsage;
     }
@@ -515,8 +536,12 @@ int main(int argc, char** argv) {
       const char* per_task = std::getenv("SLURM_CPUS_PER_TASK");
       const bool own = per_task && std::atoi(per_task) == procs;
       const int share = comm->size() > 1 ? sharers : (own ? 1 : local);
-      eo.cpu_sharers = share;
-      if (share > 1) omp_set_num_threads(std::max(1, procs / share));
+      if (share > 1) {
+        omp_set_num_threads(std::max(1, procs / share));
+        eo.threads_note = std::string(comm->size() > 1 ? "this rank's " : "this task's ") +
+                          std::to_string(procs) + (procs == 1 ? " CPU" : " CPUs") + ", shared by " +
+                          std::to_string(share) + (comm->size() > 1 ? " ranks" : " tasks");
+      }
       // A rank an MPI launcher bound to one core where the node has more for each rank: said
       // once, with the cure (mpirun binds each rank to a core when it starts 2 ranks or fewer).
       const long online = sysconf(_SC_NPROCESSORS_ONLN);

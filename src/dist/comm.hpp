@@ -98,9 +98,12 @@ std::unique_ptr<Comm> make_single_comm();
 // mpirun/srun (detected from the environment) and MPI is not initialised yet. Returns the single
 // communicator when the process was not launched by an MPI launcher.
 std::unique_ptr<Comm> make_world_comm();
-// Ranks on this node according to the launcher (OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or
-// SLURM_NTASKS_PER_NODE); 1 when unknown.
+// Ranks on this node according to the launcher (OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS,
+// SLURM_NTASKS_PER_NODE, or srun's SLURM_STEP_TASKS_PER_NODE at SLURM_NODEID); 1 when unknown.
 int local_rank_count();
+// The tasks of SLURM_STEP_TASKS_PER_NODE's form ("2(x3),1") on node `node_id` (the largest count
+// when node_id is null or not in the list); 0 for a null or malformed list.
+int slurm_step_tasks_here(const char* list, const char* node_id);
 // This rank's index on its node from the launcher's environment, -1 when unknown. The launchers'
 // own variables (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, MV2_COMM_WORLD_LOCAL_RANK,
 // PMI_LOCAL_RANK) come before SLURM_LOCALID: ranks that mpirun or mpiexec start inside a Slurm

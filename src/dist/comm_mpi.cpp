@@ -385,10 +385,40 @@ LauncherSize launcher_world_size() {
   return {};
 }
 
+// srun's tasks on this node from SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 tasks on each of the
+// first 3 nodes, 1 on the 4th), the entry of SLURM_NODEID (the largest where that is not given);
+// 0 when not set.
+int slurm_step_tasks_here(const char* list, const char* node_id) {
+  if (!list || !*list) return 0;
+  const long here = node_id && *node_id ? std::strtol(node_id, nullptr, 10) : -1;
+  long node = 0, most = 0;
+  for (const char* p = list; *p;) {
+    char* end = nullptr;
+    const long tasks = std::strtol(p, &end, 10);
+    if (end == p || tasks < 0) return 0;
+    long times = 1;
+    if (*end == '(' && end[1] == 'x') {
+      times = std::strtol(end + 2, &end, 10);
+      if (*end != ')' || times < 1) return 0;
+      ++end;
+    }
+    if (*end != ',' && *end) return 0;
+    if (here >= node && here < node + times) return (int)tasks;
+    node += times;
+    most = std::max(most, tasks);
+    if (*end == ',') ++end;
+    p = end;
+  }
+  return (int)std::min<long>(most, 1 << 20);
+}
+
 int local_rank_count() {
-  return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                              "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"},
-                             1));
+  const int n = env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                         "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"},
+                        0);
+  if (n > 0) return n;
+  return std::max(1, slurm_step_tasks_here(std::getenv("SLURM_STEP_TASKS_PER_NODE"),
+                                           std::getenv("SLURM_NODEID")));
 }
 
 int local_rank() {

@@ -1,7 +1,7 @@
 // sparsa: how many ranks share this rank's CPUs, for the default thread count. Ranks that a
 // launcher bound to CPUs of their own (srun -c N, mpirun --map-by slot:PE=N) each use all of
 // theirs; ranks whose masks overlap (mpirun --bind-to none, or a socket bound to several ranks)
-// divide them. Known from every rank's (host, affinity mask), gathered once at start-up.
+// divide them. Known from every rank's (node, affinity mask), gathered once at start-up.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,15 +11,15 @@ namespace sparsa {
 
 class Comm;
 
-// The CPUs one process may run on (bit c of word c / 64: CPU c), on its host.
+// The CPUs one process may run on (bit c of word c / 64: CPU c), on its node.
 struct CpuClaim {
-  std::string host;
+  std::string node;            // "boot <kernel boot id>", else "host <host name>"
   std::vector<uint64_t> cpus;  // empty: not known (then it counts as overlapping every claim)
 };
 
-// This process's claim: gethostname and sched_getaffinity.
+// This process's claim: its node and its sched_getaffinity mask.
 CpuClaim this_process_cpus();
-// How many of `all` (all[me] included) run on all[me]'s host with a CPU in common with it.
+// How many of `all` (all[me] included) run on all[me]'s node with a CPU in common with it.
 int cpu_sharers(const std::vector<CpuClaim>& all, int me);
 // Every rank's claim gathered over `comm` (a collective: every rank calls it), and
 // cpu_sharers for this rank; 1 on a communicator of one.

@@ -1,6 +1,7 @@
 // Sequence parallelism: `mpirun -np P sparsa embed` must give bit-for-bit the same file contents
 // (every dataset of every record) as one process, for P = 2, 3, 4 and uneven shards.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -284,25 +285,33 @@ TEST(MpiThreads, ARankBoundToOneCoreSaysSo) {
   EXPECT_EQ(r.output.find("this rank may use 1 CPU"), std::string::npos) << r.output;
 }
 
-// Ranks free to run on every CPU divide them; ranks bound to CPUs of their own do not (they
-// would each start 1 thread on a 2-core machine either way: the line says why).
+// Ranks free to run on every CPU divide them; ranks bound to CPUs of their own do not (on a
+// 2-core machine they would each start 1 thread either way: the line says why).
 TEST(MpiThreads, RanksDivideOnlyTheCpusTheyShare) {
   if (std::getenv("SPARSA_TEST_MPIEXEC")) GTEST_SKIP() << "the binding flags are Open MPI's own";
-  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  const int cpus = CPU_COUNT(&set);  // what mpirun --bind-to none hands its ranks
   TempDir t;
   const std::string model = make_model(t, "m", tiny());
   const std::string embed = binary() + " embed --device cpu --model " + model + " --input " +
                             source_dir() + "/examples/lambda_virus.fa.gz --pool mean --output ";
   auto r = run("env -u OMP_NUM_THREADS " + mpirun(2) + "--bind-to none " + embed + (t / "a.h5"));
   ASSERT_EQ(r.code, 0) << r.output;
-  const long each = std::max(1L, cpus / 2);
+  const int each = std::max(1, cpus / 2);
   EXPECT_NE(r.output.find(", " + std::to_string(each) + (each == 1 ? " thread (" : " threads (") +
-                          std::to_string(cpus) + " CPUs shared by 2 ranks)"),
+                          "this rank's " + std::to_string(cpus) + " CPUs, shared by 2 ranks)"),
             std::string::npos)
       << r.output;
   if (cpus < 2) return;
-  r = run("env -u OMP_NUM_THREADS " + mpirun(2) + "--bind-to core " + embed + (t / "b.h5"));
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(", 1 thread\n"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("shared by"), std::string::npos) << r.output;
+  // A core each (a core's hardware threads each, on an SMT machine), then 2 cores each.
+  for (const std::string& bind :
+       {std::string("--bind-to core "),
+        std::string(cpus >= 4 ? "--map-by slot:PE=2 --bind-to core " : "")}) {
+    if (bind.empty()) continue;
+    r = run("env -u OMP_NUM_THREADS " + mpirun(2) + bind + embed + (t / "b.h5") + " --force");
+    ASSERT_EQ(r.code, 0) << bind << r.output;
+    EXPECT_NE(r.output.find("device: CPU (--device cpu), "), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("shared by"), std::string::npos) << bind << r.output;
+  }
 }

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "compare_h5.hpp"
+#include "dist/comm.hpp"
 #include "dist/cpu_share.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
@@ -101,11 +102,15 @@ TEST(Cli, EmptyOptionValuesAreRefused) {
         binary() + " embed --model '' -i " + lambda() + " -o " + (t / "e.h5"),
         binary() + " inspect ''", binary() + " bench --what model --config ''",
         "cd " + t.str() + " && " + embed + "--output= --force",
-        "cd " + t.str() + " && " + init + "--output= --seed 3"}) {
+        "cd " + t.str() + " && " + init + "--output= --seed 3",
+        "cd " + t.str() + " && " + embed + "-o --force",
+        "cd " + t.str() + " && " + embed + "--output --force"}) {
     auto r = run(cmd);
     EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
     EXPECT_TRUE(r.output.find("must not be empty") != std::string::npos ||
                 r.output.find("--output=: an empty value (an unset shell variable?)") !=
+                    std::string::npos ||
+                r.output.find("--output: took the option --force as its value") !=
                     std::string::npos)
         << cmd << "\n"
         << r.output;
@@ -131,12 +136,16 @@ TEST(Cli, WrongKindOfFileNamesTheOption) {
                  "--regions " + (t / "dir"));
 }
 
-// Threads: the CPUs the process may run on, divided by the node's ranks, unless srun gave the
-// task its own (-c N: SLURM_CPUS_PER_TASK equals its CPUs); the device line says how many.
+// Threads of a process that knows no MPI world: the CPUs it may run on, divided by the node's
+// tasks, unless srun gave the task its own (-c N: SLURM_CPUS_PER_TASK equals its CPUs); the
+// device line says how many.
 TEST(Cli, ThreadsFollowTheTasksCpus) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "one CPU: nothing to divide";
+  cpu_set_t mask;
+  ASSERT_EQ(sched_getaffinity(0, sizeof mask, &mask), 0);
+  const int n_cpus = CPU_COUNT(&mask);  // the process's (a container's, taskset's) CPUs
+  if (n_cpus < 2) GTEST_SKIP() << "one CPU: nothing to divide";
   TempDir t;
-  const std::string cpus = std::to_string(sysconf(_SC_NPROCESSORS_ONLN));
+  const std::string cpus = std::to_string(n_cpus);
   auto line = [&](const std::string& env) {
     const auto r = run("env -u OMP_NUM_THREADS " + env + " " + binary() +
                        " embed --device cpu --model " + tiny_model() + " --input " + lambda() +
@@ -148,23 +157,38 @@ TEST(Cli, ThreadsFollowTheTasksCpus) {
   EXPECT_NE(line("").find(", " + cpus + " threads"), std::string::npos) << line("");
   // Two ranks on the node: half each; srun -c giving each task all of them: all.
   const std::string half = "SLURM_NTASKS_PER_NODE=2";
-  const int h = std::max(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
+  const int h = std::max(1, n_cpus / 2);
   EXPECT_NE(line(half).find(", " + std::to_string(h) + (h == 1 ? " thread" : " threads")),
             std::string::npos)
       << line(half);
   EXPECT_NE(line(half + " SLURM_CPUS_PER_TASK=" + cpus).find(", " + cpus + " threads"),
             std::string::npos)
       << line(half + " SLURM_CPUS_PER_TASK=" + cpus);
+  // srun without --ntasks-per-node: the step's tasks on this node (2 on node 1 here).
+  const std::string step = "SLURM_STEP_TASKS_PER_NODE=1,2 SLURM_NODEID=1";
+  EXPECT_NE(line(step).find(", " + std::to_string(h) + (h == 1 ? " thread (" : " threads (") +
+                            "this task's " + cpus + " CPUs, shared by 2 tasks)"),
+            std::string::npos)
+      << line(step);
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("2(x3),1", "0"), 2);
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("2(x3),1", "2"), 2);
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("2(x3),1", "3"), 1);
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("1,4(x2)", nullptr), 4);  // no node id: the most
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("1,4(x2)", "9"), 4);
+  EXPECT_EQ(sparsa::slurm_step_tasks_here("8", "0"), 8);
+  for (const char* bad : {"", "x", "2(x", "2(x0)", "2;3", "-1"})
+    EXPECT_EQ(sparsa::slurm_step_tasks_here(bad, "0"), 0) << bad;
+  EXPECT_EQ(sparsa::slurm_step_tasks_here(nullptr, "0"), 0);
 }
 
-// The ranks dividing a rank's CPUs: those on its host whose masks overlap its own.
+// The ranks dividing a rank's CPUs: those on its node whose masks overlap its own.
 TEST(Cli, CpuSharersAreTheOverlappingMasksOfTheHost) {
   auto claim = [](const char* host, std::vector<uint64_t> cpus) { return CpuClaim{host, cpus}; };
   // srun -c 4 / --map-by slot:PE=4: four ranks of 4 CPUs each, disjoint: each alone.
   std::vector<CpuClaim> own = {claim("a", {0xF}), claim("a", {0xF0}), claim("a", {0xF00}),
                                claim("a", {0xF000})};
   for (int r = 0; r < 4; ++r) EXPECT_EQ(cpu_sharers(own, r), 1) << r;
-  // --bind-to none: every rank of the host shares its mask; other hosts do not count.
+  // --bind-to none: every rank of the node shares its mask; other nodes do not count.
   std::vector<CpuClaim> none = {claim("a", {0xFF}), claim("a", {0xFF}), claim("b", {0xFF}),
                                 claim("a", {0xFF})};
   EXPECT_EQ(cpu_sharers(none, 0), 3);
@@ -180,7 +204,7 @@ TEST(Cli, CpuSharersAreTheOverlappingMasksOfTheHost) {
   EXPECT_EQ(cpu_sharers(unknown, 1), 2);
   // This process's own claim names its host and at least the CPU it runs on.
   const CpuClaim me = this_process_cpus();
-  EXPECT_FALSE(me.host.empty());
+  EXPECT_FALSE(me.node.empty());
   const int cpu = sched_getcpu();
   ASSERT_GE(cpu, 0);
   ASSERT_GT(me.cpus.size(), (size_t)cpu / 64);
