@@ -9,10 +9,14 @@
 #   --sbatch OPT  one extra sbatch option for the array tasks, repeatable:
 #                 --sbatch=-n4 --sbatch=--cpus-per-task=8 --sbatch=--time=2:00:00
 #                 (account, partition, QOS, reservation, cluster and wckey ones go to the summary
-#                 job too: --sbatch=--account=X --sbatch=--partition=Y)
+#                 job too: --sbatch=--account=X --sbatch=--partition=Y; give an option and its
+#                 value as one word)
+#   --check-sbatch OPT  one sbatch option for the summary job instead of those, repeatable
+#                 (a 1-CPU job: --check-sbatch=--partition=short when -p names a GPU partition)
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
 #   --check-time M  the summary job's time limit in minutes (default: 15, plus one for every
-#                 6 MB of input, at most 24 hours: it reads every record's metadata)
+#                 6 MB of input, at most 24 hours and at most the partition's limit: it reads
+#                 every record's metadata)
 #
 # The summary job (slurm/check-outputs.sh) waits for the array with --dependency=afterok: it runs
 # when every task has succeeded and confirms each output is complete. If a task fails, Slurm
@@ -31,16 +35,19 @@ throttle=8
 parsable=0
 check_time=""
 extra=()
+check_opts=()
 while [ $# -gt 0 ]; do
   case $1 in
     --throttle) throttle=$2; shift 2 ;;
     --throttle=*) throttle=${1#*=}; shift ;;
     --sbatch) extra+=("$2"); shift 2 ;;
     --sbatch=*) extra+=("${1#*=}"); shift ;;
+    --check-sbatch) check_opts+=("$2"); shift 2 ;;
+    --check-sbatch=*) check_opts+=("${1#*=}"); shift ;;
     --parsable) parsable=1; shift ;;
     --check-time) check_time=$2; shift 2 ;;
     --check-time=*) check_time=${1#*=}; shift ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -48,6 +55,15 @@ if [ -n "$check_time" ] && ! [[ "$check_time" =~ ^[1-9][0-9]*$ ]]; then
   echo "submit-array: --check-time takes the summary job's minutes, a whole number (not '$check_time')" >&2
   exit 2
 fi
+# An option's value as a word of its own (--sbatch -A --sbatch proj) would reach the summary job
+# without it, and sbatch would take the script for the account.
+for o in ${extra[@]+"${extra[@]}"} ${check_opts[@]+"${check_opts[@]}"}; do
+  if [[ "$o" =~ ^-[ApqMwxtnNcG]$ ]]; then
+    echo "submit-array: --sbatch $o: give the option and its value as one word" \
+      "(--sbatch=${o}VALUE, or the long form --sbatch=--account=VALUE)" >&2
+    exit 2
+  fi
+done
 if [ $# -lt 3 ]; then
   echo "usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
   exit 2
@@ -91,6 +107,7 @@ if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
   exit 2
 fi
 # The summary job needs the array tasks' account, partition and QOS where a site requires them.
+# (--check-sbatch replaces them.)
 site=()
 for o in ${extra[@]+"${extra[@]}"}; do
   case $o in
@@ -98,6 +115,7 @@ for o in ${extra[@]+"${extra[@]}"}; do
       --clusters=* | --wckey=*) site+=("$o") ;;
   esac
 done
+[ ${#check_opts[@]} -gt 0 ] && site=("${check_opts[@]}")
 
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
@@ -119,6 +137,25 @@ else
   [[ "$bytes" =~ ^[0-9]+$ ]] || bytes=0
   check_minutes=$((15 + bytes / 6000000))
   [ "$check_minutes" -le 1440 ] || check_minutes=1440  # a genome is few records: hours at most
+  # Not past the partition's limit (sbatch would leave the job pending with PartitionTimeLimit):
+  # the partition the summary job names, else the default one.
+  part=""
+  for o in ${site[@]+"${site[@]}"}; do
+    case $o in -p*) part=${o#-p} ;; --partition=*) part=${o#--partition=} ;; esac
+  done
+  limit=$(sinfo -h -o '%P %l' 2>/dev/null | awk -v p="${part%%,*}" \
+    '(p == "" && $1 ~ /\*$/) || (p != "" && ($1 == p || $1 == p "*")) {print $2; exit}' || true)
+  max_minutes=""
+  if [[ "$limit" =~ ^(([0-9]+)-)?([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+    max_minutes=$(((10#${BASH_REMATCH[2]:-0} * 24 + 10#${BASH_REMATCH[3]}) * 60 + 10#${BASH_REMATCH[4]}))
+  elif [[ "$limit" =~ ^([0-9]+):([0-9]+)$ ]]; then
+    max_minutes=$((10#${BASH_REMATCH[1]}))
+  elif [[ "$limit" =~ ^[0-9]+$ ]]; then
+    max_minutes=$limit
+  fi
+  if [ -n "$max_minutes" ] && [ "$max_minutes" -ge 1 ] && [ "$check_minutes" -gt "$max_minutes" ]; then
+    check_minutes=$max_minutes
+  fi
 fi
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
   --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then

@@ -69,4 +69,28 @@ wait_until 120 "summary job $check_id to be cancelled" job_finished "$check_id"
   fail "summary job $check_id: $(job_field "$check_id" JobState), expected CANCELLED"
 grep -q "sparsa: error" sparsa-"${array_id}"_1.log || fail "task 1 did not report the bad input"
 
-say "PASS: array over 3 inputs, summary step complete, incomplete outputs listed"
+# The summary job's time limit stays within the partition's (a stub sinfo says 20 minutes where
+# the estimate is more: ~100 MB of input); an option's value given as a word of its own is
+# refused before anything is submitted.
+mkdir -p stubs
+cat >stubs/sinfo <<'STUB'
+#!/bin/bash
+[ "$*" = "-h -o %P %l" ] && { echo "debug* 20:00"; exit 0; }
+exec /usr/bin/sinfo "$@"
+STUB
+chmod +x stubs/sinfo
+truncate -s 100000000 in/big.fa  # (sparse; never read: the jobs are cancelled at once)
+echo "$WORK/in/big.fa" >one.txt
+read -r array_id check_id < <(PATH="$PWD/stubs:$PATH" bash "$SRC/slurm/submit-array.sh" \
+  --parsable --sbatch=--hold one.txt model.h5 out-limit)
+JOBS+=("$array_id" "$check_id")
+limit=$(job_field "$check_id" TimeLimit)
+scancel "$array_id" "$check_id"
+[ "$limit" = 00:20:00 ] || fail "summary job's time limit $limit, expected the partition's 00:20:00"
+if out=$(bash "$SRC/slurm/submit-array.sh" --sbatch -A --sbatch proj one.txt model.h5 out-a 2>&1); then
+  fail "--sbatch -A (its value apart) was accepted: $out"
+fi
+grep -q "give the option and its value as one word" <<<"$out" || fail "unclear refusal: $out"
+
+say "PASS: array over 3 inputs, summary step complete, incomplete outputs listed; the summary" \
+  "job's time within the partition's; an option's value apart refused"

@@ -89,5 +89,40 @@ cat "$log2"
 [ "$(job_field "$jid2" Restarts)" = 0 ] || fail "job $jid2 was requeued without a finished record"
 grep -q "no record was finished in this job" "$log2" || fail "the script did not say why it stops"
 grep -q "requeued job $jid2" "$log2" && fail "the script requeued job $jid2"
+# 4. A journal on a node-local file system of a cluster of several nodes: the job does not
+#    requeue itself after USR1 (a restart on another node would not see OUTPUT.parts/ and start
+#    over, forever). This one-node cluster is made to look like two, on ext4, by stubs on PATH.
+mkdir -p stubs
+cat >stubs/sinfo <<'STUB'
+#!/bin/bash
+[ "$*" = "-h -N -o %N" ] && { printf 'n1\nn2\n'; exit 0; }
+exec /usr/bin/sinfo "$@"
+STUB
+cat >stubs/stat <<'STUB'
+#!/bin/bash
+[ "$1" = -f ] && { echo ext2/ext3; exit 0; }
+exec /usr/bin/stat "$@"
+STUB
+chmod +x stubs/sinfo stubs/stat
+jid3=$(PATH="$PWD/stubs:$PATH" sbatch --parsable -n 2 --output="$WORK/local-%j.log" \
+  "$SRC/slurm/embed.sbatch" model.h5 big.fa local.h5)
+jid3=${jid3%%;*}
+JOBS+=("$jid3")
+t0=$SECONDS
+until parts_at_least local.h5 1; do
+  job_finished "$jid3" && fail "job $jid3 ended before it could be stopped part way"
+  [ $((SECONDS - t0)) -lt 300 ] || fail "timed out waiting for job $jid3's first record"
+  sleep 0.1
+done
+scancel --batch --signal=USR1 "$jid3"
+wait_until 120 "job $jid3 to end" job_finished "$jid3"
+log3=local-$jid3.log
+cat "$log3"
+[ "$(job_field "$jid3" Restarts)" = 0 ] || fail "job $jid3 requeued itself with a node-local journal"
+grep -q "is on a node-local file system (ext2/ext3) of a 2-node cluster" "$log3" ||
+  fail "no warning about the node-local journal at the start"
+grep -q "not requeueing: the journal is on this node's local disk" "$log3" ||
+  fail "the script did not say why it does not requeue"
+[ -d local.h5.parts ] || fail "the journal local.h5.parts/ is gone"
 say "PASS: stopped by USR1 and by scontrol requeue, resumed, identical to a clean run; a job" \
-  "that finished no record is not requeued"
+  "that finished no record is not requeued, nor one whose journal is on a node's local disk"
