@@ -13,7 +13,10 @@
 #                 value as one word)
 #   --check-sbatch OPT  one sbatch option for the summary job instead of those, repeatable
 #                 (a 1-CPU job: --check-sbatch=--partition=short when -p names a GPU partition)
-#   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID"
+#   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID" ("none none" when nothing is left)
+#   --skip-complete  leave out the inputs whose output is complete and was made with MODEL (its
+#                 model_sha256; other options are not compared), as read by `sparsa inspect`
+#                 ($SPARSA or PATH): a resubmission after a few failed tasks queues only those
 #   --check-time M  the summary job's time limit in minutes (default: 15, plus one for every
 #                 6 MB of input, at most 24 hours and at most the partition's limit: it reads
 #                 every record's metadata)
@@ -33,6 +36,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 throttle=8
 parsable=0
+skip_complete=0
 check_time=""
 extra=()
 check_opts=()
@@ -45,9 +49,10 @@ while [ $# -gt 0 ]; do
     --check-sbatch) check_opts+=("$2"); shift 2 ;;
     --check-sbatch=*) check_opts+=("${1#*=}"); shift ;;
     --parsable) parsable=1; shift ;;
+    --skip-complete) skip_complete=1; shift ;;
     --check-time) check_time=$2; shift 2 ;;
     --check-time=*) check_time=${1#*=}; shift ;;
-    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -78,19 +83,54 @@ mapfile -t inputs < <(grep -v -E '^[[:space:]]*(#|$)' "$LIST" |
   sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')
 n=${#inputs[@]}
 [ "$n" -gt 0 ] || { echo "submit-array: $LIST lists no inputs" >&2; exit 2; }
+# The output's name, as embed-array.sbatch makes it: dir/genome.fa.gz -> genome
+output_name() {
+  local name
+  name=$(basename "$1")
+  name=${name%.gz}
+  name=${name%.bgz}
+  echo "${name%.*}"
+}
 declare -A seen=()
 for input in "${inputs[@]}"; do
   [ -e "$input" ] || { echo "submit-array: input $input (in $LIST) does not exist" >&2; exit 2; }
-  name=$(basename "$input")
-  name=${name%.gz}
-  name=${name%.bgz}
-  name=${name%.*}
+  name=$(output_name "$input")
   if [ -n "${seen[$name]:-}" ]; then
     echo "submit-array: $input and ${seen[$name]} would both write $OUTDIR/$name.h5" >&2
     exit 2
   fi
   seen[$name]=$input
 done
+if [ "$skip_complete" = 1 ]; then
+  SPARSA=${SPARSA:-$(command -v sparsa || true)}
+  if [ -z "$SPARSA" ] || [ ! -x "$SPARSA" ]; then
+    echo "submit-array: --skip-complete reads the outputs with sparsa inspect: set SPARSA or" \
+      "put sparsa on PATH" >&2
+    exit 2
+  fi
+  [ -r "$MODEL" ] || { echo "submit-array: cannot read the model $MODEL" >&2; exit 2; }
+  model_sha=$(sha256sum <"$MODEL" | cut -d' ' -f1)
+  left=()
+  for input in "${inputs[@]}"; do
+    out=$OUTDIR/$(output_name "$input").h5
+    if [ -f "$out" ] && text=$("$SPARSA" inspect "$out" 2>/dev/null) &&
+      ! grep -q INCOMPLETE <<<"$text" && grep -qE "^ *model_sha256 +$model_sha\$" <<<"$text"; then
+      continue
+    fi
+    left+=("$input")
+  done
+  skipped=$((n - ${#left[@]}))
+  if [ ${#left[@]} -eq 0 ]; then
+    echo "submit-array: all $n outputs in $OUTDIR are complete and made with $MODEL: nothing" \
+      "to submit" >&2
+    [ "$parsable" = 1 ] && echo "none none"
+    exit 0
+  fi
+  [ "$skipped" -gt 0 ] &&
+    echo "submit-array: skipping $skipped complete output(s) made with $MODEL" >&2
+  inputs=("${left[@]}")
+  n=${#inputs[@]}
+fi
 mkdir -p "$OUTDIR"
 [ "$throttle" -ge 1 ] || throttle=1
 # The tasks and the summary job read a copy of the list as it is now, made read-only: a task

@@ -49,6 +49,21 @@ for i in 1 2 3; do
   same "ref$i.h5" "out/sample$i.h5"
 done
 
+say "--skip-complete: nothing to submit; then only the output that was removed"
+printf '%s\n' "$WORK/in/sample1.fa" in/sample2.fa in/sample3.fa.gz >again.txt
+read -r a c < <(bash "$SRC/slurm/submit-array.sh" --parsable --skip-complete again.txt model.h5 out)
+[ "$a $c" = "none none" ] || { JOBS+=("$a" "$c"); fail "submitted $a $c with every output complete"; }
+rm out/sample2.h5
+read -r array_id check_id < <(bash "$SRC/slurm/submit-array.sh" --parsable --skip-complete \
+  again.txt model.h5 out)
+JOBS+=("$array_id" "$check_id")
+wait_until 300 "summary job $check_id to finish" job_finished "$check_id"
+[ "$(job_field "$check_id" JobState)" = COMPLETED ] || fail "summary job $check_id did not complete"
+grep -q "1 of 1 outputs complete" "sparsa-check-$check_id.log" ||
+  fail "the second array was not of the one missing output"
+[ ! -e "sparsa-${array_id}_1.log" ] || fail "the second array had more than one task"
+same ref2.h5 out/sample2.h5
+
 say "check-outputs.sh lists what is not complete"
 mkdir -p out/sample4.h5.parts
 printf '%s\n' in/sample1.fa in/sample4.fa in/sample5.fa >more.txt
