@@ -1,7 +1,8 @@
 #!/bin/bash
 # Submits a job array that embeds every input listed in a file, and a summary job after it.
 #
-#   slurm/submit-array.sh [--throttle K] [--parsable] [--check-time M] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]
+#   slurm/submit-array.sh [--throttle K] [--parsable] [--check-time M] [--skip-complete]
+#                         [--sbatch OPT]... [--check-sbatch OPT]... LIST MODEL OUTDIR [embed options]
 #
 #   LIST          one input file per line (blank lines and # comments skipped)
 #   OUTDIR        one output per input: dir/genome.fa.gz -> OUTDIR/genome.h5
@@ -11,8 +12,9 @@
 #                 (account, partition, QOS, reservation, cluster and wckey ones go to the summary
 #                 job too: --sbatch=--account=X --sbatch=--partition=Y; give an option and its
 #                 value as one word)
-#   --check-sbatch OPT  one sbatch option for the summary job instead of those, repeatable
-#                 (a 1-CPU job: --check-sbatch=--partition=short when -p names a GPU partition)
+#   --check-sbatch OPT  one sbatch option for the summary job, in place of the array's option of
+#                 its kind (partition, account, ...), repeatable (a 1-CPU job:
+#                 --check-sbatch=--partition=short where -p names a GPU partition)
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID" ("none none" when nothing is left)
 #   --skip-complete  leave out the inputs whose output is complete and was made with MODEL (its
 #                 model_sha256; other options are not compared), as read by `sparsa inspect`
@@ -52,7 +54,7 @@ while [ $# -gt 0 ]; do
     --skip-complete) skip_complete=1; shift ;;
     --check-time) check_time=$2; shift 2 ;;
     --check-time=*) check_time=${1#*=}; shift ;;
-    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -63,14 +65,16 @@ fi
 # An option's value as a word of its own (--sbatch -A --sbatch proj) would reach the summary job
 # without it, and sbatch would take the script for the account.
 for o in ${extra[@]+"${extra[@]}"} ${check_opts[@]+"${check_opts[@]}"}; do
-  if [[ "$o" =~ ^-[ApqMwxtnNcG]$ ]]; then
-    echo "submit-array: --sbatch $o: give the option and its value as one word" \
-      "(--sbatch=${o}VALUE, or the long form --sbatch=--account=VALUE)" >&2
+  if [[ "$o" =~ ^(-[ApqM]|--(account|partition|qos|reservation|clusters|wckey))$ ]]; then
+    joined=${o}=VALUE
+    [[ "$o" == --* ]] || joined=${o}VALUE
+    echo "submit-array: the sbatch option $o: give it and its value as one word ($joined, as" \
+      "in --sbatch=--account=proj or --check-sbatch=--partition=short)" >&2
     exit 2
   fi
 done
 if [ $# -lt 3 ]; then
-  echo "usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
+  echo "usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--skip-complete] [--sbatch OPT]... [--check-sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
   exit 2
 fi
 LIST=$1 MODEL=$2 OUTDIR=$3
@@ -110,12 +114,17 @@ if [ "$skip_complete" = 1 ]; then
   fi
   [ -r "$MODEL" ] || { echo "submit-array: cannot read the model $MODEL" >&2; exit 2; }
   model_sha=$(sha256sum <"$MODEL" | cut -d' ' -f1)
+  # (inspect exits 0 for a complete output only; one it cannot read is said, and submitted)
   left=()
   for input in "${inputs[@]}"; do
     out=$OUTDIR/$(output_name "$input").h5
-    if [ -f "$out" ] && text=$("$SPARSA" inspect "$out" 2>/dev/null) &&
-      ! grep -q INCOMPLETE <<<"$text" && grep -qE "^ *model_sha256 +$model_sha\$" <<<"$text"; then
-      continue
+    if [ -f "$out" ]; then
+      if text=$("$SPARSA" inspect "$out" 2>&1); then
+        grep -qE "^ *model_sha256 +$model_sha\$" <<<"$text" && continue
+      elif ! head -1 <<<"$text" | grep -q 'INCOMPLETE: not a result'; then
+        echo "submit-array: warning: sparsa inspect $out failed ($(tail -1 <<<"$text"));" \
+          "its input is submitted again" >&2
+      fi
     fi
     left+=("$input")
   done
@@ -155,7 +164,27 @@ for o in ${extra[@]+"${extra[@]}"}; do
       --clusters=* | --wckey=*) site+=("$o") ;;
   esac
 done
-[ ${#check_opts[@]} -gt 0 ] && site=("${check_opts[@]}")
+# --check-sbatch replaces the options of its kind (a partition, say), not the account.
+kind() {
+  case $1 in
+    -A* | --account=*) echo account ;;
+    -p* | --partition=*) echo partition ;;
+    -q* | --qos=*) echo qos ;;
+    --reservation=*) echo reservation ;;
+    -M* | --clusters=*) echo clusters ;;
+    --wckey=*) echo wckey ;;
+    *) echo "other $1" ;;
+  esac
+}
+if [ ${#check_opts[@]} -gt 0 ]; then
+  kept=()
+  for o in ${site[@]+"${site[@]}"}; do
+    replaced=""
+    for c in "${check_opts[@]}"; do [ "$(kind "$o")" = "$(kind "$c")" ] && replaced=1; done
+    [ -n "$replaced" ] || kept+=("$o")
+  done
+  site=(${kept[@]+"${kept[@]}"} "${check_opts[@]}")
+fi
 
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
@@ -179,23 +208,36 @@ else
   [ "$check_minutes" -le 1440 ] || check_minutes=1440  # a genome is few records: hours at most
   # Not past the partition's limit (sbatch would leave the job pending with PartitionTimeLimit):
   # the partition the summary job names, else the default one.
-  part=""
+  # The shortest of the partitions it names (-p a,b), else SBATCH_PARTITION's, else the default
+  # one; of the cluster it names (-M).
+  part="" clusters=()
   for o in ${site[@]+"${site[@]}"}; do
-    case $o in -p*) part=${o#-p} ;; --partition=*) part=${o#--partition=} ;; esac
+    case $o in
+      -p*) part=${o#-p} ;;
+      --partition=*) part=${o#--partition=} ;;
+      -M*) clusters=(-M "${o#-M}") ;;
+      --clusters=*) clusters=(-M "${o#--clusters=}") ;;
+    esac
   done
-  limit=$(sinfo -h -o '%P %l' 2>/dev/null | awk -v p="${part%%,*}" \
-    '(p == "" && $1 ~ /\*$/) || (p != "" && ($1 == p || $1 == p "*")) {print $2; exit}' || true)
-  max_minutes=""
-  if [[ "$limit" =~ ^(([0-9]+)-)?([0-9]+):([0-9]+):([0-9]+)$ ]]; then
-    max_minutes=$(((10#${BASH_REMATCH[2]:-0} * 24 + 10#${BASH_REMATCH[3]}) * 60 + 10#${BASH_REMATCH[4]}))
-  elif [[ "$limit" =~ ^([0-9]+):([0-9]+)$ ]]; then
-    max_minutes=$((10#${BASH_REMATCH[1]}))
-  elif [[ "$limit" =~ ^[0-9]+$ ]]; then
-    max_minutes=$limit
-  fi
-  if [ -n "$max_minutes" ] && [ "$max_minutes" -ge 1 ] && [ "$check_minutes" -gt "$max_minutes" ]; then
-    check_minutes=$max_minutes
-  fi
+  part=${part:-${SBATCH_PARTITION:-}}
+  limits=$(sinfo ${clusters[@]+"${clusters[@]}"} -h -o '%P %l' 2>/dev/null | awk -v parts="$part" '
+    BEGIN { n = split(parts, want, ",") }
+    { name = $1; sub(/\*$/, "", name)
+      if (n == 0 && $1 ~ /\*$/) print $2
+      for (i = 1; i <= n; ++i) if (name == want[i]) print $2 }' || true)
+  for limit in $limits; do
+    max_minutes=""
+    if [[ "$limit" =~ ^(([0-9]+)-)?([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+      max_minutes=$(((10#${BASH_REMATCH[2]:-0} * 24 + 10#${BASH_REMATCH[3]}) * 60 + 10#${BASH_REMATCH[4]}))
+    elif [[ "$limit" =~ ^([0-9]+):([0-9]+)$ ]]; then
+      max_minutes=$((10#${BASH_REMATCH[1]}))
+    elif [[ "$limit" =~ ^[0-9]+$ ]]; then
+      max_minutes=$limit
+    fi
+    if [ -n "$max_minutes" ] && [ "$max_minutes" -ge 1 ] && [ "$check_minutes" -gt "$max_minutes" ]; then
+      check_minutes=$max_minutes
+    fi
+  done
 fi
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
   --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then

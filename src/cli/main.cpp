@@ -210,7 +210,7 @@ int main(int argc, char** argv) {
   // must not embed the whole input.
   const CLI::Validator not_empty(
       [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; },
-      "TEXT");
+      "");  // (no name: the help shows the option's type alone)
 
   // init
   auto* init = app.add_subcommand("init", "Write a new checkpoint with seeded random weights");

@@ -105,7 +105,8 @@ scancel "$array_id" "$check_id"
 if out=$(bash "$SRC/slurm/submit-array.sh" --sbatch -A --sbatch proj one.txt model.h5 out-a 2>&1); then
   fail "--sbatch -A (its value apart) was accepted: $out"
 fi
-grep -q "give the option and its value as one word" <<<"$out" || fail "unclear refusal: $out"
+grep -q "the sbatch option -A: give it and its value as one word (-AVALUE" <<<"$out" ||
+  fail "unclear refusal: $out"
 
 say "PASS: array over 3 inputs, summary step complete, incomplete outputs listed; the summary" \
   "job's time within the partition's; an option's value apart refused"

@@ -95,7 +95,7 @@ grep -q "requeued job $jid2" "$log2" && fail "the script requeued job $jid2"
 mkdir -p stubs
 cat >stubs/sinfo <<'STUB'
 #!/bin/bash
-[ "$*" = "-h -N -o %N" ] && { printf 'n1\nn2\n'; exit 0; }
+case "$*" in "-h -N "*"-o %N") printf 'n1\nn2\n'; exit 0 ;; esac
 exec /usr/bin/sinfo "$@"
 STUB
 cat >stubs/stat <<'STUB'
@@ -119,7 +119,7 @@ wait_until 120 "job $jid3 to end" job_finished "$jid3"
 log3=local-$jid3.log
 cat "$log3"
 [ "$(job_field "$jid3" Restarts)" = 0 ] || fail "job $jid3 requeued itself with a node-local journal"
-grep -q "is on a node-local file system (ext2/ext3) of a 2-node cluster" "$log3" ||
+grep -q "is on a node-local file system (ext2/ext3) of a 2-node partition" "$log3" ||
   fail "no warning about the node-local journal at the start"
 grep -q "not requeueing: the journal is on this node's local disk" "$log3" ||
   fail "the script did not say why it does not requeue"
