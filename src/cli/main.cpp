@@ -197,12 +197,16 @@ int main(int argc, char** argv) {
 
   // Every option's spellings ("--output", "-o"), filled once all are defined. An option's value
   // that is one of them is refused: `-o $OUT --force` with OUT unset took --force as the output.
+  // So is one that starts with '=': `-o=x.h5` gives -o the value "=x.h5".
   std::set<std::string> option_words;
   const CLI::Validator not_an_option(
       [&option_words](const std::string& v) {
-        return option_words.count(v)
-                   ? "took the option " + v + " as its value (an unset shell variable before it?)"
-                   : std::string();
+        if (option_words.count(v))
+          return "took the option " + v + " as its value (an unset shell variable before it?)";
+        if (!v.empty() && v.front() == '=')
+          return "took '" + v + "' as its value; a short option takes its value after a blank " +
+                 "(-o x.h5), a long one after '=' (--output=x.h5)";
+        return std::string();
       },
       "");
 

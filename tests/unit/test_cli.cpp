@@ -104,19 +104,23 @@ TEST(Cli, EmptyOptionValuesAreRefused) {
         "cd " + t.str() + " && " + embed + "--output= --force",
         "cd " + t.str() + " && " + init + "--output= --seed 3",
         "cd " + t.str() + " && " + embed + "-o --force",
-        "cd " + t.str() + " && " + embed + "--output --force"}) {
+        "cd " + t.str() + " && " + embed + "--output --force",
+        "cd " + t.str() + " && " + embed + "-o=e.h5"}) {
     auto r = run(cmd);
     EXPECT_EQ(r.code, 2) << cmd << "\n" << r.output;
     EXPECT_TRUE(r.output.find("must not be empty") != std::string::npos ||
                 r.output.find("--output=: an empty value (an unset shell variable?)") !=
                     std::string::npos ||
                 r.output.find("--output: took the option --force as its value") !=
-                    std::string::npos)
+                    std::string::npos ||
+                r.output.find("--output: took '=e.h5' as its value; a short option takes its "
+                              "value after a blank") != std::string::npos)
         << cmd << "\n"
         << r.output;
     EXPECT_FALSE(exists(t / "e.h5")) << cmd;
     EXPECT_FALSE(exists(t / "--force")) << cmd;
     EXPECT_FALSE(exists(t / "--seed")) << cmd;
+    EXPECT_FALSE(exists(t / "=e.h5")) << cmd;
   }
 }
 
