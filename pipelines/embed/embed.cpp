@@ -12,7 +12,6 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
@@ -33,6 +32,7 @@
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/device.hpp"
 #include "dist/comm_nccl.hpp"
+#include "dist/cpu_share.hpp"
 #endif
 #include "io/h5.hpp"
 #include "model/forward.hpp"
@@ -202,24 +202,24 @@ bool check_paths(const EmbedOptions& o) {
 // Collective. "" when no two ranks of one host use the same GPU (by PCI bus id); else which
 // share one ("ranks 0 and 2 share GPU 0000:3B:00.0 of host gpu01").
 std::string shared_gpu(Comm& comm, int device) {
-  // A node by its host name and boot id (containers or cloned nodes may share a host name).
+  // A line a rank: its node (node_of_this_process: containers of one node share its boot id),
+  // the GPU's bus id, and the host name to say.
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  std::string boot;
-  std::ifstream boot_id("/proc/sys/kernel/random/boot_id");
-  std::getline(boot_id, boot);
-  const std::string mine = std::string(host) + ' ' + boot + '\t' + cuda::pci_bus_id(device) + '\n';
+  const std::string mine =
+      node_of_this_process() + '\t' + cuda::pci_bus_id(device) + '\t' + host + '\n';
   std::vector<uint8_t> all;
   comm.allgatherv(mine.data(), (int64_t)mine.size(), all);
-  std::map<std::string, int> first;  // host and bus id -> the first rank on it
+  std::map<std::string, int> first;  // node and bus id -> the first rank on it
   std::istringstream in(std::string(all.begin(), all.end()));
   int rank = 0;
-  for (std::string line; std::getline(in, line); ++rank)
-    if (auto [it, fresh] = first.try_emplace(line, rank); !fresh) {
-      const size_t tab = line.find('\t');
+  for (std::string line; std::getline(in, line); ++rank) {
+    const size_t tab = line.find('\t'), tab2 = line.find('\t', tab + 1);
+    if (auto [it, fresh] = first.try_emplace(line.substr(0, tab2), rank); !fresh)
       return "ranks " + std::to_string(it->second) + " and " + std::to_string(rank) +
-             " share GPU " + line.substr(tab + 1) + " of host " + line.substr(0, line.find(' '));
-    }
+             " share GPU " + line.substr(tab + 1, tab2 - tab - 1) + " of host " +
+             line.substr(tab2 + 1);
+  }
   return "";
 }
 #endif

@@ -13,9 +13,7 @@
 
 namespace sparsa {
 
-// A node: its kernel's boot id where Linux has one (containers of one node share it, whatever
-// their host names; cloned nodes that share a host name do not), else its host name.
-static std::string node_of_this_process() {
+std::string node_of_this_process() {
   std::string boot;
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   if (std::getline(in, boot) && !boot.empty()) return "boot " + boot;

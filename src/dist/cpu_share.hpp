@@ -17,6 +17,10 @@ struct CpuClaim {
   std::vector<uint64_t> cpus;  // empty: not known (then it counts as overlapping every claim)
 };
 
+// This process's node: "boot <id>", its kernel's boot id where Linux has one (containers of one
+// node share it, whatever their host names; cloned nodes that share a host name do not), else
+// "host <host name>".
+std::string node_of_this_process();
 // This process's claim: its node and its sched_getaffinity mask.
 CpuClaim this_process_cpus();
 // How many of `all` (all[me] included) run on all[me]'s node with a CPU in common with it.
