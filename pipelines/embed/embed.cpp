@@ -1247,11 +1247,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "[sparsa] --force: %s was made by a different run (%s); making it anew\n",
                    o.output.c_str(), why.c_str());
   }
-  // --force: the old output is set aside in the journal folder (OUT.parts/PREVIOUS_OUTPUT) as the
-  // run starts, so that a run that fails (a bad checkpoint, input or record) leaves nothing at
-  // the path that could be taken for its result (spec 5), yet loses nothing the user had there.
-  // It lives and dies with the journal: the run that finishes the output (this one, or a later
-  // one of the journal: --resume) removes it with the folder; the journal's clearing spares it.
+  // --force: the old output is set aside in the journal folder (OUT.parts/PREVIOUS_OUTPUT) once
+  // the checkpoint is loaded and the inputs checked (regions against the indexes, CSVs read for
+  // the estimate), so that a run that fails after that (a bad record, a full disk) leaves nothing
+  // at the path that could be taken for its result (spec 5), yet loses nothing the user had
+  // there; a run refused before (a typo in a region, a bad CSV) leaves it where it was, as a
+  // refused command line does. It lives and dies with the journal: the run that finishes the
+  // output (this one, or a later one of the journal: --resume) removes it with the folder; the
+  // journal's clearing spares it.
   const std::string previous = o.output + ".parts/" + Journal::kPreviousOutput;
   struct SetAside {
     std::string from, to;
@@ -1264,31 +1267,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                      from.c_str(), to.c_str(), to.c_str(), from.c_str());
     }
   } aside;
-  comm.barrier();  // every rank is past check_paths, which looked at it
-  if (o.force && root) {
-    std::error_code ec;
-    if (fs::exists(fs::symlink_status(o.output, ec))) {
-      // (Another live run's folder is not touched: its lock stops this run later anyway, and
-      // its finish would take the old output with its folder.)
-      if (const std::string why = Journal::in_use_by_another_run(o.output + ".parts"); !why.empty())
-        throw ConfigError(why);
-      if (fs::exists(fs::symlink_status(previous, ec)))
-        throw ConfigError(o.output + " exists and so does " + previous +
-                          ", an earlier --force run's previous output; remove one of them (or mv " +
-                          previous + " somewhere to keep it)");
-      fs::create_directories(o.output + ".parts", ec);
-      fs::rename(o.output, previous, ec);
-      if (ec)
-        throw SystemError(o.output + ": --force cannot set the old output aside as " + previous +
-                          " (" + ec.message() + "); remove it yourself or choose another --output");
-      aside.from = o.output;
-      aside.to = previous;
-      aside.kept = true;
-      // (Also with --quiet: a killed run says nothing more, so this is where the file is told.)
-      std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
-                   o.output.c_str(), previous.c_str());
-    }
-  }
   // The checkpoint's SHA-256 (provenance, the journal's manifest) is computed while the model is
   // loaded and the device set up: ~0.25 s for dna-base's 100 MB, a share of a job's fixed cost.
   // The GPU's context is made meanwhile too (cuda::warm_up_device; SPARSA_EARLY_DEVICE=0: not).
@@ -1360,6 +1338,34 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                       source.shared_input_bytes());
       on_root(comm, [&] { est = estimate_output(o, c, source); });
     }
+    // (Every rank is past check_paths, which looked at it; an error here is every rank's.)
+    if (o.force)
+      on_root(comm, [&] {
+        std::error_code ec;
+        if (!fs::exists(fs::symlink_status(o.output, ec))) return;
+        // (Another live run's folder is not touched: its lock stops this run later anyway, and
+        // its finish would take the old output with its folder.)
+        if (const std::string why = Journal::in_use_by_another_run(o.output + ".parts");
+            !why.empty())
+          throw ConfigError(why);
+        if (fs::exists(fs::symlink_status(previous, ec)))
+          throw ConfigError(o.output + " exists and so does " + previous +
+                            ", an earlier --force run's previous output; remove one of them (or "
+                            "mv " +
+                            previous + " somewhere to keep it)");
+        fs::create_directories(o.output + ".parts", ec);
+        fs::rename(o.output, previous, ec);
+        if (ec)
+          throw SystemError(o.output + ": --force cannot set the old output aside as " + previous +
+                            " (" + ec.message() +
+                            "); remove it yourself or choose another --output");
+        aside.from = o.output;
+        aside.to = previous;
+        aside.kept = true;
+        // (Also with --quiet: a killed run says nothing more, so this is where the file is told.)
+        std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
+                     o.output.c_str(), previous.c_str());
+      });
     int64_t e[3] = {est.bytes, est.records, est.exact_records};
     if (comm.size() > 1) comm.broadcast(e, sizeof e, 0);
     est = {e[0], e[1], e[2] != 0};

@@ -104,13 +104,25 @@ struct RecordSource::Impl {
     for (const auto& r : opts.regions) specs.push_back(parse_region(r, all_names));
     if (!opts.regions_bed.empty()) {
       std::vector<RegionSpec> bed;
+      std::vector<long long> empty;
       try {
-        bed = read_bed(opts.regions_bed);
+        bed = read_bed(opts.regions_bed, &empty);
       } catch (const InputError& e) {  // which option named the file (a folder, a FASTA...)
         throw InputError("--regions " + std::string(e.what()));
       }
       if (bed.empty())
-        throw InputError(opts.regions_bed + ": the --regions BED file holds no regions");
+        throw InputError(opts.regions_bed + ": the --regions BED file holds no regions" +
+                         (empty.empty() ? "" : " of one base or more (only zero-length ones)"));
+      if (!empty.empty()) {
+        std::string lines;
+        for (size_t k = 0; k < empty.size() && k < 5; ++k)
+          lines += (k ? ", " : "") + std::to_string(empty[k]);
+        if (empty.size() > 5) lines += ", ...";
+        setup_warnings.push_back(opts.regions_bed + ": " + std::to_string(empty.size()) +
+                                 " zero-length interval" + (empty.size() == 1 ? "" : "s") +
+                                 " (start = end) skipped: no base to embed (line" +
+                                 (empty.size() == 1 ? " " : "s ") + lines + ")");
+      }
       for (auto& r : bed) specs.push_back(std::move(r));
     }
     for (auto& spec : specs) {
@@ -145,7 +157,17 @@ struct RecordSource::Impl {
       region_tokens += fetchers[found[0]]->tokens_of(spec);
       regions.push_back({found[0], spec});
     }
+    // With regions only the regions are embedded: an input none of them names adds nothing (a
+    // file given by mistake, or a region of it mistyped as one of another file's names).
+    for (size_t i = 0; i < opts.inputs.size(); ++i)
+      if (std::none_of(regions.begin(), regions.end(), [&](const auto& r) { return r.first == i; }))
+        setup_warnings.push_back(opts.inputs[i] +
+                                 ": no region names one of its records, so nothing of it is "
+                                 "embedded (with --region/--regions only the regions are)");
   }
+  // What the set-up found worth a warning: said once, by the rank that says warnings
+  // (set_warnings), not by every rank that made a record source.
+  std::vector<std::string> setup_warnings;
 
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
@@ -419,7 +441,13 @@ RecordSource::~RecordSource() = default;
 bool RecordSource::next(Record& rec) { return impl_->next(rec); }
 int64_t RecordSource::n_regions() const { return (int64_t)impl_->regions.size(); }
 int64_t RecordSource::region_tokens() const { return impl_->region_tokens; }
-void RecordSource::set_warnings(bool on) { impl_->warnings = on; }
+void RecordSource::set_warnings(bool on) {
+  impl_->warnings = on;
+  if (on)
+    for (const std::string& w : impl_->setup_warnings)
+      std::fprintf(stderr, "[sparsa] warning: %s\n", w.c_str());
+  impl_->setup_warnings.clear();
+}
 
 void RecordSource::share_from_root(Comm& comm) {
   if (impl_->config.kind != ModelKind::kTimeseries || comm.size() == 1) return;

@@ -431,8 +431,9 @@ struct FastxReader::Impl {
                                 "are embedded, told apart by their keys and descriptions");
       else
         throw InputError(where(path, rec.name, 0,
-                               "duplicate record name, as samtools faidx refuses (line " +
-                                   std::to_string(header_line) + ")"));
+                               "duplicate record name (line " + std::to_string(header_line) +
+                                   "): a FASTA's names must be unique (faidx would keep only "
+                                   "the first under that name)"));
     }
   }
 
@@ -656,7 +657,7 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
   return r;
 }
 
-std::vector<RegionSpec> read_bed(const std::string& path) {
+std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>* empty_lines) {
   std::vector<RegionSpec> out;
   LineReader lines(path);  // BGZF also lets bed.gz work
   std::string_view line;
@@ -688,7 +689,11 @@ std::vector<RegionSpec> read_bed(const std::string& path) {
       throw InputError(at_line(path, ln, "start is not an integer"));
     if (!parse_int(cols[2], r.end)) throw InputError(at_line(path, ln, "end is not an integer"));
     if (r.begin < 0) throw InputError(at_line(path, ln, "start is negative"));
-    if (r.end <= r.begin) throw InputError(at_line(path, ln, "end must be greater than start"));
+    if (r.end < r.begin) throw InputError(at_line(path, ln, "end must not be less than start"));
+    if (r.end == r.begin) {
+      if (empty_lines) empty_lines->push_back(ln);
+      continue;
+    }
     // The name column, stored as the record's region_name (UTF-8). BED is tab-separated, and a
     // name may hold spaces ("gene A"): with tabs on the line, the 4th tab field is the name.
     std::string_view name = cols.size() >= 4 ? cols[3] : std::string_view();
@@ -994,9 +999,13 @@ std::string non_base_in_record(const std::string& path, const std::string& name,
 
 // Why faidx could not be loaded, in words a user can act on.
 std::string faidx_failure(const std::string& path, int compression, bool fastq) {
-  if (compression == 1)
+  if (compression == 1) {
+    // reads.fa.gz -> reads.fa.bgz, as docs/formats.md writes it
+    const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
+    const std::string to = (gz ? path.substr(0, path.size() - 3) : path) + ".bgz";
     return path + " is gzip-compressed but not bgzip-compressed: faidx needs `bgzip` (zcat " +
-           path + " | bgzip > " + path + ".bgz) or an uncompressed file";
+           shell_quote(path) + " | bgzip > " + shell_quote(to) + ") or an uncompressed file";
+  }
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path dir = fs::path(path).parent_path();

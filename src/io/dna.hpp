@@ -77,8 +77,11 @@ struct InputSample {
 InputSample sample_records(const std::string& path, int64_t max_bytes);
 
 // Reads a BED file (0-based half-open; columns chrom, start, end, ...; "track", "browser" and
-// '#' lines skipped). Throws InputError naming the file and line.
-std::vector<RegionSpec> read_bed(const std::string& path);
+// '#' lines skipped). A zero-length interval (start = end: an insertion point, legal BED) holds
+// no base to embed: skipped, its line added to `empty_lines` where given. Throws InputError
+// naming the file and line.
+std::vector<RegionSpec> read_bed(const std::string& path,
+                                 std::vector<long long>* empty_lines = nullptr);
 
 // Fetches regions of one FASTA/FASTQ file through its faidx index, building the index when it is
 // missing (a plain-gzip input cannot be indexed: the error says to bgzip it). Each region becomes

@@ -863,17 +863,28 @@ TEST(Cli, ExistingOutputIsKept) {
           " --regions " + (t / "r.bed") + " --output " + (t / "r.bed"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(exists(t / "r.bed"));
-  // The same when it is the checkpoint that is bad.
+  // A bad checkpoint, a region that names no record or runs past its end: refused before the old
+  // output is set aside, which stays where it was, as with a refused command line.
   EXPECT_EQ(run(embed_cmd(lambda(), t / "keep.h5", "--force")).code, 0);
+  const std::string kept = read_file(t / "keep.h5");
   write_file(t / "bad-model.h5", "not hdf5");
   r = run(binary() + " embed -q --force --model " + (t / "bad-model.h5") + " --input " + lambda() +
           " --output " + (t / "keep.h5"));
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_FALSE(exists(t / "keep.h5"));
-  EXPECT_TRUE(exists(prev));
-  // That run failed before its journal began (no MANIFEST says whose run the old output waits
-  // for): inspect says so and advises --force or moving it back, not --resume, which another
-  // command would also pass (slurm/embed.sbatch always does) and is refused.
+  write_file(t / "r.fa", ">r|1\n" + std::string(100, 'A') + "\n");
+  for (const char* region : {"chr9:1-10", "r|1:200-300"}) {  // unknown; starts past the end
+    r = run(embed_cmd(t / "r.fa", t / "keep.h5", std::string("--force --region '") + region + "'"));
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(region), std::string::npos) << r.output;
+  }
+  EXPECT_TRUE(read_file(t / "keep.h5") == kept);  // (not EXPECT_EQ: no HDF5 bytes printed)
+  EXPECT_FALSE(exists(prev));
+  // A run that fails after the set-aside but before its journal began (the space check, the
+  // device's set-up) leaves the old output with no MANIFEST to say whose run it waits for; made
+  // by hand here: inspect says so and advises --force or moving it back, not --resume, which
+  // another command would also pass (slurm/embed.sbatch always does) and is refused.
+  std::filesystem::create_directories(t / "keep.h5.parts");
+  std::filesystem::rename(t / "keep.h5", prev);
   r = run(binary() + " inspect " + (t / "keep.h5"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("set aside by a --force run that failed before it began"),
@@ -1262,6 +1273,24 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_NE(twice.output.find("is given twice (as --input 1 and 2)"), std::string::npos)
       << twice.output;
   EXPECT_EQ(h5::File::open_read(t / "twice.h5").list("/records").size(), 2u);
+  // With regions only the regions are embedded: an input that none names is said (with -q too).
+  write_file(t / "other.fa", ">s\nACGT\n");
+  auto unnamed = run(embed_cmd(t / "ecoli.fa", t / "unnamed.h5",
+                               "--region K-12-MG1655:1-100 --input " + t / "other.fa"));
+  EXPECT_EQ(unnamed.code, 0) << unnamed.output;
+  EXPECT_NE(unnamed.output.find("warning: " + t / "other.fa" + ": no region names one of its"),
+            std::string::npos)
+      << unnamed.output;
+  EXPECT_EQ(unnamed.output.find("ecoli.fa: no region"), std::string::npos) << unnamed.output;
+  // A zero-length BED interval (legal BED: an insertion point) is skipped with a warning.
+  write_file(t / "z.bed", "K-12-MG1655\t50\t50\nK-12-MG1655\t50\t60\n");
+  auto zero = run(embed_cmd(t / "ecoli.fa", t / "z.h5", "--regions " + t / "z.bed"));
+  EXPECT_EQ(zero.code, 0) << zero.output;
+  EXPECT_NE(zero.output.find("z.bed: 1 zero-length interval (start = end) skipped: no base to "
+                             "embed (line 1)"),
+            std::string::npos)
+      << zero.output;
+  EXPECT_EQ(h5::File::open_read(t / "z.h5").list("/records").size(), 1u);
   // A BED line past a record's end (another assembly) stops the run before any region is
   // embedded: no journal is left.
   write_file(t / "past.bed", "K-12-MG1655\t0\t100\nK-12-MG1655\t9000000\t9000100\n");
@@ -1357,6 +1386,25 @@ TEST(Cli, SeveralCsvInputsMatchEachAlone) {
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_EQ(f.read_f32("/records/" + keys[i] + "/embedding"), embedding(alone, 0));
   }
+}
+
+// --force with a CSV that is refused (every value is checked before any record is embedded): the
+// old output stays where it was, not set aside (a nightly job's readers keep a file).
+TEST(Cli, ForceLeavesTheOldOutputWhenACsvIsRefused) {
+  TempDir t;
+  const std::string model = init_ts_model(t, 4, 100, 1);
+  ASSERT_FALSE(model.empty());
+  const std::string cmd =
+      binary() + " embed -q --force --model " + model + " --output " + t / "o.h5" + " --input ";
+  write_file(t / "good.csv", "date,close\n2024-01-01,1\n2024-01-02,2\n2024-01-03,4\n");
+  ASSERT_EQ(run(cmd + t / "good.csv").code, 0);
+  const std::string kept = read_file(t / "o.h5");
+  write_file(t / "bad.csv", "date,close\n2024-01-01,1\n2024-01-02,abc\n2024-01-03,4\n");
+  auto r = run(cmd + t / "bad.csv");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("line 3"), std::string::npos) << r.output;
+  EXPECT_TRUE(read_file(t / "o.h5") == kept);
+  EXPECT_FALSE(exists(t / "o.h5.parts"));
 }
 
 // pandas' to_csv writes its index as an unnamed first column: embedded as a channel where
