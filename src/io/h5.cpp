@@ -1,6 +1,9 @@
 #include "io/h5.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -239,6 +242,28 @@ void File::copy_from(const File& src, const std::string& src_obj, const std::str
     fail(path_, dst_obj, "copy from " + src.path() + " failed (disk full?)");
 }
 
+bool File::reserve(int64_t bytes) {
+  if (bytes <= 0) return true;
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  int err = ::fstat(fd, &st) == 0 ? 0 : errno;
+  if (!err && ::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, bytes) != 0) err = errno;
+  ::close(fd);
+  if (err == ENOSPC || err == EDQUOT) {
+    std::string dir = std::filesystem::path(path_).parent_path().string();
+    if (dir.empty()) dir = ".";
+    struct statvfs sv {};
+    const unsigned long long avail =
+        statvfs(dir.c_str(), &sv) == 0 ? (unsigned long long)sv.f_bavail * sv.f_frsize : 0;
+    throw SystemError(path_ + ": disk full: the file needs about " + std::to_string(bytes >> 10) +
+                      " KB, " + std::to_string(avail >> 10) + " KB are free in " + dir +
+                      (err == EDQUOT ? " (or the quota is reached)" : ""));
+  }
+  reserved_ = !err;
+  return reserved_;
+}
+
 // A transfer property list: collective for parallel files, default otherwise.
 static Handle transfer_plist(bool parallel) {
 #ifdef SPARSA_HDF5_PARALLEL
@@ -273,7 +298,16 @@ File File::open_rw(const std::string& path) { return open_existing(path, true); 
 // full) the id is gone or unusable, and a second H5Fclose from the destructor crashed in HDF5.
 void File::close() {
   if (!h_.valid()) return;
-  if (H5Fclose(h_.release()) < 0) fail(path_, "", "closing the file failed (disk full?)");
+  const bool closed = H5Fclose(h_.release()) >= 0;
+  // Blocks reserved past the end and not used go back: a truncate to the file's own size frees
+  // them (ext4, XFS and tmpfs drop the blocks past the new end even where the size is the same).
+  if (reserved_) {
+    reserved_ = false;
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path_, ec);
+    if (!ec) (void)::truncate(path_.c_str(), (off_t)size);
+  }
+  if (!closed) fail(path_, "", "closing the file failed (disk full?)");
 }
 
 bool File::exists(const std::string& obj) const {

@@ -85,6 +85,13 @@ class File {
                                  const int64_t* data);
   // Copies object `src_obj` of `src` (a group with everything under it) to `dst_obj` here.
   void copy_from(const File& src, const std::string& src_obj, const std::string& dst_obj);
+  // Reserves disk blocks for `bytes` more of this file before copies fill it (fallocate with
+  // FALLOC_FL_KEEP_SIZE: the size is unchanged; close() gives back what was not used). HDF5
+  // 1.10's H5Ocopy crashes (exit 139) where the disk fills under it instead of failing; with
+  // the room reserved it cannot fill. Throws SystemError ("disk full", the bytes needed and
+  // free) where the room is not there; false where the file system cannot reserve (the copies
+  // go ahead unreserved).
+  bool reserve(int64_t bytes);
 
   // Reading. shape() throws InputError when `obj` is missing.
   std::vector<int64_t> shape(const std::string& obj) const;
@@ -120,6 +127,7 @@ class File {
   Handle h_;
   std::string path_;
   bool parallel_ = false;
+  bool reserved_ = false;         // reserve() holds blocks past the end until close()
   std::set<std::string> groups_;  // groups known to exist (make_parents)
 
  public:
