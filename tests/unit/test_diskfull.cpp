@@ -48,6 +48,20 @@ std::string fill_disk_during(const TempDir& t, const std::vector<std::string>& a
   return log;
 }
 
+// With room again: `args` (ending in --output OUT) with --resume finishes, and OUT equals the file
+// of a clean run of the same command.
+void resume_gives_the_clean_file(const TempDir& t, std::vector<std::string> args,
+                                 const std::string& out) {
+  args.push_back("--resume");
+  pid_t pid = spawn(args, t / "log2");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log2");
+  args.pop_back();
+  args.back() = t / "clean.h5";
+  pid = spawn(args, t / "log3");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log3");
+  expect_same_contents(out, t / "clean.h5");
+}
+
 }  // namespace
 
 // A tmpfs of `size` at `dir` as `var`, or the test skipped (reported as skipped) where it cannot
@@ -160,14 +174,7 @@ TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
   EXPECT_GE(kept, 1);
   // Space again: --resume finishes, and the result equals a clean run.
   std::filesystem::remove(t / "disk/filler");
-  args.push_back("--resume");
-  pid_t pid = spawn(args, t / "log2");
-  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log2");
-  args.pop_back();
-  args[args.size() - 1] = t / "clean.h5";
-  pid = spawn(args, t / "log3");
-  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log3");
-  expect_same_contents(out, t / "clean.h5");
+  resume_gives_the_clean_file(t, args, out);
 }
 
 // Many tiny records: HDF5 keeps a small part in its cache, so a full disk shows at H5Fclose.
@@ -268,14 +275,7 @@ TEST(DiskFull, FinalFileThatDoesNotFitIsAnErrorNotACrash) {
   EXPECT_FALSE(exists(out + ".tmp"));
   EXPECT_GE(count_parts(out + ".parts"), 1);
   ASSERT_EQ(run("mount -o remount,size=32m " + t / "disk").code, 0);
-  args.push_back("--resume");
-  pid = spawn(args, t / "log2");
-  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log2");
-  args.pop_back();
-  args[args.size() - 1] = t / "clean.h5";
-  pid = spawn(args, t / "log3");
-  ASSERT_EQ(wait_exit(pid), 0) << read_file(t / "log3");
-  expect_same_contents(out, t / "clean.h5");
+  resume_gives_the_clean_file(t, args, out);
   // The blocks reserved and not used went back: the file takes about its size on the disk.
   struct stat st {};
   ASSERT_EQ(stat(out.c_str(), &st), 0);
