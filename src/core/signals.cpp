@@ -59,6 +59,9 @@ extern "C" void on_stop_signal(int sig) {
         : sig == SIGUSR1
             ? "\n[sparsa] SIGUSR1 (time limit near): stopping at the next safe point, keeping "
               "what is finished\n"
+        : sig == SIGHUP
+            ? "\n[sparsa] SIGHUP (the terminal or session closed): stopping at the next safe "
+              "point, keeping what is finished (nohup, screen or sbatch keep a run going)\n"
             : "\n[sparsa] SIGTERM: stopping at the next safe point, keeping what is finished\n");
   if (!g_stop) g_stop = sig;  // the first names the stop (Slurm's TERM after its USR1, say)
   errno = saved_errno;
@@ -76,7 +79,13 @@ void install_stop_handlers(bool announce, const char* journal) {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
+  // SIGHUP (an ssh session that drops) stops as SIGTERM does, keeping what is finished, instead
+  // of killing the run outright.
+  for (int s : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaction(s, &sa, nullptr);
+  // A log reader that went away (`2>&1 | head`, a tee that died) makes writes to stderr fail
+  // (EPIPE) instead of killing the run at once with the record in flight lost: the run goes on,
+  // and a stop signal still reaches its safe point (exit 75).
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 void set_finishing(const char* output, const char* tmp) {
@@ -111,6 +120,8 @@ const char* signal_name(int sig) {
       return "SIGINT";
     case SIGUSR1:
       return "SIGUSR1";
+    case SIGHUP:
+      return "SIGHUP";
     default:
       std::snprintf(other, sizeof other, "signal %d", sig);
       return other;

@@ -1,6 +1,7 @@
-// sparsa: stopping at a safe point. SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before the time
-// limit) set a flag; long work polls it between layers and records, and stops with
+// sparsa: stopping at a safe point. SIGTERM, SIGINT, SIGUSR1 (Slurm's warning before the time
+// limit) and SIGHUP set a flag; long work polls it between layers and records, and stops with
 // kExitInterrupted after keeping what is finished. A second SIGINT ends the process at once.
+// SIGPIPE is ignored (a log reader that went away does not kill the run).
 #pragma once
 
 #include "core/error.hpp"

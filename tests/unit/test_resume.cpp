@@ -118,6 +118,34 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   EXPECT_FALSE(exists(out2));
 }
 
+// A dropped ssh session (SIGHUP) stops at a safe point as SIGTERM does (exit 75, the journal
+// kept), and a log reader that went away (stderr into `| head -c 1`) does not kill the run with
+// SIGPIPE: it finishes, exit 0 (docs/reliability.md, Signals).
+TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  std::vector<std::string> a = fx.args(out, false);
+  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the stop message is checked
+  pid_t pid = spawn(a, fx.t / "log1");
+  ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
+  kill(pid, SIGHUP);
+  EXPECT_EQ(wait_exit(pid), 75) << read_file(fx.t / "log1");
+  EXPECT_NE(read_file(fx.t / "log1").find("SIGHUP (the terminal or session closed): stopping"),
+            std::string::npos)
+      << read_file(fx.t / "log1");
+  EXPECT_FALSE(exists(out));
+  EXPECT_GE(count_parts(out + ".parts"), 1);
+  // The progress lines go into a pipe whose reader has gone.
+  std::string cmd;
+  for (const auto& x : fx.args(out, true))
+    if (x != "-q") cmd += x + " ";
+  auto r = run("bash -c 'set -o pipefail; " + cmd + " --force 2>&1 | head -c 1 >/dev/null; echo " +
+               "\"status ${PIPESTATUS[0]}\"'");
+  EXPECT_NE(r.output.find("status 0"), std::string::npos) << r.output;
+  EXPECT_TRUE(exists(out));
+}
+
 // A second Ctrl-C while the run stops (the record in flight not yet done) ends the process at
 // once with exit 130; the records finished before stay in the journal, and --resume completes the
 // run with the clean run's contents (docs/cli.md, exit status 130).
