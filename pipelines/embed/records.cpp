@@ -172,7 +172,7 @@ struct RecordSource::Impl {
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
-      warned_unnamed = 0, warned_reader = 0;
+      warned_unnamed = 0, warned_reader = 0, warned_unordered = 0;
   std::set<std::string> warned_time_choice;  // files told which time column the rule took
   static bool warn_more(int& count, const char* what) {
     constexpr int kMax = 3;
@@ -197,7 +197,8 @@ struct RecordSource::Impl {
                    "unless --columns leaves it out)\n",
                    file, raw.time_name.c_str(), others.c_str());
     }
-    if (const int64_t i = first_backwards_row(raw.timestamps);
+    const TimeOrder order = time_order(raw.timestamps);
+    if (const int64_t i = order.backwards;
         i > 0 && warn_more(warned_backwards, "go backwards in time"))
       std::fprintf(stderr,
                    "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
@@ -206,12 +207,24 @@ struct RecordSource::Impl {
                    file, raw.name.c_str(), (long long)raw.source_rows[i],
                    std::string(raw.timestamps[i]).c_str(),
                    std::string(raw.timestamps[i - 1]).c_str());
+    if (const int64_t i = order.unread;
+        i >= 0 && warn_more(warned_unordered, "whose time order was not checked"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': time order not checked: line %lld's "
+                   "timestamp '%.60s' is %s (ISO 8601 such as 2024-01-31 10:00, epoch seconds, "
+                   "or a date with the year last such as 12/31/2024); rows are embedded in file "
+                   "order, so make sure the file runs oldest first\n",
+                   file, raw.name.c_str(), (long long)raw.source_rows[i],
+                   std::string(raw.timestamps[i]).c_str(),
+                   i == 0 ? "not in a form this check reads" : "not in the form of the rows above");
     if (const RepeatedTimes r = repeated_times(raw.timestamps);
         r.first > 0 && warn_more(warned_repeats, "repeat timestamps"))
       std::fprintf(stderr,
                    "[sparsa] warning: %s: record '%s': timestamp '%s' at line %lld repeats the "
                    "line before (%s in all); is the time split over two columns (date, "
-                   "time)? Rows are embedded in file order either way\n",
+                   "time), or does the file hold several series, one per value of a column "
+                   "such as a symbol (--id-column COL)? Rows are embedded in file order either "
+                   "way\n",
                    file, raw.name.c_str(), std::string(raw.timestamps[r.first]).c_str(),
                    (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str());
     std::string empty;  // the record's channels with no value, as "column 'a', column 'b'"

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <string_view>
 #include <unordered_map>
@@ -407,36 +408,127 @@ std::string_view utc_offset(std::string_view t) {
 
 }  // namespace
 
-int64_t first_backwards_row(const StringColumn& ts) {
-  if (ts.size() < 2) return -1;
-  // Judged only where text order is time order: ISO-8601-like texts of one length (digits,
-  // - : . T Z + and spaces; not mm/dd/yyyy or dd/mm/yyyy) with one UTC offset (a file that
-  // crosses a daylight-saving change in local offsets sorts otherwise).
-  const size_t len = ts[0].size();
-  const std::string_view offset = utc_offset(ts[0]);
-  // A time of day alone (HH:MM...: a Date,Time file's time column) goes back every midnight.
-  if (len >= 4 && ts[0][2] == ':' && ts[0][0] >= '0' && ts[0][0] <= '9') return -1;
-  if (len >= 4 && ts[0][1] == ':' && ts[0][0] >= '0' && ts[0][0] <= '9') return -1;
-  for (size_t i = 0; i < ts.size(); ++i) {
-    const std::string_view t = ts[i];
-    if (t.size() != len || utc_offset(t) != offset) return -1;
-    for (char c : t)
-      if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
-            c == '+' || c == ' '))
-        return -1;
-    // Year first (2024-01-31) or a number (epoch seconds): dd.mm.yyyy, dd-mm-yyyy and
-    // mm-dd-yyyy pass the characters above but do not sort as text.
-    auto digit = [&](size_t k) { return t[k] >= '0' && t[k] <= '9'; };
-    const bool year_first =
-        t.size() >= 5 && digit(0) && digit(1) && digit(2) && digit(3) && t[4] == '-';
-    const bool number = t.find_first_not_of("0123456789.") == std::string_view::npos &&
-                        std::count(t.begin(), t.end(), '.') <= 1;
-    if (!year_first && !number) return -1;
-  }
-  for (size_t i = 1; i < ts.size(); ++i)
-    if (ts[i] < ts[i - 1]) return (int64_t)i;
-  return -1;
+namespace {
+
+// A date with the year last ("12/31/2019", "31.01.2024", "1-2-2020"), perhaps with a time after
+// a space or 'T': its two leading fields, its year and what follows.
+struct YearLast {
+  int a = 0, b = 0, year = 0;
+  std::string_view rest;
+};
+std::optional<YearLast> year_last(std::string_view t) {
+  auto field = [&](size_t& k, int max_digits, int& v) {
+    const size_t from = k;
+    v = 0;
+    while (k < t.size() && t[k] >= '0' && t[k] <= '9' && (int)(k - from) < max_digits)
+      v = v * 10 + (t[k++] - '0');
+    return k > from;
+  };
+  YearLast y;
+  size_t k = 0;
+  if (!field(k, 2, y.a) || k >= t.size()) return std::nullopt;
+  const char sep = t[k];
+  if (sep != '/' && sep != '.' && sep != '-') return std::nullopt;
+  ++k;
+  if (!field(k, 2, y.b) || k >= t.size() || t[k] != sep) return std::nullopt;
+  ++k;
+  const size_t y0 = k;
+  if (!field(k, 4, y.year) || k - y0 != 4) return std::nullopt;
+  if (k < t.size() && t[k] != ' ' && t[k] != 'T') return std::nullopt;
+  if (y.a < 1 || y.b < 1 || y.a > 31 || y.b > 31) return std::nullopt;
+  y.rest = t.substr(k);
+  return y;
 }
+
+bool iso_like(std::string_view t) {
+  for (char c : t)
+    if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
+          c == '+' || c == ' '))
+      return false;
+  // Year first (2024-01-31): dd.mm.yyyy, dd-mm-yyyy and mm-dd-yyyy pass the characters above
+  // but do not sort as text.
+  auto digit = [&](size_t k) { return t[k] >= '0' && t[k] <= '9'; };
+  return t.size() >= 5 && digit(0) && digit(1) && digit(2) && digit(3) && t[4] == '-';
+}
+
+bool plain_number(std::string_view t) {  // epoch seconds and the like
+  return !t.empty() && t.find_first_not_of("0123456789.") == std::string_view::npos &&
+         std::count(t.begin(), t.end(), '.') <= 1 && t != ".";
+}
+
+}  // namespace
+
+TimeOrder time_order(const StringColumn& ts) {
+  TimeOrder o;
+  if (ts.size() < 2) return o;
+  // A time of day alone (HH:MM...: a Date,Time file's time column) goes back every midnight:
+  // neither judged nor said.
+  const std::string_view t0 = ts[0];
+  if (t0.size() >= 4 && t0[0] >= '0' && t0[0] <= '9' && (t0[1] == ':' || t0[2] == ':')) return o;
+  auto unread = [&](size_t i) {
+    o.unread = (int64_t)i;
+    return o;
+  };
+  if (plain_number(t0)) {  // numbers: compared as numbers (epoch seconds of any length)
+    double prev = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!plain_number(ts[i])) return unread(i);
+      const double v = std::strtod(std::string(ts[i]).c_str(), nullptr);
+      if (i > 0 && v < prev && o.backwards < 0) o.backwards = (int64_t)i;
+      prev = v;
+    }
+    return o;
+  }
+  if (iso_like(t0)) {
+    // Text order is time order for ISO-8601 texts of one length and one UTC offset (a file that
+    // crosses a daylight-saving change of offsets sorts otherwise: not judged, not said).
+    const size_t len = t0.size();
+    const std::string_view offset = utc_offset(t0);
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!iso_like(ts[i]) || ts[i].size() != len) return unread(i);
+      if (utc_offset(ts[i]) != offset) return TimeOrder{};
+    }
+    for (size_t i = 1; i < ts.size(); ++i)
+      if (ts[i] < ts[i - 1]) {
+        o.backwards = (int64_t)i;
+        break;
+      }
+    return o;
+  }
+  if (year_last(t0)) {
+    // The year decides; month and day too where a field above 12 shows which is the day
+    // (12/31/2019: month first; 31.01.2024: day first); then the time of day, where two rows'
+    // times have one length.
+    std::vector<YearLast> d(ts.size());
+    bool a_day = false, b_day = false;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto y = year_last(ts[i]);
+      if (!y) return unread(i);
+      d[i] = *y;
+      a_day |= y->a > 12;
+      b_day |= y->b > 12;
+    }
+    const bool known = a_day != b_day;  // both above 12 somewhere: not dates of one order
+    for (size_t i = 1; i < d.size(); ++i) {
+      const YearLast &p = d[i - 1], &q = d[i];
+      int c = (q.year > p.year) - (q.year < p.year);
+      if (c == 0 && known) {
+        const int qm = a_day ? q.b : q.a, pm = a_day ? p.b : p.a;
+        const int qd = a_day ? q.a : q.b, pd = a_day ? p.a : p.b;
+        c = qm != pm ? (qm > pm ? 1 : -1) : (qd > pd) - (qd < pd);
+        if (c == 0 && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
+      }
+      if (c < 0) {
+        o.backwards = (int64_t)i;
+        break;
+      }
+    }
+    return o;
+  }
+  return unread(0);
+}
+
+int64_t first_backwards_row(const StringColumn& ts) { return time_order(ts).backwards; }
 
 RepeatedTimes repeated_times(const StringColumn& ts) {
   RepeatedTimes r;

@@ -28,12 +28,21 @@ struct RawSeries {
   std::vector<std::string> time_others;
 };
 
-// Where the time of a record goes backwards: the index of the first row whose timestamp sorts
-// before the previous row's, when every timestamp is ISO-8601-like (digits and - : . T Z + and
-// spaces, all of one length and one UTC offset, so that text order is time order); -1 otherwise.
-// Rows are embedded in file order (spec 1), so a newest-first file is read backwards: worth a
-// warning.
-int64_t first_backwards_row(const StringColumn& timestamps);
+// Whether a record's time goes backwards. Rows are embedded in file order (spec 1), so a
+// newest-first file is read backwards: worth a warning. Judged where every timestamp is one of
+// the forms this check reads: ISO-8601-like (year first, digits and - : . T Z + and spaces, of
+// one length and one UTC offset, so that text order is time order), a plain number (epoch
+// seconds, compared as numbers), or a date with the year last (12/31/2019, 31.01.2024; by year,
+// and by month and day where a field above 12 shows which is the day, then the time of day).
+struct TimeOrder {
+  int64_t backwards = -1;  // the first row that sorts before the row above it; -1: none
+  // Not judged: the first row whose timestamp breaks the form of the first row's (0: the first
+  // row's is none this check reads); -1 where judged, or where the column is a time of day
+  // alone or crosses a change of UTC offset (neither is worth a warning).
+  int64_t unread = -1;
+};
+TimeOrder time_order(const StringColumn& timestamps);
+int64_t first_backwards_row(const StringColumn& timestamps);  // time_order(...).backwards
 
 // Rows whose timestamp is the same text as the row before (a date-only time column of intraday
 // data, say): the first such row's index (-1: none) and how many there are.

@@ -1462,17 +1462,31 @@ TEST(Cli, TimeSeriesEndToEnd) {
     return run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / (name + ".csv") +
                extra + " --output " + t / (name + ".h5"));
   };
-  // A newest-first file is embedded in file order, with a warning (also under -q).
-  r = embed_csv("rev", "date,a,b\n2020-01-03,1,2\n2020-01-02,2,3\n2020-01-01,3,4\n");
-  EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("time goes backwards at line 3 ('2020-01-02' after '2020-01-03')"),
-            std::string::npos)
-      << r.output;
-  // Not ISO dates, or two offsets across a daylight-saving change: not warned about. Repeated
-  // times (a date-only column of intraday rows) and a channel with no values are.
+  // NAME.csv of three rows with these timestamps embeds, with this warning.
+  auto embeds_warning = [&](const std::string& name, const std::vector<std::string>& times,
+                            const std::string& warning) {
+    auto res = embed_csv(
+        name, "date,a,b\n" + times[0] + ",1,2\n" + times[1] + ",2,3\n" + times[2] + ",3,4\n");
+    EXPECT_EQ(res.code, 0) << res.output;
+    EXPECT_NE(res.output.find(warning), std::string::npos) << res.output;
+  };
+  // A newest-first file is embedded in file order, with a warning (also under -q); a Yahoo or
+  // Excel download's US dates too.
+  embeds_warning("rev", {"2020-01-03", "2020-01-02", "2020-01-01"},
+                 "time goes backwards at line 3 ('2020-01-02' after '2020-01-03')");
+  embeds_warning("usrev", {"01/02/2020", "12/31/2019", "12/30/2019"},
+                 "time goes backwards at line 3 ('12/31/2019' after '01/02/2020')");
+  // US dates oldest first: no warning.
   r = embed_csv("us", "date,a,b\n12/30/2019,1,2\n12/31/2019,2,3\n01/02/2020,3,4\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  // A timestamp the order check cannot read is said, with its line, instead of switching the
+  // check off without a word.
+  embeds_warning("odd", {"2020-01-03", "2001/07/13", "2020-01-01"},
+                 "record 'odd': time order not checked: line 3's timestamp '2001/07/13' is not "
+                 "in the form of the rows above");
+  // Repeated times (a date-only column of intraday rows) and a channel with no values are
+  // warned about.
   r = embed_csv("rep", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(

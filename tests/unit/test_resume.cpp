@@ -38,10 +38,12 @@ struct Fixture {
     return binary() + " embed --threads 1 --pool mean --model " + model + " --input " + in +
            " --output " + out + " " + extra;
   }
-  std::vector<std::string> args(const std::string& out, bool resume) {
-    std::vector<std::string> a{binary(),  "embed",   "-q",     "--threads", "1",
-                               "--dtype", "f32",     "--pool", "bin:10",    "--model",
-                               model,     "--input", input,    "--output",  out};
+  // (quiet false: the progress and stop messages are the point)
+  std::vector<std::string> args(const std::string& out, bool resume, bool quiet = true) {
+    std::vector<std::string> a{binary(),  "embed",  "--threads", "1",       "--dtype",
+                               "f32",     "--pool", "bin:10",    "--model", model,
+                               "--input", input,    "--output",  out};
+    if (quiet) a.push_back("-q");
     if (resume) a.push_back("--resume");
     return a;
   }
@@ -83,8 +85,7 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
   Fixture fx;
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false);
-  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the messages are the point
+  std::vector<std::string> a = fx.args(out, false, false);
   pid_t pid = spawn(a, fx.t / "log1");
   ASSERT_TRUE(wait_for_parts(out + ".parts", 2, pid)) << "run ended before 2 parts";
   kill(pid, SIGINT);
@@ -125,8 +126,7 @@ TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
   Fixture fx;
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false);
-  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the stop message is checked
+  std::vector<std::string> a = fx.args(out, false, false);
   pid_t pid = spawn(a, fx.t / "log1");
   ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
   kill(pid, SIGHUP);
@@ -138,8 +138,7 @@ TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
   EXPECT_GE(count_parts(out + ".parts"), 1);
   // The progress lines go into a pipe whose reader has gone.
   std::string cmd;
-  for (const auto& x : fx.args(out, true))
-    if (x != "-q") cmd += x + " ";
+  for (const auto& x : fx.args(out, true, false)) cmd += x + " ";
   auto r = run("bash -c 'set -o pipefail; " + cmd + " --force 2>&1 | head -c 1 >/dev/null; echo " +
                "\"status ${PIPESTATUS[0]}\"'");
   EXPECT_NE(r.output.find("status 0"), std::string::npos) << r.output;
@@ -156,8 +155,7 @@ TEST(ResumeSlow, SecondInterruptWhileStoppingExits130AndKeepsTheJournal) {
   // takes about a second on one thread, the time the second signal has to arrive in.
   write_file(fx.input, random_fasta(1, 20000, 7, "short") + random_fasta(1, 600000));
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false);
-  a.erase(std::find(a.begin(), a.end(), std::string("-q")));  // the stop message is the cue
+  std::vector<std::string> a = fx.args(out, false, false);
   pid_t pid = spawn(a, fx.t / "log1");
   ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
   // The first signal inside the long record's first layer (about 4 s on one thread), not between

@@ -532,7 +532,7 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"2024-01-03", "2024-01-02", "2024-01-01"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2024-01-01 09:30", "2024-01-01 10:00", "2024-01-01 09:59"}), 2);
   EXPECT_EQ(first_backwards_row(V{"Jan 3", "Jan 2"}), -1);  // not ISO-like: not judged
-  EXPECT_EQ(first_backwards_row(V{"10", "9"}), -1);         // lengths differ: not judged
+  EXPECT_EQ(first_backwards_row(V{"10", "9"}), 1);          // numbers: compared as numbers
   EXPECT_EQ(first_backwards_row(V{"2024-01-01"}), -1);
   // A time of day alone (a Date,Time file's time column) goes back every midnight: not judged.
   EXPECT_EQ(first_backwards_row(V{"15:58", "15:59", "09:30"}), -1);
@@ -548,6 +548,24 @@ TEST(TsOrder, FirstBackwardsRow) {
   // Epoch seconds of one length: judged.
   EXPECT_EQ(first_backwards_row(V{"1700000060", "1700000000"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}), -1);
+  // Dates with the year last: by year always; by month and day where a field above 12 shows
+  // which is the day (a newest-first Yahoo or Excel download in MM/DD/YYYY).
+  EXPECT_EQ(first_backwards_row(V{"01/02/2020", "12/31/2019", "12/30/2019"}), 1);  // the year
+  EXPECT_EQ(first_backwards_row(V{"12/31/2019", "12/30/2019"}), 1);   // month first: 31 > 12
+  EXPECT_EQ(first_backwards_row(V{"31.01.2024", "30.01.2024"}), 1);   // day first
+  EXPECT_EQ(first_backwards_row(V{"02/03/2024", "01/03/2024"}), -1);  // which is the day?
+  EXPECT_EQ(first_backwards_row(V{"1/13/2024 09:30", "1/13/2024 09:00"}), 1);  // the time too
+  EXPECT_EQ(first_backwards_row(V{"1/13/2024 9:30", "1/13/2024 10:00"}), -1);  // lengths differ
+  // What was not judged is said: the first row that breaks the first row's form, or the first
+  // row where that form is none the check reads.
+  EXPECT_EQ(time_order(V{"2024-01-01", "2024-01-02"}).unread, -1);
+  EXPECT_EQ(time_order(V{"2024-01-02", "2001/07/13", "2024-01-01"}).unread, 1);
+  EXPECT_EQ(time_order(V{"2024-01-02", "2001/07/13", "2024-01-01"}).backwards, -1);
+  EXPECT_EQ(time_order(V{"garbage", "2024-01-01"}).unread, 0);
+  EXPECT_EQ(time_order(V{"Jan 3", "Jan 2"}).unread, 0);
+  EXPECT_EQ(time_order(V{"12/31/2019", "2020-01-01"}).unread, 1);
+  EXPECT_EQ(time_order(V{"15:58", "09:30"}).unread, -1);  // a time of day alone: not said
+  EXPECT_EQ(time_order(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}).unread, -1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25 02:30:00+02:00", "2020-10-25 02:00:00+01:00"}), -1);
   // One offset throughout: judged.
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+01:00", "2020-10-25T02:00:00+01:00"}), 1);
