@@ -174,10 +174,14 @@ class CsvScanner {
     }
     size_t end = pos_;
     while (end < text_.size() && text_[end] != ',' && text_[end] != '\n') ++end;
-    const std::string_view v = trim_blanks(std::string_view(text_).substr(pos_, end - pos_));
-    // A CR inside a line (not CRLF's, which trim_blanks drops): lines ending in LF CR, or lone
-    // CRs after a first line ending in CRLF; it would stay in a name or a timestamp.
-    if (v.find('\r') != std::string_view::npos)
+    const std::string_view raw = std::string_view(text_).substr(pos_, end - pos_);
+    const std::string_view v = trim_blanks(raw);
+    // A CR inside a line (not CRLF's, which trim_blanks drops): lines ending in LF CR, lone CRs
+    // after a first line ending in CRLF, or a stray one before a comma ("55.5\r,3"); it would
+    // stay in a name or a timestamp, or be dropped from a number without a word.
+    const size_t cr = raw.find('\r');
+    const bool crlf = cr + 1 == raw.size() && (end == text_.size() || text_[end] == '\n');
+    if (cr != std::string_view::npos && !crlf)
       throw InputError(
           where(path_, "", 0,
                 "line " + std::to_string(row_line) +

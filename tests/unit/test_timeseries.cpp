@@ -310,6 +310,17 @@ TEST_F(TsCsv, MissingTimesAndInnerCarriageReturns) {
     read_timeseries_csv(write("mix.csv", "date,x\r\n2024-01-01,1\r2024-01-02,2\r"), {}, 1);
   });
   EXPECT_NE(msg.find("a carriage return"), std::string::npos) << msg;
+  // A stray CR before a comma in an LF file: refused, not dropped from the number.
+  msg = input_error([&] {
+    read_timeseries_csv(write("stray.csv", "date,x,y\n2024-01-01,1,2\n2024-01-02,55.5\r,3\n"), {},
+                        2);
+  });
+  EXPECT_NE(msg.find("line 3: a carriage return"), std::string::npos) << msg;
+  // CRLF line ends (also a last line without them) stay fine.
+  EXPECT_EQ(
+      read_timeseries_csv(write("crlf.csv", "date,x\r\n2024-01-01,1\r\n2024-01-02,2\r"), {}, 1)[0]
+          .timestamps.size(),
+      2u);
 }
 
 // A name twice in the header: chosen by that name, refused (the choice would be arbitrary);
