@@ -63,8 +63,11 @@ std::string show_char(unsigned char c) {
   return hex_byte(c);
 }
 
-std::string invalid_char_message(unsigned char c) {
-  return "invalid character " + show_char(c) + "; use --invalid-as-n to read it as N";
+// (line > 0: the file's line and the column in it, for `sed -n Np` or an editor)
+std::string invalid_char_message(unsigned char c, long long line = 0, size_t column = 0) {
+  const std::string at =
+      line > 0 ? " at line " + std::to_string(line) + ", column " + std::to_string(column) : "";
+  return "invalid character " + show_char(c) + at + "; use --invalid-as-n to read it as N";
 }
 
 // Characters --invalid-as-n read as N in a record: how many, and the first (1-based position).
@@ -86,7 +89,7 @@ struct InvalidTally {
 // that errors point at the base the user can find with samtools faidx or an editor.
 void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
                    const std::string& file, const std::string& record, std::vector<int32_t>& out,
-                   InvalidTally& tally) {
+                   InvalidTally& tally, long long line = 0) {
   // Grow geometrically: an exact reserve per line would copy the whole record on every line.
   if (out.capacity() < out.size() + seq.size())
     out.reserve(std::max(out.size() + seq.size(), 2 * out.capacity()));
@@ -95,7 +98,7 @@ void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
     if (tok < 0) {
       if (!invalid_as_n)
         throw InputError(where(file, record, first_pos + (int64_t)i,
-                               invalid_char_message((unsigned char)seq[i])));
+                               invalid_char_message((unsigned char)seq[i], line, i + 1)));
       tok = kTokN;
       if (tally.count++ == 0) {
         tally.first_pos = first_pos + (int64_t)i;
@@ -450,7 +453,7 @@ struct FastxReader::Impl {
         break;
       }
       append_tokens(line, (int64_t)rec.tokens.size() + 1, opts.invalid_as_n, path, rec.name,
-                    rec.tokens, tally);
+                    rec.tokens, tally, lines.line_no());
     }
     rec.warning = tally.warning(path, rec.name, rec.warning);
     if (rec.tokens.empty())
@@ -488,7 +491,7 @@ struct FastxReader::Impl {
     std::string_view line;
     need_line(line, "sequence line");
     InvalidTally tally;
-    append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally);
+    append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally, lines.line_no());
     rec.warning = tally.warning(path, rec.name, rec.warning);
     if (rec.tokens.empty())
       throw InputError(

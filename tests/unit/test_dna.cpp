@@ -247,8 +247,13 @@ TEST_F(DnaTest, InvalidCharactersNamePositionRecordAndFile) {
     std::string p = write("bad.fa", std::string(">ok\nACGT\n>bad|1 d\nACGT\nAC") + k.c + "G\n");
     expect_error<InputError>(
         [&] { read_all(p); },
-        {p, "record 'bad|1'", "position 7", "invalid character " + k.shown, "--invalid-as-n"});
+        {p, "record 'bad|1'", "position 7", "invalid character " + k.shown + " at line 5, column 3",
+         "--invalid-as-n"});
   }
+  // FASTQ: the sequence line's number and column too.
+  std::string q = write("bad.fq", "@a\nACGT\n+\nIIII\n@b\nACGTAXC\n+\nIIIIIII\n");
+  expect_error<InputError>([&] { read_all(q); },
+                           {q, "record 'b'", "position 6", "'X' (0x58) at line 6, column 6"});
 }
 
 TEST_F(DnaTest, InvalidAsN) {
