@@ -780,7 +780,8 @@ Transformed checked_transform(const RawSeries& raw, int64_t c, const ModelConfig
       for (int64_t u : {t - 1, t})
         if (x[u] == 0) refuse(u, "cannot take the value 0");
       if ((x[t] > 0) != (x[t - 1] > 0))
-        refuse(t, "from " + number_text(x[t - 1]) + " to " + number_text(x[t]) + " changes sign");
+        refuse(t, "from " + number_text(x[t - 1]) + " (" + series_line_of(raw, t - 1) + ") to " +
+                      number_text(x[t]) + " changes sign");
     }
   }
   std::vector<double> r = ts_transform(x, config.ts_transform);
@@ -792,8 +793,8 @@ Transformed checked_transform(const RawSeries& raw, int64_t c, const ModelConfig
         path, raw.name, 0,
         series_line_of(raw, t) + ", " + channel_label(raw, c) + ": " +
             (config.ts_transform == TsTransform::kDiff ? "the difference " : "the log return ") +
-            "from " + number_text(x[t - 1]) + " to " + number_text(x[t]) +
-            " is not a finite number; check these values"));
+            "from " + number_text(x[t - 1]) + " (" + series_line_of(raw, t - 1) + ") to " +
+            number_text(x[t]) + " is not a finite number; check these values"));
   }
   const double scale = ts_scale(r);
   if (!std::isfinite(scale))

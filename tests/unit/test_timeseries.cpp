@@ -642,15 +642,17 @@ TEST_F(TsCsv, TransformOverflowNamesTheLine) {
       else
         tokenize_series(recs[0], c, p);
     });
-    EXPECT_NE(msg.find("record 'ovf': line 3, column 'x': the difference from 1e+308 to -1e+308"),
-              std::string::npos)
+    EXPECT_NE(
+        msg.find(
+            "record 'ovf': line 3, column 'x': the difference from 1e+308 (line 2) to -1e+308"),
+        std::string::npos)
         << msg;
   }
   p = write("sub.csv", "timestamp,price\n1,1.0\n2,1e-310\n3,1.2\n");
   recs = read_timeseries_csv(p, {}, 1);
   std::string msg =
       input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), p); });
-  EXPECT_NE(msg.find("line 4, column 'price': the log return from 1e-310 to 1.2"),
+  EXPECT_NE(msg.find("line 4, column 'price': the log return from 1e-310 (line 3) to 1.2"),
             std::string::npos)
       << msg;
   // Every step finite, their sum not: the column is named.
@@ -670,7 +672,8 @@ TEST_F(TsCsv, TransformOverflowNamesTheLine) {
     const auto sr = read_timeseries_csv(q, {}, 1);
     const std::string m =
         input_error([&] { check_series(sr[0], ts_config(1, 8, 4.0, TsTransform::kLogReturn), q); });
-    EXPECT_NE(m.find("line 4, column 'x': log_return from 3 to -1 changes sign"), std::string::npos)
+    EXPECT_NE(m.find("line 4, column 'x': log_return from 3 (line 3) to -1 changes sign"),
+              std::string::npos)
         << m;
   }
   msg = input_error([&] { check_series(recs[0], ts_config(2, 8, 4.0, TsTransform::kLevel), p); });
