@@ -309,9 +309,17 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   };
   // "; did you mean 'Close'?" where the name differs from a header's only in case (the header's
   // cells come trimmed: CsvScanner::cell)
+  // A header name holding a comma ("close, adj") cannot be named in --columns, which a comma
+  // splits: "; ... choose it by its number (2)".
   auto hint = [&](const std::string& name) -> std::string {
     for (const std::string& h : header)
       if (iequals(h, trimmed(name))) return "; did you mean '" + shown(h) + "'?";
+    for (size_t i = 0; i < header.size(); ++i)
+      if (header[i].find(',') != std::string::npos && !trimmed(name).empty() &&
+          header[i].find(trimmed(name)) != std::string::npos)
+        return "; the header's '" + shown(header[i]) +
+               "' holds a comma, which splits --columns: choose it by its number (" +
+               std::to_string(i + 1) + ")";
     return "";
   };
   Columns cols;

@@ -323,6 +323,23 @@ TEST_F(TsCsv, MissingTimesAndInnerCarriageReturns) {
       2u);
 }
 
+// A header name with a comma (quoted) cannot be named in --columns (a comma splits it): the error
+// says to choose it by its number, which works.
+TEST_F(TsCsv, HeaderNameWithACommaIsChosenByNumber) {
+  const std::string p =
+      write("c.csv", "date,\"close, adj\",vol\n2024-01-01,1,10\n2024-01-02,2,20\n");
+  const std::string msg = input_error([&] {
+    read_timeseries_csv(p, {"", {"close", " adj"}, ""}, 0);
+  });
+  EXPECT_NE(msg.find("the header's 'close, adj' holds a comma, which splits --columns: choose it "
+                     "by its number (2)"),
+            std::string::npos)
+      << msg;
+  const auto recs = read_timeseries_csv(p, {"", {"2"}, ""}, 1);
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].values.at(0), (std::vector<double>{1, 2}));
+}
+
 // A name twice in the header: chosen by that name, refused (the choice would be arbitrary);
 // chosen by number, or among "all the other columns", taken.
 TEST_F(TsCsv, RepeatedNamesByNumber) {
