@@ -1338,7 +1338,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                       source.shared_input_bytes());
       on_root(comm, [&] { est = estimate_output(o, c, source); });
     }
-    // (Every rank is past check_paths, which looked at it; an error here is every rank's.)
+    // Every rank is past check_paths, which looked at it (the broadcasts before do not say so:
+    // rank 0 may return from one before the others receive it); an error here is every rank's.
+    comm.barrier();
     if (o.force)
       on_root(comm, [&] {
         std::error_code ec;

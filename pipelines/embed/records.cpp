@@ -216,7 +216,8 @@ struct RecordSource::Impl {
                    "order, so make sure the file runs oldest first\n",
                    file, raw.name.c_str(), (long long)raw.source_rows[i],
                    std::string(raw.timestamps[i]).c_str(),
-                   i == 0 ? "not in a form this check reads" : "not in the form of the rows above");
+                   i == 0 ? "not in a form this check reads"
+                          : "not of the form and length of the rows above");
     if (const RepeatedTimes r = repeated_times(raw.timestamps);
         r.first > 0 && warn_more(warned_repeats, "repeat timestamps"))
       std::fprintf(stderr,

@@ -79,9 +79,12 @@ void install_stop_handlers(bool announce, const char* journal) {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
+  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
   // SIGHUP (an ssh session that drops) stops as SIGTERM does, keeping what is finished, instead
-  // of killing the run outright.
-  for (int s : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaction(s, &sa, nullptr);
+  // of killing the run outright; where it is ignored (nohup, trap '' HUP) it stays ignored.
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN)
+    sigaction(SIGHUP, &sa, nullptr);
   // A log reader that went away (`2>&1 | head`, a tee that died) makes writes to stderr fail
   // (EPIPE) instead of killing the run at once with the record in flight lost: the run goes on,
   // and a stop signal still reaches its safe point (exit 75).

@@ -248,7 +248,10 @@ bool File::reserve(int64_t bytes) {
   if (fd < 0) return false;
   struct stat st {};
   int err = ::fstat(fd, &st) == 0 ? 0 : errno;
-  if (!err && ::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, bytes) != 0) err = errno;
+  if (!err && ::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, bytes) != 0) {
+    err = errno;
+    (void)::ftruncate(fd, st.st_size);  // blocks a failed fallocate kept (ext4, XFS) go back
+  }
   ::close(fd);
   if (err == ENOSPC || err == EDQUOT) {
     std::string dir = std::filesystem::path(path_).parent_path().string();

@@ -463,7 +463,8 @@ bool iso_like(std::string_view t) {
   return t.size() >= 5 && digit(0) && digit(1) && digit(2) && digit(3) && t[4] == '-';
 }
 
-bool plain_number(std::string_view t) {  // epoch seconds and the like
+bool plain_number(std::string_view t) {  // epoch seconds and the like (before 1970: negative)
+  if (!t.empty() && t[0] == '-') t.remove_prefix(1);
   return !t.empty() && t.find_first_not_of("0123456789.") == std::string_view::npos &&
          std::count(t.begin(), t.end(), '.') <= 1 && t != ".";
 }
@@ -477,9 +478,8 @@ TimeOrder time_order(const StringColumn& ts) {
   // neither judged nor said.
   const std::string_view t0 = ts[0];
   if (t0.size() >= 4 && t0[0] >= '0' && t0[0] <= '9' && (t0[1] == ':' || t0[2] == ':')) return o;
-  auto unread = [&](size_t i) {
-    o.unread = (int64_t)i;
-    return o;
+  auto unread = [&](size_t i) {  // (a step backwards found before is not a judgement either)
+    return TimeOrder{-1, (int64_t)i};
   };
   if (plain_number(t0)) {  // numbers: compared as numbers (epoch seconds of any length)
     double prev = 0;
@@ -528,7 +528,11 @@ TimeOrder time_order(const StringColumn& ts) {
         const int qm = a_day ? q.b : q.a, pm = a_day ? p.b : p.a;
         const int qd = a_day ? q.a : q.b, pd = a_day ? p.a : p.b;
         c = qm != pm ? (qm > pm ? 1 : -1) : (qd > pd) - (qd < pd);
-        if (c == 0 && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
+        // (12-hour times, "9:00 AM" then "1:00 PM", do not sort as text: not compared)
+        const bool letters = std::any_of(q.rest.begin(), q.rest.end(), [](char ch) {
+          return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z');
+        });
+        if (c == 0 && !letters && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
       }
       if (c < 0) {
         o.backwards = (int64_t)i;

@@ -1484,7 +1484,7 @@ TEST(Cli, TimeSeriesEndToEnd) {
   // check off without a word.
   embeds_warning("odd", {"2020-01-03", "2001/07/13", "2020-01-01"},
                  "record 'odd': time order not checked: line 3's timestamp '2001/07/13' is not "
-                 "in the form of the rows above");
+                 "of the form and length of the rows above");
   // Repeated times (a date-only column of intraday rows) and a channel with no values are
   // warned about.
   r = embed_csv("rep", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");

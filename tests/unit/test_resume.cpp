@@ -136,6 +136,14 @@ TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
       << read_file(fx.t / "log1");
   EXPECT_FALSE(exists(out));
   EXPECT_GE(count_parts(out + ".parts"), 1);
+  // Under nohup (SIGHUP ignored) the signal stays ignored: the run goes on to its end.
+  std::string nohup;
+  for (const auto& x : fx.args(fx.t / "nohup.h5", false)) nohup += x + " ";
+  auto hup = run("bash -c 'nohup " + nohup + " > " + fx.t / "log-nohup" +
+                 " 2>&1 & pid=$!; sleep 1; kill -HUP $pid; wait $pid; echo \"status $?\"'");
+  EXPECT_NE(hup.output.find("status 0"), std::string::npos)
+      << hup.output << read_file(fx.t / "log-nohup");
+  EXPECT_TRUE(exists(fx.t / "nohup.h5"));
   // The progress lines go into a pipe whose reader has gone.
   std::string cmd;
   for (const auto& x : fx.args(out, true, false)) cmd += x + " ";

@@ -584,11 +584,21 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"02/03/2024", "01/03/2024"}), -1);  // which is the day?
   EXPECT_EQ(first_backwards_row(V{"1/13/2024 09:30", "1/13/2024 09:00"}), 1);  // the time too
   EXPECT_EQ(first_backwards_row(V{"1/13/2024 9:30", "1/13/2024 10:00"}), -1);  // lengths differ
+  // 12-hour times do not sort as text: not compared.
+  EXPECT_EQ(first_backwards_row(V{"1/13/2024 9:00 AM", "1/13/2024 1:00 PM"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"01/13/2024 12:00 PM", "01/13/2024 01:00 PM"}), -1);
+  // Epoch seconds before 1970 are negative.
+  EXPECT_EQ(first_backwards_row(V{"-86400", "0", "86400"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"0", "-86400"}), 1);
+  EXPECT_EQ(time_order(V{"-86400", "0"}).unread, -1);
   // What was not judged is said: the first row that breaks the first row's form, or the first
   // row where that form is none the check reads.
   EXPECT_EQ(time_order(V{"2024-01-01", "2024-01-02"}).unread, -1);
   EXPECT_EQ(time_order(V{"2024-01-02", "2001/07/13", "2024-01-01"}).unread, 1);
   EXPECT_EQ(time_order(V{"2024-01-02", "2001/07/13", "2024-01-01"}).backwards, -1);
+  // A step backwards before a row that is not read is not said as one (the order was not judged).
+  EXPECT_EQ(time_order(V{"20", "10", "x"}).backwards, -1);
+  EXPECT_EQ(time_order(V{"20", "10", "x"}).unread, 2);
   EXPECT_EQ(time_order(V{"garbage", "2024-01-01"}).unread, 0);
   EXPECT_EQ(time_order(V{"Jan 3", "Jan 2"}).unread, 0);
   EXPECT_EQ(time_order(V{"12/31/2019", "2020-01-01"}).unread, 1);
