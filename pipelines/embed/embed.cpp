@@ -1391,33 +1391,37 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (comm.size() > 1) comm.broadcast(&journal_bytes, sizeof journal_bytes, 0);
       need = std::max(need - journal_bytes, need / 2);
     }
-    std::error_code ec;
-    auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
-    // Too little room to keep the previous output aside as well: it goes now (--force asked for
-    // that; the inputs have been read and the checkpoint loaded by here).
-    std::error_code ec_prev;
-    if (!ec && aside.kept && (int64_t)space.available < need) {
-      const auto old_bytes = fs::file_size(previous, ec_prev);
-      if (!ec_prev && (int64_t)(space.available + old_bytes) >= need &&
-          fs::remove(previous, ec_prev)) {
-        space.available += old_bytes;
-        aside.kept = false;
-        std::fprintf(stderr,  // (also with --quiet: the old output is gone)
-                     "[sparsa] not enough free space to keep the previous %s aside as well: "
-                     "removed it, as --force asks\n",
-                     o.output.c_str());
+    // Judged by rank 0 alone, which set the previous output aside (a rank that judged the room
+    // without it would stop a run that rank 0 made room for); its error is every rank's.
+    on_root(comm, [&] {
+      std::error_code ec;
+      auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
+      // Too little room to keep the previous output aside as well: it goes now (--force asked for
+      // that; the inputs have been read and the checkpoint loaded by here).
+      std::error_code ec_prev;
+      if (!ec && aside.kept && (int64_t)space.available < need) {
+        const auto old_bytes = fs::file_size(previous, ec_prev);
+        if (!ec_prev && (int64_t)(space.available + old_bytes) >= need &&
+            fs::remove(previous, ec_prev)) {
+          space.available += old_bytes;
+          aside.kept = false;
+          std::fprintf(stderr,  // (also with --quiet: the old output is gone)
+                       "[sparsa] not enough free space to keep the previous %s aside as well: "
+                       "removed it, as --force asks\n",
+                       o.output.c_str());
+        }
       }
-    }
-    if (!ec && (int64_t)space.available < need && !env_on("SPARSA_SKIP_SPACE_CHECK"))
-      throw SystemError("not enough free space for " + o.output + ": the run needs about " +
-                        human_bytes((double)need) + " (journal and final file), " +
-                        human_bytes((double)space.available) +
-                        " are free. (An estimate from the inputs' sizes and a sample of their "
-                        "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
-                        "up stops the run with its finished records kept for --resume)");
-    if (!ec)
-      progress.log("output about " + human_bytes((double)need) + " (journal + final), " +
-                   human_bytes((double)space.available) + " free");
+      if (!ec && (int64_t)space.available < need && !env_on("SPARSA_SKIP_SPACE_CHECK"))
+        throw SystemError("not enough free space for " + o.output + ": the run needs about " +
+                          human_bytes((double)need) + " (journal and final file), " +
+                          human_bytes((double)space.available) +
+                          " are free. (An estimate from the inputs' sizes and a sample of their "
+                          "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
+                          "up stops the run with its finished records kept for --resume)");
+      if (!ec)
+        progress.log("output about " + human_bytes((double)need) + " (journal + final), " +
+                     human_bytes((double)space.available) + " free");
+    });
   }
   std::shared_ptr<void> backend_state;
   const double input_s = since_start();

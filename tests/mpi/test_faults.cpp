@@ -7,6 +7,7 @@
 #include "../unit/compare_h5.hpp"
 #include "../unit/test_util.hpp"
 #include "io/h5.hpp"
+#include "mpi_test_util.hpp"
 
 using namespace sparsa::testing;
 namespace h5 = sparsa::h5;
@@ -380,4 +381,35 @@ TEST(MpiHeartbeat, CallsInsideAWatchScopeGetItsDeadline) {
   EXPECT_NE(q.code, 0) << q.log;
   EXPECT_NE(q.log.find("the probe's scope did not complete within 2 s"), std::string::npos)
       << q.log;
+}
+
+// --force under MPI on a disk with no room for the old output and the new one: rank 0, which set
+// the old output aside, removes it to make room, and the run goes on. Every rank judged the room
+// on its own before, and rank 1, which did not count the old output, stopped the run.
+TEST(MpiFaults, ForceMakesRoomForEveryRank) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir t;
+  std::filesystem::create_directories(t / "disk");
+  if (run("mount -t tmpfs -o size=10m tmpfs " + t / "disk").code != 0)
+    GTEST_SKIP() << "mount(2) refused: no CAP_SYS_ADMIN here";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { run("umount -l " + dir); }
+  } unmount{t / "disk"};
+  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
+                t / "m.h5")
+                .code,
+            0);
+  const std::string out = t / "disk/out.h5";
+  const std::string cmd = mpirun(2) + binary() + " embed --pool none --model " + t / "m.h5" +
+                          " --input " + source_dir() + "/examples/lambda_virus.fa.gz --output " +
+                          out;
+  auto r = run(cmd);  // about 6.6 MB: one fits in 10 MB, two do not
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run(cmd + " --force");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("not enough free space to keep the previous"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(exists(out));
+  EXPECT_FALSE(exists(out + ".parts"));
 }
