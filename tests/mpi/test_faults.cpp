@@ -404,12 +404,5 @@ TEST(MpiFaults, ForceMakesRoomForEveryRank) {
   const std::string cmd = mpirun(2) + binary() + " embed --pool none --model " + t / "m.h5" +
                           " --input " + source_dir() + "/examples/lambda_virus.fa.gz --output " +
                           out;
-  auto r = run(cmd);  // about 6.6 MB: one fits in 10 MB, two do not
-  ASSERT_EQ(r.code, 0) << r.output;
-  r = run(cmd + " --force");
-  EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("not enough free space to keep the previous"), std::string::npos)
-      << r.output;
-  EXPECT_TRUE(exists(out));
-  EXPECT_FALSE(exists(out + ".parts"));
+  expect_force_makes_room(cmd, out);
 }

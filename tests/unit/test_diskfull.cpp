@@ -146,14 +146,7 @@ TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
   const std::string out = t / "disk/out.h5";
   const std::string cmd = binary() + " embed --pool none --model " + t / "m.h5" + " --input " +
                           source_dir() + "/examples/lambda_virus.fa.gz --output " + out;
-  auto r = run(cmd);  // about 6.6 MB: one fits in 10 MB, two do not
-  ASSERT_EQ(r.code, 0) << r.output;
-  r = run(cmd + " --force");
-  EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("not enough free space to keep the previous"), std::string::npos)
-      << r.output;
-  EXPECT_TRUE(exists(out));
-  EXPECT_FALSE(exists(out + ".parts"));
+  expect_force_makes_room(cmd, out);
 }
 
 TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {
