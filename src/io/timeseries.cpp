@@ -123,7 +123,9 @@ class CsvScanner {
     row.line = line_;
     for (;;) {
       if (row.n == row.cells.size()) row.cells.emplace_back();
-      read_cell(row.line, row.cells[row.n++]);  // into a kept string: no allocation per cell
+      // (into a kept string: no allocation per cell)
+      read_cell(row.line, row.n + 1, row.cells[row.n]);
+      ++row.n;
       if (pos_ >= text_.size()) return true;
       if (text_[pos_] == ',') {
         ++pos_;
@@ -146,7 +148,7 @@ class CsvScanner {
     return text_[pos_] == '\r' && (pos_ + 1 == text_.size() || text_[pos_ + 1] == '\n');
   }
 
-  void read_cell(int64_t row_line, std::string& cell) {
+  void read_cell(int64_t row_line, size_t number, std::string& cell) {
     size_t p = pos_;
     while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
     if (p < text_.size() && text_[p] == '"') {
@@ -154,8 +156,11 @@ class CsvScanner {
       pos_ = p + 1;
       for (;;) {
         if (pos_ >= text_.size())
-          throw InputError(where(
-              path_, "", 0, "line " + std::to_string(row_line) + ": unterminated quoted cell"));
+          throw InputError(where(path_, "", 0,
+                                 "line " + std::to_string(row_line) + ", cell " +
+                                     std::to_string(number) +
+                                     ": unterminated quoted cell (its opening quote has no "
+                                     "closing one before the end of the file)"));
         char c = text_[pos_++];
         if (c == '"') {
           if (pos_ < text_.size() && text_[pos_] == '"') {

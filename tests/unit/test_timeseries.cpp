@@ -323,6 +323,14 @@ TEST_F(TsCsv, MissingTimesAndInnerCarriageReturns) {
       2u);
 }
 
+// A quote that opens a cell and never closes: the line and the cell are named.
+TEST_F(TsCsv, UnterminatedQuoteNamesLineAndCell) {
+  const std::string msg = input_error([&] {
+    read_timeseries_csv(write("q.csv", "date,x,y\n2024-01-01,1,2\n2024-01-02,3,\"4\n"), {}, 2);
+  });
+  EXPECT_NE(msg.find("line 3, cell 3: unterminated quoted cell"), std::string::npos) << msg;
+}
+
 // A header name with a comma (quoted) cannot be named in --columns (a comma splits it): the error
 // says to choose it by its number, which works.
 TEST_F(TsCsv, HeaderNameWithACommaIsChosenByNumber) {
