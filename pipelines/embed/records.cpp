@@ -118,8 +118,8 @@ struct RecordSource::Impl {
         for (size_t k = 0; k < empty.size() && k < 5; ++k)
           lines += (k ? ", " : "") + std::to_string(empty[k]);
         if (empty.size() > 5) lines += ", ...";
-        setup_warnings.push_back(opts.regions_bed + ": " + std::to_string(empty.size()) +
-                                 " zero-length interval" + (empty.size() == 1 ? "" : "s") +
+        setup_warnings.push_back(opts.regions_bed + ": " +
+                                 count_of((int64_t)empty.size(), "zero-length interval") +
                                  " (start = end) skipped: no base to embed (line" +
                                  (empty.size() == 1 ? " " : "s ") + lines + ")");
       }

@@ -549,8 +549,6 @@ TimeOrder time_order(const StringColumn& ts) {
   return unread(0);
 }
 
-int64_t first_backwards_row(const StringColumn& ts) { return time_order(ts).backwards; }
-
 RepeatedTimes repeated_times(const StringColumn& ts) {
   RepeatedTimes r;
   for (size_t i = 1; i < ts.size(); ++i)

@@ -42,7 +42,6 @@ struct TimeOrder {
   int64_t unread = -1;
 };
 TimeOrder time_order(const StringColumn& timestamps);
-int64_t first_backwards_row(const StringColumn& timestamps);  // time_order(...).backwards
 
 // Rows whose timestamp is the same text as the row before (a date-only time column of intraday
 // data, say): the first such row's index (-1: none) and how many there are.

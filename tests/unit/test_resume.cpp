@@ -47,6 +47,12 @@ struct Fixture {
     if (resume) a.push_back("--resume");
     return a;
   }
+  // A run with its messages into `out` (its stderr into `log`), once `parts` of its records are
+  // in the journal; -1 where it ended before.
+  pid_t start_until_parts(const std::string& out, int parts, const std::string& log) {
+    const pid_t pid = spawn(args(out, false, false), log);
+    return wait_for_parts(out + ".parts", parts, pid) ? pid : -1;
+  }
 };
 
 // A record of n tokens with a row each (d values, a ramp), and its RecordOutput: one layer's
@@ -85,9 +91,8 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
   Fixture fx;
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false, false);
-  pid_t pid = spawn(a, fx.t / "log1");
-  ASSERT_TRUE(wait_for_parts(out + ".parts", 2, pid)) << "run ended before 2 parts";
+  pid_t pid = fx.start_until_parts(out, 2, fx.t / "log1");
+  ASSERT_GT(pid, 0) << "run ended before 2 parts";
   kill(pid, SIGINT);
   EXPECT_EQ(wait_exit(pid), 75);
   std::string log = read_file(fx.t / "log1");
@@ -102,8 +107,8 @@ TEST(Resume, InterruptSaysWhatItKeeps) {
   // Stopped inside its first record (one record of 600 kb: several seconds on one thread).
   write_file(fx.t / "long.fa", random_fasta(1, 600000));
   const std::string out2 = fx.t / "long.h5";
-  a = {binary(), "embed",   "--threads",      "1",        "--model",
-       fx.model, "--input", fx.t / "long.fa", "--output", out2};
+  const std::vector<std::string> a = {binary(), "embed",   "--threads",      "1",        "--model",
+                                      fx.model, "--input", fx.t / "long.fa", "--output", out2};
   pid = spawn(a, fx.t / "log2");
   ASSERT_TRUE(wait_until(
       pid, [&] { return read_file(fx.t / "log2").find("record 1 'rec0'") != std::string::npos; },
@@ -126,9 +131,8 @@ TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
   Fixture fx;
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false, false);
-  pid_t pid = spawn(a, fx.t / "log1");
-  ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
+  pid_t pid = fx.start_until_parts(out, 1, fx.t / "log1");
+  ASSERT_GT(pid, 0) << read_file(fx.t / "log1");
   kill(pid, SIGHUP);
   EXPECT_EQ(wait_exit(pid), 75) << read_file(fx.t / "log1");
   EXPECT_NE(read_file(fx.t / "log1").find("SIGHUP (the terminal or session closed): stopping"),
@@ -163,9 +167,8 @@ TEST(ResumeSlow, SecondInterruptWhileStoppingExits130AndKeepsTheJournal) {
   // takes about a second on one thread, the time the second signal has to arrive in.
   write_file(fx.input, random_fasta(1, 20000, 7, "short") + random_fasta(1, 600000));
   const std::string out = fx.t / "out.h5";
-  std::vector<std::string> a = fx.args(out, false, false);
-  pid_t pid = spawn(a, fx.t / "log1");
-  ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "log1");
+  pid_t pid = fx.start_until_parts(out, 1, fx.t / "log1");
+  ASSERT_GT(pid, 0) << read_file(fx.t / "log1");
   // The first signal inside the long record's first layer (about 4 s on one thread), not between
   // the two records: there the safe point is at hand, and the run stopped before the second
   // signal came (CI, session 23). No log line marks the record's start (progress lines are

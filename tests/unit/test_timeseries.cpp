@@ -560,8 +560,12 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
   EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"1", "2"}));
 }
 
+// The first row that goes back in time (-1: none), as time_order finds it.
+int64_t first_backwards_row(const StringColumn& ts) { return time_order(ts).backwards; }
+
 // A newest-first file (a common download) is embedded backwards: the time order of ISO-like
-// timestamps is checked so that it can be warned about; other formats are not judged.
+// timestamps, numbers and dates with the year last is checked so that it can be warned about;
+// other forms are not judged (and said as such: TimeOrder::unread).
 TEST(TsOrder, FirstBackwardsRow) {
   using V = StringColumn;
   EXPECT_EQ(first_backwards_row(V{"2024-01-02", "2024-01-03", "2024-01-03"}), -1);
