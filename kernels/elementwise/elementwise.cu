@@ -209,6 +209,52 @@ void launch_rc_average(const RcAverageParams& p, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
+__global__ void pool_segments_kernel(PoolSegmentsParams p) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.n_segs * p.d) return;
+  const int64_t k = idx / p.d, j = idx % p.d;
+  const PoolSegment s = p.segs[k];
+  double acc = 0.0;
+  for (int64_t t = 0; t < s.count; ++t) acc += (double)p.y[(s.first + s.step * t) * p.d + j];
+  if (p.sums)
+    p.sums[idx] = acc;
+  else
+    p.means[idx] = (float)(acc / (double)s.count);
+}
+
+void launch_pool_segments(const PoolSegmentsParams& p, cudaStream_t stream) {
+  if (p.n_segs <= 0) return;
+  pool_segments_kernel<<<grid_for(p.n_segs * p.d, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void rc_average_rows_kernel(RcAverageRowsParams p) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.count * p.d) return;
+  const int64_t i = idx / p.d, j = idx % p.d;
+  float* out = p.x + p.rows[i] * p.d + j;
+  *out = 0.5f * *out + 0.5f * p.x[p.partners[i] * p.d + j];  // as rc_average_kernel
+}
+
+void launch_rc_average_rows(const RcAverageRowsParams& p, cudaStream_t stream) {
+  if (p.count <= 0) return;
+  rc_average_rows_kernel<<<grid_for(p.count * p.d, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
+__global__ void nonfinite_segments_kernel(NonfiniteSegmentsParams p) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.rows * p.d || isfinite(p.y[idx])) return;
+  const int64_t row = idx / p.d, r = p.row_record[row];
+  atomicMin(p.bad + r, (unsigned long long)((row - p.seg[r]) * p.d + idx % p.d));
+}
+
+void launch_nonfinite_segments(const NonfiniteSegmentsParams& p, cudaStream_t stream) {
+  if (p.rows <= 0) return;
+  nonfinite_segments_kernel<<<grid_for(p.rows * p.d, 256), 256, 0, stream>>>(p);
+  SPARSA_LAUNCH_CHECK();
+}
+
 __global__ void to_f16_kernel(ToF16Params p) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.count) return;

@@ -60,6 +60,42 @@ struct RcAverageParams {
 };
 void launch_rc_average(const RcAverageParams& p, cudaStream_t stream);
 
+// Many records packed one after another (CudaModel::forward_packed):
+// - pool_segments: for segment k, the double sum (in t order, from 0) of rows first + step t,
+//   t < count, of y: into sums[k] (a mean pool's block sums, as pool_shard makes them), or as
+//   float(sum / count) into means[k] (a bin, as launch_pool: step -1 is a mirrored shard's bin).
+struct PoolSegment {
+  int64_t first, count, step;
+};
+struct PoolSegmentsParams {
+  const float* y;  // [rows, d]
+  int64_t d;
+  const PoolSegment* segs;  // [n_segs] (device)
+  int64_t n_segs;
+  double* sums = nullptr;  // [n_segs, d], or
+  float* means = nullptr;  // [n_segs, d]
+};
+void launch_pool_segments(const PoolSegmentsParams& p, cudaStream_t stream);
+// - rc_average_rows: x[rows[i]] = 0.5 x[rows[i]] + 0.5 x[partners[i]] (the bits of
+//   launch_rc_average: a forward row and the reverse-complement row that mirrors it).
+struct RcAverageRowsParams {
+  float* x;                 // [*, d]
+  const int64_t* rows;      // [count] (device)
+  const int64_t* partners;  // [count] (device)
+  int64_t count, d;
+};
+void launch_rc_average_rows(const RcAverageRowsParams& p, cudaStream_t stream);
+// - nonfinite_segments: for each record r, the smallest index (row - seg[r]) d + j of a value of
+//   y that is not finite, atomicMin'ed into bad[r] (the caller sets it to ~0 first).
+struct NonfiniteSegmentsParams {
+  const float* y;  // [rows, d]
+  int64_t rows, d;
+  const int32_t* row_record;  // [rows] (device)
+  const int64_t* seg;         // [R + 1] (device)
+  unsigned long long* bad;    // [R]
+};
+void launch_nonfinite_segments(const NonfiniteSegmentsParams& p, cudaStream_t stream);
+
 // out[i] = float16(in[i]), round to nearest even (as the host's conversion for the HDF5 file).
 struct ToF16Params {
   const float* in;  // [count]

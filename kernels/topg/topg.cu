@@ -79,6 +79,79 @@ void launch_topg_select(const TopgSelectParams& p, cudaStream_t stream) {
   SPARSA_LAUNCH_CHECK();
 }
 
+// Descending bitonic sort of the first `len` (a power of two) keys of a block's shared memory.
+__device__ void bitonic_sort_desc(uint64_t* k, int len) {
+  for (int size = 2; size <= len; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      __syncthreads();
+      for (int i = threadIdx.x; i < len / 2; i += blockDim.x) {
+        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const bool desc = (lo & size) == 0;  // the final pass (size == len) is all descending
+        const uint64_t a = k[lo], b = k[hi];
+        if ((a < b) == desc) {
+          k[lo] = b;
+          k[hi] = a;
+        }
+      }
+    }
+  __syncthreads();
+}
+
+__device__ __forceinline__ uint64_t topg_key(float s, int64_t pos, unsigned long long* bad) {
+  if (!isfinite(s)) {
+    atomicMin(bad, (unsigned long long)pos);
+    s = 0.0f;
+  }
+  if (s == 0.0f) s = 0.0f;  // -0 == +0 (as topg_keys_kernel)
+  uint32_t u = __float_as_uint(s);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return ((uint64_t)u << 32) | (uint64_t)(0xffffffffu - (uint32_t)pos);
+}
+
+__global__ void topg_segments_kernel(TopgSegmentsParams p, int len) {
+  extern __shared__ uint64_t keys[];  // [len]
+  __shared__ unsigned long long bad;
+  const int64_t r = blockIdx.x, row0 = p.seg[r], n = p.seg[r + 1] - row0;
+  const int64_t g0 = p.gseg[r], g = p.gseg[r + 1] - g0;
+  if (threadIdx.x == 0) bad = ~0ull;
+  __syncthreads();
+  for (int i = threadIdx.x; i < len; i += blockDim.x)
+    keys[i] = i < n ? topg_key(p.scores[row0 + i], i, &bad) : 0;  // 0: below every real key
+  // Ranked as the 64-bit keys order them: by score, then by smaller position (the low bits),
+  // which is the order the stable 32-bit radix sort of launch_topg leaves.
+  bitonic_sort_desc(keys, len);
+  if (threadIdx.x == 0) p.bad[r] = bad;
+  // The best g in position order: their words swapped, (0xffffffff - position) on top, sorted
+  // descending again (positions are distinct); the rest become 0 and sink. A key's score stays
+  // in it, so the first sort's ranks are not needed.
+  int glen = 1;
+  while (glen < g) glen <<= 1;
+  for (int i = threadIdx.x; i < glen; i += blockDim.x)
+    keys[i] = i < g ? (keys[i] << 32) | (keys[i] >> 32) : 0;
+  bitonic_sort_desc(keys, glen);
+  for (int j = threadIdx.x; j < g; j += blockDim.x) {
+    const uint64_t k = (keys[j] << 32) | (keys[j] >> 32);  // back to score << 32 | ~position
+    const int64_t pos = topg_key_pos(k);
+    const float s = topg_key_score(k);
+    p.positions[g0 + j] = pos;
+    p.set_scores[g0 + j] = s;
+    p.gamma[g0 + j] = (float)(1.0 / (1.0 + exp(-(double)s)));
+    p.rows[g0 + j] = row0 + pos;
+  }
+}
+
+void launch_topg_segments(const TopgSegmentsParams& p, cudaStream_t stream) {
+  if (p.n_records <= 0) return;
+  if (p.max_len > kTopgSegmentMax)
+    throw SystemError("topg_segments: a record longer than " + std::to_string(kTopgSegmentMax));
+  int len = 1;
+  while (len < p.max_len) len <<= 1;
+  const int bytes = len * 8;
+  max_dynamic_smem_once<topg_segments_kernel>((int)(kTopgSegmentMax * 8));
+  topg_segments_kernel<<<(unsigned)p.n_records, 512, bytes, stream>>>(p, len);
+  SPARSA_LAUNCH_CHECK();
+}
+
 __global__ void topg_gate_kernel(const float* scores, int64_t g, float* gamma) {
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= g) return;

@@ -45,6 +45,28 @@ void launch_topg_select(const TopgSelectParams& p, cudaStream_t stream);
 // path (one rank, NCCL, host staging) computes it here, so every rank has the same bits.
 void launch_topg_gate(const float* scores, int64_t g, float* gamma, cudaStream_t stream);
 
+// The global sets of many whole records packed one after another (CudaModel::forward_packed):
+// record r holds packed rows [seg[r], seg[r + 1]) at positions 0 .., and its set the entries
+// [gseg[r], gseg[r + 1]) of the outputs (G_r = gseg[r + 1] - gseg[r] <= its length). One block a
+// record ranks its keys (made as launch_topg makes them) in shared memory and writes what
+// launch_topg, launch_topg_select and launch_topg_gate write for it alone: the set in position
+// order, its scores, gamma, and the packed rows of its members; bad[r] the smallest position of
+// a non-finite score (~0ull: none). The set is the same (it is unique: ties go to the smaller
+// position), so are the scores' and gamma's bits. Records of up to kTopgSegmentMax tokens.
+constexpr int64_t kTopgSegmentMax = 16384;
+struct TopgSegmentsParams {
+  const float* scores;         // [seg[R]]
+  const int64_t* seg;          // [R + 1] device
+  const int64_t* gseg;         // [R + 1] device
+  int64_t n_records, max_len;  // max_len: the longest record (shared memory)
+  int64_t* positions;          // [gseg[R]] out
+  float* set_scores;           // [gseg[R]] out
+  float* gamma;                // [gseg[R]] out
+  int64_t* rows;               // [gseg[R]] out: seg[r] + position
+  unsigned long long* bad;     // [R] out
+};
+void launch_topg_segments(const TopgSegmentsParams& p, cudaStream_t stream);
+
 // Decoding of one key (host and device).
 SPARSA_HOST_DEVICE inline float topg_key_score(uint64_t key) {
   uint32_t u = (uint32_t)(key >> 32);

@@ -387,6 +387,17 @@ using ForwardFn =
 using RcPairFn = std::function<ForwardOutput(const int32_t*, const Shard&, const int32_t*,
                                              const Shard&, Comm&, const ForwardHooks&)>;
 
+// One pass over many short whole records (the GPU's CudaModel::forward_packed): for each
+// record, what run_forward_on gives for it alone (bins pooled, or with a mean block B > 0 its
+// mean pool's block sums; with rc pairs the passes at 2k and 2k + 1 averaged), or its error.
+struct PackedPass {
+  const int32_t* tokens;
+  int64_t n;
+  bool mirrored;
+};
+using PackedFn = std::function<std::vector<std::pair<ForwardOutput, std::exception_ptr>>(
+    const std::vector<PackedPass>&, bool rc_pairs, int64_t mean_block)>;
+
 // The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto); rc_pair is
 // set where the backend averages the two passes itself (CUDA, rows back to the host).
 #ifdef SPARSA_HAVE_CUDA
@@ -397,13 +408,14 @@ using NcclFuture = std::future<void>;  // never valid
 
 // adopt_nccl: set for a GPU model; hands it the NCCL communicator being made for split records.
 // make_worker: set for a GPU model; makes another one on the same GPU (short records side by side).
+// packed: set for a GPU model; embeds many short records in one pass (SPARSA_PACKED=0: not set).
 // say_warnings: this rank says warnings (rank 0 alone: every rank chooses its backend).
 // gpu_shared: ranks share a GPU (shared_gpu): split records exchange through MPI, not NCCL.
 ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress& progress,
                          bool say_warnings, std::shared_ptr<void>& keep_alive, RcPairFn& rc_pair,
                          std::function<void(NcclFuture&&, Comm&)>& adopt_nccl,
                          std::function<std::pair<ForwardFn, RcPairFn>()>& make_worker,
-                         bool gpu_shared) {
+                         PackedFn& packed, bool gpu_shared) {
   (void)gpu_shared;  // (a build without CUDA)
   ForwardFn cpu = [&w](const int32_t* t, const Shard& s, Comm& c, const ForwardHooks& h) {
     return forward(w, t, s, c, h);
@@ -462,6 +474,16 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     CudaOptions wco = co;
     wco.device = model->device();
     make_worker = [&w, wco, entry]() { return entry(std::make_shared<CudaModel>(w, wco)); };
+    if (!env_off("SPARSA_PACKED"))
+      packed = [model](const std::vector<PackedPass>& passes, bool rc_pairs, int64_t mean_block) {
+        std::vector<CudaModel::PackedItem> items;
+        for (const PackedPass& p : passes) items.push_back({p.tokens, p.n, p.mirrored});
+        std::vector<CudaModel::PackedResult> r =
+            model->forward_packed(items, {rc_pairs, mean_block});
+        std::vector<std::pair<ForwardOutput, std::exception_ptr>> out;
+        for (CudaModel::PackedResult& x : r) out.emplace_back(std::move(x.out), x.error);
+        return out;
+      };
     auto [f, rc] = entry(model);
     rc_pair = std::move(rc);
     return f;
@@ -528,6 +550,10 @@ struct EmbedRun {
   int64_t gpu_workers = 8;
   std::vector<std::pair<ForwardFn, RcPairFn>> workers;
   bool told_threads = false;  // that too few threads cap the models side by side
+  // GPU: short records in one pass (forward_packed) instead of models side by side; cleared
+  // when a pack does not fit on the GPU (then side by side, as before).
+  PackedFn packed;
+  bool told_packed = false;
   // Frees the side-by-side models' GPU memory (before a split record, or when the GPU is full).
   void drop_workers() { workers.clear(); }
   // The GPU is full: the side-by-side models go, and one model runs from here on.
@@ -834,7 +860,8 @@ struct EmbedRun {
   int side_team(int64_t k) {
     const int64_t threads = omp_get_max_threads();
     int team = (int)threads;
-    if (make_worker) {  // the GPU's models, made when first needed; a host thread each
+    if (packed) return 1;  // one pass for the whole batch
+    if (make_worker) {     // the GPU's models, made when first needed; a host thread each
       auto wanted = [&] { return std::min<int64_t>({gpu_workers, k, threads}); };
       while ((int64_t)workers.size() + 1 < wanted()) {
         try {
@@ -866,6 +893,10 @@ struct EmbedRun {
     const int team = b.team;
     const auto t0 = std::chrono::steady_clock::now();
     const ForwardHooks none;
+    if (packed && team == 1 && packed_forwards(b)) {
+      forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return;
+    }
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team)
@@ -911,6 +942,68 @@ struct EmbedRun {
       }
     }
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  // The batch's records in packed passes (as many records as fit in kPackedRows rows a pass),
+  // each record's output what run_forward_on gives it alone (the two strands averaged, bins or a
+  // mean's blocks pooled on the GPU), errors named by the record. False, with nothing done, where
+  // a pass does not fit on the GPU: packing is then off for the run (the records go side by side,
+  // one model each).
+  bool packed_forwards(SideBatch& b) {
+    static constexpr int64_t kPackedRows = int64_t{1} << 19;
+    const std::vector<const Item*>& items = b.items;
+    const int64_t k = (int64_t)items.size();
+    const int64_t mean_block = o.pool.kind == PoolSpec::kMean ? kMeanBlock : 0;
+    std::vector<std::vector<int32_t>> rcs(o.rc_average ? k : 0);
+    std::vector<std::pair<ForwardOutput, std::exception_ptr>> results;  // one a record
+    int64_t done = 0;
+    try {
+      std::vector<PackedPass> passes;
+      int64_t rows = 0;
+      auto run = [&] {
+        if (passes.empty()) return;
+        for (auto& r : packed(passes, o.rc_average, mean_block)) results.push_back(std::move(r));
+        passes.clear();
+        rows = 0;
+      };
+      for (; done < k; ++done) {
+        const Record& rec = items[done]->rec;
+        const int64_t n = rec.n_tokens(), per = o.rc_average ? 2 * n : n;
+        if (rows + per > kPackedRows) run();
+        if (stop_requested()) break;  // those before are written, then the stop is raised
+        passes.push_back({rec.tokens.data(), n, false});
+        if (o.rc_average) {
+          rcs[done] = rec.tokens;
+          reverse_complement(rcs[done]);
+          passes.push_back({rcs[done].data(), n, true});
+        }
+        rows += per;
+      }
+      run();
+    } catch (const OutOfMemory& e) {
+      b.note = std::string("short records: one pass over many did not fit on the GPU (") +
+               e.what() + "); side by side from here on";
+      packed = nullptr;
+      return false;
+    }
+    for (int64_t i = 0; i < done; ++i) {
+      const Record& rec = items[i]->rec;
+      try {
+        if (results.at(i).second) std::rethrow_exception(results[i].second);
+        b.outs[i] = std::move(results[i].first);
+      } catch (const NumericError& e) {  // the model's message has the position, not the record
+        b.errors[i] =
+            std::make_exception_ptr(NumericError(where(rec.source, rec.name, 0, e.what())));
+      } catch (...) {
+        b.errors[i] = std::current_exception();
+      }
+    }
+    if (done < k) b.errors[done] = std::make_exception_ptr(Interrupted(kResumeAdvice));
+    if (!told_packed) {
+      told_packed = true;
+      b.note = "short records: packed into one pass on the GPU (up to " +
+               count_of(kPackedRows, "row") + " a pass)";
+    }
+    return true;
   }
   void side_write(SideBatch& b, Comm& self, bool show_progress) {
     if (!b.note.empty()) progress.log(b.note);
@@ -964,6 +1057,10 @@ struct EmbedRun {
         pooled.starts.push_back(sh.begin + b0);
         pooled.ends.push_back(std::min(n, sh.begin + b0 + o.pool.bin));
       }
+    } else if (!fwd.block_sums.empty()) {  // a mean pool's blocks, made on the device
+      if (o.pool.kind != PoolSpec::kMean)
+        throw SystemError("internal: block sums from the backend for another pool");
+      pooled.block_sums = std::move(fwd.block_sums);
     } else if (!fwd.y16.empty()) {  // float16 rows, one per token (--pool none)
       if (o.pool.kind != PoolSpec::kNone)
         throw SystemError("internal: float16 rows from the backend for a pooled output");
@@ -1094,7 +1191,7 @@ void agree_on_env(Comm& comm) {
       "SPARSA_ATTN_SPLIT",   "SPARSA_MLP_GEMM",      "SPARSA_CHUNK_ROWS",
       "SPARSA_GEMM_ALGO",    "SPARSA_STREAM_ROWS",   "SPARSA_RC_ON_DEVICE",
       "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS", "SPARSA_SKIP_SPACE_CHECK",
-      "SPARSA_COMM_TIMEOUT"};
+      "SPARSA_COMM_TIMEOUT", "SPARSA_PACKED"};
   std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
   if (comm.rank() == 0)
     for (const char* n : names) {
@@ -1429,8 +1526,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   RcPairFn rc_pair;
   std::function<void(NcclFuture&&, Comm&)> adopt_nccl;
   std::function<std::pair<ForwardFn, RcPairFn>()> make_worker;
+  PackedFn packed;
   ForwardFn fn = choose_backend(chosen, w, progress, root, backend_state, rc_pair, adopt_nccl,
-                                make_worker, gpu_shared);
+                                make_worker, packed, gpu_shared);
   if (nccl_early.valid() && adopt_nccl) adopt_nccl(std::move(nccl_early), comm);
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
@@ -1454,7 +1552,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (comm.size() > 1)
     progress.log(parallel_h5 ? "output: parallel HDF5, every rank writes its rows"
                              : "output: serial HDF5, rank 0 gathers and writes");
-  EmbedRun run{o, comm, w, journal, progress, align, parallel_h5, fn, rc_pair, {}, 8, {}, false};
+  EmbedRun run{o,       comm, w, journal, progress, align, parallel_h5, fn,
+               rc_pair, {},   8, {},      false,    {},    false};
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
@@ -1467,8 +1566,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (side_env >= 0) run.gpu_workers = side_env;
   const bool off = side_env == 0;
   if (!off) run.make_worker = make_worker;
-  const bool side_by_side = !off && (run.make_worker ? run.gpu_workers > 1 : threads > 1);
-  const int64_t side_records = run.make_worker ? 16 * run.gpu_workers : 8 * threads;
+  // A GPU packs a batch's records into one pass (SPARSA_PACKED=0: models side by side instead).
+  if (!off && side_env < 0) run.packed = packed;
+  const bool side_by_side =
+      !off && (run.packed || (run.make_worker ? run.gpu_workers > 1 : threads > 1));
+  const int64_t side_records = run.packed        ? 4096
+                               : run.make_worker ? 16 * run.gpu_workers
+                                                 : 8 * threads;
   constexpr int64_t kSideBySideTokens = 16384, kSideTokens = int64_t{1} << 18;
   // Short records are gathered into a batch and spread whole over the ranks; a long record is
   // split over all ranks. Every rank reads the same records in the same order.

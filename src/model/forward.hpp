@@ -45,6 +45,10 @@ struct ForwardOutput {
   // 0: y holds a row per token. N > 0: a backend pooled on the device and y holds the means of
   // N-row bins of the shard ([ceil(size / N), d], double sums as pool_shard does).
   int64_t pooled_bin = 0;
+  // Instead of y, where a backend made a mean pool's block sums on the device (CudaModel::
+  // forward_packed): the double sums of the shard's blocks of rows, [blocks, d], as pool_shard
+  // makes them.
+  std::vector<double> block_sums;
   int64_t n_global = 0;                   // G
   std::vector<int64_t> global_positions;  // [L, G] ascending per layer
   std::vector<float> global_scores;       // [L, G]

@@ -2085,3 +2085,189 @@ TEST(CudaModel, ModelsSideBySideGiveTheSameBits) {
     }
   }
 }
+
+// Short records packed into one pass (CudaModel::forward_packed, sparsa embed's short records):
+// every record gets the bits its own forward pass gives it, in fp32 and bf16 (the tensor-core
+// kernels at head_dim 64), bidirectional and causal, rows or bins (forward and mirrored), for
+// lengths from 1 token to the packing limit, where the set is the whole record (G = n), one
+// token, or capped. Layer 0 ranks tied scores (a record's equal tokens score the same).
+TEST(CudaModel, PackedRecordsGiveTheirOwnBits) {
+  SKIP_WITHOUT_GPU();
+  const int64_t lengths[] = {1,   2,   5,   33,   64,   100,
+                             129, 300, 777, 2000, 5000, CudaModel::packed_max_tokens()};
+  auto comm = make_single_comm();
+  struct Case {
+    ModelConfig c;
+    bool bf16;
+    CudaOutput output;
+  };
+  std::vector<Case> cases;
+  for (bool bf16 : {false, true})
+    for (bool causal : {false, true})
+      cases.push_back({small_config(128, 2, 32, causal, 4096), bf16, CudaOutput::kHost});
+  cases.push_back({small_config(128, 2, 256, false, 64), true, CudaOutput::kPooled});
+  cases.push_back({small_config(64, 2, 16, false, 0), true, CudaOutput::kHost});  // no set
+  ModelConfig ts = small_config(128, 2, 32, false, 64);  // 3 channels: 3 tokens a row
+  ts.kind = ModelKind::kTimeseries;
+  ts.channels = 3;
+  ts.ts_bins = 16;
+  ts.validate();
+  cases.push_back({ts, true, CudaOutput::kHost});
+  for (const Case& k : cases) {
+    SCOPED_TRACE(std::string(k.bf16 ? "bf16" : "fp32") + (k.c.causal ? " causal" : "") +
+                 " window " + std::to_string(k.c.window) +
+                 (k.output == CudaOutput::kPooled ? " pooled" : ""));
+    ModelWeights w = init_model(k.c, 42);
+    CudaOptions opt{k.bf16, -1, 0};
+    opt.output = k.output;
+    opt.pool_bin = 50;
+    std::vector<std::vector<int32_t>> recs;
+    std::vector<CudaModel::PackedItem> items;
+    const int64_t tables = k.c.n_tables();
+    for (int64_t n : lengths) {
+      recs.push_back(dna(n * tables, 1000 + n));
+      for (int32_t& t : recs.back()) t = 3 + t % (int32_t)(k.c.vocab() - 3);
+    }
+    for (size_t i = 0; i < recs.size(); ++i)  // every other one as a mirrored pass
+      items.push_back({recs[i].data(), (int64_t)recs[i].size() / tables, i % 2 == 1});
+    CudaModel gpu(w, opt);
+    const std::vector<CudaModel::PackedResult> got = gpu.forward_packed(items);
+    ASSERT_EQ(got.size(), items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      SCOPED_TRACE("record of " + std::to_string(items[i].n) + " tokens");
+      ASSERT_FALSE(got[i].error);
+      const ForwardOutput ref =
+          gpu.forward(recs[i].data(), shard_of(items[i].n, 0, 1, 1, items[i].mirrored), *comm);
+      EXPECT_EQ(got[i].out.n_global, ref.n_global);
+      EXPECT_EQ(got[i].out.pooled_bin, ref.pooled_bin);
+      EXPECT_FALSE(got[i].out.y.empty());
+      EXPECT_TRUE(got[i].out.y == ref.y);
+      EXPECT_EQ(got[i].out.global_positions, ref.global_positions);
+      EXPECT_EQ(got[i].out.global_scores, ref.global_scores);
+    }
+  }
+}
+
+// forward_packed's float16 rows are a record's own (converted on the device); and a record whose
+// router score is not finite (here: its one T, embedded as NaN) gets its own error while the
+// records beside it come back whole.
+TEST(CudaModel, PackedFloat16RowsAndAnErrorOfItsOwn) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 3);
+  auto comm = make_single_comm();
+  CudaOptions opt{true, -1, 0};
+  opt.rows_f16 = true;
+  std::vector<std::vector<int32_t>> recs;
+  for (int64_t n : {40, 300, 1000}) {  // A, C and G only
+    std::vector<int32_t> t = dna(n, n);
+    for (int32_t& v : t) v = 3 + v % 3;
+    recs.push_back(t);
+  }
+  {
+    CudaModel gpu(w, opt);
+    std::vector<CudaModel::PackedItem> items;
+    for (auto& r : recs) items.push_back({r.data(), (int64_t)r.size(), false});
+    const auto got = gpu.forward_packed(items);
+    for (size_t i = 0; i < recs.size(); ++i) {
+      ASSERT_FALSE(got[i].error);
+      const ForwardOutput ref = gpu.forward(recs[i].data(), shard_of(items[i].n, 0, 1), *comm);
+      ASSERT_FALSE(ref.y16.empty());
+      EXPECT_TRUE(got[i].out.y16 == ref.y16) << "record " << i;
+      EXPECT_TRUE(got[i].out.y.empty());
+    }
+  }
+  // Token 6 (T) embedded as NaN: the middle record holds one T, at position 17.
+  for (int64_t j = 0; j < c.d_model; ++j) w.embed[0][6 * c.d_model + j] = NAN;
+  recs[1][17] = 6;
+  CudaModel gpu(w, CudaOptions{true, -1, 0});
+  std::vector<CudaModel::PackedItem> items;
+  for (auto& r : recs) items.push_back({r.data(), (int64_t)r.size(), false});
+  const auto got = gpu.forward_packed(items);
+  ASSERT_TRUE(got[1].error);
+  try {
+    std::rethrow_exception(got[1].error);
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("router score at position 17 is not finite"),
+              std::string::npos)
+        << e.what();
+  }
+  for (size_t i : {size_t{0}, size_t{2}}) {
+    ASSERT_FALSE(got[i].error) << "record " << i;
+    const ForwardOutput ref = gpu.forward(recs[i].data(), shard_of(items[i].n, 0, 1), *comm);
+    EXPECT_TRUE(got[i].out.y == ref.y) << "record " << i;
+  }
+}
+
+// forward_packed's pairs (--rc-average) and mean blocks: rows averaged on the device are
+// forward_rc_average's (float32 and float16 rows); a mean pool's block sums are the double sums
+// of those rows' blocks in row order (pool_shard's); bins are each pass's bins (the reverse pass
+// mirrored) with their means averaged, halves first.
+TEST(CudaModel, PackedPairsAndMeansAreTheRecordsOwn) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 5);
+  auto comm = make_single_comm();
+  const int64_t d = c.d_model, B = 64;
+  std::vector<std::vector<int32_t>> recs, rcs;
+  for (int64_t n : {1, 63, 64, 65, 300, 1111}) {
+    recs.push_back(dna(n, 50 + n));
+    rcs.push_back(recs.back());
+    reverse_complement(rcs.back());
+  }
+  std::vector<CudaModel::PackedItem> pairs;
+  for (size_t i = 0; i < recs.size(); ++i) {
+    pairs.push_back({recs[i].data(), (int64_t)recs[i].size(), false});
+    pairs.push_back({rcs[i].data(), (int64_t)rcs[i].size(), true});
+  }
+  for (bool f16 : {false, true}) {  // rows, and rows averaged then pooled as a mean
+    SCOPED_TRACE(f16 ? "float16 rows" : "float32 rows");
+    CudaOptions opt{true, -1, 0};
+    opt.rows_f16 = f16;
+    CudaModel gpu(w, opt);
+    const auto got = gpu.forward_packed(pairs, {true, 0});
+    ASSERT_EQ(got.size(), recs.size());
+    CudaOptions f32 = opt;
+    f32.rows_f16 = false;
+    CudaModel rows32(w, f32);
+    const auto means = rows32.forward_packed(pairs, {true, B});
+    for (size_t i = 0; i < recs.size(); ++i) {
+      const int64_t n = (int64_t)recs[i].size();
+      SCOPED_TRACE("record of " + std::to_string(n) + " tokens");
+      ASSERT_FALSE(got[i].error);
+      const ForwardOutput ref = gpu.forward_rc_average(
+          recs[i].data(), shard_of(n, 0, 1), rcs[i].data(), shard_of(n, 0, 1, 1, true), *comm);
+      EXPECT_TRUE(got[i].out.y == ref.y);
+      EXPECT_TRUE(got[i].out.y16 == ref.y16);
+      EXPECT_EQ(got[i].out.global_positions, ref.global_positions);
+      if (f16) continue;
+      ASSERT_FALSE(means[i].error);
+      std::vector<double> sums;
+      for (int64_t b0 = 0; b0 < n; b0 += B)
+        for (int64_t j = 0; j < d; ++j) {
+          double acc = 0;
+          for (int64_t t = b0; t < std::min(n, b0 + B); ++t) acc += (double)ref.y[t * d + j];
+          sums.push_back(acc);
+        }
+      EXPECT_TRUE(means[i].out.block_sums == sums);
+      EXPECT_TRUE(means[i].out.y.empty());
+    }
+  }
+  CudaOptions bins{true, -1, 0};
+  bins.output = CudaOutput::kPooled;
+  bins.pool_bin = 50;
+  CudaModel gpu(w, bins);
+  const auto got = gpu.forward_packed(pairs, {true, 0});
+  for (size_t i = 0; i < recs.size(); ++i) {
+    const int64_t n = (int64_t)recs[i].size();
+    SCOPED_TRACE("bins of a record of " + std::to_string(n) + " tokens");
+    ASSERT_FALSE(got[i].error);
+    const ForwardOutput f = gpu.forward(recs[i].data(), shard_of(n, 0, 1), *comm);
+    const ForwardOutput r = gpu.forward(rcs[i].data(), shard_of(n, 0, 1, 1, true), *comm);
+    ASSERT_EQ(f.y.size(), r.y.size());
+    std::vector<float> avg(f.y.size());
+    for (size_t k = 0; k < avg.size(); ++k) avg[k] = 0.5f * f.y[k] + 0.5f * r.y[k];
+    EXPECT_EQ(got[i].out.pooled_bin, 50);
+    EXPECT_TRUE(got[i].out.y == avg);
+  }
+}

@@ -140,3 +140,50 @@ TEST(MpiGpu, RanksWithoutAGpuMakeEveryRankUseItsCpu) {
       << r.output;
   EXPECT_FALSE(std::filesystem::exists(t / "cuda.h5"));
 }
+
+// Short records on a GPU go through packed passes (CudaModel::forward_packed); each record's
+// output is the one it gets alone: SPARSA_PACKED=0 (models side by side) and SPARSA_SIDE_BY_SIDE=0
+// (one after another) give the same file, with and without --rc-average, rows (their float16
+// conversion then made on the host, not the GPU) or bins, bidirectional and causal; 2 ranks
+// (the records spread whole, each rank packing its share) too.
+TEST(MpiGpu, PackedShortRecordsAreTheRecordsAlone) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false), ca = model(t, "ca", true);
+  std::mt19937 g(5);
+  std::string fa;
+  for (int i = 0; i < 400; ++i) {  // 1 to 200 bases, every tenth up to 900; some with N
+    const int n = 1 + (int)(g() % (i % 10 == 0 ? 900 : 200));
+    fa += ">read" + std::to_string(i) + " sample " + std::to_string(i % 3) + "\n";
+    for (int j = 0; j < n; ++j) fa += "ACGTN"[g() % (i % 7 == 0 ? 5 : 4)];
+    fa += "\n";
+  }
+  write_file(t / "reads.fa", fa);
+  const std::vector<std::pair<std::string, std::string>> runs = {
+      {bi, "--pool mean --dtype f32"},
+      {bi, "--pool none --dtype f16"},
+      {bi, "--rc-average --pool bin:50 --dtype f32"},
+      {bi, "--rc-average --pool none --dtype f16"},
+      {ca, "--pool bin:64 --dtype f32"}};
+  int k = 0;
+  for (const auto& [m, args] : runs) {
+    SCOPED_TRACE(args);
+    const std::string embed = binary() + " embed --force --device cuda --model " + m + " --input " +
+                              t / "reads.fa" + " " + args + " --output ";
+    const std::string tag = "p" + std::to_string(k++);
+    auto r = run(embed + t / (tag + "packed.h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("short records: packed"), std::string::npos) << r.output;
+    r = run("SPARSA_PACKED=0 " + embed + t / (tag + "side.h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output.find("short records: packed"), std::string::npos) << r.output;
+    r = run("SPARSA_SIDE_BY_SIDE=0 " + embed + t / (tag + "alone.h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    expect_same_contents(t / (tag + "packed.h5"), t / (tag + "side.h5"));
+    expect_same_contents(t / (tag + "packed.h5"), t / (tag + "alone.h5"));
+  }
+  expect_same_on_ranks(t, "ranks",
+                       binary() + " embed -q --force --device cuda --model " + bi + " --input " +
+                           t / "reads.fa" + " --rc-average --pool bin:50 --output ",
+                       {2}, mpirun_host_staged);
+}

@@ -155,6 +155,14 @@ struct CudaModel::Impl {
   // NCCL path of a split record: gathered candidates, K/V parts in rank order, the permutation
   // to the order of the global set, received halo rows.
   DeviceBuffer cand, kcat, vcat, gperm, halo_rx;
+  // forward_packed: Q/K/V of every packed row, each row's position in its record, the records'
+  // and their sets' offsets, the sets' packed rows, every layer's router flags, the output flags.
+  DeviceBuffer pq, pk, pv, prow_pos, prow_rec, pseg, pgseg, pgrow, pbad_all, pbad_out, prc, psegs;
+  // forward_packed: the per-record attention launches run on these streams, forked from and
+  // joined back into s by events; each has its own global scratch where one is needed.
+  std::vector<cudaStream_t> astreams;
+  std::vector<cudaEvent_t> aevents;  // [0]: the fork; [1 + i]: stream i's join
+  std::vector<DeviceBuffer> ascratch;
   // The NCCL communicator (created by the first forward over a Comm of more than one rank).
   std::unique_ptr<NcclComm> nccl;
   const Comm* nccl_host = nullptr;
@@ -241,7 +249,20 @@ struct CudaModel::Impl {
     return t;
   }
 
-  void route(const DeviceLayer& L, int64_t m, int64_t b);
+  // Router scores of rows [0, m) into `scores`; rank: then the shard's keys ranked (launch_topg).
+  void route(const DeviceLayer& L, int64_t m, int64_t b, bool rank = true);
+  // The projection / MLP scratch for chunks of `chunk` rows.
+  void reserve_chunk(int64_t chunk) {
+    const int64_t d = c.d_model;
+    h32.reserve(chunk * d * 4);
+    if (act == DType::kBF16) {
+      hact.reserve(kern::gemm_a_bytes(chunk, d));  // the A images' rows padded to 128
+      upact.reserve(chunk * c.d_ff * eb);
+    }
+    qkv32.reserve(chunk * 2 * d * 4);
+    hid.reserve(chunk * 2 * c.router_hidden * 4);  // 2: the split router's [a | b]
+    if (act == DType::kF32) up32.reserve(chunk * c.d_ff * 4);
+  }
   void project(const DeviceLayer& L, const float* xr, int64_t n, int64_t first_pos,
                const int64_t* positions, void* q, void* k, void* v);
   void fill(const DeviceLayer& L, RowWindow& W, int64_t lo, int64_t hi, int64_t m, int64_t b);
@@ -385,6 +406,9 @@ CudaModel::~CudaModel() {
     impl_->nccl.reset();  // destroyed when idle, aborted otherwise (comm_nccl.hpp)
     for (cudaEvent_t e : impl_->layer_done)
       if (e) cudaEventDestroy(e);
+    for (cudaEvent_t e : impl_->aevents)
+      if (e) cudaEventDestroy(e);
+    for (cudaStream_t st : impl_->astreams) cuda::destroy_stream(st);
     cuda::destroy_stream(impl_->s);
   }
 }
@@ -419,7 +443,7 @@ bool CudaModel::fused_router() const { return impl_->router_fused_used; }
 // and bad[0] the smallest position of a non-finite score (~0: none). Chunk by chunk. fp32 mode:
 // h W1 by a float32 GEMM; bf16 mode: by the split bf16 GEMM of router_split.hpp (16-bit operands,
 // float32 accumulation), unless SPARSA_ROUTER=exact.
-void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
+void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b, bool rank) {
   const int64_t d = c.d_model, r = c.router_hidden;
   const bool split = router_split && act == DType::kBF16;
   const bool fused = split && router_fused && L.router_frags.get() != nullptr;
@@ -473,12 +497,13 @@ void CudaModel::Impl::route(const DeviceLayer& L, int64_t m, int64_t b) {
     rp.split = split;
     kern::launch_router(rp, s);
   }
+  router_split_used = split;
+  router_fused_used = fused;
+  if (!rank) return;
   prof.mark(kTopG, s);
   kern::launch_topg({scores.as<float>(), m, b, keys.as<uint64_t>(), sorted.as<uint64_t>(),
                      topg_temp.get(), topg_temp.bytes(), bad.as<unsigned long long>()},
                     s);
-  router_split_used = split;
-  router_fused_used = fused;
 }
 
 // q, k, v = RoPE(RMSNorm(xr) W_q), RoPE(RMSNorm(xr) W_k), RMSNorm(xr) W_v for n float32 rows xr
@@ -690,14 +715,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   const size_t temp = kern::topg_temp_bytes(m);
   I.topg_temp.reserve(temp);
   I.bad.reserve(8);
-  I.h32.reserve(chunk * d * 4);
-  if (I.act == DType::kBF16) {
-    I.hact.reserve(kern::gemm_a_bytes(chunk, d));  // the A images' rows padded to 128
-    I.upact.reserve(chunk * c.d_ff * eb);
-  }
-  I.qkv32.reserve(chunk * 2 * d * 4);
-  I.hid.reserve(chunk * 2 * c.router_hidden * 4);  // 2: the split router's [a | b]
-  if (I.act == DType::kF32) I.up32.reserve(chunk * c.d_ff * 4);
+  I.reserve_chunk(chunk);
   I.kg.reserve(G * d * eb);
   I.vg.reserve(G * d * eb);
   I.gamma.reserve(G * 4);
@@ -1188,6 +1206,283 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
     }
   }
   return out;
+}
+
+int64_t CudaModel::packed_max_tokens() { return kern::kTopgSegmentMax; }
+
+std::vector<CudaModel::PackedResult> CudaModel::forward_packed(const std::vector<PackedItem>& items,
+                                                               const PackedOptions& po) {
+  Impl& I = *impl_;
+  const ModelConfig& c = I.c;
+  if (I.opt.output == CudaOutput::kDevice)
+    throw SystemError("forward_packed: the rows must come back to the host");
+  const int64_t R = (int64_t)items.size(), d = c.d_model, H = c.n_heads, eb = I.eb;
+  const int64_t row_bytes = d * eb, tables = c.n_tables(), Lc = c.n_layers;
+  if (R == 0) return {};
+  if (po.rc_pairs && R % 2 != 0)
+    throw SystemError("forward_packed: pairs of passes, not " + std::to_string(R));
+  // The records' rows and their sets' entries, one after another.
+  std::vector<int64_t> seg(R + 1, 0), gseg(R + 1, 0);
+  int64_t max_len = 1;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t n = items[r].n;
+    if (n < 1 || n > kern::kTopgSegmentMax)
+      throw SystemError("forward_packed: a record of " + std::to_string(n) + " tokens");
+    seg[r + 1] = seg[r] + n;
+    gseg[r + 1] = gseg[r] + c.n_global(n);
+    max_len = std::max(max_len, n);
+  }
+  const int64_t M = seg[R], GS = gseg[R];
+  I.chunk_rows = I.opt.chunk_rows > 0 ? I.opt.chunk_rows : I.chunk_env > 0 ? I.chunk_env : 131072;
+  const int64_t chunk = std::max<int64_t>(1, std::min(I.chunk_rows, M));
+  cudaStream_t s = I.s;
+  CUDA_OK(cudaSetDevice(I.device));
+  I.prof.used = 0;
+
+  // Buffers (grown, kept between calls).
+  I.tokens.reserve(M * tables * 4);
+  I.x.reserve(M * d * 4);
+  I.scores.reserve(M * 4);
+  I.reserve_chunk(chunk);
+  for (DeviceBuffer* b : {&I.pq, &I.pk, &I.pv}) b->reserve(M * row_bytes);
+  I.prow_pos.reserve(M * 8);
+  I.prow_rec.reserve(M * 4);
+  I.pseg.reserve((R + 1) * 8);
+  I.pgseg.reserve((R + 1) * 8);
+  I.pgrow.reserve(GS * 8);
+  I.gpos.reserve(GS * 8);
+  I.gscore.reserve(GS * 4);
+  I.gamma.reserve(GS * 4);
+  I.kg.reserve(GS * row_bytes);
+  I.vg.reserve(GS * row_bytes);
+  I.gpos_all.reserve(Lc * GS * 8);
+  I.gscore_all.reserve(Lc * GS * 4);
+  I.pbad_all.reserve(Lc * R * 8);
+  I.pbad_out.reserve(R * 8);
+  kern::AttentionParams probe{};
+  probe.type = I.act;
+  probe.head_dim = c.head_dim();
+  probe.n_global = 1;
+  const bool scratch = kern::attention_needs_global_scratch(probe);
+  // The attention's streams, made once.
+  constexpr int kStreams = 8;
+  if (I.astreams.empty()) {
+    for (int i = 0; i < kStreams; ++i) I.astreams.push_back(cuda::create_stream());
+    I.aevents.resize(1 + kStreams, nullptr);
+    for (cudaEvent_t& e : I.aevents) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    I.ascratch.resize(kStreams);
+  }
+  if (scratch)
+    for (DeviceBuffer& b : I.ascratch) b.reserve(max_len * d * 4);
+
+  // Tokens, each row's position in its record, the offsets.
+  std::vector<int32_t> tok((size_t)(M * tables));
+  std::vector<int64_t> rowpos((size_t)M);
+  std::vector<int32_t> rowrec((size_t)M);
+  for (int64_t r = 0; r < R; ++r) {
+    std::memcpy(tok.data() + seg[r] * tables, items[r].tokens, (size_t)(items[r].n * tables) * 4);
+    for (int64_t i = 0; i < items[r].n; ++i) {
+      rowpos[seg[r] + i] = i;
+      rowrec[seg[r] + i] = (int32_t)r;
+    }
+  }
+  Profiler& P = I.prof;
+  P.mark(kEmbed, s);
+  cuda::copy_to_device(I.tokens.get(), tok.data(), M * tables * 4, s);
+  cuda::copy_to_device(I.prow_pos.get(), rowpos.data(), M * 8, s);
+  cuda::copy_to_device(I.prow_rec.get(), rowrec.data(), M * 4, s);
+  cuda::copy_to_device(I.pseg.get(), seg.data(), (R + 1) * 8, s);
+  cuda::copy_to_device(I.pgseg.get(), gseg.data(), (R + 1) * 8, s);
+  kern::launch_embed(
+      {I.tokens.as<int32_t>(), I.embed.as<float>(), I.x.as<float>(), M, tables, c.vocab(), d}, s);
+
+  for (int64_t l = 0; l < Lc; ++l) {
+    const DeviceLayer& L = I.layers[l];
+    I.route(L, M, 0, false);  // scores only; the sets per record:
+    P.mark(kTopG, s);
+    kern::launch_topg_segments(
+        {I.scores.as<float>(), I.pseg.as<int64_t>(), I.pgseg.as<int64_t>(), R, max_len,
+         I.gpos.as<int64_t>(), I.gscore.as<float>(), I.gamma.as<float>(), I.pgrow.as<int64_t>(),
+         I.pbad_all.as<unsigned long long>() + l * R},
+        s);
+    cuda::copy_device(I.gpos_all.as<int64_t>() + l * GS, I.gpos.get(), GS * 8, s);
+    cuda::copy_device(I.gscore_all.as<float>() + l * GS, I.gscore.get(), GS * 4, s);
+    // Q, K, V of every row from this layer's input; a set's K and V are its members' rows (a
+    // row's projection does not depend on the rows projected with it).
+    I.project(L, I.x.as<float>(), M, 0, I.prow_pos.as<int64_t>(), I.pq.get(), I.pk.get(),
+              I.pv.get());
+    P.mark(kGather, s);
+    kern::launch_gather_rows({I.pk.get(), I.pgrow.as<int64_t>(), I.kg.get(), GS, row_bytes}, s);
+    kern::launch_gather_rows({I.pv.get(), I.pgrow.as<int64_t>(), I.vg.get(), GS, row_bytes}, s);
+    P.mark(kAttention, s);
+    // Each record's attention, as forward() launches it for a record one rank holds (its rows in
+    // place of its queries), on the streams in turn.
+    CUDA_OK(cudaEventRecord(I.aevents[0], s));
+    const int used = (int)std::min<int64_t>(kStreams, R);
+    for (int i = 0; i < used; ++i) CUDA_OK(cudaStreamWaitEvent(I.astreams[i], I.aevents[0], 0));
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t n = items[r].n, G = gseg[r + 1] - gseg[r];
+      kern::AttentionParams ap{};
+      ap.type = I.act;
+      ap.q = I.pq.as<char>() + seg[r] * row_bytes;
+      ap.out = I.pq.as<char>() + seg[r] * row_bytes;
+      ap.k = I.pk.as<char>() + seg[r] * row_bytes;
+      ap.v = I.pv.as<char>() + seg[r] * row_bytes;
+      ap.kv_begin = 0;
+      ap.kv_count = n;
+      ap.k_global = I.kg.as<char>() + gseg[r] * row_bytes;
+      ap.v_global = I.vg.as<char>() + gseg[r] * row_bytes;
+      ap.gamma = I.gamma.as<float>() + gseg[r];
+      ap.pos_global = I.gpos.as<int64_t>() + gseg[r];
+      ap.n_global = G;
+      ap.alpha = L.alpha.as<float>();
+      ap.beta = L.beta.as<float>();
+      ap.n_tokens = n;
+      ap.first_pos = 0;
+      ap.n_record = n;
+      ap.n_heads = H;
+      ap.head_dim = c.head_dim();
+      ap.window = c.window;
+      ap.causal = c.causal;
+      ap.row_begin = 0;
+      ap.row_end = n;
+      ap.global_scratch = scratch ? I.ascratch[r % kStreams].as<float>() : nullptr;
+      kern::launch_attention(ap, I.astreams[r % kStreams]);
+    }
+    for (int i = 0; i < used; ++i) {
+      CUDA_OK(cudaEventRecord(I.aevents[1 + i], I.astreams[i]));
+      CUDA_OK(cudaStreamWaitEvent(s, I.aevents[1 + i], 0));
+    }
+    P.mark(kWo, s);
+    for (int64_t c0 = 0; c0 < M; c0 += I.chunk_rows) {
+      const int64_t rows = std::min(I.chunk_rows, M - c0);
+      I.gemm.run(I.pq.as<char>() + c0 * row_bytes, L.wo.get(), I.x.as<float>() + c0 * d, rows, d, d,
+                 I.act, true, s);
+    }
+    I.mlp(L, M);
+  }
+
+  // The final norm over every row, then each record's first value that is not finite (forward()
+  // checks a record in its norm).
+  P.mark(kOutput, s);
+  float* y = I.x.as<float>();
+  kern::launch_rmsnorm({y, I.final_norm.as<float>(), y, nullptr, DType::kF32, M, d, c.norm_eps}, s);
+  cuda::memset_device(I.pbad_out.get(), 0xff, R * 8, s);
+  kern::launch_nonfinite_segments({y, M, d, I.prow_rec.as<int32_t>(), I.pseg.as<int64_t>(),
+                                   I.pbad_out.as<unsigned long long>()},
+                                  s);
+  const bool pooled = I.opt.output == CudaOutput::kPooled;
+  const bool means = !pooled && po.mean_block > 0;
+  const int64_t step = po.rc_pairs ? 2 : 1, n_res = R / step;
+  // Pairs: the forward row and the reverse-complement row that mirrors it averaged on the device
+  // (as forward_rc_average), except for bins (each pass pooled, the bin means averaged below).
+  if (po.rc_pairs && !pooled) {
+    std::vector<int64_t> rows, partners;
+    for (int64_t r = 0; r < R; r += 2)
+      for (int64_t i = 0; i < items[r].n; ++i) {
+        rows.push_back(seg[r] + i);
+        partners.push_back(seg[r + 1] + items[r].n - 1 - i);
+      }
+    I.prc.reserve((int64_t)rows.size() * 16);
+    int64_t* dev = I.prc.as<int64_t>();
+    cuda::copy_to_device(dev, rows.data(), rows.size() * 8, s);
+    cuda::copy_to_device(dev + rows.size(), partners.data(), partners.size() * 8, s);
+    kern::launch_rc_average_rows({y, dev, dev + rows.size(), (int64_t)rows.size(), d}, s);
+  }
+  // Bins (forward or mirrored) or a mean pool's blocks, every record's in one launch.
+  const int64_t B = pooled ? I.opt.pool_bin : po.mean_block;
+  std::vector<kern::PoolSegment> segs;
+  std::vector<int64_t> first_seg(R + 1, 0);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t n = items[r].n;
+    if (pooled || (means && r % step == 0))
+      for (int64_t b0 = 0; b0 < n; b0 += B) {
+        const int64_t cnt = std::min(B, n - b0);
+        segs.push_back(pooled && items[r].mirrored ? kern::PoolSegment{seg[r] + n - 1 - b0, cnt, -1}
+                                                   : kern::PoolSegment{seg[r] + b0, cnt, 1});
+      }
+    first_seg[r + 1] = (int64_t)segs.size();
+  }
+  const int64_t S = (int64_t)segs.size();
+  std::vector<float> bins;
+  std::vector<double> sums;
+  if (S > 0) {
+    I.psegs.reserve(S * (int64_t)sizeof(kern::PoolSegment));
+    I.pooled.reserve(S * d * (means ? 8 : 4));
+    cuda::copy_to_device(I.psegs.get(), segs.data(), S * sizeof(kern::PoolSegment), s);
+    kern::PoolSegmentsParams pp{y, d, I.psegs.as<kern::PoolSegment>(), S};
+    if (means)
+      pp.sums = I.pooled.as<double>();
+    else
+      pp.means = I.pooled.as<float>();
+    kern::launch_pool_segments(pp, s);
+    if (means) {
+      sums.resize((size_t)(S * d));
+      cuda::copy_to_host(sums.data(), I.pooled.get(), S * d * 8, s);
+    } else {
+      bins.resize((size_t)(S * d));
+      cuda::copy_to_host(bins.data(), I.pooled.get(), S * d * 4, s);
+    }
+  }
+  std::vector<unsigned long long> bad_all((size_t)(Lc * R)), bad_out((size_t)R);
+  std::vector<int64_t> gpos_all((size_t)(Lc * GS));
+  std::vector<float> gscore_all((size_t)(Lc * GS));
+  cuda::copy_to_host(bad_all.data(), I.pbad_all.get(), Lc * R * 8, s);
+  cuda::copy_to_host(bad_out.data(), I.pbad_out.get(), R * 8, s);
+  cuda::copy_to_host(gpos_all.data(), I.gpos_all.get(), Lc * GS * 8, s);
+  cuda::copy_to_host(gscore_all.data(), I.gscore_all.get(), Lc * GS * 4, s);
+  P.mark(kOutput, s);  // the closing mark
+  cuda::synchronize(s);
+  P.finish();
+  if (I.profile_env && P.on)
+    std::fprintf(stderr, "# packed forward: %lld records, %lld rows\n%s", (long long)R,
+                 (long long)M, format_profile(P.last, Lc).c_str());
+  // A pass's error, as forward() throws it: a router score (the first layer with one), else the
+  // output.
+  auto check = [&](int64_t r) {
+    for (int64_t l = 0; l < Lc; ++l)
+      if (bad_all[l * R + r] != ~0ull) throw router_not_finite(bad_all[l * R + r]);
+    if (bad_out[r] != ~0ull)
+      throw NumericError("the model produced a non-finite value at record position " +
+                         std::to_string((int64_t)(bad_out[r] / (unsigned long long)d)) +
+                         ", dimension " +
+                         std::to_string((int64_t)(bad_out[r] % (unsigned long long)d)));
+  };
+  std::vector<PackedResult> res(n_res);
+  for (int64_t q = 0; q < n_res; ++q) {
+    const int64_t r = q * step, n = items[r].n, G = gseg[r + 1] - gseg[r];
+    ForwardOutput& out = res[q].out;
+    try {
+      check(r);
+      if (po.rc_pairs) check(r + 1);
+      out.n_global = G;  // the forward pass's sets
+      out.global_positions.resize(Lc * G);
+      out.global_scores.resize(Lc * G);
+      for (int64_t l = 0; l < Lc; ++l) {
+        std::copy_n(gpos_all.begin() + l * GS + gseg[r], G, out.global_positions.begin() + l * G);
+        std::copy_n(gscore_all.begin() + l * GS + gseg[r], G, out.global_scores.begin() + l * G);
+      }
+      if (pooled) {
+        out.pooled_bin = B;
+        out.y.assign(bins.begin() + first_seg[r] * d, bins.begin() + first_seg[r + 1] * d);
+        if (po.rc_pairs)  // halves first, as sparsa embed averages two passes' bin means
+          for (int64_t i = 0; i < (int64_t)out.y.size(); ++i)
+            out.y[i] = 0.5f * out.y[i] + 0.5f * bins[first_seg[r + 1] * d + i];
+      } else if (means) {
+        out.block_sums.assign(sums.begin() + first_seg[r] * d, sums.begin() + first_seg[r + 1] * d);
+      } else if (I.opt.rows_f16) {
+        resize_huge(out.y16, (size_t)(n * d));
+        I.staging.copy_to_host_f16(out.y16.data(), y + seg[r] * d, n * d, s, d, 0);
+      } else {
+        resize_huge(out.y, (size_t)(n * d));
+        I.staging.copy_to_host(out.y.data(), y + seg[r] * d, (size_t)(n * d) * 4, s);
+      }
+    } catch (const NumericError&) {
+      res[q].out = ForwardOutput{};
+      res[q].error = std::current_exception();
+    }
+  }
+  return res;
 }
 
 }  // namespace sparsa

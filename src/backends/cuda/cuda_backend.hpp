@@ -14,6 +14,7 @@
 //   global set follows the CPU's wherever scores differ by more than rounding).
 #pragma once
 #include <cstdint>
+#include <exception>
 #include <future>
 #include <memory>
 #include <string>
@@ -75,6 +76,27 @@ struct StageTime {
   int64_t count = 0;  // intervals summed
 };
 
+// CudaModel::forward_packed's items, options and results (below).
+struct CudaPackedItem {
+  const int32_t* tokens = nullptr;  // [n, n_tables]
+  int64_t n = 0;
+  bool mirrored = false;  // the reverse-complement pass: bins pooled as a mirrored shard's
+};
+struct CudaPackedOptions {
+  // Items 2k and 2k + 1 are a record and its reverse complement (mirrored): one result a pair,
+  // as sparsa embed's --rc-average makes it: rows (and a mean pool's blocks) of the rows
+  // averaged on the device (forward_rc_average's bits); bins of each pass's bins, their means
+  // averaged (0.5 f + 0.5 r). The pair's global sets are the forward pass's.
+  bool rc_pairs = false;
+  // CudaOutput::kHost: > 0: ForwardOutput::block_sums (a mean pool's blocks of this many rows)
+  // instead of the rows.
+  int64_t mean_block = 0;
+};
+struct CudaPackedResult {
+  ForwardOutput out;
+  std::exception_ptr error;
+};
+
 class CudaModel {
  public:
   // Selects the device and uploads the weights once (bf16 copies in bf16 mode).
@@ -97,6 +119,23 @@ class CudaModel {
   ForwardOutput forward_rc_average(const int32_t* tokens, const Shard& shard,
                                    const int32_t* rc_tokens, const Shard& mirror, Comm& comm,
                                    const ForwardHooks& hooks = {});
+
+  // Many short whole records in one pass (a FASTQ of reads): their rows packed one after
+  // another, so the embedding, norms, projections, router, MLP and output run once over all of
+  // them; the global sets are chosen per record in one launch (kern::launch_topg_segments) and
+  // the attention runs per record (launches spread over several streams). Each item's output is
+  // what forward(tokens, its whole-record shard, a one-rank Comm) returns, bit for bit (a row's
+  // arithmetic does not depend on the rows beside it); see PackedOptions for pairs and means.
+  // An item's error (NumericError: a router score or output that is not finite) is its own; the
+  // others are still returned. Records of up to kern::kTopgSegmentMax tokens; CudaOutput::kHost
+  // or kPooled. Throws OutOfMemory where the pack does not fit (the caller then runs the records
+  // one at a time).
+  using PackedItem = CudaPackedItem;
+  using PackedOptions = CudaPackedOptions;
+  using PackedResult = CudaPackedResult;
+  std::vector<PackedResult> forward_packed(const std::vector<PackedItem>& items,
+                                           const PackedOptions& options = {});
+  static int64_t packed_max_tokens();
 
   // The NCCL communicator over `comm` that a split record's forward will use, still being made
   // (NcclComm::start, on this model's device): taken, with its error if any, by the first forward

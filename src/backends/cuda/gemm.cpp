@@ -101,6 +101,9 @@ void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int6
   const auto pkey = std::make_tuple(m, n, k, (int)t, accumulate, (int)o);
   auto pit = impl_->plans.find(pkey);
   if (pit == impl_->plans.end()) {
+    // Plans are cheap to make again; a run of packed batches (a new M each) must not grow the
+    // map without bound.
+    if (impl_->plans.size() >= 256) impl_->plans.clear();
     const auto key = std::make_tuple(n, k, (int)t, accumulate, (int)o);
     auto it = impl_->algos.find(key);
     if (it == impl_->algos.end())
