@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end on a GPU machine (run from the repository root; bundle in .dev/bundle, see
 # scripts/device-check.sh): `sparsa embed --device cuda` on E. coli K-12 (carried in .dev/data),
-# then strong scaling of one 16M-token record (bench/gen_fasta.py, seed 2) over 1, 2 and 4 GPUs
-# with NCCL, outputs compared bit for bit with h5py. A short table last.
+# 5,000 reads (bench/gen_fasta.py) packed and side by side, then strong scaling of one 16M-token
+# record (bench/gen_fasta.py, seed 2) over 1, 2 and 4 GPUs with NCCL, outputs compared bit for bit
+# with h5py. A short table last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=$(cd "${SPARSA_BUNDLE:-.dev/bundle}" && pwd)
@@ -41,6 +42,11 @@ timed() {  # label, np, model, input, args...
 timed ecoli-tiny-bin128 1 "$WORK/tiny.h5" "$WORK/ecoli.fa" --pool bin:128
 timed ecoli-base-bin128 1 "$WORK/base.h5" "$WORK/ecoli.fa" --pool bin:128
 timed ecoli-base-none-f16 1 "$WORK/base.h5" "$WORK/ecoli.fa" --pool none
+# Short records: 5,000 reads of 100-1,000 bp packed into one pass a batch, then 8 models side by
+# side (SPARSA_PACKED=0); the two files are compared below.
+python3 bench/gen_fasta.py --tokens 100 --max-tokens 1000 --records 5000 --seed 1 > "$WORK/reads.fa"
+timed reads-base-mean-packed 1 "$WORK/base.h5" "$WORK/reads.fa" --pool mean
+SPARSA_PACKED=0 timed reads-base-mean-side 1 "$WORK/base.h5" "$WORK/reads.fa" --pool mean
 wait $GEN
 for np in 1 2 4; do
   [ "$np" -le "$NGPU" ] && timed "big-np$np" "$np" "$WORK/base.h5" "$WORK/big.fa" --pool bin:128
@@ -53,6 +59,7 @@ same=0
 cmp() {
   if python3 tests/slurm/h5same.py "$1" "$2"; then echo IDENTICAL; else echo DIFFERENT; same=1; fi
 }
+echo "== reads, packed vs side by side:"; cmp "$WORK/reads-base-mean-packed.h5" "$WORK/reads-base-mean-side.h5"
 if [ "$NGPU" -ge 2 ]; then echo "== 1 vs 2 GPUs:"; cmp "$WORK/big-np1.h5" "$WORK/big-np2.h5"; fi
 if [ "$NGPU" -ge 4 ]; then echo "== 1 vs 4 GPUs:"; cmp "$WORK/big-np1.h5" "$WORK/big-np4.h5"; fi
 echo "== summary (wall time of the whole command: read, embed, write)"

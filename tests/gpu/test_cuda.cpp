@@ -2271,3 +2271,31 @@ TEST(CudaModel, PackedPairsAndMeansAreTheRecordsOwn) {
     EXPECT_TRUE(got[i].out.y == avg);
   }
 }
+
+// A pack that does not fit on the GPU is OutOfMemory (sparsa embed then runs the records side by
+// side), and the model still gives a record its own bits afterwards.
+TEST(CudaModel, PackedOutOfMemoryLeavesTheModelUsable) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 9);
+  auto comm = make_single_comm();
+  std::vector<int32_t> one = dna(500, 1);
+  const ForwardOutput ref =
+      CudaModel(w, {true, -1, 0}).forward(one.data(), shard_of(500, 0, 1), *comm);
+  CudaModel gpu(w, {true, -1, 0});
+  std::vector<std::vector<int32_t>> recs;
+  std::vector<CudaModel::PackedItem> items;
+  for (int i = 0; i < 64; ++i) recs.push_back(dna(CudaModel::packed_max_tokens(), 10 + i));
+  for (auto& r : recs) items.push_back({r.data(), (int64_t)r.size(), false});
+  {
+    // All but 64 MB of the GPU taken: the pack's 1M rows (~2 KB a row) cannot be had.
+    size_t free_b = 0, total_b = 0;
+    cuda::memory_info(&free_b, &total_b);
+    ASSERT_GT(free_b, size_t{128} << 20);
+    DeviceBuffer blocker(free_b - (size_t{64} << 20));
+    EXPECT_THROW(gpu.forward_packed(items), OutOfMemory);
+  }
+  const ForwardOutput got = gpu.forward(one.data(), shard_of(500, 0, 1), *comm);
+  EXPECT_TRUE(got.y == ref.y);
+  EXPECT_EQ(got.global_positions, ref.global_positions);
+}
