@@ -1,4 +1,5 @@
 #include <cub/device/device_radix_sort.cuh>
+#include <mutex>
 
 #include "kernels/common/common.cuh"
 #include "kernels/topg/topg.hpp"
@@ -108,11 +109,13 @@ __device__ __forceinline__ uint64_t topg_key(float s, int64_t pos, unsigned long
   return ((uint64_t)u << 32) | (uint64_t)(0xffffffffu - (uint32_t)pos);
 }
 
-__global__ void topg_segments_kernel(TopgSegmentsParams p, int len) {
-  extern __shared__ uint64_t keys[];  // [len]
+__global__ void topg_segments_kernel(TopgSegmentsParams p) {
+  extern __shared__ uint64_t keys[];  // [len]: this record's length, up to a power of two
   __shared__ unsigned long long bad;
   const int64_t r = blockIdx.x, row0 = p.seg[r], n = p.seg[r + 1] - row0;
   const int64_t g0 = p.gseg[r], g = p.gseg[r + 1] - g0;
+  int len = 1;
+  while (len < n) len <<= 1;
   if (threadIdx.x == 0) bad = ~0ull;
   __syncthreads();
   for (int i = threadIdx.x; i < len; i += blockDim.x)
@@ -140,15 +143,42 @@ __global__ void topg_segments_kernel(TopgSegmentsParams p, int len) {
   }
 }
 
+static int64_t pow2_at_least(int64_t n) {
+  int64_t len = 1;
+  while (len < n) len <<= 1;
+  return len;
+}
+
+int64_t topg_segment_max_len() {
+  int device = 0, optin = 0;
+  SPARSA_CUDA_CHECK(cudaGetDevice(&device));
+  SPARSA_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  int64_t len = kTopgSegmentMax;
+  while (len > 1 && len * 8 > optin) len >>= 1;
+  return len;
+}
+
 void launch_topg_segments(const TopgSegmentsParams& p, cudaStream_t stream) {
   if (p.n_records <= 0) return;
-  if (p.max_len > kTopgSegmentMax)
-    throw SystemError("topg_segments: a record longer than " + std::to_string(kTopgSegmentMax));
-  int len = 1;
-  while (len < p.max_len) len <<= 1;
-  const int bytes = len * 8;
-  max_dynamic_smem_once<topg_segments_kernel>((int)(kTopgSegmentMax * 8));
-  topg_segments_kernel<<<(unsigned)p.n_records, 512, bytes, stream>>>(p, len);
+  const int64_t bytes = pow2_at_least(p.max_len) * 8;
+  if (p.max_len > topg_segment_max_len())
+    throw SystemError("topg_segments: a record of " + std::to_string(p.max_len) +
+                      " tokens, longer than this GPU ranks in shared memory (" +
+                      std::to_string(topg_segment_max_len()) + ")");
+  // Past the default 48 KB the kernel's limit is raised, never lowered (models on several
+  // threads may launch it at once, each within the limit it saw).
+  static std::mutex mu;
+  static int64_t raised = 48 * 1024;
+  if (bytes > 48 * 1024) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (bytes > raised) {
+      SPARSA_CUDA_CHECK(cudaFuncSetAttribute(
+          topg_segments_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+      raised = bytes;
+    }
+  }
+  topg_segments_kernel<<<(unsigned)p.n_records, 512, (size_t)bytes, stream>>>(p);
   SPARSA_LAUNCH_CHECK();
 }
 

@@ -52,13 +52,16 @@ void launch_topg_gate(const float* scores, int64_t g, float* gamma, cudaStream_t
 // launch_topg, launch_topg_select and launch_topg_gate write for it alone: the set in position
 // order, its scores, gamma, and the packed rows of its members; bad[r] the smallest position of
 // a non-finite score (~0ull: none). The set is the same (it is unique: ties go to the smaller
-// position), so are the scores' and gamma's bits. Records of up to kTopgSegmentMax tokens.
+// position), so are the scores' and gamma's bits. Records of up to topg_segment_max_len() tokens
+// (each block sorts its record's keys, 8 bytes a token rounded up to a power of two, in shared
+// memory: kTopgSegmentMax where a block may have 128 KB, 8192 on GPUs with 99 KB).
 constexpr int64_t kTopgSegmentMax = 16384;
+int64_t topg_segment_max_len();  // on the current device
 struct TopgSegmentsParams {
   const float* scores;         // [seg[R]]
   const int64_t* seg;          // [R + 1] device
   const int64_t* gseg;         // [R + 1] device
-  int64_t n_records, max_len;  // max_len: the longest record (shared memory)
+  int64_t n_records, max_len;  // max_len: the longest record (the launch's shared memory)
   int64_t* positions;          // [gseg[R]] out
   float* set_scores;           // [gseg[R]] out
   float* gamma;                // [gseg[R]] out

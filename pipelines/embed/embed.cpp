@@ -395,8 +395,13 @@ struct PackedPass {
   int64_t n;
   bool mirrored;
 };
-using PackedFn = std::function<std::vector<std::pair<ForwardOutput, std::exception_ptr>>(
-    const std::vector<PackedPass>&, bool rc_pairs, int64_t mean_block)>;
+struct PackedFn {
+  std::function<std::vector<std::pair<ForwardOutput, std::exception_ptr>>(
+      const std::vector<PackedPass>&, bool rc_pairs, int64_t mean_block)>
+      run;
+  int64_t max_tokens = 0;         // longer records: one at a time (CudaModel::packed_max_tokens)
+  std::function<void()> release;  // frees the packs' own GPU buffers (CudaModel::release_packed)
+};
 
 // The backend the run uses: the CPU oracle, or the CUDA backend (--device cuda|auto); rc_pair is
 // set where the backend averages the two passes itself (CUDA, rows back to the host).
@@ -474,8 +479,18 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     CudaOptions wco = co;
     wco.device = model->device();
     make_worker = [&w, wco, entry]() { return entry(std::make_shared<CudaModel>(w, wco)); };
+    packed.release = [model] { model->release_packed(); };
+    packed.max_tokens = model->packed_max_tokens();
+    // SPARSA_PACKED_MAX=N (tests, A/B runs): records of more than N tokens one at a time.
+    if (const char* e = std::getenv("SPARSA_PACKED_MAX"); e && *e) {
+      double v = 0;
+      if (!whole_number(e, 1, 1e9, &v) || v != std::floor(v))
+        throw ConfigError(std::string("SPARSA_PACKED_MAX=") + e + ": not a number of tokens");
+      packed.max_tokens = std::min(packed.max_tokens, (int64_t)v);
+    }
     if (!env_off("SPARSA_PACKED"))
-      packed = [model](const std::vector<PackedPass>& passes, bool rc_pairs, int64_t mean_block) {
+      packed.run = [model](const std::vector<PackedPass>& passes, bool rc_pairs,
+                           int64_t mean_block) {
         std::vector<CudaModel::PackedItem> items;
         for (const PackedPass& p : passes) items.push_back({p.tokens, p.n, p.mirrored});
         std::vector<CudaModel::PackedResult> r =
@@ -550,12 +565,18 @@ struct EmbedRun {
   int64_t gpu_workers = 8;
   std::vector<std::pair<ForwardFn, RcPairFn>> workers;
   bool told_threads = false;  // that too few threads cap the models side by side
-  // GPU: short records in one pass (forward_packed) instead of models side by side; cleared
-  // when a pack does not fit on the GPU (then side by side, as before).
+  // GPU: short records in one pass (forward_packed) instead of models side by side; run is
+  // cleared when a pack does not fit on the GPU (then side by side, as before).
   PackedFn packed;
   bool told_packed = false;
-  // Frees the side-by-side models' GPU memory (before a split record, or when the GPU is full).
-  void drop_workers() { workers.clear(); }
+  bool packed_held = false;  // a pack's buffers are on the GPU (release_packed frees them)
+  // Frees the GPU memory of the side-by-side models and of the packs (before a split record, or
+  // when the GPU is full).
+  void drop_workers() {
+    workers.clear();
+    if (packed_held && packed.release) packed.release();
+    packed_held = false;
+  }
   // The GPU is full: the side-by-side models go, and one model runs from here on.
   // `note`: the message is kept for the thread that writes (side_write) instead of printed here.
   void one_model(const std::string& what, std::string* note = nullptr) {
@@ -577,9 +598,15 @@ struct EmbedRun {
     try {
       embed_record(it, c, show_progress);
     } catch (const OutOfMemory&) {
-      if (workers.empty() || c.size() > 1) throw;
-      one_model("record " + std::to_string(it.index) + " '" + it.rec.name +
-                "': out of memory; embedding it again");
+      if (c.size() > 1 || (workers.empty() && !packed_held)) throw;
+      const std::string what =
+          "record " + std::to_string(it.index) + " '" + it.rec.name + "': out of memory";
+      if (workers.empty()) {  // the packs' buffers: freed, made again by the next pack
+        progress.log(what + "; embedding it again without the short records' GPU buffers");
+        drop_workers();
+      } else {
+        one_model(what + "; embedding it again");
+      }
       embed_record(it, c, show_progress);
     }
   }
@@ -860,8 +887,8 @@ struct EmbedRun {
   int side_team(int64_t k) {
     const int64_t threads = omp_get_max_threads();
     int team = (int)threads;
-    if (packed) return 1;  // one pass for the whole batch
-    if (make_worker) {     // the GPU's models, made when first needed; a host thread each
+    if (packed.run) return 1;  // one pass for the whole batch
+    if (make_worker) {         // the GPU's models, made when first needed; a host thread each
       auto wanted = [&] { return std::min<int64_t>({gpu_workers, k, threads}); };
       while ((int64_t)workers.size() + 1 < wanted()) {
         try {
@@ -893,7 +920,7 @@ struct EmbedRun {
     const int team = b.team;
     const auto t0 = std::chrono::steady_clock::now();
     const ForwardHooks none;
-    if (packed && team == 1 && packed_forwards(b)) {
+    if (packed.run && team == 1 && packed_forwards(b, self)) {
       forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       return;
     }
@@ -943,60 +970,78 @@ struct EmbedRun {
     }
     forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  // The batch's records in packed passes (as many records as fit in kPackedRows rows a pass),
-  // each record's output what run_forward_on gives it alone (the two strands averaged, bins or a
-  // mean's blocks pooled on the GPU), errors named by the record. False, with nothing done, where
-  // a pass does not fit on the GPU: packing is then off for the run (the records go side by side,
-  // one model each).
-  bool packed_forwards(SideBatch& b) {
+  // The batch's records in packed passes (as many records as fit in kPackedRows rows a pass; a
+  // record longer than the GPU packs, one at a time), each record's output what run_forward_on
+  // gives it alone (the two strands averaged, bins or a mean's blocks pooled on the GPU), errors
+  // named by the record. False, with nothing done, where a pass does not fit on the GPU: packing
+  // is then off for the run (the records go side by side, one model each).
+  bool packed_forwards(SideBatch& b, Comm& self) {
     static constexpr int64_t kPackedRows = int64_t{1} << 19;
     const std::vector<const Item*>& items = b.items;
     const int64_t k = (int64_t)items.size();
     const int64_t mean_block = o.pool.kind == PoolSpec::kMean ? kMeanBlock : 0;
     std::vector<std::vector<int32_t>> rcs(o.rc_average ? k : 0);
-    std::vector<std::pair<ForwardOutput, std::exception_ptr>> results;  // one a record
+    std::vector<std::pair<ForwardOutput, std::exception_ptr>> results;  // one a record, in order
+    const ForwardHooks none;
     int64_t done = 0;
     try {
       std::vector<PackedPass> passes;
       int64_t rows = 0;
       auto run = [&] {
         if (passes.empty()) return;
-        for (auto& r : packed(passes, o.rc_average, mean_block)) results.push_back(std::move(r));
+        packed_held = true;
+        for (auto& r : packed.run(passes, o.rc_average, mean_block)) {
+          if (r.second) {  // the model's message has the position, not the record
+            const Record& rec = items[(int64_t)results.size()]->rec;
+            try {
+              std::rethrow_exception(r.second);
+            } catch (const NumericError& e) {
+              r.second =
+                  std::make_exception_ptr(NumericError(where(rec.source, rec.name, 0, e.what())));
+            } catch (...) {
+            }
+          }
+          results.push_back(std::move(r));
+        }
         passes.clear();
         rows = 0;
       };
       for (; done < k; ++done) {
-        const Record& rec = items[done]->rec;
-        const int64_t n = rec.n_tokens(), per = o.rc_average ? 2 * n : n;
-        if (rows + per > kPackedRows) run();
+        const Item& it = *items[done];
+        const int64_t n = it.rec.n_tokens(), per = o.rc_average ? 2 * n : n;
+        if (rows + per > kPackedRows || n > packed.max_tokens) run();
         if (stop_requested()) break;  // those before are written, then the stop is raised
-        passes.push_back({rec.tokens.data(), n, false});
+        if (n > packed.max_tokens) {  // alone, in its place
+          try {
+            results.emplace_back(run_forward(it, self, alone(it), none, none), nullptr);
+          } catch (const OutOfMemory&) {
+            throw;
+          } catch (...) {
+            results.emplace_back(ForwardOutput{}, std::current_exception());
+          }
+          continue;
+        }
+        passes.push_back({it.rec.tokens.data(), n, false});
         if (o.rc_average) {
-          rcs[done] = rec.tokens;
+          rcs[done] = it.rec.tokens;
           reverse_complement(rcs[done]);
           passes.push_back({rcs[done].data(), n, true});
         }
         rows += per;
       }
       run();
+    } catch (const std::bad_alloc&) {
+      return packing_failed(b, "host memory exhausted");
     } catch (const OutOfMemory& e) {
-      b.note = std::string("short records: one pass over many did not fit on the GPU (") +
-               e.what() + "); side by side from here on";
-      packed = nullptr;
-      return false;
+      return packing_failed(b, e.what());
+    } catch (...) {  // (a CUDA failure): the records before the failed pass are written
+      const int64_t at = (int64_t)results.size();
+      if (at >= k) throw;
+      for (int64_t i = 0; i < at; ++i) take_result(b, i, results[i]);
+      b.errors[at] = std::current_exception();
+      return true;
     }
-    for (int64_t i = 0; i < done; ++i) {
-      const Record& rec = items[i]->rec;
-      try {
-        if (results.at(i).second) std::rethrow_exception(results[i].second);
-        b.outs[i] = std::move(results[i].first);
-      } catch (const NumericError& e) {  // the model's message has the position, not the record
-        b.errors[i] =
-            std::make_exception_ptr(NumericError(where(rec.source, rec.name, 0, e.what())));
-      } catch (...) {
-        b.errors[i] = std::current_exception();
-      }
-    }
+    for (int64_t i = 0; i < done; ++i) take_result(b, i, results.at(i));
     if (done < k) b.errors[done] = std::make_exception_ptr(Interrupted(kResumeAdvice));
     if (!told_packed) {
       told_packed = true;
@@ -1004,6 +1049,21 @@ struct EmbedRun {
                count_of(kPackedRows, "row") + " a pass)";
     }
     return true;
+  }
+  static void take_result(SideBatch& b, int64_t i,
+                          std::pair<ForwardOutput, std::exception_ptr>& r) {
+    if (r.second)
+      b.errors[i] = r.second;
+    else
+      b.outs[i] = std::move(r.first);
+  }
+  // A pack that did not fit: its buffers freed, packing off for the run.
+  bool packing_failed(SideBatch& b, const std::string& what) {
+    b.note = "short records: one pass over many did not fit on the GPU (" + what +
+             "); side by side from here on";
+    packed.run = nullptr;
+    drop_workers();
+    return false;
   }
   void side_write(SideBatch& b, Comm& self, bool show_progress) {
     if (!b.note.empty()) progress.log(b.note);
@@ -1191,7 +1251,7 @@ void agree_on_env(Comm& comm) {
       "SPARSA_ATTN_SPLIT",   "SPARSA_MLP_GEMM",      "SPARSA_CHUNK_ROWS",
       "SPARSA_GEMM_ALGO",    "SPARSA_STREAM_ROWS",   "SPARSA_RC_ON_DEVICE",
       "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS", "SPARSA_SKIP_SPACE_CHECK",
-      "SPARSA_COMM_TIMEOUT", "SPARSA_PACKED"};
+      "SPARSA_COMM_TIMEOUT", "SPARSA_PACKED",        "SPARSA_PACKED_MAX"};
   std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
   if (comm.rank() == 0)
     for (const char* n : names) {
@@ -1567,10 +1627,11 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const bool off = side_env == 0;
   if (!off) run.make_worker = make_worker;
   // A GPU packs a batch's records into one pass (SPARSA_PACKED=0: models side by side instead).
+  run.packed.release = packed.release;
   if (!off && side_env < 0) run.packed = packed;
   const bool side_by_side =
-      !off && (run.packed || (run.make_worker ? run.gpu_workers > 1 : threads > 1));
-  const int64_t side_records = run.packed        ? 4096
+      !off && (run.packed.run || (run.make_worker ? run.gpu_workers > 1 : threads > 1));
+  const int64_t side_records = run.packed.run    ? 4096
                                : run.make_worker ? 16 * run.gpu_workers
                                                  : 8 * threads;
   constexpr int64_t kSideBySideTokens = 16384, kSideTokens = int64_t{1} << 18;

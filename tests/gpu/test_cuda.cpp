@@ -2093,8 +2093,7 @@ TEST(CudaModel, ModelsSideBySideGiveTheSameBits) {
 // token, or capped. Layer 0 ranks tied scores (a record's equal tokens score the same).
 TEST(CudaModel, PackedRecordsGiveTheirOwnBits) {
   SKIP_WITHOUT_GPU();
-  const int64_t lengths[] = {1,   2,   5,   33,   64,   100,
-                             129, 300, 777, 2000, 5000, CudaModel::packed_max_tokens()};
+  const int64_t lengths[] = {1, 2, 5, 33, 64, 100, 129, 300, 777, 2000, 5000, 8192, 16384};
   auto comm = make_single_comm();
   struct Case {
     ModelConfig c;
@@ -2131,6 +2130,7 @@ TEST(CudaModel, PackedRecordsGiveTheirOwnBits) {
     for (size_t i = 0; i < recs.size(); ++i)  // every other one as a mirrored pass
       items.push_back({recs[i].data(), (int64_t)recs[i].size() / tables, i % 2 == 1});
     CudaModel gpu(w, opt);
+    ASSERT_EQ(gpu.packed_max_tokens(), 16384);  // an H200's 227 KB of shared memory a block
     const std::vector<CudaModel::PackedResult> got = gpu.forward_packed(items);
     ASSERT_EQ(got.size(), items.size());
     for (size_t i = 0; i < items.size(); ++i) {
@@ -2273,7 +2273,8 @@ TEST(CudaModel, PackedPairsAndMeansAreTheRecordsOwn) {
 }
 
 // A pack that does not fit on the GPU is OutOfMemory (sparsa embed then runs the records side by
-// side), and the model still gives a record its own bits afterwards.
+// side), and the model still gives a record its own bits afterwards; release_packed gives the
+// pack's own buffers back (sparsa embed: before a long record, or one that ran out of memory).
 TEST(CudaModel, PackedOutOfMemoryLeavesTheModelUsable) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, 2, 32, false, 64);
@@ -2285,8 +2286,16 @@ TEST(CudaModel, PackedOutOfMemoryLeavesTheModelUsable) {
   CudaModel gpu(w, {true, -1, 0});
   std::vector<std::vector<int32_t>> recs;
   std::vector<CudaModel::PackedItem> items;
-  for (int i = 0; i < 64; ++i) recs.push_back(dna(CudaModel::packed_max_tokens(), 10 + i));
+  for (int i = 0; i < 64; ++i) recs.push_back(dna(gpu.packed_max_tokens(), 10 + i));
   for (auto& r : recs) items.push_back({r.data(), (int64_t)r.size(), false});
+  {
+    // The buffers only a pack uses are counted, and given back by release_packed.
+    const auto small = gpu.forward_packed({items[0]});
+    ASSERT_FALSE(small[0].error);
+    const int64_t held = gpu.device_bytes();
+    gpu.release_packed();
+    EXPECT_LT(gpu.device_bytes(), held - 3 * gpu.packed_max_tokens() * 128 * 2);  // Q, K, V
+  }
   {
     // All but 64 MB of the GPU taken: the pack's 1M rows (~2 KB a row) cannot be had.
     size_t free_b = 0, total_b = 0;

@@ -143,9 +143,9 @@ TEST(MpiGpu, RanksWithoutAGpuMakeEveryRankUseItsCpu) {
 
 // Short records on a GPU go through packed passes (CudaModel::forward_packed); each record's
 // output is the one it gets alone: SPARSA_PACKED=0 (models side by side) and SPARSA_SIDE_BY_SIDE=0
-// (one after another) give the same file, with and without --rc-average, rows (their float16
-// conversion then made on the host, not the GPU) or bins, bidirectional and causal; 2 ranks
-// (the records spread whole, each rank packing its share) too.
+// (one after another) give the same file, and so does packing only reads of up to 150 bases
+// (SPARSA_PACKED_MAX), with and without --rc-average, rows or bins, bidirectional and causal; 2
+// ranks (the records spread whole, each rank packing its share) too.
 TEST(MpiGpu, PackedShortRecordsAreTheRecordsAlone) {
   SKIP_WITHOUT_GPU();
   TempDir t;
@@ -179,8 +179,13 @@ TEST(MpiGpu, PackedShortRecordsAreTheRecordsAlone) {
     EXPECT_EQ(r.output.find("short records: packed"), std::string::npos) << r.output;
     r = run("SPARSA_SIDE_BY_SIDE=0 " + embed + t / (tag + "alone.h5"));
     ASSERT_EQ(r.code, 0) << r.output;
+    // Reads of more than 150 bases one at a time among the packed ones (as on GPUs that pack
+    // shorter records than an H200)
+    r = run("SPARSA_PACKED_MAX=150 " + embed + t / (tag + "mixed.h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
     expect_same_contents(t / (tag + "packed.h5"), t / (tag + "side.h5"));
     expect_same_contents(t / (tag + "packed.h5"), t / (tag + "alone.h5"));
+    expect_same_contents(t / (tag + "packed.h5"), t / (tag + "mixed.h5"));
   }
   expect_same_on_ranks(t, "ranks",
                        binary() + " embed -q --force --device cuda --model " + bi + " --input " +

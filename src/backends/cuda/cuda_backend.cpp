@@ -163,6 +163,7 @@ struct CudaModel::Impl {
   std::vector<cudaStream_t> astreams;
   std::vector<cudaEvent_t> aevents;  // [0]: the fork; [1 + i]: stream i's join
   std::vector<DeviceBuffer> ascratch;
+  int64_t packed_max = 0;  // the longest record forward_packed takes on this device
   // The NCCL communicator (created by the first forward over a Comm of more than one rank).
   std::unique_ptr<NcclComm> nccl;
   const Comm* nccl_host = nullptr;
@@ -238,12 +239,14 @@ struct CudaModel::Impl {
   int64_t activation_bytes() const {
     int64_t t = 0;
     for (const DeviceBuffer* b :
-         {&tokens,   &x,        &scores,   &keys,       &sorted,  &topg_temp, &bad,
-          &h32,      &hact,     &qkv32,    &hid,        &up32,    &upact,     &kg,
-          &vg,       &gamma,    &gpos,     &gidx,       &kpack,   &vpack,     &gscore,
-          &sel_keys, &sel_temp, &gpos_all, &gscore_all, &bad_all, &pooled,    &gscratch,
-          &xg,       &rowpos,   &cand,     &kcat,       &vcat,    &gperm,     &halo_rx})
+         {&tokens,     &x,       &scores,  &keys,     &sorted,   &topg_temp, &bad,      &h32,
+          &hact,       &qkv32,   &hid,     &up32,     &upact,    &kg,        &vg,       &gamma,
+          &gpos,       &gidx,    &kpack,   &vpack,    &gscore,   &sel_keys,  &sel_temp, &gpos_all,
+          &gscore_all, &bad_all, &pooled,  &gscratch, &xg,       &rowpos,    &cand,     &kcat,
+          &vcat,       &gperm,   &halo_rx, &pq,       &pk,       &pv,        &prow_pos, &prow_rec,
+          &pseg,       &pgseg,   &pgrow,   &pbad_all, &pbad_out, &prc,       &psegs})
       t += (int64_t)b->bytes();
+    for (const DeviceBuffer& b : ascratch) t += (int64_t)b.bytes();
     for (const RowWindow* w : {&ring, &edge_lo, &edge_hi})
       t += (int64_t)(w->q.bytes() + w->k.bytes() + w->v.bytes());
     return t;
@@ -330,6 +333,7 @@ CudaModel::CudaModel(const ModelWeights& w, const CudaOptions& o) : impl_(nullpt
   }
   I.prof.on = o.profile || I.profile_env;
   I.s = cuda::create_stream();
+  I.packed_max = kern::topg_segment_max_len();
   if (o.rows_f16 && o.output == CudaOutput::kHost) I.staging.reserve_f16();
   for (cudaEvent_t& e : I.layer_done) CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   const ModelConfig& c = I.c;
@@ -1208,7 +1212,17 @@ ForwardOutput CudaModel::forward_rc_average(const int32_t* tokens, const Shard& 
   return out;
 }
 
-int64_t CudaModel::packed_max_tokens() { return kern::kTopgSegmentMax; }
+int64_t CudaModel::packed_max_tokens() const { return impl_->packed_max; }
+
+void CudaModel::release_packed() {
+  Impl& I = *impl_;
+  CUDA_OK(cudaSetDevice(I.device));
+  cuda::synchronize(I.s);
+  for (DeviceBuffer* b : {&I.pq, &I.pk, &I.pv, &I.prow_pos, &I.prow_rec, &I.pseg, &I.pgseg,
+                          &I.pgrow, &I.pbad_all, &I.pbad_out, &I.prc, &I.psegs})
+    *b = DeviceBuffer();
+  for (DeviceBuffer& b : I.ascratch) b = DeviceBuffer();
+}
 
 std::vector<CudaModel::PackedResult> CudaModel::forward_packed(const std::vector<PackedItem>& items,
                                                                const PackedOptions& po) {
@@ -1219,14 +1233,17 @@ std::vector<CudaModel::PackedResult> CudaModel::forward_packed(const std::vector
   const int64_t R = (int64_t)items.size(), d = c.d_model, H = c.n_heads, eb = I.eb;
   const int64_t row_bytes = d * eb, tables = c.n_tables(), Lc = c.n_layers;
   if (R == 0) return {};
-  if (po.rc_pairs && R % 2 != 0)
-    throw SystemError("forward_packed: pairs of passes, not " + std::to_string(R));
+  if (po.rc_pairs)
+    for (int64_t r = 0; r < R; r += 2)
+      if (r + 1 == R || items[r + 1].n != items[r].n || items[r].mirrored || !items[r + 1].mirrored)
+        throw SystemError("forward_packed: item " + std::to_string(r) +
+                          " has no mirrored pass of its length after it");
   // The records' rows and their sets' entries, one after another.
   std::vector<int64_t> seg(R + 1, 0), gseg(R + 1, 0);
   int64_t max_len = 1;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t n = items[r].n;
-    if (n < 1 || n > kern::kTopgSegmentMax)
+    if (n < 1 || n > I.packed_max)
       throw SystemError("forward_packed: a record of " + std::to_string(n) + " tokens");
     seg[r + 1] = seg[r] + n;
     gseg[r + 1] = gseg[r] + c.n_global(n);

@@ -127,7 +127,7 @@ class CudaModel {
   // what forward(tokens, its whole-record shard, a one-rank Comm) returns, bit for bit (a row's
   // arithmetic does not depend on the rows beside it); see PackedOptions for pairs and means.
   // An item's error (NumericError: a router score or output that is not finite) is its own; the
-  // others are still returned. Records of up to kern::kTopgSegmentMax tokens; CudaOutput::kHost
+  // others are still returned. Records of up to packed_max_tokens() tokens; CudaOutput::kHost
   // or kPooled. Throws OutOfMemory where the pack does not fit (the caller then runs the records
   // one at a time).
   using PackedItem = CudaPackedItem;
@@ -135,7 +135,11 @@ class CudaModel {
   using PackedResult = CudaPackedResult;
   std::vector<PackedResult> forward_packed(const std::vector<PackedItem>& items,
                                            const PackedOptions& options = {});
-  static int64_t packed_max_tokens();
+  // The longest record forward_packed takes on this model's GPU (kern::topg_segment_max_len).
+  int64_t packed_max_tokens() const;
+  // Frees the buffers only forward_packed uses (Q/K/V of every packed row, its tables), so a
+  // long record after a batch of short ones has their room; the next pack makes them again.
+  void release_packed();
 
   // The NCCL communicator over `comm` that a split record's forward will use, still being made
   // (NcclComm::start, on this model's device): taken, with its error if any, by the first forward
