@@ -8,6 +8,7 @@
 // (scripts/device-e2e.sh checks that on a 4-GPU machine). Skipped without a usable GPU.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <random>
 
@@ -65,6 +66,18 @@ std::string short_records(const TempDir& t) {
   return t / "short.fa";
 }
 
+// `count` reads of 1 to 200 bases, every tenth up to 900; some with N.
+std::string reads(int count, unsigned seed) {
+  std::mt19937 g(seed);
+  std::string fa;
+  for (int i = 0; i < count; ++i) {
+    const int n = 1 + (int)(g() % (i % 10 == 0 ? 900 : 200));
+    fa += ">read" + std::to_string(i) + " sample " + std::to_string(i % 3) + "\n";
+    for (int j = 0; j < n; ++j) fa += "ACGTN"[g() % (i % 7 == 0 ? 5 : 4)];
+    fa += "\n";
+  }
+  return fa;
+}
 void same_on_ranks(const TempDir& t, const std::string& args, std::vector<int> ranks) {
   expect_same_on_ranks(
       t, "g", binary() + " embed -q --force --device cuda " + args + " --split-min 100 --output ",
@@ -150,15 +163,7 @@ TEST(MpiGpu, PackedShortRecordsAreTheRecordsAlone) {
   SKIP_WITHOUT_GPU();
   TempDir t;
   const std::string bi = model(t, "bi", false), ca = model(t, "ca", true);
-  std::mt19937 g(5);
-  std::string fa;
-  for (int i = 0; i < 400; ++i) {  // 1 to 200 bases, every tenth up to 900; some with N
-    const int n = 1 + (int)(g() % (i % 10 == 0 ? 900 : 200));
-    fa += ">read" + std::to_string(i) + " sample " + std::to_string(i % 3) + "\n";
-    for (int j = 0; j < n; ++j) fa += "ACGTN"[g() % (i % 7 == 0 ? 5 : 4)];
-    fa += "\n";
-  }
-  write_file(t / "reads.fa", fa);
+  write_file(t / "reads.fa", reads(400, 5));
   const std::vector<std::pair<std::string, std::string>> runs = {
       {bi, "--pool mean --dtype f32"},
       {bi, "--pool none --dtype f16"},
@@ -191,4 +196,66 @@ TEST(MpiGpu, PackedShortRecordsAreTheRecordsAlone) {
                        binary() + " embed -q --force --device cuda --model " + bi + " --input " +
                            t / "reads.fa" + " --rc-average --pool bin:50 --output ",
                        {2}, mpirun_host_staged);
+}
+
+// A packed pass that does not fit on the GPU (here SPARSA_GPU_MEMORY makes the GPU as small as
+// 96 MB: a model's weights and buffers fit, a pass of 2,000 reads, ~270,000 rows, does not) is
+// said, and the records go one model at a time: the same file. A bad SPARSA_GPU_MEMORY is a usage
+// error.
+TEST(MpiGpu, PackThatDoesNotFitFallsBackToTheSameFile) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false);
+  write_file(t / "reads.fa", reads(2000, 7));
+  const std::string embed = binary() + " embed --force --device cuda --model " + bi + " --input " +
+                            t / "reads.fa" + " --pool mean --dtype f32 --output ";
+  auto r = run(embed + t / "packed.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("short records: packed"), std::string::npos) << r.output;
+  r = run("SPARSA_GPU_MEMORY=96M " + embed + t / "small.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("short records: one pass over many did not fit on the GPU (CUDA out "
+                          "of memory: "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("SPARSA_GPU_MEMORY's 100663296"), std::string::npos) << r.output;
+  expect_same_contents(t / "packed.h5", t / "small.h5");
+  r = run("SPARSA_GPU_MEMORY=lots " + embed + t / "bad.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("SPARSA_GPU_MEMORY=lots: not a number of bytes"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(t / "bad.h5"));
+}
+
+// A packed run stopped (SIGTERM once its first records are in the journal) exits 75 and keeps
+// them; --resume finishes it, and the file is the uninterrupted run's.
+TEST(MpiGpu, PackedRunStoppedResumesToTheSameFile) {
+  SKIP_WITHOUT_GPU();
+  TempDir t;
+  const std::string bi = model(t, "bi", false);
+  write_file(t / "reads.fa", reads(12000, 11));
+  std::vector<std::string> a = {binary(),  "embed",   "--device",     "cuda",   "--model",
+                                bi,        "--input", t / "reads.fa", "--pool", "bin:40",
+                                "--dtype", "f32",     "--output"};
+  const std::string cmd = [&] {
+    std::string c;
+    for (const auto& x : a) c += x + " ";
+    return c;
+  }();
+  auto r = run(cmd + t / "whole.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  a.push_back(t / "out.h5");
+  const pid_t pid = spawn(a, t / "log");
+  ASSERT_TRUE(wait_for_parts(t / "out.h5.parts", 1, pid)) << read_file(t / "log");
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 75) << read_file(t / "log");
+  const std::string log = read_file(t / "log");
+  EXPECT_NE(log.find("short records: packed"), std::string::npos) << log;
+  const int kept = count_parts(t / "out.h5.parts");
+  EXPECT_GT(kept, 0);
+  EXPECT_FALSE(std::filesystem::exists(t / "out.h5"));
+  r = run(cmd + t / "out.h5 --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_contents(t / "whole.h5", t / "out.h5");
 }

@@ -4,11 +4,13 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
 
 #include "backends/cuda/check.hpp"
+#include "core/env.hpp"
 #include "dist/comm.hpp"
 #include "kernels/elementwise/elementwise.hpp"
 
@@ -19,6 +21,40 @@ std::string rank_tag() {
   for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"})
     if (const char* r = std::getenv(v)) return std::string(" [rank ") + r + "]";
   return "";
+}
+
+// The bytes every DeviceBuffer of the process holds, against SPARSA_GPU_MEMORY.
+std::atomic<int64_t> g_held{0};
+
+// SPARSA_GPU_MEMORY=N[K|M|G]: the most bytes the process's DeviceBuffers may hold together, as if
+// the GPU had no more (tests of the out-of-memory paths; a GPU shared with another job). 0: none.
+int64_t gpu_memory_limit() {
+  const char* e = std::getenv("SPARSA_GPU_MEMORY");
+  if (!e || !*e) return 0;
+  std::string t = e;
+  double unit = 1;
+  switch (t.back()) {
+    case 'K':
+    case 'k':
+      unit = 1024.0;
+      break;
+    case 'M':
+    case 'm':
+      unit = 1024.0 * 1024;
+      break;
+    case 'G':
+    case 'g':
+      unit = 1024.0 * 1024 * 1024;
+      break;
+    default:
+      break;
+  }
+  if (unit > 1) t.pop_back();
+  double v = 0;
+  if (!whole_number(t.c_str(), 1, 1e15, &v))
+    throw ConfigError(std::string("SPARSA_GPU_MEMORY=") + e +
+                      ": not a number of bytes (for example 4096, 512M or 2G)");
+  return (int64_t)(v * unit);
 }
 }  // namespace
 
@@ -119,13 +155,19 @@ void warm_up_device(bool alone) noexcept {
 
 DeviceBuffer::DeviceBuffer(size_t bytes) { reserve(bytes); }
 DeviceBuffer::~DeviceBuffer() {
-  if (ptr_) cudaFree(ptr_);
+  if (ptr_) {
+    cudaFree(ptr_);
+    g_held -= (int64_t)bytes_;
+  }
 }
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
     : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   if (this != &o) {
-    if (ptr_) cudaFree(ptr_);
+    if (ptr_) {
+      cudaFree(ptr_);
+      g_held -= (int64_t)bytes_;
+    }
     ptr_ = std::exchange(o.ptr_, nullptr);
     bytes_ = std::exchange(o.bytes_, 0);
   }
@@ -133,11 +175,17 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 }
 void DeviceBuffer::reserve(size_t bytes) {
   if (bytes <= bytes_ && ptr_) return;
-  if (ptr_) CUDA_OK(cudaFree(ptr_));
-  ptr_ = nullptr;
-  bytes_ = 0;
+  if (ptr_) {  // freed first: after a throw below the buffer is empty, and not counted
+    g_held -= (int64_t)std::exchange(bytes_, 0);
+    CUDA_OK(cudaFree(std::exchange(ptr_, nullptr)));
+  }
   // NOTE: at least 256 bytes so that an empty tensor still has a valid, aligned address.
   const size_t want = bytes < 256 ? 256 : bytes;
+  if (const int64_t limit = gpu_memory_limit(); limit && g_held + (int64_t)want > limit)
+    throw OutOfMemory("CUDA out of memory: " + std::to_string(want) + " bytes requested, " +
+                          std::to_string(g_held.load()) + " held of SPARSA_GPU_MEMORY's " +
+                          std::to_string(limit) + rank_tag(),
+                      (long long)limit);
   const cudaError_t e = cudaMalloc(&ptr_, want);
   if (e != cudaSuccess) {
     cudaGetLastError();
@@ -148,6 +196,7 @@ void DeviceBuffer::reserve(size_t bytes) {
                       (long long)tot);
   }
   bytes_ = want;
+  g_held += (int64_t)want;
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
