@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <sstream>
 #include <system_error>
 
@@ -104,6 +105,23 @@ Pooled pool_shard(std::vector<float>&& y, int64_t n, int64_t d, int64_t first_po
     }
   }
   return out;
+}
+
+SidePlan cpu_side_plan(int threads, const std::vector<int64_t>& tokens) {
+  SidePlan p;
+  const int64_t k = (int64_t)tokens.size();
+  p.order.resize(k);
+  std::iota(p.order.begin(), p.order.end(), int64_t{0});
+  std::stable_sort(p.order.begin(), p.order.end(),
+                   [&](int64_t x, int64_t y) { return tokens[x] > tokens[y]; });
+  threads = std::max(threads, 1);
+  const int64_t full = k - k % threads;  // records a thread each
+  if (full > 0) p.waves.push_back({threads, 1, 0, full});
+  if (full < k) {
+    const int rest = (int)(k - full);
+    p.waves.push_back({rest, threads / rest, full, k});
+  }
+  return p;
 }
 
 std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d,
@@ -924,10 +942,22 @@ struct EmbedRun {
       forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       return;
     }
-    const int levels = omp_get_max_active_levels();
-    omp_set_max_active_levels(1);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
-    for (int64_t i = 0; i < k; ++i) {
+    // On the CPU (team = this rank's threads) the records longest first, so that the last few do
+    // not leave threads idle, and where there are fewer records than threads each one's ops run
+    // over threads / records of them (a record's bits do not depend on its threads). On the GPU
+    // (team = models side by side) a thread a model.
+    SidePlan plan;
+    if (make_worker) {  // a model a thread
+      plan.order.resize(k);
+      std::iota(plan.order.begin(), plan.order.end(), int64_t{0});
+      plan.waves.push_back({team, 1, 0, k});
+    } else {
+      std::vector<int64_t> tokens;
+      for (const Item* it : items) tokens.push_back(it->rec.n_tokens());
+      plan = cpu_side_plan(team, tokens);
+    }
+    const std::vector<int64_t>& order = plan.order;
+    auto one = [&](int64_t i) {
       try {
         // A stop leaves the records not yet begun: those before are written, then it is raised.
         if (stop_requested()) throw Interrupted(kResumeAdvice);
@@ -940,6 +970,20 @@ struct EmbedRun {
           outs[i] = run_forward(*items[i], self, sh, none, none);
       } catch (...) {
         errors[i] = std::current_exception();
+      }
+    };
+    const int levels = omp_get_max_active_levels();
+    for (const SideWave& wave : plan.waves) {
+      if (wave.outer <= 1) {  // one record at a time: its ops over every thread
+        for (int64_t j = wave.begin; j < wave.end; ++j) one(order[j]);
+        continue;
+      }
+      omp_set_max_active_levels(wave.inner > 1 ? 2 : 1);
+#pragma omp parallel num_threads(wave.outer)
+      {
+        omp_set_num_threads(wave.inner);  // this thread's record's ops (nested regions)
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t j = wave.begin; j < wave.end; ++j) one(order[j]);
       }
     }
     omp_set_max_active_levels(levels);

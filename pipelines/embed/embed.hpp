@@ -67,4 +67,18 @@ Pooled pool_shard(std::vector<float>&& y, int64_t n, int64_t d, int64_t first_po
                   const PoolSpec& pool);
 std::vector<float> combine_mean(const std::vector<double>& block_sums, int64_t d, int64_t n_record);
 
+// Short records of one batch on the CPU, longest first (`order`: indices into `tokens`, ties in
+// input order), in waves: a record a thread while there are at least as many records left as
+// threads, then the rest at once, each record's ops over threads / rest of them (a lone record
+// gets every thread), so the last records do not leave threads idle.
+struct SideWave {
+  int outer = 1, inner = 1;    // records at once, threads a record (outer x inner <= threads)
+  int64_t begin = 0, end = 0;  // a range of `order`
+};
+struct SidePlan {
+  std::vector<int64_t> order;
+  std::vector<SideWave> waves;
+};
+SidePlan cpu_side_plan(int threads, const std::vector<int64_t>& tokens);
+
 }  // namespace sparsa

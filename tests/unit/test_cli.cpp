@@ -560,6 +560,14 @@ TEST(CliSlow, ShortRecordsSideBySideGiveTheSameBits) {
     }
     expect_same_contents(t / "side.h5", t / "one.h5");
   }
+  // Fewer records than threads: 3 at once, each over 2 threads (nested), longest first
+  write_file(t / "few.fa", random_fasta(1, 900, 24, "f") + random_fasta(2, 3000, 25, "g"));
+  ASSERT_EQ(run(embed_cmd(t / "few.fa", t / "fside.h5", "--threads 6 --pool none")).code, 0);
+  {
+    ScopedEnv one_by_one("SPARSA_SIDE_BY_SIDE", "0");
+    ASSERT_EQ(run(embed_cmd(t / "few.fa", t / "fone.h5", "--threads 6 --pool none")).code, 0);
+  }
+  expect_same_contents(t / "fside.h5", t / "fone.h5");
   ScopedEnv bad("SPARSA_SIDE_BY_SIDE", "many");
   expect_failure(embed_cmd(t / "mix.fa", t / "bad.h5"), t / "bad.h5", "SPARSA_SIDE_BY_SIDE=many");
   EXPECT_FALSE(exists(t / "bad.h5.parts")) << "checked after the journal was made";
