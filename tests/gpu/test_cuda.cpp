@@ -2199,6 +2199,51 @@ TEST(CudaModel, PackedFloat16RowsAndAnErrorOfItsOwn) {
   }
 }
 
+// forward_packed's output check, per record: an infinite final_norm gain makes dimension 3 of
+// every row infinite, so each record's error names its own first row (record position 0, not its
+// row in the pack) in every output mode; a finite gain past float16's range does the same for
+// float16 rows (the conversion's check, "output row 0, column 3").
+TEST(CudaModel, PackedOutputErrorsNameEachRecordsOwnRow) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 5);
+  std::vector<std::vector<int32_t>> recs;
+  for (int64_t n : {40, 300, 1000}) recs.push_back(dna(n, 7 + n));
+  std::vector<CudaModel::PackedItem> items;
+  for (auto& r : recs) items.push_back({r.data(), (int64_t)r.size(), false});
+  auto message = [](const CudaModel::PackedResult& r) -> std::string {
+    if (!r.error) return "no error";
+    try {
+      std::rethrow_exception(r.error);
+    } catch (const NumericError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  w.final_norm[3] = INFINITY;
+  for (CudaOutput output : {CudaOutput::kHost, CudaOutput::kPooled}) {
+    CudaOptions opt{true, -1, 0};
+    opt.output = output;
+    opt.pool_bin = 50;
+    CudaModel gpu(w, opt);
+    const auto got = gpu.forward_packed(items);
+    ASSERT_EQ(got.size(), items.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_NE(message(got[i]).find("non-finite value at record position 0, dimension 3"),
+                std::string::npos)
+          << "record " << i << ": " << message(got[i]);
+  }
+  w.final_norm[3] = 1e5f;
+  CudaOptions opt{true, -1, 0};
+  opt.rows_f16 = true;
+  CudaModel gpu(w, opt);
+  const auto got = gpu.forward_packed(items);
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NE(message(got[i]).find("output row 0, column 3: a value past float16's range"),
+              std::string::npos)
+        << "record " << i << ": " << message(got[i]);
+}
+
 // forward_packed's pairs (--rc-average) and mean blocks: rows averaged on the device are
 // forward_rc_average's (float32 and float16 rows); a mean pool's block sums are the double sums
 // of those rows' blocks in row order (pool_shard's); bins are each pass's bins (the reverse pass
