@@ -193,13 +193,7 @@ bool check_paths(const EmbedOptions& o) {
     throw ConfigError("output folder " + dir.string() + " does not exist");
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
-  // OUT.tmp is sparsa's to replace when it is a file (left by a run that crashed), but a folder,
-  // device or FIFO there would fail the run only at its end, after every record was embedded.
-  if (const auto st = fs::symlink_status(tmp, ec); fs::exists(st) && !fs::is_regular_file(st))
-    throw ConfigError(tmp +
-                      " exists and is not a file: sparsa writes the output there while it "
-                      "is made (for --output " +
-                      o.output + "); move it away or choose another --output");
+  check_scratch_path(tmp, o.output, o.force);
   std::string taken_by;
   if (output_path_taken(o.output, "--output", &taken_by)) {
     if (o.resume && taken_by.empty() &&
@@ -685,6 +679,13 @@ struct EmbedRun {
     hooks.in_layer = [&](int64_t, double f) {
       if (show_progress) progress.update(((double)layers_done + f) / total_layers);
     };
+    // One rank: the record at work is not kept by a stop anyway, so a stop need not wait for the
+    // layer's end (minutes for a long record on the CPU: past Slurm's KillWait); the CPU's ops
+    // poll it between tiles. Ranks together stop at layer ends (check_stop is collective).
+    if (c.size() == 1) {
+      hooks.cancel = &stop_requested;
+      hooks.cancel_message = kResumeAdvice;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     // One rank holding the record and a row per token: the part is written while the rows come
     // (PartStream), from a GPU piece by piece as they cross (ForwardHooks::rows_out: float16

@@ -158,24 +158,62 @@ static bool replace_line(std::string& manifest, const std::string& from, const s
   return false;
 }
 
+// Compared by key (a line's first word), not line by line: one more input would otherwise shift
+// every line after it and name two unrelated lines ("'input b.fa' now vs 'pool none'").
 std::string first_difference(const std::string& a, const std::string& b) {
-  std::istringstream sa(a), sb(b);
-  std::string la, lb;
-  bool first = true;
-  while (true) {
-    const bool ga = (bool)std::getline(sa, la), gb = (bool)std::getline(sb, lb);
-    if (!ga && !gb) return "";
-    if (la == lb && ga == gb) {
-      first = false;
-      continue;
+  using Lines = std::vector<std::pair<std::string, std::vector<std::string>>>;  // key, its values
+  auto parse = [](const std::string& text) {
+    Lines out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+      const size_t sp = line.find(' ');
+      std::string key = line.substr(0, sp),
+                  value = sp == std::string::npos ? "" : line.substr(sp + 1);
+      auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == key; });
+      if (it == out.end()) it = out.insert(out.end(), {key, {}});
+      it->second.push_back(std::move(value));
     }
-    if (first && la.rfind("sparsa-journal", 0) == 0 && lb.rfind("sparsa-journal", 0) == 0)
-      return "written by another version of sparsa: '" + lb + "', this one writes '" + la + "'";
-    // Built with append (GCC 12 warns falsely about `"'" + std::string` chains, PR 105651).
-    std::string msg = "'";
-    msg.append(ga ? la : "").append("' now vs '").append(gb ? lb : "").append("'");
-    return msg;
+    return out;
+  };
+  const Lines now = parse(a), before = parse(b);
+  // The version line first: a journal of another version differs everywhere.
+  if (!now.empty() && !before.empty() && now[0].first == "sparsa-journal" &&
+      before[0].first == "sparsa-journal" && now[0].second != before[0].second)
+    return "written by another version of sparsa: 'sparsa-journal " + before[0].second[0] +
+           "', this one writes 'sparsa-journal " + now[0].second[0] + "'";
+  auto values = [](const Lines& l, const std::string& key) {
+    for (const auto& e : l)
+      if (e.first == key) return e.second;
+    return std::vector<std::string>{};
+  };
+  auto join = [](const std::string& key, const std::vector<std::string>& v) {
+    std::string out;  // built with append (GCC 12 warns falsely about "'" + std::string, PR 105651)
+    for (const std::string& x : v)
+      out.append(out.empty() ? "'" : ", '").append(key).append(" ").append(x).append("'");
+    return out.empty() ? std::string("none") : out;
+  };
+  Lines keys = now;
+  for (const auto& e : before)
+    if (std::none_of(keys.begin(), keys.end(), [&](const auto& k) { return k.first == e.first; }))
+      keys.push_back(e);
+  for (const auto& [key, unused] : keys) {
+    const std::vector<std::string> x = values(now, key), y = values(before, key);
+    if (x == y) continue;
+    std::vector<std::string> added, gone;  // as multisets
+    std::vector<std::string> ys = y;
+    for (const std::string& v : x)
+      if (auto it = std::find(ys.begin(), ys.end(), v); it != ys.end())
+        ys.erase(it);
+      else
+        added.push_back(v);
+    gone = ys;
+    if (added.empty() && gone.empty())
+      return key + " lines in another order: " + join(key, x) + " now vs " + join(key, y);
+    if (gone.empty()) return join(key, added) + " added";
+    if (added.empty()) return join(key, gone) + " no longer given";
+    return join(key, x) + " now vs " + join(key, y);
   }
+  return "";
 }
 
 bool Journal::present(const std::string& dir) {
@@ -790,6 +828,11 @@ void Journal::finish_as(const std::string& from, const std::string& output) {
     throw SystemError(output + ": cannot move the finished output into place: " + ec.message());
   }
   set_output_in_place();  // a signal now would only stop the journal's removal, exit non-zero
+  // A crashed run's OUT.tmp (or one --force replaces: check_scratch_path let only those through)
+  // when this output did not go through OUT.tmp: a one-record part renamed into place.
+  if (const std::string stale = output + ".tmp";
+      from != stale && fs::is_regular_file(fs::symlink_status(stale, ec)))
+    fs::remove(stale, ec);
   release_lock();
   fs::remove_all(dir_, ec);
   if (ec || fs::exists(dir_))

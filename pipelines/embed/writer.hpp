@@ -30,7 +30,8 @@ struct FileAttrs {
   std::string manifest;  // the run's manifest (the journal's MANIFEST text): `run_manifest`
 };
 
-// The first line where two manifests differ, quoted for a message ("" when they are equal).
+// What differs between two manifests, by key, quoted for a message ("" when they are equal):
+// "'pool mean' now vs 'pool none'", "'input /d/b.fa' added", "... no longer given".
 std::string first_difference(const std::string& now, const std::string& before);
 
 // A manifest of an earlier version as this one writes it: its input and regions_bed paths

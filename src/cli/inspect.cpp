@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
+#include "pipelines/embed/embed.hpp"
 #include "pipelines/embed/writer.hpp"
 
 namespace sparsa {
@@ -40,17 +41,34 @@ void inspect_model(const std::string& path) {
 
 // What is wrong with record group g of an embeddings file (spec 4's layout), or "". c: the
 // file's model config where it could be read (then d, the layers and G are checked too).
+// pool: the file's pooling where it could be read (then the rows are checked against length).
 std::string record_problem(const h5::File& f, const std::string& g, const ModelConfig* c,
-                           const std::string& dtype) {
+                           const std::string& dtype, const std::optional<PoolSpec>& pool) {
   const int64_t d = c ? c->d_model : 0;
   for (const char* a : {"name", "description", "source", "kind", "strand", "length", "region"})
     if (!f.has_attr(g, a)) return std::string("attribute '") + a + "' is missing";
+  if (const std::string strand = f.attr_string(g, "strand");
+      strand != "+" && strand != "rc-average")
+    return "strand is '" + strand + "', not '+' or 'rc-average'";
   const std::string et = f.type_name(g + "/embedding");
   if (et == "missing") return "embedding is missing";
   const auto emb = f.shape(g + "/embedding");
   if (emb.size() != 2 || (d > 0 && emb[1] != d))
     return "embedding has shape " + shape_text(emb) + ", not [rows, " + std::to_string(d) + "]";
   if (!dtype.empty() && et != dtype) return "embedding is " + et + ", the file says " + dtype;
+  std::optional<int64_t> length;
+  try {
+    length = f.attr_int(g, "length");
+  } catch (const Error&) {  // said by the listing ("is not an integer"): rows and G not checked
+  }
+  if (pool && length) {  // rows a record has under the file's pooling (spec 3)
+    const int64_t want = pool->kind == PoolSpec::kNone   ? *length
+                         : pool->kind == PoolSpec::kMean ? 1
+                                                         : (*length + pool->bin - 1) / pool->bin;
+    if (emb[0] != want)
+      return "embedding has " + std::to_string(emb[0]) + " rows, not the " + std::to_string(want) +
+             " of length " + std::to_string(*length) + " with pool " + pool->text();
+  }
   for (const char* b : {"bin_start", "bin_end"}) {
     const std::string t = f.type_name(g + "/" + b);
     if (t != "int64") return std::string(b) + (t == "missing" ? " is missing" : " is " + t);
@@ -64,11 +82,6 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
   if (gp.size() != 2 || f.shape(g + "/global_scores") != gp)
     return "global_positions and global_scores are not both [layers, G]";
   if (c) {  // one row a layer, G of the record's length (spec 2)
-    std::optional<int64_t> length;
-    try {
-      length = f.attr_int(g, "length");
-    } catch (const Error&) {  // said by the listing ("is not an integer"): G not checked
-    }
     const int64_t want_g = length ? c->n_global(*length) : gp[1];
     if (gp[0] != c->n_layers || gp[1] != want_g)
       return "global_positions is " + shape_text(gp) + ", not [" + std::to_string(c->n_layers) +
@@ -108,9 +121,19 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   }
   const std::string dtype = f.has_attr("/", "dtype") ? f.attr_string("/", "dtype") : "";
   bool sound = true;
+  std::optional<PoolSpec> pool;
+  if (f.has_attr("/", "pool")) {
+    try {
+      pool = parse_pool(f.attr_string("/", "pool"));
+    } catch (const Error&) {
+      std::printf("  ** BAD: pool '%s' is not none, mean or bin:N **\n",
+                  f.attr_string("/", "pool").c_str());
+      sound = false;
+    }
+  }
   for (const auto& k : keys)
     if (const std::string why =
-            record_problem(f, "/records/" + k, config ? &*config : nullptr, dtype);
+            record_problem(f, "/records/" + k, config ? &*config : nullptr, dtype, pool);
         !why.empty()) {
       std::printf("  ** BAD: record %s: %s **\n", k.c_str(), why.c_str());
       sound = false;

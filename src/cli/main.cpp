@@ -575,6 +575,7 @@ int main(int argc, char** argv) {
       if (access(folder.c_str(), W_OK) != 0)
         throw ConfigError(init_output + ": the output folder " + folder.string() +
                           " is not writable");
+      check_scratch_path(init_output + ".tmp", init_output, init_force);
       refuse_named_fifo(init_config, "--config");
       ModelConfig c = load_model_config(init_config);
       uint64_t seed = 0;  // the validator let only decimal digits that fit through

@@ -1,5 +1,7 @@
 // sparsa: checks of output paths before anything is written.
 #pragma once
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 
@@ -49,6 +51,31 @@ inline bool output_path_taken(const std::string& path, const std::string& option
                     ": sparsa writes its output as a new file and would replace it, --force or "
                     "not; give a file path (to discard the output, write it to a temporary file "
                     "and remove it)");
+}
+
+// OUT.tmp, where sparsa writes a file while it is made (then renames it to OUT): a file there is
+// replaced when it is sparsa's, left by a run that crashed (empty, or an HDF5 file: the
+// signature starts it); anything else is the user's and is refused unless --force (force): a
+// folder, device or FIFO outright, since it would fail the run only at its end.
+inline void check_scratch_path(const std::string& tmp, const std::string& output, bool force) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(tmp, ec);
+  if (!fs::exists(st)) return;
+  const std::string where = "sparsa writes the output there while it is made (for --output " +
+                            output + "); move it away or choose another --output";
+  if (!fs::is_regular_file(st)) throw ConfigError(tmp + " exists and is not a file: " + where);
+  char head[8] = {};
+  size_t got = 0;
+  if (std::FILE* f = std::fopen(tmp.c_str(), "rb")) {
+    got = std::fread(head, 1, sizeof head, f);
+    std::fclose(f);
+  }
+  static const char kHdf5[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+  if (got == 0 || (got == 8 && std::equal(head, head + 8, kHdf5)) || force) return;
+  throw ConfigError(
+      tmp + " exists and is not an HDF5 file, so not one a crashed sparsa run left: " + where +
+      ", or pass --force to replace it");
 }
 
 // "OUT already exists (what); pass --force to replace it", for a path output_path_taken took.

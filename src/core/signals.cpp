@@ -53,8 +53,8 @@ extern "C" void on_stop_signal(int sig) {
     std::_Exit(130);
   }
   if (!g_stop)
-    say(sig == SIGINT ? "\n[sparsa] interrupt: stopping at the next safe point (after the layer "
-                        "or record at work), keeping what is finished; interrupt again to stop "
+    say(sig == SIGINT ? "\n[sparsa] interrupt: stopping at the next safe point (the end of a layer "
+                        "with several ranks), keeping what is finished; interrupt again to stop "
                         "at once\n"
         : sig == SIGUSR1
             ? "\n[sparsa] SIGUSR1 (time limit near): stopping at the next safe point, keeping "

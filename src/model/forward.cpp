@@ -7,6 +7,7 @@
 #include "backends/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "core/memory.hpp"
+#include "core/signals.hpp"
 
 namespace sparsa {
 
@@ -85,12 +86,33 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   auto stage_done = [&](int64_t l, double flops) {
     if (hooks.in_layer) hooks.in_layer(l, flops / lf.all());
   };
+  const cpu::Cancel cancel = comm.size() == 1 ? hooks.cancel : nullptr;
+  auto stop_if_cancelled = [&] {  // after an op that may have skipped tiles
+    if (cancel && cancel()) throw Interrupted(hooks.cancel_message);
+  };
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
-    cpu::attn_inputs({x.data(), L.attn_norm.data(), L.wq.data(), L.wk.data(), L.wv.data(),
-                      L.router_w1.data(), L.router_b1.data(), L.router_w2.data(), L.router_b2[0],
-                      q.data(), k.data() + own * d, v.data() + own * d, scores.data(), m, d,
-                      c.router_hidden, b, c.norm_eps});
+    cpu::AttnInputParams ip{x.data(),
+                            L.attn_norm.data(),
+                            L.wq.data(),
+                            L.wk.data(),
+                            L.wv.data(),
+                            L.router_w1.data(),
+                            L.router_b1.data(),
+                            L.router_w2.data(),
+                            L.router_b2[0],
+                            q.data(),
+                            k.data() + own * d,
+                            v.data() + own * d,
+                            scores.data(),
+                            m,
+                            d,
+                            c.router_hidden,
+                            b,
+                            c.norm_eps};
+    ip.cancel = cancel;
+    cpu::attn_inputs(ip);
+    stop_if_cancelled();
     cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base, k.data() + own * d});
     stage_done(l, lf.in);
 
@@ -171,24 +193,33 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                             c.causal,
                             0,
                             m};
+    ap.cancel = cancel;
     // Interior rows read only this shard's K/V; edge rows wait for the halo.
     const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
     ap.row_begin = lo;
     ap.row_end = hi;
     cpu::dsa_attention(ap);
-    comm.wait_exchange(token);
+    comm.wait_exchange(token);  // (one rank, the only one that cancels: nothing in flight)
+    stop_if_cancelled();
     ap.row_begin = 0;
     ap.row_end = lo;
     cpu::dsa_attention(ap);
     ap.row_begin = hi;
     ap.row_end = m;
     cpu::dsa_attention(ap);
+    stop_if_cancelled();
     stage_done(l, lf.in + lf.attn);
 
-    cpu::linear({q.data(), L.wo.data(), x.data(), m, d, d, b, true});
+    cpu::LinearParams wo{q.data(), L.wo.data(), x.data(), m, d, d, b, true};
+    wo.cancel = cancel;
+    cpu::linear(wo);
+    stop_if_cancelled();
     stage_done(l, lf.in + lf.attn + lf.wo);
-    cpu::mlp_block(
-        {x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff, b, c.norm_eps});
+    cpu::MlpParams mp{x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff,
+                      b,        c.norm_eps};
+    mp.cancel = cancel;
+    cpu::mlp_block(mp);
+    stop_if_cancelled();
     if (hooks.after_layer) hooks.after_layer(l);
   }
   q = {};

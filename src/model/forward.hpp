@@ -61,6 +61,12 @@ struct ForwardHooks {
   // Progress inside a layer (a backend whose layers take long: the CPU's): the share of the
   // layer's work done, by its FLOPs, after each of its stages. Optional, rank-local.
   std::function<void(int64_t layer, double fraction)> in_layer;
+  // Optional, honoured by the CPU backend with one rank only (ranks together stop at layer ends):
+  // polled inside a layer's ops; once true, forward throws Interrupted(cancel_message) at the
+  // end of the op at work, its remaining tiles skipped (the record's work is lost: the caller
+  // keeps nothing of it). A stop need not wait for a layer that takes minutes.
+  bool (*cancel)() = nullptr;
+  const char* cancel_message = "stopped";
   // Optional, a row per token only: a backend that brings rows back from a device may hand
   // them over here in pieces, in order (shard rows [row0, row0 + n_rows), float16 bits where it
   // was asked for float16 rows, else float32; the memory is valid during the call), and set

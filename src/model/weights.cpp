@@ -1,8 +1,10 @@
 #include "model/weights.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <tuple>
 
 #include "core/error.hpp"
 #include "io/h5.hpp"
@@ -147,7 +149,12 @@ ModelWeights load_checkpoint(const std::string& path) {
     bad("/", "unsupported format_version (this sparsa reads version 1)");
   ModelWeights w;
   w.config_toml = f.attr_string("/", "config");
-  w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
+  try {
+    w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
+  } catch (const ConfigError& e) {  // the file is damaged (exit 1), not the command line (2)
+    throw InputError(std::string(e.what()) +
+                     " (a damaged checkpoint: its config is written whole by `sparsa init`)");
+  }
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);
   for (auto& t : tensor_list(w)) {
@@ -165,6 +172,21 @@ ModelWeights load_checkpoint(const std::string& path) {
       if (!std::isfinite((*t.data)[i]))
         bad(t.name, "non-finite value at flat index " + std::to_string(i));
   }
+  // Weights its config does not use (a layer past n_layers, a table past its channels) mean the
+  // config and the weights disagree: a checkpoint edited by hand, not one to embed with.
+  std::vector<std::string> want_layers, want_tables;
+  for (int64_t i = 0; i < w.config.n_layers; ++i) want_layers.push_back(std::to_string(i));
+  for (const auto& t : tensor_list(w))
+    if (t.name.rfind("/embedding/", 0) == 0) want_tables.push_back(t.name.substr(11));
+  for (const auto& [group, want, what] :
+       {std::tuple{std::string("/layers"), &want_layers,
+                   "n_layers = " + std::to_string(w.config.n_layers)},
+        std::tuple{std::string("/embedding"), &want_tables, std::string("its kind and channels")}})
+    for (const std::string& name : f.list(group))
+      if (std::find(want->begin(), want->end(), name) == want->end())
+        bad(group + "/" + name,
+            "not part of the model its config describes (" + what +
+                "): weights and config disagree (a checkpoint edited by hand?)");
   return w;
 }
 

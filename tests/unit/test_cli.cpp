@@ -769,6 +769,28 @@ TEST(Cli, OutputThatIsNotAFileIsRefused) {
   EXPECT_FALSE(exists(t / "p.h5"));
   EXPECT_FALSE(exists(t / "p.h5.parts"));
   EXPECT_TRUE(std::filesystem::is_directory(t / "p.h5.tmp"));
+  // A user's file at OUT.tmp was deleted without --force: only an empty or HDF5 file there (what
+  // a crashed run leaves) is sparsa's to replace; anything else is refused, kept, unless --force.
+  write_file(t / "u.h5.tmp", "precious\n");
+  r = run(embed_cmd(lambda(), t / "u.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("u.h5.tmp exists and is not an HDF5 file"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(read_file(t / "u.h5.tmp"), "precious\n");
+  EXPECT_FALSE(exists(t / "u.h5"));
+  r = run(binary() + " init -q --config " + tiny_config() + " --output " + t / "u.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(read_file(t / "u.h5.tmp"), "precious\n");
+  r = run(embed_cmd(lambda(), t / "u.h5", "--force"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "u.h5.tmp"));
+  std::filesystem::copy_file(tiny_model(), t / "c.h5.tmp");  // a crashed run's HDF5 leftover
+  write_file(t / "e.h5.tmp", "");                            // or an empty one
+  for (const char* out : {"c.h5", "e.h5"}) {
+    r = run(embed_cmd(lambda(), t / out));
+    EXPECT_EQ(r.code, 0) << out << ": " << r.output;
+    EXPECT_FALSE(exists(t / (std::string(out) + ".tmp")));
+  }
 }
 
 // A named FIFO where sparsa reads a small file waited for a writer forever, and SIGTERM could not
@@ -1099,6 +1121,20 @@ TEST(Cli, DamagedCheckpointsAreRefusedByName) {
       {"version",
        [](h5::File& f) { f.set_attr("/", "format_version", (int64_t)2); },
        {"unsupported format_version"}},
+      {"config",  // damage in the file, so exit 1 like the rest (it was 2, a usage error)
+       [](h5::File& f) { f.set_attr("/", "config", std::string("garbage = = =")); },
+       {"(attribute config)", "a damaged checkpoint"}},
+      {"fewer-layers",  // the config edited to one layer: the second was ignored silently
+       [](h5::File& f) {
+         std::string c = f.attr_string("/", "config");
+         const size_t at = c.find("n_layers = 2");
+         ASSERT_NE(at, std::string::npos) << c;
+         f.set_attr("/", "config", c.replace(at, 12, "n_layers = 1"));
+       },
+       {"/layers/1", "not part of the model its config describes (n_layers = 1)"}},
+      {"extra-group",
+       [](h5::File& f) { f.create_group("/layers/2"); },
+       {"/layers/2", "weights and config disagree"}},
   };
   for (const Case& c : cases) {
     const std::string m = t / (std::string(c.name) + ".h5"),
@@ -1611,6 +1647,30 @@ TEST(Cli, InspectRefusesForeignFiles) {
   EXPECT_NE(r.output.find("sparsa: error: " + t / "gone.h5" + ": no such file"), std::string::npos)
       << r.output;
   EXPECT_EQ(run(binary() + " inspect " + t / "good.h5" + " " + tiny_model()).code, 0);
+  // Attributes that cannot be: a pool that is not one, a strand, and rows that are not the
+  // pool's count for the record's length (49 of 48,502 tokens at bin:1000; 1 for mean).
+  struct Bad {
+    const char *obj, *attr, *value, *said;
+  };
+  for (const Bad& b :
+       {Bad{"/", "pool", "banana", "BAD: pool 'banana' is not none, mean or bin:N"},
+        Bad{"/", "pool", "bin:0", "BAD: pool 'bin:0' is not none"},
+        Bad{"", "strand", "x", "strand is 'x', not '+' or 'rc-average'"},
+        Bad{"/", "pool", "mean", "embedding has 49 rows, not the 1 of length 48502"},
+        Bad{"/", "pool", "bin:64", "not the 758 of length 48502 with pool bin:64"}}) {
+    const std::string p = t / "attr.h5";
+    std::filesystem::remove(p);
+    std::filesystem::copy_file(t / "good.h5", p);
+    {
+      h5::File f = h5::File::open_rw(p);
+      const std::string obj = *b.obj ? std::string(b.obj) : "/records/" + f.list("/records").at(0);
+      ASSERT_GE(H5Adelete_by_name(f.id(), obj.c_str(), b.attr, H5P_DEFAULT), 0);
+      f.set_attr(obj, b.attr, std::string(b.value));
+    }
+    r = run(binary() + " inspect " + p);
+    EXPECT_EQ(r.code, 1) << b.value << ": " << r.output;
+    EXPECT_NE(r.output.find(b.said), std::string::npos) << b.value << ": " << r.output;
+  }
   // A later format_version is not judged a result (as a checkpoint's is refused).
   std::filesystem::copy_file(t / "good.h5", t / "v2.h5");
   h5::File::open_rw(t / "v2.h5").set_attr("/", "format_version", (int64_t)2);
@@ -1645,8 +1705,8 @@ TEST(Cli, InspectRefusesForeignFiles) {
     const std::string g = "/records/000000_a";
     f.create_group("/records");
     f.create_group(g);
-    for (const char* a : {"name", "source", "kind", "strand", "region"})
-      f.set_attr(g, a, std::string("a"));
+    for (const char* a : {"name", "source", "kind", "region"}) f.set_attr(g, a, std::string("a"));
+    f.set_attr(g, "strand", std::string("+"));
     if (described) f.set_attr(g, "description", std::string("a"));
     f.set_attr(g, "length", (int64_t)4);
     const std::vector<float> rows(8, 0.5f);

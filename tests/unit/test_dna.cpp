@@ -613,7 +613,11 @@ TEST_F(DnaTest, ReadBedErrors) {
                                          {"chr1\t10\t2o", "not an integer"},
                                          {"chr1\t1,0\t20", "not an integer"},
                                          {"chr1\t-1\t20", "negative"},
-                                         {"chr1\t20\t10", "not be less than start"}}) {
+                                         {"chr1\t20\t10", "not be less than start"},
+                                         // an empty tab field is not the next column shifted
+                                         {"chr1\t2\t\t10\tgeneA", "column 3 (end) is empty"},
+                                         {"chr1\t\t0\t5", "column 2 (start) is empty"},
+                                         {"\tchr1\t0\t5", "column 1 (chrom) is empty"}}) {
     std::string p = write("bad.bed", "# c\nchr1\t0\t5\n" + k.line + "\n");
     expect_error<InputError>([&] { read_bed(p); }, {p, "line 3", k.what});
   }
@@ -627,6 +631,13 @@ TEST_F(DnaTest, ReadBedErrors) {
                             "chr1\t0\t5\n"));
   ASSERT_EQ(bom.size(), 1u);
   EXPECT_EQ(bom[0].name, "chr1");
+  // Tab fields with blanks around them, and a name with a space inside.
+  auto blanks = read_bed(write("blanks.bed", "chr1 \t 3\t9 \t gene A \t0\n"));
+  ASSERT_EQ(blanks.size(), 1u);
+  EXPECT_EQ(blanks[0].name, "chr1");
+  EXPECT_EQ(blanks[0].begin, 3);
+  EXPECT_EQ(blanks[0].end, 9);
+  EXPECT_EQ(blanks[0].label, "gene A");
 }
 
 // A NUL byte in a header cut the name short when stored (two records became 'a' and 'a'):

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "backends/cpu/ops.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/signals.hpp"
 #include "dist/comm.hpp"
 #include "model/forward.hpp"
 #include "model/weights.hpp"
@@ -284,6 +286,47 @@ void check_config(const ModelConfig& c, const std::vector<int64_t>& ns, uint64_t
 
 // ---------------------------------------------------------------------------------------------
 // Whole model against the reference.
+
+// ForwardHooks::cancel: polled before each tile of the layer's ops; once it says stop, forward
+// throws Interrupted at the end of the op at work (inside the first layer here: after_layer never
+// runs), and a cancel that never says stop leaves the result as it was, bit for bit.
+std::atomic<int> g_polls{0}, g_stop_after{-1};
+bool cancel_after_polls() {
+  const int k = g_polls.fetch_add(1);
+  return g_stop_after.load() >= 0 && k >= g_stop_after.load();
+}
+
+TEST(Reference, CancelStopsInsideALayerAndOtherwiseChangesNothing) {
+  const ModelConfig c = small_config(false);
+  const ModelWeights w = make_weights(c, 21);
+  const int64_t n = 1000;  // 16 tiles of 64 rows an op
+  const std::vector<int32_t> tok = make_tokens(c, n, 22);
+  auto comm = make_single_comm();
+  ForwardHooks hooks;
+  int layers = 0;
+  hooks.after_layer = [&](int64_t) { ++layers; };
+  hooks.cancel = &cancel_after_polls;
+  hooks.cancel_message = "stop now";
+  g_polls = 0;
+  g_stop_after = -1;
+  const ForwardOutput whole = forward(w, tok.data(), shard_of(n, 0, 1), *comm, hooks);
+  EXPECT_EQ(layers, c.n_layers);
+  EXPECT_GT(g_polls.load(), 16);  // polled tile by tile
+  const ForwardOutput plain = run_forward(w, tok, n);
+  EXPECT_EQ(whole.y, plain.y);
+  EXPECT_EQ(whole.global_positions, plain.global_positions);
+  layers = 0;
+  g_polls = 0;
+  g_stop_after = 5;  // inside the first op of layer 0
+  try {
+    forward(w, tok.data(), shard_of(n, 0, 1), *comm, hooks);
+    ADD_FAILURE() << "no stop";
+  } catch (const Interrupted& e) {
+    EXPECT_STREQ(e.what(), "stop now");
+  }
+  EXPECT_EQ(layers, 0);
+  EXPECT_LT(g_polls.load(), 16 + 4);  // the op's remaining tiles polled (and skipped), no more
+}
 
 TEST(Reference, BidirectionalSmallN) { check_config(small_config(false), {1, 2, 7, 37, 130}, 11); }
 

@@ -330,6 +330,29 @@ TEST(Resume, ManifestMismatchIsRefused) {
   EXPECT_FALSE(exists(out + ".parts"));
 }
 
+// The refusal names what differs by key: an added input named itself, not as the first of the
+// lines it shifted ("'input b.fa' now vs 'pool none'").
+TEST(Resume, ManifestDifferenceIsNamedByKey) {
+  using sparsa::first_difference;
+  const std::string base =
+      "sparsa-journal 3\nmodel_sha256 x\ninput /d/a.fa\npool none\ndtype f16\n";
+  const std::string two =
+      "sparsa-journal 3\nmodel_sha256 x\ninput /d/a.fa\ninput /d/b.fa\npool none\ndtype f16\n";
+  EXPECT_EQ(first_difference(base, base), "");
+  EXPECT_EQ(first_difference(two, base), "'input /d/b.fa' added");
+  EXPECT_EQ(first_difference(base, two), "'input /d/b.fa' no longer given");
+  std::string mean = base;
+  mean.replace(mean.find("pool none"), 9, "pool mean");
+  EXPECT_EQ(first_difference(mean, base), "'pool mean' now vs 'pool none'");
+  const std::string swapped =
+      "sparsa-journal 3\nmodel_sha256 x\ninput /d/b.fa\ninput /d/a.fa\npool none\ndtype f16\n";
+  EXPECT_NE(first_difference(swapped, two).find("input lines in another order"), std::string::npos)
+      << first_difference(swapped, two);
+  EXPECT_EQ(first_difference("sparsa-journal 3\npool none\n", "sparsa-journal 2\npool bin:8\n"),
+            "written by another version of sparsa: 'sparsa-journal 2', this one writes "
+            "'sparsa-journal 3'");
+}
+
 TEST(Resume, ChangedRecordsAreEmbeddedAgain) {
   // A run stops on a bad base in record 3 with records 1 and 2 finished. The input is fixed, and
   // record 1 edited without changing the file's size: --resume keeps record 2, embeds 1 and 3

@@ -91,6 +91,7 @@ void linear(const LinearParams& p) {
     std::vector<float> xs, ys;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tr.count; ++t) {
+      if (p.cancel && p.cancel()) continue;
       const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
       gemm_tile(p.x + tw.r0 * p.d_in, p.w, p.y + tw.r0 * p.d_out, tw.r1 - tw.r0, tw.slot0, p.d_in,
                 p.d_out, p.accumulate, xs, ys);
@@ -121,6 +122,7 @@ void attn_inputs(const AttnInputParams& p) {
     std::vector<double> hid;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tr.count; ++t) {
+      if (p.cancel && p.cancel()) continue;
       const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
       const int64_t m = tw.r1 - tw.r0;
       h.resize(m * p.d);
@@ -268,6 +270,7 @@ void dsa_attention(const AttentionParams& p) {
     sb.denom.resize(T);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tr.count; ++t) {
+      if (p.cancel && p.cancel()) continue;
       const int64_t tile_pos = (tr.first + t) * T;
       // Shard rows of this tile that this call writes, and their slots in the tile.
       const int64_t r0 = std::max(p.row_begin, tile_pos - p.first_pos);
@@ -342,6 +345,7 @@ void mlp_block(const MlpParams& p) {
     std::vector<float> h, u, xs, ys;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tr.count; ++t) {
+      if (p.cancel && p.cancel()) continue;
       const TileRows tw = tile_rows(p.first_pos, p.n_tokens, tr.first + t);
       const int64_t m = tw.r1 - tw.r0;
       h.resize(m * p.d);

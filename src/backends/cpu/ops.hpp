@@ -26,6 +26,13 @@ struct RmsNormParams {
 };
 void rmsnorm(const RmsNormParams& p);
 
+// Optional in the ops that run tile by tile over a layer's rows (attn_inputs, linear,
+// dsa_attention, mlp_block): polled before each tile; once it returns true the tiles not begun
+// are skipped, so the output is garbage and the caller must throw it away (forward stops with
+// Interrupted). Like ggml's abort callback: a stop need not wait for the end of an op that takes
+// seconds on a long record. Must be safe to call from any thread.
+using Cancel = bool (*)();
+
 // y = x W (+ y when accumulate). W is [d_in, d_out] row-major.
 struct LinearParams {
   const float* x;  // [n_tokens, d_in]
@@ -34,6 +41,7 @@ struct LinearParams {
   int64_t n_tokens, d_in, d_out;
   int64_t first_pos;  // record position of row 0 (tile alignment)
   bool accumulate;
+  Cancel cancel = nullptr;
 };
 void linear(const LinearParams& p);
 
@@ -51,6 +59,7 @@ struct AttnInputParams {
   float* scores;     // [n_tokens]
   int64_t n_tokens, d, hidden, first_pos;
   double eps;
+  Cancel cancel = nullptr;
 };
 void attn_inputs(const AttnInputParams& p);
 
@@ -108,6 +117,7 @@ struct AttentionParams {
   int64_t n_tokens, first_pos, n_record, n_heads, head_dim, window;
   bool causal;
   int64_t row_begin, row_end;  // rows of this shard to compute (for interior/edge overlap)
+  Cancel cancel = nullptr;
 };
 void dsa_attention(const AttentionParams& p);
 
@@ -119,6 +129,7 @@ struct MlpParams {
   const float* w_down;  // [d_ff, d]
   int64_t n_tokens, d, d_ff, first_pos;
   double eps;
+  Cancel cancel = nullptr;
 };
 void mlp_block(const MlpParams& p);
 
