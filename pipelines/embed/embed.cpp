@@ -1378,6 +1378,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "records are embedded twice\n",
                    o.inputs[i].c_str(), at->second + 1, i + 1);
   }
+  // ... and the same --region text twice (each input's record of that name embedded twice).
+  for (size_t i = 0; root && i < o.regions.size(); ++i)
+    if (const auto first =
+            std::find(o.regions.begin(), o.regions.begin() + (std::ptrdiff_t)i, o.regions[i]);
+        first != o.regions.begin() + (std::ptrdiff_t)i)
+      std::fprintf(stderr,
+                   "[sparsa] warning: --region %s is given twice (as --region %zu and %zu): it "
+                   "is embedded twice\n",
+                   o.regions[i].c_str(), (size_t)(first - o.regions.begin()) + 1, i + 1);
   // Several ranks: all use a GPU or none does. With --device auto, ranks that chose by
   // themselves mixed bf16 GPU rows with float32 CPU rows in one file (and a split record's GPU
   // ranks waited for the CPU ranks in NCCL's set-up until the watchdog).

@@ -281,7 +281,8 @@ int bench_model(const BenchOptions& o) {
 int run_bench(const BenchOptions& o) {
   std::string why;
   if (!cuda_available(&why)) {
-    std::fprintf(stderr, "sparsa bench: no usable CUDA device (%s)\n", why.c_str());
+    std::fprintf(stderr, "sparsa: error: bench needs a CUDA GPU: no usable CUDA device (%s)\n",
+                 why.c_str());
     return 2;
   }
   cuda::select_device(-1);

@@ -505,6 +505,16 @@ int main(int argc, char** argv) {
         return kExitUsage;
       }
     }
+    // An option given twice that takes one value: CLI11's "--model: At Most 1 required but
+    // received 2" said plainly.
+    if (dynamic_cast<const CLI::ArgumentMismatch*>(&e)) {
+      const std::string what = e.what(), said = ": At Most 1 required but received ";
+      if (const size_t at = what.find(said); at != std::string::npos) {
+        std::fprintf(stderr, "%s given %s times; it takes one value: give it once\n",
+                     what.substr(0, at).c_str(), what.substr(at + said.size()).c_str());
+        return kExitUsage;
+      }
+    }
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 

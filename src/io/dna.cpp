@@ -710,9 +710,16 @@ std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>
     RegionSpec r;
     r.text = path + " line " + std::to_string(ln);  // names the BED line in messages
     r.name.assign(cols[0]);
+    // (digits past int64's range are an integer too, just not a coordinate)
+    auto not_int = [](std::string_view v) {
+      const bool digits = !v.empty() && std::all_of(v.begin() + (v[0] == '-'), v.end(),
+                                                    [](char ch) { return ch >= '0' && ch <= '9'; });
+      return digits && v.size() > 1 ? " is past any sequence's length" : " is not an integer";
+    };
     if (!parse_int(cols[1], r.begin))
-      throw InputError(at_line(path, ln, "start is not an integer"));
-    if (!parse_int(cols[2], r.end)) throw InputError(at_line(path, ln, "end is not an integer"));
+      throw InputError(at_line(path, ln, std::string("start") + not_int(cols[1])));
+    if (!parse_int(cols[2], r.end))
+      throw InputError(at_line(path, ln, std::string("end") + not_int(cols[2])));
     if (r.begin < 0) throw InputError(at_line(path, ln, "start is negative"));
     if (r.end < r.begin) throw InputError(at_line(path, ln, "end must not be less than start"));
     if (r.end == r.begin) {

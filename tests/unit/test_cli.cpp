@@ -291,6 +291,12 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("--input took '" + t / "typo.h5" + "' as an input too"),
             std::string::npos)
       << r.output;
+  // An option of one value given twice: said plainly (CLI11: "At Most 1 required but received 2").
+  r = run(embed_cmd(lambda(), t / "typo.h5", "--model " + tiny_model()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--model given 2 times; it takes one value: give it once"),
+            std::string::npos)
+      << r.output;
   r = run(binary() + " embed -m " + lambda() + " -o embed");  // the command's name as a value
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--input is required"), std::string::npos) << r.output;
@@ -1317,6 +1323,12 @@ TEST(Cli, RegionsOfEcoli) {
   EXPECT_NE(twice.output.find("is given twice (as --input 1 and 2)"), std::string::npos)
       << twice.output;
   EXPECT_EQ(h5::File::open_read(t / "twice.h5").list("/records").size(), 2u);
+  twice = run(embed_cmd(t / "ecoli.fa", t / "twice-r.h5",
+                        "--pool mean --region K-12-MG1655:1-100 --region K-12-MG1655:1-100"));
+  EXPECT_EQ(twice.code, 0) << twice.output;
+  EXPECT_NE(twice.output.find("--region K-12-MG1655:1-100 is given twice (as --region 1 and 2)"),
+            std::string::npos)
+      << twice.output;
   // With regions only the regions are embedded: an input that none names is said (with -q too).
   write_file(t / "other.fa", ">s\nACGT\n");
   auto unnamed = run(embed_cmd(t / "ecoli.fa", t / "unnamed.h5",

@@ -613,6 +613,7 @@ TEST_F(DnaTest, ReadBedErrors) {
                                          {"chr1\t10\t2o", "not an integer"},
                                          {"chr1\t1,0\t20", "not an integer"},
                                          {"chr1\t-1\t20", "negative"},
+                                         {"chr1\t0\t99999999999999999999", "end is past any"},
                                          {"chr1\t20\t10", "not be less than start"},
                                          // an empty tab field is not the next column shifted
                                          {"chr1\t2\t\t10\tgeneA", "column 3 (end) is empty"},

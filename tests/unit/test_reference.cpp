@@ -740,6 +740,12 @@ TEST(Config, DocumentedDefaultsAreTheCodes) {
     for (size_t i = 0; i < keys.size(); ++i) {
       ++keys_seen;
       ASSERT_TRUE(code.count(keys[i])) << "docs/model.md names an unknown key: " << keys[i];
+      if (keys[i] == "kind") {  // no default: a config without it is refused
+        EXPECT_EQ(values[i], "(required)") << line;
+        EXPECT_THROW(sparsa::parse_model_config("[model]\nd_model = 64\n", "no-kind.toml"),
+                     sparsa::ConfigError);
+        continue;
+      }
       const std::string& want = code[keys[i]];
       char* end = nullptr;
       const double a = std::strtod(values[i].c_str(), &end);
