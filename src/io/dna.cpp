@@ -138,7 +138,8 @@ std::string not_utf8(std::string_view text, const char* what) {
 
 // Splits a header line (without its '>' or '@') samtools-style: blanks before the name are
 // skipped (htslib's faidx does: `> chr1 x` is chr1), the name ends at the next whitespace; the
-// description is the rest after that whitespace run, without trailing spaces.
+// description is the rest after that whitespace run, as the user wrote it (trailing blanks
+// too, as htslib's kseq keeps them; a line's '\r' is gone before this).
 void split_header(std::string_view text, std::string& name, std::string& description) {
   size_t s = 0;
   while (s < text.size() && is_space(text[s])) ++s;
@@ -146,9 +147,7 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
   while (i < text.size() && !is_space(text[i])) ++i;
   name.assign(text.substr(s, i - s));
   while (i < text.size() && is_space(text[i])) ++i;
-  size_t end = text.size();
-  while (end > i && is_space(text[end - 1])) --end;
-  description.assign(text.substr(i, end - i));
+  description.assign(text.substr(i));
 }
 
 // Why a file whose first line is `line` is not FASTA/FASTQ though it may start like it (a SAM

@@ -163,7 +163,7 @@ TEST_F(DnaTest, MultiRecordFastaWithDescriptions) {
   auto recs = read_all(p);
   ASSERT_EQ(recs.size(), 3u);
   EXPECT_EQ(recs[0].name, "chr1/part|x:1");
-  EXPECT_EQ(recs[0].description, "first  record\tdesc");
+  EXPECT_EQ(recs[0].description, "first  record\tdesc  ");  // as written, trailing blanks too
   EXPECT_EQ(recs[0].tokens, toks("ACGTACGTNNNN"));
   EXPECT_EQ(recs[1].name, "gi|123|ref|NC_1.1|");
   EXPECT_EQ(recs[1].description, "");
