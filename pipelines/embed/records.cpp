@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "core/error.hpp"
@@ -122,6 +123,26 @@ struct RecordSource::Impl {
                                  count_of((int64_t)empty.size(), "zero-length interval") +
                                  " (start = end) skipped: no base to embed (line" +
                                  (empty.size() == 1 ? " " : "s ") + lines + ")");
+      }
+      {  // the same interval on several lines (a BED concatenated twice): embedded each time
+        std::map<std::tuple<std::string, int64_t, int64_t>, const RegionSpec*> first;
+        std::string said;
+        int64_t repeats = 0;
+        auto line_of = [&](const std::string& text) {  // "PATH line N" -> "line N"
+          const std::string lead = opts.regions_bed + " ";
+          return text.rfind(lead, 0) == 0 ? text.substr(lead.size()) : text;
+        };
+        for (const auto& r : bed)
+          if (const auto [at, fresh] = first.try_emplace({r.name, r.begin, r.end}, &r); !fresh) {
+            if (++repeats <= 3)
+              said += std::string(said.empty() ? "" : "; ") + line_of(r.text) + " repeats " +
+                      line_of(at->second->text) + " (" + r.name + " " + std::to_string(r.begin) +
+                      " " + std::to_string(r.end) + ")";
+          }
+        if (repeats > 0)
+          setup_warnings.push_back(
+              opts.regions_bed + ": " + count_of(repeats, "interval") + " listed again, each " +
+              "embedded again as a record of its own: " + said + (repeats > 3 ? "; ..." : ""));
       }
       for (auto& r : bed) specs.push_back(std::move(r));
     }

@@ -39,6 +39,49 @@ void inspect_model(const std::string& path) {
   std::printf("config:\n%s", w.config_toml.c_str());
 }
 
+// What is wrong with a record's bins (spec 4: [bin_start, bin_end) in source coordinates, one a
+// row), or "": they tile the record's `length` positions in order, each N long under bin:N (the
+// last at most N), one under none.
+std::string bins_problem(const std::vector<int64_t>& bs, const std::vector<int64_t>& be,
+                         int64_t length, const std::optional<PoolSpec>& pool) {
+  if (bs.empty()) return length > 0 ? "no bins for length " + std::to_string(length) : "";
+  const int64_t each = !pool                           ? 0
+                       : pool->kind == PoolSpec::kNone ? 1
+                       : pool->kind == PoolSpec::kBin  ? pool->bin
+                                                       : length;
+  for (size_t i = 0; i < bs.size(); ++i) {
+    const std::string at = "bin " + std::to_string(i) + " [" + std::to_string(bs[i]) + ", " +
+                           std::to_string(be[i]) + ")";
+    if (be[i] <= bs[i]) return at + " is empty or backwards";
+    if (i > 0 && bs[i] != be[i - 1])
+      return at + " does not start where bin " + std::to_string(i - 1) + " ends (" +
+             std::to_string(be[i - 1]) + ")";
+    const bool last = i + 1 == bs.size();
+    if (each > 0 && (last ? be[i] - bs[i] > each : be[i] - bs[i] != each))
+      return at + " holds " + std::to_string(be[i] - bs[i]) + " positions, not " +
+             (last ? "at most " : "") + std::to_string(each) + " (pool " + pool->text() + ")";
+  }
+  if (be.back() - bs.front() != length)
+    return "the bins cover " + std::to_string(be.back() - bs.front()) +
+           " positions, not the record's length " + std::to_string(length);
+  return "";
+}
+
+// What is wrong with a record's global sets (spec 4: each layer's positions ascending, 0-based in
+// the record), or "".
+std::string globals_problem(const std::vector<int64_t>& pos, int64_t g, int64_t length) {
+  for (size_t i = 0; i < pos.size(); ++i) {
+    const int64_t l = g > 0 ? (int64_t)i / g : 0, j = g > 0 ? (int64_t)i % g : 0;
+    const std::string at = "global_positions[" + std::to_string(l) + ", " + std::to_string(j) +
+                           "] = " + std::to_string(pos[i]);
+    if (pos[i] < 0 || pos[i] >= length)
+      return at + " is outside the record (length " + std::to_string(length) + ")";
+    if (j > 0 && pos[i] <= pos[i - 1])
+      return at + " does not follow " + std::to_string(pos[i - 1]) + ": not ascending";
+  }
+  return "";
+}
+
 // What is wrong with record group g of an embeddings file (spec 4's layout), or "". c: the
 // file's model config where it could be read (then d, the layers and G are checked too).
 // pool: the file's pooling where it could be read (then the rows are checked against length).
@@ -75,6 +118,19 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
     if (f.shape(g + "/" + b) != std::vector<int64_t>{emb[0]})
       return std::string(b) + " does not have one value per embedding row";
   }
+  if (length)
+    if (std::string why =
+            bins_problem(f.read_i64(g + "/bin_start"), f.read_i64(g + "/bin_end"), *length, pool);
+        !why.empty())
+      return why;
+  if (f.attr_string(g, "kind") == "timeseries") {  // the time at each bin_start (spec 4)
+    const std::string t = f.type_name(g + "/timestamps");
+    if (t != "string")
+      return "timestamps (a time series' times) " +
+             (t == "missing" ? std::string("is missing") : "is " + t + ", not text");
+    if (f.shape(g + "/timestamps") != std::vector<int64_t>{emb[0]})
+      return "timestamps does not have one value per embedding row";
+  }
   if (f.type_name(g + "/global_positions") != "int64" ||
       f.type_name(g + "/global_scores") != "float32")
     return "global_positions (int64) or global_scores (float32) is missing or of another type";
@@ -88,7 +144,22 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
              ", " + std::to_string(want_g) + "] (the model's layers" +
              (length ? ", G of length " + std::to_string(*length) : std::string()) + ")";
   }
+  if (length)
+    if (std::string why = globals_problem(f.read_i64(g + "/global_positions"), gp[1], *length);
+        !why.empty())
+      return why;
   return "";
+}
+
+// An attribute of a record for the listing: "(missing)" or "(unreadable)" where the check above
+// has said so already (the listing goes on).
+std::string listed(const h5::File& f, const std::string& g, const char* name) {
+  if (!f.has_attr(g, name)) return "(missing)";
+  try {
+    return f.attr_string(g, name);
+  } catch (const Error&) {
+    return "(unreadable)";
+  }
 }
 
 bool inspect_embeddings(const h5::File& f, bool verbose) {
@@ -147,11 +218,17 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
     const std::string g = "/records/" + k;
     const auto emb = f.shape(g + "/embedding");
     const auto gp = f.shape(g + "/global_positions");
-    std::string region = f.attr_string(g, "region");
-    if (f.has_attr(g, "region_name")) region += " (" + f.attr_string(g, "region_name") + ")";
-    std::printf("  %-24s name=%s length=%lld embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
-                f.attr_string(g, "name").c_str(), (long long)f.attr_int(g, "length"),
-                shape_text(emb).c_str(), shape_text(gp).c_str(), f.attr_string(g, "strand").c_str(),
+    std::string region = f.has_attr(g, "region") ? listed(f, g, "region") : "";
+    if (f.has_attr(g, "region_name")) region += " (" + listed(f, g, "region_name") + ")";
+    std::string length = "(missing)";
+    if (f.has_attr(g, "length")) try {
+        length = std::to_string(f.attr_int(g, "length"));
+      } catch (const Error&) {
+        length = "(not an integer)";
+      }
+    std::printf("  %-24s name=%s length=%s embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
+                listed(f, g, "name").c_str(), length.c_str(), shape_text(emb).c_str(),
+                shape_text(gp).c_str(), listed(f, g, "strand").c_str(),
                 region.empty() ? "" : " region=", region.c_str());
     ++shown;
   }

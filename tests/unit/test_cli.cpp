@@ -1347,6 +1347,17 @@ TEST(Cli, RegionsOfEcoli) {
             std::string::npos)
       << zero.output;
   EXPECT_EQ(h5::File::open_read(t / "z.h5").list("/records").size(), 1u);
+  // The same interval on two lines (a BED concatenated twice) is embedded twice, with a warning.
+  write_file(t / "dup.bed",
+             "K-12-MG1655\t50\t60\tg1\nK-12-MG1655\t70\t80\nK-12-MG1655\t50\t60\tg1\n");
+  auto dup = run(embed_cmd(t / "ecoli.fa", t / "dup.h5", "--regions " + t / "dup.bed"));
+  EXPECT_EQ(dup.code, 0) << dup.output;
+  EXPECT_NE(dup.output.find("dup.bed: 1 interval listed again, each embedded again as a record of "
+                            "its own: line 3 repeats line 1 (K-12-MG1655 50 60)"),
+            std::string::npos)
+      << dup.output;
+  EXPECT_EQ(h5::File::open_read(t / "dup.h5").list("/records").size(), 3u);
+  EXPECT_EQ(zero.output.find("listed again"), std::string::npos) << zero.output;
   // A BED line past a record's end (another assembly) stops the run before any region is
   // embedded: no journal is left.
   write_file(t / "past.bed", "K-12-MG1655\t0\t100\nK-12-MG1655\t9000000\t9000100\n");
@@ -1499,6 +1510,17 @@ TEST(Cli, TimeSeriesEndToEnd) {
   EXPECT_EQ(f.attr_int(g, "length"), 249);
   EXPECT_EQ(f.shape(g + "/embedding"), (std::vector<int64_t>{25, 32}));
   EXPECT_EQ(f.shape(g + "/timestamps"), (std::vector<int64_t>{25}));
+  f.close();
+  EXPECT_EQ(run(binary() + " inspect " + t / "e.h5").code, 0);
+  {  // a time series without its timestamps is not a result (spec 4)
+    std::filesystem::copy_file(t / "e.h5", t / "nots.h5");
+    h5::File w = h5::File::open_rw(t / "nots.h5");
+    ASSERT_GE(H5Ldelete(w.id(), (g + "/timestamps").c_str(), H5P_DEFAULT), 0);
+  }
+  r = run(binary() + " inspect " + t / "nots.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("timestamps (a time series' times) is missing"), std::string::npos)
+      << r.output;
   // The wrong number of columns for the model is refused, naming the fix.
   expect_failure(cmd(t / "x.h5", ""), t / "x.h5", "--columns");
   expect_failure(cmd(t / "x.h5", "--columns close,nope"), t / "x.h5", "nope");
@@ -1683,6 +1705,47 @@ TEST(Cli, InspectRefusesForeignFiles) {
     EXPECT_EQ(r.code, 1) << b.value << ": " << r.output;
     EXPECT_NE(r.output.find(b.said), std::string::npos) << b.value << ": " << r.output;
   }
+  // Values that cannot be: bins that do not tile the record, global positions out of order or
+  // outside it; a missing name said once (as BAD, the listing going on), not also as an error.
+  struct BadData {
+    const char* dataset;
+    void (*change)(std::vector<int64_t>&);
+    const char* said;
+  };
+  for (const BadData& b :
+       {BadData{"bin_start", [](std::vector<int64_t>& v) { v[3] = 7; },
+                "bin 3 [7, 4000) does not start where bin 2 ends (3000)"},
+        BadData{"bin_end", [](std::vector<int64_t>& v) { v.back() += 5; },
+                "the bins cover 48507 positions, not the record's length 48502"},
+        BadData{"bin_end", [](std::vector<int64_t>& v) { v[10] -= 1; },
+                "bin 10 [10000, 10999) holds 999 positions, not 1000 (pool bin:1000)"},
+        BadData{"global_positions", [](std::vector<int64_t>& v) { std::swap(v[0], v[1]); },
+                "global_positions[0, 1] = "},
+        BadData{"global_positions", [](std::vector<int64_t>& v) { v[2] = 48502; },
+                "] = 48502 is outside the record (length 48502)"},
+        BadData{nullptr, nullptr, "attribute 'name' is missing"}}) {
+    const std::string p = t / "data.h5";
+    std::filesystem::remove(p);
+    std::filesystem::copy_file(t / "good.h5", p);
+    {
+      h5::File f = h5::File::open_rw(p);
+      const std::string g = "/records/" + f.list("/records").at(0);
+      if (!b.dataset) {
+        ASSERT_GE(H5Adelete_by_name(f.id(), g.c_str(), "name", H5P_DEFAULT), 0);
+      } else {
+        const std::string obj = g + "/" + b.dataset;
+        std::vector<int64_t> v = f.read_i64(obj);
+        b.change(v);
+        h5::Handle ds(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+        ASSERT_GE(H5Dwrite(ds.id(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+      }
+    }
+    r = run(binary() + " inspect " + p);
+    EXPECT_EQ(r.code, 1) << b.said << ": " << r.output;
+    EXPECT_NE(r.output.find(b.said), std::string::npos) << b.said << ": " << r.output;
+    EXPECT_EQ(r.output.find("sparsa: error"), std::string::npos) << r.output;
+    if (!b.dataset) EXPECT_NE(r.output.find("name=(missing)"), std::string::npos) << r.output;
+  }
   // A later format_version is not judged a result (as a checkpoint's is refused).
   std::filesystem::copy_file(t / "good.h5", t / "v2.h5");
   h5::File::open_rw(t / "v2.h5").set_attr("/", "format_version", (int64_t)2);
@@ -1722,7 +1785,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
     if (described) f.set_attr(g, "description", std::string("a"));
     f.set_attr(g, "length", (int64_t)4);
     const std::vector<float> rows(8, 0.5f);
-    const std::vector<int64_t> bins = {0, 2};
+    const std::vector<int64_t> bins = {0, 2, 4};  // [0, 2) and [2, 4): starts, then ends
     fill(f, g, rows, bins);
     f.set_attr("/", "complete", (int64_t)1);
   };
@@ -1730,7 +1793,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
                             const std::vector<int64_t>& bins) {
     f.write_f32(g + "/embedding", {2, 4}, rows.data());  // float32 in a "float16" file
     f.write_i64(g + "/bin_start", {2}, bins.data());
-    f.write_i64(g + "/bin_end", {2}, bins.data());
+    f.write_i64(g + "/bin_end", {2}, bins.data() + 1);
   });
   r = run(binary() + " inspect " + t / "f32rows.h5");
   EXPECT_EQ(r.code, 1) << r.output;
@@ -1757,7 +1820,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
             const std::vector<float> rows(2 * 64, 0.5f);
             f.write_f32(g + "/embedding", {2, 64}, rows.data(), h5::Dtype::kF16);
             f.write_i64(g + "/bin_start", {2}, bins.data());
-            f.write_i64(g + "/bin_end", {2}, bins.data());
+            f.write_i64(g + "/bin_end", {2}, bins.data() + 1);
             const std::vector<int64_t> pos(layers, 1);
             const std::vector<float> score(layers, 0.5f);
             f.write_i64(g + "/global_positions", {layers, 1}, pos.data());
@@ -1796,4 +1859,19 @@ TEST(Cli, DocsSnippetReadsWithH5py) {
   auto r = run("/usr/bin/python3 " + t / "snippet.py");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("(379, 64) float16"), std::string::npos) << r.output;
+  // A time series: its timestamps read as text.
+  ASSERT_NE(init_ts_model(t, 4, 100, 1), "");
+  ASSERT_EQ(run(binary() + " embed -q --model " + t / "ts.h5" + " --input " +
+                data_file("timeseries/msft_daily_ohlcv.csv") + " --columns close --pool bin:10" +
+                " --output " + t / "ts-e.h5")
+                .code,
+            0);
+  for (size_t p; (p = code.find(t / "e.h5")) != std::string::npos;)
+    code.replace(p, (t / "e.h5").size(), t / "ts-e.h5");
+  write_file(t / "snippet.py", code);
+  r = run("/usr/bin/python3 " + t / "snippet.py");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("msft_daily_ohlcv 249 (25, 32) float16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2000-09-27 2001-09-"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("b'"), std::string::npos) << r.output;  // text, not bytes
 }
