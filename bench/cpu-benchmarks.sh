@@ -2,11 +2,11 @@
 # CPU benchmarks of issue 2 and 3 (not tests): end-to-end tokens/s and peak memory (max RSS) of
 # `sparsa embed` with dna-tiny on E. coli K-12 (4.64 Mb) and a 1 Mb region of it, and the
 # MPI halo traffic and time with P = 1 and 2. Prints a table last.
-#   bench/cpu-benchmarks.sh [DATA_DIR]      (default ../shared/data)
+#   [SPARSA=BIN] bench/cpu-benchmarks.sh [DATA_DIR]      (default ../shared/data, build/sparsa)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
-bin=build/sparsa
+bin=${SPARSA:-build/sparsa}  # SPARSA=path/to/sparsa for another build
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

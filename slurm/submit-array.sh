@@ -140,6 +140,12 @@ if [ "$skip_complete" = 1 ]; then
   inputs=("${left[@]}")
   n=${#inputs[@]}
 fi
+# (before anything is made: a machine without Slurm leaves no list snapshot behind)
+command -v sbatch >/dev/null || {
+  echo "submit-array: sbatch not found: run this on a Slurm submit (login) node, or put" \
+    "Slurm's commands on PATH" >&2
+  exit 2
+}
 mkdir -p "$OUTDIR"
 [ "$throttle" -ge 1 ] || throttle=1
 # The tasks and the summary job read a copy of the list as it is now, made read-only: a task

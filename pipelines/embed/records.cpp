@@ -30,7 +30,8 @@
 namespace sparsa {
 
 void check_input_files(const std::vector<std::string>& inputs) {
-  for (const auto& in : inputs) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string& in = inputs[i];
     std::error_code ec;
     const auto st = std::filesystem::status(in, ec);
     if (in == "-" || (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st) &&
@@ -42,7 +43,12 @@ void check_input_files(const std::vector<std::string>& inputs) {
     if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
     if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
       throw InputError(in + ": cannot read: " + ec.message());
-    if (!std::filesystem::is_regular_file(st)) throw InputError(in + ": no such file");
+    if (!std::filesystem::is_regular_file(st))
+      throw InputError(in + ": no such file" +
+                       (i > 0 ? " (input " + std::to_string(i + 1) +
+                                    ": -i/--input takes every word up to the next option, so a "
+                                    "word meant as the output goes after -o/--output)"
+                              : std::string()));
     if (::access(in.c_str(), R_OK) != 0)
       throw InputError(in + ": cannot read: " + std::strerror(errno));
   }

@@ -46,7 +46,9 @@ const char* kDescription =
     "\n"
     "Weights from `init` are random until training lands: embeddings are deterministic\n"
     "functions of the input, not yet biologically or financially meaningful.\n"
-    "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.";
+    "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.\n"
+    "Exit status: 0 done; 1 bad input, I/O or numerics (the file, record and position named);\n"
+    "2 a usage or config error; 75 stopped by a signal (embed: finish with --resume).";
 
 const char* kEmbedFooter =
     "Examples:\n"
@@ -249,7 +251,9 @@ int main(int argc, char** argv) {
       "A config is a TOML file with a [model] table (docs/model.md lists its keys); the source\n"
       "tree has three: configs/dna-tiny.toml (68K parameters, CPU-sized), configs/dna-base.toml\n"
       "(25M, for GPUs) and configs/ts-base.toml (time series).\n"
-      "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1");
+      "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1\n"
+      "Exit status: 0 written; 1 an I/O error; 2 a usage or config error (the output exists\n"
+      "without --force, a bad key or value in the config).");
 
   // embed
   auto* embed =
@@ -295,14 +299,17 @@ int main(int argc, char** argv) {
                     "timestamp, date or time, an exact name first)");
   embed->add_option("--id-column", eo.id_column,
                     "Time series: long format, one record per distinct value of this column");
-  embed->add_option("--device", eo.device, "cpu, cuda or auto")
+  embed
+      ->add_option("--device", eo.device,
+                   "auto (CUDA where a usable GPU is present, else the CPU), cpu, or cuda (an "
+                   "error without a GPU)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   std::string precision = "bf16";
   embed
       ->add_option("--precision", precision,
-                   "CUDA only: bf16 (tensor cores, default) or fp32 (validation against the "
-                   "CPU); the CPU computes in float32, so leave it out there")
+                   "CUDA only: bf16 (tensor cores; the default on a GPU) or fp32 (validation "
+                   "against the CPU); the CPU computes in float32, so leave it out there")
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
@@ -313,7 +320,7 @@ int main(int argc, char** argv) {
   embed
       ->add_option("--split-min", eo.split_min,
                    "Under MPI: records of at least this many tokens are split over all ranks; "
-                   "shorter ones go whole to one rank")
+                   "shorter ones go whole to one rank (a whole number, at least 1)")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](const std::string& v) {
@@ -332,7 +339,8 @@ int main(int argc, char** argv) {
   insp->add_option("file", insp_paths, "HDF5 file(s) written by sparsa")
       ->required()
       ->check(not_empty);
-  insp->add_flag("--all", insp_all, "List every record");
+  insp->add_flag("--all", insp_all,
+                 "List every record (without it: the first 20; all are checked)");
   insp->footer(
       "Exit status: 0 for a checkpoint or a complete embeddings file; 1 for a file that is not\n"
       "a result (an embeddings file without complete = 1, a journal part) or not sparsa's, so\n"
@@ -354,7 +362,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(
           {"attention-local", "attention-global", "attention", "layer", "model", "gemm"}))
       ->capture_default_str();
-  bench->add_option("-n,--n", bench_n, "Token counts, comma separated (default 2^16 .. 2^20)");
+  bench->add_option("-n,--n", bench_n,
+                    "Token counts, comma separated, each 1 to 2^34 (default "
+                    "65536,131072,262144,524288,1048576)");
   bench->add_option("--heads", bo.heads, "Attention: heads, 1 to 256")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -381,7 +391,7 @@ int main(int argc, char** argv) {
   bench->add_option("--iters", bo.iters, "Timed runs, 1 to 100000; the median is printed")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  bench->add_option("-c,--config", bo.config, "Layer/model: model config (TOML)")
+  bench->add_option("-c,--config", bo.config, "Layer, model, gemm: model config (TOML)")
       ->capture_default_str()
       ->check(not_empty);
   bench->add_option("--output", bo.output, "Layer/model: output y to host, pooled or device")
@@ -488,7 +498,7 @@ int main(int argc, char** argv) {
         const Unexpected u = unexpected_words(app, sub, extra);
         std::fprintf(stderr, "unexpected argument(s): %s (%s; %s)\n", u.words.c_str(),
                      u.why.c_str(), e.what());
-        std::fprintf(stderr, "Run with --help for the options\n");
+        std::fprintf(stderr, "Run with --help for more information.\n");
         return kExitUsage;
       }
     }
@@ -501,7 +511,7 @@ int main(int argc, char** argv) {
       if (!extra.empty()) {
         const Unexpected u = unexpected_words(app, sub, extra);
         std::fprintf(stderr, "unexpected argument(s): %s (%s)\n", u.words.c_str(), u.why.c_str());
-        std::fprintf(stderr, "Run with --help for the options\n");
+        std::fprintf(stderr, "Run with --help for more information.\n");
         return kExitUsage;
       }
     }

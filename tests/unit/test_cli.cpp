@@ -891,7 +891,17 @@ TEST(Cli, ExistingOutputIsKept) {
   r = run(embed_cmd(t / "missing.fa", t / "victim.fa", "--force"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("missing.fa: no such file"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("-i/--input takes every word"), std::string::npos) << r.output;
   EXPECT_EQ(read_file(t / "victim.fa"), ">v\nACGT\n");
+  // An output written minimap2-style after the input (-i in.fa out.h5) is the second input:
+  // the message says why.
+  r = run(binary() + " embed -q -m " + tiny_model() + " -i " + lambda() + " " + t / "new.h5" +
+          " -o " + t / "x.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("new.h5: no such file (input 2: -i/--input takes every word up to the "
+                          "next option, so a word meant as the output goes after -o/--output)"),
+            std::string::npos)
+      << r.output;
   EXPECT_FALSE(exists(t / "victim.fa.parts"));
   // Never the --regions file either (--force would have removed it before reading it).
   write_file(t / "r.bed", "NC_001416.1\t0\t100\n");
