@@ -524,6 +524,15 @@ int main(int argc, char** argv) {
                      what.substr(0, at).c_str(), what.substr(at + said.size()).c_str());
         return kExitUsage;
       }
+      // "--pool: 1 required TEXT missing": the option ended the line (or came before another)
+      if (const size_t at = what.find(": 1 required ");
+          at != std::string::npos && what.size() > 8 && what.ends_with(" missing")) {
+        std::fprintf(stderr,
+                     "%s needs a value after it (%s VALUE; the options and their values: "
+                     "--help)\n",
+                     what.substr(0, at).c_str(), what.substr(0, at).c_str());
+        return kExitUsage;
+      }
     }
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }

@@ -297,6 +297,15 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("--model given 2 times; it takes one value: give it once"),
             std::string::npos)
       << r.output;
+  // An option at the end of the line with no value: named, with the form it takes.
+  for (const std::string& opt : {"--pool", "--threads"}) {
+    r = run(embed_cmd(lambda(), t / "typo.h5", opt));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("sparsa: error: " + opt + " needs a value after it (" + opt + " VALUE"),
+              std::string::npos)
+        << r.output;
+  }
+  EXPECT_FALSE(exists(t / "typo.h5"));
   r = run(binary() + " embed -m " + lambda() + " -o embed");  // the command's name as a value
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--input is required"), std::string::npos) << r.output;
