@@ -146,6 +146,13 @@ command -v sbatch >/dev/null || {
     "Slurm's commands on PATH" >&2
   exit 2
 }
+# Slurm refuses an array past MaxArraySize (1001 by default) with a terse message.
+max_array=$(scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" {print $3}' || true)
+if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
+  echo "submit-array: $LIST lists $n inputs, but this cluster's MaxArraySize is $max_array:" \
+    "split the list (e.g. split -l $max_array $LIST part-) and submit each part" >&2
+  exit 2
+fi
 mkdir -p "$OUTDIR"
 [ "$throttle" -ge 1 ] || throttle=1
 # The tasks and the summary job read a copy of the list as it is now, made read-only: a task
@@ -154,13 +161,6 @@ snapshot=$(mktemp "$OUTDIR/.sparsa-inputs.XXXXXX")
 printf '%s\n' "${inputs[@]}" >"$snapshot"
 chmod a-w "$snapshot"
 
-# Slurm refuses an array past MaxArraySize (1001 by default) with a terse message.
-max_array=$(scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" {print $3}' || true)
-if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
-  echo "submit-array: $LIST lists $n inputs, but this cluster's MaxArraySize is $max_array:" \
-    "split the list (e.g. split -l $max_array $LIST part-) and submit each part" >&2
-  exit 2
-fi
 # The summary job needs the array tasks' account, partition and QOS where a site requires them.
 # (--check-sbatch replaces them.)
 site=()

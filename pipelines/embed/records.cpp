@@ -43,12 +43,15 @@ void check_input_files(const std::vector<std::string>& inputs) {
     if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
     if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
       throw InputError(in + ": cannot read: " + ec.message());
+    // (a second input named like an output: most likely `-i in.fa out.h5`, minimap2's order)
+    const bool like_output = i > 0 && in.size() > 3 && in.ends_with(".h5");
     if (!std::filesystem::is_regular_file(st))
       throw InputError(in + ": no such file" +
-                       (i > 0 ? " (input " + std::to_string(i + 1) +
-                                    ": -i/--input takes every word up to the next option, so a "
-                                    "word meant as the output goes after -o/--output)"
-                              : std::string()));
+                       (like_output
+                            ? " (input " + std::to_string(i + 1) +
+                                  ": -i/--input takes every word up to the next option, so a "
+                                  "word meant as the output goes after -o/--output)"
+                            : std::string()));
     if (::access(in.c_str(), R_OK) != 0)
       throw InputError(in + ": cannot read: " + std::strerror(errno));
   }
@@ -130,8 +133,8 @@ struct RecordSource::Impl {
                                  " (start = end) skipped: no base to embed (line" +
                                  (empty.size() == 1 ? " " : "s ") + lines + ")");
       }
-      {  // the same interval on several lines (a BED concatenated twice): embedded each time
-        std::map<std::tuple<std::string, int64_t, int64_t>, const RegionSpec*> first;
+      {  // the same line twice (a BED concatenated twice): embedded each time, said once
+        std::map<std::tuple<std::string, int64_t, int64_t, std::string>, const RegionSpec*> first;
         std::string said;
         int64_t repeats = 0;
         auto line_of = [&](const std::string& text) {  // "PATH line N" -> "line N"
@@ -139,7 +142,8 @@ struct RecordSource::Impl {
           return text.rfind(lead, 0) == 0 ? text.substr(lead.size()) : text;
         };
         for (const auto& r : bed)
-          if (const auto [at, fresh] = first.try_emplace({r.name, r.begin, r.end}, &r); !fresh) {
+          if (const auto [at, fresh] = first.try_emplace({r.name, r.begin, r.end, r.label}, &r);
+              !fresh) {
             if (++repeats <= 3)
               said += std::string(said.empty() ? "" : "; ") + line_of(r.text) + " repeats " +
                       line_of(at->second->text) + " (" + r.name + " " + std::to_string(r.begin) +
@@ -147,8 +151,9 @@ struct RecordSource::Impl {
           }
         if (repeats > 0)
           setup_warnings.push_back(
-              opts.regions_bed + ": " + count_of(repeats, "interval") + " listed again, each " +
-              "embedded again as a record of its own: " + said + (repeats > 3 ? "; ..." : ""));
+              opts.regions_bed + ": " + count_of(repeats, "line") +
+              " with the interval and name of an earlier line, each embedded again as a record " +
+              "of its own: " + said + (repeats > 3 ? "; ..." : ""));
       }
       for (auto& r : bed) specs.push_back(std::move(r));
     }

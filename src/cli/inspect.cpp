@@ -40,29 +40,42 @@ void inspect_model(const std::string& path) {
 }
 
 // What is wrong with a record's bins (spec 4: [bin_start, bin_end) in source coordinates, one a
-// row), or "": they tile the record's `length` positions in order, each N long under bin:N (the
-// last at most N), one under none.
-std::string bins_problem(const std::vector<int64_t>& bs, const std::vector<int64_t>& be,
-                         int64_t length, const std::optional<PoolSpec>& pool) {
-  if (bs.empty()) return length > 0 ? "no bins for length " + std::to_string(length) : "";
+// row), or "": they tile the record's `length` positions in order from a position >= 0, each N
+// long under bin:N (the last at most N), one under none. Read a million rows at a time (a
+// chromosome's --pool none rows would otherwise be 16 bytes a base in memory).
+std::string bins_problem(const h5::File& f, const std::string& g, int64_t rows, int64_t length,
+                         const std::optional<PoolSpec>& pool) {
+  if (rows == 0) return length > 0 ? "no bins for length " + std::to_string(length) : "";
   const int64_t each = !pool                           ? 0
                        : pool->kind == PoolSpec::kNone ? 1
                        : pool->kind == PoolSpec::kBin  ? pool->bin
                                                        : length;
-  for (size_t i = 0; i < bs.size(); ++i) {
-    const std::string at = "bin " + std::to_string(i) + " [" + std::to_string(bs[i]) + ", " +
-                           std::to_string(be[i]) + ")";
-    if (be[i] <= bs[i]) return at + " is empty or backwards";
-    if (i > 0 && bs[i] != be[i - 1])
-      return at + " does not start where bin " + std::to_string(i - 1) + " ends (" +
-             std::to_string(be[i - 1]) + ")";
-    const bool last = i + 1 == bs.size();
-    if (each > 0 && (last ? be[i] - bs[i] > each : be[i] - bs[i] != each))
-      return at + " holds " + std::to_string(be[i] - bs[i]) + " positions, not " +
-             (last ? "at most " : "") + std::to_string(each) + " (pool " + pool->text() + ")";
+  auto at = [](int64_t i, int64_t s, int64_t e) {
+    return "bin " + std::to_string(i) + " [" + std::to_string(s) + ", " + std::to_string(e) + ")";
+  };
+  int64_t first = 0, prev_end = 0;  // every start is >= 0 (the first checked, the rest tile)
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  for (int64_t c = 0; c < rows; c += kChunk) {
+    const int64_t n = std::min(kChunk, rows - c);
+    const auto bs = f.read_i64_range(g + "/bin_start", c, n);
+    const auto be = f.read_i64_range(g + "/bin_end", c, n);
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = c + k, s = bs[k], e = be[k];
+      if (i == 0 && s < 0) return at(i, s, e) + " starts before the record (a position < 0)";
+      if (i == 0) first = s;
+      if (i > 0 && s != prev_end)
+        return at(i, s, e) + " does not start where bin " + std::to_string(i - 1) + " ends (" +
+               std::to_string(prev_end) + ")";
+      if (e <= s) return at(i, s, e) + " is empty or backwards";
+      const bool last = i + 1 == rows;
+      if (each > 0 && (last ? e - s > each : e - s != each))
+        return at(i, s, e) + " holds " + std::to_string(e - s) + " positions, not " +
+               (last ? "at most " : "") + std::to_string(each) + " (pool " + pool->text() + ")";
+      prev_end = e;
+    }
   }
-  if (be.back() - bs.front() != length)
-    return "the bins cover " + std::to_string(be.back() - bs.front()) +
+  if (prev_end - first != length)
+    return "the bins cover " + std::to_string(prev_end - first) +
            " positions, not the record's length " + std::to_string(length);
   return "";
 }
@@ -85,8 +98,8 @@ std::string globals_problem(const std::vector<int64_t>& pos, int64_t g, int64_t 
 // What is wrong with record group g of an embeddings file (spec 4's layout), or "". c: the
 // file's model config where it could be read (then d, the layers and G are checked too).
 // pool: the file's pooling where it could be read (then the rows are checked against length).
-std::string record_problem(const h5::File& f, const std::string& g, const ModelConfig* c,
-                           const std::string& dtype, const std::optional<PoolSpec>& pool) {
+std::string check_record(const h5::File& f, const std::string& g, const ModelConfig* c,
+                         const std::string& dtype, const std::optional<PoolSpec>& pool) {
   const int64_t d = c ? c->d_model : 0;
   for (const char* a : {"name", "description", "source", "kind", "strand", "length", "region"})
     if (!f.has_attr(g, a)) return std::string("attribute '") + a + "' is missing";
@@ -119,10 +132,7 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
       return std::string(b) + " does not have one value per embedding row";
   }
   if (length)
-    if (std::string why =
-            bins_problem(f.read_i64(g + "/bin_start"), f.read_i64(g + "/bin_end"), *length, pool);
-        !why.empty())
-      return why;
+    if (std::string why = bins_problem(f, g, emb[0], *length, pool); !why.empty()) return why;
   if (f.attr_string(g, "kind") == "timeseries") {  // the time at each bin_start (spec 4)
     const std::string t = f.type_name(g + "/timestamps");
     if (t != "string")
@@ -151,6 +161,17 @@ std::string record_problem(const h5::File& f, const std::string& g, const ModelC
   return "";
 }
 
+// The same, with what a read throws (an attribute of another type, a dataset HDF5 cannot read)
+// said as the record's problem: the other records are still checked and listed.
+std::string record_problem(const h5::File& f, const std::string& g, const ModelConfig* c,
+                           const std::string& dtype, const std::optional<PoolSpec>& pool) {
+  try {
+    return check_record(f, g, c, dtype, pool);
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 // An attribute of a record for the listing: "(missing)" or "(unreadable)" where the check above
 // has said so already (the listing goes on).
 std::string listed(const h5::File& f, const std::string& g, const char* name) {
@@ -160,6 +181,33 @@ std::string listed(const h5::File& f, const std::string& g, const char* name) {
   } catch (const Error&) {
     return "(unreadable)";
   }
+}
+
+// What is wrong with the records `keys` of an embeddings file (and its pool), a line each: d, the
+// layers and G from the file's model config where it can be read.
+std::vector<std::string> record_problems(const h5::File& f, const std::vector<std::string>& keys) {
+  std::vector<std::string> bad;
+  std::optional<ModelConfig> config;
+  if (f.has_attr("/", "model_config")) {
+    try {
+      config = parse_model_config(f.attr_string("/", "model_config"), f.path() + " (model_config)");
+    } catch (const Error&) {
+    }
+  }
+  std::string dtype;
+  std::optional<PoolSpec> pool;
+  try {
+    if (f.has_attr("/", "dtype")) dtype = f.attr_string("/", "dtype");
+    if (f.has_attr("/", "pool")) pool = parse_pool(f.attr_string("/", "pool"));
+  } catch (const Error&) {
+    bad.push_back("pool '" + f.attr_string("/", "pool") + "' is not none, mean or bin:N");
+  }
+  for (const auto& k : keys)
+    if (const std::string why =
+            record_problem(f, "/records/" + k, config ? &*config : nullptr, dtype, pool);
+        !why.empty())
+      bad.push_back("record " + k + ": " + why);
+  return bad;
 }
 
 bool inspect_embeddings(const h5::File& f, bool verbose) {
@@ -182,33 +230,10 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   }
   const auto keys = f.list("/records");
   std::printf("  records        %zu\n", keys.size());
-  // Every record's layout is checked (not only those listed): d from the file's model config.
-  std::optional<ModelConfig> config;
-  if (f.has_attr("/", "model_config")) {
-    try {
-      config = parse_model_config(f.attr_string("/", "model_config"), path + " (model_config)");
-    } catch (const Error&) {
-    }
-  }
-  const std::string dtype = f.has_attr("/", "dtype") ? f.attr_string("/", "dtype") : "";
-  bool sound = true;
-  std::optional<PoolSpec> pool;
-  if (f.has_attr("/", "pool")) {
-    try {
-      pool = parse_pool(f.attr_string("/", "pool"));
-    } catch (const Error&) {
-      std::printf("  ** BAD: pool '%s' is not none, mean or bin:N **\n",
-                  f.attr_string("/", "pool").c_str());
-      sound = false;
-    }
-  }
-  for (const auto& k : keys)
-    if (const std::string why =
-            record_problem(f, "/records/" + k, config ? &*config : nullptr, dtype, pool);
-        !why.empty()) {
-      std::printf("  ** BAD: record %s: %s **\n", k.c_str(), why.c_str());
-      sound = false;
-    }
+  // Every record's layout is checked (not only those listed).
+  const std::vector<std::string> bad = record_problems(f, keys);
+  for (const auto& line : bad) std::printf("  ** BAD: %s **\n", line.c_str());
+  const bool sound = bad.empty();
   size_t shown = 0;
   for (const auto& k : keys) {
     if (!verbose && shown == 20) {
@@ -216,9 +241,15 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
       break;
     }
     const std::string g = "/records/" + k;
-    const auto emb = f.shape(g + "/embedding");
-    const auto gp = f.shape(g + "/global_positions");
-    std::string region = f.has_attr(g, "region") ? listed(f, g, "region") : "";
+    auto shape_of = [&](const char* name) {  // (missing or unreadable: said above)
+      try {
+        return f.type_name(g + "/" + name) == "missing" ? std::string("(missing)")
+                                                        : shape_text(f.shape(g + "/" + name));
+      } catch (const Error&) {
+        return std::string("(unreadable)");
+      }
+    };
+    std::string region = listed(f, g, "region");
     if (f.has_attr(g, "region_name")) region += " (" + listed(f, g, "region_name") + ")";
     std::string length = "(missing)";
     if (f.has_attr(g, "length")) try {
@@ -227,8 +258,8 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
         length = "(not an integer)";
       }
     std::printf("  %-24s name=%s length=%s embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
-                listed(f, g, "name").c_str(), length.c_str(), shape_text(emb).c_str(),
-                shape_text(gp).c_str(), listed(f, g, "strand").c_str(),
+                listed(f, g, "name").c_str(), length.c_str(), shape_of("embedding").c_str(),
+                shape_of("global_positions").c_str(), listed(f, g, "strand").c_str(),
                 region.empty() ? "" : " region=", region.c_str());
     ++shown;
   }
@@ -236,6 +267,19 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
 }
 
 }  // namespace
+
+std::vector<std::string> embeddings_problems(const std::string& path) {
+  auto f = h5::File::open_read(path);
+  if (!f.has_attr("/", "format") || f.attr_string("/", "format") != "sparsa-embeddings")
+    return {path + ": not a sparsa embeddings file"};
+  std::vector<std::string> bad;
+  if (!f.has_attr("/", "complete") || f.attr_int("/", "complete") != 1)
+    bad.push_back("complete is not 1");
+  if (f.attr_int("/", "format_version") != 1) bad.push_back("format_version is not 1");
+  if (!f.exists("/records")) return bad.push_back("no /records group"), bad;
+  for (auto& line : record_problems(f, f.list("/records"))) bad.push_back(std::move(line));
+  return bad;
+}
 
 bool inspect_file(const std::string& path, bool verbose) {
   // (HDF5 would wait on a FIFO for a writer, where no signal stops it; it needs a file anyway)

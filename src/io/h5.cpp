@@ -557,6 +557,23 @@ std::vector<int64_t> File::read_i64(const std::string& obj) const {
   return v;
 }
 
+std::vector<int64_t> File::read_i64_range(const std::string& obj, int64_t begin,
+                                          int64_t count) const {
+  std::vector<int64_t> v(std::max<int64_t>(count, 0));
+  if (v.empty()) return v;
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) throw InputError(path_ + ": dataset " + obj + " is missing");
+  Handle fs(H5Dget_space(ds.id()), H5Sclose);
+  const hsize_t start[1] = {(hsize_t)begin}, n[1] = {(hsize_t)count};
+  Handle ms(H5Screate_simple(1, n, nullptr), H5Sclose);
+  if (H5Sget_simple_extent_ndims(fs.id()) != 1 ||
+      H5Sselect_hyperslab(fs.id(), H5S_SELECT_SET, start, nullptr, n, nullptr) < 0 ||
+      H5Dread(ds.id(), H5T_NATIVE_INT64, ms.id(), fs.id(), H5P_DEFAULT, v.data()) < 0)
+    throw InputError(path_ + ": " + obj + ": HDF5 read of elements " + std::to_string(begin) +
+                     ".." + std::to_string(begin + count) + " failed (corrupt file?)");
+  return v;
+}
+
 std::vector<std::string> File::list(const std::string& group) const {
   std::vector<std::string> out;
   if (!exists(group)) return out;

@@ -101,6 +101,8 @@ class File {
   std::string type_name(const std::string& obj) const;
   std::vector<float> read_f32(const std::string& obj) const;
   std::vector<int64_t> read_i64(const std::string& obj) const;
+  // Elements [begin, begin + count) of a 1-D int64 dataset (a long one read piece by piece).
+  std::vector<int64_t> read_i64_range(const std::string& obj, int64_t begin, int64_t count) const;
   std::vector<std::string> list(const std::string& group) const;  // child names, in name order
 
   // Attributes on an object ("/" for the root).

@@ -108,5 +108,20 @@ fi
 grep -q "the sbatch option -A: give it and its value as one word (-AVALUE" <<<"$out" ||
   fail "unclear refusal: $out"
 
+# Without sbatch on PATH (a laptop, a compute node): refused before OUTDIR is made.
+mkdir -p nosb
+IFS=: read -ra dirs <<<"$PATH"
+for d in "${dirs[@]}"; do
+  for f in "$d"/*; do
+    b=${f##*/}
+    [ "$b" = sbatch ] || [ -e "nosb/$b" ] || ln -s "$f" "nosb/$b"
+  done
+done 2>/dev/null
+if out=$(PATH="$PWD/nosb" bash "$SRC/slurm/submit-array.sh" one.txt model.h5 out-nosb 2>&1); then
+  fail "submit-array.sh without sbatch succeeded: $out"
+fi
+grep -q "sbatch not found" <<<"$out" || fail "unclear refusal without sbatch: $out"
+[ ! -e out-nosb ] || fail "submit-array.sh without sbatch made out-nosb"
+
 say "PASS: array over 3 inputs, summary step complete, incomplete outputs listed; the summary" \
-  "job's time within the partition's; an option's value apart refused"
+  "job's time within the partition's; an option's value apart refused; no sbatch, nothing made"

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/inspect.hpp"
 #include "io/h5.hpp"
 
 namespace sparsa::testing {
@@ -104,6 +105,11 @@ inline void expect_same_contents(const std::string& a, const std::string& b) {
   detail::expect_same_attrs(fa, fb, "/", {"created_utc", "command_line"});
   ASSERT_FALSE(fa.list("/records").empty()) << a << ": no records";
   detail::expect_same_tree(fa, fb, "/records");
+  // Each a sound result as `sparsa inspect` judges it (bins, global sets, shapes, attributes).
+  // (Journal parts, compared by the journal's tests, carry no file attributes: not results.)
+  for (const std::string& path : {a, b})
+    if (h5::File::open_read(path).has_attr("/", "format"))
+      for (const std::string& why : embeddings_problems(path)) ADD_FAILURE() << path << ": " << why;
 }
 
 }  // namespace sparsa::testing

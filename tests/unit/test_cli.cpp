@@ -1371,12 +1371,19 @@ TEST(Cli, RegionsOfEcoli) {
              "K-12-MG1655\t50\t60\tg1\nK-12-MG1655\t70\t80\nK-12-MG1655\t50\t60\tg1\n");
   auto dup = run(embed_cmd(t / "ecoli.fa", t / "dup.h5", "--regions " + t / "dup.bed"));
   EXPECT_EQ(dup.code, 0) << dup.output;
-  EXPECT_NE(dup.output.find("dup.bed: 1 interval listed again, each embedded again as a record of "
-                            "its own: line 3 repeats line 1 (K-12-MG1655 50 60)"),
+  EXPECT_NE(dup.output.find("dup.bed: 1 line with the interval and name of an earlier line, each "
+                            "embedded again as a record of its own: line 3 repeats line 1 "
+                            "(K-12-MG1655 50 60)"),
             std::string::npos)
       << dup.output;
   EXPECT_EQ(h5::File::open_read(t / "dup.h5").list("/records").size(), 3u);
-  EXPECT_EQ(zero.output.find("listed again"), std::string::npos) << zero.output;
+  EXPECT_EQ(zero.output.find("of an earlier line"), std::string::npos) << zero.output;
+  // The same interval under two names (overlapping features) is no repeat.
+  write_file(t / "two.bed", "K-12-MG1655\t50\t60\tg1\nK-12-MG1655\t50\t60\tg2\n");
+  auto two = run(embed_cmd(t / "ecoli.fa", t / "two.h5", "--regions " + t / "two.bed"));
+  EXPECT_EQ(two.code, 0) << two.output;
+  EXPECT_EQ(two.output.find("of an earlier line"), std::string::npos) << two.output;
+  EXPECT_EQ(run(binary() + " inspect " + t / "dup.h5").code, 0);
   // A BED line past a record's end (another assembly) stops the run before any region is
   // embedded: no journal is left.
   write_file(t / "past.bed", "K-12-MG1655\t0\t100\nK-12-MG1655\t9000000\t9000100\n");
