@@ -26,6 +26,7 @@
 #ifdef SPARSA_HAVE_CUDA
 #include "dist/comm_nccl.hpp"
 #endif
+#include "io/dna.hpp"
 #include "model/weights.hpp"
 #include "pipelines/embed/embed.hpp"
 
@@ -317,17 +318,19 @@ int main(int argc, char** argv) {
                   "and discard an earlier run's journal");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
+  std::string split_min = std::to_string(eo.split_min);
   embed
-      ->add_option("--split-min", eo.split_min,
+      ->add_option("--split-min", split_min,
                    "Under MPI: records of at least this many tokens are split over all ranks; "
-                   "shorter ones go whole to one rank (a whole number, at least 1)")
+                   "shorter ones go whole to one rank (at least 1; k, M, G suffixes as in "
+                   "regions: 2M is 2,000,000)")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](const std::string& v) {
-            return v.find_first_not_of("0123456789") == std::string::npos && !v.empty() &&
-                           v.find_first_not_of('0') != std::string::npos
+            int64_t n = 0;
+            return parse_token_count(v, n) && n >= 1
                        ? std::string()
-                       : "must be a whole number of tokens, at least 1";
+                       : "must be a whole number of tokens, at least 1 (e.g. 1048576, 500k, 2M)";
           },
           "TOKENS", "tokens"));
   embed->add_flag("-q,--quiet", eo.quiet, "No progress output");
@@ -617,6 +620,7 @@ int main(int argc, char** argv) {
       }
     } else if (*embed) {
       eo.pool = parse_pool(pool);
+      parse_token_count(split_min, eo.split_min);  // (checked above)
       eo.f16 = dtype == "f16";
       eo.cuda_fp32 = precision == "fp32";
       eo.precision_given = embed->get_option("--precision")->count() > 0;

@@ -591,6 +591,8 @@ bool parse_int(std::string_view s, int64_t& out) {
 
 }  // namespace
 
+bool parse_token_count(std::string_view s, int64_t& out) { return parse_count(s, out, true); }
+
 RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names) {
   RegionSpec r;
   r.text = text;

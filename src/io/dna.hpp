@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/record.hpp"
@@ -64,6 +65,11 @@ struct RegionSpec {
 // in numbers). Names containing ':' are resolved against `known_names` when given (as htslib
 // does: the whole text is a name if such a record exists). Throws ConfigError on bad syntax.
 RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names = {});
+
+// A count as regions write it (samtools' hts_parse_decimal): digits, thousands commas, and an
+// optional k, M or G suffix (10^3, 10^6, 10^9; 1.5k is 1500). False for anything else, a
+// fraction that is not whole, or past 18 digits.
+bool parse_token_count(std::string_view s, int64_t& out);
 
 // The start of a FASTA/FASTQ file (plain, gzip or bgzip), up to about max_bytes of its text:
 // the bytes read and the records begun in them (FASTA: header lines; FASTQ: every fourth line),

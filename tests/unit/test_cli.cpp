@@ -297,6 +297,16 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_NE(r.output.find("--model given 2 times; it takes one value: give it once"),
             std::string::npos)
       << r.output;
+  // --split-min takes a count as regions write it (2k), and nothing that is not one.
+  for (const std::string& bad : {"0", "1.5", "-3", "2x"}) {
+    r = run(embed_cmd(lambda(), t / "typo.h5", "--split-min " + bad));
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find("must be a whole number of tokens, at least 1"), std::string::npos)
+        << bad << ": " << r.output;
+  }
+  r = run(embed_cmd(lambda(), t / "typo.h5", "--split-min 2k"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  std::filesystem::remove(t / "typo.h5");
   // An option at the end of the line with no value: named, with the form it takes.
   for (const std::string& opt : {"--pool", "--threads"}) {
     r = run(embed_cmd(lambda(), t / "typo.h5", opt));
