@@ -51,6 +51,10 @@ std::string PoolSpec::text() const {
   return "bin:" + std::to_string(bin);
 }
 
+int64_t PoolSpec::rows(int64_t n) const {
+  return kind == kNone ? n : kind == kMean ? 1 : (n + bin - 1) / bin;
+}
+
 PoolSpec parse_pool(const std::string& s) {
   PoolSpec p;
   if (s == "none") return p;
@@ -648,11 +652,8 @@ struct EmbedRun {
   // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
   // holds it and its rows take at most kGroupedRowBytes.
   bool grouped(const Record& rec, const Comm& c) const {
-    const int64_t n = rec.n_tokens();
-    const int64_t rows = o.pool.kind == PoolSpec::kNone   ? n
-                         : o.pool.kind == PoolSpec::kMean ? 1
-                                                          : (n + o.pool.bin - 1) / o.pool.bin;
-    return c.size() == 1 && rows * w.config.d_model * (o.f16 ? 2 : 4) <= kGroupedRowBytes;
+    return c.size() == 1 &&
+           o.pool.rows(rec.n_tokens()) * w.config.d_model * (o.f16 ? 2 : 4) <= kGroupedRowBytes;
   }
 
   // Forward (+ reverse complement) of one record over `c`, pooled, and its part written.

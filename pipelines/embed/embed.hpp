@@ -12,7 +12,8 @@ namespace sparsa {
 struct PoolSpec {
   enum Kind { kNone, kBin, kMean } kind = kNone;
   int64_t bin = 1;
-  std::string text() const;  // "none", "bin:N", "mean"
+  std::string text() const;       // "none", "bin:N", "mean"
+  int64_t rows(int64_t n) const;  // output rows of a record of n tokens
 };
 // Parses none | bin:N | mean; throws ConfigError.
 PoolSpec parse_pool(const std::string& s);

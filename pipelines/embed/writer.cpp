@@ -162,14 +162,17 @@ static bool replace_line(std::string& manifest, const std::string& from, const s
 // every line after it and name two unrelated lines ("'input b.fa' now vs 'pool none'").
 std::string first_difference(const std::string& a, const std::string& b) {
   using Lines = std::vector<std::pair<std::string, std::vector<std::string>>>;  // key, its values
-  auto parse = [](const std::string& text) {
+  auto entry = [](auto& lines, const std::string& key) {  // in the manifest's order
+    return std::find_if(lines.begin(), lines.end(), [&](const auto& e) { return e.first == key; });
+  };
+  auto parse = [&](const std::string& text) {
     Lines out;
     std::istringstream in(text);
     for (std::string line; std::getline(in, line);) {
       const size_t sp = line.find(' ');
       std::string key = line.substr(0, sp),
                   value = sp == std::string::npos ? "" : line.substr(sp + 1);
-      auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == key; });
+      auto it = entry(out, key);
       if (it == out.end()) it = out.insert(out.end(), {key, {}});
       it->second.push_back(std::move(value));
     }
@@ -181,10 +184,9 @@ std::string first_difference(const std::string& a, const std::string& b) {
       before[0].first == "sparsa-journal" && now[0].second != before[0].second)
     return "written by another version of sparsa: 'sparsa-journal " + before[0].second[0] +
            "', this one writes 'sparsa-journal " + now[0].second[0] + "'";
-  auto values = [](const Lines& l, const std::string& key) {
-    for (const auto& e : l)
-      if (e.first == key) return e.second;
-    return std::vector<std::string>{};
+  auto values = [&](const Lines& l, const std::string& key) {
+    const auto it = entry(l, key);
+    return it == l.end() ? std::vector<std::string>{} : it->second;
   };
   auto join = [](const std::string& key, const std::vector<std::string>& v) {
     std::string out;  // built with append (GCC 12 warns falsely about "'" + std::string, PR 105651)
@@ -194,19 +196,16 @@ std::string first_difference(const std::string& a, const std::string& b) {
   };
   Lines keys = now;
   for (const auto& e : before)
-    if (std::none_of(keys.begin(), keys.end(), [&](const auto& k) { return k.first == e.first; }))
-      keys.push_back(e);
+    if (entry(keys, e.first) == keys.end()) keys.push_back(e);
   for (const auto& [key, unused] : keys) {
     const std::vector<std::string> x = values(now, key), y = values(before, key);
     if (x == y) continue;
-    std::vector<std::string> added, gone;  // as multisets
-    std::vector<std::string> ys = y;
+    std::vector<std::string> added, gone = y;  // as multisets: y less what x has
     for (const std::string& v : x)
-      if (auto it = std::find(ys.begin(), ys.end(), v); it != ys.end())
-        ys.erase(it);
+      if (auto it = std::find(gone.begin(), gone.end(), v); it != gone.end())
+        gone.erase(it);
       else
         added.push_back(v);
-    gone = ys;
     if (added.empty() && gone.empty())
       return key + " lines in another order: " + join(key, x) + " now vs " + join(key, y);
     if (gone.empty()) return join(key, added) + " added";

@@ -118,9 +118,7 @@ std::string check_record(const h5::File& f, const std::string& g, const ModelCon
   } catch (const Error&) {  // said by the listing ("is not an integer"): rows and G not checked
   }
   if (pool && length) {  // rows a record has under the file's pooling (spec 3)
-    const int64_t want = pool->kind == PoolSpec::kNone   ? *length
-                         : pool->kind == PoolSpec::kMean ? 1
-                                                         : (*length + pool->bin - 1) / pool->bin;
+    const int64_t want = pool->rows(*length);
     if (emb[0] != want)
       return "embedding has " + std::to_string(emb[0]) + " rows, not the " + std::to_string(want) +
              " of length " + std::to_string(*length) + " with pool " + pool->text();

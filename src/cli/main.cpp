@@ -522,18 +522,18 @@ int main(int argc, char** argv) {
     // received 2" said plainly.
     if (dynamic_cast<const CLI::ArgumentMismatch*>(&e)) {
       const std::string what = e.what(), said = ": At Most 1 required but received ";
-      if (const size_t at = what.find(said); at != std::string::npos) {
+      const std::string option = what.substr(0, what.find(": "));  // CLI11 names it first
+      if (const size_t pos = what.find(said); pos != std::string::npos) {
         std::fprintf(stderr, "%s given %s times; it takes one value: give it once\n",
-                     what.substr(0, at).c_str(), what.substr(at + said.size()).c_str());
+                     option.c_str(), what.substr(pos + said.size()).c_str());
         return kExitUsage;
       }
       // "--pool: 1 required TEXT missing": the option ended the line (or came before another)
-      if (const size_t at = what.find(": 1 required ");
-          at != std::string::npos && what.size() > 8 && what.ends_with(" missing")) {
+      if (what.find(": 1 required ") != std::string::npos && what.ends_with(" missing")) {
         std::fprintf(stderr,
                      "%s needs a value after it (%s VALUE; the options and their values: "
                      "--help)\n",
-                     what.substr(0, at).c_str(), what.substr(0, at).c_str());
+                     option.c_str(), option.c_str());
         return kExitUsage;
       }
     }

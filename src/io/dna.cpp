@@ -687,8 +687,7 @@ std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>
     // A line with tabs is read by its tab fields (BED's own separator): an empty field, as in
     // "chr1<TAB>2<TAB><TAB>10", is refused rather than read as the next column shifted into its
     // place (the whitespace split below would drop it and take 10 for the end).
-    const bool tabs = line.find('\t') != std::string_view::npos;
-    if (tabs) {
+    if (line.find('\t') != std::string_view::npos) {
       std::vector<std::string_view> fields;
       for (std::string_view rest = line;;) {
         const size_t tab = rest.find('\t');
@@ -703,8 +702,7 @@ std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>
                                    "column " + std::to_string(k + 1) + " (" + kColumn[k] +
                                        ") is empty: two tabs in a row, or a tab before the first "
                                        "column?"));
-      cols.assign(fields.begin(),
-                  fields.begin() + (std::ptrdiff_t)std::min<size_t>(3, fields.size()));
+      cols = std::move(fields);
     }
     if (cols.size() < 3)
       throw InputError(at_line(path, ln, "BED needs at least 3 columns (chrom start end)"));
@@ -728,16 +726,8 @@ std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>
       continue;
     }
     // The name column, stored as the record's region_name (UTF-8). BED is tab-separated, and a
-    // name may hold spaces ("gene A"): with tabs on the line, the 4th tab field is the name.
-    std::string_view name = cols.size() >= 4 ? cols[3] : std::string_view();
-    if (tabs) {
-      std::string_view rest = line;  // skip three tab fields
-      for (int k = 0; k < 3 && !rest.empty(); ++k) {
-        const size_t tab = rest.find('\t');
-        rest = tab == std::string_view::npos ? std::string_view() : rest.substr(tab + 1);
-      }
-      name = trim_blanks(rest.substr(0, rest.find('\t')));
-    }
+    // name may hold spaces ("gene A"): with tabs on the line, cols are the tab fields.
+    const std::string_view name = cols.size() >= 4 ? cols[3] : std::string_view();
     if (!name.empty() && name != ".") {
       r.label.assign(name);
       if (first_invalid_utf8(r.label) != std::string_view::npos)
