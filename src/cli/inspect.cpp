@@ -193,12 +193,21 @@ std::vector<std::string> record_problems(const h5::File& f, const std::vector<st
     }
   }
   std::string dtype;
-  std::optional<PoolSpec> pool;
   try {
     if (f.has_attr("/", "dtype")) dtype = f.attr_string("/", "dtype");
-    if (f.has_attr("/", "pool")) pool = parse_pool(f.attr_string("/", "pool"));
   } catch (const Error&) {
-    bad.push_back("pool '" + f.attr_string("/", "pool") + "' is not none, mean or bin:N");
+    bad.push_back("dtype is not a string");
+  }
+  std::optional<PoolSpec> pool;
+  if (f.has_attr("/", "pool")) {
+    std::string text;
+    try {
+      text = f.attr_string("/", "pool");
+      pool = parse_pool(text);
+    } catch (const Error&) {
+      bad.push_back(text.empty() ? std::string("pool is not a string")
+                                 : "pool '" + text + "' is not none, mean or bin:N");
+    }
   }
   for (const auto& k : keys)
     if (const std::string why =
@@ -216,7 +225,7 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
               complete ? "" : "  ** INCOMPLETE: not a result **");
   for (const char* a :
        {"sparsa_version", "created_utc", "pool", "dtype", "model_sha256", "command_line"})
-    if (f.has_attr("/", a)) std::printf("  %-14s %s\n", a, f.attr_string("/", a).c_str());
+    if (f.has_attr("/", a)) std::printf("  %-14s %s\n", a, listed(f, "/", a).c_str());
   if (const int64_t v = f.attr_int("/", "format_version"); v != 1) {
     // A later layout may mean other things by the same names: not judged as a result.
     std::printf("  ** BAD: format_version %lld, this sparsa reads version 1 **\n", (long long)v);

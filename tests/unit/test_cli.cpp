@@ -1741,6 +1741,24 @@ TEST(Cli, InspectRefusesForeignFiles) {
     EXPECT_EQ(r.code, 1) << b.value << ": " << r.output;
     EXPECT_NE(r.output.find(b.said), std::string::npos) << b.value << ": " << r.output;
   }
+  // A file attribute of another type is said as itself (not blamed on the pool), the listing
+  // goes on.
+  for (const char* attr : {"dtype", "pool"}) {
+    const std::string p = t / "type.h5";
+    std::filesystem::remove(p);
+    std::filesystem::copy_file(t / "good.h5", p);
+    {
+      h5::File f = h5::File::open_rw(p);
+      ASSERT_GE(H5Adelete_by_name(f.id(), "/", attr, H5P_DEFAULT), 0);
+      f.set_attr("/", attr, (int64_t)3);
+    }
+    r = run(binary() + " inspect " + p);
+    EXPECT_EQ(r.code, 1) << attr << ": " << r.output;
+    EXPECT_NE(r.output.find("BAD: " + std::string(attr) + " is not a string"), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("(unreadable)"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("sparsa: error"), std::string::npos) << r.output;
+  }
   // Values that cannot be: bins that do not tile the record, global positions out of order or
   // outside it; a missing name said once (as BAD, the listing going on), not also as an error.
   struct BadData {
