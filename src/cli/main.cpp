@@ -675,7 +675,7 @@ int main(int argc, char** argv) {
           if (!many) throw;
           std::fflush(stdout);
           std::fprintf(stderr, "sparsa: error: %s\n", e.what());
-          // the worst status of the files: a damaged checkpoint's config is 2, as for one file
+          // the worst status of the files (2 where a file's error is a usage one, as for one file)
           code =
               std::max<int>(code, dynamic_cast<const ConfigError*>(&e) ? kExitUsage : kExitError);
         }

@@ -36,7 +36,8 @@ ModelWeights init_model(const ModelConfig& config, uint64_t seed);
 // Checkpoint file, spec section 3. save writes PATH.tmp and renames it into place.
 void save_checkpoint(const ModelWeights& w, const std::string& path);
 // Refuses a missing dataset, a wrong shape, a non-float32 type or a non-finite value with a
-// message naming the dataset (InputError); a bad config attribute is a ConfigError.
+// message naming the dataset (InputError); so is a config attribute that does not parse (the
+// file is damaged, not the user's command).
 ModelWeights load_checkpoint(const std::string& path);
 
 // One (name, shape, data) entry per dataset in the spec's order; used by save, load and inspect.
