@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <regex>
 #include <thread>
 
 #include "compare_h5.hpp"
@@ -213,6 +214,29 @@ TEST(Cli, CpuSharersAreTheOverlappingMasksOfTheHost) {
   ASSERT_GE(cpu, 0);
   ASSERT_GT(me.cpus.size(), (size_t)cpu / 64);
   EXPECT_NE(me.cpus[cpu / 64] & (uint64_t{1} << (cpu % 64)), 0u);
+}
+
+// A CUDA build loads cuBLASLt when a GPU model is made (or --version asks its version), not at
+// start: a process that links it holds ~210 MB more from its start, which a CPU run would pay
+// for nothing. The dynamic loader's own log (LD_DEBUG=libs) says what a process loaded.
+TEST(Cli, CpuRunLeavesCublasLtUnloaded) {
+  TempDir t;
+  auto r = run("LD_DEBUG=libs " + binary() + " --version");
+  ASSERT_EQ(r.code, 0) << r.output;
+  if (r.output.find("cuBLASLt") == std::string::npos)
+    GTEST_SKIP() << "a build without the CUDA backend: no cuBLASLt to leave unloaded";
+  EXPECT_NE(r.output.find("calling init: "), std::string::npos) << "no loader log:\n" << r.output;
+  EXPECT_NE(r.output.find("libcublasLt.so"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("cuBLASLt [0-9]{5,}"))) << r.output;
+  for (const char* device : {"cpu", "auto"}) {  // (auto: this machine has no GPU)
+    const std::string out = t / (std::string(device) + ".h5");
+    r = run("LD_DEBUG=libs " +
+            embed_cmd(lambda(), out, "--pool mean --device " + std::string(device)));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("calling init: "), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("libcublasLt"), std::string::npos) << device;
+    EXPECT_TRUE(exists(out));
+  }
 }
 
 TEST(Cli, HelpTeachesAndVersionWorks) {

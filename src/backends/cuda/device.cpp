@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "backends/cuda/check.hpp"
+#include "backends/cuda/cublaslt.hpp"
 #include "core/env.hpp"
 #include "dist/comm.hpp"
 #include "kernels/elementwise/elementwise.hpp"
@@ -64,8 +65,8 @@ void fail_cuda(cudaError_t e, const char* expr, const char* file, int line) {
                     std::to_string(line) + rank_tag());
 }
 void fail_cublas(cublasStatus_t s, const char* expr, const char* file, int line) {
-  throw SystemError(std::string("cuBLASLt error ") + cublasLtGetStatusName(s) + " (" +
-                    cublasLtGetStatusString(s) + ") in " + expr + " at " + file + ":" +
+  throw SystemError(std::string("cuBLASLt error ") + cublaslt().GetStatusName(s) + " (" +
+                    cublaslt().GetStatusString(s) + ") in " + expr + " at " + file + ":" +
                     std::to_string(line) + rank_tag());
 }
 
@@ -94,7 +95,11 @@ std::string version_info() {
   else
     out += ", no CUDA driver on this machine";
   cudaGetLastError();
-  out += ", cuBLASLt " + std::to_string(cublasLtGetVersion());
+  try {
+    out += ", cuBLASLt " + std::to_string(cublaslt().GetVersion());
+  } catch (const Error& e) {
+    out += ", cuBLASLt not loadable (" + std::string(e.what()) + ")";
+  }
   if (ncclGetVersion(&nccl) == ncclSuccess)
     out += ", NCCL " + std::to_string(nccl / 10000) + "." + std::to_string(nccl / 100 % 100) + "." +
            std::to_string(nccl % 100);

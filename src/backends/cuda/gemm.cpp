@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "backends/cuda/check.hpp"
+#include "backends/cuda/cublaslt.hpp"
 #include "backends/cuda/device.hpp"
 
 namespace sparsa::cuda {
@@ -17,10 +18,10 @@ struct Layouts {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   ~Layouts() {
-    if (op) cublasLtMatmulDescDestroy(op);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublaslt().MatmulDescDestroy(op);
+    if (a) cublaslt().MatrixLayoutDestroy(a);
+    if (b) cublaslt().MatrixLayoutDestroy(b);
+    if (c) cublaslt().MatrixLayoutDestroy(c);
   }
 };
 
@@ -29,10 +30,10 @@ struct Layouts {
 void make_layouts(Layouts& l, int64_t m, int64_t n, int64_t k, kern::DType t, kern::DType o) {
   const cudaDataType_t in = t == kern::DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
   const cudaDataType_t out = o == kern::DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
-  CUBLAS_OK(cublasLtMatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.a, in, (uint64_t)n, (uint64_t)k, n));
-  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.b, in, (uint64_t)k, (uint64_t)m, k));
-  CUBLAS_OK(cublasLtMatrixLayoutCreate(&l.c, out, (uint64_t)n, (uint64_t)m, n));
+  CUBLAS_OK(cublaslt().MatmulDescCreate(&l.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  CUBLAS_OK(cublaslt().MatrixLayoutCreate(&l.a, in, (uint64_t)n, (uint64_t)k, n));
+  CUBLAS_OK(cublaslt().MatrixLayoutCreate(&l.b, in, (uint64_t)k, (uint64_t)m, k));
+  CUBLAS_OK(cublaslt().MatrixLayoutCreate(&l.c, out, (uint64_t)n, (uint64_t)m, n));
 }
 }  // namespace
 
@@ -52,15 +53,15 @@ struct Gemm::Impl {
     Layouts l;
     make_layouts(l, m, n, k, t, o);
     cublasLtMatmulPreference_t pref;
-    CUBLAS_OK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_OK(cublaslt().MatmulPreferenceCreate(&pref));
     size_t ws = kWorkspace;
-    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                   &ws, sizeof ws));
+    CUBLAS_OK(cublaslt().MatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     cublasLtMatmulHeuristicResult_t res[8];
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, l.op, l.a, l.b, l.c, l.c, pref, 8, res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+        cublaslt().MatmulAlgoGetHeuristic(handle, l.op, l.a, l.b, l.c, l.c, pref, 8, res, &found);
+    cublaslt().MatmulPreferenceDestroy(pref);
     CUBLAS_OK(st);
     if (found == 0) throw SystemError("cuBLASLt found no algorithm for a GEMM");
     // Prefer the first result that runs without split-K (a row's sums in one fixed order).
@@ -72,11 +73,11 @@ struct Gemm::Impl {
     for (int i = 0; i < found; ++i) {
       cublasLtMatmulAlgo_t algo = res[i].algo;
       int32_t one = 1;
-      if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one,
-                                               sizeof one) != CUBLAS_STATUS_SUCCESS)
+      if (cublaslt().MatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one,
+                                                  sizeof one) != CUBLAS_STATUS_SUCCESS)
         continue;
       cublasLtMatmulHeuristicResult_t chk;
-      if (cublasLtMatmulAlgoCheck(handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) ==
+      if (cublaslt().MatmulAlgoCheck(handle, l.op, l.a, l.b, l.c, l.c, &algo, &chk) ==
               CUBLAS_STATUS_SUCCESS &&
           chk.workspaceSize <= kWorkspace) {
         if (skip-- == 0) return algo;
@@ -88,9 +89,9 @@ struct Gemm::Impl {
   }
 };
 
-Gemm::Gemm() : impl_(std::make_unique<Impl>()) { CUBLAS_OK(cublasLtCreate(&impl_->handle)); }
+Gemm::Gemm() : impl_(std::make_unique<Impl>()) { CUBLAS_OK(cublaslt().Create(&impl_->handle)); }
 Gemm::~Gemm() {
-  if (impl_ && impl_->handle) cublasLtDestroy(impl_->handle);
+  if (impl_ && impl_->handle) cublaslt().Destroy(impl_->handle);
 }
 
 void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
@@ -112,8 +113,8 @@ void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int6
     make_layouts(plan->l, m, n, k, t, o);
     plan->algo = it->second;
     cublasLtMatmulHeuristicResult_t chk;
-    if (cublasLtMatmulAlgoCheck(impl_->handle, plan->l.op, plan->l.a, plan->l.b, plan->l.c,
-                                plan->l.c, &plan->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
+    if (cublaslt().MatmulAlgoCheck(impl_->handle, plan->l.op, plan->l.a, plan->l.b, plan->l.c,
+                                   plan->l.c, &plan->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
         chk.workspaceSize > kWorkspace)  // NOTE: the reference algorithm cannot run this M
       plan->algo = impl_->heuristic(m, n, k, t, o);
     pit = impl_->plans.emplace(pkey, std::move(plan)).first;
@@ -121,8 +122,8 @@ void Gemm::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int6
   const Layouts& l = pit->second->l;
   const cublasLtMatmulAlgo_t& algo = pit->second->algo;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  CUBLAS_OK(cublasLtMatmul(impl_->handle, l.op, &alpha, w, l.a, x, l.b, &beta, y, l.c, y, l.c,
-                           &algo, impl_->workspace.get(), kWorkspace, stream));
+  CUBLAS_OK(cublaslt().Matmul(impl_->handle, l.op, &alpha, w, l.a, x, l.b, &beta, y, l.c, y, l.c,
+                              &algo, impl_->workspace.get(), kWorkspace, stream));
 }
 
 }  // namespace sparsa::cuda
