@@ -23,6 +23,7 @@
 
 #include "core/env.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/sha256.hpp"
@@ -62,20 +63,14 @@ PoolSpec parse_pool(const std::string& s) {
     p.kind = PoolSpec::kMean;
     return p;
   }
-  if (s.rfind("bin:", 0) == 0) {
-    const std::string num = s.substr(4);
-    char* end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(num.c_str(), &end, 10);
-    // digits alone: strtoll also takes " 8" and "+8", which the file would then record as 8
-    const bool digits = !num.empty() && num.find_first_not_of("0123456789") == std::string::npos;
-    if (digits && *end == '\0' && errno == 0 && v >= 1) {
-      p.kind = PoolSpec::kBin;
-      p.bin = v;
-      return p;
-    }
+  // N as regions and --split-min write counts (128, 1,000, 2k, 1.5k); the file says it in digits
+  if (int64_t v = 0; s.rfind("bin:", 0) == 0 && parse_token_count(s.substr(4), v) && v >= 1) {
+    p.kind = PoolSpec::kBin;
+    p.bin = v;
+    return p;
   }
-  throw ConfigError("--pool '" + s + "': expected none, mean or bin:N with N >= 1");
+  throw ConfigError("--pool '" + s +
+                    "': expected none, mean or bin:N with N >= 1 tokens (128, 2k, 1.5k)");
 }
 
 // Rows a block of the mean pool covers: matches the shard alignment so blocks never straddle.
@@ -194,10 +189,13 @@ bool check_paths(const EmbedOptions& o) {
   ours(o.model, "--model");
   const fs::path dir = fs::absolute(o.output).parent_path();
   if (!fs::is_directory(dir, ec))
-    throw ConfigError("output folder " + dir.string() + " does not exist");
+    throw ConfigError(
+        "output folder " + dir.string() +
+        (fs::exists(dir, ec) ? " is not a folder (a file of that name)" : " does not exist"));
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
   check_scratch_path(tmp, o.output, o.force);
+  Journal::check_folder(o.output + ".parts");  // before --force sets the old output aside there
   std::string taken_by;
   if (output_path_taken(o.output, "--output", &taken_by)) {
     if (o.resume && taken_by.empty() &&
@@ -627,6 +625,39 @@ struct EmbedRun {
     }
   }
   double forward_s = 0, write_s = 0;  // SPARSA_PROFILE=1: this rank's time in the model, in output
+  bool cpu_backend = false;           // the host's memory is checked before a long record
+  int64_t host_memory_limit = 0;      // SPARSA_HOST_MEMORY (0: none)
+
+  // The CPU backend holds about 16 x d_model bytes a token of a rank's part (x, q, k, v in
+  // float32; the rows are x's), and with --rc-average --pool none the forward strand's rows
+  // (4 d a token) while the reverse one runs. A record past the memory this process may still
+  // take (MemAvailable, the job's cgroup: shared by the node's ranks) is refused with a message
+  // instead of running into the kernel's OOM killer, which ends the process without a word.
+  // Collective over c. SPARSA_SKIP_MEMORY_CHECK=1: runs anyway.
+  void check_host_memory(const Record& rec, const Shard& sh, Comm& c) const {
+    static const bool skip = env_on("SPARSA_SKIP_MEMORY_CHECK");
+    const int64_t d = w.config.d_model, m = sh.size();
+    const int64_t need =
+        16 * d * m + (o.rc_average && o.pool.kind == PoolSpec::kNone ? 4 * d * m : 0);
+    const int64_t limit = host_memory_limit;
+    // (a short record alone is not worth reading /proc for: 20,000 reads a run)
+    if (!cpu_backend || skip || (need < (int64_t{256} << 20) && c.size() == 1 && limit == 0))
+      return;
+    int64_t avail = host_memory_available();
+    if (limit > 0) avail = avail < 0 ? limit : std::min(avail, limit);
+    const int64_t ranks = local_rank_count();
+    int64_t v[2] = {avail < 0 ? 0 : need - avail / ranks, avail < 0 ? 0 : -(avail / ranks)};
+    if (c.size() > 1) c.allreduce_max(v, 2);  // the largest shortfall, the least room
+    if (v[0] <= 0) return;
+    throw record_out_of_memory(
+        rec, m, c.size(), w.config, "before the model",
+        "this rank's part needs about " + human_bytes((double)need) +
+            " of host memory on the CPU (16 x d_model bytes a token), and " +
+            human_bytes((double)-v[1]) + " are available" +
+            (ranks > 1 ? " to each of the node's " + std::to_string(ranks) + " ranks" : "") +
+            " (MemAvailable, or the job's memory limit); SPARSA_SKIP_MEMORY_CHECK=1 runs anyway",
+        0);
+  }
 
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
   RecordOutput record_output(const Item& it, const ForwardOutput& fwd) const {
@@ -666,8 +697,9 @@ struct EmbedRun {
       journal.flush_group_if_due();
     else
       journal.flush_group();
-    if (show_progress) progress.start_record(it.index, rec.name, n);
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
+    check_host_memory(rec, sh, c);
+    if (show_progress) progress.start_record(it.index, rec.name, n);
     // Layers over both passes (the reverse complement's too): the share done.
     const double total_layers = (double)cfg.n_layers * (o.rc_average ? 2 : 1);
     int64_t layers_done = 0;
@@ -1291,13 +1323,26 @@ std::string records_differ(const EmbedOptions& o, const h5::File& f) {
 // Rank 0's values are made every rank's.
 void agree_on_env(Comm& comm) {
   if (comm.size() <= 1) return;
-  static const char* const names[] = {
-      "SPARSA_NCCL",         "SPARSA_NCCL_WARMUP",   "SPARSA_HDF5_SERIAL",
-      "SPARSA_ROUTER",       "SPARSA_ATTN_BAND",     "SPARSA_ATTN_GLOBAL",
-      "SPARSA_ATTN_SPLIT",   "SPARSA_MLP_GEMM",      "SPARSA_CHUNK_ROWS",
-      "SPARSA_GEMM_ALGO",    "SPARSA_STREAM_ROWS",   "SPARSA_RC_ON_DEVICE",
-      "SPARSA_EARLY_DEVICE", "SPARSA_GROUP_SECONDS", "SPARSA_SKIP_SPACE_CHECK",
-      "SPARSA_COMM_TIMEOUT", "SPARSA_PACKED",        "SPARSA_PACKED_MAX"};
+  static const char* const names[] = {"SPARSA_NCCL",
+                                      "SPARSA_NCCL_WARMUP",
+                                      "SPARSA_HDF5_SERIAL",
+                                      "SPARSA_ROUTER",
+                                      "SPARSA_ATTN_BAND",
+                                      "SPARSA_ATTN_GLOBAL",
+                                      "SPARSA_ATTN_SPLIT",
+                                      "SPARSA_MLP_GEMM",
+                                      "SPARSA_CHUNK_ROWS",
+                                      "SPARSA_GEMM_ALGO",
+                                      "SPARSA_STREAM_ROWS",
+                                      "SPARSA_RC_ON_DEVICE",
+                                      "SPARSA_EARLY_DEVICE",
+                                      "SPARSA_GROUP_SECONDS",
+                                      "SPARSA_SKIP_SPACE_CHECK",
+                                      "SPARSA_COMM_TIMEOUT",
+                                      "SPARSA_PACKED",
+                                      "SPARSA_PACKED_MAX",
+                                      "SPARSA_SKIP_MEMORY_CHECK",
+                                      "SPARSA_HOST_MEMORY"};
   std::string text;  // per name: '1' value '\n', or '0' '\n' when unset
   if (comm.rank() == 0)
     for (const char* n : names) {
@@ -1398,9 +1443,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (comm.size() > 1 && o.device != "cpu") {
     missing = cuda_available(nullptr) ? 0.0 : 1.0;
     comm.allreduce_sum(&missing, 1);
-    // (none has one: the usual CPU run, or choose_backend's own error for --device cuda)
+    // (none has one: the usual CPU run; --device cuda is refused here, before --force would
+    // set the old output aside)
     no_gpu_somewhere = missing > 0 && missing < comm.size();
-    if (no_gpu_somewhere && o.device == "cuda")
+    if (missing > 0 && o.device == "cuda")
       throw ConfigError("--device cuda: " + std::to_string((int64_t)missing) + " of " +
                         std::to_string(comm.size()) +
                         " ranks have no usable GPU (a node without one, or a GPU that failed); "
@@ -1412,6 +1458,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    "use them\n",
                    (long long)missing, comm.size());
   }
+#endif
+#ifdef SPARSA_HAVE_CUDA
+  // One rank: --device cuda without a GPU is refused before --force sets the old output aside
+  // (several ranks: refused above, or by choose_backend once they agree).
+  if (std::string why; comm.size() == 1 && o.device == "cuda" && !cuda_available(&why))
+    throw ConfigError("--device cuda: no usable GPU: " + why);
 #endif
   EmbedOptions chosen = o;
   if (no_gpu_somewhere) {
@@ -1669,6 +1721,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                              : "output: serial HDF5, rank 0 gathers and writes");
   EmbedRun run{o,       comm, w, journal, progress, align, parallel_h5, fn,
                rc_pair, {},   8, {},      false,    {},    false};
+  run.cpu_backend = resolved_backend(chosen) == "cpu fp32";
+  run.host_memory_limit = env_bytes("SPARSA_HOST_MEMORY");
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 
@@ -1824,6 +1878,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   };
   int64_t index = 0, redone = 0;
   try {
+    run.check_stop(comm);  // a stop asked for during the set-up: no record is begun
     Record rec;
     while (source.next(rec)) {
       ++index;

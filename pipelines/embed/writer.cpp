@@ -314,6 +314,36 @@ static void clear_folder(const std::string& dir, bool keep_lock, std::error_code
       fs::remove_all(e.path(), ec);
 }
 
+void Journal::check_folder(const std::string& dir) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dir, ec);
+  if (fs::is_symlink(st))
+    throw ConfigError(dir +
+                      " is a symbolic link: sparsa keeps a run's journal in OUT.parts and "
+                      "removes it when the output is in place, so it does not follow a link "
+                      "there; remove the link (rm " +
+                      dir + ") or choose another --output");
+  if (!fs::is_directory(st)) return;  // (a file there: creating the folder says so)
+  auto journal_entry = [](const fs::directory_entry& e) {
+    std::error_code ec2;
+    std::string name = e.path().filename().string();
+    if (name == Journal::kPreviousOutput) return true;  // the old output, as --force set it aside
+    if (!e.is_regular_file(ec2)) return false;
+    if (name == "LOCK" || name == "MANIFEST" || name == "MANIFEST.tmp") return true;
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0)
+      name.resize(name.size() - 4);  // a part being written when a run stopped
+    return is_part_name(name, nullptr);
+  };
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (!journal_entry(e))
+      throw ConfigError(dir + " holds " + e.path().filename().string() +
+                        ", which no sparsa run writes: sparsa keeps a run's journal in "
+                        "OUT.parts, empties it to start over and removes it at the end, so it "
+                        "does not use a folder with other files in it; move them (or the folder) "
+                        "away, or choose another --output");
+  if (ec) throw SystemError(dir + ": cannot list the journal folder: " + ec.message());
+}
+
 static void clear_or_throw(const std::string& dir) {
   std::error_code ec;
   clear_folder(dir, true, ec);
@@ -339,6 +369,7 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
+      check_folder(dir_);
       const bool existed = present(dir_);
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());

@@ -126,6 +126,9 @@ class Journal {
   // Whether `dir` holds nothing but a MANIFEST (and a lock): no work of any run, as a failed
   // --force run leaves it once its old output was moved back.
   static bool only_manifest(const std::string& dir);
+  // Refuses (ConfigError) a folder at `dir` that is not a journal: a link, or one holding files
+  // no run writes (a user's own). A run empties a journal it replaces and removes it at the end.
+  static void check_folder(const std::string& dir);
   // The old output that `embed --force` set aside in the folder: cleared with the journal only
   // when the folder goes (the output finished), never when a journal is started over.
   static constexpr const char* kPreviousOutput = "PREVIOUS_OUTPUT";

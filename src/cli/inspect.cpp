@@ -156,6 +156,12 @@ std::string check_record(const h5::File& f, const std::string& g, const ModelCon
     if (std::string why = globals_problem(f.read_i64(g + "/global_positions"), gp[1], *length);
         !why.empty())
       return why;
+  // A NaN or Inf is an error, not an output (spec 2): a file that holds one is not a result.
+  for (const auto& [name, cols] : {std::pair{"embedding", emb[1]}, {"global_scores", gp[1]}})
+    if (const int64_t at = f.first_nonfinite(g + "/" + name); at >= 0)
+      return std::string(name) + "[" + std::to_string(at / std::max<int64_t>(cols, 1)) + ", " +
+             std::to_string(at % std::max<int64_t>(cols, 1)) +
+             "] is not finite (NaN or Inf: an error, not an output)";
   return "";
 }
 

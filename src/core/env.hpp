@@ -1,6 +1,11 @@
 // sparsa: switches read from the environment (SPARSA_PROFILE=1 and the like).
 #pragma once
+#include <cctype>
+#include <cstdint>
 #include <cstdlib>
+#include <string>
+
+#include "core/error.hpp"
 
 namespace sparsa {
 
@@ -24,6 +29,23 @@ inline bool whole_number(const char* text, double lo, double hi, double* out) {
   if (end == text || *end != 0 || !(v >= lo && v <= hi)) return false;
   *out = v;
   return true;
+}
+
+// Variable `name` as a number of bytes, N or N with K, M or G (binary units: 512M, 40G); 0 when
+// unset or empty. Anything else is a ConfigError naming the variable.
+inline int64_t env_bytes(const char* name) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return 0;
+  std::string t = e;
+  double unit = 1;
+  if (const char u = (char)std::toupper((unsigned char)t.back()); u == 'K' || u == 'M' || u == 'G')
+    unit = u == 'K' ? 1024.0 : u == 'M' ? 1024.0 * 1024 : 1024.0 * 1024 * 1024;
+  if (unit > 1) t.pop_back();
+  double v = 0;
+  if (!whole_number(t.c_str(), 1, 1e15, &v))
+    throw ConfigError(std::string(name) + "=" + e +
+                      ": not a number of bytes (for example 4096, 512M or 2G)");
+  return (int64_t)(v * unit);
 }
 
 }  // namespace sparsa

@@ -24,6 +24,10 @@ inline bool output_path_taken(const std::string& path, const std::string& option
                       "a file name (`sparsa inspect FILE` prints a summary)");
   std::error_code ec;
   const fs::file_status link = fs::symlink_status(path, ec);
+  if (ec == std::errc::not_a_directory)  // out.txt/x.h5
+    throw ConfigError(option + " " + path + ": the output folder " +
+                      fs::absolute(path).parent_path().string() +
+                      " is not a folder (a file of that name)");
   if (ec && ec != std::errc::no_such_file_or_directory)  // (a folder on the way not searchable)
     throw ConfigError(option + " " + path + ": cannot check it: " + ec.message());
   if (!fs::exists(link)) return false;

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -285,6 +287,11 @@ File File::open_existing(const std::string& path, bool write) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw InputError(path + ": a folder, not an HDF5 file");
+  // (A file that exists but cannot be opened: said as the system says it, not as a bad file.)
+  if (std::FILE* f = std::fopen(path.c_str(), "rb"))
+    std::fclose(f);
+  else if (errno != ENOENT)
+    throw InputError(path + ": cannot read: " + std::strerror(errno));
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw InputError(path + ": not an HDF5 file, or it cannot be read");
   hid_t id = H5Fopen(path.c_str(), write ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -555,6 +562,44 @@ std::vector<int64_t> File::read_i64(const std::string& obj) const {
   std::vector<int64_t> v(n_elems(shape(obj)));
   if (!v.empty()) read_any(*this, obj, H5T_NATIVE_INT64, v.data());
   return v;
+}
+
+int64_t File::first_nonfinite(const std::string& obj) const {
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) throw InputError(path_ + ": dataset " + obj + " is missing");
+  Handle t(H5Dget_type(ds.id()), H5Tclose);
+  const size_t size = H5Tget_size(t.id());
+  if (H5Tget_class(t.id()) != H5T_FLOAT || H5Tget_order(t.id()) != H5T_ORDER_LE ||
+      (size != 2 && size != 4 && size != 8))
+    throw InputError(path_ + ": " + obj + " is not a float16, float32 or float64 dataset");
+  Handle mt(H5Tcopy(t.id()), H5Tclose);  // the file's own type: the bytes as stored
+  Handle fs(H5Dget_space(ds.id()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(fs.id());
+  if (rank < 1 || rank > 2) throw InputError(path_ + ": " + obj + " is not 1-D or 2-D");
+  hsize_t dims[2] = {1, 1};
+  H5Sget_simple_extent_dims(fs.id(), dims, nullptr);
+  const hsize_t cols = rank == 2 ? dims[1] : 1;
+  if (dims[0] == 0 || cols == 0) return -1;
+  const hsize_t step = std::max<hsize_t>(1, (hsize_t{16} << 20) / cols);  // rows a read
+  std::vector<uint8_t> buf(std::min(step, dims[0]) * cols * size);
+  // A value is NaN or Inf when its exponent bits are all ones.
+  const uint64_t mask = size == 2 ? 0x7C00u : size == 4 ? 0x7F800000u : 0x7FF0000000000000ull;
+  for (hsize_t r0 = 0; r0 < dims[0]; r0 += step) {
+    const hsize_t rows = std::min(step, dims[0] - r0);
+    const hsize_t start[2] = {r0, 0}, count[2] = {rows, cols};
+    Handle ms(H5Screate_simple(rank, count, nullptr), H5Sclose);
+    if (H5Sselect_hyperslab(fs.id(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
+        H5Dread(ds.id(), mt.id(), ms.id(), fs.id(), H5P_DEFAULT, buf.data()) < 0)
+      throw InputError(path_ + ": " + obj + ": HDF5 read of rows " + std::to_string(r0) + ".." +
+                       std::to_string(r0 + rows) + " failed (corrupt file?)");
+    const int64_t n = (int64_t)(rows * cols);
+    for (int64_t i = 0; i < n; ++i) {
+      uint64_t bits = 0;
+      std::memcpy(&bits, buf.data() + i * size, size);
+      if ((bits & mask) == mask) return (int64_t)(r0 * cols) + i;
+    }
+  }
+  return -1;
 }
 
 std::vector<int64_t> File::read_i64_range(const std::string& obj, int64_t begin,

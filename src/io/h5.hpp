@@ -103,6 +103,10 @@ class File {
   std::vector<int64_t> read_i64(const std::string& obj) const;
   // Elements [begin, begin + count) of a 1-D int64 dataset (a long one read piece by piece).
   std::vector<int64_t> read_i64_range(const std::string& obj, int64_t begin, int64_t count) const;
+  // The flat index of the first NaN or Inf of a float dataset (float16, 32 or 64, little-endian),
+  // -1 when there is none. Read in its own type, about 16 M values at a time, and judged by the
+  // exponent bits: no conversion, so a GB-sized embedding takes about its read time.
+  int64_t first_nonfinite(const std::string& obj) const;
   std::vector<std::string> list(const std::string& group) const;  // child names, in name order
 
   // Attributes on an object ("/" for the root).

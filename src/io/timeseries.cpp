@@ -641,10 +641,12 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
       const std::string record = cols.id < 0               ? file_record
                                  : (size_t)cols.id < row.n ? shown(row.cells[cols.id])
                                                            : std::string();
-      throw InputError(where(path, record, 0,
-                             line() + ": " + std::to_string(row.n) + " cells, but the " +
-                                 "header has " + std::to_string(header.size()) +
-                                 " (a comma inside a value must be quoted)"));
+      throw InputError(where(
+          path, record, 0,
+          line() + ": " + std::to_string(row.n) + (row.n == 1 ? " cell" : " cells") +
+              ", but the header has " + std::to_string(header.size()) +
+              (row.n > header.size() ? " (a comma inside a value must be quoted)"
+                                     : " (a missing value is an empty cell: keep its comma)")));
     }
     size_t r = 0;
     if (cols.id >= 0) {

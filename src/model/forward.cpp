@@ -68,12 +68,15 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   out.global_positions.resize(c.n_layers * G);
   out.global_scores.resize(c.n_layers * G);
 
-  // Activations: [m, d] residual stream; q is reused for the attention output.
+  const cpu::Cancel cancel = comm.size() == 1 ? hooks.cancel : nullptr;
+  auto stop_if_cancelled = [&] {  // after an op that may have skipped tiles
+    if (cancel && cancel()) throw Interrupted(hooks.cancel_message);
+  };
+  // Activations: [m, d] residual stream; q is reused for the attention output. GBs for a long
+  // record: fresh pages advised huge and touched by every thread, a stop polled (core/memory.hpp).
   std::vector<float> x, q, k, v, scores(m);
-  resize_huge(x, m * d);  // GBs for a long record: fresh pages advised huge (core/memory.hpp)
-  resize_huge(q, m * d);
-  resize_huge(k, kv_count * d);
-  resize_huge(v, kv_count * d);
+  for (auto [a, count] : {std::pair{&x, m}, {&q, m}, {&k, kv_count}, {&v, kv_count}})
+    if (resize_huge(*a, count * d, cancel)) throw Interrupted(hooks.cancel_message);
   std::vector<float> kg(G * d), vg(G * d), gamma(G);
   std::vector<int64_t> gpos(G);
 
@@ -85,10 +88,6 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   const ModelConfig::LayerFlops lf = c.layer_flops(n);
   auto stage_done = [&](int64_t l, double flops) {
     if (hooks.in_layer) hooks.in_layer(l, flops / lf.all());
-  };
-  const cpu::Cancel cancel = comm.size() == 1 ? hooks.cancel : nullptr;
-  auto stop_if_cancelled = [&] {  // after an op that may have skipped tiles
-    if (cancel && cancel()) throw Interrupted(hooks.cancel_message);
   };
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];

@@ -139,6 +139,25 @@ TEST(Cli, WrongKindOfFileNamesTheOption) {
                  "--regions " + (t / "m.fa") + ": line 1: a FASTA/FASTQ header, not a BED line");
   expect_failure(embed_cmd(t / "m.fa", t / "e.h5", "--regions " + (t / "dir")), t / "e.h5",
                  "--regions " + (t / "dir"));
+  // An output "folder" that is a file is said as such (not "does not exist").
+  expect_failure(embed_cmd(t / "m.fa", t / "m.fa/e.h5"), t / "m.fa/e.h5",
+                 "output folder " + (t / "m.fa") + " is not a folder (a file of that name)");
+  expect_failure(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
+                     (t / "m.fa/x.h5"),
+                 t / "m.fa/x.h5", "is not a folder (a file of that name)");
+  // A CSV row short of cells is not told to quote its commas.
+  write_file(t / "short.csv", "date,close\n2020-01-01,1.5\n2020-01-02\n");
+  {
+    auto r = run(binary() + " init --config " + source_dir() + "/configs/ts-base.toml --output " +
+                 (t / "ts.h5"));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  const std::string said =
+      "line 3: 1 cell, but the header has 2 (a missing value is an empty "
+      "cell: keep its comma)";
+  expect_failure(binary() + " embed -q --model " + (t / "ts.h5") + " --input " + (t / "short.csv") +
+                     " --output " + (t / "ts-out.h5"),
+                 t / "ts-out.h5", said);
 }
 
 // Threads of a process that knows no MPI world: the CPUs it may run on, divided by the node's
@@ -237,6 +256,37 @@ TEST(Cli, CpuRunLeavesCublasLtUnloaded) {
     EXPECT_EQ(r.output.find("libcublasLt"), std::string::npos) << device;
     EXPECT_TRUE(exists(out));
   }
+}
+
+// On the CPU a record whose part needs more host memory than the process may take is refused
+// before the model runs, naming the record and the numbers (the kernel's OOM killer would end the
+// process without a word); SPARSA_HOST_MEMORY sets what is available, as a job's limit would.
+TEST(Cli, RecordPastTheHostMemoryIsRefused) {
+  TempDir t;
+  const std::string out = t / "m.h5";
+  // lambda: 48,502 tokens x 16 x 64 bytes = 47.4 MiB with dna-tiny
+  auto r = run("SPARSA_HOST_MEMORY=40M " + embed_cmd(lambda(), out, "--device cpu --pool mean"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(lambda()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("gi|9626243|ref|NC_001416.1|"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("out of memory before the model: this rank's part needs about 47.4 MiB "
+                          "of host memory on the CPU"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("40.0 MiB are available"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(out));
+  EXPECT_FALSE(exists(out + ".parts"));
+  EXPECT_EQ(
+      run("SPARSA_HOST_MEMORY=48M " + embed_cmd(lambda(), out, "--device cpu --pool mean")).code,
+      0);
+  std::filesystem::remove(out);
+  r = run("SPARSA_HOST_MEMORY=40M SPARSA_SKIP_MEMORY_CHECK=1 " +
+          embed_cmd(lambda(), out, "--device cpu --pool mean"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run("SPARSA_HOST_MEMORY=lots " + embed_cmd(lambda(), t / "x.h5", "--device cpu"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("SPARSA_HOST_MEMORY=lots: not a number of bytes"), std::string::npos)
+      << r.output;
 }
 
 TEST(Cli, HelpTeachesAndVersionWorks) {
@@ -568,6 +618,13 @@ TEST(Cli, PoolingAndDtype) {
   EXPECT_EQ(h5::File::open_read(t / "f16.h5").attr_string("/", "dtype"), "float16");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:0"), t / "x.h5", "bin:N");
   expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:+8"), t / "x.h5", "bin:N");
+  expect_failure(embed_cmd(lambda(), t / "x.h5", "--pool bin:1.5"), t / "x.h5", "bin:N");
+  // N written as regions write counts; the file says it in digits.
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "k.h5", "--pool bin:2k")).code, 0);
+  EXPECT_EQ(h5::File::open_read(t / "k.h5").attr_string("/", "pool"), "bin:2000");
+  EXPECT_EQ(h5::File::open_read(t / "k.h5")
+                .shape(first_key(h5::File::open_read(t / "k.h5")) + "/embedding")[0],
+            25);  // ceil(48,502 / 2,000)
   // Datasets of up to 16 KB are compact (their data in the object header: half a short read's
   // bytes), larger ones chunked.
   auto layout = [](const std::filesystem::path& p, const std::string& name) {
@@ -1250,6 +1307,16 @@ TEST(Cli, DeviceOptionsWithoutAGpu) {
       << r.output;
   EXPECT_FALSE(exists(t / "cuda.h5"));
   EXPECT_FALSE(exists(t / "cuda.h5.parts"));
+  // A machine without a driver is said as such (the runtime calls it "insufficient").
+  if (run(binary() + " --version").output.find("no CUDA driver") != std::string::npos)
+    EXPECT_NE(r.output.find("no usable GPU: no CUDA driver on this machine"), std::string::npos)
+        << r.output;
+  // --force: the refusal comes before the old output is set aside, which stays where it was.
+  write_file(t / "cuda.h5", "an earlier output");
+  r = run(embed_cmd(lambda(), t / "cuda.h5", "--device cuda --force"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(read_file(t / "cuda.h5"), "an earlier output") << r.output;
+  EXPECT_FALSE(exists(t / "cuda.h5.parts")) << r.output;
   r = run(embed_cmd(lambda(), t / "auto.h5", "--precision bf16"));  // (-q)
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(r.output.find("applies to a GPU; with none found the CPU computes in float32") !=
@@ -1823,6 +1890,33 @@ TEST(Cli, InspectRefusesForeignFiles) {
     EXPECT_NE(r.output.find(b.said), std::string::npos) << b.said << ": " << r.output;
     EXPECT_EQ(r.output.find("sparsa: error"), std::string::npos) << r.output;
     if (!b.dataset) EXPECT_NE(r.output.find("name=(missing)"), std::string::npos) << r.output;
+  }
+  // A NaN or Inf in the rows or the global scores: not a result (spec 2), named by its place;
+  // float16 rows too (judged by their bits, not converted).
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "good16.h5", "--pool bin:1000 --dtype f16")).code, 0);
+  for (const auto& [file, dataset, value, said] :
+       {std::tuple{"good.h5", "embedding", NAN, "embedding[3, 5] is not finite"},
+        {"good16.h5", "embedding", -INFINITY, "embedding[3, 5] is not finite"},
+        {"good.h5", "global_scores", INFINITY, "global_scores[1, 2] is not finite"}}) {
+    const std::string p = t / "nan.h5";
+    std::filesystem::remove(p);
+    std::filesystem::copy_file(t / file, p);
+    {
+      h5::File f = h5::File::open_rw(p);
+      const std::string obj = first_key(f) + "/" + dataset;
+      h5::Handle ds(H5Dopen2(f.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+      h5::Handle fs(H5Dget_space(ds.id()), H5Sclose);
+      const hsize_t at[2] = {std::string(dataset) == "embedding" ? 3u : 1u,
+                             std::string(dataset) == "embedding" ? 5u : 2u},
+                    one[2] = {1, 1};
+      h5::Handle ms(H5Screate_simple(2, one, nullptr), H5Sclose);
+      ASSERT_GE(H5Sselect_hyperslab(fs.id(), H5S_SELECT_SET, at, nullptr, one, nullptr), 0);
+      const float v = value;
+      ASSERT_GE(H5Dwrite(ds.id(), H5T_NATIVE_FLOAT, ms.id(), fs.id(), H5P_DEFAULT, &v), 0);
+    }
+    r = run(binary() + " inspect " + p);
+    EXPECT_EQ(r.code, 1) << said << ": " << r.output;
+    EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
   }
   // A later format_version is not judged a result (as a checkpoint's is refused).
   std::filesystem::copy_file(t / "good.h5", t / "v2.h5");

@@ -315,9 +315,11 @@ TEST(Reference, CancelStopsInsideALayerAndOtherwiseChangesNothing) {
   const ForwardOutput plain = run_forward(w, tok, n);
   EXPECT_EQ(whole.y, plain.y);
   EXPECT_EQ(whole.global_positions, plain.global_positions);
+  // The four activation arrays' first touch polls once a 64 MB piece: once each here.
+  constexpr int kAllocPolls = 4;
   layers = 0;
   g_polls = 0;
-  g_stop_after = 5;  // inside the first op of layer 0
+  g_stop_after = kAllocPolls + 5;  // inside the first op of layer 0
   try {
     forward(w, tok.data(), shard_of(n, 0, 1), *comm, hooks);
     ADD_FAILURE() << "no stop";
@@ -325,7 +327,14 @@ TEST(Reference, CancelStopsInsideALayerAndOtherwiseChangesNothing) {
     EXPECT_STREQ(e.what(), "stop now");
   }
   EXPECT_EQ(layers, 0);
-  EXPECT_LT(g_polls.load(), 16 + 4);  // the op's remaining tiles polled (and skipped), no more
+  // the op's remaining tiles polled (and skipped), no more
+  EXPECT_LT(g_polls.load(), kAllocPolls + 16 + 4);
+  // A stop while the arrays are made (GBs of fresh pages for a long record: seconds) ends there.
+  g_polls = 0;
+  g_stop_after = 2;
+  EXPECT_THROW(forward(w, tok.data(), shard_of(n, 0, 1), *comm, hooks), Interrupted);
+  EXPECT_EQ(layers, 0);
+  EXPECT_LE(g_polls.load(), kAllocPolls);
 }
 
 TEST(Reference, BidirectionalSmallN) { check_config(small_config(false), {1, 2, 7, 37, 130}, 11); }

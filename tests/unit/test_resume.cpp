@@ -227,6 +227,59 @@ TEST(Resume, KilledRunWithNothingFinishedDoesNotBlockARerun) {
       << r.output;
 }
 
+// A folder at OUT.parts that is not a journal (a user's own files, a link to another folder) is
+// refused, with or without --resume / --force, and left as it was: a run empties a journal and
+// removes it at the end. An existing output stays where it is (--force had set it aside there).
+TEST(Resume, FolderThatIsNotAJournalIsLeftAlone) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5", parts = out + ".parts";
+  std::string cmd;
+  for (const auto& x : fx.args(out, false)) cmd += x + " ";
+  fs::create_directories(parts + "/sub");
+  write_file(parts + "/notes.txt", "my notes");
+  write_file(parts + "/sub/data.csv", "x");
+  write_file(out, "an earlier output");
+  for (const char* extra : {"", " --resume", " --force", " --resume --force"}) {
+    fs::remove(out);
+    write_file(out, "an earlier output");
+    auto r = run(cmd + extra);
+    EXPECT_EQ(r.code, 2) << extra << ": " << r.output;
+    EXPECT_NE(r.output.find(parts + " holds "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("which no sparsa run writes"), std::string::npos) << r.output;
+    EXPECT_EQ(read_file(parts + "/notes.txt"), "my notes") << extra;
+    EXPECT_EQ(read_file(parts + "/sub/data.csv"), "x") << extra;
+    EXPECT_FALSE(exists(parts + "/LOCK")) << extra;
+    EXPECT_FALSE(exists(parts + "/MANIFEST")) << extra;
+    EXPECT_EQ(read_file(out), "an earlier output") << extra;
+  }
+  // A link there: not followed (the folder it points to keeps its files), also when it points
+  // to an empty folder or a journal.
+  fs::remove(out);
+  fs::remove_all(parts);
+  fs::create_directories(fx.t / "important");
+  write_file(fx.t / "important/a.txt", "keep");
+  fs::create_directory_symlink(fx.t / "important", parts);
+  for (const char* extra : {"", " --force"}) {
+    auto r = run(cmd + extra);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find(parts + " is a symbolic link"), std::string::npos) << r.output;
+    EXPECT_EQ(read_file(fx.t / "important/a.txt"), "keep");
+    EXPECT_EQ(std::distance(fs::directory_iterator(fx.t / "important"), fs::directory_iterator()),
+              1);
+    EXPECT_FALSE(exists(out));
+  }
+  // A journal's own files (a killed run's MANIFEST, lock and a part's .tmp) are one: the run goes.
+  fs::remove(parts);
+  fs::create_directories(parts);
+  write_file(parts + "/MANIFEST", "sparsa-journal 3\nsomething else\n");
+  write_file(parts + "/LOCK", "");
+  write_file(parts + "/000001.h5.tmp", "");
+  auto r = run(cmd);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(exists(out));
+  EXPECT_FALSE(exists(parts));
+}
+
 TEST(ResumeSlow, SigtermStopsAtSafePointAndResumeFinishes) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");  // a part for every record
   Fixture fx;

@@ -29,34 +29,7 @@ std::atomic<int64_t> g_held{0};
 
 // SPARSA_GPU_MEMORY=N[K|M|G]: the most bytes the process's DeviceBuffers may hold together, as if
 // the GPU had no more (tests of the out-of-memory paths; a GPU shared with another job). 0: none.
-int64_t gpu_memory_limit() {
-  const char* e = std::getenv("SPARSA_GPU_MEMORY");
-  if (!e || !*e) return 0;
-  std::string t = e;
-  double unit = 1;
-  switch (t.back()) {
-    case 'K':
-    case 'k':
-      unit = 1024.0;
-      break;
-    case 'M':
-    case 'm':
-      unit = 1024.0 * 1024;
-      break;
-    case 'G':
-    case 'g':
-      unit = 1024.0 * 1024 * 1024;
-      break;
-    default:
-      break;
-  }
-  if (unit > 1) t.pop_back();
-  double v = 0;
-  if (!whole_number(t.c_str(), 1, 1e15, &v))
-    throw ConfigError(std::string("SPARSA_GPU_MEMORY=") + e +
-                      ": not a number of bytes (for example 4096, 512M or 2G)");
-  return (int64_t)(v * unit);
-}
+int64_t gpu_memory_limit() { return env_bytes("SPARSA_GPU_MEMORY"); }
 }  // namespace
 
 void fail_cuda(cudaError_t e, const char* expr, const char* file, int line) {
@@ -74,7 +47,15 @@ bool cuda_available(std::string* why) {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
-    if (why) *why = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    // The runtime says "driver version is insufficient" also where there is no driver at all.
+    int drv = 0;
+    if (why)
+      *why =
+          e == cudaErrorInsufficientDriver && cudaDriverGetVersion(&drv) == cudaSuccess && drv == 0
+              ? std::string(
+                    "no CUDA driver on this machine (no GPU, or its driver is not "
+                    "installed)")
+              : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
     cudaGetLastError();  // clear the sticky-free error state
     return false;
   }
