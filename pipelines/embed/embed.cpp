@@ -194,7 +194,9 @@ bool check_paths(const EmbedOptions& o) {
         (fs::exists(dir, ec) ? " is not a folder (a file of that name)" : " does not exist"));
   if (access(dir.c_str(), W_OK) != 0)
     throw ConfigError("output folder " + dir.string() + " is not writable");
-  check_scratch_path(tmp, o.output, o.force);
+  check_scratch_path(tmp, o.output, o.force, [](const std::string& p) {
+    return h5::is_sparsa_scratch(p, "sparsa-embeddings");
+  });
   Journal::check_folder(o.output + ".parts");  // before --force sets the old output aside there
   std::string taken_by;
   if (output_path_taken(o.output, "--output", &taken_by)) {

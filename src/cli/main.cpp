@@ -27,6 +27,7 @@
 #include "dist/comm_nccl.hpp"
 #endif
 #include "io/dna.hpp"
+#include "io/h5.hpp"
 #include "model/weights.hpp"
 #include "pipelines/embed/embed.hpp"
 
@@ -608,7 +609,9 @@ int main(int argc, char** argv) {
       if (access(folder.c_str(), W_OK) != 0)
         throw ConfigError(init_output + ": the output folder " + folder.string() +
                           " is not writable");
-      check_scratch_path(init_output + ".tmp", init_output, init_force);
+      check_scratch_path(init_output + ".tmp", init_output, init_force, [](const std::string& p) {
+        return h5::is_sparsa_scratch(p, "sparsa-model");
+      });
       refuse_named_fifo(init_config, "--config");
       ModelConfig c = load_model_config(init_config);
       uint64_t seed = 0;  // the validator let only decimal digits that fit through

@@ -59,9 +59,11 @@ inline bool output_path_taken(const std::string& path, const std::string& option
 
 // OUT.tmp, where sparsa writes a file while it is made (then renames it to OUT): a file there is
 // replaced when it is sparsa's, left by a run that crashed (empty, or an HDF5 file: the
-// signature starts it); anything else is the user's and is refused unless --force (force): a
-// folder, device or FIFO outright, since it would fail the run only at its end.
-inline void check_scratch_path(const std::string& tmp, const std::string& output, bool force) {
+// signature starts it, and `ours`, where given, judges its contents); anything else is the
+// user's and is refused unless --force (force): a folder, device or FIFO outright, since it
+// would fail the run only at its end.
+inline void check_scratch_path(const std::string& tmp, const std::string& output, bool force,
+                               bool (*ours)(const std::string& path) = nullptr) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::symlink_status(tmp, ec);
@@ -76,7 +78,12 @@ inline void check_scratch_path(const std::string& tmp, const std::string& output
     std::fclose(f);
   }
   static const char kHdf5[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
-  if (got == 0 || (got == 8 && std::equal(head, head + 8, kHdf5)) || force) return;
+  if (got == 0 || force) return;
+  if (got == 8 && std::equal(head, head + 8, kHdf5)) {
+    if (!ours || ours(tmp)) return;
+    throw ConfigError(tmp + " is an HDF5 file that no sparsa run writes there: " + where +
+                      ", or pass --force to replace it");
+  }
   throw ConfigError(
       tmp + " exists and is not an HDF5 file, so not one a crashed sparsa run left: " + where +
       ", or pass --force to replace it");

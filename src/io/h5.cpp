@@ -602,6 +602,18 @@ int64_t File::first_nonfinite(const std::string& obj) const {
   return -1;
 }
 
+bool is_sparsa_scratch(const std::string& path, const std::string& format) {
+  try {
+    const File f = File::open_read(path);
+    if (f.has_attr("/", "format")) return f.attr_string("/", "format") == format;
+    for (const std::string& name : f.list("/"))
+      if (name != "records") return false;
+    return true;
+  } catch (const Error&) {
+    return true;  // (a file cut short by the crash: HDF5 cannot open it)
+  }
+}
+
 std::vector<int64_t> File::read_i64_range(const std::string& obj, int64_t begin,
                                           int64_t count) const {
   std::vector<int64_t> v(std::max<int64_t>(count, 0));

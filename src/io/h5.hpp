@@ -151,6 +151,12 @@ void quiet_errors();
 // the conversion of float32 rows for a float16 dataset.
 // Returns the index of the first value past float16's range (|x| >= 65520, stored as Inf), or -1.
 int64_t float_to_f16(const float* src, uint16_t* dst, int64_t n);
+
+// Whether the HDF5 file at `path` can be what a stopped sparsa run left while writing a file of
+// `format` ("sparsa-embeddings" or "sparsa-model"): one HDF5 cannot open (cut short), one of that
+// format, or one with no format attribute holding nothing but a /records group (an output being
+// assembled) or nothing at all. A user's own HDF5 file is none of these.
+bool is_sparsa_scratch(const std::string& path, const std::string& format);
 // " is past float16's range ...: write --dtype f32", the end of the error for such a value.
 extern const char* const f16_range_advice;
 // A value past float16's range met while a float16 dataset is written: the message names the

@@ -890,13 +890,38 @@ TEST(Cli, OutputThatIsNotAFileIsRefused) {
   r = run(embed_cmd(lambda(), t / "u.h5", "--force"));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(exists(t / "u.h5.tmp"));
-  std::filesystem::copy_file(tiny_model(), t / "c.h5.tmp");  // a crashed run's HDF5 leftover
-  write_file(t / "e.h5.tmp", "");                            // or an empty one
-  for (const char* out : {"c.h5", "e.h5"}) {
+  // What a crashed run leaves: an output being assembled (a /records group, no attributes yet),
+  // one cut short (HDF5's signature, then nothing HDF5 can open), an empty file.
+  h5::File::create(t / "c.h5.tmp").create_group("/records");
+  {
+    const std::string whole = read_file(tiny_model());
+    write_file(t / "s.h5.tmp", whole.substr(0, 600));
+  }
+  write_file(t / "e.h5.tmp", "");
+  for (const char* out : {"c.h5", "s.h5", "e.h5"}) {
     r = run(embed_cmd(lambda(), t / out));
     EXPECT_EQ(r.code, 0) << out << ": " << r.output;
     EXPECT_FALSE(exists(t / (std::string(out) + ".tmp")));
   }
+  // A user's own HDF5 file there (a checkpoint where an output is made, an output where a
+  // checkpoint is) is kept unless --force.
+  std::filesystem::copy_file(tiny_model(), t / "k.h5.tmp");
+  r = run(embed_cmd(lambda(), t / "k.h5"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("k.h5.tmp is an HDF5 file that no sparsa run writes there"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(read_file(t / "k.h5.tmp"), read_file(tiny_model()));
+  std::filesystem::copy_file(t / "c.h5", t / "m.h5.tmp");
+  r = run(binary() + " init -q --config " + tiny_config() + " --output " + t / "m.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(read_file(t / "m.h5.tmp"), read_file(t / "c.h5"));
+  std::filesystem::copy_file(tiny_model(), t / "n.h5.tmp");  // a crashed init's checkpoint
+  r = run(binary() + " init -q --config " + tiny_config() + " --output " + t / "n.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run(embed_cmd(lambda(), t / "k.h5", "--force"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(exists(t / "k.h5.tmp"));
 }
 
 // A named FIFO where sparsa reads a small file waited for a writer forever, and SIGTERM could not
