@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <limits>
 #include <map>
 #include <memory>
 #include <new>
@@ -520,9 +521,7 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
     return f;
   }
   if (o.device == "cuda") throw ConfigError("--device cuda: no usable GPU: " + why);
-#else
-  if (o.device == "cuda")
-    throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
+#else  // (--device cuda: refused by run_embed before the set-up)
   progress.log("device: CPU (this sparsa was built without CUDA)" + cpu_threads(o));
   cpu_bf16_warning("this sparsa was built without CUDA, so");
   return cpu;
@@ -647,9 +646,12 @@ struct EmbedRun {
       return;
     int64_t avail = host_memory_available();
     if (limit > 0) avail = avail < 0 ? limit : std::min(avail, limit);
-    const int64_t ranks = local_rank_count();
-    int64_t v[2] = {avail < 0 ? 0 : need - avail / ranks, avail < 0 ? 0 : -(avail / ranks)};
-    if (c.size() > 1) c.allreduce_max(v, 2);  // the largest shortfall, the least room
+    // The node's ranks share it (the launcher's count: of this run's ranks at most).
+    const int64_t ranks = std::clamp<int64_t>(local_rank_count(), 1, comm.size());
+    // The largest shortfall and the least room over c; a rank that cannot tell counts for none.
+    constexpr int64_t kNone = std::numeric_limits<int64_t>::min();
+    int64_t v[2] = {avail < 0 ? kNone : need - avail / ranks, avail < 0 ? kNone : -(avail / ranks)};
+    if (c.size() > 1) c.allreduce_max(v, 2);
     if (v[0] <= 0) return;
     throw record_out_of_memory(
         rec, m, c.size(), w.config, "before the model",
@@ -1461,12 +1463,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    (long long)missing, comm.size());
   }
 #endif
-#ifdef SPARSA_HAVE_CUDA
   // One rank: --device cuda without a GPU is refused before --force sets the old output aside
-  // (several ranks: refused above, or by choose_backend once they agree).
+  // (several ranks: refused above).
+#ifdef SPARSA_HAVE_CUDA
   if (std::string why; comm.size() == 1 && o.device == "cuda" && !cuda_available(&why))
     throw ConfigError("--device cuda: no usable GPU: " + why);
+#else
+  if (o.device == "cuda")
+    throw ConfigError("--device cuda: this sparsa was built without CUDA (nvcc was not found)");
 #endif
+  const int64_t host_memory_limit = env_bytes("SPARSA_HOST_MEMORY");  // (a bad value: said now)
   EmbedOptions chosen = o;
   if (no_gpu_somewhere) {
     chosen.device = "cpu";
@@ -1724,7 +1730,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   EmbedRun run{o,       comm, w, journal, progress, align, parallel_h5, fn,
                rc_pair, {},   8, {},      false,    {},    false};
   run.cpu_backend = resolved_backend(chosen) == "cpu fp32";
-  run.host_memory_limit = env_bytes("SPARSA_HOST_MEMORY");
+  run.host_memory_limit = host_memory_limit;
   const double setup_s = since_start();
   std::unique_ptr<Comm> self = make_single_comm();
 

@@ -328,6 +328,7 @@ void Journal::check_folder(const std::string& dir) {
     std::error_code ec2;
     std::string name = e.path().filename().string();
     if (name == Journal::kPreviousOutput) return true;  // the old output, as --force set it aside
+    if (name.rfind(".nfs", 0) == 0) return true;        // NFS: a removed file still open on a node
     if (!e.is_regular_file(ec2)) return false;
     if (name == "LOCK" || name == "MANIFEST" || name == "MANIFEST.tmp") return true;
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0)

@@ -1,6 +1,7 @@
 #include "core/memory.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -20,29 +21,52 @@ int64_t read_number(const std::string& path) {
   }
 }
 
-// What the memory cgroup of this process still allows (limit - usage), -1 where no limit is set.
-// cgroup v2: the "0::/path" line of /proc/self/cgroup; v1: the line of the memory controller.
+// A "key value" line of a memory.stat file (-1 where missing).
+int64_t stat_value(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string k;
+  int64_t v = 0;
+  while (in >> k >> v)
+    if (k == key) return v;
+  return -1;
+}
+
+// What cgroup folder `dir` still allows: its limit less its usage, the page cache it can drop
+// (inactive files: the inputs read, the journal's parts written) not counted as used; -1 where
+// it sets no limit.
+int64_t room_in(const std::string& dir, bool v2) {
+  const int64_t limit = read_number(dir + (v2 ? "/memory.max" : "/memory.limit_in_bytes"));
+  int64_t used = read_number(dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes"));
+  // (v1 says "no limit" with a number near 2^63)
+  if (limit < 0 || used < 0 || limit >= (int64_t{1} << 60)) return -1;
+  if (const int64_t cache =
+          stat_value(dir + "/memory.stat", v2 ? "inactive_file" : "total_inactive_file");
+      cache > 0)
+    used = std::max<int64_t>(used - cache, 0);
+  return std::max<int64_t>(limit - used, 0);
+}
+
+// What the memory cgroups of this process still allow: the least room of its cgroup and those
+// above it (Slurm sets a job's --mem on job_N and step_N, above the task's own), -1 where none
+// sets a limit. cgroup v2: the "0::/path" line of /proc/self/cgroup; v1: the memory
+// controller's line. A path outside the namespace's view (a container's) ends at its root.
 int64_t cgroup_room() {
   std::ifstream in("/proc/self/cgroup");
+  int64_t least = -1;
   for (std::string line; std::getline(in, line);) {
     const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
     if (b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
-    std::string limit, usage;
-    if (line.compare(0, a, "0") == 0 && controllers.empty()) {
-      limit = "/sys/fs/cgroup" + path + "/memory.max";
-      usage = "/sys/fs/cgroup" + path + "/memory.current";
-    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
-      limit = "/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes";
-      usage = "/sys/fs/cgroup/memory" + path + "/memory.usage_in_bytes";
-    } else {
-      continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    const bool v2 = line.compare(0, a, "0") == 0 && controllers.empty();
+    if (!v2 && ("," + controllers + ",").find(",memory,") == std::string::npos) continue;
+    const std::string root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    for (std::filesystem::path p = line.substr(b + 1);; p = p.parent_path()) {
+      if (const int64_t room = room_in(root + p.string(), v2); room >= 0)
+        least = least < 0 ? room : std::min(least, room);
+      if (p == p.root_path() || p.empty()) break;
     }
-    const int64_t l = read_number(limit), u = read_number(usage);
-    // (v1 says "no limit" with a number near 2^63)
-    if (l >= 0 && u >= 0 && l < (int64_t{1} << 60)) return std::max<int64_t>(l - u, 0);
   }
-  return -1;
+  return least;
 }
 }  // namespace
 

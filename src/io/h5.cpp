@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 #if defined(__x86_64__)
@@ -571,7 +572,8 @@ int64_t File::first_nonfinite(const std::string& obj) const {
   const size_t size = H5Tget_size(t.id());
   if (H5Tget_class(t.id()) != H5T_FLOAT || H5Tget_order(t.id()) != H5T_ORDER_LE ||
       (size != 2 && size != 4 && size != 8))
-    throw InputError(path_ + ": " + obj + " is not a float16, float32 or float64 dataset");
+    throw InputError(path_ + ": " + obj +
+                     " is not a little-endian float16, float32 or float64 dataset");
   Handle mt(H5Tcopy(t.id()), H5Tclose);  // the file's own type: the bytes as stored
   Handle fs(H5Dget_space(ds.id()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(fs.id());
@@ -603,14 +605,19 @@ int64_t File::first_nonfinite(const std::string& obj) const {
 }
 
 bool is_sparsa_scratch(const std::string& path, const std::string& format) {
+  std::optional<File> f;
   try {
-    const File f = File::open_read(path);
-    if (f.has_attr("/", "format")) return f.attr_string("/", "format") == format;
-    for (const std::string& name : f.list("/"))
+    f.emplace(File::open_read(path));
+  } catch (const Error&) {
+    return true;  // (a file cut short by the crash: HDF5 cannot open it)
+  }
+  try {
+    if (f->has_attr("/", "format")) return f->attr_string("/", "format") == format;
+    for (const std::string& name : f->list("/"))
       if (name != "records") return false;
     return true;
   } catch (const Error&) {
-    return true;  // (a file cut short by the crash: HDF5 cannot open it)
+    return false;  // (a format attribute that is not text: not one sparsa wrote)
   }
 }
 

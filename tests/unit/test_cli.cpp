@@ -247,7 +247,10 @@ TEST(Cli, CpuRunLeavesCublasLtUnloaded) {
   EXPECT_NE(r.output.find("calling init: "), std::string::npos) << "no loader log:\n" << r.output;
   EXPECT_NE(r.output.find("libcublasLt.so"), std::string::npos) << r.output;
   EXPECT_TRUE(std::regex_search(r.output, std::regex("cuBLASLt [0-9]{5,}"))) << r.output;
-  for (const char* device : {"cpu", "auto"}) {  // (auto: this machine has no GPU)
+  // (auto: where no GPU is usable; a GPU machine loads it for auto, as it should)
+  const bool gpu = run(embed_cmd(lambda(), t / "probe.h5", "--device cuda --pool mean")).code == 0;
+  for (const char* device : {"cpu", "auto"}) {
+    if (gpu && std::string(device) == "auto") continue;
     const std::string out = t / (std::string(device) + ".h5");
     r = run("LD_DEBUG=libs " +
             embed_cmd(lambda(), out, "--pool mean --device " + std::string(device)));
@@ -283,10 +286,14 @@ TEST(Cli, RecordPastTheHostMemoryIsRefused) {
   r = run("SPARSA_HOST_MEMORY=40M SPARSA_SKIP_MEMORY_CHECK=1 " +
           embed_cmd(lambda(), out, "--device cpu --pool mean"));
   EXPECT_EQ(r.code, 0) << r.output;
-  r = run("SPARSA_HOST_MEMORY=lots " + embed_cmd(lambda(), t / "x.h5", "--device cpu"));
+  // A bad value is said before anything is made or set aside.
+  write_file(t / "x.h5", "an earlier output");
+  r = run("SPARSA_HOST_MEMORY=lots " + embed_cmd(lambda(), t / "x.h5", "--device cpu --force"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("SPARSA_HOST_MEMORY=lots: not a number of bytes"), std::string::npos)
       << r.output;
+  EXPECT_EQ(read_file(t / "x.h5"), "an earlier output");
+  EXPECT_FALSE(exists(t / "x.h5.parts"));
 }
 
 TEST(Cli, HelpTeachesAndVersionWorks) {

@@ -18,11 +18,12 @@ std::atomic<bool> g_loaded{false};
 // linked against.
 void* open_library(const std::string& name) {
   if (void* h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
-  const std::string said = dlerror();
+  std::string said = dlerror();
 #ifdef SPARSA_CUBLASLT_DIR
   if (void* h =
           dlopen((std::string(SPARSA_CUBLASLT_DIR) + "/" + name).c_str(), RTLD_NOW | RTLD_LOCAL))
     return h;
+  said += "; " + std::string(dlerror());
 #endif
   throw SystemError("cannot load " + name + " (" + said + "): the CUDA backend needs cuBLASLt " +
                     std::to_string(CUBLAS_VER_MAJOR) +
@@ -35,9 +36,11 @@ CublasLt load() {
   void* h = open_library(name);
   auto get = [&](auto& fn, const char* symbol) {
     void* p = dlsym(h, symbol);
-    if (!p)
+    if (!p) {
+      dlclose(h);
       throw SystemError(name + " has no " + symbol + ": not cuBLASLt " +
                         std::to_string(CUBLAS_VER_MAJOR) + "?");
+    }
     fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
   };
   CublasLt f{};
