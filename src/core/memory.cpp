@@ -45,13 +45,15 @@ int64_t room_in(const std::string& dir, bool v2) {
     used = std::max<int64_t>(used - cache, 0);
   return std::max<int64_t>(limit - used, 0);
 }
+}  // namespace
 
 // What the memory cgroups of this process still allow: the least room of its cgroup and those
 // above it (Slurm sets a job's --mem on job_N and step_N, above the task's own), -1 where none
 // sets a limit. cgroup v2: the "0::/path" line of /proc/self/cgroup; v1: the memory
 // controller's line. A path outside the namespace's view (a container's) ends at its root.
-int64_t cgroup_room() {
-  std::ifstream in("/proc/self/cgroup");
+
+int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgroup) {
+  std::ifstream in(proc_cgroup);
   int64_t least = -1;
   for (std::string line; std::getline(in, line);) {
     const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
@@ -59,7 +61,7 @@ int64_t cgroup_room() {
     const std::string controllers = line.substr(a + 1, b - a - 1);
     const bool v2 = line.compare(0, a, "0") == 0 && controllers.empty();
     if (!v2 && ("," + controllers + ",").find(",memory,") == std::string::npos) continue;
-    const std::string root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    const std::string root = v2 ? sys_cgroup : sys_cgroup + "/memory";
     for (std::filesystem::path p = line.substr(b + 1);; p = p.parent_path()) {
       if (const int64_t room = room_in(root + p.string(), v2); room >= 0)
         least = least < 0 ? room : std::min(least, room);
@@ -68,7 +70,6 @@ int64_t cgroup_room() {
   }
   return least;
 }
-}  // namespace
 
 int64_t host_memory_available() {
   int64_t avail = -1;
@@ -80,7 +81,7 @@ int64_t host_memory_available() {
       if (s >> kb) avail = kb * 1024;
       break;
     }
-  const int64_t room = cgroup_room();
+  const int64_t room = cgroup_room("/proc/self/cgroup", "/sys/fs/cgroup");
   if (room >= 0) avail = avail < 0 ? room : std::min(avail, room);
   return avail;
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -60,5 +61,9 @@ bool resize_huge(std::vector<T>& v, size_t n, Cancel cancel = nullptr) {
 // what its memory cgroup allows (a Slurm job's --mem, a container's limit) where one is set; -1
 // when neither can be read. Past it the kernel's OOM killer ends the process without a word.
 int64_t host_memory_available();
+// The cgroup part of it: the least room (limit less usage, inactive page cache counted as free)
+// of the memory cgroups that `proc_cgroup` (/proc/self/cgroup) names and those above them, under
+// `sys_cgroup` (/sys/fs/cgroup; v1's controller in its memory/ folder); -1 where none sets a limit.
+int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgroup);
 
 }  // namespace sparsa
