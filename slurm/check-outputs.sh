@@ -66,7 +66,7 @@ while IFS= read -r line || [ -n "$line" ]; do
     echo "INCOMPLETE  $out (input $input): not a complete sparsa embeddings file"
   elif [ -d "$out.parts" ]; then
     parts=$(find "$out.parts" -maxdepth 1 -name '[0-9]*.h5' | wc -l)
-    echo "UNFINISHED  $out (input $input): $parts journal parts (finished records) in $out.parts/; resubmit to resume"
+    echo "UNFINISHED  $out (input $input): $parts journal part file(s) (each holds one or more finished records) in $out.parts/; resubmit to resume"
   else
     echo "MISSING     $out (input $input)"
   fi

@@ -18,7 +18,8 @@
 #   --parsable    print only "ARRAY_JOB_ID SUMMARY_JOB_ID" ("none none" when nothing is left)
 #   --skip-complete  leave out the inputs whose output is complete and was made with MODEL (its
 #                 model_sha256; other options are not compared), as read by `sparsa inspect`
-#                 ($SPARSA or PATH): a resubmission after a few failed tasks queues only those
+#                 ($SPARSA or PATH): a resubmission after a few failed tasks queues only those;
+#                 a complete output of another model stops the submission (move it away)
 #   --check-time M  the summary job's time limit in minutes (default: 15, plus one for every
 #                 6 MB of input, at most 24 hours and at most the partition's limit: it reads
 #                 every record's metadata)
@@ -42,7 +43,13 @@ skip_complete=0
 check_time=""
 extra=()
 check_opts=()
+usage="usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--skip-complete] [--sbatch OPT]... [--check-sbatch OPT]... LIST MODEL OUTDIR [embed options]"
 while [ $# -gt 0 ]; do
+  # (an option that takes a value, given last without one)
+  case $1 in
+    --throttle | --sbatch | --check-sbatch | --check-time)
+      [ $# -ge 2 ] || { echo "submit-array: $1 needs a value after it" >&2; echo "$usage" >&2; exit 2; } ;;
+  esac
   case $1 in
     --throttle) throttle=$2; shift 2 ;;
     --throttle=*) throttle=${1#*=}; shift ;;
@@ -58,6 +65,10 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
+if ! [[ "$throttle" =~ ^[1-9][0-9]*$ ]]; then
+  echo "submit-array: --throttle takes how many tasks may run at once, a whole number of 1 or more (not '$throttle')" >&2
+  exit 2
+fi
 if [ -n "$check_time" ] && ! [[ "$check_time" =~ ^[1-9][0-9]*$ ]]; then
   echo "submit-array: --check-time takes the summary job's minutes, a whole number (not '$check_time')" >&2
   exit 2
@@ -74,12 +85,28 @@ for o in ${extra[@]+"${extra[@]}"} ${check_opts[@]+"${check_opts[@]}"}; do
   fi
 done
 if [ $# -lt 3 ]; then
-  echo "usage: submit-array.sh [--throttle K] [--parsable] [--check-time M] [--skip-complete] [--sbatch OPT]... [--check-sbatch OPT]... LIST MODEL OUTDIR [embed options]" >&2
+  echo "$usage" >&2
   exit 2
 fi
 LIST=$1 MODEL=$2 OUTDIR=$3
 shift 3
 [ -r "$LIST" ] || { echo "submit-array: cannot read $LIST" >&2; exit 2; }
+# Refused here, not by every task after its wait in the queue: a model that cannot be read, and
+# the embed options the tasks set themselves or refuse.
+[ -f "$MODEL" ] && [ -r "$MODEL" ] || {
+  echo "submit-array: cannot read the model $MODEL (a checkpoint from sparsa init)" >&2
+  exit 2
+}
+for a in "$@"; do
+  case ${a%%=*} in
+    -m | --model | -i | --input | -o | --output | --resume)
+      echo "submit-array: $a is set by the array tasks (MODEL, each input of LIST, OUTDIR/NAME.h5,"         "--resume): give only the other embed options after OUTDIR" >&2
+      exit 2 ;;
+    --force)
+      echo "submit-array: --force is not for array tasks (a requeued task would start over each"         "time): delete the outputs (and their .parts/ folders) to make them again" >&2
+      exit 2 ;;
+  esac
+done
 
 # Count the inputs by the rule the array tasks use, and refuse two inputs that would write the
 # same output (same name in different folders).
@@ -115,12 +142,13 @@ if [ "$skip_complete" = 1 ]; then
   [ -r "$MODEL" ] || { echo "submit-array: cannot read the model $MODEL" >&2; exit 2; }
   model_sha=$(sha256sum <"$MODEL" | cut -d' ' -f1)
   # (inspect exits 0 for a complete output only; one it cannot read is said, and submitted)
-  left=()
+  left=() other=()
   for input in "${inputs[@]}"; do
     out=$OUTDIR/$(output_name "$input").h5
     if [ -f "$out" ]; then
       if text=$("$SPARSA" inspect "$out" 2>&1); then
         grep -qE "^ *model_sha256 +$model_sha\$" <<<"$text" && continue
+        other+=("$out")  # complete, another model's: a task's --resume would refuse it
       elif ! head -1 <<<"$text" | grep -q 'INCOMPLETE: not a result'; then
         echo "submit-array: warning: sparsa inspect $out failed ($(tail -1 <<<"$text"));" \
           "its input is submitted again" >&2
@@ -128,6 +156,13 @@ if [ "$skip_complete" = 1 ]; then
     fi
     left+=("$input")
   done
+  if [ ${#other[@]} -gt 0 ]; then
+    echo "submit-array: ${#other[@]} output(s) in $OUTDIR are complete but were made with another"       "model, which sparsa does not replace without --force (and array tasks do not pass it):" >&2
+    printf '  %s\n' "${other[@]:0:10}" >&2
+    [ ${#other[@]} -le 10 ] || echo "  ... and $((${#other[@]} - 10)) more" >&2
+    echo "move them to another folder (or remove them), then submit again" >&2
+    exit 2
+  fi
   skipped=$((n - ${#left[@]}))
   if [ ${#left[@]} -eq 0 ]; then
     echo "submit-array: all $n outputs in $OUTDIR are complete and made with $MODEL: nothing" \
@@ -154,7 +189,6 @@ if [[ "$max_array" =~ ^[0-9]+$ ]] && [ "$n" -gt "$max_array" ]; then
   exit 2
 fi
 mkdir -p "$OUTDIR"
-[ "$throttle" -ge 1 ] || throttle=1
 # The tasks and the summary job read a copy of the list as it is now, made read-only: a task
 # starts (or is requeued) hours later, and a LIST edited meanwhile would send it to another input.
 snapshot=$(mktemp "$OUTDIR/.sparsa-inputs.XXXXXX")
@@ -194,8 +228,15 @@ fi
 
 # The array tasks find embed.sbatch through this (Slurm runs a copy of the batch script).
 export SPARSA_SLURM_SCRIPTS=$here
+rc=0
 array_id=$(sbatch --parsable --array="0-$((n - 1))%$throttle" ${extra[@]+"${extra[@]}"} \
-  "$here/embed-array.sbatch" "$snapshot" "$MODEL" "$OUTDIR" "$@")
+  "$here/embed-array.sbatch" "$snapshot" "$MODEL" "$OUTDIR" "$@") || rc=$?
+if [ "$rc" -ne 0 ]; then
+  chmod u+w "$snapshot" && rm -f "$snapshot"
+  echo "submit-array: sbatch refused the array (its message above; exit $rc): nothing was" \
+    "submitted" >&2
+  exit "$rc"
+fi
 array_id=${array_id%%;*}  # "ID;cluster" on multi-cluster sites
 [ "$parsable" = 1 ] ||
   echo "Submitted array job $array_id: $n inputs, at most $throttle at once (logs sparsa-${array_id}_N.log)"

@@ -108,6 +108,36 @@ fi
 grep -q "the sbatch option -A: give it and its value as one word (-AVALUE" <<<"$out" ||
   fail "unclear refusal: $out"
 
+# What every task would fail on after its wait in the queue is refused at once (exit 2), with
+# nothing made: a model that cannot be read, options the tasks set or refuse, a bad throttle, an
+# option without its value.
+for args in "one.txt nomodel.h5 out-r" "one.txt model.h5 out-r --force" \
+  "one.txt model.h5 out-r --output=x.h5" "one.txt model.h5 out-r -i x.fa" \
+  "--throttle abc one.txt model.h5 out-r" "--throttle 0 one.txt model.h5 out-r" \
+  "one.txt model.h5 out-r --resume" "--sbatch"; do
+  rc=0
+  out=$(bash "$SRC/slurm/submit-array.sh" $args 2>&1) || rc=$?
+  [ "$rc" -eq 2 ] || fail "submit-array.sh $args: exit $rc, expected 2: $out"
+  grep -q "submit-array: " <<<"$out" || fail "submit-array.sh $args: no message of its own: $out"
+  [ ! -e out-r ] || fail "submit-array.sh $args made out-r"
+done
+# An array sbatch refuses (a bad option) leaves no list copy behind and exits non-zero.
+rc=0
+out=$(bash "$SRC/slurm/submit-array.sh" --sbatch=--no-such-option one.txt model.h5 out-bad 2>&1) ||
+  rc=$?
+[ "$rc" -ne 0 ] || fail "an array sbatch refused was reported as submitted: $out"
+grep -q "sbatch refused the array" <<<"$out" || fail "unclear message for sbatch's refusal: $out"
+[ -z "$(ls -A out-bad 2>/dev/null)" ] || fail "a refused array left $(ls -A out-bad) in out-bad"
+# --skip-complete with a complete output of another model: refused and listed (its task's
+# --resume would refuse it), the output kept.
+"$REAL_SPARSA" init --config "$SRC/configs/dna-tiny.toml" --output model2.h5 --seed 2 -q
+rc=0
+out=$(bash "$SRC/slurm/submit-array.sh" --skip-complete again.txt model2.h5 out 2>&1) || rc=$?
+[ "$rc" -eq 2 ] || fail "--skip-complete over another model's outputs: exit $rc: $out"
+grep -q "were made with another" <<<"$out" && grep -q "out/sample1.h5" <<<"$out" ||
+  fail "another model's outputs not listed: $out"
+[ -f out/sample1.h5 ] || fail "an output of another model was removed"
+
 # Without sbatch on PATH (a laptop, a compute node): refused before OUTDIR is made.
 mkdir -p nosb
 IFS=: read -ra dirs <<<"$PATH"
