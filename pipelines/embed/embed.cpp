@@ -21,6 +21,7 @@
 #include <numeric>
 #include <sstream>
 #include <system_error>
+#include <thread>
 
 #include "core/env.hpp"
 #include "core/error.hpp"
@@ -1938,6 +1939,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     journal.flush_group();
     if (index == 0) throw InputError("the inputs hold no records");
   } catch (const Interrupted&) {
+    // SPARSA_TEST_STOP_DELAY_MS (tests): the stop's own work made that long, so that a second
+    // signal surely comes while it runs (a record's work now stops within milliseconds).
+    if (const char* e = std::getenv("SPARSA_TEST_STOP_DELAY_MS"); e && *e)
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(e)));
     finish_side();
     keep_group();  // the journal is the point of stopping: keep it, finished records too
     if (root) {    // say what is kept (a record is kept whole or not at all)

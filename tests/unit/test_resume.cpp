@@ -162,6 +162,9 @@ TEST(ResumeSlow, HangupStopsAtASafePointAndABrokenLogPipeDoesNotKill) {
 // run with the clean run's contents (docs/cli.md, exit status 130).
 TEST(ResumeSlow, SecondInterruptWhileStoppingExits130AndKeepsTheJournal) {
   ScopedEnv per_record("SPARSA_GROUP_SECONDS", "0");
+  // The stop of a single process takes milliseconds since session 29 (the record's arrays are
+  // made in pieces that poll it): it is held 3 s here, for the second signal to come during it.
+  ScopedEnv slow_stop("SPARSA_TEST_STOP_DELAY_MS", "3000");
   Fixture fx;
   // A short record (its part is the cue for the first signal), then one of 600 kb: a layer of it
   // takes about a second on one thread, the time the second signal has to arrive in.
