@@ -370,7 +370,6 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
   if (comm.rank() == 0) {
     try {
       std::error_code ec;
-      check_folder(dir_);
       const bool existed = present(dir_);
       fs::create_directories(dir_, ec);
       if (ec) throw SystemError(dir_ + ": cannot create the journal folder: " + ec.message());

@@ -128,6 +128,7 @@ class Journal {
   static bool only_manifest(const std::string& dir);
   // Refuses (ConfigError) a folder at `dir` that is not a journal: a link, or one holding files
   // no run writes (a user's own). A run empties a journal it replaces and removes it at the end.
+  // embed's path checks call it on every rank, before --force sets an old output aside there.
   static void check_folder(const std::string& dir);
   // The old output that `embed --force` set aside in the folder: cleared with the journal only
   // when the folder goes (the output finished), never when a journal is started over.

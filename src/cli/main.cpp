@@ -603,9 +603,8 @@ int main(int argc, char** argv) {
                             "; choose another --output");
       const fs::path folder = fs::absolute(init_output).parent_path();
       if (!fs::is_directory(folder))
-        throw ConfigError(
-            init_output + ": the output folder " + folder.string() +
-            (fs::exists(folder) ? " is not a folder (a file of that name)" : " does not exist"));
+        throw ConfigError(init_output + ": the output folder " + folder.string() +
+                          " does not exist");  // (a file there: output_path_taken said so)
       if (access(folder.c_str(), W_OK) != 0)
         throw ConfigError(init_output + ": the output folder " + folder.string() +
                           " is not writable");

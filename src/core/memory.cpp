@@ -51,7 +51,6 @@ int64_t room_in(const std::string& dir, bool v2) {
 // above it (Slurm sets a job's --mem on job_N and step_N, above the task's own), -1 where none
 // sets a limit. cgroup v2: the "0::/path" line of /proc/self/cgroup; v1: the memory
 // controller's line. A path outside the namespace's view (a container's) ends at its root.
-
 int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgroup) {
   std::ifstream in(proc_cgroup);
   int64_t least = -1;

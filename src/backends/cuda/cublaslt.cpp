@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 
-#include <atomic>
 #include <string>
 #include <type_traits>
 
@@ -11,7 +10,6 @@
 namespace sparsa::cuda {
 
 namespace {
-std::atomic<bool> g_loaded{false};
 
 // The soname of the major version sparsa was built against; where the dynamic loader's search
 // (LD_LIBRARY_PATH, the binary's RUNPATH, ld.so.cache) does not find it, the folder the build
@@ -60,7 +58,6 @@ CublasLt load() {
   get(f.MatmulPreferenceSetAttribute, "cublasLtMatmulPreferenceSetAttribute");
   get(f.MatrixLayoutCreate, "cublasLtMatrixLayoutCreate");
   get(f.MatrixLayoutDestroy, "cublasLtMatrixLayoutDestroy");
-  g_loaded = true;
   return f;
 }
 }  // namespace
@@ -69,7 +66,5 @@ const CublasLt& cublaslt() {
   static const CublasLt f = load();  // (a throw leaves it to be tried again by the next call)
   return f;
 }
-
-bool cublaslt_loaded() { return g_loaded; }
 
 }  // namespace sparsa::cuda

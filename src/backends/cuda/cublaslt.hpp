@@ -30,7 +30,4 @@ struct CublasLt {
 // library and what the loader said where it cannot be loaded or lacks a function.
 const CublasLt& cublaslt();
 
-// Whether this process has loaded cuBLASLt (tests: a CPU run must not).
-bool cublaslt_loaded();
-
 }  // namespace sparsa::cuda
