@@ -206,13 +206,13 @@ std::vector<std::string> record_problems(const h5::File& f, const std::vector<st
   }
   std::optional<PoolSpec> pool;
   if (f.has_attr("/", "pool")) {
-    std::string text;
+    std::optional<std::string> text;
     try {
       text = f.attr_string("/", "pool");
-      pool = parse_pool(text);
+      pool = parse_pool(*text);
     } catch (const Error&) {
-      bad.push_back(text.empty() ? std::string("pool is not a string")
-                                 : "pool '" + text + "' is not none, mean or bin:N");
+      bad.push_back(text ? "pool '" + *text + "' is not none, mean or bin:N"
+                         : std::string("pool is not a string"));
     }
   }
   for (const auto& k : keys)

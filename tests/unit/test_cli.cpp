@@ -1848,6 +1848,7 @@ TEST(Cli, InspectRefusesForeignFiles) {
   for (const Bad& b :
        {Bad{"/", "pool", "banana", "BAD: pool 'banana' is not none, mean or bin:N"},
         Bad{"/", "pool", "bin:0", "BAD: pool 'bin:0' is not none"},
+        Bad{"/", "pool", "", "BAD: pool '' is not none, mean or bin:N"},
         Bad{"", "strand", "x", "strand is 'x', not '+' or 'rc-average'"},
         Bad{"/", "pool", "mean", "embedding has 49 rows, not the 1 of length 48502"},
         Bad{"/", "pool", "bin:64", "not the 758 of length 48502 with pool bin:64"}}) {
