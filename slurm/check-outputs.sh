@@ -2,7 +2,10 @@
 # Checks that every input of a job array has a complete output; lists those that do not.
 #
 #   slurm/check-outputs.sh LIST OUTDIR          (by hand, or as the array's summary job:)
-#   sbatch --dependency=afterok:ARRAY_JOB slurm/check-outputs.sh LIST OUTDIR
+#   sbatch --dependency=afterok:ARRAY_JOB slurm/check-outputs.sh [--remove-list] LIST OUTDIR
+#
+# --remove-list: remove LIST at the end (submit-array.sh's summary job: its read-only copy of the
+# list, OUTDIR/.sparsa-inputs.XXXXXX, which the tasks needed until they all succeeded).
 #
 # LIST and OUTDIR are those given to slurm/submit-array.sh: input dir/genome.fa.gz is expected
 # as OUTDIR/genome.h5. An output is complete when the file exists and its root attribute
@@ -20,8 +23,13 @@
 
 set -uo pipefail
 
+remove_list=""
+if [ "${1:-}" = --remove-list ]; then
+  remove_list=1
+  shift
+fi
 if [ $# -ne 2 ]; then
-  echo "usage: check-outputs.sh LIST OUTDIR" >&2
+  echo "usage: check-outputs.sh [--remove-list] LIST OUTDIR" >&2
   exit 2
 fi
 LIST=$1 OUTDIR=$2
@@ -66,12 +74,13 @@ while IFS= read -r line || [ -n "$line" ]; do
     echo "INCOMPLETE  $out (input $input): not a complete sparsa embeddings file"
   elif [ -d "$out.parts" ]; then
     parts=$(find "$out.parts" -maxdepth 1 -name '[0-9]*.h5' | wc -l)
-    echo "UNFINISHED  $out (input $input): $parts journal part file(s) (each holds one or more finished records) in $out.parts/; resubmit to resume"
+    echo "UNFINISHED  $out (input $input): $parts journal part file(s) (each holds one or more finished records) in $out.parts/; resubmit to resume, once its task's log (sparsa-ARRAYJOB_TASK.log) shows why it stopped: an error in the input stops it again"
   else
     echo "MISSING     $out (input $input)"
   fi
 done <"$LIST"
 
 echo "check-outputs: $((n - bad)) of $n outputs complete in $OUTDIR"
+[ -n "$remove_list" ] && { chmod u+w "$LIST" 2>/dev/null; rm -f -- "$LIST"; }
 [ "$n" -gt 0 ] || { echo "check-outputs: $LIST lists no inputs" >&2; exit 2; }
 [ "$bad" -eq 0 ] || exit 1

@@ -287,7 +287,7 @@ else
   done
 fi
 if check_id=$(sbatch --parsable --dependency="afterok:$array_id" --kill-on-invalid-dep=yes \
-  --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" "$snapshot" "$OUTDIR"); then
+  --time="$check_minutes" ${site[@]+"${site[@]}"} "$here/check-outputs.sh" --remove-list "$snapshot" "$OUTDIR"); then
   check_id=${check_id%%;*}
   [ "$parsable" = 1 ] ||
     echo "Submitted summary job $check_id: checks $OUTDIR after every task succeeds (log sparsa-check-$check_id.log)"

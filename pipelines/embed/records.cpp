@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -204,15 +205,33 @@ struct RecordSource::Impl {
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
-      warned_unnamed = 0, warned_reader = 0, warned_unordered = 0;
+      warned_unnamed = 0, warned_reader = 0, warned_unordered = 0, warned_negative = 0;
   std::set<std::string> warned_time_choice;  // files told which time column the rule took
-  static bool warn_more(int& count, const char* what) {
-    constexpr int kMax = 3;
-    if (++count <= kMax) return true;
-    if (count == kMax + 1)
-      std::fprintf(stderr, "[sparsa] warning: more records %s; not said again\n", what);
+  static constexpr int kMaxWarned = 3;
+  // The kinds of warning past their limit, for their counts at the input's end.
+  std::vector<std::pair<const char*, const int*>> capped;
+  bool totals_said = false;
+  bool warn_more(int& count, const char* what) {
+    if (++count <= kMaxWarned) return true;
+    if (count == kMaxWarned + 1) {
+      std::fprintf(stderr,
+                   "[sparsa] warning: more records %s; not said one by one (their count comes "
+                   "when the input has been read)\n",
+                   what);
+      capped.emplace_back(what, &count);
+    }
     return false;
   }
+  // At the input's end: how many records each capped kind of warning met in all.
+  void say_totals() {
+    if (std::exchange(totals_said, true)) return;
+    for (const auto& [what, count] : capped)
+      std::fprintf(stderr,
+                   "[sparsa] warning: %d records in all %s (the first %d said above) of %lld "
+                   "read\n",
+                   *count, what, kMaxWarned, (long long)records_read);
+  }
+  int64_t records_read = 0;
   // Warnings about a series that embeds, but perhaps not as its user thinks.
   bool warnings = true;
   void warn_about(const RawSeries& raw, const std::string& path) {
@@ -255,11 +274,15 @@ struct RecordSource::Impl {
       std::fprintf(stderr,
                    "[sparsa] warning: %s: record '%s': timestamp '%s' at line %lld repeats the "
                    "line before (%s in all); is the time split over two columns (date, "
-                   "time), or does the file hold several series, one per value of a column "
-                   "such as a symbol (--id-column COL)? Rows are embedded in file order either "
-                   "way\n",
+                   "time), or does %s? Rows are embedded in file order either way\n",
                    file, raw.name.c_str(), std::string(raw.timestamps[r.first]).c_str(),
-                   (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str());
+                   (long long)raw.source_rows[r.first], count_of(r.count, "such row").c_str(),
+                   opts.id_column.empty()
+                       ? "the file hold several series, one per value of a column such as a "
+                         "symbol (--id-column COL)"
+                       : ("the id column, '" + opts.id_column +
+                          "', leave two series in one record (a symbol listed on two venues?)")
+                             .c_str());
     std::string empty;  // the record's channels with no value, as "column 'a', column 'b'"
     for (size_t c = 0; c < raw.values.size(); ++c) {
       const auto& v = raw.values[c];
@@ -282,6 +305,23 @@ struct RecordSource::Impl {
                      "the header (pandas' index column?); it is embedded as a channel: choose "
                      "the channels with --columns\n",
                      file, raw.name.c_str(), c + 1);
+        break;
+      }
+    // Negative values under log_return: ln(x_t / x_{t-1}) of two negatives is that of their
+    // magnitudes, so a fall (-10 to -11) reads as a rise. The spec's math; worth saying.
+    if (config.ts_transform == TsTransform::kLogReturn)
+      for (size_t c = 0; c < raw.values.size(); ++c) {
+        const auto& v = raw.values[c];
+        const auto neg = std::find_if(v.begin(), v.end(), [](double x) { return x < 0; });
+        if (neg == v.end()) continue;
+        if (warn_more(warned_negative, "have negative values under log_return"))
+          std::fprintf(stderr,
+                       "[sparsa] warning: %s: record '%s': %s has negative values (the first at "
+                       "line %lld: %.10g); a log return of two negative values is that of their "
+                       "magnitudes, so a fall from -10 to -11 reads as a rise (ln(11/10) > 0); "
+                       "ts_transform = \"diff\" keeps the sign of a change\n",
+                       file, raw.name.c_str(), channel_label(raw, (int64_t)c).c_str(),
+                       (long long)raw.source_rows[size_t(neg - v.begin())], *neg);
         break;
       }
     // log_return and diff need two neighbouring values: a channel with values, none of them
@@ -330,13 +370,14 @@ struct RecordSource::Impl {
   void fetch_batch() {
 #if defined(__GLIBCXX__) && defined(__x86_64__)
     // Every field of Record is sent below: a field added there must be added here too.
-    static_assert(sizeof(Record) == 288, "Record changed: send its new fields in fetch_batch");
+    static_assert(sizeof(Record) == 312, "Record changed: send its new fields in fetch_batch");
 #endif
     Comm& c = *shared;
     const bool root = c.rank() == 0;
     // The batch's description: a flag (1: the input ends with it), the record count, then for
     // each record n_channels, offset, its tokens, its time column's text bytes and rows, and its
-    // strings (name, description, source, region, region_name, warning) with their lengths.
+    // strings (name, description, source, region, region_name, warning) with their lengths,
+    // then its channels' scales (a count and the doubles' bits).
     std::string meta;
     auto put = [&](int64_t v) { meta.append(reinterpret_cast<const char*>(&v), sizeof v); };
     int64_t meta_bytes = 0;
@@ -375,6 +416,8 @@ struct RecordSource::Impl {
             put((int64_t)f->size());
             meta.append(*f);
           }
+          put((int64_t)r.ts_scale.size());
+          for (double v : r.ts_scale) put(std::bit_cast<int64_t>(v));
         }
         meta_bytes = (int64_t)meta.size();
       });
@@ -409,8 +452,13 @@ struct RecordSource::Impl {
           f->assign(meta, at, len);
           at += len;
         }
+        const int64_t n_scales = get();
+        if (n_scales < 0 || at + n_scales * 8 > meta.size())
+          throw SystemError("internal: time-series records from rank 0 arrived damaged");
+        for (int64_t k = 0; k < n_scales; ++k) r.ts_scale.push_back(std::bit_cast<double>(get()));
       } else {
         for (int k = 0; k < 6; ++k) at += get();
+        at += get() * 8;  // (the scales)
       }
       bulk += sizes[i][2] * 4 + sizes[i][3] + sizes[i][4] * 8;
     }
@@ -441,15 +489,16 @@ struct RecordSource::Impl {
 
   bool next_here(Record& rec) {
     if (!fetchers.empty()) {
-      if (input >= regions.size()) return false;
+      if (input >= regions.size()) return say_totals(), false;
       auto& [idx, spec] = regions[input++];
       rec = fetchers[idx]->fetch(spec);
+      ++records_read;
       say_reader_warning(rec);
       return true;
     }
     if (config.kind == ModelKind::kTimeseries) {
       while (series_next >= series.size()) {
-        if (input >= opts.inputs.size()) return false;
+        if (input >= opts.inputs.size()) return say_totals(), false;
         if (auto p = primed.find(input); p != primed.end()) {
           series = std::move(p->second);
           primed.erase(p);
@@ -461,6 +510,7 @@ struct RecordSource::Impl {
         ++input;
       }
       const RawSeries& raw = series[series_next];
+      ++records_read;
       warn_about(raw, opts.inputs[input - 1]);
       rec = tokenize_series(std::move(series[series_next]), config, opts.inputs[input - 1]);
       series[series_next++] = RawSeries{};  // free what was read
@@ -468,11 +518,12 @@ struct RecordSource::Impl {
     }
     while (true) {
       if (!reader) {
-        if (input >= opts.inputs.size()) return false;
+        if (input >= opts.inputs.size()) return say_totals(), false;
         reader =
             std::make_unique<FastxReader>(opts.inputs[input++], DnaReadOptions{opts.invalid_as_n});
       }
       if (reader->next(rec)) {
+        ++records_read;
         say_reader_warning(rec);
         return true;
       }

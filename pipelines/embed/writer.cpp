@@ -639,11 +639,17 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool s
   f.write_f32(g + "/global_scores", {r.n_layers, r.n_global}, r.global_scores);
   if (!rec.timestamps.empty()) {
     // Time series are short enough that every rank holds the starts of all bins.
+    // The time at each bin's first row, then at its last (the time an embedding row is known
+    // as of: a bin's rows end there).
     std::vector<std::string> ts(r.n_rows);
-    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.starts[i]]);
     if (shared) throw SystemError("internal: time-series records are written by one rank");
+    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.starts[i]]);
     f.write_strings(g + "/timestamps", ts);
+    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.ends[i] - 1]);
+    f.write_strings(g + "/timestamps_end", ts);
   }
+  if (!rec.ts_scale.empty())
+    f.write_f64(g + "/ts_scale", {(int64_t)rec.ts_scale.size()}, rec.ts_scale.data());
 }
 }  // namespace
 

@@ -138,6 +138,19 @@ std::string check_record(const h5::File& f, const std::string& g, const ModelCon
              (t == "missing" ? std::string("is missing") : "is " + t + ", not text");
     if (f.shape(g + "/timestamps") != std::vector<int64_t>{emb[0]})
       return "timestamps does not have one value per embedding row";
+    // (files of earlier versions have neither of these two)
+    if (const std::string te = f.type_name(g + "/timestamps_end"); te != "missing") {
+      if (te != "string") return "timestamps_end is " + te + ", not text";
+      if (f.shape(g + "/timestamps_end") != std::vector<int64_t>{emb[0]})
+        return "timestamps_end does not have one value per embedding row";
+    }
+    if (const std::string ts = f.type_name(g + "/ts_scale"); ts != "missing") {
+      if (ts != "float64") return "ts_scale is " + ts + ", not float64";
+      const auto shape = f.shape(g + "/ts_scale");
+      if (shape.size() != 1 || (c && shape[0] != c->channels))
+        return "ts_scale is " + shape_text(shape) + ", not one value a channel" +
+               (c ? " (" + std::to_string(c->channels) + ")" : std::string());
+    }
   }
   if (f.type_name(g + "/global_positions") != "int64" ||
       f.type_name(g + "/global_scores") != "float32")
@@ -270,10 +283,24 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
       } catch (const Error&) {
         length = "(not an integer)";
       }
-    std::printf("  %-24s name=%s length=%s embedding=%s globals=%s strand=%s%s%s\n", k.c_str(),
+    // A time series: which columns went in, and the time its rows span.
+    std::string series;
+    if (f.type_name(g + "/timestamps") == "string") try {
+        const int64_t n = f.shape(g + "/timestamps")[0];
+        const bool ends = f.type_name(g + "/timestamps_end") == "string";
+        if (n > 0)
+          series =
+              " time=" + f.read_strings_range(g + "/timestamps", 0, 1)[0] + ".." +
+              f.read_strings_range(g + (ends ? "/timestamps_end" : "/timestamps"), n - 1, 1)[0];
+        if (f.has_attr(g, "description") && !listed(f, g, "description").empty())
+          series += " (" + listed(f, g, "description") + ")";
+      } catch (const Error&) {
+        series = " time=(unreadable)";
+      }
+    std::printf("  %-24s name=%s length=%s embedding=%s globals=%s strand=%s%s%s%s\n", k.c_str(),
                 listed(f, g, "name").c_str(), length.c_str(), shape_of("embedding").c_str(),
                 shape_of("global_positions").c_str(), listed(f, g, "strand").c_str(),
-                region.empty() ? "" : " region=", region.c_str());
+                region.empty() ? "" : " region=", region.c_str(), series.c_str());
     ++shown;
   }
   return complete && sound;

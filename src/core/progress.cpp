@@ -164,8 +164,10 @@ void Progress::print(bool force, bool per_record) {
     const char* approx = expected_exact_ ? "" : "~";
     const std::string of =
         expected_ > records_done_ ? std::string(" of ") + approx + std::to_string(expected_) : "";
-    std::snprintf(line, sizeof line, "%lld%s records, %stok in %s (%stok/s)%s",
-                  (long long)records_done_, of.c_str(), human_count((double)tokens_done_).c_str(),
+    // ("1 record", but "1 of 2 records")
+    const char* noun = records_done_ == 1 && of.empty() ? "record" : "records";
+    std::snprintf(line, sizeof line, "%lld%s %s, %stok in %s (%stok/s)%s", (long long)records_done_,
+                  of.c_str(), noun, human_count((double)tokens_done_).c_str(),
                   human_seconds(seconds()).c_str(), human_count(tok_rate).c_str(),
                   eta_of(s, (double)records_done_, (double)expected_, approx).c_str());
   } else {

@@ -70,6 +70,9 @@ struct Record {
   std::vector<int32_t> tokens;
   // Time series only: the time column's text of each row (size n_tokens()).
   StringColumn timestamps;
+  // Time series only: each channel's scale s_c (spec 1, step 2), the divisor of its transformed
+  // values; written as the record's ts_scale so a user can map tokens back to values.
+  std::vector<double> ts_scale;
   // What the reader would warn about (a region cut at the record's end, a repeated FASTQ name,
   // characters --invalid-as-n read as N), for the caller to say; not part of the record's output
   // or fingerprint.

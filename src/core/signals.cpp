@@ -15,6 +15,9 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 volatile std::sig_atomic_t g_announce = 0;
 volatile std::sig_atomic_t g_finishing = 0;
+// stderr is a terminal: a message's leading newline ends the live progress line there; in a log
+// file it would be an empty line.
+volatile std::sig_atomic_t g_tty = 0;
 // The finishing phase's messages and file, made before g_finishing is set (the handler only
 // reads them).
 char g_finish_first[1024], g_finish_second[1024], g_finish_tmp[4096];
@@ -23,6 +26,7 @@ char g_second_stop[4352];  // made by install_stop_handlers, before the handler 
 // write(2) only: the handler may run inside any call of the main program.
 void say(const char* msg) {
   if (!g_announce) return;
+  if (!g_tty && msg[0] == '\n') ++msg;
   size_t n = 0;
   while (msg[n]) ++n;
   ssize_t ignored = write(2, msg, n);
@@ -53,9 +57,9 @@ extern "C" void on_stop_signal(int sig) {
     std::_Exit(130);
   }
   if (!g_stop)
-    say(sig == SIGINT ? "\n[sparsa] interrupt: stopping at the next safe point (the end of a layer "
-                        "with several ranks), keeping what is finished; interrupt again to stop "
-                        "at once\n"
+    say(sig == SIGINT ? "\n[sparsa] interrupt: stopping at the next safe point (within moments "
+                        "with one process, at the end of a layer with several ranks), keeping "
+                        "what is finished; interrupt again to stop at once\n"
         : sig == SIGUSR1
             ? "\n[sparsa] SIGUSR1 (time limit near): stopping at the next safe point, keeping "
               "what is finished\n"
@@ -70,6 +74,7 @@ extern "C" void on_stop_signal(int sig) {
 
 void install_stop_handlers(bool announce, const char* journal) {
   g_announce = announce ? 1 : 0;
+  g_tty = isatty(2) ? 1 : 0;
   const bool named = journal && std::strlen(journal) < 4096;
   std::snprintf(g_second_stop, sizeof g_second_stop,
                 "\n[sparsa] stopped at once (second interrupt); the records finished so far, if "

@@ -280,7 +280,11 @@ class LineReader {
                                             " were read, the rest cannot be"
                                       : std::string("nothing could be read")));
     };
-    if (r < -1) throw damaged("truncated or corrupt compressed data");
+    // A read that fails inside a line returns the part before the failed block as if it were a
+    // whole line (htslib drops the block: up to 64 KB), the error only in the handle's errcode:
+    // checked here, before that part is taken for a line.
+    if (r < -1 || (r >= 0 && fp_->errcode != 0))
+      throw damaged("truncated or corrupt compressed data");
     if (r == -1) {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.

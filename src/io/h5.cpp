@@ -139,7 +139,10 @@ hid_t check(hid_t id, const std::string& file, const std::string& obj, const cha
 
 Handle file_type(Dtype t) {
   if (t == Dtype::kF16) return Handle(make_f16_type(), H5Tclose);
-  return Handle(H5Tcopy(t == Dtype::kI64 ? H5T_STD_I64LE : H5T_IEEE_F32LE), H5Tclose);
+  return Handle(H5Tcopy(t == Dtype::kI64   ? H5T_STD_I64LE
+                        : t == Dtype::kF64 ? H5T_IEEE_F64LE
+                                           : H5T_IEEE_F32LE),
+                H5Tclose);
 }
 
 // Creation properties of a dataset of `bytes` bytes: small ones in a serial file are compact
@@ -157,7 +160,9 @@ Handle dataset_plist(bool parallel, int64_t bytes, int rank, const hsize_t* chun
     H5Pset_chunk(dcpl.id(), rank, chunk);
   return dcpl;
 }
-int64_t dtype_size(Dtype t) { return t == Dtype::kF16 ? 2 : t == Dtype::kI64 ? 8 : 4; }
+int64_t dtype_size(Dtype t) {
+  return t == Dtype::kF16 ? 2 : (t == Dtype::kI64 || t == Dtype::kF64) ? 8 : 4;
+}
 
 Handle str_type() {
   Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -398,6 +403,11 @@ void File::write_i64(const std::string& obj, const std::vector<int64_t>& shape,
   write_any(*this, obj, shape, data, Dtype::kI64, H5T_NATIVE_INT64);
 }
 
+void File::write_f64(const std::string& obj, const std::vector<int64_t>& shape,
+                     const double* data) {
+  write_any(*this, obj, shape, data, Dtype::kF64, H5T_NATIVE_DOUBLE);
+}
+
 void File::write_strings(const std::string& obj, const std::vector<std::string>& values) {
   std::vector<const char*> ptrs(values.size());
   for (size_t i = 0; i < values.size(); ++i) ptrs[i] = values[i].c_str();
@@ -559,6 +569,12 @@ std::vector<float> File::read_f32(const std::string& obj) const {
   return v;
 }
 
+std::vector<double> File::read_f64(const std::string& obj) const {
+  std::vector<double> v(n_elems(shape(obj)));
+  if (!v.empty()) read_any(*this, obj, H5T_NATIVE_DOUBLE, v.data());
+  return v;
+}
+
 std::vector<int64_t> File::read_i64(const std::string& obj) const {
   std::vector<int64_t> v(n_elems(shape(obj)));
   if (!v.empty()) read_any(*this, obj, H5T_NATIVE_INT64, v.data());
@@ -636,6 +652,27 @@ std::vector<int64_t> File::read_i64_range(const std::string& obj, int64_t begin,
     throw InputError(path_ + ": " + obj + ": HDF5 read of elements " + std::to_string(begin) +
                      ".." + std::to_string(begin + count) + " failed (corrupt file?)");
   return v;
+}
+
+std::vector<std::string> File::read_strings_range(const std::string& obj, int64_t begin,
+                                                  int64_t count) const {
+  std::vector<std::string> out;
+  if (count <= 0) return out;
+  Handle ds(H5Dopen2(h_.id(), obj.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) throw InputError(path_ + ": dataset " + obj + " is missing");
+  Handle fs(H5Dget_space(ds.id()), H5Sclose);
+  const hsize_t start[1] = {(hsize_t)begin}, n[1] = {(hsize_t)count};
+  Handle ms(H5Screate_simple(1, n, nullptr), H5Sclose);
+  Handle t = str_type();
+  std::vector<char*> ptrs(count, nullptr);
+  if (H5Sget_simple_extent_ndims(fs.id()) != 1 ||
+      H5Sselect_hyperslab(fs.id(), H5S_SELECT_SET, start, nullptr, n, nullptr) < 0 ||
+      H5Dread(ds.id(), t.id(), ms.id(), fs.id(), H5P_DEFAULT, ptrs.data()) < 0)
+    throw InputError(path_ + ": " + obj + ": HDF5 read of elements " + std::to_string(begin) +
+                     ".." + std::to_string(begin + count) + " failed (not text, or corrupt?)");
+  for (char* p : ptrs) out.emplace_back(p ? p : "");
+  H5Dvlen_reclaim(t.id(), ms.id(), H5P_DEFAULT, ptrs.data());
+  return out;
 }
 
 std::vector<std::string> File::list(const std::string& group) const {

@@ -45,7 +45,7 @@ class Handle {
   herr_t (*closer_)(hid_t) = nullptr;
 };
 
-enum class Dtype { kF32, kF16, kI64 };
+enum class Dtype { kF32, kF16, kI64, kF64 };
 
 // One HDF5 file. Object paths are absolute ("/layers/0/wq").
 class File {
@@ -69,6 +69,7 @@ class File {
   void write_f32(const std::string& obj, const std::vector<int64_t>& shape, const float* data,
                  Dtype file_type = Dtype::kF32);
   void write_i64(const std::string& obj, const std::vector<int64_t>& shape, const int64_t* data);
+  void write_f64(const std::string& obj, const std::vector<int64_t>& shape, const double* data);
   void write_strings(const std::string& obj, const std::vector<std::string>& values);
 
   // Chunked 2-D dataset written in row blocks (for embeddings larger than memory wants).
@@ -100,9 +101,13 @@ class File {
   // "float16", "float32", "float64", "int64", "int32", ..., "string", "other"; "missing".
   std::string type_name(const std::string& obj) const;
   std::vector<float> read_f32(const std::string& obj) const;
+  std::vector<double> read_f64(const std::string& obj) const;
   std::vector<int64_t> read_i64(const std::string& obj) const;
   // Elements [begin, begin + count) of a 1-D int64 dataset (a long one read piece by piece).
   std::vector<int64_t> read_i64_range(const std::string& obj, int64_t begin, int64_t count) const;
+  // Elements [begin, begin + count) of a 1-D dataset of variable-length strings.
+  std::vector<std::string> read_strings_range(const std::string& obj, int64_t begin,
+                                              int64_t count) const;
   // The flat index of the first NaN or Inf of a float dataset (float16, 32 or 64, little-endian),
   // -1 when there is none. Read in its own type, about 16 M values at a time, and judged by the
   // exponent bits: no conversion, so a GB-sized embedding takes about its read time.

@@ -457,6 +457,55 @@ std::optional<YearLast> year_last(std::string_view t) {
   return y;
 }
 
+// An ISO-8601 time with its UTC offset ("2020-03-09 09:30:00-04:00", "2020-03-09T13:30Z",
+// "...+0100") as UTC: seconds since 1970 and nanoseconds; nullopt for any other text.
+std::optional<std::pair<int64_t, int64_t>> iso_instant(std::string_view t) {
+  size_t k = 0;
+  auto num = [&](int digits, int& v) {
+    v = 0;
+    for (int i = 0; i < digits; ++i, ++k) {
+      if (k >= t.size() || t[k] < '0' || t[k] > '9') return false;
+      v = v * 10 + (t[k] - '0');
+    }
+    return true;
+  };
+  auto is = [&](char c) { return k < t.size() && t[k] == c ? (++k, true) : false; };
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+  if (!num(4, y) || !is('-') || !num(2, mo) || !is('-') || !num(2, d)) return std::nullopt;
+  if (!is('T') && !is(' ')) return std::nullopt;
+  if (!num(2, h) || !is(':') || !num(2, mi)) return std::nullopt;
+  int64_t nanos = 0;
+  if (is(':')) {
+    if (!num(2, sec)) return std::nullopt;
+    if (is('.')) {
+      int digits = 0;
+      for (; k < t.size() && t[k] >= '0' && t[k] <= '9'; ++k, ++digits)
+        if (digits < 9) nanos = nanos * 10 + (t[k] - '0');
+      if (digits == 0) return std::nullopt;
+      for (; digits < 9; ++digits) nanos *= 10;
+    }
+  }
+  int64_t offset = 0;  // seconds east of UTC
+  if (!is('Z')) {
+    const int sign = is('+') ? 1 : is('-') ? -1 : 0;
+    int oh = 0, om = 0;
+    if (sign == 0 || !num(2, oh)) return std::nullopt;
+    is(':');
+    if (!num(2, om)) return std::nullopt;
+    offset = sign * (oh * 3600 + om * 60);
+  }
+  if (k != t.size() || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 24 || mi > 59 || sec > 60)
+    return std::nullopt;
+  // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+  const int yy = y - (mo <= 2);
+  const int era = yy / 400;
+  const int yoe = yy - era * 400;
+  const int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  const int64_t days = int64_t(era) * 146097 + doe - 719468;
+  return std::pair{days * 86400 + h * 3600 + mi * 60 + sec - offset, nanos};
+}
+
 bool iso_like(std::string_view t) {
   for (char c : t)
     if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
@@ -503,7 +552,18 @@ TimeOrder time_order(const StringColumn& ts) {
     const std::string_view offset = utc_offset(t0);
     for (size_t i = 0; i < ts.size(); ++i) {
       if (!iso_like(ts[i]) || ts[i].size() != len) return unread(i);
-      if (utc_offset(ts[i]) != offset) return TimeOrder{};
+      if (utc_offset(ts[i]) != offset) {
+        // Offsets that change (a daylight-saving change): compared as UTC where every row
+        // carries its offset, else neither judged nor said.
+        std::optional<std::pair<int64_t, int64_t>> prev;
+        for (size_t j = 0; j < ts.size(); ++j) {
+          const auto u = iso_instant(ts[j]);
+          if (!u) return TimeOrder{};
+          if (prev && *u < *prev && o.backwards < 0) o.backwards = (int64_t)j;
+          prev = u;
+        }
+        return o;
+      }
     }
     for (size_t i = 1; i < ts.size(); ++i)
       if (ts[i] < ts[i - 1]) {
@@ -624,11 +684,22 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
     std::vector<std::string> names;
     for (int64_t c : cols.channels) names.push_back(header[c]);
     const std::string chosen = join_names(names);
-    throw InputError(where(path, "", 0,
-                           "the model has " + count_of(expected_channels, "channel") +
-                               ", but the file has " + count_of(n_channels, "column") +
-                               " chosen (" + chosen + "); choose " +
-                               std::to_string(expected_channels) + " with --columns"));
+    // A chosen column named like the time (Date,Time,Close: 'Time' taken as a channel)
+    std::string timeish;
+    for (int64_t c : cols.channels)
+      if (std::find(cols.time_others.begin(), cols.time_others.end(), c) != cols.time_others.end())
+        timeish = header[c];
+    throw InputError(where(
+        path, "", 0,
+        "the model has " + count_of(expected_channels, "channel") + ", but the file has " +
+            count_of(n_channels, "column") + " chosen (" + chosen + "); choose " +
+            std::to_string(expected_channels) + " with --columns" +
+            (timeish.empty()
+                 ? std::string()
+                 : " ('" + timeish + "' is named like a time column; the time column is '" +
+                       header[cols.time] +
+                       "': is the time split over two columns? sparsa reads one, so join them "
+                       "into one column first)")));
   }
 
   std::vector<RawSeries> records;
@@ -689,6 +760,9 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
         // A channel named like the time (Date beside time): the time is split over two columns
         const bool timeish = std::find(cols.time_others.begin(), cols.time_others.end(),
                                        cols.channels[k]) != cols.time_others.end();
+        // A word with no digit (null, N/A, #N/A, None, -): another program's missing value
+        const bool marker =
+            kind == CellKind::kInvalid && cell.find_first_of("0123456789") == std::string::npos;
         throw InputError(
             where(path, rec.name, 0,
                   line() + ", column '" + header[cols.channels[k]] + "': " + what + ": '" +
@@ -697,7 +771,10 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                                      header[cols.channels[k]] +
                                      "' is named like one too: is the time split over two columns? "
                                      "--time-column and --columns choose)"
-                               : std::string())));
+                       : marker ? " (sparsa reads a missing value as an empty cell, NA or NaN; "
+                                  "write this file's '" +
+                                      shown(cell) + "' as one of those)"
+                                : std::string())));
       }
       rec.values[k].push_back(v);
     }
@@ -855,8 +932,10 @@ Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::stri
     rec.description += "; time " + (raw.time_name.empty() ? "(unnamed)" : raw.time_name);
   }
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
-  for (int64_t c = 0; c < n_channels; ++c) {          // (a channel at a time: one transform held)
+  rec.ts_scale.assign(size_t(n_channels), 1.0);
+  for (int64_t c = 0; c < n_channels; ++c) {  // (a channel at a time: one transform held)
     const Transformed tr = checked_transform(raw, c, config, path);
+    rec.ts_scale[size_t(c)] = tr.scale;
     for (int64_t t = 0; t < n_rows; ++t)
       rec.tokens[size_t(t * n_channels + c)] =
           ts_token(tr.r[t] / tr.scale, config.ts_bins, config.ts_clip);

@@ -31,14 +31,15 @@ struct RawSeries {
 // Whether a record's time goes backwards. Rows are embedded in file order (spec 1), so a
 // newest-first file is read backwards: worth a warning. Judged where every timestamp is one of
 // the forms this check reads: ISO-8601-like (year first, digits and - : . T Z + and spaces, of
-// one length and one UTC offset, so that text order is time order), a plain number (epoch
+// one length and one UTC offset, so that text order is time order; where the offset changes,
+// as UTC instants if every row carries its offset), a plain number (epoch
 // seconds, compared as numbers), or a date with the year last (12/31/2019, 31.01.2024; by year,
 // and by month and day where a field above 12 shows which is the day, then the time of day).
 struct TimeOrder {
   int64_t backwards = -1;  // the first row that sorts before the row above it; -1: none
   // Not judged: the first row whose timestamp breaks the form of the first row's (0: the first
   // row's is none this check reads); -1 where judged, or where the column is a time of day
-  // alone or crosses a change of UTC offset (neither is worth a warning).
+  // alone or crosses a change of UTC offset with a row that lacks one (not worth a warning).
   int64_t unread = -1;
 };
 TimeOrder time_order(const StringColumn& timestamps);

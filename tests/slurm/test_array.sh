@@ -40,6 +40,10 @@ for t in 0 1 2; do
   [ -f "sparsa-${array_id}_$t.log" ] || fail "no log for array task $t"
 done
 grep -q "3 of 3 outputs complete" "sparsa-check-$check_id.log" || fail "summary does not say 3 of 3"
+# The summary job removed the list's copy (the tasks no longer need it): none pile up in out/.
+if ls out/.sparsa-inputs.* >/dev/null 2>&1; then
+  fail "the list's copy was left in out/: $(ls out/.sparsa-inputs.*)"
+fi
 # The same path strings as in the list: a record's `source` attribute is the path as given.
 for i in 1 2 3; do
   in=in/sample$i.fa
@@ -62,6 +66,7 @@ wait_until 300 "summary job $check_id to finish" job_finished "$check_id"
 grep -q "1 of 1 outputs complete" "sparsa-check-$check_id.log" ||
   fail "the second array was not of the one missing output"
 [ ! -e "sparsa-${array_id}_1.log" ] || fail "the second array had more than one task"
+ls out/.sparsa-inputs.* >/dev/null 2>&1 && fail "the second array's list copy was left in out/"
 same ref2.h5 out/sample2.h5
 
 say "check-outputs.sh lists what is not complete"

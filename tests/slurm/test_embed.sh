@@ -46,4 +46,33 @@ for f in --force --force=true; do
     { cat force.txt; fail "embed.sbatch with $f: exit $rc, not the refusal"; }
   [ ! -e forced.h5 ] || fail "embed.sbatch with $f wrote forced.h5"
 done
+# A login profile's OMP_NUM_THREADS=1 on a whole node (--exclusive, no --cpus-per-task), and a
+# time limit of a few minutes (USR1 comes 120 s before it): both warned about in the log.
+say "sbatch --exclusive --time=5 with OMP_NUM_THREADS=1"
+rc=0
+OMP_NUM_THREADS=1 timeout 300 sbatch --wait -n 1 --exclusive --time=5 \
+  --output="$WORK/short-%j.log" "$SRC/slurm/embed.sbatch" model.h5 "$LAMBDA" short.h5 \
+  --pool mean >submit.txt || rc=$?
+JOBS+=("$(grep -o '[0-9]*' submit.txt | head -1)")
+log=$(ls short-*.log)
+cat "$log"
+[ "$rc" -eq 0 ] || fail "the short job exited with $rc"
+if [ "$(grep -o 'CPUs=[0-9]*' <<<"$(scontrol show node -o | head -1)" | cut -d= -f2)" -gt 1 ]; then
+  grep -q "warning: OMP_NUM_THREADS=1 (set before this script) while the node gives each task" \
+    "$log" || fail "no warning about OMP_NUM_THREADS=1 on an --exclusive node"
+fi
+grep -q "warning: the time limit is 00:05:00: sparsa is asked to stop at the USR1 warning" \
+  "$log" || fail "no warning about a time limit of 5 minutes"
+
+# SPARSA_SRUN_MPI=none with 2 tasks: refused, said as the user's choice.
+say "SPARSA_SRUN_MPI=none with 2 tasks"
+rc=0
+SPARSA_SRUN_MPI=none timeout 300 sbatch --wait -n 2 --output="$WORK/nompi-%j.log" \
+  "$SRC/slurm/embed.sbatch" model.h5 "$LAMBDA" nompi.h5 >submit.txt || rc=$?
+JOBS+=("$(grep -o '[0-9]*' submit.txt | head -1)")
+log=$(ls nompi-*.log)
+cat "$log"
+[ "$rc" -ne 0 ] || fail "a 2-task job with SPARSA_SRUN_MPI=none ran"
+grep -q "SPARSA_SRUN_MPI=none: a 2-task run needs srun's PMIx or PMI-2 plugin" "$log" ||
+  fail "the refusal does not say that SPARSA_SRUN_MPI=none was the user's choice"
 say "PASS: sbatch 2 tasks == mpirun -np 2"

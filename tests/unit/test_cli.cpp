@@ -1319,7 +1319,11 @@ TEST(Cli, ReadWarningsStopAfterThree) {
       << r.output;
   EXPECT_NE(r.output.find("line 5: the name repeats an earlier read's"), std::string::npos)
       << r.output;
-  EXPECT_NE(r.output.find("warning: more records have warnings like these; not said again"),
+  EXPECT_NE(r.output.find("warning: more records have warnings like these; not said one by one"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("warning: 10 records in all have warnings like these (the first 3 said "
+                          "above) of 10 read"),
             std::string::npos)
       << r.output;
   EXPECT_EQ(h5::File::open_read(t / "w.h5").list("/records").size(), 10u);
@@ -1669,8 +1673,51 @@ TEST(Cli, TimeSeriesEndToEnd) {
   EXPECT_EQ(f.attr_int(g, "length"), 249);
   EXPECT_EQ(f.shape(g + "/embedding"), (std::vector<int64_t>{25, 32}));
   EXPECT_EQ(f.shape(g + "/timestamps"), (std::vector<int64_t>{25}));
+  {
+    // The file's rows by hand (no quotes in this CSV): date and the close and volume columns.
+    std::vector<std::string> dates;
+    std::vector<std::vector<double>> ch(2);
+    std::istringstream in(read_file(msft));
+    std::string line;
+    std::getline(in, line);  // date,open,high,low,close,volume
+    while (std::getline(in, line)) {
+      std::vector<std::string> cell;
+      std::stringstream ls(line);
+      for (std::string c; std::getline(ls, c, ',');) cell.push_back(c);
+      ASSERT_EQ(cell.size(), 6u) << line;
+      dates.push_back(cell[0]);
+      ch[0].push_back(std::stod(cell[4]));
+      ch[1].push_back(std::stod(cell[5]));
+    }
+    ASSERT_EQ(dates.size(), 249u);
+    // Each bin's times: at its first row (timestamps) and at its last (timestamps_end).
+    const auto starts = f.read_i64(g + "/bin_start"), ends = f.read_i64(g + "/bin_end");
+    const auto first = f.read_strings_range(g + "/timestamps", 0, 25);
+    const auto last = f.read_strings_range(g + "/timestamps_end", 0, 25);
+    ASSERT_EQ(last.size(), 25u);
+    for (int i = 0; i < 25; ++i) {
+      EXPECT_EQ(first[i], dates[starts[i]]) << i;
+      EXPECT_EQ(last[i], dates[ends[i] - 1]) << i;
+    }
+    EXPECT_EQ(last.back(), dates.back());
+    // ts_scale: each channel's s_c, the mean |log return| over the record (spec 1, step 2).
+    EXPECT_EQ(f.type_name(g + "/ts_scale"), "float64");
+    const auto scale = f.read_f64(g + "/ts_scale");
+    ASSERT_EQ(scale.size(), 2u);
+    for (int c = 0; c < 2; ++c) {
+      double sum = 0;
+      for (size_t i = 1; i < ch[c].size(); ++i) sum += std::fabs(std::log(ch[c][i] / ch[c][i - 1]));
+      const double want = sum / double(ch[c].size() - 1);
+      EXPECT_NEAR(scale[c], want, 1e-12 * want) << c;
+    }
+  }
   f.close();
-  EXPECT_EQ(run(binary() + " inspect " + t / "e.h5").code, 0);
+  r = run(binary() + " inspect " + t / "e.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  // inspect says a series' time span and columns
+  EXPECT_NE(r.output.find("time=2000-09-27..2001-09-27 (columns close,volume; time date)"),
+            std::string::npos)
+      << r.output;
   {  // a time series without its timestamps is not a result (spec 4)
     std::filesystem::copy_file(t / "e.h5", t / "nots.h5");
     h5::File w = h5::File::open_rw(t / "nots.h5");
@@ -1722,6 +1769,61 @@ TEST(Cli, TimeSeriesEndToEnd) {
   embeds_warning("odd", {"2020-01-03", "2001/07/13", "2020-01-01"},
                  "record 'odd': time order not checked: line 3's timestamp '2001/07/13' is not "
                  "of the form and length of the rows above");
+  // Across a daylight-saving change, where every row carries its UTC offset: compared in UTC
+  // (09:30-04:00 is 13:30Z, after 09:30-05:00 = 14:30Z the day before).
+  embeds_warning(
+      "dst",
+      {"2020-03-10 09:30:00-04:00", "2020-03-09 09:30:00-04:00", "2020-03-06 09:30:00-05:00"},
+      "time goes backwards at line 3 ('2020-03-09 09:30:00-04:00' after "
+      "'2020-03-10 09:30:00-04:00')");
+  r = embed_csv("dstok",
+                "date,a,b\n2020-03-06 09:30:00-05:00,1,2\n2020-03-09 09:30:00-04:00,2,3\n");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  // Negative values under log_return: embedded (the spec's math), with a warning that a fall
+  // reads as a rise.
+  r = embed_csv("neg", "date,a,b\n2020-01-01,-10,1\n2020-01-02,-11,2\n2020-01-03,-12,3\n");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("record 'neg': column 'a' has negative values (the first at line 2: "
+                          "-10); a log return of two negative values is that of their magnitudes"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("column 'b' has"), std::string::npos) << r.output;
+  // Another program's missing-value marker: the error says which markers sparsa reads.
+  write_file(t / "null.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,null,3\n");
+  expect_failure(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "null.csv" +
+                     " --output " + t / "null.h5",
+                 t / "null.h5",
+                 "line 3, column 'a': not a number: 'null' (sparsa reads a missing value as an "
+                 "empty cell, NA or NaN; write this file's 'null' as one of those)");
+  // Date,Time in two columns, the time taken as a channel: the count error says why.
+  write_file(t / "dt2.csv", "Date,Time,a,b\n01/02/2020,09:30,1,2\n01/02/2020,09:31,2,3\n");
+  expect_failure(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "dt2.csv" +
+                     " --output " + t / "dt2.h5",
+                 t / "dt2.h5",
+                 "choose 2 with --columns ('Time' is named like a time column; the time column is "
+                 "'Date': is the time split over two columns?");
+  // A panel's warnings: the first three records named, then their number in all at the end.
+  {
+    std::string panel = "sym,date,a,b\n";
+    for (int k = 0; k < 5; ++k)
+      for (int d = 3; d >= 1; --d)
+        panel += "S" + std::to_string(k) + ",2020-01-0" + std::to_string(d) + ",1,2\n";
+    r = embed_csv("panel5", panel, " --id-column sym");
+    EXPECT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(count_in(r.output, "time goes backwards"), 3u) << r.output;
+    EXPECT_NE(r.output.find("warning: 5 records in all go backwards in time (the first 3 said "
+                            "above) of 5 read"),
+              std::string::npos)
+        << r.output;
+  }
+  // Repeated times inside an --id-column record: the hint names that column, not the option.
+  r = embed_csv("idrep", "sym,date,a,b\nX,2020-01-01,1,2\nX,2020-01-01,2,3\n", " --id-column sym");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("does the id column, 'sym', leave two series in one record"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("(--id-column COL)"), std::string::npos) << r.output;
   // Repeated times (a date-only column of intraday rows) and a channel with no values are
   // warned about.
   r = embed_csv("rep", "date,a,b\n2020-01-01,1,\n2020-01-01,2,\n2020-01-02,3,NA\n");

@@ -395,6 +395,28 @@ TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
                            {head, "line 1", "gzip's magic bytes", "cut short"});
 }
 
+// A FASTQ gzip cut short: the read that fails gives back the text before its block (htslib drops
+// the block, up to 64 KB) as if it ended a line. Taken as the line, that part made a quality line
+// "42 long for a sequence of 150" at a line that is whole in the file: every cut point is said as
+// a file cut short instead.
+TEST_F(DnaTest, TruncatedGzipFastqIsNotABadRead) {
+  std::string fq;
+  const std::string seq = random_seq(150 * 4000, 5);
+  for (int i = 0; i < 4000; ++i)
+    fq += "@r" + std::to_string(i) + "\n" + seq.substr(150 * i, 150) + "\n+\n" +
+          std::string(150, 'I') + "\n";
+  std::string p = write("reads.fq", fq);
+  sh("gzip -c '" + p + "' > '" + p + ".gz'");
+  const auto size = fs::file_size(p + ".gz");
+  for (int k = 1; k <= 7; ++k) {
+    std::string cut = p + ".cut" + std::to_string(k) + ".gz";
+    fs::copy_file(p + ".gz", cut);
+    fs::resize_file(cut, size * k / 8);
+    expect_error<InputError>([&] { read_all(cut); },
+                             {cut, "truncated or corrupt", "lines 1 to ", "cut short"});
+  }
+}
+
 TEST_F(DnaTest, GarbageIsNotFasta) {
   std::string bin = write("g.bin", std::string("\x00\xff\x01\x02garbage\n>r\nACGT\n", 19));
   expect_error<InputError>([&] { FastxReader r(bin, {}); }, {bin, "line 1", "not FASTA/FASTQ"});

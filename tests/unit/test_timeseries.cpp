@@ -579,7 +579,7 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"15:58:00.5", "09:30:00.0"}), -1);
   EXPECT_EQ(first_backwards_row(V{"9:58", "9:30"}), -1);
   // Text order is not time order for US or European dates, nor across a change of UTC offset
-  // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z): not judged.
+  // (02:30+02:00 is 00:30Z, before 02:00+01:00 = 01:00Z: compared as UTC, below).
   EXPECT_EQ(first_backwards_row(V{"12/30/2019", "12/31/2019", "01/02/2020"}), -1);
   // Day or month first with '.' or '-' (the characters of ISO, another order): not judged.
   EXPECT_EQ(first_backwards_row(V{"30.01.2024", "31.01.2024", "01.02.2024"}), -1);
@@ -617,6 +617,24 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(time_order(V{"15:58", "09:30"}).unread, -1);  // a time of day alone: not said
   EXPECT_EQ(time_order(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}).unread, -1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25 02:30:00+02:00", "2020-10-25 02:00:00+01:00"}), -1);
+  // Across a change of offsets, every row with its own: compared as UTC instants.
+  EXPECT_EQ(first_backwards_row(V{"2020-03-10 09:30:00-04:00", "2020-03-09 09:30:00-04:00",
+                                  "2020-03-06 09:30:00-05:00"}),
+            1);
+  EXPECT_EQ(first_backwards_row(V{"2020-03-06 09:30:00-05:00", "2020-03-09 09:30:00-04:00"}), -1);
+  // Text order back, UTC order forward (the repeated hour of a fall-back change): not backwards
+  EXPECT_EQ(first_backwards_row(V{"2020-11-01T01:50:00-04:00", "2020-11-01T01:10:00-05:00"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"2020-11-01T01:10:00-05:00", "2020-11-01T01:50:00-04:00"}), 1);
+  // Compact offsets and fractions of a second
+  EXPECT_EQ(first_backwards_row(V{"2020-03-08T07:00:00.50-0500", "2020-03-08T08:00:00.25-0400"}),
+            1);
+  EXPECT_EQ(first_backwards_row(V{"2020-03-08T07:00:00.25-0500", "2020-03-08T09:00:00.50-0400"}),
+            -1);
+  // A row without an offset among rows with one: not judged, not said
+  EXPECT_EQ(time_order(V{"2020-03-10 09:30:00-04:00", "2020-03-09 09:30:00-05:00",
+                         "2020-03-01 09:30:00+xx:00"})
+                .backwards,
+            -1);
   // One offset throughout: judged.
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+01:00", "2020-10-25T02:00:00+01:00"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00Z", "2020-10-25T02:00:00Z"}), 1);
