@@ -321,14 +321,18 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
     std::error_code ec;
     const double sz = (double)fs::file_size(in, ec);
     const bool gz = in.size() > 3 && (in.ends_with(".gz") || in.ends_with(".bgz"));
-    const double text = sz * (gz ? 4.5 : 1.0);  // gzip'd DNA: ~4.5x
-    tokens += text;
+    double text = sz * (gz ? 4.5 : 1.0);  // gzip'd DNA: ~4.5x, unless the sample says
     if (o.regions.empty() && o.regions_bed.empty()) {
       const InputSample s = sample_records(in, 256 << 10);
+      if (s.whole)
+        text = (double)s.bytes;
+      else if (s.compressed > 0)  // the ratio of this file's start
+        text = sz * (double)s.bytes / (double)s.compressed;
       records += s.whole ? (double)s.records
                          : std::max(1.0, (double)s.records * text / std::max<double>(1, s.bytes));
       exact = exact && s.whole;
     }
+    tokens += text;
   }
   if (!o.regions.empty() || !o.regions_bed.empty()) {  // the regions alone, exactly
     records = (double)source.n_regions();

@@ -79,6 +79,9 @@ bool parse_token_count(std::string_view s, int64_t& out);
 struct InputSample {
   int64_t bytes = 0, records = 0;
   bool whole = false;
+  // A compressed file not read whole: the compressed bytes that held the first `bytes` of text
+  // (so its text is about file size x bytes / compressed); 0 otherwise.
+  int64_t compressed = 0;
 };
 InputSample sample_records(const std::string& path, int64_t max_bytes);
 

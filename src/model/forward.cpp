@@ -1,8 +1,10 @@
 #include "model/forward.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "backends/cpu/ops.hpp"
 #include "core/error.hpp"
@@ -68,7 +70,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   out.global_positions.resize(c.n_layers * G);
   out.global_scores.resize(c.n_layers * G);
 
-  const cpu::Cancel cancel = comm.size() == 1 ? hooks.cancel : nullptr;
+  bool (*const cancel)() = comm.size() == 1 ? hooks.cancel : nullptr;
   auto stop_if_cancelled = [&] {  // after an op that may have skipped tiles
     if (cancel && cancel()) throw Interrupted(hooks.cancel_message);
   };
@@ -89,6 +91,30 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   auto stage_done = [&](int64_t l, double flops) {
     if (hooks.in_layer) hooks.in_layer(l, flops / lf.all());
   };
+  // And inside a stage (a minute of a long record on a CPU): the ops poll `poll` before each
+  // tile of rows, from every thread; each call counts a tile begun, and the calling thread (the
+  // one that runs forward: Progress is not for other threads) says the share of the stage's
+  // tiles begun. Also the cancel check, where there is one.
+  struct Stage {
+    int64_t layer = 0, tiles = 1;
+    double from = 0, flops = 0;  // the layer's FLOPs before the stage, and the stage's
+  } stage;
+  std::atomic<int64_t> tiles_begun{0};
+  const std::thread::id caller = std::this_thread::get_id();
+  const cpu::Cancel poll = [&]() -> bool {
+    const int64_t t = tiles_begun.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (hooks.in_layer && std::this_thread::get_id() == caller)
+      hooks.in_layer(
+          stage.layer,
+          (stage.from + stage.flops * std::min(1.0, (double)t / (double)stage.tiles)) / lf.all());
+    return cancel && cancel();
+  };
+  auto begin_stage = [&](int64_t l, double from, double flops, int64_t tiles) {
+    stage = {l, std::max<int64_t>(tiles, 1), from, flops};
+    tiles_begun.store(0, std::memory_order_relaxed);
+  };
+  // The tiles of the shard's rows (tiles sit at record positions: a shard's edges may cut two)
+  const int64_t row_tiles = m > 0 ? (b + m - 1) / cpu::kRowTile - b / cpu::kRowTile + 1 : 1;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     cpu::AttnInputParams ip{x.data(),
@@ -109,7 +135,8 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                             c.router_hidden,
                             b,
                             c.norm_eps};
-    ip.cancel = cancel;
+    ip.cancel = poll;
+    begin_stage(l, 0, lf.in, row_tiles);
     cpu::attn_inputs(ip);
     stop_if_cancelled();
     cpu::rope({q.data(), m, c.n_heads, c.head_dim(), b, c.rope_base, k.data() + own * d});
@@ -192,7 +219,8 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
                             c.causal,
                             0,
                             m};
-    ap.cancel = cancel;
+    ap.cancel = poll;
+    begin_stage(l, lf.in, lf.attn, row_tiles);
     // Interior rows read only this shard's K/V; edge rows wait for the halo.
     const int64_t lo = std::min(m, c.window), hi = c.causal ? m : std::max(lo, m - c.window);
     ap.row_begin = lo;
@@ -210,13 +238,15 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     stage_done(l, lf.in + lf.attn);
 
     cpu::LinearParams wo{q.data(), L.wo.data(), x.data(), m, d, d, b, true};
-    wo.cancel = cancel;
+    wo.cancel = poll;
+    begin_stage(l, lf.in + lf.attn, lf.wo, row_tiles);
     cpu::linear(wo);
     stop_if_cancelled();
     stage_done(l, lf.in + lf.attn + lf.wo);
     cpu::MlpParams mp{x.data(), L.mlp_norm.data(), L.w_up.data(), L.w_down.data(), m, d, c.d_ff,
                       b,        c.norm_eps};
-    mp.cancel = cancel;
+    mp.cancel = poll;
+    begin_stage(l, lf.in + lf.attn + lf.wo, lf.mlp, row_tiles);
     cpu::mlp_block(mp);
     stop_if_cancelled();
     if (hooks.after_layer) hooks.after_layer(l);

@@ -417,6 +417,39 @@ TEST_F(DnaTest, TruncatedGzipFastqIsNotABadRead) {
   }
 }
 
+// The record count a run expects (progress's "of ~N", the output-size check) from the first 256 KB
+// of text: for a compressed file, the text's size from this file's own compression ratio, not a
+// fixed one (reads compress ~3x where a genome compresses ~4.5x: 20,000 reads were expected as
+// ~15,000).
+TEST_F(DnaTest, CompressedSampleGivesTheTextsSize) {
+  std::string fq;
+  const std::string seq = random_seq(150 * 20000, 7);
+  for (int i = 0; i < 20000; ++i)
+    fq += "@r" + std::to_string(i) + "\n" + seq.substr(150 * i, 150) + "\n+\n" +
+          std::string(150, 'I') + "\n";
+  std::string p = write("r.fq", fq);
+  sh("gzip -c '" + p + "' > '" + p + ".gz'");
+  sh("bgzip -c '" + p + "' > '" + p + ".bgz'");
+  const InputSample plain = sample_records(p, 256 << 10);
+  EXPECT_FALSE(plain.whole);
+  EXPECT_EQ(plain.compressed, 0);
+  for (const std::string z : {p + ".gz", p + ".bgz"}) {
+    const InputSample s = sample_records(z, 256 << 10);
+    ASSERT_FALSE(s.whole) << z;
+    ASSERT_GT(s.compressed, 0) << z;
+    const double text = (double)fs::file_size(z) * (double)s.bytes / (double)s.compressed;
+    EXPECT_NEAR(text, (double)fq.size(), 0.05 * (double)fq.size()) << z;  // (4.5x: -25%)
+    EXPECT_NEAR((double)s.records * text / (double)s.bytes, 20000.0, 1000.0) << z;
+  }
+  // Read whole: exact, nothing to extrapolate.
+  std::string small = write("s.fq", "@a\nACGT\n+\nIIII\n");
+  sh("gzip -c '" + small + "' > '" + small + ".gz'");
+  const InputSample w = sample_records(small + ".gz", 256 << 10);
+  EXPECT_TRUE(w.whole);
+  EXPECT_EQ(w.records, 1);
+  EXPECT_EQ(w.compressed, 0);
+}
+
 TEST_F(DnaTest, GarbageIsNotFasta) {
   std::string bin = write("g.bin", std::string("\x00\xff\x01\x02garbage\n>r\nACGT\n", 19));
   expect_error<InputError>([&] { FastxReader r(bin, {}); }, {bin, "line 1", "not FASTA/FASTQ"});

@@ -8,6 +8,7 @@
 // always sits in the same tile slot of a GEMM of the same M, N, K (see docs/model.md).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sparsa::cpu {
@@ -30,8 +31,9 @@ void rmsnorm(const RmsNormParams& p);
 // dsa_attention, mlp_block): polled before each tile; once it returns true the tiles not begun
 // are skipped, so the output is garbage and the caller must throw it away (forward stops with
 // Interrupted). Like ggml's abort callback: a stop need not wait for the end of an op that takes
-// seconds on a long record. Must be safe to call from any thread.
-using Cancel = bool (*)();
+// seconds on a long record. Must be safe to call from any thread. (The caller also counts the
+// tiles begun with it, for progress inside an op.)
+using Cancel = std::function<bool()>;
 
 // y = x W (+ y when accumulate). W is [d_in, d_out] row-major.
 struct LinearParams {
