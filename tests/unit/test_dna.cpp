@@ -399,13 +399,18 @@ TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
 // the block, up to 64 KB) as if it ended a line. Taken as the line, that part made a quality line
 // "42 long for a sequence of 150" at a line that is whole in the file: every cut point is said as
 // a file cut short instead.
-TEST_F(DnaTest, TruncatedGzipFastqIsNotABadRead) {
+// `n` FASTQ reads of 150 random bases, named r0, r1, ...
+std::string reads_fastq(int n, uint32_t seed) {
   std::string fq;
-  const std::string seq = random_seq(150 * 4000, 5);
-  for (int i = 0; i < 4000; ++i)
-    fq += "@r" + std::to_string(i) + "\n" + seq.substr(150 * i, 150) + "\n+\n" +
+  const std::string seq = random_seq(150 * (size_t)n, seed);
+  for (int i = 0; i < n; ++i)
+    fq += "@r" + std::to_string(i) + "\n" + seq.substr(150 * (size_t)i, 150) + "\n+\n" +
           std::string(150, 'I') + "\n";
-  std::string p = write("reads.fq", fq);
+  return fq;
+}
+
+TEST_F(DnaTest, TruncatedGzipFastqIsNotABadRead) {
+  std::string p = write("reads.fq", reads_fastq(4000, 5));
   sh("gzip -c '" + p + "' > '" + p + ".gz'");
   const auto size = fs::file_size(p + ".gz");
   for (int k = 1; k <= 7; ++k) {
@@ -422,11 +427,7 @@ TEST_F(DnaTest, TruncatedGzipFastqIsNotABadRead) {
 // fixed one (reads compress ~3x where a genome compresses ~4.5x: 20,000 reads were expected as
 // ~15,000).
 TEST_F(DnaTest, CompressedSampleGivesTheTextsSize) {
-  std::string fq;
-  const std::string seq = random_seq(150 * 20000, 7);
-  for (int i = 0; i < 20000; ++i)
-    fq += "@r" + std::to_string(i) + "\n" + seq.substr(150 * i, 150) + "\n+\n" +
-          std::string(150, 'I') + "\n";
+  const std::string fq = reads_fastq(20000, 7);
   std::string p = write("r.fq", fq);
   sh("gzip -c '" + p + "' > '" + p + ".gz'");
   sh("bgzip -c '" + p + "' > '" + p + ".bgz'");
