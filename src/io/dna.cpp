@@ -30,6 +30,7 @@
 #include "core/error.hpp"
 #include "core/file_text.hpp"
 #include "core/progress.hpp"
+#include "core/sha256.hpp"
 #include "core/utf8.hpp"
 
 namespace sparsa {
@@ -756,6 +757,7 @@ struct FaiEntry {
 
 struct FaidxFetcher::Impl {
   std::string path;
+  std::string fai_path, gzi_path;  // its index files (index_files: beside it, or in a cache)
   DnaReadOptions opts;
   faidx_t* fai = nullptr;
   bool fastq = false, bgzip = false;
@@ -808,12 +810,12 @@ ssize_t read_at(BGZF* fp, const std::vector<int64_t>* blocks, int64_t size, int6
 // compressed and uncompressed offsets, little-endian), with the first block's 0. Empty when the
 // .gzi cannot be read or is not a sound index of `path` (its size, offsets that grow, blocks of
 // at most 64 KB within the file): htslib asserts on a seek through a broken one.
-std::vector<int64_t> gzi_block_starts(const std::string& path) {
+std::vector<int64_t> gzi_block_starts(const std::string& path, const std::string& gzi_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const auto gzi_bytes = fs::file_size(path + ".gzi", ec);
+  const auto gzi_bytes = fs::file_size(gzi_path, ec);
   const auto file_bytes = ec ? 0 : fs::file_size(path, ec);
-  std::ifstream in(path + ".gzi", std::ios::binary);
+  std::ifstream in(gzi_path, std::ios::binary);
   uint64_t n = 0;
   if (ec || !in.read(reinterpret_cast<char*>(&n), 8) || gzi_bytes < 8 ||
       n != (gzi_bytes - 8) / 16 || (gzi_bytes - 8) % 16 != 0)
@@ -1024,8 +1026,46 @@ std::string non_base_in_record(const std::string& path, const std::string& name,
   return "";
 }
 
+}  // namespace
+
+namespace {
+std::string env_text(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+}  // namespace
+
+IndexFiles index_files(const std::string& path, bool bgzip) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const IndexFiles beside{path + ".fai", path + ".gzi", false};
+  if (fs::exists(beside.fai, ec) && (!bgzip || fs::exists(beside.gzi, ec))) return beside;
+  std::string dir = env_text("SPARSA_INDEX_DIR");
+  if (dir.empty()) {
+    fs::path parent = fs::path(path).parent_path();
+    if (parent.empty()) parent = ".";
+    if (access(parent.c_str(), W_OK) == 0) return beside;
+    if (const std::string xdg = env_text("XDG_CACHE_HOME"); !xdg.empty())
+      dir = xdg + "/sparsa/faidx";
+    else if (const std::string home = env_text("HOME"); !home.empty())
+      dir = home + "/.cache/sparsa/faidx";
+    else
+      return beside;  // (said as a folder that is not writable)
+  }
+  // One file name per input: its base name, then a hash of its absolute path (two genome.fa of
+  // two folders do not share an index).
+  Sha256 h;
+  h.update_field(fs::weakly_canonical(fs::absolute(path, ec), ec).string());
+  const std::string key =
+      dir + "/" + fs::path(path).filename().string() + "." + h.hex().substr(0, 16);
+  return {key + ".fai", key + ".gzi", true};
+}
+
+namespace {
+
 // Why faidx could not be loaded, in words a user can act on.
-std::string faidx_failure(const std::string& path, int compression, bool fastq) {
+std::string faidx_failure(const std::string& path, const IndexFiles& ix, int compression,
+                          bool fastq) {
   if (compression == 1) {
     // reads.fa.gz -> reads.fa.bgz, as docs/formats.md writes it
     const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
@@ -1037,30 +1077,35 @@ std::string faidx_failure(const std::string& path, int compression, bool fastq) 
   std::error_code ec;
   fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
-  const bool have_fai = fs::exists(path + ".fai", ec);
-  if (!have_fai && access(dir.c_str(), W_OK) != 0)
-    return path + ": cannot build the faidx index " + path + ".fai: directory " + dir.string() +
-           " is not writable (index it with `samtools faidx` where you can, or copy the file)";
+  const bool have_fai = fs::exists(ix.fai, ec);
+  if (!have_fai && !ix.cached && access(dir.c_str(), W_OK) != 0)
+    return path + ": cannot build the faidx index " + ix.fai + ": directory " + dir.string() +
+           " is not writable, and HOME is not set for a cache (set SPARSA_INDEX_DIR to a folder "
+           "of your own)";
+  if (!have_fai && ix.cached)
+    return path + ": cannot build its faidx index in " + fs::path(ix.fai).parent_path().string() +
+           " (set SPARSA_INDEX_DIR to a folder of your "
+           "own)";
   if (have_fai)
-    return path + ": cannot load its faidx index " + path + ".fai" +
-           (compression == 2 ? " (or " + path + ".gzi)" : std::string()) +
-           ": not an index of this file? Remove it and sparsa builds it again, or run `samtools "
-           "faidx " +
-           path + "`";
+    return path + ": cannot load its faidx index " + ix.fai +
+           (compression == 2 ? " (or " + ix.gzi + ")" : std::string()) +
+           ": not an index of this file? Remove it and sparsa builds it again" +
+           (ix.cached ? std::string() : ", or run `samtools faidx " + path + "`");
   if (std::string why = non_base_in_record(path, "", fastq); !why.empty()) return why;
   if (!fastq)
     if (std::string why = faidx_layout_error(path); !why.empty()) return why;
-  return path + ": cannot build its faidx index (" + path +
-         ".fai); faidx needs every sequence line of a record but the last to have the same "
+  return path + ": cannot build its faidx index (" + ix.fai +
+         "); faidx needs every sequence line of a record but the last to have the same "
          "length";
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> fai_line_table(const std::string& fai_path);
 
-// Whether PATH.fai was made before PATH last changed (false when either cannot be looked at).
-bool index_older_than_file(const std::string& path) {
+// Whether the index `fai` was made before PATH last changed (false when either cannot be looked
+// at).
+bool index_older_than_file(const std::string& path, const std::string& fai_path) {
   std::error_code e1, e2;
-  const auto fai = std::filesystem::last_write_time(path + ".fai", e1);
+  const auto fai = std::filesystem::last_write_time(fai_path, e1);
   const auto file = std::filesystem::last_write_time(path, e2);
   return !e1 && !e2 && fai < file;
 }
@@ -1104,12 +1149,14 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   impl_->bgzip = compression == 2;
   namespace fs = std::filesystem;
   std::error_code ec;
-  const bool missing =
-      !fs::exists(path + ".fai", ec) || (impl_->bgzip && !fs::exists(path + ".gzi", ec));
+  const IndexFiles ix = index_files(path, impl_->bgzip);
+  impl_->fai_path = ix.fai;
+  impl_->gzi_path = ix.gzi;
+  const bool missing = !fs::exists(ix.fai, ec) || (impl_->bgzip && !fs::exists(ix.gzi, ec));
   if (missing && compression != 1) {  // (plain gzip cannot be indexed: said below)
     if (!opts.build_index)
-      throw SystemError(path + ": its faidx index " + path + ".fai" +
-                        (impl_->bgzip ? " (or " + path + ".gzi)" : std::string()) +
+      throw SystemError(path + ": its faidx index " + ix.fai +
+                        (impl_->bgzip ? " (or " + ix.gzi + ")" : std::string()) +
                         ", which rank 0 built, is not visible here (a network file system "
                         "that caches what is absent?): build it first with `samtools faidx " +
                         path + "`, then run again");
@@ -1139,30 +1186,37 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     // Built under temporary names and renamed into place (.gzi first): another process never
     // sees a half-written index.
     const std::string tmp = "." + std::to_string(getpid()) + ".tmp";
-    if (fai_build3(path.c_str(), (path + ".fai" + tmp).c_str(), (path + ".gzi" + tmp).c_str()) ==
-        0) {
-      if (impl_->bgzip) fs::rename(path + ".gzi" + tmp, path + ".gzi", ec);
-      if (!ec) fs::rename(path + ".fai" + tmp, path + ".fai", ec);
+    if (ix.cached) {  // the input's folder is not writable (or SPARSA_INDEX_DIR says where)
+      fs::create_directories(fs::path(ix.fai).parent_path(), ec);
+      std::fprintf(stderr, "[sparsa] %s: its faidx index goes to %s%s\n", path.c_str(),
+                   ix.fai.c_str(),
+                   env_text("SPARSA_INDEX_DIR").empty()
+                       ? " (its folder is not writable; SPARSA_INDEX_DIR chooses another)"
+                       : " (SPARSA_INDEX_DIR)");
     }
-    fs::remove(path + ".fai" + tmp, ec);
-    fs::remove(path + ".gzi" + tmp, ec);
+    if (fai_build3(path.c_str(), (ix.fai + tmp).c_str(), (ix.gzi + tmp).c_str()) == 0) {
+      if (impl_->bgzip) fs::rename(ix.gzi + tmp, ix.gzi, ec);
+      if (!ec) fs::rename(ix.fai + tmp, ix.fai, ec);
+    }
+    fs::remove(ix.fai + tmp, ec);
+    fs::remove(ix.gzi + tmp, ec);
   }
-  impl_->fai = fai_load3_format(path.c_str(), nullptr, nullptr, 0, format);
-  if (!impl_->fai) throw InputError(faidx_failure(path, compression, format == FAI_FASTQ));
+  impl_->fai = fai_load3_format(path.c_str(), ix.fai.c_str(), ix.gzi.c_str(), 0, format);
+  if (!impl_->fai) throw InputError(faidx_failure(path, ix, compression, format == FAI_FASTQ));
   // The index's lines as htslib loaded them (a removal or rebuild after this is said at the
   // record's first fetch).
-  impl_->fai_lines = fai_line_table(path + ".fai");
+  impl_->fai_lines = fai_line_table(ix.fai);
   if (faidx_nseq(impl_->fai) == 0 && !missing &&
       has_text)  // (htslib loads an empty .fai without a word)
-    throw InputError(path + ": its faidx index " + path +
-                     ".fai lists no records: not an index of this file? Remove it and sparsa "
+    throw InputError(path + ": its faidx index " + ix.fai +
+                     " lists no records: not an index of this file? Remove it and sparsa "
                      "builds it again, or run `samtools faidx " +
                      path + "`");
 }
 
 std::string FaidxFetcher::stale_index_hint() const {
-  if (!index_older_than_file(impl_->path)) return "";
-  return " (" + impl_->path + ".fai is older than " + impl_->path +
+  if (!index_older_than_file(impl_->path, impl_->fai_path)) return "";
+  return " (" + impl_->fai_path + " is older than " + impl_->path +
          ": made before the file changed? Remove it and sparsa builds it again, or run "
          "`samtools faidx " +
          impl_->path + "`)";
@@ -1321,9 +1375,9 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   FaiEntry entry;
   if (auto d = impl_->descriptions.find(region.name); d != impl_->descriptions.end()) {
     description = d->second;
-  } else if (find_fai_line(path + ".fai", impl_->fai_lines, region.name, &entry)) {
+  } else if (find_fai_line(impl_->fai_path, impl_->fai_lines, region.name, &entry)) {
     if (impl_->bgzip && !impl_->blocks_read) {
-      impl_->blocks = gzi_block_starts(path);
+      impl_->blocks = gzi_block_starts(path, impl_->gzi_path);
       impl_->blocks_read = true;
     }
     if (!impl_->check_opened) {
@@ -1337,7 +1391,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
                           " (too many inputs open at once? ulimit -n)");
       impl_->check_opened = true;
       impl_->gzi_loaded = impl_->check_fp && impl_->bgzip &&
-                          bgzf_index_load(impl_->check_fp, path.c_str(), ".gzi") == 0;
+                          bgzf_index_load(impl_->check_fp, impl_->gzi_path.c_str(), nullptr) == 0;
     }
     const FaiCheck c =
         check_fai_entry(path, entry, impl_->fastq, impl_->bgzip ? &impl_->blocks : nullptr,
@@ -1350,14 +1404,15 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     if (!c.ok || (c.header_found && c.name != region.name)) {
       if (const std::string why = non_base_in_record(path, region.name, impl_->fastq); !why.empty())
         throw InputError(why);
-      const bool older = index_older_than_file(path);
-      throw InputError(path + ": its faidx index " + path + ".fai does not match it: record '" +
-                       region.name + "' is not where the index puts it" +
+      const bool older = index_older_than_file(path, impl_->fai_path);
+      throw InputError(path + ": its faidx index " + impl_->fai_path +
+                       " does not match it: record '" + region.name +
+                       "' is not where the index puts it" +
                        (older ? " (the index is older than the file: the file changed after it "
                                 "was indexed)"
                               : "") +
-                       "; remove " + path + ".fai" +
-                       (impl_->bgzip ? " and " + path + ".gzi" : std::string()) +
+                       "; remove " + impl_->fai_path +
+                       (impl_->bgzip ? " and " + impl_->gzi_path : std::string()) +
                        " and sparsa builds it again, or run `samtools faidx " + path + "`" +
                        (impl_->bgzip && impl_->blocks.empty() ? " (its .gzi is damaged)" : ""));
     }

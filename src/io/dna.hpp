@@ -76,6 +76,16 @@ bool parse_token_count(std::string_view s, int64_t& out);
 // and whether that was the whole file (an uncompressed FASTA larger than max_bytes: windows
 // of max_bytes from its start, middle and end together). For estimates only: never throws on bad
 // content (a file that cannot be opened or read gives what was read so far).
+// Where the faidx index of `path` is, or is to be built: PATH.fai (and PATH.gzi for bgzip) beside
+// it where they exist or its folder is writable; else (a shared reference folder that is read-only)
+// in SPARSA_INDEX_DIR, or ${XDG_CACHE_HOME:-$HOME/.cache}/sparsa/faidx, as NAME.HASH.fai (HASH of
+// its absolute path). SPARSA_INDEX_DIR, where set, is used whenever no index is beside the file.
+struct IndexFiles {
+  std::string fai, gzi;
+  bool cached = false;  // not beside the file
+};
+IndexFiles index_files(const std::string& path, bool bgzip);
+
 struct InputSample {
   int64_t bytes = 0, records = 0;
   bool whole = false;

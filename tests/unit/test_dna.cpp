@@ -784,6 +784,47 @@ TEST_F(FaidxTest, BgzippedFasta) {
   EXPECT_TRUE(fs::exists(p + ".gz.gzi"));
 }
 
+// A reference in a folder the user cannot write to (a cluster's shared genomes): the index goes
+// to a cache (SPARSA_INDEX_DIR here; else ~/.cache/sparsa/faidx, as root cannot be refused a
+// folder in a test), is used again from there, and the slices are those of an index beside the
+// file. An index beside the file, where there is one, comes first.
+TEST_F(FaidxTest, IndexInACacheFolder) {
+  const std::string cache = (dir_ / "index-cache").string();
+  setenv("SPARSA_INDEX_DIR", cache.c_str(), 1);
+  struct Unset {
+    ~Unset() { unsetenv("SPARSA_INDEX_DIR"); }
+  } unset;
+  std::string p = write("shared.fa", fasta());
+  sh("bgzip -c '" + p + "' > '" + p + ".gz'");
+  for (const std::string& path : {p, p + ".gz"}) {
+    SCOPED_TRACE(path);
+    const IndexFiles ix = index_files(path, path.ends_with(".gz"));
+    EXPECT_TRUE(ix.cached);
+    EXPECT_EQ(fs::path(ix.fai).parent_path().string(), cache);
+    EXPECT_TRUE(
+        fs::path(ix.fai).filename().string().starts_with(fs::path(path).filename().string() + "."));
+    check_slices(path);
+    EXPECT_FALSE(fs::exists(path + ".fai"));  // nothing beside the file
+    EXPECT_FALSE(fs::exists(path + ".gzi"));
+    ASSERT_TRUE(fs::exists(ix.fai));
+    if (path.ends_with(".gz")) EXPECT_TRUE(fs::exists(ix.gzi));
+    const auto built = fs::last_write_time(ix.fai);
+    check_slices(path);  // from the cached index: not built again
+    EXPECT_EQ(fs::last_write_time(ix.fai), built);
+  }
+  // Another file of the same name elsewhere gets its own index.
+  fs::create_directories(dir_ / "other");
+  const std::string q = write("other/shared.fa", ">x\nACGT\n");
+  EXPECT_NE(index_files(q, false).fai, index_files(p, false).fai);
+  // An index beside the file wins over the cache.
+  unsetenv("SPARSA_INDEX_DIR");
+  std::string b = write("beside.fa", fasta());
+  check_slices(b);  // builds b.fai beside (the folder is writable)
+  setenv("SPARSA_INDEX_DIR", cache.c_str(), 1);
+  EXPECT_FALSE(index_files(b, false).cached);
+  EXPECT_EQ(index_files(b, false).fai, b + ".fai");
+}
+
 TEST_F(FaidxTest, DescriptionsOfLongAndCrlfHeaders) {
   // Headers longer than the first 4 KB window, CRLF header line ends, a header over 64 KB (no
   // description rather than a wrong one), plain and bgzip: as the sequential reader has them.
