@@ -348,9 +348,14 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   const double rows = o.pool.kind == PoolSpec::kMean  ? records
                       : o.pool.kind == PoolSpec::kBin ? tokens / (double)o.pool.bin + records
                                                       : tokens;
-  // A row: its embedding, bin_start and bin_end, and for a time series its timestamp string.
+  // A row: its embedding, bin_start and bin_end, and for a time series its timestamp strings
+  // (~64 bytes each: a 16-byte reference and the text in the global heap), two where bins hold
+  // several rows (timestamps and timestamps_end).
   const double embedding_bytes = (double)c.d_model * (o.f16 ? 2 : 4);  // a row's
-  const double row_bytes = embedding_bytes + 16 + (c.kind == ModelKind::kTimeseries ? 32 : 0);
+  const double ts_bytes = c.kind != ModelKind::kTimeseries ? 0.0
+                          : o.pool.kind == PoolSpec::kNone ? 64.0
+                                                           : 128.0;
+  const double row_bytes = embedding_bytes + 16 + ts_bytes;
   const double data = rows * row_bytes + records * 12.0 * (double)c.n_layers * per_record_g;
   // Measured with HDF5 1.8's object format (h5.cpp), dna-tiny: a part file's own structure is
   // ~16 KB (14.4 KB for a 2-row record), a short record in a group part ~3 KB (2.6 KB with its

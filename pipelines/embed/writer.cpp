@@ -645,8 +645,13 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool s
     if (shared) throw SystemError("internal: time-series records are written by one rank");
     for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.starts[i]]);
     f.write_strings(g + "/timestamps", ts);
-    for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.ends[i] - 1]);
-    f.write_strings(g + "/timestamps_end", ts);
+    // (where every bin is one row, --pool none, it would be timestamps again)
+    bool wide = false;
+    for (int64_t i = 0; i < r.n_rows && !wide; ++i) wide = r.ends[i] - r.starts[i] > 1;
+    if (wide) {
+      for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.ends[i] - 1]);
+      f.write_strings(g + "/timestamps_end", ts);
+    }
   }
   if (!rec.ts_scale.empty())
     f.write_f64(g + "/ts_scale", {(int64_t)rec.ts_scale.size()}, rec.ts_scale.data());

@@ -551,7 +551,10 @@ TimeOrder time_order(const StringColumn& ts) {
     const size_t len = t0.size();
     const std::string_view offset = utc_offset(t0);
     for (size_t i = 0; i < ts.size(); ++i) {
-      if (!iso_like(ts[i]) || ts[i].size() != len) return unread(i);
+      if (!iso_like(ts[i])) return unread(i);
+      // (another length with another offset: "...09:30:00Z" then "...09:30:00+01:00")
+      const bool offsets = !offset.empty() && !utc_offset(ts[i]).empty();
+      if (ts[i].size() != len && !(offsets && utc_offset(ts[i]) != offset)) return unread(i);
       if (utc_offset(ts[i]) != offset) {
         // Offsets that change (a daylight-saving change): compared as UTC where every row
         // carries its offset, else neither judged nor said.

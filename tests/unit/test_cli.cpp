@@ -1723,6 +1723,16 @@ TEST(Cli, TimeSeriesEndToEnd) {
     h5::File w = h5::File::open_rw(t / "nots.h5");
     ASSERT_GE(H5Ldelete(w.id(), (g + "/timestamps").c_str(), H5P_DEFAULT), 0);
   }
+  {  // a pooled file of an earlier version: no timestamps_end (nor ts_scale)
+    std::filesystem::copy_file(t / "e.h5", t / "old.h5");
+    h5::File w = h5::File::open_rw(t / "old.h5");
+    ASSERT_GE(H5Ldelete(w.id(), (g + "/timestamps_end").c_str(), H5P_DEFAULT), 0);
+    ASSERT_GE(H5Ldelete(w.id(), (g + "/ts_scale").c_str(), H5P_DEFAULT), 0);
+  }
+  r = run(binary() + " inspect " + t / "old.h5");
+  EXPECT_EQ(r.code, 0) << r.output;  // accepted
+  EXPECT_NE(r.output.find("time=2000-09-27..(last bin from) 2001-09-"), std::string::npos)
+      << r.output;
   r = run(binary() + " inspect " + t / "nots.h5");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("timestamps (a time series' times) is missing"), std::string::npos)
@@ -1789,6 +1799,12 @@ TEST(Cli, TimeSeriesEndToEnd) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("column 'b' has"), std::string::npos) << r.output;
+  {  // --pool none: every bin one row, so no timestamps_end (it would be timestamps again)
+    auto nf = h5::File::open_read(t / "neg.h5");
+    const std::string ng = first_key(nf);
+    EXPECT_EQ(nf.type_name(ng + "/timestamps_end"), "missing");
+    EXPECT_EQ(nf.type_name(ng + "/ts_scale"), "float64");
+  }
   // Another program's missing-value marker: the error says which markers sparsa reads.
   write_file(t / "null.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,null,3\n");
   expect_failure(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "null.csv" +

@@ -617,7 +617,13 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(time_order(V{"15:58", "09:30"}).unread, -1);  // a time of day alone: not said
   EXPECT_EQ(time_order(V{"2020-10-25T02:30:00+02:00", "2020-10-25T02:00:00+01:00"}).unread, -1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25 02:30:00+02:00", "2020-10-25 02:00:00+01:00"}), -1);
-  // Across a change of offsets, every row with its own: compared as UTC instants.
+  // Across a change of offsets, every row with its own: compared as UTC instants, also where one
+  // is written Z (another length: Go's RFC 3339 writes a zero offset so).
+  EXPECT_EQ(first_backwards_row(V{"2020-03-27T09:30:00Z", "2020-03-30T09:30:00+01:00",
+                                  "2020-03-29T09:30:00+01:00"}),
+            2);
+  EXPECT_EQ(time_order(V{"2020-03-27T09:30:00Z", "2020-03-30T09:30:00+01:00"}).unread, -1);
+  EXPECT_EQ(first_backwards_row(V{"2020-03-29T00:30:00Z", "2020-03-29T01:10:00+01:00"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-03-10 09:30:00-04:00", "2020-03-09 09:30:00-04:00",
                                   "2020-03-06 09:30:00-05:00"}),
             1);
