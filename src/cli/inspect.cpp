@@ -260,6 +260,9 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
   const std::vector<std::string> bad = record_problems(f, keys);
   for (const auto& line : bad) std::printf("  ** BAD: %s **\n", line.c_str());
   const bool sound = bad.empty();
+  // (a time series without timestamps_end, as --pool none or an earlier version writes: its last
+  // row's time where every bin is one row, else only its last bin's start)
+  const bool one_row_bins = listed(f, "/", "pool") == "none";
   size_t shown = 0;
   for (const auto& k : keys) {
     if (!verbose && shown == 20) {
@@ -288,16 +291,13 @@ bool inspect_embeddings(const h5::File& f, bool verbose) {
     if (f.type_name(g + "/timestamps") == "string") try {
         const int64_t n = f.shape(g + "/timestamps")[0];
         const bool ends = f.type_name(g + "/timestamps_end") == "string";
-        // (without timestamps_end, as --pool none or an earlier version writes: the last row's
-        // time where every bin is one row, else only the last bin's start)
-        const bool one_row_bins = f.has_attr("/", "pool") && listed(f, "/", "pool") == "none";
         if (n > 0)
           series =
               " time=" + f.read_strings_range(g + "/timestamps", 0, 1)[0] +
               (ends || one_row_bins ? ".." : "..(last bin from) ") +
               f.read_strings_range(g + (ends ? "/timestamps_end" : "/timestamps"), n - 1, 1)[0];
-        if (f.has_attr(g, "description") && !listed(f, g, "description").empty())
-          series += " (" + listed(f, g, "description") + ")";
+        if (const std::string d = listed(f, g, "description"); !d.empty() && d != "(missing)")
+          series += " (" + d + ")";
       } catch (const Error&) {
         series = " time=(unreadable)";
       }

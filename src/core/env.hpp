@@ -9,6 +9,12 @@
 
 namespace sparsa {
 
+// Variable `name`'s text; "" when unset.
+inline std::string env_text(const char* name) {
+  const char* e = std::getenv(name);
+  return e ? e : "";
+}
+
 // True when variable `name` is set, not empty, and does not start with '0' ("0" switches off).
 inline bool env_on(const char* name) {
   const char* e = std::getenv(name);

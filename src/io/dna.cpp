@@ -1028,13 +1028,6 @@ std::string non_base_in_record(const std::string& path, const std::string& name,
 
 }  // namespace
 
-namespace {
-std::string env_text(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-}  // namespace
-
 IndexFiles index_files(const std::string& path, bool bgzip) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -1084,8 +1077,7 @@ std::string faidx_failure(const std::string& path, const IndexFiles& ix, int com
            "of your own)";
   if (!have_fai && ix.cached)
     return path + ": cannot build its faidx index in " + fs::path(ix.fai).parent_path().string() +
-           " (set SPARSA_INDEX_DIR to a folder of your "
-           "own)";
+           " (set SPARSA_INDEX_DIR to a folder of your own)";
   if (have_fai)
     return path + ": cannot load its faidx index " + ix.fai +
            (compression == 2 ? " (or " + ix.gzi + ")" : std::string()) +

@@ -113,8 +113,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     stage = {l, std::max<int64_t>(tiles, 1), from, flops};
     tiles_begun.store(0, std::memory_order_relaxed);
   };
-  // The tiles of the shard's rows (tiles sit at record positions: a shard's edges may cut two)
-  const int64_t row_tiles = m > 0 ? (b + m - 1) / cpu::kRowTile - b / cpu::kRowTile + 1 : 1;
+  const int64_t row_tiles = cpu::tile_count(b, m);  // (begin_stage takes at least 1)
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
     cpu::AttnInputParams ip{x.data(),

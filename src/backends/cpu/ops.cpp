@@ -52,6 +52,10 @@ static TileRange tiles_of(int64_t first_pos, int64_t n_tokens) {
   return {t0, t1 - t0};
 }
 
+int64_t tile_count(int64_t first_pos, int64_t n_tokens) {
+  return tiles_of(first_pos, n_tokens).count;
+}
+
 // The shard rows [r0, r1) that fall in tile `tile`, and the tile slot of row r0.
 struct TileRows {
   int64_t r0, r1, slot0;

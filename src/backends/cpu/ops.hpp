@@ -14,6 +14,9 @@
 namespace sparsa::cpu {
 
 constexpr int64_t kRowTile = 64;
+// How many tiles the record positions [first_pos, first_pos + n_tokens) touch (0 for none): the
+// tiles an op over those rows runs, each polled once (Cancel below).
+int64_t tile_count(int64_t first_pos, int64_t n_tokens);
 
 // Makes OpenBLAS single-threaded (we parallelise over row tiles ourselves). Idempotent.
 void init_threads();
