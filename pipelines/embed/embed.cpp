@@ -1700,6 +1700,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                           " are free. (An estimate from the inputs' sizes and a sample of their "
                           "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
                           "up stops the run with its finished records kept for --resume)");
+      // The final file (about half the estimate: the parts hold the same rows) under a file-size
+      // limit: found here, not after every record is embedded.
+      if (const int64_t limit = file_size_limit();
+          limit >= 0 && est.bytes / 2 > limit && !env_on("SPARSA_SKIP_SPACE_CHECK"))
+        throw SystemError(o.output + ": the output will be about " +
+                          human_bytes((double)(est.bytes / 2)) + ", but " +
+                          file_size_limit_text(limit) +
+                          " (raise it, e.g. `ulimit -f unlimited`; an estimate from the inputs' "
+                          "sizes and a sample of their records: SPARSA_SKIP_SPACE_CHECK=1 runs "
+                          "anyway)");
       if (!ec)
         progress.log("output about " + human_bytes((double)need) + " (journal + final), " +
                      human_bytes((double)space.available) + " free");

@@ -17,6 +17,7 @@
 
 #include "core/env.hpp"
 #include "core/error.hpp"
+#include "core/paths.hpp"
 #include "core/signals.hpp"
 #include "io/h5.hpp"
 
@@ -140,7 +141,10 @@ static void write_manifest(const std::string& dir, const std::string& manifest) 
     const std::string why = err ? std::strerror(err) : ec.message();
     fs::remove(tmp, ec);
     throw SystemError(path + ": cannot write it: " + why +
-                      (err == ENOSPC || err == EDQUOT ? " (disk full)" : "") +
+                      (err == ENOSPC || err == EDQUOT ? " (disk full)"
+                       : err == EFBIG && file_size_limit() >= 0
+                           ? " (" + file_size_limit_text(file_size_limit()) + ")"
+                           : "") +
                       "; a MANIFEST that was there is unchanged");
   }
 }

@@ -190,6 +190,7 @@ int main(int argc, char** argv) {
 #ifdef SPARSA_HAVE_CUDA
   nccl_env_defaults();  // first: setenv before MPI, OpenMP or any thread of ours starts
 #endif
+  ignore_file_size_signal();  // past `ulimit -f`: an error that names the limit, not a silent kill
   CLI::App app{kDescription, "sparsa"};
   app.set_version_flag("--version",
                        std::function<std::string()>([] { return version_text(SPARSA_VERSION); }),

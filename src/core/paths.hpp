@@ -1,6 +1,9 @@
 // sparsa: checks of output paths before anything is written.
 #pragma once
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -55,6 +58,19 @@ inline bool output_path_taken(const std::string& path, const std::string& option
                     ": sparsa writes its output as a new file and would replace it, --force or "
                     "not; give a file path (to discard the output, write it to a temporary file "
                     "and remove it)");
+}
+
+// The largest file this process may write (`ulimit -f`, RLIMIT_FSIZE) in bytes; -1 where there is
+// no limit. A write past it fails with EFBIG (SIGXFSZ is ignored: ignore_file_size_signal).
+inline int64_t file_size_limit() {
+  struct rlimit r {};
+  if (getrlimit(RLIMIT_FSIZE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return -1;
+  return (int64_t)r.rlim_cur;
+}
+
+// " the file-size limit (ulimit -f) is N KB" for messages.
+inline std::string file_size_limit_text(int64_t limit) {
+  return "the file-size limit (ulimit -f) is " + std::to_string(limit >> 10) + " KB";
 }
 
 // OUT.tmp, where sparsa writes a file while it is made (then renames it to OUT): a file there is

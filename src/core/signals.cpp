@@ -96,6 +96,8 @@ void install_stop_handlers(bool announce, const char* journal) {
   std::signal(SIGPIPE, SIG_IGN);
 }
 
+void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }
+
 void set_finishing(const char* output, const char* tmp) {
   if (!output) {
     if (g_finishing == 1) g_finishing = 0;

@@ -2,6 +2,8 @@
 // limit) and SIGHUP set a flag; long work polls it between layers and records, and stops with
 // kExitInterrupted after keeping what is finished. A second SIGINT ends the process at once.
 // SIGPIPE is ignored (a log reader that went away does not kill the run).
+// SIGXFSZ is ignored from main's start (ignore_file_size_signal): a write past the file-size limit
+// (ulimit -f) then fails with EFBIG, which the writer reports, instead of killing the process.
 #pragma once
 
 #include "core/error.hpp"
@@ -17,6 +19,8 @@ class Interrupted : public Error {
 // not with --quiet); a second SIGINT then also says that it stopped at once.
 // journal: the journal folder a second SIGINT's message names.
 void install_stop_handlers(bool announce = false, const char* journal = nullptr);
+// SIGXFSZ ignored (every subcommand: init writes a checkpoint too).
+void ignore_file_size_signal();
 bool stop_requested();
 // Which signal asked for the stop first (0 when none).
 int stop_signal();

@@ -22,6 +22,7 @@
 #endif
 
 #include "core/error.hpp"
+#include "core/paths.hpp"
 
 #ifdef SPARSA_HDF5_PARALLEL
 #include <mpi.h>
@@ -112,7 +113,16 @@ int64_t to_f16(const float* src, _Float16* dst, int64_t n) {
 
 // " (the disk is full: ...)" when the file system holding `file` has (almost) no room left:
 // HDF5 says only that a create or write failed, whichever object met the full disk first.
+// Under a file-size limit (`ulimit -f`) a write past it fails (EFBIG) on a disk with room: the
+// note gives the limit and the file's size instead.
 std::string full_disk_note(const std::string& file) {
+  if (const int64_t limit = file_size_limit(); limit >= 0) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(file, ec);
+    if (!ec && (int64_t)size + (int64_t)(1 << 20) >= limit / 2)
+      return " (" + file_size_limit_text(limit) + ", and the file has " +
+             std::to_string(size >> 10) + " KB: raise it, e.g. `ulimit -f unlimited`)";
+  }
   std::string dir = std::filesystem::path(file).parent_path().string();
   if (dir.empty()) dir = ".";
   struct statvfs st {};
@@ -256,6 +266,14 @@ bool File::reserve(int64_t bytes) {
   if (fd < 0) return false;
   struct stat st {};
   int err = ::fstat(fd, &st) == 0 ? 0 : errno;
+  // fallocate(FALLOC_FL_KEEP_SIZE) is not held to the file-size limit, the writes are: a copy
+  // that met it in H5Ocopy crashed HDF5 1.10 as a full disk did.
+  if (const int64_t limit = file_size_limit(); !err && limit >= 0 && st.st_size + bytes > limit) {
+    ::close(fd);
+    throw SystemError(path_ + ": the file needs about " + std::to_string(bytes >> 10) +
+                      " KB, but " + file_size_limit_text(limit) +
+                      " (raise it, e.g. `ulimit -f unlimited`)");
+  }
   if (!err && ::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, bytes) != 0) {
     err = errno;
     (void)::ftruncate(fd, st.st_size);  // blocks a failed fallocate kept (ext4, XFS) go back

@@ -90,8 +90,8 @@ class File {
   // FALLOC_FL_KEEP_SIZE: the size is unchanged; close() gives back what was not used). HDF5
   // 1.10's H5Ocopy crashes (exit 139) where the disk fills under it instead of failing; with
   // the room reserved it cannot fill. Throws SystemError ("disk full", the bytes needed and
-  // free) where the room is not there; false where the file system cannot reserve (the copies
-  // go ahead unreserved).
+  // free) where the room is not there, or the file-size limit (ulimit -f) is lower; false where the
+  // file system cannot reserve (the copies go ahead unreserved).
   bool reserve(int64_t bytes);
 
   // Reading. shape() throws InputError when `obj` is missing.
