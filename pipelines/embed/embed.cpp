@@ -1928,7 +1928,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                                   " cannot be read (damaged by a crash?) or holds no "
                                   "fingerprint: embedding it again"
                             : " is not the one in " + journal.dir() +
-                                  " (the input changed): embedding it again") +
+                                  (rec.region.empty() ? " (the input changed)"
+                                                      : " (the input or the region list changed)") +
+                                  ": embedding it again") +
                        (redone == 3 ? " (more are counted, not named; records are matched by "
                                       "their place in the input)"
                                     : ""));
@@ -2009,6 +2011,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (redone >= 3)  // (the first three were named)
       progress.log(std::to_string(redone) +
                    " records of the journal did not match the input and were embedded again");
+    // A shortened input (a copy cut short, a file left out) would leave the journal's later
+    // records out of the file without a word. (Also with --quiet: records are dropped.)
+    if (const int64_t past = journal.n_done_after(index); past > 0)
+      std::fprintf(stderr,
+                   "[sparsa] warning: the journal holds %s past the input's last (record %lld): "
+                   "the input now has %s, fewer than the run that made the journal; the file "
+                   "holds these %lld (an input cut short, or one left out?)\n",
+                   count_of(past, "finished record").c_str(), (long long)index,
+                   count_of(index, "record").c_str(), (long long)index);
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
     FileAttrs a{SPARSA_VERSION,
                 model_sha,

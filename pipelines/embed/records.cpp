@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 #include "core/error.hpp"
@@ -205,7 +206,12 @@ struct RecordSource::Impl {
   // A panel of thousands of series (or a BED of thousands of regions) warns about its first few
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
-      warned_unnamed = 0, warned_reader = 0, warned_unordered = 0, warned_negative = 0;
+      warned_unnamed = 0, warned_reader = 0, warned_unordered = 0, warned_negative = 0,
+      warned_other_input = 0;
+  // Several FASTA inputs: each name's hash and the input that had it first. A name repeated
+  // within a FASTA is refused (FastxReader); across inputs both records embed, with a warning.
+  // (Not for FASTQ: mates of two files share names, and 10^8 reads would take GBs.)
+  std::unordered_map<size_t, size_t> fasta_names;
   std::set<std::string> warned_time_choice;  // files told which time column the rule took
   static constexpr int kMaxWarned = 3;
   // The kinds of warning past their limit, for their counts at the input's end.
@@ -525,6 +531,16 @@ struct RecordSource::Impl {
       if (reader->next(rec)) {
         ++records_read;
         say_reader_warning(rec);
+        if (opts.inputs.size() > 1 && !reader->fastq() && warnings) {
+          const auto [it, added] =
+              fasta_names.try_emplace(std::hash<std::string>{}(rec.name), input - 1);
+          if (!added && it->second != input - 1 &&
+              warn_more(warned_other_input, "have the name of a record of an earlier input"))
+            std::fprintf(stderr,
+                         "[sparsa] warning: %s: record '%s': %s has a record of that name too; "
+                         "both are embedded, told apart by their keys and `source` attributes\n",
+                         rec.source.c_str(), rec.name.c_str(), opts.inputs[it->second].c_str());
+        }
         return true;
       }
       reader.reset();

@@ -81,6 +81,12 @@ class Journal {
   // Frees their table (48 bytes a record) before the output is assembled.
   void forget_found() { std::vector<Found>().swap(found_); }
   int64_t n_done() const { return std::count(done_.begin(), done_.end(), uint8_t{1}); }
+  // Finished records past `index` (an input that ended there: an earlier run's input was longer).
+  int64_t n_done_after(int64_t index) const {
+    return index + 1 >= (int64_t)done_.size()
+               ? 0
+               : std::count(done_.begin() + index + 1, done_.end(), uint8_t{1});
+  }
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 
 #include "core/error.hpp"
@@ -325,6 +326,39 @@ std::vector<std::string> embeddings_problems(const std::string& path) {
   return bad;
 }
 
+// " (inputs a.fa, b.fa; pool mean; dtype f16; 3 finished parts)": what a journal's MANIFEST says
+// of its run, for the messages that tell to rerun it with --resume ("" where it cannot be read).
+std::string journal_summary(const std::string& parts) {
+  std::ifstream in(parts + "/MANIFEST");
+  if (!in) return "";
+  std::string line, inputs, pool, dtype;
+  while (std::getline(in, line)) {
+    if (line.starts_with("input ")) inputs += (inputs.empty() ? "" : ", ") + line.substr(6);
+    if (line.starts_with("pool ")) pool = line.substr(5);
+    if (line.starts_with("dtype ")) dtype = line.substr(6);
+  }
+  int64_t n_parts = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(parts, ec))
+    if (e.path().extension() == ".h5" && e.path().filename() != Journal::kPreviousOutput) ++n_parts;
+  return " (inputs " + inputs + "; pool " + pool + "; dtype " + dtype + "; " +
+         std::to_string(n_parts) + " finished part" + (n_parts == 1 ? "" : "s") + ")";
+}
+
+// A name sparsa gives a file while it is made (OUT.h5.tmp, OUT.h5.parts/000001.h5.tmp): an
+// HDF5 file there without sparsa's attributes was left by a run that stopped while writing it.
+std::string unfinished_file_note(const std::string& path) {
+  if (!path.ends_with(".tmp")) return "";
+  const std::filesystem::path p(path);
+  if (p.parent_path().extension() == ".parts")
+    return ": a journal part that a sparsa run was writing when it stopped, not a result; "
+           "--resume embeds its records again";
+  return ": a file that a sparsa run was writing when it stopped, not a result (a run writes "
+         "OUT.h5.tmp, then renames it); where its journal " +
+         path.substr(0, path.size() - 4) +
+         ".parts/ is left, the same sparsa embed command with --resume finishes the output";
+}
+
 bool inspect_file(const std::string& path, bool verbose) {
   // (HDF5 would wait on a FIFO for a writer, where no signal stops it; it needs a file anyway)
   if (std::error_code ec; std::filesystem::exists(path, ec) &&
@@ -348,14 +382,32 @@ bool inspect_file(const std::string& path, bool verbose) {
                          "began; rerun that command (with --force), or move the old file back: "
                          "mv " +
                          previous + " " + path + " && rmdir " + parts);
-      throw InputError(path + ": no such file yet: " + parts +
-                       "/ holds the journal of a run that has not finished it; run the "
-                       "same sparsa embed command with --resume to finish it");
+      throw InputError(
+          path + ": no such file yet: " + parts +
+          "/ holds the journal of a run that has not finished it" + journal_summary(parts) +
+          "; run the same sparsa embed command with --resume to finish it" +
+          (std::filesystem::exists(previous, ec)
+               ? " (the old file, set aside by --force, is " + previous + " until then)"
+               : ""));
     }
     throw InputError(path + ": no such file");
   }
+  if (std::error_code ec;
+      std::filesystem::is_directory(path, ec) && std::filesystem::exists(path + "/MANIFEST", ec)) {
+    std::string dir = path;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    const std::string out =
+        dir.ends_with(".parts") ? dir.substr(0, dir.size() - 6) : std::string("its output");
+    throw InputError(dir + ": the journal (a folder) of a sparsa run that has not finished " + out +
+                     journal_summary(dir) +
+                     "; run the same sparsa embed command with --resume to finish it, or "
+                     "inspect its parts (" +
+                     dir + "/*.h5)");
+  }
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format")) {
+    if (const std::string note = unfinished_file_note(path); !note.empty())
+      throw InputError(path + note);
     if (f.exists("/records"))  // a part of a run's journal: records, no file attributes
       throw InputError(path +
                        ": a journal part of an unfinished sparsa run (OUT.h5.parts/), not a "

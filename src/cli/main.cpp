@@ -50,7 +50,8 @@ const char* kDescription =
     "functions of the input, not yet biologically or financially meaningful.\n"
     "Environment variables (SPARSA_PROFILE, SPARSA_NCCL, ...): docs/cli.md.\n"
     "Exit status: 0 done; 1 bad input, I/O or numerics (the file, record and position named);\n"
-    "2 a usage or config error; 75 stopped by a signal (embed: finish with --resume).";
+    "2 a usage or config error; 75 stopped by a signal (embed: finish with --resume); 130 a\n"
+    "second Ctrl-C (stopped at once).";
 
 const char* kEmbedFooter =
     "Examples:\n"
@@ -74,7 +75,7 @@ const char* kEmbedFooter =
     "(2 x d_model bytes a token with --dtype f16, 4 x d_model with f32). A record that does not\n"
     "fit stops the run with a message that says how many GPUs it needs.\n"
     "Files written besides OUT.h5: OUT.h5.parts/ (the journal --resume continues; removed when\n"
-    "the run finishes) and, for --region, the faidx index FILE.fai (and FILE.gzi for bgzip) "
+    "the run finishes) and, for --region(s), the faidx index FILE.fai (and FILE.gzi for bgzip) "
     "beside\n"
     "an input that has none (in ~/.cache/sparsa/faidx where its folder is not writable, or in\n"
     "SPARSA_INDEX_DIR).\n"
@@ -651,15 +652,22 @@ int main(int argc, char** argv) {
                             "for the default");
       eo.command_line = join_argv(argc, argv);
       const std::string journal = eo.output + ".parts/";
-      install_stop_handlers(comm->rank() == 0 && !eo.quiet, journal.c_str());
+      install_stop_handlers(comm->rank() == 0 && !eo.quiet, journal.c_str(), comm->rank() == 0);
       EmbedSummary s = run_embed(eo, *comm);
       if (s.already_complete && comm->rank() == 0)
         std::fprintf(stderr, "[sparsa] %s is already complete; nothing to do\n", eo.output.c_str());
+      else if (comm->rank() == 0 && !eo.quiet && s.records == 0 && s.resumed > 0)
+        std::fprintf(stderr, "[sparsa] done: %s from the journal, none to embed, in %s -> %s\n",
+                     count_of(s.resumed, "record").c_str(), human_seconds(s.seconds).c_str(),
+                     eo.output.c_str());
       else if (comm->rank() == 0 && !eo.quiet)
-        std::fprintf(stderr, "[sparsa] done: %s, %stokens in %s (%stok/s) -> %s\n",
+        std::fprintf(stderr, "[sparsa] done: %s, %stokens in %s (%stok/s)%s -> %s\n",
                      count_of(s.records, "record").c_str(), human_count((double)s.tokens).c_str(),
                      human_seconds(s.seconds).c_str(),
                      human_count(s.seconds > 0 ? s.tokens / s.seconds : 0).c_str(),
+                     s.resumed > 0
+                         ? (", and " + count_of(s.resumed, "record") + " from the journal").c_str()
+                         : "",
                      eo.output.c_str());
     } else if (*bench) {
       if (!bench_n.empty()) {

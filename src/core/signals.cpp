@@ -14,6 +14,9 @@ namespace sparsa {
 namespace {
 volatile std::sig_atomic_t g_stop = 0;
 volatile std::sig_atomic_t g_announce = 0;
+// The rank that speaks for the run: what a second interrupt did is said there also with --quiet
+// (it is the run's last word: the summary a stop ends with never comes).
+volatile std::sig_atomic_t g_speaks = 0;
 volatile std::sig_atomic_t g_finishing = 0;
 // stderr is a terminal: a message's leading newline ends the live progress line there; in a log
 // file it would be an empty line.
@@ -24,8 +27,8 @@ char g_finish_first[1024], g_finish_second[1024], g_finish_tmp[4096];
 char g_second_stop[4352];  // made by install_stop_handlers, before the handler is
 
 // write(2) only: the handler may run inside any call of the main program.
-void say(const char* msg) {
-  if (!g_announce) return;
+void say(const char* msg, bool summary = false) {
+  if (!g_announce && !(summary && g_speaks)) return;
   if (!g_tty && msg[0] == '\n') ++msg;
   size_t n = 0;
   while (msg[n]) ++n;
@@ -42,7 +45,7 @@ extern "C" void on_stop_signal(int sig) {
   if (g_finishing == 1) {
     if (g_stop && sig == SIGINT) {
       if (g_finish_tmp[0]) unlink(g_finish_tmp);
-      say(g_finish_second);
+      say(g_finish_second, true);
       std::_Exit(130);
     }
     if (!g_stop) {
@@ -53,7 +56,7 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   if (g_stop && sig == SIGINT) {  // a second Ctrl-C: the user means it
-    say(g_second_stop);
+    say(g_second_stop, true);
     std::_Exit(130);
   }
   if (!g_stop)
@@ -72,8 +75,9 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
-void install_stop_handlers(bool announce, const char* journal) {
+void install_stop_handlers(bool announce, const char* journal, bool speaks) {
   g_announce = announce ? 1 : 0;
+  g_speaks = speaks || announce ? 1 : 0;
   g_tty = isatty(2) ? 1 : 0;
   const bool named = journal && std::strlen(journal) < 4096;
   std::snprintf(g_second_stop, sizeof g_second_stop,

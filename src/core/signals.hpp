@@ -18,7 +18,10 @@ class Interrupted : public Error {
 // announce: say at once on stderr that the signal was seen and what happens next (rank 0 alone,
 // not with --quiet); a second SIGINT then also says that it stopped at once.
 // journal: the journal folder a second SIGINT's message names.
-void install_stop_handlers(bool announce = false, const char* journal = nullptr);
+// speaks: the rank that speaks for the run (rank 0): it says what a second SIGINT did also
+// where announce is off (--quiet).
+void install_stop_handlers(bool announce = false, const char* journal = nullptr,
+                           bool speaks = false);
 // SIGXFSZ ignored (every subcommand: init writes a checkpoint too).
 void ignore_file_size_signal();
 bool stop_requested();

@@ -217,7 +217,8 @@ std::string not_fasta_advice(std::string_view line) {
 // partly decompressed block where it fails (up to 64 KB of text), so zlib streams the file
 // again here, as far as it goes. "" when zlib reads it whole (the damage is htslib's to say).
 // `whole_too`: also say so where zlib reads the data whole (htslib then stopped at bytes after it).
-std::string gzip_damage(const std::string& path, bool whole_too) {
+// `lines_out`: where given, the lines that decompress.
+std::string gzip_damage(const std::string& path, bool whole_too, long long* lines_out = nullptr) {
   gzFile z = gzopen(path.c_str(), "rb");
   if (!z) return "";
   std::vector<char> buf(4096);  // small: a read that fails returns none of its bytes
@@ -233,6 +234,7 @@ std::string gzip_damage(const std::string& path, bool whole_too) {
   std::string why = msg && *msg ? msg : "unknown error";
   if (why.starts_with(path + ": ")) why.erase(0, path.size() + 2);
   gzclose(z);
+  if (lines_out) *lines_out = lines;
   if (n == 0 && code == Z_OK && !whole_too) return "";
   if (n == 0 && code == Z_OK)  // zlib reads it whole: htslib stopped at bytes after the data
     return "the compressed data ends after line " + std::to_string(lines) + " (" +
@@ -250,6 +252,36 @@ std::string gzip_damage(const std::string& path, bool whole_too) {
                            "); fetch it again or recompress it from the source");
 }
 
+// Whether a bgzip file is BGZF blocks end to end (each header's BSIZE leads to the next): true
+// for one cut exactly at a block boundary, false where other bytes follow the blocks (zero
+// padding, another file appended) or a block is cut short.
+bool bgzf_blocks_fill_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  long long at = 0;
+  bool whole = true;
+  unsigned char h[18];
+  while (true) {
+    const size_t got = std::fread(h, 1, sizeof h, f);
+    if (got == 0 && std::feof(f)) break;  // the last block ended at the file's end
+    // gzip magic, deflate, FEXTRA; XLEN 6 with the "BC" subfield of length 2: BSIZE at 16
+    if (got < sizeof h || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || !(h[3] & 4) ||
+        h[12] != 'B' || h[13] != 'C') {
+      whole = false;
+      break;
+    }
+    at += (long long)(h[16] | (h[17] << 8)) + 1;
+    if (std::fseek(f, (long)at, SEEK_SET) != 0) {
+      whole = false;
+      break;
+    }
+  }
+  std::fclose(f);
+  std::error_code ec;  // (the file's own size: a seek past its end succeeds)
+  const auto size = std::filesystem::file_size(path, ec);
+  return whole && !ec && (long long)size == at;
+}
+
 // Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping every '\r'
 // (spec 1: line breaks and '\r' are not sequence), so CRLF files read exactly like LF files
 // (bgzf_getline drops only one '\r').
@@ -258,6 +290,12 @@ class LineReader {
   explicit LineReader(const std::string& path) : path_(path) {
     fp_ = open_bgzf(path);
     if (!fp_) throw InputError(path + ": cannot open: " + std::strerror(errno));
+    // Said before any record is embedded: at the file's end it came after every record.
+    if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) {
+      bgzf_close(fp_);
+      fp_ = nullptr;
+      throw no_end_marker();
+    }
   }
   ~LineReader() {
     if (fp_) bgzf_close(fp_);
@@ -266,15 +304,34 @@ class LineReader {
   LineReader(const LineReader&) = delete;
   LineReader& operator=(const LineReader&) = delete;
 
+  // A bgzip file whose end-of-file marker is missing: cut inside a block (zlib says where), or
+  // exactly at a block boundary, which decompresses cleanly and looks just like a whole file.
+  InputError no_end_marker() const {
+    long long lines = 0;
+    if (const std::string z = gzip_damage(path_, false, &lines); !z.empty())
+      return InputError(path_ +
+                        ": truncated or corrupt compressed data (bgzip end marker "
+                        "missing): " +
+                        z);
+    if (!bgzf_blocks_fill_file(path_))  // bytes after the blocks: zlib says how many lines
+      return InputError(path_ +
+                        ": truncated or corrupt compressed data: " + gzip_damage(path_, true));
+    return InputError(
+        path_ + ": the bgzip end-of-file marker is missing: lines 1 to " + std::to_string(lines) +
+        " decompress cleanly, but a file cut at a block boundary looks just like this, so "
+        "the records may go on past them (samtools says \"EOF marker is absent\" of it). "
+        "Fetch or copy the file again; if it is known to be whole, compress it again "
+        "(zcat FILE | bgzip > NEW)");
+  }
+
   // Next line into `line` (valid until the next call); false at the end of the file.
   bool next(std::string_view& line) {
     int r = bgzf_getline(fp_, '\n', &ks_);
     // Said as what could be read: compressed data comes in blocks, so the damage is somewhere
     // after the last line read, not necessarily on the next one.
-    // (`whole_too`: false where a bgzip file only lacks its end marker: zlib reads it whole.)
-    auto damaged = [&](const char* what, bool whole_too = true) {
+    auto damaged = [&](const char* what) {
       const bool compressed = bgzf_compression(fp_) > 0;  // (else a read error: not zlib's)
-      if (const std::string z = compressed ? gzip_damage(path_, whole_too) : ""; !z.empty())
+      if (const std::string z = compressed ? gzip_damage(path_, true) : ""; !z.empty())
         return InputError(path_ + ": " + what + ": " + z);
       return InputError(path_ + ": " + what + ": " +
                         (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
@@ -289,17 +346,8 @@ class LineReader {
     if (r == -1) {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.
-      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) {
-        if (gzip_damage(path_, false) != "")  // cut inside a block: zlib says where
-          throw damaged("truncated or corrupt compressed data (bgzip end marker missing)", false);
-        throw InputError(
-            path_ + ": the bgzip end-of-file marker is missing: lines 1 to " +
-            std::to_string(line_no_) +
-            " decompress cleanly, but a file cut at a block boundary looks just like this, so "
-            "the records may go on past them (samtools says \"EOF marker is absent\" of it). "
-            "Fetch or copy the file again; if it is known to be whole, compress it again "
-            "(zcat FILE | bgzip > NEW)");
-      }
+      // (The constructor checks it first; this is for a file that changed since.)
+      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) throw no_end_marker();
       return false;
     }
     ++line_no_;
@@ -539,6 +587,8 @@ FastxReader::FastxReader(const std::string& path, DnaReadOptions opts)
 }
 
 FastxReader::~FastxReader() = default;
+
+bool FastxReader::fastq() const { return impl_->format == Impl::Format::kFastq; }
 
 bool FastxReader::next(Record& rec) {
   return impl_->format == Impl::Format::kFasta ? impl_->next_fasta(rec) : impl_->next_fastq(rec);

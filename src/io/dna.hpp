@@ -46,6 +46,7 @@ class FastxReader {
   FastxReader& operator=(const FastxReader&) = delete;
   // Reads the next record into `rec` (kind DNA, n_channels 1, offset 0, region ""). False at EOF.
   bool next(Record& rec);
+  bool fastq() const;  // a FASTQ (else a FASTA)
 
  private:
   struct Impl;

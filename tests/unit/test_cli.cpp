@@ -2198,3 +2198,72 @@ TEST(Cli, DocsSnippetReadsWithH5py) {
   EXPECT_NE(r.output.find("2000-09-27 2001-09-"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("b'"), std::string::npos) << r.output;  // text, not bytes
 }
+
+// What a stopped run leaves, given to inspect: OUT.h5.tmp (an HDF5 file without sparsa's
+// attributes: it said "not one of sparsa's"), a journal part's .tmp, and the journal folder
+// itself ("a folder, not an HDF5 file"): each is said to be a stopped run's, with what the
+// journal's MANIFEST says of the run, and exit 1.
+TEST(Cli, InspectSaysWhatAStoppedRunLeft) {
+  TempDir t;
+  { h5::File::create(t / "out.h5.tmp"); }
+  auto r = run(binary() + " inspect " + t / "out.h5.tmp");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("a file that a sparsa run was writing when it stopped, not a result"),
+            std::string::npos)
+      << r.output;
+  // A journal: a run that failed at its last record keeps the others.
+  write_file(t / "in.fa", random_fasta(3, 300) + ">bad\nAC!T\n");
+  r = run(embed_cmd(t / "in.fa", t / "out.h5", "--pool mean"));
+  ASSERT_EQ(r.code, 1) << r.output;
+  ASSERT_TRUE(std::filesystem::is_directory(t / "out.h5.parts"));
+  for (const std::string& dir : {t / "out.h5.parts", t / "out.h5.parts/"}) {
+    r = run(binary() + " inspect " + dir);
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(t / "out.h5.parts: the journal (a folder) of a sparsa run that has "
+                                "not finished " +
+                            t / "out.h5 (inputs " + t / "in.fa" + "; pool mean; dtype f16; "),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
+  }
+  r = run(binary() + " inspect " + t / "out.h5");
+  EXPECT_NE(r.output.find("has not finished it (inputs " + t / "in.fa"), std::string::npos)
+      << r.output;
+  // A --force run that failed after its journal began: the old file's place is said too.
+  ASSERT_EQ(run(embed_cmd(lambda(), t / "old.h5", "--pool mean")).code, 0);
+  r = run(embed_cmd(t / "in.fa", t / "old.h5", "--pool mean --force"));
+  ASSERT_EQ(r.code, 1) << r.output;
+  r = run(binary() + " inspect " + t / "old.h5");
+  EXPECT_NE(r.output.find("(the old file, set aside by --force, is " + t / "old.h5.parts" +
+                          "/PREVIOUS_OUTPUT until then)"),
+            std::string::npos)
+      << r.output;
+  { h5::File::create(t / "out.h5.parts/000009.h5.tmp"); }
+  r = run(binary() + " inspect " + t / "out.h5.parts/000009.h5.tmp");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("a journal part that a sparsa run was writing when it stopped"),
+            std::string::npos)
+      << r.output;
+}
+
+// A name repeated within a FASTA is refused; across inputs both records are embedded, and now a
+// warning names the two files (it went without a word). Reads of two FASTQ files (mates) are
+// not checked.
+TEST(Cli, SameNameInTwoInputsIsWarned) {
+  TempDir t;
+  write_file(t / "a.fa", ">dup\nACGTACGT\n>x\nACGT\n");
+  write_file(t / "b.fa", ">y\nACGT\n>dup\nACGTAA\n");
+  auto r = run(embed_cmd(t / "a.fa", t / "ab.h5", "--pool mean --input " + t / "b.fa"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + t / "b.fa" + ": record 'dup': " + t / "a.fa" +
+                          " has a record of that name too"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count_in(r.output, "has a record of that name too"), 1u) << r.output;
+  EXPECT_EQ(h5::File::open_read(t / "ab.h5").list("/records").size(), 4u);
+  write_file(t / "r1.fq", "@p1\nACGT\n+\nIIII\n");
+  write_file(t / "r2.fq", "@p1\nTTGA\n+\nIIII\n");
+  r = run(embed_cmd(t / "r1.fq", t / "fq.h5", "--pool mean --input " + t / "r2.fq"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("has a record of that name too"), std::string::npos) << r.output;
+}

@@ -387,6 +387,18 @@ TEST_F(DnaTest, TruncatedCompressedInputIsAnError) {
   fs::resize_file(noeof, fs::file_size(noeof) - 28);
   expect_error<InputError>([&] { read_all(noeof); }, {noeof, "end-of-file marker is missing",
                                                       "lines 1 to ", "cut at a block boundary"});
+  // ... said when the file is opened, before any record (it came after the last one), with the
+  // lines that decompress.
+  {
+    FILE* wc = popen(("gzip -dc '" + noeof + "' 2>/dev/null | wc -l").c_str(), "r");
+    ASSERT_NE(wc, nullptr);
+    long long lines = -1;
+    ASSERT_EQ(std::fscanf(wc, "%lld", &lines), 1);
+    pclose(wc);
+    expect_error<InputError>([&] { FastxReader opened(noeof, DnaReadOptions{}); },
+                             {noeof, "end-of-file marker is missing",
+                              "lines 1 to " + std::to_string(lines) + " decompress"});
+  }
   // A gzip file cut within its 10-byte header is read as plain text: said as gzip cut short.
   std::string head = p + ".head.gz";
   fs::copy_file(p + ".gz", head);

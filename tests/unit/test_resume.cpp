@@ -964,6 +964,21 @@ TEST(Resume, SecondInterruptWhileFinishingRemovesTheTmpFile) {
       ::testing::ExitedWithCode(0), "");
 }
 
+// Under --quiet (announce off) the first interrupt is not announced, but a second one is still
+// said by the rank that speaks for the run: exit 130 with no word left the user guessing.
+TEST(Resume, SecondInterruptIsSaidUnderQuiet) {
+  EXPECT_EXIT(
+      {
+        sparsa::install_stop_handlers(false, "out.h5.parts/", true);
+        raise(SIGINT);
+        if (!sparsa::stop_requested()) std::_Exit(3);
+        raise(SIGINT);
+        std::_Exit(4);  // not reached
+      },
+      ::testing::ExitedWithCode(130),
+      "stopped at once \\(second interrupt\\).*stay in the journal \\(out.h5.parts/\\)");
+}
+
 // A record inserted before others shifts them all (records are matched by their place): the
 // first three that no longer match are named, the rest counted in one line, not one each.
 TEST(Resume, ShiftedRecordsAreCountedNotListed) {
@@ -984,6 +999,30 @@ TEST(Resume, ShiftedRecordsAreCountedNotListed) {
                           "again"),
             std::string::npos)
       << r.output;
+}
+
+// An input cut short since the journal was made (a copy that stopped, a file left out): the
+// journal's records past its end would be left out of the file without a word. Now a warning
+// says how many and where the input ends; and a resume that only writes the file says that its
+// records came from the journal (it said "done: 0 records").
+TEST(Resume, InputCutShortIsSaidAndJournalOnlyRunIsCounted) {
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");
+  Fixture fx;
+  const std::string out = fx.t / "out.h5", input = fx.t / "in.fa";
+  const std::string first3 = random_fasta(3, 200, 5), next5 = random_fasta(5, 200, 6, "more");
+  write_file(input, first3 + next5 + ">broken\nACGT!\n");
+  auto r = run(fx.command(input, out, ""));
+  ASSERT_EQ(r.code, 1) << r.output;
+  write_file(input, first3);
+  r = run(fx.command(input, out, "--resume"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: the journal holds 5 finished records past the input's last "
+                          "(record 3): the input now has 3 records"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("done: 3 records from the journal, none to embed"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(h5::File::open_read(out).list("/records").size(), 3u);
 }
 
 // A journal of an earlier version named an input given as ./in.fa as /cwd/./in.fa; this version
