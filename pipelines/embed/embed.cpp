@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -393,6 +394,25 @@ std::vector<int> assign_by_length(const std::vector<int64_t>& lengths, int ranks
   return owner;
 }
 
+// What ranks that read different inputs are told.
+constexpr const char* kSameInputs =
+    "Every rank reads the inputs itself, so each must see the same files at those paths: a "
+    "node-local copy that is stale, or a file changed while the ranks read it?";
+
+// The highest rank of c whose `digest` (a SHA-256 in hex) is not rank 0's; -1 where all agree.
+// Collective: the checks of a split record and of a batch have this one shape, so ranks whose
+// inputs diverged into one and the other still meet here and learn it.
+int64_t rank_that_differs(Comm& c, const std::string& digest) {
+  std::array<char, 64> root{};
+  std::memcpy(root.data(), digest.data(), std::min(digest.size(), root.size()));
+  c.broadcast(root.data(), (int64_t)root.size(), 0);
+  const bool same =
+      digest.size() == root.size() && std::equal(digest.begin(), digest.end(), root.begin());
+  int64_t differs = same ? -1 : c.rank();
+  c.allreduce_max(&differs, 1);
+  return differs;
+}
+
 struct Item {
   int64_t index;  // 1-based, input order
   Record rec;
@@ -673,6 +693,18 @@ struct EmbedRun {
         0);
   }
 
+  // A record split over c: every rank reads the DNA inputs itself, so a rank that read other
+  // bytes under the same path (a stale node-local copy, an input changed between the ranks'
+  // reads) would embed its shard of another record, and the file would hold a chimera under
+  // one rank's input_sha256. Its fingerprint against rank 0's; collective (all throw).
+  void check_same_record(const Item& it, Comm& c) const {
+    if (const int64_t r = rank_that_differs(c, it.fingerprint()); r >= 0)
+      throw InputError(it.rec.source + ": record '" + it.rec.name + "' (record " +
+                       std::to_string(it.index) + "): rank " + std::to_string(r) +
+                       " read other data for it than rank 0 (their input_sha256 differ). " +
+                       kSameInputs);
+  }
+
   // What every part of a record says of it: its metadata, d, and (from fwd) its global sets.
   RecordOutput record_output(const Item& it, const ForwardOutput& fwd) const {
     const Record& rec = it.rec;
@@ -689,9 +721,11 @@ struct EmbedRun {
 
   // Stops at a safe point: every rank learns of a stop that any rank received.
   void check_stop(Comm& c) {
-    int64_t flag = stop_requested() ? 1 : 0;
-    c.allreduce_max(&flag, 1);
-    if (flag) throw Interrupted(kResumeAdvice);
+    int64_t sig = stop_signal();
+    c.allreduce_max(&sig, 1);
+    if (sig == 0) return;
+    adopt_stop_signal((int)sig);  // a rank that was not signalled names the signal too
+    throw Interrupted(kResumeAdvice);
   }
 
   // Whether the record's rows go into this rank's group part (Journal::write_grouped): one rank
@@ -713,6 +747,7 @@ struct EmbedRun {
       journal.flush_group();
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
     check_host_memory(rec, sh, c);
+    if (c.size() > 1) check_same_record(it, c);
     if (show_progress) progress.start_record(it.index, rec.name, n);
     // Layers over both passes (the reverse complement's too): the share done.
     const double total_layers = (double)cfg.n_layers * (o.rc_average ? 2 : 1);
@@ -1781,6 +1816,25 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (batch.empty()) return;
     std::vector<int64_t> lengths;
     for (auto& it : batch) lengths.push_back(it.rec.n_tokens());
+    // Every rank must hold the same batch: the records' owners come from their lengths, and a
+    // rank that read other records (another copy of an input) would embed or skip the wrong
+    // ones. Their indices, names and lengths against rank 0's.
+    if (comm.size() > 1) {
+      Sha256 h;
+      h.update_field("sparsa-batch 1");
+      for (const Item& it : batch) {
+        const int64_t nums[2] = {it.index, it.rec.n_tokens()};
+        h.update(nums, sizeof nums);
+        h.update_field(it.rec.name);
+      }
+      if (const int64_t r = rank_that_differs(comm, h.hex()); r >= 0)
+        throw InputError("records " + std::to_string(batch.front().index) + " to " +
+                         std::to_string(batch.back().index) + " (from '" + batch.front().rec.name +
+                         "' of " + batch.front().rec.source + "): rank " + std::to_string(r) +
+                         " read other records from the inputs than rank 0 (names or lengths "
+                         "differ). " +
+                         kSameInputs);
+    }
     const std::vector<int> owner = assign_by_length(lengths, comm.size());
     std::exception_ptr error;
     int64_t failed = 0;
@@ -1845,8 +1899,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       failed = 1;
     }
     // A rank that failed or stopped tells the others (which finish their share first).
-    int64_t f = failed;
-    comm.allreduce_max(&f, 1);
+    int64_t fs[2] = {failed, stop_signal()};
+    comm.allreduce_max(fs, 2);
+    const int64_t f = fs[0];
+    if (fs[1] > 0) adopt_stop_signal((int)fs[1]);
     if (error) std::rethrow_exception(error);
     if (f == 1) throw Error("another rank failed (see its message above)");
     if (f == 2 || stop_requested()) throw Interrupted(kResumeAdvice);
@@ -2031,10 +2087,18 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                 manifest};
     int64_t copied = 0;
     const std::string what = "writing " + o.output + ", records";
-    journal.assemble(a, index, o.output, [&](int64_t bytes) {
-      comm.heartbeat(bytes);
-      progress.steps(what, std::min(copied++, index), index);  // (a last tick before closing)
-    });
+    try {
+      journal.assemble(a, index, o.output, [&](int64_t bytes) {
+        comm.heartbeat(bytes);
+        progress.steps(what, std::min(copied++, index), index);  // (a last tick before closing)
+      });
+    } catch (const SystemError& e) {  // (an unwritable folder, say: the records are not lost)
+      const std::string said = e.what();
+      if (said.find("--resume") != std::string::npos) throw;
+      throw SystemError(said + "; the journal (" + journal.dir() +
+                        ") keeps every record: once that is fixed, run the same command with "
+                        "--resume to write the file");
+    }
     aside.kept = false;  // the new output is in place; the old one went with the journal
   }
   // Copying many records into the output can outlast the watchdog's 30 minutes, so the others

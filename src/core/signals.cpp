@@ -143,4 +143,14 @@ const char* signal_name(int sig) {
 }
 int stop_signal() { return g_stop; }
 
+void adopt_stop_signal(int sig) {
+  if (g_stop || sig <= 0) return;
+  g_stop = sig;
+  if (g_announce)
+    std::fprintf(stderr,
+                 "[sparsa] %s (received by another rank): stopping, keeping what is "
+                 "finished\n",
+                 signal_name(sig));
+}
+
 }  // namespace sparsa

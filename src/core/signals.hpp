@@ -27,6 +27,9 @@ void ignore_file_size_signal();
 bool stop_requested();
 // Which signal asked for the stop first (0 when none).
 int stop_signal();
+// A stop another rank received (its signal, as the ranks agreed at a safe point): this rank stops
+// too, naming that signal, and rank 0 (where it announces) says where the signal came.
+void adopt_stop_signal(int sig);
 // "SIGTERM", "SIGINT", "SIGUSR1", else "signal N".
 const char* signal_name(int sig);
 

@@ -2,6 +2,7 @@
 // nothing at the output path; signals stop all ranks at a safe point; --resume finishes the job.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "../unit/compare_h5.hpp"
@@ -173,10 +174,17 @@ TEST(MpiFaults, SigtermStopsEveryRankAtASafePoint) {
   ASSERT_TRUE(wait_for_parts(out + ".parts", 1, pid)) << read_file(fx.t / "run.log");
   auto ranks = ranks_of(out);
   ASSERT_EQ(ranks.size(), 3u);
-  kill(ranks[0], SIGTERM);  // one rank's signal is enough: the stop flag is reduced over ranks
+  // One rank's signal is enough: the stop is reduced over ranks. Sent to rank 2 alone, rank 0
+  // (which says the run's last word) still names it: it said "interrupted (signal 0)".
+  const auto rank2 =
+      std::find_if(ranks.begin(), ranks.end(), [](pid_t p) { return rank_of(p) == 2; });
+  ASSERT_NE(rank2, ranks.end());
+  kill(*rank2, SIGTERM);
   EXPECT_EQ(wait_exit(pid), 75) << read_file(fx.t / "run.log");
   EXPECT_FALSE(exists(out));
   EXPECT_NE(read_file(fx.t / "run.log").find("--resume"), std::string::npos);
+  EXPECT_NE(read_file(fx.t / "run.log").find("sparsa: interrupted (SIGTERM)"), std::string::npos)
+      << read_file(fx.t / "run.log");
   fx.finish_and_compare(out);
 }
 
@@ -405,4 +413,50 @@ TEST(MpiFaults, ForceMakesRoomForEveryRank) {
                           " --input " + source_dir() + "/examples/lambda_virus.fa.gz --output " +
                           out;
   expect_force_makes_room(cmd, out);
+}
+
+// Every rank reads the DNA inputs itself. A rank that read other bytes for a split record (here
+// two MPMD commands with inputs that differ in one base of the second rank's shard, as a stale
+// node-local copy would) embedded its shard of the other record: exit 0 and a chimera under one
+// rank's input_sha256. Now refused on every rank: exit 1, the record and the ranks named once,
+// no file at the output path.
+TEST(MpiFaults, RanksThatReadOtherDataForASplitRecordAreRefused) {
+  TempDir t;
+  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
+                t / "m.h5")
+                .code,
+            0);
+  const std::string fa = random_fasta(1, 4000, 9);
+  std::string other = fa;
+  size_t late = other.size() - 100;  // in the second rank's half
+  while (other[late] == '\n') --late;
+  other[late] = other[late] == 'A' ? 'C' : 'A';
+  write_file(t / "a.fa", fa);
+  write_file(t / "b.fa", other);
+  const std::string out = t / "out.h5";
+  auto cmd = [&](const std::string& in) {
+    return binary() + " embed -q --threads 1 --split-min 100 --model " + t / "m.h5" + " --input " +
+           in + " --output " + out;
+  };
+  const auto r = run(mpirun(1) + cmd(t / "a.fa") + " : -np 1 " + cmd(t / "b.fa"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("record 'rec0' (record 1): rank 1 read other data for it than rank 0"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count_in(r.output, "read other data for it"), 1u) << r.output;
+  EXPECT_FALSE(exists(out));
+  // Short records, spread whole over the ranks by their lengths: a rank whose copy has a record
+  // of another length (or one more or fewer) would embed or skip the wrong ones. Refused too.
+  write_file(t / "c.fa", random_fasta(3, 50, 4));
+  write_file(t / "d.fa", random_fasta(2, 50, 4) + ">rec2\nACGT\n");
+  const auto s = run(mpirun(1) + cmd(t / "c.fa") + " : -np 1 " + cmd(t / "d.fa"));
+  EXPECT_EQ(s.code, 1) << s.output;
+  EXPECT_NE(s.output.find("records 1 to 3 (from 'rec0' of " + t / "c.fa" +
+                          "): rank 1 read other records from the inputs than rank 0"),
+            std::string::npos)
+      << s.output;
+  EXPECT_FALSE(exists(out));
+  // The same bytes on both: the run goes through.
+  EXPECT_EQ(run(mpirun(1) + cmd(t / "a.fa") + " : -np 1 " + cmd(t / "a.fa")).code, 0);
+  EXPECT_TRUE(exists(out));
 }

@@ -1001,6 +1001,28 @@ TEST(Resume, ShiftedRecordsAreCountedNotListed) {
       << r.output;
 }
 
+// The final file cannot be made (here a folder appears at OUT.h5.tmp while the run works; as an
+// output folder made read-only would): the error said nothing of the journal, which keeps every
+// record. Now it says so, and --resume, once that is fixed, writes the file.
+TEST(Resume, FinalFileThatCannotBeMadeSaysTheJournalKeepsTheRecords) {
+  Fixture fx;
+  const std::string out = fx.t / "out.h5";
+  const pid_t pid = fx.start_until_parts(out, 1, fx.t / "log1");
+  ASSERT_GT(pid, 0) << read_file(fx.t / "log1");
+  fs::create_directory(out + ".tmp");
+  EXPECT_EQ(wait_exit(pid), 1) << read_file(fx.t / "log1");
+  const std::string log = read_file(fx.t / "log1");
+  EXPECT_NE(log.find("out.h5.tmp: cannot create HDF5 file"), std::string::npos) << log;
+  EXPECT_NE(log.find("keeps every record: once that is fixed, run the same command with --resume"),
+            std::string::npos)
+      << log;
+  EXPECT_FALSE(exists(out));
+  fs::remove(out + ".tmp");
+  const pid_t again = spawn(fx.args(out, true), fx.t / "log2");
+  ASSERT_EQ(wait_exit(again), 0) << read_file(fx.t / "log2");
+  EXPECT_TRUE(exists(out));
+}
+
 // An input cut short since the journal was made (a copy that stopped, a file left out): the
 // journal's records past its end would be left out of the file without a word. Now a warning
 // says how many and where the input ends; and a resume that only writes the file says that its
