@@ -25,13 +25,15 @@ measure() {  # name, command...
 tokens=1000000
 measure "E. coli 1 Mb region, pool none" $bin embed -q --model "$work/tiny.h5" --input "$work/ecoli.fa" \
   --region K-12-MG1655:1-1000000 --output "$work/r1.h5"
-tokens=4641652
+tokens=$(grep -v '>' "$work/ecoli.fa" | tr -d '\n\r' | wc -c)  # 4,639,675 bases
 measure "E. coli 4.64 Mb, pool none" $bin embed -q --model "$work/tiny.h5" --input "$work/ecoli.fa" \
   --output "$work/all.h5"
 measure "E. coli 4.64 Mb, pool bin:128" $bin embed -q --model "$work/tiny.h5" --input "$work/ecoli.fa" \
   --output "$work/bin.h5" --pool bin:128
 tokens=1000000
-measure "1 Mb region, mpirun -np 1" mpirun -np 1 $bin embed -q --model "$work/tiny.h5" \
+# (--bind-to none: mpirun binds a run of up to 2 ranks to one core each, so -np 1 would get one
+# thread; this way 1 rank of 2 threads is set against 2 ranks of 1)
+measure "1 Mb region, mpirun -np 1 (2 threads)" mpirun -np 1 --bind-to none $bin embed -q --model "$work/tiny.h5" \
   --input "$work/ecoli.fa" --region K-12-MG1655:1-1000000 --output "$work/m1.h5" --pool bin:128 --split-min 1000
 measure "1 Mb region, mpirun -np 2" mpirun -np 2 $bin embed -q --model "$work/tiny.h5" \
   --input "$work/ecoli.fa" --region K-12-MG1655:1-1000000 --output "$work/m2.h5" --pool bin:128 --split-min 1000
