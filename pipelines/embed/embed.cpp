@@ -293,7 +293,8 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
 // bytes) besides its rows, which is what a FASTQ of short reads or a panel of many short series
 // mostly writes.
 struct OutputEstimate {
-  int64_t bytes = 0;  // the journal and the final file together
+  int64_t bytes = 0;        // the journal and the final file together
+  int64_t final_bytes = 0;  // the final file alone (the largest file written)
   int64_t records = 0;
   bool exact_records = false;  // counted (regions, time series, small files), not estimated
 };
@@ -365,7 +366,7 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   // besides its rows); the final file's own ~8 KB. One record's part becomes the file itself;
   // several are copied into it, so the parts and the final file are on disk together.
   if (records <= 1) {
-    est.bytes = (int64_t)(data + 16384.0 + 8192.0);
+    est.bytes = est.final_bytes = (int64_t)(data + 16384.0 + 8192.0);
     return est;
   }
   const double record_bytes = rows / records * embedding_bytes;
@@ -375,6 +376,7 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   // longer than that, is charged a part of its own.
   const double part_record = tokens / records <= 16384.0 ? 3072.0 : 16384.0;
   est.bytes = (int64_t)(2.0 * data + records * (part_record + final_record) + 8192.0);
+  est.final_bytes = (int64_t)(data + records * final_record + 8192.0);
   return est;
 }
 
@@ -400,8 +402,9 @@ constexpr const char* kSameInputs =
     "node-local copy that is stale, or a file changed while the ranks read it?";
 
 // The highest rank of c whose `digest` (a SHA-256 in hex) is not rank 0's; -1 where all agree.
-// Collective: the checks of a split record and of a batch have this one shape, so ranks whose
-// inputs diverged into one and the other still meet here and learn it.
+// Collective: the checks of a split record, of a batch and of the inputs' end have this one
+// shape and are the first collective of each of those paths, so ranks whose inputs diverged
+// into different paths still meet here and learn it.
 int64_t rank_that_differs(Comm& c, const std::string& digest) {
   std::array<char, 64> root{};
   std::memcpy(root.data(), digest.data(), std::min(digest.size(), root.size()));
@@ -746,8 +749,10 @@ struct EmbedRun {
     else
       journal.flush_group();
     const Shard sh = shard_of(n, c.rank(), c.size(), align);
-    check_host_memory(rec, sh, c);
+    // (First: a rank whose inputs diverged may be at a batch's check or the inputs' end, which
+    // have this collective's shape, and nowhere else.)
     if (c.size() > 1) check_same_record(it, c);
+    check_host_memory(rec, sh, c);
     if (show_progress) progress.start_record(it.index, rec.name, n);
     // Layers over both passes (the reverse complement's too): the share done.
     const double total_layers = (double)cfg.n_layers * (o.rc_average ? 2 : 1);
@@ -1685,9 +1690,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         std::fprintf(stderr, "[sparsa] --force: the old %s is kept as %s until this run finishes\n",
                      o.output.c_str(), previous.c_str());
       });
-    int64_t e[3] = {est.bytes, est.records, est.exact_records};
+    int64_t e[4] = {est.bytes, est.final_bytes, est.records, est.exact_records};
     if (comm.size() > 1) comm.broadcast(e, sizeof e, 0);
-    est = {e[0], e[1], e[2] != 0};
+    est = {e[0], e[1], e[2], e[3] != 0};
     expected_records = est.records;
     expected_exact = est.exact_records;
     // A resumed run's journal is on disk already: only the rest of it and the final file (about
@@ -1735,12 +1740,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                           " are free. (An estimate from the inputs' sizes and a sample of their "
                           "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
                           "up stops the run with its finished records kept for --resume)");
-      // The final file (about half the estimate: the parts hold the same rows) under a file-size
-      // limit: found here, not after every record is embedded.
+      // The final file, the largest written, under a file-size limit: found here, not after
+      // every record is embedded.
       if (const int64_t limit = file_size_limit();
-          limit >= 0 && est.bytes / 2 > limit && !env_on("SPARSA_SKIP_SPACE_CHECK"))
+          limit >= 0 && est.final_bytes > limit && !env_on("SPARSA_SKIP_SPACE_CHECK"))
         throw SystemError(o.output + ": the output will be about " +
-                          human_bytes((double)(est.bytes / 2)) + ", but " +
+                          human_bytes((double)est.final_bytes) + ", but " +
                           file_size_limit_text(limit) +
                           " (raise it, e.g. `ulimit -f unlimited`; an estimate from the inputs' "
                           "sizes and a sample of their records: SPARSA_SKIP_SPACE_CHECK=1 runs "
@@ -1905,7 +1910,9 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (fs[1] > 0) adopt_stop_signal((int)fs[1]);
     if (error) std::rethrow_exception(error);
     if (f == 1) throw Error("another rank failed (see its message above)");
-    if (f == 2 || stop_requested()) throw Interrupted(kResumeAdvice);
+    // (The reduced signal, not this rank's own flag: one that lands after the reduction is
+    // taken at the next safe point by every rank together.)
+    if (f == 2 || fs[1] > 0) throw Interrupted(kResumeAdvice);
     for (auto& it : batch) sum.tokens += it.rec.n_tokens();
     sum.records += (int64_t)batch.size();
     if (root) progress.set_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
@@ -2012,6 +2019,19 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }
     flush_batch();
+    // Every rank's inputs end at the same record (a rank whose copy is longer or shorter would
+    // otherwise wait in another collective).
+    if (comm.size() > 1) {
+      Sha256 h;
+      h.update_field("sparsa-end 1");
+      h.update(&index, sizeof index);
+      if (const int64_t r = rank_that_differs(comm, h.hex()); r >= 0)
+        throw InputError("the inputs end after record " + std::to_string(index) + " on rank 0, " +
+                         "but rank " + std::to_string(r) +
+                         " read other records from them (more, fewer, or other names or "
+                         "lengths). " +
+                         kSameInputs);
+    }
     flush_side(true);
     journal.flush_group();
     if (index == 0) throw InputError("the inputs hold no records");
@@ -2073,7 +2093,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       std::fprintf(stderr,
                    "[sparsa] warning: the journal holds %s past the input's last (record %lld): "
                    "the input now has %s, fewer than the run that made the journal; the file "
-                   "holds these %lld (an input cut short, or one left out?)\n",
+                   "holds these %lld, and the others go with the journal once it is written (an "
+                   "input cut short, or one left out?)\n",
                    count_of(past, "finished record").c_str(), (long long)index,
                    count_of(index, "record").c_str(), (long long)index);
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
@@ -2094,7 +2115,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       });
     } catch (const SystemError& e) {  // (an unwritable folder, say: the records are not lost)
       const std::string said = e.what();
-      if (said.find("--resume") != std::string::npos) throw;
+      if (said.find("--resume") != std::string::npos || said.find("--force") != std::string::npos)
+        throw;  // (it says what to do: a damaged journal is started over with --force)
       throw SystemError(said + "; the journal (" + journal.dir() +
                         ") keeps every record: once that is fixed, run the same command with "
                         "--resume to write the file");

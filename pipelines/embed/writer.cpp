@@ -962,8 +962,9 @@ void Journal::assemble(const FileAttrs& a, int64_t n_records, const std::string&
         out.reserve(need);
       } catch (const SystemError& e) {
         throw SystemError(std::string(e.what()) + "; the journal (" + dir_ +
-                          ") keeps every record: with more room, run the same command with "
-                          "--resume to write the file");
+                          ") keeps every record: once that is fixed (more room, or a higher "
+                          "file-size limit), run the same command with --resume to write the "
+                          "file");
       }
       set_file_attrs(out, a);
       out.create_group("/records");

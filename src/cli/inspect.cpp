@@ -341,8 +341,19 @@ std::string journal_summary(const std::string& parts) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(parts, ec))
     if (e.path().extension() == ".h5" && e.path().filename() != Journal::kPreviousOutput) ++n_parts;
-  return " (inputs " + inputs + "; pool " + pool + "; dtype " + dtype + "; " +
-         std::to_string(n_parts) + " finished part" + (n_parts == 1 ? "" : "s") + ")";
+  std::string s;
+  for (const auto& [what, v] : {std::pair<const char*, const std::string&>{"inputs ", inputs},
+                                {"pool ", pool},
+                                {"dtype ", dtype}})
+    if (!v.empty()) s += what + v + "; ";
+  return " (" + s + std::to_string(n_parts) + " finished part" + (n_parts == 1 ? "" : "s") + ")";
+}
+
+// What to do with a journal: wait where a live run holds it (its lock), else --resume.
+std::string journal_advice(const std::string& parts) {
+  if (const std::string live = Journal::in_use_by_another_run(parts); !live.empty())
+    return "; a run is writing it now: " + live;
+  return "; run the same sparsa embed command with --resume to finish it";
 }
 
 // A name sparsa gives a file while it is made (OUT.h5.tmp, OUT.h5.parts/000001.h5.tmp): an
@@ -385,7 +396,7 @@ bool inspect_file(const std::string& path, bool verbose) {
       throw InputError(
           path + ": no such file yet: " + parts +
           "/ holds the journal of a run that has not finished it" + journal_summary(parts) +
-          "; run the same sparsa embed command with --resume to finish it" +
+          journal_advice(parts) +
           (std::filesystem::exists(previous, ec)
                ? " (the old file, set aside by --force, is " + previous + " until then)"
                : ""));
@@ -399,15 +410,21 @@ bool inspect_file(const std::string& path, bool verbose) {
     const std::string out =
         dir.ends_with(".parts") ? dir.substr(0, dir.size() - 6) : std::string("its output");
     throw InputError(dir + ": the journal (a folder) of a sparsa run that has not finished " + out +
-                     journal_summary(dir) +
-                     "; run the same sparsa embed command with --resume to finish it, or "
-                     "inspect its parts (" +
-                     dir + "/*.h5)");
+                     journal_summary(dir) + journal_advice(dir) + " (its parts: " + dir + "/*.h5)");
+  }
+  // A name sparsa writes while it works: what a stopped run left there may not even open (a
+  // process killed while it wrote), and a file without complete = 1 is no result either.
+  if (const std::string note = unfinished_file_note(path); !note.empty()) {
+    std::optional<h5::File> tmp;
+    try {
+      tmp.emplace(h5::File::open_read(path));
+    } catch (const InputError&) {
+    }
+    if (!tmp || !tmp->has_attr("/", "format") || !tmp->has_attr("/", "complete"))
+      throw InputError(path + note);
   }
   auto f = h5::File::open_read(path);
   if (!f.has_attr("/", "format")) {
-    if (const std::string note = unfinished_file_note(path); !note.empty())
-      throw InputError(path + note);
     if (f.exists("/records"))  // a part of a run's journal: records, no file attributes
       throw InputError(path +
                        ": a journal part of an unfinished sparsa run (OUT.h5.parts/), not a "

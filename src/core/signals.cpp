@@ -17,6 +17,9 @@ volatile std::sig_atomic_t g_announce = 0;
 // The rank that speaks for the run: what a second interrupt did is said there also with --quiet
 // (it is the run's last word: the summary a stop ends with never comes).
 volatile std::sig_atomic_t g_speaks = 0;
+// g_stop came from another rank (adopt_stop_signal): this process's own first SIGINT is then a
+// first one, not the second that ends it at once.
+volatile std::sig_atomic_t g_adopted = 0;
 volatile std::sig_atomic_t g_finishing = 0;
 // stderr is a terminal: a message's leading newline ends the live progress line there; in a log
 // file it would be an empty line.
@@ -52,6 +55,11 @@ extern "C" void on_stop_signal(int sig) {
       say(g_finish_first);
       g_stop = sig;
     }
+    errno = saved_errno;
+    return;
+  }
+  if (g_adopted) {  // this process's own first signal, after a stop another rank received
+    g_adopted = 0;
     errno = saved_errno;
     return;
   }
@@ -145,12 +153,13 @@ int stop_signal() { return g_stop; }
 
 void adopt_stop_signal(int sig) {
   if (g_stop || sig <= 0) return;
+  g_adopted = 1;
   g_stop = sig;
   if (g_announce)
     std::fprintf(stderr,
-                 "[sparsa] %s (received by another rank): stopping, keeping what is "
+                 "%s[sparsa] %s (received by another rank): stopping, keeping what is "
                  "finished\n",
-                 signal_name(sig));
+                 g_tty ? "\n" : "", signal_name(sig));
 }
 
 }  // namespace sparsa

@@ -116,20 +116,22 @@ int64_t to_f16(const float* src, _Float16* dst, int64_t n) {
 // Under a file-size limit (`ulimit -f`) a write past it fails (EFBIG) on a disk with room: the
 // note gives the limit and the file's size instead.
 std::string full_disk_note(const std::string& file) {
-  if (const int64_t limit = file_size_limit(); limit >= 0) {
+  std::string dir = std::filesystem::path(file).parent_path().string();
+  if (dir.empty()) dir = ".";
+  struct statvfs st {};
+  if (statvfs(dir.c_str(), &st) == 0) {
+    const unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
+    if (avail < (1ull << 20))
+      return " (disk full: " + std::to_string(avail / 1024) + " KB free in " + dir + ")";
+  }
+  if (const int64_t limit = file_size_limit(); limit >= 0) {  // a disk with room, then
     std::error_code ec;
     const auto size = std::filesystem::file_size(file, ec);
     if (!ec && (int64_t)size + (int64_t)(1 << 20) >= limit / 2)
       return " (" + file_size_limit_text(limit) + ", and the file has " +
              std::to_string(size >> 10) + " KB: raise it, e.g. `ulimit -f unlimited`)";
   }
-  std::string dir = std::filesystem::path(file).parent_path().string();
-  if (dir.empty()) dir = ".";
-  struct statvfs st {};
-  if (statvfs(dir.c_str(), &st) != 0) return "";
-  const unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
-  if (avail >= (1ull << 20)) return "";
-  return " (disk full: " + std::to_string(avail / 1024) + " KB free in " + dir + ")";
+  return "";
 }
 
 [[noreturn]] void fail(const std::string& file, const std::string& obj, const std::string& what) {

@@ -456,6 +456,21 @@ TEST(MpiFaults, RanksThatReadOtherDataForASplitRecordAreRefused) {
             std::string::npos)
       << s.output;
   EXPECT_FALSE(exists(out));
+  // Copies that send the ranks down different paths: one rank's record is split (long enough)
+  // where the other's is batched, or one copy has a record more at its end. Each path's first
+  // collective is the same check, so they meet there and stop instead of waiting in different
+  // collectives (the CPU's memory check came first on the split path).
+  write_file(t / "long.fa", random_fasta(1, 150, 4));
+  write_file(t / "short.fa", random_fasta(1, 50, 4));
+  write_file(t / "more.fa", random_fasta(3, 50, 4) + random_fasta(1, 200, 5, "extra"));
+  for (const auto& [x, y] :
+       {std::pair{t / "long.fa", t / "short.fa"}, std::pair{t / "short.fa", t / "long.fa"},
+        std::pair{t / "c.fa", t / "more.fa"}, std::pair{t / "more.fa", t / "c.fa"}}) {
+    const auto u = run("timeout 120 " + mpirun(1) + cmd(x) + " : -np 1 " + cmd(y));
+    EXPECT_EQ(u.code, 1) << x << " against " << y << ": " << u.output;
+    EXPECT_NE(u.output.find("read other"), std::string::npos) << u.output;
+    EXPECT_FALSE(exists(out));
+  }
   // The same bytes on both: the run goes through.
   EXPECT_EQ(run(mpirun(1) + cmd(t / "a.fa") + " : -np 1 " + cmd(t / "a.fa")).code, 0);
   EXPECT_TRUE(exists(out));

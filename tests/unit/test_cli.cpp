@@ -2211,6 +2211,19 @@ TEST(Cli, InspectSaysWhatAStoppedRunLeft) {
   EXPECT_NE(r.output.find("a file that a sparsa run was writing when it stopped, not a result"),
             std::string::npos)
       << r.output;
+  // ... also one cut short where it stopped (it does not open as HDF5), and one with the file's
+  // attributes but no complete = 1 yet.
+  write_file(t / "cut.h5.tmp", std::string("\x89HDF\r\n\x1a\n", 8) + "cut");
+  r = run(binary() + " inspect " + t / "cut.h5.tmp");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("was writing when it stopped"), std::string::npos) << r.output;
+  {
+    auto f = h5::File::create(t / "attrs.h5.tmp");
+    f.set_attr("/", "format", std::string("sparsa-embeddings"));
+  }
+  r = run(binary() + " inspect " + t / "attrs.h5.tmp");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("was writing when it stopped"), std::string::npos) << r.output;
   // A journal: a run that failed at its last record keeps the others.
   write_file(t / "in.fa", random_fasta(3, 300) + ">bad\nAC!T\n");
   r = run(embed_cmd(t / "in.fa", t / "out.h5", "--pool mean"));

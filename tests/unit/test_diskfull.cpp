@@ -310,6 +310,13 @@ TEST(DiskFull, FileSizeLimitIsAnErrorThatNamesIt) {
   ASSERT_EQ(run(cmd.substr(0, cmd.size() - out.size()) + t / "clean.h5").code, 0);
   expect_same_contents(out, t / "clean.h5");
 
+  // One record (its part becomes the file): the estimate is the file itself, not half of it.
+  write_file(t / "one.fa", random_fasta(1, 30000));  // ~8 MB of f32 rows
+  r = run("ulimit -f 12000; " + binary() +
+          " embed -q --threads 1 --dtype f32 --pool none --model " + t / "m.h5" + " --input " +
+          t / "one.fa" + " --output " + t / "one.h5");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("one.h5: the output will be about"), std::string::npos) << r.output;
   // A part that meets the limit while it is written, and a checkpoint.
   r = run("ulimit -f 200; SPARSA_SKIP_SPACE_CHECK=1 " + cmd.substr(0, cmd.size() - out.size()) +
           t / "small.h5");

@@ -979,6 +979,23 @@ TEST(Resume, SecondInterruptIsSaidUnderQuiet) {
       "stopped at once \\(second interrupt\\).*stay in the journal \\(out.h5.parts/\\)");
 }
 
+// A stop another rank received (adopted at a safe point) names its signal here too, and this
+// process's own first SIGINT after it is a first one: it ended the process at once (130) as if
+// it were the second.
+TEST(Resume, AdoptedStopKeepsTheNextInterruptAFirstOne) {
+  EXPECT_EXIT(
+      {
+        sparsa::install_stop_handlers(false, "out.h5.parts/", true);
+        sparsa::adopt_stop_signal(SIGTERM);
+        if (sparsa::stop_signal() != SIGTERM) std::_Exit(3);
+        raise(SIGINT);  // the first of this process's own: the stop goes on
+        if (sparsa::stop_signal() != SIGTERM) std::_Exit(4);
+        raise(SIGINT);  // the second: at once
+        std::_Exit(5);
+      },
+      ::testing::ExitedWithCode(130), "stopped at once");
+}
+
 // A record inserted before others shifts them all (records are matched by their place): the
 // first three that no longer match are named, the rest counted in one line, not one each.
 TEST(Resume, ShiftedRecordsAreCountedNotListed) {
