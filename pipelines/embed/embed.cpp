@@ -588,8 +588,8 @@ static OutOfMemory record_out_of_memory(const Record& rec, int64_t part, int ran
            "cpu";
   } else {
     msg +=
-        ". Split the record over more ranks or nodes (mpirun), or use a machine with more "
-        "memory";
+        ". Split the record over ranks on more nodes (mpirun, srun: a node's ranks share its "
+        "memory, so more ranks on one node do not help), or use a machine with more memory";
   }
   return OutOfMemory(msg, device_total);
 }
