@@ -87,10 +87,11 @@ struct InvalidTally {
 };
 
 // Appends the tokens of `seq`; `first_pos` is the 1-based position of seq[0] in its record, so
-// that errors point at the base the user can find with samtools faidx or an editor.
+// that errors point at the base the user can find with samtools faidx or an editor. `region`:
+// seq is that region ("chr:start-end"), and an error also says which base of it.
 void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
                    const std::string& file, const std::string& record, std::vector<int32_t>& out,
-                   InvalidTally& tally, long long line = 0) {
+                   InvalidTally& tally, long long line = 0, const std::string& region = "") {
   // Grow geometrically: an exact reserve per line would copy the whole record on every line.
   if (out.capacity() < out.size() + seq.size())
     out.reserve(std::max(out.size() + seq.size(), 2 * out.capacity()));
@@ -99,7 +100,10 @@ void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
     if (tok < 0) {
       if (!invalid_as_n)
         throw InputError(where(file, record, first_pos + (int64_t)i,
-                               invalid_char_message((unsigned char)seq[i], line, i + 1)));
+                               invalid_char_message((unsigned char)seq[i], line, i + 1)) +
+                         (region.empty()
+                              ? ""
+                              : " (base " + std::to_string(i + 1) + " of region " + region + ")"));
       tok = kTokN;
       if (tally.count++ == 0) {
         tally.first_pos = first_pos + (int64_t)i;
@@ -1488,7 +1492,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   try {
     InvalidTally tally;
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
-                  region.name, rec.tokens, tally);
+                  region.name, rec.tokens, tally, 0, rec.region);
     rec.warning = tally.warning(path, region.name, rec.warning);
   } catch (...) {
     std::free(seq);

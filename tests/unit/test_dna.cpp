@@ -876,8 +876,9 @@ TEST_F(FaidxTest, InvalidCharacterPositionInSourceRecord) {
   std::string p = write("bad.fa", ">r\n" + wrap(seq, 60));
   FaidxFetcher f(p, {});
   EXPECT_EQ(f.fetch(parse_region("r:1-100")).tokens.size(), 100u);
-  expect_error<InputError>([&] { f.fetch(parse_region("r:101-150")); },
-                           {p, "record 'r'", "position 125", "'X'"});
+  expect_error<InputError>(
+      [&] { f.fetch(parse_region("r:101-150")); },
+      {p, "record 'r'", "position 125", "'X'", "(base 25 of region r:101-150)"});
   FaidxFetcher lenient(p, DnaReadOptions{true});
   Record r = lenient.fetch(parse_region("r:121-130"));
   EXPECT_EQ(r.tokens[4], kTokN);
