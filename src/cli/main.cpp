@@ -324,8 +324,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
-                  "Replace an existing output file (kept in OUTPUT.parts/ until the run finishes) "
-                  "and discard an earlier run's journal");
+                  "Replace an existing output file (kept in OUTPUT.parts/ until the run finishes; "
+                  "removed at once where the disk has no room for both) and discard an earlier "
+                  "run's journal");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
   std::string split_min = std::to_string(eo.split_min);
