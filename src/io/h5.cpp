@@ -755,20 +755,24 @@ std::string File::attr_string(const std::string& obj, const std::string& name) c
   Handle t(H5Aget_type(a.id()), H5Tclose);
   if (H5Tget_class(t.id()) != H5T_STRING)
     throw InputError(path_ + ": " + obj + ": attribute '" + name + "' is not a string");
+  // Read as stored, in the file's own character set and padding: h5py writes str as
+  // variable-length UTF-8, np.bytes_ as fixed-length ASCII without a terminator, and either may
+  // be ASCII or UTF-8. A memory type of another set fails the read (ASCII <-> UTF-8 is not
+  // converted), and a fixed NULLTERM one of the stored size dropped the last byte.
+  Handle mt(H5Tcopy(t.id()), H5Tclose);
   if (H5Tis_variable_str(t.id()) > 0) {
-    Handle mt = str_type();
     char* p = nullptr;
     if (H5Aread(a.id(), mt.id(), &p) < 0) fail(path_, obj, "attribute read failed");
     std::string s = p ? p : "";
     H5free_memory(p);
     return s;
   }
-  size_t n = H5Tget_size(t.id());
+  const size_t n = H5Tget_size(t.id());
   std::string s(n, '\0');
-  Handle mt(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(mt.id(), n);
   if (H5Aread(a.id(), mt.id(), s.data()) < 0) fail(path_, obj, "attribute read failed");
-  s.resize(s.find('\0') == std::string::npos ? n : s.find('\0'));
+  s.resize(std::min(s.find('\0'), n));
+  if (H5Tget_strpad(t.id()) == H5T_STR_SPACEPAD)  // (Fortran's padding)
+    while (!s.empty() && s.back() == ' ') s.pop_back();
   return s;
 }
 

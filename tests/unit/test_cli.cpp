@@ -1220,6 +1220,66 @@ TEST(Cli, CheckpointConfigWithAMissingKeyIsRefused) {
   EXPECT_NE(run(binary() + " inspect " + t / "m.h5").code, 0);
 }
 
+// A checkpoint exported with h5py (weights trained elsewhere): its string attributes may be
+// variable-length or fixed-length (np.bytes_: exactly the text's length, no terminator), ASCII
+// or UTF-8, null- or space-padded. Only variable-length UTF-8 was read: a fixed ASCII
+// "sparsa-model" came back as "sparsa-mode" (refused as another format), and an ASCII/UTF-8
+// mismatch failed the read. Every form now embeds as sparsa's own checkpoint does.
+TEST(Cli, CheckpointStringAttributesInEveryH5pyForm) {
+  TempDir t;
+  write_file(t / "x.fa", ">r\nACGTACGTACNNRYacgt\n");
+  ASSERT_EQ(run(embed_cmd(t / "x.fa", t / "ref.h5", "--dtype f32")).code, 0);
+  struct Form {
+    const char* what;
+    bool variable;
+    H5T_cset_t cset;
+    H5T_str_t pad;
+    size_t extra;  // fixed: bytes past the text (0: exactly its length, as np.bytes_)
+  };
+  for (const Form& form :
+       {Form{"fixed ASCII, exact length", false, H5T_CSET_ASCII, H5T_STR_NULLPAD, 0},
+        Form{"fixed UTF-8, exact length", false, H5T_CSET_UTF8, H5T_STR_NULLPAD, 0},
+        Form{"fixed ASCII, null-terminated", false, H5T_CSET_ASCII, H5T_STR_NULLTERM, 4},
+        Form{"fixed ASCII, space-padded", false, H5T_CSET_ASCII, H5T_STR_SPACEPAD, 4},
+        Form{"variable ASCII", true, H5T_CSET_ASCII, H5T_STR_NULLTERM, 0}}) {
+    SCOPED_TRACE(form.what);
+    const std::string m = t / "m.h5", out = t / "out.h5";
+    std::filesystem::remove(m);
+    std::filesystem::remove(out);
+    std::filesystem::copy_file(tiny_model(), m);
+    {
+      h5::File f = h5::File::open_rw(m);
+      for (const char* name : {"format", "config"}) {
+        const std::string text = f.attr_string("/", name);
+        ASSERT_GE(H5Adelete(f.id(), name), 0);
+        const hid_t type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(type, form.variable ? H5T_VARIABLE : text.size() + form.extra);
+        H5Tset_cset(type, form.cset);
+        H5Tset_strpad(type, form.pad);
+        const hid_t space = H5Screate(H5S_SCALAR);
+        const hid_t a = H5Acreate2(f.id(), name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+        std::string bytes =
+            text + std::string(form.extra, form.pad == H5T_STR_SPACEPAD ? ' ' : '\0');
+        const char* p = text.c_str();
+        ASSERT_GE(H5Awrite(a, type, form.variable ? (const void*)&p : (const void*)bytes.data()),
+                  0);
+        H5Aclose(a);
+        H5Sclose(space);
+        H5Tclose(type);
+      }
+      f.close();
+    }
+    EXPECT_EQ(h5::File::open_read(m).attr_string("/", "format"), "sparsa-model");
+    const auto r = run(binary() + " embed -q --dtype f32 --model " + m + " --input " + t / "x.fa" +
+                       " --output " + out);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const h5::File a = h5::File::open_read(t / "ref.h5"), b = h5::File::open_read(out);
+    const std::string key = "/records/" + a.list("/records").at(0) + "/embedding";
+    EXPECT_EQ(a.read_f32(key), b.read_f32(key));
+    EXPECT_EQ(run(binary() + " inspect " + m).code, 0);
+  }
+}
+
 // A damaged checkpoint is refused before any work, naming the file, the dataset (or attribute)
 // and what is wrong (formats.md, "Checkpoint"): exit 1 and no output.
 TEST(Cli, DamagedCheckpointsAreRefusedByName) {
