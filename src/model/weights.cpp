@@ -153,7 +153,9 @@ ModelWeights load_checkpoint(const std::string& path) {
     w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
   } catch (const ConfigError& e) {  // the file is damaged (exit 1), not the command line (2)
     throw InputError(std::string(e.what()) +
-                     " (a damaged checkpoint: its config is written whole by `sparsa init`)");
+                     " (a checkpoint's config names every key of [model], as `sparsa init` "
+                     "writes it; one exported by another program must too: docs/model.md lists "
+                     "them)");
   }
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);
