@@ -153,9 +153,9 @@ ModelWeights load_checkpoint(const std::string& path) {
     w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
   } catch (const ConfigError& e) {  // the file is damaged (exit 1), not the command line (2)
     throw InputError(std::string(e.what()) +
-                     " (a checkpoint's config names every key of [model], as `sparsa init` "
-                     "writes it; one exported by another program must too: docs/model.md lists "
-                     "them)");
+                     " (the checkpoint's config must be valid TOML naming every key of [model], "
+                     "as `sparsa init` writes it; a checkpoint exported by another program too: "
+                     "docs/model.md lists the keys)");
   }
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);

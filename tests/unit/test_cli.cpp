@@ -1331,7 +1331,7 @@ TEST(Cli, DamagedCheckpointsAreRefusedByName) {
        {"unsupported format_version"}},
       {"config",  // damage in the file, so exit 1 like the rest (it was 2, a usage error)
        [](h5::File& f) { f.set_attr("/", "config", std::string("garbage = = =")); },
-       {"(attribute config)", "a damaged checkpoint"}},
+       {"(attribute config)", "the checkpoint's config must be valid TOML naming every key"}},
       {"fewer-layers",  // the config edited to one layer: the second was ignored silently
        [](h5::File& f) {
          std::string c = f.attr_string("/", "config");
