@@ -547,10 +547,10 @@ void Journal::redo(int64_t index) {
   if (part_of(index) >= 0) source_[index] = -1;
 }
 
-int64_t Journal::count_parts() const {
+int64_t Journal::count_parts_in(const std::string& dir) {
   int64_t n = 0;
   std::error_code ec;
-  for (auto& e : fs::directory_iterator(dir_, ec)) {
+  for (auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
     if (is_part_name(name, nullptr)) ++n;
   }

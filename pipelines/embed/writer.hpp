@@ -90,7 +90,8 @@ class Journal {
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
-  int64_t count_parts() const;    // finished part files on disk
+  int64_t count_parts() const { return count_parts_in(dir_); }  // finished part files on disk
+  static int64_t count_parts_in(const std::string& dir);        // (inspect: a journal not opened)
   int64_t count_records() const;  // the records in them (an unreadable part counts none)
   void remove();                  // deletes the journal folder (an open group is dropped)
   // The same for a journal with no finished record, but an old output set aside by --force

@@ -337,10 +337,7 @@ std::string journal_summary(const std::string& parts) {
     if (line.starts_with("pool ")) pool = line.substr(5);
     if (line.starts_with("dtype ")) dtype = line.substr(6);
   }
-  int64_t n_parts = 0;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(parts, ec))
-    if (e.path().extension() == ".h5" && e.path().filename() != Journal::kPreviousOutput) ++n_parts;
+  const int64_t n_parts = Journal::count_parts_in(parts);
   std::string s;
   for (const auto& [what, v] : {std::pair<const char*, const std::string&>{"inputs ", inputs},
                                 {"pool ", pool},

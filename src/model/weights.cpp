@@ -151,7 +151,7 @@ ModelWeights load_checkpoint(const std::string& path) {
   w.config_toml = f.attr_string("/", "config");
   try {
     w.config = parse_model_config(w.config_toml, path + " (attribute config)", true);
-  } catch (const ConfigError& e) {  // the file is damaged (exit 1), not the command line (2)
+  } catch (const ConfigError& e) {  // the file's fault (exit 1), not the command line's (2)
     throw InputError(std::string(e.what()) +
                      " (the checkpoint's config must be valid TOML naming every key of [model], "
                      "as `sparsa init` writes it; a checkpoint exported by another program too: "

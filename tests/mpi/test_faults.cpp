@@ -445,8 +445,7 @@ TEST(MpiFaults, RanksThatReadOtherDataForASplitRecordAreRefused) {
       << r.output;
   // Said once by rank 0 (rank 1, whose copy names another path, may add its own line before
   // the abort reaches it: "sparsa: error (rank 1): ...").
-  EXPECT_EQ(count_in(r.output, "sparsa: error: " + t / "a.fa" + ": record 'rec0'"), 1u)
-      << r.output;
+  EXPECT_EQ(count_in(r.output, "sparsa: error: " + t / "a.fa" + ": record 'rec0'"), 1u) << r.output;
   EXPECT_FALSE(exists(out));
   // Short records, spread whole over the ranks by their lengths: a rank whose copy has a record
   // of another length (or one more or fewer) would embed or skip the wrong ones. Refused too.
