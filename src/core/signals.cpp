@@ -84,6 +84,12 @@ extern "C" void on_stop_signal(int sig) {
 }  // namespace
 
 void install_stop_handlers(bool announce, const char* journal, bool speaks) {
+  // A run starts with no stop and no finishing phase (in one process, before the run, they are
+  // so anyway; a test process that ran a journal's assembly in-process left the phase at
+  // "output in place", which its forked death tests inherited).
+  g_stop = 0;
+  g_adopted = 0;
+  g_finishing = 0;
   g_announce = announce ? 1 : 0;
   g_speaks = speaks || announce ? 1 : 0;
   g_tty = isatty(2) ? 1 : 0;

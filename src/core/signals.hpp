@@ -19,7 +19,7 @@ class Interrupted : public Error {
 // not with --quiet); a second SIGINT then also says that it stopped at once.
 // journal: the journal folder a second SIGINT's message names.
 // speaks: the rank that speaks for the run (rank 0): it says what a second SIGINT did also
-// where announce is off (--quiet).
+// where announce is off (--quiet). Starts the run's stop state afresh (no stop, no finishing).
 void install_stop_handlers(bool announce = false, const char* journal = nullptr,
                            bool speaks = false);
 // SIGXFSZ ignored (every subcommand: init writes a checkpoint too).
