@@ -54,8 +54,15 @@ max_len() {
 # skipped; else prints "sparsa". No stack at all (a report that did not reproduce) is sparsa's.
 # A libc frame shows either its library (libc.so.6+0x...) or, with glibc's debug info installed,
 # its source in glibc's tree (a relative path such as string/../sysdeps/x86_64/...memset...S).
+# An out-of-memory report of -rss_limit_mb has no crash stack; it lists the live heap by
+# allocation site ("Live Heap Allocations:", largest first), and only the largest site counts:
+# that is what grew. The smaller ones are whatever else was alive then (the fuzz target's own
+# buffers, sparsa's), and counting them made an HDF5 loop look like sparsa's (CI, 2026-12-02).
 stacks_owner() {
   awk -v bin="$1" '
+    /Live Heap Allocations:/ { profile = 1; stacks = 0; hdf5 = 0; next }
+    profile && /^[0-9]+ byte\(s\) .* allocation\(s\)/ { if (++contexts > 1) exit_profile = 1 }
+    exit_profile { next }
     /^ *#0 / { decided = 0 }
     /^ *#[0-9]+ / && !decided {
       if (index($0, "(" bin "+0x") || $0 ~ /libc\.so|libstdc\+\+\.so|libgcc_s\.so|ld-linux/) next
@@ -67,13 +74,15 @@ stacks_owner() {
     END { print (stacks > 0 && hdf5 == stacks) ? "hdf5" : "sparsa" }'
 }
 
-# Replays a finding of target binary $1 ($2) and says whose it is. -timeout=3: a hang shows where
-# it loops after 3 s as well as after 10, and CI time is short.
+# Replays a finding of target binary $1 ($2), keeps what the replay printed in file $3 and says
+# whose it is. -timeout=3: a hang shows where it loops after 3 s as well as after 10, and CI time
+# is short.
 # A finding that does not reproduce (the replay exits 0 with no report) prints "norepro": fork
 # mode sometimes saves the empty input after a child dies of an earlier input's HDF5 damage.
 classify() {
   local out rc=0
   out=$(timeout 60 "$1" -timeout=3 "$2" 2>&1) || rc=$?
+  printf '%s\n' "$out" >"$3"
   if [ "$rc" -eq 0 ] && ! grep -qE "ERROR: |SUMMARY: |deadly signal" <<<"$out"; then
     echo norepro
   else
@@ -85,7 +94,7 @@ failed=()
 for t in "${targets[@]}"; do
   # New inputs go to build-fuzz/corpus/<t> (kept, so repeated local runs build on earlier
   # ones); the committed seeds are only read. Findings of an earlier run are dropped.
-  rm -rf "build-fuzz/artifacts/$t"
+  rm -rf "build-fuzz/artifacts/$t" build-fuzz/logs/"$t".replay-*
   mkdir -p "build-fuzz/corpus/$t" "build-fuzz/artifacts/$t" build-fuzz/logs
   log="build-fuzz/logs/$t.log"
   bin="build-fuzz/fuzz/$t"
@@ -104,7 +113,8 @@ for t in "${targets[@]}"; do
   own=0 third_party=0
   for a in "build-fuzz/artifacts/$t"/*; do
     [ -e "$a" ] || continue
-    owner=$(classify "$bin" "$a")
+    replay="build-fuzz/logs/$t.replay-$(basename "$a")"
+    owner=$(classify "$bin" "$a" "$replay")
     if [ "$t" = fuzz_checkpoint ] && [ "$owner" = hdf5 ]; then
       third_party=$((third_party + 1))
     elif [ "$t" = fuzz_checkpoint ] && [ "$owner" = norepro ]; then
@@ -112,8 +122,10 @@ for t in "${targets[@]}"; do
       third_party=$((third_party + 1))
     else
       own=$((own + 1))
-      echo "[fuzz] $t: FINDING $a; replay:"
-      timeout 60 "$bin" -timeout=3 "$a" 2>&1 | tail -n 40 || true
+      # The replay that was classified, not a new one: a hang or a memory blow-up can end
+      # differently each time (a timeout in one run, the memory limit in the next).
+      echo "[fuzz] $t: FINDING $a; replay (whole: $replay):"
+      tail -n 60 "$replay"
     fi
   done
   if [ "$third_party" -gt 0 ]; then
