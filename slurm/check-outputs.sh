@@ -44,7 +44,10 @@ is_complete() {
     # inspect reads every record's metadata too, so a damaged file fails here.
     local text
     text=$("$SPARSA" inspect "$out" 2>&1) || return 1
-    grep -q "sparsa embeddings" <<<"$text" && ! grep -q "INCOMPLETE" <<<"$text"
+    # (only its first line: record names, paths and the command line follow, and may hold any
+    # word; inspect exits 0 for a complete, sound embeddings file or a checkpoint)
+    head -1 <<<"$text" | grep -q ": sparsa embeddings " &&
+      ! head -1 <<<"$text" | grep -q "INCOMPLETE: not a result"
   elif command -v h5dump >/dev/null; then
     h5dump -a /complete "$out" 2>/dev/null | grep -q '(0): 1$'
   else

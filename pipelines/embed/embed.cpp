@@ -1573,10 +1573,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   // the checkpoint is loaded and the inputs checked (regions against the indexes, CSVs read for
   // the estimate), so that a run that fails after that (a bad record, a full disk) leaves nothing
   // at the path that could be taken for its result (spec 5), yet loses nothing the user had
-  // there; a run refused before (a typo in a region, a bad CSV) leaves it where it was, as a
-  // refused command line does. It lives and dies with the journal: the run that finishes the
-  // output (this one, or a later one of the journal: --resume) removes it with the folder; the
-  // journal's clearing spares it.
+  // there; a run refused before (a typo in a region, a bad CSV) or by the free-space check leaves
+  // it where it was, as a refused command line does. It lives and dies with the journal: the run
+  // that finishes the output (this one, or a later one of the journal: --resume) removes it with
+  // the folder; the journal's clearing spares it.
   const std::string previous = o.output + ".parts/" + Journal::kPreviousOutput;
   struct SetAside {
     std::string from, to;
@@ -1718,38 +1718,55 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     on_root(comm, [&] {
       std::error_code ec;
       auto space = fs::space(fs::absolute(o.output).parent_path(), ec);
-      // Too little room to keep the previous output aside as well: it goes now (--force asked for
-      // that; the inputs have been read and the checkpoint loaded by here).
-      std::error_code ec_prev;
-      if (!ec && aside.kept && (int64_t)space.available < need) {
-        const auto old_bytes = fs::file_size(previous, ec_prev);
-        if (!ec_prev && (int64_t)(space.available + old_bytes) >= need &&
-            fs::remove(previous, ec_prev)) {
-          space.available += old_bytes;
-          aside.kept = false;
-          std::fprintf(stderr,  // (also with --quiet: the old output is gone)
-                       "[sparsa] not enough free space to keep the previous %s aside as well: "
-                       "removed it, as --force asks\n",
-                       o.output.c_str());
+      // A run refused here has done no work: the previous output goes back to its path (and the
+      // journal folder made for it, where it is empty now, goes), as a refused command line
+      // leaves it.
+      auto refuse = [&](const std::string& why) {
+        if (aside.kept) {
+          std::error_code e2;
+          fs::rename(previous, o.output, e2);
+          if (!e2) {
+            aside.kept = false;
+            fs::remove(o.output + ".parts", e2);  // (only where empty)
+          }
         }
+        throw SystemError(why);
+      };
+      const bool check = !env_on("SPARSA_SKIP_SPACE_CHECK");
+      // Too little room to keep the previous output aside as well: refused, not removed (a bad
+      // record or a full disk later on would leave the user with neither file); the user removes
+      // it where it may go.
+      std::error_code ec_prev;
+      if (!ec && check && aside.kept && (int64_t)space.available < need) {
+        const auto old_bytes = fs::file_size(previous, ec_prev);
+        if (!ec_prev && (int64_t)(space.available + old_bytes) >= need)
+          refuse("not enough free space for " + o.output +
+                 " beside the previous one: the run "
+                 "needs about " +
+                 human_bytes((double)need) + " (journal and final file), " +
+                 human_bytes((double)space.available) + " are free, " +
+                 human_bytes((double)(space.available + old_bytes)) + " with the previous " +
+                 o.output +
+                 " gone. --force keeps the old file until the new one is complete, "
+                 "so that a bad record or a full disk does not leave you with neither; where it "
+                 "may go, remove it first (rm " +
+                 o.output + "), then run again");
       }
-      if (!ec && (int64_t)space.available < need && !env_on("SPARSA_SKIP_SPACE_CHECK"))
-        throw SystemError("not enough free space for " + o.output + ": the run needs about " +
-                          human_bytes((double)need) + " (journal and final file), " +
-                          human_bytes((double)space.available) +
-                          " are free. (An estimate from the inputs' sizes and a sample of their "
-                          "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
-                          "up stops the run with its finished records kept for --resume)");
+      if (!ec && check && (int64_t)space.available < need)
+        refuse("not enough free space for " + o.output + ": the run needs about " +
+               human_bytes((double)need) + " (journal and final file), " +
+               human_bytes((double)space.available) +
+               " are free. (An estimate from the inputs' sizes and a sample of their "
+               "records; SPARSA_SKIP_SPACE_CHECK=1 runs anyway, and a disk that fills "
+               "up stops the run with its finished records kept for --resume)");
       // The final file, the largest written, under a file-size limit: found here, not after
       // every record is embedded.
-      if (const int64_t limit = file_size_limit();
-          limit >= 0 && est.final_bytes > limit && !env_on("SPARSA_SKIP_SPACE_CHECK"))
-        throw SystemError(o.output + ": the output will be about " +
-                          human_bytes((double)est.final_bytes) + ", but " +
-                          file_size_limit_text(limit) +
-                          " (raise it, e.g. `ulimit -f unlimited`; an estimate from the inputs' "
-                          "sizes and a sample of their records: SPARSA_SKIP_SPACE_CHECK=1 runs "
-                          "anyway)");
+      if (const int64_t limit = file_size_limit(); limit >= 0 && est.final_bytes > limit && check)
+        refuse(o.output + ": the output will be about " + human_bytes((double)est.final_bytes) +
+               ", but " + file_size_limit_text(limit) +
+               " (raise it, e.g. `ulimit -f unlimited`; an estimate from the inputs' "
+               "sizes and a sample of their records: SPARSA_SKIP_SPACE_CHECK=1 runs "
+               "anyway)");
       if (!ec)
         progress.log("output about " + human_bytes((double)need) + " (journal + final), " +
                      human_bytes((double)space.available) + " free");

@@ -41,7 +41,7 @@ void check_input_files(const std::vector<std::string>& inputs) {
       throw InputError(in + ": standard input, a pipe or a device, not a file: sparsa reads " +
                        "each input twice (the output-size estimate, then the records; --resume " +
                        "reads it again) and indexes it for --region, so it needs a file; save " +
-                       "the stream first (e.g. `... > reads.fq`)");
+                       "the stream first (e.g. `... > reads.fq` or `... > series.csv`)");
     if (std::filesystem::is_directory(st)) throw InputError(in + ": a folder, not a file");
     if (ec && ec != std::errc::no_such_file_or_directory)  // a folder on the way not readable
       throw InputError(in + ": cannot read: " + ec.message());

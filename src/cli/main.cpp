@@ -325,8 +325,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   embed->add_flag("--force", eo.force,
                   "Replace an existing output file (kept in OUTPUT.parts/ until the run finishes; "
-                  "removed at once where the disk has no room for both) and discard an earlier "
-                  "run's journal");
+                  "a disk without room for both refuses the run: remove the old file yourself "
+                  "then) and discard an earlier run's journal");
   embed->add_flag("--resume", eo.resume,
                   "Continue an interrupted run from its journal OUTPUT.parts/ (same options)");
   std::string split_min = std::to_string(eo.split_min);

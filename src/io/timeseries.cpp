@@ -229,6 +229,34 @@ size_t gunzip_head(std::string_view text, char* out, size_t cap) {
   return got;
 }
 
+// Why a channel's cell may not be a number, in words a user can act on ("" when nothing fits):
+// another program's missing-value marker (null, N/A, #N/A, None, -), a column of text (a ticker
+// or a label: the records' id, or not a channel), or a number written with a thousands
+// separator or a decimal comma (a quoted cell keeps its commas). `first`: no earlier row of the
+// record had a value in this column.
+std::string not_number_hint(std::string_view cell, CellKind kind, const std::string& column,
+                            bool first) {
+  if (kind != CellKind::kInvalid) return "";
+  const std::string_view c = trim_blanks(cell);
+  const bool digits = c.find_first_of("0123456789") != std::string_view::npos;
+  if (digits) {
+    if (c.find_first_not_of("0123456789,.+-") == std::string_view::npos &&
+        c.find(',') != std::string_view::npos)
+      return " (a thousands separator or a decimal comma? sparsa reads numbers written as "
+             "1234567.89, with a point and no separators: `sed` or the program that wrote the "
+             "file can drop them)";
+    return "";
+  }
+  for (const char* m : {"null", "n/a", "#n/a", "none", "-", "--", ".", "?", "missing", "nil"})
+    if (iequals(c, m))
+      return " (sparsa reads a missing value as an empty cell, NA or NaN; write this file's '" +
+             std::string(c) + "' as one of those)";
+  return std::string(" (") + (first ? "a column of text, such as a ticker or a label? " : "") +
+         "choose the numeric channels with --columns, or make a label column the records' id "
+         "with --id-column '" +
+         column + "'; a missing value is read as an empty cell, NA or NaN)";
+}
+
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
 std::string not_csv_text(std::string_view text) {
   auto starts = [&](std::string_view magic) { return text.rfind(magic, 0) == 0; };
@@ -242,7 +270,8 @@ std::string not_csv_text(std::string_view text) {
     if (got > 0 && (head[0] == '>' || head[0] == '@'))
       return "gzip-compressed FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model, "
              "and this one is a time-series model";
-    return "gzip-compressed: decompress it first (zcat FILE > FILE.csv); CSV is read as plain text";
+    return "gzip-compressed: decompress it first (zcat X.csv.gz > X.csv); CSV is read as plain "
+           "text";
   }
   if (hdf5_signature(text))
     return "an HDF5 file (a sparsa checkpoint or embeddings file?), not a CSV text";
@@ -289,14 +318,17 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
   auto fail = [&](const std::string& what) {
     throw InputError(where(path, "", 0, what + " (" + join_header(header) + ")"));
   };
+  auto all_digits = [](const std::string& name) {
+    return !name.empty() &&
+           std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
   // A column by its header text; else, where no header cell is that text, by its 1-based number
   // (an unnamed index column written by pandas: --time-column 1), or by the text without spaces
   // around it ("close, open").
   auto by_text_or_number = [&](const std::string& name) -> int64_t {
     auto it = std::find(header.begin(), header.end(), name);
     if (it != header.end()) return int64_t(it - header.begin());
-    if (!name.empty() && name.size() < 10 &&
-        std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    if (name.size() < 10 && all_digits(name)) {
       const int64_t k = std::stoll(name);
       return k >= 1 && k <= int64_t(header.size()) ? k - 1 : -1;
     }
@@ -377,7 +409,11 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
     for (const std::string& name : opts.columns) {
       int64_t c = find(name);
       if (c < 0)
-        fail("column '" + name + "' not found (a name, or a number: 1 = first)" + hint(name));
+        fail("column '" + name + "' not found (a name, or a number: 1 = first" +
+             (all_digits(trimmed(name)) ? "; the header has " + std::to_string(header.size()) +
+                                              " column" + (header.size() == 1 ? "" : "s")
+                                        : std::string()) +
+             ")" + hint(name));
       if (c == cols.time) fail("column '" + name + "' is the time column, not a channel");
       if (c == cols.id) fail("column '" + name + "' is the id column, not a channel");
       if (std::count(cols.channels.begin(), cols.channels.end(), c))
@@ -763,21 +799,16 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
         // A channel named like the time (Date beside time): the time is split over two columns
         const bool timeish = std::find(cols.time_others.begin(), cols.time_others.end(),
                                        cols.channels[k]) != cols.time_others.end();
-        // A word with no digit (null, N/A, #N/A, None, -): another program's missing value
-        const bool marker =
-            kind == CellKind::kInvalid && cell.find_first_of("0123456789") == std::string::npos;
-        throw InputError(
-            where(path, rec.name, 0,
-                  line() + ", column '" + header[cols.channels[k]] + "': " + what + ": '" +
-                      shown(cell) + "'" +
-                      (timeish ? " (the time column is '" + header[cols.time] + "', and '" +
-                                     header[cols.channels[k]] +
-                                     "' is named like one too: is the time split over two columns? "
-                                     "--time-column and --columns choose)"
-                       : marker ? " (sparsa reads a missing value as an empty cell, NA or NaN; "
-                                  "write this file's '" +
-                                      shown(cell) + "' as one of those)"
-                                : std::string())));
+        throw InputError(where(path, rec.name, 0,
+                               line() + ", column '" + header[cols.channels[k]] + "': " + what +
+                                   ": '" + shown(cell) + "'" +
+                                   (timeish ? " (the time column is '" + header[cols.time] +
+                                                  "', and '" + header[cols.channels[k]] +
+                                                  "' is named like one too: is the time split "
+                                                  "over two columns? --time-column and --columns "
+                                                  "choose)"
+                                            : not_number_hint(cell, kind, header[cols.channels[k]],
+                                                              rec.values[k].empty()))));
       }
       rec.values[k].push_back(v);
     }

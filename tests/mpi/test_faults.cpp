@@ -392,9 +392,9 @@ TEST(MpiHeartbeat, CallsInsideAWatchScopeGetItsDeadline) {
 }
 
 // --force under MPI on a disk with no room for the old output and the new one: rank 0, which set
-// the old output aside, removes it to make room, and the run goes on. Every rank judged the room
-// on its own before, and rank 1, which did not count the old output, stopped the run.
-TEST(MpiFaults, ForceMakesRoomForEveryRank) {
+// the old output aside, judges the room, puts the old output back and refuses the run, every
+// rank exits 1 with its message; with the old file removed the run goes on.
+TEST(MpiFaults, ForceWithoutRoomForBothIsRefusedOnEveryRank) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
   TempDir t;
   std::filesystem::create_directories(t / "disk");
@@ -412,7 +412,7 @@ TEST(MpiFaults, ForceMakesRoomForEveryRank) {
   const std::string cmd = mpirun(2) + binary() + " embed --pool none --model " + t / "m.h5" +
                           " --input " + source_dir() + "/examples/lambda_virus.fa.gz --output " +
                           out;
-  expect_force_makes_room(cmd, out);
+  expect_force_keeps_the_old_file(cmd, out);
 }
 
 // Every rank reads the DNA inputs itself. A rank that read other bytes for a split record (here

@@ -71,14 +71,19 @@ same ref2.h5 out/sample2.h5
 
 say "check-outputs.sh lists what is not complete"
 mkdir -p out/sample4.h5.parts
-printf '%s\n' in/sample1.fa in/sample4.fa in/sample5.fa >more.txt
+# A complete output whose path holds the word INCOMPLETE is complete (only inspect's first line
+# and exit status judge it, not the names and paths it lists).
+cp out/sample1.h5 out/INCOMPLETE_run.h5
+printf '%s\n' in/sample1.fa in/sample4.fa in/sample5.fa in/INCOMPLETE_run.fa >more.txt
 rc=0
 bash "$SRC/slurm/check-outputs.sh" more.txt out >check.txt || rc=$?
 cat check.txt
 [ "$rc" -eq 1 ] || fail "check-outputs.sh exited $rc, expected 1"
 grep -q "^complete .*out/sample1.h5" check.txt &&
   grep -q "^UNFINISHED .*out/sample4.h5" check.txt &&
-  grep -q "^MISSING .*out/sample5.h5" check.txt || fail "check-outputs.sh listed the wrong outputs"
+  grep -q "^MISSING .*out/sample5.h5" check.txt &&
+  grep -q "^complete .*out/INCOMPLETE_run.h5" check.txt ||
+  fail "check-outputs.sh listed the wrong outputs"
 say "a failing task: the summary job is cancelled, not left pending"
 printf 'not a FASTA file\n' >in/broken.fa
 printf '%s\n' in/sample1.fa in/broken.fa >broken.txt

@@ -138,15 +138,16 @@ TEST(DiskFull, ManifestIsRewrittenWholeOrNotAtAll) {
 }
 
 // --force sets the old output aside until the run finishes; where the disk has no room for both,
-// the old one goes once the inputs are read (as it did before it was set aside), not the run.
-TEST(DiskFull, ForceDropsThePreviousOutputWhenBothDoNotFit) {
+// the run is refused and the old one stays at its path (it was removed to make room, and a bad
+// record after that left the user with neither file).
+TEST(DiskFull, ForceKeepsThePreviousOutputWhenBothDoNotFit) {
   TempDir t;
   SMALL_DISK_OR_SKIP(disk, t / "disk", "10m");
   ASSERT_TRUE(init_tiny_model(t / "m.h5"));
   const std::string out = t / "disk/out.h5";
   const std::string cmd = binary() + " embed --pool none --model " + t / "m.h5" + " --input " +
                           source_dir() + "/examples/lambda_virus.fa.gz --output " + out;
-  expect_force_makes_room(cmd, out);
+  expect_force_keeps_the_old_file(cmd, out);
 }
 
 TEST(DiskFull, FillingUpMidRunKeepsAResumableJournal) {

@@ -493,6 +493,36 @@ TEST_F(TsCsv, NonNumericCell) {
     std::string q = write("b2.csv", std::string("date,a\n1,\"") + cell + "\"\n");
     EXPECT_THROW(read_timeseries_csv(q, {}, 0), InputError) << cell;
   }
+  // The hints: a column of text in its first row (a ticker: the id column?), a word later on,
+  // a known missing-value marker, a thousands separator or a decimal comma; none for a number
+  // with other characters in it.
+  auto hint_for = [&](const std::string& rows) {
+    return input_error([&] { read_timeseries_csv(write("h.csv", "date,sym,a\n" + rows), {}, 0); });
+  };
+  msg = hint_for("1,MSFT,2\n");
+  EXPECT_NE(msg.find("column 'sym': not a number: 'MSFT' (a column of text, such as a ticker or a "
+                     "label? choose the numeric channels with --columns, or make a label column "
+                     "the records' id with --id-column 'sym'"),
+            std::string::npos)
+      << msg;
+  msg = hint_for("1,2,3\n2,x,4\n");
+  EXPECT_NE(msg.find("not a number: 'x' (choose the numeric channels with --columns"),
+            std::string::npos)
+      << msg;
+  msg = hint_for("1,2,3\n2,N/A,4\n");
+  EXPECT_NE(msg.find("not a number: 'N/A' (sparsa reads a missing value as an empty cell, NA or "
+                     "NaN; write this file's 'N/A' as one of those)"),
+            std::string::npos)
+      << msg;
+  for (const char* cell : {"\"53,077,800\"", "\"60,5\""}) {
+    msg = hint_for(std::string("1,2,3\n2,") + cell + ",4\n");
+    EXPECT_NE(msg.find("(a thousands separator or a decimal comma? sparsa reads numbers written as "
+                       "1234567.89"),
+              std::string::npos)
+        << msg;
+  }
+  msg = hint_for("1,1.5x,3\n");
+  EXPECT_TRUE(msg.ends_with("not a number: '1.5x'")) << msg;
   // A line break, CR or tab inside a quoted cell is shown escaped: the message keeps its line.
   msg = input_error(
       [&] { read_timeseries_csv(write("b3.csv", "date,a\n1,\"1\r\n2\t\x01\"\n"), {}, 0); });
@@ -664,7 +694,9 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
   recs = read_timeseries_csv(p, {"1", {" 3"}, ""}, 1);
   EXPECT_EQ(recs[0].values[0], (std::vector<double>{2, 3}));  // open
   std::string msg = input_error([&] { read_timeseries_csv(p, {"1", {"5"}, ""}, 1); });
-  EXPECT_NE(msg.find("column '5' not found (a name, or a number: 1 = first)"), std::string::npos)
+  EXPECT_NE(msg.find("column '5' not found (a name, or a number: 1 = first; the header has 4 "
+                     "columns)"),
+            std::string::npos)
       << msg;
   msg = input_error([&] { read_timeseries_csv(p, {}, 0); });
   EXPECT_NE(msg.find("--time-column 1)"), std::string::npos) << msg;

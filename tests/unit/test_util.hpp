@@ -185,19 +185,6 @@ bool wait_until(pid_t pid, F&& cond, int ms, double seconds) {
   return false;
 }
 
-// `cmd` (an embed into `out` of about 6.6 MB, on a disk of 10 MB) run, then again with --force:
-// two outputs do not fit, so the old one, set aside, is removed to make room and the run finishes.
-inline void expect_force_makes_room(const std::string& cmd, const std::string& out) {
-  auto r = run(cmd);
-  ASSERT_EQ(r.code, 0) << r.output;
-  r = run(cmd + " --force");
-  EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("not enough free space to keep the previous"), std::string::npos)
-      << r.output;
-  EXPECT_TRUE(std::filesystem::exists(out));
-  EXPECT_FALSE(std::filesystem::exists(out + ".parts"));
-}
-
 // Waits until at least `n` parts exist; false when the process ended first or after 30 s.
 inline bool wait_for_parts(const std::string& dir, int n, pid_t pid) {
   return wait_until(
@@ -224,6 +211,29 @@ inline std::string random_fasta(int records, int len, uint64_t seed = 42,
 inline std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// `cmd` (an embed into `out` of about 6.6 MB, on a disk of 10 MB) run, then again with --force:
+// two outputs do not fit, so the run is refused before any work and the old file is back at its
+// path, unchanged (sparsa never removes it to make room: a bad record later would leave neither).
+inline void expect_force_keeps_the_old_file(const std::string& cmd, const std::string& out) {
+  auto r = run(cmd);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string before = read_file(out);
+  r = run(cmd + " --force");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not enough free space for " + out + " beside the previous one"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("(rm " + out + ")"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(out), before);  // at its path, unchanged
+  EXPECT_FALSE(std::filesystem::exists(out + ".parts"));
+  // The user removes it: the same run then fits.
+  std::filesystem::remove(out);
+  r = run(cmd);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".parts"));
 }
 
 }  // namespace sparsa::testing
