@@ -719,6 +719,7 @@ struct EmbedRun {
     ro.n_layers = w.config.n_layers;
     ro.n_global = fwd.n_global;
     ro.fingerprint = it.fingerprint();
+    ro.pooled = o.pool.kind == PoolSpec::kMean || (o.pool.kind == PoolSpec::kBin && o.pool.bin > 1);
     return ro;
   }
 

@@ -159,6 +159,7 @@ struct RecordSource::Impl {
       }
       for (auto& r : bed) specs.push_back(std::move(r));
     }
+    int64_t n_cut = 0;  // regions that end past their record
     for (auto& spec : specs) {
       std::vector<size_t> found;
       for (size_t i = 0; i < opts.inputs.size(); ++i)
@@ -189,8 +190,17 @@ struct RecordSource::Impl {
       // Checked here, before any record is embedded (a BED of another assembly would otherwise
       // fail part way); their tokens size the output estimate.
       region_tokens += fetchers[found[0]]->tokens_of(spec);
+      if (std::string cut = fetchers[found[0]]->cut_warning(spec); !cut.empty()) {
+        if (++n_cut <= 3) setup_warnings.push_back(std::move(cut));
+      }
       regions.push_back({found[0], spec});
     }
+    // (said here, before any record is embedded, not when the record's turn comes: a BED of
+    // another assembly is seen at once)
+    if (n_cut > 3)
+      setup_warnings.push_back(count_of(n_cut, "region") +
+                               " in all end past their record and are embedded to its end (the "
+                               "first 3 said above)");
     // With regions only the regions are embedded: an input none of them names adds nothing (a
     // file given by mistake, or a region of it mistyped as one of another file's names).
     for (size_t i = 0; i < opts.inputs.size(); ++i)

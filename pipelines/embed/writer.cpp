@@ -649,8 +649,10 @@ void write_tail(h5::File& f, const std::string& g, const RecordOutput& r, bool s
     if (shared) throw SystemError("internal: time-series records are written by one rank");
     for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.starts[i]]);
     f.write_strings(g + "/timestamps", ts);
-    // (where every bin is one row, --pool none, it would be timestamps again)
-    bool wide = false;
+    // (where every bin is one row, --pool none or bin:1, it would be timestamps again; a pooled
+    // run writes it for every record, a series of one row included, so that a reader of a panel
+    // finds it in each)
+    bool wide = r.pooled;
     for (int64_t i = 0; i < r.n_rows && !wide; ++i) wide = r.ends[i] - r.starts[i] > 1;
     if (wide) {
       for (int64_t i = 0; i < r.n_rows; ++i) ts[i] = std::string(rec.timestamps[r.ends[i] - 1]);

@@ -54,6 +54,8 @@ struct RecordOutput {
   const float* global_scores = nullptr;       // [L, G]
   int64_t n_layers = 0, n_global = 0;
   std::string fingerprint{};  // record_fingerprint (records.hpp): the record's input_sha256
+  bool pooled = false;        // the run's bins hold several rows (bin:N, N > 1, or mean): a time
+                              // series gets timestamps_end even where its bins are one row each
 };
 
 class Journal {

@@ -1403,16 +1403,20 @@ int64_t FaidxFetcher::tokens_of(const RegionSpec& region) const {
   return r.end - r.begin;
 }
 
+std::string FaidxFetcher::cut_warning(const RegionSpec& region) const {
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region);
+  if (region.end <= r.len) return "";
+  return impl_->path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +
+         std::to_string(r.len) + " bases): embedded to its end, bases " +
+         std::to_string(r.begin + 1) + "-" + std::to_string(r.len) +
+         " (a BED or region from another assembly?)";
+}
+
 Record FaidxFetcher::fetch(const RegionSpec& region) {
   const std::string& path = impl_->path;
   const faidx_t* fai = impl_->fai;
   const RegionSpan span = region_span(path, fai, region);
   const int64_t len = span.len, begin = span.begin, end = span.end;
-  std::string cut;  // a region past the record's end is cut there, as samtools does, with a word
-  if (region.end > len)
-    cut = path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +
-          std::to_string(len) + " bases): embedded to its end, bases " + std::to_string(begin + 1) +
-          "-" + std::to_string(len) + " (a BED or region from another assembly?)";
 
   std::string description;
   // A record is checked against the file the first time it is fetched: an index made before the
@@ -1488,7 +1492,6 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   rec.region = region.name + ":" + std::to_string(begin + 1) + "-" + std::to_string(end);
   rec.region_name = region.label;
   rec.offset = begin;
-  rec.warning = std::move(cut);
   try {
     InvalidTally tally;
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,

@@ -122,6 +122,9 @@ class FaidxFetcher {
   long long empty_record_line(const std::string& name) const;
   // The tokens `region` gives, after fetch's checks (the same errors, without reading bases).
   int64_t tokens_of(const RegionSpec& region) const;
+  // The warning for a region that ends past its record (cut there, as samtools does, by fetch),
+  // naming the record's length; "" for one inside it. Said before any record is embedded.
+  std::string cut_warning(const RegionSpec& region) const;
   Record fetch(const RegionSpec& region);
 
  private:

@@ -1587,6 +1587,26 @@ TEST(Cli, RegionsOfEcoli) {
   expect_failure(embed_cmd(t / "ecoli.fa", t / "x.h5", "--regions " + t / "past.bed"), t / "x.h5",
                  "region '" + t / "past.bed" + " line 2' starts after the end of the record");
   EXPECT_FALSE(exists(t / "x.h5.parts"));
+  // Lines that end past the record are embedded to its end; said before the first record is
+  // embedded (the first 3, then their count), not when each one's turn comes.
+  {
+    std::string bed;
+    for (int i = 0; i < 5; ++i)
+      bed += "K-12-MG1655\t" + std::to_string(4639600 + i) + "\t4639700\n";
+    write_file(t / "end.bed", bed);
+    auto r = run(embed_cmd(t / "ecoli.fa", t / "end.h5", "--pool mean --regions " + t / "end.bed"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const size_t first = r.output.find(
+        "end.bed line 1' ends past record 'K-12-MG1655' (4639675 "
+        "bases): embedded to its end, bases 4639601-4639675");
+    EXPECT_NE(first, std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("line 3' ends past"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("line 4' ends past"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("5 regions in all end past their record and are embedded to its end"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(h5::File::open_read(t / "end.h5").list("/records").size(), 5u);
+  }
   // A region run's output estimate counts the regions' bases, not the whole input: a 1 kb
   // region of a 4.6 Mb genome with a row a token is a few hundred KB, not hundreds of MB.
   {
@@ -1864,6 +1884,19 @@ TEST(Cli, TimeSeriesEndToEnd) {
     const std::string ng = first_key(nf);
     EXPECT_EQ(nf.type_name(ng + "/timestamps_end"), "missing");
     EXPECT_EQ(nf.type_name(ng + "/ts_scale"), "float64");
+  }
+  {  // a pooled panel: timestamps_end in every record, a ticker of one row (one bin of one row)
+     // included, so that a reader finds it in each
+    r = embed_csv("panel1", "sym,date,a,b\nA,1,1,2\nA,2,2,3\nA,3,3,4\nB,1,5,6\n",
+                  " --id-column sym --pool mean");
+    ASSERT_EQ(r.code, 0) << r.output;
+    auto pf = h5::File::open_read(t / "panel1.h5");
+    for (const char* k : {"/records/000000_A", "/records/000001_B"}) {
+      ASSERT_EQ(pf.type_name(std::string(k) + "/timestamps_end"), "string") << k;
+      EXPECT_EQ(pf.read_strings_range(std::string(k) + "/timestamps_end", 0, 1)[0],
+                k[16] == 'A' ? "3" : "1")
+          << k;
+    }
   }
   // Another program's missing-value marker: the error says which markers sparsa reads.
   write_file(t / "null.csv", "date,a,b\n2020-01-01,1,2\n2020-01-02,null,3\n");
