@@ -16,6 +16,7 @@
 #include "cli/inspect.hpp"
 #include "cli/version.hpp"
 #include "core/config.hpp"
+#include "core/edit_distance.hpp"
 #include "core/error.hpp"
 #include "core/paths.hpp"
 #include "core/progress.hpp"
@@ -123,22 +124,6 @@ class SparsaFormatter : public CLI::Formatter {
   }
 };
 
-// Edit distance (insertions, deletions, substitutions) of two short words.
-size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 // "did you mean --pool?" for a word like an option of `app` (an edit or two away, or a prefix
 // of one option alone), else "".
 std::string option_suggestion(const CLI::App& app, const std::string& word) {
@@ -206,7 +191,15 @@ int main(int argc, char** argv) {
          "-t,--threads", threads,
          "CPU threads, 1 to 1024 (default: OMP_NUM_THREADS, else the CPUs this rank may run on, "
          "shared with the node's ranks that may run on them too)")
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            long long n = 0;
+            const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || end != v.data() + v.size())
+              return "'" + v + "' is not a whole number of threads (1 to 1024)";
+            return n >= 1 && n <= 1024 ? "" : v + " threads: must be 1 to 1024";
+          },
+          "INT in [1 - 1024]"));
 
   // Every option's spellings ("--output", "-o"), filled once all are defined. An option's value
   // that is one of them is refused: `-o $OUT --force` with OUT unset took --force as the output.

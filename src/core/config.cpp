@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/edit_distance.hpp"
 #include "core/error.hpp"
 #include "core/file_text.hpp"
 
@@ -297,8 +298,11 @@ ModelConfig parse_model_config(const std::string& text, const std::string& origi
       r.fail("ts_transform", "must be \"level\", \"log_return\" or \"diff\", not \"" + tr + "\"");
   }
   for (auto&& [k, v] : *mt) {
-    if (!r.seen.count(std::string(k.str())))
-      throw ConfigError(origin + ": [model] unknown key '" + std::string(k.str()) + "'");
+    if (!r.seen.count(std::string(k.str()))) {
+      const std::string near = nearest_word(k.str(), r.seen);
+      throw ConfigError(origin + ": [model] unknown key '" + std::string(k.str()) + "'" +
+                        (near.empty() ? std::string() : "; did you mean '" + near + "'?"));
+    }
   }
   if (c.kind == ModelKind::kDna) {
     for (const char* k : {"channels", "ts_bins", "ts_clip", "ts_transform"})

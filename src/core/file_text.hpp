@@ -37,4 +37,21 @@ class FileText {
 // these first 4, the line ending inside it): a checkpoint or embeddings file given as text.
 inline bool hdf5_signature(std::string_view bytes) { return bytes.starts_with("\x89HDF"); }
 
+// The compression `bytes` start with that sparsa does not read (bzip2, xz, zstd, zip) and the
+// command that decompresses it to standard output, e.g. {"xz", "xzcat"}; {"", ""} for none.
+struct OtherCompression {
+  const char* name;
+  const char* cat;
+};
+inline OtherCompression other_compression(std::string_view bytes) {
+  if (bytes.starts_with("BZh") && bytes.size() > 3 && bytes[3] >= '1' && bytes[3] <= '9')
+    return {"bzip2", "bzcat"};
+  if (bytes.starts_with("\xFD"
+                        "7zXZ"))
+    return {"xz", "xzcat"};
+  if (bytes.starts_with("\x28\xB5\x2F\xFD")) return {"zstd", "zstdcat"};
+  if (bytes.starts_with("PK\x03\x04")) return {"zip", "unzip -p"};
+  return {"", ""};
+}
+
 }  // namespace sparsa

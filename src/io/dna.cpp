@@ -185,12 +185,10 @@ std::string not_fastx_reason(std::string_view line) {
 // time series for a DNA model).
 std::string not_fasta_advice(std::string_view line) {
   auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
-  if ((starts("BZh") && line.size() > 3 && line[3] >= '1' && line[3] <= '9') ||
-      starts("\xFD"
-             "7zXZ") ||
-      starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
-    return " (the file is compressed with bzip2, xz, zstd or zip, which sparsa does not read: "
-           "decompress it, e.g. `bzcat FILE | bgzip > FILE.gz`; plain, gzip and bgzip are read)";
+  if (const OtherCompression z = other_compression(line); *z.name)
+    return std::string(" (the file is ") + z.name +
+           "-compressed, which sparsa does not read: " + "recompress it, e.g. `" + z.cat +
+           " FILE | bgzip > FILE.fa.gz`; plain, gzip and " + "bgzip are read)";
   // SAM without a header: 11 or more tab-separated fields, the second a number (the flag).
   if (std::count(line.begin(), line.end(), '\t') >= 10) {
     const size_t a = line.find('\t'), b = line.find('\t', a + 1);

@@ -318,8 +318,23 @@ File File::open_existing(const std::string& path, bool write) {
     std::fclose(f);
   else if (errno != ENOENT)
     throw InputError(path + ": cannot read: " + std::strerror(errno));
-  if (H5Fis_hdf5(path.c_str()) <= 0)
-    throw InputError(path + ": not an HDF5 file, or it cannot be read");
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    // What it is instead, where its first bytes say (an input given where a sparsa file goes).
+    std::string head(8, '\0'), what;
+    if (std::FILE* f = std::fopen(path.c_str(), "rb")) {
+      head.resize(std::fread(head.data(), 1, head.size(), f));
+      std::fclose(f);
+    }
+    if (head.starts_with(">"))
+      what = " (it begins as FASTA text does: an input, not a sparsa file)";
+    else if (head.starts_with("@"))
+      what = " (it begins as FASTQ text does: an input, not a sparsa file)";
+    else if (head.starts_with("\x1f\x8b"))
+      what = " (gzip-compressed data: an input, not a sparsa file)";
+    else if (head.empty())
+      what = " (it is empty)";
+    throw InputError(path + ": not an HDF5 file, or it cannot be read" + what);
+  }
   hid_t id = H5Fopen(path.c_str(), write ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
   if (id < 0)
     throw InputError(path + (write ? ": cannot open HDF5 file for writing"

@@ -275,11 +275,9 @@ std::string not_csv_text(std::string_view text) {
   }
   if (hdf5_signature(text))
     return "an HDF5 file (a sparsa checkpoint or embeddings file?), not a CSV text";
-  if (starts("BZh") ||
-      starts("\xFD"
-             "7zXZ") ||
-      starts("\x28\xB5\x2F\xFD") || starts("PK\x03\x04"))
-    return "compressed (bzip2, xz, zstd or zip): decompress it first; CSV is read as plain text";
+  if (const OtherCompression z = other_compression(text); *z.name)
+    return std::string(z.name) + "-compressed: decompress it first (" + z.cat +
+           " FILE > X.csv); CSV is read as plain text";
   if (starts(">") || starts("@"))
     return "FASTA/FASTQ, not a CSV table: FASTA and FASTQ need a DNA model, and this one is a "
            "time-series model";

@@ -341,7 +341,15 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   EXPECT_EQ(r.output.find("unknown command"), std::string::npos) << r.output;
   r = run(binary() + " embed --threads abc --model x.h5");
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.output.rfind("sparsa: error: --threads", 0), 0u) << r.output;
+  EXPECT_EQ(r.output.rfind("sparsa: error: --threads: 'abc' is not a whole number of threads "
+                           "(1 to 1024)",
+                           0),
+            0u)
+      << r.output;
+  r = run(binary() + " embed --threads 0 --model x.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.output.rfind("sparsa: error: --threads: 0 threads: must be 1 to 1024", 0), 0u)
+      << r.output;
   // A misspelled option or a value without its option is named, not hidden behind "--model is
   // required"; a command alone prints its usage; `-o -` (standard output) is refused.
   r = run(binary() + " embed --modle x.h5 -i " + lambda() + " -o " + t / "typo.h5");
@@ -527,7 +535,8 @@ TEST(Cli, InitRefusesBadConfigs) {
   struct Case {
     std::string text, needle;
   } cases[] = {
-      {base + "colour = 3\n", "unknown key 'colour'"},
+      {base + "colour = 3\n", "unknown key 'colour'\n"},  // (nothing near it: no hint)
+      {base + "windw = 3\n", "unknown key 'windw'; did you mean 'window'?"},
       {"[model]\nkind = \"dna\"\nd_model = 30\nn_heads = 4\n", "divisible"},
       {base + "window = -1\n", "window"},
       {base + "global_min = -1\n", "global_min"},
@@ -2009,6 +2018,20 @@ TEST(Cli, InspectRefusesForeignFiles) {
   auto r = run(binary() + " inspect " + t / "x.txt");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("x.txt"), std::string::npos);
+  // An input given where a sparsa file goes (inspect, --model): said what it is.
+  r = run(binary() + " inspect " + source_dir() + "/examples/lambda_virus.fa.gz");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("lambda_virus.fa.gz: not an HDF5 file, or it cannot be read (gzip-"
+                          "compressed data: an input, not a sparsa file)"),
+            std::string::npos)
+      << r.output;
+  write_file(t / "a.fa", ">a\nACGT\n");
+  r = run(binary() + " embed --model " + t / "a.fa" + " --input " + t / "a.fa" + " --output " +
+          t / "o.h5");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(it begins as FASTA text does: an input, not a sparsa file)"),
+            std::string::npos)
+      << r.output;
   r = run(binary() + " inspect " + tiny_model());
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("d_model 64"), std::string::npos);

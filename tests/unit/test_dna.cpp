@@ -470,11 +470,14 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   expect_error<InputError>([&] { read_all(txt); }, {txt, "line 2", "not FASTA/FASTQ", "'h'"});
   // Compressed by a program htslib does not read, or a CSV table: said so, with what to do.
   std::string bz = write("b.fa.gz", "BZh91AY&SY\x01\x02");
-  expect_error<InputError>([&] { read_all(bz); }, {bz, "line 1", "bzip2, xz", "bgzip"});
+  expect_error<InputError>([&] { read_all(bz); },
+                           {bz, "line 1", "bzip2-compressed", "`bzcat FILE | bgzip > FILE.fa.gz`"});
   std::string xz = write("x.fa", std::string("\xFD"
                                              "7zXZ\0\0",
                                              8));
-  expect_error<InputError>([&] { read_all(xz); }, {xz, "line 1", "bzip2, xz", "decompress"});
+  expect_error<InputError>([&] { read_all(xz); }, {xz, "line 1", "xz-compressed", "`xzcat FILE"});
+  std::string zs = write("z.fa", std::string("\x28\xB5\x2F\xFD\0\0", 6));
+  expect_error<InputError>([&] { read_all(zs); }, {zs, "line 1", "zstd-compressed", "`zstdcat"});
   std::string csv = write("t.csv", "date,close\n2020-01-01,1\n");
   expect_error<InputError>([&] { read_all(csv); },
                            {csv, "line 1", "a time-series CSV needs a time-series model"});

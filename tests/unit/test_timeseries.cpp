@@ -552,7 +552,10 @@ TEST_F(TsCsv, NotAUtf8CsvAndOddCells) {
     return input_error([&] { read_timeseries_csv(write(name, bytes), {}, 0); });
   };
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {std::string("\x1f\x8b\x08\x00rest", 8), "gzip-compressed"},
+      {std::string("\x1f\x8b\x08\x00rest", 8),
+       "gzip-compressed: decompress it first (zcat X.csv.gz"},
+      {"BZh91AY&SY", "bzip2-compressed: decompress it first (bzcat FILE > X.csv)"},
+      {"PK\x03\x04rest", "zip-compressed: decompress it first (unzip -p FILE > X.csv)"},
       {"\xFF\xFE"
        "d",
        "UTF-16"},
