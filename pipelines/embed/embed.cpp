@@ -72,6 +72,10 @@ PoolSpec parse_pool(const std::string& s) {
     p.bin = v;
     return p;
   }
+  if (s.rfind("bin:", 0) == 0)
+    if (const std::string f = fractional_count(s.substr(4)); !f.empty())
+      throw ConfigError("--pool '" + s + "': " + s.substr(4) + " is " + f +
+                        ", not a whole number of tokens");
   throw ConfigError("--pool '" + s +
                     "': expected none, mean or bin:N with N >= 1 tokens (128, 2k, 1.5k)");
 }

@@ -332,9 +332,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Validator(
           [](const std::string& v) {
             int64_t n = 0;
-            return parse_token_count(v, n) && n >= 1
-                       ? std::string()
-                       : "must be a whole number of tokens, at least 1 (e.g. 1048576, 500k, 2M)";
+            if (parse_token_count(v, n) && n >= 1) return std::string();
+            if (const std::string f = fractional_count(v); !f.empty())
+              return v + " is " + f + ", not a whole number of tokens";
+            return std::string(
+                "must be a whole number of tokens, at least 1 (e.g. 1048576, 500k, 2M)");
           },
           "TOKENS", "tokens"));
   embed->add_flag("-q,--quiet", eo.quiet, "No progress output");

@@ -650,6 +650,29 @@ bool parse_int(std::string_view s, int64_t& out) {
 
 bool parse_token_count(std::string_view s, int64_t& out) { return parse_count(s, out, true); }
 
+std::string fractional_count(std::string_view s) {
+  if (s.empty()) return "";
+  const char last = s.back();
+  const int scale = last == 'k' || last == 'K'   ? 3
+                    : last == 'm' || last == 'M' ? 6
+                    : last == 'g' || last == 'G' ? 9
+                                                 : 0;
+  const size_t point = s.find('.');
+  if (!scale || point == std::string_view::npos) return "";
+  std::string digits, frac;
+  for (char c : s.substr(0, point))
+    if (c != ',') digits += c;
+  frac = std::string(s.substr(point + 1, s.size() - point - 2));
+  if (digits.find_first_not_of("0123456789") != std::string::npos ||
+      frac.find_first_not_of("0123456789") != std::string::npos)
+    return "";
+  while (!frac.empty() && frac.back() == '0') frac.pop_back();
+  if ((int)frac.size() <= scale) return "";  // whole
+  const std::string whole = digits + frac.substr(0, scale);
+  const size_t first = whole.find_first_not_of('0');
+  return (first == std::string::npos ? "0" : whole.substr(first)) + "." + frac.substr(scale);
+}
+
 RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names) {
   RegionSpec r;
   r.text = text;
@@ -671,10 +694,18 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
     const size_t dash = range.find('-');
     int64_t start = 1, end = -1;
     // "NAME:-END" starts at 1 and "NAME:START-" runs to the record's end, as samtools reads them.
-    if (dash != 0 && !parse_count(range.substr(0, dash), start, true)) return no("bad start");
+    // (a fraction of k, M or G that is not whole is said as the number it is: 1.5001k = 1500.1)
+    auto bad_count = [&](const char* what, std::string_view count) {
+      const std::string f = fractional_count(count);
+      if (f.empty() || !strict) return no(what);
+      throw bad(std::string(what) + ": '" + std::string(count) + "' is " + f +
+                ", not a whole number of bases");
+    };
+    if (dash != 0 && !parse_count(range.substr(0, dash), start, true))
+      return bad_count("bad start", range.substr(0, dash));
     if (dash != std::string_view::npos && dash + 1 < range.size() &&
         !parse_count(range.substr(dash + 1), end, true))
-      return no("bad end");
+      return bad_count("bad end", range.substr(dash + 1));
     if (dash == 0 && end == -1) return no("bad end");
     if (start < 1) return no("start must be >= 1");
     if (end != -1 && end < start) return no("end is before start");

@@ -71,6 +71,9 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
 // optional k, M or G suffix (10^3, 10^6, 10^9; 1.5k is 1500). False for anything else, a
 // fraction that is not whole, or past 18 digits.
 bool parse_token_count(std::string_view s, int64_t& out);
+// Where `s` is a k, M or G count whose fraction does not come out whole (1.5001k), the number it
+// is ("1500.1"), for an error message; else "".
+std::string fractional_count(std::string_view s);
 
 // The start of a FASTA/FASTQ file (plain, gzip or bgzip), up to about max_bytes of its text:
 // the bytes read and the records begun in them (FASTA: header lines; FASTQ: every fourth line),

@@ -346,6 +346,18 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
                            0),
             0u)
       << r.output;
+  r = run(binary() + " embed --pool bin:1.5001k --model " + tiny_model() + " -i " + lambda() +
+          " -o " + t / "y.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--pool 'bin:1.5001k': 1.5001k is 1500.1, not a whole number of tokens"),
+            std::string::npos)
+      << r.output;
+  r = run(binary() + " embed --split-min 2.0000001M --model " + tiny_model() + " -i " + lambda() +
+          " -o " + t / "y.h5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("2.0000001M is 2000000.1, not a whole number of tokens"),
+            std::string::npos)
+      << r.output;
   r = run(binary() + " embed --threads 0 --model x.h5");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.output.rfind("sparsa: error: --threads: 0 threads: must be 1 to 1024", 0), 0u)

@@ -611,6 +611,15 @@ TEST(ParseRegion, Forms) {
   expect_region(parse_region("chr1:.5k-1G"), "chr1", 499, 1000000000);
   for (const char* bad : {"chr1:1.2345k-2k", "chr1:1.5-2", "chr1:k-2", "chr1:1kk-2", "chr1:1x"})
     expect_error<ConfigError>([&] { parse_region(bad); }, {bad});
+  // A fraction that does not come out whole is said as the number it is.
+  expect_error<ConfigError>([&] { parse_region("chr1:1.5001k-2k"); },
+                            {"bad start: '1.5001k' is 1500.1, not a whole number of bases"});
+  expect_error<ConfigError>([&] { parse_region("chr1:1-1,000.0000001M"); },
+                            {"bad end: '1,000.0000001M' is 1000000000.1, not a whole number"});
+  EXPECT_EQ(fractional_count(".5001k"), "500.1");
+  EXPECT_EQ(fractional_count("1.5k"), "");  // whole
+  EXPECT_EQ(fractional_count("1.5"), "");   // no suffix: not a count at all
+  EXPECT_EQ(fractional_count("1.5x1k"), "");
 }
 
 // A text that names a record and also a range of another record is refused, as samtools faidx
