@@ -59,6 +59,8 @@ const char* kEmbedFooter =
     "  sparsa embed -m model.h5 -i genome.fa.gz -o emb.h5 --pool bin:128\n"
     "  sparsa embed -m model.h5 -i hg38.fa.bgz -r chr1:1-5000000 -o chr1.h5  (faidx region)\n"
     "  sparsa embed -m ts.h5 -i prices.csv --columns close -o prices.h5 --pool mean\n"
+    "  sparsa embed -m ts.h5 -i panel.csv --id-column ticker --time-column date --columns close\n"
+    "               -o panel.h5 --pool bin:20  (long format: one record per ticker)\n"
     "  mpirun -np 4 sparsa embed -m model.h5 -i chr1.fa.gz -o chr1.h5 --device cuda\n"
     "\n"
     "Time series: a causal model (configs/ts-base.toml) is not point-in-time: each channel's\n"
