@@ -656,30 +656,16 @@ RepeatedTimes repeated_times(const StringColumn& ts) {
   return r;
 }
 
-namespace {
-
-// `file`'s text, where it may be a CSV text (else an InputError says what it is).
-std::string_view csv_text(const FileText& file, const std::string& path) {
-  const std::string_view text = file.view();
-  if (const std::string why = not_csv_text(text); !why.empty())
-    throw InputError(where(path, "", 0, why));
-  return text;
-}
-
-// The header row's cells (`row` is the scanner's row buffer).
-std::vector<std::string> csv_header(CsvScanner& scanner, CsvRow& row, const std::string& path) {
-  if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
-  return {row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n};
-}
-
-}  // namespace
-
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels) {
   const FileText file(path);
-  CsvScanner scanner(csv_text(file, path), path);
+  const std::string_view text = file.view();
+  if (const std::string why = not_csv_text(text); !why.empty())
+    throw InputError(where(path, "", 0, why));
+  CsvScanner scanner(text, path);
   CsvRow row;
-  const std::vector<std::string> header = csv_header(scanner, row, path);
+  if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
+  const std::vector<std::string> header(row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n);
   {
     double unused = 0;
     bool all_numbers = std::all_of(header.begin(), header.end(), [&](const std::string& s) {
@@ -831,9 +817,13 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
 
 CsvOptions canonical_csv_options(const std::string& path, const CsvOptions& opts) {
   const FileText file(path);
-  CsvScanner scanner(csv_text(file, path), path);
+  const std::string_view text = file.view();
+  if (const std::string why = not_csv_text(text); !why.empty())
+    throw InputError(where(path, "", 0, why));
+  CsvScanner scanner(text, path);
   CsvRow row;
-  const std::vector<std::string> header = csv_header(scanner, row, path);
+  if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
+  const std::vector<std::string> header(row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n);
   const Columns cols = resolve_columns(header, opts, path);
   CsvOptions plain;  // the default's choices, with this id column
   if (cols.id >= 0) plain.id_column = opts.id_column;
