@@ -20,7 +20,6 @@
 #include <memory>
 #include <new>
 #include <numeric>
-#include <optional>
 #include <sstream>
 #include <system_error>
 #include <thread>
@@ -283,28 +282,8 @@ std::string manifest_for(const EmbedOptions& o, const std::string& model_sha) {
   m << "pool " << o.pool.text() << "\ndtype " << (o.f16 ? "f16" : "f32") << "\nrc_average "
     << o.rc_average << "\ninvalid_as_n " << o.invalid_as_n << "\nbackend " << resolved_backend(o)
     << "\ncolumns";
-  // The columns as the inputs' headers resolve them (`--columns 5` is `--columns close`, an
-  // explicit default is the default), where every input resolves them alike; else as typed.
-  CsvOptions chosen{o.time_column, o.columns, o.id_column};
-  if (!o.time_column.empty() || !o.columns.empty() || !o.id_column.empty()) {
-    std::optional<CsvOptions> same;
-    bool alike = true;
-    // (an input that is no CSV, or lacks a column: as typed; the records' own checks say why)
-    try {
-      for (const auto& in : o.inputs) {
-        const CsvOptions c = canonical_csv_options(in, chosen);
-        if (same && (c.time_column != same->time_column || c.columns != same->columns ||
-                     c.id_column != same->id_column))
-          alike = false;
-        same = c;
-      }
-    } catch (const std::exception&) {
-      alike = false;
-    }
-    if (alike && same) chosen = *same;
-  }
-  for (const auto& c : chosen.columns) m << " " << c;
-  m << "\ntime_column " << chosen.time_column << "\nid_column " << chosen.id_column << "\n";
+  for (const auto& c : o.columns) m << " " << c;
+  m << "\ntime_column " << o.time_column << "\nid_column " << o.id_column << "\n";
   return m.str();
 }
 

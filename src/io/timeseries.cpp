@@ -815,39 +815,6 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
   return records;
 }
 
-CsvOptions canonical_csv_options(const std::string& path, const CsvOptions& opts) {
-  const FileText file(path);
-  const std::string_view text = file.view();
-  if (const std::string why = not_csv_text(text); !why.empty())
-    throw InputError(where(path, "", 0, why));
-  CsvScanner scanner(text, path);
-  CsvRow row;
-  if (!scanner.next(row)) throw InputError(where(path, "", 0, "no data rows (the file is empty)"));
-  const std::vector<std::string> header(row.cells.begin(), row.cells.begin() + (ptrdiff_t)row.n);
-  const Columns cols = resolve_columns(header, opts, path);
-  CsvOptions plain;  // the default's choices, with this id column
-  if (cols.id >= 0) plain.id_column = opts.id_column;
-  Columns dflt;
-  try {
-    dflt = resolve_columns(header, plain, path);
-  } catch (const InputError&) {  // no column the default rule takes: the time column is spelled
-  }
-  auto spelled = [&](int64_t c) {
-    return std::count(header.begin(), header.end(), header[c]) == 1 ? header[c]
-                                                                    : std::to_string(c + 1);
-  };
-  CsvOptions out;
-  if (cols.time != dflt.time) out.time_column = spelled(cols.time);
-  if (cols.id >= 0) out.id_column = spelled(cols.id);
-  // (the default channels are all but the time and id columns: this run's time column's)
-  std::vector<int64_t> all;
-  for (int64_t i = 0; i < int64_t(header.size()); ++i)
-    if (i != cols.time && i != cols.id) all.push_back(i);
-  if (cols.channels != all)
-    for (int64_t c : cols.channels) out.columns.push_back(spelled(c));
-  return out;
-}
-
 std::vector<double> ts_transform(const std::vector<double>& x, TsTransform t) {
   if (t == TsTransform::kLevel) return x;
   std::vector<double> r(x.size(), kNaN);

@@ -59,15 +59,6 @@ RepeatedTimes repeated_times(const StringColumn& timestamps);
 std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOptions& opts,
                                            int64_t expected_channels);
 
-// `opts` as the columns of `path`'s header they choose, in one spelling whatever way they were
-// given (a name, a number, spaces around it, the default's choice spelled out): a column by its
-// header name, or by its 1-based number where that name repeats in the header; a time column
-// that the default rule picks, and channels that are the default set in its order, as "" (the
-// default). So `--columns 5` and `--columns close` give the same, and a run's journal is resumed
-// by either. Reads the header line alone; throws InputError as read_timeseries_csv does for a
-// column it cannot find.
-CsvOptions canonical_csv_options(const std::string& path, const CsvOptions& opts);
-
 // Per-channel transform (level / log_return / diff) of one channel; missing stays NaN, and so does
 // a log_return across a zero or a change of sign (check_series and tokenize_series refuse those
 // with an InputError before calling this).

@@ -887,34 +887,6 @@ TEST(Resume, ManifestRecordsTheBackendUsed) {
   EXPECT_NE(r.output.find("already complete"), std::string::npos) << r.output;
 }
 
-// A time-series run's columns are compared as the header resolves them: --columns by number or
-// by name, and the default time column spelled out, are the same run; another column is not.
-TEST(Resume, ColumnsByNumberOrNameAreTheSameRun) {
-  TempDir t;
-  ASSERT_EQ(run(binary() + " init -q --config " + source_dir() + "/configs/ts-base.toml --output " +
-                t / "ts.h5")
-                .code,
-            0);
-  std::string csv = "date,open,close\n";
-  for (int i = 0; i < 40; ++i)
-    csv += "2020-01-" + std::to_string(10 + i % 20) + "T" + std::to_string(10 + i / 20) + ":00," +
-           std::to_string(100 + i) + "," + std::to_string(101 + (i * 7) % 13) + "\n";
-  write_file(t / "p.csv", csv);
-  const std::string out = t / "p.h5";
-  const std::string cmd = binary() + " embed -q --threads 1 --pool bin:8 --model " + t / "ts.h5" +
-                          " --input " + t / "p.csv" + " --output " + out;
-  ASSERT_EQ(run(cmd + " --columns close").code, 0);
-  for (const char* same : {"--columns 3", "--columns ' close'",
-                           "--columns close --time-column date", "--columns 3 --time-column 1"}) {
-    auto r = run(cmd + " " + same + " --resume");
-    EXPECT_EQ(r.code, 0) << same << "\n" << r.output;
-    EXPECT_NE(r.output.find("already complete"), std::string::npos) << same << "\n" << r.output;
-  }
-  auto r = run(cmd + " --columns 2 --resume");  // open, not close
-  EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("'columns open' now vs 'columns close'"), std::string::npos) << r.output;
-}
-
 // Asking the CPU for bf16 in so many words is refused before anything is read or written: it
 // computes in float32 only.
 TEST(Resume, CpuRefusesAnExplicitBf16) {

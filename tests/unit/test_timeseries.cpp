@@ -716,32 +716,6 @@ TEST_F(TsCsv, ColumnsByNumberAndTrimmed) {
   EXPECT_NE(msg.find("did you mean 'Close'?"), std::string::npos) << msg;
 }
 
-// The columns a run chooses, in one spelling: by number or by name, the default spelled out or
-// left out, give the same (a run's journal resumes by either); a name that repeats in the header
-// is spelled by its number.
-TEST_F(TsCsv, CanonicalColumnsAreOneSpelling) {
-  const std::string p = write("o.csv", "date,open,close,x,x\n1,1,2,3,4\n");
-  auto same = [&](const CsvOptions& a, const CsvOptions& b) {
-    const CsvOptions x = canonical_csv_options(p, a), y = canonical_csv_options(p, b);
-    return x.time_column == y.time_column && x.columns == y.columns && x.id_column == y.id_column;
-  };
-  EXPECT_TRUE(same({"", {"close"}, ""}, {"", {"3"}, ""}));
-  EXPECT_TRUE(same({"", {" close"}, ""}, {"", {"close"}, ""}));
-  EXPECT_TRUE(same({"date", {}, ""}, {"", {}, ""}));
-  EXPECT_TRUE(same({"1", {"open", "close", "4", "5"}, ""}, {"", {}, ""}));
-  EXPECT_FALSE(same({"", {"close", "open"}, ""}, {"", {"open", "close"}, ""}));  // the order
-  EXPECT_FALSE(same({"", {"4"}, ""}, {"", {"5"}, ""}));
-  const CsvOptions c = canonical_csv_options(p, {"", {"close", "5"}, ""});
-  EXPECT_EQ(c.columns, (std::vector<std::string>{"close", "5"}));
-  EXPECT_EQ(c.time_column, "");
-  // A time column the default rule does not find is spelled out; so is an id column.
-  const std::string q = write("q.csv", "when,sym,v\n1,A,2\n");
-  const CsvOptions d = canonical_csv_options(q, {"1", {}, "2"});
-  EXPECT_EQ(d.time_column, "when");
-  EXPECT_EQ(d.id_column, "sym");
-  EXPECT_TRUE(d.columns.empty());
-}
-
 // Intraday rows under a date-only time column repeat its text: counted so that it can be warned
 // about.
 TEST(TsOrder, RepeatedTimes) {
