@@ -197,6 +197,8 @@ int main(int argc, char** argv) {
           [](const std::string& v) -> std::string {
             long long n = 0;
             const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec == std::errc::result_out_of_range && end == v.data() + v.size())
+              return v + " threads: must be 1 to 1024";
             if (ec != std::errc() || end != v.data() + v.size())
               return "'" + v + "' is not a whole number of threads (1 to 1024)";
             return n >= 1 && n <= 1024 ? "" : v + " threads: must be 1 to 1024";

@@ -22,6 +22,7 @@
 #endif
 
 #include "core/error.hpp"
+#include "core/file_text.hpp"
 #include "core/paths.hpp"
 
 #ifdef SPARSA_HDF5_PARALLEL
@@ -331,6 +332,8 @@ File File::open_existing(const std::string& path, bool write) {
       what = " (it begins as FASTQ text does: an input, not a sparsa file)";
     else if (head.starts_with("\x1f\x8b"))
       what = " (gzip-compressed data: an input, not a sparsa file)";
+    else if (const OtherCompression z = other_compression(head); *z.name)
+      what = std::string(" (") + z.name + "-compressed data: an input, not a sparsa file)";
     else if (head.empty())
       what = " (it is empty)";
     throw InputError(path + ": not an HDF5 file, or it cannot be read" + what);

@@ -357,10 +357,13 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
     EXPECT_EQ(r.code, 2) << option;
     EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
   }
-  r = run(binary() + " embed --threads 0 --model x.h5");
-  EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.output.rfind("sparsa: error: --threads: 0 threads: must be 1 to 1024", 0), 0u)
-      << r.output;
+  for (const std::string n : {"0", "99999999999999999999"}) {
+    r = run(binary() + " embed --threads " + n + " --model x.h5");
+    EXPECT_EQ(r.code, 2);
+    EXPECT_EQ(r.output.rfind("sparsa: error: --threads: " + n + " threads: must be 1 to 1024", 0),
+              0u)
+        << r.output;
+  }
   // A misspelled option or a value without its option is named, not hidden behind "--model is
   // required"; a command alone prints its usage; `-o -` (standard output) is refused.
   r = run(binary() + " embed --modle x.h5 -i " + lambda() + " -o " + t / "typo.h5");
@@ -2035,6 +2038,12 @@ TEST(Cli, InspectRefusesForeignFiles) {
   EXPECT_NE(r.output.find("lambda_virus.fa.gz: not an HDF5 file, or it cannot be read (gzip-"
                           "compressed data: an input, not a sparsa file)"),
             std::string::npos)
+      << r.output;
+  write_file(t / "x.xz", std::string("\xFD"
+                                     "7zXZ\0\0",
+                                     8));
+  r = run(binary() + " inspect " + t / "x.xz");
+  EXPECT_NE(r.output.find("(xz-compressed data: an input, not a sparsa file)"), std::string::npos)
       << r.output;
   write_file(t / "a.fa", ">a\nACGT\n");
   r = run(binary() + " embed --model " + t / "a.fa" + " --input " + t / "a.fa" + " --output " +
