@@ -1746,15 +1746,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         const auto old_bytes = fs::file_size(previous, ec_prev);
         if (!ec_prev && (int64_t)(space.available + old_bytes) >= need)
           refuse("not enough free space for " + o.output +
-                 " beside the previous one: the run "
-                 "needs about " +
-                 human_bytes((double)need) + " (journal and final file), " +
-                 human_bytes((double)space.available) + " are free, " +
-                 human_bytes((double)(space.available + old_bytes)) + " with the previous " +
-                 o.output +
-                 " gone. --force keeps the old file until the new one is complete, "
-                 "so that a bad record or a full disk does not leave you with neither; where it "
-                 "may go, remove it first (rm " +
+                 " beside the previous one: the run needs about " + human_bytes((double)need) +
+                 " (journal and final file), " + human_bytes((double)space.available) +
+                 " are free, " + human_bytes((double)(space.available + old_bytes)) +
+                 " with the previous " + o.output +
+                 " gone. --force keeps the old file until the new one is complete, so that a "
+                 "bad record or a full disk does not leave you with neither; where it may go, "
+                 "remove it first (rm " +
                  o.output + "), then run again");
       }
       if (!ec && check && (int64_t)space.available < need)

@@ -187,8 +187,8 @@ std::string not_fasta_advice(std::string_view line) {
   auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
   if (const OtherCompression z = other_compression(line); *z.name)
     return std::string(" (the file is ") + z.name +
-           "-compressed, which sparsa does not read: " + "recompress it, e.g. `" + z.cat +
-           " FILE | bgzip > FILE.fa.gz`; plain, gzip and " + "bgzip are read)";
+           "-compressed, which sparsa does not read: recompress it, e.g. `" + z.cat +
+           " FILE | bgzip > FILE.fa.gz`; plain, gzip and bgzip are read)";
   // SAM without a header: 11 or more tab-separated fields, the second a number (the flag).
   if (std::count(line.begin(), line.end(), '\t') >= 10) {
     const size_t a = line.find('\t'), b = line.find('\t', a + 1);
@@ -604,8 +604,10 @@ namespace {
 // Parses a non-negative integer with optional thousands commas; false on anything else. With
 // `suffixes` (regions, as htslib's hts_parse_decimal reads them for samtools), a k, M or G suffix
 // (any case) multiplies by 10^3, 10^6 or 10^9, after an optional fraction: 1.5k is 1500; a
-// fraction that does not come out whole (1.2345k) is refused rather than cut.
-bool parse_count(std::string_view s, int64_t& out, bool suffixes = false) {
+// fraction that does not come out whole (1.2345k) is refused rather than cut, and `not_whole`
+// (where given) gets the number it is ("1234.5") for the message.
+bool parse_count(std::string_view s, int64_t& out, bool suffixes = false,
+                 std::string* not_whole = nullptr) {
   int scale = 0;
   if (suffixes && !s.empty()) {
     const char last = s.back();
@@ -628,10 +630,16 @@ bool parse_count(std::string_view s, int64_t& out, bool suffixes = false) {
   }
   if (digits.empty() && frac.empty()) return false;
   while (!frac.empty() && frac.back() == '0') frac.pop_back();
-  if ((int)frac.size() > scale) return false;  // not a whole number of bases
-  digits += frac + std::string(scale - frac.size(), '0');
-  const size_t first = digits.find_first_not_of('0');
-  digits = first == std::string::npos ? "0" : digits.substr(first);
+  auto without_leading_zeros = [](const std::string& d) {
+    const size_t first = d.find_first_not_of('0');
+    return first == std::string::npos ? std::string("0") : d.substr(first);
+  };
+  if ((int)frac.size() > scale) {  // not a whole number of bases
+    if (not_whole)
+      *not_whole = without_leading_zeros(digits + frac.substr(0, scale)) + "." + frac.substr(scale);
+    return false;
+  }
+  digits = without_leading_zeros(digits + frac + std::string(scale - frac.size(), '0'));
   if (digits.size() > 18) return false;  // 18 digits cannot overflow int64
   out = std::stoll(digits);
   return true;
@@ -651,26 +659,10 @@ bool parse_int(std::string_view s, int64_t& out) {
 bool parse_token_count(std::string_view s, int64_t& out) { return parse_count(s, out, true); }
 
 std::string fractional_count(std::string_view s) {
-  if (s.empty()) return "";
-  const char last = s.back();
-  const int scale = last == 'k' || last == 'K'   ? 3
-                    : last == 'm' || last == 'M' ? 6
-                    : last == 'g' || last == 'G' ? 9
-                                                 : 0;
-  const size_t point = s.find('.');
-  if (!scale || point == std::string_view::npos) return "";
-  std::string digits, frac;
-  for (char c : s.substr(0, point))
-    if (c != ',') digits += c;
-  frac = std::string(s.substr(point + 1, s.size() - point - 2));
-  if (digits.find_first_not_of("0123456789") != std::string::npos ||
-      frac.find_first_not_of("0123456789") != std::string::npos)
-    return "";
-  while (!frac.empty() && frac.back() == '0') frac.pop_back();
-  if ((int)frac.size() <= scale) return "";  // whole
-  const std::string whole = digits + frac.substr(0, scale);
-  const size_t first = whole.find_first_not_of('0');
-  return (first == std::string::npos ? "0" : whole.substr(first)) + "." + frac.substr(scale);
+  int64_t unused = 0;
+  std::string not_whole;
+  parse_count(s, unused, true, &not_whole);
+  return not_whole;
 }
 
 RegionSpec parse_region(const std::string& text, const std::vector<std::string>& known_names) {

@@ -315,17 +315,16 @@ File File::open_existing(const std::string& path, bool write) {
   if (std::filesystem::is_directory(path, ec))
     throw InputError(path + ": a folder, not an HDF5 file");
   // (A file that exists but cannot be opened: said as the system says it, not as a bad file.)
-  if (std::FILE* f = std::fopen(path.c_str(), "rb"))
+  // Its first bytes say what it is where it is no HDF5 file (an input given for a sparsa file).
+  std::string head(8, '\0');
+  if (std::FILE* f = std::fopen(path.c_str(), "rb")) {
+    head.resize(std::fread(head.data(), 1, head.size(), f));
     std::fclose(f);
-  else if (errno != ENOENT)
+  } else if (errno != ENOENT) {
     throw InputError(path + ": cannot read: " + std::strerror(errno));
+  }
   if (H5Fis_hdf5(path.c_str()) <= 0) {
-    // What it is instead, where its first bytes say (an input given where a sparsa file goes).
-    std::string head(8, '\0'), what;
-    if (std::FILE* f = std::fopen(path.c_str(), "rb")) {
-      head.resize(std::fread(head.data(), 1, head.size(), f));
-      std::fclose(f);
-    }
+    std::string what;
     if (head.starts_with(">"))
       what = " (it begins as FASTA text does: an input, not a sparsa file)";
     else if (head.starts_with("@"))
