@@ -1738,6 +1738,11 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         throw SystemError(why);
       };
       const bool check = !env_on("SPARSA_SKIP_SPACE_CHECK");
+      // /proc, /sys and the like: no blocks at all, so no file can be written there
+      if (!ec && space.capacity == 0)
+        refuse(o.output + ": its folder " + fs::absolute(o.output).parent_path().string() +
+               " is on a file system that stores no files (no blocks, like /proc or /sys); "
+               "write the output elsewhere");
       // Too little room to keep the previous output aside as well: refused, not removed (a bad
       // record or a full disk later on would leave the user with neither file); the user removes
       // it where it may go.

@@ -577,6 +577,16 @@ struct FastxReader::Impl {
                                  " differs from sequence length " +
                                  std::to_string(rec.tokens.size()) + " (line " +
                                  std::to_string(lines.line_no()) + ")"));
+    // Phred+33 (and the old +64) qualities are '!' to '~': any other byte (a space, a tab, a
+    // control or non-ASCII byte) is a damaged or mis-converted file, not a quality.
+    for (size_t i = 0; i < line.size(); ++i)
+      if ((unsigned char)line[i] < '!' || (unsigned char)line[i] > '~')
+        throw InputError(
+            where(path, rec.name, (long long)i + 1,
+                  "quality character " + show_char((unsigned char)line[i]) + " at line " +
+                      std::to_string(lines.line_no()) + ", column " + std::to_string(i + 1) +
+                      " is not a FASTQ quality ('!' to '~'); the file is damaged or was converted "
+                      "wrongly"));
     prev_fastq_name = rec.name;
     return true;
   }

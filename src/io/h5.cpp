@@ -121,6 +121,8 @@ std::string full_disk_note(const std::string& file) {
   if (dir.empty()) dir = ".";
   struct statvfs st {};
   if (statvfs(dir.c_str(), &st) == 0) {
+    if (st.f_blocks == 0)  // /proc, /sys: not full, no storage at all
+      return " (" + dir + " is on a file system that stores no files, like /proc or /sys)";
     const unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
     if (avail < (1ull << 20))
       return " (disk full: " + std::to_string(avail / 1024) + " KB free in " + dir + ")";
@@ -139,9 +141,10 @@ std::string full_disk_note(const std::string& file) {
   // A failed read is not the disk's fullness; a write's "(disk full?)" becomes the fact.
   std::string w = what,
               note = what.find("read failed") == std::string::npos ? full_disk_note(file) : "";
-  const std::string_view guess = " (disk full?)";
-  if (const size_t q = w.find(guess); !note.empty() && q != std::string::npos)
-    w.erase(q, guess.size());
+  for (const std::string_view guess :
+       {" (disk full?)", " (is the folder writable, or the disk full?)"})
+    if (const size_t q = w.find(guess); !note.empty() && q != std::string::npos)
+      w.erase(q, guess.size());
   throw SystemError(file + ": " + (obj.empty() ? "" : obj + ": ") + w + note);
 }
 

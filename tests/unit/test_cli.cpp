@@ -145,6 +145,13 @@ TEST(Cli, WrongKindOfFileNamesTheOption) {
   expect_failure(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
                      (t / "m.fa/x.h5"),
                  t / "m.fa/x.h5", "is not a folder (a file of that name)");
+  // A folder on a pseudo file system (no blocks) is named as such, not as "0 B are free".
+  if (std::filesystem::space("/proc").capacity == 0 && ::access("/proc", W_OK) == 0)
+    expect_failure(embed_cmd(t / "m.fa", "/proc/sparsa-test-out.h5"), "/proc/sparsa-test-out.h5",
+                   "its folder /proc is on a file system that stores no files");
+  if (std::filesystem::space("/proc").capacity == 0 && ::access("/proc", W_OK) == 0)
+    expect_failure(binary() + " init --config " + tiny_config() + " --output /proc/sparsa-t.h5",
+                   "/proc/sparsa-t.h5", "(/proc is on a file system that stores no files");
   // A CSV row short of cells is not told to quote its commas.
   write_file(t / "short.csv", "date,close\n2020-01-01,1.5\n2020-01-02\n");
   {

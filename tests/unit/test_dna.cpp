@@ -294,6 +294,13 @@ TEST_F(DnaTest, FastqErrors) {
                            {q2 + ": line 4", "record 'a'", "truncated FASTQ", "quality"});
   std::string q3 = write("q3.fq", "@a\nACGT\nIIII\nIIII\n");
   expect_error<InputError>([&] { read_all(q3); }, {q3, "line 3", "'+'"});
+  // A quality byte outside '!'..'~' (a space, a tab, non-ASCII): named with its base and line.
+  std::string qa = write("qa.fq", "@a\nACGT\n+\nIIII\n@b\nACGTA\n+\nII I!\n");
+  expect_error<InputError>([&] { read_all(qa); },
+                           {qa, "record 'b'", "position 3", "line 8, column 3", "quality"});
+  std::string qb = write("qb.fq", "@a\nACGT\n+\nII\xc3\xa9\n");
+  expect_error<InputError>([&] { read_all(qb); }, {qb, "record 'a'", "position 3", "0xC3"});
+  EXPECT_EQ(read_all(write("qc.fq", "@a\nACGT\n+\n!~@h\n")).size(), 1u);
   std::string q4 = write("q4.fq", "@a\nACXT\n+\nIIII\n");
   expect_error<InputError>([&] { read_all(q4); }, {q4, "record 'a'", "position 3", "'X'"});
   std::string q5 = write("q5.fq", "@a\nACGT\n+\nIIII\nACGT\n");
