@@ -82,7 +82,12 @@ struct InvalidTally {
     return (earlier.empty() ? "" : earlier + "; ") +
            where(file, record, first_pos,
                  count_of(count, "invalid character") + " read as N (--invalid-as-n), the first " +
-                     show_char(first));
+                     show_char(first) +
+                     (first == ' ' || first == '\t'
+                          ? " (blanks in sequence lines: each is an N here, so later positions "
+                            "differ from samtools faidx's, which skips them; to drop them "
+                            "instead: sed '/^>/!s/[[:blank:]]//g' FILE > NEW)"
+                          : ""));
   }
 };
 
@@ -157,11 +162,15 @@ void split_header(std::string_view text, std::string& name, std::string& descrip
 
 // Why a file whose first line is `line` is not FASTA/FASTQ though it may start like it (a SAM
 // header starts with '@'; a byte-order mark hides the '>'), or "".
-std::string not_fastx_reason(std::string_view line) {
+// `compressed`: the file was decompressed (gzip or bgzip) to give `line`.
+std::string not_fastx_reason(std::string_view line, bool compressed) {
   auto starts = [&](std::string_view magic) { return line.substr(0, magic.size()) == magic; };
   const char* convert =
       "convert it to FASTA/FASTQ first, e.g. `samtools fasta FILE > FILE.fa` (or `samtools "
       "fastq`)";
+  if (starts("\x1F\x8B") && compressed)
+    return "the decompressed data is gzip again: the file was compressed twice (gzip of a .gz "
+           "file?); undo one, e.g. `zcat FILE | zcat | bgzip > NEW.fa.gz`";
   if (starts("\x1F\x8B"))  // read as plain text: its gzip header is incomplete
     return "gzip's magic bytes (1F 8B), but no gzip data could be read: the file is cut short "
            "(an interrupted download or copy?) or damaged; fetch it again (gzip -t FILE checks "
@@ -171,8 +180,14 @@ std::string not_fastx_reason(std::string_view line) {
         "the file starts with a UTF-8 byte-order mark (EF BB BF), which FASTA and "
         "its faidx index do not allow: remove it, e.g. `sed -i '1s/^\\xEF\\xBB"
         "\\xBF//' FILE`");
+  // @HD, @SQ, @RG and @PG lines go on with TAG:VALUE fields (a read named RG with a tab
+  // before its description does not); @CO with free text.
+  auto field = [&](size_t i) {
+    return line.size() > i + 2 && std::isalpha((unsigned char)line[i]) &&
+           std::isalnum((unsigned char)line[i + 1]) && line[i + 2] == ':';
+  };
   for (const char* tag : {"@HD\t", "@SQ\t", "@RG\t", "@PG\t", "@CO\t"})
-    if (starts(tag))
+    if (starts(tag) && (tag[1] == 'C' || field(4)))
       return std::string("a SAM file (its header line ") + std::string(tag, 3) +
              " ...), not FASTQ: " + convert;
   if (starts("BAM\x01")) return std::string("a BAM file, not FASTA/FASTQ: ") + convert;
@@ -197,6 +212,9 @@ std::string not_fasta_advice(std::string_view line) {
       return " (SAM alignment records: convert them to FASTA/FASTQ first, e.g. `samtools fasta "
              "FILE > FILE.fa`)";
   }
+  if (starts("\xFF\xFE") || starts("\xFE\xFF"))
+    return " (UTF-16 text: convert it to UTF-8 first, e.g. `iconv -f UTF-16 -t UTF-8 FILE > "
+           "NEW.fa`)";
   if (hdf5_signature(line))
     return " (an HDF5 file, such as a sparsa checkpoint or embeddings file: --input takes "
            "FASTA/FASTQ, plain or gzip-compressed)";
@@ -215,6 +233,44 @@ std::string not_fasta_advice(std::string_view line) {
   return "";
 }
 
+// Where a bgzip file's BGZF blocks stop (each header's BSIZE leads to the next): the file's size
+// for one that is blocks end to end (also one cut exactly at a block boundary), less where other
+// bytes follow the blocks (zero padding, another file appended) or a block is cut short.
+// `gzip_next`: whether the bytes there start a gzip member that is not BGZF (a plain gzip file
+// appended: `cat a.fa.bgz b.fa.gz`).
+long long bgzf_blocks_end(std::FILE* f, bool* gzip_next) {
+  long long at = 0;
+  unsigned char h[18];
+  *gzip_next = false;
+  while (true) {
+    const size_t got = std::fread(h, 1, sizeof h, f);
+    if (got == 0 && std::feof(f)) break;  // the last block ended at the file's end
+    // gzip magic, deflate, FEXTRA; XLEN 6 with the "BC" subfield of length 2: BSIZE at 16
+    if (got < sizeof h || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || !(h[3] & 4) ||
+        h[12] != 'B' || h[13] != 'C') {
+      *gzip_next = got >= 3 && h[0] == 0x1f && h[1] == 0x8b && h[2] == 8;
+      break;
+    }
+    at += (long long)(h[16] | (h[17] << 8)) + 1;
+    if (std::fseek(f, (long)at, SEEK_SET) != 0) break;
+  }
+  return at;
+}
+// Whether a bgzip file is BGZF blocks end to end (above); `gzip_at`: where given, the byte
+// where a plain gzip member follows one or more blocks, or -1.
+bool bgzf_blocks_fill_file(const std::string& path, long long* gzip_at = nullptr) {
+  if (gzip_at) *gzip_at = -1;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  bool gzip_next = false;
+  const long long at = bgzf_blocks_end(f, &gzip_next);
+  std::fclose(f);
+  std::error_code ec;  // (the file's own size: a seek past its end succeeds)
+  const auto size = std::filesystem::file_size(path, ec);
+  if (gzip_at && gzip_next && !ec && at > 0 && at < (long long)size) *gzip_at = at;
+  return !ec && (long long)size == at;
+}
+
 // Where a gzip or bgzip file stops decompressing, said for a message: htslib's reader drops the
 // partly decompressed block where it fails (up to 64 KB of text), so zlib streams the file
 // again here, as far as it goes. "" when zlib reads it whole (the damage is htslib's to say).
@@ -223,7 +279,10 @@ std::string not_fasta_advice(std::string_view line) {
 std::string gzip_damage(const std::string& path, bool whole_too, long long* lines_out = nullptr) {
   gzFile z = gzopen(path.c_str(), "rb");
   if (!z) return "";
-  std::vector<char> buf(4096);  // small: a read that fails returns none of its bytes
+  // Small reads through a small buffer: a read that fails returns none of the bytes zlib
+  // decompressed for it (up to twice the buffer), so the count is short by 1 KB at most.
+  gzbuffer(z, 512);
+  std::vector<char> buf(512);
   long long lines = 0, bytes = 0;
   int n = 0;
   while ((n = gzread(z, buf.data(), (unsigned)buf.size())) > 0) {
@@ -238,6 +297,12 @@ std::string gzip_damage(const std::string& path, bool whole_too, long long* line
   gzclose(z);
   if (lines_out) *lines_out = lines;
   if (n == 0 && code == Z_OK && !whole_too) return "";
+  long long gzip_at = -1;
+  if (n == 0 && code == Z_OK && !bgzf_blocks_fill_file(path, &gzip_at) && gzip_at >= 0)
+    return "a plain gzip part follows the bgzip blocks at byte " + std::to_string(gzip_at) +
+           " (files joined with cat?): zlib reads the whole file (" + std::to_string(lines) +
+           " lines), but htslib does not go on from bgzip to gzip within a file: recompress it "
+           "(zcat FILE | bgzip > NEW.gz)";
   if (n == 0 && code == Z_OK)  // zlib reads it whole: htslib stopped at bytes after the data
     return "the compressed data ends after line " + std::to_string(lines) + " (" +
            std::to_string(bytes) +
@@ -254,36 +319,6 @@ std::string gzip_damage(const std::string& path, bool whole_too, long long* line
                            "); fetch it again or recompress it from the source");
 }
 
-// Whether a bgzip file is BGZF blocks end to end (each header's BSIZE leads to the next): true
-// for one cut exactly at a block boundary, false where other bytes follow the blocks (zero
-// padding, another file appended) or a block is cut short.
-bool bgzf_blocks_fill_file(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return false;
-  long long at = 0;
-  bool whole = true;
-  unsigned char h[18];
-  while (true) {
-    const size_t got = std::fread(h, 1, sizeof h, f);
-    if (got == 0 && std::feof(f)) break;  // the last block ended at the file's end
-    // gzip magic, deflate, FEXTRA; XLEN 6 with the "BC" subfield of length 2: BSIZE at 16
-    if (got < sizeof h || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || !(h[3] & 4) ||
-        h[12] != 'B' || h[13] != 'C') {
-      whole = false;
-      break;
-    }
-    at += (long long)(h[16] | (h[17] << 8)) + 1;
-    if (std::fseek(f, (long)at, SEEK_SET) != 0) {
-      whole = false;
-      break;
-    }
-  }
-  std::fclose(f);
-  std::error_code ec;  // (the file's own size: a seek past its end succeeds)
-  const auto size = std::filesystem::file_size(path, ec);
-  return whole && !ec && (long long)size == at;
-}
-
 // Reads lines from a BGZF handle (plain, gzip or bgzip), counting them and dropping every '\r'
 // (spec 1: line breaks and '\r' are not sequence), so CRLF files read exactly like LF files
 // (bgzf_getline drops only one '\r').
@@ -293,7 +328,7 @@ class LineReader {
     fp_ = open_bgzf(path);
     if (!fp_) throw InputError(path + ": cannot open: " + std::strerror(errno));
     // Said before any record is embedded: at the file's end it came after every record.
-    if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) {
+    if (end_marker_missing()) {
       bgzf_close(fp_);
       fp_ = nullptr;
       throw no_end_marker();
@@ -306,6 +341,16 @@ class LineReader {
   LineReader(const LineReader&) = delete;
   LineReader& operator=(const LineReader&) = delete;
 
+  // A bgzip file without its end-of-file marker, but for one whose BGZF blocks are followed by
+  // gzip that zlib reads to the end (`cat a.fa.bgz b.fa.gz`): htslib reads that whole, and its
+  // last member, read whole, shows it was not cut.
+  bool end_marker_missing() {
+    if (bgzf_compression(fp_) != 2 || bgzf_check_EOF(fp_) != 0) return false;
+    long long gzip_at = -1;
+    return bgzf_blocks_fill_file(path_, &gzip_at) || gzip_at < 0 ||
+           !gzip_damage(path_, false).empty();
+  }
+
   // A bgzip file whose end-of-file marker is missing: cut inside a block (zlib says where), or
   // exactly at a block boundary, which decompresses cleanly and looks just like a whole file.
   InputError no_end_marker() const {
@@ -316,14 +361,21 @@ class LineReader {
                         "missing): " +
                         z);
     if (!bgzf_blocks_fill_file(path_))  // bytes after the blocks: zlib says how many lines
-      return InputError(path_ +
-                        ": truncated or corrupt compressed data: " + gzip_damage(path_, true));
+      return InputError(
+          joined(path_, "truncated or corrupt compressed data", gzip_damage(path_, true)));
     return InputError(
         path_ + ": the bgzip end-of-file marker is missing: lines 1 to " + std::to_string(lines) +
         " decompress cleanly, but a file cut at a block boundary looks just like this, so "
         "the records may go on past them (samtools says \"EOF marker is absent\" of it). "
         "Fetch or copy the file again; if it is known to be whole, compress it again "
         "(zcat FILE | bgzip > NEW)");
+  }
+
+  // "FILE: WHAT: WHY", but "FILE: WHY" where WHY says a gzip file follows bgzip blocks (the file
+  // is neither truncated nor corrupt).
+  static std::string joined(const std::string& file, const char* what, const std::string& why) {
+    return file + ": " + (why.starts_with("a plain gzip part") ? "" : std::string(what) + ": ") +
+           why;
   }
 
   // Next line into `line` (valid until the next call); false at the end of the file.
@@ -334,7 +386,7 @@ class LineReader {
     auto damaged = [&](const char* what) {
       const bool compressed = bgzf_compression(fp_) > 0;  // (else a read error: not zlib's)
       if (const std::string z = compressed ? gzip_damage(path_, true) : ""; !z.empty())
-        return InputError(path_ + ": " + what + ": " + z);
+        return InputError(joined(path_, what, z));
       return InputError(path_ + ": " + what + ": " +
                         (line_no_ > 0 ? "lines 1 to " + std::to_string(line_no_) +
                                             " were read, the rest cannot be"
@@ -349,7 +401,7 @@ class LineReader {
       // A bgzip file cut exactly at a block boundary decompresses cleanly; only the missing
       // end-of-file marker tells that records were lost.
       // (The constructor checks it first; this is for a file that changed since.)
-      if (bgzf_compression(fp_) == 2 && bgzf_check_EOF(fp_) == 0) throw no_end_marker();
+      if (end_marker_missing()) throw no_end_marker();
       return false;
     }
     ++line_no_;
@@ -434,17 +486,18 @@ struct FastxReader::Impl {
 
   Impl(const std::string& p, DnaReadOptions o) : path(p), opts(o), lines(p) {}
 
-  // Skips empty lines; false at the end of the file.
+  // Skips empty lines and lines of blanks alone; false at the end of the file.
   bool next_nonempty(std::string_view& line) {
     while (lines.next(line))
-      if (!line.empty()) return true;
+      if (!trim_blanks(line).empty()) return true;
     return false;
   }
 
   void detect_format() {
     std::string_view line;
     if (!next_nonempty(line)) throw InputError(path + ": empty file: no FASTA/FASTQ records");
-    if (const std::string why = not_fastx_reason(line); !why.empty())
+    if (const std::string why = not_fastx_reason(line, bgzf_compression(lines.handle()) > 0);
+        !why.empty())
       throw InputError(at_line(path, lines.line_no(), why));
     if (line[0] == '>') {
       format = Format::kFasta;
@@ -513,7 +566,8 @@ struct FastxReader::Impl {
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
-                "empty record: no sequence (line " + std::to_string(own_header) + ")"));
+                "empty record: no sequence (line " + std::to_string(own_header) +
+                    "); drop empty records first, e.g. `seqkit seq -m 1 FILE > NEW.fa`"));
     return true;
   }
 
@@ -550,7 +604,9 @@ struct FastxReader::Impl {
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
-                "empty record: no sequence (line " + std::to_string(lines.line_no()) + ")"));
+                "empty record: no sequence (line " + std::to_string(lines.line_no()) +
+                    "); reads trimmed to nothing? Drop them first, e.g. `seqkit seq -m 1 "
+                    "FILE > NEW.fq` (or cutadapt's -m 1)"));
     need_line(line, "'+' line");
     if (line.empty() || line[0] != '+') {
       // A second line of bases: a multi-line FASTQ, which is read only through --region (faidx).
@@ -565,28 +621,43 @@ struct FastxReader::Impl {
                                           : "")));
     }
     // (Blanks at the ends of the '+' line or the header do not make it another record's.)
-    std::string_view plus = trim_blanks(line.substr(1));
-    if (!plus.empty() && plus != rec.name && plus != trim_blanks(header))
+    // The '+' line may repeat the name, with any description (samtools reads those too).
+    std::string plus_name, plus_description;
+    split_header(line.substr(1), plus_name, plus_description);
+    if (!plus_name.empty() && plus_name != rec.name)
       throw InputError(
           at_line(path, lines.line_no(),
                   "malformed FASTQ record '" + rec.name + "': the '+' line names another record"));
     need_line(line, "quality line");
-    if ((int64_t)line.size() != (int64_t)rec.tokens.size())
-      throw InputError(where(path, rec.name, 0,
-                             "quality length " + std::to_string(line.size()) +
-                                 " differs from sequence length " +
-                                 std::to_string(rec.tokens.size()) + " (line " +
-                                 std::to_string(lines.line_no()) + ")"));
     // Phred+33 (and the old +64) qualities are '!' to '~': any other byte (a space, a tab, a
-    // control or non-ASCII byte) is a damaged or mis-converted file, not a quality.
-    for (size_t i = 0; i < line.size(); ++i)
-      if ((unsigned char)line[i] < '!' || (unsigned char)line[i] > '~')
+    // control or non-ASCII byte) is a damaged or mis-converted file, not a quality. A non-ASCII
+    // byte is named before a length that differs (a terminal shows fewer characters).
+    const int64_t qlen = (int64_t)line.size(), slen = (int64_t)rec.tokens.size();
+    const long long qline = lines.line_no();
+    const auto bad = std::find_if(line.begin(), line.end(), [](char c) {
+      return (unsigned char)c < '!' || (unsigned char)c > '~';
+    });
+    if (bad != line.end() && (qlen == slen || (unsigned char)*bad >= 0x80)) {
+      const size_t i = (size_t)(bad - line.begin());
+      throw InputError(where(path, rec.name, (long long)i + 1,
+                             "quality character " + show_char((unsigned char)*bad) + " at line " +
+                                 std::to_string(qline) + ", column " + std::to_string(i + 1) +
+                                 " is not a FASTQ quality ('!' to '~'); the file is damaged or "
+                                 "was converted wrongly"));
+    }
+    if (qlen != slen) {
+      std::string_view after;
+      if (qlen < slen && !lines.next(after))  // the last line, short: the file was cut
         throw InputError(
-            where(path, rec.name, (long long)i + 1,
-                  "quality character " + show_char((unsigned char)line[i]) + " at line " +
-                      std::to_string(lines.line_no()) + ", column " + std::to_string(i + 1) +
-                      " is not a FASTQ quality ('!' to '~'); the file is damaged or was converted "
-                      "wrongly"));
+            at_line(path, qline,
+                    "record '" + rec.name + "': truncated FASTQ record (the file ends after " +
+                        std::to_string(qlen) + " of its " + std::to_string(slen) +
+                        " quality characters): an interrupted download or copy? Fetch it again"));
+      throw InputError(where(path, rec.name, 0,
+                             "quality length " + std::to_string(qlen) +
+                                 " differs from sequence length " + std::to_string(slen) +
+                                 " (line " + std::to_string(qline) + ")"));
+    }
     prev_fastq_name = rec.name;
     return true;
   }
@@ -805,6 +876,14 @@ std::vector<RegionSpec> read_bed(const std::string& path, std::vector<long long>
                                                     [](char ch) { return ch >= '0' && ch <= '9'; });
       return digits && v.size() > 1 ? " is past any sequence's length" : " is not an integer";
     };
+    // A column-header line (`chrom start end`, as a spreadsheet writes it): BED has none
+    if (!parse_int(cols[1], r.begin) && out.empty() &&
+        std::none_of(cols[1].begin(), cols[1].end(),
+                     [](char ch) { return ch >= '0' && ch <= '9'; }))
+      throw InputError(at_line(path, ln,
+                               "start '" + std::string(cols[1]) +
+                                   "' is not an integer: a column-header line? BED has none; "
+                                   "delete it or start it with '#'"));
     if (!parse_int(cols[1], r.begin))
       throw InputError(at_line(path, ln, std::string("start") + not_int(cols[1])));
     if (!parse_int(cols[2], r.end))
@@ -1195,12 +1274,14 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   impl_->opts = opts;
   int compression = 0;
   enum fai_format_options format = FAI_FASTA;
-  bool has_text = false;  // a first non-empty line
+  bool has_text = false;    // a first non-empty line
+  bool end_marker = false;  // a bgzip file's end-of-file marker is there
   {
     // Peek at the first line: faidx must be told FASTQ, and garbage gets a clear message here
     // rather than faidx's own.
     LineReader lines(path);
     compression = bgzf_compression(lines.handle());
+    end_marker = compression == 2 && bgzf_check_EOF(lines.handle()) == 1;
     std::string_view line;
     bool any = false;
     try {
@@ -1211,7 +1292,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     }
     has_text = any && !line.empty();
     if (has_text) {
-      if (const std::string why = not_fastx_reason(line); !why.empty())
+      if (const std::string why = not_fastx_reason(line, compression > 0); !why.empty())
         throw InputError(at_line(path, lines.line_no(), why));
       refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
       if (line[0] == '@') {
@@ -1224,6 +1305,16 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   }
   impl_->fastq = format == FAI_FASTQ;
   impl_->bgzip = compression == 2;
+  // bgzip blocks, then a plain gzip part (`cat a.fa.bgz b.fa.gz`): read whole without regions,
+  // but faidx would index the blocks alone and miss the records after them.
+  // (LineReader let a bgzip file without its end marker through only so)
+  if (long long gzip_at = -1;
+      impl_->bgzip && !end_marker && !bgzf_blocks_fill_file(path, &gzip_at) && gzip_at >= 0)
+    throw InputError(path + ": a plain gzip part follows the bgzip blocks at byte " +
+                     std::to_string(gzip_at) +
+                     " (files joined with cat?): faidx, which reads regions, needs bgzip end to "
+                     "end: recompress it (zcat FILE | bgzip > NEW.gz); without regions it is "
+                     "read whole");
   namespace fs = std::filesystem;
   std::error_code ec;
   const IndexFiles ix = index_files(path, impl_->bgzip);

@@ -269,6 +269,11 @@ TEST_F(DnaTest, InvalidAsN) {
             std::string::npos)
       << recs[0].warning;
   EXPECT_EQ(read_all(write("ok.fa", ">r\nACGT\n"), DnaReadOptions{true})[0].warning, "");
+  // Blanks in sequence lines: N each (spec 1), with how to drop them instead.
+  auto blanks = read_all(write("bl.fa", ">r\nACGT \nACGT\n"), DnaReadOptions{true});
+  EXPECT_EQ(blanks[0].tokens.size(), 9u);
+  EXPECT_NE(blanks[0].warning.find("blanks in sequence lines"), std::string::npos)
+      << blanks[0].warning;
 }
 
 TEST_F(DnaTest, Fastq) {
@@ -287,8 +292,13 @@ TEST_F(DnaTest, Fastq) {
 }
 
 TEST_F(DnaTest, FastqErrors) {
-  std::string q1 = write("q1.fq", "@a\nACGT\n+\nIIII\n@b\nACGT\n+\nIII\n");
+  std::string q1 = write("q1.fq", "@a\nACGT\n+\nIIII\n@b\nACGT\n+\nIII\n@c\nA\n+\nI\n");
   expect_error<InputError>([&] { read_all(q1); }, {q1, "record 'b'", "quality length 3"});
+  // The last line of the file, short: the file was cut inside the quality string.
+  std::string q1t = write("q1t.fq", "@a\nACGT\n+\nIIII\n@b\nACGTACGT\n+\nIII");
+  expect_error<InputError>([&] { read_all(q1t); },
+                           {q1t + ": line 8", "record 'b'", "truncated FASTQ record",
+                            "the file ends after 3 of its 8 quality characters"});
   std::string q2 = write("q2.fq", "@a\nACGT\n+\n");
   expect_error<InputError>([&] { read_all(q2); },
                            {q2 + ": line 4", "record 'a'", "truncated FASTQ", "quality"});
@@ -300,6 +310,9 @@ TEST_F(DnaTest, FastqErrors) {
                            {qa, "record 'b'", "position 3", "line 8, column 3", "quality"});
   std::string qb = write("qb.fq", "@a\nACGT\n+\nII\xc3\xa9\n");
   expect_error<InputError>([&] { read_all(qb); }, {qb, "record 'a'", "position 3", "0xC3"});
+  // A non-ASCII byte is named before a length it makes differ (a terminal shows 4 characters).
+  std::string qn = write("qn.fq", "@a\nACGT\n+\nIII\xc3\xa9\n@b\nA\n+\nI\n");
+  expect_error<InputError>([&] { read_all(qn); }, {qn, "record 'a'", "position 4", "0xC3"});
   EXPECT_EQ(read_all(write("qc.fq", "@a\nACGT\n+\n!~@h\n")).size(), 1u);
   std::string q4 = write("q4.fq", "@a\nACXT\n+\nIIII\n");
   expect_error<InputError>([&] { read_all(q4); }, {q4, "record 'a'", "position 3", "'X'"});
@@ -318,10 +331,26 @@ TEST_F(DnaTest, FastqErrors) {
     msg = e.what();
   }
   EXPECT_EQ(msg.find("second sequence line"), std::string::npos) << msg;
-  // A '+' line that repeats the header up to blanks at its end is the same record's.
-  auto recs = read_all(write("q8.fq", "@r1 desc \nACGT\n+r1 desc\nIIII\n@r2\nAC\n+r2 \nII\n"));
-  ASSERT_EQ(recs.size(), 2u);
+  // A '+' line that repeats the header up to blanks at its end is the same record's; so is one
+  // that repeats the name with another description (samtools reads those too).
+  auto recs = read_all(write("q8.fq",
+                             "@r1 desc \nACGT\n+r1 desc\nIIII\n@r2\nAC\n+r2 \nII\n"
+                             "@r3 a\nGG\n+r3 b\nII\n@r4\tx\nT\n+r4 x\nI\n"));
+  ASSERT_EQ(recs.size(), 4u);
   EXPECT_EQ(recs[1].tokens.size(), 2u);
+  EXPECT_EQ(recs[3].name, "r4");
+  std::string q9 = write("q9.fq", "@r1 a\nACGT\n+r2 a\nIIII\n");
+  expect_error<InputError>([&] { read_all(q9); }, {q9, "line 3", "names another record"});
+  // Lines of blanks alone between reads are skipped, as empty ones are.
+  EXPECT_EQ(read_all(write("qs.fq", " \n@r1\nACGT\n+\nIIII\n \t\n@r2\nAC\n+\nII\n")).size(), 2u);
+  // An empty read (trimmed to nothing) is refused with the way to drop such reads.
+  std::string qe = write("qe.fq", "@r1\nACGT\n+\nIIII\n@r2\n\n+\n\n");
+  expect_error<InputError>([&] { read_all(qe); },
+                           {qe, "record 'r2'", "empty record", "seqkit seq -m 1"});
+  // A read named like a SAM header tag, with a tab before its description, is a read.
+  auto rg = read_all(write("rg.fq", "@RG\tlane1\nACGT\n+\nIIII\n"));
+  ASSERT_EQ(rg.size(), 1u);
+  EXPECT_EQ(rg[0].name, "RG");
 }
 
 TEST_F(DnaTest, GzipAndBgzipReadLikePlain) {
@@ -497,6 +526,10 @@ TEST_F(DnaTest, GarbageIsNotFasta) {
   expect_error<InputError>([&] { read_all(bare); }, {bare, "SAM alignment records"});
   std::string bam = write("x.bam", std::string("BAM\x01\0\0\0\0", 8));
   expect_error<InputError>([&] { read_all(bam); }, {bam, "a BAM file"});
+  std::string rgsam = write("rg.sam", "@RG\tID:x\tSM:y\n");
+  expect_error<InputError>([&] { read_all(rgsam); }, {rgsam, "a SAM file (its header line @RG"});
+  std::string u16 = write("u16.fa", std::string("\xFF\xFE>\0a\0\n\0", 8));
+  expect_error<InputError>([&] { read_all(u16); }, {u16, "UTF-16 text", "iconv -f UTF-16"});
   std::string bom = write("bom.fa", "\xEF\xBB\xBF>a\nACGT\n");
   expect_error<InputError>([&] { read_all(bom); }, {bom, "byte-order mark"});
   // Binary files are named as such, not taken for a table (a byte 0x2C or 0x09 among them).
@@ -709,6 +742,11 @@ TEST_F(DnaTest, ReadBedErrors) {
     std::string p = write("bad.bed", "# c\nchr1\t0\t5\n" + k.line + "\n");
     expect_error<InputError>([&] { read_bed(p); }, {p, "line 3", k.what});
   }
+  // A column-header line (no BED has one) is named as such.
+  std::string hdr = write("hdr.bed", "chrom\tstart\tend\nchr1\t0\t5\n");
+  expect_error<InputError>(
+      [&] { read_bed(hdr); },
+      {hdr, "line 1", "start 'start' is not an integer", "a column-header line?"});
   std::string missing = (dir_ / "missing.bed").string();
   expect_error<InputError>([&] { read_bed(missing); }, {missing});
   // A NUL would cut the name short in HDF5; a byte-order mark is dropped, not made part of a name.
@@ -1242,6 +1280,32 @@ TEST_F(DnaTest, BytesAfterTheCompressedDataAreNamed) {
     expect_error<InputError>([&] { read_all(z); },
                              {z, "ends after line 335", "bytes follow that are not gzip data"});
   }
+}
+
+// Files joined with cat: a gzip file after bgzip ones is read whole, as zcat reads it (htslib
+// goes on from the blocks), but not through faidx, which would index the blocks alone; a file
+// compressed twice is named as such.
+TEST_F(DnaTest, JoinedAndDoublyCompressedFiles) {
+  const std::string a = write("a.fa", ">a\n" + wrap(random_seq(3000, 11), 60));
+  const std::string b = write("b.fa", ">b\n" + wrap(random_seq(2000, 12), 60));
+  sh("bgzip -c '" + a + "' > '" + a + ".bgz'");
+  sh("gzip -c '" + b + "' > '" + b + ".gz'");
+  const std::string mix = (dir_ / "mix.fa.gz").string();
+  sh("cat '" + a + ".bgz' '" + b + ".gz' > '" + mix + "'");
+  auto recs = read_all(mix);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].tokens, read_all(a)[0].tokens);
+  EXPECT_EQ(recs[1].tokens, read_all(b)[0].tokens);
+  expect_error<InputError>(
+      [&] { FaidxFetcher f(mix, {}); },
+      {mix, "a plain gzip part follows the bgzip blocks at byte", "zcat FILE | bgzip"});
+  // The same file cut inside its gzip part: cut, not joined.
+  const std::string cut = (dir_ / "cut.fa.gz").string();
+  sh("head -c $(( $(wc -c < '" + mix + "') - 30 )) '" + mix + "' > '" + cut + "'");
+  expect_error<InputError>([&] { read_all(cut); }, {cut, "cut short"});
+  const std::string twice = (dir_ / "twice.fa.gz").string();
+  sh("gzip -c '" + b + ".gz' > '" + twice + "'");
+  expect_error<InputError>([&] { read_all(twice); }, {twice, "line 1", "compressed twice"});
 }
 
 TEST_F(FaidxTest, GarbageAndMissing) {
