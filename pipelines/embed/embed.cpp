@@ -1730,10 +1730,11 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         if (aside.kept) {
           std::error_code e2;
           fs::rename(previous, o.output, e2);
-          if (!e2) {
-            aside.kept = false;
-            fs::remove(o.output + ".parts", e2);  // (only where empty)
-          }
+          if (e2)  // (rare: the advice to rm OUT would name a path where it is not)
+            throw SystemError(why + ". The previous " + o.output + " could not be put back (" +
+                              e2.message() + "): it is " + previous + "; mv it back");
+          aside.kept = false;
+          fs::remove(o.output + ".parts", e2);  // (only where empty)
         }
         throw SystemError(why);
       };

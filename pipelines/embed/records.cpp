@@ -31,6 +31,18 @@
 
 namespace sparsa {
 
+namespace {
+// Whether two timestamps are local times of one day without a UTC offset ("2024-11-03 01:30"
+// and "2024-11-03 01:00"): a step back within a day may be the hour daylight saving time
+// repeats.
+bool same_day(std::string_view a, std::string_view b) {
+  return a.size() > 10 && b.size() > 10 && a.substr(0, 10) == b.substr(0, 10) &&
+         a.find_first_of("T ", 8) != std::string_view::npos &&
+         a.find_first_of("+-Z", 10) == std::string_view::npos &&
+         b.find_first_of("+-Z", 10) == std::string_view::npos;
+}
+}  // namespace
+
 void check_input_files(const std::vector<std::string>& inputs) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     const std::string& in = inputs[i];
@@ -217,11 +229,14 @@ struct RecordSource::Impl {
   // records of each kind, then once that it stops.
   int warned_backwards = 0, warned_repeats = 0, warned_empty = 0, warned_lone = 0,
       warned_unnamed = 0, warned_reader = 0, warned_unordered = 0, warned_negative = 0,
-      warned_other_input = 0;
+      warned_other_input = 0, warned_id_blanks = 0;
   // Several FASTA inputs: each name's hash and the input that had it first. A name repeated
   // within a FASTA is refused (FastxReader); across inputs both records embed, with a warning.
   // (Not for FASTQ: mates of two files share names, and 10^8 reads would take GBs.)
   std::unordered_map<size_t, size_t> fasta_names;
+  // Several CSV inputs: each series name's hash and the file that had it first (two p.csv in
+  // two folders are both records 'p').
+  std::unordered_map<size_t, std::string> series_names;
   std::set<std::string> warned_time_choice;  // files told which time column the rule took
   static constexpr int kMaxWarned = 3;
   // The kinds of warning past their limit, for their counts at the input's end.
@@ -253,6 +268,24 @@ struct RecordSource::Impl {
   void warn_about(const RawSeries& raw, const std::string& path) {
     if (!warnings) return;
     const char* file = path.c_str();
+    if (opts.inputs.size() > 1) {
+      const auto [it, added] = series_names.try_emplace(std::hash<std::string>{}(raw.name), path);
+      if (!added && it->second != path &&
+          warn_more(warned_other_input, "have the name of a record of an earlier input"))
+        std::fprintf(stderr,
+                     "[sparsa] warning: %s: record '%s': %s has a record of that name too; "
+                     "both are embedded, told apart by their keys and `source` attributes\n",
+                     file, raw.name.c_str(), it->second.c_str());
+    }
+    if (raw.id_blanks_line > 0 && warn_more(warned_id_blanks, "have ids with and without blanks"))
+      std::fprintf(
+          stderr,
+          "[sparsa] warning: %s: record '%s': its id cell has blanks around it on "
+          "one of lines %lld and %lld and none on the other: blanks around an unquoted cell "
+          "are dropped, so both are one series '%s'; where they are two, quote the ids "
+          "(\" AAPL\") or rename one\n",
+          file, raw.name.c_str(), (long long)raw.id_first_line, (long long)raw.id_blanks_line,
+          raw.name.c_str());
     if (!raw.time_others.empty() && warned_time_choice.insert(path).second) {
       std::string others;
       for (const std::string& o : raw.time_others)
@@ -270,10 +303,14 @@ struct RecordSource::Impl {
       std::fprintf(stderr,
                    "[sparsa] warning: %s: record '%s': time goes backwards at line %lld ('%s' "
                    "after '%s'); rows are embedded in file order, so a newest-first file is "
-                   "read backwards: sort it oldest first\n",
+                   "read backwards: sort it oldest first%s\n",
                    file, raw.name.c_str(), (long long)raw.source_rows[i],
                    std::string(raw.timestamps[i]).c_str(),
-                   std::string(raw.timestamps[i - 1]).c_str());
+                   std::string(raw.timestamps[i - 1]).c_str(),
+                   same_day(raw.timestamps[i], raw.timestamps[i - 1])
+                       ? " (or, an hour back on one day, local times without a UTC offset where "
+                         "daylight saving time ends: write their offsets, e.g. +01:00, or UTC)"
+                       : "");
     if (const int64_t i = order.unread;
         i >= 0 && warn_more(warned_unordered, "whose time order was not checked"))
       std::fprintf(stderr,

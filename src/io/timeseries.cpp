@@ -92,6 +92,7 @@ struct CsvRow {
   int64_t line = 0;  // 1-based line on which the row starts
   size_t n = 0;      // cells in this row: cells[0 .. n); the strings past n are kept for reuse
   std::vector<std::string> cells;
+  std::vector<char> padded;  // whether an unquoted cell had blanks around it (dropped)
 };
 
 // RFC 4180-style splitter over the whole file text: "," separates cells, quoted cells may hold
@@ -122,9 +123,13 @@ class CsvScanner {
     if (pos_ >= text_.size()) return false;
     row.line = line_;
     for (;;) {
-      if (row.n == row.cells.size()) row.cells.emplace_back();
+      if (row.n == row.cells.size()) {
+        row.cells.emplace_back();
+        row.padded.push_back(0);
+      }
       // (into a kept string: no allocation per cell)
-      read_cell(row.line, row.n + 1, row.cells[row.n]);
+      row.padded[row.n] = 0;
+      read_cell(row.line, row.n + 1, row.cells[row.n], row.padded[row.n]);
       ++row.n;
       if (pos_ >= text_.size()) return true;
       if (text_[pos_] == ',') {
@@ -148,7 +153,7 @@ class CsvScanner {
     return text_[pos_] == '\r' && (pos_ + 1 == text_.size() || text_[pos_ + 1] == '\n');
   }
 
-  void read_cell(int64_t row_line, size_t number, std::string& cell) {
+  void read_cell(int64_t row_line, size_t number, std::string& cell, char& padded) {
     size_t p = pos_;
     while (p < text_.size() && (text_[p] == ' ' || text_[p] == '\t')) ++p;
     if (p < text_.size() && text_[p] == '"') {
@@ -194,6 +199,7 @@ class CsvScanner {
                     "line feed: mixed or LF CR line ends? Convert them first "
                     "(tr -d '\\r' < FILE > NEW for LF CR, tr '\\r' '\\n' for lone CRs)"));
     pos_ = end;
+    padded = v.size() + (crlf ? 1 : 0) != raw.size();
     cell.assign(v.data(), v.size());
   }
 
@@ -447,11 +453,14 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
 
 namespace {
 
-// A UTC offset at the end of an ISO-8601 time ("Z", "+02:00", "-0500"), or "".
+// A UTC offset at the end of an ISO-8601 time ("Z", "+02:00", "-0500", "+02" as PostgreSQL
+// writes whole hours), or "".
 std::string_view utc_offset(std::string_view t) {
   if (!t.empty() && t.back() == 'Z') return t.substr(t.size() - 1);
-  for (size_t len : {size_t{6}, size_t{5}})
+  for (size_t len : {size_t{6}, size_t{5}, size_t{3}})
     if (t.size() > len + 8 && (t[t.size() - len] == '+' || t[t.size() - len] == '-') &&
+        std::all_of(t.end() - (ptrdiff_t)len + 1, t.end(),
+                    [](char c) { return (c >= '0' && c <= '9') || c == ':'; }) &&
         t.find_first_of("T ", 8) != std::string_view::npos)  // a time part: "T" or " " (pandas)
       return t.substr(t.size() - len);
   return {};
@@ -491,6 +500,44 @@ std::optional<YearLast> year_last(std::string_view t) {
   return y;
 }
 
+// A date with the year first whose month and day may lack their zero ("2024-9-28",
+// "2024/10/1"), perhaps with a time after a space or 'T': year, month, day and what follows.
+struct YearFirst {
+  int year = 0, m = 0, d = 0;
+  std::string_view rest;
+};
+std::optional<YearFirst> year_first(std::string_view t) {
+  size_t k = 0;
+  auto field = [&](int min_digits, int max_digits, int& v) {
+    const size_t from = k;
+    v = 0;
+    while (k < t.size() && t[k] >= '0' && t[k] <= '9' && (int)(k - from) < max_digits)
+      v = v * 10 + (t[k++] - '0');
+    return (int)(k - from) >= min_digits;
+  };
+  YearFirst y;
+  if (!field(4, 4, y.year) || k >= t.size()) return std::nullopt;
+  const char sep = t[k];
+  if (sep != '-' && sep != '/' && sep != '.') return std::nullopt;
+  ++k;
+  if (!field(1, 2, y.m) || k >= t.size() || t[k] != sep) return std::nullopt;
+  ++k;
+  if (!field(1, 2, y.d)) return std::nullopt;
+  if (k < t.size() && t[k] != ' ' && t[k] != 'T') return std::nullopt;
+  if (y.m < 1 || y.m > 12 || y.d < 1 || y.d > 31) return std::nullopt;
+  y.rest = t.substr(k);
+  return y;
+}
+
+// Whether two texts of one length have their digits in the same places ("2024-09-28" and
+// "2024-10-01", not "2024-9-28" and "2024-10-1"): then text order is their order.
+bool same_shape(std::string_view a, std::string_view b) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  for (size_t k = 0; k < a.size(); ++k)
+    if (digit(a[k]) != digit(b[k])) return false;
+  return true;
+}
+
 // An ISO-8601 time with its UTC offset ("2020-03-09 09:30:00-04:00", "2020-03-09T13:30Z",
 // "...+0100") as UTC: seconds since 1970 and nanoseconds; nullopt for any other text.
 std::optional<std::pair<int64_t, int64_t>> iso_instant(std::string_view t) {
@@ -524,8 +571,8 @@ std::optional<std::pair<int64_t, int64_t>> iso_instant(std::string_view t) {
     const int sign = is('+') ? 1 : is('-') ? -1 : 0;
     int oh = 0, om = 0;
     if (sign == 0 || !num(2, oh)) return std::nullopt;
-    is(':');
-    if (!num(2, om)) return std::nullopt;
+    // (minutes left out: "+02", whole hours)
+    if (k < t.size() && (is(':'), !num(2, om))) return std::nullopt;
     offset = sign * (oh * 3600 + om * 60);
   }
   if (k != t.size() || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 24 || mi > 59 || sec > 60)
@@ -570,12 +617,25 @@ TimeOrder time_order(const StringColumn& ts) {
     return TimeOrder{-1, (int64_t)i};
   };
   if (plain_number(t0)) {  // numbers: compared as numbers (epoch seconds of any length)
+    // Whole numbers exactly (epoch nanoseconds, ~1.7e18, are 256 apart as doubles), others
+    // as doubles.
+    auto whole = [](std::string_view t, int64_t& v) {
+      const auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+      return r.ec == std::errc() && r.ptr == t.data() + t.size();
+    };
     double prev = 0;
+    int64_t prev_whole = 0;
+    bool prev_is_whole = false;
     for (size_t i = 0; i < ts.size(); ++i) {
       if (!plain_number(ts[i])) return unread(i);
+      int64_t w = 0;
+      const bool is_whole = whole(ts[i], w);
       const double v = std::strtod(std::string(ts[i]).c_str(), nullptr);
-      if (i > 0 && v < prev && o.backwards < 0) o.backwards = (int64_t)i;
+      const bool back = is_whole && prev_is_whole ? w < prev_whole : v < prev;
+      if (i > 0 && back && o.backwards < 0) o.backwards = (int64_t)i;
       prev = v;
+      prev_whole = w;
+      prev_is_whole = is_whole;
     }
     return o;
   }
@@ -588,7 +648,29 @@ TimeOrder time_order(const StringColumn& ts) {
       if (!iso_like(ts[i])) return unread(i);
       // (another length with another offset: "...09:30:00Z" then "...09:30:00+01:00")
       const bool offsets = !offset.empty() && !utc_offset(ts[i]).empty();
-      if (ts[i].size() != len && !(offsets && utc_offset(ts[i]) != offset)) return unread(i);
+      if ((ts[i].size() != len || !same_shape(ts[i], t0)) &&
+          !(offsets && utc_offset(ts[i]) != offset)) {
+        // Year-first dates without their zeros ("2024-9-30" then "2024-10-1"): compared by
+        // year, month and day, then the time of day where two rows' times have one length.
+        std::vector<YearFirst> d(ts.size());
+        for (size_t j = 0; j < ts.size(); ++j) {
+          const auto y = year_first(ts[j]);
+          if (!y || !utc_offset(ts[j]).empty()) return unread(i);
+          d[j] = *y;
+        }
+        for (size_t j = 1; j < d.size(); ++j) {
+          const YearFirst &p = d[j - 1], &q = d[j];
+          int c = q.year != p.year ? (q.year > p.year ? 1 : -1)
+                  : q.m != p.m     ? (q.m > p.m ? 1 : -1)
+                                   : (q.d > p.d) - (q.d < p.d);
+          if (c == 0 && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
+          if (c < 0) {
+            o.backwards = (int64_t)j;
+            break;
+          }
+        }
+        return o;
+      }
       if (utc_offset(ts[i]) != offset) {
         // Offsets that change (a daylight-saving change): compared as UTC where every row
         // carries its offset, else neither judged nor said.
@@ -731,6 +813,11 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
         "the model has " + count_of(expected_channels, "channel") + ", but the file has " +
             count_of(n_channels, "column") + " chosen (" + chosen + "); choose " +
             std::to_string(expected_channels) + " with --columns" +
+            (timeish.empty() && n_channels > expected_channels
+                 ? ", or embed all " + std::to_string(n_channels) +
+                       " with a model of that many (`channels = " + std::to_string(n_channels) +
+                       "` in the config given to sparsa init)"
+                 : std::string()) +
             (timeish.empty()
                  ? std::string()
                  : " ('" + timeish + "' is named like a time column; the time column is '" +
@@ -741,6 +828,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
 
   std::vector<RawSeries> records;
   std::unordered_map<std::string, size_t> record_of_id;  // id value -> index into records
+  std::vector<char> id_padded;  // whether each record's first id cell had blanks around it
   const std::string file_record = std::filesystem::path(path).stem().string();
   while (scanner.next(row)) {
     auto line = [&] { return "line " + std::to_string(row.line); };  // for messages only
@@ -763,8 +851,14 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
         throw InputError(
             where(path, "", 0, line() + ": empty id in column '" + header[cols.id] + "'"));
       auto [it, inserted] = record_of_id.try_emplace(id, records.size());
-      if (inserted) records.emplace_back().name = id;
+      if (inserted) {
+        records.emplace_back().name = id;
+        records.back().id_first_line = row.line;
+        id_padded.push_back(row.padded[cols.id]);
+      }
       r = it->second;
+      if (row.padded[cols.id] != id_padded[r] && records[r].id_blanks_line == 0)
+        records[r].id_blanks_line = row.line;
     } else if (records.empty()) {
       records.emplace_back().name = file_record;
     }

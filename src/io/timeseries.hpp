@@ -26,14 +26,19 @@ struct RawSeries {
   // Where the default rule took the time column among several named like one ("Date,time,close":
   // 'time', an exact name before a case-insensitive one): the others; else empty.
   std::vector<std::string> time_others;
+  // --id-column: blanks around unquoted cells are dropped, so ' AAPL' and 'AAPL' are one record;
+  // where its rows' id cells differ so (with blanks and without), the first such row's line and
+  // the line of the record's first row (0: none).
+  int64_t id_blanks_line = 0, id_first_line = 0;
 };
 
 // Whether a record's time goes backwards. Rows are embedded in file order (spec 1), so a
 // newest-first file is read backwards: worth a warning. Judged where every timestamp is one of
 // the forms this check reads: ISO-8601-like (year first, digits and - : . T Z + and spaces, of
-// one length and one UTC offset, so that text order is time order; where the offset changes,
-// as UTC instants if every row carries its offset), a plain number (epoch
-// seconds, compared as numbers), or a date with the year last (12/31/2019, 31.01.2024; by year,
+// one length, digits in the same places and one UTC offset, so that text order is time order;
+// a year-first date without its zeros by year, month and day; where the offset changes, as UTC
+// instants if every row carries its offset), a plain number (epoch seconds, compared as
+// numbers, whole ones exactly), or a date with the year last (12/31/2019, 31.01.2024; by year,
 // and by month and day where a field above 12 shows which is the day, then the time of day).
 struct TimeOrder {
   int64_t backwards = -1;  // the first row that sorts before the row above it; -1: none

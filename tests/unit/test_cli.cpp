@@ -1900,6 +1900,32 @@ TEST(Cli, TimeSeriesEndToEnd) {
                 "date,a,b\n2020-03-06 09:30:00-05:00,1,2\n2020-03-09 09:30:00-04:00,2,3\n");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  // Local times without an offset, back within a day: the hour daylight saving time repeats is
+  // named as a likely cause (not where offsets are written).
+  embeds_warning("local", {"2024-11-03 01:00", "2024-11-03 01:30", "2024-11-03 01:00"},
+                 "sort it oldest first (or, an hour back on one day, local times without a UTC "
+                 "offset where daylight saving time ends");
+  r = embed_csv("utcback", "date,a,b\n2024-11-03 01:30Z,1,2\n2024-11-03 01:00Z,2,3\n");
+  EXPECT_NE(r.output.find("time goes backwards"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("daylight"), std::string::npos) << r.output;
+  // Ids with and without blanks around them: one series, said.
+  r = embed_csv("wsid", "sym,date,a,b\nA,1,1,2\n A,2,2,3\n", " --id-column sym");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("record 'A': its id cell has blanks around it on one of lines 2 and 3"),
+            std::string::npos)
+      << r.output;
+  // Two files of one name in two folders: both records 'p', said.
+  std::filesystem::create_directories(t / "d1");
+  std::filesystem::create_directories(t / "d2");
+  write_file(t / "d1/p.csv", "date,a,b\n1,1,2\n2,2,3\n");
+  write_file(t / "d2/p.csv", "date,a,b\n1,1,2\n2,2,3\n");
+  r = run(binary() + " embed -q --model " + t / "ts.h5" + " --input " + t / "d1/p.csv" +
+          " --input " + t / "d2/p.csv" + " --output " + t / "p2.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(
+      r.output.find("d2/p.csv: record 'p': " + t / "d1/p.csv" + " has a record of that name too"),
+      std::string::npos)
+      << r.output;
   // Negative values under log_return: embedded (the spec's math), with a warning that a fall
   // reads as a rise.
   r = embed_csv("neg", "date,a,b\n2020-01-01,-10,1\n2020-01-02,-11,2\n2020-01-03,-12,3\n");

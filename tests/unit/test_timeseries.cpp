@@ -432,6 +432,18 @@ TEST_F(TsCsv, IdColumnLongFormat) {
   Record r = tokenize_series(recs[1], ts_config(1, 8, 4.0, TsTransform::kLevel), p);
   EXPECT_EQ(r.name, "A");
   EXPECT_EQ(r.n_tokens(), 2);
+  EXPECT_EQ(recs[0].id_blanks_line, 0);
+  // Ids with and without blanks around them are one record (unquoted cells are trimmed), which
+  // the record says for a warning; a quoted id keeps its blanks.
+  auto ws = read_timeseries_csv(
+      write("ws.csv", "id,date,x\nAAPL,1,100\n AAPL,1,50\nAAPL,2,101\n\" AAPL\",2,7\n"), o, 1);
+  ASSERT_EQ(ws.size(), 2u);
+  EXPECT_EQ(ws[0].name, "AAPL");
+  EXPECT_EQ(ws[0].values[0].size(), 3u);
+  EXPECT_EQ(ws[0].id_first_line, 2);
+  EXPECT_EQ(ws[0].id_blanks_line, 3);
+  EXPECT_EQ(ws[1].name, " AAPL");
+  EXPECT_EQ(ws[1].id_blanks_line, 0);
 }
 
 TEST_F(TsCsv, RecordNameStripsOnlyLastExtension) {
@@ -678,6 +690,22 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00+01:00", "2020-10-25T02:00:00+01:00"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00Z", "2020-10-25T02:00:00Z"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2020-10-25T02:30:00-0500", "2020-10-25T02:00:00-0500"}), 1);
+  // Whole-hour offsets (PostgreSQL's "+02") across a fall-back change: compared as UTC.
+  EXPECT_EQ(first_backwards_row(V{"2024-10-27 02:00:00+02", "2024-10-27 02:30:00+02",
+                                  "2024-10-27 02:00:00+01", "2024-10-27 02:30:00+01"}),
+            -1);
+  EXPECT_EQ(first_backwards_row(V{"2024-10-27 02:30:00+01", "2024-10-27 02:30:00+02"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2024-10-27 02:30:00+02", "2024-10-27 02:00:00+02"}), 1);
+  // Year-first dates without their zeros: one length by chance, not in text order; compared by
+  // year, month and day.
+  EXPECT_EQ(first_backwards_row(V{"2024-9-28", "2024-9-29", "2024-9-30", "2024-10-1"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"2024-10-1", "2024-9-30", "2024-9-29"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2024-9-30 10:00", "2024-10-1 09:00", "2024-10-1 08:00"}), 2);
+  EXPECT_EQ(time_order(V{"2024-9-30", "2024-10-1", "2024-13-1"}).unread, 1);
+  // Epoch nanoseconds (256 apart as doubles): compared as whole numbers.
+  EXPECT_EQ(first_backwards_row(V{"1700000000123456789", "1700000000123456700"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"1700000000000000001", "1700000000000000002"}), -1);
+  EXPECT_EQ(first_backwards_row(V{"1700000000.5", "1700000000", "1700000001"}), 1);
 }
 
 // Columns by header text first, then by 1-based number (pandas' unnamed index column as the time
@@ -805,6 +833,8 @@ TEST_F(TsCsv, ChannelCountMismatch) {
   EXPECT_NE(msg.find("--columns"), std::string::npos) << msg;
   msg = input_error([&] { read_timeseries_csv(p, {}, 1); });
   EXPECT_NE(msg.find("the model has 1 channel,"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("`channels = 3` in the config given to sparsa init"), std::string::npos)
+      << msg;
   // A wide file's names are listed up to 20 (the message was 189 KB for 20,000 columns).
   std::string wide = "date", row = "1";
   for (int c = 0; c < 500; ++c) wide += ",c" + std::to_string(c), row += ",1";
