@@ -4,8 +4,9 @@
 #   slurm/check-outputs.sh LIST OUTDIR          (by hand, or as the array's summary job:)
 #   sbatch --dependency=afterok:ARRAY_JOB slurm/check-outputs.sh [--remove-list] LIST OUTDIR
 #
-# --remove-list: remove LIST at the end (submit-array.sh's summary job: its read-only copy of the
-# list, OUTDIR/.sparsa-inputs.XXXXXX, which the tasks needed until they all succeeded).
+# --remove-list: remove LIST at the end where every output is complete (submit-array.sh's summary
+# job: its read-only copy of the list, OUTDIR/.sparsa-inputs.XXXXXX, which the tasks needed until
+# they all succeeded; it stays where one is not, for the resubmission).
 #
 # LIST and OUTDIR are those given to slurm/submit-array.sh: input dir/genome.fa.gz is expected
 # as OUTDIR/genome.h5. An output is complete when the file exists and its root attribute
@@ -84,6 +85,10 @@ while IFS= read -r line || [ -n "$line" ]; do
 done <"$LIST"
 
 echo "check-outputs: $((n - bad)) of $n outputs complete in $OUTDIR"
-[ -n "$remove_list" ] && { chmod u+w "$LIST" 2>/dev/null; rm -f -- "$LIST"; }
+# (only where every output is complete: the list is what a resubmission of the rest needs)
+if [ -n "$remove_list" ] && [ "$n" -gt 0 ] && [ "$bad" -eq 0 ]; then
+  chmod u+w "$LIST" 2>/dev/null
+  rm -f -- "$LIST"
+fi
 [ "$n" -gt 0 ] || { echo "check-outputs: $LIST lists no inputs" >&2; exit 2; }
 [ "$bad" -eq 0 ] || exit 1

@@ -683,6 +683,12 @@ struct EmbedRun {
       return;
     int64_t avail = host_memory_available();
     if (limit > 0) avail = avail < 0 ? limit : std::min(avail, limit);
+    // An address-space limit: what it leaves to map, less each thread's BLAS buffer and stack
+    // (counted again where they are mapped already: on the safe side)
+    if (int64_t as = address_space_room(); as >= 0) {
+      as -= omp_get_max_threads() * kBlasThreadBytes;
+      avail = avail < 0 ? as : std::min(avail, as);
+    }
     // The node's ranks share it (the launcher's count: of this run's ranks at most).
     const int64_t ranks = std::clamp<int64_t>(local_rank_count(), 1, comm.size());
     // The largest shortfall and the least room over c; a rank that cannot tell counts for none.
@@ -696,7 +702,8 @@ struct EmbedRun {
             " of host memory on the CPU (16 x d_model bytes a token), and " +
             human_bytes((double)-v[1]) + " are available" +
             (ranks > 1 ? " to each of the node's " + std::to_string(ranks) + " ranks" : "") +
-            " (MemAvailable, or the job's memory limit); SPARSA_SKIP_MEMORY_CHECK=1 runs anyway",
+            " (MemAvailable, the job's memory limit or ulimit -v); SPARSA_SKIP_MEMORY_CHECK=1 "
+            "runs anyway",
         0);
   }
 
@@ -1532,6 +1539,28 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (no_gpu_somewhere) {
     chosen.device = "cpu";
     chosen.device_note = "some ranks have no GPU, so every rank uses its CPU";
+  }
+  // Under an address-space limit (`ulimit -v`) every CPU thread must map OpenBLAS's 128 MB buffer
+  // and a stack: where one cannot, OpenBLAS retries forever (a hang that no signal ends), so a
+  // run that would meet that is refused now. Collective: the largest shortfall of any rank.
+  if (resolved_backend(chosen) == "cpu fp32") {
+    const int64_t room = address_space_room(), threads = omp_get_max_threads();
+    constexpr int64_t kBase = int64_t{256} << 20;  // the first thread's arena, the model, HDF5
+    int64_t v[1] = {room < 0 ? std::numeric_limits<int64_t>::min()
+                             : threads * kBlasThreadBytes + kBase - room};
+    if (comm.size() > 1) comm.allreduce_max(v, 1);
+    if (v[0] > 0) {
+      const int64_t fit = room < 0 ? 0 : std::max<int64_t>(0, (room - kBase) / kBlasThreadBytes);
+      throw SystemError(
+          "an address-space limit (ulimit -v) leaves " +
+          (room < 0 ? std::string("another rank") : "this process " + human_bytes((double)room)) +
+          " to map, and the CPU backend's " + std::to_string(threads) +
+          (threads == 1 ? " thread needs" : " threads need") + " about " +
+          human_bytes((double)(threads * kBlasThreadBytes + kBase)) +
+          " (OpenBLAS maps a 128 MB buffer for each, and waits forever where it cannot): raise "
+          "the limit (ulimit -v unlimited; under Slurm, the job's memory)" +
+          (fit > 0 ? " or use at most --threads " + std::to_string(fit) : std::string()));
+    }
   }
   if (check_paths(o)) {
     // --resume on a complete output: done if this same run made it (its run_manifest; a file

@@ -1,12 +1,14 @@
 // sparsa command line: a thin layer that parses options, calls the library and maps errors to
 // exit codes. See docs/cli.md.
 #include <omp.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -174,7 +176,25 @@ bool first_rank_to_speak() {
 
 }  // namespace
 
+// OpenBLAS (Debian's default build, libopenblas0-pthread) starts a pool of worker threads when
+// it loads, before main, each mapping a 128 MB buffer. sparsa calls BLAS single-threaded from
+// its own OpenMP threads, so the pool only costs address space; under a limit on it (`ulimit
+// -v`, a Slurm VSizeFactor) a worker's buffer fails to map and OpenBLAS retries forever: the
+// process hangs, deaf to SIGTERM, even for --version. Where such a limit is set, the process
+// runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
+// loads); without a limit nothing changes.
+static void one_blas_thread_under_a_limit(char** argv) {
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  const char* now = std::getenv("OPENBLAS_NUM_THREADS");
+  if (now && std::string(now) == "1") return;
+  if (setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0) return;
+  execv("/proc/self/exe", argv);  // (returns only where it failed: go on as we are)
+}
+
 int main(int argc, char** argv) {
+  one_blas_thread_under_a_limit(argv);
+  hold_early_stops();  // a job's USR1 or TERM before embed's handlers: held, not fatal
 #ifdef SPARSA_HAVE_CUDA
   nccl_env_defaults();  // first: setenv before MPI, OpenMP or any thread of ours starts
 #endif
@@ -550,6 +570,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 
+  if (!*embed) release_early_stops();  // (only embed stops at safe points)
   std::unique_ptr<Comm> comm;
   int code = kExitOk;
   std::string error_text;

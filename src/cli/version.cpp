@@ -1,9 +1,11 @@
 // sparsa --version: the version and the libraries this binary runs with (as samtools --version).
 #include "cli/version.hpp"
 
+#include <cblas.h>
 #include <hdf5.h>
 #include <htslib/hts.h>
 #include <mpi.h>
+#include <omp.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -35,6 +37,25 @@ std::string version_text(const char* version) {
   out += " (serial: one rank writes the output)";
 #endif
   out += "\nhtslib: " + std::string(hts_version()) + "\nzlib:   " + zlibVersion() + "\n";
+  // The CPU backend's BLAS (OpenBLAS's build line: version, threading, architecture) and OpenMP
+  std::string blas = openblas_get_config();
+  while (!blas.empty() && blas.back() == ' ') blas.pop_back();
+  out += "BLAS:   " + blas + "; OpenMP " + std::to_string(_OPENMP) + "\n";
+  // How this binary was built: for a bug report
+  out += "build:  " +
+#if defined(__clang__)
+         std::string("clang ") + __clang_version__ +
+#elif defined(__GNUC__)
+         std::string("gcc ") + __VERSION__ +
+#else
+         std::string("unknown compiler") +
+#endif
+#ifdef NDEBUG
+         ", optimised" +
+#else
+         ", debug (assertions on)" +
+#endif
+         std::string("\n");
 #ifdef SPARSA_HAVE_CUDA
   out += "CUDA:   " + cuda::version_info();
 #else

@@ -1,5 +1,7 @@
 #include "core/memory.hpp"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +70,19 @@ int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgrou
     }
   }
   return least;
+}
+
+int64_t address_space_room() {
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return -1;
+  int64_t size_kb = 0;
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.compare(0, 7, "VmSize:") == 0) {
+      std::istringstream(line.substr(7)) >> size_kb;
+      break;
+    }
+  return (int64_t)rl.rlim_cur - size_kb * 1024;
 }
 
 int64_t host_memory_available() {

@@ -65,5 +65,12 @@ int64_t host_memory_available();
 // of the memory cgroups that `proc_cgroup` (/proc/self/cgroup) names and those above them, under
 // `sys_cgroup` (/sys/fs/cgroup; v1's controller in its memory/ folder); -1 where none sets a limit.
 int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgroup);
+// Bytes of address space this process may still map under its RLIMIT_AS (`ulimit -v`, a Slurm
+// VSizeFactor): the limit less its VmSize now; -1 where there is no limit. Mapped, not used:
+// OpenBLAS maps a 128 MB buffer for each thread that calls it, a thread's stack 8 MB.
+int64_t address_space_room();
+// OpenBLAS's buffer for each thread that calls it, and a thread's stack: what an address-space
+// limit must leave for each CPU thread.
+constexpr int64_t kBlasThreadBytes = (int64_t{128} + 8) << 20;
 
 }  // namespace sparsa

@@ -83,6 +83,30 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
+namespace {
+volatile sig_atomic_t g_early = 0;  // the first stop signal held before the handlers were set
+void on_early_signal(int sig) {
+  if (!g_early) g_early = sig;
+}
+constexpr int kStopSignals[] = {SIGTERM, SIGINT, SIGUSR1};
+}  // namespace
+
+void hold_early_stops() {
+  struct sigaction sa {};
+  sa.sa_handler = on_early_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int s : kStopSignals) sigaction(s, &sa, nullptr);
+}
+
+void release_early_stops() {
+  for (int s : kStopSignals) std::signal(s, SIG_DFL);
+  if (const int held = g_early) {
+    g_early = 0;
+    raise(held);
+  }
+}
+
 void install_stop_handlers(bool announce, const char* journal, bool speaks) {
   // A run starts with no stop and no finishing phase (in one process, before the run, they are
   // so anyway; a test process that ran a journal's assembly in-process left the phase at
@@ -112,6 +136,12 @@ void install_stop_handlers(bool announce, const char* journal, bool speaks) {
   // (EPIPE) instead of killing the run at once with the record in flight lost: the run goes on,
   // and a stop signal still reaches its safe point (exit 75).
   std::signal(SIGPIPE, SIG_IGN);
+  // A signal held since main's start is the run's first stop (said, and taken at the first
+  // safe point).
+  if (const int held = g_early) {
+    g_early = 0;
+    raise(held);
+  }
 }
 
 void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }

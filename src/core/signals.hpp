@@ -22,6 +22,12 @@ class Interrupted : public Error {
 // where announce is off (--quiet). Starts the run's stop state afresh (no stop, no finishing).
 void install_stop_handlers(bool announce = false, const char* journal = nullptr,
                            bool speaks = false);
+// From main's start until the run's handlers are installed (MPI's start-up takes a while): a
+// stop signal is held, not left to kill the process (a Slurm USR1 or TERM in a job's first
+// moments); install_stop_handlers takes it up as the run's stop. release_early_stops: the
+// defaults back (commands that do not stop at safe points), a held signal raised again.
+void hold_early_stops();
+void release_early_stops();
 // SIGXFSZ ignored (every subcommand: init writes a checkpoint too).
 void ignore_file_size_signal();
 bool stop_requested();

@@ -84,6 +84,14 @@ grep -q "^complete .*out/sample1.h5" check.txt &&
   grep -q "^MISSING .*out/sample5.h5" check.txt &&
   grep -q "^complete .*out/INCOMPLETE_run.h5" check.txt ||
   fail "check-outputs.sh listed the wrong outputs"
+# --remove-list keeps the list where an output is not complete (a resubmission needs it)
+cp more.txt more-copy.txt
+bash "$SRC/slurm/check-outputs.sh" --remove-list more-copy.txt out >/dev/null || true
+[ -f more-copy.txt ] || fail "check-outputs.sh --remove-list removed the list of unfinished inputs"
+printf '%s\n' in/sample1.fa >done.txt
+bash "$SRC/slurm/check-outputs.sh" --remove-list done.txt out >/dev/null ||
+  fail "check-outputs.sh failed on a complete output"
+[ ! -e done.txt ] || fail "check-outputs.sh --remove-list kept the list of a finished array"
 say "a failing task: the summary job is cancelled, not left pending"
 printf 'not a FASTA file\n' >in/broken.fa
 printf '%s\n' in/sample1.fa in/broken.fa >broken.txt

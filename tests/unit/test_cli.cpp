@@ -321,7 +321,8 @@ TEST(Cli, HelpTeachesAndVersionWorks) {
   r = run(binary() + " --version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("sparsa "), std::string::npos);
-  for (const char* lib : {"MPI:", "HDF5:", "htslib:", "zlib:", "CUDA:"})
+  for (const char* lib :
+       {"MPI:", "HDF5:", "htslib:", "zlib:", "BLAS:   OpenBLAS ", "; OpenMP ", "build:  ", "CUDA:"})
     EXPECT_NE(r.output.find(lib), std::string::npos) << lib << "\n" << r.output;
   // A missing --model file is a usage error (exit 2) naming it, with the other options given.
   r = run(binary() + " embed --model " + t / "nope.h5" + " --input " + lambda() + " --output " +
@@ -868,6 +869,42 @@ TEST(Cli, OutOfMemoryNamesTheRecord) {
   EXPECT_FALSE(exists(out + ".tmp"));
   for (const char* needle : {"out of memory", "record 'big'", "3000000 tokens", "big.fa"})
     EXPECT_NE(r.output.find(needle), std::string::npos) << needle << " not in:\n" << r.output;
+#endif
+}
+
+// Under a tight address-space limit OpenBLAS's threads could not map their buffers and retried
+// forever (a hang that SIGTERM did not end, even for --version); now the process runs with one
+// BLAS thread there, and an embed whose CPU threads do not fit is refused, naming the limit.
+TEST(Cli, TightAddressSpaceLimitIsRefusedNotHung) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan reserves terabytes of address space: a process under ulimit -v cannot "
+                  "start";
+#else
+  TempDir t;
+  auto limited = [&](long kb, const std::string& args) {
+    return run("timeout -k 5 60 bash -c 'ulimit -v " + std::to_string(kb) + "; exec " + binary() +
+               " " + args + "'");
+  };
+  auto r = limited(400000, "--version");
+  EXPECT_EQ(r.code, 0) << r.output;
+  const std::string model = t / "m.h5";
+  ASSERT_EQ(run(binary() + " init -q --config " + tiny_config() + " --output " + model).code, 0);
+  const std::string out = t / "out.h5";
+  r = limited(1000000, "--threads 64 embed -q --device cpu --model " + model + " --input " +
+                           lambda() + " --output " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("an address-space limit (ulimit -v) leaves this process"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("CPU backend's 64 threads need about"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("or use at most --threads"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(out));
+  EXPECT_FALSE(exists(out + ".parts"));
+  // With room for one thread it runs.
+  r = limited(2000000, "--threads 1 embed -q --device cpu --model " + model + " --input " +
+                           lambda() + " --output " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(exists(out));
 #endif
 }
 

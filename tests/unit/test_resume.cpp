@@ -996,6 +996,28 @@ TEST(Resume, AdoptedStopKeepsTheNextInterruptAFirstOne) {
       ::testing::ExitedWithCode(130), "stopped at once");
 }
 
+// A stop signal in a run's first moments (before MPI's start-up is over and the handlers are
+// set: a Slurm USR1 at a job's start killed its ranks, exit 138) is held, then taken as the run's
+// first stop; for a command that does not stop at safe points, the held signal acts as before.
+TEST(Resume, SignalBeforeTheHandlersIsHeldForTheRun) {
+  EXPECT_EXIT(
+      {
+        sparsa::hold_early_stops();
+        raise(SIGUSR1);  // held: the process goes on
+        sparsa::install_stop_handlers(true);
+        std::_Exit(sparsa::stop_signal() == SIGUSR1 ? 75 : 3);
+      },
+      ::testing::ExitedWithCode(75), "SIGUSR1 \\(time limit near\\): stopping");
+  EXPECT_EXIT(
+      {
+        sparsa::hold_early_stops();
+        raise(SIGTERM);
+        sparsa::release_early_stops();  // `sparsa inspect`: the signal's default action now
+        std::_Exit(3);
+      },
+      ::testing::KilledBySignal(SIGTERM), "");
+}
+
 // A record inserted before others shifts them all (records are matched by their place): the
 // first three that no longer match are named, the rest counted in one line, not one each.
 TEST(Resume, ShiftedRecordsAreCountedNotListed) {
