@@ -686,7 +686,7 @@ struct EmbedRun {
     // An address-space limit: what it leaves to map, less each thread's BLAS buffer and stack
     // (counted again where they are mapped already: on the safe side)
     if (int64_t as = address_space_room(); as >= 0) {
-      as -= omp_get_max_threads() * kBlasThreadBytes;
+      as = std::max<int64_t>(0, as - omp_get_max_threads() * kBlasThreadBytes);
       avail = avail < 0 ? as : std::min(avail, as);
     }
     // The node's ranks share it (the launcher's count: of this run's ranks at most).
@@ -1546,20 +1546,25 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   if (resolved_backend(chosen) == "cpu fp32") {
     const int64_t room = address_space_room(), threads = omp_get_max_threads();
     constexpr int64_t kBase = int64_t{256} << 20;  // the first thread's arena, the model, HDF5
-    int64_t v[1] = {room < 0 ? std::numeric_limits<int64_t>::min()
-                             : threads * kBlasThreadBytes + kBase - room};
-    if (comm.size() > 1) comm.allreduce_max(v, 1);
+    constexpr int64_t kUnlimited = std::numeric_limits<int64_t>::max();
+    // the largest shortfall, and the least room of a rank under a limit (kUnlimited: none is)
+    int64_t v[2] = {
+        room < 0 ? std::numeric_limits<int64_t>::min() : threads * kBlasThreadBytes + kBase - room,
+        room < 0 ? -kUnlimited : -room};
+    if (comm.size() > 1) comm.allreduce_max(v, 2);
     if (v[0] > 0) {
-      const int64_t fit = room < 0 ? 0 : std::max<int64_t>(0, (room - kBase) / kBlasThreadBytes);
+      const int64_t least = -v[1];
+      const int64_t fit = std::max<int64_t>(0, (least - kBase) / kBlasThreadBytes);
       throw SystemError(
           "an address-space limit (ulimit -v) leaves " +
-          (room < 0 ? std::string("another rank") : "this process " + human_bytes((double)room)) +
+          std::string(comm.size() > 1 ? "a rank " : "this process ") + human_bytes((double)least) +
           " to map, and the CPU backend's " + std::to_string(threads) +
           (threads == 1 ? " thread needs" : " threads need") + " about " +
           human_bytes((double)(threads * kBlasThreadBytes + kBase)) +
           " (OpenBLAS maps a 128 MB buffer for each, and waits forever where it cannot): raise "
           "the limit (ulimit -v unlimited; under Slurm, the job's memory)" +
-          (fit > 0 ? " or use at most --threads " + std::to_string(fit) : std::string()));
+          (fit > 0 && fit < threads ? " or use at most --threads " + std::to_string(fit)
+                                    : std::string()));
     }
   }
   if (check_paths(o)) {
@@ -1769,7 +1774,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       };
       const bool check = !env_on("SPARSA_SKIP_SPACE_CHECK");
       // /proc, /sys and the like: no blocks at all, so no file can be written there
-      if (!ec && space.capacity == 0)
+      if (!ec && check && space.capacity == 0)
         refuse(o.output + ": its folder " + fs::absolute(o.output).parent_path().string() +
                " is on a file system that stores no files (no blocks, like /proc or /sys); "
                "write the output elsewhere");

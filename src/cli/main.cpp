@@ -11,8 +11,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "cli/bench.hpp"
 #include "cli/inspect.hpp"
@@ -189,7 +191,18 @@ static void one_blas_thread_under_a_limit(char** argv) {
   const char* now = std::getenv("OPENBLAS_NUM_THREADS");
   if (now && std::string(now) == "1") return;
   if (setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0) return;
-  execv("/proc/self/exe", argv);  // (returns only where it failed: go on as we are)
+  // The words as the kernel started the process (/proc/self/cmdline): started through the
+  // dynamic loader (`ld.so sparsa ...`), /proc/self/exe is the loader and main's argv lacks it.
+  std::vector<std::string> words;
+  {
+    std::ifstream in("/proc/self/cmdline", std::ios::binary);
+    for (std::string w; std::getline(in, w, '\0');) words.push_back(w);
+  }
+  std::vector<char*> args;
+  for (std::string& w : words) args.push_back(w.data());
+  args.push_back(nullptr);
+  execv("/proc/self/exe", words.empty() ? argv : args.data());
+  // (returns only where it failed: go on as we are)
 }
 
 int main(int argc, char** argv) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace sparsa {
 
@@ -85,10 +86,17 @@ extern "C" void on_stop_signal(int sig) {
 
 namespace {
 volatile sig_atomic_t g_early = 0;  // the first stop signal held before the handlers were set
+constexpr int kStopSignals[] = {SIGTERM, SIGINT, SIGUSR1};
+struct sigaction g_before[3];  // what each was before hold_early_stops
+bool g_held[3] = {false, false, false};
 void on_early_signal(int sig) {
+  if (g_early == SIGINT && sig == SIGINT) {  // a second Ctrl-C (start-up stuck): at once
+    std::signal(SIGINT, SIG_DFL);
+    raise(SIGINT);
+    return;
+  }
   if (!g_early) g_early = sig;
 }
-constexpr int kStopSignals[] = {SIGTERM, SIGINT, SIGUSR1};
 }  // namespace
 
 void hold_early_stops() {
@@ -96,11 +104,17 @@ void hold_early_stops() {
   sa.sa_handler = on_early_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  for (int s : kStopSignals) sigaction(s, &sa, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    // (a signal the parent ignores, as `trap '' TERM` or a script's background job has it,
+    // stays ignored)
+    g_held[i] = sigaction(kStopSignals[i], nullptr, &g_before[i]) == 0 &&
+                g_before[i].sa_handler != SIG_IGN && sigaction(kStopSignals[i], &sa, nullptr) == 0;
+  }
 }
 
 void release_early_stops() {
-  for (int s : kStopSignals) std::signal(s, SIG_DFL);
+  for (int i = 0; i < 3; ++i)
+    if (std::exchange(g_held[i], false)) sigaction(kStopSignals[i], &g_before[i], nullptr);
   if (const int held = g_early) {
     g_early = 0;
     raise(held);

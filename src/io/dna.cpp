@@ -271,6 +271,47 @@ bool bgzf_blocks_fill_file(const std::string& path, long long* gzip_at = nullptr
   return !ec && (long long)size == at;
 }
 
+// Whether a file whose BGZF blocks stop at `gzip_at` is whole bgzip (its blocks end with the
+// 28-byte end-of-file block) then whole gzip members to the file's last byte (zlib's gzread
+// ignores bytes after the last member; this does not).
+bool whole_bgzip_then_gzip(const std::string& path, long long gzip_at) {
+  static const unsigned char kEof[28] = {0x1f, 0x8b, 8,    4, 0, 0, 0, 0, 0, 0xff, 6, 0, 0x42, 0x43,
+                                         2,    0,    0x1b, 0, 3, 0, 0, 0, 0, 0,    0, 0, 0,    0};
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  unsigned char tail[28];
+  bool ok = gzip_at >= 28 && std::fseek(f, (long)(gzip_at - 28), SEEK_SET) == 0 &&
+            std::fread(tail, 1, 28, f) == 28 && std::memcmp(tail, kEof, 28) == 0;
+  z_stream z{};
+  if (ok) ok = inflateInit2(&z, 15 + 16) == Z_OK;  // (gzip wrapper)
+  if (ok) {
+    std::vector<unsigned char> in(1 << 16), out(1 << 16);
+    bool in_member = false;
+    for (;;) {
+      if (z.avail_in == 0) {
+        z.avail_in = (uInt)std::fread(in.data(), 1, in.size(), f);
+        z.next_in = in.data();
+        if (z.avail_in == 0) break;  // the end of the file: whole only between members
+      }
+      z.next_out = out.data();
+      z.avail_out = (uInt)out.size();
+      in_member = true;
+      const int r = inflate(&z, Z_NO_FLUSH);
+      if (r == Z_STREAM_END) {
+        in_member = false;
+        inflateReset(&z);
+      } else if (r != Z_OK && r != Z_BUF_ERROR) {
+        in_member = true;  // bytes that are not gzip (zero padding, another kind of file)
+        break;
+      }
+    }
+    ok = !in_member && std::ferror(f) == 0;
+    inflateEnd(&z);
+  }
+  std::fclose(f);
+  return ok;
+}
+
 // Where a gzip or bgzip file stops decompressing, said for a message: htslib's reader drops the
 // partly decompressed block where it fails (up to 64 KB of text), so zlib streams the file
 // again here, as far as it goes. "" when zlib reads it whole (the damage is htslib's to say).
@@ -300,9 +341,10 @@ std::string gzip_damage(const std::string& path, bool whole_too, long long* line
   long long gzip_at = -1;
   if (n == 0 && code == Z_OK && !bgzf_blocks_fill_file(path, &gzip_at) && gzip_at >= 0)
     return "a plain gzip part follows the bgzip blocks at byte " + std::to_string(gzip_at) +
-           " (files joined with cat?): zlib reads the whole file (" + std::to_string(lines) +
-           " lines), but htslib does not go on from bgzip to gzip within a file: recompress it "
-           "(zcat FILE | bgzip > NEW.gz)";
+           " (files joined with cat?), but the bgzip part before it lacks its end-of-file "
+           "block (cut short?) or bytes follow the last gzip part (" +
+           std::to_string(lines) +
+           " lines decompress): recompress it from whole parts (zcat FILE | bgzip > NEW.gz)";
   if (n == 0 && code == Z_OK)  // zlib reads it whole: htslib stopped at bytes after the data
     return "the compressed data ends after line " + std::to_string(lines) + " (" +
            std::to_string(bytes) +
@@ -348,7 +390,7 @@ class LineReader {
     if (bgzf_compression(fp_) != 2 || bgzf_check_EOF(fp_) != 0) return false;
     long long gzip_at = -1;
     return bgzf_blocks_fill_file(path_, &gzip_at) || gzip_at < 0 ||
-           !gzip_damage(path_, false).empty();
+           !whole_bgzip_then_gzip(path_, gzip_at);
   }
 
   // A bgzip file whose end-of-file marker is missing: cut inside a block (zlib says where), or

@@ -655,7 +655,7 @@ TimeOrder time_order(const StringColumn& ts) {
         std::vector<YearFirst> d(ts.size());
         for (size_t j = 0; j < ts.size(); ++j) {
           const auto y = year_first(ts[j]);
-          if (!y || !utc_offset(ts[j]).empty()) return unread(i);
+          if (!y || !utc_offset(ts[j]).empty()) return unread(j);
           d[j] = *y;
         }
         for (size_t j = 1; j < d.size(); ++j) {
@@ -664,6 +664,9 @@ TimeOrder time_order(const StringColumn& ts) {
                   : q.m != p.m     ? (q.m > p.m ? 1 : -1)
                                    : (q.d > p.d) - (q.d < p.d);
           if (c == 0 && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
+          // (times of one day in two lengths, 9:30 and 10:00, or with and without a fraction:
+          // not compared, and said)
+          if (c == 0 && q.rest.size() != p.rest.size()) return unread(j);
           if (c < 0) {
             o.backwards = (int64_t)j;
             break;

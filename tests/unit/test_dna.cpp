@@ -1303,6 +1303,19 @@ TEST_F(DnaTest, JoinedAndDoublyCompressedFiles) {
   const std::string cut = (dir_ / "cut.fa.gz").string();
   sh("head -c $(( $(wc -c < '" + mix + "') - 30 )) '" + mix + "' > '" + cut + "'");
   expect_error<InputError>([&] { read_all(cut); }, {cut, "cut short"});
+  // A bgzip part without its end-of-file block (cut at a block boundary) before the gzip part,
+  // or bytes after the last gzip part: not whole, refused at the start.
+  const std::string a1 = write("a1.fa", ">a1\n" + wrap(random_seq(200000, 13), 60));
+  sh("bgzip -c '" + a1 + "' > '" + a1 + ".bgz'");
+  const std::string cutjoin = (dir_ / "cutjoin.fa.gz").string();
+  sh("head -c $(( $(wc -c < '" + a1 + ".bgz') - 28 )) '" + a1 + ".bgz' > '" + cutjoin + "'; cat '" +
+     b + ".gz' >> '" + cutjoin + "'");
+  expect_error<InputError>([&] { FastxReader r(cutjoin, {}); },
+                           {cutjoin, "lacks its end-of-file block (cut short?)"});
+  const std::string padded = (dir_ / "padded.fa.gz").string();
+  sh("cat '" + mix + "' > '" + padded + "'; head -c 512 /dev/zero >> '" + padded + "'");
+  expect_error<InputError>([&] { FastxReader r(padded, {}); },
+                           {padded, "bytes follow the last gzip part"});
   const std::string twice = (dir_ / "twice.fa.gz").string();
   sh("gzip -c '" + b + ".gz' > '" + twice + "'");
   expect_error<InputError>([&] { read_all(twice); }, {twice, "line 1", "compressed twice"});

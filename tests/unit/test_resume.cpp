@@ -1016,6 +1016,26 @@ TEST(Resume, SignalBeforeTheHandlersIsHeldForTheRun) {
         std::_Exit(3);
       },
       ::testing::KilledBySignal(SIGTERM), "");
+  // A signal the parent ignores (`trap '' TERM`) stays ignored; a second Ctrl-C while held ends
+  // a start-up that hangs (MPI waiting on a peer).
+  EXPECT_EXIT(
+      {
+        signal(SIGTERM, SIG_IGN);
+        sparsa::hold_early_stops();
+        raise(SIGTERM);
+        sparsa::release_early_stops();
+        raise(SIGTERM);
+        std::_Exit(7);
+      },
+      ::testing::ExitedWithCode(7), "");
+  EXPECT_EXIT(
+      {
+        sparsa::hold_early_stops();
+        raise(SIGINT);
+        raise(SIGINT);
+        std::_Exit(3);
+      },
+      ::testing::KilledBySignal(SIGINT), "");
 }
 
 // A record inserted before others shifts them all (records are matched by their place): the

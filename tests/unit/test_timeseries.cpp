@@ -701,7 +701,9 @@ TEST(TsOrder, FirstBackwardsRow) {
   EXPECT_EQ(first_backwards_row(V{"2024-9-28", "2024-9-29", "2024-9-30", "2024-10-1"}), -1);
   EXPECT_EQ(first_backwards_row(V{"2024-10-1", "2024-9-30", "2024-9-29"}), 1);
   EXPECT_EQ(first_backwards_row(V{"2024-9-30 10:00", "2024-10-1 09:00", "2024-10-1 08:00"}), 2);
-  EXPECT_EQ(time_order(V{"2024-9-30", "2024-10-1", "2024-13-1"}).unread, 1);
+  EXPECT_EQ(time_order(V{"2024-9-30", "2024-10-1", "2024-13-1"}).unread, 2);
+  EXPECT_EQ(time_order(V{"2024-9-30 9:30", "2024-9-30 10:00"}).unread, 1);  // not compared
+  EXPECT_EQ(time_order(V{"2024-01-01 09:30:00", "2024-01-01 09:30:00.500000"}).unread, 1);
   // Epoch nanoseconds (256 apart as doubles): compared as whole numbers.
   EXPECT_EQ(first_backwards_row(V{"1700000000123456789", "1700000000123456700"}), 1);
   EXPECT_EQ(first_backwards_row(V{"1700000000000000001", "1700000000000000002"}), -1);
