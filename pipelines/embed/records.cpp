@@ -253,6 +253,15 @@ struct RecordSource::Impl {
     }
     return false;
   }
+  // A record of `file` named like one of the earlier input `other` (FASTA or CSV inputs).
+  void warn_other_input(const std::string& file, const std::string& name,
+                        const std::string& other) {
+    if (warn_more(warned_other_input, "have the name of a record of an earlier input"))
+      std::fprintf(stderr,
+                   "[sparsa] warning: %s: record '%s': %s has a record of that name too; both "
+                   "are embedded, told apart by their keys and `source` attributes\n",
+                   file.c_str(), name.c_str(), other.c_str());
+  }
   // At the input's end: how many records each capped kind of warning met in all.
   void say_totals() {
     if (std::exchange(totals_said, true)) return;
@@ -270,12 +279,7 @@ struct RecordSource::Impl {
     const char* file = path.c_str();
     if (opts.inputs.size() > 1) {
       const auto [it, added] = series_names.try_emplace(std::hash<std::string>{}(raw.name), path);
-      if (!added && it->second != path &&
-          warn_more(warned_other_input, "have the name of a record of an earlier input"))
-        std::fprintf(stderr,
-                     "[sparsa] warning: %s: record '%s': %s has a record of that name too; "
-                     "both are embedded, told apart by their keys and `source` attributes\n",
-                     file, raw.name.c_str(), it->second.c_str());
+      if (!added && it->second != path) warn_other_input(path, raw.name, it->second);
     }
     if (raw.id_blanks_line > 0 && warn_more(warned_id_blanks, "have ids with and without blanks"))
       std::fprintf(
@@ -581,12 +585,8 @@ struct RecordSource::Impl {
         if (opts.inputs.size() > 1 && !reader->fastq() && warnings) {
           const auto [it, added] =
               fasta_names.try_emplace(std::hash<std::string>{}(rec.name), input - 1);
-          if (!added && it->second != input - 1 &&
-              warn_more(warned_other_input, "have the name of a record of an earlier input"))
-            std::fprintf(stderr,
-                         "[sparsa] warning: %s: record '%s': %s has a record of that name too; "
-                         "both are embedded, told apart by their keys and `source` attributes\n",
-                         rec.source.c_str(), rec.name.c_str(), opts.inputs[it->second].c_str());
+          if (!added && it->second != input - 1)
+            warn_other_input(rec.source, rec.name, opts.inputs[it->second]);
         }
         return true;
       }

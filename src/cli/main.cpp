@@ -1,7 +1,6 @@
 // sparsa command line: a thin layer that parses options, calls the library and maps errors to
 // exit codes. See docs/cli.md.
 #include <omp.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -22,6 +21,7 @@
 #include "core/config.hpp"
 #include "core/edit_distance.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/paths.hpp"
 #include "core/progress.hpp"
 #include "core/signals.hpp"
@@ -186,8 +186,7 @@ bool first_rank_to_speak() {
 // runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
 // loads); without a limit nothing changes.
 static void one_blas_thread_under_a_limit(char** argv) {
-  struct rlimit rl {};
-  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  if (address_space_room() < 0) return;  // no limit
   const char* now = std::getenv("OPENBLAS_NUM_THREADS");
   if (now && std::string(now) == "1") return;
   if (setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0) return;

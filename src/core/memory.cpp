@@ -72,29 +72,26 @@ int64_t cgroup_room(const std::string& proc_cgroup, const std::string& sys_cgrou
   return least;
 }
 
+// The bytes of a "Key:  N kB" line of a /proc file (meminfo, self/status); -1 where missing.
+static int64_t proc_kb_line(const char* path, const std::string& key) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);)
+    if (line.compare(0, key.size(), key) == 0) {
+      std::istringstream s(line.substr(key.size()));
+      int64_t kb = 0;
+      return s >> kb ? kb * 1024 : -1;
+    }
+  return -1;
+}
+
 int64_t address_space_room() {
   struct rlimit rl {};
   if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return -1;
-  int64_t size_kb = 0;
-  std::ifstream in("/proc/self/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.compare(0, 7, "VmSize:") == 0) {
-      std::istringstream(line.substr(7)) >> size_kb;
-      break;
-    }
-  return (int64_t)rl.rlim_cur - size_kb * 1024;
+  return (int64_t)rl.rlim_cur - std::max<int64_t>(0, proc_kb_line("/proc/self/status", "VmSize:"));
 }
 
 int64_t host_memory_available() {
-  int64_t avail = -1;
-  std::ifstream in("/proc/meminfo");
-  for (std::string line; std::getline(in, line);)
-    if (line.compare(0, 13, "MemAvailable:") == 0) {
-      std::istringstream s(line.substr(13));
-      int64_t kb = 0;
-      if (s >> kb) avail = kb * 1024;
-      break;
-    }
+  int64_t avail = proc_kb_line("/proc/meminfo", "MemAvailable:");
   const int64_t room = cgroup_room("/proc/self/cgroup", "/sys/fs/cgroup");
   if (room >= 0) avail = avail < 0 ? room : std::min(avail, room);
   return avail;

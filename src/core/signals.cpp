@@ -97,6 +97,13 @@ void on_early_signal(int sig) {
   }
   if (!g_early) g_early = sig;
 }
+// The signal held since main's start, if any, raised again (to the handlers now set).
+void raise_held() {
+  if (const int held = g_early) {
+    g_early = 0;
+    raise(held);
+  }
+}
 }  // namespace
 
 void hold_early_stops() {
@@ -115,10 +122,7 @@ void hold_early_stops() {
 void release_early_stops() {
   for (int i = 0; i < 3; ++i)
     if (std::exchange(g_held[i], false)) sigaction(kStopSignals[i], &g_before[i], nullptr);
-  if (const int held = g_early) {
-    g_early = 0;
-    raise(held);
-  }
+  raise_held();
 }
 
 void install_stop_handlers(bool announce, const char* journal, bool speaks) {
@@ -140,7 +144,7 @@ void install_stop_handlers(bool announce, const char* journal, bool speaks) {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
+  for (int s : kStopSignals) sigaction(s, &sa, nullptr);
   // SIGHUP (an ssh session that drops) stops as SIGTERM does, keeping what is finished, instead
   // of killing the run outright; where it is ignored (nohup, trap '' HUP) it stays ignored.
   struct sigaction hup {};
@@ -152,10 +156,7 @@ void install_stop_handlers(bool announce, const char* journal, bool speaks) {
   std::signal(SIGPIPE, SIG_IGN);
   // A signal held since main's start is the run's first stop (said, and taken at the first
   // safe point).
-  if (const int held = g_early) {
-    g_early = 0;
-    raise(held);
-  }
+  raise_held();
 }
 
 void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }

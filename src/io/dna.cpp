@@ -233,37 +233,30 @@ std::string not_fasta_advice(std::string_view line) {
   return "";
 }
 
-// Where a bgzip file's BGZF blocks stop (each header's BSIZE leads to the next): the file's size
-// for one that is blocks end to end (also one cut exactly at a block boundary), less where other
-// bytes follow the blocks (zero padding, another file appended) or a block is cut short.
-// `gzip_next`: whether the bytes there start a gzip member that is not BGZF (a plain gzip file
-// appended: `cat a.fa.bgz b.fa.gz`).
-long long bgzf_blocks_end(std::FILE* f, bool* gzip_next) {
+// Whether a bgzip file is BGZF blocks end to end (each header's BSIZE leads to the next): true
+// for one cut exactly at a block boundary, false where other bytes follow the blocks (zero
+// padding, another file appended) or a block is cut short. `gzip_at`: where given, the byte
+// where a gzip member that is not BGZF follows one or more blocks (a plain gzip file appended:
+// `cat a.fa.bgz b.fa.gz`), or -1.
+bool bgzf_blocks_fill_file(const std::string& path, long long* gzip_at = nullptr) {
+  if (gzip_at) *gzip_at = -1;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
   long long at = 0;
+  bool gzip_next = false;
   unsigned char h[18];
-  *gzip_next = false;
   while (true) {
     const size_t got = std::fread(h, 1, sizeof h, f);
     if (got == 0 && std::feof(f)) break;  // the last block ended at the file's end
     // gzip magic, deflate, FEXTRA; XLEN 6 with the "BC" subfield of length 2: BSIZE at 16
     if (got < sizeof h || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 || !(h[3] & 4) ||
         h[12] != 'B' || h[13] != 'C') {
-      *gzip_next = got >= 3 && h[0] == 0x1f && h[1] == 0x8b && h[2] == 8;
+      gzip_next = got >= 3 && h[0] == 0x1f && h[1] == 0x8b && h[2] == 8;
       break;
     }
     at += (long long)(h[16] | (h[17] << 8)) + 1;
     if (std::fseek(f, (long)at, SEEK_SET) != 0) break;
   }
-  return at;
-}
-// Whether a bgzip file is BGZF blocks end to end (above); `gzip_at`: where given, the byte
-// where a plain gzip member follows one or more blocks, or -1.
-bool bgzf_blocks_fill_file(const std::string& path, long long* gzip_at = nullptr) {
-  if (gzip_at) *gzip_at = -1;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return false;
-  bool gzip_next = false;
-  const long long at = bgzf_blocks_end(f, &gzip_next);
   std::fclose(f);
   std::error_code ec;  // (the file's own size: a seek past its end succeeds)
   const auto size = std::filesystem::file_size(path, ec);
@@ -1580,7 +1573,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   const std::string& path = impl_->path;
   const faidx_t* fai = impl_->fai;
   const RegionSpan span = region_span(path, fai, region);
-  const int64_t len = span.len, begin = span.begin, end = span.end;
+  const int64_t begin = span.begin, end = span.end;
 
   std::string description;
   // A record is checked against the file the first time it is fetched: an index made before the

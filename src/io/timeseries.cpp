@@ -470,6 +470,16 @@ std::string_view utc_offset(std::string_view t) {
 
 namespace {
 
+// The decimal digits of t from k on, at most `max_digits` of them, as v (k moves past them);
+// whether there were `min_digits` or more.
+bool date_field(std::string_view t, size_t& k, int min_digits, int max_digits, int& v) {
+  const size_t from = k;
+  v = 0;
+  while (k < t.size() && t[k] >= '0' && t[k] <= '9' && (int)(k - from) < max_digits)
+    v = v * 10 + (t[k++] - '0');
+  return (int)(k - from) >= min_digits;
+}
+
 // A date with the year last ("12/31/2019", "31.01.2024", "1-2-2020"), perhaps with a time after
 // a space or 'T': its two leading fields, its year and what follows.
 struct YearLast {
@@ -477,23 +487,15 @@ struct YearLast {
   std::string_view rest;
 };
 std::optional<YearLast> year_last(std::string_view t) {
-  auto field = [&](size_t& k, int max_digits, int& v) {
-    const size_t from = k;
-    v = 0;
-    while (k < t.size() && t[k] >= '0' && t[k] <= '9' && (int)(k - from) < max_digits)
-      v = v * 10 + (t[k++] - '0');
-    return k > from;
-  };
   YearLast y;
   size_t k = 0;
-  if (!field(k, 2, y.a) || k >= t.size()) return std::nullopt;
+  if (!date_field(t, k, 1, 2, y.a) || k >= t.size()) return std::nullopt;
   const char sep = t[k];
   if (sep != '/' && sep != '.' && sep != '-') return std::nullopt;
   ++k;
-  if (!field(k, 2, y.b) || k >= t.size() || t[k] != sep) return std::nullopt;
+  if (!date_field(t, k, 1, 2, y.b) || k >= t.size() || t[k] != sep) return std::nullopt;
   ++k;
-  const size_t y0 = k;
-  if (!field(k, 4, y.year) || k - y0 != 4) return std::nullopt;
+  if (!date_field(t, k, 4, 4, y.year)) return std::nullopt;
   if (k < t.size() && t[k] != ' ' && t[k] != 'T') return std::nullopt;
   if (y.a < 1 || y.b < 1 || y.a > 31 || y.b > 31) return std::nullopt;
   y.rest = t.substr(k);
@@ -508,21 +510,14 @@ struct YearFirst {
 };
 std::optional<YearFirst> year_first(std::string_view t) {
   size_t k = 0;
-  auto field = [&](int min_digits, int max_digits, int& v) {
-    const size_t from = k;
-    v = 0;
-    while (k < t.size() && t[k] >= '0' && t[k] <= '9' && (int)(k - from) < max_digits)
-      v = v * 10 + (t[k++] - '0');
-    return (int)(k - from) >= min_digits;
-  };
   YearFirst y;
-  if (!field(4, 4, y.year) || k >= t.size()) return std::nullopt;
+  if (!date_field(t, k, 4, 4, y.year) || k >= t.size()) return std::nullopt;
   const char sep = t[k];
   if (sep != '-' && sep != '/' && sep != '.') return std::nullopt;
   ++k;
-  if (!field(1, 2, y.m) || k >= t.size() || t[k] != sep) return std::nullopt;
+  if (!date_field(t, k, 1, 2, y.m) || k >= t.size() || t[k] != sep) return std::nullopt;
   ++k;
-  if (!field(1, 2, y.d)) return std::nullopt;
+  if (!date_field(t, k, 1, 2, y.d)) return std::nullopt;
   if (k < t.size() && t[k] != ' ' && t[k] != 'T') return std::nullopt;
   if (y.m < 1 || y.m > 12 || y.d < 1 || y.d > 31) return std::nullopt;
   y.rest = t.substr(k);
