@@ -213,7 +213,8 @@ __global__ void pool_segments_kernel(PoolSegmentsParams p) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.n_segs * p.d) return;
   const int64_t k = idx / p.d, j = idx % p.d;
-  const PoolSegment s = p.segs[k];
+  const PoolSegment s =
+      p.segs ? p.segs[k] : PoolSegment{k * p.block, min(p.block, p.rows - k * p.block), 1};
   double acc = 0.0;
   for (int64_t t = 0; t < s.count; ++t) acc += (double)p.y[(s.first + s.step * t) * p.d + j];
   if (p.sums)

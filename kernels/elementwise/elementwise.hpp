@@ -70,8 +70,11 @@ struct PoolSegment {
 struct PoolSegmentsParams {
   const float* y;  // [rows, d]
   int64_t d;
-  const PoolSegment* segs;  // [n_segs] (device)
+  const PoolSegment* segs;  // [n_segs] (device), or nullptr: uniform blocks (below)
   int64_t n_segs;
+  // segs == nullptr: segment k is rows k * block .. min(rows, (k + 1) * block) - 1, step 1 (one
+  // record's mean-pool blocks: no list to build and copy for millions of rows).
+  int64_t block = 0, rows = 0;
   double* sums = nullptr;  // [n_segs, d], or
   float* means = nullptr;  // [n_segs, d]
 };

@@ -506,6 +506,8 @@ ForwardFn choose_backend(const EmbedOptions& o, const ModelWeights& w, Progress&
       co.output = CudaOutput::kPooled;
       co.pool_bin = o.pool.bin;
     }
+    // mean: only the blocks' sums come back (d / 8 bytes a token, not 4 d), as pool_shard's.
+    if (o.pool.kind == PoolSpec::kMean) co.mean_block = kMeanBlock;
     const char* rc_dev = std::getenv("SPARSA_RC_ON_DEVICE");  // 0: average on the host (A/B)
     co.rc_on_device = !(rc_dev && rc_dev[0] == '0');
     // Per-token rows into a float16 file: converted on the GPU, half the bytes come back.

@@ -972,6 +972,7 @@ struct FaidxFetcher::Impl {
   // record: a BED over many contigs of a bgzipped assembly reread the whole index each time).
   BGZF* check_fp = nullptr;
   bool check_opened = false, gzi_loaded = false;
+  std::pair<std::string, int64_t> last_length{"", -1};  // record_length's last answer
   ~Impl() {
     if (fai) fai_destroy(fai);
     if (check_fp) bgzf_close(check_fp);
@@ -1470,7 +1471,10 @@ namespace {
 struct RegionSpan {
   int64_t begin = 0, end = 0, len = 0;
 };
-RegionSpan region_span(const std::string& path, const faidx_t* fai, const RegionSpec& region) {
+// length_of: the record's length (the caller's, below: htslib before 1.18 gives an int).
+template <class Length>
+RegionSpan region_span(const std::string& path, const faidx_t* fai, const RegionSpec& region,
+                       Length&& length_of) {
   if (!faidx_has_seq(fai, region.name.c_str())) {
     std::string known;
     int n = faidx_nseq(fai);
@@ -1480,11 +1484,7 @@ RegionSpan region_span(const std::string& path, const faidx_t* fai, const Region
                      "'; known: " + known);
   }
   RegionSpan r;
-#if HTS_VERSION >= 101800
-  r.len = faidx_seq_len64(fai, region.name.c_str());
-#else
-  r.len = faidx_seq_len(fai, region.name.c_str());  // older htslib: int lengths
-#endif
+  r.len = length_of(region.name);
   r.begin = region.begin;
   r.end = region.end == -1 ? r.len : std::min<int64_t>(region.end, r.len);
   if (r.begin < 0)
@@ -1555,13 +1555,33 @@ bool find_fai_line(const std::string& fai_path,
 
 }  // namespace
 
+// A record's length, 64-bit: htslib before 1.18 has only faidx_seq_len, an int (a record past
+// 2^31 - 1 bases, as some amphibian and lungfish chromosomes are, came out wrong or negative), so
+// there the .fai's own line is read (the last name's kept: a BED's lines come a record at a time).
+int64_t FaidxFetcher::record_length(const std::string& name) const {
+#if HTS_VERSION >= 101800
+  return faidx_seq_len64(impl_->fai, name.c_str());
+#else
+  Impl& I = *impl_;
+  if (I.last_length.first != name) {
+    FaiEntry e;
+    I.last_length = {name, find_fai_line(I.fai_path, I.fai_lines, name, &e)
+                               ? e.length
+                               : (int64_t)faidx_seq_len(I.fai, name.c_str())};
+  }
+  return I.last_length.second;
+#endif
+}
+
 int64_t FaidxFetcher::tokens_of(const RegionSpec& region) const {
-  const RegionSpan r = region_span(impl_->path, impl_->fai, region);
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region,
+                                   [this](const std::string& n) { return record_length(n); });
   return r.end - r.begin;
 }
 
 std::string FaidxFetcher::cut_warning(const RegionSpec& region) const {
-  const RegionSpan r = region_span(impl_->path, impl_->fai, region);
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region,
+                                   [this](const std::string& n) { return record_length(n); });
   if (region.end <= r.len) return "";
   return impl_->path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +
          std::to_string(r.len) + " bases): embedded to its end, bases " +
@@ -1572,7 +1592,8 @@ std::string FaidxFetcher::cut_warning(const RegionSpec& region) const {
 Record FaidxFetcher::fetch(const RegionSpec& region) {
   const std::string& path = impl_->path;
   const faidx_t* fai = impl_->fai;
-  const RegionSpan span = region_span(path, fai, region);
+  const RegionSpan span =
+      region_span(path, fai, region, [this](const std::string& n) { return record_length(n); });
   const int64_t begin = span.begin, end = span.end;
 
   std::string description;

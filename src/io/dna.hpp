@@ -129,6 +129,9 @@ class FaidxFetcher {
   // naming the record's length; "" for one inside it. Said before any record is embedded.
   std::string cut_warning(const RegionSpec& region) const;
   Record fetch(const RegionSpec& region);
+  // The length of the record named `name` (64-bit, also with an htslib whose faidx_seq_len is
+  // an int); -1 for a name the index does not hold.
+  int64_t record_length(const std::string& name) const;
 
  private:
   struct Impl;

@@ -2244,6 +2244,62 @@ TEST(CudaModel, PackedOutputErrorsNameEachRecordsOwnRow) {
         << "record " << i << ": " << message(got[i]);
 }
 
+// A mean pool's block sums of rows y [n, d] (pool_shard's): the double sums of B rows each, in
+// row order.
+static std::vector<double> mean_block_sums(const std::vector<float>& y, int64_t n, int64_t d,
+                                           int64_t B) {
+  std::vector<double> sums;
+  for (int64_t b0 = 0; b0 < n; b0 += B)
+    for (int64_t j = 0; j < d; ++j) {
+      double acc = 0;
+      for (int64_t t = b0; t < std::min(n, b0 + B); ++t) acc += (double)y[t * d + j];
+      sums.push_back(acc);
+    }
+  return sums;
+}
+
+// A long record under --pool mean (CudaOptions::mean_block): only the block sums come back, and
+// they are the double sums, in row order, of the rows the same model returns without it (plain
+// and --rc-average averaged on the device); where the device averages nothing
+// (rc_on_device false) the rows come back as before.
+TEST(CudaModel, MeanBlocksOfALongRecordAreItsRowsSums) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, 2, 32, false, 64);
+  ModelWeights w = init_model(c, 9);
+  auto comm = make_single_comm();
+  const int64_t d = c.d_model, B = 64;
+  CudaOptions rows_opt{true, -1, 0};
+  CudaOptions mean_opt = rows_opt;
+  mean_opt.mean_block = B;
+  CudaModel rows(w, rows_opt), means(w, mean_opt);
+  for (int64_t n : {1, 64, 65, 1000, 20000}) {
+    SCOPED_TRACE("record of " + std::to_string(n) + " tokens");
+    std::vector<int32_t> t = dna(n, 70 + n), rc = t;
+    reverse_complement(rc);
+    const Shard sh = shard_of(n, 0, 1, B), mir = shard_of(n, 0, 1, B, true);
+    const ForwardOutput ref = rows.forward(t.data(), sh, *comm);
+    const ForwardOutput got = means.forward(t.data(), sh, *comm);
+    EXPECT_TRUE(got.y.empty());
+    EXPECT_EQ(got.block_sums.size(), (size_t)((n + B - 1) / B * d));
+    EXPECT_TRUE(got.block_sums == mean_block_sums(ref.y, n, d, B));
+    EXPECT_EQ(got.global_positions, ref.global_positions);
+    const ForwardOutput ref_rc = rows.forward_rc_average(t.data(), sh, rc.data(), mir, *comm);
+    const ForwardOutput got_rc = means.forward_rc_average(t.data(), sh, rc.data(), mir, *comm);
+    EXPECT_TRUE(got_rc.y.empty());
+    EXPECT_TRUE(got_rc.block_sums == mean_block_sums(ref_rc.y, n, d, B));
+  }
+  mean_opt.rc_on_device = false;  // both passes' rows to the host: sparsa embed pools them there
+  CudaModel host_avg(w, mean_opt);
+  std::vector<int32_t> t = dna(300, 3), rc = t;
+  reverse_complement(rc);
+  const ForwardOutput r = host_avg.forward_rc_average(t.data(), shard_of(300, 0, 1, B), rc.data(),
+                                                      shard_of(300, 0, 1, B, true), *comm);
+  EXPECT_TRUE(r.block_sums.empty());
+  EXPECT_TRUE(r.y == rows.forward_rc_average(t.data(), shard_of(300, 0, 1, B), rc.data(),
+                                             shard_of(300, 0, 1, B, true), *comm)
+                         .y);
+}
+
 // forward_packed's pairs (--rc-average) and mean blocks: rows averaged on the device are
 // forward_rc_average's (float32 and float16 rows); a mean pool's block sums are the double sums
 // of those rows' blocks in row order (pool_shard's); bins are each pass's bins (the reverse pass
@@ -2287,14 +2343,7 @@ TEST(CudaModel, PackedPairsAndMeansAreTheRecordsOwn) {
       EXPECT_EQ(got[i].out.global_positions, ref.global_positions);
       if (f16) continue;
       ASSERT_FALSE(means[i].error);
-      std::vector<double> sums;
-      for (int64_t b0 = 0; b0 < n; b0 += B)
-        for (int64_t j = 0; j < d; ++j) {
-          double acc = 0;
-          for (int64_t t = b0; t < std::min(n, b0 + B); ++t) acc += (double)ref.y[t * d + j];
-          sums.push_back(acc);
-        }
-      EXPECT_TRUE(means[i].out.block_sums == sums);
+      EXPECT_TRUE(means[i].out.block_sums == mean_block_sums(ref.y, n, d, B));
       EXPECT_TRUE(means[i].out.y.empty());
     }
   }

@@ -1134,6 +1134,33 @@ TEST_F(FaidxTest, IndexChangedDuringTheRunIsSaid) {
                            {p + ".fai: cannot open it again to find record 'a'"});
 }
 
+// Records past 2^31 - 1 bases (some amphibian and lungfish chromosomes): their lengths are the
+// index's, 64-bit, also where htslib's faidx_seq_len is an int (Debian 12's 1.16), which made a
+// 3 Gb record's regions "start after the end" and cut a 5 Gb record's regions short. The index
+// is written by hand here (a 3 Gb file is not): lengths, regions and the cut warning are read
+// from it without reading bases.
+TEST_F(FaidxTest, RecordsPastTwoGigabasesKeepTheirLength) {
+  std::string p = write("big.fa", ">small\nACGT\n>big\nACGT\n>huge\nACGT\n");
+  write("big.fa.fai",
+        "small\t4\t7\t4\t5\nbig\t3000000000\t17\t60\t61\nhuge\t5000000000\t28\t60\t61\n");
+  FaidxFetcher f(p, {});
+  EXPECT_EQ(f.record_length("small"), 4);
+  EXPECT_EQ(f.record_length("big"), 3000000000LL);
+  EXPECT_EQ(f.record_length("huge"), 5000000000LL);
+  EXPECT_EQ(f.record_length("big"), 3000000000LL);  // the kept answer
+  EXPECT_EQ(f.record_length("none"), -1);
+  EXPECT_EQ(f.tokens_of(parse_region("big:2,999,999,991-3,000,000,000", f.names())), 10);
+  EXPECT_EQ(f.tokens_of(parse_region("huge:4,999,999,001-5,000,000,000", f.names())), 1000);
+  EXPECT_EQ(f.tokens_of(parse_region("huge", f.names())), 5000000000LL);
+  EXPECT_EQ(f.cut_warning(parse_region("big:2999999991-3000000100", f.names())),
+            p + ": region 'big:2999999991-3000000100' ends past record 'big' (3000000000 "
+                "bases): embedded to its end, bases 2999999991-3000000000 (a BED or region from "
+                "another assembly?)");
+  expect_error<InputError>(
+      [&] { f.tokens_of(parse_region("big:3000000001-3000000002", f.names())); },
+      {p, "record 'big'", "after the end", "3000000000 bases"});
+}
+
 // A read set's index (here 700,000 records, a .fai of ~18.5 MB, past the 16 MB up to which an
 // earlier version read it) is checked and gives descriptions like a genome's.
 TEST_F(FaidxTest, LargeIndexIsCheckedToo) {

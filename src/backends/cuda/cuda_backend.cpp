@@ -196,10 +196,26 @@ struct CudaModel::Impl {
   cudaEvent_t layer_done[2] = {nullptr, nullptr};  // layer ends (for the hooks), two in turn
   cuda::HostStaging staging;  // the rows' way back to the host (CudaOutput::kHost)
   // count float32 values at rows (device) into out.y, or as float16 into out.y16 (rows_f16); or
-  // to hooks.rows_out in pieces of whole rows when it is set.
+  // to hooks.rows_out in pieces of whole rows when it is set; or, with opt.mean_block, only the
+  // mean pool's block sums into out.block_sums (d / 8 bytes a token cross PCIe instead of 4 d).
   // first_row: the record position of the first row (messages).
   void rows_to_host(ForwardOutput& out, const float* rows, int64_t count, const ForwardHooks& hooks,
                     int64_t first_row) {
+    if (opt.mean_block > 0) {
+      const int64_t d = c.d_model, n_rows = count / d, B = opt.mean_block;
+      const int64_t blocks = (n_rows + B - 1) / B;
+      if (first_row % B != 0) throw SystemError("rows_to_host: shard not on a mean-block edge");
+      pooled.reserve(std::max<int64_t>(1, blocks) * d * 8);
+      kern::PoolSegmentsParams pp{rows, d, nullptr, blocks};
+      pp.block = B;
+      pp.rows = n_rows;
+      pp.sums = pooled.as<double>();
+      kern::launch_pool_segments(pp, s);
+      out.block_sums.resize((size_t)(blocks * d));
+      cuda::copy_to_host(out.block_sums.data(), pooled.get(), (size_t)(blocks * d) * 8, s);
+      cuda::synchronize(s);
+      return;
+    }
     if (hooks.rows_out) {
       const int64_t d = c.d_model, rb = d * (opt.rows_f16 ? 2 : 4);
       auto sink = [&](size_t off, size_t bytes, const void* host) {

@@ -49,6 +49,10 @@ struct CudaOptions {
   int64_t chunk_rows = 0;
   CudaOutput output = CudaOutput::kHost;
   int64_t pool_bin = 128;  // rows per bin for CudaOutput::kPooled
+  // CudaOutput::kHost with mean_block > 0: ForwardOutput::block_sums (a mean pool's double sums
+  // of mean_block rows each, pool_shard's bits) instead of the rows, in forward and
+  // forward_rc_average (where it averages on the device). The shard must start on a block edge.
+  int64_t mean_block = 0;
   // Exchanges of a split record: 1 NCCL (device to device), 0 host-staged through the Comm,
   // -1 from the environment (SPARSA_NCCL=0 selects host staging; default NCCL).
   int nccl = -1;
