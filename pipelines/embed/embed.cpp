@@ -1,5 +1,6 @@
 #include "pipelines/embed/embed.hpp"
 
+#include <cblas.h>
 #include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include <system_error>
 #include <thread>
 
+#include "core/build.hpp"
 #include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/memory.hpp"
@@ -265,6 +267,40 @@ std::string resolved_backend(const EmbedOptions& o) {
   gpu = o.device != "cpu" && cuda_available(nullptr);
 #endif
   return gpu ? (o.cuda_fp32 ? "cuda fp32" : "cuda bf16") : "cpu fp32";
+}
+
+// What this rank computes with, for the file's `compute` attribute and the check that ranks
+// agree: the backend, and the GPU's name or the CPU backend's OpenBLAS build line (which names
+// the kernels it picked for this CPU: another CPU model may round the last bits otherwise).
+std::string compute_of(const EmbedOptions& o) {
+  const std::string backend = resolved_backend(o);
+#ifdef SPARSA_HAVE_CUDA
+  if (backend != "cpu fp32") return backend + ", " + cuda::device_name();
+#endif
+  std::string blas = openblas_get_config();
+  while (!blas.empty() && blas.back() == ' ') blas.pop_back();
+  return backend + ", " + blas;
+}
+
+// Collective. Warns (rank 0) where ranks compute with different kernels: a record split over
+// them, or records of one file, may differ in the last bits from a run on one kind of node.
+void warn_mixed_compute(Comm& comm, const std::string& mine) {
+  std::vector<uint8_t> all;
+  const std::string line = mine + '\n';
+  comm.allgatherv(line.data(), (int64_t)line.size(), all);
+  if (comm.rank() != 0) return;
+  std::istringstream in(std::string(all.begin(), all.end()));
+  std::string first, l;
+  std::getline(in, first);
+  for (int rank = 1; std::getline(in, l); ++rank)
+    if (l != first) {
+      std::fprintf(stderr,
+                   "[sparsa] warning: ranks compute with different kernels (rank 0: '%s'; rank "
+                   "%d: '%s'), so their rows may differ in the last bits from a run on one kind "
+                   "of node; keep a job on one node type (Slurm: --constraint)\n",
+                   first.c_str(), rank, l.c_str());
+      return;
+    }
 }
 
 // What makes two runs the same run: a resumed run must match the journal's manifest.
@@ -1672,6 +1708,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
 #endif
   const ModelWeights w = load_checkpoint(o.model);
   const ModelConfig& c = w.config;
+  if (root && !w.unused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < w.unused.size() && i < 5; ++i) list += (i ? ", " : "") + w.unused[i];
+    if (w.unused.size() > 5) list += ", ... (" + std::to_string(w.unused.size()) + " in all)";
+    std::fprintf(stderr,
+                 "[sparsa] warning: %s holds objects the model does not use, ignored: %s (biases "
+                 "or a head exported with the weights? sparsa's layers have none: "
+                 "docs/formats.md lists the datasets it reads)\n",
+                 o.model.c_str(), list.c_str());
+  }
   const double checkpoint_s = since_start();
   // --region/--regions under several ranks: a missing faidx index is built by rank 0 alone
   // before the others load it (ranks that built it at once read each other's half-written .fai);
@@ -1830,6 +1876,8 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   const std::string manifest = manifest_for(chosen, model_sha);  // the journal's and the file's
+  const std::string compute = compute_of(chosen);
+  warn_mixed_compute(comm, compute);
   Journal journal(o.output, manifest, o.resume, o.force, comm);
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
@@ -2160,14 +2208,19 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    count_of(past, "finished record").c_str(), (long long)index,
                    count_of(index, "record").c_str(), (long long)index);
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
-    FileAttrs a{SPARSA_VERSION,
+    FileAttrs a{sparsa_version(),
                 model_sha,
                 w.config_toml,
                 o.command_line,
                 utc_now(),
                 o.pool.text(),
                 o.f16 ? "float16" : "float32",
-                manifest};
+                manifest,
+                [] {
+                  std::error_code e;
+                  return fs::current_path(e).string();
+                }(),
+                compute};
     int64_t copied = 0;
     const std::string what = "writing " + o.output + ", records";
     try {

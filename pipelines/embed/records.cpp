@@ -427,12 +427,13 @@ struct RecordSource::Impl {
   void fetch_batch() {
 #if defined(__GLIBCXX__) && defined(__x86_64__)
     // Every field of Record is sent below: a field added there must be added here too.
-    static_assert(sizeof(Record) == 312, "Record changed: send its new fields in fetch_batch");
+    static_assert(sizeof(Record) == 320, "Record changed: send its new fields in fetch_batch");
 #endif
     Comm& c = *shared;
     const bool root = c.rank() == 0;
     // The batch's description: a flag (1: the input ends with it), the record count, then for
-    // each record n_channels, offset, its tokens, its time column's text bytes and rows, and its
+    // each record n_channels, offset, its tokens, its time column's text bytes and rows, the
+    // characters read as N, and its
     // strings (name, description, source, region, region_name, warning) with their lengths,
     // then its channels' scales (a count and the doubles' bits).
     std::string meta;
@@ -465,8 +466,9 @@ struct RecordSource::Impl {
         put(end);
         put((int64_t)batch.size());
         for (const Record& r : batch) {
-          for (int64_t v : {r.n_channels, r.offset, (int64_t)r.tokens.size(),
-                            (int64_t)r.timestamps.text().size(), (int64_t)r.timestamps.size()})
+          for (int64_t v :
+               {r.n_channels, r.offset, (int64_t)r.tokens.size(),
+                (int64_t)r.timestamps.text().size(), (int64_t)r.timestamps.size(), r.read_as_n})
             put(v);
           for (const std::string* f :
                {&r.name, &r.description, &r.source, &r.region, &r.region_name, &r.warning}) {
@@ -494,13 +496,14 @@ struct RecordSource::Impl {
     batch_end = get() != 0;
     const int64_t n = get();
     int64_t bulk = 0;  // the bytes of the batch's tokens and time columns
-    std::vector<std::array<int64_t, 5>> sizes(n);
+    std::vector<std::array<int64_t, 6>> sizes(n);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t& v : sizes[i]) v = get();
       if (!root) {
         Record& r = batch.emplace_back();
         r.n_channels = sizes[i][0];
         r.offset = sizes[i][1];
+        r.read_as_n = sizes[i][5];
         for (std::string* f :
              {&r.name, &r.description, &r.source, &r.region, &r.region_name, &r.warning}) {
           const int64_t len = get();

@@ -605,6 +605,7 @@ std::string write_head(h5::File& f, int64_t index, const RecordOutput& r, bool f
       {"kind", r.kind},    {"length", "", r.length, true},   {"region", rec.region},
       {"strand", r.strand}};
   if (!rec.region_name.empty()) attrs.push_back({"region_name", rec.region_name});
+  if (rec.read_as_n > 0) attrs.push_back({"invalid_as_n", "", rec.read_as_n, true});
   if (!r.fingerprint.empty()) attrs.push_back({"input_sha256", r.fingerprint});
   f.add_new_attrs(g, attrs);
   f.create_rows(g + "/embedding", r.n_out_total, r.d, f16 ? h5::Dtype::kF16 : h5::Dtype::kF32);
@@ -863,6 +864,8 @@ static void set_file_attrs(h5::File& f, const FileAttrs& a) {
   f.set_attr("/", "pool", a.pool);
   f.set_attr("/", "dtype", a.dtype);
   f.set_attr("/", "run_manifest", a.manifest);
+  if (!a.working_directory.empty()) f.set_attr("/", "working_directory", a.working_directory);
+  if (!a.compute.empty()) f.set_attr("/", "compute", a.compute);
 }
 
 // Moves `from` to `output` (one rename: the output appears whole or not at all), then drops the

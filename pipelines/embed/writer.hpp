@@ -28,6 +28,9 @@ namespace sparsa {
 struct FileAttrs {
   std::string sparsa_version, model_sha256, model_config, command_line, created_utc, pool, dtype;
   std::string manifest;  // the run's manifest (the journal's MANIFEST text): `run_manifest`
+  // The folder the run started in (command_line's relative paths are relative to it), and what
+  // rank 0 computed with (embed's compute_of): `working_directory`, `compute` ("": not written).
+  std::string working_directory, compute;
 };
 
 // What differs between two manifests, by key, quoted for a message ("" when they are equal):

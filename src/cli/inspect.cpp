@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "core/error.hpp"
+#include "core/sha256.hpp"
 #include "io/h5.hpp"
 #include "model/weights.hpp"
 #include "pipelines/embed/embed.hpp"
@@ -37,6 +38,15 @@ void inspect_model(const std::string& path) {
     std::printf("  channels %lld, ts_bins %lld, ts_clip %g, ts_transform %s\n",
                 (long long)c.channels, (long long)c.ts_bins, c.ts_clip, to_string(c.ts_transform));
   std::printf("  parameters: %lld (%.1f MB as float32)\n", (long long)params, params * 4 / 1e6);
+  // What ties an embeddings file to this checkpoint (its model_sha256), and how it was made.
+  std::printf("  sha256 %s; %s\n", sha256_file(path).c_str(),
+              w.seed.empty() ? "no seed attribute (not written by sparsa init)"
+                             : ("sparsa init --seed " + w.seed).c_str());
+  if (!w.unused.empty()) {
+    std::printf("  not used by the model (ignored):");
+    for (const std::string& u : w.unused) std::printf(" %s", u.c_str());
+    std::printf("\n");
+  }
   std::printf("config:\n%s", w.config_toml.c_str());
 }
 

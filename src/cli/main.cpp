@@ -18,6 +18,7 @@
 #include "cli/bench.hpp"
 #include "cli/inspect.hpp"
 #include "cli/version.hpp"
+#include "core/build.hpp"
 #include "core/config.hpp"
 #include "core/edit_distance.hpp"
 #include "core/error.hpp"
@@ -212,8 +213,9 @@ int main(int argc, char** argv) {
 #endif
   ignore_file_size_signal();  // past `ulimit -f`: an error that names the limit, not a silent kill
   CLI::App app{kDescription, "sparsa"};
-  app.set_version_flag("--version",
-                       std::function<std::string()>([] { return version_text(SPARSA_VERSION); }),
+  app.set_version_flag("--version", std::function<std::string()>([] {
+                         return version_text(sparsa_version().c_str());
+                       }),
                        "The version and the libraries this binary runs with (MPI, HDF5, htslib, "
                        "zlib, CUDA, NCCL)");
   app.require_subcommand(1);
@@ -301,7 +303,10 @@ int main(int argc, char** argv) {
   embed->footer(kEmbedFooter);
   EmbedOptions eo;
   std::string pool = "none", dtype = "f16", columns;
-  embed->add_option("-m,--model", eo.model, "Checkpoint written by `sparsa init`")
+  embed
+      ->add_option("-m,--model", eo.model,
+                   "Checkpoint: written by `sparsa init`, or your trained weights exported to "
+                   "HDF5 in the layout of docs/formats.md (`sparsa inspect` checks one)")
       ->required()
       ->check(not_empty)
       ->check(CLI::ExistingFile);
@@ -381,7 +386,9 @@ int main(int argc, char** argv) {
   auto* insp = app.add_subcommand("inspect", "Summarise a checkpoint or an embeddings file");
   std::vector<std::string> insp_paths;
   bool insp_all = false;
-  insp->add_option("file", insp_paths, "HDF5 file(s) written by sparsa")
+  insp->add_option("file", insp_paths,
+                   "HDF5 file(s): embeddings files, checkpoints of `sparsa init` or ones you "
+                   "exported (every dataset checked against the layout of docs/formats.md)")
       ->required()
       ->check(not_empty);
   insp->add_flag("--all", insp_all,

@@ -77,6 +77,9 @@ struct Record {
   // characters --invalid-as-n read as N), for the caller to say; not part of the record's output
   // or fingerprint.
   std::string warning;
+  // --invalid-as-n: how many of the record's characters were read as N (its invalid_as_n
+  // attribute in the output where > 0).
+  int64_t read_as_n = 0;
 
   int64_t n_tokens() const { return n_channels > 0 ? (int64_t)tokens.size() / n_channels : 0; }
 };

@@ -68,6 +68,10 @@ std::string show_char(unsigned char c) {
 std::string invalid_char_message(unsigned char c, long long line = 0, size_t column = 0) {
   const std::string at =
       line > 0 ? " at line " + std::to_string(line) + ", column " + std::to_string(column) : "";
+  if (c == ' ' || c == '\t')  // reading blanks as N would shift every later position
+    return "invalid character " + show_char(c) + at +
+           " (blanks in a sequence line; samtools skips them): drop them with sed "
+           "'/^>/!s/[[:blank:]]//g' FILE > NEW (--invalid-as-n would read each as an N)";
   return "invalid character " + show_char(c) + at + "; use --invalid-as-n to read it as N";
 }
 
@@ -598,6 +602,7 @@ struct FastxReader::Impl {
                     rec.tokens, tally, lines.line_no());
     }
     rec.warning = tally.warning(path, rec.name, rec.warning);
+    rec.read_as_n = tally.count;
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
@@ -636,6 +641,7 @@ struct FastxReader::Impl {
     InvalidTally tally;
     append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally, lines.line_no());
     rec.warning = tally.warning(path, rec.name, rec.warning);
+    rec.read_as_n = tally.count;
     if (rec.tokens.empty())
       throw InputError(
           where(path, rec.name, 0,
@@ -1675,6 +1681,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
                   region.name, rec.tokens, tally, 0, rec.region);
     rec.warning = tally.warning(path, region.name, rec.warning);
+    rec.read_as_n = tally.count;
   } catch (...) {
     std::free(seq);
     throw;

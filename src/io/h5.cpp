@@ -334,6 +334,14 @@ File File::open_existing(const std::string& path, bool write) {
       what = " (it begins as FASTQ text does: an input, not a sparsa file)";
     else if (head.starts_with("\x1f\x8b"))
       what = " (gzip-compressed data: an input, not a sparsa file)";
+    else if (head.starts_with("PK\x03\x04"))  // PyTorch's torch.save writes a zip archive
+      what =
+          " (a zip archive, as torch.save writes a .pt file: a checkpoint is HDF5; export the "
+          "weights with h5py in the layout docs/formats.md gives)";
+    else if (head.size() >= 2 && (unsigned char)head[0] == 0x80 && head[1] >= 2 && head[1] <= 5)
+      what =
+          " (Python pickle data, as an older torch.save writes: a checkpoint is HDF5; export "
+          "the weights with h5py in the layout docs/formats.md gives)";
     else if (const OtherCompression z = other_compression(head); *z.name)
       what = std::string(" (") + z.name + "-compressed data: an input, not a sparsa file)";
     else if (head.empty())

@@ -1049,11 +1049,18 @@ Record tokenize_series(RawSeries raw, const ModelConfig& config, const std::stri
   // Which columns went in, in the output (the record's description attribute): "columns
   // close,volume; time date" (names as the header has them; "(unnamed)" for an empty cell).
   if (!raw.channel_names.empty()) {
+    // A name holding ',', ';' or '"' is quoted as a CSV cell, so the list splits back.
+    auto cell = [](const std::string& n) {
+      if (n.empty()) return std::string("(unnamed)");
+      if (n.find_first_of(",;\"") == std::string::npos) return n;
+      std::string q = "\"";
+      for (char ch : n) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+      return q + "\"";
+    };
     rec.description = "columns ";
     for (size_t c = 0; c < raw.channel_names.size(); ++c)
-      rec.description +=
-          (c ? "," : "") + (raw.channel_names[c].empty() ? "(unnamed)" : raw.channel_names[c]);
-    rec.description += "; time " + (raw.time_name.empty() ? "(unnamed)" : raw.time_name);
+      rec.description += (c ? "," : "") + cell(raw.channel_names[c]);
+    rec.description += "; time " + cell(raw.time_name);
   }
   rec.tokens.assign(size_t(n_rows * n_channels), 0);  // [n_rows, n_channels]
   rec.ts_scale.assign(size_t(n_channels), 1.0);

@@ -157,6 +157,8 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
     const int token = comm.start_exchange(sends, recvs);
 
     // Routing over the whole record: local top-G proposals, gathered, one deterministic choice.
+    if (const int64_t bad = cpu::find_nonfinite(scores.data(), m); bad >= 0)
+      throw router_not_finite(b + bad, l);
     std::vector<cpu::GlobalCandidate> mine = cpu::top_g(scores.data(), m, b, G);
     std::vector<uint8_t> gathered;
     comm.allgatherv(mine.data(), (int64_t)(mine.size() * sizeof(cpu::GlobalCandidate)), gathered);
@@ -255,9 +257,7 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
   v = {};
   cpu::rmsnorm({x.data(), w.final_norm.data(), x.data(), m, d, c.norm_eps});
   const int64_t bad = cpu::find_nonfinite(x.data(), m * d);
-  if (bad >= 0)
-    throw NumericError("the model produced a non-finite value at record position " +
-                       std::to_string(b + bad / d) + ", dimension " + std::to_string(bad % d));
+  if (bad >= 0) throw output_not_finite(b + bad / d, bad % d);
   out.y = std::move(x);
   return out;
 }
@@ -270,6 +270,23 @@ void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int
     for (int64_t j = 0; j < d; ++j)
       // Halves first: no overflow near FLT_MAX; the same bits as (f + r) / 2 but for subnormals.
       fwd[t * d + j] = 0.5f * fwd[t * d + j] + 0.5f * rev[(m - 1 - t) * d + j];
+}
+
+// A float32 overflow inside the layers is the usual cause (weights far larger than training
+// leaves them; load_checkpoint has checked that each weight is finite).
+static const char* const kOverflowHint =
+    " (float32 overflowed in the layers before it: weights too large, or scaled wrongly on "
+    "export?)";
+
+NumericError router_not_finite(int64_t position, int64_t layer) {
+  return NumericError("layer " + std::to_string(layer) + ": router score at position " +
+                      std::to_string(position) + " is not finite" + kOverflowHint);
+}
+
+NumericError output_not_finite(int64_t position, int64_t dimension) {
+  return NumericError("the model produced a non-finite value at record position " +
+                      std::to_string(position) + ", dimension " + std::to_string(dimension) +
+                      kOverflowHint);
 }
 
 }  // namespace sparsa

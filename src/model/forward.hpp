@@ -4,6 +4,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.hpp"
 #include "dist/comm.hpp"
 #include "model/weights.hpp"
 
@@ -85,5 +86,10 @@ ForwardOutput forward(const ModelWeights& w, const int32_t* tokens, const Shard&
 // Spec 2's --rc-average of a shard's rows: fwd[t] = (fwd[t] + rev[m - 1 - t]) / 2, where rev holds
 // the rows of the mirrored shard of the reverse complement (its row m - 1 - t is forward row t).
 void rc_average_rows(std::vector<float>& fwd, const std::vector<float>& rev, int64_t m, int64_t d);
+
+// The errors for a value that is not finite, the same from every backend: a router score (its
+// layer and record position) or an output value (position and dimension), with the likely cause.
+NumericError router_not_finite(int64_t position, int64_t layer);
+NumericError output_not_finite(int64_t position, int64_t dimension);
 
 }  // namespace sparsa

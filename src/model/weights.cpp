@@ -76,6 +76,7 @@ ModelWeights init_model(const ModelConfig& c, uint64_t seed) {
   w.config_toml = c.to_toml();
   w.embed.resize(c.n_tables());
   w.layers.resize(c.n_layers);
+  w.seed = std::to_string(seed);
   SplitMix64 rng{seed};
   const int64_t d = c.d_model, r = c.router_hidden, f = c.d_ff, H = c.n_heads;
   const float sd = 1.0f / std::sqrt((float)d);
@@ -110,6 +111,7 @@ void save_checkpoint(const ModelWeights& wc, const std::string& path) {
     f.set_attr("/", "format", std::string("sparsa-model"));
     f.set_attr("/", "format_version", (int64_t)1);
     f.set_attr("/", "config", w.config_toml);
+    if (!w.seed.empty()) f.set_attr("/", "seed", w.seed);
     for (auto& t : tensor_list(w)) f.write_f32(t.name, t.shape, t.data->data());
     f.close();
   } catch (...) {
@@ -129,8 +131,10 @@ ModelWeights load_checkpoint(const std::string& path) {
     try {
       return h5::File::open_read(path);
     } catch (const InputError& e) {  // not HDF5 (a FASTA given as --model, say), or unreadable
-      throw InputError(std::string(e.what()) +
-                       " (--model takes the checkpoint file that `sparsa init` writes)");
+      throw InputError(
+          std::string(e.what()) +
+          " (--model takes a checkpoint: the file that `sparsa init` writes, or weights exported "
+          "to HDF5 in the layout of docs/formats.md)");
     }
   }();
   auto bad = [&](const std::string& obj, const std::string& why) {
@@ -157,6 +161,7 @@ ModelWeights load_checkpoint(const std::string& path) {
                      "as `sparsa init` writes it; a checkpoint exported by another program too: "
                      "docs/model.md lists the keys)");
   }
+  if (f.has_attr("/", "seed")) w.seed = f.attr_string("/", "seed");
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);
   for (auto& t : tensor_list(w)) {
@@ -189,6 +194,21 @@ ModelWeights load_checkpoint(const std::string& path) {
         bad(group + "/" + name,
             "not part of the model its config describes (" + what +
                 "): weights and config disagree (a checkpoint edited by hand?)");
+  // Anything else beside the model's datasets is ignored, and listed (ModelWeights::unused).
+  std::vector<std::string> names;
+  for (const auto& t : tensor_list(w)) names.push_back(t.name);
+  std::sort(names.begin(), names.end());
+  auto known = [&](const std::string& n) {
+    return std::binary_search(names.begin(), names.end(), n);
+  };
+  for (const std::string& name : f.list("/"))
+    if (name != "embedding" && name != "layers" && !known("/" + name))
+      w.unused.push_back("/" + name);
+  for (int64_t i = 0; i < w.config.n_layers; ++i) {
+    const std::string g = "/layers/" + std::to_string(i);
+    for (const std::string& name : f.list(g))
+      if (!known(g + "/" + name)) w.unused.push_back(g + "/" + name);
+  }
   return w;
 }
 

@@ -27,6 +27,13 @@ struct ModelWeights {
   std::vector<std::vector<float>> embed;  // n_tables x [vocab, d]
   std::vector<LayerWeights> layers;       // [L]
   std::vector<float> final_norm;          // [d]
+  // The seed init_model drew the weights from, as decimal text (the checkpoint's `seed`
+  // attribute); "" for a checkpoint made otherwise (exported from a training run).
+  std::string seed;
+  // load_checkpoint: datasets and groups in the file that the model does not use ("/layers/0/bq",
+  // "/head"), which it ignores: biases or heads exported with the weights, said by embed and
+  // inspect so that wrong embeddings from a model sparsa does not run are not silent.
+  std::vector<std::string> unused;
 };
 
 // Deterministic initialisation from a seed (portable: splitmix64 + uniform, no std distributions).

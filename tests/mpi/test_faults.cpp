@@ -477,3 +477,42 @@ TEST(MpiFaults, RanksThatReadOtherDataForASplitRecordAreRefused) {
   EXPECT_EQ(run(mpirun(1) + cmd(t / "a.fa") + " : -np 1 " + cmd(t / "a.fa")).code, 0);
   EXPECT_TRUE(exists(out));
 }
+
+// Ranks on nodes of different CPU types (OpenBLAS kernels chosen per CPU; here forced by
+// OPENBLAS_CORETYPE) may round the last bits otherwise, which the bit-for-bit guarantee does not
+// cover: the run goes on, warned, and the file's `compute` names rank 0's kernels.
+TEST(MpiFaults, RanksOnOtherCpuKernelsAreWarned) {
+  TempDir t;
+  const auto mine = run(binary() + " --version"),
+             old = run("OPENBLAS_CORETYPE=Prescott " + binary() + " --version");
+  ASSERT_EQ(mine.code, 0);
+  ASSERT_EQ(old.code, 0);
+  auto blas_line = [](const std::string& v) {
+    const size_t at = v.find("BLAS:");
+    return v.substr(at, v.find('\n', at) - at);
+  };
+  if (blas_line(mine.output) == blas_line(old.output))
+    GTEST_SKIP() << "this CPU's OpenBLAS kernels are Prescott's already";
+  ASSERT_EQ(run(binary() + " init --config " + source_dir() + "/configs/dna-tiny.toml --output " +
+                t / "m.h5")
+                .code,
+            0);
+  write_file(t / "a.fa", random_fasta(1, 3000, 9));
+  const std::string out = t / "out.h5";
+  const std::string cmd = binary() + " embed -q --threads 1 --split-min 100 --model " + t / "m.h5" +
+                          " --input " + t / "a.fa" + " --output " + out;
+  const auto r = run(mpirun(1) + cmd + " : -np 1 env OPENBLAS_CORETYPE=Prescott " + cmd);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: ranks compute with different kernels (rank 0: 'cpu fp32, "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("Prescott"), std::string::npos) << r.output;
+  EXPECT_EQ(count_in(r.output, "different kernels"), 1u) << r.output;
+  auto f = h5::File::open_read(out);
+  EXPECT_EQ(f.attr_string("/", "compute").rfind("cpu fp32, OpenBLAS ", 0), 0u);
+  EXPECT_EQ(f.attr_string("/", "compute").find("Prescott"), std::string::npos);
+  // Ranks alike: no warning.
+  const auto same = run(mpirun(2) + cmd + " --force");
+  EXPECT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("different kernels"), std::string::npos) << same.output;
+}

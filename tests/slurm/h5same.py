@@ -5,14 +5,15 @@
 
 Every group, dataset (shape, type and bytes) and attribute under /records must be equal, and so
 must the root attributes, except those that name the run rather than its results (created_utc,
-command_line: a Slurm run and an mpirun run differ there by design). Both files must be complete.
+command_line, working_directory: a Slurm run and an mpirun run differ there by design). Both files
+must be complete.
 """
 import sys
 
 import h5py
 import numpy as np
 
-RUN_ATTRS = {"created_utc", "command_line"}
+RUN_ATTRS = {"created_utc", "command_line", "working_directory"}
 
 
 def attrs_equal(a, b, where, diffs, skip=()):

@@ -132,7 +132,15 @@ TEST(Cli, WrongKindOfFileNamesTheOption) {
   std::filesystem::create_directory(t / "dir");
   expect_failure(binary() + " embed -q --model " + (t / "m.fa") + " --input " + lambda() +
                      " --output " + (t / "e.h5"),
-                 t / "e.h5", "--model takes the checkpoint file that `sparsa init` writes");
+                 t / "e.h5", "--model takes a checkpoint: the file that `sparsa init` writes");
+  // A PyTorch file (torch.save: a zip archive; older ones pickle data) is named as one.
+  write_file(t / "m.pt", std::string("PK\x03\x04"
+                                     "archive/data.pkl"));
+  write_file(t / "old.pt", std::string("\x80\x02\x8a\x0alz"));
+  for (const char* pt : {"m.pt", "old.pt"})
+    expect_failure(binary() + " embed -q --model " + (t / pt) + " --input " + lambda() +
+                       " --output " + (t / "e.h5"),
+                   t / "e.h5", "torch.save");
   expect_failure(binary() + " init --config " + tiny_model() + " --output " + (t / "x.h5"),
                  t / "x.h5", "an HDF5 file (a sparsa checkpoint?), not a TOML config");
   expect_failure(embed_cmd(t / "m.fa", t / "e.h5", "--regions " + (t / "m.fa")), t / "e.h5",
@@ -520,6 +528,9 @@ TEST(Cli, InitIsDeterministicAndSeedMatters) {
   EXPECT_EQ(a.layers[1].wq, b.layers[1].wq);
   EXPECT_EQ(a.embed[0], b.embed[0]);
   EXPECT_NE(a.layers[1].wq, c.layers[1].wq);
+  EXPECT_EQ(a.seed, "5");  // the checkpoint's seed attribute: how to make it again
+  EXPECT_EQ(c.seed, "6");
+  EXPECT_EQ(h5::File::open_read(t / "c.h5").attr_string("/", "seed"), "6");
   // Seeds are whole numbers of 64 bits: no wrap-around of -1, no silent clamping of larger ones
   // (two different seeds would give the same model); leading zeros are the same number.
   for (const char* bad : {"-1", "18446744073709551616", "99999999999999999999999", "1.5", "x"}) {
@@ -585,6 +596,38 @@ TEST(Cli, InitRefusesBadConfigs) {
   EXPECT_NE(r.output.find("is a folder"), std::string::npos) << r.output;
 }
 
+// An exported checkpoint with objects the model does not use (a PyTorch Linear's bias, a head):
+// embed warns naming them and runs; inspect lists them with the file's SHA-256 (an embeddings
+// file's model_sha256) and how it was made.
+TEST(Cli, CheckpointObjectsTheModelDoesNotUseAreNamed) {
+  TempDir t;
+  std::filesystem::copy_file(tiny_model(), t / "m.h5");
+  {
+    auto f = h5::File::open_rw(t / "m.h5");
+    const std::vector<float> bias(64, 0.5f);
+    f.write_f32("/layers/0/bq", {64}, bias.data());
+    f.write_f32("/head", {64}, bias.data());
+  }
+  auto r = run(binary() + " embed -q --model " + t / "m.h5" + " --input " + lambda() +
+               " --pool mean --output " + t / "e.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + t / "m.h5" +
+                          " holds objects the model does not use, ignored: /head, /layers/0/bq"),
+            std::string::npos)
+      << r.output;
+  r = run(binary() + " inspect " + t / "m.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("not used by the model (ignored): /head /layers/0/bq"), std::string::npos)
+      << r.output;
+  EXPECT_NE(
+      r.output.find("sha256 " + h5::File::open_read(t / "e.h5").attr_string("/", "model_sha256") +
+                    "; sparsa init --seed "),
+      std::string::npos)
+      << r.output;
+  r = run(binary() + " inspect " + tiny_model());
+  EXPECT_EQ(r.output.find("not used by the model"), std::string::npos) << r.output;
+}
+
 TEST(Cli, EmbedLambdaEndToEnd) {
   TempDir t;
   auto r = run(embed_cmd(lambda(), t / "e.h5", "--dtype f32"));
@@ -598,6 +641,12 @@ TEST(Cli, EmbedLambdaEndToEnd) {
   EXPECT_EQ(f.attr_string("/", "model_sha256").size(), 64u);
   EXPECT_NE(f.attr_string("/", "model_config").find("d_model = 64"), std::string::npos);
   EXPECT_NE(f.attr_string("/", "command_line").find("embed"), std::string::npos);
+  // The build (the version and, in a git checkout, its commit), where the command ran, and
+  // what computed: a file says how to make it again.
+  EXPECT_EQ(f.attr_string("/", "sparsa_version").rfind("0.1.0", 0), 0u);
+  EXPECT_EQ(f.attr_string("/", "working_directory"), std::filesystem::current_path().string());
+  EXPECT_EQ(f.attr_string("/", "compute").rfind("cpu fp32, OpenBLAS ", 0), 0u)
+      << f.attr_string("/", "compute");
   const std::string g = first_key(f);
   EXPECT_EQ(f.attr_string(g, "name"), "gi|9626243|ref|NC_001416.1|");
   EXPECT_EQ(f.attr_string(g, "kind"), "dna");
@@ -760,8 +809,12 @@ TEST(Cli, BadDnaInputsFailCleanly) {
   expect_failure(embed_cmd(t / "inv.fa", out), out, "chr1");
   expect_failure(embed_cmd(t / "inv.fa", out), out, t / "inv.fa");
   EXPECT_FALSE(exists(out + ".parts")) << "an empty journal was left behind";
-  // --invalid-as-n accepts it.
+  // --invalid-as-n accepts it, and the record says how many characters it read as N.
   EXPECT_EQ(run(embed_cmd(t / "inv.fa", out, "--invalid-as-n")).code, 0);
+  {
+    auto f = h5::File::open_read(out);
+    EXPECT_EQ(f.attr_int(first_key(f), "invalid_as_n"), 1);
+  }
   // Both of the error's hints at once: the record before the bad one is kept by the journal, and
   // --resume --invalid-as-n continues it (records finished without the flag held no invalid
   // character); the result is the run with the flag from the start. The other way is refused.

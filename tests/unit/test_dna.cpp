@@ -268,12 +268,18 @@ TEST_F(DnaTest, InvalidAsN) {
                                  "(--invalid-as-n), the first '*'"),
             std::string::npos)
       << recs[0].warning;
+  EXPECT_EQ(recs[0].read_as_n, 4);  // the record's invalid_as_n attribute in the output
+  EXPECT_EQ(read_all(write("ok.fa", ">r\nACGT\n"), DnaReadOptions{true})[0].read_as_n, 0);
   EXPECT_EQ(read_all(write("ok.fa", ">r\nACGT\n"), DnaReadOptions{true})[0].warning, "");
   // Blanks in sequence lines: N each (spec 1), with how to drop them instead.
   auto blanks = read_all(write("bl.fa", ">r\nACGT \nACGT\n"), DnaReadOptions{true});
   EXPECT_EQ(blanks[0].tokens.size(), 9u);
   EXPECT_NE(blanks[0].warning.find("blanks in sequence lines"), std::string::npos)
       << blanks[0].warning;
+  // Without --invalid-as-n a blank's error says to drop blanks, not to read them as N.
+  expect_error<InputError>(
+      [&] { read_all(write("bl2.fa", ">r\nACGT \nACGT\n")); },
+      {"position 5", "blanks in a sequence line", "sed '/^>/!s/[[:blank:]]//g' FILE > NEW"});
 }
 
 TEST_F(DnaTest, Fastq) {

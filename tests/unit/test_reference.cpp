@@ -524,11 +524,25 @@ TEST(Reference, NonFiniteWeightThrows) {
   w.layers[0].wq[5] = nan;
   EXPECT_THROW(run_forward(w, tok, 37), NumericError);
   w = make_weights(c, 29);
-  w.layers[1].router_w1[3] = nan;  // reaches the router scores only
-  EXPECT_THROW(run_forward(w, tok, 37), NumericError);
+  w.layers[1].router_w1[3] = nan;  // reaches the router scores only: the message names layer 1
+  try {
+    run_forward(w, tok, 37);
+    ADD_FAILURE() << "no error";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1: router score at position 0 is not finite "
+                                         "(float32 overflowed"),
+              std::string::npos)
+        << e.what();
+  }
   w = make_weights(c, 29);
   w.layers[1].w_down[7] = inf;
-  EXPECT_THROW(run_forward(w, tok, 37), NumericError);
+  try {
+    run_forward(w, tok, 37);
+    ADD_FAILURE() << "no error";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite value at record position"), std::string::npos)
+        << e.what();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -234,6 +234,12 @@ TEST_F(TsCsv, EndToEndTokens) {
   ASSERT_EQ(recs.size(), 1u);
   r = tokenize_series(recs[0], ts_config(2, 8, 2.0, TsTransform::kDiff), p);
   EXPECT_EQ(r.description, "columns close,(unnamed); time (unnamed)");
+  // Names holding ',', ';' or '"' are quoted as CSV cells, so the list splits back into names.
+  p = write("q.csv", "\"t;z\",\"close, adj\",\"v\"\"x\"\n1,10,1\n2,11,2\n");
+  recs = read_timeseries_csv(p, {"1", {}, {}}, 2);
+  ASSERT_EQ(recs.size(), 1u);
+  r = tokenize_series(recs[0], ts_config(2, 8, 2.0, TsTransform::kDiff), p);
+  EXPECT_EQ(r.description, "columns \"close, adj\",\"v\"\"x\"; time \"t;z\"");
 }
 
 TEST_F(TsCsv, EndToEndLogReturn) {

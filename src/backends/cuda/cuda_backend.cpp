@@ -123,10 +123,6 @@ struct RowWindow {
   bool holds(int64_t r0, int64_t r1) const { return r0 >= lo && r1 <= hi && r1 > r0; }
 };
 
-NumericError router_not_finite(unsigned long long position) {
-  return NumericError("router score at position " + std::to_string(position) + " is not finite");
-}
-
 }  // namespace
 
 struct CudaModel::Impl {
@@ -882,7 +878,7 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
     }
     P.mark(kSelect, s);
     const int token = single || nc ? -1 : comm.start_exchange(sends, recvs);
-    if (bad != ~0ull) throw router_not_finite(bad);
+    if (bad != ~0ull) throw router_not_finite((int64_t)bad, l);
     std::vector<uint8_t> gathered;
     if (!single) {
       std::vector<cpu::GlobalCandidate> mine(best.size());
@@ -1144,8 +1140,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
   P.mark(kOutput, s);  // the closing mark
   cuda::synchronize(s);
   P.finish();
-  for (unsigned long long rb : router_bad)  // the first layer with one
-    if (rb != ~0ull) throw router_not_finite(rb);
+  for (size_t l = 0; l < router_bad.size(); ++l)  // the first layer with one
+    if (router_bad[l] != ~0ull) throw router_not_finite((int64_t)router_bad[l], (int64_t)l);
   if (I.profile_env && P.on) {
     std::fprintf(stderr, "%s", format_profile(P.last, c.n_layers).c_str());
     std::fprintf(stderr,
@@ -1155,9 +1151,8 @@ ForwardOutput CudaModel::forward(const int32_t* tokens_host, const Shard& shard,
                  since_call() - t_layers);
   }
   if (bad != ~0ull)
-    throw NumericError("the model produced a non-finite value at record position " +
-                       std::to_string(b + (int64_t)(bad / (unsigned long long)d)) + ", dimension " +
-                       std::to_string((int64_t)(bad % (unsigned long long)d)));
+    throw output_not_finite(b + (int64_t)(bad / (unsigned long long)d),
+                            (int64_t)(bad % (unsigned long long)d));
   return out;
 }
 
@@ -1474,12 +1469,10 @@ std::vector<CudaModel::PackedResult> CudaModel::forward_packed(const std::vector
   // output.
   auto check = [&](int64_t r) {
     for (int64_t l = 0; l < Lc; ++l)
-      if (bad_all[l * R + r] != ~0ull) throw router_not_finite(bad_all[l * R + r]);
+      if (bad_all[l * R + r] != ~0ull) throw router_not_finite((int64_t)bad_all[l * R + r], l);
     if (bad_out[r] != ~0ull)
-      throw NumericError("the model produced a non-finite value at record position " +
-                         std::to_string((int64_t)(bad_out[r] / (unsigned long long)d)) +
-                         ", dimension " +
-                         std::to_string((int64_t)(bad_out[r] % (unsigned long long)d)));
+      throw output_not_finite((int64_t)(bad_out[r] / (unsigned long long)d),
+                              (int64_t)(bad_out[r] % (unsigned long long)d));
   };
   std::vector<PackedResult> res(n_res);
   for (int64_t q = 0; q < n_res; ++q) {
