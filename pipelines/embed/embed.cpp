@@ -1333,11 +1333,18 @@ struct EmbedRun {
     std::vector<int64_t> starts, ends;
     const bool parallel = parallel_h5 && c.size() > 1 && rec.timestamps.empty();
     if (o.pool.kind == PoolSpec::kMean) {
-      // Block sums are added in block order on rank 0: the same sum for any split.
-      std::vector<uint8_t> b;
-      c.gatherv(pooled.block_sums.data(), (int64_t)pooled.block_sums.size() * 8, b, nullptr, 0);
-      std::vector<double> sums(b.size() / 8);
-      if (!b.empty()) std::memcpy(sums.data(), b.data(), b.size());
+      // Block sums are added in block order on rank 0: the same sum for any split (one rank:
+      // its own, not copied twice more: d / 8 bytes a token, 300 MB for E. coli at d = 512).
+      std::vector<double> sums;
+      if (c.size() == 1) {
+        sums = std::move(pooled.block_sums);
+      } else {
+        std::vector<uint8_t> b;
+        c.gatherv(pooled.block_sums.data(), (int64_t)pooled.block_sums.size() * 8, b, nullptr, 0);
+        pooled.block_sums = {};
+        sums.resize(b.size() / 8);
+        if (!b.empty()) std::memcpy(sums.data(), b.data(), b.size());
+      }
       if (c.rank() == 0) rows = combine_mean(sums, d, n), starts = {0}, ends = {n};
       ro.n_out_total = 1;
     } else if (parallel || c.size() == 1) {  // every rank writes its rows, or one rank holds all
