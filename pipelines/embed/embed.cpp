@@ -1885,7 +1885,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const std::string manifest = manifest_for(chosen, model_sha);  // the journal's and the file's
   const std::string compute = compute_of(chosen);
   warn_mixed_compute(comm, compute);
-  Journal journal(o.output, manifest, o.resume, o.force, comm);
+  Journal journal(o.output, manifest, o.resume, o.force, comm, compute);
+  if (!journal.compute_note().empty())
+    std::fprintf(stderr,
+                 "[sparsa] warning: --resume: the journal's records were computed with %s, this "
+                 "run computes with '%s': the file will hold records of both, which may differ "
+                 "in the last bits (docs/model.md; keep a job on one node type)\n",
+                 journal.compute_note().c_str(), compute.c_str());
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
                  journal.discarded() + ")");
@@ -2227,7 +2233,12 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                   std::error_code e;
                   return fs::current_path(e).string();
                 }(),
-                compute};
+                [&] {
+                  std::string all;  // what computed the records, the journal's runs' too
+                  for (const std::string& x : journal.computes())
+                    all += (all.empty() ? "" : "; ") + x;
+                  return all.empty() ? compute : all;
+                }()};
     int64_t copied = 0;
     const std::string what = "writing " + o.output + ", records";
     try {

@@ -357,8 +357,25 @@ static void clear_or_throw(const std::string& dir) {
                       (ec ? ": " + ec.message() : std::string()) + "; remove it by hand");
 }
 
+// A journal's MANIFEST text without its `compute ` lines (what computed the records: not part of
+// what makes two runs the same run, so a resume on another kind of node continues), which go to
+// `computes`.
+static std::string split_computes(const std::string& text, std::vector<std::string>* computes) {
+  std::istringstream in(text);
+  std::string out, line;
+  while (std::getline(in, line)) {
+    if (line.rfind("compute ", 0) == 0) {
+      computes->push_back(line.substr(8));
+      continue;
+    }
+    out += line;
+    if (!in.eof()) out += '\n';
+  }
+  return out;
+}
+
 Journal::Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
-                 Comm& comm)
+                 Comm& comm, const std::string& compute)
     : dir_(output + ".parts") {
   if (const char* e = std::getenv("SPARSA_GROUP_SECONDS"); e && *e) {
     double v = 0;
@@ -385,12 +402,18 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       // an invalid character's error) continues it, since the records finished without it held
       // no invalid character, so they are what this run would make.
       std::string old;
+      std::vector<std::string> old_computes;
+      auto with_computes = [&](const std::vector<std::string>& computes) {
+        std::string text = manifest;
+        for (const std::string& c : computes) text += "compute " + c + "\n";
+        return text;
+      };
       if (existed && resume) {
-        old = normalized_manifest(read_text(dir_ + "/MANIFEST"));
+        old = normalized_manifest(split_computes(read_text(dir_ + "/MANIFEST"), &old_computes));
         if (std::string with = old; old != manifest &&
                                     replace_line(with, "invalid_as_n 0", "invalid_as_n 1") &&
                                     with == manifest) {
-          write_manifest(dir_, manifest);  // the journal is this run's from here on
+          write_manifest(dir_, with_computes(old_computes));  // this run's from here on
           old = manifest;
         }
       }
@@ -421,7 +444,25 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
           clear_or_throw(dir_);
         }
       }
-      if (!fs::exists(dir_ + "/MANIFEST")) write_manifest(dir_, manifest);
+      // What computed the journal's records: a resume on another kind of node (other OpenBLAS
+      // kernels, another GPU) adds its own, said by compute_note().
+      if (existed && resume && old == manifest && fs::exists(dir_ + "/MANIFEST")) {
+        computes_ = old_computes;
+        if (!compute.empty() &&
+            std::find(computes_.begin(), computes_.end(), compute) == computes_.end()) {
+          for (const std::string& c : computes_)
+            compute_note_ += (compute_note_.empty() ? "'" : "', '") + c;
+          if (!compute_note_.empty()) compute_note_ += "'";
+          computes_.push_back(compute);
+          try {
+            write_manifest(dir_, with_computes(computes_));
+          } catch (const SystemError&) {  // (a full disk: the resume goes on, said anyway)
+          }
+        }
+      } else if (!compute.empty()) {
+        computes_ = {compute};
+      }
+      if (!fs::exists(dir_ + "/MANIFEST")) write_manifest(dir_, with_computes(computes_));
       std::vector<std::pair<int64_t, std::string>> parts;
       for (auto& e : fs::directory_iterator(dir_)) {
         const std::string name = e.path().filename().string();

@@ -66,8 +66,11 @@ class Journal {
   // Collective. Creates OUT.parts/ with `manifest`, or with resume reopens it after checking that
   // its manifest matches (another run's is refused, or with force discarded). Without resume an
   // existing OUT.parts is refused unless force (which discards it).
+  // `compute`: what this rank 0 computes with (embed's compute_of), kept in the MANIFEST beside
+  // the manifest (not compared: a resume on another kind of node continues, said by
+  // compute_note()).
   Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
-          Comm& comm);
+          Comm& comm, const std::string& compute = "");
   ~Journal();
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
@@ -95,6 +98,11 @@ class Journal {
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
+  // Rank 0: what computed the journal's records and this run's, in order (the file's `compute`);
+  // and, where this resume computes with something new, what the earlier runs used ("'cpu fp32,
+  // OpenBLAS ...'"), else "".
+  const std::vector<std::string>& computes() const { return computes_; }
+  const std::string& compute_note() const { return compute_note_; }
   int64_t count_parts() const { return count_parts_in(dir_); }  // finished part files on disk
   static int64_t count_parts_in(const std::string& dir);        // (inspect: a journal not opened)
   int64_t count_records() const;  // the records in them (an unreadable part counts none)
@@ -197,6 +205,8 @@ class Journal {
   std::chrono::steady_clock::time_point last_part_ = std::chrono::steady_clock::now();
   void drop_group();
   std::string discarded_;
+  std::vector<std::string> computes_;
+  std::string compute_note_;
   int lock_fd_ = -1;  // rank 0: OUT.parts/LOCK, write-locked (fcntl) while this run lives
 };
 

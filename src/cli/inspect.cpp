@@ -40,8 +40,7 @@ void inspect_model(const std::string& path) {
   std::printf("  parameters: %lld (%.1f MB as float32)\n", (long long)params, params * 4 / 1e6);
   // What ties an embeddings file to this checkpoint (its model_sha256), and how it was made.
   std::printf("  sha256 %s; %s\n", sha256_file(path).c_str(),
-              w.seed.empty() ? "no seed attribute (not written by sparsa init)"
-                             : ("sparsa init --seed " + w.seed).c_str());
+              w.seed.empty() ? "no seed attribute" : ("seed " + w.seed).c_str());
   if (!w.unused.empty()) {
     std::printf("  not used by the model (ignored):");
     for (const std::string& u : w.unused) std::printf(" %s", u.c_str());

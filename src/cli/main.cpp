@@ -1,5 +1,6 @@
 // sparsa command line: a thin layer that parses options, calls the library and maps errors to
 // exit codes. See docs/cli.md.
+#include <fcntl.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -206,6 +207,13 @@ static void one_blas_thread_under_a_limit(char** argv) {
 }
 
 int main(int argc, char** argv) {
+  // Standard input, output and error closed by the caller (`2>&-`, a daemon): /dev/null there, so
+  // that the first file sparsa opens (the journal's LOCK) is not taken for them and written to.
+  for (int fd = 0; fd <= 2; ++fd)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      const int got = open("/dev/null", O_RDWR);
+      if (got >= 0 && got != fd) close(got);  // (fd is the lowest free one: got == fd)
+    }
   one_blas_thread_under_a_limit(argv);
   hold_early_stops();  // a job's USR1 or TERM before embed's handlers: held, not fatal
 #ifdef SPARSA_HAVE_CUDA

@@ -45,7 +45,16 @@ inline bool output_path_taken(const std::string& path, const std::string& option
     return true;
   }
   // (A link to a device is refused below like the device: -o /dev/stdout --force as root would
-  // replace /dev's link.)
+  // replace /dev's link. So is a link in /dev or /proc to a file: /dev/stdout with standard output
+  // sent to a file, which --force would also replace with a file of its own.)
+  if (fs::is_symlink(link)) {
+    const std::string abs = fs::absolute(path, ec).lexically_normal().string();
+    if (abs.rfind("/dev/", 0) == 0 || abs.rfind("/proc/", 0) == 0)
+      throw ConfigError(option + " " + path +
+                        " is a link to a stream (standard output or error?): sparsa writes its "
+                        "output as a new HDF5 file renamed into place, --force or not; give a "
+                        "file path (`sparsa inspect FILE` prints a summary)");
+  }
   if (fs::is_regular_file(st)) return true;
   if (fs::is_directory(st))
     throw ConfigError(option + " " + path + " is a folder; give a file name");

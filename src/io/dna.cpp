@@ -65,10 +65,13 @@ std::string show_char(unsigned char c) {
 }
 
 // (line > 0: the file's line and the column in it, for `sed -n Np` or an editor)
-std::string invalid_char_message(unsigned char c, long long line = 0, size_t column = 0) {
+std::string invalid_char_message(unsigned char c, long long line = 0, size_t column = 0,
+                                 bool fastq = false) {
   const std::string at =
       line > 0 ? " at line " + std::to_string(line) + ", column " + std::to_string(column) : "";
-  if (c == ' ' || c == '\t')  // reading blanks as N would shift every later position
+  // FASTA: reading blanks as N would shift every later position. (A FASTQ read's quality line
+  // counts its bases, so its blanks are the read's own damage: the general advice.)
+  if (!fastq && (c == ' ' || c == '\t'))
     return "invalid character " + show_char(c) + at +
            " (blanks in a sequence line; samtools skips them): drop them with sed "
            "'/^>/!s/[[:blank:]]//g' FILE > NEW (--invalid-as-n would read each as an N)";
@@ -79,6 +82,7 @@ std::string invalid_char_message(unsigned char c, long long line = 0, size_t col
 struct InvalidTally {
   int64_t count = 0, first_pos = 0;
   unsigned char first = 0;
+  bool fastq = false;  // the record is a FASTQ read (the advice for blanks is FASTA's)
   // The record's warning for them ("" for none), after `earlier` (another warning, or "").
   std::string warning(const std::string& file, const std::string& record,
                       const std::string& earlier) const {
@@ -87,7 +91,7 @@ struct InvalidTally {
            where(file, record, first_pos,
                  count_of(count, "invalid character") + " read as N (--invalid-as-n), the first " +
                      show_char(first) +
-                     (first == ' ' || first == '\t'
+                     (!fastq && (first == ' ' || first == '\t')
                           ? " (blanks in sequence lines: each is an N here, so later positions "
                             "differ from samtools faidx's, which skips them; to drop them "
                             "instead: sed '/^>/!s/[[:blank:]]//g' FILE > NEW)"
@@ -108,11 +112,11 @@ void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
     int32_t tok = kTokenTable[(unsigned char)seq[i]];
     if (tok < 0) {
       if (!invalid_as_n)
-        throw InputError(where(file, record, first_pos + (int64_t)i,
-                               invalid_char_message((unsigned char)seq[i], line, i + 1)) +
-                         (region.empty()
-                              ? ""
-                              : " (base " + std::to_string(i + 1) + " of region " + region + ")"));
+        throw InputError(
+            where(file, record, first_pos + (int64_t)i,
+                  invalid_char_message((unsigned char)seq[i], line, i + 1, tally.fastq)) +
+            (region.empty() ? ""
+                            : " (base " + std::to_string(i + 1) + " of region " + region + ")"));
       tok = kTokN;
       if (tally.count++ == 0) {
         tally.first_pos = first_pos + (int64_t)i;
@@ -639,6 +643,7 @@ struct FastxReader::Impl {
     std::string_view line;
     need_line(line, "sequence line");
     InvalidTally tally;
+    tally.fastq = true;
     append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally, lines.line_no());
     rec.warning = tally.warning(path, rec.name, rec.warning);
     rec.read_as_n = tally.count;
@@ -1362,6 +1367,15 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
   const IndexFiles ix = index_files(path, impl_->bgzip);
   impl_->fai_path = ix.fai;
   impl_->gzi_path = ix.gzi;
+  // sparsa's own cached index of a file rewritten since (a pipeline's step before it): made
+  // again, as no one else keeps it. (An index beside the file may be a user's or samtools':
+  // a stale one is refused, naming it, when a record is fetched.)
+  if (ix.cached && opts.build_index) {
+    const auto file_time = fs::last_write_time(path, ec);
+    for (const std::string& f : {ix.fai, ix.gzi})
+      if (std::error_code e2; !ec && fs::exists(f, e2) && fs::last_write_time(f, e2) < file_time)
+        fs::remove(f, e2);
+  }
   const bool missing = !fs::exists(ix.fai, ec) || (impl_->bgzip && !fs::exists(ix.gzi, ec));
   if (missing && compression != 1) {  // (plain gzip cannot be indexed: said below)
     if (!opts.build_index)
@@ -1678,6 +1692,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   rec.offset = begin;
   try {
     InvalidTally tally;
+    tally.fastq = impl_->fastq;
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
                   region.name, rec.tokens, tally, 0, rec.region);
     rec.warning = tally.warning(path, region.name, rec.warning);

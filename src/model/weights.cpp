@@ -161,7 +161,18 @@ ModelWeights load_checkpoint(const std::string& path) {
                      "as `sparsa init` writes it; a checkpoint exported by another program too: "
                      "docs/model.md lists the keys)");
   }
-  if (f.has_attr("/", "seed")) w.seed = f.attr_string("/", "seed");
+  // init's seed, as text; an exporter's own `seed` (an integer, as h5py writes one) is taken as
+  // its number, and one of another type is left alone like any other attribute.
+  if (f.has_attr("/", "seed")) {
+    try {
+      w.seed = f.attr_string("/", "seed");
+    } catch (const Error&) {
+      try {
+        w.seed = std::to_string(f.attr_int("/", "seed"));
+      } catch (const Error&) {
+      }
+    }
+  }
   w.embed.resize(w.config.n_tables());
   w.layers.resize(w.config.n_layers);
   for (auto& t : tensor_list(w)) {

@@ -1,7 +1,7 @@
 // Exact comparison of two embeddings files, as tests/slurm/h5same.py does it: every group,
 // dataset (shape, type and bytes) and attribute under /records, and the root attributes but those
-// that name the run rather than its results (created_utc, command_line). Both files must be
-// complete and hold at least one record.
+// that name the run rather than its results (created_utc, command_line, working_directory). Both
+// files must be complete and hold at least one record.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -102,7 +102,7 @@ inline void expect_same_contents(const std::string& a, const std::string& b) {
   auto fa = h5::File::open_read(a), fb = h5::File::open_read(b);
   ASSERT_EQ(fa.attr_int("/", "complete"), 1) << a;
   ASSERT_EQ(fb.attr_int("/", "complete"), 1) << b;
-  detail::expect_same_attrs(fa, fb, "/", {"created_utc", "command_line"});
+  detail::expect_same_attrs(fa, fb, "/", {"created_utc", "command_line", "working_directory"});
   ASSERT_FALSE(fa.list("/records").empty()) << a << ": no records";
   detail::expect_same_tree(fa, fb, "/records");
   // Each a sound result as `sparsa inspect` judges it (bins, global sets, shapes, attributes).

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "compare_h5.hpp"
+#include "core/paths.hpp"
 #include "dist/comm.hpp"
 #include "dist/cpu_share.hpp"
 #include "io/h5.hpp"
@@ -621,11 +622,93 @@ TEST(Cli, CheckpointObjectsTheModelDoesNotUseAreNamed) {
       << r.output;
   EXPECT_NE(
       r.output.find("sha256 " + h5::File::open_read(t / "e.h5").attr_string("/", "model_sha256") +
-                    "; sparsa init --seed "),
+                    "; seed "),
       std::string::npos)
       << r.output;
   r = run(binary() + " inspect " + tiny_model());
   EXPECT_EQ(r.output.find("not used by the model"), std::string::npos) << r.output;
+  // An exporter's own integer seed is read as its number, not refused.
+  h5::File::open_rw(t / "m.h5").set_attr("/", "seed", int64_t{42});
+  r = run(binary() + " inspect " + t / "m.h5");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("; seed 42\n"), std::string::npos) << r.output;
+}
+
+// -o /dev/stdout --force with standard output sent to a file: the path is /dev's link (to
+// /proc/self/fd/1, to the file), which --force would have replaced, as root, with an HDF5 file.
+// Checked in-process, standard output pointed at a file for the call: nothing is written.
+TEST(Cli, OutputLinkToAStreamIsRefused) {
+  TempDir t;
+  fflush(stdout);
+  const int saved = dup(1);
+  ASSERT_GE(saved, 0);
+  const int fd = ::open((t / "so.h5").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(dup2(fd, 1), 1);
+  ::close(fd);
+  std::string msg;
+  bool taken = false;
+  for (const char* p : {"/dev/stdout", "/proc/self/fd/1"}) {
+    try {
+      taken = sparsa::output_path_taken(p, "--output");
+    } catch (const sparsa::ConfigError& e) {
+      msg += std::string(e.what()) + "\n";
+    }
+  }
+  dup2(saved, 1);
+  ::close(saved);
+  EXPECT_FALSE(taken);
+  EXPECT_NE(msg.find("--output /dev/stdout is a link to a stream (standard output or error?)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("--output /proc/self/fd/1 is a link to a stream"), std::string::npos) << msg;
+}
+
+// Standard error closed by the caller (`2>&-`): the journal's LOCK, the first file a run
+// opens, took descriptor 2, and the run's messages were written into it.
+TEST(Cli, ClosedStandardErrorIsNotAFileOfTheRun) {
+  TempDir t;
+  write_file(t / "in.fa", random_fasta(2, 300) + ">bad\nACXT\n");
+  const std::string out = t / "o.h5";
+  auto r = run("sh -c 'exec 2>&-; exec " + embed_cmd(t / "in.fa", out) + "'");
+  EXPECT_EQ(r.code, 1) << r.output;
+  ASSERT_TRUE(exists(out + ".parts/LOCK")) << r.output;
+  EXPECT_EQ(read_file(out + ".parts/LOCK").find("error"), std::string::npos)
+      << read_file(out + ".parts/LOCK");
+}
+
+// A --resume on another kind of node (other OpenBLAS kernels; here forced) continues the
+// journal, says that its records were computed otherwise, and `compute` names both.
+TEST(Cli, ResumeWithOtherKernelsIsSaid) {
+  TempDir t;
+  const auto mine = run(binary() + " --version"),
+             old = run("OPENBLAS_CORETYPE=Prescott " + binary() + " --version");
+  auto blas_line = [](const std::string& v) {
+    const size_t at = v.find("BLAS:");
+    return at == std::string::npos ? v : v.substr(at, v.find('\n', at) - at);
+  };
+  if (blas_line(mine.output) == blas_line(old.output))
+    GTEST_SKIP() << "this CPU's OpenBLAS kernels are Prescott's already";
+  write_file(t / "in.fa", random_fasta(2, 300) + ">bad\nACXT\n");
+  const std::string out = t / "o.h5";
+  auto r = run(embed_cmd(t / "in.fa", out));
+  ASSERT_EQ(r.code, 1) << r.output;
+  r = run("OPENBLAS_CORETYPE=Prescott " + embed_cmd(t / "in.fa", out, "--resume --invalid-as-n"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: --resume: the journal's records were computed with 'cpu fp32, "
+                          "OpenBLAS "),
+            std::string::npos)
+      << r.output;
+  const std::string compute = h5::File::open_read(out).attr_string("/", "compute");
+  EXPECT_NE(compute.find("; cpu fp32, OpenBLAS "), std::string::npos) << compute;
+  EXPECT_NE(compute.find("Prescott"), std::string::npos) << compute;
+  // The same kernels again: nothing said.
+  r = run(embed_cmd(t / "in.fa", t / "p.h5"));
+  r = run(embed_cmd(t / "in.fa", t / "p.h5", "--resume --invalid-as-n"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("computed with"), std::string::npos) << r.output;
+  EXPECT_EQ(h5::File::open_read(t / "p.h5").attr_string("/", "compute").find(';'),
+            std::string::npos);
 }
 
 TEST(Cli, EmbedLambdaEndToEnd) {
@@ -643,7 +726,12 @@ TEST(Cli, EmbedLambdaEndToEnd) {
   EXPECT_NE(f.attr_string("/", "command_line").find("embed"), std::string::npos);
   // The build (the version and, in a git checkout, its commit), where the command ran, and
   // what computed: a file says how to make it again.
-  EXPECT_EQ(f.attr_string("/", "sparsa_version").rfind("0.1.0", 0), 0u);
+  // (In a git checkout: the commit the sources are at, as the build saw it.)
+  const std::string version = f.attr_string("/", "sparsa_version");
+  EXPECT_EQ(version.rfind("0.1.0", 0), 0u);
+  if (std::filesystem::exists(source_dir() + "/.git"))
+    EXPECT_TRUE(std::regex_match(version, std::regex("0\\.1\\.0\\+[0-9a-f]{12}(\\.dirty)?")))
+        << version;
   EXPECT_EQ(f.attr_string("/", "working_directory"), std::filesystem::current_path().string());
   EXPECT_EQ(f.attr_string("/", "compute").rfind("cpu fp32, OpenBLAS ", 0), 0u)
       << f.attr_string("/", "compute");

@@ -890,6 +890,15 @@ TEST_F(FaidxTest, IndexInACacheFolder) {
     check_slices(path);  // from the cached index: not built again
     EXPECT_EQ(fs::last_write_time(ix.fai), built);
   }
+  // The file rewritten after its cached index was made (a pipeline's step ran again): the index
+  // is made again, not refused as stale (an index beside a file is left to its owner).
+  const std::string old_fai = index_files(p, false).fai;
+  write("shared.fa", ">other\nACGTACGT\n");
+  fs::last_write_time(p, fs::last_write_time(old_fai) + std::chrono::seconds(5));
+  {
+    FaidxFetcher f(p, {});
+    EXPECT_EQ(f.fetch(parse_region("other:1-4", f.names())).tokens, toks("ACGT"));
+  }
   // Another file of the same name elsewhere gets its own index.
   fs::create_directories(dir_ / "other");
   const std::string q = write("other/shared.fa", ">x\nACGT\n");

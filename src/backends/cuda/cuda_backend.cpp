@@ -197,11 +197,18 @@ struct CudaModel::Impl {
   // first_row: the record position of the first row (messages).
   void rows_to_host(ForwardOutput& out, const float* rows, int64_t count, const ForwardHooks& hooks,
                     int64_t first_row) {
-    if (opt.mean_block > 0) {
-      const int64_t d = c.d_model, n_rows = count / d, B = opt.mean_block;
-      const int64_t blocks = (n_rows + B - 1) / B;
+    const int64_t d = c.d_model, n_rows = count / d, B = opt.mean_block;
+    const int64_t blocks = B > 0 ? (n_rows + B - 1) / B : 0;
+    bool sums = B > 0;
+    if (sums) {  // (a device without room for them: the rows, which the host pools the same)
       if (first_row % B != 0) throw SystemError("rows_to_host: shard not on a mean-block edge");
-      pooled.reserve(std::max<int64_t>(1, blocks) * d * 8);
+      try {
+        pooled.reserve(std::max<int64_t>(1, blocks) * d * 8);
+      } catch (const OutOfMemory&) {
+        sums = false;
+      }
+    }
+    if (sums) {
       kern::PoolSegmentsParams pp{rows, d, nullptr, blocks};
       pp.block = B;
       pp.rows = n_rows;
@@ -213,7 +220,7 @@ struct CudaModel::Impl {
       return;
     }
     if (hooks.rows_out) {
-      const int64_t d = c.d_model, rb = d * (opt.rows_f16 ? 2 : 4);
+      const int64_t rb = d * (opt.rows_f16 ? 2 : 4);
       auto sink = [&](size_t off, size_t bytes, const void* host) {
         hooks.rows_out((int64_t)off / rb, (int64_t)bytes / rb, host);
       };
@@ -226,7 +233,7 @@ struct CudaModel::Impl {
     }
     if (opt.rows_f16) {
       resize_huge(out.y16, (size_t)count);
-      staging.copy_to_host_f16(out.y16.data(), rows, count, s, c.d_model, first_row);
+      staging.copy_to_host_f16(out.y16.data(), rows, count, s, d, first_row);
     } else {
       resize_huge(out.y, (size_t)count);
       staging.copy_to_host(out.y.data(), rows, (size_t)count * 4, s);
