@@ -282,25 +282,31 @@ std::string compute_of(const EmbedOptions& o) {
   return backend + ", " + blas;
 }
 
-// Collective. Warns (rank 0) where ranks compute with different kernels: a record split over
+// Collective. What the ranks compute with: `mine` where they agree; else each kind once, in rank
+// order, joined by "; " (the file's `compute`), with a warning (rank 0): a record split over
 // them, or records of one file, may differ in the last bits from a run on one kind of node.
-void warn_mixed_compute(Comm& comm, const std::string& mine) {
+std::string ranks_compute(Comm& comm, const std::string& mine) {
   std::vector<uint8_t> all;
   const std::string line = mine + '\n';
   comm.allgatherv(line.data(), (int64_t)line.size(), all);
-  if (comm.rank() != 0) return;
   std::istringstream in(std::string(all.begin(), all.end()));
-  std::string first, l;
-  std::getline(in, first);
-  for (int rank = 1; std::getline(in, l); ++rank)
-    if (l != first) {
+  std::vector<std::string> kinds;
+  std::string l, warned;
+  for (int rank = 0; std::getline(in, l); ++rank) {
+    if (std::find(kinds.begin(), kinds.end(), l) != kinds.end()) continue;
+    if (!kinds.empty() && warned.empty() && comm.rank() == 0) {
+      warned = l;
       std::fprintf(stderr,
                    "[sparsa] warning: ranks compute with different kernels (rank 0: '%s'; rank "
                    "%d: '%s'), so their rows may differ in the last bits from a run on one kind "
                    "of node; keep a job on one node type (Slurm: --constraint)\n",
-                   first.c_str(), rank, l.c_str());
-      return;
+                   kinds[0].c_str(), rank, l.c_str());
     }
+    kinds.push_back(l);
+  }
+  std::string out;
+  for (const std::string& k : kinds) out += (out.empty() ? "" : "; ") + k;
+  return out.empty() ? mine : out;
 }
 
 // What makes two runs the same run: a resumed run must match the journal's manifest.
@@ -1883,8 +1889,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   const std::string manifest = manifest_for(chosen, model_sha);  // the journal's and the file's
-  const std::string compute = compute_of(chosen);
-  warn_mixed_compute(comm, compute);
+  const std::string compute = ranks_compute(comm, compute_of(chosen));
   Journal journal(o.output, manifest, o.resume, o.force, comm, compute);
   if (!journal.compute_note().empty())
     std::fprintf(stderr,
@@ -1940,6 +1945,10 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::vector<Item> batch;
   int64_t batch_tokens = 0;
   const int64_t batch_budget = std::max<int64_t>(o.split_min, 1) * comm.size();
+  // Records a batch: 4096 a rank's share up to 65,536, since every rank writes a journal part at
+  // each batch's end (a fixed 4096 gave 64 ranks parts of ~64 reads: 1.5 M part files of ~16 KB
+  // of HDF5 structure each for 10^8 reads); the batch's check sends a hash, not its records.
+  const size_t batch_records = (size_t)std::min<int64_t>(int64_t{4096} * comm.size(), 65536);
   auto flush_batch = [&]() {
     if (batch.empty()) return;
     std::vector<int64_t> lengths;
@@ -2139,7 +2148,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       }
       batch.push_back(Item{index, std::move(rec), std::move(fp)});
       batch_tokens += n;
-      if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
+      if (batch_tokens >= batch_budget || batch.size() >= batch_records) flush_batch();
     }
     flush_batch();
     // Every rank's inputs end at the same record (a rank whose copy is longer or shorter would
