@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# cmake --install BUILD --prefix PREFIX, then what an installed sparsa needs: the binary runs from
+# PREFIX/bin (its libraries found without LD_LIBRARY_PATH), and the installed preset, example,
+# Slurm scripts and docs are where docs/README say. Usage: test_install.sh BUILD PREFIX
+set -euo pipefail
+build=$1 prefix=$2
+rm -rf "$prefix"
+cmake --install "$build" --prefix "$prefix" > "$prefix.log" 2>&1 || { cat "$prefix.log"; exit 1; }
+sp=$prefix/bin/sparsa
+share=$prefix/share/sparsa
+for f in "$sp" "$share/configs/dna-tiny.toml" "$share/configs/dna-base.toml" \
+  "$share/configs/ts-base.toml" "$share/examples/lambda_virus.fa.gz" \
+  "$share/examples/msft_daily_ohlcv.csv" "$share/slurm/embed.sbatch" \
+  "$prefix/share/doc/sparsa/README.md" "$prefix/share/doc/sparsa/formats.md"; do
+  [ -e "$f" ] || { echo "not installed: $f"; exit 1; }
+done
+ldd "$sp" | grep -q "not found" && { ldd "$sp"; exit 1; }
+env -u LD_LIBRARY_PATH "$sp" --version | head -1 | grep -q "^sparsa 0\.1\.0"
+cd "$prefix"  # not the source tree: every path from the prefix
+env -u LD_LIBRARY_PATH "$sp" init -c "$share/configs/dna-tiny.toml" -o m.h5 --seed 1
+env -u LD_LIBRARY_PATH "$sp" embed -q -m m.h5 -i "$share/examples/lambda_virus.fa.gz" -o e.h5 \
+  --device cpu --threads 1 --pool mean
+"$sp" inspect e.h5 > /dev/null
+echo "installed sparsa runs from $prefix"
