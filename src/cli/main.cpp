@@ -187,6 +187,20 @@ bool first_rank_to_speak() {
 // process hangs, deaf to SIGTERM, even for --version. Where such a limit is set, the process
 // runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
 // loads); without a limit nothing changes.
+// Where the model presets are: beside an installed binary (PREFIX/bin/sparsa:
+// PREFIX/share/sparsa/configs) or in the checkout a build folder sits in (BUILD/sparsa:
+// BUILD/../configs); "" where neither holds them.
+static std::string presets_dir() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  const fs::path up = exe.parent_path().parent_path();
+  for (const fs::path& d : {up / "share/sparsa/configs", up / "configs"})
+    if (fs::exists(d / "dna-tiny.toml", ec)) return d.lexically_normal().string();
+  return "";
+}
+
 static void one_blas_thread_under_a_limit(char** argv) {
   if (address_space_room() < 0) return;  // no limit
   const char* now = std::getenv("OPENBLAS_NUM_THREADS");
@@ -273,10 +287,19 @@ int main(int argc, char** argv) {
   std::string init_config, init_output;
   std::string seed_text = "1";  // decimal, read here (CLI11 would take a leading 0 as octal)
   bool init_force = false;
+  const std::string presets = presets_dir();
   init->add_option("-c,--config", init_config, "Model config (TOML, a [model] table; see configs/)")
       ->required()
       ->check(not_empty)
-      ->check(CLI::ExistingFile);
+      ->check(CLI::Validator(
+          [presets](const std::string& v) -> std::string {
+            if (const std::string e = CLI::ExistingFile(v); !e.empty())
+              return presets.empty() ? e
+                                     : e + " (the presets: " + presets +
+                                           "/dna-tiny.toml, dna-base.toml, ts-base.toml)";
+            return "";
+          },
+          "FILE"));
   init->add_option("-o,--output", init_output, "Checkpoint to write (HDF5)")
       ->required()
       ->check(not_empty);
@@ -298,10 +321,12 @@ int main(int argc, char** argv) {
   bool init_quiet = false;
   init->add_flag("-q,--quiet", init_quiet, "No line on success (errors are still printed)");
   init->footer(
-      "A config is a TOML file with a [model] table (docs/model.md lists its keys); the source\n"
-      "tree has three: configs/dna-tiny.toml (68K parameters, CPU-sized), configs/dna-base.toml\n"
-      "(25M, for GPUs) and configs/ts-base.toml (time series).\n"
-      "Example: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1\n"
+      "A config is a TOML file with a [model] table (docs/model.md lists its keys); sparsa has\n"
+      "three presets: dna-tiny.toml (68K parameters, CPU-sized), dna-base.toml (25M, for GPUs)\n"
+      "and ts-base.toml (time series), in configs/ of the source tree and share/sparsa/configs\n"
+      "of an installed sparsa" +
+      (presets.empty() ? std::string(".") : "; this one's: " + presets + "/.") +
+      "\nExample: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1\n"
       "Exit status: 0 written; 1 an I/O error; 2 a usage or config error (the output exists\n"
       "without --force, a bad key or value in the config).");
 

@@ -1273,7 +1273,12 @@ std::string faidx_failure(const std::string& path, const IndexFiles& ix, int com
   if (compression == 1) {
     // reads.fa.gz -> reads.fa.bgz, as docs/formats.md writes it
     const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
-    const std::string to = (gz ? path.substr(0, path.size() - 3) : path) + ".bgz";
+    std::string to = (gz ? path.substr(0, path.size() - 3) : path) + ".bgz";
+    // (A folder the user cannot write, an installed example or a shared genome: the copy goes
+    // to the current folder.)
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    if (::access(dir.empty() ? "." : dir.c_str(), W_OK) != 0)
+      to = std::filesystem::path(to).filename().string();
     return path + " is gzip-compressed but not bgzip-compressed: faidx needs `bgzip` (zcat " +
            shell_quote(path) + " | bgzip > " + shell_quote(to) + ") or an uncompressed file";
   }

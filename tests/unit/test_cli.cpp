@@ -563,6 +563,25 @@ TEST(Cli, InitIsDeterministicAndSeedMatters) {
   EXPECT_NE(r.output.find("--force"), std::string::npos);
 }
 
+// A --config that is not there: the error names the presets' folder (beside the binary: the
+// checkout's configs/ for a build folder in it, share/sparsa/configs once installed).
+TEST(Cli, MissingConfigNamesThePresets) {
+  TempDir t;
+  const auto presets =
+      (std::filesystem::canonical(binary()).parent_path().parent_path() / "configs")
+          .lexically_normal();
+  if (!std::filesystem::exists(presets / "dna-tiny.toml"))
+    GTEST_SKIP() << "a build folder outside the checkout: no presets beside the binary";
+  auto r = run(binary() + " init --config " + t / "dna-tiny.toml --output " + t / "m.h5");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("File does not exist: " + t / "dna-tiny.toml (the presets: " +
+                          presets.string() + "/dna-tiny.toml, dna-base.toml, ts-base.toml)"),
+            std::string::npos)
+      << r.output;
+  r = run(binary() + " init --help");
+  EXPECT_NE(r.output.find("this one's: "), std::string::npos) << r.output;
+}
+
 TEST(Cli, InitRefusesBadConfigs) {
   TempDir t;
   const std::string base = "[model]\nkind = \"dna\"\nd_model = 32\nn_heads = 4\n";
