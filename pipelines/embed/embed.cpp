@@ -279,13 +279,14 @@ std::string compute_of(const EmbedOptions& o) {
 #endif
   std::string blas = openblas_get_config();
   while (!blas.empty() && blas.back() == ' ') blas.pop_back();
+  std::replace(blas.begin(), blas.end(), '\n', ' ');  // one line: the journal keeps one a kind
   return backend + ", " + blas;
 }
 
-// Collective. What the ranks compute with: `mine` where they agree; else each kind once, in rank
-// order, joined by "; " (the file's `compute`), with a warning (rank 0): a record split over
-// them, or records of one file, may differ in the last bits from a run on one kind of node.
-std::string ranks_compute(Comm& comm, const std::string& mine) {
+// Collective. What the ranks compute with: each kind once, in rank order (one where they agree),
+// with a warning (rank 0) where they differ: a record split over them, or records of one file,
+// may differ in the last bits from a run on one kind of node.
+std::vector<std::string> ranks_compute(Comm& comm, const std::string& mine) {
   std::vector<uint8_t> all;
   const std::string line = mine + '\n';
   comm.allgatherv(line.data(), (int64_t)line.size(), all);
@@ -304,9 +305,8 @@ std::string ranks_compute(Comm& comm, const std::string& mine) {
     }
     kinds.push_back(l);
   }
-  std::string out;
-  for (const std::string& k : kinds) out += (out.empty() ? "" : "; ") + k;
-  return out.empty() ? mine : out;
+  if (kinds.empty()) kinds.push_back(mine);
+  return kinds;
 }
 
 // What makes two runs the same run: a resumed run must match the journal's manifest.
@@ -1889,14 +1889,14 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   const double backend_s = since_start();
   const std::string model_sha = sha.get();
   const std::string manifest = manifest_for(chosen, model_sha);  // the journal's and the file's
-  const std::string compute = ranks_compute(comm, compute_of(chosen));
+  const std::vector<std::string> compute = ranks_compute(comm, compute_of(chosen));
   Journal journal(o.output, manifest, o.resume, o.force, comm, compute);
   if (!journal.compute_note().empty())
     std::fprintf(stderr,
-                 "[sparsa] warning: --resume: the journal's records were computed with %s, this "
-                 "run computes with '%s': the file will hold records of both, which may differ "
-                 "in the last bits (docs/model.md; keep a job on one node type)\n",
-                 journal.compute_note().c_str(), compute.c_str());
+                 "[sparsa] warning: --resume: the journal's records were computed with %s: the "
+                 "file will hold records of both, which may differ in the last bits "
+                 "(docs/model.md; keep a job on one node type)\n",
+                 journal.compute_note().c_str());
   if (!journal.discarded().empty())
     progress.log("--force: discarded the journal of a different run in " + journal.dir() + " (" +
                  journal.discarded() + ")");
@@ -1945,10 +1945,6 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
   std::vector<Item> batch;
   int64_t batch_tokens = 0;
   const int64_t batch_budget = std::max<int64_t>(o.split_min, 1) * comm.size();
-  // Records a batch: 4096 a rank's share up to 65,536, since every rank writes a journal part at
-  // each batch's end (a fixed 4096 gave 64 ranks parts of ~64 reads: 1.5 M part files of ~16 KB
-  // of HDF5 structure each for 10^8 reads); the batch's check sends a hash, not its records.
-  const size_t batch_records = (size_t)std::min<int64_t>(int64_t{4096} * comm.size(), 65536);
   auto flush_batch = [&]() {
     if (batch.empty()) return;
     std::vector<int64_t> lengths;
@@ -2148,7 +2144,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
       }
       batch.push_back(Item{index, std::move(rec), std::move(fp)});
       batch_tokens += n;
-      if (batch_tokens >= batch_budget || batch.size() >= batch_records) flush_batch();
+      if (batch_tokens >= batch_budget || batch.size() >= 4096) flush_batch();
     }
     flush_batch();
     // Every rank's inputs end at the same record (a rank whose copy is longer or shorter would
@@ -2230,24 +2226,25 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    count_of(past, "finished record").c_str(), (long long)index,
                    count_of(index, "record").c_str(), (long long)index);
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
-    FileAttrs a{sparsa_version(),
-                model_sha,
-                w.config_toml,
-                o.command_line,
-                utc_now(),
-                o.pool.text(),
-                o.f16 ? "float16" : "float32",
-                manifest,
-                [] {
-                  std::error_code e;
-                  return fs::current_path(e).string();
-                }(),
-                [&] {
-                  std::string all;  // what computed the records, the journal's runs' too
-                  for (const std::string& x : journal.computes())
-                    all += (all.empty() ? "" : "; ") + x;
-                  return all.empty() ? compute : all;
-                }()};
+    FileAttrs a{
+        sparsa_version(),
+        model_sha,
+        w.config_toml,
+        o.command_line,
+        utc_now(),
+        o.pool.text(),
+        o.f16 ? "float16" : "float32",
+        manifest,
+        [] {
+          std::error_code e;
+          return fs::current_path(e).string();
+        }(),
+        [&] {
+          std::string all;  // each kind that computed the records (the journal's runs')
+          for (const std::string& x : journal.computes().empty() ? compute : journal.computes())
+            all += (all.empty() ? "" : "; ") + x;
+          return all;
+        }()};
     int64_t copied = 0;
     const std::string what = "writing " + o.output + ", records";
     try {

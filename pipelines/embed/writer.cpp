@@ -375,7 +375,7 @@ static std::string split_computes(const std::string& text, std::vector<std::stri
 }
 
 Journal::Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
-                 Comm& comm, const std::string& compute)
+                 Comm& comm, const std::vector<std::string>& compute)
     : dir_(output + ".parts") {
   if (const char* e = std::getenv("SPARSA_GROUP_SECONDS"); e && *e) {
     double v = 0;
@@ -446,21 +446,30 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       }
       // What computed the journal's records: a resume on another kind of node (other OpenBLAS
       // kernels, another GPU) adds its own, said by compute_note().
+      auto quoted = [](const std::vector<std::string>& v) {
+        std::string q;
+        for (const std::string& c : v) q += (q.empty() ? "'" : ", '") + c + "'";
+        return q;
+      };
+      std::vector<std::string> added;  // this run's kinds the journal does not hold
       if (existed && resume && old == manifest && fs::exists(dir_ + "/MANIFEST")) {
         computes_ = old_computes;
-        if (!compute.empty() &&
-            std::find(computes_.begin(), computes_.end(), compute) == computes_.end()) {
-          for (const std::string& c : computes_)
-            compute_note_ += (compute_note_.empty() ? "'" : "', '") + c;
-          if (!compute_note_.empty()) compute_note_ += "'";
-          computes_.push_back(compute);
+        for (const std::string& c : compute)
+          if (!c.empty() && std::find(computes_.begin(), computes_.end(), c) == computes_.end()) {
+            added.push_back(c);
+            computes_.push_back(c);
+          }
+        if (!added.empty()) {
+          if (!old_computes.empty())
+            compute_note_ = quoted(old_computes) + "; this run adds " + quoted(added);
           try {
             write_manifest(dir_, with_computes(computes_));
           } catch (const SystemError&) {  // (a full disk: the resume goes on, said anyway)
           }
         }
-      } else if (!compute.empty()) {
-        computes_ = {compute};
+      } else {
+        for (const std::string& c : compute)
+          if (!c.empty()) computes_.push_back(c);
       }
       if (!fs::exists(dir_ + "/MANIFEST")) write_manifest(dir_, with_computes(computes_));
       std::vector<std::pair<int64_t, std::string>> parts;

@@ -27,9 +27,11 @@ namespace sparsa {
 
 struct FileAttrs {
   std::string sparsa_version, model_sha256, model_config, command_line, created_utc, pool, dtype;
-  std::string manifest;  // the run's manifest (the journal's MANIFEST text): `run_manifest`
-  // The folder the run started in (command_line's relative paths are relative to it), and what
-  // rank 0 computed with (embed's compute_of): `working_directory`, `compute` ("": not written).
+  std::string
+      manifest;  // the run's manifest (the MANIFEST's, less its compute lines): `run_manifest`
+  // The folder the run started in (command_line's relative paths are relative to it), and each
+  // kind of node that computed the records ("; " between; Journal::computes): `working_directory`,
+  // `compute` ("": not written).
   std::string working_directory, compute;
 };
 
@@ -66,11 +68,11 @@ class Journal {
   // Collective. Creates OUT.parts/ with `manifest`, or with resume reopens it after checking that
   // its manifest matches (another run's is refused, or with force discarded). Without resume an
   // existing OUT.parts is refused unless force (which discards it).
-  // `compute`: what this rank 0 computes with (embed's compute_of), kept in the MANIFEST beside
-  // the manifest (not compared: a resume on another kind of node continues, said by
-  // compute_note()).
+  // `compute`: each kind of node this run's ranks compute with (embed's ranks_compute), kept in
+  // the MANIFEST as `compute` lines beside the manifest (not compared: a resume on another kind
+  // of node continues, said by compute_note()).
   Journal(const std::string& output, const std::string& manifest, bool resume, bool force,
-          Comm& comm, const std::string& compute = "");
+          Comm& comm, const std::vector<std::string>& compute = {});
   ~Journal();
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
@@ -98,9 +100,8 @@ class Journal {
   const std::string& dir() const { return dir_; }
   // Rank 0, --resume --force: why the journal found was another run's and was discarded ("").
   const std::string& discarded() const { return discarded_; }
-  // Rank 0: what computed the journal's records and this run's, in order (the file's `compute`);
-  // and, where this resume computes with something new, what the earlier runs used ("'cpu fp32,
-  // OpenBLAS ...'"), else "".
+  // Rank 0: each kind that computed the journal's records and this run's, in order (the file's
+  // `compute`); and, where this resume adds a kind, "'KIND', ...; this run adds 'KIND'", else "".
   const std::vector<std::string>& computes() const { return computes_; }
   const std::string& compute_note() const { return compute_note_; }
   int64_t count_parts() const { return count_parts_in(dir_); }  // finished part files on disk

@@ -188,15 +188,15 @@ bool first_rank_to_speak() {
 // runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
 // loads); without a limit nothing changes.
 // Where the model presets are: beside an installed binary (PREFIX/bin/sparsa:
-// PREFIX/share/sparsa/configs) or in the checkout a build folder sits in (BUILD/sparsa:
-// BUILD/../configs); "" where neither holds them.
+// PREFIX/share/sparsa/configs, as CMake's install folders place them) or in the checkout a build
+// folder sits in (BUILD/sparsa: BUILD/../configs); "" where neither holds them.
 static std::string presets_dir() {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return "";
-  const fs::path up = exe.parent_path().parent_path();
-  for (const fs::path& d : {up / "share/sparsa/configs", up / "configs"})
+  for (const fs::path& d :
+       {exe.parent_path() / SPARSA_PRESETS_FROM_BIN, exe.parent_path().parent_path() / "configs"})
     if (fs::exists(d / "dna-tiny.toml", ec)) return d.lexically_normal().string();
   return "";
 }
@@ -325,7 +325,7 @@ int main(int argc, char** argv) {
       "three presets: dna-tiny.toml (68K parameters, CPU-sized), dna-base.toml (25M, for GPUs)\n"
       "and ts-base.toml (time series), in configs/ of the source tree and share/sparsa/configs\n"
       "of an installed sparsa" +
-      (presets.empty() ? std::string(".") : "; this one's: " + presets + "/.") +
+      (presets.empty() ? std::string(".") : " (this one's: " + presets + ").") +
       "\nExample: sparsa init --config configs/dna-tiny.toml --output model.h5 --seed 1\n"
       "Exit status: 0 written; 1 an I/O error; 2 a usage or config error (the output exists\n"
       "without --force, a bad key or value in the config).");

@@ -712,15 +712,22 @@ TEST(Cli, ResumeWithOtherKernelsIsSaid) {
   const std::string out = t / "o.h5";
   auto r = run(embed_cmd(t / "in.fa", out));
   ASSERT_EQ(r.code, 1) << r.output;
-  r = run("OPENBLAS_CORETYPE=Prescott " + embed_cmd(t / "in.fa", out, "--resume --invalid-as-n"));
-  ASSERT_EQ(r.code, 0) << r.output;
+  // Another kind resumes (and stops again at the bad record): said, and kept in the journal.
+  r = run("OPENBLAS_CORETYPE=Prescott " + embed_cmd(t / "in.fa", out, "--resume"));
+  ASSERT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("warning: --resume: the journal's records were computed with 'cpu fp32, "
                           "OpenBLAS "),
             std::string::npos)
       << r.output;
+  EXPECT_NE(r.output.find("; this run adds 'cpu fp32, OpenBLAS "), std::string::npos) << r.output;
+  // The first kind again: the journal holds it already, nothing said; each kind named once.
+  r = run(embed_cmd(t / "in.fa", out, "--resume --invalid-as-n"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("computed with"), std::string::npos) << r.output;
   const std::string compute = h5::File::open_read(out).attr_string("/", "compute");
+  EXPECT_EQ(count_in(compute, "cpu fp32, OpenBLAS "), 2u) << compute;
   EXPECT_NE(compute.find("; cpu fp32, OpenBLAS "), std::string::npos) << compute;
-  EXPECT_NE(compute.find("Prescott"), std::string::npos) << compute;
+  EXPECT_GT(compute.find("Prescott"), compute.find("; ")) << compute;
   // The same kernels again: nothing said.
   r = run(embed_cmd(t / "in.fa", t / "p.h5"));
   r = run(embed_cmd(t / "in.fa", t / "p.h5", "--resume --invalid-as-n"));
