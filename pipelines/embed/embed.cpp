@@ -1,6 +1,5 @@
 #include "pipelines/embed/embed.hpp"
 
-#include <cblas.h>
 #include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -277,10 +276,7 @@ std::string compute_of(const EmbedOptions& o) {
 #ifdef SPARSA_HAVE_CUDA
   if (backend != "cpu fp32") return backend + ", " + cuda::device_name();
 #endif
-  std::string blas = openblas_get_config();
-  while (!blas.empty() && blas.back() == ' ') blas.pop_back();
-  std::replace(blas.begin(), blas.end(), '\n', ' ');  // one line: the journal keeps one a kind
-  return backend + ", " + blas;
+  return backend + ", " + blas_build_line();
 }
 
 // Collective. What the ranks compute with: each kind once, in rank order (one where they agree),
@@ -292,17 +288,15 @@ std::vector<std::string> ranks_compute(Comm& comm, const std::string& mine) {
   comm.allgatherv(line.data(), (int64_t)line.size(), all);
   std::istringstream in(std::string(all.begin(), all.end()));
   std::vector<std::string> kinds;
-  std::string l, warned;
+  std::string l;
   for (int rank = 0; std::getline(in, l); ++rank) {
     if (std::find(kinds.begin(), kinds.end(), l) != kinds.end()) continue;
-    if (!kinds.empty() && warned.empty() && comm.rank() == 0) {
-      warned = l;
+    if (kinds.size() == 1 && comm.rank() == 0)  // the second kind: said once
       std::fprintf(stderr,
                    "[sparsa] warning: ranks compute with different kernels (rank 0: '%s'; rank "
                    "%d: '%s'), so their rows may differ in the last bits from a run on one kind "
                    "of node; keep a job on one node type (Slurm: --constraint)\n",
                    kinds[0].c_str(), rank, l.c_str());
-    }
     kinds.push_back(l);
   }
   if (kinds.empty()) kinds.push_back(mine);
@@ -2226,25 +2220,24 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    count_of(past, "finished record").c_str(), (long long)index,
                    count_of(index, "record").c_str(), (long long)index);
     progress.log("writing " + o.output + " (" + count_of(index, "record") + ")");
-    FileAttrs a{
-        sparsa_version(),
-        model_sha,
-        w.config_toml,
-        o.command_line,
-        utc_now(),
-        o.pool.text(),
-        o.f16 ? "float16" : "float32",
-        manifest,
-        [] {
-          std::error_code e;
-          return fs::current_path(e).string();
-        }(),
-        [&] {
-          std::string all;  // each kind that computed the records (the journal's runs')
-          for (const std::string& x : journal.computes().empty() ? compute : journal.computes())
-            all += (all.empty() ? "" : "; ") + x;
-          return all;
-        }()};
+    FileAttrs a{sparsa_version(),
+                model_sha,
+                w.config_toml,
+                o.command_line,
+                utc_now(),
+                o.pool.text(),
+                o.f16 ? "float16" : "float32",
+                manifest,
+                [] {
+                  std::error_code e;
+                  return fs::current_path(e).string();
+                }(),
+                [&] {
+                  std::string all;  // each kind that computed the records (the journal's runs' too)
+                  for (const std::string& x : journal.computes())
+                    all += (all.empty() ? "" : "; ") + x;
+                  return all;
+                }()};
     int64_t copied = 0;
     const std::string what = "writing " + o.output + ", records";
     try {

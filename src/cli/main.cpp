@@ -180,13 +180,6 @@ bool first_rank_to_speak() {
 
 }  // namespace
 
-// OpenBLAS (Debian's default build, libopenblas0-pthread) starts a pool of worker threads when
-// it loads, before main, each mapping a 128 MB buffer. sparsa calls BLAS single-threaded from
-// its own OpenMP threads, so the pool only costs address space; under a limit on it (`ulimit
-// -v`, a Slurm VSizeFactor) a worker's buffer fails to map and OpenBLAS retries forever: the
-// process hangs, deaf to SIGTERM, even for --version. Where such a limit is set, the process
-// runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
-// loads); without a limit nothing changes.
 // Where the model presets are: beside an installed binary (PREFIX/bin/sparsa:
 // PREFIX/share/sparsa/configs, as CMake's install folders place them) or in the checkout a build
 // folder sits in (BUILD/sparsa: BUILD/../configs); "" where neither holds them.
@@ -201,6 +194,13 @@ static std::string presets_dir() {
   return "";
 }
 
+// OpenBLAS (Debian's default build, libopenblas0-pthread) starts a pool of worker threads when
+// it loads, before main, each mapping a 128 MB buffer. sparsa calls BLAS single-threaded from
+// its own OpenMP threads, so the pool only costs address space; under a limit on it (`ulimit
+// -v`, a Slurm VSizeFactor) a worker's buffer fails to map and OpenBLAS retries forever: the
+// process hangs, deaf to SIGTERM, even for --version. Where such a limit is set, the process
+// runs itself again with one BLAS thread (OPENBLAS_NUM_THREADS, which OpenBLAS reads as it
+// loads); without a limit nothing changes.
 static void one_blas_thread_under_a_limit(char** argv) {
   if (address_space_room() < 0) return;  // no limit
   const char* now = std::getenv("OPENBLAS_NUM_THREADS");

@@ -1,7 +1,6 @@
 // sparsa --version: the version and the libraries this binary runs with (as samtools --version).
 #include "cli/version.hpp"
 
-#include <cblas.h>
 #include <hdf5.h>
 #include <htslib/hts.h>
 #include <mpi.h>
@@ -10,6 +9,8 @@
 
 #include <algorithm>
 #include <string>
+
+#include "core/build.hpp"
 
 #ifdef SPARSA_HAVE_CUDA
 #include "backends/cuda/device.hpp"
@@ -38,9 +39,7 @@ std::string version_text(const char* version) {
 #endif
   out += "\nhtslib: " + std::string(hts_version()) + "\nzlib:   " + zlibVersion() + "\n";
   // The CPU backend's BLAS (OpenBLAS's build line: version, threading, architecture) and OpenMP
-  std::string blas = openblas_get_config();
-  while (!blas.empty() && blas.back() == ' ') blas.pop_back();
-  out += "BLAS:   " + blas + "; OpenMP " + std::to_string(_OPENMP) + "\n";
+  out += "BLAS:   " + blas_build_line() + "; OpenMP " + std::to_string(_OPENMP) + "\n";
   // How this binary was built: for a bug report
   out += "build:  " +
 #if defined(__clang__)

@@ -13,4 +13,9 @@ const char* build_commit();
 // build that made it.
 std::string sparsa_version();
 
+// The CPU backend's OpenBLAS as its build line says it (version, threading, the kernels it chose
+// for this CPU: another CPU model may round the last bits otherwise), on one line: --version and
+// the embeddings file's `compute`.
+std::string blas_build_line();
+
 }  // namespace sparsa

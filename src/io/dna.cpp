@@ -1496,10 +1496,9 @@ namespace {
 struct RegionSpan {
   int64_t begin = 0, end = 0, len = 0;
 };
-// length_of: the record's length (the caller's, below: htslib before 1.18 gives an int).
-template <class Length>
+// len: the record's length (FaidxFetcher::record_length: htslib before 1.18 gives an int).
 RegionSpan region_span(const std::string& path, const faidx_t* fai, const RegionSpec& region,
-                       Length&& length_of) {
+                       int64_t len) {
   if (!faidx_has_seq(fai, region.name.c_str())) {
     std::string known;
     int n = faidx_nseq(fai);
@@ -1509,7 +1508,7 @@ RegionSpan region_span(const std::string& path, const faidx_t* fai, const Region
                      "'; known: " + known);
   }
   RegionSpan r;
-  r.len = length_of(region.name);
+  r.len = len;
   r.begin = region.begin;
   r.end = region.end == -1 ? r.len : std::min<int64_t>(region.end, r.len);
   if (r.begin < 0)
@@ -1599,14 +1598,12 @@ int64_t FaidxFetcher::record_length(const std::string& name) const {
 }
 
 int64_t FaidxFetcher::tokens_of(const RegionSpec& region) const {
-  const RegionSpan r = region_span(impl_->path, impl_->fai, region,
-                                   [this](const std::string& n) { return record_length(n); });
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region, record_length(region.name));
   return r.end - r.begin;
 }
 
 std::string FaidxFetcher::cut_warning(const RegionSpec& region) const {
-  const RegionSpan r = region_span(impl_->path, impl_->fai, region,
-                                   [this](const std::string& n) { return record_length(n); });
+  const RegionSpan r = region_span(impl_->path, impl_->fai, region, record_length(region.name));
   if (region.end <= r.len) return "";
   return impl_->path + ": region '" + region.text + "' ends past record '" + region.name + "' (" +
          std::to_string(r.len) + " bases): embedded to its end, bases " +
@@ -1617,8 +1614,7 @@ std::string FaidxFetcher::cut_warning(const RegionSpec& region) const {
 Record FaidxFetcher::fetch(const RegionSpec& region) {
   const std::string& path = impl_->path;
   const faidx_t* fai = impl_->fai;
-  const RegionSpan span =
-      region_span(path, fai, region, [this](const std::string& n) { return record_length(n); });
+  const RegionSpan span = region_span(path, fai, region, record_length(region.name));
   const int64_t begin = span.begin, end = span.end;
 
   std::string description;

@@ -129,6 +129,21 @@ inline size_t count_in(const std::string& text, const std::string& needle) {
   return n;
 }
 
+// Whether OPENBLAS_CORETYPE=Prescott gives sparsa other OpenBLAS kernels than this CPU's own
+// (--version's BLAS line): the tests of runs on two kinds of CPU force them so, and skip where
+// the CPU's own are Prescott's.
+inline bool prescott_kernels_differ() {
+  const auto mine = run(binary() + " --version"),
+             old = run("OPENBLAS_CORETYPE=Prescott " + binary() + " --version");
+  EXPECT_EQ(mine.code, 0) << mine.output;
+  EXPECT_EQ(old.code, 0) << old.output;
+  auto blas_line = [](const std::string& v) {
+    const size_t at = v.find("BLAS:");
+    return at == std::string::npos ? v : v.substr(at, v.find('\n', at) - at);
+  };
+  return blas_line(mine.output) != blas_line(old.output);
+}
+
 // Starts `args` as a child process (stdout and stderr to `log`); returns its pid.
 inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
   pid_t pid = fork();
