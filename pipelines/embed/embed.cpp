@@ -373,6 +373,9 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
       records += s.whole ? (double)s.records
                          : std::max(1.0, (double)s.records * text / std::max<double>(1, s.bytes));
       exact = exact && s.whole;
+      // A token a base: the text's share of sequence (a FASTQ's is under half: its quality line
+      // is as long, and its names count; charged as text, reads that fit were refused)
+      if (s.bytes > 0) text *= (double)s.sequence / (double)s.bytes;
     }
     tokens += text;
   }
@@ -411,7 +414,7 @@ OutputEstimate estimate_output(const EmbedOptions& o, const ModelConfig& c, Reco
   }
   const double record_bytes = rows / records * embedding_bytes;
   const double final_record = record_bytes <= 16384.0 ? 2048.0 : 5120.0;
-  // A group part holds the records that finish within a second (writer.hpp): short records
+  // A group part holds the records that finish within a second or more (writer.hpp): short records
   // (up to 16,384 tokens, embedded side by side) share one; a longer record, which may take
   // longer than that, is charged a part of its own.
   const double part_record = tokens / records <= 16384.0 ? 3072.0 : 16384.0;
@@ -2017,18 +2020,26 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         std::fprintf(stderr, "[sparsa] %s\n", e.what());
       }
     }
-    // This rank's group part goes into the journal before the ranks compare notes: after an
-    // error rank 0 decides at once whether to keep the journal, and a rank may abort the job.
-    try {
-      journal.flush_group();
-    } catch (...) {
-      if (!error) error = std::current_exception();
-      failed = 1;
-    }
     // A rank that failed or stopped tells the others (which finish their share first).
     int64_t fs[2] = {failed, stop_signal()};
     comm.allreduce_max(fs, 2);
-    const int64_t f = fs[0];
+    int64_t f = fs[0];
+    // A batch that ends well leaves each rank's group part open: it goes into the journal by its
+    // time and size (Journal::write_grouped), so a rank makes a part a few seconds, not one a
+    // batch (10^8 reads over 64 ranks: ~1.5 M parts at a batch's end each). On a failure or a stop
+    // anywhere, every rank's group goes into the journal before any rank goes on: rank 0 then
+    // decides whether to keep the journal, and a rank may abort the job.
+    if (f > 0 || fs[1] > 0) {
+      int64_t bad = 0;
+      try {
+        journal.flush_group();
+      } catch (...) {
+        if (!error) error = std::current_exception();
+        bad = 1;
+      }
+      comm.allreduce_max(&bad, 1);
+      if (bad > 0) f = 1;
+    }
     if (fs[1] > 0) adopt_stop_signal((int)fs[1]);
     if (error) std::rethrow_exception(error);
     if (f == 1) throw Error("another rank failed (see its message above)");
@@ -2192,11 +2203,23 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                    o.output.c_str(), previous.c_str());
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
+    // Several ranks: the others move their groups into the journal after the same error (an
+    // input's, which every rank reads) as rank 0 does; rank 0 waits for that (at most 2 s: a rank
+    // that failed alone, or not at all, is then aborted with its group unwritten) before it counts
+    // the records kept and aborts the job.
+    if (root && comm.size() > 1)
+      for (int i = 0; i < 100 && journal.parts_open(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (root) {
-      if (journal.count_parts() == 0)
-        journal.remove_but_previous_output();
-      else
+      if (journal.count_parts() > 0)
         say_kept("; fix the problem and rerun with --resume, or use --force to start over");
+      else if (comm.size() > 1 && journal.parts_open())
+        std::fprintf(stderr,
+                     "[sparsa] other ranks' finished records may still be going into %s; fix the "
+                     "problem and rerun with --resume, or use --force to start over\n",
+                     journal.dir().c_str());
+      else
+        journal.remove_but_previous_output();
     }
     throw;
   }

@@ -1,5 +1,6 @@
 #include "pipelines/embed/records.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -194,6 +195,18 @@ struct RecordSource::Impl {
                              "' is empty (no sequence; the faidx index leaves such records out)");
         throw InputError("region '" + spec.text + "': no record named '" + spec.name + "' in " +
                          files + "; its records: " + some + stale);
+      }
+      if (found.size() > 1) {
+        // The same file by two paths (or twice by one): the input given twice is the mistake.
+        struct stat a {
+        }, b{};
+        if (::stat(opts.inputs[found[0]].c_str(), &a) == 0 &&
+            ::stat(opts.inputs[found[1]].c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino)
+          throw InputError("region '" + spec.text + "': input " + opts.inputs[found[1]] +
+                           " is given twice (as --input " + std::to_string(found[0] + 1) + " and " +
+                           std::to_string(found[1] + 1) + "), so its record '" + spec.name +
+                           "' is in both; give each input once");
       }
       if (found.size() > 1)
         throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +

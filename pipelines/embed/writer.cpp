@@ -383,6 +383,8 @@ Journal::Journal(const std::string& output, const std::string& manifest, bool re
       throw ConfigError(std::string("SPARSA_GROUP_SECONDS=") + e +
                         ": not a number of seconds (0 or more; 0: a part for every record)");
     group_seconds_ = v;
+  } else {
+    group_seconds_ = default_group_seconds(comm.size());
   }
   // Rank 0 decides; everyone learns the outcome (an error text, or the finished records: found_,
   // made by rank 0 and sent as it is).
@@ -605,6 +607,17 @@ int64_t Journal::count_parts_in(const std::string& dir) {
     if (is_part_name(name, nullptr)) ++n;
   }
   return n;
+}
+
+bool Journal::parts_open() const {
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 &&
+        is_part_name(name.substr(0, name.size() - 4), nullptr))
+      return true;
+  }
+  return false;
 }
 
 int64_t Journal::count_records() const {

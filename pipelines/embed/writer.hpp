@@ -106,6 +106,7 @@ class Journal {
   const std::string& compute_note() const { return compute_note_; }
   int64_t count_parts() const { return count_parts_in(dir_); }  // finished part files on disk
   static int64_t count_parts_in(const std::string& dir);        // (inspect: a journal not opened)
+  bool parts_open() const;  // whether a part is being written (its NNNNNN.h5.tmp), by any rank
   int64_t count_records() const;  // the records in them (an unreadable part counts none)
   void remove();                  // deletes the journal folder (an open group is dropped)
   // The same for a journal with no finished record, but an old output set aside by --force
@@ -116,10 +117,11 @@ class Journal {
   void write_part(int64_t index, const RecordOutput& r, bool f16, bool parallel, Comm& comm);
   // This rank alone: adds record `index` (all its rows in r) to this rank's open group part,
   // made when none is open. The group is moved into the journal (flush_group) once it holds
-  // kGroupRecords records or kGroupBytes of rows, or when a second (SPARSA_GROUP_SECONDS) has
-  // passed since this rank's last part: a finished record is in the journal about a second
-  // later at most (a slow record at once), and a part's own cost (~1 ms of file system and HDF5
-  // work) is shared by the records of a group.
+  // kGroupRecords records or kGroupBytes of rows, or when the group's seconds have passed since
+  // this rank's last part: a finished record is in the journal that long later at most (a slow
+  // record at once; a stop or a failure moves the group at once), and a part's own cost (~1 ms of
+  // file system and HDF5 work, ~16 KB of structure, one file for the file system to hold and for
+  // assemble to open) is shared by the records of a group.
   void write_grouped(int64_t index, const RecordOutput& r, bool f16);
   // Moves the open group part, if any, into the journal. Called before a part of another kind is
   // written, at the end of the input, and when a run stops or fails (its records are finished).
@@ -129,7 +131,11 @@ class Journal {
   // Collective, before assemble: rank 0 learns which part holds each record another rank wrote.
   void gather_sources(Comm& comm);
   static constexpr int64_t kGroupRecords = 4096, kGroupBytes = int64_t{256} << 20;
-  static constexpr double kGroupSeconds = 1.0;  // default of SPARSA_GROUP_SECONDS
+  // The group's seconds: SPARSA_GROUP_SECONDS, else max(1, ranks / 2): one process keeps a
+  // finished record waiting a second at most, and a job of any size makes about 2 group parts a
+  // second at most (64 ranks: 32 s), not a part a rank and second (10^8 reads over 64 ranks for
+  // hours: ~10^6 files).
+  static double default_group_seconds(int ranks) { return std::max(1.0, ranks / 2.0); }
   // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in
   // place and renamed; several: copied into a new file), then removes the journal. `tick(bytes)`
   // is called before each record is copied, with the bytes of its embedding, and before the file
@@ -202,7 +208,7 @@ class Journal {
     int64_t bytes = 0;
   };
   std::unique_ptr<Group> group_;  // this rank's open group part
-  double group_seconds_ = kGroupSeconds;
+  double group_seconds_ = 1;
   std::chrono::steady_clock::time_point last_part_ = std::chrono::steady_clock::now();
   void drop_group();
   std::string discarded_;

@@ -54,6 +54,9 @@ class NumericError : public Error {
 };
 
 // Formats "file: record 'name': position P: what" leaving out empty parts.
+// `text` with its control bytes (below 0x20, and 0x7F) as \xHH: a record name holding an escape
+// sequence would otherwise act on the terminal that shows a message.
+std::string printable(const std::string& text);
 std::string where(const std::string& file, const std::string& record, long long position_1based,
                   const std::string& what);
 

@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "core/error.hpp"
+
 namespace sparsa {
 
 using Clock = std::chrono::steady_clock;
@@ -74,7 +76,7 @@ double Progress::seconds() const {
 
 void Progress::start_record(int64_t index, const std::string& name, int64_t n_tokens) {
   index_ = index;
-  name_ = name;
+  name_ = printable(name);
   rec_tokens_ = n_tokens;
   fraction_ = 0;
   rec_t0_ = Clock::now();

@@ -64,17 +64,25 @@ std::string show_char(unsigned char c) {
   return hex_byte(c);
 }
 
+// A command that rewrites the input through `filter` (sed, tr): on the text of a gzip or bgzip
+// file, through zcat and bgzip (run on the compressed bytes it would damage them, or do nothing).
+std::string rewrite_advice(const std::string& filter, bool compressed) {
+  return compressed ? "`zcat FILE | " + filter + " | bgzip > NEW.gz`"
+                    : "`" + filter + " < FILE > NEW`";
+}
+
 // (line > 0: the file's line and the column in it, for `sed -n Np` or an editor)
 std::string invalid_char_message(unsigned char c, long long line = 0, size_t column = 0,
-                                 bool fastq = false) {
+                                 bool fastq = false, bool compressed = false) {
   const std::string at =
       line > 0 ? " at line " + std::to_string(line) + ", column " + std::to_string(column) : "";
   // FASTA: reading blanks as N would shift every later position. (A FASTQ read's quality line
   // counts its bases, so its blanks are the read's own damage: the general advice.)
   if (!fastq && (c == ' ' || c == '\t'))
     return "invalid character " + show_char(c) + at +
-           " (blanks in a sequence line; samtools skips them): drop them with sed "
-           "'/^>/!s/[[:blank:]]//g' FILE > NEW (--invalid-as-n would read each as an N)";
+           " (blanks in a sequence line; samtools skips them): drop them with " +
+           rewrite_advice("sed '/^>/!s/[[:blank:]]//g'", compressed) +
+           " (--invalid-as-n would read each as an N)";
   return "invalid character " + show_char(c) + at + "; use --invalid-as-n to read it as N";
 }
 
@@ -82,7 +90,8 @@ std::string invalid_char_message(unsigned char c, long long line = 0, size_t col
 struct InvalidTally {
   int64_t count = 0, first_pos = 0;
   unsigned char first = 0;
-  bool fastq = false;  // the record is a FASTQ read (the advice for blanks is FASTA's)
+  bool fastq = false;       // the record is a FASTQ read (the advice for blanks is FASTA's)
+  bool compressed = false;  // the file is gzip or bgzip (the advice goes through zcat)
   // The record's warning for them ("" for none), after `earlier` (another warning, or "").
   std::string warning(const std::string& file, const std::string& record,
                       const std::string& earlier) const {
@@ -94,8 +103,9 @@ struct InvalidTally {
                      (!fastq && (first == ' ' || first == '\t')
                           ? " (blanks in sequence lines: each is an N here, so later positions "
                             "differ from samtools faidx's, which skips them; to drop them "
-                            "instead: sed '/^>/!s/[[:blank:]]//g' FILE > NEW)"
-                          : ""));
+                            "instead: " +
+                                rewrite_advice("sed '/^>/!s/[[:blank:]]//g'", compressed) + ")"
+                          : std::string()));
   }
 };
 
@@ -112,11 +122,12 @@ void append_tokens(std::string_view seq, int64_t first_pos, bool invalid_as_n,
     int32_t tok = kTokenTable[(unsigned char)seq[i]];
     if (tok < 0) {
       if (!invalid_as_n)
-        throw InputError(
-            where(file, record, first_pos + (int64_t)i,
-                  invalid_char_message((unsigned char)seq[i], line, i + 1, tally.fastq)) +
-            (region.empty() ? ""
-                            : " (base " + std::to_string(i + 1) + " of region " + region + ")"));
+        throw InputError(where(file, record, first_pos + (int64_t)i,
+                               invalid_char_message((unsigned char)seq[i], line, i + 1, tally.fastq,
+                                                    tally.compressed)) +
+                         (region.empty()
+                              ? ""
+                              : " (base " + std::to_string(i + 1) + " of region " + region + ")"));
       tok = kTokN;
       if (tally.count++ == 0) {
         tally.first_pos = first_pos + (int64_t)i;
@@ -184,10 +195,9 @@ std::string not_fastx_reason(std::string_view line, bool compressed) {
            "(an interrupted download or copy?) or damaged; fetch it again (gzip -t FILE checks "
            "one)";
   if (starts("\xEF\xBB\xBF"))
-    return std::string(
-        "the file starts with a UTF-8 byte-order mark (EF BB BF), which FASTA and "
-        "its faidx index do not allow: remove it, e.g. `sed -i '1s/^\\xEF\\xBB"
-        "\\xBF//' FILE`");
+    return "the file starts with a UTF-8 byte-order mark (EF BB BF), which FASTA, FASTQ and "
+           "faidx indexes do not allow: remove it, e.g. " +
+           rewrite_advice("sed '1s/^\\xEF\\xBB\\xBF//'", compressed);
   // @HD, @SQ, @RG and @PG lines go on with TAG:VALUE fields (a read named RG with a tab
   // before its description does not); @CO with free text.
   auto field = [&](size_t i) {
@@ -476,12 +486,12 @@ class LineReader {
 
 // A header line with a '\r' inside: refused (the name would silently lose it; a classic Mac file
 // of lone-CR line ends reads as one header holding the whole file).
-void refuse_inner_cr(const std::string& path, long long line_no, bool inner_cr) {
+void refuse_inner_cr(const std::string& path, long long line_no, bool inner_cr, bool compressed) {
   if (inner_cr)
     throw InputError(at_line(path, line_no,
                              "a header line holds a carriage return (\\r) inside it: lines end in "
-                             "a lone CR (classic Mac OS)? Convert them first (tr '\\r' '\\n' < "
-                             "FILE > NEW)"));
+                             "a lone CR (classic Mac OS)? Convert them first: " +
+                                 rewrite_advice("tr '\\r' '\\n'", compressed)));
 }
 
 // A NUL byte in a header or BED line: HDF5's string attributes and faidx's index end a name
@@ -555,7 +565,7 @@ struct FastxReader::Impl {
   }
 
   void keep_header(std::string_view line) {
-    refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
+    refuse_inner_cr(path, lines.line_no(), lines.inner_cr(), bgzf_compression(lines.handle()) > 0);
     refuse_nul(path, lines.line_no(), line, "the header line");
     header.assign(line.substr(1));
     header_line = lines.line_no();
@@ -581,7 +591,8 @@ struct FastxReader::Impl {
         rec.warning = where(path, rec.name, 0,
                             "line " + std::to_string(header_line) +
                                 ": the name repeats an earlier read's (interleaved pairs?); both "
-                                "are embedded, told apart by their keys and descriptions");
+                                "are embedded, each under its own key (NNNNNN_name: its index "
+                                "in the input first)");
       else
         throw InputError(where(path, rec.name, 0,
                                "duplicate record name (line " + std::to_string(header_line) +
@@ -597,6 +608,7 @@ struct FastxReader::Impl {
     const int64_t own_header = header_line;  // (keep_header below takes the next record's)
     std::string_view line;
     InvalidTally tally;
+    tally.compressed = bgzf_compression(lines.handle()) > 0;
     while (lines.next(line)) {
       if (!line.empty() && line[0] == '>') {
         keep_header(line);
@@ -644,6 +656,7 @@ struct FastxReader::Impl {
     need_line(line, "sequence line");
     InvalidTally tally;
     tally.fastq = true;
+    tally.compressed = bgzf_compression(lines.handle()) > 0;
     append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally, lines.line_no());
     rec.warning = tally.warning(path, rec.name, rec.warning);
     rec.read_as_n = tally.count;
@@ -693,12 +706,16 @@ struct FastxReader::Impl {
     }
     if (qlen != slen) {
       std::string_view after;
-      if (qlen < slen && !lines.next(after))  // the last line, short: the file was cut
-        throw InputError(
-            at_line(path, qline,
-                    "record '" + rec.name + "': truncated FASTQ record (the file ends after " +
-                        std::to_string(qlen) + " of its " + std::to_string(slen) +
-                        " quality characters): an interrupted download or copy? Fetch it again"));
+      // The last line, short: the file was cut, or the line was written short (a cut file may
+      // end at a line's end as well: said both ways).
+      if (qlen < slen && !lines.next(after))
+        throw InputError(at_line(
+            path, qline,
+            "record '" + rec.name + "': truncated FASTQ record (the file ends after " +
+                std::to_string(qlen) + " of its " + std::to_string(slen) +
+                " quality characters): an interrupted download or copy (fetch it again), or a "
+                "quality line written short (quality length " +
+                std::to_string(qlen) + ", sequence length " + std::to_string(slen) + ")"));
       throw InputError(where(path, rec.name, 0,
                              "quality length " + std::to_string(qlen) +
                                  " differs from sequence length " + std::to_string(slen) +
@@ -816,6 +833,10 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
     // (a fraction of k, M or G that is not whole is said as the number it is: 1.5001k = 1500.1)
     auto bad_count = [&](const char* what, std::string_view count) {
       const std::string f = fractional_count(count);
+      if (strict && !count.empty() && std::all_of(count.begin(), count.end(), [](char c) {
+            return c >= '0' && c <= '9';
+          }))  // digits alone that do not parse: too large for any sequence
+        throw bad(std::string(what) + ": " + std::string(count) + " is past any sequence's length");
       if (f.empty() || !strict) return no(what);
       throw bad(std::string(what) + ": '" + std::string(count) + "' is " + f +
                 ", not a whole number of bases");
@@ -865,6 +886,15 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
   r.name = text.substr(0, colon);
   if (r.name.empty()) throw bad("empty record name");
   parse_range(std::string_view(text).substr(colon + 1), true);
+  // A name holding ':' and a lone start after it: an allele missing from the file
+  // (HLA-A*01:01:01:02 beside HLA-A*01:01:01) would be read as another one's bases from there to
+  // its end. Refused; the braces say that range where it is meant.
+  const std::string range = text.substr(colon + 1);
+  if (r.name.find(':') != std::string::npos && range.find('-') == std::string::npos &&
+      known(r.name))
+    throw bad("no record is named '" + text + "', and reading it as record '" + r.name +
+              "' from base " + range + " to its end is not likely what is meant; write {" + r.name +
+              "}:" + range + "- for that");
   return r;
 }
 
@@ -1294,6 +1324,22 @@ std::string faidx_failure(const std::string& path, const IndexFiles& ix, int com
   if (!have_fai && ix.cached)
     return path + ": cannot build its faidx index in " + fs::path(ix.fai).parent_path().string() +
            " (set SPARSA_INDEX_DIR to a folder of your own)";
+  // htslib reads an index's lines into 64 KB: a record name of 65,535 bytes or more (a whole
+  // description glued to the name) makes any index of the file unreadable, rebuilt or not.
+  if (have_fai) {
+    std::ifstream in(ix.fai, std::ios::binary);
+    long long ln = 0;
+    for (std::string line; std::getline(in, line);)
+      if (++ln, line.size() + 1 >= 0x10000) {
+        const size_t tab = line.find('\t');
+        return path + ": record " + std::to_string(ln) + " (named '" + line.substr(0, 40) +
+               "...') has a name of " +
+               std::to_string(tab == std::string::npos ? line.size() : tab) +
+               " bytes, longer than a faidx index can hold (htslib reads up to 65,535 bytes an "
+               "index line): --region needs the index; shorten the names, e.g. `awk '/^>/{print "
+               "substr($1, 1, 1000); next} {print}' FILE > NEW` (or embed without --region)";
+      }
+  }
   if (have_fai)
     return path + ": cannot load its faidx index " + ix.fai +
            (compression == 2 ? " (or " + ix.gzi + ")" : std::string()) +
@@ -1346,7 +1392,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     if (has_text) {
       if (const std::string why = not_fastx_reason(line, compression > 0); !why.empty())
         throw InputError(at_line(path, lines.line_no(), why));
-      refuse_inner_cr(path, lines.line_no(), lines.inner_cr());
+      refuse_inner_cr(path, lines.line_no(), lines.inner_cr(),
+                      bgzf_compression(lines.handle()) > 0);
       if (line[0] == '@') {
         format = FAI_FASTQ;
       } else if (line[0] != '>') {
@@ -1401,7 +1448,8 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       std::string name, description;
       while (lines.next(line)) {
         if (line.empty() || line[0] != '>') continue;
-        refuse_inner_cr(path, lines.line_no(), lines.inner_cr());  // htslib's name ends there
+        refuse_inner_cr(path, lines.line_no(), lines.inner_cr(),
+                        bgzf_compression(lines.handle()) > 0);  // htslib's name ends there
         refuse_nul(path, lines.line_no(), line, "the header line");
         split_header(line.substr(1), name, description);
         if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
@@ -1694,6 +1742,7 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   try {
     InvalidTally tally;
     tally.fastq = impl_->fastq;
+    tally.compressed = impl_->bgzip;
     append_tokens(std::string_view(seq, (size_t)got), begin + 1, impl_->opts.invalid_as_n, path,
                   region.name, rec.tokens, tally, 0, rec.region);
     rec.warning = tally.warning(path, region.name, rec.warning);
@@ -1716,7 +1765,9 @@ InputSample sample_records(const std::string& path, int64_t max_bytes) {
   int r = 0;
   while (out.bytes < max_bytes && (r = bgzf_getline(fp, '\n', &ks)) >= 0) {
     if (lines == 0) fastq = ks.l > 0 && ks.s[0] == '@';
-    if (fastq ? lines % 4 == 0 : (ks.l > 0 && ks.s[0] == '>')) ++out.records;
+    const bool header = fastq ? lines % 4 == 0 : (ks.l > 0 && ks.s[0] == '>');
+    if (header) ++out.records;
+    if (fastq ? lines % 4 == 1 : !header) out.sequence += (int64_t)ks.l;
     ++lines;
     out.bytes += (int64_t)ks.l + 1;
   }
@@ -1753,7 +1804,10 @@ InputSample sample_records(const std::string& path, int64_t max_bytes) {
         if (bgzf_seek(fp, at << 16, SEEK_SET) < 0 || bgzf_getline(fp, '\n', &ks) < 0) break;
         int64_t got = 0;
         while (got < max_bytes && bgzf_getline(fp, '\n', &ks) >= 0) {
-          if (ks.l > 0 && ks.s[0] == '>') ++out.records;
+          if (ks.l > 0 && ks.s[0] == '>')
+            ++out.records;
+          else
+            out.sequence += (int64_t)ks.l;
           got += (int64_t)ks.l + 1;
         }
         out.bytes += got;

@@ -92,6 +92,9 @@ IndexFiles index_files(const std::string& path, bool bgzip);
 
 struct InputSample {
   int64_t bytes = 0, records = 0;
+  // Of `bytes`, the sequence's characters (a token each): not headers, FASTQ's '+' and quality
+  // lines, nor line ends.
+  int64_t sequence = 0;
   bool whole = false;
   // A compressed file not read whole: the compressed bytes that held the first `bytes` of text
   // (so its text is about file size x bytes / compressed); 0 otherwise.

@@ -253,14 +253,21 @@ std::string not_number_hint(std::string_view cell, CellKind kind, const std::str
              "file can drop them)";
     return "";
   }
-  for (const char* m : {"null", "n/a", "#n/a", "none", "-", "--", ".", "?", "missing", "nil"})
+  for (const char* m : {"null", "n/a", "#n/a", "none", "-", "--", ".", "?", "missing", "nil", "na"})
     if (iequals(c, m))
       return " (sparsa reads a missing value as an empty cell, NA or NaN; write this file's '" +
              std::string(c) + "' as one of those)";
-  return std::string(" (") + (first ? "a column of text, such as a ticker or a label? " : "") +
-         "choose the numeric channels with --columns, or make a label column the records' id "
-         "with --id-column '" +
-         column + "'; a missing value is read as an empty cell, NA or NaN)";
+  // The column's own name further down: the header line again (files joined with cat)
+  if (c == trim_blanks(column))
+    return " (the header line again: files joined with cat? Keep the first file's header alone, "
+           "e.g. `awk 'FNR > 1 || NR == 1' a.csv b.csv > joined.csv`)";
+  // Text from the column's first value on: a label, not a channel. Further down, one stray cell.
+  if (first)
+    return " (a column of text, such as a ticker or a label? choose the numeric channels with "
+           "--columns, or make a label column the records' id with --id-column '" +
+           column + "'; a missing value is read as an empty cell, NA or NaN)";
+  return " (a missing value is read as an empty cell, NA or NaN; other text in a column of "
+         "numbers is a damaged or hand-edited cell)";
 }
 
 // What the text is when it is not a UTF-8 CSV, in words a user can act on; "" when it may be one.
@@ -582,6 +589,17 @@ std::optional<std::pair<int64_t, int64_t>> iso_instant(std::string_view t) {
   return std::pair{days * 86400 + h * 3600 + mi * 60 + sec - offset, nanos};
 }
 
+// Text order with ISO 8601's two separators of date and time, 'T' and ' ', taken alike (a file
+// may mix them: "2020-01-01T10:00" then "2020-01-01 11:00" is forwards): <0, 0 or >0.
+int iso_compare(std::string_view a, std::string_view b) {
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t k = 0; k < n; ++k) {
+    const unsigned char x = a[k] == 'T' ? ' ' : a[k], y = b[k] == 'T' ? ' ' : b[k];
+    if (x != y) return x < y ? -1 : 1;
+  }
+  return (a.size() > n) - (b.size() > n);
+}
+
 bool iso_like(std::string_view t) {
   for (char c : t)
     if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == '.' || c == 'T' || c == 'Z' ||
@@ -639,10 +657,30 @@ TimeOrder time_order(const StringColumn& ts) {
     // crosses a daylight-saving change of offsets sorts otherwise: not judged, not said).
     const size_t len = t0.size();
     const std::string_view offset = utc_offset(t0);
+    // As UTC instants, where every row carries its offset: the order, or nullopt where a row's
+    // text is no instant iso_instant reads.
+    auto by_instants = [&]() -> std::optional<TimeOrder> {
+      TimeOrder u;
+      std::optional<std::pair<int64_t, int64_t>> prev;
+      for (size_t j = 0; j < ts.size(); ++j) {
+        const auto at = iso_instant(ts[j]);
+        if (!at) return std::nullopt;
+        if (prev && *at < *prev && u.backwards < 0) u.backwards = (int64_t)j;
+        prev = at;
+      }
+      return u;
+    };
     for (size_t i = 0; i < ts.size(); ++i) {
       if (!iso_like(ts[i])) return unread(i);
       // (another length with another offset: "...09:30:00Z" then "...09:30:00+01:00")
       const bool offsets = !offset.empty() && !utc_offset(ts[i]).empty();
+      // One offset, another length ("...10:00:00.000Z" then "...09:00:00Z"): as instants, else
+      // this row is the one said
+      if ((ts[i].size() != len || !same_shape(ts[i], t0)) && offsets &&
+          utc_offset(ts[i]) == offset) {
+        if (const auto u = by_instants()) return *u;
+        return unread(i);
+      }
       if ((ts[i].size() != len || !same_shape(ts[i], t0)) &&
           !(offsets && utc_offset(ts[i]) != offset)) {
         // Year-first dates without their zeros ("2024-9-30" then "2024-10-1"): compared by
@@ -658,7 +696,7 @@ TimeOrder time_order(const StringColumn& ts) {
           int c = q.year != p.year ? (q.year > p.year ? 1 : -1)
                   : q.m != p.m     ? (q.m > p.m ? 1 : -1)
                                    : (q.d > p.d) - (q.d < p.d);
-          if (c == 0 && q.rest.size() == p.rest.size()) c = q.rest.compare(p.rest);
+          if (c == 0 && q.rest.size() == p.rest.size()) c = iso_compare(q.rest, p.rest);
           // (times of one day in two lengths, 9:30 and 10:00, or with and without a fraction:
           // not compared, and said)
           if (c == 0 && q.rest.size() != p.rest.size()) return unread(j);
@@ -672,18 +710,12 @@ TimeOrder time_order(const StringColumn& ts) {
       if (utc_offset(ts[i]) != offset) {
         // Offsets that change (a daylight-saving change): compared as UTC where every row
         // carries its offset, else neither judged nor said.
-        std::optional<std::pair<int64_t, int64_t>> prev;
-        for (size_t j = 0; j < ts.size(); ++j) {
-          const auto u = iso_instant(ts[j]);
-          if (!u) return TimeOrder{};
-          if (prev && *u < *prev && o.backwards < 0) o.backwards = (int64_t)j;
-          prev = u;
-        }
-        return o;
+        if (const auto u = by_instants()) return *u;
+        return TimeOrder{};
       }
     }
     for (size_t i = 1; i < ts.size(); ++i)
-      if (ts[i] < ts[i - 1]) {
+      if (iso_compare(ts[i], ts[i - 1]) < 0) {
         o.backwards = (int64_t)i;
         break;
       }
@@ -935,6 +967,16 @@ double ts_scale(const std::vector<double>& r) {
     ++n;
   }
   if (n == 0) return 1.0;
+  // A sum past the largest double (values near 1e308) whose mean is finite: the same mean, of
+  // |r| / M times M (M the largest |r|); other records keep the plain sum's bits.
+  if (std::isinf(sum)) {
+    double m = 0, scaled = 0;
+    for (double v : r)
+      if (!std::isnan(v)) m = std::max(m, std::fabs(v));
+    for (double v : r)
+      if (!std::isnan(v)) scaled += std::fabs(v) / m;
+    return scaled / double(n) * m;
+  }
   double mean = sum / double(n);
   return mean == 0 ? 1.0 : mean;
 }
@@ -1014,12 +1056,7 @@ Transformed checked_transform(const RawSeries& raw, int64_t c, const ModelConfig
             "from " + number_text(x[t - 1]) + " (" + series_line_of(raw, t - 1) + ") to " +
             number_text(x[t]) + " is not a finite number; check these values"));
   }
-  const double scale = ts_scale(r);
-  if (!std::isfinite(scale))
-    throw InputError(where(path, raw.name, 0,
-                           channel_label(raw, c) +
-                               ": values too large to scale (the sum of |r| over the record "
-                               "overflows a double)"));
+  const double scale = ts_scale(r);  // (finite: every r is, checked above, so their mean is too)
   return {std::move(r), scale};
 }
 

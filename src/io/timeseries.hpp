@@ -35,7 +35,8 @@ struct RawSeries {
 // Whether a record's time goes backwards. Rows are embedded in file order (spec 1), so a
 // newest-first file is read backwards: worth a warning. Judged where every timestamp is one of
 // the forms this check reads: ISO-8601-like (year first, digits and - : . T Z + and spaces, of
-// one length, digits in the same places and one UTC offset, so that text order is time order;
+// one length, digits in the same places and one UTC offset, so that text order is time order,
+// 'T' and ' ' taken alike; one offset in two lengths, as UTC instants;
 // a year-first date without its zeros by year, month and day; where the offset changes, as UTC
 // instants if every row carries its offset), a plain number (epoch seconds, compared as
 // numbers, whole ones exactly), or a date with the year last (12/31/2019, 31.01.2024; by year,

@@ -235,6 +235,38 @@ TEST(MpiFaultsSlow, GroupPartsOfSeveralRanksResume) {
   expect_same_contents(out, t / "clean.h5");
 }
 
+// A batch of short records that ends well leaves each rank's group part open (10^8 reads over 64
+// ranks would otherwise make a part per rank and batch: ~1.5 M files). 400 records in 20 batches
+// over 2 ranks make at most a part a rank here (the groups' time is never up), where a part a
+// batch made 40; an input error after them keeps them (every rank moves its group into the
+// journal), and --resume after the fix finishes with a clean run's output.
+TEST(MpiFaults, BatchesOfShortRecordsShareARanksGroupPart) {
+  TempDir t;
+  const std::string model = t / "m.h5", input = t / "reads.fa", out = t / "out.h5";
+  ASSERT_TRUE(init_tiny_model(model));
+  const std::string good = random_fasta(400, 50, 3);
+  write_file(input, good + ">bad\nACGTXACGT\n");
+  auto cmd = [&](int np, const std::string& o, const std::string& more) {
+    return std::string(SPARSA_MPIEXEC) + " -np " + std::to_string(np) + " " + binary() +
+           " embed --threads 1 --pool mean --split-min 500 --model " + model + " --input " + input +
+           " --output " + o + more;
+  };
+  ScopedEnv one_group("SPARSA_GROUP_SECONDS", "1000");
+  auto r = run(cmd(2, out, ""));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("record 'bad'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("400 finished records are kept"), std::string::npos) << r.output;
+  EXPECT_FALSE(exists(out));
+  EXPECT_EQ(count_parts(out + ".parts"), 2) << "a part a rank, not a part a batch";
+  write_file(input, good);
+  r = run(cmd(2, out, " --resume"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming: 400 records"), std::string::npos) << r.output;
+  r = run(cmd(1, t / "clean.h5", ""));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_contents(out, t / "clean.h5");
+}
+
 // Rank 0 alone assembles the output while the others wait. If it hangs (or dies, under an srun
 // that does not end the other tasks: --kill-on-bad-exit=0, as slurm/embed.sbatch runs), the
 // others must not wait for ever: they wait from one heartbeat of rank 0 to the next, under the

@@ -513,6 +513,55 @@ TEST(Cli, ThreadsRangeAndProgressOfManyReads) {
   EXPECT_LE(est, 8 * got) << r.output;
 }
 
+// One input given twice (by two paths) with a region: the error names the input given twice, not
+// "record 'chr1' is in both g.fa and g.fa" after a warning that said the same file twice.
+TEST(Cli, InputGivenTwiceWithARegionIsSaidSo) {
+  TempDir t;
+  write_file(t / "g.fa", ">chr1\nACGTACGTACGT\n");
+  const std::string cmd = "cd " + t.str() + " && " + binary() + " embed -q --threads 1 --model " +
+                          tiny_model() + " -i g.fa -i ./g.fa -r chr1:1-10 -o o.h5";
+  expect_failure(cmd, t / "o.h5", "input ./g.fa is given twice (as --input 1 and 2)");
+  EXPECT_EQ(run(cmd).output.find("embed them in separate runs"), std::string::npos);
+}
+
+// The output-size estimate charges a token a base: the same reads as FASTQ (a quality line as long
+// as each read) and as FASTA with long names estimate alike. Charged as text, a FASTQ's estimate
+// was twice the FASTA's, and runs that fit on the disk were refused.
+TEST(Cli, OutputEstimateCountsBasesNotQualitiesOrNames) {
+  TempDir t;
+  std::string fa, fq;
+  uint64_t s = 9;
+  for (int i = 0; i < 40; ++i) {
+    std::string seq;
+    for (int j = 0; j < 1000; ++j) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      seq += "ACGT"[(s >> 33) & 3];
+    }
+    fa += ">read" + std::to_string(i) + " " + std::string(300, 'd') + "\n" + seq + "\n";
+    fq += "@read" + std::to_string(i) + "\n" + seq + "\n+\n" + std::string(1000, 'I') + "\n";
+  }
+  write_file(t / "r.fa", fa);
+  write_file(t / "r.fq", fq);
+  auto estimate = [&](const std::string& in, const std::string& out) {
+    auto r = run(binary() + " embed --threads 1 --pool none --dtype f32 --model " + tiny_model() +
+                 " --input " + in + " --output " + out);
+    EXPECT_EQ(r.code, 0) << r.output;
+    const size_t at = r.output.find("output about ");
+    if (at == std::string::npos) return -1.0;
+    double est = std::stod(r.output.substr(at + 13));
+    const std::string unit = r.output.substr(r.output.find(' ', at + 13) + 1, 3);
+    return est * (unit == "GiB"   ? 1073741824.0
+                  : unit == "MiB" ? 1048576.0
+                  : unit == "KiB" ? 1024.0
+                                  : 1.0);
+  };
+  const double a = estimate(t / "r.fa", t / "a.h5"), q = estimate(t / "r.fq", t / "q.h5");
+  EXPECT_NEAR(q, a, 0.02 * a);
+  // the journal and the final file: about twice the output, not four times
+  EXPECT_GE(q, (double)std::filesystem::file_size(t / "q.h5"));
+  EXPECT_LE(q, 2.5 * (double)std::filesystem::file_size(t / "q.h5"));
+}
+
 TEST(Cli, InitIsDeterministicAndSeedMatters) {
   TempDir t;
   for (auto [name, seed] : {std::pair{"a.h5", 5}, {"b.h5", 5}, {"c.h5", 6}}) {

@@ -279,7 +279,47 @@ TEST_F(DnaTest, InvalidAsN) {
   // Without --invalid-as-n a blank's error says to drop blanks, not to read them as N.
   expect_error<InputError>(
       [&] { read_all(write("bl2.fa", ">r\nACGT \nACGT\n")); },
-      {"position 5", "blanks in a sequence line", "sed '/^>/!s/[[:blank:]]//g' FILE > NEW"});
+      {"position 5", "blanks in a sequence line", "sed '/^>/!s/[[:blank:]]//g' < FILE > NEW"});
+}
+
+// The commands that errors advise to fix an input (blanks in a sequence line, lone-CR line ends,
+// a byte-order mark) work as given, on a plain file and on a gzip or bgzip one (sed or tr run on
+// compressed bytes damaged them, or changed nothing): each is run with FILE and NEW put in, and
+// its output reads as the clean file does.
+TEST_F(DnaTest, AdvisedFixCommandsWork) {
+  const std::string clean = ">a desc\nACGTACGT\nACGT\n>b\nGGGG\n";
+  const auto want = read_all(write("clean.fa", clean));
+  const std::pair<std::string, std::string> broken[] = {
+      {"blanks.fa", ">a desc\nACGTACGT \nAC GT\n>b\nGGGG\t\n"},
+      {"mac.fa", ">a desc\rACGTACGT\rACGT\r>b\rGGGG\r"},
+      {"bom.fa", "\xEF\xBB\xBF" + clean}};
+  for (const auto& [name, text] : broken)
+    for (const std::string z : {"", "gzip", "bgzip"}) {
+      std::string p = write(name, text);
+      if (!z.empty()) {
+        sh(z + " -c '" + p + "' > '" + p + ".gz'");
+        p += ".gz";
+      }
+      std::string msg;
+      try {
+        read_all(p);
+      } catch (const InputError& e) {
+        msg = e.what();
+      }
+      const size_t a = msg.find('`'), b = msg.find('`', a + 1);
+      ASSERT_NE(b, std::string::npos) << p << ": " << msg;
+      std::string cmd = msg.substr(a + 1, b - a - 1);
+      const std::string fixed = p + ".fixed" + (z.empty() ? "" : ".gz");
+      cmd.replace(cmd.find("FILE"), 4, "'" + p + "'");
+      cmd.replace(cmd.find(z.empty() ? "NEW" : "NEW.gz"), z.empty() ? 3 : 6, "'" + fixed + "'");
+      sh(cmd);
+      const auto got = read_all(fixed);
+      ASSERT_EQ(got.size(), want.size()) << cmd;
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(got[i].name, want[i].name) << cmd;
+        EXPECT_EQ(got[i].tokens, want[i].tokens) << cmd;
+      }
+    }
 }
 
 TEST_F(DnaTest, Fastq) {
@@ -305,6 +345,11 @@ TEST_F(DnaTest, FastqErrors) {
   expect_error<InputError>([&] { read_all(q1t); },
                            {q1t + ": line 8", "record 'b'", "truncated FASTQ record",
                             "the file ends after 3 of its 8 quality characters"});
+  // The same at a line's end: cut there, or a quality line written short (both said).
+  std::string q1n = write("q1n.fq", "@a\nACGT\n+\nIIII\n@b\nACGTACGT\n+\nIII\n");
+  expect_error<InputError>([&] { read_all(q1n); },
+                           {q1n + ": line 8", "record 'b'", "interrupted download",
+                            "a quality line written short (quality length 3, sequence length 8)"});
   std::string q2 = write("q2.fq", "@a\nACGT\n+\n");
   expect_error<InputError>([&] { read_all(q2); },
                            {q2 + ": line 4", "record 'a'", "truncated FASTQ", "quality"});
@@ -495,14 +540,25 @@ TEST_F(DnaTest, CompressedSampleGivesTheTextsSize) {
     const double text = (double)fs::file_size(z) * (double)s.bytes / (double)s.compressed;
     EXPECT_NEAR(text, (double)fq.size(), 0.05 * (double)fq.size()) << z;  // (4.5x: -25%)
     EXPECT_NEAR((double)s.records * text / (double)s.bytes, 20000.0, 1000.0) << z;
+    // A token a base: the sample's share of sequence is the file's (150 of ~313 bytes a read),
+    // not all of its text.
+    EXPECT_NEAR(text * (double)s.sequence / (double)s.bytes, 150.0 * 20000, 0.05 * 150 * 20000)
+        << z;
   }
+  EXPECT_NEAR((double)plain.sequence / (double)plain.bytes, 150.0 * 20000 / (double)fq.size(),
+              0.01);
   // Read whole: exact, nothing to extrapolate.
   std::string small = write("s.fq", "@a\nACGT\n+\nIIII\n");
   sh("gzip -c '" + small + "' > '" + small + ".gz'");
   const InputSample w = sample_records(small + ".gz", 256 << 10);
   EXPECT_TRUE(w.whole);
   EXPECT_EQ(w.records, 1);
+  EXPECT_EQ(w.sequence, 4);
   EXPECT_EQ(w.compressed, 0);
+  std::string fa = write("s.fa", ">a long description\nACGTA\nCG\n>b\nT\n");
+  const InputSample f = sample_records(fa, 256 << 10);
+  EXPECT_EQ(f.records, 2);
+  EXPECT_EQ(f.sequence, 8);
 }
 
 TEST_F(DnaTest, GarbageIsNotFasta) {
@@ -662,6 +718,17 @@ TEST(ParseRegion, Forms) {
                             {"bad start: '1.5001k' is 1500.1, not a whole number of bases"});
   expect_error<ConfigError>([&] { parse_region("chr1:1-1,000.0000001M"); },
                             {"bad end: '1,000.0000001M' is 1000000000.1, not a whole number"});
+  // Digits too large for any sequence: said so (not "bad end").
+  expect_error<ConfigError>([&] { parse_region("chr1:1-99999999999999999999"); },
+                            {"bad end: 99999999999999999999 is past any sequence's length"});
+  // A name holding ':' with a lone start after it: an allele missing from the file is not read
+  // as another allele's bases from that start on.
+  const std::vector<std::string> hla{"HLA-A*01:01:01", "chr1"};
+  expect_error<ConfigError>([&] { parse_region("HLA-A*01:01:01:02", hla); },
+                            {"no record is named 'HLA-A*01:01:01:02'", "{HLA-A*01:01:01}:02-"});
+  expect_region(parse_region("{HLA-A*01:01:01}:02-", hla), "HLA-A*01:01:01", 1, -1);
+  expect_region(parse_region("HLA-A*01:01:01:2-5", hla), "HLA-A*01:01:01", 1, 5);
+  expect_region(parse_region("chr1:100", hla), "chr1", 99, -1);
   EXPECT_EQ(fractional_count(".5001k"), "500.1");
   EXPECT_EQ(fractional_count("1.5k"), "");  // whole
   EXPECT_EQ(fractional_count("1.5"), "");   // no suffix: not a count at all
@@ -775,6 +842,21 @@ TEST_F(DnaTest, ReadBedErrors) {
 // A NUL byte in a header cut the name short when stored (two records became 'a' and 'a'):
 // refused with the line, read whole and through --region (sparsa building the index, or an index
 // samtools made).
+// A record name holding control bytes (an ANSI escape sequence) is shown with them as \xHH in
+// messages, not sent to the terminal as they are.
+TEST_F(DnaTest, ControlBytesOfANameAreShownEscaped) {
+  const std::string p = write("esc.fa", ">a\x1b[31mRED\nAC*T\n");
+  std::string msg;
+  try {
+    read_all(p);
+  } catch (const InputError& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("record 'a\\x1B[31mRED': position 3"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\x1b'), std::string::npos);
+  EXPECT_EQ(read_all(write("esc2.fa", ">a\x1b[31mRED\nACGT\n"))[0].name, "a\x1b[31mRED");
+}
+
 TEST_F(DnaTest, NulInHeaderIsRefused) {
   const std::string text = std::string(">a\0b\nACGT\n>a\0c\nGGGG\n", 20);
   std::string p = write("nul.fa", text);
@@ -1291,6 +1373,17 @@ TEST_F(FaidxTest, RepeatedNamesAreRefusedWhenSparsaIndexes) {
   const std::string gz = write("dup2.fa", ">a\nACGT\n>a\nGGGG\n");
   sh("bgzip -c '" + gz + "' > '" + gz + ".gz'");
   expect_error<InputError>([&] { FaidxFetcher g(gz + ".gz", {}); }, {"repeats the record"});
+}
+
+// A record name of 65,536 bytes or more: htslib cannot read the index it builds (its lines are
+// read into 64 KB), so "remove the index and it is built again" could never work; said as what
+// it is.
+TEST_F(DnaTest, NameTooLongForAFaidxIndexIsSaid) {
+  const std::string p = write("long.fa", ">" + std::string(70000, 'N') + "\nACGT\n>short\nGGGG\n");
+  expect_error<InputError>(
+      [&] { FaidxFetcher f(p, {}); },
+      {p, "record 1", "has a name of 70000 bytes", "longer than a faidx index can hold"});
+  EXPECT_EQ(read_all(p).size(), 2u);  // read whole (no region), it is fine
 }
 
 // Lone-CR line ends (classic Mac OS) made the whole file one header line; a '\r' inside a header

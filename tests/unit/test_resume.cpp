@@ -775,9 +775,13 @@ TEST(ResumeSlow, SigtermKeepsTheOpenGroup) {
   expect_same_contents(out, t / "clean.h5");
 }
 
-// A group is moved into the journal once a second has passed since this rank's last part
-// (SPARSA_GROUP_SECONDS; 0: a part for every record); a bad value is refused.
+// A group is moved into the journal once its time has passed since this rank's last part
+// (SPARSA_GROUP_SECONDS; 0: a part for every record; by default a second a process, and half a
+// second a rank on several: about 2 parts a second for the whole job); a bad value is refused.
 TEST(Resume, GroupPartsAreFlushedByTime) {
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(1), 1.0);
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(2), 1.0);
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(64), 32.0);
   TempDir t;
   auto comm = sparsa::make_single_comm();
   PartData pd(2, 2, {0});

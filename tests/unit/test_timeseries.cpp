@@ -164,6 +164,13 @@ TEST(TsScaleTest, MeanAbs) {
   EXPECT_DOUBLE_EQ(ts_scale({-0.5}), 0.5);
 }
 
+// A sum of |r| past the largest double with a finite mean: that mean, not infinity.
+TEST(TsScaleTest, MeanOfValuesNearTheLargestDouble) {
+  EXPECT_NEAR(ts_scale({1.5e308, kNaN, -1.6e308, 1.7e308}), 1.6e308, 1e294);
+  EXPECT_NEAR(ts_scale(std::vector<double>(20, 1e307)), 1e307, 1e293);
+  EXPECT_TRUE(std::isfinite(ts_scale({1.7e308, 1.7e308, 1.7e308})));
+}
+
 TEST(TsScaleTest, ZeroOrEmptyIsOne) {
   EXPECT_EQ(ts_scale({}), 1.0);
   EXPECT_EQ(ts_scale({kNaN, kNaN}), 1.0);
@@ -523,10 +530,21 @@ TEST_F(TsCsv, NonNumericCell) {
                      "the records' id with --id-column 'sym'"),
             std::string::npos)
       << msg;
+  // A word further down is one stray cell, not a column of labels (no --id-column advice).
   msg = hint_for("1,2,3\n2,x,4\n");
-  EXPECT_NE(msg.find("not a number: 'x' (choose the numeric channels with --columns"),
+  EXPECT_NE(msg.find("not a number: 'x' (a missing value is read as an empty cell, NA or NaN; "
+                     "other text in a column of numbers is a damaged or hand-edited cell)"),
             std::string::npos)
       << msg;
+  EXPECT_EQ(msg.find("--id-column"), std::string::npos) << msg;
+  // The header line again (two files joined with cat): said so.
+  msg = hint_for("1,2,3\ndate,sym,a\n2,3,4\n");
+  EXPECT_NE(msg.find("line 3, column 'sym': not a number: 'sym' (the header line again: files "
+                     "joined with cat?"),
+            std::string::npos)
+      << msg;
+  msg = hint_for("1,2,3\n2,na,4\n");
+  EXPECT_NE(msg.find("write this file's 'na' as one of those"), std::string::npos) << msg;
   msg = hint_for("1,2,3\n2,N/A,4\n");
   EXPECT_NE(msg.find("not a number: 'N/A' (sparsa reads a missing value as an empty cell, NA or "
                      "NaN; write this file's 'N/A' as one of those)"),
@@ -653,6 +671,19 @@ TEST(TsOrder, FirstBackwardsRow) {
   // Epoch seconds before 1970 are negative.
   EXPECT_EQ(first_backwards_row(V{"-86400", "0", "86400"}), -1);
   EXPECT_EQ(first_backwards_row(V{"0", "-86400"}), 1);
+  // ISO 8601's 'T' and ' ' mixed: one separator (text order put ' ' before 'T': a forward file
+  // was warned about, and one going back was not).
+  EXPECT_EQ(
+      first_backwards_row(V{"2020-01-01T10:00:00", "2020-01-01 11:00:00", "2020-01-01T12:00:00"}),
+      -1);
+  EXPECT_EQ(first_backwards_row(V{"2020-01-01 10:00:00", "2020-01-01T09:00:00"}), 1);
+  EXPECT_EQ(first_backwards_row(V{"2020-1-1 10:00", "2020-1-2T09:00", "2020-1-2 08:00"}), 2);
+  // One offset, with and without a fraction of a second: compared as instants, judged.
+  EXPECT_EQ(
+      time_order(V{"2024-01-01T10:00:00.000Z", "2024-01-01T11:00:00.000Z", "2024-01-01T09:00:00Z"})
+          .backwards,
+      2);
+  EXPECT_EQ(time_order(V{"2024-01-01T10:00:00.5+00:00", "2024-01-01T11:00:00+00:00"}).unread, -1);
   EXPECT_EQ(time_order(V{"-86400", "0"}).unread, -1);
   // What was not judged is said: the first row that breaks the first row's form, or the first
   // row where that form is none the check reads.
@@ -789,11 +820,11 @@ TEST_F(TsCsv, TransformOverflowNamesTheLine) {
   EXPECT_NE(msg.find("line 4, column 'price': the log return from 1e-310 (line 3) to 1.2"),
             std::string::npos)
       << msg;
-  // Every step finite, their sum not: the column is named.
+  // Every value finite, their sum not: the mean is (spec 1, step 2), so the record is scaled by
+  // it (it was refused).
   p = write("big.csv", "timestamp,x\n1,1.5e308\n2,1.6e308\n3,1.7e308\n");
   recs = read_timeseries_csv(p, {}, 1);
-  msg = input_error([&] { check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLevel), p); });
-  EXPECT_NE(msg.find("column 'x': values too large to scale"), std::string::npos) << msg;
+  EXPECT_NO_THROW(check_series(recs[0], ts_config(1, 8, 4.0, TsTransform::kLevel), p));
   // log_return's nonzero values of one sign, and the channel count.
   p = write("z.csv", "timestamp,x\n1,2\n2,0\n");
   recs = read_timeseries_csv(p, {}, 1);
