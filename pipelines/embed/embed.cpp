@@ -2020,23 +2020,33 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
         std::fprintf(stderr, "[sparsa] %s\n", e.what());
       }
     }
-    // A rank that failed or stopped tells the others (which finish their share first).
-    int64_t fs[2] = {failed, stop_signal()};
-    comm.allreduce_max(fs, 2);
-    int64_t f = fs[0];
-    // A batch that ends well leaves each rank's group part open: it goes into the journal by its
-    // time and size (Journal::write_grouped), so a rank makes a part a few seconds, not one a
-    // batch (10^8 reads over 64 ranks: ~1.5 M parts at a batch's end each). On a failure or a stop
-    // anywhere, every rank's group goes into the journal before any rank goes on: rank 0 then
-    // decides whether to keep the journal, and a rank may abort the job.
-    if (f > 0 || fs[1] > 0) {
-      int64_t bad = 0;
+    // A batch that ends well leaves this rank's group part open: it goes into the journal by
+    // its time and size (Journal::write_grouped), so a rank makes a part every few seconds, not
+    // one a batch (10^8 reads over 64 ranks: ~1.5 M parts at a batch's end each). Its time is
+    // checked here too, before this rank waits for the others' shares. A rank that failed or
+    // stopped moves its group at once, before it tells the others (which finish their share
+    // first); then on a failure or a stop anywhere every rank's group goes into the journal
+    // before any rank goes on: rank 0 then decides whether to keep the journal, and a rank may
+    // abort the job.
+    int64_t bad = 0;
+    auto move_group = [&](bool if_due) {
       try {
-        journal.flush_group();
+        if (if_due)
+          journal.flush_group_if_due();
+        else
+          journal.flush_group();
       } catch (...) {
         if (!error) error = std::current_exception();
         bad = 1;
       }
+    };
+    move_group(failed == 0 && !stop_requested());
+    if (bad > 0) failed = 1;
+    int64_t fs[2] = {failed, stop_signal()};
+    comm.allreduce_max(fs, 2);
+    int64_t f = fs[0];
+    if (f > 0 || fs[1] > 0) {
+      move_group(false);
       comm.allreduce_max(&bad, 1);
       if (bad > 0) f = 1;
     }
@@ -2204,12 +2214,15 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     // A journal with no finished record holds nothing worth keeping; one with finished records
     // is kept so that a rerun with --resume (after fixing the input) does not redo them.
     // Several ranks: the others move their groups into the journal after the same error (an
-    // input's, which every rank reads) as rank 0 does; rank 0 waits for that (at most 2 s: a rank
-    // that failed alone, or not at all, is then aborted with its group unwritten) before it counts
-    // the records kept and aborts the job.
-    if (root && comm.size() > 1)
-      for (int i = 0; i < 100 && journal.parts_open(); ++i)
+    // input's, which every rank reads) as rank 0 does; rank 0 waits for that before it counts the
+    // records kept and aborts the job, at most 1 s (the others abort 1.5 s after their error,
+    // src/cli/main.cpp: rank 0 says it first; a rank that failed alone, or not at all, is then
+    // aborted with its group unwritten, as a kill would be).
+    if (root && comm.size() > 1) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      while (std::chrono::steady_clock::now() < until && journal.parts_open())
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     if (root) {
       if (journal.count_parts() > 0)
         say_kept("; fix the problem and rerun with --resume, or use --force to start over");

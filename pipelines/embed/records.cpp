@@ -118,15 +118,30 @@ struct RecordSource::Impl {
     DnaReadOptions ro{opts.invalid_as_n, build_indexes};
     std::vector<std::string> all_names;
     std::vector<std::map<std::string, bool>> names_of(opts.inputs.size());
-    for (const auto& in : opts.inputs) {
-      fetchers.push_back(std::make_unique<FaidxFetcher>(in, ro));
-      for (auto& nm : fetchers.back()->names()) {
-        names_of[fetchers.size() - 1][nm] = true;
+    // An input that cannot be indexed (plain gzip) among several: its names read through, and
+    // its error said only where a region names one of its records (the others' regions ran).
+    std::vector<std::string> unindexed(opts.inputs.size());
+    for (size_t i = 0; i < opts.inputs.size(); ++i) {
+      std::vector<std::string> names;
+      try {
+        fetchers.push_back(std::make_unique<FaidxFetcher>(opts.inputs[i], ro));
+        names = fetchers.back()->names();
+      } catch (const InputError& e) {
+        if (opts.inputs.size() == 1 || !plain_gzip(opts.inputs[i])) throw;
+        fetchers.push_back(nullptr);
+        unindexed[i] = e.what();
+        names = record_names(opts.inputs[i]);
+      }
+      for (auto& nm : names) {
+        names_of[i][nm] = true;
         all_names.push_back(nm);
       }
     }
     std::vector<RegionSpec> specs;
-    for (const auto& r : opts.regions) specs.push_back(parse_region(r, all_names));
+    for (const auto& r : opts.regions) {
+      specs.push_back(parse_region(r, all_names));
+      if (!specs.back().warning.empty()) setup_warnings.push_back(specs.back().warning);
+    }
     if (!opts.regions_bed.empty()) {
       std::vector<RegionSpec> bed;
       std::vector<long long> empty;
@@ -185,11 +200,13 @@ struct RecordSource::Impl {
           some += (k ? ", '" : "'") + all_names[k] + "'";
         if (all_names.size() > 5) some += ", ... (" + std::to_string(all_names.size()) + " in all)";
         std::string stale;  // a name added after the index was made is not in it
-        for (const auto& f : fetchers) stale += f->stale_index_hint();
+        for (const auto& f : fetchers)
+          if (f) stale += f->stale_index_hint();
         // A record without sequence is left out of the index: said as what it is (where no
         // index is older than its file, which would explain a missing name too).
         for (size_t i = 0; stale.empty() && i < fetchers.size(); ++i)
-          if (const long long ln = fetchers[i]->empty_record_line(spec.name); ln > 0)
+          if (const long long ln = fetchers[i] ? fetchers[i]->empty_record_line(spec.name) : 0;
+              ln > 0)
             throw InputError(opts.inputs[i] + ": line " + std::to_string(ln) + ": region '" +
                              spec.text + "': record '" + spec.name +
                              "' is empty (no sequence; the faidx index leaves such records out)");
@@ -198,8 +215,8 @@ struct RecordSource::Impl {
       }
       if (found.size() > 1) {
         // The same file by two paths (or twice by one): the input given twice is the mistake.
-        struct stat a {
-        }, b{};
+        struct stat a {};
+        struct stat b {};
         if (::stat(opts.inputs[found[0]].c_str(), &a) == 0 &&
             ::stat(opts.inputs[found[1]].c_str(), &b) == 0 && a.st_dev == b.st_dev &&
             a.st_ino == b.st_ino)
@@ -212,6 +229,7 @@ struct RecordSource::Impl {
         throw InputError("region '" + spec.text + "': record '" + spec.name + "' is in both " +
                          opts.inputs[found[0]] + " and " + opts.inputs[found[1]] +
                          "; embed them in separate runs");
+      if (!fetchers[found[0]]) throw InputError(unindexed[found[0]]);
       // Checked here, before any record is embedded (a BED of another assembly would otherwise
       // fail part way); their tokens size the output estimate.
       region_tokens += fetchers[found[0]]->tokens_of(spec);

@@ -131,11 +131,11 @@ class Journal {
   // Collective, before assemble: rank 0 learns which part holds each record another rank wrote.
   void gather_sources(Comm& comm);
   static constexpr int64_t kGroupRecords = 4096, kGroupBytes = int64_t{256} << 20;
-  // The group's seconds: SPARSA_GROUP_SECONDS, else max(1, ranks / 2): one process keeps a
-  // finished record waiting a second at most, and a job of any size makes about 2 group parts a
-  // second at most (64 ranks: 32 s), not a part a rank and second (10^8 reads over 64 ranks for
-  // hours: ~10^6 files).
-  static double default_group_seconds(int ranks) { return std::max(1.0, ranks / 2.0); }
+  // The group's seconds: SPARSA_GROUP_SECONDS, else ranks / 2 within [1, 30]: one process keeps
+  // a finished record waiting a second at most, and a job of up to 60 ranks makes about 2 group
+  // parts a second by time (64 ranks: one a rank and 30 s), not a part a rank and second (10^8
+  // reads over 64 ranks for hours: ~10^6 files). A kill loses that much finished work at most.
+  static double default_group_seconds(int ranks) { return std::clamp(ranks / 2.0, 1.0, 30.0); }
   // Rank 0 only: builds OUT from the parts 1..n_records (one record: its part, completed in
   // place and renamed; several: copied into a new file), then removes the journal. `tick(bytes)`
   // is called before each record is copied, with the bytes of its embedding, and before the file

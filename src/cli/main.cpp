@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
       ->check(not_empty);
   embed->add_option("--time-column", eo.time_column,
                     "Time series: time column, by name or number (default: the first named "
-                    "timestamp, date or time, an exact name first)");
+                    "timestamp, date, time or datetime, an exact name first)");
   embed->add_option("--id-column", eo.id_column,
                     "Time series: long format, one record per distinct value of this column");
   embed

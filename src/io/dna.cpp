@@ -887,14 +887,15 @@ RegionSpec parse_region(const std::string& text, const std::vector<std::string>&
   if (r.name.empty()) throw bad("empty record name");
   parse_range(std::string_view(text).substr(colon + 1), true);
   // A name holding ':' and a lone start after it: an allele missing from the file
-  // (HLA-A*01:01:01:02 beside HLA-A*01:01:01) would be read as another one's bases from there to
-  // its end. Refused; the braces say that range where it is meant.
+  // (HLA-A*01:01:01:02 beside HLA-A*01:01:01) is read as another one's bases from there to its
+  // end, as samtools reads it: warned about (the braces say it where it is meant).
   const std::string range = text.substr(colon + 1);
   if (r.name.find(':') != std::string::npos && range.find('-') == std::string::npos &&
       known(r.name))
-    throw bad("no record is named '" + text + "', and reading it as record '" + r.name +
-              "' from base " + range + " to its end is not likely what is meant; write {" + r.name +
-              "}:" + range + "- for that");
+    r.warning = "region '" + text + "': no record is named '" + text +
+                "', so it is read as record '" + r.name + "' from base " + range +
+                " to its end, as samtools reads it (a missing allele?); {" + r.name + "}:" + range +
+                "- says that without this warning";
   return r;
 }
 
@@ -1324,20 +1325,24 @@ std::string faidx_failure(const std::string& path, const IndexFiles& ix, int com
   if (!have_fai && ix.cached)
     return path + ": cannot build its faidx index in " + fs::path(ix.fai).parent_path().string() +
            " (set SPARSA_INDEX_DIR to a folder of your own)";
-  // htslib reads an index's lines into 64 KB: a record name of 65,535 bytes or more (a whole
-  // description glued to the name) makes any index of the file unreadable, rebuilt or not.
+  // htslib reads an index's lines into 64 KB: a record name of about 65,500 bytes or more (a
+  // whole description glued to the name) makes any index of the file unreadable, rebuilt or not.
   if (have_fai) {
     std::ifstream in(ix.fai, std::ios::binary);
     long long ln = 0;
     for (std::string line; std::getline(in, line);)
       if (++ln, line.size() + 1 >= 0x10000) {
         const size_t tab = line.find('\t');
-        return path + ": record " + std::to_string(ln) + " (named '" + line.substr(0, 40) +
-               "...') has a name of " +
+        return path + ": record " + std::to_string(ln) + " (named '" +
+               printable(line.substr(0, 40)) + "...') has a name of " +
                std::to_string(tab == std::string::npos ? line.size() : tab) +
-               " bytes, longer than a faidx index can hold (htslib reads up to 65,535 bytes an "
-               "index line): --region needs the index; shorten the names, e.g. `awk '/^>/{print "
-               "substr($1, 1, 1000); next} {print}' FILE > NEW` (or embed without --region)";
+               " bytes: its faidx index line (the name and its numbers) is " +
+               std::to_string(line.size() + 1) +
+               " bytes, more than htslib reads (65,535). --region needs the index; shorten the "
+               "names, keeping them unique, e.g. " +
+               rewrite_advice("awk '/^>/{print substr($1, 1, 1000); next} {print}'",
+                              compression > 0) +
+               " (or embed without --region)";
       }
   }
   if (have_fai)
@@ -1753,6 +1758,32 @@ Record FaidxFetcher::fetch(const RegionSpec& region) {
   }
   std::free(seq);
   return rec;
+}
+
+bool plain_gzip(const std::string& path) {
+  BGZF* fp = open_bgzf(path);
+  if (!fp) return false;
+  const bool gz = bgzf_compression(fp) == 1;
+  bgzf_close(fp);
+  return gz;
+}
+
+std::vector<std::string> record_names(const std::string& path) {
+  std::vector<std::string> names;
+  LineReader lines(path);
+  std::string_view line;
+  bool fastq = false;
+  long long n = 0;
+  std::string name, description;
+  while (lines.next(line)) {
+    if (n == 0 && line.empty()) continue;
+    if (n++ == 0) fastq = line[0] == '@';
+    if (fastq ? (n - 1) % 4 == 0 : (!line.empty() && line[0] == '>')) {
+      split_header(line.substr(1), name, description);
+      names.push_back(name);
+    }
+  }
+  return names;
 }
 
 InputSample sample_records(const std::string& path, int64_t max_bytes) {

@@ -60,6 +60,9 @@ struct RegionSpec {
   int64_t begin = 0;  // 0-based inclusive
   int64_t end = -1;   // 0-based exclusive, or -1 for the end of the record
   std::string label;  // BED: the name column (4th; "" when absent or ".")
+  // What the region's reading is worth a warning for ("" for none): a ':'-holding name and a lone
+  // start, read as that record from the start on (a missing allele?).
+  std::string warning;
 };
 
 // Parses samtools syntax "chr", "chr:start", "chr:start-end" (1-based inclusive, commas allowed
@@ -101,6 +104,13 @@ struct InputSample {
   int64_t compressed = 0;
 };
 InputSample sample_records(const std::string& path, int64_t max_bytes);
+
+// The record names of a FASTA or FASTQ read through from its start (header lines alone; FASTQ's
+// every fourth line), for an input that cannot be indexed (plain gzip) among several that
+// regions name: where no region names one of its records, it is only warned about.
+std::vector<std::string> record_names(const std::string& path);
+// Whether the file is gzip but not bgzip (faidx cannot index it).
+bool plain_gzip(const std::string& path);
 
 // Reads a BED file (0-based half-open; columns chrom, start, end, ...; "track", "browser" and
 // '#' lines skipped). A zero-length interval (start = end: an insertion point, legal BED) holds

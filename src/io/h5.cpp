@@ -478,8 +478,10 @@ void File::write_strings(const std::string& obj, const std::vector<std::string>&
                              H5P_DEFAULT),
                   path_, obj, "dataset create"),
             H5Dclose);
-  // (a buffer for the whole dataset, 16 bytes a string in the file, not HDF5's 1 MB)
-  if (n > 0 && write_whole(*this, ds.id(), t.id(), ptrs.data(), std::max<size_t>(4096, 32 * n)) < 0)
+  // (a buffer for the whole dataset, 16 bytes a string in the file, up to HDF5's 1 MB: HDF5
+  // 1.10 takes the size asked for at once, and a background buffer as large)
+  if (n > 0 && write_whole(*this, ds.id(), t.id(), ptrs.data(),
+                           std::clamp<size_t>(16 * n + 16, 4096, size_t{1} << 20)) < 0)
     fail(path_, obj, "HDF5 write failed (disk full?)");
 }
 

@@ -244,6 +244,11 @@ std::string not_number_hint(std::string_view cell, CellKind kind, const std::str
                             bool first) {
   if (kind != CellKind::kInvalid) return "";
   const std::string_view c = trim_blanks(cell);
+  // The column's own name further down (PM2.5 as well): the header line again (files joined with
+  // cat)
+  if (c == trim_blanks(column))
+    return " (the header line again: files joined with cat? Keep the first file's header alone, "
+           "e.g. `awk 'FNR > 1 || NR == 1' a.csv b.csv > joined.csv`)";
   const bool digits = c.find_first_of("0123456789") != std::string_view::npos;
   if (digits) {
     if (c.find_first_not_of("0123456789,.+-") == std::string_view::npos &&
@@ -257,10 +262,6 @@ std::string not_number_hint(std::string_view cell, CellKind kind, const std::str
     if (iequals(c, m))
       return " (sparsa reads a missing value as an empty cell, NA or NaN; write this file's '" +
              std::string(c) + "' as one of those)";
-  // The column's own name further down: the header line again (files joined with cat)
-  if (c == trim_blanks(column))
-    return " (the header line again: files joined with cat? Keep the first file's header alone, "
-           "e.g. `awk 'FNR > 1 || NR == 1' a.csv b.csv > joined.csv`)";
   // Text from the column's first value on: a label, not a channel. Further down, one stray cell.
   if (first)
     return " (a column of text, such as a ticker or a label? choose the numeric channels with "
@@ -324,6 +325,10 @@ struct Columns {
   std::vector<int64_t> time_others;  // the default rule's other candidates (RawSeries)
 };
 
+// The time column's names where --time-column is not given, in any case (yfinance's intraday
+// downloads name it Datetime).
+constexpr const char* kTimeNames[] = {"timestamp", "date", "time", "datetime"};
+
 Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions& opts,
                         const std::string& path) {
   auto fail = [&](const std::string& what) {
@@ -380,13 +385,13 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
     // An exact name wins over a case-insensitive one, so "Date,date" picks "date".
     for (int pass = 0; pass < 2 && cols.time < 0; ++pass) {
       for (size_t i = 0; i < header.size() && cols.time < 0; ++i) {
-        for (const char* want : {"timestamp", "date", "time"}) {
+        for (const char* want : kTimeNames) {
           if (pass == 0 ? header[i] == want : iequals(header[i], want)) cols.time = int64_t(i);
         }
       }
     }
     for (size_t i = 0; cols.time >= 0 && i < header.size(); ++i)
-      for (const char* want : {"timestamp", "date", "time"})
+      for (const char* want : kTimeNames)
         if ((int64_t)i != cols.time && iequals(header[i], want)) cols.time_others.push_back(i);
     if (cols.time < 0) {
       // One column whose name holds another separator: the file is not comma-separated.
@@ -395,7 +400,7 @@ Columns resolve_columns(const std::vector<std::string>& header, const CsvOptions
         for (const char* c : {";", "\t", "|"})
           if (header[0].find(c) != std::string::npos) sep = c;
       fail(sep.empty()
-               ? std::string("no time column named 'timestamp', 'date' or 'time'; use "
+               ? std::string("no time column named 'timestamp', 'date', 'time' or 'datetime'; use "
                              "--time-column NAME or NUMBER (1 = first)") +
                      (!header.empty() && header[0].empty()
                           ? " (the first column has no name, as pandas writes its index: "
@@ -658,13 +663,17 @@ TimeOrder time_order(const StringColumn& ts) {
     const size_t len = t0.size();
     const std::string_view offset = utc_offset(t0);
     // As UTC instants, where every row carries its offset: the order, or nullopt where a row's
-    // text is no instant iso_instant reads.
+    // text is no instant iso_instant reads (`failed`: that row).
+    size_t failed = 0;
     auto by_instants = [&]() -> std::optional<TimeOrder> {
       TimeOrder u;
       std::optional<std::pair<int64_t, int64_t>> prev;
       for (size_t j = 0; j < ts.size(); ++j) {
         const auto at = iso_instant(ts[j]);
-        if (!at) return std::nullopt;
+        if (!at) {
+          failed = j;
+          return std::nullopt;
+        }
         if (prev && *at < *prev && u.backwards < 0) u.backwards = (int64_t)j;
         prev = at;
       }
@@ -679,7 +688,7 @@ TimeOrder time_order(const StringColumn& ts) {
       if ((ts[i].size() != len || !same_shape(ts[i], t0)) && offsets &&
           utc_offset(ts[i]) == offset) {
         if (const auto u = by_instants()) return *u;
-        return unread(i);
+        return unread(failed);
       }
       if ((ts[i].size() != len || !same_shape(ts[i], t0)) &&
           !(offsets && utc_offset(ts[i]) != offset)) {
@@ -818,7 +827,7 @@ std::vector<RawSeries> read_timeseries_csv(const std::string& path, const CsvOpt
                                 "'1i timestamp,close' FILE`)"));
   };
   if (opts.time_column.empty() && header.size() >= 2) {
-    // No --time-column: before "no column named timestamp, date or time", a first line of data
+    // No --time-column: before "no column named timestamp, date, ...", a first line of data
     std::vector<int64_t> rest(header.size() - 1);
     std::iota(rest.begin(), rest.end(), int64_t{1});
     if (data_like(0, rest)) throw no_header(0, "the columns after it numbers or missing values");

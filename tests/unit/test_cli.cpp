@@ -524,6 +524,27 @@ TEST(Cli, InputGivenTwiceWithARegionIsSaidSo) {
   EXPECT_EQ(run(cmd).output.find("embed them in separate runs"), std::string::npos);
 }
 
+// Regions of one input beside a plain-gzip input that no region names: the gzip file (which
+// faidx cannot index) is warned about as adding nothing, not an error that stops the run; a
+// region naming one of its records gets the bgzip advice.
+TEST(Cli, RegionsBesideAPlainGzipInputTheyDoNotName) {
+  TempDir t;
+  write_file(t / "g.fa", ">chr1\nACGTACGTACGTACGT\n");
+  write_file(t / "o.fa", ">other\nACGTAAAA\n");
+  ASSERT_EQ(run("gzip '" + t / "o.fa" + "'").code, 0);
+  auto cmd = [&](const std::string& region, const std::string& out) {
+    return binary() + " embed --threads 1 --model " + tiny_model() + " -i " + t / "g.fa" + " -i " +
+           t / "o.fa.gz" + " -r " + region + " -o " + out;
+  };
+  auto r = run(cmd("chr1:1-10", t / "a.h5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("o.fa.gz: no region names one of its records"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(h5::File::open_read(t / "a.h5").list("/records").size(), 1u);
+  expect_failure(cmd("other:1-4", t / "b.h5"), t / "b.h5",
+                 "is gzip-compressed but not bgzip-compressed");
+}
+
 // The output-size estimate charges a token a base: the same reads as FASTQ (a quality line as long
 // as each read) and as FASTA with long names estimate alike. Charged as text, a FASTQ's estimate
 // was twice the FASTA's, and runs that fit on the disk were refused.

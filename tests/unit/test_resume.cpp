@@ -781,7 +781,9 @@ TEST(ResumeSlow, SigtermKeepsTheOpenGroup) {
 TEST(Resume, GroupPartsAreFlushedByTime) {
   EXPECT_EQ(sparsa::Journal::default_group_seconds(1), 1.0);
   EXPECT_EQ(sparsa::Journal::default_group_seconds(2), 1.0);
-  EXPECT_EQ(sparsa::Journal::default_group_seconds(64), 32.0);
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(40), 20.0);
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(64), 30.0);
+  EXPECT_EQ(sparsa::Journal::default_group_seconds(4096), 30.0);
   TempDir t;
   auto comm = sparsa::make_single_comm();
   PartData pd(2, 2, {0});

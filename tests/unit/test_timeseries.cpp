@@ -421,6 +421,11 @@ TEST_F(TsCsv, DefaultTimeColumnIsFirstMatchAnyCase) {
   EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"v", "w"}));
   recs = read_timeseries_csv(write("b.csv", "v,time,timestamp\n1,a,2\n"), {}, 0);
   EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"a"}));
+  // yfinance's intraday download
+  recs = read_timeseries_csv(write("c.csv", "Datetime,Open,Close\n2024-01-02 09:30:00-05:00,1,2\n"),
+                             {}, 0);
+  EXPECT_EQ(recs[0].timestamps.strings(), (std::vector<std::string>{"2024-01-02 09:30:00-05:00"}));
+  EXPECT_EQ(recs[0].channel_names, (std::vector<std::string>{"Open", "Close"}));
 }
 
 TEST_F(TsCsv, IdColumnLongFormat) {
@@ -543,6 +548,9 @@ TEST_F(TsCsv, NonNumericCell) {
                      "joined with cat?"),
             std::string::npos)
       << msg;
+  msg = input_error(
+      [&] { read_timeseries_csv(write("pm.csv", "date,PM2.5\n1,3\ndate,PM2.5\n2,4\n"), {}, 0); });
+  EXPECT_NE(msg.find("not a number: 'PM2.5' (the header line again"), std::string::npos) << msg;
   msg = hint_for("1,2,3\n2,na,4\n");
   EXPECT_NE(msg.find("write this file's 'na' as one of those"), std::string::npos) << msg;
   msg = hint_for("1,2,3\n2,N/A,4\n");
@@ -684,6 +692,10 @@ TEST(TsOrder, FirstBackwardsRow) {
           .backwards,
       2);
   EXPECT_EQ(time_order(V{"2024-01-01T10:00:00.5+00:00", "2024-01-01T11:00:00+00:00"}).unread, -1);
+  // (a later row without its offset is the one said)
+  EXPECT_EQ(
+      time_order(V{"2024-01-01T10:00:00.5Z", "2024-01-01T11:00:00Z", "2024-01-01T12:00:00"}).unread,
+      2);
   EXPECT_EQ(time_order(V{"-86400", "0"}).unread, -1);
   // What was not judged is said: the first row that breaks the first row's form, or the first
   // row where that form is none the check reads.
