@@ -2137,7 +2137,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                                   (rec.region.empty() ? " (the input changed)"
                                                       : " (the input or the region list changed)") +
                                   ": embedding it again") +
-                       (redone == 3 ? " (more are counted, not named; records are matched by "
+                       (redone == 3 ? " (any more are counted, not named; records are matched by "
                                       "their place in the input)"
                                     : ""));
         journal.redo(index);

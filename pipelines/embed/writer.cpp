@@ -620,13 +620,19 @@ bool Journal::parts_open() const {
   return false;
 }
 
+// Each record once: a group made again after its input changed (NNNNNN.1.h5) leaves the old
+// group's copies of the changed records beside the new ones.
 int64_t Journal::count_records() const {
   int64_t n = 0;
+  std::vector<bool> seen;
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir_, ec)) {
     if (!is_part_name(e.path().filename().string(), nullptr)) continue;
     try {
-      n += (int64_t)part_records(h5::File::open_read(e.path().string())).size();
+      for (const auto& [index, key] : part_records(h5::File::open_read(e.path().string()))) {
+        if ((int64_t)seen.size() <= index) seen.resize(index + 1);
+        if (!seen[index]) n += (seen[index] = true);
+      }
     } catch (const std::exception&) {  // unreadable: none
     }
   }

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -236,12 +237,28 @@ bool File::parallel_available() {
 #endif
 }
 
+// The name MPI-IO opens `path` by. ROMIO takes the text before a ':' for a file-system type
+// ("ufs:", "lustre:") and refuses one it does not know, so OUT/chr1:1-100.h5 (or a folder
+// holding ':') could not be written in parallel: such a path gets the prefix of the generic
+// POSIX driver, which ROMIO always has. Open MPI's OMPIO (chosen by OMPI_MCA_io) takes the
+// path as it is.
+#ifdef SPARSA_HDF5_PARALLEL
+static std::string mpi_io_name(const std::string& path) {
+  if (path.find(':') == std::string::npos) return path;
+#if defined(OPEN_MPI) && OPEN_MPI
+  const char* io = std::getenv("OMPI_MCA_io");
+  if (!io || std::string_view(io).substr(0, 5) != "romio") return path;
+#endif
+  return "ufs:" + path;
+}
+#endif
+
 File File::create_parallel(const std::string& path) {
 #ifdef SPARSA_HDF5_PARALLEL
   quiet_errors();
   Handle fcpl = file_create_plist(), fapl = file_access_plist();
   H5Pset_fapl_mpio(fapl.id(), MPI_COMM_WORLD, MPI_INFO_NULL);
-  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
+  hid_t id = H5Fcreate(mpi_io_name(path).c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
   if (id < 0) fail(path, "", "cannot create HDF5 file in parallel (is the folder writable?)");
   return File(Handle(id, H5Fclose), path, true);
 #else

@@ -94,6 +94,25 @@ TEST(MpiInvariance, SerialHdf5Fallback) {
   expect_same_contents(t / "parallel.h5", t / "mixed.h5");
 }
 
+// An output path holding ':' (chr1:1-100.h5, or a folder named so): ROMIO took the text before
+// the ':' for a file-system type and refused the parallel file of a split record ("cannot create
+// HDF5 file in parallel"). It is written, as one process writes it.
+TEST(MpiInvariance, OutputPathWithAColon) {
+  TempDir t;
+  const std::string model = make_model(t, "m", tiny());
+  std::filesystem::create_directories(t / "co:lon");
+  const std::string cmd = binary() + " embed -q --threads 1 --dtype f32 --split-min 1000 --model " +
+                          model + " --input " + source_dir() +
+                          "/examples/lambda_virus.fa.gz --output ";
+  auto r = run(cmd + t / "one.h5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string out : {t / "chr1:1-48502.h5", t / "co:lon/out.h5"}) {
+    r = run(mpirun(2) + cmd + "'" + out + "'");
+    ASSERT_EQ(r.code, 0) << r.output;
+    expect_same_contents(out, t / "one.h5");
+  }
+}
+
 TEST(MpiInvariance, CausalWindowWiderThanShard) {
   TempDir t;
   // window 64 > shard of 100 / 4 = 25 tokens: halos come from several ranks.

@@ -683,9 +683,11 @@ TEST(Resume, GroupPartsKeepTheRecordsThatDidNotChange) {
   // The group's first record had its name taken: the new part is 000001.1.h5.
   EXPECT_TRUE(fs::exists(out + ".parts/000001.1.h5"));
   EXPECT_EQ(count_parts(out + ".parts"), 2);
-  // A third run finds record 1 twice (the old version and the new) and assembles the new one.
+  // A third run finds record 1 twice (the old version and the new) and assembles the new one;
+  // the records kept, as a stop says them, count it once.
   sparsa::Journal j(out, "m\n", true, false, *comm);
   EXPECT_EQ(j.n_done(), 3);
+  EXPECT_EQ(j.count_records(), 3);
   EXPECT_TRUE(j.same_record(1, changed));
   EXPECT_TRUE(j.same_record(2, recs[1].ro.fingerprint));
   EXPECT_TRUE(j.same_record(3, recs[2].ro.fingerprint));
