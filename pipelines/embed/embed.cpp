@@ -1966,6 +1966,13 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                          kSameInputs);
     }
     const std::vector<int> owner = assign_by_length(lengths, comm.size());
+    // Rank 0's records of the batch stand for every rank's in its progress line, until the
+    // batch's end says how many every rank finished.
+    progress.set_ranks(comm.size());
+    struct OneRank {
+      Progress& p;
+      ~OneRank() { p.set_ranks(1); }
+    } one_rank{progress};
     std::exception_ptr error;
     int64_t failed = 0;
     // This rank's short records side by side, in chunks as flush_side makes them, through a

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "core/error.hpp"
@@ -113,8 +114,8 @@ void Progress::expect_records(int64_t n, bool exact) {
 }
 
 void Progress::set_done(int64_t records, int64_t tokens) {
-  records_done_ = records;
-  tokens_done_ = tokens;
+  records_done_ = base_records_ = records;
+  tokens_done_ = base_tokens_ = tokens;
 }
 
 void Progress::steps(const std::string& what, int64_t done, int64_t total) {
@@ -162,16 +163,20 @@ void Progress::print(bool force, bool per_record) {
   char line[512];
   if (!per_record && records_done_ > 0) {
     const double s = std::chrono::duration<double>(now - first_start_).count();
-    const double tok_rate = s > 0 ? (double)tokens_done_ / s : 0;
+    // (within a batch over several ranks, this rank's records since set_done for all ranks')
+    int64_t records = base_records_ + (records_done_ - base_records_) * ranks_;
+    const int64_t tokens = base_tokens_ + (tokens_done_ - base_tokens_) * ranks_;
+    if (expected_ > 0 && ranks_ > 1) records = std::min(records, expected_);
+    const double tok_rate = s > 0 ? (double)tokens / s : 0;
     const char* approx = expected_exact_ ? "" : "~";
     const std::string of =
-        expected_ > records_done_ ? std::string(" of ") + approx + std::to_string(expected_) : "";
+        expected_ > records ? std::string(" of ") + approx + std::to_string(expected_) : "";
     // ("1 record", but "1 of 2 records")
-    const char* noun = records_done_ == 1 && of.empty() ? "record" : "records";
-    std::snprintf(line, sizeof line, "%lld%s %s, %stok in %s (%stok/s)%s", (long long)records_done_,
-                  of.c_str(), noun, human_count((double)tokens_done_).c_str(),
+    const char* noun = records == 1 && of.empty() ? "record" : "records";
+    std::snprintf(line, sizeof line, "%lld%s %s, %stok in %s (%stok/s)%s", (long long)records,
+                  of.c_str(), noun, human_count((double)tokens).c_str(),
                   human_seconds(seconds()).c_str(), human_count(tok_rate).c_str(),
-                  eta_of(s, (double)records_done_, (double)expected_, approx).c_str());
+                  eta_of(s, (double)records, (double)expected_, approx).c_str());
   } else {
     const double rec_s = std::chrono::duration<double>(now - rec_t0_).count();
     const double done = fraction_ * (double)rec_tokens_;

@@ -30,6 +30,10 @@ class Progress {
   // Records and tokens finished by every rank so far (a run over several ranks, after each
   // batch: finish_record counts only this rank's own).
   void set_done(int64_t records, int64_t tokens);
+  // Within a batch spread over `ranks` ranks (1: none): each record this rank finishes after
+  // set_done stands for `ranks` in the aggregate line and its time left (the batch is balanced
+  // by length, so the others finish about as many), not one (the time left was 2-3x too long).
+  void set_ranks(int ranks) { ranks_ = ranks < 1 ? 1 : ranks; }
   // A step of a long phase after the records (copying them into the output): "WHAT: done of
   // total (P%), ETA T", rate-limited like the other lines; the time left from this phase's rate.
   void steps(const std::string& what, int64_t done, int64_t total);
@@ -50,6 +54,8 @@ class Progress {
   std::FILE* out_;
   std::chrono::steady_clock::time_point t0_, last_, first_start_;
   int64_t index_ = 0, rec_tokens_ = 0, tokens_done_ = 0, records_done_ = 0;
+  int64_t base_records_ = 0, base_tokens_ = 0;  // at the last set_done
+  int ranks_ = 1;
   int64_t expected_ = 0;
   bool expected_exact_ = false, started_ = false, steps_shown_ = false;
   double fraction_ = 0;

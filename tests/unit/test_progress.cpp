@@ -32,6 +32,32 @@ struct Capture {
   }
 };
 
+// Within a batch spread over several ranks rank 0 sees only its own records: each stands for as
+// many as there are ranks (the aggregate line and its time left counted rank 0's alone: an ETA
+// 2-3x too long), and set_done gives every rank's count at the batch's end.
+TEST(Progress, ABatchOverRanksCountsRankZerosRecordsForAll) {
+  Capture c;
+  ASSERT_NE(c.f, nullptr);
+  sparsa::Progress p(true, true, c.f);
+  p.expect_records(20, true);
+  p.start_record(1, "r1", 100);
+  p.finish_record();
+  p.set_done(4, 400);  // a batch of 4 over 2 ranks ended
+  p.set_ranks(2);
+  std::this_thread::sleep_for(250ms);
+  p.start_record(7, "r7", 100);
+  p.finish_record();
+  std::this_thread::sleep_for(250ms);
+  p.start_record(9, "r9", 100);
+  EXPECT_EQ(c.shown().rfind("[sparsa] 6 of 20 records, 600 tok in ", 0), 0u) << c.text();
+  p.finish_record();
+  p.set_ranks(1);
+  p.set_done(8, 800);
+  std::this_thread::sleep_for(250ms);
+  p.start_record(11, "r11", 100);
+  EXPECT_EQ(c.shown().rfind("[sparsa] 8 of 20 records, 800 tok in ", 0), 0u) << c.text();
+}
+
 TEST(Progress, ManyShortRecordsGetAnAggregateLineWithTheTimeLeft) {
   Capture c;
   ASSERT_NE(c.f, nullptr);
