@@ -1966,13 +1966,16 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
                          kSameInputs);
     }
     const std::vector<int> owner = assign_by_length(lengths, comm.size());
-    // Rank 0's records of the batch stand for every rank's in its progress line, until the
+    // Rank 0's share of the batch done stands for the batch's in its progress line, until the
     // batch's end says how many every rank finished.
-    progress.set_ranks(comm.size());
-    struct OneRank {
-      Progress& p;
-      ~OneRank() { p.set_ranks(1); }
-    } one_rank{progress};
+    if (root) {
+      int64_t all_tokens = 0, own_records = 0, own_tokens = 0;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        all_tokens += lengths[i];
+        if (owner[i] == comm.rank()) ++own_records, own_tokens += lengths[i];
+      }
+      progress.batch_share((int64_t)batch.size(), all_tokens, own_records, own_tokens);
+    }
     std::exception_ptr error;
     int64_t failed = 0;
     // This rank's short records side by side, in chunks as flush_side makes them, through a
@@ -2065,7 +2068,7 @@ EmbedSummary run_embed(const EmbedOptions& o, Comm& comm) {
     if (f == 2 || fs[1] > 0) throw Interrupted(kResumeAdvice);
     for (auto& it : batch) sum.tokens += it.rec.n_tokens();
     sum.records += (int64_t)batch.size();
-    if (root) progress.set_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
+    if (root) progress.batch_done(sum.records, sum.tokens);  // every rank's, not rank 0's own
     batch.clear();
     batch_tokens = 0;
   };

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string_view>
 #include <type_traits>
@@ -624,12 +625,17 @@ bool Journal::parts_open() const {
 // group's copies of the changed records beside the new ones.
 int64_t Journal::count_records() const {
   int64_t n = 0;
-  std::vector<bool> seen;
+  std::vector<bool> seen;  // (a damaged key's huge index goes to `far`, not into this table)
+  std::set<int64_t> far;
   std::error_code ec;
   for (auto& e : fs::directory_iterator(dir_, ec)) {
     if (!is_part_name(e.path().filename().string(), nullptr)) continue;
     try {
       for (const auto& [index, key] : part_records(h5::File::open_read(e.path().string()))) {
+        if (index >= (int64_t{1} << 28)) {
+          n += far.insert(index).second;
+          continue;
+        }
         if ((int64_t)seen.size() <= index) seen.resize(index + 1);
         if (!seen[index]) n += (seen[index] = true);
       }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "core/error.hpp"
@@ -114,8 +115,23 @@ void Progress::expect_records(int64_t n, bool exact) {
 }
 
 void Progress::set_done(int64_t records, int64_t tokens) {
-  records_done_ = base_records_ = records;
-  tokens_done_ = base_tokens_ = tokens;
+  records_done_ = records;
+  tokens_done_ = tokens;
+}
+
+void Progress::batch_share(int64_t records, int64_t tokens, int64_t own_records,
+                           int64_t own_tokens) {
+  base_records_ = records_done_;
+  base_tokens_ = tokens_done_;
+  batch_records_ = records;
+  batch_tokens_ = tokens;
+  own_records_ = own_records;
+  own_tokens_ = own_tokens;
+}
+
+void Progress::batch_done(int64_t records, int64_t tokens) {
+  set_done(records, tokens);
+  batch_records_ = batch_tokens_ = own_records_ = own_tokens_ = 0;
 }
 
 void Progress::steps(const std::string& what, int64_t done, int64_t total) {
@@ -163,10 +179,17 @@ void Progress::print(bool force, bool per_record) {
   char line[512];
   if (!per_record && records_done_ > 0) {
     const double s = std::chrono::duration<double>(now - first_start_).count();
-    // (within a batch over several ranks, this rank's records since set_done for all ranks')
-    int64_t records = base_records_ + (records_done_ - base_records_) * ranks_;
-    const int64_t tokens = base_tokens_ + (tokens_done_ - base_tokens_) * ranks_;
-    if (expected_ > 0 && ranks_ > 1) records = std::min(records, expected_);
+    // (within a batch over several ranks, this rank's share done for the batch's)
+    int64_t records = records_done_, tokens = tokens_done_;
+    auto scaled = [](int64_t base, int64_t done, int64_t own, int64_t batch) {
+      if (own <= 0) return done;
+      const double part = std::clamp((double)(done - base) / (double)own, 0.0, 1.0);
+      return base + (int64_t)std::llround(part * (double)batch);
+    };
+    if (batch_records_ > 0) {
+      records = scaled(base_records_, records_done_, own_records_, batch_records_);
+      tokens = scaled(base_tokens_, tokens_done_, own_tokens_, batch_tokens_);
+    }
     const double tok_rate = s > 0 ? (double)tokens / s : 0;
     const char* approx = expected_exact_ ? "" : "~";
     const std::string of =

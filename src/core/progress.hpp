@@ -30,10 +30,14 @@ class Progress {
   // Records and tokens finished by every rank so far (a run over several ranks, after each
   // batch: finish_record counts only this rank's own).
   void set_done(int64_t records, int64_t tokens);
-  // Within a batch spread over `ranks` ranks (1: none): each record this rank finishes after
-  // set_done stands for `ranks` in the aggregate line and its time left (the batch is balanced
-  // by length, so the others finish about as many), not one (the time left was 2-3x too long).
-  void set_ranks(int ranks) { ranks_ = ranks < 1 ? 1 : ranks; }
+  // A batch spread over several ranks begins: of its `records` records and `tokens` tokens, this
+  // rank holds `own_records` and `own_tokens`. Until batch_done, this rank's progress through
+  // its share stands for the batch's in the aggregate line and its time left (it counted this
+  // rank's records alone: the time left was 2-3x too long), never past the batch's end.
+  void batch_share(int64_t records, int64_t tokens, int64_t own_records, int64_t own_tokens);
+  // The batch's end: every rank's records and tokens so far (as set_done) and the plain count
+  // again.
+  void batch_done(int64_t records, int64_t tokens);
   // A step of a long phase after the records (copying them into the output): "WHAT: done of
   // total (P%), ETA T", rate-limited like the other lines; the time left from this phase's rate.
   void steps(const std::string& what, int64_t done, int64_t total);
@@ -54,8 +58,10 @@ class Progress {
   std::FILE* out_;
   std::chrono::steady_clock::time_point t0_, last_, first_start_;
   int64_t index_ = 0, rec_tokens_ = 0, tokens_done_ = 0, records_done_ = 0;
-  int64_t base_records_ = 0, base_tokens_ = 0;  // at the last set_done
-  int ranks_ = 1;
+  // batch_share: the counts when the batch began, the batch's and this rank's share of it (0:
+  // no batch)
+  int64_t base_records_ = 0, base_tokens_ = 0;
+  int64_t batch_records_ = 0, batch_tokens_ = 0, own_records_ = 0, own_tokens_ = 0;
   int64_t expected_ = 0;
   bool expected_exact_ = false, started_ = false, steps_shown_ = false;
   double fraction_ = 0;

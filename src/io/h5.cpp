@@ -246,8 +246,9 @@ bool File::parallel_available() {
 static std::string mpi_io_name(const std::string& path) {
   if (path.find(':') == std::string::npos) return path;
 #if defined(OPEN_MPI) && OPEN_MPI
-  const char* io = std::getenv("OMPI_MCA_io");
-  if (!io || std::string_view(io).substr(0, 5) != "romio") return path;
+  // (ROMIO: named, or OMPIO excluded; "io = romio321" in an mca-params.conf is not seen here)
+  const std::string_view io = std::getenv("OMPI_MCA_io") ? std::getenv("OMPI_MCA_io") : "";
+  if (io.substr(0, 5) != "romio" && io != "^ompio") return path;
 #endif
   return "ufs:" + path;
 }
@@ -259,7 +260,15 @@ File File::create_parallel(const std::string& path) {
   Handle fcpl = file_create_plist(), fapl = file_access_plist();
   H5Pset_fapl_mpio(fapl.id(), MPI_COMM_WORLD, MPI_INFO_NULL);
   hid_t id = H5Fcreate(mpi_io_name(path).c_str(), H5F_ACC_TRUNC, fcpl.id(), fapl.id());
-  if (id < 0) fail(path, "", "cannot create HDF5 file in parallel (is the folder writable?)");
+  if (id < 0)
+    fail(path, "",
+         std::string("cannot create HDF5 file in parallel (is the folder writable?") +
+             (path.find(':') != std::string::npos
+                  ? " A ':' in the path: ROMIO, chosen other than by OMPI_MCA_io=romio..., reads "
+                    "the text before it as a file-system type; write the output to a path "
+                    "without ':'"
+                  : "") +
+             ")");
   return File(Handle(id, H5Fclose), path, true);
 #else
   throw SystemError(path + ": this build's HDF5 is serial; no parallel create");

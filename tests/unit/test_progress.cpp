@@ -32,30 +32,36 @@ struct Capture {
   }
 };
 
-// Within a batch spread over several ranks rank 0 sees only its own records: each stands for as
-// many as there are ranks (the aggregate line and its time left counted rank 0's alone: an ETA
-// 2-3x too long), and set_done gives every rank's count at the batch's end.
-TEST(Progress, ABatchOverRanksCountsRankZerosRecordsForAll) {
+// Within a batch spread over several ranks rank 0 sees only its own records: its share done
+// stands for the batch's (the aggregate line and its time left counted rank 0's alone: an ETA
+// 2-3x too long), never past the batch's end, from the count when the batch began (a split
+// record before it, which every rank embedded, counts once); batch_done gives every rank's.
+TEST(Progress, ABatchOverRanksCountsRankZerosShareForTheBatch) {
   Capture c;
   ASSERT_NE(c.f, nullptr);
   sparsa::Progress p(true, true, c.f);
   p.expect_records(20, true);
-  p.start_record(1, "r1", 100);
+  p.start_record(1, "split", 1000);  // a split record: rank 0 counts it, once
   p.finish_record();
-  p.set_done(4, 400);  // a batch of 4 over 2 ranks ended
-  p.set_ranks(2);
+  // A batch of 6 records, 600 tokens, over 3 ranks: rank 0 holds 2 of 200 tokens.
+  p.batch_share(6, 600, 2, 200);
   std::this_thread::sleep_for(250ms);
-  p.start_record(7, "r7", 100);
+  p.start_record(2, "r2", 100);
   p.finish_record();
   std::this_thread::sleep_for(250ms);
-  p.start_record(9, "r9", 100);
-  EXPECT_EQ(c.shown().rfind("[sparsa] 6 of 20 records, 600 tok in ", 0), 0u) << c.text();
+  p.start_record(5, "r5", 100);
+  EXPECT_EQ(c.shown().rfind("[sparsa] 4 of 20 records, 1.3 ktok in ", 0), 0u) << c.text();
   p.finish_record();
-  p.set_ranks(1);
-  p.set_done(8, 800);
   std::this_thread::sleep_for(250ms);
-  p.start_record(11, "r11", 100);
-  EXPECT_EQ(c.shown().rfind("[sparsa] 8 of 20 records, 800 tok in ", 0), 0u) << c.text();
+  p.start_record(30, "x", 100);  // (past its share: the batch's end at most)
+  p.finish_record();
+  std::this_thread::sleep_for(250ms);
+  p.start_record(31, "y", 100);
+  EXPECT_EQ(c.shown().rfind("[sparsa] 7 of 20 records, 1.6 ktok in ", 0), 0u) << c.text();
+  p.batch_done(7, 1600);
+  std::this_thread::sleep_for(250ms);
+  p.start_record(32, "z", 100);
+  EXPECT_EQ(c.shown().rfind("[sparsa] 7 of 20 records, 1.6 ktok in ", 0), 0u) << c.text();
 }
 
 TEST(Progress, ManyShortRecordsGetAnAggregateLineWithTheTimeLeft) {
