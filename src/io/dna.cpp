@@ -472,6 +472,8 @@ class LineReader {
   }
   long long line_no() const { return line_no_; }
   BGZF* handle() { return fp_; }
+  // gzip or bgzip (the advice to rewrite the file goes through zcat)
+  bool compressed() { return bgzf_compression(fp_) > 0; }
   // Whether the last line had a '\r' inside it (dropped from `line`): in a header, lines that
   // end in a lone CR (classic Mac OS) made the whole file one line.
   bool inner_cr() const { return inner_cr_; }
@@ -549,8 +551,7 @@ struct FastxReader::Impl {
   void detect_format() {
     std::string_view line;
     if (!next_nonempty(line)) throw InputError(path + ": empty file: no FASTA/FASTQ records");
-    if (const std::string why = not_fastx_reason(line, bgzf_compression(lines.handle()) > 0);
-        !why.empty())
+    if (const std::string why = not_fastx_reason(line, lines.compressed()); !why.empty())
       throw InputError(at_line(path, lines.line_no(), why));
     if (line[0] == '>') {
       format = Format::kFasta;
@@ -565,7 +566,7 @@ struct FastxReader::Impl {
   }
 
   void keep_header(std::string_view line) {
-    refuse_inner_cr(path, lines.line_no(), lines.inner_cr(), bgzf_compression(lines.handle()) > 0);
+    refuse_inner_cr(path, lines.line_no(), lines.inner_cr(), lines.compressed());
     refuse_nul(path, lines.line_no(), line, "the header line");
     header.assign(line.substr(1));
     header_line = lines.line_no();
@@ -608,7 +609,7 @@ struct FastxReader::Impl {
     const int64_t own_header = header_line;  // (keep_header below takes the next record's)
     std::string_view line;
     InvalidTally tally;
-    tally.compressed = bgzf_compression(lines.handle()) > 0;
+    tally.compressed = lines.compressed();
     while (lines.next(line)) {
       if (!line.empty() && line[0] == '>') {
         keep_header(line);
@@ -656,7 +657,7 @@ struct FastxReader::Impl {
     need_line(line, "sequence line");
     InvalidTally tally;
     tally.fastq = true;
-    tally.compressed = bgzf_compression(lines.handle()) > 0;
+    tally.compressed = lines.compressed();
     append_tokens(line, 1, opts.invalid_as_n, path, rec.name, rec.tokens, tally, lines.line_no());
     rec.warning = tally.warning(path, rec.name, rec.warning);
     rec.read_as_n = tally.count;
@@ -1397,8 +1398,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
     if (has_text) {
       if (const std::string why = not_fastx_reason(line, compression > 0); !why.empty())
         throw InputError(at_line(path, lines.line_no(), why));
-      refuse_inner_cr(path, lines.line_no(), lines.inner_cr(),
-                      bgzf_compression(lines.handle()) > 0);
+      refuse_inner_cr(path, lines.line_no(), lines.inner_cr(), lines.compressed());
       if (line[0] == '@') {
         format = FAI_FASTQ;
       } else if (line[0] != '>') {
@@ -1454,7 +1454,7 @@ FaidxFetcher::FaidxFetcher(const std::string& path, DnaReadOptions opts)
       while (lines.next(line)) {
         if (line.empty() || line[0] != '>') continue;
         refuse_inner_cr(path, lines.line_no(), lines.inner_cr(),
-                        bgzf_compression(lines.handle()) > 0);  // htslib's name ends there
+                        lines.compressed());  // htslib's name ends there
         refuse_nul(path, lines.line_no(), line, "the header line");
         split_header(line.substr(1), name, description);
         if (const auto [it, fresh] = first_at.try_emplace(name, lines.line_no()); !fresh)
