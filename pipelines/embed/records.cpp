@@ -1,6 +1,5 @@
 #include "pipelines/embed/records.hpp"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -215,11 +214,8 @@ struct RecordSource::Impl {
       }
       if (found.size() > 1) {
         // The same file by two paths (or twice by one): the input given twice is the mistake.
-        struct stat a {};
-        struct stat b {};
-        if (::stat(opts.inputs[found[0]].c_str(), &a) == 0 &&
-            ::stat(opts.inputs[found[1]].c_str(), &b) == 0 && a.st_dev == b.st_dev &&
-            a.st_ino == b.st_ino)
+        std::error_code ec;
+        if (std::filesystem::equivalent(opts.inputs[found[0]], opts.inputs[found[1]], ec))
           throw InputError("region '" + spec.text + "': input " + opts.inputs[found[1]] +
                            " is given twice (as --input " + std::to_string(found[0] + 1) + " and " +
                            std::to_string(found[1] + 1) + "), so its record '" + spec.name +
